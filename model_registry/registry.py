@@ -1,0 +1,144 @@
+"""Versioned model storage on a filesystem: ``<root>/<model>/<version>/``.
+
+Layout (TensorFlow Serving's convention of integer version folders)::
+
+    <root>/<model>/
+        1/ 2/ 3/ ...        published versions, each with manifest.json
+        CURRENT             the version services load at start (text, one integer)
+        .staging-*/         in-progress publishes; never read
+
+Publishing writes into a staging directory and renames it to the next integer,
+so a version either exists whole or not at all; readers ignore every entry that
+is not an integer directory holding a manifest. The CURRENT pointer is replaced
+atomically with ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from model_registry.manifest import MANIFEST_FILE, Manifest, VersionError, checksum_tree, read_manifest
+
+CURRENT_FILE = "CURRENT"
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def check_model_name(name: str) -> str:
+    """Returns ``name`` if it is usable as a folder name, else raises ValueError."""
+    if not _MODEL_NAME.match(name):
+        raise ValueError(
+            f"model name {name!r} must be 1-64 characters of letters, digits, '_', '.', '-' "
+            "and start with a letter or digit"
+        )
+    return name
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    for p in path.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(path)
+
+
+class Registry:
+    """One model's versions under a root directory. Safe for concurrent readers;
+    concurrent publishers each get a distinct version number."""
+
+    def __init__(self, root: str | os.PathLike, model: str):
+        self.root = Path(root)
+        self.model = check_model_name(model)
+        self.model_dir = self.root / model
+
+    def version_dir(self, version: int) -> Path:
+        return self.model_dir / str(int(version))
+
+    def versions(self) -> list[int]:
+        """Published versions, ascending."""
+        if not self.model_dir.is_dir():
+            return []
+        found = []
+        for entry in self.model_dir.iterdir():
+            if entry.name.isdigit() and (entry / MANIFEST_FILE).is_file():
+                found.append(int(entry.name))
+        return sorted(found)
+
+    def current_version(self) -> int | None:
+        """The version CURRENT points to, else the newest published one, else None."""
+        pointer = self.model_dir / CURRENT_FILE
+        try:
+            text = pointer.read_text().strip()
+        except FileNotFoundError:
+            versions = self.versions()
+            return versions[-1] if versions else None
+        if not text.isdigit() or not (self.version_dir(int(text)) / MANIFEST_FILE).is_file():
+            raise VersionError(f"{pointer} names {text!r}, which is not a published version of {self.model}")
+        return int(text)
+
+    def set_current(self, version: int) -> None:
+        """Atomically points CURRENT at an existing published version."""
+        if not (self.version_dir(version) / MANIFEST_FILE).is_file():
+            raise VersionError(f"version {version} of {self.model} is not published under {self.model_dir}")
+        fd, tmp = tempfile.mkstemp(dir=self.model_dir, prefix=".current-")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{version}\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.model_dir / CURRENT_FILE)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(self.model_dir)
+
+    def manifest(self, version: int) -> Manifest:
+        return read_manifest(self.version_dir(version))
+
+    def publish(self, write: Callable[[Path], Callable[[int, dict[str, str]], Manifest]],
+                make_current: bool = True) -> Manifest:
+        """Publishes a new version and returns its manifest.
+
+        ``write(staging_dir)`` writes every artifact into ``staging_dir`` and
+        returns a function that, given the assigned version number and the
+        files' checksums, builds the manifest. The manifest is written last,
+        the directory is fsynced and renamed to the next free integer, and
+        CURRENT is moved to it when ``make_current``.
+        """
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=self.model_dir, prefix=".staging-"))
+        try:
+            build_manifest = write(staging)
+            files = checksum_tree(staging)
+            while True:
+                existing = self.versions()
+                version = (existing[-1] if existing else 0) + 1
+                manifest = build_manifest(version, files)
+                (staging / MANIFEST_FILE).write_text(manifest.to_json())
+                _fsync_tree(staging)
+                try:
+                    os.rename(staging, self.version_dir(version))
+                    break
+                except OSError:
+                    if not self.version_dir(version).exists():
+                        raise
+                    # Another publisher took this number first: take the next.
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        _fsync_dir(self.model_dir)
+        if make_current:
+            self.set_current(version)
+        return manifest

@@ -1,0 +1,103 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ResultSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RESULT_SOURCE_UNSPECIFIED: _ClassVar[ResultSource]
+    RESULT_SOURCE_MODEL: _ClassVar[ResultSource]
+    RESULT_SOURCE_POPULARITY_FALLBACK: _ClassVar[ResultSource]
+RESULT_SOURCE_UNSPECIFIED: ResultSource
+RESULT_SOURCE_MODEL: ResultSource
+RESULT_SOURCE_POPULARITY_FALLBACK: ResultSource
+
+class ScoredCandidate(_message.Message):
+    __slots__ = ("candidate_id", "score")
+    CANDIDATE_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    candidate_id: str
+    score: float
+    def __init__(self, candidate_id: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+
+class RecommendRequest(_message.Message):
+    __slots__ = ("customer_id", "k", "exclude_candidate_ids")
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_CANDIDATE_IDS_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    k: int
+    exclude_candidate_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, customer_id: _Optional[str] = ..., k: _Optional[int] = ..., exclude_candidate_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RecommendResponse(_message.Message):
+    __slots__ = ("candidates", "model_version", "cache_hit", "source", "model_name")
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    candidates: _containers.RepeatedCompositeFieldContainer[ScoredCandidate]
+    model_version: int
+    cache_hit: bool
+    source: ResultSource
+    model_name: str
+    def __init__(self, candidates: _Optional[_Iterable[_Union[ScoredCandidate, _Mapping]]] = ..., model_version: _Optional[int] = ..., cache_hit: _Optional[bool] = ..., source: _Optional[_Union[ResultSource, str]] = ..., model_name: _Optional[str] = ...) -> None: ...
+
+class EmbedRequest(_message.Message):
+    __slots__ = ("customer_id",)
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    def __init__(self, customer_id: _Optional[str] = ...) -> None: ...
+
+class EmbedResponse(_message.Message):
+    __slots__ = ("embedding", "model_version", "known_customer", "model_name")
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    embedding: _containers.RepeatedScalarFieldContainer[float]
+    model_version: int
+    known_customer: bool
+    model_name: str
+    def __init__(self, embedding: _Optional[_Iterable[float]] = ..., model_version: _Optional[int] = ..., known_customer: _Optional[bool] = ..., model_name: _Optional[str] = ...) -> None: ...
+
+class SearchRequest(_message.Message):
+    __slots__ = ("vector", "k", "model_version", "exclude_candidate_ids")
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_CANDIDATE_IDS_FIELD_NUMBER: _ClassVar[int]
+    vector: _containers.RepeatedScalarFieldContainer[float]
+    k: int
+    model_version: int
+    exclude_candidate_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, vector: _Optional[_Iterable[float]] = ..., k: _Optional[int] = ..., model_version: _Optional[int] = ..., exclude_candidate_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SearchResponse(_message.Message):
+    __slots__ = ("candidates", "model_version", "model_name")
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    candidates: _containers.RepeatedCompositeFieldContainer[ScoredCandidate]
+    model_version: int
+    model_name: str
+    def __init__(self, candidates: _Optional[_Iterable[_Union[ScoredCandidate, _Mapping]]] = ..., model_version: _Optional[int] = ..., model_name: _Optional[str] = ...) -> None: ...
+
+class BatchSearchRequest(_message.Message):
+    __slots__ = ("queries",)
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
+    queries: _containers.RepeatedCompositeFieldContainer[SearchRequest]
+    def __init__(self, queries: _Optional[_Iterable[_Union[SearchRequest, _Mapping]]] = ...) -> None: ...
+
+class BatchSearchResponse(_message.Message):
+    __slots__ = ("results", "model_version")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[SearchResponse]
+    model_version: int
+    def __init__(self, results: _Optional[_Iterable[_Union[SearchResponse, _Mapping]]] = ..., model_version: _Optional[int] = ...) -> None: ...
