@@ -1,0 +1,45 @@
+"""gRPC IndexService: proto <-> core translation only."""
+
+from __future__ import annotations
+
+from index_service.core import IndexCore, Query
+from index_service.searcher import SearchResult
+from protos.recsys.v1 import retrieval_pb2 as pb
+from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
+from serving.errors import InvalidArgument
+from serving.grpc_server import map_errors
+
+
+def _query(request: pb.SearchRequest) -> Query:
+    return Query(vector=list(request.vector), k=request.k, exclusions=tuple(request.exclude_candidate_ids))
+
+
+def _response(result: SearchResult, version: int, model: str) -> pb.SearchResponse:
+    return pb.SearchResponse(
+        candidates=[pb.ScoredCandidate(candidate_id=i, score=s) for i, s in zip(result.ids, result.scores)],
+        model_version=version,
+        model_name=model,
+    )
+
+
+class IndexServicer(pb_grpc.IndexServiceServicer):
+    def __init__(self, core: IndexCore):
+        self.core = core
+        self.model = core.registry.model
+
+    @map_errors
+    async def Search(self, request: pb.SearchRequest, context) -> pb.SearchResponse:
+        version, results = await self.core.search([_query(request)], request.model_version)
+        return _response(results[0], version, self.model)
+
+    @map_errors
+    async def BatchSearch(self, request: pb.BatchSearchRequest, context) -> pb.BatchSearchResponse:
+        versions = {q.model_version for q in request.queries}
+        if len(versions) > 1:
+            raise InvalidArgument(
+                f"queries name different model versions {sorted(versions)}: one batch searches one version"
+            )
+        version, results = await self.core.search([_query(q) for q in request.queries],
+                                                  versions.pop() if versions else 0)
+        return pb.BatchSearchResponse(results=[_response(r, version, self.model) for r in results],
+                                      model_version=version)

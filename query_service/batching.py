@@ -1,0 +1,96 @@
+"""Dynamic micro-batching of concurrent requests (as TF Serving's batching does).
+
+A tower call or a ScaNN search costs nearly the same for 1 or 64 queries, so
+under load it pays to wait up to ``max_wait_s`` for more requests and process
+them together. A lone request waits at most ``max_wait_s``; a full batch goes
+at once. Up to ``max_in_flight`` batches are processed concurrently, so a new
+batch forms while the previous one is in the tower or the index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Generic, TypeVar
+
+I = TypeVar("I")
+O = TypeVar("O")
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    max_batch_size: int = 32
+    max_wait_s: float = 0.001
+    max_in_flight: int = 4
+
+
+class MicroBatcher(Generic[I, O]):
+    """Collects items submitted from one event loop into batches for ``process``.
+
+    ``process(items)`` returns one result per item, in order; a result that is an
+    Exception is raised to that item's caller only. If ``process`` itself raises,
+    every caller of that batch gets the exception.
+    """
+
+    def __init__(self, process: Callable[[list[I]], Awaitable[list[O | Exception]]], config: BatchingConfig):
+        if config.max_batch_size < 1 or config.max_wait_s < 0 or config.max_in_flight < 1:
+            raise ValueError(f"invalid batching config {config}")
+        self._process = process
+        self.config = config
+        self._queue: asyncio.Queue[tuple[I, asyncio.Future]] = asyncio.Queue()
+        self._slots = asyncio.Semaphore(config.max_in_flight)
+        self._collector: asyncio.Task | None = None
+        self._running: set[asyncio.Task] = set()
+
+    async def submit(self, item: I) -> O:
+        if self._collector is None:
+            self._collector = asyncio.get_running_loop().create_task(self._collect())
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put((item, future))
+        return await future
+
+    async def _collect(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            deadline = loop.time() + self.config.max_wait_s
+            while len(batch) < self.config.max_batch_size:
+                if self._queue.empty():
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    try:
+                        batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                    except asyncio.TimeoutError:
+                        break
+                else:
+                    batch.append(self._queue.get_nowait())
+            await self._slots.acquire()
+            task = loop.create_task(self._run(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _run(self, batch: list[tuple[I, asyncio.Future]]) -> None:
+        try:
+            live = [(item, future) for item, future in batch if not future.done()]  # skip cancelled callers
+            if not live:
+                return
+            try:
+                results = await self._process([item for item, _ in live])
+            except Exception as e:  # noqa: BLE001 - delivered to every caller of the batch
+                results = [e] * len(live)
+            for (_, future), result in zip(live, results):
+                if future.done():
+                    continue
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+        finally:
+            self._slots.release()
+
+    async def close(self) -> None:
+        if self._collector is not None:
+            self._collector.cancel()
+            await asyncio.gather(self._collector, return_exceptions=True)
+        await asyncio.gather(*self._running, return_exceptions=True)

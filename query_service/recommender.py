@@ -1,0 +1,145 @@
+"""The query service's core: Recommend and Embed, free of gRPC.
+
+Recommend pins one version for the whole request: it resolves the live version
+once, looks the result up in the cache under that version's key, and on a miss
+embeds with that version's tower and searches that version's index, so a
+promotion in the middle of a request cannot mix versions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from model_registry import Registry, VersionError
+from query_service.batching import BatchingConfig, MicroBatcher
+from query_service.cache import CachedResult, ResultCache, cache_key
+from query_service.index_client import IndexClient, IndexQuery
+from query_service.tower import QueryModel
+from serving import validation
+from serving.versions import VersionSet
+
+SOURCE_MODEL = "model"
+SOURCE_POPULARITY = "popularity"
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    ids: list[str]
+    scores: list[float]
+    version: int
+    source: str  # SOURCE_MODEL or SOURCE_POPULARITY
+    cache_hit: bool
+
+
+@dataclass(frozen=True)
+class Embedding:
+    vector: np.ndarray
+    version: int
+    known: bool
+
+
+@dataclass(frozen=True)
+class _Miss:
+    """A cache miss waiting in the micro-batcher, pinned to its version."""
+
+    model: QueryModel
+    customer_id: str
+    k: int
+    exclusions: frozenset[str]
+
+
+class Recommender:
+    """Loaded query towers and the Recommend path over them.
+
+    Tower calls run on ``executor`` threads; concurrent cache misses are
+    micro-batched into one tower call and one index RPC per version.
+    """
+
+    def __init__(self, registry: Registry, index: IndexClient, cache: ResultCache | None,
+                 executor: ThreadPoolExecutor, batching: BatchingConfig = BatchingConfig(),
+                 max_k: int = validation.DEFAULT_MAX_K):
+        self.registry = registry
+        self.index = index
+        self.cache = cache
+        self.executor = executor
+        self.max_k = max_k
+        self.versions: VersionSet[QueryModel] = VersionSet(registry.model)
+        self._batcher: MicroBatcher[_Miss, tuple[list[str], list[float], str]] = MicroBatcher(
+            self._process_misses, batching)
+
+    def load(self, version: int, make_live: bool = False) -> QueryModel:
+        """Loads and self-tests a version (blocking); a failure changes nothing."""
+        model = QueryModel.load(self.registry.version_dir(version), self.registry.model)
+        self.versions.add(version, model, make_live=make_live)
+        return model
+
+    def load_current(self) -> int:
+        version = self.registry.current_version()
+        if version is None:
+            raise VersionError(
+                f"no published version of {self.registry.model} under {self.registry.root}; "
+                "run recsys-train first"
+            )
+        self.load(version, make_live=True)
+        return version
+
+    async def recommend(self, customer_id: str, k: int, exclusions: list[str]) -> Recommendation:
+        validation.check_id(customer_id, "customer_id")
+        validation.check_k(k, self.max_k)
+        excluded = validation.check_exclusions(exclusions)
+        version, model = self.versions.get()
+        key = cache_key(self.registry.model, version, customer_id, k, excluded)
+        if self.cache is not None:
+            cached = await self.cache.get(key)
+            if cached is not None:
+                return Recommendation(cached.ids, cached.scores, version, cached.source, cache_hit=True)
+        ids, scores, source = await self._batcher.submit(_Miss(model, customer_id, k, excluded))
+        if self.cache is not None:
+            self.cache.put_in_background(key, CachedResult(ids, scores, source))
+        return Recommendation(ids, scores, version, source, cache_hit=False)
+
+    async def embed(self, customer_id: str) -> Embedding:
+        validation.check_id(customer_id, "customer_id")
+        version, model = self.versions.get()
+        vectors, known = await asyncio.get_running_loop().run_in_executor(self.executor, model.embed, [customer_id])
+        return Embedding(vectors[0], version, bool(known[0]))
+
+    async def _process_misses(self, misses: list[_Miss]) -> list[tuple[list[str], list[float], str] | Exception]:
+        by_version: dict[int, list[int]] = defaultdict(list)
+        for i, miss in enumerate(misses):
+            by_version[miss.model.version].append(i)
+        results: list = [None] * len(misses)
+        groups = [self._process_version([misses[i] for i in positions]) for positions in by_version.values()]
+        for positions, outcome in zip(by_version.values(),
+                                      await asyncio.gather(*groups, return_exceptions=True)):
+            for i, position in enumerate(positions):
+                results[position] = outcome if isinstance(outcome, Exception) else outcome[i]
+        return results
+
+    async def _process_version(self, misses: list[_Miss]) -> list[tuple[list[str], list[float], str]]:
+        """One tower call and at most one index RPC for misses of one version."""
+        model = misses[0].model
+        vectors, known = await asyncio.get_running_loop().run_in_executor(
+            self.executor, model.embed, [m.customer_id for m in misses])
+        personal = [i for i in range(len(misses)) if known[i]]
+        results: list = [None] * len(misses)
+        if personal:
+            hits = await self.index.search(
+                [IndexQuery(vectors[i], misses[i].k, misses[i].exclusions) for i in personal], model.version)
+            for i, hit in zip(personal, hits):
+                results[i] = (hit.ids, hit.scores, SOURCE_MODEL)
+        for i in range(len(misses)):
+            if not known[i]:
+                results[i] = (*model.popular(misses[i].k, misses[i].exclusions), SOURCE_POPULARITY)
+        return results
+
+    async def close(self) -> None:
+        await self._batcher.close()
+        await self.index.close()
+        if self.cache is not None:
+            await self.cache.close()

@@ -1,0 +1,117 @@
+"""recsys-query-service: serves Recommend/Embed with the registry's current version."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import prometheus_client
+
+from model_registry import Registry, VersionError
+from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
+from query_service.batching import BatchingConfig
+from query_service.cache import CacheConfig, ResultCache
+from query_service.index_client import IndexClient
+from query_service.recommender import Recommender
+from query_service.servicer import QueryServicer
+from serving import validation
+from serving.flags import add_flag
+from serving.grpc_server import RunningServer, ServiceSpec, configure_logging, serve_until_signalled, start_server
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = "recsys.v1.QueryService"
+
+
+@dataclass(frozen=True)
+class QueryServiceConfig:
+    registry: str
+    model: str
+    index_address: str
+    redis_url: str = ""
+    port: int = 50052
+    host: str = "127.0.0.1"
+    metrics_port: int = 0
+    cache_ttl_s: int = 300
+    redis_timeout_s: float = 0.05
+    index_timeout_s: float = 1.0
+    max_batch_size: int = 32
+    batch_wait_ms: float = 1.0
+    tower_threads: int = 2
+    max_k: int = validation.DEFAULT_MAX_K
+    log_level: str = "info"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recsys-query-service", description=__doc__)
+    add_flag(parser, "registry", required=True, help="model registry root directory")
+    add_flag(parser, "model", required=True, help="model name under the registry")
+    add_flag(parser, "index-address", required=True, help="index service HOST:PORT")
+    add_flag(parser, "redis-url", default="", help="result cache, e.g. redis://127.0.0.1:6379/0; empty disables")
+    add_flag(parser, "port", type=int, default=50052, help="gRPC port (0 picks a free one)")
+    add_flag(parser, "host", default="127.0.0.1", help="address to bind (0.0.0.0 for all interfaces)")
+    add_flag(parser, "metrics-port", type=int, default=0, help="Prometheus /metrics port, 0 to disable")
+    add_flag(parser, "cache-ttl-s", type=int, default=300, help="result cache TTL in seconds")
+    add_flag(parser, "redis-timeout-s", type=float, default=0.05, help="timeout of each Redis call")
+    add_flag(parser, "index-timeout-s", type=float, default=1.0, help="deadline of each index RPC")
+    add_flag(parser, "max-batch-size", type=int, default=32, help="most cache misses batched into one tower call")
+    add_flag(parser, "batch-wait-ms", type=float, default=1.0, help="longest a miss waits for a batch to fill")
+    add_flag(parser, "tower-threads", type=int, default=2, help="threads running the query tower")
+    add_flag(parser, "max-k", type=int, default=validation.DEFAULT_MAX_K, help="largest k a request may ask")
+    add_flag(parser, "log-level", default="info", help="logging level")
+    return parser
+
+
+async def create_server(config: QueryServiceConfig) -> tuple[RunningServer, Recommender]:
+    """Loads the current version's tower, then serves; health turns SERVING once
+    it is loaded. Returns the running server and its core."""
+    executor = ThreadPoolExecutor(config.tower_threads, thread_name_prefix="tower")
+    cache = None
+    if config.redis_url:
+        cache = ResultCache(CacheConfig(config.redis_url, ttl_s=config.cache_ttl_s, timeout_s=config.redis_timeout_s))
+    recommender = Recommender(
+        Registry(config.registry, config.model),
+        IndexClient(config.index_address, timeout_s=config.index_timeout_s),
+        cache,
+        executor,
+        BatchingConfig(max_batch_size=config.max_batch_size, max_wait_s=config.batch_wait_ms / 1000),
+        max_k=config.max_k,
+    )
+    running = await start_server([ServiceSpec(pb_grpc.add_QueryServiceServicer_to_server,
+                                              QueryServicer(recommender), SERVICE_NAME)],
+                                 config.host, config.port)
+    try:
+        version = await asyncio.get_running_loop().run_in_executor(executor, recommender.load_current)
+    except BaseException:
+        await running.stop(0)
+        await recommender.close()
+        raise
+    await running.set_serving(True)
+    log.info("query service on %s:%d serving %s version %d (index %s, cache %s)", config.host, running.port,
+             config.model, version, config.index_address, config.redis_url or "off")
+    return running, recommender
+
+
+async def _serve(config: QueryServiceConfig) -> None:
+    running, recommender = await create_server(config)
+    try:
+        await serve_until_signalled(running)
+    finally:
+        await recommender.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = QueryServiceConfig(**vars(build_parser().parse_args(argv)))
+    configure_logging(config.log_level)
+    if config.metrics_port:
+        prometheus_client.start_http_server(config.metrics_port)
+    try:
+        asyncio.run(_serve(config))
+    except VersionError as e:
+        raise SystemExit(f"recsys-query-service: cannot start: {e}") from None
+
+
+if __name__ == "__main__":
+    main()

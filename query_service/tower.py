@@ -1,0 +1,76 @@
+"""One model version's query side: the query tower SavedModel and the popularity
+fallback for customers the tower has never seen.
+
+Thread-safety: ``embed`` may be called from several threads at once (a loaded
+concrete function is stateless); everything else is read-only after load.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from model_registry import Manifest, VersionError, verify_version
+from model_registry import manifest as files
+
+log = logging.getLogger(__name__)
+
+
+class QueryModel:
+    """A loaded, verified, self-tested version's tower and fallback list."""
+
+    def __init__(self, manifest: Manifest, signature, popular_ids: list[str], popular_scores: list[float]):
+        self.manifest = manifest
+        self._signature = signature
+        self.popular_ids = popular_ids
+        self.popular_scores = popular_scores
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
+
+    @classmethod
+    def load(cls, version_dir: Path, model: str) -> "QueryModel":
+        """Verifies checksums, loads the tower and checks it embeds a probe id
+        into finite vectors of the manifest's dimension. Raises VersionError."""
+        start = time.perf_counter()
+        version_dir = Path(version_dir)
+        manifest = verify_version(version_dir)
+        if manifest.model != model:
+            raise VersionError(f"{version_dir} holds model {manifest.model!r}, not {model!r}")
+        try:
+            signature = tf.saved_model.load(str(version_dir / files.QUERY_TOWER_DIR)).signatures["serving_default"]
+        except (OSError, KeyError, ValueError) as e:
+            raise VersionError(f"version {manifest.version}: query tower does not load: {e}") from e
+        with np.load(version_dir / files.POPULAR_FILE, allow_pickle=False) as popular:
+            popular_ids, popular_scores = popular["ids"].tolist(), popular["scores"].astype(float).tolist()
+        query_model = cls(manifest, signature, popular_ids, popular_scores)
+        vectors, _ = query_model.embed(["__self_test__"])
+        if vectors.shape != (1, manifest.embedding_dim) or not np.isfinite(vectors).all():
+            raise VersionError(
+                f"version {manifest.version}: tower self-test gave shape {vectors.shape} "
+                f"(finite: {bool(np.isfinite(vectors).all())}); manifest says dim {manifest.embedding_dim}"
+            )
+        log.info("loaded %s query tower version %d (dim %d) in %.2fs",
+                 model, manifest.version, manifest.embedding_dim, time.perf_counter() - start)
+        return query_model
+
+    def embed(self, customer_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (embeddings float32 [B, dim], known bool [B]) in one tower call."""
+        out = self._signature(customer_id=tf.constant(customer_ids, dtype=tf.string))
+        return out["embedding"].numpy(), out["known"].numpy()
+
+    def popular(self, k: int, excluded: frozenset[str]) -> tuple[list[str], list[float]]:
+        """The version's k most popular candidates that are not excluded."""
+        ids, scores = [], []
+        for candidate, score in zip(self.popular_ids, self.popular_scores):
+            if candidate not in excluded:
+                ids.append(candidate)
+                scores.append(score)
+                if len(ids) == k:
+                    break
+        return ids, scores

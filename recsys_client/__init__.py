@@ -1,0 +1,1 @@
+"""Command-line client of the retrieval services (recsys-client)."""

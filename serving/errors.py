@@ -1,0 +1,29 @@
+"""Domain errors of the serving core. Each names the gRPC status it maps to,
+so one place (``grpc_server.map_errors``) turns them into statuses while the
+core stays free of gRPC. Messages say what was wrong and what to do."""
+
+
+class ServingError(Exception):
+    """Base class; ``code`` is the name of a ``grpc.StatusCode`` member."""
+
+    code = "INTERNAL"
+
+
+class InvalidArgument(ServingError):
+    code = "INVALID_ARGUMENT"
+
+
+class NotFound(ServingError):
+    code = "NOT_FOUND"
+
+
+class FailedPrecondition(ServingError):
+    code = "FAILED_PRECONDITION"
+
+
+class Unavailable(ServingError):
+    code = "UNAVAILABLE"
+
+
+class DeadlineExceeded(ServingError):
+    code = "DEADLINE_EXCEEDED"

@@ -1,0 +1,130 @@
+"""gRPC plumbing shared by both servers: error mapping, health, reflection,
+start-up and graceful shutdown. Servicers stay thin: translate proto <-> domain,
+and let ``map_errors`` turn domain errors into statuses."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Iterable
+
+import grpc
+import prometheus_client
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from serving.errors import ServingError
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_CHARS = 1000
+
+RPC_SECONDS = prometheus_client.Histogram(
+    "recsys_rpc_seconds", "Server-side RPC latency by method and status code", ["method", "code"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+
+
+def map_errors(method: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
+    """Wraps an async servicer method: ServingError -> its status code with its
+    message; anything else -> INTERNAL with a short message (details are logged,
+    never sent to the client)."""
+
+    @functools.wraps(method)
+    async def wrapper(self, request, context: grpc.aio.ServicerContext):
+        start = time.perf_counter()
+        code = "OK"
+        try:
+            return await method(self, request, context)
+        except ServingError as e:
+            code = e.code
+            await context.abort(getattr(grpc.StatusCode, e.code), str(e)[:MAX_MESSAGE_CHARS])
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except grpc.aio.AbortError:
+            code = "ABORTED_BY_HANDLER"
+            raise
+        except Exception as e:  # noqa: BLE001 - the last line of defence of a server
+            code = "INTERNAL"
+            log.exception("%s failed", method.__qualname__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}: {type(e).__name__}")
+        finally:
+            RPC_SECONDS.labels(method.__name__, code).observe(time.perf_counter() - start)
+
+    return wrapper
+
+
+@dataclass
+class ServiceSpec:
+    """One gRPC service to register: the generated ``add_*_to_server`` function,
+    the servicer and the full service name (for health and reflection)."""
+
+    add_to_server: Callable[[object, grpc.aio.Server], None]
+    servicer: object
+    full_name: str
+
+
+class RunningServer:
+    """A started grpc.aio server with its health servicer."""
+
+    def __init__(self, server: grpc.aio.Server, port: int, health_servicer: health.aio.HealthServicer,
+                 service_names: list[str]):
+        self.server = server
+        self.port = port
+        self.health = health_servicer
+        self.service_names = service_names
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ["", *self.service_names]:
+            await self.health.set(name, status)
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Reports NOT_SERVING first so load balancers drain us, then lets
+        in-flight RPCs finish for up to ``grace_s``."""
+        await self.set_serving(False)
+        await self.server.stop(grace_s)
+
+
+async def start_server(services: Iterable[ServiceSpec], host: str, port: int,
+                       max_message_bytes: int = 16 << 20) -> RunningServer:
+    """Starts a server with the services plus health and reflection; port 0 picks
+    a free port (returned in ``RunningServer.port``). Health starts NOT_SERVING."""
+    services = list(services)
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ])
+    for spec in services:
+        spec.add_to_server(spec.servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [s.full_name for s in services]
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot listen on {host}:{port}: address in use or not available")
+    await server.start()
+    running = RunningServer(server, bound, health_servicer, names)
+    await running.set_serving(False)
+    return running
+
+
+async def serve_until_signalled(running: RunningServer, grace_s: float = 5.0) -> None:
+    """Blocks until SIGINT/SIGTERM, then shuts down gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down (grace %.1fs)", grace_s)
+    await running.stop(grace_s)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

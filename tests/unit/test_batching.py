@@ -1,0 +1,67 @@
+import asyncio
+
+import pytest
+
+from query_service.batching import BatchingConfig, MicroBatcher
+
+
+async def test_concurrent_submissions_share_batches():
+    batches = []
+
+    async def process(items):
+        batches.append(list(items))
+        await asyncio.sleep(0.001)
+        return [item * 10 for item in items]
+
+    batcher = MicroBatcher(process, BatchingConfig(max_batch_size=8, max_wait_s=0.02, max_in_flight=1))
+    results = await asyncio.gather(*(batcher.submit(i) for i in range(20)))
+    await batcher.close()
+    assert results == [i * 10 for i in range(20)]
+    assert max(len(b) for b in batches) == 8
+    assert len(batches) < 20
+    assert sorted(x for b in batches for x in b) == list(range(20))
+
+
+async def test_lone_request_waits_at_most_max_wait():
+    async def process(items):
+        return items
+
+    batcher = MicroBatcher(process, BatchingConfig(max_batch_size=64, max_wait_s=0.005))
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    assert await batcher.submit("x") == "x"
+    assert loop.time() - start < 0.5
+    await batcher.close()
+
+
+async def test_per_item_exception_reaches_only_its_caller():
+    async def process(items):
+        return [ValueError(f"bad {i}") if i == 2 else i for i in items]
+
+    batcher = MicroBatcher(process, BatchingConfig(max_batch_size=4, max_wait_s=0.01))
+    outcomes = await asyncio.gather(*(batcher.submit(i) for i in range(4)), return_exceptions=True)
+    await batcher.close()
+    assert outcomes[0] == 0 and outcomes[1] == 1 and outcomes[3] == 3
+    assert isinstance(outcomes[2], ValueError) and "bad 2" in str(outcomes[2])
+
+
+async def test_batch_failure_reaches_every_caller_and_batcher_keeps_working():
+    calls = 0
+
+    async def process(items):
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("tower exploded")
+        return items
+
+    batcher = MicroBatcher(process, BatchingConfig(max_batch_size=4, max_wait_s=0.01))
+    outcomes = await asyncio.gather(*(batcher.submit(i) for i in range(3)), return_exceptions=True)
+    assert all(isinstance(o, RuntimeError) for o in outcomes)
+    assert await batcher.submit(7) == 7
+    await batcher.close()
+
+
+def test_invalid_config_is_refused():
+    with pytest.raises(ValueError):
+        MicroBatcher(lambda items: items, BatchingConfig(max_batch_size=0))

@@ -1,0 +1,49 @@
+"""The result cache against a real Redis, including Redis going away."""
+
+import asyncio
+
+from query_service.cache import CacheConfig, CachedResult, ResultCache, cache_key
+from tests.conftest import RedisProcess
+
+
+def test_key_carries_model_and_version_and_request_shape():
+    base = cache_key("m", 3, "c1", 10, frozenset({"a", "b"}))
+    assert base.startswith("recsys:m:v3:")
+    assert base == cache_key("m", 3, "c1", 10, frozenset({"b", "a"}))
+    others = {
+        cache_key("m", 4, "c1", 10, frozenset({"a", "b"})),
+        cache_key("n", 3, "c1", 10, frozenset({"a", "b"})),
+        cache_key("m", 3, "c2", 10, frozenset({"a", "b"})),
+        cache_key("m", 3, "c1", 11, frozenset({"a", "b"})),
+        cache_key("m", 3, "c1", 10, frozenset({"a"})),
+    }
+    assert base not in others and len(others) == 5
+
+
+async def test_round_trip_and_ttl(redis_server):
+    cache = ResultCache(CacheConfig(redis_server.url, ttl_s=1))
+    key = cache_key("m", 1, "round-trip", 2, frozenset())
+    assert await cache.get(key) is None
+    await cache.put(key, CachedResult(["i1", "i2"], [2.5, 1.0], "model"))
+    assert await cache.get(key) == CachedResult(["i1", "i2"], [2.5, 1.0], "model")
+    await asyncio.sleep(1.2)
+    assert await cache.get(key) is None
+    await cache.close()
+
+
+async def test_outage_degrades_to_misses_then_recovers():
+    redis = RedisProcess().start()
+    cache = ResultCache(CacheConfig(redis.url, retry_after_s=0.3))
+    key = cache_key("m", 1, "outage", 1, frozenset())
+    try:
+        await cache.put(key, CachedResult(["i1"], [1.0], "model"))
+        redis.stop()
+        assert await cache.get(key) is None  # error -> miss, not an exception
+        await cache.put(key, CachedResult(["i9"], [9.0], "model"))  # dropped quietly
+        redis.start()
+        await asyncio.sleep(0.35)
+        await cache.put(key, CachedResult(["i2"], [2.0], "model"))
+        assert await cache.get(key) == CachedResult(["i2"], [2.0], "model")
+    finally:
+        await cache.close()
+        redis.stop()
