@@ -21,6 +21,7 @@ from query_service.cache import CachedResult, ResultCache, cache_key
 from query_service.index_client import IndexClient, IndexQuery
 from query_service.tower import QueryModel
 from serving import validation
+from serving.errors import ServingError
 from serving.versions import VersionSet
 
 SOURCE_MODEL = "model"
@@ -121,21 +122,26 @@ class Recommender:
                 results[position] = outcome if isinstance(outcome, Exception) else outcome[i]
         return results
 
-    async def _process_version(self, misses: list[_Miss]) -> list[tuple[list[str], list[float], str]]:
+    async def _process_version(self, misses: list[_Miss]) -> list[tuple[list[str], list[float], str] | Exception]:
         """One tower call and at most one index RPC for misses of one version."""
         model = misses[0].model
         vectors, known = await asyncio.get_running_loop().run_in_executor(
             self.executor, model.embed, [m.customer_id for m in misses])
-        personal = [i for i in range(len(misses)) if known[i]]
         results: list = [None] * len(misses)
+        personal = []
+        for i, miss in enumerate(misses):
+            if known[i]:
+                personal.append(i)
+            else:
+                results[i] = (*model.popular(miss.k, miss.exclusions), SOURCE_POPULARITY)
         if personal:
-            hits = await self.index.search(
-                [IndexQuery(vectors[i], misses[i].k, misses[i].exclusions) for i in personal], model.version)
+            try:
+                hits = await self.index.search(
+                    [IndexQuery(vectors[i], misses[i].k, misses[i].exclusions) for i in personal], model.version)
+            except ServingError as e:  # fails the personal requests only; fallbacks need no index
+                hits = [e] * len(personal)
             for i, hit in zip(personal, hits):
-                results[i] = (hit.ids, hit.scores, SOURCE_MODEL)
-        for i in range(len(misses)):
-            if not known[i]:
-                results[i] = (*model.popular(misses[i].k, misses[i].exclusions), SOURCE_POPULARITY)
+                results[i] = hit if isinstance(hit, Exception) else (hit.ids, hit.scores, SOURCE_MODEL)
         return results
 
     async def close(self) -> None:

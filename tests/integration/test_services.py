@@ -1,0 +1,216 @@
+"""Both real servers over loopback gRPC, with a real Redis and a model trained
+by recsys-train: the Recommend path, exclusions, fallbacks, bad input, and
+what happens when Redis or the index service goes away."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import numpy as np
+import pytest
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from model_registry import Registry
+from model_registry import manifest as files
+from protos.recsys.v1 import retrieval_pb2 as pb
+from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
+from tests.conftest import RedisProcess, wait_until
+from tests.integration.conftest import MODEL, ServiceProcess
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def version_dir(trained_registry):
+    registry = Registry(trained_registry, MODEL)
+    return registry.version_dir(registry.current_version())
+
+
+@pytest.fixture(scope="module")
+def query_stub(query_service):
+    with grpc.insecure_channel(query_service.address) as channel:
+        yield pb_grpc.QueryServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def index_stub(index_service):
+    with grpc.insecure_channel(index_service.address) as channel:
+        yield pb_grpc.IndexServiceStub(channel)
+
+
+def exact_top_k(version_dir, vector, k, excluded=()):
+    ids = np.load(version_dir / files.CANDIDATE_IDS_FILE)
+    embeddings = np.load(version_dir / files.CANDIDATE_EMBEDDINGS_FILE)
+    scores = embeddings @ np.asarray(vector, np.float32)
+    order = [i for i in np.argsort(-scores, kind="stable") if ids[i] not in set(excluded)]
+    return [str(ids[i]) for i in order[:k]]
+
+
+def recommend(stub, customer_id, k=10, exclude=()):
+    return stub.Recommend(pb.RecommendRequest(customer_id=customer_id, k=k, exclude_candidate_ids=list(exclude)),
+                          timeout=10)
+
+
+def ids_of(response):
+    return [c.candidate_id for c in response.candidates]
+
+
+def test_recommend_miss_then_hit_and_matches_exact_search_of_its_version(query_stub, version_dir):
+    manifest = files.read_manifest(version_dir)
+    first = recommend(query_stub, "c000001")
+    assert (first.cache_hit, first.source, first.model_version, first.model_name) == (
+        False, pb.RESULT_SOURCE_MODEL, manifest.version, MODEL)
+    vector = query_stub.Embed(pb.EmbedRequest(customer_id="c000001"), timeout=10).embedding
+    assert len(vector) == manifest.embedding_dim
+    assert ids_of(first) == exact_top_k(version_dir, vector, 10)  # brute-force index: exact
+    scores = [c.score for c in first.candidates]
+    assert scores == sorted(scores, reverse=True)
+
+    second = recommend(query_stub, "c000001")
+    assert second.cache_hit and ids_of(second) == ids_of(first)
+    assert second.model_version == first.model_version
+
+
+def test_exclusions_are_removed_and_k_still_filled(query_stub, version_dir):
+    top = ids_of(recommend(query_stub, "c000002", k=10))
+    excluded = top[:3]
+    response = recommend(query_stub, "c000002", k=10, exclude=excluded)
+    assert not response.cache_hit  # exclusions are part of the cache key
+    assert len(response.candidates) == 10 and not set(excluded) & set(ids_of(response))
+    vector = query_stub.Embed(pb.EmbedRequest(customer_id="c000002"), timeout=10).embedding
+    assert ids_of(response) == exact_top_k(version_dir, vector, 10, excluded)
+
+
+def test_unknown_customer_gets_popularity_fallback(query_stub, version_dir):
+    with np.load(version_dir / files.POPULAR_FILE) as popular:
+        expected = [str(i) for i in popular["ids"] if i != popular["ids"][0]][:5]
+        excluded = str(popular["ids"][0])
+    response = recommend(query_stub, "never-seen-before", k=5, exclude=[excluded])
+    assert response.source == pb.RESULT_SOURCE_POPULARITY_FALLBACK
+    assert ids_of(response) == expected
+    embed = query_stub.Embed(pb.EmbedRequest(customer_id="never-seen-before"), timeout=10)
+    assert not embed.known_customer
+
+
+@pytest.mark.parametrize("request_kwargs, message", [
+    ({"customer_id": "c1", "k": 0}, "k=0 is out of range"),
+    ({"customer_id": "c1", "k": 1001}, "k=1001 is out of range: ask for 1 to 1000"),
+    ({"customer_id": "", "k": 5}, "customer_id is empty"),
+    ({"customer_id": "x" * 300, "k": 5}, "at most 256 bytes"),
+    ({"customer_id": "c1", "k": 5, "exclude_candidate_ids": ["i"] * 10_001}, "at most 10000"),
+])
+def test_bad_recommend_input_is_invalid_argument(query_stub, request_kwargs, message):
+    with pytest.raises(grpc.RpcError) as err:
+        query_stub.Recommend(pb.RecommendRequest(**request_kwargs), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in err.value.details()
+
+
+def test_bad_search_input(index_stub, version_dir):
+    dim = files.read_manifest(version_dir).embedding_dim
+    cases = [
+        (pb.SearchRequest(vector=[0.1] * (dim + 1), k=5), grpc.StatusCode.INVALID_ARGUMENT, "dimensions"),
+        (pb.SearchRequest(vector=[float("nan")] * dim, k=5), grpc.StatusCode.INVALID_ARGUMENT, "non-finite"),
+        (pb.SearchRequest(vector=[0.1] * dim, k=5, model_version=99), grpc.StatusCode.FAILED_PRECONDITION,
+         "version 99 is not loaded"),
+        (pb.SearchRequest(vector=[0.1] * dim, k=5, model_version=-1), grpc.StatusCode.INVALID_ARGUMENT,
+         "negative"),
+    ]
+    for request, code, message in cases:
+        with pytest.raises(grpc.RpcError) as err:
+            index_stub.Search(request, timeout=10)
+        assert (err.value.code(), message in err.value.details()) == (code, True), err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        index_stub.BatchSearch(pb.BatchSearchRequest(queries=[
+            pb.SearchRequest(vector=[0.1] * dim, k=5, model_version=1),
+            pb.SearchRequest(vector=[0.1] * dim, k=5, model_version=2)]), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "one batch searches one version" in \
+        err.value.details()
+
+
+def test_batch_search_answers_each_query_with_its_own_k(index_stub, version_dir):
+    manifest = files.read_manifest(version_dir)
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(3, manifest.embedding_dim)).astype(np.float32)
+    response = index_stub.BatchSearch(pb.BatchSearchRequest(queries=[
+        pb.SearchRequest(vector=v.tolist(), k=k, model_version=manifest.version)
+        for v, k in zip(vectors, (1, 5, 20))]), timeout=10)
+    assert response.model_version == manifest.version
+    for result, vector, k in zip(response.results, vectors, (1, 5, 20)):
+        assert ids_of(result) == exact_top_k(version_dir, vector, k)
+
+
+def test_health_and_reflection_on_both_services(query_service, index_service):
+    for service, name in ((query_service, "recsys.v1.QueryService"), (index_service, "recsys.v1.IndexService")):
+        with grpc.insecure_channel(service.address) as channel:
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                                                  timeout=10)
+            names = {s.name for r in responses for s in r.list_services_response.service}
+        assert {name, "grpc.health.v1.Health"} <= names
+
+
+def test_redis_outage_degrades_to_uncached_serving(trained_registry, index_service, tmp_path):
+    redis = RedisProcess().start()
+    query = ServiceProcess("recsys-query-service",
+                           ["--registry", str(trained_registry), "--model", MODEL,
+                            "--index-address", index_service.address, "--redis-url", redis.url,
+                            "--redis-timeout-s", "0.05"],
+                           tmp_path / "query.log")
+    try:
+        query.start()
+        with grpc.insecure_channel(query.address) as channel:
+            stub = pb_grpc.QueryServiceStub(channel)
+            assert not recommend(stub, "c000010").cache_hit
+            assert recommend(stub, "c000010").cache_hit
+            redis.stop()
+            for _ in range(5):
+                response = recommend(stub, "c000010")
+                assert not response.cache_hit and len(response.candidates) == 10
+            redis.start()
+
+            def cached_again() -> bool:
+                recommend(stub, "c000011")
+                return recommend(stub, "c000011").cache_hit
+
+            wait_until(cached_again, 15, "the cache to come back after Redis restarted", interval_s=0.5)
+    finally:
+        query.stop()
+        redis.stop()
+
+
+def test_index_outage_fails_fast_with_unavailable_and_recovers(trained_registry, redis_server, tmp_path):
+    index = ServiceProcess("recsys-index-service", ["--registry", str(trained_registry), "--model", MODEL],
+                           tmp_path / "index.log")
+    query = ServiceProcess("recsys-query-service",
+                           ["--registry", str(trained_registry), "--model", MODEL,
+                            "--index-address", index.address],  # no cache: every call reaches the index
+                           tmp_path / "query.log")
+    try:
+        index.start()
+        query.start()
+        with grpc.insecure_channel(query.address) as channel:
+            stub = pb_grpc.QueryServiceStub(channel)
+            assert len(recommend(stub, "c000020").candidates) == 10
+            index.stop()
+            start = time.monotonic()
+            with pytest.raises(grpc.RpcError) as err:
+                recommend(stub, "c000021")
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert index.address in err.value.details()
+            assert time.monotonic() - start < 3.0
+            # The popularity fallback needs no index, so it keeps working.
+            assert recommend(stub, "unknown-customer").source == pb.RESULT_SOURCE_POPULARITY_FALLBACK
+            index.start()
+
+            def recovered() -> bool:
+                try:
+                    return len(recommend(stub, "c000022").candidates) == 10
+                except grpc.RpcError:
+                    return False
+
+            wait_until(recovered, 20, "the query service to reach the restarted index", interval_s=0.5)
+    finally:
+        query.stop()
+        index.stop()
