@@ -1,22 +1,20 @@
-"""The index service's core: which versions are loaded and how a search runs.
+"""The index service's core: loaded versions and how a search runs.
 Knows nothing of gRPC; the servicer translates protos to these calls."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from index_service.searcher import CandidateIndex, SearchResult
-from model_registry import Registry, VersionError
+from model_registry import Registry
 from serving import validation
+from serving.admin import VersionAdmin
 from serving.errors import InvalidArgument
 from serving.versions import VersionSet
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -31,33 +29,22 @@ class Query:
 class IndexCore:
     """Loaded candidate indexes and search over them.
 
-    Searches run on ``executor`` threads so the event loop keeps serving while
-    ScaNN works; ScaNN releases the GIL, so two threads use both cores.
+    Searches run on ``search_executor`` threads so the event loop keeps serving
+    while ScaNN works (ScaNN releases the GIL, so two threads use both cores);
+    version loads run on their own single thread so a load never queues
+    behind searches or blocks them.
     """
 
-    def __init__(self, registry: Registry, executor: ThreadPoolExecutor, max_k: int = validation.DEFAULT_MAX_K):
+    def __init__(self, registry: Registry, search_executor: ThreadPoolExecutor,
+                 max_k: int = validation.DEFAULT_MAX_K, min_recall: float = 0.9):
         self.registry = registry
-        self.executor = executor
+        self.executor = search_executor
         self.max_k = max_k
         self.versions: VersionSet[CandidateIndex] = VersionSet(registry.model)
-
-    def load(self, version: int, make_live: bool = False) -> CandidateIndex:
-        """Loads and verifies a version (blocking). The live version is untouched
-        unless ``make_live``; a failed load raises and changes nothing."""
-        index = CandidateIndex.load(self.registry.version_dir(version), self.registry.model)
-        self.versions.add(version, index, make_live=make_live)
-        return index
-
-    def load_current(self) -> int:
-        """Loads the registry's current version and makes it live."""
-        version = self.registry.current_version()
-        if version is None:
-            raise VersionError(
-                f"no published version of {self.registry.model} under {self.registry.root}; "
-                "run recsys-train first"
-            )
-        self.load(version, make_live=True)
-        return version
+        self.admin = VersionAdmin(
+            "index", registry, self.versions,
+            lambda version: CandidateIndex.load(registry.version_dir(version), registry.model, min_recall),
+            ThreadPoolExecutor(1, thread_name_prefix="index-loader"))
 
     async def search(self, queries: list[Query], version: int) -> tuple[int, list[SearchResult]]:
         """Searches every query in one version; returns (version used, results)."""
@@ -69,8 +56,6 @@ class IndexCore:
         vectors = np.stack([validation.check_vector(q.vector, index.dim, version) for q in queries])
         ks = [validation.check_k(q.k, self.max_k) for q in queries]
         exclusions = [validation.check_exclusions(q.exclusions) for q in queries]
-        k = max(ks)
         loop = asyncio.get_running_loop()
-        results = await loop.run_in_executor(self.executor, index.search, vectors, k, exclusions)
+        results = await loop.run_in_executor(self.executor, index.search, vectors, max(ks), exclusions)
         return version, [SearchResult(r.ids[:qk], r.scores[:qk]) for r, qk in zip(results, ks)]
-

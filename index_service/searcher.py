@@ -30,11 +30,13 @@ class SearchResult:
 class CandidateIndex:
     """A loaded, verified version's ScaNN searcher and candidate ids."""
 
-    def __init__(self, manifest: Manifest, candidate_ids: np.ndarray, searcher, load_seconds: float):
+    def __init__(self, manifest: Manifest, candidate_ids: np.ndarray, searcher, memory_bytes: int):
         self.manifest = manifest
         self.candidate_ids = candidate_ids
         self._searcher = searcher
-        self.load_seconds = load_seconds
+        self.memory_bytes = memory_bytes
+        self.self_test_recall = 0.0
+        self.load_seconds = 0.0
 
     @property
     def version(self) -> int:
@@ -45,11 +47,10 @@ class CandidateIndex:
         return self.manifest.embedding_dim
 
     @classmethod
-    def load(cls, version_dir: Path, model: str) -> "CandidateIndex":
-        """Verifies checksums and shapes, then loads the searcher.
-
-        Raises VersionError if anything is missing, corrupt or inconsistent.
-        """
+    def load(cls, version_dir: Path, model: str, min_recall: float = 0.9) -> "CandidateIndex":
+        """Verifies checksums and shapes, loads the searcher and self-tests it:
+        recall@10 against exact search on the version's probe queries must reach
+        ``min_recall``. Raises VersionError otherwise."""
         start = time.perf_counter()
         version_dir = Path(version_dir)
         manifest = verify_version(version_dir)
@@ -61,13 +62,40 @@ class CandidateIndex:
                 f"version {manifest.version}: {len(ids)} candidate ids but the manifest says "
                 f"{manifest.num_candidates}"
             )
-        searcher = scann_ops_pybind.load_searcher(str(version_dir / files.SCANN_DIR))
-        index = cls(manifest, ids, searcher, time.perf_counter() - start)
-        probe = np.zeros((1, manifest.embedding_dim), np.float32)
-        index.search(probe, 1)  # fails here, not on the first request, if dims disagree
-        log.info("loaded %s version %d: %d candidates x %d dims in %.2fs",
-                 model, manifest.version, len(ids), manifest.embedding_dim, index.load_seconds)
+        scann_dir = version_dir / files.SCANN_DIR
+        searcher = scann_ops_pybind.load_searcher(str(scann_dir))
+        memory = ids.nbytes + sum(p.stat().st_size for p in scann_dir.iterdir())
+        index = cls(manifest, ids, searcher, memory)
+        index.self_test_recall = index._self_test(version_dir)
+        if index.self_test_recall < min_recall:
+            raise VersionError(f"version {manifest.version}: index recall@10 vs exact search is "
+                               f"{index.self_test_recall:.3f}, below the required {min_recall}")
+        index.load_seconds = time.perf_counter() - start
+        log.info("loaded %s version %d: %d candidates x %d dims, recall@10 %.3f, in %.2fs", model,
+                 manifest.version, len(ids), manifest.embedding_dim, index.self_test_recall, index.load_seconds)
         return index
+
+    def _self_test(self, version_dir: Path, max_probes: int = 200, k: int = 10) -> float:
+        """recall@k of this searcher vs exact dot-product search on probe queries."""
+        probes = np.load(version_dir / files.PROBE_QUERIES_FILE, allow_pickle=False)[:max_probes]
+        if probes.ndim != 2 or probes.shape[1] != self.dim:
+            raise VersionError(f"version {self.version}: probe queries have shape {probes.shape}, "
+                               f"expected [P, {self.dim}]")
+        embeddings = np.load(version_dir / files.CANDIDATE_EMBEDDINGS_FILE, mmap_mode="r")
+        if embeddings.shape != (len(self.candidate_ids), self.dim):
+            raise VersionError(f"version {self.version}: candidate embeddings have shape {embeddings.shape}, "
+                               f"expected {(len(self.candidate_ids), self.dim)}")
+        if len(probes) == 0:
+            return 1.0
+        k = min(k, len(self.candidate_ids))
+        found = self.search(probes, k)
+        hits = 0
+        for start in range(0, len(probes), 16):  # 16 rows of scores at a time bounds memory at 1M candidates
+            scores = probes[start:start + 16] @ embeddings.T
+            exact = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            for row, result in zip(exact, found[start:start + 16]):
+                hits += len(set(self.candidate_ids[row].tolist()) & set(result.ids))
+        return hits / (k * len(probes))
 
     def search(self, queries: np.ndarray, k: int,
                exclusions: list[frozenset[str]] | None = None) -> list[SearchResult]:

@@ -1,4 +1,4 @@
-"""recsys-index-service: serves ScaNN search over the registry's current version."""
+"""recsys-index-service: serves ScaNN search over the registry's versions."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from index_service.servicer import IndexServicer
 from model_registry import Registry, VersionError
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from serving import validation
+from serving.admin_rpc import AdminConfig, ServiceWithAdmin, add_admin_flags
 from serving.flags import add_flag
-from serving.grpc_server import RunningServer, ServiceSpec, configure_logging, serve_until_signalled, start_server
+from serving.grpc_server import ServiceSpec, configure_logging, serve_until_signalled
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = "recsys.v1.IndexService"
@@ -28,9 +29,11 @@ class IndexServiceConfig:
     model: str
     port: int = 50051
     host: str = "127.0.0.1"
+    admin: AdminConfig = AdminConfig(port=50061)
     metrics_port: int = 0
     search_threads: int = 2
     max_k: int = validation.DEFAULT_MAX_K
+    min_recall: float = 0.9
     log_level: str = "info"
 
 
@@ -38,40 +41,44 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsys-index-service", description=__doc__)
     add_flag(parser, "registry", required=True, help="model registry root directory")
     add_flag(parser, "model", required=True, help="model name under the registry")
-    add_flag(parser, "port", type=int, default=50051, help="gRPC port (0 picks a free one)")
+    add_flag(parser, "port", type=int, default=50051, help="gRPC data-plane port (0 picks a free one)")
     add_flag(parser, "host", default="127.0.0.1", help="address to bind (0.0.0.0 for all interfaces)")
+    add_admin_flags(parser, default_port=50061)
     add_flag(parser, "metrics-port", type=int, default=0, help="Prometheus /metrics port, 0 to disable")
     add_flag(parser, "search-threads", type=int, default=2, help="threads running ScaNN searches")
     add_flag(parser, "max-k", type=int, default=validation.DEFAULT_MAX_K, help="largest k a request may ask")
+    add_flag(parser, "min-recall", type=float, default=0.9,
+             help="a version whose index recall@10 vs exact search on its probe queries is lower is refused")
     add_flag(parser, "log-level", default="info", help="logging level")
     return parser
 
 
-async def create_server(config: IndexServiceConfig) -> tuple[RunningServer, IndexCore]:
-    """Loads the current version, then starts serving; health turns SERVING
-    once the version is loaded. Returns the running server and its core."""
-    executor = ThreadPoolExecutor(config.search_threads, thread_name_prefix="scann")
-    core = IndexCore(Registry(config.registry, config.model), executor, max_k=config.max_k)
-    running = await start_server([ServiceSpec(pb_grpc.add_IndexServiceServicer_to_server,
-                                              IndexServicer(core), SERVICE_NAME)],
-                                 config.host, config.port)
-    try:
-        version = await asyncio.get_running_loop().run_in_executor(executor, core.load_current)
-    except BaseException:
-        await running.stop(0)
-        raise
-    await running.set_serving(True)
-    log.info("index service on %s:%d serving %s version %d", config.host, running.port, config.model, version)
-    return running, core
+def config_from_args(args: argparse.Namespace) -> IndexServiceConfig:
+    values = vars(args)
+    admin = AdminConfig(values.pop("admin_host"), values.pop("admin_port"), values.pop("admin_token"))
+    return IndexServiceConfig(admin=admin, **values)
+
+
+async def create_server(config: IndexServiceConfig) -> tuple[ServiceWithAdmin, IndexCore]:
+    """Loads the current version (and the one before, for rollback), then
+    serves; health turns SERVING once the current version is loaded."""
+    core = IndexCore(Registry(config.registry, config.model),
+                     ThreadPoolExecutor(config.search_threads, thread_name_prefix="scann"),
+                     max_k=config.max_k, min_recall=config.min_recall)
+    spec = ServiceSpec(pb_grpc.add_IndexServiceServicer_to_server, IndexServicer(core), SERVICE_NAME)
+    service = await ServiceWithAdmin.start(spec, core.admin, config.host, config.port, config.admin)
+    log.info("index service on %s:%d (admin %s:%d) serving %s version %d", config.host, service.data.port,
+             config.admin.host, service.admin.port, config.model, service.live_version)
+    return service, core
 
 
 async def _serve(config: IndexServiceConfig) -> None:
-    running, _ = await create_server(config)
-    await serve_until_signalled(running)
+    service, _ = await create_server(config)
+    await serve_until_signalled(service.stop)
 
 
 def main(argv: list[str] | None = None) -> None:
-    config = IndexServiceConfig(**vars(build_parser().parse_args(argv)))
+    config = config_from_args(build_parser().parse_args(argv))
     configure_logging(config.log_level)
     if config.metrics_port:
         prometheus_client.start_http_server(config.metrics_port)

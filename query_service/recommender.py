@@ -15,12 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model_registry import Registry, VersionError
+from model_registry import Registry
 from query_service.batching import BatchingConfig, MicroBatcher
 from query_service.cache import CachedResult, ResultCache, cache_key
 from query_service.index_client import IndexClient, IndexQuery
 from query_service.tower import QueryModel
 from serving import validation
+from serving.admin import VersionAdmin
 from serving.errors import ServingError
 from serving.versions import VersionSet
 
@@ -70,24 +71,12 @@ class Recommender:
         self.executor = executor
         self.max_k = max_k
         self.versions: VersionSet[QueryModel] = VersionSet(registry.model)
+        self.admin = VersionAdmin(
+            "query", registry, self.versions,
+            lambda version: QueryModel.load(registry.version_dir(version), registry.model),
+            ThreadPoolExecutor(1, thread_name_prefix="tower-loader"))
         self._batcher: MicroBatcher[_Miss, tuple[list[str], list[float], str]] = MicroBatcher(
             self._process_misses, batching)
-
-    def load(self, version: int, make_live: bool = False) -> QueryModel:
-        """Loads and self-tests a version (blocking); a failure changes nothing."""
-        model = QueryModel.load(self.registry.version_dir(version), self.registry.model)
-        self.versions.add(version, model, make_live=make_live)
-        return model
-
-    def load_current(self) -> int:
-        version = self.registry.current_version()
-        if version is None:
-            raise VersionError(
-                f"no published version of {self.registry.model} under {self.registry.root}; "
-                "run recsys-train first"
-            )
-        self.load(version, make_live=True)
-        return version
 
     async def recommend(self, customer_id: str, k: int, exclusions: list[str]) -> Recommendation:
         validation.check_id(customer_id, "customer_id")

@@ -19,7 +19,8 @@ from query_service.recommender import Recommender
 from query_service.servicer import QueryServicer
 from serving import validation
 from serving.flags import add_flag
-from serving.grpc_server import RunningServer, ServiceSpec, configure_logging, serve_until_signalled, start_server
+from serving.admin_rpc import AdminConfig, ServiceWithAdmin, add_admin_flags
+from serving.grpc_server import ServiceSpec, configure_logging, serve_until_signalled
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = "recsys.v1.QueryService"
@@ -33,6 +34,7 @@ class QueryServiceConfig:
     redis_url: str = ""
     port: int = 50052
     host: str = "127.0.0.1"
+    admin: AdminConfig = AdminConfig(port=50062)
     metrics_port: int = 0
     cache_ttl_s: int = 300
     redis_timeout_s: float = 0.05
@@ -52,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(parser, "redis-url", default="", help="result cache, e.g. redis://127.0.0.1:6379/0; empty disables")
     add_flag(parser, "port", type=int, default=50052, help="gRPC port (0 picks a free one)")
     add_flag(parser, "host", default="127.0.0.1", help="address to bind (0.0.0.0 for all interfaces)")
+    add_admin_flags(parser, default_port=50062)
     add_flag(parser, "metrics-port", type=int, default=0, help="Prometheus /metrics port, 0 to disable")
     add_flag(parser, "cache-ttl-s", type=int, default=300, help="result cache TTL in seconds")
     add_flag(parser, "redis-timeout-s", type=float, default=0.05, help="timeout of each Redis call")
@@ -64,10 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def create_server(config: QueryServiceConfig) -> tuple[RunningServer, Recommender]:
-    """Loads the current version's tower, then serves; health turns SERVING once
-    it is loaded. Returns the running server and its core."""
-    executor = ThreadPoolExecutor(config.tower_threads, thread_name_prefix="tower")
+def config_from_args(args: argparse.Namespace) -> QueryServiceConfig:
+    values = vars(args)
+    admin = AdminConfig(values.pop("admin_host"), values.pop("admin_port"), values.pop("admin_token"))
+    return QueryServiceConfig(admin=admin, **values)
+
+
+async def create_server(config: QueryServiceConfig) -> tuple[ServiceWithAdmin, Recommender]:
+    """Loads the current version's tower (and the one before, for rollback),
+    then serves; health turns SERVING once the current version is loaded."""
     cache = None
     if config.redis_url:
         cache = ResultCache(CacheConfig(config.redis_url, ttl_s=config.cache_ttl_s, timeout_s=config.redis_timeout_s))
@@ -75,35 +83,32 @@ async def create_server(config: QueryServiceConfig) -> tuple[RunningServer, Reco
         Registry(config.registry, config.model),
         IndexClient(config.index_address, timeout_s=config.index_timeout_s),
         cache,
-        executor,
+        ThreadPoolExecutor(config.tower_threads, thread_name_prefix="tower"),
         BatchingConfig(max_batch_size=config.max_batch_size, max_wait_s=config.batch_wait_ms / 1000),
         max_k=config.max_k,
     )
-    running = await start_server([ServiceSpec(pb_grpc.add_QueryServiceServicer_to_server,
-                                              QueryServicer(recommender), SERVICE_NAME)],
-                                 config.host, config.port)
+    spec = ServiceSpec(pb_grpc.add_QueryServiceServicer_to_server, QueryServicer(recommender), SERVICE_NAME)
     try:
-        version = await asyncio.get_running_loop().run_in_executor(executor, recommender.load_current)
+        service = await ServiceWithAdmin.start(spec, recommender.admin, config.host, config.port, config.admin)
     except BaseException:
-        await running.stop(0)
         await recommender.close()
         raise
-    await running.set_serving(True)
-    log.info("query service on %s:%d serving %s version %d (index %s, cache %s)", config.host, running.port,
-             config.model, version, config.index_address, config.redis_url or "off")
-    return running, recommender
+    log.info("query service on %s:%d (admin %s:%d) serving %s version %d (index %s, cache %s)", config.host,
+             service.data.port, config.admin.host, service.admin.port, config.model, service.live_version,
+             config.index_address, config.redis_url or "off")
+    return service, recommender
 
 
 async def _serve(config: QueryServiceConfig) -> None:
-    running, recommender = await create_server(config)
+    service, recommender = await create_server(config)
     try:
-        await serve_until_signalled(running)
+        await serve_until_signalled(service.stop)
     finally:
         await recommender.close()
 
 
 def main(argv: list[str] | None = None) -> None:
-    config = QueryServiceConfig(**vars(build_parser().parse_args(argv)))
+    config = config_from_args(build_parser().parse_args(argv))
     configure_logging(config.log_level)
     if config.metrics_port:
         prometheus_client.start_http_server(config.metrics_port)

@@ -23,11 +23,16 @@ log = logging.getLogger(__name__)
 class QueryModel:
     """A loaded, verified, self-tested version's tower and fallback list."""
 
-    def __init__(self, manifest: Manifest, signature, popular_ids: list[str], popular_scores: list[float]):
+    self_test_recall = 0.0  # the admin plane's field; recall is the index's self-test
+
+    def __init__(self, manifest: Manifest, signature, popular_ids: list[str], popular_scores: list[float],
+                 memory_bytes: int):
         self.manifest = manifest
         self._signature = signature
         self.popular_ids = popular_ids
         self.popular_scores = popular_scores
+        self.memory_bytes = memory_bytes
+        self.load_seconds = 0.0
 
     @property
     def version(self) -> int:
@@ -48,15 +53,17 @@ class QueryModel:
             raise VersionError(f"version {manifest.version}: query tower does not load: {e}") from e
         with np.load(version_dir / files.POPULAR_FILE, allow_pickle=False) as popular:
             popular_ids, popular_scores = popular["ids"].tolist(), popular["scores"].astype(float).tolist()
-        query_model = cls(manifest, signature, popular_ids, popular_scores)
+        tower_bytes = sum(p.stat().st_size for p in (version_dir / files.QUERY_TOWER_DIR).rglob("*") if p.is_file())
+        query_model = cls(manifest, signature, popular_ids, popular_scores, tower_bytes)
         vectors, _ = query_model.embed(["__self_test__"])
         if vectors.shape != (1, manifest.embedding_dim) or not np.isfinite(vectors).all():
             raise VersionError(
                 f"version {manifest.version}: tower self-test gave shape {vectors.shape} "
                 f"(finite: {bool(np.isfinite(vectors).all())}); manifest says dim {manifest.embedding_dim}"
             )
+        query_model.load_seconds = time.perf_counter() - start
         log.info("loaded %s query tower version %d (dim %d) in %.2fs",
-                 model, manifest.version, manifest.embedding_dim, time.perf_counter() - start)
+                 model, manifest.version, manifest.embedding_dim, query_model.load_seconds)
         return query_model
 
     def embed(self, customer_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:

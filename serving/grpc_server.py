@@ -91,11 +91,12 @@ class RunningServer:
 
 
 async def start_server(services: Iterable[ServiceSpec], host: str, port: int,
-                       max_message_bytes: int = 16 << 20) -> RunningServer:
+                       max_message_bytes: int = 16 << 20,
+                       interceptors: Iterable[grpc.aio.ServerInterceptor] = ()) -> RunningServer:
     """Starts a server with the services plus health and reflection; port 0 picks
     a free port (returned in ``RunningServer.port``). Health starts NOT_SERVING."""
     services = list(services)
-    server = grpc.aio.server(options=[
+    server = grpc.aio.server(interceptors=list(interceptors), options=[
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.so_reuseport", 0),
@@ -115,15 +116,15 @@ async def start_server(services: Iterable[ServiceSpec], host: str, port: int,
     return running
 
 
-async def serve_until_signalled(running: RunningServer, grace_s: float = 5.0) -> None:
-    """Blocks until SIGINT/SIGTERM, then shuts down gracefully."""
-    stop = asyncio.Event()
+async def serve_until_signalled(stop: Callable[[float], Awaitable[None]], grace_s: float = 5.0) -> None:
+    """Blocks until SIGINT/SIGTERM, then calls ``stop(grace_s)``."""
+    stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
     log.info("shutting down (grace %.1fs)", grace_s)
-    await running.stop(grace_s)
+    await stop(grace_s)
 
 
 def configure_logging(level: str) -> None:

@@ -54,6 +54,7 @@ class ServiceProcess:
         self.script = script
         self.args = args
         self.port = port or free_port()
+        self.admin_port = free_port()
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 
@@ -61,9 +62,13 @@ class ServiceProcess:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def admin_address(self) -> str:
+        return f"127.0.0.1:{self.admin_port}"
+
     def start(self, timeout_s: float = 120) -> "ServiceProcess":
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([console_script(self.script), "--port", str(self.port), *self.args],
+        self.proc = subprocess.Popen([console_script(self.script), "--port", str(self.port), "--admin-port", str(self.admin_port), *self.args],
                                      stdout=log, stderr=subprocess.STDOUT)
         log.close()
         try:
