@@ -1,0 +1,361 @@
+"""Static checks of docker-compose.yml and the Dockerfile against the package.
+
+No Docker engine is needed: the compose file is parsed with PyYAML, every app
+service's command is checked against the console scripts that pyproject.toml
+declares and parsed by that script's own argparse parser, so a renamed CLI or
+flag breaks this test rather than the deployment. If the `docker compose` CLI
+plugin is installed, `docker compose config -q` validates the file against the
+compose schema too (it needs no running engine); elsewhere that test skips.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+
+APP_SERVICES = ("trainer", "index-service", "query-service")
+ALL_SERVICES = ("redis", *APP_SERVICES)
+REGISTRY_MOUNT = "/registry"
+EXPECTED_SCRIPT = {
+    "trainer": "recsys-train",
+    "index-service": "recsys-index-service",
+    "query-service": "recsys-query-service",
+}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    with COMPOSE_FILE.open() as f:
+        return yaml.safe_load(f)
+
+
+@pytest.fixture(scope="module")
+def services(compose) -> dict:
+    return compose["services"]
+
+
+@pytest.fixture(scope="module")
+def scripts() -> dict[str, str]:
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        return tomllib.load(f)["project"]["scripts"]
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    """Flags may default from RECSYS_* variables; the compose command alone must
+    be complete, so none may leak in from the environment running the tests."""
+    for name in list(os.environ):
+        if name.startswith("RECSYS_"):
+            monkeypatch.delenv(name)
+
+
+def as_argv(command) -> list[str]:
+    """A compose `command` (list, or string split like a shell would) as argv."""
+    if isinstance(command, str):
+        return shlex.split(command)
+    assert isinstance(command, list), f"command must be a list or a string, got {command!r}"
+    return [str(a) for a in command]
+
+
+def flag_value(argv: list[str], flag: str) -> str | None:
+    """The value given to `flag` in argv (`--flag V` or `--flag=V`), else None."""
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def parser_for(script: str, scripts: dict[str, str]) -> argparse.ArgumentParser:
+    """The argparse parser behind a console script: entry point "pkg.mod:main"
+    -> pkg.mod.build_parser()."""
+    module_name = scripts[script].split(":", 1)[0]
+    module = importlib.import_module(module_name)
+    build = getattr(module, "build_parser", None)
+    assert callable(build), f"{module_name} must expose build_parser() for {script}"
+    parser = build()
+    assert isinstance(parser, argparse.ArgumentParser)
+    return parser
+
+
+def parse(script: str, args: list[str], scripts: dict[str, str]) -> argparse.Namespace:
+    parser = parser_for(script, scripts)
+    try:
+        return parser.parse_args(args)
+    except SystemExit as e:  # argparse reports bad flags on stderr and exits 2
+        pytest.fail(f"`{script} {shlex.join(args)}` is rejected by its argparse parser (exit {e.code})")
+
+
+def healthcheck_argv(service: dict) -> list[str]:
+    test = service["healthcheck"]["test"]
+    if isinstance(test, str):
+        return shlex.split(test)
+    if test[0] == "CMD":
+        return [str(a) for a in test[1:]]
+    if test[0] == "CMD-SHELL":
+        return shlex.split(test[1])
+    raise AssertionError(f"unexpected healthcheck test form: {test!r}")
+
+
+# --- structure --------------------------------------------------------------
+
+
+def test_services_exist(services):
+    for name in ALL_SERVICES:
+        assert name in services, f"docker-compose.yml has no service {name!r}"
+
+
+def test_redis_is_redis7_without_persistence(services):
+    redis = services["redis"]
+    assert redis["image"].startswith("redis:7")
+    argv = as_argv(redis.get("command", []))
+    assert flag_value(argv, "--save") == "", "redis must not write RDB snapshots"
+    assert flag_value(argv, "--appendonly") == "no", "redis must not write an AOF"
+    assert "redis-cli" in healthcheck_argv(redis)
+    assert not redis.get("volumes"), "a cache-only redis needs no volume"
+
+
+def test_app_services_share_one_image_built_from_the_dockerfile(services):
+    images = {services[n].get("image") for n in APP_SERVICES}
+    assert len(images) == 1, f"app services should run one image, got {images}"
+    for name in APP_SERVICES:
+        build = services[name].get("build")
+        assert build, f"{name} must say how its image is built"
+        context = build if isinstance(build, str) else build.get("context", ".")
+        dockerfile = "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
+        assert (ROOT / context / dockerfile).resolve() == DOCKERFILE
+
+
+def test_trainer_is_a_one_shot_job(services):
+    trainer = services["trainer"]
+    assert str(trainer.get("restart", "no")) == "no"
+    assert "healthcheck" not in trainer
+    assert "ports" not in trainer
+
+
+# --- commands against the package's console scripts -------------------------
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_command_starts_with_a_declared_console_script(services, scripts, name):
+    argv = as_argv(services[name]["command"])
+    assert argv[0] in scripts, f"{name} runs {argv[0]!r}, not a [project.scripts] entry {sorted(scripts)}"
+    assert argv[0] == EXPECTED_SCRIPT[name]
+    assert "entrypoint" not in services[name], "the command must be the console script itself"
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_command_flags_are_accepted_by_the_cli(services, scripts, clean_env, name):
+    argv = as_argv(services[name]["command"])
+    parse(argv[0], argv[1:], scripts)
+
+
+@pytest.mark.parametrize("name", ["index-service", "query-service"])
+def test_healthcheck_uses_recsys_client_health_on_the_service_port(services, scripts, clean_env, name):
+    service = services[name]
+    check = healthcheck_argv(service)
+    assert check[:2] == ["recsys-client", "health"], f"{name} healthcheck: {check}"
+    assert check[0] in scripts
+    parse(check[0], check[1:], scripts)
+    address = flag_value(check, "--address")
+    assert address, f"{name} healthcheck needs --address"
+    port = flag_value(as_argv(service["command"]), "--port")
+    assert address.rsplit(":", 1)[1] == port, f"{name} healthcheck probes {address}, service listens on {port}"
+
+
+def test_services_listen_on_all_interfaces(services):
+    for name in ("index-service", "query-service"):
+        assert flag_value(as_argv(services[name]["command"]), "--host") == "0.0.0.0", (
+            f"{name} must bind 0.0.0.0 to be reachable from other containers"
+        )
+
+
+def test_query_service_points_at_index_service_and_redis(services):
+    argv = as_argv(services["query-service"]["command"])
+    host, port = flag_value(argv, "--index-address").rsplit(":", 1)
+    assert host == "index-service" and host in services
+    assert port == flag_value(as_argv(services["index-service"]["command"]), "--port")
+    url = urlsplit(flag_value(argv, "--redis-url"))
+    assert url.scheme == "redis" and url.hostname == "redis" and url.hostname in services
+    assert (url.port or 6379) == 6379
+
+
+def test_only_the_query_service_is_published(services):
+    published = {n for n, s in services.items() if s.get("ports")}
+    assert published == {"query-service"}
+    port = flag_value(as_argv(services["query-service"]["command"]), "--port")
+    targets = {str(p).rsplit(":", 1)[-1] for p in services["query-service"]["ports"]}
+    assert port in targets, f"query-service listens on {port}, publishes {targets}"
+
+
+# --- volumes and start-up order ----------------------------------------------
+
+
+def test_registry_volume_is_shared_and_matches_the_registry_flag(compose, services):
+    assert "registry" in (compose.get("volumes") or {}), "named volume 'registry' must be declared"
+    for name in APP_SERVICES:
+        mounts = [str(v) for v in services[name].get("volumes", [])]
+        assert f"registry:{REGISTRY_MOUNT}" in mounts or f"registry:{REGISTRY_MOUNT}:rw" in mounts, (
+            f"{name} must mount the registry volume at {REGISTRY_MOUNT}, has {mounts}"
+        )
+        argv = as_argv(services[name]["command"])
+        assert flag_value(argv, "--registry") == REGISTRY_MOUNT
+        assert flag_value(argv, "--model") == "demo"
+
+
+def test_every_named_volume_is_declared(compose, services):
+    declared = set(compose.get("volumes") or {})
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            source = volume["source"] if isinstance(volume, dict) else str(volume).split(":", 1)[0]
+            if not source.startswith((".", "/", "~")):
+                assert source in declared, f"{name} mounts undeclared volume {source!r}"
+
+
+def test_depends_on_references_existing_services(services):
+    for name, service in services.items():
+        deps = service.get("depends_on", {})
+        for dep in deps if isinstance(deps, list) else deps.keys():
+            assert dep in services, f"{name} depends on unknown service {dep!r}"
+            assert dep != name
+
+
+def test_start_up_order(services):
+    def condition(name, dep):
+        deps = services[name].get("depends_on", {})
+        assert isinstance(deps, dict), f"{name}.depends_on must use conditions"
+        assert dep in deps, f"{name} must depend on {dep}"
+        return deps[dep]["condition"]
+
+    for name in ("index-service", "query-service"):
+        assert condition(name, "trainer") == "service_completed_successfully"
+        assert "healthcheck" in services[name]
+    assert condition("query-service", "redis") == "service_healthy"
+    assert condition("query-service", "index-service") == "service_healthy"
+
+
+# --- Dockerfile ----------------------------------------------------------------
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    logical, current = [], ""
+    for line in DOCKERFILE.read_text().splitlines():
+        stripped = line.strip()
+        if not current and (not stripped or stripped.startswith("#")):
+            continue
+        if stripped.endswith("\\"):
+            current += stripped[:-1] + " "
+            continue
+        current += stripped
+        logical.append(current)
+        current = ""
+    out = []
+    for instr in logical:
+        keyword, _, rest = instr.partition(" ")
+        out.append((keyword.upper(), rest.strip()))
+    return out
+
+
+def test_dockerfile_installs_the_package():
+    assert DOCKERFILE.is_file()
+    instructions = dockerfile_instructions()
+    froms = [args for kw, args in instructions if kw == "FROM"]
+    assert froms and froms[0].split()[0] == "python:3.11-slim-bookworm"
+    runs = " && ".join(args for kw, args in instructions if kw == "RUN")
+    assert re.search(r"pip install [^&;|]*(?<=\s)\.(\s|$)", runs), "the Dockerfile must `pip install .`"
+    copied = " ".join(args for kw, args in instructions if kw in ("COPY", "ADD"))
+    assert "pyproject.toml" in copied or copied.split()[:1] == ["."]
+
+
+def copy_sources() -> list[str]:
+    """Source paths of every COPY/ADD (flags like --chown dropped, destination dropped)."""
+    return [
+        src.rstrip("/") or "/"
+        for kw, args in dockerfile_instructions() if kw in ("COPY", "ADD")
+        for src in args.split()[:-1] if not src.startswith("--")
+    ]
+
+
+def test_dockerfile_copies_every_package_the_project_declares():
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        includes = tomllib.load(f)["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = [p.rstrip("*").rstrip(".") for p in includes]
+    sources = copy_sources()
+    if "." in sources:  # the whole context: .dockerignore must let the packages through
+        ignored = {
+            line.strip().strip("/") for line in DOCKERIGNORE.read_text().splitlines()
+            if line.strip() and not line.startswith("#")
+        }
+        for package in packages:
+            assert package not in ignored, f".dockerignore excludes package {package}/"
+    else:
+        for package in packages:
+            assert package in sources, f"Dockerfile does not COPY package {package}/"
+
+
+def test_no_data_set_goes_into_the_image():
+    sources = [src.lower() for src in copy_sources()]
+    for name in ("data", "ml-100k", "movielens", "registry", "demo-run"):
+        assert not any(name in Path(src).name for src in sources if src != "model_registry"), (
+            f"the image must not contain {name!r} (copied: {sources})"
+        )
+
+
+def test_dockerignore_keeps_local_state_out():
+    patterns = {
+        line.strip().lstrip("/").rstrip("/")
+        for line in DOCKERIGNORE.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    for needed in (".git", ".venv", "registry", "demo-run", "data", "ml-100k", "**/__pycache__", ".pytest_cache"):
+        assert needed in patterns, f".dockerignore must exclude {needed}"
+
+
+# --- the compose schema, where the CLI is installed ----------------------------
+
+
+def docker_compose_cli() -> list[str] | None:
+    """`docker compose` (v2 plugin) or `docker-compose`, if either works here."""
+    candidates = []
+    if shutil.which("docker"):
+        candidates.append(["docker", "compose"])
+    if shutil.which("docker-compose"):
+        candidates.append(["docker-compose"])
+    for cli in candidates:
+        try:
+            ok = subprocess.run([*cli, "version"], capture_output=True, timeout=30).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            ok = False
+        if ok:
+            return cli
+    return None
+
+
+def test_docker_compose_config_is_valid():
+    cli = docker_compose_cli()
+    if cli is None:
+        pytest.skip("no docker compose CLI here")
+    # `config` only reads and validates the file: it needs no Docker engine.
+    result = subprocess.run(
+        [*cli, "-f", str(COMPOSE_FILE), "config", "-q"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
