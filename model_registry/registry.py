@@ -104,6 +104,27 @@ class Registry:
             raise
         _fsync_dir(self.model_dir)
 
+    def prune(self, keep: int) -> list[int]:
+        """Deletes all but the newest ``keep`` published versions, never the
+        CURRENT one nor its predecessor (the rollback target); returns what was
+        deleted. Each victim is first renamed out of the version namespace, so a
+        reader never sees a half-deleted version."""
+        if keep < 2:
+            raise ValueError(f"keep={keep}: keep at least 2 versions (the live one and its rollback target)")
+        versions = self.versions()
+        current = self.current_version()
+        previous = max((v for v in versions if current is not None and v < current), default=None)
+        protected = set(versions[-keep:]) | {current, previous}
+        deleted = []
+        for version in versions:
+            if version in protected:
+                continue
+            doomed = self.model_dir / f".deleting-{version}-{os.getpid()}"
+            os.rename(self.version_dir(version), doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+            deleted.append(version)
+        return deleted
+
     def manifest(self, version: int) -> Manifest:
         return read_manifest(self.version_dir(version))
 

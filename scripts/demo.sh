@@ -64,10 +64,10 @@ step "training on the synthetic data set"
 recsys-train --dataset synthetic --registry "$REGISTRY" --model "$MODEL" \
     --metrics-out "$RUN_DIR/train-metrics.json" 2>&1 | tee "$RUN_DIR/train.log"
 
-# Four distinct free ports: all sockets are held open until all are chosen.
-read -r INDEX_PORT QUERY_PORT INDEX_METRICS_PORT QUERY_METRICS_PORT < <(python - <<'PY'
+# Six distinct free ports: all sockets are held open until all are chosen.
+read -r INDEX_PORT QUERY_PORT INDEX_METRICS_PORT QUERY_METRICS_PORT INDEX_ADMIN_PORT QUERY_ADMIN_PORT < <(python - <<'PY'
 import socket
-socks = [socket.socket() for _ in range(4)]
+socks = [socket.socket() for _ in range(6)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in socks))
@@ -108,9 +108,9 @@ wait_serving() {
 
 step "starting the services"
 start index-service recsys-index-service --registry "$REGISTRY" --model "$MODEL" \
-    --host 127.0.0.1 --port "$INDEX_PORT" --metrics-port "$INDEX_METRICS_PORT"
+    --host 127.0.0.1 --port "$INDEX_PORT" --metrics-port "$INDEX_METRICS_PORT" --admin-port "$INDEX_ADMIN_PORT"
 start query-service recsys-query-service --registry "$REGISTRY" --model "$MODEL" \
-    --host 127.0.0.1 --port "$QUERY_PORT" --metrics-port "$QUERY_METRICS_PORT" \
+    --host 127.0.0.1 --port "$QUERY_PORT" --metrics-port "$QUERY_METRICS_PORT" --admin-port "$QUERY_ADMIN_PORT" \
     --index-address "$INDEX_ADDR" --redis-url "$REDIS_URL"
 wait_serving index-service "$INDEX_ADDR"
 wait_serving query-service "$QUERY_ADDR"

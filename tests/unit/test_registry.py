@@ -1,0 +1,87 @@
+"""Registry publish/verify round trip (no TensorFlow)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from model_registry import IndexSpec, Manifest, Registry, VersionError, verify_version
+from model_registry import manifest as mf
+
+
+def _writer(payload: bytes = b"x"):
+    def write(staging):
+        (staging / mf.QUERY_TOWER_DIR).mkdir()
+        (staging / mf.QUERY_TOWER_DIR / "saved_model.pb").write_bytes(payload)
+        np.save(staging / mf.CANDIDATE_IDS_FILE, np.array(["a", "b"]), allow_pickle=False)
+        np.save(staging / mf.CANDIDATE_EMBEDDINGS_FILE, np.eye(2, dtype=np.float32), allow_pickle=False)
+        (staging / mf.METRICS_FILE).write_text(json.dumps({"hit_rate@10": 0.5}))
+
+        def build(version, files):
+            return Manifest(model="m", version=version, embedding_dim=2, num_candidates=2, tower="id",
+                            dataset="test", created_at="2024-01-01T00:00:00+00:00",
+                            index=IndexSpec(kind="brute_force"), files=files, metrics={"hit_rate@10": 0.5})
+        return build
+    return write
+
+
+def test_publish_verify_round_trip(tmp_path):
+    reg = Registry(tmp_path, "m")
+    m1 = reg.publish(_writer())
+    m2 = reg.publish(_writer(b"y"))
+    assert (m1.version, m2.version) == (1, 2)
+    assert reg.versions() == [1, 2] and reg.current_version() == 2
+    got = verify_version(reg.version_dir(2))
+    assert got == m2 and got.files == m2.files
+    assert set(got.files) == {"query_tower/saved_model.pb", mf.CANDIDATE_IDS_FILE,
+                              mf.CANDIDATE_EMBEDDINGS_FILE, mf.METRICS_FILE}
+    assert not list(reg.model_dir.glob(".staging-*"))
+
+
+def test_no_promote_keeps_current(tmp_path):
+    reg = Registry(tmp_path, "m")
+    reg.publish(_writer())
+    reg.publish(_writer(), make_current=False)
+    assert reg.versions() == [1, 2] and reg.current_version() == 1
+
+
+def test_tampered_file_fails_verification(tmp_path):
+    reg = Registry(tmp_path, "m")
+    reg.publish(_writer())
+    vdir = reg.version_dir(1)
+    (vdir / mf.QUERY_TOWER_DIR / "saved_model.pb").write_bytes(b"tampered")
+    with pytest.raises(VersionError, match="sha256"):
+        verify_version(vdir)
+
+
+def test_missing_and_extra_files_fail_verification(tmp_path):
+    reg = Registry(tmp_path, "m")
+    reg.publish(_writer())
+    vdir = reg.version_dir(1)
+    (vdir / "extra.bin").write_bytes(b"?")
+    with pytest.raises(VersionError, match="not in the manifest"):
+        verify_version(vdir)
+    (vdir / "extra.bin").unlink()
+    (vdir / mf.METRICS_FILE).unlink()
+    with pytest.raises(VersionError, match="missing"):
+        verify_version(vdir)
+
+
+def test_failing_write_leaves_nothing(tmp_path):
+    reg = Registry(tmp_path, "m")
+
+    def broken(staging):
+        (staging / "half-written").write_bytes(b"partial")
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        reg.publish(broken)
+    assert reg.versions() == [] and reg.current_version() is None
+    assert list(reg.model_dir.iterdir()) == []  # no version, no staging dir, no CURRENT
+
+
+def test_bad_model_name_rejected(tmp_path):
+    with pytest.raises(ValueError, match="model name"):
+        Registry(tmp_path, "../escape")

@@ -1,0 +1,216 @@
+"""Trainer: data loaders, split, evaluation, index builder, and one real
+train -> publish -> reload round trip (real TensorFlow and ScaNN, no mocks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trainer import evaluate
+from trainer.data import Interactions, load_movielens_100k, synthetic
+from trainer.split import random_split
+
+REPO = Path(__file__).resolve().parents[2]
+ML100K_DIR = Path(os.environ.get("RECSYS_ML100K_DIR", REPO.parent / "shared" / "data" / "ml-100k"))
+needs_ml100k = pytest.mark.skipif(not (ML100K_DIR / "u.data").is_file(), reason=f"ml-100k not at {ML100K_DIR}")
+
+
+# ---------------------------------------------------------------- data
+
+
+@needs_ml100k
+def test_movielens_counts():
+    d = load_movielens_100k(ML100K_DIR)
+    assert len(d) == 100_000
+    assert d.num_customers == 943
+    assert len(np.unique(d.candidate_ids)) == 1682 and len(d.catalog) == 1682
+    assert d.customer_ids.dtype.kind == "U" and d.timestamps.dtype == np.int64
+    assert d.candidate_titles["1"] == "Toy Story (1995)"
+    assert len(d.customer_features["customer_id"]) == 943
+
+
+def test_movielens_bad_dirs(tmp_path):
+    with pytest.raises(ValueError, match="u.data not found in .*--data-dir"):
+        load_movielens_100k(tmp_path)
+    with pytest.raises(ValueError, match="not a directory"):
+        load_movielens_100k(tmp_path / "nope")
+
+
+def test_synthetic_shape_and_planted_structure():
+    d, truth = synthetic(500, 200, 20_000, num_clusters=10, seed=7, return_truth=True)
+    assert len(d) == 20_000 and len(d.catalog) == 200
+    assert d.customer_ids[0].startswith("c") and d.candidate_ids[0].startswith("i")
+    assert len(d.customer_ids[0]) == 7 and len(d.candidate_ids[0]) == 7  # "c000123"
+    cust = np.char.lstrip(d.customer_ids, "c").astype(int)
+    cand = np.char.lstrip(d.candidate_ids, "i").astype(int)
+    same = truth.customer_cluster[cust] == truth.candidate_cluster[cand]
+    # Planted picks always come from the customer's cluster; global picks do 1/10 of the time.
+    assert same[truth.from_own_cluster].all()
+    assert 0.78 < same.mean() < 0.88
+    # Zipf skew: the top 10% of candidates take far more than 10% of interactions.
+    counts = np.sort(np.bincount(cand, minlength=200))[::-1]
+    assert counts[:20].sum() > 0.3 * len(d)
+    # Same seed, same data.
+    again = synthetic(500, 200, 20_000, num_clusters=10, seed=7)
+    assert np.array_equal(again.customer_ids, d.customer_ids)
+
+
+def test_synthetic_rejects_bad_sizes():
+    with pytest.raises(ValueError, match="num_clusters"):
+        synthetic(10, 5, 100, num_clusters=6)
+    with pytest.raises(ValueError, match="positive"):
+        synthetic(0, 5, 100, num_clusters=1)
+
+
+# ---------------------------------------------------------------- split
+
+
+def test_split_is_seeded_and_disjoint():
+    d = synthetic(100, 50, 1000, num_clusters=5, seed=1)
+    tr1, te1 = random_split(d, 0.2, seed=42)
+    tr2, te2 = random_split(d, 0.2, seed=42)
+    tr3, _ = random_split(d, 0.2, seed=43)
+    assert len(te1) == 200 and len(tr1) == 800
+    assert np.array_equal(te1.customer_ids, te2.customer_ids) and np.array_equal(te1.timestamps, te2.timestamps)
+    assert not np.array_equal(tr1.candidate_ids, tr3.candidate_ids)
+    with pytest.raises(ValueError):
+        random_split(d, 1.5)
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def _tiny():
+    catalog = np.array(["a", "b", "c", "d"])
+    train = Interactions(np.array(["u1", "u2", "u2"]), np.array(["a", "b", "b"]), np.zeros(3, np.int64), catalog)
+    test = Interactions(np.array(["u1", "u2"]), np.array(["c", "a"]), np.zeros(2, np.int64), catalog)
+    return train, test, catalog
+
+
+def test_hit_rates_on_hand_made_example():
+    train, test, catalog = _tiny()
+    es = evaluate.prepare(train, test, catalog)
+    assert list(es.customers) == ["u1", "u2"]
+    # u1 scores a=3 b=2 c=1 d=0, holds out c (rank 2; rank 1 once its seen "a" is masked).
+    # u2 scores a=0 b=c=d=1, holds out a (rank 3; rank 2 once its seen "b" is masked).
+    q = np.array([[1.0, 0.0], [0.0, 1.0]])
+    c = np.array([[3.0, 0.0], [2.0, 1.0], [1.0, 1.0], [0.0, 1.0]])
+    got = evaluate.hit_rates(evaluate.embedding_scores(q, c), es, ks=(1, 2, 3))
+    assert got == {"hit_rate@1": 0.0, "hit_rate@2": 0.0, "hit_rate@3": 0.5,
+                   "hit_rate_excluding_seen@1": 0.0, "hit_rate_excluding_seen@2": 0.5,
+                   "hit_rate_excluding_seen@3": 1.0}
+
+
+def test_popularity_ties_are_not_credited():
+    train, test, catalog = _tiny()
+    es = evaluate.prepare(train, test, catalog)
+    # Counts a=1 b=2 c=0 d=0: c ties with d but sorts before it, a is second.
+    pop = evaluate.hit_rates(evaluate.popularity_scores(es), es, ks=(1, 2, 3))
+    assert pop["hit_rate@2"] == 0.5 and pop["hit_rate@3"] == 1.0
+    assert pop["hit_rate_excluding_seen@1"] == 0.5  # u2: b masked, a is top
+
+
+def test_item_item_cosine_and_report_table():
+    train, test, catalog = _tiny()
+    es = evaluate.prepare(train, test, catalog)
+    report = {"hit_rate@1": 0.0, "hit_rate_excluding_seen@1": 0.0,
+              "baselines": evaluate.baselines(train, es, ks=(1,))}
+    assert set(report["baselines"]) == {"popularity", "item_item_cosine"}
+    skipped = evaluate.baselines(train, es, ks=(1,), item_item_max_candidates=2)
+    assert "skipped" in skipped["item_item_cosine"]
+    table = evaluate.format_table(report, ks=(1,))
+    assert "popularity" in table and "item_item_cosine" in table and "excluding seen" in table
+
+
+# ---------------------------------------------------------------- index builder
+
+
+def test_tree_ah_index_meets_recall_and_survives_rename(tmp_path):
+    from trainer import index_builder
+
+    # Clustered vectors, like trained embeddings (isotropic noise has no structure to exploit).
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(40, 16))
+    db = (centers[rng.integers(40, size=3000)] + 0.3 * rng.normal(size=(3000, 16))).astype(np.float32)
+    probes = (centers[rng.integers(40, size=200)] + 0.3 * rng.normal(size=(200, 16))).astype(np.float32)
+    cfg = index_builder.IndexConfig(brute_force_max=1000, reorder=100)
+    searcher, spec = index_builder.build_index(db, probes, cfg)
+    assert spec.kind == "tree_ah" and spec.num_leaves == 55 and spec.recall_at_10 >= 0.95
+    index_builder.save_searcher(searcher, tmp_path / "staging")
+    shutil.move(tmp_path / "staging", tmp_path / "renamed")  # relative asset paths must survive this
+    loaded = index_builder.load_searcher(tmp_path / "renamed")
+    assert index_builder.measure_recall(loaded, probes, db) == pytest.approx(spec.recall_at_10)
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def test_train_publish_reload_round_trip(tmp_path, capsys):
+    import model_registry.tf_env  # noqa: F401
+    import tensorflow as tf
+    from scann import scann_ops_pybind
+
+    from model_registry import Registry, verify_version
+    from model_registry import manifest as mf
+    from trainer import cli, index_builder
+
+    rc = cli.main(["--dataset", "synthetic", "--registry", str(tmp_path / "reg"), "--model", "tiny",
+                   "--epochs", "2", "--embedding-dim", "16", "--batch-size", "256", "--quiet",
+                   "--synthetic-customers", "300", "--synthetic-candidates", "120",
+                   "--synthetic-interactions", "6000", "--synthetic-clusters", "6",
+                   "--metrics-out", str(tmp_path / "metrics.json")])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "published model=tiny version=1 dir=" in out and "recall@10=1.00" in out
+
+    reg = Registry(tmp_path / "reg", "tiny")
+    assert reg.current_version() == 1
+    vdir = reg.version_dir(1)
+    manifest = verify_version(vdir)
+    assert sorted(p.name for p in vdir.iterdir()) == sorted([
+        mf.QUERY_TOWER_DIR, mf.CANDIDATE_IDS_FILE, mf.CANDIDATE_EMBEDDINGS_FILE, mf.SCANN_DIR,
+        mf.POPULAR_FILE, mf.PROBE_QUERIES_FILE, mf.METRICS_FILE, mf.MANIFEST_FILE])
+    assert manifest.embedding_dim == 16 and manifest.num_candidates == 120 and manifest.tower == "id"
+    assert manifest.index.kind == "brute_force" and manifest.index.recall_at_10 == 1.0
+    metrics = json.loads((vdir / mf.METRICS_FILE).read_text())
+    assert metrics == manifest.metrics == json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["epochs_run"] <= 2 and "popularity" in metrics["baselines"]
+
+    ids = np.load(vdir / mf.CANDIDATE_IDS_FILE, allow_pickle=False)
+    emb = np.load(vdir / mf.CANDIDATE_EMBEDDINGS_FILE, allow_pickle=False)
+    probes = np.load(vdir / mf.PROBE_QUERIES_FILE, allow_pickle=False)
+    assert ids.dtype.kind == "U" and ids.shape == (120,) and emb.shape == (120, 16) and emb.dtype == np.float32
+    assert probes.dtype == np.float32 and probes.shape[1] == 16 and 0 < len(probes) <= 300
+    pop = np.load(vdir / mf.POPULAR_FILE, allow_pickle=False)
+    assert pop["ids"].dtype.kind == "U" and len(pop["ids"]) == len(pop["scores"]) <= 120
+    assert np.all(np.diff(pop["scores"]) <= 0) and pop["scores"].dtype == np.float32
+
+    serve = tf.saved_model.load(str(vdir / mf.QUERY_TOWER_DIR)).signatures["serving_default"]
+    res = serve(customer_id=tf.constant(["c000001", "nobody"]))
+    assert res["embedding"].shape == (2, 16) and res["embedding"].dtype == tf.float32
+    assert res["known"].numpy().tolist() == [True, False]
+
+    searcher = scann_ops_pybind.load_searcher(str(vdir / mf.SCANN_DIR))
+    queries = res["embedding"].numpy()
+    got, _ = searcher.search_batched(queries, final_num_neighbors=10)
+    exact = index_builder.exact_top_k(queries, emb, 10)
+    assert [set(r) for r in np.asarray(got)] == [set(r) for r in exact]
+
+
+def test_cli_user_errors_are_one_line(tmp_path, capsys):
+    from trainer import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--dataset", "movielens-100k", "--data-dir", str(tmp_path), "--registry", str(tmp_path),
+                  "--model", "m"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "u.data not found" in err
+    with pytest.raises(SystemExit):
+        cli.main(["--dataset", "synthetic", "--registry", str(tmp_path), "--model", "bad name"])
+    assert "model name" in capsys.readouterr().err

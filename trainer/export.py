@@ -1,0 +1,128 @@
+"""Turns a trained model into a published registry version.
+
+Writes the query tower as a self-contained SavedModel (the services load it
+with plain ``tf.saved_model.load``, no trainer code), the candidate embeddings
+and ids, the ScaNN searcher, the popularity fallback, probe queries and the
+metrics report, then publishes atomically through ``Registry.publish``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+from pathlib import Path
+from typing import Any
+
+import model_registry.tf_env  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+
+import numpy as np
+import tensorflow as tf
+
+from model_registry import IndexSpec, Manifest, Registry
+from model_registry import manifest as mf
+from trainer import index_builder
+from trainer.data import Interactions
+from trainer.model import IdTower, embed
+
+MAX_POPULAR = 1000
+MAX_PROBE_QUERIES = 1000
+
+
+class QueryTowerModule(tf.Module):
+    """The serving wrapper: ``serving_default(customer_id: string[None])`` ->
+    ``{"embedding": float32[None, D], "known": bool[None]}``."""
+
+    def __init__(self, tower: IdTower):
+        super().__init__(name="query_tower_module")
+        self.tower = tower
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="customer_id")])
+    def serve(self, customer_id: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {
+            "embedding": tf.cast(self.tower(customer_id), tf.float32),
+            "known": self.tower.known(customer_id),
+        }
+
+
+def save_query_tower(tower: IdTower, path: Path) -> None:
+    """Saves the query tower as a SavedModel with a ``serving_default`` signature."""
+    module = QueryTowerModule(tower)
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+
+def popular_candidates(train: Interactions, limit: int = MAX_POPULAR) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``limit`` most interacted training candidates (most popular first,
+    ties by id) and their share of training interactions."""
+    ids, counts = np.unique(train.candidate_ids, return_counts=True)
+    order = np.lexsort((ids, -counts))[:limit]  # np.unique sorts ids, so ties go by id
+    return ids[order].astype(str), (counts[order] / max(len(train), 1)).astype(np.float32)
+
+
+def probe_customers(test: Interactions, limit: int = MAX_PROBE_QUERIES, seed: int = 42) -> np.ndarray:
+    """A seeded sample of up to ``limit`` distinct held-out customers."""
+    customers = np.unique(test.customer_ids)
+    if len(customers) > limit:
+        customers = np.sort(np.random.default_rng(seed).choice(customers, limit, replace=False))
+    return customers
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+@dataclasses.dataclass
+class ExportConfig:
+    """What to publish and how."""
+
+    dataset: str
+    tower: str = "id"
+    make_current: bool = True
+    seed: int = 42
+    index: index_builder.IndexConfig = dataclasses.field(default_factory=index_builder.IndexConfig)
+
+
+def publish(registry: Registry, query_tower: IdTower, candidate_tower: IdTower, catalog: np.ndarray,
+            train: Interactions, test: Interactions, metrics: dict[str, Any],
+            config: ExportConfig) -> Manifest:
+    """Builds every artifact of a version and publishes it; returns the manifest.
+
+    ``catalog`` (sorted unique candidate ids) defines the index order. The
+    ScaNN recall is measured on the probe queries before anything is written.
+    """
+    catalog = np.asarray(catalog).astype(str)
+    cand_emb = embed(candidate_tower, catalog)
+    probes = embed(query_tower, probe_customers(test, seed=config.seed))
+    searcher, spec = index_builder.build_index(cand_emb, probes, config.index)
+    pop_ids, pop_scores = popular_candidates(train)
+    dim = int(cand_emb.shape[1])
+
+    def write(staging: Path):
+        save_query_tower(query_tower, staging / mf.QUERY_TOWER_DIR)
+        np.save(staging / mf.CANDIDATE_IDS_FILE, catalog, allow_pickle=False)
+        np.save(staging / mf.CANDIDATE_EMBEDDINGS_FILE, cand_emb, allow_pickle=False)
+        index_builder.save_searcher(searcher, staging / mf.SCANN_DIR)
+        np.savez(staging / mf.POPULAR_FILE, ids=pop_ids, scores=pop_scores)
+        np.save(staging / mf.PROBE_QUERIES_FILE, probes, allow_pickle=False)
+        (staging / mf.METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True,
+                                                          default=_json_default))
+
+        def build_manifest(version: int, files: dict[str, str]) -> Manifest:
+            return Manifest(
+                model=registry.model,
+                version=version,
+                embedding_dim=dim,
+                num_candidates=len(catalog),
+                tower=config.tower,
+                dataset=config.dataset,
+                created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                index=IndexSpec(**dataclasses.asdict(spec)),
+                files=files,
+                metrics=json.loads(json.dumps(metrics, default=_json_default)),
+            )
+
+        return build_manifest
+
+    return registry.publish(write, make_current=config.make_current)
