@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import prometheus_client
-
 from index_service.core import IndexCore
 from index_service.servicer import IndexServicer
-from model_registry import Registry, VersionError
+from model_registry import Registry
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from serving import validation
-from serving.admin_rpc import AdminConfig, ServiceWithAdmin, add_admin_flags
+from serving.admin_rpc import AdminConfig, ServiceWithAdmin, add_admin_flags, pop_admin_config
 from serving.flags import add_flag
-from serving.grpc_server import ServiceSpec, configure_logging, serve_until_signalled
+from serving.grpc_server import ServiceSpec, run_main, serve_until_signalled
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = "recsys.v1.IndexService"
@@ -55,8 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> IndexServiceConfig:
     values = vars(args)
-    admin = AdminConfig(values.pop("admin_host"), values.pop("admin_port"), values.pop("admin_token"))
-    return IndexServiceConfig(admin=admin, **values)
+    return IndexServiceConfig(admin=pop_admin_config(values), **values)
 
 
 async def create_server(config: IndexServiceConfig) -> tuple[ServiceWithAdmin, IndexCore]:
@@ -79,13 +75,7 @@ async def _serve(config: IndexServiceConfig) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     config = config_from_args(build_parser().parse_args(argv))
-    configure_logging(config.log_level)
-    if config.metrics_port:
-        prometheus_client.start_http_server(config.metrics_port)
-    try:
-        asyncio.run(_serve(config))
-    except VersionError as e:
-        raise SystemExit(f"recsys-index-service: cannot start: {e}") from None
+    run_main("recsys-index-service", _serve(config), config.log_level, config.metrics_port)
 
 
 if __name__ == "__main__":

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import prometheus_client
-
-from model_registry import Registry, VersionError
+from model_registry import Registry
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from query_service.batching import BatchingConfig
 from query_service.cache import CacheConfig, ResultCache
@@ -19,8 +16,8 @@ from query_service.recommender import Recommender
 from query_service.servicer import QueryServicer
 from serving import validation
 from serving.flags import add_flag
-from serving.admin_rpc import AdminConfig, ServiceWithAdmin, add_admin_flags
-from serving.grpc_server import ServiceSpec, configure_logging, serve_until_signalled
+from serving.admin_rpc import AdminConfig, ServiceWithAdmin, add_admin_flags, pop_admin_config
+from serving.grpc_server import ServiceSpec, run_main, serve_until_signalled
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = "recsys.v1.QueryService"
@@ -69,8 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> QueryServiceConfig:
     values = vars(args)
-    admin = AdminConfig(values.pop("admin_host"), values.pop("admin_port"), values.pop("admin_token"))
-    return QueryServiceConfig(admin=admin, **values)
+    return QueryServiceConfig(admin=pop_admin_config(values), **values)
 
 
 async def create_server(config: QueryServiceConfig) -> tuple[ServiceWithAdmin, Recommender]:
@@ -109,13 +105,7 @@ async def _serve(config: QueryServiceConfig) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     config = config_from_args(build_parser().parse_args(argv))
-    configure_logging(config.log_level)
-    if config.metrics_port:
-        prometheus_client.start_http_server(config.metrics_port)
-    try:
-        asyncio.run(_serve(config))
-    except VersionError as e:
-        raise SystemExit(f"recsys-query-service: cannot start: {e}") from None
+    run_main("recsys-query-service", _serve(config), config.log_level, config.metrics_port)
 
 
 if __name__ == "__main__":

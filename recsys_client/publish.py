@@ -89,8 +89,11 @@ def _loaded(status: pb.ServiceStatus) -> set[int]:
     return {v.version for v in status.versions if v.state != pb.VERSION_STATE_LOADING}
 
 
-def publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: float = 0.0) -> None:
-    """Runs the blue-green rollout of ``version``; raises PublishError."""
+def publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: float = 0.0,
+                    keep_versions: int | None = None) -> None:
+    """Runs the blue-green rollout of ``version``; raises PublishError. With
+    ``keep_versions``, older published versions beyond that many are then
+    deleted from the registry (never the live one or its rollback target)."""
     try:
         registry.manifest(version)
     except VersionError as e:
@@ -116,6 +119,10 @@ def publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: flo
     if drain_s > 0:
         time.sleep(drain_s)
     unload_stale(fleet)
+    if keep_versions is not None:
+        deleted = registry.prune(keep_versions)
+        if deleted:
+            log.info("deleted versions %s from the registry (keeping %d)", deleted, keep_versions)
 
 
 def unload_stale(fleet: Fleet) -> None:
@@ -158,11 +165,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(parser, "admin-token", default="", help="bearer token of the admin plane")
     parser.add_argument("--drain-s", type=float, default=5.0, help="wait before unloading older versions")
     parser.add_argument("--timeout-s", type=float, default=120.0, help="deadline of each admin call")
+    parser.add_argument("--keep-versions", type=int, default=5,
+                        help="published versions kept on disk after a rollout (at least 2)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.keep_versions < 2:
+        parser.error("--keep-versions must be at least 2 (the live version and its rollback target)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     registry = Registry(args.registry, args.model)
     split = lambda value: [a for a in value.split(",") if a]  # noqa: E731
@@ -174,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
             version = args.version or (registry.versions() or [None])[-1]
             if version is None:
                 raise PublishError(f"no published version of {args.model} under {args.registry}")
-            publish_version(fleet, registry, version, args.drain_s)
+            publish_version(fleet, registry, version, args.drain_s, args.keep_versions)
         print(f"live version {version} on {len(fleet.replicas)} replicas")
     except PublishError as e:
         print(f"recsys-publish: {e}", file=sys.stderr)

@@ -99,6 +99,11 @@ def add_admin_flags(parser: argparse.ArgumentParser, default_port: int) -> None:
     add_flag(parser, "admin-token", default="", help="bearer token required on admin calls; empty: none")
 
 
+def pop_admin_config(values: dict) -> AdminConfig:
+    """Takes the admin flags out of parsed ``vars(args)``."""
+    return AdminConfig(values.pop("admin_host"), values.pop("admin_port"), values.pop("admin_token"))
+
+
 class ServiceWithAdmin:
     """A data-plane server and its admin server, started together: the data
     plane reports SERVING only once the registry's current version is loaded."""

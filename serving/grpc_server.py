@@ -10,13 +10,14 @@ import logging
 import signal
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Iterable
+from typing import Awaitable, Callable, Coroutine, Iterable
 
 import grpc
 import prometheus_client
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from model_registry import VersionError
 from serving.errors import ServingError
 
 log = logging.getLogger(__name__)
@@ -127,5 +128,15 @@ async def serve_until_signalled(stop: Callable[[float], Awaitable[None]], grace_
     await stop(grace_s)
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def run_main(prog: str, serve: Coroutine[None, None, None], log_level: str, metrics_port: int) -> None:
+    """A service's process: logging, Prometheus /metrics (port 0: none), then
+    ``serve`` until a signal. A version that cannot be loaded at start exits
+    with a one-line message instead of a traceback."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if metrics_port:
+        prometheus_client.start_http_server(metrics_port)
+    try:
+        asyncio.run(serve)
+    except VersionError as e:
+        serve.close()
+        raise SystemExit(f"{prog}: cannot start: {e}") from None

@@ -97,19 +97,17 @@ def build_index(embeddings: np.ndarray, probe_queries: np.ndarray,
                 .score_ah(2, anisotropic_quantization_threshold=0.2)
                 .reorder(reorder).build())
 
-    # One build; the leaves searched can be overridden per query to find the
-    # smallest value that meets the target, then the index is rebuilt with it
-    # baked into its config (services search without overrides).
+    # One build (k-means training is not deterministic, so a rebuild could
+    # land below the recall just measured); the leaves searched are a per-query
+    # override, so pick the smallest value that meets the target. The manifest
+    # records it and the index service passes it on every search.
     searcher = make(candidates[-1])
-    chosen = candidates[-1]
-    for leaves in candidates:
-        if measure_recall(searcher, probes, db, k, leaves_to_search=leaves) >= config.recall_target:
-            chosen = leaves
+    for leaves in candidates:  # if none meets the target, the last (most) is kept
+        recall = measure_recall(searcher, probes, db, k, leaves_to_search=leaves)
+        if recall >= config.recall_target:
             break
-    if chosen != candidates[-1]:
-        searcher = make(chosen)
-    spec = IndexSpec(kind="tree_ah", num_leaves=num_leaves, num_leaves_to_search=chosen, reorder=reorder,
-                     recall_at_10=measure_recall(searcher, probes, db, k), probe_queries=len(probes))
+    spec = IndexSpec(kind="tree_ah", num_leaves=num_leaves, num_leaves_to_search=leaves, reorder=reorder,
+                     recall_at_10=recall, probe_queries=len(probes))
     return searcher, spec
 
 

@@ -144,7 +144,8 @@ def test_tree_ah_index_meets_recall_and_survives_rename(tmp_path):
     index_builder.save_searcher(searcher, tmp_path / "staging")
     shutil.move(tmp_path / "staging", tmp_path / "renamed")  # relative asset paths must survive this
     loaded = index_builder.load_searcher(tmp_path / "renamed")
-    assert index_builder.measure_recall(loaded, probes, db) == pytest.approx(spec.recall_at_10)
+    recall = index_builder.measure_recall(loaded, probes, db, leaves_to_search=spec.num_leaves_to_search)
+    assert recall == pytest.approx(spec.recall_at_10)
 
 
 # ---------------------------------------------------------------- end to end
