@@ -1,0 +1,622 @@
+"""recsys-loadtest: open-loop gRPC load against QueryService.Recommend.
+
+    recsys-loadtest --address HOST:PORT --qps 200 --duration-s 30 \\
+        [--concurrency 512] [--k 10] [--timeout-s 2] [--channels 2] \\
+        [--num-customers 300] [--customer-format 'c{:06d}'] \\
+        [--distribution uniform|zipf] [--zipf-s 1.1] [--seed 0] \\
+        [--sample-responses N] [--out FILE]
+
+    # blue-green swap under load, then a rollback:
+    recsys-loadtest --address ... --qps 200 --duration-s 10 --swap \\
+        --registry DIR --model NAME --index-admin A[,B] --query-admin C[,D] \\
+        [--admin-token T] --swap-version 2 --swap-at-s 3 --rollback-at-s 6
+
+Requests are scheduled at a fixed arrival rate and each is sent as its own task
+whatever the state of earlier ones (open loop), so a slow server cannot slow the
+client down and hide its own latency. Latency is measured from the request's
+*scheduled* send time, which keeps it free of coordinated omission: if the
+client itself falls behind, that delay is charged to the request. At most
+``--concurrency`` requests are in flight; one that would exceed the cap is not
+sent and is counted as ``dropped``.
+
+Writes a JSON report to stdout (or ``--out``) and a short table to stderr:
+latency percentiles (HdrHistogram, 1 us..60 s, 3 significant digits), achieved
+QPS, errors by gRPC status, responses per model version, cache hits, a
+per-second timeline and, with ``--swap``, latency before / during / after the
+publish and the rollback. Exits 1 when any request failed or was dropped, or a
+swap step failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import sys
+import time
+from array import array
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from hdrh.histogram import HdrHistogram
+
+# Histogram range: 1 us .. 60 s at 3 significant digits (0.1% value precision).
+HIST_LOWEST_US = 1
+HIST_HIGHEST_US = 60_000_000
+HIST_DIGITS = 3
+PERCENTILES = (("p50_ms", 50.0), ("p90_ms", 90.0), ("p99_ms", 99.0), ("p99_9_ms", 99.9))
+
+# Outcome codes of one scheduled request in RequestLog.
+OK, ERROR, DROPPED = 0, 1, 2
+DISTRIBUTIONS = ("uniform", "zipf")
+
+
+def new_histogram() -> HdrHistogram:
+    """An empty latency histogram in microseconds (1 us .. 60 s, 3 digits)."""
+    return HdrHistogram(HIST_LOWEST_US, HIST_HIGHEST_US, HIST_DIGITS)
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass
+class SwapConfig:
+    """Blue-green publish of ``version`` at ``at_s`` seconds into the run, and an
+    optional rollback at ``rollback_at_s`` (both relative to the first request)."""
+
+    registry: Path
+    model: str
+    index_admin: list[str]
+    query_admin: list[str]
+    version: int
+    at_s: float
+    rollback_at_s: float | None = None
+    admin_token: str = ""
+    admin_timeout_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        self.registry = Path(self.registry)
+        if not self.index_admin or not self.query_admin:
+            raise ValueError("a swap needs at least one index and one query admin address")
+        if self.version < 1:
+            raise ValueError(f"swap version must be >= 1, got {self.version}")
+        if self.at_s < 0:
+            raise ValueError(f"swap-at-s must be >= 0, got {self.at_s}")
+        if self.rollback_at_s is not None and self.rollback_at_s < self.at_s:
+            raise ValueError(f"rollback-at-s ({self.rollback_at_s}) is before swap-at-s ({self.at_s})")
+
+
+@dataclass
+class LoadConfig:
+    """Everything one load run needs; see the module docstring for the meaning."""
+
+    address: str
+    qps: float
+    duration_s: float
+    concurrency: int = 512
+    k: int = 10
+    timeout_s: float = 2.0
+    channels: int = 2
+    num_customers: int = 300
+    customer_format: str = "c{:06d}"
+    distribution: str = "uniform"
+    zipf_s: float = 1.1
+    seed: int = 0
+    sample_responses: int = 0
+    swap: SwapConfig | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("qps", "duration_s", "timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("concurrency", "k", "channels", "num_customers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.sample_responses < 0:
+            raise ValueError(f"sample_responses must be >= 0, got {self.sample_responses}")
+        if self.distribution not in DISTRIBUTIONS:
+            raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {self.distribution!r}")
+        if self.distribution == "zipf" and not self.zipf_s > 0:
+            raise ValueError(f"zipf_s must be > 0, got {self.zipf_s}")
+        self.customer_format.format(0)  # fail now, not mid-run, on a bad format
+
+    @property
+    def total_requests(self) -> int:
+        """Requests the schedule holds: one every 1/qps seconds in [0, duration_s)."""
+        return max(1, math.ceil(self.qps * self.duration_s - 1e-9))
+
+
+# --------------------------------------------------------------------------- customers
+
+
+class CustomerSampler:
+    """Seeded customer-id draws: ``uniform`` over ranks 0..n-1, or ``zipf`` where
+    rank r has weight 1/(r+1)**s, so low ranks (c000000, c000001, ...) are the hot
+    customers. A finite Zipf is used, not numpy's unbounded one, so every draw is
+    a valid id and the skew does not depend on rejection."""
+
+    def __init__(self, num_customers: int, customer_format: str = "c{:06d}", distribution: str = "uniform",
+                 zipf_s: float = 1.1, seed: int = 0):
+        if distribution not in DISTRIBUTIONS:
+            raise ValueError(f"unknown distribution {distribution!r}")
+        self.num_customers = num_customers
+        self.customer_format = customer_format
+        self.distribution = distribution
+        self._rng = np.random.default_rng(seed)
+        self._cdf: np.ndarray | None = None
+        if distribution == "zipf":
+            weights = 1.0 / np.arange(1, num_customers + 1, dtype=np.float64) ** zipf_s
+            self._cdf = np.cumsum(weights) / weights.sum()
+
+    def ranks(self, n: int) -> np.ndarray:
+        """``n`` customer ranks in 0..num_customers-1."""
+        if self._cdf is None:
+            return self._rng.integers(0, self.num_customers, size=n)
+        # side="right" and the clip guard against the cdf's last entry rounding below 1.
+        return np.minimum(np.searchsorted(self._cdf, self._rng.random(n), side="right"), self.num_customers - 1)
+
+    def draw(self, n: int) -> list[str]:
+        """``n`` customer ids, formatted with ``customer_format``."""
+        return [self.customer_format.format(int(r)) for r in self.ranks(n)]
+
+
+# --------------------------------------------------------------------------- records and aggregation
+
+
+class RequestLog:
+    """One row per scheduled request, in compact parallel arrays so a long run's
+    report (timeline, phases) can be computed afterwards over any time window."""
+
+    def __init__(self) -> None:
+        self.sched_s = array("d")  # scheduled send time, seconds after the run's start
+        self.latency_us = array("q")  # from scheduled send to response; -1 unless OK
+        self.outcome = array("b")  # OK, ERROR or DROPPED
+        self.version = array("q")  # model_version of the response; 0 unless OK
+
+    def add(self, sched_s: float, outcome: int, latency_us: int = -1, version: int = 0) -> None:
+        """Appends one request's row."""
+        self.sched_s.append(sched_s)
+        self.outcome.append(outcome)
+        self.latency_us.append(latency_us)
+        self.version.append(version)
+
+    def __len__(self) -> int:
+        return len(self.sched_s)
+
+    def columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(sched_s, latency_us, outcome, version) as numpy arrays (copies, so rows can still be added)."""
+        def view(a: array, dtype) -> np.ndarray:
+            return np.frombuffer(a, dtype=dtype).copy() if len(a) else np.zeros(0, dtype)
+        return (view(self.sched_s, np.float64), view(self.latency_us, np.int64), view(self.outcome, np.int8),
+                view(self.version, np.int64))
+
+
+def latency_summary(hist: HdrHistogram) -> dict[str, float | None]:
+    """p50/p90/p99/p99.9/max/mean in milliseconds of a microsecond histogram;
+    None for each when it is empty (so JSON readers cannot mistake it for 0 ms)."""
+    if hist.get_total_count() == 0:
+        return {**{name: None for name, _ in PERCENTILES}, "max_ms": None, "mean_ms": None}
+    out: dict[str, float | None] = {name: round(hist.get_value_at_percentile(p) / 1000.0, 3)
+                                    for name, p in PERCENTILES}
+    out["max_ms"] = round(hist.get_max_value() / 1000.0, 3)
+    out["mean_ms"] = round(hist.get_mean_value() / 1000.0, 3)
+    return out
+
+
+def record_latency(hist: HdrHistogram, latency_us: int) -> None:
+    """Records a latency, clamped into the histogram's trackable range."""
+    hist.record_value(min(max(int(latency_us), HIST_LOWEST_US), HIST_HIGHEST_US))
+
+
+def window_stats(log: RequestLog, start_s: float, end_s: float, hist: HdrHistogram | None = None) -> dict[str, Any]:
+    """Statistics of the requests *scheduled* in [start_s, end_s): counts,
+    latency percentiles of the OK ones, OK responses per second of window,
+    and the model versions that answered. ``hist`` is a scratch histogram to
+    reuse (it is reset)."""
+    hist = hist if hist is not None else new_histogram()
+    hist.reset()
+    sched, latency, outcome, version = log.columns()
+    in_window = (sched >= start_s) & (sched < end_s)
+    counts = np.bincount(outcome[in_window], minlength=3)
+    ok = in_window & (outcome == OK)
+    for value in latency[ok].tolist():
+        record_latency(hist, value)
+    versions, per_version = np.unique(version[ok], return_counts=True)
+    width = end_s - start_s
+    return {
+        "start_s": round(start_s, 3),
+        "end_s": round(end_s, 3),
+        "requests": int(counts.sum()),
+        "ok": int(counts[OK]),
+        "errors": int(counts[ERROR]),
+        "dropped": int(counts[DROPPED]),
+        "qps": round(int(counts[OK]) / width, 2) if 0 < width < math.inf else None,
+        "latency_ms": latency_summary(hist),
+        "model_versions": {str(int(v)): int(n) for v, n in zip(versions, per_version)},
+    }
+
+
+def timeline(log: RequestLog, duration_s: float) -> list[dict[str, Any]]:
+    """Per-second rows (by scheduled send time): OK qps, p50/p99, errors, drops
+    and the versions that answered, to compare phases of a run by eye."""
+    hist = new_histogram()
+    rows = []
+    for second in range(math.ceil(duration_s)):
+        end = min(second + 1.0, duration_s)
+        stats = window_stats(log, float(second), end, hist)
+        rows.append({"second": second, "requests": stats["requests"], "ok": stats["ok"], "qps": stats["qps"],
+                     "p50_ms": stats["latency_ms"]["p50_ms"], "p99_ms": stats["latency_ms"]["p99_ms"],
+                     "errors": stats["errors"], "dropped": stats["dropped"],
+                     "versions": [int(v) for v in stats["model_versions"]]})
+    return rows
+
+
+@dataclass
+class Event:
+    """An admin action run during the load (publish or rollback), with its
+    start and end in seconds after the run's start."""
+
+    name: str
+    planned_at_s: float
+    start_s: float | None = None
+    end_s: float | None = None
+    ok: bool | None = None
+    error: str | None = None
+    result: Any = None
+
+    @property
+    def duration_s(self) -> float | None:
+        """Wall time of the action, None when it never ran."""
+        return None if self.start_s is None or self.end_s is None else self.end_s - self.start_s
+
+
+def phase_windows(events: Sequence[Event], duration_s: float) -> dict[str, dict[str, tuple[float, float]]]:
+    """For each event that ran: its ``before`` / ``during`` / ``after`` windows.
+
+    ``before`` starts where the previous event ended (or at 0), ``during`` is the
+    event's own [start, end), ``after`` runs until the next event starts (or the
+    end of the schedule). So with a swap and a rollback, the swap's ``after`` is
+    the rollback's ``before``: the steady state between the two."""
+    ran = sorted((e for e in events if e.start_s is not None and e.end_s is not None), key=lambda e: e.start_s)
+    out = {}
+    for i, event in enumerate(ran):
+        previous_end = ran[i - 1].end_s if i > 0 else 0.0
+        next_start = ran[i + 1].start_s if i + 1 < len(ran) else duration_s
+        end = min(event.end_s, duration_s)
+        out[event.name] = {"before": (previous_end, min(event.start_s, duration_s)),
+                           "during": (event.start_s, end),
+                           "after": (end, max(end, next_start))}
+    return out
+
+
+def build_report(config: LoadConfig, log: RequestLog, *, elapsed_s: float, errors_by_code: Counter,
+                 cache_hits: int, sources: Counter, events: Sequence[Event] = (),
+                 samples: Sequence[dict] = ()) -> dict[str, Any]:
+    """Assembles the JSON report of a finished run from its request log."""
+    hist = new_histogram()
+    overall = window_stats(log, 0.0, math.inf, hist)
+    report: dict[str, Any] = {
+        "config": _config_dict(config),
+        "elapsed_s": round(elapsed_s, 3),
+        "offered_qps": config.qps,
+        # OK responses over the whole run, from first scheduled send to last response.
+        "achieved_qps": round(overall["ok"] / elapsed_s, 2) if elapsed_s > 0 else None,
+        "requests": {"scheduled": len(log), "sent": overall["requests"] - overall["dropped"],
+                     "ok": overall["ok"], "errors": overall["errors"], "dropped": overall["dropped"]},
+        "errors_by_code": dict(sorted(errors_by_code.items())),
+        "latency_ms": overall["latency_ms"],
+        "model_versions": overall["model_versions"],
+        "cache_hits": cache_hits,
+        "cache_hit_ratio": round(cache_hits / overall["ok"], 4) if overall["ok"] else None,
+        "sources": dict(sorted(sources.items())),
+        "timeline": timeline(log, config.duration_s),
+    }
+    windows = phase_windows(events, config.duration_s)
+    for event in events:
+        entry = {"planned_at_s": event.planned_at_s,
+                 "start_s": None if event.start_s is None else round(event.start_s, 3),
+                 "end_s": None if event.end_s is None else round(event.end_s, 3),
+                 "duration_s": None if event.duration_s is None else round(event.duration_s, 3),
+                 "ok": event.ok, "error": event.error, "result": event.result}
+        if event.name in windows:
+            entry["phases"] = {phase: window_stats(log, a, b, hist) for phase, (a, b) in windows[event.name].items()}
+        report[event.name] = entry
+    report["samples"] = list(samples)
+    return report
+
+
+def _config_dict(config: LoadConfig) -> dict[str, Any]:
+    out = asdict(config)
+    if config.swap is not None:
+        out["swap"]["registry"] = str(config.swap.registry)
+        out["swap"]["admin_token"] = "***" if config.swap.admin_token else ""  # never echo a secret
+    return out
+
+
+def sample_indices(total: int, n: int) -> set[int]:
+    """Up to ``n`` request indices spread evenly over ``total`` requests, so the
+    kept samples cover every phase of the run."""
+    if n <= 0 or total <= 0:
+        return set()
+    if n >= total:
+        return set(range(total))
+    return {int((i + 0.5) * total / n) for i in range(n)}
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def connect_timeout_s(config: LoadConfig) -> float:
+    """How long to wait for the channels to connect before giving up."""
+    return max(config.timeout_s, 10.0)
+
+
+async def _run_event(event: Event, fn: Callable[[], Any], t0: float, after: asyncio.Task | None = None,
+                     requires: Event | None = None) -> None:
+    loop = asyncio.get_running_loop()
+    if after is not None:
+        await after  # a rollback must not race the publish it undoes
+    if requires is not None and not requires.ok:
+        # Rolling back a publish that failed would undo the *previous* rollout instead.
+        event.error = f"skipped: {requires.name} did not succeed"
+        return
+    await asyncio.sleep(max(0.0, t0 + event.planned_at_s - loop.time()))
+    event.start_s = loop.time() - t0
+    try:
+        # Admin calls are blocking gRPC; a thread keeps the load loop running meanwhile.
+        event.result = await asyncio.to_thread(fn)
+        event.ok = True
+    except Exception as e:  # noqa: BLE001 - reported, and the load goes on
+        event.ok, event.error = False, f"{type(e).__name__}: {e}"
+    event.end_s = loop.time() - t0
+
+
+def _swap_actions(swap: SwapConfig) -> tuple[Callable[[], Any], Callable[[], Any], Callable[[], None]]:
+    from model_registry import Registry
+    from recsys_client.publish import Fleet, publish_version, rollback
+
+    registry = Registry(swap.registry, swap.model)
+    fleet = Fleet.connect(swap.index_admin, swap.query_admin, swap.admin_token, swap.admin_timeout_s)
+
+    def do_publish() -> int:
+        publish_version(fleet, registry, swap.version, drain_s=0.0)
+        return swap.version
+
+    def do_rollback() -> int:
+        return rollback(fleet, registry)
+
+    return do_publish, do_rollback, fleet.close
+
+
+async def run_load(config: LoadConfig) -> dict[str, Any]:
+    """Runs the open-loop load described by ``config`` (and its swap scenario,
+    if any) and returns the report as a JSON-serializable dict."""
+    import grpc
+
+    from protos.recsys.v1 import retrieval_pb2 as pb
+    from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
+
+    loop = asyncio.get_running_loop()
+    total = config.total_requests
+    interval = 1.0 / config.qps
+    # Drawn up front so the run is reproducible and no sampling happens on the hot path.
+    customers = CustomerSampler(config.num_customers, config.customer_format, config.distribution,
+                                config.zipf_s, config.seed).draw(total)
+    to_sample = sample_indices(total, config.sample_responses)
+
+    log = RequestLog()
+    errors_by_code: Counter[str] = Counter()
+    sources: Counter[str] = Counter()
+    samples: list[dict] = []
+    cache_hits = 0
+    in_flight = 0
+    last_done = 0.0
+
+    # A local subchannel pool per channel gives each its own TCP connection;
+    # otherwise identical channels share one and --channels would be moot.
+    channels = [grpc.aio.insecure_channel(config.address, options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(config.channels)]
+    stubs = [pb_grpc.QueryServiceStub(c) for c in channels]
+    close_fleet: Callable[[], None] | None = None
+    try:
+        # Connect first so connection set-up is not charged to the first requests.
+        await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in channels)),
+                               timeout=connect_timeout_s(config))
+        events: list[Event] = []
+        event_tasks: list[asyncio.Task] = []
+        t0 = loop.time()
+        if config.swap is not None:
+            do_publish, do_rollback, close_fleet = await asyncio.to_thread(_swap_actions, config.swap)
+            t0 = loop.time()
+            swap_event = Event("swap", config.swap.at_s)
+            events.append(swap_event)
+            event_tasks.append(asyncio.create_task(_run_event(swap_event, do_publish, t0)))
+            if config.swap.rollback_at_s is not None:
+                rollback_event = Event("rollback", config.swap.rollback_at_s)
+                events.append(rollback_event)
+                event_tasks.append(asyncio.create_task(
+                    _run_event(rollback_event, do_rollback, t0, after=event_tasks[0], requires=swap_event)))
+
+        async def one(i: int, scheduled: float) -> None:
+            nonlocal in_flight, cache_hits, last_done
+            request = pb.RecommendRequest(customer_id=customers[i], k=config.k)
+            try:
+                response = await stubs[i % len(stubs)].Recommend(request, timeout=config.timeout_s)
+            except grpc.aio.AioRpcError as e:
+                errors_by_code[e.code().name] += 1
+                log.add(scheduled - t0, ERROR)
+            except Exception as e:  # noqa: BLE001 - a client-side failure is still a failed request
+                errors_by_code[type(e).__name__] += 1
+                log.add(scheduled - t0, ERROR)
+            else:
+                now = loop.time()
+                log.add(scheduled - t0, OK, int((now - scheduled) * 1e6), response.model_version)
+                cache_hits += response.cache_hit
+                sources[pb.ResultSource.Name(response.source)] += 1
+                if i in to_sample:
+                    samples.append({"index": i, "scheduled_s": round(scheduled - t0, 4),
+                                    "customer_id": customers[i], "model_version": response.model_version,
+                                    "candidate_ids": [c.candidate_id for c in response.candidates],
+                                    "cache_hit": response.cache_hit,
+                                    "source": pb.ResultSource.Name(response.source)})
+            finally:
+                in_flight -= 1
+                last_done = max(last_done, loop.time() - t0)
+
+        tasks: set[asyncio.Task] = set()
+        i = 0
+        while i < total:
+            now = loop.time()
+            # Launch everything that is due, even if the loop woke up late: each
+            # keeps its own scheduled time, so lateness shows up as latency.
+            while i < total and t0 + i * interval <= now:
+                scheduled = t0 + i * interval
+                if in_flight >= config.concurrency:
+                    log.add(scheduled - t0, DROPPED)
+                else:
+                    in_flight += 1
+                    task = asyncio.create_task(one(i, scheduled))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                i += 1
+            if i < total:
+                await asyncio.sleep(max(0.0, t0 + i * interval - loop.time()))
+        if tasks:
+            await asyncio.gather(*tasks)
+        if event_tasks:
+            await asyncio.gather(*event_tasks)
+        elapsed = max(last_done, min(config.duration_s, loop.time() - t0))
+        samples.sort(key=lambda s: s["index"])
+        return build_report(config, log, elapsed_s=elapsed, errors_by_code=errors_by_code, cache_hits=cache_hits,
+                            sources=sources, events=events, samples=samples)
+    finally:
+        for channel in channels:
+            await channel.close()
+        if close_fleet is not None:
+            close_fleet()
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The recsys-loadtest command line."""
+    parser = argparse.ArgumentParser(prog="recsys-loadtest", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--address", required=True, help="query service HOST:PORT")
+    parser.add_argument("--qps", type=float, required=True, help="arrival rate, requests per second")
+    parser.add_argument("--duration-s", type=float, required=True, help="length of the schedule")
+    parser.add_argument("--concurrency", type=int, default=512,
+                        help="most requests in flight; more are dropped (and counted)")
+    parser.add_argument("--k", type=int, default=10, help="candidates per request")
+    parser.add_argument("--timeout-s", type=float, default=2.0, help="deadline of each request")
+    parser.add_argument("--channels", type=int, default=2, help="gRPC channels (connections) to spread load over")
+    parser.add_argument("--num-customers", type=int, default=300, help="customer ids 0..N-1")
+    parser.add_argument("--customer-format", default="c{:06d}", help="str.format pattern of a customer id")
+    parser.add_argument("--distribution", choices=DISTRIBUTIONS, default="uniform", help="customer popularity")
+    parser.add_argument("--zipf-s", type=float, default=1.1, help="Zipf exponent (with --distribution zipf)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the customer draws")
+    parser.add_argument("--sample-responses", type=int, default=0,
+                        help="keep up to N responses, spread over the run, in the report")
+    parser.add_argument("--out", type=Path, help="write the JSON report here instead of stdout")
+    swap = parser.add_argument_group("swap scenario (--swap)")
+    swap.add_argument("--swap", action="store_true", help="publish a version during the run, then roll back")
+    swap.add_argument("--registry", type=Path, help="model registry root directory")
+    swap.add_argument("--model", help="model name under the registry")
+    swap.add_argument("--index-admin", default="", help="index replicas' admin HOST:PORT, comma-separated")
+    swap.add_argument("--query-admin", default="", help="query replicas' admin HOST:PORT, comma-separated")
+    swap.add_argument("--admin-token", default="", help="bearer token of the admin plane")
+    swap.add_argument("--swap-version", type=int, help="version to publish")
+    swap.add_argument("--swap-at-s", type=float, default=None, help="seconds into the run to start the publish")
+    swap.add_argument("--rollback-at-s", type=float, default=None,
+                      help="seconds into the run to roll back (after the publish finished); omit for none")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> LoadConfig:
+    """Turns parsed flags into a LoadConfig; raises ValueError on bad combinations."""
+    swap = None
+    if args.swap:
+        missing = [flag for flag, value in (("--registry", args.registry), ("--model", args.model),
+                                            ("--index-admin", args.index_admin), ("--query-admin", args.query_admin),
+                                            ("--swap-version", args.swap_version), ("--swap-at-s", args.swap_at_s))
+                   if not value and value != 0]
+        if missing:
+            raise ValueError(f"--swap needs {', '.join(missing)}")
+        split = lambda value: [a for a in value.split(",") if a]  # noqa: E731
+        swap = SwapConfig(registry=args.registry, model=args.model, index_admin=split(args.index_admin),
+                          query_admin=split(args.query_admin), version=args.swap_version, at_s=args.swap_at_s,
+                          rollback_at_s=args.rollback_at_s, admin_token=args.admin_token)
+    return LoadConfig(address=args.address, qps=args.qps, duration_s=args.duration_s,
+                      concurrency=args.concurrency, k=args.k, timeout_s=args.timeout_s, channels=args.channels,
+                      num_customers=args.num_customers, customer_format=args.customer_format,
+                      distribution=args.distribution, zipf_s=args.zipf_s, seed=args.seed,
+                      sample_responses=args.sample_responses, swap=swap)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """A short human summary of a report: totals, percentiles, timeline, phases."""
+    req, lat = report["requests"], report["latency_ms"]
+    lines = [
+        f"requests {req['scheduled']}: ok {req['ok']}, errors {req['errors']}, dropped {req['dropped']}; "
+        f"offered {report['offered_qps']:g} qps, achieved {report['achieved_qps']} qps",
+        "latency ms: " + "  ".join(f"{k[:-3]} {_ms(lat[k])}"
+                                   for k in ("p50_ms", "p90_ms", "p99_ms", "p99_9_ms", "max_ms")),
+        f"versions {report['model_versions']}  cache hits {report['cache_hits']}"
+        + (f"  errors {report['errors_by_code']}" if report["errors_by_code"] else ""),
+        "",
+        f"{'sec':>4} {'ok':>6} {'qps':>8} {'p50':>8} {'p99':>8} {'err':>5} {'drop':>5}  versions",
+    ]
+    for row in report["timeline"]:
+        lines.append(f"{row['second']:>4} {row['ok']:>6} {row['qps'] or 0:>8.1f} {_ms(row['p50_ms']):>8} "
+                     f"{_ms(row['p99_ms']):>8} {row['errors']:>5} {row['dropped']:>5}  {row['versions']}")
+    for name in ("swap", "rollback"):
+        event = report.get(name)
+        if event is None:
+            continue
+        status = "ok" if event["ok"] else f"FAILED: {event['error']}" if event["ok"] is False else "did not run"
+        lines += ["", f"{name}: start {event['start_s']} s, took {event['duration_s']} s, {status}"]
+        for phase, stats in event.get("phases", {}).items():
+            lines.append(f"  {phase:<7} [{stats['start_s']:.2f}, {stats['end_s']:.2f}) ok {stats['ok']:>6} "
+                         f"p50 {_ms(stats['latency_ms']['p50_ms'])} p99 {_ms(stats['latency_ms']['p99_ms'])} "
+                         f"max {_ms(stats['latency_ms']['max_ms'])} err {stats['errors']} drop {stats['dropped']} "
+                         f"versions {stats['model_versions']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ValueError as e:
+        parser.error(str(e))
+    started = time.monotonic()
+    try:
+        report = asyncio.run(run_load(config))
+    except (TimeoutError, asyncio.TimeoutError):
+        print(f"recsys-loadtest: could not connect to {config.address} within {connect_timeout_s(config):g} s",
+              file=sys.stderr)
+        sys.exit(1)
+    text = json.dumps(report, indent=2)
+    if args.out:
+        args.out.write_text(text + "\n")
+    else:
+        print(text)
+    print(format_table(report), file=sys.stderr)
+    print(f"(run took {time.monotonic() - started:.1f} s)", file=sys.stderr)
+    failed = report["requests"]["errors"] or report["requests"]["dropped"] or any(
+        report.get(name, {}).get("ok") is False for name in ("swap", "rollback"))
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
