@@ -24,6 +24,10 @@ CANDIDATE_EMBEDDINGS_FILE = "candidate_embeddings.npy"
 SCANN_DIR = "scann"
 POPULAR_FILE = "popular.npz"  # arrays "ids" (str) and "scores" (float32)
 PROBE_QUERIES_FILE = "probe_queries.npy"
+# Per-customer data the query tower needs at serving time, as of training:
+# ids (sorted), history [C, L] (most recent first, "" padded), a CSR of every
+# training item (seen_offsets, seen_items) and feature__<name> columns.
+CUSTOMER_STORE_FILE = "customer_store.npz"
 METRICS_FILE = "metrics.json"
 
 

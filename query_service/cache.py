@@ -40,10 +40,12 @@ class CachedResult:
     source: str
 
 
-def cache_key(model: str, version: int, customer_id: str, k: int, exclusions: frozenset[str]) -> str:
-    """``recsys:<model>:v<version>:<digest>``; the readable prefix lets an operator
-    drop one version's entries with SCAN/DEL, the digest bounds key length."""
-    shape = json.dumps([customer_id, k, sorted(exclusions)], ensure_ascii=False)
+def cache_key(model: str, version: int, customer_id: str, k: int, exclusions: frozenset[str],
+              recent: tuple[str, ...] = (), exclude_seen: bool = False) -> str:
+    """``recsys:<model>:v<version>:<digest of the request shape>``; the readable
+    prefix lets an operator drop one version's entries with SCAN/DEL, the digest
+    bounds key length."""
+    shape = json.dumps([customer_id, k, sorted(exclusions), list(recent), exclude_seen], ensure_ascii=False)
     return f"recsys:{model}:v{version}:{hashlib.sha256(shape.encode()).hexdigest()[:32]}"
 
 

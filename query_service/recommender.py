@@ -53,6 +53,7 @@ class _Miss:
     customer_id: str
     k: int
     exclusions: frozenset[str]
+    recent: tuple[str, ...]
 
 
 class Recommender:
@@ -78,17 +79,26 @@ class Recommender:
         self._batcher: MicroBatcher[_Miss, tuple[list[str], list[float], str]] = MicroBatcher(
             self._process_misses, batching)
 
-    async def recommend(self, customer_id: str, k: int, exclusions: list[str]) -> Recommendation:
+    async def recommend(self, customer_id: str, k: int, exclusions: list[str] = (),
+                        recent: list[str] = (), exclude_seen: bool = False) -> Recommendation:
+        """Top-k for a customer from the live version (see the module docstring).
+
+        ``recent``: latest items, most recent first, for history-aware towers;
+        ``exclude_seen``: also exclude the customer's stored and recent items.
+        """
         validation.check_id(customer_id, "customer_id")
         validation.check_k(k, self.max_k)
         excluded = validation.check_exclusions(exclusions)
+        recent = validation.check_id_list(recent, "recent_candidate_ids", validation.MAX_RECENT)
         version, model = self.versions.get()
-        key = cache_key(self.registry.model, version, customer_id, k, excluded)
+        key = cache_key(self.registry.model, version, customer_id, k, excluded, recent, exclude_seen)
         if self.cache is not None:
             cached = await self.cache.get(key)
             if cached is not None:
                 return Recommendation(cached.ids, cached.scores, version, cached.source, cache_hit=True)
-        ids, scores, source = await self._batcher.submit(_Miss(model, customer_id, k, excluded))
+        if exclude_seen:
+            excluded = excluded | model.seen(customer_id) | frozenset(recent)
+        ids, scores, source = await self._batcher.submit(_Miss(model, customer_id, k, excluded, recent))
         if self.cache is not None:
             self.cache.put_in_background(key, CachedResult(ids, scores, source))
         return Recommendation(ids, scores, version, source, cache_hit=False)
@@ -115,7 +125,7 @@ class Recommender:
         """One tower call and at most one index RPC for misses of one version."""
         model = misses[0].model
         vectors, known = await asyncio.get_running_loop().run_in_executor(
-            self.executor, model.embed, [m.customer_id for m in misses])
+            self.executor, model.embed, [m.customer_id for m in misses], [m.recent for m in misses])
         results: list = [None] * len(misses)
         personal = []
         for i, miss in enumerate(misses):

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from model_registry import Manifest, VersionError, verify_version
 from model_registry import manifest as files
+from query_service.customers import CustomerStore
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +27,34 @@ class QueryModel:
     self_test_recall = 0.0  # the admin plane's field; recall is the index's self-test
 
     def __init__(self, manifest: Manifest, signature, popular_ids: list[str], popular_scores: list[float],
-                 memory_bytes: int):
+                 customers: CustomerStore | None, memory_bytes: int):
         self.manifest = manifest
         self._signature = signature
+        self._inputs: dict[str, tf.TensorSpec] = signature.structured_input_signature[1]
         self.popular_ids = popular_ids
         self.popular_scores = popular_scores
+        self.customers = customers
         self.memory_bytes = memory_bytes
         self.load_seconds = 0.0
+        self._check_inputs()
+
+    def _check_inputs(self) -> None:
+        """Every signature input must be one this class can fill."""
+        if "customer_id" not in self._inputs:
+            raise VersionError(f"version {self.version}: the query tower takes no customer_id input")
+        for name in self._inputs:
+            if name in ("customer_id", "history"):
+                continue
+            if self.customers is None or name not in self.customers.features:
+                raise VersionError(f"version {self.version}: the query tower needs feature {name!r}, which "
+                                   f"{files.CUSTOMER_STORE_FILE} does not hold")
+        if "history" in self._inputs and self.customers is None:
+            raise VersionError(f"version {self.version}: the query tower takes a history but the version has "
+                               f"no {files.CUSTOMER_STORE_FILE}")
+
+    @property
+    def takes_history(self) -> bool:
+        return "history" in self._inputs
 
     @property
     def version(self) -> int:
@@ -53,8 +75,10 @@ class QueryModel:
             raise VersionError(f"version {manifest.version}: query tower does not load: {e}") from e
         with np.load(version_dir / files.POPULAR_FILE, allow_pickle=False) as popular:
             popular_ids, popular_scores = popular["ids"].tolist(), popular["scores"].astype(float).tolist()
+        store_path = version_dir / files.CUSTOMER_STORE_FILE
+        customers = CustomerStore.load(store_path) if store_path.exists() else None
         tower_bytes = sum(p.stat().st_size for p in (version_dir / files.QUERY_TOWER_DIR).rglob("*") if p.is_file())
-        query_model = cls(manifest, signature, popular_ids, popular_scores, tower_bytes)
+        query_model = cls(manifest, signature, popular_ids, popular_scores, customers, tower_bytes)
         vectors, _ = query_model.embed(["__self_test__"])
         if vectors.shape != (1, manifest.embedding_dim) or not np.isfinite(vectors).all():
             raise VersionError(
@@ -66,10 +90,36 @@ class QueryModel:
                  model, manifest.version, manifest.embedding_dim, query_model.load_seconds)
         return query_model
 
-    def embed(self, customer_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Returns (embeddings float32 [B, dim], known bool [B]) in one tower call."""
-        out = self._signature(customer_id=tf.constant(customer_ids, dtype=tf.string))
+    def embed(self, customer_ids: list[str],
+              recent: list[tuple[str, ...]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (embeddings float32 [B, dim], known bool [B]) in one tower call.
+
+        ``recent[i]``, when non-empty, is customer i's latest items (most recent
+        first) and replaces the stored history for a history-aware tower.
+        """
+        inputs = {"customer_id": tf.constant(customer_ids, dtype=tf.string)}
+        if len(self._inputs) > 1:
+            rows = self.customers.rows(customer_ids)
+            if self.takes_history:
+                inputs["history"] = tf.constant(self._histories(rows, recent or [()] * len(customer_ids)))
+            for name, spec in self._inputs.items():
+                if name not in inputs:
+                    inputs[name] = tf.constant(self.customers.feature(name, rows), dtype=spec.dtype)
+        out = self._signature(**inputs)
         return out["embedding"].numpy(), out["known"].numpy()
+
+    def _histories(self, rows: np.ndarray, recent: list[tuple[str, ...]]) -> np.ndarray:
+        length = self.customers.history_length
+        # object dtype: a fixed-width unicode array would truncate longer request ids
+        histories = np.where(rows[:, None] >= 0, self.customers.history[np.maximum(rows, 0)], "").astype(object)
+        for i, items in enumerate(recent):
+            if items:
+                histories[i] = (list(items[:length]) + [""] * length)[:length]
+        return histories
+
+    def seen(self, customer_id: str) -> frozenset[str]:
+        """The customer's training-time items; empty if the version stores none."""
+        return self.customers.seen(customer_id) if self.customers is not None else frozenset()
 
     def popular(self, k: int, excluded: frozenset[str]) -> tuple[list[str], list[float]]:
         """The version's k most popular candidates that are not excluded."""

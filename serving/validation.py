@@ -12,6 +12,7 @@ from serving.errors import InvalidArgument
 MAX_ID_BYTES = 256
 DEFAULT_MAX_K = 1000
 MAX_EXCLUSIONS = 10_000
+MAX_RECENT = 1000
 
 
 def check_id(value: str, what: str) -> str:
@@ -29,15 +30,17 @@ def check_k(k: int, max_k: int) -> int:
     return k
 
 
-def check_exclusions(ids: Iterable[str]) -> frozenset[str]:
-    ids = list(ids)
-    if len(ids) > MAX_EXCLUSIONS:
-        raise InvalidArgument(
-            f"{len(ids)} excluded candidate ids; at most {MAX_EXCLUSIONS} may be excluded per request"
-        )
+def check_id_list(ids: Iterable[str], field: str, limit: int) -> tuple[str, ...]:
+    ids = tuple(ids)
+    if len(ids) > limit:
+        raise InvalidArgument(f"{field} has {len(ids)} ids; at most {limit} are allowed per request")
     for i, value in enumerate(ids):
-        check_id(value, f"exclude_candidate_ids[{i}]")
-    return frozenset(ids)
+        check_id(value, f"{field}[{i}]")
+    return ids
+
+
+def check_exclusions(ids: Iterable[str]) -> frozenset[str]:
+    return frozenset(check_id_list(ids, "exclude_candidate_ids", MAX_EXCLUSIONS))
 
 
 def check_vector(values: Sequence[float], dim: int, version: int) -> np.ndarray:

@@ -25,14 +25,18 @@ class ScoredCandidate(_message.Message):
     def __init__(self, candidate_id: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("customer_id", "k", "exclude_candidate_ids")
+    __slots__ = ("customer_id", "k", "exclude_candidate_ids", "recent_candidate_ids", "exclude_seen")
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_CANDIDATE_IDS_FIELD_NUMBER: _ClassVar[int]
+    RECENT_CANDIDATE_IDS_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_SEEN_FIELD_NUMBER: _ClassVar[int]
     customer_id: str
     k: int
     exclude_candidate_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, customer_id: _Optional[str] = ..., k: _Optional[int] = ..., exclude_candidate_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    recent_candidate_ids: _containers.RepeatedScalarFieldContainer[str]
+    exclude_seen: bool
+    def __init__(self, customer_id: _Optional[str] = ..., k: _Optional[int] = ..., exclude_candidate_ids: _Optional[_Iterable[str]] = ..., recent_candidate_ids: _Optional[_Iterable[str]] = ..., exclude_seen: _Optional[bool] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
     __slots__ = ("candidates", "model_version", "cache_hit", "source", "model_name")

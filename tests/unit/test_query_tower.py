@@ -1,0 +1,77 @@
+"""QueryModel fills every input a version's tower signature asks for: the id,
+the history (stored or from the request) and features (stored, or the typical
+value for an unknown customer). A small hand-built SavedModel makes the
+expected embeddings exact."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import model_registry.tf_env  # noqa: F401
+import tensorflow as tf
+
+from model_registry import IndexSpec, Manifest, VersionError
+from model_registry import manifest as files
+from model_registry.manifest import MANIFEST_FILE, checksum_tree
+from query_service.tower import QueryModel
+
+ITEMS = ["i1", "i2", "i3-with-a-long-id"]
+
+
+class HistoryTower(tf.Module):
+    """embedding = [id is c1, id is c2, count of each known history item..., age]."""
+
+    def __init__(self):
+        super().__init__()
+        self.customers = tf.keras.layers.StringLookup(vocabulary=["c1", "c2"], num_oov_indices=1)
+        self.items = tf.keras.layers.StringLookup(vocabulary=ITEMS, num_oov_indices=1, mask_token="")
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="customer_id"),
+                                  tf.TensorSpec([None, 3], tf.string, name="history"),
+                                  tf.TensorSpec([None], tf.float32, name="age")])
+    def serve(self, customer_id, history, age):
+        who = tf.one_hot(self.customers(customer_id) - 1, 2)
+        counts = tf.reduce_sum(tf.one_hot(self.items(history) - 2, len(ITEMS)), axis=1)
+        known = tf.logical_or(self.customers(customer_id) > 0, tf.reduce_any(self.items(history) > 1, axis=1))
+        return {"embedding": tf.concat([who, counts, age[:, None]], axis=1), "known": known}
+
+
+def write_version(directory, with_age=True):
+    tower = HistoryTower()
+    tf.saved_model.save(tower, str(directory / files.QUERY_TOWER_DIR), signatures={"serving_default": tower.serve})
+    np.savez(directory / files.POPULAR_FILE, ids=np.array(["i2", "i1"]), scores=np.array([0.6, 0.4], np.float32))
+    store = {"ids": np.array(["c1", "c2"]),
+             "history": np.array([["i1", "i1", ""], ["i2", "", ""]]),
+             "seen_offsets": np.array([0, 2, 3]), "seen_items": np.array(["i1", "i3-with-a-long-id", "i2"])}
+    if with_age:
+        store["feature__age"] = np.array([20.0, 40.0], np.float32)
+    np.savez(directory / files.CUSTOMER_STORE_FILE, **store)
+    manifest = Manifest(model="m", version=1, embedding_dim=2 + len(ITEMS) + 1, num_candidates=3, tower="history",
+                        dataset="test", created_at="2026-01-01T00:00:00Z", index=IndexSpec(kind="brute_force"),
+                        files=checksum_tree(directory))
+    (directory / MANIFEST_FILE).write_text(manifest.to_json())
+
+
+def test_inputs_come_from_the_store_the_request_and_feature_defaults(tmp_path):
+    write_version(tmp_path)
+    model = QueryModel.load(tmp_path, "m")
+    assert model.takes_history
+    vectors, known = model.embed(["c1", "c2", "stranger", "stranger"],
+                                 [(), (), ("i3-with-a-long-id", "nope"), ()])
+    np.testing.assert_allclose(vectors, [
+        [1, 0, 2, 0, 0, 20],   # stored history, stored age
+        [0, 1, 0, 1, 0, 40],
+        [0, 0, 0, 0, 1, 30],   # request history (long id intact), median age
+        [0, 0, 0, 0, 0, 30],
+    ])
+    assert known.tolist() == [True, True, True, False]
+    recent_wins, _ = model.embed(["c1"], [("i2",)])
+    np.testing.assert_allclose(recent_wins, [[1, 0, 0, 1, 0, 20]])
+    assert model.seen("c1") == {"i1", "i3-with-a-long-id"} and model.seen("stranger") == frozenset()
+
+
+def test_a_tower_input_the_store_cannot_fill_is_refused(tmp_path):
+    write_version(tmp_path, with_age=False)
+    with pytest.raises(VersionError, match="needs feature 'age'"):
+        QueryModel.load(tmp_path, "m")
