@@ -17,7 +17,8 @@ from protos.recsys.v1 import admin_pb2 as apb
 from protos.recsys.v1 import admin_pb2_grpc as apb_grpc
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
-from tests.integration.conftest import MODEL, ServiceProcess, console_script
+from recsys_client.local import ServiceProcess, console_script
+from tests.integration.conftest import MODEL
 
 pytestmark = pytest.mark.integration
 TOKEN = "s3cret"

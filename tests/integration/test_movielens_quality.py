@@ -11,7 +11,7 @@ import pytest
 from model_registry import Registry, verify_version
 from model_registry import manifest as files
 from tests.conftest import ML100K_DIR
-from tests.integration.conftest import console_script
+from recsys_client.local import console_script
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not (ML100K_DIR / "u.data").is_file(), reason=f"ml-100k not at {ML100K_DIR}")]

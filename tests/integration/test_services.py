@@ -15,8 +15,9 @@ from model_registry import Registry
 from model_registry import manifest as files
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
-from tests.conftest import RedisProcess, wait_until
-from tests.integration.conftest import MODEL, ServiceProcess
+from recsys_client.local import ServiceProcess, wait_until
+from tests.conftest import RedisProcess
+from tests.integration.conftest import MODEL
 
 pytestmark = pytest.mark.integration
 

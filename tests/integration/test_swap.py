@@ -15,7 +15,8 @@ from model_registry import manifest as files
 from protos.recsys.v1 import admin_pb2, admin_pb2_grpc
 from recsys_client.loadtest import LoadConfig, SwapConfig, format_table, run_load
 from tests.conftest import RedisProcess
-from tests.integration.conftest import MODEL, ServiceProcess, train
+from recsys_client.local import ServiceProcess
+from tests.integration.conftest import MODEL, train
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,143 @@
+"""Runs the stack's processes on this machine: a private redis-server and the
+services' console scripts on free loopback ports. Used by the integration
+tests and the benchmarks; everything started here is stopped by pid."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval_s)
+    raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def console_script(name: str) -> str:
+    path = BIN / name
+    if not path.exists():
+        raise FileNotFoundError(f"{path} missing: install the package with pip install -e '.[dev]'")
+    return str(path)
+
+
+def is_serving(address: str) -> bool:
+    try:
+        with grpc.insecure_channel(address) as channel:
+            response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=0.5)
+        return response.status == health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError:
+        return False
+
+
+def _terminate(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+class RedisProcess:
+    """A redis-server of our own on a free loopback port, no persistence."""
+
+    def __init__(self, port: int | None = None):
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisProcess":
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise FileNotFoundError("redis-server is not installed (apt-get install redis-server)")
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(self._answers, 10, f"redis-server on port {self.port}")
+        return self
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _terminate(self.proc)
+        self.proc = None
+
+
+class ServiceProcess:
+    """One gRPC server started as a command, logging to a file, considered up
+    once its health check says SERVING. Console scripts of this package get
+    free ``--port`` and ``--admin-port`` flags."""
+
+    def __init__(self, script: str, args: list[str], log_path: Path, port: int | None = None,
+                 command: list[str] | None = None):
+        self.script = script
+        self.args = args
+        self.port = port or free_port()
+        self.admin_port = free_port()
+        self.log_path = Path(log_path)
+        self.command = command
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def admin_address(self) -> str:
+        return f"127.0.0.1:{self.admin_port}"
+
+    def start(self, timeout_s: float = 120) -> "ServiceProcess":
+        command = self.command or [console_script(self.script), "--port", str(self.port),
+                                   "--admin-port", str(self.admin_port)]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([*command, *self.args], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_until(lambda: self.proc.poll() is not None or is_serving(self.address), timeout_s,
+                       f"{self.script} to report SERVING")
+        except TimeoutError:
+            self.stop()
+            raise
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.script} exited with {self.proc.returncode}:\n{self.log_tail()}")
+        return self
+
+    def log_tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-3000:]
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _terminate(self.proc)
+        self.proc = None
