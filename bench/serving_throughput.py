@@ -1,0 +1,152 @@
+"""Serving benchmark: Recommend over gRPC on loopback, load generator in its own
+process, our stack against the ceiling of Python gRPC and the seeds' path.
+
+Targets, each measured as the largest arrival rate (from a ladder) at which a
+run has p99 <= --p99-ms and no failed or dropped requests:
+  ours-miss   query + index services, mostly distinct customers (cache misses)
+  ours-hit    the same services, a few warmed customers (cache hits)
+  echo        a bare grpc.aio QueryService returning a canned response
+  seeds       the TFRS ScaNN layer (defaults) + tower SavedModel, one call per request
+
+    python bench/serving_throughput.py [--quick] [--out FILE]
+
+Prints JSON (stdout or --out) and a table on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from model_registry import Registry
+from recsys_client.local import RedisProcess, ServiceProcess, console_script
+
+HERE = Path(__file__).resolve().parent
+MODEL = "bench"
+
+
+def sh(command: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(command, check=True, capture_output=True, text=True, **kwargs)
+
+
+def train(registry: Path, customers: int, candidates: int, interactions: int) -> Path:
+    sh([console_script("recsys-train"), "--dataset", "synthetic", "--registry", str(registry), "--model", MODEL,
+        "--synthetic-customers", str(customers), "--synthetic-candidates", str(candidates),
+        "--synthetic-interactions", str(interactions), "--epochs", "1", "--quiet"], timeout=1800)
+    reg = Registry(registry, MODEL)
+    return reg.version_dir(reg.current_version())
+
+
+def load(address: str, qps: int, duration_s: float, customers: int, out: Path) -> dict:
+    """One open-loop run of recsys-loadtest in its own process."""
+    subprocess.run([console_script("recsys-loadtest"), "--address", address, "--qps", str(qps),
+                    "--duration-s", str(duration_s), "--num-customers", str(customers), "--channels", "4",
+                    "--concurrency", "2000", "--timeout-s", "2", "--out", str(out)],
+                   capture_output=True, text=True, timeout=duration_s + 120)
+    return json.loads(out.read_text())
+
+
+def summary(report: dict) -> dict:
+    lat, requests = report["latency_ms"], report["requests"]
+    return {"qps": report["offered_qps"], "achieved_qps": report["achieved_qps"], "p50_ms": lat["p50_ms"],
+            "p99_ms": lat["p99_ms"], "errors": requests["errors"], "dropped": requests["dropped"],
+            "cache_hits": report["cache_hits"], "ok": requests["ok"]}
+
+
+def max_sustainable(address: str, ladder: list[int], duration_s: float, customers: int, p99_ms: float,
+                    work: Path, name: str) -> dict:
+    """Climbs the ladder until a step misses the p99 target or fails a request."""
+    load(address, 50, 2.0, customers, work / f"{name}-warmup.json")  # connections, first tower calls
+    steps, best = [], None
+    for qps in ladder:
+        step = summary(load(address, qps, duration_s, customers, work / f"{name}-{qps}.json"))
+        steps.append(step)
+        print(f"  {name:10s} {qps:6d} qps: p99 {step['p99_ms']} ms, achieved {step['achieved_qps']:.0f}, "
+              f"errors {step['errors']}, dropped {step['dropped']}, hits {step['cache_hits']}", file=sys.stderr)
+        if step["p99_ms"] is None or step["p99_ms"] > p99_ms or step["errors"] or step["dropped"]:
+            break
+        best = step
+    return {"max_sustainable_qps": best["qps"] if best else 0, "at_max": best, "steps": steps}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny model, two short steps (smoke test)")
+    parser.add_argument("--p99-ms", type=float, default=10.0)
+    parser.add_argument("--duration-s", type=float, default=6.0, help="length of each ladder step")
+    parser.add_argument("--customers", type=int, default=50_000)
+    parser.add_argument("--candidates", type=int, default=5_000)
+    parser.add_argument("--interactions", type=int, default=500_000)
+    parser.add_argument("--ladder", default="250,500,1000,1500,2000,2500,3000,4000,5000,6000,8000")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    if args.quick:
+        args.customers, args.candidates, args.interactions = 300, 200, 6000
+        args.ladder, args.duration_s = "100,200", 1.0
+    ladder = [int(q) for q in args.ladder.split(",")]
+
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
+        work = Path(tmp)
+        t0 = time.perf_counter()
+        version_dir = train(work / "registry", args.customers, args.candidates, args.interactions)
+        sh([sys.executable, str(HERE / "seeds_server.py"), "--build", str(version_dir), "--out",
+            str(work / "seeds")], timeout=600)
+        print(f"trained and exported in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+        common = ["--registry", str(work / "registry"), "--model", MODEL]
+        redis = RedisProcess().start()
+        index = query = None
+        results: dict = {}
+        try:
+            index = ServiceProcess("recsys-index-service", common, work / "index.log").start()
+            query = ServiceProcess("recsys-query-service", [*common, "--index-address", index.address,
+                                                            "--redis-url", redis.url], work / "query.log").start()
+            results["ours-miss"] = max_sustainable(query.address, ladder, args.duration_s, args.customers,
+                                                   args.p99_ms, work, "ours-miss")
+            hot = min(100, args.customers)
+            load(query.address, 200, 1.0, hot, work / "warm.json")  # every hot customer cached
+            results["ours-hit"] = max_sustainable(query.address, ladder, args.duration_s, hot, args.p99_ms,
+                                                  work, "ours-hit")
+        finally:
+            for process in (query, index):
+                if process is not None:
+                    process.stop()
+            redis.stop()
+        for name, command in (("echo", [sys.executable, str(HERE / "echo_server.py")]),
+                              ("seeds", [sys.executable, str(HERE / "seeds_server.py"), "--model",
+                                         str(work / "seeds")])):
+            server = ServiceProcess(name, [], work / f"{name}.log")
+            server.command = [*command, "--port", str(server.port)]
+            try:
+                server.start()
+                results[name] = max_sustainable(server.address, ladder, args.duration_s, args.customers,
+                                                args.p99_ms, work, name)
+            finally:
+                server.stop()
+
+    best = {name: r["max_sustainable_qps"] for name, r in results.items()}
+    ratio = lambda a, b: round(best[a] / best[b], 2) if best[b] else None  # noqa: E731
+    report = {
+        "config": {k: v for k, v in vars(args).items() if k != "out"} | {"out": str(args.out) if args.out else None},
+        "max_sustainable_qps": best,
+        "ratios": {"miss_vs_echo": ratio("ours-miss", "echo"), "hit_vs_echo": ratio("ours-hit", "echo"),
+                   "miss_vs_seeds": ratio("ours-miss", "seeds")},
+        "results": results,
+    }
+    text = json.dumps(report, indent=2)
+    if args.out:
+        args.out.write_text(text)
+    else:
+        print(text)
+    print("\nmax sustainable QPS (p99 <= %.0f ms):" % args.p99_ms, file=sys.stderr)
+    for name, qps in best.items():
+        print(f"  {name:10s} {qps:6d}", file=sys.stderr)
+    print(f"  ratios: {report['ratios']}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
