@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -106,8 +107,8 @@ class Registry:
 
     def prune(self, keep: int) -> list[int]:
         """Deletes all but the newest ``keep`` published versions, never the
-        CURRENT one nor its predecessor (the rollback target); returns what was
-        deleted. Each victim is first renamed out of the version namespace, so a
+        CURRENT one nor its predecessor (the rollback target), and hour-old
+        leftovers of crashed publishes; returns the versions deleted. Each victim is first renamed out of the version namespace, so a
         reader never sees a half-deleted version."""
         if keep < 2:
             raise ValueError(f"keep={keep}: keep at least 2 versions (the live one and its rollback target)")
@@ -123,7 +124,19 @@ class Registry:
             os.rename(self.version_dir(version), doomed)
             shutil.rmtree(doomed, ignore_errors=True)
             deleted.append(version)
+        self._remove_leftovers()
         return deleted
+
+    def _remove_leftovers(self, min_age_s: float = 3600.0) -> None:
+        """Removes what crashed publishes and prunes left behind, once old
+        enough that no publish can still be writing it."""
+        cutoff = time.time() - min_age_s
+        for entry in self.model_dir.iterdir():
+            if entry.name.startswith((".staging-", ".current-", ".deleting-")) and entry.stat().st_mtime < cutoff:
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
 
     def manifest(self, version: int) -> Manifest:
         return read_manifest(self.version_dir(version))

@@ -1,3 +1,6 @@
+import os
+import time
+
 import pytest
 
 from model_registry import IndexSpec, Manifest, Registry
@@ -30,3 +33,16 @@ def test_prune_refuses_to_keep_fewer_than_two(tmp_path):
     publish_dummy(registry)
     with pytest.raises(ValueError, match="keep at least 2"):
         registry.prune(keep=1)
+
+
+def test_prune_removes_old_leftovers_of_crashed_publishes_only(tmp_path):
+    registry = Registry(tmp_path, "m")
+    publish_dummy(registry)
+    publish_dummy(registry)
+    old = registry.model_dir / ".staging-old"
+    old.mkdir()
+    fresh = registry.model_dir / ".staging-fresh"
+    fresh.mkdir()
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    registry.prune(keep=2)
+    assert not old.exists() and fresh.exists()
