@@ -2,6 +2,8 @@
 
 import asyncio
 
+import redis.asyncio as redis
+
 from query_service.cache import CacheConfig, CachedResult, ResultCache, cache_key
 from tests.conftest import RedisProcess
 
@@ -47,3 +49,21 @@ async def test_outage_degrades_to_misses_then_recovers():
     finally:
         await cache.close()
         redis.stop()
+
+
+async def test_concurrent_gets_and_puts_are_batched_and_each_gets_its_own_value(redis_server):
+    cache = ResultCache(CacheConfig(redis_server.url))
+    stats = redis.from_url(redis_server.url)
+
+    async def mget_calls() -> int:
+        return (await stats.info("commandstats")).get("cmdstat_mget", {}).get("calls", 0)
+
+    keys = [cache_key("m", 1, f"batch-{i}", 3, frozenset()) for i in range(50)]
+    await asyncio.gather(*(cache.put(key, CachedResult([f"i{i}"], [float(i)], "model"))
+                           for i, key in enumerate(keys)))
+    before = await mget_calls()
+    results = await asyncio.gather(*(cache.get(key) for key in keys))
+    assert [r.ids for r in results] == [[f"i{i}"] for i in range(50)]
+    assert await mget_calls() - before < 10  # 50 concurrent gets, a handful of MGETs
+    await cache.close()
+    await stats.aclose()
