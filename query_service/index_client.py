@@ -3,6 +3,7 @@ pinned to a version, with a deadline, whose gRPC failures become domain errors."
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import grpc
@@ -42,7 +43,10 @@ class IndexClient:
         self.timeout_s = timeout_s
         # Short reconnect backoff: after an index outage the query service should
         # notice the index is back within seconds, not gRPC's default of minutes.
+        # round_robin spreads calls over every replica a name resolves to (e.g.
+        # dns:///index-service:50051 with several index replicas behind it).
         self._channel = grpc.aio.insecure_channel(address, options=[
+            ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
             ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.min_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 2000),
