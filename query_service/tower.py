@@ -73,8 +73,11 @@ class QueryModel:
             signature = tf.saved_model.load(str(version_dir / files.QUERY_TOWER_DIR)).signatures["serving_default"]
         except (OSError, KeyError, ValueError) as e:
             raise VersionError(f"version {manifest.version}: query tower does not load: {e}") from e
-        with np.load(version_dir / files.POPULAR_FILE, allow_pickle=False) as popular:
-            popular_ids, popular_scores = popular["ids"].tolist(), popular["scores"].astype(float).tolist()
+        try:
+            with np.load(version_dir / files.POPULAR_FILE, allow_pickle=False) as popular:
+                popular_ids, popular_scores = popular["ids"].tolist(), popular["scores"].astype(float).tolist()
+        except (OSError, ValueError, KeyError) as e:
+            raise VersionError(f"version {manifest.version}: {files.POPULAR_FILE} is unreadable: {e}") from e
         store_path = version_dir / files.CUSTOMER_STORE_FILE
         customers = CustomerStore.load(store_path) if store_path.exists() else None
         tower_bytes = sum(p.stat().st_size for p in (version_dir / files.QUERY_TOWER_DIR).rglob("*") if p.is_file())

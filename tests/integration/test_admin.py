@@ -13,11 +13,13 @@ import pytest
 
 from model_registry import Registry
 from model_registry import manifest as files
+from model_registry.manifest import checksum_tree
 from protos.recsys.v1 import admin_pb2 as apb
 from protos.recsys.v1 import admin_pb2_grpc as apb_grpc
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from recsys_client.local import ServiceProcess, console_script
+from recsys_client.publish import Fleet, PublishError, publish_version
 from tests.integration.conftest import MODEL
 
 pytestmark = pytest.mark.integration
@@ -181,3 +183,28 @@ def test_publish_cli_rolls_out_rolls_back_and_aborts_cleanly(services, admin_reg
     assert admin_registry.current_version() == 1
     for service in services:
         assert admin(service).GetStatus(apb.GetStatusRequest(), metadata=AUTH).live_version == 1
+
+
+
+def test_rollout_refused_by_a_later_replica_is_undone_on_the_earlier_ones(services, admin_registry):
+    index, query = services
+    # Version 4: intact for the index, but its popularity file (read only by the
+    # query service) is garbage, with checksums that match the garbage.
+    copy_version(admin_registry, 1, 4)
+    version_dir = admin_registry.version_dir(4)
+    (version_dir / files.POPULAR_FILE).write_bytes(b"not an npz file")
+    manifest = json.loads((version_dir / files.MANIFEST_FILE).read_text())
+    manifest["files"] = checksum_tree(version_dir)
+    (version_dir / files.MANIFEST_FILE).write_text(json.dumps(manifest))
+
+    before = [states(admin(service).GetStatus(apb.GetStatusRequest(), metadata=AUTH)) for service in services]
+    fleet = Fleet.connect([index.admin_address], [query.admin_address], TOKEN)
+    try:
+        with pytest.raises(PublishError, match=f"query replica {query.admin_address}: LoadVersion failed: "
+                                               "FAILED_PRECONDITION.*popular.npz"):
+            publish_version(fleet, admin_registry, 4)
+    finally:
+        fleet.close()
+    after = [states(admin(service).GetStatus(apb.GetStatusRequest(), metadata=AUTH)) for service in services]
+    assert after == before  # the index had loaded version 4; the rollout unloaded it again
+    assert admin_registry.current_version() == 1
