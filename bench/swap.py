@@ -1,0 +1,145 @@
+"""Swap benchmark: load + verify + promote a 1M-candidate version on running
+services under steady load, then roll back.
+
+Builds two large versions from a small trained one: the small version's query
+tower, and 1M clustered synthetic candidate embeddings of the tower's dimension
+indexed by the trainer's own ScaNN builder (so index build, recall self-test,
+checksums and load costs are those of a real 1M-candidate version; only the
+candidates' meaning is synthetic). Reports the swap's duration, p99 before /
+during / after it, and the index service's peak memory against one version.
+
+    python bench/swap.py [--quick] [--candidates 1000000] [--qps 300] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from model_registry import Manifest, Registry
+from model_registry import manifest as files
+from recsys_client.local import RedisProcess, ServiceProcess, console_script
+from trainer import index_builder
+
+MODEL = "swapbench"
+COPIED = (files.QUERY_TOWER_DIR, files.POPULAR_FILE, files.PROBE_QUERIES_FILE, files.CUSTOMER_STORE_FILE)
+
+
+def clustered(n: int, dim: int, seed: int, clusters: int = 2000) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(clusters, dim)).astype(np.float32)
+    out = np.empty((n, dim), np.float32)
+    for start in range(0, n, 100_000):  # chunks keep the temporaries small
+        rows = min(100_000, n - start)
+        out[start:start + rows] = centers[rng.integers(clusters, size=rows)] + 0.3 * rng.normal(size=(rows, dim))
+    return out
+
+
+def publish_large(registry: Registry, base: Path, num_candidates: int, seed: int) -> Manifest:
+    """Publishes base's tower with a large synthetic candidate set (not made current)."""
+    base_manifest = files.read_manifest(base)
+    embeddings = clustered(num_candidates, base_manifest.embedding_dim, seed)
+    probes = np.load(base / files.PROBE_QUERIES_FILE)
+    searcher, spec = index_builder.build_index(embeddings, probes)
+
+    def write(staging: Path):
+        for name in COPIED:
+            source = base / name
+            if source.is_dir():
+                shutil.copytree(source, staging / name)
+            elif source.exists():
+                shutil.copy2(source, staging / name)
+        np.save(staging / files.CANDIDATE_IDS_FILE, np.char.add("x", np.arange(num_candidates).astype(str)))
+        np.save(staging / files.CANDIDATE_EMBEDDINGS_FILE, embeddings)
+        index_builder.save_searcher(searcher, staging / files.SCANN_DIR)
+        return lambda version, checksums: Manifest(
+            model=registry.model, version=version, embedding_dim=base_manifest.embedding_dim,
+            num_candidates=num_candidates, tower=base_manifest.tower, dataset=f"synthetic-{num_candidates}",
+            created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(), index=spec, files=checksums)
+
+    return registry.publish(write, make_current=False)
+
+
+def rss_mb(pid: int) -> dict[str, float]:
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return {"rss_mb": int(fields["VmRSS"].split()[0]) / 1024, "peak_rss_mb": int(fields["VmHWM"].split()[0]) / 1024}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="30k candidates, a short run (smoke test)")
+    parser.add_argument("--candidates", type=int, default=1_000_000)
+    parser.add_argument("--qps", type=int, default=300)
+    parser.add_argument("--duration-s", type=float, default=60.0)
+    parser.add_argument("--swap-at-s", type=float, default=15.0)
+    parser.add_argument("--rollback-at-s", type=float, default=45.0)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    if args.quick:
+        args.candidates, args.qps, args.duration_s, args.swap_at_s, args.rollback_at_s = 30_000, 50, 8.0, 2.0, 5.0
+
+    with tempfile.TemporaryDirectory(prefix="bench-swap-") as tmp:
+        work = Path(tmp)
+        registry = Registry(work / "registry", MODEL)
+        subprocess.run([console_script("recsys-train"), "--dataset", "synthetic", "--registry", str(registry.root),
+                        "--model", MODEL, "--epochs", "1", "--quiet"], check=True, capture_output=True, timeout=1800)
+        t0 = time.perf_counter()
+        large = [publish_large(registry, registry.version_dir(1), args.candidates, seed) for seed in (1, 2)]
+        build_s = (time.perf_counter() - t0) / 2
+        registry.set_current(large[0].version)
+        common = ["--registry", str(registry.root), "--model", MODEL]
+        redis = RedisProcess().start()
+        index = query = None
+        try:
+            index = ServiceProcess("recsys-index-service", common, work / "index.log").start(timeout_s=600)
+            query = ServiceProcess("recsys-query-service", [*common, "--index-address", index.address,
+                                                            "--redis-url", redis.url], work / "query.log").start()
+            steady_memory = rss_mb(index.proc.pid)
+            out = work / "load.json"
+            load = subprocess.run(
+                [console_script("recsys-loadtest"), "--address", query.address, "--qps", str(args.qps),
+                 "--duration-s", str(args.duration_s), "--num-customers", "2000", "--channels", "2",
+                 "--timeout-s", "5", "--out", str(out), "--swap", "--registry", str(registry.root),
+                 "--model", MODEL, "--index-admin", index.admin_address, "--query-admin", query.admin_address,
+                 "--swap-version", str(large[1].version), "--swap-at-s", str(args.swap_at_s),
+                 "--rollback-at-s", str(args.rollback_at_s)],
+                capture_output=True, text=True, timeout=args.duration_s + 900)
+            report = json.loads(out.read_text())
+            swap_memory = rss_mb(index.proc.pid)
+        finally:
+            for process in (query, index):
+                if process is not None:
+                    process.stop()
+            redis.stop()
+
+    phases = report["swap"].get("phases", {})
+    result = {
+        "candidates": args.candidates, "qps": args.qps, "duration_s": args.duration_s,
+        "index": {"kind": large[1].index.kind, "num_leaves": large[1].index.num_leaves,
+                  "leaves_to_search": large[1].index.num_leaves_to_search,
+                  "recall_at_10": large[1].index.recall_at_10},
+        "version_build_s": round(build_s, 1),
+        "swap_s": report["swap"]["duration_s"], "rollback_s": report["rollback"]["duration_s"],
+        "requests": report["requests"], "errors_by_code": report["errors_by_code"],
+        "model_versions": report["model_versions"],
+        "p99_ms": {phase: stats["latency_ms"]["p99_ms"] for phase, stats in phases.items()},
+        "index_memory_mb": {"one_version_steady": steady_memory, "after_swap": swap_memory},
+        "loadtest_exit_code": load.returncode,
+    }
+    text = json.dumps(result, indent=2)
+    if args.out:
+        args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
