@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -32,13 +33,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--registry", type=Path, default=os.environ.get("RECSYS_REGISTRY"),
                    help="registry root (default $RECSYS_REGISTRY)")
     p.add_argument("--model", default=os.environ.get("RECSYS_MODEL"), help="model name (default $RECSYS_MODEL)")
-    p.add_argument("--epochs", type=int, default=30, help="maximum epochs; early stopping may stop sooner")
-    p.add_argument("--embedding-dim", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--learning-rate", type=float, default=0.1)
-    p.add_argument("--optimizer", choices=("adagrad", "adam"), default="adagrad")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--tower", choices=("id", "features", "history", "sequence"),
+                   help="query/candidate tower family (default: the best config found for the data set: "
+                        "movielens-100k uses the recommended tower, other data sets 'id')")
+    # Training knobs default to the tower's recommended setting; a flag given overrides it.
+    p.add_argument("--epochs", type=int, help="maximum epochs; early stopping may stop sooner")
+    p.add_argument("--embedding-dim", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--optimizer", choices=("adagrad", "adam"))
+    p.add_argument("--temperature", type=float, help="softmax temperature (< 1 with normalised embeddings)")
+    p.add_argument("--l2", type=float, help="L2 penalty on embedding tables and dense kernels")
+    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                   help="L2-normalise the embeddings of both towers")
+    p.add_argument("--history-length", type=int, help="history/sequence towers: items in the query history")
     p.add_argument("--no-logq", action="store_true", help="disable the logQ sampling-bias correction")
+    p.add_argument("--keep-accidental-hits", action="store_true",
+                   help="do not remove in-batch negatives equal to the positive")
     p.add_argument("--seed", type=int, default=42, help="split, initialization and synthetic-data seed")
     p.add_argument("--metrics-out", type=Path, help="also write the metrics report (JSON) here")
     p.add_argument("--synthetic-customers", type=int, default=2_000)
@@ -62,10 +73,17 @@ def main(argv: list[str] | None = None) -> int:
         check_model_name(args.model)
     except ValueError as e:
         parser.error(str(e))
-    for name in ("epochs", "embedding_dim", "batch_size", "synthetic_customers", "synthetic_candidates",
-                 "synthetic_interactions", "synthetic_clusters"):
-        if getattr(args, name) < 1:
+    for name in ("epochs", "embedding_dim", "batch_size", "history_length", "synthetic_customers",
+                 "synthetic_candidates", "synthetic_interactions", "synthetic_clusters"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer")
+    for name in ("learning_rate", "temperature"):
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive")
+    if args.l2 is not None and not args.l2 >= 0:
+        parser.error("--l2 must be >= 0")
     if args.dataset == "movielens-100k":
         if args.data_dir is None:
             parser.error("--data-dir is required for --dataset movielens-100k (the ml-100k folder)")
@@ -80,18 +98,26 @@ def main(argv: list[str] | None = None) -> int:
     import json
 
     from trainer import evaluate
-    from trainer.model import TrainConfig
+    from trainer.model import recommended_config
     from trainer.pipeline import PipelineConfig, SyntheticConfig, run
 
+    train_config = recommended_config(args.dataset, args.tower)
+    overrides = {"max_epochs": args.epochs, "embedding_dim": args.embedding_dim, "batch_size": args.batch_size,
+                 "learning_rate": args.learning_rate, "optimizer": args.optimizer,
+                 "temperature": args.temperature, "l2": args.l2, "normalize": args.normalize,
+                 "history_length": args.history_length}
+    train_config = dataclasses.replace(
+        train_config, **{k: v for k, v in overrides.items() if v is not None}, seed=args.seed,
+        verbose=not args.quiet)
+    if args.no_logq:
+        train_config.logq_correction = False
+    if args.keep_accidental_hits:
+        train_config.remove_accidental_hits = False
     config = PipelineConfig(
         dataset=args.dataset, registry=args.registry, model=args.model, data_dir=args.data_dir,
         synthetic=SyntheticConfig(args.synthetic_customers, args.synthetic_candidates,
                                   args.synthetic_interactions, args.synthetic_clusters),
-        train=TrainConfig(embedding_dim=args.embedding_dim, max_epochs=args.epochs, batch_size=args.batch_size,
-                          optimizer=args.optimizer, learning_rate=args.learning_rate,
-                          temperature=args.temperature, logq_correction=not args.no_logq, seed=args.seed,
-                          verbose=not args.quiet),
-        split_seed=args.seed, make_current=not args.no_promote)
+        train=train_config, split_seed=args.seed, make_current=not args.no_promote)
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     start = time.perf_counter()
     try:

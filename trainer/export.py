@@ -23,32 +23,49 @@ from model_registry import IndexSpec, Manifest, Registry
 from model_registry import manifest as mf
 from trainer import index_builder
 from trainer.data import Interactions
-from trainer.model import IdTower, embed
+from trainer.model import TwoTowerModel, embed, query_embeddings
+from trainer.towers import CustomerData, QueryTower
 
 MAX_POPULAR = 1000
 MAX_PROBE_QUERIES = 1000
+# Per-customer serving inputs of a version (see ``write_customer_store``).
+# The lead moves this name to model_registry.manifest; keep the two equal.
+CUSTOMER_STORE_FILE = getattr(mf, "CUSTOMER_STORE_FILE", "customer_store.npz")
 
 
 class QueryTowerModule(tf.Module):
-    """The serving wrapper: ``serving_default(customer_id: string[None])`` ->
-    ``{"embedding": float32[None, D], "known": bool[None]}``."""
+    """The serving wrapper: ``serving_default(**raw inputs)`` ->
+    ``{"embedding": float32[None, D], "known": bool[None]}``.
 
-    def __init__(self, tower: IdTower):
+    Inputs are the tower's ``input_specs()``: ``customer_id`` string [None]
+    always, ``history`` string [None, L] for history towers, one input per
+    customer feature (named as the feature) for the features tower.
+    """
+
+    def __init__(self, tower: QueryTower):
         super().__init__(name="query_tower_module")
         self.tower = tower
+        self.serve = tf.function(self._serve, input_signature=[tower.input_specs()])
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="customer_id")])
-    def serve(self, customer_id: tf.Tensor) -> dict[str, tf.Tensor]:
+    def _serve(self, inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         return {
-            "embedding": tf.cast(self.tower(customer_id), tf.float32),
-            "known": self.tower.known(customer_id),
+            "embedding": tf.cast(self.tower(inputs), tf.float32),
+            "known": self.tower.known(inputs),
         }
 
 
-def save_query_tower(tower: IdTower, path: Path) -> None:
+def save_query_tower(tower: QueryTower, path: Path) -> None:
     """Saves the query tower as a SavedModel with a ``serving_default`` signature."""
     module = QueryTowerModule(tower)
-    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve.get_concrete_function()})
+
+
+def write_customer_store(store: CustomerData, path: Path) -> None:
+    """Writes ``customer_store.npz``: ``ids`` (str [C], sorted), ``history`` (str [C, L],
+    most recent first, "" padded), ``seen_offsets`` (int64 [C+1]) and ``seen_items``
+    (str [total]), a CSR of every training item, and ``feature__<name>`` ([C])."""
+    with open(path, "wb") as f:
+        np.savez(f, **store.arrays())
 
 
 def popular_candidates(train: Interactions, limit: int = MAX_POPULAR) -> tuple[np.ndarray, np.ndarray]:
@@ -84,23 +101,26 @@ class ExportConfig:
     index: index_builder.IndexConfig = dataclasses.field(default_factory=index_builder.IndexConfig)
 
 
-def publish(registry: Registry, query_tower: IdTower, candidate_tower: IdTower, catalog: np.ndarray,
+def publish(registry: Registry, model: TwoTowerModel, store: CustomerData, catalog: np.ndarray,
             train: Interactions, test: Interactions, metrics: dict[str, Any],
             config: ExportConfig) -> Manifest:
     """Builds every artifact of a version and publishes it; returns the manifest.
 
-    ``catalog`` (sorted unique candidate ids) defines the index order. The
-    ScaNN recall is measured on the probe queries before anything is written.
+    ``catalog`` (sorted unique candidate ids) defines the index order; ``store``
+    holds the training customers' serving inputs (written as the customer
+    store; probe queries are embedded from it). The ScaNN recall is measured on
+    the probe queries before anything is written.
     """
     catalog = np.asarray(catalog).astype(str)
-    cand_emb = embed(candidate_tower, catalog)
-    probes = embed(query_tower, probe_customers(test, seed=config.seed))
+    cand_emb = embed(model.candidate_tower, catalog)
+    probes = query_embeddings(model, store, probe_customers(test, seed=config.seed))
     searcher, spec = index_builder.build_index(cand_emb, probes, config.index)
     pop_ids, pop_scores = popular_candidates(train)
     dim = int(cand_emb.shape[1])
 
     def write(staging: Path):
-        save_query_tower(query_tower, staging / mf.QUERY_TOWER_DIR)
+        save_query_tower(model.query_tower, staging / mf.QUERY_TOWER_DIR)
+        write_customer_store(store, staging / CUSTOMER_STORE_FILE)
         np.save(staging / mf.CANDIDATE_IDS_FILE, catalog, allow_pickle=False)
         np.save(staging / mf.CANDIDATE_EMBEDDINGS_FILE, cand_emb, allow_pickle=False)
         index_builder.save_searcher(searcher, staging / mf.SCANN_DIR)

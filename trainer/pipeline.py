@@ -11,7 +11,7 @@ from typing import Any, Callable
 from model_registry import Manifest, Registry
 from trainer import evaluate, export
 from trainer.data import DATASETS, Interactions, load_movielens_100k, synthetic
-from trainer.model import TrainConfig, embed, train
+from trainer.model import TrainConfig, customer_data, embed, query_embeddings, train
 from trainer.split import random_split
 
 @dataclasses.dataclass
@@ -66,12 +66,15 @@ def run(config: PipelineConfig, log: Callable[[str], None] | None = None) -> tup
     t0 = time.perf_counter()
     es = evaluate.prepare(train_data, test_data, data.catalog, config.max_test_interactions, config.split_seed)
     model = result.model
+    store = customer_data(model, train_data)
     metrics: dict[str, Any] = evaluate.hit_rates(
-        evaluate.embedding_scores(embed(model.query_tower, es.customers), embed(model.candidate_tower, es.catalog)),
+        evaluate.embedding_scores(query_embeddings(model, store, es.customers),
+                                  embed(model.candidate_tower, es.catalog)),
         es)
     metrics["baselines"] = evaluate.baselines(train_data, es)
     metrics.update({
         "dataset": data.name,
+        "tower": config.train.tower,
         "split": {"method": "random", "test_fraction": config.test_fraction, "seed": config.split_seed,
                   "num_train": len(train_data), "num_test": len(test_data)},
         "num_test_interactions": es.num_test_interactions,
@@ -85,6 +88,7 @@ def run(config: PipelineConfig, log: Callable[[str], None] | None = None) -> tup
         "validation_history": result.history,
     })
     manifest = export.publish(
-        registry, model.query_tower, model.candidate_tower, data.catalog, train_data, test_data, metrics,
-        export.ExportConfig(dataset=data.name, make_current=config.make_current, seed=config.split_seed))
+        registry, model, store, data.catalog, train_data, test_data, metrics,
+        export.ExportConfig(dataset=data.name, tower=config.train.tower, make_current=config.make_current,
+                            seed=config.split_seed))
     return manifest, metrics

@@ -31,7 +31,17 @@ def test_movielens_counts():
     assert len(np.unique(d.candidate_ids)) == 1682 and len(d.catalog) == 1682
     assert d.customer_ids.dtype.kind == "U" and d.timestamps.dtype == np.int64
     assert d.candidate_titles["1"] == "Toy Story (1995)"
-    assert len(d.customer_features["customer_id"]) == 943
+    # Columnar feature tables aligned with sorted id arrays.
+    assert len(d.customer_feature_ids) == 943 and set(d.customer_features) == {"age", "gender", "occupation", "zip"}
+    row = d.customer_feature_rows(np.array(["1", "nope"]))
+    assert row[1] == -1 and d.customer_features["age"][row[0]] == 24 and d.customer_features["gender"][row[0]] == "M"
+    assert d.customer_features["age"].dtype == np.float32
+    f = d.candidate_features
+    j = d.candidate_feature_rows(np.array(["1", "2", "267"]))
+    assert list(f["title"][j[:2]]) == ["Toy Story (1995)", "GoldenEye (1995)"]
+    assert f["genres"][j[0]] == "Animation|Children's|Comedy" and f["genres"][j[1]] == "Action|Adventure|Thriller"
+    assert f["release_year"][j[0]] == 1995 and np.isnan(f["release_year"][j[2]])
+    assert all(len(v) == len(d.catalog) for v in f.values())
 
 
 def test_movielens_bad_dirs(tmp_path):
@@ -158,7 +168,7 @@ def test_train_publish_reload_round_trip(tmp_path, capsys):
 
     from model_registry import Registry, verify_version
     from model_registry import manifest as mf
-    from trainer import cli, index_builder
+    from trainer import cli, export, index_builder
 
     rc = cli.main(["--dataset", "synthetic", "--registry", str(tmp_path / "reg"), "--model", "tiny",
                    "--epochs", "2", "--embedding-dim", "16", "--batch-size", "256", "--quiet",
@@ -175,7 +185,7 @@ def test_train_publish_reload_round_trip(tmp_path, capsys):
     manifest = verify_version(vdir)
     assert sorted(p.name for p in vdir.iterdir()) == sorted([
         mf.QUERY_TOWER_DIR, mf.CANDIDATE_IDS_FILE, mf.CANDIDATE_EMBEDDINGS_FILE, mf.SCANN_DIR,
-        mf.POPULAR_FILE, mf.PROBE_QUERIES_FILE, mf.METRICS_FILE, mf.MANIFEST_FILE])
+        mf.POPULAR_FILE, mf.PROBE_QUERIES_FILE, mf.METRICS_FILE, mf.MANIFEST_FILE, export.CUSTOMER_STORE_FILE])
     assert manifest.embedding_dim == 16 and manifest.num_candidates == 120 and manifest.tower == "id"
     assert manifest.index.kind == "brute_force" and manifest.index.recall_at_10 == 1.0
     metrics = json.loads((vdir / mf.METRICS_FILE).read_text())
@@ -215,3 +225,39 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["--dataset", "synthetic", "--registry", str(tmp_path), "--model", "bad name"])
     assert "model name" in capsys.readouterr().err
+
+
+def test_cli_history_tower_publishes_customer_store(tmp_path, capsys):
+    import model_registry.tf_env  # noqa: F401
+    import tensorflow as tf
+
+    from model_registry import Registry, verify_version
+    from model_registry import manifest as mf
+    from trainer import cli, export
+
+    rc = cli.main(["--dataset", "synthetic", "--registry", str(tmp_path / "reg"), "--model", "hist",
+                   "--tower", "history", "--history-length", "12", "--epochs", "1", "--embedding-dim", "8",
+                   "--l2", "0.0001", "--quiet", "--synthetic-customers", "150", "--synthetic-candidates", "60",
+                   "--synthetic-interactions", "3000", "--synthetic-clusters", "4"])
+    assert rc == 0, capsys.readouterr().err
+    vdir = Registry(tmp_path / "reg", "hist").version_dir(1)
+    manifest = verify_version(vdir)
+    assert manifest.tower == "history" and manifest.metrics["config"]["l2"] == 0.0001
+    with np.load(vdir / export.CUSTOMER_STORE_FILE, allow_pickle=False) as store:
+        ids, history = store["ids"], store["history"]
+        assert history.shape == (len(ids), 12) and len(store["seen_offsets"]) == len(ids) + 1
+    serve = tf.saved_model.load(str(vdir / mf.QUERY_TOWER_DIR)).signatures["serving_default"]
+    res = serve(customer_id=tf.constant(["nobody", "nobody"]),
+                history=tf.constant(np.stack([history[0], np.full(12, "")])))
+    assert res["known"].numpy().tolist() == [True, False] and res["embedding"].shape == (2, 8)
+
+
+def test_recommended_config_and_tower_flag():
+    from trainer import cli
+    from trainer.model import DEFAULT_TOWER, recommended_config
+
+    assert recommended_config("movielens-100k").tower == DEFAULT_TOWER["movielens-100k"]
+    assert recommended_config("synthetic").tower == "id"
+    assert recommended_config("movielens-100k", "sequence").tower == "sequence"
+    args = cli.build_parser().parse_args(["--dataset", "synthetic", "--tower", "features", "--l2", "0.01"])
+    assert args.tower == "features" and args.l2 == 0.01 and args.epochs is None

@@ -1,0 +1,62 @@
+"""Smoke test of the benchmark scripts: each runs in ``--quick`` mode as a
+subprocess (seconds) and prints JSON with the expected shape.
+
+The figures themselves are not checked (the machine is shared and small); the
+full runs and their results are in docs/BENCHMARKS.md. The ANN test needs
+faiss-cpu (the ``bench`` extra) and skips without it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_quick(module: str, timeout_s: float) -> dict:
+    proc = subprocess.run([sys.executable, "-m", module, "--quick"], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout_s)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("faiss") is None,
+                    reason="faiss-cpu is not installed (pip install -e '.[bench]')")
+def test_ann_quick():
+    out = run_quick("bench.ann", timeout_s=120)
+    assert out["benchmark"] == "ann" and out["machine"]["cores"] >= 1 and out["blas"]
+    (ds,) = out["datasets"]
+    assert ds["num_candidates"] == 20_000 and ds["dim"] == 32
+    assert ds["build"]["scann"]["spec"]["kind"] == "tree_ah"  # 20k is the trainer's brute-force limit
+    for method in ("scann", "hnsw", "exact"):
+        assert ds["build"][method]["build_seconds"] >= 0 and ds["load"][method]["load_seconds"] >= 0
+    labels = {m["label"]: m for m in ds["methods"]}
+    assert {"exact", "scann@published"} <= set(labels)
+    for m in ds["methods"]:
+        assert 0.0 <= m["recall"] <= 1.0
+        assert m["single_qps"] > 0 and m["serialized_mib"] >= 0
+        assert any(k.startswith("batched_qps[") for k in m)
+    assert labels["exact"]["recall"] == 1.0
+    scann = [m for m in ds["methods"] if m["method"] == "scann"]
+    assert all(m["service_single_qps"] > 0 for m in scann)
+    assert ds["sweep"]["scann"] and ds["sweep"]["hnsw"]
+    reg = ds["registry_load"]
+    assert reg["self_test_recall"] >= 0.9 and reg["load_seconds"] > 0
+    assert set(ds["goals"]) == {"scann_recall>=0.95_at_>=15k_single_qps", "scann_build<=15s", "load<=10s",
+                                "scann>=hnsw_qps_at_equal_recall"}
+
+
+def test_training_quick():
+    out = run_quick("bench.training", timeout_s=120)
+    assert out["benchmark"] == "training" and out["towers"]
+    assert out["runs"], out
+    for run in out["runs"]:
+        assert {"dataset", "tower", "mode", "wall_seconds"} <= set(run)
+        assert "error" not in run, run
+        assert run["examples_per_second"] > 0 and run["timed_examples"] > 0

@@ -1,0 +1,164 @@
+"""Data set adapters: generic interactions files (CSV/TSV/JSONL), catalogue filter,
+min-rating, sessions, clear errors, and the flags -> options -> load path."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+from trainer.data import Interactions, search_right, synthetic
+from trainer.datasets import (DATASET_NAMES, DatasetOptions, add_dataset_arguments, load_dataset,
+                              options_from_args)
+
+REVIEWS = [  # user, business, stars, date
+    ("u1", "b1", 5, "2018-07-07 22:09:11"),
+    ("u1", "b2", 2, "2018-07-08 10:00:00"),
+    ("u2", "b1", 4, "2017-01-01 00:00:00"),
+    ("u3", "b3", 3, "2019-05-05 05:05:05"),
+    ("u2", "b9", 5, "2019-06-06 06:06:06"),  # b9 is not in the catalogue
+]
+
+
+def _write_delimited(path, header, rows, sep=","):
+    path.write_text(sep.join(header) + "\n" + "".join(sep.join(map(str, r)) + "\n" for r in rows))
+    return path
+
+
+def _reviews_options(path, **kw):
+    return DatasetOptions(data_path=path, customer_col="user_id", candidate_col="business_id",
+                          rating_col="stars", time_col="date", **kw)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
+def test_interactions_file_formats(tmp_path, fmt):
+    if fmt == "jsonl":
+        path = tmp_path / "reviews.jsonl"
+        path.write_text("".join(json.dumps({"review_id": i, "user_id": u, "business_id": b, "stars": s,
+                                            "text": 'said "user_id": no', "date": d}) + "\n"
+                                for i, (u, b, s, d) in enumerate(REVIEWS)))
+    else:
+        path = _write_delimited(tmp_path / f"reviews.{fmt}", ["user_id", "business_id", "stars", "date"], REVIEWS,
+                                "\t" if fmt == "tsv" else ",")
+    d = load_dataset("interactions-csv", _reviews_options(path))
+    assert isinstance(d, Interactions) and len(d) == 5
+    assert list(d.customer_ids) == [r[0] for r in REVIEWS] and list(d.candidate_ids) == [r[1] for r in REVIEWS]
+    assert d.customer_ids.dtype.kind == "U" and d.timestamps.dtype == np.int64
+    assert d.timestamps[0] == np.datetime64("2018-07-07T22:09:11", "s").astype(np.int64)
+    assert list(d.catalog) == ["b1", "b2", "b3", "b9"]
+    assert d.info["rows_read"] == 5 and d.info["format"] == fmt and d.info["rows_per_second"] > 0
+
+
+def test_min_rating_and_catalogue_filter_with_features(tmp_path):
+    path = _write_delimited(tmp_path / "reviews.csv", ["user_id", "business_id", "stars", "date"], REVIEWS)
+    catalog = tmp_path / "business.jsonl"
+    catalog.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"business_id": "b1", "name": "Cafe", "stars": 4.5, "categories": ["Food", "Coffee"]},
+        {"business_id": "b2", "name": "Bar", "stars": None, "categories": ["Nightlife"]},
+        {"business_id": "b3", "name": "Gym", "stars": 3.0, "categories": []},
+        {"business_id": "b4", "name": "Shop", "stars": 2.0, "categories": ["Retail"]},
+    ]))
+    d = load_dataset("interactions-csv", _reviews_options(
+        path, min_rating=4, catalog_path=catalog, catalog_id_col="business_id",
+        catalog_feature_cols=("name", "stars", "categories")))
+    # stars >= 4 keeps rows 0, 2, 4; b9 (row 4) has no catalogue record.
+    assert list(zip(d.customer_ids, d.candidate_ids)) == [("u1", "b1"), ("u2", "b1")]
+    assert d.info["dropped_below_min_rating"] == 2 and d.info["dropped_not_in_catalog"] == 1
+    assert list(d.catalog) == ["b1", "b2", "b3", "b4"]  # the catalogue, even candidates without events
+    f = d.candidate_features
+    assert list(f["name"]) == ["Cafe", "Bar", "Gym", "Shop"] and list(f["categories"])[:3] == ["Food|Coffee", "Nightlife", ""]
+    assert f["stars"].dtype == np.float32 and f["stars"][0] == 4.5 and np.isnan(f["stars"][1])
+    # take() shares the tables.
+    assert d.take(np.array([1])).candidate_features is f
+
+
+def test_integer_ids_without_time_use_file_order(tmp_path):
+    path = _write_delimited(tmp_path / "ratings.csv", ["user", "recipe", "rating"],
+                            [(10, 7, 5), (10, 8, 0), (3, 7, 4)])
+    d = load_dataset("interactions-csv", DatasetOptions(data_path=path, customer_col="user", candidate_col="recipe",
+                                                        rating_col="rating", min_rating=4))
+    assert list(d.customer_ids) == ["10", "3"] and list(d.candidate_ids) == ["7", "7"]
+    assert list(d.timestamps) == [0, 2]
+
+
+def test_tool_usage_log_headerless_with_delimiter(tmp_path):
+    path = tmp_path / "usage.txt"
+    path.write_text("alice;/home;1700000000\nbob;/docs;1700000005\nalice;/docs;1700000009\n")
+    d = load_dataset("interactions-csv", DatasetOptions(data_path=path, format="csv", delimiter=";", header=False,
+                                                        customer_col="0", candidate_col="1", time_col="2"))
+    assert list(d.candidate_ids) == ["/home", "/docs", "/docs"] and d.timestamps[2] == 1700000009
+
+
+def test_bad_column_names_the_missing_and_found_columns(tmp_path):
+    path = _write_delimited(tmp_path / "reviews.csv", ["user_id", "business_id", "stars", "date"], REVIEWS)
+    with pytest.raises(ValueError, match=r"'item_id' not found; columns found: user_id, business_id, stars, date"):
+        load_dataset("interactions-csv", DatasetOptions(data_path=path))
+    jl = tmp_path / "r.jsonl"
+    jl.write_text('{"user_id": "u", "business_id": "b"}\n')
+    with pytest.raises(ValueError, match=r"columns 'stars', 'date' not found; columns found: user_id, business_id"):
+        load_dataset("interactions-csv", _reviews_options(jl))
+    with pytest.raises(ValueError, match="--min-rating needs --rating-col"):
+        load_dataset("interactions-csv", DatasetOptions(data_path=path, min_rating=3))
+    with pytest.raises(ValueError, match="--data-path is required"):
+        load_dataset("sessions", DatasetOptions())
+    with pytest.raises(ValueError, match="pass --format"):
+        load_dataset("interactions-csv", DatasetOptions(data_path=_write_delimited(tmp_path / "x.dat", ["a"], [])))
+    with pytest.raises(ValueError, match="must be numeric"):
+        load_dataset("interactions-csv", DatasetOptions(
+            data_path=path, candidate_col="business_id", rating_col="date"))
+    short = tmp_path / "short.csv"
+    short.write_text("user_id,item_id\nu1,i1\nu2\n")
+    with pytest.raises(ValueError, match="row 3 has 1 fields"):
+        load_dataset("interactions-csv", DatasetOptions(data_path=short))
+
+
+def test_sessions_drop_single_event_sessions_and_sort_by_time(tmp_path):
+    path = tmp_path / "clicks.csv"
+    path.write_text("SessionId,Time,ItemId\n"
+                    "1,2014-04-07T10:51:09.277Z,214536502\n"
+                    "2,2014-04-07T11:00:00.000Z,214577561\n"
+                    "1,2014-04-07T10:50:00.000Z,214536500\n"
+                    "3,2014-04-07T12:00:00.000Z,214662742\n"
+                    "3,2014-04-07T12:01:00.000Z,214662742\n")
+    d = load_dataset("sessions", DatasetOptions(data_path=path, time_col="Time"))
+    assert list(d.customer_ids) == ["1", "1", "3", "3"]
+    assert list(d.candidate_ids) == ["214536500", "214536502", "214662742", "214662742"]
+    assert np.all(np.diff(d.timestamps[:2]) >= 0)
+    assert d.info["dropped_single_event_sessions"] == 1 and d.info["sessions"] == 2
+    # Configurable names (RetailRocket: timestamp in ms, visitorid, itemid).
+    rr = _write_delimited(tmp_path / "events.csv", ["timestamp", "visitorid", "event", "itemid"],
+                          [(1433221332117, 7, "view", 1), (1433221332000, 7, "view", 2), (5, 8, "view", 3)])
+    d = load_dataset("sessions", DatasetOptions(data_path=rr, session_col="visitorid", item_col="itemid",
+                                                time_col="timestamp"))
+    assert list(d.candidate_ids) == ["2", "1"] and d.info["dropped_single_event_sessions"] == 1
+
+
+def test_flags_to_options_to_load(tmp_path):
+    path = _write_delimited(tmp_path / "reviews.tsv", ["user_id", "business_id", "stars", "date"], REVIEWS, "\t")
+    p = argparse.ArgumentParser()
+    p.add_argument("--data-dir")
+    add_dataset_arguments(p)
+    args = p.parse_args(["--data-path", str(path), "--customer-col", "user_id", "--candidate-col", "business_id",
+                         "--rating-col", "stars", "--time-col", "date", "--min-rating", "4",
+                         "--catalog-feature-cols", "a, b"])
+    o = options_from_args(args)
+    assert o.min_rating == 4.0 and o.catalog_feature_cols == ("a", "b") and o.format is None and o.header
+    assert len(load_dataset("interactions-csv", o)) == 3
+    assert set(DATASET_NAMES) == {"movielens-100k", "synthetic", "interactions-csv", "sessions"}
+    with pytest.raises(ValueError, match="unknown dataset"):
+        load_dataset("nope", o)
+
+
+def test_synthetic_through_load_dataset_and_guide_search():
+    class Sizes:
+        num_customers, num_candidates, num_interactions, num_clusters = 50, 20, 300, 4
+    d = load_dataset("synthetic", DatasetOptions(synthetic=Sizes(), seed=3))
+    assert len(d) == 300 and len(d.catalog) == 20
+    assert np.array_equal(d.customer_ids, synthetic(50, 20, 300, 4, seed=3).customer_ids)
+    rng = np.random.default_rng(0)
+    cum = np.cumsum(rng.random(1000) ** 4)  # skewed, with near-empty buckets
+    cum[100:110] = cum[99]  # zero-weight run
+    values = np.concatenate([rng.random(20_000) * cum[-1], cum[:-1], [0.0]])
+    assert np.array_equal(search_right(cum, values), np.searchsorted(cum, values, side="right"))

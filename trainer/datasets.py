@@ -1,0 +1,459 @@
+"""Data set adapters: one entry point from command-line flags to :class:`Interactions`.
+
+``load_dataset(name, options)`` knows
+
+* ``movielens-100k``: the ml-100k folder (``options.data_dir``);
+* ``synthetic``: the planted-cluster generator (``options.synthetic``, any object
+  with ``num_customers``/``num_candidates``/``num_interactions``/``num_clusters``,
+  such as ``trainer.pipeline.SyntheticConfig``);
+* ``interactions-csv``: a generic interactions file (CSV, TSV or JSON lines) with
+  configurable column names: Yelp reviews (user_id, business_id, stars, date), a
+  tool-usage log (user_id, page, ts), integer-id recipe ratings, ... Optional
+  ``min_rating`` (keep rows whose rating is >= it) and an optional candidate
+  catalogue file whose rows give the catalog and candidate features; interactions
+  whose candidate is not in the catalogue are dropped (and counted);
+* ``sessions``: click streams (SessionId, ItemId, Time as in YooChoose or
+  RetailRocket): each session is a "customer", events are ordered by time within
+  a session, sessions with a single event are dropped (and counted).
+
+Loading is columnar: rows are parsed in chunks, ids are dictionary-encoded to
+integer codes as they stream in, and the string arrays are materialised once at
+the end, so peak memory stays close to the size of the result. What was read,
+dropped and how fast is in ``Interactions.info``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from trainer.data import Interactions, align_features, load_movielens_100k, synthetic
+
+DATASET_NAMES = ("movielens-100k", "synthetic", "interactions-csv", "sessions")
+FORMATS = ("csv", "tsv", "jsonl")
+_CHUNK_ROWS = 200_000
+
+
+@dataclasses.dataclass
+class DatasetOptions:
+    """Where and how to read a data set (see ``add_dataset_arguments`` for the flags).
+
+    Column names address header fields; with ``header=False`` they are 0-based
+    column numbers ("0", "2"). ``rating_col``/``time_col`` are optional: without a
+    time column the row number is the timestamp (file order).
+    """
+
+    data_path: Path | None = None
+    data_dir: Path | None = None  # movielens-100k
+    format: str | None = None  # csv | tsv | jsonl; None: from the extension
+    delimiter: str | None = None  # overrides the format's delimiter (e.g. ";")
+    header: bool = True
+    customer_col: str = "user_id"
+    candidate_col: str = "item_id"
+    rating_col: str | None = None
+    time_col: str | None = None
+    min_rating: float | None = None
+    catalog_path: Path | None = None
+    catalog_format: str | None = None
+    catalog_id_col: str | None = None  # default: candidate_col
+    catalog_feature_cols: tuple[str, ...] = ()
+    session_col: str = "SessionId"
+    item_col: str = "ItemId"
+    synthetic: Any = None  # SyntheticConfig-like
+    seed: int = 42
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the data-file flags (not ``--dataset``/``--data-dir``/synthetic sizes, which cli.py owns)."""
+    g = parser.add_argument_group("data files (--dataset interactions-csv / sessions)")
+    g.add_argument("--data-path", type=Path, help="interactions or sessions file (csv, tsv or jsonl)")
+    g.add_argument("--format", choices=FORMATS, help="file format (default: from the extension)")
+    g.add_argument("--delimiter", help="field delimiter, overriding the format's (e.g. ';')")
+    g.add_argument("--no-header", action="store_true",
+                   help="the CSV/TSV has no header row; columns are then given as 0-based numbers")
+    g.add_argument("--customer-col", default="user_id", help="customer id column (default user_id)")
+    g.add_argument("--candidate-col", default="item_id", help="candidate id column (default item_id)")
+    g.add_argument("--rating-col", help="rating column (needed by --min-rating)")
+    g.add_argument("--time-col", help="timestamp column: epoch numbers or ISO dates (default: file order)")
+    g.add_argument("--min-rating", type=float, help="keep only interactions rated at least this")
+    g.add_argument("--catalog-path", type=Path,
+                   help="candidate catalogue file; interactions whose candidate it lacks are dropped")
+    g.add_argument("--catalog-id-col", help="candidate id column of the catalogue (default --candidate-col)")
+    g.add_argument("--catalog-feature-cols", default="",
+                   help="comma-separated catalogue columns kept as candidate features")
+    g.add_argument("--session-col", default="SessionId", help="session id column (sessions; default SessionId)")
+    g.add_argument("--item-col", default="ItemId", help="item id column (sessions; default ItemId)")
+
+
+def options_from_args(args: argparse.Namespace) -> DatasetOptions:
+    """DatasetOptions from parsed flags (missing attributes keep their defaults)."""
+    get = lambda name, default=None: getattr(args, name, default)  # noqa: E731
+    feature_cols = tuple(c.strip() for c in (get("catalog_feature_cols") or "").split(",") if c.strip())
+    return DatasetOptions(
+        data_path=get("data_path"), data_dir=get("data_dir"), format=get("format"),
+        delimiter=get("delimiter"), header=not get("no_header", False),
+        customer_col=get("customer_col", "user_id"), candidate_col=get("candidate_col", "item_id"),
+        rating_col=get("rating_col"), time_col=get("time_col"), min_rating=get("min_rating"),
+        catalog_path=get("catalog_path"), catalog_id_col=get("catalog_id_col"),
+        catalog_feature_cols=feature_cols, session_col=get("session_col", "SessionId"),
+        item_col=get("item_col", "ItemId"), seed=get("seed", 42))
+
+
+def check_options(name: str, options: DatasetOptions) -> None:
+    """Cheap checks before any loading (for the CLI's one-line errors); raises ValueError."""
+    if name not in DATASET_NAMES:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+    if name in ("interactions-csv", "sessions"):
+        if options.data_path is None:
+            raise ValueError(f"--data-path is required for --dataset {name}")
+        if not Path(options.data_path).is_file():
+            raise ValueError(f"--data-path: {options.data_path} is not a file")
+        file_format(options.data_path, options.format)
+    if options.min_rating is not None and options.rating_col is None:
+        raise ValueError("--min-rating needs --rating-col")
+    if options.catalog_path is not None and not Path(options.catalog_path).is_file():
+        raise ValueError(f"--catalog-path: {options.catalog_path} is not a file")
+
+
+def load_dataset(name: str, options: DatasetOptions | None = None) -> Interactions:
+    """Loads data set ``name`` (one of ``DATASET_NAMES``) as configured by ``options``."""
+    options = options or DatasetOptions()
+    if name == "movielens-100k":
+        if options.data_dir is None:
+            raise ValueError("--data-dir is required for --dataset movielens-100k (the ml-100k folder)")
+        return load_movielens_100k(options.data_dir)
+    if name == "synthetic":
+        s = options.synthetic
+        if s is None:
+            return synthetic(seed=options.seed)
+        return synthetic(s.num_customers, s.num_candidates, s.num_interactions, s.num_clusters, seed=options.seed)
+    check_options(name, options)
+    if name == "interactions-csv":
+        return load_interactions_file(options)
+    return load_sessions(options)
+
+
+# ---------------------------------------------------------------- file reading
+
+
+def file_format(path: Path | str, fmt: str | None = None) -> str:
+    """The format named, or the one the extension implies (.csv, .tsv/.tab, .jsonl/.json/.ndjson; .gz ignored)."""
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        return fmt
+    suffixes = [s.lower() for s in Path(path).suffixes if s.lower() != ".gz"]
+    ext = suffixes[-1] if suffixes else ""
+    by_ext = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
+    if ext not in by_ext:
+        raise ValueError(f"cannot tell the format of {path} from its extension; pass --format csv|tsv|jsonl")
+    return by_ext[ext]
+
+
+def _open_text(path: Path):
+    if str(path).endswith(".gz"):
+        import gzip
+        return gzip.open(path, "rt", encoding="utf-8", newline="")
+    return open(path, encoding="utf-8", newline="")
+
+
+def _missing(path: Path, wanted: list[str], found: list[str]) -> ValueError:
+    missing = [c for c in wanted if c not in found]
+    return ValueError(f"{path}: column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} not found; "
+                      f"columns found: {', '.join(found) if found else '(none)'}")
+
+
+def _read_columns(path: Path, fmt: str, columns: list[str], delimiter: str | None = None,
+                  header: bool = True, chunk_rows: int = _CHUNK_ROWS) -> Iterator[list[list[Any]]]:
+    """Yields chunks of the requested columns, each chunk a list of per-column value lists.
+
+    CSV/TSV values are strings ("" when empty); JSON-lines values are what
+    ``json.loads`` gives (None when the key is absent), lists joined with "|".
+    """
+    path = Path(path)
+    if fmt == "jsonl":
+        yield from _read_jsonl(path, columns, chunk_rows)
+        return
+    delim = delimiter or ("\t" if fmt == "tsv" else ",")
+    with _open_text(path) as f:
+        reader = csv.reader(f, delimiter=delim)
+        if header:
+            names = next(reader, None)
+            if names is None:
+                raise ValueError(f"{path} is empty")
+            names = [n.strip().lstrip("\ufeff") for n in names]
+            if any(c not in names for c in columns):
+                raise _missing(path, columns, names)
+            idx = [names.index(c) for c in columns]
+        else:
+            if not all(c.isdigit() for c in columns):
+                raise ValueError(f"{path}: without a header, columns must be 0-based numbers, got {columns}")
+            idx = [int(c) for c in columns]
+        width = max(idx) + 1
+        line = 1 if header else 0
+        while True:
+            rows = list(itertools.islice(reader, chunk_rows))
+            if not rows:
+                return
+            count = len(rows)
+            if min(map(len, rows)) < width:
+                bad = next((i for i, r in enumerate(rows) if r and len(r) < width), None)
+                if bad is not None:
+                    raise ValueError(f"{path}: row {line + bad + 1} has {len(rows[bad])} fields, "
+                                     f"need at least {width} (is the delimiter {delim!r} right?)")
+                rows = [r for r in rows if r]  # blank lines
+            line += count
+            if not rows:
+                continue
+            yield [[r[i] for r in rows] for i in idx]
+
+
+def _json_value(v: Any) -> Any:
+    if isinstance(v, list):
+        return "|".join(map(str, v))
+    if isinstance(v, dict):
+        return json.dumps(v, sort_keys=True)
+    return v
+
+
+def _read_jsonl(path: Path, columns: list[str], chunk_rows: int) -> Iterator[list[list[Any]]]:
+    loads = json.loads
+    with _open_text(path) as f:
+        first = True
+        while True:
+            lines = [ln for ln in itertools.islice(f, chunk_rows) if ln.strip()]
+            if not lines:
+                if first:
+                    raise ValueError(f"{path} is empty")
+                return
+            try:
+                objs = [loads(ln) for ln in lines]  # transient: only the wanted fields are kept
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path} is not JSON lines: {e}") from None
+            if first:
+                found = list(objs[0]) if isinstance(objs[0], dict) else []
+                if any(c not in found for c in columns):
+                    raise _missing(path, columns, found)
+                first = False
+            out = [[o.get(c) for o in objs] for c in columns]
+            del objs
+            yield [[_json_value(v) for v in col] if any(isinstance(v, (list, dict)) for v in col) else col
+                   for col in out]
+
+
+class _Encoder:
+    """Dictionary-encodes string ids as they stream in; ``finish`` sorts the vocabulary."""
+
+    def __init__(self) -> None:
+        self.vocab: dict[str, int] = {}
+
+    def encode(self, values: list[Any]) -> np.ndarray:
+        vocab = self.vocab
+        setdefault = vocab.setdefault
+        return np.fromiter((setdefault(v if isinstance(v, str) else _id_str(v), len(vocab)) for v in values),
+                           dtype=np.int64, count=len(values))
+
+    def finish(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted unique ids, codes remapped to positions in them)."""
+        ids = np.array(list(self.vocab), dtype=str) if self.vocab else np.array([], dtype="<U1")
+        order = np.argsort(ids, kind="stable")
+        rank = np.empty(len(ids), dtype=np.int64)
+        rank[order] = np.arange(len(ids))
+        return ids[order], rank[codes]
+
+
+def _id_str(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def _numbers(values: list[Any], path: Path, col: str) -> np.ndarray:
+    try:
+        return np.array([np.nan if v is None or v == "" else v for v in values], dtype=np.float64)
+    except (ValueError, TypeError):
+        bad = next((v for v in values if not _is_number(v)), None)
+        raise ValueError(f"{path}: column {col!r} must be numeric, found {bad!r}") from None
+
+
+def _is_number(v: Any) -> bool:
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return v is None or v == ""
+
+
+def _times(values: list[Any], path: Path, col: str) -> np.ndarray:
+    """int64 timestamps: integers as they are (epoch s or ms), floats truncated, ISO dates -> epoch seconds."""
+    try:
+        arr = np.array(values)
+    except ValueError:
+        arr = np.array([str(v) for v in values])
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int64)
+    if arr.dtype.kind == "f":
+        return np.nan_to_num(arr, nan=0).astype(np.int64)
+    arr = arr.astype(str)
+    try:
+        return arr.astype(np.int64)
+    except ValueError:
+        pass
+    try:
+        return arr.astype(np.float64).astype(np.int64)
+    except ValueError:
+        pass
+    try:
+        stripped = np.char.rstrip(arr, "Z")  # "2014-04-07T10:51:09.277Z" (UTC)
+        return stripped.astype("datetime64[ms]").astype("datetime64[s]").astype(np.int64)
+    except ValueError:
+        raise ValueError(f"{path}: column {col!r} must hold epoch numbers or ISO dates, "
+                         f"found {arr[0]!r}") from None
+
+
+# ---------------------------------------------------------------- adapters
+
+
+def _load_columns(path: Path, fmt: str, options: DatasetOptions, customer_col: str, candidate_col: str,
+                  rating_col: str | None, time_col: str | None) -> dict[str, Any]:
+    wanted = [customer_col, candidate_col] + [c for c in (rating_col, time_col) if c]
+    customers, candidates = _Encoder(), _Encoder()
+    cust_codes, cand_codes, ratings, times = [], [], [], []
+    rows = 0
+    for chunk in _read_columns(path, fmt, wanted, options.delimiter, options.header):
+        rows += len(chunk[0])
+        cust_codes.append(customers.encode(chunk[0]))
+        cand_codes.append(candidates.encode(chunk[1]))
+        k = 2
+        if rating_col:
+            ratings.append(_numbers(chunk[k], path, rating_col).astype(np.float32))
+            k += 1
+        if time_col:
+            times.append(_times(chunk[k], path, time_col))
+    if rows == 0:
+        raise ValueError(f"{path} has no data rows")
+    cat = lambda parts, dtype: np.concatenate(parts) if parts else np.zeros(0, dtype)  # noqa: E731
+    return {
+        "customers": customers, "candidates": candidates,
+        "customer_codes": cat(cust_codes, np.int64), "candidate_codes": cat(cand_codes, np.int64),
+        "ratings": cat(ratings, np.float32) if rating_col else None,
+        "timestamps": cat(times, np.int64) if time_col else np.arange(rows, dtype=np.int64),
+        "rows": rows,
+    }
+
+
+def load_catalog(path: Path, fmt: str | None, id_col: str, feature_cols: tuple[str, ...] = (),
+                 delimiter: str | None = None, header: bool = True) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(sorted unique candidate ids, {feature: array aligned with them}).
+
+    A feature column whose values all parse as numbers becomes float32 (NaN when
+    empty), any other a string column. Duplicate ids: the last row wins.
+    """
+    path = Path(path)
+    fmt = file_format(path, fmt)
+    cols = [id_col] + list(feature_cols)
+    parts: list[list[list[Any]]] = [[] for _ in cols]
+    for chunk in _read_columns(path, fmt, cols, delimiter, header):
+        for i, values in enumerate(chunk):
+            parts[i].extend(values)
+    raw_ids = np.array([v if isinstance(v, str) else _id_str(v) for v in parts[0]], dtype=str)
+    ids = np.unique(raw_ids)
+    features: dict[str, np.ndarray] = {}
+    for name, values in zip(feature_cols, parts[1:]):
+        if all(_is_number(v) and not isinstance(v, bool) for v in values) and any(v not in (None, "") for v in values):
+            features[name] = np.array([np.nan if v in (None, "") else float(v) for v in values], dtype=np.float32)
+        else:
+            features[name] = np.array(["" if v is None else str(v) for v in values], dtype=str)
+    return ids, align_features(raw_ids, features, ids)
+
+
+def load_interactions_file(options: DatasetOptions) -> Interactions:
+    """A generic interactions file (see the module docstring); ``info`` reports counts and speed."""
+    start = time.perf_counter()
+    path = Path(options.data_path)
+    fmt = file_format(path, options.format)
+    if options.min_rating is not None and options.rating_col is None:
+        raise ValueError("--min-rating needs --rating-col")
+    c = _load_columns(path, fmt, options, options.customer_col, options.candidate_col,
+                      options.rating_col, options.time_col)
+    read_seconds = time.perf_counter() - start
+    keep = np.ones(c["rows"], dtype=bool)
+    info: dict[str, Any] = {"source": str(path), "format": fmt, "rows_read": c["rows"]}
+    if options.min_rating is not None:
+        below = ~(c["ratings"] >= options.min_rating)  # NaN ratings count as below
+        info["dropped_below_min_rating"] = int(below.sum())
+        keep &= ~below
+
+    customer_vocab, customer_codes = c["customers"].finish(c["customer_codes"])
+    candidate_vocab, candidate_codes = c["candidates"].finish(c["candidate_codes"])
+    catalog, candidate_features = None, None
+    if options.catalog_path is not None:
+        catalog, candidate_features = load_catalog(
+            options.catalog_path, options.catalog_format,
+            options.catalog_id_col or options.candidate_col, options.catalog_feature_cols,
+            options.delimiter, options.header)
+        known = np.isin(candidate_vocab, catalog)  # over the (small) vocabulary, not the rows
+        missing = ~known[candidate_codes] & keep
+        info["dropped_not_in_catalog"] = int(missing.sum())
+        info["catalog_size"] = len(catalog)
+        keep &= ~missing
+    if not keep.any():
+        raise ValueError(f"{path}: no interactions left after filtering ({info})")
+    index = np.flatnonzero(keep) if not keep.all() else slice(None)
+    data = Interactions(
+        customer_ids=customer_vocab[customer_codes[index]],
+        candidate_ids=candidate_vocab[candidate_codes[index]],
+        timestamps=c["timestamps"][index],
+        catalog=catalog,
+        candidate_features=candidate_features,
+        name=path.stem.split(".")[0],
+    )
+    seconds = time.perf_counter() - start
+    info.update({"interactions": len(data), "read_seconds": round(read_seconds, 3),
+                 "load_seconds": round(seconds, 3), "rows_per_second": round(c["rows"] / max(seconds, 1e-9))})
+    data.info = info
+    return data
+
+
+def load_sessions(options: DatasetOptions) -> Interactions:
+    """Click streams: one "customer" per session, events sorted by (session, time, file order).
+
+    Sessions with a single event are dropped (``info["dropped_single_event_sessions"]``).
+    """
+    start = time.perf_counter()
+    path = Path(options.data_path)
+    fmt = file_format(path, options.format)
+    c = _load_columns(path, fmt, options, options.session_col, options.item_col, None, options.time_col)
+    session_vocab, session_codes = c["customers"].finish(c["customer_codes"])
+    item_vocab, item_codes = c["candidates"].finish(c["candidate_codes"])
+    lengths = np.bincount(session_codes, minlength=len(session_vocab))
+    keep_session = lengths >= 2
+    keep = keep_session[session_codes]
+    if not keep.any():
+        raise ValueError(f"{path}: every session has a single event; nothing to learn from")
+    rows = np.flatnonzero(keep)
+    order = rows[np.lexsort((rows, c["timestamps"][rows], session_codes[rows]))]
+    data = Interactions(
+        customer_ids=session_vocab[session_codes[order]],
+        candidate_ids=item_vocab[item_codes[order]],
+        timestamps=c["timestamps"][order],
+        name=path.stem.split(".")[0],
+    )
+    seconds = time.perf_counter() - start
+    data.info = {
+        "source": str(path), "format": fmt, "rows_read": c["rows"], "interactions": len(data),
+        "sessions": int(keep_session.sum()),
+        "dropped_single_event_sessions": int((lengths == 1).sum()),
+        "load_seconds": round(seconds, 3), "rows_per_second": round(c["rows"] / max(seconds, 1e-9)),
+    }
+    return data
