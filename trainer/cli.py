@@ -12,6 +12,7 @@ from pathlib import Path
 from model_registry import VersionError
 from model_registry.registry import check_model_name
 from trainer.data import check_movielens_dir
+from trainer.datasets import check_options, options_from_args
 
 
 class _Parser(argparse.ArgumentParser):
@@ -22,14 +23,19 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from trainer.data import DATASETS
+    from trainer.datasets import DATASET_NAMES, add_dataset_arguments
+    from trainer.split import SPLITS
 
     p = _Parser(
         prog="recsys-train",
         description="Train a TFRS two-tower retrieval model, evaluate it against baselines "
                     "and publish a version (query tower, candidate embeddings, ScaNN index).")
-    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--dataset", required=True, choices=DATASET_NAMES)
     p.add_argument("--data-dir", type=Path, help="the ml-100k folder (movielens-100k only)")
+    add_dataset_arguments(p)
+    p.add_argument("--split", choices=SPLITS, default="random",
+                   help="held-out split: random 80/20 (seeded), temporal (last 20%% by time), "
+                        "leave-last-out (each customer's last interaction)")
     p.add_argument("--registry", type=Path, default=os.environ.get("RECSYS_REGISTRY"),
                    help="registry root (default $RECSYS_REGISTRY)")
     p.add_argument("--model", default=os.environ.get("RECSYS_MODEL"), help="model name (default $RECSYS_MODEL)")
@@ -52,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not remove in-batch negatives equal to the positive")
     p.add_argument("--seed", type=int, default=42, help="split, initialization and synthetic-data seed")
     p.add_argument("--metrics-out", type=Path, help="also write the metrics report (JSON) here")
+    p.add_argument("--plot-out", type=Path,
+                   help="PNG of hit rate vs k for the model and baselines (default: beside --metrics-out)")
     p.add_argument("--synthetic-customers", type=int, default=2_000)
     p.add_argument("--synthetic-candidates", type=int, default=1_000)
     p.add_argument("--synthetic-interactions", type=int, default=60_000)
@@ -91,14 +99,23 @@ def main(argv: list[str] | None = None) -> int:
             check_movielens_dir(args.data_dir)
         except ValueError as e:
             parser.error(str(e))
-    if args.metrics_out is not None and not args.metrics_out.parent.is_dir():
-        parser.error(f"--metrics-out: directory {args.metrics_out.parent} does not exist")
+    dataset_options = options_from_args(args)
+    try:
+        check_options(args.dataset, dataset_options)
+    except ValueError as e:
+        parser.error(str(e))
+    for flag in ("metrics_out", "plot_out"):
+        path = getattr(args, flag)
+        if path is not None and not path.parent.is_dir():
+            parser.error(f"--{flag.replace('_', '-')}: directory {path.parent} does not exist")
+    plot_out = args.plot_out or (args.metrics_out.with_suffix(".png") if args.metrics_out else None)
 
     # TensorFlow (seconds to import) is imported only after the arguments are known to be usable.
     import json
 
     from trainer import evaluate
     from trainer.model import recommended_config
+    from trainer.plot import plot_hit_rates
     from trainer.pipeline import PipelineConfig, SyntheticConfig, run
 
     train_config = recommended_config(args.dataset, args.tower)
@@ -113,11 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         train_config.logq_correction = False
     if args.keep_accidental_hits:
         train_config.remove_accidental_hits = False
+    dataset_options.synthetic = SyntheticConfig(args.synthetic_customers, args.synthetic_candidates,
+                                                args.synthetic_interactions, args.synthetic_clusters)
     config = PipelineConfig(
-        dataset=args.dataset, registry=args.registry, model=args.model, data_dir=args.data_dir,
-        synthetic=SyntheticConfig(args.synthetic_customers, args.synthetic_candidates,
-                                  args.synthetic_interactions, args.synthetic_clusters),
-        train=train_config, split_seed=args.seed, make_current=not args.no_promote)
+        dataset=args.dataset, registry=args.registry, model=args.model, data=dataset_options,
+        train=train_config, split_method=args.split, split_seed=args.seed, make_current=not args.no_promote)
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     start = time.perf_counter()
     try:
@@ -128,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.metrics_out is not None:
         args.metrics_out.write_text(json.dumps(metrics, indent=2, sort_keys=True))
     evaluate.print_table(metrics)
+    if plot_out is not None:
+        plot_hit_rates(metrics, plot_out)
+        print(f"plot: {plot_out}")
     version_dir = Path(config.registry) / manifest.model / str(manifest.version)
     print(f"index={manifest.index.kind} candidates={manifest.num_candidates} dim={manifest.embedding_dim} "
           f"total_seconds={time.perf_counter() - start:.1f}")

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-DATASETS = ("movielens-100k", "synthetic")
 
 
 @dataclasses.dataclass

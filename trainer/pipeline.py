@@ -10,9 +10,9 @@ from typing import Any, Callable
 
 from model_registry import Manifest, Registry
 from trainer import evaluate, export
-from trainer.data import DATASETS, Interactions, load_movielens_100k, synthetic
+from trainer.datasets import DatasetOptions, load_dataset
 from trainer.model import TrainConfig, customer_data, embed, query_embeddings, train
-from trainer.split import random_split
+from trainer.split import make_split
 
 @dataclasses.dataclass
 class SyntheticConfig:
@@ -28,37 +28,24 @@ class SyntheticConfig:
 class PipelineConfig:
     """One training run and its publication."""
 
-    dataset: str
+    dataset: str  # one of trainer.datasets.DATASET_NAMES
     registry: Path
     model: str
-    data_dir: Path | None = None
-    synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
+    data: DatasetOptions = dataclasses.field(default_factory=DatasetOptions)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    split_method: str = "random"  # one of trainer.split.SPLITS
     test_fraction: float = 0.2
     split_seed: int = 42
     max_test_interactions: int | None = 100_000  # sample beyond this (large synthetic runs)
     make_current: bool = True
 
 
-def load(config: PipelineConfig) -> Interactions:
-    """Loads the configured data set."""
-    if config.dataset == "movielens-100k":
-        if config.data_dir is None:
-            raise ValueError("--data-dir is required for --dataset movielens-100k (the ml-100k folder)")
-        return load_movielens_100k(config.data_dir)
-    if config.dataset == "synthetic":
-        s = config.synthetic
-        return synthetic(s.num_customers, s.num_candidates, s.num_interactions, s.num_clusters,
-                         seed=config.split_seed)
-    raise ValueError(f"unknown dataset {config.dataset!r}; choose one of {', '.join(DATASETS)}")
-
-
 def run(config: PipelineConfig, log: Callable[[str], None] | None = None) -> tuple[Manifest, dict[str, Any]]:
     """Trains, evaluates and publishes one version; returns (manifest, metrics)."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     registry = Registry(config.registry, config.model)  # validates the model name before any work
-    data = load(config)
-    train_data, test_data = random_split(data, config.test_fraction, config.split_seed)
+    data = load_dataset(config.dataset, dataclasses.replace(config.data, seed=config.split_seed))
+    train_data, test_data = make_split(data, config.split_method, config.test_fraction, config.split_seed)
     log(f"{data.name}: {len(data)} interactions, {data.num_customers} customers, "
         f"{len(data.catalog)} candidates; train {len(train_data)} / test {len(test_data)}")
 
@@ -75,7 +62,8 @@ def run(config: PipelineConfig, log: Callable[[str], None] | None = None) -> tup
     metrics.update({
         "dataset": data.name,
         "tower": config.train.tower,
-        "split": {"method": "random", "test_fraction": config.test_fraction, "seed": config.split_seed,
+        "data": data.info,
+        "split": {"method": config.split_method, "test_fraction": config.test_fraction, "seed": config.split_seed,
                   "num_train": len(train_data), "num_test": len(test_data)},
         "num_test_interactions": es.num_test_interactions,
         "num_test_interactions_evaluated": len(es.rows),
