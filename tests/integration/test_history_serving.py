@@ -1,0 +1,87 @@
+"""A history-aware version served end to end: the tower reads the stored history
+or the request's, unknown customers with a history get personal results, and
+exclude_seen removes what the customer already interacted with."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+
+from model_registry import Registry
+from model_registry import manifest as files
+from protos.recsys.v1 import retrieval_pb2 as pb
+from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
+from recsys_client.local import ServiceProcess
+from tests.integration.conftest import MODEL, train
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def history_version(tmp_path_factory):
+    root = tmp_path_factory.mktemp("history-registry")
+    train(root, "--tower", "history")
+    registry = Registry(root, MODEL)
+    return registry.version_dir(registry.current_version())
+
+
+@pytest.fixture(scope="module")
+def stub(history_version, redis_server, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("history-logs")
+    common = ["--registry", str(history_version.parent.parent), "--model", MODEL]
+    index = ServiceProcess("recsys-index-service", common, logs / "index.log").start()
+    query = ServiceProcess("recsys-query-service",
+                           [*common, "--index-address", index.address, "--redis-url", redis_server.url],
+                           logs / "query.log").start()
+    with grpc.insecure_channel(query.address) as channel:
+        yield pb_grpc.QueryServiceStub(channel)
+    query.stop()
+    index.stop()
+
+
+def recommend(stub, customer_id, **kwargs):
+    return stub.Recommend(pb.RecommendRequest(customer_id=customer_id, k=kwargs.pop("k", 10), **kwargs), timeout=10)
+
+
+def ids_of(response):
+    return [c.candidate_id for c in response.candidates]
+
+
+def stored(version_dir, customer_id):
+    with np.load(version_dir / files.CUSTOMER_STORE_FILE) as store:
+        row = int(np.searchsorted(store["ids"], customer_id))
+        assert store["ids"][row] == customer_id
+        seen = store["seen_items"][store["seen_offsets"][row]:store["seen_offsets"][row + 1]]
+        history = [h for h in store["history"][row] if h]
+    return set(seen.tolist()), history
+
+
+def test_version_takes_a_history(history_version):
+    assert files.read_manifest(history_version).tower == "history"
+
+
+def test_exclude_seen_removes_every_training_item(stub, history_version):
+    seen, _ = stored(history_version, "c000005")
+    response = recommend(stub, "c000005", k=50, exclude_seen=True)
+    assert response.source == pb.RESULT_SOURCE_MODEL and len(response.candidates) == 50
+    assert not seen & set(ids_of(response))
+    assert seen & set(ids_of(recommend(stub, "c000005", k=50)))  # without the flag they do come back
+
+
+def test_unknown_customer_with_a_history_gets_that_history_s_results(stub, history_version):
+    _, history = stored(history_version, "c000007")
+    assert recommend(stub, "brand-new").source == pb.RESULT_SOURCE_POPULARITY_FALLBACK
+    with_history = recommend(stub, "brand-new", recent_candidate_ids=history)
+    assert with_history.source == pb.RESULT_SOURCE_MODEL
+    other = recommend(stub, "brand-new", recent_candidate_ids=history[-1:] if len(history) > 1 else ["i000001"])
+    assert ids_of(with_history) != ids_of(other)  # the request's history drives the results
+    excluded = recommend(stub, "brand-new", recent_candidate_ids=history, exclude_seen=True, k=20)
+    assert not set(history) & set(ids_of(excluded))
+
+
+def test_bad_recent_ids_are_invalid_argument(stub):
+    with pytest.raises(grpc.RpcError) as err:
+        recommend(stub, "c000001", recent_candidate_ids=["ok", ""])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "recent_candidate_ids[1] is empty" in err.value.details()
