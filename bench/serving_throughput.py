@@ -53,7 +53,7 @@ def load(address: str, qps: int, duration_s: float, customers: int, out: Path) -
 
 def summary(report: dict) -> dict:
     lat, requests = report["latency_ms"], report["requests"]
-    return {"qps": report["offered_qps"], "achieved_qps": report["achieved_qps"], "p50_ms": lat["p50_ms"],
+    return {"qps": int(report["offered_qps"]), "achieved_qps": report["achieved_qps"], "p50_ms": lat["p50_ms"],
             "p99_ms": lat["p99_ms"], "errors": requests["errors"], "dropped": requests["dropped"],
             "cache_hits": report["cache_hits"], "ok": requests["ok"]}
 

@@ -3,7 +3,7 @@
 #   source scripts/venv.sh && ensure_venv
 #
 # Makes sure .venv/ at the repository root exists and holds this package
-# installed editable with its dev extras. The install is skipped when a stamp
+# installed editable with its dev and bench extras. The install is skipped when a stamp
 # file in .venv records that it was done for the current pyproject.toml and
 # interpreter, so a second run costs a second, not a pip resolve of TensorFlow.
 # Progress goes to stderr.
@@ -32,9 +32,9 @@ ensure_venv() {
     if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
         return 0
     fi
-    echo "venv: installing the package and its dev extras into $venv (first time: several minutes)" >&2
+    echo "venv: installing the package and its dev and bench extras into $venv (first time: several minutes)" >&2
     rm -f "$stamp"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2
-    (cd "$root" && "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[dev]') >&2
+    (cd "$root" && "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]') >&2
     echo "$want" > "$stamp"
 }

@@ -60,3 +60,27 @@ def test_training_quick():
         assert {"dataset", "tower", "mode", "wall_seconds"} <= set(run)
         assert "error" not in run, run
         assert run["examples_per_second"] > 0 and run["timed_examples"] > 0
+
+
+def run_script_quick(script: str, tmp_path: Path, timeout_s: float) -> dict:
+    out = tmp_path / "out.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / script), "--quick", "--out", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout_s)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_serving_throughput_quick(tmp_path):
+    out = run_script_quick("serving_throughput.py", tmp_path, timeout_s=300)
+    assert set(out["max_sustainable_qps"]) == {"ours-miss", "ours-hit", "echo", "seeds"}
+    for name, result in out["results"].items():
+        assert result["steps"], name
+        assert all(step["ok"] > 0 and step["errors"] == 0 for step in result["steps"]), name
+    assert out["results"]["ours-hit"]["steps"][0]["cache_hits"] > 0
+
+
+def test_swap_quick(tmp_path):
+    out = run_script_quick("swap.py", tmp_path, timeout_s=300)
+    assert out["requests"]["errors"] == 0 and out["requests"]["dropped"] == 0
+    assert set(out["model_versions"]) == {"2", "3"}
+    assert out["swap_s"] > 0 and set(out["p99_ms"]) == {"before", "during", "after"}
