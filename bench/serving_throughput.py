@@ -68,10 +68,12 @@ def max_sustainable(address: str, ladder: list[int], duration_s: float, customer
         steps.append(step)
         print(f"  {name:10s} {qps:6d} qps: p99 {step['p99_ms']} ms, achieved {step['achieved_qps']:.0f}, "
               f"errors {step['errors']}, dropped {step['dropped']}, hits {step['cache_hits']}", file=sys.stderr)
-        if step["p99_ms"] is None or step["p99_ms"] > p99_ms or step["errors"] or step["dropped"]:
-            break
-        best = step
-    return {"max_sustainable_qps": best["qps"] if best else 0, "at_max": best, "steps": steps}
+        if step["errors"] or step["dropped"] or step["achieved_qps"] < 0.95 * qps:
+            break  # saturated: past here neither target can be met
+        if step["p99_ms"] is not None and step["p99_ms"] <= p99_ms:
+            best = step  # a noisy step may miss p99 and a faster one pass: keep the fastest that passed
+    return {"max_sustainable_qps": best["qps"] if best else 0, "at_max": best,
+            "max_throughput_qps": max(s["achieved_qps"] for s in steps), "steps": steps}
 
 
 def main() -> None:
@@ -82,7 +84,7 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=50_000)
     parser.add_argument("--candidates", type=int, default=5_000)
     parser.add_argument("--interactions", type=int, default=500_000)
-    parser.add_argument("--ladder", default="250,500,1000,1500,2000,2500,3000,4000,5000,6000,8000")
+    parser.add_argument("--ladder", default="100,200,300,400,500,600,800,1000,1250,1500,2000,2500,3000,4000")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.quick:

@@ -37,7 +37,7 @@ class QueryServiceConfig:
     redis_timeout_s: float = 0.05
     index_timeout_s: float = 1.0
     max_batch_size: int = 32
-    batch_wait_ms: float = 1.0
+    batch_wait_ms: float = 0.0
     tower_threads: int = 2
     max_k: int = validation.DEFAULT_MAX_K
     log_level: str = "info"
@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(parser, "redis-timeout-s", type=float, default=0.05, help="timeout of each Redis call")
     add_flag(parser, "index-timeout-s", type=float, default=1.0, help="deadline of each index RPC")
     add_flag(parser, "max-batch-size", type=int, default=32, help="most cache misses batched into one tower call")
-    add_flag(parser, "batch-wait-ms", type=float, default=1.0, help="longest a miss waits for a batch to fill")
+    add_flag(parser, "batch-wait-ms", type=float, default=0.0,
+             help="longest a miss waits for a batch to fill; 0 batches only what queued while the tower was busy")
     add_flag(parser, "tower-threads", type=int, default=2, help="threads running the query tower")
     add_flag(parser, "max-k", type=int, default=validation.DEFAULT_MAX_K, help="largest k a request may ask")
     add_flag(parser, "log-level", default="info", help="logging level")
