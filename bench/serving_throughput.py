@@ -8,7 +8,7 @@ run has p99 <= --p99-ms and no failed or dropped requests:
   echo        a bare grpc.aio QueryService returning a canned response
   seeds       the TFRS ScaNN layer (defaults) + tower SavedModel, one call per request
 
-    python bench/serving_throughput.py [--quick] [--out FILE]
+    python -m bench.serving_throughput [--quick] [--out FILE]
 
 Prints JSON (stdout or --out) and a table on stderr.
 """
@@ -42,10 +42,13 @@ def train(registry: Path, customers: int, candidates: int, interactions: int) ->
     return reg.version_dir(reg.current_version())
 
 
-def load(address: str, qps: int, duration_s: float, customers: int, out: Path) -> dict:
-    """One open-loop run of recsys-loadtest in its own process."""
+def load(address: str, qps: int, duration_s: float, customers: int, out: Path, seed: int) -> dict:
+    """One open-loop run of recsys-loadtest in its own process. Each run needs
+    its own ``seed``: the same seed draws the same customers, whose results the
+    previous run left in the cache."""
     subprocess.run([console_script("recsys-loadtest"), "--address", address, "--qps", str(qps),
                     "--duration-s", str(duration_s), "--num-customers", str(customers), "--channels", "4",
+                    "--seed", str(seed),
                     "--concurrency", "2000", "--timeout-s", "2", "--out", str(out)],
                    capture_output=True, text=True, timeout=duration_s + 120)
     return json.loads(out.read_text())
@@ -61,10 +64,10 @@ def summary(report: dict) -> dict:
 def max_sustainable(address: str, ladder: list[int], duration_s: float, customers: int, p99_ms: float,
                     work: Path, name: str) -> dict:
     """Climbs the ladder until a step misses the p99 target or fails a request."""
-    load(address, 50, 2.0, customers, work / f"{name}-warmup.json")  # connections, first tower calls
+    load(address, 50, 2.0, customers, work / f"{name}-warmup.json", seed=1)  # connections, first tower calls
     steps, best = [], None
     for qps in ladder:
-        step = summary(load(address, qps, duration_s, customers, work / f"{name}-{qps}.json"))
+        step = summary(load(address, qps, duration_s, customers, work / f"{name}-{qps}.json", seed=1000 + qps))
         steps.append(step)
         print(f"  {name:10s} {qps:6d} qps: p99 {step['p99_ms']} ms, achieved {step['achieved_qps']:.0f}, "
               f"errors {step['errors']}, dropped {step['dropped']}, hits {step['cache_hits']}", file=sys.stderr)
@@ -110,7 +113,7 @@ def main() -> None:
             results["ours-miss"] = max_sustainable(query.address, ladder, args.duration_s, args.customers,
                                                    args.p99_ms, work, "ours-miss")
             hot = min(100, args.customers)
-            load(query.address, 200, 1.0, hot, work / "warm.json")  # every hot customer cached
+            load(query.address, 200, 1.0, hot, work / "warm.json", seed=2)  # every hot customer cached
             results["ours-hit"] = max_sustainable(query.address, ladder, args.duration_s, hot, args.p99_ms,
                                                   work, "ours-hit")
         finally:

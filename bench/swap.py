@@ -8,7 +8,7 @@ checksums and load costs are those of a real 1M-candidate version; only the
 candidates' meaning is synthetic). Reports the swap's duration, p99 before /
 during / after it, and the index service's peak memory against one version.
 
-    python bench/swap.py [--quick] [--candidates 1000000] [--qps 300] [--out FILE]
+    python -m bench.swap [--quick] [--candidates 1000000] [--qps 300] [--out FILE]
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import datetime
 import json
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,27 +27,20 @@ import numpy as np
 from model_registry import Manifest, Registry
 from model_registry import manifest as files
 from recsys_client.local import RedisProcess, ServiceProcess, console_script
+from bench.ann import synthetic_clustered
 from trainer import index_builder
 
 MODEL = "swapbench"
-COPIED = (files.QUERY_TOWER_DIR, files.POPULAR_FILE, files.PROBE_QUERIES_FILE, files.CUSTOMER_STORE_FILE)
-
-
-def clustered(n: int, dim: int, seed: int, clusters: int = 2000) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(size=(clusters, dim)).astype(np.float32)
-    out = np.empty((n, dim), np.float32)
-    for start in range(0, n, 100_000):  # chunks keep the temporaries small
-        rows = min(100_000, n - start)
-        out[start:start + rows] = centers[rng.integers(clusters, size=rows)] + 0.3 * rng.normal(size=(rows, dim))
-    return out
+COPIED = (files.QUERY_TOWER_DIR, files.POPULAR_FILE, files.CUSTOMER_STORE_FILE)
 
 
 def publish_large(registry: Registry, base: Path, num_candidates: int, seed: int) -> Manifest:
     """Publishes base's tower with a large synthetic candidate set (not made current)."""
     base_manifest = files.read_manifest(base)
-    embeddings = clustered(num_candidates, base_manifest.embedding_dim, seed)
-    probes = np.load(base / files.PROBE_QUERIES_FILE)
+    # A trained-like variance spectrum (see bench/ann.py): isotropic clusters are
+    # the worst case for partitioning and not what a trained model produces.
+    embeddings, probes, _ = synthetic_clustered(num_candidates, base_manifest.embedding_dim, clusters=2000,
+                                                spread=0.3, num_queries=0, num_probes=1000, seed=seed, decay=0.6)
     searcher, spec = index_builder.build_index(embeddings, probes)
 
     def write(staging: Path):
@@ -60,6 +52,7 @@ def publish_large(registry: Registry, base: Path, num_candidates: int, seed: int
                 shutil.copy2(source, staging / name)
         np.save(staging / files.CANDIDATE_IDS_FILE, np.char.add("x", np.arange(num_candidates).astype(str)))
         np.save(staging / files.CANDIDATE_EMBEDDINGS_FILE, embeddings)
+        np.save(staging / files.PROBE_QUERIES_FILE, probes)
         index_builder.save_searcher(searcher, staging / files.SCANN_DIR)
         return lambda version, checksums: Manifest(
             model=registry.model, version=version, embedding_dim=base_manifest.embedding_dim,

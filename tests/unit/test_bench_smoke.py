@@ -62,16 +62,16 @@ def test_training_quick():
         assert run["examples_per_second"] > 0 and run["timed_examples"] > 0
 
 
-def run_script_quick(script: str, tmp_path: Path, timeout_s: float) -> dict:
+def run_script_quick(module: str, tmp_path: Path, timeout_s: float) -> dict:
     out = tmp_path / "out.json"
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / script), "--quick", "--out", str(out)], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", module, "--quick", "--out", str(out)], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout_s)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())
 
 
 def test_serving_throughput_quick(tmp_path):
-    out = run_script_quick("serving_throughput.py", tmp_path, timeout_s=300)
+    out = run_script_quick("bench.serving_throughput", tmp_path, timeout_s=300)
     assert set(out["max_sustainable_qps"]) == {"ours-miss", "ours-hit", "echo", "seeds"}
     for name, result in out["results"].items():
         assert result["steps"], name
@@ -80,7 +80,7 @@ def test_serving_throughput_quick(tmp_path):
 
 
 def test_swap_quick(tmp_path):
-    out = run_script_quick("swap.py", tmp_path, timeout_s=300)
+    out = run_script_quick("bench.swap", tmp_path, timeout_s=300)
     assert out["requests"]["errors"] == 0 and out["requests"]["dropped"] == 0
     assert set(out["model_versions"]) == {"2", "3"}
     assert out["swap_s"] > 0 and set(out["p99_ms"]) == {"before", "during", "after"}
