@@ -63,6 +63,9 @@ class CandidateIndex:
                 f"{manifest.num_candidates}"
             )
         scann_dir = version_dir / files.SCANN_DIR
+        # load_searcher holds the GIL throughout (~1.6 s at 1M x 64): searches on
+        # this replica stall that long, which the query service's index deadline
+        # (--index-timeout-s, 3 s) absorbs. See docs/BENCHMARKS.md, swap.
         searcher = scann_ops_pybind.load_searcher(str(scann_dir))
         memory = ids.nbytes + sum(p.stat().st_size for p in scann_dir.iterdir())
         index = cls(manifest, ids, searcher, memory)
@@ -75,7 +78,7 @@ class CandidateIndex:
                  manifest.version, len(ids), manifest.embedding_dim, index.self_test_recall, index.load_seconds)
         return index
 
-    def _self_test(self, version_dir: Path, max_probes: int = 200, k: int = 10) -> float:
+    def _self_test(self, version_dir: Path, max_probes: int = 100, k: int = 10) -> float:
         """recall@k of this searcher vs exact dot-product search on probe queries."""
         probes = np.load(version_dir / files.PROBE_QUERIES_FILE, allow_pickle=False)[:max_probes]
         if probes.ndim != 2 or probes.shape[1] != self.dim:
@@ -92,7 +95,7 @@ class CandidateIndex:
         hits = 0
         for start in range(0, len(probes), 16):  # 16 rows of scores at a time bounds memory at 1M candidates
             scores = probes[start:start + 16] @ embeddings.T
-            exact = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            exact = np.argpartition(scores, -k, axis=1)[:, -k:]  # no negated copy of a 16 x N matrix
             for row, result in zip(exact, found[start:start + 16]):
                 hits += len(set(self.candidate_ids[row].tolist()) & set(result.ids))
         return hits / (k * len(probes))

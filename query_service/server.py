@@ -35,7 +35,7 @@ class QueryServiceConfig:
     metrics_port: int = 0
     cache_ttl_s: int = 300
     redis_timeout_s: float = 0.05
-    index_timeout_s: float = 1.0
+    index_timeout_s: float = 3.0
     max_batch_size: int = 32
     batch_wait_ms: float = 0.0
     tower_threads: int = 2
@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(parser, "metrics-port", type=int, default=0, help="Prometheus /metrics port, 0 to disable")
     add_flag(parser, "cache-ttl-s", type=int, default=300, help="result cache TTL in seconds")
     add_flag(parser, "redis-timeout-s", type=float, default=0.05, help="timeout of each Redis call")
-    add_flag(parser, "index-timeout-s", type=float, default=1.0, help="deadline of each index RPC")
+    add_flag(parser, "index-timeout-s", type=float, default=3.0,
+             help="deadline of each index RPC; above the ~1.6 s an index replica stalls loading a 1M version")
     add_flag(parser, "max-batch-size", type=int, default=32, help="most cache misses batched into one tower call")
     add_flag(parser, "batch-wait-ms", type=float, default=0.0,
              help="longest a miss waits for a batch to fill; 0 batches only what queued while the tower was busy")
