@@ -13,7 +13,7 @@ from model_registry import Registry
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from serving import validation
 from serving.admin_rpc import AdminConfig, ServiceWithAdmin, add_admin_flags, pop_admin_config
-from serving.flags import add_flag
+from serving.flags import add_flag, add_service_flags
 from serving.grpc_server import ServiceSpec, run_main, serve_until_signalled
 
 log = logging.getLogger(__name__)
@@ -36,17 +36,12 @@ class IndexServiceConfig:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsys-index-service", description=__doc__)
-    add_flag(parser, "registry", required=True, help="model registry root directory")
-    add_flag(parser, "model", required=True, help="model name under the registry")
-    add_flag(parser, "port", type=int, default=50051, help="gRPC data-plane port (0 picks a free one)")
-    add_flag(parser, "host", default="127.0.0.1", help="address to bind (0.0.0.0 for all interfaces)")
+    add_service_flags(parser, default_port=50051)
     add_admin_flags(parser, default_port=50061)
-    add_flag(parser, "metrics-port", type=int, default=0, help="Prometheus /metrics port, 0 to disable")
     add_flag(parser, "search-threads", type=int, default=2, help="threads running ScaNN searches")
     add_flag(parser, "max-k", type=int, default=validation.DEFAULT_MAX_K, help="largest k a request may ask")
     add_flag(parser, "min-recall", type=float, default=0.9,
              help="a version whose index recall@10 vs exact search on its probe queries is lower is refused")
-    add_flag(parser, "log-level", default="info", help="logging level")
     return parser
 
 

@@ -15,7 +15,7 @@ from query_service.index_client import IndexClient
 from query_service.recommender import Recommender
 from query_service.servicer import QueryServicer
 from serving import validation
-from serving.flags import add_flag
+from serving.flags import add_flag, add_service_flags
 from serving.admin_rpc import AdminConfig, ServiceWithAdmin, add_admin_flags, pop_admin_config
 from serving.grpc_server import ServiceSpec, run_main, serve_until_signalled
 
@@ -45,14 +45,10 @@ class QueryServiceConfig:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsys-query-service", description=__doc__)
-    add_flag(parser, "registry", required=True, help="model registry root directory")
-    add_flag(parser, "model", required=True, help="model name under the registry")
     add_flag(parser, "index-address", required=True, help="index service HOST:PORT")
     add_flag(parser, "redis-url", default="", help="result cache, e.g. redis://127.0.0.1:6379/0; empty disables")
-    add_flag(parser, "port", type=int, default=50052, help="gRPC port (0 picks a free one)")
-    add_flag(parser, "host", default="127.0.0.1", help="address to bind (0.0.0.0 for all interfaces)")
+    add_service_flags(parser, default_port=50052)
     add_admin_flags(parser, default_port=50062)
-    add_flag(parser, "metrics-port", type=int, default=0, help="Prometheus /metrics port, 0 to disable")
     add_flag(parser, "cache-ttl-s", type=int, default=300, help="result cache TTL in seconds")
     add_flag(parser, "redis-timeout-s", type=float, default=0.05, help="timeout of each Redis call")
     add_flag(parser, "index-timeout-s", type=float, default=3.0,
@@ -62,7 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
              help="longest a miss waits for a batch to fill; 0 batches only what queued while the tower was busy")
     add_flag(parser, "tower-threads", type=int, default=2, help="threads running the query tower")
     add_flag(parser, "max-k", type=int, default=validation.DEFAULT_MAX_K, help="largest k a request may ask")
-    add_flag(parser, "log-level", default="info", help="logging level")
     return parser
 
 
