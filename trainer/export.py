@@ -28,9 +28,6 @@ from trainer.towers import CustomerData, QueryTower
 
 MAX_POPULAR = 1000
 MAX_PROBE_QUERIES = 1000
-# Per-customer serving inputs of a version (see ``write_customer_store``).
-# The lead moves this name to model_registry.manifest; keep the two equal.
-CUSTOMER_STORE_FILE = getattr(mf, "CUSTOMER_STORE_FILE", "customer_store.npz")
 
 
 class QueryTowerModule(tf.Module):
@@ -120,7 +117,7 @@ def publish(registry: Registry, model: TwoTowerModel, store: CustomerData, catal
 
     def write(staging: Path):
         save_query_tower(model.query_tower, staging / mf.QUERY_TOWER_DIR)
-        write_customer_store(store, staging / CUSTOMER_STORE_FILE)
+        write_customer_store(store, staging / mf.CUSTOMER_STORE_FILE)
         np.save(staging / mf.CANDIDATE_IDS_FILE, catalog, allow_pickle=False)
         np.save(staging / mf.CANDIDATE_EMBEDDINGS_FILE, cand_emb, allow_pickle=False)
         index_builder.save_searcher(searcher, staging / mf.SCANN_DIR)

@@ -14,7 +14,8 @@ import tensorflow as tf
 
 from trainer import towers
 from trainer.data import Interactions, synthetic
-from trainer.export import CUSTOMER_STORE_FILE, save_query_tower, write_customer_store
+from model_registry.manifest import CUSTOMER_STORE_FILE
+from trainer.export import save_query_tower, write_customer_store
 from trainer.model import TrainConfig, customer_data, train
 
 HISTORY_LENGTH = 7

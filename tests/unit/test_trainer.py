@@ -4,19 +4,16 @@ train -> publish -> reload round trip (real TensorFlow and ScaNN, no mocks)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.conftest import ML100K_DIR
 from trainer import evaluate
 from trainer.data import Interactions, load_movielens_100k, synthetic
 from trainer.split import random_split
 
-REPO = Path(__file__).resolve().parents[2]
-ML100K_DIR = Path(os.environ.get("RECSYS_ML100K_DIR", REPO.parent / "shared" / "data" / "ml-100k"))
 needs_ml100k = pytest.mark.skipif(not (ML100K_DIR / "u.data").is_file(), reason=f"ml-100k not at {ML100K_DIR}")
 
 
@@ -168,7 +165,7 @@ def test_train_publish_reload_round_trip(tmp_path, capsys):
 
     from model_registry import Registry, verify_version
     from model_registry import manifest as mf
-    from trainer import cli, export, index_builder
+    from trainer import cli, index_builder
 
     rc = cli.main(["--dataset", "synthetic", "--registry", str(tmp_path / "reg"), "--model", "tiny",
                    "--epochs", "2", "--embedding-dim", "16", "--batch-size", "256", "--quiet",
@@ -185,7 +182,7 @@ def test_train_publish_reload_round_trip(tmp_path, capsys):
     manifest = verify_version(vdir)
     assert sorted(p.name for p in vdir.iterdir()) == sorted([
         mf.QUERY_TOWER_DIR, mf.CANDIDATE_IDS_FILE, mf.CANDIDATE_EMBEDDINGS_FILE, mf.SCANN_DIR,
-        mf.POPULAR_FILE, mf.PROBE_QUERIES_FILE, mf.METRICS_FILE, mf.MANIFEST_FILE, export.CUSTOMER_STORE_FILE])
+        mf.POPULAR_FILE, mf.PROBE_QUERIES_FILE, mf.METRICS_FILE, mf.MANIFEST_FILE, mf.CUSTOMER_STORE_FILE])
     assert manifest.embedding_dim == 16 and manifest.num_candidates == 120 and manifest.tower == "id"
     assert manifest.index.kind == "brute_force" and manifest.index.recall_at_10 == 1.0
     metrics = json.loads((vdir / mf.METRICS_FILE).read_text())
@@ -233,7 +230,7 @@ def test_cli_history_tower_publishes_customer_store(tmp_path, capsys):
 
     from model_registry import Registry, verify_version
     from model_registry import manifest as mf
-    from trainer import cli, export
+    from trainer import cli
 
     rc = cli.main(["--dataset", "synthetic", "--registry", str(tmp_path / "reg"), "--model", "hist",
                    "--tower", "history", "--history-length", "12", "--epochs", "1", "--embedding-dim", "8",
@@ -243,7 +240,7 @@ def test_cli_history_tower_publishes_customer_store(tmp_path, capsys):
     vdir = Registry(tmp_path / "reg", "hist").version_dir(1)
     manifest = verify_version(vdir)
     assert manifest.tower == "history" and manifest.metrics["config"]["l2"] == 0.0001
-    with np.load(vdir / export.CUSTOMER_STORE_FILE, allow_pickle=False) as store:
+    with np.load(vdir / mf.CUSTOMER_STORE_FILE, allow_pickle=False) as store:
         ids, history = store["ids"], store["history"]
         assert history.shape == (len(ids), 12) and len(store["seen_offsets"]) == len(ids) + 1
     serve = tf.saved_model.load(str(vdir / mf.QUERY_TOWER_DIR)).signatures["serving_default"]
