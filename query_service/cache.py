@@ -1,9 +1,17 @@
-"""Redis result cache. Keys carry model and version, so a promotion can never
-serve a previous version's results; values expire after a bounded TTL.
+"""Result cache: a bounded in-process LRU in front of Redis.
+
+Keys carry model and version, so a promotion can never serve a previous
+version's results; values expire after a bounded TTL. A key names everything a
+result depends on (version, customer, k, exclusions, recent items), so an entry
+can never be stale within its TTL, and the in-process tier needs no
+invalidation: it saves the Redis round trip (and redis-py's per-command cost)
+for the hottest customers of each replica, while Redis shares results across
+replicas and restarts.
 
 Redis is an optimisation, never a dependency: any Redis error makes the cache
-report a miss (get) or drop the write (put), and after an error the cache stays
-off for ``retry_after_s`` so an outage costs no per-request timeouts.
+report a miss (get) or drop the write (put), and after an error Redis stays
+off for ``retry_after_s`` so an outage costs no per-request timeouts; the
+in-process tier keeps serving meanwhile.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+import cachetools
 import prometheus_client
 import redis.asyncio as redis
 from redis.exceptions import RedisError
@@ -24,7 +33,7 @@ from query_service.batching import BatchingConfig, MicroBatcher
 log = logging.getLogger(__name__)
 
 CACHE_EVENTS = prometheus_client.Counter(
-    "recsys_cache_events_total", "Result cache lookups and failures", ["event"])
+    "recsys_cache_events_total", "Result cache lookups (local_hit, hit, miss, skipped) and Redis errors", ["event"])
 
 
 @dataclass(frozen=True)
@@ -33,6 +42,7 @@ class CacheConfig:
     ttl_s: int = 300
     timeout_s: float = 0.05
     retry_after_s: float = 2.0
+    local_entries: int = 50_000  # in-process tier size (0 = Redis only); ~1 KB per entry at k = 10
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,8 @@ class ResultCache:
         self._redis = redis.from_url(config.url, socket_timeout=config.timeout_s,
                                      socket_connect_timeout=config.timeout_s)
         self._off_until = 0.0
+        self._local: cachetools.TTLCache | None = (
+            cachetools.TTLCache(config.local_entries, config.ttl_s) if config.local_entries > 0 else None)
         opportunistic = BatchingConfig(max_batch_size=256, max_wait_s=0.0, max_in_flight=4)
         self._gets: MicroBatcher[str, bytes | None] = MicroBatcher(self._mget, opportunistic)
         self._puts: MicroBatcher[tuple[str, str], None] = MicroBatcher(self._mset, opportunistic)
@@ -98,6 +110,9 @@ class ResultCache:
         return [None] * len(items)
 
     async def get(self, key: str) -> CachedResult | None:
+        if self._local is not None and (local := self._local.get(key)) is not None:
+            CACHE_EVENTS.labels("local_hit").inc()
+            return local
         if not self._available():
             CACHE_EVENTS.labels("skipped").inc()
             return None
@@ -106,9 +121,14 @@ class ResultCache:
         if raw is None:
             return None
         ids, scores, source = json.loads(raw)
-        return CachedResult(ids, scores, source)
+        result = CachedResult(ids, scores, source)
+        if self._local is not None:
+            self._local[key] = result
+        return result
 
     async def put(self, key: str, result: CachedResult) -> None:
+        if self._local is not None:
+            self._local[key] = result
         if self._available():
             await self._puts.submit((key, json.dumps([result.ids, result.scores, result.source])))
 

@@ -34,6 +34,7 @@ class QueryServiceConfig:
     admin: AdminConfig = AdminConfig(port=50062)
     metrics_port: int = 0
     cache_ttl_s: int = 300
+    local_cache_entries: int = 50_000
     redis_timeout_s: float = 0.05
     index_timeout_s: float = 3.0
     max_batch_size: int = 32
@@ -50,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_service_flags(parser, default_port=50052)
     add_admin_flags(parser, default_port=50062)
     add_flag(parser, "cache-ttl-s", type=int, default=300, help="result cache TTL in seconds")
+    add_flag(parser, "local-cache-entries", type=int, default=50_000,
+             help="results kept in process in front of Redis (0: Redis only); ~1 KB each at k = 10")
     add_flag(parser, "redis-timeout-s", type=float, default=0.05, help="timeout of each Redis call")
     add_flag(parser, "index-timeout-s", type=float, default=3.0,
              help="deadline of each index RPC; above the ~1.6 s an index replica stalls loading a 1M version")
@@ -71,7 +74,8 @@ async def create_server(config: QueryServiceConfig) -> tuple[ServiceWithAdmin, R
     then serves; health turns SERVING once the current version is loaded."""
     cache = None
     if config.redis_url:
-        cache = ResultCache(CacheConfig(config.redis_url, ttl_s=config.cache_ttl_s, timeout_s=config.redis_timeout_s))
+        cache = ResultCache(CacheConfig(config.redis_url, ttl_s=config.cache_ttl_s, timeout_s=config.redis_timeout_s,
+                                        local_entries=config.local_cache_entries))
     recommender = Recommender(
         Registry(config.registry, config.model),
         IndexClient(config.index_address, timeout_s=config.index_timeout_s),

@@ -20,6 +20,10 @@ from query_service.customers import CustomerStore
 
 log = logging.getLogger(__name__)
 
+# A features tower's time input (trainer.towers.REQUEST_TIME): filled with the
+# serving time; the tower clips it to its training period.
+REQUEST_TIME = "request_time"
+
 
 class QueryModel:
     """A loaded, verified, self-tested version's tower and fallback list."""
@@ -43,7 +47,7 @@ class QueryModel:
         if "customer_id" not in self._inputs:
             raise VersionError(f"version {self.version}: the query tower takes no customer_id input")
         for name in self._inputs:
-            if name in ("customer_id", "history"):
+            if name in ("customer_id", "history", REQUEST_TIME):
                 continue
             if self.customers is None or name not in self.customers.features:
                 raise VersionError(f"version {self.version}: the query tower needs feature {name!r}, which "
@@ -105,6 +109,8 @@ class QueryModel:
             rows = self.customers.rows(customer_ids)
             if self.takes_history:
                 inputs["history"] = tf.constant(self._histories(rows, recent or [()] * len(customer_ids)))
+            if REQUEST_TIME in self._inputs:
+                inputs[REQUEST_TIME] = tf.constant(np.full(len(customer_ids), time.time()), dtype=tf.float64)
             for name, spec in self._inputs.items():
                 if name not in inputs:
                     inputs[name] = tf.constant(self.customers.feature(name, rows), dtype=spec.dtype)

@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-logq", action="store_true", help="disable the logQ sampling-bias correction")
     p.add_argument("--keep-accidental-hits", action="store_true",
                    help="do not remove in-batch negatives equal to the positive")
+    p.add_argument("--time-features", action="store_true",
+                   help="features tower: add the request time as an input (bucketised; serving passes the "
+                        "current time, clipped to the training period)")
+    p.add_argument("--no-refit", action="store_true",
+                   help="keep the early-stopped model instead of retraining on all training data "
+                        "for the chosen number of epochs (halves training time)")
     p.add_argument("--seed", type=int, default=42, help="split, initialization and synthetic-data seed")
     p.add_argument("--metrics-out", type=Path, help="also write the metrics report (JSON) here")
     p.add_argument("--plot-out", type=Path,
@@ -130,6 +136,12 @@ def main(argv: list[str] | None = None) -> int:
         train_config.logq_correction = False
     if args.keep_accidental_hits:
         train_config.remove_accidental_hits = False
+    if args.time_features:
+        if train_config.tower != "features":
+            parser.error("--time-features needs --tower features")
+        train_config.time_features = True
+    if args.no_refit:
+        train_config.refit = False
     dataset_options.synthetic = SyntheticConfig(args.synthetic_customers, args.synthetic_candidates,
                                                 args.synthetic_interactions, args.synthetic_clusters)
     config = PipelineConfig(

@@ -13,7 +13,9 @@ Families (``TOWERS``):
   OOV row).
 * ``features``: customer id embedding plus categorical lookups of the string
   customer features (a zip code keeps a prefix), normalised and bucketised
-  numeric features; optional deep layers. Its candidate tower adds the title
+  numeric features, and the request time (``request_time``, unix seconds:
+  the event's time in training, the serving time in production, clipped to the
+  training period) bucketised by quantiles and normalised; optional deep layers. Its candidate tower adds the title
   text (TextVectorization, bag of words), genres and release year to the id.
 * ``history``: a bag of the customer's recent items (pooled item embeddings,
   optionally shared with the candidate tower), plus a projection and optionally
@@ -45,6 +47,8 @@ ZIP_PREFIX_LENGTH = 2
 NUM_BUCKETS = 10
 FEATURE_EMBEDDING_DIM = 16
 FEATURE_PREFIX = "feature__"
+REQUEST_TIME = "request_time"  # the features tower's time input (float64 unix seconds)
+TIME_BUCKETS = 20
 
 
 @dataclasses.dataclass
@@ -62,6 +66,7 @@ class TowerConfig:
     projection: bool = True  # history towers: residual dense layer after pooling
     deep_layers: tuple[int, ...] = ()  # hidden ReLU layers before the final projection
     candidate_features: bool = False  # candidate tower: add title text / genres / year
+    time_features: bool = False  # features tower: take the request time (when the data has time spread)
     normalize: bool = False  # L2-normalise both towers' outputs (use a temperature < 1)
     l2: float = 0.0
     seed: int = 42
@@ -222,6 +227,7 @@ class QueryTower(tf.keras.Model):
     kind = "base"
     feature_names: tuple[str, ...] = ()
     history_length = 0
+    time_range: tuple[float, float] | None = None  # (first, last) training time, if it takes REQUEST_TIME
 
     def input_specs(self) -> dict[str, tf.TensorSpec]:
         specs = {"customer_id": tf.TensorSpec([None], tf.string, name="customer_id")}
@@ -229,6 +235,8 @@ class QueryTower(tf.keras.Model):
             specs["history"] = tf.TensorSpec([None, self.history_length], tf.string, name="history")
         for name in self.feature_names:
             specs[name] = tf.TensorSpec([None], self.feature_dtypes[name], name=name)
+        if self.time_range is not None:
+            specs[REQUEST_TIME] = tf.TensorSpec([None], tf.float64, name=REQUEST_TIME)
         return specs
 
 
@@ -253,7 +261,8 @@ class FeatureQueryTower(QueryTower):
 
     kind = "features"
 
-    def __init__(self, customers: np.ndarray, features: dict[str, np.ndarray], config: TowerConfig, **kwargs):
+    def __init__(self, customers: np.ndarray, features: dict[str, np.ndarray], config: TowerConfig,
+                 timestamps: np.ndarray | None = None, **kwargs):
         super().__init__(**kwargs)
         self.ids = IdTower(customers, config.embedding_dim, config.seed, config.l2, name="customer_id_tower")
         self.normalize = config.normalize
@@ -287,6 +296,14 @@ class FeatureQueryTower(QueryTower):
                 self.feature_embeddings[name] = tf.keras.layers.Embedding(
                     len(qs) + 1, FEATURE_EMBEDDING_DIM, embeddings_initializer=_init(config.seed + 20 + i),
                     embeddings_regularizer=_reg(config.l2), name=f"embedding_{name}")
+        if config.time_features and timestamps is not None and len(timestamps) and np.ptp(timestamps) > 0:
+            t = timestamps.astype(np.float64)
+            self.time_range = (float(t.min()), float(t.max()))
+            self.time_stats = (float(t.mean()), float(t.std()) or 1.0)
+            self.time_boundaries = [float(q) for q in np.unique(np.quantile(t, np.linspace(0, 1, TIME_BUCKETS + 1)[1:-1]))]
+            self.time_embedding = tf.keras.layers.Embedding(
+                len(self.time_boundaries) + 1, FEATURE_EMBEDDING_DIM, embeddings_initializer=_init(config.seed + 30),
+                embeddings_regularizer=_reg(config.l2), name="embedding_request_time")
         self.hidden = [tf.keras.layers.Dense(u, activation="relu", kernel_regularizer=_reg(config.l2),
                                              kernel_initializer=tf.keras.initializers.GlorotUniform(config.seed + 40 + j))
                        for j, u in enumerate(config.deep_layers)]
@@ -315,6 +332,12 @@ class FeatureQueryTower(QueryTower):
                 bucket = tf.raw_ops.Bucketize(input=x, boundaries=self.numeric_boundaries[name])
                 parts.append(self.feature_embeddings[name](bucket))
                 parts.append(tf.stack([(x - mean) / std, tf.cast(missing, tf.float32)], axis=1))
+        if self.time_range is not None:
+            # A serving time past the training period looks like its last moments.
+            t = tf.clip_by_value(tf.cast(inputs[REQUEST_TIME], tf.float64), *self.time_range)
+            parts.append(self.time_embedding(tf.raw_ops.Bucketize(input=t, boundaries=self.time_boundaries)))
+            mean, std = self.time_stats
+            parts.append(tf.cast((t - mean) / std, tf.float32)[:, None])
         out = self.ids(inputs["customer_id"])
         if parts:  # a data set without customer features leaves just the id
             h = tf.concat(parts, axis=1)
@@ -400,11 +423,13 @@ class HistoryQueryTower(QueryTower):
 
 def build_towers(config: TowerConfig, customers: np.ndarray, catalog: np.ndarray,
                  customer_features: dict[str, np.ndarray] | None = None,
-                 candidate_features: dict[str, np.ndarray] | None = None) -> tuple[QueryTower, CandidateTower]:
+                 candidate_features: dict[str, np.ndarray] | None = None,
+                 timestamps: np.ndarray | None = None) -> tuple[QueryTower, CandidateTower]:
     """(query tower, candidate tower) of ``config.kind``.
 
     ``customer_features`` are aligned with ``customers`` (the features tower's
-    inputs); ``candidate_features`` with ``catalog``.
+    inputs); ``candidate_features`` with ``catalog``; ``timestamps`` are the
+    training events' times (the features tower's time buckets).
     """
     cand_feats = candidate_features if (config.candidate_features or config.kind == "features") else None
     item_encoder = ItemEncoder(catalog, config.embedding_dim, config.seed + 1, config.l2, cand_feats,
@@ -413,7 +438,7 @@ def build_towers(config: TowerConfig, customers: np.ndarray, catalog: np.ndarray
     if config.kind == "id":
         return IdQueryTower(customers, config, name="query_tower"), candidate
     if config.kind == "features":
-        return FeatureQueryTower(customers, customer_features or {}, config, name="query_tower"), candidate
+        return FeatureQueryTower(customers, customer_features or {}, config, timestamps, name="query_tower"), candidate
     history_encoder = item_encoder if config.share_item_embeddings else ItemEncoder(
         catalog, config.embedding_dim, config.seed + 2, config.l2, cand_feats, name="history_encoder")
     return HistoryQueryTower(customers, history_encoder, config, name="query_tower"), candidate
@@ -492,7 +517,8 @@ class CustomerData:
 
     def inputs(self, customers: np.ndarray, tower: QueryTower) -> dict[str, np.ndarray]:
         """The raw serving inputs of ``tower`` for ``customers`` (unknown ones: empty history,
-        missing features)."""
+        missing features). The request time is the end of the training period, which is
+        what any later serving time is clipped to."""
         customers = np.asarray(customers).astype(str)
         rows = self.rows(customers)
         out: dict[str, np.ndarray] = {"customer_id": customers}
@@ -511,6 +537,8 @@ class CustomerData:
                 raise ValueError(f"customer feature {name!r} is not in the data")
             missing = "" if col.dtype.kind in "US" else np.float32(np.nan)
             out[name] = np.where(rows >= 0, col[np.maximum(rows, 0)], missing).astype(col.dtype)
+        if tower.time_range is not None:
+            out[REQUEST_TIME] = np.full(len(customers), tower.time_range[1], np.float64)
         return out
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -521,33 +549,60 @@ class CustomerData:
         return out
 
 
+@dataclasses.dataclass
+class TrainingHistories:
+    """The history input of every training event, built per batch inside tf.data.
+
+    For event (u, i) the history is u's other events' items, most recent first,
+    at most ``length``, "" padded; excluding i itself keeps the model from
+    learning to copy the target. Only integer arrays are kept (a few bytes per
+    event): materialising [n, L] strings up front needs ~10 GB at 10M events.
+    """
+
+    length: int
+    vocabulary: tf.Tensor  # str [V + 1]: "" then the distinct items
+    items: tf.Tensor  # int32 [n]: vocabulary index of each event's item, grouped by customer, recent first
+    start: tf.Tensor  # int64 [n]: per event (original order), where its customer's group starts
+    end: tf.Tensor  # int64 [n]: ... and ends
+    position: tf.Tensor  # int64 [n]: ... and the event's own place in it
+
+    @classmethod
+    def build(cls, data: Interactions, length: int) -> "TrainingHistories":
+        n = len(data)
+        customers, bounds, order = _order_by_recency(data)
+        vocab, item_index = np.unique(data.candidate_ids[order], return_inverse=True)
+        group = np.repeat(np.arange(len(customers)), np.diff(bounds))
+        start, end, position = (np.empty(n, np.int64) for _ in range(3))
+        start[order] = bounds[:-1][group]
+        end[order] = bounds[1:][group]
+        position[order] = np.arange(n) - bounds[:-1][group]
+        return cls(length, tf.constant(np.concatenate([[""], vocab.astype(str)])),
+                   tf.constant(item_index.astype(np.int32) + 1), tf.constant(start), tf.constant(end),
+                   tf.constant(position))
+
+    def lookup(self, events: tf.Tensor) -> tf.Tensor:
+        """str [B, length]: the histories of the events at ``events`` (int64 [B])."""
+        start = tf.gather(self.start, events)[:, None]
+        position = tf.gather(self.position, events)[:, None]
+        offset = tf.range(self.length, dtype=tf.int64)[None, :]
+        src = start + offset + tf.cast(offset >= position, tf.int64)  # skip the event itself
+        valid = src < tf.gather(self.end, events)[:, None]
+        last = tf.maximum(tf.size(self.items, out_type=tf.int64) - 1, 0)
+        index = tf.where(valid, tf.gather(self.items, tf.minimum(src, last)), 0)
+        return tf.gather(self.vocabulary, index)
+
+
 def training_histories(data: Interactions, history_length: int) -> np.ndarray:
-    """For every event (u, i): u's other events' items, most recent first, at most
-    ``history_length``, "" padded (str [n, L]). Excluding i itself keeps the model
-    from learning to copy the target."""
-    n = len(data)
-    customers, bounds, order = _order_by_recency(data)
-    items = data.candidate_ids[order].astype(str)
-    group = np.repeat(np.arange(len(customers)), np.diff(bounds))
-    start = bounds[:-1][group]  # per sorted event
-    end = bounds[1:][group]
-    k = np.arange(n) - start  # position of the event inside its group
-    j = np.arange(history_length)[None, :]
-    src_off = j + (j >= k[:, None])  # skip position k
-    src = start[:, None] + src_off
-    valid = src < end[:, None]
-    hist = np.where(valid, items[np.minimum(src, max(n - 1, 0))], "")
-    out = np.empty_like(hist)
-    out[order] = hist
-    return out
+    """Every event's training history at once (str [n, L]); see ``TrainingHistories``."""
+    histories = TrainingHistories.build(data, history_length)
+    return histories.lookup(tf.range(len(data), dtype=tf.int64)).numpy().astype(str)
 
 
 def query_inputs_for_events(data: Interactions, tower: QueryTower,
                             store: CustomerData | None = None) -> dict[str, np.ndarray]:
-    """Raw query-tower inputs for every training event of ``data``."""
+    """Raw query-tower inputs for every training event of ``data``, except the history,
+    which ``TrainingHistories`` adds per batch."""
     out: dict[str, np.ndarray] = {"customer_id": data.customer_ids.astype(str)}
-    if tower.history_length:
-        out["history"] = training_histories(data, tower.history_length)
     if tower.feature_names:
         store = store or CustomerData.build(data, 1, tower.feature_names)
         rows = store.rows(data.customer_ids)
@@ -555,6 +610,8 @@ def query_inputs_for_events(data: Interactions, tower: QueryTower,
             col = store.features[name]
             missing = "" if col.dtype.kind in "US" else np.float32(np.nan)
             out[name] = np.where(rows >= 0, col[np.maximum(rows, 0)], missing).astype(col.dtype)
+    if tower.time_range is not None:
+        out[REQUEST_TIME] = data.timestamps.astype(np.float64)
     return out
 
 

@@ -157,7 +157,7 @@ def test_redis_outage_degrades_to_uncached_serving(trained_registry, index_servi
     query = ServiceProcess("recsys-query-service",
                            ["--registry", str(trained_registry), "--model", MODEL,
                             "--index-address", index_service.address, "--redis-url", redis.url,
-                            "--redis-timeout-s", "0.05"],
+                            "--redis-timeout-s", "0.05", "--local-cache-entries", "0"],
                            tmp_path / "query.log")
     try:
         query.start()

@@ -5,6 +5,8 @@ expected embeddings exact."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -37,8 +39,18 @@ class HistoryTower(tf.Module):
         return {"embedding": tf.concat([who, counts, age[:, None]], axis=1), "known": known}
 
 
-def write_version(directory, with_age=True):
-    tower = HistoryTower()
+class TimeTower(tf.Module):
+    """embedding = [request_time]: shows what the service passes as the time."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="customer_id"),
+                                  tf.TensorSpec([None], tf.float64, name="request_time")])
+    def serve(self, customer_id, request_time):
+        return {"embedding": tf.cast(request_time[:, None], tf.float32),
+                "known": tf.fill(tf.shape(customer_id), True)}
+
+
+def write_version(directory, with_age=True, tower=None):
+    tower = tower or HistoryTower()
     tf.saved_model.save(tower, str(directory / files.QUERY_TOWER_DIR), signatures={"serving_default": tower.serve})
     np.savez(directory / files.POPULAR_FILE, ids=np.array(["i2", "i1"]), scores=np.array([0.6, 0.4], np.float32))
     store = {"ids": np.array(["c1", "c2"]),
@@ -47,7 +59,8 @@ def write_version(directory, with_age=True):
     if with_age:
         store["feature__age"] = np.array([20.0, 40.0], np.float32)
     np.savez(directory / files.CUSTOMER_STORE_FILE, **store)
-    manifest = Manifest(model="m", version=1, embedding_dim=2 + len(ITEMS) + 1, num_candidates=3, tower="history",
+    dim = 1 if isinstance(tower, TimeTower) else 2 + len(ITEMS) + 1
+    manifest = Manifest(model="m", version=1, embedding_dim=dim, num_candidates=3, tower="history",
                         dataset="test", created_at="2026-01-01T00:00:00Z", index=IndexSpec(kind="brute_force"),
                         files=checksum_tree(directory))
     (directory / MANIFEST_FILE).write_text(manifest.to_json())
@@ -75,3 +88,13 @@ def test_a_tower_input_the_store_cannot_fill_is_refused(tmp_path):
     write_version(tmp_path, with_age=False)
     with pytest.raises(VersionError, match="needs feature 'age'"):
         QueryModel.load(tmp_path, "m")
+
+
+def test_the_request_time_input_gets_the_serving_time(tmp_path):
+    write_version(tmp_path, tower=TimeTower())
+    model = QueryModel.load(tmp_path, "m")
+    before = time.time()
+    vectors, _ = model.embed(["c1", "stranger"])
+    assert vectors.shape == (2, 1)
+    # float32 keeps about 2 minutes of resolution at today's unix time.
+    assert np.all(np.abs(vectors[:, 0] - before) < 300)

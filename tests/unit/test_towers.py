@@ -16,7 +16,7 @@ from trainer import towers
 from trainer.data import Interactions, synthetic
 from model_registry.manifest import CUSTOMER_STORE_FILE
 from trainer.export import save_query_tower, write_customer_store
-from trainer.model import TrainConfig, customer_data, train
+from trainer.model import TrainConfig, _new_model, customer_data, train
 
 HISTORY_LENGTH = 7
 
@@ -126,3 +126,49 @@ def test_training_histories_exclude_the_target():
 def test_unknown_tower_is_rejected():
     with pytest.raises(ValueError, match="tower must be one of"):
         TrainConfig(tower="nope").tower_config()
+
+
+def test_features_tower_time_input_is_clipped_to_the_training_period(data, tmp_path):
+    """With time features the tower takes ``request_time``; a serving time after the
+    training period embeds like the period's last moment, an earlier one differently."""
+    result = train(data, dataclasses.replace(_config("features"), time_features=True))
+    tower = result.model.query_tower
+    first, last = tower.time_range
+    assert (first, last) == (float(data.timestamps.min()), float(data.timestamps.max()))
+    save_query_tower(tower, tmp_path / "query_tower")
+    signature = tf.saved_model.load(str(tmp_path / "query_tower")).signatures["serving_default"]
+    spec = signature.structured_input_signature[1][towers.REQUEST_TIME]
+    assert spec.dtype == tf.float64 and spec.shape.as_list() == [None]
+
+    def embed(t: float) -> np.ndarray:
+        inputs = {k: tf.constant(v) for k, v in customer_data(result.model, data).inputs(
+            np.array([str(data.customer_ids[0])]), tower).items()}
+        inputs[towers.REQUEST_TIME] = tf.constant([t], tf.float64)
+        return signature(**inputs)["embedding"].numpy()
+
+    np.testing.assert_allclose(embed(last + 10 * 365 * 86_400), embed(last), rtol=1e-6)
+    assert not np.allclose(embed(first), embed(last))
+
+
+def test_refit_trains_on_the_validation_share_too(data):
+    """Without refit, a candidate whose only events fall in the validation share keeps its
+    initial embedding; the refit model has trained on every training event."""
+    config = dataclasses.replace(_config("id"), max_epochs=2, validation_fraction=0.2)
+    perm = np.random.default_rng(config.seed).permutation(len(data))
+    held_out = data.take(np.sort(perm[:int(len(data) * config.validation_fraction)]))
+    fitted = data.take(np.sort(perm[int(len(data) * config.validation_fraction):]))
+    # Relabel one validation event's candidate as a catalog item no fitted event has.
+    lonely = "only-in-validation"
+    candidate_ids = data.candidate_ids.astype(object)
+    candidate_ids[perm[0]] = lonely
+    relabelled = dataclasses.replace(data, candidate_ids=candidate_ids.astype(str),
+                                     catalog=np.sort(np.append(data.catalog, lonely)))
+    assert lonely not in set(fitted.candidate_ids) and len(held_out) > 0
+
+    def lonely_vector(refit: bool) -> np.ndarray:
+        model = train(relabelled, dataclasses.replace(config, refit=refit)).model
+        return model.candidate_tower(tf.constant([lonely])).numpy()[0]
+
+    untouched = _new_model(relabelled, config).candidate_tower(tf.constant([lonely])).numpy()[0]
+    np.testing.assert_allclose(lonely_vector(refit=False), untouched)
+    assert not np.allclose(lonely_vector(refit=True), untouched)
