@@ -8,11 +8,10 @@ against which the real service is compared.
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
-from serving.grpc_server import ServiceSpec, serve_until_signalled, start_server
+from serving.grpc_server import ServiceSpec, run_event_loop, serve_until_signalled, start_server
 
 
 class EchoServicer(pb_grpc.QueryServiceServicer):
@@ -37,7 +36,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--k", type=int, default=10)
     args = parser.parse_args()
-    asyncio.run(serve(args.port, args.k))
+    run_event_loop(serve(args.port, args.k))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ SavedModel, loaded and called once per request in the server process.
 from __future__ import annotations
 
 import argparse
-import asyncio
 from pathlib import Path
 
 import model_registry.tf_env  # noqa: F401  (before TensorFlow)
@@ -21,7 +20,7 @@ import tensorflow_recommenders as tfrs
 from model_registry import manifest as files
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
-from serving.grpc_server import ServiceSpec, serve_until_signalled, start_server
+from serving.grpc_server import ServiceSpec, run_event_loop, serve_until_signalled, start_server
 
 K = 10
 
@@ -84,7 +83,7 @@ def main() -> None:
     if args.build:
         build(args.build, args.out)
     else:
-        asyncio.run(serve(args.model, args.port))
+        run_event_loop(serve(args.model, args.port))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ process, our stack against the ceiling of Python gRPC and the seeds' path.
 Targets, each measured as the largest arrival rate (from a ladder) at which a
 run has p99 <= --p99-ms and no failed or dropped requests:
   ours-miss   query + index services, mostly distinct customers (cache misses)
-  ours-hit    the same services, a few warmed customers (cache hits)
+  ours-hit    the same services, a few warmed customers (cache hits, served by the
+              query service's in-process tier)
+  ours-hit-redis  the same with the in-process tier off (every hit is a Redis MGET)
   echo        a bare grpc.aio QueryService returning a canned response
   seeds       the TFRS ScaNN layer (defaults) + tower SavedModel, one call per request
 
@@ -116,6 +118,12 @@ def main() -> None:
             load(query.address, 200, 1.0, hot, work / "warm.json", seed=2)  # every hot customer cached
             results["ours-hit"] = max_sustainable(query.address, ladder, args.duration_s, hot, args.p99_ms,
                                                   work, "ours-hit")
+            query.stop()
+            query = ServiceProcess("recsys-query-service", [*common, "--index-address", index.address,
+                                                            "--redis-url", redis.url, "--local-cache-entries", "0"],
+                                   work / "query-redis-only.log").start()
+            results["ours-hit-redis"] = max_sustainable(query.address, ladder, args.duration_s, hot, args.p99_ms,
+                                                        work, "ours-hit-redis")
         finally:
             for process in (query, index):
                 if process is not None:

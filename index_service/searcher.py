@@ -43,6 +43,15 @@ class CandidateIndex:
         return self.manifest.version
 
     @property
+    def rows_scanned_per_query(self) -> int:
+        """About how many candidate rows one query scores: all of them for brute
+        force, the searched leaves' share for tree-AH (plus the exact reorder)."""
+        spec, n = self.manifest.index, len(self.candidate_ids)
+        if spec.kind == "tree_ah" and spec.num_leaves > 0:
+            return n * spec.num_leaves_to_search // spec.num_leaves + spec.reorder
+        return n
+
+    @property
     def dim(self) -> int:
         return self.manifest.embedding_dim
 

@@ -53,7 +53,9 @@ class CustomerStore:
         """Row of each customer, -1 for customers not in the store."""
         if len(self.ids) == 0:
             return np.full(len(customer_ids), -1)
-        query = np.asarray(customer_ids, dtype=self.ids.dtype if len(customer_ids) else str)
+        # dtype=str keeps each id whole: the store's fixed width would truncate a
+        # longer request id into a different customer's id.
+        query = np.asarray(customer_ids, dtype=str)
         pos = np.minimum(np.searchsorted(self.ids, query), len(self.ids) - 1)
         return np.where(self.ids[pos] == query, pos, -1)
 

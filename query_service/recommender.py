@@ -106,8 +106,15 @@ class Recommender:
     async def embed(self, customer_id: str) -> Embedding:
         validation.check_id(customer_id, "customer_id")
         version, model = self.versions.get()
-        vectors, known = await asyncio.get_running_loop().run_in_executor(self.executor, model.embed, [customer_id])
+        vectors, known = await self._embed(model, [customer_id])
         return Embedding(vectors[0], version, bool(known[0]))
+
+    async def _embed(self, model: QueryModel, customer_ids: list[str],
+                     recent: list[tuple[str, ...]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Table lookups run inline (microseconds); a tower call runs on the executor."""
+        if not model.needs_tower(customer_ids, recent):
+            return model.embed(customer_ids, recent)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, model.embed, customer_ids, recent)
 
     async def _process_misses(self, misses: list[_Miss]) -> list[tuple[list[str], list[float], str] | Exception]:
         by_version: dict[int, list[int]] = defaultdict(list)
@@ -124,8 +131,7 @@ class Recommender:
     async def _process_version(self, misses: list[_Miss]) -> list[tuple[list[str], list[float], str] | Exception]:
         """One tower call and at most one index RPC for misses of one version."""
         model = misses[0].model
-        vectors, known = await asyncio.get_running_loop().run_in_executor(
-            self.executor, model.embed, [m.customer_id for m in misses], [m.recent for m in misses])
+        vectors, known = await self._embed(model, [m.customer_id for m in misses], [m.recent for m in misses])
         results: list = [None] * len(misses)
         personal = []
         for i, miss in enumerate(misses):

@@ -1,6 +1,13 @@
 """One model version's query side: the query tower SavedModel and the popularity
 fallback for customers the tower has never seen.
 
+A stored customer's tower inputs (id, stored history, stored features) are fixed
+for the life of a version, so so is its embedding: at load, every stored
+customer is embedded once (batched), and a request for one is a row lookup.
+The tower runs per request only for what a table cannot hold: customers not in
+the store, requests carrying ``recent_candidate_ids``, and towers that take the
+request time. A request costs a few microseconds instead of a ~0.3 ms tower call.
+
 Thread-safety: ``embed`` may be called from several threads at once (a loaded
 concrete function is stateless); everything else is read-only after load.
 """
@@ -23,6 +30,10 @@ log = logging.getLogger(__name__)
 # A features tower's time input (trainer.towers.REQUEST_TIME): filled with the
 # serving time; the tower clips it to its training period.
 REQUEST_TIME = "request_time"
+# Above this many stored customers the embedding table is not built (it takes
+# 4 * dim bytes per customer: 256 MB at 1M x 64) and every request runs the tower.
+MAX_PRECOMPUTED_CUSTOMERS = 5_000_000
+PRECOMPUTE_BATCH = 8192
 
 
 class QueryModel:
@@ -41,6 +52,18 @@ class QueryModel:
         self.memory_bytes = memory_bytes
         self.load_seconds = 0.0
         self._check_inputs()
+        self._table: np.ndarray | None = None  # float32 [C, D], rows of ``customers``
+        self._table_known: np.ndarray | None = None
+
+    def precompute(self, max_customers: int = MAX_PRECOMPUTED_CUSTOMERS) -> None:
+        """Embeds every stored customer once (see the module docstring)."""
+        if self.customers is None or REQUEST_TIME in self._inputs or not 0 < len(self.customers.ids) <= max_customers:
+            return
+        ids = self.customers.ids.tolist()
+        parts = [self._call_tower(ids[a:a + PRECOMPUTE_BATCH]) for a in range(0, len(ids), PRECOMPUTE_BATCH)]
+        self._table = np.concatenate([p[0] for p in parts]).astype(np.float32, copy=False)
+        self._table_known = np.concatenate([p[1] for p in parts])
+        self.memory_bytes += self._table.nbytes
 
     def _check_inputs(self) -> None:
         """Every signature input must be one this class can fill."""
@@ -92,6 +115,10 @@ class QueryModel:
                 f"version {manifest.version}: tower self-test gave shape {vectors.shape} "
                 f"(finite: {bool(np.isfinite(vectors).all())}); manifest says dim {manifest.embedding_dim}"
             )
+        query_model.precompute()
+        if query_model._table is not None and not np.isfinite(query_model._table).all():
+            raise VersionError(f"version {manifest.version}: the tower gives non-finite embeddings for "
+                               f"some stored customers")
         query_model.load_seconds = time.perf_counter() - start
         log.info("loaded %s query tower version %d (dim %d) in %.2fs",
                  model, manifest.version, manifest.embedding_dim, query_model.load_seconds)
@@ -104,6 +131,32 @@ class QueryModel:
         ``recent[i]``, when non-empty, is customer i's latest items (most recent
         first) and replaces the stored history for a history-aware tower.
         """
+        if self._table is None:
+            return self._call_tower(customer_ids, recent)
+        rows, live = self._live(customer_ids, recent)
+        vectors = self._table[np.maximum(rows, 0)]
+        known = self._table_known[np.maximum(rows, 0)]
+        if live.any():
+            at = np.flatnonzero(live)
+            vectors[at], known[at] = self._call_tower([customer_ids[i] for i in at],
+                                                      [recent[i] for i in at] if recent is not None else None)
+        return vectors, known
+
+    def needs_tower(self, customer_ids: list[str], recent: list[tuple[str, ...]] | None = None) -> bool:
+        """Whether ``embed`` of these would call the tower (rather than only read the table)."""
+        return self._table is None or bool(self._live(customer_ids, recent)[1].any())
+
+    def _live(self, customer_ids: list[str], recent: list[tuple[str, ...]] | None) -> tuple[np.ndarray, np.ndarray]:
+        """(store rows, which requests the table cannot answer)."""
+        rows = self.customers.rows(customer_ids)
+        live = rows < 0
+        if recent is not None and self.takes_history:
+            live |= np.array([bool(r) for r in recent], dtype=bool)
+        return rows, live
+
+    def _call_tower(self, customer_ids: list[str],
+                    recent: list[tuple[str, ...]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One call of the SavedModel signature, its inputs filled as ``embed`` documents."""
         inputs = {"customer_id": tf.constant(customer_ids, dtype=tf.string)}
         if len(self._inputs) > 1:
             rows = self.customers.rows(customer_ids)

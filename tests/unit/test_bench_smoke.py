@@ -72,11 +72,12 @@ def run_script_quick(module: str, tmp_path: Path, timeout_s: float) -> dict:
 
 def test_serving_throughput_quick(tmp_path):
     out = run_script_quick("bench.serving_throughput", tmp_path, timeout_s=300)
-    assert set(out["max_sustainable_qps"]) == {"ours-miss", "ours-hit", "echo", "seeds"}
+    assert set(out["max_sustainable_qps"]) == {"ours-miss", "ours-hit", "ours-hit-redis", "echo", "seeds"}
     for name, result in out["results"].items():
         assert result["steps"], name
         assert all(step["ok"] > 0 and step["errors"] == 0 for step in result["steps"]), name
     assert out["results"]["ours-hit"]["steps"][0]["cache_hits"] > 0
+    assert out["results"]["ours-hit-redis"]["steps"][0]["cache_hits"] > 0
 
 
 def test_swap_quick(tmp_path):
