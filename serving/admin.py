@@ -8,6 +8,7 @@ reason and leaves the set of loaded versions, and the live one, untouched.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -81,6 +82,11 @@ class VersionAdmin(Generic[S]):
             self.versions.abandon_loading(version)
             raise
         self.versions.add(version, servable, make_live=make_live)
+        # A loaded TensorFlow tower is hundreds of thousands of Python objects; a
+        # full (generation 2) collection then walks all of them, stalling every
+        # request for ~200 ms (measured in the query service under load). Loaded
+        # versions live until unloaded, so they leave the collector's view here.
+        gc.freeze()
 
     async def load(self, version: int) -> StatusReport:
         if version < 1:
@@ -118,6 +124,11 @@ class VersionAdmin(Generic[S]):
 
     def unload(self, version: int) -> StatusReport:
         self.versions.remove(version)
+        # Give the unloaded version's reference cycles back to the collector (one
+        # full collection, off the hot path: unloads follow a drain), then freeze again.
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
         log.info("%s: unloaded %s version %d", self.service, self.registry.model, version)
         return self.status()
 
