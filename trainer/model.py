@@ -8,8 +8,9 @@ model learns to predict a new item from a history instead of copying it.
 Training uses in-batch softmax (``tfrs.tasks.Retrieval``) with logQ sampling-bias
 correction: popular candidates appear as in-batch negatives far more often than
 rare ones, so without the correction the model learns mostly popularity.
-Training stops early on a validation hit rate carved out of the training data
-and keeps the best epoch's weights.
+Training stops early on a validation hit rate carved out of the training data;
+a fresh model is then trained on all the training data for the epoch count
+that won (``TrainConfig.refit``), or the best epoch's weights are kept.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ class TrainResult:
     train_seconds: float  # time spent in gradient steps only
     examples_per_second: float
     history: list[dict[str, float]]
+    refit_epochs: int = 0  # epochs of the final model's refit on all the data (0: no refit)
 
 
 class TwoTowerModel(tfrs.Model):
@@ -262,6 +264,7 @@ def train(train_data: Interactions, config: TrainConfig | None = None,
             if bad_epochs >= config.patience:
                 log(f"early stop after epoch {epoch}; best epoch {best_epoch} ({config.monitor}={best:.4f})")
                 break
+    refit_epochs = 0
     if config.refit:
         refit_epochs = best_epoch + config.refit_extra_epochs
         log(f"refit on all {len(train_data)} training interactions for {refit_epochs} epochs")
@@ -270,7 +273,8 @@ def train(train_data: Interactions, config: TrainConfig | None = None,
         examples += refit_epochs * len(train_data)
     else:
         model.set_weights(best_weights)
-    return TrainResult(model, epoch, best_epoch, train_seconds, examples / max(train_seconds, 1e-9), history)
+    return TrainResult(model, epoch, best_epoch, train_seconds, examples / max(train_seconds, 1e-9), history,
+                       refit_epochs)
 
 
 def _fit(model: TwoTowerModel, ds: tf.data.Dataset, epochs: int) -> tuple[float, float]:

@@ -71,6 +71,7 @@ def run(config: PipelineConfig, log: Callable[[str], None] | None = None) -> tup
         "examples_per_second": round(result.examples_per_second, 1),
         "epochs_run": result.epochs_run,
         "best_epoch": result.best_epoch,
+        "refit_epochs": result.refit_epochs,
         "eval_seconds": round(time.perf_counter() - t0, 3),
         "config": {k: v for k, v in dataclasses.asdict(config.train).items() if k != "verbose"},
         "validation_history": result.history,

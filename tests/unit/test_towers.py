@@ -166,8 +166,9 @@ def test_refit_trains_on_the_validation_share_too(data):
     assert lonely not in set(fitted.candidate_ids) and len(held_out) > 0
 
     def lonely_vector(refit: bool) -> np.ndarray:
-        model = train(relabelled, dataclasses.replace(config, refit=refit)).model
-        return model.candidate_tower(tf.constant([lonely])).numpy()[0]
+        result = train(relabelled, dataclasses.replace(config, refit=refit))
+        assert result.refit_epochs == (result.best_epoch + config.refit_extra_epochs if refit else 0)
+        return result.model.candidate_tower(tf.constant([lonely])).numpy()[0]
 
     untouched = _new_model(relabelled, config).candidate_tower(tf.constant([lonely])).numpy()[0]
     np.testing.assert_allclose(lonely_vector(refit=False), untouched)
