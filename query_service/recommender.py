@@ -112,8 +112,9 @@ class Recommender:
     async def _embed(self, model: QueryModel, customer_ids: list[str],
                      recent: list[tuple[str, ...]] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Table lookups run inline (microseconds); a tower call runs on the executor."""
-        if not model.needs_tower(customer_ids, recent):
-            return model.embed(customer_ids, recent)
+        found = model.lookup(customer_ids, recent)
+        if found is not None:
+            return found
         return await asyncio.get_running_loop().run_in_executor(self.executor, model.embed, customer_ids, recent)
 
     async def _process_misses(self, misses: list[_Miss]) -> list[tuple[list[str], list[float], str] | Exception]:

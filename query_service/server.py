@@ -74,9 +74,10 @@ def config_from_args(args: argparse.Namespace) -> QueryServiceConfig:
 
 def limit_tensorflow_threads(threads: int) -> None:
     """Caps TensorFlow's op thread pools (before its runtime starts). A query tower
-    batch is a few small ops that gain nothing from intra-op parallelism, while
-    TensorFlow's pool threads spin between ops and take CPU from the event loop and
-    the index service; with one thread each, a cache miss costs measurably less."""
+    batch is a few small ops that gain nothing from intra-op parallelism, and most
+    misses run no tower at all (embeddings are precomputed), so one thread each
+    keeps the pools from competing with the event loops for cores on a big machine.
+    On its own it made no measurable difference on the 2-core benchmark machine."""
     if threads > 0:
         import model_registry.tf_env  # noqa: F401
         import tensorflow as tf

@@ -142,9 +142,16 @@ class QueryModel:
                                                       [recent[i] for i in at] if recent is not None else None)
         return vectors, known
 
-    def needs_tower(self, customer_ids: list[str], recent: list[tuple[str, ...]] | None = None) -> bool:
-        """Whether ``embed`` of these would call the tower (rather than only read the table)."""
-        return self._table is None or bool(self._live(customer_ids, recent)[1].any())
+    def lookup(self, customer_ids: list[str],
+               recent: list[tuple[str, ...]] | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+        """``embed``'s answer from the precomputed table alone (no tower call), or None
+        when any of these requests needs the tower."""
+        if self._table is None:
+            return None
+        rows, live = self._live(customer_ids, recent)
+        if live.any():
+            return None
+        return self._table[rows], self._table_known[rows]
 
     def _live(self, customer_ids: list[str], recent: list[tuple[str, ...]] | None) -> tuple[np.ndarray, np.ndarray]:
         """(store rows, which requests the table cannot answer)."""

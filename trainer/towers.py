@@ -592,12 +592,6 @@ class TrainingHistories:
         return tf.gather(self.vocabulary, index)
 
 
-def training_histories(data: Interactions, history_length: int) -> np.ndarray:
-    """Every event's training history at once (str [n, L]); see ``TrainingHistories``."""
-    histories = TrainingHistories.build(data, history_length)
-    return histories.lookup(tf.range(len(data), dtype=tf.int64)).numpy().astype(str)
-
-
 def query_inputs_for_events(data: Interactions, tower: QueryTower,
                             store: CustomerData | None = None) -> dict[str, np.ndarray]:
     """Raw query-tower inputs for every training event of ``data``, except the history,

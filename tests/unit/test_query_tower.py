@@ -98,3 +98,14 @@ def test_the_request_time_input_gets_the_serving_time(tmp_path):
     assert vectors.shape == (2, 1)
     # float32 keeps about 2 minutes of resolution at today's unix time.
     assert np.all(np.abs(vectors[:, 0] - before) < 300)
+
+
+def test_stored_customers_are_answered_from_the_precomputed_table(tmp_path):
+    write_version(tmp_path)
+    model = QueryModel.load(tmp_path, "m")
+    vectors, known = model.lookup(["c2", "c1"])
+    np.testing.assert_allclose(vectors, [[0, 1, 0, 1, 0, 40], [1, 0, 2, 0, 0, 20]])
+    assert known.tolist() == [True, True]
+    assert model.lookup(["c1", "stranger"]) is None  # not stored: needs the tower
+    assert model.lookup(["c1"], [("i2",)]) is None  # a request history: needs the tower
+    assert model.lookup(["c1"], [()]) is not None

@@ -118,7 +118,7 @@ def _check_store(path, data: Interactions, tower: str) -> None:
 def test_training_histories_exclude_the_target():
     d = Interactions(np.array(["u", "u", "u", "v"]), np.array(["a", "b", "c", "a"]),
                      np.array([1, 3, 2, 5], np.int64))
-    h = towers.training_histories(d, 3)
+    h = towers.TrainingHistories.build(d, 3).lookup(tf.range(len(d), dtype=tf.int64)).numpy().astype(str)
     # u's items by recency: b (3), c (2), a (1).
     assert h.tolist() == [["b", "c", ""], ["c", "a", ""], ["b", "a", ""], ["", "", ""]]
 
