@@ -28,6 +28,10 @@ PROBE_QUERIES_FILE = "probe_queries.npy"
 # ids (sorted), history [C, L] (most recent first, "" padded), a CSR of every
 # training item (seen_offsets, seen_items) and feature__<name> columns.
 CUSTOMER_STORE_FILE = "customer_store.npz"
+CUSTOMER_FEATURE_PREFIX = "feature__"
+# The query tower signature's time input (float64 unix seconds), if it takes one:
+# the serving side fills it with the current time.
+REQUEST_TIME_INPUT = "request_time"
 METRICS_FILE = "metrics.json"
 
 

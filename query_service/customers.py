@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from model_registry import VersionError
-
-FEATURE_PREFIX = "feature__"
+from model_registry.manifest import CUSTOMER_FEATURE_PREFIX as FEATURE_PREFIX
 
 
 class CustomerStore:

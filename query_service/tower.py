@@ -27,9 +27,7 @@ from query_service.customers import CustomerStore
 
 log = logging.getLogger(__name__)
 
-# A features tower's time input (trainer.towers.REQUEST_TIME): filled with the
-# serving time; the tower clips it to its training period.
-REQUEST_TIME = "request_time"
+REQUEST_TIME = files.REQUEST_TIME_INPUT  # filled with the serving time; the tower clips it
 # Above this many stored customers the embedding table is not built (it takes
 # 4 * dim bytes per customer: 256 MB at 1M x 64) and every request runs the tower.
 MAX_PRECOMPUTED_CUSTOMERS = 5_000_000
@@ -57,7 +55,8 @@ class QueryModel:
 
     def precompute(self, max_customers: int = MAX_PRECOMPUTED_CUSTOMERS) -> None:
         """Embeds every stored customer once (see the module docstring)."""
-        if self.customers is None or REQUEST_TIME in self._inputs or not 0 < len(self.customers.ids) <= max_customers:
+        if (self.customers is None or REQUEST_TIME in self._inputs
+                or not 0 < len(self.customers.ids) <= max_customers):
             return
         ids = self.customers.ids.tolist()
         parts = [self._call_tower(ids[a:a + PRECOMPUTE_BATCH]) for a in range(0, len(ids), PRECOMPUTE_BATCH)]

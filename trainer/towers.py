@@ -15,8 +15,9 @@ Families (``TOWERS``):
   customer features (a zip code keeps a prefix), normalised and bucketised
   numeric features, and the request time (``request_time``, unix seconds:
   the event's time in training, the serving time in production, clipped to the
-  training period) bucketised by quantiles and normalised; optional deep layers. Its candidate tower adds the title
-  text (TextVectorization, bag of words), genres and release year to the id.
+  training period) bucketised by quantiles and normalised; optional deep
+  layers. Its candidate tower adds the title text (TextVectorization, bag of
+  words), genres and release year to the id.
 * ``history``: a bag of the customer's recent items (pooled item embeddings,
   optionally shared with the candidate tower), plus a projection and optionally
   the id embedding. A customer the tower never saw still gets a personal
@@ -34,6 +35,7 @@ import dataclasses
 from typing import Any
 
 import model_registry.tf_env  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from model_registry.manifest import CUSTOMER_FEATURE_PREFIX, REQUEST_TIME_INPUT
 
 import numpy as np
 import tensorflow as tf
@@ -46,8 +48,8 @@ DEFAULT_HISTORY_LENGTH = 50  # also the stored history length of towers without 
 ZIP_PREFIX_LENGTH = 2
 NUM_BUCKETS = 10
 FEATURE_EMBEDDING_DIM = 16
-FEATURE_PREFIX = "feature__"
-REQUEST_TIME = "request_time"  # the features tower's time input (float64 unix seconds)
+FEATURE_PREFIX = CUSTOMER_FEATURE_PREFIX
+REQUEST_TIME = REQUEST_TIME_INPUT
 TIME_BUCKETS = 20
 
 
@@ -300,7 +302,8 @@ class FeatureQueryTower(QueryTower):
             t = timestamps.astype(np.float64)
             self.time_range = (float(t.min()), float(t.max()))
             self.time_stats = (float(t.mean()), float(t.std()) or 1.0)
-            self.time_boundaries = [float(q) for q in np.unique(np.quantile(t, np.linspace(0, 1, TIME_BUCKETS + 1)[1:-1]))]
+            quantiles = np.quantile(t, np.linspace(0, 1, TIME_BUCKETS + 1)[1:-1])
+            self.time_boundaries = [float(q) for q in np.unique(quantiles)]
             self.time_embedding = tf.keras.layers.Embedding(
                 len(self.time_boundaries) + 1, FEATURE_EMBEDDING_DIM, embeddings_initializer=_init(config.seed + 30),
                 embeddings_regularizer=_reg(config.l2), name="embedding_request_time")
