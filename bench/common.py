@@ -32,6 +32,19 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes ``pids`` have used so far (from
+    /proc/<pid>/stat): server CPU per request is stable on a shared machine
+    where QPS and latency are not."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        # The command name (field 2) may hold spaces; the fields after its ")" are fixed.
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / ticks
+
+
 def dir_bytes(path: str | os.PathLike) -> int:
     """Total size of the regular files under ``path`` (or of ``path`` itself)."""
     p = Path(path)

@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.common import cpu_seconds
 from model_registry import Registry
 from recsys_client.local import RedisProcess, ServiceProcess, console_script
 
@@ -56,29 +57,46 @@ def load(address: str, qps: int, duration_s: float, customers: int, out: Path, s
     return json.loads(out.read_text())
 
 
-def summary(report: dict) -> dict:
+def summary(report: dict, cpu_s: float) -> dict:
     lat, requests = report["latency_ms"], report["requests"]
     return {"qps": int(report["offered_qps"]), "achieved_qps": report["achieved_qps"], "p50_ms": lat["p50_ms"],
             "p99_ms": lat["p99_ms"], "errors": requests["errors"], "dropped": requests["dropped"],
-            "cache_hits": report["cache_hits"], "ok": requests["ok"]}
+            "cache_hits": report["cache_hits"], "ok": requests["ok"],
+            "server_cpu_us_per_request": round(cpu_s * 1e6 / requests["ok"], 1) if requests["ok"] else None}
 
 
 def max_sustainable(address: str, ladder: list[int], duration_s: float, customers: int, p99_ms: float,
-                    work: Path, name: str) -> dict:
-    """Climbs the ladder until a step misses the p99 target or fails a request."""
+                    work: Path, name: str, server_pids: list[int]) -> dict:
+    """Climbs the ladder until a step misses the p99 target or fails a request.
+    Each step also reports the CPU the server processes (``server_pids``) spent
+    per answered request."""
     load(address, 50, 2.0, customers, work / f"{name}-warmup.json", seed=1)  # connections, first tower calls
     steps, best = [], None
     for qps in ladder:
-        step = summary(load(address, qps, duration_s, customers, work / f"{name}-{qps}.json", seed=1000 + qps))
+        cpu_before = cpu_seconds(server_pids)
+        report = load(address, qps, duration_s, customers, work / f"{name}-{qps}.json", seed=1000 + qps)
+        step = summary(report, cpu_seconds(server_pids) - cpu_before)
         steps.append(step)
         print(f"  {name:10s} {qps:6d} qps: p99 {step['p99_ms']} ms, achieved {step['achieved_qps']:.0f}, "
-              f"errors {step['errors']}, dropped {step['dropped']}, hits {step['cache_hits']}", file=sys.stderr)
+              f"errors {step['errors']}, dropped {step['dropped']}, hits {step['cache_hits']}, "
+              f"server cpu {step['server_cpu_us_per_request']} us/request", file=sys.stderr)
         if step["errors"] or step["dropped"] or step["achieved_qps"] < 0.95 * qps:
             break  # saturated: past here neither target can be met
         if step["p99_ms"] is not None and step["p99_ms"] <= p99_ms:
             best = step  # a noisy step may miss p99 and a faster one pass: keep the fastest that passed
     return {"max_sustainable_qps": best["qps"] if best else 0, "at_max": best,
-            "max_throughput_qps": max(s["achieved_qps"] for s in steps), "steps": steps}
+            "max_throughput_qps": max(s["achieved_qps"] for s in steps), "steps": steps,
+            "server_cpu_us_per_request": _steady_cpu(steps)}
+
+
+def _steady_cpu(steps: list[dict]) -> float | None:
+    """Server CPU per request over the steps that kept up with their rate (a
+    saturated step's queueing and failures would distort it), request-weighted."""
+    kept = [s for s in steps if s["server_cpu_us_per_request"] is not None and not s["errors"]
+            and not s["dropped"] and s["achieved_qps"] >= 0.95 * s["qps"]]
+    if not kept:
+        return None
+    return round(sum(s["server_cpu_us_per_request"] * s["ok"] for s in kept) / sum(s["ok"] for s in kept), 1)
 
 
 def main() -> None:
@@ -112,18 +130,19 @@ def main() -> None:
             index = ServiceProcess("recsys-index-service", common, work / "index.log").start()
             query = ServiceProcess("recsys-query-service", [*common, "--index-address", index.address,
                                                             "--redis-url", redis.url], work / "query.log").start()
+            ours = lambda: [index.proc.pid, query.proc.pid, redis.proc.pid]  # noqa: E731
             results["ours-miss"] = max_sustainable(query.address, ladder, args.duration_s, args.customers,
-                                                   args.p99_ms, work, "ours-miss")
+                                                   args.p99_ms, work, "ours-miss", ours())
             hot = min(100, args.customers)
             load(query.address, 200, 1.0, hot, work / "warm.json", seed=2)  # every hot customer cached
             results["ours-hit"] = max_sustainable(query.address, ladder, args.duration_s, hot, args.p99_ms,
-                                                  work, "ours-hit")
+                                                  work, "ours-hit", ours())
             query.stop()
             query = ServiceProcess("recsys-query-service", [*common, "--index-address", index.address,
                                                             "--redis-url", redis.url, "--local-cache-entries", "0"],
                                    work / "query-redis-only.log").start()
             results["ours-hit-redis"] = max_sustainable(query.address, ladder, args.duration_s, hot, args.p99_ms,
-                                                        work, "ours-hit-redis")
+                                                        work, "ours-hit-redis", ours())
         finally:
             for process in (query, index):
                 if process is not None:
@@ -137,17 +156,21 @@ def main() -> None:
             try:
                 server.start()
                 results[name] = max_sustainable(server.address, ladder, args.duration_s, args.customers,
-                                                args.p99_ms, work, name)
+                                                args.p99_ms, work, name, [server.proc.pid])
             finally:
                 server.stop()
 
     best = {name: r["max_sustainable_qps"] for name, r in results.items()}
     ratio = lambda a, b: round(best[a] / best[b], 2) if best[b] else None  # noqa: E731
+    cpu = {name: r["server_cpu_us_per_request"] for name, r in results.items()}
+    cpu_ratio = lambda a: round(cpu[a] / cpu["echo"], 2) if cpu[a] and cpu["echo"] else None  # noqa: E731
     report = {
         "config": {k: v for k, v in vars(args).items() if k != "out"} | {"out": str(args.out) if args.out else None},
         "max_sustainable_qps": best,
         "ratios": {"miss_vs_echo": ratio("ours-miss", "echo"), "hit_vs_echo": ratio("ours-hit", "echo"),
                    "miss_vs_seeds": ratio("ours-miss", "seeds")},
+        "server_cpu_us_per_request": cpu,
+        "cpu_ratios": {"miss_vs_echo": cpu_ratio("ours-miss"), "hit_vs_echo": cpu_ratio("ours-hit")},
         "results": results,
     }
     text = json.dumps(report, indent=2)
@@ -159,6 +182,7 @@ def main() -> None:
     for name, qps in best.items():
         print(f"  {name:10s} {qps:6d}", file=sys.stderr)
     print(f"  ratios: {report['ratios']}", file=sys.stderr)
+    print(f"server CPU per request (us): {cpu}; vs echo: {report['cpu_ratios']}", file=sys.stderr)
 
 
 if __name__ == "__main__":
