@@ -10,8 +10,9 @@ the CURRENT version's ``candidate_embeddings.npy`` and ``probe_queries.npy``.
 
 Methods, all compared at matched recall@10 against exact dot-product top-10:
 
-* ``scann``: ``trainer.index_builder.build_index`` exactly as the trainer calls
-  it, serialized with ``save_searcher`` and loaded with ``load_searcher``;
+* ``scann``: ``trainer.export.index.build_index`` exactly as the trainer calls
+  it, serialized with ``save_searcher`` and loaded with the index service's
+  ``load_searcher``;
   searched with the per-query ``leaves_to_search`` / ``pre_reorder_num_neighbors``
   overrides that ``CandidateIndex.search`` passes. Both are swept to find the
   cheapest setting reaching each target. Single-query QPS is reported for the raw
@@ -112,7 +113,7 @@ def registry_dataset(registry: Path, model: str) -> tuple[np.ndarray, np.ndarray
     from model_registry import manifest as mf
 
     reg = Registry(registry, model)
-    version = reg.current_version()
+    version = reg.current_version() or (reg.versions() or [None])[-1]  # the live one, else the newest
     if version is None:
         raise SystemExit(f"no published version of {model} under {registry}")
     vdir = reg.version_dir(version)
@@ -154,7 +155,7 @@ def _child(what: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if what in ("build-scann", "load-scann", "load-registry"):
         t0 = time.perf_counter()
-        import model_registry.tf_env  # noqa: F401
+        import settings.tf_env  # noqa: F401
         from scann import scann_ops_pybind  # noqa: F401  (imports TensorFlow: not part of any timing)
         out["import_seconds"] = round(time.perf_counter() - t0, 2)
     if what in ("build-hnsw", "load-hnsw"):
@@ -166,7 +167,7 @@ def _child(what: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
         probes = np.load(work / "probes.npy")
         base, peak0 = rss_bytes(), peak_rss_bytes()
         if what == "build-scann":
-            from trainer import index_builder
+            from trainer.export import index as index_builder
 
             calib = {"seconds": 0.0, "calls": 0}
             real_measure = index_builder.measure_recall
@@ -212,7 +213,7 @@ def _child(what: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     base = rss_bytes()
     t0 = time.perf_counter()
     if what == "load-scann":
-        from trainer.index_builder import load_searcher
+        from index_service.searcher import load_searcher
         obj = load_searcher(work / "scann")
     elif what == "load-hnsw":
         import faiss
@@ -220,17 +221,16 @@ def _child(what: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     elif what == "load-exact":
         obj = np.load(work / "db.npy")
     elif what == "load-registry":
-        from index_service.searcher import CandidateIndex
+        from index_service.searcher import CandidateIndex, load_searcher
         from model_registry import verify_version
         vdir = Path(args.version_dir)
-        obj = CandidateIndex.load(vdir, args.model_name)
+        obj = CandidateIndex.load(vdir, verify_version(vdir))  # what an index slot runs to load a version
         out["load_seconds"] = round(time.perf_counter() - t0, 2)
         out["rss_delta_mib"] = mib(rss_bytes() - base)
-        out["self_test_recall"] = round(obj.self_test_recall, 4)
+        out["self_test_recall"] = round(obj.report.self_test_recall, 4)
         out["spec"] = dataclasses.asdict(obj.manifest.index)
         # Where the time goes (second pass: files are in the page cache either way).
         _, out["verify_checksums_seconds"] = _t(lambda: verify_version(vdir))
-        from trainer.index_builder import load_searcher
         _, out["load_searcher_seconds"] = _t(lambda: load_searcher(vdir / "scann"))
         _, out["self_test_seconds"] = _t(lambda: obj._self_test(vdir))
         out["version_bytes"] = dir_bytes(vdir)
@@ -352,8 +352,8 @@ def run_dataset(name: str, db: np.ndarray, probes: np.ndarray, queries: np.ndarr
                 work: Path, version_dir: Path | None = None, model_name: str | None = None) -> dict[str, Any]:
     import faiss
 
-    import model_registry.tf_env  # noqa: F401
-    from trainer.index_builder import load_searcher
+    import settings.tf_env  # noqa: F401
+    from index_service.searcher import load_searcher
 
     work.mkdir(parents=True, exist_ok=True)
     np.save(work / "db.npy", db)
@@ -662,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import faiss
 
-    import model_registry.tf_env  # noqa: F401
+    import settings.tf_env  # noqa: F401
     import scann  # noqa: F401
 
     result: dict[str, Any] = {

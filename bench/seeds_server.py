@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import model_registry.tf_env  # noqa: F401  (before TensorFlow)
+import settings.tf_env  # noqa: F401  (before TensorFlow)
 
 import numpy as np
 import tensorflow as tf

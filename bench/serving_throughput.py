@@ -27,7 +27,7 @@ from pathlib import Path
 
 from bench.common import cpu_seconds
 from model_registry import Registry
-from recsys_client.local import RedisProcess, ServiceProcess, console_script
+from tests.processes import RedisProcess, ServiceProcess, console_script
 
 HERE = Path(__file__).resolve().parent
 MODEL = "bench"
@@ -41,8 +41,7 @@ def train(registry: Path, customers: int, candidates: int, interactions: int) ->
     sh([console_script("recsys-train"), "--dataset", "synthetic", "--registry", str(registry), "--model", MODEL,
         "--synthetic-customers", str(customers), "--synthetic-candidates", str(candidates),
         "--synthetic-interactions", str(interactions), "--epochs", "1", "--quiet"], timeout=1800)
-    reg = Registry(registry, MODEL)
-    return reg.version_dir(reg.current_version())
+    return Registry(registry, MODEL).version_dir(1)
 
 
 def load(address: str, qps: int, duration_s: float, customers: int, out: Path, seed: int) -> dict:
@@ -122,12 +121,12 @@ def main() -> None:
         sh([sys.executable, str(HERE / "seeds_server.py"), "--build", str(version_dir), "--out",
             str(work / "seeds")], timeout=600)
         print(f"trained and exported in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
-        common = ["--registry", str(work / "registry"), "--model", MODEL]
+        common = ["--registry", str(work / "registry"), "--model", MODEL, "--version", "1"]
         redis = RedisProcess().start()
         index = query = None
         results: dict = {}
         try:
-            index = ServiceProcess("recsys-index-service", common, work / "index.log").start()
+            index = ServiceProcess("recsys-index-service", [*common, "--slot", "blue"], work / "index.log").start()
             query = ServiceProcess("recsys-query-service", [*common, "--index-address", index.address,
                                                             "--redis-url", redis.url], work / "query.log").start()
             ours = lambda: [index.proc.pid, query.proc.pid, redis.proc.pid]  # noqa: E731

@@ -1,12 +1,17 @@
-"""Swap benchmark: load + verify + promote a 1M-candidate version on running
-services under steady load, then roll back.
+"""Swap benchmark: a blue-green rollout of a 1M-candidate version under steady
+load, then a rollback.
 
 Builds two large versions from a small trained one: the small version's query
-tower, and 1M clustered synthetic candidate embeddings of the tower's dimension
-indexed by the trainer's own ScaNN builder (so index build, recall self-test,
-checksums and load costs are those of a real 1M-candidate version; only the
-candidates' meaning is synthetic). Reports the swap's duration, p99 before /
-during / after it, and the index service's peak memory against one version.
+tower, and 1M (``--candidates``) clustered synthetic candidate embeddings of the
+tower's dimension indexed by the trainer's own ScaNN builder (so index build,
+recall self-test, checksums and load costs are those of a real version of that
+size; only the candidates' meaning is synthetic). The stack is two index slots
+(blue holds the first version and serves it, green starts empty) and a query
+replica routing over both. After a warm-up (caches filled, connections up),
+``recsys-loadtest --swap`` runs ``recsys-publish``: green loads the second
+version while blue serves, the query replica switches routing, and later rolls
+back. Reports the rollout's duration, p99 before / during / after it, every
+process's memory (each slot's steady and peak RSS) and the query replica's.
 
     python -m bench.swap [--quick] [--candidates 1000000] [--qps 300] [--out FILE]
 """
@@ -26,9 +31,9 @@ import numpy as np
 
 from model_registry import Manifest, Registry
 from model_registry import manifest as files
-from recsys_client.local import RedisProcess, ServiceProcess, console_script
 from bench.ann import synthetic_clustered
-from trainer import index_builder
+from tests.processes import RedisProcess, ServiceProcess, console_script
+from trainer.export import index as index_builder
 
 MODEL = "swapbench"
 COPIED = (files.QUERY_TOWER_DIR, files.POPULAR_FILE, files.CUSTOMER_STORE_FILE)
@@ -59,12 +64,20 @@ def publish_large(registry: Registry, base: Path, num_candidates: int, seed: int
             num_candidates=num_candidates, tower=base_manifest.tower, dataset=f"synthetic-{num_candidates}",
             created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(), index=spec, files=checksums)
 
-    return registry.publish(write, make_current=False)
+    return registry.publish(write)
 
 
 def rss_mb(pid: int) -> dict[str, float]:
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
-    return {"rss_mb": int(fields["VmRSS"].split()[0]) / 1024, "peak_rss_mb": int(fields["VmHWM"].split()[0]) / 1024}
+    return {"rss_mb": round(int(fields["VmRSS"].split()[0]) / 1024, 1),
+            "peak_rss_mb": round(int(fields["VmHWM"].split()[0]) / 1024, 1)}
+
+
+def loadtest(address: str, qps: int, duration_s: float, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [console_script("recsys-loadtest"), "--address", address, "--qps", str(qps), "--duration-s", str(duration_s),
+         "--num-customers", "2000", "--channels", "2", "--timeout-s", "5", "--concurrency", "2000", "--out", str(out),
+         *extra], capture_output=True, text=True, timeout=duration_s + 900)
 
 
 def main() -> None:
@@ -75,10 +88,13 @@ def main() -> None:
     parser.add_argument("--duration-s", type=float, default=60.0)
     parser.add_argument("--swap-at-s", type=float, default=15.0)
     parser.add_argument("--rollback-at-s", type=float, default=45.0)
+    parser.add_argument("--warmup-s", type=float, default=15.0,
+                        help="load before the measured run (same rate), so 'before' is steady state")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.quick:
         args.candidates, args.qps, args.duration_s, args.swap_at_s, args.rollback_at_s = 30_000, 50, 8.0, 2.0, 5.0
+        args.warmup_s = 2.0
 
     with tempfile.TemporaryDirectory(prefix="bench-swap-") as tmp:
         work = Path(tmp)
@@ -88,28 +104,32 @@ def main() -> None:
         t0 = time.perf_counter()
         large = [publish_large(registry, registry.version_dir(1), args.candidates, seed) for seed in (1, 2)]
         build_s = (time.perf_counter() - t0) / 2
-        registry.set_current(large[0].version)
+        live, new = large[0].version, large[1].version
         common = ["--registry", str(registry.root), "--model", MODEL]
         redis = RedisProcess().start()
-        index = query = None
+        blue = green = query = None
         try:
-            index = ServiceProcess("recsys-index-service", common, work / "index.log").start(timeout_s=600)
-            query = ServiceProcess("recsys-query-service", [*common, "--index-address", index.address,
+            # The state a first rollout leaves: blue holds the live version, CURRENT names it.
+            registry.set_current(live)
+            blue = ServiceProcess("recsys-index-service", [*common, "--slot", "blue", "--version", str(live)],
+                                  work / "blue.log").start(timeout_s=600)
+            green = ServiceProcess("recsys-index-service", [*common, "--slot", "green"], work / "green.log")
+            green.start()
+            green_empty = rss_mb(green.proc.pid)
+            query = ServiceProcess("recsys-query-service", [*common, "--index-address",
+                                                            f"{blue.address},{green.address}",
                                                             "--redis-url", redis.url], work / "query.log").start()
-            steady_memory = rss_mb(index.proc.pid)
+            loadtest(query.address, args.qps, args.warmup_s, work / "warmup.json")
+            steady = {"blue": rss_mb(blue.proc.pid), "query": rss_mb(query.proc.pid)}
             out = work / "load.json"
-            load = subprocess.run(
-                [console_script("recsys-loadtest"), "--address", query.address, "--qps", str(args.qps),
-                 "--duration-s", str(args.duration_s), "--num-customers", "2000", "--channels", "2",
-                 "--timeout-s", "5", "--out", str(out), "--swap", "--registry", str(registry.root),
-                 "--model", MODEL, "--index-admin", index.admin_address, "--query-admin", query.admin_address,
-                 "--swap-version", str(large[1].version), "--swap-at-s", str(args.swap_at_s),
-                 "--rollback-at-s", str(args.rollback_at_s)],
-                capture_output=True, text=True, timeout=args.duration_s + 900)
+            load = loadtest(query.address, args.qps, args.duration_s, out, "--swap", "--registry", str(registry.root),
+                            "--model", MODEL, "--index-admin", f"{blue.admin_address},{green.admin_address}",
+                            "--query-admin", query.admin_address, "--swap-version", str(new),
+                            "--swap-at-s", str(args.swap_at_s), "--rollback-at-s", str(args.rollback_at_s))
             report = json.loads(out.read_text())
-            swap_memory = rss_mb(index.proc.pid)
+            after = {"blue": rss_mb(blue.proc.pid), "green": rss_mb(green.proc.pid), "query": rss_mb(query.proc.pid)}
         finally:
-            for process in (query, index):
+            for process in (query, green, blue):
                 if process is not None:
                     process.stop()
             redis.stop()
@@ -125,7 +145,15 @@ def main() -> None:
         "requests": report["requests"], "errors_by_code": report["errors_by_code"],
         "model_versions": report["model_versions"],
         "p99_ms": {phase: stats["latency_ms"]["p99_ms"] for phase, stats in phases.items()},
-        "index_memory_mb": {"one_version_steady": steady_memory, "after_swap": swap_memory},
+        # blue: the live slot, before the rollout; green: the slot that loaded, empty before it and
+        # holding the new version after (its peak is the rollout's peak: it started empty).
+        "index_memory_mb": {"one_version_steady": steady["blue"], "after_swap": after["green"],
+                            "slots": {"blue": {"before": steady["blue"], "after": after["blue"]},
+                                      "green": {"empty": green_empty, "after": after["green"]}},
+                            "loading_slot_peak_vs_steady": round(after["green"]["peak_rss_mb"]
+                                                                 / after["green"]["rss_mb"], 3)},
+        "query_memory_mb": {"before": steady["query"], "after": after["query"]},
+        "warmup_s": args.warmup_s,
         "loadtest_exit_code": load.returncode,
     }
     text = json.dumps(result, indent=2)

@@ -67,7 +67,7 @@ class _Done(Exception):
 
 def _steps_child(train_argv: list[str], steps: int, warmup: int) -> dict[str, Any]:
     start = time.perf_counter()
-    import model_registry.tf_env  # noqa: F401  (legacy Keras, as the trainer)
+    import settings.tf_env  # noqa: F401  (legacy Keras, as the trainer)
     import tensorflow as tf
 
     from trainer import cli
@@ -179,7 +179,7 @@ def run_full(tower: str | None, dataset_args: list[str], epochs: int | None, wor
 def run_steps(tower: str | None, dataset_args: list[str], steps: int, warmup: int, work: Path) -> dict[str, Any]:
     name = tower or "default"
     train_argv = [*dataset_args, *_tower_args(tower), "--registry", str(work / "registry"),
-                  "--model", f"bench-steps-{name}", "--quiet", "--no-promote"]
+                  "--model", f"bench-steps-{name}", "--quiet"]
     t0 = time.perf_counter()
     try:
         out = run_child("bench.training", ["--child", "steps", "--steps", str(steps), "--warmup", str(warmup),

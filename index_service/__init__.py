@@ -1,3 +1,3 @@
 """Index service: versioned ScaNN searchers over candidate embeddings."""
 
-import model_registry.tf_env  # noqa: F401  (before scann imports TensorFlow)
+import settings.tf_env  # noqa: F401  (before scann imports TensorFlow)

@@ -1,20 +1,21 @@
-"""The index service's core: loaded versions and how a search runs.
-Knows nothing of gRPC; the servicer translates protos to these calls."""
+"""The index service's core: search over the version this slot holds, and its
+status for watchers. Knows nothing of gRPC; the servicer translates protos to
+these calls."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import AsyncIterator
 
 import numpy as np
 
 from index_service.searcher import CandidateIndex, SearchResult
-from model_registry import Registry
 from serving import validation
-from serving.admin import VersionAdmin
 from serving.errors import InvalidArgument
-from serving.versions import VersionSet
+from serving.versions import VersionManager
 
 # About 0.1 ms of ScaNN at 64 dims (a 1M tree-AH query scores ~30k rows): less
 # than handing the search to a thread and back costs the event loop.
@@ -31,34 +32,61 @@ class Query:
 
 
 class IndexCore:
-    """Loaded candidate indexes and search over them.
+    """Search over the versions in ``manager``, and a stream of its changes.
 
     Searches run on ``search_executor`` threads so the event loop keeps serving
     while ScaNN works (ScaNN releases the GIL, so two threads use both cores),
     except small ones (under ``INLINE_MAX_ROWS`` scored rows in all): those take
-    less time than the hop to a thread and back, so they run inline. Version
-    loads run on their own single thread so a load never queues behind searches
-    or blocks them.
+    less time than the hop to a thread and back, so they run inline.
     """
 
-    def __init__(self, registry: Registry, search_executor: ThreadPoolExecutor,
-                 max_k: int = validation.DEFAULT_MAX_K, min_recall: float = 0.9):
-        self.registry = registry
+    def __init__(self, manager: VersionManager[CandidateIndex], search_executor: ThreadPoolExecutor,
+                 max_k: int = validation.DEFAULT_MAX_K, keepalive_s: float = 1.0):
+        self.manager = manager
         self.executor = search_executor
         self.max_k = max_k
-        self.versions: VersionSet[CandidateIndex] = VersionSet(registry.model)
-        self.admin = VersionAdmin(
-            "index", registry, self.versions,
-            lambda version: CandidateIndex.load(registry.version_dir(version), registry.model, min_recall),
-            ThreadPoolExecutor(1, thread_name_prefix="index-loader"))
+        self.keepalive_s = keepalive_s
+        self.last_search = -float("inf")  # time.monotonic() of the latest search
+        self._generation = 0
+        self._changed: asyncio.Condition | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        manager.listen(self._on_change)
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Attaches the event loop that serves watchers (changes come from loader threads)."""
+        self._loop = loop
+        self._changed = asyncio.Condition()
+
+    def _on_change(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._notify()))
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._generation += 1
+            self._changed.notify_all()
+
+    async def changes(self) -> AsyncIterator[None]:
+        """Yields now, then after every change of the held versions, and at
+        least every ``keepalive_s`` (so a watcher can tell a hung process)."""
+        while True:
+            seen = self._generation
+            yield
+            async with self._changed:
+                try:
+                    await asyncio.wait_for(self._changed.wait_for(lambda: self._generation != seen),
+                                           self.keepalive_s)
+                except asyncio.TimeoutError:
+                    pass
 
     async def search(self, queries: list[Query], version: int) -> tuple[int, list[SearchResult]]:
         """Searches every query in one version; returns (version used, results)."""
         if not queries:
             raise InvalidArgument("no queries: send at least one")
         if version < 0:
-            raise InvalidArgument(f"model_version={version} is negative: pass 0 for the live version")
-        version, index = self.versions.get(version)
+            raise InvalidArgument(f"model_version={version} is negative: pass 0 for the version this slot holds")
+        self.last_search = time.monotonic()
+        version, index = self.manager.get(version)
         vectors = np.stack([validation.check_vector(q.vector, index.dim, version) for q in queries])
         ks = [validation.check_k(q.k, self.max_k) for q in queries]
         exclusions = [validation.check_exclusions(q.exclusions) for q in queries]

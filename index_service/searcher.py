@@ -7,18 +7,53 @@ after load).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import sys
 import time
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scann import scann_ops_pybind
 
-from model_registry import Manifest, VersionError, verify_version
+from model_registry import Manifest, VersionError
 from model_registry import manifest as files
+from model_registry.search import exact_top_k, npy_shape
+from serving.admin import LoadReport
 
 log = logging.getLogger(__name__)
+
+SELF_TEST_PROBES = 100
+
+
+def _scann_pybind():
+    """ScaNN's pybind searcher module without TensorFlow.
+
+    ``scann/__init__.py`` imports TensorFlow for ScaNN's TF ops, which the index
+    service never uses: 530 MB of RSS and ~4 s of start-up per index process
+    (measured: 568 MB vs 34 MB after the import). The package is registered
+    without running its ``__init__``, then the pybind module (numpy only) is
+    imported from it as usual.
+    """
+    if "scann" not in sys.modules:
+        spec = importlib.util.find_spec("scann")
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError("the scann package is not installed")
+        package = types.ModuleType("scann")
+        package.__path__ = list(spec.submodule_search_locations)
+        package.__spec__ = spec
+        sys.modules["scann"] = package
+    from scann.scann_ops.py import scann_ops_pybind
+
+    return scann_ops_pybind
+
+
+def load_searcher(directory: Path):
+    """A ScaNN searcher serialized by the trainer (``trainer.export.index.save_searcher``)."""
+    # Holds the GIL throughout (~1.6 s at 1M x 64): this is why versions load
+    # only into index slots that serve no traffic (see index_service/slot.py).
+    return _scann_pybind().load_searcher(str(directory))
 
 
 @dataclass(frozen=True)
@@ -28,19 +63,21 @@ class SearchResult:
 
 
 class CandidateIndex:
-    """A loaded, verified version's ScaNN searcher and candidate ids."""
+    """A loaded, verified, self-tested version's ScaNN searcher and candidate ids."""
 
-    def __init__(self, manifest: Manifest, candidate_ids: np.ndarray, searcher, memory_bytes: int):
+    def __init__(self, manifest: Manifest, candidate_ids: np.ndarray, searcher, report: LoadReport):
         self.manifest = manifest
         self.candidate_ids = candidate_ids
         self._searcher = searcher
-        self.memory_bytes = memory_bytes
-        self.self_test_recall = 0.0
-        self.load_seconds = 0.0
+        self.report = report
 
     @property
     def version(self) -> int:
         return self.manifest.version
+
+    @property
+    def dim(self) -> int:
+        return self.manifest.embedding_dim
 
     @property
     def rows_scanned_per_query(self) -> int:
@@ -51,62 +88,47 @@ class CandidateIndex:
             return n * spec.num_leaves_to_search // spec.num_leaves + spec.reorder
         return n
 
-    @property
-    def dim(self) -> int:
-        return self.manifest.embedding_dim
-
     @classmethod
-    def load(cls, version_dir: Path, model: str, min_recall: float = 0.9) -> "CandidateIndex":
-        """Verifies checksums and shapes, loads the searcher and self-tests it:
-        recall@10 against exact search on the version's probe queries must reach
+    def load(cls, version_dir: Path, manifest: Manifest, min_recall: float = 0.9) -> "CandidateIndex":
+        """Loads a verified version's searcher and self-tests it: recall@10
+        against exact search on the version's probe queries must reach
         ``min_recall``. Raises VersionError otherwise."""
         start = time.perf_counter()
         version_dir = Path(version_dir)
-        manifest = verify_version(version_dir)
-        if manifest.model != model:
-            raise VersionError(f"{version_dir} holds model {manifest.model!r}, not {model!r}")
         ids = np.load(version_dir / files.CANDIDATE_IDS_FILE, allow_pickle=False)
         if ids.shape != (manifest.num_candidates,):
-            raise VersionError(
-                f"version {manifest.version}: {len(ids)} candidate ids but the manifest says "
-                f"{manifest.num_candidates}"
-            )
+            raise VersionError(f"version {manifest.version}: {len(ids)} candidate ids but the manifest says "
+                               f"{manifest.num_candidates}")
+        embeddings = version_dir / files.CANDIDATE_EMBEDDINGS_FILE
+        if npy_shape(embeddings) != (len(ids), manifest.embedding_dim):
+            raise VersionError(f"version {manifest.version}: candidate embeddings have shape {npy_shape(embeddings)},"
+                               f" expected {(len(ids), manifest.embedding_dim)}")
         scann_dir = version_dir / files.SCANN_DIR
-        # load_searcher holds the GIL throughout (~1.6 s at 1M x 64): searches on
-        # this replica stall that long, which the query service's index deadline
-        # (--index-timeout-s, 3 s) absorbs. See docs/BENCHMARKS.md, swap.
-        searcher = scann_ops_pybind.load_searcher(str(scann_dir))
+        searcher = load_searcher(scann_dir)
         memory = ids.nbytes + sum(p.stat().st_size for p in scann_dir.iterdir())
-        index = cls(manifest, ids, searcher, memory)
-        index.self_test_recall = index._self_test(version_dir)
-        if index.self_test_recall < min_recall:
-            raise VersionError(f"version {manifest.version}: index recall@10 vs exact search is "
-                               f"{index.self_test_recall:.3f}, below the required {min_recall}")
-        index.load_seconds = time.perf_counter() - start
-        log.info("loaded %s version %d: %d candidates x %d dims, recall@10 %.3f, in %.2fs", model,
-                 manifest.version, len(ids), manifest.embedding_dim, index.self_test_recall, index.load_seconds)
+        index = cls(manifest, ids, searcher, LoadReport(0.0, memory))
+        recall = index._self_test(version_dir)
+        if recall < min_recall:
+            raise VersionError(f"version {manifest.version}: index recall@10 vs exact search is {recall:.3f}, "
+                               f"below the required {min_recall}")
+        index.report = LoadReport(time.perf_counter() - start, memory, recall)
+        log.info("loaded version %d: %d candidates x %d dims, recall@10 %.3f, in %.2fs", manifest.version,
+                 len(ids), manifest.embedding_dim, recall, index.report.load_seconds)
         return index
 
-    def _self_test(self, version_dir: Path, max_probes: int = 100, k: int = 10) -> float:
-        """recall@k of this searcher vs exact dot-product search on probe queries."""
-        probes = np.load(version_dir / files.PROBE_QUERIES_FILE, allow_pickle=False)[:max_probes]
+    def _self_test(self, version_dir: Path, k: int = 10) -> float:
+        """recall@k of this searcher vs exact dot-product search on probe queries.
+        The exact search reads the embeddings file in blocks (bounded memory)."""
+        probes = np.load(version_dir / files.PROBE_QUERIES_FILE, allow_pickle=False)[:SELF_TEST_PROBES]
         if probes.ndim != 2 or probes.shape[1] != self.dim:
             raise VersionError(f"version {self.version}: probe queries have shape {probes.shape}, "
                                f"expected [P, {self.dim}]")
-        embeddings = np.load(version_dir / files.CANDIDATE_EMBEDDINGS_FILE, mmap_mode="r")
-        if embeddings.shape != (len(self.candidate_ids), self.dim):
-            raise VersionError(f"version {self.version}: candidate embeddings have shape {embeddings.shape}, "
-                               f"expected {(len(self.candidate_ids), self.dim)}")
         if len(probes) == 0:
             return 1.0
         k = min(k, len(self.candidate_ids))
+        exact, _ = exact_top_k(probes, version_dir / files.CANDIDATE_EMBEDDINGS_FILE, k)
         found = self.search(probes, k)
-        hits = 0
-        for start in range(0, len(probes), 16):  # 16 rows of scores at a time bounds memory at 1M candidates
-            scores = probes[start:start + 16] @ embeddings.T
-            exact = np.argpartition(scores, -k, axis=1)[:, -k:]  # no negated copy of a 16 x N matrix
-            for row, result in zip(exact, found[start:start + 16]):
-                hits += len(set(self.candidate_ids[row].tolist()) & set(result.ids))
+        hits = sum(len(set(self.candidate_ids[row].tolist()) & set(result.ids)) for row, result in zip(exact, found))
         return hits / (k * len(probes))
 
     def search(self, queries: np.ndarray, k: int,

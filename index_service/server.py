@@ -1,65 +1,90 @@
-"""recsys-index-service: serves ScaNN search over the registry's versions."""
+"""recsys-index-service: one index slot, serving ScaNN search over the version it holds."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 from index_service.core import IndexCore
+from index_service.searcher import CandidateIndex
 from index_service.servicer import IndexServicer
+from index_service.slot import SlotAdmin
 from model_registry import Registry
+from model_registry.registry import check_model_name
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from serving import validation
-from serving.admin_rpc import AdminConfig, ServiceWithAdmin, add_admin_flags, pop_admin_config
-from serving.flags import add_flag, add_service_flags
+from serving.admin_rpc import ServiceWithAdmin
+from serving.config import AdminConfig, ServiceConfig
 from serving.grpc_server import ServiceSpec, run_main, serve_until_signalled
+from serving.loader import Loader
+from serving.sources import slot_startup
+from serving.versions import VersionManager
+from settings.flags import ConfigError, add_flags, option, parse, require
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = "recsys.v1.IndexService"
 
 
-@dataclass(frozen=True)
-class IndexServiceConfig:
-    registry: str
-    model: str
-    port: int = 50051
-    host: str = "127.0.0.1"
-    admin: AdminConfig = AdminConfig(port=50061)
-    metrics_port: int = 0
-    search_threads: int = 2
-    max_k: int = validation.DEFAULT_MAX_K
-    min_recall: float = 0.9
-    log_level: str = "info"
+@dataclasses.dataclass(frozen=True)
+class IndexServiceConfig(ServiceConfig):
+    port: int = option(50051, "gRPC data-plane port (0 picks a free one)")
+    admin: AdminConfig = option(AdminConfig(port=50061), "admin plane", prefix="admin-")
+    slot: str = option("", "this index slot's name (e.g. blue, green): the registry records the version it holds "
+                           "under it, and a restart reloads that version")
+    search_threads: int = option(2, "threads running ScaNN searches")
+    max_k: int = option(validation.DEFAULT_MAX_K, "largest k a request may ask")
+    min_recall: float = option(0.9, "a version whose index recall@10 vs exact search on its probe queries is "
+                                    "lower is refused")
+    # The query service's index deadline: after a routing switch, no search sent
+    # to the old version can still be in flight once it has passed.
+    busy_window_s: float = option(3.0, "a load is refused while the slot has answered a search this recently "
+                                       "(it serves live traffic)")
+    keepalive_s: float = option(1.0, "status stream keepalive: watchers take the slot as hung after a few "
+                                     "missed ones")
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="recsys-index-service", description=__doc__)
-    add_service_flags(parser, default_port=50051)
-    add_admin_flags(parser, default_port=50061)
-    add_flag(parser, "search-threads", type=int, default=2, help="threads running ScaNN searches")
-    add_flag(parser, "max-k", type=int, default=validation.DEFAULT_MAX_K, help="largest k a request may ask")
-    add_flag(parser, "min-recall", type=float, default=0.9,
-             help="a version whose index recall@10 vs exact search on its probe queries is lower is refused")
-    return parser
-
-
-def config_from_args(args: argparse.Namespace) -> IndexServiceConfig:
-    values = vars(args)
-    return IndexServiceConfig(admin=pop_admin_config(values), **values)
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        try:
+            check_model_name(self.slot or "?", "slot name")
+        except ValueError as e:
+            raise ConfigError("slot", str(e) if self.slot else "is required: name this index slot (e.g. blue)") \
+                from None
+        require(self.search_threads >= 1, "search_threads", "must be >= 1")
+        require(self.max_k >= 1, "max_k", "must be >= 1")
+        require(0.0 <= self.min_recall <= 1.0, "min_recall", "must be in [0, 1]")
+        require(self.keepalive_s > 0, "keepalive_s", "must be positive")
 
 
 async def create_server(config: IndexServiceConfig) -> tuple[ServiceWithAdmin, IndexCore]:
-    """Loads the current version (and the one before, for rollback), then
-    serves; health turns SERVING once the current version is loaded."""
-    core = IndexCore(Registry(config.registry, config.model),
-                     ThreadPoolExecutor(config.search_threads, thread_name_prefix="scann"),
-                     max_k=config.max_k, min_recall=config.min_recall)
-    spec = ServiceSpec(pb_grpc.add_IndexServiceServicer_to_server, IndexServicer(core), SERVICE_NAME)
-    service = await ServiceWithAdmin.start(spec, core.admin, config.host, config.port, config.admin)
-    log.info("index service on %s:%d (admin %s:%d) serving %s version %d", config.host, service.data.port,
-             config.admin.host, service.admin.port, config.model, service.live_version)
+    """Builds the slot's manager, loader and admin, starts both servers and
+    loads what the slot holds (its record, or ``--version``). Health: the
+    server ("") is SERVING once that start-up is done, an empty slot included
+    (it is up and takes loads); ``recsys.v1.IndexService`` is SERVING while the
+    slot holds a version."""
+    registry = Registry(config.registry, config.model)
+    startup = slot_startup(registry, config.slot, config.version)  # a broken record stops the start here
+    manager: VersionManager[CandidateIndex] = VersionManager(config.model)
+    loader = Loader(registry, lambda path, manifest: CandidateIndex.load(path, manifest, config.min_recall), "index")
+    core = IndexCore(manager, ThreadPoolExecutor(config.search_threads, thread_name_prefix="scann"),
+                     max_k=config.max_k, keepalive_s=config.keepalive_s)
+    admin = SlotAdmin(config.slot, registry, manager, loader, lambda: core.last_search, config.busy_window_s)
+    loop = asyncio.get_running_loop()
+    core.bind(loop)
+    spec = ServiceSpec(pb_grpc.add_IndexServiceServicer_to_server, IndexServicer(core, admin), SERVICE_NAME)
+    service = await ServiceWithAdmin.start(spec, admin, config)
+    manager.listen(lambda: loop.call_soon_threadsafe(
+        lambda: asyncio.ensure_future(service.set_serving(manager.live_version is not None, [SERVICE_NAME]))))
+    try:
+        await loader.run(admin.start, startup)
+    except BaseException:
+        await service.stop(0)
+        raise
+    await service.set_serving(True, [""])
+    log.info("index slot %s on %s:%d (admin %s:%d): %s version %s", config.slot, config.host, service.data.port,
+             config.admin.host, service.admin.port, config.model, manager.live_version or "none (empty slot)")
     return service, core
 
 
@@ -68,8 +93,14 @@ async def _serve(config: IndexServiceConfig) -> None:
     await serve_until_signalled(service.stop)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recsys-index-service", description=__doc__)
+    add_flags(parser, IndexServiceConfig)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> None:
-    config = config_from_args(build_parser().parse_args(argv))
+    config = parse(build_parser(), IndexServiceConfig, argv)
     run_main("recsys-index-service", _serve(config), config.log_level, config.metrics_port)
 
 

@@ -6,6 +6,8 @@ from index_service.core import IndexCore, Query
 from index_service.searcher import SearchResult
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
+from serving.admin import VersionAdmin
+from serving.admin_rpc import version_protos
 from serving.errors import InvalidArgument
 from serving.grpc_server import map_errors
 
@@ -23,9 +25,10 @@ def _response(result: SearchResult, version: int, model: str) -> pb.SearchRespon
 
 
 class IndexServicer(pb_grpc.IndexServiceServicer):
-    def __init__(self, core: IndexCore):
+    def __init__(self, core: IndexCore, admin: VersionAdmin):
         self.core = core
-        self.model = core.registry.model
+        self.admin = admin
+        self.model = core.manager.model
 
     @map_errors
     async def Search(self, request: pb.SearchRequest, context) -> pb.SearchResponse:
@@ -43,3 +46,9 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
                                                   versions.pop() if versions else 0)
         return pb.BatchSearchResponse(results=[_response(r, version, self.model) for r in results],
                                       model_version=version)
+
+    async def WatchStatus(self, request: pb.WatchStatusRequest, context):
+        async for _ in self.core.changes():
+            report = self.admin.status()
+            yield pb.IndexStatus(model_name=report.model, slot=report.slot, versions=version_protos(report.versions),
+                                 keepalive_s=self.core.keepalive_s)

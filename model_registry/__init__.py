@@ -1,9 +1,16 @@
-"""The model registry: on-disk layout of model versions, shared by trainer and services.
+"""The model version's contract, written once and read by the trainer and both
+services. TensorFlow-free and gRPC-free (numpy only).
 
-A model version is one unit (query tower + candidate embeddings + ScaNN index from
-one training run) stored under ``<root>/<model>/<version>/`` with a checksummed
-``manifest.json``. See ``registry.py`` for the layout and ``manifest.py`` for the
-manifest.
+A model version is one unit (query tower + candidate embeddings + ScaNN index
+from one training run) stored under ``<root>/<model>/<version>/``:
+
+* ``manifest``: the files of a version, its checksummed ``manifest.json``;
+* ``registry``: the on-disk layout, atomic publish, the CURRENT pointer and the
+  index slots' records;
+* ``customers``: the customer store (history, seen items, features);
+* ``tower_inputs``: the rule that turns a customer into query-tower inputs;
+* ``search``: exact search and recall@k, the reference of every ScaNN index;
+* ``ids``: id lookup in sorted id arrays.
 """
 
 from model_registry.manifest import IndexSpec, Manifest, VersionError, verify_version

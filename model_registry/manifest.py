@@ -24,14 +24,7 @@ CANDIDATE_EMBEDDINGS_FILE = "candidate_embeddings.npy"
 SCANN_DIR = "scann"
 POPULAR_FILE = "popular.npz"  # arrays "ids" (str) and "scores" (float32)
 PROBE_QUERIES_FILE = "probe_queries.npy"
-# Per-customer data the query tower needs at serving time, as of training:
-# ids (sorted), history [C, L] (most recent first, "" padded), a CSR of every
-# training item (seen_offsets, seen_items) and feature__<name> columns.
-CUSTOMER_STORE_FILE = "customer_store.npz"
-CUSTOMER_FEATURE_PREFIX = "feature__"
-# The query tower signature's time input (float64 unix seconds), if it takes one:
-# the serving side fills it with the current time.
-REQUEST_TIME_INPUT = "request_time"
+CUSTOMER_STORE_FILE = "customer_store.npz"  # model_registry.customers.CustomerStore
 METRICS_FILE = "metrics.json"
 
 

@@ -4,13 +4,18 @@ Layout (TensorFlow Serving's convention of integer version folders)::
 
     <root>/<model>/
         1/ 2/ 3/ ...        published versions, each with manifest.json
-        CURRENT             the version services load at start (text, one integer)
+        CURRENT             the live version (text, one integer): query replicas load it at start
+        PREVIOUS            the version live before it, the rollback target (text, one integer)
+        slots/<slot>        the version each index slot holds (text, one integer): a restarted
+                            slot process reloads it
         .staging-*/         in-progress publishes; never read
 
 Publishing writes into a staging directory and renames it to the next integer,
 so a version either exists whole or not at all; readers ignore every entry that
-is not an integer directory holding a manifest. The CURRENT pointer is replaced
-atomically with ``os.replace``.
+is not an integer directory holding a manifest. Pointers are replaced
+atomically (``os.replace``). Publishing never moves CURRENT: the rollout tool
+(``recsys-publish``) is its one writer, once every replica holds the version.
+A missing or broken pointer is reported, never guessed (no "newest version").
 """
 
 from __future__ import annotations
@@ -26,14 +31,16 @@ from typing import Callable
 from model_registry.manifest import MANIFEST_FILE, Manifest, VersionError, checksum_tree, read_manifest
 
 CURRENT_FILE = "CURRENT"
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+PREVIOUS_FILE = "PREVIOUS"
+SLOTS_DIR = "slots"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-def check_model_name(name: str) -> str:
-    """Returns ``name`` if it is usable as a folder name, else raises ValueError."""
-    if not _MODEL_NAME.match(name):
+def check_model_name(name: str, what: str = "model name") -> str:
+    """Returns ``name`` if it is usable as a folder or file name, else raises ValueError."""
+    if not _NAME.match(name):
         raise ValueError(
-            f"model name {name!r} must be 1-64 characters of letters, digits, '_', '.', '-' "
+            f"{what} {name!r} must be 1-64 characters of letters, digits, '_', '.', '-' "
             "and start with a letter or digit"
         )
     return name
@@ -77,45 +84,81 @@ class Registry:
                 found.append(int(entry.name))
         return sorted(found)
 
-    def current_version(self) -> int | None:
-        """The version CURRENT points to, else the newest published one, else None."""
-        pointer = self.model_dir / CURRENT_FILE
+    def _read_pointer(self, path: Path) -> int | None:
+        """The published version a pointer file names; None if there is no file.
+        Raises VersionError if it names anything else."""
         try:
-            text = pointer.read_text().strip()
+            text = path.read_text().strip()
         except FileNotFoundError:
-            versions = self.versions()
-            return versions[-1] if versions else None
+            return None
         if not text.isdigit() or not (self.version_dir(int(text)) / MANIFEST_FILE).is_file():
-            raise VersionError(f"{pointer} names {text!r}, which is not a published version of {self.model}")
+            raise VersionError(f"{path} names {text!r}, which is not a published version of {self.model} "
+                               f"(published: {self.versions()})")
         return int(text)
 
+    def _write_pointer(self, path: Path, version: int | None) -> None:
+        """Atomically replaces (or, for None, removes) a pointer file."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if version is None:
+            path.unlink(missing_ok=True)
+        else:
+            if not (self.version_dir(version) / MANIFEST_FILE).is_file():
+                raise VersionError(f"version {version} of {self.model} is not published under {self.model_dir}")
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".current-")
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(f"{version}\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        _fsync_dir(path.parent)
+
+    def current_version(self) -> int | None:
+        """The live version (CURRENT); None before the first rollout. Raises
+        VersionError if CURRENT names anything but a published version."""
+        return self._read_pointer(self.model_dir / CURRENT_FILE)
+
+    def previous_version(self) -> int | None:
+        """The rollback target (PREVIOUS), None if there is none. Raises VersionError
+        if PREVIOUS names anything but a published version."""
+        return self._read_pointer(self.model_dir / PREVIOUS_FILE)
+
     def set_current(self, version: int) -> None:
-        """Atomically points CURRENT at an existing published version."""
-        if not (self.version_dir(version) / MANIFEST_FILE).is_file():
-            raise VersionError(f"version {version} of {self.model} is not published under {self.model_dir}")
-        fd, tmp = tempfile.mkstemp(dir=self.model_dir, prefix=".current-")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(f"{version}\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.model_dir / CURRENT_FILE)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_dir(self.model_dir)
+        """Points CURRENT at a published version; the version it named before
+        becomes PREVIOUS (written first, so a crash in between leaves PREVIOUS
+        equal to CURRENT, never a stale rollback target)."""
+        current = self.current_version()
+        if current is not None and current != version:
+            self._write_pointer(self.model_dir / PREVIOUS_FILE, current)
+        self._write_pointer(self.model_dir / CURRENT_FILE, version)
+
+    def slot_version(self, slot: str) -> int | None:
+        """The version index slot ``slot`` holds by its record; None if it holds none."""
+        return self._read_pointer(self._slot_file(slot))
+
+    def set_slot_version(self, slot: str, version: int | None) -> None:
+        """Records (atomically) the version slot ``slot`` holds; None: it holds none."""
+        self._write_pointer(self._slot_file(slot), version)
+
+    def _slot_file(self, slot: str) -> Path:
+        return self.model_dir / SLOTS_DIR / check_model_name(slot, "slot name")
 
     def prune(self, keep: int) -> list[int]:
-        """Deletes all but the newest ``keep`` published versions, never the
-        CURRENT one nor its predecessor (the rollback target), and hour-old
-        leftovers of crashed publishes; returns the versions deleted. Each victim is first renamed out of the version namespace, so a
-        reader never sees a half-deleted version."""
+        """Deletes all but the newest ``keep`` published versions, never CURRENT,
+        PREVIOUS nor a version an index slot holds, and hour-old leftovers of
+        crashed publishes; returns the versions deleted. Each victim is first
+        renamed out of the version namespace, so a reader never sees a
+        half-deleted version."""
         if keep < 2:
             raise ValueError(f"keep={keep}: keep at least 2 versions (the live one and its rollback target)")
         versions = self.versions()
-        current = self.current_version()
-        previous = max((v for v in versions if current is not None and v < current), default=None)
-        protected = set(versions[-keep:]) | {current, previous}
+        slots = self.model_dir / SLOTS_DIR
+        held = {self.slot_version(p.name) for p in slots.iterdir() if not p.name.startswith(".")} \
+            if slots.is_dir() else set()
+        protected = set(versions[-keep:]) | {self.current_version(), self.previous_version()} | held
         deleted = []
         for version in versions:
             if version in protected:
@@ -141,15 +184,14 @@ class Registry:
     def manifest(self, version: int) -> Manifest:
         return read_manifest(self.version_dir(version))
 
-    def publish(self, write: Callable[[Path], Callable[[int, dict[str, str]], Manifest]],
-                make_current: bool = True) -> Manifest:
+    def publish(self, write: Callable[[Path], Callable[[int, dict[str, str]], Manifest]]) -> Manifest:
         """Publishes a new version and returns its manifest.
 
         ``write(staging_dir)`` writes every artifact into ``staging_dir`` and
         returns a function that, given the assigned version number and the
         files' checksums, builds the manifest. The manifest is written last,
-        the directory is fsynced and renamed to the next free integer, and
-        CURRENT is moved to it when ``make_current``.
+        the directory is fsynced and renamed to the next free integer. CURRENT
+        does not move.
         """
         self.model_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=self.model_dir, prefix=".staging-"))
@@ -173,6 +215,4 @@ class Registry:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         _fsync_dir(self.model_dir)
-        if make_current:
-            self.set_current(version)
         return manifest

@@ -1,3 +1,3 @@
 """Query service: versioned query towers, Recommend = cache -> tower -> index -> cache."""
 
-import model_registry.tf_env  # noqa: F401  (before anything imports TensorFlow)
+import settings.tf_env  # noqa: F401  (before anything imports TensorFlow)

@@ -1,10 +1,12 @@
 """Dynamic micro-batching of concurrent requests (as TF Serving's batching does).
 
 A tower call or a ScaNN search costs nearly the same for 1 or 64 queries, so
-under load it pays to wait up to ``max_wait_s`` for more requests and process
-them together. A lone request waits at most ``max_wait_s``; a full batch goes
-at once. Up to ``max_in_flight`` batches are processed concurrently, so a new
-batch forms while the previous one is in the tower or the index.
+under load it pays to process concurrent requests together. A batch takes
+what queued while earlier batches were busy, and waits up to ``max_wait_ms``
+for more (0: never waits, so a lone request pays nothing and batches grow with
+load); a full batch goes at once. Up to ``max_in_flight`` batches are processed
+concurrently, so a new batch forms while the previous one is in the tower or
+the index.
 """
 
 from __future__ import annotations
@@ -13,15 +15,24 @@ import asyncio
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Generic, TypeVar
 
+from settings.flags import option, require
+
 I = TypeVar("I")
 O = TypeVar("O")
 
 
 @dataclass(frozen=True)
 class BatchingConfig:
-    max_batch_size: int = 32
-    max_wait_s: float = 0.001
-    max_in_flight: int = 4
+    max_batch_size: int = option(32, "most cache misses batched into one tower call and index search",
+                                 flag="max-batch-size")
+    max_wait_ms: float = option(0.0, "longest a miss waits for a batch to fill; 0 batches only what queued while "
+                                     "the tower or the index was busy", flag="batch-wait-ms")
+    max_in_flight: int = option(4, "batches processed at once", flag="max-batches-in-flight")
+
+    def __post_init__(self) -> None:
+        require(self.max_batch_size >= 1, "max_batch_size", "must be >= 1")
+        require(self.max_wait_ms >= 0, "max_wait_ms", "must be >= 0")
+        require(self.max_in_flight >= 1, "max_in_flight", "must be >= 1")
 
 
 class MicroBatcher(Generic[I, O]):
@@ -33,8 +44,6 @@ class MicroBatcher(Generic[I, O]):
     """
 
     def __init__(self, process: Callable[[list[I]], Awaitable[list[O | Exception]]], config: BatchingConfig):
-        if config.max_batch_size < 1 or config.max_wait_s < 0 or config.max_in_flight < 1:
-            raise ValueError(f"invalid batching config {config}")
         self._process = process
         self.config = config
         self._queue: asyncio.Queue[tuple[I, asyncio.Future]] = asyncio.Queue()
@@ -53,7 +62,7 @@ class MicroBatcher(Generic[I, O]):
         loop = asyncio.get_running_loop()
         while True:
             batch = [await self._queue.get()]
-            deadline = loop.time() + self.config.max_wait_s
+            deadline = loop.time() + self.config.max_wait_ms / 1000
             while len(batch) < self.config.max_batch_size:
                 if self._queue.empty():
                     remaining = deadline - loop.time()

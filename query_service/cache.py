@@ -29,6 +29,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from query_service.batching import BatchingConfig, MicroBatcher
+from settings.flags import option, require
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,18 @@ CACHE_EVENTS = prometheus_client.Counter(
 
 @dataclass(frozen=True)
 class CacheConfig:
-    url: str
-    ttl_s: int = 300
-    timeout_s: float = 0.05
-    retry_after_s: float = 2.0
-    local_entries: int = 50_000  # in-process tier size (0 = Redis only); ~1 KB per entry at k = 10
+    url: str = option("", "result cache, e.g. redis://127.0.0.1:6379/0; empty: no cache", flag="redis-url")
+    ttl_s: int = option(300, "result cache TTL in seconds", flag="cache-ttl-s")
+    timeout_s: float = option(0.05, "timeout of each Redis call", flag="redis-timeout-s")
+    retry_after_s: float = option(2.0, "after a Redis error, serve uncached this long before trying again",
+                                  flag="redis-retry-after-s")
+    local_entries: int = option(50_000, "results kept in process in front of Redis (0: none); ~1 KB each at k = 10",
+                                flag="local-cache-entries")
+
+    def __post_init__(self) -> None:
+        require(self.ttl_s >= 1, "ttl_s", "must be >= 1")
+        require(self.timeout_s > 0 and self.retry_after_s >= 0, "timeout_s", "must be positive")
+        require(self.local_entries >= 0, "local_entries", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -77,7 +85,7 @@ class ResultCache:
         self._off_until = 0.0
         self._local: cachetools.TTLCache | None = (
             cachetools.TTLCache(config.local_entries, config.ttl_s) if config.local_entries > 0 else None)
-        opportunistic = BatchingConfig(max_batch_size=256, max_wait_s=0.0, max_in_flight=4)
+        opportunistic = BatchingConfig(max_batch_size=256, max_wait_ms=0.0, max_in_flight=4)
         self._gets: MicroBatcher[str, bytes | None] = MicroBatcher(self._mget, opportunistic)
         self._puts: MicroBatcher[tuple[str, str], None] = MicroBatcher(self._mset, opportunistic)
         self._pending: set[asyncio.Task] = set()

@@ -12,21 +12,27 @@ import asyncio
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
-from model_registry import Registry
 from query_service.batching import BatchingConfig, MicroBatcher
 from query_service.cache import CachedResult, ResultCache, cache_key
-from query_service.index_client import IndexClient, IndexQuery
+from query_service.index_client import IndexHits, IndexQuery
 from query_service.tower import QueryModel
 from serving import validation
-from serving.admin import VersionAdmin
 from serving.errors import ServingError
-from serving.versions import VersionSet
+from serving.versions import VersionManager
 
 SOURCE_MODEL = "model"
 SOURCE_POPULARITY = "popularity"
+
+
+class IndexBackend(Protocol):
+    """Search pinned to a version: ``query_service.routing.IndexRouter`` in the
+    service (gRPC to the index endpoints), an in-process index in unit tests."""
+
+    async def search(self, queries: list[IndexQuery], version: int) -> list[IndexHits]: ...
 
 
 @dataclass(frozen=True)
@@ -57,25 +63,21 @@ class _Miss:
 
 
 class Recommender:
-    """Loaded query towers and the Recommend path over them.
+    """The Recommend path over the towers in ``manager``.
 
     Tower calls run on ``executor`` threads; concurrent cache misses are
-    micro-batched into one tower call and one index RPC per version.
+    micro-batched into one tower call and one index search per version.
     """
 
-    def __init__(self, registry: Registry, index: IndexClient, cache: ResultCache | None,
+    def __init__(self, manager: VersionManager[QueryModel], index: IndexBackend, cache: ResultCache | None,
                  executor: ThreadPoolExecutor, batching: BatchingConfig = BatchingConfig(),
                  max_k: int = validation.DEFAULT_MAX_K):
-        self.registry = registry
+        self.manager = manager
+        self.model = manager.model
         self.index = index
         self.cache = cache
         self.executor = executor
         self.max_k = max_k
-        self.versions: VersionSet[QueryModel] = VersionSet(registry.model)
-        self.admin = VersionAdmin(
-            "query", registry, self.versions,
-            lambda version: QueryModel.load(registry.version_dir(version), registry.model),
-            ThreadPoolExecutor(1, thread_name_prefix="tower-loader"))
         self._batcher: MicroBatcher[_Miss, tuple[list[str], list[float], str]] = MicroBatcher(
             self._process_misses, batching)
 
@@ -90,8 +92,8 @@ class Recommender:
         validation.check_k(k, self.max_k)
         excluded = validation.check_exclusions(exclusions)
         recent = validation.check_id_list(recent, "recent_candidate_ids", validation.MAX_RECENT)
-        version, model = self.versions.get()
-        key = cache_key(self.registry.model, version, customer_id, k, excluded, recent, exclude_seen)
+        version, model = self.manager.get()
+        key = cache_key(self.model, version, customer_id, k, excluded, recent, exclude_seen)
         if self.cache is not None:
             cached = await self.cache.get(key)
             if cached is not None:
@@ -105,7 +107,7 @@ class Recommender:
 
     async def embed(self, customer_id: str) -> Embedding:
         validation.check_id(customer_id, "customer_id")
-        version, model = self.versions.get()
+        version, model = self.manager.get()
         vectors, known = await self._embed(model, [customer_id])
         return Embedding(vectors[0], version, bool(known[0]))
 
@@ -152,6 +154,5 @@ class Recommender:
 
     async def close(self) -> None:
         await self._batcher.close()
-        await self.index.close()
         if self.cache is not None:
             await self.cache.close()

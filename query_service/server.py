@@ -1,75 +1,60 @@
-"""recsys-query-service: serves Recommend/Embed with the registry's current version."""
+"""recsys-query-service: Recommend / Embed with the live version's tower,
+searching the index endpoints that hold that version."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 from model_registry import Registry
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
+from query_service.admin import QueryAdmin
 from query_service.batching import BatchingConfig
 from query_service.cache import CacheConfig, ResultCache
-from query_service.index_client import IndexClient
 from query_service.recommender import Recommender
+from query_service.routing import IndexRouter, RoutingConfig
 from query_service.servicer import QueryServicer
+from query_service.tower import QueryModel
 from serving import validation
-from serving.flags import add_flag, add_service_flags
-from serving.admin_rpc import AdminConfig, ServiceWithAdmin, add_admin_flags, pop_admin_config
+from serving.admin_rpc import ServiceWithAdmin
+from serving.config import AdminConfig, ServiceConfig
 from serving.grpc_server import ServiceSpec, run_main, serve_until_signalled
+from serving.loader import Loader
+from serving.sources import query_startup
+from serving.versions import VersionManager
+from settings.flags import add_flags, option, parse, require
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = "recsys.v1.QueryService"
 
 
-@dataclass(frozen=True)
-class QueryServiceConfig:
-    registry: str
-    model: str
-    index_address: str
-    redis_url: str = ""
-    port: int = 50052
-    host: str = "127.0.0.1"
-    admin: AdminConfig = AdminConfig(port=50062)
-    metrics_port: int = 0
-    cache_ttl_s: int = 300
-    local_cache_entries: int = 50_000
-    redis_timeout_s: float = 0.05
-    index_timeout_s: float = 3.0
-    max_batch_size: int = 32
-    batch_wait_ms: float = 0.0
-    tower_threads: int = 2
-    tf_threads: int = 1
-    max_k: int = validation.DEFAULT_MAX_K
-    log_level: str = "info"
+@dataclasses.dataclass(frozen=True)
+class QueryServiceConfig(ServiceConfig):
+    port: int = option(50052, "gRPC data-plane port (0 picks a free one)")
+    admin: AdminConfig = option(AdminConfig(port=50062), "admin plane", prefix="admin-")
+    index: RoutingConfig = option(RoutingConfig(), "index endpoints")
+    cache: CacheConfig = option(CacheConfig(), "result cache")
+    batching: BatchingConfig = option(BatchingConfig(), "micro-batching of cache misses")
+    tower_threads: int = option(2, "threads running the query tower")
+    tf_threads: int = option(1, "TensorFlow intra- and inter-op threads (0: TensorFlow's default, one per core)")
+    max_k: int = option(validation.DEFAULT_MAX_K, "largest k a request may ask")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(len(self.index.addresses) >= 1, "index.addresses", "is required: every index endpoint (every slot), "
+                                                                   "comma-separated")
+        require(self.tower_threads >= 1, "tower_threads", "must be >= 1")
+        require(self.tf_threads >= 0, "tf_threads", "must be >= 0")
+        require(self.max_k >= 1, "max_k", "must be >= 1")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsys-query-service", description=__doc__)
-    add_flag(parser, "index-address", required=True, help="index service HOST:PORT")
-    add_flag(parser, "redis-url", default="", help="result cache, e.g. redis://127.0.0.1:6379/0; empty disables")
-    add_service_flags(parser, default_port=50052)
-    add_admin_flags(parser, default_port=50062)
-    add_flag(parser, "cache-ttl-s", type=int, default=300, help="result cache TTL in seconds")
-    add_flag(parser, "local-cache-entries", type=int, default=50_000,
-             help="results kept in process in front of Redis (0: Redis only); ~1 KB each at k = 10")
-    add_flag(parser, "redis-timeout-s", type=float, default=0.05, help="timeout of each Redis call")
-    add_flag(parser, "index-timeout-s", type=float, default=3.0,
-             help="deadline of each index RPC; above the ~1.6 s an index replica stalls loading a 1M version")
-    add_flag(parser, "max-batch-size", type=int, default=32, help="most cache misses batched into one tower call")
-    add_flag(parser, "batch-wait-ms", type=float, default=0.0,
-             help="longest a miss waits for a batch to fill; 0 batches only what queued while the tower was busy")
-    add_flag(parser, "tower-threads", type=int, default=2, help="threads running the query tower")
-    add_flag(parser, "tf-threads", type=int, default=1,
-             help="TensorFlow intra- and inter-op threads (0: TensorFlow's default, one per core)")
-    add_flag(parser, "max-k", type=int, default=validation.DEFAULT_MAX_K, help="largest k a request may ask")
+    add_flags(parser, QueryServiceConfig)
     return parser
-
-
-def config_from_args(args: argparse.Namespace) -> QueryServiceConfig:
-    values = vars(args)
-    return QueryServiceConfig(admin=pop_admin_config(values), **values)
 
 
 def limit_tensorflow_threads(threads: int) -> None:
@@ -79,51 +64,67 @@ def limit_tensorflow_threads(threads: int) -> None:
     keeps the pools from competing with the event loops for cores on a big machine.
     On its own it made no measurable difference on the 2-core benchmark machine."""
     if threads > 0:
-        import model_registry.tf_env  # noqa: F401
+        import settings.tf_env  # noqa: F401
         import tensorflow as tf
 
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
-async def create_server(config: QueryServiceConfig) -> tuple[ServiceWithAdmin, Recommender]:
-    """Loads the current version's tower (and the one before, for rollback),
-    then serves; health turns SERVING once the current version is loaded."""
+async def create_server(config: QueryServiceConfig) -> tuple[ServiceWithAdmin, Recommender, IndexRouter]:
+    """Builds the replica's manager, loader, router and admin, starts both
+    servers and loads CURRENT's tower (and PREVIOUS's, the rollback target).
+    Health turns SERVING once the live version's tower is loaded and an index
+    endpoint holds that version."""
+    registry = Registry(config.registry, config.model)
+    startup = query_startup(registry, config.version)  # no CURRENT, or a broken one, stops the start here
     limit_tensorflow_threads(config.tf_threads)
-    cache = None
-    if config.redis_url:
-        cache = ResultCache(CacheConfig(config.redis_url, ttl_s=config.cache_ttl_s, timeout_s=config.redis_timeout_s,
-                                        local_entries=config.local_cache_entries))
-    recommender = Recommender(
-        Registry(config.registry, config.model),
-        IndexClient(config.index_address, timeout_s=config.index_timeout_s),
-        cache,
-        ThreadPoolExecutor(config.tower_threads, thread_name_prefix="tower"),
-        BatchingConfig(max_batch_size=config.max_batch_size, max_wait_s=config.batch_wait_ms / 1000),
-        max_k=config.max_k,
-    )
+    manager: VersionManager[QueryModel] = VersionManager(config.model)
+    loader = Loader(registry, QueryModel.load, "tower")
+    router = IndexRouter(config.index)
+    admin = QueryAdmin(manager, loader, router)
+    cache = ResultCache(config.cache) if config.cache.url else None
+    executor = ThreadPoolExecutor(config.tower_threads, thread_name_prefix="tower")
+    recommender = Recommender(manager, router, cache, executor,
+                              config.batching, max_k=config.max_k)
     spec = ServiceSpec(pb_grpc.add_QueryServiceServicer_to_server, QueryServicer(recommender), SERVICE_NAME)
+    service = await ServiceWithAdmin.start(spec, admin, config)
+    router.start()
     try:
-        service = await ServiceWithAdmin.start(spec, recommender.admin, config.host, config.port, config.admin)
+        await loader.run(admin.start, startup)
     except BaseException:
-        await recommender.close()
+        await service.stop(0)
+        await asyncio.gather(router.close(), recommender.close())
         raise
-    log.info("query service on %s:%d (admin %s:%d) serving %s version %d (index %s, cache %s)", config.host,
-             service.data.port, config.admin.host, service.admin.port, config.model, service.live_version,
-             config.index_address, config.redis_url or "off")
-    return service, recommender
+    asyncio.get_running_loop().create_task(_serve_once_routable(service, manager, router))
+    log.info("query service on %s:%d (admin %s:%d): %s version %d, rollback target %s (index %s, cache %s)",
+             config.host, service.data.port, config.admin.host, service.admin.port, config.model,
+             manager.live_version, manager.rollback_target, ",".join(config.index.addresses),
+             config.cache.url or "off")
+    return service, recommender, router
+
+
+async def _serve_once_routable(service: ServiceWithAdmin, manager: VersionManager, router: IndexRouter) -> None:
+    """Reports SERVING as soon as an index endpoint holds the live version.
+    Later losses of the index tier do not flip health: requests then fail
+    UNAVAILABLE at once, and the fallback path keeps working."""
+    while not await router.wait_routable(manager.live_version, 30.0):
+        log.warning("waiting for an index endpoint holding version %d (endpoints: %s)", manager.live_version,
+                    router.describe())
+    await service.set_serving(True)
 
 
 async def _serve(config: QueryServiceConfig) -> None:
-    service, recommender = await create_server(config)
+    service, recommender, router = await create_server(config)
     try:
         await serve_until_signalled(service.stop)
     finally:
         await recommender.close()
+        await router.close()
 
 
 def main(argv: list[str] | None = None) -> None:
-    config = config_from_args(build_parser().parse_args(argv))
+    config = parse(build_parser(), QueryServiceConfig, argv)
     run_main("recsys-query-service", _serve(config), config.log_level, config.metrics_port)
 
 

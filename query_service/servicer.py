@@ -13,7 +13,7 @@ _SOURCES = {SOURCE_MODEL: pb.RESULT_SOURCE_MODEL}
 class QueryServicer(pb_grpc.QueryServiceServicer):
     def __init__(self, recommender: Recommender):
         self.recommender = recommender
-        self.model = recommender.registry.model
+        self.model = recommender.model
 
     @map_errors
     async def Recommend(self, request: pb.RecommendRequest, context) -> pb.RecommendResponse:

@@ -1,12 +1,12 @@
-"""One model version's query side: the query tower SavedModel and the popularity
-fallback for customers the tower has never seen.
+"""One model version's query side: the query tower SavedModel, the customer
+store it reads and the popularity fallback for customers the tower never saw.
 
-A stored customer's tower inputs (id, stored history, stored features) are fixed
-for the life of a version, so so is its embedding: at load, every stored
-customer is embedded once (batched), and a request for one is a row lookup.
-The tower runs per request only for what a table cannot hold: customers not in
-the store, requests carrying ``recent_candidate_ids``, and towers that take the
-request time. A request costs a few microseconds instead of a ~0.3 ms tower call.
+The tower's inputs are filled by the version contract's rule
+(``model_registry.tower_inputs``), the one the trainer evaluated with. A
+stored customer's inputs are fixed for the life of a version unless the
+request brings a history or the tower takes the time, so at load every stored
+customer is embedded once (batched) and a request for one is a row lookup. The
+tower runs per request only for what that table cannot answer.
 
 Thread-safety: ``embed`` may be called from several threads at once (a loaded
 concrete function is stateless); everything else is read-only after load.
@@ -21,80 +21,52 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from model_registry import Manifest, VersionError, verify_version
+from model_registry import Manifest, VersionError
 from model_registry import manifest as files
-from query_service.customers import CustomerStore
+from model_registry.customers import CustomerStore
+from model_registry.tower_inputs import FLOAT, REQUEST_TIME, STRING, TowerInputs, check_store, tower_inputs
+from serving.admin import LoadReport
 
 log = logging.getLogger(__name__)
 
-REQUEST_TIME = files.REQUEST_TIME_INPUT  # filled with the serving time; the tower clips it
 # Above this many stored customers the embedding table is not built (it takes
 # 4 * dim bytes per customer: 256 MB at 1M x 64) and every request runs the tower.
 MAX_PRECOMPUTED_CUSTOMERS = 5_000_000
 PRECOMPUTE_BATCH = 8192
+_TF_TYPES = {STRING: tf.string, FLOAT: tf.float32}
 
 
 class QueryModel:
-    """A loaded, verified, self-tested version's tower and fallback list."""
-
-    self_test_recall = 0.0  # the admin plane's field; recall is the index's self-test
+    """A loaded, verified, self-tested version's tower, customer store and fallback list."""
 
     def __init__(self, manifest: Manifest, signature, popular_ids: list[str], popular_scores: list[float],
-                 customers: CustomerStore | None, memory_bytes: int):
+                 customers: CustomerStore | None):
         self.manifest = manifest
         self._signature = signature
-        self._inputs: dict[str, tf.TensorSpec] = signature.structured_input_signature[1]
+        specs = signature.structured_input_signature[1]
+        try:
+            self.takes = TowerInputs.from_signature({name: (tuple(s.shape.as_list()), s.dtype.name)
+                                                      for name, s in specs.items()})
+            check_store(self.takes, customers)
+        except ValueError as e:
+            raise VersionError(f"version {manifest.version}: {e}") from None
         self.popular_ids = popular_ids
         self.popular_scores = popular_scores
         self.customers = customers
-        self.memory_bytes = memory_bytes
-        self.load_seconds = 0.0
-        self._check_inputs()
+        self.report = LoadReport(0.0, 0)
         self._table: np.ndarray | None = None  # float32 [C, D], rows of ``customers``
         self._table_known: np.ndarray | None = None
-
-    def precompute(self, max_customers: int = MAX_PRECOMPUTED_CUSTOMERS) -> None:
-        """Embeds every stored customer once (see the module docstring)."""
-        if (self.customers is None or REQUEST_TIME in self._inputs
-                or not 0 < len(self.customers.ids) <= max_customers):
-            return
-        ids = self.customers.ids.tolist()
-        parts = [self._call_tower(ids[a:a + PRECOMPUTE_BATCH]) for a in range(0, len(ids), PRECOMPUTE_BATCH)]
-        self._table = np.concatenate([p[0] for p in parts]).astype(np.float32, copy=False)
-        self._table_known = np.concatenate([p[1] for p in parts])
-        self.memory_bytes += self._table.nbytes
-
-    def _check_inputs(self) -> None:
-        """Every signature input must be one this class can fill."""
-        if "customer_id" not in self._inputs:
-            raise VersionError(f"version {self.version}: the query tower takes no customer_id input")
-        for name in self._inputs:
-            if name in ("customer_id", "history", REQUEST_TIME):
-                continue
-            if self.customers is None or name not in self.customers.features:
-                raise VersionError(f"version {self.version}: the query tower needs feature {name!r}, which "
-                                   f"{files.CUSTOMER_STORE_FILE} does not hold")
-        if "history" in self._inputs and self.customers is None:
-            raise VersionError(f"version {self.version}: the query tower takes a history but the version has "
-                               f"no {files.CUSTOMER_STORE_FILE}")
-
-    @property
-    def takes_history(self) -> bool:
-        return "history" in self._inputs
 
     @property
     def version(self) -> int:
         return self.manifest.version
 
     @classmethod
-    def load(cls, version_dir: Path, model: str) -> "QueryModel":
-        """Verifies checksums, loads the tower and checks it embeds a probe id
-        into finite vectors of the manifest's dimension. Raises VersionError."""
+    def load(cls, version_dir: Path, manifest: Manifest) -> "QueryModel":
+        """Loads a verified version's tower, store and fallback; checks the tower
+        embeds into finite vectors of the manifest's dimension. Raises VersionError."""
         start = time.perf_counter()
         version_dir = Path(version_dir)
-        manifest = verify_version(version_dir)
-        if manifest.model != model:
-            raise VersionError(f"{version_dir} holds model {manifest.model!r}, not {model!r}")
         try:
             signature = tf.saved_model.load(str(version_dir / files.QUERY_TOWER_DIR)).signatures["serving_default"]
         except (OSError, KeyError, ValueError) as e:
@@ -106,33 +78,44 @@ class QueryModel:
             raise VersionError(f"version {manifest.version}: {files.POPULAR_FILE} is unreadable: {e}") from e
         store_path = version_dir / files.CUSTOMER_STORE_FILE
         customers = CustomerStore.load(store_path) if store_path.exists() else None
-        tower_bytes = sum(p.stat().st_size for p in (version_dir / files.QUERY_TOWER_DIR).rglob("*") if p.is_file())
-        query_model = cls(manifest, signature, popular_ids, popular_scores, customers, tower_bytes)
-        vectors, _ = query_model.embed(["__self_test__"])
+        model = cls(manifest, signature, popular_ids, popular_scores, customers)
+        probe = str(customers.ids[0]) if customers is not None and len(customers.ids) else "__self_test__"
+        vectors, _ = model.embed([probe])
         if vectors.shape != (1, manifest.embedding_dim) or not np.isfinite(vectors).all():
             raise VersionError(
                 f"version {manifest.version}: tower self-test gave shape {vectors.shape} "
-                f"(finite: {bool(np.isfinite(vectors).all())}); manifest says dim {manifest.embedding_dim}"
-            )
-        query_model.precompute()
-        if query_model._table is not None and not np.isfinite(query_model._table).all():
-            raise VersionError(f"version {manifest.version}: the tower gives non-finite embeddings for "
-                               f"some stored customers")
-        query_model.load_seconds = time.perf_counter() - start
-        log.info("loaded %s query tower version %d (dim %d) in %.2fs",
-                 model, manifest.version, manifest.embedding_dim, query_model.load_seconds)
-        return query_model
+                f"(finite: {bool(np.isfinite(vectors).all())}); manifest says dim {manifest.embedding_dim}")
+        model._precompute()
+        if model._table is not None and not np.isfinite(model._table).all():
+            raise VersionError(f"version {manifest.version}: the tower gives non-finite embeddings for some "
+                               "stored customers")
+        tower_bytes = sum(p.stat().st_size for p in (version_dir / files.QUERY_TOWER_DIR).rglob("*") if p.is_file())
+        table_bytes = model._table.nbytes if model._table is not None else 0
+        model.report = LoadReport(time.perf_counter() - start, tower_bytes + table_bytes)
+        log.info("loaded query tower version %d (dim %d) in %.2fs", manifest.version, manifest.embedding_dim,
+                 model.report.load_seconds)
+        return model
+
+    def _precompute(self, max_customers: int = MAX_PRECOMPUTED_CUSTOMERS) -> None:
+        """Embeds every stored customer once (see the module docstring)."""
+        if self.customers is None or self.takes.request_time or not 0 < len(self.customers.ids) <= max_customers:
+            return
+        ids = self.customers.ids
+        parts = [self._call_tower(ids[a:a + PRECOMPUTE_BATCH]) for a in range(0, len(ids), PRECOMPUTE_BATCH)]
+        self._table = np.concatenate([p[0] for p in parts]).astype(np.float32, copy=False)
+        self._table_known = np.concatenate([p[1] for p in parts])
 
     def embed(self, customer_ids: list[str],
               recent: list[tuple[str, ...]] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Returns (embeddings float32 [B, dim], known bool [B]) in one tower call.
+        """Returns (embeddings float32 [B, dim], known bool [B]), from the table
+        where it can answer and one tower call for the rest.
 
         ``recent[i]``, when non-empty, is customer i's latest items (most recent
         first) and replaces the stored history for a history-aware tower.
         """
         if self._table is None:
             return self._call_tower(customer_ids, recent)
-        rows, live = self._live(customer_ids, recent)
+        rows, live = self._rows_needing_tower(customer_ids, recent)
         vectors = self._table[np.maximum(rows, 0)]
         known = self._table_known[np.maximum(rows, 0)]
         if live.any():
@@ -147,43 +130,28 @@ class QueryModel:
         when any of these requests needs the tower."""
         if self._table is None:
             return None
-        rows, live = self._live(customer_ids, recent)
+        rows, live = self._rows_needing_tower(customer_ids, recent)
         if live.any():
             return None
         return self._table[rows], self._table_known[rows]
 
-    def _live(self, customer_ids: list[str], recent: list[tuple[str, ...]] | None) -> tuple[np.ndarray, np.ndarray]:
+    def _rows_needing_tower(self, customer_ids: list[str],
+                            recent: list[tuple[str, ...]] | None) -> tuple[np.ndarray, np.ndarray]:
         """(store rows, which requests the table cannot answer)."""
         rows = self.customers.rows(customer_ids)
         live = rows < 0
-        if recent is not None and self.takes_history:
+        if recent is not None and self.takes.history_length:
             live |= np.array([bool(r) for r in recent], dtype=bool)
         return rows, live
 
-    def _call_tower(self, customer_ids: list[str],
-                    recent: list[tuple[str, ...]] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """One call of the SavedModel signature, its inputs filled as ``embed`` documents."""
-        inputs = {"customer_id": tf.constant(customer_ids, dtype=tf.string)}
-        if len(self._inputs) > 1:
-            rows = self.customers.rows(customer_ids)
-            if self.takes_history:
-                inputs["history"] = tf.constant(self._histories(rows, recent or [()] * len(customer_ids)))
-            if REQUEST_TIME in self._inputs:
-                inputs[REQUEST_TIME] = tf.constant(np.full(len(customer_ids), time.time()), dtype=tf.float64)
-            for name, spec in self._inputs.items():
-                if name not in inputs:
-                    inputs[name] = tf.constant(self.customers.feature(name, rows), dtype=spec.dtype)
-        out = self._signature(**inputs)
+    def _call_tower(self, customer_ids, recent: list[tuple[str, ...]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One call of the SavedModel signature with the contract's inputs."""
+        inputs = tower_inputs(self.takes, self.customers, customer_ids, recent=recent, request_time=time.time())
+        dtypes = {name: _TF_TYPES[kind] for name, kind in self.takes.features}
+        dtypes[REQUEST_TIME] = tf.float64
+        out = self._signature(**{name: tf.constant(value, dtype=dtypes.get(name, tf.string))
+                                 for name, value in inputs.items()})
         return out["embedding"].numpy(), out["known"].numpy()
-
-    def _histories(self, rows: np.ndarray, recent: list[tuple[str, ...]]) -> np.ndarray:
-        length = self.customers.history_length
-        # object dtype: a fixed-width unicode array would truncate longer request ids
-        histories = np.where(rows[:, None] >= 0, self.customers.history[np.maximum(rows, 0)], "").astype(object)
-        for i, items in enumerate(recent):
-            if items:
-                histories[i] = (list(items[:length]) + [""] * length)[:length]
-        return histories
 
     def seen(self, customer_id: str) -> frozenset[str]:
         """The customer's training-time items; empty if the version stores none."""

@@ -1,15 +1,33 @@
-"""recsys-publish: blue-green rollout of a model version across all replicas.
+"""recsys-publish: roll a model version out across the index slots and the
+query replicas, or roll back. The one writer of the registry's CURRENT.
 
     recsys-publish --registry DIR --model NAME [--version V] \\
-        --index-admin HOST:PORT[,HOST:PORT...] --query-admin HOST:PORT[,...]
+        --index-admin HOST:PORT,HOST:PORT[,...] --query-admin HOST:PORT[,...]
     recsys-publish --rollback --registry DIR --model NAME --index-admin ... --query-admin ...
+    recsys-publish --initial --registry DIR --model NAME --index-admin ...   # first rollout
 
-Rollout: load V on every index replica, then on every query replica (each
-verifies checksums and self-tests); only when all succeeded, promote V on the
-index replicas, then the query replicas, and point the registry's CURRENT at V
-so restarted replicas come back on it. The previous version stays loaded for an
-instant rollback; versions older than that are unloaded after a drain period.
-Any failure before promotion unloads what this run loaded and changes nothing.
+Rollout of version V (default: the newest published):
+  1. Every index slot and query replica reports what it holds; the query
+     replicas agree on the live version L (none at the first rollout).
+  2. Unless a slot already holds V, an idle slot is picked: one not holding L
+     (an empty one first, else the one holding the oldest other version). Each
+     of its replicas verifies V (checksums, dimensions), unloads what it held,
+     loads V and self-tests its recall, and records V as its content. Traffic
+     for L never reaches that slot, so no live request waits on the load.
+  3. Every query replica loads V's tower.
+  4. Every query replica promotes V: a routing switch, its searches for V go
+     to V's slot. L stays loaded, tower and slot, as the rollback target.
+  5. CURRENT points at V (PREVIOUS at L); towers that are neither live nor the
+     rollback target are unloaded.
+A refusal before step 4 undoes the rollout (the towers it loaded are unloaded,
+the slot gets its previous version back) and leaves CURRENT as it was.
+
+Rollback: every query replica promotes its rollback target (they must agree),
+a routing switch; then CURRENT and PREVIOUS swap. No index load is involved.
+
+``--initial`` is the first rollout of a registry, before any query replica
+can run (they refuse to start without CURRENT): steps 1, 2 and 5 only. With
+CURRENT already set it does nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +36,7 @@ import argparse
 import logging
 import sys
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 import grpc
@@ -25,8 +44,11 @@ import grpc
 from model_registry import Registry, VersionError
 from protos.recsys.v1 import admin_pb2 as pb
 from protos.recsys.v1 import admin_pb2_grpc as pb_grpc
+from protos.recsys.v1 import versions_pb2
+from settings.flags import add_flags, option, parse, require
 
 log = logging.getLogger("recsys-publish")
+SERVING, ROLLBACK_TARGET = versions_pb2.VERSION_STATE_SERVING, versions_pb2.VERSION_STATE_ROLLBACK_TARGET
 
 
 class PublishError(Exception):
@@ -49,7 +71,7 @@ class Replica:
 
 @dataclass
 class Fleet:
-    """Admin connections to every replica of both services."""
+    """Admin connections to every index slot replica and query replica."""
 
     index: list[Replica]
     query: list[Replica]
@@ -59,63 +81,139 @@ class Fleet:
 
     @classmethod
     def connect(cls, index_addresses: list[str], query_addresses: list[str], token: str = "",
-                timeout_s: float = 120.0) -> "Fleet":
+                timeout_s: float = 120.0, connect_timeout_s: float = 10.0) -> "Fleet":
+        """Opens a channel to every replica, waiting up to ``connect_timeout_s``
+        for each (replicas still starting, as under compose)."""
         channels: list[grpc.Channel] = []
 
         def replicas(role: str, addresses: list[str]) -> list[Replica]:
             out = []
             for address in addresses:
                 channels.append(grpc.insecure_channel(address))
+                try:
+                    grpc.channel_ready_future(channels[-1]).result(timeout=connect_timeout_s)
+                except grpc.FutureTimeoutError:
+                    for channel in channels:
+                        channel.close()
+                    raise PublishError(f"{role} replica {address}: no admin server answers there "
+                                       f"(waited {connect_timeout_s:g} s)") from None
                 out.append(Replica(role, address, pb_grpc.AdminServiceStub(channels[-1])))
             return out
 
         return cls(replicas("index", index_addresses), replicas("query", query_addresses), token, timeout_s,
                    channels)
 
-    @property
-    def replicas(self) -> list[Replica]:
-        return [*self.index, *self.query]
-
     def call(self, replica: Replica, method: str, request) -> pb.ServiceStatus:
         metadata = [("authorization", f"Bearer {self.token}")] if self.token else None
         return replica.call(method, request, metadata, self.timeout_s)
+
+    def status(self, replica: Replica) -> pb.ServiceStatus:
+        return self.call(replica, "GetStatus", pb.GetStatusRequest())
 
     def close(self) -> None:
         for channel in self._channels:
             channel.close()
 
 
-def _loaded(status: pb.ServiceStatus) -> set[int]:
-    return {v.version for v in status.versions if v.state != pb.VERSION_STATE_LOADING}
+def _with_state(status: pb.ServiceStatus, state: int) -> int | None:
+    return next((v.version for v in status.versions if v.state == state), None)
+
+
+def _agreed(fleet: Fleet, state: int, what: str) -> int | None:
+    """The version every query replica has in ``state`` (None without replicas)."""
+    found = {r.address: _with_state(fleet.status(r), state) for r in fleet.query}
+    if len(set(found.values())) > 1:
+        raise PublishError(f"query replicas disagree on the {what} version: {found}; bring them in step first")
+    return next(iter(found.values()), None)
+
+
+@dataclass
+class Slot:
+    """The replicas of one index slot (same slot name) and the version they hold."""
+
+    name: str
+    replicas: list[Replica]
+    version: int | None  # None: empty
+
+
+def slots(fleet: Fleet) -> list[Slot]:
+    """The index slots by name, with the version each holds (replicas must agree)."""
+    by_name: dict[str, list[tuple[Replica, int]]] = defaultdict(list)
+    for replica in fleet.index:
+        status = fleet.status(replica)
+        by_name[status.slot or replica.address].append((replica, status.live_version))
+    out = []
+    for name, members in sorted(by_name.items()):
+        held = {version for _, version in members}
+        if len(held) > 1:
+            raise PublishError(f"replicas of index slot {name!r} hold different versions "
+                               f"{ {r.address: v for r, v in members} }; reload the odd ones first")
+        out.append(Slot(name, [r for r, _ in members], held.pop() or None))
+    return out
+
+
+def pick_idle_slot(slot_list: list[Slot], live: int | None) -> Slot:
+    """An index slot not holding the live version: an empty one first, else
+    the one holding the oldest version (the rollback target is the newest
+    non-live one, so it survives when a third slot exists)."""
+    idle = [s for s in slot_list if s.version != live or live is None]
+    if not idle:
+        raise PublishError(f"every index slot holds the live version {live} ({[s.name for s in slot_list]}): "
+                           "a rollout needs an idle slot; start a second index slot (e.g. --slot green)")
+    return min(idle, key=lambda s: (s.version is not None, s.version or 0))
+
+
+def _undo(fleet: Fleet, steps: list[tuple[Replica, str, object]]) -> None:
+    """Runs undo calls in reverse order, logging (not raising) failures."""
+    for replica, method, request in reversed(steps):
+        try:
+            fleet.call(replica, method, request)
+        except PublishError as e:
+            log.warning("could not undo on %s replica %s: %s", replica.role, replica.address, e)
 
 
 def publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: float = 0.0,
                     keep_versions: int | None = None) -> None:
-    """Runs the blue-green rollout of ``version``; raises PublishError. With
-    ``keep_versions``, older published versions beyond that many are then
-    deleted from the registry (never the live one or its rollback target)."""
+    """Rolls ``version`` out (see the module docstring); raises PublishError.
+    With ``keep_versions``, older published versions beyond that many are then
+    deleted from the registry (never CURRENT, PREVIOUS or a slot's version)."""
     try:
         registry.manifest(version)
     except VersionError as e:
-        raise PublishError(f"version {version} cannot be published: {e}") from e
-    loaded_here: list[Replica] = []
+        raise PublishError(f"version {version} cannot be rolled out: {e}") from e
+    if not fleet.index:
+        raise PublishError("no index slot given (--index-admin): a version is served by its index slot")
+    live = _agreed(fleet, SERVING, "live") if fleet.query else registry.current_version()
+    if live == version:
+        log.info("version %d is already live", version)
+        return
+    slot_list = slots(fleet)
+    undo: list[tuple[Replica, str, object]] = []
     try:
-        for replica in fleet.replicas:  # index replicas first, then query replicas
-            before = _loaded(fleet.call(replica, "GetStatus", pb.GetStatusRequest()))
+        if not any(s.version == version for s in slot_list):
+            target = pick_idle_slot(slot_list, live)
+            for replica in target.replicas:
+                fleet.call(replica, "LoadVersion", pb.LoadVersionRequest(version=version))
+                undo.append((replica, "LoadVersion", pb.LoadVersionRequest(version=target.version))
+                            if target.version else (replica, "UnloadVersion", pb.UnloadVersionRequest(version=version)))
+            log.info("index slot %s now holds version %d (it held %s)", target.name, version,
+                     target.version or "none")
+        for replica in fleet.query:
+            before = {v.version for v in fleet.status(replica).versions}
             fleet.call(replica, "LoadVersion", pb.LoadVersionRequest(version=version))
             if version not in before:
-                loaded_here.append(replica)
-            log.info("loaded version %d on %s replica %s", version, replica.role, replica.address)
+                undo.append((replica, "UnloadVersion", pb.UnloadVersionRequest(version=version)))
+            log.info("query replica %s loaded version %d", replica.address, version)
+        for replica in fleet.query:
+            fleet.call(replica, "Promote", pb.PromoteRequest(version=version))
+            if live is not None:
+                undo.append((replica, "Promote", pb.PromoteRequest(version=live)))
     except PublishError:
-        for replica in loaded_here:
-            try:
-                fleet.call(replica, "UnloadVersion", pb.UnloadVersionRequest(version=version))
-            except PublishError as e:
-                log.warning("could not unload version %d after the failed rollout: %s", version, e)
+        _undo(fleet, undo)
         raise
-    statuses = [fleet.call(r, "Promote", pb.PromoteRequest(version=version)) for r in fleet.replicas]
     registry.set_current(version)
-    log.info("promoted version %d on %d replicas; registry CURRENT is %d", version, len(statuses), version)
+    log.info("version %d is live on %d query replicas; registry CURRENT is %d, PREVIOUS %s", version,
+             len(fleet.query), version, registry.previous_version())
     if drain_s > 0:
         time.sleep(drain_s)
     unload_stale(fleet)
@@ -126,69 +224,91 @@ def publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: flo
 
 
 def unload_stale(fleet: Fleet) -> None:
-    """Unloads every version that is neither live nor the rollback target."""
-    for replica in fleet.replicas:
-        status = fleet.call(replica, "GetStatus", pb.GetStatusRequest())
-        for v in status.versions:
-            if v.state == pb.VERSION_STATE_READY:
+    """Unloads from the query replicas every tower that is neither live nor the rollback target."""
+    for replica in fleet.query:
+        for v in fleet.status(replica).versions:
+            if v.state == versions_pb2.VERSION_STATE_READY:
                 fleet.call(replica, "UnloadVersion", pb.UnloadVersionRequest(version=v.version))
-                log.info("unloaded version %d from %s replica %s", v.version, replica.role, replica.address)
+                log.info("unloaded version %d from query replica %s", v.version, replica.address)
 
 
 def rollback(fleet: Fleet, registry: Registry) -> int:
-    """Makes every replica's previous version live again; returns it."""
-    targets = set()
-    for replica in fleet.replicas:
-        status = fleet.call(replica, "GetStatus", pb.GetStatusRequest())
-        targets |= {v.version for v in status.versions if v.state == pb.VERSION_STATE_DRAINING}
-    if len(targets) != 1:
-        raise PublishError(f"replicas disagree on (or lack) a previous version to roll back to: {sorted(targets)}")
-    target = targets.pop()
-    for replica in fleet.replicas:
-        fleet.call(replica, "Promote", pb.PromoteRequest(version=target))
+    """Makes every query replica's rollback target live again; returns it."""
+    if not fleet.query:
+        raise PublishError("a rollback switches the query replicas' routing: give them (--query-admin)")
+    target = _agreed(fleet, ROLLBACK_TARGET, "rollback target")
+    if target is None:
+        raise PublishError("the query replicas have no rollback target loaded")
+    done: list[tuple[Replica, str, object]] = []
+    live = _agreed(fleet, SERVING, "live")
+    try:
+        for replica in fleet.query:
+            fleet.call(replica, "Rollback", pb.RollbackRequest())
+            done.append((replica, "Promote", pb.PromoteRequest(version=live)))
+    except PublishError:
+        _undo(fleet, done)
+        raise
     registry.set_current(target)
-    log.info("rolled back to version %d on %d replicas", target, len(fleet.replicas))
+    log.info("rolled back to version %d on %d query replicas", target, len(fleet.query))
     return target
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from serving.flags import add_flag
+@dataclass(frozen=True)
+class PublishConfig:
+    registry: str = option(help="model registry root directory")
+    model: str = option(help="model name under the registry")
+    index_admin: tuple[str, ...] = option((), "every index slot replica's admin HOST:PORT, comma-separated")
+    query_admin: tuple[str, ...] = option((), "every query replica's admin HOST:PORT, comma-separated")
+    admin_token: str = option("", "bearer token of the admin plane")
+    version: int = option(0, "version to roll out (0: the newest published)", env=False)
+    rollback: bool = option(False, "make the rollback target live again everywhere", env=False)
+    initial: bool = option(False, "the registry's first rollout, before any query replica runs; does nothing "
+                                  "once CURRENT is set", env=False)
+    drain_s: float = option(5.0, "wait before unloading stale towers")
+    timeout_s: float = option(120.0, "deadline of each admin call")
+    connect_timeout_s: float = option(10.0, "how long to wait for each replica's admin server to answer")
+    keep_versions: int = option(5, "published versions kept on disk after a rollout (at least 2)")
 
+    def __post_init__(self) -> None:
+        require(not (self.rollback and self.initial), "rollback", "a rollback cannot be an initial rollout")
+        require(self.version >= 0, "version", "must be >= 0")
+        require(self.keep_versions >= 2, "keep_versions",
+                "must be at least 2 (the live version and its rollback target)")
+        require(bool(self.query_admin) or self.initial, "query_admin",
+                "is required (every query replica), except for --initial")
+        require(bool(self.index_admin) or self.rollback, "index_admin", "is required (every index slot replica)")
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsys-publish", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_flag(parser, "registry", required=True, help="model registry root directory")
-    add_flag(parser, "model", required=True, help="model name under the registry")
-    parser.add_argument("--version", type=int, help="version to roll out (default: the newest published)")
-    parser.add_argument("--rollback", action="store_true", help="promote the previous version everywhere")
-    add_flag(parser, "index-admin", required=True, help="index replicas' admin HOST:PORT, comma-separated")
-    add_flag(parser, "query-admin", required=True, help="query replicas' admin HOST:PORT, comma-separated")
-    add_flag(parser, "admin-token", default="", help="bearer token of the admin plane")
-    parser.add_argument("--drain-s", type=float, default=5.0, help="wait before unloading older versions")
-    parser.add_argument("--timeout-s", type=float, default=120.0, help="deadline of each admin call")
-    parser.add_argument("--keep-versions", type=int, default=5,
-                        help="published versions kept on disk after a rollout (at least 2)")
+    add_flags(parser, PublishConfig)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.keep_versions < 2:
-        parser.error("--keep-versions must be at least 2 (the live version and its rollback target)")
+    config = parse(build_parser(), PublishConfig, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    registry = Registry(args.registry, args.model)
-    split = lambda value: [a for a in value.split(",") if a]  # noqa: E731
-    fleet = Fleet.connect(split(args.index_admin), split(args.query_admin), args.admin_token, args.timeout_s)
+    registry = Registry(config.registry, config.model)
     try:
-        if args.rollback:
+        fleet = Fleet.connect(list(config.index_admin), list(config.query_admin), config.admin_token,
+                              config.timeout_s, config.connect_timeout_s)
+    except PublishError as e:
+        print(f"recsys-publish: {e}", file=sys.stderr)
+        sys.exit(1)
+    try:
+        if config.initial and registry.current_version() is not None:
+            print(f"CURRENT is already {registry.current_version()}: nothing to do")
+            return
+        if config.rollback:
             version = rollback(fleet, registry)
         else:
-            version = args.version or (registry.versions() or [None])[-1]
+            version = config.version or (registry.versions() or [None])[-1]
             if version is None:
-                raise PublishError(f"no published version of {args.model} under {args.registry}")
-            publish_version(fleet, registry, version, args.drain_s, args.keep_versions)
-        print(f"live version {version} on {len(fleet.replicas)} replicas")
-    except PublishError as e:
+                raise PublishError(f"no published version of {config.model} under {config.registry}")
+            publish_version(fleet, registry, version, config.drain_s, config.keep_versions)
+        print(f"live version {version}")
+    except (PublishError, VersionError) as e:
         print(f"recsys-publish: {e}", file=sys.stderr)
         sys.exit(1)
     finally:

@@ -7,13 +7,18 @@
 # 2. finds or starts a Redis (scripts/ensure_redis.sh),
 # 3. trains a model on the synthetic data set and publishes it to
 #    demo-run/registry/demo/<version>/,
-# 4. starts the index service and the query service on free local ports,
+# 4. starts two index slots (blue, green; empty), rolls the version out
+#    (recsys-publish --initial: it loads into blue), then starts the query
+#    service on free local ports,
 # 5. asks for recommendations: a known customer twice (the second answer
 #    comes from the Redis cache), another known customer, and an unknown one
 #    (popularity fallback),
-# 6. stops everything it started, whatever happens.
+# 6. trains a second version and rolls it out blue-green (green loads it while
+#    blue serves; the query service switches routing), then rolls back,
+# 7. stops everything it started, whatever happens.
 #
-# Logs, pids and the registry stay in demo-run/ (git-ignored) for a look after.
+# Logs, pids and the registry stay in demo-run/ (git-ignored) for a look after;
+# the registry is recreated on every run.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -50,6 +55,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM  # so Ctrl-C and kill also run cleanup
 
 mkdir -p "$RUN_DIR"
+rm -rf "$REGISTRY"  # each run starts from an empty registry
 
 step "virtual environment"
 source scripts/venv.sh
@@ -64,17 +70,20 @@ step "training on the synthetic data set"
 recsys-train --dataset synthetic --registry "$REGISTRY" --model "$MODEL" \
     --metrics-out "$RUN_DIR/train-metrics.json" 2>&1 | tee "$RUN_DIR/train.log"
 
-# Six distinct free ports: all sockets are held open until all are chosen.
-read -r INDEX_PORT QUERY_PORT INDEX_METRICS_PORT QUERY_METRICS_PORT INDEX_ADMIN_PORT QUERY_ADMIN_PORT < <(python - <<'PY'
+# Seven distinct free ports: all sockets are held open until all are chosen.
+read -r BLUE_PORT GREEN_PORT QUERY_PORT QUERY_METRICS_PORT BLUE_ADMIN_PORT GREEN_ADMIN_PORT QUERY_ADMIN_PORT < <(python - <<'PY'
 import socket
-socks = [socket.socket() for _ in range(6)]
+socks = [socket.socket() for _ in range(7)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in socks))
 PY
 )
-INDEX_ADDR="127.0.0.1:$INDEX_PORT"
+BLUE_ADDR="127.0.0.1:$BLUE_PORT"
+GREEN_ADDR="127.0.0.1:$GREEN_PORT"
 QUERY_ADDR="127.0.0.1:$QUERY_PORT"
+INDEX_ADMINS="127.0.0.1:$BLUE_ADMIN_PORT,127.0.0.1:$GREEN_ADMIN_PORT"
+QUERY_ADMIN="127.0.0.1:$QUERY_ADMIN_PORT"
 
 # start NAME COMMAND...: runs it in the background, logs and pid in demo-run/.
 start() {
@@ -106,15 +115,23 @@ wait_serving() {
     echo "$name: SERVING on $address"
 }
 
-step "starting the services"
-start index-service recsys-index-service --registry "$REGISTRY" --model "$MODEL" \
-    --host 127.0.0.1 --port "$INDEX_PORT" --metrics-port "$INDEX_METRICS_PORT" --admin-port "$INDEX_ADMIN_PORT"
+step "starting two index slots (blue, green), empty until the first rollout"
+start index-blue recsys-index-service --registry "$REGISTRY" --model "$MODEL" --slot blue \
+    --host 127.0.0.1 --port "$BLUE_PORT" --admin-port "$BLUE_ADMIN_PORT"
+start index-green recsys-index-service --registry "$REGISTRY" --model "$MODEL" --slot green \
+    --host 127.0.0.1 --port "$GREEN_PORT" --admin-port "$GREEN_ADMIN_PORT"
+wait_serving index-blue "$BLUE_ADDR"
+wait_serving index-green "$GREEN_ADDR"
+
+step "first rollout: the version goes into an empty slot, CURRENT names it"
+recsys-publish --initial --registry "$REGISTRY" --model "$MODEL" --index-admin "$INDEX_ADMINS"
+
+step "starting the query service (routes each version to the slot that holds it)"
 start query-service recsys-query-service --registry "$REGISTRY" --model "$MODEL" \
     --host 127.0.0.1 --port "$QUERY_PORT" --metrics-port "$QUERY_METRICS_PORT" --admin-port "$QUERY_ADMIN_PORT" \
-    --index-address "$INDEX_ADDR" --redis-url "$REDIS_URL"
-wait_serving index-service "$INDEX_ADDR"
+    --index-address "$BLUE_ADDR,$GREEN_ADDR" --redis-url "$REDIS_URL"
 wait_serving query-service "$QUERY_ADDR"
-echo "metrics: http://127.0.0.1:$INDEX_METRICS_PORT/metrics http://127.0.0.1:$QUERY_METRICS_PORT/metrics"
+echo "metrics: http://127.0.0.1:$QUERY_METRICS_PORT/metrics"
 
 recommend() {
     step "$1"
@@ -124,3 +141,16 @@ recommend "customer c000001 (first ask: computed, cache_hit false)" c000001
 recommend "customer c000001 again (served from Redis: cache_hit true)" c000001
 recommend "customer c000002" c000002
 recommend "an unknown customer (popularity fallback)" new-customer
+
+step "training a second version (published, not live)"
+recsys-train --dataset synthetic --registry "$REGISTRY" --model "$MODEL" --seed 7 --quiet \
+    2>&1 | tee "$RUN_DIR/train-2.log" | tail -n 1
+
+step "blue-green rollout: green loads the new version while blue serves, then the query service switches"
+recsys-publish --registry "$REGISTRY" --model "$MODEL" --index-admin "$INDEX_ADMINS" --query-admin "$QUERY_ADMIN" \
+    --drain-s 0
+recommend "customer c000001 (answered by the new version)" c000001
+
+step "rollback: a routing switch back to blue, which still holds the first version"
+recsys-publish --rollback --registry "$REGISTRY" --model "$MODEL" --query-admin "$QUERY_ADMIN"
+recommend "customer c000001 (the first version again, from the cache)" c000001

@@ -1,3 +1,4 @@
-"""What both gRPC services share: domain errors, request validation, the set of
-loaded model versions, and the gRPC server bootstrap (status mapping, health,
-reflection). Everything but ``grpc_server`` is free of gRPC."""
+"""What both gRPC services share: domain errors and validation, the version
+manager with its loader and sources, the admin operations, config, and the gRPC
+layer (status mapping, health, reflection, the admin plane). Only
+``grpc_server`` and ``admin_rpc`` import gRPC."""

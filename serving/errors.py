@@ -23,7 +23,3 @@ class FailedPrecondition(ServingError):
 
 class Unavailable(ServingError):
     code = "UNAVAILABLE"
-
-
-class DeadlineExceeded(ServingError):
-    code = "DEADLINE_EXCEEDED"

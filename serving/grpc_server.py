@@ -30,10 +30,18 @@ RPC_SECONDS = prometheus_client.Histogram(
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 
 
+def status_of(error: Exception, method: str) -> tuple[grpc.StatusCode, str]:
+    """The status a failed call answers: a ServingError's own code and message
+    (cut to ``MAX_MESSAGE_CHARS``); anything else is INTERNAL with a short
+    message (the details go to the log, never to the client)."""
+    if isinstance(error, ServingError):
+        return getattr(grpc.StatusCode, error.code), str(error)[:MAX_MESSAGE_CHARS]
+    return grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(error).__name__}"
+
+
 def map_errors(method: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
-    """Wraps an async servicer method: ServingError -> its status code with its
-    message; anything else -> INTERNAL with a short message (details are logged,
-    never sent to the client)."""
+    """Wraps an async servicer method: an exception becomes the status
+    ``status_of`` gives; every call's latency is recorded by method and code."""
 
     @functools.wraps(method)
     async def wrapper(self, request, context: grpc.aio.ServicerContext):
@@ -41,9 +49,6 @@ def map_errors(method: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
         code = "OK"
         try:
             return await method(self, request, context)
-        except ServingError as e:
-            code = e.code
-            await context.abort(getattr(grpc.StatusCode, e.code), str(e)[:MAX_MESSAGE_CHARS])
         except asyncio.CancelledError:
             code = "CANCELLED"
             raise
@@ -51,9 +56,11 @@ def map_errors(method: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
             code = "ABORTED_BY_HANDLER"
             raise
         except Exception as e:  # noqa: BLE001 - the last line of defence of a server
-            code = "INTERNAL"
-            log.exception("%s failed", method.__qualname__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}: {type(e).__name__}")
+            status, message = status_of(e, method.__name__)
+            code = status.name
+            if not isinstance(e, ServingError):
+                log.exception("%s failed", method.__qualname__)
+            await context.abort(status, message)
         finally:
             RPC_SECONDS.labels(method.__name__, code).observe(time.perf_counter() - start)
 
@@ -80,9 +87,10 @@ class RunningServer:
         self.health = health_servicer
         self.service_names = service_names
 
-    async def set_serving(self, serving: bool) -> None:
+    async def set_serving(self, serving: bool, names: list[str] | None = None) -> None:
+        """Sets the health of ``names`` (default: the server, "", and every service)."""
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        for name in ["", *self.service_names]:
+        for name in ["", *self.service_names] if names is None else names:
             await self.health.set(name, status)
 
     async def stop(self, grace_s: float = 5.0) -> None:
@@ -138,13 +146,14 @@ def run_event_loop(main: Coroutine) -> Any:
 
 def run_main(prog: str, serve: Coroutine[None, None, None], log_level: str, metrics_port: int) -> None:
     """A service's process: logging, Prometheus /metrics (port 0: none), then
-    ``serve`` until a signal. A version that cannot be loaded at start exits
-    with a one-line message instead of a traceback."""
+    ``serve`` until a signal. A version that cannot be loaded at start (a
+    missing or broken pointer, a missing or corrupt version) exits with one
+    line saying why, not a traceback."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if metrics_port:
         prometheus_client.start_http_server(metrics_port)
     try:
         run_event_loop(serve)
-    except VersionError as e:
+    except (VersionError, ServingError) as e:
         serve.close()
         raise SystemExit(f"{prog}: cannot start: {e}") from None

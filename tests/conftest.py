@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from recsys_client import local
+from tests import processes as local
 
 REPO = Path(__file__).resolve().parent.parent
 ML100K_DIR = Path(os.environ.get("RECSYS_ML100K_DIR", REPO.parent / "shared" / "data" / "ml-100k"))

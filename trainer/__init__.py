@@ -1,10 +1,13 @@
 """Offline training of the two-tower retrieval model and its publication.
 
-Pipeline: ``data`` (load interactions) -> ``split`` (train/test) -> ``model``
-(TFRS two-tower training with early stopping) -> ``evaluate`` (hit rates vs
-baselines) -> ``export`` (SavedModel query tower, candidate embeddings, ScaNN
-index from ``index_builder``) -> ``model_registry.Registry.publish``.
-``cli.main`` is the ``recsys-train`` console script.
+Folders by role, as TFRS is laid out: ``data`` (interactions, loaders, splits),
+``towers`` (the query and candidate towers), ``evaluation`` (exact hit rates,
+baselines, report, plot) and ``export`` (SavedModel, ScaNN index, publish).
+At the top: ``config`` (every knob, the presets, the run), ``model`` (the TFRS
+model), ``training`` (the loop), ``pipeline`` (load -> split -> train ->
+evaluate -> publish) and ``cli`` (``recsys-train``). What a version holds and
+how a customer becomes tower inputs is ``model_registry``'s, shared with the
+services.
 """
 
-import model_registry.tf_env  # noqa: F401  (must precede any TensorFlow import)
+import settings.tf_env  # noqa: F401  (must precede any TensorFlow import)

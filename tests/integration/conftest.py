@@ -1,6 +1,6 @@
 """Real processes for integration tests: a tiny model trained by ``recsys-train``,
-``recsys-index-service`` and ``recsys-query-service`` on free loopback ports,
-and a private Redis. Each fixture stops what it started, by pid."""
+``recsys-index-service`` slots and ``recsys-query-service`` on free loopback
+ports, and a private Redis. Each fixture stops what it started, by pid."""
 
 from __future__ import annotations
 
@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from recsys_client.local import ServiceProcess, console_script
+from model_registry import Registry
+from tests.processes import ServiceProcess, console_script
 
 MODEL = "itest"
 
 
 def train(registry: Path, *extra: str) -> str:
-    """Runs recsys-train on a small synthetic data set; returns its stdout."""
+    """Runs recsys-train on a small synthetic data set (publishes, does not make
+    the version live); returns its stdout."""
     result = subprocess.run(
         [console_script("recsys-train"), "--dataset", "synthetic", "--registry", str(registry), "--model", MODEL,
          "--synthetic-customers", "300", "--synthetic-candidates", "200", "--synthetic-interactions", "6000",
@@ -25,27 +27,46 @@ def train(registry: Path, *extra: str) -> str:
     return result.stdout
 
 
+def make_live(root: Path, version: int, slot: str = "blue") -> None:
+    """The registry state a first rollout (``recsys-publish --initial``) leaves:
+    ``slot`` holds ``version`` and CURRENT names it (test_rollout.py runs the
+    real tool from empty slots)."""
+    registry = Registry(root, MODEL)
+    registry.set_slot_version(slot, version)
+    registry.set_current(version)
+
+
+def index_slot(root: Path, slot: str, log: Path, *extra: str) -> ServiceProcess:
+    """An index slot process (not started) that rejoins on its slot record."""
+    return ServiceProcess("recsys-index-service", ["--registry", str(root), "--model", MODEL, "--slot", slot, *extra],
+                          log)
+
+
+def query_replica(root: Path, index: list[ServiceProcess], log: Path, *extra: str) -> ServiceProcess:
+    """A query replica (not started) routing over the given index slots."""
+    return ServiceProcess("recsys-query-service",
+                          ["--registry", str(root), "--model", MODEL,
+                           "--index-address", ",".join(s.address for s in index), *extra], log)
+
+
 @pytest.fixture(scope="session")
 def trained_registry(tmp_path_factory) -> Path:
     registry = tmp_path_factory.mktemp("registry")
     train(registry)
+    make_live(registry, 1)
     return registry
 
 
 @pytest.fixture(scope="module")
 def index_service(trained_registry, tmp_path_factory):
-    service = ServiceProcess("recsys-index-service", ["--registry", str(trained_registry), "--model", MODEL],
-                             tmp_path_factory.mktemp("logs") / "index.log").start()
+    service = index_slot(trained_registry, "blue", tmp_path_factory.mktemp("logs") / "index.log").start()
     yield service
     service.stop()
 
 
 @pytest.fixture(scope="module")
 def query_service(trained_registry, index_service, redis_server, tmp_path_factory):
-    service = ServiceProcess(
-        "recsys-query-service",
-        ["--registry", str(trained_registry), "--model", MODEL, "--index-address", index_service.address,
-         "--redis-url", redis_server.url],
-        tmp_path_factory.mktemp("logs") / "query.log").start()
+    service = query_replica(trained_registry, [index_service], tmp_path_factory.mktemp("logs") / "query.log",
+                            "--redis-url", redis_server.url).start()
     yield service
     service.stop()

@@ -12,8 +12,7 @@ from model_registry import Registry
 from model_registry import manifest as files
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
-from recsys_client.local import ServiceProcess
-from tests.integration.conftest import MODEL, train
+from tests.integration.conftest import MODEL, index_slot, make_live, query_replica, train
 
 pytestmark = pytest.mark.integration
 
@@ -22,18 +21,16 @@ pytestmark = pytest.mark.integration
 def history_version(tmp_path_factory):
     root = tmp_path_factory.mktemp("history-registry")
     train(root, "--tower", "history")
-    registry = Registry(root, MODEL)
-    return registry.version_dir(registry.current_version())
+    make_live(root, 1)
+    return Registry(root, MODEL).version_dir(1)
 
 
 @pytest.fixture(scope="module")
 def stub(history_version, redis_server, tmp_path_factory):
     logs = tmp_path_factory.mktemp("history-logs")
-    common = ["--registry", str(history_version.parent.parent), "--model", MODEL]
-    index = ServiceProcess("recsys-index-service", common, logs / "index.log").start()
-    query = ServiceProcess("recsys-query-service",
-                           [*common, "--index-address", index.address, "--redis-url", redis_server.url],
-                           logs / "query.log").start()
+    root = history_version.parent.parent
+    index = index_slot(root, "blue", logs / "index.log").start()
+    query = query_replica(root, [index], logs / "query.log", "--redis-url", redis_server.url).start()
     with grpc.insecure_channel(query.address) as channel:
         yield pb_grpc.QueryServiceStub(channel)
     query.stop()

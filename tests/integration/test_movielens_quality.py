@@ -11,7 +11,7 @@ import pytest
 from model_registry import Registry, verify_version
 from model_registry import manifest as files
 from tests.conftest import ML100K_DIR
-from recsys_client.local import console_script
+from tests.processes import console_script
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not (ML100K_DIR / "u.data").is_file(), reason=f"ml-100k not at {ML100K_DIR}")]
@@ -35,6 +35,7 @@ def test_default_model_beats_popularity_on_ml100k(tmp_path):
     assert metrics["num_test_interactions"] == 20_000
 
     registry = Registry(tmp_path / "registry", "ml100k")
-    manifest = verify_version(registry.version_dir(registry.current_version()))
+    assert registry.versions() == [1] and registry.current_version() is None  # published, not made live
+    manifest = verify_version(registry.version_dir(1))
     assert manifest.num_candidates == 1682 and manifest.index.recall_at_10 == 1.0
     assert json.loads((registry.version_dir(manifest.version) / files.METRICS_FILE).read_text()) == metrics

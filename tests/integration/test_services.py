@@ -15,9 +15,9 @@ from model_registry import Registry
 from model_registry import manifest as files
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
-from recsys_client.local import ServiceProcess, wait_until
 from tests.conftest import RedisProcess
-from tests.integration.conftest import MODEL
+from tests.integration.conftest import MODEL, index_slot, query_replica
+from tests.processes import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -154,11 +154,8 @@ def test_health_and_reflection_on_both_services(query_service, index_service):
 
 def test_redis_outage_degrades_to_uncached_serving(trained_registry, index_service, tmp_path):
     redis = RedisProcess().start()
-    query = ServiceProcess("recsys-query-service",
-                           ["--registry", str(trained_registry), "--model", MODEL,
-                            "--index-address", index_service.address, "--redis-url", redis.url,
-                            "--redis-timeout-s", "0.05", "--local-cache-entries", "0"],
-                           tmp_path / "query.log")
+    query = query_replica(trained_registry, [index_service], tmp_path / "query.log", "--redis-url", redis.url,
+                          "--redis-timeout-s", "0.05", "--local-cache-entries", "0")
     try:
         query.start()
         with grpc.insecure_channel(query.address) as channel:
@@ -182,12 +179,8 @@ def test_redis_outage_degrades_to_uncached_serving(trained_registry, index_servi
 
 
 def test_index_outage_fails_fast_with_unavailable_and_recovers(trained_registry, redis_server, tmp_path):
-    index = ServiceProcess("recsys-index-service", ["--registry", str(trained_registry), "--model", MODEL],
-                           tmp_path / "index.log")
-    query = ServiceProcess("recsys-query-service",
-                           ["--registry", str(trained_registry), "--model", MODEL,
-                            "--index-address", index.address],  # no cache: every call reaches the index
-                           tmp_path / "query.log")
+    index = index_slot(trained_registry, "blue", tmp_path / "index.log")
+    query = query_replica(trained_registry, [index], tmp_path / "query.log")  # no cache: every call reaches the index
     try:
         index.start()
         query.start()

@@ -1,8 +1,10 @@
 """Blue-green swap under load, with real processes: two versions trained into
-one registry, a private Redis, the index and query services, and
+one registry, a private Redis, two index slots (blue holding version 1, green
+empty), a query replica routing over both, and
 ``recsys_client.loadtest.run_load`` driving open-loop traffic while version 2
-is published and then rolled back. No request may fail, both versions must
-answer, and every sampled answer must be what its own version's artifacts give."""
+is rolled out (into green) and then rolled back. No request may fail, both
+versions must answer, and every sampled answer must be what its own version's
+artifacts give."""
 
 from __future__ import annotations
 
@@ -15,8 +17,7 @@ from model_registry import manifest as files
 from protos.recsys.v1 import admin_pb2, admin_pb2_grpc
 from recsys_client.loadtest import LoadConfig, SwapConfig, format_table, run_load
 from tests.conftest import RedisProcess
-from recsys_client.local import ServiceProcess
-from tests.integration.conftest import MODEL, train
+from tests.integration.conftest import MODEL, index_slot, make_live, query_replica, train
 
 pytestmark = pytest.mark.integration
 
@@ -26,37 +27,35 @@ SAMPLES = 40
 
 @pytest.fixture(scope="module")
 def two_version_registry(tmp_path_factory):
-    """Versions 1 and 2 of MODEL; CURRENT stays at 1 (2 is published unpromoted)."""
+    """Versions 1 and 2 of MODEL; 1 is live in slot blue, 2 only published."""
     registry = tmp_path_factory.mktemp("swap-registry")
     train(registry)
-    train(registry, "--no-promote", "--seed", "7")  # other seed: other init, data split and synthetic set
+    make_live(registry, 1)
+    train(registry, "--seed", "7")  # other seed: other init, data split and synthetic set
     reg = Registry(registry, MODEL)
-    assert reg.versions() == [1, 2] and reg.current_version() == 1
+    assert reg.versions() == [1, 2] and reg.current_version() == 1  # training did not move live traffic
     return registry
 
 
 @pytest.fixture(scope="module")
 def swap_services(two_version_registry, tmp_path_factory):
-    """(index, query) started on version 1. Redis is private to this module: the
-    session one may hold results cached under the same (model, version) keys
+    """(blue, green, query) started on version 1. Redis is private to this module:
+    the session one may hold results cached under the same (model, version) keys
     from another test's registry, which would be a different model."""
     logs = tmp_path_factory.mktemp("swap-logs")
     redis = RedisProcess()
-    index = ServiceProcess("recsys-index-service", ["--registry", str(two_version_registry), "--model", MODEL],
-                           logs / "index.log")
-    query = ServiceProcess("recsys-query-service",
-                           ["--registry", str(two_version_registry), "--model", MODEL,
-                            "--index-address", index.address, "--redis-url", redis.url],
-                           logs / "query.log")
+    blue = index_slot(two_version_registry, "blue", logs / "blue.log")
+    green = index_slot(two_version_registry, "green", logs / "green.log")
+    query = query_replica(two_version_registry, [blue, green], logs / "query.log", "--redis-url", redis.url)
     try:
         redis.start()
-        index.start()
+        blue.start()
+        green.start()
         query.start()
-        yield index, query
+        yield blue, green, query
     finally:
-        query.stop()
-        index.stop()
-        redis.stop()
+        for process in (query, green, blue, redis):
+            process.stop()
 
 
 class VersionOracle:
@@ -64,7 +63,7 @@ class VersionOracle:
     tower's embedding, then exact dot-product search of its candidate embeddings."""
 
     def __init__(self, version_dir):
-        import model_registry.tf_env  # noqa: F401 - must precede the TensorFlow import
+        import settings.tf_env  # noqa: F401 - must precede the TensorFlow import
         import tensorflow as tf
 
         self._tf = tf
@@ -105,11 +104,12 @@ def live_versions(*addresses: str) -> list[int]:
 
 async def test_swap_and_rollback_under_load_lose_nothing_and_serve_each_versions_own_results(
         two_version_registry, swap_services):
-    index, query = swap_services
+    blue, green, query = swap_services
     config = LoadConfig(
         address=query.address, qps=150, duration_s=9, concurrency=1000, timeout_s=5, channels=2,
         num_customers=300, distribution="uniform", seed=11, sample_responses=SAMPLES,
-        swap=SwapConfig(registry=two_version_registry, model=MODEL, index_admin=[index.admin_address],
+        swap=SwapConfig(registry=two_version_registry, model=MODEL,
+                        index_admin=[blue.admin_address, green.admin_address],
                         query_admin=[query.admin_address], version=2, at_s=3, rollback_at_s=6))
     report = await run_load(config)
     print("\n" + format_table(report))
@@ -127,9 +127,11 @@ async def test_swap_and_rollback_under_load_lose_nothing_and_serve_each_versions
     assert share(report["swap"]["phases"]["before"], 1) >= 0.98
     assert share(report["swap"]["phases"]["after"], 2) >= 0.98
     assert report["rollback"]["phases"]["after"]["model_versions"].keys() == {"1"}
-    # The rollback left the registry and both services on version 1.
-    assert Registry(two_version_registry, MODEL).current_version() == 1
-    assert live_versions(index.admin_address, query.admin_address) == [1, 1]
+    # The rollback left the registry and the query replica on version 1, served
+    # by blue; green still holds version 2, the rollback target.
+    registry = Registry(two_version_registry, MODEL)
+    assert (registry.current_version(), registry.previous_version()) == (1, 2)
+    assert live_versions(blue.admin_address, green.admin_address, query.admin_address) == [1, 2, 1]
 
     # Every sampled answer is its own version's exact top-k (the test index is brute force).
     samples = report["samples"]

@@ -13,7 +13,7 @@ async def test_concurrent_submissions_share_batches():
         await asyncio.sleep(0.001)
         return [item * 10 for item in items]
 
-    batcher = MicroBatcher(process, BatchingConfig(max_batch_size=8, max_wait_s=0.02, max_in_flight=1))
+    batcher = MicroBatcher(process, BatchingConfig(max_batch_size=8, max_wait_ms=20, max_in_flight=1))
     results = await asyncio.gather(*(batcher.submit(i) for i in range(20)))
     await batcher.close()
     assert results == [i * 10 for i in range(20)]
@@ -26,7 +26,7 @@ async def test_lone_request_waits_at_most_max_wait():
     async def process(items):
         return items
 
-    batcher = MicroBatcher(process, BatchingConfig(max_batch_size=64, max_wait_s=0.005))
+    batcher = MicroBatcher(process, BatchingConfig(max_batch_size=64, max_wait_ms=5))
     loop = asyncio.get_running_loop()
     start = loop.time()
     assert await batcher.submit("x") == "x"
@@ -38,7 +38,7 @@ async def test_per_item_exception_reaches_only_its_caller():
     async def process(items):
         return [ValueError(f"bad {i}") if i == 2 else i for i in items]
 
-    batcher = MicroBatcher(process, BatchingConfig(max_batch_size=4, max_wait_s=0.01))
+    batcher = MicroBatcher(process, BatchingConfig(max_batch_size=4, max_wait_ms=10))
     outcomes = await asyncio.gather(*(batcher.submit(i) for i in range(4)), return_exceptions=True)
     await batcher.close()
     assert outcomes[0] == 0 and outcomes[1] == 1 and outcomes[3] == 3
@@ -55,7 +55,7 @@ async def test_batch_failure_reaches_every_caller_and_batcher_keeps_working():
             raise RuntimeError("tower exploded")
         return items
 
-    batcher = MicroBatcher(process, BatchingConfig(max_batch_size=4, max_wait_s=0.01))
+    batcher = MicroBatcher(process, BatchingConfig(max_batch_size=4, max_wait_ms=10))
     outcomes = await asyncio.gather(*(batcher.submit(i) for i in range(3)), return_exceptions=True)
     assert all(isinstance(o, RuntimeError) for o in outcomes)
     assert await batcher.submit(7) == 7

@@ -29,12 +29,17 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
-APP_SERVICES = ("trainer", "index-service", "query-service")
+INDEX_SLOTS = ("index-blue", "index-green")
+SERVERS = (*INDEX_SLOTS, "query-service")
+JOBS = ("trainer", "rollout")
+APP_SERVICES = (*JOBS, *SERVERS)
 ALL_SERVICES = ("redis", *APP_SERVICES)
 REGISTRY_MOUNT = "/registry"
 EXPECTED_SCRIPT = {
     "trainer": "recsys-train",
-    "index-service": "recsys-index-service",
+    "index-blue": "recsys-index-service",
+    "index-green": "recsys-index-service",
+    "rollout": "recsys-publish",
     "query-service": "recsys-query-service",
 }
 
@@ -143,11 +148,17 @@ def test_app_services_share_one_image_built_from_the_dockerfile(services):
         assert (ROOT / context / dockerfile).resolve() == DOCKERFILE
 
 
-def test_trainer_is_a_one_shot_job(services):
-    trainer = services["trainer"]
-    assert str(trainer.get("restart", "no")) == "no"
-    assert "healthcheck" not in trainer
-    assert "ports" not in trainer
+@pytest.mark.parametrize("name", JOBS)
+def test_jobs_run_once(services, name):
+    job = services[name]
+    assert str(job.get("restart", "no")) == "no"
+    assert "healthcheck" not in job
+    assert "ports" not in job
+
+
+def test_training_publishes_and_only_the_rollout_makes_a_version_live(services):
+    assert "--initial" in as_argv(services["rollout"]["command"])  # the first rollout; later ones are run by hand
+    assert not {"--promote", "--rollout"} & set(as_argv(services["trainer"]["command"]))
 
 
 # --- commands against the package's console scripts -------------------------
@@ -167,7 +178,7 @@ def test_command_flags_are_accepted_by_the_cli(services, scripts, clean_env, nam
     parse(argv[0], argv[1:], scripts)
 
 
-@pytest.mark.parametrize("name", ["index-service", "query-service"])
+@pytest.mark.parametrize("name", SERVERS)
 def test_healthcheck_uses_recsys_client_health_on_the_service_port(services, scripts, clean_env, name):
     service = services[name]
     check = healthcheck_argv(service)
@@ -181,17 +192,30 @@ def test_healthcheck_uses_recsys_client_health_on_the_service_port(services, scr
 
 
 def test_services_listen_on_all_interfaces(services):
-    for name in ("index-service", "query-service"):
-        assert flag_value(as_argv(services[name]["command"]), "--host") == "0.0.0.0", (
-            f"{name} must bind 0.0.0.0 to be reachable from other containers"
-        )
+    for name in SERVERS:
+        argv = as_argv(services[name]["command"])
+        for flag in ("--host", "--admin-host"):  # the rollout job reaches the admin planes over the network
+            assert flag_value(argv, flag) == "0.0.0.0", f"{name} must bind {flag} 0.0.0.0 for other containers"
 
 
-def test_query_service_points_at_index_service_and_redis(services):
+def test_each_slot_has_its_own_name(services):
+    names = [flag_value(as_argv(services[name]["command"]), "--slot") for name in INDEX_SLOTS]
+    assert len(set(names)) == len(INDEX_SLOTS) and None not in names
+
+
+def endpoints(value: str) -> set[tuple[str, str]]:
+    return {tuple(address.rsplit(":", 1)) for address in value.split(",")}
+
+
+def test_query_service_routes_over_every_slot_and_the_rollout_reaches_every_admin_plane(services):
+    slots = {(name, flag_value(as_argv(services[name]["command"]), "--port")) for name in INDEX_SLOTS}
+    admins = {(name, flag_value(as_argv(services[name]["command"]), "--admin-port")) for name in INDEX_SLOTS}
+    assert endpoints(flag_value(as_argv(services["query-service"]["command"]), "--index-address")) == slots
+    assert endpoints(flag_value(as_argv(services["rollout"]["command"]), "--index-admin")) == admins
+
+
+def test_query_service_uses_redis(services):
     argv = as_argv(services["query-service"]["command"])
-    host, port = flag_value(argv, "--index-address").rsplit(":", 1)
-    assert host == "index-service" and host in services
-    assert port == flag_value(as_argv(services["index-service"]["command"]), "--port")
     url = urlsplit(flag_value(argv, "--redis-url"))
     assert url.scheme == "redis" and url.hostname == "redis" and url.hostname in services
     assert (url.port or 6379) == 6379
@@ -244,11 +268,13 @@ def test_start_up_order(services):
         assert dep in deps, f"{name} must depend on {dep}"
         return deps[dep]["condition"]
 
-    for name in ("index-service", "query-service"):
+    for name in INDEX_SLOTS:
         assert condition(name, "trainer") == "service_completed_successfully"
+        assert condition("rollout", name) == "service_healthy"
+    for name in SERVERS:
         assert "healthcheck" in services[name]
+    assert condition("query-service", "rollout") == "service_completed_successfully"
     assert condition("query-service", "redis") == "service_healthy"
-    assert condition("query-service", "index-service") == "service_healthy"
 
 
 # --- Dockerfile ----------------------------------------------------------------

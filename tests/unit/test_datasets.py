@@ -9,9 +9,9 @@ import json
 import numpy as np
 import pytest
 
-from trainer.data import Interactions, search_right, synthetic
-from trainer.datasets import (DATASET_NAMES, DatasetOptions, add_dataset_arguments, load_dataset,
-                              options_from_args)
+from settings.flags import add_flags, from_args
+from trainer.data import DATASET_NAMES, DatasetOptions, Interactions, load_dataset
+from trainer.data.synthetic import SyntheticConfig, search_right, synthetic
 
 REVIEWS = [  # user, business, stars, date
     ("u1", "b1", 5, "2018-07-07 22:09:11"),
@@ -99,9 +99,9 @@ def test_bad_column_names_the_missing_and_found_columns(tmp_path):
     jl.write_text('{"user_id": "u", "business_id": "b"}\n')
     with pytest.raises(ValueError, match=r"columns 'stars', 'date' not found; columns found: user_id, business_id"):
         load_dataset("interactions-csv", _reviews_options(jl))
-    with pytest.raises(ValueError, match="--min-rating needs --rating-col"):
+    with pytest.raises(ValueError, match="min_rating: needs --rating-col"):
         load_dataset("interactions-csv", DatasetOptions(data_path=path, min_rating=3))
-    with pytest.raises(ValueError, match="--data-path is required"):
+    with pytest.raises(ValueError, match="data_path: is required for --dataset sessions"):
         load_dataset("sessions", DatasetOptions())
     with pytest.raises(ValueError, match="pass --format"):
         load_dataset("interactions-csv", DatasetOptions(data_path=_write_delimited(tmp_path / "x.dat", ["a"], [])))
@@ -138,12 +138,11 @@ def test_sessions_drop_single_event_sessions_and_sort_by_time(tmp_path):
 def test_flags_to_options_to_load(tmp_path):
     path = _write_delimited(tmp_path / "reviews.tsv", ["user_id", "business_id", "stars", "date"], REVIEWS, "\t")
     p = argparse.ArgumentParser()
-    p.add_argument("--data-dir")
-    add_dataset_arguments(p)
+    add_flags(p, DatasetOptions)
     args = p.parse_args(["--data-path", str(path), "--customer-col", "user_id", "--candidate-col", "business_id",
                          "--rating-col", "stars", "--time-col", "date", "--min-rating", "4",
                          "--catalog-feature-cols", "a, b"])
-    o = options_from_args(args)
+    o = from_args(DatasetOptions, args)
     assert o.min_rating == 4.0 and o.catalog_feature_cols == ("a", "b") and o.format is None and o.header
     assert len(load_dataset("interactions-csv", o)) == 3
     assert set(DATASET_NAMES) == {"movielens-100k", "synthetic", "interactions-csv", "sessions"}
@@ -152,9 +151,7 @@ def test_flags_to_options_to_load(tmp_path):
 
 
 def test_synthetic_through_load_dataset_and_guide_search():
-    class Sizes:
-        num_customers, num_candidates, num_interactions, num_clusters = 50, 20, 300, 4
-    d = load_dataset("synthetic", DatasetOptions(synthetic=Sizes(), seed=3))
+    d = load_dataset("synthetic", DatasetOptions(synthetic=SyntheticConfig(50, 20, 300, 4)), seed=3)
     assert len(d) == 300 and len(d.catalog) == 20
     assert np.array_equal(d.customer_ids, synthetic(50, 20, 300, 4, seed=3).customer_ids)
     rng = np.random.default_rng(0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trainer.plot import hit_rate_series, plot_hit_rates
+from trainer.evaluation.plot import hit_rate_series, plot_hit_rates
 
 KS = (1, 5, 10, 50, 100)
 

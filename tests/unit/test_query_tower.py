@@ -1,7 +1,7 @@
 """QueryModel fills every input a version's tower signature asks for: the id,
-the history (stored or from the request) and features (stored, or the typical
-value for an unknown customer). A small hand-built SavedModel makes the
-expected embeddings exact."""
+the history (stored or from the request) and features (stored, or the missing
+marker for an unknown customer, as in training). A small hand-built SavedModel
+makes the expected embeddings exact."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-import model_registry.tf_env  # noqa: F401
+import settings.tf_env  # noqa: F401
 import tensorflow as tf
 
 from model_registry import IndexSpec, Manifest, VersionError
@@ -64,19 +64,19 @@ def write_version(directory, with_age=True, tower=None):
                         dataset="test", created_at="2026-01-01T00:00:00Z", index=IndexSpec(kind="brute_force"),
                         files=checksum_tree(directory))
     (directory / MANIFEST_FILE).write_text(manifest.to_json())
+    return manifest
 
 
-def test_inputs_come_from_the_store_the_request_and_feature_defaults(tmp_path):
-    write_version(tmp_path)
-    model = QueryModel.load(tmp_path, "m")
-    assert model.takes_history
+def test_inputs_come_from_the_store_the_request_and_the_missing_marker(tmp_path):
+    model = QueryModel.load(tmp_path, write_version(tmp_path))
+    assert model.takes.history_length == 3 and model.takes.feature_names == ("age",)
     vectors, known = model.embed(["c1", "c2", "stranger", "stranger"],
                                  [(), (), ("i3-with-a-long-id", "nope"), ()])
     np.testing.assert_allclose(vectors, [
         [1, 0, 2, 0, 0, 20],   # stored history, stored age
         [0, 1, 0, 1, 0, 40],
-        [0, 0, 0, 0, 1, 30],   # request history (long id intact), median age
-        [0, 0, 0, 0, 0, 30],
+        [0, 0, 0, 0, 1, np.nan],   # request history (long id intact), age missing (NaN, as in training)
+        [0, 0, 0, 0, 0, np.nan],
     ])
     assert known.tolist() == [True, True, True, False]
     recent_wins, _ = model.embed(["c1"], [("i2",)])
@@ -85,14 +85,13 @@ def test_inputs_come_from_the_store_the_request_and_feature_defaults(tmp_path):
 
 
 def test_a_tower_input_the_store_cannot_fill_is_refused(tmp_path):
-    write_version(tmp_path, with_age=False)
+    manifest = write_version(tmp_path, with_age=False)
     with pytest.raises(VersionError, match="needs feature 'age'"):
-        QueryModel.load(tmp_path, "m")
+        QueryModel.load(tmp_path, manifest)
 
 
 def test_the_request_time_input_gets_the_serving_time(tmp_path):
-    write_version(tmp_path, tower=TimeTower())
-    model = QueryModel.load(tmp_path, "m")
+    model = QueryModel.load(tmp_path, write_version(tmp_path, tower=TimeTower()))
     before = time.time()
     vectors, _ = model.embed(["c1", "stranger"])
     assert vectors.shape == (2, 1)
@@ -101,8 +100,7 @@ def test_the_request_time_input_gets_the_serving_time(tmp_path):
 
 
 def test_stored_customers_are_answered_from_the_precomputed_table(tmp_path):
-    write_version(tmp_path)
-    model = QueryModel.load(tmp_path, "m")
+    model = QueryModel.load(tmp_path, write_version(tmp_path))
     vectors, known = model.lookup(["c2", "c1"])
     np.testing.assert_allclose(vectors, [[0, 1, 0, 1, 0, 40], [1, 0, 2, 0, 0, 20]])
     assert known.tolist() == [True, True]

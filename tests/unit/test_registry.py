@@ -32,7 +32,7 @@ def test_publish_verify_round_trip(tmp_path):
     m1 = reg.publish(_writer())
     m2 = reg.publish(_writer(b"y"))
     assert (m1.version, m2.version) == (1, 2)
-    assert reg.versions() == [1, 2] and reg.current_version() == 2
+    assert reg.versions() == [1, 2] and reg.current_version() is None  # publishing never makes a version live
     got = verify_version(reg.version_dir(2))
     assert got == m2 and got.files == m2.files
     assert set(got.files) == {"query_tower/saved_model.pb", mf.CANDIDATE_IDS_FILE,
@@ -40,11 +40,39 @@ def test_publish_verify_round_trip(tmp_path):
     assert not list(reg.model_dir.glob(".staging-*"))
 
 
-def test_no_promote_keeps_current(tmp_path):
+def test_pointers_are_explicit_and_never_guessed(tmp_path):
+    reg = Registry(tmp_path, "m")
+    for payload in (b"1", b"2", b"3"):
+        reg.publish(_writer(payload))
+    assert reg.current_version() is None and reg.previous_version() is None  # not "the newest"
+    reg.set_current(1)
+    assert (reg.current_version(), reg.previous_version()) == (1, None)
+    reg.set_current(3)
+    assert (reg.current_version(), reg.previous_version()) == (3, 1)
+    reg.set_current(1)  # a rollback swaps them
+    assert (reg.current_version(), reg.previous_version()) == (1, 3)
+    with pytest.raises(VersionError, match="not published"):
+        reg.set_current(9)
+    (reg.model_dir / "CURRENT").write_text("7\n")  # names a version that does not exist
+    with pytest.raises(VersionError, match=r"names '7', which is not a published version of m \(published: \[1, 2, 3\]\)"):
+        reg.current_version()
+    (reg.model_dir / "CURRENT").write_text("garbage")
+    with pytest.raises(VersionError, match="garbage"):
+        reg.current_version()
+
+
+def test_slot_records(tmp_path):
     reg = Registry(tmp_path, "m")
     reg.publish(_writer())
-    reg.publish(_writer(), make_current=False)
-    assert reg.versions() == [1, 2] and reg.current_version() == 1
+    assert reg.slot_version("blue") is None  # an empty slot
+    reg.set_slot_version("blue", 1)
+    assert reg.slot_version("blue") == 1 and reg.slot_version("green") is None
+    reg.set_slot_version("blue", None)
+    assert reg.slot_version("blue") is None
+    with pytest.raises(VersionError, match="not published"):
+        reg.set_slot_version("blue", 5)
+    with pytest.raises(ValueError, match="slot name"):
+        reg.slot_version("../etc")
 
 
 def test_tampered_file_fails_verification(tmp_path):

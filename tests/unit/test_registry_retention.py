@@ -6,26 +6,29 @@ import pytest
 from model_registry import IndexSpec, Manifest, Registry
 
 
-def publish_dummy(registry: Registry, make_current: bool = True) -> int:
+def publish_dummy(registry: Registry) -> int:
     def write(staging):
         (staging / "payload.bin").write_bytes(b"x")
         return lambda version, files: Manifest(
             model=registry.model, version=version, embedding_dim=1, num_candidates=1, tower="id",
             dataset="test", created_at="2026-01-01T00:00:00Z", index=IndexSpec(kind="brute_force"), files=files)
 
-    return registry.publish(write, make_current=make_current).version
+    return registry.publish(write).version
 
 
-def test_prune_keeps_newest_current_and_rollback_target(tmp_path):
+def test_prune_keeps_newest_current_rollback_target_and_slot_contents(tmp_path):
     registry = Registry(tmp_path, "m")
-    for _ in range(6):
+    for _ in range(7):
         publish_dummy(registry)
+    registry.set_current(2)
     registry.set_current(3)
-    assert registry.prune(keep=2) == [1, 4]  # 5, 6 newest; 3 CURRENT; 2 its rollback target
-    assert registry.versions() == [2, 3, 5, 6]
-    assert registry.current_version() == 3
-    assert sorted(p.name for p in registry.model_dir.iterdir()) == ["2", "3", "5", "6", "CURRENT"]
-    assert publish_dummy(registry) == 7  # numbering never goes back
+    registry.set_slot_version("green", 1)
+    assert registry.prune(keep=2) == [4, 5]  # 6, 7 newest; 3 CURRENT; 2 PREVIOUS; 1 in slot green
+    assert registry.versions() == [1, 2, 3, 6, 7]
+    assert registry.current_version() == 3 and registry.previous_version() == 2
+    assert sorted(p.name for p in registry.model_dir.iterdir()) == ["1", "2", "3", "6", "7", "CURRENT", "PREVIOUS",
+                                                                    "slots"]
+    assert publish_dummy(registry) == 8  # numbering never goes back
 
 
 def test_prune_refuses_to_keep_fewer_than_two(tmp_path):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer.data import Interactions, synthetic
-from trainer.split import SPLITS, make_split
+from trainer.data import SPLITS, Interactions, make_split
+from trainer.data.synthetic import synthetic
 
 
 def _pairs(d):

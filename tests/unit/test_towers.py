@@ -1,6 +1,7 @@
 """Every tower family: train one epoch on a tiny synthetic set, export, reload the
 SavedModel with plain TensorFlow, call its signature with the documented raw
-inputs, and check the customer store layout (real TensorFlow, no mocks)."""
+inputs, serve it through the query service's QueryModel, and check the
+customer store layout (real TensorFlow, no mocks)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,22 @@ import dataclasses
 import numpy as np
 import pytest
 
-import model_registry.tf_env  # noqa: F401
+import settings.tf_env  # noqa: F401
 import tensorflow as tf
 
-from trainer import towers
-from trainer.data import Interactions, synthetic
-from model_registry.manifest import CUSTOMER_STORE_FILE
-from trainer.export import save_query_tower, write_customer_store
-from trainer.model import TrainConfig, _new_model, customer_data, train
+from model_registry import IndexSpec, Manifest
+from model_registry.customers import DEFAULT_HISTORY_LENGTH
+from model_registry.manifest import CUSTOMER_STORE_FILE, MANIFEST_FILE, POPULAR_FILE, QUERY_TOWER_DIR, checksum_tree
+from model_registry.tower_inputs import REQUEST_TIME, tower_inputs
+from query_service.tower import QueryModel
+from settings.flags import replace_nested
+from trainer.config import TrainConfig
+from trainer.data import Interactions
+from trainer.data.synthetic import synthetic
+from trainer.export.saved_model import save_query_tower
+from trainer.model import call_query_tower, customer_store, query_embeddings
+from trainer.towers.config import TOWERS, TowerConfig
+from trainer.training import TrainingHistories, _new_model, train
 
 HISTORY_LENGTH = 7
 
@@ -34,17 +43,28 @@ def data() -> Interactions:
 
 
 def _config(tower: str) -> TrainConfig:
-    return TrainConfig(tower=tower, embedding_dim=8, max_epochs=1, batch_size=256, history_length=HISTORY_LENGTH,
-                       verbose=False)
+    return TrainConfig(towers=TowerConfig(kind=tower, embedding_dim=8, history_length=HISTORY_LENGTH),
+                       max_epochs=1, batch_size=256)
 
 
-@pytest.mark.parametrize("tower", towers.TOWERS)
+def _served(tower, store, path) -> QueryModel:
+    """The tower and store published as a version directory, loaded as the query service does."""
+    save_query_tower(tower, path / QUERY_TOWER_DIR)
+    store.save(path / CUSTOMER_STORE_FILE)
+    np.savez(path / POPULAR_FILE, ids=np.array(["i000001"]), scores=np.array([1.0], np.float32))
+    manifest = Manifest(model="m", version=1, embedding_dim=8, num_candidates=1, tower=tower.kind, dataset="test",
+                        created_at="2026-01-01T00:00:00Z", index=IndexSpec(kind="brute_force"),
+                        files=checksum_tree(path))
+    (path / MANIFEST_FILE).write_text(manifest.to_json())
+    return QueryModel.load(path, manifest)
+
+
+@pytest.mark.parametrize("tower", TOWERS)
 def test_tower_trains_exports_and_serves(tower, data, tmp_path):
     result = train(data, _config(tower))
     model = result.model
-    save_query_tower(model.query_tower, tmp_path / "query_tower")
-    store = customer_data(model, data)
-    write_customer_store(store, tmp_path / CUSTOMER_STORE_FILE)
+    store = customer_store(model.query_tower, data)
+    served = _served(model.query_tower, store, tmp_path)
 
     signature = tf.saved_model.load(str(tmp_path / "query_tower")).signatures["serving_default"]
     specs = signature.structured_input_signature[1]
@@ -82,9 +102,15 @@ def test_tower_trains_exports_and_serves(tower, data, tmp_path):
         emb = out["embedding"].numpy()
         assert not np.allclose(emb[2], emb[1])  # the history makes it personal
 
-    # The exported tower agrees with the in-process one on the stored inputs.
-    local = towers.call_query_tower(model.query_tower, store.inputs(store.ids[:5], model.query_tower))[0]
-    served_inputs = {k: tf.constant(v) for k, v in store.inputs(store.ids[:5], model.query_tower).items()}
+    # One rule for the inputs: the query service serves every customer, stored or
+    # unknown (empty history, missing features), with the embedding the trainer
+    # evaluated it with.
+    customers = np.concatenate([store.ids[:5], ["nobody", "c999999"]])
+    np.testing.assert_allclose(served.embed(customers.tolist())[0], query_embeddings(model, store, customers),
+                               rtol=1e-4, atol=1e-5)
+    local = call_query_tower(model.query_tower, tower_inputs(model.query_tower.takes, store, store.ids[:5]))[0]
+    served_inputs = {k: tf.constant(v) for k, v in tower_inputs(model.query_tower.takes, store,
+                                                                 store.ids[:5]).items()}
     np.testing.assert_allclose(signature(**served_inputs)["embedding"].numpy(), local, rtol=1e-4, atol=1e-5)
 
     _check_store(tmp_path / CUSTOMER_STORE_FILE, data, tower)
@@ -98,7 +124,7 @@ def _check_store(path, data: Interactions, tower: str) -> None:
         assert files == base | feats
         ids, history, offsets, seen = z["ids"], z["history"], z["seen_offsets"], z["seen_items"]
         assert ids.dtype.kind == "U" and np.array_equal(ids, np.unique(data.customer_ids))
-        length = HISTORY_LENGTH if tower in ("history", "sequence") else towers.DEFAULT_HISTORY_LENGTH
+        length = HISTORY_LENGTH if tower in ("history", "sequence") else DEFAULT_HISTORY_LENGTH
         assert history.dtype.kind == "U" and history.shape == (len(ids), length)
         assert offsets.dtype == np.int64 and offsets.shape == (len(ids) + 1,) and offsets[0] == 0
         assert seen.dtype.kind == "U" and offsets[-1] == len(seen)
@@ -118,33 +144,31 @@ def _check_store(path, data: Interactions, tower: str) -> None:
 def test_training_histories_exclude_the_target():
     d = Interactions(np.array(["u", "u", "u", "v"]), np.array(["a", "b", "c", "a"]),
                      np.array([1, 3, 2, 5], np.int64))
-    h = towers.TrainingHistories.build(d, 3).lookup(tf.range(len(d), dtype=tf.int64)).numpy().astype(str)
+    h = TrainingHistories.build(d, 3).lookup(tf.range(len(d), dtype=tf.int64)).numpy().astype(str)
     # u's items by recency: b (3), c (2), a (1).
     assert h.tolist() == [["b", "c", ""], ["c", "a", ""], ["b", "a", ""], ["", "", ""]]
 
 
 def test_unknown_tower_is_rejected():
-    with pytest.raises(ValueError, match="tower must be one of"):
-        TrainConfig(tower="nope").tower_config()
+    with pytest.raises(ValueError, match="kind: must be one of id, features"):
+        TowerConfig(kind="nope")
 
 
 def test_features_tower_time_input_is_clipped_to_the_training_period(data, tmp_path):
     """With time features the tower takes ``request_time``; a serving time after the
     training period embeds like the period's last moment, an earlier one differently."""
-    result = train(data, dataclasses.replace(_config("features"), time_features=True))
+    result = train(data, replace_nested(_config("features"), {"towers": {"time_features": True}}))
     tower = result.model.query_tower
     first, last = tower.time_range
     assert (first, last) == (float(data.timestamps.min()), float(data.timestamps.max()))
     save_query_tower(tower, tmp_path / "query_tower")
     signature = tf.saved_model.load(str(tmp_path / "query_tower")).signatures["serving_default"]
-    spec = signature.structured_input_signature[1][towers.REQUEST_TIME]
+    spec = signature.structured_input_signature[1][REQUEST_TIME]
     assert spec.dtype == tf.float64 and spec.shape.as_list() == [None]
 
     def embed(t: float) -> np.ndarray:
-        inputs = {k: tf.constant(v) for k, v in customer_data(result.model, data).inputs(
-            np.array([str(data.customer_ids[0])]), tower).items()}
-        inputs[towers.REQUEST_TIME] = tf.constant([t], tf.float64)
-        return signature(**inputs)["embedding"].numpy()
+        inputs = tower_inputs(tower.takes, customer_store(tower, data), [str(data.customer_ids[0])], request_time=t)
+        return signature(**{k: tf.constant(v) for k, v in inputs.items()})["embedding"].numpy()
 
     np.testing.assert_allclose(embed(last + 10 * 365 * 86_400), embed(last), rtol=1e-6)
     assert not np.allclose(embed(first), embed(last))

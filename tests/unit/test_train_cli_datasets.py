@@ -34,7 +34,7 @@ def test_reviews_file_with_rating_threshold_and_split(tmp_path, capsys, split):
     assert "hit_rate_excluding_seen@10" in metrics["baselines"]["item_item_cosine"]
     assert (tmp_path / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     registry = Registry(tmp_path / "reg", "reviews")
-    verify_version(registry.version_dir(registry.current_version()))
+    assert registry.versions() == [1] and verify_version(registry.version_dir(1)).version == 1
     assert "plot:" in capsys.readouterr().out
 
 

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 
 from tests.conftest import ML100K_DIR
-from trainer import evaluate
-from trainer.data import Interactions, load_movielens_100k, synthetic
-from trainer.split import random_split
+from trainer.data import Interactions
+from trainer.data.movielens import load_movielens_100k
+from trainer.data.split import random_split
+from trainer.data.synthetic import synthetic
+from trainer.evaluation import baselines, metrics, report
 
 needs_ml100k = pytest.mark.skipif(not (ML100K_DIR / "u.data").is_file(), reason=f"ml-100k not at {ML100K_DIR}")
 
@@ -27,7 +29,7 @@ def test_movielens_counts():
     assert d.num_customers == 943
     assert len(np.unique(d.candidate_ids)) == 1682 and len(d.catalog) == 1682
     assert d.customer_ids.dtype.kind == "U" and d.timestamps.dtype == np.int64
-    assert d.candidate_titles["1"] == "Toy Story (1995)"
+    assert d.candidate_features["title"][d.candidate_feature_rows(np.array(["1"]))[0]] == "Toy Story (1995)"
     # Columnar feature tables aligned with sorted id arrays.
     assert len(d.customer_feature_ids) == 943 and set(d.customer_features) == {"age", "gender", "occupation", "zip"}
     row = d.customer_feature_rows(np.array(["1", "nope"]))
@@ -101,13 +103,13 @@ def _tiny():
 
 def test_hit_rates_on_hand_made_example():
     train, test, catalog = _tiny()
-    es = evaluate.prepare(train, test, catalog)
+    es = metrics.prepare(train, test, catalog)
     assert list(es.customers) == ["u1", "u2"]
     # u1 scores a=3 b=2 c=1 d=0, holds out c (rank 2; rank 1 once its seen "a" is masked).
     # u2 scores a=0 b=c=d=1, holds out a (rank 3; rank 2 once its seen "b" is masked).
     q = np.array([[1.0, 0.0], [0.0, 1.0]])
     c = np.array([[3.0, 0.0], [2.0, 1.0], [1.0, 1.0], [0.0, 1.0]])
-    got = evaluate.hit_rates(evaluate.embedding_scores(q, c), es, ks=(1, 2, 3))
+    got = metrics.hit_rates(metrics.embedding_scores(q, c), es, ks=(1, 2, 3))
     assert got == {"hit_rate@1": 0.0, "hit_rate@2": 0.0, "hit_rate@3": 0.5,
                    "hit_rate_excluding_seen@1": 0.0, "hit_rate_excluding_seen@2": 0.5,
                    "hit_rate_excluding_seen@3": 1.0}
@@ -115,22 +117,22 @@ def test_hit_rates_on_hand_made_example():
 
 def test_popularity_ties_are_not_credited():
     train, test, catalog = _tiny()
-    es = evaluate.prepare(train, test, catalog)
+    es = metrics.prepare(train, test, catalog)
     # Counts a=1 b=2 c=0 d=0: c ties with d but sorts before it, a is second.
-    pop = evaluate.hit_rates(evaluate.popularity_scores(es), es, ks=(1, 2, 3))
+    pop = metrics.hit_rates(baselines.popularity_scores(es), es, ks=(1, 2, 3))
     assert pop["hit_rate@2"] == 0.5 and pop["hit_rate@3"] == 1.0
     assert pop["hit_rate_excluding_seen@1"] == 0.5  # u2: b masked, a is top
 
 
 def test_item_item_cosine_and_report_table():
     train, test, catalog = _tiny()
-    es = evaluate.prepare(train, test, catalog)
-    report = {"hit_rate@1": 0.0, "hit_rate_excluding_seen@1": 0.0,
-              "baselines": evaluate.baselines(train, es, ks=(1,))}
-    assert set(report["baselines"]) == {"popularity", "item_item_cosine"}
-    skipped = evaluate.baselines(train, es, ks=(1,), item_item_max_candidates=2)
+    es = metrics.prepare(train, test, catalog)
+    result = {"hit_rate@1": 0.0, "hit_rate_excluding_seen@1": 0.0,
+              "baselines": baselines.baselines(train, es, ks=(1,))}
+    assert set(result["baselines"]) == {"popularity", "item_item_cosine"}
+    skipped = baselines.baselines(train, es, ks=(1,), item_item_max_candidates=2)
     assert "skipped" in skipped["item_item_cosine"]
-    table = evaluate.format_table(report, ks=(1,))
+    table = report.format_table(result, ks=(1,))
     assert "popularity" in table and "item_item_cosine" in table and "excluding seen" in table
 
 
@@ -138,7 +140,8 @@ def test_item_item_cosine_and_report_table():
 
 
 def test_tree_ah_index_meets_recall_and_survives_rename(tmp_path):
-    from trainer import index_builder
+    from index_service.searcher import load_searcher
+    from trainer.export import index as index_builder
 
     # Clustered vectors, like trained embeddings (isotropic noise has no structure to exploit).
     rng = np.random.default_rng(0)
@@ -150,7 +153,7 @@ def test_tree_ah_index_meets_recall_and_survives_rename(tmp_path):
     assert spec.kind == "tree_ah" and spec.num_leaves == 55 and spec.recall_at_10 >= 0.95
     index_builder.save_searcher(searcher, tmp_path / "staging")
     shutil.move(tmp_path / "staging", tmp_path / "renamed")  # relative asset paths must survive this
-    loaded = index_builder.load_searcher(tmp_path / "renamed")
+    loaded = load_searcher(tmp_path / "renamed")  # as the index service loads it (no TensorFlow)
     recall = index_builder.measure_recall(loaded, probes, db, leaves_to_search=spec.num_leaves_to_search)
     assert recall == pytest.approx(spec.recall_at_10)
 
@@ -159,13 +162,14 @@ def test_tree_ah_index_meets_recall_and_survives_rename(tmp_path):
 
 
 def test_train_publish_reload_round_trip(tmp_path, capsys):
-    import model_registry.tf_env  # noqa: F401
+    import settings.tf_env  # noqa: F401
     import tensorflow as tf
     from scann import scann_ops_pybind
 
     from model_registry import Registry, verify_version
     from model_registry import manifest as mf
-    from trainer import cli, index_builder
+    from model_registry.search import exact_top_k
+    from trainer import cli
 
     rc = cli.main(["--dataset", "synthetic", "--registry", str(tmp_path / "reg"), "--model", "tiny",
                    "--epochs", "2", "--embedding-dim", "16", "--batch-size", "256", "--quiet",
@@ -177,7 +181,7 @@ def test_train_publish_reload_round_trip(tmp_path, capsys):
     assert "published model=tiny version=1 dir=" in out and "recall@10=1.00" in out
 
     reg = Registry(tmp_path / "reg", "tiny")
-    assert reg.current_version() == 1
+    assert reg.versions() == [1] and reg.current_version() is None  # published, not rolled out
     vdir = reg.version_dir(1)
     manifest = verify_version(vdir)
     assert sorted(p.name for p in vdir.iterdir()) == sorted([
@@ -206,7 +210,7 @@ def test_train_publish_reload_round_trip(tmp_path, capsys):
     searcher = scann_ops_pybind.load_searcher(str(vdir / mf.SCANN_DIR))
     queries = res["embedding"].numpy()
     got, _ = searcher.search_batched(queries, final_num_neighbors=10)
-    exact = index_builder.exact_top_k(queries, emb, 10)
+    exact, _ = exact_top_k(queries, emb, 10)
     assert [set(r) for r in np.asarray(got)] == [set(r) for r in exact]
 
 
@@ -225,7 +229,7 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
 
 
 def test_cli_history_tower_publishes_customer_store(tmp_path, capsys):
-    import model_registry.tf_env  # noqa: F401
+    import settings.tf_env  # noqa: F401
     import tensorflow as tf
 
     from model_registry import Registry, verify_version
@@ -239,7 +243,7 @@ def test_cli_history_tower_publishes_customer_store(tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     vdir = Registry(tmp_path / "reg", "hist").version_dir(1)
     manifest = verify_version(vdir)
-    assert manifest.tower == "history" and manifest.metrics["config"]["l2"] == 0.0001
+    assert manifest.tower == "history" and manifest.metrics["config"]["towers"]["l2"] == 0.0001
     with np.load(vdir / mf.CUSTOMER_STORE_FILE, allow_pickle=False) as store:
         ids, history = store["ids"], store["history"]
         assert history.shape == (len(ids), 12) and len(store["seen_offsets"]) == len(ids) + 1
@@ -249,12 +253,17 @@ def test_cli_history_tower_publishes_customer_store(tmp_path, capsys):
     assert res["known"].numpy().tolist() == [True, False] and res["embedding"].shape == (2, 8)
 
 
-def test_recommended_config_and_tower_flag():
+def test_recommended_config_and_tower_flag(tmp_path):
     from trainer import cli
-    from trainer.model import DEFAULT_TOWER, recommended_config
+    from trainer.config import DEFAULT_TOWER, GENERIC_PRESETS, recommended_config
 
-    assert recommended_config("movielens-100k").tower == DEFAULT_TOWER["movielens-100k"]
-    assert recommended_config("synthetic").tower == "id"
-    assert recommended_config("movielens-100k", "sequence").tower == "sequence"
-    args = cli.build_parser().parse_args(["--dataset", "synthetic", "--tower", "features", "--l2", "0.01"])
-    assert args.tower == "features" and args.l2 == 0.01 and args.epochs is None
+    assert recommended_config("movielens-100k").towers.kind == DEFAULT_TOWER["movielens-100k"]
+    assert recommended_config("synthetic").towers.kind == "id"
+    assert recommended_config("movielens-100k", "sequence").towers.kind == "sequence"
+    parser = cli.build_parser()
+    args = parser.parse_args(["--dataset", "synthetic", "--registry", str(tmp_path), "--model", "m",
+                              "--tower", "features", "--l2", "0.01"])
+    config = cli.config_from_args(parser, args)
+    # The features preset with the one flag given applied over it; everything else from the preset.
+    assert config.train.towers.kind == "features" and config.train.towers.l2 == 0.01
+    assert config.train.max_epochs == GENERIC_PRESETS["features"].max_epochs

@@ -22,31 +22,28 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from protos.recsys.v1 import versions_pb2 as protos_dot_recsys_dot_v1_dot_versions__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cprotos/recsys/v1/admin.proto\x12\trecsys.v1\"\xc3\x01\n\rVersionStatus\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.recsys.v1.VersionState\x12\x16\n\x0enum_candidates\x18\x03 \x01(\x03\x12\x15\n\rembedding_dim\x18\x04 \x01(\x05\x12\x1e\n\x16self_test_recall_at_10\x18\x05 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x06 \x01(\x03\x12\x14\n\x0cload_seconds\x18\x07 \x01(\x01\"v\n\rServiceStatus\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x14\n\x0clive_version\x18\x03 \x01(\x03\x12*\n\x08versions\x18\x04 \x03(\x0b\x32\x18.recsys.v1.VersionStatus\"%\n\x12LoadVersionRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\"!\n\x0ePromoteRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\"\x11\n\x0fRollbackRequest\"\'\n\x14UnloadVersionRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\"\x12\n\x10GetStatusRequest*\x98\x01\n\x0cVersionState\x12\x1d\n\x19VERSION_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15VERSION_STATE_LOADING\x10\x01\x12\x17\n\x13VERSION_STATE_READY\x10\x02\x12\x19\n\x15VERSION_STATE_SERVING\x10\x03\x12\x1a\n\x16VERSION_STATE_DRAINING\x10\x04\x32\xe8\x02\n\x0c\x41\x64minService\x12\x46\n\x0bLoadVersion\x12\x1d.recsys.v1.LoadVersionRequest\x1a\x18.recsys.v1.ServiceStatus\x12>\n\x07Promote\x12\x19.recsys.v1.PromoteRequest\x1a\x18.recsys.v1.ServiceStatus\x12@\n\x08Rollback\x12\x1a.recsys.v1.RollbackRequest\x1a\x18.recsys.v1.ServiceStatus\x12J\n\rUnloadVersion\x12\x1f.recsys.v1.UnloadVersionRequest\x1a\x18.recsys.v1.ServiceStatus\x12\x42\n\tGetStatus\x12\x1b.recsys.v1.GetStatusRequest\x1a\x18.recsys.v1.ServiceStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cprotos/recsys/v1/admin.proto\x12\trecsys.v1\x1a\x1fprotos/recsys/v1/versions.proto\"\x84\x01\n\rServiceStatus\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x14\n\x0clive_version\x18\x03 \x01(\x03\x12*\n\x08versions\x18\x04 \x03(\x0b\x32\x18.recsys.v1.VersionStatus\x12\x0c\n\x04slot\x18\x05 \x01(\t\"%\n\x12LoadVersionRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\"!\n\x0ePromoteRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\"\x11\n\x0fRollbackRequest\"\'\n\x14UnloadVersionRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\"\x12\n\x10GetStatusRequest2\xe8\x02\n\x0c\x41\x64minService\x12\x46\n\x0bLoadVersion\x12\x1d.recsys.v1.LoadVersionRequest\x1a\x18.recsys.v1.ServiceStatus\x12>\n\x07Promote\x12\x19.recsys.v1.PromoteRequest\x1a\x18.recsys.v1.ServiceStatus\x12@\n\x08Rollback\x12\x1a.recsys.v1.RollbackRequest\x1a\x18.recsys.v1.ServiceStatus\x12J\n\rUnloadVersion\x12\x1f.recsys.v1.UnloadVersionRequest\x1a\x18.recsys.v1.ServiceStatus\x12\x42\n\tGetStatus\x12\x1b.recsys.v1.GetStatusRequest\x1a\x18.recsys.v1.ServiceStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.recsys.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_VERSIONSTATE']._serialized_start=516
-  _globals['_VERSIONSTATE']._serialized_end=668
-  _globals['_VERSIONSTATUS']._serialized_start=44
-  _globals['_VERSIONSTATUS']._serialized_end=239
-  _globals['_SERVICESTATUS']._serialized_start=241
-  _globals['_SERVICESTATUS']._serialized_end=359
-  _globals['_LOADVERSIONREQUEST']._serialized_start=361
-  _globals['_LOADVERSIONREQUEST']._serialized_end=398
-  _globals['_PROMOTEREQUEST']._serialized_start=400
-  _globals['_PROMOTEREQUEST']._serialized_end=433
-  _globals['_ROLLBACKREQUEST']._serialized_start=435
-  _globals['_ROLLBACKREQUEST']._serialized_end=452
-  _globals['_UNLOADVERSIONREQUEST']._serialized_start=454
-  _globals['_UNLOADVERSIONREQUEST']._serialized_end=493
-  _globals['_GETSTATUSREQUEST']._serialized_start=495
-  _globals['_GETSTATUSREQUEST']._serialized_end=513
-  _globals['_ADMINSERVICE']._serialized_start=671
-  _globals['_ADMINSERVICE']._serialized_end=1031
+  _globals['_SERVICESTATUS']._serialized_start=77
+  _globals['_SERVICESTATUS']._serialized_end=209
+  _globals['_LOADVERSIONREQUEST']._serialized_start=211
+  _globals['_LOADVERSIONREQUEST']._serialized_end=248
+  _globals['_PROMOTEREQUEST']._serialized_start=250
+  _globals['_PROMOTEREQUEST']._serialized_end=283
+  _globals['_ROLLBACKREQUEST']._serialized_start=285
+  _globals['_ROLLBACKREQUEST']._serialized_end=302
+  _globals['_UNLOADVERSIONREQUEST']._serialized_start=304
+  _globals['_UNLOADVERSIONREQUEST']._serialized_end=343
+  _globals['_GETSTATUSREQUEST']._serialized_start=345
+  _globals['_GETSTATUSREQUEST']._serialized_end=363
+  _globals['_ADMINSERVICE']._serialized_start=366
+  _globals['_ADMINSERVICE']._serialized_end=726
 # @@protoc_insertion_point(module_scope)

@@ -66,28 +66,35 @@ class AdminServiceServicer:
 
     def LoadVersion(self, request, context):
         """Loads, verifies (checksums, dimensions) and self-tests a published version
-        without changing the live one. Idempotent for an already loaded version.
+        off the request path. Idempotent for an already loaded version.
+        Query service: adds it beside the live version (READY).
+        Index service: the slot's content is replaced (the version it held is
+        unloaded first; it is loaded back if the new one is refused), and refused
+        with FAILED_PRECONDITION while the slot answers live searches.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Promote(self, request, context):
-        """Makes a loaded version live (one atomic switch).
+        """Query service: makes a loaded version live, a routing switch; refused
+        unless an index endpoint holds the version. Index service: refused (slots
+        have no live version; promotion happens on the query replicas).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Rollback(self, request, context):
-        """Makes the previously live version live again (it must still be loaded).
+        """Query service: makes the rollback target live again (a routing switch).
+        Index service: refused, as Promote.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UnloadVersion(self, request, context):
-        """Frees a version that is not live.
+        """Frees a version that is not live (index: empties the slot).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

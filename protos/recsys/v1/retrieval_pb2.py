@@ -22,37 +22,42 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from protos.recsys.v1 import versions_pb2 as protos_dot_recsys_dot_v1_dot_versions__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n protos/recsys/v1/retrieval.proto\x12\trecsys.v1\"6\n\x0fScoredCandidate\x12\x14\n\x0c\x63\x61ndidate_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"\x85\x01\n\x10RecommendRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x1d\n\x15\x65xclude_candidate_ids\x18\x03 \x03(\t\x12\x1c\n\x14recent_candidate_ids\x18\x04 \x03(\t\x12\x14\n\x0c\x65xclude_seen\x18\x05 \x01(\x08\"\xaa\x01\n\x11RecommendResponse\x12.\n\ncandidates\x18\x01 \x03(\x0b\x32\x1a.recsys.v1.ScoredCandidate\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x11\n\tcache_hit\x18\x03 \x01(\x08\x12\'\n\x06source\x18\x04 \x01(\x0e\x32\x17.recsys.v1.ResultSource\x12\x12\n\nmodel_name\x18\x05 \x01(\t\"#\n\x0c\x45mbedRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\"e\n\rEmbedResponse\x12\x11\n\tembedding\x18\x01 \x03(\x02\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x16\n\x0eknown_customer\x18\x03 \x01(\x08\x12\x12\n\nmodel_name\x18\x04 \x01(\t\"`\n\rSearchRequest\x12\x0e\n\x06vector\x18\x01 \x03(\x02\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\x1d\n\x15\x65xclude_candidate_ids\x18\x04 \x03(\t\"k\n\x0eSearchResponse\x12.\n\ncandidates\x18\x01 \x03(\x0b\x32\x1a.recsys.v1.ScoredCandidate\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x12\n\nmodel_name\x18\x03 \x01(\t\"?\n\x12\x42\x61tchSearchRequest\x12)\n\x07queries\x18\x01 \x03(\x0b\x32\x18.recsys.v1.SearchRequest\"X\n\x13\x42\x61tchSearchResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.recsys.v1.SearchResponse\x12\x15\n\rmodel_version\x18\x02 \x01(\x03*m\n\x0cResultSource\x12\x1d\n\x19RESULT_SOURCE_UNSPECIFIED\x10\x00\x12\x17\n\x13RESULT_SOURCE_MODEL\x10\x01\x12%\n!RESULT_SOURCE_POPULARITY_FALLBACK\x10\x02\x32\x92\x01\n\x0cQueryService\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12:\n\x05\x45mbed\x12\x17.recsys.v1.EmbedRequest\x1a\x18.recsys.v1.EmbedResponse2\x9b\x01\n\x0cIndexService\x12=\n\x06Search\x12\x18.recsys.v1.SearchRequest\x1a\x19.recsys.v1.SearchResponse\x12L\n\x0b\x42\x61tchSearch\x12\x1d.recsys.v1.BatchSearchRequest\x1a\x1e.recsys.v1.BatchSearchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n protos/recsys/v1/retrieval.proto\x12\trecsys.v1\x1a\x1fprotos/recsys/v1/versions.proto\"6\n\x0fScoredCandidate\x12\x14\n\x0c\x63\x61ndidate_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"\x85\x01\n\x10RecommendRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x1d\n\x15\x65xclude_candidate_ids\x18\x03 \x03(\t\x12\x1c\n\x14recent_candidate_ids\x18\x04 \x03(\t\x12\x14\n\x0c\x65xclude_seen\x18\x05 \x01(\x08\"\xaa\x01\n\x11RecommendResponse\x12.\n\ncandidates\x18\x01 \x03(\x0b\x32\x1a.recsys.v1.ScoredCandidate\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x11\n\tcache_hit\x18\x03 \x01(\x08\x12\'\n\x06source\x18\x04 \x01(\x0e\x32\x17.recsys.v1.ResultSource\x12\x12\n\nmodel_name\x18\x05 \x01(\t\"#\n\x0c\x45mbedRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\"e\n\rEmbedResponse\x12\x11\n\tembedding\x18\x01 \x03(\x02\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x16\n\x0eknown_customer\x18\x03 \x01(\x08\x12\x12\n\nmodel_name\x18\x04 \x01(\t\"`\n\rSearchRequest\x12\x0e\n\x06vector\x18\x01 \x03(\x02\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\x1d\n\x15\x65xclude_candidate_ids\x18\x04 \x03(\t\"k\n\x0eSearchResponse\x12.\n\ncandidates\x18\x01 \x03(\x0b\x32\x1a.recsys.v1.ScoredCandidate\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x12\n\nmodel_name\x18\x03 \x01(\t\"?\n\x12\x42\x61tchSearchRequest\x12)\n\x07queries\x18\x01 \x03(\x0b\x32\x18.recsys.v1.SearchRequest\"X\n\x13\x42\x61tchSearchResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.recsys.v1.SearchResponse\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\"\x14\n\x12WatchStatusRequest\"p\n\x0bIndexStatus\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0c\n\x04slot\x18\x02 \x01(\t\x12*\n\x08versions\x18\x03 \x03(\x0b\x32\x18.recsys.v1.VersionStatus\x12\x13\n\x0bkeepalive_s\x18\x04 \x01(\x01*m\n\x0cResultSource\x12\x1d\n\x19RESULT_SOURCE_UNSPECIFIED\x10\x00\x12\x17\n\x13RESULT_SOURCE_MODEL\x10\x01\x12%\n!RESULT_SOURCE_POPULARITY_FALLBACK\x10\x02\x32\x92\x01\n\x0cQueryService\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12:\n\x05\x45mbed\x12\x17.recsys.v1.EmbedRequest\x1a\x18.recsys.v1.EmbedResponse2\xe3\x01\n\x0cIndexService\x12=\n\x06Search\x12\x18.recsys.v1.SearchRequest\x1a\x19.recsys.v1.SearchResponse\x12L\n\x0b\x42\x61tchSearch\x12\x1d.recsys.v1.BatchSearchRequest\x1a\x1e.recsys.v1.BatchSearchResponse\x12\x46\n\x0bWatchStatus\x12\x1d.recsys.v1.WatchStatusRequest\x1a\x16.recsys.v1.IndexStatus0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.recsys.v1.retrieval_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RESULTSOURCE']._serialized_start=914
-  _globals['_RESULTSOURCE']._serialized_end=1023
-  _globals['_SCOREDCANDIDATE']._serialized_start=47
-  _globals['_SCOREDCANDIDATE']._serialized_end=101
-  _globals['_RECOMMENDREQUEST']._serialized_start=104
-  _globals['_RECOMMENDREQUEST']._serialized_end=237
-  _globals['_RECOMMENDRESPONSE']._serialized_start=240
-  _globals['_RECOMMENDRESPONSE']._serialized_end=410
-  _globals['_EMBEDREQUEST']._serialized_start=412
-  _globals['_EMBEDREQUEST']._serialized_end=447
-  _globals['_EMBEDRESPONSE']._serialized_start=449
-  _globals['_EMBEDRESPONSE']._serialized_end=550
-  _globals['_SEARCHREQUEST']._serialized_start=552
-  _globals['_SEARCHREQUEST']._serialized_end=648
-  _globals['_SEARCHRESPONSE']._serialized_start=650
-  _globals['_SEARCHRESPONSE']._serialized_end=757
-  _globals['_BATCHSEARCHREQUEST']._serialized_start=759
-  _globals['_BATCHSEARCHREQUEST']._serialized_end=822
-  _globals['_BATCHSEARCHRESPONSE']._serialized_start=824
-  _globals['_BATCHSEARCHRESPONSE']._serialized_end=912
-  _globals['_QUERYSERVICE']._serialized_start=1026
-  _globals['_QUERYSERVICE']._serialized_end=1172
-  _globals['_INDEXSERVICE']._serialized_start=1175
-  _globals['_INDEXSERVICE']._serialized_end=1330
+  _globals['_RESULTSOURCE']._serialized_start=1083
+  _globals['_RESULTSOURCE']._serialized_end=1192
+  _globals['_SCOREDCANDIDATE']._serialized_start=80
+  _globals['_SCOREDCANDIDATE']._serialized_end=134
+  _globals['_RECOMMENDREQUEST']._serialized_start=137
+  _globals['_RECOMMENDREQUEST']._serialized_end=270
+  _globals['_RECOMMENDRESPONSE']._serialized_start=273
+  _globals['_RECOMMENDRESPONSE']._serialized_end=443
+  _globals['_EMBEDREQUEST']._serialized_start=445
+  _globals['_EMBEDREQUEST']._serialized_end=480
+  _globals['_EMBEDRESPONSE']._serialized_start=482
+  _globals['_EMBEDRESPONSE']._serialized_end=583
+  _globals['_SEARCHREQUEST']._serialized_start=585
+  _globals['_SEARCHREQUEST']._serialized_end=681
+  _globals['_SEARCHRESPONSE']._serialized_start=683
+  _globals['_SEARCHRESPONSE']._serialized_end=790
+  _globals['_BATCHSEARCHREQUEST']._serialized_start=792
+  _globals['_BATCHSEARCHREQUEST']._serialized_end=855
+  _globals['_BATCHSEARCHRESPONSE']._serialized_start=857
+  _globals['_BATCHSEARCHRESPONSE']._serialized_end=945
+  _globals['_WATCHSTATUSREQUEST']._serialized_start=947
+  _globals['_WATCHSTATUSREQUEST']._serialized_end=967
+  _globals['_INDEXSTATUS']._serialized_start=969
+  _globals['_INDEXSTATUS']._serialized_end=1081
+  _globals['_QUERYSERVICE']._serialized_start=1195
+  _globals['_QUERYSERVICE']._serialized_end=1341
+  _globals['_INDEXSERVICE']._serialized_start=1344
+  _globals['_INDEXSERVICE']._serialized_end=1571
 # @@protoc_insertion_point(module_scope)

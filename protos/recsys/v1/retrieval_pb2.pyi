@@ -1,3 +1,4 @@
+from protos.recsys.v1 import versions_pb2 as _versions_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -105,3 +106,19 @@ class BatchSearchResponse(_message.Message):
     results: _containers.RepeatedCompositeFieldContainer[SearchResponse]
     model_version: int
     def __init__(self, results: _Optional[_Iterable[_Union[SearchResponse, _Mapping]]] = ..., model_version: _Optional[int] = ...) -> None: ...
+
+class WatchStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class IndexStatus(_message.Message):
+    __slots__ = ("model_name", "slot", "versions", "keepalive_s")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    KEEPALIVE_S_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    slot: str
+    versions: _containers.RepeatedCompositeFieldContainer[_versions_pb2.VersionStatus]
+    keepalive_s: float
+    def __init__(self, model_name: _Optional[str] = ..., slot: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[_versions_pb2.VersionStatus, _Mapping]]] = ..., keepalive_s: _Optional[float] = ...) -> None: ...

@@ -161,6 +161,11 @@ class IndexServiceStub:
                 request_serializer=protos_dot_recsys_dot_v1_dot_retrieval__pb2.BatchSearchRequest.SerializeToString,
                 response_deserializer=protos_dot_recsys_dot_v1_dot_retrieval__pb2.BatchSearchResponse.FromString,
                 _registered_method=True)
+        self.WatchStatus = channel.unary_stream(
+                '/recsys.v1.IndexService/WatchStatus',
+                request_serializer=protos_dot_recsys_dot_v1_dot_retrieval__pb2.WatchStatusRequest.SerializeToString,
+                response_deserializer=protos_dot_recsys_dot_v1_dot_retrieval__pb2.IndexStatus.FromString,
+                _registered_method=True)
 
 
 class IndexServiceServicer:
@@ -178,6 +183,13 @@ class IndexServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchStatus(self, request, context):
+        """The endpoint's status now, then again on every change and every keepalive_s.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IndexServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -190,6 +202,11 @@ def add_IndexServiceServicer_to_server(servicer, server):
                     servicer.BatchSearch,
                     request_deserializer=protos_dot_recsys_dot_v1_dot_retrieval__pb2.BatchSearchRequest.FromString,
                     response_serializer=protos_dot_recsys_dot_v1_dot_retrieval__pb2.BatchSearchResponse.SerializeToString,
+            ),
+            'WatchStatus': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchStatus,
+                    request_deserializer=protos_dot_recsys_dot_v1_dot_retrieval__pb2.WatchStatusRequest.FromString,
+                    response_serializer=protos_dot_recsys_dot_v1_dot_retrieval__pb2.IndexStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -246,6 +263,33 @@ class IndexService:
             '/recsys.v1.IndexService/BatchSearch',
             protos_dot_recsys_dot_v1_dot_retrieval__pb2.BatchSearchRequest.SerializeToString,
             protos_dot_recsys_dot_v1_dot_retrieval__pb2.BatchSearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/recsys.v1.IndexService/WatchStatus',
+            protos_dot_recsys_dot_v1_dot_retrieval__pb2.WatchStatusRequest.SerializeToString,
+            protos_dot_recsys_dot_v1_dot_retrieval__pb2.IndexStatus.FromString,
             options,
             channel_credentials,
             insecure,

@@ -12,12 +12,13 @@ import dataclasses
 import math
 from pathlib import Path
 
-import model_registry.tf_env  # noqa: F401  (scann imports TensorFlow)
+import settings.tf_env  # noqa: F401  (scann imports TensorFlow)
 
 import numpy as np
 from scann import scann_ops_pybind
 
 from model_registry import IndexSpec
+from model_registry.search import exact_top_k, recall_at_k
 
 BRUTE_FORCE_MAX = 20_000
 RECALL_TARGET = 0.95
@@ -35,27 +36,6 @@ class IndexConfig:
     training_sample_size: int = 100_000
 
 
-def exact_top_k(queries: np.ndarray, database: np.ndarray, k: int, chunk: int = 32) -> np.ndarray:
-    """Indices of the exact dot-product top-k per query, best first. ``chunk``
-    queries at a time bound the score matrix (32 x 1M floats = 128 MB)."""
-    k = min(k, len(database))
-    out = np.empty((len(queries), k), dtype=np.int64)
-    for a in range(0, len(queries), chunk):
-        s = queries[a:a + chunk] @ database.T
-        part = np.argpartition(-s, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(s, part, axis=1), axis=1, kind="stable")
-        out[a:a + chunk] = np.take_along_axis(part, order, axis=1)
-    return out
-
-
-def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
-    """Mean share of the exact top-k found in the approximate top-k."""
-    if len(exact) == 0:
-        return 1.0
-    hits = [len(np.intersect1d(a[a >= 0], e)) for a, e in zip(approx, exact)]
-    return float(np.sum(hits) / exact.size)
-
-
 def measure_recall(searcher, queries: np.ndarray, database: np.ndarray, k: int = 10,
                    leaves_to_search: int | None = None, exact: np.ndarray | None = None) -> float:
     """recall@k of ``searcher`` against exact numpy search on ``queries``; pass
@@ -65,7 +45,7 @@ def measure_recall(searcher, queries: np.ndarray, database: np.ndarray, k: int =
     k = min(k, len(database))
     kwargs = {"leaves_to_search": leaves_to_search} if leaves_to_search else {}
     approx, _ = searcher.search_batched(queries, final_num_neighbors=k, **kwargs)
-    return recall_at_k(np.asarray(approx), exact_top_k(queries, database, k) if exact is None else exact)
+    return recall_at_k(np.asarray(approx), exact_top_k(queries, database, k)[0] if exact is None else exact)
 
 
 def build_index(embeddings: np.ndarray, probe_queries: np.ndarray,
@@ -104,7 +84,7 @@ def build_index(embeddings: np.ndarray, probe_queries: np.ndarray,
     # override, so pick the smallest value that meets the target. The manifest
     # records it and the index service passes it on every search.
     searcher = make(candidates[-1])
-    exact = exact_top_k(probes, db, k)  # once: it costs more than all the ScaNN searches together
+    exact = exact_top_k(probes, db, k)[0]  # once: it costs more than all the ScaNN searches together
     for leaves in candidates:  # if none meets the target, the last (most) is kept
         recall = measure_recall(searcher, probes, db, k, leaves_to_search=leaves, exact=exact)
         if recall >= config.recall_target:
@@ -119,8 +99,3 @@ def save_searcher(searcher, directory: Path) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     searcher.serialize(str(directory), relative_path=True)
-
-
-def load_searcher(directory: Path):
-    """Loads a searcher written by ``save_searcher``."""
-    return scann_ops_pybind.load_searcher(str(directory))

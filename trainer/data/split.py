@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from trainer.data import Interactions
+from trainer.data.interactions import Interactions
 
 SPLITS = ("random", "temporal", "leave-last-out")
 

@@ -1,6 +1,7 @@
 """Runs the stack's processes on this machine: a private redis-server and the
-services' console scripts on free loopback ports. Used by the integration
-tests and the benchmarks; everything started here is stopped by pid."""
+services' console scripts on free loopback ports. The harness of the
+integration tests and the benchmarks (not shipped in the package); everything
+started here is stopped by pid."""
 
 from __future__ import annotations
 
@@ -42,10 +43,11 @@ def console_script(name: str) -> str:
     return str(path)
 
 
-def is_serving(address: str) -> bool:
+def is_serving(address: str, service: str = "") -> bool:
     try:
         with grpc.insecure_channel(address) as channel:
-            response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=0.5)
+            response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),
+                                                                 timeout=0.5)
         return response.status == health_pb2.HealthCheckResponse.SERVING
     except grpc.RpcError:
         return False
@@ -120,6 +122,7 @@ class ServiceProcess:
         return f"127.0.0.1:{self.admin_port}"
 
     def start(self, timeout_s: float = 120) -> "ServiceProcess":
+        """Starts the process and waits until it reports SERVING."""
         command = self.command or [console_script(self.script), "--port", str(self.port),
                                    "--admin-port", str(self.admin_port)]
         with open(self.log_path, "ab") as log:
@@ -140,4 +143,11 @@ class ServiceProcess:
     def stop(self) -> None:
         if self.proc is not None:
             _terminate(self.proc)
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: the process gets no chance to clean up (a crash)."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
         self.proc = None

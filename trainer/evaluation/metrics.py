@@ -1,4 +1,4 @@
-"""Offline evaluation: exact top-K hit rates of the model and of two baselines.
+"""Offline evaluation: exact top-K hit rates over the whole catalogue.
 
 For every test interaction (u, j) the scores of *all* catalog candidates for
 customer u are computed exactly (dense numpy, chunked), and the interaction is a
@@ -12,16 +12,14 @@ stable sort, so constant-score baselines are not credited for ties.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
+from model_registry.ids import index_of
 from trainer.data import Interactions
 
 DEFAULT_KS = (1, 5, 10, 50, 100)
-# Item-item cosine needs an N x N similarity matrix (4 N^2 bytes); above this many
-# candidates it is skipped and the report says so.
-ITEM_ITEM_MAX_CANDIDATES = 20_000
 # Upper bound on (interactions x candidates) score cells held at once.
 _CELLS_PER_CHUNK = 8_000_000
 
@@ -47,14 +45,7 @@ class EvalSet:
     num_test_interactions: int  # before any sampling
 
 
-def index_of(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Positions of ``ids`` in the sorted unique array ``sorted_ids``; -1 where absent."""
-    pos = np.searchsorted(sorted_ids, ids)
-    pos = np.minimum(pos, len(sorted_ids) - 1)
-    return np.where(sorted_ids[pos] == ids, pos, -1)
-
-
-def _csr(rows: np.ndarray, cols: np.ndarray, num_rows: int) -> tuple[np.ndarray, np.ndarray]:
+def csr(rows: np.ndarray, cols: np.ndarray, num_rows: int) -> tuple[np.ndarray, np.ndarray]:
     order = np.lexsort((cols, rows))
     rows, cols = rows[order], cols[order]
     keep = np.ones(len(rows), dtype=bool)
@@ -85,13 +76,13 @@ def prepare(train: Interactions, test: Interactions, catalog: np.ndarray | None 
     train_cols = index_of(catalog, train.candidate_ids)
     train_rows = index_of(customers, train.customer_ids)
     m = (train_rows >= 0) & (train_cols >= 0)
-    indptr, indices = _csr(train_rows[m], train_cols[m], len(customers))
+    indptr, indices = csr(train_rows[m], train_cols[m], len(customers))
     counts = np.bincount(train_cols[train_cols >= 0], minlength=len(catalog)).astype(np.float64)
     return EvalSet(catalog, customers, rows.astype(np.int64), cols.astype(np.int64),
                    indptr, indices, counts, total)
 
 
-def _gather_seen(es: EvalSet, unique_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def gather_seen(es: EvalSet, unique_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(local row, candidate) pairs of the training items of ``unique_rows``."""
     starts, ends = es.seen_indptr[unique_rows], es.seen_indptr[unique_rows + 1]
     lengths = ends - starts
@@ -126,7 +117,7 @@ def hit_rates(score_fn: ScoreFn, es: EvalSet, ks: tuple[int, ...] = DEFAULT_KS) 
         scores = np.asarray(score_fn(unique_rows), dtype=np.float32)
         target = scores[inv, c]
         rank_all[a:a + chunk] = _ranks(scores[inv], c, target)
-        local, seen = _gather_seen(es, unique_rows)
+        local, seen = gather_seen(es, unique_rows)
         masked = scores.copy()
         masked[local, seen] = -np.inf
         per_int = masked[inv]
@@ -146,81 +137,3 @@ def embedding_scores(query_embeddings: np.ndarray, candidate_embeddings: np.ndar
     q = np.asarray(query_embeddings, dtype=np.float32)
     c = np.asarray(candidate_embeddings, dtype=np.float32)
     return lambda rows: q[rows] @ c.T
-
-
-def popularity_scores(es: EvalSet) -> ScoreFn:
-    """Baseline: every customer gets the training interaction counts."""
-    counts = es.train_counts.astype(np.float32)
-    return lambda rows: np.broadcast_to(counts, (len(rows), len(counts)))
-
-
-def item_item_cosine_scores(train: Interactions, es: EvalSet, chunk_rows: int = 4096) -> ScoreFn:
-    """Baseline: score(u, j) = sum over u's training items i of cos(i, j), with
-    cosine on the binary customer x item training matrix (computed in customer
-    chunks so the matrix is never materialized whole)."""
-    n = len(es.catalog)
-    cust, rows = np.unique(train.customer_ids, return_inverse=True)
-    cols = index_of(es.catalog, train.candidate_ids)
-    m = cols >= 0
-    indptr, indices = _csr(rows[m], cols[m], len(cust))
-    co = np.zeros((n, n), dtype=np.float32)
-    for a in range(0, len(cust), chunk_rows):
-        b = min(a + chunk_rows, len(cust))
-        x = np.zeros((b - a, n), dtype=np.float32)
-        lengths = np.diff(indptr[a:b + 1])
-        x[np.repeat(np.arange(b - a), lengths), indices[indptr[a]:indptr[b]]] = 1.0
-        co += x.T @ x
-    norm = np.sqrt(np.diag(co))
-    norm[norm == 0] = 1.0
-    sim = co / norm[:, None] / norm[None, :]
-    del co
-
-    def score(rows_: np.ndarray) -> np.ndarray:
-        local, seen = _gather_seen(es, rows_)
-        x = np.zeros((len(rows_), n), dtype=np.float32)
-        x[local, seen] = 1.0
-        return x @ sim
-
-    return score
-
-
-def baselines(train: Interactions, es: EvalSet, ks: tuple[int, ...] = DEFAULT_KS,
-              item_item_max_candidates: int = ITEM_ITEM_MAX_CANDIDATES) -> dict[str, Any]:
-    """Popularity and item-item cosine hit rates on the same split."""
-    out: dict[str, Any] = {"popularity": hit_rates(popularity_scores(es), es, ks)}
-    if len(es.catalog) <= item_item_max_candidates:
-        out["item_item_cosine"] = hit_rates(item_item_cosine_scores(train, es), es, ks)
-    else:
-        out["item_item_cosine"] = {
-            "skipped": f"{len(es.catalog)} candidates > {item_item_max_candidates}: "
-                       "the dense item x item similarity would not fit"}
-    return out
-
-
-def format_table(report: dict[str, Any], ks: tuple[int, ...] = DEFAULT_KS) -> str:
-    """A readable model-vs-baselines table of a metrics report."""
-    systems = [("model", report)] + [(name, m) for name, m in report.get("baselines", {}).items()]
-    lines = []
-    header = f"{'':24s}" + "".join(f"{'@' + str(k):>8s}" for k in ks)
-    for kind, title in (("hit_rate", "hit rate, all candidates"),
-                        ("hit_rate_excluding_seen", "hit rate, excluding seen")):
-        lines.append(title)
-        lines.append(header)
-        for name, m in systems:
-            if "skipped" in m:
-                lines.append(f"  {name:22s}skipped: {m['skipped']}")
-                continue
-            lines.append(f"  {name:22s}" + "".join(f"{m.get(f'{kind}@{k}', float('nan')):8.3f}" for k in ks))
-    extra = []
-    for key in ("num_test_interactions", "num_test_interactions_evaluated", "epochs_run", "train_seconds", "examples_per_second"):
-        if key in report:
-            v = report[key]
-            extra.append(f"{key}={v:.1f}" if isinstance(v, float) else f"{key}={v}")
-    if extra:
-        lines.append("  ".join(extra))
-    return "\n".join(lines)
-
-
-def print_table(report: dict[str, Any], ks: tuple[int, ...] = DEFAULT_KS) -> None:
-    """Prints ``format_table(report)`` to stdout."""
-    print(format_table(report, ks))

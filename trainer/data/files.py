@@ -1,20 +1,14 @@
-"""Data set adapters: one entry point from command-line flags to :class:`Interactions`.
+"""Interaction files: a generic interactions file (CSV, TSV or JSON lines, with
+configurable column names) and session click streams.
 
-``load_dataset(name, options)`` knows
-
-* ``movielens-100k``: the ml-100k folder (``options.data_dir``);
-* ``synthetic``: the planted-cluster generator (``options.synthetic``, any object
-  with ``num_customers``/``num_candidates``/``num_interactions``/``num_clusters``,
-  such as ``trainer.pipeline.SyntheticConfig``);
-* ``interactions-csv``: a generic interactions file (CSV, TSV or JSON lines) with
-  configurable column names: Yelp reviews (user_id, business_id, stars, date), a
-  tool-usage log (user_id, page, ts), integer-id recipe ratings, ... Optional
-  ``min_rating`` (keep rows whose rating is >= it) and an optional candidate
-  catalogue file whose rows give the catalog and candidate features; interactions
-  whose candidate is not in the catalogue are dropped (and counted);
-* ``sessions``: click streams (SessionId, ItemId, Time as in YooChoose or
-  RetailRocket): each session is a "customer", events are ordered by time within
-  a session, sessions with a single event are dropped (and counted).
+* interactions: Yelp reviews (user_id, business_id, stars, date), a tool-usage
+  log (user_id, page, ts), integer-id recipe ratings, ... An optional
+  ``min_rating`` keeps rows whose rating is >= it, and an optional candidate
+  catalogue file gives the catalog and candidate features; interactions whose
+  candidate is not in the catalogue are dropped (and counted).
+* sessions: click streams (SessionId, ItemId, Time as in YooChoose or
+  RetailRocket): each session is a "customer", events are ordered by time
+  within a session, sessions with a single event are dropped (and counted).
 
 Loading is columnar: rows are parsed in chunks, ids are dictionary-encoded to
 integer codes as they stream in, and the string arrays are materialised once at
@@ -24,121 +18,22 @@ dropped and how fast is in ``Interactions.info``.
 
 from __future__ import annotations
 
-import argparse
 import csv
-import dataclasses
 import itertools
 import json
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
-from trainer.data import Interactions, align_features, load_movielens_100k, synthetic
+from trainer.data.interactions import Interactions, align_features
 
-DATASET_NAMES = ("movielens-100k", "synthetic", "interactions-csv", "sessions")
+if TYPE_CHECKING:
+    from trainer.data.datasets import DatasetOptions
+
 FORMATS = ("csv", "tsv", "jsonl")
 _CHUNK_ROWS = 200_000
-
-
-@dataclasses.dataclass
-class DatasetOptions:
-    """Where and how to read a data set (see ``add_dataset_arguments`` for the flags).
-
-    Column names address header fields; with ``header=False`` they are 0-based
-    column numbers ("0", "2"). ``rating_col``/``time_col`` are optional: without a
-    time column the row number is the timestamp (file order).
-    """
-
-    data_path: Path | None = None
-    data_dir: Path | None = None  # movielens-100k
-    format: str | None = None  # csv | tsv | jsonl; None: from the extension
-    delimiter: str | None = None  # overrides the format's delimiter (e.g. ";")
-    header: bool = True
-    customer_col: str = "user_id"
-    candidate_col: str = "item_id"
-    rating_col: str | None = None
-    time_col: str | None = None
-    min_rating: float | None = None
-    catalog_path: Path | None = None
-    catalog_format: str | None = None
-    catalog_id_col: str | None = None  # default: candidate_col
-    catalog_feature_cols: tuple[str, ...] = ()
-    session_col: str = "SessionId"
-    item_col: str = "ItemId"
-    synthetic: Any = None  # SyntheticConfig-like
-    seed: int = 42
-
-
-def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds the data-file flags (not ``--dataset``/``--data-dir``/synthetic sizes, which cli.py owns)."""
-    g = parser.add_argument_group("data files (--dataset interactions-csv / sessions)")
-    g.add_argument("--data-path", type=Path, help="interactions or sessions file (csv, tsv or jsonl)")
-    g.add_argument("--format", choices=FORMATS, help="file format (default: from the extension)")
-    g.add_argument("--delimiter", help="field delimiter, overriding the format's (e.g. ';')")
-    g.add_argument("--no-header", action="store_true",
-                   help="the CSV/TSV has no header row; columns are then given as 0-based numbers")
-    g.add_argument("--customer-col", default="user_id", help="customer id column (default user_id)")
-    g.add_argument("--candidate-col", default="item_id", help="candidate id column (default item_id)")
-    g.add_argument("--rating-col", help="rating column (needed by --min-rating)")
-    g.add_argument("--time-col", help="timestamp column: epoch numbers or ISO dates (default: file order)")
-    g.add_argument("--min-rating", type=float, help="keep only interactions rated at least this")
-    g.add_argument("--catalog-path", type=Path,
-                   help="candidate catalogue file; interactions whose candidate it lacks are dropped")
-    g.add_argument("--catalog-id-col", help="candidate id column of the catalogue (default --candidate-col)")
-    g.add_argument("--catalog-feature-cols", default="",
-                   help="comma-separated catalogue columns kept as candidate features")
-    g.add_argument("--session-col", default="SessionId", help="session id column (sessions; default SessionId)")
-    g.add_argument("--item-col", default="ItemId", help="item id column (sessions; default ItemId)")
-
-
-def options_from_args(args: argparse.Namespace) -> DatasetOptions:
-    """DatasetOptions from parsed flags (missing attributes keep their defaults)."""
-    get = lambda name, default=None: getattr(args, name, default)  # noqa: E731
-    feature_cols = tuple(c.strip() for c in (get("catalog_feature_cols") or "").split(",") if c.strip())
-    return DatasetOptions(
-        data_path=get("data_path"), data_dir=get("data_dir"), format=get("format"),
-        delimiter=get("delimiter"), header=not get("no_header", False),
-        customer_col=get("customer_col", "user_id"), candidate_col=get("candidate_col", "item_id"),
-        rating_col=get("rating_col"), time_col=get("time_col"), min_rating=get("min_rating"),
-        catalog_path=get("catalog_path"), catalog_id_col=get("catalog_id_col"),
-        catalog_feature_cols=feature_cols, session_col=get("session_col", "SessionId"),
-        item_col=get("item_col", "ItemId"), seed=get("seed", 42))
-
-
-def check_options(name: str, options: DatasetOptions) -> None:
-    """Cheap checks before any loading (for the CLI's one-line errors); raises ValueError."""
-    if name not in DATASET_NAMES:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
-    if name in ("interactions-csv", "sessions"):
-        if options.data_path is None:
-            raise ValueError(f"--data-path is required for --dataset {name}")
-        if not Path(options.data_path).is_file():
-            raise ValueError(f"--data-path: {options.data_path} is not a file")
-        file_format(options.data_path, options.format)
-    if options.min_rating is not None and options.rating_col is None:
-        raise ValueError("--min-rating needs --rating-col")
-    if options.catalog_path is not None and not Path(options.catalog_path).is_file():
-        raise ValueError(f"--catalog-path: {options.catalog_path} is not a file")
-
-
-def load_dataset(name: str, options: DatasetOptions | None = None) -> Interactions:
-    """Loads data set ``name`` (one of ``DATASET_NAMES``) as configured by ``options``."""
-    options = options or DatasetOptions()
-    if name == "movielens-100k":
-        if options.data_dir is None:
-            raise ValueError("--data-dir is required for --dataset movielens-100k (the ml-100k folder)")
-        return load_movielens_100k(options.data_dir)
-    if name == "synthetic":
-        s = options.synthetic
-        if s is None:
-            return synthetic(seed=options.seed)
-        return synthetic(s.num_customers, s.num_candidates, s.num_interactions, s.num_clusters, seed=options.seed)
-    check_options(name, options)
-    if name == "interactions-csv":
-        return load_interactions_file(options)
-    return load_sessions(options)
 
 
 # ---------------------------------------------------------------- file reading

@@ -1,9 +1,10 @@
 """Turns a trained model into a published registry version.
 
-Writes the query tower as a self-contained SavedModel (the services load it
-with plain ``tf.saved_model.load``, no trainer code), the candidate embeddings
-and ids, the ScaNN searcher, the popularity fallback, probe queries and the
-metrics report, then publishes atomically through ``Registry.publish``.
+Writes the query tower SavedModel (``saved_model``), the customer store, the
+candidate embeddings and ids, the ScaNN searcher (``index``), the popularity
+fallback, probe queries and the metrics report, then publishes atomically
+through ``Registry.publish``. Publishing does not make the version live: that
+is the rollout's job (``recsys-publish``).
 """
 
 from __future__ import annotations
@@ -14,55 +15,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-import model_registry.tf_env  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-
 import numpy as np
-import tensorflow as tf
 
 from model_registry import IndexSpec, Manifest, Registry
 from model_registry import manifest as mf
-from trainer import index_builder
+from model_registry.customers import CustomerStore
 from trainer.data import Interactions
+from trainer.export import index as index_builder
+from trainer.export.saved_model import save_query_tower
 from trainer.model import TwoTowerModel, embed, query_embeddings
-from trainer.towers import CustomerData, QueryTower
 
 MAX_POPULAR = 1000
 MAX_PROBE_QUERIES = 1000
-
-
-class QueryTowerModule(tf.Module):
-    """The serving wrapper: ``serving_default(**raw inputs)`` ->
-    ``{"embedding": float32[None, D], "known": bool[None]}``.
-
-    Inputs are the tower's ``input_specs()``: ``customer_id`` string [None]
-    always, ``history`` string [None, L] for history towers, one input per
-    customer feature (named as the feature) for the features tower.
-    """
-
-    def __init__(self, tower: QueryTower):
-        super().__init__(name="query_tower_module")
-        self.tower = tower
-        self.serve = tf.function(self._serve, input_signature=[tower.input_specs()])
-
-    def _serve(self, inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        return {
-            "embedding": tf.cast(self.tower(inputs), tf.float32),
-            "known": self.tower.known(inputs),
-        }
-
-
-def save_query_tower(tower: QueryTower, path: Path) -> None:
-    """Saves the query tower as a SavedModel with a ``serving_default`` signature."""
-    module = QueryTowerModule(tower)
-    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve.get_concrete_function()})
-
-
-def write_customer_store(store: CustomerData, path: Path) -> None:
-    """Writes ``customer_store.npz``: ``ids`` (str [C], sorted), ``history`` (str [C, L],
-    most recent first, "" padded), ``seen_offsets`` (int64 [C+1]) and ``seen_items``
-    (str [total]), a CSR of every training item, and ``feature__<name>`` ([C])."""
-    with open(path, "wb") as f:
-        np.savez(f, **store.arrays())
 
 
 def popular_candidates(train: Interactions, limit: int = MAX_POPULAR) -> tuple[np.ndarray, np.ndarray]:
@@ -87,18 +51,17 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ExportConfig:
     """What to publish and how."""
 
     dataset: str
     tower: str = "id"
-    make_current: bool = True
     seed: int = 42
     index: index_builder.IndexConfig = dataclasses.field(default_factory=index_builder.IndexConfig)
 
 
-def publish(registry: Registry, model: TwoTowerModel, store: CustomerData, catalog: np.ndarray,
+def publish(registry: Registry, model: TwoTowerModel, store: CustomerStore, catalog: np.ndarray,
             train: Interactions, test: Interactions, metrics: dict[str, Any],
             config: ExportConfig) -> Manifest:
     """Builds every artifact of a version and publishes it; returns the manifest.
@@ -117,7 +80,7 @@ def publish(registry: Registry, model: TwoTowerModel, store: CustomerData, catal
 
     def write(staging: Path):
         save_query_tower(model.query_tower, staging / mf.QUERY_TOWER_DIR)
-        write_customer_store(store, staging / mf.CUSTOMER_STORE_FILE)
+        store.save(staging / mf.CUSTOMER_STORE_FILE)
         np.save(staging / mf.CANDIDATE_IDS_FILE, catalog, allow_pickle=False)
         np.save(staging / mf.CANDIDATE_EMBEDDINGS_FILE, cand_emb, allow_pickle=False)
         index_builder.save_searcher(searcher, staging / mf.SCANN_DIR)
@@ -142,4 +105,4 @@ def publish(registry: Registry, model: TwoTowerModel, store: CustomerData, catal
 
         return build_manifest
 
-    return registry.publish(write, make_current=config.make_current)
+    return registry.publish(write)

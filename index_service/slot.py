@@ -1,0 +1,109 @@
+"""An index slot: one index process, holding at most one version.
+
+Blue-green at the index tier: a version is loaded only into a slot that
+serves no live traffic, never beside the live version in the process answering
+its searches (ScaNN's load holds the GIL for seconds at 1M candidates, and
+every search in that process would wait). Which version a slot holds is its
+state, recorded durably in the registry (``slots/<slot>``) after each load so a
+restarted slot process reloads it by itself.
+
+Loading replaces what the slot holds: verify the new version (checksums,
+manifest) -> unload the old one -> load and self-test the new one; if that is
+refused, the old one is loaded back. The slot refuses a load while it answers
+searches (any search within ``busy_window_s``): that is the live slot, and the
+rollout tool (``recsys-publish``) picks an idle one. Promotion is not the
+slot's business: the query replicas switch routing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+from index_service.searcher import CandidateIndex
+from model_registry import Registry
+from serving.admin import StatusReport, VersionAdmin
+from serving.errors import FailedPrecondition, InvalidArgument
+from serving.loader import Loader
+from serving.sources import StartupVersions
+from serving.versions import VersionManager
+
+log = logging.getLogger(__name__)
+
+
+class SlotAdmin(VersionAdmin[CandidateIndex]):
+    """Admin operations of an index slot (see the module docstring)."""
+
+    service = "index"
+
+    def __init__(self, slot: str, registry: Registry, manager: VersionManager[CandidateIndex],
+                 loader: Loader[CandidateIndex], last_search: Callable[[], float], busy_window_s: float):
+        super().__init__(manager, loader)
+        self.slot = slot
+        self.registry = registry
+        self._last_search = last_search
+        self.busy_window_s = busy_window_s
+
+    def start(self, startup: StartupVersions) -> None:
+        """Loads what the slot should hold at start (blocking; nothing is served yet)."""
+        if startup.live is not None:
+            self._load_into_manager(startup.live, make_live=True)
+            self.registry.set_slot_version(self.slot, startup.live)
+
+    def _check_idle(self, held: int) -> None:
+        idle_s = time.monotonic() - self._last_search()
+        if idle_s < self.busy_window_s:
+            raise FailedPrecondition(
+                f"slot {self.slot!r} answered a search for version {held} {idle_s:.1f} s ago: it serves traffic. "
+                f"A version loads only into an idle slot (none for {self.busy_window_s:g} s); recsys-publish "
+                "picks one")
+
+    async def load(self, version: int) -> StatusReport:
+        if version < 1:
+            raise InvalidArgument(f"version={version}: versions are positive integers")
+        await self.loader.run(self._replace, version)
+        return self.status()
+
+    def _replace(self, version: int) -> None:
+        held = self.manager.live_version
+        if held == version:
+            return
+        if held is not None:
+            self._check_idle(held)
+        manifest = self.loader.verify(version)  # a corrupt version is refused before anything changes
+        if held is not None:
+            self._drop(held, allow_live=True)
+        try:
+            self._load_into_manager(version, make_live=True, manifest=manifest)
+        except BaseException:
+            if held is not None:
+                log.warning("slot %s: version %d refused; loading back version %d", self.slot, version, held)
+                try:
+                    self._load_into_manager(held, make_live=True)
+                except Exception as e:  # noqa: BLE001 - the refusal is what the caller must hear
+                    log.error("slot %s: could not load version %d back: %s", self.slot, held, e)
+                    self.registry.set_slot_version(self.slot, None)
+            raise
+        self.registry.set_slot_version(self.slot, version)
+        log.info("slot %s holds version %d", self.slot, version)
+
+    async def unload(self, version: int) -> StatusReport:
+        await self.loader.run(self._empty, version)
+        return self.status()
+
+    def _empty(self, version: int) -> None:
+        if self.manager.live_version != version:
+            raise FailedPrecondition(f"slot {self.slot!r} does not hold version {version} "
+                                     f"(it holds {self.manager.live_version or 'none'})")
+        self._check_idle(version)
+        self._drop(version, allow_live=True)
+        self.registry.set_slot_version(self.slot, None)
+
+    async def promote(self, version: int) -> StatusReport:
+        raise FailedPrecondition("index slots have no live version: promotion is a routing switch on the query "
+                                 "replicas (recsys-publish does it)")
+
+    async def rollback(self) -> StatusReport:
+        raise FailedPrecondition("index slots have no live version: a rollback is a routing switch on the query "
+                                 "replicas (recsys-publish --rollback)")

@@ -1,0 +1,18 @@
+"""Id lookup in sorted unique id arrays (catalogues, customer stores, feature tables)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def index_of(sorted_ids: np.ndarray, ids) -> np.ndarray:
+    """Positions (int64) of ``ids`` in the sorted unique array ``sorted_ids``; -1 where absent.
+
+    ``ids`` keep their full length: numpy's fixed-width unicode would cut a
+    longer id down to the width of ``sorted_ids`` and match another id.
+    """
+    ids = np.asarray(ids, dtype=str) if not isinstance(ids, np.ndarray) or ids.dtype.kind not in "US" else ids
+    if len(sorted_ids) == 0:
+        return np.full(len(ids), -1, dtype=np.int64)
+    pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+    return np.where(sorted_ids[pos] == ids, pos, -1).astype(np.int64)

@@ -1,0 +1,74 @@
+"""The query replica's admin operations: towers load beside the live one, and
+promote / rollback are routing switches.
+
+Promoting version V makes requests pin to V, so their searches reach the index
+endpoints holding V; it is refused unless some endpoint holds V (a version
+without its index would fail every request). The version live before becomes
+the rollback target, and a rollback promotes it back: its tower is still
+loaded here and its index is still in its slot.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from query_service.routing import IndexRouter
+from query_service.tower import QueryModel
+from serving.admin import StatusReport, VersionAdmin
+from serving.errors import FailedPrecondition, InvalidArgument
+from serving.loader import Loader
+from serving.sources import StartupVersions
+from serving.versions import VersionManager
+
+log = logging.getLogger(__name__)
+
+# How long a promotion waits for the index endpoints to report the version
+# (their status streams push a change within milliseconds of a load).
+ROUTE_WAIT_S = 5.0
+
+
+class QueryAdmin(VersionAdmin[QueryModel]):
+    """Admin operations of a query replica (see the module docstring)."""
+
+    service = "query"
+
+    def __init__(self, manager: VersionManager[QueryModel], loader: Loader[QueryModel], router: IndexRouter):
+        super().__init__(manager, loader)
+        self.router = router
+
+    def start(self, startup: StartupVersions) -> None:
+        """Loads the live version and, best effort, the rollback target (blocking)."""
+        if startup.rollback_target is not None:
+            try:
+                self._load_into_manager(startup.rollback_target, make_live=True)
+            except FailedPrecondition as e:
+                log.warning("rollback target %d not loaded: %s", startup.rollback_target, e)
+        self._load_into_manager(startup.live, make_live=True)  # the other one becomes the rollback target
+
+    async def load(self, version: int) -> StatusReport:
+        if version < 1:
+            raise InvalidArgument(f"version={version}: versions are positive integers")
+        await self.loader.run(self._load_into_manager, version)
+        return self.status()
+
+    async def promote(self, version: int) -> StatusReport:
+        if version < 1:
+            raise InvalidArgument(f"version={version}: versions are positive integers")
+        self.manager.get(version)  # FailedPrecondition unless its tower is loaded here
+        if not await self.router.wait_routable(version, ROUTE_WAIT_S):
+            raise FailedPrecondition(f"no index endpoint holds version {version} (endpoints: "
+                                     f"{self.router.describe()}); load it into an idle index slot first")
+        self.manager.promote(version)
+        log.info("promoted version %d (rollback target %s)", version, self.manager.rollback_target)
+        return self.status()
+
+    async def rollback(self) -> StatusReport:
+        target = self.manager.rollback_target
+        if target is None:
+            raise FailedPrecondition(f"no rollback target is loaded (live: {self.manager.live_version})")
+        return await self.promote(target)
+
+    async def unload(self, version: int) -> StatusReport:
+        self.manager.get(version)  # FailedPrecondition unless loaded
+        await self.loader.run(self._drop, version)
+        return self.status()

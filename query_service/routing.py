@@ -1,0 +1,108 @@
+"""Routing of pinned searches to the index endpoints that hold their version.
+
+The query service is given every index endpoint (every slot) and learns from
+the endpoints themselves, through their status streams, which versions each
+holds and in which state; nobody keeps a map by hand. A search pinned to
+version V goes to an endpoint holding V READY or SERVING (round-robin over
+several, the next one on failure); with none, it fails UNAVAILABLE at once.
+Promoting a version on the query side therefore switches the index endpoint
+its searches reach: blue-green at the index tier is a routing switch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import logging
+
+from query_service.index_client import IndexEndpoint, IndexHits, IndexQuery
+from serving import errors
+from settings.flags import option, require
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class RoutingConfig:
+    addresses: tuple[str, ...] = option((), "every index endpoint HOST:PORT (every slot), comma-separated",
+                                        flag="index-address")
+    # Above the ~1.6 s a 1M-candidate load used to stall an index process; loads
+    # now happen in idle slots, but a big batch under load can still take a while.
+    timeout_s: float = option(3.0, "deadline of each index RPC", flag="index-timeout-s")
+
+    def __post_init__(self) -> None:
+        require(self.timeout_s > 0, "timeout_s", "must be positive")
+
+
+class IndexRouter:
+    """Watches every index endpoint and routes pinned searches. Safe for one event loop."""
+
+    def __init__(self, config: RoutingConfig):
+        self.config = config
+        self.endpoints = [IndexEndpoint(address, config.timeout_s) for address in config.addresses]
+        self._turn = itertools.count()
+        self._watchers: list[asyncio.Task] = []
+        self._changed: asyncio.Condition | None = None
+        self._listeners: list = []
+
+    def start(self) -> None:
+        """Starts following every endpoint's status stream (on the running loop)."""
+        self._changed = asyncio.Condition()
+        self._watchers = [asyncio.get_running_loop().create_task(e.watch(self._on_change)) for e in self.endpoints]
+
+    def listen(self, callback) -> None:
+        """Calls ``callback()`` (on the event loop) whenever what the endpoints hold changes."""
+        self._listeners.append(callback)
+
+    def _on_change(self) -> None:
+        for callback in self._listeners:
+            callback()
+        asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    def holders(self, version: int) -> list[IndexEndpoint]:
+        return [e for e in self.endpoints if e.holds(version)]
+
+    def routable(self, version: int) -> bool:
+        return any(e.holds(version) for e in self.endpoints)
+
+    async def wait_routable(self, version: int, timeout_s: float) -> bool:
+        """Whether some endpoint holds ``version`` within ``timeout_s``."""
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(lambda: self.routable(version)), timeout_s)
+            except asyncio.TimeoutError:
+                return False
+        return True
+
+    def describe(self) -> dict[str, dict[int, int]]:
+        """What each endpoint holds, by address (for logs and errors)."""
+        return {e.address: dict(e.versions) for e in self.endpoints}
+
+    async def search(self, queries: list[IndexQuery], version: int) -> list[IndexHits]:
+        """Searches ``queries`` in ``version`` on an endpoint that holds it; on an
+        UNAVAILABLE or FAILED_PRECONDITION answer (the endpoint died, or no longer
+        holds it) the next holder, if any, gets one try."""
+        holders = self.holders(version)
+        if not holders:
+            raise errors.Unavailable(f"no index endpoint holds version {version} (endpoints: {self.describe()}); "
+                                     "an index slot holding it must be up")
+        first = next(self._turn) % len(holders)
+        tries = (holders[first:] + holders[:first])[:2]
+        for endpoint in tries[:-1]:
+            try:
+                return await endpoint.search(queries, version)
+            except (errors.Unavailable, errors.FailedPrecondition) as e:
+                log.warning("%s; trying %s", e, tries[-1].address)
+        return await tries[-1].search(queries, version)
+
+    async def close(self) -> None:
+        for task in self._watchers:
+            task.cancel()
+        await asyncio.gather(*self._watchers, return_exceptions=True)
+        for endpoint in self.endpoints:
+            await endpoint.close()

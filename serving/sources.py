@@ -1,0 +1,54 @@
+"""Which versions a service should hold when it starts (TensorFlow Serving's
+*source* role), read from the registry, never guessed.
+
+* A query replica rejoins on CURRENT (live) and PREVIOUS (its rollback target),
+  the pointers the rollout tool writes once every replica has switched.
+* An index slot rejoins on its own slot record, which it writes itself after
+  each load.
+
+An explicitly given version (``--version``) wins over both. A missing or
+broken pointer stops the service with one line saying what to do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from model_registry import Registry, VersionError
+
+
+@dataclasses.dataclass(frozen=True)
+class StartupVersions:
+    """What to load at start: ``live`` and, best effort, ``rollback_target``."""
+
+    live: int | None
+    rollback_target: int | None = None
+
+
+def query_startup(registry: Registry, explicit: int = 0) -> StartupVersions:
+    """CURRENT and PREVIOUS, or only ``explicit`` when given (> 0). Raises
+    VersionError when there is nothing to serve."""
+    if explicit:
+        return StartupVersions(explicit)
+    current = registry.current_version()  # raises on a broken pointer
+    if current is None:
+        raise VersionError(
+            f"{registry.model_dir / 'CURRENT'} does not exist: no version of {registry.model} has been rolled "
+            f"out (published: {registry.versions()}). Roll one out with recsys-publish, or start with "
+            "--version N")
+    try:
+        previous = registry.previous_version()
+    except VersionError:
+        previous = None  # a rollback target is a convenience; the live version is what must load
+    return StartupVersions(current, previous if previous != current else None)
+
+
+def slot_startup(registry: Registry, slot: str, explicit: int = 0) -> StartupVersions:
+    """The slot record's version (None: an empty slot, waiting for a rollout),
+    or ``explicit`` when given. Raises VersionError if the record is broken."""
+    if explicit:
+        return StartupVersions(explicit)
+    try:
+        return StartupVersions(registry.slot_version(slot))
+    except VersionError as e:
+        raise VersionError(f"slot {slot!r}: {e}; fix or remove the record, or start with --version N") from None

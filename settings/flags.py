@@ -1,0 +1,242 @@
+"""Typed configuration from command-line flags (and environment variables).
+
+A config is a frozen dataclass. Each field that a user may set says so with
+``option(...)``, which carries its help text; the parser is built from the
+fields, so every default is written once, in the dataclass, and a new knob is
+one field. Nested dataclass fields become groups of flags (an optional prefix
+keeps their names apart). Validation lives in each config's ``__post_init__``
+and raises ``ConfigError`` naming the field; ``parse`` reports it as the flag.
+
+Two ways to fill a config:
+
+* ``parse(parser, cls, args)``: every flag defaults to the field's default,
+  or to ``$RECSYS_<FLAG>`` when the config allows the environment (services:
+  compose and Kubernetes set them);
+* ``overrides(cls, args)``: only the flags given on the command line, as a
+  nested dict to apply over a preset (the trainer's tuned starting points).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from typing import Any, Callable
+
+ENV_PREFIX = "RECSYS_"
+_NO_DEFAULT = dataclasses.MISSING
+
+
+class ConfigError(ValueError):
+    """A config value is unusable; ``field`` names it (dotted for nested configs)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def require(condition: bool, field: str, message: str) -> None:
+    """Raises ConfigError(field, message) unless ``condition``."""
+    if not condition:
+        raise ConfigError(field, message)
+
+
+def option(default: Any = _NO_DEFAULT, help: str = "", *, flag: str | None = None, choices: tuple | None = None,
+           env: bool = True, parse: Callable[[str], Any] | None = None, prefix: str | None = None,
+           metavar: str | None = None) -> Any:
+    """A dataclass field that is also a command-line flag.
+
+    ``flag`` overrides the name (default: the field name with '-' for '_',
+    after the enclosing prefix); ``parse`` converts the flag's text (default:
+    from the annotation); ``env=False`` ignores ``$RECSYS_<FLAG>``. For a nested
+    dataclass field, ``prefix`` is put before its fields' flag names.
+    """
+    meta = {"help": help, "flag": flag, "choices": choices, "env": env, "parse": parse, "prefix": prefix,
+            "metavar": metavar}
+    if default is _NO_DEFAULT:
+        return dataclasses.field(metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Flag:
+    path: tuple[str, ...]  # field names from the top config down
+    name: str  # without the leading "--"
+    field: dataclasses.Field
+    type: Any
+    default: Any  # the field's default in its enclosing default instance (_NO_DEFAULT: required)
+
+    @property
+    def dest(self) -> str:
+        return "__".join(self.path)
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_config(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _flags(cls: type, default: Any = None, path: tuple[str, ...] = (), prefix: str = "") -> list[_Flag]:
+    out = []
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        if "help" not in f.metadata:
+            continue  # not user-settable
+        tp = hints[f.name]
+        value = getattr(default, f.name) if default is not None else (
+            f.default if f.default is not _NO_DEFAULT else
+            f.default_factory() if f.default_factory is not _NO_DEFAULT else _NO_DEFAULT)
+        if _is_config(tp):
+            nested_prefix = prefix + (f.metadata["prefix"] or "")
+            out += _flags(tp, None if value is _NO_DEFAULT else value, (*path, f.name), nested_prefix)
+            continue
+        name = f.metadata["flag"] or prefix + f.name.replace("_", "-")
+        out.append(_Flag((*path, f.name), name, f, tp, value))
+    return out
+
+
+def _base_type(tp: Any) -> Any:
+    """``int`` for ``int | None`` (and Optional[int]); the type itself otherwise."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _converter(flag: _Flag) -> Callable[[str], Any]:
+    if flag.field.metadata["parse"] is not None:
+        return flag.field.metadata["parse"]
+    tp = _base_type(flag.type)
+    if typing.get_origin(tp) is tuple:
+        item = typing.get_args(tp)[0]
+        return lambda text: tuple(item(part.strip()) for part in text.split(",") if part.strip())
+    if tp is bool:
+        return lambda text: text.strip().lower() in ("1", "true", "yes", "on")
+    if tp in (int, float, str):
+        return tp
+    return lambda text: tp(text)
+
+
+def _env_name(flag: _Flag) -> str:
+    return ENV_PREFIX + flag.name.upper().replace("-", "_")
+
+
+def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, *,
+              defaults: bool = True) -> None:
+    """Adds a flag for every ``option`` field of ``cls`` (nested configs included).
+
+    ``defaults=True``: a flag defaults to ``$RECSYS_<FLAG>`` (if the field allows
+    the environment), else to the field's default; a field without a default is
+    a required flag. ``defaults=False``: every flag defaults to None (= not
+    given), for ``overrides``.
+    """
+    for flag in _flags(cls):
+        meta = flag.field.metadata
+        kwargs: dict[str, Any] = {"dest": flag.dest}
+        default = flag.default
+        env = _env_name(flag) if meta["env"] else None
+        if defaults and env and os.environ.get(env) is not None:
+            default = _converter(flag)(os.environ[env])
+        is_bool = _base_type(flag.type) is bool
+        if is_bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = _converter(flag)
+            if not meta["choices"]:
+                kwargs["metavar"] = meta["metavar"] or flag.name.rsplit("-", 1)[-1].upper()
+        if meta["choices"]:
+            kwargs["choices"] = meta["choices"]
+        help_text = meta["help"]
+        notes = []
+        if env and defaults:
+            notes.append(f"env {env}")
+        if flag.default is not _NO_DEFAULT and flag.default not in (None, "", ()) and not is_bool:
+            shown = ",".join(map(str, flag.default)) if isinstance(flag.default, tuple) else flag.default
+            notes.append(f"default {shown}")
+        if notes:
+            help_text += f" ({', '.join(notes)})"
+        if defaults:
+            kwargs["default"] = None if default is _NO_DEFAULT else default
+            kwargs["required"] = default is _NO_DEFAULT
+        else:
+            kwargs["default"] = None
+        parser.add_argument(f"--{flag.name}", help=help_text.replace("%", "%%"), **kwargs)
+
+
+def _build(cls: type, values: dict[str, Any], path: tuple[str, ...], by_path: dict[tuple[str, ...], _Flag],
+           extra: dict[str, Any] | None = None) -> Any:
+    kwargs = dict(extra or {})
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        key = (*path, f.name)
+        if _is_config(hints[f.name]) and "help" in f.metadata:
+            kwargs[f.name] = _build(hints[f.name], values, key, by_path)
+        elif key in by_path:
+            kwargs[f.name] = values[by_path[key].dest]
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(".".join((*path, e.field)), e.message) from None
+
+
+def flag_name(cls: type, field_path: str) -> str:
+    """``--name`` of the flag that sets the (dotted) field ``field_path`` of ``cls``."""
+    for flag in _flags(cls):
+        if ".".join(flag.path) == field_path:
+            return f"--{flag.name}"
+    return field_path
+
+
+def from_args(cls: type, args: argparse.Namespace, **extra: Any) -> Any:
+    """The config ``cls`` from flags added by ``add_flags(..., defaults=True)``,
+    plus ``extra`` top-level fields that are not flags; raises ConfigError
+    (dotted field) if a value is unusable."""
+    flags = _flags(cls)
+    return _build(cls, vars(args), (), {f.path: f for f in flags}, extra)
+
+
+def parse(parser: argparse.ArgumentParser, cls: type, argv: list[str] | None = None) -> Any:
+    """Parses ``argv`` into ``cls``; a bad value exits with one line naming its flag."""
+    args = parser.parse_args(argv)
+    try:
+        return from_args(cls, args)
+    except ConfigError as e:
+        parser.error(f"{flag_name(cls, e.field)} {e.message}")
+
+
+def overrides(cls: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The flags of ``cls`` given on the command line (added with ``defaults=False``),
+    as a nested dict of field values, for ``replace_nested``."""
+    out: dict[str, Any] = {}
+    values = vars(args)
+    for flag in _flags(cls):
+        value = values.get(flag.dest)
+        if value is None:
+            continue
+        node = out
+        for name in flag.path[:-1]:
+            node = node.setdefault(name, {})
+        node[flag.path[-1]] = value
+    return out
+
+
+def replace_nested(config: Any, changes: dict[str, Any]) -> Any:
+    """``dataclasses.replace`` that also replaces inside nested configs; every
+    ``__post_init__`` runs again on the result, so the new config is validated."""
+    direct = {}
+    for name, value in changes.items():
+        current = getattr(config, name)
+        if isinstance(value, dict) and dataclasses.is_dataclass(current):
+            try:
+                value = replace_nested(current, value)
+            except ConfigError as e:
+                raise ConfigError(f"{name}.{e.field}", e.message) from None
+        direct[name] = value
+    return dataclasses.replace(config, **direct)

@@ -1,0 +1,271 @@
+"""The serving cores in-process, without gRPC or subprocesses: index slots
+(IndexCore + SlotAdmin), the query replica (Recommender + QueryAdmin), error
+mapping and routing. Real TensorFlow towers and real ScaNN searchers, tiny
+versions (tests/unit/tiny_versions.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+
+from index_service.core import IndexCore, Query
+from index_service.searcher import CandidateIndex
+from index_service.slot import SlotAdmin
+from model_registry import Registry
+from model_registry import manifest as files
+from query_service.admin import QueryAdmin
+from query_service.index_client import IndexEndpoint, IndexHits, IndexQuery, error_for
+from query_service.recommender import SOURCE_MODEL, SOURCE_POPULARITY, Recommender
+from query_service.routing import IndexRouter, RoutingConfig
+from query_service.tower import QueryModel
+from serving import errors
+from serving.grpc_server import status_of
+from serving.loader import Loader
+from serving.sources import StartupVersions
+from serving.versions import State, VersionManager
+from tests.unit import tiny_versions as tiny
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory) -> Registry:
+    """Versions 1 and 2 (different embedding spaces), 3 with a corrupt file, 4 whose self-test fails."""
+    registry = Registry(tmp_path_factory.mktemp("registry"), tiny.MODEL)
+    for seed in (1, 2, 3):
+        tiny.publish(registry, seed)
+    embeddings = registry.version_dir(3) / files.CANDIDATE_EMBEDDINGS_FILE
+    embeddings.write_bytes(embeddings.read_bytes()[:-4] + b"\0\0\0\0")
+    tiny.publish(registry, 4, probe_dim=tiny.DIM + 1)
+    return registry
+
+
+def slot(registry: Registry, name: str, version: int | None, busy_window_s: float = 0.0) -> tuple[IndexCore, SlotAdmin]:
+    manager: VersionManager[CandidateIndex] = VersionManager(tiny.MODEL)
+    loader = Loader(registry, lambda path, manifest: CandidateIndex.load(path, manifest, 0.9), "index")
+    core = IndexCore(manager, ThreadPoolExecutor(1))
+    admin = SlotAdmin(name, registry, manager, loader, lambda: core.last_search, busy_window_s)
+    admin.start(StartupVersions(version))
+    return core, admin
+
+
+class InProcessIndex:
+    """The router's role over in-process index slots: searches pinned to a
+    version go to the slot holding it. ``gate``, when set, holds searches."""
+
+    def __init__(self, *cores: IndexCore):
+        self.cores = cores
+        self.calls: list[tuple[int, int]] = []  # (version, queries) per search
+        self.gate: asyncio.Event | None = None
+        self.failure: Exception | None = None
+
+    def routable(self, version: int) -> bool:
+        return any(core.manager.live_version == version for core in self.cores)
+
+    async def wait_routable(self, version: int, timeout_s: float) -> bool:
+        return self.routable(version)
+
+    def describe(self) -> dict:
+        return {i: core.manager.live_version for i, core in enumerate(self.cores)}
+
+    async def search(self, queries: list[IndexQuery], version: int) -> list[IndexHits]:
+        self.calls.append((version, len(queries)))
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.failure is not None:
+            raise self.failure
+        core = next(c for c in self.cores if c.manager.live_version == version)
+        _, results = await core.search([Query(q.vector.tolist(), q.k, tuple(q.exclusions)) for q in queries],
+                                       version)
+        return [IndexHits(r.ids, r.scores) for r in results]
+
+
+def query_replica(registry: Registry, index: InProcessIndex, live: int, rollback_target: int | None = None):
+    manager: VersionManager[QueryModel] = VersionManager(tiny.MODEL)
+    admin = QueryAdmin(manager, Loader(registry, QueryModel.load, "tower"), index)
+    admin.start(StartupVersions(live, rollback_target))
+    return Recommender(manager, index, None, ThreadPoolExecutor(1)), admin
+
+
+# ------------------------------------------------------------------ index slots
+
+
+async def test_index_core_answers_pinned_searches_of_what_it_holds(registry):
+    core, _ = slot(registry, "blue", 1)
+    query = tiny.embeddings(1)[0][3]
+    version, (result,) = await core.search([Query(query.tolist(), 5)], 0)  # 0: what the slot holds
+    assert version == 1 and result.ids == tiny.exact_top_k(1, "c003", 5)
+    _, results = await core.search([Query(query.tolist(), 3, ("i000",)), Query(query.tolist(), 1)], 1)
+    assert [len(r.ids) for r in results] == [3, 1] and "i000" not in results[0].ids
+    for bad, message in ((Query([0.0] * 3, 5), "3 dimensions"), (Query([float("nan")] * 4, 5), "non-finite"),
+                         (Query(query.tolist(), 0), "k=0")):
+        with pytest.raises(errors.InvalidArgument, match=message):
+            await core.search([bad], 1)
+    with pytest.raises(errors.FailedPrecondition, match=r"version 2 is not loaded here \(loaded: \[1\]\)"):
+        await core.search([Query(query.tolist(), 5)], 2)
+
+
+async def test_slot_replaces_what_it_holds_and_records_it(registry):
+    core, admin = slot(registry, "green", None)
+    assert admin.status().versions == [] and registry.slot_version("green") is None
+    await admin.load(1)
+    await admin.load(2)
+    assert {v.version: v.state for v in admin.status().versions} == {2: State.SERVING}
+    assert admin.status().versions[0].report.self_test_recall == 1.0
+    assert registry.slot_version("green") == 2
+    await admin.unload(2)
+    assert admin.status().versions == [] and registry.slot_version("green") is None
+
+
+async def test_slot_refuses_bad_versions_and_keeps_or_restores_what_it_held(registry):
+    core, admin = slot(registry, "red", 1)
+    with pytest.raises(errors.FailedPrecondition, match="fails its sha256 check"):
+        await admin.load(3)  # refused by the checksums, before the slot drops anything
+    with pytest.raises(errors.FailedPrecondition, match="probe queries have shape"):
+        await admin.load(4)  # refused by the self-test, after the drop: version 1 is loaded back
+    assert [(v.version, v.state) for v in admin.status().versions] == [(1, State.SERVING)]
+    assert registry.slot_version("red") == 1
+    version, _ = await core.search([Query([0.1] * tiny.DIM, 3)], 1)
+    assert version == 1
+
+
+async def test_a_slot_serving_traffic_refuses_loads(registry):
+    core, admin = slot(registry, "busy", 1, busy_window_s=60)
+    await core.search([Query([0.1] * tiny.DIM, 3)], 1)
+    with pytest.raises(errors.FailedPrecondition, match="serves traffic"):
+        await admin.load(2)
+    with pytest.raises(errors.FailedPrecondition, match="routing switch"):
+        await admin.promote(1)
+
+
+# ------------------------------------------------------------------ query replica
+
+
+async def test_a_request_keeps_its_version_across_a_promotion(registry):
+    index = InProcessIndex(slot(registry, "b", 1)[0], slot(registry, "g", 2)[0])
+    recommender, admin = query_replica(registry, index, live=1)
+    await admin.load(2)
+    index.gate = asyncio.Event()
+    pinned = asyncio.ensure_future(recommender.recommend("c005", 5))
+    while not index.calls:  # the miss is in the index, pinned to version 1
+        await asyncio.sleep(0.001)
+    await admin.promote(2)
+    index.gate.set()
+    before = await pinned
+    after = await recommender.recommend("c005", 5)
+    assert (before.version, before.ids) == (1, tiny.exact_top_k(1, "c005", 5))
+    assert (after.version, after.ids) == (2, tiny.exact_top_k(2, "c005", 5))
+    assert [version for version, _ in index.calls] == [1, 2]
+
+
+async def test_concurrent_misses_are_grouped_by_version(registry):
+    index = InProcessIndex(slot(registry, "b", 1)[0], slot(registry, "g", 2)[0])
+    recommender, admin = query_replica(registry, index, live=1)
+    await admin.load(2)
+    index.gate = asyncio.Event()
+    first = asyncio.ensure_future(recommender.recommend("c000", 3))  # a batch in flight, held at the index
+    while not index.calls:
+        await asyncio.sleep(0.001)
+    queued = [asyncio.ensure_future(recommender.recommend(f"c{i:03d}", 3)) for i in range(1, 4)]
+    await asyncio.sleep(0.01)
+    await admin.promote(2)
+    queued += [asyncio.ensure_future(recommender.recommend(f"c{i:03d}", 3)) for i in range(4, 7)]
+    await asyncio.sleep(0.01)
+    index.gate.set()
+    results = await asyncio.gather(first, *queued)
+    assert [r.version for r in results] == [1, 1, 1, 1, 2, 2, 2]
+    for i, result in enumerate(results):
+        assert result.ids == tiny.exact_top_k(result.version, f"c{i:03d}", 3)
+    # The misses queued while the first batch was out went together, one search per version.
+    assert sorted(index.calls[1:]) == [(1, 3), (2, 3)]
+
+
+async def test_unknown_customers_need_no_index_and_survive_its_failure(registry):
+    index = InProcessIndex(slot(registry, "b", 1)[0])
+    recommender, _ = query_replica(registry, index, live=1)
+    index.failure = errors.Unavailable("index down")
+    known = asyncio.ensure_future(recommender.recommend("c001", 3))
+    unknown = asyncio.ensure_future(recommender.recommend("stranger", 3, exclusions=["i000"]))
+    results = await asyncio.gather(known, unknown, return_exceptions=True)
+    assert isinstance(results[0], errors.Unavailable)
+    assert (results[1].source, results[1].ids) == (SOURCE_POPULARITY, ["i001", "i002", "i003"])
+    index.failure = None
+    assert (await recommender.recommend("c001", 3)).source == SOURCE_MODEL
+    assert all(version == 1 for version, _ in index.calls)
+
+
+async def test_promotion_needs_a_slot_holding_the_version_and_rollback_switches_back(registry):
+    blue = slot(registry, "b", 1)[0]
+    index = InProcessIndex(blue)
+    recommender, admin = query_replica(registry, index, live=1)
+    await admin.load(2)
+    with pytest.raises(errors.FailedPrecondition, match="no index endpoint holds version 2"):
+        await admin.promote(2)
+    index.cores = (blue, slot(registry, "g", 2)[0])
+    await admin.promote(2)
+    assert {v.version: v.state for v in admin.status().versions} == {1: State.ROLLBACK_TARGET, 2: State.SERVING}
+    await admin.rollback()
+    assert (await recommender.recommend("c002", 3)).version == 1
+    with pytest.raises(errors.FailedPrecondition, match="is live"):
+        await admin.unload(1)
+
+
+# ------------------------------------------------------------------ errors and routing
+
+
+def test_status_of_maps_domain_errors_and_hides_the_rest():
+    cases = {errors.InvalidArgument("bad k"): grpc.StatusCode.INVALID_ARGUMENT,
+             errors.NotFound("no v9"): grpc.StatusCode.NOT_FOUND,
+             errors.FailedPrecondition("not loaded"): grpc.StatusCode.FAILED_PRECONDITION,
+             errors.Unavailable("down"): grpc.StatusCode.UNAVAILABLE}
+    for error, code in cases.items():
+        assert status_of(error, "Recommend") == (code, str(error))
+    assert status_of(errors.InvalidArgument("x" * 5000), "m")[1] == "x" * 1000  # messages are bounded
+    code, message = status_of(KeyError("secret detail"), "Recommend")
+    assert code == grpc.StatusCode.INTERNAL and message == "internal error in Recommend: KeyError"
+
+
+def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+
+
+def test_index_call_failures_become_domain_errors():
+    for code, kind in ((grpc.StatusCode.UNAVAILABLE, errors.Unavailable),
+                       (grpc.StatusCode.DEADLINE_EXCEEDED, errors.Unavailable),
+                       (grpc.StatusCode.FAILED_PRECONDITION, errors.FailedPrecondition),
+                       (grpc.StatusCode.INVALID_ARGUMENT, errors.InvalidArgument),
+                       (grpc.StatusCode.NOT_FOUND, errors.NotFound),
+                       (grpc.StatusCode.RESOURCE_EXHAUSTED, errors.ServingError)):
+        error = error_for(rpc_error(code, "why"), "10.0.0.1:50051")
+        assert type(error) is kind and str(error) == f"index service at 10.0.0.1:50051: {code.name}: why"
+
+
+async def test_router_sends_a_version_to_its_holders_and_fails_over_once():
+    router = IndexRouter(RoutingConfig(addresses=("a:1", "b:1", "c:1")))
+    a, b, c = router.endpoints
+    a.versions, b.versions, c.versions = {1: 3}, {1: 2}, {2: 3}  # 3 SERVING, 2 READY
+    answered: list[str] = []
+
+    def fake_search(endpoint: IndexEndpoint, fail: bool):
+        async def search(queries, version):
+            answered.append(endpoint.address)
+            if fail:
+                raise errors.Unavailable(f"{endpoint.address} down")
+            return [IndexHits(["x"], [1.0])]
+        return search
+
+    # The network call is the one piece replaced here: routing is what is under test.
+    a.search, b.search, c.search = fake_search(a, True), fake_search(b, False), fake_search(c, False)
+    query = [IndexQuery(np.zeros(2, np.float32), 1, frozenset())]
+    for _ in range(4):
+        assert await router.search(query, 1) == [IndexHits(["x"], [1.0])]
+    assert set(answered) == {"a:1", "b:1"} and answered.count("b:1") == 4  # a fails, b answers every time
+    assert await router.search(query, 2) == [IndexHits(["x"], [1.0])] and answered[-1] == "c:1"
+    with pytest.raises(errors.Unavailable, match="no index endpoint holds version 7"):
+        await router.search(query, 7)
+    b.versions = {}
+    with pytest.raises(errors.Unavailable, match="a:1 down"):
+        await router.search(query, 1)  # a's own failure, with no other holder left
+    await router.close()

@@ -1,0 +1,8 @@
+"""Interaction data: the ``Interactions`` type, loaders (MovieLens 100K, the
+synthetic generator, interaction and session files) and train/test splits."""
+
+from trainer.data.datasets import DATASET_NAMES, DatasetOptions, load_dataset
+from trainer.data.interactions import Interactions
+from trainer.data.split import SPLITS, make_split
+
+__all__ = ["DATASET_NAMES", "SPLITS", "DatasetOptions", "Interactions", "load_dataset", "make_split"]

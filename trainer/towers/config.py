@@ -1,0 +1,53 @@
+"""The towers' architecture knobs (each a ``recsys-train`` flag)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from model_registry.customers import DEFAULT_HISTORY_LENGTH
+from settings.flags import option, require
+
+TOWERS = ("id", "features", "history", "sequence")
+HISTORY_TOWERS = ("history", "sequence")
+POOLINGS = ("mean", "sqrtn", "sum")
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(",") if part.strip())
+
+
+@dataclasses.dataclass(frozen=True)
+class TowerConfig:
+    """Architecture knobs; ``kind`` picks the family (``TOWERS``)."""
+
+    kind: str = option("id", "query/candidate tower family", flag="tower", choices=TOWERS)
+    embedding_dim: int = option(64, "embedding dimension of both towers")
+    history_length: int = option(DEFAULT_HISTORY_LENGTH, "history/sequence towers: items in the query history")
+    pooling: str = option("mean", "history towers: how the history's item embeddings are pooled", choices=POOLINGS)
+    sequence_length: int = option(20, "sequence tower: the GRU reads this many most recent items")
+    history_dropout: float = option(0.0, "history towers: share of history items dropped per training query")
+    share_item_embeddings: bool = option(True, "history towers: one item table for history and candidates")
+    use_customer_id: bool = option(False, "history towers: add the customer id embedding")
+    projection: bool = option(True, "history towers: residual dense layer after pooling")
+    deep_layers: tuple[int, ...] = option((), "hidden ReLU layer sizes before the final projection, e.g. 128,64",
+                                          parse=_ints)
+    candidate_features: bool = option(False, "candidate tower: add the catalogue's title text, genres and year")
+    time_features: bool = option(
+        False, "features tower: take the request time (bucketised; serving passes the current time, clipped to "
+               "the training period)")
+    normalize: bool = option(False, "L2-normalise both towers' outputs (pair with a temperature < 1)")
+    l2: float = option(0.0, "L2 penalty on embedding tables and dense kernels")
+
+    def __post_init__(self) -> None:
+        require(self.kind in TOWERS, "kind", f"must be one of {', '.join(TOWERS)}, got {self.kind!r}")
+        require(self.pooling in POOLINGS, "pooling", f"must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        for name in ("embedding_dim", "history_length", "sequence_length"):
+            require(getattr(self, name) >= 1, name, "must be a positive integer")
+        require(all(units >= 1 for units in self.deep_layers), "deep_layers", "layer sizes must be positive")
+        require(0.0 <= self.history_dropout < 1.0, "history_dropout", "must be in [0, 1)")
+        require(self.l2 >= 0, "l2", "must be >= 0")
+        require(not self.time_features or self.kind == "features", "time_features", "needs --tower features")
+
+    @property
+    def takes_history(self) -> bool:
+        return self.kind in HISTORY_TOWERS
