@@ -142,6 +142,7 @@ def main() -> None:
                   "recall_at_10": large[1].index.recall_at_10},
         "version_build_s": round(build_s, 1),
         "swap_s": report["swap"]["duration_s"], "rollback_s": report["rollback"]["duration_s"],
+        "swap_steps_s": (report["swap"]["result"] or {}).get("steps_s"),
         "requests": report["requests"], "errors_by_code": report["errors_by_code"],
         "model_versions": report["model_versions"],
         "p99_ms": {phase: stats["latency_ms"]["p99_ms"] for phase, stats in phases.items()},
@@ -154,6 +155,9 @@ def main() -> None:
                                                                  / after["green"]["rss_mb"], 3)},
         "query_memory_mb": {"before": steady["query"], "after": after["query"]},
         "warmup_s": args.warmup_s,
+        # Per second of the run (by scheduled send time): p99 and the versions that answered.
+        "timeline": [{k: row[k] for k in ("second", "ok", "p99_ms", "errors", "versions")} for row in report["timeline"]],
+        "swap_at_s": report["swap"]["start_s"], "rollback_at_s": report["rollback"]["start_s"],
         "loadtest_exit_code": load.returncode,
     }
     text = json.dumps(result, indent=2)

@@ -19,7 +19,7 @@ from serving import validation
 from serving.admin_rpc import ServiceWithAdmin
 from serving.config import AdminConfig, ServiceConfig
 from serving.grpc_server import ServiceSpec, run_main, serve_until_signalled
-from serving.loader import Loader
+from serving.loader import Background, Loader
 from serving.sources import slot_startup
 from serving.versions import VersionManager
 from settings.flags import ConfigError, add_flags, option, parse, require
@@ -67,7 +67,8 @@ async def create_server(config: IndexServiceConfig) -> tuple[ServiceWithAdmin, I
     registry = Registry(config.registry, config.model)
     startup = slot_startup(registry, config.slot, config.version)  # a broken record stops the start here
     manager: VersionManager[CandidateIndex] = VersionManager(config.model)
-    loader = Loader(registry, lambda path, manifest: CandidateIndex.load(path, manifest, config.min_recall), "index")
+    loader = Loader(registry, lambda path, manifest: CandidateIndex.load(path, manifest, config.min_recall), "index",
+                    Background.IDLE)  # the slot that loads serves no traffic
     core = IndexCore(manager, ThreadPoolExecutor(config.search_threads, thread_name_prefix="scann"),
                      max_k=config.max_k, keepalive_s=config.keepalive_s)
     admin = SlotAdmin(config.slot, registry, manager, loader, lambda: core.last_search, config.busy_window_s)

@@ -9,9 +9,11 @@ from typing import Iterator
 
 import numpy as np
 
-# Candidate rows scored per block: bounds the score matrix (queries x block) and,
-# for a database read from a file, the memory the read takes.
-ROW_BLOCK = 65_536
+# Candidate rows scored per block: bounds the score matrix (queries x block, and
+# argpartition's int64 copy of it) and, for a database read from a file, the
+# memory the read takes. At 16k rows and 100 probes that is ~25 MB, well under
+# the 30% over one version's memory an index slot may take while it loads.
+ROW_BLOCK = 16_384
 
 
 def _read_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
@@ -72,7 +74,7 @@ def exact_top_k(queries: np.ndarray, database: np.ndarray | Path, k: int,
         for a in range(0, len(queries), query_chunk):
             scores = queries[a:a + query_chunk] @ block.T
             kk = min(k, scores.shape[1])
-            part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+            part = np.argpartition(scores, scores.shape[1] - kk, axis=1)[:, -kk:]  # no negated copy
             idx_parts.append(part + offset)
             score_parts.append(np.take_along_axis(scores, part, axis=1))
         offset += len(block)
@@ -88,7 +90,7 @@ def exact_top_k(queries: np.ndarray, database: np.ndarray | Path, k: int,
 def _keep_top(idx: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     if idx.shape[1] <= k:
         return idx, scores
-    keep = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    keep = np.argpartition(scores, scores.shape[1] - k, axis=1)[:, -k:]
     return np.take_along_axis(idx, keep, axis=1), np.take_along_axis(scores, keep, axis=1)
 
 

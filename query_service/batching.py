@@ -81,14 +81,14 @@ class MicroBatcher(Generic[I, O]):
 
     async def _run(self, batch: list[tuple[I, asyncio.Future]]) -> None:
         try:
-            live = [(item, future) for item, future in batch if not future.done()]  # skip cancelled callers
-            if not live:
+            pending = [(item, future) for item, future in batch if not future.done()]  # skip cancelled callers
+            if not pending:
                 return
             try:
-                results = await self._process([item for item, _ in live])
+                results = await self._process([item for item, _ in pending])
             except Exception as e:  # noqa: BLE001 - delivered to every caller of the batch
-                results = [e] * len(live)
-            for (_, future), result in zip(live, results):
+                results = [e] * len(pending)
+            for (_, future), result in zip(pending, results):
                 if future.done():
                     continue
                 if isinstance(result, Exception):

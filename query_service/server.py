@@ -22,7 +22,7 @@ from serving import validation
 from serving.admin_rpc import ServiceWithAdmin
 from serving.config import AdminConfig, ServiceConfig
 from serving.grpc_server import ServiceSpec, run_main, serve_until_signalled
-from serving.loader import Loader
+from serving.loader import Background, Loader
 from serving.sources import query_startup
 from serving.versions import VersionManager
 from settings.flags import add_flags, option, parse, require
@@ -80,7 +80,7 @@ async def create_server(config: QueryServiceConfig) -> tuple[ServiceWithAdmin, R
     startup = query_startup(registry, config.version)  # no CURRENT, or a broken one, stops the start here
     limit_tensorflow_threads(config.tf_threads)
     manager: VersionManager[QueryModel] = VersionManager(config.model)
-    loader = Loader(registry, QueryModel.load, "tower")
+    loader = Loader(registry, QueryModel.load, "tower", Background.GIL)  # the live tower is served beside it
     router = IndexRouter(config.index)
     admin = QueryAdmin(manager, loader, router)
     cache = ResultCache(config.cache) if config.cache.url else None

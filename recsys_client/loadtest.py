@@ -31,12 +31,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import math
+import multiprocessing
 import sys
 import time
 from array import array
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -355,8 +358,8 @@ def connect_timeout_s(config: LoadConfig) -> float:
     return max(config.timeout_s, 10.0)
 
 
-async def _run_event(event: Event, fn: Callable[[], Any], t0: float, after: asyncio.Task | None = None,
-                     requires: Event | None = None) -> None:
+async def _run_event(event: Event, fn: Callable[[], Any], t0: float, pool: ProcessPoolExecutor,
+                     after: asyncio.Task | None = None, requires: Event | None = None) -> None:
     loop = asyncio.get_running_loop()
     if after is not None:
         await after  # a rollback must not race the publish it undoes
@@ -367,29 +370,46 @@ async def _run_event(event: Event, fn: Callable[[], Any], t0: float, after: asyn
     await asyncio.sleep(max(0.0, t0 + event.planned_at_s - loop.time()))
     event.start_s = loop.time() - t0
     try:
-        # Admin calls are blocking gRPC; a thread keeps the load loop running meanwhile.
-        event.result = await asyncio.to_thread(fn)
+        event.result = await loop.run_in_executor(pool, fn)
         event.ok = True
     except Exception as e:  # noqa: BLE001 - reported, and the load goes on
         event.ok, event.error = False, f"{type(e).__name__}: {e}"
     event.end_s = loop.time() - t0
 
 
-def _swap_actions(swap: SwapConfig) -> tuple[Callable[[], Any], Callable[[], Any], Callable[[], None]]:
+def _publish(swap: SwapConfig) -> dict[str, Any]:
+    """The swap's rollout (in the admin process); its version and step timings."""
     from model_registry import Registry
-    from recsys_client.publish import Fleet, publish_version, rollback
+    from recsys_client.publish import Fleet, publish_version
 
-    registry = Registry(swap.registry, swap.model)
     fleet = Fleet.connect(swap.index_admin, swap.query_admin, swap.admin_token, swap.admin_timeout_s)
+    try:
+        return {"version": swap.version,
+                "steps_s": publish_version(fleet, Registry(swap.registry, swap.model), swap.version, drain_s=0.0)}
+    finally:
+        fleet.close()
 
-    def do_publish() -> int:
-        publish_version(fleet, registry, swap.version, drain_s=0.0)
-        return swap.version
 
-    def do_rollback() -> int:
-        return rollback(fleet, registry)
+def _rollback(swap: SwapConfig) -> int:
+    """The swap's rollback (in the admin process); the version made live again."""
+    from model_registry import Registry
+    from recsys_client.publish import Fleet, rollback
 
-    return do_publish, do_rollback, fleet.close
+    fleet = Fleet.connect(swap.index_admin, swap.query_admin, swap.admin_token, swap.admin_timeout_s)
+    try:
+        return rollback(fleet, Registry(swap.registry, swap.model))
+    finally:
+        fleet.close()
+
+
+def _admin_process() -> ProcessPoolExecutor:
+    """A process for the admin actions: their gRPC channels and threads would
+    otherwise share this process's GIL with the load and skew its latencies."""
+    return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _import_admin_modules() -> None:
+    import recsys_client.publish  # noqa: F401  (the child's imports, before the timed run)
 
 
 async def run_load(config: LoadConfig) -> dict[str, Any]:
@@ -421,7 +441,7 @@ async def run_load(config: LoadConfig) -> dict[str, Any]:
     channels = [grpc.aio.insecure_channel(config.address, options=[("grpc.use_local_subchannel_pool", 1)])
                 for _ in range(config.channels)]
     stubs = [pb_grpc.QueryServiceStub(c) for c in channels]
-    close_fleet: Callable[[], None] | None = None
+    admin: ProcessPoolExecutor | None = None
     try:
         # Connect first so connection set-up is not charged to the first requests.
         await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in channels)),
@@ -430,16 +450,19 @@ async def run_load(config: LoadConfig) -> dict[str, Any]:
         event_tasks: list[asyncio.Task] = []
         t0 = loop.time()
         if config.swap is not None:
-            do_publish, do_rollback, close_fleet = await asyncio.to_thread(_swap_actions, config.swap)
+            admin = _admin_process()
+            await loop.run_in_executor(admin, _import_admin_modules)
             t0 = loop.time()
             swap_event = Event("swap", config.swap.at_s)
             events.append(swap_event)
-            event_tasks.append(asyncio.create_task(_run_event(swap_event, do_publish, t0)))
+            event_tasks.append(asyncio.create_task(
+                _run_event(swap_event, functools.partial(_publish, config.swap), t0, admin)))
             if config.swap.rollback_at_s is not None:
                 rollback_event = Event("rollback", config.swap.rollback_at_s)
                 events.append(rollback_event)
-                event_tasks.append(asyncio.create_task(
-                    _run_event(rollback_event, do_rollback, t0, after=event_tasks[0], requires=swap_event)))
+                event_tasks.append(asyncio.create_task(_run_event(
+                    rollback_event, functools.partial(_rollback, config.swap), t0, admin, after=event_tasks[0],
+                    requires=swap_event)))
 
         async def one(i: int, scheduled: float) -> None:
             nonlocal in_flight, cache_hits, last_done
@@ -496,8 +519,8 @@ async def run_load(config: LoadConfig) -> dict[str, Any]:
     finally:
         for channel in channels:
             await channel.close()
-        if close_fleet is not None:
-            close_fleet()
+        if admin is not None:
+            admin.shutdown()
 
 
 # --------------------------------------------------------------------------- CLI

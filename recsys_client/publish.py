@@ -173,10 +173,20 @@ def _undo(fleet: Fleet, steps: list[tuple[Replica, str, object]]) -> None:
 
 
 def publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: float = 0.0,
-                    keep_versions: int | None = None) -> None:
+                    keep_versions: int | None = None) -> dict[str, float]:
     """Rolls ``version`` out (see the module docstring); raises PublishError.
     With ``keep_versions``, older published versions beyond that many are then
-    deleted from the registry (never CURRENT, PREVIOUS or a slot's version)."""
+    deleted from the registry (never CURRENT, PREVIOUS or a slot's version).
+    Returns the seconds each step took."""
+    steps: dict[str, float] = {}
+    mark = time.perf_counter()
+
+    def step(name: str) -> None:
+        nonlocal mark
+        now = time.perf_counter()
+        steps[name] = round(now - mark, 3)
+        mark = now
+
     try:
         registry.manifest(version)
     except VersionError as e:
@@ -186,8 +196,9 @@ def publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: flo
     live = _agreed(fleet, SERVING, "live") if fleet.query else registry.current_version()
     if live == version:
         log.info("version %d is already live", version)
-        return
+        return steps
     slot_list = slots(fleet)
+    step("status")
     undo: list[tuple[Replica, str, object]] = []
     try:
         if not any(s.version == version for s in slot_list):
@@ -198,29 +209,35 @@ def publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: flo
                             if target.version else (replica, "UnloadVersion", pb.UnloadVersionRequest(version=version)))
             log.info("index slot %s now holds version %d (it held %s)", target.name, version,
                      target.version or "none")
+        step("slot_load")
         for replica in fleet.query:
             before = {v.version for v in fleet.status(replica).versions}
             fleet.call(replica, "LoadVersion", pb.LoadVersionRequest(version=version))
             if version not in before:
                 undo.append((replica, "UnloadVersion", pb.UnloadVersionRequest(version=version)))
             log.info("query replica %s loaded version %d", replica.address, version)
+        step("tower_load")
         for replica in fleet.query:
             fleet.call(replica, "Promote", pb.PromoteRequest(version=version))
             if live is not None:
                 undo.append((replica, "Promote", pb.PromoteRequest(version=live)))
+        step("promote")
     except PublishError:
         _undo(fleet, undo)
         raise
     registry.set_current(version)
     log.info("version %d is live on %d query replicas; registry CURRENT is %d, PREVIOUS %s", version,
              len(fleet.query), version, registry.previous_version())
+    step("pointers")
     if drain_s > 0:
         time.sleep(drain_s)
     unload_stale(fleet)
+    step("drain_and_unload")
     if keep_versions is not None:
         deleted = registry.prune(keep_versions)
         if deleted:
             log.info("deleted versions %s from the registry (keeping %d)", deleted, keep_versions)
+    return steps
 
 
 def unload_stale(fleet: Fleet) -> None:

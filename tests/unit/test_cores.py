@@ -24,7 +24,7 @@ from query_service.routing import IndexRouter, RoutingConfig
 from query_service.tower import QueryModel
 from serving import errors
 from serving.grpc_server import status_of
-from serving.loader import Loader
+from serving.loader import Background, Loader
 from serving.sources import StartupVersions
 from serving.versions import State, VersionManager
 from tests.unit import tiny_versions as tiny
@@ -44,7 +44,7 @@ def registry(tmp_path_factory) -> Registry:
 
 def slot(registry: Registry, name: str, version: int | None, busy_window_s: float = 0.0) -> tuple[IndexCore, SlotAdmin]:
     manager: VersionManager[CandidateIndex] = VersionManager(tiny.MODEL)
-    loader = Loader(registry, lambda path, manifest: CandidateIndex.load(path, manifest, 0.9), "index")
+    loader = Loader(registry, lambda path, manifest: CandidateIndex.load(path, manifest, 0.9), "index", Background.IDLE)
     core = IndexCore(manager, ThreadPoolExecutor(1))
     admin = SlotAdmin(name, registry, manager, loader, lambda: core.last_search, busy_window_s)
     admin.start(StartupVersions(version))
@@ -84,7 +84,7 @@ class InProcessIndex:
 
 def query_replica(registry: Registry, index: InProcessIndex, live: int, rollback_target: int | None = None):
     manager: VersionManager[QueryModel] = VersionManager(tiny.MODEL)
-    admin = QueryAdmin(manager, Loader(registry, QueryModel.load, "tower"), index)
+    admin = QueryAdmin(manager, Loader(registry, QueryModel.load, "tower", Background.GIL), index)
     admin.start(StartupVersions(live, rollback_target))
     return Recommender(manager, index, None, ThreadPoolExecutor(1)), admin
 

@@ -3,10 +3,13 @@ Redis tier turn the in-process tier off (``local_entries=0``); the last tests co
 
 import asyncio
 
+import pytest
 import redis.asyncio as redis
 
 from query_service.cache import CacheConfig, CachedResult, ResultCache, cache_key
 from tests.conftest import RedisProcess
+
+pytestmark = pytest.mark.integration
 
 
 def test_key_carries_model_and_version_and_request_shape():
