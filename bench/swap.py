@@ -142,7 +142,9 @@ def main() -> None:
                   "recall_at_10": large[1].index.recall_at_10},
         "version_build_s": round(build_s, 1),
         "swap_s": report["swap"]["duration_s"], "rollback_s": report["rollback"]["duration_s"],
+        # Where the rollout's and the rollback's time went (connect: the admin tool's channels).
         "swap_steps_s": (report["swap"]["result"] or {}).get("steps_s"),
+        "rollback_steps_s": (report["rollback"]["result"] or {}).get("steps_s"),
         "requests": report["requests"], "errors_by_code": report["errors_by_code"],
         "model_versions": report["model_versions"],
         "p99_ms": {phase: stats["latency_ms"]["p99_ms"] for phase, stats in phases.items()},

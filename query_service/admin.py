@@ -6,11 +6,17 @@ endpoints holding V; it is refused unless some endpoint holds V (a version
 without its index would fail every request). The version live before becomes
 the rollback target, and a rollback promotes it back: its tower is still
 loaded here and its index is still in its slot.
+
+Loading a version also warms the result cache for it (``Recommender.warm``)
+when an index endpoint already holds it, as a rollout's order guarantees: the
+promotion that follows then finds the replica's recent requests cached.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from typing import Awaitable, Callable
 
 from query_service.routing import IndexRouter
 from query_service.tower import QueryModel
@@ -32,9 +38,11 @@ class QueryAdmin(VersionAdmin[QueryModel]):
 
     service = "query"
 
-    def __init__(self, manager: VersionManager[QueryModel], loader: Loader[QueryModel], router: IndexRouter):
+    def __init__(self, manager: VersionManager[QueryModel], loader: Loader[QueryModel], router: IndexRouter,
+                 warm: Callable[[int], Awaitable[int]] | None = None):
         super().__init__(manager, loader)
         self.router = router
+        self._warm = warm
 
     def start(self, startup: StartupVersions) -> None:
         """Loads the live version and, best effort, the rollback target (blocking)."""
@@ -49,6 +57,14 @@ class QueryAdmin(VersionAdmin[QueryModel]):
         if version < 1:
             raise InvalidArgument(f"version={version}: versions are positive integers")
         await self.loader.run(self._load_into_manager, version)
+        if self._warm is not None and version != self.manager.live_version:
+            if self.router.routable(version):
+                started = time.perf_counter()
+                warmed = await self._warm(version)
+                log.info("warmed the cache for version %d: %d requests in %.2fs", version, warmed,
+                         time.perf_counter() - started)
+            else:
+                log.info("version %d not warmed: no index endpoint holds it yet", version)
         return self.status()
 
     async def promote(self, version: int) -> StatusReport:

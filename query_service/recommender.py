@@ -4,12 +4,20 @@ Recommend pins one version for the whole request: it resolves the live version
 once, looks the result up in the cache under that version's key, and on a miss
 embeds with that version's tower and searches that version's index, so a
 promotion in the middle of a request cannot mix versions.
+
+Cache keys carry the version, so a promotion starts a cold cache: at a hit rate
+that the service is sized for, every request would then be a miss at once.
+``warm`` answers the replica's most recent requests with a version loaded
+beside the live one, batched, before it is promoted (TensorFlow Serving's
+warm-up requests, played against the cache).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
+import logging
+import time
+from collections import OrderedDict, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
@@ -23,6 +31,9 @@ from query_service.tower import QueryModel
 from serving import validation
 from serving.errors import ServingError
 from serving.versions import VersionManager
+from settings.flags import option, require
+
+log = logging.getLogger(__name__)
 
 SOURCE_MODEL = "model"
 SOURCE_POPULARITY = "popularity"
@@ -52,6 +63,33 @@ class Embedding:
 
 
 @dataclass(frozen=True)
+class WarmupConfig:
+    requests: int = option(10_000, "most recent distinct requests answered with a new version before it is "
+                                   "promoted, to fill the cache (0: no warm-up)", flag="warmup-requests")
+    budget_s: float = option(10.0, "longest a warm-up may take", flag="warmup-budget-s")
+    batch_size: int = option(64, "requests per tower call and index search of a warm-up", flag="warmup-batch-size")
+
+    def __post_init__(self) -> None:
+        require(self.requests >= 0, "requests", "must be >= 0")
+        require(self.budget_s > 0, "budget_s", "must be > 0")
+        require(self.batch_size >= 1, "batch_size", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class _Request:
+    """What a cached result depends on besides the version (see ``cache_key``)."""
+
+    customer_id: str
+    k: int
+    exclusions: frozenset[str]
+    recent: tuple[str, ...]
+    exclude_seen: bool
+
+    def key(self, model: str, version: int) -> str:
+        return cache_key(model, version, self.customer_id, self.k, self.exclusions, self.recent, self.exclude_seen)
+
+
+@dataclass(frozen=True)
 class _Miss:
     """A cache miss waiting in the micro-batcher, pinned to its version."""
 
@@ -71,7 +109,7 @@ class Recommender:
 
     def __init__(self, manager: VersionManager[QueryModel], index: IndexBackend, cache: ResultCache | None,
                  executor: ThreadPoolExecutor, batching: BatchingConfig = BatchingConfig(),
-                 max_k: int = validation.DEFAULT_MAX_K):
+                 max_k: int = validation.DEFAULT_MAX_K, warmup: WarmupConfig = WarmupConfig()):
         self.manager = manager
         self.model = manager.model
         self.index = index
@@ -80,6 +118,11 @@ class Recommender:
         self.max_k = max_k
         self._batcher: MicroBatcher[_Miss, tuple[list[str], list[float], str]] = MicroBatcher(
             self._process_misses, batching)
+        self.warmup = warmup
+        # The replica's latest distinct requests, most recent last: what a warm-up replays (an
+        # OrderedDict iterates in recency order, which cachetools' LRUCache does not expose).
+        self._recent_requests: OrderedDict[_Request, None] | None = (
+            OrderedDict() if cache is not None and warmup.requests > 0 else None)
 
     async def recommend(self, customer_id: str, k: int, exclusions: list[str] = (),
                         recent: list[str] = (), exclude_seen: bool = False) -> Recommendation:
@@ -93,17 +136,56 @@ class Recommender:
         excluded = validation.check_exclusions(exclusions)
         recent = validation.check_id_list(recent, "recent_candidate_ids", validation.MAX_RECENT)
         version, model = self.manager.get()
-        key = cache_key(self.model, version, customer_id, k, excluded, recent, exclude_seen)
+        request = _Request(customer_id, k, excluded, recent, exclude_seen)
+        key = request.key(self.model, version)
+        if self._recent_requests is not None:
+            self._remember(request)
         if self.cache is not None:
             cached = await self.cache.get(key)
             if cached is not None:
                 return Recommendation(cached.ids, cached.scores, version, cached.source, cache_hit=True)
-        if exclude_seen:
-            excluded = excluded | model.seen(customer_id) | frozenset(recent)
-        ids, scores, source = await self._batcher.submit(_Miss(model, customer_id, k, excluded, recent))
+        ids, scores, source = await self._batcher.submit(self._miss(model, request))
         if self.cache is not None:
             self.cache.put_in_background(key, CachedResult(ids, scores, source))
         return Recommendation(ids, scores, version, source, cache_hit=False)
+
+    def _remember(self, request: _Request) -> None:
+        recent = self._recent_requests
+        recent[request] = None
+        recent.move_to_end(request)
+        if len(recent) > self.warmup.requests:
+            recent.popitem(last=False)
+
+    @staticmethod
+    def _miss(model: QueryModel, request: _Request) -> _Miss:
+        excluded = request.exclusions
+        if request.exclude_seen:
+            excluded = excluded | model.seen(request.customer_id) | frozenset(request.recent)
+        return _Miss(model, request.customer_id, request.k, excluded, request.recent)
+
+    async def warm(self, version: int) -> int:
+        """Answers the replica's most recent requests (most recent first) with
+        ``version``, whose tower is loaded and whose index is routable, and
+        caches the results; returns how many were cached. Stops at the
+        warm-up's budget; a failed batch is skipped (its requests stay misses)."""
+        if self._recent_requests is None:
+            return 0
+        _, model = self.manager.get(version)
+        requests = list(reversed(self._recent_requests))  # a snapshot: traffic goes on meanwhile
+        deadline = time.monotonic() + self.warmup.budget_s
+        warmed = 0
+        for start in range(0, len(requests), self.warmup.batch_size):
+            if time.monotonic() > deadline:
+                log.warning("warm-up of version %d stopped at its %.1fs budget: %d of %d requests cached",
+                            version, self.warmup.budget_s, warmed, len(requests))
+                break
+            batch = requests[start:start + self.warmup.batch_size]
+            results = await self._process_version([self._miss(model, r) for r in batch])
+            for request, result in zip(batch, results):
+                if not isinstance(result, Exception):
+                    self.cache.put_in_background(request.key(self.model, version), CachedResult(*result))
+                    warmed += 1
+        return warmed
 
     async def embed(self, customer_id: str) -> Embedding:
         validation.check_id(customer_id, "customer_id")

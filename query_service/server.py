@@ -14,7 +14,7 @@ from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from query_service.admin import QueryAdmin
 from query_service.batching import BatchingConfig
 from query_service.cache import CacheConfig, ResultCache
-from query_service.recommender import Recommender
+from query_service.recommender import Recommender, WarmupConfig
 from query_service.routing import IndexRouter, RoutingConfig
 from query_service.servicer import QueryServicer
 from query_service.tower import QueryModel
@@ -38,6 +38,7 @@ class QueryServiceConfig(ServiceConfig):
     index: RoutingConfig = option(RoutingConfig(), "index endpoints")
     cache: CacheConfig = option(CacheConfig(), "result cache")
     batching: BatchingConfig = option(BatchingConfig(), "micro-batching of cache misses")
+    warmup: WarmupConfig = option(WarmupConfig(), "cache warm-up of a version loaded beside the live one")
     tower_threads: int = option(2, "threads running the query tower")
     tf_threads: int = option(1, "TensorFlow intra- and inter-op threads (0: TensorFlow's default, one per core)")
     max_k: int = option(validation.DEFAULT_MAX_K, "largest k a request may ask")
@@ -82,11 +83,11 @@ async def create_server(config: QueryServiceConfig) -> tuple[ServiceWithAdmin, R
     manager: VersionManager[QueryModel] = VersionManager(config.model)
     loader = Loader(registry, QueryModel.load, "tower", Background.GIL)  # the live tower is served beside it
     router = IndexRouter(config.index)
-    admin = QueryAdmin(manager, loader, router)
     cache = ResultCache(config.cache) if config.cache.url else None
     executor = ThreadPoolExecutor(config.tower_threads, thread_name_prefix="tower")
     recommender = Recommender(manager, router, cache, executor,
-                              config.batching, max_k=config.max_k)
+                              config.batching, max_k=config.max_k, warmup=config.warmup)
+    admin = QueryAdmin(manager, loader, router, recommender.warm)
     spec = ServiceSpec(pb_grpc.add_QueryServiceServicer_to_server, QueryServicer(recommender), SERVICE_NAME)
     service = await ServiceWithAdmin.start(spec, admin, config)
     router.start()

@@ -382,22 +382,29 @@ def _publish(swap: SwapConfig) -> dict[str, Any]:
     from model_registry import Registry
     from recsys_client.publish import Fleet, publish_version
 
+    start = time.perf_counter()
     fleet = Fleet.connect(swap.index_admin, swap.query_admin, swap.admin_token, swap.admin_timeout_s)
+    connect_s = round(time.perf_counter() - start, 3)
     try:
-        return {"version": swap.version,
-                "steps_s": publish_version(fleet, Registry(swap.registry, swap.model), swap.version, drain_s=0.0)}
+        steps = publish_version(fleet, Registry(swap.registry, swap.model), swap.version, drain_s=0.0)
+        return {"version": swap.version, "steps_s": {"connect": connect_s, **steps}}
     finally:
         fleet.close()
 
 
-def _rollback(swap: SwapConfig) -> int:
-    """The swap's rollback (in the admin process); the version made live again."""
+def _rollback(swap: SwapConfig) -> dict[str, Any]:
+    """The swap's rollback (in the admin process); the version made live again
+    and the seconds taken to connect to the replicas and to switch them."""
     from model_registry import Registry
     from recsys_client.publish import Fleet, rollback
 
+    start = time.perf_counter()
     fleet = Fleet.connect(swap.index_admin, swap.query_admin, swap.admin_token, swap.admin_timeout_s)
+    connected = time.perf_counter()
     try:
-        return rollback(fleet, Registry(swap.registry, swap.model))
+        version = rollback(fleet, Registry(swap.registry, swap.model))
+        return {"version": version, "steps_s": {"connect": round(connected - start, 3),
+                                                "switch": round(time.perf_counter() - connected, 3)}}
     finally:
         fleet.close()
 

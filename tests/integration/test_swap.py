@@ -118,7 +118,7 @@ async def test_swap_and_rollback_under_load_lose_nothing_and_serve_each_versions
     assert report["requests"]["ok"] == report["requests"]["scheduled"] == config.total_requests, report["requests"]
     assert report["errors_by_code"] == {} and report["requests"]["dropped"] == 0
     assert report["swap"]["ok"], report["swap"]["error"]
-    assert report["rollback"]["ok"] and report["rollback"]["result"] == 1, report["rollback"]["error"]
+    assert report["rollback"]["ok"] and report["rollback"]["result"]["version"] == 1, report["rollback"]["error"]
     # Both versions answered, version 2 between the publish and the rollback.
     # Phases go by *scheduled* send time: a request scheduled just before an
     # event may be sent after its promotion when the client lags, so only the

@@ -18,6 +18,7 @@ from index_service.slot import SlotAdmin
 from model_registry import Registry
 from model_registry import manifest as files
 from query_service.admin import QueryAdmin
+from query_service.cache import CacheConfig, ResultCache
 from query_service.index_client import IndexEndpoint, IndexHits, IndexQuery, error_for
 from query_service.recommender import SOURCE_MODEL, SOURCE_POPULARITY, Recommender
 from query_service.routing import IndexRouter, RoutingConfig
@@ -27,6 +28,7 @@ from serving.grpc_server import status_of
 from serving.loader import Background, Loader
 from serving.sources import StartupVersions
 from serving.versions import State, VersionManager
+from tests.processes import free_port
 from tests.unit import tiny_versions as tiny
 
 
@@ -82,11 +84,13 @@ class InProcessIndex:
         return [IndexHits(r.ids, r.scores) for r in results]
 
 
-def query_replica(registry: Registry, index: InProcessIndex, live: int, rollback_target: int | None = None):
+def query_replica(registry: Registry, index: InProcessIndex, live: int, rollback_target: int | None = None,
+                  cache: ResultCache | None = None):
     manager: VersionManager[QueryModel] = VersionManager(tiny.MODEL)
-    admin = QueryAdmin(manager, Loader(registry, QueryModel.load, "tower", Background.GIL), index)
+    recommender = Recommender(manager, index, cache, ThreadPoolExecutor(1))
+    admin = QueryAdmin(manager, Loader(registry, QueryModel.load, "tower", Background.GIL), index, recommender.warm)
     admin.start(StartupVersions(live, rollback_target))
-    return Recommender(manager, index, None, ThreadPoolExecutor(1)), admin
+    return recommender, admin
 
 
 # ------------------------------------------------------------------ index slots
@@ -210,6 +214,30 @@ async def test_promotion_needs_a_slot_holding_the_version_and_rollback_switches_
     assert (await recommender.recommend("c002", 3)).version == 1
     with pytest.raises(errors.FailedPrecondition, match="is live"):
         await admin.unload(1)
+
+
+async def test_loading_a_version_warms_the_cache_with_the_recent_requests(registry):
+    blue = slot(registry, "b", 1)[0]
+    index = InProcessIndex(blue)
+    # The in-process tier only: Redis is unreachable, which the cache treats as misses.
+    cache = ResultCache(CacheConfig(url=f"redis://127.0.0.1:{free_port()}/0"))
+    recommender, admin = query_replica(registry, index, live=1, cache=cache)
+    customers = ["c001", "c002", "c003"]
+    for customer in customers:
+        await recommender.recommend(customer, 3)
+    await admin.load(2)  # no index endpoint holds version 2 yet: nothing to warm
+    index.cores = (blue, slot(registry, "g", 2)[0])
+    await admin.unload(2)
+    searches = len(index.calls)
+    await admin.load(2)
+    assert index.calls[searches:] == [(2, 3)]  # the three requests, in one batch
+    await admin.promote(2)
+    await asyncio.sleep(0)  # the cache writes run in the background
+    results = [await recommender.recommend(customer, 3) for customer in customers]
+    assert [(r.version, r.cache_hit) for r in results] == [(2, True)] * 3
+    assert [r.ids for r in results] == [tiny.exact_top_k(2, customer, 3) for customer in customers]
+    assert len(index.calls) == searches + 1
+    await recommender.close()
 
 
 # ------------------------------------------------------------------ errors and routing

@@ -228,6 +228,20 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
     assert "model name" in capsys.readouterr().err
 
 
+def test_cli_validates_the_whole_config_before_reading_data(tmp_path, capsys):
+    from trainer import cli
+
+    # The data dir holds no u.data: were the data read first, that would be the error.
+    for flags, named in ((["--learning-rate", "-1"], "learning"), (["--temperature", "0"], "temperature"),
+                         (["--validation-fraction", "1.5"], "validation")):
+        with pytest.raises(SystemExit) as e:
+            cli.main(["--dataset", "movielens-100k", "--data-dir", str(tmp_path), "--registry", str(tmp_path),
+                      "--model", "m", *flags])
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert named in err and "u.data" not in err and err.count("\n") == 0, err
+
+
 def test_cli_history_tower_publishes_customer_store(tmp_path, capsys):
     import settings.tf_env  # noqa: F401
     import tensorflow as tf
