@@ -148,13 +148,14 @@ def test_tree_ah_index_meets_recall_and_survives_rename(tmp_path):
     centers = rng.normal(size=(40, 16))
     db = (centers[rng.integers(40, size=3000)] + 0.3 * rng.normal(size=(3000, 16))).astype(np.float32)
     probes = (centers[rng.integers(40, size=200)] + 0.3 * rng.normal(size=(200, 16))).astype(np.float32)
-    cfg = index_builder.IndexConfig(brute_force_max=1000, reorder=100)
+    cfg = index_builder.IndexConfig(brute_force_max=1000, reorder_depths=(100, 200))
     searcher, spec = index_builder.build_index(db, probes, cfg)
     assert spec.kind == "tree_ah" and spec.num_leaves == 55 and spec.recall_at_10 >= 0.95
     index_builder.save_searcher(searcher, tmp_path / "staging")
     shutil.move(tmp_path / "staging", tmp_path / "renamed")  # relative asset paths must survive this
     loaded = load_searcher(tmp_path / "renamed")  # as the index service loads it (no TensorFlow)
-    recall = index_builder.measure_recall(loaded, probes, db, leaves_to_search=spec.num_leaves_to_search)
+    recall = index_builder.measure_recall(loaded, probes, db, leaves_to_search=spec.num_leaves_to_search,
+                                          reorder=spec.reorder)
     assert recall == pytest.approx(spec.recall_at_10)
 
 
