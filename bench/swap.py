@@ -68,9 +68,13 @@ def publish_large(registry: Registry, base: Path, num_candidates: int, seed: int
 
 
 def rss_mb(pid: int) -> dict[str, float]:
+    """Resident and peak memory, and the major page faults so far: pages the
+    kernel had dropped (file-backed code and data; see BENCHMARKS.md on DAMON)
+    read back from disk, each a stall of whatever thread touched them."""
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    major_faults = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[9])
     return {"rss_mb": round(int(fields["VmRSS"].split()[0]) / 1024, 1),
-            "peak_rss_mb": round(int(fields["VmHWM"].split()[0]) / 1024, 1)}
+            "peak_rss_mb": round(int(fields["VmHWM"].split()[0]) / 1024, 1), "major_faults": major_faults}
 
 
 def loadtest(address: str, qps: int, duration_s: float, out: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -138,7 +142,7 @@ def main() -> None:
     result = {
         "candidates": args.candidates, "qps": args.qps, "duration_s": args.duration_s,
         "index": {"kind": large[1].index.kind, "num_leaves": large[1].index.num_leaves,
-                  "leaves_to_search": large[1].index.num_leaves_to_search,
+                  "leaves_to_search": large[1].index.num_leaves_to_search, "reorder": large[1].index.reorder,
                   "recall_at_10": large[1].index.recall_at_10},
         "version_build_s": round(build_s, 1),
         "swap_s": report["swap"]["duration_s"], "rollback_s": report["rollback"]["duration_s"],
