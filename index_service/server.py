@@ -13,6 +13,7 @@ from index_service.searcher import CandidateIndex
 from index_service.servicer import IndexServicer
 from index_service.slot import SlotAdmin
 from model_registry import Registry
+from model_registry import manifest as files
 from model_registry.registry import check_model_name
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from serving import validation
@@ -68,7 +69,7 @@ async def create_server(config: IndexServiceConfig) -> tuple[ServiceWithAdmin, I
     startup = slot_startup(registry, config.slot, config.version)  # a broken record stops the start here
     manager: VersionManager[CandidateIndex] = VersionManager(config.model)
     loader = Loader(registry, lambda path, manifest: CandidateIndex.load(path, manifest, config.min_recall), "index",
-                    Background.IDLE)  # the slot that loads serves no traffic
+                    Background.IDLE, files.INDEX_READS)  # the slot that loads serves no traffic
     core = IndexCore(manager, ThreadPoolExecutor(config.search_threads, thread_name_prefix="scann"),
                      max_k=config.max_k, keepalive_s=config.keepalive_s)
     admin = SlotAdmin(config.slot, registry, manager, loader, lambda: core.last_search, config.busy_window_s)

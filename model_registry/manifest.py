@@ -27,6 +27,12 @@ PROBE_QUERIES_FILE = "probe_queries.npy"
 CUSTOMER_STORE_FILE = "customer_store.npz"  # model_registry.customers.CustomerStore
 METRICS_FILE = "metrics.json"
 
+# What each service reads, and so verifies before a load (``verify_version``'s
+# ``reads``): a query replica never reads the candidates, which an index slot
+# holding the version has verified before any promotion can route to it.
+QUERY_READS = (QUERY_TOWER_DIR, POPULAR_FILE, CUSTOMER_STORE_FILE)
+INDEX_READS = (CANDIDATE_IDS_FILE, CANDIDATE_EMBEDDINGS_FILE, SCANN_DIR, PROBE_QUERIES_FILE)
+
 
 class VersionError(Exception):
     """A version directory is missing, incomplete, corrupt or inconsistent."""
@@ -87,13 +93,15 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _version_files(directory: Path) -> dict[str, Path]:
+    """Every regular file under ``directory`` except the manifest, by relative name."""
+    return {str(p.relative_to(directory)): p for p in sorted(directory.rglob("*"))
+            if p.is_file() and p.name != MANIFEST_FILE}
+
+
 def checksum_tree(directory: Path) -> dict[str, str]:
     """sha256 of every regular file under ``directory`` except the manifest."""
-    return {
-        str(p.relative_to(directory)): sha256_file(p)
-        for p in sorted(directory.rglob("*"))
-        if p.is_file() and p.name != MANIFEST_FILE
-    }
+    return {name: sha256_file(path) for name, path in _version_files(directory).items()}
 
 
 def read_manifest(version_dir: Path) -> Manifest:
@@ -106,23 +114,28 @@ def read_manifest(version_dir: Path) -> Manifest:
         raise VersionError(f"{path} is not a valid manifest: {e}") from e
 
 
-def verify_version(version_dir: Path) -> Manifest:
-    """Reads the manifest and checks every file's sha256 and presence.
+def verify_version(version_dir: Path, reads: tuple[str, ...] | None = None) -> Manifest:
+    """Reads the manifest, checks that exactly its files are present and that
+    each has its sha256; with ``reads`` (top-level names, e.g. ``QUERY_READS``),
+    only those files' sha256: the rest are checked by the services reading them.
 
     Raises VersionError naming the first file that is missing, extra or altered.
     """
     version_dir = Path(version_dir)
     manifest = read_manifest(version_dir)
-    actual = checksum_tree(version_dir)
+    present = _version_files(version_dir)
     for name, expected in manifest.files.items():
-        if name not in actual:
+        if name not in present:
             raise VersionError(f"version {manifest.version}: file {name} is missing from {version_dir}")
-        if actual[name] != expected:
+        if reads is not None and Path(name).parts[0] not in reads:
+            continue
+        actual = sha256_file(present[name])
+        if actual != expected:
             raise VersionError(
                 f"version {manifest.version}: {name} fails its sha256 check "
-                f"(manifest {expected[:12]}..., file {actual[name][:12]}...); republish the version"
+                f"(manifest {expected[:12]}..., file {actual[:12]}...); republish the version"
             )
-    extra = sorted(set(actual) - set(manifest.files))
+    extra = sorted(set(present) - set(manifest.files))
     if extra:
         raise VersionError(f"version {manifest.version}: files not in the manifest: {extra[:5]}")
     return manifest

@@ -58,14 +58,23 @@ class QueryAdmin(VersionAdmin[QueryModel]):
             raise InvalidArgument(f"version={version}: versions are positive integers")
         await self.loader.run(self._load_into_manager, version)
         if self._warm is not None and version != self.manager.live_version:
-            if self.router.routable(version):
-                started = time.perf_counter()
-                warmed = await self._warm(version)
-                log.info("warmed the cache for version %d: %d requests in %.2fs", version, warmed,
-                         time.perf_counter() - started)
-            else:
-                log.info("version %d not warmed: no index endpoint holds it yet", version)
+            await self._warm_cache(version)
         return self.status()
+
+    async def _warm_cache(self, version: int) -> None:
+        """Best effort: a warm-up only saves misses, so its failure never fails the load."""
+        if not self.router.routable(version):
+            log.info("version %d not warmed: no index endpoint holds it yet", version)
+            return
+        started = time.perf_counter()
+        try:
+            warmed = await self._warm(version)
+        except Exception as e:  # noqa: BLE001 - logged; the promotion then starts with misses
+            log.warning("warm-up of version %d failed (%s: %s); it will start with a cold cache", version,
+                        type(e).__name__, e)
+            return
+        log.info("warmed the cache for version %d: %d requests in %.2fs", version, warmed,
+                 time.perf_counter() - started)
 
     async def promote(self, version: int) -> StatusReport:
         if version < 1:

@@ -10,6 +10,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from model_registry import Registry
+from model_registry import manifest as files
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from query_service.admin import QueryAdmin
 from query_service.batching import BatchingConfig
@@ -81,7 +82,8 @@ async def create_server(config: QueryServiceConfig) -> tuple[ServiceWithAdmin, R
     startup = query_startup(registry, config.version)  # no CURRENT, or a broken one, stops the start here
     limit_tensorflow_threads(config.tf_threads)
     manager: VersionManager[QueryModel] = VersionManager(config.model)
-    loader = Loader(registry, QueryModel.load, "tower", Background.GIL)  # the live tower is served beside it
+    # The live tower is served beside the loading one; the candidates' files are the index slots' to verify.
+    loader = Loader(registry, QueryModel.load, "tower", Background.GIL, files.QUERY_READS)
     router = IndexRouter(config.index)
     cache = ResultCache(config.cache) if config.cache.url else None
     executor = ThreadPoolExecutor(config.tower_threads, thread_name_prefix="tower")

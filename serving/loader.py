@@ -73,9 +73,10 @@ class Loader(Generic[T]):
     kept in the background as ``background`` says (see the module docstring)."""
 
     def __init__(self, registry: Registry, load: Callable[[Path, Manifest], T], name: str,
-                 background: Background):
+                 background: Background, reads: tuple[str, ...] | None = None):
         self.registry = registry
         self._load = load
+        self._reads = reads  # the version's files this service reads: the ones it checksums
         self._background = background
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-loader",
                                             initializer=_idle_priority if background is Background.IDLE else None)
@@ -89,7 +90,7 @@ class Loader(Generic[T]):
             raise NotFound(f"version {version} of {self.registry.model} is not published under "
                            f"{self.registry.model_dir} (published: {self.registry.versions()})")
         try:
-            manifest = verify_version(version_dir)
+            manifest = verify_version(version_dir, self._reads)
             if manifest.model != self.registry.model:
                 raise VersionError(f"{version_dir} holds model {manifest.model!r}, not {self.registry.model!r}")
             if manifest.version != version:

@@ -49,10 +49,11 @@ def admin_registry(trained_registry, tmp_path_factory):
     assert registry.current_version() == 1 and registry.slot_version("blue") == 1
     copy_version(registry, 1, 2)
     copy_version(registry, 1, 3)
-    embeddings = registry.version_dir(3) / files.CANDIDATE_EMBEDDINGS_FILE
-    data = bytearray(embeddings.read_bytes())
-    data[-1] ^= 0xFF
-    embeddings.write_bytes(bytes(data))
+    for name in (files.CANDIDATE_EMBEDDINGS_FILE, files.POPULAR_FILE):  # one file of each service
+        path = registry.version_dir(3) / name
+        data = bytearray(path.read_bytes())
+        data[-1] ^= 0xFF
+        path.write_bytes(bytes(data))
     return registry
 
 
@@ -125,11 +126,12 @@ def test_corrupt_and_missing_versions_are_refused_and_change_nothing(services):
     blue, green, query = services
     before = [states(status(s)) for s in services]
     assert before == [{1: "SERVING"}, {}, {1: "SERVING"}]
-    for service in (green, query):
+    # Each service checksums the files it reads: the slot the candidates, the query replica its tower's files.
+    for service, corrupt in ((green, files.CANDIDATE_EMBEDDINGS_FILE), (query, files.POPULAR_FILE)):
         with pytest.raises(grpc.RpcError) as err:
             admin(service).LoadVersion(apb.LoadVersionRequest(version=3), metadata=AUTH, timeout=60)
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert "candidate_embeddings.npy fails its sha256 check" in err.value.details()
+        assert f"{corrupt} fails its sha256 check" in err.value.details()
         with pytest.raises(grpc.RpcError) as err:
             admin(service).LoadVersion(apb.LoadVersionRequest(version=99), metadata=AUTH, timeout=60)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND and "published: [1, 2, 3]" in err.value.details()

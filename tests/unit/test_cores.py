@@ -237,6 +237,11 @@ async def test_loading_a_version_warms_the_cache_with_the_recent_requests(regist
     assert [(r.version, r.cache_hit) for r in results] == [(2, True)] * 3
     assert [r.ids for r in results] == [tiny.exact_top_k(2, customer, 3) for customer in customers]
     assert len(index.calls) == searches + 1
+    await admin.rollback()
+    await admin.unload(2)
+    index.failure = RuntimeError("index exploded")
+    await admin.load(2)  # a failed warm-up costs only misses: the load stands
+    assert {v.version: v.state for v in admin.status().versions} == {1: State.SERVING, 2: State.READY}
     await recommender.close()
 
 

@@ -82,6 +82,24 @@ def test_tampered_file_fails_verification(tmp_path):
     (vdir / mf.QUERY_TOWER_DIR / "saved_model.pb").write_bytes(b"tampered")
     with pytest.raises(VersionError, match="sha256"):
         verify_version(vdir)
+    with pytest.raises(VersionError, match="query_tower/saved_model.pb fails its sha256"):
+        verify_version(vdir, mf.QUERY_READS)
+    verify_version(vdir, mf.INDEX_READS)  # an index slot never reads the tower
+
+
+def test_each_service_checksums_the_files_it_reads(tmp_path):
+    reg = Registry(tmp_path, "m")
+    reg.publish(_writer())
+    vdir = reg.version_dir(1)
+    embeddings = vdir / mf.CANDIDATE_EMBEDDINGS_FILE
+    embeddings.write_bytes(embeddings.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(VersionError, match="candidate_embeddings.npy fails its sha256"):
+        verify_version(vdir, mf.INDEX_READS)
+    verify_version(vdir, mf.QUERY_READS)  # its index slot refuses it, so no promotion can route to it
+    embeddings.unlink()
+    for reads in (None, mf.QUERY_READS, mf.INDEX_READS):  # presence is checked by everyone
+        with pytest.raises(VersionError, match="missing"):
+            verify_version(vdir, reads)
 
 
 def test_missing_and_extra_files_fail_verification(tmp_path):
