@@ -162,7 +162,8 @@ def main() -> None:
         "query_memory_mb": {"before": steady["query"], "after": after["query"]},
         "warmup_s": args.warmup_s,
         # Per second of the run (by scheduled send time): p99 and the versions that answered.
-        "timeline": [{k: row[k] for k in ("second", "ok", "p99_ms", "errors", "versions")} for row in report["timeline"]],
+        "timeline": [{k: row[k] for k in ("second", "ok", "p99_ms", "errors", "versions")}
+                     for row in report["timeline"]],
         "swap_at_s": report["swap"]["start_s"], "rollback_at_s": report["rollback"]["start_s"],
         "loadtest_exit_code": load.returncode,
     }

@@ -377,36 +377,35 @@ async def _run_event(event: Event, fn: Callable[[], Any], t0: float, pool: Proce
     event.end_s = loop.time() - t0
 
 
-def _publish(swap: SwapConfig) -> dict[str, Any]:
-    """The swap's rollout (in the admin process); its version and step timings."""
+def _admin_action(swap: SwapConfig, act: Callable[..., tuple[int, dict[str, float]]]) -> dict[str, Any]:
+    """Runs ``act(fleet, registry, swap)`` in the admin process on a fresh
+    connection to the replicas; the version it made live and where the time
+    went (``connect``: the admin tool's channels, then ``act``'s own steps)."""
     from model_registry import Registry
-    from recsys_client.publish import Fleet, publish_version
+    from recsys_client.publish import Fleet
 
     start = time.perf_counter()
     fleet = Fleet.connect(swap.index_admin, swap.query_admin, swap.admin_token, swap.admin_timeout_s)
     connect_s = round(time.perf_counter() - start, 3)
     try:
-        steps = publish_version(fleet, Registry(swap.registry, swap.model), swap.version, drain_s=0.0)
-        return {"version": swap.version, "steps_s": {"connect": connect_s, **steps}}
+        version, steps = act(fleet, Registry(swap.registry, swap.model), swap)
+        return {"version": version, "steps_s": {"connect": connect_s, **steps}}
     finally:
         fleet.close()
 
 
-def _rollback(swap: SwapConfig) -> dict[str, Any]:
-    """The swap's rollback (in the admin process); the version made live again
-    and the seconds taken to connect to the replicas and to switch them."""
-    from model_registry import Registry
-    from recsys_client.publish import Fleet, rollback
+def _rollout(fleet, registry, swap: SwapConfig) -> tuple[int, dict[str, float]]:
+    from recsys_client.publish import publish_version
+
+    return swap.version, publish_version(fleet, registry, swap.version, drain_s=0.0)
+
+
+def _rollback(fleet, registry, swap: SwapConfig) -> tuple[int, dict[str, float]]:
+    from recsys_client.publish import rollback
 
     start = time.perf_counter()
-    fleet = Fleet.connect(swap.index_admin, swap.query_admin, swap.admin_token, swap.admin_timeout_s)
-    connected = time.perf_counter()
-    try:
-        version = rollback(fleet, Registry(swap.registry, swap.model))
-        return {"version": version, "steps_s": {"connect": round(connected - start, 3),
-                                                "switch": round(time.perf_counter() - connected, 3)}}
-    finally:
-        fleet.close()
+    version = rollback(fleet, registry)
+    return version, {"switch": round(time.perf_counter() - start, 3)}
 
 
 def _admin_process() -> ProcessPoolExecutor:
@@ -463,13 +462,13 @@ async def run_load(config: LoadConfig) -> dict[str, Any]:
             swap_event = Event("swap", config.swap.at_s)
             events.append(swap_event)
             event_tasks.append(asyncio.create_task(
-                _run_event(swap_event, functools.partial(_publish, config.swap), t0, admin)))
+                _run_event(swap_event, functools.partial(_admin_action, config.swap, _rollout), t0, admin)))
             if config.swap.rollback_at_s is not None:
                 rollback_event = Event("rollback", config.swap.rollback_at_s)
                 events.append(rollback_event)
                 event_tasks.append(asyncio.create_task(_run_event(
-                    rollback_event, functools.partial(_rollback, config.swap), t0, admin, after=event_tasks[0],
-                    requires=swap_event)))
+                    rollback_event, functools.partial(_admin_action, config.swap, _rollback), t0, admin,
+                    after=event_tasks[0], requires=swap_event)))
 
         async def one(i: int, scheduled: float) -> None:
             nonlocal in_flight, cache_hits, last_done

@@ -216,7 +216,7 @@ def publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: flo
             if version not in before:
                 undo.append((replica, "UnloadVersion", pb.UnloadVersionRequest(version=version)))
             log.info("query replica %s loaded version %d", replica.address, version)
-        step("tower_load")
+        step("query_load")  # towers loaded and caches warmed on every query replica
         for replica in fleet.query:
             fleet.call(replica, "Promote", pb.PromoteRequest(version=version))
             if live is not None:
