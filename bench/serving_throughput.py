@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -123,12 +124,15 @@ def main() -> None:
         print(f"trained and exported in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
         common = ["--registry", str(work / "registry"), "--model", MODEL, "--version", "1"]
         redis = RedisProcess().start()
+        cache_key = work / "cache.key"  # both query replicas below read what the other wrote to Redis
+        cache_key.write_text(secrets.token_hex(32))
+        cache = ["--redis-url", redis.url, "--cache-key-file", str(cache_key)]
         index = query = None
         results: dict = {}
         try:
             index = ServiceProcess("recsys-index-service", [*common, "--slot", "blue"], work / "index.log").start()
-            query = ServiceProcess("recsys-query-service", [*common, "--index-address", index.address,
-                                                            "--redis-url", redis.url], work / "query.log").start()
+            query = ServiceProcess("recsys-query-service", [*common, "--index-address", index.address, *cache],
+                                   work / "query.log").start()
             ours = lambda: [index.proc.pid, query.proc.pid, redis.proc.pid]  # noqa: E731
             results["ours-miss"] = max_sustainable(query.address, ladder, args.duration_s, args.customers,
                                                    args.p99_ms, work, "ours-miss", ours())
@@ -137,8 +141,8 @@ def main() -> None:
             results["ours-hit"] = max_sustainable(query.address, ladder, args.duration_s, hot, args.p99_ms,
                                                   work, "ours-hit", ours())
             query.stop()
-            query = ServiceProcess("recsys-query-service", [*common, "--index-address", index.address,
-                                                            "--redis-url", redis.url, "--local-cache-entries", "0"],
+            query = ServiceProcess("recsys-query-service", [*common, "--index-address", index.address, *cache,
+                                                            "--local-cache-mb", "0"],
                                    work / "query-redis-only.log").start()
             results["ours-hit-redis"] = max_sustainable(query.address, ladder, args.duration_s, hot, args.p99_ms,
                                                         work, "ours-hit-redis", ours())

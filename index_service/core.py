@@ -16,10 +16,27 @@ from index_service.searcher import CandidateIndex, SearchResult
 from serving import validation
 from serving.errors import InvalidArgument
 from serving.versions import VersionManager
+from settings.flags import option, require
 
 # About 0.1 ms of ScaNN at 64 dims (a 1M tree-AH query scores ~30k rows): less
 # than handing the search to a thread and back costs the event loop.
 INLINE_MAX_ROWS = 50_000
+
+
+@dataclass(frozen=True)
+class SearchLimits:
+    """What one search call may ask; a call over a limit is refused before any work."""
+
+    max_k: int = option(validation.DEFAULT_MAX_K, "largest k a request may ask")
+    max_batch_queries: int = option(validation.DEFAULT_MAX_BATCH_QUERIES, "most queries in one BatchSearch")
+    max_batch_results: int = option(validation.DEFAULT_MAX_BATCH_RESULTS,
+                                    "most results one call may compute: queries x the largest k (the query "
+                                    "service sends at most its --max-batch-size x --max-k)")
+
+    def __post_init__(self) -> None:
+        require(self.max_k >= 1, "max_k", "must be >= 1")
+        require(self.max_batch_queries >= 1, "max_batch_queries", "must be >= 1")
+        require(self.max_batch_results >= self.max_k, "max_batch_results", "must be >= max_k")
 
 
 @dataclass(frozen=True)
@@ -41,10 +58,10 @@ class IndexCore:
     """
 
     def __init__(self, manager: VersionManager[CandidateIndex], search_executor: ThreadPoolExecutor,
-                 max_k: int = validation.DEFAULT_MAX_K, keepalive_s: float = 1.0):
+                 limits: SearchLimits = SearchLimits(), keepalive_s: float = 1.0):
         self.manager = manager
         self.executor = search_executor
-        self.max_k = max_k
+        self.limits = limits
         self.keepalive_s = keepalive_s
         self.last_search = -float("inf")  # time.monotonic() of the latest search
         self._generation = 0
@@ -79,16 +96,19 @@ class IndexCore:
                 except asyncio.TimeoutError:
                     pass
 
+    def check_batch(self, ks: list[int]) -> None:
+        """Refuses a batch over the limits (see ``SearchLimits``) before any work."""
+        validation.check_batch(ks, self.limits.max_batch_queries, self.limits.max_batch_results)
+
     async def search(self, queries: list[Query], version: int) -> tuple[int, list[SearchResult]]:
         """Searches every query in one version; returns (version used, results)."""
-        if not queries:
-            raise InvalidArgument("no queries: send at least one")
+        self.check_batch([q.k for q in queries])
         if version < 0:
             raise InvalidArgument(f"model_version={version} is negative: pass 0 for the version this slot holds")
         self.last_search = time.monotonic()
         version, index = self.manager.get(version)
         vectors = np.stack([validation.check_vector(q.vector, index.dim, version) for q in queries])
-        ks = [validation.check_k(q.k, self.max_k) for q in queries]
+        ks = [validation.check_k(q.k, self.limits.max_k) for q in queries]
         exclusions = [validation.check_exclusions(q.exclusions) for q in queries]
         if len(queries) * index.rows_scanned_per_query <= INLINE_MAX_ROWS:
             results = index.search(vectors, max(ks), exclusions)

@@ -8,7 +8,7 @@ import dataclasses
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
-from index_service.core import IndexCore
+from index_service.core import IndexCore, SearchLimits
 from index_service.searcher import CandidateIndex
 from index_service.servicer import IndexServicer
 from index_service.slot import SlotAdmin
@@ -16,7 +16,6 @@ from model_registry import Registry
 from model_registry import manifest as files
 from model_registry.registry import check_model_name
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
-from serving import validation
 from serving.admin_rpc import ServiceWithAdmin
 from serving.config import AdminConfig, ServiceConfig
 from serving.grpc_server import ServiceSpec, run_main, serve_until_signalled
@@ -36,7 +35,7 @@ class IndexServiceConfig(ServiceConfig):
     slot: str = option("", "this index slot's name (e.g. blue, green): the registry records the version it holds "
                            "under it, and a restart reloads that version")
     search_threads: int = option(2, "threads running ScaNN searches")
-    max_k: int = option(validation.DEFAULT_MAX_K, "largest k a request may ask")
+    limits: SearchLimits = option(SearchLimits(), "bounds of a search call")
     min_recall: float = option(0.9, "a version whose index recall@10 vs exact search on its probe queries is "
                                     "lower is refused")
     # The query service's index deadline: after a routing switch, no search sent
@@ -54,7 +53,6 @@ class IndexServiceConfig(ServiceConfig):
             raise ConfigError("slot", str(e) if self.slot else "is required: name this index slot (e.g. blue)") \
                 from None
         require(self.search_threads >= 1, "search_threads", "must be >= 1")
-        require(self.max_k >= 1, "max_k", "must be >= 1")
         require(0.0 <= self.min_recall <= 1.0, "min_recall", "must be in [0, 1]")
         require(self.keepalive_s > 0, "keepalive_s", "must be positive")
 
@@ -71,7 +69,7 @@ async def create_server(config: IndexServiceConfig) -> tuple[ServiceWithAdmin, I
     loader = Loader(registry, lambda path, manifest: CandidateIndex.load(path, manifest, config.min_recall), "index",
                     Background.IDLE, files.INDEX_READS)  # the slot that loads serves no traffic
     core = IndexCore(manager, ThreadPoolExecutor(config.search_threads, thread_name_prefix="scann"),
-                     max_k=config.max_k, keepalive_s=config.keepalive_s)
+                     limits=config.limits, keepalive_s=config.keepalive_s)
     admin = SlotAdmin(config.slot, registry, manager, loader, lambda: core.last_search, config.busy_window_s)
     loop = asyncio.get_running_loop()
     core.bind(loop)
@@ -92,7 +90,7 @@ async def create_server(config: IndexServiceConfig) -> tuple[ServiceWithAdmin, I
 
 async def _serve(config: IndexServiceConfig) -> None:
     service, _ = await create_server(config)
-    await serve_until_signalled(service.stop)
+    await serve_until_signalled(service.stop, drain=service.data, drain_s=config.drain_s)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     config = parse(build_parser(), IndexServiceConfig, argv)
-    run_main("recsys-index-service", _serve(config), config.log_level, config.metrics_port)
+    run_main("recsys-index-service", _serve(config), config.log_level, config.metrics_port,
+             config.metrics_host)
 
 
 if __name__ == "__main__":

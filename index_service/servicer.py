@@ -37,6 +37,7 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
 
     @map_errors
     async def BatchSearch(self, request: pb.BatchSearchRequest, context) -> pb.BatchSearchResponse:
+        self.core.check_batch([q.k for q in request.queries])  # before translating a batch too big to serve
         versions = {q.model_version for q in request.queries}
         if len(versions) > 1:
             raise InvalidArgument(

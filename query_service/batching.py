@@ -15,6 +15,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Generic, TypeVar
 
+from serving.errors import ResourceExhausted
 from settings.flags import option, require
 
 I = TypeVar("I")
@@ -28,11 +29,14 @@ class BatchingConfig:
     max_wait_ms: float = option(0.0, "longest a miss waits for a batch to fill; 0 batches only what queued while "
                                      "the tower or the index was busy", flag="batch-wait-ms")
     max_in_flight: int = option(4, "batches processed at once", flag="max-batches-in-flight")
+    max_queued: int = option(1024, "requests waiting for a batch; beyond it a request is refused RESOURCE_EXHAUSTED "
+                                   "at once rather than queued", flag="max-queued-misses")
 
     def __post_init__(self) -> None:
         require(self.max_batch_size >= 1, "max_batch_size", "must be >= 1")
         require(self.max_wait_ms >= 0, "max_wait_ms", "must be >= 0")
         require(self.max_in_flight >= 1, "max_in_flight", "must be >= 1")
+        require(self.max_queued >= 1, "max_queued", "must be >= 1")
 
 
 class MicroBatcher(Generic[I, O]):
@@ -40,13 +44,15 @@ class MicroBatcher(Generic[I, O]):
 
     ``process(items)`` returns one result per item, in order; a result that is an
     Exception is raised to that item's caller only. If ``process`` itself raises,
-    every caller of that batch gets the exception.
+    every caller of that batch gets the exception. At ``max_queued`` items
+    waiting, ``submit`` refuses with ``ResourceExhausted``; a caller that gives
+    up (is cancelled) before its batch runs is left out of it.
     """
 
     def __init__(self, process: Callable[[list[I]], Awaitable[list[O | Exception]]], config: BatchingConfig):
         self._process = process
         self.config = config
-        self._queue: asyncio.Queue[tuple[I, asyncio.Future]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[I, asyncio.Future]] = asyncio.Queue(config.max_queued)
         self._slots = asyncio.Semaphore(config.max_in_flight)
         self._collector: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
@@ -55,7 +61,11 @@ class MicroBatcher(Generic[I, O]):
         if self._collector is None:
             self._collector = asyncio.get_running_loop().create_task(self._collect())
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put((item, future))
+        try:
+            self._queue.put_nowait((item, future))
+        except asyncio.QueueFull:
+            raise ResourceExhausted(f"{self.config.max_queued} requests are already waiting for a batch: this "
+                                    f"replica is overloaded; retry with backoff or on another replica") from None
         return await future
 
     async def _collect(self) -> None:

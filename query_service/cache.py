@@ -12,14 +12,25 @@ Redis is an optimisation, never a dependency: any Redis error makes the cache
 report a miss (get) or drop the write (put), and after an error Redis stays
 off for ``retry_after_s`` so an outage costs no per-request timeouts; the
 in-process tier keeps serving meanwhile.
+
+Redis is not trusted with answers: whoever can write to it must not be able to
+change what a client gets. Each value carries an HMAC over its key and payload
+with a key only the services hold (``--cache-key-file``; without it, a random
+key per process, so nothing is shared), and is checked for shape on the way
+back; a value that fails either is a miss, and the answer computed instead
+overwrites it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
 import logging
+import math
+import secrets
+import sys
 import time
 from dataclasses import dataclass
 
@@ -29,12 +40,17 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from query_service.batching import BatchingConfig, MicroBatcher
+from serving.errors import ResourceExhausted
 from settings.flags import option, require
 
 log = logging.getLogger(__name__)
 
+# A truncated HMAC-SHA256: 128 bits is ample against forgery, and the value stays small.
+MAC_BYTES = 16
+
 CACHE_EVENTS = prometheus_client.Counter(
-    "recsys_cache_events_total", "Result cache lookups (local_hit, hit, miss, skipped) and Redis errors", ["event"])
+    "recsys_cache_events_total",
+    "Result cache lookups (local_hit, hit, miss, invalid, skipped), writes dropped, and Redis errors", ["event"])
 
 
 @dataclass(frozen=True)
@@ -44,13 +60,17 @@ class CacheConfig:
     timeout_s: float = option(0.05, "timeout of each Redis call", flag="redis-timeout-s")
     retry_after_s: float = option(2.0, "after a Redis error, serve uncached this long before trying again",
                                   flag="redis-retry-after-s")
-    local_entries: int = option(50_000, "results kept in process in front of Redis (0: none); ~1 KB each at k = 10",
-                                flag="local-cache-entries")
+    local_mb: float = option(256.0, "memory for results kept in process in front of Redis, in MiB (0: none); "
+                                    "a result takes ~1 KB at k = 10, ~110 KB at k = 1000", flag="local-cache-mb")
+    mac_key: str = option("", "secret that authenticates values in Redis, shared by the query replicas; none: a "
+                              "random key per process, so replicas share nothing", flag="cache-key", secret=True)
+    password: str = option("", "Redis password (AUTH / ACL); a user name goes in the URL", flag="redis-password",
+                           secret=True)
 
     def __post_init__(self) -> None:
         require(self.ttl_s >= 1, "ttl_s", "must be >= 1")
         require(self.timeout_s > 0 and self.retry_after_s >= 0, "timeout_s", "must be positive")
-        require(self.local_entries >= 0, "local_entries", "must be >= 0")
+        require(self.local_mb >= 0, "local_mb", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -58,6 +78,33 @@ class CachedResult:
     ids: list[str]
     scores: list[float]
     source: str
+
+    def encode(self) -> bytes:
+        return json.dumps([self.ids, self.scores, self.source]).encode()
+
+    @classmethod
+    def decode(cls, payload: bytes) -> "CachedResult | None":
+        """The result ``payload`` holds, or None unless it is well formed: ids
+        (distinct strings) and finite, non-increasing scores of one length."""
+        try:
+            ids, scores, source = json.loads(payload)
+        except (ValueError, TypeError):
+            return None
+        if not (isinstance(ids, list) and isinstance(scores, list) and isinstance(source, str)
+                and len(ids) == len(scores) and all(isinstance(i, str) for i in ids) and len(set(ids)) == len(ids)
+                and all(isinstance(s, (int, float)) and math.isfinite(s) for s in scores)
+                and all(a >= b for a, b in zip(scores, scores[1:]))):
+            return None
+        return cls(ids, [float(s) for s in scores], source)
+
+
+def _local_bytes(result: CachedResult) -> int:
+    """An upper estimate of what a result held in process costs (its lists, their
+    strings and floats, and ~300 bytes for the entry, its key and the LRU's links)."""
+    return (300 + sys.getsizeof(result.ids) + sum(map(sys.getsizeof, result.ids)) + sys.getsizeof(result.scores)
+            + 24 * len(result.scores))
+
+
 
 
 def cache_key(model: str, version: int, customer_id: str, k: int, exclusions: frozenset[str],
@@ -81,13 +128,21 @@ class ResultCache:
     def __init__(self, config: CacheConfig):
         self.config = config
         self._redis = redis.from_url(config.url, socket_timeout=config.timeout_s,
-                                     socket_connect_timeout=config.timeout_s)
+                                     socket_connect_timeout=config.timeout_s, password=config.password or None)
+        if config.mac_key:
+            self._mac_key = config.mac_key.encode()
+        else:
+            self._mac_key = secrets.token_bytes(32)
+            log.warning("no --cache-key-file: values in Redis are authenticated with a key of this process only, "
+                        "so other replicas and restarts cannot use them")
         self._off_until = 0.0
+        self._quiet_until = 0.0
         self._local: cachetools.TTLCache | None = (
-            cachetools.TTLCache(config.local_entries, config.ttl_s) if config.local_entries > 0 else None)
+            cachetools.TTLCache(int(config.local_mb * (1 << 20)), config.ttl_s, getsizeof=_local_bytes)
+            if config.local_mb > 0 else None)
         opportunistic = BatchingConfig(max_batch_size=256, max_wait_ms=0.0, max_in_flight=4)
         self._gets: MicroBatcher[str, bytes | None] = MicroBatcher(self._mget, opportunistic)
-        self._puts: MicroBatcher[tuple[str, str], None] = MicroBatcher(self._mset, opportunistic)
+        self._puts: MicroBatcher[tuple[str, bytes], None] = MicroBatcher(self._mset, opportunistic)
         self._pending: set[asyncio.Task] = set()
 
     def _available(self) -> bool:
@@ -107,7 +162,28 @@ class ResultCache:
             self._failed("MGET", e)
             return [None] * len(keys)
 
-    async def _mset(self, items: list[tuple[str, str]]) -> list[None]:
+    def _mac(self, key: str, payload: bytes) -> bytes:
+        return hmac.digest(self._mac_key, key.encode() + b"\0" + payload, "sha256")[:MAC_BYTES]
+
+    def _seal(self, key: str, result: CachedResult) -> bytes:
+        payload = result.encode()
+        return self._mac(key, payload) + payload
+
+    def _open(self, key: str, value: bytes) -> CachedResult | None:
+        """The result a Redis value holds if this service wrote it for ``key`` (MAC) and it is well formed."""
+        mac, payload = value[:MAC_BYTES], value[MAC_BYTES:]
+        if not hmac.compare_digest(mac, self._mac(key, payload)):
+            return None
+        return CachedResult.decode(payload)
+
+    def _keep_local(self, key: str, result: CachedResult) -> None:
+        if self._local is not None:
+            try:
+                self._local[key] = result
+            except ValueError:  # larger than the whole local tier: Redis alone keeps it
+                pass
+
+    async def _mset(self, items: list[tuple[str, bytes]]) -> list[None]:
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for key, value in items:
@@ -124,21 +200,33 @@ class ResultCache:
         if not self._available():
             CACHE_EVENTS.labels("skipped").inc()
             return None
-        raw = await self._gets.submit(key)
-        CACHE_EVENTS.labels("hit" if raw is not None else "miss").inc()
-        if raw is None:
+        try:
+            raw = await self._gets.submit(key)
+        except ResourceExhausted:  # more lookups queued than Redis keeps up with: this one is a miss
+            CACHE_EVENTS.labels("skipped").inc()
             return None
-        ids, scores, source = json.loads(raw)
-        result = CachedResult(ids, scores, source)
-        if self._local is not None:
-            self._local[key] = result
+        if raw is None:
+            CACHE_EVENTS.labels("miss").inc()
+            return None
+        result = self._open(key, raw)
+        if result is None:
+            CACHE_EVENTS.labels("invalid").inc()
+            if time.monotonic() >= self._quiet_until:  # one line per minute, however many bad values
+                log.warning("a Redis value (key %s) is not one this service wrote (bad MAC or shape): treated as a "
+                            "miss; see recsys_cache_events_total{event=\"invalid\"} for the count", key)
+                self._quiet_until = time.monotonic() + 60
+            return None
+        CACHE_EVENTS.labels("hit").inc()
+        self._keep_local(key, result)
         return result
 
     async def put(self, key: str, result: CachedResult) -> None:
-        if self._local is not None:
-            self._local[key] = result
+        self._keep_local(key, result)
         if self._available():
-            await self._puts.submit((key, json.dumps([result.ids, result.scores, result.source])))
+            try:
+                await self._puts.submit((key, self._seal(key, result)))
+            except ResourceExhausted:
+                CACHE_EVENTS.labels("dropped").inc()
 
     def put_in_background(self, key: str, result: CachedResult) -> None:
         """Writes without making the caller wait; the task is kept referenced

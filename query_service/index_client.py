@@ -19,12 +19,17 @@ from serving import errors
 
 log = logging.getLogger(__name__)
 
+# The query service validated the caller's request before searching, so an index
+# INVALID_ARGUMENT means the services disagree (limits, dims), not a bad caller;
+# an overloaded or cancelled index is worth a retry elsewhere.
 _CODE_TO_ERROR = {
     grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: errors.Unavailable,
+    grpc.StatusCode.CANCELLED: errors.Unavailable,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.Unavailable,
     grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
-    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
-    grpc.StatusCode.NOT_FOUND: errors.NotFound,
+    grpc.StatusCode.INVALID_ARGUMENT: errors.FailedPrecondition,
+    grpc.StatusCode.NOT_FOUND: errors.FailedPrecondition,
 }
 # States in which an endpoint answers searches pinned to a version.
 SEARCHABLE = frozenset({versions_pb2.VERSION_STATE_READY, versions_pb2.VERSION_STATE_SERVING})
@@ -48,9 +53,10 @@ class IndexHits:
 
 
 def error_for(e: grpc.aio.AioRpcError, address: str) -> errors.ServingError:
-    """The domain error of a failed index call."""
-    return _CODE_TO_ERROR.get(e.code(), errors.ServingError)(
-        f"index service at {address}: {e.code().name}: {e.details()}")
+    """The domain error of a failed index call. Its message is for the query
+    service's caller, so it names no address: the log does."""
+    log.debug("index call to %s failed: %s: %s", address, e.code().name, e.details())
+    return _CODE_TO_ERROR.get(e.code(), errors.ServingError)(f"index search failed: {e.code().name}: {e.details()}")
 
 
 class IndexEndpoint:
@@ -75,22 +81,24 @@ class IndexEndpoint:
     def holds(self, version: int) -> bool:
         return self.versions.get(version) in SEARCHABLE
 
-    async def search(self, queries: list[IndexQuery], version: int) -> list[IndexHits]:
-        """Searches all queries in ``version``; one RPC whatever the batch size."""
+    async def search(self, queries: list[IndexQuery], version: int, timeout_s: float | None = None) -> list[IndexHits]:
+        """Searches all queries in ``version``; one RPC whatever the batch size,
+        with the endpoint's deadline or ``timeout_s`` if that is shorter."""
+        timeout = self.timeout_s if timeout_s is None else min(timeout_s, self.timeout_s)
         requests = [pb.SearchRequest(vector=q.vector.tolist(), k=q.k, model_version=version,
                                      exclude_candidate_ids=sorted(q.exclusions)) for q in queries]
         try:
             if len(requests) == 1:
-                responses = [await self._stub.Search(requests[0], timeout=self.timeout_s)]
+                responses = [await self._stub.Search(requests[0], timeout=timeout)]
             else:
-                batch = await self._stub.BatchSearch(pb.BatchSearchRequest(queries=requests), timeout=self.timeout_s)
+                batch = await self._stub.BatchSearch(pb.BatchSearchRequest(queries=requests), timeout=timeout)
                 responses = list(batch.results)
         except grpc.aio.AioRpcError as e:
             raise error_for(e, self.address) from e
         for response in responses:
             if response.model_version != version:
-                raise errors.FailedPrecondition(f"index service at {self.address} answered version "
-                                                f"{response.model_version} to a query for version {version}")
+                raise errors.FailedPrecondition(f"an index endpoint answered version {response.model_version} "
+                                                f"to a query for version {version}")
         return [IndexHits([c.candidate_id for c in r.candidates], [c.score for c in r.candidates])
                 for r in responses]
 

@@ -29,7 +29,7 @@ from query_service.cache import CachedResult, ResultCache, cache_key
 from query_service.index_client import IndexHits, IndexQuery
 from query_service.tower import QueryModel
 from serving import validation
-from serving.errors import ServingError
+from serving.errors import DeadlineExceeded, InvalidArgument, ServingError, Unavailable
 from serving.versions import VersionManager
 from settings.flags import option, require
 
@@ -41,9 +41,12 @@ SOURCE_POPULARITY = "popularity"
 
 class IndexBackend(Protocol):
     """Search pinned to a version: ``query_service.routing.IndexRouter`` in the
-    service (gRPC to the index endpoints), an in-process index in unit tests."""
+    service (gRPC to the index endpoints), an in-process index in unit tests.
+    ``timeout_s``: the longest a search may take (a miss's whole budget)."""
 
-    async def search(self, queries: list[IndexQuery], version: int) -> list[IndexHits]: ...
+    timeout_s: float
+
+    async def search(self, queries: list[IndexQuery], version: int, timeout_s: float) -> list[IndexHits]: ...
 
 
 @dataclass(frozen=True)
@@ -68,11 +71,15 @@ class WarmupConfig:
                                    "promoted, to fill the cache (0: no warm-up)", flag="warmup-requests")
     budget_s: float = option(10.0, "longest a warm-up may take", flag="warmup-budget-s")
     batch_size: int = option(64, "requests per tower call and index search of a warm-up", flag="warmup-batch-size")
+    duty_cycle: float = option(0.25, "share of the warm-up's time spent working: it rests between batches so "
+                                     "that the live version's traffic keeps its latency (1: no rest)",
+                               flag="warmup-duty-cycle")
 
     def __post_init__(self) -> None:
         require(self.requests >= 0, "requests", "must be >= 0")
         require(self.budget_s > 0, "budget_s", "must be > 0")
         require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        require(0 < self.duty_cycle <= 1, "duty_cycle", "must be in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -98,13 +105,17 @@ class _Miss:
     k: int
     exclusions: frozenset[str]
     recent: tuple[str, ...]
+    deadline: float  # event loop time by which the caller needs the answer
 
 
 class Recommender:
     """The Recommend path over the towers in ``manager``.
 
     Tower calls run on ``executor`` threads; concurrent cache misses are
-    micro-batched into one tower call and one index search per version.
+    micro-batched into one tower call and one index search per version. A miss
+    has the caller's remaining time, at most the index's timeout, for the
+    whole path (waiting for a batch included), so a hung index fails requests
+    within that time instead of queueing them until the callers give up.
     """
 
     def __init__(self, manager: VersionManager[QueryModel], index: IndexBackend, cache: ResultCache | None,
@@ -125,11 +136,13 @@ class Recommender:
             OrderedDict() if cache is not None and warmup.requests > 0 else None)
 
     async def recommend(self, customer_id: str, k: int, exclusions: list[str] = (),
-                        recent: list[str] = (), exclude_seen: bool = False) -> Recommendation:
+                        recent: list[str] = (), exclude_seen: bool = False,
+                        timeout_s: float | None = None) -> Recommendation:
         """Top-k for a customer from the live version (see the module docstring).
 
         ``recent``: latest items, most recent first, for history-aware towers;
-        ``exclude_seen``: also exclude the customer's stored and recent items.
+        ``exclude_seen``: also exclude the customer's stored and recent items;
+        ``timeout_s``: the caller's remaining time (None: no deadline).
         """
         validation.check_id(customer_id, "customer_id")
         validation.check_k(k, self.max_k)
@@ -138,36 +151,68 @@ class Recommender:
         version, model = self.manager.get()
         request = _Request(customer_id, k, excluded, recent, exclude_seen)
         key = request.key(self.model, version)
-        if self._recent_requests is not None:
-            self._remember(request)
         if self.cache is not None:
             cached = await self.cache.get(key)
-            if cached is not None:
+            if cached is not None and self._answers(cached, request):
+                self._remember(request)
                 return Recommendation(cached.ids, cached.scores, version, cached.source, cache_hit=True)
-        ids, scores, source = await self._batcher.submit(self._miss(model, request))
+        ids, scores, source = await self._answer_miss(model, request, timeout_s)
+        self._remember(request)  # answered: a request that fails is not worth warming
         if self.cache is not None:
             self.cache.put_in_background(key, CachedResult(ids, scores, source))
         return Recommendation(ids, scores, version, source, cache_hit=False)
 
+    @staticmethod
+    def _answers(cached: CachedResult, request: _Request) -> bool:
+        """Whether a cached result can answer ``request`` (a corrupt or forged one
+        cannot; its key's miss path then overwrites it)."""
+        return (len(cached.ids) <= request.k and cached.source in (SOURCE_MODEL, SOURCE_POPULARITY)
+                and request.exclusions.isdisjoint(cached.ids))
+
     def _remember(self, request: _Request) -> None:
         recent = self._recent_requests
+        if recent is None:
+            return
         recent[request] = None
         recent.move_to_end(request)
         if len(recent) > self.warmup.requests:
             recent.popitem(last=False)
 
-    @staticmethod
-    def _miss(model: QueryModel, request: _Request) -> _Miss:
+    async def _answer_miss(self, model: QueryModel, request: _Request,
+                           timeout_s: float | None) -> tuple[list[str], list[float], str]:
+        callers = timeout_s is not None and timeout_s < self.index.timeout_s
+        budget = timeout_s if callers else self.index.timeout_s
+        try:
+            async with asyncio.timeout(budget):
+                return await self._batcher.submit(self._miss(model, request, budget))
+        except TimeoutError:
+            if callers:
+                raise DeadlineExceeded(f"the request's deadline ({budget:.3f}s left on arrival) passed "
+                                       "before the tower and the index answered") from None
+            raise Unavailable(f"no answer from the index within {budget:.1f}s: it is overloaded or hung; "
+                              "retry later or on another replica") from None
+
+    def _miss(self, model: QueryModel, request: _Request, budget_s: float) -> _Miss:
         excluded = request.exclusions
         if request.exclude_seen:
             excluded = excluded | model.seen(request.customer_id) | frozenset(request.recent)
-        return _Miss(model, request.customer_id, request.k, excluded, request.recent)
+            if len(excluded) > validation.MAX_EXCLUSIONS:
+                raise InvalidArgument(
+                    f"exclude_seen adds the customer's interactions to the exclusions: {len(excluded)} in all, "
+                    f"over the limit of {validation.MAX_EXCLUSIONS}; send fewer exclude_candidate_ids or "
+                    "recent_candidate_ids, or leave exclude_seen off")
+        deadline = asyncio.get_running_loop().time() + budget_s
+        return _Miss(model, request.customer_id, request.k, excluded, request.recent, deadline)
 
     async def warm(self, version: int) -> int:
         """Answers the replica's most recent requests (most recent first) with
         ``version``, whose tower is loaded and whose index is routable, and
         caches the results; returns how many were cached. Stops at the
-        warm-up's budget; a failed batch is skipped (its requests stay misses)."""
+        warm-up's budget; a failed batch is skipped (its requests stay misses).
+
+        The warm-up shares the replica and the machine with live traffic: after
+        each batch it rests for as long as the duty cycle asks, so that its
+        searches take CPU in short, spaced bursts rather than for a second."""
         if self._recent_requests is None:
             return 0
         _, model = self.manager.get(version)
@@ -180,11 +225,14 @@ class Recommender:
                             version, self.warmup.budget_s, warmed, len(requests))
                 break
             batch = requests[start:start + self.warmup.batch_size]
-            results = await self._process_version([self._miss(model, r) for r in batch])
+            batch_started = time.monotonic()
+            results = await self._process_version([self._miss(model, r, self.index.timeout_s) for r in batch])
             for request, result in zip(batch, results):
                 if not isinstance(result, Exception):
                     self.cache.put_in_background(request.key(self.model, version), CachedResult(*result))
                     warmed += 1
+            worked = time.monotonic() - batch_started
+            await asyncio.sleep(worked * (1 - self.warmup.duty_cycle) / self.warmup.duty_cycle)
         return warmed
 
     async def embed(self, customer_id: str) -> Embedding:
@@ -225,9 +273,12 @@ class Recommender:
             else:
                 results[i] = (*model.popular(miss.k, miss.exclusions), SOURCE_POPULARITY)
         if personal:
+            # The batch's search may take as long as its most patient caller; the others give up on their own.
+            timeout_s = max(misses[i].deadline for i in personal) - asyncio.get_running_loop().time()
             try:
                 hits = await self.index.search(
-                    [IndexQuery(vectors[i], misses[i].k, misses[i].exclusions) for i in personal], model.version)
+                    [IndexQuery(vectors[i], misses[i].k, misses[i].exclusions) for i in personal], model.version,
+                    max(timeout_s, 0.001))
             except ServingError as e:  # fails the personal requests only; fallbacks need no index
                 hits = [e] * len(personal)
             for i, hit in zip(personal, hits):

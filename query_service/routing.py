@@ -40,6 +40,7 @@ class IndexRouter:
 
     def __init__(self, config: RoutingConfig):
         self.config = config
+        self.timeout_s = config.timeout_s
         self.endpoints = [IndexEndpoint(address, config.timeout_s) for address in config.addresses]
         self._turn = itertools.count()
         self._watchers: list[asyncio.Task] = []
@@ -83,22 +84,28 @@ class IndexRouter:
         """What each endpoint holds, by address (for logs and errors)."""
         return {e.address: dict(e.versions) for e in self.endpoints}
 
-    async def search(self, queries: list[IndexQuery], version: int) -> list[IndexHits]:
+    async def search(self, queries: list[IndexQuery], version: int, timeout_s: float | None = None) -> list[IndexHits]:
         """Searches ``queries`` in ``version`` on an endpoint that holds it; on an
         UNAVAILABLE or FAILED_PRECONDITION answer (the endpoint died, or no longer
-        holds it) the next holder, if any, gets one try."""
+        holds it) the next holder, if any, gets one try. Both tries share one
+        deadline: ``timeout_s`` (the callers' time left), at most the configured one."""
         holders = self.holders(version)
         if not holders:
-            raise errors.Unavailable(f"no index endpoint holds version {version} (endpoints: {self.describe()}); "
-                                     "an index slot holding it must be up")
+            log.warning("no index endpoint holds version %d (endpoints: %s)", version, self.describe())
+            raise errors.Unavailable(f"no index endpoint holds version {version}: an index slot holding it must be up")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(self.timeout_s, self.timeout_s if timeout_s is None else timeout_s)
         first = next(self._turn) % len(holders)
         tries = (holders[first:] + holders[:first])[:2]
         for endpoint in tries[:-1]:
             try:
-                return await endpoint.search(queries, version)
+                return await endpoint.search(queries, version, deadline - loop.time())
             except (errors.Unavailable, errors.FailedPrecondition) as e:
-                log.warning("%s; trying %s", e, tries[-1].address)
-        return await tries[-1].search(queries, version)
+                log.warning("index endpoint %s: %s; trying %s", endpoint.address, e, tries[-1].address)
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise errors.Unavailable(f"no index endpoint answered within {self.timeout_s:.1f}s")
+        return await tries[-1].search(queries, version, remaining)
 
     async def close(self) -> None:
         for task in self._watchers:

@@ -120,7 +120,7 @@ async def _serve_once_routable(service: ServiceWithAdmin, manager: VersionManage
 async def _serve(config: QueryServiceConfig) -> None:
     service, recommender, router = await create_server(config)
     try:
-        await serve_until_signalled(service.stop)
+        await serve_until_signalled(service.stop, drain=service.data, drain_s=config.drain_s)
     finally:
         await recommender.close()
         await router.close()
@@ -128,7 +128,8 @@ async def _serve(config: QueryServiceConfig) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     config = parse(build_parser(), QueryServiceConfig, argv)
-    run_main("recsys-query-service", _serve(config), config.log_level, config.metrics_port)
+    run_main("recsys-query-service", _serve(config), config.log_level, config.metrics_port,
+             config.metrics_host)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ class QueryServicer(pb_grpc.QueryServiceServicer):
     @map_errors
     async def Recommend(self, request: pb.RecommendRequest, context) -> pb.RecommendResponse:
         rec = await self.recommender.recommend(request.customer_id, request.k, list(request.exclude_candidate_ids),
-                                               list(request.recent_candidate_ids), request.exclude_seen)
+                                               list(request.recent_candidate_ids), request.exclude_seen,
+                                               timeout_s=context.time_remaining())
         return pb.RecommendResponse(
             candidates=[pb.ScoredCandidate(candidate_id=i, score=s) for i, s in zip(rec.ids, rec.scores)],
             model_version=rec.version,

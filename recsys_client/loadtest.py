@@ -9,7 +9,7 @@
     # blue-green swap under load, then a rollback:
     recsys-loadtest --address ... --qps 200 --duration-s 10 --swap \\
         --registry DIR --model NAME --index-admin A[,B] --query-admin C[,D] \\
-        [--admin-token T] --swap-version 2 --swap-at-s 3 --rollback-at-s 6
+        [--admin-token-file F] --swap-version 2 --swap-at-s 3 --rollback-at-s 6
 
 Requests are scheduled at a fixed arrival rate and each is sent as its own task
 whatever the state of earlier ones (open loop), so a slow server cannot slow the
@@ -35,6 +35,7 @@ import functools
 import json
 import math
 import multiprocessing
+import os
 import sys
 import time
 from array import array
@@ -46,6 +47,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 from hdrh.histogram import HdrHistogram
+
+from settings.flags import SecretFile
 
 # Histogram range: 1 us .. 60 s at 3 significant digits (0.1% value precision).
 HIST_LOWEST_US = 1
@@ -558,7 +561,9 @@ def build_parser() -> argparse.ArgumentParser:
     swap.add_argument("--model", help="model name under the registry")
     swap.add_argument("--index-admin", default="", help="index replicas' admin HOST:PORT, comma-separated")
     swap.add_argument("--query-admin", default="", help="query replicas' admin HOST:PORT, comma-separated")
-    swap.add_argument("--admin-token", default="", help="bearer token of the admin plane")
+    swap.add_argument("--admin-token-file", dest="admin_token", action=SecretFile,
+                      default=os.environ.get("RECSYS_ADMIN_TOKEN", ""),
+                      help="file holding the bearer token of the admin plane (env RECSYS_ADMIN_TOKEN)")
     swap.add_argument("--swap-version", type=int, help="version to publish")
     swap.add_argument("--swap-at-s", type=float, default=None, help="seconds into the run to start the publish")
     swap.add_argument("--rollback-at-s", type=float, default=None,

@@ -276,7 +276,7 @@ class PublishConfig:
     model: str = option(help="model name under the registry")
     index_admin: tuple[str, ...] = option((), "every index slot replica's admin HOST:PORT, comma-separated")
     query_admin: tuple[str, ...] = option((), "every query replica's admin HOST:PORT, comma-separated")
-    admin_token: str = option("", "bearer token of the admin plane")
+    admin_token: str = option("", "bearer token of the admin plane", secret=True)
     version: int = option(0, "version to roll out (0: the newest published)", env=False)
     rollback: bool = option(False, "make the rollback target live again everywhere", env=False)
     initial: bool = option(False, "the registry's first rollout, before any query replica runs; does nothing "

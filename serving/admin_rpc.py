@@ -108,7 +108,8 @@ class ServiceWithAdmin:
 
     @classmethod
     async def start(cls, spec: ServiceSpec, admin: VersionAdmin, config: ServiceConfig) -> "ServiceWithAdmin":
-        data = await start_server([spec], config.host, config.port)
+        data = await start_server([spec], config.host, config.port, config.max_message_bytes,
+                                  max_concurrent_rpcs=config.max_concurrent_rpcs)
         try:
             admin_server = await start_admin_server(admin, config.admin)
         except BaseException:

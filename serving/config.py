@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 
 from model_registry.registry import check_model_name
 from settings.flags import ConfigError, option, require
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps a port to this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -14,10 +25,13 @@ class AdminConfig:
 
     host: str = option("127.0.0.1", "admin plane bind address (keep it private)")
     port: int = option(0, "admin plane port (0 picks a free one)")
-    token: str = option("", "bearer token required on admin calls; empty: none")
+    token: str = option("", "bearer token required on admin calls (required off loopback)", secret=True)
 
     def __post_init__(self) -> None:
         require(0 <= self.port < 65536, "port", "must be a TCP port (0 picks a free one)")
+        require(bool(self.token) or is_loopback(self.host), "token",
+                f"is required with --admin-host {self.host}: off loopback, anyone who reaches the port could "
+                "load, promote and unload versions")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +45,13 @@ class ServiceConfig:
     host: str = option("127.0.0.1", "address to bind (0.0.0.0 for all interfaces)")
     port: int = option(0, "gRPC data-plane port (0 picks a free one)")
     admin: AdminConfig = option(AdminConfig(), "admin plane", prefix="admin-")
+    drain_s: float = option(2.0, "on SIGTERM, report NOT_SERVING but keep answering this long (clients and load "
+                                 "balancers move away), then stop taking calls", flag="shutdown-drain-s")
+    metrics_host: str = option("127.0.0.1", "Prometheus /metrics bind address (0.0.0.0 for all interfaces)")
     metrics_port: int = option(0, "Prometheus /metrics port, 0 to disable")
+    max_concurrent_rpcs: int = option(1000, "RPCs the data plane runs at once (status streams included); more are "
+                                            "refused RESOURCE_EXHAUSTED at once, never queued")
+    max_message_bytes: int = option(16 << 20, "largest message the data plane receives or sends")
     log_level: str = option("info", "logging level", choices=("debug", "info", "warning", "error"))
 
     def __post_init__(self) -> None:
@@ -41,3 +61,6 @@ class ServiceConfig:
             raise ConfigError("model", str(e)) from None
         require(self.version >= 0, "version", "must be >= 0")
         require(0 <= self.port < 65536, "port", "must be a TCP port (0 picks a free one)")
+        require(self.drain_s >= 0, "drain_s", "must be >= 0")
+        require(self.max_concurrent_rpcs >= 1, "max_concurrent_rpcs", "must be >= 1")
+        require(self.max_message_bytes >= 1 << 16, "max_message_bytes", "must be >= 65536")

@@ -23,3 +23,13 @@ class FailedPrecondition(ServingError):
 
 class Unavailable(ServingError):
     code = "UNAVAILABLE"
+
+
+class ResourceExhausted(ServingError):
+    """Load shed: the replica is at a configured bound; another replica or a retry may serve."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
+class DeadlineExceeded(ServingError):
+    code = "DEADLINE_EXCEEDED"

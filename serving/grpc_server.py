@@ -67,6 +67,50 @@ def map_errors(method: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
     return wrapper
 
 
+class _Malformed:
+    """What a request that does not parse deserializes to (see ``MalformedRequestGuard``)."""
+
+
+class MalformedRequestGuard(grpc.aio.ServerInterceptor):
+    """Answers a unary call whose bytes do not parse as its method's message
+    with INVALID_ARGUMENT. gRPC's own answer is UNKNOWN naming a Python
+    exception, with a traceback logged per call: a flood of garbage would flood
+    the log. It must be the innermost interceptor: it keeps the handler it
+    wraps per method, which is only right for the service's own handlers."""
+
+    def __init__(self):
+        self._guarded: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(self, continuation, handler_call_details):
+        method = handler_call_details.method
+        if method not in self._guarded:
+            handler = await continuation(handler_call_details)
+            if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+                return handler
+            self._guarded[method] = self._guard(handler, method)
+        return self._guarded[method]
+
+    @staticmethod
+    def _guard(handler, method: str):
+        parse = handler.request_deserializer
+        message = f"the request is not a valid {method} message: its bytes do not parse"
+
+        def tolerant_parse(data: bytes):
+            try:
+                return parse(data)
+            except Exception:  # noqa: BLE001 - protobuf raises DecodeError, and others on odd input
+                return _Malformed
+
+        call = handler.unary_unary
+
+        async def unary(request, context):
+            if request is _Malformed:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+            return await call(request, context)
+
+        return handler._replace(request_deserializer=tolerant_parse, unary_unary=unary)
+
+
 @dataclass
 class ServiceSpec:
     """One gRPC service to register: the generated ``add_*_to_server`` function,
@@ -102,11 +146,15 @@ class RunningServer:
 
 async def start_server(services: Iterable[ServiceSpec], host: str, port: int,
                        max_message_bytes: int = 16 << 20,
-                       interceptors: Iterable[grpc.aio.ServerInterceptor] = ()) -> RunningServer:
+                       interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
+                       max_concurrent_rpcs: int | None = None) -> RunningServer:
     """Starts a server with the services plus health and reflection; port 0 picks
-    a free port (returned in ``RunningServer.port``). Health starts NOT_SERVING."""
+    a free port (returned in ``RunningServer.port``). Health starts NOT_SERVING.
+    Beyond ``max_concurrent_rpcs`` calls in progress, gRPC refuses new ones with
+    RESOURCE_EXHAUSTED."""
     services = list(services)
-    server = grpc.aio.server(interceptors=list(interceptors), options=[
+    server = grpc.aio.server(interceptors=[*interceptors, MalformedRequestGuard()],
+                             maximum_concurrent_rpcs=max_concurrent_rpcs, options=[
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.so_reuseport", 0),
@@ -126,13 +174,21 @@ async def start_server(services: Iterable[ServiceSpec], host: str, port: int,
     return running
 
 
-async def serve_until_signalled(stop: Callable[[float], Awaitable[None]], grace_s: float = 5.0) -> None:
-    """Blocks until SIGINT/SIGTERM, then calls ``stop(grace_s)``."""
+async def serve_until_signalled(stop: Callable[[float], Awaitable[None]], grace_s: float = 5.0,
+                                drain: RunningServer | None = None, drain_s: float = 0.0) -> None:
+    """Blocks until SIGINT/SIGTERM, then drains and stops: ``drain`` reports
+    NOT_SERVING and keeps answering for ``drain_s`` (clients and load balancers
+    watching health move away meanwhile), then ``stop(grace_s)`` stops taking
+    calls and gives those in flight ``grace_s`` to finish."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
     await stopping.wait()
+    if drain is not None and drain_s > 0:
+        log.info("draining: NOT_SERVING, still answering for %.1fs", drain_s)
+        await drain.set_serving(False)
+        await asyncio.sleep(drain_s)
     log.info("shutting down (grace %.1fs)", grace_s)
     await stop(grace_s)
 
@@ -144,14 +200,15 @@ def run_event_loop(main: Coroutine) -> Any:
     return uvloop.run(main)
 
 
-def run_main(prog: str, serve: Coroutine[None, None, None], log_level: str, metrics_port: int) -> None:
+def run_main(prog: str, serve: Coroutine[None, None, None], log_level: str, metrics_port: int,
+             metrics_host: str = "127.0.0.1") -> None:
     """A service's process: logging, Prometheus /metrics (port 0: none), then
     ``serve`` until a signal. A version that cannot be loaded at start (a
     missing or broken pointer, a missing or corrupt version) exits with one
     line saying why, not a traceback."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if metrics_port:
-        prometheus_client.start_http_server(metrics_port)
+        prometheus_client.start_http_server(metrics_port, metrics_host)
     try:
         run_event_loop(serve)
     except (VersionError, ServingError) as e:

@@ -14,6 +14,11 @@ Two ways to fill a config:
   compose and Kubernetes set them);
 * ``overrides(cls, args)``: only the flags given on the command line, as a
   nested dict to apply over a preset (the trainer's tuned starting points).
+
+A secret (``option(..., secret=True)``: a token, a password, a key) never
+travels in argv, where every user of the machine can read it: its flag is
+``--<name>-file FILE``, and its environment variables are ``$RECSYS_<NAME>``
+(the value) or ``$RECSYS_<NAME>_FILE`` (a file holding it).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import dataclasses
 import os
 import types
 import typing
+from pathlib import Path
 from typing import Any, Callable
 
 ENV_PREFIX = "RECSYS_"
@@ -46,16 +52,17 @@ def require(condition: bool, field: str, message: str) -> None:
 
 def option(default: Any = _NO_DEFAULT, help: str = "", *, flag: str | None = None, choices: tuple | None = None,
            env: bool = True, parse: Callable[[str], Any] | None = None, prefix: str | None = None,
-           metavar: str | None = None) -> Any:
+           metavar: str | None = None, secret: bool = False) -> Any:
     """A dataclass field that is also a command-line flag.
 
     ``flag`` overrides the name (default: the field name with '-' for '_',
     after the enclosing prefix); ``parse`` converts the flag's text (default:
     from the annotation); ``env=False`` ignores ``$RECSYS_<FLAG>``. For a nested
     dataclass field, ``prefix`` is put before its fields' flag names.
+    ``secret``: a string given by file or environment only (module docstring).
     """
     meta = {"help": help, "flag": flag, "choices": choices, "env": env, "parse": parse, "prefix": prefix,
-            "metavar": metavar}
+            "metavar": metavar, "secret": secret}
     if default is _NO_DEFAULT:
         return dataclasses.field(metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -110,6 +117,28 @@ def _base_type(tp: Any) -> Any:
     return tp
 
 
+def read_secret(path: str) -> str:
+    """The secret held in the file ``path`` (surrounding whitespace dropped)."""
+    try:
+        value = Path(path).read_text().strip()
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {e.strerror}") from None
+    if not value:
+        raise argparse.ArgumentTypeError(f"{path} is empty")
+    return value
+
+
+class SecretFile(argparse.Action):
+    """``--<name>-file FILE``: stores what FILE holds. (A ``type=`` converter would
+    also be applied to a default taken from the environment, which is the value.)"""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            setattr(namespace, self.dest, read_secret(values))
+        except argparse.ArgumentTypeError as e:
+            parser.error(f"argument {option_string}: {e}")
+
+
 def _converter(flag: _Flag) -> Callable[[str], Any]:
     if flag.field.metadata["parse"] is not None:
         return flag.field.metadata["parse"]
@@ -128,6 +157,19 @@ def _env_name(flag: _Flag) -> str:
     return ENV_PREFIX + flag.name.upper().replace("-", "_")
 
 
+def _env_default(flag: _Flag) -> Any:
+    """The flag's value from the environment, or _NO_DEFAULT when none is set."""
+    env = _env_name(flag)
+    if flag.field.metadata["secret"] and os.environ.get(env + "_FILE"):
+        try:
+            return read_secret(os.environ[env + "_FILE"])
+        except argparse.ArgumentTypeError as e:
+            raise SystemExit(f"${env}_FILE: {e}") from None
+    if os.environ.get(env) is not None:
+        return os.environ[env] if flag.field.metadata["secret"] else _converter(flag)(os.environ[env])
+    return _NO_DEFAULT
+
+
 def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, *,
               defaults: bool = True) -> None:
     """Adds a flag for every ``option`` field of ``cls`` (nested configs included).
@@ -142,11 +184,14 @@ def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: ty
         kwargs: dict[str, Any] = {"dest": flag.dest}
         default = flag.default
         env = _env_name(flag) if meta["env"] else None
-        if defaults and env and os.environ.get(env) is not None:
-            default = _converter(flag)(os.environ[env])
+        if defaults and env and (from_env := _env_default(flag)) is not _NO_DEFAULT:
+            default = from_env
         is_bool = _base_type(flag.type) is bool
         if is_bool:
             kwargs["action"] = argparse.BooleanOptionalAction
+        elif meta["secret"]:
+            kwargs["action"] = SecretFile
+            kwargs["metavar"] = "FILE"
         else:
             kwargs["type"] = _converter(flag)
             if not meta["choices"]:
@@ -156,8 +201,9 @@ def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: ty
         help_text = meta["help"]
         notes = []
         if env and defaults:
-            notes.append(f"env {env}")
-        if flag.default is not _NO_DEFAULT and flag.default not in (None, "", ()) and not is_bool:
+            notes.append(f"env {env} or {env}_FILE" if meta["secret"] else f"env {env}")
+        if flag.default is not _NO_DEFAULT and flag.default not in (None, "", ()) and not is_bool \
+                and not meta["secret"]:
             shown = ",".join(map(str, flag.default)) if isinstance(flag.default, tuple) else flag.default
             notes.append(f"default {shown}")
         if notes:
@@ -167,7 +213,8 @@ def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: ty
             kwargs["required"] = default is _NO_DEFAULT
         else:
             kwargs["default"] = None
-        parser.add_argument(f"--{flag.name}", help=help_text.replace("%", "%%"), **kwargs)
+        name = f"{flag.name}-file" if meta["secret"] else flag.name
+        parser.add_argument(f"--{name}", help=help_text.replace("%", "%%"), **kwargs)
 
 
 def _build(cls: type, values: dict[str, Any], path: tuple[str, ...], by_path: dict[tuple[str, ...], _Flag],
@@ -190,7 +237,7 @@ def flag_name(cls: type, field_path: str) -> str:
     """``--name`` of the flag that sets the (dotted) field ``field_path`` of ``cls``."""
     for flag in _flags(cls):
         if ".".join(flag.path) == field_path:
-            return f"--{flag.name}"
+            return f"--{flag.name}-file" if flag.field.metadata["secret"] else f"--{flag.name}"
     return field_path
 
 

@@ -64,9 +64,11 @@ def _terminate(proc: subprocess.Popen) -> None:
 
 
 class RedisProcess:
-    """A redis-server of our own on a free loopback port, no persistence."""
+    """A redis-server of our own on a free loopback port, no persistence;
+    ``args`` are more redis-server options (e.g. ``--requirepass``)."""
 
-    def __init__(self, port: int | None = None):
+    def __init__(self, *args: str, port: int | None = None):
+        self.args = args
         self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
 
@@ -79,7 +81,7 @@ class RedisProcess:
         if binary is None:
             raise FileNotFoundError("redis-server is not installed (apt-get install redis-server)")
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(self._answers, 10, f"redis-server on port {self.port}")
         return self
@@ -88,7 +90,7 @@ class RedisProcess:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
                 s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
+                return s.recv(16).startswith((b"+PONG", b"-NOAUTH"))  # up, with or without a password
         except OSError:
             return False
 
@@ -101,7 +103,8 @@ class RedisProcess:
 class ServiceProcess:
     """One gRPC server started as a command, logging to a file, considered up
     once its health check says SERVING. Console scripts of this package get
-    free ``--port`` and ``--admin-port`` flags."""
+    free ``--port`` and ``--admin-port`` flags, and stop without a drain window
+    unless ``args`` give one."""
 
     def __init__(self, script: str, args: list[str], log_path: Path, port: int | None = None,
                  command: list[str] | None = None):
@@ -124,7 +127,7 @@ class ServiceProcess:
     def start(self, timeout_s: float = 120) -> "ServiceProcess":
         """Starts the process and waits until it reports SERVING."""
         command = self.command or [console_script(self.script), "--port", str(self.port),
-                                   "--admin-port", str(self.admin_port)]
+                                   "--admin-port", str(self.admin_port), "--shutdown-drain-s", "0"]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([*command, *self.args], stdout=log, stderr=subprocess.STDOUT)
         try:

@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -29,6 +30,13 @@ from tests.processes import console_script, is_serving, wait_until
 pytestmark = pytest.mark.integration
 TOKEN = "s3cret"
 AUTH = [("authorization", f"Bearer {TOKEN}")]
+
+
+def token_file(directory: Path) -> Path:
+    """The admin token in a file, as the services and tools take it (never in argv)."""
+    path = directory / "admin.token"
+    path.write_text(TOKEN + "\n")
+    return path
 BUSY_WINDOW_S = 1.0
 
 
@@ -61,7 +69,7 @@ def admin_registry(trained_registry, tmp_path_factory):
 def services(admin_registry, redis_server, tmp_path_factory):
     """(blue slot holding 1, empty green slot, query replica routing over both)."""
     logs = tmp_path_factory.mktemp("admin-logs")
-    common = ["--admin-token", TOKEN]
+    common = ["--admin-token-file", str(token_file(logs))]
     blue = index_slot(admin_registry.root, "blue", logs / "blue.log", *common, "--busy-window-s", str(BUSY_WINDOW_S))
     green = index_slot(admin_registry.root, "green", logs / "green.log", *common,
                        "--busy-window-s", str(BUSY_WINDOW_S))
@@ -194,11 +202,12 @@ def test_a_promotion_needs_an_index_slot_holding_the_version(services):
                                              timeout=10)) == {1: "SERVING"}
 
 
-def test_publish_cli_rolls_out_rolls_back_and_aborts_cleanly(services, admin_registry):
+def test_publish_cli_rolls_out_rolls_back_and_aborts_cleanly(services, admin_registry, tmp_path):
     blue, green, query = services
     publish = [console_script("recsys-publish"), "--registry", str(admin_registry.root), "--model", MODEL,
                "--index-admin", f"{blue.admin_address},{green.admin_address}",
-               "--query-admin", query.admin_address, "--admin-token", TOKEN, "--drain-s", "0"]
+               "--query-admin", query.admin_address, "--admin-token-file", str(token_file(tmp_path)),
+               "--drain-s", "0"]
 
     def run(*extra):
         return subprocess.run([*publish, *extra], capture_output=True, text=True, timeout=120)

@@ -1,12 +1,16 @@
-"""The result cache against a real Redis, including Redis going away. Tests of the
-Redis tier turn the in-process tier off (``local_entries=0``); the last tests cover it."""
+"""The result cache against a real Redis, including Redis going away and values
+written by someone else. Tests of the Redis tier turn the in-process tier off
+(``local_mb=0``); the last tests cover it."""
 
 import asyncio
+import json
+import tracemalloc
 
 import pytest
 import redis.asyncio as redis
 
 from query_service.cache import CacheConfig, CachedResult, ResultCache, cache_key
+from query_service.cache import MAC_BYTES
 from tests.conftest import RedisProcess
 
 pytestmark = pytest.mark.integration
@@ -27,7 +31,7 @@ def test_key_carries_model_and_version_and_request_shape():
 
 
 async def test_round_trip_and_ttl(redis_server):
-    cache = ResultCache(CacheConfig(redis_server.url, ttl_s=1, local_entries=0))
+    cache = ResultCache(CacheConfig(redis_server.url, ttl_s=1, local_mb=0))
     key = cache_key("m", 1, "round-trip", 2, frozenset())
     assert await cache.get(key) is None
     await cache.put(key, CachedResult(["i1", "i2"], [2.5, 1.0], "model"))
@@ -39,7 +43,7 @@ async def test_round_trip_and_ttl(redis_server):
 
 async def test_outage_degrades_to_misses_then_recovers():
     redis = RedisProcess().start()
-    cache = ResultCache(CacheConfig(redis.url, retry_after_s=0.3, local_entries=0))
+    cache = ResultCache(CacheConfig(redis.url, retry_after_s=0.3, local_mb=0))
     key = cache_key("m", 1, "outage", 1, frozenset())
     try:
         await cache.put(key, CachedResult(["i1"], [1.0], "model"))
@@ -56,7 +60,7 @@ async def test_outage_degrades_to_misses_then_recovers():
 
 
 async def test_concurrent_gets_and_puts_are_batched_and_each_gets_its_own_value(redis_server):
-    cache = ResultCache(CacheConfig(redis_server.url, local_entries=0))
+    cache = ResultCache(CacheConfig(redis_server.url, local_mb=0))
     stats = redis.from_url(redis_server.url)
 
     async def mget_calls() -> int:
@@ -75,8 +79,8 @@ async def test_concurrent_gets_and_puts_are_batched_and_each_gets_its_own_value(
 
 async def test_local_tier_serves_through_a_redis_outage_and_fills_from_redis():
     redis_process = RedisProcess().start()
-    writer = ResultCache(CacheConfig(redis_process.url))
-    reader = ResultCache(CacheConfig(redis_process.url))  # another replica, sharing Redis
+    writer = ResultCache(CacheConfig(redis_process.url, mac_key="shared"))
+    reader = ResultCache(CacheConfig(redis_process.url, mac_key="shared"))  # another replica, sharing Redis
     mine, shared = cache_key("m", 1, "local", 1, frozenset()), cache_key("m", 1, "shared", 1, frozenset())
     try:
         await writer.put(mine, CachedResult(["i1"], [1.0], "model"))
@@ -92,12 +96,79 @@ async def test_local_tier_serves_through_a_redis_outage_and_fills_from_redis():
         redis_process.stop()
 
 
-async def test_local_tier_is_bounded_and_expires(redis_server):
-    cache = ResultCache(CacheConfig(redis_server.url, ttl_s=1, local_entries=2))
-    keys = [cache_key("m", 1, f"bounded-{i}", 1, frozenset()) for i in range(3)]
-    for i, key in enumerate(keys):
-        await cache.put(key, CachedResult([f"i{i}"], [float(i)], "model"))
-    assert len(cache._local) == 2 and keys[0] not in cache._local  # least recently used went first
+def big_result(seed: int, k: int = 1000) -> CachedResult:
+    """A k = 1000 result as the cache holds one (ids and scores decoded from JSON)."""
+    return CachedResult.decode(json.dumps([[f"item-{seed}-{i:06d}" for i in range(k)],
+                                           [float(k - i) for i in range(k)], "model"]).encode())
+
+
+async def test_local_tier_is_bounded_in_bytes_and_expires(redis_server):
+    budget_mb = 2.0
+    cache = ResultCache(CacheConfig(redis_server.url, ttl_s=1, local_mb=budget_mb))
+    keys = [cache_key("m", 1, f"bounded-{i}", 1000, frozenset()) for i in range(100)]
+    tracemalloc.start()
+    try:
+        for i, key in enumerate(keys):  # ~100 x 110 KB offered to a 2 MiB tier
+            await cache.put(key, big_result(i))
+        held_bytes, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert cache._local.currsize <= budget_mb * (1 << 20) and 10 <= len(cache._local) < 20
+    assert held_bytes < 1.3 * budget_mb * (1 << 20)  # the estimate is not far below the truth
+    assert keys[0] not in cache._local and keys[-1] in cache._local  # least recently used went first
     await asyncio.sleep(1.2)
-    assert await cache.get(keys[2]) is None  # expired in both tiers
+    assert await cache.get(keys[-1]) is None  # expired in both tiers
     await cache.close()
+
+
+async def test_values_not_written_by_the_service_are_misses_and_get_overwritten(redis_server):
+    secret = "a secret the query replicas share"
+    cache = ResultCache(CacheConfig(redis_server.url, local_mb=0, mac_key=secret))
+    other_replica = ResultCache(CacheConfig(redis_server.url, local_mb=0, mac_key=secret))
+    stranger = ResultCache(CacheConfig(redis_server.url, local_mb=0))  # a random key of its own
+    raw = redis.from_url(redis_server.url)
+    key, other_key = (cache_key("m", 1, customer, 2, frozenset()) for customer in ("victim", "someone-else"))
+    real = CachedResult(["i1", "i2"], [2.5, 1.0], "model")
+    try:
+        await cache.put(key, real)
+        assert await other_replica.get(key) == real  # replicas with the key share results
+        assert await stranger.get(key) is None
+        genuine = await raw.get(key)
+        forged = json.dumps([["fake"], [9.0], "model"]).encode()
+        malformed = genuine[:MAC_BYTES] + b"{not json"
+        await cache.put(other_key, CachedResult(["i9", "i8"], [3.0, 2.0], "model"))
+        copied = await raw.get(other_key)  # a real value, but for another key
+        for bad in (forged, b"x" * MAC_BYTES + forged, malformed, copied, b"", b"\xff" * 40):
+            await raw.set(key, bad)
+            assert await cache.get(key) is None, bad
+        await cache.put(key, real)  # the miss path's answer replaces the bad value
+        assert await raw.get(key) == genuine and await cache.get(key) == real
+    finally:
+        for c in (cache, other_replica, stranger):
+            await c.close()
+        await raw.aclose()
+
+
+def test_decode_keeps_only_well_formed_results():
+    good = CachedResult(["a", "b"], [2.0, 1.0], "model")
+    assert CachedResult.decode(good.encode()) == good
+    for bad in ([["a"], [1.0, 0.5], "model"], [["a", "a"], [2.0, 1.0], "model"], [["a", "b"], [1.0, 2.0], "model"],
+                [["a"], [float("nan")], "model"], [[1], [1.0], "model"], [["a"], ["1"], "model"], [["a"], [1.0]],
+                {"ids": ["a"]}, [["a"], [1.0], 7]):
+        assert CachedResult.decode(json.dumps(bad).encode()) is None, bad
+
+
+async def test_redis_password():
+    redis_process = RedisProcess("--requirepass", "s3cret").start()
+    right = ResultCache(CacheConfig(redis_process.url, local_mb=0, password="s3cret"))
+    wrong = ResultCache(CacheConfig(redis_process.url, local_mb=0, password="guess"))
+    key = cache_key("m", 1, "auth", 1, frozenset())
+    try:
+        await right.put(key, CachedResult(["i1"], [1.0], "model"))
+        assert await right.get(key) == CachedResult(["i1"], [1.0], "model")
+        await wrong.put(key, CachedResult(["i2"], [2.0], "model"))  # refused by Redis: dropped, no error
+        assert await wrong.get(key) is None
+    finally:
+        await right.close()
+        await wrong.close()
+        redis_process.stop()

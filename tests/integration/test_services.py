@@ -4,17 +4,22 @@ what happens when Redis or the index service goes away."""
 
 from __future__ import annotations
 
+import json
+import signal
 import time
 
 import grpc
 import numpy as np
 import pytest
+import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from model_registry import Registry
 from model_registry import manifest as files
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
+from query_service.cache import cache_key
 from tests.conftest import RedisProcess
 from tests.integration.conftest import MODEL, index_slot, query_replica
 from tests.processes import wait_until
@@ -130,6 +135,49 @@ def test_bad_search_input(index_stub, version_dir):
         err.value.details()
 
 
+def test_an_amplifying_batch_search_is_refused_and_the_index_keeps_serving(index_stub, version_dir):
+    dim = files.read_manifest(version_dir).embedding_dim
+    query = pb.SearchRequest(vector=[0.1] * dim, k=1000)
+    for count, message in ((10_000, "10000 queries in one batch; at most 1024"),
+                           (500, "500 queries x k=1000 = 500000 results; at most 100000")):
+        with pytest.raises(grpc.RpcError) as err:
+            index_stub.BatchSearch(pb.BatchSearchRequest(queries=[query] * count), timeout=10)
+        assert (err.value.code(), message in err.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT, True), \
+            err.value.details()
+    assert len(index_stub.Search(pb.SearchRequest(vector=[0.1] * dim, k=5), timeout=10).candidates) == 5
+
+
+def test_request_bytes_that_do_not_parse_are_invalid_argument(query_stub, query_service, index_service):
+    for service, method in ((query_service, "/recsys.v1.QueryService/Recommend"),
+                            (index_service, "/recsys.v1.IndexService/BatchSearch")):
+        with grpc.insecure_channel(service.address) as channel:
+            send_bytes = channel.unary_unary(method)  # no serializers: raw bytes out and in
+            for garbage in (b"\x0a\xff\xff", b"\xff" * 64):
+                with pytest.raises(grpc.RpcError) as err:
+                    send_bytes(garbage, timeout=10)
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+                assert "bytes do not parse" in err.value.details()
+    assert len(recommend(query_stub, "c000040").candidates) == 10
+
+
+def test_a_forged_redis_value_is_never_served(query_stub, redis_server, version_dir):
+    manifest = files.read_manifest(version_dir)
+    key = cache_key(MODEL, manifest.version, "c000030", 10, frozenset())
+    raw = redis.Redis.from_url(redis_server.url)
+    try:
+        # Whoever can write to Redis writes a plausible answer under the key the service will look up.
+        raw.set(key, json.dumps([["fake-1", "fake-2"], [9.0, 8.0], "model"]), ex=300)
+        response = recommend(query_stub, "c000030")
+        assert not response.cache_hit and len(response.candidates) == 10
+        assert not {"fake-1", "fake-2"} & set(ids_of(response))
+        raw.set(key, b"{malformed", ex=300)
+        assert not recommend(query_stub, "c000031").cache_hit  # another key: the service is unaffected
+        response = recommend(query_stub, "c000030")  # answered from the process's own tier, never Redis
+        assert len(response.candidates) == 10 and not {"fake-1", "fake-2"} & set(ids_of(response))
+    finally:
+        raw.close()
+
+
 def test_batch_search_answers_each_query_with_its_own_k(index_stub, version_dir):
     manifest = files.read_manifest(version_dir)
     rng = np.random.default_rng(0)
@@ -155,7 +203,7 @@ def test_health_and_reflection_on_both_services(query_service, index_service):
 def test_redis_outage_degrades_to_uncached_serving(trained_registry, index_service, tmp_path):
     redis = RedisProcess().start()
     query = query_replica(trained_registry, [index_service], tmp_path / "query.log", "--redis-url", redis.url,
-                          "--redis-timeout-s", "0.05", "--local-cache-entries", "0")
+                          "--redis-timeout-s", "0.05", "--local-cache-mb", "0")
     try:
         query.start()
         with grpc.insecure_channel(query.address) as channel:
@@ -192,7 +240,8 @@ def test_index_outage_fails_fast_with_unavailable_and_recovers(trained_registry,
             with pytest.raises(grpc.RpcError) as err:
                 recommend(stub, "c000021")
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-            assert index.address in err.value.details()
+            assert "no index endpoint holds version" in err.value.details()
+            assert index.address not in err.value.details()  # addresses are for the log, not for callers
             assert time.monotonic() - start < 3.0
             # The popularity fallback needs no index, so it keeps working.
             assert recommend(stub, "unknown-customer").source == pb.RESULT_SOURCE_POPULARITY_FALLBACK
@@ -208,3 +257,29 @@ def test_index_outage_fails_fast_with_unavailable_and_recovers(trained_registry,
     finally:
         query.stop()
         index.stop()
+
+
+def test_sigterm_drains_not_serving_first_then_stops_with_nothing_lost(trained_registry, index_service, tmp_path):
+    query = query_replica(trained_registry, [index_service], tmp_path / "query.log", "--shutdown-drain-s", "1.5")
+    query.start()
+    outcomes: list[str] = []
+    try:
+        with grpc.insecure_channel(query.address) as channel:
+            stub = pb_grpc.QueryServiceStub(channel)
+            health = health_pb2_grpc.HealthStub(channel)
+            calls = [stub.Recommend.future(pb.RecommendRequest(customer_id=f"c{i:06d}", k=10), timeout=10)
+                     for i in range(40)]  # in flight when the signal arrives
+            query.proc.send_signal(signal.SIGTERM)
+            wait_until(lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                       == health_pb2.HealthCheckResponse.NOT_SERVING, 1.0, "health to say NOT_SERVING")
+            # Draining: a client that has not yet noticed is still answered.
+            assert len(recommend(stub, "c000050").candidates) == 10
+            for call in calls:
+                try:
+                    outcomes.append("ok" if len(call.result().candidates) == 10 else "short")
+                except grpc.RpcError as e:
+                    outcomes.append(e.code().name)
+        assert query.proc.wait(10) == 0
+    finally:
+        query.stop()
+    assert outcomes == ["ok"] * 40

@@ -3,6 +3,7 @@ import asyncio
 import pytest
 
 from query_service.batching import BatchingConfig, MicroBatcher
+from serving.errors import ResourceExhausted
 
 
 async def test_concurrent_submissions_share_batches():
@@ -59,6 +60,28 @@ async def test_batch_failure_reaches_every_caller_and_batcher_keeps_working():
     outcomes = await asyncio.gather(*(batcher.submit(i) for i in range(3)), return_exceptions=True)
     assert all(isinstance(o, RuntimeError) for o in outcomes)
     assert await batcher.submit(7) == 7
+    await batcher.close()
+
+
+async def test_a_full_queue_refuses_at_once_instead_of_growing():
+    release = asyncio.Event()
+
+    async def process(items):
+        await release.wait()
+        return items
+
+    batcher = MicroBatcher(process, BatchingConfig(max_batch_size=1, max_in_flight=1, max_queued=2))
+    accepted = []
+    for i in range(2):  # item 0 holds the only batch slot, item 1 waits for it in the collector's hand
+        accepted.append(asyncio.ensure_future(batcher.submit(i)))
+        await asyncio.sleep(0.01)
+    accepted += [asyncio.ensure_future(batcher.submit(i)) for i in (2, 3)]  # the queue's two places
+    await asyncio.sleep(0.01)
+    with pytest.raises(ResourceExhausted, match="2 requests are already waiting"):
+        await asyncio.wait_for(batcher.submit(4), 1)
+    release.set()
+    assert await asyncio.gather(*accepted) == [0, 1, 2, 3]
+    assert await batcher.submit(5) == 5  # room again
     await batcher.close()
 
 

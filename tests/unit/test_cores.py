@@ -6,6 +6,7 @@ versions (tests/unit/tiny_versions.py)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -20,10 +21,10 @@ from model_registry import manifest as files
 from query_service.admin import QueryAdmin
 from query_service.cache import CacheConfig, ResultCache
 from query_service.index_client import IndexEndpoint, IndexHits, IndexQuery, error_for
-from query_service.recommender import SOURCE_MODEL, SOURCE_POPULARITY, Recommender
+from query_service.recommender import SOURCE_MODEL, SOURCE_POPULARITY, Recommender, WarmupConfig
 from query_service.routing import IndexRouter, RoutingConfig
 from query_service.tower import QueryModel
-from serving import errors
+from serving import errors, validation
 from serving.grpc_server import status_of
 from serving.loader import Background, Loader
 from serving.sources import StartupVersions
@@ -62,6 +63,10 @@ class InProcessIndex:
         self.calls: list[tuple[int, int]] = []  # (version, queries) per search
         self.gate: asyncio.Event | None = None
         self.failure: Exception | None = None
+        self.timeout_s = 3.0
+        self.delay_s = 0.0  # how long each search takes
+        self.started: list[float] = []  # when each search started (monotonic)
+        self.timeouts: list[float] = []  # the timeout each search was given
 
     def routable(self, version: int) -> bool:
         return any(core.manager.live_version == version for core in self.cores)
@@ -72,8 +77,12 @@ class InProcessIndex:
     def describe(self) -> dict:
         return {i: core.manager.live_version for i, core in enumerate(self.cores)}
 
-    async def search(self, queries: list[IndexQuery], version: int) -> list[IndexHits]:
+    async def search(self, queries: list[IndexQuery], version: int, timeout_s: float) -> list[IndexHits]:
+        assert 0 < timeout_s <= self.timeout_s
         self.calls.append((version, len(queries)))
+        self.timeouts.append(timeout_s)
+        self.started.append(time.monotonic())
+        await asyncio.sleep(self.delay_s)
         if self.gate is not None:
             await self.gate.wait()
         if self.failure is not None:
@@ -85,9 +94,9 @@ class InProcessIndex:
 
 
 def query_replica(registry: Registry, index: InProcessIndex, live: int, rollback_target: int | None = None,
-                  cache: ResultCache | None = None):
+                  cache: ResultCache | None = None, warmup: WarmupConfig = WarmupConfig()):
     manager: VersionManager[QueryModel] = VersionManager(tiny.MODEL)
-    recommender = Recommender(manager, index, cache, ThreadPoolExecutor(1))
+    recommender = Recommender(manager, index, cache, ThreadPoolExecutor(1), warmup=warmup)
     admin = QueryAdmin(manager, Loader(registry, QueryModel.load, "tower", Background.GIL), index, recommender.warm)
     admin.start(StartupVersions(live, rollback_target))
     return recommender, admin
@@ -109,6 +118,16 @@ async def test_index_core_answers_pinned_searches_of_what_it_holds(registry):
             await core.search([bad], 1)
     with pytest.raises(errors.FailedPrecondition, match=r"version 2 is not loaded here \(loaded: \[1\]\)"):
         await core.search([Query(query.tolist(), 5)], 2)
+
+
+async def test_index_core_refuses_batches_over_its_bounds_before_any_work(registry):
+    core, _ = slot(registry, "blue", 1)
+    query = Query([0.0] * tiny.DIM, 1)
+    with pytest.raises(errors.InvalidArgument, match="1025 queries in one batch; at most 1024"):
+        await core.search([query] * 1025, 1)
+    with pytest.raises(errors.InvalidArgument, match=r"200 queries x k=1000 = 200000 results; at most 100000"):
+        await core.search([Query(query.vector, 1000)] * 200, 1)
+    assert core.last_search == -float("inf")  # refused before it counted as traffic
 
 
 async def test_slot_replaces_what_it_holds_and_records_it(registry):
@@ -200,6 +219,38 @@ async def test_unknown_customers_need_no_index_and_survive_its_failure(registry)
     assert all(version == 1 for version, _ in index.calls)
 
 
+async def test_a_hung_index_fails_misses_within_their_deadline_not_the_callers_patience(registry):
+    index = InProcessIndex(slot(registry, "b", 1)[0])
+    index.timeout_s = 0.2  # the service's index deadline
+    recommender, _ = query_replica(registry, index, live=1)
+    index.gate = asyncio.Event()  # the index takes calls and never answers
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    # More misses than batches in flight (4): the later ones wait for a batch, and still fail in time.
+    outcomes = await asyncio.gather(*(recommender.recommend(f"c{i:03d}", 3) for i in range(8)),
+                                    return_exceptions=True)
+    assert all(isinstance(o, errors.Unavailable) and "within 0.2s" in str(o) for o in outcomes), outcomes
+    assert loop.time() - start < 1.0  # 0.2 s each, not forever
+    with pytest.raises(errors.DeadlineExceeded, match="deadline"):
+        await recommender.recommend("c010", 3, timeout_s=0.05)  # the caller's shorter deadline wins
+    assert index.timeouts[-1] <= 0.05  # and the index call was given no more than that
+    index.gate.set()
+    assert (await recommender.recommend("c001", 3)).source == SOURCE_MODEL
+    await recommender.close()
+
+
+async def test_exclude_seen_past_the_exclusion_limit_is_a_clear_invalid_argument(registry):
+    index = InProcessIndex(slot(registry, "b", 1)[0])
+    recommender, _ = query_replica(registry, index, live=1)
+    exclusions = [f"x{i}" for i in range(validation.MAX_EXCLUSIONS)]
+    result = await recommender.recommend("c001", 3, exclusions=exclusions, recent=["i001"])  # 10,000: allowed
+    assert len(result.ids) == 3
+    with pytest.raises(errors.InvalidArgument, match="exclude_seen adds .* 10001 in all, over the limit of 10000"):
+        await recommender.recommend("c001", 3, exclusions=exclusions, recent=["i001"], exclude_seen=True)
+    assert len(index.calls) == 1  # the refused request never reached the index
+    await recommender.close()
+
+
 async def test_promotion_needs_a_slot_holding_the_version_and_rollback_switches_back(registry):
     blue = slot(registry, "b", 1)[0]
     index = InProcessIndex(blue)
@@ -245,6 +296,25 @@ async def test_loading_a_version_warms_the_cache_with_the_recent_requests(regist
     await recommender.close()
 
 
+async def test_a_warm_up_rests_between_batches_as_its_duty_cycle_asks(registry):
+    blue = slot(registry, "b", 1)[0]
+    index = InProcessIndex(blue)
+    cache = ResultCache(CacheConfig(url=f"redis://127.0.0.1:{free_port()}/0"))
+    recommender, admin = query_replica(registry, index, live=1, cache=cache,
+                                       warmup=WarmupConfig(batch_size=1, duty_cycle=0.25))
+    for customer in ("c001", "c002", "c003"):
+        await recommender.recommend(customer, 3)
+    index.cores = (blue, slot(registry, "g", 2)[0])
+    index.delay_s = 0.02
+    searches = len(index.calls)
+    await admin.load(2)
+    assert index.calls[searches:] == [(2, 1)] * 3
+    # Each batch works >= 20 ms, so at a quarter duty cycle it rests >= 60 ms before the next.
+    gaps = np.diff(index.started[searches:])
+    assert (gaps >= 0.08).all(), gaps
+    await recommender.close()
+
+
 # ------------------------------------------------------------------ errors and routing
 
 
@@ -264,15 +334,19 @@ def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
 
 
-def test_index_call_failures_become_domain_errors():
+def test_index_call_failures_become_domain_errors_that_name_no_address():
+    # The caller's request was validated before the search: what the index refuses is the services'
+    # disagreement (FAILED_PRECONDITION), and an overloaded or cancelled index is worth a retry.
     for code, kind in ((grpc.StatusCode.UNAVAILABLE, errors.Unavailable),
                        (grpc.StatusCode.DEADLINE_EXCEEDED, errors.Unavailable),
+                       (grpc.StatusCode.CANCELLED, errors.Unavailable),
+                       (grpc.StatusCode.RESOURCE_EXHAUSTED, errors.Unavailable),
                        (grpc.StatusCode.FAILED_PRECONDITION, errors.FailedPrecondition),
-                       (grpc.StatusCode.INVALID_ARGUMENT, errors.InvalidArgument),
-                       (grpc.StatusCode.NOT_FOUND, errors.NotFound),
-                       (grpc.StatusCode.RESOURCE_EXHAUSTED, errors.ServingError)):
+                       (grpc.StatusCode.INVALID_ARGUMENT, errors.FailedPrecondition),
+                       (grpc.StatusCode.NOT_FOUND, errors.FailedPrecondition),
+                       (grpc.StatusCode.INTERNAL, errors.ServingError)):
         error = error_for(rpc_error(code, "why"), "10.0.0.1:50051")
-        assert type(error) is kind and str(error) == f"index service at 10.0.0.1:50051: {code.name}: why"
+        assert type(error) is kind and str(error) == f"index search failed: {code.name}: why"
 
 
 async def test_router_sends_a_version_to_its_holders_and_fails_over_once():
@@ -282,7 +356,8 @@ async def test_router_sends_a_version_to_its_holders_and_fails_over_once():
     answered: list[str] = []
 
     def fake_search(endpoint: IndexEndpoint, fail: bool):
-        async def search(queries, version):
+        async def search(queries, version, timeout_s):
+            assert 0 < timeout_s <= router.timeout_s
             answered.append(endpoint.address)
             if fail:
                 raise errors.Unavailable(f"{endpoint.address} down")

@@ -164,14 +164,16 @@ def test_report_splits_latency_into_phases():
 # --------------------------------------------------------------------------- config and CLI
 
 
-def test_parser_accepts_the_documented_flags():
+def test_parser_accepts_the_documented_flags(tmp_path):
+    token = tmp_path / "admin.token"
+    token.write_text("secret\n")  # a secret comes from a file (or the environment), never argv
     args = build_parser().parse_args([
         "--address", "127.0.0.1:50052", "--qps", "200", "--duration-s", "10", "--concurrency", "64",
         "--k", "20", "--timeout-s", "1.5", "--channels", "3", "--num-customers", "1000",
         "--customer-format", "u{:04d}", "--distribution", "zipf", "--zipf-s", "1.3", "--seed", "9",
         "--sample-responses", "40", "--out", "report.json",
         "--swap", "--registry", "/reg", "--model", "m", "--index-admin", "a:1,b:2", "--query-admin", "c:3",
-        "--admin-token", "secret", "--swap-version", "2", "--swap-at-s", "3", "--rollback-at-s", "6"])
+        "--admin-token-file", str(token), "--swap-version", "2", "--swap-at-s", "3", "--rollback-at-s", "6"])
     config = config_from_args(args)
     assert (config.qps, config.duration_s, config.concurrency, config.k, config.timeout_s, config.channels) == (
         200, 10, 64, 20, 1.5, 3)
