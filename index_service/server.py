@@ -67,7 +67,7 @@ async def create_server(config: IndexServiceConfig) -> tuple[ServiceWithAdmin, I
     startup = slot_startup(registry, config.slot, config.version)  # a broken record stops the start here
     manager: VersionManager[CandidateIndex] = VersionManager(config.model)
     loader = Loader(registry, lambda path, manifest: CandidateIndex.load(path, manifest, config.min_recall), "index",
-                    Background.IDLE, files.INDEX_READS)  # the slot that loads serves no traffic
+                    Background.IDLE, files.INDEX_READS, config.public_key())  # the slot that loads serves no traffic
     core = IndexCore(manager, ThreadPoolExecutor(config.search_threads, thread_name_prefix="scann"),
                      limits=config.limits, keepalive_s=config.keepalive_s)
     admin = SlotAdmin(config.slot, registry, manager, loader, lambda: core.last_search, config.busy_window_s)

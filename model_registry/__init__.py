@@ -5,6 +5,7 @@ A model version is one unit (query tower + candidate embeddings + ScaNN index
 from one training run) stored under ``<root>/<model>/<version>/``:
 
 * ``manifest``: the files of a version, its checksummed ``manifest.json``;
+* ``signing``: the publisher's Ed25519 signature of a manifest, checked by services given its key;
 * ``registry``: the on-disk layout, atomic publish, the CURRENT pointer and the
   index slots' records;
 * ``customers``: the customer store (history, seen items, features);

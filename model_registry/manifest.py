@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST_FILE = "manifest.json"
+SIGNATURE_FILE = "manifest.sig"  # optional: the publisher's Ed25519 signature of the manifest (signing.py)
 FORMAT_VERSION = 1
 
 # File names inside a version directory. The services read these names; the
@@ -94,9 +95,9 @@ def sha256_file(path: Path) -> str:
 
 
 def _version_files(directory: Path) -> dict[str, Path]:
-    """Every regular file under ``directory`` except the manifest, by relative name."""
+    """Every regular file under ``directory`` except the manifest and its signature, by relative name."""
     return {str(p.relative_to(directory)): p for p in sorted(directory.rglob("*"))
-            if p.is_file() and p.name != MANIFEST_FILE}
+            if p.is_file() and p.relative_to(directory).as_posix() not in (MANIFEST_FILE, SIGNATURE_FILE)}
 
 
 def checksum_tree(directory: Path) -> dict[str, str]:
@@ -118,6 +119,7 @@ def verify_version(version_dir: Path, reads: tuple[str, ...] | None = None) -> M
     """Reads the manifest, checks that exactly its files are present and that
     each has its sha256; with ``reads`` (top-level names, e.g. ``QUERY_READS``),
     only those files' sha256: the rest are checked by the services reading them.
+    (Who published the manifest is ``signing.verify``'s question.)
 
     Raises VersionError naming the first file that is missing, extra or altered.
     """

@@ -28,6 +28,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from model_registry import signing
 from model_registry.manifest import MANIFEST_FILE, Manifest, VersionError, checksum_tree, read_manifest
 
 CURRENT_FILE = "CURRENT"
@@ -66,10 +69,11 @@ class Registry:
     """One model's versions under a root directory. Safe for concurrent readers;
     concurrent publishers each get a distinct version number."""
 
-    def __init__(self, root: str | os.PathLike, model: str):
+    def __init__(self, root: str | os.PathLike, model: str, signing_key: Ed25519PrivateKey | None = None):
         self.root = Path(root)
         self.model = check_model_name(model)
         self.model_dir = self.root / model
+        self._signing_key = signing_key  # signs each published manifest (``signing``)
 
     def version_dir(self, version: int) -> Path:
         return self.model_dir / str(int(version))
@@ -189,9 +193,9 @@ class Registry:
 
         ``write(staging_dir)`` writes every artifact into ``staging_dir`` and
         returns a function that, given the assigned version number and the
-        files' checksums, builds the manifest. The manifest is written last,
-        the directory is fsynced and renamed to the next free integer. CURRENT
-        does not move.
+        files' checksums, builds the manifest. The manifest is written last
+        (then its signature, with a signing key), the directory is fsynced and
+        renamed to the next free integer. CURRENT does not move.
         """
         self.model_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=self.model_dir, prefix=".staging-"))
@@ -203,6 +207,8 @@ class Registry:
                 version = (existing[-1] if existing else 0) + 1
                 manifest = build_manifest(version, files)
                 (staging / MANIFEST_FILE).write_text(manifest.to_json())
+                if self._signing_key is not None:
+                    signing.sign(staging, self._signing_key)
                 _fsync_tree(staging)
                 try:
                     os.rename(staging, self.version_dir(version))

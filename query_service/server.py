@@ -83,7 +83,7 @@ async def create_server(config: QueryServiceConfig) -> tuple[ServiceWithAdmin, R
     limit_tensorflow_threads(config.tf_threads)
     manager: VersionManager[QueryModel] = VersionManager(config.model)
     # The live tower is served beside the loading one; the candidates' files are the index slots' to verify.
-    loader = Loader(registry, QueryModel.load, "tower", Background.GIL, files.QUERY_READS)
+    loader = Loader(registry, QueryModel.load, "tower", Background.GIL, files.QUERY_READS, config.public_key())
     router = IndexRouter(config.index)
     cache = ResultCache(config.cache) if config.cache.url else None
     executor = ThreadPoolExecutor(config.tower_threads, thread_name_prefix="tower")

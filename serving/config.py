@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from model_registry import signing
 from model_registry.registry import check_model_name
 from settings.flags import ConfigError, option, require
 
@@ -42,6 +45,8 @@ class ServiceConfig:
     registry: str = option(help="model registry root directory")
     model: str = option(help="model name under the registry")
     version: int = option(0, "hold this version whatever the registry's pointers say (0: follow them)")
+    manifest_public_key: str = option("", "PEM file of the publisher's Ed25519 public key: only versions whose "
+                                          "manifest it signed load (recsys-train --signing-key-file); empty: any")
     host: str = option("127.0.0.1", "address to bind (0.0.0.0 for all interfaces)")
     port: int = option(0, "gRPC data-plane port (0 picks a free one)")
     admin: AdminConfig = option(AdminConfig(), "admin plane", prefix="admin-")
@@ -60,7 +65,15 @@ class ServiceConfig:
         except ValueError as e:
             raise ConfigError("model", str(e)) from None
         require(self.version >= 0, "version", "must be >= 0")
+        try:
+            self.public_key()
+        except ValueError as e:
+            raise ConfigError("manifest_public_key", str(e)) from None
         require(0 <= self.port < 65536, "port", "must be a TCP port (0 picks a free one)")
         require(self.drain_s >= 0, "drain_s", "must be >= 0")
         require(self.max_concurrent_rpcs >= 1, "max_concurrent_rpcs", "must be >= 1")
         require(self.max_message_bytes >= 1 << 16, "max_message_bytes", "must be >= 65536")
+
+    def public_key(self) -> Ed25519PublicKey | None:
+        """The key versions must be signed with, if one is configured."""
+        return signing.public_key(self.manifest_public_key) if self.manifest_public_key else None

@@ -32,7 +32,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Generic, TypeVar
 
-from model_registry import Manifest, Registry, VersionError, verify_version
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from model_registry import Manifest, Registry, VersionError, signing, verify_version
 from serving.errors import FailedPrecondition, InvalidArgument, NotFound
 
 log = logging.getLogger(__name__)
@@ -73,10 +75,12 @@ class Loader(Generic[T]):
     kept in the background as ``background`` says (see the module docstring)."""
 
     def __init__(self, registry: Registry, load: Callable[[Path, Manifest], T], name: str,
-                 background: Background, reads: tuple[str, ...] | None = None):
+                 background: Background, reads: tuple[str, ...] | None = None,
+                 public_key: Ed25519PublicKey | None = None):
         self.registry = registry
         self._load = load
         self._reads = reads  # the version's files this service reads: the ones it checksums
+        self._public_key = public_key  # when set, only versions signed by its private key load
         self._background = background
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-loader",
                                             initializer=_idle_priority if background is Background.IDLE else None)
@@ -90,6 +94,8 @@ class Loader(Generic[T]):
             raise NotFound(f"version {version} of {self.registry.model} is not published under "
                            f"{self.registry.model_dir} (published: {self.registry.versions()})")
         try:
+            if self._public_key is not None:
+                signing.verify(version_dir, self._public_key)
             manifest = verify_version(version_dir, self._reads)
             if manifest.model != self.registry.model:
                 raise VersionError(f"{version_dir} holds model {manifest.model!r}, not {self.registry.model!r}")

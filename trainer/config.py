@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from model_registry import signing
 from model_registry.registry import check_model_name
 from settings.flags import ConfigError, option, require
 from trainer.data import DATASET_NAMES, SPLITS, DatasetOptions
@@ -113,6 +114,8 @@ class PipelineConfig:
                                   "leave-last-out (each customer's last interaction)", choices=SPLITS)
     test_fraction: float = option(0.2, "held-out share of the interactions (random and temporal splits)")
     max_test_interactions: int = option(100_000, "test interactions evaluated at most (a seeded sample beyond)")
+    signing_key: str = option("", "PEM Ed25519 private key that signs the published version's manifest (services "
+                                  "given its public key load only signed versions)", secret=True)
     train: TrainConfig = TrainConfig()
 
     def __post_init__(self) -> None:
@@ -122,6 +125,11 @@ class PipelineConfig:
             raise ConfigError("model", str(e)) from None
         require(0.0 < self.test_fraction < 1.0, "test_fraction", "must be in (0, 1)")
         require(self.max_test_interactions >= 1, "max_test_interactions", "must be a positive integer")
+        if self.signing_key:
+            try:
+                signing.private_key(self.signing_key)
+            except ValueError as e:
+                raise ConfigError("signing_key", f"is not a usable key: {e}") from None
         try:
             check_options(self.dataset, self.data)
         except ConfigError as e:

@@ -6,7 +6,7 @@ import dataclasses
 import time
 from typing import Any, Callable
 
-from model_registry import Manifest, Registry
+from model_registry import Manifest, Registry, signing
 from trainer.config import PipelineConfig
 from trainer.data import load_dataset, make_split
 from trainer.evaluation import baselines, metrics
@@ -17,7 +17,8 @@ from trainer.training import train
 
 def run(config: PipelineConfig, log: Callable[[str], None] = lambda msg: None) -> tuple[Manifest, dict[str, Any]]:
     """Trains, evaluates and publishes one version; returns (manifest, metrics)."""
-    registry = Registry(config.registry, config.model)
+    registry = Registry(config.registry, config.model,
+                        signing.private_key(config.signing_key) if config.signing_key else None)
     seed = config.train.seed
     data = load_dataset(config.dataset, config.data, seed)
     train_data, test_data = make_split(data, config.split, config.test_fraction, seed)

@@ -12,6 +12,8 @@ import grpc
 import numpy as np
 import pytest
 import redis
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -21,7 +23,7 @@ from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from query_service.cache import cache_key
 from tests.conftest import RedisProcess
-from tests.integration.conftest import MODEL, index_slot, query_replica
+from tests.integration.conftest import MODEL, index_slot, make_live, query_replica, train
 from tests.processes import wait_until
 
 pytestmark = pytest.mark.integration
@@ -283,3 +285,22 @@ def test_sigterm_drains_not_serving_first_then_stops_with_nothing_lost(trained_r
     finally:
         query.stop()
     assert outcomes == ["ok"] * 40
+
+
+def test_a_service_given_the_publishers_key_loads_only_versions_it_signed(trained_registry, tmp_path):
+    key = Ed25519PrivateKey.generate()
+    public = key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    (tmp_path / "signing.pem").write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    (tmp_path / "signing.pub").write_bytes(public)
+    verify = ["--manifest-public-key", str(tmp_path / "signing.pub")]
+    signed = tmp_path / "signed-registry"
+    train(signed, "--signing-key-file", str(tmp_path / "signing.pem"))
+    make_live(signed, 1)
+    slot = index_slot(signed, "blue", tmp_path / "signed.log", *verify)
+    try:
+        slot.start()  # recsys-train signed it: it loads
+    finally:
+        slot.stop()
+    unsigned = index_slot(trained_registry, "green", tmp_path / "unsigned.log", "--version", "1", *verify)
+    with pytest.raises(RuntimeError, match="is unsigned"):
+        unsigned.start()

@@ -1,0 +1,61 @@
+"""Manifest signatures: who published a version, not only what it holds.
+
+A manifest's sha256 list proves the files are the ones it names, but anyone
+who can write to the registry can change a file and its sha256 together (a
+shifted ``candidate_ids.npy`` then passes every check and the recall self-test,
+and every answer is wrong). With a signing key, the publisher signs the
+manifest's bytes with Ed25519 (``manifest.sig``); a service given the public
+key refuses a version whose manifest is unsigned or signed by another key.
+Services hold only the public key, so a compromised replica cannot publish.
+
+Keys are PEM files, e.g. ``openssl genpkey -algorithm ed25519 -out signing.pem``
+and ``openssl pkey -in signing.pem -pubout -out signing.pub``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
+
+from model_registry.manifest import MANIFEST_FILE, SIGNATURE_FILE, VersionError
+
+
+def private_key(pem: str) -> Ed25519PrivateKey:
+    """The Ed25519 signing key in ``pem``; raises ValueError for anything else."""
+    key = load_pem_private_key(pem.encode(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"the signing key is {type(key).__name__}, not an Ed25519 private key")
+    return key
+
+
+def public_key(path: str | Path) -> Ed25519PublicKey:
+    """The Ed25519 public key in the PEM file ``path``; raises ValueError for anything else."""
+    try:
+        key = load_pem_public_key(Path(path).read_bytes())
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror}") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError(f"{path} holds a {type(key).__name__}, not an Ed25519 public key")
+    return key
+
+
+def sign(version_dir: Path, key: Ed25519PrivateKey) -> None:
+    """Writes the signature of ``version_dir``'s manifest next to it."""
+    (version_dir / SIGNATURE_FILE).write_bytes(key.sign((version_dir / MANIFEST_FILE).read_bytes()))
+
+
+def verify(version_dir: Path, key: Ed25519PublicKey) -> None:
+    """Raises VersionError unless ``version_dir``'s manifest carries a signature by ``key``."""
+    try:
+        signature = (version_dir / SIGNATURE_FILE).read_bytes()
+    except FileNotFoundError:
+        raise VersionError(f"{version_dir} has no {SIGNATURE_FILE}: the version is unsigned, and this service "
+                           "only loads versions signed by the publisher's key") from None
+    try:
+        key.verify(signature, (version_dir / MANIFEST_FILE).read_bytes())
+    except InvalidSignature:
+        raise VersionError(f"{version_dir}/{MANIFEST_FILE} does not match its signature: altered after publishing, "
+                           "or signed by another key") from None

@@ -1,0 +1,68 @@
+"""Signed manifests: a registry writer without the signing key cannot make a
+service load a version, even with every sha256 in the manifest recomputed."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
+from model_registry import Registry, VersionError, verify_version
+from model_registry import manifest as mf
+from model_registry import signing
+from tests.unit.test_registry import _writer
+
+
+@pytest.fixture
+def keys(tmp_path):
+    """(signing key, path of its public key PEM, path of another key's public PEM)."""
+    key, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    paths = []
+    for name, k in (("publisher.pub", key), ("other.pub", other)):
+        path = tmp_path / name
+        path.write_bytes(k.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+        paths.append(path)
+    pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()).decode()
+    return signing.private_key(pem), paths[0], paths[1]
+
+
+def test_a_signed_version_verifies_with_its_key_only(tmp_path, keys):
+    key, public, other = keys
+    registry = Registry(tmp_path / "reg", "m", signing_key=key)
+    manifest = registry.publish(_writer())
+    version_dir = registry.version_dir(manifest.version)
+    assert (version_dir / mf.SIGNATURE_FILE).is_file() and mf.SIGNATURE_FILE not in manifest.files
+    signing.verify(version_dir, signing.public_key(public))
+    assert verify_version(version_dir) == manifest  # the signature is no file of the version
+    with pytest.raises(VersionError, match="does not match its signature"):
+        signing.verify(version_dir, signing.public_key(other))
+    unsigned = Registry(tmp_path / "reg", "m").publish(_writer(b"y"))
+    assert verify_version(registry.version_dir(unsigned.version)) == unsigned
+    with pytest.raises(VersionError, match="is unsigned"):
+        signing.verify(registry.version_dir(unsigned.version), signing.public_key(public))
+
+
+def test_a_file_changed_with_its_sha256_recomputed_is_caught_by_the_signature(tmp_path, keys):
+    key, public, _ = keys
+    registry = Registry(tmp_path / "reg", "m", signing_key=key)
+    version_dir = registry.version_dir(registry.publish(_writer()).version)
+    # The attack: shift the candidate ids by one and fix up the manifest's sha256 to match.
+    ids = np.load(version_dir / mf.CANDIDATE_IDS_FILE)
+    np.save(version_dir / mf.CANDIDATE_IDS_FILE, np.roll(ids, 1), allow_pickle=False)
+    raw = json.loads((version_dir / mf.MANIFEST_FILE).read_text())
+    raw["files"][mf.CANDIDATE_IDS_FILE] = mf.sha256_file(version_dir / mf.CANDIDATE_IDS_FILE)
+    (version_dir / mf.MANIFEST_FILE).write_text(json.dumps(raw))
+    assert verify_version(version_dir).version == 1  # the checksums alone are fooled
+    with pytest.raises(VersionError, match="does not match its signature"):
+        signing.verify(version_dir, signing.public_key(public))
+
+
+def test_keys_of_the_wrong_kind_are_refused_with_a_clear_message(tmp_path):
+    with pytest.raises(ValueError, match="cannot read"):
+        signing.public_key(tmp_path / "missing.pub")
+    (tmp_path / "junk.pub").write_text("not a key")
+    with pytest.raises(ValueError):
+        signing.public_key(tmp_path / "junk.pub")
