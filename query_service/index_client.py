@@ -16,6 +16,7 @@ from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from protos.recsys.v1 import versions_pb2
 from serving import errors
+from serving.tls import ClientTls
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +65,12 @@ class IndexEndpoint:
     stream last said it holds, empty while the endpoint is unreachable or
     silent. Safe for one event loop."""
 
-    def __init__(self, address: str, timeout_s: float):
+    def __init__(self, address: str, timeout_s: float, tls: ClientTls = ClientTls()):
         self.address = address
         self.timeout_s = timeout_s
         self.slot = ""
         self.versions: dict[int, int] = {}  # version -> VersionState
-        self._channel = grpc.aio.insecure_channel(address, options=[
+        self._channel = tls.aio_channel(address, options=[
             # Reconnect fast after an outage: the default backoff grows to minutes.
             ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.min_reconnect_backoff_ms", 200),

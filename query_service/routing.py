@@ -18,6 +18,7 @@ import logging
 
 from query_service.index_client import IndexEndpoint, IndexHits, IndexQuery
 from serving import errors
+from serving.tls import ClientTls
 from settings.flags import option, require
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ class RoutingConfig:
     # Above the ~1.6 s a 1M-candidate load used to stall an index process; loads
     # now happen in idle slots, but a big batch under load can still take a while.
     timeout_s: float = option(3.0, "deadline of each index RPC", flag="index-timeout-s")
+    tls: ClientTls = option(ClientTls(), "TLS to the index endpoints", prefix="index-tls-")
 
     def __post_init__(self) -> None:
         require(self.timeout_s > 0, "timeout_s", "must be positive")
@@ -41,7 +43,7 @@ class IndexRouter:
     def __init__(self, config: RoutingConfig):
         self.config = config
         self.timeout_s = config.timeout_s
-        self.endpoints = [IndexEndpoint(address, config.timeout_s) for address in config.addresses]
+        self.endpoints = [IndexEndpoint(address, config.timeout_s, config.tls) for address in config.addresses]
         self._turn = itertools.count()
         self._watchers: list[asyncio.Task] = []
         self._changed: asyncio.Condition | None = None

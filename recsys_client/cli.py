@@ -4,6 +4,9 @@
     recsys-client embed     --address HOST:PORT --customer-id ID
     recsys-client health    --address HOST:PORT [--service NAME]
 
+Against servers serving TLS: ``--tls-ca CA.pem`` (and, for mutual TLS,
+``--tls-cert`` / ``--tls-key``).
+
 Prints the response as JSON; on an RPC error prints the status code and message
 to stderr and exits 1 (health exits 1 unless SERVING).
 """
@@ -20,6 +23,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
+from serving.tls import ClientTls
+from settings.flags import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name)
         sub.add_argument("--address", required=True, help="service HOST:PORT")
         sub.add_argument("--timeout-s", type=float, default=5.0, help="RPC deadline")
+        sub.add_argument("--tls-ca", default="", help="PEM CA bundle of the server's certificate: TLS")
+        sub.add_argument("--tls-cert", default="", help="PEM client certificate (mutual TLS)")
+        sub.add_argument("--tls-key", default="", help="PEM private key of the client certificate")
         if name in ("recommend", "embed"):
             sub.add_argument("--customer-id", required=True)
         if name == "recommend":
@@ -46,7 +54,8 @@ def _print(message) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    with grpc.insecure_channel(args.address) as channel:
+    tls = ClientTls(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
+    with tls.channel(args.address) as channel:
         if args.command == "health":
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout_s)
@@ -64,9 +73,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         sys.exit(run(args))
+    except ConfigError as e:
+        parser.error(f"--tls-{e.field.replace('_', '-')} {e.message}")
     except grpc.RpcError as e:
         print(f"recsys-client: {e.code().name}: {e.details()}", file=sys.stderr)
         sys.exit(1)

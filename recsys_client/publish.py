@@ -45,6 +45,7 @@ from model_registry import Registry, VersionError
 from protos.recsys.v1 import admin_pb2 as pb
 from protos.recsys.v1 import admin_pb2_grpc as pb_grpc
 from protos.recsys.v1 import versions_pb2
+from serving.tls import ClientTls
 from settings.flags import add_flags, option, parse, require
 
 log = logging.getLogger("recsys-publish")
@@ -81,7 +82,7 @@ class Fleet:
 
     @classmethod
     def connect(cls, index_addresses: list[str], query_addresses: list[str], token: str = "",
-                timeout_s: float = 120.0, connect_timeout_s: float = 10.0) -> "Fleet":
+                timeout_s: float = 120.0, connect_timeout_s: float = 10.0, tls: ClientTls = ClientTls()) -> "Fleet":
         """Opens a channel to every replica, waiting up to ``connect_timeout_s``
         for each (replicas still starting, as under compose)."""
         channels: list[grpc.Channel] = []
@@ -89,7 +90,7 @@ class Fleet:
         def replicas(role: str, addresses: list[str]) -> list[Replica]:
             out = []
             for address in addresses:
-                channels.append(grpc.insecure_channel(address))
+                channels.append(tls.channel(address))
                 try:
                     grpc.channel_ready_future(channels[-1]).result(timeout=connect_timeout_s)
                 except grpc.FutureTimeoutError:
@@ -277,6 +278,7 @@ class PublishConfig:
     index_admin: tuple[str, ...] = option((), "every index slot replica's admin HOST:PORT, comma-separated")
     query_admin: tuple[str, ...] = option((), "every query replica's admin HOST:PORT, comma-separated")
     admin_token: str = option("", "bearer token of the admin plane", secret=True)
+    tls: ClientTls = option(ClientTls(), "TLS to the admin planes", prefix="tls-")
     version: int = option(0, "version to roll out (0: the newest published)", env=False)
     rollback: bool = option(False, "make the rollback target live again everywhere", env=False)
     initial: bool = option(False, "the registry's first rollout, before any query replica runs; does nothing "
@@ -309,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     registry = Registry(config.registry, config.model)
     try:
         fleet = Fleet.connect(list(config.index_admin), list(config.query_admin), config.admin_token,
-                              config.timeout_s, config.connect_timeout_s)
+                              config.timeout_s, config.connect_timeout_s, config.tls)
     except PublishError as e:
         print(f"recsys-publish: {e}", file=sys.stderr)
         sys.exit(1)

@@ -81,12 +81,13 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         return grpc.unary_unary_rpc_method_handler(deny)
 
 
-async def start_admin_server(admin: VersionAdmin, config: AdminConfig) -> RunningServer:
+async def start_admin_server(admin: VersionAdmin, config: AdminConfig,
+                             credentials: grpc.ServerCredentials | None = None) -> RunningServer:
     """Starts the admin server; with a non-empty token every admin call must carry it."""
     interceptors = [BearerTokenInterceptor(config.token)] if config.token else []
     running = await start_server([ServiceSpec(pb_grpc.add_AdminServiceServicer_to_server,
                                               AdminServicer(admin), SERVICE_NAME)],
-                                 config.host, config.port, interceptors=interceptors)
+                                 config.host, config.port, interceptors=interceptors, credentials=credentials)
     await running.set_serving(True)
     return running
 
@@ -108,10 +109,11 @@ class ServiceWithAdmin:
 
     @classmethod
     async def start(cls, spec: ServiceSpec, admin: VersionAdmin, config: ServiceConfig) -> "ServiceWithAdmin":
+        credentials = config.tls.credentials()
         data = await start_server([spec], config.host, config.port, config.max_message_bytes,
-                                  max_concurrent_rpcs=config.max_concurrent_rpcs)
+                                  max_concurrent_rpcs=config.max_concurrent_rpcs, credentials=credentials)
         try:
-            admin_server = await start_admin_server(admin, config.admin)
+            admin_server = await start_admin_server(admin, config.admin, credentials)
         except BaseException:
             await data.stop(0)
             raise

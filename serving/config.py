@@ -9,6 +9,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from model_registry import signing
 from model_registry.registry import check_model_name
+from serving.tls import ServerTls
 from settings.flags import ConfigError, option, require
 
 
@@ -50,6 +51,7 @@ class ServiceConfig:
     host: str = option("127.0.0.1", "address to bind (0.0.0.0 for all interfaces)")
     port: int = option(0, "gRPC data-plane port (0 picks a free one)")
     admin: AdminConfig = option(AdminConfig(), "admin plane", prefix="admin-")
+    tls: ServerTls = option(ServerTls(), "TLS of the data and admin planes", prefix="tls-")
     drain_s: float = option(2.0, "on SIGTERM, report NOT_SERVING but keep answering this long (clients and load "
                                  "balancers move away), then stop taking calls", flag="shutdown-drain-s")
     metrics_host: str = option("127.0.0.1", "Prometheus /metrics bind address (0.0.0.0 for all interfaces)")

@@ -147,11 +147,12 @@ class RunningServer:
 async def start_server(services: Iterable[ServiceSpec], host: str, port: int,
                        max_message_bytes: int = 16 << 20,
                        interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
-                       max_concurrent_rpcs: int | None = None) -> RunningServer:
+                       max_concurrent_rpcs: int | None = None,
+                       credentials: grpc.ServerCredentials | None = None) -> RunningServer:
     """Starts a server with the services plus health and reflection; port 0 picks
     a free port (returned in ``RunningServer.port``). Health starts NOT_SERVING.
     Beyond ``max_concurrent_rpcs`` calls in progress, gRPC refuses new ones with
-    RESOURCE_EXHAUSTED."""
+    RESOURCE_EXHAUSTED. With ``credentials`` the port serves TLS only."""
     services = list(services)
     server = grpc.aio.server(interceptors=[*interceptors, MalformedRequestGuard()],
                              maximum_concurrent_rpcs=max_concurrent_rpcs, options=[
@@ -165,7 +166,8 @@ async def start_server(services: Iterable[ServiceSpec], host: str, port: int,
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [s.full_name for s in services]
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    bound = (server.add_secure_port(f"{host}:{port}", credentials) if credentials is not None
+             else server.add_insecure_port(f"{host}:{port}"))
     if bound == 0:
         raise OSError(f"cannot listen on {host}:{port}: address in use or not available")
     await server.start()

@@ -43,9 +43,9 @@ def console_script(name: str) -> str:
     return str(path)
 
 
-def is_serving(address: str, service: str = "") -> bool:
+def is_serving(address: str, service: str = "", credentials: grpc.ChannelCredentials | None = None) -> bool:
     try:
-        with grpc.insecure_channel(address) as channel:
+        with (grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)) as channel:
             response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),
                                                                  timeout=0.5)
         return response.status == health_pb2.HealthCheckResponse.SERVING
@@ -107,8 +107,9 @@ class ServiceProcess:
     unless ``args`` give one."""
 
     def __init__(self, script: str, args: list[str], log_path: Path, port: int | None = None,
-                 command: list[str] | None = None):
+                 command: list[str] | None = None, credentials: grpc.ChannelCredentials | None = None):
         self.script = script
+        self.credentials = credentials  # to reach a server serving TLS
         self.args = args
         self.port = port or free_port()
         self.admin_port = free_port()
@@ -131,8 +132,8 @@ class ServiceProcess:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([*command, *self.args], stdout=log, stderr=subprocess.STDOUT)
         try:
-            wait_until(lambda: self.proc.poll() is not None or is_serving(self.address), timeout_s,
-                       f"{self.script} to report SERVING")
+            wait_until(lambda: self.proc.poll() is not None or is_serving(self.address, "", self.credentials),
+                       timeout_s, f"{self.script} to report SERVING")
         except TimeoutError:
             self.stop()
             raise
