@@ -85,3 +85,16 @@ def test_swap_quick(tmp_path):
     assert out["requests"]["errors"] == 0 and out["requests"]["dropped"] == 0
     assert set(out["model_versions"]) == {"2", "3"}
     assert out["swap_s"] > 0 and set(out["p99_ms"]) == {"before", "during", "after"}
+
+
+def test_faults_quick(tmp_path):
+    out = run_script_quick("bench.faults", tmp_path, timeout_s=600)
+    by_name = {s["scenario"]: s for s in out["scenarios"]}
+    assert len(by_name) == 9 and out["totals"] == {"wrong": 0, "unknown_or_internal": 0}
+    for name in ("Redis killed, restarted", "Redis paused (SIGSTOP)", "Redis values forged",
+                 "garbage request bytes", "tampered version offered", "query replica SIGTERM (drain)"):
+        assert set(by_name[name]["codes"]) == {"OK"}, (name, by_name[name]["failures"])
+    assert by_name["BatchSearch 10,000 x k=1000"]["attack"] == "INVALID_ARGUMENT"
+    assert by_name["tampered version offered"]["shifted_ids_load"].startswith("FAILED_PRECONDITION")
+    hung = by_name["index slot hung (SIGSTOP)"]
+    assert hung["slowest_failure_ms"] is None or hung["slowest_failure_ms"] < 1000 * hung["index_deadline_s"] + 500
