@@ -51,6 +51,17 @@ MODEL = "faults"
 INDEX_TIMEOUT_S = 1.0  # the query service's index deadline in this stack
 CUSTOMERS = [f"c{i:06d}" for i in range(200)] + [f"stranger-{i}" for i in range(20)]  # known, and fallbacks
 TOP_K = 50  # the reference answer's length; requests ask for k in 1..TOP_K
+# A client of several query replicas as gRPC offers it: round robin over the replicas whose health says
+# SERVING (client-side health checking), UNAVAILABLE retried on another one, and a short reconnect
+# backoff so that a restarted replica is back in the rotation within a fraction of a second.
+REPLICATED_CLIENT = [("grpc.enable_retries", 1), ("grpc.initial_reconnect_backoff_ms", 100),
+                     ("grpc.min_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 500),
+                     ("grpc.service_config", json.dumps({
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "healthCheckConfig": {"serviceName": ""},
+    "methodConfig": [{"name": [{"service": "recsys.v1.QueryService"}],
+                      "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.05s", "maxBackoff": "0.5s",
+                                      "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]}))]
 
 
 class Load:
@@ -59,8 +70,9 @@ class Load:
     client behind a health-checking balancer would, once health says NOT_SERVING."""
 
     def __init__(self, address: str, reference: dict[str, list[str]], threads: int = 4,
-                 stop_when_draining: bool = False):
+                 stop_when_draining: bool = False, channel_options: list[tuple] | None = None):
         self.address, self.reference = address, reference
+        self._channel_options = channel_options
         self.codes: Counter = Counter()
         self.wrong = 0
         self.latencies_ms: list[float] = []
@@ -84,7 +96,7 @@ class Load:
 
     def _run(self, seed: int) -> None:
         rng = np.random.default_rng(seed)
-        with grpc.insecure_channel(self.address) as channel:
+        with grpc.insecure_channel(self.address, options=self._channel_options) as channel:
             stub = pb_grpc.QueryServiceStub(channel)
             while not self._stop.is_set():
                 if self._stop_when_draining and not is_serving(self.address):
@@ -318,6 +330,86 @@ def query_sigterm(stack: Stack, reference, seconds: float) -> dict:
     return {**load.summary(), "exit_code": exit_code}
 
 
+def rolling_restart(stack: Stack, reference, seconds: float) -> dict:
+    """Two query replicas behind one replicated client; each in turn gets SIGTERM
+    (1 s drain), exits and is started again while the other serves; the next one
+    goes 1 s after the previous one reports SERVING (a readiness delay, as
+    Kubernetes' minReadySeconds gives, so the client has reconnected to it)."""
+    replicas = [stack.query_replica(f"query-roll-{i}", "--shutdown-drain-s", "1.0") for i in range(2)]
+    for replica in replicas:
+        replica.start()
+    target = "ipv4:" + ",".join(replica.address for replica in replicas)
+    exit_codes = []
+    try:
+        with Load(target, reference, channel_options=REPLICATED_CLIENT) as load:
+            for replica in replicas:
+                time.sleep(seconds / 3)
+                replica.proc.send_signal(signal.SIGTERM)
+                exit_codes.append(replica.proc.wait(30))
+                replica.start()
+                time.sleep(1.0)
+            time.sleep(seconds / 3)
+    finally:
+        for replica in replicas:
+            replica.stop()
+    return {**load.summary(), "exit_codes": exit_codes}
+
+
+def adversarial_mix(stack: Stack, reference, seconds: float) -> dict:
+    """For 15x the scenario length (60 s in a full run), four attackers send
+    distinct k = 1000 Recommends (~110 KB of result each, every one a new cache
+    key) and BatchSearches at the limits to a replica whose local cache may hold
+    32 MiB, beside the usual callers; its memory is sampled throughout."""
+    budget_mb = 32
+    replica = stack.query_replica("query-adversarial", "--local-cache-mb", str(budget_mb))
+    replica.start()
+    stop = threading.Event()
+    codes: Counter = Counter()
+
+    def attack(seed: int) -> None:
+        rng = np.random.default_rng(100 + seed)
+        dim = stack.registry.manifest(1).embedding_dim
+        batch = pb.BatchSearchRequest(queries=[pb.SearchRequest(vector=[0.1] * dim, k=97)] * 1024)  # ~99,000 results
+        with grpc.insecure_channel(replica.address) as q, grpc.insecure_channel(stack.index.address) as i:
+            query, index = pb_grpc.QueryServiceStub(q), pb_grpc.IndexServiceStub(i)
+            while not stop.is_set():
+                try:
+                    if rng.random() < 0.9:
+                        query.Recommend(pb.RecommendRequest(
+                            customer_id=CUSTOMERS[rng.integers(len(CUSTOMERS))], k=1000,
+                            exclude_candidate_ids=[f"attack-{rng.integers(1 << 62)}"]), timeout=10)
+                    else:
+                        index.BatchSearch(batch, timeout=10)
+                    codes["OK"] += 1
+                except grpc.RpcError as e:
+                    codes[e.code().name] += 1
+
+    before = rss_mb(replica.proc.pid)
+    samples = []
+    attackers = [threading.Thread(target=attack, args=(i,), daemon=True) for i in range(4)]
+    try:
+        with Load(replica.address, reference) as load:
+            for thread in attackers:
+                thread.start()
+            deadline = time.monotonic() + 15 * seconds
+            while time.monotonic() < deadline:
+                samples.append(rss_mb(replica.proc.pid))
+                time.sleep(0.5)
+            stop.set()
+            for thread in attackers:
+                thread.join(30)
+    finally:
+        replica.stop()
+    return {**load.summary(), "attack_codes": dict(codes), "local_cache_mb": budget_mb,
+            "rss_mb_before": before, "rss_mb_peak": max(samples), "rss_mb_end": samples[-1],
+            "attack_s": 15 * seconds}
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        return round(next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024, 1)
+
+
 SCENARIOS = [
     # (name, function, what is expected)
     ("Redis killed, restarted", redis_killed, "0 failed, 0 wrong (cache misses)"),
@@ -329,6 +421,10 @@ SCENARIOS = [
     ("garbage request bytes", garbage_bytes, "INVALID_ARGUMENT, no UNKNOWN, servers up"),
     ("tampered version offered", tampered_version, "refused FAILED_PRECONDITION; live version keeps serving"),
     ("query replica SIGTERM (drain)", query_sigterm, "0 failed for callers that follow health"),
+    ("rolling restart of two query replicas", rolling_restart,
+     "0 failed for a client balancing over healthy replicas with retries"),
+    ("adversarial mix (k = 1000 misses, BatchSearch at the limits)", adversarial_mix,
+     "memory within the local cache's 32 MiB over the replica's start; others served"),
 ]
 
 

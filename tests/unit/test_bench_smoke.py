@@ -90,7 +90,7 @@ def test_swap_quick(tmp_path):
 def test_faults_quick(tmp_path):
     out = run_script_quick("bench.faults", tmp_path, timeout_s=600)
     by_name = {s["scenario"]: s for s in out["scenarios"]}
-    assert len(by_name) == 9 and out["totals"] == {"wrong": 0, "unknown_or_internal": 0}
+    assert len(by_name) == 11 and out["totals"] == {"wrong": 0, "unknown_or_internal": 0}
     for name in ("Redis killed, restarted", "Redis paused (SIGSTOP)", "Redis values forged",
                  "garbage request bytes", "tampered version offered", "query replica SIGTERM (drain)"):
         assert set(by_name[name]["codes"]) == {"OK"}, (name, by_name[name]["failures"])
@@ -98,3 +98,5 @@ def test_faults_quick(tmp_path):
     assert by_name["tampered version offered"]["shifted_ids_load"].startswith("FAILED_PRECONDITION")
     hung = by_name["index slot hung (SIGSTOP)"]
     assert hung["slowest_failure_ms"] is None or hung["slowest_failure_ms"] < 1000 * hung["index_deadline_s"] + 500
+    mix = by_name["adversarial mix (k = 1000 misses, BatchSearch at the limits)"]
+    assert mix["rss_mb_peak"] - mix["rss_mb_before"] < mix["local_cache_mb"] + 64, mix  # the cache's bound, + slack
