@@ -48,6 +48,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from hdrh.histogram import HdrHistogram
 
+from serving.tls import ClientTls
 from settings.flags import SecretFile
 
 # Histogram range: 1 us .. 60 s at 3 significant digits (0.1% value precision).
@@ -83,6 +84,7 @@ class SwapConfig:
     rollback_at_s: float | None = None
     admin_token: str = ""
     admin_timeout_s: float = 120.0
+    tls: ClientTls = ClientTls()  # to the admin planes
 
     def __post_init__(self) -> None:
         self.registry = Path(self.registry)
@@ -114,6 +116,7 @@ class LoadConfig:
     seed: int = 0
     sample_responses: int = 0
     swap: SwapConfig | None = None
+    tls: ClientTls = ClientTls()  # to the query service
 
     def __post_init__(self) -> None:
         for name in ("qps", "duration_s", "timeout_s"):
@@ -388,7 +391,7 @@ def _admin_action(swap: SwapConfig, act: Callable[..., tuple[int, dict[str, floa
     from recsys_client.publish import Fleet
 
     start = time.perf_counter()
-    fleet = Fleet.connect(swap.index_admin, swap.query_admin, swap.admin_token, swap.admin_timeout_s)
+    fleet = Fleet.connect(swap.index_admin, swap.query_admin, swap.admin_token, swap.admin_timeout_s, tls=swap.tls)
     connect_s = round(time.perf_counter() - start, 3)
     try:
         version, steps = act(fleet, Registry(swap.registry, swap.model), swap)
@@ -447,7 +450,7 @@ async def run_load(config: LoadConfig) -> dict[str, Any]:
 
     # A local subchannel pool per channel gives each its own TCP connection;
     # otherwise identical channels share one and --channels would be moot.
-    channels = [grpc.aio.insecure_channel(config.address, options=[("grpc.use_local_subchannel_pool", 1)])
+    channels = [config.tls.aio_channel(config.address, options=[("grpc.use_local_subchannel_pool", 1)])
                 for _ in range(config.channels)]
     stubs = [pb_grpc.QueryServiceStub(c) for c in channels]
     admin: ProcessPoolExecutor | None = None
@@ -540,6 +543,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsys-loadtest", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--address", required=True, help="query service HOST:PORT")
+    parser.add_argument("--tls-ca", default="", help="PEM CA bundle of the servers' certificates: TLS to the query "
+                                                     "service and the admin planes")
+    parser.add_argument("--tls-cert", default="", help="PEM client certificate (mutual TLS)")
+    parser.add_argument("--tls-key", default="", help="PEM private key of the client certificate")
     parser.add_argument("--qps", type=float, required=True, help="arrival rate, requests per second")
     parser.add_argument("--duration-s", type=float, required=True, help="length of the schedule")
     parser.add_argument("--concurrency", type=int, default=512,
@@ -573,6 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> LoadConfig:
     """Turns parsed flags into a LoadConfig; raises ValueError on bad combinations."""
+    tls = ClientTls(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
     swap = None
     if args.swap:
         missing = [flag for flag, value in (("--registry", args.registry), ("--model", args.model),
@@ -584,12 +592,12 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
         split = lambda value: [a for a in value.split(",") if a]  # noqa: E731
         swap = SwapConfig(registry=args.registry, model=args.model, index_admin=split(args.index_admin),
                           query_admin=split(args.query_admin), version=args.swap_version, at_s=args.swap_at_s,
-                          rollback_at_s=args.rollback_at_s, admin_token=args.admin_token)
+                          rollback_at_s=args.rollback_at_s, admin_token=args.admin_token, tls=tls)
     return LoadConfig(address=args.address, qps=args.qps, duration_s=args.duration_s,
                       concurrency=args.concurrency, k=args.k, timeout_s=args.timeout_s, channels=args.channels,
                       num_customers=args.num_customers, customer_format=args.customer_format,
                       distribution=args.distribution, zipf_s=args.zipf_s, seed=args.seed,
-                      sample_responses=args.sample_responses, swap=swap)
+                      sample_responses=args.sample_responses, swap=swap, tls=tls)
 
 
 def _ms(value: float | None) -> str:

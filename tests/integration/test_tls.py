@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import subprocess
 from pathlib import Path
 
@@ -116,6 +117,12 @@ def test_every_hop_needs_a_certificate_the_ca_signed(trained_registry, pki, tmp_
                                  "--tls-ca", pki["ca"], "--tls-cert", client_crt, "--tls-key", client_key],
                                 capture_output=True, text=True, timeout=60)
         assert health.returncode == 0 and health.stdout.strip() == "SERVING", health.stderr
+        load = subprocess.run([console_script("recsys-loadtest"), "--address", query.address, "--qps", "50",
+                               "--duration-s", "1", "--tls-ca", pki["ca"], "--tls-cert", client_crt,
+                               "--tls-key", client_key], capture_output=True, text=True, timeout=120)
+        assert load.returncode == 0, load.stderr[-2000:]
+        report = json.loads(load.stdout)
+        assert report["requests"]["ok"] == report["requests"]["scheduled"] == 50 and report["requests"]["errors"] == 0
     finally:
         query.stop()
         slot.stop()
