@@ -45,6 +45,16 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / ticks
 
 
+def rss_mb(pid: int) -> dict[str, float]:
+    """Resident and peak memory, and the major page faults so far: pages the
+    kernel had dropped (file-backed code and data; see BENCHMARKS.md on DAMON)
+    read back from disk, each a stall of whatever thread touched them."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    major_faults = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[9])
+    return {"rss_mb": round(int(fields["VmRSS"].split()[0]) / 1024, 1),
+            "peak_rss_mb": round(int(fields["VmHWM"].split()[0]) / 1024, 1), "major_faults": major_faults}
+
+
 def dir_bytes(path: str | os.PathLike) -> int:
     """Total size of the regular files under ``path`` (or of ``path`` itself)."""
     p = Path(path)

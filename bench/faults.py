@@ -37,7 +37,7 @@ import redis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
-from bench.common import git_commit, machine_info
+from bench.common import git_commit, machine_info, rss_mb
 from model_registry import Registry
 from model_registry import manifest as files
 from protos.recsys.v1 import admin_pb2 as apb
@@ -384,7 +384,7 @@ def adversarial_mix(stack: Stack, reference, seconds: float) -> dict:
                 except grpc.RpcError as e:
                     codes[e.code().name] += 1
 
-    before = rss_mb(replica.proc.pid)
+    before = rss_mb(replica.proc.pid)["rss_mb"]
     samples = []
     attackers = [threading.Thread(target=attack, args=(i,), daemon=True) for i in range(4)]
     try:
@@ -393,7 +393,7 @@ def adversarial_mix(stack: Stack, reference, seconds: float) -> dict:
                 thread.start()
             deadline = time.monotonic() + 15 * seconds
             while time.monotonic() < deadline:
-                samples.append(rss_mb(replica.proc.pid))
+                samples.append(rss_mb(replica.proc.pid)["rss_mb"])
                 time.sleep(0.5)
             stop.set()
             for thread in attackers:
@@ -403,11 +403,6 @@ def adversarial_mix(stack: Stack, reference, seconds: float) -> dict:
     return {**load.summary(), "attack_codes": dict(codes), "local_cache_mb": budget_mb,
             "rss_mb_before": before, "rss_mb_peak": max(samples), "rss_mb_end": samples[-1],
             "attack_s": 15 * seconds}
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        return round(next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024, 1)
 
 
 SCENARIOS = [

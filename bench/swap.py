@@ -32,6 +32,7 @@ import numpy as np
 from model_registry import Manifest, Registry
 from model_registry import manifest as files
 from bench.ann import synthetic_clustered
+from bench.common import rss_mb
 from tests.processes import RedisProcess, ServiceProcess, console_script
 from trainer.export import index as index_builder
 
@@ -65,16 +66,6 @@ def publish_large(registry: Registry, base: Path, num_candidates: int, seed: int
             created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(), index=spec, files=checksums)
 
     return registry.publish(write)
-
-
-def rss_mb(pid: int) -> dict[str, float]:
-    """Resident and peak memory, and the major page faults so far: pages the
-    kernel had dropped (file-backed code and data; see BENCHMARKS.md on DAMON)
-    read back from disk, each a stall of whatever thread touched them."""
-    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
-    major_faults = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[9])
-    return {"rss_mb": round(int(fields["VmRSS"].split()[0]) / 1024, 1),
-            "peak_rss_mb": round(int(fields["VmHWM"].split()[0]) / 1024, 1), "major_faults": major_faults}
 
 
 def loadtest(address: str, qps: int, duration_s: float, out: Path, *extra: str) -> subprocess.CompletedProcess:

@@ -105,8 +105,6 @@ def _local_bytes(result: CachedResult) -> int:
             + 24 * len(result.scores))
 
 
-
-
 def cache_key(model: str, version: int, customer_id: str, k: int, exclusions: frozenset[str],
               recent: tuple[str, ...] = (), exclude_seen: bool = False) -> str:
     """``recsys:<model>:v<version>:<digest of the request shape>``; the readable

@@ -65,9 +65,8 @@ class IndexEndpoint:
     stream last said it holds, empty while the endpoint is unreachable or
     silent. Safe for one event loop."""
 
-    def __init__(self, address: str, timeout_s: float, tls: ClientTls = ClientTls()):
+    def __init__(self, address: str, tls: ClientTls = ClientTls()):
         self.address = address
-        self.timeout_s = timeout_s
         self.slot = ""
         self.versions: dict[int, int] = {}  # version -> VersionState
         self._channel = tls.aio_channel(address, options=[
@@ -82,17 +81,15 @@ class IndexEndpoint:
     def holds(self, version: int) -> bool:
         return self.versions.get(version) in SEARCHABLE
 
-    async def search(self, queries: list[IndexQuery], version: int, timeout_s: float | None = None) -> list[IndexHits]:
-        """Searches all queries in ``version``; one RPC whatever the batch size,
-        with the endpoint's deadline or ``timeout_s`` if that is shorter."""
-        timeout = self.timeout_s if timeout_s is None else min(timeout_s, self.timeout_s)
+    async def search(self, queries: list[IndexQuery], version: int, timeout_s: float) -> list[IndexHits]:
+        """Searches all queries in ``version`` within ``timeout_s``; one RPC whatever the batch size."""
         requests = [pb.SearchRequest(vector=q.vector.tolist(), k=q.k, model_version=version,
                                      exclude_candidate_ids=sorted(q.exclusions)) for q in queries]
         try:
             if len(requests) == 1:
-                responses = [await self._stub.Search(requests[0], timeout=timeout)]
+                responses = [await self._stub.Search(requests[0], timeout=timeout_s)]
             else:
-                batch = await self._stub.BatchSearch(pb.BatchSearchRequest(queries=requests), timeout=timeout)
+                batch = await self._stub.BatchSearch(pb.BatchSearchRequest(queries=requests), timeout=timeout_s)
                 responses = list(batch.results)
         except grpc.aio.AioRpcError as e:
             raise error_for(e, self.address) from e

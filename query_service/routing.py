@@ -42,12 +42,16 @@ class IndexRouter:
 
     def __init__(self, config: RoutingConfig):
         self.config = config
-        self.timeout_s = config.timeout_s
-        self.endpoints = [IndexEndpoint(address, config.timeout_s, config.tls) for address in config.addresses]
+        self.endpoints = [IndexEndpoint(address, config.tls) for address in config.addresses]
         self._turn = itertools.count()
         self._watchers: list[asyncio.Task] = []
         self._changed: asyncio.Condition | None = None
         self._listeners: list = []
+
+    @property
+    def timeout_s(self) -> float:
+        """The longest a search may take (``IndexBackend``)."""
+        return self.config.timeout_s
 
     def start(self) -> None:
         """Starts following every endpoint's status stream (on the running loop)."""
@@ -96,7 +100,7 @@ class IndexRouter:
             log.warning("no index endpoint holds version %d (endpoints: %s)", version, self.describe())
             raise errors.Unavailable(f"no index endpoint holds version {version}: an index slot holding it must be up")
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + min(self.timeout_s, self.timeout_s if timeout_s is None else timeout_s)
+        deadline = loop.time() + (self.timeout_s if timeout_s is None else min(timeout_s, self.timeout_s))
         first = next(self._turn) % len(holders)
         tries = (holders[first:] + holders[:first])[:2]
         for endpoint in tries[:-1]:

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bench.common import rss_mb
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from tests.processes import is_serving
@@ -26,11 +27,6 @@ ks = st.one_of(st.integers(-3, 1100), st.sampled_from([-(2 ** 31), 2 ** 31 - 1])
 floats = st.floats(width=32, allow_nan=True, allow_infinity=True)
 
 
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
-
-
 def outcome(call, request):
     """(code, response or None) of one call; a status outside the documented ones fails the test."""
     try:
@@ -42,12 +38,12 @@ def outcome(call, request):
 
 @pytest.fixture(scope="module")
 def stubs(query_service, index_service):
-    memory = {s.proc.pid: rss_mb(s.proc.pid) for s in (query_service, index_service)}
+    memory = {s.proc.pid: rss_mb(s.proc.pid)["rss_mb"] for s in (query_service, index_service)}
     with grpc.insecure_channel(query_service.address) as q, grpc.insecure_channel(index_service.address) as i:
         yield pb_grpc.QueryServiceStub(q), pb_grpc.IndexServiceStub(i), q, i
     for service in (query_service, index_service):
         assert is_serving(service.address), f"{service.script} is down after the fuzzing"
-        grown = rss_mb(service.proc.pid) - memory[service.proc.pid]
+        grown = rss_mb(service.proc.pid)["rss_mb"] - memory[service.proc.pid]
         assert grown < 300, f"{service.script} grew {grown:.0f} MB under fuzzing"
 
 
