@@ -145,7 +145,7 @@ class Stack:
         subprocess.run([console_script("recsys-train"), "--dataset", "synthetic", "--registry", str(self.registry.root),
                         "--model", MODEL, "--synthetic-customers", "300", "--synthetic-candidates", "500",
                         "--synthetic-interactions", "8000", "--epochs", "2", "--embedding-dim", "16",
-                        "--signing-key-file", str(work / "signing.pem"), "--quiet"],
+                        "--signing-key-file", str(work / "signing.pem"), "--tune-budget-s", "0", "--quiet"],
                        check=True, capture_output=True, timeout=600)
         self.registry.set_slot_version("blue", 1)
         self.registry.set_current(1)

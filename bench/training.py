@@ -162,7 +162,7 @@ def run_full(tower: str | None, dataset_args: list[str], epochs: int | None, wor
     metrics = work / f"metrics-{name}.json"
     cmd = [str(Path(sys.executable).parent / "recsys-train"), *dataset_args, *_tower_args(tower),
            "--registry", str(work / "registry"), "--model", f"bench-{name}", "--metrics-out", str(metrics),
-           "--quiet"] + (["--epochs", str(epochs)] if epochs else [])
+           "--tune-budget-s", "0", "--quiet"] + (["--epochs", str(epochs)] if epochs else [])
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     wall = time.perf_counter() - t0

@@ -51,7 +51,7 @@ def config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
             train_config = replace_nested(preset, changes)
         except ConfigError as e:
             raise ConfigError(f"train.{e.field}", e.message) from None
-        return from_args(PipelineConfig, args, train=train_config)
+        return from_args(PipelineConfig, args, train=train_config, pinned=changes)
     except ConfigError as e:
         field = e.field.removeprefix("train.")
         name = flag_name(TrainConfig, field) if e.field.startswith("train.") else flag_name(PipelineConfig, field)

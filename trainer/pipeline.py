@@ -1,4 +1,4 @@
-"""End to end: load -> split -> train -> evaluate -> publish."""
+"""End to end: load -> split -> baselines -> search -> refit -> evaluate -> publish."""
 
 from __future__ import annotations
 
@@ -7,12 +7,16 @@ import time
 from typing import Any, Callable
 
 from model_registry import Manifest, Registry, signing
-from trainer.config import PipelineConfig
+from settings.flags import replace_nested
+from trainer.config import PipelineConfig, TrainConfig, recommended_config
 from trainer.data import load_dataset, make_split
 from trainer.evaluation import baselines, metrics
+from trainer.evaluation.report import margins
+from trainer.evaluation.validation import Validation
 from trainer.export import publish
 from trainer.model import customer_store, embed, query_embeddings
-from trainer.training import train
+from trainer.training import refit, train
+from trainer.tuning import search
 
 
 def run(config: PipelineConfig, log: Callable[[str], None] = lambda msg: None) -> tuple[Manifest, dict[str, Any]]:
@@ -25,19 +29,37 @@ def run(config: PipelineConfig, log: Callable[[str], None] = lambda msg: None) -
     log(f"{data.name}: {len(data)} interactions, {data.num_customers} customers, "
         f"{len(data.catalog)} candidates; train {len(train_data)} / test {len(test_data)}")
 
-    result = train(train_data, config.train, log=log)
     t0 = time.perf_counter()
     es = metrics.prepare(train_data, test_data, data.catalog, config.max_test_interactions, seed)
-    model = result.model
+    validation = Validation.carve(train_data, config.train.validation_fraction, seed,
+                                  config.train.max_validation_interactions)
+    baseline_report = baselines.baselines(train_data, es, validation, seed=seed)
+    log(f"baselines in {time.perf_counter() - t0:.0f}s")
+
+    chosen, tuning = config.train, None
+    if validation is None:
+        result = train(train_data, config.train, log=log)
+    else:
+        def preset(kind: str) -> TrainConfig:
+            return replace_nested(recommended_config(config.dataset, kind), config.pinned)
+
+        found = search(train_data, validation, preset, config.train.towers.kind, config.pinned,
+                       config.tune_budget_s, bool(train_data.customer_features), log)
+        chosen, tuning = found.config, found.describe(config.tune_budget_s)
+        result = refit(train_data, chosen, found.best, log)
+
+    t1 = time.perf_counter()
+    model, prior = result.model, result.prior
     store = customer_store(model.query_tower, train_data)
     report: dict[str, Any] = metrics.hit_rates(
-        metrics.embedding_scores(query_embeddings(model, store, es.customers),
-                                 embed(model.candidate_tower, es.catalog)),
+        metrics.embedding_scores(prior.queries(query_embeddings(model, store, es.customers)),
+                                 prior.candidates(embed(model.candidate_tower, es.catalog), es.catalog, train_data)),
         es)
-    report["baselines"] = baselines.baselines(train_data, es)
+    report["baselines"] = baseline_report
+    report["margins"] = margins(report)
     report.update({
         "dataset": data.name,
-        "tower": config.train.towers.kind,
+        "tower": chosen.towers.kind,
         "data": data.info,
         "split": {"method": config.split, "test_fraction": config.test_fraction, "seed": seed,
                   "num_train": len(train_data), "num_test": len(test_data)},
@@ -48,10 +70,13 @@ def run(config: PipelineConfig, log: Callable[[str], None] = lambda msg: None) -
         "epochs_run": result.epochs_run,
         "best_epoch": result.best_epoch,
         "refit_epochs": result.refit_epochs,
-        "eval_seconds": round(time.perf_counter() - t0, 3),
-        "config": dataclasses.asdict(config.train),
+        "eval_seconds": round(time.perf_counter() - t1, 3),
+        "config": dataclasses.asdict(chosen),
+        "popularity_prior": prior.describe(),
+        "tuning": tuning,
         "validation_history": result.history,
     })
     manifest = publish.publish(registry, model, store, data.catalog, train_data, test_data, report,
-                               publish.ExportConfig(dataset=data.name, tower=config.train.towers.kind, seed=seed))
+                               publish.ExportConfig(dataset=data.name, tower=chosen.towers.kind, seed=seed),
+                               prior)
     return manifest, report

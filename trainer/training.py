@@ -25,7 +25,9 @@ from model_registry.tower_inputs import tower_inputs
 from trainer.config import VALIDATION_KS, TrainConfig
 from trainer.data import Interactions
 from trainer.evaluation import metrics
+from trainer.evaluation.validation import Validation, lift
 from trainer.model import TwoTowerModel, customer_store, embed, query_embeddings
+from trainer.towers.prior import PopularityPrior, choose_prior
 
 
 @dataclasses.dataclass
@@ -39,6 +41,7 @@ class TrainResult:
     examples_per_second: float
     history: list[dict[str, float]]
     refit_epochs: int = 0  # epochs of the final model's refit on all the data (0: no refit)
+    prior: PopularityPrior = PopularityPrior()
 
 
 @dataclasses.dataclass
@@ -82,7 +85,6 @@ class TrainingHistories:
         last = tf.maximum(tf.size(self.items, out_type=tf.int64) - 1, 0)
         index = tf.where(valid, tf.gather(self.items, tf.minimum(src, last)), 0)
         return tf.gather(self.vocabulary, index)
-
 
 
 def _optimizer(config: TrainConfig) -> tf.keras.optimizers.Optimizer:
@@ -146,50 +148,49 @@ def _new_model(train_data: Interactions, config: TrainConfig) -> TwoTowerModel:
     return model
 
 
-def train(train_data: Interactions, config: TrainConfig | None = None,
-          log: Callable[[str], None] | None = None) -> TrainResult:
-    """Trains a two-tower model on ``train_data`` with early stopping.
+@dataclasses.dataclass
+class EarlyStopped:
+    """A model trained with early stopping on a validation split, at its best
+    epoch's weights, with the popularity prior chosen on the same split."""
 
-    A seeded ``validation_fraction`` of the training interactions is held out
-    to pick the epoch (``config.monitor``). With ``config.refit`` a fresh model
-    is then trained on all of ``train_data`` for that many epochs; otherwise the
-    best epoch's weights are kept. The customer vocabulary is every training
-    customer; the candidate vocabulary is the catalog, so every catalog item
-    gets an index entry.
+    model: "TwoTowerModel"
+    best_epoch: int
+    epochs_run: int
+    history: list[dict[str, float]]
+    seconds: float
+    examples: int
+    prior: PopularityPrior
+    validation_rates: dict[str, float]  # with the prior
+    lift: float  # ``validation.lift`` of those rates: the run's figure of merit
+    prior_grid: list[dict[str, float]]
+
+
+def fit_early_stopped(train_data: Interactions, validation: Validation, config: TrainConfig,
+                      log: Callable[[str], None] = lambda msg: None,
+                      on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+                      deadline: float | None = None) -> EarlyStopped:
+    """Trains on ``validation.fit`` until ``config.monitor`` on the held-out part
+    stops improving (``config.patience``), or ``deadline`` (``time.monotonic()``)
+    passes, and chooses the popularity prior at the best epoch.
+
+    ``on_epoch(epoch, validation row)`` runs after each epoch and may raise to
+    abandon the run (the search prunes trials this way). The model's
+    vocabularies cover all of ``train_data``, as the refit's will.
     """
-    config = config or TrainConfig()
-    log = log or (lambda msg: None)
-    if len(train_data) < 2:
-        raise ValueError("need at least 2 training interactions")
-    rng = np.random.default_rng(config.seed)
-    perm = rng.permutation(len(train_data))
-    num_val = int(len(train_data) * config.validation_fraction)
-    if num_val == 0:
-        model = _new_model(train_data, config)
-        seconds, _ = _fit(model, _dataset(train_data, model, config), config.max_epochs)
-        return TrainResult(model, config.max_epochs, config.max_epochs, seconds,
-                           config.max_epochs * len(train_data) / max(seconds, 1e-9), [])
-
-    fit_part = train_data.take(np.sort(perm[num_val:]))
-    val_part = train_data.take(np.sort(perm[:num_val]))
     model = _new_model(train_data, config)
-    ds = _dataset(fit_part, model, config)
-    val_set = metrics.prepare(fit_part, val_part, train_data.catalog,
-                               max_test_interactions=config.max_validation_interactions, seed=config.seed)
-    fit_store = customer_store(model.query_tower, fit_part)
+    ds = _dataset(validation.fit, model, config)
+    val_set = validation.eval_set
+    fit_store = customer_store(model.query_tower, validation.fit)
     history: list[dict[str, float]] = []
     best, best_epoch, best_weights, bad_epochs = -np.inf, 0, None, 0
-    train_seconds = 0.0
-    examples = 0
-    epoch = 0
+    seconds, examples, epoch = 0.0, 0, 0
     for epoch in range(1, config.max_epochs + 1):
-        seconds, loss = _fit(model, ds, 1)
-        train_seconds += seconds
-        examples += len(fit_part)
+        took, loss = _fit(model, ds, 1)
+        seconds += took
+        examples += len(validation.fit)
         scores = metrics.embedding_scores(query_embeddings(model, fit_store, val_set.customers),
                                            embed(model.candidate_tower, val_set.catalog))
-        row = {"epoch": epoch, "loss": loss,
-               **metrics.hit_rates(scores, val_set, VALIDATION_KS)}
+        row = {"epoch": epoch, "loss": loss, **metrics.hit_rates(scores, val_set, VALIDATION_KS)}
         history.append(row)
         value = row[config.monitor]
         log(f"epoch {epoch}: loss={row['loss']:.1f} val {config.monitor}={value:.4f} "
@@ -201,17 +202,59 @@ def train(train_data: Interactions, config: TrainConfig | None = None,
             if bad_epochs >= config.patience:
                 log(f"early stop after epoch {epoch}; best epoch {best_epoch} ({config.monitor}={best:.4f})")
                 break
-    refit_epochs = 0
+        if on_epoch is not None:
+            on_epoch(epoch, row)
+        if deadline is not None and time.monotonic() > deadline:
+            log(f"time budget reached after epoch {epoch}; best epoch {best_epoch}")
+            break
+    model.set_weights(best_weights)
+    prior, rates, grid = choose_prior(query_embeddings(model, fit_store, val_set.customers),
+                                      embed(model.candidate_tower, val_set.catalog), config.temperature, validation)
+    score = lift(rates, validation.references)
+    log(f"popularity prior weight {prior.weight}: validation lift {score:.4f}")
+    return EarlyStopped(model, best_epoch, epoch, history, seconds, examples, prior, rates, score, grid)
+
+
+def refit(train_data: Interactions, config: TrainConfig, stopped: EarlyStopped,
+          log: Callable[[str], None] = lambda msg: None) -> TrainResult:
+    """The final model of a run: with ``config.refit``, a fresh model trained on
+    all of ``train_data`` for the early-stopped epoch count (+ ``refit_extra_epochs``);
+    otherwise the early-stopped model itself. Keeps the chosen prior."""
+    model, seconds, examples, refit_epochs = stopped.model, stopped.seconds, stopped.examples, 0
     if config.refit:
-        refit_epochs = best_epoch + config.refit_extra_epochs
+        refit_epochs = stopped.best_epoch + config.refit_extra_epochs
         log(f"refit on all {len(train_data)} training interactions for {refit_epochs} epochs")
         model = _new_model(train_data, config)
-        train_seconds += _fit(model, _dataset(train_data, model, config), refit_epochs)[0]
+        seconds += _fit(model, _dataset(train_data, model, config), refit_epochs)[0]
         examples += refit_epochs * len(train_data)
-    else:
-        model.set_weights(best_weights)
-    return TrainResult(model, epoch, best_epoch, train_seconds, examples / max(train_seconds, 1e-9), history,
-                       refit_epochs)
+    return TrainResult(model, stopped.epochs_run, stopped.best_epoch, seconds, examples / max(seconds, 1e-9),
+                       stopped.history, refit_epochs, stopped.prior)
+
+
+def train(train_data: Interactions, config: TrainConfig | None = None, validation: Validation | None = None,
+          log: Callable[[str], None] | None = None) -> TrainResult:
+    """Trains one configuration: early stopping on a validation split, then the
+    refit (see ``fit_early_stopped`` and ``refit``).
+
+    ``validation`` defaults to a seeded ``config.validation_fraction`` of
+    ``train_data``; with none (fraction 0) the model trains ``max_epochs`` on
+    everything and serves without a prior. The customer vocabulary is every
+    training customer; the candidate vocabulary is the catalog, so every
+    catalog item gets an index entry.
+    """
+    config = config or TrainConfig()
+    log = log or (lambda msg: None)
+    if len(train_data) < 2:
+        raise ValueError("need at least 2 training interactions")
+    if validation is None:
+        validation = Validation.carve(train_data, config.validation_fraction, config.seed,
+                                      config.max_validation_interactions)
+    if validation is None:
+        model = _new_model(train_data, config)
+        seconds, _ = _fit(model, _dataset(train_data, model, config), config.max_epochs)
+        return TrainResult(model, config.max_epochs, config.max_epochs, seconds,
+                           config.max_epochs * len(train_data) / max(seconds, 1e-9), [])
+    return refit(train_data, config, fit_early_stopped(train_data, validation, config, log), log)
 
 
 def _fit(model: TwoTowerModel, ds: tf.data.Dataset, epochs: int) -> tuple[float, float]:

@@ -21,7 +21,7 @@ def train(registry: Path, *extra: str) -> str:
     result = subprocess.run(
         [console_script("recsys-train"), "--dataset", "synthetic", "--registry", str(registry), "--model", MODEL,
          "--synthetic-customers", "300", "--synthetic-candidates", "200", "--synthetic-interactions", "6000",
-         "--epochs", "2", "--embedding-dim", "16", *extra],
+         "--epochs", "2", "--embedding-dim", "16", "--tune-budget-s", "0", *extra],
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"recsys-train failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout

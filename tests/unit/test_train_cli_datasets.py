@@ -22,7 +22,7 @@ def write_reviews(path, customers=40, items=30, seed=0):
 def test_reviews_file_with_rating_threshold_and_split(tmp_path, capsys, split):
     write_reviews(tmp_path / "reviews.csv")
     metrics_out = tmp_path / "metrics.json"
-    status = cli.main(["--dataset", "interactions-csv", "--data-path", str(tmp_path / "reviews.csv"),
+    status = cli.main(["--tune-budget-s", "0", "--dataset", "interactions-csv", "--data-path", str(tmp_path / "reviews.csv"),
                        "--customer-col", "user_id", "--candidate-col", "business_id", "--rating-col", "stars",
                        "--min-rating", "4", "--time-col", "date", "--split", split,
                        "--registry", str(tmp_path / "reg"), "--model", "reviews", "--epochs", "1",
@@ -41,7 +41,7 @@ def test_reviews_file_with_rating_threshold_and_split(tmp_path, capsys, split):
 def test_sessions_file(tmp_path):
     rows = ["SessionId,ItemId,Time"] + [f"s{s},i{(s + j) % 20},{1000 * s + j}" for s in range(60) for j in range(4)]
     (tmp_path / "clicks.csv").write_text("\n".join(rows) + "\n")
-    status = cli.main(["--dataset", "sessions", "--data-path", str(tmp_path / "clicks.csv"), "--time-col", "Time",
+    status = cli.main(["--tune-budget-s", "0", "--dataset", "sessions", "--data-path", str(tmp_path / "clicks.csv"), "--time-col", "Time",
                        "--split", "leave-last-out", "--tower", "sequence", "--registry", str(tmp_path / "reg"),
                        "--model", "clicks", "--epochs", "1", "--embedding-dim", "8", "--quiet"])
     assert status == 0
@@ -49,6 +49,6 @@ def test_sessions_file(tmp_path):
 
 def test_missing_data_path_is_a_one_line_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["--dataset", "interactions-csv", "--registry", str(tmp_path), "--model", "m"])
+        cli.main(["--tune-budget-s", "0", "--dataset", "interactions-csv", "--registry", str(tmp_path), "--model", "m"])
     assert exit_info.value.code == 2
     assert "--data-path is required" in capsys.readouterr().err

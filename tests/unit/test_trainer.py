@@ -129,7 +129,7 @@ def test_item_item_cosine_and_report_table():
     es = metrics.prepare(train, test, catalog)
     result = {"hit_rate@1": 0.0, "hit_rate_excluding_seen@1": 0.0,
               "baselines": baselines.baselines(train, es, ks=(1,))}
-    assert set(result["baselines"]) == {"popularity", "item_item_cosine"}
+    assert set(result["baselines"]) == {"popularity", "item_item_cosine", "ease", "ials"}
     skipped = baselines.baselines(train, es, ks=(1,), item_item_max_candidates=2)
     assert "skipped" in skipped["item_item_cosine"]
     table = report.format_table(result, ks=(1,))
@@ -172,7 +172,7 @@ def test_train_publish_reload_round_trip(tmp_path, capsys):
     from model_registry.search import exact_top_k
     from trainer import cli
 
-    rc = cli.main(["--dataset", "synthetic", "--registry", str(tmp_path / "reg"), "--model", "tiny",
+    rc = cli.main(["--tune-budget-s", "0", "--dataset", "synthetic", "--registry", str(tmp_path / "reg"), "--model", "tiny",
                    "--epochs", "2", "--embedding-dim", "16", "--batch-size", "256", "--quiet",
                    "--synthetic-customers", "300", "--synthetic-candidates", "120",
                    "--synthetic-interactions", "6000", "--synthetic-clusters", "6",
@@ -188,24 +188,30 @@ def test_train_publish_reload_round_trip(tmp_path, capsys):
     assert sorted(p.name for p in vdir.iterdir()) == sorted([
         mf.QUERY_TOWER_DIR, mf.CANDIDATE_IDS_FILE, mf.CANDIDATE_EMBEDDINGS_FILE, mf.SCANN_DIR,
         mf.POPULAR_FILE, mf.PROBE_QUERIES_FILE, mf.METRICS_FILE, mf.MANIFEST_FILE, mf.CUSTOMER_STORE_FILE])
-    assert manifest.embedding_dim == 16 and manifest.num_candidates == 120 and manifest.tower == "id"
-    assert manifest.index.kind == "brute_force" and manifest.index.recall_at_10 == 1.0
     metrics = json.loads((vdir / mf.METRICS_FILE).read_text())
     assert metrics == manifest.metrics == json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["epochs_run"] <= 2 and "popularity" in metrics["baselines"]
+    prior = metrics["popularity_prior"]
+    assert prior["weight"] > 0  # planted Zipf popularity: validation keeps some of it
+    dim = 16 + 1  # the tower's 16 + the prior's dimension
+    assert manifest.embedding_dim == dim and manifest.num_candidates == 120 and manifest.tower == "id"
+    assert manifest.index.kind == "brute_force" and manifest.index.recall_at_10 == 1.0
 
     ids = np.load(vdir / mf.CANDIDATE_IDS_FILE, allow_pickle=False)
     emb = np.load(vdir / mf.CANDIDATE_EMBEDDINGS_FILE, allow_pickle=False)
     probes = np.load(vdir / mf.PROBE_QUERIES_FILE, allow_pickle=False)
-    assert ids.dtype.kind == "U" and ids.shape == (120,) and emb.shape == (120, 16) and emb.dtype == np.float32
-    assert probes.dtype == np.float32 and probes.shape[1] == 16 and 0 < len(probes) <= 300
+    assert ids.dtype.kind == "U" and ids.shape == (120,) and emb.shape == (120, dim) and emb.dtype == np.float32
+    assert probes.dtype == np.float32 and probes.shape[1] == dim and 0 < len(probes) <= 300
+    assert np.allclose(probes[:, -1], prior["query_constant"])
+    assert emb[:, -1].min() >= 0 and np.allclose(np.expm1(emb[:, -1]), np.round(np.expm1(emb[:, -1])), atol=1e-3)
     pop = np.load(vdir / mf.POPULAR_FILE, allow_pickle=False)
     assert pop["ids"].dtype.kind == "U" and len(pop["ids"]) == len(pop["scores"]) <= 120
     assert np.all(np.diff(pop["scores"]) <= 0) and pop["scores"].dtype == np.float32
 
     serve = tf.saved_model.load(str(vdir / mf.QUERY_TOWER_DIR)).signatures["serving_default"]
     res = serve(customer_id=tf.constant(["c000001", "nobody"]))
-    assert res["embedding"].shape == (2, 16) and res["embedding"].dtype == tf.float32
+    assert res["embedding"].shape == (2, dim) and res["embedding"].dtype == tf.float32
+    assert np.allclose(res["embedding"].numpy()[:, -1], prior["query_constant"])
     assert res["known"].numpy().tolist() == [True, False]
 
     searcher = scann_ops_pybind.load_searcher(str(vdir / mf.SCANN_DIR))
@@ -219,13 +225,13 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
     from trainer import cli
 
     with pytest.raises(SystemExit) as e:
-        cli.main(["--dataset", "movielens-100k", "--data-dir", str(tmp_path), "--registry", str(tmp_path),
+        cli.main(["--tune-budget-s", "0", "--dataset", "movielens-100k", "--data-dir", str(tmp_path), "--registry", str(tmp_path),
                   "--model", "m"])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "u.data not found" in err
     with pytest.raises(SystemExit):
-        cli.main(["--dataset", "synthetic", "--registry", str(tmp_path), "--model", "bad name"])
+        cli.main(["--tune-budget-s", "0", "--dataset", "synthetic", "--registry", str(tmp_path), "--model", "bad name"])
     assert "model name" in capsys.readouterr().err
 
 
@@ -236,7 +242,7 @@ def test_cli_validates_the_whole_config_before_reading_data(tmp_path, capsys):
     for flags, named in ((["--learning-rate", "-1"], "learning"), (["--temperature", "0"], "temperature"),
                          (["--validation-fraction", "1.5"], "validation")):
         with pytest.raises(SystemExit) as e:
-            cli.main(["--dataset", "movielens-100k", "--data-dir", str(tmp_path), "--registry", str(tmp_path),
+            cli.main(["--tune-budget-s", "0", "--dataset", "movielens-100k", "--data-dir", str(tmp_path), "--registry", str(tmp_path),
                       "--model", "m", *flags])
         assert e.value.code == 2
         err = capsys.readouterr().err.strip()
@@ -251,7 +257,7 @@ def test_cli_history_tower_publishes_customer_store(tmp_path, capsys):
     from model_registry import manifest as mf
     from trainer import cli
 
-    rc = cli.main(["--dataset", "synthetic", "--registry", str(tmp_path / "reg"), "--model", "hist",
+    rc = cli.main(["--tune-budget-s", "0", "--dataset", "synthetic", "--registry", str(tmp_path / "reg"), "--model", "hist",
                    "--tower", "history", "--history-length", "12", "--epochs", "1", "--embedding-dim", "8",
                    "--l2", "0.0001", "--quiet", "--synthetic-customers", "150", "--synthetic-candidates", "60",
                    "--synthetic-interactions", "3000", "--synthetic-clusters", "4"])

@@ -46,6 +46,17 @@ def random_split(data: Interactions, test_fraction: float = 0.2, seed: int = 42)
     return data.take(np.sort(perm[num_test:])), data.take(np.sort(perm[:num_test]))
 
 
+def holdout(data: Interactions, fraction: float, seed: int) -> tuple[Interactions, Interactions]:
+    """A seeded random ``fraction`` of the training events held out: (fit, held out).
+
+    The one validation split of a run: early stopping, the hyperparameter search,
+    the baselines' settings and the popularity prior are all chosen on it.
+    """
+    perm = np.random.default_rng(seed).permutation(len(data))
+    num_held_out = int(len(data) * fraction)
+    return data.take(np.sort(perm[num_held_out:])), data.take(np.sort(perm[:num_held_out]))
+
+
 def temporal_split(data: Interactions, test_fraction: float = 0.2) -> tuple[Interactions, Interactions]:
     """The latest ``test_fraction`` of the events (by timestamp, then position) are the test set.
 

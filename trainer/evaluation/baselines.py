@@ -1,65 +1,181 @@
-"""Baselines every model is compared with, on the same split: popularity and
-item-item cosine."""
+"""Baselines every model is compared with, on the same split: popularity,
+item-item cosine, EASE and iALS.
+
+EASE (Steck, 2019: a closed-form item-item model) and iALS (the ``implicit``
+library) are the strong ones: a two-tower model that does not beat them has
+not earned its serving stack. Each has settings that matter (EASE's L2, iALS's
+factors, regularisation and confidence weight); they are chosen on the run's
+validation split by ``lift`` over popularity excluding seen (the metrics they
+are compared on: over all candidates, the popularity prior of a larger L2
+would flatter EASE's and cost it the personal part), then the chosen setting is fit on
+all training data and evaluated on the test split like the model, so neither
+side sees the test split while choosing. The chosen settings are in the report.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import itertools
+import time
+from typing import Any, Callable
 
 import numpy as np
+import scipy.linalg
+import scipy.sparse
+import threadpoolctl
 
 from model_registry.ids import index_of
 from trainer.data import Interactions
-from trainer.evaluation.metrics import DEFAULT_KS, EvalSet, ScoreFn, csr, gather_seen, hit_rates
+from trainer.evaluation.metrics import DEFAULT_KS, EvalSet, ScoreFn, gather_seen, hit_rates, popularity_scores
+from trainer.evaluation.validation import EXCLUDING_SEEN_METRICS, TARGET_KS, Validation, lift
 
-# Item-item cosine needs an N x N similarity matrix (4 N^2 bytes); above this many
-# candidates it is skipped and the report says so.
+# Item-item cosine and EASE hold N x N float32 matrices (4 N^2 bytes, a few of
+# them); above this many candidates they are skipped and the report says so.
 ITEM_ITEM_MAX_CANDIDATES = 20_000
+# EASE's L2 grid (absolute; Steck reports optima from ~100 to a few thousand).
+EASE_L2_GRID = (10.0, 30.0, 100.0, 300.0, 1_000.0, 3_000.0, 10_000.0)
+# iALS settings searched on validation: factors x regularisation x alpha (confidence 1 + alpha).
+# implicit's regularisation is absolute (not scaled by counts), so it spans 100x.
+IALS_GRID = {"factors": (64, 128), "regularization": (1.0, 10.0, 100.0), "alpha": (3.0, 30.0)}
+IALS_ITERATIONS = 15
 
 
-def popularity_scores(es: EvalSet) -> ScoreFn:
-    """Baseline: every customer gets the training interaction counts."""
-    counts = es.train_counts.astype(np.float32)
-    return lambda rows: np.broadcast_to(counts, (len(rows), len(counts)))
-
-
-def item_item_cosine_scores(train: Interactions, es: EvalSet, chunk_rows: int = 4096) -> ScoreFn:
-    """Baseline: score(u, j) = sum over u's training items i of cos(i, j), with
-    cosine on the binary customer x item training matrix (computed in customer
-    chunks so the matrix is never materialized whole)."""
-    n = len(es.catalog)
-    cust, rows = np.unique(train.customer_ids, return_inverse=True)
-    cols = index_of(es.catalog, train.candidate_ids)
+def _binary_matrix(train: Interactions, catalog: np.ndarray) -> tuple[np.ndarray, scipy.sparse.csr_matrix]:
+    """(customers, binary customer x catalogue CSR of the training interactions)."""
+    customers, rows = np.unique(train.customer_ids, return_inverse=True)
+    cols = index_of(catalog, train.candidate_ids)
     m = cols >= 0
-    indptr, indices = csr(rows[m], cols[m], len(cust))
-    co = np.zeros((n, n), dtype=np.float32)
-    for a in range(0, len(cust), chunk_rows):
-        b = min(a + chunk_rows, len(cust))
-        x = np.zeros((b - a, n), dtype=np.float32)
-        lengths = np.diff(indptr[a:b + 1])
-        x[np.repeat(np.arange(b - a), lengths), indices[indptr[a]:indptr[b]]] = 1.0
-        co += x.T @ x
+    x = scipy.sparse.csr_matrix((np.ones(int(m.sum()), np.float32), (rows[m], cols[m])),
+                                shape=(len(customers), len(catalog)))
+    x.data[:] = 1.0  # repeated interactions count once
+    return customers, x
+
+
+def _seen_rows(es: EvalSet, rows: np.ndarray) -> np.ndarray:
+    """Dense binary [len(rows), N] of the customers' training items."""
+    local, seen = gather_seen(es, rows)
+    x = np.zeros((len(rows), len(es.catalog)), dtype=np.float32)
+    x[local, seen] = 1.0
+    return x
+
+
+def item_item_cosine_scores(train: Interactions, es: EvalSet) -> ScoreFn:
+    """Baseline: score(u, j) = sum over u's training items i of cos(i, j), with
+    cosine on the binary customer x item training matrix."""
+    x = _binary_matrix(train, es.catalog)[1]
+    co = (x.T @ x).toarray()
     norm = np.sqrt(np.diag(co))
     norm[norm == 0] = 1.0
     sim = co / norm[:, None] / norm[None, :]
     del co
-
-    def score(rows_: np.ndarray) -> np.ndarray:
-        local, seen = gather_seen(es, rows_)
-        x = np.zeros((len(rows_), n), dtype=np.float32)
-        x[local, seen] = 1.0
-        return x @ sim
-
-    return score
+    return lambda rows: _seen_rows(es, rows) @ sim
 
 
-def baselines(train: Interactions, es: EvalSet, ks: tuple[int, ...] = DEFAULT_KS,
+class Ease:
+    """EASE on a training set: ``B = I - P / diag(P)`` with ``P = (G + l2 I)^-1``,
+    ``G`` the item Gram matrix; score(u) = x_u B. ``G``'s eigendecomposition is
+    taken once, so each L2 of the grid costs two [customers x N x N] products
+    instead of an N^3 inverse."""
+
+    def __init__(self, train: Interactions, catalog: np.ndarray):
+        x = _binary_matrix(train, catalog)[1]
+        gram = (x.T @ x).toarray().astype(np.float32)
+        self.eigenvalues, self.eigenvectors = scipy.linalg.eigh(gram, overwrite_a=True, check_finite=False)
+
+    def scores(self, es: EvalSet, l2: float) -> ScoreFn:
+        """The scores of ``es``'s customers from their training items, at ``l2``."""
+        v = self.eigenvectors
+        w = (1.0 / (self.eigenvalues + l2)).astype(np.float32)
+        diag_p = (v * v) @ w  # diag(P) without forming P
+
+        def score(rows: np.ndarray) -> np.ndarray:
+            x = _seen_rows(es, rows)
+            return x - (((x @ v) * w) @ v.T) / diag_p  # x B, with B's zero diagonal
+
+        return score
+
+
+def ials_scores(train: Interactions, es: EvalSet, factors: int, regularization: float, alpha: float,
+                seed: int) -> ScoreFn:
+    """Baseline: implicit's iALS on the binary training matrix; a customer absent
+    from training scores 0 everywhere (ties go by catalogue position)."""
+    from implicit.cpu.als import AlternatingLeastSquares  # heavy import, only where used
+
+    customers, x = _binary_matrix(train, es.catalog)
+    with threadpoolctl.threadpool_limits(1, "blas"):  # implicit runs its own threads; BLAS's would contend
+        model = AlternatingLeastSquares(factors=factors, regularization=regularization, alpha=alpha,
+                                        iterations=IALS_ITERATIONS, random_state=seed)
+        model.fit(x, show_progress=False)
+    users = np.asarray(model.user_factors, np.float32)
+    items = np.asarray(model.item_factors, np.float32)
+    rows = index_of(customers, es.customers)
+    queries = np.where((rows >= 0)[:, None], users[np.maximum(rows, 0)], 0.0).astype(np.float32)
+    return lambda r: queries[r] @ items.T
+
+
+@dataclasses.dataclass
+class _Choice:
+    """The settings a baseline uses, and their validation figures."""
+
+    setting: dict[str, Any]
+    validation: dict[str, float]
+    grid: list[dict[str, Any]]
+    seconds: float
+
+
+def _choose(settings: list[dict[str, Any]], score_fn: Callable[..., ScoreFn], validation: Validation) -> _Choice:
+    """The setting of ``settings`` whose ``score_fn(**setting)`` has the highest
+    lift over popularity excluding seen on ``validation``."""
+    t0 = time.perf_counter()
+    grid = []
+    for setting in settings:
+        rates = hit_rates(score_fn(**setting), validation.eval_set, TARGET_KS)
+        grid.append({**setting, "lift_over_popularity": round(lift(rates, validation.popularity, EXCLUDING_SEEN_METRICS), 4), "rates": rates})
+    best = max(grid, key=lambda row: row["lift_over_popularity"])
+    return _Choice({k: best[k] for k in settings[0]}, best["rates"], grid, time.perf_counter() - t0)
+
+
+def baselines(train: Interactions, es: EvalSet, validation: Validation | None = None,
+              ks: tuple[int, ...] = DEFAULT_KS, seed: int = 42,
               item_item_max_candidates: int = ITEM_ITEM_MAX_CANDIDATES) -> dict[str, Any]:
-    """Popularity and item-item cosine hit rates on the same split."""
+    """Hit rates of every baseline on ``es`` (trained on ``train``).
+
+    With a ``validation`` split, EASE's and iALS's settings are chosen on it and
+    each baseline's validation rates raise ``validation.references`` (what the
+    model's search is scored against); without one they use their grid's middle settings.
+    """
     out: dict[str, Any] = {"popularity": hit_rates(popularity_scores(es), es, ks)}
-    if len(es.catalog) <= item_item_max_candidates:
+    n = len(es.catalog)
+    too_big = {"skipped": f"{n} candidates > {item_item_max_candidates}: the dense item x item matrices "
+                          "would not fit"}
+
+    def tuned(name: str, settings: list[dict[str, Any]],
+              make: Callable[[Interactions, EvalSet], Callable[..., ScoreFn]]) -> None:
+        # Without a validation split there is nothing to choose on: the grid's middle setting.
+        chosen = settings[len(settings) // 2]
+        report: dict[str, Any] = {}
+        if validation is not None:
+            choice = _choose(settings, make(validation.fit, validation.eval_set), validation)
+            validation.note_reference(choice.validation)
+            chosen = choice.setting
+            report = {"validation": choice.validation, "grid": [{k: v for k, v in row.items() if k != "rates"}
+                                                                for row in choice.grid],
+                      "choose_seconds": round(choice.seconds, 2)}
+        t0 = time.perf_counter()
+        out[name] = {**hit_rates(make(train, es)(**chosen), es, ks), "setting": chosen, **report,
+                     "fit_seconds": round(time.perf_counter() - t0, 2)}
+
+    if n <= item_item_max_candidates:
         out["item_item_cosine"] = hit_rates(item_item_cosine_scores(train, es), es, ks)
+        tuned("ease", [{"l2": l2} for l2 in EASE_L2_GRID], _ease_family)
     else:
-        out["item_item_cosine"] = {
-            "skipped": f"{len(es.catalog)} candidates > {item_item_max_candidates}: "
-                       "the dense item x item similarity would not fit"}
+        out["item_item_cosine"] = out["ease"] = too_big
+    tuned("ials", [dict(zip(IALS_GRID, values)) for values in itertools.product(*IALS_GRID.values())],
+          lambda data, eval_set: lambda **setting: ials_scores(data, eval_set, seed=seed, **setting))
     return out
+
+
+def _ease_family(train: Interactions, es: EvalSet) -> Callable[..., ScoreFn]:
+    """l2 -> EASE scores on ``es``, from one decomposition of ``train``'s Gram matrix."""
+    ease = Ease(train, es.catalog)
+    return lambda l2: ease.scores(es, l2)

@@ -131,6 +131,12 @@ def hit_rates(score_fn: ScoreFn, es: EvalSet, ks: tuple[int, ...] = DEFAULT_KS) 
     return out
 
 
+def popularity_scores(es: EvalSet) -> ScoreFn:
+    """The popularity baseline: every customer gets the training interaction counts."""
+    counts = es.train_counts.astype(np.float32)
+    return lambda rows: np.broadcast_to(counts, (len(rows), len(counts)))
+
+
 def embedding_scores(query_embeddings: np.ndarray, candidate_embeddings: np.ndarray) -> ScoreFn:
     """Model scores: dot products of per-customer query vectors (aligned with
     ``EvalSet.customers``) with the candidate embeddings (aligned with the catalog)."""

@@ -24,6 +24,7 @@ from trainer.data import Interactions
 from trainer.export import index as index_builder
 from trainer.export.saved_model import save_query_tower
 from trainer.model import TwoTowerModel, embed, query_embeddings
+from trainer.towers.prior import PopularityPrior
 
 MAX_POPULAR = 1000
 MAX_PROBE_QUERIES = 1000
@@ -63,23 +64,25 @@ class ExportConfig:
 
 def publish(registry: Registry, model: TwoTowerModel, store: CustomerStore, catalog: np.ndarray,
             train: Interactions, test: Interactions, metrics: dict[str, Any],
-            config: ExportConfig) -> Manifest:
+            config: ExportConfig, prior: PopularityPrior = PopularityPrior()) -> Manifest:
     """Builds every artifact of a version and publishes it; returns the manifest.
 
     ``catalog`` (sorted unique candidate ids) defines the index order; ``store``
     holds the training customers' serving inputs (written as the customer
-    store; probe queries are embedded from it). The ScaNN recall is measured on
-    the probe queries before anything is written.
+    store; probe queries are embedded from it). ``prior`` goes into the vectors
+    (one more dimension, see ``trainer.towers.prior``). The ScaNN recall is
+    measured on the probe queries before anything is written.
     """
     catalog = np.asarray(catalog).astype(str)
-    cand_emb = embed(model.candidate_tower, catalog)
-    probes = query_embeddings(model, store, probe_customers(test, seed=config.seed))
+    cand_emb = prior.candidates(embed(model.candidate_tower, catalog), catalog, train)
+    probes = prior.queries(query_embeddings(model, store, probe_customers(test, seed=config.seed)))
     searcher, spec = index_builder.build_index(cand_emb, probes, config.index)
     pop_ids, pop_scores = popular_candidates(train)
     dim = int(cand_emb.shape[1])
 
     def write(staging: Path):
-        save_query_tower(model.query_tower, staging / mf.QUERY_TOWER_DIR)
+        save_query_tower(model.query_tower, staging / mf.QUERY_TOWER_DIR,
+                         prior.query_constant if prior.weight else None)
         store.save(staging / mf.CUSTOMER_STORE_FILE)
         np.save(staging / mf.CANDIDATE_IDS_FILE, catalog, allow_pickle=False)
         np.save(staging / mf.CANDIDATE_EMBEDDINGS_FILE, cand_emb, allow_pickle=False)

@@ -1,0 +1,125 @@
+"""The quality machinery: EASE and iALS baselines chosen on validation, the
+popularity prior, the model-vs-baseline margins and the hyperparameter search
+(real numpy/scipy/implicit/TensorFlow/Optuna on tiny data)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from settings.flags import replace_nested
+from trainer.config import TrainConfig, recommended_config
+from trainer.data.split import random_split
+from trainer.data.synthetic import synthetic
+from trainer.evaluation import baselines, metrics, report
+from trainer.evaluation.validation import TARGET_METRICS, Validation, lift
+from trainer.towers.prior import PopularityPrior, choose_prior, log_popularity
+
+
+def _split(seed: int = 3, interactions: int = 6_000):
+    data = synthetic(300, 120, interactions, num_clusters=6, seed=seed)
+    train, test = random_split(data, 0.2, seed)
+    return data, train, test
+
+
+def test_ease_matches_its_closed_form():
+    data, train, test = _split()
+    es = metrics.prepare(train, test, data.catalog)
+    rows = np.arange(min(40, len(es.customers)))
+    got = baselines.Ease(train, data.catalog).scores(es, 50.0)(rows)
+    # The textbook form: B = I - P diagMat(1/diag(P)), P = (X'X + l2 I)^-1, zero diagonal.
+    x = baselines._binary_matrix(train, data.catalog)[1].toarray().astype(np.float64)
+    p = np.linalg.inv(x.T @ x + 50.0 * np.eye(x.shape[1]))
+    b = -p / np.diag(p)[None, :]
+    np.fill_diagonal(b, 0.0)
+    seen = baselines._seen_rows(es, rows).astype(np.float64)
+    np.testing.assert_allclose(got, seen @ b, atol=2e-3 * np.abs(seen @ b).max())
+
+
+def test_strong_baselines_are_chosen_on_validation_and_raise_the_references():
+    data, train, test = _split()
+    es = metrics.prepare(train, test, data.catalog)
+    validation = Validation.carve(train, 0.1, 42, 20_000)
+    popularity_on_validation = dict(validation.references)
+    out = baselines.baselines(train, es, validation, seed=42)
+    assert set(out) == {"popularity", "item_item_cosine", "ease", "ials"}
+    assert out["ease"]["setting"]["l2"] in baselines.EASE_L2_GRID
+    assert len(out["ease"]["grid"]) == len(baselines.EASE_L2_GRID)
+    assert len(out["ials"]["grid"]) == np.prod([len(v) for v in baselines.IALS_GRID.values()])
+    best = max(out["ials"]["grid"], key=lambda row: row["lift_over_popularity"])
+    assert out["ials"]["setting"] == {k: best[k] for k in baselines.IALS_GRID}
+    for key in TARGET_METRICS:
+        assert validation.references[key] == max(popularity_on_validation[key], out["ease"]["validation"][key],
+                                                 out["ials"]["validation"][key])
+    # Planted taste clusters: the personal baselines find them, popularity cannot.
+    for name in ("ease", "ials", "item_item_cosine"):
+        assert out[name]["hit_rate_excluding_seen@10"] > out["popularity"]["hit_rate_excluding_seen@10"], name
+    assert "skipped" in baselines.baselines(train, es, validation, item_item_max_candidates=50)["ease"]
+
+
+def test_popularity_prior_rides_in_one_extra_dimension():
+    data, train, _ = _split()
+    rng = np.random.default_rng(0)
+    q, c = rng.normal(size=(5, 4)).astype(np.float32), rng.normal(size=(len(data.catalog), 4)).astype(np.float32)
+    prior = PopularityPrior(weight=0.5, temperature=0.4)
+    served = prior.queries(q) @ prior.candidates(c, data.catalog, train).T
+    counts = np.array([(train.candidate_ids == cid).sum() for cid in data.catalog])
+    # Ranking by served scores = ranking by logits q.c / T + weight * log(1 + count).
+    np.testing.assert_allclose(served / 0.4, q @ c.T / 0.4 + 0.5 * np.log1p(counts)[None, :], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(log_popularity(data.catalog, train), np.log1p(counts), rtol=1e-6)
+    none = PopularityPrior(0.0, 0.4)
+    assert none.queries(q) is q and none.candidates(c, data.catalog, train) is c
+    assert prior.describe() == {"weight": 0.5, "query_constant": pytest.approx(0.2), "extra_dimension": True}
+
+
+def test_prior_weight_is_chosen_on_validation():
+    data, train, _ = _split()
+    validation = Validation.carve(train, 0.2, 42, 20_000)
+    n = len(validation.eval_set.customers)
+    # Queries that know nothing: only the prior can rank, so a positive weight must win.
+    prior, rates, grid = choose_prior(np.zeros((n, 4), np.float32), np.zeros((len(data.catalog), 4), np.float32),
+                                      1.0, validation)
+    assert prior.weight > 0 and len(grid) > 2
+    assert rates["hit_rate@10"] == pytest.approx(validation.popularity["hit_rate@10"])
+    assert lift(rates, validation.references) == max(row["lift"] for row in grid) == pytest.approx(1.0)
+
+
+def test_margins_and_table_say_by_how_much_the_model_wins_or_loses():
+    rates = {key: 0.2 for key in TARGET_METRICS}
+    result = {**rates, "baselines": {"popularity": {key: 0.1 for key in TARGET_METRICS},
+                                     "ease": {key: 0.25 for key in TARGET_METRICS},
+                                     "item_item_cosine": {"skipped": "too big"}}}
+    result["margins"] = report.margins(result)
+    assert result["margins"] == {"popularity": {key: 1.0 for key in TARGET_METRICS},
+                                 "ease": {key: -0.2 for key in TARGET_METRICS}}
+    table = report.format_table(result, ks=(10, 100))
+    assert "model vs baseline" in table and "+1.000" in table and "-0.200" in table and "excl@100" in table
+
+
+def test_search_starts_at_the_presets_and_leaves_pinned_flags_alone():
+    from trainer.training import refit
+    from trainer.tuning import search
+
+    data, train, test = _split(interactions=4_000)
+    validation = Validation.carve(train, 0.1, 42, 20_000)
+    pinned = {"max_epochs": 2, "towers": {"embedding_dim": 8}}
+
+    def preset(kind: str) -> TrainConfig:
+        return replace_nested(recommended_config("synthetic", kind), pinned)
+
+    found = search(train, validation, preset, "id", pinned, budget_s=20.0, has_customer_features=False)
+    trials = found.trials
+    assert len(trials) >= 2  # the id preset, then the history preset
+    # The id preset (its L2 of 0 clipped into the searched range), then the history preset.
+    assert trials[0]["params"] == {"towers.kind": "id", "towers.l2": 1e-4, "learning_rate": 0.1, "temperature": 1.0,
+                                   "batch_size": 512}
+    assert trials[1]["params"]["towers.kind"] == "history"
+    assert all("towers.embedding_dim" not in t["params"] for t in trials)  # pinned
+    assert sum(t.get("best", False) for t in trials) == 1
+    best = next(t for t in trials if t["best"])
+    assert round(found.best.lift, 4) == best["lift"] == max(t["lift"] for t in trials if t["state"] == "complete")
+    assert found.config.towers.kind == best["params"]["towers.kind"] and found.config.towers.embedding_dim == 8
+    result = refit(train, found.config, found.best)
+    assert result.prior == found.best.prior and result.refit_epochs == found.best.best_epoch + 1
+    described = found.describe(20.0)
+    assert described["best_trial"] == best["number"] and described["trials"] is trials

@@ -1,0 +1,62 @@
+"""The validation split every choice of a run is made on, and the score it is made by.
+
+A seeded share of the *training* interactions is held out once per run
+(``Validation.carve``). Early stopping, the hyperparameter search, each
+baseline's own settings and the popularity prior's weight are all chosen on it;
+the test split is only ever used for the final report.
+
+The score is ``lift``: the mean, over the hit rates a model is judged on (over
+all candidates and excluding seen, @10 and @100), of the ratio to a reference
+level, so each metric weighs the same whatever its scale (@100 rates are ~4x
+the @10 ones). For the model the reference is the best baseline per metric
+(``Validation.references``): a score above 1 means "beats every baseline on
+average".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from trainer.data import Interactions
+from trainer.data.split import holdout
+from trainer.evaluation.metrics import EvalSet, hit_rates, popularity_scores, prepare
+
+EXCLUDING_SEEN_METRICS = ("hit_rate_excluding_seen@10", "hit_rate_excluding_seen@100")
+TARGET_METRICS = ("hit_rate@10", "hit_rate@100") + EXCLUDING_SEEN_METRICS
+TARGET_KS = (10, 100)
+# A reference rate of 0 (a baseline that never hits) would make every ratio infinite.
+_MIN_REFERENCE = 1e-6
+
+
+@dataclasses.dataclass
+class Validation:
+    """``fit`` (what is trained on while choosing) and ``eval_set`` (the held-out
+    interactions, indexed against the catalogue with ``fit`` as each customer's
+    seen items). ``popularity`` holds the popularity baseline's rates on this
+    split; ``references`` the best baseline's per target metric, popularity's
+    until the other baselines raise them."""
+
+    fit: Interactions
+    eval_set: EvalSet
+    popularity: dict[str, float]
+    references: dict[str, float]
+
+    @classmethod
+    def carve(cls, train: Interactions, fraction: float, seed: int, max_interactions: int) -> "Validation | None":
+        """Holds out ``fraction`` of ``train`` (seeded); None when that is no interaction."""
+        fit, held_out = holdout(train, fraction, seed)
+        if len(held_out) == 0:
+            return None
+        es = prepare(fit, held_out, train.catalog, max_interactions, seed)
+        popularity = hit_rates(popularity_scores(es), es, TARGET_KS)
+        return cls(fit, es, popularity, dict(popularity))
+
+    def note_reference(self, rates: dict[str, float]) -> None:
+        """Raises each target metric's reference to ``rates``' where higher."""
+        for key in TARGET_METRICS:
+            self.references[key] = max(self.references[key], float(rates[key]))
+
+
+def lift(rates: dict[str, float], references: dict[str, float], keys: tuple[str, ...] = TARGET_METRICS) -> float:
+    """Mean over ``keys`` of ``rates[m] / references[m]``."""
+    return sum(rates[m] / max(references[m], _MIN_REFERENCE) for m in keys) / len(keys)

@@ -1,0 +1,92 @@
+"""The popularity prior a version serves with, inside its index.
+
+Training with logQ correction takes popularity out of the logits: the towers
+learn who likes what *beyond* how popular it is. Popularity still predicts,
+so it is added back at serving time as ``weight * log(1 + training count)``
+on the logit scale. To keep the services unchanged and ScaNN's inner product
+exact, it rides in one extra dimension: every candidate vector gets
+``log(1 + count)`` appended and every query vector the constant
+``weight * temperature`` (logits are ``q . c / temperature``, so the constant
+carries the temperature back to the index's raw dot products). The query tower
+SavedModel appends the constant itself, so the query service, the customer
+store precompute and the index see ordinary vectors one dimension longer.
+
+The weight is chosen on the validation split (``choose_prior``); a weight of
+0 adds no dimension at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from model_registry.ids import index_of
+from trainer.data import Interactions
+from trainer.evaluation.metrics import embedding_scores, hit_rates
+from trainer.evaluation.validation import TARGET_KS, Validation, lift
+
+# On the logit scale: 1 adds back what logQ correction took out, 0 nothing.
+PRIOR_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class PopularityPrior:
+    """``weight`` (logit scale) and the model's softmax ``temperature``."""
+
+    weight: float = 0.0
+    temperature: float = 1.0
+
+    @property
+    def query_constant(self) -> float:
+        """What the query tower appends to every query vector."""
+        return self.weight * self.temperature
+
+    def queries(self, vectors: np.ndarray) -> np.ndarray:
+        """Query vectors as served: ``vectors`` plus the constant column (when the weight is not 0)."""
+        if not self.weight:
+            return vectors
+        column = np.full((len(vectors), 1), self.query_constant, np.float32)
+        return np.concatenate([vectors, column], axis=1).astype(np.float32, copy=False)
+
+    def candidates(self, vectors: np.ndarray, catalog: np.ndarray, train: Interactions) -> np.ndarray:
+        """Candidate vectors (aligned with ``catalog``) as indexed: plus ``log(1 + count in train)``."""
+        if not self.weight:
+            return vectors
+        column = log_popularity(catalog, train)[:, None]
+        return np.concatenate([vectors, column], axis=1).astype(np.float32, copy=False)
+
+    def describe(self) -> dict[str, Any]:
+        """The prior as recorded in the metrics and the manifest."""
+        return {"weight": self.weight, "query_constant": self.query_constant,
+                "extra_dimension": bool(self.weight)}
+
+
+def log_popularity(catalog: np.ndarray, train: Interactions) -> np.ndarray:
+    """float32 [N]: ``log(1 + training interactions)`` of each catalogue candidate."""
+    cols = index_of(np.asarray(catalog), train.candidate_ids)
+    return np.log1p(np.bincount(cols[cols >= 0], minlength=len(catalog))).astype(np.float32)
+
+
+def choose_prior(queries: np.ndarray, candidates: np.ndarray, temperature: float,
+                 validation: Validation) -> tuple[PopularityPrior, dict[str, float], list[dict[str, float]]]:
+    """The weight of ``PRIOR_WEIGHTS`` with the highest ``lift`` on ``validation``.
+
+    ``queries`` are the validation customers' vectors (aligned with
+    ``validation.eval_set.customers``), ``candidates`` the catalogue's, both
+    without the prior. Returns (prior, its validation rates, the grid's lifts).
+    """
+    es = validation.eval_set
+    grid = []
+    best: tuple[float, PopularityPrior, dict[str, float]] | None = None
+    for weight in PRIOR_WEIGHTS:
+        prior = PopularityPrior(weight, temperature)
+        rates = hit_rates(embedding_scores(prior.queries(queries),
+                                           prior.candidates(candidates, es.catalog, validation.fit)), es, TARGET_KS)
+        score = lift(rates, validation.references)
+        grid.append({"weight": weight, "lift": round(score, 4)})
+        if best is None or score > best[0]:
+            best = (score, prior, rates)
+    assert best is not None  # PRIOR_WEIGHTS is not empty
+    return best[1], best[2], grid
