@@ -116,7 +116,7 @@ class PipelineConfig:
     test_fraction: float = option(0.2, "held-out share of the interactions (random and temporal splits)")
     max_test_interactions: int = option(100_000, "test interactions evaluated at most (a seeded sample beyond)")
     tune_budget_s: float = option(
-        300.0, "seconds of hyperparameter search on the validation split (trainer.tuning); 0 trains the preset "
+        360.0, "seconds of hyperparameter search on the validation split (trainer.tuning); 0 trains the preset "
                "only. Flags given for training fields pin them; the search varies the rest")
     signing_key: str = option("", "PEM Ed25519 private key that signs the published version's manifest (services "
                                   "given its public key load only signed versions)", secret=True)

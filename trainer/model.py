@@ -48,7 +48,7 @@ class TwoTowerModel(tfrs.Model):
             query, candidate,
             candidate_sampling_probability=(
                 features["sampling_probability"] if self.config.logq_correction else None),
-            candidate_ids=features["candidate_id"],
+            candidate_ids=features["candidate_index"],
             compute_metrics=False,  # metrics are computed exactly in numpy, per epoch
             compute_batch_metrics=False,
         )

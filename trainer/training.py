@@ -98,8 +98,7 @@ def _optimizer(config: TrainConfig) -> tf.keras.optimizers.Optimizer:
 
 def _dataset(data: Interactions, model: TwoTowerModel, config: TrainConfig) -> tf.data.Dataset:
     """Shuffled training batches of ``data``: the query tower's raw inputs (histories
-    built per batch), the candidate id, its logQ sampling probability and, for catalog
-    negatives, its catalog index."""
+    built per batch), the candidate id, its catalog index and its logQ sampling probability."""
     tower = model.query_tower
     # Each event's own inputs: its customer's stored features, its own time. The
     # history is built per batch (``TrainingHistories``), without the event itself.
@@ -107,11 +106,12 @@ def _dataset(data: Interactions, model: TwoTowerModel, config: TrainConfig) -> t
                           data.customer_ids, request_time=data.timestamps, with_history=False)
     inputs["candidate_id"] = data.candidate_ids
     inputs["sampling_probability"] = candidate_frequencies(data.candidate_ids)(data.candidate_ids).astype(np.float32)
-    if config.negatives == "catalog":
-        index = index_of(np.asarray(data.catalog), data.candidate_ids)
-        if (index < 0).any():
-            raise ValueError("negatives='catalog' needs every training candidate in the catalog")
-        inputs["candidate_index"] = index.astype(np.int32)
+    index = index_of(np.asarray(data.catalog), data.candidate_ids)
+    if (index < 0).any():
+        raise ValueError("every training candidate must be in the catalog")
+    # Integer ids for the in-batch accidental-hit mask: comparing B x B strings took
+    # half of an id tower's step.
+    inputs["candidate_index"] = index.astype(np.int32)
     histories = None
     if tower.history_length:
         histories = TrainingHistories.build(data, tower.history_length)

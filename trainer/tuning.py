@@ -5,8 +5,8 @@ Each trial trains one configuration with early stopping on the validation
 split and chooses its popularity prior there (``training.fit_early_stopped``);
 its value is the validation ``lift`` over the best baseline. Optuna's TPE
 sampler proposes the next configuration from the finished ones, and its median
-pruner abandons a trial whose per-epoch lift trails the others' at the same
-epoch. The first trials are the presets of each tower family in the space
+pruner abandons a trial whose per-epoch lift (excluding seen) trails the
+others' at the same epoch. The first trials are the presets of each tower family in the space
 (the data set's own first), so a search that only has time for one trial
 trains what an untuned run would. Flags given on the command line pin their
 fields: the search varies only the others.
@@ -26,7 +26,7 @@ import optuna
 from settings.flags import replace_nested
 from trainer.config import TrainConfig
 from trainer.data import Interactions
-from trainer.evaluation.validation import Validation, lift
+from trainer.evaluation.validation import EXCLUDING_SEEN_METRICS, Validation, lift
 from trainer.towers.config import HISTORY_TOWERS
 from trainer.training import EarlyStopped, fit_early_stopped
 
@@ -77,8 +77,8 @@ class SearchResult:
 
     def describe(self, budget_s: float) -> dict[str, Any]:
         """The search as recorded in the metrics and the manifest."""
-        return {"budget_s": budget_s, "seconds": round(self.seconds, 1), "objective": "validation lift over the "
-                "best baseline, mean of hit rate @10 and @100, all candidates and excluding seen",
+        return {"budget_s": budget_s, "seconds": round(self.seconds, 1), "objective": "validation lift: the smallest "
+                "ratio to the best baseline of hit rate @10 and @100, all candidates and excluding seen",
                 "best_trial": next(t["number"] for t in self.trials if t.get("best")), "trials": self.trials}
 
 
@@ -147,7 +147,9 @@ def search(train_data: Interactions, validation: Validation, preset: Callable[[s
         log(f"trial {trial.number}: {row['params']}")
 
         def report(epoch: int, rates: dict[str, float]) -> None:
-            trial.report(lift(rates, validation.references), epoch)
+            # Per epoch there is no prior yet, and over all candidates a model without
+            # one trails popularity: prune on the excluding-seen rates alone.
+            trial.report(lift(rates, validation.references, EXCLUDING_SEEN_METRICS), epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned()
 

@@ -5,12 +5,13 @@ A seeded share of the *training* interactions is held out once per run
 baseline's own settings and the popularity prior's weight are all chosen on it;
 the test split is only ever used for the final report.
 
-The score is ``lift``: the mean, over the hit rates a model is judged on (over
-all candidates and excluding seen, @10 and @100), of the ratio to a reference
-level, so each metric weighs the same whatever its scale (@100 rates are ~4x
-the @10 ones). For the model the reference is the best baseline per metric
-(``Validation.references``): a score above 1 means "beats every baseline on
-average".
+The score is ``lift``: the smallest, over the hit rates a model is judged on
+(over all candidates and excluding seen, @10 and @100), of the ratio to a
+reference level. Ratios weigh every metric the same whatever its scale (@100
+rates are ~4x the @10 ones), and the smallest is the binding one: for the model
+the reference is the best baseline per metric (``Validation.references``), so
+a score above 1 means "beats every baseline on every metric", and a gain on
+one metric cannot buy a loss on another.
 """
 
 from __future__ import annotations
@@ -58,5 +59,5 @@ class Validation:
 
 
 def lift(rates: dict[str, float], references: dict[str, float], keys: tuple[str, ...] = TARGET_METRICS) -> float:
-    """Mean over ``keys`` of ``rates[m] / references[m]``."""
-    return sum(rates[m] / max(references[m], _MIN_REFERENCE) for m in keys) / len(keys)
+    """The smallest over ``keys`` of ``rates[m] / references[m]``."""
+    return min(rates[m] / max(references[m], _MIN_REFERENCE) for m in keys)
