@@ -67,7 +67,7 @@ REDIS_URL="$(bash scripts/ensure_redis.sh --pidfile "$RUN_DIR/redis.pid")"
 echo "using $REDIS_URL"
 
 step "training on the synthetic data set (a 2-minute hyperparameter search, then the refit)"
-# The default search budget is 6 minutes; the demo shows the search in a third of it.
+# The default search budget is 5 minutes; the demo shows the search in 2.
 recsys-train --dataset synthetic --registry "$REGISTRY" --model "$MODEL" --tune-budget-s 120 \
     --metrics-out "$RUN_DIR/train-metrics.json" 2>&1 | tee "$RUN_DIR/train.log"
 

@@ -42,7 +42,8 @@ class TrainConfig:
     remove_accidental_hits: bool = option(True, "remove in-batch negatives equal to the positive")
     negatives: str = option("in_batch", "negatives: in-batch (sampled) or the whole catalog (exact softmax)",
                             choices=NEGATIVES)
-    validation_fraction: float = option(0.1, "share of the training interactions held out for early stopping")
+    validation_fraction: float = option(0.1, "share of the training interactions held out to choose on: early "
+                                             "stopping, the search, the baselines' settings, the prior")
     # After early stopping picks the epoch count on the validation part, a fresh model
     # trains on all training interactions for that many epochs (+ refit_extra_epochs,
     # as the data grew by the validation share). Costs a second run; on ml-100k it
@@ -116,7 +117,7 @@ class PipelineConfig:
     test_fraction: float = option(0.2, "held-out share of the interactions (random and temporal splits)")
     max_test_interactions: int = option(100_000, "test interactions evaluated at most (a seeded sample beyond)")
     tune_budget_s: float = option(
-        360.0, "seconds of hyperparameter search on the validation split (trainer.tuning); 0 trains the preset "
+        300.0, "seconds of hyperparameter search on the validation split (trainer.tuning); 0 trains the preset "
                "only. Flags given for training fields pin them; the search varies the rest")
     signing_key: str = option("", "PEM Ed25519 private key that signs the published version's manifest (services "
                                   "given its public key load only signed versions)", secret=True)

@@ -8,10 +8,12 @@ the test split is only ever used for the final report.
 The score is ``lift``: the smallest, over the hit rates a model is judged on
 (over all candidates and excluding seen, @10 and @100), of the ratio to a
 reference level. Ratios weigh every metric the same whatever its scale (@100
-rates are ~4x the @10 ones), and the smallest is the binding one: for the model
-the reference is the best baseline per metric (``Validation.references``), so
-a score above 1 means "beats every baseline on every metric", and a gain on
-one metric cannot buy a loss on another.
+rates are ~4x the @10 ones), and the smallest is the binding one, so a gain on
+one metric cannot buy a loss on another. For the model the references
+(``Validation.references``) are the bars it is held to: excluding seen, the
+best baseline (EASE or iALS, usually); over all candidates, popularity, the
+baseline a two-tower model most often loses to there. A score above 1 means
+the model clears every bar.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ class Validation:
     """``fit`` (what is trained on while choosing) and ``eval_set`` (the held-out
     interactions, indexed against the catalogue with ``fit`` as each customer's
     seen items). ``popularity`` holds the popularity baseline's rates on this
-    split; ``references`` the best baseline's per target metric, popularity's
-    until the other baselines raise them."""
+    split; ``references`` the model's bar per target metric: popularity's until
+    the other baselines raise the excluding-seen ones (``note_reference``)."""
 
     fit: Interactions
     eval_set: EvalSet
@@ -53,8 +55,8 @@ class Validation:
         return cls(fit, es, popularity, dict(popularity))
 
     def note_reference(self, rates: dict[str, float]) -> None:
-        """Raises each target metric's reference to ``rates``' where higher."""
-        for key in TARGET_METRICS:
+        """Raises each excluding-seen reference to a baseline's ``rates`` where higher."""
+        for key in EXCLUDING_SEEN_METRICS:
             self.references[key] = max(self.references[key], float(rates[key]))
 
 
