@@ -4,6 +4,7 @@ min-rating, sessions, clear errors, and the flags -> options -> load path."""
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 
 import numpy as np
@@ -159,3 +160,68 @@ def test_synthetic_through_load_dataset_and_guide_search():
     cum[100:110] = cum[99]  # zero-weight run
     values = np.concatenate([rng.random(20_000) * cum[-1], cum[:-1], [0.0]])
     assert np.array_equal(search_right(cum, values), np.searchsorted(cum, values, side="right"))
+
+
+EVENTS = [  # RetailRocket: timestamp (ms), visitor, event, item, transaction
+    (1433221332117, 7, "view", 1, ""), (1433221332200, 7, "addtocart", 1, ""), (1433221400000, 7, "transaction", 1, 4),
+    (1433221500000, 7, "view", 2, ""), (1433221332000, 8, "view", 3, ""), (1433221332001, 8, "addtocart", 3, ""),
+    (1433221332002, 9, "view", 5, ""),
+]
+
+
+def test_event_types_are_counted_and_filtered(tmp_path):
+    path = _write_delimited(tmp_path / "events.csv", ["timestamp", "visitorid", "event", "itemid", "transactionid"],
+                            EVENTS)
+    common = dict(data_path=path, session_col="visitorid", item_col="itemid", time_col="timestamp",
+                  event_col="event")
+    d = load_dataset("sessions", DatasetOptions(**common))
+    assert d.info["event_counts"] == {"addtocart": 2, "transaction": 1, "view": 4} and len(d) == 6
+    assert "dropped_other_events" not in d.info
+    # Carts and purchases only: visitor 8 keeps one event, so the session goes (9 keeps none).
+    d = load_dataset("sessions", DatasetOptions(**common, events=("addtocart", "transaction")))
+    assert list(d.customer_ids) == ["7", "7"] and list(d.candidate_ids) == ["1", "1"]
+    assert d.info["dropped_other_events"] == 4 and d.info["dropped_single_event_sessions"] == 1
+    d = load_dataset("interactions-csv", DatasetOptions(data_path=path, customer_col="visitorid",
+                                                        candidate_col="itemid", event_col="event",
+                                                        events=("view",)))
+    assert list(d.candidate_ids) == ["1", "2", "3", "5"] and d.info["dropped_other_events"] == 3
+    with pytest.raises(ValueError, match=r"event type 'purchase' not in column 'event'; found: addtocart, "
+                                         r"transaction, view"):
+        load_dataset("sessions", DatasetOptions(**common, events=("view", "purchase")))
+    with pytest.raises(ValueError, match="events: needs --event-col"):
+        DatasetOptions(data_path=path, events=("view",))
+
+
+def test_unrated_value_is_kept_by_min_rating(tmp_path):
+    path = _write_delimited(tmp_path / "RAW_interactions.csv", ["user_id", "recipe_id", "date", "rating"],
+                            [(1, 10, "2003-02-17", 5), (1, 11, "2003-02-18", 0), (2, 10, "2004-01-01", 2),
+                             (2, 12, "2004-01-02", 4), (3, 11, "2005-05-05", "")])
+    options = dict(data_path=path, customer_col="user_id", candidate_col="recipe_id", rating_col="rating",
+                   time_col="date", min_rating=4)
+    d = load_dataset("interactions-csv", DatasetOptions(**options))
+    assert list(d.candidate_ids) == ["10", "12"] and d.info["dropped_below_min_rating"] == 3
+    d = load_dataset("interactions-csv", DatasetOptions(**options, unrated_value=0))
+    assert list(d.candidate_ids) == ["10", "11", "12"]
+    assert d.info["kept_unrated"] == 1 and d.info["dropped_below_min_rating"] == 2  # 2 stars, and an empty rating
+    with pytest.raises(ValueError, match="unrated_value: needs --min-rating"):
+        DatasetOptions(data_path=path, rating_col="rating", unrated_value=0)
+
+
+def test_catalogue_list_literals_become_joined_items(tmp_path):
+    path = _write_delimited(tmp_path / "RAW_interactions.csv", ["user_id", "recipe_id"], [(1, 10), (2, 11)])
+    catalog = tmp_path / "RAW_recipes.csv"
+    with open(catalog, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "tags", "ingredients", "name", "n_ingredients"])
+        w.writerow([10, str(["60-minutes-or-less", "time-to-make"]), str(["don't", 'say "cheese"', "salt"]),
+                    "[draft] pie", 3])
+        w.writerow([11, "[]", str(["a\\b", "c"]), "soup", 2])
+        w.writerow([12, "", "['x']", "stew", 1])
+    d = load_dataset("interactions-csv", DatasetOptions(
+        data_path=path, customer_col="user_id", candidate_col="recipe_id", catalog_path=catalog, catalog_id_col="id",
+        catalog_feature_cols=("tags", "ingredients", "name", "n_ingredients")))
+    f = d.candidate_features
+    assert list(f["tags"]) == ["60-minutes-or-less|time-to-make", "", ""]
+    assert list(f["ingredients"]) == ['don\'t|say "cheese"|salt', "a\\b|c", "x"]  # escapes go through literal_eval
+    assert list(f["name"]) == ["[draft] pie", "soup", "stew"]  # not every cell is a list: kept as written
+    assert f["n_ingredients"].dtype == np.float32

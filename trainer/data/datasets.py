@@ -43,6 +43,10 @@ class DatasetOptions:
     rating_col: str | None = option(None, "rating column (needed by --min-rating)")
     time_col: str | None = option(None, "timestamp column: epoch numbers or ISO dates (default: file order)")
     min_rating: float | None = option(None, "keep only interactions rated at least this")
+    unrated_value: float | None = option(
+        None, "rating that means 'reviewed without a rating' (Food.com's 0); --min-rating keeps such rows")
+    event_col: str | None = option(None, "event type column (RetailRocket's event: view, addtocart, transaction)")
+    events: tuple[str, ...] = option((), "comma-separated event types kept (needs --event-col; default: all)")
     catalog_path: Path | None = option(
         None, "candidate catalogue file; interactions whose candidate it lacks are dropped", parse=Path)
     catalog_format: str | None = option(None, "catalogue file format (default: from the extension)",
@@ -55,6 +59,8 @@ class DatasetOptions:
 
     def __post_init__(self) -> None:
         require(self.min_rating is None or self.rating_col is not None, "min_rating", "needs --rating-col")
+        require(self.unrated_value is None or self.min_rating is not None, "unrated_value", "needs --min-rating")
+        require(not self.events or self.event_col is not None, "events", "needs --event-col")
         require(self.catalog_path is None or Path(self.catalog_path).is_file(), "catalog_path",
                 f"{self.catalog_path} is not a file")
 

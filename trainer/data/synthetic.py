@@ -63,6 +63,92 @@ def _ids(prefix: str, n: int) -> np.ndarray:
     return np.char.add(prefix, np.char.zfill(np.arange(n).astype(str), width))
 
 
+def balanced_clusters(rng: np.random.Generator, n: int, num_clusters: int) -> np.ndarray:
+    """A cluster per member, every cluster non-empty when ``n >= num_clusters``
+    (round-robin, then shuffled)."""
+    return rng.permutation(np.arange(n) % num_clusters)
+
+
+def normalized_cdf(weight: np.ndarray) -> np.ndarray:
+    """The cumulative distribution of non-negative ``weight``, ending at 1 (for ``search_right``)."""
+    cdf = np.cumsum(weight, dtype=np.float64)
+    return cdf / cdf[-1]
+
+
+class PlantedTaste:
+    """Latent taste clusters with a Zipf popularity skew, the structure every
+    generator plants (the ``synthetic`` data set and ``trainer.data.generators``).
+
+    Customers and candidates each belong to one of ``num_clusters`` clusters.
+    Candidates get Zipf popularity weights ``1 / rank ** zipf_exponent`` over a
+    random ordering, customers a log-normal activity. A draw for a customer takes,
+    with probability ``in_cluster_share``, a candidate of the customer's cluster
+    (by popularity within it), otherwise one from the global popularity; a
+    popularity baseline is thus a real competitor, and the clusters are what a
+    model can learn beyond it. Immutable after construction; draws take the
+    caller's ``rng``.
+    """
+
+    def __init__(self, rng: np.random.Generator, num_customers: int, num_candidates: int, num_clusters: int,
+                 zipf_exponent: float = 1.0, activity_sigma: float = 1.0):
+        if min(num_customers, num_candidates, num_clusters) < 1:
+            raise ValueError("sizes and num_clusters must all be positive")
+        if num_clusters > num_candidates or num_clusters > num_customers:
+            raise ValueError(
+                f"num_clusters ({num_clusters}) cannot exceed num_candidates ({num_candidates}) "
+                f"or num_customers ({num_customers})"
+            )
+        self.customer_cluster = balanced_clusters(rng, num_customers, num_clusters)
+        self.candidate_cluster = balanced_clusters(rng, num_candidates, num_clusters)
+        pop_rank = rng.permutation(num_candidates)
+        self.weight = 1.0 / (pop_rank + 1.0) ** zipf_exponent
+        self.activity = rng.lognormal(0.0, activity_sigma, size=num_customers)
+        self._global_cdf = normalized_cdf(self.weight)
+        self._activity_cdf = normalized_cdf(self.activity)
+        # In-cluster sampling: lay candidates out cluster by cluster (stable sort) and
+        # use one cumulative-weight array; a cluster is a contiguous CDF segment.
+        self._order = np.argsort(self.candidate_cluster, kind="stable")
+        self._sorted_cum = np.cumsum(self.weight[self._order])
+        counts = np.bincount(self.candidate_cluster, minlength=num_clusters)
+        self._end = np.cumsum(counts)
+        self._start = self._end - counts
+        self._seg_lo = np.where(self._start > 0, self._sorted_cum[np.maximum(self._start - 1, 0)], 0.0)
+        self._seg_hi = self._sorted_cum[self._end - 1]
+
+    @property
+    def num_customers(self) -> int:
+        return len(self.customer_cluster)
+
+    @property
+    def num_candidates(self) -> int:
+        return len(self.candidate_cluster)
+
+    def draw_customers(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """``n`` customers, each as likely as its activity."""
+        return np.minimum(search_right(self._activity_cdf, rng.random(n)), self.num_customers - 1)
+
+    def draw_popular(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """``n`` candidates by global popularity alone."""
+        return np.minimum(search_right(self._global_cdf, rng.random(n)), self.num_candidates - 1)
+
+    def draw_in_cluster(self, rng: np.random.Generator, clusters: np.ndarray) -> np.ndarray:
+        """A candidate of each of ``clusters`` (cluster numbers), by popularity within it."""
+        target = self._seg_lo[clusters] + rng.random(len(clusters)) * (self._seg_hi[clusters] - self._seg_lo[clusters])
+        pos = search_right(self._sorted_cum, target)
+        pos = np.clip(pos, self._start[clusters], self._end[clusters] - 1)  # float edge cases stay in the cluster
+        return self._order[pos]
+
+    def draw_candidates(self, rng: np.random.Generator, customers: np.ndarray,
+                        in_cluster_share: float) -> tuple[np.ndarray, np.ndarray]:
+        """(candidate, from the customer's own cluster) for each of ``customers``."""
+        if not 0.0 <= in_cluster_share <= 1.0:
+            raise ValueError("in_cluster_share must be in [0, 1]")
+        n = len(customers)
+        own = rng.random(n) < in_cluster_share
+        in_cluster_pick = self.draw_in_cluster(rng, self.customer_cluster[customers])
+        return np.where(own, in_cluster_pick, self.draw_popular(rng, n)), own
+
+
 def synthetic(
     num_customers: int = 2_000,
     num_candidates: int = 1_000,
@@ -73,61 +159,20 @@ def synthetic(
     zipf_exponent: float = 1.0,
     return_truth: bool = False,
 ) -> Interactions | tuple[Interactions, SyntheticTruth]:
-    """Generates interactions with a planted cluster structure.
+    """Generates interactions with a planted cluster structure (``PlantedTaste``).
 
-    Customers and candidates each belong to one of ``num_clusters`` latent
-    clusters. Each interaction picks a customer (with a log-normal activity
-    skew), then with probability ``in_cluster_share`` a candidate of the
-    customer's cluster (Zipf-like popularity inside the cluster), otherwise a
-    candidate from the global Zipf popularity. Ids look like "c000123" and
-    "i000045". Fully vectorized: sampling is inverse-CDF via searchsorted.
+    Each interaction picks a customer (with a log-normal activity skew), then a
+    candidate by the customer's taste. Ids look like "c000123" and "i000045".
+    Fully vectorized: sampling is inverse-CDF via ``search_right``.
     """
     if min(num_customers, num_candidates, num_interactions, num_clusters) < 1:
         raise ValueError("synthetic sizes and num_clusters must all be positive")
-    if num_clusters > num_candidates or num_clusters > num_customers:
-        raise ValueError(
-            f"num_clusters ({num_clusters}) cannot exceed num_candidates ({num_candidates}) "
-            f"or num_customers ({num_customers})"
-        )
     if not 0.0 <= in_cluster_share <= 1.0:
         raise ValueError("in_cluster_share must be in [0, 1]")
     rng = np.random.default_rng(seed)
-
-    # Round-robin then shuffle so that every cluster has members.
-    customer_cluster = rng.permutation(np.arange(num_customers) % num_clusters)
-    candidate_cluster = rng.permutation(np.arange(num_candidates) % num_clusters)
-
-    # Global Zipf popularity over a random ordering of the candidates.
-    pop_rank = rng.permutation(num_candidates)
-    weight = 1.0 / (pop_rank + 1.0) ** zipf_exponent
-    global_cdf = np.cumsum(weight)
-    global_cdf /= global_cdf[-1]
-
-    # In-cluster sampling: lay candidates out cluster by cluster (stable sort) and
-    # use one cumulative-weight array; a cluster is a contiguous CDF segment.
-    order = np.argsort(candidate_cluster, kind="stable")
-    sorted_cum = np.cumsum(weight[order])
-    counts = np.bincount(candidate_cluster, minlength=num_clusters)
-    end = np.cumsum(counts)
-    start = end - counts
-    seg_lo = np.where(start > 0, sorted_cum[np.maximum(start - 1, 0)], 0.0)
-    seg_hi = sorted_cum[end - 1]
-
-    activity = rng.lognormal(0.0, 1.0, size=num_customers)
-    activity_cdf = np.cumsum(activity)
-    activity_cdf /= activity_cdf[-1]
-    cust = search_right(activity_cdf, rng.random(num_interactions))
-    cust = np.minimum(cust, num_customers - 1)
-
-    own = rng.random(num_interactions) < in_cluster_share
-    cl = customer_cluster[cust]
-    target = seg_lo[cl] + rng.random(num_interactions) * (seg_hi[cl] - seg_lo[cl])
-    pos = search_right(sorted_cum, target)
-    pos = np.clip(pos, start[cl], end[cl] - 1)  # float edge cases stay in the cluster
-    in_cluster_pick = order[pos]
-    global_pick = np.minimum(search_right(global_cdf, rng.random(num_interactions)),
-                             num_candidates - 1)
-    cand = np.where(own, in_cluster_pick, global_pick)
+    taste = PlantedTaste(rng, num_customers, num_candidates, num_clusters, zipf_exponent)
+    cust = taste.draw_customers(rng, num_interactions)
+    cand, own = taste.draw_candidates(rng, cust, in_cluster_share)
 
     timestamps = np.sort(rng.integers(1_600_000_000, 1_700_000_000, size=num_interactions, dtype=np.int64))
     customer_names = _ids("c", num_customers)
@@ -140,5 +185,5 @@ def synthetic(
         name="synthetic",
     )
     if return_truth:
-        return data, SyntheticTruth(customer_cluster, candidate_cluster, own)
+        return data, SyntheticTruth(taste.customer_cluster, taste.candidate_cluster, own)
     return data
