@@ -1,5 +1,7 @@
-"""recsys-train's default config on MovieLens 100K must beat the popularity
-baseline computed on the same split in the same run (the seeds' model does not)."""
+"""recsys-train on MovieLens 100K must beat the popularity baseline computed on
+the same split in the same run (the seeds' model does not). It trains the
+presets without the search (``--tune-budget-s 0``) to keep the suite short; the
+default run, search included, is measured in docs/RESULTS.md."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ def test_default_model_beats_popularity_on_ml100k(tmp_path):
          "--tune-budget-s", "0", "--quiet"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "popularity" in result.stdout and "item_item_cosine" in result.stdout  # the readable table
+    assert "model vs baseline" in result.stdout
 
     metrics = json.loads(metrics_out.read_text())
     popularity = metrics["baselines"]["popularity"]
@@ -32,6 +35,11 @@ def test_default_model_beats_popularity_on_ml100k(tmp_path):
         key = f"hit_rate_excluding_seen@{k}"
         assert metrics[key] > popularity[key] * 1.3, (key, metrics[key], popularity[key])
     assert metrics["hit_rate@100"] > popularity["hit_rate@100"]
+    # EASE, with its L2 chosen on validation, is the bar excluding seen: the model is within 10% of it.
+    ease = metrics["baselines"]["ease"]
+    assert metrics["hit_rate_excluding_seen@10"] > 0.9 * ease["hit_rate_excluding_seen@10"] > 0.15
+    assert set(metrics["margins"]) == {"popularity", "item_item_cosine", "ease", "ials"}
+    assert metrics["tuning"]["trials"][0]["params"]["towers.kind"] == "id" and len(metrics["tuning"]["trials"]) == 1
     assert metrics["num_test_interactions"] == 20_000
 
     registry = Registry(tmp_path / "registry", "ml100k")
