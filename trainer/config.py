@@ -51,6 +51,9 @@ class TrainConfig:
     refit: bool = option(True, "retrain on all training data for the chosen number of epochs (--no-refit "
                                "keeps the early-stopped model and halves training time)")
     refit_extra_epochs: int = option(1, "epochs the refit adds to the early-stopped count")
+    prior_weight: float | None = option(
+        None, "popularity prior weight on the logit scale (0: none, 1: what logQ correction took out); default: "
+              "chosen on the validation split")
     patience: int = option(2, "epochs without improvement before early stopping")
     monitor: str = option("hit_rate_excluding_seen@100", "validation metric early stopping watches",
                           choices=MONITORS)
@@ -67,6 +70,7 @@ class TrainConfig:
         require(self.negatives in NEGATIVES, "negatives", f"must be one of {', '.join(NEGATIVES)}")
         require(self.monitor in MONITORS, "monitor", f"must be one of {', '.join(MONITORS)}")
         require(0.0 <= self.validation_fraction < 1.0, "validation_fraction", "must be in [0, 1)")
+        require(self.prior_weight is None or self.prior_weight >= 0, "prior_weight", "must be >= 0")
 
 
 def _preset(kind: str, **tower: object) -> TrainConfig:

@@ -27,7 +27,7 @@ from trainer.data import Interactions
 from trainer.evaluation import metrics
 from trainer.evaluation.validation import Validation, lift
 from trainer.model import TwoTowerModel, customer_store, embed, query_embeddings
-from trainer.towers.prior import PopularityPrior, choose_prior
+from trainer.towers.prior import PRIOR_WEIGHTS, PopularityPrior, choose_prior
 
 
 @dataclasses.dataclass
@@ -208,8 +208,10 @@ def fit_early_stopped(train_data: Interactions, validation: Validation, config: 
             log(f"time budget reached after epoch {epoch}; best epoch {best_epoch}")
             break
     model.set_weights(best_weights)
+    weights = PRIOR_WEIGHTS if config.prior_weight is None else (config.prior_weight,)
     prior, rates, grid = choose_prior(query_embeddings(model, fit_store, val_set.customers),
-                                      embed(model.candidate_tower, val_set.catalog), config.temperature, validation)
+                                      embed(model.candidate_tower, val_set.catalog), config.temperature, validation,
+                                      weights)
     score = lift(rates, validation.references)
     log(f"popularity prior weight {prior.weight}: validation lift {score:.4f}")
     return EarlyStopped(model, best_epoch, epoch, history, seconds, examples, prior, rates, score, grid)

@@ -172,8 +172,9 @@ def test_train_publish_reload_round_trip(tmp_path, capsys):
     from model_registry.search import exact_top_k
     from trainer import cli
 
-    rc = cli.main(["--tune-budget-s", "0", "--dataset", "synthetic", "--registry", str(tmp_path / "reg"), "--model", "tiny",
-                   "--epochs", "2", "--embedding-dim", "16", "--batch-size", "256", "--quiet",
+    rc = cli.main(["--tune-budget-s", "0", "--dataset", "synthetic", "--registry", str(tmp_path / "reg"),
+                   "--model", "tiny", "--epochs", "2", "--embedding-dim", "16", "--batch-size", "256", "--quiet",
+                   "--prior-weight", "0.5",
                    "--synthetic-customers", "300", "--synthetic-candidates", "120",
                    "--synthetic-interactions", "6000", "--synthetic-clusters", "6",
                    "--metrics-out", str(tmp_path / "metrics.json")])
@@ -192,7 +193,7 @@ def test_train_publish_reload_round_trip(tmp_path, capsys):
     assert metrics == manifest.metrics == json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["epochs_run"] <= 2 and "popularity" in metrics["baselines"]
     prior = metrics["popularity_prior"]
-    assert prior["weight"] > 0  # planted Zipf popularity: validation keeps some of it
+    assert prior == {"weight": 0.5, "query_constant": 0.5, "extra_dimension": True}  # --prior-weight, temperature 1
     dim = 16 + 1  # the tower's 16 + the prior's dimension
     assert manifest.embedding_dim == dim and manifest.num_candidates == 120 and manifest.tower == "id"
     assert manifest.index.kind == "brute_force" and manifest.index.recall_at_10 == 1.0

@@ -69,9 +69,10 @@ def log_popularity(catalog: np.ndarray, train: Interactions) -> np.ndarray:
     return np.log1p(np.bincount(cols[cols >= 0], minlength=len(catalog))).astype(np.float32)
 
 
-def choose_prior(queries: np.ndarray, candidates: np.ndarray, temperature: float,
-                 validation: Validation) -> tuple[PopularityPrior, dict[str, float], list[dict[str, float]]]:
-    """The weight of ``PRIOR_WEIGHTS`` with the highest ``lift`` on ``validation``.
+def choose_prior(queries: np.ndarray, candidates: np.ndarray, temperature: float, validation: Validation,
+                 weights: tuple[float, ...] = PRIOR_WEIGHTS
+                 ) -> tuple[PopularityPrior, dict[str, float], list[dict[str, float]]]:
+    """The weight of ``weights`` with the highest ``lift`` on ``validation``.
 
     ``queries`` are the validation customers' vectors (aligned with
     ``validation.eval_set.customers``), ``candidates`` the catalogue's, both
@@ -80,7 +81,7 @@ def choose_prior(queries: np.ndarray, candidates: np.ndarray, temperature: float
     es = validation.eval_set
     grid = []
     best: tuple[float, PopularityPrior, dict[str, float]] | None = None
-    for weight in PRIOR_WEIGHTS:
+    for weight in weights:
         prior = PopularityPrior(weight, temperature)
         rates = hit_rates(embedding_scores(prior.queries(queries),
                                            prior.candidates(candidates, es.catalog, validation.fit)), es, TARGET_KS)
@@ -88,5 +89,6 @@ def choose_prior(queries: np.ndarray, candidates: np.ndarray, temperature: float
         grid.append({"weight": weight, "lift": round(score, 4)})
         if best is None or score > best[0]:
             best = (score, prior, rates)
-    assert best is not None  # PRIOR_WEIGHTS is not empty
+    if best is None:
+        raise ValueError("choose_prior needs at least one weight")
     return best[1], best[2], grid
