@@ -3,9 +3,10 @@
 For history towers, the query of a training interaction (u, i) is u's other
 training items (i excluded), so the model learns to predict a new item from a
 history instead of copying it; histories are built per batch inside tf.data.
-Training stops early on a validation hit rate carved out of the training data;
-a fresh model is then trained on all the training data for the epoch count
-that won (``TrainConfig.refit``), or the best epoch's weights are kept.
+Training stops early on a validation hit rate carved out of the training data,
+where the popularity prior's weight is also chosen; a fresh model is then
+trained on all the training data for the epoch count that won
+(``TrainConfig.refit``), or the best epoch's weights are kept.
 """
 
 from __future__ import annotations

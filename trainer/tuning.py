@@ -165,7 +165,7 @@ def search(train_data: Interactions, validation: Validation, preset: Callable[[s
             log(f"trial {trial.number}: pruned")
             raise
         row.update(state="complete", lift=round(run.lift, 4), best_epoch=run.best_epoch,
-                   epochs_run=run.epochs_run, prior_weight=run.prior.weight,
+                   epochs_run=run.epochs_run, prior_weight=run.prior.weight, prior_grid=run.prior_grid,
                    seconds=round(time.monotonic() - started, 1),
                    validation={k: round(v, 4) for k, v in run.validation_rates.items()})
         best = max(runs.values(), key=lambda r: r.lift, default=None)

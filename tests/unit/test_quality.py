@@ -13,7 +13,7 @@ from trainer.data.split import random_split
 from trainer.data.synthetic import synthetic
 from trainer.evaluation import baselines, metrics, report
 from trainer.evaluation.validation import EXCLUDING_SEEN_METRICS, TARGET_METRICS, Validation, lift
-from trainer.towers.prior import PopularityPrior, choose_prior, log_popularity
+from trainer.towers.prior import PRIOR_WEIGHTS, PopularityPrior, choose_prior, log_popularity
 
 
 def _split(seed: int = 3, interactions: int = 6_000):
@@ -123,5 +123,6 @@ def test_search_starts_at_the_presets_and_leaves_pinned_flags_alone():
     assert found.config.towers.kind == best["params"]["towers.kind"] and found.config.towers.embedding_dim == 8
     result = refit(train, found.config, found.best)
     assert result.prior == found.best.prior and result.refit_epochs == found.best.best_epoch + 1
+    assert [row["weight"] for row in best["prior_grid"]] == list(PRIOR_WEIGHTS)
     described = found.describe(20.0)
     assert described["best_trial"] == best["number"] and described["trials"] is trials
