@@ -152,8 +152,8 @@ def baselines(train: Interactions, es: EvalSet, validation: Validation | None = 
     """
     out: dict[str, Any] = {"popularity": hit_rates(popularity_scores(es), es, ks)}
     n = len(es.catalog)
-    too_big = {"skipped": f"{n} candidates > {item_item_max_candidates}: the dense item x item matrices "
-                          "would not fit"}
+    too_big = {"skipped": f"{n} candidates > {item_item_max_candidates}: dense item x item matrices (and EASE's "
+                          "N^3 inverse per L2) cost too much memory and time"}
 
     def tuned(name: str, settings: list[dict[str, Any]],
               make: Callable[[Interactions, EvalSet], Callable[..., ScoreFn]]) -> None:
