@@ -56,7 +56,7 @@ def test_strong_baselines_are_chosen_on_validation_and_raise_the_references():
     # Planted taste clusters: the personal baselines find them, popularity cannot.
     for name in ("ease", "ials", "item_item_cosine"):
         assert out[name]["hit_rate_excluding_seen@10"] > out["popularity"]["hit_rate_excluding_seen@10"], name
-    assert "skipped" in baselines.baselines(train, es, validation, item_item_max_candidates=50)["ease"]
+    assert "skipped" in baselines.baselines(train, es, validation, dense_max_candidates=50)["ease"]
 
 
 def test_popularity_prior_rides_in_one_extra_dimension():

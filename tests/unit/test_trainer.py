@@ -130,7 +130,7 @@ def test_item_item_cosine_and_report_table():
     result = {"hit_rate@1": 0.0, "hit_rate_excluding_seen@1": 0.0,
               "baselines": baselines.baselines(train, es, ks=(1,))}
     assert set(result["baselines"]) == {"popularity", "item_item_cosine", "ease", "ials"}
-    skipped = baselines.baselines(train, es, ks=(1,), item_item_max_candidates=2)
+    skipped = baselines.baselines(train, es, ks=(1,), dense_max_candidates=2)
     assert "skipped" in skipped["item_item_cosine"]
     table = report.format_table(result, ks=(1,))
     assert "popularity" in table and "item_item_cosine" in table and "excluding seen" in table

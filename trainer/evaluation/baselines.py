@@ -32,7 +32,7 @@ from trainer.evaluation.validation import EXCLUDING_SEEN_METRICS, TARGET_KS, Val
 # Item-item cosine and EASE hold N x N float32 matrices (4 N^2 bytes, a few of
 # them) and EASE factorises one per L2 (N^3); above this many candidates they are
 # skipped and the report says so.
-ITEM_ITEM_MAX_CANDIDATES = 10_000
+DENSE_MAX_CANDIDATES = 10_000
 # EASE's L2 grid (absolute; Steck reports optima from ~100 to a few thousand).
 EASE_L2_GRID = (30.0, 100.0, 300.0, 1_000.0, 3_000.0)
 # iALS settings searched on validation: factors x regularisation x alpha (confidence 1 + alpha).
@@ -136,14 +136,15 @@ def _choose(settings: list[dict[str, Any]], score_fn: Callable[..., ScoreFn], va
     grid = []
     for setting in settings:
         rates = hit_rates(score_fn(**setting), validation.eval_set, TARGET_KS)
-        grid.append({**setting, "lift_over_popularity": round(lift(rates, validation.popularity, EXCLUDING_SEEN_METRICS), 4), "rates": rates})
+        score = lift(rates, validation.popularity, EXCLUDING_SEEN_METRICS)
+        grid.append({**setting, "lift_over_popularity": round(score, 4), "rates": rates})
     best = max(grid, key=lambda row: row["lift_over_popularity"])
     return _Choice({k: best[k] for k in settings[0]}, best["rates"], grid, time.perf_counter() - t0)
 
 
 def baselines(train: Interactions, es: EvalSet, validation: Validation | None = None,
               ks: tuple[int, ...] = DEFAULT_KS, seed: int = 42,
-              item_item_max_candidates: int = ITEM_ITEM_MAX_CANDIDATES) -> dict[str, Any]:
+              dense_max_candidates: int = DENSE_MAX_CANDIDATES) -> dict[str, Any]:
     """Hit rates of every baseline on ``es`` (trained on ``train``).
 
     With a ``validation`` split, EASE's and iALS's settings are chosen on it and
@@ -152,7 +153,7 @@ def baselines(train: Interactions, es: EvalSet, validation: Validation | None = 
     """
     out: dict[str, Any] = {"popularity": hit_rates(popularity_scores(es), es, ks)}
     n = len(es.catalog)
-    too_big = {"skipped": f"{n} candidates > {item_item_max_candidates}: dense item x item matrices (and EASE's "
+    too_big = {"skipped": f"{n} candidates > {dense_max_candidates}: dense item x item matrices (and EASE's "
                           "N^3 inverse per L2) cost too much memory and time"}
 
     def tuned(name: str, settings: list[dict[str, Any]],
@@ -171,7 +172,7 @@ def baselines(train: Interactions, es: EvalSet, validation: Validation | None = 
         out[name] = {**hit_rates(make(train, es)(**chosen), es, ks), "setting": chosen, **report,
                      "fit_seconds": round(time.perf_counter() - t0, 2)}
 
-    if n <= item_item_max_candidates:
+    if n <= dense_max_candidates:
         out["item_item_cosine"] = hit_rates(item_item_cosine_scores(train, es), es, ks)
         tuned("ease", [{"l2": l2} for l2 in EASE_L2_GRID], _ease_family)
     else:
