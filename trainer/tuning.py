@@ -31,13 +31,13 @@ from trainer.towers.config import HISTORY_TOWERS
 from trainer.training import EarlyStopped, fit_early_stopped
 
 # The tower families searched; "features" joins when the data has customer
-# features. The sequence tower (a GRU) is left to --tower sequence: it trains
-# ~3x slower per epoch and was the weakest family on every data set measured.
+# features. The sequence tower (a GRU) is left to --tower sequence: on ml-100k it
+# took the longest (105 s against the id tower's 60) and scored the lowest.
 SEARCHED_TOWERS = ("id", "history")
 
 
 # The searched fields (besides the tower family) and their ranges, written once:
-# ("int choices", values) or ("float", low, high) on a log scale.
+# ("choices", values) or ("float", low, high) on a log scale.
 SPACE: dict[str, tuple] = {
     "towers.embedding_dim": ("choices", (32, 64, 128)),
     "towers.l2": ("float", 1e-4, 0.1),
