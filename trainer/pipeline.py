@@ -53,7 +53,7 @@ def run(config: PipelineConfig, log: Callable[[str], None] = lambda msg: None) -
     store = customer_store(model.query_tower, train_data)
     report: dict[str, Any] = metrics.hit_rates(
         metrics.embedding_scores(prior.queries(query_embeddings(model, store, es.customers)),
-                                 prior.candidates(embed(model.candidate_tower, es.catalog), es.catalog, train_data)),
+                                 prior.candidates(embed(model.candidate_tower, es.catalog), es.train_counts)),
         es)
     report["baselines"] = baseline_report
     report["margins"] = margins(report)

@@ -13,7 +13,7 @@ from trainer.data.split import random_split
 from trainer.data.synthetic import synthetic
 from trainer.evaluation import baselines, metrics, report
 from trainer.evaluation.validation import EXCLUDING_SEEN_METRICS, TARGET_METRICS, Validation, lift
-from trainer.towers.prior import PRIOR_WEIGHTS, PopularityPrior, choose_prior, log_popularity
+from trainer.towers.prior import PRIOR_WEIGHTS, PopularityPrior, choose_prior, training_counts
 
 
 def _split(seed: int = 3, interactions: int = 6_000):
@@ -64,13 +64,13 @@ def test_popularity_prior_rides_in_one_extra_dimension():
     rng = np.random.default_rng(0)
     q, c = rng.normal(size=(5, 4)).astype(np.float32), rng.normal(size=(len(data.catalog), 4)).astype(np.float32)
     prior = PopularityPrior(weight=0.5, temperature=0.4)
-    served = prior.queries(q) @ prior.candidates(c, data.catalog, train).T
     counts = np.array([(train.candidate_ids == cid).sum() for cid in data.catalog])
+    served = prior.queries(q) @ prior.candidates(c, training_counts(data.catalog, train)).T
     # Ranking by served scores = ranking by logits q.c / T + weight * log(1 + count).
     np.testing.assert_allclose(served / 0.4, q @ c.T / 0.4 + 0.5 * np.log1p(counts)[None, :], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(log_popularity(data.catalog, train), np.log1p(counts), rtol=1e-6)
+    np.testing.assert_allclose(np.log1p(training_counts(data.catalog, train)), np.log1p(counts), rtol=1e-6)
     none = PopularityPrior(0.0, 0.4)
-    assert none.queries(q) is q and none.candidates(c, data.catalog, train) is c
+    assert none.queries(q) is q and none.candidates(c, counts) is c
     assert prior.describe() == {"weight": 0.5, "query_constant": pytest.approx(0.2), "extra_dimension": True}
 
 

@@ -24,7 +24,7 @@ from trainer.data import Interactions
 from trainer.export import index as index_builder
 from trainer.export.saved_model import save_query_tower
 from trainer.model import TwoTowerModel, embed, query_embeddings
-from trainer.towers.prior import PopularityPrior
+from trainer.towers.prior import PopularityPrior, training_counts
 
 MAX_POPULAR = 1000
 MAX_PROBE_QUERIES = 1000
@@ -74,7 +74,7 @@ def publish(registry: Registry, model: TwoTowerModel, store: CustomerStore, cata
     measured on the probe queries before anything is written.
     """
     catalog = np.asarray(catalog).astype(str)
-    cand_emb = prior.candidates(embed(model.candidate_tower, catalog), catalog, train)
+    cand_emb = prior.candidates(embed(model.candidate_tower, catalog), training_counts(catalog, train))
     probes = prior.queries(query_embeddings(model, store, probe_customers(test, seed=config.seed)))
     searcher, spec = index_builder.build_index(cand_emb, probes, config.index)
     pop_ids, pop_scores = popular_candidates(train)

@@ -50,11 +50,13 @@ class PopularityPrior:
         column = np.full((len(vectors), 1), self.query_constant, np.float32)
         return np.concatenate([vectors, column], axis=1).astype(np.float32, copy=False)
 
-    def candidates(self, vectors: np.ndarray, catalog: np.ndarray, train: Interactions) -> np.ndarray:
-        """Candidate vectors (aligned with ``catalog``) as indexed: plus ``log(1 + count in train)``."""
+    def candidates(self, vectors: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Candidate vectors as indexed: plus ``log(1 + count)``, ``counts`` being each
+        candidate's training interactions (aligned with ``vectors``; ``EvalSet.train_counts``
+        or ``training_counts``)."""
         if not self.weight:
             return vectors
-        column = log_popularity(catalog, train)[:, None]
+        column = np.log1p(np.asarray(counts, np.float64))[:, None]
         return np.concatenate([vectors, column], axis=1).astype(np.float32, copy=False)
 
     def describe(self) -> dict[str, Any]:
@@ -63,10 +65,10 @@ class PopularityPrior:
                 "extra_dimension": bool(self.weight)}
 
 
-def log_popularity(catalog: np.ndarray, train: Interactions) -> np.ndarray:
-    """float32 [N]: ``log(1 + training interactions)`` of each catalogue candidate."""
+def training_counts(catalog: np.ndarray, train: Interactions) -> np.ndarray:
+    """int64 [N]: the training interactions of each catalogue candidate."""
     cols = index_of(np.asarray(catalog), train.candidate_ids)
-    return np.log1p(np.bincount(cols[cols >= 0], minlength=len(catalog))).astype(np.float32)
+    return np.bincount(cols[cols >= 0], minlength=len(catalog))
 
 
 def choose_prior(queries: np.ndarray, candidates: np.ndarray, temperature: float, validation: Validation,
@@ -84,7 +86,7 @@ def choose_prior(queries: np.ndarray, candidates: np.ndarray, temperature: float
     for weight in weights:
         prior = PopularityPrior(weight, temperature)
         rates = hit_rates(embedding_scores(prior.queries(queries),
-                                           prior.candidates(candidates, es.catalog, validation.fit)), es, TARGET_KS)
+                                           prior.candidates(candidates, es.train_counts)), es, TARGET_KS)
         score = lift(rates, validation.references)
         grid.append({"weight": weight, "lift": round(score, 4)})
         if best is None or score > best[0]:
