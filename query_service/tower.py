@@ -24,6 +24,7 @@ import tensorflow as tf
 from model_registry import Manifest, VersionError
 from model_registry import manifest as files
 from model_registry.customers import CustomerStore
+from model_registry.deltas import Delta
 from model_registry.tower_inputs import FLOAT, REQUEST_TIME, STRING, TowerInputs, check_store, tower_inputs
 from serving.admin import LoadReport
 
@@ -56,6 +57,9 @@ class QueryModel:
         self.report = LoadReport(0.0, 0)
         self._table: np.ndarray | None = None  # float32 [C, D], rows of ``customers``
         self._table_known: np.ndarray | None = None
+        # Catalogue deltas taken in (model_registry.deltas): deleted candidates leave the fallback.
+        self.catalogue_generation = 0
+        self._deleted: frozenset[str] = frozenset()
 
     @property
     def version(self) -> int:
@@ -157,11 +161,25 @@ class QueryModel:
         """The customer's training-time items; empty if the version stores none."""
         return self.customers.seen(customer_id) if self.customers is not None else frozenset()
 
+    def apply_catalogue(self, deltas: list[Delta], generation: int) -> None:
+        """Takes in the version's catalogue deltas up to ``generation`` (those
+        after ``catalogue_generation``): a deleted candidate leaves the
+        popularity fallback, an upsert brings it back. The deleted set is
+        replaced before the generation moves, so a request that reads the new
+        generation (its cache key) also sees the deletions."""
+        deleted = set(self._deleted)
+        for delta in deltas:
+            deleted.difference_update(delta.ids.tolist())
+            deleted.update(delta.deleted.tolist())
+        self._deleted = frozenset(deleted)
+        self.catalogue_generation = generation
+
     def popular(self, k: int, excluded: frozenset[str]) -> tuple[list[str], list[float]]:
-        """The version's k most popular candidates that are not excluded."""
+        """The version's k most popular candidates that are neither excluded nor deleted."""
         ids, scores = [], []
+        deleted = self._deleted
         for candidate, score in zip(self.popular_ids, self.popular_scores):
-            if candidate not in excluded:
+            if candidate not in excluded and candidate not in deleted:
                 ids.append(candidate)
                 scores.append(score)
                 if len(ids) == k:

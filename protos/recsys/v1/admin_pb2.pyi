@@ -46,3 +46,11 @@ class UnloadVersionRequest(_message.Message):
 class GetStatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class ApplyCatalogueRequest(_message.Message):
+    __slots__ = ("version", "generation")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    generation: int
+    def __init__(self, version: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...

@@ -59,6 +59,11 @@ class AdminServiceStub:
                 request_serializer=protos_dot_recsys_dot_v1_dot_admin__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=protos_dot_recsys_dot_v1_dot_admin__pb2.ServiceStatus.FromString,
                 _registered_method=True)
+        self.ApplyCatalogue = channel.unary_unary(
+                '/recsys.v1.AdminService/ApplyCatalogue',
+                request_serializer=protos_dot_recsys_dot_v1_dot_admin__pb2.ApplyCatalogueRequest.SerializeToString,
+                response_deserializer=protos_dot_recsys_dot_v1_dot_admin__pb2.ServiceStatus.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -106,6 +111,18 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ApplyCatalogue(self, request, context):
+        """Catches a loaded version up with the catalogue deltas published for it in
+        the registry (recsys-catalogue writes them, then calls this on every
+        replica). Index service: upserts and deletes the candidates in its
+        searcher. Query service: the popularity fallback drops deleted candidates
+        and cache keys move to the new generation. FAILED_PRECONDITION if the
+        version is not loaded or the registry holds fewer deltas.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -132,6 +149,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
             'GetStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStatus,
                     request_deserializer=protos_dot_recsys_dot_v1_dot_admin__pb2.GetStatusRequest.FromString,
+                    response_serializer=protos_dot_recsys_dot_v1_dot_admin__pb2.ServiceStatus.SerializeToString,
+            ),
+            'ApplyCatalogue': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyCatalogue,
+                    request_deserializer=protos_dot_recsys_dot_v1_dot_admin__pb2.ApplyCatalogueRequest.FromString,
                     response_serializer=protos_dot_recsys_dot_v1_dot_admin__pb2.ServiceStatus.SerializeToString,
             ),
     }
@@ -269,6 +291,33 @@ class AdminService:
             target,
             '/recsys.v1.AdminService/GetStatus',
             protos_dot_recsys_dot_v1_dot_admin__pb2.GetStatusRequest.SerializeToString,
+            protos_dot_recsys_dot_v1_dot_admin__pb2.ServiceStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyCatalogue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.AdminService/ApplyCatalogue',
+            protos_dot_recsys_dot_v1_dot_admin__pb2.ApplyCatalogueRequest.SerializeToString,
             protos_dot_recsys_dot_v1_dot_admin__pb2.ServiceStatus.FromString,
             options,
             channel_credentials,

@@ -25,39 +25,57 @@ _sym_db = _symbol_database.Default()
 from protos.recsys.v1 import versions_pb2 as protos_dot_recsys_dot_v1_dot_versions__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n protos/recsys/v1/retrieval.proto\x12\trecsys.v1\x1a\x1fprotos/recsys/v1/versions.proto\"6\n\x0fScoredCandidate\x12\x14\n\x0c\x63\x61ndidate_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"\x85\x01\n\x10RecommendRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x1d\n\x15\x65xclude_candidate_ids\x18\x03 \x03(\t\x12\x1c\n\x14recent_candidate_ids\x18\x04 \x03(\t\x12\x14\n\x0c\x65xclude_seen\x18\x05 \x01(\x08\"\xaa\x01\n\x11RecommendResponse\x12.\n\ncandidates\x18\x01 \x03(\x0b\x32\x1a.recsys.v1.ScoredCandidate\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x11\n\tcache_hit\x18\x03 \x01(\x08\x12\'\n\x06source\x18\x04 \x01(\x0e\x32\x17.recsys.v1.ResultSource\x12\x12\n\nmodel_name\x18\x05 \x01(\t\"#\n\x0c\x45mbedRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\"e\n\rEmbedResponse\x12\x11\n\tembedding\x18\x01 \x03(\x02\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x16\n\x0eknown_customer\x18\x03 \x01(\x08\x12\x12\n\nmodel_name\x18\x04 \x01(\t\"`\n\rSearchRequest\x12\x0e\n\x06vector\x18\x01 \x03(\x02\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\x1d\n\x15\x65xclude_candidate_ids\x18\x04 \x03(\t\"k\n\x0eSearchResponse\x12.\n\ncandidates\x18\x01 \x03(\x0b\x32\x1a.recsys.v1.ScoredCandidate\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x12\n\nmodel_name\x18\x03 \x01(\t\"?\n\x12\x42\x61tchSearchRequest\x12)\n\x07queries\x18\x01 \x03(\x0b\x32\x18.recsys.v1.SearchRequest\"X\n\x13\x42\x61tchSearchResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.recsys.v1.SearchResponse\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\"\x14\n\x12WatchStatusRequest\"p\n\x0bIndexStatus\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0c\n\x04slot\x18\x02 \x01(\t\x12*\n\x08versions\x18\x03 \x03(\x0b\x32\x18.recsys.v1.VersionStatus\x12\x13\n\x0bkeepalive_s\x18\x04 \x01(\x01*m\n\x0cResultSource\x12\x1d\n\x19RESULT_SOURCE_UNSPECIFIED\x10\x00\x12\x17\n\x13RESULT_SOURCE_MODEL\x10\x01\x12%\n!RESULT_SOURCE_POPULARITY_FALLBACK\x10\x02\x32\x92\x01\n\x0cQueryService\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12:\n\x05\x45mbed\x12\x17.recsys.v1.EmbedRequest\x1a\x18.recsys.v1.EmbedResponse2\xe3\x01\n\x0cIndexService\x12=\n\x06Search\x12\x18.recsys.v1.SearchRequest\x1a\x19.recsys.v1.SearchResponse\x12L\n\x0b\x42\x61tchSearch\x12\x1d.recsys.v1.BatchSearchRequest\x1a\x1e.recsys.v1.BatchSearchResponse\x12\x46\n\x0bWatchStatus\x12\x1d.recsys.v1.WatchStatusRequest\x1a\x16.recsys.v1.IndexStatus0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n protos/recsys/v1/retrieval.proto\x12\trecsys.v1\x1a\x1fprotos/recsys/v1/versions.proto\"6\n\x0fScoredCandidate\x12\x14\n\x0c\x63\x61ndidate_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"\x91\x01\n\x06\x46ilter\x12+\n\trestricts\x18\x01 \x03(\x0b\x32\x18.recsys.v1.TokenRestrict\x12\'\n\x06ranges\x18\x02 \x03(\x0b\x32\x17.recsys.v1.NumericRange\x12\x1a\n\x12\x63rowding_namespace\x18\x03 \x01(\t\x12\x15\n\rmax_per_value\x18\x04 \x01(\x05\"?\n\rTokenRestrict\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05\x61llow\x18\x02 \x03(\t\x12\x0c\n\x04\x64\x65ny\x18\x03 \x03(\t\"U\n\x0cNumericRange\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x10\n\x03min\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03max\x18\x03 \x01(\x01H\x01\x88\x01\x01\x42\x06\n\x04_minB\x06\n\x04_max\"\xa8\x01\n\x10RecommendRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x1d\n\x15\x65xclude_candidate_ids\x18\x03 \x03(\t\x12\x1c\n\x14recent_candidate_ids\x18\x04 \x03(\t\x12\x14\n\x0c\x65xclude_seen\x18\x05 \x01(\x08\x12!\n\x06\x66ilter\x18\x06 \x01(\x0b\x32\x11.recsys.v1.Filter\"\xc8\x01\n\x11RecommendResponse\x12.\n\ncandidates\x18\x01 \x03(\x0b\x32\x1a.recsys.v1.ScoredCandidate\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x11\n\tcache_hit\x18\x03 \x01(\x08\x12\'\n\x06source\x18\x04 \x01(\x0e\x32\x17.recsys.v1.ResultSource\x12\x12\n\nmodel_name\x18\x05 \x01(\t\x12\x1c\n\x14\x63\x61talogue_generation\x18\x06 \x01(\x03\"|\n\x17RecommendSimilarRequest\x12\x14\n\x0c\x63\x61ndidate_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x1d\n\x15\x65xclude_candidate_ids\x18\x03 \x03(\t\x12!\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x11.recsys.v1.Filter\"F\n\x15\x42\x61tchRecommendRequest\x12-\n\x08requests\x18\x01 \x03(\x0b\x32\x1b.recsys.v1.RecommendRequest\"`\n\x16\x42\x61tchRecommendResponse\x12/\n\tresponses\x18\x01 \x03(\x0b\x32\x1c.recsys.v1.RecommendResponse\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\"G\n\x19RecordInteractionsRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x15\n\rcandidate_ids\x18\x02 \x03(\t\"4\n\x1aRecordInteractionsResponse\x12\x16\n\x0ehistory_length\x18\x01 \x01(\x05\"#\n\x0c\x45mbedRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\"e\n\rEmbedResponse\x12\x11\n\tembedding\x18\x01 \x03(\x02\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x16\n\x0eknown_customer\x18\x03 \x01(\x08\x12\x12\n\nmodel_name\x18\x04 \x01(\t\"\x9a\x01\n\rSearchRequest\x12\x0e\n\x06vector\x18\x01 \x03(\x02\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\x1d\n\x15\x65xclude_candidate_ids\x18\x04 \x03(\t\x12!\n\x06\x66ilter\x18\x05 \x01(\x0b\x32\x11.recsys.v1.Filter\x12\x15\n\rby_popularity\x18\x06 \x01(\x08\"\x89\x01\n\x0eSearchResponse\x12.\n\ncandidates\x18\x01 \x03(\x0b\x32\x1a.recsys.v1.ScoredCandidate\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\x1c\n\x14\x63\x61talogue_generation\x18\x04 \x01(\x03\"\x90\x01\n\x14SearchSimilarRequest\x12\x14\n\x0c\x63\x61ndidate_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\x1d\n\x15\x65xclude_candidate_ids\x18\x04 \x03(\t\x12!\n\x06\x66ilter\x18\x05 \x01(\x0b\x32\x11.recsys.v1.Filter\"?\n\x12\x42\x61tchSearchRequest\x12)\n\x07queries\x18\x01 \x03(\x0b\x32\x18.recsys.v1.SearchRequest\"v\n\x13\x42\x61tchSearchResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.recsys.v1.SearchResponse\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x1c\n\x14\x63\x61talogue_generation\x18\x03 \x01(\x03\"\x14\n\x12WatchStatusRequest\"p\n\x0bIndexStatus\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0c\n\x04slot\x18\x02 \x01(\t\x12*\n\x08versions\x18\x03 \x03(\x0b\x32\x18.recsys.v1.VersionStatus\x12\x13\n\x0bkeepalive_s\x18\x04 \x01(\x01*m\n\x0cResultSource\x12\x1d\n\x19RESULT_SOURCE_UNSPECIFIED\x10\x00\x12\x17\n\x13RESULT_SOURCE_MODEL\x10\x01\x12%\n!RESULT_SOURCE_POPULARITY_FALLBACK\x10\x02\x32\xa2\x03\n\x0cQueryService\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12:\n\x05\x45mbed\x12\x17.recsys.v1.EmbedRequest\x1a\x18.recsys.v1.EmbedResponse\x12T\n\x10RecommendSimilar\x12\".recsys.v1.RecommendSimilarRequest\x1a\x1c.recsys.v1.RecommendResponse\x12U\n\x0e\x42\x61tchRecommend\x12 .recsys.v1.BatchRecommendRequest\x1a!.recsys.v1.BatchRecommendResponse\x12\x61\n\x12RecordInteractions\x12$.recsys.v1.RecordInteractionsRequest\x1a%.recsys.v1.RecordInteractionsResponse2\xb0\x02\n\x0cIndexService\x12=\n\x06Search\x12\x18.recsys.v1.SearchRequest\x1a\x19.recsys.v1.SearchResponse\x12L\n\x0b\x42\x61tchSearch\x12\x1d.recsys.v1.BatchSearchRequest\x1a\x1e.recsys.v1.BatchSearchResponse\x12K\n\rSearchSimilar\x12\x1f.recsys.v1.SearchSimilarRequest\x1a\x19.recsys.v1.SearchResponse\x12\x46\n\x0bWatchStatus\x12\x1d.recsys.v1.WatchStatusRequest\x1a\x16.recsys.v1.IndexStatus0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.recsys.v1.retrieval_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RESULTSOURCE']._serialized_start=1083
-  _globals['_RESULTSOURCE']._serialized_end=1192
+  _globals['_RESULTSOURCE']._serialized_start=2138
+  _globals['_RESULTSOURCE']._serialized_end=2247
   _globals['_SCOREDCANDIDATE']._serialized_start=80
   _globals['_SCOREDCANDIDATE']._serialized_end=134
-  _globals['_RECOMMENDREQUEST']._serialized_start=137
-  _globals['_RECOMMENDREQUEST']._serialized_end=270
-  _globals['_RECOMMENDRESPONSE']._serialized_start=273
-  _globals['_RECOMMENDRESPONSE']._serialized_end=443
-  _globals['_EMBEDREQUEST']._serialized_start=445
-  _globals['_EMBEDREQUEST']._serialized_end=480
-  _globals['_EMBEDRESPONSE']._serialized_start=482
-  _globals['_EMBEDRESPONSE']._serialized_end=583
-  _globals['_SEARCHREQUEST']._serialized_start=585
-  _globals['_SEARCHREQUEST']._serialized_end=681
-  _globals['_SEARCHRESPONSE']._serialized_start=683
-  _globals['_SEARCHRESPONSE']._serialized_end=790
-  _globals['_BATCHSEARCHREQUEST']._serialized_start=792
-  _globals['_BATCHSEARCHREQUEST']._serialized_end=855
-  _globals['_BATCHSEARCHRESPONSE']._serialized_start=857
-  _globals['_BATCHSEARCHRESPONSE']._serialized_end=945
-  _globals['_WATCHSTATUSREQUEST']._serialized_start=947
-  _globals['_WATCHSTATUSREQUEST']._serialized_end=967
-  _globals['_INDEXSTATUS']._serialized_start=969
-  _globals['_INDEXSTATUS']._serialized_end=1081
-  _globals['_QUERYSERVICE']._serialized_start=1195
-  _globals['_QUERYSERVICE']._serialized_end=1341
-  _globals['_INDEXSERVICE']._serialized_start=1344
-  _globals['_INDEXSERVICE']._serialized_end=1571
+  _globals['_FILTER']._serialized_start=137
+  _globals['_FILTER']._serialized_end=282
+  _globals['_TOKENRESTRICT']._serialized_start=284
+  _globals['_TOKENRESTRICT']._serialized_end=347
+  _globals['_NUMERICRANGE']._serialized_start=349
+  _globals['_NUMERICRANGE']._serialized_end=434
+  _globals['_RECOMMENDREQUEST']._serialized_start=437
+  _globals['_RECOMMENDREQUEST']._serialized_end=605
+  _globals['_RECOMMENDRESPONSE']._serialized_start=608
+  _globals['_RECOMMENDRESPONSE']._serialized_end=808
+  _globals['_RECOMMENDSIMILARREQUEST']._serialized_start=810
+  _globals['_RECOMMENDSIMILARREQUEST']._serialized_end=934
+  _globals['_BATCHRECOMMENDREQUEST']._serialized_start=936
+  _globals['_BATCHRECOMMENDREQUEST']._serialized_end=1006
+  _globals['_BATCHRECOMMENDRESPONSE']._serialized_start=1008
+  _globals['_BATCHRECOMMENDRESPONSE']._serialized_end=1104
+  _globals['_RECORDINTERACTIONSREQUEST']._serialized_start=1106
+  _globals['_RECORDINTERACTIONSREQUEST']._serialized_end=1177
+  _globals['_RECORDINTERACTIONSRESPONSE']._serialized_start=1179
+  _globals['_RECORDINTERACTIONSRESPONSE']._serialized_end=1231
+  _globals['_EMBEDREQUEST']._serialized_start=1233
+  _globals['_EMBEDREQUEST']._serialized_end=1268
+  _globals['_EMBEDRESPONSE']._serialized_start=1270
+  _globals['_EMBEDRESPONSE']._serialized_end=1371
+  _globals['_SEARCHREQUEST']._serialized_start=1374
+  _globals['_SEARCHREQUEST']._serialized_end=1528
+  _globals['_SEARCHRESPONSE']._serialized_start=1531
+  _globals['_SEARCHRESPONSE']._serialized_end=1668
+  _globals['_SEARCHSIMILARREQUEST']._serialized_start=1671
+  _globals['_SEARCHSIMILARREQUEST']._serialized_end=1815
+  _globals['_BATCHSEARCHREQUEST']._serialized_start=1817
+  _globals['_BATCHSEARCHREQUEST']._serialized_end=1880
+  _globals['_BATCHSEARCHRESPONSE']._serialized_start=1882
+  _globals['_BATCHSEARCHRESPONSE']._serialized_end=2000
+  _globals['_WATCHSTATUSREQUEST']._serialized_start=2002
+  _globals['_WATCHSTATUSREQUEST']._serialized_end=2022
+  _globals['_INDEXSTATUS']._serialized_start=2024
+  _globals['_INDEXSTATUS']._serialized_end=2136
+  _globals['_QUERYSERVICE']._serialized_start=2250
+  _globals['_QUERYSERVICE']._serialized_end=2668
+  _globals['_INDEXSERVICE']._serialized_start=2671
+  _globals['_INDEXSERVICE']._serialized_end=2975
 # @@protoc_insertion_point(module_scope)

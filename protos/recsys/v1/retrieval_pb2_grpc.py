@@ -44,6 +44,21 @@ class QueryServiceStub:
                 request_serializer=protos_dot_recsys_dot_v1_dot_retrieval__pb2.EmbedRequest.SerializeToString,
                 response_deserializer=protos_dot_recsys_dot_v1_dot_retrieval__pb2.EmbedResponse.FromString,
                 _registered_method=True)
+        self.RecommendSimilar = channel.unary_unary(
+                '/recsys.v1.QueryService/RecommendSimilar',
+                request_serializer=protos_dot_recsys_dot_v1_dot_retrieval__pb2.RecommendSimilarRequest.SerializeToString,
+                response_deserializer=protos_dot_recsys_dot_v1_dot_retrieval__pb2.RecommendResponse.FromString,
+                _registered_method=True)
+        self.BatchRecommend = channel.unary_unary(
+                '/recsys.v1.QueryService/BatchRecommend',
+                request_serializer=protos_dot_recsys_dot_v1_dot_retrieval__pb2.BatchRecommendRequest.SerializeToString,
+                response_deserializer=protos_dot_recsys_dot_v1_dot_retrieval__pb2.BatchRecommendResponse.FromString,
+                _registered_method=True)
+        self.RecordInteractions = channel.unary_unary(
+                '/recsys.v1.QueryService/RecordInteractions',
+                request_serializer=protos_dot_recsys_dot_v1_dot_retrieval__pb2.RecordInteractionsRequest.SerializeToString,
+                response_deserializer=protos_dot_recsys_dot_v1_dot_retrieval__pb2.RecordInteractionsResponse.FromString,
+                _registered_method=True)
 
 
 class QueryServiceServicer:
@@ -63,6 +78,28 @@ class QueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecommendSimilar(self, request, context):
+        """Candidates nearest to a candidate (item-to-item), cached like Recommend.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchRecommend(self, request, context):
+        """Many customers in one call (internal clients).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordInteractions(self, request, context):
+        """Appends a customer's interactions to the live history (Redis; capped per
+        customer, with a TTL). Their cached results stop being served.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +112,21 @@ def add_QueryServiceServicer_to_server(servicer, server):
                     servicer.Embed,
                     request_deserializer=protos_dot_recsys_dot_v1_dot_retrieval__pb2.EmbedRequest.FromString,
                     response_serializer=protos_dot_recsys_dot_v1_dot_retrieval__pb2.EmbedResponse.SerializeToString,
+            ),
+            'RecommendSimilar': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecommendSimilar,
+                    request_deserializer=protos_dot_recsys_dot_v1_dot_retrieval__pb2.RecommendSimilarRequest.FromString,
+                    response_serializer=protos_dot_recsys_dot_v1_dot_retrieval__pb2.RecommendResponse.SerializeToString,
+            ),
+            'BatchRecommend': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchRecommend,
+                    request_deserializer=protos_dot_recsys_dot_v1_dot_retrieval__pb2.BatchRecommendRequest.FromString,
+                    response_serializer=protos_dot_recsys_dot_v1_dot_retrieval__pb2.BatchRecommendResponse.SerializeToString,
+            ),
+            'RecordInteractions': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordInteractions,
+                    request_deserializer=protos_dot_recsys_dot_v1_dot_retrieval__pb2.RecordInteractionsRequest.FromString,
+                    response_serializer=protos_dot_recsys_dot_v1_dot_retrieval__pb2.RecordInteractionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -141,6 +193,87 @@ class QueryService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def RecommendSimilar(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.QueryService/RecommendSimilar',
+            protos_dot_recsys_dot_v1_dot_retrieval__pb2.RecommendSimilarRequest.SerializeToString,
+            protos_dot_recsys_dot_v1_dot_retrieval__pb2.RecommendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchRecommend(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.QueryService/BatchRecommend',
+            protos_dot_recsys_dot_v1_dot_retrieval__pb2.BatchRecommendRequest.SerializeToString,
+            protos_dot_recsys_dot_v1_dot_retrieval__pb2.BatchRecommendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordInteractions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.QueryService/RecordInteractions',
+            protos_dot_recsys_dot_v1_dot_retrieval__pb2.RecordInteractionsRequest.SerializeToString,
+            protos_dot_recsys_dot_v1_dot_retrieval__pb2.RecordInteractionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class IndexServiceStub:
     """Missing associated documentation comment in .proto file."""
@@ -160,6 +293,11 @@ class IndexServiceStub:
                 '/recsys.v1.IndexService/BatchSearch',
                 request_serializer=protos_dot_recsys_dot_v1_dot_retrieval__pb2.BatchSearchRequest.SerializeToString,
                 response_deserializer=protos_dot_recsys_dot_v1_dot_retrieval__pb2.BatchSearchResponse.FromString,
+                _registered_method=True)
+        self.SearchSimilar = channel.unary_unary(
+                '/recsys.v1.IndexService/SearchSimilar',
+                request_serializer=protos_dot_recsys_dot_v1_dot_retrieval__pb2.SearchSimilarRequest.SerializeToString,
+                response_deserializer=protos_dot_recsys_dot_v1_dot_retrieval__pb2.SearchResponse.FromString,
                 _registered_method=True)
         self.WatchStatus = channel.unary_stream(
                 '/recsys.v1.IndexService/WatchStatus',
@@ -183,6 +321,14 @@ class IndexServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchSimilar(self, request, context):
+        """Nearest candidates to a candidate's own embedding, the candidate excluded;
+        NOT_FOUND if the version does not hold it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchStatus(self, request, context):
         """The endpoint's status now, then again on every change and every keepalive_s.
         """
@@ -202,6 +348,11 @@ def add_IndexServiceServicer_to_server(servicer, server):
                     servicer.BatchSearch,
                     request_deserializer=protos_dot_recsys_dot_v1_dot_retrieval__pb2.BatchSearchRequest.FromString,
                     response_serializer=protos_dot_recsys_dot_v1_dot_retrieval__pb2.BatchSearchResponse.SerializeToString,
+            ),
+            'SearchSimilar': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchSimilar,
+                    request_deserializer=protos_dot_recsys_dot_v1_dot_retrieval__pb2.SearchSimilarRequest.FromString,
+                    response_serializer=protos_dot_recsys_dot_v1_dot_retrieval__pb2.SearchResponse.SerializeToString,
             ),
             'WatchStatus': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchStatus,
@@ -263,6 +414,33 @@ class IndexService:
             '/recsys.v1.IndexService/BatchSearch',
             protos_dot_recsys_dot_v1_dot_retrieval__pb2.BatchSearchRequest.SerializeToString,
             protos_dot_recsys_dot_v1_dot_retrieval__pb2.BatchSearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchSimilar(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.IndexService/SearchSimilar',
+            protos_dot_recsys_dot_v1_dot_retrieval__pb2.SearchSimilarRequest.SerializeToString,
+            protos_dot_recsys_dot_v1_dot_retrieval__pb2.SearchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -19,7 +19,7 @@ VERSION_STATE_SERVING: VersionState
 VERSION_STATE_ROLLBACK_TARGET: VersionState
 
 class VersionStatus(_message.Message):
-    __slots__ = ("version", "state", "num_candidates", "embedding_dim", "self_test_recall_at_10", "memory_bytes", "load_seconds")
+    __slots__ = ("version", "state", "num_candidates", "embedding_dim", "self_test_recall_at_10", "memory_bytes", "load_seconds", "catalogue_generation")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     NUM_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,7 @@ class VersionStatus(_message.Message):
     SELF_TEST_RECALL_AT_10_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     LOAD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CATALOGUE_GENERATION_FIELD_NUMBER: _ClassVar[int]
     version: int
     state: VersionState
     num_candidates: int
@@ -34,4 +35,5 @@ class VersionStatus(_message.Message):
     self_test_recall_at_10: float
     memory_bytes: int
     load_seconds: float
-    def __init__(self, version: _Optional[int] = ..., state: _Optional[_Union[VersionState, str]] = ..., num_candidates: _Optional[int] = ..., embedding_dim: _Optional[int] = ..., self_test_recall_at_10: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., load_seconds: _Optional[float] = ...) -> None: ...
+    catalogue_generation: int
+    def __init__(self, version: _Optional[int] = ..., state: _Optional[_Union[VersionState, str]] = ..., num_candidates: _Optional[int] = ..., embedding_dim: _Optional[int] = ..., self_test_recall_at_10: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., load_seconds: _Optional[float] = ..., catalogue_generation: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,173 @@
+"""Catalogue deltas: candidate upserts and deletes applied to a published
+version without retraining, stored beside it in the registry.
+
+A version directory never changes (its manifest checksums every file), so a
+version's deltas live in ``<root>/<model>/catalogue/<version>/``, an
+append-only log; generation G is the G-th delta::
+
+    00000001-<sha256[:16]>.npz   the delta: upserted ids, vectors, attributes; deleted ids
+    00000001.json                its commit record: the npz's name and sha256, counts,
+                                 and the previous record's sha256 (a hash chain)
+
+The npz is written first under a name of its own content, then the record
+claims the generation with an exclusive create (``os.link``), so two writers
+never both take one generation and a reader never sees half a delta: a
+generation exists once its record does. Readers check every record's chain
+and every npz's sha256, and the generations must run 1, 2, 3... without a gap.
+
+Within a delta, deletes apply after upserts; an id both upserted and deleted
+ends deleted. A service holding a version replays its deltas at load, and
+catches up on ``ApplyCatalogue``; the rollout tool (``recsys-catalogue``) is
+the writer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from model_registry.attributes import Attributes
+from model_registry.manifest import VersionError, sha256_file
+
+CATALOGUE_DIR = "catalogue"
+_RECORD = "{:08d}.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Delta:
+    """One batch of catalogue changes: upsert ``ids`` with ``vectors`` [n, dim]
+    (and ``attributes`` of those rows), then delete ``deleted``."""
+
+    ids: np.ndarray  # str [n]
+    vectors: np.ndarray  # float32 [n, dim]
+    attributes: Attributes
+    deleted: np.ndarray  # str [m]
+
+    def __post_init__(self) -> None:
+        if self.vectors.ndim != 2 or len(self.vectors) != len(self.ids):
+            raise ValueError(f"a delta needs one vector per upserted id: {len(self.ids)} ids, vectors of shape "
+                             f"{self.vectors.shape}")
+        if self.attributes.rows != len(self.ids):
+            raise ValueError(f"delta attributes describe {self.attributes.rows} rows for {len(self.ids)} ids")
+        if len(set(self.ids.tolist())) != len(self.ids):
+            raise ValueError("a delta upserts each id at most once")
+        if not np.isfinite(self.vectors).all():
+            raise ValueError("delta vectors must be finite")
+
+    @classmethod
+    def make(cls, ids=(), vectors=None, attributes: Attributes | None = None, deleted=(), dim: int = 0) -> "Delta":
+        ids = np.asarray(list(ids), dtype=str) if len(ids) else np.zeros(0, dtype="<U1")
+        vectors = np.zeros((0, dim), np.float32) if vectors is None else np.asarray(vectors, dtype=np.float32)
+        deleted = np.asarray(list(deleted), dtype=str) if len(deleted) else np.zeros(0, dtype="<U1")
+        return cls(ids, vectors, attributes or Attributes(len(ids)), deleted)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"ids": self.ids, "vectors": self.vectors, "deleted": self.deleted, **self.attributes.to_arrays()}
+
+    @classmethod
+    def from_arrays(cls, arrays) -> "Delta":
+        ids = np.asarray(arrays["ids"]).astype(str)
+        return cls(ids, np.asarray(arrays["vectors"], dtype=np.float32), Attributes.from_arrays(len(ids), arrays),
+                   np.asarray(arrays["deleted"]).astype(str))
+
+
+def catalogue_dir(model_dir: Path, version: int) -> Path:
+    return Path(model_dir) / CATALOGUE_DIR / str(int(version))
+
+
+def _records(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.glob("*.json") if p.stem.isdigit()) if directory.is_dir() else []
+
+
+def published_generation(model_dir: Path, version: int) -> int:
+    """How many deltas are published for ``version`` (0: none)."""
+    records = _records(catalogue_dir(model_dir, version))
+    return int(records[-1].stem) if records else 0
+
+
+def read_deltas(model_dir: Path, version: int, after: int = 0, up_to: int | None = None) -> list[Delta]:
+    """The deltas of ``version`` with generations in (after, up_to] (None: all),
+    in order, each verified. Raises VersionError on a gap, a broken chain, a
+    checksum mismatch, or fewer deltas than ``up_to``."""
+    directory = catalogue_dir(model_dir, version)
+    records = _records(directory)
+    if [int(p.stem) for p in records] != list(range(1, len(records) + 1)):
+        raise VersionError(f"catalogue deltas of version {version} in {directory} do not run 1..N without a gap: "
+                           f"{[p.name for p in records][:10]}")
+    if up_to is not None and up_to > len(records):
+        raise VersionError(f"version {version} has {len(records)} catalogue deltas published, not {up_to}")
+    deltas, previous = [], ""
+    for record_path in records[:up_to]:
+        generation = int(record_path.stem)
+        record_sha = sha256_file(record_path)
+        if generation > after:
+            record = json.loads(record_path.read_text())
+            if record.get("previous_sha256", "") != previous:
+                raise VersionError(f"catalogue delta {generation} of version {version} does not follow delta "
+                                   f"{generation - 1} (hash chain broken): the log was altered")
+            data = directory / record["file"]
+            if not data.is_file() or sha256_file(data) != record["sha256"]:
+                raise VersionError(f"catalogue delta {generation} of version {version}: {record['file']} is missing "
+                                   "or fails its sha256 check")
+            with np.load(data, allow_pickle=False) as arrays:
+                deltas.append(Delta.from_arrays(arrays))
+        previous = record_sha
+    return deltas
+
+
+def _write_atomically(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_delta(model_dir: Path, version: int, delta: Delta) -> int:
+    """Appends ``delta`` to ``version``'s log; returns its generation."""
+    directory = catalogue_dir(model_dir, version)
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
+    os.close(fd)
+    try:
+        np.savez(tmp, **delta.to_arrays())
+        digest = sha256_file(Path(tmp))
+        data = directory / f"{digest[:16]}.npz"
+        os.replace(tmp, data)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    while True:
+        records = _records(directory)
+        generation = len(records) + 1
+        record = {"generation": generation, "file": data.name, "sha256": digest,
+                  "previous_sha256": sha256_file(records[-1]) if records else "",
+                  "upserts": len(delta.ids), "deletes": len(delta.deleted),
+                  "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        staged = directory / f".tmp-record-{os.getpid()}-{generation}"
+        _write_atomically(staged, lambda f: f.write(json.dumps(record, sort_keys=True).encode()))
+        try:
+            os.link(staged, directory / _RECORD.format(generation))  # fails if another writer took it
+            break
+        except FileExistsError:
+            continue
+        finally:
+            staged.unlink(missing_ok=True)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return generation
+
