@@ -15,6 +15,7 @@ import numpy as np
 from index_service.searcher import CandidateIndex, SearchResult
 from serving import validation
 from serving.errors import InvalidArgument
+from serving.filters import NO_FILTER, Filter
 from serving.versions import VersionManager
 from settings.flags import option, require
 
@@ -40,12 +41,24 @@ class SearchLimits:
 
 
 @dataclass(frozen=True)
+class Answer:
+    """Which version answered, and its catalogue generation when the search
+    began: a delta applying meanwhile can only make the answer newer than it
+    says, so a cache keyed by it never holds an answer older than its key."""
+
+    version: int
+    generation: int
+
+
+@dataclass(frozen=True)
 class Query:
     """One query of a (batch) search, as received; validated by ``IndexCore``."""
 
     vector: list[float]
     k: int
     exclusions: tuple[str, ...] = ()
+    filter: Filter = NO_FILTER
+    by_popularity: bool = False  # rank by the version's popularity; the vector is empty
 
 
 class IndexCore:
@@ -100,19 +113,49 @@ class IndexCore:
         """Refuses a batch over the limits (see ``SearchLimits``) before any work."""
         validation.check_batch(ks, self.limits.max_batch_queries, self.limits.max_batch_results)
 
-    async def search(self, queries: list[Query], version: int) -> tuple[int, list[SearchResult]]:
-        """Searches every query in one version; returns (version used, results)."""
+    async def search(self, queries: list[Query], version: int) -> tuple[Answer, list[SearchResult]]:
+        """Searches every query in one version; returns (what answered, results)."""
         self.check_batch([q.k for q in queries])
+        index = self._index(version)
+        answer = Answer(index.version, index.catalogue_generation)
+        ks = [validation.check_k(q.k, self.limits.max_k) for q in queries]
+        exclusions = [validation.check_exclusions(q.exclusions) for q in queries]
+        results: list[SearchResult | None] = [None] * len(queries)
+        # Queries of one filter share a ScaNN call; the popularity-ranked ones need no vector.
+        groups: dict[Filter, list[int]] = {}
+        for i, q in enumerate(queries):
+            if q.by_popularity:
+                if q.vector:
+                    raise InvalidArgument(f"query {i} sets by_popularity and a vector: send one or the other")
+                results[i] = index.by_popularity(ks[i], exclusions[i], q.filter)
+            else:
+                groups.setdefault(q.filter, []).append(i)
+        for f, members in groups.items():
+            vectors = np.stack([validation.check_vector(queries[i].vector, index.dim, index.version) for i in members])
+            found = await self._run(index, len(members), index.search, vectors, max(ks[i] for i in members),
+                                    [exclusions[i] for i in members], f)
+            for i, result in zip(members, found):
+                results[i] = result
+        return answer, [SearchResult(r.ids[:qk], r.scores[:qk]) for r, qk in zip(results, ks)]
+
+    async def similar(self, candidate_id: str, k: int, exclusions: tuple[str, ...], f: Filter,
+                      version: int) -> tuple[Answer, SearchResult]:
+        """The k nearest candidates to a candidate of ``version``, itself excluded."""
+        validation.check_id(candidate_id, "candidate_id")
+        validation.check_k(k, self.limits.max_k)
+        excluded = validation.check_exclusions(exclusions)
+        index = self._index(version)
+        answer = Answer(index.version, index.catalogue_generation)
+        return answer, await self._run(index, 1, index.similar, candidate_id, k, excluded, f)
+
+    def _index(self, version: int) -> CandidateIndex:
         if version < 0:
             raise InvalidArgument(f"model_version={version} is negative: pass 0 for the version this slot holds")
         self.last_search = time.monotonic()
-        version, index = self.manager.get(version)
-        vectors = np.stack([validation.check_vector(q.vector, index.dim, version) for q in queries])
-        ks = [validation.check_k(q.k, self.limits.max_k) for q in queries]
-        exclusions = [validation.check_exclusions(q.exclusions) for q in queries]
-        if len(queries) * index.rows_scanned_per_query <= INLINE_MAX_ROWS:
-            results = index.search(vectors, max(ks), exclusions)
-        else:
-            results = await asyncio.get_running_loop().run_in_executor(
-                self.executor, index.search, vectors, max(ks), exclusions)
-        return version, [SearchResult(r.ids[:qk], r.scores[:qk]) for r, qk in zip(results, ks)]
+        return self.manager.get(version)[1]
+
+    async def _run(self, index: CandidateIndex, queries: int, search, *args):
+        """Small searches inline, the rest on the search threads (see the class docstring)."""
+        if queries * index.rows_scanned_per_query <= INLINE_MAX_ROWS:
+            return search(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, search, *args)

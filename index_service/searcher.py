@@ -1,14 +1,22 @@
-"""One model version's candidate index: a ScaNN searcher plus candidate ids.
+"""One model version's candidate index: a ScaNN searcher, its rows (ids,
+vectors, attributes) and the catalogue deltas applied to it.
 
-Thread-safety: ``search`` may be called from several threads at once (ScaNN's
-searcher is safe for concurrent searches; everything else here is read-only
-after load).
+Searches may run from several threads at once (ScaNN's searcher is safe for
+concurrent searches). Catalogue deltas mutate the searcher and the rows, so
+they take the write side of a read-write lock in small chunks (ScaNN's upsert
+holds the GIL too): a search waits at most one chunk.
+
+Filters (``serving.filters.Filter``) are applied to an over-fetch sized by the
+filter's estimated selectivity, fetched again deeper when too few pass; a
+filter estimated to pass at most ``EXACT_MAX_ROWS`` rows is answered by exact
+search over the rows that pass, so selective filters lose no recall.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import sys
 import time
 import types
@@ -17,10 +25,16 @@ from pathlib import Path
 
 import numpy as np
 
+from index_service.attributes import AttributeColumns
+from index_service.rows import ReadWriteLock, Rows
 from model_registry import Manifest, VersionError
 from model_registry import manifest as files
-from model_registry.search import exact_top_k, npy_shape
+from model_registry.attributes import Attributes
+from model_registry.deltas import Delta, read_deltas
+from model_registry.search import exact_top_k, npy_shape, recall_at_k
 from serving.admin import LoadReport
+from serving.errors import NotFound
+from serving.filters import NO_FILTER, Filter
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +44,16 @@ log = logging.getLogger(__name__)
 # two). The exact search it costs runs at idle priority in a slot that serves
 # no traffic.
 SELF_TEST_PROBES = 300
+# A filter estimated to pass at most this many rows is answered by exact search
+# over them (~1 ms at 64 dims): cheaper than an over-fetch deep enough to find
+# k of them, and exact.
+EXACT_MAX_ROWS = 20_000
+# Over-fetch per expected passing row, and its growth when too few passed.
+OVERFETCH = 2.0
+FETCH_GROWTH = 4
+# Candidates upserted or deleted per hold of the write lock: ~0.5 ms of ScaNN
+# (8 us per upsert at 64 dims), so a search waits at most about that long.
+DELTA_CHUNK = 64
 
 
 def _scann_pybind():
@@ -68,13 +92,19 @@ class SearchResult:
 
 
 class CandidateIndex:
-    """A loaded, verified, self-tested version's ScaNN searcher and candidate ids."""
+    """A loaded, verified, self-tested version's ScaNN searcher, its rows and
+    attributes, at catalogue generation ``generation``."""
 
-    def __init__(self, manifest: Manifest, candidate_ids: np.ndarray, searcher, report: LoadReport):
+    def __init__(self, manifest: Manifest, rows: Rows, searcher, report: LoadReport,
+                 attributes: AttributeColumns | None = None, popular: tuple[list[str], list[float]] = ([], [])):
         self.manifest = manifest
-        self.candidate_ids = candidate_ids
+        self.rows = rows
         self._searcher = searcher
         self.report = report
+        self.attributes = attributes or AttributeColumns(None, rows.count)
+        self.popular_ids, self.popular_scores = popular
+        self.catalogue_generation = 0
+        self._lock = ReadWriteLock()
 
     @property
     def version(self) -> int:
@@ -85,10 +115,14 @@ class CandidateIndex:
         return self.manifest.embedding_dim
 
     @property
+    def num_candidates(self) -> int:
+        return self.rows.count
+
+    @property
     def rows_scanned_per_query(self) -> int:
         """About how many candidate rows one query scores: all of them for brute
         force, the searched leaves' share for tree-AH (plus the exact reorder)."""
-        spec, n = self.manifest.index, len(self.candidate_ids)
+        spec, n = self.manifest.index, self.rows.count
         if spec.kind == "tree_ah" and spec.num_leaves > 0:
             return n * spec.num_leaves_to_search // spec.num_leaves + spec.reorder
         return n
@@ -97,7 +131,8 @@ class CandidateIndex:
     def load(cls, version_dir: Path, manifest: Manifest, min_recall: float = 0.9) -> "CandidateIndex":
         """Loads a verified version's searcher and self-tests it: recall@10
         against exact search on the version's probe queries must reach
-        ``min_recall``. Raises VersionError otherwise."""
+        ``min_recall``. Then replays the version's catalogue deltas from the
+        registry. Raises VersionError otherwise."""
         start = time.perf_counter()
         version_dir = Path(version_dir)
         ids = np.load(version_dir / files.CANDIDATE_IDS_FILE, allow_pickle=False)
@@ -108,17 +143,25 @@ class CandidateIndex:
         if npy_shape(embeddings) != (len(ids), manifest.embedding_dim):
             raise VersionError(f"version {manifest.version}: candidate embeddings have shape {npy_shape(embeddings)},"
                                f" expected {(len(ids), manifest.embedding_dim)}")
+        attributes_path = version_dir / files.ATTRIBUTES_FILE
+        attributes = AttributeColumns(Attributes.load(attributes_path, len(ids)) if attributes_path.exists() else None,
+                                      len(ids))
+        with np.load(version_dir / files.POPULAR_FILE, allow_pickle=False) as popular:
+            popular_list = (popular["ids"].tolist(), popular["scores"].astype(float).tolist())
         scann_dir = version_dir / files.SCANN_DIR
         searcher = load_searcher(scann_dir)
         memory = ids.nbytes + sum(p.stat().st_size for p in scann_dir.iterdir())
-        index = cls(manifest, ids, searcher, LoadReport(0.0, memory))
+        rows = Rows(ids, np.load(embeddings, mmap_mode="r", allow_pickle=False))
+        index = cls(manifest, rows, searcher, LoadReport(0.0, memory), attributes, popular_list)
         recall = index._self_test(version_dir)
         if recall < min_recall:
             raise VersionError(f"version {manifest.version}: index recall@10 vs exact search is {recall:.3f}, "
                                f"below the required {min_recall}")
+        deltas = read_deltas(version_dir.parent, manifest.version)
+        index.apply_catalogue(deltas, len(deltas))
         index.report = LoadReport(time.perf_counter() - start, memory, recall)
-        log.info("loaded version %d: %d candidates x %d dims, recall@10 %.3f, in %.2fs", manifest.version,
-                 len(ids), manifest.embedding_dim, recall, index.report.load_seconds)
+        log.info("loaded version %d: %d candidates x %d dims, recall@10 %.3f, %d catalogue deltas, in %.2fs",
+                 manifest.version, rows.count, manifest.embedding_dim, recall, len(deltas), index.report.load_seconds)
         return index
 
     def _self_test(self, version_dir: Path, k: int = 10) -> float:
@@ -130,22 +173,58 @@ class CandidateIndex:
                                f"expected [P, {self.dim}]")
         if len(probes) == 0:
             return 1.0
-        k = min(k, len(self.candidate_ids))
+        k = min(k, self.rows.count)
         exact, _ = exact_top_k(probes, version_dir / files.CANDIDATE_EMBEDDINGS_FILE, k)
         found = self.search(probes, k)
-        hits = sum(len(set(self.candidate_ids[row].tolist()) & set(result.ids)) for row, result in zip(exact, found))
+        hits = sum(len(set(self.rows.id_of(row)) & set(result.ids)) for row, result in zip(exact, found))
         return hits / (k * len(probes))
 
-    def search(self, queries: np.ndarray, k: int,
-               exclusions: list[frozenset[str]] | None = None) -> list[SearchResult]:
-        """Top-k candidates for each row of ``queries`` [B, dim], best first.
+    def recall(self, queries: np.ndarray, k: int = 10, f: Filter = NO_FILTER) -> float:
+        """recall@k of this index's answers (with filter ``f``) vs exact search
+        over its current rows (catalogue deltas included) that pass ``f``."""
+        with self._lock.reading():
+            subset = np.flatnonzero(self.attributes.mask(f)) if f.selects else np.arange(self.rows.count)
+            exact, _ = exact_top_k(queries, self.rows.vectors(subset), k)
+            truth = [self.rows.id_of(subset[row]) for row in exact]
+        found = self.search(queries, k, f=f)
+        return recall_at_k([[t.index(i) if i in t else -1 for i in r.ids] for r, t in zip(found, truth)],
+                           [list(range(len(t))) for t in truth])
 
-        Excluded ids are removed after an over-fetch of ``k + len(exclusions)``
-        so that exactly ``min(k, N - excluded)`` results come back.
-        """
+    # --- search --------------------------------------------------------------------------------------------------
+
+    def search(self, queries: np.ndarray, k: int, exclusions: list[frozenset[str]] | None = None,
+               f: Filter = NO_FILTER) -> list[SearchResult]:
+        """Top-k candidates for each row of ``queries`` [B, dim], best first,
+        passing filter ``f``. Exactly ``min(k, passing - excluded)`` results
+        come back (crowding aside)."""
         exclusions = exclusions or [frozenset()] * len(queries)
-        n = len(self.candidate_ids)
-        fetch = min(n, k + max((len(e) for e in exclusions), default=0))
+        with self._lock.reading():
+            self.attributes.check(f)
+            n = self.rows.count
+            if n == 0:
+                return [SearchResult([], []) for _ in queries]
+            share = self.attributes.selectivity(f) if f.selects else 1.0
+            if f.selects and share * n <= EXACT_MAX_ROWS:
+                return self._exact(queries, k, exclusions, f)
+            extra = max((len(e) for e in exclusions), default=0)
+            fetch = min(n, math.ceil(k * (OVERFETCH if f else 1.0) / max(share, 1e-9)) + extra)
+            results: list[SearchResult | None] = [None] * len(queries)
+            pending = list(range(len(queries)))
+            while pending:
+                if f and fetch > EXACT_MAX_ROWS and fetch < n:  # the estimate was far off: exact is cheaper now
+                    for i, result in zip(pending, self._exact(queries[pending], k, [exclusions[i] for i in pending], f)):
+                        results[i] = result
+                    break
+                rows, scores = self._ann(queries[pending], fetch)
+                still = []
+                for i, row_ids, row_scores in zip(pending, rows, scores):
+                    results[i] = self._keep(row_ids, row_scores, k, exclusions[i], f)
+                    if len(results[i].ids) < k and fetch < n:
+                        still.append(i)
+                pending, fetch = still, min(n, fetch * FETCH_GROWTH)
+            return results
+
+    def _ann(self, queries: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
         spec = self.manifest.index
         extra = {}
         if spec.kind == "tree_ah":
@@ -153,15 +232,125 @@ class CandidateIndex:
                      "leaves_to_search": spec.num_leaves_to_search}
         if len(queries) == 1:
             idx, dist = self._searcher.search(queries[0], final_num_neighbors=fetch, **extra)
-            idx, dist = idx[None], dist[None]
-        else:
-            idx, dist = self._searcher.search_batched(queries, final_num_neighbors=fetch, **extra)
+            return np.asarray(idx)[None], np.asarray(dist)[None]
+        return self._searcher.search_batched(queries, final_num_neighbors=fetch, **extra)
+
+    def _keep(self, rows: np.ndarray, scores: np.ndarray, k: int, excluded: frozenset[str], f: Filter) -> SearchResult:
+        """The first k of ``rows`` (best first) that pass ``f``, are not excluded and fit crowding."""
+        rows = np.asarray(rows, dtype=np.int64)
+        scores = np.asarray(scores)
+        if f.selects:
+            keep = self.attributes.passes(rows, f)
+            rows, scores = rows[keep], scores[keep]
+        ids = self.rows.id_of(rows)
+        crowd = self.attributes.crowd_keys(rows, f.crowding_namespace).tolist() if f.max_per_value else None
+        if not excluded and crowd is None:
+            return SearchResult(ids[:k], scores[:k].tolist())
+        seen: dict[int, int] = {}
+        out_ids, out_scores = [], []
+        for j, candidate in enumerate(ids):
+            if candidate in excluded:
+                continue
+            if crowd is not None and crowd[j] >= 0:
+                if seen.get(crowd[j], 0) >= f.max_per_value:
+                    continue
+                seen[crowd[j]] = seen.get(crowd[j], 0) + 1
+            out_ids.append(candidate)
+            out_scores.append(float(scores[j]))
+            if len(out_ids) == k:
+                break
+        return SearchResult(out_ids, out_scores)
+
+    def _exact(self, queries: np.ndarray, k: int, exclusions: list[frozenset[str]], f: Filter) -> list[SearchResult]:
+        """Exact search over the rows passing ``f`` (called under the read lock)."""
+        subset = np.flatnonzero(self.attributes.mask(f))
+        if len(subset) == 0:
+            return [SearchResult([], []) for _ in queries]
+        scores = np.asarray(queries, dtype=np.float32) @ self.rows.vectors(subset).T
         results = []
-        for row_idx, row_dist, excluded in zip(idx, dist, exclusions):
-            ids = self.candidate_ids[row_idx].tolist()
-            scores = row_dist.tolist()
-            if excluded:
-                kept = [(i, s) for i, s in zip(ids, scores) if i not in excluded]
-                ids, scores = [i for i, _ in kept], [s for _, s in kept]
-            results.append(SearchResult(ids[:k], scores[:k]))
+        for row_scores, excluded in zip(scores, exclusions):
+            depth = min(len(subset), 2 * (k + len(excluded)))
+            while True:
+                top = np.argpartition(-row_scores, depth - 1)[:depth] if depth < len(subset) else \
+                    np.arange(len(subset))
+                top = top[np.lexsort((subset[top], -row_scores[top]))]
+                result = self._keep(subset[top], row_scores[top], k, excluded, f)
+                if len(result.ids) >= k or depth == len(subset):
+                    break
+                depth = min(len(subset), depth * FETCH_GROWTH)
+            results.append(result)
         return results
+
+    def similar(self, candidate_id: str, k: int, excluded: frozenset[str] = frozenset(),
+                f: Filter = NO_FILTER) -> SearchResult:
+        """The k candidates nearest to ``candidate_id``'s own vector, itself excluded;
+        NotFound if this version (with its deltas) does not hold it."""
+        with self._lock.reading():
+            row = self.rows.row_of(candidate_id)
+            if row < 0:
+                raise NotFound(f"candidate {candidate_id!r} is not in version {self.version} (catalogue generation "
+                               f"{self.catalogue_generation}): pass a candidate id of this version")
+            vector = self.rows.vectors(np.array([row]))
+        return self.search(vector, k, [excluded | {candidate_id}], f)[0]
+
+    def by_popularity(self, k: int, excluded: frozenset[str] = frozenset(), f: Filter = NO_FILTER) -> SearchResult:
+        """The version's most popular candidates (its training popularity) passing
+        ``f``; past the popular list, the other passing candidates (score 0) in row order."""
+        with self._lock.reading():
+            self.attributes.check(f)
+            rows = np.array([r for r in map(self.rows.row_of, self.popular_ids) if r >= 0], dtype=np.int64)
+            shares = dict(zip(self.popular_ids, self.popular_scores))
+            result = self._keep(rows, np.array([shares[i] for i in self.rows.id_of(rows)]), k, excluded, f)
+            if len(result.ids) >= k:
+                return result
+            rest = np.flatnonzero(self.attributes.mask(f)) if f.selects else np.arange(self.rows.count)
+            rest = rest[~np.isin(rest, rows)]
+            more = self._keep(rest, np.zeros(len(rest), dtype=np.float32), k - len(result.ids),
+                              excluded | frozenset(result.ids), f)
+        return SearchResult(result.ids + more.ids, result.scores + more.scores)
+
+    # --- catalogue deltas ----------------------------------------------------------------------------------------
+
+    def apply_catalogue(self, deltas: list[Delta], generation: int) -> None:
+        """Applies catalogue deltas in order (upserts, then deletes, of each);
+        ``generation`` is the last one's. Takes the write lock per chunk of
+        ``DELTA_CHUNK`` candidates and rests as long between chunks, so searches
+        keep at least half the time. Deleting an id the index does not hold is a
+        no-op (a delta can be replayed)."""
+        raw = self._searcher.searcher
+        for delta in deltas:
+            if delta.vectors.shape[1:] != (self.dim,):
+                raise VersionError(f"a catalogue delta of version {self.version} has vectors of shape "
+                                   f"{delta.vectors.shape}; the version embeds into {self.dim}")
+            for a in range(0, len(delta.ids), DELTA_CHUNK):
+                self._in_turn(self._upsert, raw, delta, np.arange(a, min(a + DELTA_CHUNK, len(delta.ids))))
+            for a in range(0, len(delta.deleted), DELTA_CHUNK):
+                self._in_turn(self._delete, raw, delta.deleted[a:a + DELTA_CHUNK].tolist())
+        self.catalogue_generation = generation
+
+    def _in_turn(self, change, *args) -> None:
+        started = time.perf_counter()
+        with self._lock.writing():
+            change(*args)
+        time.sleep(time.perf_counter() - started)
+
+    def _upsert(self, raw, delta: Delta, at: np.ndarray) -> None:
+        ids = delta.ids[at]
+        rows = np.array([self.rows.row_of(i) for i in ids.tolist()], dtype=np.int64)
+        new = rows < 0
+        rows[new] = self.rows.count + np.arange(int(new.sum()))
+        raw.upsert([None if is_new else int(r) for r, is_new in zip(rows.tolist(), new.tolist())],
+                   np.ascontiguousarray(delta.vectors[at]), len(at))
+        self.attributes.write(rows, delta.attributes, at)
+        self.rows.write(rows, ids, delta.vectors[at])
+
+    def _delete(self, raw, ids: list[str]) -> None:
+        removed = []
+        for candidate in ids:
+            row = self.rows.row_of(candidate)
+            if row >= 0:  # ScaNN moves its last datapoint into the deleted one's place, one id at a time
+                removed.append(row)
+                self.attributes.move_last(row)
+                self.rows.move_last(row)
+        if removed:
+            raw.delete(removed)

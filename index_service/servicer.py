@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
-from index_service.core import IndexCore, Query
+from index_service.core import Answer, IndexCore, Query
 from index_service.searcher import SearchResult
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from serving.admin import VersionAdmin
 from serving.admin_rpc import version_protos
 from serving.errors import InvalidArgument
+from serving.filters import filter_from_proto
 from serving.grpc_server import map_errors
 
 
 def _query(request: pb.SearchRequest) -> Query:
-    return Query(vector=list(request.vector), k=request.k, exclusions=tuple(request.exclude_candidate_ids))
+    return Query(vector=list(request.vector), k=request.k, exclusions=tuple(request.exclude_candidate_ids),
+                 filter=filter_from_proto(request.filter), by_popularity=request.by_popularity)
 
 
-def _response(result: SearchResult, version: int, model: str) -> pb.SearchResponse:
+def _response(result: SearchResult, answer: Answer, model: str) -> pb.SearchResponse:
     return pb.SearchResponse(
         candidates=[pb.ScoredCandidate(candidate_id=i, score=s) for i, s in zip(result.ids, result.scores)],
-        model_version=version,
+        model_version=answer.version,
         model_name=model,
+        catalogue_generation=answer.generation,
     )
 
 
@@ -32,8 +35,15 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
 
     @map_errors
     async def Search(self, request: pb.SearchRequest, context) -> pb.SearchResponse:
-        version, results = await self.core.search([_query(request)], request.model_version)
-        return _response(results[0], version, self.model)
+        answer, results = await self.core.search([_query(request)], request.model_version)
+        return _response(results[0], answer, self.model)
+
+    @map_errors
+    async def SearchSimilar(self, request: pb.SearchSimilarRequest, context) -> pb.SearchResponse:
+        answer, result = await self.core.similar(request.candidate_id, request.k,
+                                                 tuple(request.exclude_candidate_ids),
+                                                 filter_from_proto(request.filter), request.model_version)
+        return _response(result, answer, self.model)
 
     @map_errors
     async def BatchSearch(self, request: pb.BatchSearchRequest, context) -> pb.BatchSearchResponse:
@@ -43,10 +53,10 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
             raise InvalidArgument(
                 f"queries name different model versions {sorted(versions)}: one batch searches one version"
             )
-        version, results = await self.core.search([_query(q) for q in request.queries],
-                                                  versions.pop() if versions else 0)
-        return pb.BatchSearchResponse(results=[_response(r, version, self.model) for r in results],
-                                      model_version=version)
+        answer, results = await self.core.search([_query(q) for q in request.queries],
+                                                 versions.pop() if versions else 0)
+        return pb.BatchSearchResponse(results=[_response(r, answer, self.model) for r in results],
+                                      model_version=answer.version, catalogue_generation=answer.generation)
 
     async def WatchStatus(self, request: pb.WatchStatusRequest, context):
         async for _ in self.core.changes():

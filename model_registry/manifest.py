@@ -27,12 +27,14 @@ POPULAR_FILE = "popular.npz"  # arrays "ids" (str) and "scores" (float32)
 PROBE_QUERIES_FILE = "probe_queries.npy"
 CUSTOMER_STORE_FILE = "customer_store.npz"  # model_registry.customers.CustomerStore
 METRICS_FILE = "metrics.json"
+ATTRIBUTES_FILE = "candidate_attributes.npz"  # optional: model_registry.attributes, what filters select on
 
 # What each service reads, and so verifies before a load (``verify_version``'s
 # ``reads``): a query replica never reads the candidates, which an index slot
 # holding the version has verified before any promotion can route to it.
 QUERY_READS = (QUERY_TOWER_DIR, POPULAR_FILE, CUSTOMER_STORE_FILE)
-INDEX_READS = (CANDIDATE_IDS_FILE, CANDIDATE_EMBEDDINGS_FILE, SCANN_DIR, PROBE_QUERIES_FILE)
+INDEX_READS = (CANDIDATE_IDS_FILE, CANDIDATE_EMBEDDINGS_FILE, SCANN_DIR, PROBE_QUERIES_FILE, POPULAR_FILE,
+               ATTRIBUTES_FILE)
 
 
 class VersionError(Exception):

@@ -8,6 +8,7 @@ Layout (TensorFlow Serving's convention of integer version folders)::
         PREVIOUS            the version live before it, the rollback target (text, one integer)
         slots/<slot>        the version each index slot holds (text, one integer): a restarted
                             slot process reloads it
+        catalogue/<version>/  the version's catalogue deltas (model_registry.deltas)
         .staging-*/         in-progress publishes; never read
 
 Publishing writes into a staging directory and renames it to the next integer,
@@ -31,6 +32,7 @@ from typing import Callable
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from model_registry import signing
+from model_registry.deltas import catalogue_dir
 from model_registry.manifest import MANIFEST_FILE, Manifest, VersionError, checksum_tree, read_manifest
 
 CURRENT_FILE = "CURRENT"
@@ -170,6 +172,7 @@ class Registry:
             doomed = self.model_dir / f".deleting-{version}-{os.getpid()}"
             os.rename(self.version_dir(version), doomed)
             shutil.rmtree(doomed, ignore_errors=True)
+            shutil.rmtree(catalogue_dir(self.model_dir, version), ignore_errors=True)
             deleted.append(version)
         self._remove_leftovers()
         return deleted

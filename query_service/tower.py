@@ -24,7 +24,7 @@ import tensorflow as tf
 from model_registry import Manifest, VersionError
 from model_registry import manifest as files
 from model_registry.customers import CustomerStore
-from model_registry.deltas import Delta
+from model_registry.deltas import Delta, read_deltas
 from model_registry.tower_inputs import FLOAT, REQUEST_TIME, STRING, TowerInputs, check_store, tower_inputs
 from serving.admin import LoadReport
 
@@ -65,6 +65,10 @@ class QueryModel:
     def version(self) -> int:
         return self.manifest.version
 
+    @property
+    def num_candidates(self) -> int:
+        return self.manifest.num_candidates
+
     @classmethod
     def load(cls, version_dir: Path, manifest: Manifest) -> "QueryModel":
         """Loads a verified version's tower, store and fallback; checks the tower
@@ -93,6 +97,8 @@ class QueryModel:
         if model._table is not None and not np.isfinite(model._table).all():
             raise VersionError(f"version {manifest.version}: the tower gives non-finite embeddings for some "
                                "stored customers")
+        deltas = read_deltas(version_dir.parent, manifest.version)
+        model.apply_catalogue(deltas, len(deltas))
         tower_bytes = sum(p.stat().st_size for p in (version_dir / files.QUERY_TOWER_DIR).rglob("*") if p.is_file())
         table_bytes = model._table.nbytes if model._table is not None else 0
         model.report = LoadReport(time.perf_counter() - start, tower_bytes + table_bytes)

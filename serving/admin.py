@@ -7,15 +7,20 @@ request path) and a *manager* (``serving.versions``: the loaded versions and
 the live one). ``VersionAdmin`` is what the admin plane calls on top of them;
 each service subclasses it with its own meaning of load / promote / rollback
 (an index slot replaces what it holds; a query replica switches routing).
+Catalogue deltas (``model_registry.deltas``) are the same operation on both:
+the loaded version catches up with the registry's log.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from typing import Generic, Protocol, TypeVar
 
-from model_registry import Manifest
+from model_registry import Manifest, VersionError
+from model_registry.deltas import Delta, published_generation, read_deltas
+from serving.errors import FailedPrecondition, InvalidArgument
 from serving.loader import Loader
 from serving.versions import State, VersionManager
 
@@ -33,10 +38,14 @@ class LoadReport:
 
 
 class Servable(Protocol):
-    """What the admin plane reads of a loaded version."""
+    """What the admin plane reads of a loaded version, and how it takes catalogue deltas."""
 
     manifest: Manifest
     report: LoadReport
+    catalogue_generation: int
+    num_candidates: int
+
+    def apply_catalogue(self, deltas: list[Delta], generation: int) -> None: ...
 
 
 S = TypeVar("S", bound=Servable)
@@ -49,6 +58,7 @@ class VersionInfo:
     num_candidates: int = 0
     embedding_dim: int = 0
     report: LoadReport | None = None
+    catalogue_generation: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +80,7 @@ class VersionAdmin(Generic[S]):
     def __init__(self, manager: VersionManager[S], loader: Loader[S]):
         self.manager = manager
         self.loader = loader
+        self._applying = asyncio.Lock()  # one catalogue catch-up at a time
 
     def _drop(self, version: int, allow_live: bool = False) -> None:
         """Takes a version out of the manager and frees it (blocking: a full GC)."""
@@ -89,12 +100,39 @@ class VersionAdmin(Generic[S]):
             raise
         self.manager.add(version, servable, make_live=make_live)
 
+    async def apply_catalogue(self, version: int, generation: int) -> StatusReport:
+        """Catches loaded ``version`` up with its catalogue deltas in the registry, to
+        ``generation`` (0: all published). Runs on a thread of normal priority: an
+        index slot applies deltas while it serves, and holds a lock searches wait on."""
+        if version < 1 or generation < 0:
+            raise InvalidArgument(f"version={version}, generation={generation}: give a loaded version (>= 1) and a "
+                                  "generation >= 0 (0: every delta published)")
+        _, servable = self.manager.get(version)
+        registry = self.loader.registry
+        async with self._applying:
+            published = await asyncio.to_thread(published_generation, registry.model_dir, version)
+            target = generation or published
+            if target > published:
+                raise FailedPrecondition(f"version {version} has {published} catalogue deltas in the registry, not "
+                                         f"{target}: publish the delta first (recsys-catalogue)")
+            if target > servable.catalogue_generation:
+                try:
+                    deltas = await asyncio.to_thread(read_deltas, registry.model_dir, version,
+                                                     servable.catalogue_generation, target)
+                except VersionError as e:
+                    raise FailedPrecondition(f"catalogue deltas of version {version} refused: {e}") from e
+                await asyncio.to_thread(servable.apply_catalogue, deltas, target)
+                log.info("%s: version %d at catalogue generation %d (%d candidates)", self.service, version, target,
+                         servable.num_candidates)
+                self.manager.announce()
+        return self.status()
+
     def status(self) -> StatusReport:
         infos = []
         for version, (state, servable) in self.manager.states().items():
             if servable is None:
                 infos.append(VersionInfo(version, state))
             else:
-                m = servable.manifest
-                infos.append(VersionInfo(version, state, m.num_candidates, m.embedding_dim, servable.report))
+                infos.append(VersionInfo(version, state, servable.num_candidates, servable.manifest.embedding_dim,
+                                         servable.report, servable.catalogue_generation))
         return StatusReport(self.manager.model, self.service, self.manager.live_version or 0, infos, self.slot)

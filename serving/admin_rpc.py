@@ -26,7 +26,8 @@ def version_protos(infos: list[VersionInfo]) -> list[versions_pb2.VersionStatus]
             version=v.version, state=versions_pb2.VersionState.Value(f"VERSION_STATE_{v.state.value}"),
             num_candidates=v.num_candidates, embedding_dim=v.embedding_dim,
             self_test_recall_at_10=(report.self_test_recall or 0.0) if report else 0.0,
-            memory_bytes=report.memory_bytes if report else 0, load_seconds=report.load_seconds if report else 0.0))
+            memory_bytes=report.memory_bytes if report else 0, load_seconds=report.load_seconds if report else 0.0,
+            catalogue_generation=v.catalogue_generation))
     return out
 
 
@@ -58,6 +59,10 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     @map_errors
     async def GetStatus(self, request, context):
         return status_proto(self.admin.status())
+
+    @map_errors
+    async def ApplyCatalogue(self, request, context):
+        return status_proto(await self.admin.apply_catalogue(request.version, request.generation))
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):

@@ -49,6 +49,10 @@ class VersionManager(Generic[T]):
         for callback in self._listeners:
             callback()
 
+    def announce(self) -> None:
+        """Tells the listeners that a loaded version changed in place (a catalogue delta)."""
+        self._changed()
+
     def begin_loading(self, version: int) -> bool:
         """Marks a version as loading; False if it is already loaded or loading."""
         with self._lock:

@@ -108,8 +108,8 @@ def query_replica(registry: Registry, index: InProcessIndex, live: int, rollback
 async def test_index_core_answers_pinned_searches_of_what_it_holds(registry):
     core, _ = slot(registry, "blue", 1)
     query = tiny.embeddings(1)[0][3]
-    version, (result,) = await core.search([Query(query.tolist(), 5)], 0)  # 0: what the slot holds
-    assert version == 1 and result.ids == tiny.exact_top_k(1, "c003", 5)
+    answer, (result,) = await core.search([Query(query.tolist(), 5)], 0)  # 0: what the slot holds
+    assert (answer.version, answer.generation) == (1, 0) and result.ids == tiny.exact_top_k(1, "c003", 5)
     _, results = await core.search([Query(query.tolist(), 3, ("i000",)), Query(query.tolist(), 1)], 1)
     assert [len(r.ids) for r in results] == [3, 1] and "i000" not in results[0].ids
     for bad, message in ((Query([0.0] * 3, 5), "3 dimensions"), (Query([float("nan")] * 4, 5), "non-finite"),
@@ -150,8 +150,8 @@ async def test_slot_refuses_bad_versions_and_keeps_or_restores_what_it_held(regi
         await admin.load(4)  # refused by the self-test, after the drop: version 1 is loaded back
     assert [(v.version, v.state) for v in admin.status().versions] == [(1, State.SERVING)]
     assert registry.slot_version("red") == 1
-    version, _ = await core.search([Query([0.1] * tiny.DIM, 3)], 1)
-    assert version == 1
+    answer, _ = await core.search([Query([0.1] * tiny.DIM, 3)], 1)
+    assert answer.version == 1
 
 
 async def test_a_slot_serving_traffic_refuses_loads(registry):

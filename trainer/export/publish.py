@@ -1,7 +1,8 @@
 """Turns a trained model into a published registry version.
 
 Writes the query tower SavedModel (``saved_model``), the customer store, the
-candidate embeddings and ids, the ScaNN searcher (``index``), the popularity
+candidate embeddings and ids, their attributes (the catalogue's columns, what
+filters select on), the ScaNN searcher (``index``), the popularity
 fallback, probe queries and the metrics report, then publishes atomically
 through ``Registry.publish``. Publishing does not make the version live: that
 is the rollout's job (``recsys-publish``).
@@ -19,7 +20,9 @@ import numpy as np
 
 from model_registry import IndexSpec, Manifest, Registry
 from model_registry import manifest as mf
+from model_registry.attributes import from_catalogue
 from model_registry.customers import CustomerStore
+from model_registry.ids import index_of
 from trainer.data import Interactions
 from trainer.export import index as index_builder
 from trainer.export.saved_model import save_query_tower
@@ -79,6 +82,12 @@ def publish(registry: Registry, model: TwoTowerModel, store: CustomerStore, cata
     searcher, spec = index_builder.build_index(cand_emb, probes, config.index)
     pop_ids, pop_scores = popular_candidates(train)
     dim = int(cand_emb.shape[1])
+    attributes = None
+    if train.candidate_features:  # the catalogue's columns become filterable attributes, in index order
+        rows = index_of(train.catalog, catalog)
+        attributes = from_catalogue({col: np.where(rows >= 0, values[np.maximum(rows, 0)],
+                                                   "" if values.dtype.kind in "US" else np.float32(np.nan))
+                                     for col, values in train.candidate_features.items()})
 
     def write(staging: Path):
         save_query_tower(model.query_tower, staging / mf.QUERY_TOWER_DIR,
@@ -89,6 +98,8 @@ def publish(registry: Registry, model: TwoTowerModel, store: CustomerStore, cata
         index_builder.save_searcher(searcher, staging / mf.SCANN_DIR)
         np.savez(staging / mf.POPULAR_FILE, ids=pop_ids, scores=pop_scores)
         np.save(staging / mf.PROBE_QUERIES_FILE, probes, allow_pickle=False)
+        if attributes is not None:
+            attributes.save(staging / mf.ATTRIBUTES_FILE)
         (staging / mf.METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True,
                                                           default=_json_default))
 

@@ -1,0 +1,209 @@
+"""Candidate attributes held by an index slot, row-aligned with its ScaNN
+searcher, and filter evaluation over them.
+
+Rows change as catalogue deltas apply (rows appended, overwritten, and moved
+by ScaNN's swap-on-delete), so each namespace is a fixed-width column:
+
+* token namespace: int32 [rows, width] of token numbers (-1 pads), with the
+  namespace's vocabulary (grown by deltas) and a count per token (for the
+  selectivity estimate);
+* numeric namespace: float32 [rows], NaN where a candidate has no value.
+
+A filter is evaluated either on the rows a search returned (``passes``) or on
+every row (``mask``, for exact search over the filtered subset). Both are a
+table lookup per token, vectorised; no per-candidate Python.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from model_registry.attributes import Attributes
+from serving.errors import InvalidArgument
+from serving.filters import Filter, NumericRange, TokenRestrict
+
+# Rows of each numeric namespace kept, sorted, to estimate a range's selectivity.
+ESTIMATE_SAMPLE = 10_000
+
+
+class _TokenColumn:
+    def __init__(self, vocabulary: list[str], matrix: np.ndarray):
+        self.index = {token: i for i, token in enumerate(vocabulary)}
+        self.matrix = matrix  # int32 [capacity, width], -1 pads
+        self.counts = np.zeros(len(vocabulary), dtype=np.int64)
+
+    def token_ids(self, tokens) -> np.ndarray:
+        return np.array([self.index[t] for t in tokens if t in self.index], dtype=np.int64)
+
+    def lookup_table(self, tokens) -> np.ndarray:
+        """bool [V + 1]: True at the tokens' numbers; the last entry (index -1, the pad) stays False."""
+        table = np.zeros(len(self.index) + 1, dtype=bool)
+        table[self.token_ids(tokens)] = True
+        return table
+
+    def encode(self, lists: list[list[str]]) -> np.ndarray:
+        """Token numbers of each row's tokens, new tokens added to the vocabulary; widens the column if needed."""
+        width = max((len(t) for t in lists), default=0)
+        if width > self.matrix.shape[1]:
+            wider = np.full((len(self.matrix), width), -1, dtype=np.int32)
+            wider[:, :self.matrix.shape[1]] = self.matrix
+            self.matrix = wider
+        out = np.full((len(lists), self.matrix.shape[1]), -1, dtype=np.int32)
+        for r, tokens in enumerate(lists):
+            for c, token in enumerate(tokens):
+                out[r, c] = self.index.setdefault(token, len(self.index))
+        if len(self.index) > len(self.counts):
+            self.counts = np.concatenate([self.counts, np.zeros(len(self.index) - len(self.counts), np.int64)])
+        return out
+
+    def count(self, rows_tokens: np.ndarray, sign: int) -> None:
+        flat = rows_tokens[rows_tokens >= 0]
+        np.add.at(self.counts, flat, sign)
+
+
+class AttributeColumns:
+    """Attributes of a slot's rows; mutated only under the searcher's write lock."""
+
+    def __init__(self, attributes: Attributes | None, rows: int):
+        attributes = attributes or Attributes(rows)
+        if attributes.rows != rows:
+            raise ValueError(f"attributes describe {attributes.rows} rows, the searcher holds {rows}")
+        self.rows = rows
+        self.tokens: dict[str, _TokenColumn] = {}
+        for ns, (offsets, tokens) in attributes.tokens.items():
+            vocabulary, numbers = np.unique(tokens, return_inverse=True)
+            lengths = np.diff(offsets)
+            matrix = np.full((rows, int(lengths.max()) if rows else 0), -1, dtype=np.int32)
+            row_of = np.repeat(np.arange(rows), lengths)
+            col_of = np.arange(len(tokens)) - np.repeat(offsets[:-1], lengths)
+            matrix[row_of, col_of] = numbers
+            column = _TokenColumn(vocabulary.tolist(), matrix)
+            column.count(matrix, 1)
+            self.tokens[ns] = column
+        self.numeric: dict[str, np.ndarray] = {ns: v.astype(np.float32, copy=True)
+                                               for ns, v in attributes.numeric.items()}
+        rng = np.random.default_rng(0)
+        self._samples = {ns: np.sort(rng.choice(v, min(len(v), ESTIMATE_SAMPLE), replace=False))
+                         for ns, v in self.numeric.items()}
+
+    # --- filters -----------------------------------------------------------------------------------------------
+
+    def check(self, f: Filter) -> None:
+        """Refuses a filter naming a namespace this version does not have (a caller's typo must not
+        quietly return nothing)."""
+        for restrict in f.restricts:
+            if restrict.namespace not in self.tokens:
+                raise InvalidArgument(f"filter namespace {restrict.namespace!r} is not a token namespace of this "
+                                      f"version (token namespaces: {sorted(self.tokens)})")
+        for numeric in f.ranges:
+            if numeric.namespace not in self.numeric:
+                raise InvalidArgument(f"filter namespace {numeric.namespace!r} is not a numeric namespace of this "
+                                      f"version (numeric namespaces: {sorted(self.numeric)})")
+        if f.crowding_namespace and f.crowding_namespace not in self.tokens:
+            raise InvalidArgument(f"crowding namespace {f.crowding_namespace!r} is not a token namespace of this "
+                                  f"version (token namespaces: {sorted(self.tokens)})")
+
+    def _restrict(self, restrict: TokenRestrict, rows: np.ndarray | slice) -> np.ndarray:
+        column = self.tokens[restrict.namespace]
+        numbers = column.matrix[rows]
+        ok = np.ones(len(numbers), dtype=bool)
+        if restrict.allow:
+            ok &= column.lookup_table(restrict.allow)[numbers].any(axis=1)
+        if restrict.deny:
+            ok &= ~column.lookup_table(restrict.deny)[numbers].any(axis=1)
+        return ok
+
+    def _range(self, numeric: NumericRange, rows: np.ndarray | slice) -> np.ndarray:
+        values = self.numeric[numeric.namespace][rows]
+        ok = ~np.isnan(values)
+        if numeric.low is not None:
+            ok &= values >= numeric.low
+        if numeric.high is not None:
+            ok &= values <= numeric.high
+        return ok
+
+    def passes(self, rows: np.ndarray, f: Filter) -> np.ndarray:
+        """bool [len(rows)]: which of ``rows`` pass the filter's restricts and ranges."""
+        ok = np.ones(len(rows), dtype=bool)
+        for restrict in f.restricts:
+            ok &= self._restrict(restrict, rows)
+        for numeric in f.ranges:
+            ok &= self._range(numeric, rows)
+        return ok
+
+    def mask(self, f: Filter) -> np.ndarray:
+        """bool [rows]: every row passing the filter."""
+        everything = slice(0, self.rows)
+        ok = np.ones(self.rows, dtype=bool)
+        for restrict in f.restricts:
+            ok &= self._restrict(restrict, everything)
+        for numeric in f.ranges:
+            ok &= self._range(numeric, everything)
+        return ok
+
+    def selectivity(self, f: Filter) -> float:
+        """An estimate of the share of rows passing (restricts and ranges taken as independent):
+        it sizes the over-fetch and picks exact search; a wrong guess costs a retry, not recall."""
+        share = 1.0
+        rows = max(self.rows, 1)
+        for restrict in f.restricts:
+            column = self.tokens[restrict.namespace]
+            if restrict.allow:
+                share *= min(1.0, column.counts[column.token_ids(restrict.allow)].sum() / rows)
+            if restrict.deny:
+                share *= max(0.0, 1.0 - column.counts[column.token_ids(restrict.deny)].sum() / rows)
+        for numeric in f.ranges:
+            sample = self._samples[numeric.namespace]
+            if len(sample):
+                low = 0 if numeric.low is None else np.searchsorted(sample, numeric.low, "left")
+                high = len(sample) if numeric.high is None else np.searchsorted(sample, numeric.high, "right")
+                share *= max(high - low, 0) / len(sample)
+        return share
+
+    def crowd_keys(self, rows: np.ndarray, namespace: str) -> np.ndarray:
+        """int [len(rows)]: each row's first token in ``namespace`` (-1: none), what crowding counts."""
+        return self.tokens[namespace].matrix[rows, 0] if self.tokens[namespace].matrix.shape[1] else \
+            np.full(len(rows), -1, dtype=np.int32)
+
+    # --- changes (under the write lock) ------------------------------------------------------------------------
+
+    def _ensure_capacity(self, rows: int) -> None:
+        for column in self.tokens.values():
+            if len(column.matrix) < rows:
+                grown = np.full((max(rows, 2 * len(column.matrix)), column.matrix.shape[1]), -1, dtype=np.int32)
+                grown[:len(column.matrix)] = column.matrix
+                column.matrix = grown
+        for ns, values in self.numeric.items():
+            if len(values) < rows:
+                grown = np.full(max(rows, 2 * len(values)), np.nan, dtype=np.float32)
+                grown[:len(values)] = values
+                self.numeric[ns] = grown
+
+    def write(self, rows: np.ndarray, attributes: Attributes, at: np.ndarray) -> None:
+        """Rows ``rows`` (existing or the next new ones) take the attributes of
+        ``attributes``' rows ``at``; namespaces the delta does not name are cleared."""
+        top = int(rows.max()) + 1 if len(rows) else 0
+        self._ensure_capacity(top)
+        for ns, column in self.tokens.items():
+            old = column.matrix[rows[rows < self.rows]]
+            column.count(old, -1)
+            lists = [attributes.row_tokens(ns, int(a)) for a in at] if ns in attributes.tokens else [[]] * len(at)
+            numbers = column.encode(lists)
+            column.matrix[rows] = -1
+            column.matrix[rows, :numbers.shape[1]] = numbers
+            column.count(numbers, 1)
+        for ns, values in self.numeric.items():
+            values[rows] = attributes.numeric[ns][at] if ns in attributes.numeric else np.nan
+        self.rows = max(self.rows, top)
+
+    def move_last(self, row: int) -> None:
+        """Deletes ``row`` as ScaNN does: the last row moves into its place."""
+        last = self.rows - 1
+        for column in self.tokens.values():
+            column.count(column.matrix[row:row + 1], -1)
+            column.matrix[row] = column.matrix[last]
+            column.matrix[last] = -1
+        for values in self.numeric.values():
+            values[row] = values[last]
+            values[last] = np.nan
+        self.rows = last

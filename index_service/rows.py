@@ -1,0 +1,151 @@
+"""What an index slot knows about each row of its ScaNN searcher: the candidate
+id, where its vector is, and the id -> row map; kept in ScaNN's order through
+catalogue deltas (upsert appends or overwrites a row, delete moves the last row
+into the deleted one's place, exactly as ``scann_ops_pybind`` does).
+
+Vectors are not copied: a row's vector is either row ``source`` of the
+version's embeddings file (memory-mapped: pages are read on demand and shared
+with the page cache) or, for a row written by a delta, entry ``-source - 1``
+of the delta vectors kept here. They serve exact search over a filtered
+subset, item-to-item queries and the recall check.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+import numpy as np
+
+
+class ReadWriteLock:
+    """Many readers or one writer, writers first (a stream of searches must not
+    starve a delta). ScaNN searches release the GIL and its upserts and deletes
+    mutate the searcher, so they must not overlap; the standard library has no
+    such lock."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._waiting_writers = 0
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._waiting_writers:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting_writers += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._waiting_writers -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+def _grow(array: np.ndarray, rows: int) -> np.ndarray:
+    if len(array) >= rows:
+        return array
+    grown = np.zeros((max(rows, 2 * len(array), 16),) + array.shape[1:], dtype=array.dtype)
+    grown[:len(array)] = array
+    return grown
+
+
+class Rows:
+    """Row bookkeeping of one searcher (see the module docstring); mutated only under the write lock."""
+
+    def __init__(self, ids: np.ndarray, base_vectors: np.ndarray):
+        self.count = len(ids)
+        self._ids = ids
+        self._source = np.arange(len(ids), dtype=np.int64)
+        self._base = base_vectors  # [N, dim], usually a read-only memory map
+        self._added = np.zeros((0, base_vectors.shape[1]), dtype=np.float32)
+        self._added_count = 0
+        self._row_of: dict[str, int] | None = None  # built on first need: ~100 bytes per candidate
+        self._build_lock = threading.Lock()
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self._ids[:self.count]
+
+    def id_of(self, rows: np.ndarray) -> list[str]:
+        return self._ids[rows].tolist()
+
+    def row_of(self, candidate_id: str) -> int:
+        """The row holding ``candidate_id``, -1 if none."""
+        return self._map().get(candidate_id, -1)
+
+    def _map(self) -> dict[str, int]:
+        if self._row_of is None:
+            with self._build_lock:
+                if self._row_of is None:
+                    self._row_of = {candidate: row for row, candidate in enumerate(self.ids.tolist())}
+        return self._row_of
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        """The vectors of a slice of rows: with ``len``, the rows read as an
+        [N, dim] database (``model_registry.search.exact_top_k`` takes one)."""
+        return self.vectors(np.arange(self.count)[rows])
+
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        """float32 [len(rows), dim] of the rows' current vectors."""
+        source = self._source[rows]
+        out = np.empty((len(rows), self._base.shape[1]), dtype=np.float32)
+        base = source >= 0
+        out[base] = self._base[source[base]]
+        out[~base] = self._added[-source[~base] - 1]
+        return out
+
+    # --- changes (under the write lock) ------------------------------------------------------------------------
+
+    def write(self, rows: np.ndarray, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Rows ``rows`` (existing ones, or exactly the next new ones) now hold ``ids`` with ``vectors``."""
+        start = self._added_count
+        self._added = _grow(self._added, start + len(vectors))
+        self._added[start:start + len(vectors)] = vectors
+        self._added_count += len(vectors)
+        top = int(rows.max()) + 1 if len(rows) else 0
+        if top > len(self._ids):
+            self._ids = _grow(self._ids, top)
+        width = max((len(i) for i in ids.tolist()), default=0)
+        if self._ids.dtype.kind == "U" and width > self._ids.dtype.itemsize // 4:
+            self._ids = self._ids.astype(f"<U{width}")
+        self._source = _grow(self._source, top)
+        self._ids[rows] = ids
+        self._source[rows] = -np.arange(start, start + len(vectors), dtype=np.int64) - 1
+        mapping = self._map()
+        for row, candidate in zip(rows.tolist(), ids.tolist()):
+            mapping[candidate] = row
+        self.count = max(self.count, top)
+
+    def move_last(self, row: int) -> None:
+        """Deletes ``row``: the last row moves into its place."""
+        mapping = self._map()
+        last = self.count - 1
+        del mapping[str(self._ids[row])]
+        if row != last:
+            moved = str(self._ids[last])
+            self._ids[row], self._source[row] = moved, self._source[last]
+            mapping[moved] = row
+        self.count = last

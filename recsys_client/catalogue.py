@@ -1,0 +1,194 @@
+"""recsys-catalogue: upsert and delete candidates of a published version
+without retraining, on every replica that holds it.
+
+    recsys-catalogue --registry DIR --model NAME [--version V] \\
+        [--upserts FILE.jsonl] [--delete ID,ID,...] [--delete-file FILE] \\
+        --index-admin HOST:PORT[,...] [--query-admin HOST:PORT[,...]]
+
+Each line of ``--upserts`` is one candidate::
+
+    {"id": "item-9", "vector": [0.1, ...], "tokens": {"genre": ["Drama"]}, "numeric": {"year": 1997}}
+
+``vector`` has the version's embedding dimension (with a popularity prior,
+its last component is the prior's: ``log(1 + count)``, 0 for a new
+candidate); ``tokens`` and ``numeric`` may only name the version's attribute
+namespaces (a namespace left out is empty for that candidate).
+
+Steps: the input is checked against the version (dimension, finite values,
+ids, namespaces); the delta is appended to the version's log in the registry
+(``model_registry.deltas``: atomic, checksummed, the next generation G); then
+every index replica holding the version, and every query replica, catches up
+to G (``ApplyCatalogue``). A replica that fails keeps the delta in the
+registry and replays it at its next load or restart; the report names it and
+the exit status is 1. Prints a JSON report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from model_registry import Registry, VersionError
+from model_registry import manifest as files
+from model_registry.attributes import Attributes
+from model_registry.deltas import Delta, write_delta
+from protos.recsys.v1 import admin_pb2 as pb
+from recsys_client.publish import Fleet, PublishError
+from serving.tls import ClientTls
+from serving.validation import MAX_ID_BYTES
+from settings.flags import add_flags, option, parse, require
+
+log = logging.getLogger("recsys-catalogue")
+
+
+class CatalogueError(Exception):
+    """Input that does not fit the version; the message names the line and field."""
+
+
+def _namespaces(registry: Registry, version: int) -> tuple[set[str], set[str]]:
+    path = registry.version_dir(version) / files.ATTRIBUTES_FILE
+    if not path.exists():
+        return set(), set()
+    manifest = registry.manifest(version)
+    attributes = Attributes.load(path, manifest.num_candidates)
+    return set(attributes.tokens), set(attributes.numeric)
+
+
+def read_upserts(lines, dim: int, token_namespaces: set[str], numeric_namespaces: set[str]) -> Delta:
+    """A delta upserting the candidates of JSON ``lines`` (see the module docstring)."""
+    ids, vectors = [], []
+    tokens: dict[str, list[list[str]]] = {ns: [] for ns in token_namespaces}
+    numeric: dict[str, list[float]] = {ns: [] for ns in numeric_namespaces}
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            candidate, vector = record["id"], record["vector"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise CatalogueError(f"line {number}: not a JSON object with 'id' and 'vector' ({e})") from None
+        if not isinstance(candidate, str) or not 0 < len(candidate.encode()) <= MAX_ID_BYTES:
+            raise CatalogueError(f"line {number}: id must be a string of 1..{MAX_ID_BYTES} bytes")
+        if not isinstance(vector, list) or len(vector) != dim or \
+                not all(isinstance(v, (int, float)) and math.isfinite(v) for v in vector):
+            raise CatalogueError(f"line {number} (id {candidate!r}): vector must be {dim} finite numbers, the "
+                                 "version's embedding dimension")
+        unknown = (set(record.get("tokens", {})) - token_namespaces) | \
+            (set(record.get("numeric", {})) - numeric_namespaces)
+        if unknown:
+            raise CatalogueError(f"line {number} (id {candidate!r}): namespaces {sorted(unknown)} are not attribute "
+                                 f"namespaces of this version (tokens: {sorted(token_namespaces)}, numeric: "
+                                 f"{sorted(numeric_namespaces)})")
+        ids.append(candidate)
+        vectors.append(vector)
+        for ns in token_namespaces:
+            tokens[ns].append([str(t) for t in record.get("tokens", {}).get(ns, [])])
+        for ns in numeric_namespaces:
+            value = record.get("numeric", {}).get(ns)
+            numeric[ns].append(float("nan") if value is None else float(value))
+    if len(set(ids)) != len(ids):
+        raise CatalogueError("an id appears on more than one line: upsert each candidate once per delta")
+    return Delta.make(ids, np.array(vectors, dtype=np.float32).reshape(len(ids), dim),
+                      Attributes.from_lists(len(ids), tokens, numeric), dim=dim)
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """What one delta reached: the generation, and which replicas took it."""
+
+    generation: int
+    applied: list[str]
+    failed: dict[str, str]
+
+
+def apply_everywhere(fleet: Fleet, version: int, generation: int) -> Rollout:
+    """Asks every index replica holding ``version`` and every query replica to catch up to ``generation``."""
+    applied, failed = [], {}
+    request = pb.ApplyCatalogueRequest(version=version, generation=generation)
+    for replica in fleet.index + fleet.query:
+        try:
+            if replica.role == "index" and version not in {v.version for v in fleet.status(replica).versions}:
+                continue
+            fleet.call(replica, "ApplyCatalogue", request)
+            applied.append(f"{replica.role} {replica.address}")
+        except PublishError as e:
+            failed[f"{replica.role} {replica.address}"] = str(e)
+    return Rollout(generation, applied, failed)
+
+
+def publish_delta(fleet: Fleet, registry: Registry, version: int, delta: Delta) -> Rollout:
+    """Appends ``delta`` to ``version``'s log, then applies it on every replica."""
+    generation = write_delta(registry.model_dir, version, delta)
+    log.info("version %d: catalogue delta %d (%d upserts, %d deletes) written", version, generation,
+             len(delta.ids), len(delta.deleted))
+    return apply_everywhere(fleet, version, generation)
+
+
+@dataclass(frozen=True)
+class CatalogueConfig:
+    registry: str = option(help="model registry root directory")
+    model: str = option(help="model name under the registry")
+    version: int = option(0, "version to change (0: CURRENT)", env=False)
+    upserts: str = option("", "JSON lines of candidates to upsert (see above)", env=False)
+    delete: tuple[str, ...] = option((), "candidate ids to delete, comma-separated", env=False)
+    delete_file: str = option("", "file of candidate ids to delete, one per line", env=False)
+    index_admin: tuple[str, ...] = option((), "every index replica's admin HOST:PORT, comma-separated")
+    query_admin: tuple[str, ...] = option((), "every query replica's admin HOST:PORT, comma-separated")
+    admin_token: str = option("", "bearer token of the admin plane", secret=True)
+    tls: ClientTls = option(ClientTls(), "TLS to the admin planes", prefix="tls-")
+    timeout_s: float = option(120.0, "deadline of each admin call")
+    connect_timeout_s: float = option(10.0, "how long to wait for each replica's admin server to answer")
+
+    def __post_init__(self) -> None:
+        require(bool(self.upserts or self.delete or self.delete_file), "upserts",
+                "give candidates to upsert (--upserts) or to delete (--delete, --delete-file)")
+        require(self.version >= 0, "version", "must be >= 0")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="recsys-catalogue", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_flags(parser, CatalogueConfig)
+    config = parse(parser, CatalogueConfig, argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    registry = Registry(config.registry, config.model)
+    try:
+        version = config.version or registry.current_version()
+        if version is None:
+            raise CatalogueError(f"{config.model} has no CURRENT version: pass --version")
+        dim = registry.manifest(version).embedding_dim
+        token_ns, numeric_ns = _namespaces(registry, version)
+        delta = Delta.make(dim=dim)
+        if config.upserts:
+            with open(config.upserts, encoding="utf-8") as f:
+                delta = read_upserts(f, dim, token_ns, numeric_ns)
+        deleted = list(config.delete)
+        if config.delete_file:
+            deleted += [line.strip() for line in Path(config.delete_file).read_text().splitlines() if line.strip()]
+        delta = Delta(delta.ids, delta.vectors, delta.attributes,
+                      np.asarray(deleted, dtype=str) if deleted else delta.deleted)
+        fleet = Fleet.connect(list(config.index_admin), list(config.query_admin), config.admin_token,
+                              config.timeout_s, config.connect_timeout_s, config.tls)
+    except (CatalogueError, VersionError, PublishError, OSError) as e:
+        print(f"recsys-catalogue: {e}", file=sys.stderr)
+        sys.exit(1)
+    try:
+        rollout = publish_delta(fleet, registry, version, delta)
+    finally:
+        fleet.close()
+    print(json.dumps({"version": version, "generation": rollout.generation, "upserts": len(delta.ids),
+                      "deletes": len(delta.deleted), "applied": rollout.applied, "failed": rollout.failed},
+                     indent=2))
+    if rollout.failed:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
