@@ -121,17 +121,14 @@ def read_deltas(model_dir: Path, version: int, after: int = 0, up_to: int | None
     return deltas
 
 
-def _write_atomically(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _staged(directory: Path, content: bytes) -> Path:
+    """A durable file of ``content`` under a unique temporary name in ``directory``."""
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    with os.fdopen(fd, "wb") as f:
+        f.write(content)
+        f.flush()
+        os.fsync(f.fileno())
+    return Path(tmp)
 
 
 def write_delta(model_dir: Path, version: int, delta: Delta) -> int:
@@ -155,8 +152,7 @@ def write_delta(model_dir: Path, version: int, delta: Delta) -> int:
                   "previous_sha256": sha256_file(records[-1]) if records else "",
                   "upserts": len(delta.ids), "deletes": len(delta.deleted),
                   "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-        staged = directory / f".tmp-record-{os.getpid()}-{generation}"
-        _write_atomically(staged, lambda f: f.write(json.dumps(record, sort_keys=True).encode()))
+        staged = _staged(directory, json.dumps(record, sort_keys=True).encode())
         try:
             os.link(staged, directory / _RECORD.format(generation))  # fails if another writer took it
             break

@@ -1,0 +1,255 @@
+"""A live catalogue in process: the delta log (atomic, checksummed, chained),
+catalogue deltas applied to real ScaNN searchers (tree-AH and brute force),
+filters against exact filtered search, crowding, item-to-item, the filtered
+popularity fallback, and replay at load."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from index_service.attributes import AttributeColumns
+from index_service.rows import Rows
+from index_service.searcher import CandidateIndex, _scann_pybind
+from model_registry import IndexSpec, Manifest, Registry, VersionError
+from model_registry.attributes import Attributes, from_catalogue
+from model_registry.deltas import Delta, published_generation, read_deltas, write_delta
+from recsys_client.catalogue import CatalogueError, read_upserts
+from serving import errors
+from serving.admin import LoadReport
+from serving.filters import NO_FILTER, check_filter
+from tests.unit import tiny_versions as tiny
+from tests.unit.test_cores import slot
+
+DIM = 16
+COLORS = ["red", "green", "blue", "black", "white", "grey", "pink", "teal", "gold", "plum"]
+
+
+def _index(n: int, seed: int = 0, tree: bool = True) -> tuple[CandidateIndex, np.ndarray]:
+    """A real ScaNN index over n random vectors; attributes: ``color`` (10 values, candidate j has
+    COLORS[j % 10]), ``rare`` (token "yes" on every 100th), numeric ``price`` = j % 100."""
+    rng = np.random.default_rng(seed)
+    db = rng.standard_normal((n, DIM)).astype(np.float32)
+    builder = _scann_pybind().builder(db, 10, "dot_product")
+    if tree:
+        builder = builder.tree(num_leaves=50, num_leaves_to_search=25, training_sample_size=n).score_ah(
+            2, anisotropic_quantization_threshold=0.2).reorder(200)
+    else:
+        builder = builder.score_brute_force()
+    ids = np.array([f"i{j:06d}" for j in range(n)])
+    attributes = Attributes.from_lists(
+        n, {"color": [[COLORS[j % 10]] for j in range(n)], "rare": [["yes"] if j % 100 == 0 else [] for j in range(n)]},
+        {"price": (np.arange(n) % 100).astype(np.float32)})
+    spec = IndexSpec("tree_ah", 50, 25, 200) if tree else IndexSpec("brute_force")
+    manifest = Manifest("m", 1, DIM, n, "id", "test", "now", spec, {})
+    index = CandidateIndex(manifest, Rows(ids, db), builder.build(), LoadReport(0, 0),
+                           AttributeColumns(attributes, n), (ids[:20].tolist(), np.linspace(1, 0.05, 20).tolist()))
+    return index, rng.standard_normal((50, DIM)).astype(np.float32)
+
+
+def _delta(rng, upsert: list[str], deleted: list[str], color: str = "red") -> Delta:
+    return Delta.make(upsert, rng.standard_normal((len(upsert), DIM)).astype(np.float32),
+                      Attributes.from_lists(len(upsert), {"color": [[color]] * len(upsert)},
+                                            {"price": np.full(len(upsert), 50.0)}), deleted, dim=DIM)
+
+
+# ------------------------------------------------------------------ the delta log
+
+def test_delta_log_is_ordered_checksummed_and_chained(tmp_path):
+    rng = np.random.default_rng(0)
+    assert published_generation(tmp_path, 1) == 0 and read_deltas(tmp_path, 1) == []
+    first, second = _delta(rng, ["a", "b"], []), _delta(rng, ["c"], ["a"])
+    assert write_delta(tmp_path, 1, first) == 1 and write_delta(tmp_path, 1, second) == 2
+    got = read_deltas(tmp_path, 1)
+    assert [d.ids.tolist() for d in got] == [["a", "b"], ["c"]] and got[1].deleted.tolist() == ["a"]
+    np.testing.assert_array_equal(got[0].vectors, first.vectors)
+    assert got[0].attributes.row_tokens("color", 1) == ["red"]
+    assert [d.ids.tolist() for d in read_deltas(tmp_path, 1, after=1)] == [["c"]]
+    with pytest.raises(VersionError, match="2 catalogue deltas published, not 3"):
+        read_deltas(tmp_path, 1, up_to=3)
+    log = tmp_path / "catalogue" / "1"
+    data = next(log.glob("*.npz"))
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    with pytest.raises(VersionError, match="fails its sha256 check"):
+        read_deltas(tmp_path, 1)
+
+
+def test_delta_log_refuses_a_broken_chain_or_a_gap(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in "abc":
+        write_delta(tmp_path, 1, _delta(rng, [name], []))
+    log = tmp_path / "catalogue" / "1"
+    record = log / "00000001.json"
+    record.write_text(record.read_text().replace('"upserts": 1', '"upserts": 2'))
+    with pytest.raises(VersionError, match="hash chain broken"):
+        read_deltas(tmp_path, 1)
+    (log / "00000002.json").unlink()
+    with pytest.raises(VersionError, match="without a gap"):
+        read_deltas(tmp_path, 1)
+
+
+def test_concurrent_writers_take_distinct_generations(tmp_path):
+    rng = np.random.default_rng(0)
+    deltas = [_delta(rng, [f"x{i}"], []) for i in range(8)]
+    generations: list[int] = []
+    threads = [threading.Thread(target=lambda d=d: generations.append(write_delta(tmp_path, 1, d))) for d in deltas]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(generations) == list(range(1, 9))
+    assert sorted(d.ids[0] for d in read_deltas(tmp_path, 1)) == sorted(d.ids[0] for d in deltas)
+
+
+# ------------------------------------------------------------------ deltas in a searcher
+
+@pytest.mark.parametrize("tree", [True, False])
+def test_upserts_and_deletes_keep_the_searcher_and_its_rows_in_step(tree):
+    index, queries = _index(5000, tree=tree)
+    rng = np.random.default_rng(1)
+    new = [f"n{j}" for j in range(300)]
+    updated = [f"i{j:06d}" for j in range(0, 600, 2)]
+    deleted = [f"i{j:06d}" for j in range(1, 1000, 2)] + ["never-existed"]
+    delta = _delta(rng, new + updated, deleted, color="ultraviolet")  # a token the version did not have
+    index.apply_catalogue([delta], 1)
+    assert index.catalogue_generation == 1 and index.num_candidates == 5000 + 300 - 500
+    # Searches near the upserted vectors find what exact search over the new rows finds; a deleted id is
+    # never returned.
+    assert index.recall(delta.vectors, 10) >= 0.95
+    everything = {i for r in index.search(queries, 200) for i in r.ids}
+    assert everything.isdisjoint(deleted) and any(i.startswith("n") for i in everything)
+    assert index.recall(queries, 10) >= 0.95  # against exact search over the rows as they are now
+    with pytest.raises(errors.NotFound, match="not in version 1"):
+        index.similar(deleted[0], 5)
+    # Upserted attributes are live: the upserted candidates are ultraviolet with price 50.
+    f = check_filter([("color", ["ultraviolet"], [])], [("price", 50.0, 50.0)], "", 0)
+    assert index.recall(queries, 10, f) >= 0.95
+    for r in index.search(queries[:5], 20, f=f):
+        assert len(r.ids) == 20 and set(r.ids) <= set(new) | set(updated)
+    red = check_filter([("color", ["red"], [])], [], "", 0)
+    assert all(set(r.ids).isdisjoint(updated) for r in index.search(queries[:5], 20, f=red))  # no longer red
+
+
+def test_filters_match_exact_filtered_search_at_every_selectivity():
+    index, queries = _index(30_000)
+    filters = {
+        "50%": check_filter([], [("price", 0.0, 49.0)], "", 0),
+        "10%": check_filter([("color", ["red"], [])], [], "", 0),
+        "1%": check_filter([("rare", ["yes"], [])], [], "", 0),
+        "deny 90%": check_filter([("color", [], [c for c in COLORS if c != "teal"])], [], "", 0),
+    }
+    for name, f in filters.items():
+        assert index.recall(queries, 10, f) >= 0.95, name
+        for r in index.search(queries[:10], 10, f=f):
+            assert len(r.ids) == 10
+    red = index.search(queries[:5], 10, f=filters["10%"])
+    assert all(int(i[1:]) % 10 == 0 for r in red for i in r.ids)
+
+
+def test_crowding_caps_results_per_value_and_still_fills_k():
+    index, queries = _index(5000)
+    f = check_filter([], [], "color", 1)
+    for r in index.search(queries[:5], 10, f=f):
+        colors = [COLORS[int(i[1:]) % 10] for i in r.ids]
+        assert len(r.ids) == 10 and len(set(colors)) == 10
+
+
+def test_filters_name_only_the_versions_namespaces():
+    index, queries = _index(1000, tree=False)
+    with pytest.raises(errors.InvalidArgument, match="'size' is not a token namespace.*'color', 'rare'"):
+        index.search(queries[:1], 5, f=check_filter([("size", ["xl"], [])], [], "", 0))
+    with pytest.raises(errors.InvalidArgument, match="'color' is not a numeric namespace"):
+        index.search(queries[:1], 5, f=check_filter([], [("color", 1.0, None)], "", 0))
+    unknown_token = check_filter([("color", ["ultraviolet"], [])], [], "", 0)
+    assert index.search(queries[:1], 5, f=unknown_token)[0].ids == []  # a token no candidate has: nothing passes
+
+
+def test_similar_and_filtered_popularity():
+    index, _ = _index(2000, tree=False)
+    result = index.similar("i000007", 5)
+    assert len(result.ids) == 5 and "i000007" not in result.ids
+    vector = index.rows.vectors(np.array([7]))
+    assert result.ids == [i for i in index.search(vector, 6)[0].ids if i != "i000007"][:5]
+    popular = index.by_popularity(5)
+    assert popular.ids == [f"i{j:06d}" for j in range(5)]
+    teal = index.by_popularity(4, f=check_filter([("color", ["teal"], [])], [], "", 0))
+    # i7 and i17 are popular and teal; then the other teal candidates, in row order, score 0
+    assert teal.ids == ["i000007", "i000017", "i000027", "i000037"] and teal.scores[2:] == [0.0, 0.0]
+
+
+def test_a_search_during_deltas_never_sees_half_a_change():
+    index, queries = _index(20_000)
+    rng = np.random.default_rng(2)
+    deltas = [_delta(rng, [f"n{g}-{j}" for j in range(200)], [f"i{j:06d}" for j in range(g * 300, g * 300 + 300)])
+              for g in range(10)]
+    deleted = {i for d in deltas for i in d.deleted.tolist()}
+    done = threading.Event()
+    seen: set[str] = set()
+
+    def search_meanwhile():
+        while not done.is_set():
+            for r in index.search(queries, 30):
+                assert len(r.ids) == 30 and len(set(r.ids)) == 30
+                seen.update(r.ids)
+
+    reader = threading.Thread(target=search_meanwhile)
+    reader.start()
+    index.apply_catalogue(deltas, 10)
+    done.set()
+    reader.join()
+    assert index.recall(queries, 10) >= 0.95
+    assert {i for r in index.search(queries, 100) for i in r.ids}.isdisjoint(deleted)
+
+
+# ------------------------------------------------------------------ replay through the admin plane
+
+async def test_a_reloaded_slot_replays_the_deltas_and_answers_identically(tmp_path):
+    registry = Registry(tmp_path, tiny.MODEL)
+    tiny.publish(registry, 1)
+    core, admin = slot(registry, "blue", 1)
+    rng = np.random.default_rng(3)
+    write_delta(registry.model_dir, 1, Delta.make(["new1", "new2"], rng.standard_normal((2, tiny.DIM)),
+                                                  deleted=["i000", "i001"], dim=tiny.DIM))
+    with pytest.raises(errors.FailedPrecondition, match="has 1 catalogue deltas in the registry, not 2"):
+        await admin.apply_catalogue(1, 2)
+    status = await admin.apply_catalogue(1, 0)
+    assert (status.versions[0].catalogue_generation, status.versions[0].num_candidates) == (1, 50)
+    assert (await admin.apply_catalogue(1, 1)).versions[0].catalogue_generation == 1  # idempotent
+    queries = np.random.default_rng(4).standard_normal((20, tiny.DIM)).astype(np.float32)
+    _, before = core.manager.get(1)
+    restarted, _ = slot(registry, "green", 1)
+    _, after = restarted.manager.get(1)
+    assert after.catalogue_generation == 1
+    for a, b in zip(before.search(queries, 10), after.search(queries, 10)):
+        assert a.ids == b.ids and "i000" not in a.ids
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
+
+
+# ------------------------------------------------------------------ inputs
+
+def test_attributes_from_a_catalogue_keep_lists_and_numbers_and_drop_free_text():
+    attributes = from_catalogue({"genres": np.array(["Action|Drama", "Drama", ""] * 4),
+                                 "title": np.array([f"film {j}" for j in range(12)]),
+                                 "year": np.array([1990, np.nan, 2001] * 4, dtype=np.float32)})
+    assert set(attributes.tokens) == {"genres"} and set(attributes.numeric) == {"year"}
+    assert attributes.row_tokens("genres", 0) == ["Action", "Drama"] and attributes.row_tokens("genres", 2) == []
+    assert from_catalogue(None) is None
+
+
+def test_upsert_input_is_checked_against_the_version():
+    good = '{"id": "x", "vector": [1, 2], "tokens": {"genre": ["a"]}, "numeric": {"year": 2000}}\n'
+    delta = read_upserts([good, "\n"], 2, {"genre"}, {"year"})
+    assert delta.ids.tolist() == ["x"] and delta.attributes.numeric["year"].tolist() == [2000.0]
+    for line, message in (('{"id": "x"}', "'id' and 'vector'"), ('{"id": "x", "vector": [1]}', "2 finite numbers"),
+                          ('{"id": "x", "vector": [1, NaN]}', "2 finite numbers"),
+                          ('{"id": "", "vector": [1, 2]}', "1..256 bytes"),
+                          ('{"id": "x", "vector": [1, 2], "tokens": {"size": ["xl"]}}', r"\['size'\] are not")):
+        with pytest.raises(CatalogueError, match=message):
+            read_upserts([line], 2, {"genre"}, {"year"})
+    with pytest.raises(CatalogueError, match="more than one line"):
+        read_upserts([good, good], 2, {"genre"}, {"year"})
+    assert NO_FILTER.key() == "" and not NO_FILTER
