@@ -181,14 +181,17 @@ class CandidateIndex:
 
     def recall(self, queries: np.ndarray, k: int = 10, f: Filter = NO_FILTER) -> float:
         """recall@k of this index's answers (with filter ``f``) vs exact search
-        over its current rows (catalogue deltas included) that pass ``f``."""
+        over its current rows (catalogue deltas included) that pass ``f``,
+        crowded as ``f`` says."""
         with self._lock.reading():
-            subset = np.flatnonzero(self.attributes.mask(f)) if f.selects else np.arange(self.rows.count)
-            exact, _ = exact_top_k(queries, self.rows.vectors(subset), k)
-            truth = [self.rows.id_of(subset[row]) for row in exact]
+            subset = np.flatnonzero(self.attributes.mask(f)) if f.selects else None
+            database = self.rows if subset is None else self.rows.vectors(subset)
+            rows, scores = exact_top_k(queries, database, 10 * k if f.max_per_value else k)
+            rows = rows if subset is None else subset[rows]
+            truth = [self._keep(r, s, k, frozenset(), f).ids for r, s in zip(rows, scores)]
         found = self.search(queries, k, f=f)
-        return recall_at_k([[t.index(i) if i in t else -1 for i in r.ids] for r, t in zip(found, truth)],
-                           [list(range(len(t))) for t in truth])
+        hits = sum(len(set(t) & set(r.ids)) for t, r in zip(truth, found))
+        return hits / max(sum(len(t) for t in truth), 1)
 
     # --- search --------------------------------------------------------------------------------------------------
 
@@ -196,7 +199,8 @@ class CandidateIndex:
                f: Filter = NO_FILTER) -> list[SearchResult]:
         """Top-k candidates for each row of ``queries`` [B, dim], best first,
         passing filter ``f``. Exactly ``min(k, passing - excluded)`` results
-        come back (crowding aside)."""
+        come back; with crowding, fewer when the best ``EXACT_MAX_ROWS`` rows
+        cannot fill k."""
         exclusions = exclusions or [frozenset()] * len(queries)
         with self._lock.reading():
             self.attributes.check(f)
@@ -211,9 +215,11 @@ class CandidateIndex:
             results: list[SearchResult | None] = [None] * len(queries)
             pending = list(range(len(queries)))
             while pending:
-                if f and fetch > EXACT_MAX_ROWS and fetch < n:  # the estimate was far off: exact is cheaper now
+                if f.selects and fetch > EXACT_MAX_ROWS and fetch < n:  # the estimate was far off: exact is cheaper
                     for i, result in zip(pending, self._exact(queries[pending], k, [exclusions[i] for i in pending], f)):
                         results[i] = result
+                    break
+                if f and fetch > EXACT_MAX_ROWS:  # crowding alone could not fill k from the top rows: stop there
                     break
                 rows, scores = self._ann(queries[pending], fetch)
                 still = []
@@ -266,9 +272,10 @@ class CandidateIndex:
         subset = np.flatnonzero(self.attributes.mask(f))
         if len(subset) == 0:
             return [SearchResult([], []) for _ in queries]
-        scores = np.asarray(queries, dtype=np.float32) @ self.rows.vectors(subset).T
+        vectors = self.rows.vectors(subset)
         results = []
-        for row_scores, excluded in zip(scores, exclusions):
+        for query, excluded in zip(np.asarray(queries, dtype=np.float32), exclusions):
+            row_scores = vectors @ query
             depth = min(len(subset), 2 * (k + len(excluded)))
             while True:
                 top = np.argpartition(-row_scores, depth - 1)[:depth] if depth < len(subset) else \

@@ -1,0 +1,297 @@
+"""Live catalogue benchmark: filtered search, and a stream of candidate upserts
+and deletes into a loaded 1M-candidate version served by two index replicas.
+
+Publishes a version of ``--candidates`` synthetic clustered embeddings (64
+dims, the trainer's ScaNN builder) with attributes: ``category`` (10 tokens,
+10% each), ``flag`` (a token on 1% of candidates) and a numeric ``price``
+(uniform 0..100). Then:
+
+1. filters, in process: recall@10 against exact filtered search and
+   single-thread QPS at selectivity 100% (none), 50% (price <= 50), 10% (one
+   category) and 1% (flag), and crowding (at most 2 per category);
+2. two index replicas (slots blue and green) load the version; open-loop
+   searches at ``--qps`` run against blue: ``--phase-s`` steady, then as long
+   while ``recsys-catalogue``'s library streams deltas at ``--upsert-rate``
+   changes/s (half new candidates, a quarter updates, a quarter deletes) to both
+   replicas, until the catalogue has churned ``--churn`` of its size;
+3. after every delta returns, each replica is asked for one of its new
+   candidates (``SearchSimilar``: NOT_FOUND until applied): the time until
+   every replica answers;
+4. green restarts (it replays the log) and must answer 200 queries exactly as
+   blue does; the recall of the churned index against exact search over its
+   current rows is measured in process on a third replay.
+
+    python -m bench.catalogue [--quick] [--candidates 1000000] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from bench.ann import synthetic_clustered
+from index_service.searcher import CandidateIndex
+from model_registry import Manifest, Registry
+from model_registry import manifest as files
+from model_registry.attributes import Attributes
+from model_registry.deltas import Delta
+from protos.recsys.v1 import retrieval_pb2 as pb
+from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
+from recsys_client.publish import Fleet
+from recsys_client.catalogue import publish_delta
+from serving.filters import NO_FILTER, check_filter
+from tests.processes import ServiceProcess
+from trainer.export import index as index_builder
+
+MODEL = "catbench"
+DIM = 64
+CATEGORIES = [f"cat{j}" for j in range(10)]
+FILTERS = {
+    "none": NO_FILTER,
+    "50%": check_filter([], [("price", None, 50.0)], "", 0),
+    "10%": check_filter([("category", ["cat3"], [])], [], "", 0),
+    "1%": check_filter([("flag", ["yes"], [])], [], "", 0),
+    "crowding 2 per category": check_filter([], [], "category", 2),
+}
+
+
+def _attributes(rng, n: int) -> Attributes:
+    category = rng.integers(0, 10, n)
+    flag = rng.random(n) < 0.01
+    return Attributes.from_lists(n, {"category": [[CATEGORIES[c]] for c in category],
+                                     "flag": [["yes"] if f else [] for f in flag]},
+                                 {"price": (rng.random(n) * 100).astype(np.float32)})
+
+
+def publish_version(registry: Registry, n: int, seed: int = 1) -> tuple[Manifest, np.ndarray]:
+    """A version of n clustered candidates with attributes; returns (manifest, evaluation queries)."""
+    embeddings, probes, queries = synthetic_clustered(n, DIM, clusters=2000, spread=0.3, num_queries=1000,
+                                                      num_probes=1000, seed=seed, decay=0.6)
+    searcher, spec = index_builder.build_index(embeddings, probes)
+    attributes = _attributes(np.random.default_rng(seed), n)
+
+    def write(staging: Path):
+        np.save(staging / files.CANDIDATE_IDS_FILE, np.char.add("x", np.arange(n).astype(str)))
+        np.save(staging / files.CANDIDATE_EMBEDDINGS_FILE, embeddings)
+        np.save(staging / files.PROBE_QUERIES_FILE, probes)
+        np.savez(staging / files.POPULAR_FILE, ids=np.char.add("x", np.arange(100).astype(str)),
+                 scores=np.linspace(0.01, 0.001, 100, dtype=np.float32))
+        attributes.save(staging / files.ATTRIBUTES_FILE)
+        index_builder.save_searcher(searcher, staging / files.SCANN_DIR)
+        return lambda version, checksums: Manifest(
+            model=registry.model, version=version, embedding_dim=DIM, num_candidates=n, tower="none",
+            dataset=f"synthetic-{n}", created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            index=spec, files=checksums)
+
+    return registry.publish(write), queries
+
+
+def filter_figures(index: CandidateIndex, queries: np.ndarray, k: int = 10) -> dict:
+    out = {}
+    n = index.num_candidates
+    for name, f in FILTERS.items():
+        passing = int(index.attributes.mask(f).sum()) if f.selects else n
+        start = time.perf_counter()
+        for q in queries[:500]:
+            index.search(q[None], k, f=f)
+        qps = 500 / (time.perf_counter() - start)
+        estimated = index.attributes.selectivity(f) if f.selects else 1.0
+        out[name] = {"selectivity": round(passing / n, 4), "recall_at_10": round(index.recall(queries[:200], k, f), 4),
+                     "qps_one_thread": round(qps, 1),
+                     "path": "exact over passing rows" if f.selects and estimated * n <= 20_000 else "ann over-fetch"}
+    return out
+
+
+class SearchLoad:
+    """Open-loop Search calls at a fixed rate against one replica; latencies by phase."""
+
+    def __init__(self, address: str, queries: np.ndarray, qps: float):
+        self.channel = grpc.insecure_channel(address)
+        self.stub = pb_grpc.IndexServiceStub(self.channel)
+        self.requests = [pb.SearchRequest(vector=q.tolist(), k=10) for q in queries]
+        self.qps = qps
+        self.phase = "warmup"
+        self.latencies: dict[str, list[float]] = {}
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _record(self, phase: str, sent: float, future) -> None:
+        if future.exception() is not None:
+            self.errors += 1
+        else:
+            self.latencies.setdefault(phase, []).append(time.perf_counter() - sent)
+
+    def _run(self) -> None:
+        start, i = time.perf_counter(), 0
+        while not self._stop.is_set():
+            due = start + i / self.qps
+            time.sleep(max(0.0, due - time.perf_counter()))
+            phase, sent = self.phase, time.perf_counter()
+            future = self.stub.Search.future(self.requests[i % len(self.requests)], timeout=5)
+            future.add_done_callback(lambda fut, p=phase, s=sent: self._record(p, s, fut))
+            i += 1
+
+    def start(self) -> "SearchLoad":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        time.sleep(0.5)
+        self.channel.close()
+
+    def p99_ms(self, phase: str) -> float:
+        return round(float(np.percentile(self.latencies[phase], 99)) * 1e3, 3)
+
+
+def _visible_after(stubs, candidate: str, version: int) -> float:
+    """Seconds until every replica answers SearchSimilar for ``candidate`` (it holds it)."""
+    start = time.perf_counter()
+    for stub in stubs:
+        while True:
+            try:
+                stub.SearchSimilar(pb.SearchSimilarRequest(candidate_id=candidate, k=1, model_version=version),
+                                   timeout=5)
+                break
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.NOT_FOUND or time.perf_counter() - start > 10:
+                    raise
+                time.sleep(0.005)
+    return time.perf_counter() - start
+
+
+def stream_deltas(fleet: Fleet, registry: Registry, version: int, rate: float, changes: int, batch: int,
+                  stubs, rng, n: int) -> dict:
+    """Streams deltas of ``batch`` changes at ``rate`` changes/s until ``changes`` are applied."""
+    live = list(range(n))  # row numbers of base candidates still present (ids "x<j>")
+    new_count, applied, visibility, apply_s, failed = 0, 0, [], [], 0
+    start = time.perf_counter()
+    while applied < changes:
+        due = start + applied / rate
+        time.sleep(max(0.0, due - time.perf_counter()))
+        fresh = [f"new{new_count + j}" for j in range(batch // 2)]
+        new_count += len(fresh)
+        picks = rng.choice(len(live), batch // 2, replace=False)
+        chosen = [live[p] for p in picks]
+        updated, deleted = chosen[:batch // 4], chosen[batch // 4:]
+        for p in sorted(picks[batch // 4:], reverse=True):
+            live[p] = live[-1]
+            live.pop()
+        ids = fresh + [f"x{j}" for j in updated]
+        vectors = rng.standard_normal((len(ids), DIM)).astype(np.float32) * 0.3
+        delta = Delta.make(ids, vectors, _attributes(rng, len(ids)), [f"x{j}" for j in deleted], dim=DIM)
+        t0 = time.perf_counter()
+        rollout = publish_delta(fleet, registry, version, delta)
+        apply_s.append(time.perf_counter() - t0)
+        failed += len(rollout.failed)
+        visibility.append(_visible_after(stubs, fresh[-1], version))
+        applied += len(ids) + len(deleted)
+    elapsed = time.perf_counter() - start
+    return {"changes": applied, "deltas": len(apply_s), "changes_per_delta": batch, "seconds": round(elapsed, 2),
+            "changes_per_s": round(applied / elapsed, 1), "upserts_per_s": round(applied * 0.75 / elapsed, 1),
+            "delta_publish_and_apply_s": {"p50": round(float(np.median(apply_s)), 4),
+                                          "max": round(float(np.max(apply_s)), 4)},
+            "visible_on_every_replica_after_return_s": {"max": round(float(np.max(visibility)), 4),
+                                                        "p50": round(float(np.median(visibility)), 4)},
+            "replicas_failed": failed}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="50k candidates, short phases (smoke test)")
+    parser.add_argument("--candidates", type=int, default=1_000_000)
+    parser.add_argument("--qps", type=float, default=200.0)
+    parser.add_argument("--upsert-rate", type=float, default=10_000.0, help="changes per second streamed")
+    parser.add_argument("--batch", type=int, default=1000, help="changes per delta")
+    parser.add_argument("--churn", type=float, default=0.10, help="share of the catalogue changed in all")
+    parser.add_argument("--phase-s", type=float, default=10.0, help="steady search phase before the stream")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    if args.quick:
+        args.candidates, args.qps, args.phase_s, args.upsert_rate = 50_000, 50.0, 2.0, 5000.0
+    rng = np.random.default_rng(7)
+    with tempfile.TemporaryDirectory(prefix="bench-catalogue-") as tmp:
+        work = Path(tmp)
+        registry = Registry(work / "registry", MODEL)
+        t0 = time.perf_counter()
+        manifest, queries = publish_version(registry, args.candidates)
+        build_s = time.perf_counter() - t0
+        version = manifest.version
+        index = CandidateIndex.load(registry.version_dir(version), manifest)
+        filters = filter_figures(index, queries)
+        del index
+        common = ["--registry", str(registry.root), "--model", MODEL, "--version", str(version)]
+        replicas = [ServiceProcess("recsys-index-service", [*common, "--slot", slot], work / f"{slot}.log")
+                    for slot in ("blue", "green")]
+        load = fleet = None
+        try:
+            for replica in replicas:
+                replica.start(timeout_s=900)
+            channels = [grpc.insecure_channel(r.address) for r in replicas]
+            stubs = [pb_grpc.IndexServiceStub(c) for c in channels]
+            fleet = Fleet.connect([r.admin_address for r in replicas], [])
+            load = SearchLoad(replicas[0].address, queries, args.qps).start()
+            time.sleep(args.phase_s / 2)
+            load.phase = "steady"
+            time.sleep(args.phase_s)
+            load.phase = "upserts"
+            stream = stream_deltas(fleet, registry, version, args.upsert_rate, int(args.churn * args.candidates),
+                                   args.batch, stubs, rng, args.candidates)
+            load.phase = "after"
+            time.sleep(1.0)
+            load.stop()
+            searches = {"qps": args.qps, "errors": load.errors,
+                        "p99_ms": {p: load.p99_ms(p) for p in ("steady", "upserts")},
+                        "requests": {p: len(v) for p, v in load.latencies.items()}}
+            searches["p99_upserts_vs_steady"] = round(searches["p99_ms"]["upserts"] / searches["p99_ms"]["steady"], 2)
+            # A restarted replica replays the log: it must answer exactly as the one that applied it live.
+            replicas[1].stop()
+            t0 = time.perf_counter()
+            replicas[1].start(timeout_s=900)
+            restart_s = time.perf_counter() - t0
+            stubs[1] = pb_grpc.IndexServiceStub(channels[1])
+            same = 0
+            for q in queries[:200]:
+                a, b = (s.Search(pb.SearchRequest(vector=q.tolist(), k=10, model_version=version), timeout=10)
+                        for s in stubs)
+                same += [(c.candidate_id, c.score) for c in a.candidates] == \
+                    [(c.candidate_id, c.score) for c in b.candidates] and \
+                    a.catalogue_generation == b.catalogue_generation
+            for channel in channels:
+                channel.close()
+        finally:
+            if load is not None and load._thread.is_alive():
+                load.stop()
+            if fleet is not None:
+                fleet.close()
+            for replica in replicas:
+                replica.stop()
+        replayed = CandidateIndex.load(registry.version_dir(version), manifest)
+        churned = {"candidates": replayed.num_candidates, "generation": replayed.catalogue_generation,
+                   "recall_at_10": round(replayed.recall(queries[:300], 10), 4),
+                   "recall_at_10_filter_10%": round(replayed.recall(queries[:300], 10, FILTERS["10%"]), 4)}
+    result = {"candidates": args.candidates, "dim": DIM, "version_build_s": round(build_s, 1),
+              "index": {"kind": manifest.index.kind, "leaves_to_search": manifest.index.num_leaves_to_search,
+                        "num_leaves": manifest.index.num_leaves, "reorder": manifest.index.reorder,
+                        "recall_at_10_at_publish": manifest.index.recall_at_10},
+              "filters": filters, "stream": stream, "searches_during_stream": searches,
+              "after_churn": churned,
+              "restarted_replica": {"restart_s": round(restart_s, 1), "identical_answers": same, "of": 200}}
+    text = json.dumps(result, indent=2)
+    if args.out:
+        args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
