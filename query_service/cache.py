@@ -1,9 +1,10 @@
 """Result cache: a bounded in-process LRU in front of Redis.
 
-Keys carry model and version, so a promotion can never serve a previous
-version's results; values expire after a bounded TTL. A key names everything a
-result depends on (version, customer, k, exclusions, recent items), so an entry
-can never be stale within its TTL, and the in-process tier needs no
+Keys carry model, version and catalogue generation, so neither a promotion
+nor a catalogue delta can serve results of the catalogue before; values expire
+after a bounded TTL. A key names everything a result depends on (version,
+generation, customer, k, exclusions, recent and live items, filter), so an
+entry can never be stale within its TTL, and the in-process tier needs no
 invalidation: it saves the Redis round trip (and redis-py's per-command cost)
 for the hottest customers of each replica, while Redis shares results across
 replicas and restarts.
@@ -36,10 +37,9 @@ from dataclasses import dataclass
 
 import cachetools
 import prometheus_client
-import redis.asyncio as redis
-from redis.exceptions import RedisError
 
-from query_service.batching import BatchingConfig, MicroBatcher
+from query_service.batching import MicroBatcher
+from query_service.redis_link import PIPELINED, REDIS_ERRORS, RedisLink
 from serving.errors import ResourceExhausted
 from settings.flags import option, require
 
@@ -55,7 +55,8 @@ CACHE_EVENTS = prometheus_client.Counter(
 
 @dataclass(frozen=True)
 class CacheConfig:
-    url: str = option("", "result cache, e.g. redis://127.0.0.1:6379/0; empty: no cache", flag="redis-url")
+    url: str = option("", "Redis of the result cache and the live interaction history, e.g. "
+                            "redis://127.0.0.1:6379/0; empty: neither", flag="redis-url")
     ttl_s: int = option(300, "result cache TTL in seconds", flag="cache-ttl-s")
     timeout_s: float = option(0.05, "timeout of each Redis call", flag="redis-timeout-s")
     retry_after_s: float = option(2.0, "after a Redis error, serve uncached this long before trying again",
@@ -105,13 +106,28 @@ def _local_bytes(result: CachedResult) -> int:
             + 24 * len(result.scores))
 
 
+def _key(model: str, version: int, generation: int, shape: list) -> str:
+    """``recsys:<model>:v<version>:g<generation>:<digest of the request shape>``;
+    the readable prefix lets an operator drop one version's entries with
+    SCAN/DEL, the digest bounds key length."""
+    digest = hashlib.sha256(json.dumps(shape, ensure_ascii=False).encode()).hexdigest()[:32]
+    return f"recsys:{model}:v{version}:g{generation}:{digest}"
+
+
 def cache_key(model: str, version: int, customer_id: str, k: int, exclusions: frozenset[str],
-              recent: tuple[str, ...] = (), exclude_seen: bool = False) -> str:
-    """``recsys:<model>:v<version>:<digest of the request shape>``; the readable
-    prefix lets an operator drop one version's entries with SCAN/DEL, the digest
-    bounds key length."""
-    shape = json.dumps([customer_id, k, sorted(exclusions), list(recent), exclude_seen], ensure_ascii=False)
-    return f"recsys:{model}:v{version}:{hashlib.sha256(shape.encode()).hexdigest()[:32]}"
+              recent: tuple[str, ...] = (), exclude_seen: bool = False, *, generation: int = 0,
+              live: tuple[str, ...] = (), filter_key: str = "") -> str:
+    """The key of a Recommend result: ``live`` is what the customer's live
+    history contributed to it, ``filter_key`` the filter's ``Filter.key()``."""
+    return _key(model, version, generation,
+                [customer_id, k, sorted(exclusions), list(recent), exclude_seen, list(live), filter_key])
+
+
+def similar_key(model: str, version: int, candidate_id: str, k: int, exclusions: frozenset[str], *,
+                generation: int = 0, filter_key: str = "") -> str:
+    """The key of a RecommendSimilar result (its shape starts with a marker no
+    customer request has, so the two kinds never share a key)."""
+    return _key(model, version, generation, ["similar", candidate_id, k, sorted(exclusions), filter_key])
 
 
 class ResultCache:
@@ -125,38 +141,30 @@ class ResultCache:
 
     def __init__(self, config: CacheConfig):
         self.config = config
-        self._redis = redis.from_url(config.url, socket_timeout=config.timeout_s,
-                                     socket_connect_timeout=config.timeout_s, password=config.password or None)
+        # The live history uses this link too: one connection pool and one outage backoff per replica.
+        self.link = RedisLink(config.url, config.password, config.timeout_s, config.retry_after_s)
         if config.mac_key:
             self._mac_key = config.mac_key.encode()
         else:
             self._mac_key = secrets.token_bytes(32)
             log.warning("no --cache-key-file: values in Redis are authenticated with a key of this process only, "
                         "so other replicas and restarts cannot use them")
-        self._off_until = 0.0
         self._quiet_until = 0.0
         self._local: cachetools.TTLCache | None = (
             cachetools.TTLCache(int(config.local_mb * (1 << 20)), config.ttl_s, getsizeof=_local_bytes)
             if config.local_mb > 0 else None)
-        opportunistic = BatchingConfig(max_batch_size=256, max_wait_ms=0.0, max_in_flight=4)
-        self._gets: MicroBatcher[str, bytes | None] = MicroBatcher(self._mget, opportunistic)
-        self._puts: MicroBatcher[tuple[str, bytes], None] = MicroBatcher(self._mset, opportunistic)
+        self._gets: MicroBatcher[str, bytes | None] = MicroBatcher(self._mget, PIPELINED)
+        self._puts: MicroBatcher[tuple[str, bytes], None] = MicroBatcher(self._mset, PIPELINED)
         self._pending: set[asyncio.Task] = set()
-
-    def _available(self) -> bool:
-        return time.monotonic() >= self._off_until
 
     def _failed(self, op: str, error: Exception) -> None:
         CACHE_EVENTS.labels("error").inc()
-        if self._available():
-            log.warning("redis %s failed (%s: %s); serving uncached for %.1fs",
-                        op, type(error).__name__, error, self.config.retry_after_s)
-        self._off_until = time.monotonic() + self.config.retry_after_s
+        self.link.failed(op, error)
 
     async def _mget(self, keys: list[str]) -> list[bytes | None]:
         try:
-            return await self._redis.mget(keys)
-        except (RedisError, OSError, asyncio.TimeoutError) as e:
+            return await self.link.client.mget(keys)
+        except REDIS_ERRORS as e:
             self._failed("MGET", e)
             return [None] * len(keys)
 
@@ -183,11 +191,11 @@ class ResultCache:
 
     async def _mset(self, items: list[tuple[str, bytes]]) -> list[None]:
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
+            async with self.link.client.pipeline(transaction=False) as pipe:
                 for key, value in items:
                     pipe.set(key, value, ex=self.config.ttl_s)
                 await pipe.execute()
-        except (RedisError, OSError, asyncio.TimeoutError) as e:
+        except REDIS_ERRORS as e:
             self._failed("SET", e)
         return [None] * len(items)
 
@@ -195,7 +203,7 @@ class ResultCache:
         if self._local is not None and (local := self._local.get(key)) is not None:
             CACHE_EVENTS.labels("local_hit").inc()
             return local
-        if not self._available():
+        if not self.link.available():
             CACHE_EVENTS.labels("skipped").inc()
             return None
         try:
@@ -220,7 +228,7 @@ class ResultCache:
 
     async def put(self, key: str, result: CachedResult) -> None:
         self._keep_local(key, result)
-        if self._available():
+        if self.link.available():
             try:
                 await self._puts.submit((key, self._seal(key, result)))
             except ResourceExhausted:
@@ -238,4 +246,4 @@ class ResultCache:
             await asyncio.gather(*self._pending, return_exceptions=True)
         await self._gets.close()
         await self._puts.close()
-        await self._redis.aclose()
+        await self.link.close()

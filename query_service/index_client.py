@@ -1,6 +1,7 @@
 """One index endpoint as the query service sees it: a channel, the versions the
-endpoint says it holds (its status stream), and searches pinned to a version
-whose gRPC failures become domain errors."""
+endpoint says it holds and the catalogue generation of each (its status
+stream), and searches pinned to a version whose gRPC failures become domain
+errors."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from protos.recsys.v1 import versions_pb2
 from serving import errors
+from serving.filters import NO_FILTER, Filter, filter_to_proto
 from serving.tls import ClientTls
 
 log = logging.getLogger(__name__)
@@ -42,15 +44,34 @@ RECONNECT_S = (0.2, 2.0)
 
 @dataclass(frozen=True)
 class IndexQuery:
-    vector: np.ndarray
+    """One search. ``vector`` None with ``by_popularity``: the version's most
+    popular candidates passing ``filter``. ``min_generation``: the catalogue
+    generation the answer must reflect at least (the asking tower's)."""
+
+    vector: np.ndarray | None
     k: int
     exclusions: frozenset[str]
+    filter: Filter = NO_FILTER
+    by_popularity: bool = False
+    min_generation: int = 0
+
+
+@dataclass(frozen=True)
+class SimilarQuery:
+    """The candidates nearest to ``candidate_id`` (itself excluded)."""
+
+    candidate_id: str
+    k: int
+    exclusions: frozenset[str]
+    filter: Filter = NO_FILTER
+    min_generation: int = 0
 
 
 @dataclass(frozen=True)
 class IndexHits:
     ids: list[str]
     scores: list[float]
+    generation: int = 0  # the catalogue generation the endpoint answered from
 
 
 def error_for(e: grpc.aio.AioRpcError, address: str) -> errors.ServingError:
@@ -69,6 +90,7 @@ class IndexEndpoint:
         self.address = address
         self.slot = ""
         self.versions: dict[int, int] = {}  # version -> VersionState
+        self.generations: dict[int, int] = {}  # version -> catalogue generation applied there
         self._channel = tls.aio_channel(address, options=[
             # Reconnect fast after an outage: the default backoff grows to minutes.
             ("grpc.initial_reconnect_backoff_ms", 200),
@@ -78,27 +100,56 @@ class IndexEndpoint:
         ])
         self._stub = pb_grpc.IndexServiceStub(self._channel)
 
-    def holds(self, version: int) -> bool:
-        return self.versions.get(version) in SEARCHABLE
+    def holds(self, version: int, generation: int = 0) -> bool:
+        """Whether it answers searches of ``version`` from catalogue ``generation`` or a later one."""
+        return self.versions.get(version) in SEARCHABLE and self.generations.get(version, 0) >= generation
 
     async def search(self, queries: list[IndexQuery], version: int, timeout_s: float) -> list[IndexHits]:
         """Searches all queries in ``version`` within ``timeout_s``; one RPC whatever the batch size."""
-        requests = [pb.SearchRequest(vector=q.vector.tolist(), k=q.k, model_version=version,
-                                     exclude_candidate_ids=sorted(q.exclusions)) for q in queries]
+        requests = [pb.SearchRequest(vector=[] if q.vector is None else q.vector.tolist(), k=q.k,
+                                     model_version=version, exclude_candidate_ids=sorted(q.exclusions),
+                                     filter=filter_to_proto(q.filter) if q.filter else None,
+                                     by_popularity=q.by_popularity) for q in queries]
         try:
             if len(requests) == 1:
                 responses = [await self._stub.Search(requests[0], timeout=timeout_s)]
+                generation = responses[0].catalogue_generation
             else:
                 batch = await self._stub.BatchSearch(pb.BatchSearchRequest(queries=requests), timeout=timeout_s)
                 responses = list(batch.results)
+                generation = max([batch.catalogue_generation, *(r.catalogue_generation for r in responses)])
         except grpc.aio.AioRpcError as e:
             raise error_for(e, self.address) from e
         for response in responses:
-            if response.model_version != version:
-                raise errors.FailedPrecondition(f"an index endpoint answered version {response.model_version} "
-                                                f"to a query for version {version}")
-        return [IndexHits([c.candidate_id for c in r.candidates], [c.score for c in r.candidates])
-                for r in responses]
+            self._check(response, version, max(q.min_generation for q in queries), generation)
+        return [_hits(r, generation) for r in responses]
+
+    async def similar(self, query: SimilarQuery, version: int, timeout_s: float) -> IndexHits:
+        """The neighbours of ``query.candidate_id`` in ``version`` within ``timeout_s``;
+        NotFound when the version's catalogue does not hold the candidate."""
+        request = pb.SearchSimilarRequest(candidate_id=query.candidate_id, k=query.k, model_version=version,
+                                          exclude_candidate_ids=sorted(query.exclusions),
+                                          filter=filter_to_proto(query.filter) if query.filter else None)
+        try:
+            response = await self._stub.SearchSimilar(request, timeout=timeout_s)
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.NOT_FOUND:  # the caller's candidate, not a disagreement of services
+                raise errors.NotFound(f"candidate_id {query.candidate_id!r} is not in version {version}'s "
+                                      "catalogue (never in it, or deleted): ask for a candidate the live version "
+                                      "holds") from e
+            raise error_for(e, self.address) from e
+        self._check(response, version, query.min_generation, response.catalogue_generation)
+        return _hits(response, response.catalogue_generation)
+
+    def _check(self, response, version: int, min_generation: int, generation: int) -> None:
+        if response.model_version != version:
+            raise errors.FailedPrecondition(f"an index endpoint answered version {response.model_version} "
+                                            f"to a query for version {version}")
+        if generation < min_generation:  # its status stream said otherwise: a restart; another holder may be current
+            log.warning("index endpoint %s answered version %d from catalogue generation %d; %d was needed",
+                        self.address, version, generation, min_generation)
+            raise errors.Unavailable(f"the index answered from catalogue generation {generation} of version "
+                                     f"{version}, behind the {min_generation} this replica serves; retry shortly")
 
     async def watch(self, on_change: Callable[[], None]) -> None:
         """Follows the endpoint's status stream until cancelled, reconnecting with
@@ -114,7 +165,8 @@ class IndexEndpoint:
                     if status is grpc.aio.EOF:
                         break
                     silence_s = MISSED_KEEPALIVES * max(status.keepalive_s, 0.1)
-                    self._update(status.slot, {v.version: v.state for v in status.versions}, on_change)
+                    self._update(status.slot, {v.version: v.state for v in status.versions},
+                                 {v.version: v.catalogue_generation for v in status.versions}, on_change)
                     backoff = RECONNECT_S[0]
             except asyncio.TimeoutError:
                 log.warning("index endpoint %s silent for %.1fs: routing around it", self.address, silence_s)
@@ -123,16 +175,23 @@ class IndexEndpoint:
                     log.warning("index endpoint %s lost (%s): routing around it", self.address, e.code().name)
             finally:
                 call.cancel()
-            self._update(self.slot, {}, on_change)
+            self._update(self.slot, {}, {}, on_change)
             await asyncio.sleep(backoff)
             backoff = min(2 * backoff, RECONNECT_S[1])
 
-    def _update(self, slot: str, versions: dict[int, int], on_change: Callable[[], None]) -> None:
-        if versions != self.versions or slot != self.slot:
-            self.slot, self.versions = slot, versions
+    def _update(self, slot: str, versions: dict[int, int], generations: dict[int, int],
+                on_change: Callable[[], None]) -> None:
+        if versions != self.versions or generations != self.generations or slot != self.slot:
+            self.slot, self.versions, self.generations = slot, versions, generations
             log.info("index endpoint %s (slot %s) holds %s", self.address, slot or "?",
-                     {v: versions_pb2.VersionState.Name(s).removeprefix("VERSION_STATE_") for v, s in versions.items()})
+                     {v: f"{versions_pb2.VersionState.Name(s).removeprefix('VERSION_STATE_')} "
+                         f"(catalogue generation {generations.get(v, 0)})" for v, s in versions.items()})
             on_change()
 
     async def close(self) -> None:
         await self._channel.close()
+
+
+def _hits(response: pb.SearchResponse, generation: int) -> IndexHits:
+    return IndexHits([c.candidate_id for c in response.candidates], [c.score for c in response.candidates],
+                     generation)

@@ -1,9 +1,22 @@
-"""The query service's core: Recommend and Embed, free of gRPC.
+"""The query service's core: Recommend, RecommendSimilar, BatchRecommend,
+RecordInteractions and Embed, free of gRPC.
 
-Recommend pins one version for the whole request: it resolves the live version
-once, looks the result up in the cache under that version's key, and on a miss
-embeds with that version's tower and searches that version's index, so a
-promotion in the middle of a request cannot mix versions.
+A request pins one version for its whole life (a batch, one for all its
+items): it resolves the live version once, looks the result up in the cache
+under that version's key, and on a miss embeds with that version's tower and
+searches that version's index, so a promotion in the middle of a request
+cannot mix versions.
+
+A cache key also carries the catalogue generation the replica knows for the
+version (``QueryModel.catalogue_generation``), so a catalogue delta is never
+answered from results of the catalogue before it. A result is stored under the
+generation it was computed from (the index names it), never a newer one, and
+searches go only to index endpoints that have caught up with the replica.
+
+The live interaction history (``live_history``) is read before the cache
+lookup, when it can change the result (history-aware towers, exclude_seen),
+and its items are part of the key: a recorded interaction makes the
+customer's earlier results unreachable, with nothing to invalidate.
 
 Cache keys carry the version, so a promotion starts a cold cache: at a hit rate
 that the service is sized for, every request would then be a miss at once.
@@ -15,25 +28,29 @@ warm-up requests, played against the cache).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import OrderedDict, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Awaitable, Callable, Protocol, Sequence, TypeVar
 
 import numpy as np
 
 from query_service.batching import BatchingConfig, MicroBatcher
-from query_service.cache import CachedResult, ResultCache, cache_key
-from query_service.index_client import IndexHits, IndexQuery
+from query_service.cache import CachedResult, ResultCache, cache_key, similar_key
+from query_service.index_client import IndexHits, IndexQuery, SimilarQuery
+from query_service.live_history import LiveHistory, merged_history
 from query_service.tower import QueryModel
 from serving import validation
 from serving.errors import DeadlineExceeded, InvalidArgument, ServingError, Unavailable
+from serving.filters import NO_FILTER, Filter
 from serving.versions import VersionManager
 from settings.flags import option, require
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SOURCE_MODEL = "model"
 SOURCE_POPULARITY = "popularity"
@@ -48,6 +65,20 @@ class IndexBackend(Protocol):
 
     async def search(self, queries: list[IndexQuery], version: int, timeout_s: float) -> list[IndexHits]: ...
 
+    async def similar(self, query: SimilarQuery, version: int, timeout_s: float) -> IndexHits: ...
+
+
+@dataclass(frozen=True)
+class RecommendQuery:
+    """One Recommend request as received (``Recommender`` validates it)."""
+
+    customer_id: str
+    k: int
+    exclusions: Sequence[str] = ()
+    recent: Sequence[str] = ()
+    exclude_seen: bool = False
+    filter: Filter = NO_FILTER
+
 
 @dataclass(frozen=True)
 class Recommendation:
@@ -56,6 +87,7 @@ class Recommendation:
     version: int
     source: str  # SOURCE_MODEL or SOURCE_POPULARITY
     cache_hit: bool
+    generation: int = 0  # the catalogue generation of the version the result reflects
 
 
 @dataclass(frozen=True)
@@ -84,16 +116,31 @@ class WarmupConfig:
 
 @dataclass(frozen=True)
 class _Request:
-    """What a cached result depends on besides the version (see ``cache_key``)."""
+    """What a cached result depends on besides the version and the catalogue
+    generation (see ``cache_key``); ``live``: the live history, when it can
+    change the result."""
 
     customer_id: str
     k: int
     exclusions: frozenset[str]
     recent: tuple[str, ...]
     exclude_seen: bool
+    filter: Filter = NO_FILTER
+    live: tuple[str, ...] = ()
 
-    def key(self, model: str, version: int) -> str:
-        return cache_key(model, version, self.customer_id, self.k, self.exclusions, self.recent, self.exclude_seen)
+    def key(self, model: str, version: int, generation: int) -> str:
+        return cache_key(model, version, self.customer_id, self.k, self.exclusions, self.recent, self.exclude_seen,
+                         generation=generation, live=self.live, filter_key=self.filter.key())
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """A computed result and the catalogue generation it reflects."""
+
+    ids: list[str]
+    scores: list[float]
+    source: str
+    generation: int
 
 
 @dataclass(frozen=True)
@@ -104,70 +151,128 @@ class _Miss:
     customer_id: str
     k: int
     exclusions: frozenset[str]
-    recent: tuple[str, ...]
+    history: tuple[str, ...]  # replaces the stored history of a history-aware tower when non-empty
+    filter: Filter
+    generation: int  # the catalogue generation the answer must reflect at least
     deadline: float  # event loop time by which the caller needs the answer
 
 
 class Recommender:
-    """The Recommend path over the towers in ``manager``.
+    """The query paths over the towers in ``manager``.
 
     Tower calls run on ``executor`` threads; concurrent cache misses are
     micro-batched into one tower call and one index search per version. A miss
     has the caller's remaining time, at most the index's timeout, for the
     whole path (waiting for a batch included), so a hung index fails requests
     within that time instead of queueing them until the callers give up.
+    ``history``: the live interaction history (None without Redis).
     """
 
     def __init__(self, manager: VersionManager[QueryModel], index: IndexBackend, cache: ResultCache | None,
                  executor: ThreadPoolExecutor, batching: BatchingConfig = BatchingConfig(),
-                 max_k: int = validation.DEFAULT_MAX_K, warmup: WarmupConfig = WarmupConfig()):
+                 max_k: int = validation.DEFAULT_MAX_K, warmup: WarmupConfig = WarmupConfig(),
+                 history: LiveHistory | None = None,
+                 max_batch_requests: int = validation.DEFAULT_MAX_BATCH_REQUESTS):
         self.manager = manager
         self.model = manager.model
         self.index = index
         self.cache = cache
+        self.history = history
         self.executor = executor
         self.max_k = max_k
-        self._batcher: MicroBatcher[_Miss, tuple[list[str], list[float], str]] = MicroBatcher(
-            self._process_misses, batching)
+        self.max_batch_requests = max_batch_requests
+        self._batcher: MicroBatcher[_Miss, _Answer] = MicroBatcher(self._process_misses, batching)
         self.warmup = warmup
         # The replica's latest distinct requests, most recent last: what a warm-up replays (an
         # OrderedDict iterates in recency order, which cachetools' LRUCache does not expose).
         self._recent_requests: OrderedDict[_Request, None] | None = (
             OrderedDict() if cache is not None and warmup.requests > 0 else None)
 
-    async def recommend(self, customer_id: str, k: int, exclusions: list[str] = (),
-                        recent: list[str] = (), exclude_seen: bool = False,
-                        timeout_s: float | None = None) -> Recommendation:
+    # ------------------------------------------------------------------ Recommend, BatchRecommend
+
+    async def recommend(self, customer_id: str, k: int, exclusions: Sequence[str] = (),
+                        recent: Sequence[str] = (), exclude_seen: bool = False,
+                        timeout_s: float | None = None, filter: Filter = NO_FILTER) -> Recommendation:
         """Top-k for a customer from the live version (see the module docstring).
 
         ``recent``: latest items, most recent first, for history-aware towers;
-        ``exclude_seen``: also exclude the customer's stored and recent items;
-        ``timeout_s``: the caller's remaining time (None: no deadline).
+        ``exclude_seen``: also exclude the customer's stored, live and recent items;
+        ``timeout_s``: the caller's remaining time (None: no deadline);
+        ``filter``: only candidates passing it (validated by ``filter_from_proto``).
         """
-        validation.check_id(customer_id, "customer_id")
-        validation.check_k(k, self.max_k)
-        excluded = validation.check_exclusions(exclusions)
-        recent = validation.check_id_list(recent, "recent_candidate_ids", validation.MAX_RECENT)
+        request = self._check(RecommendQuery(customer_id, k, exclusions, recent, exclude_seen, filter))
         version, model = self.manager.get()
-        request = _Request(customer_id, k, excluded, recent, exclude_seen)
-        key = request.key(self.model, version)
-        if self.cache is not None:
-            cached = await self.cache.get(key)
-            if cached is not None and self._answers(cached, request):
-                self._remember(request)
-                return Recommendation(cached.ids, cached.scores, version, cached.source, cache_hit=True)
-        ids, scores, source = await self._answer_miss(model, request, timeout_s)
+        return await self._recommend(version, model, request, timeout_s)
+
+    async def recommend_batch(self, queries: Sequence[RecommendQuery],
+                              timeout_s: float | None = None) -> tuple[int, list[Recommendation]]:
+        """Each query answered as ``recommend`` would, all from one version
+        (returned first). Every query is checked before any work: an invalid one
+        fails the call, naming its index. Misses share the micro-batcher's
+        tower calls and index searches."""
+        validation.check_batch_requests(len(queries), self.max_batch_requests)
+        requests = []
+        for i, query in enumerate(queries):
+            with validation.item("requests", i):
+                requests.append(self._check(query))
+        version, model = self.manager.get()
+
+        async def one(i: int, request: _Request) -> Recommendation:
+            with validation.item("requests", i):
+                return await self._recommend(version, model, request, timeout_s)
+
+        # Every item runs to its end (none is left behind unawaited); the first failure fails the call.
+        outcomes = await asyncio.gather(*(one(i, r) for i, r in enumerate(requests)), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return version, outcomes
+
+    def _check(self, query: RecommendQuery) -> _Request:
+        validation.check_id(query.customer_id, "customer_id")
+        validation.check_k(query.k, self.max_k)
+        excluded = validation.check_exclusions(query.exclusions)
+        recent = validation.check_id_list(query.recent, "recent_candidate_ids", validation.MAX_RECENT)
+        return _Request(query.customer_id, query.k, excluded, recent, query.exclude_seen, query.filter)
+
+    async def _recommend(self, version: int, model: QueryModel, request: _Request,
+                         timeout_s: float | None) -> Recommendation:
+        generation = model.catalogue_generation
+        request = await self._with_live_history(model, request)
+        cached = await self._lookup(request.key(self.model, version, generation), request.k, request.exclusions)
+        if cached is not None:
+            self._remember(request)
+            return Recommendation(cached.ids, cached.scores, version, cached.source, True, generation)
+        answer = await self._within_budget(
+            lambda budget: self._batcher.submit(self._miss(model, request, budget)), timeout_s)
         self._remember(request)  # answered: a request that fails is not worth warming
-        if self.cache is not None:
-            self.cache.put_in_background(key, CachedResult(ids, scores, source))
-        return Recommendation(ids, scores, version, source, cache_hit=False)
+        self._store(request.key(self.model, version, answer.generation), answer)
+        return Recommendation(answer.ids, answer.scores, version, answer.source, False, answer.generation)
+
+    async def _with_live_history(self, model: QueryModel, request: _Request) -> _Request:
+        """``request`` with the customer's live history, read only where it can
+        change the result: a history-aware tower, or exclude_seen."""
+        if self.history is None or not (request.exclude_seen or model.takes.history_length):
+            return request
+        live = await self.history.get(request.customer_id)
+        return dataclasses.replace(request, live=live) if live else request
 
     @staticmethod
-    def _answers(cached: CachedResult, request: _Request) -> bool:
-        """Whether a cached result can answer ``request`` (a corrupt or forged one
-        cannot; its key's miss path then overwrites it)."""
-        return (len(cached.ids) <= request.k and cached.source in (SOURCE_MODEL, SOURCE_POPULARITY)
-                and request.exclusions.isdisjoint(cached.ids))
+    def _answers(cached: CachedResult, k: int, exclusions: frozenset[str]) -> bool:
+        """Whether a cached result can answer a request for ``k`` without
+        ``exclusions`` (a corrupt or forged one cannot; its key's miss path then overwrites it)."""
+        return (len(cached.ids) <= k and cached.source in (SOURCE_MODEL, SOURCE_POPULARITY)
+                and exclusions.isdisjoint(cached.ids))
+
+    async def _lookup(self, key: str, k: int, exclusions: frozenset[str]) -> CachedResult | None:
+        if self.cache is None:
+            return None
+        cached = await self.cache.get(key)
+        return cached if cached is not None and self._answers(cached, k, exclusions) else None
+
+    def _store(self, key: str, answer: _Answer) -> None:
+        if self.cache is not None:
+            self.cache.put_in_background(key, CachedResult(answer.ids, answer.scores, answer.source))
 
     def _remember(self, request: _Request) -> None:
         recent = self._recent_requests
@@ -178,13 +283,13 @@ class Recommender:
         if len(recent) > self.warmup.requests:
             recent.popitem(last=False)
 
-    async def _answer_miss(self, model: QueryModel, request: _Request,
-                           timeout_s: float | None) -> tuple[list[str], list[float], str]:
+    async def _within_budget(self, work: Callable[[float], Awaitable[T]], timeout_s: float | None) -> T:
+        """``work(budget)`` within the caller's remaining time, at most the index's timeout."""
         callers = timeout_s is not None and timeout_s < self.index.timeout_s
         budget = timeout_s if callers else self.index.timeout_s
         try:
             async with asyncio.timeout(budget):
-                return await self._batcher.submit(self._miss(model, request, budget))
+                return await work(budget)
         except TimeoutError:
             if callers:
                 raise DeadlineExceeded(f"the request's deadline ({budget:.3f}s left on arrival) passed "
@@ -195,14 +300,57 @@ class Recommender:
     def _miss(self, model: QueryModel, request: _Request, budget_s: float) -> _Miss:
         excluded = request.exclusions
         if request.exclude_seen:
-            excluded = excluded | model.seen(request.customer_id) | frozenset(request.recent)
+            excluded = (excluded | model.seen(request.customer_id) | frozenset(request.recent)
+                        | frozenset(request.live))
             if len(excluded) > validation.MAX_EXCLUSIONS:
                 raise InvalidArgument(
                     f"exclude_seen adds the customer's interactions to the exclusions: {len(excluded)} in all, "
                     f"over the limit of {validation.MAX_EXCLUSIONS}; send fewer exclude_candidate_ids or "
                     "recent_candidate_ids, or leave exclude_seen off")
+        history = request.recent
+        if request.live and model.takes.history_length:
+            history = merged_history(request.recent, request.live, _stored_history(model, request.customer_id))
         deadline = asyncio.get_running_loop().time() + budget_s
-        return _Miss(model, request.customer_id, request.k, excluded, request.recent, deadline)
+        return _Miss(model, request.customer_id, request.k, excluded, history, request.filter,
+                     model.catalogue_generation, deadline)
+
+    # ------------------------------------------------------------------ RecommendSimilar
+
+    async def similar(self, candidate_id: str, k: int, exclusions: Sequence[str] = (), filter: Filter = NO_FILTER,
+                      timeout_s: float | None = None) -> Recommendation:
+        """The candidates of the live version nearest to ``candidate_id`` (never
+        itself), cached like Recommend; NotFound when the version's catalogue
+        does not hold it."""
+        validation.check_id(candidate_id, "candidate_id")
+        validation.check_k(k, self.max_k)
+        excluded = validation.check_exclusions(exclusions)
+        version, model = self.manager.get()
+        generation = model.catalogue_generation
+
+        def key(at: int) -> str:
+            return similar_key(self.model, version, candidate_id, k, excluded, generation=at, filter_key=filter.key())
+
+        cached = await self._lookup(key(generation), k, excluded | {candidate_id})
+        if cached is not None:
+            return Recommendation(cached.ids, cached.scores, version, SOURCE_MODEL, True, generation)
+        query = SimilarQuery(candidate_id, k, excluded, filter, generation)
+        hits = await self._within_budget(lambda budget: self.index.similar(query, version, budget), timeout_s)
+        self._store(key(hits.generation), _Answer(hits.ids, hits.scores, SOURCE_MODEL, hits.generation))
+        return Recommendation(hits.ids, hits.scores, version, SOURCE_MODEL, False, hits.generation)
+
+    # ------------------------------------------------------------------ RecordInteractions
+
+    async def record_interactions(self, customer_id: str, candidate_ids: Sequence[str]) -> int:
+        """Appends the customer's interactions (oldest first) to the live history;
+        returns its length after. Unavailable without Redis or when it fails."""
+        validation.check_id(customer_id, "customer_id")
+        ids = validation.check_interactions(candidate_ids)
+        if self.history is None:
+            raise Unavailable("this query replica runs without Redis, where live histories are kept: start it "
+                              "with --redis-url to record interactions")
+        return await self.history.record(customer_id, ids)
+
+    # ------------------------------------------------------------------ warm-up
 
     async def warm(self, version: int) -> int:
         """Answers the replica's most recent requests (most recent first) with
@@ -229,11 +377,13 @@ class Recommender:
             results = await self._process_version([self._miss(model, r, self.index.timeout_s) for r in batch])
             for request, result in zip(batch, results):
                 if not isinstance(result, Exception):
-                    self.cache.put_in_background(request.key(self.model, version), CachedResult(*result))
+                    self._store(request.key(self.model, version, result.generation), result)
                     warmed += 1
             worked = time.monotonic() - batch_started
             await asyncio.sleep(worked * (1 - self.warmup.duty_cycle) / self.warmup.duty_cycle)
         return warmed
+
+    # ------------------------------------------------------------------ Embed and the miss path
 
     async def embed(self, customer_id: str) -> Embedding:
         validation.check_id(customer_id, "customer_id")
@@ -249,7 +399,7 @@ class Recommender:
             return found
         return await asyncio.get_running_loop().run_in_executor(self.executor, model.embed, customer_ids, recent)
 
-    async def _process_misses(self, misses: list[_Miss]) -> list[tuple[list[str], list[float], str] | Exception]:
+    async def _process_misses(self, misses: list[_Miss]) -> list[_Answer | Exception]:
         by_version: dict[int, list[int]] = defaultdict(list)
         for i, miss in enumerate(misses):
             by_version[miss.model.version].append(i)
@@ -261,31 +411,54 @@ class Recommender:
                 results[position] = outcome if isinstance(outcome, Exception) else outcome[i]
         return results
 
-    async def _process_version(self, misses: list[_Miss]) -> list[tuple[list[str], list[float], str] | Exception]:
-        """One tower call and at most one index RPC for misses of one version."""
+    async def _process_version(self, misses: list[_Miss]) -> list[_Answer | Exception]:
+        """One tower call and at most one index RPC for misses of one version.
+
+        A customer the tower does not know gets the version's popular
+        candidates: from the local list, or, under a filter, from the index,
+        which alone holds the attributes a filter reads."""
         model = misses[0].model
-        vectors, known = await self._embed(model, [m.customer_id for m in misses], [m.recent for m in misses])
+        vectors, known = await self._embed(model, [m.customer_id for m in misses], [m.history for m in misses])
+        # Read before the popular list: its deletions are then at least this generation's.
+        generation = model.catalogue_generation
         results: list = [None] * len(misses)
-        personal = []
+        asked: list[tuple[int, str]] = []  # (miss, source) per index query
+        queries: list[IndexQuery] = []
         for i, miss in enumerate(misses):
             if known[i]:
-                personal.append(i)
+                asked.append((i, SOURCE_MODEL))
+                queries.append(IndexQuery(vectors[i], miss.k, miss.exclusions, miss.filter,
+                                          min_generation=miss.generation))
+            elif miss.filter:
+                asked.append((i, SOURCE_POPULARITY))
+                queries.append(IndexQuery(None, miss.k, miss.exclusions, miss.filter, by_popularity=True,
+                                          min_generation=miss.generation))
             else:
-                results[i] = (*model.popular(miss.k, miss.exclusions), SOURCE_POPULARITY)
-        if personal:
+                results[i] = _Answer(*model.popular(miss.k, miss.exclusions), SOURCE_POPULARITY, generation)
+        if queries:
             # The batch's search may take as long as its most patient caller; the others give up on their own.
-            timeout_s = max(misses[i].deadline for i in personal) - asyncio.get_running_loop().time()
+            timeout_s = max(misses[i].deadline for i, _ in asked) - asyncio.get_running_loop().time()
             try:
-                hits = await self.index.search(
-                    [IndexQuery(vectors[i], misses[i].k, misses[i].exclusions) for i in personal], model.version,
-                    max(timeout_s, 0.001))
-            except ServingError as e:  # fails the personal requests only; fallbacks need no index
-                hits = [e] * len(personal)
-            for i, hit in zip(personal, hits):
-                results[i] = hit if isinstance(hit, Exception) else (hit.ids, hit.scores, SOURCE_MODEL)
+                hits = await self.index.search(queries, model.version, max(timeout_s, 0.001))
+            except ServingError as e:  # fails these requests only; local fallbacks need no index
+                hits = [e] * len(queries)
+            for (i, source), hit in zip(asked, hits):
+                results[i] = hit if isinstance(hit, Exception) else _Answer(hit.ids, hit.scores, source,
+                                                                            hit.generation)
         return results
 
     async def close(self) -> None:
         await self._batcher.close()
+        if self.history is not None:
+            await self.history.close()
         if self.cache is not None:
-            await self.cache.close()
+            await self.cache.close()  # last: it closes the Redis link the live history shares
+
+
+def _stored_history(model: QueryModel, customer_id: str) -> tuple[str, ...]:
+    """The customer's history as the version stored it (most recent first; empty if unknown)."""
+    store = model.customers
+    if store is None:
+        return ()
+    row = store.rows([customer_id])
+    return tuple(item for item in store.histories(row, model.takes.history_length)[0] if item)

@@ -1,5 +1,6 @@
-"""recsys-query-service: Recommend / Embed with the live version's tower,
-searching the index endpoints that hold that version."""
+"""recsys-query-service: Recommend, RecommendSimilar, BatchRecommend,
+RecordInteractions and Embed with the live version's tower, searching the index
+endpoints that hold that version."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from query_service.admin import QueryAdmin
 from query_service.batching import BatchingConfig
 from query_service.cache import CacheConfig, ResultCache
+from query_service.live_history import LiveHistory, LiveHistoryConfig
 from query_service.recommender import Recommender, WarmupConfig
 from query_service.routing import IndexRouter, RoutingConfig
 from query_service.servicer import QueryServicer
@@ -38,11 +40,14 @@ class QueryServiceConfig(ServiceConfig):
     admin: AdminConfig = option(AdminConfig(port=50062), "admin plane", prefix="admin-")
     index: RoutingConfig = option(RoutingConfig(), "index endpoints")
     cache: CacheConfig = option(CacheConfig(), "result cache")
+    live_history: LiveHistoryConfig = option(LiveHistoryConfig(), "live interaction history (in the cache's Redis)")
     batching: BatchingConfig = option(BatchingConfig(), "micro-batching of cache misses")
     warmup: WarmupConfig = option(WarmupConfig(), "cache warm-up of a version loaded beside the live one")
     tower_threads: int = option(2, "threads running the query tower")
     tf_threads: int = option(1, "TensorFlow intra- and inter-op threads (0: TensorFlow's default, one per core)")
     max_k: int = option(validation.DEFAULT_MAX_K, "largest k a request may ask")
+    max_batch_requests: int = option(validation.DEFAULT_MAX_BATCH_REQUESTS,
+                                     "most requests in one BatchRecommend")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -51,6 +56,7 @@ class QueryServiceConfig(ServiceConfig):
         require(self.tower_threads >= 1, "tower_threads", "must be >= 1")
         require(self.tf_threads >= 0, "tf_threads", "must be >= 0")
         require(self.max_k >= 1, "max_k", "must be >= 1")
+        require(self.max_batch_requests >= 1, "max_batch_requests", "must be >= 1")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,9 +92,10 @@ async def create_server(config: QueryServiceConfig) -> tuple[ServiceWithAdmin, R
     loader = Loader(registry, QueryModel.load, "tower", Background.GIL, files.QUERY_READS, config.public_key())
     router = IndexRouter(config.index)
     cache = ResultCache(config.cache) if config.cache.url else None
+    history = LiveHistory(cache.link, config.model, config.live_history) if cache is not None else None
     executor = ThreadPoolExecutor(config.tower_threads, thread_name_prefix="tower")
-    recommender = Recommender(manager, router, cache, executor,
-                              config.batching, max_k=config.max_k, warmup=config.warmup)
+    recommender = Recommender(manager, router, cache, executor, config.batching, max_k=config.max_k,
+                              warmup=config.warmup, history=history, max_batch_requests=config.max_batch_requests)
     admin = QueryAdmin(manager, loader, router, recommender.warm)
     spec = ServiceSpec(pb_grpc.add_QueryServiceServicer_to_server, QueryServicer(recommender), SERVICE_NAME)
     service = await ServiceWithAdmin.start(spec, admin, config)

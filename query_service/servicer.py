@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
-from query_service.recommender import SOURCE_MODEL, Recommender
+from query_service.recommender import SOURCE_MODEL, Recommendation, Recommender, RecommendQuery
+from serving import validation
+from serving.filters import filter_from_proto
 from serving.grpc_server import map_errors
 
 _SOURCES = {SOURCE_MODEL: pb.RESULT_SOURCE_MODEL}
+
+
+def _query(request: pb.RecommendRequest) -> RecommendQuery:
+    return RecommendQuery(request.customer_id, request.k, list(request.exclude_candidate_ids),
+                          list(request.recent_candidate_ids), request.exclude_seen,
+                          filter_from_proto(request.filter))
 
 
 class QueryServicer(pb_grpc.QueryServiceServicer):
@@ -15,18 +23,45 @@ class QueryServicer(pb_grpc.QueryServiceServicer):
         self.recommender = recommender
         self.model = recommender.model
 
-    @map_errors
-    async def Recommend(self, request: pb.RecommendRequest, context) -> pb.RecommendResponse:
-        rec = await self.recommender.recommend(request.customer_id, request.k, list(request.exclude_candidate_ids),
-                                               list(request.recent_candidate_ids), request.exclude_seen,
-                                               timeout_s=context.time_remaining())
+    def _response(self, rec: Recommendation) -> pb.RecommendResponse:
         return pb.RecommendResponse(
             candidates=[pb.ScoredCandidate(candidate_id=i, score=s) for i, s in zip(rec.ids, rec.scores)],
             model_version=rec.version,
             cache_hit=rec.cache_hit,
             source=_SOURCES.get(rec.source, pb.RESULT_SOURCE_POPULARITY_FALLBACK),
             model_name=self.model,
+            catalogue_generation=rec.generation,
         )
+
+    @map_errors
+    async def Recommend(self, request: pb.RecommendRequest, context) -> pb.RecommendResponse:
+        query = _query(request)
+        rec = await self.recommender.recommend(query.customer_id, query.k, query.exclusions, query.recent,
+                                               query.exclude_seen, timeout_s=context.time_remaining(),
+                                               filter=query.filter)
+        return self._response(rec)
+
+    @map_errors
+    async def RecommendSimilar(self, request: pb.RecommendSimilarRequest, context) -> pb.RecommendResponse:
+        rec = await self.recommender.similar(
+            request.candidate_id, request.k, list(request.exclude_candidate_ids),
+            filter_from_proto(request.filter), timeout_s=context.time_remaining())
+        return self._response(rec)
+
+    @map_errors
+    async def BatchRecommend(self, request: pb.BatchRecommendRequest, context) -> pb.BatchRecommendResponse:
+        queries = []
+        for i, item in enumerate(request.requests):
+            with validation.item("requests", i):
+                queries.append(_query(item))
+        version, recs = await self.recommender.recommend_batch(queries, timeout_s=context.time_remaining())
+        return pb.BatchRecommendResponse(responses=[self._response(rec) for rec in recs], model_version=version)
+
+    @map_errors
+    async def RecordInteractions(self, request: pb.RecordInteractionsRequest,
+                                 context) -> pb.RecordInteractionsResponse:
+        length = await self.recommender.record_interactions(request.customer_id, list(request.candidate_ids))
+        return pb.RecordInteractionsResponse(history_length=length)
 
     @map_errors
     async def Embed(self, request: pb.EmbedRequest, context) -> pb.EmbedResponse:

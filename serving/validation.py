@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from contextlib import contextmanager
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -17,6 +18,8 @@ MAX_RECENT = 1000
 # k = 1000 took 30 s and 2.5 GB of an index process before these bounds.
 DEFAULT_MAX_BATCH_QUERIES = 1024
 DEFAULT_MAX_BATCH_RESULTS = 100_000
+DEFAULT_MAX_BATCH_REQUESTS = 256
+MAX_RECORDED = 100  # interactions per RecordInteractions call
 
 
 def check_id(value: str, what: str) -> str:
@@ -45,6 +48,33 @@ def check_id_list(ids: Iterable[str], field: str, limit: int) -> tuple[str, ...]
 
 def check_exclusions(ids: Iterable[str]) -> frozenset[str]:
     return frozenset(check_id_list(ids, "exclude_candidate_ids", MAX_EXCLUSIONS))
+
+
+def check_interactions(ids: Iterable[str]) -> tuple[str, ...]:
+    """The candidate ids of one RecordInteractions call: 1..MAX_RECORDED valid ids."""
+    ids = check_id_list(ids, "candidate_ids", MAX_RECORDED)
+    if not ids:
+        raise InvalidArgument(f"candidate_ids is empty: send 1 to {MAX_RECORDED} interactions per call")
+    return ids
+
+
+def check_batch_requests(count: int, max_requests: int) -> None:
+    """Bounds a BatchRecommend: 1..max_requests requests."""
+    if count < 1:
+        raise InvalidArgument("requests is empty: send at least one")
+    if count > max_requests:
+        raise InvalidArgument(f"{count} requests in one batch; at most {max_requests} are allowed: split the batch")
+
+
+@contextmanager
+def item(field: str, index: int) -> Iterator[None]:
+    """Names the item of a repeated field in the InvalidArgument its checks raise
+    (``k=0 ...`` becomes ``requests[3].k=0 ...``), so a caller of a batch knows
+    which item to fix."""
+    try:
+        yield
+    except InvalidArgument as e:
+        raise InvalidArgument(f"{field}[{index}].{e}") from None
 
 
 def check_batch(ks: Sequence[int], max_queries: int, max_results: int) -> None:

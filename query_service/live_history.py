@@ -1,0 +1,115 @@
+"""Live interaction history: what customers did since their version was trained.
+
+The customer store travels with the version and is fixed at training time;
+``RecordInteractions`` appends to a list per customer in Redis (newest first,
+capped, expiring), which every query replica reads on the next request:
+history-aware towers take it in front of the stored history, and
+``exclude_seen`` removes its items too.
+
+It rides on the result cache's Redis link (same server, timeouts and outage
+backoff). Reads are an optimisation like the cache: concurrent requests'
+reads go out as one pipeline, and a failed read is an empty live history
+(the stored one still answers). A write is what the caller asked for, so a
+failed write fails the call.
+
+Redis is trusted with histories as far as they steer a customer's
+recommendations (results still come from the version's tower and index);
+entries that are not ids (not UTF-8, empty, over 256 bytes) are dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from query_service.batching import MicroBatcher
+from query_service.redis_link import PIPELINED, REDIS_ERRORS, RedisLink
+from serving.errors import ResourceExhausted, Unavailable
+from serving.validation import MAX_ID_BYTES
+from settings.flags import option, require
+
+
+@dataclass(frozen=True)
+class LiveHistoryConfig:
+    max_items: int = option(100, "interactions kept per customer in the live history (the newest)",
+                            flag="live-history-max")
+    ttl_s: int = option(30 * 86400, "a customer's live history expires this long after their last recorded "
+                                    "interaction", flag="live-history-ttl-s")
+
+    def __post_init__(self) -> None:
+        require(self.max_items >= 1, "max_items", "must be >= 1")
+        require(self.ttl_s >= 1, "ttl_s", "must be >= 1")
+
+
+def history_key(model: str, customer_id: str) -> str:
+    """``recsys:<model>:hist:<customer id>``: readable, so an operator can inspect or drop one customer's list."""
+    return f"recsys:{model}:hist:{customer_id}"
+
+
+def merged_history(recent: tuple[str, ...], live: tuple[str, ...], stored: tuple[str, ...]) -> tuple[str, ...]:
+    """A history-aware tower's input, most recent first: the request's items,
+    then the live history, then the stored one, each item once (where it
+    appeared most recently)."""
+    return tuple(dict.fromkeys((*recent, *live, *stored)))
+
+
+def _decode(values: list[bytes]) -> tuple[str, ...]:
+    items = []
+    for value in values:
+        if 0 < len(value) <= MAX_ID_BYTES:
+            try:
+                items.append(value.decode())
+            except UnicodeDecodeError:
+                continue
+    return tuple(dict.fromkeys(items))
+
+
+class LiveHistory:
+    """Records and reads customers' live histories. Safe for one event loop."""
+
+    def __init__(self, link: RedisLink, model: str, config: LiveHistoryConfig = LiveHistoryConfig()):
+        self.link = link
+        self.model = model
+        self.config = config
+        self._reads: MicroBatcher[str, tuple[str, ...]] = MicroBatcher(self._read_many, PIPELINED)
+
+    async def record(self, customer_id: str, candidate_ids: tuple[str, ...]) -> int:
+        """Appends ``candidate_ids`` (oldest first) to the customer's history in
+        one MULTI/EXEC (push, cap, refresh the TTL); returns its length after.
+        Raises Unavailable if Redis fails: the caller must know it was not kept."""
+        key = history_key(self.model, customer_id)
+        try:
+            async with self.link.client.pipeline(transaction=True) as pipe:
+                # LPUSH puts each value at the head in turn, so oldest-first ids end up newest first.
+                pipe.lpush(key, *candidate_ids)
+                pipe.ltrim(key, 0, self.config.max_items - 1)
+                pipe.expire(key, self.config.ttl_s)
+                length, _, _ = await pipe.execute()
+        except REDIS_ERRORS as e:
+            self.link.failed("RecordInteractions", e)
+            raise Unavailable(f"the live history's Redis did not take the interactions ({type(e).__name__}): they "
+                              "may not be recorded; retry with backoff (a repeated interaction counts once)") from None
+        return min(int(length), self.config.max_items)
+
+    async def get(self, customer_id: str) -> tuple[str, ...]:
+        """The customer's live history, most recent first, each item once; empty
+        while Redis is down or backed off, or when more reads queue than it keeps up with."""
+        if not self.link.available():
+            return ()
+        try:
+            return await self._reads.submit(customer_id)
+        except ResourceExhausted:
+            return ()
+
+    async def _read_many(self, customer_ids: list[str]) -> list[tuple[str, ...]]:
+        try:
+            async with self.link.client.pipeline(transaction=False) as pipe:
+                for customer_id in customer_ids:
+                    pipe.lrange(history_key(self.model, customer_id), 0, self.config.max_items - 1)
+                lists = await pipe.execute()
+        except REDIS_ERRORS as e:
+            self.link.failed("LRANGE", e)
+            return [()] * len(customer_ids)
+        return [_decode(values) for values in lists]
+
+    async def close(self) -> None:
+        await self._reads.close()

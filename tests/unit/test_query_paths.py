@@ -1,0 +1,339 @@
+"""The query replica's paths in process: the live interaction history in a real
+Redis (history-aware tower input, exclude_seen, cache keys, outages),
+catalogue generations in answers, cache keys and routing, filters, RecommendSimilar
+and BatchRecommend. Real TensorFlow towers (tests/unit/tiny_versions.py and
+the history tower of test_query_tower.py); the index is played by an exact
+search in process, which records what it is asked."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import redis.asyncio as redis
+
+from model_registry import Registry
+from query_service.cache import CacheConfig, ResultCache
+from query_service.index_client import IndexHits, IndexQuery, SimilarQuery
+from query_service.live_history import LiveHistory, LiveHistoryConfig, history_key
+from query_service.recommender import SOURCE_MODEL, SOURCE_POPULARITY, Recommender, RecommendQuery
+from query_service.routing import IndexRouter, RoutingConfig
+from query_service.tower import QueryModel
+from serving import errors
+from serving.filters import Filter, TokenRestrict
+from serving.versions import VersionManager
+from tests.processes import free_port
+from tests.unit import tiny_versions as tiny
+from tests.unit.test_query_tower import ITEMS, write_version
+
+_names = itertools.count()
+
+
+class ExactIndex:
+    """The router's role: exact search over ``vectors`` (rows of ``ids``) at
+    catalogue ``generation``; keeps every query it was asked."""
+
+    timeout_s = 3.0
+
+    def __init__(self, ids: list[str], vectors: np.ndarray, generation: int = 0):
+        self.ids, self.vectors, self.generation = list(ids), vectors, generation
+        self.searches: list[list[IndexQuery]] = []
+        self.similar_queries: list[SimilarQuery] = []
+
+    @property
+    def queries(self) -> list[IndexQuery]:
+        return [q for search in self.searches for q in search]
+
+    def _top(self, scores: np.ndarray, k: int, excluded: frozenset[str]) -> IndexHits:
+        order = [i for i in np.argsort(-scores, kind="stable") if self.ids[i] not in excluded][:k]
+        return IndexHits([self.ids[i] for i in order], [float(scores[i]) for i in order], self.generation)
+
+    async def search(self, queries: list[IndexQuery], version: int, timeout_s: float) -> list[IndexHits]:
+        self.searches.append(queries)
+        # by_popularity: the rows' order stands for the version's popularity.
+        return [self._top(-np.arange(len(self.ids), dtype=float) if q.by_popularity else self.vectors @ q.vector,
+                          q.k, q.exclusions) for q in queries]
+
+    async def similar(self, query: SimilarQuery, version: int, timeout_s: float) -> IndexHits:
+        self.similar_queries.append(query)
+        if query.candidate_id not in self.ids:
+            raise errors.NotFound(f"candidate_id {query.candidate_id!r} is not in the catalogue")
+        vector = self.vectors[self.ids.index(query.candidate_id)]
+        return self._top(self.vectors @ vector, query.k, query.exclusions | {query.candidate_id})
+
+
+def replica(model: QueryModel, index: ExactIndex, cache: ResultCache | None = None,
+            history: LiveHistory | None = None, name: str | None = None) -> Recommender:
+    manager: VersionManager[QueryModel] = VersionManager(name or model.manifest.model)
+    manager.add(model.version, model, make_live=True)
+    return Recommender(manager, index, cache, ThreadPoolExecutor(1), history=history)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> QueryModel:
+    registry = Registry(tmp_path_factory.mktemp("registry"), tiny.MODEL)
+    tiny.publish(registry, 1)
+    return QueryModel.load(registry.version_dir(1), registry.manifest(1))
+
+
+@pytest.fixture
+def tiny_index() -> ExactIndex:
+    return ExactIndex(tiny.CANDIDATES.tolist(), tiny.embeddings(1)[1])
+
+
+@pytest.fixture
+def history_model(tmp_path) -> QueryModel:
+    """The history tower: embedding = [id is c1, id is c2, count of i1, i2, i3 in the history, age]."""
+    return QueryModel.load(tmp_path, write_version(tmp_path))
+
+
+def item_index() -> ExactIndex:
+    """Candidates i1, i2, i3 scored by how often the tower's history holds them."""
+    vectors = np.zeros((len(ITEMS), 6), np.float32)
+    vectors[np.arange(len(ITEMS)), 2 + np.arange(len(ITEMS))] = 1
+    return ExactIndex(ITEMS, vectors)
+
+
+def live_replica(model: QueryModel, index: ExactIndex, url: str, config: LiveHistoryConfig = LiveHistoryConfig()):
+    """A replica with a cache and a live history in the Redis at ``url``, under a model name of its own."""
+    name = f"live{next(_names)}"
+    cache = ResultCache(CacheConfig(url, retry_after_s=30))
+    return replica(model, index, cache, LiveHistory(cache.link, name, config), name)
+
+
+# ------------------------------------------------------------------ live history
+
+
+async def test_recorded_interactions_feed_the_tower_exclude_seen_and_the_cache_key(history_model, redis_server):
+    index = item_index()
+    recommender = live_replica(history_model, index, redis_server.url)
+    first = await recommender.recommend("c1", 3)
+    np.testing.assert_allclose(index.queries[-1].vector, [1, 0, 2, 0, 0, 20])  # the stored history: i1, i1
+    assert (await recommender.recommend("c1", 3)).cache_hit
+    assert await recommender.record_interactions("c1", ["i3-with-a-long-id", "i2"]) == 2
+    after = await recommender.recommend("c1", 3)
+    assert not after.cache_hit and after.scores == [1.0, 1.0, 1.0] != first.scores
+    # Request items, then live (newest first), then stored, each once: i2, i3, i1.
+    np.testing.assert_allclose(index.queries[-1].vector, [1, 0, 1, 1, 1, 20])
+    assert (await recommender.recommend("c1", 3)).cache_hit
+    with_recent = await recommender.recommend("c1", 3, recent=["i2"])
+    assert not with_recent.cache_hit
+    np.testing.assert_allclose(index.queries[-1].vector, [1, 0, 1, 1, 1, 20])
+    await recommender.recommend("c1", 3, exclude_seen=True)
+    assert index.queries[-1].exclusions == {"i1", "i2", "i3-with-a-long-id"}  # stored seen and live
+    # Recording what is already newest changes no input: the cached result still answers.
+    await recommender.record_interactions("c1", ["i2"])
+    assert (await recommender.recommend("c1", 3)).cache_hit
+    # A customer the tower never saw becomes known through their live history.
+    assert (await recommender.recommend("stranger", 2)).source == SOURCE_POPULARITY
+    await recommender.record_interactions("stranger", ["i2"])
+    assert (await recommender.recommend("stranger", 2)).source == SOURCE_MODEL
+    await recommender.close()
+
+
+async def test_towers_without_a_history_read_the_live_history_only_for_exclude_seen(tiny_model, tiny_index,
+                                                                                      redis_server):
+    recommender = live_replica(tiny_model, tiny_index, redis_server.url)
+    plain = await recommender.recommend("c001", 3)
+    await recommender.record_interactions("c001", [plain.ids[0]])
+    assert (await recommender.recommend("c001", 3)).cache_hit  # the id tower's input did not change
+    excluding = await recommender.recommend("c001", 3, exclude_seen=True)
+    assert plain.ids[0] not in excluding.ids and plain.ids[0] in tiny_index.queries[-1].exclusions
+    await recommender.close()
+
+
+async def test_the_live_history_is_capped_newest_first_expires_and_drops_what_is_not_an_id(redis_server):
+    cache = ResultCache(CacheConfig(redis_server.url))
+    history = LiveHistory(cache.link, f"cap{next(_names)}", LiveHistoryConfig(max_items=3, ttl_s=60))
+    assert await history.record("c1", ("a", "b")) == 2
+    assert await history.record("c1", ("c", "d", "e")) == 3
+    assert await history.get("c1") == ("e", "d", "c")
+    client = redis.from_url(redis_server.url)
+    key = history_key(history.model, "c1")
+    assert 0 < await client.ttl(key) <= 60
+    await client.lpush(key, b"d", b"x" * 257, b"\xff\xfe")  # newest first: not UTF-8, too long, d
+    assert await history.get("c1") == ("d",)  # of the newest three, the one that is an id
+    assert await history.get("nobody") == ()
+    await client.aclose()
+    await history.close()
+    await cache.close()
+
+
+async def test_concurrent_reads_share_pipelines_and_each_gets_its_own_history(redis_server):
+    cache = ResultCache(CacheConfig(redis_server.url))
+    history = LiveHistory(cache.link, f"batch{next(_names)}")
+    for i in range(20):
+        await history.record(f"c{i}", (f"i{i}",))
+    pipelines = 0
+    open_pipeline = cache.link.client.pipeline
+
+    def counted(*args, **kwargs):  # counts round trips, and makes them as before
+        nonlocal pipelines
+        pipelines += 1
+        return open_pipeline(*args, **kwargs)
+
+    cache.link.client.pipeline = counted
+    histories = await asyncio.gather(*(history.get(f"c{i}") for i in range(20)))
+    assert histories == [(f"i{i}",) for i in range(20)]
+    assert pipelines <= 2  # the first read goes alone, the 19 that queued behind it together
+    await history.close()
+    await cache.close()
+
+
+async def test_record_interactions_checks_its_input_and_needs_redis(tiny_model, tiny_index):
+    recommender = replica(tiny_model, tiny_index)
+    for customer, ids, message in (("", ["i1"], "customer_id is empty"),
+                                   ("c1", [], "candidate_ids is empty: send 1 to 100"),
+                                   ("c1", ["i1"] * 101, "candidate_ids has 101 ids; at most 100"),
+                                   ("c1", ["i1", ""], r"candidate_ids\[1\] is empty"),
+                                   ("c1", ["x" * 257], r"candidate_ids\[0\] is 257 bytes")):
+        with pytest.raises(errors.InvalidArgument, match=message):
+            await recommender.record_interactions(customer, ids)
+    with pytest.raises(errors.Unavailable, match="without Redis.*--redis-url"):
+        await recommender.record_interactions("c1", ["i1"])
+
+
+async def test_with_redis_down_recommend_uses_the_stored_history_and_recording_fails(history_model):
+    index = item_index()
+    recommender = live_replica(history_model, index, f"redis://127.0.0.1:{free_port()}/0")
+    with pytest.raises(errors.Unavailable, match="did not take the interactions"):
+        await recommender.record_interactions("c1", ["i2"])
+    result = await recommender.recommend("c1", 3, exclude_seen=True)
+    assert result.source == SOURCE_MODEL and not result.cache_hit
+    np.testing.assert_allclose(index.queries[-1].vector, [1, 0, 2, 0, 0, 20])
+    assert not recommender.history.link.available()  # backed off: the next reads skip Redis
+    with pytest.raises(errors.Unavailable):
+        await recommender.record_interactions("c1", ["i2"])  # a write is still tried, and still fails
+    await recommender.close()
+
+
+# ------------------------------------------------------------------ catalogue generations and filters
+
+
+async def test_answers_and_cache_keys_carry_the_catalogue_generation(tiny_model, tiny_index, redis_server):
+    cache = ResultCache(CacheConfig(redis_server.url))
+    recommender = replica(tiny_model, tiny_index, cache, name=f"gen{next(_names)}")
+    tiny_model.apply_catalogue([], 2)
+    tiny_index.generation = 3  # the index took a delta this replica has not yet
+    first = await recommender.recommend("c001", 3)
+    assert (first.generation, first.cache_hit) == (3, False)
+    assert tiny_index.queries[-1].min_generation == 2
+    await asyncio.sleep(0.01)  # the cache write runs in the background
+    # Stored under generation 3, the index's: a replica at 2 does not find it.
+    assert not (await recommender.recommend("c001", 3)).cache_hit
+    tiny_model.apply_catalogue([], 3)
+    again = await recommender.recommend("c001", 3)
+    assert (again.generation, again.cache_hit, again.ids) == (3, True, first.ids)
+    fallback = await recommender.recommend("stranger", 3)
+    assert (fallback.source, fallback.generation) == (SOURCE_POPULARITY, 3)
+    tiny_model.apply_catalogue([], 0)
+    await recommender.close()
+
+
+async def test_filters_reach_the_index_and_the_cache_key_and_send_unknown_customers_there(tiny_model, tiny_index):
+    cache = ResultCache(CacheConfig(f"redis://127.0.0.1:{free_port()}/0"))  # the in-process tier only
+    recommender = replica(tiny_model, tiny_index, cache)
+    only_a = Filter((TokenRestrict("genre", frozenset({"a"})),))
+    await recommender.recommend("c001", 3, filter=only_a)
+    await asyncio.sleep(0)  # the cache write runs in the background
+    assert tiny_index.queries[-1].filter == only_a and not tiny_index.queries[-1].by_popularity
+    assert not (await recommender.recommend("c001", 3)).cache_hit  # the filter is part of the key
+    assert (await recommender.recommend("c001", 3, filter=only_a)).cache_hit
+    searches = len(tiny_index.searches)
+    plain = await recommender.recommend("stranger", 3)
+    assert plain.source == SOURCE_POPULARITY and len(tiny_index.searches) == searches  # local fallback
+    filtered = await recommender.recommend("stranger", 2, exclusions=["i000"], filter=only_a)
+    asked = tiny_index.queries[-1]
+    assert (asked.by_popularity, asked.vector, asked.filter, asked.exclusions) == (True, None, only_a, {"i000"})
+    assert (filtered.source, filtered.ids) == (SOURCE_POPULARITY, ["i001", "i002"])
+    await recommender.close()
+
+
+async def test_the_router_sends_searches_only_to_endpoints_caught_up_with_the_generation():
+    router = IndexRouter(RoutingConfig(addresses=("a:1", "b:1")))
+    a, b = router.endpoints
+    a.versions, b.versions = {1: 3}, {1: 3}
+    a.generations, b.generations = {1: 1}, {1: 2}
+    answered: list[str] = []
+
+    def fake_search(endpoint):
+        async def search(queries, version, timeout_s):
+            answered.append(endpoint.address)
+            return [IndexHits(["x"], [1.0], endpoint.generations[version])]
+        return search
+
+    # The network call is the one piece replaced here: routing is what is under test.
+    a.search, b.search = fake_search(a), fake_search(b)
+    query = IndexQuery(np.zeros(2, np.float32), 1, frozenset(), min_generation=2)
+    for _ in range(3):
+        assert (await router.search([query], 1))[0].generation == 2
+    assert answered == ["b:1"] * 3
+    for _ in range(2):  # no generation asked: both holders take turns
+        await router.search([IndexQuery(np.zeros(2, np.float32), 1, frozenset())], 1)
+    assert set(answered[3:]) == {"a:1", "b:1"}
+    with pytest.raises(errors.Unavailable, match="has caught up with its catalogue generation 3"):
+        await router.search([IndexQuery(np.zeros(2, np.float32), 1, frozenset(), min_generation=3)], 1)
+    with pytest.raises(errors.Unavailable, match="no index endpoint holds version 2"):
+        await router.search([query], 2)
+    await router.close()
+
+
+# ------------------------------------------------------------------ RecommendSimilar
+
+
+async def test_similar_returns_neighbours_never_the_candidate_and_is_cached(tiny_model, tiny_index):
+    cache = ResultCache(CacheConfig(f"redis://127.0.0.1:{free_port()}/0"))
+    recommender = replica(tiny_model, tiny_index, cache)
+    vectors = tiny.embeddings(1)[1]
+    scores = vectors @ vectors[5]
+    expected = [c for c in tiny.CANDIDATES[np.argsort(-scores, kind="stable")].tolist() if c != "i005"][:4]
+    first = await recommender.similar("i005", 4)
+    assert (first.ids, first.source, first.version, first.cache_hit) == (expected, SOURCE_MODEL, 1, False)
+    await asyncio.sleep(0)  # the cache write runs in the background
+    assert (await recommender.similar("i005", 4)).cache_hit
+    excluding = await recommender.similar("i005", 4, exclusions=[expected[0]])
+    assert not excluding.cache_hit and expected[0] not in excluding.ids
+    only_a = Filter((TokenRestrict("genre", frozenset({"a"})),))
+    await recommender.similar("i005", 4, filter=only_a)
+    assert tiny_index.similar_queries[-1].filter == only_a
+    assert not (await recommender.recommend("i005", 4)).cache_hit  # a customer of that name is another key
+    with pytest.raises(errors.NotFound, match="'nope'"):
+        await recommender.similar("nope", 4)
+    for args, message in ((("", 4), "candidate_id is empty"), (("i005", 0), "k=0 is out of range"),
+                          (("i005", 4, [""]), r"exclude_candidate_ids\[0\] is empty")):
+        with pytest.raises(errors.InvalidArgument, match=message):
+            await recommender.similar(*args)
+    await recommender.close()
+
+
+# ------------------------------------------------------------------ BatchRecommend
+
+
+async def test_a_batch_answers_each_request_as_recommend_would_with_one_search(tiny_model, tiny_index):
+    recommender = replica(tiny_model, tiny_index)
+    queries = [RecommendQuery("c001", 3), RecommendQuery("c002", 5, exclusions=["i000"]),
+               RecommendQuery("stranger", 2), RecommendQuery("c003", 1)]
+    version, batch = await recommender.recommend_batch(queries)
+    assert version == 1 and len(tiny_index.searches) == 1 and len(tiny_index.searches[0]) == 3
+    singles = [await recommender.recommend(q.customer_id, q.k, q.exclusions) for q in queries]
+    assert [(r.ids, r.scores, r.source, r.version) for r in batch] == [
+        (r.ids, r.scores, r.source, r.version) for r in singles]
+    await recommender.close()
+
+
+async def test_an_invalid_batch_item_fails_the_call_naming_it_before_any_work(tiny_model, tiny_index):
+    recommender = replica(tiny_model, tiny_index)
+    good = RecommendQuery("c001", 3)
+    for queries, message in (([], "requests is empty"),
+                             ([good] * 257, "257 requests in one batch; at most 256"),
+                             ([good, RecommendQuery("c002", 0)], r"^requests\[1\]\.k=0 is out of range"),
+                             ([good, good, RecommendQuery("", 3)], r"^requests\[2\]\.customer_id is empty"),
+                             ([RecommendQuery("c1", 3, recent=["ok", ""])],
+                              r"^requests\[0\]\.recent_candidate_ids\[1\] is empty")):
+        with pytest.raises(errors.InvalidArgument, match=message):
+            await recommender.recommend_batch(queries)
+    assert tiny_index.searches == []
+    await recommender.close()
