@@ -1,6 +1,7 @@
-"""A history-aware version served end to end: the tower reads the stored history
-or the request's, unknown customers with a history get personal results, and
-exclude_seen removes what the customer already interacted with."""
+"""A history-aware version served end to end: the tower reads the stored history,
+the live one (RecordInteractions) or the request's, unknown customers with a
+history get personal results, and exclude_seen removes what the customer
+already interacted with."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from model_registry import Registry
 from model_registry import manifest as files
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
+from tests.conftest import RedisProcess
 from tests.integration.conftest import MODEL, index_slot, make_live, query_replica, train
 
 pytestmark = pytest.mark.integration
@@ -82,3 +84,59 @@ def test_bad_recent_ids_are_invalid_argument(stub):
         recommend(stub, "c000001", recent_candidate_ids=["ok", ""])
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "recent_candidate_ids[1] is empty" in err.value.details()
+
+
+# ------------------------------------------------------------------ the live history (RecordInteractions)
+
+
+def record(stub, customer_id, candidate_ids):
+    return stub.RecordInteractions(pb.RecordInteractionsRequest(customer_id=customer_id,
+                                                                candidate_ids=candidate_ids), timeout=10)
+
+
+def scores_of(response):
+    return [c.score for c in response.candidates]
+
+
+def test_a_recorded_interaction_changes_the_next_recommend_and_is_excluded_as_seen(stub, history_version):
+    seen, history = stored(history_version, "c000009")
+    _, elsewhere = stored(history_version, "c000150")
+    new_items = [i for i in elsewhere if i not in seen][:5]
+    assert new_items
+    before = recommend(stub, "c000009")
+    assert recommend(stub, "c000009").cache_hit
+    assert record(stub, "c000009", new_items).history_length == len(new_items)
+    after = recommend(stub, "c000009")
+    assert not after.cache_hit  # the customer's cached result is no longer served
+    assert after.source == pb.RESULT_SOURCE_MODEL and scores_of(after) != scores_of(before)
+    assert recommend(stub, "c000009").cache_hit  # until the next interaction, the new one is
+    excluded = recommend(stub, "c000009", k=50, exclude_seen=True)
+    assert len(excluded.candidates) == 50 and not (set(new_items) | seen) & set(ids_of(excluded))
+
+
+def test_with_redis_stopped_recommend_uses_the_stored_history_and_recording_fails(history_version, tmp_path):
+    root = history_version.parent.parent
+    redis = RedisProcess().start()
+    index = index_slot(root, "blue", tmp_path / "index.log")
+    query = query_replica(root, [index], tmp_path / "query.log", "--redis-url", redis.url, "--local-cache-mb", "0")
+    try:
+        index.start()
+        query.start()
+        with grpc.insecure_channel(query.address) as channel:
+            stub = pb_grpc.QueryServiceStub(channel)
+            from_store = recommend(stub, "c000012")
+            _, elsewhere = stored(history_version, "c000160")
+            record(stub, "c000012", elsewhere[:5])
+            assert scores_of(recommend(stub, "c000012")) != scores_of(from_store)
+            redis.stop()
+            for _ in range(3):
+                answer = recommend(stub, "c000012")
+                assert (ids_of(answer), answer.cache_hit) == (ids_of(from_store), False)
+            with pytest.raises(grpc.RpcError) as err:
+                record(stub, "c000012", ["i000001"])
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "Redis" in err.value.details()
+    finally:
+        query.stop()
+        index.stop()
+        redis.stop()
+
