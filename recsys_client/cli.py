@@ -1,8 +1,20 @@
 """recsys-client: call the query and index services from a shell.
 
-    recsys-client recommend --address HOST:PORT --customer-id ID --k 10 [--exclude ID ...]
+    recsys-client recommend --address HOST:PORT --customer-id ID --k 10 [--exclude ID ...] [--exclude-seen]
+                            [--filter JSON]
+    recsys-client similar   --address HOST:PORT --candidate-id ID --k 10 [--exclude ID ...] [--filter JSON]
+    recsys-client batch     --address HOST:PORT --customer-ids ID,ID,... --k 10 [--exclude ID ...]
+                            [--exclude-seen] [--filter JSON]
+    recsys-client record    --address HOST:PORT --customer-id ID --candidate-ids ID,ID,...  (oldest first)
     recsys-client embed     --address HOST:PORT --customer-id ID
     recsys-client health    --address HOST:PORT [--service NAME]
+
+``--filter`` is a ``recsys.v1.Filter`` in protobuf's JSON form; every part is
+optional, and a candidate must pass every restrict and every range::
+
+    {"restricts": [{"namespace": "genre", "allow": ["Drama", "Comedy"], "deny": ["Horror"]}],
+     "ranges": [{"namespace": "year", "min": 1990, "max": 1999}],
+     "crowding_namespace": "genre", "max_per_value": 2}
 
 Against servers serving TLS: ``--tls-ca CA.pem`` (and, for mutual TLS,
 ``--tls-cert`` / ``--tls-key``).
@@ -23,29 +35,76 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
+from serving.filters import filter_from_proto
 from serving.tls import ClientTls
+from serving.errors import InvalidArgument
 from settings.flags import ConfigError
+
+
+def parse_filter(text: str) -> pb.Filter:
+    """A ``--filter`` value: a ``recsys.v1.Filter`` in JSON, checked as the server checks it."""
+    try:
+        value = json_format.Parse(text, pb.Filter())
+        filter_from_proto(value)
+    except (json_format.ParseError, InvalidArgument) as e:
+        raise argparse.ArgumentTypeError(f"not a filter: {e} (see recsys-client --help for the JSON shape)") from None
+    return value
+
+
+def _ids(text: str) -> list[str]:
+    return [part for part in text.split(",") if part]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsys-client", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("recommend", "embed", "health"):
+    for name in ("recommend", "similar", "batch", "record", "embed", "health"):
         sub = commands.add_parser(name)
         sub.add_argument("--address", required=True, help="service HOST:PORT")
         sub.add_argument("--timeout-s", type=float, default=5.0, help="RPC deadline")
         sub.add_argument("--tls-ca", default="", help="PEM CA bundle of the server's certificate: TLS")
         sub.add_argument("--tls-cert", default="", help="PEM client certificate (mutual TLS)")
         sub.add_argument("--tls-key", default="", help="PEM private key of the client certificate")
-        if name in ("recommend", "embed"):
+        if name in ("recommend", "record", "embed"):
             sub.add_argument("--customer-id", required=True)
-        if name == "recommend":
+        if name == "similar":
+            sub.add_argument("--candidate-id", required=True)
+        if name == "batch":
+            sub.add_argument("--customer-ids", type=_ids, required=True, help="customer ids, comma-separated")
+        if name == "record":
+            sub.add_argument("--candidate-ids", type=_ids, required=True,
+                             help="candidates the customer interacted with, comma-separated, oldest first")
+        if name in ("recommend", "similar", "batch"):
             sub.add_argument("--k", type=int, default=10)
             sub.add_argument("--exclude", nargs="*", default=[], help="candidate ids to exclude")
+            sub.add_argument("--filter", type=parse_filter, help="only candidates passing this filter (JSON, above)")
+        if name in ("recommend", "batch"):
+            sub.add_argument("--exclude-seen", action="store_true",
+                             help="also exclude what the customer interacted with")
         if name == "health":
             sub.add_argument("--service", default="", help="service name; empty for the whole server")
     return parser
+
+
+def _call(stub: pb_grpc.QueryServiceStub, args: argparse.Namespace):
+    """The query service call a subcommand makes, and its answer."""
+    if args.command == "embed":
+        return stub.Embed(pb.EmbedRequest(customer_id=args.customer_id), timeout=args.timeout_s)
+    if args.command == "record":
+        return stub.RecordInteractions(pb.RecordInteractionsRequest(customer_id=args.customer_id,
+                                                                    candidate_ids=args.candidate_ids),
+                                       timeout=args.timeout_s)
+    if args.command == "similar":
+        return stub.RecommendSimilar(pb.RecommendSimilarRequest(candidate_id=args.candidate_id, k=args.k,
+                                                                exclude_candidate_ids=args.exclude,
+                                                                filter=args.filter), timeout=args.timeout_s)
+    requests = [pb.RecommendRequest(customer_id=customer, k=args.k, exclude_candidate_ids=args.exclude,
+                                    exclude_seen=args.exclude_seen, filter=args.filter)
+                for customer in (args.customer_ids if args.command == "batch" else [args.customer_id])]
+    if args.command == "batch":
+        return stub.BatchRecommend(pb.BatchRecommendRequest(requests=requests), timeout=args.timeout_s)
+    return stub.Recommend(requests[0], timeout=args.timeout_s)
 
 
 def _print(message) -> None:
@@ -61,14 +120,7 @@ def run(args: argparse.Namespace) -> int:
                 health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout_s)
             print(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
             return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
-        stub = pb_grpc.QueryServiceStub(channel)
-        if args.command == "recommend":
-            response = stub.Recommend(pb.RecommendRequest(customer_id=args.customer_id, k=args.k,
-                                                          exclude_candidate_ids=args.exclude),
-                                      timeout=args.timeout_s)
-        else:
-            response = stub.Embed(pb.EmbedRequest(customer_id=args.customer_id), timeout=args.timeout_s)
-        _print(response)
+        _print(_call(pb_grpc.QueryServiceStub(channel), args))
         return 0
 
 

@@ -194,6 +194,32 @@ def test_bad_record_interactions_input_is_invalid_argument(stub, request_kwargs,
     assert code == grpc.StatusCode.INVALID_ARGUMENT and message in details
 
 
+def client(query, *args):
+    result = subprocess.run([console_script("recsys-client"), args[0], "--address", query.address, *args[1:]],
+                            capture_output=True, text=True, timeout=60)
+    return result.returncode, result.stdout, result.stderr
+
+
+def test_recsys_client_similar_batch_and_record(stub, stack, version_dir):
+    query = stack[1]
+    even = '{"restricts": [{"namespace": "parity", "allow": ["even"]}]}'
+    code, out, _ = client(query, "batch", "--customer-ids", "c000031,c000032", "--k", "3", "--filter", even)
+    assert code == 0
+    answers = json.loads(out)["responses"]
+    for customer, answer in zip(("c000031", "c000032"), answers):
+        single = stub.Recommend(pb.RecommendRequest(customer_id=customer, k=3, filter=EVEN), timeout=10)
+        assert [c["candidate_id"] for c in answer["candidates"]] == ids_of(single)
+    ids, _ = candidates(version_dir)
+    code, out, _ = client(query, "similar", "--candidate-id", ids[4], "--k", "4")
+    assert code == 0 and len(json.loads(out)["candidates"]) == 4
+    code, out, _ = client(query, "record", "--customer-id", "c000031", "--candidate-ids", f"{ids[1]},{ids[2]}")
+    assert code == 0 and json.loads(out)["history_length"] == 2
+    code, _, err = client(query, "similar", "--candidate-id", "nope", "--k", "4")
+    assert code == 1 and "NOT_FOUND" in err
+    code, _, err = client(query, "recommend", "--customer-id", "c1", "--filter", '{"ranges": [{"min": 1}]}')
+    assert code == 2 and "filter.ranges[0].namespace is empty" in err
+
+
 def test_a_catalogue_delta_moves_the_generation_of_answers_and_cache_keys(stub, stack, version_dir):
     """Last in the module: it changes the catalogue the other tests read."""
     index, query = stack
