@@ -212,7 +212,7 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=1_000_000)
     parser.add_argument("--qps", type=float, default=200.0)
     parser.add_argument("--upsert-rate", type=float, default=10_000.0, help="changes per second streamed")
-    parser.add_argument("--batch", type=int, default=1000, help="changes per delta")
+    parser.add_argument("--batch", type=int, default=2000, help="changes per delta")
     parser.add_argument("--churn", type=float, default=0.10, help="share of the catalogue changed in all")
     parser.add_argument("--phase-s", type=float, default=10.0, help="steady search phase before the stream")
     parser.add_argument("--out", type=Path)

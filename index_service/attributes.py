@@ -167,7 +167,8 @@ class AttributeColumns:
 
     # --- changes (under the write lock) ------------------------------------------------------------------------
 
-    def _ensure_capacity(self, rows: int) -> None:
+    def reserve(self, rows: int) -> None:
+        """Makes room for ``rows`` rows (see ``Rows.reserve``)."""
         for column in self.tokens.values():
             if len(column.matrix) < rows:
                 grown = np.full((max(rows, 2 * len(column.matrix)), column.matrix.shape[1]), -1, dtype=np.int32)
@@ -183,7 +184,7 @@ class AttributeColumns:
         """Rows ``rows`` (existing or the next new ones) take the attributes of
         ``attributes``' rows ``at``; namespaces the delta does not name are cleared."""
         top = int(rows.max()) + 1 if len(rows) else 0
-        self._ensure_capacity(top)
+        self.reserve(top)
         for ns, column in self.tokens.items():
             old = column.matrix[rows[rows < self.rows]]
             column.count(old, -1)

@@ -3,6 +3,11 @@ id, where its vector is, and the id -> row map; kept in ScaNN's order through
 catalogue deltas (upsert appends or overwrites a row, delete moves the last row
 into the deleted one's place, exactly as ``scann_ops_pybind`` does).
 
+Ids are found without a dict over the whole catalogue (~100 bytes per id,
+and seconds of GIL to build at 1M): the version's ids are binary-searched
+(they are sorted by the trainer; otherwise an argsort at load), and only ids
+that deltas moved, added or deleted are kept in a dict.
+
 Vectors are not copied: a row's vector is either row ``source`` of the
 version's embeddings file (memory-mapped: pages are read on demand and shared
 with the page cache) or, for a row written by a delta, entry ``-source - 1``
@@ -74,13 +79,30 @@ class Rows:
 
     def __init__(self, ids: np.ndarray, base_vectors: np.ndarray):
         self.count = len(ids)
-        self._ids = ids
+        self._ids = ids.copy()  # current id of each row; ``ids`` stays the version's, for lookups
         self._source = np.arange(len(ids), dtype=np.int64)
         self._base = base_vectors  # [N, dim], usually a read-only memory map
         self._added = np.zeros((0, base_vectors.shape[1]), dtype=np.float32)
         self._added_count = 0
-        self._row_of: dict[str, int] | None = None  # built on first need: ~100 bytes per candidate
-        self._build_lock = threading.Lock()
+        ordered = len(ids) < 2 or bool(np.all(ids[:-1] < ids[1:]))
+        self._order = None if ordered else np.argsort(ids, kind="stable")
+        self._sorted = ids if ordered else ids[self._order]
+        self._moved: dict[str, int] = {}  # id -> row for ids not at their version row; -1: deleted
+
+    def row_of(self, candidate_id: str) -> int:
+        """The row holding ``candidate_id``, -1 if none."""
+        row = self._moved.get(candidate_id)
+        if row is not None:
+            return row
+        i = int(np.searchsorted(self._sorted, candidate_id))
+        if i == len(self._sorted) or self._sorted[i] != candidate_id:
+            return -1
+        return i if self._order is None else int(self._order[i])
+
+    def reserve(self, rows: int) -> None:
+        """Makes room for ``rows`` rows now, so that deltas append without copying (a copy under the write lock)."""
+        self._ids = _grow(self._ids, rows)
+        self._source = _grow(self._source, rows)
 
     @property
     def ids(self) -> np.ndarray:
@@ -88,17 +110,6 @@ class Rows:
 
     def id_of(self, rows: np.ndarray) -> list[str]:
         return self._ids[rows].tolist()
-
-    def row_of(self, candidate_id: str) -> int:
-        """The row holding ``candidate_id``, -1 if none."""
-        return self._map().get(candidate_id, -1)
-
-    def _map(self) -> dict[str, int]:
-        if self._row_of is None:
-            with self._build_lock:
-                if self._row_of is None:
-                    self._row_of = {candidate: row for row, candidate in enumerate(self.ids.tolist())}
-        return self._row_of
 
     def __len__(self) -> int:
         return self.count
@@ -132,20 +143,19 @@ class Rows:
         if self._ids.dtype.kind == "U" and width > self._ids.dtype.itemsize // 4:
             self._ids = self._ids.astype(f"<U{width}")
         self._source = _grow(self._source, top)
+        new = rows >= self.count
         self._ids[rows] = ids
         self._source[rows] = -np.arange(start, start + len(vectors), dtype=np.int64) - 1
-        mapping = self._map()
-        for row, candidate in zip(rows.tolist(), ids.tolist()):
-            mapping[candidate] = row
+        for row, candidate in zip(rows[new].tolist(), ids[new].tolist()):
+            self._moved[candidate] = row
         self.count = max(self.count, top)
 
     def move_last(self, row: int) -> None:
         """Deletes ``row``: the last row moves into its place."""
-        mapping = self._map()
         last = self.count - 1
-        del mapping[str(self._ids[row])]
+        self._moved[str(self._ids[row])] = -1
         if row != last:
             moved = str(self._ids[last])
             self._ids[row], self._source[row] = moved, self._source[last]
-            mapping[moved] = row
+            self._moved[moved] = row
         self.count = last

@@ -18,8 +18,10 @@ import importlib.util
 import logging
 import math
 import sys
+import threading
 import time
 import types
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +56,14 @@ FETCH_GROWTH = 4
 # Candidates upserted or deleted per hold of the write lock: ~0.5 ms of ScaNN
 # (8 us per upsert at 64 dims), so a search waits at most about that long.
 DELTA_CHUNK = 64
+# Room for this share of the catalogue in new candidates, reserved at load (in
+# a slot that serves nothing yet): ScaNN grows its storage by copying it, a
+# ~200 ms stall at 1M that a live slot's searches would wait on. Reserved
+# pages cost memory only once written.
+CATALOGUE_HEADROOM = 0.1
+# Filters whose passing rows (at most EXACT_MAX_ROWS, ~5 MB of vectors at 64
+# dims) are kept for exact search: a selective filter is usually asked again.
+SUBSET_CACHE_ENTRIES = 16
 
 
 def _scann_pybind():
@@ -105,6 +115,9 @@ class CandidateIndex:
         self.popular_ids, self.popular_scores = popular
         self.catalogue_generation = 0
         self._lock = ReadWriteLock()
+        self._changes = 0  # chunks of deltas applied: a cached subset is valid for one value of it
+        self._subsets: OrderedDict[Filter, tuple[int, np.ndarray, np.ndarray]] = OrderedDict()
+        self._subsets_lock = threading.Lock()
 
     @property
     def version(self) -> int:
@@ -157,6 +170,10 @@ class CandidateIndex:
         if recall < min_recall:
             raise VersionError(f"version {manifest.version}: index recall@10 vs exact search is {recall:.3f}, "
                                f"below the required {min_recall}")
+        capacity = len(ids) + int(len(ids) * CATALOGUE_HEADROOM)
+        searcher.searcher.reserve(capacity)
+        rows.reserve(capacity)
+        attributes.reserve(capacity)
         deltas = read_deltas(version_dir.parent, manifest.version)
         index.apply_catalogue(deltas, len(deltas))
         index.report = LoadReport(time.perf_counter() - start, memory, recall)
@@ -267,12 +284,28 @@ class CandidateIndex:
                 break
         return SearchResult(out_ids, out_scores)
 
+    def _passing(self, f: Filter) -> tuple[np.ndarray, np.ndarray]:
+        """(rows passing ``f``, their vectors), from a small cache when few pass (under the read lock)."""
+        with self._subsets_lock:
+            cached = self._subsets.get(f)
+            if cached is not None and cached[0] == self._changes:
+                self._subsets.move_to_end(f)
+                return cached[1], cached[2]
+        subset = np.flatnonzero(self.attributes.mask(f))
+        vectors = self.rows.vectors(subset)
+        if len(subset) <= EXACT_MAX_ROWS:
+            with self._subsets_lock:
+                self._subsets[f] = (self._changes, subset, vectors)
+                self._subsets.move_to_end(f)
+                if len(self._subsets) > SUBSET_CACHE_ENTRIES:
+                    self._subsets.popitem(last=False)
+        return subset, vectors
+
     def _exact(self, queries: np.ndarray, k: int, exclusions: list[frozenset[str]], f: Filter) -> list[SearchResult]:
         """Exact search over the rows passing ``f`` (called under the read lock)."""
-        subset = np.flatnonzero(self.attributes.mask(f))
+        subset, vectors = self._passing(f)
         if len(subset) == 0:
             return [SearchResult([], []) for _ in queries]
-        vectors = self.rows.vectors(subset)
         results = []
         for query, excluded in zip(np.asarray(queries, dtype=np.float32), exclusions):
             row_scores = vectors @ query
@@ -339,6 +372,7 @@ class CandidateIndex:
         started = time.perf_counter()
         with self._lock.writing():
             change(*args)
+            self._changes += 1
         time.sleep(time.perf_counter() - started)
 
     def _upsert(self, raw, delta: Delta, at: np.ndarray) -> None:

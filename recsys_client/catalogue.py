@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +41,7 @@ from model_registry import manifest as files
 from model_registry.attributes import Attributes
 from model_registry.deltas import Delta, write_delta
 from protos.recsys.v1 import admin_pb2 as pb
-from recsys_client.publish import Fleet, PublishError
+from recsys_client.publish import Fleet, PublishError, Replica
 from serving.tls import ClientTls
 from serving.validation import MAX_ID_BYTES
 from settings.flags import add_flags, option, parse, require
@@ -109,17 +110,30 @@ class Rollout:
 
 
 def apply_everywhere(fleet: Fleet, version: int, generation: int) -> Rollout:
-    """Asks every index replica holding ``version`` and every query replica to catch up to ``generation``."""
-    applied, failed = [], {}
+    """Asks every index replica holding ``version``, then every query replica, to
+    catch up to ``generation`` (the replicas of a tier at once). Index first: a
+    query replica at G routes only to index replicas at G or later."""
     request = pb.ApplyCatalogueRequest(version=version, generation=generation)
-    for replica in fleet.index + fleet.query:
+
+    def apply(replica: Replica) -> str | None:
+        """None if applied, "" if the replica does not hold the version, else the error."""
         try:
             if replica.role == "index" and version not in {v.version for v in fleet.status(replica).versions}:
-                continue
+                return ""
             fleet.call(replica, "ApplyCatalogue", request)
-            applied.append(f"{replica.role} {replica.address}")
+            return None
         except PublishError as e:
-            failed[f"{replica.role} {replica.address}"] = str(e)
+            return str(e)
+
+    applied, failed = [], {}
+    with ThreadPoolExecutor(max(len(fleet.index), len(fleet.query), 1)) as pool:
+        for tier in (fleet.index, fleet.query):
+            for replica, outcome in zip(tier, pool.map(apply, tier)):
+                name = f"{replica.role} {replica.address}"
+                if outcome is None:
+                    applied.append(name)
+                elif outcome:
+                    failed[name] = outcome
     return Rollout(generation, applied, failed)
 
 
