@@ -1,15 +1,24 @@
-"""recsys-loadtest: open-loop gRPC load against QueryService.Recommend.
+"""recsys-loadtest: open-loop gRPC load against the QueryService (Recommend,
+and any mix of RecommendSimilar, BatchRecommend and RecordInteractions).
 
     recsys-loadtest --address HOST:PORT --qps 200 --duration-s 30 \\
         [--concurrency 512] [--k 10] [--timeout-s 2] [--channels 2] \\
         [--num-customers 300] [--customer-format 'c{:06d}'] \\
         [--distribution uniform|zipf] [--zipf-s 1.1] [--seed 0] \\
+        [--rpc-mix recommend=0.8,similar=0.1,record=0.1] [--batch-size 8] \\
+        [--num-candidates 200] [--candidate-format 'i{:06d}'] \\
         [--sample-responses N] [--out FILE]
 
     # blue-green swap under load, then a rollback:
     recsys-loadtest --address ... --qps 200 --duration-s 10 --swap \\
         --registry DIR --model NAME --index-admin A[,B] --query-admin C[,D] \\
         [--admin-token-file F] --swap-version 2 --swap-at-s 3 --rollback-at-s 6
+
+``--rpc-mix`` gives each RPC's share of the requests (default: Recommend only):
+``similar`` asks for a random candidate's neighbours, ``batch`` is a
+BatchRecommend of ``--batch-size`` customers, ``record`` records one random
+candidate for a customer. Candidates are drawn uniformly from
+``--num-candidates`` ids of ``--candidate-format``.
 
 Requests are scheduled at a fixed arrival rate and each is sent as its own task
 whatever the state of earlier ones (open loop), so a slow server cannot slow the
@@ -21,8 +30,9 @@ sent and is counted as ``dropped``.
 
 Writes a JSON report to stdout (or ``--out``) and a short table to stderr:
 latency percentiles (HdrHistogram, 1 us..60 s, 3 significant digits), achieved
-QPS, errors by gRPC status, responses per model version, cache hits, a
-per-second timeline and, with ``--swap``, latency before / during / after the
+QPS, errors by gRPC status, responses per model version, cache hits (of
+Recommend and RecommendSimilar), per RPC of the mix its counts and latency
+(``rpcs``), a per-second timeline and, with ``--swap``, latency before / during / after the
 publish and the rollback. Exits 1 when any request failed or was dropped, or a
 swap step failed.
 """
@@ -41,7 +51,7 @@ import time
 from array import array
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -60,6 +70,28 @@ PERCENTILES = (("p50_ms", 50.0), ("p90_ms", 90.0), ("p99_ms", 99.0), ("p99_9_ms"
 # Outcome codes of one scheduled request in RequestLog.
 OK, ERROR, DROPPED = 0, 1, 2
 DISTRIBUTIONS = ("uniform", "zipf")
+# The RPCs a run can mix, by their code in RequestLog.
+RPCS = ("recommend", "similar", "batch", "record")
+RECOMMEND_ONLY = {"recommend": 1.0}
+
+
+def parse_rpc_mix(text: str) -> dict[str, float]:
+    """``recommend=0.8,similar=0.1,record=0.1`` -> shares summing to 1, in RPCS order."""
+    weights: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        if name not in RPCS:
+            raise ValueError(f"rpc-mix: unknown RPC {name!r}; choose from {', '.join(RPCS)}")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            raise ValueError(f"rpc-mix: {part!r} is not NAME=WEIGHT") from None
+        if not weights[name] >= 0:
+            raise ValueError(f"rpc-mix: the weight of {name} must be >= 0")
+    total = sum(weights.values())
+    if not total > 0:
+        raise ValueError("rpc-mix: give at least one RPC a positive weight")
+    return {name: weights[name] / total for name in RPCS if weights.get(name)}
 
 
 def new_histogram() -> HdrHistogram:
@@ -117,12 +149,16 @@ class LoadConfig:
     sample_responses: int = 0
     swap: SwapConfig | None = None
     tls: ClientTls = ClientTls()  # to the query service
+    rpc_mix: dict[str, float] = field(default_factory=lambda: dict(RECOMMEND_ONLY))  # RPC -> share of requests
+    batch_size: int = 8
+    num_candidates: int = 200
+    candidate_format: str = "i{:06d}"
 
     def __post_init__(self) -> None:
         for name in ("qps", "duration_s", "timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("concurrency", "k", "channels", "num_customers"):
+        for name in ("concurrency", "k", "channels", "num_customers", "batch_size", "num_candidates"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.sample_responses < 0:
@@ -132,6 +168,9 @@ class LoadConfig:
         if self.distribution == "zipf" and not self.zipf_s > 0:
             raise ValueError(f"zipf_s must be > 0, got {self.zipf_s}")
         self.customer_format.format(0)  # fail now, not mid-run, on a bad format
+        self.candidate_format.format(0)
+        if set(self.rpc_mix) - set(RPCS) or not math.isclose(sum(self.rpc_mix.values()), 1.0):
+            raise ValueError(f"rpc_mix must give shares of {RPCS} summing to 1, got {self.rpc_mix}")
 
     @property
     def total_requests(self) -> int:
@@ -173,6 +212,34 @@ class CustomerSampler:
         return [self.customer_format.format(int(r)) for r in self.ranks(n)]
 
 
+class RpcDraws:
+    """Which RPC each request of a run makes, and what it needs besides its
+    customer: a candidate (similar, record) or more customers (batch), drawn
+    up front and seeded. A Recommend-only run draws nothing more, so its
+    customers are those of earlier versions of this tool."""
+
+    def __init__(self, config: LoadConfig, total: int, sampler: CustomerSampler):
+        self.batch_size = config.batch_size
+        if config.rpc_mix == RECOMMEND_ONLY:
+            self.rpcs = np.zeros(total, np.int8)
+        else:
+            shares = [config.rpc_mix.get(name, 0.0) for name in RPCS]
+            self.rpcs = np.random.default_rng(config.seed + 1).choice(len(RPCS), size=total, p=shares).astype(np.int8)
+        batches = np.flatnonzero(self.rpcs == RPCS.index("batch"))
+        # A batch's customers after the first, drawn after the run's own so those stay the same.
+        self._extra = sampler.draw(len(batches) * (config.batch_size - 1))
+        self._batch_slot = {int(i): slot for slot, i in enumerate(batches)}
+        self.candidates: list[str] = []
+        if {"similar", "record"} & set(config.rpc_mix):
+            ranks = np.random.default_rng(config.seed + 2).integers(0, config.num_candidates, size=total)
+            self.candidates = [config.candidate_format.format(int(r)) for r in ranks]
+
+    def batch(self, i: int, first: str) -> list[str]:
+        """The customers of request ``i``'s BatchRecommend (``first`` is its own draw)."""
+        start = self._batch_slot[i] * (self.batch_size - 1)
+        return [first, *self._extra[start:start + self.batch_size - 1]]
+
+
 # --------------------------------------------------------------------------- records and aggregation
 
 
@@ -184,24 +251,32 @@ class RequestLog:
         self.sched_s = array("d")  # scheduled send time, seconds after the run's start
         self.latency_us = array("q")  # from scheduled send to response; -1 unless OK
         self.outcome = array("b")  # OK, ERROR or DROPPED
-        self.version = array("q")  # model_version of the response; 0 unless OK
+        self.version = array("q")  # model_version of the response; 0 unless OK (or the RPC names none)
+        self.rpc = array("b")  # index in RPCS
 
-    def add(self, sched_s: float, outcome: int, latency_us: int = -1, version: int = 0) -> None:
+    def add(self, sched_s: float, outcome: int, latency_us: int = -1, version: int = 0, rpc: int = 0) -> None:
         """Appends one request's row."""
         self.sched_s.append(sched_s)
         self.outcome.append(outcome)
         self.latency_us.append(latency_us)
         self.version.append(version)
+        self.rpc.append(rpc)
 
     def __len__(self) -> int:
         return len(self.sched_s)
 
     def columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(sched_s, latency_us, outcome, version) as numpy arrays (copies, so rows can still be added)."""
-        def view(a: array, dtype) -> np.ndarray:
-            return np.frombuffer(a, dtype=dtype).copy() if len(a) else np.zeros(0, dtype)
-        return (view(self.sched_s, np.float64), view(self.latency_us, np.int64), view(self.outcome, np.int8),
-                view(self.version, np.int64))
+        return (_view(self.sched_s, np.float64), _view(self.latency_us, np.int64), _view(self.outcome, np.int8),
+                _view(self.version, np.int64))
+
+    def rpc_codes(self) -> np.ndarray:
+        """Each row's RPC (index in RPCS), as ``columns`` gives the others."""
+        return _view(self.rpc, np.int8)
+
+
+def _view(a: array, dtype) -> np.ndarray:
+    return np.frombuffer(a, dtype=dtype).copy() if len(a) else np.zeros(0, dtype)
 
 
 def latency_summary(hist: HdrHistogram) -> dict[str, float | None]:
@@ -221,20 +296,24 @@ def record_latency(hist: HdrHistogram, latency_us: int) -> None:
     hist.record_value(min(max(int(latency_us), HIST_LOWEST_US), HIST_HIGHEST_US))
 
 
-def window_stats(log: RequestLog, start_s: float, end_s: float, hist: HdrHistogram | None = None) -> dict[str, Any]:
-    """Statistics of the requests *scheduled* in [start_s, end_s): counts,
-    latency percentiles of the OK ones, OK responses per second of window,
-    and the model versions that answered. ``hist`` is a scratch histogram to
-    reuse (it is reset)."""
+def window_stats(log: RequestLog, start_s: float, end_s: float, hist: HdrHistogram | None = None,
+                 rpc: int | None = None) -> dict[str, Any]:
+    """Statistics of the requests *scheduled* in [start_s, end_s) (of RPC
+    ``rpc`` only, if given): counts, latency percentiles of the OK ones, OK
+    responses per second of window, and the model versions that answered.
+    ``hist`` is a scratch histogram to reuse (it is reset)."""
     hist = hist if hist is not None else new_histogram()
     hist.reset()
     sched, latency, outcome, version = log.columns()
     in_window = (sched >= start_s) & (sched < end_s)
+    if rpc is not None:
+        in_window &= log.rpc_codes() == rpc
     counts = np.bincount(outcome[in_window], minlength=3)
     ok = in_window & (outcome == OK)
     for value in latency[ok].tolist():
         record_latency(hist, value)
-    versions, per_version = np.unique(version[ok], return_counts=True)
+    answered = ok & (version > 0)  # RecordInteractions names no version
+    versions, per_version = np.unique(version[answered], return_counts=True)
     width = end_s - start_s
     return {
         "start_s": round(start_s, 3),
@@ -304,8 +383,9 @@ def phase_windows(events: Sequence[Event], duration_s: float) -> dict[str, dict[
 
 def build_report(config: LoadConfig, log: RequestLog, *, elapsed_s: float, errors_by_code: Counter,
                  cache_hits: int, sources: Counter, events: Sequence[Event] = (),
-                 samples: Sequence[dict] = ()) -> dict[str, Any]:
-    """Assembles the JSON report of a finished run from its request log."""
+                 samples: Sequence[dict] = (), cache_hits_by_rpc: Counter | None = None) -> dict[str, Any]:
+    """Assembles the JSON report of a finished run from its request log.
+    ``cache_hits_by_rpc``: cached answers per RPC (a batch counts each of its items)."""
     hist = new_histogram()
     overall = window_stats(log, 0.0, math.inf, hist)
     report: dict[str, Any] = {
@@ -323,7 +403,12 @@ def build_report(config: LoadConfig, log: RequestLog, *, elapsed_s: float, error
         "cache_hit_ratio": round(cache_hits / overall["ok"], 4) if overall["ok"] else None,
         "sources": dict(sorted(sources.items())),
         "timeline": timeline(log, config.duration_s),
+        "rpcs": {},
     }
+    for name in config.rpc_mix:
+        stats = window_stats(log, 0.0, math.inf, hist, rpc=RPCS.index(name))
+        report["rpcs"][name] = {key: stats[key] for key in ("requests", "ok", "errors", "dropped", "latency_ms")}
+        report["rpcs"][name]["cache_hits"] = (cache_hits_by_rpc or Counter())[name]
     windows = phase_windows(events, config.duration_s)
     for event in events:
         entry = {"planned_at_s": event.planned_at_s,
@@ -436,13 +521,16 @@ async def run_load(config: LoadConfig) -> dict[str, Any]:
     total = config.total_requests
     interval = 1.0 / config.qps
     # Drawn up front so the run is reproducible and no sampling happens on the hot path.
-    customers = CustomerSampler(config.num_customers, config.customer_format, config.distribution,
-                                config.zipf_s, config.seed).draw(total)
+    sampler = CustomerSampler(config.num_customers, config.customer_format, config.distribution,
+                              config.zipf_s, config.seed)
+    customers = sampler.draw(total)
+    work = RpcDraws(config, total, sampler)
     to_sample = sample_indices(total, config.sample_responses)
 
     log = RequestLog()
     errors_by_code: Counter[str] = Counter()
     sources: Counter[str] = Counter()
+    hits_by_rpc: Counter[str] = Counter()
     samples: list[dict] = []
     cache_hits = 0
     in_flight = 0
@@ -476,23 +564,42 @@ async def run_load(config: LoadConfig) -> dict[str, Any]:
                     rollback_event, functools.partial(_admin_action, config.swap, _rollback), t0, admin,
                     after=event_tasks[0], requires=swap_event)))
 
+        def call(i: int, rpc: str):
+            stub = stubs[i % len(stubs)]
+            if rpc == "similar":
+                return stub.RecommendSimilar(pb.RecommendSimilarRequest(candidate_id=work.candidates[i], k=config.k),
+                                             timeout=config.timeout_s)
+            if rpc == "batch":
+                requests = [pb.RecommendRequest(customer_id=c, k=config.k) for c in work.batch(i, customers[i])]
+                return stub.BatchRecommend(pb.BatchRecommendRequest(requests=requests), timeout=config.timeout_s)
+            if rpc == "record":
+                return stub.RecordInteractions(pb.RecordInteractionsRequest(
+                    customer_id=customers[i], candidate_ids=[work.candidates[i]]), timeout=config.timeout_s)
+            return stub.Recommend(pb.RecommendRequest(customer_id=customers[i], k=config.k), timeout=config.timeout_s)
+
         async def one(i: int, scheduled: float) -> None:
             nonlocal in_flight, cache_hits, last_done
-            request = pb.RecommendRequest(customer_id=customers[i], k=config.k)
+            code = int(work.rpcs[i])
+            rpc = RPCS[code]
             try:
-                response = await stubs[i % len(stubs)].Recommend(request, timeout=config.timeout_s)
+                response = await call(i, rpc)
             except grpc.aio.AioRpcError as e:
                 errors_by_code[e.code().name] += 1
-                log.add(scheduled - t0, ERROR)
+                log.add(scheduled - t0, ERROR, rpc=code)
             except Exception as e:  # noqa: BLE001 - a client-side failure is still a failed request
                 errors_by_code[type(e).__name__] += 1
-                log.add(scheduled - t0, ERROR)
+                log.add(scheduled - t0, ERROR, rpc=code)
             else:
                 now = loop.time()
-                log.add(scheduled - t0, OK, int((now - scheduled) * 1e6), response.model_version)
-                cache_hits += response.cache_hit
-                sources[pb.ResultSource.Name(response.source)] += 1
-                if i in to_sample:
+                answers = list(response.responses) if rpc == "batch" else [] if rpc == "record" else [response]
+                version = 0 if rpc == "record" else response.model_version
+                log.add(scheduled - t0, OK, int((now - scheduled) * 1e6), version, code)
+                hits_by_rpc[rpc] += sum(a.cache_hit for a in answers)
+                if rpc in ("recommend", "similar"):  # one answer per request, as cache_hit_ratio counts them
+                    cache_hits += response.cache_hit
+                for answer in answers:
+                    sources[pb.ResultSource.Name(answer.source)] += 1
+                if i in to_sample and rpc == "recommend":
                     samples.append({"index": i, "scheduled_s": round(scheduled - t0, 4),
                                     "customer_id": customers[i], "model_version": response.model_version,
                                     "candidate_ids": [c.candidate_id for c in response.candidates],
@@ -511,7 +618,7 @@ async def run_load(config: LoadConfig) -> dict[str, Any]:
             while i < total and t0 + i * interval <= now:
                 scheduled = t0 + i * interval
                 if in_flight >= config.concurrency:
-                    log.add(scheduled - t0, DROPPED)
+                    log.add(scheduled - t0, DROPPED, rpc=int(work.rpcs[i]))
                 else:
                     in_flight += 1
                     task = asyncio.create_task(one(i, scheduled))
@@ -527,7 +634,7 @@ async def run_load(config: LoadConfig) -> dict[str, Any]:
         elapsed = max(last_done, min(config.duration_s, loop.time() - t0))
         samples.sort(key=lambda s: s["index"])
         return build_report(config, log, elapsed_s=elapsed, errors_by_code=errors_by_code, cache_hits=cache_hits,
-                            sources=sources, events=events, samples=samples)
+                            sources=sources, events=events, samples=samples, cache_hits_by_rpc=hits_by_rpc)
     finally:
         for channel in channels:
             await channel.close()
@@ -559,6 +666,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--distribution", choices=DISTRIBUTIONS, default="uniform", help="customer popularity")
     parser.add_argument("--zipf-s", type=float, default=1.1, help="Zipf exponent (with --distribution zipf)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the customer draws")
+    parser.add_argument("--rpc-mix", type=parse_rpc_mix, default=dict(RECOMMEND_ONLY), metavar="RPC=SHARE,...",
+                        help=f"share of each RPC in the requests ({', '.join(RPCS)}); default recommend only")
+    parser.add_argument("--batch-size", type=int, default=8, help="customers per BatchRecommend")
+    parser.add_argument("--num-candidates", type=int, default=200,
+                        help="candidate ids 0..N-1 for RecommendSimilar and RecordInteractions")
+    parser.add_argument("--candidate-format", default="i{:06d}", help="str.format pattern of a candidate id")
     parser.add_argument("--sample-responses", type=int, default=0,
                         help="keep up to N responses, spread over the run, in the report")
     parser.add_argument("--out", type=Path, help="write the JSON report here instead of stdout")
@@ -597,7 +710,9 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
                       concurrency=args.concurrency, k=args.k, timeout_s=args.timeout_s, channels=args.channels,
                       num_customers=args.num_customers, customer_format=args.customer_format,
                       distribution=args.distribution, zipf_s=args.zipf_s, seed=args.seed,
-                      sample_responses=args.sample_responses, swap=swap, tls=tls)
+                      sample_responses=args.sample_responses, swap=swap, tls=tls, rpc_mix=args.rpc_mix,
+                      batch_size=args.batch_size, num_candidates=args.num_candidates,
+                      candidate_format=args.candidate_format)
 
 
 def _ms(value: float | None) -> str:
@@ -614,6 +729,9 @@ def format_table(report: dict[str, Any]) -> str:
                                    for k in ("p50_ms", "p90_ms", "p99_ms", "p99_9_ms", "max_ms")),
         f"versions {report['model_versions']}  cache hits {report['cache_hits']}"
         + (f"  errors {report['errors_by_code']}" if report["errors_by_code"] else ""),
+        *(f"  {name:<9} requests {stats['requests']:>6} ok {stats['ok']:>6} errors {stats['errors']} "
+          f"p50 {_ms(stats['latency_ms']['p50_ms'])} p99 {_ms(stats['latency_ms']['p99_ms'])}"
+          for name, stats in report["rpcs"].items() if len(report["rpcs"]) > 1),
         "",
         f"{'sec':>4} {'ok':>6} {'qps':>8} {'p50':>8} {'p99':>8} {'err':>5} {'drop':>5}  versions",
     ]

@@ -220,6 +220,21 @@ def test_recsys_client_similar_batch_and_record(stub, stack, version_dir):
     assert code == 2 and "filter.ranges[0].namespace is empty" in err
 
 
+def test_recsys_loadtest_mixes_every_rpc(stack, version_dir, tmp_path):
+    ids, _ = candidates(version_dir)
+    assert sorted(ids) == [f"i{r:06d}" for r in range(len(ids))]  # what --candidate-format names
+    out = tmp_path / "report.json"
+    result = subprocess.run([console_script("recsys-loadtest"), "--address", stack[1].address, "--qps", "60",
+                             "--duration-s", "1.5", "--rpc-mix", "recommend=0.4,similar=0.2,batch=0.2,record=0.2",
+                             "--batch-size", "4", "--num-candidates", str(len(ids)), "--out", str(out)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert set(report["rpcs"]) == {"recommend", "similar", "batch", "record"}
+    assert all(stats["ok"] > 0 and stats["errors"] == 0 for stats in report["rpcs"].values()), report["rpcs"]
+    assert sum(stats["requests"] for stats in report["rpcs"].values()) == report["requests"]["scheduled"] == 90
+
+
 def test_a_catalogue_delta_moves_the_generation_of_answers_and_cache_keys(stub, stack, version_dir):
     """Last in the module: it changes the catalogue the other tests read."""
     index, query = stack
