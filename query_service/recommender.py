@@ -438,14 +438,28 @@ class Recommender:
         if queries:
             # The batch's search may take as long as its most patient caller; the others give up on their own.
             timeout_s = max(misses[i].deadline for i, _ in asked) - asyncio.get_running_loop().time()
-            try:
-                hits = await self.index.search(queries, model.version, max(timeout_s, 0.001))
-            except ServingError as e:  # fails these requests only; local fallbacks need no index
-                hits = [e] * len(queries)
+            hits = await self._search(queries, model.version, max(timeout_s, 0.001))
             for (i, source), hit in zip(asked, hits):
                 results[i] = hit if isinstance(hit, Exception) else _Answer(hit.ids, hit.scores, source,
                                                                             hit.generation)
         return results
+
+    async def _search(self, queries: list[IndexQuery], version: int,
+                      timeout_s: float) -> list[IndexHits | Exception]:
+        """One index RPC for ``queries``; a failure fails these requests only (local
+        fallbacks need no index). When the index refuses a filter (a namespace
+        the version lacks), each query goes again alone, so that one caller's
+        filter fails that caller and not the others of its batch."""
+        try:
+            return await self.index.search(queries, version, timeout_s)
+        except InvalidArgument as e:
+            if len(queries) == 1:
+                return [e]
+            alone = await asyncio.gather(*(self.index.search([q], version, timeout_s) for q in queries),
+                                         return_exceptions=True)
+            return [outcome if isinstance(outcome, Exception) else outcome[0] for outcome in alone]
+        except ServingError as e:
+            return [e] * len(queries)
 
     async def close(self) -> None:
         await self._batcher.close()

@@ -113,10 +113,14 @@ def test_filters_pass_through_recommend(stub, version_dir):
     (pb.Filter(ranges=[pb.NumericRange(namespace="row", min=5, max=1)]), "filter.ranges[0] (namespace 'row') has "
                                                                          "min 5.0 > max 1.0"),
     (pb.Filter(crowding_namespace="parity"), "crowding_namespace and filter.max_per_value go together"),
+    # Checked by the index, which alone knows the version's namespaces: still the caller's error.
+    (pb.Filter(restricts=[pb.TokenRestrict(namespace="genre", allow=["x"])]), "filter namespace 'genre' is not"),
 ])
 def test_a_bad_filter_is_invalid_argument(stub, bad, message):
-    for call, request in ((stub.Recommend, pb.RecommendRequest(customer_id="c1", k=5, filter=bad)),
-                          (stub.RecommendSimilar, pb.RecommendSimilarRequest(candidate_id="i1", k=5, filter=bad))):
+    for call, request in ((stub.Recommend, pb.RecommendRequest(customer_id="c000001", k=5, filter=bad)),
+                          (stub.Recommend, pb.RecommendRequest(customer_id="never-seen", k=5, filter=bad)),
+                          (stub.RecommendSimilar, pb.RecommendSimilarRequest(candidate_id="i000001", k=5,
+                                                                             filter=bad))):
         code, details = rpc_error(call, request)
         assert code == grpc.StatusCode.INVALID_ARGUMENT and message in details
 

@@ -53,6 +53,9 @@ class ExactIndex:
 
     async def search(self, queries: list[IndexQuery], version: int, timeout_s: float) -> list[IndexHits]:
         self.searches.append(queries)
+        for q in queries:  # as the index refuses a namespace its version does not have
+            if any(r.namespace == "typo" for r in q.filter.restricts):
+                raise errors.InvalidArgument("filter namespace 'typo' is not a token namespace of this version")
         # by_popularity: the rows' order stands for the version's popularity.
         return [self._top(-np.arange(len(self.ids), dtype=float) if q.by_popularity else self.vectors @ q.vector,
                           q.k, q.exclusions) for q in queries]
@@ -249,6 +252,17 @@ async def test_filters_reach_the_index_and_the_cache_key_and_send_unknown_custom
     asked = tiny_index.queries[-1]
     assert (asked.by_popularity, asked.vector, asked.filter, asked.exclusions) == (True, None, only_a, {"i000"})
     assert (filtered.source, filtered.ids) == (SOURCE_POPULARITY, ["i001", "i002"])
+    await recommender.close()
+
+
+async def test_a_filter_the_index_refuses_fails_its_caller_only(tiny_model, tiny_index):
+    recommender = replica(tiny_model, tiny_index)
+    typo = Filter((TokenRestrict("typo", frozenset({"a"})),))
+    outcomes = await asyncio.gather(recommender.recommend("c001", 3), recommender.recommend("c002", 3, filter=typo),
+                                    recommender.recommend("c003", 3), return_exceptions=True)
+    assert isinstance(outcomes[1], errors.InvalidArgument) and "'typo'" in str(outcomes[1])
+    assert [o.ids for o in (outcomes[0], outcomes[2])] == [tiny.exact_top_k(1, c, 3) for c in ("c001", "c003")]
+    assert [len(s) for s in tiny_index.searches] == [3, 1, 1, 1]  # the batch, then each query alone
     await recommender.close()
 
 
