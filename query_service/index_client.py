@@ -119,7 +119,7 @@ class IndexEndpoint:
                 responses = list(batch.results)
                 generation = max([batch.catalogue_generation, *(r.catalogue_generation for r in responses)])
         except grpc.aio.AioRpcError as e:
-            raise self._error(e, any(q.filter for q in queries)) from e
+            raise error_for(e, self.address) from e
         for response in responses:
             self._check(response, version, max(q.min_generation for q in queries), generation)
         return [_hits(r, generation) for r in responses]
@@ -137,16 +137,9 @@ class IndexEndpoint:
                 raise errors.NotFound(f"candidate_id {query.candidate_id!r} is not in version {version}'s "
                                       "catalogue (never in it, or deleted): ask for a candidate the live version "
                                       "holds") from e
-            raise self._error(e, bool(query.filter)) from e
+            raise error_for(e, self.address) from e
         self._check(response, version, query.min_generation, response.catalogue_generation)
         return _hits(response, response.catalogue_generation)
-
-    def _error(self, e: grpc.aio.AioRpcError, filtered: bool) -> errors.ServingError:
-        # The one part of a request the query service cannot check is a filter's namespaces (only the
-        # index holds the version's attributes): with a filter, INVALID_ARGUMENT is the caller's error.
-        if filtered and e.code() == grpc.StatusCode.INVALID_ARGUMENT:
-            return errors.InvalidArgument(e.details())
-        return error_for(e, self.address)
 
     def _check(self, response, version: int, min_generation: int, generation: int) -> None:
         if response.model_version != version:

@@ -200,8 +200,8 @@ class Recommender:
         ``timeout_s``: the caller's remaining time (None: no deadline);
         ``filter``: only candidates passing it (validated by ``filter_from_proto``).
         """
-        request = self._check(RecommendQuery(customer_id, k, exclusions, recent, exclude_seen, filter))
         version, model = self.manager.get()
+        request = self._check(model, RecommendQuery(customer_id, k, exclusions, recent, exclude_seen, filter))
         return await self._recommend(version, model, request, timeout_s)
 
     async def recommend_batch(self, queries: Sequence[RecommendQuery],
@@ -211,11 +211,11 @@ class Recommender:
         fails the call, naming its index. Misses share the micro-batcher's
         tower calls and index searches."""
         validation.check_batch_requests(len(queries), self.max_batch_requests)
+        version, model = self.manager.get()
         requests = []
         for i, query in enumerate(queries):
             with validation.item("requests", i):
-                requests.append(self._check(query))
-        version, model = self.manager.get()
+                requests.append(self._check(model, query))
 
         async def one(i: int, request: _Request) -> Recommendation:
             with validation.item("requests", i):
@@ -228,11 +228,13 @@ class Recommender:
                 raise outcome
         return version, outcomes
 
-    def _check(self, query: RecommendQuery) -> _Request:
+    def _check(self, model: QueryModel, query: RecommendQuery) -> _Request:
+        """``query`` validated for ``model``'s version (its filter's namespaces included)."""
         validation.check_id(query.customer_id, "customer_id")
         validation.check_k(query.k, self.max_k)
         excluded = validation.check_exclusions(query.exclusions)
         recent = validation.check_id_list(query.recent, "recent_candidate_ids", validation.MAX_RECENT)
+        model.check_filter(query.filter)
         return _Request(query.customer_id, query.k, excluded, recent, query.exclude_seen, query.filter)
 
     async def _recommend(self, version: int, model: QueryModel, request: _Request,
@@ -325,6 +327,7 @@ class Recommender:
         validation.check_k(k, self.max_k)
         excluded = validation.check_exclusions(exclusions)
         version, model = self.manager.get()
+        model.check_filter(filter)
         generation = model.catalogue_generation
 
         def key(at: int) -> str:
@@ -438,28 +441,14 @@ class Recommender:
         if queries:
             # The batch's search may take as long as its most patient caller; the others give up on their own.
             timeout_s = max(misses[i].deadline for i, _ in asked) - asyncio.get_running_loop().time()
-            hits = await self._search(queries, model.version, max(timeout_s, 0.001))
+            try:
+                hits = await self.index.search(queries, model.version, max(timeout_s, 0.001))
+            except ServingError as e:  # fails these requests only; local fallbacks need no index
+                hits = [e] * len(queries)
             for (i, source), hit in zip(asked, hits):
                 results[i] = hit if isinstance(hit, Exception) else _Answer(hit.ids, hit.scores, source,
                                                                             hit.generation)
         return results
-
-    async def _search(self, queries: list[IndexQuery], version: int,
-                      timeout_s: float) -> list[IndexHits | Exception]:
-        """One index RPC for ``queries``; a failure fails these requests only (local
-        fallbacks need no index). When the index refuses a filter (a namespace
-        the version lacks), each query goes again alone, so that one caller's
-        filter fails that caller and not the others of its batch."""
-        try:
-            return await self.index.search(queries, version, timeout_s)
-        except InvalidArgument as e:
-            if len(queries) == 1:
-                return [e]
-            alone = await asyncio.gather(*(self.index.search([q], version, timeout_s) for q in queries),
-                                         return_exceptions=True)
-            return [outcome if isinstance(outcome, Exception) else outcome[0] for outcome in alone]
-        except ServingError as e:
-            return [e] * len(queries)
 
     async def close(self) -> None:
         await self._batcher.close()

@@ -113,7 +113,7 @@ def test_filters_pass_through_recommend(stub, version_dir):
     (pb.Filter(ranges=[pb.NumericRange(namespace="row", min=5, max=1)]), "filter.ranges[0] (namespace 'row') has "
                                                                          "min 5.0 > max 1.0"),
     (pb.Filter(crowding_namespace="parity"), "crowding_namespace and filter.max_per_value go together"),
-    # Checked by the index, which alone knows the version's namespaces: still the caller's error.
+    # A namespace the version's attributes do not have: refused before any search.
     (pb.Filter(restricts=[pb.TokenRestrict(namespace="genre", allow=["x"])]), "filter namespace 'genre' is not"),
 ])
 def test_a_bad_filter_is_invalid_argument(stub, bad, message):
