@@ -29,8 +29,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import multiprocessing
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -110,48 +110,64 @@ def filter_figures(index: CandidateIndex, queries: np.ndarray, k: int = 10) -> d
     return out
 
 
+def _search_load(address: str, queries: np.ndarray, qps: float, stop, samples) -> None:
+    """Open-loop Search calls at ``qps`` (run in a child process, so the client's latency
+    never waits on the GIL of the process writing deltas); sends (sent at, latency or -1)."""
+    channel = grpc.insecure_channel(address)
+    stub = pb_grpc.IndexServiceStub(channel)
+    requests = [pb.SearchRequest(vector=q.tolist(), k=10) for q in queries]
+    out: list[tuple[float, float]] = []
+
+    def record(sent_wall: float, sent: float, future) -> None:
+        out.append((sent_wall, -1.0 if future.exception() is not None else time.perf_counter() - sent))
+
+    start, i = time.perf_counter(), 0
+    while not stop.is_set():
+        time.sleep(max(0.0, start + i / qps - time.perf_counter()))
+        sent_wall, sent = time.time(), time.perf_counter()
+        future = stub.Search.future(requests[i % len(requests)], timeout=5)
+        future.add_done_callback(lambda fut, w=sent_wall, s=sent: record(w, s, fut))
+        i += 1
+    time.sleep(1.0)
+    channel.close()
+    samples.send(out)
+
+
 class SearchLoad:
-    """Open-loop Search calls at a fixed rate against one replica; latencies by phase."""
+    """``_search_load`` in a child process; latencies split by phase (wall-clock boundaries)."""
 
     def __init__(self, address: str, queries: np.ndarray, qps: float):
-        self.channel = grpc.insecure_channel(address)
-        self.stub = pb_grpc.IndexServiceStub(self.channel)
-        self.requests = [pb.SearchRequest(vector=q.tolist(), k=10) for q in queries]
+        context = multiprocessing.get_context("spawn")
         self.qps = qps
-        self.phase = "warmup"
-        self.latencies: dict[str, list[float]] = {}
-        self.errors = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _record(self, phase: str, sent: float, future) -> None:
-        if future.exception() is not None:
-            self.errors += 1
-        else:
-            self.latencies.setdefault(phase, []).append(time.perf_counter() - sent)
-
-    def _run(self) -> None:
-        start, i = time.perf_counter(), 0
-        while not self._stop.is_set():
-            due = start + i / self.qps
-            time.sleep(max(0.0, due - time.perf_counter()))
-            phase, sent = self.phase, time.perf_counter()
-            future = self.stub.Search.future(self.requests[i % len(self.requests)], timeout=5)
-            future.add_done_callback(lambda fut, p=phase, s=sent: self._record(p, s, fut))
-            i += 1
+        self._stop = context.Event()
+        self._receive, send = context.Pipe(duplex=False)
+        self._process = context.Process(target=_search_load, args=(address, queries, qps, self._stop, send))
+        self.marks: list[tuple[str, float]] = []
+        self.samples: list[tuple[float, float]] = []
 
     def start(self) -> "SearchLoad":
-        self._thread.start()
+        self._process.start()
         return self
+
+    def mark(self, phase: str) -> None:
+        """Requests sent from now on belong to ``phase``."""
+        self.marks.append((phase, time.time()))
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join()
-        time.sleep(0.5)
-        self.channel.close()
+        self.samples = self._receive.recv()
+        self._process.join()
 
-    def p99_ms(self, phase: str) -> float:
-        return round(float(np.percentile(self.latencies[phase], 99)) * 1e3, 3)
+    def phases(self) -> dict:
+        out = {}
+        ends = [t for _, t in self.marks[1:]] + [float("inf")]
+        for (phase, begin), end in zip(self.marks, ends):
+            latencies = [lat for sent, lat in self.samples if begin <= sent < end]
+            ok = [lat for lat in latencies if lat >= 0]
+            out[phase] = {"requests": len(latencies), "errors": len(latencies) - len(ok),
+                          "p50_ms": round(float(np.percentile(ok, 50)) * 1e3, 3) if ok else None,
+                          "p99_ms": round(float(np.percentile(ok, 99)) * 1e3, 3) if ok else None}
+        return out
 
 
 def _visible_after(stubs, candidate: str, version: int) -> float:
@@ -172,12 +188,12 @@ def _visible_after(stubs, candidate: str, version: int) -> float:
 
 def stream_deltas(fleet: Fleet, registry: Registry, version: int, rate: float, changes: int, batch: int,
                   stubs, rng, n: int) -> dict:
-    """Streams deltas of ``batch`` changes at ``rate`` changes/s until ``changes`` are applied."""
+    """Streams deltas of ``batch`` changes (3/4 upserts) at ``rate`` upserts/s until ``changes`` are applied."""
     live = list(range(n))  # row numbers of base candidates still present (ids "x<j>")
     new_count, applied, visibility, apply_s, failed = 0, 0, [], [], 0
     start = time.perf_counter()
     while applied < changes:
-        due = start + applied / rate
+        due = start + applied * 0.75 / rate
         time.sleep(max(0.0, due - time.perf_counter()))
         fresh = [f"new{new_count + j}" for j in range(batch // 2)]
         new_count += len(fresh)
@@ -211,8 +227,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="50k candidates, short phases (smoke test)")
     parser.add_argument("--candidates", type=int, default=1_000_000)
     parser.add_argument("--qps", type=float, default=200.0)
-    parser.add_argument("--upsert-rate", type=float, default=10_000.0, help="changes per second streamed")
-    parser.add_argument("--batch", type=int, default=2000, help="changes per delta")
+    parser.add_argument("--upsert-rate", type=float, default=10_000.0,
+                        help="upserts per second streamed (deletes come on top: a third as many)")
+    parser.add_argument("--batch", type=int, default=4000, help="changes per delta")
     parser.add_argument("--churn", type=float, default=0.10, help="share of the catalogue changed in all")
     parser.add_argument("--phase-s", type=float, default=10.0, help="steady search phase before the stream")
     parser.add_argument("--out", type=Path)
@@ -241,18 +258,20 @@ def main() -> None:
             stubs = [pb_grpc.IndexServiceStub(c) for c in channels]
             fleet = Fleet.connect([r.admin_address for r in replicas], [])
             load = SearchLoad(replicas[0].address, queries, args.qps).start()
+            load.mark("warmup")
             time.sleep(args.phase_s / 2)
-            load.phase = "steady"
+            load.mark("steady")
             time.sleep(args.phase_s)
-            load.phase = "upserts"
+            load.mark("upserts")
             stream = stream_deltas(fleet, registry, version, args.upsert_rate, int(args.churn * args.candidates),
                                    args.batch, stubs, rng, args.candidates)
-            load.phase = "after"
+            load.mark("after")
             time.sleep(1.0)
             load.stop()
-            searches = {"qps": args.qps, "errors": load.errors,
-                        "p99_ms": {p: load.p99_ms(p) for p in ("steady", "upserts")},
-                        "requests": {p: len(v) for p, v in load.latencies.items()}}
+            phases = load.phases()
+            searches = {"qps": args.qps, "errors": sum(p["errors"] for p in phases.values()),
+                        "p99_ms": {p: phases[p]["p99_ms"] for p in ("steady", "upserts")},
+                        "requests": {p: v["requests"] for p, v in phases.items()}, "phases": phases}
             searches["p99_upserts_vs_steady"] = round(searches["p99_ms"]["upserts"] / searches["p99_ms"]["steady"], 2)
             # A restarted replica replays the log: it must answer exactly as the one that applied it live.
             replicas[1].stop()
@@ -270,8 +289,8 @@ def main() -> None:
             for channel in channels:
                 channel.close()
         finally:
-            if load is not None and load._thread.is_alive():
-                load.stop()
+            if load is not None and load._process.is_alive():
+                load._process.terminate()
             if fleet is not None:
                 fleet.close()
             for replica in replicas:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import numpy as np
 
 from model_registry.attributes import Attributes
-from serving.errors import InvalidArgument
 from serving.filters import Filter, NumericRange, TokenRestrict
 
 # Rows of each numeric namespace kept, sorted, to estimate a range's selectivity.
@@ -89,19 +88,8 @@ class AttributeColumns:
     # --- filters -----------------------------------------------------------------------------------------------
 
     def check(self, f: Filter) -> None:
-        """Refuses a filter naming a namespace this version does not have (a caller's typo must not
-        quietly return nothing)."""
-        for restrict in f.restricts:
-            if restrict.namespace not in self.tokens:
-                raise InvalidArgument(f"filter namespace {restrict.namespace!r} is not a token namespace of this "
-                                      f"version (token namespaces: {sorted(self.tokens)})")
-        for numeric in f.ranges:
-            if numeric.namespace not in self.numeric:
-                raise InvalidArgument(f"filter namespace {numeric.namespace!r} is not a numeric namespace of this "
-                                      f"version (numeric namespaces: {sorted(self.numeric)})")
-        if f.crowding_namespace and f.crowding_namespace not in self.tokens:
-            raise InvalidArgument(f"crowding namespace {f.crowding_namespace!r} is not a token namespace of this "
-                                  f"version (token namespaces: {sorted(self.tokens)})")
+        """Refuses a filter naming a namespace these attributes do not have."""
+        f.check_namespaces(self.tokens.keys(), self.numeric.keys())
 
     def _restrict(self, restrict: TokenRestrict, rows: np.ndarray | slice) -> np.ndarray:
         column = self.tokens[restrict.namespace]

@@ -37,6 +37,7 @@ from model_registry.search import exact_top_k, npy_shape, recall_at_k
 from serving.admin import LoadReport
 from serving.errors import NotFound
 from serving.filters import NO_FILTER, Filter
+from serving.loader import short_gil_slices
 
 log = logging.getLogger(__name__)
 
@@ -159,13 +160,12 @@ class CandidateIndex:
         attributes_path = version_dir / files.ATTRIBUTES_FILE
         attributes = AttributeColumns(Attributes.load(attributes_path, len(ids)) if attributes_path.exists() else None,
                                       len(ids))
-        with np.load(version_dir / files.POPULAR_FILE, allow_pickle=False) as popular:
-            popular_list = (popular["ids"].tolist(), popular["scores"].astype(float).tolist())
+        popular = files.read_popular(version_dir, manifest.version)
         scann_dir = version_dir / files.SCANN_DIR
         searcher = load_searcher(scann_dir)
         memory = ids.nbytes + sum(p.stat().st_size for p in scann_dir.iterdir())
         rows = Rows(ids, np.load(embeddings, mmap_mode="r", allow_pickle=False))
-        index = cls(manifest, rows, searcher, LoadReport(0.0, memory), attributes, popular_list)
+        index = cls(manifest, rows, searcher, LoadReport(0.0, memory), attributes, popular)
         recall = index._self_test(version_dir)
         if recall < min_recall:
             raise VersionError(f"version {manifest.version}: index recall@10 vs exact search is {recall:.3f}, "
@@ -362,10 +362,12 @@ class CandidateIndex:
             if delta.vectors.shape[1:] != (self.dim,):
                 raise VersionError(f"a catalogue delta of version {self.version} has vectors of shape "
                                    f"{delta.vectors.shape}; the version embeds into {self.dim}")
-            for a in range(0, len(delta.ids), DELTA_CHUNK):
-                self._in_turn(self._upsert, raw, delta, np.arange(a, min(a + DELTA_CHUNK, len(delta.ids))))
-            for a in range(0, len(delta.deleted), DELTA_CHUNK):
-                self._in_turn(self._delete, raw, delta.deleted[a:a + DELTA_CHUNK].tolist())
+        with short_gil_slices():  # the Python between ScaNN calls must not hold requests for 5 ms slices
+            for delta in deltas:
+                for a in range(0, len(delta.ids), DELTA_CHUNK):
+                    self._in_turn(self._upsert, raw, delta, np.arange(a, min(a + DELTA_CHUNK, len(delta.ids))))
+                for a in range(0, len(delta.deleted), DELTA_CHUNK):
+                    self._in_turn(self._delete, raw, delta.deleted[a:a + DELTA_CHUNK].tolist())
         self.catalogue_generation = generation
 
     def _in_turn(self, change, *args) -> None:

@@ -91,6 +91,20 @@ class Attributes:
     def save(self, path: Path) -> None:
         np.savez(path, **self.to_arrays())
 
+    @staticmethod
+    def namespaces(path: Path) -> tuple[frozenset[str], frozenset[str]]:
+        """(token namespaces, numeric namespaces) of an attributes file, from its
+        array names alone; both empty if there is no file."""
+        if not Path(path).exists():
+            return frozenset(), frozenset()
+        try:
+            with np.load(path, allow_pickle=False) as arrays:
+                keys = list(arrays.keys())
+        except (OSError, ValueError) as e:
+            raise VersionError(f"{path} is not a valid candidate attributes file: {e}") from e
+        return (frozenset(k[len(_TOKEN_OFFSETS):] for k in keys if k.startswith(_TOKEN_OFFSETS)),
+                frozenset(k[len(_NUMERIC):] for k in keys if k.startswith(_NUMERIC)))
+
     @classmethod
     def load(cls, path: Path, rows: int) -> "Attributes":
         """Reads a version's attributes file; raises VersionError if it does not describe ``rows`` candidates."""

@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 MANIFEST_FILE = "manifest.json"
 SIGNATURE_FILE = "manifest.sig"  # optional: the publisher's Ed25519 signature of the manifest (signing.py)
 FORMAT_VERSION = 1
@@ -32,7 +34,7 @@ ATTRIBUTES_FILE = "candidate_attributes.npz"  # optional: model_registry.attribu
 # What each service reads, and so verifies before a load (``verify_version``'s
 # ``reads``): a query replica never reads the candidates, which an index slot
 # holding the version has verified before any promotion can route to it.
-QUERY_READS = (QUERY_TOWER_DIR, POPULAR_FILE, CUSTOMER_STORE_FILE)
+QUERY_READS = (QUERY_TOWER_DIR, POPULAR_FILE, CUSTOMER_STORE_FILE, ATTRIBUTES_FILE)
 INDEX_READS = (CANDIDATE_IDS_FILE, CANDIDATE_EMBEDDINGS_FILE, SCANN_DIR, PROBE_QUERIES_FILE, POPULAR_FILE,
                ATTRIBUTES_FILE)
 
@@ -115,6 +117,15 @@ def read_manifest(version_dir: Path) -> Manifest:
         raise VersionError(f"{version_dir} has no {MANIFEST_FILE}: not a published version") from None
     except (ValueError, TypeError, KeyError) as e:
         raise VersionError(f"{path} is not a valid manifest: {e}") from e
+
+
+def read_popular(version_dir: Path, version: int) -> tuple[list[str], list[float]]:
+    """The version's popularity list (ids, scores), most popular first. Raises VersionError if unreadable."""
+    try:
+        with np.load(Path(version_dir) / POPULAR_FILE, allow_pickle=False) as popular:
+            return popular["ids"].tolist(), popular["scores"].astype(float).tolist()
+    except (OSError, ValueError, KeyError) as e:
+        raise VersionError(f"version {version}: {POPULAR_FILE} is unreadable: {e}") from e
 
 
 def verify_version(version_dir: Path, reads: tuple[str, ...] | None = None) -> Manifest:

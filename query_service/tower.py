@@ -23,10 +23,12 @@ import tensorflow as tf
 
 from model_registry import Manifest, VersionError
 from model_registry import manifest as files
+from model_registry.attributes import Attributes
 from model_registry.customers import CustomerStore
 from model_registry.deltas import Delta, read_deltas
 from model_registry.tower_inputs import FLOAT, REQUEST_TIME, STRING, TowerInputs, check_store, tower_inputs
 from serving.admin import LoadReport
+from serving.filters import Filter
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,9 @@ class QueryModel:
         self.report = LoadReport(0.0, 0)
         self._table: np.ndarray | None = None  # float32 [C, D], rows of ``customers``
         self._table_known: np.ndarray | None = None
+        # The version's attribute namespaces: a filter naming another is refused here, before any search.
+        self.token_namespaces: frozenset[str] = frozenset()
+        self.numeric_namespaces: frozenset[str] = frozenset()
         # Catalogue deltas taken in (model_registry.deltas): deleted candidates leave the fallback.
         self.catalogue_generation = 0
         self._deleted: frozenset[str] = frozenset()
@@ -79,14 +84,11 @@ class QueryModel:
             signature = tf.saved_model.load(str(version_dir / files.QUERY_TOWER_DIR)).signatures["serving_default"]
         except (OSError, KeyError, ValueError) as e:
             raise VersionError(f"version {manifest.version}: query tower does not load: {e}") from e
-        try:
-            with np.load(version_dir / files.POPULAR_FILE, allow_pickle=False) as popular:
-                popular_ids, popular_scores = popular["ids"].tolist(), popular["scores"].astype(float).tolist()
-        except (OSError, ValueError, KeyError) as e:
-            raise VersionError(f"version {manifest.version}: {files.POPULAR_FILE} is unreadable: {e}") from e
+        popular_ids, popular_scores = files.read_popular(version_dir, manifest.version)
         store_path = version_dir / files.CUSTOMER_STORE_FILE
         customers = CustomerStore.load(store_path) if store_path.exists() else None
         model = cls(manifest, signature, popular_ids, popular_scores, customers)
+        model.token_namespaces, model.numeric_namespaces = Attributes.namespaces(version_dir / files.ATTRIBUTES_FILE)
         probe = str(customers.ids[0]) if customers is not None and len(customers.ids) else "__self_test__"
         vectors, _ = model.embed([probe])
         if vectors.shape != (1, manifest.embedding_dim) or not np.isfinite(vectors).all():
@@ -166,6 +168,10 @@ class QueryModel:
     def seen(self, customer_id: str) -> frozenset[str]:
         """The customer's training-time items; empty if the version stores none."""
         return self.customers.seen(customer_id) if self.customers is not None else frozenset()
+
+    def check_filter(self, f: Filter) -> None:
+        """Raises InvalidArgument if ``f`` names a namespace this version's candidates do not have."""
+        f.check_namespaces(self.token_namespaces, self.numeric_namespaces)
 
     def apply_catalogue(self, deltas: list[Delta], generation: int) -> None:
         """Takes in the version's catalogue deltas up to ``generation`` (those

@@ -57,6 +57,21 @@ class Filter:
         """Whether it removes candidates (restricts or ranges), as opposed to crowding only."""
         return bool(self.restricts or self.ranges)
 
+    def check_namespaces(self, tokens: set[str] | frozenset[str], numeric: set[str] | frozenset[str]) -> None:
+        """Refuses a filter naming a namespace the version does not have (a caller's
+        typo must not quietly return nothing)."""
+        for restrict in self.restricts:
+            if restrict.namespace not in tokens:
+                raise InvalidArgument(f"filter namespace {restrict.namespace!r} is not a token namespace of this "
+                                      f"version (token namespaces: {sorted(tokens)})")
+        for numeric_range in self.ranges:
+            if numeric_range.namespace not in numeric:
+                raise InvalidArgument(f"filter namespace {numeric_range.namespace!r} is not a numeric namespace of "
+                                      f"this version (numeric namespaces: {sorted(numeric)})")
+        if self.crowding_namespace and self.crowding_namespace not in tokens:
+            raise InvalidArgument(f"crowding namespace {self.crowding_namespace!r} is not a token namespace of this "
+                                  f"version (token namespaces: {sorted(tokens)})")
+
     def key(self) -> str:
         """A canonical text of the filter: equal filters, equal keys (cache keys carry it)."""
         if not self:

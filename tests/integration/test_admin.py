@@ -235,11 +235,11 @@ def test_publish_cli_rolls_out_rolls_back_and_aborts_cleanly(services, admin_reg
 
 def test_rollout_refused_by_a_later_replica_is_undone_on_the_earlier_ones(services, admin_registry):
     blue, green, query = services
-    # Version 4: intact for the index, but its popularity file (read only by the
+    # Version 4: intact for the index, but its customer store (read only by the
     # query service) is garbage, with checksums that match the garbage.
     copy_version(admin_registry, 1, 4)
     version_dir = admin_registry.version_dir(4)
-    (version_dir / files.POPULAR_FILE).write_bytes(b"not an npz file")
+    (version_dir / files.CUSTOMER_STORE_FILE).write_bytes(b"not an npz file")
     manifest = json.loads((version_dir / files.MANIFEST_FILE).read_text())
     manifest["files"] = checksum_tree(version_dir)
     (version_dir / files.MANIFEST_FILE).write_text(json.dumps(manifest))
@@ -249,7 +249,7 @@ def test_rollout_refused_by_a_later_replica_is_undone_on_the_earlier_ones(servic
     fleet = Fleet.connect([blue.admin_address, green.admin_address], [query.admin_address], TOKEN)
     try:
         with pytest.raises(PublishError, match=f"query replica {query.admin_address}: LoadVersion failed: "
-                                               "FAILED_PRECONDITION.*popular.npz"):
+                                               "FAILED_PRECONDITION.*customer_store.npz"):
             publish_version(fleet, admin_registry, 4)
     finally:
         fleet.close()
