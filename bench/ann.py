@@ -311,19 +311,22 @@ def qps_batched(fn, queries: np.ndarray, min_queries: int, max_seconds: float) -
 # ------------------------------------------------------------ one dataset
 
 
-def _service_index(manifest_kw: dict[str, Any], ids: np.ndarray, searcher, spec_kw: dict[str, Any]):
+def _service_index(manifest_kw: dict[str, Any], ids: np.ndarray, db: np.ndarray, searcher,
+                   spec_kw: dict[str, Any]):
     """A ``CandidateIndex`` around an already-loaded searcher with the given spec
     (its ``search`` is what the index service runs per request)."""
+    from index_service.rows import Rows
     from index_service.searcher import CandidateIndex
     from model_registry import IndexSpec, Manifest
+    from serving.admin import LoadReport
     m = Manifest(index=IndexSpec(**spec_kw), files={}, **manifest_kw)
-    return CandidateIndex(m, ids, searcher, 0)
+    return CandidateIndex(m, Rows(ids, db), searcher, LoadReport(0.0, 0))
 
 
 def publish_synthetic(work: Path, registry_root: Path, model: str, db: np.ndarray, probes: np.ndarray,
                       spec: dict[str, Any]) -> Path:
     """Publishes an index-only version (what ``CandidateIndex.load`` reads: ids,
-    embeddings, scann/, probe queries, manifest) through ``Registry.publish``.
+    embeddings, scann/, probe queries, a popularity list, manifest) through ``Registry.publish``.
     It has no query tower, so the query service could not serve it."""
     from model_registry import IndexSpec, Manifest, Registry
     from model_registry import manifest as mf
@@ -336,6 +339,8 @@ def publish_synthetic(work: Path, registry_root: Path, model: str, db: np.ndarra
         np.save(staging / mf.CANDIDATE_EMBEDDINGS_FILE, db, allow_pickle=False)
         shutil.copytree(work / "scann", staging / mf.SCANN_DIR)
         np.save(staging / mf.PROBE_QUERIES_FILE, probes, allow_pickle=False)
+        np.savez(staging / mf.POPULAR_FILE, ids=ids[:100], scores=np.linspace(0.01, 0.001, min(100, len(ids)),
+                                                                            dtype=np.float32))
 
         def build(version: int, files: dict[str, str]) -> Manifest:
             return Manifest(model=model, version=version, embedding_dim=db.shape[1], num_candidates=len(db),
@@ -492,7 +497,7 @@ def run_dataset(name: str, db: np.ndarray, probes: np.ndarray, queries: np.ndarr
             kw = scann_kwargs(s)
             spec_kw = ({"kind": "tree_ah", "num_leaves": spec["num_leaves"], "num_leaves_to_search": kw["leaves_to_search"],
                         "reorder": s["reorder"]} if kw else {"kind": "brute_force"})
-            svc = _service_index(manifest_kw, ids, scann, spec_kw)
+            svc = _service_index(manifest_kw, ids, db, scann, spec_kw)
             return (scann_single(kw), lambda q: svc.search(q[None], K),
                     {"search_batched": lambda b: scann.search_batched(b, final_num_neighbors=K, **kw),
                      "search_batched_parallel": lambda b: scann.search_batched_parallel(

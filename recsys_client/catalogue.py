@@ -53,16 +53,7 @@ class CatalogueError(Exception):
     """Input that does not fit the version; the message names the line and field."""
 
 
-def _namespaces(registry: Registry, version: int) -> tuple[set[str], set[str]]:
-    path = registry.version_dir(version) / files.ATTRIBUTES_FILE
-    if not path.exists():
-        return set(), set()
-    manifest = registry.manifest(version)
-    attributes = Attributes.load(path, manifest.num_candidates)
-    return set(attributes.tokens), set(attributes.numeric)
-
-
-def read_upserts(lines, dim: int, token_namespaces: set[str], numeric_namespaces: set[str]) -> Delta:
+def read_upserts(lines, dim: int, token_namespaces: frozenset[str], numeric_namespaces: frozenset[str]) -> Delta:
     """A delta upserting the candidates of JSON ``lines`` (see the module docstring)."""
     ids, vectors = [], []
     tokens: dict[str, list[list[str]]] = {ns: [] for ns in token_namespaces}
@@ -178,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
         if version is None:
             raise CatalogueError(f"{config.model} has no CURRENT version: pass --version")
         dim = registry.manifest(version).embedding_dim
-        token_ns, numeric_ns = _namespaces(registry, version)
+        token_ns, numeric_ns = Attributes.namespaces(registry.version_dir(version) / files.ATTRIBUTES_FILE)
         delta = Delta.make(dim=dim)
         if config.upserts:
             with open(config.upserts, encoding="utf-8") as f:
