@@ -10,10 +10,11 @@ dims, the trainer's ScaNN builder) with attributes: ``category`` (10 tokens,
    single-thread QPS at selectivity 100% (none), 50% (price <= 50), 10% (one
    category) and 1% (flag), and crowding (at most 2 per category);
 2. two index replicas (slots blue and green) load the version; open-loop
-   searches at ``--qps`` run against blue: ``--phase-s`` steady, then as long
-   while ``recsys-catalogue``'s library streams deltas at ``--upsert-rate``
-   changes/s (half new candidates, a quarter updates, a quarter deletes) to both
-   replicas, until the catalogue has churned ``--churn`` of its size;
+   searches at ``--qps`` run against blue: ``--phase-s`` steady, then while
+   ``recsys-catalogue``'s library streams deltas of ``--batch`` changes to both
+   replicas at ``--upsert-rate`` upserts/s (of each delta's changes, half are
+   new candidates, a quarter updates, a quarter deletes) until the catalogue has
+   churned ``--churn`` of its size, then ``--phase-s`` again;
 3. after every delta returns, each replica is asked for one of its new
    candidates (``SearchSimilar``: NOT_FOUND until applied): the time until
    every replica answers;
@@ -30,6 +31,7 @@ import argparse
 import datetime
 import json
 import multiprocessing
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -38,6 +40,7 @@ import grpc
 import numpy as np
 
 from bench.ann import synthetic_clustered
+from bench.common import cpu_seconds
 from index_service.searcher import CandidateIndex
 from model_registry import Manifest, Registry
 from model_registry import manifest as files
@@ -226,12 +229,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="50k candidates, short phases (smoke test)")
     parser.add_argument("--candidates", type=int, default=1_000_000)
-    parser.add_argument("--qps", type=float, default=200.0)
+    parser.add_argument("--qps", type=float, default=400.0)
     parser.add_argument("--upsert-rate", type=float, default=10_000.0,
                         help="upserts per second streamed (deletes come on top: a third as many)")
     parser.add_argument("--batch", type=int, default=4000, help="changes per delta")
     parser.add_argument("--churn", type=float, default=0.10, help="share of the catalogue changed in all")
-    parser.add_argument("--phase-s", type=float, default=10.0, help="steady search phase before the stream")
+    parser.add_argument("--phase-s", type=float, default=20.0,
+                        help="steady search phases before and after the stream")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.quick:
@@ -263,16 +267,23 @@ def main() -> None:
             load.mark("steady")
             time.sleep(args.phase_s)
             load.mark("upserts")
+            # Where the machine's cores go during the stream: each process's CPU seconds over its wall time.
+            pids = {"searched_replica": replicas[0].proc.pid, "other_replica": replicas[1].proc.pid,
+                    "search_load_generator": load._process.pid, "delta_writer_and_client": os.getpid()}
+            cpu_before = {name: cpu_seconds([pid]) for name, pid in pids.items()}
             stream = stream_deltas(fleet, registry, version, args.upsert_rate, int(args.churn * args.candidates),
                                    args.batch, stubs, rng, args.candidates)
+            stream["cpu_cores_used"] = {name: round((cpu_seconds([pid]) - cpu_before[name]) / stream["seconds"], 2)
+                                        for name, pid in pids.items()}
             load.mark("after")
-            time.sleep(1.0)
+            time.sleep(args.phase_s)
             load.stop()
             phases = load.phases()
             searches = {"qps": args.qps, "errors": sum(p["errors"] for p in phases.values()),
-                        "p99_ms": {p: phases[p]["p99_ms"] for p in ("steady", "upserts")},
+                        "p99_ms": {p: phases[p]["p99_ms"] for p in ("steady", "upserts", "after")},
                         "requests": {p: v["requests"] for p, v in phases.items()}, "phases": phases}
             searches["p99_upserts_vs_steady"] = round(searches["p99_ms"]["upserts"] / searches["p99_ms"]["steady"], 2)
+            searches["p99_upserts_vs_after"] = round(searches["p99_ms"]["upserts"] / searches["p99_ms"]["after"], 2)
             # A restarted replica replays the log: it must answer exactly as the one that applied it live.
             replicas[1].stop()
             t0 = time.perf_counter()

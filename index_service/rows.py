@@ -89,15 +89,25 @@ class Rows:
         self._sorted = ids if ordered else ids[self._order]
         self._moved: dict[str, int] = {}  # id -> row for ids not at their version row; -1: deleted
 
+    def rows_of(self, candidate_ids) -> np.ndarray:
+        """int64 rows holding ``candidate_ids`` (str), -1 for an id not held; one
+        binary search for all of them."""
+        ids = np.asarray(candidate_ids, dtype=str)
+        rows = np.full(len(ids), -1, dtype=np.int64)
+        if len(ids) and len(self._sorted):
+            i = np.minimum(np.searchsorted(self._sorted, ids), len(self._sorted) - 1)
+            found = self._sorted[i] == ids
+            rows[found] = i[found] if self._order is None else self._order[i[found]]
+        if self._moved:
+            for j, candidate in enumerate(ids.tolist()):
+                row = self._moved.get(candidate)
+                if row is not None:
+                    rows[j] = row
+        return rows
+
     def row_of(self, candidate_id: str) -> int:
         """The row holding ``candidate_id``, -1 if none."""
-        row = self._moved.get(candidate_id)
-        if row is not None:
-            return row
-        i = int(np.searchsorted(self._sorted, candidate_id))
-        if i == len(self._sorted) or self._sorted[i] != candidate_id:
-            return -1
-        return i if self._order is None else int(self._order[i])
+        return int(self.rows_of([candidate_id])[0])
 
     def reserve(self, rows: int) -> None:
         """Makes room for ``rows`` rows now, so that deltas append without copying (a copy under the write lock)."""

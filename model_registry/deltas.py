@@ -138,7 +138,10 @@ def write_delta(model_dir: Path, version: int, delta: Delta) -> int:
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
     os.close(fd)
     try:
-        np.savez(tmp, **delta.to_arrays())
+        with open(tmp, "wb") as f:  # durable before a record can name it
+            np.savez(f, **delta.to_arrays())
+            f.flush()
+            os.fsync(f.fileno())
         digest = sha256_file(Path(tmp))
         data = directory / f"{digest[:16]}.npz"
         os.replace(tmp, data)

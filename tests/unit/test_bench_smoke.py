@@ -100,3 +100,12 @@ def test_faults_quick(tmp_path):
     assert hung["slowest_failure_ms"] is None or hung["slowest_failure_ms"] < 1000 * hung["index_deadline_s"] + 500
     mix = by_name["adversarial mix (k = 1000 misses, BatchSearch at the limits)"]
     assert mix["rss_mb_peak"] - mix["rss_mb_before"] < mix["local_cache_mb"] + 64, mix  # the cache's bound, + slack
+
+
+def test_catalogue_quick():
+    out = run_quick("bench.catalogue", timeout_s=300)
+    assert set(out["filters"]) == {"none", "50%", "10%", "1%", "crowding 2 per category"}
+    assert out["filters"]["1%"]["path"] == "exact over passing rows"
+    assert out["stream"]["replicas_failed"] == 0 and out["searches_during_stream"]["errors"] == 0
+    assert out["restarted_replica"]["identical_answers"] == out["restarted_replica"]["of"]
+    assert out["after_churn"]["generation"] == out["stream"]["deltas"]

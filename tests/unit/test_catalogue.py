@@ -132,6 +132,12 @@ def test_upserts_and_deletes_keep_the_searcher_and_its_rows_in_step(tree):
         assert len(r.ids) == 20 and set(r.ids) <= set(new) | set(updated)
     red = check_filter([("color", ["red"], [])], [], "", 0)
     assert all(set(r.ids).isdisjoint(updated) for r in index.search(queries[:5], 20, f=red))  # no longer red
+    # Every id is found at the row that holds it, one at a time and all at once (moved, new, deleted, base).
+    held = index.rows.ids.tolist()
+    asked = held[::7] + deleted[:20] + ["never-existed"]
+    rows = index.rows.rows_of(asked)
+    assert rows.tolist() == [index.rows.row_of(i) for i in asked]
+    assert [held[r] for r in rows[rows >= 0]] == asked[:len(held[::7])] and (rows[len(held[::7]):] == -1).all()
 
 
 def test_filters_match_exact_filtered_search_at_every_selectivity():
