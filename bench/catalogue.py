@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import multiprocessing
 import os
 import tempfile
@@ -40,7 +39,7 @@ import grpc
 import numpy as np
 
 from bench.ann import synthetic_clustered
-from bench.common import cpu_seconds
+from bench.common import cpu_seconds, write_json
 from index_service.searcher import CandidateIndex
 from model_registry import Manifest, Registry
 from model_registry import manifest as files
@@ -317,10 +316,7 @@ def main() -> None:
               "filters": filters, "stream": stream, "searches_during_stream": searches,
               "after_churn": churned,
               "restarted_replica": {"restart_s": round(restart_s, 1), "identical_answers": same, "of": 200}}
-    text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.write_text(text)
-    print(text)
+    print(write_json(result, args.out))
 
 
 if __name__ == "__main__":

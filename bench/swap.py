@@ -32,7 +32,7 @@ import numpy as np
 from model_registry import Manifest, Registry
 from model_registry import manifest as files
 from bench.ann import synthetic_clustered
-from bench.common import rss_mb
+from bench.common import rss_mb, write_json
 from tests.processes import RedisProcess, ServiceProcess, console_script
 from trainer.export import index as index_builder
 
@@ -158,10 +158,7 @@ def main() -> None:
         "swap_at_s": report["swap"]["start_s"], "rollback_at_s": report["rollback"]["start_s"],
         "loadtest_exit_code": load.returncode,
     }
-    text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.write_text(text)
-    print(text)
+    print(write_json(result, args.out))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ ports, and a private Redis. Each fixture stops what it started, by pid."""
 from __future__ import annotations
 
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -47,6 +49,20 @@ def query_replica(root: Path, index: list[ServiceProcess], log: Path, *extra: st
     return ServiceProcess("recsys-query-service",
                           ["--registry", str(root), "--model", MODEL,
                            "--index-address", ",".join(s.address for s in index), *extra], log)
+
+
+@contextmanager
+def blue_and_query(root: Path, logs: Path, redis_url: str) -> Iterator[tuple[ServiceProcess, ServiceProcess]]:
+    """Index slot blue and one query replica over it with Redis at ``redis_url``, started; stopped after."""
+    index = index_slot(root, "blue", logs / "index.log").start()
+    try:
+        query = query_replica(root, [index], logs / "query.log", "--redis-url", redis_url).start()
+        try:
+            yield index, query
+        finally:
+            query.stop()
+    finally:
+        index.stop()
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from model_registry import manifest as files
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from tests.conftest import RedisProcess
-from tests.integration.conftest import MODEL, index_slot, make_live, query_replica, train
+from tests.integration.conftest import MODEL, blue_and_query, index_slot, make_live, query_replica, train
 
 pytestmark = pytest.mark.integration
 
@@ -31,12 +31,8 @@ def history_version(tmp_path_factory):
 def stub(history_version, redis_server, tmp_path_factory):
     logs = tmp_path_factory.mktemp("history-logs")
     root = history_version.parent.parent
-    index = index_slot(root, "blue", logs / "index.log").start()
-    query = query_replica(root, [index], logs / "query.log", "--redis-url", redis_server.url).start()
-    with grpc.insecure_channel(query.address) as channel:
+    with blue_and_query(root, logs, redis_server.url) as (_, query), grpc.insecure_channel(query.address) as channel:
         yield pb_grpc.QueryServiceStub(channel)
-    query.stop()
-    index.stop()
 
 
 def recommend(stub, customer_id, **kwargs):

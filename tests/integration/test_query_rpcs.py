@@ -20,7 +20,7 @@ from model_registry import manifest as files
 from model_registry.attributes import Attributes
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
-from tests.integration.conftest import MODEL, index_slot, make_live, query_replica
+from tests.integration.conftest import MODEL, blue_and_query, make_live
 from tests.processes import console_script
 
 pytestmark = pytest.mark.integration
@@ -55,11 +55,8 @@ def version_dir(trained_registry, tmp_path_factory):
 def stack(version_dir, redis_server, tmp_path_factory):
     logs = tmp_path_factory.mktemp("rpc-logs")
     root = version_dir.parent.parent
-    index = index_slot(root, "blue", logs / "index.log").start()
-    query = query_replica(root, [index], logs / "query.log", "--redis-url", redis_server.url).start()
-    yield index, query
-    query.stop()
-    index.stop()
+    with blue_and_query(root, logs, redis_server.url) as pair:
+        yield pair
 
 
 @pytest.fixture(scope="module")
