@@ -25,6 +25,15 @@ from serving.filters import Filter, NumericRange, TokenRestrict
 ESTIMATE_SAMPLE = 10_000
 
 
+def _padded(offsets: np.ndarray, numbers: np.ndarray) -> np.ndarray:
+    """int32 [rows, longest row] of CSR rows (``offsets`` into ``numbers``), -1 pads."""
+    lengths = np.diff(offsets)
+    matrix = np.full((len(lengths), int(lengths.max()) if len(lengths) else 0), -1, dtype=np.int32)
+    matrix[np.repeat(np.arange(len(lengths)), lengths), np.arange(len(numbers)) - np.repeat(offsets[:-1], lengths)] = \
+        numbers
+    return matrix
+
+
 class _TokenColumn:
     def __init__(self, vocabulary: list[str], matrix: np.ndarray):
         self.index = {token: i for i, token in enumerate(vocabulary)}
@@ -35,25 +44,27 @@ class _TokenColumn:
         return np.array([self.index[t] for t in tokens if t in self.index], dtype=np.int64)
 
     def lookup_table(self, tokens) -> np.ndarray:
-        """bool [V + 1]: True at the tokens' numbers; the last entry (index -1, the pad) stays False."""
-        table = np.zeros(len(self.index) + 1, dtype=bool)
-        table[self.token_ids(tokens)] = True
+        """bool [V + 1]: True at the tokens' numbers; the last entry (index -1, the pad) stays False.
+        A delta being prepared may add tokens meanwhile; no row holds them yet, so they are left out."""
+        size = len(self.index)
+        table = np.zeros(size + 1, dtype=bool)
+        ids = self.token_ids(tokens)
+        table[ids[ids < size]] = True
         return table
 
-    def encode(self, lists: list[list[str]]) -> np.ndarray:
-        """Token numbers of each row's tokens, new tokens added to the vocabulary; widens the column if needed."""
-        width = max((len(t) for t in lists), default=0)
+    def encode(self, offsets: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """Token numbers [rows, longest row] (-1 pads) of CSR rows of tokens, new tokens added to the
+        vocabulary. Changes no row: runs outside the write lock."""
+        numbers = np.array([self.index.setdefault(t, len(self.index)) for t in tokens.tolist()], dtype=np.int32)
+        if len(self.index) > len(self.counts):
+            self.counts = np.concatenate([self.counts, np.zeros(len(self.index) - len(self.counts), np.int64)])
+        return _padded(offsets, numbers)
+
+    def widen(self, width: int) -> None:
         if width > self.matrix.shape[1]:
             wider = np.full((len(self.matrix), width), -1, dtype=np.int32)
             wider[:, :self.matrix.shape[1]] = self.matrix
             self.matrix = wider
-        out = np.full((len(lists), self.matrix.shape[1]), -1, dtype=np.int32)
-        for r, tokens in enumerate(lists):
-            for c, token in enumerate(tokens):
-                out[r, c] = self.index.setdefault(token, len(self.index))
-        if len(self.index) > len(self.counts):
-            self.counts = np.concatenate([self.counts, np.zeros(len(self.index) - len(self.counts), np.int64)])
-        return out
 
     def count(self, rows_tokens: np.ndarray, sign: int) -> None:
         flat = rows_tokens[rows_tokens >= 0]
@@ -71,11 +82,7 @@ class AttributeColumns:
         self.tokens: dict[str, _TokenColumn] = {}
         for ns, (offsets, tokens) in attributes.tokens.items():
             vocabulary, numbers = np.unique(tokens, return_inverse=True)
-            lengths = np.diff(offsets)
-            matrix = np.full((rows, int(lengths.max()) if rows else 0), -1, dtype=np.int32)
-            row_of = np.repeat(np.arange(rows), lengths)
-            col_of = np.arange(len(tokens)) - np.repeat(offsets[:-1], lengths)
-            matrix[row_of, col_of] = numbers
+            matrix = _padded(offsets, numbers)
             column = _TokenColumn(vocabulary.tolist(), matrix)
             column.count(matrix, 1)
             self.tokens[ns] = column
@@ -168,16 +175,22 @@ class AttributeColumns:
                 grown[:len(values)] = values
                 self.numeric[ns] = grown
 
-    def write(self, rows: np.ndarray, attributes: Attributes, at: np.ndarray) -> None:
+    def encode(self, attributes: Attributes) -> dict[str, np.ndarray]:
+        """Token numbers of ``attributes``' rows per token namespace of this slot (empty
+        where ``attributes`` do not name it), what ``write`` takes; grows vocabularies only."""
+        return {ns: column.encode(*attributes.tokens[ns]) if ns in attributes.tokens
+                else np.zeros((attributes.rows, 0), dtype=np.int32) for ns, column in self.tokens.items()}
+
+    def write(self, rows: np.ndarray, tokens: dict[str, np.ndarray], attributes: Attributes, at: slice) -> None:
         """Rows ``rows`` (existing or the next new ones) take the attributes of
-        ``attributes``' rows ``at``; namespaces the delta does not name are cleared."""
+        ``attributes``' rows ``at`` (``tokens``: their ``encode``); namespaces the delta
+        does not name are cleared."""
         top = int(rows.max()) + 1 if len(rows) else 0
         self.reserve(top)
         for ns, column in self.tokens.items():
-            old = column.matrix[rows[rows < self.rows]]
-            column.count(old, -1)
-            lists = [attributes.row_tokens(ns, int(a)) for a in at] if ns in attributes.tokens else [[]] * len(at)
-            numbers = column.encode(lists)
+            numbers = tokens[ns][at]
+            column.widen(numbers.shape[1])
+            column.count(column.matrix[rows[rows < self.rows]], -1)
             column.matrix[rows] = -1
             column.matrix[rows, :numbers.shape[1]] = numbers
             column.count(numbers, 1)

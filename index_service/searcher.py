@@ -368,8 +368,16 @@ class CandidateIndex:
                                    f"{delta.vectors.shape}; the version embeds into {self.dim}")
         with short_gil_slices():  # the Python between ScaNN calls must not hold requests for 5 ms slices
             for delta in deltas:
+                # Prepared once per delta, outside the lock: what each chunk needs is then slices. Upserts
+                # move no row, and new ids take the next rows in order, so every row is known now.
+                tokens = self.attributes.encode(delta.attributes)
+                rows = self.rows.rows_of(delta.ids)
+                new = rows < 0
+                rows[new] = self.rows.count + np.arange(int(new.sum()))
+                docids = [None if is_new else row for row, is_new in zip(rows.tolist(), new.tolist())]
                 for a in range(0, len(delta.ids), DELTA_CHUNK):
-                    self._in_turn(self._upsert, raw, delta, np.arange(a, min(a + DELTA_CHUNK, len(delta.ids))))
+                    at = slice(a, a + DELTA_CHUNK)
+                    self._in_turn(self._upsert, raw, delta, at, rows[at], docids[at], tokens)
                 for a in range(0, len(delta.deleted), DELTA_CHUNK):
                     self._in_turn(self._delete, raw, delta.deleted[a:a + DELTA_CHUNK].tolist())
         self.catalogue_generation = generation
@@ -381,15 +389,11 @@ class CandidateIndex:
             self._changes += 1
         time.sleep(time.perf_counter() - started)
 
-    def _upsert(self, raw, delta: Delta, at: np.ndarray) -> None:
-        ids = delta.ids[at]
-        rows = self.rows.rows_of(ids)
-        new = rows < 0
-        rows[new] = self.rows.count + np.arange(int(new.sum()))
-        raw.upsert([None if is_new else int(r) for r, is_new in zip(rows.tolist(), new.tolist())],
-                   np.ascontiguousarray(delta.vectors[at]), len(at))
-        self.attributes.write(rows, delta.attributes, at)
-        self.rows.write(rows, ids, delta.vectors[at])
+    def _upsert(self, raw, delta: Delta, at: slice, rows: np.ndarray, docids: list[int | None],
+                tokens: dict[str, np.ndarray]) -> None:
+        raw.upsert(docids, np.ascontiguousarray(delta.vectors[at]), len(docids))
+        self.attributes.write(rows, tokens, delta.attributes, at)
+        self.rows.write(rows, delta.ids[at], delta.vectors[at])
 
     def _delete(self, raw, ids: list[str]) -> None:
         removed = []
