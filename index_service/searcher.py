@@ -246,7 +246,7 @@ class CandidateIndex:
                     break
                 if f and fetch > EXACT_MAX_ROWS:  # crowding alone could not fill k from the top rows: stop there
                     break
-                rows, scores = self._ann(queries[pending], fetch)
+                rows, scores = self._ann(queries[pending], fetch, ranked=fetch - extra)
                 still = []
                 for i, row_ids, row_scores in zip(pending, rows, scores):
                     results[i] = self._keep(row_ids, row_scores, k, exclusions[i], f)
@@ -255,11 +255,13 @@ class CandidateIndex:
                 pending, fetch = still, min(n, fetch * FETCH_GROWTH)
             return results
 
-    def _ann(self, queries: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
+    def _ann(self, queries: np.ndarray, fetch: int, ranked: int) -> tuple[np.ndarray, np.ndarray]:
+        """ScaNN's top ``fetch`` rows per query; the first ``ranked`` of them (the rest make room for
+        exclusions, which need no better ranking) are re-scored as deep per result as for k=10."""
         spec = self.manifest.index
         extra = {}
         if spec.kind == "tree_ah":
-            depth = max(spec.reorder, fetch, math.ceil(spec.reorder * fetch / CALIBRATED_K))
+            depth = max(spec.reorder, fetch, math.ceil(spec.reorder * ranked / CALIBRATED_K))
             extra = {"pre_reorder_num_neighbors": min(self.rows.count, depth),
                      "leaves_to_search": spec.num_leaves_to_search}
         if len(queries) == 1:
