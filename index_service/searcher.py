@@ -350,9 +350,9 @@ class CandidateIndex:
         with self._lock.reading():
             self.attributes.check(f)
             rows = self.rows.rows_of(self.popular_ids)
-            rows = rows[rows >= 0]
-            shares = dict(zip(self.popular_ids, self.popular_scores))
-            result = self._keep(rows, np.array([shares[i] for i in self.rows.id_of(rows)]), k, excluded, f)
+            held = rows >= 0  # a deleted candidate is no longer held
+            rows = rows[held]
+            result = self._keep(rows, np.asarray(self.popular_scores)[held], k, excluded, f)
             if len(result.ids) >= k:
                 return result
             rest = np.flatnonzero(self.attributes.mask(f)) if f.selects else np.arange(self.rows.count)
