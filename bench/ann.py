@@ -339,8 +339,7 @@ def publish_synthetic(work: Path, registry_root: Path, model: str, db: np.ndarra
         np.save(staging / mf.CANDIDATE_EMBEDDINGS_FILE, db, allow_pickle=False)
         shutil.copytree(work / "scann", staging / mf.SCANN_DIR)
         np.save(staging / mf.PROBE_QUERIES_FILE, probes, allow_pickle=False)
-        np.savez(staging / mf.POPULAR_FILE, ids=ids[:100], scores=np.linspace(0.01, 0.001, min(100, len(ids)),
-                                                                            dtype=np.float32))
+        mf.write_popular(staging, ids[:100], np.linspace(0.01, 0.001, min(100, len(ids))))
 
         def build(version: int, files: dict[str, str]) -> Manifest:
             return Manifest(model=model, version=version, embedding_dim=db.shape[1], num_candidates=len(db),

@@ -84,8 +84,7 @@ def publish_version(registry: Registry, n: int, seed: int = 1) -> tuple[Manifest
         np.save(staging / files.CANDIDATE_IDS_FILE, np.char.add("x", np.arange(n).astype(str)))
         np.save(staging / files.CANDIDATE_EMBEDDINGS_FILE, embeddings)
         np.save(staging / files.PROBE_QUERIES_FILE, probes)
-        np.savez(staging / files.POPULAR_FILE, ids=np.char.add("x", np.arange(100).astype(str)),
-                 scores=np.linspace(0.01, 0.001, 100, dtype=np.float32))
+        files.write_popular(staging, np.char.add("x", np.arange(100).astype(str)), np.linspace(0.01, 0.001, 100))
         attributes.save(staging / files.ATTRIBUTES_FILE)
         index_builder.save_searcher(searcher, staging / files.SCANN_DIR)
         return lambda version, checksums: Manifest(

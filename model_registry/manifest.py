@@ -119,6 +119,11 @@ def read_manifest(version_dir: Path) -> Manifest:
         raise VersionError(f"{path} is not a valid manifest: {e}") from e
 
 
+def write_popular(version_dir: Path, ids: np.ndarray, scores: np.ndarray) -> None:
+    """Writes the version's popularity list (ids most popular first, their float32 scores)."""
+    np.savez(Path(version_dir) / POPULAR_FILE, ids=np.asarray(ids).astype(str), scores=np.asarray(scores, np.float32))
+
+
 def read_popular(version_dir: Path, version: int) -> tuple[list[str], list[float]]:
     """The version's popularity list (ids, scores), most popular first. Raises VersionError if unreadable."""
     try:

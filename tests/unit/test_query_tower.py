@@ -52,7 +52,7 @@ class TimeTower(tf.Module):
 def write_version(directory, with_age=True, tower=None):
     tower = tower or HistoryTower()
     tf.saved_model.save(tower, str(directory / files.QUERY_TOWER_DIR), signatures={"serving_default": tower.serve})
-    np.savez(directory / files.POPULAR_FILE, ids=np.array(["i2", "i1"]), scores=np.array([0.6, 0.4], np.float32))
+    files.write_popular(directory, np.array(["i2", "i1"]), np.array([0.6, 0.4]))
     store = {"ids": np.array(["c1", "c2"]),
              "history": np.array([["i1", "i1", ""], ["i2", "", ""]]),
              "seen_offsets": np.array([0, 2, 3]), "seen_items": np.array(["i1", "i3-with-a-long-id", "i2"])}

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from model_registry import IndexSpec, Manifest
 from model_registry.customers import DEFAULT_HISTORY_LENGTH
-from model_registry.manifest import CUSTOMER_STORE_FILE, MANIFEST_FILE, POPULAR_FILE, QUERY_TOWER_DIR, checksum_tree
+from model_registry.manifest import CUSTOMER_STORE_FILE, MANIFEST_FILE, QUERY_TOWER_DIR, checksum_tree, write_popular
 from model_registry.tower_inputs import REQUEST_TIME, tower_inputs
 from query_service.tower import QueryModel
 from settings.flags import replace_nested
@@ -51,7 +51,7 @@ def _served(tower, store, path) -> QueryModel:
     """The tower and store published as a version directory, loaded as the query service does."""
     save_query_tower(tower, path / QUERY_TOWER_DIR)
     store.save(path / CUSTOMER_STORE_FILE)
-    np.savez(path / POPULAR_FILE, ids=np.array(["i000001"]), scores=np.array([1.0], np.float32))
+    write_popular(path, np.array(["i000001"]), np.array([1.0]))
     manifest = Manifest(model="m", version=1, embedding_dim=8, num_candidates=1, tower=tower.kind, dataset="test",
                         created_at="2026-01-01T00:00:00Z", index=IndexSpec(kind="brute_force"),
                         files=checksum_tree(path))

@@ -68,7 +68,7 @@ def publish(registry: Registry, seed: int, probe_dim: int = DIM) -> Manifest:
         np.save(staging / files.CANDIDATE_IDS_FILE, CANDIDATES)
         np.save(staging / files.CANDIDATE_EMBEDDINGS_FILE, candidates)
         index_builder.save_searcher(searcher, staging / files.SCANN_DIR)
-        np.savez(staging / files.POPULAR_FILE, ids=CANDIDATES[:10], scores=np.linspace(1, 0.1, 10, dtype=np.float32))
+        files.write_popular(staging, CANDIDATES[:10], np.linspace(1, 0.1, 10))
         np.save(staging / files.PROBE_QUERIES_FILE, np.ones((5, probe_dim), np.float32))
         return lambda version, checksums: Manifest(
             model=MODEL, version=version, embedding_dim=DIM, num_candidates=len(CANDIDATES), tower="id",

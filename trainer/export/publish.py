@@ -96,7 +96,7 @@ def publish(registry: Registry, model: TwoTowerModel, store: CustomerStore, cata
         np.save(staging / mf.CANDIDATE_IDS_FILE, catalog, allow_pickle=False)
         np.save(staging / mf.CANDIDATE_EMBEDDINGS_FILE, cand_emb, allow_pickle=False)
         index_builder.save_searcher(searcher, staging / mf.SCANN_DIR)
-        np.savez(staging / mf.POPULAR_FILE, ids=pop_ids, scores=pop_scores)
+        mf.write_popular(staging, pop_ids, pop_scores)
         np.save(staging / mf.PROBE_QUERIES_FILE, probes, allow_pickle=False)
         if attributes is not None:
             attributes.save(staging / mf.ATTRIBUTES_FILE)
