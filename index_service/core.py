@@ -109,6 +109,11 @@ class IndexCore:
                 except asyncio.TimeoutError:
                     pass
 
+    def shard(self) -> tuple[int, int]:
+        """(shard, of how many) of the version held; (0, 0) for an unsharded one or none."""
+        held = [index.shard for _, index in self.manager.states().values() if index is not None and index.shard]
+        return held[0] if held else (0, 0)
+
     def check_batch(self, ks: list[int]) -> None:
         """Refuses a batch over the limits (see ``SearchLimits``) before any work."""
         validation.check_batch(ks, self.limits.max_batch_queries, self.limits.max_batch_results)

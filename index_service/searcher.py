@@ -115,8 +115,10 @@ class CandidateIndex:
     attributes, at catalogue generation ``generation``."""
 
     def __init__(self, manifest: Manifest, rows: Rows, searcher, report: LoadReport,
-                 attributes: AttributeColumns | None = None, popular: tuple[list[str], list[float]] = ([], [])):
+                 attributes: AttributeColumns | None = None, popular: tuple[list[str], list[float]] = ([], []),
+                 shard: tuple[int, int] | None = None):
         self.manifest = manifest
+        self.shard = shard  # (this shard, of how many) of a sharded version; None: all of an unsharded one
         self.rows = rows
         self._searcher = searcher
         self.report = report
@@ -150,31 +152,36 @@ class CandidateIndex:
         return n
 
     @classmethod
-    def load(cls, version_dir: Path, manifest: Manifest, min_recall: float = 0.9) -> "CandidateIndex":
-        """Loads a verified version's searcher and self-tests it: recall@10
-        against exact search on the version's probe queries must reach
-        ``min_recall``. Then replays the version's catalogue deltas from the
-        registry. Raises VersionError otherwise."""
+    def load(cls, version_dir: Path, manifest: Manifest, min_recall: float = 0.9,
+             shard: int | None = None) -> "CandidateIndex":
+        """Loads a verified version's searcher (``shard``'s of a sharded version)
+        and self-tests it: recall@10 against exact search over the same
+        candidates on the version's probe queries must reach ``min_recall``.
+        Then replays the version's catalogue deltas from the registry (a
+        shard's upserts of its own candidates). Raises VersionError otherwise."""
         start = time.perf_counter()
         version_dir = Path(version_dir)
-        ids = np.load(version_dir / files.CANDIDATE_IDS_FILE, allow_pickle=False)
+        whole, manifest = manifest, manifest.shard(shard)
+        data_dir = files.shard_dir(version_dir, shard)
+        ids = np.load(data_dir / files.CANDIDATE_IDS_FILE, allow_pickle=False)
         if ids.shape != (manifest.num_candidates,):
             raise VersionError(f"version {manifest.version}: {len(ids)} candidate ids but the manifest says "
                                f"{manifest.num_candidates}")
-        embeddings = version_dir / files.CANDIDATE_EMBEDDINGS_FILE
+        embeddings = data_dir / files.CANDIDATE_EMBEDDINGS_FILE
         if npy_shape(embeddings) != (len(ids), manifest.embedding_dim):
             raise VersionError(f"version {manifest.version}: candidate embeddings have shape {npy_shape(embeddings)},"
                                f" expected {(len(ids), manifest.embedding_dim)}")
-        attributes_path = version_dir / files.ATTRIBUTES_FILE
+        attributes_path = data_dir / files.ATTRIBUTES_FILE
         attributes = AttributeColumns(Attributes.load(attributes_path, len(ids)) if attributes_path.exists() else None,
                                       len(ids))
         popular = files.read_popular(version_dir, manifest.version)
-        scann_dir = version_dir / files.SCANN_DIR
+        scann_dir = data_dir / files.SCANN_DIR
         searcher = load_searcher(scann_dir)
         memory = ids.nbytes + sum(p.stat().st_size for p in scann_dir.iterdir())
         rows = Rows(ids, np.load(embeddings, mmap_mode="r", allow_pickle=False))
-        index = cls(manifest, rows, searcher, LoadReport(0.0, memory), attributes, popular)
-        recall = index._self_test(version_dir)
+        index = cls(manifest, rows, searcher, LoadReport(0.0, memory), attributes, popular,
+                    None if shard is None else (shard, len(whole.shards)))
+        recall = index._self_test(version_dir, embeddings)
         if recall < min_recall:
             raise VersionError(f"version {manifest.version}: index recall@10 vs exact search is {recall:.3f}, "
                                f"below the required {min_recall}")
@@ -185,11 +192,12 @@ class CandidateIndex:
         deltas = read_deltas(version_dir.parent, manifest.version)
         index.apply_catalogue(deltas, len(deltas))
         index.report = LoadReport(time.perf_counter() - start, memory, recall)
-        log.info("loaded version %d: %d candidates x %d dims, recall@10 %.3f, %d catalogue deltas, in %.2fs",
-                 manifest.version, rows.count, manifest.embedding_dim, recall, len(deltas), index.report.load_seconds)
+        log.info("loaded version %d%s: %d candidates x %d dims, recall@10 %.3f, %d catalogue deltas, in %.2fs",
+                 manifest.version, "" if shard is None else f" shard {shard} of {len(whole.shards)}", rows.count,
+                 manifest.embedding_dim, recall, len(deltas), index.report.load_seconds)
         return index
 
-    def _self_test(self, version_dir: Path, k: int = 10) -> float:
+    def _self_test(self, version_dir: Path, embeddings: Path, k: int = 10) -> float:
         """recall@k of this searcher vs exact dot-product search on probe queries.
         The exact search reads the embeddings file in blocks (bounded memory)."""
         probes = np.load(version_dir / files.PROBE_QUERIES_FILE, allow_pickle=False)[:SELF_TEST_PROBES]
@@ -199,7 +207,7 @@ class CandidateIndex:
         if len(probes) == 0:
             return 1.0
         k = min(k, self.rows.count)
-        exact, _ = exact_top_k(probes, version_dir / files.CANDIDATE_EMBEDDINGS_FILE, k)
+        exact, _ = exact_top_k(probes, embeddings, k)
         found = self.search(probes, k)
         hits = sum(len(set(self.rows.id_of(row)) & set(result.ids)) for row, result in zip(exact, found))
         return hits / (k * len(probes))
@@ -368,8 +376,10 @@ class CandidateIndex:
         ``generation`` is the last one's. Takes the write lock per chunk of
         ``DELTA_CHUNK`` candidates and rests as long between chunks, so searches
         keep at least half the time. Deleting an id the index does not hold is a
-        no-op (a delta can be replayed)."""
+        no-op (a delta can be replayed); a shard upserts only its own candidates."""
         raw = self._searcher.searcher
+        if self.shard is not None:
+            deltas = [delta.of_shard(*self.shard) for delta in deltas]
         for delta in deltas:
             if delta.vectors.shape[1:] != (self.dim,):
                 raise VersionError(f"a catalogue delta of version {self.version} has vectors of shape "

@@ -34,6 +34,8 @@ class IndexServiceConfig(ServiceConfig):
     admin: AdminConfig = option(AdminConfig(port=50061), "admin plane", prefix="admin-")
     slot: str = option("", "this index slot's name (e.g. blue, green): the registry records the version it holds "
                            "under it, and a restart reloads that version")
+    shard: int | None = option(None, "the shard this endpoint serves of versions published with --index-shards N "
+                                     "(0..N-1); unset: whole, unsharded versions. A slot's shards share its name")
     search_threads: int = option(2, "threads running ScaNN searches")
     limits: SearchLimits = option(SearchLimits(), "bounds of a search call")
     min_recall: float = option(0.9, "a version whose index recall@10 vs exact search on its probe queries is "
@@ -42,7 +44,9 @@ class IndexServiceConfig(ServiceConfig):
     # to the old version can still be in flight once it has passed.
     busy_window_s: float = option(3.0, "a load is refused while the slot has answered a search this recently "
                                        "(it serves live traffic)")
-    keepalive_s: float = option(1.0, "status stream keepalive: watchers take the slot as hung after a few "
+    # Three missed keepalives take the slot out of routing: 0.3 s makes that
+    # under a second for a hung process (a dead one's stream breaks at once).
+    keepalive_s: float = option(0.3, "status stream keepalive: watchers take the slot as hung after three "
                                      "missed ones")
 
     def __post_init__(self) -> None:
@@ -53,6 +57,7 @@ class IndexServiceConfig(ServiceConfig):
             raise ConfigError("slot", str(e) if self.slot else "is required: name this index slot (e.g. blue)") \
                 from None
         require(self.search_threads >= 1, "search_threads", "must be >= 1")
+        require(self.shard is None or self.shard >= 0, "shard", "must be >= 0")
         require(0.0 <= self.min_recall <= 1.0, "min_recall", "must be in [0, 1]")
         require(self.keepalive_s > 0, "keepalive_s", "must be positive")
 
@@ -66,8 +71,8 @@ async def create_server(config: IndexServiceConfig) -> tuple[ServiceWithAdmin, I
     registry = Registry(config.registry, config.model)
     startup = slot_startup(registry, config.slot, config.version)  # a broken record stops the start here
     manager: VersionManager[CandidateIndex] = VersionManager(config.model)
-    loader = Loader(registry, lambda path, manifest: CandidateIndex.load(path, manifest, config.min_recall), "index",
-                    Background.IDLE, files.INDEX_READS, config.public_key())  # the slot that loads serves no traffic
+    loader = Loader(registry, lambda path, manifest: CandidateIndex.load(path, manifest, config.min_recall, config.shard),
+                    "index", Background.IDLE, files.index_reads(config.shard), config.public_key())  # an idle slot loads
     core = IndexCore(manager, ThreadPoolExecutor(config.search_threads, thread_name_prefix="scann"),
                      limits=config.limits, keepalive_s=config.keepalive_s)
     admin = SlotAdmin(config.slot, registry, manager, loader, lambda: core.last_search, config.busy_window_s)

@@ -61,5 +61,6 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
     async def WatchStatus(self, request: pb.WatchStatusRequest, context):
         async for _ in self.core.changes():
             report = self.admin.status()
+            shard, shards = self.core.shard()
             yield pb.IndexStatus(model_name=report.model, slot=report.slot, versions=version_protos(report.versions),
-                                 keepalive_s=self.core.keepalive_s)
+                                 keepalive_s=self.core.keepalive_s, shard=shard, shards=shards)

@@ -67,6 +67,17 @@ class Attributes:
         offsets, tokens = self.tokens[ns]
         return tokens[offsets[row]:offsets[row + 1]].tolist()
 
+    def take(self, rows: np.ndarray) -> "Attributes":
+        """The attributes of ``rows`` (int indices), in that order: a shard's or a delta's part."""
+        rows = np.asarray(rows, dtype=np.int64)
+        tokens = {}
+        for ns, (offsets, values) in self.tokens.items():
+            lengths = offsets[rows + 1] - offsets[rows]
+            picked = np.concatenate([np.arange(offsets[r], offsets[r + 1]) for r in rows]) if lengths.sum() \
+                else np.zeros(0, np.int64)
+            tokens[ns] = (np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), values[picked])
+        return Attributes(len(rows), tokens, {ns: values[rows] for ns, values in self.numeric.items()})
+
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The npz arrays of these attributes (also inside a catalogue delta)."""
         out: dict[str, np.ndarray] = {}

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from model_registry.attributes import Attributes
-from model_registry.manifest import VersionError, sha256_file
+from model_registry.manifest import VersionError, sha256_file, shard_of
 
 CATALOGUE_DIR = "catalogue"
 _RECORD = "{:08d}.json"
@@ -66,6 +66,15 @@ class Delta:
         vectors = np.zeros((0, dim), np.float32) if vectors is None else np.asarray(vectors, dtype=np.float32)
         deleted = np.asarray(list(deleted), dtype=str) if len(deleted) else np.zeros(0, dtype="<U1")
         return cls(ids, vectors, attributes or Attributes(len(ids)), deleted)
+
+    def of_shard(self, shard: int, shards: int) -> "Delta":
+        """What ``shard`` of a version split in ``shards`` applies: the upserts of
+        its own candidates (``manifest.shard_of``), and every delete (deleting an
+        id a shard does not hold is a no-op)."""
+        mine = np.flatnonzero(shard_of(self.ids, shards) == shard)
+        if len(mine) == len(self.ids):
+            return self
+        return Delta(self.ids[mine], self.vectors[mine], self.attributes.take(mine), self.deleted)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {"ids": self.ids, "vectors": self.vectors, "deleted": self.deleted, **self.attributes.to_arrays()}

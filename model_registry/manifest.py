@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +31,43 @@ PROBE_QUERIES_FILE = "probe_queries.npy"
 CUSTOMER_STORE_FILE = "customer_store.npz"  # model_registry.customers.CustomerStore
 METRICS_FILE = "metrics.json"
 ATTRIBUTES_FILE = "candidate_attributes.npz"  # optional: model_registry.attributes, what filters select on
+# A sharded version keeps each shard's candidate files (ids, embeddings, ScaNN
+# searcher, attributes) under shards/<shard>/, named as an unsharded version's.
+SHARDS_DIR = "shards"
 
 # What each service reads, and so verifies before a load (``verify_version``'s
 # ``reads``): a query replica never reads the candidates, which an index slot
 # holding the version has verified before any promotion can route to it.
-QUERY_READS = (QUERY_TOWER_DIR, POPULAR_FILE, CUSTOMER_STORE_FILE, ATTRIBUTES_FILE)
+QUERY_READS = (QUERY_TOWER_DIR, POPULAR_FILE, CUSTOMER_STORE_FILE, ATTRIBUTES_FILE,
+               f"{SHARDS_DIR}/0/{ATTRIBUTES_FILE}")
 INDEX_READS = (CANDIDATE_IDS_FILE, CANDIDATE_EMBEDDINGS_FILE, SCANN_DIR, PROBE_QUERIES_FILE, POPULAR_FILE,
                ATTRIBUTES_FILE)
+
+
+def index_reads(shard: int | None = None) -> tuple[str, ...]:
+    """What an index endpoint serving ``shard`` of a version (None: a whole,
+    unsharded version) reads: its own shard's files, not the other shards'."""
+    return INDEX_READS if shard is None else INDEX_READS + (f"{SHARDS_DIR}/{shard}",)
+
+
+def shard_dir(version_dir: Path, shard: int | None) -> Path:
+    """Where ``shard``'s candidate files are (the version directory itself when unsharded)."""
+    return Path(version_dir) if shard is None else Path(version_dir) / SHARDS_DIR / str(shard)
+
+
+def attributes_file(version_dir: Path, manifest: "Manifest") -> Path:
+    """The file naming the version's attribute namespaces (every shard's holds the same ones)."""
+    return shard_dir(version_dir, 0 if manifest.shards else None) / ATTRIBUTES_FILE
+
+
+def shard_of(ids, shards: int) -> np.ndarray:
+    """The shard of each candidate id: CRC-32 of its UTF-8 bytes mod ``shards``.
+
+    A function of the id alone, so the publisher, every index endpoint and a
+    catalogue delta written long after the version agree on where an id lives
+    without a table; CRC-32 is stable across processes (Python's ``hash`` is salted).
+    """
+    return np.fromiter((zlib.crc32(str(i).encode()) % shards for i in ids), dtype=np.int64, count=len(ids))
 
 
 class VersionError(Exception):
@@ -60,6 +91,14 @@ class IndexSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class ShardSpec:
+    """One shard of a sharded version: its candidates (``shard_of`` == its number) and their searcher."""
+
+    num_candidates: int
+    index: IndexSpec
+
+
+@dataclasses.dataclass(frozen=True)
 class Manifest:
     """Everything a service must know about a version before loading it."""
 
@@ -74,6 +113,25 @@ class Manifest:
     files: dict[str, str]
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    # Empty: one searcher over every candidate. Otherwise shard s's candidates and
+    # searcher, in shards/<s>/; ``index`` then describes the merged search
+    # (kind "sharded", recall@10 of the shards' merged top-10 vs exact search over all).
+    shards: tuple[ShardSpec, ...] = ()
+
+    def shard(self, shard: int | None) -> "Manifest":
+        """The manifest as an endpoint serving ``shard`` sees it: that shard's
+        candidate count and searcher (itself for None). Raises VersionError if
+        the version is not sharded so, naming what the operator must change."""
+        if shard is None:
+            if self.shards:
+                raise VersionError(f"version {self.version} is split into {len(self.shards)} shards: serve it from "
+                                   f"index endpoints started with --shard 0..{len(self.shards) - 1}")
+            return self
+        if not 0 <= shard < len(self.shards):
+            raise VersionError(f"version {self.version} has {len(self.shards) or 'no'} shards; this endpoint serves "
+                               f"shard {shard}: load it into endpoints of the version's own shard count")
+        spec = self.shards[shard]
+        return dataclasses.replace(self, num_candidates=spec.num_candidates, index=spec.index, shards=())
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -87,6 +145,7 @@ class Manifest:
                 f"{FORMAT_VERSION}; this build cannot read it"
             )
         raw["index"] = IndexSpec(**raw["index"])
+        raw["shards"] = tuple(ShardSpec(s["num_candidates"], IndexSpec(**s["index"])) for s in raw.get("shards", ()))
         return cls(**raw)
 
 
@@ -135,8 +194,8 @@ def read_popular(version_dir: Path, version: int) -> tuple[list[str], list[float
 
 def verify_version(version_dir: Path, reads: tuple[str, ...] | None = None) -> Manifest:
     """Reads the manifest, checks that exactly its files are present and that
-    each has its sha256; with ``reads`` (top-level names, e.g. ``QUERY_READS``),
-    only those files' sha256: the rest are checked by the services reading them.
+    each has its sha256; with ``reads`` (files or folders, e.g. ``QUERY_READS``),
+    only the sha256 of the files in them: the rest are checked by the services reading them.
     (Who published the manifest is ``signing.verify``'s question.)
 
     Raises VersionError naming the first file that is missing, extra or altered.
@@ -147,7 +206,7 @@ def verify_version(version_dir: Path, reads: tuple[str, ...] | None = None) -> M
     for name, expected in manifest.files.items():
         if name not in present:
             raise VersionError(f"version {manifest.version}: file {name} is missing from {version_dir}")
-        if reads is not None and Path(name).parts[0] not in reads:
+        if reads is not None and not any(name == r or name.startswith(r + "/") for r in reads):
             continue
         actual = sha256_file(present[name])
         if actual != expected:

@@ -89,6 +89,7 @@ class IndexEndpoint:
     def __init__(self, address: str, tls: ClientTls = ClientTls()):
         self.address = address
         self.slot = ""
+        self.shard, self.shards = 0, 0  # of a sharded version (shards 0: whole versions)
         self.versions: dict[int, int] = {}  # version -> VersionState
         self.generations: dict[int, int] = {}  # version -> catalogue generation applied there
         self._channel = tls.aio_channel(address, options=[
@@ -103,6 +104,10 @@ class IndexEndpoint:
     def holds(self, version: int, generation: int = 0) -> bool:
         """Whether it answers searches of ``version`` from catalogue ``generation`` or a later one."""
         return self.versions.get(version) in SEARCHABLE and self.generations.get(version, 0) >= generation
+
+    def serves(self, shard: int, shards: int) -> bool:
+        """Whether it serves shard ``shard`` of ``shards`` (0 of 1: a whole, unsharded version)."""
+        return self.shard == shard and max(self.shards, 1) == shards
 
     async def search(self, queries: list[IndexQuery], version: int, timeout_s: float) -> list[IndexHits]:
         """Searches all queries in ``version`` within ``timeout_s``; one RPC whatever the batch size."""
@@ -166,7 +171,8 @@ class IndexEndpoint:
                         break
                     silence_s = MISSED_KEEPALIVES * max(status.keepalive_s, 0.1)
                     self._update(status.slot, {v.version: v.state for v in status.versions},
-                                 {v.version: v.catalogue_generation for v in status.versions}, on_change)
+                                 {v.version: v.catalogue_generation for v in status.versions}, on_change,
+                                 (status.shard, status.shards))
                     backoff = RECONNECT_S[0]
             except asyncio.TimeoutError:
                 log.warning("index endpoint %s silent for %.1fs: routing around it", self.address, silence_s)
@@ -175,15 +181,18 @@ class IndexEndpoint:
                     log.warning("index endpoint %s lost (%s): routing around it", self.address, e.code().name)
             finally:
                 call.cancel()
-            self._update(self.slot, {}, {}, on_change)
+            self._update(self.slot, {}, {}, on_change, (self.shard, self.shards))
             await asyncio.sleep(backoff)
             backoff = min(2 * backoff, RECONNECT_S[1])
 
     def _update(self, slot: str, versions: dict[int, int], generations: dict[int, int],
-                on_change: Callable[[], None]) -> None:
-        if versions != self.versions or generations != self.generations or slot != self.slot:
+                on_change: Callable[[], None], shard: tuple[int, int]) -> None:
+        if versions != self.versions or generations != self.generations or (slot, shard) != (self.slot, (
+                self.shard, self.shards)):
             self.slot, self.versions, self.generations = slot, versions, generations
-            log.info("index endpoint %s (slot %s) holds %s", self.address, slot or "?",
+            self.shard, self.shards = shard
+            log.info("index endpoint %s (slot %s%s) holds %s", self.address, slot or "?",
+                     f", shard {shard[0]} of {shard[1]}" if shard[1] else "",
                      {v: f"{versions_pb2.VersionState.Name(s).removeprefix('VERSION_STATE_')} "
                          f"(catalogue generation {generations.get(v, 0)})" for v, s in versions.items()})
             on_change()

@@ -10,6 +10,19 @@ generation the asking tower knows: one behind would answer from a catalogue
 older than the one the replica names in its responses and cache keys.
 Promoting a version on the query side therefore switches the index endpoint
 its searches reach: blue-green at the index tier is a routing switch.
+
+A version published in N shards is searched on one endpoint per shard (each
+says which shard of how many it serves) and the shards' top-k are merged by
+score; it is routable only while every shard has a holder, so shards of
+different versions never mix.
+
+Replicas (several endpoints holding one version and shard) give failover: a
+call that fails UNAVAILABLE is tried once on another replica, and a call not
+answered within ``hedge_ms`` is sent to another replica too, the first answer
+winning (hedging, as in "The Tail at Scale"). A replica that failed or was
+hedged is passed over for ``SUSPECT_S`` while others can answer, so a hung
+one costs a handful of requests the hedge delay, not every other request
+until its status stream falls silent.
 """
 
 from __future__ import annotations
@@ -18,6 +31,7 @@ import asyncio
 import dataclasses
 import itertools
 import logging
+import time
 from typing import Awaitable, Callable, TypeVar
 
 from query_service.index_client import IndexEndpoint, IndexHits, IndexQuery, SimilarQuery
@@ -28,18 +42,41 @@ from settings.flags import option, require
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# How long a replica that failed or was out-run by a hedge is passed over.
+SUSPECT_S = 1.0
+# Hedges are a small share of calls: when every replica is slow (overload), a
+# second copy of each call would add load, not cut latency.
+HEDGE_BUDGET = 0.05
+HEDGE_BURST = 10  # hedges allowed on top of the budget's share (a start, a burst after a quiet time)
+# What makes another replica worth one try: it died, is overloaded, or no longer holds the version.
+RETRYABLE = (errors.Unavailable, errors.FailedPrecondition)
+
 
 @dataclasses.dataclass(frozen=True)
 class RoutingConfig:
-    addresses: tuple[str, ...] = option((), "every index endpoint HOST:PORT (every slot), comma-separated",
+    addresses: tuple[str, ...] = option((), "every index endpoint HOST:PORT (every slot and shard), comma-separated",
                                         flag="index-address")
     # Above the ~1.6 s a 1M-candidate load used to stall an index process; loads
     # now happen in idle slots, but a big batch under load can still take a while.
     timeout_s: float = option(3.0, "deadline of each index RPC", flag="index-timeout-s")
+    hedge_ms: float = option(25.0, "a search not answered this long after it was sent goes to another replica of "
+                                   "its version and shard too, the first answer winning (0: never); above the "
+                                   "index's p99 under load, so only a stalled replica's calls are hedged",
+                             flag="index-hedge-ms")
     tls: ClientTls = option(ClientTls(), "TLS to the index endpoints", prefix="index-tls-")
 
     def __post_init__(self) -> None:
         require(self.timeout_s > 0, "timeout_s", "must be positive")
+        require(self.hedge_ms >= 0, "hedge_ms", "must be >= 0")
+
+
+def merge_hits(parts: list[IndexHits], k: int) -> IndexHits:
+    """The top ``k`` of several shards' answers, best score first (a candidate
+    lives in one shard). The generation is the lowest answered: a cache keyed
+    by it never holds an answer older than its key."""
+    scored = sorted(((score, i, n) for n, part in enumerate(parts) for i, score in zip(part.ids, part.scores)),
+                    key=lambda item: -item[0])[:k]
+    return IndexHits([i for _, i, _ in scored], [s for s, _, _ in scored], min(p.generation for p in parts))
 
 
 class IndexRouter:
@@ -49,6 +86,8 @@ class IndexRouter:
         self.config = config
         self.endpoints = [IndexEndpoint(address, config.tls) for address in config.addresses]
         self._turn = itertools.count()
+        self._suspect_until: dict[str, float] = {}  # address -> time.monotonic() until which it is passed over
+        self._calls = self._hedges = 0
         self._watchers: list[asyncio.Task] = []
         self._changed: asyncio.Condition | None = None
         self._listeners: list = []
@@ -76,11 +115,18 @@ class IndexRouter:
         async with self._changed:
             self._changed.notify_all()
 
-    def holders(self, version: int, generation: int = 0) -> list[IndexEndpoint]:
-        return [e for e in self.endpoints if e.holds(version, generation)]
+    def shard_count(self, version: int) -> int:
+        """How many shards ``version`` is split into, as the endpoints holding it say (1: unsharded)."""
+        return max((max(e.shards, 1) for e in self.endpoints if e.holds(version)), default=1)
+
+    def holders(self, version: int, generation: int = 0, shard: int = 0) -> list[IndexEndpoint]:
+        """The endpoints answering ``shard`` of ``version`` from catalogue ``generation`` on."""
+        shards = self.shard_count(version)
+        return [e for e in self.endpoints if e.holds(version, generation) and e.serves(shard, shards)]
 
     def routable(self, version: int) -> bool:
-        return any(e.holds(version) for e in self.endpoints)
+        """Whether every shard of ``version`` has an endpoint holding it."""
+        return all(self.holders(version, shard=s) for s in range(self.shard_count(version)))
 
     async def wait_routable(self, version: int, timeout_s: float) -> bool:
         """Whether some endpoint holds ``version`` within ``timeout_s``."""
@@ -93,50 +139,93 @@ class IndexRouter:
 
     def describe(self) -> dict[str, dict[int, str]]:
         """What each endpoint holds and at which catalogue generation, by address (for logs and errors)."""
-        return {e.address: {v: f"state {s}, catalogue generation {e.generations.get(v, 0)}"
-                            for v, s in e.versions.items()} for e in self.endpoints}
+        return {e.address + (f" (shard {e.shard} of {e.shards})" if e.shards else ""):
+                {v: f"state {s}, catalogue generation {e.generations.get(v, 0)}" for v, s in e.versions.items()}
+                for e in self.endpoints}
 
     async def search(self, queries: list[IndexQuery], version: int, timeout_s: float | None = None) -> list[IndexHits]:
-        """Searches ``queries`` in ``version`` on an endpoint that holds it at the
-        catalogue generation they need (``_route``)."""
+        """Searches ``queries`` in ``version`` on endpoints that hold it at the
+        catalogue generation they need (``_route``): one per shard, merged."""
         generation = max(q.min_generation for q in queries)
-        return await self._route(version, generation, timeout_s,
-                                 lambda endpoint, left: endpoint.search(queries, version, left))
+        shards = self.shard_count(version)
+        parts = await asyncio.gather(*(
+            self._route(version, generation, timeout_s, lambda endpoint, left: endpoint.search(queries, version, left),
+                        shard) for shard in range(shards)))
+        if shards == 1:
+            return parts[0]
+        return [merge_hits([part[i] for part in parts], q.k) for i, q in enumerate(queries)]
 
     async def similar(self, query: SimilarQuery, version: int, timeout_s: float | None = None) -> IndexHits:
         """A candidate's neighbours in ``version``, routed as ``search`` is."""
+        if self.shard_count(version) > 1:
+            raise errors.FailedPrecondition(
+                f"version {version} is served in {self.shard_count(version)} shards, and RecommendSimilar does not "
+                "search across shards yet: publish the version unsharded (--index-shards 1) to use it")
         return await self._route(version, query.min_generation, timeout_s,
                                  lambda endpoint, left: endpoint.similar(query, version, left))
 
+    def _ordered(self, holders: list[IndexEndpoint]) -> list[IndexEndpoint]:
+        """``holders`` round-robin, the ones passed over (``SUSPECT_S``) last."""
+        first = next(self._turn) % len(holders)
+        turn = holders[first:] + holders[:first]
+        now = time.monotonic()
+        return sorted(turn, key=lambda e: self._suspect_until.get(e.address, 0.0) > now)
+
+    def _suspect(self, endpoint: IndexEndpoint, why: str) -> None:
+        if self._suspect_until.get(endpoint.address, 0.0) <= time.monotonic():
+            log.warning("index endpoint %s %s: passing over it for %.1fs", endpoint.address, why, SUSPECT_S)
+        self._suspect_until[endpoint.address] = time.monotonic() + SUSPECT_S
+
+    def _may_hedge(self) -> bool:
+        return self.config.hedge_ms > 0 and self._hedges < HEDGE_BUDGET * self._calls + HEDGE_BURST
+
     async def _route(self, version: int, generation: int, timeout_s: float | None,
-                     call: Callable[[IndexEndpoint, float], Awaitable[T]]) -> T:
-        """``call(endpoint, seconds left)`` on an endpoint holding ``version`` at
-        catalogue ``generation`` or later; on an UNAVAILABLE or FAILED_PRECONDITION
-        answer (the endpoint died, or no longer holds it) the next holder, if any,
-        gets one try. Both tries share one deadline: ``timeout_s`` (the callers'
-        time left), at most the configured one."""
-        holders = self.holders(version, generation)
+                     call: Callable[[IndexEndpoint, float], Awaitable[T]], shard: int = 0) -> T:
+        """``call(endpoint, seconds left)`` on an endpoint holding ``shard`` of
+        ``version`` at catalogue ``generation`` or later. On an UNAVAILABLE or
+        FAILED_PRECONDITION answer (the endpoint died, or no longer holds it) the
+        next holder, if any, gets one try; a call unanswered after ``hedge_ms``
+        is sent to the next holder too, and the first answer wins. All tries
+        share one deadline: ``timeout_s`` (the callers' time left), at most the
+        configured one."""
+        holders = self.holders(version, generation, shard)
         if not holders:
-            log.warning("no index endpoint holds version %d at catalogue generation >= %d (endpoints: %s)",
-                        version, generation, self.describe())
-            if self.routable(version):
+            shards = self.shard_count(version)
+            log.warning("no index endpoint holds version %d (shard %d of %d) at catalogue generation >= %d "
+                        "(endpoints: %s)", version, shard, shards, generation, self.describe())
+            if any(e.holds(version) and e.serves(shard, shards) for e in self.endpoints):
                 raise errors.Unavailable(
                     f"no index endpoint holding version {version} has caught up with its catalogue generation "
                     f"{generation} yet: the index slots apply catalogue deltas (ApplyCatalogue); retry shortly")
+            if shards > 1:
+                raise errors.Unavailable(f"no index endpoint holds shard {shard} of version {version} ({shards} "
+                                         "shards): an index slot serving that shard must be up")
             raise errors.Unavailable(f"no index endpoint holds version {version}: an index slot holding it must be up")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.timeout_s if timeout_s is None else min(timeout_s, self.timeout_s))
-        first = next(self._turn) % len(holders)
-        tries = (holders[first:] + holders[:first])[:2]
-        for endpoint in tries[:-1]:
-            try:
-                return await call(endpoint, deadline - loop.time())
-            except (errors.Unavailable, errors.FailedPrecondition) as e:
-                log.warning("index endpoint %s: %s; trying %s", endpoint.address, e, tries[-1].address)
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            raise errors.Unavailable(f"no index endpoint answered within {self.timeout_s:.1f}s")
-        return await call(tries[-1], remaining)
+        tries = self._ordered(holders)[:2]
+        self._calls += 1
+        if len(tries) == 1:
+            return await call(tries[0], deadline - loop.time())
+        first = loop.create_task(call(tries[0], deadline - loop.time()))
+        try:
+            await asyncio.wait({first}, timeout=self.config.hedge_ms / 1000 if self._may_hedge() else None)
+            if first.done():
+                try:
+                    return first.result()
+                except RETRYABLE as e:
+                    self._suspect(tries[0], f"failed ({e})")
+                    log.warning("index endpoint %s: %s; trying %s", tries[0].address, e, tries[1].address)
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise errors.Unavailable(f"no index endpoint answered within {self.timeout_s:.1f}s")
+                return await call(tries[1], remaining)
+            self._hedges += 1
+            self._suspect(tries[0], f"has not answered in {self.config.hedge_ms:g} ms (hedged)")
+            second = loop.create_task(call(tries[1], deadline - loop.time()))
+            return await _first_answer(first, second)
+        finally:
+            first.cancel()
 
     async def close(self) -> None:
         for task in self._watchers:
@@ -144,3 +233,21 @@ class IndexRouter:
         await asyncio.gather(*self._watchers, return_exceptions=True)
         for endpoint in self.endpoints:
             await endpoint.close()
+
+
+async def _first_answer(first: asyncio.Task, second: asyncio.Task):
+    """The result of whichever of two calls answers first; a retryable failure
+    of one leaves the other to answer. The loser is cancelled."""
+    pending = {first, second}
+    try:
+        while True:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            failures = [task.exception() for task in done]
+            for task, failure in zip(done, failures):
+                if failure is None:
+                    return task.result()
+            if not pending or not isinstance(failures[0], RETRYABLE):
+                raise failures[0]
+    finally:
+        for task in pending:
+            task.cancel()

@@ -168,8 +168,9 @@ def main(argv: list[str] | None = None) -> None:
         version = config.version or registry.current_version()
         if version is None:
             raise CatalogueError(f"{config.model} has no CURRENT version: pass --version")
-        dim = registry.manifest(version).embedding_dim
-        token_ns, numeric_ns = Attributes.namespaces(registry.version_dir(version) / files.ATTRIBUTES_FILE)
+        manifest = registry.manifest(version)
+        dim = manifest.embedding_dim
+        token_ns, numeric_ns = Attributes.namespaces(files.attributes_file(registry.version_dir(version), manifest))
         delta = Delta.make(dim=dim)
         if config.upserts:
             with open(config.upserts, encoding="utf-8") as f:

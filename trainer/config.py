@@ -123,6 +123,9 @@ class PipelineConfig:
     tune_budget_s: float = option(
         300.0, "seconds of hyperparameter search on the validation split (trainer.tuning); 0 trains the preset "
                "only. Flags given for training fields pin them; the search varies the rest")
+    index_shards: int = option(1, "split the published version's candidates into this many index shards (by a "
+                                  "hash of the id), a ScaNN searcher each, served by index endpoints started with "
+                                  "--shard 0..N-1; its merged recall@10 goes into the manifest")
     signing_key: str = option("", "PEM Ed25519 private key that signs the published version's manifest (services "
                                   "given its public key load only signed versions)", secret=True)
     train: TrainConfig = TrainConfig()
@@ -138,6 +141,7 @@ class PipelineConfig:
         require(0.0 < self.test_fraction < 1.0, "test_fraction", "must be in (0, 1)")
         require(self.max_test_interactions >= 1, "max_test_interactions", "must be a positive integer")
         require(self.tune_budget_s >= 0, "tune_budget_s", "must be >= 0")
+        require(self.index_shards >= 1, "index_shards", "must be >= 1")
         if self.signing_key:
             try:
                 signing.private_key(self.signing_key)

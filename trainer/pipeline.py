@@ -77,6 +77,7 @@ def run(config: PipelineConfig, log: Callable[[str], None] = lambda msg: None) -
         "validation_history": result.history,
     })
     manifest = publish.publish(registry, model, store, data.catalog, train_data, test_data, report,
-                               publish.ExportConfig(dataset=data.name, tower=chosen.towers.kind, seed=seed),
+                               publish.ExportConfig(dataset=data.name, tower=chosen.towers.kind, seed=seed,
+                                                    shards=config.index_shards),
                                prior)
     return manifest, report

@@ -9,9 +9,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pytest
 
 from model_registry import Registry
+from model_registry import manifest as files
 from tests.processes import ServiceProcess, console_script
 
 MODEL = "itest"
@@ -49,6 +51,37 @@ def query_replica(root: Path, index: list[ServiceProcess], log: Path, *extra: st
     return ServiceProcess("recsys-query-service",
                           ["--registry", str(root), "--model", MODEL,
                            "--index-address", ",".join(s.address for s in index), *extra], log)
+
+
+class VersionOracle:
+    """Expected top-k of a customer from one version's own artifacts: its query
+    tower's embedding, then exact dot-product search of its candidate embeddings."""
+
+    def __init__(self, version_dir):
+        import settings.tf_env  # noqa: F401 - must precede the TensorFlow import
+        import tensorflow as tf
+
+        self._tf = tf
+        self._embed = tf.saved_model.load(str(version_dir / "query_tower")).signatures["serving_default"]
+        self._ids = np.load(version_dir / files.CANDIDATE_IDS_FILE)
+        self._embeddings = np.load(version_dir / files.CANDIDATE_EMBEDDINGS_FILE)
+        with np.load(version_dir / files.POPULAR_FILE) as popular:
+            self._popular = [str(i) for i in popular["ids"]]
+        self._cache: dict[str, list[str]] = {}
+
+    def top_k(self, customer_id: str, k: int = 10) -> list[str]:
+        if customer_id not in self._cache:
+            vector = self._embed(customer_id=self._tf.constant([customer_id]))["embedding"].numpy()[0]
+            scores = self._embeddings @ vector.astype(np.float32)
+            self._cache[customer_id] = [str(self._ids[i]) for i in np.argsort(-scores, kind="stable")[:k]]
+        return self._cache[customer_id]
+
+    def popular(self, k: int = 10) -> list[str]:
+        return self._popular[:k]
+
+
+def overlap(got: list[str], expected: list[str]) -> float:
+    return len(set(got) & set(expected)) / len(expected)
 
 
 @contextmanager

@@ -9,15 +9,14 @@ artifacts give."""
 from __future__ import annotations
 
 import grpc
-import numpy as np
 import pytest
 
 from model_registry import Registry
-from model_registry import manifest as files
 from protos.recsys.v1 import admin_pb2, admin_pb2_grpc
 from recsys_client.loadtest import LoadConfig, SwapConfig, format_table, run_load
 from tests.conftest import RedisProcess
-from tests.integration.conftest import MODEL, index_slot, make_live, query_replica, train
+from tests.integration.conftest import (MODEL, VersionOracle, index_slot, make_live, overlap, query_replica,
+                                        train)
 
 pytestmark = pytest.mark.integration
 
@@ -56,37 +55,6 @@ def swap_services(two_version_registry, tmp_path_factory):
     finally:
         for process in (query, green, blue, redis):
             process.stop()
-
-
-class VersionOracle:
-    """Expected top-k of a customer from one version's own artifacts: its query
-    tower's embedding, then exact dot-product search of its candidate embeddings."""
-
-    def __init__(self, version_dir):
-        import settings.tf_env  # noqa: F401 - must precede the TensorFlow import
-        import tensorflow as tf
-
-        self._tf = tf
-        self._embed = tf.saved_model.load(str(version_dir / "query_tower")).signatures["serving_default"]
-        self._ids = np.load(version_dir / files.CANDIDATE_IDS_FILE)
-        self._embeddings = np.load(version_dir / files.CANDIDATE_EMBEDDINGS_FILE)
-        with np.load(version_dir / files.POPULAR_FILE) as popular:
-            self._popular = [str(i) for i in popular["ids"]]
-        self._cache: dict[str, list[str]] = {}
-
-    def top_k(self, customer_id: str, k: int = K) -> list[str]:
-        if customer_id not in self._cache:
-            vector = self._embed(customer_id=self._tf.constant([customer_id]))["embedding"].numpy()[0]
-            scores = self._embeddings @ vector.astype(np.float32)
-            self._cache[customer_id] = [str(self._ids[i]) for i in np.argsort(-scores, kind="stable")[:k]]
-        return self._cache[customer_id]
-
-    def popular(self, k: int = K) -> list[str]:
-        return self._popular[:k]
-
-
-def overlap(got: list[str], expected: list[str]) -> float:
-    return len(set(got) & set(expected)) / len(expected)
 
 
 def share(phase: dict, version: int) -> float:

@@ -53,11 +53,11 @@ def exact_top_k(seed: int, customer: str, k: int, excluded: frozenset[str] = fro
     return [c for c in CANDIDATES[np.argsort(-scores, kind="stable")].tolist() if c not in excluded][:k]
 
 
-def publish(registry: Registry, seed: int, probe_dim: int = DIM) -> Manifest:
+def publish(registry: Registry, seed: int, probe_dim: int = DIM, shards: int = 1) -> Manifest:
     """Publishes a version with the embedding space of ``seed`` (``probe_dim``
-    other than DIM makes its index self-test fail)."""
+    other than DIM makes its index self-test fail), its candidates in ``shards``."""
     queries, candidates = embeddings(seed)
-    searcher, spec = index_builder.build_index(candidates, queries)
+    built, spec = index_builder.build_shards(candidates, queries, CANDIDATES, shards)
     store = CustomerStore.build(CUSTOMERS, CANDIDATES[np.arange(len(CUSTOMERS)) % len(CANDIDATES)],
                                 np.zeros(len(CUSTOMERS), np.int64))
 
@@ -65,14 +65,12 @@ def publish(registry: Registry, seed: int, probe_dim: int = DIM) -> Manifest:
         tower = IdTower(queries)
         tf.saved_model.save(tower, str(staging / files.QUERY_TOWER_DIR), signatures={"serving_default": tower.serve})
         store.save(staging / files.CUSTOMER_STORE_FILE)
-        np.save(staging / files.CANDIDATE_IDS_FILE, CANDIDATES)
-        np.save(staging / files.CANDIDATE_EMBEDDINGS_FILE, candidates)
-        index_builder.save_searcher(searcher, staging / files.SCANN_DIR)
+        sharded = index_builder.save_candidates(staging, CANDIDATES, candidates, built)
         files.write_popular(staging, CANDIDATES[:10], np.linspace(1, 0.1, 10))
         np.save(staging / files.PROBE_QUERIES_FILE, np.ones((5, probe_dim), np.float32))
         return lambda version, checksums: Manifest(
             model=MODEL, version=version, embedding_dim=DIM, num_candidates=len(CANDIDATES), tower="id",
             dataset=f"tiny-{seed}", created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(),
-            index=spec, files=checksums)
+            index=spec, files=checksums, shards=sharded)
 
     return registry.publish(write)

@@ -25,6 +25,9 @@ import numpy as np
 from scann import scann_ops_pybind
 
 from model_registry import IndexSpec
+from model_registry.attributes import Attributes
+from model_registry.manifest import (ATTRIBUTES_FILE, CANDIDATE_EMBEDDINGS_FILE, CANDIDATE_IDS_FILE, SCANN_DIR,
+                                     ShardSpec, shard_dir, shard_of)
 from model_registry.search import exact_top_k, recall_at_k
 
 BRUTE_FORCE_MAX = 20_000
@@ -126,6 +129,73 @@ def build_index(embeddings: np.ndarray, probe_queries: np.ndarray,
     spec = IndexSpec(kind="tree_ah", num_leaves=num_leaves, num_leaves_to_search=leaves, reorder=depth,
                      recall_at_10=recall, probe_queries=len(probes))
     return searcher, spec
+
+
+@dataclasses.dataclass
+class Shard:
+    """One shard of a sharded version: its rows of the catalogue (index order), searcher and spec."""
+
+    rows: np.ndarray
+    searcher: object
+    spec: IndexSpec
+
+
+def build_shards(embeddings: np.ndarray, probe_queries: np.ndarray, ids: np.ndarray, shards: int = 1,
+                 config: IndexConfig | None = None) -> tuple[list[Shard], IndexSpec]:
+    """The searchers of a version's candidates ``ids`` (index order): one over
+    all of them for ``shards`` 1 (``build_index``), else one per shard of the
+    ids (``manifest.shard_of``), each tuned and measured on its own candidates.
+    Returns them with the version's spec: for shards, kind "sharded" and the
+    recall@10 of the shards' top-10s merged by score, against exact search over
+    every candidate, on the same probe queries."""
+    if shards == 1:
+        searcher, spec = build_index(embeddings, probe_queries, config)
+        return [Shard(np.arange(len(ids)), searcher, spec)], spec
+    db = np.ascontiguousarray(embeddings, dtype=np.float32)
+    probes = np.ascontiguousarray(probe_queries, dtype=np.float32)
+    shard_of_rows = shard_of(ids, shards)
+    built = []
+    for shard in range(shards):
+        rows = np.flatnonzero(shard_of_rows == shard)
+        if len(rows) == 0:
+            raise ValueError(f"shard {shard} of {shards} would hold no candidates: publish fewer shards")
+        searcher, spec = build_index(db[rows], probes, config)
+        built.append(Shard(rows, searcher, spec))
+    k = min(10, len(db))
+    if len(probes) == 0:
+        return built, IndexSpec(kind="sharded", recall_at_10=1.0)
+    found_rows, found_scores = [], []
+    for shard in built:
+        kwargs = {}
+        if shard.spec.kind == "tree_ah":
+            kwargs = {"leaves_to_search": shard.spec.num_leaves_to_search,
+                      "pre_reorder_num_neighbors": shard.spec.reorder}
+        local, scores = shard.searcher.search_batched(probes, final_num_neighbors=min(k, len(shard.rows)), **kwargs)
+        local = np.asarray(local)
+        found_rows.append(np.where(local >= 0, shard.rows[np.maximum(local, 0)], -1))
+        found_scores.append(np.where(local >= 0, np.asarray(scores), -np.inf))
+    rows, scores = np.concatenate(found_rows, axis=1), np.concatenate(found_scores, axis=1)
+    merged = np.take_along_axis(rows, np.argsort(-scores, axis=1, kind="stable")[:, :k], axis=1)
+    recall = recall_at_k(merged, exact_top_k(probes, db, k)[0])
+    return built, IndexSpec(kind="sharded", recall_at_10=recall, probe_queries=len(probes))
+
+
+def save_candidates(staging: Path, ids: np.ndarray, embeddings: np.ndarray, shards: list[Shard],
+                    attributes: Attributes | None = None) -> tuple[ShardSpec, ...]:
+    """Writes each shard's candidate files (ids, embeddings, searcher,
+    attributes) where the services read them (``manifest.shard_dir``); returns
+    the manifest's ``shards`` (empty for one searcher over all candidates)."""
+    sharded = len(shards) > 1
+    for number, shard in enumerate(shards):
+        directory = shard_dir(staging, number if sharded else None)
+        directory.mkdir(parents=True, exist_ok=True)
+        part = shard.rows if sharded else slice(None)  # no copy of an unsharded catalogue
+        np.save(directory / CANDIDATE_IDS_FILE, np.asarray(ids)[part], allow_pickle=False)
+        np.save(directory / CANDIDATE_EMBEDDINGS_FILE, np.asarray(embeddings, np.float32)[part], allow_pickle=False)
+        save_searcher(shard.searcher, directory / SCANN_DIR)
+        if attributes is not None:
+            (attributes.take(shard.rows) if sharded else attributes).save(directory / ATTRIBUTES_FILE)
+    return tuple(ShardSpec(len(s.rows), s.spec) for s in shards) if sharded else ()
 
 
 def save_searcher(searcher, directory: Path) -> None:

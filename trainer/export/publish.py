@@ -63,6 +63,7 @@ class ExportConfig:
     tower: str = "id"
     seed: int = 42
     index: index_builder.IndexConfig = dataclasses.field(default_factory=index_builder.IndexConfig)
+    shards: int = 1  # above 1: the candidates split by id (``manifest.shard_of``), a searcher per shard
 
 
 def publish(registry: Registry, model: TwoTowerModel, store: CustomerStore, catalog: np.ndarray,
@@ -79,7 +80,7 @@ def publish(registry: Registry, model: TwoTowerModel, store: CustomerStore, cata
     catalog = np.asarray(catalog).astype(str)
     cand_emb = prior.candidates(embed(model.candidate_tower, catalog), training_counts(catalog, train))
     probes = prior.queries(query_embeddings(model, store, probe_customers(test, seed=config.seed)))
-    searcher, spec = index_builder.build_index(cand_emb, probes, config.index)
+    shards, spec = index_builder.build_shards(cand_emb, probes, catalog, config.shards, config.index)
     pop_ids, pop_scores = popular_candidates(train)
     dim = int(cand_emb.shape[1])
     attributes = None
@@ -93,13 +94,9 @@ def publish(registry: Registry, model: TwoTowerModel, store: CustomerStore, cata
         save_query_tower(model.query_tower, staging / mf.QUERY_TOWER_DIR,
                          prior.query_constant if prior.weight else None)
         store.save(staging / mf.CUSTOMER_STORE_FILE)
-        np.save(staging / mf.CANDIDATE_IDS_FILE, catalog, allow_pickle=False)
-        np.save(staging / mf.CANDIDATE_EMBEDDINGS_FILE, cand_emb, allow_pickle=False)
-        index_builder.save_searcher(searcher, staging / mf.SCANN_DIR)
+        shard_specs = index_builder.save_candidates(staging, catalog, cand_emb, shards, attributes)
         mf.write_popular(staging, pop_ids, pop_scores)
         np.save(staging / mf.PROBE_QUERIES_FILE, probes, allow_pickle=False)
-        if attributes is not None:
-            attributes.save(staging / mf.ATTRIBUTES_FILE)
         (staging / mf.METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True,
                                                           default=_json_default))
 
@@ -114,6 +111,7 @@ def publish(registry: Registry, model: TwoTowerModel, store: CustomerStore, cata
                 created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 index=IndexSpec(**dataclasses.asdict(spec)),
                 files=files,
+                shards=shard_specs,
                 metrics=json.loads(json.dumps(metrics, default=_json_default)),
             )
 

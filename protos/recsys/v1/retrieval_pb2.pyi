@@ -210,13 +210,17 @@ class WatchStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class IndexStatus(_message.Message):
-    __slots__ = ("model_name", "slot", "versions", "keepalive_s")
+    __slots__ = ("model_name", "slot", "versions", "keepalive_s", "shard", "shards")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     SLOT_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     KEEPALIVE_S_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     slot: str
     versions: _containers.RepeatedCompositeFieldContainer[_versions_pb2.VersionStatus]
     keepalive_s: float
-    def __init__(self, model_name: _Optional[str] = ..., slot: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[_versions_pb2.VersionStatus, _Mapping]]] = ..., keepalive_s: _Optional[float] = ...) -> None: ...
+    shard: int
+    shards: int
+    def __init__(self, model_name: _Optional[str] = ..., slot: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[_versions_pb2.VersionStatus, _Mapping]]] = ..., keepalive_s: _Optional[float] = ..., shard: _Optional[int] = ..., shards: _Optional[int] = ...) -> None: ...

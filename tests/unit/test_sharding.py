@@ -1,0 +1,105 @@
+"""Sharded versions in process: the id -> shard rule, the manifest's shards,
+each shard's index loaded as an index endpoint would, merged answers equal to
+one index over every candidate, catalogue deltas split by shard, and the
+verification of one shard's files only."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from index_service.searcher import CandidateIndex
+from model_registry import Registry, VersionError, verify_version
+from model_registry import manifest as files
+from model_registry.attributes import Attributes
+from model_registry.deltas import Delta
+from query_service.index_client import IndexHits
+from query_service.routing import merge_hits
+from tests.unit import tiny_versions as tiny
+
+SHARDS = 3
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory) -> Registry:
+    registry = Registry(tmp_path_factory.mktemp("sharded"), tiny.MODEL)
+    tiny.publish(registry, 1)
+    tiny.publish(registry, 1, shards=SHARDS)
+    return registry
+
+
+def load_shard(registry: Registry, shard: int | None, version: int = 2) -> CandidateIndex:
+    directory = registry.version_dir(version)
+    return CandidateIndex.load(directory, verify_version(directory, files.index_reads(shard)), shard=shard)
+
+
+def test_shard_of_is_a_stable_function_of_the_id_that_spreads_ids():
+    ids = [f"item-{i}" for i in range(3000)]
+    shards = files.shard_of(ids, 4)
+    assert shards.tolist() == files.shard_of(list(reversed(ids)), 4)[::-1].tolist()
+    assert files.shard_of(["item-7"], 4)[0] == shards[7]
+    counts = np.bincount(shards, minlength=4)
+    assert counts.min() > 600, counts  # 750 each if perfectly even
+
+
+def test_the_manifest_records_each_shard_and_round_trips(registry):
+    manifest = files.read_manifest(registry.version_dir(2))
+    assert len(manifest.shards) == SHARDS and manifest.index.kind == "sharded"
+    assert sum(s.num_candidates for s in manifest.shards) == manifest.num_candidates == len(tiny.CANDIDATES)
+    assert manifest.index.recall_at_10 == 1.0  # brute-force shards merged: exact
+    assert files.Manifest.from_json(manifest.to_json()) == manifest
+    assert manifest.shard(1).num_candidates == manifest.shards[1].num_candidates
+    with pytest.raises(VersionError, match="--shard 0..2"):
+        manifest.shard(None)
+    with pytest.raises(VersionError, match="has 3 shards; this endpoint serves shard 3"):
+        manifest.shard(3)
+    with pytest.raises(VersionError, match="has no shards"):
+        files.read_manifest(registry.version_dir(1)).shard(0)
+
+
+def test_each_shard_holds_its_own_candidates_and_merged_answers_are_the_whole_index(registry):
+    shards = [load_shard(registry, s) for s in range(SHARDS)]
+    whole = load_shard(registry, None, version=1)
+    for number, index in enumerate(shards):
+        assert index.shard == (number, SHARDS)
+        assert set(files.shard_of(index.rows.id_of(np.arange(index.num_candidates)), SHARDS)) == {number}
+    queries, _ = tiny.embeddings(1)
+    for k in (1, 10, 50):
+        expected = whole.search(queries, k)
+        parts = [index.search(queries, k) for index in shards]
+        for q, want in enumerate(expected):
+            merged = merge_hits([IndexHits(p[q].ids, p[q].scores, generation=g) for g, p in enumerate(parts)], k)
+            assert merged.ids == want.ids
+            np.testing.assert_allclose(merged.scores, want.scores, rtol=1e-5)
+            assert merged.generation == 0  # the lowest of the shards'
+
+
+def test_a_delta_upserts_into_the_owning_shard_and_deletes_everywhere(registry):
+    shards = [load_shard(registry, s) for s in range(SHARDS)]
+    new = [f"new{i}" for i in range(12)]
+    vectors = np.random.default_rng(3).normal(size=(len(new), tiny.DIM)).astype(np.float32)
+    gone = tiny.CANDIDATES[:5].tolist()
+    delta = Delta.make(new, vectors, Attributes(len(new)), deleted=gone)
+    for index in shards:
+        index.apply_catalogue([delta], 1)
+    owner = files.shard_of(new, SHARDS)
+    for number, index in enumerate(shards):
+        held = set(index.rows.id_of(np.arange(index.num_candidates)))
+        assert {i for i, o in zip(new, owner) if o == number} <= held
+        assert not {i for i, o in zip(new, owner) if o != number} & held
+        assert not set(gone) & held
+        assert index.catalogue_generation == 1
+    assert sum(index.num_candidates for index in shards) == len(tiny.CANDIDATES) + len(new) - len(gone)
+
+
+def test_a_shard_endpoint_verifies_its_own_files_not_the_other_shards(registry):
+    directory = registry.version_dir(2)
+    other = directory / files.SHARDS_DIR / "2" / files.CANDIDATE_IDS_FILE
+    original = other.read_bytes()
+    try:
+        other.write_bytes(original[:-8] + b"tampered")
+        verify_version(directory, files.index_reads(0))  # shard 0 reads none of shard 2's files
+        with pytest.raises(VersionError, match="shards/2/candidate_ids.npy fails its sha256"):
+            verify_version(directory, files.index_reads(2))
+    finally:
+        other.write_bytes(original)
