@@ -1,0 +1,472 @@
+"""Offline checks of the Kubernetes manifests in deploy/k8s against the schema and the package.
+
+Every overlay is rendered with `kubectl kustomize` (skipped where kubectl is
+absent) and every object is validated against the Kubernetes OpenAPI schema
+with the `kubernetes-validate` package, strictly (an unknown field fails).
+Then what the schema cannot know: each app container's command and
+environment are parsed by its console script's own argparse parser (as
+tests/unit/test_compose.py does for compose), the servers' probes are native
+gRPC probes on their data port asking for a health service name the server
+reports, each index slot has a headless Service, every Deployment and
+StatefulSet has a PodDisruptionBudget, and the query service's index endpoint
+list names every pod of every index slot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+import os
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install -e '.[dev]'")
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "deploy" / "k8s"
+OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
+DEPLOY_DOC = ROOT / "docs" / "DEPLOY.md"
+# The oldest Kubernetes the manifests promise to run on (docs/DEPLOY.md) and the newest schema the package has.
+SCHEMA_VERSIONS = ("1.29", kubernetes_validate.latest_version())
+APP_IMAGE = "recsys-retrieval"
+INDEX_SCRIPT, QUERY_SCRIPT, PUBLISH_SCRIPT = "recsys-index-service", "recsys-query-service", "recsys-publish"
+SERVERS = {INDEX_SCRIPT: "index_service.server", QUERY_SCRIPT: "query_service.server"}
+# The wrapper that lists the query replicas for recsys-publish (base/with-query-admin.sh).
+PUBLISH_WRAPPER = "with-query-admin.sh"
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job", "CronJob")
+
+
+@functools.cache
+def render(overlay: str) -> tuple[dict, ...]:
+    """The objects `kubectl kustomize` renders for ``overlay``."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed: cannot render the kustomize overlays")
+    result = subprocess.run([kubectl, "kustomize", str(K8S / "overlays" / overlay)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"kubectl kustomize {overlay} failed:\n{result.stderr}"
+    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+
+
+def objects(overlay: str, kind: str) -> dict[str, dict]:
+    """The rendered objects of ``kind``, by name."""
+    return {o["metadata"]["name"]: o for o in render(overlay) if o["kind"] == kind}
+
+
+def pod_template(workload: dict) -> dict:
+    """The pod template of a Deployment, StatefulSet, Job or CronJob."""
+    spec = workload["spec"]
+    if workload["kind"] == "CronJob":
+        spec = spec["jobTemplate"]["spec"]
+    return spec["template"]
+
+
+def workloads(overlay: str) -> list[dict]:
+    return [o for o in render(overlay) if o["kind"] in WORKLOAD_KINDS]
+
+
+def is_app(container: dict) -> bool:
+    """Whether the container runs the project's image (under whatever registry and tag an overlay gives it)."""
+    return container["image"].split("/")[-1].split(":")[0] == APP_IMAGE
+
+
+def app_containers(overlay: str) -> list[tuple[dict, dict]]:
+    """(workload, container) for every container running the project's image (init containers excluded)."""
+    return [(w, c) for w in workloads(overlay) for c in pod_template(w)["spec"]["containers"] if is_app(c)]
+
+
+def argv_of(container: dict) -> list[str]:
+    """The console script and its flags; the publish wrapper's own argv is dropped."""
+    argv = [*container.get("command", []), *container.get("args", [])]
+    if argv[:1] == ["sh"] and argv[1].endswith(PUBLISH_WRAPPER):
+        return argv[2:]
+    return argv
+
+
+def script_of(container: dict) -> str:
+    return argv_of(container)[0]
+
+
+def containers_running(overlay: str, script: str) -> list[tuple[dict, dict]]:
+    return [(w, c) for w, c in app_containers(overlay) if script_of(c) == script]
+
+
+def environment(overlay: str, workload: dict, container: dict) -> dict[str, str]:
+    """The container's environment as the pod would see it: envFrom ConfigMaps,
+    then env (ConfigMap keys, the pod's labels); a value from a Secret is "<secret>"."""
+    rendered_maps = objects(overlay, "ConfigMap")
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        assert "configMapRef" in source, f"{container['name']}: only ConfigMaps are read whole into the environment"
+        env.update(rendered_maps[source["configMapRef"]["name"]]["data"])
+    labels = pod_template(workload)["metadata"]["labels"]
+    for var in container.get("env", []):
+        if "value" in var:
+            env[var["name"]] = var["value"]
+            continue
+        source = var["valueFrom"]
+        if "configMapKeyRef" in source:
+            ref = source["configMapKeyRef"]
+            env[var["name"]] = rendered_maps[ref["name"]]["data"][ref["key"]]
+        elif "fieldRef" in source:
+            label = re.fullmatch(r"metadata\.labels\['([^']+)'\]", source["fieldRef"]["fieldPath"])
+            assert label, f"{var['name']}: only pod labels are read from the downward API here"
+            env[var["name"]] = labels[label.group(1)]
+        else:
+            assert "secretKeyRef" in source, f"{var['name']}: unexpected source {source}"
+            env[var["name"]] = "<secret>"
+    return env
+
+
+@functools.cache
+def scripts() -> dict[str, str]:
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        return tomllib.load(f)["project"]["scripts"]
+
+
+def module_of(script: str):
+    return importlib.import_module(scripts()[script].split(":", 1)[0])
+
+
+def env_names(parser: argparse.ArgumentParser) -> set[str]:
+    """The RECSYS_* variables a parser reads, as its help says (settings.flags writes `env RECSYS_X`)."""
+    return {name for action in parser._actions for name in re.findall(r"\bRECSYS_\w+", action.help or "")}
+
+
+def secret_file_paths(workload: dict, container: dict) -> dict[str, str]:
+    """Every path under the container's Secret volume mounts -> the Secret key it holds."""
+    volumes = {v["name"]: v for v in pod_template(workload)["spec"].get("volumes", [])}
+    paths = {}
+    for mount in container.get("volumeMounts", []):
+        secret = volumes[mount["name"]].get("secret")
+        if secret is not None:
+            for item in secret.get("items", []):
+                paths[f"{mount['mountPath'].rstrip('/')}/{item['path']}"] = item["key"]
+    return paths
+
+
+def parse_container(overlay: str, workload: dict, container: dict, tmp_path: Path, monkeypatch):
+    """Parses the container's flags and environment with its console script's own parser.
+    A server's config is built and returned (its validation runs: e.g. a token off
+    loopback); other scripts return their argparse namespace. A secret file the
+    container reads is replaced by a local one holding a placeholder."""
+    argv = argv_of(container)
+    env = environment(overlay, workload, container)
+    if container.get("command", [])[:1] == ["sh"]:
+        env["RECSYS_QUERY_ADMIN"] = "10.0.0.1:50062"  # what the wrapper resolves at run time
+    secrets = secret_file_paths(workload, container)
+    for name in list(os.environ):
+        if name.startswith("RECSYS_"):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        if name.endswith("_FILE") and name.startswith("RECSYS_"):
+            assert value in secrets, f"{workload['metadata']['name']}: ${name}={value} is not a mounted Secret key"
+            local = tmp_path / secrets[value]
+            local.write_text("placeholder-secret")
+            value = str(local)
+        monkeypatch.setenv(name, value)
+    module = module_of(argv[0])
+    parser = module.build_parser()
+    unknown = {n for n in env if n.startswith("RECSYS_")} - env_names(parser)
+    assert not unknown, f"{workload['metadata']['name']}: {argv[0]} reads no {sorted(unknown)}"
+    try:
+        args = parser.parse_args(argv[1:])
+    except SystemExit as e:
+        pytest.fail(f"{workload['metadata']['name']}: `{' '.join(argv)}` is rejected by its parser (exit {e.code})")
+    if argv[0] in SERVERS:
+        from settings.flags import ConfigError, from_args
+
+        config_class = {INDEX_SCRIPT: "IndexServiceConfig", QUERY_SCRIPT: "QueryServiceConfig"}[argv[0]]
+        try:
+            return from_args(getattr(module, config_class), args)
+        except ConfigError as e:
+            pytest.fail(f"{workload['metadata']['name']}: {argv[0]}'s config is refused: {e}")
+    return args
+
+
+
+# --- the schema ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("version", SCHEMA_VERSIONS)
+def test_every_object_validates_against_the_kubernetes_schema(overlay, version):
+    for obj in render(overlay):
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            pytest.fail(f"{overlay}: {obj['kind']} {obj['metadata']['name']} is invalid for Kubernetes {version}: "
+                        f"{e.message} at {list(e.path)}")
+
+
+def test_the_validator_rejects_what_kubernetes_would():
+    """The check above can fail: a probe without a port and an unknown field are refused."""
+    deployment = next(o for o in render(OVERLAYS[0]) if o["kind"] == "Deployment")
+    broken = yaml.safe_load(yaml.safe_dump(deployment))
+    del pod_template(broken)["spec"]["containers"][0]["readinessProbe"]["grpc"]["port"]
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, SCHEMA_VERSIONS[-1], strict=True)
+    unknown = yaml.safe_load(yaml.safe_dump(deployment))
+    pod_template(unknown)["spec"]["containers"][0]["grpcProbe"] = {"port": 1}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(unknown, SCHEMA_VERSIONS[-1], strict=True)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_stack_is_complete(overlay):
+    scripts_run = {script_of(c) for _, c in app_containers(overlay)}
+    assert {INDEX_SCRIPT, QUERY_SCRIPT, PUBLISH_SCRIPT, "recsys-train"} <= scripts_run
+    jobs = {script_of(c) for w, c in app_containers(overlay) if w["kind"] == "Job"}
+    assert {"recsys-train", PUBLISH_SCRIPT} <= jobs, "the first training and the first rollout run as Jobs"
+    assert "redis" in objects(overlay, "StatefulSet") and "redis" in objects(overlay, "Service")
+    assert len(containers_running(overlay, INDEX_SCRIPT)) >= 2, "blue-green needs two index slots"
+
+
+# --- commands and environment against the real CLIs -------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_container_commands_parse_with_the_real_cli(overlay, tmp_path, monkeypatch):
+    for workload, container in app_containers(overlay):
+        assert script_of(container) in scripts(), f"{workload['metadata']['name']} runs no declared console script"
+        parse_container(overlay, workload, container, tmp_path, monkeypatch)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_servers_listen_off_loopback_behind_an_admin_token(overlay, tmp_path, monkeypatch):
+    for workload, container in [*containers_running(overlay, INDEX_SCRIPT), *containers_running(overlay, QUERY_SCRIPT)]:
+        config = parse_container(overlay, workload, container, tmp_path, monkeypatch)
+        assert config.host == config.admin.host == config.metrics_host == "0.0.0.0", "other pods reach every port"
+        assert config.admin.token == "placeholder-secret", "the admin token comes from the mounted Secret"
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert (ports["grpc"], ports["admin"], ports["metrics"]) == (config.port, config.admin.port, config.metrics_port)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_slot_has_its_own_name(overlay, tmp_path, monkeypatch):
+    slots = [parse_container(overlay, w, c, tmp_path, monkeypatch).slot for w, c in containers_running(overlay, INDEX_SCRIPT)]
+    assert len(set(slots)) == len(slots) and "" not in slots, f"{overlay}: slot names {slots}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_query_service_shares_a_cache_key_and_uses_the_redis_service(overlay, tmp_path, monkeypatch):
+    [(workload, container)] = containers_running(overlay, QUERY_SCRIPT)
+    cache = parse_container(overlay, workload, container, tmp_path, monkeypatch).cache
+    assert cache.mac_key == "placeholder-secret", "replicas must share one cache key, or none shares a cached value"
+    url = re.fullmatch(r"redis://([^:/]+):(\d+)/\d+", cache.url)
+    assert url, cache.url
+    service = objects(overlay, "Service")[url.group(1)]
+    assert int(url.group(2)) in {p["port"] for p in service["spec"]["ports"]}
+
+
+# --- probes -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_server_probes_are_native_grpc_on_the_data_port(overlay, tmp_path, monkeypatch):
+    for script, module in SERVERS.items():
+        reported = {"", importlib.import_module(module).SERVICE_NAME}  # what the server sets SERVING
+        for workload, container in containers_running(overlay, script):
+            port = parse_container(overlay, workload, container, tmp_path, monkeypatch).port
+            for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+                probe = container.get(kind)
+                assert probe and "grpc" in probe, f"{workload['metadata']['name']}: {kind} must be a grpc probe"
+                assert probe["grpc"]["port"] == port, f"{workload['metadata']['name']}: {kind} probes another port"
+                assert probe["grpc"].get("service", "") in reported, f"{kind} asks for a service nobody reports"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_an_empty_index_slot_is_ready(overlay):
+    """recsys.v1.IndexService is SERVING only while a slot holds a version; readiness on it
+    would hide an empty slot from the rollout that has to load it."""
+    for workload, container in containers_running(overlay, INDEX_SCRIPT):
+        assert container["readinessProbe"]["grpc"].get("service", "") == "", workload["metadata"]["name"]
+
+
+# --- discovery ----------------------------------------------------------------------
+
+
+def index_slots(overlay: str) -> list[tuple[dict, dict]]:
+    """(StatefulSet, its headless Service) for every index slot."""
+    services = objects(overlay, "Service")
+    out = []
+    for workload, _ in containers_running(overlay, INDEX_SCRIPT):
+        assert workload["kind"] == "StatefulSet", "a slot's replicas need stable names: a StatefulSet"
+        out.append((workload, services[workload["spec"]["serviceName"]]))
+    return out
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_index_slot_has_a_headless_service(overlay):
+    for workload, service in index_slots(overlay):
+        spec = service["spec"]
+        assert spec.get("clusterIP") == "None", f"{service['metadata']['name']} must be headless"
+        assert spec.get("publishNotReadyAddresses") is True, "a starting or empty slot must still resolve"
+        labels = pod_template(workload)["metadata"]["labels"]
+        assert spec["selector"].items() <= labels.items(), f"{service['metadata']['name']} does not select its pods"
+        others = [w for w, _ in index_slots(overlay) if w is not workload]
+        for other in others:
+            assert not spec["selector"].items() <= pod_template(other)["metadata"]["labels"].items(), (
+                f"{service['metadata']['name']} also selects {other['metadata']['name']}'s pods")
+
+
+def pod_addresses(overlay: str, port_name: str) -> set[str]:
+    """<statefulset>-<ordinal>.<service>:<port> of every pod of every index slot."""
+    out = set()
+    for workload, service in index_slots(overlay):
+        port = next(p["port"] for p in service["spec"]["ports"] if p["name"] == port_name)
+        for ordinal in range(workload["spec"].get("replicas", 1)):
+            out.add(f"{workload['metadata']['name']}-{ordinal}.{service['metadata']['name']}:{port}")
+    return out
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_query_service_routes_over_every_index_pod(overlay, tmp_path, monkeypatch):
+    [(workload, container)] = containers_running(overlay, QUERY_SCRIPT)
+    addresses = set(parse_container(overlay, workload, container, tmp_path, monkeypatch).index.addresses)
+    assert addresses == pod_addresses(overlay, "grpc")
+    named = {a.split(":")[0].split(".", 1)[1] for a in addresses}
+    assert named == {s["metadata"]["name"] for _, s in index_slots(overlay)}, "every index Service is named"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_rollout_reaches_every_index_admin_plane(overlay, tmp_path, monkeypatch):
+    publishers = containers_running(overlay, PUBLISH_SCRIPT)
+    assert publishers
+    for workload, container in publishers:
+        args = parse_container(overlay, workload, container, tmp_path, monkeypatch)
+        assert set(args.index_admin) == pod_addresses(overlay, "admin"), workload["metadata"]["name"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_rollouts_after_the_first_list_the_query_replicas(overlay, tmp_path, monkeypatch):
+    """A rollout or rollback loads and promotes on every query replica: the wrapper finds them
+    through a headless Service that selects the query pods, starting ones included."""
+    query = next(w for w, _ in containers_running(overlay, QUERY_SCRIPT))
+    wrapper = (K8S / "base" / PUBLISH_WRAPPER).read_text()
+    service_name = re.search(r'getaddrinfo\("([^"]+)", port', wrapper).group(1)
+    port = int(re.search(r"^port = (\d+)$", wrapper, re.M).group(1))
+    service = objects(overlay, "Service")[service_name]
+    assert service["spec"]["clusterIP"] == "None" and service["spec"].get("publishNotReadyAddresses") is True
+    assert service["spec"]["selector"].items() <= pod_template(query)["metadata"]["labels"].items()
+    assert port == next(p["containerPort"] for p in query["spec"]["template"]["spec"]["containers"][0]["ports"]
+                        if p["name"] == "admin")
+    later = [(w, c) for w, c in containers_running(overlay, PUBLISH_SCRIPT) if w["kind"] == "CronJob"]
+    assert {"--rollback" in argv_of(c) for _, c in later} == {True, False}, "a rollout and a rollback template"
+    for workload, container in later:
+        assert container["command"][:2] == ["sh", f"/etc/recsys/scripts/{PUBLISH_WRAPPER}"]
+        assert workload["spec"]["suspend"] is True, "run on demand only (kubectl create job --from=cronjob/...)"
+
+
+# --- availability, scaling, resources, security ---------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_deployment_and_statefulset_has_a_pod_disruption_budget(overlay):
+    budgets = objects(overlay, "PodDisruptionBudget").values()
+    for workload in (o for o in render(overlay) if o["kind"] in ("Deployment", "StatefulSet")):
+        labels = pod_template(workload)["metadata"]["labels"]
+        covering = [b for b in budgets if b["spec"]["selector"]["matchLabels"].items() <= labels.items()]
+        assert len(covering) == 1, f"{workload['metadata']['name']}: {len(covering)} PodDisruptionBudgets"
+        # A budget that allows no eviction at all blocks every node drain.
+        assert covering[0]["spec"].get("maxUnavailable", 0) >= 1 or (
+            covering[0]["spec"]["minAvailable"] < workload["spec"].get("replicas", 1))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_query_deployment_scales_on_cpu(overlay):
+    [(deployment, container)] = containers_running(overlay, QUERY_SCRIPT)
+    assert deployment["kind"] == "Deployment"
+    assert "replicas" not in deployment["spec"], "the autoscaler owns the replica count"
+    [hpa] = [h for h in objects(overlay, "HorizontalPodAutoscaler").values()
+             if h["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]]
+    assert hpa["apiVersion"] == "autoscaling/v2" and hpa["spec"]["scaleTargetRef"]["kind"] == "Deployment"
+    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    [metric] = hpa["spec"]["metrics"]
+    assert metric["resource"]["name"] == "cpu" and metric["resource"]["target"]["type"] == "Utilization"
+    assert "cpu" in container["resources"]["requests"], "utilization is measured against the CPU request"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_container_has_requests_a_memory_limit_and_runs_unprivileged(overlay):
+    for workload in workloads(overlay):
+        pod = pod_template(workload)["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod.get("automountServiceAccountToken") is False, "no pod here talks to the API server"
+        mounts_by_volume = {v["name"]: v for v in pod.get("volumes", [])}
+        for container in [*pod.get("initContainers", []), *pod["containers"]]:
+            where = f"{overlay}: {workload['metadata']['name']}/{container['name']}"
+            resources = container["resources"]
+            assert {"cpu", "memory"} <= resources["requests"].keys(), where
+            assert "memory" in resources["limits"], f"{where}: no memory limit"
+            security = container["securityContext"]
+            assert security["allowPrivilegeEscalation"] is False and security["capabilities"]["drop"] == ["ALL"]
+            assert security["readOnlyRootFilesystem"] is True, where
+            if container in pod["containers"] and is_app(container):  # TensorFlow, Keras and Matplotlib write there
+                tmp = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
+                assert tmp and "emptyDir" in mounts_by_volume[tmp[0]["name"]], f"{where}: no writable /tmp"
+
+
+def memory_bytes(quantity: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "K": 10**3, "M": 10**6, "G": 10**9}
+    number, unit = re.fullmatch(r"(\d+)([A-Za-z]*)", quantity).groups()
+    return int(number) * units.get(unit, 1)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_memory_requests_fit_within_their_limits(overlay):
+    for workload in workloads(overlay):
+        for container in pod_template(workload)["spec"]["containers"]:
+            resources = container["resources"]
+            assert memory_bytes(resources["requests"]["memory"]) <= memory_bytes(resources["limits"]["memory"])
+
+
+# --- the registry volume and referenced objects ------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_app_pod_mounts_the_shared_registry_where_the_flags_say(overlay):
+    claims = objects(overlay, "PersistentVolumeClaim")
+    for workload, container in app_containers(overlay):
+        volumes = {v["name"]: v for v in pod_template(workload)["spec"]["volumes"]}
+        registry = environment(overlay, workload, container)["RECSYS_REGISTRY"]
+        [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == registry]
+        claim = volumes[mount["name"]]["persistentVolumeClaim"]["claimName"]
+        assert claims[claim]["spec"]["accessModes"] == ["ReadWriteMany"], "pods on several nodes share it"
+        writes = script_of(container) != QUERY_SCRIPT  # slots record their version; the query tier only reads
+        assert mount.get("readOnly", False) is not writes, f"{workload['metadata']['name']}: readOnly should be {not writes}"
+
+
+def external_secrets() -> set[str]:
+    """Secrets an overlay may leave to the operator: those docs/DEPLOY.md says how to create."""
+    return set(re.findall(r"kubectl[^\n]*create secret generic ([a-z0-9-]+)", DEPLOY_DOC.read_text()))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_referenced_config_map_secret_and_claim_exists(overlay):
+    rendered = {kind: set(objects(overlay, kind)) for kind in ("ConfigMap", "Secret", "PersistentVolumeClaim")}
+    for workload in workloads(overlay):
+        pod = pod_template(workload)["spec"]
+        refs = []
+        for volume in pod.get("volumes", []):
+            refs += [("ConfigMap", volume["configMap"]["name"])] if "configMap" in volume else []
+            refs += [("Secret", volume["secret"]["secretName"])] if "secret" in volume else []
+            if "persistentVolumeClaim" in volume:
+                refs.append(("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"]))
+        for container in [*pod.get("initContainers", []), *pod["containers"]]:
+            refs += [("ConfigMap", s["configMapRef"]["name"]) for s in container.get("envFrom", [])]
+            refs += [("ConfigMap", v["valueFrom"]["configMapKeyRef"]["name"]) for v in container.get("env", [])
+                     if "configMapKeyRef" in v.get("valueFrom", {})]
+        for kind, name in refs:
+            if name in rendered[kind]:
+                continue
+            assert kind == "Secret" and name in external_secrets(), (
+                f"{overlay}: {workload['metadata']['name']} needs {kind} {name!r}, which is neither rendered nor "
+                "one docs/DEPLOY.md tells the operator to create")
