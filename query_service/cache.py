@@ -39,7 +39,7 @@ import cachetools
 import prometheus_client
 
 from query_service.batching import MicroBatcher
-from query_service.redis_link import PIPELINED, REDIS_ERRORS, RedisLink
+from query_service.redis_link import PIPELINED, UNREACHED, RedisLink
 from serving.errors import ResourceExhausted
 from settings.flags import option, require
 
@@ -50,13 +50,16 @@ MAC_BYTES = 16
 
 CACHE_EVENTS = prometheus_client.Counter(
     "recsys_cache_events_total",
-    "Result cache lookups (local_hit, hit, miss, invalid, skipped), writes dropped, and Redis errors", ["event"])
+    "Result cache lookups (local_hit, hit, miss, invalid, skipped: Redis or the key's cluster node down or backed "
+    "off) and writes dropped; failed Redis calls are recsys_redis_errors_total", ["event"])
 
 
 @dataclass(frozen=True)
 class CacheConfig:
     url: str = option("", "Redis of the result cache and the live interaction history, e.g. "
-                            "redis://127.0.0.1:6379/0; empty: neither", flag="redis-url")
+                            "redis://127.0.0.1:6379/0; a Redis Cluster: redis+cluster://host:port[,host:port...] "
+                            "(rediss+cluster:// for TLS; any node that answers gives the others; a lost master's "
+                            "keys are misses); empty: neither", flag="redis-url")
     ttl_s: int = option(300, "result cache TTL in seconds", flag="cache-ttl-s")
     timeout_s: float = option(0.05, "timeout of each Redis call", flag="redis-timeout-s")
     retry_after_s: float = option(2.0, "after a Redis error, serve uncached this long before trying again",
@@ -153,20 +156,12 @@ class ResultCache:
         self._local: cachetools.TTLCache | None = (
             cachetools.TTLCache(int(config.local_mb * (1 << 20)), config.ttl_s, getsizeof=_local_bytes)
             if config.local_mb > 0 else None)
-        self._gets: MicroBatcher[str, bytes | None] = MicroBatcher(self._mget, PIPELINED)
+        self._gets: MicroBatcher[str, object] = MicroBatcher(self._mget, PIPELINED)
         self._puts: MicroBatcher[tuple[str, bytes], None] = MicroBatcher(self._mset, PIPELINED)
         self._pending: set[asyncio.Task] = set()
 
-    def _failed(self, op: str, error: Exception) -> None:
-        CACHE_EVENTS.labels("error").inc()
-        self.link.failed(op, error)
-
-    async def _mget(self, keys: list[str]) -> list[bytes | None]:
-        try:
-            return await self.link.client.mget(keys)
-        except REDIS_ERRORS as e:
-            self._failed("MGET", e)
-            return [None] * len(keys)
+    async def _mget(self, keys: list[str]) -> list[object]:  # bytes, None (no such key) or UNREACHED
+        return await self.link.mget("MGET", keys)
 
     def _mac(self, key: str, payload: bytes) -> bytes:
         return hmac.digest(self._mac_key, key.encode() + b"\0" + payload, "sha256")[:MAC_BYTES]
@@ -190,13 +185,9 @@ class ResultCache:
                 pass
 
     async def _mset(self, items: list[tuple[str, bytes]]) -> list[None]:
-        try:
-            async with self.link.client.pipeline(transaction=False) as pipe:
-                for key, value in items:
-                    pipe.set(key, value, ex=self.config.ttl_s)
-                await pipe.execute()
-        except REDIS_ERRORS as e:
-            self._failed("SET", e)
+        values = dict(items)  # a key put twice in one batch: the later value, as sequential SETs would leave
+        await self.link.pipelined("SET", list(values), lambda pipe, key: pipe.set(key, values[key],
+                                                                                 ex=self.config.ttl_s))
         return [None] * len(items)
 
     async def get(self, key: str) -> CachedResult | None:
@@ -209,6 +200,9 @@ class ResultCache:
         try:
             raw = await self._gets.submit(key)
         except ResourceExhausted:  # more lookups queued than Redis keeps up with: this one is a miss
+            CACHE_EVENTS.labels("skipped").inc()
+            return None
+        if raw is UNREACHED:  # Redis, or the cluster node holding the key, failed or is backed off
             CACHE_EVENTS.labels("skipped").inc()
             return None
         if raw is None:

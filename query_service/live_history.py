@@ -6,8 +6,9 @@ capped, expiring), which every query replica reads on the next request:
 history-aware towers take it in front of the stored history, and
 ``exclude_seen`` removes its items too.
 
-It rides on the result cache's Redis link (same server, timeouts and outage
-backoff). Reads are an optimisation like the cache: concurrent requests'
+It rides on the result cache's Redis link (same server or cluster, timeouts
+and outage backoff; on a cluster, a failed node costs only its customers'
+live histories). Reads are an optimisation like the cache: concurrent requests'
 reads go out as one pipeline, and a failed read is an empty live history
 (the stored one still answers). A write is what the caller asked for, so a
 failed write fails the call.
@@ -22,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from query_service.batching import MicroBatcher
-from query_service.redis_link import PIPELINED, REDIS_ERRORS, RedisLink
+from query_service.redis_link import PIPELINED, REDIS_ERRORS, UNREACHED, RedisLink
 from serving.errors import ResourceExhausted, Unavailable
 from serving.validation import MAX_ID_BYTES
 from settings.flags import option, require
@@ -77,7 +78,10 @@ class LiveHistory:
         one MULTI/EXEC (push, cap, refresh the TTL); returns its length after.
         Raises Unavailable if Redis fails: the caller must know it was not kept."""
         key = history_key(self.model, customer_id)
+        node = ""
         try:
+            node = await self.link.node_of(key)
+            # One key, so one slot: redis-py runs the MULTI/EXEC on a cluster too.
             async with self.link.client.pipeline(transaction=True) as pipe:
                 # LPUSH puts each value at the head in turn, so oldest-first ids end up newest first.
                 pipe.lpush(key, *candidate_ids)
@@ -85,7 +89,7 @@ class LiveHistory:
                 pipe.expire(key, self.config.ttl_s)
                 length, _, _ = await pipe.execute()
         except REDIS_ERRORS as e:
-            self.link.failed("RecordInteractions", e)
+            self.link.failed("RecordInteractions", e, node)
             raise Unavailable(f"the live history's Redis did not take the interactions ({type(e).__name__}): they "
                               "may not be recorded; retry with backoff (a repeated interaction counts once)") from None
         return min(int(length), self.config.max_items)
@@ -101,15 +105,9 @@ class LiveHistory:
             return ()
 
     async def _read_many(self, customer_ids: list[str]) -> list[tuple[str, ...]]:
-        try:
-            async with self.link.client.pipeline(transaction=False) as pipe:
-                for customer_id in customer_ids:
-                    pipe.lrange(history_key(self.model, customer_id), 0, self.config.max_items - 1)
-                lists = await pipe.execute()
-        except REDIS_ERRORS as e:
-            self.link.failed("LRANGE", e)
-            return [()] * len(customer_ids)
-        return [_decode(values) for values in lists]
+        lists = await self.link.pipelined("LRANGE", [history_key(self.model, c) for c in customer_ids],
+                                          lambda pipe, key: pipe.lrange(key, 0, self.config.max_items - 1))
+        return [() if values is UNREACHED else _decode(values) for values in lists]
 
     async def close(self) -> None:
         await self._reads.close()

@@ -5,6 +5,17 @@ After any Redis error the link reports itself unavailable for
 ``retry_after_s``: readers then skip Redis instead of each paying a timeout,
 so an outage costs the replica no latency, and the log gets one line per
 outage rather than one per request.
+
+``redis+cluster://host:port[,host:port...]`` (``rediss+cluster://`` for TLS)
+names a Redis Cluster by its startup nodes. On a cluster the backoff is per
+node: the keys of a master that fails are skipped (misses, empty live
+histories) for ``retry_after_s`` while the other masters keep serving theirs,
+because one node of N down should cost 1/N of the cache, not all of it. Each
+batch goes out as one pipeline per node, concurrently, so a dead node fails
+only its own keys; redis-py's cluster-level retries are off (they close every
+connection and sleep 250 ms per attempt), and a node failure instead refreshes
+the slot map in the background, so a replica promoted in its place is found
+without a request waiting for it.
 """
 
 from __future__ import annotations
@@ -12,17 +23,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any, Callable, Sequence
+from urllib.parse import urlsplit, urlunsplit
 
 import prometheus_client
 import redis.asyncio as redis
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException, RedisError, SlotNotCoveredError
 
 from query_service.batching import BatchingConfig
 
 log = logging.getLogger(__name__)
 
-# What a failed Redis call raises: redis-py's own errors, socket errors and its timeouts.
-REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+# What a failed Redis call raises: redis-py's own errors (its cluster ones are
+# not RedisErrors: no node reachable, a slot no node holds), socket errors and its timeouts.
+REDIS_ERRORS = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
 
 # Concurrent requests' Redis calls go out together: whatever queued while the
 # previous round trips were out, never waiting for more, so batching adds no
@@ -32,27 +49,153 @@ PIPELINED = BatchingConfig(max_batch_size=256, max_wait_ms=0.0, max_in_flight=4)
 REDIS_ERRORS_TOTAL = prometheus_client.Counter("recsys_redis_errors_total", "Failed Redis calls by operation",
                                                ["op"])
 
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+NO_NODE = "(slot held by no node)"
+
+
+class _Unreached:
+    def __repr__(self) -> str:
+        return "UNREACHED"
+
+
+# The reply of a command that Redis did not answer: its node failed, or is
+# backed off after failing (on a single server: Redis is). Not None, which is a
+# reply (a missing key).
+UNREACHED: Any = _Unreached()
+
+
+def cluster_client(url: str, **kwargs: Any) -> RedisCluster:
+    """A RedisCluster for ``redis+cluster://[user:password@]host:port[,host:port...][?option=value]``:
+    every listed node is a startup node (any one that answers gives the slot
+    map); user, password, TLS (``rediss+cluster``) and options apply to all."""
+    parts = urlsplit(url)
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    nodes = [urlsplit(f"//{host}") for host in hosts.split(",") if host]
+    if not nodes or any(node.hostname is None or node.port is None for node in nodes):
+        raise ValueError(f"a cluster URL lists its nodes as host:port[,host:port...]; got {hosts!r}")
+    first_host = hosts.split(",")[0]
+    first = urlunsplit((CLUSTER_SCHEMES[parts.scheme], f"{userinfo}@{first_host}" if userinfo else first_host,
+                        parts.path, parts.query, ""))
+    return RedisCluster.from_url(first, startup_nodes=[ClusterNode(node.hostname, node.port) for node in nodes[1:]],
+                                 **kwargs)
+
 
 class RedisLink:
-    """One Redis client and the time until which Redis is taken as down."""
+    """One Redis client (a server's or a cluster's) and the times until which
+    Redis, or one cluster node, is taken as down."""
 
     def __init__(self, url: str, password: str, timeout_s: float, retry_after_s: float):
-        self.client = redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                     password=password or None)
+        self.cluster = urlsplit(url).scheme in CLUSTER_SCHEMES
+        options = dict(socket_timeout=timeout_s, socket_connect_timeout=timeout_s, password=password or None)
+        # Slots of a lost master stay unserved rather than failing the client, and
+        # no cluster-level retry: a retry sleeps 250 ms, five times the call's budget.
+        self.client = (cluster_client(url, require_full_coverage=False, retry=Retry(NoBackoff(), 0), **options)
+                       if self.cluster else redis.from_url(url, **options))
         self.retry_after_s = retry_after_s
         self._off_until = 0.0
+        self._node_off_until: dict[str, float] = {}
+        self._refresh: asyncio.Task | None = None
 
     def available(self) -> bool:
-        """False within ``retry_after_s`` of the last error."""
+        """False within ``retry_after_s`` of the last error (on a cluster: of one
+        that was not a single node's, such as no startup node answering)."""
         return time.monotonic() >= self._off_until
 
-    def failed(self, op: str, error: Exception) -> None:
-        """Records a failed call: logs it if Redis was taken as up, and keeps Redis off for ``retry_after_s``."""
+    def failed(self, op: str, error: Exception, node: str = "") -> None:
+        """Records a failed call: logs it if Redis (or the cluster ``node``) was
+        taken as up, and keeps it off for ``retry_after_s``."""
         REDIS_ERRORS_TOTAL.labels(op).inc()
-        if self.available():
-            log.warning("redis %s failed (%s: %s); serving without Redis (no result cache, no live history) "
-                        "for %.1fs", op, type(error).__name__, error, self.retry_after_s)
-        self._off_until = time.monotonic() + self.retry_after_s
+        now = time.monotonic()
+        if not node:
+            if self.available():
+                log.warning("redis %s failed (%s: %s); serving without Redis (no result cache, no live history) "
+                            "for %.1fs", op, type(error).__name__, error, self.retry_after_s)
+            self._off_until = now + self.retry_after_s
+            return
+        if now >= self._node_off_until.get(node, 0.0):
+            log.warning("redis cluster node %s: %s failed (%s: %s); its keys are misses and empty live histories "
+                        "for %.1fs", node, op, type(error).__name__, error, self.retry_after_s)
+            self._refresh_slots()
+        self._node_off_until[node] = now + self.retry_after_s
+
+    def _refresh_slots(self) -> None:
+        """Re-reads the slot map off the request path: a replica promoted in
+        place of a failed master then takes its keys at the next batch."""
+        if self._refresh is None or self._refresh.done():
+            self._refresh = asyncio.get_running_loop().create_task(self._read_slots())
+
+    async def _read_slots(self) -> None:
+        try:
+            await self.client.nodes_manager.initialize()
+        except REDIS_ERRORS as e:  # no node answered: the next batch's failures try again
+            log.info("redis cluster: slot map not refreshed (%s: %s)", type(e).__name__, e)
+
+    async def node_of(self, key: str) -> str:
+        """The cluster node serving ``key`` ("" on a single server)."""
+        if not self.cluster:
+            return ""
+        await self.client.initialize()  # once; again only after redis-py closed the client
+        return self._node_of(key)
+
+    def _node_of(self, key: str) -> str:
+        try:
+            return self.client.nodes_manager.get_node_from_slot(self.client.keyslot(key)).name
+        except SlotNotCoveredError:  # its pipeline fails, and backs off every slot no node holds together
+            return NO_NODE
+
+    async def _by_node(self, op: str, keys: Sequence[str]) -> dict[str, list[int]]:
+        """Positions of ``keys`` by the cluster node serving them, leaving out those of nodes backed off."""
+        try:
+            await self.client.initialize()
+        except REDIS_ERRORS as e:
+            self.failed(op, e)
+            return {}
+        now = time.monotonic()
+        groups: dict[str, list[int]] = {}
+        for i, key in enumerate(keys):
+            node = self._node_of(key)
+            if now >= self._node_off_until.get(node, 0.0):
+                groups.setdefault(node, []).append(i)
+        return groups
+
+    async def mget(self, op: str, keys: Sequence[str]) -> list[Any]:
+        """The values of ``keys`` (None where missing, UNREACHED where Redis or their node did not answer)."""
+        if self.cluster:  # MGET is one slot's: on a cluster, a GET per key, pipelined per node
+            return await self.pipelined(op, keys, lambda pipe, key: pipe.get(key))
+        try:
+            return await self.client.mget(keys)
+        except REDIS_ERRORS as e:
+            self.failed(op, e)
+            return [UNREACHED] * len(keys)
+
+    async def pipelined(self, op: str, keys: Sequence[str], queue: Callable[[Any, str], Any]) -> list[Any]:
+        """Sends ``queue(pipe, key)`` for each key in a non-transactional
+        pipeline (on a cluster, one per node, concurrently) and returns the
+        replies in order: UNREACHED for the keys of a pipeline that failed or
+        was not sent (Redis or the node backed off)."""
+        replies = [UNREACHED] * len(keys)
+        if not self.cluster:
+            await self._pipeline(op, "", keys, range(len(keys)), queue, replies)
+            return replies
+        groups = await self._by_node(op, keys)
+        await asyncio.gather(*(self._pipeline(op, node, keys, positions, queue, replies)
+                               for node, positions in groups.items()))
+        return replies
+
+    async def _pipeline(self, op: str, node: str, keys: Sequence[str], positions: Sequence[int],
+                        queue: Callable[[Any, str], Any], replies: list[Any]) -> None:
+        """Fills ``replies`` at ``positions`` from one pipeline; a failure is ``node``'s (or Redis's)."""
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for i in positions:
+                    queue(pipe, keys[i])
+                for i, reply in zip(positions, await pipe.execute()):
+                    replies[i] = reply
+        except REDIS_ERRORS as e:
+            self.failed(op, e, node)
 
     async def close(self) -> None:
+        if self._refresh is not None:
+            self._refresh.cancel()
+            await asyncio.gather(self._refresh, return_exceptions=True)
         await self.client.aclose()

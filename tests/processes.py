@@ -155,3 +155,70 @@ class ServiceProcess:
             self.proc.kill()
             self.proc.wait(10)
         self.proc = None
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (the port + 10000) is a port, and free too."""
+    while True:
+        port = free_port()
+        if port + 10000 <= 65535:
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port + 10000))
+                    return port
+                except OSError:
+                    continue
+
+
+class RedisClusterProcesses:
+    """A Redis Cluster of ``masters`` redis-servers (no replicas) on free
+    loopback ports, its config files in ``workdir``. Nodes give up on a silent
+    peer after ``node_timeout_ms``, and the cluster keeps serving the slots of
+    the masters left when one is lost (``cluster-require-full-coverage no``)."""
+
+    def __init__(self, workdir: Path, masters: int = 3, node_timeout_ms: int = 500):
+        self.workdir = Path(workdir)
+        self.nodes = [RedisProcess("--cluster-enabled", "yes", "--cluster-node-timeout", str(node_timeout_ms),
+                                   "--cluster-require-full-coverage", "no", "--dir", str(self.workdir),
+                                   "--cluster-config-file", f"nodes-{i}.conf", port=_cluster_port())
+                      for i in range(masters)]
+
+    @property
+    def url(self) -> str:
+        """``redis+cluster://`` with every node as a startup node."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
+
+    def start(self) -> "RedisClusterProcesses":
+        """Starts the servers and joins them into one cluster with all 16384 slots spread over them."""
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise FileNotFoundError("redis-cli is not installed (apt-get install redis-tools)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            for node in self.nodes:
+                node.start()
+            subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{node.port}" for node in self.nodes),
+                            "--cluster-replicas", "0", "--cluster-yes"],
+                           check=True, capture_output=True, timeout=30)
+            wait_until(self._formed, 15, "the Redis cluster to report cluster_state:ok")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _formed(self) -> bool:
+        return all(b"cluster_state:ok" in subprocess.run([shutil.which("redis-cli"), "-p", str(node.port),
+                                                          "cluster", "info"], capture_output=True).stdout
+                   for node in self.nodes)
+
+    def kill(self, index: int) -> None:
+        """SIGKILL of one node: a master lost without a chance to say goodbye."""
+        proc = self.nodes[index].proc
+        if proc is not None:
+            proc.kill()
+            proc.wait(10)
+        self.nodes[index].proc = None
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
