@@ -40,14 +40,12 @@ MODEL = "swapbench"
 COPIED = (files.QUERY_TOWER_DIR, files.POPULAR_FILE, files.CUSTOMER_STORE_FILE)
 
 
-def publish_large(registry: Registry, base: Path, num_candidates: int, seed: int) -> Manifest:
-    """Publishes base's tower with a large synthetic candidate set (not made current)."""
+def publish_built(registry: Registry, base: Path, ids: np.ndarray, embeddings: np.ndarray, probes: np.ndarray,
+                  shards: list[index_builder.Shard], spec, dataset: str) -> Manifest:
+    """Publishes base's tower (and customer store, popularity list) with the
+    given candidates and their built searchers (``index_builder.build_shards``);
+    not made current."""
     base_manifest = files.read_manifest(base)
-    # A trained-like variance spectrum (see bench/ann.py): isotropic clusters are
-    # the worst case for partitioning and not what a trained model produces.
-    embeddings, probes, _ = synthetic_clustered(num_candidates, base_manifest.embedding_dim, clusters=2000,
-                                                spread=0.3, num_queries=0, num_probes=1000, seed=seed, decay=0.6)
-    searcher, spec = index_builder.build_index(embeddings, probes)
 
     def write(staging: Path):
         for name in COPIED:
@@ -56,16 +54,31 @@ def publish_large(registry: Registry, base: Path, num_candidates: int, seed: int
                 shutil.copytree(source, staging / name)
             elif source.exists():
                 shutil.copy2(source, staging / name)
-        np.save(staging / files.CANDIDATE_IDS_FILE, np.char.add("x", np.arange(num_candidates).astype(str)))
-        np.save(staging / files.CANDIDATE_EMBEDDINGS_FILE, embeddings)
         np.save(staging / files.PROBE_QUERIES_FILE, probes)
-        index_builder.save_searcher(searcher, staging / files.SCANN_DIR)
+        specs = index_builder.save_candidates(staging, ids, embeddings, shards)
         return lambda version, checksums: Manifest(
             model=registry.model, version=version, embedding_dim=base_manifest.embedding_dim,
-            num_candidates=num_candidates, tower=base_manifest.tower, dataset=f"synthetic-{num_candidates}",
-            created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(), index=spec, files=checksums)
+            num_candidates=len(ids), tower=base_manifest.tower, dataset=dataset,
+            created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(), index=spec, files=checksums,
+            shards=specs)
 
     return registry.publish(write)
+
+
+def large_candidates(num_candidates: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, embeddings, probe queries) of a large synthetic catalogue. A
+    trained-like variance spectrum (see bench/ann.py): isotropic clusters are
+    the worst case for partitioning and not what a trained model produces."""
+    embeddings, probes, _ = synthetic_clustered(num_candidates, dim, clusters=2000, spread=0.3, num_queries=0,
+                                                num_probes=1000, seed=seed, decay=0.6)
+    return np.char.add("x", np.arange(num_candidates).astype(str)), embeddings, probes
+
+
+def publish_large(registry: Registry, base: Path, num_candidates: int, seed: int) -> Manifest:
+    """Publishes base's tower with a large synthetic candidate set (not made current)."""
+    ids, embeddings, probes = large_candidates(num_candidates, files.read_manifest(base).embedding_dim, seed)
+    shards, spec = index_builder.build_shards(embeddings, probes, ids)
+    return publish_built(registry, base, ids, embeddings, probes, shards, spec, f"synthetic-{num_candidates}")
 
 
 def loadtest(address: str, qps: int, duration_s: float, out: Path, *extra: str) -> subprocess.CompletedProcess:

@@ -9,11 +9,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import grpc
 import numpy as np
 import pytest
 
 from model_registry import Registry
 from model_registry import manifest as files
+from protos.recsys.v1 import admin_pb2, admin_pb2_grpc
 from tests.processes import ServiceProcess, console_script
 
 MODEL = "itest"
@@ -82,6 +84,16 @@ class VersionOracle:
 
 def overlap(got: list[str], expected: list[str]) -> float:
     return len(set(got) & set(expected)) / len(expected)
+
+
+def live_versions(*addresses: str) -> list[int]:
+    """The live version each service says it has (its admin plane's GetStatus)."""
+    out = []
+    for address in addresses:
+        with grpc.insecure_channel(address) as channel:
+            status = admin_pb2_grpc.AdminServiceStub(channel).GetStatus(admin_pb2.GetStatusRequest(), timeout=10)
+        out.append(status.live_version)
+    return out
 
 
 @contextmanager

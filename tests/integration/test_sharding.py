@@ -3,7 +3,8 @@ integration model republished in three shards (same vectors, no training),
 one index process per shard of slot blue plus a second replica of shard 1,
 and a query replica with no result cache, so every request searches every
 shard. Answers must be the exact top-k over all candidates; a replica hung
-(SIGSTOP) or killed (SIGKILL) under load must cost no request."""
+(SIGSTOP) or killed (SIGKILL) under load must cost no request; a rollout
+loads each shard of a new version into the idle slot's shard processes."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import asyncio
 import dataclasses
 import shutil
 import signal
+import subprocess
 
 import grpc
 import numpy as np
@@ -21,7 +23,8 @@ from model_registry import manifest as files
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from recsys_client.loadtest import LoadConfig, format_table, run_load
-from tests.integration.conftest import MODEL, VersionOracle, index_slot, make_live, query_replica
+from tests.integration.conftest import MODEL, VersionOracle, index_slot, live_versions, make_live, query_replica
+from tests.processes import console_script
 from trainer.export import index as index_builder
 
 pytestmark = pytest.mark.integration
@@ -29,14 +32,9 @@ pytestmark = pytest.mark.integration
 SHARDS = 3
 
 
-@pytest.fixture(scope="module")
-def sharded(trained_registry, tmp_path_factory):
-    """(registry root, the unsharded source version's directory): a copy of the
-    trained registry whose live version is the trained one split into SHARDS."""
-    root = tmp_path_factory.mktemp("sharded") / "registry"
-    shutil.copytree(trained_registry, root)
+def publish_sharded(root, source) -> int:
+    """Publishes the version in ``source`` again, its candidates in SHARDS shards; returns its number."""
     registry = Registry(root, MODEL)
-    source = registry.version_dir(registry.current_version())
     manifest = files.read_manifest(source)
     ids = np.load(source / files.CANDIDATE_IDS_FILE)
     embeddings = np.load(source / files.CANDIDATE_EMBEDDINGS_FILE)
@@ -50,25 +48,36 @@ def sharded(trained_registry, tmp_path_factory):
         return lambda version, checksums: dataclasses.replace(manifest, version=version, files=checksums, index=spec,
                                                               shards=specs)
 
-    version = registry.publish(write).version
-    make_live(root, version)
+    return registry.publish(write).version
+
+
+@pytest.fixture(scope="module")
+def sharded(trained_registry, tmp_path_factory):
+    """(registry root, the unsharded source version's directory): a copy of the
+    trained registry whose live version is the trained one split into SHARDS."""
+    root = tmp_path_factory.mktemp("sharded") / "registry"
+    shutil.copytree(trained_registry, root)
+    source = Registry(root, MODEL).version_dir(Registry(root, MODEL).current_version())
+    make_live(root, publish_sharded(root, source))
     return root, source
 
 
 @pytest.fixture(scope="module")
 def stack(sharded, tmp_path_factory):
-    """(shard processes, the second replica of shard 1, the query replica), started."""
+    """(slot blue's shard processes, the second replica of blue's shard 1, slot green's
+    shard processes (empty), the query replica), started."""
     root, _ = sharded
     logs = tmp_path_factory.mktemp("sharded-logs")
-    shards = [index_slot(root, "blue", logs / f"shard{s}.log", "--shard", str(s)) for s in range(SHARDS)]
-    spare = index_slot(root, "blue", logs / "shard1-spare.log", "--shard", "1")
-    query = query_replica(root, [*shards, spare], logs / "query.log", "--local-cache-mb", "0")
+    blue = [index_slot(root, "blue", logs / f"blue{s}.log", "--shard", str(s)) for s in range(SHARDS)]
+    spare = index_slot(root, "blue", logs / "blue1-spare.log", "--shard", "1")
+    green = [index_slot(root, "green", logs / f"green{s}.log", "--shard", str(s)) for s in range(SHARDS)]
+    query = query_replica(root, [*blue, spare, *green], logs / "query.log", "--local-cache-mb", "0")
     try:
-        for process in (*shards, spare, query):
+        for process in (*blue, spare, *green, query):
             process.start()
-        yield shards, spare, query
+        yield blue, spare, green, query
     finally:
-        for process in (query, spare, *shards):
+        for process in (query, *green, spare, *blue):
             process.stop()
 
 
@@ -79,7 +88,7 @@ def load(query, seconds: float, samples: int = 0) -> LoadConfig:
 
 async def test_a_sharded_version_answers_as_one_index_over_every_candidate(sharded, stack):
     _, source = sharded
-    report = await run_load(load(stack[2], 3, samples=40))
+    report = await run_load(load(stack[-1], 3, samples=40))
     print("\n" + format_table(report))
     assert report["errors_by_code"] == {} and report["requests"]["ok"] == report["requests"]["scheduled"]
     oracle = VersionOracle(source)
@@ -92,7 +101,7 @@ async def test_a_sharded_version_answers_as_one_index_over_every_candidate(shard
 
 
 async def test_a_hung_then_killed_replica_costs_no_request(stack):
-    shards, spare, query = stack
+    _, spare, _, query = stack
 
     async def faults():
         await asyncio.sleep(1.5)
@@ -113,9 +122,26 @@ async def test_a_hung_then_killed_replica_costs_no_request(stack):
 
 
 def test_recommend_similar_on_a_sharded_version_says_why_it_is_refused(stack):
-    with grpc.insecure_channel(stack[2].address) as channel:
+    with grpc.insecure_channel(stack[-1].address) as channel:
         with pytest.raises(grpc.RpcError) as refused:
             pb_grpc.QueryServiceStub(channel).RecommendSimilar(pb.RecommendSimilarRequest(candidate_id="i000001", k=5),
                                                                timeout=10)
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "shards" in refused.value.details()
+
+
+def test_a_rollout_loads_each_shard_of_the_new_version_into_the_idle_slots_processes(sharded, stack):
+    root, source = sharded
+    blue, _, green, query = stack
+    version = publish_sharded(root, source)
+    rollout = subprocess.run(
+        [console_script("recsys-publish"), "--registry", str(root), "--model", MODEL, "--version", str(version),
+         "--index-admin", ",".join(p.admin_address for p in (*blue, *green)), "--query-admin", query.admin_address],
+        capture_output=True, text=True, timeout=120)
+    assert rollout.returncode == 0, rollout.stderr[-3000:]
+    assert live_versions(*(p.admin_address for p in green), query.admin_address) == [version] * (SHARDS + 1)
+    assert Registry(root, MODEL).current_version() == version
+    with grpc.insecure_channel(query.address) as channel:
+        answer = pb_grpc.QueryServiceStub(channel).Recommend(pb.RecommendRequest(customer_id="c000001", k=10),
+                                                            timeout=10)
+    assert answer.model_version == version and len(answer.candidates) == 10

@@ -8,15 +8,13 @@ artifacts give."""
 
 from __future__ import annotations
 
-import grpc
 import pytest
 
 from model_registry import Registry
-from protos.recsys.v1 import admin_pb2, admin_pb2_grpc
 from recsys_client.loadtest import LoadConfig, SwapConfig, format_table, run_load
 from tests.conftest import RedisProcess
-from tests.integration.conftest import (MODEL, VersionOracle, index_slot, make_live, overlap, query_replica,
-                                        train)
+from tests.integration.conftest import (MODEL, VersionOracle, index_slot, live_versions, make_live, overlap,
+                                        query_replica, train)
 
 pytestmark = pytest.mark.integration
 
@@ -59,15 +57,6 @@ def swap_services(two_version_registry, tmp_path_factory):
 
 def share(phase: dict, version: int) -> float:
     return phase["model_versions"].get(str(version), 0) / max(phase["ok"], 1)
-
-
-def live_versions(*addresses: str) -> list[int]:
-    out = []
-    for address in addresses:
-        with grpc.insecure_channel(address) as channel:
-            status = admin_pb2_grpc.AdminServiceStub(channel).GetStatus(admin_pb2.GetStatusRequest(), timeout=10)
-        out.append(status.live_version)
-    return out
 
 
 async def test_swap_and_rollback_under_load_lose_nothing_and_serve_each_versions_own_results(

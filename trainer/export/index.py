@@ -138,6 +138,7 @@ class Shard:
     rows: np.ndarray
     searcher: object
     spec: IndexSpec
+    build_seconds: float = 0.0
 
 
 def build_shards(embeddings: np.ndarray, probe_queries: np.ndarray, ids: np.ndarray, shards: int = 1,
@@ -149,8 +150,9 @@ def build_shards(embeddings: np.ndarray, probe_queries: np.ndarray, ids: np.ndar
     recall@10 of the shards' top-10s merged by score, against exact search over
     every candidate, on the same probe queries."""
     if shards == 1:
+        start = time.perf_counter()
         searcher, spec = build_index(embeddings, probe_queries, config)
-        return [Shard(np.arange(len(ids)), searcher, spec)], spec
+        return [Shard(np.arange(len(ids)), searcher, spec, time.perf_counter() - start)], spec
     db = np.ascontiguousarray(embeddings, dtype=np.float32)
     probes = np.ascontiguousarray(probe_queries, dtype=np.float32)
     shard_of_rows = shard_of(ids, shards)
@@ -159,8 +161,9 @@ def build_shards(embeddings: np.ndarray, probe_queries: np.ndarray, ids: np.ndar
         rows = np.flatnonzero(shard_of_rows == shard)
         if len(rows) == 0:
             raise ValueError(f"shard {shard} of {shards} would hold no candidates: publish fewer shards")
+        start = time.perf_counter()
         searcher, spec = build_index(db[rows], probes, config)
-        built.append(Shard(rows, searcher, spec))
+        built.append(Shard(rows, searcher, spec, time.perf_counter() - start))
     k = min(10, len(db))
     if len(probes) == 0:
         return built, IndexSpec(kind="sharded", recall_at_10=1.0)
