@@ -9,7 +9,9 @@ tests/unit/test_compose.py does for compose), the servers' probes are native
 gRPC probes on their data port asking for a health service name the server
 reports, each index slot has a headless Service, every Deployment and
 StatefulSet has a PodDisruptionBudget, and the query service's index endpoint
-list names every pod of every index slot.
+list names every pod of every index slot. Where slots are sharded, every slot
+serves shards 0..N-1 of the trainer's --index-shards N under one slot name,
+each (slot, shard) with its own Service and budget and two replicas.
 """
 
 from __future__ import annotations
@@ -229,6 +231,26 @@ def test_the_stack_is_complete(overlay):
     assert len(containers_running(overlay, INDEX_SCRIPT)) >= 2, "blue-green needs two index slots"
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_object_is_in_the_overlay_namespace(overlay):
+    """An object the overlay's namespace transformer never saw (one added beside a base)
+    would land in whatever namespace kubectl defaults to, out of reach of the rest."""
+    [namespace] = objects(overlay, "Namespace")
+    for obj in render(overlay):
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"].get("namespace") == namespace, f"{overlay}: {obj['kind']} {obj['metadata']['name']}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_app_container_runs_one_image(overlay):
+    """The index, query, trainer and rollout processes share the version format and the
+    admin protocol: a pin that reaches some workloads and not others mixes releases."""
+    images = {c["image"] for _, c in app_containers(overlay)}
+    images |= {c["image"] for w in workloads(overlay) for c in pod_template(w)["spec"].get("initContainers", [])
+               if is_app(c)}
+    assert len(images) == 1, f"{overlay}: {sorted(images)}"
+
+
 # --- commands and environment against the real CLIs -------------------------------
 
 
@@ -249,10 +271,57 @@ def test_servers_listen_off_loopback_behind_an_admin_token(overlay, tmp_path, mo
         assert (ports["grpc"], ports["admin"], ports["metrics"]) == (config.port, config.admin.port, config.metrics_port)
 
 
+def index_processes(overlay: str, tmp_path: Path, monkeypatch) -> dict[str, tuple[str, int | None]]:
+    """Index StatefulSet name -> (slot, shard) as its config says (shard None: unsharded)."""
+    out = {}
+    for workload, container in containers_running(overlay, INDEX_SCRIPT):
+        config = parse_container(overlay, workload, container, tmp_path, monkeypatch)
+        out[workload["metadata"]["name"]] = (config.slot, config.shard)
+    return out
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_each_slot_has_its_own_name(overlay, tmp_path, monkeypatch):
-    slots = [parse_container(overlay, w, c, tmp_path, monkeypatch).slot for w, c in containers_running(overlay, INDEX_SCRIPT)]
-    assert len(set(slots)) == len(slots) and "" not in slots, f"{overlay}: slot names {slots}"
+def test_each_slot_and_shard_has_its_own_name(overlay, tmp_path, monkeypatch):
+    """Two StatefulSets serving one slot and shard would each record the slot's version in
+    the registry; a slot's shards, though, must share its name (recsys-publish loads a
+    version into every process of the idle slot)."""
+    held = list(index_processes(overlay, tmp_path, monkeypatch).values())
+    assert len(set(held)) == len(held), f"{overlay}: (slot, shard) {held}"
+    slots = {slot for slot, _ in held}
+    assert "" not in slots and len(slots) >= 2, f"{overlay}: blue-green needs two named slots, not {slots}"
+
+
+def trainer_shards(overlay: str, tmp_path: Path, monkeypatch) -> set[int]:
+    """The --index-shards of every recsys-train container (Job and CronJob)."""
+    return {parse_container(overlay, w, c, tmp_path, monkeypatch).index_shards
+            for w, c in containers_running(overlay, "recsys-train")}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_slot_serves_every_shard_the_trainer_publishes(overlay, tmp_path, monkeypatch):
+    """An endpoint with --shard refuses an unsharded version and one without refuses a
+    sharded one, and a version is routable only while each of its shards has a holder:
+    every slot serves shards 0..N-1 of the trainer's --index-shards N, or is unsharded
+    when N is 1."""
+    published = trainer_shards(overlay, tmp_path, monkeypatch)
+    assert len(published) == 1, f"{overlay}: the trainer Job and CronJob publish {published} shards"
+    [shards] = published
+    by_slot: dict[str, set[int | None]] = {}
+    for slot, shard in index_processes(overlay, tmp_path, monkeypatch).values():
+        by_slot.setdefault(slot, set()).add(shard)
+    expected = {None} if shards == 1 else set(range(shards))
+    for slot, served in by_slot.items():
+        assert served == expected, f"{overlay}: slot {slot} serves shards {served}, the trainer publishes {shards}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_shard_has_two_replicas(overlay, tmp_path, monkeypatch):
+    """Every query searches every shard: a shard of one replica would make every request
+    depend on one pod, with no replica to fail over or hedge to."""
+    processes = index_processes(overlay, tmp_path, monkeypatch)
+    for workload, _ in index_slots(overlay):
+        if processes[workload["metadata"]["name"]][1] is not None:
+            assert workload["spec"].get("replicas", 1) >= 2, f"{overlay}: {workload['metadata']['name']}"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -293,6 +362,12 @@ def test_an_empty_index_slot_is_ready(overlay):
 # --- discovery ----------------------------------------------------------------------
 
 
+def selector_of(obj: dict) -> dict[str, str]:
+    """The labels a Service or a PodDisruptionBudget selects pods by."""
+    selector = obj["spec"]["selector"]
+    return selector if obj["kind"] == "Service" else selector["matchLabels"]
+
+
 def index_slots(overlay: str) -> list[tuple[dict, dict]]:
     """(StatefulSet, its headless Service) for every index slot."""
     services = objects(overlay, "Service")
@@ -315,6 +390,23 @@ def test_each_index_slot_has_a_headless_service(overlay):
         for other in others:
             assert not spec["selector"].items() <= pod_template(other)["metadata"]["labels"].items(), (
                 f"{service['metadata']['name']} also selects {other['metadata']['name']}'s pods")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_slot_and_shard_has_its_own_service_and_budget(overlay):
+    """A (slot, shard)'s replicas are each other's failover: its headless Service and its
+    PodDisruptionBudget select exactly its pods, no other shard's or slot's."""
+    slots = index_slots(overlay)
+    for kind in ("Service", "PodDisruptionBudget"):
+        for workload, _ in slots:
+            name = workload["metadata"]["name"]
+            labels = pod_template(workload)["metadata"]["labels"]
+            selecting = [o for o in objects(overlay, kind).values() if selector_of(o).items() <= labels.items()]
+            assert len(selecting) == 1, f"{overlay}: {name}: {len(selecting)} {kind}s select its pods"
+            assert kind != "Service" or selecting[0]["metadata"]["name"] == workload["spec"]["serviceName"]
+            others = [w["metadata"]["name"] for w, _ in slots if w is not workload
+                      and selector_of(selecting[0]).items() <= pod_template(w)["metadata"]["labels"].items()]
+            assert not others, f"{overlay}: {kind} {selecting[0]['metadata']['name']} also selects {others}' pods"
 
 
 def pod_addresses(overlay: str, port_name: str) -> set[str]:
