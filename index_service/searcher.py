@@ -108,6 +108,7 @@ def load_searcher(directory: Path):
 class SearchResult:
     ids: list[str]
     scores: list[float]
+    vector: np.ndarray | None = None  # what a similar-candidate search searched with
 
 
 class CandidateIndex:
@@ -342,15 +343,16 @@ class CandidateIndex:
 
     def similar(self, candidate_id: str, k: int, excluded: frozenset[str] = frozenset(),
                 f: Filter = NO_FILTER) -> SearchResult:
-        """The k candidates nearest to ``candidate_id``'s own vector, itself excluded;
-        NotFound if this version (with its deltas) does not hold it."""
+        """The k candidates nearest to ``candidate_id``'s own vector (returned
+        too), itself excluded; NotFound if this version (with its deltas) does not hold it."""
         with self._lock.reading():
             row = self.rows.row_of(candidate_id)
             if row < 0:
                 raise NotFound(f"candidate {candidate_id!r} is not in version {self.version} (catalogue generation "
                                f"{self.catalogue_generation}): pass a candidate id of this version")
             vector = self.rows.vectors(np.array([row]))
-        return self.search(vector, k, [excluded | {candidate_id}], f)[0]
+        result = self.search(vector, k, [excluded | {candidate_id}], f)[0]
+        return SearchResult(result.ids, result.scores, vector[0])
 
     def by_popularity(self, k: int, excluded: frozenset[str] = frozenset(), f: Filter = NO_FILTER) -> SearchResult:
         """The version's most popular candidates (its training popularity) passing

@@ -43,7 +43,10 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
         answer, result = await self.core.similar(request.candidate_id, request.k,
                                                  tuple(request.exclude_candidate_ids),
                                                  filter_from_proto(request.filter), request.model_version)
-        return _response(result, answer, self.model)
+        response = _response(result, answer, self.model)
+        if request.return_vector:
+            response.query_vector.extend(result.vector.tolist())
+        return response
 
     @map_errors
     async def BatchSearch(self, request: pb.BatchSearchRequest, context) -> pb.BatchSearchResponse:

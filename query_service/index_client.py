@@ -6,6 +6,7 @@ errors."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Callable
@@ -72,6 +73,7 @@ class IndexHits:
     ids: list[str]
     scores: list[float]
     generation: int = 0  # the catalogue generation the endpoint answered from
+    vector: np.ndarray | None = None  # a similar-candidate search's, when asked for
 
 
 def error_for(e: grpc.aio.AioRpcError, address: str) -> errors.ServingError:
@@ -129,12 +131,15 @@ class IndexEndpoint:
             self._check(response, version, max(q.min_generation for q in queries), generation)
         return [_hits(r, generation) for r in responses]
 
-    async def similar(self, query: SimilarQuery, version: int, timeout_s: float) -> IndexHits:
-        """The neighbours of ``query.candidate_id`` in ``version`` within ``timeout_s``;
-        NotFound when the version's catalogue does not hold the candidate."""
+    async def similar(self, query: SimilarQuery, version: int, timeout_s: float, with_vector: bool = False) \
+            -> IndexHits:
+        """The neighbours of ``query.candidate_id`` in ``version`` within ``timeout_s``
+        (and the candidate's vector ``with_vector``); NotFound when the version's
+        catalogue does not hold the candidate."""
         request = pb.SearchSimilarRequest(candidate_id=query.candidate_id, k=query.k, model_version=version,
                                           exclude_candidate_ids=sorted(query.exclusions),
-                                          filter=filter_to_proto(query.filter) if query.filter else None)
+                                          filter=filter_to_proto(query.filter) if query.filter else None,
+                                          return_vector=with_vector)
         try:
             response = await self._stub.SearchSimilar(request, timeout=timeout_s)
         except grpc.aio.AioRpcError as e:
@@ -144,7 +149,10 @@ class IndexEndpoint:
                                       "holds") from e
             raise error_for(e, self.address) from e
         self._check(response, version, query.min_generation, response.catalogue_generation)
-        return _hits(response, response.catalogue_generation)
+        hits = _hits(response, response.catalogue_generation)
+        if with_vector:
+            hits = dataclasses.replace(hits, vector=np.asarray(response.query_vector, np.float32))
+        return hits
 
     def _check(self, response, version: int, min_generation: int, generation: int) -> None:
         if response.model_version != version:

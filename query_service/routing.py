@@ -34,6 +34,7 @@ import logging
 import time
 from typing import Awaitable, Callable, TypeVar
 
+from model_registry.manifest import shard_of
 from query_service.index_client import IndexEndpoint, IndexHits, IndexQuery, SimilarQuery
 from serving import errors
 from serving.tls import ClientTls
@@ -156,13 +157,28 @@ class IndexRouter:
         return [merge_hits([part[i] for part in parts], q.k) for i, q in enumerate(queries)]
 
     async def similar(self, query: SimilarQuery, version: int, timeout_s: float | None = None) -> IndexHits:
-        """A candidate's neighbours in ``version``, routed as ``search`` is."""
-        if self.shard_count(version) > 1:
-            raise errors.FailedPrecondition(
-                f"version {version} is served in {self.shard_count(version)} shards, and RecommendSimilar does not "
-                "search across shards yet: publish the version unsharded (--index-shards 1) to use it")
-        return await self._route(version, query.min_generation, timeout_s,
-                                 lambda endpoint, left: endpoint.similar(query, version, left))
+        """A candidate's neighbours in ``version``, routed as ``search`` is. In a
+        sharded version, the candidate's own shard (``shard_of``) answers first,
+        with the candidate's vector; the other shards are then searched with it,
+        and all their top-k merged."""
+        shards = self.shard_count(version)
+        if shards == 1:
+            return await self._route(version, query.min_generation, timeout_s,
+                                     lambda endpoint, left: endpoint.similar(query, version, left))
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        owner = int(shard_of([query.candidate_id], shards)[0])
+        found = await self._route(version, query.min_generation, timeout_s,
+                                  lambda endpoint, left: endpoint.similar(query, version, left, with_vector=True),
+                                  owner)
+        remaining = (self.timeout_s if timeout_s is None else timeout_s) - (loop.time() - start)
+        near = IndexQuery(found.vector, query.k, query.exclusions | {query.candidate_id}, query.filter,
+                          min_generation=query.min_generation)
+        parts = await asyncio.gather(*(
+            self._route(version, query.min_generation, remaining,
+                        lambda endpoint, left: endpoint.search([near], version, left), shard)
+            for shard in range(shards) if shard != owner))
+        return merge_hits([found, *(part[0] for part in parts)], query.k)
 
     def _ordered(self, holders: list[IndexEndpoint]) -> list[IndexEndpoint]:
         """``holders`` round-robin, the ones passed over (``SUSPECT_S``) last."""

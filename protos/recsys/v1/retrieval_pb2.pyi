@@ -164,30 +164,34 @@ class SearchRequest(_message.Message):
     def __init__(self, vector: _Optional[_Iterable[float]] = ..., k: _Optional[int] = ..., model_version: _Optional[int] = ..., exclude_candidate_ids: _Optional[_Iterable[str]] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., by_popularity: _Optional[bool] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("candidates", "model_version", "model_name", "catalogue_generation")
+    __slots__ = ("candidates", "model_version", "model_name", "catalogue_generation", "query_vector")
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     CATALOGUE_GENERATION_FIELD_NUMBER: _ClassVar[int]
+    QUERY_VECTOR_FIELD_NUMBER: _ClassVar[int]
     candidates: _containers.RepeatedCompositeFieldContainer[ScoredCandidate]
     model_version: int
     model_name: str
     catalogue_generation: int
-    def __init__(self, candidates: _Optional[_Iterable[_Union[ScoredCandidate, _Mapping]]] = ..., model_version: _Optional[int] = ..., model_name: _Optional[str] = ..., catalogue_generation: _Optional[int] = ...) -> None: ...
+    query_vector: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, candidates: _Optional[_Iterable[_Union[ScoredCandidate, _Mapping]]] = ..., model_version: _Optional[int] = ..., model_name: _Optional[str] = ..., catalogue_generation: _Optional[int] = ..., query_vector: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class SearchSimilarRequest(_message.Message):
-    __slots__ = ("candidate_id", "k", "model_version", "exclude_candidate_ids", "filter")
+    __slots__ = ("candidate_id", "k", "model_version", "exclude_candidate_ids", "filter", "return_vector")
     CANDIDATE_ID_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_CANDIDATE_IDS_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    RETURN_VECTOR_FIELD_NUMBER: _ClassVar[int]
     candidate_id: str
     k: int
     model_version: int
     exclude_candidate_ids: _containers.RepeatedScalarFieldContainer[str]
     filter: Filter
-    def __init__(self, candidate_id: _Optional[str] = ..., k: _Optional[int] = ..., model_version: _Optional[int] = ..., exclude_candidate_ids: _Optional[_Iterable[str]] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ...) -> None: ...
+    return_vector: bool
+    def __init__(self, candidate_id: _Optional[str] = ..., k: _Optional[int] = ..., model_version: _Optional[int] = ..., exclude_candidate_ids: _Optional[_Iterable[str]] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., return_vector: _Optional[bool] = ...) -> None: ...
 
 class BatchSearchRequest(_message.Message):
     __slots__ = ("queries",)
