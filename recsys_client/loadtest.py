@@ -7,7 +7,7 @@ and any mix of RecommendSimilar, BatchRecommend and RecordInteractions).
         [--distribution uniform|zipf] [--zipf-s 1.1] [--seed 0] \\
         [--rpc-mix recommend=0.8,similar=0.1,record=0.1] [--batch-size 8] \\
         [--num-candidates 200] [--candidate-format 'i{:06d}'] \\
-        [--sample-responses N] [--out FILE]
+        [--sample-responses N] [--out FILE] [--plot FILE.png] [--quiet]
 
     # blue-green swap under load, then a rollback:
     recsys-loadtest --address ... --qps 200 --duration-s 10 --swap \\
@@ -28,11 +28,21 @@ client itself falls behind, that delay is charged to the request. At most
 ``--concurrency`` requests are in flight; one that would exceed the cap is not
 sent and is counted as ``dropped``.
 
+Latencies are taken with ``time.perf_counter_ns`` (microseconds in the report),
+not the event loop's clock: uvloop's ``loop.time()`` is whole milliseconds.
+
+While it runs it prints a progress line per second to stderr (``--quiet``: none):
+what finished in that second (ok, errors, drops, achieved QPS, p50/p99, the
+versions that answered), what was sent, and when a swap or rollback starts or
+ends. ``--plot FILE.png`` draws the per-second timeline (QPS, p50/p99, errors)
+with the swap and rollback marked.
+
 Writes a JSON report to stdout (or ``--out``) and a short table to stderr:
 latency percentiles (HdrHistogram, 1 us..60 s, 3 significant digits), achieved
 QPS, errors by gRPC status, responses per model version, cache hits (of
 Recommend and RecommendSimilar), per RPC of the mix its counts and latency
-(``rpcs``), a per-second timeline and, with ``--swap``, latency before / during / after the
+(``rpcs``), a per-second timeline, how late the client sent (``send_lag_ms``: from
+scheduled to actual send) and, with ``--swap``, latency before / during / after the
 publish and the rollback. Exits 1 when any request failed or was dropped, or a
 swap step failed.
 """
@@ -53,7 +63,7 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TextIO
 
 import numpy as np
 from hdrh.histogram import HdrHistogram
@@ -362,6 +372,70 @@ class Event:
         return None if self.start_s is None or self.end_s is None else self.end_s - self.start_s
 
 
+class ProgressMeter:
+    """Per-second progress lines of a running load, read incrementally from its
+    RequestLog: each line looks only at the rows appended since the previous
+    one, so it costs the same in the first second and the thousandth.
+
+    Rows are appended when a request finishes (or is dropped), so a line
+    describes what *finished* in that second; the report's timeline instead
+    groups by scheduled send time, and the two differ by the latencies."""
+
+    def __init__(self, log: RequestLog, events: Sequence[Event] = ()):
+        self._log = log
+        self._events = events
+        self._cursor = 0
+        self._sent = 0
+        self._announced: set[tuple[str, str]] = set()
+
+    def line(self, second: int, width_s: float, sent_total: int, in_flight: int) -> str:
+        """The line of ``second`` (``width_s`` long; the last one may be
+        shorter), given how many requests have been sent so far in all and how
+        many are in flight now. A window under a quarter of a second shows no
+        QPS: a few stragglers over a few milliseconds would read as a burst."""
+        start, end = self._cursor, len(self._log)
+        self._cursor = end
+        sent, self._sent = sent_total - self._sent, sent_total
+        outcome = _view(self._log.outcome[start:end], np.int8)
+        counts = np.bincount(outcome, minlength=3)
+        ok = outcome == OK
+        latency = _view(self._log.latency_us[start:end], np.int64)[ok]
+        version = _view(self._log.version[start:end], np.int64)[ok]
+        if latency.size:
+            # inverted_cdf is the nearest-rank percentile the report's HdrHistogram gives.
+            p50, p99 = (f"{v / 1000:.2f}" for v in np.percentile(latency, (50, 99), method="inverted_cdf"))
+        else:
+            p50 = p99 = "-"
+        versions = ",".join(str(int(v)) for v in np.unique(version[version > 0])) or "-"
+        qps = f"{counts[OK] / width_s:.1f}" if width_s >= 0.25 else "-"
+        text = (f"[{second:>4}s] sent {sent:>5} ok {counts[OK]:>5} err {counts[ERROR]:>3} "
+                f"drop {counts[DROPPED]:>3} qps {qps:>7} p50 {p50:>6} p99 {p99:>6} ms "
+                f"in-flight {in_flight:>3} versions {versions}")
+        changes = self._event_changes()
+        self._announced.update(key for key, _ in changes)
+        return text + ("  << " + "; ".join(mark for _, mark in changes) if changes else "")
+
+    @property
+    def pending(self) -> bool:
+        """Whether rows or event changes arrived since the last line."""
+        return self._cursor < len(self._log) or bool(self._event_changes())
+
+    def _event_changes(self) -> list[tuple[tuple[str, str], str]]:
+        """Event starts, skips and ends not yet shown, as (key, text)."""
+        changes = []
+        for event in self._events:
+            if event.start_s is not None:
+                changes.append(((event.name, "start"), f"{event.name} started at {event.start_s:.2f} s"))
+            elif event.error:
+                changes.append(((event.name, "skip"), f"{event.name} {event.error}"))
+            if event.end_s is not None:
+                outcome = "ok" if event.ok else f"FAILED ({event.error})"
+                live = event.result.get("version") if isinstance(event.result, dict) else None
+                changes.append(((event.name, "end"), f"{event.name} ended at {event.end_s:.2f} s, {outcome}"
+                                + (f", version {live} live" if event.ok and live is not None else "")))
+        return [(key, text) for key, text in changes if key not in self._announced]
+
+
 def phase_windows(events: Sequence[Event], duration_s: float) -> dict[str, dict[str, tuple[float, float]]]:
     """For each event that ran: its ``before`` / ``during`` / ``after`` windows.
 
@@ -383,9 +457,11 @@ def phase_windows(events: Sequence[Event], duration_s: float) -> dict[str, dict[
 
 def build_report(config: LoadConfig, log: RequestLog, *, elapsed_s: float, errors_by_code: Counter,
                  cache_hits: int, sources: Counter, events: Sequence[Event] = (),
-                 samples: Sequence[dict] = (), cache_hits_by_rpc: Counter | None = None) -> dict[str, Any]:
+                 samples: Sequence[dict] = (), cache_hits_by_rpc: Counter | None = None,
+                 send_lag: HdrHistogram | None = None) -> dict[str, Any]:
     """Assembles the JSON report of a finished run from its request log.
-    ``cache_hits_by_rpc``: cached answers per RPC (a batch counts each of its items)."""
+    ``cache_hits_by_rpc``: cached answers per RPC (a batch counts each of its items);
+    ``send_lag``: microseconds from each sent request's scheduled time to its send."""
     hist = new_histogram()
     overall = window_stats(log, 0.0, math.inf, hist)
     report: dict[str, Any] = {
@@ -398,6 +474,9 @@ def build_report(config: LoadConfig, log: RequestLog, *, elapsed_s: float, error
                      "ok": overall["ok"], "errors": overall["errors"], "dropped": overall["dropped"]},
         "errors_by_code": dict(sorted(errors_by_code.items())),
         "latency_ms": overall["latency_ms"],
+        # The client's own share of latency_ms: a large one means the load
+        # generator, not the server, was behind.
+        "send_lag_ms": latency_summary(send_lag if send_lag is not None else new_histogram()),
         "model_versions": overall["model_versions"],
         "cache_hits": cache_hits,
         "cache_hit_ratio": round(cache_hits / overall["ok"], 4) if overall["ok"] else None,
@@ -449,7 +528,17 @@ def connect_timeout_s(config: LoadConfig) -> float:
     return max(config.timeout_s, 10.0)
 
 
-async def _run_event(event: Event, fn: Callable[[], Any], t0: float, pool: ProcessPoolExecutor,
+# The run's clock: monotonic with ns resolution. The event loop's own clock is
+# not used for timing because uvloop's loop.time() is whole milliseconds.
+clock_ns = time.perf_counter_ns
+
+
+def seconds_since(t0_ns: int) -> float:
+    """Seconds from ``t0_ns`` (a ``clock_ns`` reading) to now."""
+    return (clock_ns() - t0_ns) / 1e9
+
+
+async def _run_event(event: Event, fn: Callable[[], Any], t0_ns: int, pool: ProcessPoolExecutor,
                      after: asyncio.Task | None = None, requires: Event | None = None) -> None:
     loop = asyncio.get_running_loop()
     if after is not None:
@@ -458,14 +547,14 @@ async def _run_event(event: Event, fn: Callable[[], Any], t0: float, pool: Proce
         # Rolling back a publish that failed would undo the *previous* rollout instead.
         event.error = f"skipped: {requires.name} did not succeed"
         return
-    await asyncio.sleep(max(0.0, t0 + event.planned_at_s - loop.time()))
-    event.start_s = loop.time() - t0
+    await asyncio.sleep(max(0.0, event.planned_at_s - seconds_since(t0_ns)))
+    event.start_s = seconds_since(t0_ns)
     try:
         event.result = await loop.run_in_executor(pool, fn)
         event.ok = True
     except Exception as e:  # noqa: BLE001 - reported, and the load goes on
         event.ok, event.error = False, f"{type(e).__name__}: {e}"
-    event.end_s = loop.time() - t0
+    event.end_s = seconds_since(t0_ns)
 
 
 def _admin_action(swap: SwapConfig, act: Callable[..., tuple[int, dict[str, float]]]) -> dict[str, Any]:
@@ -509,9 +598,14 @@ def _import_admin_modules() -> None:
     import recsys_client.publish  # noqa: F401  (the child's imports, before the timed run)
 
 
-async def run_load(config: LoadConfig) -> dict[str, Any]:
+async def run_load(config: LoadConfig, *, progress: TextIO | None = None,
+                   log: RequestLog | None = None) -> dict[str, Any]:
     """Runs the open-loop load described by ``config`` (and its swap scenario,
-    if any) and returns the report as a JSON-serializable dict."""
+    if any) and returns the report as a JSON-serializable dict.
+
+    ``progress``: where to write a line per second while it runs (None: nowhere).
+    ``log``: a RequestLog to append each request's row to, for a caller that
+    wants the raw latencies (a fresh one otherwise)."""
     import grpc
 
     from protos.recsys.v1 import retrieval_pb2 as pb
@@ -519,7 +613,7 @@ async def run_load(config: LoadConfig) -> dict[str, Any]:
 
     loop = asyncio.get_running_loop()
     total = config.total_requests
-    interval = 1.0 / config.qps
+    interval_ns = 1e9 / config.qps
     # Drawn up front so the run is reproducible and no sampling happens on the hot path.
     sampler = CustomerSampler(config.num_customers, config.customer_format, config.distribution,
                               config.zipf_s, config.seed)
@@ -527,14 +621,16 @@ async def run_load(config: LoadConfig) -> dict[str, Any]:
     work = RpcDraws(config, total, sampler)
     to_sample = sample_indices(total, config.sample_responses)
 
-    log = RequestLog()
+    log = log if log is not None else RequestLog()
+    send_lag = new_histogram()
     errors_by_code: Counter[str] = Counter()
     sources: Counter[str] = Counter()
     hits_by_rpc: Counter[str] = Counter()
     samples: list[dict] = []
     cache_hits = 0
     in_flight = 0
-    last_done = 0.0
+    sent = 0
+    last_done_ns = 0
 
     # A local subchannel pool per channel gives each its own TCP connection;
     # otherwise identical channels share one and --channels would be moot.
@@ -542,17 +638,18 @@ async def run_load(config: LoadConfig) -> dict[str, Any]:
                 for _ in range(config.channels)]
     stubs = [pb_grpc.QueryServiceStub(c) for c in channels]
     admin: ProcessPoolExecutor | None = None
+    ticker: asyncio.Task | None = None
     try:
         # Connect first so connection set-up is not charged to the first requests.
         await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in channels)),
                                timeout=connect_timeout_s(config))
         events: list[Event] = []
         event_tasks: list[asyncio.Task] = []
-        t0 = loop.time()
+        t0 = clock_ns()
         if config.swap is not None:
             admin = _admin_process()
             await loop.run_in_executor(admin, _import_admin_modules)
-            t0 = loop.time()
+            t0 = clock_ns()
             swap_event = Event("swap", config.swap.at_s)
             events.append(swap_event)
             event_tasks.append(asyncio.create_task(
@@ -563,6 +660,17 @@ async def run_load(config: LoadConfig) -> dict[str, Any]:
                 event_tasks.append(asyncio.create_task(_run_event(
                     rollback_event, functools.partial(_admin_action, config.swap, _rollback), t0, admin,
                     after=event_tasks[0], requires=swap_event)))
+        meter = ProgressMeter(log, events)
+
+        async def tick() -> None:
+            second = 1
+            while True:
+                await asyncio.sleep(max(0.0, second - seconds_since(t0)))
+                print(meter.line(second - 1, 1.0, sent, in_flight), file=progress, flush=True)
+                second += 1
+
+        if progress is not None:
+            ticker = asyncio.create_task(tick())
 
         def call(i: int, rpc: str):
             stub = stubs[i % len(stubs)]
@@ -577,65 +685,81 @@ async def run_load(config: LoadConfig) -> dict[str, Any]:
                     customer_id=customers[i], candidate_ids=[work.candidates[i]]), timeout=config.timeout_s)
             return stub.Recommend(pb.RecommendRequest(customer_id=customers[i], k=config.k), timeout=config.timeout_s)
 
-        async def one(i: int, scheduled: float) -> None:
-            nonlocal in_flight, cache_hits, last_done
+        async def one(i: int, scheduled: int) -> None:
+            nonlocal in_flight, cache_hits, last_done_ns
+            record_latency(send_lag, (clock_ns() - scheduled) // 1000)
+            sched_s = (scheduled - t0) / 1e9
             code = int(work.rpcs[i])
             rpc = RPCS[code]
             try:
                 response = await call(i, rpc)
             except grpc.aio.AioRpcError as e:
                 errors_by_code[e.code().name] += 1
-                log.add(scheduled - t0, ERROR, rpc=code)
+                log.add(sched_s, ERROR, rpc=code)
             except Exception as e:  # noqa: BLE001 - a client-side failure is still a failed request
                 errors_by_code[type(e).__name__] += 1
-                log.add(scheduled - t0, ERROR, rpc=code)
+                log.add(sched_s, ERROR, rpc=code)
             else:
-                now = loop.time()
+                latency_us = (clock_ns() - scheduled) // 1000
                 answers = list(response.responses) if rpc == "batch" else [] if rpc == "record" else [response]
                 version = 0 if rpc == "record" else response.model_version
-                log.add(scheduled - t0, OK, int((now - scheduled) * 1e6), version, code)
+                log.add(sched_s, OK, latency_us, version, code)
                 hits_by_rpc[rpc] += sum(a.cache_hit for a in answers)
                 if rpc in ("recommend", "similar"):  # one answer per request, as cache_hit_ratio counts them
                     cache_hits += response.cache_hit
                 for answer in answers:
                     sources[pb.ResultSource.Name(answer.source)] += 1
                 if i in to_sample and rpc == "recommend":
-                    samples.append({"index": i, "scheduled_s": round(scheduled - t0, 4),
+                    samples.append({"index": i, "scheduled_s": round(sched_s, 4),
                                     "customer_id": customers[i], "model_version": response.model_version,
                                     "candidate_ids": [c.candidate_id for c in response.candidates],
                                     "cache_hit": response.cache_hit,
                                     "source": pb.ResultSource.Name(response.source)})
             finally:
                 in_flight -= 1
-                last_done = max(last_done, loop.time() - t0)
+                last_done_ns = max(last_done_ns, clock_ns() - t0)
 
         tasks: set[asyncio.Task] = set()
         i = 0
+        due = t0
         while i < total:
-            now = loop.time()
+            now = clock_ns()
             # Launch everything that is due, even if the loop woke up late: each
             # keeps its own scheduled time, so lateness shows up as latency.
-            while i < total and t0 + i * interval <= now:
-                scheduled = t0 + i * interval
+            while i < total and due <= now:
                 if in_flight >= config.concurrency:
-                    log.add(scheduled - t0, DROPPED, rpc=int(work.rpcs[i]))
+                    log.add((due - t0) / 1e9, DROPPED, rpc=int(work.rpcs[i]))
                 else:
                     in_flight += 1
-                    task = asyncio.create_task(one(i, scheduled))
+                    sent += 1
+                    task = asyncio.create_task(one(i, due))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                 i += 1
+                due = t0 + int(i * interval_ns)
             if i < total:
-                await asyncio.sleep(max(0.0, t0 + i * interval - loop.time()))
+                # uvloop's timers are whole milliseconds and may fire a little
+                # early; the loop then sleeps again for what is left.
+                await asyncio.sleep(max(0.0, (due - clock_ns()) / 1e9))
         if tasks:
             await asyncio.gather(*tasks)
         if event_tasks:
             await asyncio.gather(*event_tasks)
-        elapsed = max(last_done, min(config.duration_s, loop.time() - t0))
+        elapsed = max(last_done_ns / 1e9, min(config.duration_s, seconds_since(t0)))
+        if ticker is not None:
+            ticker.cancel()
+            # The last, partial second (and an event that ended in it).
+            last_second = math.floor(seconds_since(t0))
+            if meter.pending:
+                print(meter.line(last_second, seconds_since(t0) - last_second, sent, in_flight),
+                      file=progress, flush=True)
         samples.sort(key=lambda s: s["index"])
         return build_report(config, log, elapsed_s=elapsed, errors_by_code=errors_by_code, cache_hits=cache_hits,
-                            sources=sources, events=events, samples=samples, cache_hits_by_rpc=hits_by_rpc)
+                            sources=sources, events=events, samples=samples, cache_hits_by_rpc=hits_by_rpc,
+                            send_lag=send_lag)
     finally:
+        if ticker is not None:
+            ticker.cancel()
         for channel in channels:
             await channel.close()
         if admin is not None:
@@ -675,6 +799,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sample-responses", type=int, default=0,
                         help="keep up to N responses, spread over the run, in the report")
     parser.add_argument("--out", type=Path, help="write the JSON report here instead of stdout")
+    parser.add_argument("--plot", type=Path, metavar="FILE.png",
+                        help="write a PNG of the per-second timeline (QPS, p50/p99, errors; swap and rollback marked)")
+    parser.add_argument("--quiet", action="store_true", help="no progress line per second on stderr")
     swap = parser.add_argument_group("swap scenario (--swap)")
     swap.add_argument("--swap", action="store_true", help="publish a version during the run, then roll back")
     swap.add_argument("--registry", type=Path, help="model registry root directory")
@@ -726,7 +853,8 @@ def format_table(report: dict[str, Any]) -> str:
         f"requests {req['scheduled']}: ok {req['ok']}, errors {req['errors']}, dropped {req['dropped']}; "
         f"offered {report['offered_qps']:g} qps, achieved {report['achieved_qps']} qps",
         "latency ms: " + "  ".join(f"{k[:-3]} {_ms(lat[k])}"
-                                   for k in ("p50_ms", "p90_ms", "p99_ms", "p99_9_ms", "max_ms")),
+                                   for k in ("p50_ms", "p90_ms", "p99_ms", "p99_9_ms", "max_ms"))
+        + (f"   (client send lag p99 {_ms(report['send_lag_ms']['p99_ms'])})" if "send_lag_ms" in report else ""),
         f"versions {report['model_versions']}  cache hits {report['cache_hits']}"
         + (f"  errors {report['errors_by_code']}" if report["errors_by_code"] else ""),
         *(f"  {name:<9} requests {stats['requests']:>6} ok {stats['ok']:>6} errors {stats['errors']} "
@@ -753,6 +881,8 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The recsys-loadtest command: runs the load, writes the report (and the
+    plot), exits 1 when a request failed or was dropped or a swap step failed."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -763,7 +893,7 @@ def main(argv: list[str] | None = None) -> None:
 
     started = time.monotonic()
     try:
-        report = run_event_loop(run_load(config))
+        report = run_event_loop(run_load(config, progress=None if args.quiet else sys.stderr))
     except (TimeoutError, asyncio.TimeoutError):
         print(f"recsys-loadtest: could not connect to {config.address} within {connect_timeout_s(config):g} s",
               file=sys.stderr)
@@ -774,6 +904,10 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print(text)
     print(format_table(report), file=sys.stderr)
+    if args.plot:
+        from recsys_client.loadtest_plot import plot_timeline  # matplotlib only when a plot is asked for
+
+        print(f"timeline plot: {plot_timeline(report, args.plot)}", file=sys.stderr)
     print(f"(run took {time.monotonic() - started:.1f} s)", file=sys.stderr)
     failed = report["requests"]["errors"] or report["requests"]["dropped"] or any(
         report.get(name, {}).get("ok") is False for name in ("swap", "rollback"))

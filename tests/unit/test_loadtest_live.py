@@ -1,0 +1,123 @@
+"""recsys-loadtest against a fake QueryService in this process: latencies with
+microsecond precision under uvloop (whose loop.time() is whole milliseconds),
+the progress line per second, and the --quiet and --plot flags."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+
+from protos.recsys.v1 import retrieval_pb2 as pb
+from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
+from recsys_client.loadtest import DROPPED, ERROR, OK, Event, LoadConfig, ProgressMeter, RequestLog, main, run_load
+from serving.grpc_server import run_event_loop
+
+LINE = re.compile(r"^\[\s*(\d+)s\] sent\s+(\d+) ok\s+(\d+) err\s+(\d+) drop\s+(\d+) qps\s+(\S+) "
+                  r"p50\s+(\S+) p99\s+(\S+) ms in-flight\s+(\d+) versions (\S+)(?:  << (.*))?$")
+
+
+class FakeQuery(pb_grpc.QueryServiceServicer):
+    """Answers every Recommend at once from version 7: what is left of a
+    latency is the client, gRPC and the loopback, a fraction of a millisecond."""
+
+    def Recommend(self, request, context):
+        return pb.RecommendResponse(model_version=7, candidates=[pb.ScoredCandidate(candidate_id="i000001")])
+
+
+@pytest.fixture(scope="module")
+def fake_query():
+    # A threaded server, so it runs beside any event loop the client starts.
+    server = grpc.server(ThreadPoolExecutor(4))
+    pb_grpc.add_QueryServiceServicer_to_server(FakeQuery(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}"
+    server.stop(None)
+
+
+@pytest.fixture(scope="module")
+def live_run(fake_query):
+    """One 2.3 s run at 150 QPS on uvloop: its report, request log, progress text and loop type."""
+    log, progress = RequestLog(), io.StringIO()
+
+    async def scenario():
+        loop_type = type(asyncio.get_running_loop())
+        report = await run_load(LoadConfig(address=fake_query, qps=150, duration_s=2.3, channels=1),
+                                progress=progress, log=log)
+        return report, loop_type
+
+    report, loop_type = run_event_loop(scenario())
+    return report, log, progress.getvalue(), loop_type
+
+
+def test_latencies_are_measured_in_microseconds_under_uvloop(live_run):
+    report, log, _, loop_type = live_run
+    assert loop_type.__module__.startswith("uvloop")  # the loop whose clock is whole milliseconds
+    assert report["requests"]["ok"] == 345 and report["model_versions"] == {"7": 345}
+    latency_us = log.columns()[1]
+    # A millisecond clock leaves one or two sub-millisecond remainders (0, or 999
+    # from float rounding); a microsecond one spreads 345 latencies over hundreds.
+    assert len(set((latency_us % 1000).tolist())) >= 100
+    lag = report["send_lag_ms"]
+    assert lag["p50_ms"] is not None and lag["p50_ms"] <= report["latency_ms"]["p50_ms"]
+
+
+def test_a_progress_line_per_second_adds_up_to_the_report(live_run):
+    report, _, progress, _ = live_run
+    rows = [LINE.match(line) for line in progress.splitlines()]
+    assert all(rows), progress
+    seconds = [int(m.group(1)) for m in rows]
+    assert seconds[:2] == [0, 1] and seconds == sorted(seconds) and len(seconds) in (3, 4)
+    assert sum(int(m.group(2)) for m in rows) == report["requests"]["sent"] == 345
+    assert sum(int(m.group(3)) for m in rows) == report["requests"]["ok"]
+    full = rows[0]
+    assert 100 <= float(full.group(6)) <= 200 and full.group(10) == "7"
+    assert 0 < float(full.group(7)) <= float(full.group(8))
+
+
+def _meter_lines():
+    log = RequestLog()
+    swap, rollback = Event("swap", 1.0), Event("rollback", 3.0)
+    meter = ProgressMeter(log, [swap, rollback])
+    for us in (1_000, 2_000, 3_000, 4_000):
+        log.add(0.1, OK, us, 1)
+    log.add(0.2, ERROR)
+    log.add(0.3, DROPPED)
+    yield meter.line(0, 1.0, sent_total=5, in_flight=2)
+    swap.start_s = 1.2
+    log.add(1.1, OK, 5_500, 2)
+    yield meter.line(1, 1.0, sent_total=6, in_flight=0)
+    assert not meter.pending
+    swap.end_s, swap.ok, swap.result = 2.5, True, {"version": 2}
+    rollback.error = "skipped: swap did not succeed"  # as _run_event records one that never started
+    assert meter.pending
+    yield meter.line(2, 0.1, sent_total=6, in_flight=0)
+
+
+def test_progress_lines_read_only_new_rows_and_mark_each_event_change_once():
+    first, second, last = (LINE.match(line) for line in _meter_lines())
+    assert first.group(2, 3, 4, 5, 6, 7, 8, 9, 10) == ("5", "4", "1", "1", "4.0", "2.00", "4.00", "2", "1")
+    assert first.group(11) is None
+    assert second.group(2, 3, 4, 7, 10) == ("1", "1", "0", "5.50", "2")
+    assert second.group(11) == "swap started at 1.20 s"
+    assert last.group(3, 6, 7, 10) == ("0", "-", "-", "-")  # nothing new; too short a window for a rate
+    assert last.group(11) == "swap ended at 2.50 s, ok, version 2 live; rollback skipped: swap did not succeed"
+
+
+def test_quiet_drops_the_progress_lines_and_plot_writes_a_png(fake_query, tmp_path, capsys):
+    out, png = tmp_path / "report.json", tmp_path / "timeline.png"
+    argv = ["--address", fake_query, "--qps", "40", "--duration-s", "1.2", "--out", str(out), "--plot", str(png)]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv + ["--quiet"])
+    assert exit_.value.code == 0
+    stderr = capsys.readouterr().err
+    assert not any(LINE.match(line) for line in stderr.splitlines())
+    assert f"timeline plot: {png}" in stderr and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads(out.read_text())
+    assert report["requests"]["ok"] == 48 and len(report["timeline"]) == 2
