@@ -12,14 +12,16 @@ result cache: every request searches the index):
 
 1. the sharded version on one index process per shard (plus a second replica
    of shard 0): ``recsys-loadtest`` at ``--qps`` for ``--duration-s``;
-2. failover at ``--failover-qps``: a steady run, a run in which shard 0's
-   second replica is stopped (SIGSTOP) 2 s in, and a run in which it is
-   killed (SIGKILL) 2 s in; requests, failures and p99 of each;
-3. the one-shard version on one index process, at ``--qps`` as in 1.
+2. the one-shard version on one index process, at ``--qps`` as in 1;
+3. failover at ``--failover-qps``, with a second replica of shard 0 (of the
+   sharded version, or with ``--failover-on alone`` of the one-shard version):
+   a steady run, a run in which the second replica is stopped (SIGSTOP) 2 s
+   in, and a run in which it is killed (SIGKILL) 2 s in; requests, failures
+   and p99 of each.
 
 Reports per shard its candidates, build and load seconds and RSS.
 
-    python -m bench.scaleout [--quick] [--candidates 10000000] [--shards 4] [--out FILE]
+    python -m bench.scaleout [--quick] [--candidates 10000000] [--shards 4] [--work DIR] [--out FILE]
 """
 
 from __future__ import annotations
@@ -47,29 +49,34 @@ MODEL = "scalebench"
 FAULT_AT_S = 2.0
 
 
-def loadtest(address: str, qps: float, duration_s: float, out: Path) -> dict:
-    """A ``recsys-loadtest`` run's report (open loop, 2,000 customers)."""
-    run = subprocess.run(
-        [console_script("recsys-loadtest"), "--address", address, "--qps", str(qps), "--duration-s", str(duration_s),
-         "--num-customers", "2000", "--channels", "2", "--timeout-s", "5", "--concurrency", "2000", "--out", str(out)],
-        capture_output=True, text=True, timeout=duration_s + 600)
+def _loadtest_command(address: str, qps: float, duration_s: float, out: Path) -> list[str]:
+    """An open-loop ``recsys-loadtest`` run over 2,000 customers writing its report to ``out``."""
+    return [console_script("recsys-loadtest"), "--address", address, "--qps", str(qps), "--duration-s",
+            str(duration_s), "--num-customers", "2000", "--channels", "2", "--timeout-s", "5", "--concurrency", "2000",
+            "--quiet", "--out", str(out)]
+
+
+def _report(out: Path, returncode: int, stderr: str) -> dict:
     if not out.exists():
-        raise RuntimeError(f"recsys-loadtest wrote no report (exit {run.returncode}):\n{run.stderr[-2000:]}")
+        raise RuntimeError(f"recsys-loadtest wrote no report (exit {returncode}):\n{stderr[-2000:]}")
     return json.loads(out.read_text())
+
+
+def loadtest(address: str, qps: float, duration_s: float, out: Path) -> dict:
+    """A ``recsys-loadtest`` run's report."""
+    run = subprocess.run(_loadtest_command(address, qps, duration_s, out), capture_output=True, text=True,
+                         timeout=duration_s + 600)
+    return _report(out, run.returncode, run.stderr)
 
 
 def loadtest_with_fault(address: str, qps: float, duration_s: float, out: Path, fault) -> dict:
     """``loadtest``, calling ``fault()`` ``FAULT_AT_S`` into the run."""
-    command = [console_script("recsys-loadtest"), "--address", address, "--qps", str(qps), "--duration-s",
-               str(duration_s), "--num-customers", "2000", "--channels", "2", "--timeout-s", "5",
-               "--concurrency", "2000", "--out", str(out)]
-    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as run:
+    with subprocess.Popen(_loadtest_command(address, qps, duration_s, out), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True) as run:
         time.sleep(FAULT_AT_S + 1.0)  # the load generator's start-up (~1 s) precedes its first request
         fault()
         _, stderr = run.communicate(timeout=duration_s + 600)
-    if not out.exists():
-        raise RuntimeError(f"recsys-loadtest wrote no report (exit {run.returncode}):\n{stderr[-2000:]}")
-    return json.loads(out.read_text())
+    return _report(out, run.returncode, stderr)
 
 
 def summary(report: dict) -> dict:
@@ -107,6 +114,44 @@ def stop_all(processes: list[ServiceProcess]) -> None:
         process.stop()
 
 
+def build(registry: Registry, candidates: int, shards: int) -> dict:
+    """Trains the small model whose tower serves, builds the sharded version and
+    the one-shard version; returns their numbers and the build's timings."""
+    subprocess.run([console_script("recsys-train"), "--dataset", "synthetic", "--registry", str(registry.root),
+                    "--model", MODEL, "--epochs", "1", "--tune-budget-s", "0", "--embedding-dim", "64",
+                    "--prior-weight", "0", "--quiet"], check=True, capture_output=True, timeout=1800)
+    base = registry.version_dir(1)
+    t0 = time.perf_counter()
+    ids, embeddings, probes = large_candidates(candidates, files.read_manifest(base).embedding_dim, seed=1)
+    generate_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    built, spec = index_builder.build_shards(embeddings, probes, ids, shards)
+    sharded = publish_built(registry, base, ids, embeddings, probes, built, spec, f"synthetic-{candidates}")
+    publish_s = time.perf_counter() - t0
+    first = built[0]
+    alone = publish_built(registry, base, ids[first.rows], embeddings[first.rows], probes,
+                          [index_builder.Shard(np.arange(len(first.rows)), first.searcher, first.spec)],
+                          first.spec, f"synthetic-{candidates}-shard-0")
+    return {"sharded": sharded.version, "alone": alone.version, "generate_s": round(generate_s, 1),
+            "build_and_publish_s": round(publish_s, 1), "build_s": [round(b.build_seconds, 1) for b in built]}
+
+
+def failover_runs(query: ServiceProcess, spare: ServiceProcess, args: argparse.Namespace, work: Path) -> dict:
+    """Steady, then ``spare`` stopped (SIGSTOP) and, after it resumed, killed
+    (SIGKILL), each ``FAULT_AT_S`` into a run at ``--failover-qps``."""
+    steady = summary(loadtest(query.address, args.failover_qps, args.failover_s, work / "steady.json"))
+    stopped = summary(loadtest_with_fault(query.address, args.failover_qps, args.failover_s, work / "stop.json",
+                                          lambda: spare.proc.send_signal(signal.SIGSTOP)))
+    spare.proc.send_signal(signal.SIGCONT)
+    time.sleep(2.0)
+    killed = summary(loadtest_with_fault(query.address, args.failover_qps, args.failover_s, work / "kill.json",
+                                         spare.kill))
+    return {"replica_steady": steady,
+            "replica_stop": {**stopped, "p99_vs_steady": round(stopped["p99_ms"] / steady["p99_ms"], 2)
+                             if stopped["p99_ms"] and steady["p99_ms"] else None},
+            "replica_kill": killed}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="40k candidates, short runs (smoke test)")
@@ -116,76 +161,66 @@ def main() -> None:
     parser.add_argument("--duration-s", type=float, default=20.0)
     parser.add_argument("--failover-qps", type=float, default=500.0)
     parser.add_argument("--failover-s", type=float, default=10.0, help="each failover run's length")
+    parser.add_argument("--failover-on", choices=("sharded", "alone"), default="sharded",
+                        help="whose shard 0 gets a second replica for the failover runs: the sharded version's, or "
+                             "the one-shard version's (one search per request instead of one per shard)")
+    parser.add_argument("--work", type=Path, help="keep the registry here; a later run with the same --work "
+                                                  "serves what the first built instead of building again")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.quick:
         args.candidates, args.qps, args.duration_s, args.failover_qps, args.failover_s = 40_000, 50, 3.0, 50, 5.0
 
     with tempfile.TemporaryDirectory(prefix="bench-scaleout-") as tmp:
-        work = Path(tmp)
+        work = args.work or Path(tmp)
         registry = Registry(work / "registry", MODEL)
-        subprocess.run([console_script("recsys-train"), "--dataset", "synthetic", "--registry", str(registry.root),
-                        "--model", MODEL, "--epochs", "1", "--tune-budget-s", "0", "--embedding-dim", "64",
-                        "--prior-weight", "0", "--quiet"], check=True, capture_output=True, timeout=1800)
-        base = registry.version_dir(1)
-        dim = files.read_manifest(base).embedding_dim
-        t0 = time.perf_counter()
-        ids, embeddings, probes = large_candidates(args.candidates, dim, seed=1)
-        generate_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        shards, spec = index_builder.build_shards(embeddings, probes, ids, args.shards)
-        sharded = publish_built(registry, base, ids, embeddings, probes, shards, spec,
-                                f"synthetic-{args.candidates}")
-        publish_s = time.perf_counter() - t0
-        build_s = [shard.build_seconds for shard in shards]
-        first = shards[0]
-        alone = publish_built(registry, base, ids[first.rows], embeddings[first.rows], probes,
-                              [index_builder.Shard(np.arange(len(first.rows)), first.searcher, first.spec)],
-                              first.spec, f"synthetic-{args.candidates}-shard-0")
-        del embeddings, shards, first
+        built = work / "built.json"
+        if built.exists():  # a kept --work: serve what an earlier run built
+            facts = json.loads(built.read_text())
+            sharded, alone = registry.manifest(facts["sharded"]), registry.manifest(facts["alone"])
+        else:
+            facts = build(registry, args.candidates, args.shards)
+            built.write_text(json.dumps(facts))
+            sharded, alone = registry.manifest(facts["sharded"]), registry.manifest(facts["alone"])
 
-        processes = serve(registry, work, sharded.version,
-                          [("blue", s) for s in range(args.shards)] + [("blue", 0)])
+        failover = {}
+        processes = serve(registry, work, sharded.version, [("blue", s) for s in range(args.shards)]
+                          + ([("blue", 0)] if args.failover_on == "sharded" else []))
         try:
-            *index, spare, query = processes
+            index, query = processes[:args.shards], processes[-1]
             per_shard = [{"shard": s, "candidates": sharded.shards[s].num_candidates,
                           "recall_at_10": round(sharded.shards[s].index.recall_at_10, 4),
-                          "build_s": round(build_s[s], 1), "load_s": load_seconds(p),
+                          "build_s": facts["build_s"][s], "load_s": load_seconds(p),
                           "rss_mb": rss_mb(p.proc.pid)["rss_mb"]} for s, p in enumerate(index)]
             loadtest(query.address, args.qps, 5.0, work / "warmup.json")
             sharded_run = summary(loadtest(query.address, args.qps, args.duration_s, work / "sharded.json"))
-            steady = summary(loadtest(query.address, args.failover_qps, args.failover_s, work / "steady.json"))
-            stopped = summary(loadtest_with_fault(query.address, args.failover_qps, args.failover_s,
-                                                  work / "stop.json", lambda: spare.proc.send_signal(signal.SIGSTOP)))
-            spare.proc.send_signal(signal.SIGCONT)
-            time.sleep(2.0)
-            killed = summary(loadtest_with_fault(query.address, args.failover_qps, args.failover_s,
-                                                 work / "kill.json", spare.kill))
+            if args.failover_on == "sharded":
+                failover = failover_runs(query, processes[args.shards], args, work)
         finally:
             stop_all(processes)
 
-        processes = serve(registry, work, alone.version, [("green", None)])
+        processes = serve(registry, work, alone.version,
+                          [("green", None)] * (2 if args.failover_on == "alone" else 1))
         try:
             alone_load_s = load_seconds(processes[0])
             loadtest(processes[-1].address, args.qps, 5.0, work / "warmup-alone.json")
             alone_run = summary(loadtest(processes[-1].address, args.qps, args.duration_s, work / "alone.json"))
+            if args.failover_on == "alone":
+                failover = failover_runs(processes[-1], processes[1], args, work)
         finally:
             stop_all(processes)
 
     result = {
-        "candidates": args.candidates, "shards": args.shards, "dim": dim,
-        "recall_at_10": round(spec.recall_at_10, 4),
+        "candidates": args.candidates, "shards": args.shards, "dim": sharded.embedding_dim,
+        "recall_at_10": round(sharded.index.recall_at_10, 4),
         "qps": sharded_run["achieved_qps"], "p99_ms": sharded_run["p99_ms"], "offered_qps": args.qps,
         "sharded": sharded_run,
         "per_shard": per_shard,
-        "generate_s": round(generate_s, 1), "build_and_publish_s": round(publish_s, 1),
+        "generate_s": facts["generate_s"], "build_and_publish_s": facts["build_and_publish_s"],
         "one_shard_alone": {"candidates": alone.num_candidates, "recall_at_10": round(alone.index.recall_at_10, 4),
                             "load_s": alone_load_s, **alone_run},
-        "failover_qps": args.failover_qps,
-        "replica_steady": steady,
-        "replica_stop": {**stopped, "p99_vs_steady": round(stopped["p99_ms"] / steady["p99_ms"], 2)
-                         if stopped["p99_ms"] and steady["p99_ms"] else None},
-        "replica_kill": killed,
+        "failover_qps": args.failover_qps, "failover_on": args.failover_on,
+        **failover,
     }
     print(write_json(result, args.out))
 

@@ -84,7 +84,8 @@ def publish_large(registry: Registry, base: Path, num_candidates: int, seed: int
 def loadtest(address: str, qps: int, duration_s: float, out: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [console_script("recsys-loadtest"), "--address", address, "--qps", str(qps), "--duration-s", str(duration_s),
-         "--num-customers", "2000", "--channels", "2", "--timeout-s", "5", "--concurrency", "2000", "--out", str(out),
+         "--num-customers", "2000", "--channels", "2", "--timeout-s", "5", "--concurrency", "2000", "--quiet",
+         "--out", str(out),
          *extra], capture_output=True, text=True, timeout=duration_s + 900)
 
 
