@@ -22,6 +22,14 @@ Two measurements, both through the real ``recsys-train`` entry point
   fed). A full epoch of the 10M set takes tens of minutes on 2 cores, so only
   this mode runs there; the epoch time is extrapolated and marked so.
 
+With ``--workers 1,2`` a third measurement runs: ``full`` ``recsys-train``
+runs on the synthetic ``--workers-sizes`` set, one per worker count, the
+multi-worker ones through ``recsys-train --workers N`` (MultiWorkerMirroredStrategy
+on loopback, the same global batch); ``examples_per_second`` is then the run's
+global rate (the workers share each batch), the first epoch's tracing included.
+
+    .venv/bin/python -m bench.training --workers 1,2 --no-ml100k --no-synthetic
+
 JSON goes to stdout (and ``--out``); a table goes to stderr.
 """
 
@@ -46,6 +54,7 @@ from bench.common import REPO, log, machine_info, mib, peak_rss_bytes, run_child
 ML100K_DIR = Path(os.environ.get("RECSYS_ML100K_DIR", REPO.parent / "shared" / "data" / "ml-100k"))
 SYNTHETIC_10M = {"customers": 1_000_000, "candidates": 200_000, "interactions": 10_000_000}
 SYNTHETIC_QUICK = {"customers": 5_000, "candidates": 2_000, "interactions": 50_000}
+SYNTHETIC_WORKERS = {"customers": 50_000, "candidates": 5_000, "interactions": 500_000}
 
 
 def tower_choices() -> list[str | None]:
@@ -154,15 +163,17 @@ def _tower_args(tower: str | None) -> list[str]:
     return ["--tower", tower] if tower else []
 
 
-def run_full(tower: str | None, dataset_args: list[str], epochs: int | None, work: Path) -> dict[str, Any]:
-    """One complete ``recsys-train`` run; the trainer's own examples/s."""
+def run_full(tower: str | None, dataset_args: list[str], epochs: int | None, work: Path,
+             extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """One complete ``recsys-train`` run (with ``extra`` flags); the trainer's own examples/s."""
     import subprocess
 
     name = tower or "default"
     metrics = work / f"metrics-{name}.json"
+    metrics.unlink(missing_ok=True)
     cmd = [str(Path(sys.executable).parent / "recsys-train"), *dataset_args, *_tower_args(tower),
            "--registry", str(work / "registry"), "--model", f"bench-{name}", "--metrics-out", str(metrics),
-           "--tune-budget-s", "0", "--quiet"] + (["--epochs", str(epochs)] if epochs else [])
+           "--tune-budget-s", "0", "--quiet", *extra] + (["--epochs", str(epochs)] if epochs else [])
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -173,6 +184,7 @@ def run_full(tower: str | None, dataset_args: list[str], epochs: int | None, wor
     return {"examples_per_second": m.get("examples_per_second"), "train_seconds": m.get("train_seconds"),
             "epochs_run": m.get("epochs_run"), "num_train": (m.get("split") or {}).get("num_train"),
             "wall_seconds": round(wall, 1), "hit_rate_excluding_seen@100": m.get("hit_rate_excluding_seen@100"),
+            "hit_rate_excluding_seen@10": m.get("hit_rate_excluding_seen@10"), "workers": m.get("workers", 1),
             "command": " ".join(["recsys-train", *cmd[1:]])}
 
 
@@ -201,6 +213,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ml100k-epochs", type=int, default=3, help="epoch cap of the full ml-100k runs")
     p.add_argument("--no-ml100k", action="store_true")
     p.add_argument("--no-synthetic", action="store_true")
+    p.add_argument("--workers", help="comma-separated worker counts (e.g. 1,2): full runs on the --workers-sizes "
+                                     "synthetic set, each through recsys-train --workers N (first tower only)")
+    p.add_argument("--workers-sizes", default="{customers},{candidates},{interactions}".format(**SYNTHETIC_WORKERS),
+                   help="customers,candidates,interactions of the --workers runs' synthetic set")
+    p.add_argument("--workers-epochs", type=int, default=2, help="epochs of each --workers run (no refit)")
     p.add_argument("--out", type=Path, help="also write the JSON here")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--train-args", help=argparse.SUPPRESS)
@@ -233,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "towers": towers,
         "params": {"steps": args.steps, "warmup": args.warmup, "ml100k_epochs": args.ml100k_epochs,
+                   "workers": args.workers, "workers_sizes": args.workers_sizes if args.workers else None,
+                   "workers_epochs": args.workers_epochs if args.workers else None,
                    "quick": args.quick},
         "runs": [],
     }
@@ -256,14 +275,22 @@ def main(argv: list[str] | None = None) -> int:
                     r["extrapolated_epoch_seconds"] = round(fit_examples / r["examples_per_second"], 0)
                 result["runs"].append({"dataset": label, "tower": tower, "mode": "steps", **r,
                                        "epoch_examples": fit_examples})
+        if args.workers:
+            sizes = dict(zip(("customers", "candidates", "interactions"), map(int, args.workers_sizes.split(","))))
+            label = "synthetic-{customers}x{candidates}x{interactions}".format(**sizes)
+            for n in map(int, args.workers.split(",")):
+                log(f"{label} tower={towers[0]}: full recsys-train run, {n} worker(s), {args.workers_epochs} epochs")
+                r = run_full(towers[0], _dataset_args("synthetic", sizes), args.workers_epochs, work,
+                             ("--workers", str(n), "--no-refit"))
+                result["runs"].append({"dataset": label, "tower": towers[0], "mode": "full", **r})
         result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     rows = [[r["dataset"], r["tower"], r["mode"], r.get("examples_per_second"), r.get("batch_size"),
              r.get("time_to_first_step_seconds"), r.get("extrapolated_epoch_seconds"), r.get("wall_seconds"),
-             r.get("error", "")] for r in result["runs"]]
+             r.get("workers", 1), r.get("error", "")] for r in result["runs"]]
     print(table(rows, ["dataset", "tower", "mode", "examples/s", "batch", "1st step s", "epoch s (extrap.)",
-                       "wall s", "error"]), file=sys.stderr)
+                       "wall s", "workers", "error"]), file=sys.stderr)
     print(write_json(result, args.out))
     return 0
 

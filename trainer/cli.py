@@ -14,6 +14,7 @@ from pathlib import Path
 from model_registry import VersionError
 from settings.flags import ConfigError, add_flags, flag_name, from_args, overrides, replace_nested
 from trainer.config import PipelineConfig, TrainConfig, recommended_config
+from trainer.launcher import TF_CONFIG, Cluster, launch
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,6 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
     outputs.add_argument("--plot-out", type=Path,
                          help="PNG of hit rate vs k for the model and baselines (default: beside --metrics-out)")
     outputs.add_argument("--quiet", action="store_true", help="no per-epoch progress on stderr")
+    workers = parser.add_argument_group(
+        "multi-worker training (tf.distribute.MultiWorkerMirroredStrategy)",
+        f"Each worker runs this same command with ${TF_CONFIG} naming the cluster and its index; on Kubernetes "
+        f"each pod of the Job sets it. The workers share each global batch of --batch-size and score it against "
+        f"the whole batch's candidates, so a step computes what one worker would; worker 0, the chief, evaluates "
+        f"and publishes. "
+        f"Needs --tune-budget-s 0 (tune on one worker, then pin the chosen flags).")
+    workers.add_argument("--workers", type=int, default=None, metavar="N",
+                         help=f"start N worker processes of this command on this machine, on free loopback ports "
+                              f"(the local/dev launcher; exits 0 when every worker does). With ${TF_CONFIG} set, "
+                              f"this process is one worker and N must match its cluster")
     return parser
 
 
@@ -58,11 +70,33 @@ def config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         parser.error(f"{name} {e.message}")
 
 
+def cluster_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace, config: PipelineConfig) -> Cluster:
+    """This process's place in the run (``$TF_CONFIG``), checked against
+    ``--workers`` and the config; a mismatch exits with one line."""
+    try:
+        cluster = Cluster.from_env()
+    except ValueError as e:
+        parser.error(str(e))
+    if args.workers is not None and args.workers < 1:
+        parser.error("--workers must be a positive integer")
+    if args.workers is not None and cluster.workers > 1 and args.workers != cluster.workers:
+        parser.error(f"--workers {args.workers} but ${TF_CONFIG} names {cluster.workers} workers")
+    if max(cluster.workers, args.workers or 1) > 1 and config.tune_budget_s > 0:
+        # The search's budget is wall-clock time: workers would disagree on whether
+        # another trial fits, and one would wait forever in a step the others skip.
+        parser.error("--tune-budget-s must be 0 with more than one worker (the search's time budget would end "
+                     "at different trials on different workers): tune on one worker, then pin the chosen flags")
+    return cluster
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     config = config_from_args(parser, args)
+    cluster = cluster_from_args(parser, args, config)
+    if cluster.workers == 1 and (args.workers or 1) > 1:
+        return launch(sys.argv[1:] if argv is None else list(argv), args.workers)
     for flag in ("metrics_out", "plot_out"):
         path = getattr(args, flag)
         if path is not None and not path.parent.is_dir():
@@ -70,17 +104,24 @@ def main(argv: list[str] | None = None) -> int:
     plot_out = args.plot_out or (args.metrics_out.with_suffix(".png") if args.metrics_out else None)
 
     # TensorFlow (seconds to import) loads only once the arguments are known to be usable.
+    from trainer.distribute import strategy_for
     from trainer.evaluation.plot import plot_hit_rates
     from trainer.evaluation.report import print_table
     from trainer.pipeline import run
 
-    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    strategy = strategy_for(cluster)  # before any other TensorFlow op
+    prefix = f"[worker {cluster.index}] " if cluster.workers > 1 else ""
+    log = (lambda msg: None) if args.quiet else (lambda msg: print(prefix + msg, file=sys.stderr, flush=True))
     start = time.perf_counter()
     try:
-        manifest, metrics = run(config, log=log)
+        manifest, metrics = run(config, log=log, strategy=strategy)
     except (ValueError, VersionError, OSError) as e:
         print(f"recsys-train: error: {e}", file=sys.stderr)
         return 2
+    if manifest is None:
+        print(f"recsys-train: worker {cluster.index} of {cluster.workers}: trained in sync with the chief "
+              f"(worker 0), which evaluates and publishes", file=sys.stderr)
+        return 0
     if args.metrics_out is not None:
         args.metrics_out.write_text(json.dumps(metrics, indent=2, sort_keys=True))
     print_table(metrics)

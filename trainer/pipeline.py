@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from model_registry import Manifest, Registry, signing
 from settings.flags import replace_nested
+from trainer import distribute
 from trainer.config import PipelineConfig, TrainConfig, recommended_config
 from trainer.data import load_dataset, make_split
 from trainer.evaluation import baselines, metrics
@@ -19,8 +20,13 @@ from trainer.training import refit, train
 from trainer.tuning import search
 
 
-def run(config: PipelineConfig, log: Callable[[str], None] = lambda msg: None) -> tuple[Manifest, dict[str, Any]]:
-    """Trains, evaluates and publishes one version; returns (manifest, metrics)."""
+def run(config: PipelineConfig, log: Callable[[str], None] = lambda msg: None,
+        strategy: distribute.Strategy | None = None) -> tuple[Manifest | None, dict[str, Any]]:
+    """Trains, evaluates and publishes one version; returns (manifest, metrics).
+
+    Under a multi-worker ``strategy`` (``trainer.distribute``) every worker
+    trains in lockstep and only the chief evaluates and publishes: the others
+    return (None, {}) once training is done."""
     registry = Registry(config.registry, config.model,
                         signing.private_key(config.signing_key) if config.signing_key else None)
     seed = config.train.seed
@@ -37,16 +43,21 @@ def run(config: PipelineConfig, log: Callable[[str], None] = lambda msg: None) -
     log(f"baselines in {time.perf_counter() - t0:.0f}s")
 
     chosen, tuning = config.train, None
-    if validation is None:
-        result = train(train_data, config.train, log=log)
-    else:
-        def preset(kind: str) -> TrainConfig:
-            return replace_nested(recommended_config(config.dataset, kind), config.pinned)
+    with distribute.scope(strategy):
+        if validation is None:
+            result = train(train_data, config.train, log=log)
+        else:
+            def preset(kind: str) -> TrainConfig:
+                return replace_nested(recommended_config(config.dataset, kind), config.pinned)
 
-        found = search(train_data, validation, preset, config.train.towers.kind, config.pinned,
-                       config.tune_budget_s, bool(train_data.customer_features), log)
-        chosen, tuning = found.config, found.describe(config.tune_budget_s)
-        result = refit(train_data, chosen, found.best, log)
+            found = search(train_data, validation, preset, config.train.towers.kind, config.pinned,
+                           config.tune_budget_s, bool(train_data.customer_features), log)
+            chosen, tuning = found.config, found.describe(config.tune_budget_s)
+            result = refit(train_data, chosen, found.best, log)
+    if strategy is not None:
+        distribute.check_exportable(result.model)
+        if not distribute.is_chief(strategy):
+            return None, {}
 
     t1 = time.perf_counter()
     model, prior = result.model, result.prior
@@ -67,6 +78,7 @@ def run(config: PipelineConfig, log: Callable[[str], None] = lambda msg: None) -
         "num_test_interactions_evaluated": len(es.rows),
         "train_seconds": round(result.train_seconds, 3),
         "examples_per_second": round(result.examples_per_second, 1),
+        "workers": result.workers,
         "epochs_run": result.epochs_run,
         "best_epoch": result.best_epoch,
         "refit_epochs": result.refit_epochs,

@@ -7,6 +7,10 @@ Training stops early on a validation hit rate carved out of the training data,
 where the popularity prior's weight is also chosen; a fresh model is then
 trained on all the training data for the epoch count that won
 (``TrainConfig.refit``), or the best epoch's weights are kept.
+
+Inside a multi-worker ``strategy.scope()`` (``trainer.distribute``) the same
+functions train one model across the workers, each taking its share of every
+global batch; every worker runs this loop and stops at the chief's epoch.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import tensorflow as tf
 from model_registry.customers import CustomerStore, recency_groups
 from model_registry.ids import index_of
 from model_registry.tower_inputs import tower_inputs
+from trainer import distribute
 from trainer.config import VALIDATION_KS, TrainConfig
 from trainer.data import Interactions
 from trainer.evaluation import metrics
@@ -39,10 +44,11 @@ class TrainResult:
     epochs_run: int
     best_epoch: int
     train_seconds: float  # time spent in gradient steps only
-    examples_per_second: float
+    examples_per_second: float  # of the whole run: with several workers, all of theirs together
     history: list[dict[str, float]]
     refit_epochs: int = 0  # epochs of the final model's refit on all the data (0: no refit)
     prior: PopularityPrior = PopularityPrior()
+    workers: int = 1  # replicas trained in sync (tf.distribute); 1: this process alone
 
 
 @dataclasses.dataclass
@@ -124,7 +130,12 @@ def _dataset(data: Interactions, model: TwoTowerModel, config: TrainConfig) -> t
     if histories is not None:
         ds = ds.map(lambda b: {**{k: v for k, v in b.items() if k != "event"}, "history": histories.lookup(b["event"])},
                     num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    # Under a multi-worker strategy every worker builds this same seeded stream and
+    # takes its share of each global batch. The default policy (AUTO) would look for
+    # files to shard first, and there are none: the data is in-memory tensors.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
 def candidate_frequencies(candidate_ids: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
@@ -143,8 +154,9 @@ def _new_model(train_data: Interactions, config: TrainConfig) -> TwoTowerModel:
         customer_features = CustomerStore.build(train_data.customer_ids, train_data.candidate_ids,
                                                 train_data.timestamps, 1, train_data.customer_feature_ids,
                                                 train_data.customer_features).features
-    model = TwoTowerModel(customers, train_data.catalog, config, customer_features,
-                          getattr(train_data, "candidate_features", None), train_data.timestamps)
+    model_class = distribute.ReplicatedTwoTowerModel if distribute.replicas() > 1 else TwoTowerModel
+    model = model_class(customers, train_data.catalog, config, customer_features,
+                        getattr(train_data, "candidate_features", None), train_data.timestamps)
     model.compile(optimizer=_optimizer(config))
     return model
 
@@ -188,12 +200,14 @@ def fit_early_stopped(train_data: Interactions, validation: Validation, config: 
     for epoch in range(1, config.max_epochs + 1):
         took, loss = _fit(model, ds, 1)
         seconds += took
+        # With several workers each counts the whole epoch, which they shared in the
+        # same seconds: examples / seconds is the run's global rate.
         examples += len(validation.fit)
         scores = metrics.embedding_scores(query_embeddings(model, fit_store, val_set.customers),
                                            embed(model.candidate_tower, val_set.catalog))
         row = {"epoch": epoch, "loss": loss, **metrics.hit_rates(scores, val_set, VALIDATION_KS)}
         history.append(row)
-        value = row[config.monitor]
+        value = distribute.chief_value(row[config.monitor])
         log(f"epoch {epoch}: loss={row['loss']:.1f} val {config.monitor}={value:.4f} "
             f"val hit_rate_excluding_seen@10={row['hit_rate_excluding_seen@10']:.4f}")
         if value > best:
@@ -231,7 +245,7 @@ def refit(train_data: Interactions, config: TrainConfig, stopped: EarlyStopped,
         seconds += _fit(model, _dataset(train_data, model, config), refit_epochs)[0]
         examples += refit_epochs * len(train_data)
     return TrainResult(model, stopped.epochs_run, stopped.best_epoch, seconds, examples / max(seconds, 1e-9),
-                       stopped.history, refit_epochs, stopped.prior)
+                       stopped.history, refit_epochs, stopped.prior, distribute.replicas())
 
 
 def train(train_data: Interactions, config: TrainConfig | None = None, validation: Validation | None = None,
@@ -256,7 +270,8 @@ def train(train_data: Interactions, config: TrainConfig | None = None, validatio
         model = _new_model(train_data, config)
         seconds, _ = _fit(model, _dataset(train_data, model, config), config.max_epochs)
         return TrainResult(model, config.max_epochs, config.max_epochs, seconds,
-                           config.max_epochs * len(train_data) / max(seconds, 1e-9), [])
+                           config.max_epochs * len(train_data) / max(seconds, 1e-9), [],
+                           workers=distribute.replicas())
     return refit(train_data, config, fit_early_stopped(train_data, validation, config, log), log)
 
 
