@@ -39,7 +39,11 @@ def run(config: PipelineConfig, log: Callable[[str], None] = lambda msg: None,
     es = metrics.prepare(train_data, test_data, data.catalog, config.max_test_interactions, seed)
     validation = Validation.carve(train_data, config.train.validation_fraction, seed,
                                   config.train.max_validation_interactions)
-    baseline_report = baselines.baselines(train_data, es, validation, seed=seed)
+    # The baselines feed the report and the bars the chief's prior is chosen against;
+    # another worker's prior is never published, and its baselines would only take
+    # CPU from the chief where workers share a machine.
+    baseline_report = (baselines.baselines(train_data, es, validation, seed=seed)
+                       if distribute.is_chief(strategy) else {})
     log(f"baselines in {time.perf_counter() - t0:.0f}s")
 
     chosen, tuning = config.train, None
