@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     config = parse(build_parser(), IndexServiceConfig, argv)
     run_main("recsys-index-service", _serve(config), config.log_level, config.metrics_port,
-             config.metrics_host)
+             config.metrics_host, config.log_format, config.tracing)
 
 
 if __name__ == "__main__":

@@ -7,19 +7,31 @@ for more (0: never waits, so a lone request pays nothing and batches grow with
 load); a full batch goes at once. Up to ``max_in_flight`` batches are processed
 concurrently, so a new batch forms while the previous one is in the tower or
 the index.
+
+A batch runs in the context (``contextvars``) of its first request, so its
+request id and trace span are the parents of the work done for the batch: a
+batch of one is traced as its request; the others of a larger batch share the
+first one's spans.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Generic, TypeVar
+
+import prometheus_client
 
 from serving.errors import ResourceExhausted
 from settings.flags import option, require
 
 I = TypeVar("I")
 O = TypeVar("O")
+
+BATCH_SIZE = prometheus_client.Histogram(
+    "recsys_batch_size", "Requests per micro-batch, by batcher (the method that processes its batches)",
+    ["batcher"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 
 
 @dataclass(frozen=True)
@@ -46,23 +58,27 @@ class MicroBatcher(Generic[I, O]):
     Exception is raised to that item's caller only. If ``process`` itself raises,
     every caller of that batch gets the exception. At ``max_queued`` items
     waiting, ``submit`` refuses with ``ResourceExhausted``; a caller that gives
-    up (is cancelled) before its batch runs is left out of it.
+    up (is cancelled) before its batch runs is left out of it. Batch sizes go
+    to ``recsys_batch_size`` under ``name`` (default: ``process``'s qualified name).
     """
 
-    def __init__(self, process: Callable[[list[I]], Awaitable[list[O | Exception]]], config: BatchingConfig):
+    def __init__(self, process: Callable[[list[I]], Awaitable[list[O | Exception]]], config: BatchingConfig,
+                 name: str = ""):
         self._process = process
         self.config = config
-        self._queue: asyncio.Queue[tuple[I, asyncio.Future]] = asyncio.Queue(config.max_queued)
+        self._sizes = BATCH_SIZE.labels(name or getattr(process, "__qualname__", "batch"))
+        self._queue: asyncio.Queue[tuple[I, asyncio.Future, contextvars.Context]] = asyncio.Queue(config.max_queued)
         self._slots = asyncio.Semaphore(config.max_in_flight)
         self._collector: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
 
     async def submit(self, item: I) -> O:
         if self._collector is None:
-            self._collector = asyncio.get_running_loop().create_task(self._collect())
+            # Its own context: it would otherwise keep the first caller's request id and span forever.
+            self._collector = asyncio.get_running_loop().create_task(self._collect(), context=contextvars.Context())
         future = asyncio.get_running_loop().create_future()
         try:
-            self._queue.put_nowait((item, future))
+            self._queue.put_nowait((item, future, contextvars.copy_context()))
         except asyncio.QueueFull:
             raise ResourceExhausted(f"{self.config.max_queued} requests are already waiting for a batch: this "
                                     f"replica is overloaded; retry with backoff or on another replica") from None
@@ -85,13 +101,14 @@ class MicroBatcher(Generic[I, O]):
                 else:
                     batch.append(self._queue.get_nowait())
             await self._slots.acquire()
-            task = loop.create_task(self._run(batch))
+            self._sizes.observe(len(batch))
+            task = loop.create_task(self._run(batch), context=batch[0][2])
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
-    async def _run(self, batch: list[tuple[I, asyncio.Future]]) -> None:
+    async def _run(self, batch: list[tuple[I, asyncio.Future, contextvars.Context]]) -> None:
         try:
-            pending = [(item, future) for item, future in batch if not future.done()]  # skip cancelled callers
+            pending = [(item, future) for item, future, _ in batch if not future.done()]  # skip cancelled callers
             if not pending:
                 return
             try:

@@ -19,6 +19,7 @@ from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from protos.recsys.v1 import versions_pb2
 from serving import errors
 from serving.filters import NO_FILTER, Filter, filter_to_proto
+from serving.observability import outgoing_metadata
 from serving.tls import ClientTls
 
 log = logging.getLogger(__name__)
@@ -119,10 +120,11 @@ class IndexEndpoint:
                                      by_popularity=q.by_popularity) for q in queries]
         try:
             if len(requests) == 1:
-                responses = [await self._stub.Search(requests[0], timeout=timeout_s)]
+                responses = [await self._stub.Search(requests[0], timeout=timeout_s, metadata=outgoing_metadata())]
                 generation = responses[0].catalogue_generation
             else:
-                batch = await self._stub.BatchSearch(pb.BatchSearchRequest(queries=requests), timeout=timeout_s)
+                batch = await self._stub.BatchSearch(pb.BatchSearchRequest(queries=requests), timeout=timeout_s,
+                                                     metadata=outgoing_metadata())
                 responses = list(batch.results)
                 generation = max([batch.catalogue_generation, *(r.catalogue_generation for r in responses)])
         except grpc.aio.AioRpcError as e:
@@ -141,7 +143,7 @@ class IndexEndpoint:
                                           filter=filter_to_proto(query.filter) if query.filter else None,
                                           return_vector=with_vector)
         try:
-            response = await self._stub.SearchSimilar(request, timeout=timeout_s)
+            response = await self._stub.SearchSimilar(request, timeout=timeout_s, metadata=outgoing_metadata())
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.NOT_FOUND:  # the caller's candidate, not a disagreement of services
                 raise errors.NotFound(f"candidate_id {query.candidate_id!r} is not in version {version}'s "

@@ -34,6 +34,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError, SlotNotCoveredError
 
 from query_service.batching import BatchingConfig
+from serving.tracing import span
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,8 @@ class RedisLink:
         if self.cluster:  # MGET is one slot's: on a cluster, a GET per key, pipelined per node
             return await self.pipelined(op, keys, lambda pipe, key: pipe.get(key))
         try:
-            return await self.client.mget(keys)
+            with span("redis " + op, keys=len(keys)):
+                return await self.client.mget(keys)
         except REDIS_ERRORS as e:
             self.failed(op, e)
             return [UNREACHED] * len(keys)
@@ -186,11 +188,12 @@ class RedisLink:
                         queue: Callable[[Any, str], Any], replies: list[Any]) -> None:
         """Fills ``replies`` at ``positions`` from one pipeline; a failure is ``node``'s (or Redis's)."""
         try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for i in positions:
-                    queue(pipe, keys[i])
-                for i, reply in zip(positions, await pipe.execute()):
-                    replies[i] = reply
+            with span("redis " + op, keys=len(positions), node=node):
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for i in positions:
+                        queue(pipe, keys[i])
+                    for i, reply in zip(positions, await pipe.execute()):
+                        replies[i] = reply
         except REDIS_ERRORS as e:
             self.failed(op, e, node)
 

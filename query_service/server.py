@@ -8,7 +8,6 @@ import argparse
 import asyncio
 import dataclasses
 import logging
-from concurrent.futures import ThreadPoolExecutor
 
 from model_registry import Registry
 from model_registry import manifest as files
@@ -21,7 +20,7 @@ from query_service.recommender import Recommender, WarmupConfig
 from query_service.routing import IndexRouter, RoutingConfig
 from query_service.servicer import QueryServicer
 from query_service.tower import QueryModel
-from serving import validation
+from serving import tracing, validation
 from serving.admin_rpc import ServiceWithAdmin
 from serving.config import AdminConfig, ServiceConfig
 from serving.grpc_server import ServiceSpec, run_main, serve_until_signalled
@@ -93,7 +92,7 @@ async def create_server(config: QueryServiceConfig) -> tuple[ServiceWithAdmin, R
     router = IndexRouter(config.index)
     cache = ResultCache(config.cache) if config.cache.url else None
     history = LiveHistory(cache.link, config.model, config.live_history) if cache is not None else None
-    executor = ThreadPoolExecutor(config.tower_threads, thread_name_prefix="tower")
+    executor = tracing.executor("tower", config.tower_threads, thread_name_prefix="tower")
     recommender = Recommender(manager, router, cache, executor, config.batching, max_k=config.max_k,
                               warmup=config.warmup, history=history, max_batch_requests=config.max_batch_requests)
     admin = QueryAdmin(manager, loader, router, recommender.warm)
@@ -136,7 +135,7 @@ async def _serve(config: QueryServiceConfig) -> None:
 def main(argv: list[str] | None = None) -> None:
     config = parse(build_parser(), QueryServiceConfig, argv)
     run_main("recsys-query-service", _serve(config), config.log_level, config.metrics_port,
-             config.metrics_host)
+             config.metrics_host, config.log_format, config.tracing)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@
     recsys-client record    --address HOST:PORT --customer-id ID --candidate-ids ID,ID,...  (oldest first)
     recsys-client embed     --address HOST:PORT --customer-id ID
     recsys-client health    --address HOST:PORT [--service NAME]
+    recsys-client status    --index-admin HOST:PORT,... --query-admin HOST:PORT,... [--admin-token T]
 
 ``--filter`` is a ``recsys.v1.Filter`` in protobuf's JSON form; every part is
 optional, and a candidate must pass every restrict and every range::
@@ -20,13 +21,16 @@ Against servers serving TLS: ``--tls-ca CA.pem`` (and, for mutual TLS,
 ``--tls-cert`` / ``--tls-key``).
 
 Prints the response as JSON; on an RPC error prints the status code and message
-to stderr and exits 1 (health exits 1 unless SERVING).
+to stderr and exits 1 (health exits 1 unless SERVING). ``status`` prints one
+table of every listed replica's versions, states and figures from its admin
+plane (``*``: the live version), and exits 1 if any replica did not answer.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import grpc
@@ -35,6 +39,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
+from recsys_client import status
 from serving.filters import filter_from_proto
 from serving.tls import ClientTls
 from serving.errors import InvalidArgument
@@ -62,10 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("recommend", "similar", "batch", "record", "embed", "health"):
         sub = commands.add_parser(name)
         sub.add_argument("--address", required=True, help="service HOST:PORT")
-        sub.add_argument("--timeout-s", type=float, default=5.0, help="RPC deadline")
-        sub.add_argument("--tls-ca", default="", help="PEM CA bundle of the server's certificate: TLS")
-        sub.add_argument("--tls-cert", default="", help="PEM client certificate (mutual TLS)")
-        sub.add_argument("--tls-key", default="", help="PEM private key of the client certificate")
+        _add_connection(sub)
         if name in ("recommend", "record", "embed"):
             sub.add_argument("--customer-id", required=True)
         if name == "similar":
@@ -84,7 +86,21 @@ def build_parser() -> argparse.ArgumentParser:
                              help="also exclude what the customer interacted with")
         if name == "health":
             sub.add_argument("--service", default="", help="service name; empty for the whole server")
+    sub = commands.add_parser("status", help="every replica's versions and states, from the admin planes")
+    sub.add_argument("--index-admin", type=_ids, default=[], help="index slot replicas' admin HOST:PORT, "
+                                                                  "comma-separated")
+    sub.add_argument("--query-admin", type=_ids, default=[], help="query replicas' admin HOST:PORT, comma-separated")
+    sub.add_argument("--admin-token", default=os.environ.get("RECSYS_ADMIN_TOKEN", ""),
+                     help="bearer token of the admin plane (env RECSYS_ADMIN_TOKEN)")
+    _add_connection(sub)
     return parser
+
+
+def _add_connection(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--timeout-s", type=float, default=5.0, help="RPC deadline")
+    sub.add_argument("--tls-ca", default="", help="PEM CA bundle of the server's certificate: TLS")
+    sub.add_argument("--tls-cert", default="", help="PEM client certificate (mutual TLS)")
+    sub.add_argument("--tls-key", default="", help="PEM private key of the client certificate")
 
 
 def _call(stub: pb_grpc.QueryServiceStub, args: argparse.Namespace):
@@ -114,6 +130,10 @@ def _print(message) -> None:
 
 def run(args: argparse.Namespace) -> int:
     tls = ClientTls(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
+    if args.command == "status":
+        replicas = status.gather(args.index_admin, args.query_admin, args.admin_token, args.timeout_s, tls)
+        print(status.table(replicas))
+        return 1 if any(r.status is None for r in replicas) else 0
     with tls.channel(args.address) as channel:
         if args.command == "health":
             response = health_pb2_grpc.HealthStub(channel).Check(
@@ -127,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "status" and not (args.index_admin or args.query_admin):
+        parser.error("status: give --index-admin and/or --query-admin (the replicas' admin HOST:PORT)")
     try:
         sys.exit(run(args))
     except ConfigError as e:

@@ -5,6 +5,7 @@ data plane faces clients."""
 from __future__ import annotations
 
 import hmac
+from typing import Callable
 
 import grpc
 
@@ -14,6 +15,7 @@ from protos.recsys.v1 import versions_pb2
 from serving.admin import StatusReport, VersionAdmin, VersionInfo
 from serving.config import AdminConfig, ServiceConfig
 from serving.grpc_server import RunningServer, ServiceSpec, map_errors, start_server
+from serving.observability import VERSIONS
 
 SERVICE_NAME = "recsys.v1.AdminService"
 
@@ -99,16 +101,20 @@ async def start_admin_server(admin: VersionAdmin, config: AdminConfig,
 
 class ServiceWithAdmin:
     """A data-plane server and its admin server. The data plane starts
-    NOT_SERVING; the service says when it can serve (``set_serving``)."""
+    NOT_SERVING; the service says when it can serve (``set_serving``).
+    While it runs, its versions are exported to /metrics (``VERSIONS``)."""
 
-    def __init__(self, data: RunningServer, admin: RunningServer):
+    def __init__(self, data: RunningServer, admin: RunningServer, status: Callable[[], StatusReport]):
         self.data = data
         self.admin = admin
+        self._status = status
+        VERSIONS.track(status)
 
     async def set_serving(self, serving: bool, names: list[str] | None = None) -> None:
         await self.data.set_serving(serving, names)
 
     async def stop(self, grace_s: float = 5.0) -> None:
+        VERSIONS.untrack(self._status)
         await self.admin.stop(0)
         await self.data.stop(grace_s)
 
@@ -122,4 +128,4 @@ class ServiceWithAdmin:
         except BaseException:
             await data.stop(0)
             raise
-        return cls(data, admin_server)
+        return cls(data, admin_server, admin.status)

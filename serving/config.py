@@ -9,7 +9,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from model_registry import signing
 from model_registry.registry import check_model_name
+from serving.observability import LOG_FORMATS
 from serving.tls import ServerTls
+from serving.tracing import TracingConfig
 from settings.flags import ConfigError, option, require
 
 
@@ -60,6 +62,10 @@ class ServiceConfig:
                                             "refused RESOURCE_EXHAUSTED at once, never queued")
     max_message_bytes: int = option(16 << 20, "largest message the data plane receives or sends")
     log_level: str = option("info", "logging level", choices=("debug", "info", "warning", "error"))
+    log_format: str = option("text", "log lines as text, or as one JSON object each (timestamp, level, logger, "
+                                     "message, request_id)", choices=LOG_FORMATS)
+    tracing: TracingConfig = option(TracingConfig(), "OpenTelemetry tracing (off unless an endpoint or the console "
+                                                     "is given)", prefix="otel-")
 
     def __post_init__(self) -> None:
         try:

@@ -8,7 +8,6 @@ import asyncio
 import functools
 import logging
 import signal
-import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Coroutine, Iterable
 
@@ -20,14 +19,12 @@ from grpc_reflection.v1alpha import reflection
 
 from model_registry import VersionError
 from serving.errors import ServingError
+from serving.observability import ServerObservability, configure_logging
+from serving.tracing import TracingConfig, setup_tracing
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_CHARS = 1000
-
-RPC_SECONDS = prometheus_client.Histogram(
-    "recsys_rpc_seconds", "Server-side RPC latency by method and status code", ["method", "code"],
-    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 
 
 def status_of(error: Exception, method: str) -> tuple[grpc.StatusCode, str]:
@@ -41,28 +38,20 @@ def status_of(error: Exception, method: str) -> tuple[grpc.StatusCode, str]:
 
 def map_errors(method: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
     """Wraps an async servicer method: an exception becomes the status
-    ``status_of`` gives; every call's latency is recorded by method and code."""
+    ``status_of`` gives. Latency by method and code is the interceptor's
+    (``serving.observability.ServerObservability``), which sees every call."""
 
     @functools.wraps(method)
     async def wrapper(self, request, context: grpc.aio.ServicerContext):
-        start = time.perf_counter()
-        code = "OK"
         try:
             return await method(self, request, context)
-        except asyncio.CancelledError:
-            code = "CANCELLED"
-            raise
-        except grpc.aio.AbortError:
-            code = "ABORTED_BY_HANDLER"
+        except grpc.aio.AbortError:  # the method chose its status
             raise
         except Exception as e:  # noqa: BLE001 - the last line of defence of a server
             status, message = status_of(e, method.__name__)
-            code = status.name
             if not isinstance(e, ServingError):
                 log.exception("%s failed", method.__qualname__)
             await context.abort(status, message)
-        finally:
-            RPC_SECONDS.labels(method.__name__, code).observe(time.perf_counter() - start)
 
     return wrapper
 
@@ -152,9 +141,10 @@ async def start_server(services: Iterable[ServiceSpec], host: str, port: int,
     """Starts a server with the services plus health and reflection; port 0 picks
     a free port (returned in ``RunningServer.port``). Health starts NOT_SERVING.
     Beyond ``max_concurrent_rpcs`` calls in progress, gRPC refuses new ones with
-    RESOURCE_EXHAUSTED. With ``credentials`` the port serves TLS only."""
+    RESOURCE_EXHAUSTED. With ``credentials`` the port serves TLS only. Every
+    unary call is timed and given a request id (``ServerObservability``)."""
     services = list(services)
-    server = grpc.aio.server(interceptors=[*interceptors, MalformedRequestGuard()],
+    server = grpc.aio.server(interceptors=[ServerObservability(), *interceptors, MalformedRequestGuard()],
                              maximum_concurrent_rpcs=max_concurrent_rpcs, options=[
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
@@ -203,12 +193,15 @@ def run_event_loop(main: Coroutine) -> Any:
 
 
 def run_main(prog: str, serve: Coroutine[None, None, None], log_level: str, metrics_port: int,
-             metrics_host: str = "127.0.0.1") -> None:
-    """A service's process: logging, Prometheus /metrics (port 0: none), then
-    ``serve`` until a signal. A version that cannot be loaded at start (a
-    missing or broken pointer, a missing or corrupt version) exits with one
-    line saying why, not a traceback."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+             metrics_host: str = "127.0.0.1", log_format: str = "text",
+             tracing: TracingConfig = TracingConfig()) -> None:
+    """A service's process: logging (``log_format`` text or json), tracing
+    when configured, Prometheus /metrics (port 0: none), then ``serve`` until
+    a signal. A version that cannot be loaded at start (a missing or broken
+    pointer, a missing or corrupt version) exits with one line saying why, not
+    a traceback."""
+    configure_logging(log_level, log_format)
+    setup_tracing(tracing, prog)  # before any server or channel: the instrumentation wraps their constructors
     if metrics_port:
         prometheus_client.start_http_server(metrics_port, metrics_host)
     try:

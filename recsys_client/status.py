@@ -1,0 +1,102 @@
+"""``recsys-client status``: every replica's versions, their states and key
+figures in one table, from each admin plane's GetStatus.
+
+    recsys-client status --index-admin HOST:PORT,... --query-admin HOST:PORT,... [--admin-token T]
+
+All replicas are asked at once; one that does not answer gets a row saying
+why, and the others are still shown (exit status 1 when any failed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+from protos.recsys.v1 import admin_pb2 as pb
+from protos.recsys.v1 import admin_pb2_grpc as pb_grpc
+from protos.recsys.v1 import versions_pb2
+from serving.tls import ClientTls
+
+COLUMNS = ("ADDRESS", "SERVICE", "SLOT", "VERSION", "STATE", "CANDIDATES", "RECALL@10", "MEMORY", "LOAD_S",
+           "CATALOGUE_GEN")
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    """One replica's answer: its status, or why there is none."""
+
+    role: str  # "index" or "query": what the caller listed it as
+    address: str
+    status: pb.ServiceStatus | None = None
+    error: str = ""
+
+
+def gather(index: list[str], query: list[str], token: str = "", timeout_s: float = 5.0,
+           tls: ClientTls = ClientTls()) -> list[ReplicaStatus]:
+    """Asks every replica's admin plane for its status, all at once, each within ``timeout_s``."""
+    metadata = [("authorization", f"Bearer {token}")] if token else None
+    asked = []
+    channels = []
+    try:
+        for role, addresses in (("index", index), ("query", query)):
+            for address in addresses:
+                channels.append(tls.channel(address))
+                stub = pb_grpc.AdminServiceStub(channels[-1])
+                asked.append((role, address, stub.GetStatus.future(pb.GetStatusRequest(), metadata=metadata,
+                                                                   timeout=timeout_s)))
+        out = []
+        for role, address, future in asked:
+            try:
+                out.append(ReplicaStatus(role, address, future.result()))
+            except grpc.RpcError as e:
+                out.append(ReplicaStatus(role, address, error=f"{e.code().name}: {e.details()}"))
+        return out
+    finally:
+        for channel in channels:
+            channel.close()
+
+
+def _state(value: int) -> str:
+    return versions_pb2.VersionState.Name(value).removeprefix("VERSION_STATE_")
+
+
+def _size(n: int) -> str:
+    """``n`` bytes in the largest binary unit that keeps it >= 1 (e.g. 3.0MiB)."""
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.1f}{unit}" if unit != "B" else f"{n}B"
+        n /= 1024
+    return f"{n:.1f}GiB"
+
+
+def rows(replicas: list[ReplicaStatus]) -> list[tuple[str, ...]]:
+    """The table's rows: one per loaded version of each replica; one for a
+    replica holding none; one with the error for a replica that did not answer."""
+    out = []
+    for replica in replicas:
+        if replica.status is None:
+            out.append((replica.address, replica.role, "-", "-", f"UNREACHABLE ({replica.error})"))
+            continue
+        status = replica.status
+        head = (replica.address, status.service or replica.role, status.slot or "-")
+        if not status.versions:
+            out.append((*head, "-", "EMPTY"))
+        for v in sorted(status.versions, key=lambda v: v.version):
+            live = "*" if v.version == status.live_version else ""
+            out.append((*head, f"{v.version}{live}", _state(v.state), str(v.num_candidates),
+                        f"{v.self_test_recall_at_10:.3f}" if v.self_test_recall_at_10 else "-",
+                        _size(v.memory_bytes), f"{v.load_seconds:.2f}", str(v.catalogue_generation)))
+    return out
+
+
+def table(replicas: list[ReplicaStatus]) -> str:
+    """A fixed-width table (``*`` marks each replica's live version); an
+    unreachable replica's reason runs past the columns."""
+    body = rows(replicas)
+    widths = [len(column) for column in COLUMNS]
+    for row in body:
+        for i, cell in enumerate(row[:-1] if row[-1].startswith("UNREACHABLE") else row):
+            widths[i] = max(widths[i], len(cell))
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+                     for row in [COLUMNS, *body])
