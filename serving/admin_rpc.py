@@ -122,7 +122,8 @@ class ServiceWithAdmin:
     async def start(cls, spec: ServiceSpec, admin: VersionAdmin, config: ServiceConfig) -> "ServiceWithAdmin":
         credentials = config.tls.credentials()
         data = await start_server([spec], config.host, config.port, config.max_message_bytes,
-                                  max_concurrent_rpcs=config.max_concurrent_rpcs, credentials=credentials)
+                                  max_concurrent_rpcs=config.max_concurrent_rpcs, credentials=credentials,
+                                  echo_request_id=config.echo_request_id)
         try:
             admin_server = await start_admin_server(admin, config.admin, credentials)
         except BaseException:

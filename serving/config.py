@@ -64,6 +64,8 @@ class ServiceConfig:
     log_level: str = option("info", "logging level", choices=("debug", "info", "warning", "error"))
     log_format: str = option("text", "log lines as text, or as one JSON object each (timestamp, level, logger, "
                                      "message, request_id)", choices=LOG_FORMATS)
+    echo_request_id: bool = option(False, "return x-request-id in the trailers of every call, not only of failed "
+                                          "ones (costs grpc.aio 20-40 us of CPU per call)")
     tracing: TracingConfig = option(TracingConfig(), "OpenTelemetry tracing (off unless an endpoint or the console "
                                                      "is given)", prefix="otel-")
 

@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from model_registry import VersionError
 from serving.errors import ServingError
-from serving.observability import ServerObservability, configure_logging
+from serving.observability import ServerObservability, configure_logging, request_id_metadata
 from serving.tracing import TracingConfig, setup_tracing
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,10 @@ def status_of(error: Exception, method: str) -> tuple[grpc.StatusCode, str]:
 
 def map_errors(method: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
     """Wraps an async servicer method: an exception becomes the status
-    ``status_of`` gives. Latency by method and code is the interceptor's
-    (``serving.observability.ServerObservability``), which sees every call."""
+    ``status_of`` gives, with the request id in the trailing metadata (a caller
+    quoting it finds the call in the logs). Latency by method and code is the
+    interceptor's (``serving.observability.ServerObservability``), which sees
+    every call."""
 
     @functools.wraps(method)
     async def wrapper(self, request, context: grpc.aio.ServicerContext):
@@ -51,7 +53,7 @@ def map_errors(method: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
             status, message = status_of(e, method.__name__)
             if not isinstance(e, ServingError):
                 log.exception("%s failed", method.__qualname__)
-            await context.abort(status, message)
+            await context.abort(status, message, request_id_metadata())
 
     return wrapper
 
@@ -137,14 +139,18 @@ async def start_server(services: Iterable[ServiceSpec], host: str, port: int,
                        max_message_bytes: int = 16 << 20,
                        interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
                        max_concurrent_rpcs: int | None = None,
-                       credentials: grpc.ServerCredentials | None = None) -> RunningServer:
+                       credentials: grpc.ServerCredentials | None = None,
+                       echo_request_id: bool = False) -> RunningServer:
     """Starts a server with the services plus health and reflection; port 0 picks
     a free port (returned in ``RunningServer.port``). Health starts NOT_SERVING.
     Beyond ``max_concurrent_rpcs`` calls in progress, gRPC refuses new ones with
     RESOURCE_EXHAUSTED. With ``credentials`` the port serves TLS only. Every
-    unary call is timed and given a request id (``ServerObservability``)."""
+    unary call is timed and given a request id (``ServerObservability``),
+    returned in the trailers of every call with ``echo_request_id`` (of failed
+    calls only otherwise)."""
     services = list(services)
-    server = grpc.aio.server(interceptors=[ServerObservability(), *interceptors, MalformedRequestGuard()],
+    server = grpc.aio.server(interceptors=[ServerObservability(echo_request_id), *interceptors,
+                                           MalformedRequestGuard()],
                              maximum_concurrent_rpcs=max_concurrent_rpcs, options=[
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),

@@ -3,7 +3,7 @@ of every RPC, request ids that follow a request across services, and logs as
 JSON lines.
 
 The RPC metrics and the request id come from one server interceptor, so a call
-pays for one extra layer, not one per concern: about 2-3 us of CPU per call
+pays for one extra layer, not one per concern: about 3 us of CPU per call
 (``python -m tests.interceptor_cost``). Version states, recall
 and memory are read from the admin plane's status when /metrics is scraped
 (``VersionCollector``), so they cost requests nothing and are never stale.
@@ -60,6 +60,11 @@ def outgoing_metadata() -> tuple[tuple[str, str], ...] | None:
     return ((REQUEST_ID_KEY, request_id),) if request_id else None
 
 
+def request_id_metadata() -> tuple[tuple[str, str], ...]:
+    """The current request's id as trailing metadata (empty outside a request)."""
+    return outgoing_metadata() or ()
+
+
 def _split_method(full: str) -> tuple[str, str]:
     """("recsys.v1.QueryService", "Recommend") of "/recsys.v1.QueryService/Recommend"."""
     service, _, method = full.lstrip("/").rpartition("/")
@@ -77,8 +82,11 @@ class ServerObservability(grpc.aio.ServerInterceptor):
     """Times every unary call into ``recsys_rpc_latency_seconds`` by service,
     method and status code, and gives it a request id: the caller's
     ``x-request-id`` metadata or a new one, held in ``REQUEST_ID`` for the call
-    (logs and outgoing calls read it) and returned in the trailing metadata.
-    At debug level each call is also logged (``serving.access``).
+    (logs and outgoing calls read it). A failed call returns it in its trailing
+    metadata (``map_errors``); every call does with ``echo_request_id``, off by
+    default because trailers cost grpc.aio 20-40 us of CPU per call (measured
+    with ``tests/interceptor_cost.py``), ten times the rest of this
+    interceptor. At debug level each call is also logged (``serving.access``).
 
     It must be the outermost interceptor, so that calls another interceptor
     refuses (a missing admin token) are counted too. Streams pass through
@@ -87,7 +95,8 @@ class ServerObservability(grpc.aio.ServerInterceptor):
     so the usual call builds nothing. Safe for one event loop.
     """
 
-    def __init__(self):
+    def __init__(self, echo_request_id: bool = False):
+        self.echo_request_id = echo_request_id
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(self, continuation, handler_call_details):
@@ -107,12 +116,12 @@ class ServerObservability(grpc.aio.ServerInterceptor):
         known = self._wrapped.get(method)
         if known is not None and known[0] is handler:
             return known[1]
-        wrapped = self._wrap(handler, method)
+        wrapped = self._wrap(handler, method, self.echo_request_id)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
     @staticmethod
-    def _wrap(handler: grpc.RpcMethodHandler, full_method: str) -> grpc.RpcMethodHandler:
+    def _wrap(handler: grpc.RpcMethodHandler, full_method: str, echo_request_id: bool) -> grpc.RpcMethodHandler:
         service, method = _split_method(full_method)
         call = handler.unary_unary
         # Label lookups take a lock and build a tuple: resolved once per code, not per call.
@@ -126,7 +135,8 @@ class ServerObservability(grpc.aio.ServerInterceptor):
 
         async def unary(request, context: grpc.aio.ServicerContext):
             start = time.perf_counter()
-            context.set_trailing_metadata(((REQUEST_ID_KEY, REQUEST_ID.get()),))
+            if echo_request_id:
+                context.set_trailing_metadata(request_id_metadata())
             code = "CANCELLED"  # what a call that ends by neither return nor exception was
             try:
                 response = await call(request, context)

@@ -83,7 +83,8 @@ def stack(trained_registry, redis_server, collector, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def traffic(stack):
-    """A few Recommends (repeats: cache hits), one refused, one of a customer the tower does not know."""
+    """A few Recommends (repeats: cache hits), one refused, one of a customer
+    the tower does not know. Returns the id the refused call was given."""
     with grpc.insecure_channel(stack["query"].address) as channel:
         stub = pb_grpc.QueryServiceStub(channel)
         for customer in ["c000001", "c000002", "c000003", "c000001", "c000002"]:
@@ -92,8 +93,8 @@ def traffic(stack):
         with pytest.raises(grpc.RpcError) as refused:
             stub.Recommend(pb.RecommendRequest(customer_id="c000001", k=0), timeout=10)
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        _, call = stub.Recommend.with_call(pb.RecommendRequest(customer_id="stranger-1", k=5), timeout=10)
-    return dict(call.trailing_metadata())["x-request-id"]
+        stub.Recommend(pb.RecommendRequest(customer_id="stranger-1", k=5), timeout=10)
+    return dict(refused.value.trailing_metadata())["x-request-id"]
 
 
 def scrape(port: int) -> dict[str, list]:

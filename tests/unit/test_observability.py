@@ -65,9 +65,9 @@ class Echo(pb_grpc.AdminServiceServicer):
         raise RuntimeError("a bug")
 
 
-async def start_echo(downstream: str = "", interceptors=()):
+async def start_echo(downstream: str = "", interceptors=(), echo_request_id: bool = False):
     return await start_server([ServiceSpec(pb_grpc.add_AdminServiceServicer_to_server, Echo(downstream), ADMIN)],
-                              "127.0.0.1", 0, interceptors=interceptors)
+                              "127.0.0.1", 0, interceptors=interceptors, echo_request_id=echo_request_id)
 
 
 async def test_every_call_is_timed_by_method_and_code():
@@ -107,7 +107,7 @@ async def test_calls_refused_by_another_interceptor_are_counted():
     assert latency_count("GetStatus", "UNAUTHENTICATED") - before == 1
 
 
-async def test_request_id_is_taken_or_made_returned_and_carried_to_the_next_service():
+async def test_request_id_is_taken_or_made_and_carried_to_the_next_service_and_back_on_failure():
     back = await start_echo()
     front = await start_echo(downstream=f"127.0.0.1:{back.port}")
     try:
@@ -116,12 +116,15 @@ async def test_request_id_is_taken_or_made_returned_and_carried_to_the_next_serv
             call = stub.GetStatus(pb.GetStatusRequest(), timeout=5, metadata=((REQUEST_ID_KEY, "req-42"),))
             reply = await call
             assert (reply.model_name, reply.service) == ("req-42", "req-42")
-            assert dict(await call.trailing_metadata())[REQUEST_ID_KEY] == "req-42"
+            assert REQUEST_ID_KEY not in dict(await call.trailing_metadata())  # a success: no trailer by default
 
-            call = stub.GetStatus(pb.GetStatusRequest(), timeout=5)
-            reply = await call
+            reply = await stub.GetStatus(pb.GetStatusRequest(), timeout=5)
             assert reply.model_name and reply.service == reply.model_name
-            assert dict(await call.trailing_metadata())[REQUEST_ID_KEY] == reply.model_name
+
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await stub.LoadVersion(pb.LoadVersionRequest(version=3), timeout=5)
+            made = dict(failed.value.trailing_metadata())[REQUEST_ID_KEY]
+            assert made and made not in (reply.model_name, "req-42")
 
             too_long = "x" * 500  # would go into every log line of the request
             reply = await stub.GetStatus(pb.GetStatusRequest(), timeout=5, metadata=((REQUEST_ID_KEY, too_long),))
@@ -129,6 +132,17 @@ async def test_request_id_is_taken_or_made_returned_and_carried_to_the_next_serv
     finally:
         await front.stop(0)
         await back.stop(0)
+
+
+async def test_every_call_returns_its_request_id_when_asked():
+    server = await start_echo(echo_request_id=True)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            call = pb_grpc.AdminServiceStub(channel).GetStatus(pb.GetStatusRequest(), timeout=5)
+            reply = await call
+    finally:
+        await server.stop(0)
+    assert dict(await call.trailing_metadata())[REQUEST_ID_KEY] == reply.model_name
 
 
 def test_request_ids_are_unique_and_absent_outside_a_request():
