@@ -241,14 +241,17 @@ class Recommender:
                          timeout_s: float | None) -> Recommendation:
         generation = model.catalogue_generation
         request = await self._with_live_history(model, request)
-        cached = await self._lookup(request.key(self.model, version, generation), request.k, request.exclusions)
+        key = request.key(self.model, version, generation)
+        cached = await self._lookup(key, request.k, request.exclusions)
         if cached is not None:
             self._remember(request)
             return Recommendation(cached.ids, cached.scores, version, cached.source, True, generation)
         answer = await self._within_budget(
             lambda budget: self._batcher.submit(self._miss(model, request, budget)), timeout_s)
         self._remember(request)  # answered: a request that fails is not worth warming
-        self._store(request.key(self.model, version, answer.generation), answer)
+        if answer.generation != generation:
+            key = request.key(self.model, version, answer.generation)
+        self._store(key, answer)
         return Recommendation(answer.ids, answer.scores, version, answer.source, False, answer.generation)
 
     async def _with_live_history(self, model: QueryModel, request: _Request) -> _Request:

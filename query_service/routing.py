@@ -149,11 +149,11 @@ class IndexRouter:
         catalogue generation they need (``_route``): one per shard, merged."""
         generation = max(q.min_generation for q in queries)
         shards = self.shard_count(version)
-        parts = await asyncio.gather(*(
-            self._route(version, generation, timeout_s, lambda endpoint, left: endpoint.search(queries, version, left),
-                        shard) for shard in range(shards)))
-        if shards == 1:
-            return parts[0]
+        call = lambda endpoint, left: endpoint.search(queries, version, left)  # noqa: E731
+        if shards == 1:  # awaited in place: gather would wrap it in a task, ~25 us of a miss's CPU
+            return await self._route(version, generation, timeout_s, call)
+        parts = await asyncio.gather(*(self._route(version, generation, timeout_s, call, shard)
+                                       for shard in range(shards)))
         return [merge_hits([part[i] for part in parts], q.k) for i, q in enumerate(queries)]
 
     async def similar(self, query: SimilarQuery, version: int, timeout_s: float | None = None) -> IndexHits:
