@@ -1,5 +1,5 @@
 """A sharded version served end to end, with replica failover: the trained
-integration model republished in three shards (same vectors, no training),
+integration model republished in two shards (same vectors, no training),
 one index process per shard of slot blue plus a second replica of shard 1,
 and a query replica with no result cache, so every request searches every
 shard. Answers must be the exact top-k over all candidates; a replica hung
@@ -30,7 +30,7 @@ from trainer.export import index as index_builder
 
 pytestmark = pytest.mark.integration
 
-SHARDS = 3
+SHARDS = 2
 
 
 def publish_sharded(root, source) -> int:
