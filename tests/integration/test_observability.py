@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
+from tests.conftest import RedisProcess
 from tests.integration.conftest import index_slot, query_replica
 from tests.processes import console_script, free_port, wait_until
 
@@ -58,7 +59,16 @@ def collector():
 
 
 @pytest.fixture(scope="module")
-def stack(trained_registry, redis_server, collector, tmp_path_factory):
+def redis_of_its_own():
+    """A Redis of this module's own: the session's holds other tests' results under the same keys
+    (same model, version and customers), which would count as invalid values, not misses."""
+    redis = RedisProcess().start()
+    yield redis
+    redis.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(trained_registry, redis_of_its_own, collector, tmp_path_factory):
     """Index slot blue and a query replica, each with /metrics, JSON logs and traces to ``collector``."""
     logs = tmp_path_factory.mktemp("observability")
     ports = {"index": free_port(), "query": free_port()}
@@ -69,7 +79,7 @@ def stack(trained_registry, redis_server, collector, tmp_path_factory):
         index = index_slot(trained_registry, "blue", logs / "index.log", "--metrics-port", str(ports["index"]),
                            *traced).start()
         try:
-            query = query_replica(trained_registry, [index], logs / "query.log", "--redis-url", redis_server.url,
+            query = query_replica(trained_registry, [index], logs / "query.log", "--redis-url", redis_of_its_own.url,
                                   "--metrics-port", str(ports["query"]), *traced).start()
         except BaseException:
             index.stop()
