@@ -28,7 +28,6 @@ from serving.grpc_server import ServiceSpec, map_errors, start_server
 from serving.observability import (REQUEST_ID, REQUEST_ID_KEY, JsonLogFormatter, VersionCollector, new_request_id,
                                    outgoing_metadata)
 from serving.versions import State
-from tests.interceptor_cost import in_process_us
 
 ADMIN = "recsys.v1.AdminService"
 
@@ -207,12 +206,6 @@ def test_version_gauges_follow_the_admin_status():
 
 def test_process_memory_is_exported():
     assert prometheus_client.REGISTRY.get_sample_value("process_resident_memory_bytes") > 0
-
-
-def test_interceptor_costs_a_few_microseconds_per_call():
-    bare, observed = in_process_us(5000)
-    # ~3 us measured on a loaded 2-core machine; the bound catches a per-call log line or lock, not noise.
-    assert observed - bare < 20, (bare, observed)
 
 
 @pytest.fixture
