@@ -38,6 +38,7 @@ import grpc
 import numpy as np
 
 from bench.common import rss_mb, write_json
+from bench import swap
 from bench.swap import large_candidates, publish_built
 from model_registry import Registry
 from model_registry import manifest as files
@@ -49,13 +50,6 @@ MODEL = "scalebench"
 FAULT_AT_S = 2.0
 
 
-def _loadtest_command(address: str, qps: float, duration_s: float, out: Path) -> list[str]:
-    """An open-loop ``recsys-loadtest`` run over 2,000 customers writing its report to ``out``."""
-    return [console_script("recsys-loadtest"), "--address", address, "--qps", str(qps), "--duration-s",
-            str(duration_s), "--num-customers", "2000", "--channels", "2", "--timeout-s", "5", "--concurrency", "2000",
-            "--quiet", "--out", str(out)]
-
-
 def _report(out: Path, returncode: int, stderr: str) -> dict:
     if not out.exists():
         raise RuntimeError(f"recsys-loadtest wrote no report (exit {returncode}):\n{stderr[-2000:]}")
@@ -64,14 +58,13 @@ def _report(out: Path, returncode: int, stderr: str) -> dict:
 
 def loadtest(address: str, qps: float, duration_s: float, out: Path) -> dict:
     """A ``recsys-loadtest`` run's report."""
-    run = subprocess.run(_loadtest_command(address, qps, duration_s, out), capture_output=True, text=True,
-                         timeout=duration_s + 600)
+    run = swap.loadtest(address, qps, duration_s, out)
     return _report(out, run.returncode, run.stderr)
 
 
 def loadtest_with_fault(address: str, qps: float, duration_s: float, out: Path, fault) -> dict:
     """``loadtest``, calling ``fault()`` ``FAULT_AT_S`` into the run."""
-    with subprocess.Popen(_loadtest_command(address, qps, duration_s, out), stdout=subprocess.DEVNULL,
+    with subprocess.Popen(swap.loadtest_command(address, qps, duration_s, out), stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True) as run:
         time.sleep(FAULT_AT_S + 1.0)  # the load generator's start-up (~1 s) precedes its first request
         fault()

@@ -81,12 +81,16 @@ def publish_large(registry: Registry, base: Path, num_candidates: int, seed: int
     return publish_built(registry, base, ids, embeddings, probes, shards, spec, f"synthetic-{num_candidates}")
 
 
-def loadtest(address: str, qps: int, duration_s: float, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [console_script("recsys-loadtest"), "--address", address, "--qps", str(qps), "--duration-s", str(duration_s),
-         "--num-customers", "2000", "--channels", "2", "--timeout-s", "5", "--concurrency", "2000", "--quiet",
-         "--out", str(out),
-         *extra], capture_output=True, text=True, timeout=duration_s + 900)
+def loadtest_command(address: str, qps: float, duration_s: float, out: Path, *extra: str) -> list[str]:
+    """An open-loop ``recsys-loadtest`` run over 2,000 customers writing its report to ``out``."""
+    return [console_script("recsys-loadtest"), "--address", address, "--qps", str(qps), "--duration-s",
+            str(duration_s), "--num-customers", "2000", "--channels", "2", "--timeout-s", "5", "--concurrency", "2000",
+            "--quiet", "--out", str(out), *extra]
+
+
+def loadtest(address: str, qps: float, duration_s: float, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(loadtest_command(address, qps, duration_s, out, *extra), capture_output=True, text=True,
+                          timeout=duration_s + 900)
 
 
 def main() -> None:
