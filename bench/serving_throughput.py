@@ -45,12 +45,12 @@ def train(registry: Path, customers: int, candidates: int, interactions: int) ->
     return Registry(registry, MODEL).version_dir(1)
 
 
-def load(address: str, qps: int, duration_s: float, customers: int, out: Path, seed: int) -> dict:
-    """One open-loop run of recsys-loadtest in its own process. Each run needs
-    its own ``seed``: the same seed draws the same customers, whose results the
-    previous run left in the cache."""
+def load(address: str, qps: int, duration_s: float, customers: int, out: Path, seed: int, channels: int = 4) -> dict:
+    """One open-loop run of recsys-loadtest in its own process, over ``channels``
+    connections. Each run needs its own ``seed``: the same seed draws the same
+    customers, whose results the previous run left in the cache."""
     subprocess.run([console_script("recsys-loadtest"), "--address", address, "--qps", str(qps),
-                    "--duration-s", str(duration_s), "--num-customers", str(customers), "--channels", "4",
+                    "--duration-s", str(duration_s), "--num-customers", str(customers), "--channels", str(channels),
                     "--seed", str(seed),
                     "--concurrency", "2000", "--timeout-s", "2", "--out", str(out)],
                    capture_output=True, text=True, timeout=duration_s + 120)
@@ -66,15 +66,17 @@ def summary(report: dict, cpu_s: float) -> dict:
 
 
 def max_sustainable(address: str, ladder: list[int], duration_s: float, customers: int, p99_ms: float,
-                    work: Path, name: str, server_pids: list[int]) -> dict:
+                    work: Path, name: str, server_pids: list[int], channels: int = 4) -> dict:
     """Climbs the ladder until a step misses the p99 target or fails a request.
     Each step also reports the CPU the server processes (``server_pids``) spent
     per answered request."""
-    load(address, 50, 2.0, customers, work / f"{name}-warmup.json", seed=1)  # connections, first tower calls
+    load(address, 50, 2.0, customers, work / f"{name}-warmup.json", seed=1,  # connections, first tower calls
+         channels=channels)
     steps, best = [], None
     for qps in ladder:
         cpu_before = cpu_seconds(server_pids)
-        report = load(address, qps, duration_s, customers, work / f"{name}-{qps}.json", seed=1000 + qps)
+        report = load(address, qps, duration_s, customers, work / f"{name}-{qps}.json", seed=1000 + qps,
+                      channels=channels)
         step = summary(report, cpu_seconds(server_pids) - cpu_before)
         steps.append(step)
         print(f"  {name:10s} {qps:6d} qps: p99 {step['p99_ms']} ms, achieved {step['achieved_qps']:.0f}, "
@@ -99,14 +101,19 @@ def _steady_cpu(steps: list[dict]) -> float | None:
     return round(sum(s["server_cpu_us_per_request"] * s["ok"] for s in kept) / sum(s["ok"] for s in kept), 1)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny model, two short steps (smoke test)")
+def add_stack_flags(parser: argparse.ArgumentParser) -> None:
+    """The model trained for the stack and how each ladder step is judged (shared with bench.workers)."""
     parser.add_argument("--p99-ms", type=float, default=10.0)
     parser.add_argument("--duration-s", type=float, default=6.0, help="length of each ladder step")
     parser.add_argument("--customers", type=int, default=50_000)
     parser.add_argument("--candidates", type=int, default=5_000)
     parser.add_argument("--interactions", type=int, default=500_000)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny model, two short steps (smoke test)")
+    add_stack_flags(parser)
     parser.add_argument("--ladder", default="100,200,300,400,500,600,800,1000,1250,1500,2000,2500,3000,4000")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()

@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Awaitable, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 from query_service.routing import IndexRouter
-from query_service.tower import QueryModel
 from serving.admin import StatusReport, VersionAdmin
 from serving.errors import FailedPrecondition, InvalidArgument
 from serving.loader import Loader
 from serving.sources import StartupVersions
 from serving.versions import VersionManager
+
+if TYPE_CHECKING:  # TensorFlow: the --workers supervisor imports this module and loads no model
+    from query_service.tower import QueryModel
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,7 @@ log = logging.getLogger(__name__)
 ROUTE_WAIT_S = 5.0
 
 
-class QueryAdmin(VersionAdmin[QueryModel]):
+class QueryAdmin(VersionAdmin["QueryModel"]):
     """Admin operations of a query replica (see the module docstring)."""
 
     service = "query"

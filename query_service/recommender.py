@@ -34,7 +34,7 @@ import time
 from collections import OrderedDict, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Protocol, Sequence, TypeVar
+from typing import TYPE_CHECKING, Awaitable, Callable, Protocol, Sequence, TypeVar
 
 import numpy as np
 
@@ -42,12 +42,14 @@ from query_service.batching import BatchingConfig, MicroBatcher
 from query_service.cache import CachedResult, ResultCache, cache_key, similar_key
 from query_service.index_client import IndexHits, IndexQuery, SimilarQuery
 from query_service.live_history import LiveHistory, merged_history
-from query_service.tower import QueryModel
 from serving import validation
 from serving.errors import DeadlineExceeded, InvalidArgument, ServingError, Unavailable
 from serving.filters import NO_FILTER, Filter
 from serving.versions import VersionManager
 from settings.flags import option, require
+
+if TYPE_CHECKING:  # TensorFlow: the --workers supervisor imports this module and loads no model
+    from query_service.tower import QueryModel
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import sys
 
 from model_registry import Registry
 from model_registry import manifest as files
@@ -19,7 +20,6 @@ from query_service.live_history import LiveHistory, LiveHistoryConfig
 from query_service.recommender import Recommender, WarmupConfig
 from query_service.routing import IndexRouter, RoutingConfig
 from query_service.servicer import QueryServicer
-from query_service.tower import QueryModel
 from serving import tracing, validation
 from serving.admin_rpc import ServiceWithAdmin
 from serving.config import AdminConfig, ServiceConfig
@@ -27,6 +27,7 @@ from serving.grpc_server import ServiceSpec, run_main, serve_until_signalled
 from serving.loader import Background, Loader
 from serving.sources import query_startup
 from serving.versions import VersionManager
+from serving.workers import run_workers
 from settings.flags import add_flags, option, parse, require
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,10 @@ class QueryServiceConfig(ServiceConfig):
     max_k: int = option(validation.DEFAULT_MAX_K, "largest k a request may ask")
     max_batch_requests: int = option(validation.DEFAULT_MAX_BATCH_REQUESTS,
                                      "most requests in one BatchRecommend")
+    workers: int = option(1, "processes serving the data plane on one port (SO_REUSEPORT), each with its versions "
+                             "loaded; the admin plane and /metrics then reach every worker (serving/workers.py)")
+    worker_socket: str = option("", "set by --workers on each worker it starts: the path prefix of the worker's "
+                                    "private sockets (not for use by hand)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -56,6 +61,9 @@ class QueryServiceConfig(ServiceConfig):
         require(self.tf_threads >= 0, "tf_threads", "must be >= 0")
         require(self.max_k >= 1, "max_k", "must be >= 1")
         require(self.max_batch_requests >= 1, "max_batch_requests", "must be >= 1")
+        require(self.workers >= 1, "workers", "must be >= 1")
+        require(self.workers == 1 or not self.worker_socket, "worker_socket", "is set on workers, which run one "
+                                                                                "process each")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +91,8 @@ async def create_server(config: QueryServiceConfig) -> tuple[ServiceWithAdmin, R
     servers and loads CURRENT's tower (and PREVIOUS's, the rollback target).
     Health turns SERVING once the live version's tower is loaded and an index
     endpoint holds that version."""
+    from query_service.tower import QueryModel  # here: the --workers supervisor runs main() without TensorFlow
+
     registry = Registry(config.registry, config.model)
     startup = query_startup(registry, config.version)  # no CURRENT, or a broken one, stops the start here
     limit_tensorflow_threads(config.tf_threads)
@@ -97,7 +107,7 @@ async def create_server(config: QueryServiceConfig) -> tuple[ServiceWithAdmin, R
                               warmup=config.warmup, history=history, max_batch_requests=config.max_batch_requests)
     admin = QueryAdmin(manager, loader, router, recommender.warm)
     spec = ServiceSpec(pb_grpc.add_QueryServiceServicer_to_server, QueryServicer(recommender), SERVICE_NAME)
-    service = await ServiceWithAdmin.start(spec, admin, config)
+    service = await ServiceWithAdmin.start(spec, admin, config, worker_socket=config.worker_socket)
     router.start()
     try:
         await loader.run(admin.start, startup)
@@ -106,8 +116,10 @@ async def create_server(config: QueryServiceConfig) -> tuple[ServiceWithAdmin, R
         await asyncio.gather(router.close(), recommender.close())
         raise
     asyncio.get_running_loop().create_task(_serve_once_routable(service, manager, router))
-    log.info("query service on %s:%d (admin %s:%d): %s version %d, rollback target %s (index %s, cache %s)",
-             config.host, service.data.port, config.admin.host, service.admin.port, config.model,
+    admin_address = (f"unix:{config.worker_socket}.admin" if config.worker_socket
+                     else f"{config.admin.host}:{service.admin.port}")
+    log.info("query service on %s:%d (admin %s): %s version %d, rollback target %s (index %s, cache %s)",
+             config.host, service.data.port, admin_address, config.model,
              manager.live_version, manager.rollback_target, ",".join(config.index.addresses),
              config.cache.url or "off")
     return service, recommender, router
@@ -133,7 +145,11 @@ async def _serve(config: QueryServiceConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     config = parse(build_parser(), QueryServiceConfig, argv)
+    if config.workers > 1:
+        run_workers("recsys-query-service", "query_service.server", argv, config, config.workers)
+        return
     run_main("recsys-query-service", _serve(config), config.log_level, config.metrics_port,
              config.metrics_host, config.log_format, config.tracing)
 

@@ -71,22 +71,30 @@ def _size(n: int) -> str:
 
 
 def rows(replicas: list[ReplicaStatus]) -> list[tuple[str, ...]]:
-    """The table's rows: one per loaded version of each replica; one for a
-    replica holding none; one with the error for a replica that did not answer."""
+    """The table's rows: one per loaded version of each replica (of each worker
+    of a replica run with --workers, its address followed by ``/w<i>``); one for
+    a replica holding none; one with the error for a replica that did not answer."""
     out = []
     for replica in replicas:
         if replica.status is None:
             out.append((replica.address, replica.role, "-", "-", f"UNREACHABLE ({replica.error})"))
             continue
-        status = replica.status
-        head = (replica.address, status.service or replica.role, status.slot or "-")
-        if not status.versions:
-            out.append((*head, "-", "EMPTY"))
-        for v in sorted(status.versions, key=lambda v: v.version):
-            live = "*" if v.version == status.live_version else ""
-            out.append((*head, f"{v.version}{live}", _state(v.state), str(v.num_candidates),
-                        f"{v.self_test_recall_at_10:.3f}" if v.self_test_recall_at_10 else "-",
-                        _size(v.memory_bytes), f"{v.load_seconds:.2f}", str(v.catalogue_generation)))
+        workers = [(f"{replica.address}/w{i}", w) for i, w in enumerate(replica.status.workers)]
+        for address, status in workers or [(replica.address, replica.status)]:
+            out.extend(_version_rows(address, replica.role, status))
+    return out
+
+
+def _version_rows(address: str, role: str, status: pb.ServiceStatus) -> list[tuple[str, ...]]:
+    out = []
+    head = (address, status.service or role, status.slot or "-")
+    if not status.versions:
+        out.append((*head, "-", "EMPTY"))
+    for v in sorted(status.versions, key=lambda v: v.version):
+        live = "*" if v.version == status.live_version else ""
+        out.append((*head, f"{v.version}{live}", _state(v.state), str(v.num_candidates),
+                    f"{v.self_test_recall_at_10:.3f}" if v.self_test_recall_at_10 else "-",
+                    _size(v.memory_bytes), f"{v.load_seconds:.2f}", str(v.catalogue_generation)))
     return out
 
 

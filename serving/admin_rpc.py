@@ -88,13 +88,20 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         return grpc.unary_unary_rpc_method_handler(deny)
 
 
-async def start_admin_server(admin: VersionAdmin, config: AdminConfig,
-                             credentials: grpc.ServerCredentials | None = None) -> RunningServer:
-    """Starts the admin server; with a non-empty token every admin call must carry it."""
-    interceptors = [BearerTokenInterceptor(config.token)] if config.token else []
-    running = await start_server([ServiceSpec(pb_grpc.add_AdminServiceServicer_to_server,
-                                              AdminServicer(admin), SERVICE_NAME)],
-                                 config.host, config.port, interceptors=interceptors, credentials=credentials)
+async def start_admin_server(servicer: pb_grpc.AdminServiceServicer, config: AdminConfig,
+                             credentials: grpc.ServerCredentials | None = None,
+                             private_socket: str = "") -> RunningServer:
+    """Starts the admin server; with a non-empty token every admin call must
+    carry it. With ``private_socket`` (a worker of ``--workers``) it listens on
+    that unix socket only, without token or TLS: only its supervisor, which
+    holds the public admin port, reaches it."""
+    if private_socket:
+        host, port, interceptors, credentials = f"unix:{private_socket}", 0, [], None
+    else:
+        host, port = config.host, config.port
+        interceptors = [BearerTokenInterceptor(config.token)] if config.token else []
+    running = await start_server([ServiceSpec(pb_grpc.add_AdminServiceServicer_to_server, servicer, SERVICE_NAME)],
+                                 host, port, interceptors=interceptors, credentials=credentials)
     await running.set_serving(True)
     return running
 
@@ -119,13 +126,19 @@ class ServiceWithAdmin:
         await self.data.stop(grace_s)
 
     @classmethod
-    async def start(cls, spec: ServiceSpec, admin: VersionAdmin, config: ServiceConfig) -> "ServiceWithAdmin":
+    async def start(cls, spec: ServiceSpec, admin: VersionAdmin, config: ServiceConfig,
+                    worker_socket: str = "") -> "ServiceWithAdmin":
+        """Starts both servers. A worker of ``--workers`` (``worker_socket``: the
+        path prefix of its private sockets, ``serving.workers``) shares the data
+        port with its siblings and serves its admin plane on a private socket."""
         credentials = config.tls.credentials()
         data = await start_server([spec], config.host, config.port, config.max_message_bytes,
                                   max_concurrent_rpcs=config.max_concurrent_rpcs, credentials=credentials,
-                                  echo_request_id=config.echo_request_id)
+                                  echo_request_id=config.echo_request_id, share_port=bool(worker_socket),
+                                  private_socket=worker_socket and f"{worker_socket}.data")
         try:
-            admin_server = await start_admin_server(admin, config.admin, credentials)
+            admin_server = await start_admin_server(AdminServicer(admin), config.admin, credentials,
+                                                    private_socket=worker_socket and f"{worker_socket}.admin")
         except BaseException:
             await data.stop(0)
             raise

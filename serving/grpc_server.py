@@ -140,21 +140,28 @@ async def start_server(services: Iterable[ServiceSpec], host: str, port: int,
                        interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
                        max_concurrent_rpcs: int | None = None,
                        credentials: grpc.ServerCredentials | None = None,
-                       echo_request_id: bool = False) -> RunningServer:
+                       echo_request_id: bool = False, share_port: bool = False,
+                       private_socket: str = "") -> RunningServer:
     """Starts a server with the services plus health and reflection; port 0 picks
     a free port (returned in ``RunningServer.port``). Health starts NOT_SERVING.
     Beyond ``max_concurrent_rpcs`` calls in progress, gRPC refuses new ones with
     RESOURCE_EXHAUSTED. With ``credentials`` the port serves TLS only. Every
     unary call is timed and given a request id (``ServerObservability``),
     returned in the trailers of every call with ``echo_request_id`` (of failed
-    calls only otherwise)."""
+    calls only otherwise).
+
+    ``share_port`` binds with SO_REUSEPORT, so the workers of one service
+    (``serving.workers``) listen on one port and the kernel spreads their
+    connections; otherwise a port in use is an error. ``private_socket`` (a
+    path) also serves the same services, without TLS, on that unix socket: the
+    supervisor of the workers reaches each one there."""
     services = list(services)
     server = grpc.aio.server(interceptors=[ServerObservability(echo_request_id), *interceptors,
                                            MalformedRequestGuard()],
                              maximum_concurrent_rpcs=max_concurrent_rpcs, options=[
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", int(share_port)),
     ])
     for spec in services:
         spec.add_to_server(spec.servicer, server)
@@ -162,10 +169,13 @@ async def start_server(services: Iterable[ServiceSpec], host: str, port: int,
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [s.full_name for s in services]
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    bound = (server.add_secure_port(f"{host}:{port}", credentials) if credentials is not None
-             else server.add_insecure_port(f"{host}:{port}"))
+    address = host if host.startswith("unix:") else f"{host}:{port}"  # a unix socket has no port
+    bound = (server.add_secure_port(address, credentials) if credentials is not None
+             else server.add_insecure_port(address))
     if bound == 0:
-        raise OSError(f"cannot listen on {host}:{port}: address in use or not available")
+        raise OSError(f"cannot listen on {address}: address in use or not available")
+    if private_socket and not server.add_insecure_port(f"unix:{private_socket}"):
+        raise OSError(f"cannot listen on the unix socket {private_socket}")
     await server.start()
     running = RunningServer(server, bound, health_servicer, names)
     await running.set_serving(False)

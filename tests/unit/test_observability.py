@@ -256,3 +256,15 @@ def test_status_table_shows_every_version_and_every_unreachable_replica():
     assert blue.split() == ["h:1", "index", "blue", "3*", "SERVING", "200", "0.970", "3.0MiB", "1.25", "2"]
     assert green.split() == ["h:2", "index", "green", "-", "EMPTY"]
     assert gone.startswith("h:3") and "UNREACHABLE (UNAVAILABLE: connection refused)" in gone
+
+
+def test_status_table_shows_each_worker_of_a_replica_run_with_workers():
+    def worker(live: int) -> pb.ServiceStatus:
+        return pb.ServiceStatus(model_name="m", service="query", live_version=live, versions=[
+            versions_pb2.VersionStatus(version=live, state=versions_pb2.VERSION_STATE_SERVING)])
+
+    pool = pb.ServiceStatus(model_name="m", service="query", live_version=2, workers=[worker(2), worker(1)])
+    pool.versions.extend(worker(2).versions)
+    lines = status.table([status.ReplicaStatus("query", "h:4", pool)]).splitlines()[1:]
+    assert [line.split()[:5] for line in lines] == [["h:4/w0", "query", "-", "2*", "SERVING"],
+                                                    ["h:4/w1", "query", "-", "1*", "SERVING"]]

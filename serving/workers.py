@@ -1,0 +1,367 @@
+"""``--workers N``: one service as N processes on one shared port.
+
+A Python gRPC server runs its calls on one event loop under one GIL, so a
+process uses about one core however many the machine has. As in grpc's
+multiprocessing example, the workers are N copies of the service, each with
+its own versions loaded, each binding the same data port with SO_REUSEPORT:
+the kernel spreads incoming connections among them. A connection, with every
+call on it, stays on one worker, so callers need several channels (as
+``recsys-loadtest --channels`` opens) for the load to spread.
+
+The process started with ``--workers N`` is their supervisor and loads no
+model. It holds
+- the admin port: an admin call goes to every worker (each serves its admin
+  plane on a private unix socket; loads one worker at a time, ``PoolAdmin``) and
+  answers with worker 0's status and every worker's (``ServiceStatus.workers``);
+  if a worker fails it, the call fails, naming the workers that failed and
+  those that took it;
+- health on the admin port: SERVING once every worker's data plane reports
+  SERVING, so a readiness probe there says whether the whole pool serves;
+- /metrics: every worker's, read at scrape time, each series labelled ``worker``;
+- the workers' lives: one that exits after it has served is started again and
+  brought to the version its siblings serve; SIGTERM is passed on to every
+  worker, and each drains as a single process would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import urllib.request
+from typing import Iterable
+
+import grpc
+import prometheus_client
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
+from protos.recsys.v1 import admin_pb2 as pb
+from protos.recsys.v1 import admin_pb2_grpc as pb_grpc
+from serving.admin_rpc import start_admin_server
+from serving.config import ServiceConfig
+from serving.grpc_server import MAX_MESSAGE_CHARS, run_event_loop
+from serving.observability import configure_logging
+
+log = logging.getLogger(__name__)
+
+RESTART_DELAY_S = 1.0  # between a worker's exit and its restart: a crash loop costs a start a second, not a core
+POLL_S = 0.2  # how often the pool's health follows its workers'
+ALIGN_TIMEOUT_S = 300.0  # a restarted worker's start and load, before the supervisor gives up aligning it
+_PR_SET_PDEATHSIG = 1
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """Binds ``host:port`` with SO_REUSEPORT without listening: the socket holds
+    the port (port 0 picks one) while the workers bind it too, and takes no
+    connection itself (the kernel hands connections to listening sockets only)."""
+    host = host.strip("[]")
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """In a worker, before exec: SIGTERM when the supervisor dies, even by SIGKILL,
+    so no worker outlives it holding the port."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class Worker:
+    """One worker process: how to start it and its private channels."""
+
+    def __init__(self, index: int, command: list[str], socket_prefix: str, metrics_port: int):
+        self.index = index
+        self.command = command
+        self.socket_prefix = socket_prefix
+        self.metrics_port = metrics_port
+        self.process: asyncio.subprocess.Process | None = None
+        self.has_served = False
+        # Short reconnect backoff: a starting worker's sockets appear seconds after the
+        # first tries, and the pool's health should follow within POLL_S, not gRPC's 1-120 s backoff.
+        options = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+                   ("grpc.max_reconnect_backoff_ms", 500)]
+        self._channels = [grpc.aio.insecure_channel(f"unix:{socket_prefix}.{plane}", options=options)
+                          for plane in ("admin", "data")]
+        self.admin = pb_grpc.AdminServiceStub(self._channels[0])
+        self._health = health_pb2_grpc.HealthStub(self._channels[1])
+
+    async def start(self) -> None:
+        for suffix in (".admin", ".data"):  # a dead worker's sockets would refuse the new one's bind
+            try:
+                os.unlink(self.socket_prefix + suffix)
+            except FileNotFoundError:
+                pass
+        self.process = await asyncio.create_subprocess_exec(*self.command, preexec_fn=_die_with_parent)
+        log.info("worker %d started (pid %d)", self.index, self.process.pid)
+
+    async def serving(self) -> bool:
+        """Whether this worker's data plane reports SERVING."""
+        try:
+            reply = await self._health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+        except grpc.RpcError:
+            return False
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    def signal(self, sig: int) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(sig)
+
+    async def close(self) -> None:
+        for channel in self._channels:
+            await channel.close()
+
+
+def _outcome_text(outcome: BaseException) -> str:
+    return outcome.details() if isinstance(outcome, grpc.aio.AioRpcError) else f"{type(outcome).__name__}: {outcome}"
+
+
+class PoolAdmin(pb_grpc.AdminServiceServicer):
+    """The admin plane of a pool: each call goes to every worker. Loads go to
+    one worker at a time: a load (the tower, the cache warm-up) takes CPU from
+    its worker's event loop, and one at a time leaves the other workers at full
+    speed. The rest go to all at once (a promotion is a routing switch, and the
+    workers should switch together)."""
+
+    def __init__(self, workers: list[Worker]):
+        self.workers = workers
+
+    async def _all(self, method: str, request, context: grpc.aio.ServicerContext,
+                   one_at_a_time: bool = False) -> pb.ServiceStatus:
+        calls = [getattr(w.admin, method) for w in self.workers]
+        outcomes: list = []
+        if one_at_a_time:
+            for call in calls:  # the first failure stops the round: the rest are not asked
+                try:
+                    outcomes.append(await call(request, timeout=context.time_remaining()))
+                except grpc.RpcError as e:
+                    outcomes.append(e)
+                    break
+        else:
+            outcomes = await asyncio.gather(*(call(request, timeout=context.time_remaining()) for call in calls),
+                                            return_exceptions=True)
+        failed = [i for i, o in enumerate(outcomes) if isinstance(o, BaseException)]
+        if failed:
+            first = outcomes[failed[0]]
+            took = [i for i in range(len(outcomes)) if i not in failed]
+            message = (f"{method} failed on worker {failed[0]} of {len(calls)}: {_outcome_text(first)}"
+                       + (f" (also on workers {failed[1:]})" if len(failed) > 1 else "")
+                       + (f"; workers {list(range(len(outcomes), len(calls)))} were not asked"
+                          if len(outcomes) < len(calls) else ""))
+            if took and method != "GetStatus":
+                message += (f"; workers {took} took it, so the workers now differ: GetStatus shows each one's "
+                            "versions; repeat the call or undo it")
+            code = first.code() if isinstance(first, grpc.aio.AioRpcError) else grpc.StatusCode.UNAVAILABLE
+            await context.abort(code, message[:MAX_MESSAGE_CHARS])
+        status = pb.ServiceStatus()
+        status.CopyFrom(outcomes[0])
+        status.workers.extend(outcomes)
+        return status
+
+    async def LoadVersion(self, request, context):
+        return await self._all("LoadVersion", request, context, one_at_a_time=True)
+
+    async def Promote(self, request, context):
+        return await self._all("Promote", request, context)
+
+    async def Rollback(self, request, context):
+        return await self._all("Rollback", request, context)
+
+    async def UnloadVersion(self, request, context):
+        return await self._all("UnloadVersion", request, context)
+
+    async def GetStatus(self, request, context):
+        return await self._all("GetStatus", request, context)
+
+    async def ApplyCatalogue(self, request, context):
+        return await self._all("ApplyCatalogue", request, context)
+
+
+class WorkerMetrics(Collector):
+    """Every worker's /metrics, read when the supervisor's is scraped, each
+    series labelled with its worker. A worker that does not answer (restarting)
+    is left out of that scrape."""
+
+    def __init__(self, workers: list[Worker]):
+        self.workers = workers
+
+    def collect(self) -> Iterable[Metric]:
+        families: dict[str, Metric] = {}
+        for worker in self.workers:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{worker.metrics_port}/metrics", timeout=2) as reply:
+                    text = reply.read().decode()
+            except OSError:
+                continue
+            for family in text_string_to_metric_families(text):
+                merged = families.setdefault(family.name, Metric(family.name, family.documentation, family.type,
+                                                                 family.unit))
+                merged.samples.extend(s._replace(labels={**s.labels, "worker": str(worker.index)})
+                                      for s in family.samples)
+        return families.values()
+
+
+def worker_command(module: str, argv: list[str], port: int, socket_prefix: str, metrics_port: int) -> list[str]:
+    """A worker's command line: the supervisor's own flags, then the ones that
+    make it a worker (later flags win in argparse)."""
+    return [sys.executable, "-m", module, *argv, "--workers", "1", "--port", str(port),
+            "--worker-socket", socket_prefix, "--metrics-port", str(metrics_port), "--metrics-host", "127.0.0.1"]
+
+
+class WorkerPool:
+    """The supervisor's state: its workers, the pool's health and the restarts."""
+
+    def __init__(self, workers: list[Worker]):
+        self.workers = workers
+        self.stopping = asyncio.Event()
+        self.failure = ""  # why the pool gave up (a worker that died before it ever served)
+
+    async def follow_health(self, admin_server) -> None:
+        """Keeps the admin port's health at SERVING exactly while every worker serves."""
+        serving = False
+        while not self.stopping.is_set():
+            states = await asyncio.gather(*(w.serving() for w in self.workers))
+            for worker, state in zip(self.workers, states):
+                worker.has_served |= state
+            if all(states) != serving:
+                serving = all(states)
+                log.info("pool %s: workers serving %s", "SERVING" if serving else "NOT_SERVING",
+                         [w.index for w, s in zip(self.workers, states) if s])
+                await admin_server.set_serving(serving)
+            await asyncio.sleep(POLL_S)
+
+    async def keep(self, worker: Worker) -> None:
+        """Restarts ``worker`` whenever it exits, unless the pool is stopping or
+        it never served (a worker that cannot start would not start next time either)."""
+        while True:
+            code = await worker.process.wait()
+            if self.stopping.is_set():
+                return
+            if not worker.has_served:
+                self.failure = f"worker {worker.index} exited with code {code} before it served; see its log above"
+                self.stopping.set()
+                return
+            log.error("worker %d exited with code %s; starting it again in %.0f s", worker.index, code,
+                      RESTART_DELAY_S)
+            await asyncio.sleep(RESTART_DELAY_S)
+            if self.stopping.is_set():
+                return
+            await worker.start()
+            asyncio.get_running_loop().create_task(self.align(worker))
+
+    async def align(self, worker: Worker) -> None:
+        """Brings a restarted worker to the live version of a sibling: it starts
+        on the registry's CURRENT, which an admin's promotion may not have
+        reached yet."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ALIGN_TIMEOUT_S
+        while loop.time() < deadline and not self.stopping.is_set():
+            try:
+                mine = await worker.admin.GetStatus(pb.GetStatusRequest(), timeout=1.0)
+                if mine.live_version:  # its start-up load is done: a load beside it would race it
+                    break
+            except grpc.RpcError:
+                pass
+            await asyncio.sleep(POLL_S)
+        else:
+            return
+        for sibling in self.workers:
+            if sibling is worker:
+                continue
+            try:
+                theirs = await sibling.admin.GetStatus(pb.GetStatusRequest(), timeout=1.0)
+            except grpc.RpcError:
+                continue
+            if theirs.live_version and theirs.live_version != mine.live_version:
+                log.info("worker %d serves version %d, its siblings %d: loading and promoting %d",
+                         worker.index, mine.live_version, theirs.live_version, theirs.live_version)
+                try:
+                    await worker.admin.LoadVersion(pb.LoadVersionRequest(version=theirs.live_version))
+                    await worker.admin.Promote(pb.PromoteRequest(version=theirs.live_version))
+                except grpc.RpcError as e:
+                    log.error("worker %d could not be brought to version %d: %s", worker.index,
+                              theirs.live_version, _outcome_text(e))
+            return
+
+    async def stop(self, grace_s: float) -> None:
+        """SIGTERM to every worker (each drains); SIGKILL to any still there after ``grace_s``."""
+        self.stopping.set()
+        for worker in self.workers:
+            worker.signal(signal.SIGTERM)
+        started = [w.process for w in self.workers if w.process is not None]
+        try:
+            await asyncio.wait_for(asyncio.gather(*(p.wait() for p in started)), grace_s)
+        except asyncio.TimeoutError:
+            for worker in self.workers:
+                worker.signal(signal.SIGKILL)
+            await asyncio.gather(*(p.wait() for p in started))
+
+
+def run_workers(prog: str, module: str, argv: list[str], config: ServiceConfig, workers: int) -> None:
+    """Runs ``prog`` (``python -m module argv``) as a supervisor of ``workers``
+    worker processes until SIGINT/SIGTERM; exits non-zero if a worker could not start."""
+    configure_logging(config.log_level, config.log_format)
+    failure = run_event_loop(_supervise(prog, module, argv, config, workers))
+    if failure:
+        raise SystemExit(f"{prog}: {failure}")
+
+
+async def _supervise(prog: str, module: str, argv: list[str], config: ServiceConfig, count: int) -> str:
+    reserved = reserve_port(config.host, config.port)
+    port = reserved.getsockname()[1]
+    sockets = tempfile.mkdtemp(prefix=f"{prog}-")  # mode 0700: only this user reaches the private planes
+    workers = []
+    for i in range(count):
+        prefix = os.path.join(sockets, f"worker-{i}")
+        metrics_port = _free_loopback_port() if config.metrics_port else 0
+        workers.append(Worker(i, worker_command(module, argv, port, prefix, metrics_port), prefix, metrics_port))
+    pool = WorkerPool(workers)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, pool.stopping.set)
+    admin_server = None
+    tasks: list[asyncio.Task] = []
+    try:
+        for worker in workers:
+            await worker.start()
+        admin_server = await start_admin_server(PoolAdmin(workers), config.admin, config.tls.credentials())
+        await admin_server.set_serving(False)
+        if config.metrics_port:
+            registry = prometheus_client.CollectorRegistry()
+            registry.register(WorkerMetrics(workers))
+            prometheus_client.start_http_server(config.metrics_port, config.metrics_host, registry=registry)
+        tasks = [loop.create_task(pool.follow_health(admin_server)), *(loop.create_task(pool.keep(w))
+                                                                      for w in workers)]
+        log.info("%s: %d workers on %s:%d (admin %s:%d)", prog, count, config.host, port, config.admin.host,
+                 admin_server.port)
+        await pool.stopping.wait()
+    finally:
+        await pool.stop(config.drain_s + 10.0)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if admin_server is not None:
+            await admin_server.stop(0)
+        await asyncio.gather(*(w.close() for w in workers))
+        shutil.rmtree(sockets, ignore_errors=True)
+        reserved.close()
+    return pool.failure

@@ -1,0 +1,159 @@
+"""``recsys-query-service --workers 2``: two real worker processes on one port
+behind a supervisor that holds the admin plane and /metrics (serving/workers.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import urllib.request
+
+import grpc
+import pytest
+
+from model_registry import Registry
+from protos.recsys.v1 import admin_pb2 as apb
+from protos.recsys.v1 import admin_pb2_grpc as apb_grpc
+from protos.recsys.v1 import retrieval_pb2 as pb
+from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
+from tests.integration.conftest import MODEL, index_slot, query_replica
+from tests.integration.test_admin import AUTH, copy_version, token_file
+from tests.processes import free_port, is_serving, wait_until
+
+WORKERS = 2
+
+
+@pytest.fixture(scope="module")
+def registry(trained_registry, tmp_path_factory) -> Registry:
+    root = tmp_path_factory.mktemp("workers-registry")
+    shutil.copytree(trained_registry / MODEL, root / MODEL)
+    registry = Registry(root, MODEL)
+    copy_version(registry, 1, 2)
+    return registry
+
+
+@pytest.fixture(scope="module")
+def pool(registry, tmp_path_factory):
+    """(index slot holding 1 and 2's slot, the query pool, its metrics port); stopped after."""
+    logs = tmp_path_factory.mktemp("workers-logs")
+    common = ["--admin-token-file", str(token_file(logs))]
+    blue = index_slot(registry.root, "blue", logs / "blue.log", *common).start()
+    green = index_slot(registry.root, "green", logs / "green.log", *common).start()
+    metrics_port = free_port()
+    query = query_replica(registry.root, [blue, green], logs / "query.log", *common, "--workers", str(WORKERS),
+                          "--metrics-port", str(metrics_port)).start()
+    try:
+        # The data port answers as soon as one worker serves; the admin port's health waits for all.
+        wait_until(lambda: is_serving(query.admin_address), 60, "every worker to serve")
+        yield blue, green, query, metrics_port
+    finally:
+        query.stop()
+        green.stop()
+        blue.stop()
+
+
+def admin(service):
+    return apb_grpc.AdminServiceStub(grpc.insecure_channel(service.admin_address))
+
+
+def worker_pids(service) -> list[int]:
+    pid = service.proc.pid
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def workers_live(service) -> list[int] | None:
+    """Each worker's live version; None while a worker does not answer (restarting)."""
+    try:
+        reply = admin(service).GetStatus(apb.GetStatusRequest(), metadata=AUTH, timeout=10)
+    except grpc.RpcError:
+        return None
+    return [w.live_version for w in reply.workers]
+
+
+def alive(pid: int) -> bool:
+    """Running (not exited, nor a zombie that an orphan's new parent has yet to reap)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def recommend_on_new_channels(service, calls: int) -> set[int]:
+    """Recommend over a new channel (connection) per call: the kernel spreads
+    connections, not calls. Returns the model versions answered."""
+    versions = set()
+    for i in range(calls):
+        with grpc.insecure_channel(service.address) as channel:
+            reply = pb_grpc.QueryServiceStub(channel).Recommend(
+                pb.RecommendRequest(customer_id=f"c{i:06d}", k=5), timeout=10)
+        assert len(reply.candidates) == 5
+        versions.add(reply.model_version)
+    return versions
+
+
+def metric_samples(port: int, name: str) -> dict[str, float]:
+    """worker label -> value of the samples called ``name`` (summed over other labels)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{") and 'method="Recommend"' in line:
+            worker = line.split('worker="')[1].split('"')[0]
+            out[worker] = out.get(worker, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def test_workers_share_the_port_and_metrics_name_each(pool):
+    _, _, query, metrics_port = pool
+    assert len(worker_pids(query)) == WORKERS
+    assert recommend_on_new_channels(query, 24) == {1}
+    calls = metric_samples(metrics_port, "recsys_rpc_latency_seconds_count")
+    # 24 connections over 2 workers: each gets some (all on one: chance 2 * 2**-24).
+    assert set(calls) == {"0", "1"} and all(n > 0 for n in calls.values()) and sum(calls.values()) >= 24
+
+
+def test_admin_calls_reach_every_worker_and_failures_name_the_worker(pool):
+    _, green, query, _ = pool
+    with pytest.raises(grpc.RpcError) as err:  # the supervisor's admin port keeps the token
+        admin(query).GetStatus(apb.GetStatusRequest(), timeout=10)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.RpcError) as err:
+        admin(query).LoadVersion(apb.LoadVersionRequest(version=7), metadata=AUTH, timeout=60)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "failed on worker 0 of 2" in err.value.details() and "not published" in err.value.details()
+    assert "workers [1] were not asked" in err.value.details()  # loads go one worker at a time
+
+    admin(green).LoadVersion(apb.LoadVersionRequest(version=2), metadata=AUTH, timeout=60)
+    reply = admin(query).LoadVersion(apb.LoadVersionRequest(version=2), metadata=AUTH, timeout=60)
+    assert len(reply.workers) == WORKERS
+    assert all(sorted(v.version for v in w.versions) == [1, 2] for w in reply.workers)
+    reply = admin(query).Promote(apb.PromoteRequest(version=2), metadata=AUTH, timeout=30)
+    assert reply.live_version == 2 and [w.live_version for w in reply.workers] == [2] * WORKERS
+    assert recommend_on_new_channels(query, 16) == {2}
+
+
+def test_a_dead_worker_is_restarted_at_the_pools_version(pool, registry):
+    _, _, query, _ = pool
+    assert registry.current_version() == 1  # the pool was promoted to 2 by admin calls alone (test above)
+    victim = worker_pids(query)[0]
+    os.kill(victim, signal.SIGKILL)
+    # Restarted on CURRENT (1), then brought to what its sibling serves (2).
+    wait_until(lambda: victim not in worker_pids(query) and workers_live(query) == [2] * WORKERS,
+               120, "the dead worker to be replaced at version 2", interval_s=0.5)
+    wait_until(lambda: is_serving(query.admin_address), 60, "every worker to serve again")
+    assert recommend_on_new_channels(query, 16) == {2}
+
+
+def test_stopping_the_supervisor_stops_every_worker(registry, tmp_path):
+    blue = index_slot(registry.root, "blue", tmp_path / "blue.log").start()
+    try:
+        for stop in ("stop", "kill"):  # SIGTERM: passed on; SIGKILL: the workers' parent-death signal
+            query = query_replica(registry.root, [blue], tmp_path / f"query-{stop}.log", "--workers", "2").start()
+            workers = worker_pids(query)
+            assert len(workers) == 2
+            getattr(query, stop)()
+            wait_until(lambda: not any(alive(p) for p in workers), 30,
+                       f"workers to exit after the supervisor's {stop}")
+    finally:
+        blue.stop()
