@@ -78,6 +78,7 @@ def main() -> None:
     args.miss_ladder = [int(q) for q in args.miss_ladder.split(",")]
     args.hit_ladder = [int(q) for q in args.hit_ladder.split(",")]
 
+    machine = machine_info()  # before the run: its load average is the machine's, not ours
     with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
         work = Path(tmp)
         registry = work / "registry"
@@ -100,7 +101,7 @@ def main() -> None:
                                                            base[path]["max_throughput_qps"])}
                             for path in ("hit", "miss")} for n, r in results.items()}
     report = {"config": {k: v for k, v in vars(args).items() if k != "out"} | {"channels": CHANNELS},
-              "machine": machine_info(),
+              "machine": machine,
               "results": results, "scaling_vs_first": scaling}
     write_json(report, args.out)
     rows = [[n, path, r[path]["max_sustainable_qps"], r[path]["max_throughput_qps"],

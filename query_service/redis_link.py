@@ -45,7 +45,7 @@ REDIS_ERRORS = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError
 # Concurrent requests' Redis calls go out together: whatever queued while the
 # previous round trips were out, never waiting for more, so batching adds no
 # latency and under load saves a round trip and redis-py's per-command cost.
-PIPELINED = BatchingConfig(max_batch_size=256, max_wait_ms=0.0, max_in_flight=4)
+PIPELINED = BatchingConfig(max_batch_size=256, max_wait_ms=0.0, max_in_flight=4, overlap_after_ms=0.0)
 
 REDIS_ERRORS_TOTAL = prometheus_client.Counter("recsys_redis_errors_total", "Failed Redis calls by operation",
                                                ["op"])

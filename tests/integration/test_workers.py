@@ -34,7 +34,8 @@ def registry(trained_registry, tmp_path_factory) -> Registry:
 
 @pytest.fixture(scope="module")
 def pool(registry, tmp_path_factory):
-    """(index slot holding 1 and 2's slot, the query pool, its metrics port); stopped after."""
+    """(index slot holding 1 and 2's slot, the query pool, its metrics port); stopped after, and
+    the pool's workers checked to have stopped with it."""
     logs = tmp_path_factory.mktemp("workers-logs")
     common = ["--admin-token-file", str(token_file(logs))]
     blue = index_slot(registry.root, "blue", logs / "blue.log", *common).start()
@@ -47,9 +48,11 @@ def pool(registry, tmp_path_factory):
         wait_until(lambda: is_serving(query.admin_address), 60, "every worker to serve")
         yield blue, green, query, metrics_port
     finally:
-        query.stop()
+        workers = worker_pids(query) if query.proc is not None else []
+        query.stop()  # SIGTERM: passed on to every worker
         green.stop()
         blue.stop()
+    wait_until(lambda: not any(alive(p) for p in workers), 30, "the workers to exit after the supervisor's SIGTERM")
 
 
 def admin(service):
@@ -145,15 +148,10 @@ def test_a_dead_worker_is_restarted_at_the_pools_version(pool, registry):
     assert recommend_on_new_channels(query, 16) == {2}
 
 
-def test_stopping_the_supervisor_stops_every_worker(registry, tmp_path):
-    blue = index_slot(registry.root, "blue", tmp_path / "blue.log").start()
-    try:
-        for stop in ("stop", "kill"):  # SIGTERM: passed on; SIGKILL: the workers' parent-death signal
-            query = query_replica(registry.root, [blue], tmp_path / f"query-{stop}.log", "--workers", "2").start()
-            workers = worker_pids(query)
-            assert len(workers) == 2
-            getattr(query, stop)()
-            wait_until(lambda: not any(alive(p) for p in workers), 30,
-                       f"workers to exit after the supervisor's {stop}")
-    finally:
-        blue.stop()
+def test_a_killed_supervisor_takes_its_workers_with_it(pool, registry, tmp_path):
+    blue = pool[0]
+    query = query_replica(registry.root, [blue], tmp_path / "query.log", "--workers", str(WORKERS)).start()
+    workers = worker_pids(query)
+    assert len(workers) == WORKERS
+    query.kill()  # SIGKILL: nothing passes SIGTERM on but the kernel (the workers' parent-death signal)
+    wait_until(lambda: not any(alive(p) for p in workers), 30, "the workers to exit after the supervisor's SIGKILL")

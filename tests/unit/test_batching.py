@@ -23,6 +23,27 @@ async def test_concurrent_submissions_share_batches():
     assert sorted(x for b in batches for x in b) == list(range(20))
 
 
+@pytest.mark.parametrize("overlap_ms, overlaps", [(10, True), (1000, False)])
+async def test_a_batch_starts_beside_one_in_flight_only_after_the_overlap_wait(overlap_ms, overlaps):
+    loop = asyncio.get_running_loop()
+    spans = []  # (size, start, end) of each batch
+
+    async def process(items):
+        start = loop.time()
+        await asyncio.sleep(0.2)
+        spans.append((len(items), start, loop.time()))
+        return items
+
+    batcher = MicroBatcher(process, BatchingConfig(max_batch_size=8, max_in_flight=4, overlap_after_ms=overlap_ms))
+    first = asyncio.ensure_future(batcher.submit(0))
+    await asyncio.sleep(0.01)  # the first batch is in flight; these three gather behind it
+    assert await asyncio.gather(first, *(batcher.submit(i) for i in (1, 2, 3))) == [0, 1, 2, 3]
+    await batcher.close()
+    (one, start1, end1), (three, start2, _) = sorted(spans, key=lambda s: s[1])
+    assert (one, three) == (1, 3)
+    assert (start2 < end1) == overlaps
+
+
 async def test_lone_request_waits_at_most_max_wait():
     async def process(items):
         return items
