@@ -443,7 +443,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     parser.add_argument("--markdown", type=Path, help="write the matrix as a Markdown table here")
     args = parser.parse_args()
-    seconds = 1.5 if args.quick else 4.0
+    seconds = 1.0 if args.quick else 4.0
     with tempfile.TemporaryDirectory(prefix="bench-faults-") as tmp:
         stack = Stack(Path(tmp))
         try:
