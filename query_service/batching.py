@@ -8,9 +8,10 @@ load); a full batch goes at once. Up to ``max_in_flight`` batches are processed
 concurrently, but a batch starts beside one still in flight only after waiting
 ``overlap_after_ms`` for it to finish: under load, misses then gather behind
 the batch in the tower and the index into fewer, larger batches (one index call
-each: at 32 callers in a closed loop, 1,850 -> 1,300 us of server CPU per miss,
-docs/BENCHMARKS.md), while a slow batch (a hung index replica being hedged)
-holds the next one back no longer than that.
+each; with the slot taken first and the loop's turn below, server CPU per miss at
+32 callers in a closed loop went 2,135-2,389 -> 1,793-2,089 us, and to ~1,160 us
+with one batch in flight: docs/BENCHMARKS.md), while a slow batch (a hung index
+replica being hedged) holds the next one back no longer than that.
 
 A batch runs in the context (``contextvars``) of its first request, so its
 request id and trace span are the parents of the work done for the batch: a
