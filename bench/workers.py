@@ -26,18 +26,11 @@ from pathlib import Path
 
 from bench.common import machine_info, table, write_json
 from bench.serving_throughput import MODEL, add_stack_flags, load, max_sustainable, train
-from tests.processes import RedisProcess, ServiceProcess
+from tests.processes import RedisProcess, ServiceProcess, children
 
 # A connection stays on the worker the kernel gave it: enough of them that
 # every worker gets a fair share (with 4 over 2 workers, 1 run in 8 puts all on one).
 CHANNELS = 16
-
-
-def pool_pids(query: ServiceProcess) -> list[int]:
-    """The query service's processes: the supervisor and its workers."""
-    pid = query.proc.pid
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return [pid, *(int(p) for p in f.read().split())]
 
 
 def measure(workers: int, args: argparse.Namespace, registry: Path, index: ServiceProcess, redis: RedisProcess,
@@ -48,7 +41,7 @@ def measure(workers: int, args: argparse.Namespace, registry: Path, index: Servi
                             "--index-address", index.address, "--redis-url", redis.url, "--workers", str(workers)],
                            work / f"query-{workers}.log").start()
     try:
-        pids = [*pool_pids(query), index.proc.pid, redis.proc.pid]
+        pids = [query.proc.pid, *children(query.proc.pid), index.proc.pid, redis.proc.pid]  # supervisor, workers
         name = f"w{workers}"
         out = {"miss": max_sustainable(query.address, args.miss_ladder, args.duration_s, args.customers,
                                        args.p99_ms, work, f"{name}-miss", pids, channels=CHANNELS)}

@@ -50,6 +50,7 @@ from serving.admin_rpc import start_admin_server
 from serving.config import ServiceConfig
 from serving.grpc_server import MAX_MESSAGE_CHARS, run_event_loop
 from serving.observability import configure_logging
+from settings.ports import free_ports
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +73,6 @@ def reserve_port(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
-
-
-def _free_loopback_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _die_with_parent() -> None:
@@ -329,10 +324,10 @@ async def _supervise(prog: str, module: str, argv: list[str], config: ServiceCon
     reserved = reserve_port(config.host, config.port)
     port = reserved.getsockname()[1]
     sockets = tempfile.mkdtemp(prefix=f"{prog}-")  # mode 0700: only this user reaches the private planes
+    metrics_ports = free_ports(count) if config.metrics_port else [0] * count
     workers = []
-    for i in range(count):
+    for i, metrics_port in enumerate(metrics_ports):
         prefix = os.path.join(sockets, f"worker-{i}")
-        metrics_port = _free_loopback_port() if config.metrics_port else 0
         workers.append(Worker(i, worker_command(module, argv, port, prefix, metrics_port), prefix, metrics_port))
     pool = WorkerPool(workers)
     loop = asyncio.get_running_loop()

@@ -14,11 +14,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from typing import Mapping
+
+from settings.ports import free_ports
 
 TF_CONFIG = "TF_CONFIG"
 # Job names MultiWorkerMirroredStrategy trains with; "chief" is an optional
@@ -64,19 +65,6 @@ class Cluster:
         if not 0 <= index < workers:
             raise ValueError(f"${TF_CONFIG}: task {task_type}:{task_index} is not in the cluster")
         return cls(workers, index)
-
-
-def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """``n`` distinct ports free on ``host`` now (held together while chosen, so
-    none repeats; another process may still take one before a worker binds it)."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind((host, 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def tf_config(addresses: list[str], index: int) -> str:

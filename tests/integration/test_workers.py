@@ -18,7 +18,7 @@ from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from tests.integration.conftest import MODEL, index_slot, query_replica
 from tests.integration.test_admin import AUTH, copy_version, token_file
-from tests.processes import free_port, is_serving, wait_until
+from tests.processes import children, free_port, is_serving, wait_until
 
 WORKERS = 2
 
@@ -60,9 +60,7 @@ def admin(service):
 
 
 def worker_pids(service) -> list[int]:
-    pid = service.proc.pid
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return [int(p) for p in f.read().split()]
+    return children(service.proc.pid)
 
 
 def workers_live(service) -> list[int] | None:
