@@ -126,6 +126,19 @@ class Attributes:
             raise VersionError(f"{path} is not a valid candidate attributes file for {rows} candidates: {e}") from e
 
 
+def token_lists(cells, list_separator: str = "|") -> list[list[str]]:
+    """Each cell's tokens: split on ``list_separator``, stripped, empty ones dropped."""
+    return [[t.strip() for t in str(cell).split(list_separator) if t.strip()] for cell in cells]
+
+
+def is_token_column(lists: list[list[str]]) -> bool:
+    """Whether a string column (as ``token_lists``) holds categories rather than free
+    text: fewer distinct tokens than half its rows. The trainer's candidate encoder
+    uses the same rule, so a column a filter selects on is a multi-hot input of the
+    features tower and free text is a bag of words."""
+    return len({t for cell in lists for t in cell}) < max(len(lists) // 2, 1)
+
+
 def from_catalogue(features: dict[str, np.ndarray] | None, list_separator: str = "|") -> Attributes | None:
     """Attributes from the trainer's catalogue columns (rows = catalogue order):
     numeric columns become numeric namespaces; string columns token namespaces,
@@ -141,8 +154,8 @@ def from_catalogue(features: dict[str, np.ndarray] | None, list_separator: str =
         if values.dtype.kind == "f":
             numeric[column] = values
             continue
-        lists = [[t.strip() for t in str(cell).split(list_separator) if t.strip()] for cell in values]
-        if len({t for cell in lists for t in cell}) < max(rows // 2, 1):
+        lists = token_lists(values, list_separator)
+        if is_token_column(lists):
             tokens[column] = lists
     if not tokens and not numeric:
         return None

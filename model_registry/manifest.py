@@ -23,6 +23,9 @@ FORMAT_VERSION = 1
 # File names inside a version directory. The services read these names; the
 # trainer writes them.
 QUERY_TOWER_DIR = "query_tower"
+# Optional: the candidate tower, for towers that take catalogue features, so a
+# catalogue upsert can give features instead of a vector (recsys_client.candidate_tower).
+CANDIDATE_TOWER_DIR = "candidate_tower"
 CANDIDATE_IDS_FILE = "candidate_ids.npy"
 CANDIDATE_EMBEDDINGS_FILE = "candidate_embeddings.npy"
 SCANN_DIR = "scann"

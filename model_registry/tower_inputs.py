@@ -19,6 +19,8 @@ import numpy as np
 from model_registry.customers import CustomerStore
 
 CUSTOMER_ID = "customer_id"
+# The candidate tower SavedModel's id input, beside one input per catalogue column.
+CANDIDATE_ID = "candidate_id"
 HISTORY = "history"
 # Float64 unix seconds. Serving passes the current time, the trainer the event's
 # time (training) or the end of the training period (evaluation); the tower clips

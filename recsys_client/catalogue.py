@@ -14,8 +14,16 @@ its last component is the prior's: ``log(1 + count)``, 0 for a new
 candidate); ``tokens`` and ``numeric`` may only name the version's attribute
 namespaces (a namespace left out is empty for that candidate).
 
+Where the version's towers take catalogue features (``--tower features`` or
+``--candidate-features``), a line may give the candidate's catalogue values
+instead of a vector; the version's candidate tower embeds them
+(``recsys_client.candidate_tower``), and an attribute namespace the line does
+not give takes the same-named value, as the trainer made them::
+
+    {"id": "item-9", "features": {"title": "Heat", "genres": ["Crime", "Drama"], "year": 1995}}
+
 Steps: the input is checked against the version (dimension, finite values,
-ids, namespaces); the delta is appended to the version's log in the registry
+ids, namespaces, the tower's columns); features are embedded; the delta is appended to the version's log in the registry
 (``model_registry.deltas``: atomic, checksummed, the next generation G); then
 every index replica holding the version, and every query replica, catches up
 to G (``ApplyCatalogue``). A replica that fails keeps the delta in the
@@ -33,14 +41,16 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
 from model_registry import Registry, VersionError
 from model_registry import manifest as files
-from model_registry.attributes import Attributes
+from model_registry.attributes import Attributes, token_lists
 from model_registry.deltas import Delta, write_delta
 from protos.recsys.v1 import admin_pb2 as pb
+from recsys_client.candidate_tower import CandidateTower, FeatureError
 from recsys_client.publish import Fleet, PublishError, Replica
 from serving.tls import ClientTls
 from serving.validation import MAX_ID_BYTES
@@ -53,9 +63,14 @@ class CatalogueError(Exception):
     """Input that does not fit the version; the message names the line and field."""
 
 
-def read_upserts(lines, dim: int, token_namespaces: frozenset[str], numeric_namespaces: frozenset[str]) -> Delta:
-    """A delta upserting the candidates of JSON ``lines`` (see the module docstring)."""
+def read_upserts(lines, dim: int, token_namespaces: frozenset[str], numeric_namespaces: frozenset[str],
+                 tower: Callable[[], CandidateTower] | None = None) -> Delta:
+    """A delta upserting the candidates of JSON ``lines`` (see the module docstring).
+
+    ``tower`` loads the version's candidate tower; it is called only if a line
+    gives ``features`` instead of a ``vector``."""
     ids, vectors = [], []
+    described: dict[int, dict[str, Any]] = {}  # row -> features, for rows given as features
     tokens: dict[str, list[list[str]]] = {ns: [] for ns in token_namespaces}
     numeric: dict[str, list[float]] = {ns: [] for ns in numeric_namespaces}
     for number, line in enumerate(lines, 1):
@@ -63,32 +78,69 @@ def read_upserts(lines, dim: int, token_namespaces: frozenset[str], numeric_name
             continue
         try:
             record = json.loads(line)
-            candidate, vector = record["id"], record["vector"]
+            candidate = record["id"]
         except (ValueError, KeyError, TypeError) as e:
-            raise CatalogueError(f"line {number}: not a JSON object with 'id' and 'vector' ({e})") from None
+            raise CatalogueError(f"line {number}: not a JSON object with an 'id' ({e})") from None
         if not isinstance(candidate, str) or not 0 < len(candidate.encode()) <= MAX_ID_BYTES:
             raise CatalogueError(f"line {number}: id must be a string of 1..{MAX_ID_BYTES} bytes")
-        if not isinstance(vector, list) or len(vector) != dim or \
+        where = f"line {number} (id {candidate!r})"
+        vector, features = record.get("vector"), record.get("features")
+        if (vector is None) == (features is None):
+            raise CatalogueError(f"{where}: give either 'vector' or 'features' (the catalogue values the version's "
+                                 "candidate tower embeds)")
+        if features is not None:
+            if not isinstance(features, dict):
+                raise CatalogueError(f"{where}: 'features' must be an object of catalogue column -> value")
+            described[len(ids)] = features
+            vector = [0.0] * dim
+        elif not isinstance(vector, list) or len(vector) != dim or \
                 not all(isinstance(v, (int, float)) and math.isfinite(v) for v in vector):
-            raise CatalogueError(f"line {number} (id {candidate!r}): vector must be {dim} finite numbers, the "
-                                 "version's embedding dimension")
+            raise CatalogueError(f"{where}: vector must be {dim} finite numbers, the version's embedding dimension")
         unknown = (set(record.get("tokens", {})) - token_namespaces) | \
             (set(record.get("numeric", {})) - numeric_namespaces)
         if unknown:
-            raise CatalogueError(f"line {number} (id {candidate!r}): namespaces {sorted(unknown)} are not attribute "
+            raise CatalogueError(f"{where}: namespaces {sorted(unknown)} are not attribute "
                                  f"namespaces of this version (tokens: {sorted(token_namespaces)}, numeric: "
                                  f"{sorted(numeric_namespaces)})")
         ids.append(candidate)
         vectors.append(vector)
+        # A namespace the line leaves out takes the same-named feature, as the trainer made the
+        # version's attributes from the catalogue's columns (model_registry.attributes.from_catalogue).
+        features = features or {}
         for ns in token_namespaces:
-            tokens[ns].append([str(t) for t in record.get("tokens", {}).get(ns, [])])
+            given = record.get("tokens", {}).get(ns)
+            tokens[ns].append([str(t) for t in given] if given is not None else
+                              token_lists([_cell(features.get(ns))])[0])
         for ns in numeric_namespaces:
-            value = record.get("numeric", {}).get(ns)
-            numeric[ns].append(float("nan") if value is None else float(value))
+            value = record.get("numeric", {}).get(ns, features.get(ns))
+            try:
+                numeric[ns].append(float("nan") if value is None else float(value))
+            except (TypeError, ValueError):
+                raise CatalogueError(f"{where}: {ns!r} must be a number, got {value!r}") from None
     if len(set(ids)) != len(ids):
         raise CatalogueError("an id appears on more than one line: upsert each candidate once per delta")
-    return Delta.make(ids, np.array(vectors, dtype=np.float32).reshape(len(ids), dim),
-                      Attributes.from_lists(len(ids), tokens, numeric), dim=dim)
+    matrix = np.array(vectors, dtype=np.float32).reshape(len(ids), dim)
+    if described:
+        if tower is None:
+            raise CatalogueError("lines give 'features' but no candidate tower was given to embed them")
+        rows = np.fromiter(described, dtype=np.int64)
+        loaded = tower()
+        try:
+            computed = loaded.vectors([ids[r] for r in rows], list(described.values()))
+        except FeatureError as e:
+            raise CatalogueError(f"the candidates given as features, {e}") from None
+        if computed.shape[1] != dim:
+            raise CatalogueError(f"the candidate tower gives {computed.shape[1]}-dimensional vectors but the "
+                                 f"version's are {dim}: republish the version")
+        matrix[rows] = computed
+    return Delta.make(ids, matrix, Attributes.from_lists(len(ids), tokens, numeric), dim=dim)
+
+
+def _cell(value: Any) -> str:
+    """A feature value as a catalogue cell: a list of categories joined with ``|``."""
+    if value is None:
+        return ""
+    return "|".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 @dataclass(frozen=True)
@@ -174,7 +226,8 @@ def main(argv: list[str] | None = None) -> None:
         delta = Delta.make(dim=dim)
         if config.upserts:
             with open(config.upserts, encoding="utf-8") as f:
-                delta = read_upserts(f, dim, token_ns, numeric_ns)
+                delta = read_upserts(f, dim, token_ns, numeric_ns,
+                                     lambda: CandidateTower.load(registry.version_dir(version), manifest))
         deleted = list(config.delete)
         if config.delete_file:
             deleted += [line.strip() for line in Path(config.delete_file).read_text().splitlines() if line.strip()]

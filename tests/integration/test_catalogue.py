@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from model_registry import Registry
+from model_registry.deltas import read_deltas
 from protos.recsys.v1 import admin_pb2, admin_pb2_grpc
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
@@ -25,7 +26,8 @@ GENRES = ["rock", "jazz", "folk", "punk"]
 
 @pytest.fixture(scope="module")
 def registry_root(tmp_path_factory):
-    """A version trained on 300 customers x 200 items; item j has genre GENRES[j % 4] and price j."""
+    """A version trained on 300 customers x 200 items; item j has genre GENRES[j % 4] and price j,
+    which its candidate tower takes too."""
     root = tmp_path_factory.mktemp("catalogue")
     rng = np.random.default_rng(0)
     rows = ["user_id,item_id,ts"]
@@ -38,7 +40,7 @@ def registry_root(tmp_path_factory):
                                                                         for j in range(200)))
     result = subprocess.run(
         [console_script("recsys-train"), "--dataset", "interactions-csv", "--data-path", str(root / "interactions.csv"),
-         "--time-col", "ts", "--catalog-path", str(root / "items.csv"), "--catalog-feature-cols", "genre,price",
+         "--time-col", "ts", "--catalog-path", str(root / "items.csv"), "--catalog-feature-cols", "genre,price", "--candidate-features",
          "--registry", str(root / "registry"), "--model", MODEL, "--epochs", "2", "--embedding-dim", "16",
          "--tune-budget-s", "0", "--quiet"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -145,3 +147,39 @@ def test_a_delta_that_does_not_fit_the_version_is_refused_before_it_is_written(s
          str(bad), "--index-admin", index.admin_address], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "vector must be" in result.stderr
     assert not (registry_root / MODEL / "catalogue" / "1" / "00000002.json").exists()
+
+
+def test_upserts_given_as_features_are_embedded_by_the_versions_candidate_tower(stack, registry_root, tmp_path):
+    index, _ = stack
+    version_dir = registry_root / MODEL / "1"
+    published = dict(zip(np.load(version_dir / "candidate_ids.npy").tolist(),
+                         np.load(version_dir / "candidate_embeddings.npy")))
+    upserts = tmp_path / "features.jsonl"
+    upserts.write_text("".join(json.dumps(line) + "\n" for line in (
+        {"id": "m5", "features": {"genre": "jazz", "price": 5}},  # a published candidate, its own values
+        {"id": "fresh-folk", "features": {"genre": ["folk"], "price": 3.5}},
+        {"id": "fresh-bare", "features": {}})))
+    command = [console_script("recsys-catalogue"), "--registry", str(registry_root), "--model", MODEL,
+               "--index-admin", index.admin_address]
+    result = subprocess.run(command + ["--upserts", str(upserts)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    generation = json.loads(result.stdout)["generation"]
+    delta = read_deltas(registry_root / MODEL, 1, after=generation - 1)[0]
+    vectors = dict(zip(delta.ids.tolist(), delta.vectors))
+    # The tower embeds a published candidate's own values as training did.
+    np.testing.assert_allclose(vectors["m5"], published["m5"], atol=1e-5)
+    # A new candidate's values move it off the unknown-id row that a candidate without values gets.
+    assert np.abs(vectors["fresh-folk"] - vectors["fresh-bare"]).max() > 1e-3
+    # Its attributes come from the same values, and the index serves it.
+    folk_cheap = pb.Filter(restricts=[pb.TokenRestrict(namespace="genre", allow=["folk"])],
+                           ranges=[pb.NumericRange(namespace="price", max=3.5)])
+    found = _search(index.address, vectors["fresh-folk"].tolist(), 3, filter=folk_cheap)
+    # m2 is the only published folk candidate priced <= 3.5.
+    assert found.catalogue_generation == generation
+    assert sorted(c.candidate_id for c in found.candidates) == ["fresh-folk", "m2"]
+
+    bad = tmp_path / "bad-features.jsonl"
+    bad.write_text(json.dumps({"id": "x", "features": {"colour": "red"}}) + "\n")
+    result = subprocess.run(command + ["--upserts", str(bad)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "['colour'] are not columns of this version's candidate tower" in result.stderr
+    assert "['genre', 'price']" in result.stderr

@@ -250,7 +250,10 @@ def test_upsert_input_is_checked_against_the_version():
     good = '{"id": "x", "vector": [1, 2], "tokens": {"genre": ["a"]}, "numeric": {"year": 2000}}\n'
     delta = read_upserts([good, "\n"], 2, {"genre"}, {"year"})
     assert delta.ids.tolist() == ["x"] and delta.attributes.numeric["year"].tolist() == [2000.0]
-    for line, message in (('{"id": "x"}', "'id' and 'vector'"), ('{"id": "x", "vector": [1]}', "2 finite numbers"),
+    for line, message in (('{"id": "x"}', "either 'vector' or 'features'"), ('[1]', "with an 'id'"),
+                          ('{"id": "x", "vector": [1, 2], "features": {}}', "either 'vector' or 'features'"),
+                          ('{"id": "x", "features": [1]}', "'features' must be an object"),
+                          ('{"id": "x", "vector": [1]}', "2 finite numbers"),
                           ('{"id": "x", "vector": [1, NaN]}', "2 finite numbers"),
                           ('{"id": "", "vector": [1, 2]}', "1..256 bytes"),
                           ('{"id": "x", "vector": [1, 2], "tokens": {"size": ["xl"]}}', r"\['size'\] are not")):
@@ -258,4 +261,6 @@ def test_upsert_input_is_checked_against_the_version():
             read_upserts([line], 2, {"genre"}, {"year"})
     with pytest.raises(CatalogueError, match="more than one line"):
         read_upserts([good, good], 2, {"genre"}, {"year"})
+    with pytest.raises(CatalogueError, match="no candidate tower"):
+        read_upserts(['{"id": "x", "features": {"genre": "a"}}'], 2, {"genre"}, {"year"})
     assert NO_FILTER.key() == "" and not NO_FILTER

@@ -197,3 +197,53 @@ def test_refit_trains_on_the_validation_share_too(data):
     untouched = _new_model(relabelled, config).candidate_tower(tf.constant([lonely])).numpy()[0]
     np.testing.assert_allclose(lonely_vector(refit=False), untouched)
     assert not np.allclose(lonely_vector(refit=True), untouched)
+
+
+def _catalogue() -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """30 candidates with free text, categories (two columns), a float with a gap and an int."""
+    rng = np.random.default_rng(1)
+    catalog = np.array([f"c{j:02d}" for j in range(30)])
+    words = np.array(["red", "blue", "fast", "slow", "big", "small", "old", "new"])
+    return catalog, {
+        "title": np.array([f"{' '.join(rng.choice(words, 3))} item {j} ({1990 + j})" for j in range(30)]),
+        "genres": np.array(["|".join(rng.choice(["Action", "Drama", "Comedy"], rng.integers(0, 3), replace=False))
+                            for _ in range(30)]),
+        "region": np.array([["north", "south"][j % 2] for j in range(30)]),
+        "price": np.where(np.arange(30) % 7 == 0, np.nan, np.arange(30) * 1.5).astype(np.float32),
+        "stock": np.arange(30, dtype=np.int64),
+    }
+
+
+def test_candidate_features_embed_raw_values_as_the_catalogue_rows_and_export(tmp_path):
+    from model_registry.tower_inputs import CANDIDATE_ID
+    from trainer.export.saved_model import save_candidate_tower
+    from trainer.towers.blocks import feature_kinds
+    from trainer.towers.build import build_towers
+
+    catalog, features = _catalogue()
+    assert feature_kinds(features) == {"title": "text", "genres": "tokens", "region": "tokens",
+                                       "price": "numeric", "stock": "numeric"}
+    _, candidate = build_towers(TowerConfig(kind="id", embedding_dim=8, candidate_features=True), 0,
+                                np.array(["u1"]), catalog, candidate_features=features)
+    raw = {name: tf.constant(col.astype(np.float32) if col.dtype.kind in "fiu" else col)
+           for name, col in features.items()}
+    trained = candidate(tf.constant(catalog)).numpy()
+    np.testing.assert_allclose(candidate.embed_features(tf.constant(catalog), raw).numpy(), trained, atol=1e-6)
+    # Tokens are stripped; an unknown category and a blank one add nothing, as in the catalogue's own rows.
+    assert features["genres"][4] and features["region"][4] == "north"
+    raw_variant = dict(raw, region=tf.constant(np.where(np.arange(30) == 4, " north | moon|", features["region"])))
+    np.testing.assert_allclose(candidate.embed_features(tf.constant(catalog), raw_variant).numpy(), trained, atol=1e-6)
+    # A new id gets the unknown-id row plus what its values add.
+    encoder = candidate.encoder
+    rows = encoder.embedding.embeddings.numpy()
+    new = candidate.embed_features(tf.constant(["new"]), {n: v[4:5] for n, v in raw.items()}).numpy()[0]
+    np.testing.assert_allclose(new, trained[4] - rows[encoder.lookup(tf.constant(["c04"])).numpy()[0]] + rows[1],
+                               atol=1e-6)
+    assert np.abs(new - rows[1]).max() > 1e-3  # the values do add something
+
+    save_candidate_tower(candidate, tmp_path / "ct", prior=True)
+    loaded = tf.saved_model.load(str(tmp_path / "ct"))
+    out = loaded.signatures["serving_default"](**{CANDIDATE_ID: tf.constant(catalog), **raw})["embedding"].numpy()
+    assert out.shape == (30, 9) and int(loaded.prior_columns.numpy()) == 1
+    np.testing.assert_allclose(out[:, :8], trained, atol=1e-6)
+    assert not out[:, 8].any()

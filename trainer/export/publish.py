@@ -1,6 +1,7 @@
 """Turns a trained model into a published registry version.
 
-Writes the query tower SavedModel (``saved_model``), the customer store, the
+Writes the query tower SavedModel (``saved_model``; and the candidate tower's
+when it takes catalogue features), the customer store, the
 candidate embeddings and ids, their attributes (the catalogue's columns, what
 filters select on), the ScaNN searcher (``index``), the popularity
 fallback, probe queries and the metrics report, then publishes atomically
@@ -25,7 +26,7 @@ from model_registry.customers import CustomerStore
 from model_registry.ids import index_of
 from trainer.data import Interactions
 from trainer.export import index as index_builder
-from trainer.export.saved_model import save_query_tower
+from trainer.export.saved_model import save_candidate_tower, save_query_tower
 from trainer.model import TwoTowerModel, embed, query_embeddings
 from trainer.towers.prior import PopularityPrior, training_counts
 
@@ -93,6 +94,8 @@ def publish(registry: Registry, model: TwoTowerModel, store: CustomerStore, cata
     def write(staging: Path):
         save_query_tower(model.query_tower, staging / mf.QUERY_TOWER_DIR,
                          prior.query_constant if prior.weight else None)
+        if model.candidate_tower.encoder.has_features:
+            save_candidate_tower(model.candidate_tower, staging / mf.CANDIDATE_TOWER_DIR, bool(prior.weight))
         store.save(staging / mf.CUSTOMER_STORE_FILE)
         shard_specs = index_builder.save_candidates(staging, catalog, cand_emb, shards, attributes)
         mf.write_popular(staging, pop_ids, pop_scores)

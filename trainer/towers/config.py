@@ -31,7 +31,9 @@ class TowerConfig:
     projection: bool = option(True, "history towers: residual dense layer after pooling")
     deep_layers: tuple[int, ...] = option((), "hidden ReLU layer sizes before the final projection, e.g. 128,64",
                                           parse=_ints)
-    candidate_features: bool = option(False, "candidate tower: add the catalogue's title text, genres and year")
+    candidate_features: bool = option(
+        False, "candidate tower: add the catalogue's columns (free text as words, categories, numbers); the "
+               "version then publishes its candidate tower, so catalogue upserts can give features")
     time_features: bool = option(
         False, "features tower: take the request time (bucketised; serving passes the current time, clipped to "
                "the training period)")

@@ -16,8 +16,9 @@ Families (``TOWERS``):
   numeric features, and the request time (``request_time``, unix seconds:
   the event's time in training, the serving time in production, clipped to the
   training period) bucketised by quantiles and normalised; optional deep
-  layers. Its candidate tower adds the title text (TextVectorization, bag of
-  words), genres and release year to the id.
+  layers. Its candidate tower adds the catalogue's columns to the id
+  (``blocks.ItemEncoder``: free text as a bag of words, categories multi-hot,
+  numbers normalised).
 * ``history``: a bag of the customer's recent items (pooled item embeddings,
   optionally shared with the candidate tower), plus a projection and optionally
   the id embedding. A customer the tower never saw still gets a personal
