@@ -5,7 +5,7 @@ data plane faces clients."""
 from __future__ import annotations
 
 import hmac
-from typing import Callable
+from typing import Awaitable, Callable
 
 import grpc
 
@@ -14,7 +14,7 @@ from protos.recsys.v1 import admin_pb2_grpc as pb_grpc
 from protos.recsys.v1 import versions_pb2
 from serving.admin import StatusReport, VersionAdmin, VersionInfo
 from serving.config import AdminConfig, ServiceConfig
-from serving.grpc_server import RunningServer, ServiceSpec, map_errors, start_server
+from serving.grpc_server import RunningServer, ServiceSpec, WorkerDataPlane, map_errors, start_server
 from serving.observability import VERSIONS
 
 SERVICE_NAME = "recsys.v1.AdminService"
@@ -111,7 +111,8 @@ class ServiceWithAdmin:
     NOT_SERVING; the service says when it can serve (``set_serving``).
     While it runs, its versions are exported to /metrics (``VERSIONS``)."""
 
-    def __init__(self, data: RunningServer, admin: RunningServer, status: Callable[[], StatusReport]):
+    def __init__(self, data: RunningServer | WorkerDataPlane, admin: RunningServer,
+                 status: Callable[[], StatusReport]):
         self.data = data
         self.admin = admin
         self._status = status
@@ -129,13 +130,24 @@ class ServiceWithAdmin:
     async def start(cls, spec: ServiceSpec, admin: VersionAdmin, config: ServiceConfig,
                     worker_socket: str = "") -> "ServiceWithAdmin":
         """Starts both servers. A worker of ``--workers`` (``worker_socket``: the
-        path prefix of its private sockets, ``serving.workers``) shares the data
-        port with its siblings and serves its admin plane on a private socket."""
+        path prefix of its private sockets, ``serving.workers``) serves both
+        planes on private sockets, and its data plane on the port it shares with
+        its siblings once it serves (``WorkerDataPlane``)."""
         credentials = config.tls.credentials()
-        data = await start_server([spec], config.host, config.port, config.max_message_bytes,
-                                  max_concurrent_rpcs=config.max_concurrent_rpcs, credentials=credentials,
-                                  echo_request_id=config.echo_request_id, share_port=bool(worker_socket),
-                                  private_socket=worker_socket and f"{worker_socket}.data")
+
+        def data_server(host: str, public: bool) -> Awaitable[RunningServer]:
+            # A worker's private socket, which only its supervisor reaches, carries no TLS.
+            return start_server([spec], host, config.port, config.max_message_bytes,
+                                max_concurrent_rpcs=config.max_concurrent_rpcs,
+                                credentials=credentials if public else None, echo_request_id=config.echo_request_id,
+                                share_port=public and bool(worker_socket))
+
+        data: RunningServer | WorkerDataPlane
+        if worker_socket:
+            data = WorkerDataPlane(await data_server(f"unix:{worker_socket}.data", False), config.port,
+                                   lambda: data_server(config.host, True))
+        else:
+            data = await data_server(config.host, True)
         try:
             admin_server = await start_admin_server(AdminServicer(admin), config.admin, credentials,
                                                     private_socket=worker_socket and f"{worker_socket}.admin")

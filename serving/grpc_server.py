@@ -140,8 +140,7 @@ async def start_server(services: Iterable[ServiceSpec], host: str, port: int,
                        interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
                        max_concurrent_rpcs: int | None = None,
                        credentials: grpc.ServerCredentials | None = None,
-                       echo_request_id: bool = False, share_port: bool = False,
-                       private_socket: str = "") -> RunningServer:
+                       echo_request_id: bool = False, share_port: bool = False) -> RunningServer:
     """Starts a server with the services plus health and reflection; port 0 picks
     a free port (returned in ``RunningServer.port``). Health starts NOT_SERVING.
     Beyond ``max_concurrent_rpcs`` calls in progress, gRPC refuses new ones with
@@ -152,9 +151,8 @@ async def start_server(services: Iterable[ServiceSpec], host: str, port: int,
 
     ``share_port`` binds with SO_REUSEPORT, so the workers of one service
     (``serving.workers``) listen on one port and the kernel spreads their
-    connections; otherwise a port in use is an error. ``private_socket`` (a
-    path) also serves the same services, without TLS, on that unix socket: the
-    supervisor of the workers reaches each one there."""
+    connections; otherwise a port in use is an error. A ``host`` of
+    ``unix:PATH`` serves on that unix socket (``port`` is ignored)."""
     services = list(services)
     server = grpc.aio.server(interceptors=[ServerObservability(echo_request_id), *interceptors,
                                            MalformedRequestGuard()],
@@ -174,16 +172,41 @@ async def start_server(services: Iterable[ServiceSpec], host: str, port: int,
              else server.add_insecure_port(address))
     if bound == 0:
         raise OSError(f"cannot listen on {address}: address in use or not available")
-    if private_socket and not server.add_insecure_port(f"unix:{private_socket}"):
-        raise OSError(f"cannot listen on the unix socket {private_socket}")
     await server.start()
     running = RunningServer(server, bound, health_servicer, names)
     await running.set_serving(False)
     return running
 
 
+class WorkerDataPlane:
+    """The data plane of a ``--workers`` worker: served from the start on its
+    private unix socket (where the supervisor follows its health), and on the
+    port it shares with its siblings only from the first time it serves.
+
+    SO_REUSEPORT hands a new connection to any socket bound to the port, so a
+    worker that bound it while it loads would take callers' connections and
+    answer them UNAVAILABLE. Until it serves, its siblings take them all."""
+
+    def __init__(self, private: RunningServer, port: int, open_shared: Callable[[], Awaitable[RunningServer]]):
+        self.private = private
+        self.port = port
+        self.shared: RunningServer | None = None
+        self._open_shared = open_shared
+
+    async def set_serving(self, serving: bool, names: list[str] | None = None) -> None:
+        if serving and self.shared is None:
+            self.shared = await self._open_shared()
+        for server in (self.private, self.shared):
+            if server is not None:
+                await server.set_serving(serving, names)
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        await asyncio.gather(*(server.stop(grace_s) for server in (self.private, self.shared)
+                               if server is not None))
+
+
 async def serve_until_signalled(stop: Callable[[float], Awaitable[None]], grace_s: float = 5.0,
-                                drain: RunningServer | None = None, drain_s: float = 0.0) -> None:
+                                drain: RunningServer | WorkerDataPlane | None = None, drain_s: float = 0.0) -> None:
     """Blocks until SIGINT/SIGTERM, then drains and stops: ``drain`` reports
     NOT_SERVING and keeps answering for ``drain_s`` (clients and load balancers
     watching health move away meanwhile), then ``stop(grace_s)`` stops taking

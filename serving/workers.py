@@ -18,8 +18,10 @@ model. It holds
 - health on the admin port: SERVING once every worker's data plane reports
   SERVING, so a readiness probe there says whether the whole pool serves;
 - /metrics: every worker's, read at scrape time, each series labelled ``worker``;
-- the workers' lives: one that exits after it has served is started again and
-  brought to the version its siblings serve; SIGTERM is passed on to every
+- the workers' lives: one that exits after it has served is started again on
+  the version its siblings serve, and takes connections on the shared port
+  only once it serves (``serving.grpc_server.WorkerDataPlane``), so callers
+  never reach a worker that is still loading; SIGTERM is passed on to every
   worker, and each drains as a single process would.
 """
 
@@ -100,14 +102,17 @@ class Worker:
         self.admin = pb_grpc.AdminServiceStub(self._channels[0])
         self._health = health_pb2_grpc.HealthStub(self._channels[1])
 
-    async def start(self) -> None:
+    async def start(self, version: int = 0) -> None:
+        """Starts the process, on ``version`` if given (else on the registry's CURRENT)."""
         for suffix in (".admin", ".data"):  # a dead worker's sockets would refuse the new one's bind
             try:
                 os.unlink(self.socket_prefix + suffix)
             except FileNotFoundError:
                 pass
-        self.process = await asyncio.create_subprocess_exec(*self.command, preexec_fn=_die_with_parent)
-        log.info("worker %d started (pid %d)", self.index, self.process.pid)
+        pinned = ["--version", str(version)] if version else []
+        self.process = await asyncio.create_subprocess_exec(*self.command, *pinned, preexec_fn=_die_with_parent)
+        log.info("worker %d started (pid %d)%s", self.index, self.process.pid,
+                 f" on version {version}" if version else "")
 
     async def serving(self) -> bool:
         """Whether this worker's data plane reports SERVING."""
@@ -260,13 +265,27 @@ class WorkerPool:
             await asyncio.sleep(RESTART_DELAY_S)
             if self.stopping.is_set():
                 return
-            await worker.start()
+            # On what its siblings serve: CURRENT may not be it (an admin's promotion does not write it).
+            await worker.start(await self.siblings_version(worker))
             asyncio.get_running_loop().create_task(self.align(worker))
 
+    async def siblings_version(self, worker: Worker) -> int:
+        """The live version of the first of ``worker``'s siblings that answers (0: none does)."""
+        for sibling in self.workers:
+            if sibling is worker:
+                continue
+            try:
+                theirs = await sibling.admin.GetStatus(pb.GetStatusRequest(), timeout=1.0)
+            except grpc.RpcError:
+                continue
+            if theirs.live_version:
+                return theirs.live_version
+        return 0
+
     async def align(self, worker: Worker) -> None:
-        """Brings a restarted worker to the live version of a sibling: it starts
-        on the registry's CURRENT, which an admin's promotion may not have
-        reached yet."""
+        """Brings a restarted worker to the live version of a sibling, where it
+        started on another: no sibling answered when it was started, or one was
+        promoted while it loaded."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + ALIGN_TIMEOUT_S
         while loop.time() < deadline and not self.stopping.is_set():
@@ -279,23 +298,15 @@ class WorkerPool:
             await asyncio.sleep(POLL_S)
         else:
             return
-        for sibling in self.workers:
-            if sibling is worker:
-                continue
+        target = await self.siblings_version(worker)
+        if target and target != mine.live_version:
+            log.info("worker %d serves version %d, its siblings %d: loading and promoting %d",
+                     worker.index, mine.live_version, target, target)
             try:
-                theirs = await sibling.admin.GetStatus(pb.GetStatusRequest(), timeout=1.0)
-            except grpc.RpcError:
-                continue
-            if theirs.live_version and theirs.live_version != mine.live_version:
-                log.info("worker %d serves version %d, its siblings %d: loading and promoting %d",
-                         worker.index, mine.live_version, theirs.live_version, theirs.live_version)
-                try:
-                    await worker.admin.LoadVersion(pb.LoadVersionRequest(version=theirs.live_version))
-                    await worker.admin.Promote(pb.PromoteRequest(version=theirs.live_version))
-                except grpc.RpcError as e:
-                    log.error("worker %d could not be brought to version %d: %s", worker.index,
-                              theirs.live_version, _outcome_text(e))
-            return
+                await worker.admin.LoadVersion(pb.LoadVersionRequest(version=target))
+                await worker.admin.Promote(pb.PromoteRequest(version=target))
+            except grpc.RpcError as e:
+                log.error("worker %d could not be brought to version %d: %s", worker.index, target, _outcome_text(e))
 
     async def stop(self, grace_s: float) -> None:
         """SIGTERM to every worker (each drains); SIGKILL to any still there after ``grace_s``."""

@@ -6,12 +6,15 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import threading
+import time
 import urllib.request
 
 import grpc
 import pytest
 
 from model_registry import Registry
+from serving.workers import RESTART_DELAY_S
 from protos.recsys.v1 import admin_pb2 as apb
 from protos.recsys.v1 import admin_pb2_grpc as apb_grpc
 from protos.recsys.v1 import retrieval_pb2 as pb
@@ -134,15 +137,45 @@ def test_admin_calls_reach_every_worker_and_failures_name_the_worker(pool):
     assert recommend_on_new_channels(query, 16) == {2}
 
 
-def test_a_dead_worker_is_restarted_at_the_pools_version(pool, registry):
+def test_a_dead_worker_is_restarted_at_the_pools_version_and_callers_never_see_it(pool, registry):
     _, _, query, _ = pool
     assert registry.current_version() == 1  # the pool was promoted to 2 by admin calls alone (test above)
-    victim = worker_pids(query)[0]
-    os.kill(victim, signal.SIGKILL)
-    # Restarted on CURRENT (1), then brought to what its sibling serves (2).
-    wait_until(lambda: victim not in worker_pids(query) and workers_live(query) == [2] * WORKERS,
-               120, "the dead worker to be replaced at version 2", interval_s=0.5)
-    wait_until(lambda: is_serving(query.admin_address), 60, "every worker to serve again")
+    outcomes: list[tuple[float, str | int]] = []  # (when, the model version or the failure's status code)
+    done = threading.Event()
+
+    def call_on_new_channels() -> None:
+        i = 0
+        while not done.is_set():
+            with grpc.insecure_channel(query.address) as channel:
+                try:
+                    reply = pb_grpc.QueryServiceStub(channel).Recommend(
+                        pb.RecommendRequest(customer_id=f"c{i:06d}", k=5), timeout=10)
+                    outcomes.append((time.monotonic(), reply.model_version))
+                except grpc.RpcError as e:
+                    outcomes.append((time.monotonic(), e.code().name))
+            i += 1
+
+    caller = threading.Thread(target=call_on_new_channels)
+    caller.start()
+    try:
+        victim = worker_pids(query)[0]
+        killed = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        # Restarted at what its sibling serves (2), not CURRENT (1).
+        wait_until(lambda: victim not in worker_pids(query) and workers_live(query) == [2] * WORKERS,
+                   120, "the dead worker to be replaced at version 2", interval_s=0.5)
+        wait_until(lambda: is_serving(query.admin_address), 60, "every worker to serve again")
+        # The new worker takes connections only once it serves: calls keep spreading over both.
+        before = len(outcomes)
+        wait_until(lambda: len(outcomes) >= before + 16, 60, "calls after the restart")
+    finally:
+        done.set()
+        caller.join()
+    # The calls the killed process held fail (its accept queue is reset); once it is gone the kernel
+    # gives its sibling every connection, and the replacement none before it serves, at version 2.
+    late = [(round(t - killed, 3), outcome) for t, outcome in outcomes if t > killed + RESTART_DELAY_S]
+    assert len(late) > 16 and {outcome for _, outcome in late} == {2}, [x for x in late if x[1] != 2][:10]
+    assert {outcome for _, outcome in outcomes if isinstance(outcome, int)} == {2}
     assert recommend_on_new_channels(query, 16) == {2}
 
 
