@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from index_service.attributes import AttributeColumns
 from index_service.rows import ReadWriteLock, Rows
@@ -154,12 +155,13 @@ class CandidateIndex:
 
     @classmethod
     def load(cls, version_dir: Path, manifest: Manifest, min_recall: float = 0.9,
-             shard: int | None = None) -> "CandidateIndex":
+             shard: int | None = None, delta_key: Ed25519PublicKey | None = None) -> "CandidateIndex":
         """Loads a verified version's searcher (``shard``'s of a sharded version)
         and self-tests it: recall@10 against exact search over the same
         candidates on the version's probe queries must reach ``min_recall``.
         Then replays the version's catalogue deltas from the registry (a
-        shard's upserts of its own candidates). Raises VersionError otherwise."""
+        shard's upserts of its own candidates; with ``delta_key``, only a log its
+        private key signed). Raises VersionError otherwise."""
         start = time.perf_counter()
         version_dir = Path(version_dir)
         whole, manifest = manifest, manifest.shard(shard)
@@ -190,7 +192,7 @@ class CandidateIndex:
         searcher.searcher.reserve(capacity)
         rows.reserve(capacity)
         attributes.reserve(capacity)
-        deltas = read_deltas(version_dir.parent, manifest.version)
+        deltas = read_deltas(version_dir.parent, manifest.version, key=delta_key)
         index.apply_catalogue(deltas, len(deltas))
         index.report = LoadReport(time.perf_counter() - start, memory, recall)
         log.info("loaded version %d%s: %d candidates x %d dims, recall@10 %.3f, %d catalogue deltas, in %.2fs",

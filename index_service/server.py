@@ -71,8 +71,10 @@ async def create_server(config: IndexServiceConfig) -> tuple[ServiceWithAdmin, I
     registry = Registry(config.registry, config.model)
     startup = slot_startup(registry, config.slot, config.version)  # a broken record stops the start here
     manager: VersionManager[CandidateIndex] = VersionManager(config.model)
-    loader = Loader(registry, lambda path, manifest: CandidateIndex.load(path, manifest, config.min_recall, config.shard),
-                    "index", Background.IDLE, files.index_reads(config.shard), config.public_key())  # an idle slot loads
+    key = config.public_key()
+    loader = Loader(registry, lambda path, manifest: CandidateIndex.load(path, manifest, config.min_recall, config.shard,
+                                                                         key),
+                    "index", Background.IDLE, files.index_reads(config.shard), key)  # an idle slot loads
     core = IndexCore(manager, ThreadPoolExecutor(config.search_threads, thread_name_prefix="scann"),
                      limits=config.limits, keepalive_s=config.keepalive_s)
     admin = SlotAdmin(config.slot, registry, manager, loader, lambda: core.last_search, config.busy_window_s)

@@ -15,6 +15,10 @@ never both take one generation and a reader never sees half a delta: a
 generation exists once its record does. Readers check every record's chain
 and every npz's sha256, and the generations must run 1, 2, 3... without a gap.
 
+With the publisher's signing key the record also carries an Ed25519 signature
+of its other fields (``signing``), which name the model and version; a
+service given the public key refuses a log with an unsigned or altered record.
+
 Within a delta, deletes apply after upserts; an id both upserted and deleted
 ends deleted. A service holding a version replays its deltas at load, and
 catches up on ``ApplyCatalogue``; the rollout tool (``recsys-catalogue``) is
@@ -31,7 +35,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from model_registry import signing
 from model_registry.attributes import Attributes
 from model_registry.manifest import VersionError, sha256_file, shard_of
 
@@ -100,10 +106,17 @@ def published_generation(model_dir: Path, version: int) -> int:
     return int(records[-1].stem) if records else 0
 
 
-def read_deltas(model_dir: Path, version: int, after: int = 0, up_to: int | None = None) -> list[Delta]:
+def _signed_part(record: dict) -> bytes:
+    """The bytes a record's signature covers: every other field, canonically."""
+    return json.dumps({k: v for k, v in record.items() if k != "signature"}, sort_keys=True).encode()
+
+
+def read_deltas(model_dir: Path, version: int, after: int = 0, up_to: int | None = None,
+                key: Ed25519PublicKey | None = None) -> list[Delta]:
     """The deltas of ``version`` with generations in (after, up_to] (None: all),
     in order, each verified. Raises VersionError on a gap, a broken chain, a
-    checksum mismatch, or fewer deltas than ``up_to``."""
+    checksum mismatch, a record of another model or version, fewer deltas than
+    ``up_to``, or (with ``key``) a record without the publisher's signature."""
     directory = catalogue_dir(model_dir, version)
     records = _records(directory)
     if [int(p.stem) for p in records] != list(range(1, len(records) + 1)):
@@ -117,6 +130,14 @@ def read_deltas(model_dir: Path, version: int, after: int = 0, up_to: int | None
         record_sha = sha256_file(record_path)
         if generation > after:
             record = json.loads(record_path.read_text())
+            where = f"catalogue delta {generation} of version {version}"
+            if key is not None:
+                signing.verify_bytes(_signed_part(record), record.get("signature"), key, where)
+            # Records written before they named their version have no such fields to check.
+            if (record.get("model", Path(model_dir).name), record.get("version", version),
+                    record.get("generation", generation)) != (Path(model_dir).name, version, generation):
+                raise VersionError(f"{where} was written as delta {record.get('generation')} of "
+                                   f"{record.get('model')} version {record.get('version')}: the log was altered")
             if record.get("previous_sha256", "") != previous:
                 raise VersionError(f"catalogue delta {generation} of version {version} does not follow delta "
                                    f"{generation - 1} (hash chain broken): the log was altered")
@@ -140,8 +161,8 @@ def _staged(directory: Path, content: bytes) -> Path:
     return Path(tmp)
 
 
-def write_delta(model_dir: Path, version: int, delta: Delta) -> int:
-    """Appends ``delta`` to ``version``'s log; returns its generation."""
+def write_delta(model_dir: Path, version: int, delta: Delta, key: Ed25519PrivateKey | None = None) -> int:
+    """Appends ``delta`` to ``version``'s log, its record signed by ``key`` if given; returns its generation."""
     directory = catalogue_dir(model_dir, version)
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
@@ -160,10 +181,13 @@ def write_delta(model_dir: Path, version: int, delta: Delta) -> int:
     while True:
         records = _records(directory)
         generation = len(records) + 1
-        record = {"generation": generation, "file": data.name, "sha256": digest,
+        record = {"model": Path(model_dir).name, "version": int(version), "generation": generation,
+                  "file": data.name, "sha256": digest,
                   "previous_sha256": sha256_file(records[-1]) if records else "",
                   "upserts": len(delta.ids), "deletes": len(delta.deleted),
                   "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        if key is not None:
+            record["signature"] = signing.sign_bytes(_signed_part(record), key)
         staged = _staged(directory, json.dumps(record, sort_keys=True).encode())
         try:
             os.link(staged, directory / _RECORD.format(generation))  # fails if another writer took it

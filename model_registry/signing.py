@@ -8,12 +8,19 @@ manifest's bytes with Ed25519 (``manifest.sig``); a service given the public
 key refuses a version whose manifest is unsigned or signed by another key.
 Services hold only the public key, so a compromised replica cannot publish.
 
+Catalogue deltas (``deltas``) change what a loaded version serves, so they are
+signed too, by the same key: each delta's commit record carries a signature of
+its own bytes, which name the model, the version, the delta's sha256 and the
+previous record's (the chain), so a signed delta can be neither altered nor
+moved to another version's log.
+
 Keys are PEM files, e.g. ``openssl genpkey -algorithm ed25519 -out signing.pem``
 and ``openssl pkey -in signing.pem -pubout -out signing.pub``.
 """
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -59,3 +66,19 @@ def verify(version_dir: Path, key: Ed25519PublicKey) -> None:
     except InvalidSignature:
         raise VersionError(f"{version_dir}/{MANIFEST_FILE} does not match its signature: altered after publishing, "
                            "or signed by another key") from None
+
+
+def sign_bytes(data: bytes, key: Ed25519PrivateKey) -> str:
+    """The signature of ``data`` by ``key``, base64 (for a JSON record)."""
+    return base64.b64encode(key.sign(data)).decode()
+
+
+def verify_bytes(data: bytes, signature: str | None, key: Ed25519PublicKey, what: str) -> None:
+    """Raises VersionError, naming ``what``, unless ``signature`` (``sign_bytes``) is ``key``'s of ``data``."""
+    if not signature:
+        raise VersionError(f"{what} is unsigned, and this service only applies what the publisher's key signed")
+    try:
+        key.verify(base64.b64decode(signature, validate=True), data)
+    except (InvalidSignature, ValueError):
+        raise VersionError(f"{what} does not match its signature: altered after it was written, or signed by "
+                           "another key") from None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import functools
 import logging
 import sys
 
@@ -98,7 +99,9 @@ async def create_server(config: QueryServiceConfig) -> tuple[ServiceWithAdmin, R
     limit_tensorflow_threads(config.tf_threads)
     manager: VersionManager[QueryModel] = VersionManager(config.model)
     # The live tower is served beside the loading one; the candidates' files are the index slots' to verify.
-    loader = Loader(registry, QueryModel.load, "tower", Background.GIL, files.QUERY_READS, config.public_key())
+    key = config.public_key()
+    loader = Loader(registry, functools.partial(QueryModel.load, delta_key=key), "tower", Background.GIL,
+                    files.QUERY_READS, key)
     router = IndexRouter(config.index)
     cache = ResultCache(config.cache) if config.cache.url else None
     history = LiveHistory(cache.link, config.model, config.live_history) if cache is not None else None

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from model_registry import Manifest, VersionError
 from model_registry import manifest as files
@@ -75,9 +76,11 @@ class QueryModel:
         return self.manifest.num_candidates
 
     @classmethod
-    def load(cls, version_dir: Path, manifest: Manifest) -> "QueryModel":
+    def load(cls, version_dir: Path, manifest: Manifest, delta_key: Ed25519PublicKey | None = None) -> "QueryModel":
         """Loads a verified version's tower, store and fallback; checks the tower
-        embeds into finite vectors of the manifest's dimension. Raises VersionError."""
+        embeds into finite vectors of the manifest's dimension; replays the
+        version's catalogue deltas (with ``delta_key``, only a log its private key
+        signed). Raises VersionError."""
         start = time.perf_counter()
         version_dir = Path(version_dir)
         try:
@@ -99,7 +102,7 @@ class QueryModel:
         if model._table is not None and not np.isfinite(model._table).all():
             raise VersionError(f"version {manifest.version}: the tower gives non-finite embeddings for some "
                                "stored customers")
-        deltas = read_deltas(version_dir.parent, manifest.version)
+        deltas = read_deltas(version_dir.parent, manifest.version, key=delta_key)
         model.apply_catalogue(deltas, len(deltas))
         tower_bytes = sum(p.stat().st_size for p in (version_dir / files.QUERY_TOWER_DIR).rglob("*") if p.is_file())
         table_bytes = model._table.nbytes if model._table is not None else 0

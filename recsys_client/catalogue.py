@@ -22,6 +22,10 @@ not give takes the same-named value, as the trainer made them::
 
     {"id": "item-9", "features": {"title": "Heat", "genres": ["Crime", "Drama"], "year": 1995}}
 
+With ``--signing-key-file`` (the publisher's key, as ``recsys-train`` takes
+it) the delta is signed; replicas started with ``--manifest-public-key`` apply
+only signed deltas.
+
 Steps: the input is checked against the version (dimension, finite values,
 ids, namespaces, the tower's columns); features are embedded; the delta is appended to the version's log in the registry
 (``model_registry.deltas``: atomic, checksummed, the next generation G); then
@@ -44,8 +48,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from model_registry import Registry, VersionError
+from model_registry import Registry, VersionError, signing
 from model_registry import manifest as files
 from model_registry.attributes import Attributes, token_lists
 from model_registry.deltas import Delta, write_delta
@@ -54,7 +59,7 @@ from recsys_client.candidate_tower import CandidateTower, FeatureError
 from recsys_client.publish import Fleet, PublishError, Replica
 from serving.tls import ClientTls
 from serving.validation import MAX_ID_BYTES
-from settings.flags import add_flags, option, parse, require
+from settings.flags import ConfigError, add_flags, option, parse, require
 
 log = logging.getLogger("recsys-catalogue")
 
@@ -180,9 +185,10 @@ def apply_everywhere(fleet: Fleet, version: int, generation: int) -> Rollout:
     return Rollout(generation, applied, failed)
 
 
-def publish_delta(fleet: Fleet, registry: Registry, version: int, delta: Delta) -> Rollout:
-    """Appends ``delta`` to ``version``'s log, then applies it on every replica."""
-    generation = write_delta(registry.model_dir, version, delta)
+def publish_delta(fleet: Fleet, registry: Registry, version: int, delta: Delta,
+                  key: Ed25519PrivateKey | None = None) -> Rollout:
+    """Appends ``delta`` to ``version``'s log (signed by ``key`` if given), then applies it on every replica."""
+    generation = write_delta(registry.model_dir, version, delta, key)
     log.info("version %d: catalogue delta %d (%d upserts, %d deletes) written", version, generation,
              len(delta.ids), len(delta.deleted))
     return apply_everywhere(fleet, version, generation)
@@ -199,6 +205,8 @@ class CatalogueConfig:
     index_admin: tuple[str, ...] = option((), "every index replica's admin HOST:PORT, comma-separated")
     query_admin: tuple[str, ...] = option((), "every query replica's admin HOST:PORT, comma-separated")
     admin_token: str = option("", "bearer token of the admin plane", secret=True)
+    signing_key: str = option("", "PEM Ed25519 private key that signs the delta (services given its public key "
+                                  "apply only signed deltas; the key recsys-train signs versions with)", secret=True)
     tls: ClientTls = option(ClientTls(), "TLS to the admin planes", prefix="tls-")
     timeout_s: float = option(120.0, "deadline of each admin call")
     connect_timeout_s: float = option(10.0, "how long to wait for each replica's admin server to answer")
@@ -207,6 +215,11 @@ class CatalogueConfig:
         require(bool(self.upserts or self.delete or self.delete_file), "upserts",
                 "give candidates to upsert (--upserts) or to delete (--delete, --delete-file)")
         require(self.version >= 0, "version", "must be >= 0")
+        if self.signing_key:
+            try:
+                signing.private_key(self.signing_key)
+            except ValueError as e:
+                raise ConfigError("signing_key", f"is not a usable key: {e}") from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -239,7 +252,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"recsys-catalogue: {e}", file=sys.stderr)
         sys.exit(1)
     try:
-        rollout = publish_delta(fleet, registry, version, delta)
+        rollout = publish_delta(fleet, registry, version, delta,
+                                signing.private_key(config.signing_key) if config.signing_key else None)
     finally:
         fleet.close()
     print(json.dumps({"version": version, "generation": rollout.generation, "upserts": len(delta.ids),

@@ -118,7 +118,7 @@ class VersionAdmin(Generic[S]):
             if target > servable.catalogue_generation:
                 try:
                     deltas = await asyncio.to_thread(read_deltas, registry.model_dir, version,
-                                                     servable.catalogue_generation, target)
+                                                     servable.catalogue_generation, target, self.loader.public_key)
                 except VersionError as e:
                     raise FailedPrecondition(f"catalogue deltas of version {version} refused: {e}") from e
                 await asyncio.to_thread(servable.apply_catalogue, deltas, target)

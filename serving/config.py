@@ -49,7 +49,9 @@ class ServiceConfig:
     model: str = option(help="model name under the registry")
     version: int = option(0, "hold this version whatever the registry's pointers say (0: follow them)")
     manifest_public_key: str = option("", "PEM file of the publisher's Ed25519 public key: only versions whose "
-                                          "manifest it signed load (recsys-train --signing-key-file); empty: any")
+                                          "manifest it signed load (recsys-train --signing-key-file), and only "
+                                          "catalogue deltas it signed apply (recsys-catalogue --signing-key-file); "
+                                          "empty: any")
     host: str = option("127.0.0.1", "address to bind (0.0.0.0 for all interfaces)")
     port: int = option(0, "gRPC data-plane port (0 picks a free one)")
     admin: AdminConfig = option(AdminConfig(), "admin plane", prefix="admin-")

@@ -82,7 +82,7 @@ class Loader(Generic[T]):
         self.registry = registry
         self._load = load
         self._reads = reads  # the version's files this service reads: the ones it checksums
-        self._public_key = public_key  # when set, only versions signed by its private key load
+        self.public_key = public_key  # when set, only versions and catalogue deltas signed by its private key load
         self._background = background
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-loader",
                                             initializer=_idle_priority if background is Background.IDLE else None)
@@ -96,8 +96,8 @@ class Loader(Generic[T]):
             raise NotFound(f"version {version} of {self.registry.model} is not published under "
                            f"{self.registry.model_dir} (published: {self.registry.versions()})")
         try:
-            if self._public_key is not None:
-                signing.verify(version_dir, self._public_key)
+            if self.public_key is not None:
+                signing.verify(version_dir, self.public_key)
             manifest = verify_version(version_dir, self._reads)
             if manifest.model != self.registry.model:
                 raise VersionError(f"{version_dir} holds model {manifest.model!r}, not {self.registry.model!r}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 
 import grpc
@@ -19,12 +20,14 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from model_registry import Registry
 from model_registry import manifest as files
+from model_registry.deltas import Delta, write_delta
+from protos.recsys.v1 import admin_pb2, admin_pb2_grpc
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from query_service.cache import cache_key
 from tests.conftest import RedisProcess
 from tests.integration.conftest import MODEL, index_slot, make_live, query_replica, train
-from tests.processes import wait_until
+from tests.processes import console_script, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -287,7 +290,7 @@ def test_sigterm_drains_not_serving_first_then_stops_with_nothing_lost(trained_r
     assert outcomes == ["ok"] * 40
 
 
-def test_a_service_given_the_publishers_key_loads_only_versions_it_signed(trained_registry, tmp_path):
+def test_a_service_given_the_publishers_key_loads_only_versions_and_deltas_it_signed(trained_registry, tmp_path):
     key = Ed25519PrivateKey.generate()
     public = key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
     (tmp_path / "signing.pem").write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
@@ -299,6 +302,28 @@ def test_a_service_given_the_publishers_key_loads_only_versions_it_signed(traine
     slot = index_slot(signed, "blue", tmp_path / "signed.log", *verify)
     try:
         slot.start()  # recsys-train signed it: it loads
+        vector = [0.5] * Registry(signed, MODEL).manifest(1).embedding_dim
+        upserts = tmp_path / "upserts.jsonl"
+        upserts.write_text(json.dumps({"id": "signed-new", "vector": [10 * v for v in vector]}) + "\n")
+        result = subprocess.run(
+            [console_script("recsys-catalogue"), "--registry", str(signed), "--model", MODEL, "--upserts",
+             str(upserts), "--index-admin", slot.admin_address, "--signing-key-file", str(tmp_path / "signing.pem")],
+            capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["applied"] == [f"index {slot.admin_address}"]
+        # A registry writer without the key appends a delta: the slot refuses it and keeps generation 1.
+        write_delta(signed / MODEL, 1, Delta.make(["forged"], np.ones((1, len(vector)), np.float32)))
+        with grpc.insecure_channel(slot.admin_address) as channel:
+            admin = admin_pb2_grpc.AdminServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as error:
+                admin.ApplyCatalogue(admin_pb2.ApplyCatalogueRequest(version=1, generation=2), timeout=30)
+            assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "catalogue delta 2 of version 1 is unsigned" in error.value.details()
+            assert admin.GetStatus(admin_pb2.GetStatusRequest()).versions[0].catalogue_generation == 1
+        with grpc.insecure_channel(slot.address) as channel:
+            found = {c.candidate_id for c in pb_grpc.IndexServiceStub(channel).Search(
+                pb.SearchRequest(vector=vector, k=50), timeout=10).candidates}
+        assert "signed-new" in found and "forged" not in found
     finally:
         slot.stop()
     unsigned = index_slot(trained_registry, "green", tmp_path / "unsigned.log", "--version", "1", *verify)

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from model_registry import Registry, VersionError, verify_version
 from model_registry import manifest as mf
 from model_registry import signing
+from model_registry.deltas import Delta, catalogue_dir, read_deltas, write_delta
 from tests.unit.test_registry import _writer
 
 
@@ -66,3 +67,31 @@ def test_keys_of_the_wrong_kind_are_refused_with_a_clear_message(tmp_path):
     (tmp_path / "junk.pub").write_text("not a key")
     with pytest.raises(ValueError):
         signing.public_key(tmp_path / "junk.pub")
+
+
+def test_catalogue_deltas_apply_only_as_signed_and_in_their_own_version(tmp_path, keys):
+    key, public, other = keys
+    model_dir = tmp_path / "m"
+    delta = Delta.make(["a"], np.ones((1, 2), np.float32), dim=2)
+    assert write_delta(model_dir, 1, delta, key) == 1
+    assert [d.ids.tolist() for d in read_deltas(model_dir, 1, key=signing.public_key(public))] == [["a"]]
+    with pytest.raises(VersionError, match="delta 1 of version 1 does not match its signature"):
+        read_deltas(model_dir, 1, key=signing.public_key(other))
+    # A writer without the key: readers without a key take its delta, those with one refuse the log.
+    write_delta(model_dir, 1, delta)
+    assert len(read_deltas(model_dir, 1)) == 2
+    with pytest.raises(VersionError, match="delta 2 of version 1 is unsigned"):
+        read_deltas(model_dir, 1, 1, key=signing.public_key(public))
+    # A signed record edited (its counts), or moved to another version's log, is refused.
+    record = catalogue_dir(model_dir, 1) / "00000001.json"
+    moved = catalogue_dir(model_dir, 2)
+    moved.mkdir(parents=True)
+    for path in catalogue_dir(model_dir, 1).glob("*.npz"):
+        (moved / path.name).write_bytes(path.read_bytes())
+    (moved / record.name).write_bytes(record.read_bytes())
+    with pytest.raises(VersionError, match="written as delta 1 of m version 1: the log was altered"):
+        read_deltas(model_dir, 2)
+    raw = json.loads(record.read_text())
+    record.write_text(json.dumps({**raw, "upserts": 7}, sort_keys=True))
+    with pytest.raises(VersionError, match="delta 1 of version 1 does not match its signature"):
+        read_deltas(model_dir, 1, key=signing.public_key(public))
