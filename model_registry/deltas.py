@@ -54,6 +54,7 @@ class Delta:
     vectors: np.ndarray  # float32 [n, dim]
     attributes: Attributes
     deleted: np.ndarray  # str [m]
+    record_sha256: str = ""  # as read from a log: its commit record's sha256, what the next record chains to
 
     def __post_init__(self) -> None:
         if self.vectors.ndim != 2 or len(self.vectors) != len(self.ids):
@@ -80,7 +81,7 @@ class Delta:
         mine = np.flatnonzero(shard_of(self.ids, shards) == shard)
         if len(mine) == len(self.ids):
             return self
-        return Delta(self.ids[mine], self.vectors[mine], self.attributes.take(mine), self.deleted)
+        return Delta(self.ids[mine], self.vectors[mine], self.attributes.take(mine), self.deleted, self.record_sha256)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {"ids": self.ids, "vectors": self.vectors, "deleted": self.deleted, **self.attributes.to_arrays()}
@@ -100,9 +101,26 @@ def _records(directory: Path) -> list[Path]:
     return sorted(p for p in directory.glob("*.json") if p.stem.isdigit()) if directory.is_dir() else []
 
 
-def published_generation(model_dir: Path, version: int) -> int:
-    """How many deltas are published for ``version`` (0: none)."""
-    records = _records(catalogue_dir(model_dir, version))
+def _records_after(directory: Path, generation: int, up_to: int | None = None) -> list[Path]:
+    """The records after ``generation`` (to ``up_to``), in order, up to the first one missing."""
+    records = []
+    while up_to is None or generation < up_to:
+        path = directory / _RECORD.format(generation + 1)
+        if not path.is_file():
+            break
+        records.append(path)
+        generation += 1
+    return records
+
+
+def published_generation(model_dir: Path, version: int, at_least: int = 0) -> int:
+    """How many deltas are published for ``version`` (0: none). ``at_least``: a
+    generation known to be published; the log is then probed from there on
+    rather than listed, which costs a long log's catch-ups nothing."""
+    directory = catalogue_dir(model_dir, version)
+    if at_least > 0:
+        return at_least + len(_records_after(directory, at_least))
+    records = _records(directory)
     return int(records[-1].stem) if records else 0
 
 
@@ -112,20 +130,32 @@ def _signed_part(record: dict) -> bytes:
 
 
 def read_deltas(model_dir: Path, version: int, after: int = 0, up_to: int | None = None,
-                key: Ed25519PublicKey | None = None) -> list[Delta]:
+                key: Ed25519PublicKey | None = None, after_sha256: str = "") -> list[Delta]:
     """The deltas of ``version`` with generations in (after, up_to] (None: all),
     in order, each verified. Raises VersionError on a gap, a broken chain, a
     checksum mismatch, a record of another model or version, fewer deltas than
-    ``up_to``, or (with ``key``) a record without the publisher's signature."""
+    ``up_to``, or (with ``key``) a record without the publisher's signature.
+
+    The chain is checked from generation 1, unless ``after_sha256`` gives the
+    sha256 of record ``after`` as the caller verified it before (its last
+    delta's ``record_sha256``): then from there, so a replica that catches up
+    delta by delta reads O(1) records per catch-up, not every record so far."""
     directory = catalogue_dir(model_dir, version)
-    records = _records(directory)
-    if [int(p.stem) for p in records] != list(range(1, len(records) + 1)):
-        raise VersionError(f"catalogue deltas of version {version} in {directory} do not run 1..N without a gap: "
-                           f"{[p.name for p in records][:10]}")
-    if up_to is not None and up_to > len(records):
-        raise VersionError(f"version {version} has {len(records)} catalogue deltas published, not {up_to}")
-    deltas, previous = [], ""
-    for record_path in records[:up_to]:
+    if after_sha256 and after > 0:
+        # The records after a verified one, probed by name: no listing of the whole log.
+        records, previous = _records_after(directory, after, up_to), after_sha256
+        published = after + len(records)
+    else:
+        records, previous = _records(directory), ""
+        if [int(p.stem) for p in records] != list(range(1, len(records) + 1)):
+            raise VersionError(f"catalogue deltas of version {version} in {directory} do not run 1..N without a "
+                               f"gap: {[p.name for p in records][:10]}")
+        published = len(records)
+        records = records[:up_to]
+    if up_to is not None and up_to > published:
+        raise VersionError(f"version {version} has {published} catalogue deltas published, not {up_to}")
+    deltas = []
+    for record_path in records:
         generation = int(record_path.stem)
         record_sha = sha256_file(record_path)
         if generation > after:
@@ -146,7 +176,7 @@ def read_deltas(model_dir: Path, version: int, after: int = 0, up_to: int | None
                 raise VersionError(f"catalogue delta {generation} of version {version}: {record['file']} is missing "
                                    "or fails its sha256 check")
             with np.load(data, allow_pickle=False) as arrays:
-                deltas.append(Delta.from_arrays(arrays))
+                deltas.append(dataclasses.replace(Delta.from_arrays(arrays), record_sha256=record_sha))
         previous = record_sha
     return deltas
 

@@ -81,10 +81,13 @@ class VersionAdmin(Generic[S]):
         self.manager = manager
         self.loader = loader
         self._applying = asyncio.Lock()  # one catalogue catch-up at a time
+        # version -> (generation, its record's sha256) of the last catch-up: the next reads the log from there
+        self._caught_up: dict[int, tuple[int, str]] = {}
 
     def _drop(self, version: int, allow_live: bool = False) -> None:
         """Takes a version out of the manager and frees it (blocking: a full GC)."""
         self.manager.remove(version, allow_live=allow_live)
+        self._caught_up.pop(version, None)
         Loader.released()
         log.info("%s: unloaded %s version %d", self.service, self.manager.model, version)
 
@@ -110,18 +113,22 @@ class VersionAdmin(Generic[S]):
         _, servable = self.manager.get(version)
         registry = self.loader.registry
         async with self._applying:
-            published = await asyncio.to_thread(published_generation, registry.model_dir, version)
+            published = await asyncio.to_thread(published_generation, registry.model_dir, version,
+                                                 servable.catalogue_generation)
             target = generation or published
             if target > published:
                 raise FailedPrecondition(f"version {version} has {published} catalogue deltas in the registry, not "
                                          f"{target}: publish the delta first (recsys-catalogue)")
             if target > servable.catalogue_generation:
+                at, sha = self._caught_up.get(version, (0, ""))
                 try:
                     deltas = await asyncio.to_thread(read_deltas, registry.model_dir, version,
-                                                     servable.catalogue_generation, target, self.loader.public_key)
+                                                     servable.catalogue_generation, target, self.loader.public_key,
+                                                     sha if at == servable.catalogue_generation else "")
                 except VersionError as e:
                     raise FailedPrecondition(f"catalogue deltas of version {version} refused: {e}") from e
                 await asyncio.to_thread(servable.apply_catalogue, deltas, target)
+                self._caught_up[version] = (target, deltas[-1].record_sha256)
                 log.info("%s: version %d at catalogue generation %d (%d candidates)", self.service, version, target,
                          servable.num_candidates)
                 self.manager.announce()

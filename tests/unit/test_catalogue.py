@@ -82,11 +82,19 @@ def test_delta_log_refuses_a_broken_chain_or_a_gap(tmp_path):
     rng = np.random.default_rng(0)
     for name in "abc":
         write_delta(tmp_path, 1, _delta(rng, [name], []))
+    verified = read_deltas(tmp_path, 1)
     log = tmp_path / "catalogue" / "1"
     record = log / "00000001.json"
     record.write_text(record.read_text().replace('"upserts": 1', '"upserts": 2'))
     with pytest.raises(VersionError, match="hash chain broken"):
         read_deltas(tmp_path, 1)
+    # A catch-up from a record verified before reads only what follows it (record 1 is not read again) ...
+    tail = read_deltas(tmp_path, 1, after=1, after_sha256=verified[0].record_sha256)
+    assert [(d.ids.tolist(), d.record_sha256) for d in tail] == [(d.ids.tolist(), d.record_sha256)
+                                                                   for d in verified[1:]]
+    # ... and still refuses a next record that does not chain to it.
+    with pytest.raises(VersionError, match="delta 2 of version 1 does not follow delta 1"):
+        read_deltas(tmp_path, 1, after=1, after_sha256="0" * 64)
     (log / "00000002.json").unlink()
     with pytest.raises(VersionError, match="without a gap"):
         read_deltas(tmp_path, 1)
