@@ -78,8 +78,10 @@ class CacheConfig:
                                   flag="redis-retry-after-s")
     local_mb: float = option(256.0, "memory for results kept in process in front of Redis, in MiB (0: none); "
                                     "a result takes ~1 KB at k = 10, ~110 KB at k = 1000", flag="local-cache-mb")
-    mac_key: str = option("", "secret that authenticates values in Redis, shared by the query replicas; none: a "
-                              "random key per process, so replicas share nothing", flag="cache-key", secret=True)
+    mac_key: str = option("", "secret that authenticates values in Redis (cached results and live history "
+                              "entries), shared by the query replicas; none: cached results under a random key per "
+                              "process, so replicas share none, and live histories in plain ids", flag="cache-key",
+                          secret=True)
     password: str = option("", "Redis password (AUTH / ACL); a user name goes in the URL", flag="redis-password",
                            secret=True)
 

@@ -13,16 +13,23 @@ reads go out as one pipeline, and a failed read is an empty live history
 (the stored one still answers). A write is what the caller asked for, so a
 failed write fails the call.
 
-Redis is trusted with histories as far as they steer a customer's
-recommendations (results still come from the version's tower and index);
-entries that are not ids (not UTF-8, empty, over 256 bytes) are dropped.
+With a shared key (``--cache-key-file``, the result cache's), each entry
+carries an HMAC over the customer's list key and the id, as cached results do:
+whoever can write to Redis but holds no key cannot put items in a customer's
+history (steering a history tower, or hiding items from ``exclude_seen``),
+nor move one customer's entries to another's list; such entries are dropped.
+Without a shared key entries are plain ids (a per-process key would make
+every replica blind to the others' histories). Entries that are not ids (not
+UTF-8, empty, over 256 bytes) are dropped.
 """
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 
 from query_service.batching import MicroBatcher
+from query_service.cache import MAC_BYTES
 from query_service.redis_link import PIPELINED, REDIS_ERRORS, UNREACHED, RedisLink
 from serving.errors import ResourceExhausted, Unavailable
 from serving.validation import MAX_ID_BYTES
@@ -53,24 +60,15 @@ def merged_history(recent: tuple[str, ...], live: tuple[str, ...], stored: tuple
     return tuple(dict.fromkeys((*recent, *live, *stored)))
 
 
-def _decode(values: list[bytes]) -> tuple[str, ...]:
-    items = []
-    for value in values:
-        if 0 < len(value) <= MAX_ID_BYTES:
-            try:
-                items.append(value.decode())
-            except UnicodeDecodeError:
-                continue
-    return tuple(dict.fromkeys(items))
-
-
 class LiveHistory:
     """Records and reads customers' live histories. Safe for one event loop."""
 
-    def __init__(self, link: RedisLink, model: str, config: LiveHistoryConfig = LiveHistoryConfig()):
+    def __init__(self, link: RedisLink, model: str, config: LiveHistoryConfig = LiveHistoryConfig(),
+                 mac_key: bytes = b""):
         self.link = link
         self.model = model
         self.config = config
+        self._mac_key = mac_key  # empty: plain entries (see the module docstring)
         self._reads: MicroBatcher[str, tuple[str, ...]] = MicroBatcher(self._read_many, PIPELINED)
 
     async def record(self, customer_id: str, candidate_ids: tuple[str, ...]) -> int:
@@ -84,7 +82,7 @@ class LiveHistory:
             # One key, so one slot: redis-py runs the MULTI/EXEC on a cluster too.
             async with self.link.client.pipeline(transaction=True) as pipe:
                 # LPUSH puts each value at the head in turn, so oldest-first ids end up newest first.
-                pipe.lpush(key, *candidate_ids)
+                pipe.lpush(key, *(self._seal(key, c.encode()) for c in candidate_ids))
                 pipe.ltrim(key, 0, self.config.max_items - 1)
                 pipe.expire(key, self.config.ttl_s)
                 length, _, _ = await pipe.execute()
@@ -107,7 +105,29 @@ class LiveHistory:
     async def _read_many(self, customer_ids: list[str]) -> list[tuple[str, ...]]:
         lists = await self.link.pipelined("LRANGE", [history_key(self.model, c) for c in customer_ids],
                                           lambda pipe, key: pipe.lrange(key, 0, self.config.max_items - 1))
-        return [() if values is UNREACHED else _decode(values) for values in lists]
+        return [() if values is UNREACHED else self._decode(history_key(self.model, c), values)
+                for c, values in zip(customer_ids, lists)]
+
+    def _mac(self, key: str, item: bytes) -> bytes:
+        return hmac.digest(self._mac_key, key.encode() + b"\0" + item, "sha256")[:MAC_BYTES]
+
+    def _seal(self, key: str, item: bytes) -> bytes:
+        return self._mac(key, item) + item if self._mac_key else item
+
+    def _decode(self, key: str, values: list[bytes]) -> tuple[str, ...]:
+        """The ids of a list's entries, each once; entries that fail their HMAC or are not ids are dropped."""
+        items = []
+        for value in values:
+            if self._mac_key:
+                mac, value = value[:MAC_BYTES], value[MAC_BYTES:]
+                if not hmac.compare_digest(mac, self._mac(key, value)):
+                    continue
+            if 0 < len(value) <= MAX_ID_BYTES:
+                try:
+                    items.append(value.decode())
+                except UnicodeDecodeError:
+                    continue
+        return tuple(dict.fromkeys(items))
 
     async def close(self) -> None:
         await self._reads.close()

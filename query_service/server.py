@@ -104,7 +104,8 @@ async def create_server(config: QueryServiceConfig) -> tuple[ServiceWithAdmin, R
                     files.QUERY_READS, key)
     router = IndexRouter(config.index)
     cache = ResultCache(config.cache) if config.cache.url else None
-    history = LiveHistory(cache.link, config.model, config.live_history) if cache is not None else None
+    history = (LiveHistory(cache.link, config.model, config.live_history, config.cache.mac_key.encode())
+               if cache is not None else None)
     executor = tracing.executor("tower", config.tower_threads, thread_name_prefix="tower")
     recommender = Recommender(manager, router, cache, executor, config.batching, max_k=config.max_k,
                               warmup=config.warmup, history=history, max_batch_requests=config.max_batch_requests)

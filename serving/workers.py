@@ -167,7 +167,7 @@ class PoolAdmin(pb_grpc.AdminServiceServicer):
                        + (f" (also on workers {failed[1:]})" if len(failed) > 1 else "")
                        + (f"; workers {list(range(len(outcomes), len(calls)))} were not asked"
                           if len(outcomes) < len(calls) else ""))
-            if took and method != "GetStatus":
+            if took:
                 message += (f"; workers {took} took it, so the workers now differ: GetStatus shows each one's "
                             "versions; repeat the call or undo it")
             code = first.code() if isinstance(first, grpc.aio.AioRpcError) else grpc.StatusCode.UNAVAILABLE
@@ -190,7 +190,21 @@ class PoolAdmin(pb_grpc.AdminServiceServicer):
         return await self._all("UnloadVersion", request, context)
 
     async def GetStatus(self, request, context):
-        return await self._all("GetStatus", request, context)
+        """Every worker's status. A worker that does not answer (being replaced)
+        shows as holding nothing, which is what it serves then, so the pool's
+        status stays readable; the top-level fields are the first answering
+        worker's. Fails only when no worker answers."""
+        outcomes = await asyncio.gather(*(w.admin.GetStatus(request, timeout=context.time_remaining())
+                                          for w in self.workers), return_exceptions=True)
+        answered = [o for o in outcomes if not isinstance(o, BaseException)]
+        if not answered:
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"no worker answered GetStatus: {_outcome_text(outcomes[0])}"[:MAX_MESSAGE_CHARS])
+        status = pb.ServiceStatus()
+        status.CopyFrom(answered[0])
+        status.workers.extend(pb.ServiceStatus(model_name=status.model_name, service=status.service)
+                              if isinstance(o, BaseException) else o for o in outcomes)
+        return status
 
     async def ApplyCatalogue(self, request, context):
         return await self._all("ApplyCatalogue", request, context)

@@ -114,7 +114,9 @@ def test_with_redis_stopped_recommend_uses_the_stored_history_and_recording_fail
     root = history_version.parent.parent
     redis = RedisProcess().start()
     index = index_slot(root, "blue", tmp_path / "index.log")
-    query = query_replica(root, [index], tmp_path / "query.log", "--redis-url", redis.url, "--local-cache-mb", "0")
+    (tmp_path / "cache.key").write_text("a secret the replicas share")  # live history entries carry its HMAC
+    query = query_replica(root, [index], tmp_path / "query.log", "--redis-url", redis.url, "--local-cache-mb", "0",
+                          "--cache-key-file", str(tmp_path / "cache.key"))
     try:
         index.start()
         query.start()

@@ -161,6 +161,9 @@ def test_a_dead_worker_is_restarted_at_the_pools_version_and_callers_never_see_i
         victim = worker_pids(query)[0]
         killed = time.monotonic()
         os.kill(victim, signal.SIGKILL)
+        # While it is replaced, the pool's status answers, showing the worker holding nothing.
+        wait_until(lambda: sorted(workers_live(query) or []) == [0, 2], 30,
+                   "the pool's status to show the killed worker holding nothing", interval_s=0.2)
         # Restarted at what its sibling serves (2), not CURRENT (1).
         wait_until(lambda: victim not in worker_pids(query) and workers_live(query) == [2] * WORKERS,
                    120, "the dead worker to be replaced at version 2", interval_s=0.5)

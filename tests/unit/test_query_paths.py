@@ -165,6 +165,29 @@ async def test_the_live_history_is_capped_newest_first_expires_and_drops_what_is
     await cache.close()
 
 
+async def test_with_a_key_only_entries_a_replica_wrote_for_that_customer_count(redis_server):
+    cache = ResultCache(CacheConfig(redis_server.url))
+    model = f"mac{next(_names)}"
+    history = LiveHistory(cache.link, model, mac_key=b"shared secret")
+    other_replica = LiveHistory(cache.link, model, mac_key=b"shared secret")
+    await history.record("c1", ("a", "b"))
+    await history.record("c2", ("z",))
+    assert await other_replica.get("c1") == ("b", "a")
+    client = redis.from_url(redis_server.url)
+    key = history_key(model, "c1")
+    assert all(len(v) > 16 for v in await client.lrange(key, 0, -1))  # HMAC + id, not the bare id
+    stolen = (await client.lrange(history_key(model, "c2"), 0, 0))[0]  # c2's valid entry for z
+    await client.lpush(key, b"forged", stolen, b"\0" * 16 + b"forged")  # no MAC, another list's, a wrong MAC
+    assert await other_replica.get("c1") == ("b", "a")
+    # A replica without the key reads none of it as ids it could trust.
+    keyless = LiveHistory(cache.link, model, mac_key=b"another")
+    assert await keyless.get("c1") == ()
+    await client.aclose()
+    for reader in (history, other_replica, keyless):
+        await reader.close()
+    await cache.close()
+
+
 async def test_concurrent_reads_share_pipelines_and_each_gets_its_own_history(redis_server):
     cache = ResultCache(CacheConfig(redis_server.url))
     history = LiveHistory(cache.link, f"batch{next(_names)}")
