@@ -77,7 +77,8 @@ async def create_server(config: IndexServiceConfig) -> tuple[ServiceWithAdmin, I
                     "index", Background.IDLE, files.index_reads(config.shard), key)  # an idle slot loads
     core = IndexCore(manager, ThreadPoolExecutor(config.search_threads, thread_name_prefix="scann"),
                      limits=config.limits, keepalive_s=config.keepalive_s)
-    admin = SlotAdmin(config.slot, registry, manager, loader, lambda: core.last_search, config.busy_window_s)
+    admin = SlotAdmin(config.slot, registry, manager, loader, lambda: core.last_search, config.busy_window_s,
+                      config.min_recall)
     loop = asyncio.get_running_loop()
     core.bind(loop)
     spec = ServiceSpec(pb_grpc.add_IndexServiceServicer_to_server, IndexServicer(core, admin), SERVICE_NAME)

@@ -13,10 +13,16 @@ refused, the old one is loaded back. The slot refuses a load while it answers
 searches (any search within ``busy_window_s``): that is the live slot, and the
 rollout tool (``recsys-publish``) picks an idle one. Promotion is not the
 slot's business: the query replicas switch routing.
+
+Catalogue deltas move recall (ScaNN's partitions were trained on the
+published candidates), so once a stream of deltas pauses the slot measures
+recall@10 again, on the loader thread at idle priority, and its status and
+/metrics report it with the generation it was measured at.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Callable
@@ -31,6 +37,11 @@ from serving.versions import VersionManager
 
 log = logging.getLogger(__name__)
 
+# Recall is measured again once catalogue deltas have paused this long, or this
+# long after the first delta waiting for it (a stream that never pauses).
+RECALL_SETTLE_S = 2.0
+RECALL_MAX_WAIT_S = 60.0
+
 
 class SlotAdmin(VersionAdmin[CandidateIndex]):
     """Admin operations of an index slot (see the module docstring)."""
@@ -38,12 +49,43 @@ class SlotAdmin(VersionAdmin[CandidateIndex]):
     service = "index"
 
     def __init__(self, slot: str, registry: Registry, manager: VersionManager[CandidateIndex],
-                 loader: Loader[CandidateIndex], last_search: Callable[[], float], busy_window_s: float):
+                 loader: Loader[CandidateIndex], last_search: Callable[[], float], busy_window_s: float,
+                 min_recall: float = 0.9):
         super().__init__(manager, loader)
         self.slot = slot
         self.registry = registry
         self._last_search = last_search
         self.busy_window_s = busy_window_s
+        self.min_recall = min_recall  # what a load requires; a re-measure below it is logged as a warning
+        self._delta_at: dict[int, float] = {}  # version -> when it last took deltas (loop time)
+        self._rechecks: dict[int, asyncio.Task] = {}  # version -> its pending re-measure of recall
+
+    def after_catalogue(self, version: int, servable: CandidateIndex) -> None:
+        loop = asyncio.get_running_loop()
+        self._delta_at[version] = loop.time()
+        if version not in self._rechecks:
+            self._rechecks[version] = loop.create_task(self._recheck_recall(version, servable))
+
+    async def _recheck_recall(self, version: int, index: CandidateIndex) -> None:
+        loop = asyncio.get_running_loop()
+        first = loop.time()
+        try:
+            while loop.time() - self._delta_at[version] < RECALL_SETTLE_S and loop.time() - first < RECALL_MAX_WAIT_S:
+                await asyncio.sleep(RECALL_SETTLE_S / 4)
+            if self.manager.states().get(version, (None, None))[1] is not index:
+                return  # unloaded (or replaced) meanwhile
+            measured = loop.time()
+            recall = await self.loader.run(index.remeasure_recall)
+            minimum = self.min_recall
+            log.log(logging.WARNING if recall < minimum else logging.INFO,
+                    "version %d at catalogue generation %d: recall@10 %.3f (at publish %.3f)%s", version,
+                    index.report.recall_generation, recall, index.manifest.index.recall_at_10,
+                    f", below the {minimum} a load requires: retrain or republish to rebuild the index"
+                    if recall < minimum else "")
+        finally:
+            del self._rechecks[version]
+        if self._delta_at[version] > measured:  # deltas came while it measured: once more, after them
+            self.after_catalogue(version, index)
 
     def start(self, startup: StartupVersions) -> None:
         """Loads what the slot should hold at start (blocking; nothing is served yet)."""

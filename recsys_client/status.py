@@ -93,9 +93,16 @@ def _version_rows(address: str, role: str, status: pb.ServiceStatus) -> list[tup
     for v in sorted(status.versions, key=lambda v: v.version):
         live = "*" if v.version == status.live_version else ""
         out.append((*head, f"{v.version}{live}", _state(v.state), str(v.num_candidates),
-                    f"{v.self_test_recall_at_10:.3f}" if v.self_test_recall_at_10 else "-",
+                    _recall(v),
                     _size(v.memory_bytes), f"{v.load_seconds:.2f}", str(v.catalogue_generation)))
     return out
+
+
+def _recall(v) -> str:
+    """The self-test recall, with the catalogue generation it was measured at when not the load's."""
+    if not v.self_test_recall_at_10:
+        return "-"
+    return f"{v.self_test_recall_at_10:.3f}" + (f"@g{v.self_test_generation}" if v.self_test_generation else "")
 
 
 def table(replicas: list[ReplicaStatus]) -> str:

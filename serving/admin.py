@@ -30,11 +30,13 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class LoadReport:
     """What a load measured: its time, the memory the version holds and, for
-    an index, its recall@10 against exact search (None where none is measured)."""
+    an index, its recall@10 against exact search (None where none is measured),
+    measured again after catalogue deltas at ``recall_generation``."""
 
     load_seconds: float
     memory_bytes: int
     self_test_recall: float | None = None
+    recall_generation: int = 0
 
 
 class Servable(Protocol):
@@ -129,10 +131,14 @@ class VersionAdmin(Generic[S]):
                     raise FailedPrecondition(f"catalogue deltas of version {version} refused: {e}") from e
                 await asyncio.to_thread(servable.apply_catalogue, deltas, target)
                 self._caught_up[version] = (target, deltas[-1].record_sha256)
+                self.after_catalogue(version, servable)
                 log.info("%s: version %d at catalogue generation %d (%d candidates)", self.service, version, target,
                          servable.num_candidates)
                 self.manager.announce()
         return self.status()
+
+    def after_catalogue(self, version: int, servable: S) -> None:
+        """Called on the event loop after ``version`` took catalogue deltas."""
 
     def status(self) -> StatusReport:
         infos = []

@@ -29,7 +29,8 @@ def version_protos(infos: list[VersionInfo]) -> list[versions_pb2.VersionStatus]
             num_candidates=v.num_candidates, embedding_dim=v.embedding_dim,
             self_test_recall_at_10=(report.self_test_recall or 0.0) if report else 0.0,
             memory_bytes=report.memory_bytes if report else 0, load_seconds=report.load_seconds if report else 0.0,
-            catalogue_generation=v.catalogue_generation))
+            catalogue_generation=v.catalogue_generation,
+            self_test_generation=report.recall_generation if report else 0))
     return out
 
 

@@ -220,7 +220,8 @@ class VersionCollector(Collector):
         live = GaugeMetricFamily("recsys_live_version", "The live version (0: none)",
                                  labels=["service", "slot", "model"])
         figures = {name: GaugeMetricFamily(f"recsys_version_{name}", text, labels=labels) for name, text in (
-            ("self_test_recall", "Index recall@10 vs exact search measured at load (index versions only)"),
+            ("self_test_recall", "Index recall@10 vs exact search, measured at load and again once catalogue "
+                                 "deltas pause (index versions only)"),
             ("memory_bytes", "Bytes the version's artifacts hold in memory (approximate)"),
             ("candidates", "Candidates the version holds, catalogue deltas included"),
             ("load_seconds", "Seconds the version took to load and self-test"),

@@ -19,7 +19,7 @@ from protos.recsys.v1 import admin_pb2, admin_pb2_grpc
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from tests.integration.conftest import MODEL, index_slot, make_live, query_replica
-from tests.processes import console_script
+from tests.processes import console_script, wait_until
 
 GENRES = ["rock", "jazz", "folk", "punk"]
 
@@ -177,6 +177,12 @@ def test_upserts_given_as_features_are_embedded_by_the_versions_candidate_tower(
     # m2 is the only published folk candidate priced <= 3.5.
     assert found.catalogue_generation == generation
     assert sorted(c.candidate_id for c in found.candidates) == ["fresh-folk", "m2"]
+    # Once the deltas pause, the slot measures its recall again and says at which generation.
+    with grpc.insecure_channel(index.admin_address) as channel:
+        admin = admin_pb2_grpc.AdminServiceStub(channel)
+        wait_until(lambda: admin.GetStatus(admin_pb2.GetStatusRequest()).versions[0].self_test_generation
+                   == generation, 30, "the recall to be measured at the new generation")
+        assert admin.GetStatus(admin_pb2.GetStatusRequest()).versions[0].self_test_recall_at_10 >= 0.9
 
     bad = tmp_path / "bad-features.jsonl"
     bad.write_text(json.dumps({"id": "x", "features": {"colour": "red"}}) + "\n")

@@ -5,6 +5,7 @@ popularity fallback, and replay at load."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import numpy as np
@@ -12,13 +13,15 @@ import pytest
 
 from index_service.attributes import AttributeColumns
 from index_service.rows import Rows
-from index_service.searcher import CandidateIndex, _scann_pybind
+from index_service import slot as slot_admin
+from index_service.searcher import RECHECK_PROBES, CandidateIndex, _scann_pybind
 from model_registry import IndexSpec, Manifest, Registry, VersionError
 from model_registry.attributes import Attributes, from_catalogue
 from model_registry.deltas import Delta, published_generation, read_deltas, write_delta
 from recsys_client.catalogue import CatalogueError, read_upserts
 from serving import errors
 from serving.admin import LoadReport
+from serving.admin_rpc import version_protos
 from serving.filters import NO_FILTER, check_filter
 from tests.unit import tiny_versions as tiny
 from tests.unit.test_cores import slot
@@ -241,6 +244,31 @@ async def test_a_reloaded_slot_replays_the_deltas_and_answers_identically(tmp_pa
     for a, b in zip(before.search(queries, 10), after.search(queries, 10)):
         assert a.ids == b.ids and "i000" not in a.ids
         np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
+
+
+async def test_recall_is_measured_again_once_a_run_of_deltas_pauses(tmp_path, monkeypatch):
+    monkeypatch.setattr(slot_admin, "RECALL_SETTLE_S", 0.3)
+    registry = Registry(tmp_path, tiny.MODEL)
+    tiny.publish(registry, 1)
+    core, admin = slot(registry, "blue", 1)
+    _, index = core.manager.get(1)
+    measured_at: list[int] = []
+    remeasure = index.remeasure_recall
+    monkeypatch.setattr(index, "remeasure_recall", lambda: measured_at.append(index.catalogue_generation) or remeasure())
+    rng = np.random.default_rng(5)
+    for generation in (1, 2):  # two deltas in a row: one measurement, after both
+        write_delta(registry.model_dir, 1, Delta.make([f"new{generation}"], rng.standard_normal((1, tiny.DIM)),
+                                                      dim=tiny.DIM))
+        await admin.apply_catalogue(1, generation)
+    assert admin.status().versions[0].report.recall_generation == 0  # the load's, until the deltas pause
+    for _ in range(50):
+        await asyncio.sleep(0.1)
+        if measured_at and not admin._rechecks:
+            break
+    report = admin.status().versions[0].report
+    assert measured_at == [2] and report.recall_generation == 2
+    assert report.self_test_recall == index.recall(index._probes[:RECHECK_PROBES], 10)
+    assert version_protos(admin.status().versions)[0].self_test_generation == 2
 
 
 # ------------------------------------------------------------------ inputs

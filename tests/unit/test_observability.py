@@ -247,13 +247,13 @@ def test_status_table_shows_every_version_and_every_unreachable_replica():
     index = pb.ServiceStatus(model_name="m", service="index", live_version=3, slot="blue", versions=[
         versions_pb2.VersionStatus(version=3, state=versions_pb2.VERSION_STATE_SERVING, num_candidates=200,
                                    self_test_recall_at_10=0.97, memory_bytes=3 << 20, load_seconds=1.25,
-                                   catalogue_generation=2)])
+                                   catalogue_generation=2, self_test_generation=2)])
     empty = pb.ServiceStatus(model_name="m", service="index", slot="green")
     text = status.table([status.ReplicaStatus("index", "h:1", index), status.ReplicaStatus("index", "h:2", empty),
                          status.ReplicaStatus("query", "h:3", error="UNAVAILABLE: connection refused")])
     header, blue, green, gone = text.splitlines()
     assert header.split() == list(status.COLUMNS)
-    assert blue.split() == ["h:1", "index", "blue", "3*", "SERVING", "200", "0.970", "3.0MiB", "1.25", "2"]
+    assert blue.split() == ["h:1", "index", "blue", "3*", "SERVING", "200", "0.970@g2", "3.0MiB", "1.25", "2"]
     assert green.split() == ["h:2", "index", "green", "-", "EMPTY"]
     assert gone.startswith("h:3") and "UNREACHABLE (UNAVAILABLE: connection refused)" in gone
 

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fprotos/recsys/v1/versions.proto\x12\trecsys.v1\"\xe1\x01\n\rVersionStatus\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.recsys.v1.VersionState\x12\x16\n\x0enum_candidates\x18\x03 \x01(\x03\x12\x15\n\rembedding_dim\x18\x04 \x01(\x05\x12\x1e\n\x16self_test_recall_at_10\x18\x05 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x06 \x01(\x03\x12\x14\n\x0cload_seconds\x18\x07 \x01(\x01\x12\x1c\n\x14\x63\x61talogue_generation\x18\x08 \x01(\x03*\x9f\x01\n\x0cVersionState\x12\x1d\n\x19VERSION_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15VERSION_STATE_LOADING\x10\x01\x12\x17\n\x13VERSION_STATE_READY\x10\x02\x12\x19\n\x15VERSION_STATE_SERVING\x10\x03\x12!\n\x1dVERSION_STATE_ROLLBACK_TARGET\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fprotos/recsys/v1/versions.proto\x12\trecsys.v1\"\xff\x01\n\rVersionStatus\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.recsys.v1.VersionState\x12\x16\n\x0enum_candidates\x18\x03 \x01(\x03\x12\x15\n\rembedding_dim\x18\x04 \x01(\x05\x12\x1e\n\x16self_test_recall_at_10\x18\x05 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x06 \x01(\x03\x12\x14\n\x0cload_seconds\x18\x07 \x01(\x01\x12\x1c\n\x14\x63\x61talogue_generation\x18\x08 \x01(\x03\x12\x1c\n\x14self_test_generation\x18\t \x01(\x03*\x9f\x01\n\x0cVersionState\x12\x1d\n\x19VERSION_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15VERSION_STATE_LOADING\x10\x01\x12\x17\n\x13VERSION_STATE_READY\x10\x02\x12\x19\n\x15VERSION_STATE_SERVING\x10\x03\x12!\n\x1dVERSION_STATE_ROLLBACK_TARGET\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.recsys.v1.versions_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_VERSIONSTATE']._serialized_start=275
-  _globals['_VERSIONSTATE']._serialized_end=434
+  _globals['_VERSIONSTATE']._serialized_start=305
+  _globals['_VERSIONSTATE']._serialized_end=464
   _globals['_VERSIONSTATUS']._serialized_start=47
-  _globals['_VERSIONSTATUS']._serialized_end=272
+  _globals['_VERSIONSTATUS']._serialized_end=302
 # @@protoc_insertion_point(module_scope)

@@ -19,7 +19,7 @@ VERSION_STATE_SERVING: VersionState
 VERSION_STATE_ROLLBACK_TARGET: VersionState
 
 class VersionStatus(_message.Message):
-    __slots__ = ("version", "state", "num_candidates", "embedding_dim", "self_test_recall_at_10", "memory_bytes", "load_seconds", "catalogue_generation")
+    __slots__ = ("version", "state", "num_candidates", "embedding_dim", "self_test_recall_at_10", "memory_bytes", "load_seconds", "catalogue_generation", "self_test_generation")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     NUM_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,7 @@ class VersionStatus(_message.Message):
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     LOAD_SECONDS_FIELD_NUMBER: _ClassVar[int]
     CATALOGUE_GENERATION_FIELD_NUMBER: _ClassVar[int]
+    SELF_TEST_GENERATION_FIELD_NUMBER: _ClassVar[int]
     version: int
     state: VersionState
     num_candidates: int
@@ -36,4 +37,5 @@ class VersionStatus(_message.Message):
     memory_bytes: int
     load_seconds: float
     catalogue_generation: int
-    def __init__(self, version: _Optional[int] = ..., state: _Optional[_Union[VersionState, str]] = ..., num_candidates: _Optional[int] = ..., embedding_dim: _Optional[int] = ..., self_test_recall_at_10: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., load_seconds: _Optional[float] = ..., catalogue_generation: _Optional[int] = ...) -> None: ...
+    self_test_generation: int
+    def __init__(self, version: _Optional[int] = ..., state: _Optional[_Union[VersionState, str]] = ..., num_candidates: _Optional[int] = ..., embedding_dim: _Optional[int] = ..., self_test_recall_at_10: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., load_seconds: _Optional[float] = ..., catalogue_generation: _Optional[int] = ..., self_test_generation: _Optional[int] = ...) -> None: ...
