@@ -23,6 +23,7 @@ recall@10 again, on the loader thread at idle priority, and its status and
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import Callable
@@ -59,6 +60,11 @@ class SlotAdmin(VersionAdmin[CandidateIndex]):
         self.min_recall = min_recall  # what a load requires; a re-measure below it is logged as a warning
         self._delta_at: dict[int, float] = {}  # version -> when it last took deltas (loop time)
         self._rechecks: dict[int, asyncio.Task] = {}  # version -> its pending re-measure of recall
+
+    def status(self) -> StatusReport:
+        report = super().status()
+        live = self.manager.states().get(self.manager.live_version or 0, (None, None))[1]
+        return dataclasses.replace(report, shard=live.shard) if live is not None and live.shard else report
 
     def after_catalogue(self, version: int, servable: CandidateIndex) -> None:
         loop = asyncio.get_running_loop()

@@ -87,7 +87,8 @@ def rows(replicas: list[ReplicaStatus]) -> list[tuple[str, ...]]:
 
 def _version_rows(address: str, role: str, status: pb.ServiceStatus) -> list[tuple[str, ...]]:
     out = []
-    head = (address, status.service or role, status.slot or "-")
+    slot = (status.slot or "-") + (f"[{status.shard}/{status.shards}]" if status.shards else "")
+    head = (address, status.service or role, slot)
     if not status.versions:
         out.append((*head, "-", "EMPTY"))
     for v in sorted(status.versions, key=lambda v: v.version):

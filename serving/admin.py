@@ -70,6 +70,7 @@ class StatusReport:
     live_version: int  # 0: none
     versions: list[VersionInfo]
     slot: str = ""  # index slots only
+    shard: tuple[int, int] | None = None  # an index endpoint of a sharded version: (its shard, of how many)
 
 
 class VersionAdmin(Generic[S]):

@@ -249,9 +249,12 @@ def test_status_table_shows_every_version_and_every_unreachable_replica():
                                    self_test_recall_at_10=0.97, memory_bytes=3 << 20, load_seconds=1.25,
                                    catalogue_generation=2, self_test_generation=2)])
     empty = pb.ServiceStatus(model_name="m", service="index", slot="green")
+    shard = pb.ServiceStatus(model_name="m", service="index", slot="green", shard=1, shards=4)
     text = status.table([status.ReplicaStatus("index", "h:1", index), status.ReplicaStatus("index", "h:2", empty),
-                         status.ReplicaStatus("query", "h:3", error="UNAVAILABLE: connection refused")])
-    header, blue, green, gone = text.splitlines()
+                         status.ReplicaStatus("query", "h:3", error="UNAVAILABLE: connection refused"),
+                         status.ReplicaStatus("index", "h:5", shard)])
+    header, blue, green, gone, sharded = text.splitlines()
+    assert sharded.split() == ["h:5", "index", "green[1/4]", "-", "EMPTY"]
     assert header.split() == list(status.COLUMNS)
     assert blue.split() == ["h:1", "index", "blue", "3*", "SERVING", "200", "0.970@g2", "3.0MiB", "1.25", "2"]
     assert green.split() == ["h:2", "index", "green", "-", "EMPTY"]

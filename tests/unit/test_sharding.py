@@ -9,12 +9,17 @@ import numpy as np
 import pytest
 
 from index_service.searcher import CandidateIndex
+from index_service.slot import SlotAdmin
 from model_registry import Registry, VersionError, verify_version
 from model_registry import manifest as files
 from model_registry.attributes import Attributes
 from model_registry.deltas import Delta
 from query_service.index_client import IndexHits
 from query_service.routing import merge_hits
+from serving.admin_rpc import status_proto
+from serving.loader import Background, Loader
+from serving.sources import StartupVersions
+from serving.versions import VersionManager
 from tests.unit import tiny_versions as tiny
 
 SHARDS = 3
@@ -103,3 +108,16 @@ def test_a_shard_endpoint_verifies_its_own_files_not_the_other_shards(registry):
             verify_version(directory, files.index_reads(2))
     finally:
         other.write_bytes(original)
+
+
+def test_a_shard_endpoint_names_its_shard_in_its_admin_status(registry):
+    def endpoint(shard: int | None, version: int):
+        loader = Loader(registry, lambda path, manifest: CandidateIndex.load(path, manifest, 0.9, shard), "index",
+                        Background.IDLE, files.index_reads(shard))
+        admin = SlotAdmin("blue", registry, VersionManager(tiny.MODEL), loader, lambda: 0.0, 0.0)
+        admin.start(StartupVersions(version))
+        return status_proto(admin.status())
+
+    sharded, whole = endpoint(1, 2), endpoint(None, 1)
+    assert (sharded.slot, sharded.shard, sharded.shards, sharded.live_version) == ("blue", 1, SHARDS, 2)
+    assert (whole.shard, whole.shards) == (0, 0)
