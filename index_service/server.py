@@ -72,9 +72,12 @@ async def create_server(config: IndexServiceConfig) -> tuple[ServiceWithAdmin, I
     startup = slot_startup(registry, config.slot, config.version)  # a broken record stops the start here
     manager: VersionManager[CandidateIndex] = VersionManager(config.model)
     key = config.public_key()
-    loader = Loader(registry, lambda path, manifest: CandidateIndex.load(path, manifest, config.min_recall, config.shard,
-                                                                         key),
-                    "index", Background.IDLE, files.index_reads(config.shard), key)  # an idle slot loads
+
+    def load(path, manifest) -> CandidateIndex:
+        return CandidateIndex.load(path, manifest, config.min_recall, config.shard, key)
+
+    # An idle slot loads: at idle CPU priority.
+    loader = Loader(registry, load, "index", Background.IDLE, files.index_reads(config.shard), key)
     core = IndexCore(manager, ThreadPoolExecutor(config.search_threads, thread_name_prefix="scann"),
                      limits=config.limits, keepalive_s=config.keepalive_s)
     admin = SlotAdmin(config.slot, registry, manager, loader, lambda: core.last_search, config.busy_window_s,

@@ -35,13 +35,12 @@ class FeatureError(ValueError):
 class CandidateTower:
     """The loaded ``candidate_tower/`` of one version (see ``vectors``)."""
 
-    def __init__(self, signature, numeric: frozenset[str], strings: frozenset[str], prior_columns: int,
+    def __init__(self, signature, numeric: frozenset[str], strings: frozenset[str],
                  published: tuple[np.ndarray, np.ndarray] | None):
         self._signature = signature
         self.numeric = numeric
         self.strings = strings
-        self.prior_columns = prior_columns
-        self._published = published  # (sorted ids, their prior values), with a prior column
+        self._published = published  # (sorted ids, their prior values) where the vectors carry a prior column
 
     @classmethod
     def load(cls, version_dir: Path, manifest: Manifest) -> "CandidateTower":
@@ -59,9 +58,9 @@ class CandidateTower:
         signature = module.signatures["serving_default"]
         specs = {name: spec for name, spec in signature.structured_input_signature[1].items() if name != CANDIDATE_ID}
         numeric = frozenset(name for name, spec in specs.items() if spec.dtype != tf.string)
-        prior_columns = int(module.prior_columns.numpy())
-        return cls(signature, numeric, frozenset(specs) - numeric, prior_columns,
-                   _published_prior(version_dir, manifest) if prior_columns else None)
+        with_prior = bool(module.prior_columns.numpy())
+        return cls(signature, numeric, frozenset(specs) - numeric,
+                   _published_prior(version_dir, manifest) if with_prior else None)
 
     @property
     def columns(self) -> list[str]:

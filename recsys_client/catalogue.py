@@ -27,10 +27,10 @@ it) the delta is signed; replicas started with ``--manifest-public-key`` apply
 only signed deltas.
 
 Steps: the input is checked against the version (dimension, finite values,
-ids, namespaces, the tower's columns); features are embedded; the delta is appended to the version's log in the registry
-(``model_registry.deltas``: atomic, checksummed, the next generation G); then
-every index replica holding the version, and every query replica, catches up
-to G (``ApplyCatalogue``). A replica that fails keeps the delta in the
+ids, namespaces, the tower's columns); features are embedded; the delta is
+appended to the version's log in the registry (``model_registry.deltas``:
+atomic, checksummed, the next generation G); then every index replica holding
+the version, and every query replica, catches up to G (``ApplyCatalogue``). A replica that fails keeps the delta in the
 registry and replays it at its next load or restart; the report names it and
 the exit status is 1. Prints a JSON report.
 """

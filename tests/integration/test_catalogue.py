@@ -40,7 +40,8 @@ def registry_root(tmp_path_factory):
                                                                         for j in range(200)))
     result = subprocess.run(
         [console_script("recsys-train"), "--dataset", "interactions-csv", "--data-path", str(root / "interactions.csv"),
-         "--time-col", "ts", "--catalog-path", str(root / "items.csv"), "--catalog-feature-cols", "genre,price", "--candidate-features",
+         "--time-col", "ts", "--catalog-path", str(root / "items.csv"), "--catalog-feature-cols", "genre,price",
+         "--candidate-features",
          "--registry", str(root / "registry"), "--model", MODEL, "--epochs", "2", "--embedding-dim", "16",
          "--tune-budget-s", "0", "--quiet"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -254,7 +254,12 @@ async def test_recall_is_measured_again_once_a_run_of_deltas_pauses(tmp_path, mo
     _, index = core.manager.get(1)
     measured_at: list[int] = []
     remeasure = index.remeasure_recall
-    monkeypatch.setattr(index, "remeasure_recall", lambda: measured_at.append(index.catalogue_generation) or remeasure())
+
+    def counted() -> float:
+        measured_at.append(index.catalogue_generation)
+        return remeasure()
+
+    monkeypatch.setattr(index, "remeasure_recall", counted)
     rng = np.random.default_rng(5)
     for generation in (1, 2):  # two deltas in a row: one measurement, after both
         write_delta(registry.model_dir, 1, Delta.make([f"new{generation}"], rng.standard_normal((1, tiny.DIM)),

@@ -109,8 +109,8 @@ class ItemEncoder(tf.keras.layers.Layer):
                 vectorizer.adapt(tf.constant(text if len(text) else np.array(["none"])))
                 self.vectorizers[name] = vectorizer
                 self.text_embeddings[name] = tf.keras.layers.Embedding(
-                    vectorizer.vocabulary_size(), dim, mask_zero=True,
-                    embeddings_initializer=initializer(seed + 11 + 100 * len(self.text_embeddings)), embeddings_regularizer=regularizer(l2))
+                    vectorizer.vocabulary_size(), dim, mask_zero=True, embeddings_regularizer=regularizer(l2),
+                    embeddings_initializer=initializer(seed + 11 + 100 * len(self.text_embeddings)))
             elif kind == TOKENS:
                 vocab = sorted({t for cell in token_lists(col.tolist()) for t in cell})
                 self.token_lookups[name] = tf.keras.layers.StringLookup(
