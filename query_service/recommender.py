@@ -20,9 +20,9 @@ customer's earlier results unreachable, with nothing to invalidate.
 
 Cache keys carry the version, so a promotion starts a cold cache: at a hit rate
 that the service is sized for, every request would then be a miss at once.
-``warm`` answers the replica's most recent requests with a version loaded
-beside the live one, batched, before it is promoted (TensorFlow Serving's
-warm-up requests, played against the cache).
+``warm`` answers the replica's most recent requests (Recommend and
+RecommendSimilar) with a version loaded beside the live one, batched, before
+it is promoted (TensorFlow Serving's warm-up requests, played against the cache).
 """
 
 from __future__ import annotations
@@ -101,8 +101,9 @@ class Embedding:
 
 @dataclass(frozen=True)
 class WarmupConfig:
-    requests: int = option(10_000, "most recent distinct requests answered with a new version before it is "
-                                   "promoted, to fill the cache (0: no warm-up)", flag="warmup-requests")
+    requests: int = option(10_000, "most recent distinct requests (Recommend, RecommendSimilar) answered with a "
+                                   "new version before it is promoted, to fill the cache (0: no warm-up)",
+                           flag="warmup-requests")
     budget_s: float = option(10.0, "longest a warm-up may take", flag="warmup-budget-s")
     batch_size: int = option(64, "requests per tower call and index search of a warm-up", flag="warmup-batch-size")
     duty_cycle: float = option(0.25, "share of the warm-up's time spent working: it rests between batches so "
@@ -187,7 +188,7 @@ class Recommender:
         self.warmup = warmup
         # The replica's latest distinct requests, most recent last: what a warm-up replays (an
         # OrderedDict iterates in recency order, which cachetools' LRUCache does not expose).
-        self._recent_requests: OrderedDict[_Request, None] | None = (
+        self._recent_requests: OrderedDict[_Request | SimilarQuery, None] | None = (
             OrderedDict() if cache is not None and warmup.requests > 0 else None)
 
     # ------------------------------------------------------------------ Recommend, BatchRecommend
@@ -281,7 +282,11 @@ class Recommender:
         if self.cache is not None:
             self.cache.put_in_background(key, CachedResult(answer.ids, answer.scores, answer.source))
 
-    def _remember(self, request: _Request) -> None:
+    def _similar_key(self, version: int, query: SimilarQuery, generation: int) -> str:
+        return similar_key(self.model, version, query.candidate_id, query.k, query.exclusions, generation=generation,
+                           filter_key=query.filter.key())
+
+    def _remember(self, request: _Request | SimilarQuery) -> None:
         recent = self._recent_requests
         if recent is None:
             return
@@ -334,16 +339,16 @@ class Recommender:
         version, model = self.manager.get()
         model.check_filter(filter)
         generation = model.catalogue_generation
-
-        def key(at: int) -> str:
-            return similar_key(self.model, version, candidate_id, k, excluded, generation=at, filter_key=filter.key())
-
-        cached = await self._lookup(key(generation), k, excluded | {candidate_id})
+        request = SimilarQuery(candidate_id, k, excluded, filter)  # remembered for warm-ups without a generation
+        cached = await self._lookup(self._similar_key(version, request, generation), k, excluded | {candidate_id})
         if cached is not None:
+            self._remember(request)
             return Recommendation(cached.ids, cached.scores, version, SOURCE_MODEL, True, generation)
-        query = SimilarQuery(candidate_id, k, excluded, filter, generation)
+        query = dataclasses.replace(request, min_generation=generation)
         hits = await self._within_budget(lambda budget: self.index.similar(query, version, budget), timeout_s)
-        self._store(key(hits.generation), _Answer(hits.ids, hits.scores, SOURCE_MODEL, hits.generation))
+        self._remember(request)
+        self._store(self._similar_key(version, request, hits.generation),
+                    _Answer(hits.ids, hits.scores, SOURCE_MODEL, hits.generation))
         return Recommendation(hits.ids, hits.scores, version, SOURCE_MODEL, False, hits.generation)
 
     # ------------------------------------------------------------------ RecordInteractions
@@ -380,16 +385,31 @@ class Recommender:
                 log.warning("warm-up of version %d stopped at its %.1fs budget: %d of %d requests cached",
                             version, self.warmup.budget_s, warmed, len(requests))
                 break
-            batch = requests[start:start + self.warmup.batch_size]
             batch_started = time.monotonic()
-            results = await self._process_version([self._miss(model, r, self.index.timeout_s) for r in batch])
-            for request, result in zip(batch, results):
-                if not isinstance(result, Exception):
-                    self._store(request.key(self.model, version, result.generation), result)
-                    warmed += 1
+            warmed += await self._warm_batch(version, model, requests[start:start + self.warmup.batch_size])
             worked = time.monotonic() - batch_started
             await asyncio.sleep(worked * (1 - self.warmup.duty_cycle) / self.warmup.duty_cycle)
         return warmed
+
+    async def _warm_batch(self, version: int, model: QueryModel, batch: list[_Request | SimilarQuery]) -> int:
+        """Answers ``batch`` with ``version`` (its Recommend requests in one tower
+        call and index search, its RecommendSimilar requests side by side) and
+        caches the answers; returns how many it cached."""
+        recommends = [r for r in batch if isinstance(r, _Request)]
+        similars = [r for r in batch if isinstance(r, SimilarQuery)]
+        generation = model.catalogue_generation
+        answers = await self._process_version([self._miss(model, r, self.index.timeout_s) for r in recommends]) \
+            if recommends else []
+        hits = await asyncio.gather(*(self.index.similar(dataclasses.replace(r, min_generation=generation), version,
+                                                         self.index.timeout_s) for r in similars),
+                                    return_exceptions=True)
+        done = [(r.key(self.model, version, a.generation), a) for r, a in zip(recommends, answers)
+                if not isinstance(a, BaseException)]
+        done += [(self._similar_key(version, r, h.generation), _Answer(h.ids, h.scores, SOURCE_MODEL, h.generation))
+                 for r, h in zip(similars, hits) if not isinstance(h, BaseException)]
+        for key, answer in done:
+            self._store(key, answer)
+        return len(done)
 
     # ------------------------------------------------------------------ Embed and the miss path
 

@@ -20,7 +20,7 @@ from model_registry import Registry
 from model_registry import manifest as files
 from query_service.admin import QueryAdmin
 from query_service.cache import CacheConfig, ResultCache
-from query_service.index_client import IndexEndpoint, IndexHits, IndexQuery, error_for
+from query_service.index_client import IndexEndpoint, IndexHits, IndexQuery, SimilarQuery, error_for
 from query_service.recommender import SOURCE_MODEL, SOURCE_POPULARITY, Recommender, WarmupConfig
 from query_service.routing import IndexRouter, RoutingConfig
 from query_service.tower import QueryModel
@@ -67,6 +67,7 @@ class InProcessIndex:
         self.delay_s = 0.0  # how long each search takes
         self.started: list[float] = []  # when each search started (monotonic)
         self.timeouts: list[float] = []  # the timeout each search was given
+        self.similar_calls: list[tuple[int, str]] = []  # (version, candidate) per item-to-item search
 
     def routable(self, version: int) -> bool:
         return any(core.manager.live_version == version for core in self.cores)
@@ -91,6 +92,14 @@ class InProcessIndex:
         _, results = await core.search([Query(q.vector.tolist(), q.k, tuple(q.exclusions)) for q in queries],
                                        version)
         return [IndexHits(r.ids, r.scores) for r in results]
+
+    async def similar(self, query: SimilarQuery, version: int, timeout_s: float) -> IndexHits:
+        assert 0 < timeout_s <= self.timeout_s
+        self.similar_calls.append((version, query.candidate_id))
+        core = next(c for c in self.cores if c.manager.live_version == version)
+        answer, result = await core.similar(query.candidate_id, query.k, tuple(query.exclusions), query.filter,
+                                            version)
+        return IndexHits(result.ids, result.scores, answer.generation)
 
 
 def query_replica(registry: Registry, index: InProcessIndex, live: int, rollback_target: int | None = None,
@@ -276,18 +285,22 @@ async def test_loading_a_version_warms_the_cache_with_the_recent_requests(regist
     customers = ["c001", "c002", "c003"]
     for customer in customers:
         await recommender.recommend(customer, 3)
+    await recommender.similar("i004", 2)
     await admin.load(2)  # no index endpoint holds version 2 yet: nothing to warm
     index.cores = (blue, slot(registry, "g", 2)[0])
     await admin.unload(2)
     searches = len(index.calls)
     await admin.load(2)
     assert index.calls[searches:] == [(2, 3)]  # the three requests, in one batch
+    assert index.similar_calls == [(1, "i004"), (2, "i004")]  # RecommendSimilar is replayed too
     await admin.promote(2)
     await asyncio.sleep(0)  # the cache writes run in the background
     results = [await recommender.recommend(customer, 3) for customer in customers]
     assert [(r.version, r.cache_hit) for r in results] == [(2, True)] * 3
     assert [r.ids for r in results] == [tiny.exact_top_k(2, customer, 3) for customer in customers]
-    assert len(index.calls) == searches + 1
+    similar = await recommender.similar("i004", 2)
+    assert (similar.version, similar.cache_hit, len(similar.ids)) == (2, True, 2) and "i004" not in similar.ids
+    assert len(index.calls) == searches + 1 and len(index.similar_calls) == 2
     await admin.rollback()
     await admin.unload(2)
     index.failure = RuntimeError("index exploded")
