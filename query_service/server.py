@@ -53,6 +53,7 @@ class QueryServiceConfig(ServiceConfig):
                              "loaded; the admin plane and /metrics then reach every worker (serving/workers.py)")
     worker_socket: str = option("", "set by --workers on each worker it starts: the path prefix of the worker's "
                                     "private sockets (not for use by hand)")
+    rollback_version: int = option(0, "with --version: also load this version, as the rollback target (0: none)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -65,6 +66,9 @@ class QueryServiceConfig(ServiceConfig):
         require(self.workers >= 1, "workers", "must be >= 1")
         require(self.workers == 1 or not self.worker_socket, "worker_socket", "is set on workers, which run one "
                                                                                 "process each")
+        require(self.rollback_version >= 0, "rollback_version", "must be >= 0")
+        require(not self.rollback_version or (self.version and self.rollback_version != self.version),
+                "rollback_version", "needs --version, and must differ from it")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,7 +99,8 @@ async def create_server(config: QueryServiceConfig) -> tuple[ServiceWithAdmin, R
     from query_service.tower import QueryModel  # here: the --workers supervisor runs main() without TensorFlow
 
     registry = Registry(config.registry, config.model)
-    startup = query_startup(registry, config.version)  # no CURRENT, or a broken one, stops the start here
+    # No CURRENT, or a broken one, stops the start here.
+    startup = query_startup(registry, config.version, config.rollback_version)
     limit_tensorflow_threads(config.tf_threads)
     manager: VersionManager[QueryModel] = VersionManager(config.model)
     # The live tower is served beside the loading one; the candidates' files are the index slots' to verify.

@@ -25,11 +25,11 @@ class StartupVersions:
     rollback_target: int | None = None
 
 
-def query_startup(registry: Registry, explicit: int = 0) -> StartupVersions:
-    """CURRENT and PREVIOUS, or only ``explicit`` when given (> 0). Raises
-    VersionError when there is nothing to serve."""
+def query_startup(registry: Registry, explicit: int = 0, explicit_rollback: int = 0) -> StartupVersions:
+    """CURRENT and PREVIOUS, or ``explicit`` (and ``explicit_rollback`` as its
+    rollback target) when given (> 0). Raises VersionError when there is nothing to serve."""
     if explicit:
-        return StartupVersions(explicit)
+        return StartupVersions(explicit, explicit_rollback or None)
     current = registry.current_version()  # raises on a broken pointer
     if current is None:
         raise VersionError(

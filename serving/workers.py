@@ -48,6 +48,7 @@ from prometheus_client.registry import Collector
 
 from protos.recsys.v1 import admin_pb2 as pb
 from protos.recsys.v1 import admin_pb2_grpc as pb_grpc
+from protos.recsys.v1 import versions_pb2
 from serving.admin_rpc import start_admin_server
 from serving.config import ServiceConfig
 from serving.grpc_server import MAX_MESSAGE_CHARS, run_event_loop
@@ -102,14 +103,16 @@ class Worker:
         self.admin = pb_grpc.AdminServiceStub(self._channels[0])
         self._health = health_pb2_grpc.HealthStub(self._channels[1])
 
-    async def start(self, version: int = 0) -> None:
-        """Starts the process, on ``version`` if given (else on the registry's CURRENT)."""
+    async def start(self, version: int = 0, rollback_target: int = 0) -> None:
+        """Starts the process, on ``version`` and ``rollback_target`` if given (else on the registry's CURRENT)."""
         for suffix in (".admin", ".data"):  # a dead worker's sockets would refuse the new one's bind
             try:
                 os.unlink(self.socket_prefix + suffix)
             except FileNotFoundError:
                 pass
         pinned = ["--version", str(version)] if version else []
+        if version and rollback_target:
+            pinned += ["--rollback-version", str(rollback_target)]
         self.process = await asyncio.create_subprocess_exec(*self.command, *pinned, preexec_fn=_die_with_parent)
         log.info("worker %d started (pid %d)%s", self.index, self.process.pid,
                  f" on version {version}" if version else "")
@@ -280,11 +283,12 @@ class WorkerPool:
             if self.stopping.is_set():
                 return
             # On what its siblings serve: CURRENT may not be it (an admin's promotion does not write it).
-            await worker.start(await self.siblings_version(worker))
+            await worker.start(*await self.siblings_versions(worker))
             asyncio.get_running_loop().create_task(self.align(worker))
 
-    async def siblings_version(self, worker: Worker) -> int:
-        """The live version of the first of ``worker``'s siblings that answers (0: none does)."""
+    async def siblings_versions(self, worker: Worker) -> tuple[int, int]:
+        """(live version, rollback target) of the first of ``worker``'s siblings
+        that answers (0: none, or it has none)."""
         for sibling in self.workers:
             if sibling is worker:
                 continue
@@ -293,8 +297,9 @@ class WorkerPool:
             except grpc.RpcError:
                 continue
             if theirs.live_version:
-                return theirs.live_version
-        return 0
+                rollback = [v.version for v in theirs.versions if v.state == versions_pb2.VERSION_STATE_ROLLBACK_TARGET]
+                return theirs.live_version, (rollback[0] if rollback else 0)
+        return 0, 0
 
     async def align(self, worker: Worker) -> None:
         """Brings a restarted worker to the live version of a sibling, where it
@@ -312,7 +317,7 @@ class WorkerPool:
             await asyncio.sleep(POLL_S)
         else:
             return
-        target = await self.siblings_version(worker)
+        target, _ = await self.siblings_versions(worker)
         if target and target != mine.live_version:
             log.info("worker %d serves version %d, its siblings %d: loading and promoting %d",
                      worker.index, mine.live_version, target, target)

@@ -19,6 +19,7 @@ from protos.recsys.v1 import admin_pb2 as apb
 from protos.recsys.v1 import admin_pb2_grpc as apb_grpc
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
+from protos.recsys.v1.versions_pb2 import VERSION_STATE_ROLLBACK_TARGET
 from tests.integration.conftest import MODEL, index_slot, query_replica
 from tests.integration.test_admin import AUTH, copy_version, token_file
 from tests.processes import children, free_port, is_serving, wait_until
@@ -180,6 +181,12 @@ def test_a_dead_worker_is_restarted_at_the_pools_version_and_callers_never_see_i
     assert len(late) > 16 and {outcome for _, outcome in late} == {2}, [x for x in late if x[1] != 2][:10]
     assert {outcome for _, outcome in outcomes if isinstance(outcome, int)} == {2}
     assert recommend_on_new_channels(query, 16) == {2}
+    # The replacement holds its siblings' rollback target too, so the pool can still roll back.
+    reply = admin(query).GetStatus(apb.GetStatusRequest(), metadata=AUTH, timeout=10)
+    assert all({(v.version, v.state) for v in w.versions} >= {(1, VERSION_STATE_ROLLBACK_TARGET)} for w in reply.workers)
+    reply = admin(query).Rollback(apb.RollbackRequest(), metadata=AUTH, timeout=30)
+    assert [w.live_version for w in reply.workers] == [1] * WORKERS
+    assert recommend_on_new_channels(query, 16) == {1}
 
 
 def test_a_killed_supervisor_takes_its_workers_with_it(pool, registry, tmp_path):
