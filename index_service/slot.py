@@ -82,12 +82,12 @@ class SlotAdmin(VersionAdmin[CandidateIndex]):
                 return  # unloaded (or replaced) meanwhile
             measured = loop.time()
             recall = await self.loader.run(index.remeasure_recall)
-            minimum = self.min_recall
-            log.log(logging.WARNING if recall < minimum else logging.INFO,
+            low = recall < self.min_recall
+            log.log(logging.WARNING if low else logging.INFO,
                     "version %d at catalogue generation %d: recall@10 %.3f (at publish %.3f)%s", version,
                     index.report.recall_generation, recall, index.manifest.index.recall_at_10,
-                    f", below the {minimum} a load requires: retrain or republish to rebuild the index"
-                    if recall < minimum else "")
+                    f", below the {self.min_recall} a load requires: retrain or republish to rebuild the index"
+                    if low else "")
         finally:
             del self._rechecks[version]
         if self._delta_at[version] > measured:  # deltas came while it measured: once more, after them

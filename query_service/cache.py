@@ -57,6 +57,19 @@ WRITE_DELAY_S = 0.01
 # Writes waiting for their pipeline; beyond it a write is dropped (Redis is slower than the misses).
 MAX_QUEUED_WRITES = 1024
 
+
+
+def seal(secret: bytes, key: str, payload: bytes) -> bytes:
+    """A Redis value: ``payload`` after an HMAC of the Redis ``key`` and the payload."""
+    return hmac.digest(secret, key.encode() + b"\0" + payload, "sha256")[:MAC_BYTES] + payload
+
+
+def unseal(secret: bytes, key: str, value: bytes) -> bytes | None:
+    """The payload ``seal`` stored under ``key``; None if the value was forged, altered or written for another key."""
+    payload = value[MAC_BYTES:]
+    return payload if hmac.compare_digest(value[:MAC_BYTES], seal(secret, key, payload)[:MAC_BYTES]) else None
+
+
 CACHE_EVENTS = prometheus_client.Counter(
     "recsys_cache_events_total",
     "Result cache lookups (local_hit, hit, miss, invalid, skipped: Redis or the key's cluster node down or backed "
@@ -180,19 +193,13 @@ class ResultCache:
     async def _mget(self, keys: list[str]) -> list[object]:  # bytes, None (no such key) or UNREACHED
         return await self.link.mget("MGET", keys)
 
-    def _mac(self, key: str, payload: bytes) -> bytes:
-        return hmac.digest(self._mac_key, key.encode() + b"\0" + payload, "sha256")[:MAC_BYTES]
-
     def _seal(self, key: str, result: CachedResult) -> bytes:
-        payload = result.encode()
-        return self._mac(key, payload) + payload
+        return seal(self._mac_key, key, result.encode())
 
     def _open(self, key: str, value: bytes) -> CachedResult | None:
         """The result a Redis value holds if this service wrote it for ``key`` (MAC) and it is well formed."""
-        mac, payload = value[:MAC_BYTES], value[MAC_BYTES:]
-        if not hmac.compare_digest(mac, self._mac(key, payload)):
-            return None
-        return CachedResult.decode(payload)
+        payload = unseal(self._mac_key, key, value)
+        return None if payload is None else CachedResult.decode(payload)
 
     def _keep_local(self, key: str, result: CachedResult) -> None:
         if self._local is not None:

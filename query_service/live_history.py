@@ -13,8 +13,9 @@ reads go out as one pipeline, and a failed read is an empty live history
 (the stored one still answers). A write is what the caller asked for, so a
 failed write fails the call.
 
-With a shared key (``--cache-key-file``, the result cache's), each entry
-carries an HMAC over the customer's list key and the id, as cached results do:
+With a shared key (``--cache-key-file``, the result cache's), each entry is
+sealed with an HMAC over the customer's list key and the id, as cached results
+are (``cache.seal``):
 whoever can write to Redis but holds no key cannot put items in a customer's
 history (steering a history tower, or hiding items from ``exclude_seen``),
 nor move one customer's entries to another's list; such entries are dropped.
@@ -25,11 +26,10 @@ UTF-8, empty, over 256 bytes) are dropped.
 
 from __future__ import annotations
 
-import hmac
 from dataclasses import dataclass
 
 from query_service.batching import MicroBatcher
-from query_service.cache import MAC_BYTES
+from query_service.cache import seal, unseal
 from query_service.redis_link import PIPELINED, REDIS_ERRORS, UNREACHED, RedisLink
 from serving.errors import ResourceExhausted, Unavailable
 from serving.validation import MAX_ID_BYTES
@@ -108,19 +108,16 @@ class LiveHistory:
         return [() if values is UNREACHED else self._decode(history_key(self.model, c), values)
                 for c, values in zip(customer_ids, lists)]
 
-    def _mac(self, key: str, item: bytes) -> bytes:
-        return hmac.digest(self._mac_key, key.encode() + b"\0" + item, "sha256")[:MAC_BYTES]
-
     def _seal(self, key: str, item: bytes) -> bytes:
-        return self._mac(key, item) + item if self._mac_key else item
+        return seal(self._mac_key, key, item) if self._mac_key else item
 
     def _decode(self, key: str, values: list[bytes]) -> tuple[str, ...]:
         """The ids of a list's entries, each once; entries that fail their HMAC or are not ids are dropped."""
         items = []
         for value in values:
             if self._mac_key:
-                mac, value = value[:MAC_BYTES], value[MAC_BYTES:]
-                if not hmac.compare_digest(mac, self._mac(key, value)):
+                value = unseal(self._mac_key, key, value)
+                if value is None:
                     continue
             if 0 < len(value) <= MAX_ID_BYTES:
                 try:

@@ -183,7 +183,8 @@ def test_a_dead_worker_is_restarted_at_the_pools_version_and_callers_never_see_i
     assert recommend_on_new_channels(query, 16) == {2}
     # The replacement holds its siblings' rollback target too, so the pool can still roll back.
     reply = admin(query).GetStatus(apb.GetStatusRequest(), metadata=AUTH, timeout=10)
-    assert all({(v.version, v.state) for v in w.versions} >= {(1, VERSION_STATE_ROLLBACK_TARGET)} for w in reply.workers)
+    rollback_target = (1, VERSION_STATE_ROLLBACK_TARGET)
+    assert all(rollback_target in {(v.version, v.state) for v in w.versions} for w in reply.workers)
     reply = admin(query).Rollback(apb.RollbackRequest(), metadata=AUTH, timeout=30)
     assert [w.live_version for w in reply.workers] == [1] * WORKERS
     assert recommend_on_new_channels(query, 16) == {1}
