@@ -198,14 +198,20 @@ class AttributeColumns:
             values[rows] = attributes.numeric[ns][at] if ns in attributes.numeric else np.nan
         self.rows = max(self.rows, top)
 
-    def move_last(self, row: int) -> None:
-        """Deletes ``row`` as ScaNN does: the last row moves into its place."""
-        last = self.rows - 1
+    def delete(self, rows: list[int]) -> None:
+        """Deletes ``rows`` in order as ScaNN does: each time, the last row moves into its place."""
         for column in self.tokens.values():
-            column.count(column.matrix[row:row + 1], -1)
-            column.matrix[row] = column.matrix[last]
-            column.matrix[last] = -1
+            matrix, gone, last = column.matrix, np.empty((len(rows), column.matrix.shape[1]), np.int32), self.rows
+            for i, row in enumerate(rows):
+                last -= 1
+                gone[i] = matrix[row]
+                matrix[row] = matrix[last]
+                matrix[last] = -1
+            column.count(gone, -1)
         for values in self.numeric.values():
-            values[row] = values[last]
-            values[last] = np.nan
-        self.rows = last
+            last = self.rows
+            for row in rows:
+                last -= 1
+                values[row] = values[last]
+                values[last] = np.nan
+        self.rows -= len(rows)

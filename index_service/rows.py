@@ -160,12 +160,31 @@ class Rows:
             self._moved[candidate] = row
         self.count = max(self.count, top)
 
-    def move_last(self, row: int) -> None:
-        """Deletes ``row``: the last row moves into its place."""
+    def deletion_rows(self, candidate_ids) -> list[int]:
+        """The rows to delete, in order, to delete ``candidate_ids`` (ids not
+        held, or repeated, are skipped). Each deletion moves the last row into
+        the deleted one's place, so an id's row can be one an earlier deletion
+        filled. Reads only: the applier, the one writer, calls it outside the lock."""
+        ids = list(dict.fromkeys(np.asarray(candidate_ids, dtype=str).tolist()))
+        current = [row for row in self.rows_of(ids).tolist() if row >= 0]
+        pending = {row: j for j, row in enumerate(current)}  # row -> the id waiting there
         last = self.count - 1
-        self._moved[str(self._ids[row])] = -1
-        if row != last:
-            moved = str(self._ids[last])
-            self._ids[row], self._source[row] = moved, self._source[last]
-            self._moved[moved] = row
-        self.count = last
+        for row in current:  # current[j] is updated below before the loop reaches j
+            del pending[row]
+            if row != last and last in pending:  # a later id sits in the last row: it moves into ``row``
+                j = pending.pop(last)
+                current[j] = row
+                pending[row] = j
+            last -= 1
+        return current
+
+    def delete(self, rows: list[int]) -> None:
+        """Deletes ``rows`` in order (``deletion_rows``): each time, the last row moves into its place."""
+        for row in rows:
+            last = self.count - 1
+            self._moved[str(self._ids[row])] = -1
+            if row != last:
+                moved = str(self._ids[last])
+                self._ids[row], self._source[row] = moved, self._source[last]
+                self._moved[moved] = row
+            self.count = last

@@ -418,8 +418,9 @@ class CandidateIndex:
                 for a in range(0, len(delta.ids), DELTA_CHUNK):
                     at = slice(a, a + DELTA_CHUNK)
                     self._in_turn(self._upsert, raw, delta, at, rows[at], docids[at], tokens)
-                for a in range(0, len(delta.deleted), DELTA_CHUNK):
-                    self._in_turn(self._delete, raw, delta.deleted[a:a + DELTA_CHUNK].tolist())
+                removed = self.rows.deletion_rows(delta.deleted)  # likewise, once the upserts are in
+                for a in range(0, len(removed), DELTA_CHUNK):
+                    self._in_turn(self._delete, raw, removed[a:a + DELTA_CHUNK])
         self.catalogue_generation = generation
 
     def _in_turn(self, change, *args) -> None:
@@ -435,13 +436,7 @@ class CandidateIndex:
         self.attributes.write(rows, tokens, delta.attributes, at)
         self.rows.write(rows, delta.ids[at], delta.vectors[at])
 
-    def _delete(self, raw, ids: list[str]) -> None:
-        removed = []
-        for candidate in ids:
-            row = self.rows.row_of(candidate)
-            if row >= 0:  # ScaNN moves its last datapoint into the deleted one's place, one id at a time
-                removed.append(row)
-                self.attributes.move_last(row)
-                self.rows.move_last(row)
-        if removed:
-            raw.delete(removed)
+    def _delete(self, raw, rows: list[int]) -> None:
+        self.attributes.delete(rows)
+        self.rows.delete(rows)
+        raw.delete(rows)  # ScaNN too moves its last datapoint into each deleted one's place, in order
