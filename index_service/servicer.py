@@ -10,7 +10,7 @@ from serving.admin import VersionAdmin
 from serving.admin_rpc import version_protos
 from serving.errors import InvalidArgument
 from serving.filters import filter_from_proto
-from serving.grpc_server import map_errors
+from serving.grpc_server import add_scored, map_errors
 
 
 def _query(request: pb.SearchRequest) -> Query:
@@ -18,13 +18,14 @@ def _query(request: pb.SearchRequest) -> Query:
                  filter=filter_from_proto(request.filter), by_popularity=request.by_popularity)
 
 
-def _response(result: SearchResult, answer: Answer, model: str) -> pb.SearchResponse:
-    return pb.SearchResponse(
-        candidates=[pb.ScoredCandidate(candidate_id=i, score=s) for i, s in zip(result.ids, result.scores)],
-        model_version=answer.version,
-        model_name=model,
-        catalogue_generation=answer.generation,
-    )
+def _response(result: SearchResult, answer: Answer, model: str,
+              response: pb.SearchResponse | None = None) -> pb.SearchResponse:
+    """``result`` as a SearchResponse: ``response`` (a batch's ``results.add()``, so it is not copied), or a new one."""
+    response = pb.SearchResponse() if response is None else response
+    response.model_version, response.model_name = answer.version, model
+    response.catalogue_generation = answer.generation
+    add_scored(response.candidates, result.ids, result.scores)
+    return response
 
 
 class IndexServicer(pb_grpc.IndexServiceServicer):
@@ -58,8 +59,10 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
             )
         answer, results = await self.core.search([_query(q) for q in request.queries],
                                                  versions.pop() if versions else 0)
-        return pb.BatchSearchResponse(results=[_response(r, answer, self.model) for r in results],
-                                      model_version=answer.version, catalogue_generation=answer.generation)
+        response = pb.BatchSearchResponse(model_version=answer.version, catalogue_generation=answer.generation)
+        for result in results:
+            _response(result, answer, self.model, response.results.add())
+        return response
 
     async def WatchStatus(self, request: pb.WatchStatusRequest, context):
         async for _ in self.core.changes():
