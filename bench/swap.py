@@ -95,7 +95,8 @@ def loadtest(address: str, qps: float, duration_s: float, out: Path, *extra: str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="30k candidates, a short run (smoke test)")
+    parser.add_argument("--quick", action="store_true",
+                        help="30k candidates, a tower trained on 8,000 interactions, a short run (smoke test)")
     parser.add_argument("--candidates", type=int, default=1_000_000)
     parser.add_argument("--qps", type=int, default=300)
     parser.add_argument("--duration-s", type=float, default=60.0)
@@ -113,7 +114,10 @@ def main() -> None:
         work = Path(tmp)
         registry = Registry(work / "registry", MODEL)
         subprocess.run([console_script("recsys-train"), "--dataset", "synthetic", "--registry", str(registry.root),
-                        "--model", MODEL, "--epochs", "1", "--tune-budget-s", "0", "--quiet"], check=True, capture_output=True, timeout=1800)
+                        "--model", MODEL, "--epochs", "1", "--tune-budget-s", "0", "--quiet",
+                        # The tower only embeds customers here: a smoke test's needs no more training than that.
+                        *(["--synthetic-interactions", "8000"] if args.quick else [])],
+                       check=True, capture_output=True, timeout=1800)
         t0 = time.perf_counter()
         large = [publish_large(registry, registry.version_dir(1), args.candidates, seed) for seed in (1, 2)]
         build_s = (time.perf_counter() - t0) / 2
