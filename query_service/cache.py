@@ -58,7 +58,6 @@ WRITE_DELAY_S = 0.01
 MAX_QUEUED_WRITES = 1024
 
 
-
 def seal(secret: bytes, key: str, payload: bytes) -> bytes:
     """A Redis value: ``payload`` after an HMAC of the Redis ``key`` and the payload."""
     return hmac.digest(secret, key.encode() + b"\0" + payload, "sha256")[:MAC_BYTES] + payload

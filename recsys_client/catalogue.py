@@ -30,9 +30,10 @@ Steps: the input is checked against the version (dimension, finite values,
 ids, namespaces, the tower's columns); features are embedded; the delta is
 appended to the version's log in the registry (``model_registry.deltas``:
 atomic, checksummed, the next generation G); then every index replica holding
-the version, and every query replica, catches up to G (``ApplyCatalogue``). A replica that fails keeps the delta in the
-registry and replays it at its next load or restart; the report names it and
-the exit status is 1. Prints a JSON report.
+the version, and every query replica, catches up to G (``ApplyCatalogue``). A
+replica that fails keeps the delta in the registry and replays it at its next
+load or restart; the report names it and the exit status is 1. Prints a JSON
+report.
 """
 
 from __future__ import annotations
