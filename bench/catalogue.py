@@ -50,7 +50,7 @@ from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from recsys_client.publish import Fleet
 from recsys_client.catalogue import publish_delta
 from serving.filters import NO_FILTER, check_filter
-from tests.processes import ServiceProcess
+from tests.processes import ServiceProcess, start_all
 from trainer.export import index as index_builder
 
 MODEL = "catbench"
@@ -254,8 +254,7 @@ def main() -> None:
                     for slot in ("blue", "green")]
         load = fleet = None
         try:
-            for replica in replicas:
-                replica.start(timeout_s=900)
+            start_all(*replicas, timeout_s=900)
             channels = [grpc.insecure_channel(r.address) for r in replicas]
             stubs = [pb_grpc.IndexServiceStub(c) for c in channels]
             fleet = Fleet.connect([r.admin_address for r in replicas], [])

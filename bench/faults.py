@@ -45,7 +45,7 @@ from protos.recsys.v1 import admin_pb2_grpc as apb_grpc
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from query_service.cache import cache_key
-from tests.processes import RedisProcess, ServiceProcess, console_script, is_serving, wait_until
+from tests.processes import RedisProcess, ServiceProcess, console_script, is_serving, start_all, wait_until
 
 MODEL = "faults"
 INDEX_TIMEOUT_S = 1.0  # the query service's index deadline in this stack
@@ -153,9 +153,8 @@ class Stack:
                        "--manifest-public-key", str(work / "signing.pub")]
         self.redis = RedisProcess().start()
         self.index = ServiceProcess("recsys-index-service", [*self.common, "--slot", "blue"], work / "index.log")
-        self.index.start()
         self.query = self.query_replica("query")
-        self.query.start()
+        start_all(self.index, self.query)
 
     def query_replica(self, name: str, *extra: str) -> ServiceProcess:
         return ServiceProcess("recsys-query-service",
@@ -336,8 +335,7 @@ def rolling_restart(stack: Stack, reference, seconds: float) -> dict:
     goes 1 s after the previous one reports SERVING (a readiness delay, as
     Kubernetes' minReadySeconds gives, so the client has reconnected to it)."""
     replicas = [stack.query_replica(f"query-roll-{i}", "--shutdown-drain-s", "1.0") for i in range(2)]
-    for replica in replicas:
-        replica.start()
+    start_all(*replicas)
     target = "ipv4:" + ",".join(replica.address for replica in replicas)
     exit_codes = []
     try:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from bench.common import cpu_seconds
 from model_registry import Registry
-from tests.processes import RedisProcess, ServiceProcess, console_script
+from tests.processes import RedisProcess, ServiceProcess, console_script, start_all
 
 HERE = Path(__file__).resolve().parent
 MODEL = "bench"
@@ -137,9 +137,10 @@ def main() -> None:
         index = query = None
         results: dict = {}
         try:
-            index = ServiceProcess("recsys-index-service", [*common, "--slot", "blue"], work / "index.log").start()
+            index = ServiceProcess("recsys-index-service", [*common, "--slot", "blue"], work / "index.log")
             query = ServiceProcess("recsys-query-service", [*common, "--index-address", index.address, *cache],
-                                   work / "query.log").start()
+                                   work / "query.log")
+            start_all(index, query)
             ours = lambda: [index.proc.pid, query.proc.pid, redis.proc.pid]  # noqa: E731
             results["ours-miss"] = max_sustainable(query.address, ladder, args.duration_s, args.customers,
                                                    args.p99_ms, work, "ours-miss", ours())

@@ -33,7 +33,7 @@ from model_registry import Manifest, Registry
 from model_registry import manifest as files
 from bench.ann import synthetic_clustered
 from bench.common import rss_mb, write_json
-from tests.processes import RedisProcess, ServiceProcess, console_script
+from tests.processes import RedisProcess, ServiceProcess, console_script, start_all
 from trainer.export import index as index_builder
 
 MODEL = "swapbench"
@@ -129,13 +129,13 @@ def main() -> None:
             # The state a first rollout leaves: blue holds the live version, CURRENT names it.
             registry.set_current(live)
             blue = ServiceProcess("recsys-index-service", [*common, "--slot", "blue", "--version", str(live)],
-                                  work / "blue.log").start(timeout_s=600)
+                                  work / "blue.log")
             green = ServiceProcess("recsys-index-service", [*common, "--slot", "green"], work / "green.log")
-            green.start()
-            green_empty = rss_mb(green.proc.pid)
             query = ServiceProcess("recsys-query-service", [*common, "--index-address",
                                                             f"{blue.address},{green.address}",
-                                                            "--redis-url", redis.url], work / "query.log").start()
+                                                            "--redis-url", redis.url], work / "query.log")
+            start_all(blue, green, query, timeout_s=600)
+            green_empty = rss_mb(green.proc.pid)  # nothing is rolled out to green until the swap
             loadtest(query.address, args.qps, args.warmup_s, work / "warmup.json")
             steady = {"blue": rss_mb(blue.proc.pid), "query": rss_mb(query.proc.pid)}
             out = work / "load.json"

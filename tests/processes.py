@@ -133,10 +133,19 @@ class ServiceProcess:
 
     def start(self, timeout_s: float = 120) -> "ServiceProcess":
         """Starts the process and waits until it reports SERVING."""
+        return self.launch().wait_serving(timeout_s)
+
+    def launch(self) -> "ServiceProcess":
+        """Starts the process without waiting for it (``start_all``)."""
         command = self.command or [console_script(self.script), "--port", str(self.port),
                                    "--admin-port", str(self.admin_port), "--shutdown-drain-s", "0"]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([*command, *self.args], stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    def wait_serving(self, timeout_s: float = 120) -> "ServiceProcess":
+        """Waits until the launched process reports SERVING; stops it and raises if it
+        does not in ``timeout_s`` or exits first."""
         try:
             wait_until(lambda: self.proc.poll() is not None or is_serving(self.address, "", self.credentials),
                        timeout_s, f"{self.script} to report SERVING")
@@ -161,6 +170,24 @@ class ServiceProcess:
             self.proc.kill()
             self.proc.wait(10)
         self.proc = None
+
+
+def start_all(*processes: ServiceProcess, timeout_s: float = 120) -> None:
+    """Starts ``processes`` together and waits until each reports SERVING.
+
+    Most of a service's start is importing TensorFlow or ScaNN on one core, so
+    two processes started together take about as long as one on a 2-core machine.
+    A query replica started beside its index slot reports SERVING once the slot
+    holds its version. If one fails, the ones started with it are stopped too."""
+    for process in processes:
+        process.launch()
+    try:
+        for process in processes:
+            process.wait_serving(timeout_s)
+    except BaseException:
+        for process in processes:
+            process.stop()
+        raise
 
 
 def _cluster_port() -> int:

@@ -16,7 +16,7 @@ import pytest
 from model_registry import Registry
 from model_registry import manifest as files
 from protos.recsys.v1 import admin_pb2, admin_pb2_grpc
-from tests.processes import ServiceProcess, console_script
+from tests.processes import ServiceProcess, console_script, start_all
 
 MODEL = "itest"
 
@@ -99,14 +99,13 @@ def live_versions(*addresses: str) -> list[int]:
 @contextmanager
 def blue_and_query(root: Path, logs: Path, redis_url: str) -> Iterator[tuple[ServiceProcess, ServiceProcess]]:
     """Index slot blue and one query replica over it with Redis at ``redis_url``, started; stopped after."""
-    index = index_slot(root, "blue", logs / "index.log").start()
+    index = index_slot(root, "blue", logs / "index.log")
+    query = query_replica(root, [index], logs / "query.log", "--redis-url", redis_url)
+    start_all(index, query)
     try:
-        query = query_replica(root, [index], logs / "query.log", "--redis-url", redis_url).start()
-        try:
-            yield index, query
-        finally:
-            query.stop()
+        yield index, query
     finally:
+        query.stop()
         index.stop()
 
 

@@ -25,7 +25,7 @@ from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from protos.recsys.v1 import versions_pb2
 from recsys_client.publish import Fleet, PublishError, publish_version
 from tests.integration.conftest import MODEL, index_slot, query_replica
-from tests.processes import console_script, is_serving, wait_until
+from tests.processes import console_script, is_serving, start_all, wait_until
 
 pytestmark = pytest.mark.integration
 TOKEN = "s3cret"
@@ -73,10 +73,9 @@ def services(admin_registry, redis_server, tmp_path_factory):
     blue = index_slot(admin_registry.root, "blue", logs / "blue.log", *common, "--busy-window-s", str(BUSY_WINDOW_S))
     green = index_slot(admin_registry.root, "green", logs / "green.log", *common,
                        "--busy-window-s", str(BUSY_WINDOW_S))
-    blue.start()
-    green.start()
     query = query_replica(admin_registry.root, [blue, green], logs / "query.log", *common,
-                          "--redis-url", redis_server.url).start()
+                          "--redis-url", redis_server.url)
+    start_all(blue, green, query)
     yield blue, green, query
     for service in (query, green, blue):
         service.stop()

@@ -15,6 +15,7 @@ from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from tests.conftest import RedisProcess
 from tests.integration.conftest import MODEL, blue_and_query, index_slot, make_live, query_replica, train
+from tests.processes import start_all
 
 pytestmark = pytest.mark.integration
 
@@ -118,8 +119,7 @@ def test_with_redis_stopped_recommend_uses_the_stored_history_and_recording_fail
     query = query_replica(root, [index], tmp_path / "query.log", "--redis-url", redis.url, "--local-cache-mb", "0",
                           "--cache-key-file", str(tmp_path / "cache.key"))
     try:
-        index.start()
-        query.start()
+        start_all(index, query)
         with grpc.insecure_channel(query.address) as channel:
             stub = pb_grpc.QueryServiceStub(channel)
             from_store = recommend(stub, "c000012")

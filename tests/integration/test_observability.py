@@ -23,7 +23,7 @@ from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from tests.conftest import RedisProcess
 from tests.integration.conftest import index_slot, query_replica
-from tests.processes import console_script, free_port, wait_until
+from tests.processes import console_script, free_port, start_all, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -77,13 +77,10 @@ def stack(trained_registry, redis_of_its_own, collector, tmp_path_factory):
     with pytest.MonkeyPatch.context() as env:
         env.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")  # export spans within 0.1 s, not 5 s
         index = index_slot(trained_registry, "blue", logs / "index.log", "--metrics-port", str(ports["index"]),
-                           *traced).start()
-        try:
-            query = query_replica(trained_registry, [index], logs / "query.log", "--redis-url", redis_of_its_own.url,
-                                  "--metrics-port", str(ports["query"]), *traced).start()
-        except BaseException:
-            index.stop()
-            raise
+                           *traced)
+        query = query_replica(trained_registry, [index], logs / "query.log", "--redis-url", redis_of_its_own.url,
+                              "--metrics-port", str(ports["query"]), *traced)
+        start_all(index, query)
     try:
         yield {"index": index, "query": query, "ports": ports}
     finally:

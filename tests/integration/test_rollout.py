@@ -20,7 +20,7 @@ from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from recsys_client.loadtest import LoadConfig, run_load
 from recsys_client.publish import Fleet, publish_version, rollback
 from tests.integration.conftest import MODEL, index_slot, make_live, query_replica, train
-from tests.processes import console_script, wait_until
+from tests.processes import console_script, start_all, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -45,8 +45,7 @@ def test_first_rollout_from_empty_slots(trained_registry, tmp_path):
     blue, green = (index_slot(root, name, tmp_path / f"{name}.log") for name in ("blue", "green"))
     query = query_replica(root, [blue, green], tmp_path / "query.log")
     try:
-        blue.start()
-        green.start()
+        start_all(blue, green)
         line = start_fails(query)  # nothing has been rolled out: nothing to serve, and no guessing
         assert "cannot start" in line and "CURRENT does not exist" in line and "recsys-publish" in line
         publish = [console_script("recsys-publish"), "--registry", str(root), "--model", MODEL, "--initial",
@@ -82,8 +81,7 @@ def test_missing_or_broken_pointers_stop_a_service_with_one_line(trained_registr
     slot = index_slot(root, "blue", tmp_path / "blue2.log", "--version", "1")
     query = query_replica(root, [slot], tmp_path / "q3.log", "--version", "1")
     try:
-        slot.start()
-        query.start()
+        start_all(slot, query)
         assert recommend(query).model_version == 1
         assert registry.slot_version("blue") == 1  # the slot recorded what it now holds
     finally:
@@ -107,8 +105,7 @@ def test_training_does_not_move_live_traffic(two_versions, tmp_path):
     blue = index_slot(two_versions, "blue", tmp_path / "blue.log")
     query = query_replica(two_versions, [blue], tmp_path / "query.log")
     try:
-        blue.start()
-        query.start()  # a replica (re)started after the training run comes back on the live version
+        start_all(blue, query)  # a replica (re)started after the training run comes back on the live version
         assert recommend(query).model_version == 1
     finally:
         query.stop()
@@ -131,9 +128,7 @@ def test_killed_processes_rejoin_by_themselves(two_versions, tmp_path):
     query = query_replica(two_versions, [blue, green], tmp_path / "query.log")
     registry = Registry(two_versions, MODEL)
     try:
-        blue.start()
-        green.start()
-        query.start()
+        start_all(blue, green, query)
         fleet = Fleet.connect([blue.admin_address, green.admin_address], [query.admin_address])
         try:
             publish_version(fleet, registry, 2)

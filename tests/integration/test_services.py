@@ -27,7 +27,7 @@ from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from query_service.cache import cache_key
 from tests.conftest import RedisProcess
 from tests.integration.conftest import MODEL, index_slot, make_live, query_replica, train
-from tests.processes import console_script, wait_until
+from tests.processes import console_script, start_all, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -235,8 +235,7 @@ def test_index_outage_fails_fast_with_unavailable_and_recovers(trained_registry,
     index = index_slot(trained_registry, "blue", tmp_path / "index.log")
     query = query_replica(trained_registry, [index], tmp_path / "query.log")  # no cache: every call reaches the index
     try:
-        index.start()
-        query.start()
+        start_all(index, query)
         with grpc.insecure_channel(query.address) as channel:
             stub = pb_grpc.QueryServiceStub(channel)
             assert len(recommend(stub, "c000020").candidates) == 10

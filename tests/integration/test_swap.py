@@ -15,6 +15,7 @@ from recsys_client.loadtest import LoadConfig, SwapConfig, format_table, run_loa
 from tests.conftest import RedisProcess
 from tests.integration.conftest import (MODEL, VersionOracle, index_slot, live_versions, make_live, overlap,
                                         query_replica, train)
+from tests.processes import start_all
 
 pytestmark = pytest.mark.integration
 
@@ -46,9 +47,7 @@ def swap_services(two_version_registry, tmp_path_factory):
     query = query_replica(two_version_registry, [blue, green], logs / "query.log", "--redis-url", redis.url)
     try:
         redis.start()
-        blue.start()
-        green.start()
-        query.start()
+        start_all(blue, green, query)
         yield blue, green, query
     finally:
         for process in (query, green, blue, redis):

@@ -26,7 +26,7 @@ from recsys_client.publish import Fleet, PublishError
 from serving.tls import ClientTls
 from tests.conftest import RedisProcess
 from tests.integration.conftest import index_slot, query_replica
-from tests.processes import console_script, free_port
+from tests.processes import console_script, free_port, start_all
 
 pytestmark = pytest.mark.integration
 
@@ -90,8 +90,7 @@ def test_every_hop_needs_a_certificate_the_ca_signed(trained_registry, pki, tmp_
                           "--index-tls-ca", pki["ca"], "--index-tls-cert", client_crt, "--index-tls-key", client_key)
     query.credentials = client.credentials()
     try:
-        slot.start()
-        query.start()
+        start_all(slot, query)
         with client.channel(query.address) as channel:  # client -> query -> index, all mutual TLS
             response = pb_grpc.QueryServiceStub(channel).Recommend(
                 pb.RecommendRequest(customer_id="c000001", k=10), timeout=10)

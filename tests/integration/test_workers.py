@@ -22,7 +22,7 @@ from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from protos.recsys.v1.versions_pb2 import VERSION_STATE_ROLLBACK_TARGET
 from tests.integration.conftest import MODEL, index_slot, query_replica
 from tests.integration.test_admin import AUTH, copy_version, token_file
-from tests.processes import children, free_port, is_serving, wait_until
+from tests.processes import children, free_port, is_serving, start_all, wait_until
 
 WORKERS = 2
 
@@ -42,11 +42,12 @@ def pool(registry, tmp_path_factory):
     the pool's workers checked to have stopped with it."""
     logs = tmp_path_factory.mktemp("workers-logs")
     common = ["--admin-token-file", str(token_file(logs))]
-    blue = index_slot(registry.root, "blue", logs / "blue.log", *common).start()
-    green = index_slot(registry.root, "green", logs / "green.log", *common).start()
+    blue = index_slot(registry.root, "blue", logs / "blue.log", *common)
+    green = index_slot(registry.root, "green", logs / "green.log", *common)
     metrics_port = free_port()
     query = query_replica(registry.root, [blue, green], logs / "query.log", *common, "--workers", str(WORKERS),
-                          "--metrics-port", str(metrics_port)).start()
+                          "--metrics-port", str(metrics_port))
+    start_all(blue, green, query)
     try:
         # The data port answers as soon as one worker serves; the admin port's health waits for all.
         wait_until(lambda: is_serving(query.admin_address), 60, "every worker to serve")
