@@ -33,7 +33,7 @@ import math
 import secrets
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cachetools
 import prometheus_client
@@ -89,7 +89,8 @@ class CacheConfig:
     retry_after_s: float = option(2.0, "after a Redis error, serve uncached this long before trying again",
                                   flag="redis-retry-after-s")
     local_mb: float = option(256.0, "memory for results kept in process in front of Redis, in MiB (0: none); "
-                                    "a result takes ~1 KB at k = 10, ~110 KB at k = 1000", flag="local-cache-mb")
+                                    "a result is counted at ~2 KB at k = 10, ~210 KB at k = 1000 (with the "
+                                    "response a hit builds from it)", flag="local-cache-mb")
     mac_key: str = option("", "secret that authenticates values in Redis (cached results and live history "
                               "entries), shared by the query replicas; none: cached results under a random key per "
                               "process, so replicas share none, and live histories in plain ids", flag="cache-key",
@@ -108,6 +109,9 @@ class CachedResult:
     ids: list[str]
     scores: list[float]
     source: str
+    # What the RPC layer built from this result, kept with it: the result never changes, so a hit of
+    # the in-process tier returns the response the first hit built (opaque here; gRPC-free).
+    rendered: dict = field(default_factory=dict, compare=False, repr=False)
 
     def encode(self) -> bytes:
         return json.dumps([self.ids, self.scores, self.source]).encode()
@@ -129,17 +133,20 @@ class CachedResult:
 
 
 def _local_bytes(result: CachedResult) -> int:
-    """An upper estimate of what a result held in process costs (its lists, their
-    strings and floats, and ~300 bytes for the entry, its key and the LRU's links)."""
-    return (300 + sys.getsizeof(result.ids) + sum(map(sys.getsizeof, result.ids)) + sys.getsizeof(result.scores)
-            + 24 * len(result.scores))
+    """An upper estimate of what a result held in process costs: its lists, their
+    strings and floats, as much again for the response rendered from it, and ~300
+    bytes for the entry, its key and the LRU's links."""
+    return 300 + 2 * (sys.getsizeof(result.ids) + sum(map(sys.getsizeof, result.ids)) + sys.getsizeof(result.scores)
+                      + 24 * len(result.scores))
 
 
-def _key(model: str, version: int, generation: int, shape: list) -> str:
+def _key(model: str, version: int, generation: int, shape: tuple) -> str:
     """``recsys:<model>:v<version>:g<generation>:<digest of the request shape>``;
     the readable prefix lets an operator drop one version's entries with
-    SCAN/DEL, the digest bounds key length."""
-    digest = hashlib.sha256(json.dumps(shape, ensure_ascii=False).encode()).hexdigest()[:32]
+    SCAN/DEL, the digest bounds key length. The shape (strings, ints, bools and
+    tuples of them) is digested as its ``repr``, canonical for those types and a
+    quarter of the CPU of a JSON dump; replicas on one Python compute the same keys."""
+    digest = hashlib.sha256(repr(shape).encode()).hexdigest()[:32]
     return f"recsys:{model}:v{version}:g{generation}:{digest}"
 
 
@@ -149,14 +156,14 @@ def cache_key(model: str, version: int, customer_id: str, k: int, exclusions: fr
     """The key of a Recommend result: ``live`` is what the customer's live
     history contributed to it, ``filter_key`` the filter's ``Filter.key()``."""
     return _key(model, version, generation,
-                [customer_id, k, sorted(exclusions), list(recent), exclude_seen, list(live), filter_key])
+                (customer_id, k, tuple(sorted(exclusions)), tuple(recent), exclude_seen, tuple(live), filter_key))
 
 
 def similar_key(model: str, version: int, candidate_id: str, k: int, exclusions: frozenset[str], *,
                 generation: int = 0, filter_key: str = "") -> str:
     """The key of a RecommendSimilar result (its shape starts with a marker no
     customer request has, so the two kinds never share a key)."""
-    return _key(model, version, generation, ["similar", candidate_id, k, sorted(exclusions), filter_key])
+    return _key(model, version, generation, ("similar", candidate_id, k, tuple(sorted(exclusions)), filter_key))
 
 
 class ResultCache:
@@ -223,9 +230,20 @@ class ResultCache:
             written.set_result(None)
 
     async def get(self, key: str) -> CachedResult | None:
+        """The result under ``key`` from the in-process tier, else from Redis; None on a miss."""
+        local = self.get_local(key)
+        return local if local is not None else await self.get_remote(key)
+
+    def get_local(self, key: str) -> CachedResult | None:
+        """The result under ``key`` in the in-process tier, or None."""
         if self._local is not None and (local := self._local.get(key)) is not None:
             _LOCAL_HIT.inc()
             return local
+        return None
+
+    async def get_remote(self, key: str) -> CachedResult | None:
+        """The result under ``key`` in Redis (kept in process after), or None on a
+        miss, a bad value or when Redis is unreachable."""
         if not self.link.available():
             _SKIPPED.inc()
             return None

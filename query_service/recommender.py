@@ -90,6 +90,9 @@ class Recommendation:
     source: str  # SOURCE_MODEL or SOURCE_POPULARITY
     cache_hit: bool
     generation: int = 0  # the catalogue generation of the version the result reflects
+    # A hit's ``CachedResult.rendered``: where the RPC layer keeps the response it built for this
+    # cached result (the same for every hit of it); None for a computed result.
+    rendered: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -203,9 +206,12 @@ class Recommender:
         ``timeout_s``: the caller's remaining time (None: no deadline);
         ``filter``: only candidates passing it (validated by ``filter_from_proto``).
         """
+        return await self.answer(RecommendQuery(customer_id, k, exclusions, recent, exclude_seen, filter), timeout_s)
+
+    async def answer(self, query: RecommendQuery, timeout_s: float | None = None) -> Recommendation:
+        """``recommend`` for a query as the RPC layer receives it."""
         version, model = self.manager.get()
-        request = self._check(model, RecommendQuery(customer_id, k, exclusions, recent, exclude_seen, filter))
-        return await self._recommend(version, model, request, timeout_s)
+        return await self._recommend(version, model, self._check(model, query), timeout_s)
 
     async def recommend_batch(self, queries: Sequence[RecommendQuery],
                               timeout_s: float | None = None) -> tuple[int, list[Recommendation]]:
@@ -243,12 +249,14 @@ class Recommender:
     async def _recommend(self, version: int, model: QueryModel, request: _Request,
                          timeout_s: float | None) -> Recommendation:
         generation = model.catalogue_generation
-        request = await self._with_live_history(model, request)
+        if self.history is not None and (request.exclude_seen or model.takes.history_length):
+            request = await self._with_live_history(request)
         key = request.key(self.model, version, generation)
         cached = await self._lookup(key, request.k, request.exclusions)
         if cached is not None:
             self._remember(request)
-            return Recommendation(cached.ids, cached.scores, version, cached.source, True, generation)
+            return Recommendation(cached.ids, cached.scores, version, cached.source, True, generation,
+                                  cached.rendered)
         answer = await self._within_budget(
             lambda budget: self._batcher.submit(self._miss(model, request, budget)), timeout_s)
         self._remember(request)  # answered: a request that fails is not worth warming
@@ -257,11 +265,9 @@ class Recommender:
         self._store(key, answer)
         return Recommendation(answer.ids, answer.scores, version, answer.source, False, answer.generation)
 
-    async def _with_live_history(self, model: QueryModel, request: _Request) -> _Request:
-        """``request`` with the customer's live history, read only where it can
-        change the result: a history-aware tower, or exclude_seen."""
-        if self.history is None or not (request.exclude_seen or model.takes.history_length):
-            return request
+    async def _with_live_history(self, request: _Request) -> _Request:
+        """``request`` with the customer's live history; read only where it can
+        change the result (a history-aware tower, or exclude_seen: the caller checks)."""
         live = await self.history.get(request.customer_id)
         return dataclasses.replace(request, live=live) if live else request
 
@@ -275,7 +281,10 @@ class Recommender:
     async def _lookup(self, key: str, k: int, exclusions: frozenset[str]) -> CachedResult | None:
         if self.cache is None:
             return None
-        cached = await self.cache.get(key)
+        # The in-process tier first, without a coroutine: most hits end there.
+        cached = self.cache.get_local(key)
+        if cached is None:
+            cached = await self.cache.get_remote(key)
         return cached if cached is not None and self._answers(cached, k, exclusions) else None
 
     def _store(self, key: str, answer: _Answer) -> None:
@@ -290,10 +299,12 @@ class Recommender:
         recent = self._recent_requests
         if recent is None:
             return
-        recent[request] = None
-        recent.move_to_end(request)
-        if len(recent) > self.warmup.requests:
-            recent.popitem(last=False)
+        try:
+            recent.move_to_end(request)  # most requests were seen before: one dict lookup
+        except KeyError:
+            recent[request] = None
+            if len(recent) > self.warmup.requests:
+                recent.popitem(last=False)
 
     async def _within_budget(self, work: Callable[[float], Awaitable[T]], timeout_s: float | None) -> T:
         """``work(budget)`` within the caller's remaining time, at most the index's timeout."""
@@ -343,7 +354,7 @@ class Recommender:
         cached = await self._lookup(self._similar_key(version, request, generation), k, excluded | {candidate_id})
         if cached is not None:
             self._remember(request)
-            return Recommendation(cached.ids, cached.scores, version, SOURCE_MODEL, True, generation)
+            return Recommendation(cached.ids, cached.scores, version, SOURCE_MODEL, True, generation, cached.rendered)
         query = dataclasses.replace(request, min_generation=generation)
         hits = await self._within_budget(lambda budget: self.index.similar(query, version, budget), timeout_s)
         self._remember(request)

@@ -10,12 +10,13 @@ from serving.filters import filter_from_proto
 from serving.grpc_server import add_scored, map_errors
 
 _SOURCES = {SOURCE_MODEL: pb.RESULT_SOURCE_MODEL}
+_RENDERED = "recsys.v1.RecommendResponse"  # this layer's entry in CachedResult.rendered
 
 
 def _query(request: pb.RecommendRequest) -> RecommendQuery:
-    return RecommendQuery(request.customer_id, request.k, list(request.exclude_candidate_ids),
-                          list(request.recent_candidate_ids), request.exclude_seen,
-                          filter_from_proto(request.filter))
+    # The repeated fields go as they are: the core copies what it keeps (``Recommender._check``).
+    return RecommendQuery(request.customer_id, request.k, request.exclude_candidate_ids,
+                          request.recent_candidate_ids, request.exclude_seen, filter_from_proto(request.filter))
 
 
 class QueryServicer(pb_grpc.QueryServiceServicer):
@@ -24,19 +25,22 @@ class QueryServicer(pb_grpc.QueryServiceServicer):
         self.model = recommender.model
 
     def _response(self, rec: Recommendation) -> pb.RecommendResponse:
+        """The response of ``rec``; a cache hit's is built once per cached result and then
+        shared by its hits (gRPC only serializes it), which halves what a hit costs over
+        echo's CPU (docs/BENCHMARKS.md)."""
+        if rec.rendered is not None and (response := rec.rendered.get(_RENDERED)) is not None:
+            return response
         response = pb.RecommendResponse(model_version=rec.version, cache_hit=rec.cache_hit,
                                         source=_SOURCES.get(rec.source, pb.RESULT_SOURCE_POPULARITY_FALLBACK),
                                         model_name=self.model, catalogue_generation=rec.generation)
         add_scored(response.candidates, rec.ids, rec.scores)
+        if rec.rendered is not None:
+            rec.rendered[_RENDERED] = response
         return response
 
     @map_errors
     async def Recommend(self, request: pb.RecommendRequest, context) -> pb.RecommendResponse:
-        query = _query(request)
-        rec = await self.recommender.recommend(query.customer_id, query.k, query.exclusions, query.recent,
-                                               query.exclude_seen, timeout_s=context.time_remaining(),
-                                               filter=query.filter)
-        return self._response(rec)
+        return self._response(await self.recommender.answer(_query(request), timeout_s=context.time_remaining()))
 
     @map_errors
     async def RecommendSimilar(self, request: pb.RecommendSimilarRequest, context) -> pb.RecommendResponse:

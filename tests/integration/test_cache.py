@@ -108,12 +108,14 @@ async def test_local_tier_is_bounded_in_bytes_and_expires(redis_server):
     keys = [cache_key("m", 1, f"bounded-{i}", 1000, frozenset()) for i in range(100)]
     tracemalloc.start()
     try:
-        for i, key in enumerate(keys):  # ~100 x 110 KB offered to a 2 MiB tier
+        # ~100 x 210 KB offered to a 2 MiB tier: each result is counted with the response a hit may
+        # build from it (about as large again; upb's memory, which tracemalloc does not see).
+        for i, key in enumerate(keys):
             await cache.put(key, big_result(i))
         held_bytes, _ = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert cache._local.currsize <= budget_mb * (1 << 20) and 10 <= len(cache._local) < 20
+    assert cache._local.currsize <= budget_mb * (1 << 20) and 8 <= len(cache._local) < 20
     assert held_bytes < 1.3 * budget_mb * (1 << 20)  # the estimate is not far below the truth
     assert keys[0] not in cache._local and keys[-1] in cache._local  # least recently used went first
     await asyncio.sleep(1.2)

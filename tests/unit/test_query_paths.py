@@ -16,11 +16,13 @@ import pytest
 import redis.asyncio as redis
 
 from model_registry import Registry
+from protos.recsys.v1 import retrieval_pb2 as pb
 from query_service.cache import CacheConfig, ResultCache
 from query_service.index_client import IndexHits, IndexQuery, SimilarQuery
 from query_service.live_history import LiveHistory, LiveHistoryConfig, history_key
 from query_service.recommender import SOURCE_MODEL, SOURCE_POPULARITY, Recommender, RecommendQuery
 from query_service.routing import IndexRouter, RoutingConfig
+from query_service.servicer import QueryServicer
 from query_service.tower import QueryModel
 from serving import errors
 from serving.filters import Filter, TokenRestrict
@@ -256,6 +258,40 @@ async def test_answers_and_cache_keys_carry_the_catalogue_generation(tiny_model,
     fallback = await recommender.recommend("stranger", 3)
     assert (fallback.source, fallback.generation) == (SOURCE_POPULARITY, 3)
     tiny_model.apply_catalogue([], 0)
+    await recommender.close()
+
+
+class _Context:
+    """What the servicer reads of a gRPC call's context on a call that succeeds."""
+
+    def time_remaining(self) -> float:
+        return 10.0
+
+
+async def test_hits_share_the_response_built_for_their_cached_result_and_a_new_generation_builds_anew(
+        tiny_model, tiny_index, redis_server):
+    recommender = replica(tiny_model, tiny_index, ResultCache(CacheConfig(redis_server.url)), name=f"r{next(_names)}")
+    servicer = QueryServicer(recommender)
+    request, context = pb.RecommendRequest(customer_id="c001", k=3), _Context()
+    miss = await servicer.Recommend(request, context)
+    first = await servicer.Recommend(request, context)
+    assert not miss.cache_hit and first.cache_hit
+    assert await servicer.Recommend(request, context) is first  # built once for the cached result, then shared
+    expected = pb.RecommendResponse()
+    expected.CopyFrom(miss)
+    expected.cache_hit = True
+    assert first == expected
+    other = await servicer.Recommend(pb.RecommendRequest(customer_id="c001", k=2), context)
+    assert other is not first and [c.candidate_id for c in other.candidates] == [c.candidate_id
+                                                                                  for c in first.candidates[:2]]
+    try:  # a catalogue delta: the old response, whose generation it names, is never served again
+        tiny_model.apply_catalogue([], 1)
+        tiny_index.generation = 1
+        after = [await servicer.Recommend(request, context) for _ in range(3)]
+        assert [r.cache_hit for r in after] == [False, True, True] and after[1] is after[2] is not first
+        assert after[1].catalogue_generation == 1 and first.catalogue_generation == 0
+    finally:
+        tiny_model.apply_catalogue([], 0)
     await recommender.close()
 
 
