@@ -45,14 +45,16 @@ def train(registry: Path, customers: int, candidates: int, interactions: int) ->
     return Registry(registry, MODEL).version_dir(1)
 
 
-def load(address: str, qps: int, duration_s: float, customers: int, out: Path, seed: int, channels: int = 4) -> dict:
+def load(address: str, qps: int, duration_s: float, customers: int, out: Path, seed: int, channels: int = 4,
+         concurrency: int = 2000) -> dict:
     """One open-loop run of recsys-loadtest in its own process, over ``channels``
-    connections. Each run needs its own ``seed``: the same seed draws the same
-    customers, whose results the previous run left in the cache."""
+    connections, at most ``concurrency`` calls in flight. Each run needs its own
+    ``seed``: the same seed draws the same customers, whose results the previous
+    run left in the cache."""
     subprocess.run([console_script("recsys-loadtest"), "--address", address, "--qps", str(qps),
                     "--duration-s", str(duration_s), "--num-customers", str(customers), "--channels", str(channels),
                     "--seed", str(seed),
-                    "--concurrency", "2000", "--timeout-s", "2", "--out", str(out)],
+                    "--concurrency", str(concurrency), "--timeout-s", "2", "--out", str(out)],
                    capture_output=True, text=True, timeout=duration_s + 120)
     return json.loads(out.read_text())
 

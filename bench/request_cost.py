@@ -1,0 +1,110 @@
+"""Server CPU per request in a closed loop, split by process: how issue 15's
+targets (a hit <= 1.15x and a miss <= 2.5x the CPU of a bare grpc.aio echo call)
+are measured.
+
+The stack of ``bench.serving_throughput`` (its synthetic model, one index slot,
+Redis, one query replica with its in-process tier) and the echo server. Each
+round drives, one after another, ``recsys-loadtest`` at a rate no server here
+keeps up with, so its concurrency cap makes it a closed loop of
+``--concurrency`` callers, for ``--duration-s`` against:
+
+  echo  bench/echo_server.py (a canned response of the same size)
+  hit   the query replica, ``--hot`` customers whose results it holds
+  miss  the query replica, customers drawn afresh each round (nearly all misses)
+
+and reads utime + stime of every server process from /proc before and after.
+Rounds alternate the targets so the machine's drift reaches each alike; the
+ratios are taken within a round.
+
+    python -m bench.request_cost [--rounds 3] [--duration-s 8] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.common import cpu_seconds, git_commit, machine_info
+from bench.serving_throughput import HERE, MODEL, add_stack_flags, load, train
+from tests.processes import RedisProcess, ServiceProcess, start_all
+
+OVERLOAD_QPS = 5_000  # above every target's capacity here (echo saturates near 3,800): the callers are never idle
+
+
+def measure(address: str, pids: dict[str, int], customers: int, duration_s: float, concurrency: int, seed: int,
+            out: Path) -> dict:
+    """One closed-loop run: answered calls per second, cache hits, and CPU per answered call by process."""
+    before = {name: cpu_seconds([pid]) for name, pid in pids.items()}
+    report = load(address, OVERLOAD_QPS, duration_s, customers, out, seed, concurrency=concurrency)
+    ok = report["requests"]["ok"]
+    per_call = {name: round((cpu_seconds([pid]) - before[name]) * 1e6 / ok, 1) for name, pid in pids.items()}
+    return {"answered_per_s": report["achieved_qps"], "ok": ok, "errors": report["requests"]["errors"],
+            "cache_hits": report["cache_hits"], "cpu_us": per_call | {"total": round(sum(per_call.values()), 1)}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_stack_flags(parser)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--hot", type=int, default=100, help="customers of the hit target (all cached)")
+    parser.add_argument("--out", type=Path)
+    parser.set_defaults(duration_s=8.0)
+    args = parser.parse_args()
+
+    rounds = []
+    with tempfile.TemporaryDirectory(prefix="bench-request-cost-") as tmp:
+        work = Path(tmp)
+        train(work / "registry", args.customers, args.candidates, args.interactions)
+        common = ["--registry", str(work / "registry"), "--model", MODEL, "--version", "1"]
+        (work / "cache.key").write_text(secrets.token_hex(32))
+        redis = RedisProcess().start()
+        index = ServiceProcess("recsys-index-service", [*common, "--slot", "blue"], work / "index.log")
+        query = ServiceProcess("recsys-query-service", [*common, "--index-address", index.address, "--redis-url",
+                                                        redis.url, "--cache-key-file", str(work / "cache.key")],
+                               work / "query.log")
+        echo = ServiceProcess("echo", [], work / "echo.log")
+        echo.command = [sys.executable, str(HERE / "echo_server.py"), "--port", str(echo.port)]
+        try:
+            start_all(index, query, echo)
+            ours = {"query": query.proc.pid, "index": index.proc.pid, "redis": redis.proc.pid}
+            run = lambda name, address, pids, customers, seed: measure(  # noqa: E731
+                address, pids, customers, args.duration_s, args.concurrency, seed, work / f"{name}.json")
+            run("warm-hit", query.address, ours, args.hot, 1)  # connections; every hot customer cached
+            run("warm-echo", echo.address, {"echo": echo.proc.pid}, args.hot, 1)
+            for r in range(args.rounds):
+                measured = {"echo": run("echo", echo.address, {"echo": echo.proc.pid}, args.hot, 1),
+                            "hit": run("hit", query.address, ours, args.hot, 1),
+                            "miss": run("miss", query.address, ours, args.customers, 1000 + r)}
+                echo_us = measured["echo"]["cpu_us"]["total"]
+                measured["vs_echo"] = {name: round(measured[name]["cpu_us"]["total"] / echo_us, 2)
+                                       for name in ("hit", "miss")}
+                print(f"round {r}: " + ", ".join(f"{name} {m['cpu_us']} us/call at {m['answered_per_s']:.0f}/s"
+                                                 for name, m in measured.items() if name != "vs_echo")
+                      + f"; vs echo {measured['vs_echo']}", file=sys.stderr)
+                rounds.append(measured)
+        finally:
+            for process in (query, index, echo):
+                process.stop()
+            redis.stop()
+
+    ratios = {name: [r["vs_echo"][name] for r in rounds] for name in ("hit", "miss")}
+    report = {"benchmark": "request_cost", "commit": git_commit(), "machine": machine_info(),
+              "config": {k: v for k, v in vars(args).items() if k != "out"}, "rounds": rounds,
+              "vs_echo": {name: {"median": statistics.median(values), "min": min(values), "max": max(values)}
+                          for name, values in ratios.items()},
+              "targets": {"hit<=1.15x_echo": statistics.median(ratios["hit"]) <= 1.15,
+                          "miss<=2.5x_echo": statistics.median(ratios["miss"]) <= 2.5}}
+    text = json.dumps(report, indent=2)
+    if args.out:
+        args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
