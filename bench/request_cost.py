@@ -10,11 +10,14 @@ keeps up with, so its concurrency cap makes it a closed loop of
 
   echo  bench/echo_server.py (a canned response of the same size)
   hit   the query replica, ``--hot`` customers whose results it holds
-  miss  the query replica, customers drawn afresh each round (nearly all misses)
+  miss  the query replica, customers drawn from the model's ``--customers``
+        (~10% of a round's draws repeat one, hits of Redis and the local tier)
 
 and reads utime + stime of every server process from /proc before and after.
-Rounds alternate the targets so the machine's drift reaches each alike; the
-ratios are taken within a round.
+Each round starts from cold caches (Redis flushed, the query replica restarted,
+then its hot customers cached), so no round's misses find an earlier round's
+results. Rounds alternate the targets so the machine's drift reaches each
+alike; the ratios are taken within a round.
 
     python -m bench.request_cost [--rounds 3] [--duration-s 8] [--out FILE]
 """
@@ -28,6 +31,8 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
+
+import redis as redis_client
 
 from bench.common import cpu_seconds, git_commit, machine_info
 from bench.serving_throughput import HERE, MODEL, add_stack_flags, load, train
@@ -72,12 +77,15 @@ def main() -> None:
         echo.command = [sys.executable, str(HERE / "echo_server.py"), "--port", str(echo.port)]
         try:
             start_all(index, query, echo)
-            ours = {"query": query.proc.pid, "index": index.proc.pid, "redis": redis.proc.pid}
             run = lambda name, address, pids, customers, seed: measure(  # noqa: E731
                 address, pids, customers, args.duration_s, args.concurrency, seed, work / f"{name}.json")
-            run("warm-hit", query.address, ours, args.hot, 1)  # connections; every hot customer cached
             run("warm-echo", echo.address, {"echo": echo.proc.pid}, args.hot, 1)
             for r in range(args.rounds):
+                redis_client.Redis.from_url(redis.url).flushall()
+                query.stop()
+                query.start()
+                ours = {"query": query.proc.pid, "index": index.proc.pid, "redis": redis.proc.pid}
+                run("warm-hit", query.address, ours, args.hot, 1)  # connections; every hot customer cached
                 measured = {"echo": run("echo", echo.address, {"echo": echo.proc.pid}, args.hot, 1),
                             "hit": run("hit", query.address, ours, args.hot, 1),
                             "miss": run("miss", query.address, ours, args.customers, 1000 + r)}
