@@ -236,10 +236,14 @@ class ResultCache:
 
     def get_local(self, key: str) -> CachedResult | None:
         """The result under ``key`` in the in-process tier, or None."""
-        if self._local is not None and (local := self._local.get(key)) is not None:
-            _LOCAL_HIT.inc()
-            return local
-        return None
+        if self._local is None:
+            return None
+        try:
+            local = self._local[key]  # one lookup: TTLCache.get looks up (and checks expiry) twice
+        except KeyError:  # absent or expired
+            return None
+        _LOCAL_HIT.inc()
+        return local
 
     async def get_remote(self, key: str) -> CachedResult | None:
         """The result under ``key`` in Redis (kept in process after), or None on a
