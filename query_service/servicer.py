@@ -26,8 +26,8 @@ class QueryServicer(pb_grpc.QueryServiceServicer):
 
     def _response(self, rec: Recommendation) -> pb.RecommendResponse:
         """The response of ``rec``; a cache hit's is built once per cached result and then
-        shared by its hits (gRPC only serializes it), which halves what a hit costs over
-        echo's CPU (docs/BENCHMARKS.md)."""
+        shared by its hits (gRPC only serializes it): building it took ~20 us of a hit's
+        CPU over gRPC (docs/BENCHMARKS.md)."""
         if rec.rendered is not None and (response := rec.rendered.get(_RENDERED)) is not None:
             return response
         response = pb.RecommendResponse(model_version=rec.version, cache_hit=rec.cache_hit,
