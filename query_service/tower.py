@@ -91,7 +91,8 @@ class QueryModel:
         store_path = version_dir / files.CUSTOMER_STORE_FILE
         customers = CustomerStore.load(store_path) if store_path.exists() else None
         model = cls(manifest, signature, popular_ids, popular_scores, customers)
-        model.token_namespaces, model.numeric_namespaces = Attributes.namespaces(files.attributes_file(version_dir, manifest))
+        model.token_namespaces, model.numeric_namespaces = Attributes.namespaces(
+            files.attributes_file(version_dir, manifest))
         probe = str(customers.ids[0]) if customers is not None and len(customers.ids) else "__self_test__"
         vectors, _ = model.embed([probe])
         if vectors.shape != (1, manifest.embedding_dim) or not np.isfinite(vectors).all():
