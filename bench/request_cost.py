@@ -19,7 +19,7 @@ then its hot customers cached), so no round's misses find an earlier round's
 results. Rounds alternate the targets so the machine's drift reaches each
 alike; the ratios are taken within a round.
 
-    python -m bench.request_cost [--rounds 3] [--duration-s 8] [--out FILE]
+    python -m bench.request_cost [--quick] [--rounds 3] [--duration-s 8] [--out FILE]
 """
 
 from __future__ import annotations
@@ -58,9 +58,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--hot", type=int, default=100, help="customers of the hit target (all cached)")
+    parser.add_argument("--quick", action="store_true", help="tiny model, one short round (smoke test)")
     parser.add_argument("--out", type=Path)
     parser.set_defaults(duration_s=8.0)
     args = parser.parse_args()
+    if args.quick:
+        args.customers, args.candidates, args.interactions = 300, 200, 6000
+        args.rounds, args.duration_s, args.hot = 1, 1.0, 20
 
     rounds = []
     with tempfile.TemporaryDirectory(prefix="bench-request-cost-") as tmp:

@@ -80,6 +80,16 @@ def test_serving_throughput_quick(tmp_path):
     assert out["results"]["ours-hit-redis"]["steps"][0]["cache_hits"] > 0
 
 
+def test_request_cost_quick():
+    out = run_quick("bench.request_cost", timeout_s=300)
+    (measured,) = out["rounds"]
+    assert measured["hit"]["cache_hits"] == measured["hit"]["ok"] > 0 and measured["miss"]["ok"] > 0
+    assert set(measured["hit"]["cpu_us"]) == {"query", "index", "redis", "total"}
+    assert all(measured[name]["errors"] == 0 and measured[name]["cpu_us"]["total"] > 0
+               for name in ("echo", "hit", "miss"))
+    assert set(out["targets"]) == {"hit<=1.15x_echo", "miss<=2.5x_echo"} and out["vs_echo"]["hit"]["median"] > 0
+
+
 def test_swap_quick(tmp_path):
     out = run_script_quick("bench.swap", tmp_path, timeout_s=300)
     assert out["requests"]["errors"] == 0 and out["requests"]["dropped"] == 0
