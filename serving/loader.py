@@ -60,16 +60,33 @@ def _idle_priority() -> None:
             log.warning("could not lower the loader thread's priority: %s", e)
 
 
+class _ShortSlices:
+    """The process's switch interval while any thread is inside ``short_gil_slices``.
+    The interval is process-wide, so blocks that overlap on different threads (an
+    index replaying a loading version's deltas while it catches the live one up)
+    share one setting: the last to leave restores what the first found."""
+
+    lock = threading.Lock()
+    users = 0
+    previous = 0.0
+
+
 @contextlib.contextmanager
 def short_gil_slices():
     """While in the block, a thread doing Python work hands the GIL to request threads every millisecond, not
     every 5 (the interpreter's default): their latency grows by at most that much."""
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(LOAD_SWITCH_INTERVAL_S)
+    with _ShortSlices.lock:
+        if _ShortSlices.users == 0:
+            _ShortSlices.previous = sys.getswitchinterval()
+            sys.setswitchinterval(LOAD_SWITCH_INTERVAL_S)
+        _ShortSlices.users += 1
     try:
         yield
     finally:
-        sys.setswitchinterval(previous)
+        with _ShortSlices.lock:
+            _ShortSlices.users -= 1
+            if _ShortSlices.users == 0:
+                sys.setswitchinterval(_ShortSlices.previous)
 
 
 class Loader(Generic[T]):

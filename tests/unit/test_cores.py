@@ -6,6 +6,8 @@ versions (tests/unit/tiny_versions.py)."""
 from __future__ import annotations
 
 import asyncio
+import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -26,7 +28,7 @@ from query_service.routing import IndexRouter, RoutingConfig
 from query_service.tower import QueryModel
 from serving import errors, validation
 from serving.grpc_server import status_of
-from serving.loader import Background, Loader
+from serving.loader import LOAD_SWITCH_INTERVAL_S, Background, Loader, short_gil_slices
 from serving.sources import StartupVersions
 from serving.versions import State, VersionManager
 from tests.processes import free_port
@@ -329,6 +331,36 @@ async def test_a_warm_up_rests_between_batches_as_its_duty_cycle_asks(registry):
 
 
 # ------------------------------------------------------------------ errors and routing
+
+
+def test_short_gil_slices_overlapping_on_two_threads_hold_until_the_last_leaves():
+    """An index replays a loading version's deltas while it catches the live one up: two blocks on two
+    threads that overlap without nesting. The short interval holds until both leave, then the
+    interpreter's own comes back."""
+    default = sys.getswitchinterval()
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen: dict[str, float] = {}
+
+    def first() -> None:
+        with short_gil_slices():
+            first_in.set()
+            second_in.wait(5)
+        first_out.set()
+
+    def second() -> None:
+        first_in.wait(5)
+        with short_gil_slices():
+            second_in.set()
+            first_out.wait(5)
+            seen["after the first left"] = sys.getswitchinterval()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert seen["after the first left"] == pytest.approx(LOAD_SWITCH_INTERVAL_S)
+    assert sys.getswitchinterval() == pytest.approx(default)
 
 
 def test_status_of_maps_domain_errors_and_hides_the_rest():
