@@ -4,11 +4,13 @@ environment, never argv, and an admin plane off loopback needs a token."""
 from __future__ import annotations
 
 import argparse
+import socket
 
 import pytest
 
 from serving.config import AdminConfig
 from settings.flags import ConfigError, add_flags, from_args
+from settings.ports import ephemeral_port_start, free_ports
 
 
 def parse_admin(argv: list[str]) -> AdminConfig:
@@ -44,3 +46,13 @@ def test_an_admin_plane_off_loopback_needs_a_token():
         with pytest.raises(ConfigError, match=f"is required with --admin-host {host}"):
             AdminConfig(host=host)
         assert AdminConfig(host=host, token="t").host == host
+
+
+def test_free_ports_are_distinct_bindable_and_below_the_ephemeral_range():
+    """Outgoing connections take their source ports from the ephemeral range; a server
+    port chosen there could be taken before the server binds it."""
+    ports = free_ports(32)
+    assert len(set(ports)) == 32 and all(1024 < p < ephemeral_port_start() for p in ports)
+    for port in ports:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
