@@ -13,6 +13,9 @@ from pathlib import Path
 # Ports are chosen below that range instead, at random.
 _EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _LOWEST = 10_000
+# Its own generator: a process that seeded the global one (tf.keras.utils.set_random_seed) would
+# otherwise draw the same ports as every other process seeded alike.
+_RANDOM = random.Random()
 
 
 def ephemeral_port_start() -> int:
@@ -33,7 +36,7 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
         while len(sockets) < n:
             s = socket.socket()
             try:
-                s.bind((host, random.randrange(_LOWEST, high) if high > _LOWEST + 1_000 else 0))
+                s.bind((host, _RANDOM.randrange(_LOWEST, high) if high > _LOWEST + 1_000 else 0))
             except OSError:  # taken: draw again
                 s.close()
                 continue
