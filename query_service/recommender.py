@@ -249,8 +249,11 @@ class Recommender:
     async def _recommend(self, version: int, model: QueryModel, request: _Request,
                          timeout_s: float | None) -> Recommendation:
         generation = model.catalogue_generation
+        # The live history is read only where it can change the result: a history-aware tower, or exclude_seen.
         if self.history is not None and (request.exclude_seen or model.takes.history_length):
-            request = await self._with_live_history(request)
+            live = await self.history.get(request.customer_id)
+            if live:
+                request = dataclasses.replace(request, live=live)
         key = request.key(self.model, version, generation)
         cached = await self._lookup(key, request.k, request.exclusions)
         if cached is not None:
@@ -264,12 +267,6 @@ class Recommender:
             key = request.key(self.model, version, answer.generation)
         self._store(key, answer)
         return Recommendation(answer.ids, answer.scores, version, answer.source, False, answer.generation)
-
-    async def _with_live_history(self, request: _Request) -> _Request:
-        """``request`` with the customer's live history; read only where it can
-        change the result (a history-aware tower, or exclude_seen: the caller checks)."""
-        live = await self.history.get(request.customer_id)
-        return dataclasses.replace(request, live=live) if live else request
 
     @staticmethod
     def _answers(cached: CachedResult, k: int, exclusions: frozenset[str]) -> bool:
