@@ -14,6 +14,8 @@ import sys
 import grpc
 import prometheus_client
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from protos.recsys.v1 import admin_pb2 as pb
 from protos.recsys.v1 import admin_pb2_grpc as pb_grpc
@@ -104,6 +106,29 @@ async def test_calls_refused_by_another_interceptor_are_counted():
         await server.stop(0)
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert latency_count("GetStatus", "UNAUTHENTICATED") - before == 1
+
+
+async def test_the_token_guards_admin_calls_and_reflection_but_not_health():
+    server = await start_echo(interceptors=[BearerTokenInterceptor("secret")])
+    token = (("authorization", "Bearer secret"),)
+    list_services = reflection_pb2.ServerReflectionRequest(list_services="")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            admin, reflect = pb_grpc.AdminServiceStub(channel), reflection_pb2_grpc.ServerReflectionStub(channel)
+            for refused in (admin.GetStatus(pb.GetStatusRequest(), timeout=5),
+                            admin.GetStatus(pb.GetStatusRequest(), timeout=5, metadata=(("authorization", "x"),)),
+                            reflect.ServerReflectionInfo(iter([list_services]), timeout=5)):
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await refused if isinstance(refused, grpc.aio.UnaryUnaryCall) else [r async for r in refused]
+                assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                assert "Bearer" in err.value.details()
+            assert (await admin.GetStatus(pb.GetStatusRequest(), timeout=5, metadata=token)).model_name
+            listed = [r async for r in reflect.ServerReflectionInfo(iter([list_services]), timeout=5, metadata=token)]
+            assert ADMIN in {s.name for s in listed[0].list_services_response.service}
+            health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING  # answered, without a token
+    finally:
+        await server.stop(0)
 
 
 async def test_request_id_is_taken_or_made_and_carried_to_the_next_service_and_back_on_failure():
