@@ -15,6 +15,7 @@ from trainer.evaluation import baselines, metrics
 from trainer.evaluation.report import margins
 from trainer.evaluation.validation import Validation
 from trainer.export import publish
+from trainer.towers.config import covering_history_length
 from trainer.model import customer_store, embed, query_embeddings
 from trainer.training import refit, train
 from trainer.tuning import search
@@ -46,13 +47,17 @@ def run(config: PipelineConfig, log: Callable[[str], None] = lambda msg: None,
                        if distribute.is_chief(strategy) else {})
     log(f"baselines in {time.perf_counter() - t0:.0f}s")
 
-    chosen, tuning = config.train, None
+    # Defaults that follow the data, unless the command line set them.
+    from_data = {} if "history_length" in config.pinned.get("towers", {}) else {
+        "towers": {"history_length": covering_history_length(train_data.customer_ids)}}
+    chosen, tuning = replace_nested(config.train, from_data), None
     with distribute.scope(strategy):
         if validation is None:
-            result = train(train_data, config.train, log=log)
+            result = train(train_data, chosen, log=log)
         else:
             def preset(kind: str) -> TrainConfig:
-                return replace_nested(recommended_config(config.dataset, kind), config.pinned)
+                return replace_nested(replace_nested(recommended_config(config.dataset, kind), from_data),
+                                      config.pinned)
 
             found = search(train_data, validation, preset, config.train.towers.kind, config.pinned,
                            config.tune_budget_s, bool(train_data.customer_features), log)

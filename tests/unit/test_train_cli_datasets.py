@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from model_registry import Registry, verify_version
+from model_registry.customers import DEFAULT_HISTORY_LENGTH
 from trainer import cli
+from trainer.towers.config import MAX_COVERING_HISTORY, covering_history_length
 
 
 def write_reviews(path, customers=40, items=30, seed=0):
@@ -45,6 +47,35 @@ def test_sessions_file(tmp_path):
                        "--split", "leave-last-out", "--tower", "sequence", "--registry", str(tmp_path / "reg"),
                        "--model", "clicks", "--epochs", "1", "--embedding-dim", "8", "--quiet"])
     assert status == 0
+
+
+@pytest.mark.parametrize("flags, expected", [([], None), (["--history-length", "7"], 7)])
+def test_history_length_follows_the_data_unless_given(tmp_path, flags, expected):
+    # 12 customers with 150 items each: 80% of them are trained on, and 90% of those
+    # interactions sit within each customer's most recent ~108.
+    rows = ["user_id,item_id,ts"] + [f"u{u},i{(u * 7 + j) % 400},{j}" for u in range(12) for j in range(150)]
+    (tmp_path / "log.csv").write_text("\n".join(rows) + "\n")
+    metrics_out = tmp_path / "metrics.json"
+    status = cli.main(["--tune-budget-s", "0", "--dataset", "interactions-csv", "--data-path", str(tmp_path / "log.csv"),
+                       "--time-col", "ts", "--tower", "history", "--registry", str(tmp_path / "reg"), "--model", "log",
+                       "--epochs", "1", "--embedding-dim", "8", "--quiet", "--metrics-out", str(metrics_out), *flags])
+    assert status == 0
+    length = json.loads(metrics_out.read_text())["config"]["towers"]["history_length"]
+    if expected is None:
+        train_counts = 150 * 0.8
+        assert 0.85 * train_counts < length < 0.95 * train_counts  # ~90% of a customer's training items
+    else:
+        assert length == expected
+
+
+def test_history_length_covers_the_interactions_within_bounds():
+    assert covering_history_length(np.repeat(np.arange(100), 100)) == 90  # 90 of each customer's 100
+    assert covering_history_length(np.repeat(np.arange(100), 30)) == DEFAULT_HISTORY_LENGTH  # all short
+    assert covering_history_length(np.repeat(np.arange(10), 1000)) == MAX_COVERING_HISTORY  # long: capped
+    # 1,000 long histories among 200k customers: the store's bound keeps the default
+    many = np.concatenate([np.repeat(np.arange(1000), 1000), np.arange(1000, 200_000)])
+    assert covering_history_length(many) == DEFAULT_HISTORY_LENGTH
+    assert covering_history_length(np.array([], dtype=str)) == DEFAULT_HISTORY_LENGTH
 
 
 def test_missing_data_path_is_a_one_line_error(tmp_path, capsys):
