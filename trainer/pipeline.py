@@ -15,8 +15,8 @@ from trainer.evaluation import baselines, metrics
 from trainer.evaluation.report import margins
 from trainer.evaluation.validation import Validation
 from trainer.export import publish
-from trainer.towers.config import covering_history_length
 from trainer.model import customer_store, embed, query_embeddings
+from trainer.towers.config import covering_history_length
 from trainer.training import refit, train
 from trainer.tuning import search
 
