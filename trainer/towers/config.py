@@ -81,17 +81,8 @@ def covering_history_length(customer_ids: np.ndarray) -> int:
     the default."""
     counts = np.sort(np.unique(np.asarray(customer_ids), return_counts=True)[1])
     high = min(MAX_COVERING_HISTORY, max(DEFAULT_HISTORY_LENGTH, HISTORY_STORE_CELLS // max(len(counts), 1)))
-    cumulative = np.concatenate([[0], np.cumsum(counts)])
-
-    def held(length: int) -> int:  # interactions within each customer's most recent ``length``
-        shorter = int(np.searchsorted(counts, length))
-        return int(cumulative[shorter]) + length * (len(counts) - shorter)
-
-    low, goal = DEFAULT_HISTORY_LENGTH, HISTORY_COVERAGE * cumulative[-1]
-    while low < high:  # the smallest length in [low, high] holding the goal (held grows with length)
-        mid = (low + high) // 2
-        if held(mid) >= goal:
-            high = mid
-        else:
-            low = mid + 1
-    return low
+    lengths = np.arange(DEFAULT_HISTORY_LENGTH, high + 1)
+    shorter = np.searchsorted(counts, lengths)  # per length, the customers with fewer interactions
+    held = np.concatenate([[0], np.cumsum(counts)])[shorter] + lengths * (len(counts) - shorter)
+    enough = held >= HISTORY_COVERAGE * counts.sum()
+    return int(lengths[np.argmax(enough)]) if enough.any() else high
