@@ -31,9 +31,10 @@ class TowerConfig:
 
     kind: str = option("id", "query/candidate tower family", flag="tower", choices=TOWERS)
     embedding_dim: int = option(64, "embedding dimension of both towers")
-    history_length: int = option(DEFAULT_HISTORY_LENGTH, "history/sequence towers: items in the query history "
-                                                         "(recsys-train's default: from the data, see "
-                                                         "covering_history_length)")
+    history_length: int = option(DEFAULT_HISTORY_LENGTH, "history/sequence towers: items in the query history. "
+                                                         "recsys-train, when not given, uses the fewest recent items "
+                                                         "that hold 90% of the training interactions (50-200) "
+                                                         "instead of the default")
     pooling: str = option("mean", "history towers: how the history's item embeddings are pooled", choices=POOLINGS)
     sequence_length: int = option(20, "sequence tower: the GRU reads this many most recent items")
     history_dropout: float = option(0.0, "history towers: share of history items dropped per training query")
