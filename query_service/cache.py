@@ -196,6 +196,11 @@ class ResultCache:
         self._flush_at: asyncio.TimerHandle | None = None
         self._pending: set[asyncio.Task] = set()
 
+    @property
+    def holds_local(self) -> bool:
+        """Whether results are kept in process (``get_local`` can hit)."""
+        return self._local is not None
+
     async def _mget(self, keys: list[str]) -> list[object]:  # bytes, None (no such key) or UNREACHED
         return await self.link.mget("MGET", keys)
 

@@ -56,6 +56,11 @@ T = TypeVar("T")
 
 SOURCE_MODEL = "model"
 SOURCE_POPULARITY = "popularity"
+# ``Recommender.replay``: requests remembered (first in, first out), and the largest
+# remembered. A k = 10 request for a customer is ~20 bytes; one with long lists is rarely
+# sent twice, and the bound keeps what an adversary can make a replica hold to ~30 MB.
+REPLAY_ENTRIES = 50_000
+REPLAY_MAX_BYTES = 256
 
 
 class IndexBackend(Protocol):
@@ -140,6 +145,17 @@ class _Request:
 
 
 @dataclass(frozen=True)
+class _Replay:
+    """Where ``answer`` found or stored the result of one request: its version,
+    the catalogue generation and cache key of the result, and the request."""
+
+    version: int
+    generation: int
+    key: str
+    request: _Request
+
+
+@dataclass(frozen=True)
 class _Answer:
     """A computed result and the catalogue generation it reflects."""
 
@@ -193,6 +209,9 @@ class Recommender:
         # OrderedDict iterates in recency order, which cachetools' LRUCache does not expose).
         self._recent_requests: OrderedDict[_Request | SimilarQuery, None] | None = (
             OrderedDict() if cache is not None and warmup.requests > 0 else None)
+        # Request bytes -> where its result is held in process (``replay``).
+        self._replays: OrderedDict[bytes, _Replay] | None = (
+            OrderedDict() if cache is not None and cache.holds_local else None)
 
     # ------------------------------------------------------------------ Recommend, BatchRecommend
 
@@ -208,10 +227,30 @@ class Recommender:
         """
         return await self.answer(RecommendQuery(customer_id, k, exclusions, recent, exclude_seen, filter), timeout_s)
 
-    async def answer(self, query: RecommendQuery, timeout_s: float | None = None) -> Recommendation:
-        """``recommend`` for a query as the RPC layer receives it."""
+    async def answer(self, query: RecommendQuery, timeout_s: float | None = None,
+                     fingerprint: bytes | None = None) -> Recommendation:
+        """``recommend`` for a query as the RPC layer receives it. ``fingerprint``:
+        the request's bytes as received, under which ``replay`` finds its result again."""
         version, model = self.manager.get()
-        return await self._recommend(version, model, self._check(model, query), timeout_s)
+        return await self._recommend(version, model, self._check(model, query), timeout_s, fingerprint)
+
+    def replay(self, fingerprint: bytes) -> Recommendation | None:
+        """The answer to the request whose bytes are ``fingerprint``, when ``answer``
+        saw those bytes before and the in-process tier still holds their result for
+        the live version at its current catalogue generation; None otherwise (then
+        ``answer`` it). Nothing is parsed, validated or keyed again: a hit's CPU over
+        gRPC is mostly that Python (docs/BENCHMARKS.md). Requests whose result reads
+        the live interaction history are never replayed: it changes under them."""
+        replay = self._replays.get(fingerprint) if self._replays is not None else None
+        if replay is None:
+            return None
+        version, model = self.manager.get()
+        if version != replay.version or model.catalogue_generation != replay.generation:
+            return None
+        cached = self.cache.get_local(replay.key)
+        if cached is None or not self._answers(cached, replay.request.k, replay.request.exclusions):
+            return None
+        return self._hit(version, replay.generation, replay.request, cached)
 
     async def recommend_batch(self, queries: Sequence[RecommendQuery],
                               timeout_s: float | None = None) -> tuple[int, list[Recommendation]]:
@@ -247,26 +286,40 @@ class Recommender:
         return _Request(query.customer_id, query.k, excluded, recent, query.exclude_seen, query.filter)
 
     async def _recommend(self, version: int, model: QueryModel, request: _Request,
-                         timeout_s: float | None) -> Recommendation:
+                         timeout_s: float | None, fingerprint: bytes | None = None) -> Recommendation:
         generation = model.catalogue_generation
         # The live history is read only where it can change the result: a history-aware tower, or exclude_seen.
-        if self.history is not None and (request.exclude_seen or model.takes.history_length):
+        reads_live = self.history is not None and (request.exclude_seen or bool(model.takes.history_length))
+        if reads_live:
+            fingerprint = None  # the live history changes under a remembered request: never replayed
             live = await self.history.get(request.customer_id)
             if live:
                 request = dataclasses.replace(request, live=live)
         key = request.key(self.model, version, generation)
         cached = await self._lookup(key, request.k, request.exclusions)
         if cached is not None:
-            self._remember(request)
-            return Recommendation(cached.ids, cached.scores, version, cached.source, True, generation,
-                                  cached.rendered)
+            self._note_replay(fingerprint, _Replay(version, generation, key, request))
+            return self._hit(version, generation, request, cached)
         answer = await self._within_budget(
             lambda budget: self._batcher.submit(self._miss(model, request, budget)), timeout_s)
         self._remember(request)  # answered: a request that fails is not worth warming
         if answer.generation != generation:
             key = request.key(self.model, version, answer.generation)
         self._store(key, answer)
+        self._note_replay(fingerprint, _Replay(version, answer.generation, key, request))
         return Recommendation(answer.ids, answer.scores, version, answer.source, False, answer.generation)
+
+    def _hit(self, version: int, generation: int, request: _Request, cached: CachedResult) -> Recommendation:
+        self._remember(request)
+        return Recommendation(cached.ids, cached.scores, version, cached.source, True, generation, cached.rendered)
+
+    def _note_replay(self, fingerprint: bytes | None, replay: _Replay) -> None:
+        replays = self._replays
+        if replays is None or fingerprint is None or len(fingerprint) > REPLAY_MAX_BYTES:
+            return
+        replays[fingerprint] = replay
+        if len(replays) > REPLAY_ENTRIES:
+            replays.popitem(last=False)
 
     @staticmethod
     def _answers(cached: CachedResult, k: int, exclusions: frozenset[str]) -> bool:

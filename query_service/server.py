@@ -13,14 +13,13 @@ import sys
 
 from model_registry import Registry
 from model_registry import manifest as files
-from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from query_service.admin import QueryAdmin
 from query_service.batching import BatchingConfig
 from query_service.cache import CacheConfig, ResultCache
 from query_service.live_history import LiveHistory, LiveHistoryConfig
 from query_service.recommender import Recommender, WarmupConfig
 from query_service.routing import IndexRouter, RoutingConfig
-from query_service.servicer import QueryServicer
+from query_service.servicer import QueryServicer, add_to_server
 from serving import tracing, validation
 from serving.admin_rpc import ServiceWithAdmin
 from serving.config import AdminConfig, ServiceConfig
@@ -115,7 +114,7 @@ async def create_server(config: QueryServiceConfig) -> tuple[ServiceWithAdmin, R
     recommender = Recommender(manager, router, cache, executor, config.batching, max_k=config.max_k,
                               warmup=config.warmup, history=history, max_batch_requests=config.max_batch_requests)
     admin = QueryAdmin(manager, loader, router, recommender.warm)
-    spec = ServiceSpec(pb_grpc.add_QueryServiceServicer_to_server, QueryServicer(recommender), SERVICE_NAME)
+    spec = ServiceSpec(add_to_server, QueryServicer(recommender), SERVICE_NAME)
     service = await ServiceWithAdmin.start(spec, admin, config, worker_socket=config.worker_socket)
     router.start()
     try:

@@ -1,16 +1,30 @@
-"""gRPC QueryService: proto <-> core translation only."""
+"""gRPC QueryService: proto <-> core translation only.
+
+Recommend is registered to take the request's bytes and answer bytes
+(``add_to_server``): a request whose bytes the replica answered before is
+answered again from the in-process tier by those bytes (``Recommender.replay``),
+with the response bytes built once per cached result, so a hit parses,
+validates, keys and serializes nothing."""
 
 from __future__ import annotations
+
+from typing import Callable
+
+import grpc
 
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from query_service.recommender import SOURCE_MODEL, Recommendation, Recommender, RecommendQuery
 from serving import validation
 from serving.filters import filter_from_proto
-from serving.grpc_server import add_scored, map_errors
+from serving.grpc_server import add_scored, map_errors, parse_request
 
 _SOURCES = {SOURCE_MODEL: pb.RESULT_SOURCE_MODEL}
-_RENDERED = "recsys.v1.RecommendResponse"  # this layer's entry in CachedResult.rendered
+# This layer's entries in CachedResult.rendered: the response, and its bytes.
+_RENDERED = "recsys.v1.RecommendResponse"
+_SERIALIZED = "recsys.v1.RecommendResponse bytes"
+_SERVICE = pb.DESCRIPTOR.services_by_name["QueryService"]
+_RECOMMEND = f"/{_SERVICE.full_name}/Recommend"
 
 
 def _query(request: pb.RecommendRequest) -> RecommendQuery:
@@ -24,23 +38,30 @@ class QueryServicer(pb_grpc.QueryServiceServicer):
         self.recommender = recommender
         self.model = recommender.model
 
-    def _response(self, rec: Recommendation) -> pb.RecommendResponse:
-        """The response of ``rec``; a cache hit's is built once per cached result and then
-        shared by its hits (gRPC only serializes it): building it took ~20 us of a hit's
-        CPU over gRPC (docs/BENCHMARKS.md)."""
-        if rec.rendered is not None and (response := rec.rendered.get(_RENDERED)) is not None:
-            return response
+    def _build(self, rec: Recommendation) -> pb.RecommendResponse:
         response = pb.RecommendResponse(model_version=rec.version, cache_hit=rec.cache_hit,
                                         source=_SOURCES.get(rec.source, pb.RESULT_SOURCE_POPULARITY_FALLBACK),
                                         model_name=self.model, catalogue_generation=rec.generation)
         add_scored(response.candidates, rec.ids, rec.scores)
-        if rec.rendered is not None:
-            rec.rendered[_RENDERED] = response
         return response
 
+    def _response(self, rec: Recommendation) -> pb.RecommendResponse:
+        """The response of ``rec``; a cache hit's is built once per cached result and then
+        shared by its hits (gRPC only serializes it): building it took ~20 us of a hit's
+        CPU over gRPC (docs/BENCHMARKS.md)."""
+        return _rendered(rec, _RENDERED, lambda: self._build(rec))
+
+    def _serialized(self, rec: Recommendation) -> bytes:
+        """``_response``'s bytes, likewise built once per cached result."""
+        return _rendered(rec, _SERIALIZED, lambda: self._build(rec).SerializeToString())
+
     @map_errors
-    async def Recommend(self, request: pb.RecommendRequest, context) -> pb.RecommendResponse:
-        return self._response(await self.recommender.answer(_query(request), timeout_s=context.time_remaining()))
+    async def Recommend(self, data: bytes, context) -> bytes:
+        rec = self.recommender.replay(data)
+        if rec is None:
+            request = parse_request(pb.RecommendRequest, data, _RECOMMEND)
+            rec = await self.recommender.answer(_query(request), timeout_s=context.time_remaining(), fingerprint=data)
+        return self._serialized(rec)
 
     @map_errors
     async def RecommendSimilar(self, request: pb.RecommendSimilarRequest, context) -> pb.RecommendResponse:
@@ -69,3 +90,25 @@ class QueryServicer(pb_grpc.QueryServiceServicer):
         embedding = await self.recommender.embed(request.customer_id)
         return pb.EmbedResponse(embedding=embedding.vector.tolist(), model_version=embedding.version,
                                 known_customer=embedding.known, model_name=self.model)
+
+
+def _rendered(rec: Recommendation, name: str, build: Callable[[], object]):
+    """What ``build`` makes of ``rec``, kept under ``name`` in a cached result's ``rendered``."""
+    if rec.rendered is None:
+        return build()
+    made = rec.rendered.get(name)
+    if made is None:
+        made = rec.rendered[name] = build()
+    return made
+
+
+def add_to_server(servicer: QueryServicer, server: grpc.aio.Server) -> None:
+    """Registers ``servicer`` as ``add_QueryServiceServicer_to_server`` does, but
+    with Recommend taking the request's bytes and answering bytes (see the module
+    docstring)."""
+    handlers = {method.name: grpc.unary_unary_rpc_method_handler(
+        getattr(servicer, method.name), request_deserializer=getattr(pb, method.input_type.name).FromString,
+        response_serializer=getattr(pb, method.output_type.name).SerializeToString) for method in _SERVICE.methods}
+    handlers["Recommend"] = grpc.unary_unary_rpc_method_handler(servicer.Recommend)  # bytes in, bytes out
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE.full_name, handlers),))
+    server.add_registered_method_handlers(_SERVICE.full_name, handlers)

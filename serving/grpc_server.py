@@ -18,7 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from model_registry import VersionError
-from serving.errors import ServingError
+from serving.errors import InvalidArgument, ServingError
 from serving.observability import ServerObservability, configure_logging, request_id_metadata
 from serving.tracing import TracingConfig, setup_tracing
 
@@ -66,6 +66,20 @@ def add_scored(candidates, ids: Iterable[str], scores: Iterable[float]) -> None:
         add(candidate_id=candidate_id, score=score)
 
 
+def _unparsable(method: str) -> str:
+    return f"the request is not a valid {method} message: its bytes do not parse"
+
+
+def parse_request(message_class, data: bytes, method: str):
+    """``data`` parsed as ``message_class``, for a handler registered to take the
+    request's bytes (no deserializer, which ``MalformedRequestGuard`` leaves alone);
+    InvalidArgument with the guard's message if they do not parse."""
+    try:
+        return message_class.FromString(data)
+    except Exception:  # noqa: BLE001 - protobuf raises DecodeError, and others on odd input
+        raise InvalidArgument(_unparsable(method)) from None
+
+
 class _Malformed:
     """What a request that does not parse deserializes to (see ``MalformedRequestGuard``)."""
 
@@ -92,7 +106,7 @@ class MalformedRequestGuard(grpc.aio.ServerInterceptor):
     @staticmethod
     def _guard(handler, method: str):
         parse = handler.request_deserializer
-        message = f"the request is not a valid {method} message: its bytes do not parse"
+        message = _unparsable(method)
 
         def tolerant_parse(data: bytes):
             try:

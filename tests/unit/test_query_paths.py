@@ -20,7 +20,8 @@ from protos.recsys.v1 import retrieval_pb2 as pb
 from query_service.cache import CacheConfig, ResultCache
 from query_service.index_client import IndexHits, IndexQuery, SimilarQuery
 from query_service.live_history import LiveHistory, LiveHistoryConfig, history_key
-from query_service.recommender import SOURCE_MODEL, SOURCE_POPULARITY, Recommender, RecommendQuery
+from query_service.recommender import (REPLAY_MAX_BYTES, SOURCE_MODEL, SOURCE_POPULARITY, Recommender,
+                                      RecommendQuery)
 from query_service.routing import IndexRouter, RoutingConfig
 from query_service.servicer import QueryServicer
 from query_service.tower import QueryModel
@@ -268,30 +269,79 @@ class _Context:
         return 10.0
 
 
+def _sent(request: pb.RecommendRequest) -> bytes:
+    return request.SerializeToString()
+
+
+def _got(data: bytes) -> pb.RecommendResponse:
+    return pb.RecommendResponse.FromString(data)
+
+
 async def test_hits_share_the_response_built_for_their_cached_result_and_a_new_generation_builds_anew(
         tiny_model, tiny_index, redis_server):
     recommender = replica(tiny_model, tiny_index, ResultCache(CacheConfig(redis_server.url)), name=f"r{next(_names)}")
     servicer = QueryServicer(recommender)
-    request, context = pb.RecommendRequest(customer_id="c001", k=3), _Context()
+    request, context = _sent(pb.RecommendRequest(customer_id="c001", k=3)), _Context()
     miss = await servicer.Recommend(request, context)
     first = await servicer.Recommend(request, context)
-    assert not miss.cache_hit and first.cache_hit
+    assert not _got(miss).cache_hit and _got(first).cache_hit
     assert await servicer.Recommend(request, context) is first  # built once for the cached result, then shared
-    expected = pb.RecommendResponse()
-    expected.CopyFrom(miss)
+    expected = _got(miss)
     expected.cache_hit = True
-    assert first == expected
-    other = await servicer.Recommend(pb.RecommendRequest(customer_id="c001", k=2), context)
-    assert other is not first and [c.candidate_id for c in other.candidates] == [c.candidate_id
-                                                                                  for c in first.candidates[:2]]
+    assert _got(first) == expected
+    other = await servicer.Recommend(_sent(pb.RecommendRequest(customer_id="c001", k=2)), context)
+    assert other is not first and [c.candidate_id for c in _got(other).candidates] == [
+        c.candidate_id for c in _got(first).candidates[:2]]
     try:  # a catalogue delta: the old response, whose generation it names, is never served again
         tiny_model.apply_catalogue([], 1)
         tiny_index.generation = 1
         after = [await servicer.Recommend(request, context) for _ in range(3)]
-        assert [r.cache_hit for r in after] == [False, True, True] and after[1] is after[2] is not first
-        assert after[1].catalogue_generation == 1 and first.catalogue_generation == 0
+        assert [_got(r).cache_hit for r in after] == [False, True, True] and after[1] is after[2] is not first
+        assert _got(after[1]).catalogue_generation == 1 and _got(first).catalogue_generation == 0
     finally:
         tiny_model.apply_catalogue([], 0)
+    await recommender.close()
+
+
+async def test_a_request_seen_before_is_replayed_by_its_bytes_while_its_result_holds(
+        tiny_model, tiny_index, redis_server, monkeypatch):
+    cache = ResultCache(CacheConfig(redis_server.url))
+    recommender = replica(tiny_model, tiny_index, cache, name=f"r{next(_names)}")
+    query = RecommendQuery("c002", 4)
+    data = _sent(pb.RecommendRequest(customer_id="c002", k=4))
+    assert recommender.replay(data) is None  # never answered
+    miss = await recommender.answer(query, fingerprint=data)
+    replayed = recommender.replay(data)
+    assert replayed is not None and replayed.cache_hit and (replayed.ids, replayed.version) == (miss.ids, miss.version)
+    assert recommender.replay(data + b"\x00") is None  # other bytes are another request, even if they parse the same
+    try:  # a catalogue delta: answered again (a miss of the new generation), then replayed at it
+        tiny_model.apply_catalogue([], 1)
+        tiny_index.generation = 1
+        assert recommender.replay(data) is None
+        assert not (await recommender.answer(query, fingerprint=data)).cache_hit
+        assert recommender.replay(data).generation == 1
+    finally:
+        tiny_model.apply_catalogue([], 0)
+        tiny_index.generation = 0
+    cache._local.clear()  # the in-process tier let the result go (TTL, memory): answered again, not replayed
+    assert recommender.replay(data) is None
+    big = _sent(pb.RecommendRequest(customer_id="c002", k=4, exclude_candidate_ids=[f"x{i:04d}" for i in range(50)]))
+    await recommender.answer(RecommendQuery("c002", 4, [f"x{i:04d}" for i in range(50)]), fingerprint=big)
+    assert len(big) > REPLAY_MAX_BYTES and recommender.replay(big) is None  # long requests are not remembered
+    monkeypatch.setattr("query_service.recommender.REPLAY_ENTRIES", 2)
+    remembered = [_sent(pb.RecommendRequest(customer_id=c, k=3)) for c in ("c003", "c004", "c005")]
+    for customer, fingerprint in zip(("c003", "c004", "c005"), remembered):
+        await recommender.answer(RecommendQuery(customer, 3), fingerprint=fingerprint)
+    assert [recommender.replay(b) is not None for b in remembered] == [False, True, True]  # the oldest went first
+    await recommender.close()
+
+
+async def test_results_that_read_the_live_history_are_never_replayed(history_model, redis_server):
+    recommender = live_replica(history_model, item_index(), redis_server.url)
+    data = _sent(pb.RecommendRequest(customer_id="c1", k=2))
+    await recommender.answer(RecommendQuery("c1", 2), fingerprint=data)
+    assert (await recommender.answer(RecommendQuery("c1", 2), fingerprint=data)).cache_hit
+    assert recommender.replay(data) is None  # a recorded interaction would change it under the bytes
     await recommender.close()
 
 
