@@ -238,9 +238,10 @@ class Recommender:
         """The answer to the request whose bytes are ``fingerprint``, when ``answer``
         saw those bytes before and the in-process tier still holds their result for
         the live version at its current catalogue generation; None otherwise (then
-        ``answer`` it). Nothing is parsed, validated or keyed again: a hit's CPU over
-        gRPC is mostly that Python (docs/BENCHMARKS.md). Requests whose result reads
-        the live interaction history are never replayed: it changes under them."""
+        ``answer`` it). Nothing is parsed, validated or keyed again: that Python was
+        most of what a hit cost beyond a bare gRPC call (docs/BENCHMARKS.md). Requests
+        whose result reads the live interaction history are never replayed: it
+        changes under them."""
         replay = self._replays.get(fingerprint) if self._replays is not None else None
         if replay is None:
             return None
