@@ -11,7 +11,7 @@ reference level. Ratios weigh every metric the same whatever its scale (@100
 rates are ~4x the @10 ones), and the smallest is the binding one, so a gain on
 one metric cannot buy a loss on another. For the model the references
 (``Validation.references``) are the bars it is held to: excluding seen, the
-best baseline (EASE or iALS, usually); over all candidates, popularity, the
+best of EASE, iALS and item-item cosine; over all candidates, popularity, the
 baseline a two-tower model most often loses to there. A score above 1 means
 the model clears every bar.
 """
