@@ -36,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Awaitable, Callable, Protocol, Sequence, TypeVar
 
+import cachetools
 import numpy as np
 
 from query_service.batching import BatchingConfig, MicroBatcher
@@ -56,11 +57,17 @@ T = TypeVar("T")
 
 SOURCE_MODEL = "model"
 SOURCE_POPULARITY = "popularity"
-# ``Recommender.replay``: requests remembered (first in, first out), and the largest
-# remembered. A k = 10 request for a customer is ~20 bytes; one with long lists is rarely
-# sent twice, and the bound keeps what an adversary can make a replica hold to ~30 MB.
-REPLAY_ENTRIES = 50_000
+# ``Recommender.replay``: the memory its requests may take (first in, first out; what one
+# takes is ``replay_cost``), and the longest it remembers. A request for a customer and k is
+# ~20 bytes; one with long lists is rarely sent twice.
+REPLAY_BUDGET_BYTES = 32 << 20
 REPLAY_MAX_BYTES = 256
+
+
+def replay_cost(fingerprint: bytes) -> int:
+    """What remembering a request takes, estimated from its bytes (tracemalloc: ~700 bytes
+    for 21 bytes of customer and k, 1.8 KB for 71, 5.7 KB for 311 of exclusions)."""
+    return 300 + 22 * len(fingerprint)
 
 
 class IndexBackend(Protocol):
@@ -147,12 +154,14 @@ class _Request:
 @dataclass(frozen=True)
 class _Replay:
     """Where ``answer`` found or stored the result of one request: its version,
-    the catalogue generation and cache key of the result, and the request."""
+    the catalogue generation and cache key of the result, and the request;
+    ``cost``: its ``replay_cost``."""
 
     version: int
     generation: int
     key: str
     request: _Request
+    cost: int
 
 
 @dataclass(frozen=True)
@@ -210,8 +219,9 @@ class Recommender:
         self._recent_requests: OrderedDict[_Request | SimilarQuery, None] | None = (
             OrderedDict() if cache is not None and warmup.requests > 0 else None)
         # Request bytes -> where its result is held in process (``replay``).
-        self._replays: OrderedDict[bytes, _Replay] | None = (
-            OrderedDict() if cache is not None and cache.holds_local else None)
+        self._replays: cachetools.FIFOCache[bytes, _Replay] | None = (
+            cachetools.FIFOCache(REPLAY_BUDGET_BYTES, getsizeof=lambda replay: replay.cost)
+            if cache is not None and cache.holds_local else None)
 
     # ------------------------------------------------------------------ Recommend, BatchRecommend
 
@@ -299,7 +309,7 @@ class Recommender:
         key = request.key(self.model, version, generation)
         cached = await self._lookup(key, request.k, request.exclusions)
         if cached is not None:
-            self._note_replay(fingerprint, _Replay(version, generation, key, request))
+            self._note_replay(fingerprint, version, generation, key, request)
             return self._hit(version, generation, request, cached)
         answer = await self._within_budget(
             lambda budget: self._batcher.submit(self._miss(model, request, budget)), timeout_s)
@@ -307,20 +317,17 @@ class Recommender:
         if answer.generation != generation:
             key = request.key(self.model, version, answer.generation)
         self._store(key, answer)
-        self._note_replay(fingerprint, _Replay(version, answer.generation, key, request))
+        self._note_replay(fingerprint, version, answer.generation, key, request)
         return Recommendation(answer.ids, answer.scores, version, answer.source, False, answer.generation)
 
     def _hit(self, version: int, generation: int, request: _Request, cached: CachedResult) -> Recommendation:
         self._remember(request)
         return Recommendation(cached.ids, cached.scores, version, cached.source, True, generation, cached.rendered)
 
-    def _note_replay(self, fingerprint: bytes | None, replay: _Replay) -> None:
-        replays = self._replays
-        if replays is None or fingerprint is None or len(fingerprint) > REPLAY_MAX_BYTES:
-            return
-        replays[fingerprint] = replay
-        if len(replays) > REPLAY_ENTRIES:
-            replays.popitem(last=False)
+    def _note_replay(self, fingerprint: bytes | None, version: int, generation: int, key: str,
+                     request: _Request) -> None:
+        if self._replays is not None and fingerprint is not None and len(fingerprint) <= REPLAY_MAX_BYTES:
+            self._replays[fingerprint] = _Replay(version, generation, key, request, replay_cost(fingerprint))
 
     @staticmethod
     def _answers(cached: CachedResult, k: int, exclusions: frozenset[str]) -> bool:

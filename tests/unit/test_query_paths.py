@@ -21,7 +21,7 @@ from query_service.cache import CacheConfig, ResultCache
 from query_service.index_client import IndexHits, IndexQuery, SimilarQuery
 from query_service.live_history import LiveHistory, LiveHistoryConfig, history_key
 from query_service.recommender import (REPLAY_MAX_BYTES, SOURCE_MODEL, SOURCE_POPULARITY, Recommender,
-                                      RecommendQuery)
+                                      RecommendQuery, replay_cost)
 from query_service.routing import IndexRouter, RoutingConfig
 from query_service.servicer import QueryServicer
 from query_service.tower import QueryModel
@@ -328,8 +328,10 @@ async def test_a_request_seen_before_is_replayed_by_its_bytes_while_its_result_h
     big = _sent(pb.RecommendRequest(customer_id="c002", k=4, exclude_candidate_ids=[f"x{i:04d}" for i in range(50)]))
     await recommender.answer(RecommendQuery("c002", 4, [f"x{i:04d}" for i in range(50)]), fingerprint=big)
     assert len(big) > REPLAY_MAX_BYTES and recommender.replay(big) is None  # long requests are not remembered
-    monkeypatch.setattr("query_service.recommender.REPLAY_ENTRIES", 2)
+    await recommender.close()
     remembered = [_sent(pb.RecommendRequest(customer_id=c, k=3)) for c in ("c003", "c004", "c005")]
+    monkeypatch.setattr("query_service.recommender.REPLAY_BUDGET_BYTES", 2 * replay_cost(remembered[0]))
+    recommender = replica(tiny_model, tiny_index, ResultCache(CacheConfig(redis_server.url)), name=f"r{next(_names)}")
     for customer, fingerprint in zip(("c003", "c004", "c005"), remembered):
         await recommender.answer(RecommendQuery(customer, 3), fingerprint=fingerprint)
     assert [recommender.replay(b) is not None for b in remembered] == [False, True, True]  # the oldest went first
