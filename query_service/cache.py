@@ -134,10 +134,11 @@ class CachedResult:
 
 def _local_bytes(result: CachedResult) -> int:
     """An upper estimate of what a result held in process costs: its lists, their
-    strings and floats, as much again for the response rendered from it, and ~300
-    bytes for the entry, its key and the LRU's links."""
-    return 300 + 2 * (sys.getsizeof(result.ids) + sum(map(sys.getsizeof, result.ids)) + sys.getsizeof(result.scores)
-                      + 24 * len(result.scores))
+    strings and floats, as much again for the response rendered from it, the
+    response's bytes (a candidate is its id and ~9 bytes of framing and score), and
+    ~300 bytes for the entry, its key and the LRU's links."""
+    lists = sys.getsizeof(result.ids) + sum(map(sys.getsizeof, result.ids)) + sys.getsizeof(result.scores)
+    return 300 + 2 * (lists + 24 * len(result.scores)) + 33 + sum(len(i) + 9 for i in result.ids)
 
 
 def _key(model: str, version: int, generation: int, shape: tuple) -> str:
