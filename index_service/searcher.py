@@ -166,7 +166,8 @@ class CandidateIndex:
         candidates on the version's probe queries must reach ``min_recall``.
         Then replays the version's catalogue deltas from the registry (a
         shard's upserts of its own candidates; with ``delta_key``, only a log its
-        private key signed). Raises VersionError otherwise."""
+        private key signed) and, if there were any, measures recall again over
+        the rows it now serves (``remeasure_recall``). Raises VersionError otherwise."""
         start = time.perf_counter()
         version_dir = Path(version_dir)
         whole, manifest = manifest, manifest.shard(shard)
@@ -200,6 +201,8 @@ class CandidateIndex:
         deltas = read_deltas(version_dir.parent, manifest.version, key=delta_key)
         index.apply_catalogue(deltas, len(deltas))
         index.report = LoadReport(time.perf_counter() - start, memory, recall)
+        if deltas:  # the self-test saw the published rows only: report recall over the rows served
+            index.remeasure_recall()
         log.info("loaded version %d%s: %d candidates x %d dims, recall@10 %.3f, %d catalogue deltas, in %.2fs",
                  manifest.version, "" if shard is None else f" shard {shard} of {len(whole.shards)}", rows.count,
                  manifest.embedding_dim, recall, len(deltas), index.report.load_seconds)

@@ -59,7 +59,8 @@ class SlotAdmin(VersionAdmin[CandidateIndex]):
         self.busy_window_s = busy_window_s
         self.min_recall = min_recall  # what a load requires; a re-measure below it is logged as a warning
         self._delta_at: dict[int, float] = {}  # version -> when it last took deltas (loop time)
-        self._rechecks: dict[int, asyncio.Task] = {}  # version -> its pending re-measure of recall
+        # version -> the loaded index whose re-measure of recall is pending, and its task
+        self._rechecks: dict[int, tuple[CandidateIndex, asyncio.Task]] = {}
 
     def status(self) -> StatusReport:
         report = super().status()
@@ -69,8 +70,9 @@ class SlotAdmin(VersionAdmin[CandidateIndex]):
     def after_catalogue(self, version: int, servable: CandidateIndex) -> None:
         loop = asyncio.get_running_loop()
         self._delta_at[version] = loop.time()
-        if version not in self._rechecks:
-            self._rechecks[version] = loop.create_task(self._recheck_recall(version, servable))
+        pending = self._rechecks.get(version)
+        if pending is None or pending[0] is not servable:  # a pending one for a copy unloaded since ends by itself
+            self._rechecks[version] = (servable, loop.create_task(self._recheck_recall(version, servable)))
 
     async def _recheck_recall(self, version: int, index: CandidateIndex) -> None:
         loop = asyncio.get_running_loop()
@@ -78,10 +80,14 @@ class SlotAdmin(VersionAdmin[CandidateIndex]):
         try:
             while loop.time() - self._delta_at[version] < RECALL_SETTLE_S and loop.time() - first < RECALL_MAX_WAIT_S:
                 await asyncio.sleep(RECALL_SETTLE_S / 4)
-            if self.manager.states().get(version, (None, None))[1] is not index:
+            if not self._holds(version, index):
                 return  # unloaded (or replaced) meanwhile
             measured = loop.time()
-            recall = await self.loader.run(index.remeasure_recall)
+            try:
+                recall = await self.loader.run(index.remeasure_recall)
+            except Exception as e:  # noqa: BLE001 - a health figure: the slot serves on; the next delta retries
+                log.warning("version %d: recall could not be measured again after catalogue deltas: %s", version, e)
+                return
             low = recall < self.min_recall
             log.log(logging.WARNING if low else logging.INFO,
                     "version %d at catalogue generation %d: recall@10 %.3f (at publish %.3f)%s", version,
@@ -89,9 +95,13 @@ class SlotAdmin(VersionAdmin[CandidateIndex]):
                     f", below the {self.min_recall} a load requires: retrain or republish to rebuild the index"
                     if low else "")
         finally:
-            del self._rechecks[version]
-        if self._delta_at[version] > measured:  # deltas came while it measured: once more, after them
-            self.after_catalogue(version, index)
+            if self._rechecks.get(version, (None,))[0] is index:
+                del self._rechecks[version]
+        if self._delta_at[version] > measured and self._holds(version, index):  # deltas came while it measured
+            self.after_catalogue(version, index)  # once more, after them
+
+    def _holds(self, version: int, index: CandidateIndex) -> bool:
+        return self.manager.states().get(version, (None, None))[1] is index
 
     def start(self, startup: StartupVersions) -> None:
         """Loads what the slot should hold at start (blocking; nothing is served yet)."""

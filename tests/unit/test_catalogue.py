@@ -266,6 +266,21 @@ async def test_a_reloaded_slot_replays_the_deltas_and_answers_identically(tmp_pa
         np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
 
 
+async def one_new_candidate(registry: Registry, admin, generation: int, rng: np.random.Generator) -> None:
+    """Publishes delta ``generation`` of version 1 (one new candidate) and applies it through ``admin``."""
+    write_delta(registry.model_dir, 1, Delta.make([f"new{generation}"], rng.standard_normal((1, tiny.DIM)),
+                                                  dim=tiny.DIM))
+    await admin.apply_catalogue(1, generation)
+
+
+async def rechecked(admin) -> None:
+    """Waits (up to 5 s) until no re-measure of recall is pending."""
+    for _ in range(50):
+        if not admin._rechecks:
+            return
+        await asyncio.sleep(0.1)
+
+
 async def test_recall_is_measured_again_once_a_run_of_deltas_pauses(tmp_path, monkeypatch):
     monkeypatch.setattr(slot_admin, "RECALL_SETTLE_S", 0.3)
     registry = Registry(tmp_path, tiny.MODEL)
@@ -282,9 +297,7 @@ async def test_recall_is_measured_again_once_a_run_of_deltas_pauses(tmp_path, mo
     monkeypatch.setattr(index, "remeasure_recall", counted)
     rng = np.random.default_rng(5)
     for generation in (1, 2):  # two deltas in a row: one measurement, after both
-        write_delta(registry.model_dir, 1, Delta.make([f"new{generation}"], rng.standard_normal((1, tiny.DIM)),
-                                                      dim=tiny.DIM))
-        await admin.apply_catalogue(1, generation)
+        await one_new_candidate(registry, admin, generation, rng)
     assert admin.status().versions[0].report.recall_generation == 0  # the load's, until the deltas pause
     for _ in range(50):
         await asyncio.sleep(0.1)
@@ -294,6 +307,46 @@ async def test_recall_is_measured_again_once_a_run_of_deltas_pauses(tmp_path, mo
     assert measured_at == [2] and report.recall_generation == 2
     assert report.self_test_recall == index.recall(index._probes[:RECHECK_PROBES], 10)
     assert version_protos(admin.status().versions)[0].self_test_generation == 2
+
+
+async def test_a_version_loaded_again_measures_recall_over_the_rows_it_serves(tmp_path, monkeypatch):
+    monkeypatch.setattr(slot_admin, "RECALL_SETTLE_S", 0.3)
+    registry = Registry(tmp_path, tiny.MODEL)
+    tiny.publish(registry, 1)
+    core, admin = slot(registry, "blue", 1)
+    rng = np.random.default_rng(6)
+    await one_new_candidate(registry, admin, 1, rng)  # a re-measure is now pending for the first copy
+    await admin.unload(1)
+    await admin.load(1)  # a new copy, which replays the delta
+    _, copy = core.manager.get(1)
+    assert copy.catalogue_generation == 1 and copy.report.recall_generation == 1  # not the published rows' 0
+    await one_new_candidate(registry, admin, 2, rng)  # while the first copy's re-measure is still pending
+    await rechecked(admin)
+    assert copy.report.recall_generation == 2
+
+
+async def test_a_re_measure_that_fails_is_logged_and_the_next_delta_measures_again(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(slot_admin, "RECALL_SETTLE_S", 0.3)
+    registry = Registry(tmp_path, tiny.MODEL)
+    tiny.publish(registry, 1)
+    core, admin = slot(registry, "blue", 1)
+    _, index = core.manager.get(1)
+    remeasure, failures = index.remeasure_recall, [MemoryError("exact search ran out of memory")]
+
+    def flaky() -> float:
+        if failures:
+            raise failures.pop()
+        return remeasure()
+
+    monkeypatch.setattr(index, "remeasure_recall", flaky)
+    rng = np.random.default_rng(7)
+    await one_new_candidate(registry, admin, 1, rng)
+    task = admin._rechecks[1][1]
+    await task  # ends without raising: nothing is left for asyncio to report unretrieved
+    assert "recall could not be measured again" in caplog.text and index.report.recall_generation == 0
+    await one_new_candidate(registry, admin, 2, rng)
+    await rechecked(admin)
+    assert index.report.recall_generation == 2
 
 
 # ------------------------------------------------------------------ inputs
