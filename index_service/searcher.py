@@ -205,7 +205,7 @@ class CandidateIndex:
             index.remeasure_recall()
         log.info("loaded version %d%s: %d candidates x %d dims, recall@10 %.3f, %d catalogue deltas, in %.2fs",
                  manifest.version, "" if shard is None else f" shard {shard} of {len(whole.shards)}", rows.count,
-                 manifest.embedding_dim, recall, len(deltas), index.report.load_seconds)
+                 manifest.embedding_dim, index.report.self_test_recall, len(deltas), index.report.load_seconds)
         return index
 
     def _self_test(self, version_dir: Path, embeddings: Path, k: int = 10) -> float:
