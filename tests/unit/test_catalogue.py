@@ -299,10 +299,7 @@ async def test_recall_is_measured_again_once_a_run_of_deltas_pauses(tmp_path, mo
     for generation in (1, 2):  # two deltas in a row: one measurement, after both
         await one_new_candidate(registry, admin, generation, rng)
     assert admin.status().versions[0].report.recall_generation == 0  # the load's, until the deltas pause
-    for _ in range(50):
-        await asyncio.sleep(0.1)
-        if measured_at and not admin._rechecks:
-            break
+    await rechecked(admin)
     report = admin.status().versions[0].report
     assert measured_at == [2] and report.recall_generation == 2
     assert report.self_test_recall == index.recall(index._probes[:RECHECK_PROBES], 10)
