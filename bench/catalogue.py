@@ -8,7 +8,9 @@ dims, the trainer's ScaNN builder) with attributes: ``category`` (10 tokens,
 
 1. filters, in process: recall@10 against exact filtered search and
    single-thread QPS at selectivity 100% (none), 50% (price <= 50), 10% (one
-   category) and 1% (flag), and crowding (at most 2 per category);
+   category) and 1% (flag), and crowding (at most 2 per category); then half
+   as many deltas as the stream's applied in process while another thread
+   sleeps 0.2 ms at a time: how late it wakes (its waits for the GIL);
 2. two index replicas (slots blue and green) load the version; open-loop
    searches at ``--qps`` run against blue: ``--phase-s`` steady, then while
    ``recsys-catalogue``'s library streams deltas of ``--batch`` changes to both
@@ -29,11 +31,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import multiprocessing
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import grpc
 import numpy as np
@@ -187,15 +192,12 @@ def _visible_after(stubs, candidate: str, version: int) -> float:
     return time.perf_counter() - start
 
 
-def stream_deltas(fleet: Fleet, registry: Registry, version: int, rate: float, changes: int, batch: int,
-                  stubs, rng, n: int) -> dict:
-    """Streams deltas of ``batch`` changes (3/4 upserts) at ``rate`` upserts/s until ``changes`` are applied."""
-    live = list(range(n))  # row numbers of base candidates still present (ids "x<j>")
-    new_count, applied, visibility, apply_s, failed = 0, 0, [], [], 0
-    start = time.perf_counter()
-    while applied < changes:
-        due = start + applied * 0.75 / rate
-        time.sleep(max(0.0, due - time.perf_counter()))
+def churn(rng, n: int, batch: int) -> Iterator[Delta]:
+    """Deltas of ``batch`` changes to a version of ``n`` candidates (ids "x<j>"): half new candidates
+    ("new<j>", in order), a quarter updates and a quarter deletes of base candidates still present."""
+    live = list(range(n))  # row numbers of base candidates still present
+    new_count = 0
+    while True:
         fresh = [f"new{new_count + j}" for j in range(batch // 2)]
         new_count += len(fresh)
         picks = rng.choice(len(live), batch // 2, replace=False)
@@ -206,13 +208,52 @@ def stream_deltas(fleet: Fleet, registry: Registry, version: int, rate: float, c
             live.pop()
         ids = fresh + [f"x{j}" for j in updated]
         vectors = rng.standard_normal((len(ids), DIM)).astype(np.float32) * 0.3
-        delta = Delta.make(ids, vectors, _attributes(rng, len(ids)), [f"x{j}" for j in deleted], dim=DIM)
+        yield Delta.make(ids, vectors, _attributes(rng, len(ids)), [f"x{j}" for j in deleted], dim=DIM)
+
+
+def apply_gil_waits(index: CandidateIndex, deltas: list[Delta], tick_s: float = 0.0002) -> dict:
+    """How late a thread beside the applier wakes from ``tick_s`` sleeps while ``deltas`` apply in process:
+    its waits for the GIL. A search's gRPC path takes the GIL several times, each time a wait like these."""
+    done = threading.Event()
+    apply_s: list[float] = []
+
+    def apply() -> None:
+        for generation, delta in enumerate(deltas, index.catalogue_generation + 1):
+            t0 = time.perf_counter()
+            index.apply_catalogue([delta], generation)
+            apply_s.append(time.perf_counter() - t0)
+            time.sleep(0.05)
+        done.set()
+
+    late = []
+    threading.Thread(target=apply, daemon=True).start()
+    while not done.is_set():
+        t0 = time.perf_counter()
+        time.sleep(tick_s)
+        late.append(time.perf_counter() - t0 - tick_s)
+    late_ms = np.array(late) * 1e3
+    return {"deltas": len(deltas), "apply_s_p50": round(float(np.median(apply_s)), 4), "wakes": len(late_ms),
+            **{f"late_ms_{name}": round(float(np.percentile(late_ms, q)), 3)
+               for name, q in (("p50", 50), ("p99", 99), ("p999", 99.9))},
+            "late_ms_max": round(float(late_ms.max()), 3), "wakes_over_2ms": int((late_ms > 2).sum())}
+
+
+def stream_deltas(fleet: Fleet, registry: Registry, version: int, rate: float, changes: int, batch: int,
+                  stubs, rng, n: int) -> dict:
+    """Streams deltas of ``batch`` changes (3/4 upserts) at ``rate`` upserts/s until ``changes`` are applied."""
+    deltas = churn(rng, n, batch)
+    applied, visibility, apply_s, failed = 0, [], [], 0
+    start = time.perf_counter()
+    while applied < changes:
+        due = start + applied * 0.75 / rate
+        time.sleep(max(0.0, due - time.perf_counter()))
+        delta = next(deltas)
         t0 = time.perf_counter()
         rollout = publish_delta(fleet, registry, version, delta)
         apply_s.append(time.perf_counter() - t0)
         failed += len(rollout.failed)
-        visibility.append(_visible_after(stubs, fresh[-1], version))
-        applied += len(ids) + len(deleted)
+        visibility.append(_visible_after(stubs, str(delta.ids[batch // 2 - 1]), version))  # its last new candidate
+        applied += len(delta.ids) + len(delta.deleted)
     elapsed = time.perf_counter() - start
     return {"changes": applied, "deltas": len(apply_s), "changes_per_delta": batch, "seconds": round(elapsed, 2),
             "changes_per_s": round(applied / elapsed, 1), "upserts_per_s": round(applied * 0.75 / elapsed, 1),
@@ -248,6 +289,10 @@ def main() -> None:
         version = manifest.version
         index = CandidateIndex.load(registry.version_dir(version), manifest)
         filters = filter_figures(index, queries)
+        # In process, on a copy of its own (its deltas go to no log): deltas like the stream's, half as many.
+        deltas = churn(np.random.default_rng(11), args.candidates, args.batch)
+        gil_waits = apply_gil_waits(index, list(itertools.islice(
+            deltas, max(1, int(args.churn * args.candidates) // args.batch // 2))))
         del index
         common = ["--registry", str(registry.root), "--model", MODEL, "--version", str(version)]
         replicas = [ServiceProcess("recsys-index-service", [*common, "--slot", slot], work / f"{slot}.log")
@@ -311,7 +356,7 @@ def main() -> None:
               "index": {"kind": manifest.index.kind, "leaves_to_search": manifest.index.num_leaves_to_search,
                         "num_leaves": manifest.index.num_leaves, "reorder": manifest.index.reorder,
                         "recall_at_10_at_publish": manifest.index.recall_at_10},
-              "filters": filters, "stream": stream, "searches_during_stream": searches,
+              "filters": filters, "apply_gil_waits": gil_waits, "stream": stream, "searches_during_stream": searches,
               "after_churn": churned,
               "restarted_replica": {"restart_s": round(restart_s, 1), "identical_answers": same, "of": 200}}
     print(write_json(result, args.out))

@@ -110,9 +110,11 @@ class Rows:
         return int(self.rows_of([candidate_id])[0])
 
     def reserve(self, rows: int) -> None:
-        """Makes room for ``rows`` rows now, so that deltas append without copying (a copy under the write lock)."""
+        """Makes room for ``rows`` rows now, so that deltas append without copying (a copy under the write lock:
+        doubling 64k delta vectors of 64 dims took 7.5 ms). Pages never written cost no memory."""
         self._ids = _grow(self._ids, rows)
         self._source = _grow(self._source, rows)
+        self._added = _grow(self._added, rows - self.count)
 
     @property
     def ids(self) -> np.ndarray:
@@ -164,7 +166,7 @@ class Rows:
         """The rows to delete, in order, to delete ``candidate_ids`` (ids not
         held, or repeated, are skipped). Each deletion moves the last row into
         the deleted one's place, so an id's row can be one an earlier deletion
-        filled. Reads only: the applier, the one writer, calls it outside the lock."""
+        filled. Reads only; the applier calls it a chunk of ids at a time, just before deleting them."""
         ids = list(dict.fromkeys(np.asarray(candidate_ids, dtype=str).tolist()))
         current = [row for row in self.rows_of(ids).tolist() if row >= 0]
         pending = {row: j for j, row in enumerate(current)}  # row -> the id waiting there

@@ -119,3 +119,4 @@ def test_catalogue_quick():
     assert out["stream"]["replicas_failed"] == 0 and out["searches_during_stream"]["errors"] == 0
     assert out["restarted_replica"]["identical_answers"] == out["restarted_replica"]["of"]
     assert out["after_churn"]["generation"] == out["stream"]["deltas"]
+    assert out["apply_gil_waits"]["deltas"] >= 1 and out["apply_gil_waits"]["wakes"] > 0

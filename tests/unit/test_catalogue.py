@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from index_service.attributes import AttributeColumns
 from index_service.rows import Rows
 from index_service import slot as slot_admin
-from index_service.searcher import RECHECK_PROBES, CandidateIndex, _scann_pybind
+from index_service.searcher import DELTA_CHUNK, RECHECK_PROBES, CandidateIndex, _scann_pybind
 from model_registry import IndexSpec, Manifest, Registry, VersionError
 from model_registry.attributes import Attributes, from_catalogue
 from model_registry.deltas import Delta, published_generation, read_deltas, write_delta
@@ -151,6 +151,36 @@ def test_upserts_and_deletes_keep_the_searcher_and_its_rows_in_step(tree):
     rows = index.rows.rows_of(asked)
     assert rows.tolist() == [index.rows.row_of(i) for i in asked]
     assert [held[r] for r in rows[rows >= 0]] == asked[:len(held[::7])] and (rows[len(held[::7]):] == -1).all()
+
+
+def test_rows_reserved_at_load_take_new_and_updated_rows_without_a_copy():
+    """Growing a row array copies it under the write lock (7.5 ms for 64k delta vectors of 64 dims), so a
+    load reserves room: a delta within it is written in place."""
+    rows = Rows(np.array([f"i{j:06d}" for j in range(1000)]), np.zeros((1000, DIM), np.float32))
+    rows.reserve(1100)
+    arrays = rows._ids, rows._source, rows._added
+    rows.write(np.arange(950, 1050), np.array([f"i{j:06d}" for j in range(950, 1000)] + [f"n{j}" for j in range(50)]),
+               np.ones((100, DIM), np.float32))
+    assert all(a is b for a, b in zip(arrays, (rows._ids, rows._source, rows._added)))
+    assert rows.row_of("n49") == 1049 and rows.row_of("i000950") == 950
+    assert (rows.vectors(np.arange(950, 1050)) == 1).all() and (rows.vectors(np.arange(950)) == 0).all()
+
+
+def test_an_apply_looks_ids_up_a_chunk_at_a_time(monkeypatch):
+    """A lookup is a binary search over every id of the version in one numpy call, a GIL hold that neither the
+    rest between chunks nor short slices interrupt: a whole delta's at once (1-3 ms at 1M) set the p99 of the
+    searches beside it. Each chunk's own ids are looked up instead, the same rows in the end."""
+    index, _ = _index(5000, tree=False)
+    asked: list[int] = []
+    rows_of = index.rows.rows_of
+    monkeypatch.setattr(index.rows, "rows_of", lambda ids: asked.append(len(ids)) or rows_of(ids))
+    upserted = [f"n{j}" for j in range(150)] + [f"i{j:06d}" for j in range(0, 300, 2)]
+    deleted = [f"i{j:06d}" for j in range(1, 1000, 2)]
+    index.apply_catalogue([_delta(np.random.default_rng(3), upserted, deleted)], 1)
+    assert len(asked) >= (len(upserted) + len(deleted)) // DELTA_CHUNK and max(asked) <= DELTA_CHUNK
+    assert sorted(index.rows.ids.tolist()) == sorted({f"i{j:06d}" for j in range(5000)} - set(deleted)
+                                                     | set(upserted))
+    assert index.recall(index.rows[::10], 10) == 1.0  # brute force: every row holds the vector ScaNN holds
 
 
 @settings(max_examples=25, deadline=None)
