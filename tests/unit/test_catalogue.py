@@ -175,7 +175,7 @@ def test_an_apply_looks_ids_up_a_chunk_at_a_time(monkeypatch):
     rows_of = index.rows.rows_of
     monkeypatch.setattr(index.rows, "rows_of", lambda ids: asked.append(len(ids)) or rows_of(ids))
     upserted = [f"n{j}" for j in range(150)] + [f"i{j:06d}" for j in range(0, 300, 2)]
-    deleted = [f"i{j:06d}" for j in range(1, 1000, 2)]
+    deleted = [f"never{j}" for j in range(40)] + [f"i{j:06d}" for j in range(1, 1000, 2)]  # a chunk of unknown ids
     index.apply_catalogue([_delta(np.random.default_rng(3), upserted, deleted)], 1)
     assert len(asked) >= (len(upserted) + len(deleted)) // DELTA_CHUNK and max(asked) <= DELTA_CHUNK
     assert sorted(index.rows.ids.tolist()) == sorted({f"i{j:06d}" for j in range(5000)} - set(deleted)
