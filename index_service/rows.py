@@ -166,7 +166,7 @@ class Rows:
         """The rows to delete, in order, to delete ``candidate_ids`` (ids not
         held, or repeated, are skipped). Each deletion moves the last row into
         the deleted one's place, so an id's row can be one an earlier deletion
-        filled. Reads only; the applier calls it a chunk of ids at a time, just before deleting them."""
+        filled. Reads only: the applier, the one writer, calls it outside the lock, a chunk of ids at a time."""
         ids = list(dict.fromkeys(np.asarray(candidate_ids, dtype=str).tolist()))
         current = [row for row in self.rows_of(ids).tolist() if row >= 0]
         pending = {row: j for j, row in enumerate(current)}  # row -> the id waiting there

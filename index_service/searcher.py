@@ -412,13 +412,19 @@ class CandidateIndex:
         with short_gil_slices():  # the Python between ScaNN calls must not hold requests for 5 ms slices
             for delta in deltas:
                 tokens = self.attributes.encode(delta.attributes)
-                # Each chunk finds its own rows (tens of us for 32 ids). Finding a whole delta's at once took
-                # 1-3 ms at 1M (a binary search over a million strings), a GIL hold that neither a rest nor
-                # short slices interrupt: searches waited it out twice per delta, enough to set their p99.
+                # Each chunk finds its own rows (tens of us for 32 ids), just before the write lock: the
+                # applier is the one writer, so reading them outside it is safe. Finding a whole delta's at
+                # once took 1-3 ms at 1M (a binary search over a million strings), a GIL hold that neither a
+                # rest nor short slices interrupt: searches waited it out twice per delta, enough to set
+                # their p99.
                 for a in range(0, len(delta.ids), DELTA_CHUNK):
-                    self._in_turn(self._upsert, raw, delta, slice(a, a + DELTA_CHUNK), tokens)
+                    at = slice(a, a + DELTA_CHUNK)
+                    rows = self.rows.rows_of(delta.ids[at])
+                    new = rows < 0
+                    rows[new] = self.rows.count + np.arange(int(new.sum()))  # new ids take the next rows, in order
+                    self._in_turn(self._upsert, raw, delta, at, rows, tokens)
                 for a in range(0, len(delta.deleted), DELTA_CHUNK):
-                    self._in_turn(self._delete, raw, delta.deleted[a:a + DELTA_CHUNK])
+                    self._in_turn(self._delete, raw, self.rows.deletion_rows(delta.deleted[a:a + DELTA_CHUNK]))
         self.catalogue_generation = generation
 
     def _in_turn(self, change, *args) -> None:
@@ -428,17 +434,13 @@ class CandidateIndex:
             self._changes += 1
         time.sleep(time.perf_counter() - started)
 
-    def _upsert(self, raw, delta: Delta, at: slice, tokens: dict[str, np.ndarray]) -> None:
-        rows = self.rows.rows_of(delta.ids[at])
-        new = rows < 0
-        rows[new] = self.rows.count + np.arange(int(new.sum()))  # new ids take the next rows, in order
-        docids = [None if is_new else row for row, is_new in zip(rows.tolist(), new.tolist())]
+    def _upsert(self, raw, delta: Delta, at: slice, rows: np.ndarray, tokens: dict[str, np.ndarray]) -> None:
+        docids = [None if row >= self.rows.count else row for row in rows.tolist()]
         raw.upsert(docids, np.ascontiguousarray(delta.vectors[at]), len(docids))
         self.attributes.write(rows, tokens, delta.attributes, at)
         self.rows.write(rows, delta.ids[at], delta.vectors[at])
 
-    def _delete(self, raw, ids: np.ndarray) -> None:
-        rows = self.rows.deletion_rows(ids)
+    def _delete(self, raw, rows: list[int]) -> None:
         self.attributes.delete(rows)
         self.rows.delete(rows)
         raw.delete(rows)  # ScaNN too moves its last datapoint into each deleted one's place, in order
