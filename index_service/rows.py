@@ -105,6 +105,14 @@ class Rows:
                     rows[j] = row
         return rows
 
+    def upsert_rows(self, candidate_ids) -> np.ndarray:
+        """The rows ``write`` takes for upserting ``candidate_ids``: the row of each id held, and the next
+        new rows, in order, for the others."""
+        rows = self.rows_of(candidate_ids)
+        new = rows < 0
+        rows[new] = self.count + np.arange(int(new.sum()))
+        return rows
+
     def row_of(self, candidate_id: str) -> int:
         """The row holding ``candidate_id``, -1 if none."""
         return int(self.rows_of([candidate_id])[0])

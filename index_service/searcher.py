@@ -419,10 +419,7 @@ class CandidateIndex:
                 # their p99.
                 for a in range(0, len(delta.ids), DELTA_CHUNK):
                     at = slice(a, a + DELTA_CHUNK)
-                    rows = self.rows.rows_of(delta.ids[at])
-                    new = rows < 0
-                    rows[new] = self.rows.count + np.arange(int(new.sum()))  # new ids take the next rows, in order
-                    self._in_turn(self._upsert, raw, delta, at, rows, tokens)
+                    self._in_turn(self._upsert, raw, delta, at, self.rows.upsert_rows(delta.ids[at]), tokens)
                 for a in range(0, len(delta.deleted), DELTA_CHUNK):
                     self._in_turn(self._delete, raw, self.rows.deletion_rows(delta.deleted[a:a + DELTA_CHUNK]))
         self.catalogue_generation = generation
