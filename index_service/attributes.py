@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from index_service.rows import Deletion
 from model_registry.attributes import Attributes
 from serving.filters import Filter, NumericRange, TokenRestrict
 
@@ -198,20 +199,13 @@ class AttributeColumns:
             values[rows] = attributes.numeric[ns][at] if ns in attributes.numeric else np.nan
         self.rows = max(self.rows, top)
 
-    def delete(self, rows: list[int]) -> None:
-        """Deletes ``rows`` in order as ScaNN does: each time, the last row moves into its place."""
+    def delete(self, deletion: Deletion) -> None:
+        """Deletes rows as ScaNN does (``Deletion``: each time, the last row moves into the deleted one's place)."""
         for column in self.tokens.values():
-            matrix, gone, last = column.matrix, np.empty((len(rows), column.matrix.shape[1]), np.int32), self.rows
-            for i, row in enumerate(rows):
-                last -= 1
-                gone[i] = matrix[row]
-                matrix[row] = matrix[last]
-                matrix[last] = -1
-            column.count(gone, -1)
+            column.count(column.matrix[deletion.gone], -1)
+            column.matrix[deletion.to] = column.matrix[deletion.source]
+            column.matrix[deletion.count:self.rows] = -1
         for values in self.numeric.values():
-            last = self.rows
-            for row in rows:
-                last -= 1
-                values[row] = values[last]
-                values[last] = np.nan
-        self.rows -= len(rows)
+            values[deletion.to] = values[deletion.source]
+            values[deletion.count:self.rows] = np.nan
+        self.rows = deletion.count

@@ -30,7 +30,7 @@ import threadpoolctl
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from index_service.attributes import AttributeColumns
-from index_service.rows import ReadWriteLock, Rows
+from index_service.rows import Deletion, ReadWriteLock, Rows
 from model_registry import Manifest, VersionError
 from model_registry import manifest as files
 from model_registry.attributes import Attributes
@@ -421,7 +421,7 @@ class CandidateIndex:
                     at = slice(a, a + DELTA_CHUNK)
                     self._in_turn(self._upsert, raw, delta, at, self.rows.upsert_rows(delta.ids[at]), tokens)
                 for a in range(0, len(delta.deleted), DELTA_CHUNK):
-                    self._in_turn(self._delete, raw, self.rows.deletion_rows(delta.deleted[a:a + DELTA_CHUNK]))
+                    self._in_turn(self._delete, raw, self.rows.deletion(delta.deleted[a:a + DELTA_CHUNK]))
         self.catalogue_generation = generation
 
     def _in_turn(self, change, *args) -> None:
@@ -437,7 +437,7 @@ class CandidateIndex:
         self.attributes.write(rows, tokens, delta.attributes, at)
         self.rows.write(rows, delta.ids[at], delta.vectors[at])
 
-    def _delete(self, raw, rows: list[int]) -> None:
-        self.attributes.delete(rows)
-        self.rows.delete(rows)
-        raw.delete(rows)  # ScaNN too moves its last datapoint into each deleted one's place, in order
+    def _delete(self, raw, deletion: Deletion) -> None:
+        self.attributes.delete(deletion)
+        self.rows.delete(deletion)
+        raw.delete(deletion.rows)  # ScaNN too moves its last datapoint into each deleted one's place, in order

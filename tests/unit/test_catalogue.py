@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from index_service.attributes import AttributeColumns
-from index_service.rows import Rows
+from index_service.rows import Deletion, Rows
 from index_service import slot as slot_admin
 from index_service.searcher import DELTA_CHUNK, RECHECK_PROBES, CandidateIndex, _scann_pybind
 from model_registry import IndexSpec, Manifest, Registry, VersionError
@@ -183,6 +183,28 @@ def test_an_apply_looks_ids_up_a_chunk_at_a_time(monkeypatch):
     assert index.recall(index.rows[::10], 10) == 1.0  # brute force: every row holds the vector ScaNN holds
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_a_deletion_moves_rows_as_deleting_them_one_at_a_time_does(data):
+    """Rows and attributes apply a chunk's deletes as one move of rows (``Deletion``); ScaNN deletes them one at
+    a time, each time moving its last row into the deleted one's place. Both must end alike."""
+    count = data.draw(st.integers(1, 60))
+    rows = [data.draw(st.integers(0, count - 1 - i)) for i in range(data.draw(st.integers(0, count)))]
+    held, gone = list(range(count)), []  # held[row]: which of the rows as numbered before is there now
+    for row in rows:
+        gone.append(held[row])
+        last = held.pop()
+        if row < len(held):
+            held[row] = last
+    deletion = Deletion.plan(rows, count)
+    after = np.arange(count)
+    after[deletion.to] = after[deletion.source]
+    assert deletion.count == len(held) and after[:deletion.count].tolist() == held
+    assert deletion.gone.tolist() == gone and deletion.rows == rows
+    # Every move lands in a row kept, and no row's contents go to two places.
+    assert (deletion.to < deletion.count).all() and len(set(deletion.source.tolist())) == len(deletion.source)
+
+
 @settings(max_examples=25, deadline=None)
 @given(st.lists(st.integers(0, 219), max_size=60), st.integers(0, 2**32 - 1))
 def test_deletes_in_any_order_keep_rows_attributes_and_scann_in_step(picks, seed):
@@ -195,6 +217,13 @@ def test_deletes_in_any_order_keep_rows_attributes_and_scann_in_step(picks, seed
     index.apply_catalogue([_delta(np.random.default_rng(seed), [], deleted)], 1)
     assert sorted(index.rows.ids.tolist()) == sorted(set(colors) - set(deleted))
     assert index.recall(queries, 10) == 1.0  # brute force: any row out of step with ScaNN's would miss
+    held = index.rows.ids.tolist()
+    assert index.attributes.numeric["price"][:len(held)].tolist() == [int(i[1:]) % 100 for i in held]
+    assert np.isnan(index.attributes.numeric["price"][len(held):200]).all()
+    for column in index.attributes.tokens.values():  # the counts the selectivity estimate reads
+        tokens = column.matrix[:len(held)]
+        assert (column.matrix[len(held):200] == -1).all()
+        assert column.counts.tolist() == np.bincount(tokens[tokens >= 0], minlength=len(column.counts)).tolist()
     for color in COLORS[:3]:
         f = check_filter([("color", [color], [])], [], "", 0)
         assert index.recall(queries, 10, f) == 1.0
