@@ -106,12 +106,20 @@ class CacheConfig:
 
 @dataclass(frozen=True)
 class CachedResult:
-    ids: list[str]
-    scores: list[float]
+    """A cached Recommend result. Its ids and scores are held as tuples: the in-process tier holds
+    up to ~100k results, and every list among them is an object each full collection of Python's
+    garbage collector walks while requests wait (tuples of strings and floats it stops tracking)."""
+
+    ids: tuple[str, ...]
+    scores: tuple[float, ...]
     source: str
     # What the RPC layer built from this result, kept with it: the result never changes, so a hit of
     # the in-process tier returns the response the first hit built (opaque here; gRPC-free).
     rendered: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ids", tuple(self.ids))
+        object.__setattr__(self, "scores", tuple(self.scores))
 
     def encode(self) -> bytes:
         return json.dumps([self.ids, self.scores, self.source]).encode()

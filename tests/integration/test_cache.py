@@ -71,7 +71,7 @@ async def test_concurrent_gets_and_puts_are_batched_and_each_gets_its_own_value(
                            for i, key in enumerate(keys)))
     before = await mget_calls()
     results = await asyncio.gather(*(cache.get(key) for key in keys))
-    assert [r.ids for r in results] == [[f"i{i}"] for i in range(50)]
+    assert [r.ids for r in results] == [(f"i{i}",) for i in range(50)]
     assert await mget_calls() - before < 10  # 50 concurrent gets, a handful of MGETs
     await cache.close()
     await stats.aclose()
