@@ -171,28 +171,11 @@ class Rows:
             self._moved[candidate] = row
         self.count = max(self.count, top)
 
-    def deletion_rows(self, candidate_ids) -> list[int]:
-        """The rows to delete, in order, to delete ``candidate_ids`` (ids not
-        held, or repeated, are skipped). Each deletion moves the last row into
-        the deleted one's place, so an id's row can be one an earlier deletion
-        filled. Reads only: the applier, the one writer, calls it outside the lock, a chunk of ids at a time."""
-        ids = list(dict.fromkeys(np.asarray(candidate_ids, dtype=str).tolist()))
-        current = [row for row in self.rows_of(ids).tolist() if row >= 0]
-        pending = {row: j for j, row in enumerate(current)}  # row -> the id waiting there
-        last = self.count - 1
-        for row in current:  # current[j] is updated below before the loop reaches j
-            del pending[row]
-            if row != last and last in pending:  # a later id sits in the last row: it moves into ``row``
-                j = pending.pop(last)
-                current[j] = row
-                pending[row] = j
-            last -= 1
-        return current
-
     def deletion(self, candidate_ids) -> "Deletion":
-        """Deleting ``candidate_ids`` (``deletion_rows``) as one move of rows. Reads only, as
-        ``deletion_rows`` does."""
-        return Deletion.plan(self.deletion_rows(candidate_ids), self.count)
+        """Deleting ``candidate_ids`` (ids not held, or repeated, are skipped) as one move of rows. Reads
+        only: the applier, the one writer, calls it outside the lock, a chunk of ids at a time."""
+        ids = list(dict.fromkeys(np.asarray(candidate_ids, dtype=str).tolist()))
+        return Deletion.plan([row for row in self.rows_of(ids).tolist() if row >= 0], self.count)
 
     def delete(self, deletion: "Deletion") -> None:
         """Applies ``deletion``: its deleted ids are no longer found, its moved ones at their new rows."""
@@ -221,15 +204,19 @@ class Deletion:
     count: int  # rows held after
 
     @classmethod
-    def plan(cls, rows: list[int], count: int) -> "Deletion":
-        """The move that deleting ``rows`` in order makes of ``count`` rows."""
+    def plan(cls, gone: list[int], count: int) -> "Deletion":
+        """The move that deleting the contents of rows ``gone`` (distinct, numbered as before), in that
+        order, makes of ``count`` rows; ``rows`` is where each is when its turn comes."""
         holds: dict[int, int] = {}  # row -> the row (numbered as before) whose contents moved into it
-        gone = []
-        for row in rows:
+        moved_to: dict[int, int] = {}  # the inverse: row numbered as before -> where its contents are now
+        rows = []
+        for original in gone:
+            row = moved_to.pop(original, original)
+            rows.append(row)
             count -= 1  # now the last row's number
-            gone.append(holds.get(row, row))
             last = holds.pop(count, count)
             if row != count:
                 holds[row] = last
+                moved_to[last] = row
         return cls(rows, np.array(gone, dtype=np.int64), np.fromiter(holds.keys(), np.int64, len(holds)),
                    np.fromiter(holds.values(), np.int64, len(holds)), count)

@@ -164,6 +164,13 @@ class _Replay:
     cost: int
 
 
+def _cached(cached: CachedResult, version: int, generation: int) -> Recommendation:
+    """A cache hit's answer. The cache holds tuples (``CachedResult``); a Recommendation's are lists
+    whatever its path."""
+    return Recommendation(list(cached.ids), list(cached.scores), version, cached.source, True, generation,
+                          cached.rendered)
+
+
 @dataclass(frozen=True)
 class _Answer:
     """A computed result and the catalogue generation it reflects."""
@@ -322,9 +329,7 @@ class Recommender:
 
     def _hit(self, version: int, generation: int, request: _Request, cached: CachedResult) -> Recommendation:
         self._remember(request)
-        # The cache holds tuples (CachedResult); a Recommendation's are lists whatever its path.
-        return Recommendation(list(cached.ids), list(cached.scores), version, cached.source, True, generation,
-                              cached.rendered)
+        return _cached(cached, version, generation)
 
     def _note_replay(self, fingerprint: bytes | None, version: int, generation: int, key: str,
                      request: _Request) -> None:
@@ -414,8 +419,7 @@ class Recommender:
         cached = await self._lookup(self._similar_key(version, request, generation), k, excluded | {candidate_id})
         if cached is not None:
             self._remember(request)
-            return Recommendation(list(cached.ids), list(cached.scores), version, SOURCE_MODEL, True, generation,
-                                  cached.rendered)
+            return _cached(cached, version, generation)
         query = dataclasses.replace(request, min_generation=generation)
         hits = await self._within_budget(lambda budget: self.index.similar(query, version, budget), timeout_s)
         self._remember(request)

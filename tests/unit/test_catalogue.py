@@ -189,14 +189,15 @@ def test_a_deletion_moves_rows_as_deleting_them_one_at_a_time_does(data):
     """Rows and attributes apply a chunk's deletes as one move of rows (``Deletion``); ScaNN deletes them one at
     a time, each time moving its last row into the deleted one's place. Both must end alike."""
     count = data.draw(st.integers(1, 60))
-    rows = [data.draw(st.integers(0, count - 1 - i)) for i in range(data.draw(st.integers(0, count)))]
-    held, gone = list(range(count)), []  # held[row]: which of the rows as numbered before is there now
-    for row in rows:
-        gone.append(held[row])
+    gone = data.draw(st.lists(st.integers(0, count - 1), unique=True))  # rows numbered as before, in any order
+    held, rows = list(range(count)), []  # held[row]: which of the rows as numbered before is there now
+    for original in gone:
+        row = held.index(original)
+        rows.append(row)
         last = held.pop()
         if row < len(held):
             held[row] = last
-    deletion = Deletion.plan(rows, count)
+    deletion = Deletion.plan(gone, count)
     after = np.arange(count)
     after[deletion.to] = after[deletion.source]
     assert deletion.count == len(held) and after[:deletion.count].tolist() == held
