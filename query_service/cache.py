@@ -27,19 +27,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
 import logging
-import math
 import secrets
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import cachetools
 import prometheus_client
 
 from query_service.batching import MicroBatcher
+from query_service.local_tier import LocalTier
 from query_service.redis_link import PIPELINED, UNREACHED, RedisLink
+from query_service.result import CachedResult
 from serving.errors import ResourceExhausted
 from settings.flags import option, require
 
@@ -104,42 +103,6 @@ class CacheConfig:
         require(self.local_mb >= 0, "local_mb", "must be >= 0")
 
 
-@dataclass(frozen=True)
-class CachedResult:
-    """A cached Recommend result. Its ids and scores are held as tuples: the in-process tier holds
-    up to ~100k results, and every list among them is an object each full collection of Python's
-    garbage collector walks while requests wait (tuples of strings and floats it stops tracking)."""
-
-    ids: tuple[str, ...]
-    scores: tuple[float, ...]
-    source: str
-    # What the RPC layer built from this result, kept with it: the result never changes, so a hit of
-    # the in-process tier returns the response the first hit built (opaque here; gRPC-free).
-    rendered: dict = field(default_factory=dict, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "ids", tuple(self.ids))
-        object.__setattr__(self, "scores", tuple(self.scores))
-
-    def encode(self) -> bytes:
-        return json.dumps([self.ids, self.scores, self.source]).encode()
-
-    @classmethod
-    def decode(cls, payload: bytes) -> "CachedResult | None":
-        """The result ``payload`` holds, or None unless it is well formed: ids
-        (distinct strings) and finite, non-increasing scores of one length."""
-        try:
-            ids, scores, source = json.loads(payload)
-        except (ValueError, TypeError):
-            return None
-        if not (isinstance(ids, list) and isinstance(scores, list) and isinstance(source, str)
-                and len(ids) == len(scores) and all(isinstance(i, str) for i in ids) and len(set(ids)) == len(ids)
-                and all(isinstance(s, (int, float)) and math.isfinite(s) for s in scores)
-                and all(a >= b for a, b in zip(scores, scores[1:]))):
-            return None
-        return cls(ids, [float(s) for s in scores], source)
-
-
 def _local_bytes(result: CachedResult) -> int:
     """An upper estimate of what a result held in process costs: its lists, their
     strings and floats, as much again for the response rendered from it, the
@@ -196,9 +159,8 @@ class ResultCache:
             log.warning("no --cache-key-file: values in Redis are authenticated with a key of this process only, "
                         "so other replicas and restarts cannot use them")
         self._quiet_until = 0.0
-        self._local: cachetools.TTLCache | None = (
-            cachetools.TTLCache(int(config.local_mb * (1 << 20)), config.ttl_s, getsizeof=_local_bytes)
-            if config.local_mb > 0 else None)
+        self._local: LocalTier | None = (
+            LocalTier(int(config.local_mb * (1 << 20)), config.ttl_s, _local_bytes) if config.local_mb > 0 else None)
         self._gets: MicroBatcher[str, object] = MicroBatcher(self._mget, PIPELINED)
         self._writes: dict[str, CachedResult] = {}  # results waiting for their pipeline (a later put wins)
         self._written: asyncio.Future | None = None  # set once the pipeline carrying ``_writes`` is done
@@ -223,10 +185,7 @@ class ResultCache:
 
     def _keep_local(self, key: str, result: CachedResult) -> None:
         if self._local is not None:
-            try:
-                self._local[key] = result
-            except ValueError:  # larger than the whole local tier: Redis alone keeps it
-                pass
+            self._local.put(key, result)  # not held when larger than the whole tier: Redis alone keeps it
 
     def _flush(self) -> None:
         values, written = self._writes, self._written
@@ -250,13 +209,9 @@ class ResultCache:
 
     def get_local(self, key: str) -> CachedResult | None:
         """The result under ``key`` in the in-process tier, or None."""
-        if self._local is None:
-            return None
-        try:
-            local = self._local[key]  # one lookup: TTLCache.get looks up (and checks expiry) twice
-        except KeyError:  # absent or expired
-            return None
-        _LOCAL_HIT.inc()
+        local = self._local.get(key) if self._local is not None else None
+        if local is not None:
+            _LOCAL_HIT.inc()
         return local
 
     async def get_remote(self, key: str) -> CachedResult | None:
