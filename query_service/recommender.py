@@ -150,18 +150,18 @@ class _Request:
         return cache_key(model, version, self.customer_id, self.k, self.exclusions, self.recent, self.exclude_seen,
                          generation=generation, live=self.live, filter_key=self.filter.key())
 
+    def held(self) -> tuple:
+        """This request as a plain tuple of strings, numbers and tuples of them (``from_held`` is
+        the inverse), which the garbage collector stops tracking; a frozenset, a filter or the
+        request itself would keep it tracked (only a request with a filter holds one)."""
+        return (self.customer_id, self.k, tuple(self.exclusions), self.recent, self.exclude_seen,
+                None if self.filter is NO_FILTER else self.filter, self.live)
 
-@dataclass(frozen=True)
-class _Replay:
-    """Where ``answer`` found or stored the result of one request: its version,
-    the catalogue generation and cache key of the result, and the request;
-    ``cost``: its ``replay_cost``."""
-
-    version: int
-    generation: int
-    key: str
-    request: _Request
-    cost: int
+    @classmethod
+    def from_held(cls, held: tuple) -> "_Request":
+        customer_id, k, exclusions, recent, exclude_seen, filter, live = held
+        return cls(customer_id, k, frozenset(exclusions) if exclusions else validation.NO_EXCLUSIONS, recent,
+                   exclude_seen, NO_FILTER if filter is None else filter, live)
 
 
 def _cached(cached: CachedResult, version: int, generation: int) -> Recommendation:
@@ -225,9 +225,11 @@ class Recommender:
         # OrderedDict iterates in recency order, which cachetools' LRUCache does not expose).
         self._recent_requests: OrderedDict[_Request | SimilarQuery, None] | None = (
             OrderedDict() if cache is not None and warmup.requests > 0 else None)
-        # Request bytes -> where its result is held in process (``replay``).
-        self._replays: cachetools.FIFOCache[bytes, _Replay] | None = (
-            cachetools.FIFOCache(REPLAY_BUDGET_BYTES, getsizeof=lambda replay: replay.cost)
+        # Request bytes -> where ``answer`` found or stored its result: (version, catalogue generation,
+        # cache key, the request as ``_Request.held``, ``replay_cost``). A plain tuple, so that the ~46k
+        # entries the budget allows leave the garbage collector's full collections nothing to walk.
+        self._replays: cachetools.FIFOCache[bytes, tuple] | None = (
+            cachetools.FIFOCache(REPLAY_BUDGET_BYTES, getsizeof=lambda replay: replay[4])
             if cache is not None and cache.holds_local else None)
 
     # ------------------------------------------------------------------ Recommend, BatchRecommend
@@ -263,12 +265,14 @@ class Recommender:
         if replay is None:
             return None
         version, model = self.manager.get()
-        if version != replay.version or model.catalogue_generation != replay.generation:
+        replayed_version, generation, key, held, _ = replay
+        if version != replayed_version or model.catalogue_generation != generation:
             return None
-        cached = self.cache.get_local(replay.key)
-        if cached is None or not self._answers(cached, replay.request.k, replay.request.exclusions):
+        cached = self.cache.get_local(key)
+        request = _Request.from_held(held)
+        if cached is None or not self._answers(cached, request.k, request.exclusions):
             return None
-        return self._hit(version, replay.generation, replay.request, cached)
+        return self._hit(version, generation, request, cached)
 
     async def recommend_batch(self, queries: Sequence[RecommendQuery],
                               timeout_s: float | None = None) -> tuple[int, list[Recommendation]]:
@@ -334,7 +338,7 @@ class Recommender:
     def _note_replay(self, fingerprint: bytes | None, version: int, generation: int, key: str,
                      request: _Request) -> None:
         if self._replays is not None and fingerprint is not None and len(fingerprint) <= REPLAY_MAX_BYTES:
-            self._replays[fingerprint] = _Replay(version, generation, key, request, replay_cost(fingerprint))
+            self._replays[fingerprint] = (version, generation, key, request.held(), replay_cost(fingerprint))
 
     @staticmethod
     def _answers(cached: CachedResult, k: int, exclusions: frozenset[str]) -> bool:
