@@ -34,7 +34,7 @@ import time
 from collections import OrderedDict, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Awaitable, Callable, Protocol, Sequence, TypeVar
+from typing import TYPE_CHECKING, Awaitable, Callable, Collection, Protocol, Sequence, TypeVar
 
 import cachetools
 import numpy as np
@@ -222,8 +222,9 @@ class Recommender:
         self._batcher: MicroBatcher[_Miss, _Answer] = MicroBatcher(self._process_misses, batching)
         self.warmup = warmup
         # The replica's latest distinct requests, most recent last: what a warm-up replays (an
-        # OrderedDict iterates in recency order, which cachetools' LRUCache does not expose).
-        self._recent_requests: OrderedDict[_Request | SimilarQuery, None] | None = (
+        # OrderedDict iterates in recency order, which cachetools' LRUCache does not expose). A
+        # Recommend request is held as ``_Request.held()``, as a replay entry holds it.
+        self._recent_requests: OrderedDict[tuple | SimilarQuery, None] | None = (
             OrderedDict() if cache is not None and warmup.requests > 0 else None)
         # Request bytes -> where ``answer`` found or stored its result: (version, catalogue generation,
         # cache key, the request as ``_Request.held``, ``replay_cost``). A plain tuple, so that the ~46k
@@ -269,10 +270,10 @@ class Recommender:
         if version != replayed_version or model.catalogue_generation != generation:
             return None
         cached = self.cache.get_local(key)
-        request = _Request.from_held(held)
-        if cached is None or not self._answers(cached, request.k, request.exclusions):
+        k, exclusions = held[1], held[2]  # see _Request.held
+        if cached is None or not self._answers(cached, k, exclusions):
             return None
-        return self._hit(version, generation, request, cached)
+        return self._hit(version, generation, held, cached)
 
     async def recommend_batch(self, queries: Sequence[RecommendQuery],
                               timeout_s: float | None = None) -> tuple[int, list[Recommendation]]:
@@ -318,34 +319,34 @@ class Recommender:
             if live:
                 request = dataclasses.replace(request, live=live)
         key = request.key(self.model, version, generation)
+        held = request.held()
         cached = await self._lookup(key, request.k, request.exclusions)
         if cached is not None:
-            self._note_replay(fingerprint, version, generation, key, request)
-            return self._hit(version, generation, request, cached)
+            self._note_replay(fingerprint, version, generation, key, held)
+            return self._hit(version, generation, held, cached)
         answer = await self._within_budget(
             lambda budget: self._batcher.submit(self._miss(model, request, budget)), timeout_s)
-        self._remember(request)  # answered: a request that fails is not worth warming
+        self._remember(held)  # answered: a request that fails is not worth warming
         if answer.generation != generation:
             key = request.key(self.model, version, answer.generation)
         self._store(key, answer)
-        self._note_replay(fingerprint, version, answer.generation, key, request)
+        self._note_replay(fingerprint, version, answer.generation, key, held)
         return Recommendation(answer.ids, answer.scores, version, answer.source, False, answer.generation)
 
-    def _hit(self, version: int, generation: int, request: _Request, cached: CachedResult) -> Recommendation:
-        self._remember(request)
+    def _hit(self, version: int, generation: int, held: tuple, cached: CachedResult) -> Recommendation:
+        self._remember(held)
         return _cached(cached, version, generation)
 
-    def _note_replay(self, fingerprint: bytes | None, version: int, generation: int, key: str,
-                     request: _Request) -> None:
+    def _note_replay(self, fingerprint: bytes | None, version: int, generation: int, key: str, held: tuple) -> None:
         if self._replays is not None and fingerprint is not None and len(fingerprint) <= REPLAY_MAX_BYTES:
-            self._replays[fingerprint] = (version, generation, key, request.held(), replay_cost(fingerprint))
+            self._replays[fingerprint] = (version, generation, key, held, replay_cost(fingerprint))
 
     @staticmethod
-    def _answers(cached: CachedResult, k: int, exclusions: frozenset[str]) -> bool:
-        """Whether a cached result can answer a request for ``k`` without
-        ``exclusions`` (a corrupt or forged one cannot; its key's miss path then overwrites it)."""
+    def _answers(cached: CachedResult, k: int, exclusions: Collection[str]) -> bool:
+        """Whether a cached result can answer a request for ``k`` without ``exclusions`` (a set, or
+        the tuple of a held request); a corrupt or forged one cannot: its key's miss path then overwrites it."""
         return (len(cached.ids) <= k and cached.source in (SOURCE_MODEL, SOURCE_POPULARITY)
-                and exclusions.isdisjoint(cached.ids))
+                and (not exclusions or frozenset(exclusions).isdisjoint(cached.ids)))
 
     async def _lookup(self, key: str, k: int, exclusions: frozenset[str]) -> CachedResult | None:
         if self.cache is None:
@@ -364,7 +365,7 @@ class Recommender:
         return similar_key(self.model, version, query.candidate_id, query.k, query.exclusions, generation=generation,
                            filter_key=query.filter.key())
 
-    def _remember(self, request: _Request | SimilarQuery) -> None:
+    def _remember(self, request: tuple | SimilarQuery) -> None:
         recent = self._recent_requests
         if recent is None:
             return
@@ -471,11 +472,11 @@ class Recommender:
             await asyncio.sleep(worked * (1 - self.warmup.duty_cycle) / self.warmup.duty_cycle)
         return warmed
 
-    async def _warm_batch(self, version: int, model: QueryModel, batch: list[_Request | SimilarQuery]) -> int:
+    async def _warm_batch(self, version: int, model: QueryModel, batch: list[tuple | SimilarQuery]) -> int:
         """Answers ``batch`` with ``version`` (its Recommend requests in one tower
         call and index search, its RecommendSimilar requests side by side) and
         caches the answers; returns how many it cached."""
-        recommends = [r for r in batch if isinstance(r, _Request)]
+        recommends = [_Request.from_held(r) for r in batch if isinstance(r, tuple)]
         similars = [r for r in batch if isinstance(r, SimilarQuery)]
         generation = model.catalogue_generation
         answers = await self._process_version([self._miss(model, r, self.index.timeout_s) for r in recommends]) \

@@ -311,6 +311,24 @@ async def test_loading_a_version_warms_the_cache_with_the_recent_requests(regist
     await recommender.close()
 
 
+async def test_a_warm_up_answers_a_request_as_it_was_asked_exclusions_and_recent_items_included(registry):
+    """The recency list holds a Recommend request as plain values (``_Request.held``): warmed from them,
+    its result must land under the key the request itself computes on the new version."""
+    blue = slot(registry, "b", 1)[0]
+    index = InProcessIndex(blue)
+    cache = ResultCache(CacheConfig(url=f"redis://127.0.0.1:{free_port()}/0"))  # the in-process tier only
+    recommender, admin = query_replica(registry, index, live=1, cache=cache)
+    asked = {"exclusions": ["i001", "i003"], "recent": ["i002"]}
+    await recommender.recommend("c001", 3, **asked)
+    index.cores = (blue, slot(registry, "g", 2)[0])
+    await admin.load(2)
+    await admin.promote(2)
+    await asyncio.sleep(0)  # the cache writes run in the background
+    result = await recommender.recommend("c001", 3, **asked)
+    assert (result.version, result.cache_hit) == (2, True) and not {"i001", "i003"} & set(result.ids)
+    await recommender.close()
+
+
 async def test_a_warm_up_rests_between_batches_as_its_duty_cycle_asks(registry):
     blue = slot(registry, "b", 1)[0]
     index = InProcessIndex(blue)
