@@ -4,7 +4,8 @@ Recommend is registered to take the request's bytes and answer bytes
 (``add_to_server``): a request whose bytes the replica answered before is
 answered again from the in-process tier by those bytes (``Recommender.replay``),
 with the response bytes built once per cached result, so a hit parses,
-validates, keys and serializes nothing."""
+validates, keys and serializes nothing. RecommendSimilar answers bytes built
+once per cached result too."""
 
 from __future__ import annotations
 
@@ -46,9 +47,9 @@ class QueryServicer(pb_grpc.QueryServiceServicer):
         return response
 
     def _response(self, rec: Recommendation) -> pb.RecommendResponse:
-        """The response of ``rec``; a cache hit's is built once per cached result and then
-        shared by its hits (gRPC only serializes it): building it took ~20 us of a hit's
-        CPU over gRPC (docs/BENCHMARKS.md)."""
+        """The response of ``rec`` (for BatchRecommend); a cache hit's is built once per cached
+        result and then shared by its hits (gRPC only serializes it): building it took ~20 us
+        of a hit's CPU over gRPC (docs/BENCHMARKS.md)."""
         return _rendered(rec, _RENDERED, lambda: self._build(rec))
 
     def _serialized(self, rec: Recommendation) -> bytes:
@@ -64,11 +65,11 @@ class QueryServicer(pb_grpc.QueryServiceServicer):
         return self._serialized(rec)
 
     @map_errors
-    async def RecommendSimilar(self, request: pb.RecommendSimilarRequest, context) -> pb.RecommendResponse:
+    async def RecommendSimilar(self, request: pb.RecommendSimilarRequest, context) -> bytes:
         rec = await self.recommender.similar(
             request.candidate_id, request.k, list(request.exclude_candidate_ids),
             filter_from_proto(request.filter), timeout_s=context.time_remaining())
-        return self._response(rec)
+        return self._serialized(rec)
 
     @map_errors
     async def BatchRecommend(self, request: pb.BatchRecommendRequest, context) -> pb.BatchRecommendResponse:
@@ -104,11 +105,13 @@ def _rendered(rec: Recommendation, name: str, build: Callable[[], object]):
 
 def add_to_server(servicer: QueryServicer, server: grpc.aio.Server) -> None:
     """Registers ``servicer`` as ``add_QueryServiceServicer_to_server`` does, but
-    with Recommend taking the request's bytes and answering bytes (see the module
-    docstring)."""
+    with Recommend taking the request's bytes and answering bytes, and
+    RecommendSimilar answering bytes (see the module docstring)."""
     handlers = {method.name: grpc.unary_unary_rpc_method_handler(
         getattr(servicer, method.name), request_deserializer=getattr(pb, method.input_type.name).FromString,
         response_serializer=getattr(pb, method.output_type.name).SerializeToString) for method in _SERVICE.methods}
     handlers["Recommend"] = grpc.unary_unary_rpc_method_handler(servicer.Recommend)  # bytes in, bytes out
+    handlers["RecommendSimilar"] = grpc.unary_unary_rpc_method_handler(
+        servicer.RecommendSimilar, request_deserializer=pb.RecommendSimilarRequest.FromString)  # bytes out
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE.full_name, handlers),))
     server.add_registered_method_handlers(_SERVICE.full_name, handlers)

@@ -304,6 +304,24 @@ async def test_hits_share_the_response_built_for_their_cached_result_and_a_new_g
     await recommender.close()
 
 
+async def test_similar_hits_share_the_bytes_built_for_their_cached_result_which_the_collector_does_not_track(
+        tiny_model, tiny_index):
+    """RecommendSimilar answers bytes like Recommend: built once per cached result, then shared by its
+    hits. A response message kept instead would be an object the garbage collector tracks per result."""
+    cache = ResultCache(CacheConfig(f"redis://127.0.0.1:{free_port()}/0"))  # the in-process tier only
+    servicer = QueryServicer(replica(tiny_model, tiny_index, cache))
+    request, context = pb.RecommendSimilarRequest(candidate_id="i005", k=3), _Context()
+    miss = await servicer.RecommendSimilar(request, context)
+    first = await servicer.RecommendSimilar(request, context)
+    assert await servicer.RecommendSimilar(request, context) is first
+    expected = _got(miss)
+    expected.cache_hit = True
+    assert _got(first) == expected and len(expected.candidates) == 3 and not _got(miss).cache_hit
+    gc.collect()
+    assert not any(gc.is_tracked(rendered) for rendered in cache._local._rendered.values())
+    await servicer.recommender.close()
+
+
 async def test_a_request_seen_before_is_replayed_by_its_bytes_while_its_result_holds(
         tiny_model, tiny_index, redis_server, monkeypatch):
     cache = ResultCache(CacheConfig(redis_server.url))
