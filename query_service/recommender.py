@@ -160,8 +160,8 @@ class _Request:
     @classmethod
     def from_held(cls, held: tuple) -> "_Request":
         customer_id, k, exclusions, recent, exclude_seen, filter, live = held
-        return cls(customer_id, k, frozenset(exclusions) if exclusions else validation.NO_EXCLUSIONS, recent,
-                   exclude_seen, NO_FILTER if filter is None else filter, live)
+        return cls(customer_id, k, frozenset(exclusions), recent, exclude_seen, NO_FILTER if filter is None else filter,
+                   live)
 
 
 def _cached(cached: CachedResult, version: int, generation: int) -> Recommendation:

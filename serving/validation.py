@@ -46,13 +46,8 @@ def check_id_list(ids: Iterable[str], field: str, limit: int) -> tuple[str, ...]
     return ids
 
 
-# Most requests exclude nothing; one shared empty set spares the garbage collector an object
-# per request held in the in-process tier's bookkeeping.
-NO_EXCLUSIONS: frozenset[str] = frozenset()
-
-
 def check_exclusions(ids: Iterable[str]) -> frozenset[str]:
-    return frozenset(check_id_list(ids, "exclude_candidate_ids", MAX_EXCLUSIONS)) or NO_EXCLUSIONS
+    return frozenset(check_id_list(ids, "exclude_candidate_ids", MAX_EXCLUSIONS))
 
 
 def check_interactions(ids: Iterable[str]) -> tuple[str, ...]:
