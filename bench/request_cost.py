@@ -12,6 +12,10 @@ keeps up with, so its concurrency cap makes it a closed loop of
   hit   the query replica, ``--hot`` customers whose results it holds
   miss  the query replica, customers drawn from the model's ``--customers``
         (~10% of a round's draws repeat one, hits of Redis and the local tier)
+  miss_uncached
+        a second query replica started without ``--redis-url``, so without a
+        result cache (no Redis, no in-process tier), the same customers as
+        ``miss``: what the cache's lookups and writes add to a miss
 
 and reads utime + stime of every server process from /proc before and after.
 Each round starts from cold caches (Redis flushed, the query replica restarted,
@@ -41,6 +45,8 @@ from tests.processes import RedisProcess, ServiceProcess, start_all
 # Above every target's capacity, so the concurrency cap, not the rate, paces the callers (a closed loop).
 # The runs in docs/BENCHMARKS.md offered 5,000/s, and echo answered 4,663-4,858/s: too close on a faster machine.
 OVERLOAD_QPS = 10_000
+# What each round measures against echo.
+TARGETS = ("hit", "miss", "miss_uncached")
 
 
 def measure(address: str, pids: dict[str, int], customers: int, duration_s: float, concurrency: int, seed: int,
@@ -79,10 +85,12 @@ def main() -> None:
         query = ServiceProcess("recsys-query-service", [*common, "--index-address", index.address, "--redis-url",
                                                         redis.url, "--cache-key-file", str(work / "cache.key")],
                                work / "query.log")
+        uncached = ServiceProcess("recsys-query-service", [*common, "--index-address", index.address],
+                                  work / "query-uncached.log")
         echo = ServiceProcess("echo", [], work / "echo.log")
         echo.command = [sys.executable, str(HERE / "echo_server.py"), "--port", str(echo.port)]
         try:
-            start_all(index, query, echo)
+            start_all(index, query, uncached, echo)
             run = lambda name, address, pids, customers, seed: measure(  # noqa: E731
                 address, pids, customers, args.duration_s, args.concurrency, seed, work / f"{name}.json")
             run("warm-echo", echo.address, {"echo": echo.proc.pid}, args.hot, 1)
@@ -94,20 +102,23 @@ def main() -> None:
                 run("warm-hit", query.address, ours, args.hot, 1)  # connections; every hot customer cached
                 measured = {"echo": run("echo", echo.address, {"echo": echo.proc.pid}, args.hot, 1),
                             "hit": run("hit", query.address, ours, args.hot, 1),
-                            "miss": run("miss", query.address, ours, args.customers, 1000 + r)}
+                            "miss": run("miss", query.address, ours, args.customers, 1000 + r),
+                            "miss_uncached": run("miss_uncached", uncached.address,
+                                                 {"query": uncached.proc.pid, "index": index.proc.pid},
+                                                 args.customers, 1000 + r)}
                 echo_us = measured["echo"]["cpu_us"]["total"]
                 measured["vs_echo"] = {name: round(measured[name]["cpu_us"]["total"] / echo_us, 2)
-                                       for name in ("hit", "miss")}
+                                       for name in TARGETS}
                 print(f"round {r}: " + ", ".join(f"{name} {m['cpu_us']} us/call at {m['answered_per_s']:.0f}/s"
                                                  for name, m in measured.items() if name != "vs_echo")
                       + f"; vs echo {measured['vs_echo']}", file=sys.stderr)
                 rounds.append(measured)
         finally:
-            for process in (query, index, echo):
+            for process in (query, uncached, index, echo):
                 process.stop()
             redis.stop()
 
-    ratios = {name: [r["vs_echo"][name] for r in rounds] for name in ("hit", "miss")}
+    ratios = {name: [r["vs_echo"][name] for r in rounds] for name in TARGETS}
     report = {"benchmark": "request_cost", "commit": git_commit(), "machine": machine_info(),
               "config": {k: v for k, v in vars(args).items() if k != "out"}, "rounds": rounds,
               "vs_echo": {name: {"median": statistics.median(values), "min": min(values), "max": max(values)}

@@ -88,6 +88,9 @@ def test_request_cost_quick():
     assert all(measured[name]["errors"] == 0 and measured[name]["cpu_us"]["total"] > 0
                for name in ("echo", "hit", "miss"))
     assert set(out["targets"]) == {"hit<=1.15x_echo", "miss<=2.5x_echo"} and out["vs_echo"]["hit"]["median"] > 0
+    uncached = measured["miss_uncached"]  # a replica without Redis holds no results: every call is a miss
+    assert uncached["cache_hits"] == 0 < uncached["ok"] and set(uncached["cpu_us"]) == {"query", "index", "total"}
+    assert out["vs_echo"]["miss_uncached"]["median"] > 0
 
 
 def test_swap_quick(tmp_path):
