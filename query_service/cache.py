@@ -141,10 +141,11 @@ def similar_key(model: str, version: int, candidate_id: str, k: int, exclusions:
 class ResultCache:
     """Async get/put of recommendation results. Safe for one event loop.
 
-    Concurrent gets become one MGET: the batcher takes whatever is queued
-    when it runs and never waits for more, so batching adds no latency, and
-    under load it saves a round trip and redis-py's per-command overhead per
-    request. Writes wait ``WRITE_DELAY_S`` for others to share their pipeline
+    Concurrent ``get_remote`` calls become one MGET: the batcher takes whatever
+    is queued when it runs and never waits for more, so batching adds no
+    latency, and under load it saves a round trip and redis-py's per-command
+    overhead per request. A caller that batches its own lookups (the query
+    service's micro-batcher) sends them with ``get_remote_many``. Writes wait ``WRITE_DELAY_S`` for others to share their pipeline
     (with an in-process tier, which answers this replica meanwhile).
     """
 
@@ -216,7 +217,7 @@ class ResultCache:
 
     async def get_remote(self, key: str) -> CachedResult | None:
         """The result under ``key`` in Redis (kept in process after), or None on a
-        miss, a bad value or when Redis is unreachable."""
+        miss, a bad value or when Redis is unreachable. Concurrent calls share an MGET."""
         if not self.link.available():
             _SKIPPED.inc()
             return None
@@ -225,6 +226,17 @@ class ResultCache:
         except ResourceExhausted:  # more lookups queued than Redis keeps up with: this one is a miss
             _SKIPPED.inc()
             return None
+        return self._opened(key, raw)
+
+    async def get_remote_many(self, keys: list[str]) -> list[CachedResult | None]:
+        """``get_remote`` of each key, in one MGET (for a caller that batches its lookups itself)."""
+        if not self.link.available():
+            _SKIPPED.inc(len(keys))
+            return [None] * len(keys)
+        return [self._opened(key, raw) for key, raw in zip(keys, await self._mget(keys))]
+
+    def _opened(self, key: str, raw: object) -> CachedResult | None:
+        """The result of Redis's reply ``raw`` for ``key``, counted by what it was."""
         if raw is UNREACHED:  # Redis, or the cluster node holding the key, failed or is backed off
             _SKIPPED.inc()
             return None

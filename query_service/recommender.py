@@ -5,7 +5,10 @@ A request pins one version for its whole life (a batch, one for all its
 items): it resolves the live version once, looks the result up in the cache
 under that version's key, and on a miss embeds with that version's tower and
 searches that version's index, so a promotion in the middle of a request
-cannot mix versions.
+cannot mix versions. A Recommend the in-process tier cannot answer goes to the
+micro-batcher at once: the batch looks its requests up in Redis with one MGET,
+then embeds and searches for those Redis does not hold, so misses that queue
+together share one Redis round trip as they share a tower call and a search.
 
 A cache key also carries the catalogue generation the replica knows for the
 version (``QueryModel.catalogue_generation``), so a catalogue delta is never
@@ -193,6 +196,7 @@ class _Miss:
     filter: Filter
     generation: int  # the catalogue generation the answer must reflect at least
     deadline: float  # event loop time by which the caller needs the answer
+    key: str = ""  # its result's cache key, looked up in Redis with the batch's others ("": not cached)
 
 
 class Recommender:
@@ -320,12 +324,16 @@ class Recommender:
                 request = dataclasses.replace(request, live=live)
         key = request.key(self.model, version, generation)
         held = request.held()
-        cached = await self._lookup(key, request.k, request.exclusions)
-        if cached is not None:
+        cached = self._lookup_local(key, request.k, request.exclusions)
+        if cached is None:
+            # Not held in process: the micro-batch looks it up in Redis, one MGET for the batch,
+            # and computes what Redis does not hold.
+            cached = await self._within_budget(
+                lambda budget: self._batcher.submit(self._miss(model, request, budget, key)), timeout_s)
+        if isinstance(cached, CachedResult):
             self._note_replay(fingerprint, version, generation, key, held)
             return self._hit(version, generation, held, cached)
-        answer = await self._within_budget(
-            lambda budget: self._batcher.submit(self._miss(model, request, budget)), timeout_s)
+        answer = cached
         self._remember(held)  # answered: a request that fails is not worth warming
         if answer.generation != generation:
             key = request.key(self.model, version, answer.generation)
@@ -349,12 +357,17 @@ class Recommender:
                 and (not exclusions or frozenset(exclusions).isdisjoint(cached.ids)))
 
     async def _lookup(self, key: str, k: int, exclusions: frozenset[str]) -> CachedResult | None:
-        if self.cache is None:
-            return None
-        # The in-process tier first, without a coroutine: most hits end there.
-        cached = self.cache.get_local(key)
-        if cached is None:
-            cached = await self.cache.get_remote(key)
+        """RecommendSimilar's lookup: the in-process tier, then Redis (a Recommend
+        miss is looked up in Redis by its micro-batch instead)."""
+        cached = self._lookup_local(key, k, exclusions)
+        if cached is not None or self.cache is None:
+            return cached
+        cached = await self.cache.get_remote(key)
+        return cached if cached is not None and self._answers(cached, k, exclusions) else None
+
+    def _lookup_local(self, key: str, k: int, exclusions: frozenset[str]) -> CachedResult | None:
+        # The in-process tier, without a coroutine: most hits end there.
+        cached = self.cache.get_local(key) if self.cache is not None else None
         return cached if cached is not None and self._answers(cached, k, exclusions) else None
 
     def _store(self, key: str, answer: _Answer) -> None:
@@ -390,7 +403,7 @@ class Recommender:
             raise Unavailable(f"no answer from the index within {budget:.1f}s: it is overloaded or hung; "
                               "retry later or on another replica") from None
 
-    def _miss(self, model: QueryModel, request: _Request, budget_s: float) -> _Miss:
+    def _miss(self, model: QueryModel, request: _Request, budget_s: float, key: str = "") -> _Miss:
         excluded = request.exclusions
         if request.exclude_seen:
             excluded = (excluded | model.seen(request.customer_id) | frozenset(request.recent)
@@ -405,7 +418,7 @@ class Recommender:
             history = merged_history(request.recent, request.live, _stored_history(model, request.customer_id))
         deadline = asyncio.get_running_loop().time() + budget_s
         return _Miss(model, request.customer_id, request.k, excluded, history, request.filter,
-                     model.catalogue_generation, deadline)
+                     model.catalogue_generation, deadline, key if self.cache is not None else "")
 
     # ------------------------------------------------------------------ RecommendSimilar
 
@@ -508,11 +521,19 @@ class Recommender:
             return found
         return await asyncio.get_running_loop().run_in_executor(self.executor, model.embed, customer_ids, recent)
 
-    async def _process_misses(self, misses: list[_Miss]) -> list[_Answer | Exception]:
+    async def _process_misses(self, misses: list[_Miss]) -> list[_Answer | CachedResult | Exception]:
+        """A micro-batch: what Redis holds for it (one MGET), then per version the rest computed."""
+        results: list = [None] * len(misses)
+        looked_up = [i for i, miss in enumerate(misses) if miss.key]
+        if looked_up:
+            found = await self.cache.get_remote_many([misses[i].key for i in looked_up])
+            for i, cached in zip(looked_up, found):
+                if cached is not None and self._answers(cached, misses[i].k, misses[i].exclusions):
+                    results[i] = cached
         by_version: dict[int, list[int]] = defaultdict(list)
         for i, miss in enumerate(misses):
-            by_version[miss.model.version].append(i)
-        results: list = [None] * len(misses)
+            if results[i] is None:
+                by_version[miss.model.version].append(i)
         groups = [self._process_version([misses[i] for i in positions]) for positions in by_version.values()]
         for positions, outcome in zip(by_version.values(),
                                       await asyncio.gather(*groups, return_exceptions=True)):

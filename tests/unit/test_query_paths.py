@@ -18,6 +18,7 @@ import redis.asyncio as redis
 
 from model_registry import Registry
 from protos.recsys.v1 import retrieval_pb2 as pb
+from query_service.batching import BatchingConfig
 from query_service.cache import CacheConfig, CachedResult, ResultCache
 from query_service.index_client import IndexHits, IndexQuery, SimilarQuery
 from query_service.live_history import LiveHistory, LiveHistoryConfig, history_key
@@ -211,6 +212,52 @@ async def test_concurrent_reads_share_pipelines_and_each_gets_its_own_history(re
     assert pipelines <= 2  # the first read goes alone, the 19 that queued behind it together
     await history.close()
     await cache.close()
+
+
+async def test_misses_queued_behind_a_batch_share_one_redis_lookup_and_a_result_redis_holds_is_a_hit(
+        tiny_model, tiny_index, redis_server):
+    """A result the in-process tier lacks is looked up in Redis by its micro-batch: the misses
+    that queue while a batch is in the index cost one MGET together, not one each (a Redis round
+    trip per miss was about one echo call of CPU: docs/BENCHMARKS.md)."""
+    released = asyncio.Event()
+
+    class HeldIndex(ExactIndex):
+        async def search(self, queries, version, timeout_s):
+            await released.wait()
+            return await super().search(queries, version, timeout_s)
+
+    index = HeldIndex(tiny_index.ids, tiny_index.vectors)
+    manager: VersionManager[QueryModel] = VersionManager(f"mget{next(_names)}")
+    manager.add(tiny_model.version, tiny_model, make_live=True)
+    shared = CacheConfig(redis_server.url, mac_key="shared", local_mb=0)
+    recommender = Recommender(manager, index, ResultCache(shared), ThreadPoolExecutor(1),
+                              BatchingConfig(max_in_flight=1))
+    other_replica = Recommender(manager, tiny_index, ResultCache(shared), ThreadPoolExecutor(1))
+    held = await other_replica.recommend("c004", 3)  # in Redis, written by another replica
+    mgets = 0
+    mget = recommender.cache.link.client.mget
+
+    async def counted(*args, **kwargs):
+        nonlocal mgets
+        mgets += 1
+        return await mget(*args, **kwargs)
+
+    recommender.cache.link.client.mget = counted
+    first = asyncio.create_task(recommender.recommend("c000", 3))
+    await asyncio.sleep(0.05)  # its batch waits in the index
+    queued = []
+    for customer in ("c001", "c002", "c003", "c004"):  # arriving one at a time, behind it
+        queued.append(asyncio.create_task(recommender.recommend(customer, 3)))
+        await asyncio.sleep(0.01)
+    assert mgets == 1
+    released.set()
+    answers = [await first] + [await task for task in queued]
+    assert mgets == 2  # the first batch's, then one for the four that queued
+    assert [a.cache_hit for a in answers] == [False, False, False, False, True]
+    assert answers[-1].ids == held.ids and answers[-1].scores == held.scores
+    assert [q.vector is not None for q in index.queries] == [True] * 4  # c004 was not searched again
+    await recommender.close()
+    await other_replica.close()
 
 
 async def test_record_interactions_checks_its_input_and_needs_redis(tiny_model, tiny_index):
