@@ -145,8 +145,9 @@ class ResultCache:
     is queued when it runs and never waits for more, so batching adds no
     latency, and under load it saves a round trip and redis-py's per-command
     overhead per request. A caller that batches its own lookups (the query
-    service's micro-batcher) sends them with ``get_remote_many``. Writes wait ``WRITE_DELAY_S`` for others to share their pipeline
-    (with an in-process tier, which answers this replica meanwhile).
+    service's micro-batcher) sends them with ``get_remote_many``. Writes wait
+    ``WRITE_DELAY_S`` for others to share their pipeline (with an in-process
+    tier, which answers this replica meanwhile).
     """
 
     def __init__(self, config: CacheConfig):
@@ -226,16 +227,16 @@ class ResultCache:
         except ResourceExhausted:  # more lookups queued than Redis keeps up with: this one is a miss
             _SKIPPED.inc()
             return None
-        return self._opened(key, raw)
+        return self._from_reply(key, raw)
 
     async def get_remote_many(self, keys: list[str]) -> list[CachedResult | None]:
         """``get_remote`` of each key, in one MGET (for a caller that batches its lookups itself)."""
         if not self.link.available():
             _SKIPPED.inc(len(keys))
             return [None] * len(keys)
-        return [self._opened(key, raw) for key, raw in zip(keys, await self._mget(keys))]
+        return [self._from_reply(key, raw) for key, raw in zip(keys, await self._mget(keys))]
 
-    def _opened(self, key: str, raw: object) -> CachedResult | None:
+    def _from_reply(self, key: str, raw: object) -> CachedResult | None:
         """The result of Redis's reply ``raw`` for ``key``, counted by what it was."""
         if raw is UNREACHED:  # Redis, or the cluster node holding the key, failed or is backed off
             _SKIPPED.inc()
