@@ -324,16 +324,15 @@ class Recommender:
                 request = dataclasses.replace(request, live=live)
         key = request.key(self.model, version, generation)
         held = request.held()
-        cached = self._lookup_local(key, request.k, request.exclusions)
-        if cached is None:
+        answer = self._lookup_local(key, request.k, request.exclusions)
+        if answer is None:
             # Not held in process: the micro-batch looks it up in Redis, one MGET for the batch,
-            # and computes what Redis does not hold.
-            cached = await self._within_budget(
+            # and computes it if Redis does not hold it (then it is an _Answer).
+            answer = await self._within_budget(
                 lambda budget: self._batcher.submit(self._miss(model, request, budget, key)), timeout_s)
-        if isinstance(cached, CachedResult):
+        if isinstance(answer, CachedResult):
             self._note_replay(fingerprint, version, generation, key, held)
-            return self._hit(version, generation, held, cached)
-        answer = cached
+            return self._hit(version, generation, held, answer)
         self._remember(held)  # answered: a request that fails is not worth warming
         if answer.generation != generation:
             key = request.key(self.model, version, answer.generation)
