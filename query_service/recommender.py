@@ -196,7 +196,7 @@ class _Miss:
     filter: Filter
     generation: int  # the catalogue generation the answer must reflect at least
     deadline: float  # event loop time by which the caller needs the answer
-    key: str = ""  # its result's cache key, looked up in Redis with the batch's others ("": not cached)
+    key: str = ""  # its result's cache key, looked up in Redis with the batch's others ("": none)
 
 
 class Recommender:
@@ -417,7 +417,7 @@ class Recommender:
             history = merged_history(request.recent, request.live, _stored_history(model, request.customer_id))
         deadline = asyncio.get_running_loop().time() + budget_s
         return _Miss(model, request.customer_id, request.k, excluded, history, request.filter,
-                     model.catalogue_generation, deadline, key if self.cache is not None else "")
+                     model.catalogue_generation, deadline, key)
 
     # ------------------------------------------------------------------ RecommendSimilar
 
@@ -523,7 +523,7 @@ class Recommender:
     async def _process_misses(self, misses: list[_Miss]) -> list[_Answer | CachedResult | Exception]:
         """A micro-batch: what Redis holds for it (one MGET), then per version the rest computed."""
         results: list = [None] * len(misses)
-        looked_up = [i for i, miss in enumerate(misses) if miss.key]
+        looked_up = [i for i, miss in enumerate(misses) if miss.key] if self.cache is not None else []
         if looked_up:
             found = await self.cache.get_remote_many([misses[i].key for i in looked_up])
             for i, cached in zip(looked_up, found):
