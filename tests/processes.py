@@ -190,6 +190,19 @@ def start_all(*processes: ServiceProcess, timeout_s: float = 120) -> None:
         raise
 
 
+def _cluster_ports(n: int) -> list[int]:
+    """``n`` ports for cluster nodes, none of them or of their bus ports the same: a port drawn
+    twice would leave a cluster of fewer masters than asked (one suite run's cluster served
+    from two of its three, a possible cause; drawn apart, the three ports could repeat)."""
+    ports: list[int] = []
+    while len(ports) < n:
+        port = _cluster_port()
+        taken = {p for q in ports for p in (q, q + 10000)}
+        if not {port, port + 10000} & taken:
+            ports.append(port)
+    return ports
+
+
 def _cluster_port() -> int:
     """A free port whose cluster bus port (the port + 10000) is a port, and free too."""
     while True:
@@ -213,8 +226,8 @@ class RedisClusterProcesses:
         self.workdir = Path(workdir)
         self.nodes = [RedisProcess("--cluster-enabled", "yes", "--cluster-node-timeout", str(node_timeout_ms),
                                    "--cluster-require-full-coverage", "no", "--dir", str(self.workdir),
-                                   "--cluster-config-file", f"nodes-{i}.conf", port=_cluster_port())
-                      for i in range(masters)]
+                                   "--cluster-config-file", f"nodes-{i}.conf", port=port)
+                      for i, port in enumerate(_cluster_ports(masters))]
 
     @property
     def url(self) -> str:
