@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import prometheus_client
 
-from query_service.batching import MicroBatcher
+from query_service.batching import BATCH_SIZE, MicroBatcher
 from query_service.local_tier import LocalTier
 from query_service.redis_link import PIPELINED, UNREACHED, RedisLink
 from query_service.result import CachedResult
@@ -55,6 +55,9 @@ MAC_BYTES = 16
 WRITE_DELAY_S = 0.01
 # Writes waiting for their pipeline; beyond it a write is dropped (Redis is slower than the misses).
 MAX_QUEUED_WRITES = 1024
+# The ``recsys_batch_size`` series of keys per MGET, whoever gathered them: the lookups' own
+# micro-batcher or a caller that batches its lookups itself (``get_remote_many``).
+MGET_BATCHER = "ResultCache._mget"
 
 
 def seal(secret: bytes, key: str, payload: bytes) -> bytes:
@@ -163,7 +166,8 @@ class ResultCache:
         self._quiet_until = 0.0
         self._local: LocalTier | None = (
             LocalTier(int(config.local_mb * (1 << 20)), config.ttl_s, _local_bytes) if config.local_mb > 0 else None)
-        self._gets: MicroBatcher[str, object] = MicroBatcher(self._mget, PIPELINED)
+        self._gets: MicroBatcher[str, object] = MicroBatcher(self._mget, PIPELINED, MGET_BATCHER)
+        self._mget_sizes = BATCH_SIZE.labels(MGET_BATCHER)
         self._writes: dict[str, CachedResult] = {}  # results waiting for their pipeline (a later put wins)
         self._written: asyncio.Future | None = None  # set once the pipeline carrying ``_writes`` is done
         self._flush_at: asyncio.TimerHandle | None = None
@@ -234,6 +238,7 @@ class ResultCache:
         if not self.link.available():
             _SKIPPED.inc(len(keys))
             return [None] * len(keys)
+        self._mget_sizes.observe(len(keys))
         return [self._from_reply(key, raw) for key, raw in zip(keys, await self._mget(keys))]
 
     def _from_reply(self, key: str, raw: object) -> CachedResult | None:

@@ -13,6 +13,7 @@ import itertools
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import prometheus_client
 import pytest
 import redis.asyncio as redis
 
@@ -243,6 +244,12 @@ async def test_misses_queued_behind_a_batch_share_one_redis_lookup_and_a_result_
         return await mget(*args, **kwargs)
 
     recommender.cache.link.client.mget = counted
+
+    def sizes_now() -> dict[str, float]:  # keys per MGET, on the dashboard's series
+        return {part: prometheus_client.REGISTRY.get_sample_value(
+            f"recsys_batch_size_{part}", {"batcher": "ResultCache._mget"}) or 0.0 for part in ("count", "sum")}
+
+    sizes = sizes_now()
     first = asyncio.create_task(recommender.recommend("c000", 3))
     await asyncio.sleep(0.05)  # its batch waits in the index
     queued = []
@@ -253,6 +260,7 @@ async def test_misses_queued_behind_a_batch_share_one_redis_lookup_and_a_result_
     released.set()
     answers = [await first] + [await task for task in queued]
     assert mgets == 2  # the first batch's, then one for the four that queued
+    assert {part: value - sizes[part] for part, value in sizes_now().items()} == {"count": 2, "sum": 5}
     assert [a.cache_hit for a in answers] == [False, False, False, False, True]
     assert answers[-1].ids == held.ids and answers[-1].scores == held.scores
     assert [q.vector is not None for q in index.queries] == [True] * 4  # c004 was not searched again
