@@ -13,9 +13,10 @@ keeps up with, so its concurrency cap makes it a closed loop of
   miss  the query replica, customers drawn from the model's ``--customers``
         (~10% of a round's draws repeat one, hits of Redis and the local tier)
   miss_uncached
-        a second query replica started without ``--redis-url``, so without a
-        result cache (no Redis, no in-process tier), the same customers as
-        ``miss``: what the cache's lookups and writes add to a miss
+        a second query replica started without ``--redis-url`` and with
+        ``--local-cache-mb 0``, so without a result cache (no Redis, no
+        in-process tier), the same customers as ``miss``: what the cache's
+        lookups and writes add to a miss
 
 and reads utime + stime of every server process from /proc before and after.
 Each round starts from cold caches (Redis flushed, the query replica restarted,
@@ -85,8 +86,8 @@ def main() -> None:
         query = ServiceProcess("recsys-query-service", [*common, "--index-address", index.address, "--redis-url",
                                                         redis.url, "--cache-key-file", str(work / "cache.key")],
                                work / "query.log")
-        uncached = ServiceProcess("recsys-query-service", [*common, "--index-address", index.address],
-                                  work / "query-uncached.log")
+        uncached = ServiceProcess("recsys-query-service", [*common, "--index-address", index.address,
+                                                           "--local-cache-mb", "0"], work / "query-uncached.log")
         echo = ServiceProcess("echo", [], work / "echo.log")
         echo.command = [sys.executable, str(HERE / "echo_server.py"), "--port", str(echo.port)]
         try:

@@ -12,7 +12,8 @@ replicas and restarts.
 Redis is an optimisation, never a dependency: any Redis error makes the cache
 report a miss (get) or drop the write (put), and after an error Redis stays
 off for ``retry_after_s`` so an outage costs no per-request timeouts; the
-in-process tier keeps serving meanwhile.
+in-process tier keeps serving meanwhile. Without a Redis URL the in-process
+tier is the whole cache: a replica then shares no result with another.
 
 Redis is not trusted with answers: whoever can write to it must not be able to
 change what a client gets. Each value carries an HMAC over its key and payload
@@ -90,7 +91,8 @@ class CacheConfig:
     timeout_s: float = option(0.05, "timeout of each Redis call", flag="redis-timeout-s")
     retry_after_s: float = option(2.0, "after a Redis error, serve uncached this long before trying again",
                                   flag="redis-retry-after-s")
-    local_mb: float = option(256.0, "memory for results kept in process in front of Redis, in MiB (0: none); "
+    local_mb: float = option(256.0, "memory for results kept in process (in front of Redis, or alone without "
+                                    "--redis-url), in MiB (0: none); "
                                     "a result is counted at ~2 KB at k = 10, ~210 KB at k = 1000 (with the "
                                     "response a hit builds from it)", flag="local-cache-mb")
     mac_key: str = option("", "secret that authenticates values in Redis (cached results and live history "
@@ -156,13 +158,15 @@ class ResultCache:
     def __init__(self, config: CacheConfig):
         self.config = config
         # The live history uses this link too: one connection pool and one outage backoff per replica.
-        self.link = RedisLink(config.url, config.password, config.timeout_s, config.retry_after_s)
+        self.link: RedisLink | None = (
+            RedisLink(config.url, config.password, config.timeout_s, config.retry_after_s) if config.url else None)
         if config.mac_key:
             self._mac_key = config.mac_key.encode()
         else:
             self._mac_key = secrets.token_bytes(32)
-            log.warning("no --cache-key-file: values in Redis are authenticated with a key of this process only, "
-                        "so other replicas and restarts cannot use them")
+            if self.link is not None:
+                log.warning("no --cache-key-file: values in Redis are authenticated with a key of this process "
+                            "only, so other replicas and restarts cannot use them")
         self._quiet_until = 0.0
         self._local: LocalTier | None = (
             LocalTier(int(config.local_mb * (1 << 20)), config.ttl_s, _local_bytes) if config.local_mb > 0 else None)
@@ -223,6 +227,9 @@ class ResultCache:
     async def get_remote(self, key: str) -> CachedResult | None:
         """The result under ``key`` in Redis (kept in process after), or None on a
         miss, a bad value or when Redis is unreachable. Concurrent calls share an MGET."""
+        if self.link is None:
+            _MISS.inc()
+            return None
         if not self.link.available():
             _SKIPPED.inc()
             return None
@@ -235,6 +242,9 @@ class ResultCache:
 
     async def get_remote_many(self, keys: list[str]) -> list[CachedResult | None]:
         """``get_remote`` of each key, in one MGET (for a caller that batches its lookups itself)."""
+        if self.link is None:
+            _MISS.inc(len(keys))
+            return [None] * len(keys)
         if not self.link.available():
             _SKIPPED.inc(len(keys))
             return [None] * len(keys)
@@ -272,7 +282,7 @@ class ResultCache:
         out with the others queued within ``WRITE_DELAY_S`` as one pipeline;
         returns that pipeline's future, None if the write is dropped."""
         self._keep_local(key, result)
-        if not self.link.available():
+        if self.link is None or not self.link.available():
             return None
         if len(self._writes) >= MAX_QUEUED_WRITES:
             _DROPPED.inc()
@@ -291,4 +301,5 @@ class ResultCache:
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
         await self._gets.close()
-        await self.link.close()
+        if self.link is not None:
+            await self.link.close()

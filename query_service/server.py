@@ -107,9 +107,9 @@ async def create_server(config: QueryServiceConfig) -> tuple[ServiceWithAdmin, R
     loader = Loader(registry, functools.partial(QueryModel.load, delta_key=key), "tower", Background.GIL,
                     files.QUERY_READS, key)
     router = IndexRouter(config.index)
-    cache = ResultCache(config.cache) if config.cache.url else None
+    cache = ResultCache(config.cache) if config.cache.url or config.cache.local_mb > 0 else None
     history = (LiveHistory(cache.link, config.model, config.live_history, config.cache.mac_key.encode())
-               if cache is not None else None)
+               if cache is not None and cache.link is not None else None)
     executor = tracing.executor("tower", config.tower_threads, thread_name_prefix="tower")
     recommender = Recommender(manager, router, cache, executor, config.batching, max_k=config.max_k,
                               warmup=config.warmup, history=history, max_batch_requests=config.max_batch_requests)
@@ -129,7 +129,7 @@ async def create_server(config: QueryServiceConfig) -> tuple[ServiceWithAdmin, R
     log.info("query service on %s:%d (admin %s): %s version %d, rollback target %s (index %s, cache %s)",
              config.host, service.data.port, admin_address, config.model,
              manager.live_version, manager.rollback_target, ",".join(config.index.addresses),
-             config.cache.url or "off")
+             config.cache.url or ("in process only" if cache is not None else "off"))
     return service, recommender, router
 
 

@@ -232,14 +232,19 @@ def test_redis_outage_degrades_to_uncached_serving(trained_registry, index_servi
 
 
 def test_index_outage_fails_fast_with_unavailable_and_recovers(trained_registry, redis_server, tmp_path):
+    """Without Redis the replica's in-process tier is its cache: through an index outage it
+    still answers what it answered before, and fails fast on everything else."""
     index = index_slot(trained_registry, "blue", tmp_path / "index.log")
-    query = query_replica(trained_registry, [index], tmp_path / "query.log")  # no cache: every call reaches the index
+    query = query_replica(trained_registry, [index], tmp_path / "query.log")  # no --redis-url
     try:
         start_all(index, query)
         with grpc.insecure_channel(query.address) as channel:
             stub = pb_grpc.QueryServiceStub(channel)
-            assert len(recommend(stub, "c000020").candidates) == 10
+            answered = recommend(stub, "c000020")
+            assert len(answered.candidates) == 10 and not answered.cache_hit
             index.stop()
+            held = recommend(stub, "c000020")
+            assert held.cache_hit and ids_of(held) == ids_of(answered)
             start = time.monotonic()
             with pytest.raises(grpc.RpcError) as err:
                 recommend(stub, "c000021")

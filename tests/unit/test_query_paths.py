@@ -268,6 +268,25 @@ async def test_misses_queued_behind_a_batch_share_one_redis_lookup_and_a_result_
     await other_replica.close()
 
 
+async def test_without_redis_the_in_process_tier_is_the_whole_cache(tiny_model, tiny_index):
+    """A replica without a Redis URL keeps its results in process: a repeated Recommend is a
+    hit that asks the index nothing, and a new catalogue generation's key misses."""
+    index = ExactIndex(tiny_index.ids, tiny_index.vectors)
+    recommender = replica(tiny_model, index, ResultCache(CacheConfig("")))
+    first = await recommender.recommend("c001", 3)
+    again = await recommender.recommend("c001", 3)
+    assert (first.cache_hit, again.cache_hit) == (False, True)
+    assert (again.ids, again.scores) == (first.ids, first.scores) and len(index.queries) == 1
+    try:  # a catalogue delta: the new generation's key misses what the old one holds
+        tiny_model.apply_catalogue([], 1)
+        index.generation = 1
+        after = await recommender.recommend("c001", 3)
+        assert not after.cache_hit and after.generation == 1 and len(index.queries) == 2
+    finally:
+        tiny_model.apply_catalogue([], 0)
+    await recommender.close()
+
+
 async def test_record_interactions_checks_its_input_and_needs_redis(tiny_model, tiny_index):
     recommender = replica(tiny_model, tiny_index)
     for customer, ids, message in (("", ["i1"], "customer_id is empty"),
