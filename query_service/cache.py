@@ -227,11 +227,7 @@ class ResultCache:
     async def get_remote(self, key: str) -> CachedResult | None:
         """The result under ``key`` in Redis (kept in process after), or None on a
         miss, a bad value or when Redis is unreachable. Concurrent calls share an MGET."""
-        if self.link is None:
-            _MISS.inc()
-            return None
-        if not self.link.available():
-            _SKIPPED.inc()
+        if self._unasked(1):
             return None
         try:
             raw = await self._gets.submit(key)
@@ -242,14 +238,21 @@ class ResultCache:
 
     async def get_remote_many(self, keys: list[str]) -> list[CachedResult | None]:
         """``get_remote`` of each key, in one MGET (for a caller that batches its lookups itself)."""
-        if self.link is None:
-            _MISS.inc(len(keys))
-            return [None] * len(keys)
-        if not self.link.available():
-            _SKIPPED.inc(len(keys))
+        if self._unasked(len(keys)):
             return [None] * len(keys)
         self._mget_sizes.observe(len(keys))
         return [self._from_reply(key, raw) for key, raw in zip(keys, await self._mget(keys))]
+
+    def _unasked(self, keys: int) -> bool:
+        """Whether lookups of ``keys`` keys go without asking Redis, counted as what they are:
+        misses without Redis, skipped while it is backed off after an error."""
+        if self.link is None:
+            _MISS.inc(keys)
+            return True
+        if not self.link.available():
+            _SKIPPED.inc(keys)
+            return True
+        return False
 
     def _from_reply(self, key: str, raw: object) -> CachedResult | None:
         """The result of Redis's reply ``raw`` for ``key``, counted by what it was."""

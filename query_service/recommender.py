@@ -196,7 +196,7 @@ class _Miss:
     filter: Filter
     generation: int  # the catalogue generation the answer must reflect at least
     deadline: float  # event loop time by which the caller needs the answer
-    key: str = ""  # its result's cache key, looked up in Redis with the batch's others ("": none)
+    key: str = ""  # its result's cache key, looked up in Redis with its batch's others (a warm-up's: none)
 
 
 class Recommender:
@@ -523,11 +523,10 @@ class Recommender:
     async def _process_misses(self, misses: list[_Miss]) -> list[_Answer | CachedResult | Exception]:
         """A micro-batch: what Redis holds for it (one MGET), then per version the rest computed."""
         results: list = [None] * len(misses)
-        looked_up = [i for i, miss in enumerate(misses) if miss.key] if self.cache is not None else []
-        if looked_up:
-            found = await self.cache.get_remote_many([misses[i].key for i in looked_up])
-            for i, cached in zip(looked_up, found):
-                if cached is not None and self._answers(cached, misses[i].k, misses[i].exclusions):
+        if self.cache is not None:
+            found = await self.cache.get_remote_many([miss.key for miss in misses])
+            for i, (miss, cached) in enumerate(zip(misses, found)):
+                if cached is not None and self._answers(cached, miss.k, miss.exclusions):
                     results[i] = cached
         by_version: dict[int, list[int]] = defaultdict(list)
         for i, miss in enumerate(misses):
