@@ -52,8 +52,8 @@ class TrainConfig:
                                "keeps the early-stopped model and halves training time)")
     refit_extra_epochs: int = option(1, "epochs the refit adds to the early-stopped count")
     prior_weight: float | None = option(
-        None, "popularity prior weight on the logit scale (0: none, 1: what logQ correction took out); default: "
-              "chosen on the validation split")
+        None, "popularity prior weight on the logit scale (0: none; 1 with --no-logq: what in-batch sampling took "
+              "out); default: chosen on the validation split")
     patience: int = option(2, "epochs without improvement before early stopping")
     monitor: str = option("hit_rate_excluding_seen@100", "validation metric early stopping watches",
                           choices=MONITORS)

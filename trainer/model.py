@@ -2,7 +2,8 @@
 
 Training uses in-batch softmax (``tfrs.tasks.Retrieval``) with logQ sampling-bias
 correction: popular candidates appear as in-batch negatives far more often than
-rare ones, so without the correction the model learns mostly popularity.
+rare ones, so without the correction the loss pushes them down and the scores
+learn popularity out; with it they estimate the full softmax's, popularity in.
 ``negatives="catalog"`` is an exact softmax over the whole catalogue instead.
 """
 
