@@ -36,6 +36,26 @@ def test_ease_matches_its_closed_form():
     np.testing.assert_allclose(got, seen @ b, atol=2e-3 * np.abs(seen @ b).max())
 
 
+@pytest.mark.parametrize("lifts, visited", [
+    ((1.0, 2.0, 3.0, 2.5, 2.0), [1, 2, 3]),  # a peak inside the grid: its neighbours only
+    ((1.0, 2.0, 2.5, 3.0, 4.0), [1, 2, 3, 4]),  # rising to the grid's edge
+    ((4.0, 3.0, 2.5, 2.0, 1.0), [0, 1, 2, 3]),
+    ((3.0, 1.0, 2.0, 1.5, 2.5), [1, 2, 3]),  # two peaks: the climb keeps the one it started on
+])
+def test_the_climb_scores_a_setting_once_and_stops_where_no_neighbour_is_better(lifts, visited):
+    settings = [{"l2": float(i)} for i in range(len(lifts))]
+    calls = []
+
+    def score(setting):
+        calls.append(int(setting["l2"]))
+        return {**setting, "lift_over_popularity": lifts[int(setting["l2"])]}
+
+    rows = baselines._climb(settings, score)
+    assert sorted(calls) == visited and [int(row["l2"]) for row in rows] == visited
+    peak = max(rows, key=lambda row: row["lift_over_popularity"])
+    assert peak["lift_over_popularity"] == max(lifts[i] for i in visited)
+
+
 def test_strong_baselines_are_chosen_on_validation_and_raise_the_references():
     data, train, test = _split()
     es = metrics.prepare(train, test, data.catalog)
@@ -44,7 +64,12 @@ def test_strong_baselines_are_chosen_on_validation_and_raise_the_references():
     out = baselines.baselines(train, es, validation, seed=42)
     assert set(out) == {"popularity", "item_item_cosine", "ease", "ials"}
     assert out["ease"]["setting"]["l2"] in baselines.EASE_L2_GRID
-    assert len(out["ease"]["grid"]) == len(baselines.EASE_L2_GRID)
+    # EASE's L2 is climbed, not swept: the chosen value's neighbours in the grid were scored and are no better.
+    scored = {row["l2"]: row["lift_over_popularity"] for row in out["ease"]["grid"]}
+    assert len(scored) < len(baselines.EASE_L2_GRID)
+    chosen = baselines.EASE_L2_GRID.index(out["ease"]["setting"]["l2"])
+    for neighbour in baselines.EASE_L2_GRID[max(chosen - 1, 0):chosen + 2]:
+        assert scored[neighbour] <= scored[baselines.EASE_L2_GRID[chosen]]
     assert len(out["ials"]["grid"]) == np.prod([len(v) for v in baselines.IALS_GRID.values()])
     best = max(out["ials"]["grid"], key=lambda row: row["lift_over_popularity"])
     assert out["ials"]["setting"] == {k: best[k] for k in baselines.IALS_GRID}
