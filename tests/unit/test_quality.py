@@ -37,7 +37,7 @@ def test_ease_matches_its_closed_form():
 
 
 @pytest.mark.parametrize("lifts, visited", [
-    ((1.0, 2.0, 3.0, 2.5, 2.0), [1, 2, 3]),  # a peak inside the grid: its neighbours only
+    ((1.0, 2.0, 3.0, 2.5, 2.0), [1, 2, 3]),  # a peak at the middle: its neighbours only
     ((1.0, 2.0, 2.5, 3.0, 4.0), [1, 2, 3, 4]),  # rising to the grid's edge
     ((4.0, 3.0, 2.5, 2.0, 1.0), [0, 1, 2, 3]),
     ((3.0, 1.0, 2.0, 1.5, 2.5), [1, 2, 3]),  # a local peak in the middle: the climb stops there, short of 3.0

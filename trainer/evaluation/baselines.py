@@ -143,8 +143,8 @@ def _climb(settings: list[dict[str, Any]], score: Callable[[dict[str, Any]], dic
     """The rows ``score`` gives the settings of an ordered one-dimensional grid that a
     climb from the middle setting visits: it moves to a neighbour with a higher lift
     until neither neighbour has one. Where lift rises to one peak and falls after it,
-    the climb ends there, having scored 3 settings for a peak inside a grid of 5 and
-    4 at its edge. In the grid's order."""
+    the climb ends there: in a grid of 5 it scores 3 settings when the peak is the
+    middle one and 4 otherwise. In the grid's order."""
     rows: dict[int, dict[str, Any]] = {}
 
     def lift_at(i: int) -> float:
