@@ -8,9 +8,7 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import AsyncIterator
-
-import numpy as np
+from typing import AsyncIterator, Sequence
 
 from index_service.searcher import CandidateIndex, SearchResult
 from serving import validation
@@ -54,7 +52,7 @@ class Answer:
 class Query:
     """One query of a (batch) search, as received; validated by ``IndexCore``."""
 
-    vector: list[float]
+    vector: Sequence[float]  # the request's repeated field as it came: converted once per batch
     k: int
     exclusions: tuple[str, ...] = ()
     filter: Filter = NO_FILTER
@@ -136,7 +134,7 @@ class IndexCore:
             else:
                 groups.setdefault(q.filter, []).append(i)
         for f, members in groups.items():
-            vectors = np.stack([validation.check_vector(queries[i].vector, index.dim, index.version) for i in members])
+            vectors = validation.check_vectors([queries[i].vector for i in members], index.dim, index.version)
             found = await self._run(index, len(members), index.search, vectors, max(ks[i] for i in members),
                                     [exclusions[i] for i in members], f)
             for i, result in zip(members, found):

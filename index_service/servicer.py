@@ -14,7 +14,7 @@ from serving.grpc_server import add_scored, map_errors
 
 
 def _query(request: pb.SearchRequest) -> Query:
-    return Query(vector=list(request.vector), k=request.k, exclusions=tuple(request.exclude_candidate_ids),
+    return Query(vector=request.vector, k=request.k, exclusions=tuple(request.exclude_candidate_ids),
                  filter=filter_from_proto(request.filter), by_popularity=request.by_popularity)
 
 

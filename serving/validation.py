@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from typing import Iterable, Iterator, Sequence
 
@@ -90,13 +89,17 @@ def check_batch(ks: Sequence[int], max_queries: int, max_results: int) -> None:
                               f"split the batch or lower k")
 
 
-def check_vector(values: Sequence[float], dim: int, version: int) -> np.ndarray:
-    if len(values) != dim:
-        raise InvalidArgument(
-            f"query vector has {len(values)} dimensions; model version {version} embeds into {dim}"
-        )
-    vector = np.asarray(values, dtype=np.float32)
-    if not np.isfinite(vector).all():
-        bad = next(i for i, v in enumerate(values) if not math.isfinite(v))
-        raise InvalidArgument(f"query vector has a non-finite value ({values[bad]}) at position {bad}")
-    return vector
+def check_vectors(vectors: Sequence[Sequence[float]], dim: int, version: int) -> np.ndarray:
+    """The query vectors as one float32 matrix, each of ``dim`` finite values. One conversion and one finiteness
+    check for the whole batch: a vector at a time cost 13 us a query against 5 (a proto's repeated field each)."""
+    for values in vectors:
+        if len(values) != dim:
+            raise InvalidArgument(
+                f"query vector has {len(values)} dimensions; model version {version} embeds into {dim}"
+            )
+    matrix = np.array(vectors, dtype=np.float32)
+    finite = np.isfinite(matrix)
+    if not finite.all():
+        row, bad = (int(i) for i in np.argwhere(~finite)[0])
+        raise InvalidArgument(f"query vector has a non-finite value ({vectors[row][bad]}) at position {bad}")
+    return matrix

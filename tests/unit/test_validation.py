@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 
+from protos.recsys.v1 import retrieval_pb2 as pb
 from serving import validation
 from serving.errors import InvalidArgument
 
@@ -29,10 +30,23 @@ def test_exclusions():
         validation.check_exclusions(["a", ""])
 
 
-def test_vector():
-    np.testing.assert_array_equal(validation.check_vector([1.0, 2.0], 2, 1), [1.0, 2.0])
+def test_vectors():
+    np.testing.assert_array_equal(validation.check_vectors([[1.0, 2.0]], 2, 1), [[1.0, 2.0]])
     with pytest.raises(InvalidArgument, match="has 3 dimensions; model version 4 embeds into 2"):
-        validation.check_vector([1.0, 2.0, 3.0], 2, 4)
+        validation.check_vectors([[1.0, 2.0, 3.0]], 2, 4)
     for bad in (math.nan, math.inf):
         with pytest.raises(InvalidArgument, match="non-finite value .* at position 1"):
-            validation.check_vector([0.0, bad], 2, 1)
+            validation.check_vectors([[0.0, bad]], 2, 1)
+
+
+def test_vectors_of_a_batch_are_checked_as_one_matrix_and_name_the_bad_value():
+    """A batch's vectors, as a request's repeated fields, become one float32 matrix; any vector of the wrong length
+    or with a non-finite value fails the batch, naming the value and its position."""
+    request = pb.BatchSearchRequest(queries=[pb.SearchRequest(vector=[0.5, -1.0, 2.0]) for _ in range(3)])
+    matrix = validation.check_vectors([q.vector for q in request.queries], 3, 1)
+    assert matrix.dtype == np.float32 and matrix.shape == (3, 3)
+    np.testing.assert_array_equal(matrix, [[0.5, -1.0, 2.0]] * 3)
+    with pytest.raises(InvalidArgument, match="has 2 dimensions; model version 7 embeds into 3"):
+        validation.check_vectors([[0.0, 0.0, 0.0], [0.0, 0.0]], 3, 7)
+    with pytest.raises(InvalidArgument, match=r"non-finite value \(-inf\) at position 2"):
+        validation.check_vectors([[0.0, 0.0, 0.0], [0.0, 1.0, -math.inf], [math.nan, 0.0, 0.0]], 3, 1)
