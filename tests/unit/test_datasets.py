@@ -225,3 +225,68 @@ def test_catalogue_list_literals_become_joined_items(tmp_path):
     assert list(f["ingredients"]) == ['don\'t|say "cheese"|salt', "a\\b|c", "x"]  # escapes go through literal_eval
     assert list(f["name"]) == ["[draft] pie", "soup", "stew"]  # not every cell is a list: kept as written
     assert f["n_ingredients"].dtype == np.float32
+
+
+def test_spaces_after_delimiters_do_not_change_ids_or_hide_quotes(tmp_path):
+    path = tmp_path / "hand_written.csv"
+    path.write_text('user_id, item_id, title\nu1, i1, "Pizza, Inc"\nu2, "i2, x", soup\n')
+    catalog = tmp_path / "items.csv"
+    catalog.write_text("item_id,title\ni1,Pizza\n")
+    d = load_dataset("interactions-csv", DatasetOptions(data_path=path))
+    assert list(d.customer_ids) == ["u1", "u2"] and list(d.candidate_ids) == ["i1", "i2, x"]
+    d = load_dataset("interactions-csv", DatasetOptions(data_path=path, catalog_path=catalog))
+    assert list(d.candidate_ids) == ["i1"] and d.info["dropped_not_in_catalog"] == 1
+
+
+def test_rows_without_an_id_are_dropped_and_counted(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text("user_id,item_id\nu1,i1\n,i2\nu3,\nu1,i2\n")
+    d = load_dataset("interactions-csv", DatasetOptions(data_path=path))
+    assert list(zip(d.customer_ids, d.candidate_ids)) == [("u1", "i1"), ("u1", "i2")]
+    assert list(d.catalog) == ["i1", "i2"] and d.info["dropped_missing_id"] == 2
+    jl = tmp_path / "clicks.jsonl"
+    jl.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"SessionId": 1, "ItemId": "a"}, {"SessionId": None, "ItemId": "b"}, {"SessionId": 1, "ItemId": "c"},
+        {"ItemId": "d"}]))
+    d = load_dataset("sessions", DatasetOptions(data_path=jl))
+    assert list(d.customer_ids) == ["1", "1"] and d.info["dropped_missing_id"] == 2
+    catalog = tmp_path / "items.csv"
+    catalog.write_text("item_id,title\ni1,x\n,nameless\ni2,y\n")
+    d = load_dataset("interactions-csv", DatasetOptions(data_path=path, catalog_path=catalog,
+                                                        catalog_feature_cols=("title",)))
+    assert list(d.catalog) == ["i1", "i2"] and list(d.candidate_features["title"]) == ["x", "y"]
+
+
+def test_times_with_a_blank_or_unreadable_cell_name_the_problem(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text("user_id,item_id,ts\nu1,i1,1700000000\nu1,i2,\nu2,i1,1700000005\n")
+    # Epoch numbers with one blank cell were read as calendar years (the blank as the earliest time).
+    with pytest.raises(ValueError, match=r"column 'ts' has 1 empty value"):
+        load_dataset("interactions-csv", DatasetOptions(data_path=path, time_col="ts"))
+    path.write_text("user_id,item_id,ts\nu1,i1,2014-01-01\nu1,i2,03/04/2014\n")
+    with pytest.raises(ValueError, match=r"found '03/04/2014'"):
+        load_dataset("interactions-csv", DatasetOptions(data_path=path, time_col="ts"))
+    jl = tmp_path / "log.jsonl"
+    jl.write_text('{"user_id": "u1", "item_id": "i1", "ts": 5}\n{"user_id": "u1", "item_id": "i2", "ts": null}\n')
+    with pytest.raises(ValueError, match=r"column 'ts' has 1 empty value"):
+        load_dataset("interactions-csv", DatasetOptions(data_path=jl, time_col="ts"))
+
+
+def test_a_json_line_that_is_not_an_object_is_a_clear_error(tmp_path):
+    jl = tmp_path / "log.jsonl"
+    jl.write_text('{"user_id": "u1", "item_id": "i1"}\n[1, 2]\n')
+    with pytest.raises(ValueError, match=r"not a JSON object: '\[1, 2\]"):
+        load_dataset("interactions-csv", DatasetOptions(data_path=jl))
+
+
+def test_delimiter_must_be_one_character():
+    with pytest.raises(ValueError, match=r"delimiter: must be one character, got '\\\\t'"):
+        DatasetOptions(delimiter="\\t")
+    assert DatasetOptions(delimiter=";").delimiter == ";"
+
+
+def test_a_file_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "BX-Book-Ratings.csv"
+    path.write_bytes("user_id,item_id\nu1,caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"BX-Book-Ratings.csv is not UTF-8 text .*iconv -f latin1"):
+        load_dataset("interactions-csv", DatasetOptions(data_path=path))

@@ -116,6 +116,16 @@ def test_prior_weight_is_chosen_on_validation():
     assert lift(rates, validation.references) == max(row["lift"] for row in grid) == pytest.approx(1.0)
 
 
+def test_a_model_whose_scores_are_nan_hits_nothing():
+    data, train, test = _split()
+    es = metrics.prepare(train, test, data.catalog)
+    # A diverged model: NaN compares false with every score, which used to rank each target first.
+    q = np.full((len(es.customers), 4), np.nan, np.float32)
+    c = np.ones((len(es.catalog), 4), np.float32)
+    rates = metrics.hit_rates(metrics.embedding_scores(q, c), es, (1, 10, 1_000))
+    assert set(rates.values()) == {0.0}
+
+
 def test_margins_and_table_say_by_how_much_the_model_wins_or_loses():
     rates = {key: 0.2 for key in TARGET_METRICS}
     result = {**rates, "baselines": {"popularity": {key: 0.1 for key in TARGET_METRICS},

@@ -65,3 +65,9 @@ def test_bad_split_arguments(data):
     single = Interactions(np.array(["a", "b"]), np.array(["1", "2"]), np.array([1, 2], dtype=np.int64))
     with pytest.raises(ValueError, match="two or more"):
         make_split(single, "leave-last-out")
+
+
+def test_random_split_of_a_tiny_file_keeps_a_training_interaction():
+    d = Interactions(np.array(["a", "b"]), np.array(["1", "2"]), np.array([1, 2], dtype=np.int64))
+    train, test = make_split(d, "random", 0.8)
+    assert len(train) == 1 and len(test) == 1

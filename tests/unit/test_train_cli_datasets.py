@@ -83,3 +83,12 @@ def test_missing_data_path_is_a_one_line_error(tmp_path, capsys):
         cli.main(["--tune-budget-s", "0", "--dataset", "interactions-csv", "--registry", str(tmp_path), "--model", "m"])
     assert exit_info.value.code == 2
     assert "--data-path is required" in capsys.readouterr().err
+
+
+def test_a_delimiter_of_more_than_one_character_is_a_one_line_error(tmp_path, capsys):
+    write_reviews(tmp_path / "reviews.csv")
+    with pytest.raises(SystemExit) as exit_info:  # a shell's '\t' arrives as two characters
+        cli.main(["--tune-budget-s", "0", "--dataset", "interactions-csv", "--data-path", str(tmp_path / "reviews.csv"),
+                  "--delimiter", "\\t", "--registry", str(tmp_path), "--model", "m"])
+    assert exit_info.value.code == 2
+    assert "--delimiter must be one character, got '\\\\t' (for tabs: --format tsv)" in capsys.readouterr().err

@@ -58,6 +58,9 @@ class DatasetOptions:
     synthetic: SyntheticConfig = option(SyntheticConfig(), "synthetic data set sizes")
 
     def __post_init__(self) -> None:
+        # Checked here, before TensorFlow loads: the csv module's own complaint is a TypeError mid-run.
+        require(self.delimiter is None or len(self.delimiter) == 1, "delimiter",
+                f"must be one character, got {self.delimiter!r} (for tabs: --format tsv)")
         require(self.min_rating is None or self.rating_col is not None, "min_rating", "needs --rating-col")
         require(self.unrated_value is None or self.min_rating is not None, "unrated_value", "needs --min-rating")
         require(not self.events or self.event_col is not None, "events", "needs --event-col")

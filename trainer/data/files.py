@@ -9,6 +9,8 @@ configurable column names) and session click streams.
   features; interactions whose candidate is not in the catalogue are dropped
   (and counted). Catalogue cells that hold Python list literals (Food.com's
   tags and ingredients, "['a', 'b']") become "a|b", like JSON lists.
+  Rows without a customer or candidate id (a blank cell, a JSON null) are
+  dropped (and counted), here and in sessions.
 * sessions: click streams (SessionId, ItemId, Time as in YooChoose or
   RetailRocket): each session is a "customer", events are ordered by time
   within a session, sessions with a single event are dropped (and counted).
@@ -76,6 +78,16 @@ def _missing(path: Path, wanted: list[str], found: list[str]) -> ValueError:
 
 def _read_columns(path: Path, fmt: str, columns: list[str], delimiter: str | None = None,
                   header: bool = True, chunk_rows: int = _CHUNK_ROWS) -> Iterator[list[list[Any]]]:
+    """``_read_chunks``, with a file that is not UTF-8 named as such (the codec's own message names neither)."""
+    try:
+        yield from _read_chunks(path, fmt, columns, delimiter, header, chunk_rows)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text ({e.reason}); convert it, e.g. "
+                         f"iconv -f latin1 -t utf-8 {Path(path).name} > utf8.{fmt}") from None
+
+
+def _read_chunks(path: Path, fmt: str, columns: list[str], delimiter: str | None = None,
+                 header: bool = True, chunk_rows: int = _CHUNK_ROWS) -> Iterator[list[list[Any]]]:
     """Yields chunks of the requested columns, each chunk a list of per-column value lists.
 
     CSV/TSV values are strings ("" when empty); JSON-lines values are what
@@ -87,7 +99,9 @@ def _read_columns(path: Path, fmt: str, columns: list[str], delimiter: str | Non
         return
     delim = delimiter or ("\t" if fmt == "tsv" else ",")
     with _open_text(path) as f:
-        reader = csv.reader(f, delimiter=delim)
+        # "a, b" (and 'a, "b, c"'): a space after the delimiter is layout, not part of the value,
+        # and a quote after it still opens a quoted field.
+        reader = csv.reader(f, delimiter=delim, skipinitialspace=True)
         if header:
             names = next(reader, None)
             if names is None:
@@ -141,6 +155,9 @@ def _read_jsonl(path: Path, columns: list[str], chunk_rows: int) -> Iterator[lis
                 objs = [loads(ln) for ln in lines]  # transient: only the wanted fields are kept
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path} is not JSON lines: {e}") from None
+            bad = next((i for i, o in enumerate(objs) if not isinstance(o, dict)), None)
+            if bad is not None and not (first and bad == 0):  # a first line that is not an object: columns found
+                raise ValueError(f"{path}: a line is not a JSON object: {lines[bad].strip()[:80]!r}")
             if first:
                 found = list(objs[0]) if isinstance(objs[0], dict) else []
                 if any(c not in found for c in columns):
@@ -171,6 +188,24 @@ class _Encoder:
         rank = np.empty(len(ids), dtype=np.int64)
         rank[order] = np.arange(len(ids))
         return ids[order], rank[codes]
+
+
+def _blank_rows(vocab: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Rows whose id is empty (a blank cell, a JSON null or a missing key); "" sorts first in ``vocab``."""
+    if len(vocab) and vocab[0] == "":
+        return codes == 0
+    return np.zeros(len(codes), dtype=bool)
+
+
+def _drop_missing_ids(keep: np.ndarray, info: dict[str, Any], *vocab_codes: tuple[np.ndarray, np.ndarray]) -> None:
+    """Clears ``keep`` where a row lacks an id: they would all become one customer (or candidate) named ""."""
+    missing = np.zeros(len(keep), dtype=bool)
+    for vocab, codes in vocab_codes:
+        missing |= _blank_rows(vocab, codes)
+    missing &= keep
+    if missing.any():
+        info["dropped_missing_id"] = int(missing.sum())
+        keep &= ~missing
 
 
 def _id_str(v: Any) -> str:
@@ -207,6 +242,8 @@ def _times(values: list[Any], path: Path, col: str) -> np.ndarray:
         return arr.astype(np.int64)
     if arr.dtype.kind == "f":
         return np.nan_to_num(arr, nan=0).astype(np.int64)
+    if arr.dtype.kind == "O":  # JSON null beside numbers
+        arr = np.array(["" if v is None else str(v) for v in values])
     arr = arr.astype(str)
     try:
         return arr.astype(np.int64)
@@ -216,12 +253,26 @@ def _times(values: list[Any], path: Path, col: str) -> np.ndarray:
         return arr.astype(np.float64).astype(np.int64)
     except ValueError:
         pass
+    # A blank would make numpy read epoch numbers as years ("1700000000") and itself as the earliest time.
+    blank = np.char.strip(arr) == ""
+    if blank.any():
+        raise ValueError(f"{path}: column {col!r} has {int(blank.sum())} empty value{'s' if blank.sum() > 1 else ''}; "
+                         f"every row needs a time (or leave out the time column to use file order)")
     try:
         stripped = np.char.rstrip(arr, "Z")  # "2014-04-07T10:51:09.277Z" (UTC)
         return stripped.astype("datetime64[ms]").astype("datetime64[s]").astype(np.int64)
     except ValueError:
+        bad = next((v for v in arr if not _is_time(v)), arr[0])
         raise ValueError(f"{path}: column {col!r} must hold epoch numbers or ISO dates, "
-                         f"found {arr[0]!r}") from None
+                         f"found {str(bad)!r}") from None
+
+
+def _is_time(v: str) -> bool:
+    try:
+        np.datetime64(v.rstrip("Z"), "ms")
+        return True
+    except ValueError:
+        return False
 
 
 # ---------------------------------------------------------------- adapters
@@ -321,7 +372,7 @@ def load_catalog(path: Path, fmt: str | None, id_col: str, feature_cols: tuple[s
         for i, values in enumerate(chunk):
             parts[i].extend(values)
     raw_ids = np.array([v if isinstance(v, str) else _id_str(v) for v in parts[0]], dtype=str)
-    ids = np.unique(raw_ids)
+    ids = np.unique(raw_ids[raw_ids != ""])  # a row without an id describes no candidate
     features: dict[str, np.ndarray] = {}
     for name, values in zip(feature_cols, parts[1:]):
         if all(_is_number(v) and not isinstance(v, bool) for v in values) and any(v not in (None, "") for v in values):
@@ -354,6 +405,7 @@ def load_interactions_file(options: DatasetOptions) -> Interactions:
 
     customer_vocab, customer_codes = c["customers"].finish(c["customer_codes"])
     candidate_vocab, candidate_codes = c["candidates"].finish(c["candidate_codes"])
+    _drop_missing_ids(keep, info, (customer_vocab, customer_codes), (candidate_vocab, candidate_codes))
     catalog, candidate_features = None, None
     if options.catalog_path is not None:
         catalog, candidate_features = load_catalog(
@@ -396,6 +448,7 @@ def load_sessions(options: DatasetOptions) -> Interactions:
     kept_event = _event_filter(c, options, path, info)
     session_vocab, session_codes = c["customers"].finish(c["customer_codes"])
     item_vocab, item_codes = c["candidates"].finish(c["candidate_codes"])
+    _drop_missing_ids(kept_event, info, (session_vocab, session_codes), (item_vocab, item_codes))
     lengths = np.bincount(session_codes[kept_event], minlength=len(session_vocab))
     keep_session = lengths >= 2
     keep = keep_session[session_codes] & kept_event

@@ -42,7 +42,7 @@ def random_split(data: Interactions, test_fraction: float = 0.2, seed: int = 42)
     _check(data, test_fraction)
     n = len(data)
     perm = np.random.default_rng(seed).permutation(n)
-    num_test = max(1, int(round(n * test_fraction)))
+    num_test = _num_test(n, test_fraction)  # a tiny file rounds up to all-test otherwise
     return data.take(np.sort(perm[num_test:])), data.take(np.sort(perm[:num_test]))
 
 

@@ -95,7 +95,8 @@ def _ranks(scores: np.ndarray, cols: np.ndarray, target: np.ndarray) -> np.ndarr
     """0-based rank of each row's target under stable tie-breaking by position."""
     above = (scores > target[:, None]).sum(axis=1)
     ties_before = ((scores == target[:, None]) & (np.arange(scores.shape[1]) < cols[:, None])).sum(axis=1)
-    return above + ties_before
+    # A NaN target compares false with everything, so it would rank first: a diverged model would score 1.0.
+    return np.where(np.isnan(target), np.iinfo(np.int64).max, above + ties_before)
 
 
 def hit_rates(score_fn: ScoreFn, es: EvalSet, ks: tuple[int, ...] = DEFAULT_KS) -> dict[str, float]:
