@@ -44,6 +44,13 @@ class _TokenColumn:
     def token_ids(self, tokens) -> np.ndarray:
         return np.array([self.index[t] for t in tokens if t in self.index], dtype=np.int64)
 
+    def held(self, tokens) -> int:
+        """Rows holding ``tokens``, summed over them. A delta being prepared numbers its new tokens before
+        their counts exist; no row holds them yet."""
+        counts = self.counts
+        ids = self.token_ids(tokens)
+        return int(counts[ids[ids < len(counts)]].sum())
+
     def lookup_table(self, tokens) -> np.ndarray:
         """bool [V + 1]: True at the tokens' numbers; the last entry (index -1, the pad) stays False.
         A delta being prepared may add tokens meanwhile; no row holds them yet, so they are left out."""
@@ -145,14 +152,15 @@ class AttributeColumns:
         for restrict in f.restricts:
             column = self.tokens[restrict.namespace]
             if restrict.allow:
-                share *= min(1.0, column.counts[column.token_ids(restrict.allow)].sum() / rows)
+                share *= min(1.0, column.held(restrict.allow) / rows)
             if restrict.deny:
-                share *= max(0.0, 1.0 - column.counts[column.token_ids(restrict.deny)].sum() / rows)
+                share *= max(0.0, 1.0 - column.held(restrict.deny) / rows)
         for numeric in f.ranges:
             sample = self._samples[numeric.namespace]
             if len(sample):
                 low = 0 if numeric.low is None else np.searchsorted(sample, numeric.low, "left")
-                high = len(sample) if numeric.high is None else np.searchsorted(sample, numeric.high, "right")
+                # Not len(sample): NaN (no value) sorts last and passes no range.
+                high = np.searchsorted(sample, np.inf if numeric.high is None else numeric.high, "right")
                 share *= max(high - low, 0) / len(sample)
         return share
 

@@ -153,10 +153,17 @@ class Rows:
 
     def write(self, rows: np.ndarray, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Rows ``rows`` (existing ones, or exactly the next new ones) now hold ``ids`` with ``vectors``."""
-        start = self._added_count
-        self._added = _grow(self._added, start + len(vectors))
-        self._added[start:start + len(vectors)] = vectors
-        self._added_count += len(vectors)
+        new = rows >= self.count
+        # A row whose vector a delta wrote is overwritten in place: one entry per update would grow without end
+        # under a catalogue that re-sends its candidates.
+        again = ~new
+        again[again] = self._source[rows[again]] < 0
+        self._added[-self._source[rows[again]] - 1] = vectors[again]
+        fresh = ~again
+        start, added = self._added_count, int(fresh.sum())
+        self._added = _grow(self._added, start + added)
+        self._added[start:start + added] = vectors[fresh]
+        self._added_count += added
         top = int(rows.max()) + 1 if len(rows) else 0
         if top > len(self._ids):
             self._ids = _grow(self._ids, top)
@@ -164,9 +171,8 @@ class Rows:
         if self._ids.dtype.kind == "U" and width > self._ids.dtype.itemsize // 4:
             self._ids = self._ids.astype(f"<U{width}")
         self._source = _grow(self._source, top)
-        new = rows >= self.count
         self._ids[rows] = ids
-        self._source[rows] = -np.arange(start, start + len(vectors), dtype=np.int64) - 1
+        self._source[rows[fresh]] = -np.arange(start, start + added, dtype=np.int64) - 1
         for row, candidate in zip(rows[new].tolist(), ids[new].tolist()):
             self._moved[candidate] = row
         self.count = max(self.count, top)

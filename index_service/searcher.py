@@ -272,11 +272,14 @@ class CandidateIndex:
             results: list[SearchResult | None] = [None] * len(queries)
             pending = list(range(len(queries)))
             while pending:
-                if f.selects and fetch > EXACT_MAX_ROWS and fetch < n:  # the estimate was far off: exact is cheaper
+                # The estimate was far off: exact is cheaper (and, once the fetch is capped at every row, the only
+                # way to find every passing row: tree-AH does not reach them all).
+                if f.selects and fetch > EXACT_MAX_ROWS:
                     for i, result in zip(pending, self._exact(queries[pending], k, [exclusions[i] for i in pending], f)):
                         results[i] = result
                     break
-                if f and fetch > EXACT_MAX_ROWS:  # crowding alone could not fill k from the top rows: stop there
+                # Crowding alone could not fill k from the top rows: stop there, once they were searched.
+                if f and fetch > EXACT_MAX_ROWS and results[pending[0]] is not None:
                     break
                 rows, scores = self._ann(queries[pending], fetch, ranked=fetch - extra)
                 still = []
@@ -385,14 +388,15 @@ class CandidateIndex:
             rows = self.rows.rows_of(self.popular_ids)
             held = rows >= 0  # a deleted candidate is no longer held
             rows = rows[held]
-            result = self._keep(rows, np.asarray(self.popular_scores)[held], k, excluded, f)
+            scores = np.asarray(self.popular_scores)[held]
+            result = self._keep(rows, scores, k, excluded, f)
             if len(result.ids) >= k:
                 return result
             rest = np.flatnonzero(self.attributes.mask(f)) if f.selects else np.arange(self.rows.count)
             rest = rest[~np.isin(rest, rows)]
-            more = self._keep(rest, np.zeros(len(rest), dtype=np.float32), k - len(result.ids),
-                              excluded | frozenset(result.ids), f)
-        return SearchResult(result.ids + more.ids, result.scores + more.scores)
+            # One pass over both: crowding counts what the popular ones took.
+            return self._keep(np.concatenate([rows, rest]),
+                              np.concatenate([scores, np.zeros(len(rest), dtype=np.float32)]), k, excluded, f)
 
     # --- catalogue deltas ----------------------------------------------------------------------------------------
 

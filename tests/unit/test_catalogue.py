@@ -166,6 +166,18 @@ def test_rows_reserved_at_load_take_new_and_updated_rows_without_a_copy():
     assert (rows.vectors(np.arange(950, 1050)) == 1).all() and (rows.vectors(np.arange(950)) == 0).all()
 
 
+def test_a_candidate_updated_again_and_again_keeps_one_delta_vector():
+    """A catalogue re-sending its candidates (a daily price refresh) must not grow the delta vectors by one per
+    update and sending: that memory was never freed, and growing past the reserve copies under the write lock."""
+    rows = Rows(np.array([f"i{j:06d}" for j in range(1000)]), np.zeros((1000, DIM), np.float32))
+    rows.reserve(1100)
+    added = rows._added
+    for update in range(1, 301):
+        rows.write(np.array([5, 7]), np.array(["i000005", "i000007"]), np.full((2, DIM), update, np.float32))
+    assert rows._added is added and rows._added_count == 2
+    assert (rows.vectors(np.array([5, 7])) == 300).all() and (rows.vectors(np.array([4, 6, 8])) == 0).all()
+
+
 def test_an_apply_looks_ids_up_a_chunk_at_a_time(monkeypatch):
     """A lookup is a binary search over every id of the version in one numpy call, a GIL hold that neither the
     rest between chunks nor short slices interrupt: a whole delta's at once (1-3 ms at 1M) set the p99 of the
@@ -255,6 +267,56 @@ def test_crowding_caps_results_per_value_and_still_fills_k():
         assert len(r.ids) == 10 and len(set(colors)) == 10
 
 
+def test_a_filter_estimated_far_too_wide_still_finds_every_passing_candidate(monkeypatch):
+    """A wrong estimate costs retries, not results: at 20,405 rows the over-fetch grows 5,120 -> 20,480, capped at
+    every row, and there the filter is answered exactly, not with what the last over-fetch found."""
+    index, queries = _index(20_400, tree=False)
+    far = -100 * np.repeat(queries[:1], 5, axis=0)  # the five ultraviolet candidates rank last
+    index.apply_catalogue([Delta.make([f"uv{j}" for j in range(5)], far, Attributes.from_lists(
+        5, {"color": [["ultraviolet"]] * 5}), dim=DIM)], 1)
+    monkeypatch.setattr(index.attributes, "selectivity", lambda f: 1.0)  # stale, as after deltas moved the values
+    f = check_filter([("color", ["ultraviolet"], [])], [], "", 0)
+    assert sorted(index.search(queries[:1], 10, f=f)[0].ids) == [f"uv{j}" for j in range(5)]
+
+
+def test_crowding_alone_at_a_large_k_still_searches():
+    """A crowding-only over-fetch deeper than EXACT_MAX_ROWS on the first try (a --max-k raised to 10,000) stops
+    after that try, not before any: nothing was searched, and the caller got no result at all."""
+    index, queries = _index(20_400, tree=False)
+    result = index.search(queries[:1], 10_000, [frozenset({"i000000"})], check_filter([], [], "color", 1))[0]
+    assert len(result.ids) == 10 and len({COLORS[int(i[1:]) % 10] for i in result.ids}) == 10
+
+
+def test_a_range_over_a_sparse_numeric_namespace_estimates_only_the_rows_with_a_value():
+    """A candidate without a value (NaN) passes no range: an open range over a namespace most candidates lack was
+    estimated to pass them all, so the search over-fetched far too little and retried deeper, five times."""
+    year = np.full(1000, np.nan, np.float32)
+    year[::20] = np.arange(50) + 1970
+    columns = AttributeColumns(Attributes.from_lists(1000, numeric={"year": year}), 1000)
+    assert columns.selectivity(check_filter([], [("year", 1990.0, None)], "", 0)) == pytest.approx(0.03)
+    assert columns.selectivity(check_filter([], [("year", None, 1989.0)], "", 0)) == pytest.approx(0.02)
+
+
+def test_a_search_naming_a_token_a_delta_is_numbering_finds_nothing_yet():
+    """A delta numbers its new tokens outside the write lock, before their counts exist: a search meanwhile that
+    names one must find that no row holds it yet, not fail on the count it reads for the estimate."""
+    index, queries = _index(1000, tree=False)
+    column = index.attributes.tokens["color"]
+    found: list[list[str]] = []
+    ultraviolet = check_filter([("color", ["ultraviolet"], [])], [], "", 0)
+
+    class Numbering(dict):
+        def setdefault(self, token, number):
+            number = super().setdefault(token, number)
+            if token == "ultraviolet" and not found:  # as a search thread may run here
+                found.append(index.search(queries[:1], 5, f=ultraviolet)[0].ids)
+            return number
+
+    column.index = Numbering(column.index)
+    index.apply_catalogue([_delta(np.random.default_rng(4), ["n1"], [], color="ultraviolet")], 1)
+    assert found == [[]] and index.search(queries[:1], 5, f=ultraviolet)[0].ids == ["n1"]
+
+
 def test_filters_name_only_the_versions_namespaces():
     index, queries = _index(1000, tree=False)
     with pytest.raises(errors.InvalidArgument, match="'size' is not a token namespace.*'color', 'rare'"):
@@ -276,6 +338,13 @@ def test_similar_and_filtered_popularity():
     teal = index.by_popularity(4, f=check_filter([("color", ["teal"], [])], [], "", 0))
     # i7 and i17 are popular and teal; then the other teal candidates, in row order, score 0
     assert teal.ids == ["i000007", "i000017", "i000027", "i000037"] and teal.scores[2:] == [0.0, 0.0]
+
+
+def test_popularity_crowds_the_popular_and_the_other_candidates_together():
+    index, _ = _index(2000, tree=False)
+    # 20 popular candidates hold each color twice: one of each, and then no other candidate may add one.
+    crowded = index.by_popularity(15, f=check_filter([], [], "color", 1))
+    assert crowded.ids == [f"i{j:06d}" for j in range(10)]
 
 
 def test_a_search_during_deltas_never_sees_half_a_change():
