@@ -488,11 +488,19 @@ class Recommender:
         """Answers ``batch`` with ``version`` (its Recommend requests in one tower
         call and index search, its RecommendSimilar requests side by side) and
         caches the answers; returns how many it cached."""
-        recommends = [_Request.from_held(r) for r in batch if isinstance(r, tuple)]
+        recommends, misses = [], []
+        for held in batch:
+            if isinstance(held, tuple):
+                request = _Request.from_held(held)
+                try:  # what this version refuses, as it would the request itself, stays out, not its batch
+                    model.check_filter(request.filter)
+                    misses.append(self._miss(model, request, self.index.timeout_s))
+                except InvalidArgument:
+                    continue
+                recommends.append(request)
         similars = [r for r in batch if isinstance(r, SimilarQuery)]
         generation = model.catalogue_generation
-        answers = await self._process_version([self._miss(model, r, self.index.timeout_s) for r in recommends]) \
-            if recommends else []
+        answers = await self._process_version(misses) if misses else []
         hits = await asyncio.gather(*(self.index.similar(dataclasses.replace(r, min_generation=generation), version,
                                                          self.index.timeout_s) for r in similars),
                                     return_exceptions=True)
@@ -562,7 +570,14 @@ class Recommender:
                 queries.append(IndexQuery(None, miss.k, miss.exclusions, miss.filter, by_popularity=True,
                                           min_generation=miss.generation))
             else:
-                results[i] = _Answer(*model.popular(miss.k, miss.exclusions), SOURCE_POPULARITY, generation)
+                ids, scores = model.popular(miss.k, miss.exclusions)
+                results[i] = _Answer(ids, scores, SOURCE_POPULARITY, generation)
+                if len(ids) < miss.k:
+                    # The popular list ran out (it holds the most popular only, less what is excluded or
+                    # deleted): the index fills the rest, as under a filter; without it, the list stands.
+                    asked.append((i, SOURCE_POPULARITY))
+                    queries.append(IndexQuery(None, miss.k, miss.exclusions, miss.filter, by_popularity=True,
+                                              min_generation=miss.generation))
         if queries:
             # The batch's search may take as long as its most patient caller; the others give up on their own.
             timeout_s = max(misses[i].deadline for i, _ in asked) - asyncio.get_running_loop().time()
@@ -571,8 +586,10 @@ class Recommender:
             except ServingError as e:  # fails these requests only; local fallbacks need no index
                 hits = [e] * len(queries)
             for (i, source), hit in zip(asked, hits):
-                results[i] = hit if isinstance(hit, Exception) else _Answer(hit.ids, hit.scores, source,
-                                                                            hit.generation)
+                if not isinstance(hit, Exception):
+                    results[i] = _Answer(hit.ids, hit.scores, source, hit.generation)
+                elif results[i] is None:  # a short popular list answers without the index
+                    results[i] = hit
         return results
 
     async def close(self) -> None:

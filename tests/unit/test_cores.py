@@ -27,6 +27,7 @@ from query_service.recommender import SOURCE_MODEL, SOURCE_POPULARITY, Recommend
 from query_service.routing import IndexRouter, RoutingConfig
 from query_service.tower import QueryModel
 from serving import errors, validation
+from serving.filters import Filter, TokenRestrict
 from serving.grpc_server import status_of
 from serving.loader import LOAD_SWITCH_INTERVAL_S, Background, Loader, short_gil_slices
 from serving.sources import StartupVersions
@@ -326,6 +327,56 @@ async def test_a_warm_up_answers_a_request_as_it_was_asked_exclusions_and_recent
     await asyncio.sleep(0)  # the cache writes run in the background
     result = await recommender.recommend("c001", 3, **asked)
     assert (result.version, result.cache_hit) == (2, True) and not {"i001", "i003"} & set(result.ids)
+    await recommender.close()
+
+
+async def test_a_request_the_warmed_version_refuses_is_left_out_not_its_batch(registry):
+    """Version 2 lacks the filter namespace version 1 had: an index slot refuses a search naming it (the
+    whole call), as version 2's replica refuses such a request. Warming it would cost its batch."""
+
+    class AttributeIndex(InProcessIndex):
+        async def search(self, queries, version, timeout_s):
+            for q in queries:
+                q.filter.check_namespaces({"genre"} if version == 1 else set(), set())
+            return await super().search(queries, version, timeout_s)
+
+    blue = slot(registry, "b", 1)[0]
+    index = AttributeIndex(blue)
+    cache = ResultCache(CacheConfig(url=f"redis://127.0.0.1:{free_port()}/0"))  # the in-process tier only
+    recommender, admin = query_replica(registry, index, live=1, cache=cache)
+    recommender.manager.get(1)[1].token_namespaces = frozenset({"genre"})
+    await recommender.recommend("c001", 3)
+    await recommender.recommend("c002", 3, filter=Filter((TokenRestrict("genre", frozenset({"a"})),)))
+    await recommender.recommend("c003", 3)
+    index.cores = (blue, slot(registry, "g", 2)[0])
+    searches = len(index.calls)
+    await admin.load(2)
+    assert index.calls[searches:] == [(2, 2)]
+    await admin.promote(2)
+    await asyncio.sleep(0)  # the cache writes run in the background
+    assert [(await recommender.recommend(c, 3)).cache_hit for c in ("c001", "c003")] == [True, True]
+    await recommender.close()
+
+
+async def test_exclude_seen_past_the_limit_on_the_warmed_version_leaves_out_that_request_only(registry, monkeypatch):
+    blue = slot(registry, "b", 1)[0]
+    index = InProcessIndex(blue)
+    cache = ResultCache(CacheConfig(url=f"redis://127.0.0.1:{free_port()}/0"))  # the in-process tier only
+    recommender, admin = query_replica(registry, index, live=1, cache=cache, warmup=WarmupConfig(batch_size=1))
+    await recommender.recommend("c002", 3)
+    exclusions = [f"x{i}" for i in range(validation.MAX_EXCLUSIONS - 1)]
+    await recommender.recommend("c001", 3, exclusions=exclusions, exclude_seen=True)  # with c001's seen: 10,000
+    seen = QueryModel.seen  # version 2 holds one more item for c001: 10,001
+
+    def seen_by_version(model, customer_id):
+        return seen(model, customer_id) | ({"i049"} if model.version == 2 else set())
+
+    monkeypatch.setattr(QueryModel, "seen", seen_by_version)
+    index.cores = (blue, slot(registry, "g", 2)[0])
+    await admin.load(2)
+    await admin.promote(2)
+    await asyncio.sleep(0)  # the cache writes run in the background
+    assert (await recommender.recommend("c002", 3)).cache_hit
     await recommender.close()
 
 

@@ -510,6 +510,29 @@ async def test_filters_reach_the_index_and_the_cache_key_and_send_unknown_custom
     await recommender.close()
 
 
+async def test_an_unknown_customer_gets_k_candidates_when_the_popular_list_runs_out(tiny_model, tiny_index):
+    """The popular list holds a version's most popular candidates only (10 of 50 here, up to 1000 of a
+    trained version): past it, exclusions or deletions included, the index fills the fallback as it
+    does under a filter, rather than the answer coming back short; with the index down, the list stands."""
+    recommender = replica(tiny_model, tiny_index)
+    within = await recommender.recommend("stranger", 9, exclusions=["i000"])
+    assert within.ids == [f"i{i:03d}" for i in range(1, 10)] and tiny_index.searches == []  # the local list
+    past = await recommender.recommend("stranger", 10, exclusions=["i000"])
+    assert (past.source, past.ids) == (SOURCE_POPULARITY, [f"i{i:03d}" for i in range(1, 11)])
+    asked = tiny_index.queries[-1]
+    assert (asked.by_popularity, asked.vector, asked.k, asked.exclusions) == (True, None, 10, {"i000"})
+    await recommender.close()
+
+    class DownIndex(ExactIndex):
+        async def search(self, queries, version, timeout_s):
+            raise errors.Unavailable("index down")
+
+    recommender = replica(tiny_model, DownIndex(tiny_index.ids, tiny_index.vectors))
+    short = await recommender.recommend("stranger", 12)
+    assert (short.source, short.ids) == (SOURCE_POPULARITY, [f"i{i:03d}" for i in range(10)])
+    await recommender.close()
+
+
 async def test_a_filter_naming_a_namespace_the_version_lacks_is_refused_before_any_work(tiny_model, tiny_index):
     recommender = replica(tiny_model, tiny_index)
     typo = Filter((TokenRestrict("genra", frozenset({"a"})),))
