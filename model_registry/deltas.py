@@ -159,8 +159,13 @@ def read_deltas(model_dir: Path, version: int, after: int = 0, up_to: int | None
         generation = int(record_path.stem)
         record_sha = sha256_file(record_path)
         if generation > after:
-            record = json.loads(record_path.read_text())
             where = f"catalogue delta {generation} of version {version}"
+            try:
+                record = json.loads(record_path.read_text())
+                if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in ("file", "sha256")):
+                    raise ValueError("not a commit record naming its file and sha256")
+            except ValueError as e:  # truncated or garbled: a refusal naming the delta, not a JSON traceback
+                raise VersionError(f"{where}: {record_path.name} is unreadable ({e}): the log was altered") from None
             if key is not None:
                 signing.verify_bytes(_signed_part(record), record.get("signature"), key, where)
             # Records written before they named their version have no such fields to check.
@@ -210,6 +215,9 @@ def write_delta(model_dir: Path, version: int, delta: Delta, key: Ed25519Private
         raise
     while True:
         records = _records(directory)
+        if [int(p.stem) for p in records] != list(range(1, len(records) + 1)):  # else it retries a taken one forever
+            raise VersionError(f"catalogue deltas of version {version} in {directory} do not run 1..N without a "
+                               f"gap: {[p.name for p in records][:10]}; no delta can follow them")
         generation = len(records) + 1
         record = {"model": Path(model_dir).name, "version": int(version), "generation": generation,
                   "file": data.name, "sha256": digest,

@@ -205,9 +205,11 @@ class Registry:
         try:
             build_manifest = write(staging)
             files = checksum_tree(staging)
+            version = 0
             while True:
                 existing = self.versions()
-                version = (existing[-1] if existing else 0) + 1
+                # Past the number last tried: a folder without a manifest holds it, and versions() never lists it.
+                version = max(version, existing[-1] if existing else 0) + 1
                 manifest = build_manifest(version, files)
                 (staging / MANIFEST_FILE).write_text(manifest.to_json())
                 if self._signing_key is not None:

@@ -196,7 +196,9 @@ def publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: flo
         raise PublishError("no index slot given (--index-admin): a version is served by its index slot")
     live = _agreed(fleet, SERVING, "live") if fleet.query else registry.current_version()
     if live == version:
-        log.info("version %d is already live", version)
+        if registry.current_version() != version:  # a run that stopped after promoting: finish it
+            registry.set_current(version)
+        log.info("version %d is already live; registry CURRENT is %d", version, version)
         return steps
     slot_list = slots(fleet)
     step("status")

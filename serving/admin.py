@@ -128,9 +128,10 @@ class VersionAdmin(Generic[S]):
                     deltas = await asyncio.to_thread(read_deltas, registry.model_dir, version,
                                                      servable.catalogue_generation, target, self.loader.public_key,
                                                      sha if at == servable.catalogue_generation else "")
+                    # The version's own checks (an index's vector dimension) refuse as the log's do.
+                    await asyncio.to_thread(servable.apply_catalogue, deltas, target)
                 except VersionError as e:
                     raise FailedPrecondition(f"catalogue deltas of version {version} refused: {e}") from e
-                await asyncio.to_thread(servable.apply_catalogue, deltas, target)
                 self._caught_up[version] = (target, deltas[-1].record_sha256)
                 self.after_catalogue(version, servable)
                 log.info("%s: version %d at catalogue generation %d (%d candidates)", self.service, version, target,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import pytest
 
 from model_registry import IndexSpec, Manifest, Registry, VersionError, verify_version
 from model_registry import manifest as mf
+from model_registry.deltas import Delta, catalogue_dir, write_delta
 
 
 def _writer(payload: bytes = b"x"):
@@ -131,3 +133,37 @@ def test_failing_write_leaves_nothing(tmp_path):
 def test_bad_model_name_rejected(tmp_path):
     with pytest.raises(ValueError, match="model name"):
         Registry(tmp_path, "../escape")
+
+
+def test_a_number_taken_by_a_directory_without_a_manifest_is_skipped(tmp_path):
+    """A version folder left without its manifest (a copy or a non-atomic rename cut short) is no version, and the
+    next publish takes the number after it rather than retrying that one forever."""
+    reg = Registry(tmp_path, "m")
+    reg.publish(_writer())
+    (reg.model_dir / "2").mkdir()
+    (reg.model_dir / "2" / "half-copied.bin").write_bytes(b"?")
+    published = []
+    worker = threading.Thread(target=lambda: published.append(reg.publish(_writer(b"y")).version), daemon=True)
+    worker.start()
+    worker.join(10)
+    assert published == [3] and reg.versions() == [1, 3]
+
+
+def test_a_delta_log_with_a_gap_refuses_a_new_delta_instead_of_spinning(tmp_path):
+    """A record deleted from the middle of a log (an operator undoing a delta by hand): readers refuse the log, and
+    so must the writer, which otherwise retried the taken generation after the gap forever."""
+    for name in "abc":
+        write_delta(tmp_path, 1, Delta.make([name], np.ones((1, 2), np.float32), dim=2))
+    (catalogue_dir(tmp_path, 1) / "00000002.json").unlink()
+    outcome = []
+
+    def write():
+        try:
+            outcome.append(write_delta(tmp_path, 1, Delta.make(["d"], np.ones((1, 2), np.float32), dim=2)))
+        except VersionError as e:
+            outcome.append(str(e))
+
+    worker = threading.Thread(target=write, daemon=True)
+    worker.start()
+    worker.join(10)
+    assert len(outcome) == 1 and "without a gap" in str(outcome[0])

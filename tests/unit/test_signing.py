@@ -95,3 +95,16 @@ def test_catalogue_deltas_apply_only_as_signed_and_in_their_own_version(tmp_path
     record.write_text(json.dumps({**raw, "upserts": 7}, sort_keys=True))
     with pytest.raises(VersionError, match="delta 1 of version 1 does not match its signature"):
         read_deltas(model_dir, 1, key=signing.public_key(public))
+
+
+def test_a_truncated_or_garbled_delta_record_is_refused_naming_the_delta(tmp_path, keys):
+    key, public, _ = keys
+    model_dir = tmp_path / "m"
+    write_delta(model_dir, 1, Delta.make(["a"], np.ones((1, 2), np.float32), dim=2), key)
+    record = catalogue_dir(model_dir, 1) / "00000001.json"
+    text = record.read_text()
+    for garbled in (text[:len(text) // 2], "[]", '{"sha256": "0"}'):
+        record.write_text(garbled)
+        for reader_key in (None, signing.public_key(public)):
+            with pytest.raises(VersionError, match="catalogue delta 1 of version 1"):
+                read_deltas(model_dir, 1, key=reader_key)

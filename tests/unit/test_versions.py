@@ -1,6 +1,13 @@
+import asyncio
+
+import numpy as np
 import pytest
 
+from model_registry import Registry, VersionError
+from model_registry.deltas import Delta, write_delta
+from serving.admin import VersionAdmin
 from serving.errors import FailedPrecondition, Unavailable
+from serving.loader import Background, Loader
 from serving.versions import State, VersionManager
 
 
@@ -64,3 +71,25 @@ def test_listeners_hear_every_change():
     versions.add(1, "one")
     versions.remove(1, allow_live=True)
     assert [{v: s for v, (s, _) in h.items()} for h in heard] == [{1: State.LOADING}, {1: State.SERVING}, {}]
+
+
+class _RefusingServable:
+    """A loaded version whose catch-up refuses the log's deltas, as an index does a delta of another dimension."""
+
+    catalogue_generation = 0
+
+    def apply_catalogue(self, deltas, generation):
+        raise VersionError("a catalogue delta of version 1 has vectors of shape (1, 3); the version embeds into 2")
+
+
+def test_a_catalogue_delta_the_version_refuses_is_failed_precondition_saying_why(tmp_path):
+    registry = Registry(tmp_path, "m")
+    write_delta(registry.model_dir, 1, Delta.make(["a"], np.ones((1, 3), np.float32), dim=3))
+    manager = VersionManager("m")
+    manager.add(1, _RefusingServable())
+    loader = Loader(registry, lambda path, manifest: None, "test", Background.GIL)
+    try:
+        with pytest.raises(FailedPrecondition, match=r"deltas of version 1 refused: .*the version embeds into 2"):
+            asyncio.run(VersionAdmin(manager, loader).apply_catalogue(1, 0))
+    finally:
+        loader.close()
