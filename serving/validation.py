@@ -27,6 +27,9 @@ def check_id(value: str, what: str) -> str:
     size = len(value.encode("utf-8"))
     if size > MAX_ID_BYTES:
         raise InvalidArgument(f"{what} is {size} bytes; ids are at most {MAX_ID_BYTES} bytes")
+    if "\x00" in value:
+        # numpy's fixed-width strings drop trailing NULs: "c1\x00" would be looked up, excluded and upserted as "c1".
+        raise InvalidArgument(f"{what} {value[:64]!r} contains a NUL character (\\x00): ids are text without NUL")
     return value
 
 

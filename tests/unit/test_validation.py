@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 
+from model_registry.ids import index_of
 from protos.recsys.v1 import retrieval_pb2 as pb
 from serving import validation
 from serving.errors import InvalidArgument
@@ -20,6 +21,17 @@ def test_ids():
         validation.check_id("", "customer_id")
     with pytest.raises(InvalidArgument, match="at most 256 bytes"):
         validation.check_id("é" * 200, "customer_id")
+
+
+def test_an_id_with_a_nul_character_is_refused():
+    """numpy's fixed-width strings drop trailing NULs, so "c1\x00" would read as "c1" wherever ids meet an array:
+    the customer store, the catalogue's rows, a delta's ids."""
+    assert index_of(np.array(["c1", "c2"]), ["c1\x00"]).tolist() == [0]  # why: it would be answered as c1
+    for value in ("c1\x00", "\x00", "c\x001"):
+        with pytest.raises(InvalidArgument, match=r"customer_id .* contains a NUL character"):
+            validation.check_id(value, "customer_id")
+    with pytest.raises(InvalidArgument, match=r"exclude_candidate_ids\[1\] .* NUL"):
+        validation.check_exclusions(["a", "b\x00"])
 
 
 def test_exclusions():
