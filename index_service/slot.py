@@ -147,6 +147,8 @@ class SlotAdmin(VersionAdmin[CandidateIndex]):
         log.info("slot %s holds version %d", self.slot, version)
 
     async def unload(self, version: int) -> StatusReport:
+        if version < 1:
+            raise InvalidArgument(f"version={version}: versions are positive integers")
         await self.loader.run(self._empty, version)
         return self.status()
 

@@ -96,6 +96,8 @@ class QueryAdmin(VersionAdmin["QueryModel"]):
         return await self.promote(target)
 
     async def unload(self, version: int) -> StatusReport:
+        if version < 1:  # else get(0) would answer for the live version
+            raise InvalidArgument(f"version={version}: versions are positive integers")
         self.manager.get(version)  # FailedPrecondition unless loaded
         await self.loader.run(self._drop, version)
         return self.status()

@@ -39,6 +39,7 @@ report.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -56,6 +57,7 @@ from model_registry import manifest as files
 from model_registry.attributes import Attributes, token_lists
 from model_registry.deltas import Delta, write_delta
 from protos.recsys.v1 import admin_pb2 as pb
+from protos.recsys.v1.versions_pb2 import VERSION_STATE_LOADING as LOADING
 from recsys_client.candidate_tower import CandidateTower, FeatureError
 from recsys_client.publish import Fleet, PublishError, Replica
 from serving.tls import ClientTls
@@ -102,6 +104,9 @@ def read_upserts(lines, dim: int, token_namespaces: frozenset[str], numeric_name
         elif not isinstance(vector, list) or len(vector) != dim or \
                 not all(isinstance(v, (int, float)) and math.isfinite(v) for v in vector):
             raise CatalogueError(f"{where}: vector must be {dim} finite numbers, the version's embedding dimension")
+        for part in ("tokens", "numeric"):
+            if not isinstance(record.get(part, {}), dict):
+                raise CatalogueError(f"{where}: {part!r} must be an object of attribute namespace -> values")
         unknown = (set(record.get("tokens", {})) - token_namespaces) | \
             (set(record.get("numeric", {})) - numeric_namespaces)
         if unknown:
@@ -115,6 +120,8 @@ def read_upserts(lines, dim: int, token_namespaces: frozenset[str], numeric_name
         features = features or {}
         for ns in token_namespaces:
             given = record.get("tokens", {}).get(ns)
+            if given is not None and not isinstance(given, list):  # a string would be taken letter by letter
+                raise CatalogueError(f"{where}: tokens {ns!r} must be a list, got {given!r}")
             tokens[ns].append([str(t) for t in given] if given is not None else
                               token_lists([_cell(features.get(ns))])[0])
         for ns in numeric_namespaces:
@@ -161,14 +168,21 @@ class Rollout:
 def apply_everywhere(fleet: Fleet, version: int, generation: int) -> Rollout:
     """Asks every index replica holding ``version``, then every query replica, to
     catch up to ``generation`` (the replicas of a tier at once). Index first: a
-    query replica at G routes only to index replicas at G or later."""
+    query replica at G routes only to index replicas at G or later, so the query
+    tier is not moved while a shard of the version has no index replica at G."""
     request = pb.ApplyCatalogueRequest(version=version, generation=generation)
+    shards: dict[str, tuple[int, int]] = {}  # index replica holding the version -> (its shard, of how many)
 
     def apply(replica: Replica) -> str | None:
         """None if applied, "" if the replica does not hold the version, else the error."""
         try:
-            if replica.role == "index" and version not in {v.version for v in fleet.status(replica).versions}:
-                return ""
+            if replica.role == "index":
+                status = fleet.status(replica)
+                states = {v.version: v.state for v in status.versions}
+                if version not in states:
+                    return ""
+                if states[version] != LOADING:  # a slot reports the shard of the version it has loaded
+                    shards[_name(replica)] = (status.shard, status.shards)
             fleet.call(replica, "ApplyCatalogue", request)
             return None
         except PublishError as e:
@@ -176,14 +190,40 @@ def apply_everywhere(fleet: Fleet, version: int, generation: int) -> Rollout:
 
     applied, failed = [], {}
     with ThreadPoolExecutor(max(len(fleet.index), len(fleet.query), 1)) as pool:
-        for tier in (fleet.index, fleet.query):
-            for replica, outcome in zip(tier, pool.map(apply, tier)):
-                name = f"{replica.role} {replica.address}"
+        for replica, outcome in zip(fleet.index, pool.map(apply, fleet.index)):
+            if outcome is None:
+                applied.append(_name(replica))
+            elif outcome:
+                failed[_name(replica)] = outcome
+        stuck = _unserved(version, generation, shards, applied, bool(failed))
+        if stuck:
+            for replica in fleet.query:
+                failed[_name(replica)] = (f"not moved to generation {generation}: {stuck}, and a query replica routes "
+                                          "only to index replicas at its generation or later (its cache misses would "
+                                          "fail); the delta stays in the registry for when they catch up")
+        else:
+            for replica, outcome in zip(fleet.query, pool.map(apply, fleet.query)):
                 if outcome is None:
-                    applied.append(name)
-                elif outcome:
-                    failed[name] = outcome
+                    applied.append(_name(replica))
+                else:
+                    failed[_name(replica)] = outcome
     return Rollout(generation, applied, failed)
+
+
+def _name(replica: Replica) -> str:
+    return f"{replica.role} {replica.address}"
+
+
+def _unserved(version: int, generation: int, shards: dict[str, tuple[int, int]], applied: list[str],
+              refused: bool) -> str:
+    """Why no query replica may move to ``generation`` ("" if it may): the index replicas holding ``version``
+    (``shards``, or ``refused`` ones whose status was not read) leave some shard of it without one at it."""
+    took = {shards[name] for name in applied if name in shards}  # a slot still loading the version names no shard
+    if not took:
+        return f"no index replica holding version {version} took generation {generation}" if shards or refused else ""
+    missing = sorted(set(shards.values()) - took)
+    return "; ".join(f"no replica of shard {shard} of {of} of version {version} took generation {generation}"
+                     for shard, of in missing)
 
 
 def publish_delta(fleet: Fleet, registry: Registry, version: int, delta: Delta,
@@ -216,11 +256,22 @@ class CatalogueConfig:
         require(bool(self.upserts or self.delete or self.delete_file), "upserts",
                 "give candidates to upsert (--upserts) or to delete (--delete, --delete-file)")
         require(self.version >= 0, "version", "must be >= 0")
+        # Else a delta would reach the query replicas alone, and they route only to index replicas at its generation.
+        require(bool(self.index_admin), "index_admin", "is required (every index replica)")
         if self.signing_key:
             try:
                 signing.private_key(self.signing_key)
             except ValueError as e:
                 raise ConfigError("signing_key", f"is not a usable key: {e}") from None
+
+
+@contextlib.contextmanager
+def _utf8(path: str):
+    """Reading ``path``: its bytes that are not UTF-8 are a CatalogueError naming it, not a traceback."""
+    try:
+        yield
+    except UnicodeDecodeError as e:
+        raise CatalogueError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x})") from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -239,12 +290,14 @@ def main(argv: list[str] | None = None) -> None:
         token_ns, numeric_ns = Attributes.namespaces(files.attributes_file(registry.version_dir(version), manifest))
         delta = Delta.make(dim=dim)
         if config.upserts:
-            with open(config.upserts, encoding="utf-8") as f:
+            with open(config.upserts, encoding="utf-8") as f, _utf8(config.upserts):
                 delta = read_upserts(f, dim, token_ns, numeric_ns,
                                      lambda: CandidateTower.load(registry.version_dir(version), manifest))
         deleted = list(config.delete)
         if config.delete_file:
-            deleted += [line.strip() for line in Path(config.delete_file).read_text().splitlines() if line.strip()]
+            with _utf8(config.delete_file):
+                deleted += [line.strip() for line in Path(config.delete_file).read_text(encoding="utf-8").splitlines()
+                            if line.strip()]
         delta = Delta(delta.ids, delta.vectors, delta.attributes,
                       np.asarray(deleted, dtype=str) if deleted else delta.deleted)
         fleet = Fleet.connect(list(config.index_admin), list(config.query_admin), config.admin_token,
@@ -255,6 +308,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         rollout = publish_delta(fleet, registry, version, delta,
                                 signing.private_key(config.signing_key) if config.signing_key else None)
+    except (VersionError, OSError) as e:  # the registry refused the delta: nothing was applied anywhere
+        print(f"recsys-catalogue: {e}", file=sys.stderr)
+        sys.exit(1)
     finally:
         fleet.close()
     print(json.dumps({"version": version, "generation": rollout.generation, "upserts": len(delta.ids),

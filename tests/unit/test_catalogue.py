@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -20,13 +22,17 @@ from index_service.searcher import DELTA_CHUNK, RECHECK_PROBES, CandidateIndex, 
 from model_registry import IndexSpec, Manifest, Registry, VersionError
 from model_registry.attributes import Attributes, from_catalogue
 from model_registry.deltas import Delta, published_generation, read_deltas, write_delta
-from recsys_client.catalogue import CatalogueError, read_upserts
+from protos.recsys.v1 import admin_pb2, versions_pb2
+from recsys_client.catalogue import CatalogueError, apply_everywhere, read_upserts
+from recsys_client.catalogue import main as catalogue_main
+from recsys_client.publish import Fleet, Replica
 from serving import errors
 from serving.admin import LoadReport
 from serving.admin_rpc import version_protos
 from serving.filters import NO_FILTER, check_filter
 from tests.unit import tiny_versions as tiny
 from tests.unit.test_cores import slot
+from tests.unit.test_registry_retention import publish_dummy
 
 DIM = 16
 COLORS = ["red", "green", "blue", "black", "white", "grey", "pink", "teal", "gold", "plum"]
@@ -504,3 +510,117 @@ def test_upsert_input_is_checked_against_the_version():
     with pytest.raises(CatalogueError, match="no candidate tower"):
         read_upserts(['{"id": "x", "features": {"genre": "a"}}'], 2, {"genre"}, {"year"})
     assert NO_FILTER.key() == "" and not NO_FILTER
+
+
+def test_tokens_and_numeric_of_the_wrong_shape_are_refused_naming_the_line():
+    # A string of tokens was taken letter by letter: "Drama" became the tokens D, a, m, r, and no filter matched it.
+    for line, message in (('{"id": "x", "vector": [1, 2], "tokens": {"genre": "Drama"}}',
+                           "tokens 'genre' must be a list, got 'Drama'"),
+                          ('{"id": "x", "vector": [1, 2], "tokens": {"genre": 5}}', "tokens 'genre' must be a list"),
+                          ('{"id": "x", "vector": [1, 2], "tokens": ["genre"]}', "'tokens' must be an object"),
+                          ('{"id": "x", "vector": [1, 2], "numeric": 5}', "'numeric' must be an object")):
+        with pytest.raises(CatalogueError, match=r"line 1 \(id 'x'\): " + message):
+            read_upserts([line], 2, {"genre"}, {"year"})
+
+
+# ------------------------------------------------------------------ recsys-catalogue's rollout (in-memory admin stubs)
+
+class _Replica:
+    """An admin stub holding ``versions`` (of shard ``shard`` of ``shards``); its ApplyCatalogue answers ``refusal``
+    as a FAILED_PRECONDITION, or takes the generation."""
+
+    def __init__(self, versions=(1,), refusal: str = "", shard: int = 0, shards: int = 0, state: int = 0):
+        self.versions, self.refusal, self.shard, self.shards, self.state = versions, refusal, shard, shards, state
+        self.applied: list[int] = []
+
+    def GetStatus(self, request, metadata=None, timeout=None):
+        return admin_pb2.ServiceStatus(
+            versions=[versions_pb2.VersionStatus(version=v, state=self.state) for v in self.versions],
+            shard=self.shard, shards=self.shards)
+
+    def ApplyCatalogue(self, request, metadata=None, timeout=None):
+        if self.refusal:
+            raise _Refused(self.refusal)
+        self.applied.append(request.generation)
+        return admin_pb2.ServiceStatus()
+
+
+class _Refused(grpc.RpcError):
+    def __init__(self, details: str):
+        self._details = details
+
+    def code(self):
+        return grpc.StatusCode.FAILED_PRECONDITION
+
+    def details(self):
+        return self._details
+
+
+def test_the_query_tier_stays_put_when_no_index_replica_holding_the_version_took_the_delta():
+    blue, green = _Replica(refusal="deltas refused: bad dimension"), _Replica(versions=(2,))
+    query = _Replica()
+    fleet = Fleet([Replica("index", "blue", blue), Replica("index", "green", green)],
+                  [Replica("query", "q", query)])
+    rollout = apply_everywhere(fleet, 1, 3)
+    # A query replica at generation 3 routes only to index replicas at 3 or later: none here, every miss would fail.
+    assert query.applied == [] and rollout.applied == []
+    assert set(rollout.failed) == {"index blue", "query q"}
+    assert "no index replica holding version 1 took generation 3" in rollout.failed["query q"]
+    blue.refusal = ""
+    rollout = apply_everywhere(fleet, 1, 3)
+    assert query.applied == [3] and rollout.applied == ["index blue", "query q"] and rollout.failed == {}
+
+
+def test_the_query_tier_stays_put_while_a_shard_of_the_version_has_no_replica_at_the_delta():
+    shard0, shard1 = _Replica(shard=0, shards=2), _Replica(shard=1, shards=2, refusal="deltas refused")
+    query = _Replica()
+    fleet = Fleet([Replica("index", "s0", shard0), Replica("index", "s1", shard1)], [Replica("query", "q", query)])
+    rollout = apply_everywhere(fleet, 1, 1)
+    assert query.applied == [] and rollout.applied == ["index s0"] and "shard 1 of 2" in rollout.failed["query q"]
+    # A slot still loading the version reports no shard yet; its refusal leaves both shards served.
+    shard1.refusal = ""
+    loading = _Replica(refusal="not loaded here", state=versions_pb2.VERSION_STATE_LOADING)
+    fleet.index.append(Replica("index", "loading", loading))
+    rollout = apply_everywhere(fleet, 1, 1)
+    assert query.applied == [1] and set(rollout.failed) == {"index loading"}
+
+
+def test_a_delta_the_registry_refuses_is_one_line_and_exit_status_1(tmp_path, capsys):
+    registry = Registry(tmp_path, "m")
+    publish_dummy(registry)
+    write_delta(registry.model_dir, 1, Delta.make(deleted=["a"], dim=1))
+    write_delta(registry.model_dir, 1, Delta.make(deleted=["b"], dim=1))
+    (registry.model_dir / "catalogue" / "1" / "00000001.json").unlink()  # a gap: no delta can follow
+    server = grpc.server(ThreadPoolExecutor(1))  # an admin plane to connect to; the registry refuses before any call
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with pytest.raises(SystemExit) as exit:
+            catalogue_main(["--registry", str(tmp_path), "--model", "m", "--version", "1", "--delete", "c",
+                            "--index-admin", f"127.0.0.1:{port}"])
+    finally:
+        server.stop(None)
+    assert exit.value.code == 1
+    assert capsys.readouterr().err.strip().startswith("recsys-catalogue: catalogue deltas of version 1 in")
+
+
+def test_an_input_file_that_is_not_utf8_text_is_one_line_naming_it(tmp_path, capsys):
+    publish_dummy(Registry(tmp_path, "m"))
+    for flag in ("--upserts", "--delete-file"):
+        bad = tmp_path / f"bad{flag}"
+        bad.write_bytes(b'{"id": "\xff", "vector": [1]}\n')
+        with pytest.raises(SystemExit) as exit:
+            catalogue_main(["--registry", str(tmp_path), "--model", "m", "--version", "1", flag, str(bad),
+                            "--index-admin", "127.0.0.1:1"])
+        assert exit.value.code == 1
+        assert capsys.readouterr().err.strip() == f"recsys-catalogue: {bad}: not UTF-8 text (byte 0xff)"
+
+
+def test_the_index_replicas_are_required_as_the_usage_says(tmp_path, capsys):
+    publish_dummy(Registry(tmp_path, "m"))
+    # Without them the query replicas alone would move to the new generation, which no index replica serves.
+    with pytest.raises(SystemExit) as exit:
+        catalogue_main(["--registry", str(tmp_path), "--model", "m", "--version", "1", "--delete", "c",
+                        "--query-admin", "127.0.0.1:1"])
+    assert exit.value.code == 2 and "--index-admin is required" in capsys.readouterr().err
+    assert not (tmp_path / "m" / "catalogue").exists()

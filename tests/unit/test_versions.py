@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 
 from model_registry import Registry, VersionError
+from index_service.slot import SlotAdmin
 from model_registry.deltas import Delta, write_delta
+from query_service.admin import QueryAdmin
 from serving.admin import VersionAdmin
-from serving.errors import FailedPrecondition, Unavailable
+from serving.errors import FailedPrecondition, InvalidArgument, Unavailable
 from serving.loader import Background, Loader
 from serving.versions import State, VersionManager
 
@@ -91,5 +93,25 @@ def test_a_catalogue_delta_the_version_refuses_is_failed_precondition_saying_why
     try:
         with pytest.raises(FailedPrecondition, match=r"deltas of version 1 refused: .*the version embeds into 2"):
             asyncio.run(VersionAdmin(manager, loader).apply_catalogue(1, 0))
+    finally:
+        loader.close()
+
+
+def test_unloading_version_0_or_below_is_invalid_argument_as_loading_and_promoting_are(tmp_path):
+    registry = Registry(tmp_path, "m")
+    loader = Loader(registry, lambda path, manifest: None, "test", Background.GIL)
+    try:
+        for make in (lambda manager: QueryAdmin(manager, loader, router=None),
+                     lambda manager: SlotAdmin("blue", registry, manager, loader, lambda: 0.0, 0.0)):
+            for live in (None, 1):
+                manager = VersionManager("m")
+                if live:
+                    manager.add(live, "one")
+                admin = make(manager)
+                for version in (0, -1):
+                    # Version 0 is "the live one" to VersionManager.get: it must not reach it, nor say "not loaded".
+                    with pytest.raises(InvalidArgument, match=f"version={version}: versions are positive integers"):
+                        asyncio.run(admin.unload(version))
+                assert manager.loaded_versions() == ([live] if live else [])
     finally:
         loader.close()
