@@ -69,7 +69,7 @@ import numpy as np
 from hdrh.histogram import HdrHistogram
 
 from serving.tls import ClientTls
-from settings.flags import SecretFile
+from settings.flags import ConfigError, SecretFile
 
 # Histogram range: 1 us .. 60 s at 3 significant digits (0.1% value precision).
 HIST_LOWEST_US = 1
@@ -96,8 +96,8 @@ def parse_rpc_mix(text: str) -> dict[str, float]:
             weights[name] = float(value)
         except ValueError:
             raise ValueError(f"rpc-mix: {part!r} is not NAME=WEIGHT") from None
-        if not weights[name] >= 0:
-            raise ValueError(f"rpc-mix: the weight of {name} must be >= 0")
+        if not 0 <= weights[name] < math.inf:  # inf would make every share nan
+            raise ValueError(f"rpc-mix: the weight of {name} must be >= 0 and finite")
     total = sum(weights.values())
     if not total > 0:
         raise ValueError("rpc-mix: give at least one RPC a positive weight")
@@ -166,19 +166,26 @@ class LoadConfig:
 
     def __post_init__(self) -> None:
         for name in ("qps", "duration_s", "timeout_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+            # inf: no schedule can be made of it, and no connect timeout (a run that never ends on a server down)
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be > 0 and finite, got {getattr(self, name)}")
         for name in ("concurrency", "k", "channels", "num_customers", "batch_size", "num_candidates"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.sample_responses < 0:
             raise ValueError(f"sample_responses must be >= 0, got {self.sample_responses}")
         if self.distribution not in DISTRIBUTIONS:
             raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {self.distribution!r}")
         if self.distribution == "zipf" and not self.zipf_s > 0:
             raise ValueError(f"zipf_s must be > 0, got {self.zipf_s}")
-        self.customer_format.format(0)  # fail now, not mid-run, on a bad format
-        self.candidate_format.format(0)
+        for name in ("customer_format", "candidate_format"):  # fail now, not mid-run, on a bad format
+            try:
+                getattr(self, name).format(0)
+            except (ValueError, LookupError, TypeError, AttributeError) as e:
+                raise ValueError(f"{name} {getattr(self, name)!r} cannot format a number: {type(e).__name__}: "
+                                 f"{e}") from None
         if set(self.rpc_mix) - set(RPCS) or not math.isclose(sum(self.rpc_mix.values()), 1.0):
             raise ValueError(f"rpc_mix must give shares of {RPCS} summing to 1, got {self.rpc_mix}")
 
@@ -820,7 +827,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> LoadConfig:
     """Turns parsed flags into a LoadConfig; raises ValueError on bad combinations."""
-    tls = ClientTls(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
+    try:
+        tls = ClientTls(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
+    except ConfigError as e:  # it names the field; the user typed the flag
+        raise ValueError(f"--tls-{e.field} {e.message}") from None
     swap = None
     if args.swap:
         missing = [flag for flag, value in (("--registry", args.registry), ("--model", args.model),
@@ -889,6 +899,9 @@ def main(argv: list[str] | None = None) -> None:
         config = config_from_args(args)
     except ValueError as e:
         parser.error(str(e))
+    for flag, path in (("--out", args.out), ("--plot", args.plot)):
+        if path is not None and not path.absolute().parent.is_dir():  # else found after the run, losing its report
+            parser.error(f"{flag}: no directory {path.absolute().parent} to write {path.name} in")
     from serving.grpc_server import run_event_loop  # the services' event loop (uvloop): a cheaper client too
 
     started = time.monotonic()

@@ -121,3 +121,13 @@ def test_quiet_drops_the_progress_lines_and_plot_writes_a_png(fake_query, tmp_pa
     assert f"timeline plot: {png}" in stderr and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads(out.read_text())
     assert report["requests"]["ok"] == 48 and len(report["timeline"]) == 2
+
+
+def test_an_out_or_plot_file_that_cannot_be_written_is_refused_before_the_run(fake_query, tmp_path, capsys):
+    # Found only after the run, it was a traceback that lost the whole report.
+    for flag in ("--out", "--plot"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["--address", fake_query, "--qps", "40", "--duration-s", "1", "--quiet",
+                  flag, str(tmp_path / "missing" / "report")])
+        assert exit_.value.code == 2
+        assert f"{flag}: no directory {tmp_path / 'missing'} to write" in capsys.readouterr().err

@@ -21,6 +21,7 @@ def test_a_mix_is_normalised_into_shares_in_rpc_order():
 @pytest.mark.parametrize("text, message", [("recomend=1", "unknown RPC 'recomend'"),
                                            ("recommend", "is not NAME=WEIGHT"),
                                            ("recommend=-1", "must be >= 0"),
+                                           ("recommend=inf", "must be >= 0 and finite"),
                                            ("recommend=0", "at least one RPC a positive weight")])
 def test_a_bad_mix_is_refused(text, message):
     with pytest.raises(ValueError, match=message):
