@@ -10,6 +10,7 @@ validated when it is built, before any data is read.
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 from model_registry import signing
@@ -96,6 +97,10 @@ DATASET_PRESETS: dict[str, dict[str, TrainConfig]] = {
         "sequence": _preset("sequence", use_customer_id=True),
     },
 }
+# A catalogue column a candidate tower takes is a SavedModel input of the same name. TensorFlow refuses
+# other names (a space) or renames them ("sub-category" to "sub_category"), which upserts could not fill.
+_TOWER_INPUT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
 # The tower family a data set uses when none is named (others: "id").
 DEFAULT_TOWER = {"movielens-100k": "id"}
 
@@ -151,3 +156,8 @@ class PipelineConfig:
             check_options(self.dataset, self.data)
         except ConfigError as e:
             raise ConfigError(f"data.{e.field}", e.message) from None
+        if self.train.towers.candidate_features or self.train.towers.kind == "features":
+            for column in self.data.catalog_feature_cols:
+                require(_TOWER_INPUT_NAME.fullmatch(column) is not None, "data.catalog_feature_cols",
+                        f"column {column!r} cannot be a candidate tower input (its SavedModel input name): "
+                        "rename it to letters, digits and '_', starting with a letter")

@@ -55,6 +55,9 @@ class Cluster:
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"${TF_CONFIG} is not a TensorFlow cluster spec ({e!r}): expected "
                              '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}')
+        if not isinstance(jobs, dict) or not all(isinstance(jobs.get(job, []), list) for job in _TRAINING_JOBS):
+            raise ValueError(f"${TF_CONFIG}'s cluster must map each job to a list of addresses: expected "
+                             '{"cluster": {"worker": ["host:port", ...]}, ...}')
         other = sorted(set(jobs) - set(_TRAINING_JOBS))
         if other or task_type not in _TRAINING_JOBS:
             raise ValueError(f"${TF_CONFIG} names jobs {other or [task_type]}: recsys-train runs "
@@ -85,15 +88,20 @@ def launch(argv: list[str], workers: int, poll_s: float = 0.2) -> int:
                               env={**os.environ, TF_CONFIG: tf_config(addresses, i)})
              for i in range(workers)]
     status = 0
+    terminated: set[int] = set()
     try:
-        while any(p.poll() is None for p in procs):
-            if any(p.returncode for p in procs):
+        while True:
+            # Every worker is polled each round: any() would stop at the first one still
+            # running, and a later worker's failure would go unseen while the chief waits for it.
+            codes = [p.poll() for p in procs]
+            if all(code is not None for code in codes) or any(codes):
                 break
             time.sleep(poll_s)
     finally:
-        for p in procs:
+        for i, p in enumerate(procs):
             if p.poll() is None:
                 p.terminate()
+                terminated.add(i)
         for p in procs:
             try:
                 p.wait(timeout=30)
@@ -102,5 +110,6 @@ def launch(argv: list[str], workers: int, poll_s: float = 0.2) -> int:
                 p.wait()
     for i, p in enumerate(procs):
         print(f"recsys-train: worker {i} of {workers} ({addresses[i]}) exited {p.returncode}", flush=True)
-        status = status or (p.returncode if p.returncode >= 0 else 128 - p.returncode)
+        if i not in terminated:  # the signal this launcher sent is not the run's failure
+            status = status or (p.returncode if p.returncode >= 0 else 128 - p.returncode)
     return status

@@ -255,7 +255,8 @@ def train(train_data: Interactions, config: TrainConfig | None = None, validatio
 
     ``validation`` defaults to a seeded ``config.validation_fraction`` of
     ``train_data``; with none (fraction 0) the model trains ``max_epochs`` on
-    everything and serves without a prior. The customer vocabulary is every
+    everything and serves without a prior, unless ``config.prior_weight`` pins
+    one. The customer vocabulary is every
     training customer; the candidate vocabulary is the catalog, so every
     catalog item gets an index entry.
     """
@@ -269,9 +270,11 @@ def train(train_data: Interactions, config: TrainConfig | None = None, validatio
     if validation is None:
         model = _new_model(train_data, config)
         seconds, _ = _fit(model, _dataset(train_data, model, config), config.max_epochs)
+        # A pinned weight needs no validation to choose it: dropping it would serve another model than asked for.
+        prior = PopularityPrior(config.prior_weight, config.temperature) if config.prior_weight else PopularityPrior()
         return TrainResult(model, config.max_epochs, config.max_epochs, seconds,
                            config.max_epochs * len(train_data) / max(seconds, 1e-9), [],
-                           workers=distribute.replicas())
+                           prior=prior, workers=distribute.replicas())
     return refit(train_data, config, fit_early_stopped(train_data, validation, config, log), log)
 
 

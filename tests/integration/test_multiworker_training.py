@@ -86,3 +86,29 @@ def test_launcher_reports_each_worker_and_the_first_failure(capsys):
     out = capsys.readouterr().out
     assert "worker 0 of 2" in out and "worker 1 of 2" in out and out.count("exited 0") == 2
     assert launch(["--no-such-flag"], 2) == 2
+
+
+def test_launcher_stops_the_others_when_a_later_worker_fails_and_exits_with_its_status(monkeypatch, capsys):
+    import subprocess
+    import sys
+    import time
+
+    from trainer import launcher
+
+    # Worker 1 fails at once; worker 0 stands for one waiting for it in a collective that never completes.
+    script = ("import json, os, sys, time; i = json.loads(os.environ['TF_CONFIG'])['task']['index']; "
+              "sys.exit(3) if i == 1 else time.sleep(60)")
+    real = subprocess.Popen
+    monkeypatch.setattr(launcher.subprocess, "Popen", lambda cmd, env: real([sys.executable, "-c", script], env=env))
+    start = time.monotonic()
+    assert launch([], 2) == 3
+    assert time.monotonic() - start < 30  # worker 0 was terminated, not waited for
+    out = capsys.readouterr().out
+    assert "worker 0 of 2" in out and "worker 1 of 2 (127.0.0.1:" in out and "exited 3" in out
+
+
+def test_a_cluster_whose_addresses_are_not_a_list_is_refused():
+    # One address written without its list: its characters were counted as 14 workers.
+    for jobs in ({"worker": "127.0.0.1:2222"}, {"worker": 2}, {"chief": "a:1", "worker": ["b:1"]}):
+        with pytest.raises(ValueError, match="TF_CONFIG"):
+            Cluster.from_env({TF_CONFIG: json.dumps({"cluster": jobs, "task": {"type": "worker", "index": 0}})})

@@ -166,3 +166,15 @@ def test_search_starts_at_the_presets_and_leaves_pinned_flags_alone():
     assert [row["weight"] for row in best["prior_grid"]] == list(PRIOR_WEIGHTS)
     described = found.describe(20.0)
     assert described["best_trial"] == best["number"] and described["trials"] is trials
+
+
+def test_a_pinned_prior_weight_is_served_without_a_validation_split():
+    from trainer.towers.config import TowerConfig
+    from trainer.training import train
+
+    _, train_set, _ = _split(interactions=2_000)
+    # No validation split: nothing to choose the weight on, but --prior-weight needs no choosing.
+    config = TrainConfig(towers=TowerConfig(embedding_dim=8), max_epochs=1, validation_fraction=0.0,
+                         prior_weight=0.5, temperature=0.5)
+    result = train(train_set, config)
+    assert result.prior == PopularityPrior(0.5, 0.5)

@@ -289,3 +289,25 @@ def test_recommended_config_and_tower_flag(tmp_path):
     # The features preset with the one flag given applied over it; everything else from the preset.
     assert config.train.towers.kind == "features" and config.train.towers.l2 == 0.01
     assert config.train.max_epochs == GENERIC_PRESETS["features"].max_epochs
+
+
+def test_a_catalogue_column_the_candidate_tower_cannot_take_by_name_is_refused_before_training(tmp_path, capsys):
+    from trainer import cli
+
+    # Empty files: were the data read first, that would be the error.
+    (tmp_path / "events.csv").write_text("")
+    (tmp_path / "items.csv").write_text("")
+    base = ["--tune-budget-s", "0", "--dataset", "interactions-csv", "--data-path", str(tmp_path / "events.csv"),
+            "--catalog-path", str(tmp_path / "items.csv"), "--registry", str(tmp_path), "--model", "m"]
+    # A SavedModel input is named after the column: "unit price" failed the publish after training, and
+    # "sub-category" became the input "sub_category", which catalogue upserts naming the column could not fill.
+    for column in ("unit price", "sub-category", "2"):
+        for tower in (["--candidate-features"], ["--tower", "features"]):
+            with pytest.raises(SystemExit) as e:
+                cli.main([*base, "--catalog-feature-cols", f"genre,{column}", *tower])
+            assert e.value.code == 2
+            err = capsys.readouterr().err.strip()
+            assert "--catalog-feature-cols" in err and repr(column) in err and err.count("\n") == 0, err
+    # Without a candidate tower that takes them, the columns are only attributes: any name goes.
+    assert cli.main([*base, "--catalog-feature-cols", "unit price", "--quiet"]) == 2  # the empty file's error
+    assert "recsys-train: error" in capsys.readouterr().err
