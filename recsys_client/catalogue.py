@@ -61,6 +61,8 @@ from protos.recsys.v1.versions_pb2 import VERSION_STATE_LOADING as LOADING
 from recsys_client.candidate_tower import CandidateTower, FeatureError
 from recsys_client.publish import Fleet, PublishError, Replica
 from serving.tls import ClientTls
+from serving import validation
+from serving.errors import InvalidArgument
 from serving.validation import MAX_ID_BYTES
 from settings.flags import ConfigError, add_flags, option, parse, require
 
@@ -91,6 +93,7 @@ def read_upserts(lines, dim: int, token_namespaces: frozenset[str], numeric_name
             raise CatalogueError(f"line {number}: not a JSON object with an 'id' ({e})") from None
         if not isinstance(candidate, str) or not 0 < len(candidate.encode()) <= MAX_ID_BYTES:
             raise CatalogueError(f"line {number}: id must be a string of 1..{MAX_ID_BYTES} bytes")
+        _check_id(candidate, f"line {number}: id")
         where = f"line {number} (id {candidate!r})"
         vector, features = record.get("vector"), record.get("features")
         if (vector is None) == (features is None):
@@ -265,6 +268,15 @@ class CatalogueConfig:
                 raise ConfigError("signing_key", f"is not a usable key: {e}") from None
 
 
+def _check_id(candidate: str, what: str) -> None:
+    """The services' rule for ids, which a delta's ids must meet to be named by requests. A NUL matters most here:
+    numpy drops an id's trailing NULs, so an upsert or delete of "x\\x00" would change or delete x."""
+    try:
+        validation.check_id(candidate, what)
+    except InvalidArgument as e:
+        raise CatalogueError(str(e)) from None
+
+
 @contextlib.contextmanager
 def _utf8(path: str):
     """Reading ``path``: its bytes that are not UTF-8 are a CatalogueError naming it, not a traceback."""
@@ -298,6 +310,8 @@ def main(argv: list[str] | None = None) -> None:
             with _utf8(config.delete_file):
                 deleted += [line.strip() for line in Path(config.delete_file).read_text(encoding="utf-8").splitlines()
                             if line.strip()]
+        for i, candidate in enumerate(deleted):
+            _check_id(candidate, f"deleted id {i}")
         delta = Delta(delta.ids, delta.vectors, delta.attributes,
                       np.asarray(deleted, dtype=str) if deleted else delta.deleted)
         fleet = Fleet.connect(list(config.index_admin), list(config.query_admin), config.admin_token,

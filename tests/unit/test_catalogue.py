@@ -512,6 +512,18 @@ def test_upsert_input_is_checked_against_the_version():
     assert NO_FILTER.key() == "" and not NO_FILTER
 
 
+def test_an_id_with_a_nul_is_refused_before_it_can_change_or_delete_another(tmp_path, capsys):
+    """numpy drops an id's trailing NULs: a delta upserting or deleting "x\\x00" would change or delete x."""
+    with pytest.raises(CatalogueError, match=r"line 1: id 'x\\x00' contains a NUL character"):
+        read_upserts(['{"id": "x\\u0000", "vector": [1, 2]}'], 2, set(), set())
+    publish_dummy(Registry(tmp_path, "m"))
+    with pytest.raises(SystemExit) as exit:
+        catalogue_main(["--registry", str(tmp_path), "--model", "m", "--version", "1", "--delete", "i001,i002\x00",
+                        "--index-admin", "127.0.0.1:1"])
+    assert exit.value.code == 1 and "deleted id 1 'i002\\x00' contains a NUL character" in capsys.readouterr().err
+    assert not (tmp_path / "m" / "catalogue").exists()  # refused before any delta was written
+
+
 def test_tokens_and_numeric_of_the_wrong_shape_are_refused_naming_the_line():
     # A string of tokens was taken letter by letter: "Drama" became the tokens D, a, m, r, and no filter matched it.
     for line, message in (('{"id": "x", "vector": [1, 2], "tokens": {"genre": "Drama"}}',
