@@ -36,6 +36,10 @@ _CODE_TO_ERROR = {
     grpc.StatusCode.INVALID_ARGUMENT: errors.FailedPrecondition,
     grpc.StatusCode.NOT_FOUND: errors.FailedPrecondition,
 }
+# The most request bytes sent in one search call. Misses batched into one call may each carry the most
+# exclusions a caller may send (10,000 ids of up to 256 bytes): in one message they would pass the index's
+# receive limit (--max-message-bytes, 16 MiB) and fail every miss of the batch.
+MAX_SEARCH_BYTES = 4 << 20
 # States in which an endpoint answers searches pinned to a version.
 SEARCHABLE = frozenset({versions_pb2.VERSION_STATE_READY, versions_pb2.VERSION_STATE_SERVING})
 # An endpoint silent for this many of its keepalive periods is taken as gone (hung or partitioned).
@@ -113,11 +117,21 @@ class IndexEndpoint:
         return self.shard == shard and max(self.shards, 1) == shards
 
     async def search(self, queries: list[IndexQuery], version: int, timeout_s: float) -> list[IndexHits]:
-        """Searches all queries in ``version`` within ``timeout_s``; one RPC whatever the batch size."""
+        """Searches all queries in ``version`` within ``timeout_s``; one RPC whatever the batch size, unless
+        the batch is over ``MAX_SEARCH_BYTES``: then one per part of it, side by side."""
         requests = [pb.SearchRequest(vector=[] if q.vector is None else q.vector.tolist(), k=q.k,
                                      model_version=version, exclude_candidate_ids=sorted(q.exclusions),
                                      filter=filter_to_proto(q.filter) if q.filter else None,
                                      by_popularity=q.by_popularity) for q in queries]
+        min_generation = max(q.min_generation for q in queries)
+        parts = _parts(requests) if len(requests) > 1 else [requests]
+        if len(parts) == 1:
+            return await self._search(requests, version, min_generation, timeout_s)
+        answers = await asyncio.gather(*(self._search(part, version, min_generation, timeout_s) for part in parts))
+        return [hits for answer in answers for hits in answer]
+
+    async def _search(self, requests: list[pb.SearchRequest], version: int, min_generation: int,
+                      timeout_s: float) -> list[IndexHits]:
         try:
             if len(requests) == 1:
                 responses = [await self._stub.Search(requests[0], timeout=timeout_s, metadata=outgoing_metadata())]
@@ -130,7 +144,7 @@ class IndexEndpoint:
         except grpc.aio.AioRpcError as e:
             raise error_for(e, self.address) from e
         for response in responses:
-            self._check(response, version, max(q.min_generation for q in queries), generation)
+            self._check(response, version, min_generation, generation)
         return [_hits(r, generation) for r in responses]
 
     async def similar(self, query: SimilarQuery, version: int, timeout_s: float, with_vector: bool = False) \
@@ -209,6 +223,20 @@ class IndexEndpoint:
 
     async def close(self) -> None:
         await self._channel.close()
+
+
+def _parts(requests: list[pb.SearchRequest]) -> list[list[pb.SearchRequest]]:
+    """``requests`` in order, cut into parts of at most ``MAX_SEARCH_BYTES`` (a request over it alone)."""
+    parts: list[list[pb.SearchRequest]] = [[]]
+    size = 0
+    for request in requests:
+        request_size = request.ByteSize()
+        if parts[-1] and size + request_size > MAX_SEARCH_BYTES:
+            parts.append([])
+            size = 0
+        parts[-1].append(request)
+        size += request_size
+    return parts
 
 
 def _hits(response: pb.SearchResponse, generation: int) -> IndexHits:

@@ -28,6 +28,7 @@ until its status stream falls silent.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import itertools
 import logging
@@ -49,6 +50,9 @@ SUSPECT_S = 1.0
 # second copy of each call would add load, not cut latency.
 HEDGE_BUDGET = 0.05
 HEDGE_BURST = 10  # hedges allowed on top of the budget's share (a start, a burst after a quiet time)
+# The budget counts recent calls and hedges only (halved every window): a quiet hour would otherwise bank
+# hedges for an overload to spend, while a second's calls cover those in flight to a replica that hangs.
+HEDGE_WINDOW_S = 1.0
 # What makes another replica worth one try: it died, is overloaded, or no longer holds the version.
 RETRYABLE = (errors.Unavailable, errors.FailedPrecondition)
 
@@ -86,9 +90,12 @@ class IndexRouter:
     def __init__(self, config: RoutingConfig):
         self.config = config
         self.endpoints = [IndexEndpoint(address, config.tls) for address in config.addresses]
-        self._turn = itertools.count()
+        # One turn per shard: a shared one, taken by each shard of a search in order, would give a shard's
+        # replicas the same turn every time and all its first tries to one of them.
+        self._turns: dict[int, itertools.count] = collections.defaultdict(itertools.count)
         self._suspect_until: dict[str, float] = {}  # address -> time.monotonic() until which it is passed over
-        self._calls = self._hedges = 0
+        self._calls = self._hedges = 0.0  # decayed counts (HEDGE_WINDOW_S) as of _counted_at
+        self._counted_at = time.monotonic()
         self._watchers: list[asyncio.Task] = []
         self._changed: asyncio.Condition | None = None
         self._listeners: list = []
@@ -172,17 +179,18 @@ class IndexRouter:
                                   lambda endpoint, left: endpoint.similar(query, version, left, with_vector=True),
                                   owner)
         remaining = (self.timeout_s if timeout_s is None else timeout_s) - (loop.time() - start)
-        near = IndexQuery(found.vector, query.k, query.exclusions | {query.candidate_id}, query.filter,
-                          min_generation=query.min_generation)
+        # The candidate lives in its owner's shard only: excluding it elsewhere too would push a caller's
+        # allowed MAX_EXCLUSIONS over the index's limit.
+        near = IndexQuery(found.vector, query.k, query.exclusions, query.filter, min_generation=query.min_generation)
         parts = await asyncio.gather(*(
             self._route(version, query.min_generation, remaining,
                         lambda endpoint, left: endpoint.search([near], version, left), shard)
             for shard in range(shards) if shard != owner))
         return merge_hits([found, *(part[0] for part in parts)], query.k)
 
-    def _ordered(self, holders: list[IndexEndpoint]) -> list[IndexEndpoint]:
+    def _ordered(self, holders: list[IndexEndpoint], shard: int) -> list[IndexEndpoint]:
         """``holders`` round-robin, the ones passed over (``SUSPECT_S``) last."""
-        first = next(self._turn) % len(holders)
+        first = next(self._turns[shard]) % len(holders)
         turn = holders[first:] + holders[:first]
         now = time.monotonic()
         return sorted(turn, key=lambda e: self._suspect_until.get(e.address, 0.0) > now)
@@ -194,6 +202,11 @@ class IndexRouter:
 
     def _may_hedge(self) -> bool:
         return self.config.hedge_ms > 0 and self._hedges < HEDGE_BUDGET * self._calls + HEDGE_BURST
+
+    def _count_call(self) -> None:
+        now = time.monotonic()
+        decay = 0.5 ** ((now - self._counted_at) / HEDGE_WINDOW_S)
+        self._calls, self._hedges, self._counted_at = self._calls * decay + 1, self._hedges * decay, now
 
     async def _route(self, version: int, generation: int, timeout_s: float | None,
                      call: Callable[[IndexEndpoint, float], Awaitable[T]], shard: int = 0) -> T:
@@ -219,13 +232,15 @@ class IndexRouter:
             raise errors.Unavailable(f"no index endpoint holds version {version}: an index slot holding it must be up")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.timeout_s if timeout_s is None else min(timeout_s, self.timeout_s))
-        tries = self._ordered(holders)[:2]
-        self._calls += 1
+        tries = self._ordered(holders, shard)[:2]
+        self._count_call()
         if len(tries) == 1:
             return await call(tries[0], deadline - loop.time())
         first = loop.create_task(call(tries[0], deadline - loop.time()))
         try:
             await asyncio.wait({first}, timeout=self.config.hedge_ms / 1000 if self._may_hedge() else None)
+            if not first.done() and not self._may_hedge():  # calls waiting beside this one spent the budget
+                await asyncio.wait({first})
             if first.done():
                 try:
                     return first.result()

@@ -25,6 +25,8 @@ from protos.recsys.v1 import admin_pb2, admin_pb2_grpc
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from query_service.cache import cache_key
+from query_service.index_client import IndexEndpoint, IndexQuery
+from serving import validation
 from tests.conftest import RedisProcess
 from tests.integration.conftest import MODEL, index_slot, make_live, query_replica, train
 from tests.processes import console_script, start_all, wait_until
@@ -193,6 +195,19 @@ def test_batch_search_answers_each_query_with_its_own_k(index_stub, version_dir)
     assert response.model_version == manifest.version
     for result, vector, k in zip(response.results, vectors, (1, 5, 20)):
         assert ids_of(result) == exact_top_k(version_dir, vector, k)
+
+
+async def test_a_batch_of_searches_each_within_the_limits_is_not_refused_for_its_size(index_service, version_dir):
+    manifest = files.read_manifest(version_dir)
+    # Concurrent misses of callers each sending the most exclusions allowed, batched into one index search.
+    excluded = frozenset(f"{i:05d}".ljust(250, "x") for i in range(validation.MAX_EXCLUSIONS))
+    query = IndexQuery(np.full(manifest.embedding_dim, 0.1, np.float32), 5, excluded)
+    endpoint = IndexEndpoint(index_service.address)
+    try:
+        hits = await endpoint.search([query] * 8, manifest.version, 30)
+    finally:
+        await endpoint.close()
+    assert [len(h.ids) for h in hits] == [5] * 8
 
 
 def test_health_and_reflection_on_both_services(query_service, index_service):

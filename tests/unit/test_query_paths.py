@@ -25,7 +25,7 @@ from query_service.index_client import IndexHits, IndexQuery, SimilarQuery
 from query_service.live_history import LiveHistory, LiveHistoryConfig, history_key
 from query_service.recommender import (REPLAY_MAX_BYTES, SOURCE_MODEL, SOURCE_POPULARITY, Recommender,
                                       RecommendQuery, _Request, replay_cost)
-from query_service.routing import IndexRouter, RoutingConfig
+from query_service.routing import HEDGE_BUDGET, HEDGE_BURST, IndexRouter, RoutingConfig
 from query_service.servicer import QueryServicer
 from query_service.tower import QueryModel
 from serving import errors
@@ -572,6 +572,34 @@ async def test_the_router_sends_searches_only_to_endpoints_caught_up_with_the_ge
         await router.search([IndexQuery(np.zeros(2, np.float32), 1, frozenset(), min_generation=3)], 1)
     with pytest.raises(errors.Unavailable, match="no index endpoint holds version 2"):
         await router.search([query], 2)
+    await router.close()
+
+
+async def test_hedges_stay_a_small_share_of_calls_when_every_replica_turns_slow_at_once(monkeypatch):
+    monkeypatch.setattr("query_service.routing.HEDGE_WINDOW_S", 0.05)
+    router = IndexRouter(RoutingConfig(addresses=("a:1", "b:1"), hedge_ms=1.0))
+    calls: list[str] = []
+    delay = [0.0]
+    for endpoint in router.endpoints:
+        endpoint.versions = {1: 3}
+
+        def fake_search(address):
+            async def search(queries, version, timeout_s):
+                calls.append(address)
+                await asyncio.sleep(delay[0])
+                return [IndexHits(["x"], [1.0])]
+            return search
+
+        endpoint.search = fake_search(endpoint.address)  # routing is under test, not the network
+    query = IndexQuery(np.zeros(2, np.float32), 1, frozenset())
+    for _ in range(1000):  # a quiet time: nothing hedged
+        await router.search([query], 1)
+    assert len(calls) == 1000
+    await asyncio.sleep(0.5)  # ten windows: what the quiet time earned is spent or gone
+    delay[0] = 0.05  # overload: every replica slow, every call out-waits the hedge delay
+    await asyncio.gather(*(router.search([query], 1) for _ in range(200)))
+    hedges = len(calls) - 1200
+    assert hedges <= 2 * (HEDGE_BURST + HEDGE_BUDGET * 200), hedges  # a copy of each would double the load
     await router.close()
 
 

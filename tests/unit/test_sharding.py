@@ -14,8 +14,10 @@ from model_registry import Registry, VersionError, verify_version
 from model_registry import manifest as files
 from model_registry.attributes import Attributes
 from model_registry.deltas import Delta
-from query_service.index_client import IndexHits
-from query_service.routing import merge_hits
+from protos.recsys.v1 import versions_pb2
+from query_service.index_client import IndexHits, IndexQuery, SimilarQuery
+from query_service.routing import IndexRouter, RoutingConfig, merge_hits
+from serving import validation
 from serving.admin_rpc import status_proto
 from serving.loader import Background, Loader
 from serving.sources import StartupVersions
@@ -121,3 +123,47 @@ def test_a_shard_endpoint_names_its_shard_in_its_admin_status(registry):
     sharded, whole = endpoint(1, 2), endpoint(None, 1)
     assert (sharded.slot, sharded.shard, sharded.shards, sharded.live_version) == ("blue", 1, SHARDS, 2)
     assert (whole.shard, whole.shards) == (0, 0)
+
+
+async def test_similar_on_a_sharded_version_takes_as_many_exclusions_as_an_unsharded_one():
+    router = IndexRouter(RoutingConfig(addresses=("owner:1", "other:1")))
+    candidate = "item-7"
+    owner = int(files.shard_of([candidate], 2)[0])
+    for endpoint, shard in zip(router.endpoints, (owner, 1 - owner)):
+        endpoint.versions, endpoint.shard, endpoint.shards = {1: versions_pb2.VERSION_STATE_SERVING}, shard, 2
+    sent: list[frozenset[str]] = []
+
+    # The network calls are replaced by the index's own checks: what the router sends is under test.
+    async def similar(query, version, timeout_s, with_vector=False):
+        validation.check_exclusions(query.exclusions)
+        return IndexHits(["near"], [2.0], vector=np.zeros(2, np.float32))
+
+    async def search(queries, version, timeout_s):
+        sent.append(queries[0].exclusions)
+        validation.check_exclusions(queries[0].exclusions)
+        return [IndexHits(["far"], [1.0])]
+
+    router.endpoints[0].similar, router.endpoints[1].search = similar, search
+    allowed = frozenset(f"x{i}" for i in range(validation.MAX_EXCLUSIONS))
+    hits = await router.similar(SimilarQuery(candidate, 2, allowed), 1)
+    assert hits.ids == ["near", "far"] and sent == [allowed]  # the candidate lives in its own shard only
+    await router.close()
+
+
+async def test_the_replicas_of_a_shard_take_turns_whatever_the_other_shards_hold():
+    router = IndexRouter(RoutingConfig(addresses=("shard0:1", "shard1-a:1", "shard1-b:1"), hedge_ms=0))
+    first: list[str] = []
+    for endpoint, shard in zip(router.endpoints, (0, 1, 1)):
+        endpoint.versions, endpoint.shard, endpoint.shards = {1: versions_pb2.VERSION_STATE_SERVING}, shard, 2
+
+        def fake_search(address):
+            async def search(queries, version, timeout_s):
+                first.append(address)
+                return [IndexHits([address], [1.0])]
+            return search
+
+        endpoint.search = fake_search(endpoint.address)  # routing is under test, not the network
+    for _ in range(10):
+        await router.search([IndexQuery(np.zeros(2, np.float32), 1, frozenset())], 1)
+    assert first.count("shard1-a:1") == first.count("shard1-b:1") == 5, first
+    await router.close()
