@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from redis.exceptions import ResponseError
+
 from query_service.batching import MicroBatcher
 from query_service.cache import seal, unseal
 from query_service.redis_link import PIPELINED, REDIS_ERRORS, UNREACHED, RedisLink
@@ -79,18 +81,33 @@ class LiveHistory:
         node = ""
         try:
             node = await self.link.node_of(key)
-            # One key, so one slot: redis-py runs the MULTI/EXEC on a cluster too.
-            async with self.link.client.pipeline(transaction=True) as pipe:
-                # LPUSH puts each value at the head in turn, so oldest-first ids end up newest first.
-                pipe.lpush(key, *(self._seal(key, c.encode()) for c in candidate_ids))
-                pipe.ltrim(key, 0, self.config.max_items - 1)
-                pipe.expire(key, self.config.ttl_s)
-                length, _, _ = await pipe.execute()
+            try:
+                length = await self._push(key, candidate_ids)
+            except ResponseError:
+                if await self.link.client.type(key) in (b"list", b"none"):
+                    raise
+                # A value of another type (not this service's): replaced, as the cache replaces values it
+                # did not write; kept, it would fail every recording and read of this customer.
+                self.link.skipped_key("RecordInteractions", key)
+                length = await self._push(key, candidate_ids, replace=True)
         except REDIS_ERRORS as e:
             self.link.failed("RecordInteractions", e, node)
             raise Unavailable(f"the live history's Redis did not take the interactions ({type(e).__name__}): they "
                               "may not be recorded; retry with backoff (a repeated interaction counts once)") from None
         return min(int(length), self.config.max_items)
+
+    async def _push(self, key: str, candidate_ids: tuple[str, ...], replace: bool = False) -> int:
+        """The MULTI/EXEC of ``record`` (after a DEL of the key with ``replace``); the list's length after."""
+        # One key, so one slot: redis-py runs the MULTI/EXEC on a cluster too.
+        async with self.link.client.pipeline(transaction=True) as pipe:
+            if replace:
+                pipe.delete(key)
+            # LPUSH puts each value at the head in turn, so oldest-first ids end up newest first.
+            pipe.lpush(key, *(self._seal(key, c.encode()) for c in candidate_ids))
+            pipe.ltrim(key, 0, self.config.max_items - 1)
+            pipe.expire(key, self.config.ttl_s)
+            replies = await pipe.execute()
+        return replies[-3]
 
     async def get(self, customer_id: str) -> tuple[str, ...]:
         """The customer's live history, most recent first, each item once; empty

@@ -31,7 +31,8 @@ import redis.asyncio as redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisClusterException, RedisError, SlotNotCoveredError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError, SlotNotCoveredError
+from redis.maint_notifications import MaintNotificationsConfig
 
 from query_service.batching import BatchingConfig
 from serving.tracing import span
@@ -60,9 +61,15 @@ class _Unreached:
 
 
 # The reply of a command that Redis did not answer: its node failed, or is
-# backed off after failing (on a single server: Redis is). Not None, which is a
-# reply (a missing key).
+# backed off after failing (on a single server: Redis is), or its key holds a
+# value of another type. Not None, which is a reply (a missing key).
 UNREACHED: Any = _Unreached()
+
+
+def wrong_type(reply: Any) -> bool:
+    """Whether ``reply`` is Redis refusing a command for its key's value, of
+    another type than the command's (someone else's write under the key)."""
+    return isinstance(reply, ResponseError) and str(reply).startswith("WRONGTYPE")
 
 
 def cluster_client(url: str, **kwargs: Any) -> RedisCluster:
@@ -90,12 +97,18 @@ class RedisLink:
         options = dict(socket_timeout=timeout_s, socket_connect_timeout=timeout_s, password=password or None)
         # Slots of a lost master stay unserved rather than failing the client, and
         # no cluster-level retry: a retry sleeps 250 ms, five times the call's budget.
+        # A single server's maintenance notifications off (a RESP3 feature, unused here): on, even as "auto",
+        # redis-py skips its check of a pooled connection when it is taken, so after a restart each pooled
+        # connection failed a call and backed Redis off again, one after another.
         self.client = (cluster_client(url, require_full_coverage=False, retry=Retry(NoBackoff(), 0), **options)
-                       if self.cluster else redis.from_url(url, **options))
+                       if self.cluster else
+                       redis.from_url(url, maint_notifications_config=MaintNotificationsConfig(enabled=False),
+                                      **options))
         self.retry_after_s = retry_after_s
         self._off_until = 0.0
         self._node_off_until: dict[str, float] = {}
         self._refresh: asyncio.Task | None = None
+        self._wrong_type_quiet_until = 0.0
 
     def available(self) -> bool:
         """False within ``retry_after_s`` of the last error (on a cluster: of one
@@ -118,6 +131,16 @@ class RedisLink:
                         "for %.1fs", node, op, type(error).__name__, error, self.retry_after_s)
             self._refresh_slots()
         self._node_off_until[node] = now + self.retry_after_s
+
+    def skipped_key(self, op: str, key: str) -> None:
+        """Records a key whose value is of another type than ``op`` takes: a
+        fault of that key, not of Redis, which stays on (one log line a minute)."""
+        REDIS_ERRORS_TOTAL.labels(op).inc()
+        now = time.monotonic()
+        if now >= self._wrong_type_quiet_until:
+            log.warning("redis key %s holds a value of another type than %s takes (not written by this service): "
+                        "reads skip it, a write replaces it; see recsys_redis_errors_total for the count", key, op)
+            self._wrong_type_quiet_until = now + 60
 
     def _refresh_slots(self) -> None:
         """Re-reads the slot map off the request path: a replica promoted in
@@ -186,13 +209,22 @@ class RedisLink:
 
     async def _pipeline(self, op: str, node: str, keys: Sequence[str], positions: Sequence[int],
                         queue: Callable[[Any, str], Any], replies: list[Any]) -> None:
-        """Fills ``replies`` at ``positions`` from one pipeline; a failure is ``node``'s (or Redis's)."""
+        """Fills ``replies`` at ``positions`` from one pipeline; a failure is ``node``'s (or Redis's),
+        but a key holding a value of another type fails only that key: one such key must not cost
+        the others of its pipeline their replies, nor the replica its Redis."""
         try:
             with span("redis " + op, keys=len(positions), node=node):
                 async with self.client.pipeline(transaction=False) as pipe:
                     for i in positions:
                         queue(pipe, keys[i])
-                    for i, reply in zip(positions, await pipe.execute()):
+                    answers = await pipe.execute(raise_on_error=False)
+                for reply in answers:
+                    if isinstance(reply, Exception) and not wrong_type(reply):
+                        raise reply
+                for i, reply in zip(positions, answers):
+                    if wrong_type(reply):
+                        self.skipped_key(op, keys[i])
+                    else:
                         replies[i] = reply
         except REDIS_ERRORS as e:
             self.failed(op, e, node)

@@ -11,6 +11,7 @@ import redis.asyncio as redis
 
 from query_service.cache import CacheConfig, CachedResult, ResultCache, cache_key
 from query_service.cache import MAC_BYTES
+from query_service.live_history import LiveHistory, history_key
 from tests.conftest import RedisProcess
 
 pytestmark = pytest.mark.integration
@@ -57,6 +58,24 @@ async def test_outage_degrades_to_misses_then_recovers():
     finally:
         await cache.close()
         redis.stop()
+
+
+async def test_connections_pooled_before_a_restart_fail_no_call_after_it():
+    """A restart closes every pooled connection: each is found closed when taken, not by a failed call
+    that backs Redis off again (for retry_after_s a time, one pooled connection after another)."""
+    redis_process = RedisProcess().start()
+    cache = ResultCache(CacheConfig(redis_process.url, local_mb=0))
+    keys = [cache_key("m", 1, f"restart-{i}", 1, frozenset()) for i in range(8)]
+    try:
+        await asyncio.gather(*(cache.link.mget("MGET", [key]) for key in keys))  # 8 connections pooled
+        redis_process.stop()
+        redis_process.start()
+        await asyncio.sleep(0.1)  # the loop sees the connections closed, as a serving replica's does at once
+        assert await asyncio.gather(*(cache.link.mget("MGET", [key]) for key in keys)) == [[None]] * len(keys)
+        assert cache.link.available()
+    finally:
+        await cache.close()
+        redis_process.stop()
 
 
 async def test_concurrent_gets_and_puts_are_batched_and_each_gets_its_own_value(redis_server):
@@ -174,3 +193,24 @@ async def test_redis_password():
         await right.close()
         await wrong.close()
         redis_process.stop()
+
+
+async def test_a_key_holding_a_value_of_another_type_costs_that_key_only(redis_server):
+    """A string where a customer's live history list goes (someone else's write) is that customer's
+    empty live history: the others read with it keep theirs, Redis stays on for the cache, and
+    RecordInteractions replaces it rather than failing forever."""
+    cache = ResultCache(CacheConfig(redis_server.url, local_mb=0, mac_key="shared"))
+    history = LiveHistory(cache.link, "m", mac_key=b"shared")
+    raw = redis.from_url(redis_server.url)
+    key, result = cache_key("m", 1, "other-type", 1, frozenset()), CachedResult(["i9"], [9.0], "model")
+    try:
+        await history.record("tidy", ("i1", "i2"))
+        await cache.put(key, result)
+        await raw.set(history_key("m", "garbled"), "not a list")
+        assert await asyncio.gather(history.get("tidy"), history.get("garbled")) == [("i2", "i1"), ()]
+        assert cache.link.available() and await cache.get(key) == result
+        assert await history.record("garbled", ("i3",)) == 1
+        assert await history.get("garbled") == ("i3",) and await history.get("tidy") == ("i2", "i1")
+    finally:
+        await cache.close()
+        await raw.aclose()

@@ -14,6 +14,7 @@ import pytest
 from redis.cluster import RedisCluster
 
 from protos.recsys.v1 import retrieval_pb2 as pb
+from query_service.cache import CacheConfig, CachedResult, ResultCache, cache_key
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from recsys_client.loadtest import LoadConfig, run_load
 from tests.integration.conftest import MODEL, index_slot, query_replica
@@ -92,6 +93,26 @@ def test_record_interactions_is_kept_on_the_cluster_and_excluded_as_seen(stub, c
         after = [c.candidate_id for c in recommend(stub, customer, exclude_seen=True).candidates]
         assert top not in after, customer
     assert len(keys_per_master(cluster, f"recsys:{MODEL}:hist:*")) == 3
+
+
+async def test_a_key_of_another_type_costs_that_key_only(cluster):
+    """A list under one cache key (someone else's write) is that key's miss: the keys its master
+    holds beside it still hit, the master is not backed off, and the next write replaces it."""
+    cache = ResultCache(CacheConfig(cluster.url, local_mb=0, mac_key="shared"))
+    keys = [cache_key(MODEL, 1, c, 10, frozenset()) for c in CUSTOMERS]
+    raw = RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port)
+    try:
+        for i, key in enumerate(keys):
+            await cache.put(key, CachedResult([f"i{i}"], [1.0], "model"))
+        raw.delete(keys[0])
+        raw.rpush(keys[0], "not a result")
+        found = await cache.get_remote_many(keys)
+        assert found[0] is None and [r.ids for r in found[1:]] == [(f"i{i}",) for i in range(1, len(keys))]
+        await cache.put(keys[0], CachedResult(["i0"], [1.0], "model"))
+        assert (await cache.get(keys[0])).ids == ("i0",)
+    finally:
+        raw.close()
+        await cache.close()
 
 
 async def test_a_master_killed_under_load_fails_no_request(query, cluster):
