@@ -32,6 +32,13 @@ REQUEST_ID_KEY = "x-request-id"
 # A longer id is replaced, not echoed: it goes into every log line of the request.
 MAX_REQUEST_ID_CHARS = 128
 
+
+def _usable_request_id(value: str) -> bool:
+    """Whether a caller's id can be kept: short, and printable ASCII, which is all gRPC sends
+    on (a raw HTTP/2 client can send other bytes; kept, they would fail the call to the index)."""
+    return len(value) <= MAX_REQUEST_ID_CHARS and value.isascii() and value.isprintable()
+
+
 # 0.1 ms (a local cache hit) .. 5 s (a deadline-bound call): each step about 2-2.5x.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 RPC_LATENCY = prometheus_client.Histogram(
@@ -106,7 +113,7 @@ class ServerObservability(grpc.aio.ServerInterceptor):
         request_id = ""
         for key, value in handler_call_details.invocation_metadata or ():
             if key == REQUEST_ID_KEY:
-                request_id = value if len(value) <= MAX_REQUEST_ID_CHARS else ""
+                request_id = value if _usable_request_id(value) else ""
                 break
         REQUEST_ID.set(request_id or new_request_id())
         handler = await continuation(handler_call_details)

@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 RESTART_DELAY_S = 1.0  # between a worker's exit and its restart: a crash loop costs a start a second, not a core
 POLL_S = 0.2  # how often the pool's health follows its workers'
 ALIGN_TIMEOUT_S = 300.0  # a restarted worker's start and load, before the supervisor gives up aligning it
+# A worker's GetStatus answers in milliseconds; one silent this long (hung, stopped) shows as holding nothing.
+WORKER_STATUS_TIMEOUT_S = 5.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -134,6 +136,16 @@ class Worker:
             await channel.close()
 
 
+def _worker_timeout(context: grpc.aio.ServicerContext, cap: float | None = None) -> float | None:
+    """A call to a worker within the caller's deadline (and ``cap``), leaving time to answer: a hung
+    worker's call would otherwise end with the caller's, who then hears neither which worker failed
+    nor that the others took the call."""
+    remaining = context.time_remaining()
+    if remaining is None:
+        return cap
+    return 0.8 * remaining if cap is None else min(cap, 0.8 * remaining)
+
+
 def _outcome_text(outcome: BaseException) -> str:
     return outcome.details() if isinstance(outcome, grpc.aio.AioRpcError) else f"{type(outcome).__name__}: {outcome}"
 
@@ -155,12 +167,12 @@ class PoolAdmin(pb_grpc.AdminServiceServicer):
         if one_at_a_time:
             for call in calls:  # the first failure stops the round: the rest are not asked
                 try:
-                    outcomes.append(await call(request, timeout=context.time_remaining()))
+                    outcomes.append(await call(request, timeout=_worker_timeout(context)))
                 except grpc.RpcError as e:
                     outcomes.append(e)
                     break
         else:
-            outcomes = await asyncio.gather(*(call(request, timeout=context.time_remaining()) for call in calls),
+            outcomes = await asyncio.gather(*(call(request, timeout=_worker_timeout(context)) for call in calls),
                                             return_exceptions=True)
         failed = [i for i, o in enumerate(outcomes) if isinstance(o, BaseException)]
         if failed:
@@ -197,8 +209,9 @@ class PoolAdmin(pb_grpc.AdminServiceServicer):
         shows as holding nothing, which is what it serves then, so the pool's
         status stays readable; the top-level fields are the first answering
         worker's. Fails only when no worker answers."""
-        outcomes = await asyncio.gather(*(w.admin.GetStatus(request, timeout=context.time_remaining())
-                                          for w in self.workers), return_exceptions=True)
+        timeout = _worker_timeout(context, WORKER_STATUS_TIMEOUT_S)  # capped without a deadline too
+        outcomes = await asyncio.gather(*(w.admin.GetStatus(request, timeout=timeout) for w in self.workers),
+                                        return_exceptions=True)
         answered = [o for o in outcomes if not isinstance(o, BaseException)]
         if not answered:
             await context.abort(grpc.StatusCode.UNAVAILABLE,

@@ -139,6 +139,26 @@ def test_admin_calls_reach_every_worker_and_failures_name_the_worker(pool):
     assert recommend_on_new_channels(query, 16) == {2}
 
 
+def test_a_hung_worker_shows_in_the_pools_status_and_admin_calls_name_it(pool):
+    """A worker that does not answer shows as holding nothing, whether it is being replaced or hung
+    (here stopped): the pool's status stays readable within the caller's deadline, and an admin call
+    fails in time to name the worker and say that the others took it."""
+    _, _, query, _ = pool
+    hung = worker_pids(query)[-1]
+    os.kill(hung, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        reply = admin(query).GetStatus(apb.GetStatusRequest(), metadata=AUTH, timeout=10)
+        assert sorted(w.live_version for w in reply.workers) == [0, 2] and reply.live_version == 2
+        assert time.monotonic() - started < 9
+        with pytest.raises(grpc.RpcError) as err:
+            admin(query).Promote(apb.PromoteRequest(version=2), metadata=AUTH, timeout=5)
+        assert "Promote failed on worker" in err.value.details() and "took it" in err.value.details()
+    finally:
+        os.kill(hung, signal.SIGCONT)
+    wait_until(lambda: is_serving(query.admin_address), 60, "every worker to serve again")
+
+
 def test_a_dead_worker_is_restarted_at_the_pools_version_and_callers_never_see_it(pool, registry):
     _, _, query, _ = pool
     assert registry.current_version() == 1  # the pool was promoted to 2 by admin calls alone (test above)

@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import sys
+from types import SimpleNamespace
 
 import grpc
 import prometheus_client
@@ -27,8 +28,8 @@ from serving.admin import LoadReport, StatusReport, VersionInfo
 from serving.admin_rpc import BearerTokenInterceptor
 from serving.errors import FailedPrecondition
 from serving.grpc_server import ServiceSpec, map_errors, start_server
-from serving.observability import (REQUEST_ID, REQUEST_ID_KEY, JsonLogFormatter, VersionCollector, new_request_id,
-                                   outgoing_metadata)
+from serving.observability import (REQUEST_ID, REQUEST_ID_KEY, JsonLogFormatter, ServerObservability,
+                                   VersionCollector, new_request_id, outgoing_metadata)
 from serving.versions import State
 
 ADMIN = "recsys.v1.AdminService"
@@ -156,6 +157,23 @@ async def test_request_id_is_taken_or_made_and_carried_to_the_next_service_and_b
     finally:
         await front.stop(0)
         await back.stop(0)
+
+
+async def test_a_request_id_grpc_cannot_carry_on_is_replaced():
+    """gRPC sends printable ASCII header values only, but a raw HTTP/2 client can send other bytes:
+    such an id, kept, fails the call that carries it on to the index (and a failure's trailers)."""
+    seen = {}
+
+    async def continuation(details):
+        seen[details.invocation_metadata[0][1]] = REQUEST_ID.get()
+
+    interceptor = ServerObservability()
+    for value in ("req-42", "caf\u00e9", "a\x7fb", "tab\there"):
+        details = SimpleNamespace(method="/recsys.v1.QueryService/Recommend",
+                                  invocation_metadata=((REQUEST_ID_KEY, value),))
+        await asyncio.create_task(interceptor.intercept_service(continuation, details))  # the call's own context
+    assert seen.pop("req-42") == "req-42"
+    assert all(made != value and made.isascii() and made.isprintable() for value, made in seen.items()), seen
 
 
 async def test_every_call_returns_its_request_id_when_asked():
