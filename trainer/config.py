@@ -29,6 +29,16 @@ VALIDATION_KS = (10, 100)
 MONITORS = tuple(f"{kind}@{k}" for kind in ("hit_rate", "hit_rate_excluding_seen") for k in VALIDATION_KS)
 
 
+def informative_monitor(monitor: str, candidates: int) -> str:
+    """``monitor``, or the same rate at the largest of ``VALIDATION_KS`` below ``candidates`` when its own K is
+    not: a hit rate at K >= the catalogue's size is 1 at every epoch, so early stopping would keep the first."""
+    kind, k = monitor.rsplit("@", 1)
+    if int(k) < candidates:
+        return monitor
+    return next((f"{kind}@{smaller}" for smaller in sorted(VALIDATION_KS, reverse=True) if smaller < candidates),
+                monitor)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """The towers' architecture and how they are trained."""

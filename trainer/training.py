@@ -28,7 +28,7 @@ from model_registry.customers import CustomerStore, recency_groups
 from model_registry.ids import index_of
 from model_registry.tower_inputs import tower_inputs
 from trainer import distribute
-from trainer.config import VALIDATION_KS, TrainConfig
+from trainer.config import VALIDATION_KS, TrainConfig, informative_monitor
 from trainer.data import Interactions
 from trainer.evaluation import metrics
 from trainer.evaluation.validation import Validation, lift
@@ -183,8 +183,9 @@ def fit_early_stopped(train_data: Interactions, validation: Validation, config: 
                       on_epoch: Callable[[int, dict[str, float]], None] | None = None,
                       deadline: float | None = None) -> EarlyStopped:
     """Trains on ``validation.fit`` until ``config.monitor`` on the held-out part
-    stops improving (``config.patience``), or ``deadline`` (``time.monotonic()``)
-    passes, and chooses the popularity prior at the best epoch.
+    (at a K below the catalogue's size: ``informative_monitor``) stops improving
+    (``config.patience``), or ``deadline`` (``time.monotonic()``) passes, and
+    chooses the popularity prior at the best epoch.
 
     ``on_epoch(epoch, validation row)`` runs after each epoch and may raise to
     abandon the run (the search prunes trials this way). The model's
@@ -195,6 +196,10 @@ def fit_early_stopped(train_data: Interactions, validation: Validation, config: 
     val_set = validation.eval_set
     fit_store = customer_store(model.query_tower, validation.fit)
     history: list[dict[str, float]] = []
+    monitor = informative_monitor(config.monitor, len(val_set.catalog))
+    if monitor != config.monitor:
+        log(f"early stopping watches {monitor}: {config.monitor} hits every time over "
+            f"{len(val_set.catalog)} candidates")
     best, best_epoch, best_weights, bad_epochs = -np.inf, 0, None, 0
     seconds, examples, epoch = 0.0, 0, 0
     for epoch in range(1, config.max_epochs + 1):
@@ -207,15 +212,15 @@ def fit_early_stopped(train_data: Interactions, validation: Validation, config: 
                                            embed(model.candidate_tower, val_set.catalog))
         row = {"epoch": epoch, "loss": loss, **metrics.hit_rates(scores, val_set, VALIDATION_KS)}
         history.append(row)
-        value = distribute.chief_value(row[config.monitor])
-        log(f"epoch {epoch}: loss={row['loss']:.1f} val {config.monitor}={value:.4f} "
+        value = distribute.chief_value(row[monitor])
+        log(f"epoch {epoch}: loss={row['loss']:.1f} val {monitor}={value:.4f} "
             f"val hit_rate_excluding_seen@10={row['hit_rate_excluding_seen@10']:.4f}")
         if value > best:
             best, best_epoch, best_weights, bad_epochs = value, epoch, model.get_weights(), 0
         else:
             bad_epochs += 1
             if bad_epochs >= config.patience:
-                log(f"early stop after epoch {epoch}; best epoch {best_epoch} ({config.monitor}={best:.4f})")
+                log(f"early stop after epoch {epoch}; best epoch {best_epoch} ({monitor}={best:.4f})")
                 break
         if on_epoch is not None:
             on_epoch(epoch, row)

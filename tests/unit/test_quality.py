@@ -178,3 +178,37 @@ def test_a_pinned_prior_weight_is_served_without_a_validation_split():
                          prior_weight=0.5, temperature=0.5)
     result = train(train_set, config)
     assert result.prior == PopularityPrior(0.5, 0.5)
+
+
+def test_lift_leaves_out_a_metric_every_model_hits_every_time():
+    # 60 candidates: at @100 the model and every baseline hit every time, a ratio of 1 whatever the model.
+    refs = {"hit_rate@10": 0.25, "hit_rate@100": 1.0, "hit_rate_excluding_seen@10": 0.3,
+            "hit_rate_excluding_seen@100": 1.0}
+    rates = {"hit_rate@10": 0.3, "hit_rate@100": 1.0, "hit_rate_excluding_seen@10": 0.36,
+             "hit_rate_excluding_seen@100": 1.0}
+    assert lift(rates, refs) == pytest.approx(1.2)  # not capped at 1: the search can rank models that win
+    assert lift({**rates, "hit_rate@10": 0.2}, refs) == pytest.approx(0.8)
+    assert lift({key: 1.0 for key in rates}, {key: 1.0 for key in refs}) == 1.0  # nothing but saturated ones
+    assert lift({**rates, "hit_rate@100": 1.0}, {**refs, "hit_rate@100": 0.9}) == pytest.approx(1.111, abs=1e-3)
+
+
+def test_early_stopping_over_a_small_catalogue_watches_a_rate_that_can_move():
+    from trainer.config import informative_monitor
+    from trainer.towers.config import TowerConfig
+    from trainer.training import fit_early_stopped
+
+    assert informative_monitor("hit_rate_excluding_seen@100", 1682) == "hit_rate_excluding_seen@100"
+    assert informative_monitor("hit_rate_excluding_seen@100", 100) == "hit_rate_excluding_seen@10"
+    assert informative_monitor("hit_rate@100", 60) == "hit_rate@10"
+    assert informative_monitor("hit_rate@10", 8) == "hit_rate@10"  # nothing smaller to watch
+    data = synthetic(300, 60, 4_000, num_clusters=6, seed=5)
+    train, _ = random_split(data, 0.2, 5)
+    validation = Validation.carve(train, 0.1, 5, 10_000)
+    lines: list[str] = []
+    config = TrainConfig(towers=TowerConfig(embedding_dim=8), max_epochs=4, patience=4, prior_weight=0.0)
+    stopped = fit_early_stopped(train, validation, config, lines.append)
+    # @100 over 60 candidates is 1 at every epoch: watched, it kept the first epoch whatever came after.
+    assert {row["hit_rate_excluding_seen@100"] for row in stopped.history} == {1.0}
+    at_10 = [row["hit_rate_excluding_seen@10"] for row in stopped.history]
+    assert stopped.best_epoch == 1 + int(np.argmax(at_10)) and any("watches hit_rate_excluding_seen@10" in line
+                                                                      for line in lines)

@@ -61,5 +61,8 @@ class Validation:
 
 
 def lift(rates: dict[str, float], references: dict[str, float], keys: tuple[str, ...] = TARGET_METRICS) -> float:
-    """The smallest over ``keys`` of ``rates[m] / references[m]``."""
-    return min(rates[m] / max(references[m], _MIN_REFERENCE) for m in keys)
+    """The smallest over ``keys`` of ``rates[m] / references[m]``, leaving out a metric at which both hit every
+    time (unless every one is so): at K no smaller than what there is to rank (a catalogue of at most 100
+    candidates at @100) every model does, and its ratio of 1 would cap the lift of a model that beats every bar."""
+    informative = [m for m in keys if not (rates[m] >= 1.0 and references[m] >= 1.0)] or keys
+    return min(rates[m] / max(references[m], _MIN_REFERENCE) for m in informative)
