@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import http.client
 import logging
 import os
 import shutil
@@ -43,7 +44,8 @@ import grpc
 import prometheus_client
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.metrics_core import Metric
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.registry import Collector
 
 from protos.recsys.v1 import admin_pb2 as pb
@@ -237,12 +239,17 @@ class WorkerMetrics(Collector):
     def collect(self) -> Iterable[Metric]:
         families: dict[str, Metric] = {}
         for worker in self.workers:
+            # Read as OpenMetrics: the text format splits a counter's _created series into a gauge family of
+            # its own, which the supervisor would re-export beside the counter, a name clash that OpenMetrics
+            # parsers (as Prometheus negotiates by default) refuse for the whole scrape.
+            request = urllib.request.Request(f"http://127.0.0.1:{worker.metrics_port}/metrics",
+                                             headers={"Accept": OPENMETRICS})
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{worker.metrics_port}/metrics", timeout=2) as reply:
-                    text = reply.read().decode()
-            except OSError:
+                with urllib.request.urlopen(request, timeout=2) as reply:
+                    found = list(openmetrics_families(reply.read().decode()))
+            except (OSError, http.client.HTTPException, ValueError):  # down, or cut off mid-reply (restarting)
                 continue
-            for family in text_string_to_metric_families(text):
+            for family in found:
                 merged = families.setdefault(family.name, Metric(family.name, family.documentation, family.type,
                                                                  family.unit))
                 merged.samples.extend(s._replace(labels={**s.labels, "worker": str(worker.index)})

@@ -314,3 +314,56 @@ def test_status_table_shows_each_worker_of_a_replica_run_with_workers():
     lines = status.table([status.ReplicaStatus("query", "h:4", pool)]).splitlines()[1:]
     assert [line.split()[:5] for line in lines] == [["h:4/w0", "query", "-", "2*", "SERVING"],
                                                     ["h:4/w1", "query", "-", "1*", "SERVING"]]
+
+
+def test_the_pools_metrics_reexport_every_workers_in_both_formats_and_skip_one_cut_off():
+    """A supervisor's /metrics (``WorkerMetrics``) over real worker metrics servers: Prometheus negotiates
+    OpenMetrics, whose parsers refused the whole scrape when a counter's _created series came back as a gauge
+    family of its own; and a worker whose reply is cut off (restarting) is left out, not the scrape failed."""
+    import http.server
+    import threading
+
+    from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from serving.workers import WorkerMetrics
+    from tests.processes import free_port
+
+    servers, workers = [], []
+    for index in range(2):
+        registry = prometheus_client.CollectorRegistry()
+        prometheus_client.Counter("recsys_test_events", "events", ["tier"], registry=registry).labels("local").inc(
+            index + 1)
+        prometheus_client.Histogram("recsys_test_seconds", "latency", registry=registry).observe(0.01)
+        port = free_port()
+        servers.append(prometheus_client.start_http_server(port, "127.0.0.1", registry)[0])
+        workers.append(SimpleNamespace(index=index, metrics_port=port))
+
+    class CutOff(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b"# TYPE recsys_test_events counter\nrecsys_test_events_total{")  # then it dies
+
+        def log_message(self, *args):
+            pass
+
+    cut = http.server.HTTPServer(("127.0.0.1", 0), CutOff)
+    threading.Thread(target=cut.serve_forever, daemon=True).start()
+    servers.append(cut)
+    workers.append(SimpleNamespace(index=2, metrics_port=cut.server_address[1]))
+    try:
+        pool = prometheus_client.CollectorRegistry()
+        pool.register(WorkerMetrics(workers))
+        for text, parse in ((openmetrics_latest(pool).decode(), openmetrics_families),
+                            (prometheus_client.generate_latest(pool).decode(), text_string_to_metric_families)):
+            samples = {(s.name, s.labels.get("worker")): s.value for f in parse(text) for s in f.samples}
+            assert samples[("recsys_test_events_total", "0")] == 1 and samples[("recsys_test_events_total", "1")] == 2
+            assert samples[("recsys_test_seconds_count", "1")] == 1
+            assert not any(worker == "2" for _, worker in samples)
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
