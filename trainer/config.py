@@ -10,6 +10,7 @@ validated when it is built, before any data is read.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from pathlib import Path
 
@@ -75,13 +76,14 @@ class TrainConfig:
         for name in ("max_epochs", "batch_size", "patience", "max_validation_interactions"):
             require(getattr(self, name) >= 1, name, "must be a positive integer")
         require(self.refit_extra_epochs >= 0, "refit_extra_epochs", "must be >= 0")
-        for name in ("learning_rate", "temperature"):
-            require(getattr(self, name) > 0, name, "must be positive")
+        for name in ("learning_rate", "temperature"):  # inf: a temperature that zeroes every logit, a NaN step
+            require(0 < getattr(self, name) < math.inf, name, "must be positive and finite")
         require(self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
         require(self.negatives in NEGATIVES, "negatives", f"must be one of {', '.join(NEGATIVES)}")
         require(self.monitor in MONITORS, "monitor", f"must be one of {', '.join(MONITORS)}")
         require(0.0 <= self.validation_fraction < 1.0, "validation_fraction", "must be in [0, 1)")
-        require(self.prior_weight is None or self.prior_weight >= 0, "prior_weight", "must be >= 0")
+        require(self.prior_weight is None or 0 <= self.prior_weight < math.inf, "prior_weight",
+                "must be >= 0 and finite")
 
 
 def _preset(kind: str, **tower: object) -> TrainConfig:

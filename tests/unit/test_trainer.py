@@ -241,7 +241,8 @@ def test_cli_validates_the_whole_config_before_reading_data(tmp_path, capsys):
 
     # The data dir holds no u.data: were the data read first, that would be the error.
     for flags, named in ((["--learning-rate", "-1"], "learning"), (["--temperature", "0"], "temperature"),
-                         (["--validation-fraction", "1.5"], "validation")):
+                         (["--validation-fraction", "1.5"], "validation"), (["--learning-rate", "inf"], "learning"),
+                         (["--temperature", "inf"], "temperature"), (["--prior-weight", "inf"], "prior")):
         with pytest.raises(SystemExit) as e:
             cli.main(["--tune-budget-s", "0", "--dataset", "movielens-100k", "--data-dir", str(tmp_path), "--registry", str(tmp_path),
                       "--model", "m", *flags])
