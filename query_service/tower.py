@@ -27,7 +27,7 @@ from model_registry import manifest as files
 from model_registry.attributes import Attributes
 from model_registry.customers import CustomerStore
 from model_registry.deltas import Delta, read_deltas
-from model_registry.tower_inputs import FLOAT, REQUEST_TIME, STRING, TowerInputs, check_store, tower_inputs
+from model_registry.tower_inputs import TowerInputs, check_store, tower_inputs
 from serving.admin import LoadReport
 from serving.filters import Filter
 
@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 # 4 * dim bytes per customer: 256 MB at 1M x 64) and every request runs the tower.
 MAX_PRECOMPUTED_CUSTOMERS = 5_000_000
 PRECOMPUTE_BATCH = 8192
-_TF_TYPES = {STRING: tf.string, FLOAT: tf.float32}
 
 
 class QueryModel:
@@ -52,11 +51,17 @@ class QueryModel:
             self.takes = TowerInputs.from_signature({name: (tuple(s.shape.as_list()), s.dtype.name)
                                                       for name, s in specs.items()})
             check_store(self.takes, customers)
+            missing = [name for name in ("embedding", "known") if name not in signature.structured_outputs]
+            if missing:
+                raise ValueError(f"the query tower gives no {' or '.join(missing)} output "
+                                 f"(its outputs: {sorted(signature.structured_outputs)})")
         except ValueError as e:
             raise VersionError(f"version {manifest.version}: {e}") from None
         self.popular_ids = popular_ids
         self.popular_scores = popular_scores
         self.customers = customers
+        # Each input as the signature types it: the contract takes a feature of any float width.
+        self._dtypes = {name: s.dtype for name, s in specs.items()}
         self.report = LoadReport(0.0, 0)
         self._table: np.ndarray | None = None  # float32 [C, D], rows of ``customers``
         self._table_known: np.ndarray | None = None
@@ -94,7 +99,11 @@ class QueryModel:
         model.token_namespaces, model.numeric_namespaces = Attributes.namespaces(
             files.attributes_file(version_dir, manifest))
         probe = str(customers.ids[0]) if customers is not None and len(customers.ids) else "__self_test__"
-        vectors, _ = model.embed([probe])
+        try:
+            vectors, _ = model.embed([probe])
+        except (TypeError, ValueError, tf.errors.OpError) as e:  # a signature the contract's inputs do not fit
+            raise VersionError(f"version {manifest.version}: the query tower's self-test call failed: "
+                               f"{type(e).__name__}: {str(e)[:300]}") from e
         if vectors.shape != (1, manifest.embedding_dim) or not np.isfinite(vectors).all():
             raise VersionError(
                 f"version {manifest.version}: tower self-test gave shape {vectors.shape} "
@@ -163,10 +172,7 @@ class QueryModel:
     def _call_tower(self, customer_ids, recent: list[tuple[str, ...]] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """One call of the SavedModel signature with the contract's inputs."""
         inputs = tower_inputs(self.takes, self.customers, customer_ids, recent=recent, request_time=time.time())
-        dtypes = {name: _TF_TYPES[kind] for name, kind in self.takes.features}
-        dtypes[REQUEST_TIME] = tf.float64
-        out = self._signature(**{name: tf.constant(value, dtype=dtypes.get(name, tf.string))
-                                 for name, value in inputs.items()})
+        out = self._signature(**{name: tf.constant(value, dtype=self._dtypes[name]) for name, value in inputs.items()})
         return out["embedding"].numpy(), out["known"].numpy()
 
     def seen(self, customer_id: str) -> frozenset[str]:

@@ -49,6 +49,31 @@ class TimeTower(tf.Module):
                 "known": tf.fill(tf.shape(customer_id), True)}
 
 
+class NoKnownTower(tf.Module):
+    """Another exporter's tower: its signature gives an embedding but no ``known``."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="customer_id")])
+    def serve(self, customer_id):
+        return {"embedding": tf.ones([tf.shape(customer_id)[0], 1])}
+
+
+class Float64AgeTower(tf.Module):
+    """embedding = [age], from a float64 feature input (the contract takes any float width)."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="customer_id"),
+                                  tf.TensorSpec([None], tf.float64, name="age")])
+    def serve(self, customer_id, age):
+        return {"embedding": tf.cast(age[:, None], tf.float32), "known": tf.fill(tf.shape(customer_id), True)}
+
+
+class NumericIdTower(tf.Module):
+    """A tower keyed by int64 customer ids, which the contract's string ids cannot feed."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.int64, name="customer_id")])
+    def serve(self, customer_id):
+        return {"embedding": tf.cast(customer_id[:, None], tf.float32), "known": tf.fill(tf.shape(customer_id), True)}
+
+
 def write_version(directory, with_age=True, tower=None):
     tower = tower or HistoryTower()
     tf.saved_model.save(tower, str(directory / files.QUERY_TOWER_DIR), signatures={"serving_default": tower.serve})
@@ -59,7 +84,7 @@ def write_version(directory, with_age=True, tower=None):
     if with_age:
         store["feature__age"] = np.array([20.0, 40.0], np.float32)
     np.savez(directory / files.CUSTOMER_STORE_FILE, **store)
-    dim = 1 if isinstance(tower, TimeTower) else 2 + len(ITEMS) + 1
+    dim = 1 if isinstance(tower, (TimeTower, NoKnownTower, Float64AgeTower, NumericIdTower)) else 2 + len(ITEMS) + 1
     manifest = Manifest(model="m", version=1, embedding_dim=dim, num_candidates=3, tower="history",
                         dataset="test", created_at="2026-01-01T00:00:00Z", index=IndexSpec(kind="brute_force"),
                         files=checksum_tree(directory))
@@ -107,3 +132,21 @@ def test_stored_customers_are_answered_from_the_precomputed_table(tmp_path):
     assert model.lookup(["c1", "stranger"]) is None  # not stored: needs the tower
     assert model.lookup(["c1"], [("i2",)]) is None  # a request history: needs the tower
     assert model.lookup(["c1"], [()]) is not None
+
+
+def test_a_tower_that_gives_no_known_output_is_refused_saying_so(tmp_path):
+    manifest = write_version(tmp_path, tower=NoKnownTower())
+    with pytest.raises(VersionError, match=r"gives no known output \(its outputs: \['embedding'\]\)"):
+        QueryModel.load(tmp_path, manifest)
+
+
+def test_a_tower_the_contract_cannot_call_is_refused_at_load(tmp_path):
+    manifest = write_version(tmp_path, tower=NumericIdTower())
+    with pytest.raises(VersionError, match="self-test call failed"):
+        QueryModel.load(tmp_path, manifest)
+
+
+def test_a_float64_feature_input_gets_the_stored_values(tmp_path):
+    model = QueryModel.load(tmp_path, write_version(tmp_path, tower=Float64AgeTower()))
+    vectors, _ = model.embed(["c2", "stranger"])
+    assert vectors[0].tolist() == [40.0] and np.isnan(vectors[1, 0])
