@@ -51,6 +51,8 @@ cleanup() {
         echo "demo: failed (exit $status); logs in ${RUN_DIR#"$PWD"/}" >&2
     fi
 }
+# One left by a run that died without its clean-up names whatever process has that pid now.
+rm -f "$RUN_DIR/redis.pid"
 trap cleanup EXIT
 trap 'exit 130' INT TERM  # so Ctrl-C and kill also run cleanup
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import itertools
 import os
 import re
 import shlex
@@ -227,6 +228,51 @@ def test_only_the_query_service_is_published(services):
     port = flag_value(as_argv(services["query-service"]["command"]), "--port")
     targets = {str(p).rsplit(":", 1)[-1] for p in services["query-service"]["ports"]}
     assert port in targets, f"query-service listens on {port}, publishes {targets}"
+
+
+# --- the later runs the compose file and the README document ----------------------
+
+
+def documented_runs() -> list[tuple[str, list[str]]]:
+    """(where, argv after `run`) of every `docker compose ... run ...` in docker-compose.yml's
+    comments and README.md's code blocks, continuation lines joined."""
+    comments = "\n".join(line.lstrip("#") for line in COMPOSE_FILE.read_text().splitlines()
+                         if line.startswith("#"))
+    out = []
+    for where, text in (("docker-compose.yml", comments), ("README.md", (ROOT / "README.md").read_text())):
+        for line in re.sub(r"\\\n\s*", " ", text).splitlines():
+            found = re.search(r"docker compose( .*)$", line.split("  # ")[0])
+            argv = shlex.split(found.group(1)) if found else []
+            if "run" in argv:
+                out.append((where, argv[argv.index("run") + 1:]))
+    return out
+
+
+def compose_environment(compose) -> dict[str, str]:
+    """x-app's environment as a container gets it with nothing set on the host (`${X:-default}` -> default)."""
+    return {name: re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(value))
+            for name, value in compose["x-app"]["environment"].items()}
+
+
+def test_documented_runs_start_nothing_else_and_parse(compose, services, scripts, clean_env, monkeypatch):
+    """`docker compose run` first starts the service's dependencies, and a finished one-shot
+    one (the trainer, through the index slots) runs again: a rollback would wait for a whole
+    training and a rollout would take the version that training published, not the one meant.
+    The stack is up when these run, so each needs --no-deps; its command parses with the
+    service's environment."""
+    runs = documented_runs()
+    assert {where for where, _ in runs} == {"docker-compose.yml", "README.md"}
+    for name, value in compose_environment(compose).items():
+        monkeypatch.setenv(name, value)
+    for where, argv in runs:
+        options = list(itertools.takewhile(lambda a: a.startswith("-"), argv))
+        service, command = argv[len(options)], argv[len(options) + 1:]
+        assert service in services, f"{where}: `run {shlex.join(argv)}` names no service"
+        if services[service].get("depends_on"):
+            assert "--no-deps" in options, f"{where}: `run {shlex.join(argv)}` starts {service}'s dependencies again"
+        if command:
+            assert command[0] == EXPECTED_SCRIPT[service], f"{where}: {service} runs {command[0]}"
+            parse(command[0], command[1:], scripts)
 
 
 # --- volumes and start-up order ----------------------------------------------

@@ -242,6 +242,21 @@ def test_every_object_is_in_the_overlay_namespace(overlay):
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_an_image_loaded_into_the_nodes_is_used(overlay):
+    """Kubernetes defaults the pull policy of a `:latest` (or untagged) image to Always: every
+    start then pulls it from a registry, which for an image loaded into the nodes (`kind load`,
+    as docs/DEPLOY.md deploys overlays/dev) does not have it, and no pod starts."""
+    for workload in workloads(overlay):
+        pod = pod_template(workload)["spec"]
+        for container in [*pod.get("initContainers", []), *pod["containers"]]:
+            name = container["image"].split("@")[0].rsplit("/", 1)[-1]
+            tag = name.split(":", 1)[1] if ":" in name else "latest"
+            assert tag != "latest" or container.get("imagePullPolicy") in ("IfNotPresent", "Never"), (
+                f"{overlay}: {workload['metadata']['name']}/{container['name']} pulls {container['image']} at "
+                "every start")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_app_container_runs_one_image(overlay):
     """The index, query, trainer and rollout processes share the version format and the
     admin protocol: a pin that reaches some workloads and not others mixes releases."""
@@ -434,7 +449,21 @@ def test_every_rollout_reaches_every_index_admin_plane(overlay, tmp_path, monkey
     assert publishers
     for workload, container in publishers:
         args = parse_container(overlay, workload, container, tmp_path, monkeypatch)
+        if args.rollback:
+            continue  # it loads nothing into a slot (the next test)
         assert set(args.index_admin) == pod_addresses(overlay, "admin"), workload["metadata"]["name"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_a_rollback_waits_on_no_index_replica(overlay, tmp_path, monkeypatch):
+    """A rollback switches the query replicas only, yet recsys-publish first connects to every
+    admin plane it is given and gives up if one does not answer: an index replica crash-looping
+    on the new version (a reason to roll back) would stop the rollback."""
+    rollbacks = [(w, c) for w, c in containers_running(overlay, PUBLISH_SCRIPT) if "--rollback" in argv_of(c)]
+    assert rollbacks
+    for workload, container in rollbacks:
+        args = parse_container(overlay, workload, container, tmp_path, monkeypatch)
+        assert not args.index_admin, f"{workload['metadata']['name']} waits on every index replica"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
