@@ -64,6 +64,7 @@ def loadtest(address: str, qps: float, duration_s: float, out: Path) -> dict:
 
 def loadtest_with_fault(address: str, qps: float, duration_s: float, out: Path, fault) -> dict:
     """``loadtest``, calling ``fault()`` ``FAULT_AT_S`` into the run."""
+    out.unlink(missing_ok=True)  # a kept --work holds the previous run's report under the same name
     with subprocess.Popen(swap.loadtest_command(address, qps, duration_s, out), stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True) as run:
         time.sleep(FAULT_AT_S + 1.0)  # the load generator's start-up (~1 s) precedes its first request

@@ -51,11 +51,14 @@ def load(address: str, qps: int, duration_s: float, customers: int, out: Path, s
     connections, at most ``concurrency`` calls in flight. Each run needs its own
     ``seed``: the same seed draws the same customers, whose results the previous
     run left in the cache."""
-    subprocess.run([console_script("recsys-loadtest"), "--address", address, "--qps", str(qps),
-                    "--duration-s", str(duration_s), "--num-customers", str(customers), "--channels", str(channels),
-                    "--seed", str(seed),
-                    "--concurrency", str(concurrency), "--timeout-s", "2", "--out", str(out)],
-                   capture_output=True, text=True, timeout=duration_s + 120)
+    out.unlink(missing_ok=True)  # a run that writes no report must not be read from an earlier run's file
+    run = subprocess.run([console_script("recsys-loadtest"), "--address", address, "--qps", str(qps),
+                          "--duration-s", str(duration_s), "--num-customers", str(customers), "--channels",
+                          str(channels), "--seed", str(seed),
+                          "--concurrency", str(concurrency), "--timeout-s", "2", "--out", str(out)],
+                         capture_output=True, text=True, timeout=duration_s + 120)
+    if not out.exists():
+        raise RuntimeError(f"recsys-loadtest wrote no report (exit {run.returncode}):\n{run.stderr[-2000:]}")
     return json.loads(out.read_text())
 
 

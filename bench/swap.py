@@ -89,6 +89,7 @@ def loadtest_command(address: str, qps: float, duration_s: float, out: Path, *ex
 
 
 def loadtest(address: str, qps: float, duration_s: float, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    out.unlink(missing_ok=True)  # what the caller reads from ``out`` afterwards is this run's report or nothing
     return subprocess.run(loadtest_command(address, qps, duration_s, out, *extra), capture_output=True, text=True,
                           timeout=duration_s + 900)
 

@@ -20,6 +20,7 @@ Prints JSON (stdout or --out) and a table on stderr.
 from __future__ import annotations
 
 import argparse
+import secrets
 import sys
 import tempfile
 from pathlib import Path
@@ -36,9 +37,14 @@ CHANNELS = 16
 def measure(workers: int, args: argparse.Namespace, registry: Path, index: ServiceProcess, redis: RedisProcess,
             work: Path) -> dict:
     """Hit and miss ladders against a query service of ``workers`` processes."""
+    # One key for the workers, else each signs Redis values with its own and the others' are misses to it; a new
+    # one per count, else a count would hit the results an earlier count cached for the same draws.
+    key = work / f"cache-{workers}.key"
+    key.write_text(secrets.token_hex(32))
     query = ServiceProcess("recsys-query-service",
                            ["--registry", str(registry), "--model", MODEL, "--version", "1",
-                            "--index-address", index.address, "--redis-url", redis.url, "--workers", str(workers)],
+                            "--index-address", index.address, "--redis-url", redis.url, "--cache-key-file", str(key),
+                            "--workers", str(workers)],
                            work / f"query-{workers}.log").start()
     try:
         pids = [query.proc.pid, *children(query.proc.pid), index.proc.pid, redis.proc.pid]  # supervisor, workers
