@@ -73,8 +73,7 @@ def exact_top_k(queries: np.ndarray, database: np.ndarray | Path, k: int,
         idx_parts, score_parts = [], []
         for a in range(0, len(queries), query_chunk):
             scores = queries[a:a + query_chunk] @ block.T
-            kk = min(k, scores.shape[1])
-            part = np.argpartition(scores, scores.shape[1] - kk, axis=1)[:, -kk:]  # no negated copy
+            part = _top_columns(scores, min(k, scores.shape[1]))
             idx_parts.append(part + offset)
             score_parts.append(np.take_along_axis(scores, part, axis=1))
         offset += len(block)
@@ -87,10 +86,31 @@ def exact_top_k(queries: np.ndarray, database: np.ndarray | Path, k: int,
     return np.take_along_axis(best_idx, order, axis=1), np.take_along_axis(best_scores, order, axis=1)
 
 
+def _top_columns(scores: np.ndarray, k: int) -> np.ndarray:
+    """Columns of each row's k best scores; of a tie at the k-th place, the lowest columns.
+
+    argpartition picks among scores equal to the k-th arbitrarily, where ScaNN's
+    brute force keeps the lowest rows: recall against it would count the
+    repeats of one vector as misses of an exact searcher."""
+    part = np.argpartition(scores, scores.shape[1] - k, axis=1)[:, -k:]  # no negated copy
+    kth = np.take_along_axis(scores, part[:, :1], axis=1)  # argpartition puts the k-th best first
+    tied = np.flatnonzero(np.count_nonzero(scores == kth, axis=1)
+                          > np.count_nonzero(np.take_along_axis(scores, part, axis=1) == kth, axis=1))
+    if len(tied):
+        rows, kth = scores[tied], kth[tied]
+        above = ~(rows <= kth)  # NaN ranks above, as argpartition has it
+        equal = rows == kth
+        need = k - above.sum(axis=1, keepdims=True)
+        part[tied] = np.nonzero(above | (equal & (np.cumsum(equal, axis=1) <= need)))[1].reshape(len(tied), k)
+    return part
+
+
 def _keep_top(idx: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     if idx.shape[1] <= k:
         return idx, scores
-    keep = np.argpartition(scores, scores.shape[1] - k, axis=1)[:, -k:]
+    by_row = np.argsort(idx, axis=1)  # so that _top_columns's lowest columns are the lowest rows
+    idx, scores = np.take_along_axis(idx, by_row, axis=1), np.take_along_axis(scores, by_row, axis=1)
+    keep = _top_columns(scores, k)
     return np.take_along_axis(idx, keep, axis=1), np.take_along_axis(scores, keep, axis=1)
 
 

@@ -80,6 +80,19 @@ def test_exact_search_from_a_file_in_blocks_matches_in_memory(tmp_path):
     assert recall_at_k(idx, idx) == 1.0 and recall_at_k(np.full_like(idx, -1), idx) == 0.0
 
 
+def test_exact_search_keeps_the_lowest_rows_of_a_tie_at_the_kth_place(tmp_path):
+    # ScaNN's brute force keeps the lowest rows of a tie: were exact search to keep others, an exact index over
+    # repeated vectors (candidates upserted with the same features) would measure a recall below 1.
+    db = np.zeros((ROW_BLOCK + 100, 4), np.float32)
+    db[7] = db[ROW_BLOCK + 50] = 1.0  # the best two, then a tie of every other row across both blocks
+    np.save(tmp_path / "db.npy", db)
+    queries = np.ones((3, 4), np.float32)
+    for database, best in ((db, [7, ROW_BLOCK + 50]), (tmp_path / "db.npy", [7, ROW_BLOCK + 50]), (db[:40], [7])):
+        idx, scores = exact_top_k(queries, database, 5)
+        assert idx.tolist() == [best + [0, 1, 2, 3, 4][:5 - len(best)]] * 3, idx
+        assert scores[0].tolist() == [4.0] * len(best) + [0.0] * (5 - len(best))
+
+
 def test_index_of_keeps_long_ids_whole():
     sorted_ids = np.array(["a", "ab", "c"])
     assert index_of(sorted_ids, ["ab", "abc", "c", ""]).tolist() == [1, -1, 2, -1]

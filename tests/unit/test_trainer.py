@@ -159,6 +159,31 @@ def test_tree_ah_index_meets_recall_and_survives_rename(tmp_path):
     assert recall == pytest.approx(spec.recall_at_10)
 
 
+def test_an_exact_index_over_repeated_vectors_records_recall_one():
+    from trainer.export import index as index_builder
+
+    # Candidates that embed alike (the same features, no history) tie: an exact searcher is still exact.
+    rng = np.random.default_rng(0)
+    db = rng.normal(size=(50, 8)).astype(np.float32)[rng.integers(50, size=1000)]
+    _, spec = index_builder.build_index(db, rng.normal(size=(100, 8)).astype(np.float32))
+    assert spec.kind == "brute_force" and spec.recall_at_10 == 1.0
+
+
+def test_candidates_in_fortran_order_are_saved_as_the_index_service_reads_them(tmp_path):
+    from model_registry import manifest as mf
+    from model_registry.search import exact_top_k
+    from trainer.export import index as index_builder
+
+    rng = np.random.default_rng(0)
+    emb = np.asfortranarray(rng.normal(size=(60, 4)).astype(np.float32))  # a transposed matrix, say
+    ids = np.array([f"i{j:02d}" for j in range(60)])
+    shards, _ = index_builder.build_shards(emb, emb[:5], ids)
+    index_builder.save_candidates(tmp_path, ids, emb, shards)
+    # The index service's self-test reads the file in blocks of C-ordered rows.
+    found, _ = exact_top_k(emb[:5], tmp_path / mf.CANDIDATE_EMBEDDINGS_FILE, 10)
+    assert np.array_equal(found, exact_top_k(emb[:5], emb, 10)[0])
+
+
 # ---------------------------------------------------------------- end to end
 
 
@@ -214,6 +239,9 @@ def test_train_publish_reload_round_trip(tmp_path, capsys):
     assert res["embedding"].shape == (2, dim) and res["embedding"].dtype == tf.float32
     assert np.allclose(res["embedding"].numpy()[:, -1], prior["query_constant"])
     assert res["known"].numpy().tolist() == [True, False]
+    # A held-out customer the tower does not know is served the popular list, never searched with: the
+    # unknown vector is no probe of the recall (three such customers here; a temporal split has many).
+    assert not np.any(np.all(probes == res["embedding"].numpy()[1], axis=1))
 
     searcher = scann_ops_pybind.load_searcher(str(vdir / mf.SCANN_DIR))
     queries = res["embedding"].numpy()

@@ -194,7 +194,9 @@ def save_candidates(staging: Path, ids: np.ndarray, embeddings: np.ndarray, shar
         directory.mkdir(parents=True, exist_ok=True)
         part = shard.rows if sharded else slice(None)  # no copy of an unsharded catalogue
         np.save(directory / CANDIDATE_IDS_FILE, np.asarray(ids)[part], allow_pickle=False)
-        np.save(directory / CANDIDATE_EMBEDDINGS_FILE, np.asarray(embeddings, np.float32)[part], allow_pickle=False)
+        # C order: np.save keeps a Fortran-ordered array's layout, which the index service's block reads refuse.
+        np.save(directory / CANDIDATE_EMBEDDINGS_FILE, np.ascontiguousarray(np.asarray(embeddings, np.float32)[part]),
+                allow_pickle=False)
         save_searcher(shard.searcher, directory / SCANN_DIR)
         if attributes is not None:
             (attributes.take(shard.rows) if sharded else attributes).save(directory / ATTRIBUTES_FILE)

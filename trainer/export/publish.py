@@ -42,9 +42,19 @@ def popular_candidates(train: Interactions, limit: int = MAX_POPULAR) -> tuple[n
     return ids[order].astype(str), (counts[order] / max(len(train), 1)).astype(np.float32)
 
 
-def probe_customers(test: Interactions, limit: int = MAX_PROBE_QUERIES, seed: int = 42) -> np.ndarray:
-    """A seeded sample of up to ``limit`` distinct held-out customers."""
+def probe_customers(test: Interactions, known: np.ndarray, limit: int = MAX_PROBE_QUERIES,
+                    seed: int = 42) -> np.ndarray:
+    """A seeded sample of up to ``limit`` distinct held-out customers of ``known``
+    (sorted: the customer store's ids); of ``known`` itself if none is held out.
+
+    The query service searches with a known customer's vector only (an unknown
+    one gets the popular list): the unknown vector, one for every cold
+    customer, would weigh the recall and the index tuning towards one query
+    nobody searches with (64% of the probes of MovieLens 100K split by time)."""
     customers = np.unique(test.customer_ids)
+    customers = customers[index_of(known, customers) >= 0]
+    if len(customers) == 0:
+        customers = np.asarray(known)
     if len(customers) > limit:
         customers = np.sort(np.random.default_rng(seed).choice(customers, limit, replace=False))
     return customers
@@ -80,7 +90,7 @@ def publish(registry: Registry, model: TwoTowerModel, store: CustomerStore, cata
     """
     catalog = np.asarray(catalog).astype(str)
     cand_emb = prior.candidates(embed(model.candidate_tower, catalog), training_counts(catalog, train))
-    probes = prior.queries(query_embeddings(model, store, probe_customers(test, seed=config.seed)))
+    probes = prior.queries(query_embeddings(model, store, probe_customers(test, store.ids, seed=config.seed)))
     shards, spec = index_builder.build_shards(cand_emb, probes, catalog, config.shards, config.index)
     pop_ids, pop_scores = popular_candidates(train)
     dim = int(cand_emb.shape[1])
