@@ -59,6 +59,8 @@ class IndexServiceConfig(ServiceConfig):
         require(self.search_threads >= 1, "search_threads", "must be >= 1")
         require(self.shard is None or self.shard >= 0, "shard", "must be >= 0")
         require(0.0 <= self.min_recall <= 1.0, "min_recall", "must be in [0, 1]")
+        # Below 0 (or NaN) no slot is ever busy: a load would go into the one serving live traffic.
+        require(self.busy_window_s >= 0, "busy_window_s", "must be >= 0")
         require(self.keepalive_s > 0, "keepalive_s", "must be positive")
 
 

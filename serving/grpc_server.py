@@ -124,6 +124,11 @@ class MalformedRequestGuard(grpc.aio.ServerInterceptor):
         return handler._replace(request_deserializer=tolerant_parse, unary_unary=unary)
 
 
+class CannotListen(OSError):
+    """A server's address cannot be bound (taken by another process, or not this machine's), or its TLS
+    credentials cannot be used."""
+
+
 @dataclass
 class ServiceSpec:
     """One gRPC service to register: the generated ``add_*_to_server`` function,
@@ -143,17 +148,27 @@ class RunningServer:
         self.port = port
         self.health = health_servicer
         self.service_names = service_names
+        self.draining = False
 
     async def set_serving(self, serving: bool, names: list[str] | None = None) -> None:
-        """Sets the health of ``names`` (default: the server, "", and every service)."""
+        """Sets the health of ``names`` (default: the server, "", and every service); NOT_SERVING
+        whatever it is told once ``drain`` has begun."""
+        # A version loaded or a catalogue delta applied during the drain re-reports health: it must not
+        # call traffic back to a process that is going away.
+        serving = serving and not self.draining
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ["", *self.service_names] if names is None else names:
             await self.health.set(name, status)
 
+    async def drain(self) -> None:
+        """Reports NOT_SERVING from now on (the server keeps answering)."""
+        self.draining = True
+        await self.set_serving(False)
+
     async def stop(self, grace_s: float = 5.0) -> None:
         """Reports NOT_SERVING first so load balancers drain us, then lets
         in-flight RPCs finish for up to ``grace_s``."""
-        await self.set_serving(False)
+        await self.drain()
         await self.server.stop(grace_s)
 
 
@@ -190,10 +205,15 @@ async def start_server(services: Iterable[ServiceSpec], host: str, port: int,
     names = [s.full_name for s in services]
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     address = host if host.startswith("unix:") else f"{host}:{port}"  # a unix socket has no port
-    bound = (server.add_secure_port(address, credentials) if credentials is not None
-             else server.add_insecure_port(address))
+    try:
+        bound = (server.add_secure_port(address, credentials) if credentials is not None
+                 else server.add_insecure_port(address))
+    except RuntimeError:  # what grpcio raises now where it once returned 0
+        bound = 0
     if bound == 0:
-        raise OSError(f"cannot listen on {address}: address in use or not available")
+        # gRPC says which in its own log line; a certificate it cannot use fails the same way as a bind.
+        tls = ", or the TLS certificate and key are not usable" if credentials is not None else ""
+        raise CannotListen(f"cannot listen on {address}: address in use or not available{tls}")
     await server.start()
     running = RunningServer(server, bound, health_servicer, names)
     await running.set_serving(False)
@@ -214,13 +234,21 @@ class WorkerDataPlane:
         self.port = port
         self.shared: RunningServer | None = None
         self._open_shared = open_shared
+        self.draining = False
 
     async def set_serving(self, serving: bool, names: list[str] | None = None) -> None:
+        serving = serving and not self.draining  # as RunningServer's; nor is the shared port opened then
         if serving and self.shared is None:
             self.shared = await self._open_shared()
         for server in (self.private, self.shared):
             if server is not None:
                 await server.set_serving(serving, names)
+
+    async def drain(self) -> None:
+        self.draining = True
+        for server in (self.private, self.shared):
+            if server is not None:
+                await server.drain()
 
     async def stop(self, grace_s: float = 5.0) -> None:
         await asyncio.gather(*(server.stop(grace_s) for server in (self.private, self.shared)
@@ -240,7 +268,7 @@ async def serve_until_signalled(stop: Callable[[float], Awaitable[None]], grace_
     await stopping.wait()
     if drain is not None and drain_s > 0:
         log.info("draining: NOT_SERVING, still answering for %.1fs", drain_s)
-        await drain.set_serving(False)
+        await drain.drain()
         await asyncio.sleep(drain_s)
     log.info("shutting down (grace %.1fs)", grace_s)
     await stop(grace_s)
@@ -259,14 +287,17 @@ def run_main(prog: str, serve: Coroutine[None, None, None], log_level: str, metr
     """A service's process: logging (``log_format`` text or json), tracing
     when configured, Prometheus /metrics (port 0: none), then ``serve`` until
     a signal. A version that cannot be loaded at start (a missing or broken
-    pointer, a missing or corrupt version) exits with one line saying why, not
-    a traceback."""
+    pointer, a missing or corrupt version), or a port in use, exits with one
+    line saying why, not a traceback."""
     configure_logging(log_level, log_format)
     setup_tracing(tracing, prog)  # before any server or channel: the instrumentation wraps their constructors
-    if metrics_port:
-        prometheus_client.start_http_server(metrics_port, metrics_host)
     try:
+        if metrics_port:
+            try:
+                prometheus_client.start_http_server(metrics_port, metrics_host)
+            except OSError as e:
+                raise CannotListen(f"cannot serve /metrics on {metrics_host}:{metrics_port}: {e.strerror}") from None
         run_event_loop(serve)
-    except (VersionError, ServingError) as e:
+    except (VersionError, ServingError, CannotListen) as e:
         serve.close()
         raise SystemExit(f"{prog}: cannot start: {e}") from None

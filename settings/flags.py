@@ -120,9 +120,12 @@ def _base_type(tp: Any) -> Any:
 def read_secret(path: str) -> str:
     """The secret held in the file ``path`` (surrounding whitespace dropped)."""
     try:
-        value = Path(path).read_text().strip()
+        value = Path(path).read_text(encoding="utf-8").strip()
     except OSError as e:
         raise argparse.ArgumentTypeError(f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError:  # e.g. a key made by `head -c 32 /dev/urandom`
+        raise argparse.ArgumentTypeError(f"{path} is not UTF-8 text (write a binary key as hex or base64)") \
+            from None
     if not value:
         raise argparse.ArgumentTypeError(f"{path} is empty")
     return value
@@ -147,10 +150,18 @@ def _converter(flag: _Flag) -> Callable[[str], Any]:
         item = typing.get_args(tp)[0]
         return lambda text: tuple(item(part.strip()) for part in text.split(",") if part.strip())
     if tp is bool:
-        return lambda text: text.strip().lower() in ("1", "true", "yes", "on")
+        return _parse_bool
     if tp in (int, float, str):
         return tp
     return lambda text: tp(text)
+
+
+def _parse_bool(text: str) -> bool:
+    word = text.strip().lower()
+    # Only an environment variable reaches this (a flag is --name/--no-name): "ture" must not read as off.
+    if word not in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
+        raise ValueError("not a boolean (true/false, yes/no, on/off, 1/0)")
+    return word in ("1", "true", "yes", "on")
 
 
 def _env_name(flag: _Flag) -> str:
@@ -158,16 +169,31 @@ def _env_name(flag: _Flag) -> str:
 
 
 def _env_default(flag: _Flag) -> Any:
-    """The flag's value from the environment, or _NO_DEFAULT when none is set."""
+    """The flag's value from the environment, or _NO_DEFAULT when none is set;
+    argparse.ArgumentTypeError naming the variable if its value is unusable."""
     env = _env_name(flag)
     if flag.field.metadata["secret"] and os.environ.get(env + "_FILE"):
         try:
             return read_secret(os.environ[env + "_FILE"])
         except argparse.ArgumentTypeError as e:
-            raise SystemExit(f"${env}_FILE: {e}") from None
-    if os.environ.get(env) is not None:
-        return os.environ[env] if flag.field.metadata["secret"] else _converter(flag)(os.environ[env])
-    return _NO_DEFAULT
+            raise argparse.ArgumentTypeError(f"${env}_FILE: {e}") from None
+    text = os.environ.get(env)
+    if text is None:
+        return _NO_DEFAULT
+    if flag.field.metadata["secret"]:
+        return text
+    convert = _converter(flag)
+    try:
+        value = convert(text)
+    except (ValueError, TypeError, argparse.ArgumentTypeError) as e:
+        why = f" {convert.__name__} value {text!r}" if convert in (int, float) else f" value {text!r}: {e}"
+        raise argparse.ArgumentTypeError(f"${env}: invalid{why}") from None
+    # argparse checks a flag's text against its choices, never a default.
+    choices = flag.field.metadata["choices"]
+    if choices and value not in choices:
+        allowed = ", ".join(map(str, choices))
+        raise argparse.ArgumentTypeError(f"${env}: invalid choice {text!r} (choose from {allowed})")
+    return value
 
 
 def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, *,
@@ -184,8 +210,16 @@ def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: ty
         kwargs: dict[str, Any] = {"dest": flag.dest}
         default = flag.default
         env = _env_name(flag) if meta["env"] else None
-        if defaults and env and (from_env := _env_default(flag)) is not _NO_DEFAULT:
-            default = from_env
+        if defaults and env:
+            try:
+                from_env = _env_default(flag)
+            except argparse.ArgumentTypeError as e:
+                # One line naming the variable and exit 2, as for a bad flag (not a traceback).
+                if isinstance(parser, argparse.ArgumentParser):
+                    parser.error(str(e))
+                raise SystemExit(f"error: {e}") from None
+            if from_env is not _NO_DEFAULT:
+                default = from_env
         is_bool = _base_type(flag.type) is bool
         if is_bool:
             kwargs["action"] = argparse.BooleanOptionalAction

@@ -31,6 +31,11 @@ def test_a_secret_comes_from_a_file_or_the_environment_never_argv(tmp_path, monk
     with pytest.raises(SystemExit):
         parse_admin(["--token-file", str(tmp_path / "missing")])
     assert "cannot read" in capsys.readouterr().err
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\xff\xfe\x00k")  # head -c 32 /dev/urandom
+    with pytest.raises(SystemExit):
+        parse_admin(["--token-file", str(binary)])
+    assert f"--token-file: {binary} is not UTF-8 text" in capsys.readouterr().err
     monkeypatch.setenv("RECSYS_TOKEN", "from-the-environment")
     assert parse_admin([]).token == "from-the-environment"
     monkeypatch.delenv("RECSYS_TOKEN")
@@ -56,3 +61,51 @@ def test_free_ports_are_distinct_bindable_and_below_the_ephemeral_range():
     for port in ports:
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))
+
+
+@pytest.mark.parametrize("variable, value, says", [
+    ("RECSYS_PORT", "abc", "$RECSYS_PORT: invalid int value 'abc'"),
+    ("RECSYS_LOG_LEVEL", "verbose", "$RECSYS_LOG_LEVEL: invalid choice 'verbose'"),
+    ("RECSYS_ECHO_REQUEST_ID", "ture", "$RECSYS_ECHO_REQUEST_ID: invalid value 'ture': not a boolean"),
+    ("RECSYS_ADMIN_TOKEN_FILE", "/nonexistent/token", "$RECSYS_ADMIN_TOKEN_FILE: cannot read /nonexistent/token"),
+])
+def test_a_bad_environment_variable_is_one_line_naming_it_and_exit_2(monkeypatch, capsys, variable, value, says):
+    """As a bad flag is: not a traceback, not silently another value (a misspelt boolean read as off)."""
+    from index_service.server import build_parser
+
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SystemExit) as exit_:
+        build_parser()
+    assert exit_.value.code == 2
+    assert f"recsys-index-service: error: {says}" in capsys.readouterr().err
+
+
+def test_a_flag_wins_over_its_environment_variable(monkeypatch):
+    from index_service.server import IndexServiceConfig, build_parser
+    from settings.flags import parse
+
+    for name, value in (("RECSYS_REGISTRY", "/r"), ("RECSYS_MODEL", "m"), ("RECSYS_SLOT", "blue"),
+                        ("RECSYS_PORT", "7001"), ("RECSYS_ECHO_REQUEST_ID", "yes"), ("RECSYS_LOG_LEVEL", "debug")):
+        monkeypatch.setenv(name, value)
+    config = parse(build_parser(), IndexServiceConfig, [])
+    assert (config.port, config.echo_request_id, config.log_level) == (7001, True, "debug")
+    config = parse(build_parser(), IndexServiceConfig, ["--port", "7002", "--no-echo-request-id",
+                                                         "--log-level", "error"])
+    assert (config.port, config.echo_request_id, config.log_level) == (7002, False, "error")
+
+
+@pytest.mark.parametrize("flag, says", [
+    ("--metrics-port=70000", "--metrics-port must be a TCP port"),  # not the metrics server's OverflowError
+    ("--metrics-port=-1", "--metrics-port must be a TCP port"),
+    # A slot never busy takes a load while it serves live traffic.
+    ("--busy-window-s=-1", "--busy-window-s must be >= 0"),
+    ("--busy-window-s=nan", "--busy-window-s must be >= 0"),
+])
+def test_an_index_flag_out_of_range_is_a_flag_error(capsys, flag, says):
+    from index_service.server import IndexServiceConfig, build_parser
+    from settings.flags import parse
+
+    with pytest.raises(SystemExit) as exit_:
+        parse(build_parser(), IndexServiceConfig, ["--registry", "/r", "--model", "m", "--slot", "blue", flag])
+    assert exit_.value.code == 2
+    assert f"error: {says}" in capsys.readouterr().err

@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import signal
+import socket
 import sys
 from types import SimpleNamespace
 
@@ -23,7 +26,7 @@ from protos.recsys.v1 import admin_pb2_grpc as pb_grpc
 from protos.recsys.v1 import versions_pb2
 from query_service.batching import BatchingConfig, MicroBatcher
 from recsys_client import status
-from serving import tracing
+from serving import grpc_server, tracing
 from serving.admin import LoadReport, StatusReport, VersionInfo
 from serving.admin_rpc import BearerTokenInterceptor
 from serving.errors import FailedPrecondition
@@ -130,6 +133,61 @@ async def test_the_token_guards_admin_calls_and_reflection_but_not_health():
             assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING  # answered, without a token
     finally:
         await server.stop(0)
+
+
+def test_a_port_in_use_stops_the_start_with_one_line(monkeypatch):
+    """Data, admin or /metrics port: "cannot start" naming the address, not grpcio's RuntimeError traceback."""
+    monkeypatch.setattr(grpc_server, "configure_logging", lambda *args: None)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as data_plane:
+            grpc_server.run_main("recsys-x", start_echo_on(port), "info", 0)
+        with pytest.raises(SystemExit) as metrics:
+            grpc_server.run_main("recsys-x", start_echo_on(0), "info", port)
+    assert str(data_plane.value) == f"recsys-x: cannot start: cannot listen on 127.0.0.1:{port}: address in use " \
+                                    "or not available"
+    assert str(metrics.value) == f"recsys-x: cannot start: cannot serve /metrics on 127.0.0.1:{port}: Address " \
+                                 "already in use"
+
+
+async def start_echo_on(port: int) -> None:
+    server = await start_server([ServiceSpec(pb_grpc.add_AdminServiceServicer_to_server, Echo(), ADMIN)],
+                                "127.0.0.1", port)
+    await server.stop(0)
+
+
+async def test_health_stays_not_serving_through_the_drain():
+    """On SIGTERM a server reports NOT_SERVING and keeps answering: a version loaded or a catalogue delta
+    applied during the drain (each re-reports the service's health) must not call traffic back."""
+    server = await start_echo()
+    await server.set_serving(True)
+    stopped: list[float] = []
+
+    async def stop(grace_s: float) -> None:
+        stopped.append(grace_s)
+        await server.stop(0)
+
+    handler = signal.getsignal(signal.SIGTERM)
+    draining = asyncio.create_task(grpc_server.serve_until_signalled(stop, drain=server, drain_s=0.5))
+    while signal.getsignal(signal.SIGTERM) is handler:  # the loop's handler, before the signal
+        await asyncio.sleep(0.01)
+    os.kill(os.getpid(), signal.SIGTERM)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+
+        async def status(service: str = ""):
+            return (await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)).status
+
+        while await status() == health_pb2.HealthCheckResponse.SERVING:
+            await asyncio.sleep(0.01)
+        await server.set_serving(True, [ADMIN])
+        await server.set_serving(True)
+        assert await status(ADMIN) == await status() == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert (await pb_grpc.AdminServiceStub(channel).GetStatus(pb.GetStatusRequest(), timeout=5)).model_name
+    await draining
+    assert stopped == [5.0]
 
 
 async def test_request_id_is_taken_or_made_and_carried_to_the_next_service_and_back_on_failure():
