@@ -33,12 +33,13 @@ import secrets
 import sys
 import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import prometheus_client
 
 from query_service.batching import BATCH_SIZE, MicroBatcher
 from query_service.local_tier import LocalTier
-from query_service.redis_link import PIPELINED, UNREACHED, RedisLink
+from query_service.redis_link import CLUSTER_SCHEMES, PIPELINED, UNREACHED, RedisLink
 from query_service.result import CachedResult
 from serving.errors import ResourceExhausted
 from settings.flags import option, require
@@ -103,6 +104,10 @@ class CacheConfig:
                            secret=True)
 
     def __post_init__(self) -> None:
+        # Else redis-py refuses it only when the replica connects, with a traceback ("localhost:6379").
+        require(not self.url or urlsplit(self.url).scheme in ("redis", "rediss", "unix", *CLUSTER_SCHEMES), "url",
+                f"{self.url!r} names no Redis: give redis://HOST:PORT[/DB], rediss://..., unix://PATH or "
+                "redis+cluster://HOST:PORT[,HOST:PORT...]")
         require(self.ttl_s >= 1, "ttl_s", "must be >= 1")
         require(self.timeout_s > 0 and self.retry_after_s >= 0, "timeout_s", "must be positive")
         require(self.local_mb >= 0, "local_mb", "must be >= 0")

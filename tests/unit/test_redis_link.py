@@ -4,7 +4,9 @@ import pytest
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import SSLConnection
 
+from query_service.cache import CacheConfig
 from query_service.redis_link import RedisLink, cluster_client
+from settings.flags import ConfigError
 
 
 def test_a_cluster_url_lists_every_startup_node_and_applies_credentials_to_all():
@@ -29,3 +31,12 @@ def test_tls_cluster_and_plain_server():
 def test_a_cluster_url_without_host_port_pairs_is_refused(url):
     with pytest.raises(ValueError, match="host:port"):
         cluster_client(url)
+
+
+@pytest.mark.parametrize("url", ["localhost:6379", "127.0.0.1:6379", "http://127.0.0.1:6379"])
+def test_a_redis_url_without_a_redis_scheme_is_a_flag_error(url):
+    """redis-py refused it only when the replica first connected, with a traceback."""
+    with pytest.raises(ConfigError, match="names no Redis: give redis://HOST:PORT"):
+        CacheConfig(url=url)
+    for good in ("", "redis://127.0.0.1:6379/0", "rediss://h:6380", "unix:///tmp/redis.sock", "redis+cluster://h:7000"):
+        assert CacheConfig(url=good).url == good
