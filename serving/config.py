@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -83,7 +84,7 @@ class ServiceConfig:
             raise ConfigError("manifest_public_key", str(e)) from None
         require(0 <= self.port < 65536, "port", "must be a TCP port (0 picks a free one)")
         require(0 <= self.metrics_port < 65536, "metrics_port", "must be a TCP port (0: no /metrics)")
-        require(self.drain_s >= 0, "drain_s", "must be >= 0")
+        require(0 <= self.drain_s < math.inf, "drain_s", "must be >= 0 and finite")  # inf: a SIGTERM never stops it
         require(self.max_concurrent_rpcs >= 1, "max_concurrent_rpcs", "must be >= 1")
         require(self.max_message_bytes >= 1 << 16, "max_message_bytes", "must be >= 65536")
 
