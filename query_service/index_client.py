@@ -104,7 +104,6 @@ class IndexEndpoint:
             ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.min_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 2000),
-            ("grpc.max_receive_message_length", 16 << 20),
         ])
         self._stub = pb_grpc.IndexServiceStub(self._channel)
 

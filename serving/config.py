@@ -13,6 +13,7 @@ from model_registry.registry import check_model_name
 from serving.observability import LOG_FORMATS
 from serving.tls import ServerTls
 from serving.tracing import TracingConfig
+from serving.validation import DEFAULT_MAX_MESSAGE_BYTES
 from settings.flags import ConfigError, option, require
 
 
@@ -63,7 +64,7 @@ class ServiceConfig:
     metrics_port: int = option(0, "Prometheus /metrics port, 0 to disable")
     max_concurrent_rpcs: int = option(1000, "RPCs the data plane runs at once (status streams included); more are "
                                             "refused RESOURCE_EXHAUSTED at once, never queued")
-    max_message_bytes: int = option(16 << 20, "largest message the data plane receives or sends")
+    max_message_bytes: int = option(DEFAULT_MAX_MESSAGE_BYTES, "largest message the data plane receives or sends")
     log_level: str = option("info", "logging level", choices=("debug", "info", "warning", "error"))
     log_format: str = option("text", "log lines as text, or as one JSON object each (timestamp, level, logger, "
                                      "message, request_id)", choices=LOG_FORMATS)

@@ -17,7 +17,17 @@ from pathlib import Path
 
 import grpc
 
+from serving.validation import DEFAULT_MAX_MESSAGE_BYTES
 from settings.flags import ConfigError, option, require
+
+# Every client channel's, unless its caller sets them.
+CLIENT_OPTIONS = {"grpc.max_receive_message_length": DEFAULT_MAX_MESSAGE_BYTES}
+
+
+def _client_options(options: list[tuple] | None) -> list[tuple]:
+    options = list(options or ())
+    given = {name for name, _ in options}
+    return options + [(name, value) for name, value in CLIENT_OPTIONS.items() if name not in given]
 
 
 def _read(path: str, field: str) -> bytes:
@@ -74,14 +84,16 @@ class ClientTls:
                                             _read(self.cert, "cert") if self.cert else None)
 
     def channel(self, address: str, options: list[tuple] | None = None) -> grpc.Channel:
-        """A blocking channel to ``address``."""
+        """A blocking channel to ``address``, taking answers as large as the data plane sends by default."""
+        options = _client_options(options)
         credentials = self.credentials()
         if credentials is None:
             return grpc.insecure_channel(address, options=options)
         return grpc.secure_channel(address, credentials, options=options)
 
     def aio_channel(self, address: str, options: list[tuple] | None = None) -> grpc.aio.Channel:
-        """An asyncio channel to ``address``."""
+        """An asyncio channel to ``address``, as ``channel``."""
+        options = _client_options(options)
         credentials = self.credentials()
         if credentials is None:
             return grpc.aio.insecure_channel(address, options=options)

@@ -19,6 +19,9 @@ DEFAULT_MAX_BATCH_QUERIES = 1024
 DEFAULT_MAX_BATCH_RESULTS = 100_000
 DEFAULT_MAX_BATCH_REQUESTS = 256
 MAX_RECORDED = 100  # interactions per RecordInteractions call
+# The data plane's default message limit (--max-message-bytes), and what its clients accept: gRPC's own
+# default of 4 MiB on a client would refuse a BatchRecommend answer the server may send.
+DEFAULT_MAX_MESSAGE_BYTES = 16 << 20
 
 
 def check_id(value: str, what: str) -> str:
