@@ -173,6 +173,14 @@ def run_child(module: str, args: list[str], timeout_s: float | None = None) -> d
     return json.loads(lines[-1])
 
 
+def loadtest_report(out: Path, returncode: int, stderr: str) -> dict[str, Any]:
+    """The report a ``recsys-loadtest`` run wrote to ``out`` (which its caller removed before the run, so that an
+    earlier run's is never read); RuntimeError with the run's stderr if it wrote none."""
+    if not out.exists():
+        raise RuntimeError(f"recsys-loadtest wrote no report (exit {returncode}):\n{stderr[-2000:]}")
+    return json.loads(out.read_text())
+
+
 def table(rows: list[list[Any]], header: list[str]) -> str:
     cells = [[str(c) for c in header]] + [[("" if c is None else str(c)) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]

@@ -37,7 +37,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from bench.common import rss_mb, write_json
+from bench.common import loadtest_report, rss_mb, write_json
 from bench import swap
 from bench.swap import large_candidates, publish_built
 from model_registry import Registry
@@ -50,16 +50,10 @@ MODEL = "scalebench"
 FAULT_AT_S = 2.0
 
 
-def _report(out: Path, returncode: int, stderr: str) -> dict:
-    if not out.exists():
-        raise RuntimeError(f"recsys-loadtest wrote no report (exit {returncode}):\n{stderr[-2000:]}")
-    return json.loads(out.read_text())
-
-
 def loadtest(address: str, qps: float, duration_s: float, out: Path) -> dict:
     """A ``recsys-loadtest`` run's report."""
     run = swap.loadtest(address, qps, duration_s, out)
-    return _report(out, run.returncode, run.stderr)
+    return loadtest_report(out, run.returncode, run.stderr)
 
 
 def loadtest_with_fault(address: str, qps: float, duration_s: float, out: Path, fault) -> dict:
@@ -70,7 +64,7 @@ def loadtest_with_fault(address: str, qps: float, duration_s: float, out: Path, 
         time.sleep(FAULT_AT_S + 1.0)  # the load generator's start-up (~1 s) precedes its first request
         fault()
         _, stderr = run.communicate(timeout=duration_s + 600)
-    return _report(out, run.returncode, stderr)
+    return loadtest_report(out, run.returncode, stderr)
 
 
 def summary(report: dict) -> dict:

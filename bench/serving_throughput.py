@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import cpu_seconds
+from bench.common import cpu_seconds, loadtest_report
 from model_registry import Registry
 from tests.processes import RedisProcess, ServiceProcess, console_script, start_all
 
@@ -57,9 +57,7 @@ def load(address: str, qps: int, duration_s: float, customers: int, out: Path, s
                           str(channels), "--seed", str(seed),
                           "--concurrency", str(concurrency), "--timeout-s", "2", "--out", str(out)],
                          capture_output=True, text=True, timeout=duration_s + 120)
-    if not out.exists():
-        raise RuntimeError(f"recsys-loadtest wrote no report (exit {run.returncode}):\n{run.stderr[-2000:]}")
-    return json.loads(out.read_text())
+    return loadtest_report(out, run.returncode, run.stderr)
 
 
 def summary(report: dict, cpu_s: float) -> dict:
