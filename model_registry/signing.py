@@ -68,6 +68,24 @@ def verify(version_dir: Path, key: Ed25519PublicKey) -> None:
                            "or signed by another key") from None
 
 
+def check_delta_signer(version_dir: Path, key: Ed25519PrivateKey | None) -> None:
+    """Raises VersionError, before anything is written, if a catalogue delta of
+    ``version_dir``'s version signed by ``key`` (None: unsigned) is one that its
+    replicas would refuse. A signed version is served only by replicas that
+    verify, and they refuse an unsigned delta or one by another key; the refused
+    delta would stay in the log, and every later load of the version fails on it."""
+    if not (version_dir / SIGNATURE_FILE).is_file():
+        return
+    if key is None:
+        raise VersionError(f"version {version_dir.name} is signed, so its replicas apply only signed deltas: sign "
+                           "this one with the publisher's key (--signing-key-file)")
+    try:
+        verify(version_dir, key.public_key())
+    except VersionError:
+        raise VersionError(f"version {version_dir.name} was not signed by this signing key, and its replicas apply "
+                           "only deltas signed by the key that signed it: give the publisher's key") from None
+
+
 def sign_bytes(data: bytes, key: Ed25519PrivateKey) -> str:
     """The signature of ``data`` by ``key``, base64 (for a JSON record)."""
     return base64.b64encode(key.sign(data)).decode()

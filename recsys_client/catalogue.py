@@ -24,7 +24,9 @@ not give takes the same-named value, as the trainer made them::
 
 With ``--signing-key-file`` (the publisher's key, as ``recsys-train`` takes
 it) the delta is signed; replicas started with ``--manifest-public-key`` apply
-only signed deltas.
+only signed deltas. A delta to a signed version must be signed by the key that
+signed it: any other is refused before it is written, since every replica
+would refuse it and the version could not be loaded past it.
 
 Steps: the input is checked against the version (dimension, finite values,
 ids, namespaces, the tower's columns); features are embedded; the delta is
@@ -231,7 +233,9 @@ def _unserved(version: int, generation: int, shards: dict[str, tuple[int, int]],
 
 def publish_delta(fleet: Fleet, registry: Registry, version: int, delta: Delta,
                   key: Ed25519PrivateKey | None = None) -> Rollout:
-    """Appends ``delta`` to ``version``'s log (signed by ``key`` if given), then applies it on every replica."""
+    """Appends ``delta`` to ``version``'s log (signed by ``key`` if given), then applies it on every replica.
+    Raises VersionError, writing nothing, if the version's replicas would refuse the delta's signature."""
+    signing.check_delta_signer(registry.version_dir(version), key)
     generation = write_delta(registry.model_dir, version, delta, key)
     log.info("version %d: catalogue delta %d (%d upserts, %d deletes) written", version, generation,
              len(delta.ids), len(delta.deleted))
@@ -314,14 +318,15 @@ def main(argv: list[str] | None = None) -> None:
             _check_id(candidate, f"deleted id {i}")
         delta = Delta(delta.ids, delta.vectors, delta.attributes,
                       np.asarray(deleted, dtype=str) if deleted else delta.deleted)
+        key = signing.private_key(config.signing_key) if config.signing_key else None
+        signing.check_delta_signer(registry.version_dir(version), key)  # before any replica is called
         fleet = Fleet.connect(list(config.index_admin), list(config.query_admin), config.admin_token,
                               config.timeout_s, config.connect_timeout_s, config.tls)
     except (CatalogueError, VersionError, PublishError, OSError) as e:
         print(f"recsys-catalogue: {e}", file=sys.stderr)
         sys.exit(1)
     try:
-        rollout = publish_delta(fleet, registry, version, delta,
-                                signing.private_key(config.signing_key) if config.signing_key else None)
+        rollout = publish_delta(fleet, registry, version, delta, key)
     except (VersionError, OSError) as e:  # the registry refused the delta: nothing was applied anywhere
         print(f"recsys-catalogue: {e}", file=sys.stderr)
         sys.exit(1)

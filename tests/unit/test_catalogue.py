@@ -12,6 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,7 +25,7 @@ from model_registry import IndexSpec, Manifest, Registry, VersionError
 from model_registry.attributes import Attributes, from_catalogue
 from model_registry.deltas import Delta, published_generation, read_deltas, write_delta
 from protos.recsys.v1 import admin_pb2, versions_pb2
-from recsys_client.catalogue import CatalogueError, apply_everywhere, read_upserts
+from recsys_client.catalogue import CatalogueError, apply_everywhere, publish_delta, read_upserts
 from recsys_client.catalogue import main as catalogue_main
 from recsys_client.publish import Fleet, Replica
 from serving import errors
@@ -636,3 +638,36 @@ def test_the_index_replicas_are_required_as_the_usage_says(tmp_path, capsys):
                         "--query-admin", "127.0.0.1:1"])
     assert exit.value.code == 2 and "--index-admin is required" in capsys.readouterr().err
     assert not (tmp_path / "m" / "catalogue").exists()
+
+
+def test_a_delta_the_signed_versions_replicas_would_refuse_is_never_written(tmp_path, capsys):
+    publisher, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    registry = Registry(tmp_path, "m", signing_key=publisher)
+    publish_dummy(registry)
+    pems = {}
+    for name, key in (("publisher", publisher), ("other", other)):
+        pems[name] = tmp_path / f"{name}.pem"
+        pems[name].write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    # Every replica of a signed version verifies: an unsigned delta, or one by another key, would be refused by
+    # all of them and then fail every later load of the version, so the tool writes neither.
+    server = grpc.server(ThreadPoolExecutor(1))  # an admin plane that answers, so only the key can stop the write
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        for extra, message in (([], "version 1 is signed, so its replicas apply only signed deltas"),
+                               (["--signing-key-file", str(pems["other"])],
+                                "version 1 was not signed by this signing key")):
+            with pytest.raises(SystemExit) as exit:
+                catalogue_main(["--registry", str(tmp_path), "--model", "m", "--version", "1", "--delete", "c",
+                                "--index-admin", f"127.0.0.1:{port}", "--timeout-s", "1", *extra])
+            assert exit.value.code == 1
+            assert capsys.readouterr().err.strip().startswith(f"recsys-catalogue: {message}")
+            assert published_generation(registry.model_dir, 1) == 0
+    finally:
+        server.stop(None)
+    fleet = Fleet([], [])
+    rollout = publish_delta(fleet, registry, 1, Delta.make(deleted=["c"], dim=1), publisher)
+    assert rollout.generation == 1 and len(read_deltas(registry.model_dir, 1, key=publisher.public_key())) == 1
+    unsigned = Registry(tmp_path, "u")  # an unsigned version takes deltas signed or not
+    publish_dummy(unsigned)
+    assert publish_delta(fleet, unsigned, 1, Delta.make(deleted=["c"], dim=1)).generation == 1
