@@ -264,6 +264,19 @@ def stream_deltas(fleet: Fleet, registry: Registry, version: int, rate: float, c
             "replicas_failed": failed}
 
 
+def search_figures(phases: dict, qps: float) -> dict:
+    """The report's ``searches_during_stream`` from ``SearchLoad.phases``: each phase's figures, their errors, and
+    the p99 while the deltas streamed over the p99 of the steady phases before and after (None where a phase
+    answered no search: its p99 is None)."""
+    p99 = {p: phases[p]["p99_ms"] for p in ("steady", "upserts", "after")}
+    searches = {"qps": qps, "errors": sum(p["errors"] for p in phases.values()), "p99_ms": p99,
+                "requests": {p: v["requests"] for p, v in phases.items()}, "phases": phases}
+    for other in ("steady", "after"):
+        searches[f"p99_upserts_vs_{other}"] = (None if p99["upserts"] is None or p99[other] is None
+                                               else round(p99["upserts"] / p99[other], 2))
+    return searches
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="50k candidates, short phases (smoke test)")
@@ -320,12 +333,7 @@ def main() -> None:
             load.mark("after")
             time.sleep(args.phase_s)
             load.stop()
-            phases = load.phases()
-            searches = {"qps": args.qps, "errors": sum(p["errors"] for p in phases.values()),
-                        "p99_ms": {p: phases[p]["p99_ms"] for p in ("steady", "upserts", "after")},
-                        "requests": {p: v["requests"] for p, v in phases.items()}, "phases": phases}
-            searches["p99_upserts_vs_steady"] = round(searches["p99_ms"]["upserts"] / searches["p99_ms"]["steady"], 2)
-            searches["p99_upserts_vs_after"] = round(searches["p99_ms"]["upserts"] / searches["p99_ms"]["after"], 2)
+            searches = search_figures(load.phases(), args.qps)
             # A restarted replica replays the log: it must answer exactly as the one that applied it live.
             replicas[1].stop()
             t0 = time.perf_counter()

@@ -52,13 +52,40 @@ TARGETS = ("hit", "miss", "miss_uncached")
 
 def measure(address: str, pids: dict[str, int], customers: int, duration_s: float, concurrency: int, seed: int,
             out: Path) -> dict:
-    """One closed-loop run: answered calls per second, cache hits, and CPU per answered call by process."""
+    """One closed-loop run: answered calls per second, cache hits, and CPU per answered call by process (None
+    for each when no call was answered)."""
     before = {name: cpu_seconds([pid]) for name, pid in pids.items()}
     report = load(address, OVERLOAD_QPS, duration_s, customers, out, seed, concurrency=concurrency)
     ok = report["requests"]["ok"]
-    per_call = {name: round((cpu_seconds([pid]) - before[name]) * 1e6 / ok, 1) for name, pid in pids.items()}
+    if ok:
+        per_call = {name: round((cpu_seconds([pid]) - before[name]) * 1e6 / ok, 1) for name, pid in pids.items()}
+        cpu_us = per_call | {"total": round(sum(per_call.values()), 1)}
+    else:  # every call failed: the other targets' figures still stand, this one's are None
+        print(f"{out.stem}: no call answered ({report['requests']['errors']} errors: {report['errors_by_code']}), "
+              "so no CPU per call", file=sys.stderr)
+        cpu_us = {name: None for name in pids} | {"total": None}
     return {"answered_per_s": report["achieved_qps"], "ok": ok, "errors": report["requests"]["errors"],
-            "cache_hits": report["cache_hits"], "cpu_us": per_call | {"total": round(sum(per_call.values()), 1)}}
+            "cache_hits": report["cache_hits"], "cpu_us": cpu_us}
+
+
+def vs_echo(measured: dict) -> dict:
+    """Each target's CPU per answered call over echo's, in one round's ``measured`` runs; None where either
+    answered no call."""
+    echo_us = measured["echo"]["cpu_us"]["total"]
+    totals = {name: measured[name]["cpu_us"]["total"] for name in TARGETS}
+    return {name: None if echo_us is None or total is None else round(total / echo_us, 2)
+            for name, total in totals.items()}
+
+
+def summarise(rounds: list[dict]) -> dict:
+    """The report's ``vs_echo`` (each target's ratio over the rounds that measured it) and ``targets`` (issue 15's,
+    met or not); None for a target no round measured."""
+    ratios = {name: [r["vs_echo"][name] for r in rounds if r["vs_echo"][name] is not None] for name in TARGETS}
+    median = {name: statistics.median(values) if values else None for name, values in ratios.items()}
+    return {"vs_echo": {name: {"median": median[name], "min": min(values), "max": max(values)} if values else None
+                        for name, values in ratios.items()},
+            "targets": {"hit<=1.15x_echo": None if median["hit"] is None else median["hit"] <= 1.15,
+                        "miss<=2.5x_echo": None if median["miss"] is None else median["miss"] <= 2.5}}
 
 
 def main() -> None:
@@ -107,9 +134,7 @@ def main() -> None:
                             "miss_uncached": run("miss_uncached", uncached.address,
                                                  {"query": uncached.proc.pid, "index": index.proc.pid},
                                                  args.customers, 1000 + r)}
-                echo_us = measured["echo"]["cpu_us"]["total"]
-                measured["vs_echo"] = {name: round(measured[name]["cpu_us"]["total"] / echo_us, 2)
-                                       for name in TARGETS}
+                measured["vs_echo"] = vs_echo(measured)
                 print(f"round {r}: " + ", ".join(f"{name} {m['cpu_us']} us/call at {m['answered_per_s']:.0f}/s"
                                                  for name, m in measured.items() if name != "vs_echo")
                       + f"; vs echo {measured['vs_echo']}", file=sys.stderr)
@@ -119,13 +144,8 @@ def main() -> None:
                 process.stop()
             redis.stop()
 
-    ratios = {name: [r["vs_echo"][name] for r in rounds] for name in TARGETS}
     report = {"benchmark": "request_cost", "commit": git_commit(), "machine": machine_info(),
-              "config": {k: v for k, v in vars(args).items() if k != "out"}, "rounds": rounds,
-              "vs_echo": {name: {"median": statistics.median(values), "min": min(values), "max": max(values)}
-                          for name, values in ratios.items()},
-              "targets": {"hit<=1.15x_echo": statistics.median(ratios["hit"]) <= 1.15,
-                          "miss<=2.5x_echo": statistics.median(ratios["miss"]) <= 2.5}}
+              "config": {k: v for k, v in vars(args).items() if k != "out"}, "rounds": rounds, **summarise(rounds)}
     text = json.dumps(report, indent=2)
     if args.out:
         args.out.write_text(text)

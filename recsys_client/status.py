@@ -88,20 +88,23 @@ def rows(replicas: list[ReplicaStatus]) -> list[tuple[str, ...]]:
 def _version_rows(address: str, role: str, status: pb.ServiceStatus) -> list[tuple[str, ...]]:
     out = []
     slot = (status.slot or "-") + (f"[{status.shard}/{status.shards}]" if status.shards else "")
-    head = (address, status.service or role, slot)
+    service = status.service or role
+    head = (address, service, slot)
     if not status.versions:
         out.append((*head, "-", "EMPTY"))
     for v in sorted(status.versions, key=lambda v: v.version):
         live = "*" if v.version == status.live_version else ""
         out.append((*head, f"{v.version}{live}", _state(v.state), str(v.num_candidates),
-                    _recall(v),
+                    _recall(v, service),
                     _size(v.memory_bytes), f"{v.load_seconds:.2f}", str(v.catalogue_generation)))
     return out
 
 
-def _recall(v) -> str:
-    """The self-test recall, with the catalogue generation it was measured at when not the load's."""
-    if not v.self_test_recall_at_10:
+def _recall(v, service: str) -> str:
+    """The self-test recall, with the catalogue generation it was measured at when not the load's; "-" where none
+    is measured (a query service's versions, a version still loading)."""
+    # proto3 sends no recall as 0.0, so a measured 0.0 (a broken index) is told apart by who measured it, not by value.
+    if service != "index" or v.state == versions_pb2.VERSION_STATE_LOADING:
         return "-"
     return f"{v.self_test_recall_at_10:.3f}" + (f"@g{v.self_test_generation}" if v.self_test_generation else "")
 

@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import numpy as np
 import pytest
 
+from protos.recsys.v1 import retrieval_pb2 as pb
+from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from recsys_client.loadtest import (ERROR, OK, RPCS, CustomerSampler, LoadConfig, RequestLog, RpcDraws,
-                                    build_parser, build_report, config_from_args, format_table, parse_rpc_mix)
+                                    build_parser, build_report, config_from_args, format_table, parse_rpc_mix,
+                                    run_load)
+from serving.grpc_server import run_event_loop
 
 
 def test_a_mix_is_normalised_into_shares_in_rpc_order():
@@ -69,9 +75,46 @@ def test_the_report_has_each_rpc_s_counts_and_latency():
                           sources=Counter(), cache_hits_by_rpc=Counter({"recommend": 3}))
     json.dumps(report)
     assert report["model_versions"] == {"1": 10}
-    assert report["requests"]["ok"] == 14 and report["cache_hit_ratio"] == pytest.approx(3 / 14, abs=1e-4)
+    # 3 hits of the 10 Recommend answers: the 4 RecordInteractions answers could not have been hits.
+    assert report["requests"]["ok"] == 14 and report["cache_hit_ratio"] == pytest.approx(3 / 10, abs=1e-4)
     record = report["rpcs"]["record"]
     assert (record["requests"], record["ok"], record["errors"], record["cache_hits"]) == (5, 4, 1, 0)
     assert record["latency_ms"]["p50_ms"] == pytest.approx(5.0, rel=1e-3)
     assert report["rpcs"]["recommend"]["latency_ms"]["p99_ms"] == pytest.approx(1.0, rel=1e-3)
     assert "record    requests      5" in format_table(report)
+
+
+class MixedFakeQuery(pb_grpc.QueryServiceServicer):
+    """Every Recommend is a cache hit, every RecommendSimilar a miss; a BatchRecommend's items are hits too, but
+    cache_hits counts Recommend and RecommendSimilar only, so its answers must not weigh on the ratio either."""
+
+    def Recommend(self, request, context):
+        return pb.RecommendResponse(model_version=7, cache_hit=True)
+
+    def RecommendSimilar(self, request, context):
+        return pb.RecommendResponse(model_version=7)
+
+    def BatchRecommend(self, request, context):
+        return pb.BatchRecommendResponse(model_version=7, responses=[
+            pb.RecommendResponse(model_version=7, cache_hit=True) for _ in request.requests])
+
+    def RecordInteractions(self, request, context):
+        return pb.RecordInteractionsResponse(history_length=1)
+
+
+def test_the_cache_hit_ratio_of_a_mixed_run_is_of_the_answers_that_could_hit():
+    server = grpc.server(ThreadPoolExecutor(4))
+    pb_grpc.add_QueryServiceServicer_to_server(MixedFakeQuery(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        config = LoadConfig(address=f"127.0.0.1:{port}", qps=200, duration_s=0.6, channels=1,
+                            rpc_mix={"recommend": 0.4, "similar": 0.2, "batch": 0.2, "record": 0.2})
+        report = run_event_loop(run_load(config))
+    finally:
+        server.stop(None)
+    rpcs = report["rpcs"]
+    assert report["requests"]["ok"] == 120 and all(rpcs[name]["ok"] > 0 for name in RPCS)
+    assert report["cache_hits"] == rpcs["recommend"]["ok"]
+    assert report["cache_hit_ratio"] == pytest.approx(
+        rpcs["recommend"]["ok"] / (rpcs["recommend"]["ok"] + rpcs["similar"]["ok"]), abs=1e-4)
