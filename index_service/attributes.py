@@ -9,6 +9,11 @@ by ScaNN's swap-on-delete), so each namespace is a fixed-width column:
   selectivity estimate);
 * numeric namespace: float32 [rows], NaN where a candidate has no value.
 
+A filter's selectivity is estimated from the token counts where they are exact
+(a restrict of one token) and otherwise by evaluating it on a random sample of
+rows, read as they are now: deltas change values, and a row may hold several of
+a restrict's tokens.
+
 A filter is evaluated either on the rows a search returned (``passes``) or on
 every row (``mask``, for exact search over the filtered subset). Both are a
 table lookup per token, vectorised; no per-candidate Python.
@@ -22,7 +27,9 @@ from index_service.rows import Deletion
 from model_registry.attributes import Attributes
 from serving.filters import Filter, NumericRange, TokenRestrict
 
-# Rows of each numeric namespace kept, sorted, to estimate a range's selectivity.
+# Rows sampled (about this many) to estimate a filter's selectivity: a 2% filter (20,000 rows at 1M, where exact
+# search stops) is estimated within ~0.3% (two standard errors). Measured at 1M rows on 2 busy cores: ~30 us for a
+# range, ~0.4 ms for a restrict of several tokens (a restrict of one token reads its exact count instead).
 ESTIMATE_SAMPLE = 10_000
 
 
@@ -96,9 +103,11 @@ class AttributeColumns:
             self.tokens[ns] = column
         self.numeric: dict[str, np.ndarray] = {ns: v.astype(np.float32, copy=True)
                                                for ns, v in attributes.numeric.items()}
-        rng = np.random.default_rng(0)
-        self._samples = {ns: np.sort(rng.choice(v, min(len(v), ESTIMATE_SAMPLE), replace=False))
-                         for ns, v in self.numeric.items()}
+        self._rng = np.random.default_rng(0)
+        # Every row, and every row a delta appends, joins the sample with the same chance. It holds positions, read
+        # at each estimate, so upserts in place keep it current, and deletion's moves, blind to it, keep it uniform.
+        self._sample_rate = min(1.0, ESTIMATE_SAMPLE / max(rows, 1))
+        self._sample = np.flatnonzero(self._rng.random(rows) < self._sample_rate)
 
     # --- filters -----------------------------------------------------------------------------------------------
 
@@ -108,7 +117,8 @@ class AttributeColumns:
 
     def _restrict(self, restrict: TokenRestrict, rows: np.ndarray | slice) -> np.ndarray:
         column = self.tokens[restrict.namespace]
-        numbers = column.matrix[rows]
+        # take: a gather of rows ~15x faster than indexing with them (10,000 of 1M rows, the estimate's sample).
+        numbers = column.matrix[rows] if isinstance(rows, slice) else column.matrix.take(rows, axis=0)
         ok = np.ones(len(numbers), dtype=bool)
         if restrict.allow:
             ok &= column.lookup_table(restrict.allow)[numbers].any(axis=1)
@@ -145,24 +155,20 @@ class AttributeColumns:
         return ok
 
     def selectivity(self, f: Filter) -> float:
-        """An estimate of the share of rows passing (restricts and ranges taken as independent):
-        it sizes the over-fetch and picks exact search; a wrong guess costs a retry, not recall."""
+        """An estimate of the share of rows passing: it sizes the over-fetch and picks exact search. Too high
+        loses recall (a filter that needed exact search gets the over-fetch); too low costs exact search."""
         share = 1.0
         rows = max(self.rows, 1)
+        ok = np.ones(len(self._sample), dtype=bool)
         for restrict in f.restricts:
-            column = self.tokens[restrict.namespace]
-            if restrict.allow:
-                share *= min(1.0, column.held(restrict.allow) / rows)
-            if restrict.deny:
-                share *= max(0.0, 1.0 - column.held(restrict.deny) / rows)
+            if len(restrict.allow) + len(restrict.deny) == 1:
+                held = min(1.0, self.tokens[restrict.namespace].held(restrict.allow | restrict.deny) / rows)
+                share *= held if restrict.allow else 1.0 - held
+            else:
+                ok &= self._restrict(restrict, self._sample)
         for numeric in f.ranges:
-            sample = self._samples[numeric.namespace]
-            if len(sample):
-                low = 0 if numeric.low is None else np.searchsorted(sample, numeric.low, "left")
-                # Not len(sample): NaN (no value) sorts last and passes no range.
-                high = np.searchsorted(sample, np.inf if numeric.high is None else numeric.high, "right")
-                share *= max(high - low, 0) / len(sample)
-        return share
+            ok &= self._range(numeric, self._sample)
+        return share * ok.mean() if len(ok) else share
 
     def crowd_keys(self, rows: np.ndarray, namespace: str) -> np.ndarray:
         """int [len(rows)]: each row's first token in ``namespace`` (-1: none), what crowding counts."""
@@ -205,6 +211,11 @@ class AttributeColumns:
             column.count(numbers, 1)
         for ns, values in self.numeric.items():
             values[rows] = attributes.numeric[ns][at] if ns in attributes.numeric else np.nan
+        appended = rows[rows >= self.rows]
+        self._sample = np.concatenate([self._sample, appended[self._rng.random(len(appended)) < self._sample_rate]])
+        if len(self._sample) > 2 * ESTIMATE_SAMPLE:  # a catalogue grown far past its size at load
+            self._sample = self._sample[self._rng.random(len(self._sample)) < 0.5]
+            self._sample_rate /= 2
         self.rows = max(self.rows, top)
 
     def delete(self, deletion: Deletion) -> None:
@@ -216,4 +227,5 @@ class AttributeColumns:
         for values in self.numeric.values():
             values[deletion.to] = values[deletion.source]
             values[deletion.count:self.rows] = np.nan
+        self._sample = self._sample[self._sample < deletion.count]
         self.rows = deletion.count
