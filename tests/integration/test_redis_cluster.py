@@ -1,12 +1,16 @@
 """The query service on a Redis Cluster of three masters (``redis+cluster://``):
 cache hits served from keys on every master, RecordInteractions kept on the
-cluster, and a master SIGKILLed under a Recommend load with no request failing
-(its keys become misses, the other masters keep serving theirs)."""
+cluster, a master SIGKILLed under a Recommend load with no request failing
+(its keys become misses, the other masters keep serving theirs), and a master
+restarted on its port, or a replica promoted in its place, serving its keys
+again within a back-off or two."""
 
 from __future__ import annotations
 
 import asyncio
 import shutil
+import subprocess
+import time
 from collections import Counter
 
 import grpc
@@ -18,7 +22,7 @@ from query_service.cache import CacheConfig, CachedResult, ResultCache, cache_ke
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from recsys_client.loadtest import LoadConfig, run_load
 from tests.integration.conftest import MODEL, index_slot, query_replica
-from tests.processes import RedisClusterProcesses
+from tests.processes import RedisClusterProcesses, RedisProcess, wait_until
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(shutil.which("redis-server") is None or shutil.which("redis-cli") is None,
@@ -133,3 +137,91 @@ async def test_a_master_killed_under_load_fails_no_request(query, cluster):
                                        for c in CUSTOMERS))
     assert all(len(r.candidates) == 10 for r in after)
     assert 0.3 * len(CUSTOMERS) <= sum(r.cache_hit for r in after) < len(CUSTOMERS)
+
+
+def cli(port: int, *args: str) -> str:
+    """What ``redis-cli -p port args...`` prints ("" when the node does not answer)."""
+    return subprocess.run([shutil.which("redis-cli"), "-p", str(port), *args], capture_output=True, text=True).stdout
+
+
+def cluster_ok(ports: list[int]) -> bool:
+    """Whether every node reports cluster_state:ok (a node just restarted answers CLUSTERDOWN until then)."""
+    return all("cluster_state:ok" in cli(port, "cluster", "info") for port in ports)
+
+
+async def recovers_within(cache: ResultCache, limit_s: float, what: str) -> None:
+    """Writes and reads back a result under every key until all are hits, failing after ``limit_s``."""
+    keys = [cache_key(MODEL, 1, c, 10, frozenset()) for c in CUSTOMERS]
+    start = time.monotonic()
+    while True:
+        await asyncio.gather(*(cache.put(key, CachedResult([key], [1.0], "model")) for key in keys))
+        found = await cache.get_remote_many(keys)
+        if all(r is not None and r.ids == (key,) for key, r in zip(keys, found)):
+            return
+        assert time.monotonic() - start < limit_s, f"{what}: its keys are still missed after {limit_s}s"
+        await asyncio.sleep(0.05)
+
+
+RETRY_AFTER_S = 0.5
+# One back-off per stale pooled connection (16 of them) would take 8 s: a margin for a loaded machine, well under it.
+RECOVERY_S = 6 * RETRY_AFTER_S
+
+
+def cache_on(cluster: RedisClusterProcesses) -> ResultCache:
+    """A cache on ``cluster`` with a short back-off, and a timeout long enough that a loaded
+    test machine causes no failures of its own (each would back a node off once more)."""
+    return ResultCache(CacheConfig(cluster.url, local_mb=0, mac_key="shared", timeout_s=1.0,
+                                   retry_after_s=RETRY_AFTER_S))
+
+
+async def pool_connections(cache: ResultCache) -> None:
+    """Concurrent batches, as under load: several pooled connections to each master."""
+    keys = [cache_key(MODEL, 1, c, 10, frozenset()) for c in CUSTOMERS]
+    await asyncio.gather(*(cache.get_remote_many(keys) for _ in range(16)))
+
+
+async def test_a_master_restarted_on_its_port_serves_its_keys_again_within_a_back_off_or_two(tmp_path):
+    """Connections pooled to a master before it restarted are dead: unless the slot map refresh
+    that a node failure starts recycles them, each fails in its turn and backs the node off again,
+    one back-off per pooled connection."""
+    cluster = RedisClusterProcesses(tmp_path).start()
+    cache = cache_on(cluster)
+    try:
+        await recovers_within(cache, 5, "a new cluster")
+        await pool_connections(cache)
+        cluster.kill(0)
+        cluster.nodes[0].start()  # its nodes-0.conf keeps its id and slots; its keys are gone
+        wait_until(lambda: cluster_ok([node.port for node in cluster.nodes]), 15, "the master to rejoin")
+        await recovers_within(cache, RECOVERY_S, "the restarted master")
+    finally:
+        await cache.close()
+        cluster.stop()
+
+
+async def test_a_replica_promoted_for_a_lost_master_serves_its_keys_within_a_back_off_or_two(tmp_path):
+    """The slot map names the lost master until it is read again: the refresh a node failure
+    starts is what sends the keys to the replica promoted in its place."""
+    cluster = RedisClusterProcesses(tmp_path).start()
+    replica = RedisProcess("--cluster-enabled", "yes", "--cluster-node-timeout", "500",
+                           "--cluster-require-full-coverage", "no", "--dir", str(tmp_path),
+                           "--cluster-config-file", "nodes-replica.conf")
+    cache = cache_on(cluster)
+    try:
+        replica.start()
+        master = cluster.nodes[0].port
+        subprocess.run([shutil.which("redis-cli"), "--cluster", "add-node", f"127.0.0.1:{replica.port}",
+                        f"127.0.0.1:{master}", "--cluster-slave", "--cluster-master-id",
+                        cli(master, "cluster", "myid").strip()], check=True, capture_output=True, timeout=30)
+        wait_until(lambda: "master_link_status:up" in cli(replica.port, "info", "replication"), 15,
+                   "the replica to sync")
+        await recovers_within(cache, 5, "a new cluster")
+        await pool_connections(cache)
+        cluster.kill(0)
+        others = [replica.port, *(node.port for node in cluster.nodes[1:])]
+        wait_until(lambda: cli(replica.port, "role").startswith("master") and cluster_ok(others), 15,
+                   "the replica to take over")
+        await recovers_within(cache, RECOVERY_S, "the promoted replica")
+    finally:
+        await cache.close()
+        replica.stop()
+        cluster.stop()
