@@ -30,7 +30,7 @@ class SearchLimits:
     max_batch_queries: int = option(validation.DEFAULT_MAX_BATCH_QUERIES, "most queries in one BatchSearch")
     max_batch_results: int = option(validation.DEFAULT_MAX_BATCH_RESULTS,
                                     "most results one call may compute: queries x the largest k (the query "
-                                    "service sends at most its --max-batch-size x --max-k)")
+                                    "service splits its batches at the defaults of this and --max-batch-queries)")
 
     def __post_init__(self) -> None:
         require(self.max_k >= 1, "max_k", "must be >= 1")

@@ -17,7 +17,7 @@ import numpy as np
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from protos.recsys.v1 import versions_pb2
-from serving import errors
+from serving import errors, validation
 from serving.filters import NO_FILTER, Filter, filter_to_proto
 from serving.observability import outgoing_metadata
 from serving.tls import ClientTls
@@ -40,6 +40,11 @@ _CODE_TO_ERROR = {
 # exclusions a caller may send (10,000 ids of up to 256 bytes): in one message they would pass the index's
 # receive limit (--max-message-bytes, 16 MiB) and fail every miss of the batch.
 MAX_SEARCH_BYTES = 4 << 20
+# The most queries, and results (queries x their largest k), sent in one search call: the index's default bounds
+# of a batch (--max-batch-queries, --max-batch-results), which it refuses whole. A --max-batch-size over 100 at
+# k = 1000 would otherwise fail every miss of its batch, each of which it answers alone.
+MAX_SEARCH_QUERIES = validation.DEFAULT_MAX_BATCH_QUERIES
+MAX_SEARCH_RESULTS = validation.DEFAULT_MAX_BATCH_RESULTS
 # States in which an endpoint answers searches pinned to a version.
 SEARCHABLE = frozenset({versions_pb2.VERSION_STATE_READY, versions_pb2.VERSION_STATE_SERVING})
 # An endpoint silent for this many of its keepalive periods is taken as gone (hung or partitioned).
@@ -116,8 +121,9 @@ class IndexEndpoint:
         return self.shard == shard and max(self.shards, 1) == shards
 
     async def search(self, queries: list[IndexQuery], version: int, timeout_s: float) -> list[IndexHits]:
-        """Searches all queries in ``version`` within ``timeout_s``; one RPC whatever the batch size, unless
-        the batch is over ``MAX_SEARCH_BYTES``: then one per part of it, side by side."""
+        """Searches all queries in ``version`` within ``timeout_s``; one RPC, unless the batch is over
+        ``MAX_SEARCH_BYTES``, ``MAX_SEARCH_QUERIES`` or ``MAX_SEARCH_RESULTS``: then one per part of it, side
+        by side."""
         requests = [pb.SearchRequest(vector=[] if q.vector is None else q.vector.tolist(), k=q.k,
                                      model_version=version, exclude_candidate_ids=sorted(q.exclusions),
                                      filter=filter_to_proto(q.filter) if q.filter else None,
@@ -225,16 +231,20 @@ class IndexEndpoint:
 
 
 def _parts(requests: list[pb.SearchRequest]) -> list[list[pb.SearchRequest]]:
-    """``requests`` in order, cut into parts of at most ``MAX_SEARCH_BYTES`` (a request over it alone)."""
+    """``requests`` in order, cut into parts of at most ``MAX_SEARCH_BYTES`` (a request over it alone),
+    ``MAX_SEARCH_QUERIES`` queries and ``MAX_SEARCH_RESULTS`` results (queries x the part's largest k)."""
     parts: list[list[pb.SearchRequest]] = [[]]
-    size = 0
+    size = largest_k = 0
     for request in requests:
         request_size = request.ByteSize()
-        if parts[-1] and size + request_size > MAX_SEARCH_BYTES:
+        part = parts[-1]
+        if part and (size + request_size > MAX_SEARCH_BYTES or len(part) == MAX_SEARCH_QUERIES
+                     or (len(part) + 1) * max(largest_k, request.k) > MAX_SEARCH_RESULTS):
             parts.append([])
-            size = 0
+            size = largest_k = 0
         parts[-1].append(request)
         size += request_size
+        largest_k = max(largest_k, request.k)
     return parts
 
 

@@ -256,7 +256,11 @@ class Recommender:
         """``recommend`` for a query as the RPC layer receives it. ``fingerprint``:
         the request's bytes as received, under which ``replay`` finds its result again."""
         version, model = self.manager.get()
-        return await self._recommend(version, model, self._check(model, query), timeout_s, fingerprint)
+        request = self._check(model, query)
+        if self._reads_live(model, request):
+            fingerprint = None  # the live history changes under a remembered request: never replayed
+            request = await self._with_live(request)
+        return await self._recommend(version, model, request, timeout_s, fingerprint)
 
     def replay(self, fingerprint: bytes) -> Recommendation | None:
         """The answer to the request whose bytes are ``fingerprint``, when ``answer``
@@ -291,6 +295,14 @@ class Recommender:
         for i, query in enumerate(queries):
             with validation.item("requests", i):
                 requests.append(self._check(model, query))
+        reading = [i for i, request in enumerate(requests) if self._reads_live(model, request)]
+        for i, request in zip(reading, await asyncio.gather(*(self._with_live(requests[i]) for i in reading))):
+            requests[i] = request
+        # exclude_seen's limit counts the customer's stored and live items: checked once they are known, as
+        # the others are, before any item is looked up or searched (an item past it fails the whole call).
+        for i, request in enumerate(requests):
+            with validation.item("requests", i):
+                self._excluded(model, request)
 
         async def one(i: int, request: _Request) -> Recommendation:
             with validation.item("requests", i):
@@ -312,16 +324,19 @@ class Recommender:
         model.check_filter(query.filter)
         return _Request(query.customer_id, query.k, excluded, recent, query.exclude_seen, query.filter)
 
+    def _reads_live(self, model: QueryModel, request: _Request) -> bool:
+        """Whether ``request``'s result depends on the live history: a history-aware tower, or exclude_seen."""
+        return self.history is not None and (request.exclude_seen or bool(model.takes.history_length))
+
+    async def _with_live(self, request: _Request) -> _Request:
+        """``request`` with the customer's live history (see ``_reads_live``)."""
+        live = await self.history.get(request.customer_id)
+        return dataclasses.replace(request, live=live) if live else request
+
     async def _recommend(self, version: int, model: QueryModel, request: _Request,
                          timeout_s: float | None, fingerprint: bytes | None = None) -> Recommendation:
+        """``request`` (its live history read, where ``_reads_live``) answered from ``version``."""
         generation = model.catalogue_generation
-        # The live history is read only where it can change the result: a history-aware tower, or exclude_seen.
-        reads_live = self.history is not None and (request.exclude_seen or bool(model.takes.history_length))
-        if reads_live:
-            fingerprint = None  # the live history changes under a remembered request: never replayed
-            live = await self.history.get(request.customer_id)
-            if live:
-                request = dataclasses.replace(request, live=live)
         key = request.key(self.model, version, generation)
         held = request.held()
         answer = self._lookup_local(key, request.k, request.exclusions)
@@ -402,7 +417,10 @@ class Recommender:
             raise Unavailable(f"no answer from the index within {budget:.1f}s: it is overloaded or hung; "
                               "retry later or on another replica") from None
 
-    def _miss(self, model: QueryModel, request: _Request, budget_s: float, key: str = "") -> _Miss:
+    @staticmethod
+    def _excluded(model: QueryModel, request: _Request) -> frozenset[str]:
+        """What ``request``'s search excludes in ``model``'s version: with exclude_seen, the customer's
+        stored, live and recent items too; InvalidArgument when that passes ``MAX_EXCLUSIONS``."""
         excluded = request.exclusions
         if request.exclude_seen:
             excluded = (excluded | model.seen(request.customer_id) | frozenset(request.recent)
@@ -412,6 +430,10 @@ class Recommender:
                     f"exclude_seen adds the customer's interactions to the exclusions: {len(excluded)} in all, "
                     f"over the limit of {validation.MAX_EXCLUSIONS}; send fewer exclude_candidate_ids or "
                     "recent_candidate_ids, or leave exclude_seen off")
+        return excluded
+
+    def _miss(self, model: QueryModel, request: _Request, budget_s: float, key: str = "") -> _Miss:
+        excluded = self._excluded(model, request)
         history = request.recent
         if request.live and model.takes.history_length:
             history = merged_history(request.recent, request.live, _stored_history(model, request.customer_id))
@@ -472,16 +494,24 @@ class Recommender:
         _, model = self.manager.get(version)
         requests = list(reversed(self._recent_requests))  # a snapshot: traffic goes on meanwhile
         deadline = time.monotonic() + self.warmup.budget_s
-        warmed = 0
+        warmed = failed = 0
+        first_failure = ""
         for start in range(0, len(requests), self.warmup.batch_size):
             if time.monotonic() > deadline:
                 log.warning("warm-up of version %d stopped at its %.1fs budget: %d of %d requests cached",
                             version, self.warmup.budget_s, warmed, len(requests))
                 break
             batch_started = time.monotonic()
-            warmed += await self._warm_batch(version, model, requests[start:start + self.warmup.batch_size])
+            try:
+                warmed += await self._warm_batch(version, model, requests[start:start + self.warmup.batch_size])
+            except Exception as e:  # noqa: BLE001 - a tower or client failure costs its batch only, as an index's does
+                failed += 1
+                first_failure = first_failure or f"{type(e).__name__}: {e}"
             worked = time.monotonic() - batch_started
             await asyncio.sleep(worked * (1 - self.warmup.duty_cycle) / self.warmup.duty_cycle)
+        if failed:
+            log.warning("warm-up of version %d: %d batches failed (first: %s); their requests stay misses", version,
+                        failed, first_failure)
         return warmed
 
     async def _warm_batch(self, version: int, model: QueryModel, batch: list[tuple | SimilarQuery]) -> int:

@@ -210,6 +210,20 @@ async def test_a_batch_of_searches_each_within_the_limits_is_not_refused_for_its
     assert [len(h.ids) for h in hits] == [5] * 8
 
 
+async def test_a_batch_of_misses_past_the_index_batch_bounds_is_searched_in_parts(index_service, version_dir):
+    manifest = files.read_manifest(version_dir)
+    # A --max-batch-size over 100 at k = 1000, and one over the index's 1,024 queries: each miss alone is fine.
+    vector = np.full(manifest.embedding_dim, 0.1, np.float32)
+    endpoint = IndexEndpoint(index_service.address)
+    try:
+        deep = await endpoint.search([IndexQuery(vector, 1000, frozenset())] * 101, manifest.version, 30)
+        wide = await endpoint.search([IndexQuery(vector, 1, frozenset())] * 1025, manifest.version, 30)
+    finally:
+        await endpoint.close()
+    assert [len(h.ids) for h in deep] == [min(1000, manifest.num_candidates)] * 101
+    assert [len(h.ids) for h in wide] == [1] * 1025
+
+
 def test_health_and_reflection_on_both_services(query_service, index_service):
     for service, name in ((query_service, "recsys.v1.QueryService"), (index_service, "recsys.v1.IndexService")):
         with grpc.insecure_channel(service.address) as channel:

@@ -380,6 +380,30 @@ async def test_exclude_seen_past_the_limit_on_the_warmed_version_leaves_out_that
     await recommender.close()
 
 
+async def test_a_warm_up_batch_failing_with_an_error_not_the_services_own_is_skipped_not_the_rest(registry):
+    class FailingOnce(InProcessIndex):
+        async def search(self, queries, version, timeout_s):
+            if version == 2 and not any(v == 2 for v, _ in self.calls):
+                self.calls.append((version, len(queries)))
+                raise RuntimeError("a bug or a library's error, not a ServingError")
+            return await super().search(queries, version, timeout_s)
+
+    blue = slot(registry, "b", 1)[0]
+    index = FailingOnce(blue)
+    cache = ResultCache(CacheConfig(url=f"redis://127.0.0.1:{free_port()}/0"))  # the in-process tier only
+    recommender, admin = query_replica(registry, index, live=1, cache=cache, warmup=WarmupConfig(batch_size=1))
+    for customer in ("c001", "c002", "c003"):
+        await recommender.recommend(customer, 3)
+    index.cores = (blue, slot(registry, "g", 2)[0])
+    searches = len(index.calls)
+    await admin.load(2)
+    assert index.calls[searches:] == [(2, 1)] * 3  # most recent first: c003's batch failed
+    await admin.promote(2)
+    await asyncio.sleep(0)  # the cache writes run in the background
+    assert [(await recommender.recommend(c, 3)).cache_hit for c in ("c001", "c002", "c003")] == [True, True, False]
+    await recommender.close()
+
+
 async def test_a_warm_up_rests_between_batches_as_its_duty_cycle_asks(registry):
     blue = slot(registry, "b", 1)[0]
     index = InProcessIndex(blue)

@@ -28,7 +28,7 @@ from query_service.recommender import (REPLAY_MAX_BYTES, SOURCE_MODEL, SOURCE_PO
 from query_service.routing import HEDGE_BUDGET, HEDGE_BURST, IndexRouter, RoutingConfig
 from query_service.servicer import QueryServicer
 from query_service.tower import QueryModel
-from serving import errors
+from serving import errors, validation
 from serving.filters import Filter, TokenRestrict
 from serving.versions import VersionManager
 from tests.processes import free_port
@@ -657,5 +657,30 @@ async def test_an_invalid_batch_item_fails_the_call_naming_it_before_any_work(ti
                               r"^requests\[0\]\.recent_candidate_ids\[1\] is empty")):
         with pytest.raises(errors.InvalidArgument, match=message):
             await recommender.recommend_batch(queries)
+    assert tiny_index.searches == []
+    await recommender.close()
+
+
+async def test_a_batch_item_whose_seen_items_pass_the_exclusion_limit_fails_the_call_before_any_work(
+        tiny_model, tiny_index):
+    recommender = replica(tiny_model, tiny_index)
+    # c001 has seen i001: with exclude_seen, one exclusion more than a request may send.
+    full = RecommendQuery("c001", 3, exclusions=[f"x{i}" for i in range(validation.MAX_EXCLUSIONS)],
+                          exclude_seen=True)
+    with pytest.raises(errors.InvalidArgument, match=r"^requests\[1\]\.exclude_seen adds .* 10001 in all"):
+        await recommender.recommend_batch([RecommendQuery("c002", 3), full])
+    assert tiny_index.searches == []
+    await recommender.close()
+
+
+async def test_a_batch_item_whose_live_history_passes_the_exclusion_limit_fails_the_call_before_any_work(
+        tiny_model, tiny_index, redis_server):
+    recommender = live_replica(tiny_model, tiny_index, redis_server.url)
+    await recommender.record_interactions("c001", ["i049"])
+    # With c001's stored i001: at the limit. The live i049 is one over it, known only once the history is read.
+    full = RecommendQuery("c001", 3, exclusions=[f"x{i}" for i in range(validation.MAX_EXCLUSIONS - 1)],
+                          exclude_seen=True)
+    with pytest.raises(errors.InvalidArgument, match=r"^requests\[1\]\.exclude_seen adds .* 10001 in all"):
+        await recommender.recommend_batch([RecommendQuery("c002", 3), full])
     assert tiny_index.searches == []
     await recommender.close()
