@@ -60,11 +60,14 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _fsync_tree(path: Path) -> None:
-    for p in path.rglob("*"):
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-    _fsync_dir(path)
+    # Every folder too, deepest first: a file synced in a folder whose own entries are not can vanish in a crash.
+    for directory, _, names in os.walk(path, topdown=False):
+        for name in names:
+            p = Path(directory, name)
+            if p.is_file():
+                with open(p, "rb") as f:
+                    os.fsync(f.fileno())
+        _fsync_dir(Path(directory))
 
 
 class Registry:

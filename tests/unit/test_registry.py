@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 
 import numpy as np
@@ -167,3 +168,31 @@ def test_a_delta_log_with_a_gap_refuses_a_new_delta_instead_of_spinning(tmp_path
     worker.start()
     worker.join(10)
     assert len(outcome) == 1 and "without a gap" in str(outcome[0])
+
+
+def test_publish_syncs_every_file_and_folder_of_the_version_before_renaming_it(tmp_path, monkeypatch):
+    """A SavedModel keeps its weights in variables/: a version renamed into place before that folder and its files
+    reach the disk can come back from a crash with them empty or missing, yet listed as published."""
+    reg = Registry(tmp_path, "m")
+    synced: set[str] = set()
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if (reg.model_dir / ".staging-").as_posix() in path:  # the staged tree, as the rename will publish it
+            synced.add(path.split("/.staging-", 1)[1].partition("/")[2] or ".")
+        real_fsync(fd)
+
+    def write(staging):
+        build = _writer()(staging)
+        variables = staging / mf.QUERY_TOWER_DIR / "variables"
+        variables.mkdir()
+        (variables / "variables.data-00000-of-00001").write_bytes(b"weights")
+        (variables / "variables.index").write_bytes(b"index")
+        return build
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    reg.publish(write)
+    vdir = reg.version_dir(1)
+    tree = {p.relative_to(vdir).as_posix() for p in vdir.rglob("*")} | {"."}
+    assert tree - synced == set()
