@@ -35,7 +35,7 @@ from model_registry import Manifest, VersionError
 from model_registry import manifest as files
 from model_registry.attributes import Attributes
 from model_registry.deltas import Delta, read_deltas
-from model_registry.search import exact_top_k, npy_shape, recall_at_k
+from model_registry.search import MIN_RECALL, exact_top_k, npy_shape, recall_at_k
 from serving.admin import LoadReport
 from serving.errors import NotFound
 from serving.filters import NO_FILTER, Filter
@@ -159,7 +159,7 @@ class CandidateIndex:
         return n
 
     @classmethod
-    def load(cls, version_dir: Path, manifest: Manifest, min_recall: float = 0.9,
+    def load(cls, version_dir: Path, manifest: Manifest, min_recall: float = MIN_RECALL,
              shard: int | None = None, delta_key: Ed25519PublicKey | None = None) -> "CandidateIndex":
         """Loads a verified version's searcher (``shard``'s of a sharded version)
         and self-tests it: recall@10 against exact search over the same

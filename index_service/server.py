@@ -15,6 +15,7 @@ from index_service.slot import SlotAdmin
 from model_registry import Registry
 from model_registry import manifest as files
 from model_registry.registry import check_model_name
+from model_registry.search import MIN_RECALL
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from serving.admin_rpc import ServiceWithAdmin
 from serving.config import AdminConfig, ServiceConfig
@@ -38,8 +39,8 @@ class IndexServiceConfig(ServiceConfig):
                                      "(0..N-1); unset: whole, unsharded versions. A slot's shards share its name")
     search_threads: int = option(2, "threads running ScaNN searches")
     limits: SearchLimits = option(SearchLimits(), "bounds of a search call")
-    min_recall: float = option(0.9, "a version whose index recall@10 vs exact search on its probe queries is "
-                                    "lower is refused")
+    min_recall: float = option(MIN_RECALL, "a version whose index recall@10 vs exact search on its probe queries "
+                                           "is lower is refused")
     # The query service's index deadline: after a routing switch, no search sent
     # to the old version can still be in flight once it has passed.
     busy_window_s: float = option(3.0, "a load is refused while the slot has answered a search this recently "

@@ -30,6 +30,7 @@ from typing import Callable
 
 from index_service.searcher import CandidateIndex
 from model_registry import Registry
+from model_registry.search import MIN_RECALL
 from serving.admin import StatusReport, VersionAdmin
 from serving.errors import FailedPrecondition, InvalidArgument
 from serving.loader import Loader
@@ -51,7 +52,7 @@ class SlotAdmin(VersionAdmin[CandidateIndex]):
 
     def __init__(self, slot: str, registry: Registry, manager: VersionManager[CandidateIndex],
                  loader: Loader[CandidateIndex], last_search: Callable[[], float], busy_window_s: float,
-                 min_recall: float = 0.9):
+                 min_recall: float = MIN_RECALL):
         super().__init__(manager, loader)
         self.slot = slot
         self.registry = registry

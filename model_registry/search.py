@@ -14,6 +14,9 @@ import numpy as np
 # memory the read takes. At 16k rows and 100 probes that is ~25 MB, well under
 # the 30% over one version's memory an index slot may take while it loads.
 ROW_BLOCK = 16_384
+# The recall@10 against exact search, on a version's probe queries, below which an index service refuses to load the
+# version (its --min-recall) and the trainer refuses to publish it.
+MIN_RECALL = 0.9
 
 
 def _read_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:

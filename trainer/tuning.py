@@ -18,6 +18,7 @@ configuration on all training data (``training.refit``), as an untuned run does.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Any, Callable
 
@@ -120,7 +121,9 @@ def search(train_data: Interactions, validation: Validation, preset: Callable[[s
     with the command line's flags applied); ``pinned`` are those flags (nested,
     as ``settings.flags.overrides`` gives them), which the search leaves alone.
     The first trial (``start_tower``'s preset) always runs to its early stop;
-    later ones start only within the budget and stop at its end.
+    later ones start only within the budget and stop at its end. A trial that
+    raises (out of memory, a diverged run) fails alone, its row saying why;
+    ValueError if every trial fails.
     """
     t0 = time.monotonic()
     deadline = t0 + budget_s
@@ -160,9 +163,15 @@ def search(train_data: Interactions, validation: Validation, preset: Callable[[s
         try:
             run = fit_early_stopped(train_data, validation, config, log, on_epoch=report,
                                     deadline=None if trial.number == 0 else deadline)
+            if not math.isfinite(run.lift):  # it would never be beaten, and Optuna fails it: no winner kept
+                raise FloatingPointError(f"validation lift is {run.lift}: the training diverged")
         except optuna.TrialPruned:
             row.update(state="pruned", seconds=round(time.monotonic() - started, 1))
             log(f"trial {trial.number}: pruned")
+            raise
+        except Exception as e:  # one configuration's failure (out of memory, divergence) is that trial's alone
+            row.update(state="failed", error=f"{type(e).__name__}: {e}", seconds=round(time.monotonic() - started, 1))
+            log(f"trial {trial.number}: failed ({row['error']})")
             raise
         row.update(state="complete", lift=round(run.lift, 4), best_epoch=run.best_epoch,
                    epochs_run=run.epochs_run, prior_weight=run.prior.weight, prior_grid=run.prior_grid,
@@ -175,10 +184,14 @@ def search(train_data: Interactions, validation: Validation, preset: Callable[[s
         log(f"trial {trial.number}: lift {run.lift:.4f} (best epoch {run.best_epoch}, prior {run.prior.weight})")
         return run.lift
 
-    study.optimize(objective, n_trials=1)
+    study.optimize(objective, n_trials=1, catch=(Exception,))
     remaining = deadline - time.monotonic()
     if remaining > 0:
-        study.optimize(objective, timeout=remaining)
+        study.optimize(objective, timeout=remaining, catch=(Exception,))
+    if not runs:
+        first = next((row["error"] for row in rows if "error" in row), "no error recorded")
+        raise ValueError(f"every trial of the hyperparameter search failed ({len(rows)} trials); the first with "
+                         f"{first}. Train the preset without a search (--tune-budget-s 0) to see the full error")
     winner = study.best_trial.number
     for row in rows:
         row["best"] = row["number"] == winner

@@ -290,3 +290,23 @@ def test_a_file_that_is_not_utf8_is_named(tmp_path):
     path.write_bytes("user_id,item_id\nu1,caf\u00e9\n".encode("latin-1"))
     with pytest.raises(ValueError, match=r"BX-Book-Ratings.csv is not UTF-8 text .*iconv -f latin1"):
         load_dataset("interactions-csv", DatasetOptions(data_path=path))
+
+
+def test_exact_duplicate_rows_are_dropped_and_counted_so_no_event_is_in_both_splits(tmp_path):
+    """A log that writes an event twice (a retried export, files concatenated with overlap): the copies split apart,
+    one trains and the other is a test event the model has seen, which inflates the hit rate."""
+    from trainer.data.split import SPLITS, make_split
+
+    rows = [(f"u{i % 4}", f"i{i}", 1_700_000_000 + i) for i in range(12)]
+    path = _write_delimited(tmp_path / "log.csv", ["user_id", "item_id", "ts"], rows + rows[::2] + [rows[0]])
+    d = load_dataset("interactions-csv", DatasetOptions(data_path=path, time_col="ts"))
+    for method in SPLITS:
+        train, test = make_split(d, method, 0.25)
+        events = lambda part: set(zip(part.customer_ids, part.candidate_ids, part.timestamps.tolist()))  # noqa: E731
+        assert not events(train) & events(test), method
+    assert d.info["rows_read"] == 19 and d.info["dropped_duplicates"] == 7 and len(d) == 12
+    assert list(zip(d.customer_ids, d.candidate_ids, d.timestamps.tolist())) == rows  # the first of each, in order
+    # The same event at another time is another event; without a time column every row is one.
+    again = _write_delimited(tmp_path / "again.csv", ["user_id", "item_id", "ts"], [("u1", "i1", 1), ("u1", "i1", 2)])
+    assert len(load_dataset("interactions-csv", DatasetOptions(data_path=again, time_col="ts"))) == 2
+    assert len(load_dataset("interactions-csv", DatasetOptions(data_path=path))) == 19

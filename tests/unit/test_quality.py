@@ -212,3 +212,45 @@ def test_early_stopping_over_a_small_catalogue_watches_a_rate_that_can_move():
     at_10 = [row["hit_rate_excluding_seen@10"] for row in stopped.history]
     assert stopped.best_epoch == 1 + int(np.argmax(at_10)) and any("watches hit_rate_excluding_seen@10" in line
                                                                       for line in lines)
+
+
+def _fake_run(lift_value: float):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(lift=lift_value, best_epoch=1, epochs_run=2, prior=PopularityPrior(), prior_grid=[],
+                           validation_rates={})
+
+
+def test_a_trial_that_fails_fails_alone_and_the_search_goes_on(monkeypatch):
+    """One configuration out of memory, or diverging to NaN, must not end the default run (a search of many)."""
+    from trainer import tuning
+
+    outcomes = iter([float("nan"), MemoryError("out of memory for batch 1024")])
+
+    def fit(train_data, validation, config, log, on_epoch=None, deadline=None):
+        outcome = next(outcomes, 1.0 + config.learning_rate)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return _fake_run(outcome)
+
+    monkeypatch.setattr(tuning, "fit_early_stopped", fit)
+    _, train, _ = _split(interactions=500)
+
+    def preset(kind: str) -> TrainConfig:
+        return recommended_config("synthetic", kind)
+
+    found = tuning.search(train, None, preset, "id", {}, budget_s=0.5, has_customer_features=False)
+    trials = found.trials
+    assert [t["state"] for t in trials[:2]] == ["failed", "failed"] and len(trials) > 2
+    assert trials[0]["error"] == "FloatingPointError: validation lift is nan: the training diverged"
+    assert trials[1]["error"] == "MemoryError: out of memory for batch 1024"
+    best = next(t for t in trials if t["best"])
+    assert round(found.best.lift, 4) == max(t["lift"] for t in trials if t["state"] == "complete") == best["lift"]
+
+    def failing(*args, **kwargs):
+        raise MemoryError("out of memory")
+
+    monkeypatch.setattr(tuning, "fit_early_stopped", failing)
+    with pytest.raises(ValueError, match=r"every trial of the hyperparameter search failed \(\d+ trials\); the "
+                                         r"first with MemoryError: out of memory"):
+        tuning.search(train, None, preset, "id", {}, budget_s=0.2, has_customer_features=False)

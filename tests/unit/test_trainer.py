@@ -159,6 +159,40 @@ def test_tree_ah_index_meets_recall_and_survives_rename(tmp_path):
     assert recall == pytest.approx(spec.recall_at_10)
 
 
+def test_an_index_below_the_services_recall_floor_is_not_published(tmp_path):
+    """The index service refuses to load a version whose recall@10 is under its --min-recall (0.9): publishing one
+    would give a version that fails to load on every slot, found only at rollout."""
+    from model_registry import Manifest, Registry
+    from trainer.export import index as index_builder
+
+    rng = np.random.default_rng(0)
+    db = rng.normal(size=(1500, 16)).astype(np.float32)  # no structure, and searched far too shallowly
+    probes = rng.normal(size=(50, 16)).astype(np.float32)
+    ids = np.array([f"i{j:04d}" for j in range(len(db))])
+    shallow = index_builder.IndexConfig(brute_force_max=500, reorder_depths=(10,), leaves_fractions=(0.03,))
+    registry = Registry(tmp_path, "m")
+
+    def publish(shards: int):  # as trainer.export.publish builds it, before anything is written
+        built, spec = index_builder.build_shards(db, probes, ids, shards, shallow)
+
+        def write(staging):
+            specs = index_builder.save_candidates(staging, ids, db, built)
+            return lambda version, files: Manifest(model="m", version=version, embedding_dim=16,
+                                                   num_candidates=len(ids), tower="id", dataset="test",
+                                                   created_at="2026-01-01T00:00:00Z", index=spec, files=files,
+                                                   shards=specs)
+        registry.publish(write)
+
+    with pytest.raises(ValueError, match=r"index recall@10 is 0\.\d+ on the probe queries, below the 0\.9 the index "
+                                         r"service requires .*--index-shards"):
+        publish(1)
+    with pytest.raises(ValueError, match=r"shard 0 of 2: index recall@10 is 0\.\d+ on the probe queries"):
+        publish(2)
+    assert registry.versions() == []
+    built, spec = index_builder.build_shards(db, probes, ids, 2, index_builder.IndexConfig(brute_force_max=1000))
+    assert spec.recall_at_10 >= 0.9 and all(shard.spec.recall_at_10 >= 0.9 for shard in built)
+
+
 def test_an_exact_index_over_repeated_vectors_records_recall_one():
     from trainer.export import index as index_builder
 

@@ -10,7 +10,9 @@ configurable column names) and session click streams.
   (and counted). Catalogue cells that hold Python list literals (Food.com's
   tags and ingredients, "['a', 'b']") become "a|b", like JSON lists.
   Rows without a customer or candidate id (a blank cell, a JSON null) are
-  dropped (and counted), here and in sessions.
+  dropped (and counted), here and in sessions. Repeats of a row (the same
+  customer, candidate and time: one event written twice) are dropped (and
+  counted) here.
 * sessions: click streams (SessionId, ItemId, Time as in YooChoose or
   RetailRocket): each session is a "customer", events are ordered by time
   within a session, sessions with a single event are dropped (and counted).
@@ -206,6 +208,18 @@ def _drop_missing_ids(keep: np.ndarray, info: dict[str, Any], *vocab_codes: tupl
     if missing.any():
         info["dropped_missing_id"] = int(missing.sum())
         keep &= ~missing
+
+
+def _drop_duplicates(keep: np.ndarray, info: dict[str, Any], *columns: np.ndarray) -> None:
+    """Clears ``keep`` on every kept row equal in all ``columns`` to an earlier kept row: one event written twice
+    would otherwise be split into train and test alike, a test event the model has trained on."""
+    rows = np.flatnonzero(keep)
+    order = rows[np.lexsort(tuple(col[rows] for col in reversed(columns)))]  # stable: the first copy leads
+    repeat = np.zeros(len(order), dtype=bool)
+    repeat[1:] = np.logical_and.reduce([col[order[1:]] == col[order[:-1]] for col in columns])
+    if repeat.any():
+        info["dropped_duplicates"] = int(repeat.sum())
+        keep[order[repeat]] = False
 
 
 def _id_str(v: Any) -> str:
@@ -417,6 +431,7 @@ def load_interactions_file(options: DatasetOptions) -> Interactions:
         info["dropped_not_in_catalog"] = int(missing.sum())
         info["catalog_size"] = len(catalog)
         keep &= ~missing
+    _drop_duplicates(keep, info, customer_codes, candidate_codes, c["timestamps"])
     if not keep.any():
         raise ValueError(f"{path}: no interactions left after filtering ({info})")
     index = np.flatnonzero(keep) if not keep.all() else slice(None)

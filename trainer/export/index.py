@@ -28,7 +28,7 @@ from model_registry import IndexSpec
 from model_registry.attributes import Attributes
 from model_registry.manifest import (ATTRIBUTES_FILE, CANDIDATE_EMBEDDINGS_FILE, CANDIDATE_IDS_FILE, SCANN_DIR,
                                      ShardSpec, shard_dir, shard_of)
-from model_registry.search import exact_top_k, recall_at_k
+from model_registry.search import MIN_RECALL, exact_top_k, recall_at_k
 
 BRUTE_FORCE_MAX = 20_000
 RECALL_TARGET = 0.95
@@ -40,6 +40,7 @@ class IndexConfig:
 
     brute_force_max: int = BRUTE_FORCE_MAX  # brute force below this many candidates
     recall_target: float = RECALL_TARGET
+    min_recall: float = MIN_RECALL  # build_shards refuses a searcher below it: no index service would load it
     # Neighbours re-scored exactly after hashing, smallest first.
     reorder_depths: tuple[int, ...] = (200, 400, 800, 1600)
     # Fractions of the leaves to try searching, smallest first.
@@ -148,10 +149,13 @@ def build_shards(embeddings: np.ndarray, probe_queries: np.ndarray, ids: np.ndar
     ids (``manifest.shard_of``), each tuned and measured on its own candidates.
     Returns them with the version's spec: for shards, kind "sharded" and the
     recall@10 of the shards' top-10s merged by score, against exact search over
-    every candidate, on the same probe queries."""
+    every candidate, on the same probe queries. Raises ValueError if a searcher's
+    recall@10 is below ``config.min_recall``: the index service would refuse it."""
+    config = config or IndexConfig()
     if shards == 1:
         start = time.perf_counter()
         searcher, spec = build_index(embeddings, probe_queries, config)
+        _check_recall(spec, config, "")
         return [Shard(np.arange(len(ids)), searcher, spec, time.perf_counter() - start)], spec
     db = np.ascontiguousarray(embeddings, dtype=np.float32)
     probes = np.ascontiguousarray(probe_queries, dtype=np.float32)
@@ -163,6 +167,7 @@ def build_shards(embeddings: np.ndarray, probe_queries: np.ndarray, ids: np.ndar
             raise ValueError(f"shard {shard} of {shards} would hold no candidates: publish fewer shards")
         start = time.perf_counter()
         searcher, spec = build_index(db[rows], probes, config)
+        _check_recall(spec, config, f"shard {shard} of {shards}: ")
         built.append(Shard(rows, searcher, spec, time.perf_counter() - start))
     k = min(10, len(db))
     if len(probes) == 0:
@@ -181,6 +186,14 @@ def build_shards(embeddings: np.ndarray, probe_queries: np.ndarray, ids: np.ndar
     merged = np.take_along_axis(rows, np.argsort(-scores, axis=1, kind="stable")[:, :k], axis=1)
     recall = recall_at_k(merged, exact_top_k(probes, db, k)[0])
     return built, IndexSpec(kind="sharded", recall_at_10=recall, probe_queries=len(probes))
+
+
+def _check_recall(spec: IndexSpec, config: IndexConfig, what: str) -> None:
+    if spec.recall_at_10 < config.min_recall:
+        raise ValueError(f"{what}index recall@10 is {spec.recall_at_10:.3f} on the probe queries, below the "
+                         f"{config.min_recall} the index service requires to load a version: not published. Train "
+                         f"again, or split the candidates with --index-shards so that each shard holds fewer than "
+                         f"{config.brute_force_max} (searched exactly)")
 
 
 def save_candidates(staging: Path, ids: np.ndarray, embeddings: np.ndarray, shards: list[Shard],

@@ -86,7 +86,8 @@ def publish(registry: Registry, model: TwoTowerModel, store: CustomerStore, cata
     holds the training customers' serving inputs (written as the customer
     store; probe queries are embedded from it). ``prior`` goes into the vectors
     (one more dimension, see ``trainer.towers.prior``). The ScaNN recall is
-    measured on the probe queries before anything is written.
+    measured on the probe queries before anything is written; below what the
+    index service loads (``IndexConfig.min_recall``) it raises ValueError.
     """
     catalog = np.asarray(catalog).astype(str)
     cand_emb = prior.candidates(embed(model.candidate_tower, catalog), training_counts(catalog, train))
