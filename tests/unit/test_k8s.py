@@ -241,6 +241,21 @@ def test_every_object_is_in_the_overlay_namespace(overlay):
             assert obj["metadata"].get("namespace") == namespace, f"{overlay}: {obj['kind']} {obj['metadata']['name']}"
 
 
+RUN_ONCE = ("recsys.io/run", "once")  # the first deploy's Jobs, which later applies leave out (docs/DEPLOY.md)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_an_upgrade_applies_everything_but_the_first_deploys_jobs(overlay):
+    """A Job's pod template is immutable: after a new image tag or config (whose generated name changes the
+    template), applying the same Job again fails, and re-creating the trainer would publish a new version. The
+    upgrade command of docs/DEPLOY.md selects them out by label; everything else must stay selected."""
+    key, value = RUN_ONCE
+    for obj in render(overlay):
+        once = obj["metadata"].get("labels", {}).get(key) == value
+        assert once == (obj["kind"] == "Job"), f"{overlay}: {obj['kind']} {obj['metadata']['name']}"
+    assert f"kubectl apply -l '{key}!={value}' -f -" in DEPLOY_DOC.read_text()
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_an_image_loaded_into_the_nodes_is_used(overlay):
     """Kubernetes defaults the pull policy of a `:latest` (or untagged) image to Always: every
