@@ -25,6 +25,10 @@ the slot gets its previous version back) and leaves CURRENT as it was.
 Rollback: every query replica promotes its rollback target (they must agree),
 a routing switch; then CURRENT and PREVIOUS swap. No index load is involved.
 
+A run cut off after switching the query replicas, before moving CURRENT, is
+finished by the next one: a rollout or rollback first points CURRENT at the
+version the replicas serve; a rollback run again stops there.
+
 ``--initial`` is the first rollout of a registry, before any query replica
 can run (they refuse to start without CURRENT): steps 1, 2 and 5 only. With
 CURRENT already set it does nothing.
@@ -195,9 +199,8 @@ def publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: flo
     if not fleet.index:
         raise PublishError("no index slot given (--index-admin): a version is served by its index slot")
     live = _agreed(fleet, SERVING, "live") if fleet.query else registry.current_version()
+    _catch_up(registry, live)
     if live == version:
-        if registry.current_version() != version:  # a run that stopped after promoting: finish it
-            registry.set_current(version)
         log.info("version %d is already live; registry CURRENT is %d", version, version)
         return steps
     slot_list = slots(fleet)
@@ -252,15 +255,33 @@ def unload_stale(fleet: Fleet) -> None:
                 log.info("unloaded version %d from query replica %s", v.version, replica.address)
 
 
+def _catch_up(registry: Registry, live: int | None) -> None:
+    """Points CURRENT at the query replicas' live version where a run cut off
+    after switching them left it behind, so that PREVIOUS names the version
+    live before that switch and the next pointer move starts from the truth."""
+    if live is not None and registry.current_version() != live:
+        log.warning("registry CURRENT is %s but the query replicas serve version %d (a run was cut off after "
+                    "switching them): moving CURRENT to %d", registry.current_version(), live, live)
+        registry.set_current(live)
+
+
 def rollback(fleet: Fleet, registry: Registry) -> int:
-    """Makes every query replica's rollback target live again; returns it."""
+    """Makes every query replica's rollback target live again (or finishes a
+    rollback cut off before its pointer move); returns the version now live."""
     if not fleet.query:
         raise PublishError("a rollback switches the query replicas' routing: give them (--query-admin)")
     target = _agreed(fleet, ROLLBACK_TARGET, "rollback target")
     if target is None:
         raise PublishError("the query replicas have no rollback target loaded")
-    done: list[tuple[Replica, str, object]] = []
     live = _agreed(fleet, SERVING, "live")
+    current, previous = registry.current_version(), registry.previous_version()
+    _catch_up(registry, live)
+    if live != current and (live, target) == (previous, current):
+        # The replicas already made this switch: a rollback cut off before its pointer move, run again.
+        # Switching them once more would undo it.
+        log.info("finished the rollback to version %d", live)
+        return live
+    done: list[tuple[Replica, str, object]] = []
     try:
         for replica in fleet.query:
             fleet.call(replica, "Rollback", pb.RollbackRequest())

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from model_registry import Registry
 from protos.recsys.v1 import admin_pb2 as pb
 from protos.recsys.v1 import versions_pb2
-from recsys_client.publish import ROLLBACK_TARGET, SERVING, Fleet, Replica, publish_version
+from recsys_client.publish import ROLLBACK_TARGET, SERVING, Fleet, Replica, publish_version, rollback
 from tests.unit.test_registry_retention import publish_dummy
 
 
@@ -37,3 +39,84 @@ def test_a_rollout_run_again_after_it_stopped_past_the_promotion_moves_current(t
                   [Replica("query", "q", StatusOnly({1: ROLLBACK_TARGET, 2: SERVING}))])
     publish_version(fleet, registry, 2)
     assert (registry.current_version(), registry.previous_version()) == (2, 1)
+
+
+class QueryStub(StatusOnly):
+    """An in-memory query replica: loads, unloads and switches its routing as serving.versions does."""
+
+    def LoadVersion(self, request, metadata=None, timeout=None):
+        self.versions.setdefault(request.version, versions_pb2.VERSION_STATE_READY)
+        return self.GetStatus(request)
+
+    def UnloadVersion(self, request, metadata=None, timeout=None):
+        del self.versions[request.version]
+        return self.GetStatus(request)
+
+    def Promote(self, request, metadata=None, timeout=None):
+        assert request.version in self.versions, f"promote of version {request.version}, not loaded"
+        live = next(v for v, s in self.versions.items() if s == SERVING)
+        if request.version != live:
+            self.versions = {v: versions_pb2.VERSION_STATE_READY for v in self.versions} | {
+                live: ROLLBACK_TARGET, request.version: SERVING}
+        return self.GetStatus(request)
+
+    def Rollback(self, request, metadata=None, timeout=None):
+        target = next(v for v, s in self.versions.items() if s == ROLLBACK_TARGET)
+        return self.Promote(pb.PromoteRequest(version=target))
+
+
+def two_live(tmp_path) -> tuple[Registry, QueryStub, Fleet]:
+    """Versions 1-3 published, 2 live (CURRENT) with 1 its rollback target; slots blue, green, red hold 1, 2, 3."""
+    registry = Registry(tmp_path, "m")
+    for _ in range(3):
+        publish_dummy(registry)
+    registry.set_current(1)
+    registry.set_current(2)
+    query = QueryStub({1: ROLLBACK_TARGET, 2: SERVING})
+    fleet = Fleet([Replica("index", name, StatusOnly({v: SERVING}, name)) for v, name in enumerate("bgr", 1)],
+                  [Replica("query", "q", query)])
+    return registry, query, fleet
+
+
+def cut_before_the_pointers(monkeypatch, registry: Registry) -> None:
+    """The registry's next pointer move fails, as if recsys-publish were killed just before it."""
+    set_current = registry.set_current
+
+    def killed(version):
+        monkeypatch.setattr(registry, "set_current", set_current)
+        raise OSError("killed")
+
+    monkeypatch.setattr(registry, "set_current", killed)
+
+
+def test_a_rollback_run_again_after_it_stopped_past_the_switch_finishes_it(tmp_path, monkeypatch):
+    registry, query, fleet = two_live(tmp_path)
+    cut_before_the_pointers(monkeypatch, registry)
+    with pytest.raises(OSError):
+        rollback(fleet, registry)
+    # The replicas serve 1, the registry still says 2: the rerun finishes the rollback, it does not undo it.
+    assert rollback(fleet, registry) == 1
+    assert query.versions == {1: SERVING, 2: ROLLBACK_TARGET}
+    assert (registry.current_version(), registry.previous_version()) == (1, 2)
+
+
+def test_a_rollout_after_a_rollback_stopped_past_the_switch_takes_previous_from_the_replicas(tmp_path, monkeypatch):
+    registry, query, fleet = two_live(tmp_path)
+    cut_before_the_pointers(monkeypatch, registry)
+    with pytest.raises(OSError):
+        rollback(fleet, registry)
+    publish_version(fleet, registry, 3)
+    assert query.versions == {1: ROLLBACK_TARGET, 3: SERVING}
+    assert (registry.current_version(), registry.previous_version()) == (3, 1)
+
+
+def test_a_rollback_after_a_rollout_stopped_past_the_promotion_records_the_rolled_back_version(tmp_path,
+                                                                                                monkeypatch):
+    registry, query, fleet = two_live(tmp_path)
+    cut_before_the_pointers(monkeypatch, registry)
+    with pytest.raises(OSError):
+        publish_version(fleet, registry, 3)
+    assert rollback(fleet, registry) == 2
+    assert (query.versions[2], query.versions[3]) == (SERVING, ROLLBACK_TARGET)
+    # PREVIOUS is what a restarted query replica takes as its rollback target: the replicas' 3, not a stale 1.
+    assert (registry.current_version(), registry.previous_version()) == (2, 3)
