@@ -50,6 +50,18 @@ class LiveHistoryConfig:
         require(self.ttl_s >= 1, "ttl_s", "must be >= 1")
 
 
+# One customer's list pushed, capped and its TTL refreshed at once, after a DEL where ARGV[1] is 1. A script, not a
+# MULTI/EXEC: redis-py's cluster client queues each command of a MULTI/EXEC by starting a thread and joining it,
+# blocking the event loop ~0.5 ms a command, so a burst of 200 appends stalled it past its calls' connect timeout.
+APPEND = """
+if ARGV[1] == '1' then redis.call('DEL', KEYS[1]) end
+local length = redis.call('LPUSH', KEYS[1], unpack(ARGV, 4))
+redis.call('LTRIM', KEYS[1], 0, ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return length
+"""
+
+
 def history_key(model: str, customer_id: str) -> str:
     """``recsys:<model>:hist:<customer id>``: readable, so an operator can inspect or drop one customer's list."""
     return f"recsys:{model}:hist:{customer_id}"
@@ -75,21 +87,23 @@ class LiveHistory:
 
     async def record(self, customer_id: str, candidate_ids: tuple[str, ...]) -> int:
         """Appends ``candidate_ids`` (oldest first) to the customer's history in
-        one MULTI/EXEC (push, cap, refresh the TTL); returns its length after.
-        Raises Unavailable if Redis fails: the caller must know it was not kept."""
+        one script (push, cap, refresh the TTL, at once); returns its length after.
+        Raises Unavailable if Redis fails: the caller must know it was not kept (and
+        ResourceExhausted when this replica's calls to Redis queue past ``POOL_WAIT_S``)."""
         key = history_key(self.model, customer_id)
         node = ""
         try:
             node = await self.link.node_of(key)
-            try:
-                length = await self._push(key, candidate_ids)
-            except ResponseError:
-                if await self.link.client.type(key) in (b"list", b"none"):
-                    raise
-                # A value of another type (not this service's): replaced, as the cache replaces values it
-                # did not write; kept, it would fail every recording and read of this customer.
-                self.link.skipped_key("RecordInteractions", key)
-                length = await self._push(key, candidate_ids, replace=True)
+            async with self.link.calling(node):
+                try:
+                    length = await self._push(key, candidate_ids)
+                except ResponseError:
+                    if await self.link.client.type(key) in (b"list", b"none"):
+                        raise
+                    # A value of another type (not this service's): replaced, as the cache replaces values it
+                    # did not write; kept, it would fail every recording and read of this customer.
+                    self.link.skipped_key("RecordInteractions", key)
+                    length = await self._push(key, candidate_ids, replace=True)
         except REDIS_ERRORS as e:
             self.link.failed("RecordInteractions", e, node)
             raise Unavailable(f"the live history's Redis did not take the interactions ({type(e).__name__}): they "
@@ -97,17 +111,10 @@ class LiveHistory:
         return min(int(length), self.config.max_items)
 
     async def _push(self, key: str, candidate_ids: tuple[str, ...], replace: bool = False) -> int:
-        """The MULTI/EXEC of ``record`` (after a DEL of the key with ``replace``); the list's length after."""
-        # One key, so one slot: redis-py runs the MULTI/EXEC on a cluster too.
-        async with self.link.client.pipeline(transaction=True) as pipe:
-            if replace:
-                pipe.delete(key)
-            # LPUSH puts each value at the head in turn, so oldest-first ids end up newest first.
-            pipe.lpush(key, *(self._seal(key, c.encode()) for c in candidate_ids))
-            pipe.ltrim(key, 0, self.config.max_items - 1)
-            pipe.expire(key, self.config.ttl_s)
-            replies = await pipe.execute()
-        return replies[-3]
+        """``APPEND`` for ``record`` (after a DEL of the key with ``replace``); the list's length after."""
+        # LPUSH puts each value at the head in turn, so oldest-first ids end up newest first.
+        return await self.link.client.eval(APPEND, 1, key, int(replace), self.config.max_items - 1,
+                                           self.config.ttl_s, *(self._seal(key, c.encode()) for c in candidate_ids))
 
     async def get(self, customer_id: str) -> tuple[str, ...]:
         """The customer's live history, most recent first, each item once; empty

@@ -21,9 +21,10 @@ without a request waiting for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, AsyncIterator, Callable, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import prometheus_client
@@ -35,6 +36,7 @@ from redis.exceptions import RedisClusterException, RedisError, ResponseError, S
 from redis.maint_notifications import MaintNotificationsConfig
 
 from query_service.batching import BatchingConfig
+from serving.errors import ResourceExhausted
 from serving.tracing import span
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,15 @@ REDIS_ERRORS = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError
 # previous round trips were out, never waiting for more, so batching adds no
 # latency and under load saves a round trip and redis-py's per-command cost.
 PIPELINED = BatchingConfig(max_batch_size=256, max_wait_ms=0.0, max_in_flight=4, overlap_after_ms=0.0)
+
+# Concurrent calls to one Redis server (or cluster node), each holding a connection; more wait for one of them, up
+# to POOL_WAIT_S. Unbounded, a burst of calls opened a connection each, whose connects starved each other's connect
+# timeout on a busy loop (and redis-py refuses calls past 100 connections a node): each failure backed a healthy
+# Redis off, so a burst of 200 RecordInteractions lost ~60% of them and switched the cache and live history off
+# for everyone. Through 8 a burst of 1000 appends took ~90 ms (server or cluster; no faster through 16), so a
+# call still waiting after a second is behind this replica's own overload, not behind a burst.
+MAX_CONNECTIONS = 8
+POOL_WAIT_S = 1.0
 
 REDIS_ERRORS_TOTAL = prometheus_client.Counter("recsys_redis_errors_total", "Failed Redis calls by operation",
                                                ["op"])
@@ -109,6 +120,27 @@ class RedisLink:
         self._node_off_until: dict[str, float] = {}
         self._refresh: asyncio.Task | None = None
         self._wrong_type_quiet_until = 0.0
+        self._calls: dict[str, asyncio.Semaphore] = {}
+
+    @contextlib.asynccontextmanager
+    async def calling(self, node: str = "") -> AsyncIterator[None]:
+        """Holds one of the ``MAX_CONNECTIONS`` concurrent calls to the cluster ``node`` (to the server: ""),
+        waiting up to ``POOL_WAIT_S`` for one. Past that it raises ResourceExhausted, not one of
+        ``REDIS_ERRORS``: the call is behind this replica's own calls, so Redis is not backed off for it."""
+        calls = self._calls.get(node)
+        if calls is None:
+            calls = self._calls[node] = asyncio.Semaphore(MAX_CONNECTIONS)
+        try:
+            async with asyncio.timeout(POOL_WAIT_S):
+                await calls.acquire()
+        except TimeoutError:
+            raise ResourceExhausted(f"more calls wait for a connection to Redis{' node ' + node if node else ''} "
+                                    f"than it served within {POOL_WAIT_S:g}s: this replica is overloaded; retry "
+                                    "with backoff or on another replica") from None
+        try:
+            yield
+        finally:
+            calls.release()
 
     def available(self) -> bool:
         """False within ``retry_after_s`` of the last error (on a cluster: of one
@@ -187,10 +219,13 @@ class RedisLink:
         if self.cluster:  # MGET is one slot's: on a cluster, a GET per key, pipelined per node
             return await self.pipelined(op, keys, lambda pipe, key: pipe.get(key))
         try:
-            with span("redis " + op, keys=len(keys)):
-                return await self.client.mget(keys)
+            async with self.calling():
+                with span("redis " + op, keys=len(keys)):
+                    return await self.client.mget(keys)
         except REDIS_ERRORS as e:
             self.failed(op, e)
+            return [UNREACHED] * len(keys)
+        except ResourceExhausted:
             return [UNREACHED] * len(keys)
 
     async def pipelined(self, op: str, keys: Sequence[str], queue: Callable[[Any, str], Any]) -> list[Any]:
@@ -214,7 +249,7 @@ class RedisLink:
         the others of its pipeline their replies, nor the replica its Redis."""
         try:
             with span("redis " + op, keys=len(positions), node=node):
-                async with self.client.pipeline(transaction=False) as pipe:
+                async with self.calling(node), self.client.pipeline(transaction=False) as pipe:
                     for i in positions:
                         queue(pipe, keys[i])
                     answers = await pipe.execute(raise_on_error=False)
@@ -228,6 +263,8 @@ class RedisLink:
                         replies[i] = reply
         except REDIS_ERRORS as e:
             self.failed(op, e, node)
+        except ResourceExhausted:
+            pass  # its keys' replies stay UNREACHED
 
     async def close(self) -> None:
         if self._refresh is not None:

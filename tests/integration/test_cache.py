@@ -3,6 +3,7 @@ written by someone else. Tests of the Redis tier turn the in-process tier off
 (``local_mb=0``); the last tests cover it."""
 
 import asyncio
+import contextlib
 import json
 import tracemalloc
 
@@ -12,6 +13,9 @@ import redis.asyncio as redis
 from query_service.cache import CacheConfig, CachedResult, ResultCache, cache_key
 from query_service.cache import MAC_BYTES
 from query_service.live_history import LiveHistory, history_key
+from query_service import redis_link
+from query_service.redis_link import MAX_CONNECTIONS, UNREACHED
+from serving.errors import ResourceExhausted
 from tests.conftest import RedisProcess
 
 pytestmark = pytest.mark.integration
@@ -214,3 +218,55 @@ async def test_a_key_holding_a_value_of_another_type_costs_that_key_only(redis_s
     finally:
         await cache.close()
         await raw.aclose()
+
+
+async def test_a_burst_of_concurrent_appends_is_kept_and_leaves_the_cache_and_live_history_on():
+    """RecordInteractions calls each take a connection: a burst of them must queue for a bounded pool.
+    redis-py's default pool refused callers past 100 connections, and the burst's own connects starved
+    each other's connect timeout; each failure backed a healthy Redis off, losing appends and switching
+    the cache and every live history off for everyone."""
+    redis_process = RedisProcess().start()
+    cache = ResultCache(CacheConfig(redis_process.url, local_mb=0))
+    history = LiveHistory(cache.link, "m")
+    stats = redis.from_url(redis_process.url)
+    key, result = cache_key("m", 1, "after-burst", 1, frozenset()), CachedResult(["i1"], [1.0], "model")
+    try:
+        replies = await asyncio.gather(*(history.record(f"burst-{i}", ("i1",)) for i in range(200)),
+                                       return_exceptions=True)
+        assert [reply for reply in replies if isinstance(reply, Exception)] == []
+        assert cache.link.available()
+        assert (await stats.info("clients"))["connected_clients"] <= MAX_CONNECTIONS + 1  # + stats' own
+        assert await history.get("burst-7") == ("i1",)
+        await cache.put(key, result)
+        assert await cache.get(key) == result
+    finally:
+        await cache.close()
+        await stats.aclose()
+        redis_process.stop()
+
+
+async def test_calls_waiting_too_long_for_a_connection_are_shed_without_backing_redis_off(monkeypatch):
+    """A call that waits past POOL_WAIT_S for a connection is behind this replica's own calls, not a
+    failed Redis: it is shed (RESOURCE_EXHAUSTED, a miss), and Redis stays on for everyone else."""
+    monkeypatch.setattr(redis_link, "POOL_WAIT_S", 0.0)
+    redis_process = RedisProcess().start()
+    cache = ResultCache(CacheConfig(redis_process.url, local_mb=0))
+    history = LiveHistory(cache.link, "m")
+    try:
+        replies = await asyncio.gather(*(history.record(f"shed-{i}", ("i1",)) for i in range(50)),
+                                       return_exceptions=True)
+        shed = [reply for reply in replies if isinstance(reply, Exception)]
+        assert shed and all(isinstance(reply, ResourceExhausted) for reply in shed)
+        assert cache.link.available()
+        assert await history.get(f"shed-{replies.index(1)}") == ("i1",)
+        key = cache_key("m", 1, "shed", 1, frozenset())
+        async with contextlib.AsyncExitStack() as held:  # every connection busy: lookups and writes shed
+            for _ in range(MAX_CONNECTIONS):
+                await held.enter_async_context(cache.link.calling())
+            assert await cache.get_remote_many([key]) == [None]
+            assert await cache.link.pipelined("GET", [key], lambda pipe, k: pipe.get(k)) == [UNREACHED]
+            await cache.put(key, CachedResult(["i1"], [1.0], "model"))
+        assert cache.link.available() and await cache.get(key) is None
+    finally:
+        await cache.close()
+        redis_process.stop()

@@ -10,15 +10,19 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import threading
 import time
 from collections import Counter
 
 import grpc
 import pytest
+from redis import Redis
 from redis.cluster import RedisCluster
 
 from protos.recsys.v1 import retrieval_pb2 as pb
 from query_service.cache import CacheConfig, CachedResult, ResultCache, cache_key
+from query_service.live_history import LiveHistory, LiveHistoryConfig, history_key
+from query_service.redis_link import MAX_CONNECTIONS
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from recsys_client.loadtest import LoadConfig, run_load
 from tests.integration.conftest import MODEL, index_slot, query_replica
@@ -117,6 +121,56 @@ async def test_a_key_of_another_type_costs_that_key_only(cluster):
     finally:
         raw.close()
         await cache.close()
+
+
+async def test_recording_interactions_on_a_cluster_blocks_no_event_loop(cluster, monkeypatch):
+    """redis-py's cluster client queues each command of a MULTI/EXEC by starting a thread (with an event
+    loop of its own) and joining it: ~0.5 ms of the replica's event loop blocked per command, which a burst
+    of appends stretched past the connect timeout of the calls beside them."""
+    started = []
+    start = threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start", lambda thread: (started.append(thread.name), start(thread)))
+    cache = ResultCache(CacheConfig(cluster.url, local_mb=0))
+    history = LiveHistory(cache.link, "no-threads", LiveHistoryConfig(max_items=3))
+    raw = RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port)
+    try:
+        raw.set(history_key("no-threads", "garbled"), "not a list")
+        assert [await history.record(c, ("i1", "i2")) for c in CUSTOMERS[:6]] == [2] * 6
+        assert await history.record(CUSTOMERS[0], ("i3", "i4")) == 3
+        assert await history.record("garbled", ("i5",)) == 1
+        assert started == []
+        assert await asyncio.gather(history.get(CUSTOMERS[0]), history.get("garbled")) == [("i4", "i3", "i2"),
+                                                                                            ("i5",)]
+        assert raw.ttl(history_key("no-threads", CUSTOMERS[0])) > 0
+    finally:
+        raw.close()
+        await cache.close()
+
+
+async def test_a_burst_of_concurrent_appends_is_kept_and_leaves_every_master_on(cluster):
+    """RecordInteractions calls each take a connection of their key's master: a burst must queue for a
+    bounded number per master. Each opening its own, their connects starved each other's connect timeout
+    (past 100 a master, redis-py refused them), and each failure backed a healthy master off."""
+    cache = ResultCache(CacheConfig(cluster.url + "?client_name=burst", local_mb=0))
+    history = LiveHistory(cache.link, "burst")
+    customers = [f"burst-{i}" for i in range(200)]
+    try:
+        await history.record("before-burst", ("i1",))  # the slot map read, as a serving replica has it
+        replies = await asyncio.gather(*(history.record(c, ("i1",)) for c in customers), return_exceptions=True)
+        assert [reply for reply in replies if isinstance(reply, Exception)] == []
+        assert await asyncio.gather(*(history.get(c) for c in customers)) == [("i1",)] * len(customers)
+        assert max(cluster_connections(cluster, "burst")) <= MAX_CONNECTIONS + 1  # + the slot map's
+    finally:
+        await cache.close()
+
+
+def cluster_connections(cluster: RedisClusterProcesses, name: str) -> list[int]:
+    """Connections of the clients called ``name`` to each master."""
+    counts = []
+    for node in cluster.nodes:
+        with Redis(host="127.0.0.1", port=node.port) as client:
+            counts.append(sum(c["name"] == name for c in client.client_list()))
+    return counts
 
 
 async def test_a_master_killed_under_load_fails_no_request(query, cluster):
