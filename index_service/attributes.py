@@ -45,6 +45,7 @@ def _padded(offsets: np.ndarray, numbers: np.ndarray) -> np.ndarray:
 class _TokenColumn:
     def __init__(self, vocabulary: list[str], matrix: np.ndarray):
         self.index = {token: i for i, token in enumerate(vocabulary)}
+        self.vocabulary = list(vocabulary)  # token by number, for answers that name a row's tokens
         self.matrix = matrix  # int32 [capacity, width], -1 pads
         self.counts = np.zeros(len(vocabulary), dtype=np.int64)
 
@@ -70,10 +71,17 @@ class _TokenColumn:
     def encode(self, offsets: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         """Token numbers [rows, longest row] (-1 pads) of CSR rows of tokens, new tokens added to the
         vocabulary. Changes no row: runs outside the write lock."""
-        numbers = np.array([self.index.setdefault(t, len(self.index)) for t in tokens.tolist()], dtype=np.int32)
+        numbers = np.array([self._number(t) for t in tokens.tolist()], dtype=np.int32)
         if len(self.index) > len(self.counts):
             self.counts = np.concatenate([self.counts, np.zeros(len(self.index) - len(self.counts), np.int64)])
         return _padded(offsets, numbers)
+
+    def _number(self, token: str) -> int:
+        number = self.index.get(token)
+        if number is None:  # named before any row holds it: rows are written after, under the write lock
+            self.vocabulary.append(token)
+            number = self.index.setdefault(token, len(self.vocabulary) - 1)
+        return number
 
     def widen(self, width: int) -> None:
         if width > self.matrix.shape[1]:
@@ -170,10 +178,14 @@ class AttributeColumns:
             ok &= self._range(numeric, self._sample)
         return share * ok.mean() if len(ok) else share
 
-    def crowd_keys(self, rows: np.ndarray, namespace: str) -> np.ndarray:
-        """int [len(rows)]: each row's first token in ``namespace`` (-1: none), what crowding counts."""
-        return self.tokens[namespace].matrix[rows, 0] if self.tokens[namespace].matrix.shape[1] else \
-            np.full(len(rows), -1, dtype=np.int32)
+    def crowd_keys(self, rows: np.ndarray, namespace: str) -> list[list[int]]:
+        """Each row's token numbers in ``namespace``, what crowding counts (a row under each of them)."""
+        return [[t for t in numbers if t >= 0] for numbers in self.tokens[namespace].matrix[rows].tolist()]
+
+    def token_names(self, namespace: str, numbers: list[int]) -> tuple[str, ...]:
+        """The tokens of ``namespace`` numbered ``numbers``."""
+        vocabulary = self.tokens[namespace].vocabulary
+        return tuple(vocabulary[t] for t in numbers)
 
     # --- changes (under the write lock) ------------------------------------------------------------------------
 

@@ -139,7 +139,7 @@ class IndexCore:
                                     [exclusions[i] for i in members], f)
             for i, result in zip(members, found):
                 results[i] = result
-        return answer, [SearchResult(r.ids[:qk], r.scores[:qk]) for r, qk in zip(results, ks)]
+        return answer, [r.head(qk) for r, qk in zip(results, ks)]
 
     async def similar(self, candidate_id: str, k: int, exclusions: tuple[str, ...], f: Filter,
                       version: int) -> tuple[Answer, SearchResult]:

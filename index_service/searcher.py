@@ -114,6 +114,13 @@ class SearchResult:
     ids: list[str]
     scores: list[float]
     vector: np.ndarray | None = None  # what a similar-candidate search searched with
+    # With crowding: each result's tokens of the crowding namespace, for a merge of shards to crowd again.
+    crowding: list[tuple[str, ...]] | None = None
+
+    def head(self, k: int) -> "SearchResult":
+        """The first ``k`` results."""
+        return SearchResult(self.ids[:k], self.scores[:k], self.vector,
+                            None if self.crowding is None else self.crowding[:k])
 
 
 class CandidateIndex:
@@ -312,23 +319,25 @@ class CandidateIndex:
             keep = self.attributes.passes(rows, f)
             rows, scores = rows[keep], scores[keep]
         ids = self.rows.id_of(rows)
-        crowd = self.attributes.crowd_keys(rows, f.crowding_namespace).tolist() if f.max_per_value else None
+        crowd = self.attributes.crowd_keys(rows, f.crowding_namespace) if f.max_per_value else None
         if not excluded and crowd is None:
             return SearchResult(ids[:k], scores[:k].tolist())
         seen: dict[int, int] = {}
-        out_ids, out_scores = [], []
+        out_ids, out_scores, out_tokens = [], [], []
         for j, candidate in enumerate(ids):
             if candidate in excluded:
                 continue
-            if crowd is not None and crowd[j] >= 0:
-                if seen.get(crowd[j], 0) >= f.max_per_value:
+            if crowd is not None:
+                if any(seen.get(t, 0) >= f.max_per_value for t in crowd[j]):
                     continue
-                seen[crowd[j]] = seen.get(crowd[j], 0) + 1
+                for t in crowd[j]:
+                    seen[t] = seen.get(t, 0) + 1
+                out_tokens.append(self.attributes.token_names(f.crowding_namespace, crowd[j]))
             out_ids.append(candidate)
             out_scores.append(float(scores[j]))
             if len(out_ids) == k:
                 break
-        return SearchResult(out_ids, out_scores)
+        return SearchResult(out_ids, out_scores, crowding=out_tokens if crowd is not None else None)
 
     def _passing(self, f: Filter) -> tuple[np.ndarray, np.ndarray]:
         """(rows passing ``f``, their vectors), from a small cache when few pass (under the read lock)."""
@@ -378,7 +387,7 @@ class CandidateIndex:
                                f"{self.catalogue_generation}): pass a candidate id of this version")
             vector = self.rows.vectors(np.array([row]))
         result = self.search(vector, k, [excluded | {candidate_id}], f)[0]
-        return SearchResult(result.ids, result.scores, vector[0])
+        return replace(result, vector=vector[0])
 
     def by_popularity(self, k: int, excluded: frozenset[str] = frozenset(), f: Filter = NO_FILTER) -> SearchResult:
         """The version's most popular candidates (its training popularity) passing

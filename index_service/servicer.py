@@ -25,6 +25,9 @@ def _response(result: SearchResult, answer: Answer, model: str,
     response.model_version, response.model_name = answer.version, model
     response.catalogue_generation = answer.generation
     add_scored(response.candidates, result.ids, result.scores)
+    if result.crowding is not None:
+        for tokens in result.crowding:
+            response.crowding.add(tokens=tokens)
     return response
 
 

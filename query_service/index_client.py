@@ -84,6 +84,7 @@ class IndexHits:
     scores: list[float]
     generation: int = 0  # the catalogue generation the endpoint answered from
     vector: np.ndarray | None = None  # a similar-candidate search's, when asked for
+    crowding: list[tuple[str, ...]] | None = None  # with crowding: each result's tokens (a merge crowds again)
 
 
 def error_for(e: grpc.aio.AioRpcError, address: str) -> errors.ServingError:
@@ -250,4 +251,4 @@ def _parts(requests: list[pb.SearchRequest]) -> list[list[pb.SearchRequest]]:
 
 def _hits(response: pb.SearchResponse, generation: int) -> IndexHits:
     return IndexHits([c.candidate_id for c in response.candidates], [c.score for c in response.candidates],
-                     generation)
+                     generation, crowding=[tuple(c.tokens) for c in response.crowding] if response.crowding else None)

@@ -37,7 +37,8 @@ from typing import Awaitable, Callable, TypeVar
 
 from model_registry.manifest import shard_of
 from query_service.index_client import IndexEndpoint, IndexHits, IndexQuery, SimilarQuery
-from serving import errors
+from serving import errors, validation
+from serving.filters import Filter
 from serving.tls import ClientTls
 from settings.flags import option, require
 
@@ -75,13 +76,32 @@ class RoutingConfig:
         require(self.hedge_ms >= 0, "hedge_ms", "must be >= 0")
 
 
-def merge_hits(parts: list[IndexHits], k: int) -> IndexHits:
+def merge_hits(parts: list[IndexHits], k: int, max_per_value: int = 0) -> IndexHits:
     """The top ``k`` of several shards' answers, best score first (a candidate
-    lives in one shard). The generation is the lowest answered: a cache keyed
-    by it never holds an answer older than its key."""
-    scored = sorted(((score, i, n) for n, part in enumerate(parts) for i, score in zip(part.ids, part.scores)),
-                    key=lambda item: -item[0])[:k]
+    lives in one shard), at most ``max_per_value`` of them sharing a crowding
+    token (0: no crowding): each shard crowded only its own. The generation is
+    the lowest answered: a cache keyed by it never holds an answer older than its key."""
+    scored = sorted(((score, i, tokens) for part in parts
+                     for i, score, tokens in zip(part.ids, part.scores, part.crowding or itertools.repeat(()))),
+                    key=lambda item: -item[0])
+    if max_per_value:
+        taken: collections.Counter[str] = collections.Counter()
+        kept = []
+        for item in scored:
+            if all(taken[t] < max_per_value for t in item[2]):
+                taken.update(item[2])
+                kept.append(item)
+                if len(kept) == k:
+                    break
+        scored = kept
+    scored = scored[:k]
     return IndexHits([i for _, i, _ in scored], [s for s, _, _ in scored], min(p.generation for p in parts))
+
+
+def shard_depth(k: int, f: Filter, shards: int) -> int:
+    """How many results to ask of each shard for a merged top ``k``: with crowding, more than ``k`` (up to
+    the default --max-k), since a shard's crowded top-k can lose places to the other shards' in the merge."""
+    return max(k, min(k * shards, validation.DEFAULT_MAX_K)) if f.max_per_value else k
 
 
 class IndexRouter:
@@ -156,12 +176,14 @@ class IndexRouter:
         catalogue generation they need (``_route``): one per shard, merged."""
         generation = max(q.min_generation for q in queries)
         shards = self.shard_count(version)
-        call = lambda endpoint, left: endpoint.search(queries, version, left)  # noqa: E731
         if shards == 1:  # awaited in place: gather would wrap it in a task, ~25 us of a miss's CPU
-            return await self._route(version, generation, timeout_s, call)
+            return await self._route(version, generation, timeout_s,
+                                     lambda endpoint, left: endpoint.search(queries, version, left))
+        deep = [dataclasses.replace(q, k=shard_depth(q.k, q.filter, shards)) for q in queries]
+        call = lambda endpoint, left: endpoint.search(deep, version, left)  # noqa: E731
         parts = await asyncio.gather(*(self._route(version, generation, timeout_s, call, shard)
                                        for shard in range(shards)))
-        return [merge_hits([part[i] for part in parts], q.k) for i, q in enumerate(queries)]
+        return [merge_hits([part[i] for part in parts], q.k, q.filter.max_per_value) for i, q in enumerate(queries)]
 
     async def similar(self, query: SimilarQuery, version: int, timeout_s: float | None = None) -> IndexHits:
         """A candidate's neighbours in ``version``, routed as ``search`` is. In a
@@ -175,18 +197,19 @@ class IndexRouter:
         loop = asyncio.get_running_loop()
         start = loop.time()
         owner = int(shard_of([query.candidate_id], shards)[0])
+        deep = dataclasses.replace(query, k=shard_depth(query.k, query.filter, shards))
         found = await self._route(version, query.min_generation, timeout_s,
-                                  lambda endpoint, left: endpoint.similar(query, version, left, with_vector=True),
+                                  lambda endpoint, left: endpoint.similar(deep, version, left, with_vector=True),
                                   owner)
         remaining = (self.timeout_s if timeout_s is None else timeout_s) - (loop.time() - start)
         # The candidate lives in its owner's shard only: excluding it elsewhere too would push a caller's
         # allowed MAX_EXCLUSIONS over the index's limit.
-        near = IndexQuery(found.vector, query.k, query.exclusions, query.filter, min_generation=query.min_generation)
+        near = IndexQuery(found.vector, deep.k, query.exclusions, query.filter, min_generation=query.min_generation)
         parts = await asyncio.gather(*(
             self._route(version, query.min_generation, remaining,
                         lambda endpoint, left: endpoint.search([near], version, left), shard)
             for shard in range(shards) if shard != owner))
-        return merge_hits([found, *(part[0] for part in parts)], query.k)
+        return merge_hits([found, *(part[0] for part in parts)], query.k, query.filter.max_per_value)
 
     def _ordered(self, holders: list[IndexEndpoint], shard: int) -> list[IndexEndpoint]:
         """``holders`` round-robin, the ones passed over (``SUSPECT_S``) last."""

@@ -275,6 +275,27 @@ def test_crowding_caps_results_per_value_and_still_fills_k():
         assert len(r.ids) == 10 and len(set(colors)) == 10
 
 
+def test_crowding_counts_a_candidate_under_each_of_its_tokens():
+    """A film of Crime and Drama is a Drama as much as a Crime: at one result per genre, no two results share any
+    genre (crowding counted a candidate under its first token only), and each result names its genres, which a
+    merge of a sharded version's shards crowds again with."""
+    n, genres = 400, ["Action", "Comedy", "Crime", "Drama", "Horror", "Musical", "Sci-Fi", "War"]
+    rng = np.random.default_rng(3)
+    db = rng.standard_normal((n, DIM)).astype(np.float32)
+    held = [sorted({genres[j % 8], genres[(j // 8) % 8]}) for j in range(n)]
+    ids = np.array([f"m{j:03d}" for j in range(n)])
+    index = CandidateIndex(Manifest("m", 1, DIM, n, "id", "test", "now", IndexSpec("brute_force"), {}),
+                           Rows(ids, db), _scann_pybind().builder(db, 10, "dot_product").score_brute_force().build(),
+                           LoadReport(0, 0), AttributeColumns(Attributes.from_lists(n, {"genres": held}, {}), n),
+                           ([], []))
+    for result in index.search(rng.standard_normal((8, DIM)).astype(np.float32), 3,
+                               f=check_filter([], [], "genres", 1)):
+        tokens = [tuple(held[int(i[1:])]) for i in result.ids]
+        assert len(result.ids) == 3 and result.crowding == tokens
+        assert len(sum(tokens, ())) == len(set(sum(tokens, ()))), tokens
+    assert index.search(db[:1], 3)[0].crowding is None  # named only when crowding asks
+
+
 def test_a_filter_estimated_far_too_wide_still_finds_every_passing_candidate(monkeypatch):
     """A wrong estimate costs retries, not results: at 20,405 rows the over-fetch grows 5,120 -> 20,480, capped at
     every row, and there the filter is answered exactly, not with what the last over-fetch found."""

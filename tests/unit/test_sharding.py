@@ -167,3 +167,29 @@ async def test_the_replicas_of_a_shard_take_turns_whatever_the_other_shards_hold
         await router.search([IndexQuery(np.zeros(2, np.float32), 1, frozenset())], 1)
     assert first.count("shard1-a:1") == first.count("shard1-b:1") == 5, first
     await router.close()
+
+
+def test_shards_crowded_alone_are_crowded_again_when_merged():
+    """Each shard crowds its own answer; two shards' best Dramas together were two Dramas at one per genre. The
+    index names each result's tokens (through the proto, as the query service reads them) for the merge."""
+    from index_service.core import Answer
+    from index_service.searcher import SearchResult
+    from index_service.servicer import _response
+    from query_service.index_client import _hits
+    from query_service.routing import shard_depth
+    from serving.filters import NO_FILTER, check_filter
+
+    def shard(ids, scores, tokens) -> IndexHits:  # as the query service receives a shard's answer
+        return _hits(_response(SearchResult(ids, scores, crowding=tokens), Answer(2, 0), tiny.MODEL), 0)
+
+    a = shard(["heat", "up", "fargo"], [0.9, 0.7, 0.5], [("Crime", "Drama"), ("Animation",), ("Crime",)])
+    b = shard(["casablanca", "alien", "brazil"], [0.8, 0.6, 0.4], [("Drama", "Romance"), ("Sci-Fi",), ("Sci-Fi",)])
+    assert a.crowding == [("Crime", "Drama"), ("Animation",), ("Crime",)]
+    assert merge_hits([a, b], 3).ids == ["heat", "casablanca", "up"]  # no crowding asked: by score alone
+    merged = merge_hits([a, b], 3, max_per_value=1)
+    assert merged.ids == ["heat", "up", "alien"] and merged.scores == pytest.approx([0.9, 0.7, 0.6])
+    assert merge_hits([a, b], 4, max_per_value=2).ids == ["heat", "casablanca", "up", "alien"]
+    # Each shard is asked for more than k when crowding: its crowded top-k can lose places in the merge.
+    crowded = check_filter([], [], "genres", 1)
+    assert [shard_depth(10, f, 3) for f in (NO_FILTER, crowded)] == [10, 30]
+    assert shard_depth(600, crowded, 4) == validation.DEFAULT_MAX_K and shard_depth(10, crowded, 1) == 10
