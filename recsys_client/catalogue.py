@@ -7,7 +7,7 @@ without retraining, on every replica that holds it.
 
 Each line of ``--upserts`` is one candidate::
 
-    {"id": "item-9", "vector": [0.1, ...], "tokens": {"genre": ["Drama"]}, "numeric": {"year": 1997}}
+    {"id": "item-9", "vector": [0.1, ...], "tokens": {"genres": ["Drama"]}, "numeric": {"release_year": 1997}}
 
 ``vector`` has the version's embedding dimension (with a popularity prior,
 its last component is the prior's: ``log(1 + count)``, 0 for a new
@@ -20,7 +20,7 @@ instead of a vector; the version's candidate tower embeds them
 (``recsys_client.candidate_tower``), and an attribute namespace the line does
 not give takes the same-named value, as the trainer made them::
 
-    {"id": "item-9", "features": {"title": "Heat", "genres": ["Crime", "Drama"], "year": 1995}}
+    {"id": "item-9", "features": {"title": "Heat", "genres": ["Crime", "Drama"], "release_year": 1995}}
 
 With ``--signing-key-file`` (the publisher's key, as ``recsys-train`` takes
 it) the delta is signed; replicas started with ``--manifest-public-key`` apply
@@ -260,8 +260,9 @@ class CatalogueConfig:
     connect_timeout_s: float = option(10.0, "how long to wait for each replica's admin server to answer")
 
     def __post_init__(self) -> None:
+        # The message follows the field's flag: "--upserts or --delete / --delete-file is required: ...".
         require(bool(self.upserts or self.delete or self.delete_file), "upserts",
-                "give candidates to upsert (--upserts) or to delete (--delete, --delete-file)")
+                "or --delete / --delete-file is required: there is nothing to upsert or delete")
         require(self.version >= 0, "version", "must be >= 0")
         # Else a delta would reach the query replicas alone, and they route only to index replicas at its generation.
         require(bool(self.index_admin), "index_admin", "is required (every index replica)")

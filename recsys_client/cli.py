@@ -8,14 +8,14 @@
     recsys-client record    --address HOST:PORT --customer-id ID --candidate-ids ID,ID,...  (oldest first)
     recsys-client embed     --address HOST:PORT --customer-id ID
     recsys-client health    --address HOST:PORT [--service NAME]
-    recsys-client status    --index-admin HOST:PORT,... --query-admin HOST:PORT,... [--admin-token T]
+    recsys-client status    --index-admin HOST:PORT,... --query-admin HOST:PORT,... [--admin-token-file F]
 
 ``--filter`` is a ``recsys.v1.Filter`` in protobuf's JSON form; every part is
 optional, and a candidate must pass every restrict and every range::
 
-    {"restricts": [{"namespace": "genre", "allow": ["Drama", "Comedy"], "deny": ["Horror"]}],
-     "ranges": [{"namespace": "year", "min": 1990, "max": 1999}],
-     "crowding_namespace": "genre", "max_per_value": 2}
+    {"restricts": [{"namespace": "genres", "allow": ["Drama", "Comedy"], "deny": ["Horror"]}],
+     "ranges": [{"namespace": "release_year", "min": 1990, "max": 1999}],
+     "crowding_namespace": "genres", "max_per_value": 2}
 
 Against servers serving TLS: ``--tls-ca CA.pem`` (and, for mutual TLS,
 ``--tls-cert`` / ``--tls-key``).
@@ -23,7 +23,8 @@ Against servers serving TLS: ``--tls-ca CA.pem`` (and, for mutual TLS,
 Prints the response as JSON; on an RPC error prints the status code and message
 to stderr and exits 1 (health exits 1 unless SERVING). ``status`` prints one
 table of every listed replica's versions, states and figures from its admin
-plane (``*``: the live version), and exits 1 if any replica did not answer.
+plane (``*``: the version each replica serves, which for an index slot is the
+one it has loaded, live or not), and exits 1 if any replica did not answer.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import sys
 import grpc
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
@@ -43,7 +45,7 @@ from recsys_client import status
 from serving.filters import filter_from_proto
 from serving.tls import ClientTls
 from serving.errors import InvalidArgument
-from settings.flags import ConfigError
+from settings.flags import ConfigError, SecretFile
 
 
 def parse_filter(text: str) -> pb.Filter:
@@ -90,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--index-admin", type=_ids, default=[], help="index slot replicas' admin HOST:PORT, "
                                                                   "comma-separated")
     sub.add_argument("--query-admin", type=_ids, default=[], help="query replicas' admin HOST:PORT, comma-separated")
-    sub.add_argument("--admin-token", default=os.environ.get("RECSYS_ADMIN_TOKEN", ""),
-                     help="bearer token of the admin plane (env RECSYS_ADMIN_TOKEN)")
+    sub.add_argument("--admin-token-file", dest="admin_token", action=SecretFile,
+                     default=os.environ.get("RECSYS_ADMIN_TOKEN", ""),
+                     help="file holding the bearer token of the admin plane (env RECSYS_ADMIN_TOKEN)")
     _add_connection(sub)
     return parser
 
@@ -128,6 +131,21 @@ def _print(message) -> None:
                                                preserving_proto_field_name=True), indent=2))
 
 
+def _services(channel: grpc.Channel, timeout_s: float) -> list[str]:
+    """The names a server reports health for: the whole server ('') and, as its reflection lists them, its
+    services."""
+    names = ["'' (the whole server)"]
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    try:
+        for reply in reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(iter([request]),
+                                                                                            timeout=timeout_s):
+            # grpc.* are health and reflection themselves, which report no health.
+            names += sorted(s.name for s in reply.list_services_response.service if not s.name.startswith("grpc."))
+    except grpc.RpcError:
+        pass  # a server without reflection: the whole server is the one name known here
+    return names
+
+
 def run(args: argparse.Namespace) -> int:
     tls = ClientTls(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
     if args.command == "status":
@@ -136,8 +154,16 @@ def run(args: argparse.Namespace) -> int:
         return 1 if any(r.status is None for r in replicas) else 0
     with tls.channel(args.address) as channel:
         if args.command == "health":
-            response = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout_s)
+            try:
+                response = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout_s)
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+                # The health service answers an unknown name with an empty message.
+                print(f"recsys-client: NOT_FOUND: no service {args.service!r} at {args.address}; its services: "
+                      f"{', '.join(_services(channel, args.timeout_s))}", file=sys.stderr)
+                return 1
             print(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
             return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
         _print(_call(pb_grpc.QueryServiceStub(channel), args))

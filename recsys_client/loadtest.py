@@ -93,17 +93,25 @@ def parse_rpc_mix(text: str) -> dict[str, float]:
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, _, value = part.partition("=")
         if name not in RPCS:
-            raise ValueError(f"rpc-mix: unknown RPC {name!r}; choose from {', '.join(RPCS)}")
+            raise ValueError(f"unknown RPC {name!r}; choose from {', '.join(RPCS)}")
         try:
             weights[name] = float(value)
         except ValueError:
-            raise ValueError(f"rpc-mix: {part!r} is not NAME=WEIGHT") from None
+            raise ValueError(f"{part!r} is not NAME=WEIGHT") from None
         if not 0 <= weights[name] < math.inf:  # inf would make every share nan
-            raise ValueError(f"rpc-mix: the weight of {name} must be >= 0 and finite")
+            raise ValueError(f"the weight of {name} must be >= 0 and finite")
     total = sum(weights.values())
     if not total > 0:
-        raise ValueError("rpc-mix: give at least one RPC a positive weight")
+        raise ValueError("give at least one RPC a positive weight")
     return {name: weights[name] / total for name in RPCS if weights.get(name)}
+
+
+def _rpc_mix_flag(text: str) -> dict[str, float]:
+    """``parse_rpc_mix`` for ``--rpc-mix``: argparse shows only an ArgumentTypeError's message, not a ValueError's."""
+    try:
+        return parse_rpc_mix(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def new_histogram() -> HdrHistogram:
@@ -802,7 +810,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--distribution", choices=DISTRIBUTIONS, default="uniform", help="customer popularity")
     parser.add_argument("--zipf-s", type=float, default=1.1, help="Zipf exponent (with --distribution zipf)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the customer draws")
-    parser.add_argument("--rpc-mix", type=parse_rpc_mix, default=dict(RECOMMEND_ONLY), metavar="RPC=SHARE,...",
+    parser.add_argument("--rpc-mix", type=_rpc_mix_flag, default=dict(RECOMMEND_ONLY), metavar="RPC=SHARE,...",
                         help=f"share of each RPC in the requests ({', '.join(RPCS)}); default recommend only")
     parser.add_argument("--batch-size", type=int, default=8, help="customers per BatchRecommend")
     parser.add_argument("--num-candidates", type=int, default=200,

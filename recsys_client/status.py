@@ -1,7 +1,7 @@
 """``recsys-client status``: every replica's versions, their states and key
 figures in one table, from each admin plane's GetStatus.
 
-    recsys-client status --index-admin HOST:PORT,... --query-admin HOST:PORT,... [--admin-token T]
+    recsys-client status --index-admin HOST:PORT,... --query-admin HOST:PORT,... [--admin-token-file F]
 
 All replicas are asked at once; one that does not answer gets a row saying
 why, and the others are still shown (exit status 1 when any failed).
@@ -110,8 +110,8 @@ def _recall(v, service: str) -> str:
 
 
 def table(replicas: list[ReplicaStatus]) -> str:
-    """A fixed-width table (``*`` marks each replica's live version); an
-    unreachable replica's reason runs past the columns."""
+    """A fixed-width table (``*`` marks the version each replica serves: a query replica's live version, the
+    version an index slot has loaded); an unreachable replica's reason runs past the columns."""
     body = rows(replicas)
     widths = [len(column) for column in COLUMNS]
     for row in body:

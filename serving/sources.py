@@ -34,8 +34,8 @@ def query_startup(registry: Registry, explicit: int = 0, explicit_rollback: int 
     if current is None:
         raise VersionError(
             f"{registry.model_dir / 'CURRENT'} does not exist: no version of {registry.model} has been rolled "
-            f"out (published: {registry.versions()}). Roll one out with recsys-publish, or start with "
-            "--version N")
+            f"out (published: {registry.versions()}). Roll the first one out with recsys-publish --initial "
+            "(it needs only the index slots' admin planes, no query replica), or start with --version N")
     try:
         previous = registry.previous_version()
     except VersionError:

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from model_registry import VersionError
+from model_registry import Registry, VersionError
 from settings.flags import ConfigError, add_flags, flag_name, from_args, overrides, replace_nested
 from trainer.config import PipelineConfig, TrainConfig, recommended_config
 from trainer.launcher import TF_CONFIG, Cluster, launch
@@ -131,9 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     version_dir = Path(config.registry) / manifest.model / str(manifest.version)
     print(f"index={manifest.index.kind} candidates={manifest.num_candidates} dim={manifest.embedding_dim} "
           f"total_seconds={time.perf_counter() - start:.1f}")
+    # Before CURRENT exists no query replica can start, and recsys-publish without --initial asks for them.
+    try:
+        first = Registry(config.registry, manifest.model).current_version() is None
+    except VersionError:  # a broken CURRENT is still not a first rollout; the version is published either way
+        first = False
+    rollout = (f"recsys-publish --initial --version {manifest.version}, the registry's first rollout" if first
+               else f"recsys-publish --version {manifest.version}")
     print(f"published model={manifest.model} version={manifest.version} dir={version_dir} "
-          f"recall@10={manifest.index.recall_at_10:.2f} (not live: roll it out with recsys-publish --version "
-          f"{manifest.version})")
+          f"recall@10={manifest.index.recall_at_10:.2f} (not live: roll it out with {rollout})")
     return 0
 
 
