@@ -18,9 +18,9 @@ tier is the whole cache: a replica then shares no result with another.
 Redis is not trusted with answers: whoever can write to it must not be able to
 change what a client gets. Each value carries an HMAC over its key and payload
 with a key only the services hold (``--cache-key-file``; without it, a random
-key per process, so nothing is shared), and is checked for shape on the way
-back; a value that fails either is a miss, and the answer computed instead
-overwrites it.
+key per process, or per ``--workers`` pool, so no other replica shares it), and
+is checked for shape on the way back; a value that fails either is a miss, and
+the answer computed instead overwrites it.
 """
 
 from __future__ import annotations
@@ -98,7 +98,8 @@ class CacheConfig:
                                     "response a hit builds from it)", flag="local-cache-mb")
     mac_key: str = option("", "secret that authenticates values in Redis (cached results and live history "
                               "entries), shared by the query replicas; none: cached results under a random key per "
-                              "process, so replicas share none, and live histories in plain ids", flag="cache-key",
+                              "process (per pool with --workers), so replicas share none, and live histories in "
+                              "plain ids", flag="cache-key",
                           secret=True)
     password: str = option("", "Redis password (AUTH / ACL); a user name goes in the URL", flag="redis-password",
                            secret=True)

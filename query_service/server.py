@@ -27,7 +27,7 @@ from serving.grpc_server import ServiceSpec, run_main, serve_until_signalled
 from serving.loader import Background, Loader
 from serving.sources import query_startup
 from serving.versions import VersionManager
-from serving.workers import run_workers
+from serving.workers import pool_secret, run_workers
 from settings.flags import add_flags, option, parse, require
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ async def create_server(config: QueryServiceConfig) -> tuple[ServiceWithAdmin, R
     loader = Loader(registry, functools.partial(QueryModel.load, delta_key=key), "tower", Background.GIL,
                     files.QUERY_READS, key)
     router = IndexRouter(config.index)
-    cache = ResultCache(config.cache) if config.cache.url or config.cache.local_mb > 0 else None
+    cache = ResultCache(_cache_config(config)) if config.cache.url or config.cache.local_mb > 0 else None
     history = (LiveHistory(cache.link, config.model, config.live_history, config.cache.mac_key.encode())
                if cache is not None and cache.link is not None else None)
     executor = tracing.executor("tower", config.tower_threads, thread_name_prefix="tower")
@@ -133,6 +133,16 @@ async def create_server(config: QueryServiceConfig) -> tuple[ServiceWithAdmin, R
     return service, recommender, router
 
 
+def _cache_config(config: QueryServiceConfig) -> CacheConfig:
+    """The result cache's config. Without --cache-key-file a worker of a pool signs with its supervisor's
+    secret, so the workers read each other's entries in their shared Redis (a random key of each worker's own
+    would make every sibling's entry invalid). The live history keeps plain ids then (see live_history.py):
+    entries signed with the pool's key would be lost to every other replica and to the pool's next start."""
+    if config.cache.mac_key or not config.worker_socket:
+        return config.cache
+    return dataclasses.replace(config.cache, mac_key=pool_secret(config.worker_socket))
+
+
 async def _serve_once_routable(service: ServiceWithAdmin, manager: VersionManager, router: IndexRouter) -> None:
     """Reports SERVING as soon as an index endpoint holds the live version.
     Later losses of the index tier do not flip health: requests then fail
@@ -156,7 +166,11 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     config = parse(build_parser(), QueryServiceConfig, argv)
     if config.workers > 1:
-        run_workers("recsys-query-service", "query_service.server", argv, config, config.workers)
+        warnings = []
+        if config.cache.url and not config.cache.mac_key:
+            warnings.append("no --cache-key-file: values in Redis are authenticated with a key of this pool only "
+                            "(its workers share it), so other replicas and restarts of the pool cannot use them")
+        run_workers("recsys-query-service", "query_service.server", argv, config, config.workers, warnings)
         return
     run_main("recsys-query-service", _serve(config), config.log_level, config.metrics_port,
              config.metrics_host, config.log_format, config.tracing)

@@ -18,6 +18,9 @@ model. It holds
 - health on the admin port: SERVING once every worker's data plane reports
   SERVING, so a readiness probe there says whether the whole pool serves;
 - /metrics: every worker's, read at scrape time, each series labelled ``worker``;
+- a secret the workers share (``pool_secret``): random, written where only
+  this user reads it, so the pool's workers sign what they put in Redis with
+  one key when none was given (``--cache-key-file``) and read each other's entries;
 - the workers' lives: one that exits after it has served is started again on
   the version its siblings serve, and takes connections on the shared port
   only once it serves (``serving.grpc_server.WorkerDataPlane``), so callers
@@ -32,6 +35,7 @@ import ctypes
 import http.client
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -65,6 +69,7 @@ ALIGN_TIMEOUT_S = 300.0  # a restarted worker's start and load, before the super
 # A worker's GetStatus answers in milliseconds; one silent this long (hung, stopped) shows as holding nothing.
 WORKER_STATUS_TIMEOUT_S = 5.0
 _PR_SET_PDEATHSIG = 1
+POOL_SECRET_FILE = "pool-secret"  # beside the workers' sockets, in the supervisor's private directory
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -80,6 +85,21 @@ def reserve_port(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def write_pool_secret(directory: str) -> None:
+    """Writes a new random secret for the workers of the pool whose private
+    directory is ``directory`` (mode 0700): readable by this user only, and
+    never in argv or the environment, where other users of the machine read it."""
+    fd = os.open(os.path.join(directory, POOL_SECRET_FILE), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+
+
+def pool_secret(worker_socket: str) -> str:
+    """In a worker (``--worker-socket``), the secret its supervisor wrote for the pool."""
+    with open(os.path.join(os.path.dirname(worker_socket), POOL_SECRET_FILE)) as f:
+        return f.read()
 
 
 def _die_with_parent() -> None:
@@ -361,10 +381,14 @@ class WorkerPool:
             await asyncio.gather(*(p.wait() for p in started))
 
 
-def run_workers(prog: str, module: str, argv: list[str], config: ServiceConfig, workers: int) -> None:
+def run_workers(prog: str, module: str, argv: list[str], config: ServiceConfig, workers: int,
+                warnings: Iterable[str] = ()) -> None:
     """Runs ``prog`` (``python -m module argv``) as a supervisor of ``workers``
-    worker processes until SIGINT/SIGTERM; exits non-zero if a worker could not start."""
+    worker processes until SIGINT/SIGTERM; exits non-zero if a worker could not start.
+    ``warnings`` are logged once, for the whole pool, rather than by each worker."""
     configure_logging(config.log_level, config.log_format)
+    for warning in warnings:
+        log.warning("%s", warning)
     failure = run_event_loop(_supervise(prog, module, argv, config, workers))
     if failure:
         raise SystemExit(f"{prog}: {failure}")
@@ -374,6 +398,7 @@ async def _supervise(prog: str, module: str, argv: list[str], config: ServiceCon
     reserved = reserve_port(config.host, config.port)
     port = reserved.getsockname()[1]
     sockets = tempfile.mkdtemp(prefix=f"{prog}-")  # mode 0700: only this user reaches the private planes
+    write_pool_secret(sockets)
     metrics_ports = free_ports(count) if config.metrics_port else [0] * count
     workers = []
     for i, metrics_port in enumerate(metrics_ports):

@@ -37,16 +37,16 @@ def registry(trained_registry, tmp_path_factory) -> Registry:
 
 
 @pytest.fixture(scope="module")
-def pool(registry, tmp_path_factory):
+def pool(registry, redis_server, tmp_path_factory):
     """(index slot holding 1 and 2's slot, the query pool, its metrics port); stopped after, and
-    the pool's workers checked to have stopped with it."""
+    the pool's workers checked to have stopped with it. The pool caches in Redis, without --cache-key-file."""
     logs = tmp_path_factory.mktemp("workers-logs")
     common = ["--admin-token-file", str(token_file(logs))]
     blue = index_slot(registry.root, "blue", logs / "blue.log", *common)
     green = index_slot(registry.root, "green", logs / "green.log", *common)
     metrics_port = free_port()
     query = query_replica(registry.root, [blue, green], logs / "query.log", *common, "--workers", str(WORKERS),
-                          "--metrics-port", str(metrics_port))
+                          "--metrics-port", str(metrics_port), "--redis-url", redis_server.url)
     start_all(blue, green, query)
     try:
         # The data port answers as soon as one worker serves; the admin port's health waits for all.
@@ -209,6 +209,37 @@ def test_a_dead_worker_is_restarted_at_the_pools_version_and_callers_never_see_i
     reply = admin(query).Rollback(apb.RollbackRequest(), metadata=AUTH, timeout=30)
     assert [w.live_version for w in reply.workers] == [1] * WORKERS
     assert recommend_on_new_channels(query, 16) == {1}
+
+
+def cache_events(port: int) -> dict[tuple[str, str], float]:
+    """(worker, event) -> recsys_cache_events_total."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("recsys_cache_events_total{"):
+            labels = dict(part.split("=", 1) for part in line[line.index("{") + 1:line.index("}")].split(","))
+            out[labels["worker"].strip('"'), labels["event"].strip('"')] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def test_workers_share_redis_entries_without_a_cache_key_file(pool):
+    """The supervisor hands its workers one random key (none was given): a result one worker wrote to Redis
+    is a hit on its sibling, the restarted one included (test above), not an invalid entry; and the
+    pool warns once that its key is its own, not once per worker."""
+    _, _, query, metrics_port = pool
+    before = cache_events(metrics_port)
+    request = pb.RecommendRequest(customer_id="c000001", k=7)  # k=7: a key no other test wrote
+    with grpc.insecure_channel(query.address) as channel:
+        pb_grpc.QueryServiceStub(channel).Recommend(request, timeout=10)
+    time.sleep(1.0)  # the write waits for others to share its pipeline
+    for _ in range(16):  # 16 connections: both workers take some (all on one: chance 2**-15)
+        with grpc.insecure_channel(query.address) as channel:
+            pb_grpc.QueryServiceStub(channel).Recommend(request, timeout=10)
+    after = cache_events(metrics_port)
+    grew = {key: value - before.get(key, 0.0) for key, value in after.items() if value > before.get(key, 0.0)}
+    assert grew.get(("0", "hit"), 0) + grew.get(("1", "hit"), 0) >= 1, grew
+    assert not any(event == "invalid" for _, event in grew), grew
+    assert query.log_path.read_text().count("no --cache-key-file") == 1
 
 
 def test_a_killed_supervisor_takes_its_workers_with_it(pool, registry, tmp_path):
