@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 # 4 * dim bytes per customer: 256 MB at 1M x 64) and every request runs the tower.
 MAX_PRECOMPUTED_CUSTOMERS = 5_000_000
 PRECOMPUTE_BATCH = 8192
+# Candidate ids are hashed this many at a time: the transient Python strings stay a few MB at any catalogue size.
+ID_HASH_CHUNK = 65536
 
 
 class QueryModel:
@@ -71,6 +73,12 @@ class QueryModel:
         # Catalogue deltas taken in (model_registry.deltas): deleted candidates leave the fallback.
         self.catalogue_generation = 0
         self._deleted: frozenset[str] = frozenset()
+        # The version's own candidate ids as sorted 64-bit hashes (8 MB at 1M candidates, where a set of the
+        # ids would hold ~100 MB), only to tell a delta's new ids from held ones for the count; a collision
+        # miscounts one delta id with odds of about candidates / 2**64.
+        self._held = np.zeros(0, np.int64)
+        self._added: frozenset[str] = frozenset()  # upserted ids the version did not hold, not deleted since
+        self._num_candidates = manifest.num_candidates
 
     @property
     def version(self) -> int:
@@ -78,7 +86,8 @@ class QueryModel:
 
     @property
     def num_candidates(self) -> int:
-        return self.manifest.num_candidates
+        """The candidates the version holds, its catalogue deltas included (as its index endpoints count them)."""
+        return self._num_candidates
 
     @classmethod
     def load(cls, version_dir: Path, manifest: Manifest, delta_key: Ed25519PublicKey | None = None) -> "QueryModel":
@@ -112,11 +121,12 @@ class QueryModel:
         if model._table is not None and not np.isfinite(model._table).all():
             raise VersionError(f"version {manifest.version}: the tower gives non-finite embeddings for some "
                                "stored customers")
+        model._held = _candidate_hashes(version_dir, manifest)
         deltas = read_deltas(version_dir.parent, manifest.version, key=delta_key)
         model.apply_catalogue(deltas, len(deltas))
         tower_bytes = sum(p.stat().st_size for p in (version_dir / files.QUERY_TOWER_DIR).rglob("*") if p.is_file())
         table_bytes = model._table.nbytes if model._table is not None else 0
-        model.report = LoadReport(time.perf_counter() - start, tower_bytes + table_bytes)
+        model.report = LoadReport(time.perf_counter() - start, tower_bytes + table_bytes + model._held.nbytes)
         log.info("loaded query tower version %d (dim %d) in %.2fs", manifest.version, manifest.embedding_dim,
                  model.report.load_seconds)
         return model
@@ -188,13 +198,27 @@ class QueryModel:
         after ``catalogue_generation``): a deleted candidate leaves the
         popularity fallback, an upsert brings it back. The deleted set is
         replaced before the generation moves, so a request that reads the new
-        generation (its cache key) also sees the deletions."""
-        deleted = set(self._deleted)
+        generation (its cache key) also sees the deletions. The candidate count
+        follows: an upserted id the version did not hold adds one, a deleted id
+        it held (or added) takes one away."""
+        deleted, added = set(self._deleted), set(self._added)
         for delta in deltas:
-            deleted.difference_update(delta.ids.tolist())
-            deleted.update(delta.deleted.tolist())
-        self._deleted = frozenset(deleted)
+            upserted = delta.ids.tolist()
+            deleted.difference_update(upserted)
+            added.update(i for i, held in zip(upserted, self._holds(upserted)) if not held)
+            removed = delta.deleted.tolist()
+            added.difference_update(removed)
+            deleted.update(removed)
+        self._deleted, self._added = frozenset(deleted), frozenset(added)
+        self._num_candidates = self.manifest.num_candidates + len(added) - int(self._holds(list(deleted)).sum())
         self.catalogue_generation = generation
+
+    def _holds(self, ids: list[str]) -> np.ndarray:
+        """Whether the version itself (before any delta) holds each of ``ids``."""
+        if not len(self._held):
+            return np.zeros(len(ids), bool)
+        hashes = np.fromiter(map(hash, ids), np.int64, len(ids))
+        return self._held[np.minimum(np.searchsorted(self._held, hashes), len(self._held) - 1)] == hashes
 
     def popular(self, k: int, excluded: frozenset[str]) -> tuple[list[str], list[float]]:
         """The version's k most popular candidates that are neither excluded nor deleted."""
@@ -207,3 +231,22 @@ class QueryModel:
                 if len(ids) == k:
                     break
         return ids, scores
+
+
+def _candidate_hashes(version_dir: Path, manifest: Manifest) -> np.ndarray:
+    """The sorted hashes of the version's candidate ids (every shard's). The files are the index endpoints' to
+    verify: here they only feed the count. Raises VersionError if unreadable or not the manifest's count."""
+    parts = []
+    for shard in range(len(manifest.shards)) if manifest.shards else (None,):
+        path = files.shard_dir(version_dir, shard) / files.CANDIDATE_IDS_FILE
+        try:
+            ids = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise VersionError(f"version {manifest.version}: {path} is unreadable: {e}") from e
+        parts.extend(np.fromiter(map(hash, ids[a:a + ID_HASH_CHUNK].tolist()), np.int64)
+                     for a in range(0, len(ids), ID_HASH_CHUNK))
+    hashes = np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+    if len(hashes) != manifest.num_candidates:
+        raise VersionError(f"version {manifest.version}: {len(hashes)} candidate ids but the manifest says "
+                           f"{manifest.num_candidates}")
+    return hashes

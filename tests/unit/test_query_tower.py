@@ -13,10 +13,13 @@ import pytest
 import settings.tf_env  # noqa: F401
 import tensorflow as tf
 
-from model_registry import IndexSpec, Manifest, VersionError
+from index_service.searcher import CandidateIndex
+from model_registry import IndexSpec, Manifest, Registry, VersionError
 from model_registry import manifest as files
+from model_registry.deltas import Delta, write_delta
 from model_registry.manifest import MANIFEST_FILE, checksum_tree
 from query_service.tower import QueryModel
+from tests.unit import tiny_versions as tiny
 
 ITEMS = ["i1", "i2", "i3-with-a-long-id"]
 
@@ -84,6 +87,7 @@ def write_version(directory, with_age=True, tower=None):
     if with_age:
         store["feature__age"] = np.array([20.0, 40.0], np.float32)
     np.savez(directory / files.CUSTOMER_STORE_FILE, **store)
+    np.save(directory / files.CANDIDATE_IDS_FILE, np.array(ITEMS))
     dim = 1 if isinstance(tower, (TimeTower, NoKnownTower, Float64AgeTower, NumericIdTower)) else 2 + len(ITEMS) + 1
     manifest = Manifest(model="m", version=1, embedding_dim=dim, num_candidates=3, tower="history",
                         dataset="test", created_at="2026-01-01T00:00:00Z", index=IndexSpec(kind="brute_force"),
@@ -150,3 +154,23 @@ def test_a_float64_feature_input_gets_the_stored_values(tmp_path):
     model = QueryModel.load(tmp_path, write_version(tmp_path, tower=Float64AgeTower()))
     vectors, _ = model.embed(["c2", "stranger"])
     assert vectors[0].tolist() == [40.0] and np.isnan(vectors[1, 0])
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_the_candidate_count_follows_catalogue_deltas(tmp_path, shards):
+    """The count a replica reports (status row, recsys_version_candidates) is what the index holds after
+    the version's deltas: a new id adds one, a deleted held id takes one away; an upsert of a held id
+    and a delete of an id the version never had change nothing."""
+    registry = Registry(tmp_path, tiny.MODEL)
+    tiny.publish(registry, 1, shards=shards)
+    base = len(tiny.CANDIDATES)
+    write_delta(registry.model_dir, 1, Delta.make(["new1", "i000"], np.ones((2, tiny.DIM)), deleted=["i001", "i002"]))
+    model = QueryModel.load(registry.version_dir(1), registry.manifest(1))  # replays the log
+    assert model.num_candidates == base + 1 - 2
+    more = [Delta.make(deleted=["new1", "never-held"], dim=tiny.DIM), Delta.make(["i001"], np.ones((1, tiny.DIM)))]
+    model.apply_catalogue(more, 3)
+    assert model.num_candidates == base - 2 + 1
+    if shards == 1:  # what the index endpoint counts, from the same log
+        index = CandidateIndex.load(registry.version_dir(1), registry.manifest(1))
+        index.apply_catalogue(more, 3)
+        assert index.num_candidates == model.num_candidates

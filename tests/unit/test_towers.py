@@ -15,7 +15,8 @@ import tensorflow as tf
 
 from model_registry import IndexSpec, Manifest
 from model_registry.customers import DEFAULT_HISTORY_LENGTH
-from model_registry.manifest import CUSTOMER_STORE_FILE, MANIFEST_FILE, QUERY_TOWER_DIR, checksum_tree, write_popular
+from model_registry.manifest import (CANDIDATE_IDS_FILE, CUSTOMER_STORE_FILE, MANIFEST_FILE, QUERY_TOWER_DIR,
+                                     checksum_tree, write_popular)
 from model_registry.tower_inputs import REQUEST_TIME, tower_inputs
 from query_service.tower import QueryModel
 from settings.flags import replace_nested
@@ -52,6 +53,7 @@ def _served(tower, store, path) -> QueryModel:
     save_query_tower(tower, path / QUERY_TOWER_DIR)
     store.save(path / CUSTOMER_STORE_FILE)
     write_popular(path, np.array(["i000001"]), np.array([1.0]))
+    np.save(path / CANDIDATE_IDS_FILE, np.array(["i000001"]))
     manifest = Manifest(model="m", version=1, embedding_dim=8, num_candidates=1, tower=tower.kind, dataset="test",
                         created_at="2026-01-01T00:00:00Z", index=IndexSpec(kind="brute_force"),
                         files=checksum_tree(path))
