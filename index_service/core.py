@@ -76,6 +76,7 @@ class IndexCore:
         self.keepalive_s = keepalive_s
         self.last_search = -float("inf")  # time.monotonic() of the latest search
         self._generation = 0
+        self._draining = False
         self._changed: asyncio.Condition | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         manager.listen(self._on_change)
@@ -94,10 +95,19 @@ class IndexCore:
             self._generation += 1
             self._changed.notify_all()
 
+    def drain(self) -> None:
+        """Ends every stream of ``changes``, and any begun from now on: the slot
+        is going away. Its watchers route around it while it still answers the
+        searches already sent, and its stop need not wait for their streams (nor
+        cancel them)."""
+        self._draining = True
+        self._on_change()
+
     async def changes(self) -> AsyncIterator[None]:
         """Yields now, then after every change of the held versions, and at
-        least every ``keepalive_s`` (so a watcher can tell a hung process)."""
-        while True:
+        least every ``keepalive_s`` (so a watcher can tell a hung process);
+        ends once ``drain`` is called."""
+        while not self._draining:
             seen = self._generation
             yield
             async with self._changed:

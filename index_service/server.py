@@ -89,6 +89,8 @@ async def create_server(config: IndexServiceConfig) -> tuple[ServiceWithAdmin, I
     core.bind(loop)
     spec = ServiceSpec(pb_grpc.add_IndexServiceServicer_to_server, IndexServicer(core, admin), SERVICE_NAME)
     service = await ServiceWithAdmin.start(spec, admin, config)
+    # Watchers that keep routing to a draining slot send it searches after it stops taking calls.
+    service.data.on_drain(core.drain)
     manager.listen(lambda: loop.call_soon_threadsafe(
         lambda: asyncio.ensure_future(service.set_serving(manager.live_version is not None, [SERVICE_NAME]))))
     try:

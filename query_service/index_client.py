@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -49,6 +50,9 @@ MAX_SEARCH_RESULTS = validation.DEFAULT_MAX_BATCH_RESULTS
 SEARCHABLE = frozenset({versions_pb2.VERSION_STATE_READY, versions_pb2.VERSION_STATE_SERVING})
 # An endpoint silent for this many of its keepalive periods is taken as gone (hung or partitioned).
 MISSED_KEEPALIVES = 3
+# A peer address as gRPC writes it in a status's details (up to a ": " or the end), and what replaces it.
+_PEER = re.compile(r"\b(?:ipv4|ipv6|unix|unix-abstract|vsock|dns):[^\s;,]*?(?=:?(?:[\s;,]|$))")
+_HIDDEN_PEER = "<index endpoint>"
 # Reconnect backoff of a broken status stream: short, so a restarted slot rejoins within seconds.
 RECONNECT_S = (0.2, 2.0)
 
@@ -91,7 +95,9 @@ def error_for(e: grpc.aio.AioRpcError, address: str) -> errors.ServingError:
     """The domain error of a failed index call. Its message is for the query
     service's caller, so it names no address: the log does."""
     log.debug("index call to %s failed: %s: %s", address, e.code().name, e.details())
-    return _CODE_TO_ERROR.get(e.code(), errors.ServingError)(f"index search failed: {e.code().name}: {e.details()}")
+    # gRPC's own details of a failed connection name the peer it tried, resolved ("ipv4:10.0.0.5:50051") or not.
+    details = _PEER.sub(_HIDDEN_PEER, e.details() or "").replace(address, _HIDDEN_PEER)
+    return _CODE_TO_ERROR.get(e.code(), errors.ServingError)(f"index search failed: {e.code().name}: {details}")
 
 
 class IndexEndpoint:

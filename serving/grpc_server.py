@@ -149,6 +149,12 @@ class RunningServer:
         self.health = health_servicer
         self.service_names = service_names
         self.draining = False
+        self._drain_listeners: list[Callable[[], None]] = []
+
+    def on_drain(self, callback: Callable[[], None]) -> None:
+        """Calls ``callback()`` (on the event loop) once, when the drain begins (``drain``, or ``stop``
+        without one): a service that streams to watchers ends their streams then."""
+        self._drain_listeners.append(callback)
 
     async def set_serving(self, serving: bool, names: list[str] | None = None) -> None:
         """Sets the health of ``names`` (default: the server, "", and every service); NOT_SERVING
@@ -162,7 +168,10 @@ class RunningServer:
 
     async def drain(self) -> None:
         """Reports NOT_SERVING from now on (the server keeps answering)."""
-        self.draining = True
+        if not self.draining:
+            self.draining = True
+            for callback in self._drain_listeners:
+                callback()
         await self.set_serving(False)
 
     async def stop(self, grace_s: float = 5.0) -> None:
