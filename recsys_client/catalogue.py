@@ -33,9 +33,9 @@ ids, namespaces, the tower's columns); features are embedded; the delta is
 appended to the version's log in the registry (``model_registry.deltas``:
 atomic, checksummed, the next generation G); then every index replica holding
 the version, and every query replica, catches up to G (``ApplyCatalogue``). A
-replica that fails keeps the delta in the registry and replays it at its next
-load or restart; the report names it and the exit status is 1. Prints a JSON
-report.
+replica that fails (its admin server not answering included) keeps the delta in
+the registry and replays it at its next load or restart; the report names it
+and the exit status is 1. Prints a JSON report.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from model_registry import Registry, VersionError, signing
 from model_registry import manifest as files
 from model_registry.attributes import Attributes, token_lists
-from model_registry.deltas import Delta, write_delta
+from model_registry.deltas import Delta, catalogue_dir, write_delta
 from protos.recsys.v1 import admin_pb2 as pb
 from protos.recsys.v1.versions_pb2 import VERSION_STATE_LOADING as LOADING
 from recsys_client.candidate_tower import CandidateTower, FeatureError
@@ -72,7 +72,8 @@ log = logging.getLogger("recsys-catalogue")
 
 
 class CatalogueError(Exception):
-    """Input that does not fit the version; the message names the line and field."""
+    """Input that does not fit the version (the message names the line and field), or a delta the registry's
+    directory would not take."""
 
 
 def read_upserts(lines, dim: int, token_namespaces: frozenset[str], numeric_namespaces: frozenset[str],
@@ -193,7 +194,9 @@ def apply_everywhere(fleet: Fleet, version: int, generation: int) -> Rollout:
         except PublishError as e:
             return str(e)
 
-    applied, failed = [], {}
+    applied: list[str] = []
+    # An index replica not reached may hold the version, of a shard unknown here: it counts as one that refused.
+    failed = {f"{role} {address}": why for (role, address), why in fleet.unreachable.items() if role == "index"}
     with ThreadPoolExecutor(max(len(fleet.index), len(fleet.query), 1)) as pool:
         for replica, outcome in zip(fleet.index, pool.map(apply, fleet.index)):
             if outcome is None:
@@ -212,6 +215,7 @@ def apply_everywhere(fleet: Fleet, version: int, generation: int) -> Rollout:
                     applied.append(_name(replica))
                 else:
                     failed[_name(replica)] = outcome
+    failed |= {f"{role} {address}": why for (role, address), why in fleet.unreachable.items() if role == "query"}
     return Rollout(generation, applied, failed)
 
 
@@ -226,7 +230,8 @@ def _unserved(version: int, generation: int, shards: dict[str, tuple[int, int]],
     took = {shards[name] for name in applied if name in shards}  # a slot still loading the version names no shard
     if not took:
         return f"no index replica holding version {version} took generation {generation}" if shards or refused else ""
-    missing = sorted(set(shards.values()) - took)
+    # Every shard of the version, also one whose replicas all refused before saying they hold it (or were not reached).
+    missing = sorted((set(shards.values()) | {(shard, of) for _, of in took for shard in range(of)}) - took)
     return "; ".join(f"no replica of shard {shard} of {of} of version {version} took generation {generation}"
                      for shard, of in missing)
 
@@ -234,9 +239,15 @@ def _unserved(version: int, generation: int, shards: dict[str, tuple[int, int]],
 def publish_delta(fleet: Fleet, registry: Registry, version: int, delta: Delta,
                   key: Ed25519PrivateKey | None = None) -> Rollout:
     """Appends ``delta`` to ``version``'s log (signed by ``key`` if given), then applies it on every replica.
-    Raises VersionError, writing nothing, if the version's replicas would refuse the delta's signature."""
+    Raises VersionError, writing nothing, if the version's replicas would refuse the delta's signature, and
+    CatalogueError if the catalogue directory cannot be written."""
     signing.check_delta_signer(registry.version_dir(version), key)
-    generation = write_delta(registry.model_dir, version, delta, key)
+    try:
+        generation = write_delta(registry.model_dir, version, delta, key)
+    except OSError as e:
+        directory = catalogue_dir(registry.model_dir, version)
+        raise CatalogueError(f"the delta was not written: catalogue directory {directory} cannot be written "
+                             f"({e.strerror or e})") from e
     log.info("version %d: catalogue delta %d (%d upserts, %d deletes) written", version, generation,
              len(delta.ids), len(delta.deleted))
     return apply_everywhere(fleet, version, generation)
@@ -321,14 +332,15 @@ def main(argv: list[str] | None = None) -> None:
                       np.asarray(deleted, dtype=str) if deleted else delta.deleted)
         key = signing.private_key(config.signing_key) if config.signing_key else None
         signing.check_delta_signer(registry.version_dir(version), key)  # before any replica is called
+        # A replica that does not answer fails like one that refuses: the delta is for the others and its replay.
         fleet = Fleet.connect(list(config.index_admin), list(config.query_admin), config.admin_token,
-                              config.timeout_s, config.connect_timeout_s, config.tls)
-    except (CatalogueError, VersionError, PublishError, OSError) as e:
+                              config.timeout_s, config.connect_timeout_s, config.tls, strict=False)
+    except (CatalogueError, VersionError, OSError) as e:
         print(f"recsys-catalogue: {e}", file=sys.stderr)
         sys.exit(1)
     try:
         rollout = publish_delta(fleet, registry, version, delta, key)
-    except (VersionError, OSError) as e:  # the registry refused the delta: nothing was applied anywhere
+    except (CatalogueError, VersionError, OSError) as e:  # the registry refused the delta: nothing was applied anywhere
         print(f"recsys-catalogue: {e}", file=sys.stderr)
         sys.exit(1)
     finally:

@@ -27,7 +27,8 @@ a routing switch; then CURRENT and PREVIOUS swap. No index load is involved.
 
 A run cut off after switching the query replicas, before moving CURRENT, is
 finished by the next one: a rollout or rollback first points CURRENT at the
-version the replicas serve; a rollback run again stops there.
+version the replicas serve; a rollback run again stops there, and so does a
+rollout of the version already live, once it has unloaded the stale towers.
 
 ``--initial`` is the first rollout of a registry, before any query replica
 can run (they refuse to start without CURRENT): steps 1, 2 and 5 only. With
@@ -60,6 +61,11 @@ class PublishError(Exception):
     """A rollout step failed; the message says which replica and why."""
 
 
+class PointerError(PublishError, OSError):
+    """The registry refused to point CURRENT at the version the replicas already serve. An OSError too: callers
+    that caught the registry's own refusal still catch it."""
+
+
 @dataclass
 class Replica:
     role: str  # "index" or "query"
@@ -83,13 +89,18 @@ class Fleet:
     token: str = ""
     timeout_s: float = 120.0
     _channels: list[grpc.Channel] = field(default_factory=list)
+    unreachable: dict[tuple[str, str], str] = field(default_factory=dict)  # (role, address) -> why, left out
 
     @classmethod
     def connect(cls, index_addresses: list[str], query_addresses: list[str], token: str = "",
-                timeout_s: float = 120.0, connect_timeout_s: float = 10.0, tls: ClientTls = ClientTls()) -> "Fleet":
+                timeout_s: float = 120.0, connect_timeout_s: float = 10.0, tls: ClientTls = ClientTls(),
+                strict: bool = True) -> "Fleet":
         """Opens a channel to every replica, waiting up to ``connect_timeout_s``
-        for each (replicas still starting, as under compose)."""
+        for each (replicas still starting, as under compose). A replica that
+        does not answer raises PublishError, or with ``strict`` false is left
+        out of the fleet and named in its ``unreachable``."""
         channels: list[grpc.Channel] = []
+        unreachable: dict[tuple[str, str], str] = {}
 
         def replicas(role: str, addresses: list[str]) -> list[Replica]:
             out = []
@@ -98,15 +109,19 @@ class Fleet:
                 try:
                     grpc.channel_ready_future(channels[-1]).result(timeout=connect_timeout_s)
                 except grpc.FutureTimeoutError:
+                    why = f"{role} replica {address}: no admin server answers there (waited {connect_timeout_s:g} s)"
+                    if not strict:
+                        channels.pop().close()
+                        unreachable[role, address] = why
+                        continue
                     for channel in channels:
                         channel.close()
-                    raise PublishError(f"{role} replica {address}: no admin server answers there "
-                                       f"(waited {connect_timeout_s:g} s)") from None
+                    raise PublishError(why) from None
                 out.append(Replica(role, address, pb_grpc.AdminServiceStub(channels[-1])))
             return out
 
         return cls(replicas("index", index_addresses), replicas("query", query_addresses), token, timeout_s,
-                   channels)
+                   channels, unreachable)
 
     def call(self, replica: Replica, method: str, request) -> pb.ServiceStatus:
         metadata = [("authorization", f"Bearer {self.token}")] if self.token else None
@@ -199,9 +214,11 @@ def publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: flo
     if not fleet.index:
         raise PublishError("no index slot given (--index-admin): a version is served by its index slot")
     live = _agreed(fleet, SERVING, "live") if fleet.query else registry.current_version()
-    _catch_up(registry, live)
+    _catch_up(fleet, registry, live)
     if live == version:
         log.info("version %d is already live; registry CURRENT is %d", version, version)
+        # A run cut off after its promotion (killed in its drain, or CURRENT unwritable) left stale towers loaded.
+        unload_stale(fleet, drain_s)
         return steps
     slot_list = slots(fleet)
     step("status")
@@ -231,7 +248,7 @@ def publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: flo
     except PublishError:
         _undo(fleet, undo)
         raise
-    registry.set_current(version)
+    _point_current(registry, version, fleet)
     log.info("version %d is live on %d query replicas; registry CURRENT is %d, PREVIOUS %s", version,
              len(fleet.query), version, registry.previous_version())
     step("pointers")
@@ -246,23 +263,36 @@ def publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: flo
     return steps
 
 
-def unload_stale(fleet: Fleet) -> None:
-    """Unloads from the query replicas every tower that is neither live nor the rollback target."""
-    for replica in fleet.query:
-        for v in fleet.status(replica).versions:
-            if v.state == versions_pb2.VERSION_STATE_READY:
-                fleet.call(replica, "UnloadVersion", pb.UnloadVersionRequest(version=v.version))
-                log.info("unloaded version %d from query replica %s", v.version, replica.address)
+def unload_stale(fleet: Fleet, drain_s: float = 0.0) -> None:
+    """Unloads from the query replicas every tower that is neither live nor the rollback target, first waiting
+    ``drain_s`` if there is any (for the requests still on them)."""
+    stale = [(replica, v.version) for replica in fleet.query for v in fleet.status(replica).versions
+             if v.state == versions_pb2.VERSION_STATE_READY]
+    if stale and drain_s > 0:
+        time.sleep(drain_s)
+    for replica, version in stale:
+        fleet.call(replica, "UnloadVersion", pb.UnloadVersionRequest(version=version))
+        log.info("unloaded version %d from query replica %s", version, replica.address)
 
 
-def _catch_up(registry: Registry, live: int | None) -> None:
+def _point_current(registry: Registry, version: int, fleet: Fleet) -> None:
+    """Points CURRENT at ``version``, which ``fleet`` serves; raises PointerError if the registry refuses."""
+    try:
+        registry.set_current(version)
+    except OSError as e:
+        serving = "the query replicas serve" if fleet.query else "its index slot holds"  # --initial: no query tier
+        raise PointerError(f"{serving} version {version} but registry CURRENT could not be moved to it ({e}): re-run "
+                           "the same command once the registry is writable to finish") from e
+
+
+def _catch_up(fleet: Fleet, registry: Registry, live: int | None) -> None:
     """Points CURRENT at the query replicas' live version where a run cut off
     after switching them left it behind, so that PREVIOUS names the version
     live before that switch and the next pointer move starts from the truth."""
     if live is not None and registry.current_version() != live:
         log.warning("registry CURRENT is %s but the query replicas serve version %d (a run was cut off after "
                     "switching them): moving CURRENT to %d", registry.current_version(), live, live)
-        registry.set_current(live)
+        _point_current(registry, live, fleet)
 
 
 def rollback(fleet: Fleet, registry: Registry) -> int:
@@ -275,7 +305,7 @@ def rollback(fleet: Fleet, registry: Registry) -> int:
         raise PublishError("the query replicas have no rollback target loaded")
     live = _agreed(fleet, SERVING, "live")
     current, previous = registry.current_version(), registry.previous_version()
-    _catch_up(registry, live)
+    _catch_up(fleet, registry, live)
     if live != current and (live, target) == (previous, current):
         # The replicas already made this switch: a rollback cut off before its pointer move, run again.
         # Switching them once more would undo it.
@@ -289,7 +319,7 @@ def rollback(fleet: Fleet, registry: Registry) -> int:
     except PublishError:
         _undo(fleet, done)
         raise
-    registry.set_current(target)
+    _point_current(registry, target, fleet)
     log.info("rolled back to version %d on %d query replicas", target, len(fleet.query))
     return target
 

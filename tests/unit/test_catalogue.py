@@ -6,6 +6,8 @@ popularity fallback, and replay at load."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,8 +25,9 @@ from index_service import slot as slot_admin
 from index_service.searcher import DELTA_CHUNK, RECHECK_PROBES, CandidateIndex, _scann_pybind
 from model_registry import IndexSpec, Manifest, Registry, VersionError
 from model_registry.attributes import Attributes, from_catalogue
+from model_registry import deltas
 from model_registry.deltas import Delta, published_generation, read_deltas, write_delta
-from protos.recsys.v1 import admin_pb2, versions_pb2
+from protos.recsys.v1 import admin_pb2, admin_pb2_grpc, versions_pb2
 from recsys_client.catalogue import CatalogueError, apply_everywhere, publish_delta, read_upserts
 from recsys_client.catalogue import main as catalogue_main
 from recsys_client.publish import Fleet, Replica
@@ -692,3 +695,89 @@ def test_a_delta_the_signed_versions_replicas_would_refuse_is_never_written(tmp_
     unsigned = Registry(tmp_path, "u")  # an unsigned version takes deltas signed or not
     publish_dummy(unsigned)
     assert publish_delta(fleet, unsigned, 1, Delta.make(deleted=["c"], dim=1)).generation == 1
+
+
+def test_a_shard_whose_replicas_did_not_answer_keeps_the_query_tier_put():
+    # Shard 1's one replica did not say what it holds (its status failed, or it was not reached at all): every
+    # shard must have a replica at the generation before a query replica moves to it, and shard 1 has none.
+    shard0, query = _Replica(shard=0, shards=2), _Replica()
+    mute = _Replica(shard=1, shards=2)
+    mute.GetStatus = lambda *args, **kwargs: (_ for _ in ()).throw(_Refused("status failed"))
+    fleet = Fleet([Replica("index", "s0", shard0), Replica("index", "s1", mute)], [Replica("query", "q", query)])
+    rollout = apply_everywhere(fleet, 1, 1)
+    assert query.applied == [] and rollout.applied == ["index s0"] and "shard 1 of 2" in rollout.failed["query q"]
+    fleet = Fleet([Replica("index", "s0", shard0)], [Replica("query", "q", query)],
+                  unreachable={("index", "s1"): "index replica s1: no admin server answers there"})
+    rollout = apply_everywhere(fleet, 1, 2)
+    assert query.applied == [] and rollout.applied == ["index s0"] and "shard 1 of 2" in rollout.failed["query q"]
+    assert rollout.failed["index s1"] == "index replica s1: no admin server answers there"
+
+
+class _AdminServer(admin_pb2_grpc.AdminServiceServicer):
+    """A real admin plane in front of a ``_Replica``."""
+
+    def __init__(self, replica: _Replica):
+        self.replica = replica
+
+    def GetStatus(self, request, context):
+        return self.replica.GetStatus(request)
+
+    def ApplyCatalogue(self, request, context):
+        return self.replica.ApplyCatalogue(request)
+
+
+@contextlib.contextmanager
+def _admin_servers(*replicas: _Replica):
+    """The admin addresses of real servers for ``replicas``."""
+    servers, addresses = [], []
+    for replica in replicas:
+        servers.append(grpc.server(ThreadPoolExecutor(2)))
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(_AdminServer(replica), servers[-1])
+        addresses.append(f"127.0.0.1:{servers[-1].add_insecure_port('127.0.0.1:0')}")
+        servers[-1].start()
+    try:
+        yield addresses
+    finally:
+        for server in servers:
+            server.stop(None)
+
+
+def test_an_index_replica_that_does_not_answer_is_a_failed_replica_in_the_report(tmp_path, capsys):
+    """As documented: the delta is written and applied where it can be; the report names the replica and the exit
+    status is 1 (the replica replays the delta at its next load)."""
+    registry = Registry(tmp_path, "m")
+    publish_dummy(registry)
+    index, query = _Replica(), _Replica()
+    with _admin_servers(index, query) as (index_address, query_address):
+        with pytest.raises(SystemExit) as exit:
+            catalogue_main(["--registry", str(tmp_path), "--model", "m", "--version", "1", "--delete", "c",
+                            "--index-admin", f"{index_address},127.0.0.1:1", "--query-admin", query_address,
+                            "--connect-timeout-s", "0.5"])
+    out = capsys.readouterr().out
+    assert exit.value.code == 1, out
+    report = json.loads(out)
+    assert report["generation"] == 1 and published_generation(registry.model_dir, 1) == 1
+    assert index.applied == [1] and query.applied == [1]
+    assert report["applied"] == [f"index {index_address}", f"query {query_address}"]
+    assert list(report["failed"]) == ["index 127.0.0.1:1"]
+    assert "no admin server answers there" in report["failed"]["index 127.0.0.1:1"]
+
+
+def test_a_catalogue_directory_that_cannot_be_written_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
+    registry = Registry(tmp_path, "m")
+    publish_dummy(registry)
+    directory = registry.model_dir / "catalogue" / "1"
+
+    def refused(*args, **kwargs):  # as on a read-only catalogue directory (as root, a chmod would not refuse)
+        raise PermissionError(1, "Operation not permitted", str(directory / ".tmp-x.npz"))
+
+    monkeypatch.setattr(deltas.tempfile, "mkstemp", refused)
+    index = _Replica()
+    with _admin_servers(index) as (address,):
+        with pytest.raises(SystemExit) as exit:
+            catalogue_main(["--registry", str(tmp_path), "--model", "m", "--version", "1", "--delete", "c",
+                            "--index-admin", address])
+    err = capsys.readouterr().err.strip()
+    assert exit.value.code == 1 and "\n" not in err, err
+    assert err.startswith(f"recsys-catalogue: the delta was not written: catalogue directory {directory} ")
+    assert "Operation not permitted" in err and index.applied == []

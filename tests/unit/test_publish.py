@@ -7,7 +7,8 @@ import pytest
 from model_registry import Registry
 from protos.recsys.v1 import admin_pb2 as pb
 from protos.recsys.v1 import versions_pb2
-from recsys_client.publish import ROLLBACK_TARGET, SERVING, Fleet, Replica, publish_version, rollback
+from recsys_client.publish import ROLLBACK_TARGET, SERVING, Fleet, PublishError, Replica, publish_version, rollback
+from recsys_client.publish import main as publish_main
 from tests.unit.test_registry_retention import publish_dummy
 
 
@@ -120,3 +121,55 @@ def test_a_rollback_after_a_rollout_stopped_past_the_promotion_records_the_rolle
     assert (query.versions[2], query.versions[3]) == (SERVING, ROLLBACK_TARGET)
     # PREVIOUS is what a restarted query replica takes as its rollback target: the replicas' 3, not a stale 1.
     assert (registry.current_version(), registry.previous_version()) == (2, 3)
+
+
+def unwritable(monkeypatch) -> None:
+    """Every pointer move of every Registry fails, as in a registry directory recsys-publish may not write."""
+
+    def refused(self, version):
+        raise PermissionError(13, "Permission denied", str(self.model_dir / "CURRENT"))
+
+    monkeypatch.setattr(Registry, "set_current", refused)
+
+
+def test_a_current_that_cannot_be_written_after_the_promotion_is_one_line_naming_what_serves(tmp_path, monkeypatch,
+                                                                                            capsys):
+    registry, query, fleet = two_live(tmp_path)
+    monkeypatch.setattr(Fleet, "connect", classmethod(lambda cls, *args, **kwargs: fleet))
+    argv = ["--registry", str(tmp_path), "--model", "m", "--version", "3", "--index-admin", "b:1",
+            "--query-admin", "q:1", "--drain-s", "0"]
+    unwritable(monkeypatch)
+    for _ in range(2):  # the promoting run, then a re-run while the registry is still unwritable
+        with pytest.raises(SystemExit) as exit:
+            publish_main(argv)
+        err = capsys.readouterr().err.strip()
+        assert exit.value.code == 1 and "\n" not in err, err
+        assert err.startswith("recsys-publish: the query replicas serve version 3") and "Permission denied" in err
+        assert "re-run the same command once the registry is writable" in err
+        assert query.versions[3] == SERVING and registry.current_version() == 2
+    monkeypatch.undo()
+    monkeypatch.setattr(Fleet, "connect", classmethod(lambda cls, *args, **kwargs: fleet))
+    publish_main(argv)
+    assert (registry.current_version(), registry.previous_version()) == (3, 2)
+
+
+def test_a_rollout_run_again_after_it_stopped_before_unloading_unloads_the_stale_towers(tmp_path, monkeypatch):
+    registry, query, fleet = two_live(tmp_path)
+    cut_before_the_pointers(monkeypatch, registry)
+    with pytest.raises(OSError):
+        publish_version(fleet, registry, 3)
+    assert query.versions == {1: versions_pb2.VERSION_STATE_READY, 2: ROLLBACK_TARGET, 3: SERVING}
+    publish_version(fleet, registry, 3)  # version 3 is already live: the run finishes the pointers and the unload
+    assert query.versions == {2: ROLLBACK_TARGET, 3: SERVING}
+    assert (registry.current_version(), registry.previous_version()) == (3, 2)
+    publish_version(fleet, registry, 3)  # and a run with nothing left to do changes nothing
+    assert query.versions == {2: ROLLBACK_TARGET, 3: SERVING}
+
+
+def test_a_rollback_whose_current_cannot_be_written_is_one_line_naming_what_serves(tmp_path, monkeypatch):
+    registry, query, fleet = two_live(tmp_path)
+    unwritable(monkeypatch)
+    with pytest.raises(PublishError, match="the query replicas serve version 1 .*Permission denied.* re-run the same "
+                                           "command once the registry is writable"):
+        rollback(fleet, registry)
+    assert query.versions[1] == SERVING and registry.current_version() == 2
