@@ -2,10 +2,12 @@
 promote / rollback are routing switches.
 
 Promoting version V makes requests pin to V, so their searches reach the index
-endpoints holding V; it is refused unless some endpoint holds V (a version
-without its index would fail every request). The version live before becomes
-the rollback target, and a rollback promotes it back: its tower is still
-loaded here and its index is still in its slot.
+endpoints holding V; it is refused unless every shard of V has an endpoint
+holding it at the catalogue generation V's tower here is at (a version without
+its index would fail every request, and so would one whose index is behind the
+tower: searches go only to endpoints caught up with it). The version live
+before becomes the rollback target, and a rollback promotes it back (under the
+same check): its tower is still loaded here and its index is still in its slot.
 
 Loading a version also warms the result cache for it (``Recommender.warm``)
 when an index endpoint already holds it, as a rollout's order guarantees: the
@@ -81,10 +83,16 @@ class QueryAdmin(VersionAdmin["QueryModel"]):
     async def promote(self, version: int) -> StatusReport:
         if version < 1:
             raise InvalidArgument(f"version={version}: versions are positive integers")
-        self.manager.get(version)  # FailedPrecondition unless its tower is loaded here
-        if not await self.router.wait_routable(version, ROUTE_WAIT_S):
-            raise FailedPrecondition(f"no index endpoint holds version {version} (endpoints: "
-                                     f"{self.router.describe()}); load it into an idle index slot first")
+        _, tower = self.manager.get(version)  # FailedPrecondition unless its tower is loaded here
+        generation = tower.catalogue_generation
+        if not await self.router.wait_routable(version, ROUTE_WAIT_S, generation):
+            if not self.router.routable(version):
+                raise FailedPrecondition(f"no index endpoint holds version {version} (endpoints: "
+                                         f"{self.router.describe()}); load it into an idle index slot first")
+            raise FailedPrecondition(
+                f"no index endpoint holds version {version} at catalogue generation >= {generation} (its tower here "
+                f"is at {generation}); endpoints: {self.router.describe()}; apply the version's catalogue deltas to "
+                f"the index slot holding it first (recsys-catalogue, or ApplyCatalogue on the slot's admin port)")
         self.manager.promote(version)
         log.info("promoted version %d (rollback target %s)", version, self.manager.rollback_target)
         return self.status()

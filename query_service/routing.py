@@ -56,6 +56,8 @@ HEDGE_BURST = 10  # hedges allowed on top of the budget's share (a start, a burs
 HEDGE_WINDOW_S = 1.0
 # What makes another replica worth one try: it died, is overloaded, or no longer holds the version.
 RETRYABLE = (errors.Unavailable, errors.FailedPrecondition)
+# With no holder every miss of the version fails: one line per version this often says so, not one per miss.
+NO_HOLDER_LOG_S = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +121,8 @@ class IndexRouter:
         self._watchers: list[asyncio.Task] = []
         self._changed: asyncio.Condition | None = None
         self._listeners: list = []
+        # version -> (time.monotonic() of its last "no index endpoint holds" line, failures not logged since)
+        self._no_holder_logged: dict[int, tuple[float, int]] = {}
 
     @property
     def timeout_s(self) -> float:
@@ -152,15 +156,15 @@ class IndexRouter:
         shards = self.shard_count(version)
         return [e for e in self.endpoints if e.holds(version, generation) and e.serves(shard, shards)]
 
-    def routable(self, version: int) -> bool:
-        """Whether every shard of ``version`` has an endpoint holding it."""
-        return all(self.holders(version, shard=s) for s in range(self.shard_count(version)))
+    def routable(self, version: int, generation: int = 0) -> bool:
+        """Whether every shard of ``version`` has an endpoint holding it at catalogue ``generation`` or later."""
+        return all(self.holders(version, generation, s) for s in range(self.shard_count(version)))
 
-    async def wait_routable(self, version: int, timeout_s: float) -> bool:
-        """Whether some endpoint holds ``version`` within ``timeout_s``."""
+    async def wait_routable(self, version: int, timeout_s: float, generation: int = 0) -> bool:
+        """Whether ``version`` is ``routable`` at catalogue ``generation`` within ``timeout_s``."""
         async with self._changed:
             try:
-                await asyncio.wait_for(self._changed.wait_for(lambda: self.routable(version)), timeout_s)
+                await asyncio.wait_for(self._changed.wait_for(lambda: self.routable(version, generation)), timeout_s)
             except asyncio.TimeoutError:
                 return False
         return True
@@ -211,6 +215,18 @@ class IndexRouter:
             for shard in range(shards) if shard != owner))
         return merge_hits([found, *(part[0] for part in parts)], query.k, query.filter.max_per_value)
 
+    def _log_no_holder(self, version: int, generation: int, shard: int, shards: int) -> None:
+        now = time.monotonic()
+        logged_at, unlogged = self._no_holder_logged.get(version, (float("-inf"), 0))
+        if now - logged_at < NO_HOLDER_LOG_S:
+            self._no_holder_logged[version] = (logged_at, unlogged + 1)
+            return
+        self._no_holder_logged[version] = (now, 0)
+        log.warning("no index endpoint holds version %d (shard %d of %d) at catalogue generation >= %d "
+                    "(endpoints: %s)%s", version, shard, shards, generation, self.describe(),
+                    f"; {unlogged} more failures for want of a holder of version {version} since the last such line"
+                    if unlogged else "")
+
     def _ordered(self, holders: list[IndexEndpoint], shard: int) -> list[IndexEndpoint]:
         """``holders`` round-robin, the ones passed over (``SUSPECT_S``) last."""
         first = next(self._turns[shard]) % len(holders)
@@ -243,8 +259,7 @@ class IndexRouter:
         holders = self.holders(version, generation, shard)
         if not holders:
             shards = self.shard_count(version)
-            log.warning("no index endpoint holds version %d (shard %d of %d) at catalogue generation >= %d "
-                        "(endpoints: %s)", version, shard, shards, generation, self.describe())
+            self._log_no_holder(version, generation, shard, shards)
             if any(e.holds(version) and e.serves(shard, shards) for e in self.endpoints):
                 raise errors.Unavailable(
                     f"no index endpoint holding version {version} has caught up with its catalogue generation "

@@ -144,12 +144,16 @@ def _cache_config(config: QueryServiceConfig) -> CacheConfig:
 
 
 async def _serve_once_routable(service: ServiceWithAdmin, manager: VersionManager, router: IndexRouter) -> None:
-    """Reports SERVING as soon as an index endpoint holds the live version.
-    Later losses of the index tier do not flip health: requests then fail
-    UNAVAILABLE at once, and the fallback path keeps working."""
-    while not await router.wait_routable(manager.live_version, 30.0):
-        log.warning("waiting for an index endpoint holding version %d (endpoints: %s)", manager.live_version,
-                    router.describe())
+    """Reports SERVING as soon as every shard of the live version has an index
+    endpoint at the catalogue generation its tower here is at (searches go only
+    to endpoints caught up with it). Later losses of the index tier do not flip
+    health: requests then fail UNAVAILABLE at once, and the fallback path keeps working."""
+    while True:
+        version, tower = manager.get()
+        if await router.wait_routable(version, 30.0, tower.catalogue_generation):
+            break
+        log.warning("waiting for an index endpoint holding version %d at catalogue generation >= %d (endpoints: %s)",
+                    version, tower.catalogue_generation, router.describe())
     await service.set_serving(True)
 
 

@@ -58,8 +58,10 @@ class ServiceConfig:
     port: int = option(0, "gRPC data-plane port (0 picks a free one)")
     admin: AdminConfig = option(AdminConfig(), "admin plane", prefix="admin-")
     tls: ServerTls = option(ServerTls(), "TLS of the data and admin planes", prefix="tls-")
-    drain_s: float = option(2.0, "on SIGTERM, report NOT_SERVING but keep answering this long (clients and load "
-                                 "balancers move away), then stop taking calls", flag="shutdown-drain-s")
+    drain_s: float = option(2.0, "on SIGTERM, report NOT_SERVING but keep answering this long, then stop taking "
+                                 "calls (balancers move off a query replica meanwhile; the query tier stops "
+                                 "searching an index slot at once, so misses fail if no other slot holds its "
+                                 "version)", flag="shutdown-drain-s")
     metrics_host: str = option("127.0.0.1", "Prometheus /metrics bind address (0.0.0.0 for all interfaces)")
     metrics_port: int = option(0, "Prometheus /metrics port, 0 to disable")
     max_concurrent_rpcs: int = option(1000, "RPCs the data plane runs at once (status streams included); more are "

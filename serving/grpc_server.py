@@ -267,9 +267,10 @@ class WorkerDataPlane:
 async def serve_until_signalled(stop: Callable[[float], Awaitable[None]], grace_s: float = 5.0,
                                 drain: RunningServer | WorkerDataPlane | None = None, drain_s: float = 0.0) -> None:
     """Blocks until SIGINT/SIGTERM, then drains and stops: ``drain`` reports
-    NOT_SERVING and keeps answering for ``drain_s`` (clients and load balancers
-    watching health move away meanwhile), then ``stop(grace_s)`` stops taking
-    calls and gives those in flight ``grace_s`` to finish."""
+    NOT_SERVING and keeps answering for ``drain_s`` (callers watching health
+    move away meanwhile; an index slot's ``on_drain`` ends its status streams,
+    so the query tier routes around it at once), then ``stop(grace_s)`` stops
+    taking calls and gives those in flight ``grace_s`` to finish."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -17,6 +17,7 @@ import pytest
 
 from model_registry import Registry
 from model_registry import manifest as files
+from model_registry.deltas import Delta, write_delta
 from model_registry.manifest import checksum_tree
 from protos.recsys.v1 import admin_pb2 as apb
 from protos.recsys.v1 import admin_pb2_grpc as apb_grpc
@@ -199,6 +200,35 @@ def test_a_promotion_needs_an_index_slot_holding_the_version(services):
     assert "no index endpoint holds version 2" in err.value.details()
     assert states(admin(query).UnloadVersion(apb.UnloadVersionRequest(version=2), metadata=AUTH,
                                              timeout=10)) == {1: "SERVING"}
+
+
+def test_a_promotion_needs_the_index_slot_at_the_catalogue_generation_of_the_replicas_tower(services,
+                                                                                           admin_registry):
+    _, green, query = services
+    copy_version(admin_registry, 1, 5)
+    assert states(admin(green).LoadVersion(apb.LoadVersionRequest(version=5), metadata=AUTH, timeout=60)) == {
+        5: "SERVING"}
+    admin(query).LoadVersion(apb.LoadVersionRequest(version=5), metadata=AUTH, timeout=60)
+    top = recommend(query).candidates[0].candidate_id
+    dim = admin_registry.manifest(5).embedding_dim
+    write_delta(admin_registry.model_dir, 5, Delta.make(deleted=[top], dim=dim))
+    # The delta reaches the query replica only: its tower of 5 is at generation 1, green's index at 0.
+    admin(query).ApplyCatalogue(apb.ApplyCatalogueRequest(version=5, generation=1), metadata=AUTH, timeout=30)
+    with pytest.raises(grpc.RpcError) as err:
+        admin(query).Promote(apb.PromoteRequest(version=5), metadata=AUTH, timeout=30)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "version 5 at catalogue generation >= 1" in err.value.details()
+    assert "recsys-catalogue" in err.value.details() and status(query).live_version == 1
+    admin(green).ApplyCatalogue(apb.ApplyCatalogueRequest(version=5, generation=1), metadata=AUTH, timeout=30)
+    assert admin(query).Promote(apb.PromoteRequest(version=5), metadata=AUTH, timeout=30).live_version == 5
+    answer = recommend(query)
+    assert (answer.model_version, answer.catalogue_generation) == (5, 1)
+    assert top not in [c.candidate_id for c in answer.candidates]
+    assert admin(query).Rollback(apb.RollbackRequest(), metadata=AUTH, timeout=30).live_version == 1
+    assert states(admin(query).UnloadVersion(apb.UnloadVersionRequest(version=5), metadata=AUTH,
+                                             timeout=10)) == {1: "SERVING"}
+    time.sleep(BUSY_WINDOW_S + 0.2)  # green served that recommendation: it refuses to unload until idle
+    assert states(admin(green).UnloadVersion(apb.UnloadVersionRequest(version=5), metadata=AUTH, timeout=10)) == {}
 
 
 def test_publish_cli_rolls_out_rolls_back_and_aborts_cleanly(services, admin_registry, tmp_path):

@@ -20,6 +20,7 @@ from index_service.searcher import CandidateIndex
 from index_service.slot import SlotAdmin
 from model_registry import Registry
 from model_registry import manifest as files
+from model_registry.deltas import Delta
 from query_service.admin import QueryAdmin
 from query_service.cache import CacheConfig, ResultCache
 from query_service.index_client import IndexEndpoint, IndexHits, IndexQuery, SimilarQuery, error_for
@@ -72,11 +73,12 @@ class InProcessIndex:
         self.timeouts: list[float] = []  # the timeout each search was given
         self.similar_calls: list[tuple[int, str]] = []  # (version, candidate) per item-to-item search
 
-    def routable(self, version: int) -> bool:
-        return any(core.manager.live_version == version for core in self.cores)
+    def routable(self, version: int, generation: int = 0) -> bool:
+        return any(core.manager.live_version == version and core.manager.get()[1].catalogue_generation >= generation
+                   for core in self.cores)
 
-    async def wait_routable(self, version: int, timeout_s: float) -> bool:
-        return self.routable(version)
+    async def wait_routable(self, version: int, timeout_s: float, generation: int = 0) -> bool:
+        return self.routable(version, generation)
 
     def describe(self) -> dict:
         return {i: core.manager.live_version for i, core in enumerate(self.cores)}
@@ -277,6 +279,58 @@ async def test_promotion_needs_a_slot_holding_the_version_and_rollback_switches_
     assert (await recommender.recommend("c002", 3)).version == 1
     with pytest.raises(errors.FailedPrecondition, match="is live"):
         await admin.unload(1)
+
+
+async def test_promotion_and_rollback_need_an_index_at_the_catalogue_generation_of_the_tower(registry, monkeypatch):
+    monkeypatch.setattr("query_service.admin.ROUTE_WAIT_S", 0.1)
+    router = IndexRouter(RoutingConfig(addresses=("blue:1", "green:1")))
+    blue, green = router.endpoints
+    for endpoint in router.endpoints:  # what the status streams would say is set below: no network here
+        endpoint.watch = lambda on_change: asyncio.Event().wait()
+    blue.versions, green.versions = {1: 3}, {2: 2}  # 3 SERVING, 2 READY; both at catalogue generation 0
+    router.start()
+    recommender, admin = query_replica(registry, router, live=1, rollback_target=2)
+    # A delta applied to the query tier (ApplyCatalogue) but not to green: version 2's tower is at generation 1.
+    admin.manager.get(2)[1].apply_catalogue([Delta.make(deleted=["i001"], dim=tiny.DIM)], 1)
+    needed = r"version 2 at catalogue generation >= 1 \(its tower here is at 1\).*green:1.*catalogue generation 0"
+    for switch in (admin.rollback, lambda: admin.promote(2)):
+        with pytest.raises(errors.FailedPrecondition, match=needed + r".*recsys-catalogue"):
+            await switch()
+        assert admin.manager.live_version == 1
+    green.generations = {2: 1}  # the slot took the delta too
+    await admin.rollback()
+    assert admin.manager.live_version == 2
+    await recommender.close()
+    await router.close()
+
+
+async def test_a_starting_replica_serves_once_an_index_is_at_its_towers_catalogue_generation(registry):
+    """A replica that starts after a delta its slot has not applied loads its tower at that generation: SERVING
+    then would fail every miss ("no index endpoint holds version 1 ... at catalogue generation >= 1")."""
+    from query_service.server import _serve_once_routable
+
+    router = IndexRouter(RoutingConfig(addresses=("blue:1",)))
+    [blue] = router.endpoints
+    blue.watch = lambda on_change: asyncio.Event().wait()  # no network: the status is set below
+    blue.versions = {1: 3}  # SERVING, at catalogue generation 0
+    router.start()
+    recommender, admin = query_replica(registry, router, live=1)
+    admin.manager.get(1)[1].apply_catalogue([Delta.make(deleted=["i001"], dim=tiny.DIM)], 1)
+    served: list[bool] = []
+
+    class Service:
+        async def set_serving(self, serving: bool) -> None:
+            served.append(serving)
+
+    task = asyncio.create_task(_serve_once_routable(Service(), admin.manager, router))
+    await asyncio.sleep(0.05)
+    assert served == []
+    blue.generations = {1: 1}  # the slot took the delta
+    router._on_change()
+    await asyncio.wait_for(task, 5)
+    assert served == [True]
+    await recommender.close()
+    await router.close()
 
 
 async def test_loading_a_version_warms_the_cache_with_the_recent_requests(registry):

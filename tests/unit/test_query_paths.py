@@ -575,6 +575,29 @@ async def test_the_router_sends_searches_only_to_endpoints_caught_up_with_the_ge
     await router.close()
 
 
+async def test_failures_for_want_of_a_holder_log_one_line_per_version_a_while_counting_the_rest(monkeypatch, caplog):
+    router = IndexRouter(RoutingConfig(addresses=("a:1",)))
+    router.endpoints[0].versions = {1: 3}
+    query = [IndexQuery(np.zeros(2, np.float32), 1, frozenset())]
+
+    async def fail(version: int, times: int) -> None:
+        for _ in range(times):
+            with pytest.raises(errors.Unavailable, match=f"no index endpoint holds version {version}"):
+                await router.search(query, version)
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("no index endpoint holds")]
+
+    await fail(7, 504)
+    assert len(lines()) == 1
+    await fail(8, 3)  # another version has its own line
+    assert len(lines()) == 2 and "version 8" in lines()[1]
+    monkeypatch.setattr("query_service.routing.NO_HOLDER_LOG_S", 0.0)  # the quiet time is over
+    await fail(7, 1)
+    assert len(lines()) == 3 and "503 more failures for want of a holder of version 7 since" in lines()[2]
+    await router.close()
+
+
 async def test_hedges_stay_a_small_share_of_calls_when_every_replica_turns_slow_at_once(monkeypatch):
     monkeypatch.setattr("query_service.routing.HEDGE_WINDOW_S", 0.05)
     router = IndexRouter(RoutingConfig(addresses=("a:1", "b:1"), hedge_ms=1.0))
