@@ -4,15 +4,17 @@ Blue-green at the index tier: a version is loaded only into a slot that
 serves no live traffic, never beside the live version in the process answering
 its searches (ScaNN's load holds the GIL for seconds at 1M candidates, and
 every search in that process would wait). Which version a slot holds is its
-state, recorded durably in the registry (``slots/<slot>``) after each load so a
-restarted slot process reloads it by itself.
+state, recorded durably in the registry (``slots/<slot>``) so a restarted slot
+process reloads it by itself.
 
 Loading replaces what the slot holds: verify the new version (checksums,
-manifest) -> unload the old one -> load and self-test the new one; if that is
-refused, the old one is loaded back. The slot refuses a load while it answers
-searches (any search within ``busy_window_s``): that is the live slot, and the
-rollout tool (``recsys-publish``) picks an idle one. Promotion is not the
-slot's business: the query replicas switch routing.
+manifest) -> record it -> unload the old one -> load and self-test the new one;
+if that is refused, the old one is loaded back and recorded again. A record
+that cannot be written refuses the load before anything changes. The slot
+refuses a load while it answers searches (any search within
+``busy_window_s``): that is the live slot, and the rollout tool
+(``recsys-publish``) picks an idle one. Promotion is not the slot's business:
+the query replicas switch routing.
 
 Catalogue deltas move recall (ScaNN's partitions were trained on the
 published candidates), so once a stream of deltas pauses the slot measures
@@ -131,21 +133,41 @@ class SlotAdmin(VersionAdmin[CandidateIndex]):
         if held is not None:
             self._check_idle(held)
         manifest = self.loader.verify(version)  # a corrupt version is refused before anything changes
+        # Recorded before the swap: a record written after it could fail with the new version already in memory,
+        # its rollback target gone from the slot, and a restart bringing back what the record still named.
+        self._record(version, held)
         if held is not None:
             self._drop(held, allow_live=True)
         try:
             self._load_into_manager(version, make_live=True, manifest=manifest)
         except BaseException:
+            restored = held
             if held is not None:
                 log.warning("slot %s: version %d refused; loading back version %d", self.slot, version, held)
                 try:
                     self._load_into_manager(held, make_live=True)
                 except Exception as e:  # noqa: BLE001 - the refusal is what the caller must hear
                     log.error("slot %s: could not load version %d back: %s", self.slot, held, e)
-                    self.registry.set_slot_version(self.slot, None)
+                    restored = None
+            try:
+                self.registry.set_slot_version(self.slot, restored)
+            except OSError as e:  # the refusal is what the caller must hear
+                log.error("slot %s: its record %s still names version %d, which it does not hold, and could not be "
+                          "written: %s", self.slot, self.registry.slot_file(self.slot), version, e)
             raise
-        self.registry.set_slot_version(self.slot, version)
         log.info("slot %s holds version %d", self.slot, version)
+
+    def _record(self, version: int | None, held: int | None) -> None:
+        """Records that the slot holds ``version`` (None: none) before it changes
+        what it holds (``held``); a record that cannot be written refuses the change."""
+        try:
+            self.registry.set_slot_version(self.slot, version)
+        except OSError as e:
+            path = self.registry.slot_file(self.slot)
+            raise FailedPrecondition(
+                f"slot {self.slot!r} cannot write its record {path}: {e.strerror or e}; nothing changed, it still "
+                f"holds {f'version {held}' if held is not None else 'no version'}: make {path.parent} writable, "
+                "then retry") from e
 
     async def unload(self, version: int) -> StatusReport:
         if version < 1:
@@ -158,8 +180,8 @@ class SlotAdmin(VersionAdmin[CandidateIndex]):
             raise FailedPrecondition(f"slot {self.slot!r} does not hold version {version} "
                                      f"(it holds {self.manager.live_version or 'none'})")
         self._check_idle(version)
+        self._record(None, version)  # first, as a load does: a slot whose record stays keeps what it names
         self._drop(version, allow_live=True)
-        self.registry.set_slot_version(self.slot, None)
 
     async def promote(self, version: int) -> StatusReport:
         raise FailedPrecondition("index slots have no live version: promotion is a routing switch on the query "

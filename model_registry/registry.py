@@ -146,13 +146,14 @@ class Registry:
 
     def slot_version(self, slot: str) -> int | None:
         """The version index slot ``slot`` holds by its record; None if it holds none."""
-        return self._read_pointer(self._slot_file(slot))
+        return self._read_pointer(self.slot_file(slot))
 
     def set_slot_version(self, slot: str, version: int | None) -> None:
         """Records (atomically) the version slot ``slot`` holds; None: it holds none."""
-        self._write_pointer(self._slot_file(slot), version)
+        self._write_pointer(self.slot_file(slot), version)
 
-    def _slot_file(self, slot: str) -> Path:
+    def slot_file(self, slot: str) -> Path:
+        """The record of the version index slot ``slot`` holds."""
         return self.model_dir / SLOTS_DIR / check_model_name(slot, "slot name")
 
     def prune(self, keep: int) -> list[int]:

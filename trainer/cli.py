@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -89,6 +90,16 @@ def cluster_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace,
     return cluster
 
 
+def _os_error(error: OSError, config: PipelineConfig) -> str:
+    """The one line an OSError of the run reports: one in the registry names the model's directory there (the
+    OS names only a staging folder of the publish)."""
+    registry = os.path.abspath(config.registry)
+    failed = os.path.abspath(error.filename) if error.filename else ""
+    if failed == registry or failed.startswith(registry + os.sep):
+        return f"cannot publish into the registry directory {Path(config.registry) / config.model}: {error}"
+    return str(error)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit status."""
     parser = build_parser()
@@ -115,7 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         manifest, metrics = run(config, log=log, strategy=strategy)
-    except (ValueError, VersionError, OSError) as e:
+    except OSError as e:  # a failure at run time, not a usage error
+        print(f"recsys-train: error: {_os_error(e, config)}", file=sys.stderr)
+        return 1
+    except (ValueError, VersionError) as e:
         print(f"recsys-train: error: {e}", file=sys.stderr)
         return 2
     if manifest is None:

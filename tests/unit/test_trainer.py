@@ -298,6 +298,29 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
     assert "model name" in capsys.readouterr().err
 
 
+def test_cli_a_registry_it_cannot_write_is_a_run_time_failure(tmp_path, capsys, monkeypatch):
+    import errno
+    import os
+    import types
+
+    from model_registry import registry
+    from trainer import cli
+
+    def read_only(dir, prefix):  # what mkdtemp meets in a read-only (or chattr +i) registry directory
+        raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), os.path.join(dir, prefix + "x1y2"))
+
+    monkeypatch.setattr(registry, "tempfile", types.SimpleNamespace(mkdtemp=read_only))
+    status = cli.main(["--tune-budget-s", "0", "--dataset", "synthetic", "--registry", str(tmp_path / "reg"),
+                       "--model", "m", "--epochs", "1", "--embedding-dim", "8", "--quiet",
+                       "--synthetic-customers", "100", "--synthetic-candidates", "40",
+                       "--synthetic-interactions", "1000", "--synthetic-clusters", "4"])
+    err = capsys.readouterr().err.strip()
+    assert status == 1, err
+    assert err.count("\n") == 0 and err.startswith("recsys-train: error: ")
+    assert f"registry directory {tmp_path / 'reg' / 'm'}" in err, err
+    assert "Operation not permitted" in err
+
+
 def test_cli_validates_the_whole_config_before_reading_data(tmp_path, capsys):
     from trainer import cli
 

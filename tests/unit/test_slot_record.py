@@ -1,0 +1,73 @@
+"""An index slot whose record in the registry (``slots/<slot>``) cannot be
+written: a load or unload is refused and the slot keeps what it held, so
+memory and record agree (a restart reloads what the slot served)."""
+
+from __future__ import annotations
+
+import errno
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+
+from index_service.core import IndexCore, Query
+from index_service.searcher import CandidateIndex
+from index_service.slot import SlotAdmin
+from model_registry import Registry
+from serving import errors
+from serving.grpc_server import status_of
+from serving.loader import Background, Loader
+from serving.sources import StartupVersions
+from serving.versions import State, VersionManager
+from tests.unit import tiny_versions as tiny
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory) -> Registry:
+    """Versions 1, 2 and 3."""
+    registry = Registry(tmp_path_factory.mktemp("registry"), tiny.MODEL)
+    for seed in (1, 2, 3):
+        tiny.publish(registry, seed)
+    return registry
+
+
+def slot(registry: Registry, name: str, version: int) -> tuple[IndexCore, SlotAdmin]:
+    manager: VersionManager[CandidateIndex] = VersionManager(tiny.MODEL)
+    loader = Loader(registry, lambda path, manifest: CandidateIndex.load(path, manifest, 0.9), "index", Background.IDLE)
+    core = IndexCore(manager, ThreadPoolExecutor(1))
+    admin = SlotAdmin(name, registry, manager, loader, lambda: core.last_search, 0.0)
+    admin.start(StartupVersions(version))
+    return core, admin
+
+
+def unwritable_records(registry: Registry, monkeypatch) -> None:
+    """What ``chattr +i slots/`` does to the record's write."""
+    def refuse(slot: str, version: int | None) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted", str(registry.model_dir / "slots" / ".current-x"))
+
+    monkeypatch.setattr(registry, "set_slot_version", refuse)
+
+
+async def test_a_load_whose_slot_record_cannot_be_written_leaves_the_slot_as_it_was(registry, monkeypatch):
+    core, admin = slot(registry, "green", 2)
+    unwritable_records(registry, monkeypatch)
+    with pytest.raises(errors.FailedPrecondition) as refused:
+        await admin.load(3)
+    code, message = status_of(refused.value, "LoadVersion")
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert str(registry.model_dir / "slots" / "green") in message and "Operation not permitted" in message, message
+    monkeypatch.undo()
+    assert [(v.version, v.state) for v in admin.status().versions] == [(2, State.SERVING)]
+    assert registry.slot_version("green") == 2
+    answer, _ = await core.search([Query([0.1] * tiny.DIM, 3)], 0)
+    assert answer.version == 2
+
+
+async def test_an_unload_whose_slot_record_cannot_be_written_leaves_the_slot_as_it_was(registry, monkeypatch):
+    _, admin = slot(registry, "blue", 1)
+    unwritable_records(registry, monkeypatch)
+    with pytest.raises(errors.FailedPrecondition, match="Operation not permitted"):
+        await admin.unload(1)
+    monkeypatch.undo()
+    assert [(v.version, v.state) for v in admin.status().versions] == [(1, State.SERVING)]
+    assert registry.slot_version("blue") == 1
