@@ -70,8 +70,10 @@ def tower_choices() -> list[str | None]:
 # ------------------------------------------------------------ child: steps mode
 
 
-class _Done(Exception):
-    """Raised from the callback once the timed steps are done: ends the run."""
+class _Done(BaseException):
+    """Raised from the callback once the timed steps are done: ends the run. Not an Exception: the trainer's
+    search fails a trial that raises one and goes on to the next (trainer.tuning), which would run out its
+    whole budget here."""
 
 
 def _steps_child(train_argv: list[str], steps: int, warmup: int) -> dict[str, Any]:
