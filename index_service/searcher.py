@@ -328,11 +328,12 @@ class CandidateIndex:
             if candidate in excluded:
                 continue
             if crowd is not None:
-                if any(seen.get(t, 0) >= f.max_per_value for t in crowd[j]):
+                tokens = [t for t in crowd[j].tolist() if t >= 0]  # only the rows looked at: often a few of many
+                if any(seen.get(t, 0) >= f.max_per_value for t in tokens):
                     continue
-                for t in crowd[j]:
+                for t in tokens:
                     seen[t] = seen.get(t, 0) + 1
-                out_tokens.append(self.attributes.token_names(f.crowding_namespace, crowd[j]))
+                out_tokens.append(self.attributes.token_names(f.crowding_namespace, tokens))
             out_ids.append(candidate)
             out_scores.append(float(scores[j]))
             if len(out_ids) == k:
