@@ -131,7 +131,10 @@ class RedisLink:
         if calls is None:
             calls = self._calls[node] = asyncio.Semaphore(MAX_CONNECTIONS)
         try:
-            async with asyncio.timeout(POOL_WAIT_S):
+            if calls.locked():  # a timer only for a call that waits: a free call took 6.6 us with one, 2.5 without
+                async with asyncio.timeout(POOL_WAIT_S):
+                    await calls.acquire()
+            else:
                 await calls.acquire()
         except TimeoutError:
             raise ResourceExhausted(f"more calls wait for a connection to Redis{' node ' + node if node else ''} "
