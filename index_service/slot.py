@@ -110,7 +110,9 @@ class SlotAdmin(VersionAdmin[CandidateIndex]):
         """Loads what the slot should hold at start (blocking; nothing is served yet)."""
         if startup.live is not None:
             self._load_into_manager(startup.live, make_live=True)
-            self.registry.set_slot_version(self.slot, startup.live)
+            # A restart reloads what the record names: a read-only slots folder then costs nothing.
+            if self.registry.slot_version(self.slot) != startup.live:
+                self._record(startup.live, None)
 
     def _check_idle(self, held: int) -> None:
         idle_s = time.monotonic() - self._last_search()

@@ -71,3 +71,13 @@ async def test_an_unload_whose_slot_record_cannot_be_written_leaves_the_slot_as_
     monkeypatch.undo()
     assert [(v.version, v.state) for v in admin.status().versions] == [(1, State.SERVING)]
     assert registry.slot_version("blue") == 1
+
+
+def test_a_slot_restarted_on_what_its_record_names_needs_no_write_and_another_version_names_the_record(
+        registry, monkeypatch):
+    registry.set_slot_version("grey", 2)
+    unwritable_records(registry, monkeypatch)
+    core, admin = slot(registry, "grey", 2)  # as a restart does: the record already names version 2
+    assert [v.version for v in admin.status().versions] == [2]
+    with pytest.raises(errors.FailedPrecondition, match=r"slot 'grey' cannot write its record .*slots/grey"):
+        slot(registry, "grey", 3)  # started with --version 3
