@@ -31,7 +31,7 @@ import time
 from typing import Callable
 
 from index_service.searcher import CandidateIndex
-from model_registry import Registry
+from model_registry import Registry, VersionError
 from model_registry.search import MIN_RECALL
 from serving.admin import StatusReport, VersionAdmin
 from serving.errors import FailedPrecondition, InvalidArgument
@@ -111,7 +111,11 @@ class SlotAdmin(VersionAdmin[CandidateIndex]):
         if startup.live is not None:
             self._load_into_manager(startup.live, make_live=True)
             # A restart reloads what the record names: a read-only slots folder then costs nothing.
-            if self.registry.slot_version(self.slot) != startup.live:
+            try:
+                recorded = self.registry.slot_version(self.slot)
+            except VersionError:  # a broken record that --version overrides: written again
+                recorded = None
+            if recorded != startup.live:
                 self._record(startup.live, None)
 
     def _check_idle(self, held: int) -> None:
