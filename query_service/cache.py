@@ -31,7 +31,6 @@ import hmac
 import logging
 import secrets
 import sys
-import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -42,6 +41,7 @@ from query_service.local_tier import LocalTier
 from query_service.redis_link import CLUSTER_SCHEMES, PIPELINED, UNREACHED, RedisLink
 from query_service.result import CachedResult
 from serving.errors import ResourceExhausted
+from serving.observability import LogThrottle
 from settings.flags import option, require
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ class ResultCache:
             if self.link is not None:
                 log.warning("no --cache-key-file: values in Redis are authenticated with a key of this process "
                             "only, so other replicas and restarts cannot use them")
-        self._quiet_until = 0.0
+        self._invalid_log = LogThrottle()
         self._local: LocalTier | None = (
             LocalTier(int(config.local_mb * (1 << 20)), config.ttl_s, _local_bytes) if config.local_mb > 0 else None)
         self._gets: MicroBatcher[str, object] = MicroBatcher(self._mget, PIPELINED, MGET_BATCHER)
@@ -271,10 +271,9 @@ class ResultCache:
         result = self._open(key, raw)
         if result is None:
             _INVALID.inc()
-            if time.monotonic() >= self._quiet_until:  # one line per minute, however many bad values
+            if self._invalid_log.due(None, 60) is not None:  # one line per minute, however many bad values
                 log.warning("a Redis value (key %s) is not one this service wrote (bad MAC or shape): treated as a "
                             "miss; see recsys_cache_events_total{event=\"invalid\"} for the count", key)
-                self._quiet_until = time.monotonic() + 60
             return None
         _HIT.inc()
         self._keep_local(key, result)

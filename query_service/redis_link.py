@@ -37,6 +37,7 @@ from redis.maint_notifications import MaintNotificationsConfig
 
 from query_service.batching import BatchingConfig
 from serving.errors import ResourceExhausted
+from serving.observability import LogThrottle
 from serving.tracing import span
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ class RedisLink:
         self._off_until = 0.0
         self._node_off_until: dict[str, float] = {}
         self._refresh: asyncio.Task | None = None
-        self._wrong_type_quiet_until = 0.0
+        self._wrong_type_log = LogThrottle()
         self._calls: dict[str, asyncio.Semaphore] = {}
 
     @contextlib.asynccontextmanager
@@ -171,11 +172,9 @@ class RedisLink:
         """Records a key whose value is of another type than ``op`` takes: a
         fault of that key, not of Redis, which stays on (one log line a minute)."""
         REDIS_ERRORS_TOTAL.labels(op).inc()
-        now = time.monotonic()
-        if now >= self._wrong_type_quiet_until:
+        if self._wrong_type_log.due(None, 60) is not None:
             log.warning("redis key %s holds a value of another type than %s takes (not written by this service): "
                         "reads skip it, a write replaces it; see recsys_redis_errors_total for the count", key, op)
-            self._wrong_type_quiet_until = now + 60
 
     def _refresh_slots(self) -> None:
         """Re-reads the slot map off the request path: a replica promoted in

@@ -39,6 +39,7 @@ from model_registry.manifest import shard_of
 from query_service.index_client import IndexEndpoint, IndexHits, IndexQuery, SimilarQuery
 from serving import errors, validation
 from serving.filters import Filter
+from serving.observability import LogThrottle
 from serving.tls import ClientTls
 from settings.flags import option, require
 
@@ -121,8 +122,7 @@ class IndexRouter:
         self._watchers: list[asyncio.Task] = []
         self._changed: asyncio.Condition | None = None
         self._listeners: list = []
-        # version -> (time.monotonic() of its last "no index endpoint holds" line, failures not logged since)
-        self._no_holder_logged: dict[int, tuple[float, int]] = {}
+        self._no_holder_log = LogThrottle()  # by version
 
     @property
     def timeout_s(self) -> float:
@@ -216,12 +216,9 @@ class IndexRouter:
         return merge_hits([found, *(part[0] for part in parts)], query.k, query.filter.max_per_value)
 
     def _log_no_holder(self, version: int, generation: int, shard: int, shards: int) -> None:
-        now = time.monotonic()
-        logged_at, unlogged = self._no_holder_logged.get(version, (float("-inf"), 0))
-        if now - logged_at < NO_HOLDER_LOG_S:
-            self._no_holder_logged[version] = (logged_at, unlogged + 1)
+        unlogged = self._no_holder_log.due(version, NO_HOLDER_LOG_S)
+        if unlogged is None:
             return
-        self._no_holder_logged[version] = (now, 0)
         log.warning("no index endpoint holds version %d (shard %d of %d) at catalogue generation >= %d "
                     "(endpoints: %s)%s", version, shard, shards, generation, self.describe(),
                     f"; {unlogged} more failures for want of a holder of version {version} since the last such line"
