@@ -58,6 +58,11 @@ def shard_dir(version_dir: Path, shard: int | None) -> Path:
     return Path(version_dir) if shard is None else Path(version_dir) / SHARDS_DIR / str(shard)
 
 
+def shard_dirs(version_dir: Path, manifest: "Manifest") -> list[Path]:
+    """Every shard's candidate folder, in shard order (the version directory alone when unsharded)."""
+    return [shard_dir(version_dir, shard) for shard in (range(len(manifest.shards)) if manifest.shards else (None,))]
+
+
 def attributes_file(version_dir: Path, manifest: "Manifest") -> Path:
     """The file naming the version's attribute namespaces (every shard's holds the same ones)."""
     return shard_dir(version_dir, 0 if manifest.shards else None) / ATTRIBUTES_FILE

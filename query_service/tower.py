@@ -237,8 +237,8 @@ def _candidate_hashes(version_dir: Path, manifest: Manifest) -> np.ndarray:
     """The sorted hashes of the version's candidate ids (every shard's). The files are the index endpoints' to
     verify: here they only feed the count. Raises VersionError if unreadable or not the manifest's count."""
     parts = []
-    for shard in range(len(manifest.shards)) if manifest.shards else (None,):
-        path = files.shard_dir(version_dir, shard) / files.CANDIDATE_IDS_FILE
+    for data_dir in files.shard_dirs(version_dir, manifest):
+        path = data_dir / files.CANDIDATE_IDS_FILE
         try:
             ids = np.load(path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as e:

@@ -121,8 +121,7 @@ class CandidateTower:
 def _published_prior(version_dir: Path, manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
     """(sorted ids, prior column) of every candidate the version was published with."""
     ids, prior = [], []
-    for shard in range(len(manifest.shards)) if manifest.shards else (None,):
-        data_dir = files.shard_dir(version_dir, shard)
+    for data_dir in files.shard_dirs(version_dir, manifest):
         ids.append(np.load(data_dir / files.CANDIDATE_IDS_FILE, allow_pickle=False))
         prior.append(np.array(np.load(data_dir / files.CANDIDATE_EMBEDDINGS_FILE, mmap_mode="r",
                                       allow_pickle=False)[:, -1]))
