@@ -252,9 +252,7 @@ def publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: flo
     log.info("version %d is live on %d query replicas; registry CURRENT is %d, PREVIOUS %s", version,
              len(fleet.query), version, registry.previous_version())
     step("pointers")
-    if drain_s > 0:
-        time.sleep(drain_s)
-    unload_stale(fleet)
+    unload_stale(fleet, drain_s)
     step("drain_and_unload")
     if keep_versions is not None:
         deleted = registry.prune(keep_versions)
