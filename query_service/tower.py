@@ -72,12 +72,13 @@ class QueryModel:
         self.numeric_namespaces: frozenset[str] = frozenset()
         # Catalogue deltas taken in (model_registry.deltas): deleted candidates leave the fallback.
         self.catalogue_generation = 0
-        self._deleted: frozenset[str] = frozenset()
+        self._deleted: set[str] = set()
         # The version's own candidate ids as sorted 64-bit hashes (8 MB at 1M candidates, where a set of the
         # ids would hold ~100 MB), only to tell a delta's new ids from held ones for the count; a collision
         # miscounts one delta id with odds of about candidates / 2**64.
         self._held = np.zeros(0, np.int64)
-        self._added: frozenset[str] = frozenset()  # upserted ids the version did not hold, not deleted since
+        self._added: set[str] = set()  # upserted ids the version did not hold, not deleted since
+        self._deleted_held = 0  # how many of ``_deleted`` the version held
         self._num_candidates = manifest.num_candidates
 
     @property
@@ -196,21 +197,28 @@ class QueryModel:
     def apply_catalogue(self, deltas: list[Delta], generation: int) -> None:
         """Takes in the version's catalogue deltas up to ``generation`` (those
         after ``catalogue_generation``): a deleted candidate leaves the
-        popularity fallback, an upsert brings it back. The deleted set is
-        replaced before the generation moves, so a request that reads the new
-        generation (its cache key) also sees the deletions. The candidate count
-        follows: an upserted id the version did not hold adds one, a deleted id
-        it held (or added) takes one away."""
-        deleted, added = set(self._deleted), set(self._added)
+        popularity fallback, an upsert brings it back. The deleted set changes
+        before the generation moves, so a request that reads the new generation
+        (its cache key) also sees the deletions. The candidate count follows:
+        an upserted id the version did not hold adds one, a deleted id it held
+        (or added) takes one away. Only the deltas' own ids are looked at, so a
+        delta costs the same however many deletions came before it."""
+        deleted, added = self._deleted, self._added
         for delta in deltas:
             upserted = delta.ids.tolist()
-            deleted.difference_update(upserted)
-            added.update(i for i, held in zip(upserted, self._holds(upserted)) if not held)
+            for candidate, held in zip(upserted, self._holds(upserted).tolist()):
+                if candidate in deleted:
+                    deleted.discard(candidate)
+                    self._deleted_held -= held
+                if not held:
+                    added.add(candidate)
             removed = delta.deleted.tolist()
-            added.difference_update(removed)
-            deleted.update(removed)
-        self._deleted, self._added = frozenset(deleted), frozenset(added)
-        self._num_candidates = self.manifest.num_candidates + len(added) - int(self._holds(list(deleted)).sum())
+            for candidate, held in zip(removed, self._holds(removed).tolist()):
+                added.discard(candidate)
+                if candidate not in deleted:
+                    deleted.add(candidate)
+                    self._deleted_held += held
+        self._num_candidates = self.manifest.num_candidates + len(added) - self._deleted_held
         self.catalogue_generation = generation
 
     def _holds(self, ids: list[str]) -> np.ndarray:
