@@ -137,7 +137,9 @@ def test_retailrocket_events_have_the_view_heavy_funnel(small):
 
     loaded = load_dataset(data.dataset, data.options())
     assert loaded.info["event_counts"] == {e: int((event == e).sum()) for e in ("addtocart", "transaction", "view")}
-    visitors, counts = np.unique(col["visitorid"], return_counts=True)
+    # Rows that repeat one event (events past the log's end share its last instant) are that one event.
+    distinct = np.unique(np.array([col["visitorid"], col["itemid"], col["timestamp"]]).T, axis=0)
+    visitors, counts = np.unique(distinct[:, 0], return_counts=True)
     assert loaded.info["dropped_single_event_sessions"] == (counts == 1).sum() > 0  # the long tail of visitors
 
 

@@ -12,7 +12,7 @@ configurable column names) and session click streams.
   Rows without a customer or candidate id (a blank cell, a JSON null) are
   dropped (and counted), here and in sessions. Repeats of a row (the same
   customer, candidate and time: one event written twice) are dropped (and
-  counted) here.
+  counted), here and in sessions.
 * sessions: click streams (SessionId, ItemId, Time as in YooChoose or
   RetailRocket): each session is a "customer", events are ordered by time
   within a session, sessions with a single event are dropped (and counted).
@@ -453,7 +453,8 @@ def load_interactions_file(options: DatasetOptions) -> Interactions:
 def load_sessions(options: DatasetOptions) -> Interactions:
     """Click streams: one "customer" per session, events sorted by (session, time, file order).
 
-    Sessions with a single event are dropped (``info["dropped_single_event_sessions"]``).
+    Repeats of an event (the same session, item and time) are dropped (``info["dropped_duplicates"]``), then
+    sessions with a single event (``info["dropped_single_event_sessions"]``).
     """
     start = time.perf_counter()
     path = Path(options.data_path)
@@ -464,6 +465,8 @@ def load_sessions(options: DatasetOptions) -> Interactions:
     session_vocab, session_codes = c["customers"].finish(c["customer_codes"])
     item_vocab, item_codes = c["candidates"].finish(c["candidate_codes"])
     _drop_missing_ids(kept_event, info, (session_vocab, session_codes), (item_vocab, item_codes))
+    # Before the lengths: a session whose rows are copies of one event is a single-event session.
+    _drop_duplicates(kept_event, info, session_codes, item_codes, c["timestamps"])
     lengths = np.bincount(session_codes[kept_event], minlength=len(session_vocab))
     keep_session = lengths >= 2
     keep = keep_session[session_codes] & kept_event

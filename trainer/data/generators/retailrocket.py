@@ -6,8 +6,10 @@ ones; they view an item again now and then, put some in the cart (more often
 an item of their own taste) and buy some of those: a funnel where views are
 ~96% of the events, carts ~3% and transactions ~1%. A transaction's id is
 shared by the items a visitor buys in the same hour; other events leave it
-empty. Training reads it as the ``sessions`` data set keyed by visitor
-(visitors with a single event are dropped) and counts the event types.
+empty. Events past the log's end share its last instant, so some rows repeat
+an event (one visitor, item and time). Training reads it as the ``sessions``
+data set keyed by visitor (repeats of an event, then visitors with a single
+event, are dropped) and counts the event types.
 """
 
 from __future__ import annotations
