@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from query_service.batching import MicroBatcher
 from query_service.cache import seal, unseal
@@ -83,6 +83,7 @@ class LiveHistory:
         self.model = model
         self.config = config
         self._mac_key = mac_key  # empty: plain entries (see the module docstring)
+        self._append_sha = link.client.register_script(APPEND).sha
         self._reads: MicroBatcher[str, tuple[str, ...]] = MicroBatcher(self._read_many, PIPELINED)
 
     async def record(self, customer_id: str, candidate_ids: tuple[str, ...]) -> int:
@@ -111,10 +112,18 @@ class LiveHistory:
         return min(int(length), self.config.max_items)
 
     async def _push(self, key: str, candidate_ids: tuple[str, ...], replace: bool = False) -> int:
-        """``APPEND`` for ``record`` (after a DEL of the key with ``replace``); the list's length after."""
+        """``APPEND`` for ``record`` (after a DEL of the key with ``replace``); the list's length after.
+
+        By its SHA1, and with its text only where the key's server lacks it (first call, restart, SCRIPT FLUSH):
+        EVAL there caches it. Not the Script object's fallback, SCRIPT LOAD, which a cluster client sends to
+        every master: one down, it failed every other master's first append."""
         # LPUSH puts each value at the head in turn, so oldest-first ids end up newest first.
-        return await self.link.client.eval(APPEND, 1, key, int(replace), self.config.max_items - 1,
-                                           self.config.ttl_s, *(self._seal(key, c.encode()) for c in candidate_ids))
+        args = (1, key, int(replace), self.config.max_items - 1, self.config.ttl_s,
+                *(self._seal(key, c.encode()) for c in candidate_ids))
+        try:
+            return await self.link.client.evalsha(self._append_sha, *args)
+        except NoScriptError:
+            return await self.link.client.eval(APPEND, *args)
 
     async def get(self, customer_id: str) -> tuple[str, ...]:
         """The customer's live history, most recent first, each item once; empty
