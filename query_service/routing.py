@@ -123,6 +123,7 @@ class IndexRouter:
         self._changed: asyncio.Condition | None = None
         self._listeners: list = []
         self._no_holder_log = LogThrottle()  # by version
+        self._unrouted: dict[int, int] = {}  # version -> the highest catalogue generation a search lacked a holder at
 
     @property
     def timeout_s(self) -> float:
@@ -139,6 +140,7 @@ class IndexRouter:
         self._listeners.append(callback)
 
     def _on_change(self) -> None:
+        self._log_routable_again()
         for callback in self._listeners:
             callback()
         asyncio.get_running_loop().create_task(self._notify())
@@ -216,6 +218,7 @@ class IndexRouter:
         return merge_hits([found, *(part[0] for part in parts)], query.k, query.filter.max_per_value)
 
     def _log_no_holder(self, version: int, generation: int, shard: int, shards: int) -> None:
+        self._unrouted[version] = max(generation, self._unrouted.get(version, 0))
         unlogged = self._no_holder_log.due(version, NO_HOLDER_LOG_S)
         if unlogged is None:
             return
@@ -223,6 +226,18 @@ class IndexRouter:
                     "(endpoints: %s)%s", version, shard, shards, generation, self.describe(),
                     f"; {unlogged} more failures for want of a holder of version {version} since the last such line"
                     if unlogged else "")
+
+    def _log_routable_again(self) -> None:
+        """Ends the outage of each version that failed searches for want of a holder and has one again: a line
+        saying so, with the failures no line reported (the next outage has its own line at once)."""
+        for version, generation in list(self._unrouted.items()):
+            if self.routable(version, generation):
+                del self._unrouted[version]
+                unlogged = self._no_holder_log.end(version)
+                log.info("index endpoints hold version %d again at catalogue generation >= %d (endpoints: %s)%s",
+                         version, generation, self.describe(),
+                         f"; {unlogged} more failures for want of a holder of version {version} since the last "
+                         "such line" if unlogged else "")
 
     def _ordered(self, holders: list[IndexEndpoint], shard: int) -> list[IndexEndpoint]:
         """``holders`` round-robin, the ones passed over (``SUSPECT_S``) last."""

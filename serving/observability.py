@@ -85,7 +85,6 @@ def _code_name(context: grpc.aio.ServicerContext, default: str) -> str:
     return code.name if isinstance(code, grpc.StatusCode) else default
 
 
-
 class LogThrottle:
     """At most one log line per key every so often: a fault every request meets
     (a bad Redis value, a version no index holds) is one line a while, not one a
@@ -104,6 +103,13 @@ class LogThrottle:
             return None
         self._last[key] = (now, 0)
         return held
+
+    def end(self, key: object) -> int | None:
+        """Forgets ``key``, whose fault is over, so that its next occurrence has a line at once: None if it
+        had no line, else how many were held back since it, for the line that says the fault is over."""
+        last = self._last.pop(key, None)
+        return None if last is None else last[1]
+
 
 class ServerObservability(grpc.aio.ServerInterceptor):
     """Times every unary call into ``recsys_rpc_latency_seconds`` by service,
