@@ -6,6 +6,8 @@ Layout (TensorFlow Serving's convention of integer version folders)::
         1/ 2/ 3/ ...        published versions, each with manifest.json
         CURRENT             the live version (text, one integer): query replicas load it at start
         PREVIOUS            the version live before it, the rollback target (text, one integer)
+        MOVING              only while the two move: the CURRENT and PREVIOUS in force until the
+                            move is complete (text, one integer a line)
         slots/<slot>        the version each index slot holds (text, one integer): a restarted
                             slot process reloads it
         catalogue/<version>/  the version's catalogue deltas (model_registry.deltas)
@@ -14,8 +16,10 @@ Layout (TensorFlow Serving's convention of integer version folders)::
 Publishing writes into a staging directory and renames it to the next integer,
 so a version either exists whole or not at all; readers ignore every entry that
 is not an integer directory holding a manifest. Pointers are replaced
-atomically (``os.replace``). Publishing never moves CURRENT: the rollout tool
-(``recsys-publish``) is its one writer, once every replica holds the version.
+atomically (``os.replace``), and CURRENT and PREVIOUS move as one: a move cut
+off between its writes reads as not made (``set_current``). Publishing never
+moves CURRENT: the rollout tool (``recsys-publish``) is its one writer, once
+every replica holds the version.
 A missing or broken pointer is reported, never guessed (no "newest version").
 """
 
@@ -37,6 +41,7 @@ from model_registry.manifest import MANIFEST_FILE, Manifest, VersionError, check
 
 CURRENT_FILE = "CURRENT"
 PREVIOUS_FILE = "PREVIOUS"
+MOVING_FILE = "MOVING"
 SLOTS_DIR = "slots"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -96,27 +101,37 @@ class Registry:
     def _read_pointer(self, path: Path) -> int | None:
         """The published version a pointer file names; None if there is no file.
         Raises VersionError if it names anything else."""
+        versions = self._read_pointers(path, most=1)
+        return versions[0] if versions else None
+
+    def _read_pointers(self, path: Path, most: int) -> list[int] | None:
+        """The published versions a pointer file names, one a line, 1 to ``most`` of them; None if there is no
+        file. Raises VersionError if it names anything else."""
         try:
             text = path.read_text().strip()
         except FileNotFoundError:
             return None
-        if not text.isdigit() or not (self.version_dir(int(text)) / MANIFEST_FILE).is_file():
+        lines = text.split("\n")
+        if len(lines) > most or not all(line.isdigit() and (self.version_dir(int(line)) / MANIFEST_FILE).is_file()
+                                        for line in lines):
             raise VersionError(f"{path} names {text!r}, which is not a published version of {self.model} "
                                f"(published: {self.versions()})")
-        return int(text)
+        return [int(line) for line in lines]
 
-    def _write_pointer(self, path: Path, version: int | None) -> None:
-        """Atomically replaces (or, for None, removes) a pointer file."""
+    def _write_pointer(self, path: Path, *versions: int | None) -> None:
+        """Atomically replaces a pointer file by one naming ``versions`` (one a line, None left out), or removes it
+        when none is left."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        if version is None:
+        named = [v for v in versions if v is not None]
+        if not named:
             path.unlink(missing_ok=True)
         else:
-            if not (self.version_dir(version) / MANIFEST_FILE).is_file():
-                raise VersionError(f"version {version} of {self.model} is not published under {self.model_dir}")
+            for version in named:
+                self._check_published(version)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".current-")
             try:
                 with os.fdopen(fd, "w") as f:
-                    f.write(f"{version}\n")
+                    f.write("".join(f"{version}\n" for version in named))
                     f.flush()
                     os.fsync(f.fileno())
                 os.replace(tmp, path)
@@ -125,24 +140,50 @@ class Registry:
                 raise
         _fsync_dir(path.parent)
 
+    def _check_published(self, version: int) -> None:
+        if not (self.version_dir(version) / MANIFEST_FILE).is_file():
+            raise VersionError(f"version {version} of {self.model} is not published under {self.model_dir}")
+
+    def _in_force(self, name: str) -> int | None:
+        """What pointer ``name`` (CURRENT or PREVIOUS) names: as MOVING has it while a move is not complete
+        (``set_current``), else as its own file has it. Only the pointer asked for is read: a broken PREVIOUS
+        does not stop a reader of CURRENT."""
+        moving = self._read_pointers(self.model_dir / MOVING_FILE, most=2)
+        if moving is not None:
+            return (moving + [None])[(CURRENT_FILE, PREVIOUS_FILE).index(name)]
+        return self._read_pointer(self.model_dir / name)
+
     def current_version(self) -> int | None:
         """The live version (CURRENT); None before the first rollout. Raises
         VersionError if CURRENT names anything but a published version."""
-        return self._read_pointer(self.model_dir / CURRENT_FILE)
+        return self._in_force(CURRENT_FILE)
 
     def previous_version(self) -> int | None:
         """The rollback target (PREVIOUS), None if there is none. Raises VersionError
         if PREVIOUS names anything but a published version."""
-        return self._read_pointer(self.model_dir / PREVIOUS_FILE)
+        return self._in_force(PREVIOUS_FILE)
 
     def set_current(self, version: int) -> None:
         """Points CURRENT at a published version; the version it named before
-        becomes PREVIOUS (written first, so a crash in between leaves PREVIOUS
-        equal to CURRENT, never a stale rollback target)."""
+        becomes PREVIOUS. The two files move as one: MOVING, written first, holds
+        the pair in force until both are written and it is removed, so a move cut
+        off anywhere (a writer killed, a file it could not write) reads as not
+        made, never as PREVIOUS equal to CURRENT, and making it again completes it."""
+        self._check_published(version)  # before any write: a refused move leaves nothing half made
         current = self.current_version()
-        if current is not None and current != version:
-            self._write_pointer(self.model_dir / PREVIOUS_FILE, current)
+        if current is None:  # a first rollout: one file to write
+            self._write_pointer(self.model_dir / CURRENT_FILE, version)
+            return
+        try:
+            previous = self.previous_version()
+        except VersionError:
+            previous = None  # a rollback target that names no published version: the move replaces it
+        moving = self.model_dir / MOVING_FILE
+        self._write_pointer(moving, current, previous)
+        self._write_pointer(self.model_dir / PREVIOUS_FILE, current if current != version else previous)
         self._write_pointer(self.model_dir / CURRENT_FILE, version)
+        moving.unlink()
+        _fsync_dir(self.model_dir)
 
     def slot_version(self, slot: str) -> int | None:
         """The version index slot ``slot`` holds by its record; None if it holds none."""

@@ -25,10 +25,12 @@ the slot gets its previous version back) and leaves CURRENT as it was.
 Rollback: every query replica promotes its rollback target (they must agree),
 a routing switch; then CURRENT and PREVIOUS swap. No index load is involved.
 
-A run cut off after switching the query replicas, before moving CURRENT, is
-finished by the next one: a rollout or rollback first points CURRENT at the
-version the replicas serve; a rollback run again stops there, and so does a
-rollout of the version already live, once it has unloaded the stale towers.
+A run cut off after switching the query replicas, before moving CURRENT (or
+while moving it: CURRENT and PREVIOUS move as one, so a cut move reads as not
+made), is finished by the next one: a rollout or rollback first points CURRENT
+at the version the replicas serve; a rollback run again stops there, and so
+does a rollout of the version already live, once it has unloaded the stale
+towers.
 
 ``--initial`` is the first rollout of a registry, before any query replica
 can run (they refuse to start without CURRENT): steps 1, 2 and 5 only. With
