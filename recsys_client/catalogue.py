@@ -29,13 +29,16 @@ signed it: any other is refused before it is written, since every replica
 would refuse it and the version could not be loaded past it.
 
 Steps: the input is checked against the version (dimension, finite values,
-ids, namespaces, the tower's columns); features are embedded; the delta is
-appended to the version's log in the registry (``model_registry.deltas``:
-atomic, checksummed, the next generation G); then every index replica holding
-the version, and every query replica, catches up to G (``ApplyCatalogue``). A
-replica that fails (its admin server not answering included) keeps the delta in
-the registry and replays it at its next load or restart; the report names it
-and the exit status is 1. Prints a JSON report.
+ids, namespaces, the tower's columns); features are embedded; an id to delete
+that the version does not hold (its candidates after its deltas so far) is
+left out and listed in the report's ``not_present``, and a delta left with
+nothing to change is not written (the generation, and every cache key, stays);
+the delta is appended to the version's log in the registry
+(``model_registry.deltas``: atomic, checksummed, the next generation G); then
+every index replica holding the version, and every query replica, catches up
+to G (``ApplyCatalogue``). A replica that fails (its admin server not answering
+included) keeps the delta in the registry and replays it at its next load or
+restart; the report names it and the exit status is 1. Prints a JSON report.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from model_registry import Registry, VersionError, signing
 from model_registry import manifest as files
 from model_registry.attributes import Attributes, token_lists
-from model_registry.deltas import Delta, catalogue_dir, write_delta
+from model_registry.deltas import Delta, catalogue_dir, published_generation, read_deltas, write_delta
 from protos.recsys.v1 import admin_pb2 as pb
 from protos.recsys.v1.versions_pb2 import VERSION_STATE_LOADING as LOADING
 from recsys_client.candidate_tower import CandidateTower, FeatureError
@@ -160,6 +163,22 @@ def _cell(value: Any) -> str:
     if value is None:
         return ""
     return "|".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _held_deletes(registry: Registry, version: int, manifest: files.Manifest, deleted: np.ndarray,
+                 upserted: np.ndarray) -> np.ndarray:
+    """Which ``deleted`` ids (bool each) a delta upserting ``upserted`` would delete: those ``version`` holds at
+    its latest generation (its published candidates, its deltas replayed in order) or the delta upserts itself.
+    Deleting any other id changes nothing, yet a delta would still move the generation and every cache key."""
+    held = np.zeros(len(deleted), dtype=bool)
+    if not len(deleted):
+        return held
+    for directory in files.shard_dirs(registry.version_dir(version), manifest):
+        held |= np.isin(deleted, np.load(directory / files.CANDIDATE_IDS_FILE, allow_pickle=False))
+    for delta in read_deltas(registry.model_dir, version):  # within a delta, deletes apply after upserts
+        held[np.isin(deleted, delta.ids)] = True
+        held[np.isin(deleted, delta.deleted)] = False
+    return held | np.isin(deleted, upserted)
 
 
 @dataclass(frozen=True)
@@ -328,26 +347,38 @@ def main(argv: list[str] | None = None) -> None:
                             if line.strip()]
         for i, candidate in enumerate(deleted):
             _check_id(candidate, f"deleted id {i}")
-        delta = Delta(delta.ids, delta.vectors, delta.attributes,
-                      np.asarray(deleted, dtype=str) if deleted else delta.deleted)
+        requested = np.asarray(deleted, dtype=str) if deleted else delta.deleted
+        held = _held_deletes(registry, version, manifest, requested, delta.ids)
+        not_present = requested[~held].tolist()
+        if not_present:
+            log.warning("version %d does not hold %d of the ids to delete (%s): left out of the delta", version,
+                        len(not_present), ", ".join(not_present[:5]) + (", ..." if len(not_present) > 5 else ""))
+        delta = Delta(delta.ids, delta.vectors, delta.attributes, requested[held])
         key = signing.private_key(config.signing_key) if config.signing_key else None
         signing.check_delta_signer(registry.version_dir(version), key)  # before any replica is called
-        # A replica that does not answer fails like one that refuses: the delta is for the others and its replay.
-        fleet = Fleet.connect(list(config.index_admin), list(config.query_admin), config.admin_token,
-                              config.timeout_s, config.connect_timeout_s, config.tls, strict=False)
+        fleet = None
+        if len(delta.ids) or len(delta.deleted):
+            # A replica that does not answer fails like one that refuses: the delta is for the others and its replay.
+            fleet = Fleet.connect(list(config.index_admin), list(config.query_admin), config.admin_token,
+                                  config.timeout_s, config.connect_timeout_s, config.tls, strict=False)
     except (CatalogueError, VersionError, OSError) as e:
         print(f"recsys-catalogue: {e}", file=sys.stderr)
         sys.exit(1)
-    try:
-        rollout = publish_delta(fleet, registry, version, delta, key)
-    except (CatalogueError, VersionError, OSError) as e:  # the registry refused the delta: nothing was applied anywhere
-        print(f"recsys-catalogue: {e}", file=sys.stderr)
-        sys.exit(1)
-    finally:
-        fleet.close()
+    if fleet is None:  # nothing to change: no delta, so the generation and every replica's cache keys stay
+        rollout = Rollout(published_generation(registry.model_dir, version), [], {})
+        log.info("version %d: nothing to change, no catalogue delta written (generation %d)", version,
+                 rollout.generation)
+    else:
+        try:
+            rollout = publish_delta(fleet, registry, version, delta, key)
+        except (CatalogueError, VersionError, OSError) as e:  # the registry refused it: nothing was applied
+            print(f"recsys-catalogue: {e}", file=sys.stderr)
+            sys.exit(1)
+        finally:
+            fleet.close()
     print(json.dumps({"version": version, "generation": rollout.generation, "upserts": len(delta.ids),
-                      "deletes": len(delta.deleted), "applied": rollout.applied, "failed": rollout.failed},
-                     indent=2))
+                      "deletes": len(delta.deleted), "not_present": not_present, "applied": rollout.applied,
+                      "failed": rollout.failed}, indent=2))
     if rollout.failed:
         sys.exit(1)
 

@@ -1,16 +1,21 @@
 import os
 import time
 
+import numpy as np
 import pytest
 
 from model_registry import IndexSpec, Manifest, Registry
+from model_registry.manifest import CANDIDATE_IDS_FILE
+
+DUMMY_IDS = ("a", "b", "c")  # its candidates: recsys-catalogue writes a delete only of an id the version holds
 
 
 def publish_dummy(registry: Registry) -> int:
     def write(staging):
         (staging / "payload.bin").write_bytes(b"x")
+        np.save(staging / CANDIDATE_IDS_FILE, np.array(DUMMY_IDS), allow_pickle=False)
         return lambda version, files: Manifest(
-            model=registry.model, version=version, embedding_dim=1, num_candidates=1, tower="id",
+            model=registry.model, version=version, embedding_dim=1, num_candidates=len(DUMMY_IDS), tower="id",
             dataset="test", created_at="2026-01-01T00:00:00Z", index=IndexSpec(kind="brute_force"), files=files)
 
     return registry.publish(write).version
