@@ -41,11 +41,19 @@ _CODE_TO_ERROR = {
 # exclusions a caller may send (10,000 ids of up to 256 bytes): in one message they would pass the index's
 # receive limit (--max-message-bytes, 16 MiB) and fail every miss of the batch.
 MAX_SEARCH_BYTES = 4 << 20
+# The most bytes one result takes in a search's answer: an id of the most bytes an id may have, and its score.
+RESULT_BYTES = pb.SearchResponse(candidates=[pb.ScoredCandidate(candidate_id="x" * validation.MAX_ID_BYTES,
+                                                                score=1.0)]).ByteSize()
+# The most bytes of results one search call's answer may hold: the query service receives messages up to 16 MiB
+# (serving.tls.CLIENT_OPTIONS), and the rest of the answer (each query's version, model and generation) needs room.
+# 100,000 results of ids of 256 bytes would take 26 MB: the index fails to send it, and every miss of the call fails.
+MAX_SEARCH_ANSWER_BYTES = 12 << 20
 # The most queries, and results (queries x their largest k), sent in one search call: the index's default bounds
-# of a batch (--max-batch-queries, --max-batch-results), which it refuses whole. A --max-batch-size over 100 at
-# k = 1000 would otherwise fail every miss of its batch, each of which it answers alone.
+# of a batch (--max-batch-queries, --max-batch-results), which it refuses whole, and the answer's size. A
+# --max-batch-size over 100 at k = 1000 would otherwise fail every miss of its batch, each of which it answers
+# alone. An index started with lower bounds says so when it refuses a call: the endpoint then splits at them.
 MAX_SEARCH_QUERIES = validation.DEFAULT_MAX_BATCH_QUERIES
-MAX_SEARCH_RESULTS = validation.DEFAULT_MAX_BATCH_RESULTS
+MAX_SEARCH_RESULTS = min(validation.DEFAULT_MAX_BATCH_RESULTS, MAX_SEARCH_ANSWER_BYTES // RESULT_BYTES)
 # States in which an endpoint answers searches pinned to a version.
 SEARCHABLE = frozenset({versions_pb2.VERSION_STATE_READY, versions_pb2.VERSION_STATE_SERVING})
 # An endpoint silent for this many of its keepalive periods is taken as gone (hung or partitioned).
@@ -55,6 +63,14 @@ _PEER = re.compile(r"\b(?:ipv4|ipv6|unix|unix-abstract|vsock|dns):[^\s;,]*?(?=:?
 _HIDDEN_PEER = "<index endpoint>"
 # Reconnect backoff of a broken status stream: short, so a restarted slot rejoins within seconds.
 RECONNECT_S = (0.2, 2.0)
+
+
+@dataclass(frozen=True)
+class BatchBounds:
+    """The most queries, and results (queries x their largest k), one search call to an endpoint carries."""
+
+    queries: int = MAX_SEARCH_QUERIES
+    results: int = MAX_SEARCH_RESULTS
 
 
 @dataclass(frozen=True)
@@ -111,6 +127,7 @@ class IndexEndpoint:
         self.shard, self.shards = 0, 0  # of a sharded version (shards 0: whole versions)
         self.versions: dict[int, int] = {}  # version -> VersionState
         self.generations: dict[int, int] = {}  # version -> catalogue generation applied there
+        self.bounds = BatchBounds()  # lowered to what the endpoint names when it refuses a call over its own
         self._channel = tls.aio_channel(address, options=[
             # Reconnect fast after an outage: the default backoff grows to minutes.
             ("grpc.initial_reconnect_backoff_ms", 200),
@@ -129,14 +146,16 @@ class IndexEndpoint:
 
     async def search(self, queries: list[IndexQuery], version: int, timeout_s: float) -> list[IndexHits]:
         """Searches all queries in ``version`` within ``timeout_s``; one RPC, unless the batch is over
-        ``MAX_SEARCH_BYTES``, ``MAX_SEARCH_QUERIES`` or ``MAX_SEARCH_RESULTS``: then one per part of it, side
-        by side."""
+        ``MAX_SEARCH_BYTES`` or ``self.bounds``: then one per part of it, side by side."""
         requests = [pb.SearchRequest(vector=[] if q.vector is None else q.vector.tolist(), k=q.k,
                                      model_version=version, exclude_candidate_ids=sorted(q.exclusions),
                                      filter=filter_to_proto(q.filter) if q.filter else None,
                                      by_popularity=q.by_popularity) for q in queries]
-        min_generation = max(q.min_generation for q in queries)
-        parts = _parts(requests) if len(requests) > 1 else [requests]
+        return await self._search_parts(requests, version, max(q.min_generation for q in queries), timeout_s)
+
+    async def _search_parts(self, requests: list[pb.SearchRequest], version: int, min_generation: int,
+                            timeout_s: float) -> list[IndexHits]:
+        parts = _parts(requests, self.bounds) if len(requests) > 1 else [requests]
         if len(parts) == 1:
             return await self._search(requests, version, min_generation, timeout_s)
         answers = await asyncio.gather(*(self._search(part, version, min_generation, timeout_s) for part in parts))
@@ -154,10 +173,29 @@ class IndexEndpoint:
                 responses = list(batch.results)
                 generation = max([batch.catalogue_generation, *(r.catalogue_generation for r in responses)])
         except grpc.aio.AioRpcError as e:
+            if self._over_bound(e, requests):  # refused before any work: split at the endpoint's bound
+                return await self._search_parts(requests, version, min_generation, timeout_s)
             raise error_for(e, self.address) from e
         for response in responses:
             self._check(response, version, min_generation, generation)
         return [_hits(r, generation) for r in responses]
+
+    def _over_bound(self, e: grpc.aio.AioRpcError, requests: list[pb.SearchRequest]) -> bool:
+        """Whether ``e`` refused the batch ``requests`` for a batch bound of the endpoint's that the batch
+        passes (an index started with a lower --max-batch-queries or --max-batch-results than the defaults);
+        ``self.bounds`` then holds it. Parts cut at it pass no bound the refusal named again."""
+        refused = (validation.refused_batch_bound(e.details() or "")
+                   if e.code() == grpc.StatusCode.INVALID_ARGUMENT and len(requests) > 1 else None)
+        if refused is None:
+            return False
+        name, limit = refused
+        if (len(requests) if name == "queries" else len(requests) * max(r.k for r in requests)) <= limit:
+            return False  # not this batch's: the services disagree otherwise
+        if limit < getattr(self.bounds, name):
+            log.info("index endpoint %s takes at most %d %s per search call: splitting its searches there",
+                     self.address, limit, name)
+            self.bounds = dataclasses.replace(self.bounds, **{name: limit})
+        return True
 
     async def similar(self, query: SimilarQuery, version: int, timeout_s: float, with_vector: bool = False) \
             -> IndexHits:
@@ -217,6 +255,7 @@ class IndexEndpoint:
                     log.warning("index endpoint %s lost (%s): routing around it", self.address, e.code().name)
             finally:
                 call.cancel()
+            self.bounds = BatchBounds()  # a restarted endpoint may have other bounds: learnt again if lower
             self._update(self.slot, {}, {}, on_change, (self.shard, self.shards))
             await asyncio.sleep(backoff)
             backoff = min(2 * backoff, RECONNECT_S[1])
@@ -237,16 +276,16 @@ class IndexEndpoint:
         await self._channel.close()
 
 
-def _parts(requests: list[pb.SearchRequest]) -> list[list[pb.SearchRequest]]:
+def _parts(requests: list[pb.SearchRequest], bounds: BatchBounds = BatchBounds()) -> list[list[pb.SearchRequest]]:
     """``requests`` in order, cut into parts of at most ``MAX_SEARCH_BYTES`` (a request over it alone),
-    ``MAX_SEARCH_QUERIES`` queries and ``MAX_SEARCH_RESULTS`` results (queries x the part's largest k)."""
+    ``bounds.queries`` queries and ``bounds.results`` results (queries x the part's largest k)."""
     parts: list[list[pb.SearchRequest]] = [[]]
     size = largest_k = 0
     for request in requests:
         request_size = request.ByteSize()
         part = parts[-1]
-        if part and (size + request_size > MAX_SEARCH_BYTES or len(part) == MAX_SEARCH_QUERIES
-                     or (len(part) + 1) * max(largest_k, request.k) > MAX_SEARCH_RESULTS):
+        if part and (size + request_size > MAX_SEARCH_BYTES or len(part) >= bounds.queries
+                     or (len(part) + 1) * max(largest_k, request.k) > bounds.results):
             parts.append([])
             size = largest_k = 0
         parts[-1].append(request)

@@ -114,7 +114,7 @@ async def create_server(config: QueryServiceConfig) -> tuple[ServiceWithAdmin, R
     recommender = Recommender(manager, router, cache, executor, config.batching, max_k=config.max_k,
                               warmup=config.warmup, history=history, max_batch_requests=config.max_batch_requests)
     admin = QueryAdmin(manager, loader, router, recommender.warm)
-    spec = ServiceSpec(add_to_server, QueryServicer(recommender), SERVICE_NAME)
+    spec = ServiceSpec(add_to_server, QueryServicer(recommender, config.max_message_bytes), SERVICE_NAME)
     service = await ServiceWithAdmin.start(spec, admin, config, worker_socket=config.worker_socket)
     router.start()
     try:

@@ -15,8 +15,10 @@ import grpc
 
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
+from query_service.index_client import RESULT_BYTES
 from query_service.recommender import SOURCE_MODEL, Recommendation, Recommender, RecommendQuery
 from serving import validation
+from serving.errors import InvalidArgument
 from serving.filters import filter_from_proto
 from serving.grpc_server import add_scored, map_errors, parse_request
 
@@ -26,6 +28,9 @@ _RENDERED = "recsys.v1.RecommendResponse"
 _SERIALIZED = "recsys.v1.RecommendResponse bytes"
 _SERVICE = pb.DESCRIPTOR.services_by_name["QueryService"]
 _RECOMMEND = f"/{_SERVICE.full_name}/Recommend"
+# The most bytes of a RecommendResponse besides its results: its version, generation, flags, model name (at most 64
+# characters), its place in a BatchRecommendResponse, and that batch's version.
+_RESPONSE_BYTES = 128
 
 
 def _query(request: pb.RecommendRequest) -> RecommendQuery:
@@ -35,9 +40,14 @@ def _query(request: pb.RecommendRequest) -> RecommendQuery:
 
 
 class QueryServicer(pb_grpc.QueryServiceServicer):
-    def __init__(self, recommender: Recommender):
+    """``max_message_bytes``: the largest message the server sends (its --max-message-bytes); a larger answer is
+    refused INVALID_ARGUMENT naming it, where gRPC would fail the call after all the work with a bare
+    RESOURCE_EXHAUSTED, which reads as a load to retry."""
+
+    def __init__(self, recommender: Recommender, max_message_bytes: int = validation.DEFAULT_MAX_MESSAGE_BYTES):
         self.recommender = recommender
         self.model = recommender.model
+        self.max_message_bytes = max_message_bytes
 
     def _build(self, rec: Recommendation) -> pb.RecommendResponse:
         response = pb.RecommendResponse(model_version=rec.version, cache_hit=rec.cache_hit,
@@ -62,14 +72,14 @@ class QueryServicer(pb_grpc.QueryServiceServicer):
         if rec is None:
             request = parse_request(pb.RecommendRequest, data, _RECOMMEND)
             rec = await self.recommender.answer(_query(request), timeout_s=context.time_remaining(), fingerprint=data)
-        return self._serialized(rec)
+        return self._sendable(self._serialized(rec))
 
     @map_errors
     async def RecommendSimilar(self, request: pb.RecommendSimilarRequest, context) -> bytes:
         rec = await self.recommender.similar(
             request.candidate_id, request.k, list(request.exclude_candidate_ids),
             filter_from_proto(request.filter), timeout_s=context.time_remaining())
-        return self._serialized(rec)
+        return self._sendable(self._serialized(rec))
 
     @map_errors
     async def BatchRecommend(self, request: pb.BatchRecommendRequest, context) -> pb.BatchRecommendResponse:
@@ -78,7 +88,21 @@ class QueryServicer(pb_grpc.QueryServiceServicer):
             with validation.item("requests", i):
                 queries.append(_query(item))
         version, recs = await self.recommender.recommend_batch(queries, timeout_s=context.time_remaining())
-        return pb.BatchRecommendResponse(responses=[self._response(rec) for rec in recs], model_version=version)
+        response = pb.BatchRecommendResponse(responses=[self._response(rec) for rec in recs], model_version=version)
+        # Sized exactly only when its results could pass the limit: the size costs a serialization.
+        if sum(len(rec.ids) * RESULT_BYTES + _RESPONSE_BYTES for rec in recs) > self.max_message_bytes:
+            self._check_size(response.ByteSize(), "split the batch or lower k")
+        return response
+
+    def _sendable(self, data: bytes) -> bytes:
+        """A single answer's ``data``, if the server may send it."""
+        self._check_size(len(data), "lower k")
+        return data
+
+    def _check_size(self, size: int, remedy: str) -> None:
+        if size > self.max_message_bytes:
+            raise InvalidArgument(f"the answer is {size:,} bytes, over the {self.max_message_bytes:,} bytes a message "
+                                  f"may take (--max-message-bytes): {remedy}")
 
     @map_errors
     async def RecordInteractions(self, request: pb.RecordInteractionsRequest,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from typing import Iterable, Iterator, Sequence
 
@@ -80,6 +81,22 @@ def item(field: str, index: int) -> Iterator[None]:
         yield
     except InvalidArgument as e:
         raise InvalidArgument(f"{field}[{index}].{e}") from None
+
+
+# What check_batch's refusals say of the bound they name, read back by a caller that batches (the query service
+# splits its searches at the bounds of an index started with lower ones than the defaults).
+_REFUSED_BOUNDS = (("queries", re.compile(r"queries in one batch; at most (\d+) are allowed")),
+                   ("results", re.compile(r"results; at most (\d+) per call")))
+
+
+def refused_batch_bound(message: str) -> tuple[str, int] | None:
+    """The bound a ``check_batch`` refusal's ``message`` names: ("queries", most queries) or ("results", most
+    results); None for any other message."""
+    for name, pattern in _REFUSED_BOUNDS:
+        found = pattern.search(message)
+        if found:
+            return name, int(found.group(1))
+    return None
 
 
 def check_batch(ks: Sequence[int], max_queries: int, max_results: int) -> None:

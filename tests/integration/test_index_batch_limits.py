@@ -1,0 +1,73 @@
+"""The bounds of one index search call. An index slot started with batch bounds
+lower than the defaults (``--max-batch-queries``, ``--max-batch-results``)
+refuses a search call over them whole; the query service, which batches misses
+at the defaults, must still answer every miss. And an answer of many results
+with ids of 256 bytes must stay under the message limit. Real processes:
+recsys-train, recsys-catalogue, an index slot, a query replica."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import grpc
+import numpy as np
+import pytest
+
+from model_registry import Registry
+from protos.recsys.v1 import retrieval_pb2 as pb
+from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
+from query_service.index_client import IndexEndpoint, IndexQuery
+from serving import validation
+from tests.integration.conftest import MODEL, VersionOracle, index_slot, make_live, overlap, query_replica, train
+from tests.processes import console_script, start_all
+
+
+
+@pytest.mark.parametrize("bounds", [("--max-batch-queries", "4"), ("--max-batch-results", "1000")])
+def test_misses_are_answered_by_an_index_with_batch_bounds_below_the_defaults(trained_registry, tmp_path, bounds):
+    index = index_slot(trained_registry, "blue", tmp_path / "index.log", *bounds)
+    query = query_replica(trained_registry, [index], tmp_path / "query.log", "--local-cache-mb", "0",
+                          "--max-batch-size", "64")
+    start_all(index, query)
+    oracle = VersionOracle(trained_registry / "itest" / "1")
+    try:
+        with grpc.insecure_channel(query.address) as channel:
+            stub = pb_grpc.QueryServiceStub(channel)
+            customers = [c for c in (f"c{i:06d}" for i in range(64))  # the synthetic data set's ids
+                         if stub.Embed(pb.EmbedRequest(customer_id=c), timeout=10).known_customer][:16]
+            # One call of 16 misses at k = 100: 16 queries and 1,600 results in one search, over either bound.
+            batch = stub.BatchRecommend(pb.BatchRecommendRequest(
+                requests=[pb.RecommendRequest(customer_id=c, k=100) for c in customers]), timeout=30)
+            for customer, response in zip(customers, batch.responses):
+                assert response.source == pb.RESULT_SOURCE_MODEL
+                assert overlap([c.candidate_id for c in response.candidates], oracle.top_k(customer, 100)) >= 0.9
+    finally:
+        query.stop()
+        index.stop()
+
+
+async def test_misses_at_k_1000_with_the_longest_ids_are_answered_within_the_message_limit(tmp_path):
+    root = tmp_path / "registry"
+    train(root)
+    make_live(root, 1)
+    manifest = Registry(root, MODEL).manifest(1)
+    index = index_slot(root, "blue", tmp_path / "index.log").start()
+    endpoint = IndexEndpoint(index.address)
+    try:
+        # 1,000 candidates whose ids take the most bytes an id may, nearest to the query below.
+        vector = np.full(manifest.embedding_dim, 10.0, np.float32)
+        upserts = tmp_path / "long.jsonl"
+        upserts.write_text("".join(json.dumps({"id": f"{i:04d}".ljust(validation.MAX_ID_BYTES, "x"),
+                                               "vector": vector.tolist()}) + "\n" for i in range(1000)))
+        result = subprocess.run([console_script("recsys-catalogue"), "--registry", str(root), "--model", MODEL,
+                                 "--upserts", str(upserts), "--index-admin", index.admin_address],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        # 64 misses at k = 1000 (a warm-up batch, or --max-batch-size 64): 17 MB of answer in one call.
+        hits = await endpoint.search([IndexQuery(vector, 1000, frozenset(), min_generation=1)] * 64, 1, 60)
+        assert [len(h.ids) for h in hits] == [1000] * 64
+        assert all(len(i) == validation.MAX_ID_BYTES for h in hits for i in h.ids)
+    finally:
+        await endpoint.close()
+        index.stop()
