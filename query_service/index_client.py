@@ -242,6 +242,9 @@ class IndexEndpoint:
                 while True:
                     status = await asyncio.wait_for(call.read(), silence_s)
                     if status is grpc.aio.EOF:
+                        if self.versions:  # once per drain, not once per reconnect to a drained endpoint
+                            log.info("index endpoint %s (slot %s) ended its status stream (draining or stopping): "
+                                     "routing searches around it", self.address, self.slot or "?")
                         break
                     silence_s = MISSED_KEEPALIVES * max(status.keepalive_s, 0.1)
                     self._update(status.slot, {v.version: v.state for v in status.versions},
@@ -269,7 +272,7 @@ class IndexEndpoint:
             log.info("index endpoint %s (slot %s%s) holds %s", self.address, slot or "?",
                      f", shard {shard[0]} of {shard[1]}" if shard[1] else "",
                      {v: f"{versions_pb2.VersionState.Name(s).removeprefix('VERSION_STATE_')} "
-                         f"(catalogue generation {generations.get(v, 0)})" for v, s in versions.items()})
+                         f"(catalogue generation {generations.get(v, 0)})" for v, s in versions.items()} or "nothing")
             on_change()
 
     async def close(self) -> None:

@@ -184,6 +184,31 @@ class _Answer:
     generation: int
 
 
+# The stages a miss goes through (``_Progress``), and what a timeout spent mostly in one says was slow.
+QUEUED = "queued in this replica for a micro-batch"
+BATCHED = "in its cache lookup and tower call"
+SEARCHING = "waiting on the index"
+_SLOW = {QUEUED: "this replica is overloaded (its micro-batches were all busy)",
+         BATCHED: "this replica's tower or Redis is slow", SEARCHING: "the index is overloaded or hung"}
+
+
+@dataclass
+class _Progress:
+    """The stages a request reached, in order, each with the event loop time it began: a timeout's
+    message says where the time went from what was measured here."""
+
+    stages: list[tuple[str, float]] = dataclasses.field(default_factory=list)
+
+    def enter(self, stage: str) -> None:
+        self.stages.append((stage, asyncio.get_running_loop().time()))
+
+    def spent(self) -> tuple[str, str]:
+        """The seconds spent in each stage until now, as words, and the stage that took the most."""
+        ends = [began for _, began in self.stages[1:]] + [asyncio.get_running_loop().time()]
+        spans = [(stage, end - began) for (stage, began), end in zip(self.stages, ends)]
+        return ", ".join(f"{seconds:.2f}s {stage}" for stage, seconds in spans), max(spans, key=lambda s: s[1])[0]
+
+
 @dataclass(frozen=True)
 class _Miss:
     """A cache miss waiting in the micro-batcher, pinned to its version."""
@@ -196,6 +221,7 @@ class _Miss:
     filter: Filter
     generation: int  # the catalogue generation the answer must reflect at least
     deadline: float  # event loop time by which the caller needs the answer
+    progress: _Progress = dataclasses.field(compare=False)  # the stages it reached, which its caller reports
     key: str = ""  # its result's cache key, looked up in Redis with its batch's others (a warm-up's: none)
 
 
@@ -308,12 +334,20 @@ class Recommender:
             with validation.item("requests", i):
                 return await self._recommend(version, model, request, timeout_s)
 
-        # Every item runs to its end (none is left behind unawaited); the first failure fails the call.
-        outcomes = await asyncio.gather(*(one(i, r) for i, r in enumerate(requests)), return_exceptions=True)
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
-        return version, outcomes
+        # The first failure fails the call then, not once the other items are answered (a refusal such as
+        # RESOURCE_EXHAUSTED comes back at once). The rest are cancelled (a cancelled miss is left out of its
+        # micro-batch) and awaited, so that no outcome goes unretrieved; what finished is cached.
+        items = [asyncio.ensure_future(one(i, r)) for i, r in enumerate(requests)]
+        try:
+            done, _ = await asyncio.wait(items, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for item in items:
+                item.cancel()
+            await asyncio.gather(*items, return_exceptions=True)
+        for item in items:
+            if item in done and item.exception() is not None:
+                raise item.exception()
+        return version, [item.result() for item in items]
 
     def _check(self, model: QueryModel, query: RecommendQuery) -> _Request:
         """``query`` validated for ``model``'s version (its filter's namespaces included)."""
@@ -344,7 +378,8 @@ class Recommender:
             # Not held in process: the micro-batch looks it up in Redis, one MGET for the batch,
             # and computes it if Redis does not hold it (then it is an _Answer).
             answer = await self._within_budget(
-                lambda budget: self._batcher.submit(self._miss(model, request, budget, key)), timeout_s)
+                lambda budget, progress: self._batcher.submit(self._miss(model, request, budget, progress, key)),
+                timeout_s, QUEUED)
         if isinstance(answer, CachedResult):
             self._note_replay(fingerprint, version, generation, key, held)
             return self._hit(version, generation, held, answer)
@@ -403,18 +438,24 @@ class Recommender:
             if len(recent) > self.warmup.requests:
                 recent.popitem(last=False)
 
-    async def _within_budget(self, work: Callable[[float], Awaitable[T]], timeout_s: float | None) -> T:
-        """``work(budget)`` within the caller's remaining time, at most the index's timeout."""
+    async def _within_budget(self, work: Callable[[float, _Progress], Awaitable[T]], timeout_s: float | None,
+                             first_stage: str) -> T:
+        """``work(budget, progress)`` within the caller's remaining time, at most the index's timeout.
+        ``progress`` starts at ``first_stage``; ``work`` enters the later stages it reaches, so a timeout
+        says where the time went (a replica whose own queue is full is not a hung index)."""
         callers = timeout_s is not None and timeout_s < self.index.timeout_s
         budget = timeout_s if callers else self.index.timeout_s
+        progress = _Progress()
+        progress.enter(first_stage)
         try:
             async with asyncio.timeout(budget):
-                return await work(budget)
+                return await work(budget, progress)
         except TimeoutError:
+            spent, slowest = progress.spent()
             if callers:
                 raise DeadlineExceeded(f"the request's deadline ({budget:.3f}s left on arrival) passed "
-                                       "before the tower and the index answered") from None
-            raise Unavailable(f"no answer from the index within {budget:.1f}s: it is overloaded or hung; "
+                                       f"before it was answered: {spent}") from None
+            raise Unavailable(f"no answer within {budget:.1f}s: {spent}: {_SLOW[slowest]}; "
                               "retry later or on another replica") from None
 
     @staticmethod
@@ -432,14 +473,15 @@ class Recommender:
                     "recent_candidate_ids, or leave exclude_seen off")
         return excluded
 
-    def _miss(self, model: QueryModel, request: _Request, budget_s: float, key: str = "") -> _Miss:
+    def _miss(self, model: QueryModel, request: _Request, budget_s: float, progress: _Progress,
+              key: str = "") -> _Miss:
         excluded = self._excluded(model, request)
         history = request.recent
         if request.live and model.takes.history_length:
             history = merged_history(request.recent, request.live, _stored_history(model, request.customer_id))
         deadline = asyncio.get_running_loop().time() + budget_s
         return _Miss(model, request.customer_id, request.k, excluded, history, request.filter,
-                     model.catalogue_generation, deadline, key)
+                     model.catalogue_generation, deadline, progress, key)
 
     # ------------------------------------------------------------------ RecommendSimilar
 
@@ -460,7 +502,8 @@ class Recommender:
             self._remember(request)
             return _cached(cached, version, generation)
         query = dataclasses.replace(request, min_generation=generation)
-        hits = await self._within_budget(lambda budget: self.index.similar(query, version, budget), timeout_s)
+        hits = await self._within_budget(lambda budget, _: self.index.similar(query, version, budget), timeout_s,
+                                         SEARCHING)
         self._remember(request)
         self._store(self._similar_key(version, request, hits.generation),
                     _Answer(hits.ids, hits.scores, SOURCE_MODEL, hits.generation))
@@ -524,7 +567,7 @@ class Recommender:
                 request = _Request.from_held(held)
                 try:  # what this version refuses, as it would the request itself, stays out, not its batch
                     model.check_filter(request.filter)
-                    misses.append(self._miss(model, request, self.index.timeout_s))
+                    misses.append(self._miss(model, request, self.index.timeout_s, _Progress()))
                 except InvalidArgument:
                     continue
                 recommends.append(request)
@@ -561,6 +604,8 @@ class Recommender:
     async def _process_misses(self, misses: list[_Miss]) -> list[_Answer | CachedResult | Exception]:
         """A micro-batch: what Redis holds for it (one MGET), then per version the rest computed."""
         results: list = [None] * len(misses)
+        for miss in misses:
+            miss.progress.enter(BATCHED)
         if self.cache is not None:
             found = await self.cache.get_remote_many([miss.key for miss in misses])
             for i, (miss, cached) in enumerate(zip(misses, found)):
@@ -611,6 +656,8 @@ class Recommender:
         if queries:
             # The batch's search may take as long as its most patient caller; the others give up on their own.
             timeout_s = max(misses[i].deadline for i, _ in asked) - asyncio.get_running_loop().time()
+            for i, _ in asked:
+                misses[i].progress.enter(SEARCHING)
             try:
                 hits = await self.index.search(queries, model.version, max(timeout_s, 0.001))
             except ServingError as e:  # fails these requests only; local fallbacks need no index

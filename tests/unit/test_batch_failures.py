@@ -1,0 +1,105 @@
+"""The query replica's failures under load, in process over the tests' tiny tower
+(tests/unit/tiny_versions.py, a real TensorFlow tower; the index is played in
+process and can hang): a timeout's message says where the time went, measured
+(queued in this replica for a micro-batch, or waiting on the index), and a
+BatchRecommend fails as soon as one of its items is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from query_service.batching import BatchingConfig
+from query_service.cache import CacheConfig, ResultCache
+from query_service.recommender import SOURCE_MODEL, SOURCE_POPULARITY, Recommender, RecommendQuery
+from query_service.tower import QueryModel
+from serving import errors
+from serving.versions import VersionManager
+from tests.unit.test_query_paths import ExactIndex, tiny_index, tiny_model  # noqa: F401 - fixtures
+
+
+class HungIndex(ExactIndex):
+    """Takes searches and answers none until ``gate`` is set; ``timeout_s``: the service's index deadline."""
+
+    def __init__(self, index: ExactIndex, timeout_s: float):
+        super().__init__(index.ids, index.vectors)
+        self.timeout_s = timeout_s
+        self.gate = asyncio.Event()
+
+    async def search(self, queries, version, timeout_s):
+        await self.gate.wait()
+        return await super().search(queries, version, timeout_s)
+
+
+def replica(model: QueryModel, index: HungIndex, batching: BatchingConfig) -> Recommender:
+    """A replica over ``index`` whose results are cached in process (no Redis)."""
+    manager: VersionManager[QueryModel] = VersionManager(model.manifest.model)
+    manager.add(model.version, model, make_live=True)
+    return Recommender(manager, index, ResultCache(CacheConfig("")), ThreadPoolExecutor(1), batching)
+
+
+async def test_a_timeout_says_whether_the_time_went_queued_in_this_replica_or_waiting_on_the_index(
+        tiny_model, tiny_index):
+    """One batch in flight, stuck in a hung index: its miss's time went waiting on the index. A miss that
+    arrived behind it never left this replica's queue, and its message must say so (the p11 walk-through:
+    'no answer from the index ... it is overloaded or hung' for time spent in the replica's own queue)."""
+    index = HungIndex(tiny_index, timeout_s=0.3)
+    recommender = replica(tiny_model, index, BatchingConfig(max_in_flight=1))
+    first = asyncio.create_task(recommender.recommend("c000", 3))
+    await asyncio.sleep(0.1)  # its batch is in the index, holding the only batch slot
+    queued = asyncio.create_task(recommender.recommend("c001", 3))
+    at_index, in_queue = await asyncio.gather(first, queued, return_exceptions=True)
+    assert isinstance(at_index, errors.Unavailable) and isinstance(in_queue, errors.Unavailable)
+    assert re.fullmatch(r"no answer within 0\.3s: 0\.0\ds queued in this replica for a micro-batch, "
+                        r"0\.\d\ds in its cache lookup and tower call, 0\.[1-9]\ds waiting on the index: "
+                        r"the index is overloaded or hung; retry later or on another replica", str(at_index)), at_index
+    assert re.fullmatch(r"no answer within 0\.3s: 0\.[3-9]\ds queued in this replica for a micro-batch: this replica "
+                        r"is overloaded \(its micro-batches were all busy\); retry later or on another replica",
+                        str(in_queue)), in_queue
+    # The caller's shorter deadline: DEADLINE_EXCEEDED, saying where its time went.
+    with pytest.raises(errors.DeadlineExceeded, match=r"deadline \(0\.100s left on arrival\) passed before it "
+                                                       r"was answered: 0\.[1-9]\ds queued in this replica"):
+        await recommender.recommend("c002", 3, timeout_s=0.1)
+    index.gate.set()
+    assert (await recommender.recommend("c003", 3)).source == SOURCE_MODEL
+    await recommender.close()
+
+
+async def test_a_batch_fails_at_once_when_an_item_is_refused_and_leaves_the_batcher_sound(
+        tiny_model, tiny_index, caplog):
+    """Four items fill the micro-batcher's queue and the fifth is refused RESOURCE_EXHAUSTED, which the README
+    promises 'at once': the call must not wait for the four (here they would wait 5 s on a hung index). They are
+    abandoned without leaving tasks that log errors, and the batcher serves the next calls."""
+    caplog.set_level(logging.ERROR, logger="asyncio")
+    index = HungIndex(tiny_index, timeout_s=5.0)
+    recommender = replica(tiny_model, index, BatchingConfig(max_queued=4))
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    with pytest.raises(errors.ResourceExhausted, match="4 requests are already waiting for a batch"):
+        await asyncio.wait_for(recommender.recommend_batch([RecommendQuery(f"c{i:03d}", 3) for i in range(6)]),
+                               1.0)
+    assert loop.time() - start < 0.5
+    index.gate.set()
+    version, answers = await recommender.recommend_batch([RecommendQuery(f"c{i:03d}", 3) for i in range(4)])
+    assert version == 1 and [(a.source, a.cache_hit) for a in answers] == [(SOURCE_MODEL, False)] * 4
+    await recommender.close()
+    gc.collect()
+    assert not [r for r in caplog.records if r.name == "asyncio"], caplog.text
+
+
+async def test_a_failed_batch_keeps_what_its_finished_items_cached(tiny_model, tiny_index):
+    """An item answered before another item failed the call was cached as Recommend would cache it."""
+    index = HungIndex(tiny_index, timeout_s=0.3)
+    recommender = replica(tiny_model, index, BatchingConfig(max_batch_size=1))
+    with pytest.raises(errors.Unavailable):
+        # c001 hangs in the index; the stranger's batch is answered from the popular list meanwhile.
+        await recommender.recommend_batch([RecommendQuery("c001", 3), RecommendQuery("stranger", 3)])
+    again = await recommender.recommend("stranger", 3)
+    assert (again.source, again.cache_hit) == (SOURCE_POPULARITY, True)
+    index.gate.set()
+    await recommender.close()
