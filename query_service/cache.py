@@ -29,6 +29,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 import sys
 from dataclasses import dataclass
@@ -82,6 +83,17 @@ _LOCAL_HIT, _HIT, _MISS, _INVALID, _SKIPPED, _DROPPED = (
     CACHE_EVENTS.labels(event) for event in ("local_hit", "hit", "miss", "invalid", "skipped", "dropped"))
 
 
+# The password of ``[user]:password@`` (up to the authority's last '@', as urlsplit and redis-py read it), with or
+# without a scheme (a mistyped URL is shown in its error), and redis-py's ``password=`` query option.
+_URL_PASSWORD = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*:/*)?[^:@/?#]*:)[^/?#]*@")
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*")
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with its password, if any, as ``***``: a Redis URL as logs and error messages may show it."""
+    return _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", url, count=1))
+
+
 @dataclass(frozen=True)
 class CacheConfig:
     url: str = option("", "Redis of the result cache and the live interaction history, e.g. "
@@ -107,7 +119,7 @@ class CacheConfig:
     def __post_init__(self) -> None:
         # Else redis-py refuses it only when the replica connects, with a traceback ("localhost:6379").
         require(not self.url or urlsplit(self.url).scheme in ("redis", "rediss", "unix", *CLUSTER_SCHEMES), "url",
-                f"{self.url!r} names no Redis: give redis://HOST:PORT[/DB], rediss://..., unix://PATH or "
+                f"{redacted_url(self.url)!r} names no Redis: give redis://HOST:PORT[/DB], rediss://..., unix://PATH or "
                 "redis+cluster://HOST:PORT[,HOST:PORT...]")
         require(self.ttl_s >= 1, "ttl_s", "must be >= 1")
         require(self.timeout_s > 0 and self.retry_after_s >= 0, "timeout_s", "must be positive")

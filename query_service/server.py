@@ -15,7 +15,7 @@ from model_registry import Registry
 from model_registry import manifest as files
 from query_service.admin import QueryAdmin
 from query_service.batching import BatchingConfig
-from query_service.cache import CacheConfig, ResultCache
+from query_service.cache import CacheConfig, ResultCache, redacted_url
 from query_service.live_history import LiveHistory, LiveHistoryConfig
 from query_service.recommender import Recommender, WarmupConfig
 from query_service.routing import IndexRouter, RoutingConfig
@@ -129,7 +129,7 @@ async def create_server(config: QueryServiceConfig) -> tuple[ServiceWithAdmin, R
     log.info("query service on %s:%d (admin %s): %s version %d, rollback target %s (index %s, cache %s)",
              config.host, service.data.port, admin_address, config.model,
              manager.live_version, manager.rollback_target, ",".join(config.index.addresses),
-             config.cache.url or ("in process only" if cache is not None else "off"))
+             redacted_url(config.cache.url) or ("in process only" if cache is not None else "off"))
     return service, recommender, router
 
 
