@@ -7,11 +7,14 @@
 # the compose demo trains on the synthetic data set the trainer generates.
 FROM python:3.11-slim-bookworm
 
+# TF_CPP_MIN_LOG_LEVEL and GRPC_VERBOSITY: the native libraries' info lines off, their errors kept
+# (docs/DEPLOY.md, "Logs").
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     TF_CPP_MIN_LOG_LEVEL=2 \
+    GRPC_VERBOSITY=ERROR \
     RECSYS_REGISTRY=/registry
 
 WORKDIR /src

@@ -8,8 +8,9 @@ environment are parsed by its console script's own argparse parser (as
 tests/unit/test_compose.py does for compose), the servers' probes are native
 gRPC probes on their data port asking for a health service name the server
 reports, each index slot has a headless Service, every Deployment and
-StatefulSet has a PodDisruptionBudget, and the query service's index endpoint
-list names every pod of every index slot. Where slots are sharded, every slot
+StatefulSet has a PodDisruptionBudget (and, serving metrics, the annotations
+Prometheus finds it by), the servers log JSON lines, and the query service's
+index endpoint list names every pod of every index slot. Where slots are sharded, every slot
 serves shards 0..N-1 of the trainer's --index-shards N under one slot name,
 each (slot, shard) with its own Service and budget and two replicas.
 """
@@ -28,6 +29,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.unit.test_deploy_logs import NATIVE_LOG_ENV
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install -e '.[dev]'")
 
@@ -299,6 +302,46 @@ def test_servers_listen_off_loopback_behind_an_admin_token(overlay, tmp_path, mo
         assert config.admin.token == "placeholder-secret", "the admin token comes from the mounted Secret"
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert (ports["grpc"], ports["admin"], ports["metrics"]) == (config.port, config.admin.port, config.metrics_port)
+
+
+# The pod annotations Prometheus's conventional Kubernetes scrape config (and most hosted agents) discovers targets by.
+SCRAPE, SCRAPE_PORT, SCRAPE_PATH = "prometheus.io/scrape", "prometheus.io/port", "prometheus.io/path"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_metrics_port_is_annotated_for_prometheus(overlay):
+    """A `metrics` port is found by nothing on its own: the pod template says where to scrape, on that port's
+    number, and a pod without one is not marked for scraping (Prometheus would probe a port nobody serves)."""
+    for workload in (o for o in render(overlay) if o["kind"] in ("Deployment", "StatefulSet")):
+        template = pod_template(workload)
+        ports = [p["containerPort"] for c in template["spec"]["containers"] for p in c.get("ports", [])
+                 if p.get("name") == "metrics"]
+        annotations = template["metadata"].get("annotations", {})
+        where = f"{overlay}: {workload['kind']} {workload['metadata']['name']}"
+        if not ports:
+            assert SCRAPE not in annotations, f"{where} serves no metrics port"
+            continue
+        [port] = ports
+        assert annotations.get(SCRAPE) == "true", f"{where}: no {SCRAPE} annotation on its pods"
+        assert annotations.get(SCRAPE_PORT) == str(port), f"{where}: {SCRAPE_PORT} is not its metrics port {port}"
+        assert annotations.get(SCRAPE_PATH) == "/metrics", where
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_servers_log_json_lines(overlay, tmp_path, monkeypatch):
+    """A request id is written only in `--log-format json` lines (README, "Observability"): with text logs a
+    deployment's logs cannot be joined to a failed call's x-request-id."""
+    for workload, container in [*containers_running(overlay, INDEX_SCRIPT), *containers_running(overlay, QUERY_SCRIPT)]:
+        config = parse_container(overlay, workload, container, tmp_path, monkeypatch)
+        assert config.log_format == "json", f"{overlay}: {workload['metadata']['name']} logs {config.log_format}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_app_containers_set_the_native_libraries_log_levels(overlay):
+    """As the image and compose do (tests/unit/test_deploy_logs.py): gRPC's INFO lines off, TensorFlow's errors on."""
+    for workload, container in app_containers(overlay):
+        env = environment(overlay, workload, container)
+        assert NATIVE_LOG_ENV.items() <= env.items(), f"{overlay}: {workload['metadata']['name']}"
 
 
 def index_processes(overlay: str, tmp_path: Path, monkeypatch) -> dict[str, tuple[str, int | None]]:
