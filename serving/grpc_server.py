@@ -189,20 +189,20 @@ async def start_server(services: Iterable[ServiceSpec], host: str, port: int,
                        echo_request_id: bool = False, share_port: bool = False) -> RunningServer:
     """Starts a server with the services plus health and reflection; port 0 picks
     a free port (returned in ``RunningServer.port``). Health starts NOT_SERVING.
-    Beyond ``max_concurrent_rpcs`` calls in progress, gRPC refuses new ones with
-    RESOURCE_EXHAUSTED. With ``credentials`` the port serves TLS only. Every
-    unary call is timed and given a request id (``ServerObservability``),
-    returned in the trailers of every call with ``echo_request_id`` (of failed
-    calls only otherwise).
+    Beyond ``max_concurrent_rpcs`` calls in progress (streams included), new ones
+    are refused RESOURCE_EXHAUSTED. With ``credentials`` the port serves TLS only.
+    Every unary call, refused ones included, is timed and given a request id
+    (``ServerObservability``, which also keeps the limit), returned in the
+    trailers of every call with ``echo_request_id`` (of failed calls only
+    otherwise).
 
     ``share_port`` binds with SO_REUSEPORT, so the workers of one service
     (``serving.workers``) listen on one port and the kernel spreads their
     connections; otherwise a port in use is an error. A ``host`` of
     ``unix:PATH`` serves on that unix socket (``port`` is ignored)."""
     services = list(services)
-    server = grpc.aio.server(interceptors=[ServerObservability(echo_request_id), *interceptors,
-                                           MalformedRequestGuard()],
-                             maximum_concurrent_rpcs=max_concurrent_rpcs, options=[
+    server = grpc.aio.server(interceptors=[ServerObservability(echo_request_id, max_concurrent_rpcs),
+                                           *interceptors, MalformedRequestGuard()], options=[
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.so_reuseport", int(share_port)),

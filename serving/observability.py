@@ -11,6 +11,7 @@ and memory are read from the admin plane's status when /metrics is scraped
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import itertools
 import json
@@ -18,7 +19,7 @@ import logging
 import secrets
 import threading
 import time
-from typing import Callable, Iterator
+from typing import Callable, Generic, Iterator, TypeVar
 
 import grpc
 import prometheus_client
@@ -27,6 +28,8 @@ from prometheus_client.registry import Collector
 
 from serving import tracing
 from serving.admin import StatusReport
+
+S = TypeVar("S")
 
 REQUEST_ID_KEY = "x-request-id"
 # A longer id is replaced, not echoed: it goes into every log line of the request.
@@ -39,8 +42,10 @@ def _usable_request_id(value: str) -> bool:
     return len(value) <= MAX_REQUEST_ID_CHARS and value.isascii() and value.isprintable()
 
 
-# 0.1 ms (a local cache hit) .. 5 s (a deadline-bound call): each step about 2-2.5x.
-LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# 25 us (most local cache hits are under 0.1 ms) .. 60 s (an admin LoadVersion or Promote with its warm-up):
+# each step about 2-3x.
+LATENCY_BUCKETS = (0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                   0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 RPC_LATENCY = prometheus_client.Histogram(
     "recsys_rpc_latency_seconds", "Server-side latency of unary RPCs by service, method and status code",
     ["service", "method", "code"], buckets=LATENCY_BUCKETS)
@@ -121,6 +126,11 @@ class ServerObservability(grpc.aio.ServerInterceptor):
     with ``tests/interceptor_cost.py``), ten times the rest of this
     interceptor. At debug level each call is also logged (``serving.access``).
 
+    With ``max_concurrent_rpcs``, a call that finds that many in progress
+    (streams included) is refused RESOURCE_EXHAUSTED, and counted. The limit is
+    kept here rather than by ``grpc.aio.server``, whose refusals reach no
+    interceptor: they were missing from the metric.
+
     It must be the outermost interceptor, so that calls another interceptor
     refuses (a missing admin token) are counted too. Streams pass through
     untimed: a status stream lives as long as its watcher. The wrapped handler
@@ -128,9 +138,12 @@ class ServerObservability(grpc.aio.ServerInterceptor):
     so the usual call builds nothing. Safe for one event loop.
     """
 
-    def __init__(self, echo_request_id: bool = False):
+    def __init__(self, echo_request_id: bool = False, max_concurrent_rpcs: int | None = None):
         self.echo_request_id = echo_request_id
+        self.max_concurrent_rpcs = max_concurrent_rpcs
+        self._in_flight = 0
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._refusals: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(self, continuation, handler_call_details):
         # The call details' metadata is already built for the interceptors;
@@ -143,18 +156,50 @@ class ServerObservability(grpc.aio.ServerInterceptor):
                 break
         REQUEST_ID.set(request_id or new_request_id())
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
             return handler
         method = handler_call_details.method
-        known = self._wrapped.get(method)
-        if known is not None and known[0] is handler:
-            return known[1]
-        wrapped = self._wrap(handler, method, self.echo_request_id)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+        if self.max_concurrent_rpcs is not None:
+            if self._in_flight >= self.max_concurrent_rpcs:
+                return self._kept(self._refusals, method, handler, self._refusal)
+            self._in_flight += 1
+            # The call's task ends once its status is sent, however it ends (a stream's too).
+            asyncio.current_task().add_done_callback(self._release)
+        if handler.unary_unary is None:
+            return handler
+        return self._kept(self._wrapped, method, handler, self._wrap)
 
     @staticmethod
-    def _wrap(handler: grpc.RpcMethodHandler, full_method: str, echo_request_id: bool) -> grpc.RpcMethodHandler:
+    def _kept(cache: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]], method: str,
+              handler: grpc.RpcMethodHandler,
+              build: Callable[[grpc.RpcMethodHandler, str], grpc.RpcMethodHandler]) -> grpc.RpcMethodHandler:
+        """``build(handler, method)``, built again only when the inner chain returns another handler."""
+        known = cache.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        built = build(handler, method)
+        cache[method] = (handler, built)
+        return built
+
+    def _release(self, _task: asyncio.Task) -> None:
+        self._in_flight -= 1
+
+    def _refusal(self, handler: grpc.RpcMethodHandler, full_method: str) -> grpc.RpcMethodHandler:
+        """``handler`` answering RESOURCE_EXHAUSTED at once, timed like any call when unary."""
+        message = (f"the server is running its limit of {self.max_concurrent_rpcs} calls at once (status streams "
+                   "included, --max-concurrent-rpcs): retry with backoff, or add replicas")
+
+        async def refuse(request, context: grpc.aio.ServicerContext) -> None:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message, request_id_metadata())
+
+        # A coroutine serves any of the four kinds: gRPC awaits it, and a streaming one may write nothing.
+        kind = next(kind for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+                    if getattr(handler, kind) is not None)
+        refusing = handler._replace(**{kind: refuse})
+        return self._wrap(refusing, full_method) if kind == "unary_unary" else refusing
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, full_method: str) -> grpc.RpcMethodHandler:
+        echo_request_id = self.echo_request_id
         service, method = _split_method(full_method)
         call = handler.unary_unary
         # Label lookups take a lock and build a tuple: resolved once per code, not per call.
@@ -223,34 +268,50 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
-class VersionCollector(Collector):
-    """Gauges of every loaded version of every tracked service in this process,
-    read from its admin status at scrape time: state (1 for the state it is
-    in), self-test recall@10, memory bytes, candidates, load seconds and
-    catalogue generation, labelled by service, slot, model and version; and
-    each service's live version."""
+class ScrapeTimeCollector(Collector, Generic[S]):
+    """A collector of what its tracked sources (callables) answer when /metrics
+    is scraped, so the figures cost requests nothing and are never stale.
+    Subclasses' ``collect`` read ``sources()``."""
 
     def __init__(self):
         self._lock = threading.Lock()  # scrapes run on the metrics server's thread
-        self._sources: list[Callable[[], StatusReport]] = []
+        self._sources: list[Callable[[], S]] = []
 
-    def track(self, status: Callable[[], StatusReport]) -> None:
-        """Adds a service's status (``VersionAdmin.status``) to what is exported."""
+    def track(self, source: Callable[[], S]) -> None:
+        """Adds ``source`` to what is exported."""
         with self._lock:
-            self._sources.append(status)
+            self._sources.append(source)
 
-    def untrack(self, status: Callable[[], StatusReport]) -> None:
+    def untrack(self, source: Callable[[], S]) -> None:
+        """Stops exporting ``source`` (a stopped service's)."""
         with self._lock:
-            if status in self._sources:
-                self._sources.remove(status)
+            if source in self._sources:
+                self._sources.remove(source)
+
+    def sources(self) -> list[Callable[[], S]]:
+        with self._lock:
+            return list(self._sources)
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        # Names only, so registering does not call collect() before any source is tracked.
+        return iter(())
+
+
+class VersionCollector(ScrapeTimeCollector[StatusReport]):
+    """Gauges of every loaded version of every tracked service in this process,
+    read from its admin status (``VersionAdmin.status``) at scrape time: state
+    (1 for the state it is in), self-test recall@10, memory bytes, candidates,
+    load seconds and catalogue generation, labelled by service, slot, model and
+    version; and each service's live version (an index slot's: the version it holds)."""
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        with self._lock:
-            sources = list(self._sources)
+        sources = self.sources()
         labels = ["service", "slot", "model", "version"]
         state = GaugeMetricFamily("recsys_version_state", "1 for the state each loaded version is in",
                                   labels=[*labels, "state"])
-        live = GaugeMetricFamily("recsys_live_version", "The live version (0: none)",
+        # Named for the query tier's meaning; dashboards read the name, so an index slot's figure keeps it.
+        live = GaugeMetricFamily("recsys_live_version", "Query replica: the live version it answers with. Index "
+                                 "slot: the version it holds, live or not (0: none)",
                                  labels=["service", "slot", "model"])
         figures = {name: GaugeMetricFamily(f"recsys_version_{name}", text, labels=labels) for name, text in (
             ("self_test_recall", "Index recall@10 vs exact search, measured at load and again once catalogue "
@@ -277,10 +338,6 @@ class VersionCollector(Collector):
         yield state
         yield live
         yield from figures.values()
-
-    def describe(self) -> Iterator[GaugeMetricFamily]:
-        # Names only, so registering does not call collect() before any service is tracked.
-        return iter(())
 
 
 VERSIONS = VersionCollector()
