@@ -11,7 +11,8 @@ call on it, stays on one worker, so callers need several channels (as
 The process started with ``--workers N`` is their supervisor and loads no
 model. It holds
 - the admin port: an admin call goes to every worker (each serves its admin
-  plane on a private unix socket; loads one worker at a time, ``PoolAdmin``) and
+  plane on a private unix socket; loads one worker at a time, ``PoolAdmin``)
+  with the caller's request id (``x-request-id``, else the supervisor's), and
   answers with worker 0's status and every worker's (``ServiceStatus.workers``);
   if a worker fails it, the call fails, naming the workers that failed and
   those that took it;
@@ -58,7 +59,7 @@ from protos.recsys.v1 import versions_pb2
 from serving.admin_rpc import start_admin_server
 from serving.config import ServiceConfig
 from serving.grpc_server import MAX_MESSAGE_CHARS, run_event_loop
-from serving.observability import configure_logging
+from serving.observability import configure_logging, outgoing_metadata, request_id_metadata
 from settings.ports import free_ports
 
 log = logging.getLogger(__name__)
@@ -185,17 +186,18 @@ class PoolAdmin(pb_grpc.AdminServiceServicer):
     async def _all(self, method: str, request, context: grpc.aio.ServicerContext,
                    one_at_a_time: bool = False) -> pb.ServiceStatus:
         calls = [getattr(w.admin, method) for w in self.workers]
+        metadata = outgoing_metadata()  # the caller's request id: one call is one id in every worker's log
         outcomes: list = []
         if one_at_a_time:
             for call in calls:  # the first failure stops the round: the rest are not asked
                 try:
-                    outcomes.append(await call(request, timeout=_worker_timeout(context)))
+                    outcomes.append(await call(request, timeout=_worker_timeout(context), metadata=metadata))
                 except grpc.RpcError as e:
                     outcomes.append(e)
                     break
         else:
-            outcomes = await asyncio.gather(*(call(request, timeout=_worker_timeout(context)) for call in calls),
-                                            return_exceptions=True)
+            outcomes = await asyncio.gather(*(call(request, timeout=_worker_timeout(context), metadata=metadata)
+                                              for call in calls), return_exceptions=True)
         failed = [i for i, o in enumerate(outcomes) if isinstance(o, BaseException)]
         if failed:
             first = outcomes[failed[0]]
@@ -208,7 +210,7 @@ class PoolAdmin(pb_grpc.AdminServiceServicer):
                 message += (f"; workers {took} took it, so the workers now differ: GetStatus shows each one's "
                             "versions; repeat the call or undo it")
             code = first.code() if isinstance(first, grpc.aio.AioRpcError) else grpc.StatusCode.UNAVAILABLE
-            await context.abort(code, message[:MAX_MESSAGE_CHARS])
+            await context.abort(code, message[:MAX_MESSAGE_CHARS], request_id_metadata())
         status = pb.ServiceStatus()
         status.CopyFrom(outcomes[0])
         status.workers.extend(outcomes)
@@ -232,12 +234,13 @@ class PoolAdmin(pb_grpc.AdminServiceServicer):
         status stays readable; the top-level fields are the first answering
         worker's. Fails only when no worker answers."""
         timeout = _worker_timeout(context, WORKER_STATUS_TIMEOUT_S)  # capped without a deadline too
-        outcomes = await asyncio.gather(*(w.admin.GetStatus(request, timeout=timeout) for w in self.workers),
-                                        return_exceptions=True)
+        outcomes = await asyncio.gather(*(w.admin.GetStatus(request, timeout=timeout, metadata=outgoing_metadata())
+                                          for w in self.workers), return_exceptions=True)
         answered = [o for o in outcomes if not isinstance(o, BaseException)]
         if not answered:
             await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                f"no worker answered GetStatus: {_outcome_text(outcomes[0])}"[:MAX_MESSAGE_CHARS])
+                                f"no worker answered GetStatus: {_outcome_text(outcomes[0])}"[:MAX_MESSAGE_CHARS],
+                                request_id_metadata())
         status = pb.ServiceStatus()
         status.CopyFrom(answered[0])
         status.workers.extend(pb.ServiceStatus(model_name=status.model_name, service=status.service)
