@@ -13,8 +13,10 @@ its searches reach: blue-green at the index tier is a routing switch.
 
 A version published in N shards is searched on one endpoint per shard (each
 says which shard of how many it serves) and the shards' top-k are merged by
-score; it is routable only while every shard has a holder, so shards of
-different versions never mix.
+score (a crowded search's shards answer uncrowded, and the merge crowds them,
+asking deeper until its answer is one index's: ``IndexRouter._crowded``); it
+is routable only while every shard has a holder, so shards of different
+versions never mix.
 
 Replicas (several endpoints holding one version and shard) give failover: a
 call that fails UNAVAILABLE is tried once on another replica, and a call not
@@ -23,6 +25,10 @@ winning (hedging, as in "The Tail at Scale"). A replica that failed or was
 hedged is passed over for ``SUSPECT_S`` while others can answer, so a hung
 one costs a handful of requests the hedge delay, not every other request
 until its status stream falls silent.
+
+/metrics says how many endpoints can answer each version and shard
+(``recsys_index_holders``): a replica that reports SERVING while no endpoint
+holds its live version shows a 0 there, not only failed searches.
 """
 
 from __future__ import annotations
@@ -33,13 +39,16 @@ import dataclasses
 import itertools
 import logging
 import time
-from typing import Awaitable, Callable, TypeVar
+from typing import Awaitable, Callable, Iterator, TypeVar
+
+import prometheus_client
+from prometheus_client.core import GaugeMetricFamily
 
 from model_registry.manifest import shard_of
 from query_service.index_client import IndexEndpoint, IndexHits, IndexQuery, SimilarQuery
 from serving import errors, validation
 from serving.filters import Filter
-from serving.observability import LogThrottle
+from serving.observability import LogThrottle, ScrapeTimeCollector
 from serving.tls import ClientTls
 from settings.flags import option, require
 
@@ -59,6 +68,17 @@ HEDGE_WINDOW_S = 1.0
 RETRYABLE = (errors.Unavailable, errors.FailedPrecondition)
 # With no holder every miss of the version fails: one line per version this often says so, not one per miss.
 NO_HOLDER_LOG_S = 5.0
+# A version searched (or waited for) this recently is in /metrics with its holders even while none holds it;
+# a retired one drops out, rather than reading as an outage forever.
+ASKED_S = 300.0
+# The crowding limit the shards of a crowded search are asked with: one no answer reaches (the proto's int32 at
+# most), so a shard crowds nothing but names each result's tokens, and the merge crowds every shard's candidates
+# once. Shards that crowded their own answers lost candidates: one a shard dropped for a neighbour that the merge
+# then dropped for another shard's better candidate never came back, and answers came out wrong or short.
+TOKENS_ONLY = 2**31 - 1
+# How much deeper each round asks a shard whose answer cannot settle a crowded merge (``unsettled``): as the
+# index grows its own over-fetch (FETCH_GROWTH), few rounds reach the deepest.
+SHARD_GROWTH = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +102,8 @@ class RoutingConfig:
 def merge_hits(parts: list[IndexHits], k: int, max_per_value: int = 0) -> IndexHits:
     """The top ``k`` of several shards' answers, best score first (a candidate
     lives in one shard), at most ``max_per_value`` of them sharing a crowding
-    token (0: no crowding): each shard crowded only its own. The generation is
+    token (0: no crowding), kept greedily by score from the shards' answers
+    (``TOKENS_ONLY``: uncrowded, each result naming its tokens). The generation is
     the lowest answered: a cache keyed by it never holds an answer older than its key."""
     scored = sorted(((score, i, tokens) for part in parts
                      for i, score, tokens in zip(part.ids, part.scores, part.crowding or itertools.repeat(()))),
@@ -102,9 +123,34 @@ def merge_hits(parts: list[IndexHits], k: int, max_per_value: int = 0) -> IndexH
 
 
 def shard_depth(k: int, f: Filter, shards: int) -> int:
-    """How many results to ask of each shard for a merged top ``k``: with crowding, more than ``k`` (up to
-    the default --max-k), since a shard's crowded top-k can lose places to the other shards' in the merge."""
+    """How many results to ask of each shard first for a merged top ``k``: with crowding, more than ``k`` (up
+    to the default --max-k), since the crowded top k reaches deeper than k into the shards' uncrowded answers."""
     return max(k, min(k * shards, validation.DEFAULT_MAX_K)) if f.max_per_value else k
+
+
+def unsettled(parts: list[IndexHits], asked: list[int], merged: IndexHits, k: int) -> list[int]:
+    """The shards that must answer deeper for ``merged``, the crowded merge of their uncrowded ``parts`` (shard
+    ``s`` asked for ``asked[s]``), to be the top ``k`` that one index over every candidate gives. A shard that
+    gave all it was asked may hold more below its last score, any of which a greedy crowding might keep: the
+    merge is settled when it has ``k`` results, each scoring at least every such shard's last (ties aside)."""
+    full = [s for s, part in enumerate(parts) if len(part.ids) >= asked[s]]
+    if len(merged.ids) < k:
+        return full
+    return [s for s in full if parts[s].scores[-1] > merged.scores[-1]]
+
+
+def _union(first: IndexHits, more: IndexHits) -> IndexHits:
+    """``first``'s results and those of ``more`` that it lacks (two answers of one shard), for ``merge_hits``."""
+    held = set(first.ids)
+    extra = [j for j, candidate in enumerate(more.ids) if candidate not in held]
+    return IndexHits(first.ids + [more.ids[j] for j in extra], first.scores + [more.scores[j] for j in extra],
+                     min(first.generation, more.generation),
+                     crowding=(first.crowding or []) + [(more.crowding or [])[j] for j in extra])
+
+
+def _tokens_only(f: Filter) -> Filter:
+    """What a shard of a search with filter ``f`` is asked: ``f`` with any crowding a no-op (``TOKENS_ONLY``)."""
+    return dataclasses.replace(f, max_per_value=TOKENS_ONLY) if f.max_per_value else f
 
 
 class IndexRouter:
@@ -124,6 +170,8 @@ class IndexRouter:
         self._listeners: list = []
         self._no_holder_log = LogThrottle()  # by version
         self._unrouted: dict[int, int] = {}  # version -> the highest catalogue generation a search lacked a holder at
+        # version -> (time.monotonic() it was last routed or waited for, the highest catalogue generation asked)
+        self._asked: dict[int, tuple[float, int]] = {}
 
     @property
     def timeout_s(self) -> float:
@@ -134,6 +182,7 @@ class IndexRouter:
         """Starts following every endpoint's status stream (on the running loop)."""
         self._changed = asyncio.Condition()
         self._watchers = [asyncio.get_running_loop().create_task(e.watch(self._on_change)) for e in self.endpoints]
+        HOLDERS.track(self.holder_counts)
 
     def listen(self, callback) -> None:
         """Calls ``callback()`` (on the event loop) whenever what the endpoints hold changes."""
@@ -162,8 +211,27 @@ class IndexRouter:
         """Whether every shard of ``version`` has an endpoint holding it at catalogue ``generation`` or later."""
         return all(self.holders(version, generation, s) for s in range(self.shard_count(version)))
 
+    def _asking(self, version: int, generation: int) -> None:
+        self._asked[version] = (time.monotonic(), max(generation, self._asked.get(version, (0.0, 0))[1]))
+
+    def holder_counts(self) -> dict[tuple[int, int], int]:
+        """(version, shard) -> how many endpoints answer that shard of the version, for every version an
+        endpoint holds (from any catalogue generation) and every version asked for within ``ASKED_S`` (from
+        the latest generation asked). Read on the metrics server's thread: the endpoints' maps are replaced,
+        never changed in place, and ``_asked`` is copied in one step."""
+        now = time.monotonic()
+        wanted = {version: generation for version, (at, generation) in list(self._asked.items())
+                  if now - at <= ASKED_S}
+        for endpoint in self.endpoints:
+            for version in list(endpoint.versions):
+                if endpoint.holds(version):
+                    wanted.setdefault(version, 0)
+        return {(version, shard): len(self.holders(version, generation, shard))
+                for version, generation in wanted.items() for shard in range(self.shard_count(version))}
+
     async def wait_routable(self, version: int, timeout_s: float, generation: int = 0) -> bool:
         """Whether ``version`` is ``routable`` at catalogue ``generation`` within ``timeout_s``."""
+        self._asking(version, generation)
         async with self._changed:
             try:
                 await asyncio.wait_for(self._changed.wait_for(lambda: self.routable(version, generation)), timeout_s)
@@ -185,11 +253,19 @@ class IndexRouter:
         if shards == 1:  # awaited in place: gather would wrap it in a task, ~25 us of a miss's CPU
             return await self._route(version, generation, timeout_s,
                                      lambda endpoint, left: endpoint.search(queries, version, left))
-        deep = [dataclasses.replace(q, k=shard_depth(q.k, q.filter, shards)) for q in queries]
-        call = lambda endpoint, left: endpoint.search(deep, version, left)  # noqa: E731
-        parts = await asyncio.gather(*(self._route(version, generation, timeout_s, call, shard)
-                                       for shard in range(shards)))
-        return [merge_hits([part[i] for part in parts], q.k, q.filter.max_per_value) for i, q in enumerate(queries)]
+        deep = [dataclasses.replace(q, k=shard_depth(q.k, q.filter, shards), filter=_tokens_only(q.filter))
+                for q in queries]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.timeout_s if timeout_s is None else timeout_s)
+
+        def ask(shard: int, batch: list[IndexQuery]) -> Awaitable[list[IndexHits]]:
+            return self._route(version, generation, deadline - loop.time(),
+                               lambda endpoint, left: endpoint.search(batch, version, left), shard)
+
+        parts = await asyncio.gather(*(ask(shard, deep) for shard in range(shards)))
+        return await self._crowded(
+            queries, [[part[i] for part in parts] for i in range(len(queries))], [[q.k] * shards for q in deep],
+            lambda shard, wanted: ask(shard, [dataclasses.replace(deep[i], k=k, filter=f) for i, k, f in wanted]))
 
     async def similar(self, query: SimilarQuery, version: int, timeout_s: float | None = None) -> IndexHits:
         """A candidate's neighbours in ``version``, routed as ``search`` is. In a
@@ -201,21 +277,77 @@ class IndexRouter:
             return await self._route(version, query.min_generation, timeout_s,
                                      lambda endpoint, left: endpoint.similar(query, version, left))
         loop = asyncio.get_running_loop()
-        start = loop.time()
+        deadline = loop.time() + (self.timeout_s if timeout_s is None else timeout_s)
         owner = int(shard_of([query.candidate_id], shards)[0])
-        deep = dataclasses.replace(query, k=shard_depth(query.k, query.filter, shards))
-        found = await self._route(version, query.min_generation, timeout_s,
-                                  lambda endpoint, left: endpoint.similar(deep, version, left, with_vector=True),
-                                  owner)
-        remaining = (self.timeout_s if timeout_s is None else timeout_s) - (loop.time() - start)
+        deep = dataclasses.replace(query, k=shard_depth(query.k, query.filter, shards),
+                                   filter=_tokens_only(query.filter))
+
+        def own(depth: int, f: Filter, with_vector: bool = False) -> Awaitable[IndexHits]:
+            similar = dataclasses.replace(deep, k=depth, filter=f)
+            return self._route(version, query.min_generation, deadline - loop.time(),
+                               lambda endpoint, left: endpoint.similar(similar, version, left, with_vector), owner)
+
+        found = await own(deep.k, deep.filter, with_vector=True)
         # The candidate lives in its owner's shard only: excluding it elsewhere too would push a caller's
         # allowed MAX_EXCLUSIONS over the index's limit.
-        near = IndexQuery(found.vector, deep.k, query.exclusions, query.filter, min_generation=query.min_generation)
-        parts = await asyncio.gather(*(
-            self._route(version, query.min_generation, remaining,
-                        lambda endpoint, left: endpoint.search([near], version, left), shard)
-            for shard in range(shards) if shard != owner))
-        return merge_hits([found, *(part[0] for part in parts)], query.k, query.filter.max_per_value)
+        near = IndexQuery(found.vector, deep.k, query.exclusions, deep.filter, min_generation=query.min_generation)
+
+        async def ask(shard: int, wanted: list[tuple[int, int, Filter]]) -> list[IndexHits]:
+            _, depth, f = wanted[0]  # the one query's
+            if shard == owner:
+                return [await own(depth, f)]
+            batch = [dataclasses.replace(near, k=depth, filter=f)]
+            return await self._route(version, query.min_generation, deadline - loop.time(),
+                                     lambda endpoint, left: endpoint.search(batch, version, left), shard)
+
+        others = [shard for shard in range(shards) if shard != owner]
+        parts = dict(zip(others, await asyncio.gather(*(ask(shard, [(0, deep.k, deep.filter)]) for shard in others))))
+        parts[owner] = [found]
+        return (await self._crowded([query], [[parts[shard][0] for shard in range(shards)]], [[deep.k] * shards],
+                                    ask))[0]
+
+    async def _crowded(self, queries: list[IndexQuery] | list[SimilarQuery], answers: list[list[IndexHits]],
+                       asked: list[list[int]],
+                       deeper: Callable[[int, list[tuple[int, int, Filter]]], Awaitable[list[IndexHits]]]) \
+            -> list[IndexHits]:
+        """Each query's shards' ``answers`` (to ``asked[query][shard]`` results) merged by ``merge_hits``. A
+        crowded merge its shards' answers cannot settle (``unsettled``) asks those shards again, ``SHARD_GROWTH``
+        times as deep each round: ``deeper(shard, [(query, depth, filter), ...])`` is that shard's answer to each
+        query. Without crowding, no call.
+
+        A shard still unsettling a merge at the deepest an index answers (the largest of k and the default
+        --max-k) is asked once more with the query's own crowding, which looks further down the shard (as far as
+        an unsharded index looks), and the merge takes both its answers: no longer sure to be exact, but it finds
+        the candidates of a rare token that lie deeper than that, as one index would."""
+        def merge(i: int) -> IndexHits:
+            return merge_hits(answers[i], queries[i].k, queries[i].filter.max_per_value)
+
+        merged = [merge(i) for i in range(len(queries))]
+        own_crowding: set[tuple[int, int]] = set()  # (query, shard) asked with the query's own crowding
+        while True:
+            wanted: dict[int, list[tuple[int, int, Filter]]] = collections.defaultdict(list)
+            for i, q in enumerate(queries):
+                if not q.filter.max_per_value:
+                    continue
+                deepest = max(q.k, validation.DEFAULT_MAX_K)
+                for shard in unsettled(answers[i], asked[i], merged[i], q.k):
+                    if asked[i][shard] < deepest:
+                        depth = min(asked[i][shard] * SHARD_GROWTH, deepest)
+                        wanted[shard].append((i, depth, _tokens_only(q.filter)))
+                    elif (i, shard) not in own_crowding:
+                        own_crowding.add((i, shard))
+                        wanted[shard].append((i, q.k, q.filter))
+            if not wanted:
+                return merged
+            shards = list(wanted)
+            for shard, hits in zip(shards, await asyncio.gather(*(deeper(shard, wanted[shard]) for shard in shards))):
+                for (i, depth, f), part in zip(wanted[shard], hits):
+                    if f.max_per_value == TOKENS_ONLY:
+                        answers[i][shard], asked[i][shard] = part, depth
+                    else:
+                        answers[i][shard] = _union(answers[i][shard], part)
+            for i in {i for shard in shards for i, _, _ in wanted[shard]}:
+                merged[i] = merge(i)
 
     def _log_no_holder(self, version: int, generation: int, shard: int, shards: int) -> None:
         self._unrouted[version] = max(generation, self._unrouted.get(version, 0))
@@ -268,6 +400,7 @@ class IndexRouter:
         is sent to the next holder too, and the first answer wins. All tries
         share one deadline: ``timeout_s`` (the callers' time left), at most the
         configured one."""
+        self._asking(version, generation)
         holders = self.holders(version, generation, shard)
         if not holders:
             shards = self.shard_count(version)
@@ -309,6 +442,7 @@ class IndexRouter:
             first.cancel()
 
     async def close(self) -> None:
+        HOLDERS.untrack(self.holder_counts)
         for task in self._watchers:
             task.cancel()
         await asyncio.gather(*self._watchers, return_exceptions=True)
@@ -332,3 +466,23 @@ async def _first_answer(first: asyncio.Task, second: asyncio.Task):
     finally:
         for task in pending:
             task.cancel()
+
+
+class HolderCollector(ScrapeTimeCollector[dict[tuple[int, int], int]]):
+    """``recsys_index_holders{version,shard}`` of the routers started in this process (``holder_counts``)."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        counts: collections.Counter[tuple[int, int]] = collections.Counter()
+        for source in self.sources():
+            counts.update(source())  # keeps zeros: a version nobody holds is the point of the gauge
+        family = GaugeMetricFamily(
+            "recsys_index_holders", "Index endpoints a query replica can send searches of each shard of a version "
+            f"to: every version an endpoint holds, and every version it searched in the last {ASKED_S / 60:g} "
+            "minutes (0: an outage of that version)", labels=["version", "shard"])
+        for (version, shard), count in sorted(counts.items()):
+            family.add_metric([str(version), str(shard)], count)
+        yield family
+
+
+HOLDERS = HolderCollector()
+prometheus_client.REGISTRY.register(HOLDERS)

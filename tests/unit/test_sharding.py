@@ -170,8 +170,8 @@ async def test_the_replicas_of_a_shard_take_turns_whatever_the_other_shards_hold
 
 
 def test_shards_crowded_alone_are_crowded_again_when_merged():
-    """Each shard crowds its own answer; two shards' best Dramas together were two Dramas at one per genre. The
-    index names each result's tokens (through the proto, as the query service reads them) for the merge."""
+    """The merge crowds the shards' answers together: two shards' best Dramas together were two Dramas at one per
+    genre. The index names each result's tokens (through the proto, as the query service reads them) for it."""
     from index_service.core import Answer
     from index_service.searcher import SearchResult
     from index_service.servicer import _response
@@ -189,7 +189,7 @@ def test_shards_crowded_alone_are_crowded_again_when_merged():
     merged = merge_hits([a, b], 3, max_per_value=1)
     assert merged.ids == ["heat", "up", "alien"] and merged.scores == pytest.approx([0.9, 0.7, 0.6])
     assert merge_hits([a, b], 4, max_per_value=2).ids == ["heat", "casablanca", "up", "alien"]
-    # Each shard is asked for more than k when crowding: its crowded top-k can lose places in the merge.
+    # Each shard is asked first for more than k when crowding: the crowded top k reaches deeper into its answer.
     crowded = check_filter([], [], "genres", 1)
     assert [shard_depth(10, f, 3) for f in (NO_FILTER, crowded)] == [10, 30]
     assert shard_depth(600, crowded, 4) == validation.DEFAULT_MAX_K and shard_depth(10, crowded, 1) == 10

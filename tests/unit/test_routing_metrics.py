@@ -1,0 +1,50 @@
+"""A query replica's /metrics says how many index endpoints can answer each
+version it routes (``recsys_index_holders``), so a replica that is SERVING while
+no endpoint holds its live version shows as such, not only through its error
+rate. The slot is a real gRPC server whose status stream ends as a draining
+slot's does (tests/unit/test_routing_logs.py)."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import prometheus_client
+import pytest
+
+from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
+from query_service.index_client import IndexQuery
+from query_service.routing import IndexRouter, RoutingConfig
+from serving import errors
+from tests.unit.test_routing_logs import SERVING, Slot, until
+
+
+def holders(version: int) -> float | None:
+    return prometheus_client.REGISTRY.get_sample_value("recsys_index_holders",
+                                                       {"version": str(version), "shard": "0"})
+
+
+async def test_the_holders_of_each_version_are_exported_and_none_is_zero_once_searched():
+    slot = Slot()
+    server = grpc.aio.server()
+    pb_grpc.add_IndexServiceServicer_to_server(slot, server)
+    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    await server.start()
+    router = IndexRouter(RoutingConfig(addresses=(address,)))
+    router.start()
+    try:
+        slot.statuses.put_nowait(SERVING)
+        await until(lambda: router.routable(1))
+        assert holders(1) == 1
+        slot.statuses.put_nowait(None)  # the slot drains: its stream ends
+        await until(lambda: not router.routable(1))
+        assert holders(1) is None  # held nowhere, and this replica has not asked for it
+        with pytest.raises(errors.Unavailable):
+            await router.search([IndexQuery(np.zeros(2, np.float32), 1, frozenset())], 1)
+        assert holders(1) == 0  # the replica searches it and no endpoint can answer: an outage
+        slot.statuses.put_nowait(SERVING)
+        await until(lambda: router.routable(1))
+        assert holders(1) == 1
+    finally:
+        await router.close()
+        await server.stop(0)
+    assert holders(1) is None  # a closed router exports nothing
