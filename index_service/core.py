@@ -5,10 +5,13 @@ these calls."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import AsyncIterator, Sequence
+from typing import AsyncIterator, ContextManager, Sequence
+
+import numpy as np
 
 from index_service.searcher import CandidateIndex, SearchResult
 from serving import validation
@@ -20,6 +23,11 @@ from settings.flags import option, require
 # About 0.1 ms of ScaNN at 64 dims (a 1M tree-AH query scores ~30k rows): less
 # than handing the search to a thread and back costs the event loop.
 INLINE_MAX_ROWS = 50_000
+# The most a query vector's norm times the largest norm of a version's trained candidates may be, which bounds its
+# scores: float32's largest value, with room for tree-AH's scoring, which adds a query's score against a partition
+# centre to its scores against quantized residuals (whose norms may reach twice the candidates' largest), and for
+# catalogue candidates somewhat larger than the trained ones.
+MAX_SCORE_BOUND = float(np.finfo(np.float32).max) / 16
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,7 @@ class Answer:
 
     version: int
     generation: int
+    id_chars: int | None = None  # at least the characters of the version's longest id (None: not known)
 
 
 @dataclass(frozen=True)
@@ -126,30 +135,44 @@ class IndexCore:
         """Refuses a batch over the limits (see ``SearchLimits``) before any work."""
         validation.check_batch(ks, self.limits.max_batch_queries, self.limits.max_batch_results)
 
-    async def search(self, queries: list[Query], version: int) -> tuple[Answer, list[SearchResult]]:
-        """Searches every query in one version; returns (what answered, results)."""
+    async def search(self, queries: list[Query], version: int, field: str | None = None) \
+            -> tuple[Answer, list[SearchResult]]:
+        """Searches every query in one version; returns (what answered, results). ``field``: the request's
+        repeated field that held the queries (BatchSearch's ``queries``), which a refusal of one of them names
+        with its index; None for a lone query."""
         self.check_batch([q.k for q in queries])
         index = self._index(version)
-        answer = Answer(index.version, index.catalogue_generation)
-        ks = [validation.check_k(q.k, self.limits.max_k) for q in queries]
-        exclusions = [validation.check_exclusions(q.exclusions) for q in queries]
+        generation = index.catalogue_generation
+        ks, exclusions = [], []
         results: list[SearchResult | None] = [None] * len(queries)
         # Queries of one filter share a ScaNN call; the popularity-ranked ones need no vector.
         groups: dict[Filter, list[int]] = {}
         for i, q in enumerate(queries):
-            if q.by_popularity:
-                if q.vector:
-                    raise InvalidArgument(f"query {i} sets by_popularity and a vector: send one or the other")
-                results[i] = index.by_popularity(ks[i], exclusions[i], q.filter)
-            else:
-                groups.setdefault(q.filter, []).append(i)
+            with _naming(field, i):
+                ks.append(validation.check_k(q.k, self.limits.max_k))
+                exclusions.append(validation.check_exclusions(q.exclusions))
+                if q.filter not in groups:
+                    index.attributes.check(q.filter)  # here, where the query is known (the search checks again)
+                if q.by_popularity:
+                    if q.vector:
+                        raise InvalidArgument("by_popularity is set with a vector: send one or the other")
+                    results[i] = index.by_popularity(ks[i], exclusions[i], q.filter)
+                    continue
+            groups.setdefault(q.filter, []).append(i)
         for f, members in groups.items():
-            vectors = validation.check_vectors([queries[i].vector for i in members], index.dim, index.version)
+            try:
+                vectors = validation.check_vectors([queries[i].vector for i in members], index.dim, index.version)
+            except InvalidArgument:
+                for i in members:  # the check of the whole group says what is wrong, not of which query
+                    with _naming(field, i):
+                        validation.check_vectors([queries[i].vector], index.dim, index.version)
+                raise
+            _check_scores(vectors, index, field, members)
             found = await self._run(index, len(members), index.search, vectors, max(ks[i] for i in members),
                                     [exclusions[i] for i in members], f)
             for i, result in zip(members, found):
                 results[i] = result
-        return answer, [r.head(qk) for r, qk in zip(results, ks)]
+        return self._answer(index, generation), [r.head(qk) for r, qk in zip(results, ks)]
 
     async def similar(self, candidate_id: str, k: int, exclusions: tuple[str, ...], f: Filter,
                       version: int) -> tuple[Answer, SearchResult]:
@@ -158,8 +181,15 @@ class IndexCore:
         validation.check_k(k, self.limits.max_k)
         excluded = validation.check_exclusions(exclusions)
         index = self._index(version)
-        answer = Answer(index.version, index.catalogue_generation)
-        return answer, await self._run(index, 1, index.similar, candidate_id, k, excluded, f)
+        generation = index.catalogue_generation
+        result = await self._run(index, 1, index.similar, candidate_id, k, excluded, f)
+        return self._answer(index, generation), result
+
+    @staticmethod
+    def _answer(index: CandidateIndex, generation: int) -> Answer:
+        """What answered a search of ``index`` begun at catalogue ``generation``; called once it is done: a delta
+        applied meanwhile may have widened the ids, never narrowed them."""
+        return Answer(index.version, generation, index.rows.id_chars)
 
     def _index(self, version: int) -> CandidateIndex:
         if version < 0:
@@ -172,3 +202,24 @@ class IndexCore:
         if queries * index.rows_scanned_per_query <= INLINE_MAX_ROWS:
             return search(*args)
         return await asyncio.get_running_loop().run_in_executor(self.executor, search, *args)
+
+
+def _naming(field: str | None, i: int) -> ContextManager[None]:
+    """Names query ``i`` of ``field`` in an InvalidArgument raised within (see ``validation.item``); a lone
+    query's (``field`` None) as it is."""
+    return validation.item(field, i) if field else contextlib.nullcontext()
+
+
+def _check_scores(vectors: np.ndarray, index: CandidateIndex, field: str | None, members: list[int]) -> None:
+    """Refuses a query vector whose scores against ``index`` could pass float32's range (see ``MAX_SCORE_BOUND``):
+    ScaNN would answer scores of inf (or NaN) in no meaningful order. Row j of ``vectors`` is query ``members[j]``
+    of ``field``."""
+    norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
+    scale = index.rows.trained_max_norm
+    over = np.flatnonzero(norms * scale > MAX_SCORE_BOUND)
+    if len(over):
+        with _naming(field, members[over[0]]):
+            raise InvalidArgument(
+                f"query vector has norm {norms[over[0]]:.3g}: its scores against version {index.version}'s candidates "
+                f"(trained norms up to {scale:.3g}) could pass float32's range ({MAX_SCORE_BOUND:.3g} allowed for the "
+                f"product of the norms): scale it down (a vector's scale does not change the ranking)")

@@ -87,7 +87,8 @@ async def create_server(config: IndexServiceConfig) -> tuple[ServiceWithAdmin, I
                       config.min_recall)
     loop = asyncio.get_running_loop()
     core.bind(loop)
-    spec = ServiceSpec(pb_grpc.add_IndexServiceServicer_to_server, IndexServicer(core, admin), SERVICE_NAME)
+    servicer = IndexServicer(core, admin, config.max_message_bytes)
+    spec = ServiceSpec(pb_grpc.add_IndexServiceServicer_to_server, servicer, SERVICE_NAME)
     service = await ServiceWithAdmin.start(spec, admin, config)
     # Watchers that keep routing to a draining slot send it searches after it stops taking calls.
     service.data.on_drain(core.drain)

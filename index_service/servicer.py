@@ -1,16 +1,27 @@
-"""gRPC IndexService: proto <-> core translation only."""
+"""gRPC IndexService: proto <-> core translation, and answers kept within the message limit."""
 
 from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+from google.protobuf.message import Message
 
 from index_service.core import Answer, IndexCore, Query
 from index_service.searcher import SearchResult
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
+from serving import validation
 from serving.admin import VersionAdmin
 from serving.admin_rpc import version_protos
 from serving.errors import InvalidArgument
 from serving.filters import filter_from_proto
 from serving.grpc_server import add_scored, map_errors
+
+# The most bytes of a SearchResponse besides its results, crowding tokens and vector: its version, generation,
+# model name (at most 64 characters), and its place in a BatchSearchResponse (94 in all), with room for the
+# version and generation of that BatchSearchResponse (22).
+_RESPONSE_BYTES = 128
 
 
 def _query(request: pb.SearchRequest) -> Query:
@@ -31,16 +42,30 @@ def _response(result: SearchResult, answer: Answer, model: str,
     return response
 
 
+@functools.lru_cache(maxsize=None)
+def _result_bytes(id_chars: int) -> int:
+    """The most bytes one result takes in an answer whose ids have at most ``id_chars`` characters (of up to 4
+    bytes of UTF-8 each)."""
+    return pb.SearchResponse(candidates=[pb.ScoredCandidate(candidate_id="\U0010ffff" * id_chars, score=1.0)]) \
+        .ByteSize()
+
+
 class IndexServicer(pb_grpc.IndexServiceServicer):
-    def __init__(self, core: IndexCore, admin: VersionAdmin):
+    """``max_message_bytes``: the largest message the server sends (its --max-message-bytes); a larger answer is
+    refused INVALID_ARGUMENT naming it, where gRPC would fail the call after all the work with a bare
+    RESOURCE_EXHAUSTED, which reads as a load to shed and retry."""
+
+    def __init__(self, core: IndexCore, admin: VersionAdmin,
+                 max_message_bytes: int = validation.DEFAULT_MAX_MESSAGE_BYTES):
         self.core = core
         self.admin = admin
         self.model = core.manager.model
+        self.max_message_bytes = max_message_bytes
 
     @map_errors
     async def Search(self, request: pb.SearchRequest, context) -> pb.SearchResponse:
         answer, results = await self.core.search([_query(request)], request.model_version)
-        return _response(results[0], answer, self.model)
+        return self._sendable(_response(results[0], answer, self.model), answer, results, "lower k")
 
     @map_errors
     async def SearchSimilar(self, request: pb.SearchSimilarRequest, context) -> pb.SearchResponse:
@@ -50,7 +75,7 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
         response = _response(result, answer, self.model)
         if request.return_vector:
             response.query_vector.extend(result.vector.tolist())
-        return response
+        return self._sendable(response, answer, [result], "lower k", len(response.query_vector))
 
     @map_errors
     async def BatchSearch(self, request: pb.BatchSearchRequest, context) -> pb.BatchSearchResponse:
@@ -60,11 +85,27 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
             raise InvalidArgument(
                 f"queries name different model versions {sorted(versions)}: one batch searches one version"
             )
-        answer, results = await self.core.search([_query(q) for q in request.queries],
-                                                 versions.pop() if versions else 0)
+        queries = []
+        for i, query in enumerate(request.queries):
+            with validation.item("queries", i):
+                queries.append(_query(query))
+        answer, results = await self.core.search(queries, versions.pop() if versions else 0, "queries")
         response = pb.BatchSearchResponse(model_version=answer.version, catalogue_generation=answer.generation)
         for result in results:
             _response(result, answer, self.model, response.results.add())
+        return self._sendable(response, answer, results, "split the batch or lower k")
+
+    def _sendable(self, response: Message, answer: Answer, results: Sequence[SearchResult], remedy: str,
+                  vector_values: int = 0) -> Message:
+        """``response`` (of ``results``, and a vector of ``vector_values`` values), if the server may send it;
+        else InvalidArgument naming its size, the limit and ``remedy``."""
+        # Sized exactly only when it could pass the limit: the size costs a serialization (15 ms at 12 MB).
+        if answer.id_chars is not None and not any(r.crowding for r in results):
+            bound = (sum(len(r.ids) for r in results) * _result_bytes(answer.id_chars)
+                     + len(results) * _RESPONSE_BYTES + 4 * vector_values)
+            if bound <= self.max_message_bytes:
+                return response
+        validation.check_answer_size(response.ByteSize(), self.max_message_bytes, remedy)
         return response
 
     async def WatchStatus(self, request: pb.WatchStatusRequest, context):

@@ -18,7 +18,6 @@ from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from query_service.index_client import RESULT_BYTES
 from query_service.recommender import SOURCE_MODEL, Recommendation, Recommender, RecommendQuery
 from serving import validation
-from serving.errors import InvalidArgument
 from serving.filters import filter_from_proto
 from serving.grpc_server import add_scored, map_errors, parse_request
 
@@ -91,18 +90,13 @@ class QueryServicer(pb_grpc.QueryServiceServicer):
         response = pb.BatchRecommendResponse(responses=[self._response(rec) for rec in recs], model_version=version)
         # Sized exactly only when its results could pass the limit: the size costs a serialization.
         if sum(len(rec.ids) * RESULT_BYTES + _RESPONSE_BYTES for rec in recs) > self.max_message_bytes:
-            self._check_size(response.ByteSize(), "split the batch or lower k")
+            validation.check_answer_size(response.ByteSize(), self.max_message_bytes, "split the batch or lower k")
         return response
 
     def _sendable(self, data: bytes) -> bytes:
         """A single answer's ``data``, if the server may send it."""
-        self._check_size(len(data), "lower k")
+        validation.check_answer_size(len(data), self.max_message_bytes, "lower k")
         return data
-
-    def _check_size(self, size: int, remedy: str) -> None:
-        if size > self.max_message_bytes:
-            raise InvalidArgument(f"the answer is {size:,} bytes, over the {self.max_message_bytes:,} bytes a message "
-                                  f"may take (--max-message-bytes): {remedy}")
 
     @map_errors
     async def RecordInteractions(self, request: pb.RecordInteractionsRequest,

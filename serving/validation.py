@@ -99,6 +99,14 @@ def refused_batch_bound(message: str) -> tuple[str, int] | None:
     return None
 
 
+def check_answer_size(size: int, max_message_bytes: int, remedy: str) -> None:
+    """Refuses an answer of ``size`` bytes that the server may not send (its --max-message-bytes): gRPC would fail
+    the call after all its work with a bare RESOURCE_EXHAUSTED, which reads as a load to shed and retry."""
+    if size > max_message_bytes:
+        raise InvalidArgument(f"the answer is {size:,} bytes, over the {max_message_bytes:,} bytes a message may "
+                              f"take (--max-message-bytes): {remedy}")
+
+
 def check_batch(ks: Sequence[int], max_queries: int, max_results: int) -> None:
     """Bounds a batch search before any work: its size, and queries x the largest k
     (what the search computes and the answer holds)."""
