@@ -1,8 +1,12 @@
-"""Id lookup in sorted unique id arrays (catalogues, customer stores, feature tables)."""
+"""Ids: how long one may be, and lookup in sorted unique id arrays (catalogues, customer stores, feature tables)."""
 
 from __future__ import annotations
 
 import numpy as np
+
+# The longest id (UTF-8 bytes) the services accept in a request. The trainer drops longer ones: a customer over it
+# could never be asked for, a candidate over it would be answered but could never be sent back.
+MAX_ID_BYTES = 256
 
 
 def index_of(sorted_ids: np.ndarray, ids) -> np.ndarray:

@@ -8,9 +8,9 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from model_registry.ids import MAX_ID_BYTES  # also the trainer's: ids it trains on are ones a request may hold
 from serving.errors import InvalidArgument
 
-MAX_ID_BYTES = 256
 DEFAULT_MAX_K = 1000
 MAX_EXCLUSIONS = 10_000
 MAX_RECENT = 1000

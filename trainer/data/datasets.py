@@ -30,7 +30,8 @@ class DatasetOptions:
 
     Column names address header fields; with ``header=False`` they are 0-based
     column numbers ("0", "2"). ``rating_col``/``time_col`` are optional: without a
-    time column the row number is the timestamp (file order).
+    time column the row number is the timestamp (file order). Interactions files
+    read their times as epoch seconds (see ``trainer.data.files``).
     """
 
     data_dir: Path | None = option(None, "the ml-100k folder (movielens-100k only)", parse=Path)
@@ -41,7 +42,9 @@ class DatasetOptions:
     customer_col: str = option("user_id", "customer id column")
     candidate_col: str = option("item_id", "candidate id column")
     rating_col: str | None = option(None, "rating column (needed by --min-rating)")
-    time_col: str | None = option(None, "timestamp column: epoch numbers or ISO dates (default: file order)")
+    time_col: str | None = option(
+        None, "timestamp column: epoch seconds or milliseconds (micro-, nanoseconds) or ISO dates, one kind "
+              "(default: file order)")
     min_rating: float | None = option(None, "keep only interactions rated at least this")
     unrated_value: float | None = option(
         None, "rating that means 'reviewed without a rating' (Food.com's 0); --min-rating keeps such rows")

@@ -9,13 +9,30 @@ configurable column names) and session click streams.
   features; interactions whose candidate is not in the catalogue are dropped
   (and counted). Catalogue cells that hold Python list literals (Food.com's
   tags and ingredients, "['a', 'b']") become "a|b", like JSON lists.
-  Rows without a customer or candidate id (a blank cell, a JSON null) are
-  dropped (and counted), here and in sessions. Repeats of a row (the same
-  customer, candidate and time: one event written twice) are dropped (and
-  counted), here and in sessions.
+  Ids are trimmed of the whitespace around them. Rows without a customer or
+  candidate id (a blank cell, a JSON null) are dropped (and counted), here and
+  in sessions, and so are rows with an id over ``MAX_ID_BYTES`` (UTF-8), which
+  the services refuse in every request (the catalogue leaves such ids out).
+  Repeats of a row (the same customer, candidate and time: one event written
+  twice) are dropped (and counted), here and in sessions. Without a time column
+  a repeat is the same customer and candidate (whatever the rating): the first
+  row is kept.
 * sessions: click streams (SessionId, ItemId, Time as in YooChoose or
   RetailRocket): each session is a "customer", events are ordered by time
   within a session, sessions with a single event are dropped (and counted).
+
+A time column holds epoch numbers or ISO dates, not both, every value finite;
+anything else is refused naming the row and value. Interactions times become
+epoch seconds, what the services' request_time is: the column's largest number
+names its unit (below 1e11 seconds, below 1e14 milliseconds, then micro- and
+nanoseconds; ``info["time_unit"]``), and a column that also holds a number from
+1e8 (1973 in seconds) up to that unit's start mixes units and is refused.
+Sessions keep epoch numbers in the file's unit, to order events within a second.
+
+A CSV/TSV row must have the header's number of fields (more only if empty: a
+trailing delimiter), an id must not hold a line break (a quote left open reads
+the rows after it as one id), and a damaged file (a cut or fake .gz, a field
+past the csv module's limit) is named: each is a ValueError naming the line.
 
 Both can keep only some event types (``event_col`` + ``events``: RetailRocket's
 view / addtocart / transaction); the count of each type is in ``info``.
@@ -29,16 +46,20 @@ dropped and how fast is in ``Interactions.info``.
 from __future__ import annotations
 
 import ast
+import contextlib
 import csv
+import gzip
 import itertools
 import json
 import re
 import time
+import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
+from model_registry.ids import MAX_ID_BYTES
 from trainer.data.interactions import Interactions, align_features
 
 if TYPE_CHECKING:
@@ -66,10 +87,10 @@ def file_format(path: Path | str, fmt: str | None = None) -> str:
 
 
 def _open_text(path: Path):
+    # utf-8-sig: a byte order mark (Excel's "CSV UTF-8") is not part of the first header name or id.
     if str(path).endswith(".gz"):
-        import gzip
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
 
 
 def _missing(path: Path, wanted: list[str], found: list[str]) -> ValueError:
@@ -94,6 +115,8 @@ def _read_chunks(path: Path, fmt: str, columns: list[str], delimiter: str | None
 
     CSV/TSV values are strings ("" when empty); JSON-lines values are what
     ``json.loads`` gives (None when the key is absent), lists joined with "|".
+    A damaged file (a cut or fake .gz, a CSV field past the csv module's limit)
+    is a ValueError naming it and the last line read.
     """
     path = Path(path)
     if fmt == "jsonl":
@@ -101,38 +124,85 @@ def _read_chunks(path: Path, fmt: str, columns: list[str], delimiter: str | None
         return
     delim = delimiter or ("\t" if fmt == "tsv" else ",")
     with _open_text(path) as f:
-        # "a, b" (and 'a, "b, c"'): a space after the delimiter is layout, not part of the value,
-        # and a quote after it still opens a quoted field.
-        reader = csv.reader(f, delimiter=delim, skipinitialspace=True)
-        if header:
-            names = next(reader, None)
-            if names is None:
-                raise ValueError(f"{path} is empty")
-            names = [n.strip().lstrip("\ufeff") for n in names]
-            if any(c not in names for c in columns):
-                raise _missing(path, columns, names)
-            idx = [names.index(c) for c in columns]
-        else:
-            if not all(c.isdigit() for c in columns):
-                raise ValueError(f"{path}: without a header, columns must be 0-based numbers, got {columns}")
-            idx = [int(c) for c in columns]
-        width = max(idx) + 1
-        line = 1 if header else 0
-        while True:
-            rows = list(itertools.islice(reader, chunk_rows))
-            if not rows:
-                return
-            count = len(rows)
-            if min(map(len, rows)) < width:
-                bad = next((i for i, r in enumerate(rows) if r and len(r) < width), None)
-                if bad is not None:
-                    raise ValueError(f"{path}: row {line + bad + 1} has {len(rows[bad])} fields, "
-                                     f"need at least {width} (is the delimiter {delim!r} right?)")
-                rows = [r for r in rows if r]  # blank lines
-            line += count
-            if not rows:
-                continue
+        with _damaged(path, lambda: _line_of(path, delim)):
+            yield from _csv_chunks(path, _csv_reader(f, delim), delim, columns, header, chunk_rows)
+
+
+def _csv_reader(f, delim: str):
+    # "a, b" (and 'a, "b, c"'): a space after the delimiter is layout, not part of the value,
+    # and a quote after it still opens a quoted field.
+    return csv.reader(f, delimiter=delim, skipinitialspace=True)
+
+
+# What reading a damaged file raises: a cut .gz, a file named .gz that is not one, a CSV field past the limit.
+_DAMAGE = (EOFError, gzip.BadGzipFile, zlib.error, csv.Error)
+
+
+@contextlib.contextmanager
+def _damaged(path: Path, lines_read: Callable[[], int]) -> Iterator[None]:
+    """Turns ``_DAMAGE`` into a ValueError naming the file and the last line that could be read."""
+    try:
+        yield
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise ValueError(f"{path}: unreadable after line {lines_read()}: not a whole gzip file ({e})") from None
+    except csv.Error as e:
+        raise ValueError(f"{path}: unreadable after line {lines_read()}: {e} (is a quote left open?)") from None
+
+
+def _csv_chunks(path: Path, reader, delim: str, columns: list[str], header: bool,
+                chunk_rows: int) -> Iterator[list[list[Any]]]:
+    """``_read_chunks`` for CSV/TSV: every row has the header's fields (or the first row's, without a header);
+    more are allowed only empty (a trailing delimiter). Otherwise a value would be read from another column."""
+    if header:
+        names = next(reader, None)
+        if names is None:
+            raise ValueError(f"{path} is empty")
+        names = [n.strip() for n in names]
+        if any(c not in names for c in columns):
+            raise _missing(path, columns, names)
+        idx = [names.index(c) for c in columns]
+        fields: int | None = len(names)
+    else:
+        if not all(c.isdigit() for c in columns):
+            raise ValueError(f"{path}: without a header, columns must be 0-based numbers, got {columns}")
+        idx = [int(c) for c in columns]
+        fields = None
+    width = max(idx) + 1
+    record = 1 if header else 0
+    while True:
+        rows = list(itertools.islice(reader, chunk_rows))
+        if not rows:
+            return
+        if fields is None:
+            fields = next((len(r) for r in rows if r), None)
+        if not set(map(len, rows)) <= {0, fields}:
+            bad = next((i for i, r in enumerate(rows) if r and (len(r) < fields or any(r[fields:]))), None)
+            if bad is not None:
+                need = f"the {'header' if header else 'first row'} {fields}"
+                if len(rows[bad]) < width:
+                    need = f"need at least {width}"
+                raise ValueError(f"{path}: row {_line_of(path, delim, record + bad + 1)} has {len(rows[bad])} "
+                                 f"fields, {need} (is the delimiter {delim!r} right? a comma unquoted? "
+                                 f"a quote left open?)")
+        if fields is not None and fields < width:
+            raise ValueError(f"{path}: row {_line_of(path, delim, record + 1)} has {fields} fields, "
+                             f"need at least {width} (is the delimiter {delim!r} right?)")
+        record += len(rows)
+        rows = [r for r in rows if r]  # blank lines
+        if rows:
             yield [[r[i] for r in rows] for i in idx]
+
+
+def _line_of(path: Path, delim: str, record: int | None = None) -> int:
+    """The line on which CSV record ``record`` (1-based, the header included) ends, a quoted field spanning lines;
+    without ``record``, the last record that can be read. Reads the file again, only for an error message."""
+    line = 0
+    with _open_text(path) as f:
+        reader = _csv_reader(f, delim)
+        with contextlib.suppress(*_DAMAGE):
+            for _ in itertools.islice(reader, record):
+                line = reader.line_num
+    return line
 
 
 def _json_value(v: Any) -> Any:
@@ -145,10 +215,13 @@ def _json_value(v: Any) -> Any:
 
 def _read_jsonl(path: Path, columns: list[str], chunk_rows: int) -> Iterator[list[list[Any]]]:
     loads = json.loads
-    with _open_text(path) as f:
+    read = 0
+    with _open_text(path) as f, _damaged(path, lambda: read):
         first = True
         while True:
-            lines = [ln for ln in itertools.islice(f, chunk_rows) if ln.strip()]
+            lines = list(itertools.islice(f, chunk_rows))
+            read += len(lines)
+            lines = [ln for ln in lines if ln.strip()]
             if not lines:
                 if first:
                     raise ValueError(f"{path} is empty")
@@ -184,35 +257,57 @@ class _Encoder:
                            dtype=np.int64, count=len(values))
 
     def finish(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(sorted unique ids, codes remapped to positions in them)."""
+        """(sorted unique ids, codes remapped to positions in them), ids trimmed of the whitespace around them:
+        the csv module trims only after a delimiter, which made "u1 " and "u1" two customers."""
         ids = np.array(list(self.vocab), dtype=str) if self.vocab else np.array([], dtype="<U1")
-        order = np.argsort(ids, kind="stable")
-        rank = np.empty(len(ids), dtype=np.int64)
-        rank[order] = np.arange(len(ids))
-        return ids[order], rank[codes]
+        ids, rank = np.unique(np.char.strip(ids), return_inverse=True)
+        return ids, rank[codes]
 
 
-def _blank_rows(vocab: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """Rows whose id is empty (a blank cell, a JSON null or a missing key); "" sorts first in ``vocab``."""
-    if len(vocab) and vocab[0] == "":
-        return codes == 0
-    return np.zeros(len(codes), dtype=bool)
+def _refuse_line_breaks(path: Path, col: str, encoder: _Encoder, codes: list[np.ndarray]) -> None:
+    """Refuses an id holding a line break: a quote left open reads the rows after it as one id."""
+    code = next((i for i, v in enumerate(encoder.vocab) if "\n" in v or "\r" in v), None)
+    if code is not None:
+        row = int(np.argmax(np.concatenate(codes) == code)) + 1
+        value = next(itertools.islice(encoder.vocab, code, None))
+        raise ValueError(f"{path}: column {col!r} holds an id with a line break at data row {row}: {value[:60]!r}"
+                         f"{'...' if len(value) > 60 else ''} (is a quote left open?)")
 
 
-def _drop_missing_ids(keep: np.ndarray, info: dict[str, Any], *vocab_codes: tuple[np.ndarray, np.ndarray]) -> None:
-    """Clears ``keep`` where a row lacks an id: they would all become one customer (or candidate) named ""."""
-    missing = np.zeros(len(keep), dtype=bool)
-    for vocab, codes in vocab_codes:
-        missing |= _blank_rows(vocab, codes)
-    missing &= keep
-    if missing.any():
-        info["dropped_missing_id"] = int(missing.sum())
-        keep &= ~missing
+def _long_ids(ids: np.ndarray) -> np.ndarray:
+    """Where an id is over ``MAX_ID_BYTES`` of UTF-8, which the services refuse in every request."""
+    long = np.zeros(len(ids), dtype=bool)
+    maybe = np.flatnonzero(np.char.str_len(ids) > MAX_ID_BYTES // 4)  # at most 4 bytes a character
+    long[maybe] = [len(v.encode("utf-8")) > MAX_ID_BYTES for v in ids[maybe].tolist()]
+    return long
 
 
-def _drop_duplicates(keep: np.ndarray, info: dict[str, Any], *columns: np.ndarray) -> None:
-    """Clears ``keep`` on every kept row equal in all ``columns`` to an earlier kept row: one event written twice
-    would otherwise be split into train and test alike, a test event the model has trained on."""
+def _drop_unusable_ids(keep: np.ndarray, info: dict[str, Any], *vocab_codes: tuple[np.ndarray, np.ndarray]) -> None:
+    """Clears ``keep`` where a row lacks an id (they would all become one customer or candidate named "":
+    ``info["dropped_missing_id"]``) or has one over ``MAX_ID_BYTES`` (``info["dropped_long_id"]``).
+
+    Long ids are dropped, not refused, as a missing one is: the rest of the file trains, and the count says how
+    many rows the services could not have used."""
+    for key, unusable in (("dropped_missing_id", lambda vocab: vocab == ""), ("dropped_long_id", _long_ids)):
+        rows = np.zeros(len(keep), dtype=bool)
+        for vocab, codes in vocab_codes:
+            rows |= unusable(vocab)[codes]
+        rows &= keep
+        if rows.any():
+            info[key] = int(rows.sum())
+            keep &= ~rows
+
+
+def _drop_duplicates(keep: np.ndarray, info: dict[str, Any], customers: np.ndarray, candidates: np.ndarray,
+                     times: np.ndarray | None) -> None:
+    """Clears ``keep`` on every kept row that repeats an earlier kept row: one event written twice would otherwise
+    be split into train and test alike, a test event the model has trained on.
+
+    A repeat is the same customer, candidate and time; without a time column (``times`` None: the row number
+    stands in for it, unique per row) the same customer and candidate, whatever the rating: a copy and a repeat
+    cannot be told apart then, and either would put the pair in train and test.
+    """
+    columns = (customers, candidates) if times is None else (customers, candidates, times)
     rows = np.flatnonzero(keep)
     order = rows[np.lexsort(tuple(col[rows] for col in reversed(columns)))]  # stable: the first copy leads
     repeat = np.zeros(len(order), dtype=bool)
@@ -246,39 +341,97 @@ def _is_number(v: Any) -> bool:
         return v is None or v == ""
 
 
-def _times(values: list[Any], path: Path, col: str) -> np.ndarray:
-    """int64 timestamps: integers as they are (epoch s or ms), floats truncated, ISO dates -> epoch seconds."""
+# A cell that is a number (numpy would read "1700000000" as the year 1700000000 among dates).
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[+-]?(?:nan|inf|infinity)", re.IGNORECASE)
+
+
+def _time_error(path: Path, col: str, row: int, value: Any, problem: str) -> ValueError:
+    return ValueError(f"{path}: column {col!r} {problem}: data row {row} holds {str(value)!r}")
+
+
+def _times(values: list[Any], path: Path, col: str, first_row: int) -> tuple[np.ndarray, str]:
+    """(int64 times, "number" or "date") of a chunk whose first value is data row ``first_row + 1``: epoch numbers
+    as given (floats floored), ISO dates as epoch milliseconds.
+
+    Refuses, naming the row and value, a blank, a number that is not finite, NaT, and numbers beside dates: each
+    would be read as a time far from the others' and move events across a temporal split.
+    """
     try:
         arr = np.array(values)
     except ValueError:
         arr = np.array([str(v) for v in values])
     if arr.dtype.kind in "iu":
-        return arr.astype(np.int64)
-    if arr.dtype.kind == "f":
-        return np.nan_to_num(arr, nan=0).astype(np.int64)
+        return arr.astype(np.int64), "number"
     if arr.dtype.kind == "O":  # JSON null beside numbers
         arr = np.array(["" if v is None else str(v) for v in values])
-    arr = arr.astype(str)
+    if arr.dtype.kind != "f":
+        arr = np.char.strip(arr.astype(str))
+        try:
+            return arr.astype(np.int64), "number"
+        except ValueError:
+            pass
+        blank = arr == ""
+        if blank.any():
+            raise ValueError(f"{path}: column {col!r} has {int(blank.sum())} empty value"
+                             f"{'s' if blank.sum() > 1 else ''}; every row needs a time "
+                             f"(or leave out the time column to use file order)")
+        try:
+            arr = arr.astype(np.float64)
+        except ValueError:
+            number = np.zeros(len(arr), dtype=bool)
+            undated = np.flatnonzero(np.char.find(arr, "-", 1) < 0)  # an ISO date has a dash after its year
+            number[undated] = [_NUMBER.fullmatch(v) is not None for v in arr[undated]]
+            if number.any():
+                i = int(np.argmax(number != number[0]))
+                raise _time_error(path, col, first_row + i + 1, values[i], "mixes epoch numbers and dates")
+            return _dates(arr, values, path, col, first_row), "date"
+    finite = np.isfinite(arr)
+    if not finite.all():
+        i = int(np.argmin(finite))
+        raise _time_error(path, col, first_row + i + 1, values[i], "must hold finite times")
+    return np.floor(arr).astype(np.int64), "number"
+
+
+def _dates(arr: np.ndarray, values: list[Any], path: Path, col: str, first_row: int) -> np.ndarray:
+    """ISO dates (stripped strings) as int64 epoch milliseconds."""
     try:
-        return arr.astype(np.int64)
-    except ValueError:
-        pass
-    try:
-        return arr.astype(np.float64).astype(np.int64)
-    except ValueError:
-        pass
-    # A blank would make numpy read epoch numbers as years ("1700000000") and itself as the earliest time.
-    blank = np.char.strip(arr) == ""
-    if blank.any():
-        raise ValueError(f"{path}: column {col!r} has {int(blank.sum())} empty value{'s' if blank.sum() > 1 else ''}; "
-                         f"every row needs a time (or leave out the time column to use file order)")
-    try:
-        stripped = np.char.rstrip(arr, "Z")  # "2014-04-07T10:51:09.277Z" (UTC)
-        return stripped.astype("datetime64[ms]").astype("datetime64[s]").astype(np.int64)
+        dates = np.char.rstrip(arr, "Z").astype("datetime64[ms]")  # "2014-04-07T10:51:09.277Z" (UTC)
     except ValueError:
         bad = next((v for v in arr if not _is_time(v)), arr[0])
         raise ValueError(f"{path}: column {col!r} must hold epoch numbers or ISO dates, "
                          f"found {str(bad)!r}") from None
+    nat = np.isnat(dates)
+    if nat.any():
+        i = int(np.argmax(nat))
+        raise _time_error(path, col, first_row + i + 1, values[i], "must hold dates, not a missing time")
+    return dates.astype(np.int64)
+
+
+# Epoch seconds reach 1e11 in the year 5138 and passed 1e8 in 1973: a column's largest number names its unit
+# (below 1e11 seconds, then milliseconds, microseconds, nanoseconds), and a number from 1e8 up to that unit's
+# first value is a time in a coarser unit beside it. Smaller numbers (counters, tests) are read in the column's unit.
+_EPOCH_UNITS = (("s", "seconds", 1), ("ms", "milliseconds", 10**3), ("us", "microseconds", 10**6),
+                ("ns", "nanoseconds", 10**9))
+_UNIT_STARTS = (1e11, 1e14, 1e17)
+
+
+def _epoch_seconds(times: np.ndarray, kind: str, path: Path, col: str) -> tuple[np.ndarray, str]:
+    """(int64 epoch seconds, the unit read: "date" or one of ``_EPOCH_UNITS``) of a whole time column, which the
+    services' request_time (unix seconds) must match; refuses a column mixing units, naming the rows."""
+    if kind == "date":
+        return np.floor_divide(times, 1000), "date"
+    size = np.abs(times)
+    top = int(np.argmax(size))
+    step = int(np.searchsorted(_UNIT_STARTS, size[top], side="right"))
+    unit, name, scale = _EPOCH_UNITS[step]
+    if step:
+        coarser = (size >= 1e8) & (size < _UNIT_STARTS[step - 1])
+        if coarser.any():
+            i = int(np.argmax(coarser))
+            other = _EPOCH_UNITS[int(np.searchsorted(_UNIT_STARTS, size[i], side="right"))][1]
+            raise ValueError(f"{path}: column {col!r} mixes epoch units: data row {i + 1} holds {str(times[i])!r} "
+                             f"({other}), data row {top + 1} {str(times[top])!r} ({name}); write one unit")
+    return np.floor_divide(times, scale), unit
 
 
 def _is_time(v: str) -> bool:
@@ -298,8 +451,9 @@ def _load_columns(path: Path, fmt: str, options: DatasetOptions, customer_col: s
     wanted = [customer_col, candidate_col] + [c for c in (rating_col, time_col, event_col) if c]
     customers, candidates, events = _Encoder(), _Encoder(), _Encoder()
     cust_codes, cand_codes, ratings, times, event_codes = [], [], [], [], []
-    rows = 0
+    rows, time_kind = 0, None
     for chunk in _read_columns(path, fmt, wanted, options.delimiter, options.header):
+        first_row = rows
         rows += len(chunk[0])
         cust_codes.append(customers.encode(chunk[0]))
         cand_codes.append(candidates.encode(chunk[1]))
@@ -308,21 +462,38 @@ def _load_columns(path: Path, fmt: str, options: DatasetOptions, customer_col: s
             ratings.append(_numbers(chunk[k], path, rating_col).astype(np.float32))
             k += 1
         if time_col:
-            times.append(_times(chunk[k], path, time_col))
+            chunk_times, kind = _times(chunk[k], path, time_col, first_row)
+            if time_kind not in (None, kind):
+                raise _time_error(path, time_col, first_row + 1, chunk[k][0], "mixes epoch numbers and dates")
+            times.append(chunk_times)
+            time_kind = kind
             k += 1
         if event_col:
             event_codes.append(events.encode(chunk[k]))
     if rows == 0:
         raise ValueError(f"{path} has no data rows")
+    for col, encoder, codes in ((customer_col, customers, cust_codes), (candidate_col, candidates, cand_codes)):
+        _refuse_line_breaks(path, col, encoder, codes)
     cat = lambda parts, dtype: np.concatenate(parts) if parts else np.zeros(0, dtype)  # noqa: E731
+    # Kept as given to order events within a second (RetailRocket's milliseconds, YooChoose's dates).
+    exact_times = cat(times, np.int64) if time_col else np.arange(rows, dtype=np.int64)
+    timestamps, time_unit = _epoch_seconds(exact_times, time_kind, path, time_col) if time_col else (exact_times, None)
     return {
         "customers": customers, "candidates": candidates,
         "customer_codes": cat(cust_codes, np.int64), "candidate_codes": cat(cand_codes, np.int64),
         "ratings": cat(ratings, np.float32) if rating_col else None,
-        "timestamps": cat(times, np.int64) if time_col else np.arange(rows, dtype=np.int64),
+        "timestamps": timestamps, "exact_times": exact_times, "time_unit": time_unit,
         "events": events, "event_codes": cat(event_codes, np.int64),
         "rows": rows,
     }
+
+
+def _read_info(path: Path, fmt: str, c: dict[str, Any]) -> dict[str, Any]:
+    """The start of ``Interactions.info``: what was read, and in which time unit."""
+    info: dict[str, Any] = {"source": str(path), "format": fmt, "rows_read": c["rows"]}
+    if c["time_unit"]:
+        info["time_unit"] = c["time_unit"]
+    return info
 
 
 def _event_filter(c: dict[str, Any], options: DatasetOptions, path: Path, info: dict[str, Any]) -> np.ndarray:
@@ -385,8 +556,8 @@ def load_catalog(path: Path, fmt: str | None, id_col: str, feature_cols: tuple[s
     for chunk in _read_columns(path, fmt, cols, delimiter, header):
         for i, values in enumerate(chunk):
             parts[i].extend(values)
-    raw_ids = np.array([v if isinstance(v, str) else _id_str(v) for v in parts[0]], dtype=str)
-    ids = np.unique(raw_ids[raw_ids != ""])  # a row without an id describes no candidate
+    raw_ids = np.char.strip(np.array([v if isinstance(v, str) else _id_str(v) for v in parts[0]], dtype=str))
+    ids = np.unique(raw_ids[(raw_ids != "") & ~_long_ids(raw_ids)])  # no candidate the services could not use
     features: dict[str, np.ndarray] = {}
     for name, values in zip(feature_cols, parts[1:]):
         if all(_is_number(v) and not isinstance(v, bool) for v in values) and any(v not in (None, "") for v in values):
@@ -406,7 +577,7 @@ def load_interactions_file(options: DatasetOptions) -> Interactions:
     c = _load_columns(path, fmt, options, options.customer_col, options.candidate_col,
                       options.rating_col, options.time_col)
     read_seconds = time.perf_counter() - start
-    info: dict[str, Any] = {"source": str(path), "format": fmt, "rows_read": c["rows"]}
+    info = _read_info(path, fmt, c)
     keep = _event_filter(c, options, path, info)
     if options.min_rating is not None:
         below = ~(c["ratings"] >= options.min_rating) & keep  # NaN ratings count as below
@@ -419,7 +590,7 @@ def load_interactions_file(options: DatasetOptions) -> Interactions:
 
     customer_vocab, customer_codes = c["customers"].finish(c["customer_codes"])
     candidate_vocab, candidate_codes = c["candidates"].finish(c["candidate_codes"])
-    _drop_missing_ids(keep, info, (customer_vocab, customer_codes), (candidate_vocab, candidate_codes))
+    _drop_unusable_ids(keep, info, (customer_vocab, customer_codes), (candidate_vocab, candidate_codes))
     catalog, candidate_features = None, None
     if options.catalog_path is not None:
         catalog, candidate_features = load_catalog(
@@ -431,7 +602,7 @@ def load_interactions_file(options: DatasetOptions) -> Interactions:
         info["dropped_not_in_catalog"] = int(missing.sum())
         info["catalog_size"] = len(catalog)
         keep &= ~missing
-    _drop_duplicates(keep, info, customer_codes, candidate_codes, c["timestamps"])
+    _drop_duplicates(keep, info, customer_codes, candidate_codes, c["timestamps"] if options.time_col else None)
     if not keep.any():
         raise ValueError(f"{path}: no interactions left after filtering ({info})")
     index = np.flatnonzero(keep) if not keep.all() else slice(None)
@@ -453,31 +624,38 @@ def load_interactions_file(options: DatasetOptions) -> Interactions:
 def load_sessions(options: DatasetOptions) -> Interactions:
     """Click streams: one "customer" per session, events sorted by (session, time, file order).
 
-    Repeats of an event (the same session, item and time) are dropped (``info["dropped_duplicates"]``), then
-    sessions with a single event (``info["dropped_single_event_sessions"]``).
+    Times are epoch numbers in the file's own unit (``info["time_unit"]``) or dates as epoch seconds, ordered to
+    the file's precision: unlike ``load_interactions_file``, milliseconds are not made seconds.
+
+    Repeats of an event (the same session, item and time; without a time column the same session and item) are
+    dropped (``info["dropped_duplicates"]``), then sessions with a single event
+    (``info["dropped_single_event_sessions"]``).
     """
     start = time.perf_counter()
     path = Path(options.data_path)
     fmt = file_format(path, options.format)
     c = _load_columns(path, fmt, options, options.session_col, options.item_col, None, options.time_col)
-    info: dict[str, Any] = {"source": str(path), "format": fmt, "rows_read": c["rows"]}
+    info = _read_info(path, fmt, c)
+    # Epoch numbers stay in the file's unit: in seconds, RetailRocket's view and cart of one item within a second
+    # would be one event.
+    times = c["timestamps"] if c["time_unit"] == "date" else c["exact_times"]
     kept_event = _event_filter(c, options, path, info)
     session_vocab, session_codes = c["customers"].finish(c["customer_codes"])
     item_vocab, item_codes = c["candidates"].finish(c["candidate_codes"])
-    _drop_missing_ids(kept_event, info, (session_vocab, session_codes), (item_vocab, item_codes))
+    _drop_unusable_ids(kept_event, info, (session_vocab, session_codes), (item_vocab, item_codes))
     # Before the lengths: a session whose rows are copies of one event is a single-event session.
-    _drop_duplicates(kept_event, info, session_codes, item_codes, c["timestamps"])
+    _drop_duplicates(kept_event, info, session_codes, item_codes, times if options.time_col else None)
     lengths = np.bincount(session_codes[kept_event], minlength=len(session_vocab))
     keep_session = lengths >= 2
     keep = keep_session[session_codes] & kept_event
     if not keep.any():
         raise ValueError(f"{path}: every session has a single event; nothing to learn from")
     rows = np.flatnonzero(keep)
-    order = rows[np.lexsort((rows, c["timestamps"][rows], session_codes[rows]))]
+    order = rows[np.lexsort((rows, c["exact_times"][rows], session_codes[rows]))]
     data = Interactions(
         customer_ids=session_vocab[session_codes[order]],
         candidate_ids=item_vocab[item_codes[order]],
-        timestamps=c["timestamps"][order],
+        timestamps=times[order],
         name=path.stem.split(".")[0],
     )
     seconds = time.perf_counter() - start
