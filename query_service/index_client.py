@@ -181,15 +181,21 @@ class IndexEndpoint:
         return [_hits(r, generation) for r in responses]
 
     def _over_bound(self, e: grpc.aio.AioRpcError, requests: list[pb.SearchRequest]) -> bool:
-        """Whether ``e`` refused the batch ``requests`` for a batch bound of the endpoint's that the batch
-        passes (an index started with a lower --max-batch-queries or --max-batch-results than the defaults);
-        ``self.bounds`` then holds it. Parts cut at it pass no bound the refusal named again."""
-        refused = (validation.refused_batch_bound(e.details() or "")
-                   if e.code() == grpc.StatusCode.INVALID_ARGUMENT and len(requests) > 1 else None)
+        """Whether ``e`` refused the batch ``requests`` for a bound of the endpoint's that the batch passes: a
+        batch bound (an index started with a lower --max-batch-queries or --max-batch-results than the defaults),
+        or its answer's size (an index started with a --max-message-bytes below ``MAX_SEARCH_ANSWER_BYTES``), read
+        as a bound of results (``_fitting_results``). ``self.bounds`` then holds it. Parts cut at it pass no bound
+        the refusal named again; a lone query is not split (its refusal is the caller's error)."""
+        if e.code() != grpc.StatusCode.INVALID_ARGUMENT or len(requests) < 2:
+            return False
+        results = len(requests) * max(r.k for r in requests)
+        details = e.details() or ""
+        answer = validation.refused_answer_size(details)
+        refused = ("results", _fitting_results(results, *answer)) if answer else validation.refused_batch_bound(details)
         if refused is None:
             return False
         name, limit = refused
-        if (len(requests) if name == "queries" else len(requests) * max(r.k for r in requests)) <= limit:
+        if (len(requests) if name == "queries" else results) <= limit:
             return False  # not this batch's: the services disagree otherwise
         if limit < getattr(self.bounds, name):
             log.info("index endpoint %s takes at most %d %s per search call: splitting its searches there",
@@ -277,6 +283,18 @@ class IndexEndpoint:
 
     async def close(self) -> None:
         await self._channel.close()
+
+
+def _fitting_results(results: int, size: int, max_message_bytes: int) -> int:
+    """The most results (queries x their largest k) a search call may ask for its answer to fit in
+    ``max_message_bytes``, from a call of ``results`` refused for an answer of ``size`` bytes: as many as fit at
+    ``RESULT_BYTES`` each (ids of the most bytes an id may take), and no more than fit at the refused answer's
+    bytes per result (which count crowding tokens and each query's other fields), in seven eighths of the limit:
+    the rest is for the queries' other fields (up to 90 bytes a query: version, generation, model name) and parts
+    whose queries hold more results than the refused call's did on average. Less than ``results``, so parts of the
+    call ask for less."""
+    room = max_message_bytes - max_message_bytes // 8
+    return max(1, min(room // RESULT_BYTES, results * room // size))
 
 
 def _parts(requests: list[pb.SearchRequest], bounds: BatchBounds = BatchBounds()) -> list[list[pb.SearchRequest]]:

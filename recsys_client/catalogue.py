@@ -29,7 +29,9 @@ signed it: any other is refused before it is written, since every replica
 would refuse it and the version could not be loaded past it.
 
 Steps: the input is checked against the version (dimension, finite values,
-ids, namespaces, the tower's columns); features are embedded; an id to delete
+ids, namespaces, the tower's columns); features are embedded; a vector whose
+norm is over ``MAX_UPSERT_SCALE`` times the largest of the version's trained
+candidates' is refused, writing nothing (``check_scale``); an id to delete
 that the version does not hold (its candidates after its deltas so far) is
 left out and listed in the report's ``not_present``, and a delta left with
 nothing to change is not written (the generation, and every cache key, stays);
@@ -60,7 +62,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from model_registry import Registry, VersionError, signing
 from model_registry import manifest as files
 from model_registry.attributes import Attributes, token_lists
-from model_registry.deltas import Delta, catalogue_dir, published_generation, read_deltas, write_delta
+from model_registry.deltas import (Delta, catalogue_dir, published_generation, read_deltas, trained_max_norm,
+                                   write_delta)
 from protos.recsys.v1 import admin_pb2 as pb
 from protos.recsys.v1.versions_pb2 import VERSION_STATE_LOADING as LOADING
 from recsys_client.candidate_tower import CandidateTower, FeatureError
@@ -72,6 +75,12 @@ from serving.validation import MAX_ID_BYTES
 from settings.flags import ConfigError, add_flags, option, parse, require
 
 log = logging.getLogger("recsys-catalogue")
+# The most an upsert's vector norm may be, in times the largest norm of its version's trained candidates. A
+# candidate's norm scales all its dot-product scores: one far longer than the version's candidates outscores them
+# for nearly every query, and one of 3e38 a component scores inf against every query, the top of every result of
+# the version (the index bounds query vectors against the trained candidates, not catalogue ones, so one bad upsert
+# cannot have every query refused). 100 times leaves new candidates ample room beyond the trained ones' scale.
+MAX_UPSERT_SCALE = 100.0
 
 
 class CatalogueError(Exception):
@@ -156,6 +165,25 @@ def read_upserts(lines, dim: int, token_namespaces: frozenset[str], numeric_name
                                  f"version's are {dim}: republish the version")
         matrix[rows] = computed
     return Delta.make(ids, matrix, Attributes.from_lists(len(ids), tokens, numeric), dim=dim)
+
+
+def check_scale(registry: Registry, version: int, delta: Delta) -> None:
+    """Refuses (CatalogueError) a delta upserting a vector whose norm is over ``MAX_UPSERT_SCALE`` times the largest
+    norm of ``version``'s trained candidates, be it given or embedded from features by the candidate tower."""
+    if not len(delta.ids):
+        return
+    norms = np.linalg.norm(delta.vectors.astype(np.float64), axis=1)
+    scale = trained_max_norm(registry.version_dir(version))
+    over = np.flatnonzero(norms > MAX_UPSERT_SCALE * scale)
+    if len(over):
+        more = f" ({len(over) - 1} more upserts are over it)" if len(over) > 1 else ""
+        raise CatalogueError(
+            f"upsert {str(delta.ids[over[0]])!r} has a vector of norm {norms[over[0]]:.3g}, over "
+            f"{MAX_UPSERT_SCALE * scale:.3g} ({MAX_UPSERT_SCALE:g} times the largest norm of version {version}'s "
+            f"trained candidates, {scale:.3g}){more}: "
+            "it would outscore the version's candidates for nearly every query and top every result. Give vectors on "
+            "the version's scale (as its candidate tower makes them) or, for features, values within the range the "
+            "version was trained on; nothing was written")
 
 
 def _cell(value: Any) -> str:
@@ -259,8 +287,10 @@ def publish_delta(fleet: Fleet, registry: Registry, version: int, delta: Delta,
                   key: Ed25519PrivateKey | None = None) -> Rollout:
     """Appends ``delta`` to ``version``'s log (signed by ``key`` if given), then applies it on every replica.
     Raises VersionError, writing nothing, if the version's replicas would refuse the delta's signature, and
-    CatalogueError if the catalogue directory cannot be written."""
+    CatalogueError, writing nothing, for an upsert far outside the version's scale (``check_scale``), or if the
+    catalogue directory cannot be written."""
     signing.check_delta_signer(registry.version_dir(version), key)
+    check_scale(registry, version, delta)
     try:
         generation = write_delta(registry.model_dir, version, delta, key)
     except OSError as e:
@@ -356,6 +386,7 @@ def main(argv: list[str] | None = None) -> None:
         delta = Delta(delta.ids, delta.vectors, delta.attributes, requested[held])
         key = signing.private_key(config.signing_key) if config.signing_key else None
         signing.check_delta_signer(registry.version_dir(version), key)  # before any replica is called
+        check_scale(registry, version, delta)
         fleet = None
         if len(delta.ids) or len(delta.deleted):
             # A replica that does not answer fails like one that refuses: the delta is for the others and its replay.

@@ -107,6 +107,18 @@ def check_answer_size(size: int, max_message_bytes: int, remedy: str) -> None:
                               f"take (--max-message-bytes): {remedy}")
 
 
+# What check_answer_size's refusal says of the answer and the limit, read back by a caller that batches (the query
+# service splits its searches so an index's answers fit the index's --max-message-bytes).
+_REFUSED_ANSWER = re.compile(r"the answer is ([\d,]+) bytes, over the ([\d,]+) bytes a message may take")
+
+
+def refused_answer_size(message: str) -> tuple[int, int] | None:
+    """(the answer's bytes, the most a message may take) that a ``check_answer_size`` refusal's ``message`` names;
+    None for any other message."""
+    found = _REFUSED_ANSWER.search(message)
+    return (int(found.group(1).replace(",", "")), int(found.group(2).replace(",", ""))) if found else None
+
+
 def check_batch(ks: Sequence[int], max_queries: int, max_results: int) -> None:
     """Bounds a batch search before any work: its size, and queries x the largest k
     (what the search computes and the answer holds)."""

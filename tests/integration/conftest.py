@@ -4,6 +4,7 @@ ports, and a private Redis. Each fixture stops what it started, by pid."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from model_registry import Registry
 from model_registry import manifest as files
 from protos.recsys.v1 import admin_pb2, admin_pb2_grpc
+from serving import validation
 from tests.processes import ServiceProcess, console_script, start_all
 
 MODEL = "itest"
@@ -53,6 +55,20 @@ def query_replica(root: Path, index: list[ServiceProcess], log: Path, *extra: st
     return ServiceProcess("recsys-query-service",
                           ["--registry", str(root), "--model", MODEL,
                            "--index-address", ",".join(s.address for s in index), *extra], log)
+
+
+def upsert_long_ids(root: Path, index: list[ServiceProcess], work: Path, vector: list[float],
+                    count: int = 1000) -> None:
+    """Upserts ``count`` candidates into the CURRENT version with ``recsys-catalogue`` (applied by the ``index``
+    slots), each with ``vector`` and an id of the most bytes an id may take: an answer of many results at its
+    largest for a message limit."""
+    upserts = work / "long.jsonl"
+    upserts.write_text("".join(json.dumps({"id": f"{i:04d}".ljust(validation.MAX_ID_BYTES, "x"), "vector": vector})
+                               + "\n" for i in range(count)))
+    result = subprocess.run([console_script("recsys-catalogue"), "--registry", str(root), "--model", MODEL,
+                             "--upserts", str(upserts), "--index-admin", ",".join(s.admin_address for s in index)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
 class VersionOracle:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from model_registry import Registry
-from model_registry.deltas import read_deltas
+from model_registry.deltas import published_generation, read_deltas
 from protos.recsys.v1 import admin_pb2, admin_pb2_grpc
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
@@ -190,3 +190,18 @@ def test_upserts_given_as_features_are_embedded_by_the_versions_candidate_tower(
     result = subprocess.run(command + ["--upserts", str(bad)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "['colour'] are not columns of this version's candidate tower" in result.stderr
     assert "['genre', 'price']" in result.stderr
+
+
+def test_an_upsert_whose_features_embed_far_outside_the_versions_scale_is_refused_and_not_written(
+        stack, registry_root, tmp_path):
+    index, _ = stack
+    generation = published_generation(registry_root / MODEL, 1)
+    # A price far beyond the trained ones (0..199): the tower embeds it far longer than any trained candidate.
+    upserts = tmp_path / "dear.jsonl"
+    upserts.write_text(json.dumps({"id": "fresh-dear", "features": {"genre": "jazz", "price": 1e6}}) + "\n")
+    result = subprocess.run([console_script("recsys-catalogue"), "--registry", str(registry_root), "--model", MODEL,
+                             "--upserts", str(upserts), "--index-admin", index.admin_address],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "upsert 'fresh-dear' has a vector of norm" in result.stderr, result.stderr
+    assert "times the largest norm of version 1's trained candidates" in result.stderr
+    assert published_generation(registry_root / MODEL, 1) == generation

@@ -6,9 +6,6 @@ recsys-train, recsys-catalogue (candidates with ids of 256 bytes), an index slot
 
 from __future__ import annotations
 
-import json
-import subprocess
-
 import grpc
 import pytest
 
@@ -16,8 +13,7 @@ from model_registry import Registry
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from serving import validation
-from tests.integration.conftest import MODEL, index_slot, make_live, train
-from tests.processes import console_script
+from tests.integration.conftest import MODEL, index_slot, make_live, train, upsert_long_ids
 
 pytestmark = pytest.mark.integration
 
@@ -31,13 +27,7 @@ def test_a_batch_search_answer_over_the_slots_message_limit_is_refused_naming_it
     dim = Registry(root, MODEL).manifest(1).embedding_dim
     index = index_slot(root, "blue", tmp_path / "index.log", "--max-message-bytes", str(LIMIT)).start()
     try:
-        upserts = tmp_path / "long.jsonl"
-        upserts.write_text("".join(json.dumps({"id": f"{i:04d}".ljust(validation.MAX_ID_BYTES, "x"),
-                                               "vector": [10.0] * dim}) + "\n" for i in range(1000)))
-        result = subprocess.run([console_script("recsys-catalogue"), "--registry", str(root), "--model", MODEL,
-                                 "--upserts", str(upserts), "--index-admin", index.admin_address],
-                                capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        upsert_long_ids(root, [index], tmp_path, [10.0] * dim)
         query = pb.SearchRequest(vector=[10.0] * dim, k=1000)
         with grpc.insecure_channel(index.address, options=[("grpc.max_receive_message_length", 1 << 30)]) as channel:
             stub = pb_grpc.IndexServiceStub(channel)

@@ -7,9 +7,6 @@ recsys-train, recsys-catalogue, an index slot, a query replica."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-
 import grpc
 import numpy as np
 import pytest
@@ -19,8 +16,9 @@ from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from query_service.index_client import IndexEndpoint, IndexQuery
 from serving import validation
-from tests.integration.conftest import MODEL, VersionOracle, index_slot, make_live, overlap, query_replica, train
-from tests.processes import console_script, start_all
+from tests.integration.conftest import (MODEL, VersionOracle, index_slot, make_live, overlap, query_replica, train,
+                                        upsert_long_ids)
+from tests.processes import start_all
 
 
 
@@ -57,13 +55,7 @@ async def test_misses_at_k_1000_with_the_longest_ids_are_answered_within_the_mes
     try:
         # 1,000 candidates whose ids take the most bytes an id may, nearest to the query below.
         vector = np.full(manifest.embedding_dim, 10.0, np.float32)
-        upserts = tmp_path / "long.jsonl"
-        upserts.write_text("".join(json.dumps({"id": f"{i:04d}".ljust(validation.MAX_ID_BYTES, "x"),
-                                               "vector": vector.tolist()}) + "\n" for i in range(1000)))
-        result = subprocess.run([console_script("recsys-catalogue"), "--registry", str(root), "--model", MODEL,
-                                 "--upserts", str(upserts), "--index-admin", index.admin_address],
-                                capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        upsert_long_ids(root, [index], tmp_path, vector.tolist())
         # 64 misses at k = 1000 (a warm-up batch, or --max-batch-size 64): 17 MB of answer in one call.
         hits = await endpoint.search([IndexQuery(vector, 1000, frozenset(), min_generation=1)] * 64, 1, 60)
         assert [len(h.ids) for h in hits] == [1000] * 64

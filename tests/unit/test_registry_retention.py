@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from model_registry import IndexSpec, Manifest, Registry
-from model_registry.manifest import CANDIDATE_IDS_FILE
+from model_registry.manifest import CANDIDATE_EMBEDDINGS_FILE, CANDIDATE_IDS_FILE
 
 DUMMY_IDS = ("a", "b", "c")  # its candidates: recsys-catalogue writes a delete only of an id the version holds
 
@@ -14,6 +14,8 @@ def publish_dummy(registry: Registry) -> int:
     def write(staging):
         (staging / "payload.bin").write_bytes(b"x")
         np.save(staging / CANDIDATE_IDS_FILE, np.array(DUMMY_IDS), allow_pickle=False)
+        # recsys-catalogue checks an upsert's norm against these (recsys_client.catalogue.check_scale).
+        np.save(staging / CANDIDATE_EMBEDDINGS_FILE, np.ones((len(DUMMY_IDS), 1), np.float32), allow_pickle=False)
         return lambda version, files: Manifest(
             model=registry.model, version=version, embedding_dim=1, num_candidates=len(DUMMY_IDS), tower="id",
             dataset="test", created_at="2026-01-01T00:00:00Z", index=IndexSpec(kind="brute_force"), files=files)
