@@ -42,6 +42,7 @@ from model_registry.manifest import MANIFEST_FILE, Manifest, VersionError, check
 CURRENT_FILE = "CURRENT"
 PREVIOUS_FILE = "PREVIOUS"
 MOVING_FILE = "MOVING"
+STAGING_PREFIX = ".staging-"  # an in-progress publish's folder
 SLOTS_DIR = "slots"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -227,7 +228,7 @@ class Registry:
         enough that no publish can still be writing it."""
         cutoff = time.time() - min_age_s
         for entry in self.model_dir.iterdir():
-            if entry.name.startswith((".staging-", ".current-", ".deleting-")) and entry.stat().st_mtime < cutoff:
+            if entry.name.startswith((STAGING_PREFIX, ".current-", ".deleting-")) and entry.stat().st_mtime < cutoff:
                 if entry.is_dir():
                     shutil.rmtree(entry, ignore_errors=True)
                 else:
@@ -246,7 +247,7 @@ class Registry:
         renamed to the next free integer. CURRENT does not move.
         """
         self.model_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=self.model_dir, prefix=".staging-"))
+        staging = Path(tempfile.mkdtemp(dir=self.model_dir, prefix=STAGING_PREFIX))
         try:
             build_manifest = write(staging)
             files = checksum_tree(staging)

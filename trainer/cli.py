@@ -7,15 +7,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-from model_registry import Registry, VersionError
+from model_registry import Manifest, Registry, VersionError
+from model_registry.registry import STAGING_PREFIX
 from settings.flags import ConfigError, add_flags, flag_name, from_args, overrides, replace_nested
 from trainer.config import PipelineConfig, TrainConfig, recommended_config
-from trainer.launcher import TF_CONFIG, Cluster, launch
+from trainer.launcher import STOP_SIGNALS, TF_CONFIG, Cluster, launch
 
 
 class _Parser(argparse.ArgumentParser):
@@ -100,51 +105,66 @@ def _os_error(error: OSError, config: PipelineConfig) -> str:
     return str(error)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Console entry point; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    config = config_from_args(parser, args)
-    cluster = cluster_from_args(parser, args, config)
-    if cluster.workers == 1 and (args.workers or 1) > 1:
-        return launch(sys.argv[1:] if argv is None else list(argv), args.workers)
-    for flag in ("metrics_out", "plot_out"):
-        path = getattr(args, flag)
-        if path is not None and not path.parent.is_dir():
-            parser.error(f"--{flag.replace('_', '-')}: directory {path.parent} does not exist")
-    plot_out = args.plot_out or (args.metrics_out.with_suffix(".png") if args.metrics_out else None)
+def _unwritable(path: Path) -> str | None:
+    """Why ``path`` could not be written as a file, or None. Checked by opening it as the write will (a missing
+    file is created, then removed), so a read-only filesystem or /proc is caught as well as a directory."""
+    if path.is_dir():
+        return f"{path} is a directory"
+    if not path.parent.is_dir():
+        return f"directory {path.parent} does not exist"
+    existed = path.exists()
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as e:
+        return f"cannot write {path}: {e.strerror}"
+    if not existed:
+        path.unlink()
+    return None
 
-    # TensorFlow (seconds to import) loads only once the arguments are known to be usable.
-    from trainer.distribute import strategy_for
+
+def _check_registry(config: PipelineConfig) -> None:
+    """Raises OSError unless a version could be published into the model's folder: creates it (publishing
+    would) and a staging folder in it, then removes that. The registry's own prefix: were this process killed
+    in between, the registry would sweep the folder as a publish's leftover."""
+    model_dir = Path(config.registry) / config.model
+    model_dir.mkdir(parents=True, exist_ok=True)
+    os.rmdir(tempfile.mkdtemp(dir=model_dir, prefix=STAGING_PREFIX))
+
+
+class _Signalled(KeyboardInterrupt):
+    """SIGINT or SIGTERM received: the run stops as at Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop_on_signals() -> dict[int, Any]:
+    """Makes SIGINT and SIGTERM raise ``_Signalled`` in the main thread, the first one only: later ones are
+    ignored, so a second signal (a terminal's Ctrl-C reaches both the --workers launcher, which forwards it, and
+    its workers) cannot break off the cleanup of the first. Returns the handlers it replaced."""
+    def stop(signum, frame):
+        for name in STOP_SIGNALS:
+            signal.signal(name, signal.SIG_IGN)
+        # The run only unwinds from here: the warnings it would log on the way (Optuna's of the trial cut
+        # off, with a traceback) would bury the one line that says what was published.
+        logging.disable(logging.WARNING)
+        raise _Signalled(signum)
+
+    return {name: signal.signal(name, stop) for name in STOP_SIGNALS}
+
+
+def _report(manifest: Manifest, metrics: dict[str, Any], config: PipelineConfig, metrics_out: Path | None,
+            plot_out: Path | None, seconds: float) -> int:
+    """Prints the chief's report and what it published, then writes the report files; returns the exit status."""
     from trainer.evaluation.plot import plot_hit_rates
     from trainer.evaluation.report import print_table
-    from trainer.pipeline import run
 
-    strategy = strategy_for(cluster)  # before any other TensorFlow op
-    prefix = f"[worker {cluster.index}] " if cluster.workers > 1 else ""
-    log = (lambda msg: None) if args.quiet else (lambda msg: print(prefix + msg, file=sys.stderr, flush=True))
-    start = time.perf_counter()
-    try:
-        manifest, metrics = run(config, log=log, strategy=strategy)
-    except OSError as e:  # a failure at run time, not a usage error
-        print(f"recsys-train: error: {_os_error(e, config)}", file=sys.stderr)
-        return 1
-    except (ValueError, VersionError) as e:
-        print(f"recsys-train: error: {e}", file=sys.stderr)
-        return 2
-    if manifest is None:
-        print(f"recsys-train: worker {cluster.index} of {cluster.workers}: trained in sync with the chief "
-              f"(worker 0), which evaluates and publishes", file=sys.stderr)
-        return 0
-    if args.metrics_out is not None:
-        args.metrics_out.write_text(json.dumps(metrics, indent=2, sort_keys=True))
     print_table(metrics)
-    if plot_out is not None:
-        plot_hit_rates(metrics, plot_out)
-        print(f"plot: {plot_out}")
     version_dir = Path(config.registry) / manifest.model / str(manifest.version)
     print(f"index={manifest.index.kind} candidates={manifest.num_candidates} dim={manifest.embedding_dim} "
-          f"total_seconds={time.perf_counter() - start:.1f}")
+          f"total_seconds={seconds:.1f}")
     # Before CURRENT exists no query replica can start, and recsys-publish without --initial asks for them.
     try:
         first = Registry(config.registry, manifest.model).current_version() is None
@@ -153,8 +173,80 @@ def main(argv: list[str] | None = None) -> int:
     rollout = (f"recsys-publish --initial --version {manifest.version}, the registry's first rollout" if first
                else f"recsys-publish --version {manifest.version}")
     print(f"published model={manifest.model} version={manifest.version} dir={version_dir} "
-          f"recall@10={manifest.index.recall_at_10:.2f} (not live: roll it out with {rollout})")
-    return 0
+          f"recall@10={manifest.index.recall_at_10:.2f} (not live: roll it out with {rollout})", flush=True)
+    # The report files come last: a failure to write one cannot hide what was published, nor stop the other.
+    status = 0
+    for path, write in ((metrics_out, lambda: metrics_out.write_text(json.dumps(metrics, indent=2, sort_keys=True))),
+                        (plot_out, lambda: print(f"plot: {plot_hit_rates(metrics, plot_out)}"))):
+        try:
+            if path is not None:
+                write()
+        except OSError as e:
+            print(f"recsys-train: error: cannot write {path}: {e.strerror or e}; version {manifest.version} of "
+                  f"{manifest.model} is published all the same", file=sys.stderr)
+            status = 1
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    config = config_from_args(parser, args)
+    cluster = cluster_from_args(parser, args, config)
+    plot_out = args.plot_out or (args.metrics_out.with_suffix(".png") if args.metrics_out else None)
+    if plot_out is not None and not plot_out.suffix:
+        plot_out = plot_out.with_suffix(".png")  # the file matplotlib writes, and the one the plot line names
+    if cluster.is_chief:  # the chief writes these; checked before any work, and before the launcher's workers
+        if plot_out is not None and plot_out.suffix.lower() != ".png":
+            parser.error(f"--plot-out writes a PNG: name a .png file, not {plot_out}")
+        for flag, path in (("--metrics-out", args.metrics_out), ("--plot-out", plot_out)):
+            why = _unwritable(path) if path is not None else None
+            if why:
+                parser.error(f"{flag}: {why}")
+        try:
+            _check_registry(config)
+        except OSError as e:
+            print(f"recsys-train: error: {_os_error(e, config)}", file=sys.stderr)
+            return 1
+    if cluster.workers == 1 and (args.workers or 1) > 1:
+        return launch(sys.argv[1:] if argv is None else list(argv), args.workers)
+
+    manifest, previous = None, _stop_on_signals()
+    published_before = set(Registry(config.registry, config.model).versions())
+    try:
+        # TensorFlow (seconds to import) loads only once the arguments are known to be usable.
+        from trainer.distribute import strategy_for
+        from trainer.pipeline import run
+
+        strategy = strategy_for(cluster)  # before any other TensorFlow op
+        _stop_on_signals()  # again: a multi-worker strategy's preemption handling took SIGTERM, and ignores it
+        prefix = f"[worker {cluster.index}] " if cluster.workers > 1 else ""
+        log = (lambda msg: None) if args.quiet else (lambda msg: print(prefix + msg, file=sys.stderr, flush=True))
+        start = time.perf_counter()
+        try:
+            manifest, metrics = run(config, log=log, strategy=strategy)
+        except OSError as e:  # a failure at run time, not a usage error
+            print(f"recsys-train: error: {_os_error(e, config)}", file=sys.stderr)
+            return 1
+        except (ValueError, VersionError) as e:
+            print(f"recsys-train: error: {e}", file=sys.stderr)
+            return 2
+        if manifest is None:
+            print(f"recsys-train: worker {cluster.index} of {cluster.workers}: trained in sync with the chief "
+                  f"(worker 0), which evaluates and publishes", file=sys.stderr)
+            return 0
+        return _report(manifest, metrics, config, args.metrics_out, plot_out, time.perf_counter() - start)
+    except KeyboardInterrupt as e:
+        # Read from the registry: the stop may have come after the publish, before ``run`` returned.
+        made = sorted(set(Registry(config.registry, config.model).versions()) - published_before)
+        published = (f"version {made[-1]} of {config.model} was published (not live)" if made
+                     else "nothing was published")
+        print(f"recsys-train: interrupted; {published}", file=sys.stderr)
+        return 128 + getattr(e, "signum", signal.SIGINT)
+    finally:
+        for name, handler in previous.items():
+            signal.signal(name, handler)
 
 
 if __name__ == "__main__":

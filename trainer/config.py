@@ -84,6 +84,8 @@ class TrainConfig:
         require(0.0 <= self.validation_fraction < 1.0, "validation_fraction", "must be in [0, 1)")
         require(self.prior_weight is None or 0 <= self.prior_weight < math.inf, "prior_weight",
                 "must be >= 0 and finite")
+        # It seeds numpy's global generator too (tf.keras.utils.set_random_seed), which takes no other value.
+        require(0 <= self.seed < 2**32, "seed", "must be an integer in [0, 2**32)")
 
 
 def _preset(kind: str, **tower: object) -> TrainConfig:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -25,6 +26,9 @@ TF_CONFIG = "TF_CONFIG"
 # Job names MultiWorkerMirroredStrategy trains with; "chief" is an optional
 # worker 0 that TFJob-style launchers name apart.
 _TRAINING_JOBS = ("chief", "worker")
+# The signals that stop a run (Ctrl-C, and what Kubernetes or a shell's kill sends), in the launcher and in each
+# worker: neither publishes after one.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,22 +79,26 @@ def tf_config(addresses: list[str], index: int) -> str:
     return json.dumps({"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}})
 
 
-def launch(argv: list[str], workers: int, poll_s: float = 0.2) -> int:
+def launch(argv: list[str], workers: int, poll_s: float = 0.2, grace_s: float = 10.0) -> int:
     """Runs ``recsys-train argv`` as ``workers`` processes on loopback, each with
     its ``$TF_CONFIG``; returns 0 when every worker exited 0, else the lowest-indexed
     failure's status (128 + N for a worker ended by signal N, as a shell reports it).
     Each worker's exit status is printed to stdout after the chief's report.
 
     A worker that fails leaves the others waiting in a collective that will
-    never complete, so the rest are terminated then (by their own pids)."""
+    never complete, so the rest are stopped then (by their own pids): SIGTERM,
+    then SIGKILL after ``grace_s``. SIGINT or SIGTERM to this launcher is passed
+    on to every worker the same way (each stops without publishing), and the
+    launcher returns 128 + N once every worker has ended."""
     addresses = [f"127.0.0.1:{port}" for port in free_ports(workers)]
+    received: list[int] = []
+    previous = {name: signal.signal(name, lambda signum, frame: received.append(signum)) for name in STOP_SIGNALS}
     procs = [subprocess.Popen([sys.executable, "-m", "trainer.cli", *argv],
                               env={**os.environ, TF_CONFIG: tf_config(addresses, i)})
              for i in range(workers)]
     status = 0
-    terminated: set[int] = set()
     try:
-        while True:
+        while not received:
             # Every worker is polled each round: any() would stop at the first one still
             # running, and a later worker's failure would go unseen while the chief waits for it.
             codes = [p.poll() for p in procs]
@@ -98,18 +106,31 @@ def launch(argv: list[str], workers: int, poll_s: float = 0.2) -> int:
                 break
             time.sleep(poll_s)
     finally:
-        for i, p in enumerate(procs):
-            if p.poll() is None:
-                p.terminate()
-                terminated.add(i)
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stopped = _stop(procs, received[0] if received else signal.SIGTERM, grace_s)
+        for name, handler in previous.items():
+            signal.signal(name, handler)
     for i, p in enumerate(procs):
         print(f"recsys-train: worker {i} of {workers} ({addresses[i]}) exited {p.returncode}", flush=True)
-        if i not in terminated:  # the signal this launcher sent is not the run's failure
+        if i not in stopped:  # the signal this launcher sent is not the run's failure
             status = status or (p.returncode if p.returncode >= 0 else 128 - p.returncode)
+    if received:
+        print(f"recsys-train: stopped by {signal.Signals(received[0]).name}: every worker has ended", flush=True)
+        return 128 + received[0]
     return status
+
+
+def _stop(procs: list[subprocess.Popen], signum: int, grace_s: float) -> set[int]:
+    """Sends ``signum`` to each process still running, SIGKILL to any left after ``grace_s`` (one stuck in a
+    collective whose peer is gone never gets back to its signal handler); waits for all. Returns the indexes of
+    those signalled."""
+    stopped = {i for i, p in enumerate(procs) if p.poll() is None}
+    for i in stopped:
+        procs[i].send_signal(signum)
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    return stopped

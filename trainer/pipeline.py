@@ -6,11 +6,13 @@ import dataclasses
 import time
 from typing import Any, Callable
 
+import numpy as np
+
 from model_registry import Manifest, Registry, signing
 from settings.flags import replace_nested
 from trainer import distribute
 from trainer.config import PipelineConfig, TrainConfig, recommended_config
-from trainer.data import load_dataset, make_split
+from trainer.data import Interactions, load_dataset, make_split
 from trainer.evaluation import baselines, metrics
 from trainer.evaluation.report import margins
 from trainer.evaluation.validation import Validation
@@ -19,6 +21,17 @@ from trainer.model import customer_store, embed, query_embeddings
 from trainer.towers.config import covering_history_length
 from trainer.training import refit, train
 from trainer.tuning import search
+
+# Below this share of test interactions whose customer was trained on, the run warns (see ``_share_known``).
+WARM_SHARE_WARNING = 0.1
+
+
+def _share_known(train_data: Interactions, test_data: Interactions) -> float:
+    """The share of ``test_data``'s interactions whose customer has interactions in ``train_data``: the others'
+    hit rates measure cold-start guesses, not what the model learned of the customer."""
+    if not len(test_data):
+        return 0.0
+    return float(np.isin(test_data.customer_ids, np.unique(train_data.customer_ids)).mean())
 
 
 def run(config: PipelineConfig, log: Callable[[str], None] = lambda msg: None,
@@ -33,8 +46,15 @@ def run(config: PipelineConfig, log: Callable[[str], None] = lambda msg: None,
     seed = config.train.seed
     data = load_dataset(config.dataset, config.data, seed)
     train_data, test_data = make_split(data, config.split, config.test_fraction, seed)
+    dropped = "".join(f", {key} {count}" for key, count in data.info.items() if key.startswith("dropped_"))
     log(f"{data.name}: {len(data)} interactions, {data.num_customers} customers, "
-        f"{len(data.catalog)} candidates; train {len(train_data)} / test {len(test_data)}")
+        f"{len(data.catalog)} candidates{dropped}; train {len(train_data)} / test {len(test_data)}")
+    known = _share_known(train_data, test_data)
+    log(f"test interactions whose customer has training interactions: {known:.1%}")
+    if known < WARM_SHARE_WARNING:
+        log(f"warning: only {known:.1%} of the test interactions are of customers with training interactions: the "
+            f"hit rates mostly compare cold-start guesses (customers with one interaction are in train or test, "
+            f"never both)")
 
     t0 = time.perf_counter()
     es = metrics.prepare(train_data, test_data, data.catalog, config.max_test_interactions, seed)
@@ -80,7 +100,7 @@ def run(config: PipelineConfig, log: Callable[[str], None] = lambda msg: None,
     report.update({
         "dataset": data.name,
         "tower": chosen.towers.kind,
-        "data": data.info,
+        "data": {**data.info, "test_share_customer_in_train": round(known, 4)},
         "split": {"method": config.split, "test_fraction": config.test_fraction, "seed": seed,
                   "num_train": len(train_data), "num_test": len(test_data)},
         "num_test_interactions": es.num_test_interactions,

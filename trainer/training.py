@@ -213,8 +213,9 @@ def fit_early_stopped(train_data: Interactions, validation: Validation, config: 
         row = {"epoch": epoch, "loss": loss, **metrics.hit_rates(scores, val_set, VALIDATION_KS)}
         history.append(row)
         value = distribute.chief_value(row[monitor])
-        log(f"epoch {epoch}: loss={row['loss']:.1f} val {monitor}={value:.4f} "
-            f"val hit_rate_excluding_seen@10={row['hit_rate_excluding_seen@10']:.4f}")
+        also = "hit_rate_excluding_seen@10"  # the headline rate, beside the one early stopping watches
+        log(f"epoch {epoch}: loss={row['loss']:.1f} val {monitor}={value:.4f}"
+            + ("" if monitor == also else f" val {also}={row[also]:.4f}"))
         if value > best:
             best, best_epoch, best_weights, bad_epochs = value, epoch, model.get_weights(), 0
         else:
