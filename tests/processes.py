@@ -33,6 +33,15 @@ def children(pid: int) -> list[int]:
         return [int(p) for p in f.read().split()]
 
 
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (not exited, nor a zombie that its parent, or an orphan's new one, has yet to reap)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.05) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

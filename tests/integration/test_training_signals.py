@@ -13,21 +13,12 @@ import pytest
 
 from model_registry import Registry
 from tests.integration.conftest import MODEL
-from tests.processes import children, console_script, wait_until
+from tests.processes import alive, children, console_script, wait_until
 
 pytestmark = pytest.mark.integration
 
 SMALL = ["--dataset", "synthetic", "--model", MODEL, "--synthetic-customers", "300", "--synthetic-candidates", "200",
          "--synthetic-interactions", "6000", "--embedding-dim", "16"]
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie, ended but not yet reaped, does not)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def start(log: Path, *argv: str) -> subprocess.Popen:

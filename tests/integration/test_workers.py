@@ -22,7 +22,7 @@ from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from protos.recsys.v1.versions_pb2 import VERSION_STATE_ROLLBACK_TARGET
 from tests.integration.conftest import MODEL, index_slot, query_replica
 from tests.integration.test_admin import AUTH, copy_version, token_file
-from tests.processes import children, free_port, is_serving, start_all, wait_until
+from tests.processes import alive, children, free_port, is_serving, start_all, wait_until
 
 WORKERS = 2
 
@@ -75,15 +75,6 @@ def workers_live(service) -> list[int] | None:
     except grpc.RpcError:
         return None
     return [w.live_version for w in reply.workers]
-
-
-def alive(pid: int) -> bool:
-    """Running (not exited, nor a zombie that an orphan's new parent has yet to reap)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def recommend_on_new_channels(service, calls: int) -> set[int]:

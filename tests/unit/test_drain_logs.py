@@ -6,23 +6,12 @@ from __future__ import annotations
 
 import logging
 
-import grpc
-
-from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
-from query_service.routing import IndexRouter, RoutingConfig
-from tests.unit.test_routing_logs import SERVING, Slot, until
+from tests.unit.test_routing_logs import SERVING, until, watched_slot
 
 
 async def test_a_slot_that_ends_its_status_stream_is_logged_as_draining_and_then_holding_nothing(caplog):
     caplog.set_level(logging.INFO, logger="query_service")
-    slot = Slot()
-    server = grpc.aio.server()
-    pb_grpc.add_IndexServiceServicer_to_server(slot, server)
-    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
-    await server.start()
-    router = IndexRouter(RoutingConfig(addresses=(address,)))
-    router.start()
-    try:
+    async with watched_slot() as (slot, router, address):
         slot.statuses.put_nowait(SERVING)
         await until(lambda: router.routable(1))
         slot.statuses.put_nowait(None)  # the slot drains: its stream ends
@@ -33,6 +22,3 @@ async def test_a_slot_that_ends_its_status_stream_is_logged_as_draining_and_then
             f"index endpoint {address} (slot blue) ended its status stream (draining or stopping): "
             "routing searches around it",
             f"index endpoint {address} (slot blue) holds nothing"], lines
-    finally:
-        await router.close()
-        await server.stop(None)

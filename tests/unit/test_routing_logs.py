@@ -6,7 +6,9 @@ stream ends as a draining slot's does."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from typing import AsyncIterator
 
 import grpc
 import numpy as np
@@ -35,6 +37,23 @@ class Slot(pb_grpc.IndexServiceServicer):
             yield status
 
 
+@contextlib.asynccontextmanager
+async def watched_slot() -> AsyncIterator[tuple[Slot, IndexRouter, str]]:
+    """A ``Slot`` on a real gRPC server and a started router watching it: (slot, router, its address)."""
+    slot = Slot()
+    server = grpc.aio.server()
+    pb_grpc.add_IndexServiceServicer_to_server(slot, server)
+    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    await server.start()
+    router = IndexRouter(RoutingConfig(addresses=(address,)))
+    router.start()
+    try:
+        yield slot, router, address
+    finally:
+        await router.close()
+        await server.stop(None)
+
+
 async def until(predicate, timeout_s: float = 5.0) -> None:
     async with asyncio.timeout(timeout_s):
         while not predicate():
@@ -52,28 +71,21 @@ def test_a_throttled_key_that_ends_gives_back_what_it_held_and_logs_at_once_next
 
 async def test_a_version_routable_again_says_so_with_the_failures_no_line_reported(caplog):
     caplog.set_level(logging.INFO, logger="query_service")
-    slot = Slot()
-    server = grpc.aio.server()
-    pb_grpc.add_IndexServiceServicer_to_server(slot, server)
-    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
-    await server.start()
-    router = IndexRouter(RoutingConfig(addresses=(address,)))
-    router.start()
     query = [IndexQuery(np.zeros(2, np.float32), 1, frozenset())]
 
     def lines(start: str) -> list[str]:
         return [r.getMessage() for r in caplog.records if r.getMessage().startswith(start)]
 
-    async def outage(failures: int) -> None:
-        slot.statuses.put_nowait(None)  # the slot drains: its stream ends
-        await until(lambda: not router.routable(1))
-        for _ in range(failures):
-            with pytest.raises(errors.Unavailable, match="no index endpoint holds version 1"):
-                await router.search(query, 1)
-        slot.statuses.put_nowait(SERVING)  # the watcher's next stream: the slot (or its successor) holds it
-        await until(lambda: router.routable(1))
+    async with watched_slot() as (slot, router, address):
+        async def outage(failures: int) -> None:
+            slot.statuses.put_nowait(None)  # the slot drains: its stream ends
+            await until(lambda: not router.routable(1))
+            for _ in range(failures):
+                with pytest.raises(errors.Unavailable, match="no index endpoint holds version 1"):
+                    await router.search(query, 1)
+            slot.statuses.put_nowait(SERVING)  # the watcher's next stream: the slot (or its successor) holds it
+            await until(lambda: router.routable(1))
 
-    try:
         slot.statuses.put_nowait(SERVING)
         await until(lambda: router.routable(1))
         await outage(50)
@@ -85,6 +97,3 @@ async def test_a_version_routable_again_says_so_with_the_failures_no_line_report
         assert len(lines("no index endpoint holds version 1")) == 2
         assert len(lines("index endpoints hold version 1 again")) == 2
         assert "more failures" not in lines("index endpoints hold version 1 again")[1]
-    finally:
-        await router.close()
-        await server.stop(None)

@@ -6,16 +6,13 @@ slot's does (tests/unit/test_routing_logs.py)."""
 
 from __future__ import annotations
 
-import grpc
 import numpy as np
 import prometheus_client
 import pytest
 
-from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from query_service.index_client import IndexQuery
-from query_service.routing import IndexRouter, RoutingConfig
 from serving import errors
-from tests.unit.test_routing_logs import SERVING, Slot, until
+from tests.unit.test_routing_logs import SERVING, until, watched_slot
 
 
 def holders(version: int) -> float | None:
@@ -24,14 +21,7 @@ def holders(version: int) -> float | None:
 
 
 async def test_the_holders_of_each_version_are_exported_and_none_is_zero_once_searched():
-    slot = Slot()
-    server = grpc.aio.server()
-    pb_grpc.add_IndexServiceServicer_to_server(slot, server)
-    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
-    await server.start()
-    router = IndexRouter(RoutingConfig(addresses=(address,)))
-    router.start()
-    try:
+    async with watched_slot() as (slot, router, _):
         slot.statuses.put_nowait(SERVING)
         await until(lambda: router.routable(1))
         assert holders(1) == 1
@@ -44,7 +34,4 @@ async def test_the_holders_of_each_version_are_exported_and_none_is_zero_once_se
         slot.statuses.put_nowait(SERVING)
         await until(lambda: router.routable(1))
         assert holders(1) == 1
-    finally:
-        await router.close()
-        await server.stop(0)
     assert holders(1) is None  # a closed router exports nothing
