@@ -141,7 +141,7 @@ recommend() {
     recsys-client recommend --address "$QUERY_ADDR" --customer-id "$2" --k "$K"
 }
 recommend "customer c000001 (first ask: computed, cache_hit false)" c000001
-recommend "customer c000001 again (served from Redis: cache_hit true)" c000001
+recommend "customer c000001 again (served from the cache, in process before Redis: cache_hit true)" c000001
 recommend "customer c000002" c000002
 recommend "an unknown customer (popularity fallback)" new-customer
 
