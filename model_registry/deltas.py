@@ -117,6 +117,15 @@ def trained_max_norm(version_dir: Path) -> float:
                for directory in files.shard_dirs(version_dir, files.read_manifest(version_dir)))
 
 
+class AlteredLog(VersionError):
+    """A delta log whose record ``generation`` (or its npz) fails its checks: no reader takes it or any delta after
+    it, so nothing may be appended to the log either."""
+
+    def __init__(self, generation: int, message: str):
+        super().__init__(message)
+        self.generation = generation
+
+
 def catalogue_dir(model_dir: Path, version: int) -> Path:
     return Path(model_dir) / CATALOGUE_DIR / str(int(version))
 
@@ -158,7 +167,8 @@ def read_deltas(model_dir: Path, version: int, after: int = 0, up_to: int | None
     """The deltas of ``version`` with generations in (after, up_to] (None: all),
     in order, each verified. Raises VersionError on a gap, a broken chain, a
     checksum mismatch, a record of another model or version, fewer deltas than
-    ``up_to``, or (with ``key``) a record without the publisher's signature.
+    ``up_to``, or (with ``key``) a record without the publisher's signature;
+    a record that fails its checks raises AlteredLog, naming its generation.
 
     The chain is checked from generation 1, unless ``after_sha256`` gives the
     sha256 of record ``after`` as the caller verified it before (its last
@@ -183,31 +193,42 @@ def read_deltas(model_dir: Path, version: int, after: int = 0, up_to: int | None
         generation = int(record_path.stem)
         record_sha = sha256_file(record_path)
         if generation > after:
-            where = f"catalogue delta {generation} of version {version}"
             try:
-                record = json.loads(record_path.read_text())
-                if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in ("file", "sha256")):
-                    raise ValueError("not a commit record naming its file and sha256")
-            except ValueError as e:  # truncated or garbled: a refusal naming the delta, not a JSON traceback
-                raise VersionError(f"{where}: {record_path.name} is unreadable ({e}): the log was altered") from None
-            if key is not None:
-                signing.verify_bytes(_signed_part(record), record.get("signature"), key, where)
-            # Records written before they named their version have no such fields to check.
-            if (record.get("model", Path(model_dir).name), record.get("version", version),
-                    record.get("generation", generation)) != (Path(model_dir).name, version, generation):
-                raise VersionError(f"{where} was written as delta {record.get('generation')} of "
-                                   f"{record.get('model')} version {record.get('version')}: the log was altered")
-            if record.get("previous_sha256", "") != previous:
-                raise VersionError(f"catalogue delta {generation} of version {version} does not follow delta "
-                                   f"{generation - 1} (hash chain broken): the log was altered")
-            data = directory / record["file"]
-            if not data.is_file() or sha256_file(data) != record["sha256"]:
-                raise VersionError(f"catalogue delta {generation} of version {version}: {record['file']} is missing "
-                                   "or fails its sha256 check")
-            with np.load(data, allow_pickle=False) as arrays:
-                deltas.append(dataclasses.replace(Delta.from_arrays(arrays), record_sha256=record_sha))
+                deltas.append(_read_delta(record_path, model_dir, version, key, previous, record_sha))
+            except VersionError as e:
+                raise AlteredLog(generation, str(e)) from None
         previous = record_sha
     return deltas
+
+
+def _read_delta(record_path: Path, model_dir: Path, version: int, key: Ed25519PublicKey | None, previous: str,
+                record_sha: str) -> Delta:
+    """The delta of commit record ``record_path``, checked: readable, signed by ``key`` (if given), naming its
+    model, version and generation, following the record of sha256 ``previous``, its npz matching its sha256."""
+    generation = int(record_path.stem)
+    where = f"catalogue delta {generation} of version {version}"
+    try:
+        record = json.loads(record_path.read_text())
+        if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in ("file", "sha256")):
+            raise ValueError("not a commit record naming its file and sha256")
+    except ValueError as e:  # truncated or garbled: a refusal naming the delta, not a JSON traceback
+        raise VersionError(f"{where}: {record_path.name} is unreadable ({e}): the log was altered") from None
+    if key is not None:
+        signing.verify_bytes(_signed_part(record), record.get("signature"), key, where)
+    # Records written before they named their version have no such fields to check.
+    if (record.get("model", Path(model_dir).name), record.get("version", version),
+            record.get("generation", generation)) != (Path(model_dir).name, version, generation):
+        raise VersionError(f"{where} was written as delta {record.get('generation')} of "
+                           f"{record.get('model')} version {record.get('version')}: the log was altered")
+    if record.get("previous_sha256", "") != previous:
+        raise VersionError(f"catalogue delta {generation} of version {version} does not follow delta "
+                           f"{generation - 1} (hash chain broken): the log was altered")
+    data = Path(record_path).parent / record["file"]
+    if not data.is_file() or sha256_file(data) != record["sha256"]:
+        raise VersionError(f"catalogue delta {generation} of version {version}: {record['file']} is missing "
+                           "or fails its sha256 check")
+    with np.load(data, allow_pickle=False) as arrays:
+        return dataclasses.replace(Delta.from_arrays(arrays), record_sha256=record_sha)
 
 
 def _staged(directory: Path, content: bytes) -> Path:

@@ -2,7 +2,7 @@
 without retraining, on every replica that holds it.
 
     recsys-catalogue --registry DIR --model NAME [--version V] \\
-        [--upserts FILE.jsonl] [--delete ID,ID,...] [--delete-file FILE] \\
+        [--upserts FILE.jsonl] [--delete ID,ID,...] [--delete-file FILE] [--catch-up] \\
         --index-admin HOST:PORT[,...] [--query-admin HOST:PORT[,...]]
 
 Each line of ``--upserts`` is one candidate::
@@ -26,21 +26,28 @@ With ``--signing-key-file`` (the publisher's key, as ``recsys-train`` takes
 it) the delta is signed; replicas started with ``--manifest-public-key`` apply
 only signed deltas. A delta to a signed version must be signed by the key that
 signed it: any other is refused before it is written, since every replica
-would refuse it and the version could not be loaded past it.
+would refuse it and the version could not be loaded past it. The version's
+log is read as its replicas read it (a signed version's verified with the
+key's public half): a log altered by hand is refused naming the delta, with
+nothing written, since every replica refuses it from there on.
 
-Steps: the input is checked against the version (dimension, finite values,
-ids, namespaces, the tower's columns); features are embedded; a vector whose
+Steps: the input is checked against the version (dimension, values finite
+as the float32 a delta stores, numeric attributes numbers or null, ids,
+namespaces, the tower's columns); features are embedded; a vector whose
 norm is over ``MAX_UPSERT_SCALE`` times the largest of the version's trained
 candidates' is refused, writing nothing (``check_scale``); an id to delete
 that the version does not hold (its candidates after its deltas so far) is
 left out and listed in the report's ``not_present``, and a delta left with
-nothing to change is not written (the generation, and every cache key, stays);
-the delta is appended to the version's log in the registry
-(``model_registry.deltas``: atomic, checksummed, the next generation G); then
-every index replica holding the version, and every query replica, catches up
-to G (``ApplyCatalogue``). A replica that fails (its admin server not answering
-included) keeps the delta in the registry and replays it at its next load or
-restart; the report names it and the exit status is 1. Prints a JSON report.
+nothing to change is not written (the generation, and every cache key, stays),
+but every replica still catches up to the published generation G, as below: a
+delta written before may have reached none of them (``--catch-up`` runs with
+no upserts or deletes to do just that); else the delta is appended to the
+version's log in the registry (``model_registry.deltas``: atomic, checksummed,
+the next generation G); then every index replica holding the version, and
+every query replica, catches up to G (``ApplyCatalogue``). A replica that
+fails (its admin server not answering included) keeps the delta in the
+registry and replays it at its next load or restart; the report names it and
+the exit status is 1. Prints a JSON report.
 """
 
 from __future__ import annotations
@@ -49,7 +56,6 @@ import argparse
 import contextlib
 import json
 import logging
-import math
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -62,8 +68,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from model_registry import Registry, VersionError, signing
 from model_registry import manifest as files
 from model_registry.attributes import Attributes, token_lists
-from model_registry.deltas import (Delta, catalogue_dir, published_generation, read_deltas, trained_max_norm,
-                                   write_delta)
+from model_registry.deltas import AlteredLog, Delta, catalogue_dir, read_deltas, trained_max_norm, write_delta
 from protos.recsys.v1 import admin_pb2 as pb
 from protos.recsys.v1.versions_pb2 import VERSION_STATE_LOADING as LOADING
 from recsys_client.candidate_tower import CandidateTower, FeatureError
@@ -94,7 +99,7 @@ def read_upserts(lines, dim: int, token_namespaces: frozenset[str], numeric_name
 
     ``tower`` loads the version's candidate tower; it is called only if a line
     gives ``features`` instead of a ``vector``."""
-    ids, vectors = [], []
+    ids, vectors, wheres = [], [], []
     described: dict[int, dict[str, Any]] = {}  # row -> features, for rows given as features
     tokens: dict[str, list[list[str]]] = {ns: [] for ns in token_namespaces}
     numeric: dict[str, list[float]] = {ns: [] for ns in numeric_namespaces}
@@ -118,10 +123,12 @@ def read_upserts(lines, dim: int, token_namespaces: frozenset[str], numeric_name
             if not isinstance(features, dict):
                 raise CatalogueError(f"{where}: 'features' must be an object of catalogue column -> value")
             described[len(ids)] = features
-            vector = [0.0] * dim
-        elif not isinstance(vector, list) or len(vector) != dim or \
-                not all(isinstance(v, (int, float)) and math.isfinite(v) for v in vector):
-            raise CatalogueError(f"{where}: vector must be {dim} finite numbers, the version's embedding dimension")
+            vector = np.zeros(dim, np.float32)
+        else:
+            vector = _finite_float32s(vector) if isinstance(vector, list) and len(vector) == dim else None
+            if vector is None:
+                raise CatalogueError(f"{where}: vector must be {dim} finite numbers within float32's range, the "
+                                     "version's embedding dimension")
         for part in ("tokens", "numeric"):
             if not isinstance(record.get(part, {}), dict):
                 raise CatalogueError(f"{where}: {part!r} must be an object of attribute namespace -> values")
@@ -133,6 +140,7 @@ def read_upserts(lines, dim: int, token_namespaces: frozenset[str], numeric_name
                                  f"{sorted(numeric_namespaces)})")
         ids.append(candidate)
         vectors.append(vector)
+        wheres.append(where)
         # A namespace the line leaves out takes the same-named feature, as the trainer made the
         # version's attributes from the catalogue's columns (model_registry.attributes.from_catalogue).
         features = features or {}
@@ -144,10 +152,11 @@ def read_upserts(lines, dim: int, token_namespaces: frozenset[str], numeric_name
                               token_lists([_cell(features.get(ns))])[0])
         for ns in numeric_namespaces:
             value = record.get("numeric", {}).get(ns, features.get(ns))
-            try:
-                numeric[ns].append(float("nan") if value is None else float(value))
-            except (TypeError, ValueError):
-                raise CatalogueError(f"{where}: {ns!r} must be a number, got {value!r}") from None
+            # An infinity passes a range filter's bounds (-inf passes max: 0), and a string or boolean is no number.
+            if value is not None and _finite_float32s([value]) is None:
+                raise CatalogueError(f"{where}: numeric {ns!r} must be a finite number within float32's range "
+                                     f"(null: missing), got {value!r}")
+            numeric[ns].append(float("nan") if value is None else float(value))
     if len(set(ids)) != len(ids):
         raise CatalogueError("an id appears on more than one line: upsert each candidate once per delta")
     matrix = np.array(vectors, dtype=np.float32).reshape(len(ids), dim)
@@ -164,7 +173,24 @@ def read_upserts(lines, dim: int, token_namespaces: frozenset[str], numeric_name
             raise CatalogueError(f"the candidate tower gives {computed.shape[1]}-dimensional vectors but the "
                                  f"version's are {dim}: republish the version")
         matrix[rows] = computed
+        unembedded = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
+        if len(unembedded):
+            raise CatalogueError(f"{wheres[unembedded[0]]}: its features embed to a vector that is not finite in "
+                                 "float32: give values within the range the version was trained on")
     return Delta.make(ids, matrix, Attributes.from_lists(len(ids), tokens, numeric), dim=dim)
+
+
+def _finite_float32s(values: list) -> np.ndarray | None:
+    """``values`` as the float32 a delta stores them in, or None unless each is a JSON number (not a boolean, nor a
+    string) finite once cast: 1e300 is a finite float64 but an infinite float32."""
+    if not all(type(v) in (int, float) for v in values):
+        return None
+    try:
+        with np.errstate(over="ignore"):
+            cast = np.array(values, dtype=np.float32)
+    except OverflowError:  # an int beyond float64's range
+        return None
+    return cast if np.isfinite(cast).all() else None
 
 
 def check_scale(registry: Registry, version: int, delta: Delta) -> None:
@@ -193,17 +219,32 @@ def _cell(value: Any) -> str:
     return "|".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
-def _held_deletes(registry: Registry, version: int, manifest: files.Manifest, deleted: np.ndarray,
-                 upserted: np.ndarray) -> np.ndarray:
+def read_log(registry: Registry, version: int, key: Ed25519PrivateKey | None) -> list[Delta]:
+    """``version``'s catalogue deltas as its replicas read them: a signed version's verified against the public half
+    of ``key``, which ``signing.check_delta_signer`` has found to be its publisher's. Raises CatalogueError for a
+    log altered by hand: every replica refuses it from the altered delta on, a delta appended to it included."""
+    version_dir = registry.version_dir(version)
+    signed = key is not None and (version_dir / files.SIGNATURE_FILE).is_file()
+    try:
+        return read_deltas(registry.model_dir, version, key=key.public_key() if signed else None)
+    except AlteredLog as e:
+        raise CatalogueError(
+            f"the log was altered at delta {e.generation}: {e}. Every replica refuses the log from there on, a delta "
+            f"written after it included, so nothing was written: restore delta {e.generation} (its record and npz "
+            f"in {catalogue_dir(registry.model_dir, version)}) as it was written, or publish a new version") from None
+
+
+def _held_deletes(registry: Registry, version: int, manifest: files.Manifest, log_deltas: list[Delta],
+                  deleted: np.ndarray, upserted: np.ndarray) -> np.ndarray:
     """Which ``deleted`` ids (bool each) a delta upserting ``upserted`` would delete: those ``version`` holds at
-    its latest generation (its published candidates, its deltas replayed in order) or the delta upserts itself.
+    its latest generation (its published candidates, ``log_deltas`` replayed in order) or the delta upserts itself.
     Deleting any other id changes nothing, yet a delta would still move the generation and every cache key."""
     held = np.zeros(len(deleted), dtype=bool)
     if not len(deleted):
         return held
     for directory in files.shard_dirs(registry.version_dir(version), manifest):
         held |= np.isin(deleted, np.load(directory / files.CANDIDATE_IDS_FILE, allow_pickle=False))
-    for delta in read_deltas(registry.model_dir, version):  # within a delta, deletes apply after upserts
+    for delta in log_deltas:  # within a delta, deletes apply after upserts
         held[np.isin(deleted, delta.ids)] = True
         held[np.isin(deleted, delta.deleted)] = False
     return held | np.isin(deleted, upserted)
@@ -310,6 +351,8 @@ class CatalogueConfig:
     upserts: str = option("", "JSON lines of candidates to upsert (see above)", env=False)
     delete: tuple[str, ...] = option((), "candidate ids to delete, comma-separated", env=False)
     delete_file: str = option("", "file of candidate ids to delete, one per line", env=False)
+    catch_up: bool = option(False, "with no upserts or deletes: write nothing, have every replica catch up to the "
+                                   "version's published generation (every run does so)", env=False)
     index_admin: tuple[str, ...] = option((), "every index replica's admin HOST:PORT, comma-separated")
     query_admin: tuple[str, ...] = option((), "every query replica's admin HOST:PORT, comma-separated")
     admin_token: str = option("", "bearer token of the admin plane", secret=True)
@@ -321,7 +364,7 @@ class CatalogueConfig:
 
     def __post_init__(self) -> None:
         # The message follows the field's flag: "--upserts or --delete / --delete-file is required: ...".
-        require(bool(self.upserts or self.delete or self.delete_file), "upserts",
+        require(bool(self.upserts or self.delete or self.delete_file or self.catch_up), "upserts",
                 "or --delete / --delete-file is required: there is nothing to upsert or delete")
         require(self.version >= 0, "version", "must be >= 0")
         # Else a delta would reach the query replicas alone, and they route only to index replicas at its generation.
@@ -377,28 +420,35 @@ def main(argv: list[str] | None = None) -> None:
                             if line.strip()]
         for i, candidate in enumerate(deleted):
             _check_id(candidate, f"deleted id {i}")
+        key = signing.private_key(config.signing_key) if config.signing_key else None
+        signing.check_delta_signer(registry.version_dir(version), key)  # before any replica is called
+        log_deltas = read_log(registry, version, key)
         requested = np.asarray(deleted, dtype=str) if deleted else delta.deleted
-        held = _held_deletes(registry, version, manifest, requested, delta.ids)
+        held = _held_deletes(registry, version, manifest, log_deltas, requested, delta.ids)
         not_present = requested[~held].tolist()
         if not_present:
             log.warning("version %d does not hold %d of the ids to delete (%s): left out of the delta", version,
                         len(not_present), ", ".join(not_present[:5]) + (", ..." if len(not_present) > 5 else ""))
         delta = Delta(delta.ids, delta.vectors, delta.attributes, requested[held])
-        key = signing.private_key(config.signing_key) if config.signing_key else None
-        signing.check_delta_signer(registry.version_dir(version), key)  # before any replica is called
         check_scale(registry, version, delta)
+        writes, published = bool(len(delta.ids) or len(delta.deleted)), len(log_deltas)
         fleet = None
-        if len(delta.ids) or len(delta.deleted):
+        # With nothing to write, the replicas still catch up: a delta written before may have reached none of them.
+        if writes or published:
             # A replica that does not answer fails like one that refuses: the delta is for the others and its replay.
             fleet = Fleet.connect(list(config.index_admin), list(config.query_admin), config.admin_token,
                                   config.timeout_s, config.connect_timeout_s, config.tls, strict=False)
     except (CatalogueError, VersionError, OSError) as e:
         print(f"recsys-catalogue: {e}", file=sys.stderr)
         sys.exit(1)
-    if fleet is None:  # nothing to change: no delta, so the generation and every replica's cache keys stay
-        rollout = Rollout(published_generation(registry.model_dir, version), [], {})
-        log.info("version %d: nothing to change, no catalogue delta written (generation %d)", version,
-                 rollout.generation)
+    if fleet is None:  # no delta ever: every replica holding the version is at generation 0
+        rollout = Rollout(0, [], {})
+        log.info("version %d: nothing to change, no catalogue delta written (generation 0)", version)
+    elif not writes:  # no delta, so the generation and every replica's cache keys stay
+        log.info("version %d: nothing to change, no catalogue delta written; replicas catch up to generation %d",
+                 version, published)
+        with contextlib.closing(fleet):
+            rollout = apply_everywhere(fleet, version, published)
     else:
         try:
             rollout = publish_delta(fleet, registry, version, delta, key)

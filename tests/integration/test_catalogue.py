@@ -205,3 +205,41 @@ def test_an_upsert_whose_features_embed_far_outside_the_versions_scale_is_refuse
     assert result.returncode == 1 and "upsert 'fresh-dear' has a vector of norm" in result.stderr, result.stderr
     assert "times the largest norm of version 1's trained candidates" in result.stderr
     assert published_generation(registry_root / MODEL, 1) == generation
+
+
+def test_a_rerun_of_a_delta_no_replica_took_brings_every_replica_to_it(stack, registry_root):
+    index, query = stack
+    version_dir = registry_root / MODEL / "1"
+    held = set(np.load(version_dir / "candidate_ids.npy").tolist())
+    for delta in read_deltas(registry_root / MODEL, 1):
+        held = (held | set(delta.ids.tolist())) - set(delta.deleted.tolist())
+    victim = sorted(held)[0]
+    command = [console_script("recsys-catalogue"), "--registry", str(registry_root), "--model", MODEL,
+               "--delete", victim, "--query-admin", query.admin_address, "--connect-timeout-s", "1"]
+
+    def index_generation() -> int:
+        with grpc.insecure_channel(index.admin_address) as channel:
+            status = admin_pb2_grpc.AdminServiceStub(channel).GetStatus(admin_pb2.GetStatusRequest())
+        return status.versions[0].catalogue_generation
+
+    # The index replica is listed at an address where nothing answers: the delta is written, taken by none.
+    result = subprocess.run(command + ["--index-admin", "127.0.0.1:1"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    generation = json.loads(result.stdout)["generation"]
+    assert index_generation() == generation - 1
+    # The same run again: nothing new to write, and every replica catches up to the delta.
+    result = subprocess.run(command + ["--index-admin", index.admin_address], capture_output=True, text=True,
+                            timeout=120)
+    report = json.loads(result.stdout)
+    assert result.returncode == 0, result.stderr
+    assert (report["generation"], report["deletes"], report["not_present"], report["failed"]) == \
+        (generation, 0, [victim], {})
+    assert report["applied"] == [f"index {index.admin_address}", f"query {query.admin_address}"]
+    assert index_generation() == generation == published_generation(registry_root / MODEL, 1)
+    with grpc.insecure_channel(query.address) as channel:
+        answer = pb_grpc.QueryServiceStub(channel).Recommend(pb.RecommendRequest(customer_id="u2", k=5))
+    assert answer.catalogue_generation == generation
+    result = subprocess.run([console_script("recsys-catalogue"), "--registry", str(registry_root), "--model", MODEL,
+                             "--catch-up", "--index-admin", index.admin_address], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and json.loads(result.stdout)["generation"] == generation, result.stderr
