@@ -20,8 +20,8 @@ from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from protos.recsys.v1 import versions_pb2
 from serving import errors, validation
 from serving.filters import NO_FILTER, Filter, filter_to_proto
-from serving.observability import outgoing_metadata
-from serving.tls import ClientTls
+from serving.observability import LogThrottle, outgoing_metadata
+from serving.tls import ClientTls, tls_hint
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,8 @@ _PEER = re.compile(r"\b(?:ipv4|ipv6|unix|unix-abstract|vsock|dns):[^\s;,]*?(?=:?
 _HIDDEN_PEER = "<index endpoint>"
 # Reconnect backoff of a broken status stream: short, so a restarted slot rejoins within seconds.
 RECONNECT_S = (0.2, 2.0)
+# An endpoint that never connected logs why at once, and again when the reason changes or this often.
+UNREACHABLE_LOG_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,8 @@ class IndexEndpoint:
         self.versions: dict[int, int] = {}  # version -> VersionState
         self.generations: dict[int, int] = {}  # version -> catalogue generation applied there
         self.bounds = BatchBounds()  # lowered to what the endpoint names when it refuses a call over its own
+        self._connected = False  # whether its status stream ever answered
+        self._unreachable_log = LogThrottle()
         self._channel = tls.aio_channel(address, options=[
             # Reconnect fast after an outage: the default backoff grows to minutes.
             ("grpc.initial_reconnect_backoff_ms", 200),
@@ -253,6 +257,7 @@ class IndexEndpoint:
                                      "routing searches around it", self.address, self.slot or "?")
                         break
                     silence_s = MISSED_KEEPALIVES * max(status.keepalive_s, 0.1)
+                    self._connected = True
                     self._update(status.slot, {v.version: v.state for v in status.versions},
                                  {v.version: v.catalogue_generation for v in status.versions}, on_change,
                                  (status.shard, status.shards))
@@ -262,12 +267,24 @@ class IndexEndpoint:
             except grpc.aio.AioRpcError as e:
                 if self.versions:
                     log.warning("index endpoint %s lost (%s): routing around it", self.address, e.code().name)
+                elif not self._connected:
+                    self._log_unreachable(e)
             finally:
                 call.cancel()
             self.bounds = BatchBounds()  # a restarted endpoint may have other bounds: learnt again if lower
             self._update(self.slot, {}, {}, on_change, (self.shard, self.shards))
             await asyncio.sleep(backoff)
             backoff = min(2 * backoff, RECONNECT_S[1])
+
+    def _log_unreachable(self, e: grpc.aio.AioRpcError) -> None:
+        """Says why an endpoint that never connected does not: else a query service whose TLS flags do not fit
+        the slots' stays NOT_SERVING with both slots up, and only gRPC's own log says why."""
+        details = e.details() or ""
+        held = self._unreachable_log.due((e.code(), details), UNREACHABLE_LOG_S)
+        if held is not None:
+            log.warning("index endpoint %s unreachable, never connected: %s: %s%s%s", self.address, e.code().name,
+                        details, tls_hint(details, "--index-tls-"), f" ({held} more since the last line)" if held
+                        else "")
 
     def _update(self, slot: str, versions: dict[int, int], generations: dict[int, int],
                 on_change: Callable[[], None], shard: tuple[int, int]) -> None:

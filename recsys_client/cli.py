@@ -18,7 +18,7 @@ optional, and a candidate must pass every restrict and every range::
      "crowding_namespace": "genres", "max_per_value": 2}
 
 Against servers serving TLS: ``--tls-ca CA.pem`` (and, for mutual TLS,
-``--tls-cert`` / ``--tls-key``).
+``--tls-cert`` / ``--tls-key``), or ``$RECSYS_TLS_CA`` (``_CERT``, ``_KEY``).
 
 Prints the response as JSON; on an RPC error prints the status code and message
 to stderr and exits 1 (health exits 1 unless SERVING). ``status`` prints one
@@ -43,9 +43,9 @@ from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from recsys_client import status
 from serving.filters import filter_from_proto
-from serving.tls import ClientTls
+from serving.tls import ToolTls, tls_hint
 from serving.errors import InvalidArgument
-from settings.flags import ConfigError, SecretFile
+from settings.flags import ConfigError, SecretFile, add_flags, flag_name, from_args
 
 
 def parse_filter(text: str) -> pb.Filter:
@@ -101,9 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_connection(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--timeout-s", type=float, default=5.0, help="RPC deadline")
-    sub.add_argument("--tls-ca", default="", help="PEM CA bundle of the server's certificate: TLS")
-    sub.add_argument("--tls-cert", default="", help="PEM client certificate (mutual TLS)")
-    sub.add_argument("--tls-key", default="", help="PEM private key of the client certificate")
+    add_flags(sub, ToolTls)
 
 
 def _call(stub: pb_grpc.QueryServiceStub, args: argparse.Namespace):
@@ -147,7 +145,7 @@ def _services(channel: grpc.Channel, timeout_s: float) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    tls = ClientTls(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
+    tls = from_args(ToolTls, args).tls
     if args.command == "status":
         replicas = status.gather(args.index_admin, args.query_admin, args.admin_token, args.timeout_s, tls)
         print(status.table(replicas))
@@ -178,9 +176,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         sys.exit(run(args))
     except ConfigError as e:
-        parser.error(f"--tls-{e.field.replace('_', '-')} {e.message}")
+        parser.error(f"{flag_name(ToolTls, e.field)} {e.message}")
     except grpc.RpcError as e:
-        print(f"recsys-client: {e.code().name}: {e.details()}", file=sys.stderr)
+        hint = tls_hint(e.details()) if e.code() == grpc.StatusCode.UNAVAILABLE else ""
+        print(f"recsys-client: {e.code().name}: {e.details()}{hint}", file=sys.stderr)
         sys.exit(1)
 
 

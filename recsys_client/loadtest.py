@@ -68,8 +68,8 @@ from typing import Any, Callable, Sequence, TextIO
 import numpy as np
 from hdrh.histogram import HdrHistogram
 
-from serving.tls import ClientTls
-from settings.flags import ConfigError, SecretFile
+from serving.tls import ClientTls, ToolTls, tls_hint
+from settings.flags import ConfigError, SecretFile, add_flags, flag_name, from_args
 
 # Histogram range: 1 us .. 60 s at 3 significant digits (0.1% value precision).
 HIST_LOWEST_US = 1
@@ -794,10 +794,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsys-loadtest", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--address", required=True, help="query service HOST:PORT")
-    parser.add_argument("--tls-ca", default="", help="PEM CA bundle of the servers' certificates: TLS to the query "
-                                                     "service and the admin planes")
-    parser.add_argument("--tls-cert", default="", help="PEM client certificate (mutual TLS)")
-    parser.add_argument("--tls-key", default="", help="PEM private key of the client certificate")
+    add_flags(parser.add_argument_group("TLS to the query service and the admin planes"), ToolTls)
     parser.add_argument("--qps", type=float, required=True, help="arrival rate, requests per second")
     parser.add_argument("--duration-s", type=float, required=True, help="length of the schedule")
     parser.add_argument("--concurrency", type=int, default=512,
@@ -841,9 +838,9 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> LoadConfig:
     """Turns parsed flags into a LoadConfig; raises ValueError on bad combinations."""
     try:
-        tls = ClientTls(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
+        tls = from_args(ToolTls, args).tls
     except ConfigError as e:  # it names the field; the user typed the flag
-        raise ValueError(f"--tls-{e.field} {e.message}") from None
+        raise ValueError(f"{flag_name(ToolTls, e.field)} {e.message}") from None
     swap = None
     if args.swap:
         missing = [flag for flag, value in (("--registry", args.registry), ("--model", args.model),
@@ -921,8 +918,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         report = run_event_loop(run_load(config, progress=None if args.quiet else sys.stderr))
     except (TimeoutError, asyncio.TimeoutError):
-        print(f"recsys-loadtest: could not connect to {config.address} within {connect_timeout_s(config):g} s",
-              file=sys.stderr)
+        details = config.tls.connect_failure(config.address)
+        print(f"recsys-loadtest: could not connect to {config.address} within {connect_timeout_s(config):g} s"
+              + (f": {details}{tls_hint(details)}" if details else ""), file=sys.stderr)
         sys.exit(1)
     text = json.dumps(report, indent=2)
     if args.out:

@@ -52,7 +52,7 @@ from model_registry import Registry, VersionError
 from protos.recsys.v1 import admin_pb2 as pb
 from protos.recsys.v1 import admin_pb2_grpc as pb_grpc
 from protos.recsys.v1 import versions_pb2
-from serving.tls import ClientTls
+from serving.tls import ClientTls, tls_hint
 from settings.flags import add_flags, option, parse, require
 
 log = logging.getLogger("recsys-publish")
@@ -111,7 +111,7 @@ class Fleet:
                 try:
                     grpc.channel_ready_future(channels[-1]).result(timeout=connect_timeout_s)
                 except grpc.FutureTimeoutError:
-                    why = f"{role} replica {address}: no admin server answers there (waited {connect_timeout_s:g} s)"
+                    why = _unreachable(f"{role} replica {address}", tls, address, connect_timeout_s)
                     if not strict:
                         channels.pop().close()
                         unreachable[role, address] = why
@@ -135,6 +135,15 @@ class Fleet:
     def close(self) -> None:
         for channel in self._channels:
             channel.close()
+
+
+def _unreachable(replica: str, tls: ClientTls, address: str, waited_s: float) -> str:
+    """Why ``replica`` at ``address`` was not reached in ``waited_s``: a server that refuses the handshake does
+    answer there, and its refusal names TLS."""
+    details = tls.connect_failure(address)
+    hint = tls_hint(details)
+    return (f"{replica}: no admin server answers there{' with these TLS settings' if hint else ''} (waited "
+            f"{waited_s:g} s){f': {details}' if details else ''}{hint}")
 
 
 def _with_state(status: pb.ServiceStatus, state: int) -> int | None:

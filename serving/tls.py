@@ -1,6 +1,6 @@
 """TLS and mutual TLS for every gRPC hop: the servers' ports (data and admin
 planes), the query service's calls to the index endpoints, and the tools'
-calls (recsys-publish, recsys-client).
+calls (recsys-publish, recsys-client, recsys-loadtest).
 
 Certificates are PEM files named by flags (or ``$RECSYS_<FLAG>``). A server
 with ``--tls-cert``/``--tls-key`` serves TLS only; with ``--tls-client-ca`` too,
@@ -13,15 +13,26 @@ loopback development.
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import logging
+import re
 from pathlib import Path
 
 import grpc
+from cryptography import x509
 
 from serving.validation import DEFAULT_MAX_MESSAGE_BYTES
 from settings.flags import ConfigError, option, require
 
+log = logging.getLogger(__name__)
+
 # Every client channel's, unless its caller sets them.
 CLIENT_OPTIONS = {"grpc.max_receive_message_length": DEFAULT_MAX_MESSAGE_BYTES}
+# gRPC's words for a connection that failed in its TLS handshake: a TLS server reached in plaintext closes the
+# socket at once ("Socket closed"), as does a server asking for a client certificate that none was sent for;
+# a refused certificate or a plaintext server reached with TLS fail the handshake. A closed port says
+# "Connection refused", which none of them match.
+_HANDSHAKE_FAILURE = re.compile(r"socket closed|handshake|\bssl|\btls\b|certificate", re.IGNORECASE)
 
 
 def _client_options(options: list[tuple] | None) -> list[tuple]:
@@ -37,12 +48,38 @@ def _read(path: str, field: str) -> bytes:
         raise ConfigError(field, f"cannot read {path}: {e.strerror}") from None
 
 
+def tls_hint(details: str, flags: str = "--tls-") -> str:
+    """A hint naming the TLS flags (``flags``: their prefix) when ``details`` of a failed connection read as a
+    failed TLS handshake (a TLS server reached in plaintext, a certificate one side refused), else ''."""
+    if not _HANDSHAKE_FAILURE.search(details or ""):
+        return ""
+    return (f" (is it TLS? give {flags}ca, and {flags}cert/{flags}key under mutual TLS, from the CA that signed "
+            "the server's certificate)")
+
+
 def _check_files(config) -> None:
     """A certificate goes with its key, and every file named can be read (at start, not at the first call)."""
     require(bool(config.cert) == bool(config.key), "cert", "and the key go together")
     for field in dataclasses.fields(config):
         if getattr(config, field.name):
             _read(getattr(config, field.name), field.name)
+
+
+def _check_validity(path: str) -> None:
+    """Warns when the certificate in ``path`` is expired or not yet valid: the server would start SERVING, and
+    every client then refuse its handshake."""
+    try:
+        cert = x509.load_pem_x509_certificate(_read(path, "cert"))
+    except ValueError:  # not PEM: gRPC refuses it when it loads the credentials, saying so
+        return
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if now > cert.not_valid_after_utc:
+        log.warning("the certificate %s expired at %s (not_valid_after): clients will refuse the handshake; "
+                    "renew it", path, cert.not_valid_after_utc)
+    elif now < cert.not_valid_before_utc:
+        log.warning("the certificate %s is not valid before %s (not_valid_before; not_valid_after %s): clients "
+                    "will refuse the handshake until then", path, cert.not_valid_before_utc,
+                    cert.not_valid_after_utc)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,9 +93,11 @@ class ServerTls:
         _check_files(self)
 
     def credentials(self) -> grpc.ServerCredentials | None:
-        """The server's credentials; None for plaintext."""
+        """The server's credentials; None for plaintext. Made as the server starts (logging set up by then,
+        unlike at parsing), which warns of a certificate out of its validity."""
         if not self.cert:
             return None
+        _check_validity(self.cert)
         return grpc.ssl_server_credentials([(_read(self.key, "key"), _read(self.cert, "cert"))],
                                            root_certificates=_read(self.client_ca, "client_ca") if self.client_ca
                                            else None, require_client_auth=bool(self.client_ca))
@@ -98,3 +137,22 @@ class ClientTls:
         if credentials is None:
             return grpc.aio.insecure_channel(address, options=options)
         return grpc.aio.secure_channel(address, credentials, options=options)
+
+    def connect_failure(self, address: str, timeout_s: float = 2.0) -> str:
+        """gRPC's details of why a call to ``address`` fails to connect, for a tool whose wait for its channel
+        ran out; '' when a server answers now, or the call cannot tell within ``timeout_s``."""
+        with self.channel(address) as channel:
+            try:  # any method: a call that fails to connect says why, unlike a wait for the channel
+                channel.unary_unary("/grpc.health.v1.Health/Check")(b"", timeout=timeout_s)
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.UNAVAILABLE:
+                    return e.details() or ""
+        return ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolTls:
+    """The TLS flags every client tool takes: ``--tls-ca``, ``--tls-cert``, ``--tls-key``, each defaulting to its
+    ``$RECSYS_TLS_*`` variable (``settings.flags.add_flags``), as recsys-publish's."""
+
+    tls: ClientTls = option(ClientTls(), "TLS to the servers", prefix="tls-")
