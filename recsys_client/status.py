@@ -16,7 +16,7 @@ import grpc
 from protos.recsys.v1 import admin_pb2 as pb
 from protos.recsys.v1 import admin_pb2_grpc as pb_grpc
 from protos.recsys.v1 import versions_pb2
-from serving.tls import ClientTls
+from serving.tls import ClientTls, tls_hint
 
 COLUMNS = ("ADDRESS", "SERVICE", "SLOT", "VERSION", "STATE", "CANDIDATES", "RECALL@10", "MEMORY", "LOAD_S",
            "CATALOGUE_GEN")
@@ -50,7 +50,7 @@ def gather(index: list[str], query: list[str], token: str = "", timeout_s: float
             try:
                 out.append(ReplicaStatus(role, address, future.result()))
             except grpc.RpcError as e:
-                out.append(ReplicaStatus(role, address, error=f"{e.code().name}: {e.details()}"))
+                out.append(ReplicaStatus(role, address, error=f"{e.code().name}: {e.details()}{tls_hint(e.details())}"))
         return out
     finally:
         for channel in channels:

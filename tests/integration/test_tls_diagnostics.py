@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from grpc_health.v1 import health, health_pb2_grpc
 
 from query_service.index_client import IndexEndpoint
+from recsys_client import status
 from recsys_client.publish import Fleet, PublishError
 from serving.tls import ClientTls, ServerTls
 from tests.integration.test_tls import Authority, _name, _write
@@ -105,6 +106,8 @@ def test_the_tools_name_tls_when_the_handshake_fails(pki, mtls_server):
     with pytest.raises(PublishError) as refused:
         Fleet.connect([closed], [], connect_timeout_s=1)
     assert "no admin server answers there (waited 1 s)" in str(refused.value) and HINT not in str(refused.value)
+    (reached,) = status.gather([mtls_server], [], timeout_s=2)
+    assert reached.status is None and HINT in reached.error, reached.error  # recsys-client status's table
     # recsys-loadtest waits 10 s for its channels before saying why.
     result = _tool("recsys-loadtest", "--address", mtls_server, "--qps", "1", "--duration-s", "1")
     assert result.returncode == 1 and HINT in result.stderr, result.stderr
