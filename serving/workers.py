@@ -15,7 +15,9 @@ model. It holds
   with the caller's request id (``x-request-id``, else the supervisor's), and
   answers with worker 0's status and every worker's (``ServiceStatus.workers``);
   if a worker fails it, the call fails, naming the workers that failed and
-  those that took it;
+  those that took it; while a worker is being replaced, a call fails at once
+  (UNAVAILABLE, retry) and says so, except ``ApplyCatalogue``, which the other
+  workers take and the replacement takes once it has started;
 - health on the admin port: SERVING once every worker's data plane reports
   SERVING, so a readiness probe there says whether the whole pool serves;
 - /metrics: every worker's, read at scrape time, each series labelled ``worker``;
@@ -26,13 +28,15 @@ model. It holds
   the version its siblings serve, and takes connections on the shared port
   only once it serves (``serving.grpc_server.WorkerDataPlane``), so callers
   never reach a worker that is still loading; SIGTERM is passed on to every
-  worker, and each drains as a single process would.
+  worker, and each drains as a single process would; the private directory
+  of a supervisor that was killed is removed when the next one starts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import fcntl
 import http.client
 import logging
 import os
@@ -40,6 +44,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import sys
 import tempfile
 import urllib.request
@@ -71,6 +76,7 @@ ALIGN_TIMEOUT_S = 300.0  # a restarted worker's start and load, before the super
 WORKER_STATUS_TIMEOUT_S = 5.0
 _PR_SET_PDEATHSIG = 1
 POOL_SECRET_FILE = "pool-secret"  # beside the workers' sockets, in the supervisor's private directory
+SUPERVISOR_LOCK_FILE = "supervisor.lock"  # in the private directory, flock-ed by its supervisor while it lives
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -97,6 +103,44 @@ def write_pool_secret(directory: str) -> None:
         f.write(secrets.token_hex(32))
 
 
+def private_directory(prog: str) -> tuple[str, int]:
+    """A new private directory (mode 0700) for a supervisor of ``prog``, and the
+    descriptor of the lock on it, which this process holds while it lives (the
+    kernel lets go when it dies, even by SIGKILL). First removes the private
+    directories, pool secret included, of ``prog``'s supervisors of this user
+    that were killed: they are the ones whose lock nobody holds."""
+    parent = tempfile.gettempdir()
+    for name in os.listdir(parent):
+        if name.startswith(f"{prog}-"):
+            _remove_if_abandoned(os.path.join(parent, name))
+    directory = tempfile.mkdtemp(prefix=f"{prog}-")
+    unnamed = os.path.join(directory, f".{SUPERVISOR_LOCK_FILE}")
+    fd = os.open(unnamed, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    # Named once held: a supervisor starting meanwhile finds it held or not at all, never free in a live directory.
+    os.rename(unnamed, os.path.join(directory, SUPERVISOR_LOCK_FILE))
+    return directory, fd
+
+
+def _remove_if_abandoned(directory: str) -> None:
+    try:
+        # Only this user's directories, not links: /tmp is everyone's, and a name there proves nothing.
+        info = os.lstat(directory)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            return
+        fd = os.open(os.path.join(directory, SUPERVISOR_LOCK_FILE), os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:  # gone, or not a supervisor's
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # its supervisor lives
+        return
+    finally:
+        os.close(fd)
+    shutil.rmtree(directory, ignore_errors=True)
+    log.info("removed %s, the private directory of a supervisor that was killed", directory)
+
+
 def pool_secret(worker_socket: str) -> str:
     """In a worker (``--worker-socket``), the secret its supervisor wrote for the pool."""
     with open(os.path.join(os.path.dirname(worker_socket), POOL_SECRET_FILE)) as f:
@@ -119,6 +163,10 @@ class Worker:
         self.metrics_port = metrics_port
         self.process: asyncio.subprocess.Process | None = None
         self.has_served = False
+        # From its exit until its replacement has started and been aligned (WorkerPool.keep, align): admin calls
+        # would reach no socket, or race its start-up loads.
+        self.restarting = False
+        self.catalogue_due: list[pb.ApplyCatalogueRequest] = []  # taken by the pool while it restarted
         # Short reconnect backoff: a starting worker's sockets appear seconds after the
         # first tries, and the pool's health should follow within POLL_S, not gRPC's 1-120 s backoff.
         options = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
@@ -173,6 +221,12 @@ def _outcome_text(outcome: BaseException) -> str:
     return outcome.details() if isinstance(outcome, grpc.aio.AioRpcError) else f"{type(outcome).__name__}: {outcome}"
 
 
+def _restarting_text(indices: list[int]) -> str:
+    return (f"{'worker' if len(indices) == 1 else 'workers'} {', '.join(map(str, indices))} "
+            f"{'is' if len(indices) == 1 else 'are'} restarting (it loads the pool's versions and replays the "
+            "registry when it starts)")
+
+
 class PoolAdmin(pb_grpc.AdminServiceServicer):
     """The admin plane of a pool: each call goes to every worker. Loads go to
     one worker at a time: a load (the tower, the cache warm-up) takes CPU from
@@ -184,8 +238,18 @@ class PoolAdmin(pb_grpc.AdminServiceServicer):
         self.workers = workers
 
     async def _all(self, method: str, request, context: grpc.aio.ServicerContext,
-                   one_at_a_time: bool = False) -> pb.ServiceStatus:
-        calls = [getattr(w.admin, method) for w in self.workers]
+                   one_at_a_time: bool = False, caught_up_later: bool = False) -> pb.ServiceStatus:
+        """``method`` on every worker. While a worker restarts, the call goes to none (a partial pool would
+        differ), unless ``caught_up_later``: the others take it, and the restarting one once it has started."""
+        restarting = [w for w in self.workers if w.restarting]
+        if restarting and not caught_up_later:
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"{method} was sent to no worker: {_restarting_text([w.index for w in restarting])}"
+                                ": retry in a few seconds", request_id_metadata())
+        for worker in restarting:
+            worker.catalogue_due.append(request)
+        asked = [w for w in self.workers if not w.restarting]
+        calls = [getattr(w.admin, method) for w in asked]
         metadata = outgoing_metadata()  # the caller's request id: one call is one id in every worker's log
         outcomes: list = []
         if one_at_a_time:
@@ -198,19 +262,25 @@ class PoolAdmin(pb_grpc.AdminServiceServicer):
         else:
             outcomes = await asyncio.gather(*(call(request, timeout=_worker_timeout(context), metadata=metadata)
                                               for call in calls), return_exceptions=True)
-        failed = [i for i, o in enumerate(outcomes) if isinstance(o, BaseException)]
+        failed = [asked[i].index for i, o in enumerate(outcomes) if isinstance(o, BaseException)]
+        took = [asked[i].index for i, o in enumerate(outcomes) if not isinstance(o, BaseException)]
+        later = (f"; {_restarting_text([w.index for w in restarting])}, and will catch up by itself"
+                 if restarting else "")
         if failed:
-            first = outcomes[failed[0]]
-            took = [i for i in range(len(outcomes)) if i not in failed]
-            message = (f"{method} failed on worker {failed[0]} of {len(calls)}: {_outcome_text(first)}"
+            first = next(o for o in outcomes if isinstance(o, BaseException))
+            message = (f"{method} failed on worker {failed[0]} of {len(self.workers)}: {_outcome_text(first)}"
                        + (f" (also on workers {failed[1:]})" if len(failed) > 1 else "")
-                       + (f"; workers {list(range(len(outcomes), len(calls)))} were not asked"
-                          if len(outcomes) < len(calls) else ""))
+                       + (f"; workers {[w.index for w in asked[len(outcomes):]]} were not asked"
+                          if len(outcomes) < len(asked) else "") + later)
             if took:
                 message += (f"; workers {took} took it, so the workers now differ: GetStatus shows each one's "
                             "versions; repeat the call or undo it")
             code = first.code() if isinstance(first, grpc.aio.AioRpcError) else grpc.StatusCode.UNAVAILABLE
             await context.abort(code, message[:MAX_MESSAGE_CHARS], request_id_metadata())
+        if restarting:  # the call's promise, every worker at it, holds only once the restarting ones have started
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"{method}: workers {took} took it{later}: retry in a few seconds to see every "
+                                "worker take it"[:MAX_MESSAGE_CHARS], request_id_metadata())
         status = pb.ServiceStatus()
         status.CopyFrom(outcomes[0])
         status.workers.extend(outcomes)
@@ -248,7 +318,7 @@ class PoolAdmin(pb_grpc.AdminServiceServicer):
         return status
 
     async def ApplyCatalogue(self, request, context):
-        return await self._all("ApplyCatalogue", request, context)
+        return await self._all("ApplyCatalogue", request, context, caught_up_later=True)
 
 
 class WorkerMetrics(Collector):
@@ -316,6 +386,7 @@ class WorkerPool:
             code = await worker.process.wait()
             if self.stopping.is_set():
                 return
+            worker.restarting = True
             if not worker.has_served:
                 self.failure = f"worker {worker.index} exited with code {code} before it served; see its log above"
                 self.stopping.set()
@@ -347,28 +418,42 @@ class WorkerPool:
     async def align(self, worker: Worker) -> None:
         """Brings a restarted worker to the live version of a sibling, where it
         started on another: no sibling answered when it was started, or one was
-        promoted while it loaded."""
+        promoted while it loaded; then applies the catalogue deltas the pool
+        took while it restarted. Admin calls reach it again after that."""
+        process = worker.process
+        try:
+            await self._align(worker)
+        finally:
+            if worker.process is process and process.returncode is None:  # else its next start is aligned in turn
+                worker.restarting = False
+                worker.catalogue_due.clear()
+
+    async def _align(self, worker: Worker) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + ALIGN_TIMEOUT_S
-        while loop.time() < deadline and not self.stopping.is_set():
-            try:
-                mine = await worker.admin.GetStatus(pb.GetStatusRequest(), timeout=1.0)
-                if mine.live_version:  # its start-up load is done: a load beside it would race it
-                    break
-            except grpc.RpcError:
-                pass
+        # A worker serves only once its start-up loads are done (the rollback target's makes a live version
+        # before the live one's does): a load beside them would race them.
+        while not await worker.serving():
+            if loop.time() > deadline or self.stopping.is_set():
+                if not self.stopping.is_set():
+                    log.error("worker %d did not serve within %.0f s of its start: not aligned with its siblings",
+                              worker.index, ALIGN_TIMEOUT_S)
+                return
             await asyncio.sleep(POLL_S)
-        else:
-            return
-        target, _ = await self.siblings_versions(worker)
-        if target and target != mine.live_version:
-            log.info("worker %d serves version %d, its siblings %d: loading and promoting %d",
-                     worker.index, mine.live_version, target, target)
-            try:
+        try:
+            # Waits out the admin channel's reconnect backoff, which would fail the pool's next call at once.
+            mine = await worker.admin.GetStatus(pb.GetStatusRequest(), timeout=WORKER_STATUS_TIMEOUT_S,
+                                                wait_for_ready=True)
+            target, _ = await self.siblings_versions(worker)
+            if target and target != mine.live_version:
+                log.info("worker %d serves version %d, its siblings %d: loading and promoting %d",
+                         worker.index, mine.live_version, target, target)
                 await worker.admin.LoadVersion(pb.LoadVersionRequest(version=target))
                 await worker.admin.Promote(pb.PromoteRequest(version=target))
-            except grpc.RpcError as e:
-                log.error("worker %d could not be brought to version %d: %s", worker.index, target, _outcome_text(e))
+            for request in worker.catalogue_due:
+                await worker.admin.ApplyCatalogue(request)
+        except grpc.RpcError as e:
+            log.error("worker %d could not be aligned with its siblings: %s", worker.index, _outcome_text(e))
 
     async def stop(self, grace_s: float) -> None:
         """SIGTERM to every worker (each drains); SIGKILL to any still there after ``grace_s``."""
@@ -400,7 +485,7 @@ def run_workers(prog: str, module: str, argv: list[str], config: ServiceConfig, 
 async def _supervise(prog: str, module: str, argv: list[str], config: ServiceConfig, count: int) -> str:
     reserved = reserve_port(config.host, config.port)
     port = reserved.getsockname()[1]
-    sockets = tempfile.mkdtemp(prefix=f"{prog}-")  # mode 0700: only this user reaches the private planes
+    sockets, lock = private_directory(prog)  # mode 0700: only this user reaches the private planes
     write_pool_secret(sockets)
     metrics_ports = free_ports(count) if config.metrics_port else [0] * count
     workers = []
@@ -436,5 +521,6 @@ async def _supervise(prog: str, module: str, argv: list[str], config: ServiceCon
             await admin_server.stop(0)
         await asyncio.gather(*(w.close() for w in workers))
         shutil.rmtree(sockets, ignore_errors=True)
+        os.close(lock)
         reserved.close()
     return pool.failure

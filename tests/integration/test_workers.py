@@ -181,6 +181,8 @@ def test_a_dead_worker_is_restarted_at_the_pools_version_and_callers_never_see_i
         wait_until(lambda: victim not in worker_pids(query) and workers_live(query) == [2] * WORKERS,
                    120, "the dead worker to be replaced at version 2", interval_s=0.5)
         wait_until(lambda: is_serving(query.admin_address), 60, "every worker to serve again")
+        # Its start-up loads the rollback target (1) first, then 2: nothing loads 2 into it a second time.
+        assert "loading and promoting" not in query.log_path.read_text()
         # The new worker takes connections only once it serves: calls keep spreading over both.
         before = len(outcomes)
         wait_until(lambda: len(outcomes) >= before + 16, 60, "calls after the restart")
