@@ -15,6 +15,7 @@ search over the rows that pass, so selective filters lose no recall.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import logging
 import math
 import sys
@@ -312,33 +313,26 @@ class CandidateIndex:
         return self._searcher.search_batched(queries, final_num_neighbors=fetch, **extra)
 
     def _keep(self, rows: np.ndarray, scores: np.ndarray, k: int, excluded: frozenset[str], f: Filter) -> SearchResult:
-        """The first k of ``rows`` (best first) that pass ``f``, are not excluded and fit crowding."""
+        """The first k of ``rows`` (best first) that pass ``f``, are not excluded and fit crowding, each named
+        with its tokens of the crowding namespace when ``f`` crowds."""
         rows = np.asarray(rows, dtype=np.int64)
         scores = np.asarray(scores)
         if f.selects:
             keep = self.attributes.passes(rows, f)
             rows, scores = rows[keep], scores[keep]
-        ids = self.rows.id_of(rows)
-        crowd = self.attributes.crowd_keys(rows, f.crowding_namespace) if f.max_per_value else None
-        if not excluded and crowd is None:
-            return SearchResult(ids[:k], scores[:k].tolist())
-        seen: dict[int, int] = {}
-        out_ids, out_scores, out_tokens = [], [], []
-        for j, candidate in enumerate(ids):
-            if candidate in excluded:
-                continue
-            if crowd is not None:
-                tokens = [t for t in crowd[j].tolist() if t >= 0]  # only the rows looked at: often a few of many
-                if any(seen.get(t, 0) >= f.max_per_value for t in tokens):
-                    continue
-                for t in tokens:
-                    seen[t] = seen.get(t, 0) + 1
-                out_tokens.append(self.attributes.token_names(f.crowding_namespace, tokens))
-            out_ids.append(candidate)
-            out_scores.append(float(scores[j]))
-            if len(out_ids) == k:
-                break
-        return SearchResult(out_ids, out_scores, crowding=out_tokens if crowd is not None else None)
+        if not f.max_per_value:
+            ids = self.rows.id_of(rows[:k + len(excluded)])  # the first k not excluded are among these
+            if not excluded:
+                return SearchResult(ids, scores[:k].tolist())
+            kept = list(itertools.islice((j for j, candidate in enumerate(ids) if candidate not in excluded), k))
+            return SearchResult([ids[j] for j in kept], scores[kept].tolist())
+        if excluded:
+            keep = np.array([candidate not in excluded for candidate in self.rows.id_of(rows)], dtype=bool)
+            rows, scores = rows[keep], scores[keep]
+        taken = self.attributes.crowded(rows, f.crowding_namespace, f.max_per_value, k)
+        rows, scores = rows[taken], scores[taken]
+        return SearchResult(self.rows.id_of(rows), scores.tolist(),
+                            crowding=self.attributes.token_names(rows, f.crowding_namespace))
 
     def _passing(self, f: Filter) -> tuple[np.ndarray, np.ndarray]:
         """(rows passing ``f``, their vectors), from a small cache when few pass (under the read lock)."""
