@@ -18,16 +18,13 @@ subset, item-to-item queries and the recall check.
 from __future__ import annotations
 
 import dataclasses
-import math
 import threading
 from contextlib import contextmanager
 from typing import Iterator
 
 import numpy as np
 
-# Rows whose norms are computed at once: 16 MB of float32 at 64 dims, so a memory-mapped file is read without a copy
-# of it all (at 1M x 64, 0.15 s in all at load).
-NORM_CHUNK = 65_536
+from model_registry.deltas import max_norm
 
 
 class ReadWriteLock:
@@ -72,14 +69,6 @@ class ReadWriteLock:
                 self._cond.notify_all()
 
 
-def _max_norm(vectors: np.ndarray) -> float:
-    """The largest L2 norm of ``vectors`` [N, dim] (0 for none), summed in float64: squares of float32 values can
-    pass float32's range."""
-    squares = (float(np.einsum("ij,ij->i", vectors[start:start + NORM_CHUNK], vectors[start:start + NORM_CHUNK],
-                               dtype=np.float64).max()) for start in range(0, len(vectors), NORM_CHUNK))
-    return math.sqrt(max(squares, default=0.0))
-
-
 def _grow(array: np.ndarray, rows: int) -> np.ndarray:
     if len(array) >= rows:
         return array
@@ -104,7 +93,7 @@ class Rows:
         self._moved: dict[str, int] = {}  # id -> row for ids not at their version row; -1: deleted
         # The scale of the version's candidates, which bounds a query's scores. A delta's vectors do not move it:
         # one absurd catalogue vector must not have every query refused (its own scores may overflow).
-        self.trained_max_norm = _max_norm(base_vectors)
+        self.trained_max_norm = max_norm(base_vectors)
 
     def rows_of(self, candidate_ids) -> np.ndarray:
         """int64 rows holding ``candidate_ids`` (str), -1 for an id not held; one

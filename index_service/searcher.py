@@ -36,7 +36,7 @@ from model_registry import Manifest, VersionError
 from model_registry import manifest as files
 from model_registry.attributes import Attributes
 from model_registry.deltas import Delta, read_deltas
-from model_registry.search import MIN_RECALL, exact_top_k, npy_shape, recall_at_k
+from model_registry.search import MIN_RECALL, exact_top_k, npy_shape
 from serving.admin import LoadReport
 from serving.errors import NotFound
 from serving.filters import NO_FILTER, Filter
@@ -283,7 +283,8 @@ class CandidateIndex:
                 # The estimate was far off: exact is cheaper (and, once the fetch is capped at every row, the only
                 # way to find every passing row: tree-AH does not reach them all).
                 if f.selects and fetch > EXACT_MAX_ROWS:
-                    for i, result in zip(pending, self._exact(queries[pending], k, [exclusions[i] for i in pending], f)):
+                    exact = self._exact(queries[pending], k, [exclusions[i] for i in pending], f)
+                    for i, result in zip(pending, exact):
                         results[i] = result
                     break
                 # Crowding alone could not fill k from the top rows: stop there, once they were searched.
