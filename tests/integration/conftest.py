@@ -4,7 +4,6 @@ ports, and a private Redis. Each fixture stops what it started, by pid."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 
 from model_registry import Registry
 from model_registry import manifest as files
+from model_registry.deltas import Delta, write_delta
 from protos.recsys.v1 import admin_pb2, admin_pb2_grpc
 from serving import validation
 from tests.processes import ServiceProcess, console_script, start_all
@@ -57,18 +57,18 @@ def query_replica(root: Path, index: list[ServiceProcess], log: Path, *extra: st
                            "--index-address", ",".join(s.address for s in index), *extra], log)
 
 
-def upsert_long_ids(root: Path, index: list[ServiceProcess], work: Path, vector: list[float],
-                    count: int = 1000) -> None:
-    """Upserts ``count`` candidates into the CURRENT version with ``recsys-catalogue`` (applied by the ``index``
-    slots), each with ``vector`` and an id of the most bytes an id may take: an answer of many results at its
-    largest for a message limit."""
-    upserts = work / "long.jsonl"
-    upserts.write_text("".join(json.dumps({"id": f"{i:04d}".ljust(validation.MAX_ID_BYTES, "x"), "vector": vector})
-                               + "\n" for i in range(count)))
-    result = subprocess.run([console_script("recsys-catalogue"), "--registry", str(root), "--model", MODEL,
-                             "--upserts", str(upserts), "--index-admin", ",".join(s.admin_address for s in index)],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+@pytest.fixture(scope="session")
+def long_ids_version(tmp_path_factory) -> tuple[Path, np.ndarray]:
+    """A registry whose live version 1 (slot blue's) also holds, by its first catalogue delta, 1,000 candidates
+    with ids of the most bytes an id may take, nearest to the query vector returned with it: answers of many
+    results at their largest, for the message limits. Each slot takes them as it loads the version."""
+    root = tmp_path_factory.mktemp("long-ids")
+    train(root)
+    make_live(root, 1)
+    vector = np.full(Registry(root, MODEL).manifest(1).embedding_dim, 10.0, np.float32)
+    ids = [f"{i:04d}".ljust(validation.MAX_ID_BYTES, "x") for i in range(1000)]
+    write_delta(Registry(root, MODEL).model_dir, 1, Delta.make(ids, np.tile(vector, (len(ids), 1))))
+    return root, vector
 
 
 class VersionOracle:

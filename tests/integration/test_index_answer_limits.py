@@ -9,26 +9,21 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from model_registry import Registry
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from serving import validation
-from tests.integration.conftest import MODEL, index_slot, make_live, train, upsert_long_ids
+from tests.integration.conftest import index_slot
 
 pytestmark = pytest.mark.integration
 
 LIMIT = 4 << 20  # --max-message-bytes: 16 answers at k = 1000 of ids of 256 bytes take more, 8 less
 
 
-def test_a_batch_search_answer_over_the_slots_message_limit_is_refused_naming_it(tmp_path):
-    root = tmp_path / "registry"
-    train(root)
-    make_live(root, 1)
-    dim = Registry(root, MODEL).manifest(1).embedding_dim
+def test_a_batch_search_answer_over_the_slots_message_limit_is_refused_naming_it(long_ids_version, tmp_path):
+    root, vector = long_ids_version
     index = index_slot(root, "blue", tmp_path / "index.log", "--max-message-bytes", str(LIMIT)).start()
     try:
-        upsert_long_ids(root, [index], tmp_path, [10.0] * dim)
-        query = pb.SearchRequest(vector=[10.0] * dim, k=1000)
+        query = pb.SearchRequest(vector=vector.tolist(), k=1000)
         with grpc.insecure_channel(index.address, options=[("grpc.max_receive_message_length", 1 << 30)]) as channel:
             stub = pb_grpc.IndexServiceStub(channel)
             with pytest.raises(grpc.RpcError) as refused:

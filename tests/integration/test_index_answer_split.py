@@ -1,18 +1,17 @@
 """The query service's searches of an index slot started with a --max-message-bytes below the 12 MiB its answers
 are cut to: the slot refuses an answer over its limit naming it (``serving.validation.check_answer_size``), and
 the query service's endpoint splits the call so every answer fits, as it does at a slot's lower batch bounds; a
-single query whose answer cannot fit fails with the slot's message. Real processes: recsys-train, recsys-catalogue
-(candidates with ids of 256 bytes), two index slots."""
+single query whose answer cannot fit fails with the slot's message. Real processes: recsys-train, two index
+slots (conftest.long_ids_version: candidates with ids of 256 bytes)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from model_registry import Registry
 from query_service.index_client import RESULT_BYTES, IndexEndpoint, IndexQuery
 from serving import errors, validation
-from tests.integration.conftest import MODEL, index_slot, make_live, train, upsert_long_ids
+from tests.integration.conftest import index_slot
 from tests.processes import start_all
 
 pytestmark = pytest.mark.integration
@@ -22,19 +21,15 @@ SMALL_LIMIT = 128 << 10  # green's: one answer at k = 1000 of such ids takes 266
 
 
 @pytest.fixture(scope="module")
-def slots(tmp_path_factory):
+def slots(long_ids_version, tmp_path_factory):
     """Slots blue and green (at the message limits above) holding version 1 with 1,000 candidates of the longest
     ids, nearest to the query vector returned."""
-    root = tmp_path_factory.mktemp("registry")
-    train(root)
-    make_live(root, 1)
+    root, vector = long_ids_version
     logs = tmp_path_factory.mktemp("logs")
     blue = index_slot(root, "blue", logs / "blue.log", "--max-message-bytes", str(LIMIT))
     green = index_slot(root, "green", logs / "green.log", "--version", "1", "--max-message-bytes", str(SMALL_LIMIT))
     start_all(blue, green)
     try:
-        vector = np.full(Registry(root, MODEL).manifest(1).embedding_dim, 10.0, np.float32)
-        upsert_long_ids(root, [blue, green], logs, vector.tolist())
         yield blue, green, vector
     finally:
         green.stop()

@@ -3,21 +3,18 @@ lower than the defaults (``--max-batch-queries``, ``--max-batch-results``)
 refuses a search call over them whole; the query service, which batches misses
 at the defaults, must still answer every miss. And an answer of many results
 with ids of 256 bytes must stay under the message limit. Real processes:
-recsys-train, recsys-catalogue, an index slot, a query replica."""
+recsys-train, an index slot, a query replica (conftest.long_ids_version: the long ids)."""
 
 from __future__ import annotations
 
 import grpc
-import numpy as np
 import pytest
 
-from model_registry import Registry
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from query_service.index_client import IndexEndpoint, IndexQuery
 from serving import validation
-from tests.integration.conftest import (MODEL, VersionOracle, index_slot, make_live, overlap, query_replica, train,
-                                        upsert_long_ids)
+from tests.integration.conftest import VersionOracle, index_slot, overlap, query_replica
 from tests.processes import start_all
 
 
@@ -45,17 +42,12 @@ def test_misses_are_answered_by_an_index_with_batch_bounds_below_the_defaults(tr
         index.stop()
 
 
-async def test_misses_at_k_1000_with_the_longest_ids_are_answered_within_the_message_limit(tmp_path):
-    root = tmp_path / "registry"
-    train(root)
-    make_live(root, 1)
-    manifest = Registry(root, MODEL).manifest(1)
+async def test_misses_at_k_1000_with_the_longest_ids_are_answered_within_the_message_limit(long_ids_version,
+                                                                                           tmp_path):
+    root, vector = long_ids_version  # 1,000 candidates whose ids take the most bytes an id may, nearest to vector
     index = index_slot(root, "blue", tmp_path / "index.log").start()
     endpoint = IndexEndpoint(index.address)
     try:
-        # 1,000 candidates whose ids take the most bytes an id may, nearest to the query below.
-        vector = np.full(manifest.embedding_dim, 10.0, np.float32)
-        upsert_long_ids(root, [index], tmp_path, vector.tolist())
         # 64 misses at k = 1000 (a warm-up batch, or --max-batch-size 64): 17 MB of answer in one call.
         hits = await endpoint.search([IndexQuery(vector, 1000, frozenset(), min_generation=1)] * 64, 1, 60)
         assert [len(h.ids) for h in hits] == [1000] * 64

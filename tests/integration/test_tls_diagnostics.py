@@ -93,7 +93,6 @@ def _tool(*argv: str, env: dict[str, str] | None = None) -> subprocess.Completed
 
 def test_the_tools_name_tls_when_the_handshake_fails(pki, mtls_server):
     closed = f"127.0.0.1:{free_port()}"
-    client_crt, client_key = pki["client"]
     no_client_cert = ["--tls-ca", pki["ca"]]
     for flags in ([], no_client_cert):
         result = _tool("recsys-client", "health", "--address", mtls_server, *flags)
@@ -108,12 +107,9 @@ def test_the_tools_name_tls_when_the_handshake_fails(pki, mtls_server):
     assert "no admin server answers there (waited 1 s)" in str(refused.value) and HINT not in str(refused.value)
     (reached,) = status.gather([mtls_server], [], timeout_s=2)
     assert reached.status is None and HINT in reached.error, reached.error  # recsys-client status's table
-    # recsys-loadtest waits 10 s for its channels before saying why.
+    # recsys-loadtest waits 10 s for its channels before saying why (a closed port's refusal: recsys-client above).
     result = _tool("recsys-loadtest", "--address", mtls_server, "--qps", "1", "--duration-s", "1")
     assert result.returncode == 1 and HINT in result.stderr, result.stderr
-    result = _tool("recsys-loadtest", "--address", closed, "--qps", "1", "--duration-s", "1", "--tls-ca", pki["ca"],
-                   "--tls-cert", client_crt, "--tls-key", client_key)
-    assert result.returncode == 1 and "Connection refused" in result.stderr and HINT not in result.stderr
 
 
 def test_every_tool_reads_tls_from_the_environment(pki, mtls_server, tmp_path):
