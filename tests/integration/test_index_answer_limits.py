@@ -2,7 +2,7 @@
 answer would pass ``--max-message-bytes`` is refused INVALID_ARGUMENT naming
 the limit (gRPC's own refusal, after all the work, is a bare RESOURCE_EXHAUSTED
 that reads as load shedding), with the call's request id. Real processes:
-recsys-train, recsys-catalogue (candidates with ids of 256 bytes), an index slot."""
+recsys-train, an index slot (conftest.long_ids_version: candidates with ids of 256 bytes)."""
 
 from __future__ import annotations
 
