@@ -19,6 +19,7 @@ from typing import Any
 from model_registry import Manifest, Registry, VersionError
 from model_registry.registry import STAGING_PREFIX
 from settings.flags import ConfigError, add_flags, flag_name, from_args, overrides, replace_nested
+from trainer import interrupts
 from trainer.config import PipelineConfig, TrainConfig, recommended_config
 from trainer.launcher import STOP_SIGNALS, TF_CONFIG, Cluster, launch
 
@@ -132,16 +133,8 @@ def _check_registry(config: PipelineConfig) -> None:
     os.rmdir(tempfile.mkdtemp(dir=model_dir, prefix=STAGING_PREFIX))
 
 
-class _Signalled(KeyboardInterrupt):
-    """SIGINT or SIGTERM received: the run stops as at Ctrl-C."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
 def _stop_on_signals() -> dict[int, Any]:
-    """Makes SIGINT and SIGTERM raise ``_Signalled`` in the main thread, the first one only: later ones are
+    """Makes SIGINT and SIGTERM raise ``Interrupted`` in the main thread, the first one only: later ones are
     ignored, so a second signal (a terminal's Ctrl-C reaches both the --workers launcher, which forwards it, and
     its workers) cannot break off the cleanup of the first. Returns the handlers it replaced."""
     def stop(signum, frame):
@@ -150,8 +143,9 @@ def _stop_on_signals() -> dict[int, Any]:
         # The run only unwinds from here: the warnings it would log on the way (Optuna's of the trial cut
         # off, with a traceback) would bury the one line that says what was published.
         logging.disable(logging.WARNING)
-        raise _Signalled(signum)
+        raise interrupts.request(signum)
 
+    interrupts.clear()
     return {name: signal.signal(name, stop) for name in STOP_SIGNALS}
 
 

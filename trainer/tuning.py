@@ -25,6 +25,7 @@ from typing import Any, Callable
 import optuna
 
 from settings.flags import replace_nested
+from trainer import interrupts
 from trainer.config import TrainConfig
 from trainer.data import Interactions
 from trainer.evaluation.validation import EXCLUDING_SEEN_METRICS, Validation, lift
@@ -156,6 +157,7 @@ def search(train_data: Interactions, validation: Validation, preset: Callable[[s
         def report(epoch: int, rates: dict[str, float]) -> None:
             # Per epoch there is no prior yet, and over all candidates a model without
             # one trails popularity: prune on the excluding-seen rates alone.
+            interrupts.check()  # a stop that a library turned into its own error, or swallowed
             trial.report(lift(rates, validation.references, EXCLUDING_SEEN_METRICS), epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned()
@@ -170,6 +172,7 @@ def search(train_data: Interactions, validation: Validation, preset: Callable[[s
             log(f"trial {trial.number}: pruned")
             raise
         except Exception as e:  # one configuration's failure (out of memory, divergence) is that trial's alone
+            interrupts.check()  # unless it was the stop asked for, in a library's words
             row.update(state="failed", error=f"{type(e).__name__}: {e}", seconds=round(time.monotonic() - started, 1))
             log(f"trial {trial.number}: failed ({row['error']})")
             raise

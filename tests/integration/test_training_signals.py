@@ -58,7 +58,10 @@ def test_ctrl_c_in_the_search_is_one_line_and_publishes_nothing(tmp_path):
     try:
         wait_until(lambda: "trial 1:" in log.read_text(), 120, "the search's second trial")
         run.send_signal(signal.SIGINT)
-        status = run.wait(60)
+        try:
+            status = run.wait(60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running 60 s after SIGINT:\n{log.read_text()[-3000:]}")
     finally:
         if run.poll() is None:
             run.kill()

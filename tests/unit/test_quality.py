@@ -4,6 +4,8 @@ popularity prior, the model-vs-baseline margins and the hyperparameter search
 
 from __future__ import annotations
 
+import signal
+
 import numpy as np
 import pytest
 
@@ -254,3 +256,22 @@ def test_a_trial_that_fails_fails_alone_and_the_search_goes_on(monkeypatch):
     with pytest.raises(ValueError, match=r"every trial of the hyperparameter search failed \(\d+ trials\); the "
                                          r"first with MemoryError: out of memory"):
         tuning.search(train, None, preset, "id", {}, budget_s=0.2, has_customer_features=False)
+
+
+def test_a_stop_that_a_library_turned_into_its_own_error_still_stops_the_search(monkeypatch):
+    """SIGINT's exception raised inside a library's call can come out as the library's error, which fails the trial
+    alone: the search would then run on (and publish) with later signals ignored. The stop asked for ends it."""
+    from trainer import interrupts, tuning
+
+    def fit(train_data, validation, config, log, on_epoch=None, deadline=None):
+        interrupts.request(signal.SIGINT)  # as the handler does, before it raises
+        raise RuntimeError("Cancelled: the op was interrupted")  # what reached the search instead
+
+    monkeypatch.setattr(tuning, "fit_early_stopped", fit)
+    _, train, _ = _split(interactions=500)
+    try:
+        with pytest.raises(interrupts.Interrupted):
+            tuning.search(train, None, lambda kind: recommended_config("synthetic", kind), "id", {}, budget_s=5.0,
+                          has_customer_features=False)
+    finally:
+        interrupts.clear()
