@@ -69,7 +69,8 @@ def test_min_rating_and_catalogue_filter_with_features(tmp_path):
     assert d.info["dropped_below_min_rating"] == 2 and d.info["dropped_not_in_catalog"] == 1
     assert list(d.catalog) == ["b1", "b2", "b3", "b4"]  # the catalogue, even candidates without events
     f = d.candidate_features
-    assert list(f["name"]) == ["Cafe", "Bar", "Gym", "Shop"] and list(f["categories"])[:3] == ["Food|Coffee", "Nightlife", ""]
+    assert list(f["name"]) == ["Cafe", "Bar", "Gym", "Shop"]
+    assert list(f["categories"])[:3] == ["Food|Coffee", "Nightlife", ""]
     assert f["stars"].dtype == np.float32 and f["stars"][0] == 4.5 and np.isnan(f["stars"][1])
     # take() shares the tables.
     assert d.take(np.array([1])).candidate_features is f

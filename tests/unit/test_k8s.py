@@ -301,7 +301,8 @@ def test_servers_listen_off_loopback_behind_an_admin_token(overlay, tmp_path, mo
         assert config.host == config.admin.host == config.metrics_host == "0.0.0.0", "other pods reach every port"
         assert config.admin.token == "placeholder-secret", "the admin token comes from the mounted Secret"
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-        assert (ports["grpc"], ports["admin"], ports["metrics"]) == (config.port, config.admin.port, config.metrics_port)
+        assert (ports["grpc"], ports["admin"], ports["metrics"]) == (config.port, config.admin.port,
+                                                                     config.metrics_port)
 
 
 # The pod annotations Prometheus's conventional Kubernetes scrape config (and most hosted agents) discovers targets by.
@@ -620,7 +621,8 @@ def test_every_app_pod_mounts_the_shared_registry_where_the_flags_say(overlay):
         claim = volumes[mount["name"]]["persistentVolumeClaim"]["claimName"]
         assert claims[claim]["spec"]["accessModes"] == ["ReadWriteMany"], "pods on several nodes share it"
         writes = script_of(container) != QUERY_SCRIPT  # slots record their version; the query tier only reads
-        assert mount.get("readOnly", False) is not writes, f"{workload['metadata']['name']}: readOnly should be {not writes}"
+        name = workload["metadata"]["name"]
+        assert mount.get("readOnly", False) is not writes, f"{name}: readOnly should be {not writes}"
 
 
 def external_secrets() -> set[str]:
