@@ -16,12 +16,8 @@ from serving.admin import VersionAdmin
 from serving.admin_rpc import version_protos
 from serving.errors import InvalidArgument
 from serving.filters import filter_from_proto
-from serving.grpc_server import add_scored, map_errors
+from serving.grpc_server import ANSWER_OVERHEAD_BYTES, add_scored, map_errors, result_bytes
 
-# The most bytes of a SearchResponse besides its results, crowding tokens and vector: its version, generation,
-# model name (at most 64 characters), and its place in a BatchSearchResponse (94 in all), with room for the
-# version and generation of that BatchSearchResponse (22).
-_RESPONSE_BYTES = 128
 # Crowding token lists kept serialized (~190 bytes each, its key included): an answer's are parsed from their
 # bytes at a fifth of the CPU of a message added per result (MovieLens's 1,682 films hold 216 distinct genre lists),
 # while a list not kept costs three times as much.
@@ -50,14 +46,6 @@ def _response(result: SearchResult, answer: Answer, model: str,
 def _crowding_bytes(tokens: tuple[str, ...]) -> bytes:
     """A SearchResponse holding only one result's crowding ``tokens``, serialized."""
     return pb.SearchResponse(crowding=[pb.CrowdingTokens(tokens=tokens)]).SerializeToString()
-
-
-@functools.lru_cache(maxsize=None)
-def _result_bytes(id_chars: int) -> int:
-    """The most bytes one result takes in an answer whose ids have at most ``id_chars`` characters (of up to 4
-    bytes of UTF-8 each)."""
-    return pb.SearchResponse(candidates=[pb.ScoredCandidate(candidate_id="\U0010ffff" * id_chars, score=1.0)]) \
-        .ByteSize()
 
 
 class IndexServicer(pb_grpc.IndexServiceServicer):
@@ -111,8 +99,8 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
         else InvalidArgument naming its size, the limit and ``remedy``."""
         # Sized exactly only when it could pass the limit: the size costs a serialization (15 ms at 12 MB).
         if answer.id_chars is not None and not any(r.crowding for r in results):
-            bound = (sum(len(r.ids) for r in results) * _result_bytes(answer.id_chars)
-                     + len(results) * _RESPONSE_BYTES + 4 * vector_values)
+            bound = (sum(len(r.ids) for r in results) * result_bytes(4 * answer.id_chars)  # up to 4 bytes a character
+                     + len(results) * ANSWER_OVERHEAD_BYTES + 4 * vector_values)
             if bound <= self.max_message_bytes:
                 return response
         validation.check_answer_size(response.ByteSize(), self.max_message_bytes, remedy)

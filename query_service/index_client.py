@@ -20,6 +20,7 @@ from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from protos.recsys.v1 import versions_pb2
 from serving import errors, validation
 from serving.filters import NO_FILTER, Filter, filter_to_proto
+from serving.grpc_server import result_bytes
 from serving.observability import LogThrottle, outgoing_metadata
 from serving.tls import ClientTls, tls_hint
 
@@ -42,8 +43,7 @@ _CODE_TO_ERROR = {
 # receive limit (--max-message-bytes, 16 MiB) and fail every miss of the batch.
 MAX_SEARCH_BYTES = 4 << 20
 # The most bytes one result takes in a search's answer: an id of the most bytes an id may have, and its score.
-RESULT_BYTES = pb.SearchResponse(candidates=[pb.ScoredCandidate(candidate_id="x" * validation.MAX_ID_BYTES,
-                                                                score=1.0)]).ByteSize()
+RESULT_BYTES = result_bytes(validation.MAX_ID_BYTES)
 # The most bytes of results one search call's answer may hold: the query service receives messages up to 16 MiB
 # (serving.tls.CLIENT_OPTIONS), and the rest of the answer (each query's version, model and generation) needs room.
 # 100,000 results of ids of 256 bytes would take 26 MB: the index fails to send it, and every miss of the call fails.

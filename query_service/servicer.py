@@ -19,7 +19,7 @@ from query_service.index_client import RESULT_BYTES
 from query_service.recommender import SOURCE_MODEL, Recommendation, Recommender, RecommendQuery
 from serving import validation
 from serving.filters import filter_from_proto
-from serving.grpc_server import add_scored, map_errors, parse_request
+from serving.grpc_server import ANSWER_OVERHEAD_BYTES, add_scored, map_errors, parse_request
 
 _SOURCES = {SOURCE_MODEL: pb.RESULT_SOURCE_MODEL}
 # This layer's entries in CachedResult.rendered: the response, and its bytes.
@@ -27,9 +27,6 @@ _RENDERED = "recsys.v1.RecommendResponse"
 _SERIALIZED = "recsys.v1.RecommendResponse bytes"
 _SERVICE = pb.DESCRIPTOR.services_by_name["QueryService"]
 _RECOMMEND = f"/{_SERVICE.full_name}/Recommend"
-# The most bytes of a RecommendResponse besides its results: its version, generation, flags, model name (at most 64
-# characters), its place in a BatchRecommendResponse, and that batch's version.
-_RESPONSE_BYTES = 128
 
 
 def _query(request: pb.RecommendRequest) -> RecommendQuery:
@@ -89,7 +86,7 @@ class QueryServicer(pb_grpc.QueryServiceServicer):
         version, recs = await self.recommender.recommend_batch(queries, timeout_s=context.time_remaining())
         response = pb.BatchRecommendResponse(responses=[self._response(rec) for rec in recs], model_version=version)
         # Sized exactly only when its results could pass the limit: the size costs a serialization.
-        if sum(len(rec.ids) * RESULT_BYTES + _RESPONSE_BYTES for rec in recs) > self.max_message_bytes:
+        if sum(len(rec.ids) * RESULT_BYTES + ANSWER_OVERHEAD_BYTES for rec in recs) > self.max_message_bytes:
             validation.check_answer_size(response.ByteSize(), self.max_message_bytes, "split the batch or lower k")
         return response
 

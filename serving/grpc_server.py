@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from model_registry import VersionError
+from protos.recsys.v1 import retrieval_pb2
 from serving.errors import InvalidArgument, ServingError
 from serving.observability import ServerObservability, configure_logging, request_id_metadata
 from serving.tracing import TracingConfig, setup_tracing
@@ -56,6 +57,19 @@ def map_errors(method: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
             await context.abort(status, message, request_id_metadata())
 
     return wrapper
+
+
+# The most bytes of an answer (a SearchResponse or a RecommendResponse) besides its results, crowding tokens and
+# vector: its version, generation, flags, model name (at most 64 characters), its place in a batch's answer, and
+# that batch's version and generation.
+ANSWER_OVERHEAD_BYTES = 128
+
+
+@functools.lru_cache(maxsize=None)
+def result_bytes(id_bytes: int) -> int:
+    """The most bytes one scored result takes in an answer whose ids have at most ``id_bytes`` bytes of UTF-8."""
+    return retrieval_pb2.SearchResponse(candidates=[retrieval_pb2.ScoredCandidate(candidate_id="x" * id_bytes,
+                                                                                  score=1.0)]).ByteSize()
 
 
 def add_scored(candidates, ids: Iterable[str], scores: Iterable[float]) -> None:
