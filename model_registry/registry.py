@@ -17,7 +17,8 @@ Publishing writes into a staging directory and renames it to the next integer,
 so a version either exists whole or not at all; readers ignore every entry that
 is not an integer directory holding a manifest. Pointers are replaced
 atomically (``os.replace``), and CURRENT and PREVIOUS move as one: a move cut
-off between its writes reads as not made (``set_current``). Publishing never
+off between its writes reads as not made (``set_current``), and a reader gets
+the two as they stood together at one moment (``pointers``). Publishing never
 moves CURRENT: the rollout tool (``recsys-publish``) is its one writer, once
 every replica holds the version.
 A missing or broken pointer is reported, never guessed (no "newest version").
@@ -25,13 +26,14 @@ A missing or broken pointer is reported, never guessed (no "newest version").
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import IO, Callable, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -76,6 +78,29 @@ def _fsync_tree(path: Path) -> None:
         _fsync_dir(Path(directory))
 
 
+class Pointers(NamedTuple):
+    """CURRENT and PREVIOUS as they stood together at one moment (None: no such pointer)."""
+
+    current: int | None
+    previous: int | None
+
+
+def _open_or_none(path: Path, stack: contextlib.ExitStack) -> IO[str] | None:
+    try:
+        return stack.enter_context(open(path))
+    except FileNotFoundError:
+        return None
+
+
+def _still_there(path: Path, f: IO[str] | None) -> bool:
+    """Whether ``path`` is still the file ``f`` has open (or, ``f`` None, still missing)."""
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return f is None
+    return f is not None and os.path.samestat(now, os.fstat(f.fileno()))
+
+
 class Registry:
     """One model's versions under a root directory. Safe for concurrent readers;
     concurrent publishers each get a distinct version number."""
@@ -102,22 +127,21 @@ class Registry:
     def _read_pointer(self, path: Path) -> int | None:
         """The published version a pointer file names; None if there is no file.
         Raises VersionError if it names anything else."""
-        versions = self._read_pointers(path, most=1)
-        return versions[0] if versions else None
-
-    def _read_pointers(self, path: Path, most: int) -> list[int] | None:
-        """The published versions a pointer file names, one a line, 1 to ``most`` of them; None if there is no
-        file. Raises VersionError if it names anything else."""
         try:
-            text = path.read_text().strip()
+            text = path.read_text()
         except FileNotFoundError:
             return None
-        lines = text.split("\n")
-        if len(lines) > most or not all(line.isdigit() and (self.version_dir(int(line)) / MANIFEST_FILE).is_file()
-                                        for line in lines):
-            raise VersionError(f"{path} names {text!r}, which is not a published version of {self.model} "
+        return self._named(path, text)
+
+    def _named(self, path: Path, text: str | None) -> int | None:
+        """The published version ``text``, read from ``path``, names; None for no text. Raises VersionError if it
+        names anything else."""
+        if text is None:
+            return None
+        if not (text.strip().isdigit() and (self.version_dir(int(text)) / MANIFEST_FILE).is_file()):
+            raise VersionError(f"{path} names {text.strip()!r}, which is not a published version of {self.model} "
                                f"(published: {self.versions()})")
-        return [int(line) for line in lines]
+        return int(text)
 
     def _write_pointer(self, path: Path, *versions: int | None) -> None:
         """Atomically replaces a pointer file by one naming ``versions`` (one a line, None left out), or removes it
@@ -145,24 +169,53 @@ class Registry:
         if not (self.version_dir(version) / MANIFEST_FILE).is_file():
             raise VersionError(f"version {version} of {self.model} is not published under {self.model_dir}")
 
-    def _in_force(self, name: str) -> int | None:
-        """What pointer ``name`` (CURRENT or PREVIOUS) names: as MOVING has it while a move is not complete
-        (``set_current``), else as its own file has it. Only the pointer asked for is read: a broken PREVIOUS
-        does not stop a reader of CURRENT."""
-        moving = self._read_pointers(self.model_dir / MOVING_FILE, most=2)
-        if moving is not None:
-            return (moving + [None])[(CURRENT_FILE, PREVIOUS_FILE).index(name)]
-        return self._read_pointer(self.model_dir / name)
+    def _pointer_texts(self) -> list[tuple[Path, str | None]]:
+        """Where CURRENT and PREVIOUS in force are read from and what they say (None: no such pointer), both as at
+        one moment: MOVING's lines while a move is not complete (``set_current``), else the two files. A whole move
+        can fit between the reads of the two files, so each is held open (its inode number cannot be reused) until
+        both are seen still in place with no move begun; a read that a move overlapped is made again. Nothing is
+        locked: a writer killed mid-move leaves MOVING, which readers take as it is."""
+        moving = self.model_dir / MOVING_FILE
+        paths = [self.model_dir / CURRENT_FILE, self.model_dir / PREVIOUS_FILE]
+        while True:
+            try:
+                text = moving.read_text()
+            except FileNotFoundError:
+                pass
+            else:
+                lines = text.splitlines()
+                if not 1 <= len(lines) <= 2:
+                    raise VersionError(f"{moving} names {text!r}, not a CURRENT and PREVIOUS of {self.model}")
+                return [(moving, line) for line in lines + [None]][:2]
+            with contextlib.ExitStack() as stack:
+                files = [_open_or_none(path, stack) for path in paths]
+                texts = [f.read() if f is not None else None for f in files]
+                if not moving.exists() and all(_still_there(path, f) for path, f in zip(paths, files)):
+                    return list(zip(paths, texts))
+
+    def pointers(self, broken_previous_ok: bool = False) -> Pointers:
+        """CURRENT and PREVIOUS as they stood together at one moment, even while a move runs: two calls (current
+        then previous version) can straddle a move and give a pair that never was. Raises VersionError if CURRENT
+        names anything but a published version, or PREVIOUS does and ``broken_previous_ok`` is false (else it
+        reads as None: the live version is what matters, a rollback target is a convenience)."""
+        current, previous = self._pointer_texts()
+        live = self._named(*current)
+        try:
+            return Pointers(live, self._named(*previous))
+        except VersionError:
+            if not broken_previous_ok:
+                raise
+            return Pointers(live, None)
 
     def current_version(self) -> int | None:
         """The live version (CURRENT); None before the first rollout. Raises
         VersionError if CURRENT names anything but a published version."""
-        return self._in_force(CURRENT_FILE)
+        return self._named(*self._pointer_texts()[0])
 
     def previous_version(self) -> int | None:
         """The rollback target (PREVIOUS), None if there is none. Raises VersionError
         if PREVIOUS names anything but a published version."""
-        return self._in_force(PREVIOUS_FILE)
+        return self._named(*self._pointer_texts()[1])
 
     def set_current(self, version: int) -> None:
         """Points CURRENT at a published version; the version it named before
@@ -171,14 +224,11 @@ class Registry:
         off anywhere (a writer killed, a file it could not write) reads as not
         made, never as PREVIOUS equal to CURRENT, and making it again completes it."""
         self._check_published(version)  # before any write: a refused move leaves nothing half made
-        current = self.current_version()
+        # A rollback target that names no published version: the move replaces it.
+        current, previous = self.pointers(broken_previous_ok=True)
         if current is None:  # a first rollout: one file to write
             self._write_pointer(self.model_dir / CURRENT_FILE, version)
             return
-        try:
-            previous = self.previous_version()
-        except VersionError:
-            previous = None  # a rollback target that names no published version: the move replaces it
         moving = self.model_dir / MOVING_FILE
         self._write_pointer(moving, current, previous)
         self._write_pointer(self.model_dir / PREVIOUS_FILE, current if current != version else previous)
@@ -210,7 +260,7 @@ class Registry:
         slots = self.model_dir / SLOTS_DIR
         held = {self.slot_version(p.name) for p in slots.iterdir() if not p.name.startswith(".")} \
             if slots.is_dir() else set()
-        protected = set(versions[-keep:]) | {self.current_version(), self.previous_version()} | held
+        protected = set(versions[-keep:]) | set(self.pointers()) | held
         deleted = []
         for version in versions:
             if version in protected:
@@ -228,11 +278,17 @@ class Registry:
         enough that no publish can still be writing it."""
         cutoff = time.time() - min_age_s
         for entry in self.model_dir.iterdir():
-            if entry.name.startswith((STAGING_PREFIX, ".current-", ".deleting-")) and entry.stat().st_mtime < cutoff:
-                if entry.is_dir():
-                    shutil.rmtree(entry, ignore_errors=True)
-                else:
-                    entry.unlink(missing_ok=True)
+            if not entry.name.startswith((STAGING_PREFIX, ".current-", ".deleting-")):
+                continue
+            try:
+                if entry.stat().st_mtime >= cutoff:
+                    continue
+            except FileNotFoundError:
+                continue  # a pointer write's temporary file, renamed into place since the listing
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
 
     def manifest(self, version: int) -> Manifest:
         return read_manifest(self.version_dir(version))

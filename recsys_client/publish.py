@@ -313,7 +313,7 @@ def rollback(fleet: Fleet, registry: Registry) -> int:
     if target is None:
         raise PublishError("the query replicas have no rollback target loaded")
     live = _agreed(fleet, SERVING, "live")
-    current, previous = registry.current_version(), registry.previous_version()
+    current, previous = registry.pointers()
     _catch_up(fleet, registry, live)
     if live != current and (live, target) == (previous, current):
         # The replicas already made this switch: a rollback cut off before its pointer move, run again.

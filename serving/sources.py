@@ -30,16 +30,14 @@ def query_startup(registry: Registry, explicit: int = 0, explicit_rollback: int 
     rollback target) when given (> 0). Raises VersionError when there is nothing to serve."""
     if explicit:
         return StartupVersions(explicit, explicit_rollback or None)
-    current = registry.current_version()  # raises on a broken pointer
+    # One pair read at one moment: two reads can straddle a pointer move and lose the rollback target. A broken
+    # PREVIOUS reads as None (a rollback target is a convenience; the live version is what must load).
+    current, previous = registry.pointers(broken_previous_ok=True)  # raises on a broken CURRENT
     if current is None:
         raise VersionError(
             f"{registry.model_dir / 'CURRENT'} does not exist: no version of {registry.model} has been rolled "
             f"out (published: {registry.versions()}). Roll the first one out with recsys-publish --initial "
             "(it needs only the index slots' admin planes, no query replica), or start with --version N")
-    try:
-        previous = registry.previous_version()
-    except VersionError:
-        previous = None  # a rollback target is a convenience; the live version is what must load
     return StartupVersions(current, previous if previous != current else None)
 
 
