@@ -64,8 +64,8 @@ class ServiceConfig:
                                  "version)", flag="shutdown-drain-s")
     metrics_host: str = option("127.0.0.1", "Prometheus /metrics bind address (0.0.0.0 for all interfaces)")
     metrics_port: int = option(0, "Prometheus /metrics port, 0 to disable")
-    max_concurrent_rpcs: int = option(1000, "RPCs the data plane runs at once (status streams included); more are "
-                                            "refused RESOURCE_EXHAUSTED at once, never queued")
+    max_concurrent_rpcs: int = option(1000, "RPCs the data plane runs at once (status streams included, health "
+                                            "checks not); more are refused RESOURCE_EXHAUSTED at once, never queued")
     max_message_bytes: int = option(DEFAULT_MAX_MESSAGE_BYTES, "largest message the data plane receives or sends")
     log_level: str = option("info", "logging level", choices=("debug", "info", "warning", "error"))
     log_format: str = option("text", "log lines as text, or as one JSON object each (timestamp, level, logger, "

@@ -204,7 +204,8 @@ async def start_server(services: Iterable[ServiceSpec], host: str, port: int,
     """Starts a server with the services plus health and reflection; port 0 picks
     a free port (returned in ``RunningServer.port``). Health starts NOT_SERVING.
     Beyond ``max_concurrent_rpcs`` calls in progress (streams included), new ones
-    are refused RESOURCE_EXHAUSTED. With ``credentials`` the port serves TLS only.
+    are refused RESOURCE_EXHAUSTED; health and reflection calls are neither counted
+    nor refused. With ``credentials`` the port serves TLS only.
     Every unary call, refused ones included, is timed and given a request id
     (``ServerObservability``, which also keeps the limit), returned in the
     trailers of every call with ``echo_request_id`` (of failed calls only
@@ -215,8 +216,9 @@ async def start_server(services: Iterable[ServiceSpec], host: str, port: int,
     connections; otherwise a port in use is an error. A ``host`` of
     ``unix:PATH`` serves on that unix socket (``port`` is ignored)."""
     services = list(services)
-    server = grpc.aio.server(interceptors=[ServerObservability(echo_request_id, max_concurrent_rpcs),
-                                           *interceptors, MalformedRequestGuard()], options=[
+    observability = ServerObservability(echo_request_id, max_concurrent_rpcs,
+                                        unlimited_services=(health.SERVICE_NAME, reflection.SERVICE_NAME))
+    server = grpc.aio.server(interceptors=[observability, *interceptors, MalformedRequestGuard()], options=[
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.so_reuseport", int(share_port)),

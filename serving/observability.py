@@ -19,7 +19,7 @@ import logging
 import secrets
 import threading
 import time
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Callable, Generic, Iterable, Iterator, TypeVar
 
 import grpc
 import prometheus_client
@@ -47,8 +47,16 @@ def _usable_request_id(value: str) -> bool:
 LATENCY_BUCKETS = (0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                    0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 RPC_LATENCY = prometheus_client.Histogram(
-    "recsys_rpc_latency_seconds", "Server-side latency of unary RPCs by service, method and status code",
+    "recsys_rpc_latency_seconds", "Server-side latency of unary RPCs by service, method and status code (a request "
+    "gRPC refuses over --max-message-bytes is in recsys_rpc_unreceived_requests_total instead)",
     ["service", "method", "code"], buckets=LATENCY_BUCKETS)
+# gRPC refuses a request over the receive limit in its core, after the interceptors but before any handler, and
+# tells Python nothing of why (grpc.aio's _handle_unary_unary_rpc: no request, so no handler and no status to see):
+# all that can be seen is a unary call that ends without its request.
+RPC_UNRECEIVED = prometheus_client.Counter(
+    "recsys_rpc_unreceived_requests", "Unary calls that ended before their request message arrived, so with no "
+    "latency recorded: requests over --max-message-bytes (refused RESOURCE_EXHAUSTED by gRPC itself), or callers "
+    "that cancelled, timed out or dropped the connection while sending theirs", ["service", "method"])
 
 # One debug line per call (service, method, code, milliseconds, with the request id in JSON logs).
 access_log = logging.getLogger("serving.access")
@@ -129,7 +137,14 @@ class ServerObservability(grpc.aio.ServerInterceptor):
     With ``max_concurrent_rpcs``, a call that finds that many in progress
     (streams included) is refused RESOURCE_EXHAUSTED, and counted. The limit is
     kept here rather than by ``grpc.aio.server``, whose refusals reach no
-    interceptor: they were missing from the metric.
+    interceptor: they were missing from the metric. Calls to ``unlimited_services``
+    (health and reflection) neither count toward it nor are refused by it: a
+    probe or a balancer's health watch must not fail a busy replica, and watches
+    must not take the places of real calls.
+
+    A unary call that ends before its request arrives (one over the server's
+    receive limit, which gRPC refuses before any handler) is counted in
+    ``recsys_rpc_unreceived_requests_total``.
 
     It must be the outermost interceptor, so that calls another interceptor
     refuses (a missing admin token) are counted too. Streams pass through
@@ -138,10 +153,14 @@ class ServerObservability(grpc.aio.ServerInterceptor):
     so the usual call builds nothing. Safe for one event loop.
     """
 
-    def __init__(self, echo_request_id: bool = False, max_concurrent_rpcs: int | None = None):
+    def __init__(self, echo_request_id: bool = False, max_concurrent_rpcs: int | None = None,
+                 unlimited_services: Iterable[str] = ()):
         self.echo_request_id = echo_request_id
         self.max_concurrent_rpcs = max_concurrent_rpcs
+        self._unlimited = tuple(f"/{service}/" for service in unlimited_services)
         self._in_flight = 0
+        # The tasks of unary calls whose handler has not started yet, and their methods.
+        self._awaiting_request: dict[asyncio.Task, str] = {}
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
         self._refusals: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
@@ -159,14 +178,19 @@ class ServerObservability(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
-        if self.max_concurrent_rpcs is not None:
+        # The call's task ends once its status is sent, however it ends (a stream's too). One callback a call:
+        # each costs the call a copy of its context.
+        task = asyncio.current_task()
+        if self.max_concurrent_rpcs is not None and not method.startswith(self._unlimited):
             if self._in_flight >= self.max_concurrent_rpcs:
                 return self._kept(self._refusals, method, handler, self._refusal)
             self._in_flight += 1
-            # The call's task ends once its status is sent, however it ends (a stream's too).
-            asyncio.current_task().add_done_callback(self._release)
+            task.add_done_callback(self._release)
+        elif handler.unary_unary is not None:
+            task.add_done_callback(self._ended)
         if handler.unary_unary is None:
             return handler
+        self._awaiting_request[task] = method
         return self._kept(self._wrapped, method, handler, self._wrap)
 
     @staticmethod
@@ -181,8 +205,14 @@ class ServerObservability(grpc.aio.ServerInterceptor):
         cache[method] = (handler, built)
         return built
 
-    def _release(self, _task: asyncio.Task) -> None:
+    def _release(self, task: asyncio.Task) -> None:
         self._in_flight -= 1
+        self._ended(task)
+
+    def _ended(self, task: asyncio.Task) -> None:
+        method = self._awaiting_request.pop(task, None)
+        if method is not None:  # its handler never started: the request did not arrive
+            RPC_UNRECEIVED.labels(*_split_method(method)).inc()
 
     def _refusal(self, handler: grpc.RpcMethodHandler, full_method: str) -> grpc.RpcMethodHandler:
         """``handler`` answering RESOURCE_EXHAUSTED at once, timed like any call when unary."""
@@ -211,8 +241,11 @@ class ServerObservability(grpc.aio.ServerInterceptor):
                 child = by_code[code] = RPC_LATENCY.labels(service, method, code)
             child.observe(seconds)
 
+        awaiting_request = self._awaiting_request
+
         async def unary(request, context: grpc.aio.ServicerContext):
             start = time.perf_counter()
+            awaiting_request.pop(asyncio.current_task(), None)  # its request arrived: not one for _ended
             if echo_request_id:
                 context.set_trailing_metadata(request_id_metadata())
             code = "CANCELLED"  # what a call that ends by neither return nor exception was

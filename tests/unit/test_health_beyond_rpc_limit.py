@@ -1,0 +1,136 @@
+"""``--max-concurrent-rpcs`` holds real calls only: health checks (a Kubernetes
+probe's Check, a balancing client's long-lived Watch) and reflection are
+answered when the server is at its limit and hold no place, while real calls
+and real status streams (the query tier's WatchStatus) keep it. In-process
+gRPC servers, no model."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Callable
+
+import grpc
+import prometheus_client
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from protos.recsys.v1 import admin_pb2 as pb
+from protos.recsys.v1 import admin_pb2_grpc as pb_grpc
+from protos.recsys.v1 import retrieval_pb2, retrieval_pb2_grpc
+from serving.grpc_server import ServiceSpec, map_errors, start_server
+from serving.observability import REQUEST_ID_KEY
+
+ADMIN = "recsys.v1.AdminService"
+INDEX = "recsys.v1.IndexService"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+def refused_count(method: str) -> float:
+    return prometheus_client.REGISTRY.get_sample_value(
+        "recsys_rpc_latency_seconds_count", {"service": ADMIN, "method": method, "code": "RESOURCE_EXHAUSTED"}) or 0.0
+
+
+async def settled(read: Callable[[], float], expected: float) -> float:
+    """``read()`` once it gives ``expected``, or after a second: the server counts a call once it has sent its
+    status, so the caller can hear the status first."""
+    for _ in range(50):
+        if read() == expected:
+            break
+        await asyncio.sleep(0.02)
+    return read()
+
+
+class Slow(pb_grpc.AdminServiceServicer):
+    """GetStatus answers once ``release`` is set (``entered`` says a call is waiting)."""
+
+    def __init__(self):
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    @map_errors
+    async def GetStatus(self, request, context):
+        self.entered.set()
+        await self.release.wait()
+        return pb.ServiceStatus(model_name="slow")
+
+
+class Watched(retrieval_pb2_grpc.IndexServiceServicer):
+    """WatchStatus sends one status and keeps the stream open, as an index endpoint does."""
+
+    async def WatchStatus(self, request, context):
+        yield retrieval_pb2.IndexStatus(model_name="m")
+        await asyncio.Event().wait()
+
+
+async def start_limited(max_concurrent_rpcs: int, admin: pb_grpc.AdminServiceServicer):
+    return await start_server([ServiceSpec(pb_grpc.add_AdminServiceServicer_to_server, admin, ADMIN),
+                               ServiceSpec(retrieval_pb2_grpc.add_IndexServiceServicer_to_server, Watched(), INDEX)],
+                              "127.0.0.1", 0, max_concurrent_rpcs=max_concurrent_rpcs)
+
+
+async def test_health_and_reflection_are_answered_at_the_limit_and_hold_no_place():
+    servicer = Slow()
+    server = await start_limited(1, servicer)
+    await server.set_serving(True)
+    before = refused_count("GetStatus")
+    list_services = reflection_pb2.ServerReflectionRequest(list_services="")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            admin, health = pb_grpc.AdminServiceStub(channel), health_pb2_grpc.HealthStub(channel)
+            slow = asyncio.ensure_future(admin.GetStatus(pb.GetStatusRequest(), timeout=10))
+            await asyncio.wait_for(servicer.entered.wait(), 5)  # the only place is taken
+            assert (await health.Check(health_pb2.HealthCheckRequest(), timeout=5)).status == SERVING
+            watches = [health.Watch(health_pb2.HealthCheckRequest()) for _ in range(3)]
+            for watch in watches:
+                assert (await watch.read()).status == SERVING
+            listed = [r async for r in reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+                iter([list_services]), timeout=5)]
+            assert ADMIN in {s.name for s in listed[0].list_services_response.service}
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await admin.GetStatus(pb.GetStatusRequest(), timeout=5)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "--max-concurrent-rpcs" in refused.value.details()
+            assert await settled(lambda: refused_count("GetStatus") - before, 1) == 1
+            servicer.release.set()
+            assert (await slow).model_name == "slow"
+            # The three health watches are still open and hold no place: the next real call is answered.
+            assert (await admin.GetStatus(pb.GetStatusRequest(), timeout=5)).model_name == "slow"
+            for watch in watches:
+                watch.cancel()
+    finally:
+        await server.stop(0)
+
+
+async def test_real_status_streams_hold_places_and_calls_beyond_are_refused_and_counted():
+    servicer = Slow()
+    servicer.release.set()
+    server = await start_limited(2, servicer)
+    await server.set_serving(True)
+    before = refused_count("GetStatus")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            admin, index = pb_grpc.AdminServiceStub(channel), retrieval_pb2_grpc.IndexServiceStub(channel)
+            # Two status streams hold both places, as a query tier's watchers of an index do.
+            watchers = [index.WatchStatus(retrieval_pb2.WatchStatusRequest()) for _ in range(2)]
+            for watcher in watchers:
+                await watcher.read()
+            for _ in range(20):
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await admin.GetStatus(pb.GetStatusRequest(), timeout=5)
+                assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert await settled(lambda: refused_count("GetStatus") - before, 20) == 20
+            assert "--max-concurrent-rpcs" in refused.value.details()
+            assert dict(refused.value.trailing_metadata()).get(REQUEST_ID_KEY)
+            third = index.WatchStatus(retrieval_pb2.WatchStatusRequest())
+            with pytest.raises(grpc.aio.AioRpcError) as stream_refused:
+                await third.read()
+            assert stream_refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert (await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
+                                                                     timeout=5)).status == SERVING
+            watchers[0].cancel()
+            await asyncio.sleep(0.2)  # the server sees the cancellation
+            assert (await admin.GetStatus(pb.GetStatusRequest(), timeout=5)).model_name == "slow"
+            watchers[1].cancel()
+    finally:
+        await server.stop(0)
