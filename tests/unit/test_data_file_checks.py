@@ -96,13 +96,14 @@ def test_a_column_mixing_epoch_seconds_and_milliseconds_is_refused(tmp_path):
         _load_times(_log(tmp_path, ["1700000000000", "1700000500", "1700000400"]))
 
 
-def test_sessions_keep_their_epoch_unit_and_refuse_mixed_units(tmp_path):
-    """A view and a cart of one item within a second are two events of a session (RetailRocket's funnel)."""
+def test_sessions_keep_fractions_of_a_second_and_refuse_mixed_units(tmp_path):
+    """A view and a cart of one item within a second are two events of a session (RetailRocket's funnel), in epoch
+    seconds as the services' request_time."""
     path = tmp_path / "events.csv"
     path.write_text("timestamp,visitorid,itemid\n1433221332917,v1,a\n1433221332100,v1,a\n1433221332100,v1,a\n")
     options = DatasetOptions(data_path=path, session_col="visitorid", item_col="itemid", time_col="timestamp")
     d = load_dataset("sessions", options)
-    assert d.timestamps.tolist() == [1433221332100, 1433221332917] and d.info["time_unit"] == "ms"
+    assert d.timestamps.tolist() == [1433221332.1, 1433221332.917] and d.info["time_unit"] == "ms"
     assert d.info["dropped_duplicates"] == 1
     path.write_text("timestamp,visitorid,itemid\n1433221332917,v1,a\n1433221333,v1,b\n")
     with pytest.raises(ValueError, match=r"column 'timestamp' mixes epoch units: data row 2\b"):

@@ -41,7 +41,8 @@ def test_repeated_session_events_are_dropped_and_counted_so_no_event_is_in_both_
     assert d.info["rows_read"] == 19 and d.info["dropped_duplicates"] == 6 and len(d) == 12
     assert d.info["dropped_single_event_sessions"] == 1 and d.info["sessions"] == 3
     expected = sorted(rows, key=lambda r: (r[1], r[0]))  # by session, then time
-    assert list(zip(d.customer_ids, d.candidate_ids, d.timestamps.tolist())) == [(v, i, t) for t, v, _, i in expected]
+    assert list(zip(d.customer_ids, d.candidate_ids, d.timestamps.tolist())) == [
+        (v, i, t / 1000) for t, v, _, i in expected]  # milliseconds in the file, seconds read
 
 
 @pytest.mark.parametrize("seed", [0, 1])

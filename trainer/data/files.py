@@ -9,10 +9,12 @@ configurable column names) and session click streams.
   features; interactions whose candidate is not in the catalogue are dropped
   (and counted). Catalogue cells that hold Python list literals (Food.com's
   tags and ingredients, "['a', 'b']") become "a|b", like JSON lists.
-  Ids are trimmed of the whitespace around them. Rows without a customer or
-  candidate id (a blank cell, a JSON null) are dropped (and counted), here and
-  in sessions, and so are rows with an id over ``MAX_ID_BYTES`` (UTF-8), which
-  the services refuse in every request (the catalogue leaves such ids out).
+  Ids are trimmed of the whitespace around them (a line ending such as "\\r"
+  included). Rows without a customer or candidate id (a blank cell, a JSON
+  null) are dropped (and counted), here and in sessions, and so are rows with
+  an id the services refuse in every request: one over ``MAX_ID_BYTES`` (UTF-8)
+  or holding a NUL character (the catalogue leaves such ids out). Other control
+  characters are kept: the services take them.
   Repeats of a row (the same customer, candidate and time: one event written
   twice) are dropped (and counted), here and in sessions. Without a time column
   a repeat is the same customer and candidate (whatever the rating): the first
@@ -22,17 +24,19 @@ configurable column names) and session click streams.
   within a session, sessions with a single event are dropped (and counted).
 
 A time column holds epoch numbers or ISO dates, not both, every value finite;
-anything else is refused naming the row and value. Interactions times become
+anything else is refused naming the row and value. Times become
 epoch seconds, what the services' request_time is: the column's largest number
 names its unit (below 1e11 seconds, below 1e14 milliseconds, then micro- and
 nanoseconds; ``info["time_unit"]``), and a column that also holds a number from
 1e8 (1973 in seconds) up to that unit's start mixes units and is refused.
-Sessions keep epoch numbers in the file's unit, to order events within a second.
+Interactions times are whole seconds; sessions keep the fraction (float64), to
+order events within a second.
 
 A CSV/TSV row must have the header's number of fields (more only if empty: a
 trailing delimiter), an id must not hold a line break (a quote left open reads
 the rows after it as one id), and a damaged file (a cut or fake .gz, a field
-past the csv module's limit) is named: each is a ValueError naming the line.
+past the csv module's limit) is named: each is a ValueError naming the line. A
+line repeating the header (files joined with ``cat``) is dropped (and counted).
 
 Both can keep only some event types (``event_col`` + ``events``: RetailRocket's
 view / addtocart / transaction); the count of each type is in ``info``.
@@ -54,6 +58,7 @@ import json
 import re
 import time
 import zlib
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -100,23 +105,26 @@ def _missing(path: Path, wanted: list[str], found: list[str]) -> ValueError:
 
 
 def _read_columns(path: Path, fmt: str, columns: list[str], delimiter: str | None = None,
-                  header: bool = True, chunk_rows: int = _CHUNK_ROWS) -> Iterator[list[list[Any]]]:
+                  header: bool = True, chunk_rows: int = _CHUNK_ROWS,
+                  counts: Counter[str] | None = None) -> Iterator[list[list[Any]]]:
     """``_read_chunks``, with a file that is not UTF-8 named as such (the codec's own message names neither)."""
     try:
-        yield from _read_chunks(path, fmt, columns, delimiter, header, chunk_rows)
+        yield from _read_chunks(path, fmt, columns, delimiter, header, chunk_rows, counts)
     except UnicodeDecodeError as e:
         raise ValueError(f"{path} is not UTF-8 text ({e.reason}); convert it, e.g. "
                          f"iconv -f latin1 -t utf-8 {Path(path).name} > utf8.{fmt}") from None
 
 
 def _read_chunks(path: Path, fmt: str, columns: list[str], delimiter: str | None = None,
-                 header: bool = True, chunk_rows: int = _CHUNK_ROWS) -> Iterator[list[list[Any]]]:
+                 header: bool = True, chunk_rows: int = _CHUNK_ROWS,
+                 counts: Counter[str] | None = None) -> Iterator[list[list[Any]]]:
     """Yields chunks of the requested columns, each chunk a list of per-column value lists.
 
     CSV/TSV values are strings ("" when empty); JSON-lines values are what
     ``json.loads`` gives (None when the key is absent), lists joined with "|".
-    A damaged file (a cut or fake .gz, a CSV field past the csv module's limit)
-    is a ValueError naming it and the last line read.
+    A CSV/TSV line repeating the header is left out and counted in
+    ``counts["dropped_header_rows"]``. A damaged file (a cut or fake .gz, a CSV
+    field past the csv module's limit) is a ValueError naming it and the last line read.
     """
     path = Path(path)
     if fmt == "jsonl":
@@ -125,7 +133,8 @@ def _read_chunks(path: Path, fmt: str, columns: list[str], delimiter: str | None
     delim = delimiter or ("\t" if fmt == "tsv" else ",")
     with _open_text(path) as f:
         with _damaged(path, lambda: _line_of(path, delim)):
-            yield from _csv_chunks(path, _csv_reader(f, delim), delim, columns, header, chunk_rows)
+            yield from _csv_chunks(path, _csv_reader(f, delim), delim, columns, header, chunk_rows,
+                                   Counter() if counts is None else counts)
 
 
 def _csv_reader(f, delim: str):
@@ -149,17 +158,22 @@ def _damaged(path: Path, lines_read: Callable[[], int]) -> Iterator[None]:
         raise ValueError(f"{path}: unreadable after line {lines_read()}: {e} (is a quote left open?)") from None
 
 
-def _csv_chunks(path: Path, reader, delim: str, columns: list[str], header: bool,
-                chunk_rows: int) -> Iterator[list[list[Any]]]:
+def _csv_chunks(path: Path, reader, delim: str, columns: list[str], header: bool, chunk_rows: int,
+                counts: Counter[str]) -> Iterator[list[list[Any]]]:
     """``_read_chunks`` for CSV/TSV: every row has the header's fields (or the first row's, without a header);
-    more are allowed only empty (a trailing delimiter). Otherwise a value would be read from another column."""
+    more are allowed only empty (a trailing delimiter). Otherwise a value would be read from another column.
+
+    A row that is the header line again (files joined with ``cat a.csv b.csv``; the second file's byte order mark
+    may lead it) would be read as ids and times: it is dropped and counted in ``counts["dropped_header_rows"]``."""
+    repeats: list[list[str]] = []
     if header:
-        names = next(reader, None)
-        if names is None:
+        line = next(reader, None)
+        if line is None:
             raise ValueError(f"{path} is empty")
-        names = [n.strip() for n in names]
+        names = [n.strip() for n in line]
         if any(c not in names for c in columns):
             raise _missing(path, columns, names)
+        repeats = [line, ["\ufeff" + line[0]] + line[1:]]
         idx = [names.index(c) for c in columns]
         fields: int | None = len(names)
     else:
@@ -188,7 +202,10 @@ def _csv_chunks(path: Path, reader, delim: str, columns: list[str], header: bool
             raise ValueError(f"{path}: row {_line_of(path, delim, record + 1)} has {fields} fields, "
                              f"need at least {width} (is the delimiter {delim!r} right?)")
         record += len(rows)
-        rows = [r for r in rows if r]  # blank lines
+        lines = len(rows) - rows.count([])  # blank lines are left out, uncounted
+        rows = [r for r in rows if r and r not in repeats]
+        if len(rows) < lines:
+            counts["dropped_header_rows"] += lines - len(rows)
         if rows:
             yield [[r[i] for r in rows] for i in idx]
 
@@ -263,10 +280,20 @@ class _Encoder:
         ids, rank = np.unique(np.char.strip(ids), return_inverse=True)
         return ids, rank[codes]
 
+    def holds_nul(self) -> np.ndarray:
+        """Per code (before ``finish``): whether the id holds a NUL character, which ``finish`` cannot tell: numpy's
+        strings drop a trailing one ("u1\\x00" becomes "u1")."""
+        return np.fromiter(("\x00" in v for v in self.vocab), dtype=bool, count=len(self.vocab))
+
+
+def _line_break_inside(value: str) -> bool:
+    """Whether ``value`` holds a line break that trimming leaves: one at an end is another system's line ending."""
+    return ("\n" in value or "\r" in value) and ("\n" in value.strip() or "\r" in value.strip())
+
 
 def _refuse_line_breaks(path: Path, col: str, encoder: _Encoder, codes: list[np.ndarray]) -> None:
     """Refuses an id holding a line break: a quote left open reads the rows after it as one id."""
-    code = next((i for i, v in enumerate(encoder.vocab) if "\n" in v or "\r" in v), None)
+    code = next((i for i, v in enumerate(encoder.vocab) if _line_break_inside(v)), None)
     if code is not None:
         row = int(np.argmax(np.concatenate(codes) == code)) + 1
         value = next(itertools.islice(encoder.vocab, code, None))
@@ -282,20 +309,25 @@ def _long_ids(ids: np.ndarray) -> np.ndarray:
     return long
 
 
-def _drop_unusable_ids(keep: np.ndarray, info: dict[str, Any], *vocab_codes: tuple[np.ndarray, np.ndarray]) -> None:
-    """Clears ``keep`` where a row lacks an id (they would all become one customer or candidate named "":
-    ``info["dropped_missing_id"]``) or has one over ``MAX_ID_BYTES`` (``info["dropped_long_id"]``).
+def _usable_ids(keep: np.ndarray, info: dict[str, Any],
+                *columns: tuple[_Encoder, np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``_Encoder.finish`` of each (encoder, codes) column. Clears ``keep`` where a row lacks an id (they would all
+    become one customer or candidate named "": ``info["dropped_missing_id"]``), has one holding a NUL character
+    (``info["dropped_nul_id"]``) or one over ``MAX_ID_BYTES`` (``info["dropped_long_id"]``).
 
-    Long ids are dropped, not refused, as a missing one is: the rest of the file trains, and the count says how
-    many rows the services could not have used."""
-    for key, unusable in (("dropped_missing_id", lambda vocab: vocab == ""), ("dropped_long_id", _long_ids)):
-        rows = np.zeros(len(keep), dtype=bool)
-        for vocab, codes in vocab_codes:
-            rows |= unusable(vocab)[codes]
-        rows &= keep
+    The services refuse an id with a NUL or over the limit in every request. Such ids are dropped, not refused, as
+    a missing one is: the rest of the file trains, and the count says how many rows the services could not have
+    used. Other control characters are kept: the services take them, as ids of their own."""
+    finished = [encoder.finish(codes) for encoder, codes in columns]
+    unusable = (("dropped_missing_id", [(vocab == "")[codes] for vocab, codes in finished]),
+                ("dropped_nul_id", [encoder.holds_nul()[codes] for encoder, codes in columns]),
+                ("dropped_long_id", [_long_ids(vocab)[codes] for vocab, codes in finished]))
+    for key, per_column in unusable:
+        rows = np.logical_or.reduce(per_column) & keep
         if rows.any():
             info[key] = int(rows.sum())
             keep &= ~rows
+    return finished
 
 
 def _drop_duplicates(keep: np.ndarray, info: dict[str, Any], customers: np.ndarray, candidates: np.ndarray,
@@ -415,11 +447,11 @@ _EPOCH_UNITS = (("s", "seconds", 1), ("ms", "milliseconds", 10**3), ("us", "micr
 _UNIT_STARTS = (1e11, 1e14, 1e17)
 
 
-def _epoch_seconds(times: np.ndarray, kind: str, path: Path, col: str) -> tuple[np.ndarray, str]:
-    """(int64 epoch seconds, the unit read: "date" or one of ``_EPOCH_UNITS``) of a whole time column, which the
+def _epoch_unit(times: np.ndarray, kind: str, path: Path, col: str) -> tuple[str, int]:
+    """(the unit read: "date" or one of ``_EPOCH_UNITS``, its parts in a second) of a whole time column, which the
     services' request_time (unix seconds) must match; refuses a column mixing units, naming the rows."""
     if kind == "date":
-        return np.floor_divide(times, 1000), "date"
+        return "date", 1000  # _dates gives milliseconds
     size = np.abs(times)
     top = int(np.argmax(size))
     step = int(np.searchsorted(_UNIT_STARTS, size[top], side="right"))
@@ -431,7 +463,7 @@ def _epoch_seconds(times: np.ndarray, kind: str, path: Path, col: str) -> tuple[
             other = _EPOCH_UNITS[int(np.searchsorted(_UNIT_STARTS, size[i], side="right"))][1]
             raise ValueError(f"{path}: column {col!r} mixes epoch units: data row {i + 1} holds {str(times[i])!r} "
                              f"({other}), data row {top + 1} {str(times[top])!r} ({name}); write one unit")
-    return np.floor_divide(times, scale), unit
+    return unit, scale
 
 
 def _is_time(v: str) -> bool:
@@ -451,8 +483,8 @@ def _load_columns(path: Path, fmt: str, options: DatasetOptions, customer_col: s
     wanted = [customer_col, candidate_col] + [c for c in (rating_col, time_col, event_col) if c]
     customers, candidates, events = _Encoder(), _Encoder(), _Encoder()
     cust_codes, cand_codes, ratings, times, event_codes = [], [], [], [], []
-    rows, time_kind = 0, None
-    for chunk in _read_columns(path, fmt, wanted, options.delimiter, options.header):
+    rows, time_kind, dropped = 0, None, Counter()
+    for chunk in _read_columns(path, fmt, wanted, options.delimiter, options.header, counts=dropped):
         first_row = rows
         rows += len(chunk[0])
         cust_codes.append(customers.encode(chunk[0]))
@@ -477,20 +509,22 @@ def _load_columns(path: Path, fmt: str, options: DatasetOptions, customer_col: s
     cat = lambda parts, dtype: np.concatenate(parts) if parts else np.zeros(0, dtype)  # noqa: E731
     # Kept as given to order events within a second (RetailRocket's milliseconds, YooChoose's dates).
     exact_times = cat(times, np.int64) if time_col else np.arange(rows, dtype=np.int64)
-    timestamps, time_unit = _epoch_seconds(exact_times, time_kind, path, time_col) if time_col else (exact_times, None)
+    time_unit, scale = _epoch_unit(exact_times, time_kind, path, time_col) if time_col else (None, 1)
     return {
         "customers": customers, "candidates": candidates,
         "customer_codes": cat(cust_codes, np.int64), "candidate_codes": cat(cand_codes, np.int64),
         "ratings": cat(ratings, np.float32) if rating_col else None,
-        "timestamps": timestamps, "exact_times": exact_times, "time_unit": time_unit,
+        "exact_times": exact_times, "time_unit": time_unit, "scale": scale,
         "events": events, "event_codes": cat(event_codes, np.int64),
-        "rows": rows,
+        "rows": rows, "dropped": dropped,
     }
 
 
 def _read_info(path: Path, fmt: str, c: dict[str, Any]) -> dict[str, Any]:
-    """The start of ``Interactions.info``: what was read, and in which time unit."""
-    info: dict[str, Any] = {"source": str(path), "format": fmt, "rows_read": c["rows"]}
+    """The start of ``Interactions.info``: what was read (repeated header lines included, and counted), and in which
+    time unit."""
+    info: dict[str, Any] = {"source": str(path), "format": fmt, "rows_read": c["rows"] + c["dropped"].total(),
+                            **c["dropped"]}
     if c["time_unit"]:
         info["time_unit"] = c["time_unit"]
     return info
@@ -556,7 +590,9 @@ def load_catalog(path: Path, fmt: str | None, id_col: str, feature_cols: tuple[s
     for chunk in _read_columns(path, fmt, cols, delimiter, header):
         for i, values in enumerate(chunk):
             parts[i].extend(values)
-    raw_ids = np.char.strip(np.array([v if isinstance(v, str) else _id_str(v) for v in parts[0]], dtype=str))
+    texts = [v if isinstance(v, str) else _id_str(v) for v in parts[0]]
+    # An id holding a NUL reads as a blank one (numpy would make "a\x00" the candidate "a"), and is left out with it.
+    raw_ids = np.char.strip(np.array(["" if "\x00" in v else v for v in texts], dtype=str))
     ids = np.unique(raw_ids[(raw_ids != "") & ~_long_ids(raw_ids)])  # no candidate the services could not use
     features: dict[str, np.ndarray] = {}
     for name, values in zip(feature_cols, parts[1:]):
@@ -588,9 +624,8 @@ def load_interactions_file(options: DatasetOptions) -> Interactions:
         info["dropped_below_min_rating"] = int(below.sum())
         keep &= ~below
 
-    customer_vocab, customer_codes = c["customers"].finish(c["customer_codes"])
-    candidate_vocab, candidate_codes = c["candidates"].finish(c["candidate_codes"])
-    _drop_unusable_ids(keep, info, (customer_vocab, customer_codes), (candidate_vocab, candidate_codes))
+    (customer_vocab, customer_codes), (candidate_vocab, candidate_codes) = _usable_ids(
+        keep, info, (c["customers"], c["customer_codes"]), (c["candidates"], c["candidate_codes"]))
     catalog, candidate_features = None, None
     if options.catalog_path is not None:
         catalog, candidate_features = load_catalog(
@@ -602,14 +637,15 @@ def load_interactions_file(options: DatasetOptions) -> Interactions:
         info["dropped_not_in_catalog"] = int(missing.sum())
         info["catalog_size"] = len(catalog)
         keep &= ~missing
-    _drop_duplicates(keep, info, customer_codes, candidate_codes, c["timestamps"] if options.time_col else None)
+    timestamps = np.floor_divide(c["exact_times"], c["scale"])
+    _drop_duplicates(keep, info, customer_codes, candidate_codes, timestamps if options.time_col else None)
     if not keep.any():
         raise ValueError(f"{path}: no interactions left after filtering ({info})")
     index = np.flatnonzero(keep) if not keep.all() else slice(None)
     data = Interactions(
         customer_ids=customer_vocab[customer_codes[index]],
         candidate_ids=candidate_vocab[candidate_codes[index]],
-        timestamps=c["timestamps"][index],
+        timestamps=timestamps[index],
         catalog=catalog,
         candidate_features=candidate_features,
         name=path.stem.split(".")[0],
@@ -624,8 +660,10 @@ def load_interactions_file(options: DatasetOptions) -> Interactions:
 def load_sessions(options: DatasetOptions) -> Interactions:
     """Click streams: one "customer" per session, events sorted by (session, time, file order).
 
-    Times are epoch numbers in the file's own unit (``info["time_unit"]``) or dates as epoch seconds, ordered to
-    the file's precision: unlike ``load_interactions_file``, milliseconds are not made seconds.
+    Times are float64 epoch seconds, what the services' request_time is (a time tower trained on RetailRocket's
+    milliseconds read every served time as its first moment), keeping the file's fractions of a second (to a
+    microsecond): unlike ``load_interactions_file``'s whole seconds, they still order a view before the cart of
+    the same second where later steps sort by time. ``info["time_unit"]`` names the unit read.
 
     Repeats of an event (the same session, item and time; without a time column the same session and item) are
     dropped (``info["dropped_duplicates"]``), then sessions with a single event
@@ -636,13 +674,11 @@ def load_sessions(options: DatasetOptions) -> Interactions:
     fmt = file_format(path, options.format)
     c = _load_columns(path, fmt, options, options.session_col, options.item_col, None, options.time_col)
     info = _read_info(path, fmt, c)
-    # Epoch numbers stay in the file's unit: in seconds, RetailRocket's view and cart of one item within a second
-    # would be one event.
-    times = c["timestamps"] if c["time_unit"] == "date" else c["exact_times"]
+    # Not whole seconds: RetailRocket's view and cart of one item within a second would be one event.
+    times = c["exact_times"] / c["scale"]
     kept_event = _event_filter(c, options, path, info)
-    session_vocab, session_codes = c["customers"].finish(c["customer_codes"])
-    item_vocab, item_codes = c["candidates"].finish(c["candidate_codes"])
-    _drop_unusable_ids(kept_event, info, (session_vocab, session_codes), (item_vocab, item_codes))
+    (session_vocab, session_codes), (item_vocab, item_codes) = _usable_ids(
+        kept_event, info, (c["customers"], c["customer_codes"]), (c["candidates"], c["candidate_codes"]))
     # Before the lengths: a session whose rows are copies of one event is a single-event session.
     _drop_duplicates(kept_event, info, session_codes, item_codes, times if options.time_col else None)
     lengths = np.bincount(session_codes[kept_event], minlength=len(session_vocab))

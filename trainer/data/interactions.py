@@ -38,7 +38,7 @@ class Interactions:
 
     customer_ids: np.ndarray  # unicode [n]
     candidate_ids: np.ndarray  # unicode [n]
-    timestamps: np.ndarray  # int64 [n]
+    timestamps: np.ndarray  # epoch seconds [n]: int64, float64 for sessions (fractions order a second)
     catalog: np.ndarray | None = None  # unicode [N], sorted unique
     customer_features: dict[str, np.ndarray] | None = None  # column -> [len(customer_feature_ids)]
     name: str = "interactions"
