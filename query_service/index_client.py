@@ -27,8 +27,9 @@ from serving.tls import ClientTls, tls_hint
 log = logging.getLogger(__name__)
 
 # The query service validated the caller's request before searching, so an index
-# INVALID_ARGUMENT means the services disagree (limits, dims), not a bad caller;
-# an overloaded or cancelled index is worth a retry elsewhere.
+# INVALID_ARGUMENT means the services disagree (limits, dims), not a bad caller
+# (but for a k over the index's --max-k: ``OverMaxK``); an overloaded or cancelled
+# index is worth a retry elsewhere.
 _CODE_TO_ERROR = {
     grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: errors.Unavailable,
@@ -56,6 +57,8 @@ MAX_SEARCH_QUERIES = validation.DEFAULT_MAX_BATCH_QUERIES
 MAX_SEARCH_RESULTS = min(validation.DEFAULT_MAX_BATCH_RESULTS, MAX_SEARCH_ANSWER_BYTES // RESULT_BYTES)
 # States in which an endpoint answers searches pinned to a version.
 SEARCHABLE = frozenset({versions_pb2.VERSION_STATE_READY, versions_pb2.VERSION_STATE_SERVING})
+# What an index's refusal of a k over its --max-k (``validation.check_k``) says of the k asked and that limit.
+_REFUSED_K = re.compile(r"\bk=(\d+) is out of range: ask for 1 to (\d+) candidates")
 # An endpoint silent for this many of its keepalive periods is taken as gone (hung or partitioned).
 MISSED_KEEPALIVES = 3
 # A peer address as gRPC writes it in a status's details (up to a ": " or the end), and what replaces it.
@@ -109,6 +112,15 @@ class IndexHits:
     crowding: list[tuple[str, ...]] | None = None  # with crowding: each result's tokens (a merge crowds again)
 
 
+class OverMaxK(errors.InvalidArgument):
+    """A search refused for a k over the most results the index endpoint answers (its --max-k, ``max_k``): the
+    caller's to lower, not another replica's to try (a sharded search asks its shards no deeper)."""
+
+    def __init__(self, message: str, max_k: int):
+        super().__init__(message)
+        self.max_k = max_k
+
+
 def error_for(e: grpc.aio.AioRpcError, address: str) -> errors.ServingError:
     """The domain error of a failed index call. Its message is for the query
     service's caller, so it names no address: the log does."""
@@ -130,6 +142,7 @@ class IndexEndpoint:
         self.versions: dict[int, int] = {}  # version -> VersionState
         self.generations: dict[int, int] = {}  # version -> catalogue generation applied there
         self.bounds = BatchBounds()  # lowered to what the endpoint names when it refuses a call over its own
+        self.max_k = validation.DEFAULT_MAX_K  # the most results a search gets, as far as known (``_refusal``)
         self._connected = False  # whether its status stream ever answered
         self._unreachable_log = LogThrottle()
         self._channel = tls.aio_channel(address, options=[
@@ -179,7 +192,7 @@ class IndexEndpoint:
         except grpc.aio.AioRpcError as e:
             if self._over_bound(e, requests):  # refused before any work: split at the endpoint's bound
                 return await self._search_parts(requests, version, min_generation, timeout_s)
-            raise error_for(e, self.address) from e
+            raise self._refusal(e) from e
         for response in responses:
             self._check(response, version, min_generation, generation)
         return [_hits(r, generation) for r in responses]
@@ -207,6 +220,19 @@ class IndexEndpoint:
             self.bounds = dataclasses.replace(self.bounds, **{name: limit})
         return True
 
+    def _refusal(self, e: grpc.aio.AioRpcError) -> errors.ServingError:
+        """The domain error of a failed search (``error_for``): ``OverMaxK`` for a refusal of a k over the
+        endpoint's --max-k, which ``self.max_k`` then holds (reset with ``bounds``, as a restart may change it)."""
+        error = error_for(e, self.address)
+        refused = _REFUSED_K.search(e.details() or "") if e.code() == grpc.StatusCode.INVALID_ARGUMENT else None
+        if refused is None:
+            return error
+        max_k = int(refused.group(2))
+        if max_k != self.max_k:
+            log.info("index endpoint %s answers at most %d results a search (its --max-k)", self.address, max_k)
+            self.max_k = max_k
+        return OverMaxK(str(error), max_k)
+
     async def similar(self, query: SimilarQuery, version: int, timeout_s: float, with_vector: bool = False) \
             -> IndexHits:
         """The neighbours of ``query.candidate_id`` in ``version`` within ``timeout_s``
@@ -223,7 +249,7 @@ class IndexEndpoint:
                 raise errors.NotFound(f"candidate_id {query.candidate_id!r} is not in version {version}'s "
                                       "catalogue (never in it, or deleted): ask for a candidate the live version "
                                       "holds") from e
-            raise error_for(e, self.address) from e
+            raise self._refusal(e) from e
         self._check(response, version, query.min_generation, response.catalogue_generation)
         hits = _hits(response, response.catalogue_generation)
         if with_vector:
@@ -271,7 +297,8 @@ class IndexEndpoint:
                     self._log_unreachable(e)
             finally:
                 call.cancel()
-            self.bounds = BatchBounds()  # a restarted endpoint may have other bounds: learnt again if lower
+            # A restarted endpoint may have other bounds: learnt again if lower.
+            self.bounds, self.max_k = BatchBounds(), validation.DEFAULT_MAX_K
             self._update(self.slot, {}, {}, on_change, (self.shard, self.shards))
             await asyncio.sleep(backoff)
             backoff = min(2 * backoff, RECONNECT_S[1])

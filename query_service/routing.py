@@ -14,9 +14,9 @@ its searches reach: blue-green at the index tier is a routing switch.
 A version published in N shards is searched on one endpoint per shard (each
 says which shard of how many it serves) and the shards' top-k are merged by
 score (a crowded search's shards answer uncrowded, and the merge crowds them,
-asking deeper until its answer is one index's: ``IndexRouter._crowded``); it
-is routable only while every shard has a holder, so shards of different
-versions never mix.
+asking deeper, no more at once than a shard's --max-k, until its answer is one
+index's: ``IndexRouter._crowded``); it is routable only while every shard has a
+holder, so shards of different versions never mix.
 
 Replicas (several endpoints holding one version and shard) give failover: a
 call that fails UNAVAILABLE is tried once on another replica, and a call not
@@ -39,13 +39,13 @@ import dataclasses
 import itertools
 import logging
 import time
-from typing import Awaitable, Callable, Iterator, TypeVar
+from typing import Awaitable, Callable, Iterator, NamedTuple, TypeVar
 
 import prometheus_client
 from prometheus_client.core import GaugeMetricFamily
 
 from model_registry.manifest import shard_of
-from query_service.index_client import IndexEndpoint, IndexHits, IndexQuery, SimilarQuery
+from query_service.index_client import IndexEndpoint, IndexHits, IndexQuery, OverMaxK, SimilarQuery
 from serving import errors, validation
 from serving.filters import Filter
 from serving.observability import LogThrottle, ScrapeTimeCollector
@@ -54,6 +54,7 @@ from settings.flags import option, require
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+Q = TypeVar("Q", IndexQuery, SimilarQuery)
 
 # How long a replica that failed or was out-run by a hedge is passed over.
 SUSPECT_S = 1.0
@@ -122,10 +123,11 @@ def merge_hits(parts: list[IndexHits], k: int, max_per_value: int = 0) -> IndexH
     return IndexHits([i for _, i, _ in scored], [s for s, _, _ in scored], min(p.generation for p in parts))
 
 
-def shard_depth(k: int, f: Filter, shards: int) -> int:
+def shard_depth(k: int, f: Filter, shards: int, max_k: int = validation.DEFAULT_MAX_K) -> int:
     """How many results to ask of each shard first for a merged top ``k``: with crowding, more than ``k`` (up
-    to the default --max-k), since the crowded top k reaches deeper than k into the shards' uncrowded answers."""
-    return max(k, min(k * shards, validation.DEFAULT_MAX_K)) if f.max_per_value else k
+    to ``max_k``, the most a shard answers at once), since the crowded top k reaches deeper than k into the
+    shards' uncrowded answers."""
+    return max(k, min(k * shards, max_k)) if f.max_per_value else k
 
 
 def unsettled(parts: list[IndexHits], asked: list[int], merged: IndexHits, k: int) -> list[int]:
@@ -146,6 +148,21 @@ def _union(first: IndexHits, more: IndexHits) -> IndexHits:
     return IndexHits(first.ids + [more.ids[j] for j in extra], first.scores + [more.scores[j] for j in extra],
                      min(first.generation, more.generation),
                      crowding=(first.crowding or []) + [(more.crowding or [])[j] for j in extra])
+
+
+class Ask(NamedTuple):
+    """What a crowded merge asks a shard of its query ``query``: ``depth`` results under ``filter``, passing over
+    the ``skipped`` ones it holds already (the next results of a shard that answers fewer at once than needed)."""
+
+    query: int
+    depth: int
+    filter: Filter
+    skipped: frozenset[str] = frozenset()
+
+    def of(self, q: Q) -> Q:
+        """``q`` (the query) as a shard is asked it."""
+        return dataclasses.replace(q, k=self.depth, filter=self.filter,
+                                   exclusions=q.exclusions | self.skipped if self.skipped else q.exclusions)
 
 
 def _tokens_only(f: Filter) -> Filter:
@@ -253,19 +270,26 @@ class IndexRouter:
         if shards == 1:  # awaited in place: gather would wrap it in a task, ~25 us of a miss's CPU
             return await self._route(version, generation, timeout_s,
                                      lambda endpoint, left: endpoint.search(queries, version, left))
-        deep = [dataclasses.replace(q, k=shard_depth(q.k, q.filter, shards), filter=_tokens_only(q.filter))
-                for q in queries]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + (self.timeout_s if timeout_s is None else timeout_s)
+        deadline = asyncio.get_running_loop().time() + (self.timeout_s if timeout_s is None else timeout_s)
+        return await self._within_max_k(version, generation, shards, lambda max_ks: self._search_shards(
+            queries, version, generation, deadline, max_ks))
 
-        def ask(shard: int, batch: list[IndexQuery]) -> Awaitable[list[IndexHits]]:
+    async def _search_shards(self, queries: list[IndexQuery], version: int, generation: int, deadline: float,
+                             max_ks: list[int]) -> list[IndexHits]:
+        """``search`` of a sharded version by ``deadline`` (the loop's time), shard ``s`` answering at most
+        ``max_ks[s]`` results a query."""
+        loop = asyncio.get_running_loop()
+        depths = [[shard_depth(q.k, q.filter, len(max_ks), max_k) for max_k in max_ks] for q in queries]
+
+        def ask(shard: int, wanted: list[Ask]) -> Awaitable[list[IndexHits]]:
+            batch = [a.of(queries[a.query]) for a in wanted]
             return self._route(version, generation, deadline - loop.time(),
                                lambda endpoint, left: endpoint.search(batch, version, left), shard)
 
-        parts = await asyncio.gather(*(ask(shard, deep) for shard in range(shards)))
-        return await self._crowded(
-            queries, [[part[i] for part in parts] for i in range(len(queries))], [[q.k] * shards for q in deep],
-            lambda shard, wanted: ask(shard, [dataclasses.replace(deep[i], k=k, filter=f) for i, k, f in wanted]))
+        parts = await asyncio.gather(*(ask(shard, [Ask(i, depths[i][shard], _tokens_only(q.filter))
+                                                   for i, q in enumerate(queries)]) for shard in range(len(max_ks))))
+        return await self._crowded(queries, [[part[i] for part in parts] for i in range(len(queries))], depths,
+                                   max_ks, ask)
 
     async def similar(self, query: SimilarQuery, version: int, timeout_s: float | None = None) -> IndexHits:
         """A candidate's neighbours in ``version``, routed as ``search`` is. In a
@@ -276,77 +300,111 @@ class IndexRouter:
         if shards == 1:
             return await self._route(version, query.min_generation, timeout_s,
                                      lambda endpoint, left: endpoint.similar(query, version, left))
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + (self.timeout_s if timeout_s is None else timeout_s)
-        owner = int(shard_of([query.candidate_id], shards)[0])
-        deep = dataclasses.replace(query, k=shard_depth(query.k, query.filter, shards),
-                                   filter=_tokens_only(query.filter))
+        deadline = asyncio.get_running_loop().time() + (self.timeout_s if timeout_s is None else timeout_s)
+        return await self._within_max_k(version, query.min_generation, shards, lambda max_ks: self._similar_shards(
+            query, version, deadline, max_ks))
 
-        def own(depth: int, f: Filter, with_vector: bool = False) -> Awaitable[IndexHits]:
-            similar = dataclasses.replace(deep, k=depth, filter=f)
+    async def _similar_shards(self, query: SimilarQuery, version: int, deadline: float, max_ks: list[int]) \
+            -> IndexHits:
+        """``similar`` in a sharded version by ``deadline`` (the loop's time), shard ``s`` answering at most
+        ``max_ks[s]`` results."""
+        loop = asyncio.get_running_loop()
+        shards = len(max_ks)
+        owner = int(shard_of([query.candidate_id], shards)[0])
+        depths = [shard_depth(query.k, query.filter, shards, max_k) for max_k in max_ks]
+        tokens_only = _tokens_only(query.filter)
+
+        def own(similar: SimilarQuery, with_vector: bool = False) -> Awaitable[IndexHits]:
             return self._route(version, query.min_generation, deadline - loop.time(),
                                lambda endpoint, left: endpoint.similar(similar, version, left, with_vector), owner)
 
-        found = await own(deep.k, deep.filter, with_vector=True)
+        found = await own(Ask(0, depths[owner], tokens_only).of(query), with_vector=True)
         # The candidate lives in its owner's shard only: excluding it elsewhere too would push a caller's
         # allowed MAX_EXCLUSIONS over the index's limit.
-        near = IndexQuery(found.vector, deep.k, query.exclusions, deep.filter, min_generation=query.min_generation)
+        near = IndexQuery(found.vector, query.k, query.exclusions, tokens_only, min_generation=query.min_generation)
 
-        async def ask(shard: int, wanted: list[tuple[int, int, Filter]]) -> list[IndexHits]:
-            _, depth, f = wanted[0]  # the one query's
+        async def ask(shard: int, wanted: list[Ask]) -> list[IndexHits]:
+            (a,) = wanted  # the one query's
             if shard == owner:
-                return [await own(depth, f)]
-            batch = [dataclasses.replace(near, k=depth, filter=f)]
+                return [await own(a.of(query))]
+            batch = [a.of(near)]
             return await self._route(version, query.min_generation, deadline - loop.time(),
                                      lambda endpoint, left: endpoint.search(batch, version, left), shard)
 
         others = [shard for shard in range(shards) if shard != owner]
-        parts = dict(zip(others, await asyncio.gather(*(ask(shard, [(0, deep.k, deep.filter)]) for shard in others))))
+        parts = dict(zip(others, await asyncio.gather(*(ask(shard, [Ask(0, depths[shard], tokens_only)])
+                                                        for shard in others))))
         parts[owner] = [found]
-        return (await self._crowded([query], [[parts[shard][0] for shard in range(shards)]], [[deep.k] * shards],
+        return (await self._crowded([query], [[parts[shard][0] for shard in range(shards)]], [depths], max_ks,
                                     ask))[0]
 
+    def _max_ks(self, version: int, generation: int, shards: int) -> list[int]:
+        """The most results each shard of ``version`` is asked for at once: the default --max-k, or the lowest
+        --max-k an endpoint holding the shard named when it refused a deeper search (``IndexEndpoint.max_k``)."""
+        return [min([validation.DEFAULT_MAX_K] + [e.max_k for e in self.holders(version, generation, shard)])
+                for shard in range(shards)]
+
+    async def _within_max_k(self, version: int, generation: int, shards: int,
+                            search: Callable[[list[int]], Awaitable[T]]) -> T:
+        """``search(max_ks)`` (``_max_ks``), again while a shard refuses a search as over its --max-k and so
+        names a lower one: a search that meets an endpoint started with a lower --max-k learns it, and no search
+        asks that endpoint deeper again. Refused for the caller's own k (over a shard's --max-k), it fails."""
+        while True:
+            max_ks = self._max_ks(version, generation, shards)
+            try:
+                return await search(max_ks)
+            except OverMaxK:
+                if all(now >= before for now, before in zip(self._max_ks(version, generation, shards), max_ks)):
+                    raise
+
     async def _crowded(self, queries: list[IndexQuery] | list[SimilarQuery], answers: list[list[IndexHits]],
-                       asked: list[list[int]],
-                       deeper: Callable[[int, list[tuple[int, int, Filter]]], Awaitable[list[IndexHits]]]) \
-            -> list[IndexHits]:
+                       asked: list[list[int]], max_ks: list[int],
+                       deeper: Callable[[int, list[Ask]], Awaitable[list[IndexHits]]]) -> list[IndexHits]:
         """Each query's shards' ``answers`` (to ``asked[query][shard]`` results) merged by ``merge_hits``. A
         crowded merge its shards' answers cannot settle (``unsettled``) asks those shards again, ``SHARD_GROWTH``
-        times as deep each round: ``deeper(shard, [(query, depth, filter), ...])`` is that shard's answer to each
-        query. Without crowding, no call.
+        times as deep each round, up to the default --max-k (or k): ``deeper(shard, [Ask, ...])`` is that shard's
+        answer to each. Without crowding, no call. A shard answering fewer results a search (``max_ks[shard]``,
+        its lower --max-k) is asked for the next ones it has, passing over those held (``Ask.skipped``), as far
+        as the exclusions a search may carry allow.
 
-        A shard still unsettling a merge at the deepest an index answers (the largest of k and the default
-        --max-k) is asked once more with the query's own crowding, which looks further down the shard (as far as
-        an unsharded index looks), and the merge takes both its answers: no longer sure to be exact, but it finds
-        the candidates of a rare token that lie deeper than that, as one index would."""
+        A shard still unsettling a merge at the deepest that reaches is asked once more with the query's own
+        crowding, which looks further down the shard (as far as an unsharded index looks), and the merge takes
+        both its answers: no longer sure to be exact, but it finds the candidates of a rare token that lie
+        deeper than that, as one index would."""
         def merge(i: int) -> IndexHits:
             return merge_hits(answers[i], queries[i].k, queries[i].filter.max_per_value)
 
         merged = [merge(i) for i in range(len(queries))]
         own_crowding: set[tuple[int, int]] = set()  # (query, shard) asked with the query's own crowding
         while True:
-            wanted: dict[int, list[tuple[int, int, Filter]]] = collections.defaultdict(list)
+            wanted: dict[int, list[Ask]] = collections.defaultdict(list)
             for i, q in enumerate(queries):
                 if not q.filter.max_per_value:
                     continue
-                deepest = max(q.k, validation.DEFAULT_MAX_K)
                 for shard in unsettled(answers[i], asked[i], merged[i], q.k):
-                    if asked[i][shard] < deepest:
-                        depth = min(asked[i][shard] * SHARD_GROWTH, deepest)
-                        wanted[shard].append((i, depth, _tokens_only(q.filter)))
+                    held, most = asked[i][shard], max(q.k, max_ks[shard])
+                    depth = min(held * SHARD_GROWTH, max(q.k, validation.DEFAULT_MAX_K))
+                    if held < depth <= most:
+                        wanted[shard].append(Ask(i, depth, _tokens_only(q.filter)))
+                    elif held < depth and len(q.exclusions) + held <= validation.MAX_EXCLUSIONS:
+                        wanted[shard].append(Ask(i, min(depth - held, most), _tokens_only(q.filter),
+                                                 frozenset(answers[i][shard].ids)))
                     elif (i, shard) not in own_crowding:
                         own_crowding.add((i, shard))
-                        wanted[shard].append((i, q.k, q.filter))
+                        wanted[shard].append(Ask(i, q.k, q.filter))
             if not wanted:
                 return merged
             shards = list(wanted)
             for shard, hits in zip(shards, await asyncio.gather(*(deeper(shard, wanted[shard]) for shard in shards))):
-                for (i, depth, f), part in zip(wanted[shard], hits):
-                    if f.max_per_value == TOKENS_ONLY:
-                        answers[i][shard], asked[i][shard] = part, depth
-                    else:
-                        answers[i][shard] = _union(answers[i][shard], part)
-            for i in {i for shard in shards for i, _, _ in wanted[shard]}:
+                for a, part in zip(wanted[shard], hits):
+                    if a.skipped:  # the next results below those held
+                        answers[a.query][shard] = _union(answers[a.query][shard], part)
+                        asked[a.query][shard] += a.depth
+                    elif a.filter.max_per_value == TOKENS_ONLY:
+                        answers[a.query][shard], asked[a.query][shard] = part, a.depth
+                    else:  # the query's own crowding: what it adds to the shard's uncrowded answer
+                        answers[a.query][shard] = _union(answers[a.query][shard], part)
+            for i in {a.query for shard in shards for a in wanted[shard]}:
                 merged[i] = merge(i)
 
     def _log_no_holder(self, version: int, generation: int, shard: int, shards: int) -> None:
