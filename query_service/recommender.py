@@ -44,7 +44,7 @@ import numpy as np
 
 from query_service.batching import BatchingConfig, MicroBatcher
 from query_service.cache import CachedResult, ResultCache, cache_key, similar_key
-from query_service.index_client import IndexHits, IndexQuery, SimilarQuery
+from query_service.index_client import IndexHits, IndexQuery, OverMaxK, SimilarQuery
 from query_service.live_history import LiveHistory, merged_history
 from serving import validation
 from serving.errors import DeadlineExceeded, InvalidArgument, ServingError, Unavailable
@@ -655,11 +655,14 @@ class Recommender:
                                               min_generation=miss.generation))
         if queries:
             # The batch's search may take as long as its most patient caller; the others give up on their own.
-            timeout_s = max(misses[i].deadline for i, _ in asked) - asyncio.get_running_loop().time()
+            deadline = max(misses[i].deadline for i, _ in asked)
+            timeout_s = deadline - asyncio.get_running_loop().time()
             for i, _ in asked:
                 misses[i].progress.enter(SEARCHING)
             try:
                 hits = await self.index.search(queries, model.version, max(timeout_s, 0.001))
+            except OverMaxK as e:
+                hits = await self._search_within(e, queries, model.version, deadline)
             except ServingError as e:  # fails these requests only; local fallbacks need no index
                 hits = [e] * len(queries)
             for (i, source), hit in zip(asked, hits):
@@ -668,6 +671,22 @@ class Recommender:
                 elif results[i] is None:  # a short popular list answers without the index
                     results[i] = hit
         return results
+
+    async def _search_within(self, refused: OverMaxK, queries: list[IndexQuery], version: int,
+                             deadline: float) -> list[IndexHits | ServingError]:
+        """A batch's search that the index ``refused`` whole for a k over its --max-k, asked again without the
+        queries over it, which get the refusal: one caller's k must not fail the others batched with it."""
+        hits: list[IndexHits | ServingError] = [refused] * len(queries)
+        fit = [i for i, q in enumerate(queries) if q.k <= refused.max_k]
+        if fit and len(fit) < len(queries):
+            left = max(deadline - asyncio.get_running_loop().time(), 0.001)
+            try:
+                for i, hit in zip(fit, await self.index.search([queries[i] for i in fit], version, left)):
+                    hits[i] = hit
+            except ServingError as e:
+                for i in fit:
+                    hits[i] = e
+        return hits
 
     async def close(self) -> None:
         await self._batcher.close()

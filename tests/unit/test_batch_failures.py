@@ -16,6 +16,7 @@ import pytest
 
 from query_service.batching import BatchingConfig
 from query_service.cache import CacheConfig, ResultCache
+from query_service.index_client import OverMaxK
 from query_service.recommender import SOURCE_MODEL, SOURCE_POPULARITY, Recommender, RecommendQuery
 from query_service.tower import QueryModel
 from serving import errors
@@ -102,4 +103,34 @@ async def test_a_failed_batch_keeps_what_its_finished_items_cached(tiny_model, t
     again = await recommender.recommend("stranger", 3)
     assert (again.source, again.cache_hit) == (SOURCE_POPULARITY, True)
     index.gate.set()
+    await recommender.close()
+
+
+class CappedIndex(ExactIndex):
+    """Refuses a whole search holding a k over ``max_k``, as an index started with a lower --max-k does."""
+
+    def __init__(self, index: ExactIndex, max_k: int):
+        super().__init__(index.ids, index.vectors)
+        self.max_k = max_k
+
+    async def search(self, queries, version, timeout_s):
+        over = [q.k for q in queries if q.k > self.max_k]
+        if over:
+            self.searches.append(queries)
+            raise OverMaxK(f"index search failed: INVALID_ARGUMENT: k={over[0]} is out of range: ask for 1 to "
+                           f"{self.max_k} candidates", self.max_k)
+        return await super().search(queries, version, timeout_s)
+
+
+async def test_a_k_over_the_indexs_max_k_fails_its_own_request_not_the_others_in_its_batch(tiny_model, tiny_index):
+    """The index refuses a whole batch for one query's k over its --max-k: the other misses batched with it
+    failed INVALID_ARGUMENT too, told their k was out of range."""
+    index = CappedIndex(tiny_index, max_k=5)
+    recommender = replica(tiny_model, index, BatchingConfig())
+    small, large = await asyncio.gather(recommender.recommend("c000", 3), recommender.recommend("c001", 8),
+                                        return_exceptions=True)
+    assert len(index.searches[0]) == 2, "the two misses were not batched together"
+    assert isinstance(large, errors.InvalidArgument) and "ask for 1 to 5 candidates" in str(large)
+    assert not isinstance(small, Exception), small
+    assert small.source == SOURCE_MODEL and small.ids == (await tiny_index.search(index.searches[1], 1, 1.0))[0].ids
     await recommender.close()
