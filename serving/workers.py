@@ -15,9 +15,10 @@ model. It holds
   with the caller's request id (``x-request-id``, else the supervisor's), and
   answers with worker 0's status and every worker's (``ServiceStatus.workers``);
   if a worker fails it, the call fails, naming the workers that failed and
-  those that took it; while a worker is being replaced, a call fails at once
-  (UNAVAILABLE, retry) and says so, except ``ApplyCatalogue``, which the other
-  workers take and the replacement takes once it has started;
+  those that took it; while a worker is being replaced (until the new process
+  has loaded its versions, serving or not), a call fails at once (UNAVAILABLE,
+  retry) and says so, except ``ApplyCatalogue``, which the other workers take
+  and the replacement takes once it has started;
 - health on the admin port: SERVING once every worker's data plane reports
   SERVING, so a readiness probe there says whether the whole pool serves;
 - /metrics: every worker's, read at scrape time, each series labelled ``worker``;
@@ -35,7 +36,6 @@ model. It holds
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import fcntl
 import http.client
 import logging
@@ -66,6 +66,7 @@ from serving.config import ServiceConfig
 from serving.grpc_server import MAX_MESSAGE_CHARS, run_event_loop
 from serving.observability import configure_logging, outgoing_metadata, request_id_metadata
 from settings.ports import free_ports
+from settings.processes import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,6 @@ POLL_S = 0.2  # how often the pool's health follows its workers'
 ALIGN_TIMEOUT_S = 300.0  # a restarted worker's start and load, before the supervisor gives up aligning it
 # A worker's GetStatus answers in milliseconds; one silent this long (hung, stopped) shows as holding nothing.
 WORKER_STATUS_TIMEOUT_S = 5.0
-_PR_SET_PDEATHSIG = 1
 POOL_SECRET_FILE = "pool-secret"  # beside the workers' sockets, in the supervisor's private directory
 SUPERVISOR_LOCK_FILE = "supervisor.lock"  # in the private directory, flock-ed by its supervisor while it lives
 
@@ -147,12 +147,6 @@ def pool_secret(worker_socket: str) -> str:
         return f.read()
 
 
-def _die_with_parent() -> None:
-    """In a worker, before exec: SIGTERM when the supervisor dies, even by SIGKILL,
-    so no worker outlives it holding the port."""
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 class Worker:
     """One worker process: how to start it and its private channels."""
 
@@ -163,6 +157,7 @@ class Worker:
         self.metrics_port = metrics_port
         self.process: asyncio.subprocess.Process | None = None
         self.has_served = False
+        self.pinned = 0  # the live version it was last started on (0: the registry's CURRENT)
         # From its exit until its replacement has started and been aligned (WorkerPool.keep, align): admin calls
         # would reach no socket, or race its start-up loads.
         self.restarting = False
@@ -183,10 +178,13 @@ class Worker:
                 os.unlink(self.socket_prefix + suffix)
             except FileNotFoundError:
                 pass
+        self.pinned = version
         pinned = ["--version", str(version)] if version else []
         if version and rollback_target:
             pinned += ["--rollback-version", str(rollback_target)]
-        self.process = await asyncio.create_subprocess_exec(*self.command, *pinned, preexec_fn=_die_with_parent)
+        # SIGTERM when the supervisor dies, even by SIGKILL: the worker drains and frees the port.
+        self.process = await asyncio.create_subprocess_exec(*self.command, *pinned,
+                                                            preexec_fn=die_with_parent(signal.SIGTERM))
         log.info("worker %d started (pid %d)%s", self.index, self.process.pid,
                  f" on version {version}" if version else "")
 
@@ -422,28 +420,45 @@ class WorkerPool:
         took while it restarted. Admin calls reach it again after that."""
         process = worker.process
         try:
-            await self._align(worker)
+            mine = await self._started(worker)
+            if mine is not None:
+                await self._align(worker, mine)
         finally:
             if worker.process is process and process.returncode is None:  # else its next start is aligned in turn
                 worker.restarting = False
                 worker.catalogue_due.clear()
 
-    async def _align(self, worker: Worker) -> None:
+    async def _started(self, worker: Worker) -> pb.ServiceStatus | None:
+        """Waits for ``worker``'s start-up loads to end; returns its status then (None: the pool stops, or
+        ALIGN_TIMEOUT_S passed). They have ended when its admin plane answers with nothing loading and the
+        version it was started on live; started on CURRENT, with one live version on two answers in a row:
+        the rollback target's load makes a version live just before the live version's load begins.
+        Whether it serves is not waited for: with no index holding the live version none of the pool serves
+        (its health says so), and the admin calls that would move the pool to a version an index holds must
+        reach this worker too."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + ALIGN_TIMEOUT_S
-        # A worker serves only once its start-up loads are done (the rollback target's makes a live version
-        # before the live one's does): a load beside them would race them.
-        while not await worker.serving():
-            if loop.time() > deadline or self.stopping.is_set():
-                if not self.stopping.is_set():
-                    log.error("worker %d did not serve within %.0f s of its start: not aligned with its siblings",
-                              worker.index, ALIGN_TIMEOUT_S)
-                return
+        settled_on: int | None = None  # the live version of the last answer with nothing loading
+        while not self.stopping.is_set():
+            try:
+                mine = await worker.admin.GetStatus(pb.GetStatusRequest(), timeout=WORKER_STATUS_TIMEOUT_S)
+            except grpc.RpcError:  # not started yet; an answer also leaves the channel connected for the pool
+                mine = None
+            if mine is None or any(v.state == versions_pb2.VERSION_STATE_LOADING for v in mine.versions):
+                settled_on = None
+            elif mine.live_version == (worker.pinned or settled_on):
+                return mine
+            else:
+                settled_on = mine.live_version
+            if loop.time() > deadline:
+                log.error("worker %d did not load its versions within %.0f s of its start: not aligned with its "
+                          "siblings", worker.index, ALIGN_TIMEOUT_S)
+                return None
             await asyncio.sleep(POLL_S)
+        return None
+
+    async def _align(self, worker: Worker, mine: pb.ServiceStatus) -> None:
         try:
-            # Waits out the admin channel's reconnect backoff, which would fail the pool's next call at once.
-            mine = await worker.admin.GetStatus(pb.GetStatusRequest(), timeout=WORKER_STATUS_TIMEOUT_S,
-                                                wait_for_ready=True)
             target, _ = await self.siblings_versions(worker)
             if target and target != mine.live_version:
                 log.info("worker %d serves version %d, its siblings %d: loading and promoting %d",

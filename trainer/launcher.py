@@ -21,6 +21,7 @@ import time
 from typing import Mapping
 
 from settings.ports import free_ports
+from settings.processes import die_with_parent
 
 TF_CONFIG = "TF_CONFIG"
 # Job names MultiWorkerMirroredStrategy trains with; "chief" is an optional
@@ -89,12 +90,16 @@ def launch(argv: list[str], workers: int, poll_s: float = 0.2, grace_s: float = 
     never complete, so the rest are stopped then (by their own pids): SIGTERM,
     then SIGKILL after ``grace_s``. SIGINT or SIGTERM to this launcher is passed
     on to every worker the same way (each stops without publishing), and the
-    launcher returns 128 + N once every worker has ended."""
+    launcher returns 128 + N once every worker has ended. A launcher that is
+    killed outright stops its workers too: each gets SIGTERM from the kernel."""
     addresses = [f"127.0.0.1:{port}" for port in free_ports(workers)]
     received: list[int] = []
     previous = {name: signal.signal(name, lambda signum, frame: received.append(signum)) for name in STOP_SIGNALS}
+    # A launcher killed outright (SIGKILL, the OOM killer) passes nothing on: the kernel then sends each worker
+    # SIGTERM, a stop like the one this launcher forwards, so none trains on or publishes for a run that is over.
     procs = [subprocess.Popen([sys.executable, "-m", "trainer.cli", *argv],
-                              env={**os.environ, TF_CONFIG: tf_config(addresses, i)})
+                              env={**os.environ, TF_CONFIG: tf_config(addresses, i)},
+                              preexec_fn=die_with_parent(signal.SIGTERM))
              for i in range(workers)]
     status = 0
     try:

@@ -99,7 +99,8 @@ def test_launcher_stops_the_others_when_a_later_worker_fails_and_exits_with_its_
     script = ("import json, os, sys, time; i = json.loads(os.environ['TF_CONFIG'])['task']['index']; "
               "sys.exit(3) if i == 1 else time.sleep(60)")
     real = subprocess.Popen
-    monkeypatch.setattr(launcher.subprocess, "Popen", lambda cmd, env: real([sys.executable, "-c", script], env=env))
+    monkeypatch.setattr(launcher.subprocess, "Popen",
+                        lambda cmd, env, **kwargs: real([sys.executable, "-c", script], env=env, **kwargs))
     start = time.monotonic()
     assert launch([], 2) == 3
     assert time.monotonic() - start < 30  # worker 0 was terminated, not waited for
