@@ -133,10 +133,12 @@ def error_for(e: grpc.aio.AioRpcError, address: str) -> errors.ServingError:
 class IndexEndpoint:
     """One index endpoint (a slot process). ``versions`` is what its status
     stream last said it holds, empty while the endpoint is unreachable or
-    silent. Safe for one event loop."""
+    silent, or serves another model than ``model`` (the replica's; "": any).
+    Safe for one event loop."""
 
-    def __init__(self, address: str, tls: ClientTls = ClientTls()):
+    def __init__(self, address: str, tls: ClientTls = ClientTls(), model: str = ""):
         self.address = address
+        self.model = model
         self.slot = ""
         self.shard, self.shards = 0, 0  # of a sharded version (shards 0: whole versions)
         self.versions: dict[int, int] = {}  # version -> VersionState
@@ -144,7 +146,7 @@ class IndexEndpoint:
         self.bounds = BatchBounds()  # lowered to what the endpoint names when it refuses a call over its own
         self.max_k = validation.DEFAULT_MAX_K  # the most results a search gets, as far as known (``_refusal``)
         self._connected = False  # whether its status stream ever answered
-        self._unreachable_log = LogThrottle()
+        self._unreachable_log = LogThrottle()  # by cause: why it never connected, or the other model it serves
         self._channel = tls.aio_channel(address, options=[
             # Reconnect fast after an outage: the default backoff grows to minutes.
             ("grpc.initial_reconnect_backoff_ms", 200),
@@ -257,6 +259,10 @@ class IndexEndpoint:
         return hits
 
     def _check(self, response, version: int, min_generation: int, generation: int) -> None:
+        # Routed here on a status naming this replica's model: an answer naming another is from a restart since.
+        if self.model and response.model_name and response.model_name != self.model:
+            raise errors.FailedPrecondition(f"an index endpoint answered model {response.model_name!r} to a query "
+                                            f"of model {self.model!r}")
         if response.model_version != version:
             raise errors.FailedPrecondition(f"an index endpoint answered version {response.model_version} "
                                             f"to a query for version {version}")
@@ -284,9 +290,7 @@ class IndexEndpoint:
                         break
                     silence_s = MISSED_KEEPALIVES * max(status.keepalive_s, 0.1)
                     self._connected = True
-                    self._update(status.slot, {v.version: v.state for v in status.versions},
-                                 {v.version: v.catalogue_generation for v in status.versions}, on_change,
-                                 (status.shard, status.shards))
+                    self._update(status.slot, *self._held(status), on_change, (status.shard, status.shards))
                     backoff = RECONNECT_S[0]
             except asyncio.TimeoutError:
                 log.warning("index endpoint %s silent for %.1fs: routing around it", self.address, silence_s)
@@ -312,6 +316,21 @@ class IndexEndpoint:
             log.warning("index endpoint %s unreachable, never connected: %s: %s%s%s", self.address, e.code().name,
                         details, tls_hint(details, "--index-tls-"), f" ({held} more since the last line)" if held
                         else "")
+
+    def _held(self, status: pb.IndexStatus) -> tuple[dict[int, int], dict[int, int]]:
+        """The versions ``status`` says the endpoint holds, with their states and catalogue generations: none
+        when it names another model than the replica's (a wrong --index-address). Its version numbers name
+        other embeddings and candidates: one of the same dims would answer wrong ids under this model's name."""
+        if self.model and status.model_name and status.model_name != self.model:
+            held = self._unreachable_log.due(("model", status.model_name), UNREACHABLE_LOG_S)
+            if held is not None:
+                log.warning("index endpoint %s (slot %s) serves model %r, not this replica's %r: routing nothing to "
+                            "it; fix --index-address to list only index endpoints of model %r%s", self.address,
+                            status.slot or "?", status.model_name, self.model, self.model,
+                            f" ({held} more such statuses since the last line)" if held else "")
+            return {}, {}
+        return ({v.version: v.state for v in status.versions},
+                {v.version: v.catalogue_generation for v in status.versions})
 
     def _update(self, slot: str, versions: dict[int, int], generations: dict[int, int],
                 on_change: Callable[[], None], shard: tuple[int, int]) -> None:

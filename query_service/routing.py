@@ -173,9 +173,11 @@ def _tokens_only(f: Filter) -> Filter:
 class IndexRouter:
     """Watches every index endpoint and routes pinned searches. Safe for one event loop."""
 
-    def __init__(self, config: RoutingConfig):
+    def __init__(self, config: RoutingConfig, model: str = ""):
+        """Endpoints of ``config.addresses``; an endpoint that serves a model other than ``model`` (this replica's;
+        "" takes any) holds nothing here."""
         self.config = config
-        self.endpoints = [IndexEndpoint(address, config.tls) for address in config.addresses]
+        self.endpoints = [IndexEndpoint(address, config.tls, model) for address in config.addresses]
         # One turn per shard: a shared one, taken by each shard of a search in order, would give a shard's
         # replicas the same turn every time and all its first tries to one of them.
         self._turns: dict[int, itertools.count] = collections.defaultdict(itertools.count)

@@ -106,7 +106,7 @@ async def create_server(config: QueryServiceConfig) -> tuple[ServiceWithAdmin, R
     key = config.public_key()
     loader = Loader(registry, functools.partial(QueryModel.load, delta_key=key), "tower", Background.GIL,
                     files.QUERY_READS, key)
-    router = IndexRouter(config.index)
+    router = IndexRouter(config.index, config.model)
     cache = ResultCache(_cache_config(config)) if config.cache.url or config.cache.local_mb > 0 else None
     history = (LiveHistory(cache.link, config.model, config.live_history, config.cache.mac_key.encode())
                if cache is not None and cache.link is not None else None)
