@@ -20,9 +20,11 @@ from pathlib import Path
 
 import grpc
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 
 from serving.validation import DEFAULT_MAX_MESSAGE_BYTES
-from settings.flags import ConfigError, option, require
+from settings.flags import ENV_PREFIX, ConfigError, option, require
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,10 @@ CLIENT_OPTIONS = {"grpc.max_receive_message_length": DEFAULT_MAX_MESSAGE_BYTES}
 # a refused certificate or a plaintext server reached with TLS fail the handshake. A closed port says
 # "Connection refused", which none of them match.
 _HANDSHAKE_FAILURE = re.compile(r"socket closed|handshake|\bssl|\btls\b|certificate", re.IGNORECASE)
+# The client certificates this process presented (``ClientTls.credentials``), each with what puts it out of its
+# validity ('' if nothing), for ``tls_hint``: a server refusing an expired one closes the socket, and gRPC's
+# details then name no certificate (nor do its callers, which hand it only those details).
+_presented: dict[str, str] = {}
 
 
 def _client_options(options: list[tuple] | None) -> list[tuple]:
@@ -50,11 +56,14 @@ def _read(path: str, field: str) -> bytes:
 
 def tls_hint(details: str, flags: str = "--tls-") -> str:
     """A hint naming the TLS flags (``flags``: their prefix) when ``details`` of a failed connection read as a
-    failed TLS handshake (a TLS server reached in plaintext, a certificate one side refused), else ''."""
+    failed TLS handshake (a TLS server reached in plaintext, a certificate one side refused), else ''; it names
+    a client certificate this process presented out of its validity too."""
     if not _HANDSHAKE_FAILURE.search(details or ""):
         return ""
+    where = f"{flags}cert / ${ENV_PREFIX}{flags.lstrip('-').upper().replace('-', '_')}CERT"
+    stale = "".join(f"; the client certificate {problem} ({where})" for problem in _presented.values() if problem)
     return (f" (is it TLS? give {flags}ca, and {flags}cert/{flags}key under mutual TLS, from the CA that signed "
-            "the server's certificate)")
+            f"the server's certificate{stale})")
 
 
 def _check_files(config) -> None:
@@ -63,23 +72,45 @@ def _check_files(config) -> None:
     for field in dataclasses.fields(config):
         if getattr(config, field.name):
             _read(getattr(config, field.name), field.name)
+    if config.cert:
+        _check_key(config.cert, config.key)
 
 
-def _check_validity(path: str) -> None:
-    """Warns when the certificate in ``path`` is expired or not yet valid: the server would start SERVING, and
-    every client then refuse its handshake."""
+def _check_key(cert_path: str, key_path: str) -> None:
+    """The key is the certificate's: else gRPC says only "Failed to create security handshaker" at each call
+    (a client) or "Failed to bind to address" (a server)."""
+    try:
+        cert = x509.load_pem_x509_certificate(_read(cert_path, "cert"))
+        key = serialization.load_pem_private_key(_read(key_path, "key"), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):  # not PEM, encrypted: gRPC refuses them, saying so
+        return
+    require(key.public_key() == cert.public_key(), "key", f"{key_path} is not the private key of {cert_path}")
+
+
+def _out_of_validity(path: str) -> str:
+    """What puts the certificate in ``path`` out of its validity now, which every peer checking it refuses:
+    "PATH (SUBJECT) expired at ..." or "... is not valid before ..."; '' when nothing does."""
     try:
         cert = x509.load_pem_x509_certificate(_read(path, "cert"))
     except ValueError:  # not PEM: gRPC refuses it when it loads the credentials, saying so
-        return
+        return ""
     now = datetime.datetime.now(datetime.timezone.utc)
     if now > cert.not_valid_after_utc:
-        log.warning("the certificate %s expired at %s (not_valid_after): clients will refuse the handshake; "
-                    "renew it", path, cert.not_valid_after_utc)
+        when = f"expired at {cert.not_valid_after_utc}"
     elif now < cert.not_valid_before_utc:
-        log.warning("the certificate %s is not valid before %s (not_valid_before; not_valid_after %s): clients "
-                    "will refuse the handshake until then", path, cert.not_valid_before_utc,
-                    cert.not_valid_after_utc)
+        when = f"is not valid before {cert.not_valid_before_utc} (until {cert.not_valid_after_utc})"
+    else:
+        return ""
+    return f"{path} ({cert.subject.rfc4514_string()}) {when}"
+
+
+def _present(path: str) -> None:
+    """Notes the client certificate in ``path`` for ``tls_hint``, warning (once) when it is out of its validity:
+    only servers asking for mutual TLS refuse it, so it is no reason to stop."""
+    problem = _out_of_validity(path)
+    if problem and _presented.get(path) != problem:
+        log.warning("the client certificate %s: servers asking for mutual TLS will refuse the handshake", problem)
+    _presented[path] = problem
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +128,9 @@ class ServerTls:
         unlike at parsing), which warns of a certificate out of its validity."""
         if not self.cert:
             return None
-        _check_validity(self.cert)
+        problem = _out_of_validity(self.cert)
+        if problem:
+            log.warning("the certificate %s: clients will refuse the handshake", problem)
         return grpc.ssl_server_credentials([(_read(self.key, "key"), _read(self.cert, "cert"))],
                                            root_certificates=_read(self.client_ca, "client_ca") if self.client_ca
                                            else None, require_client_auth=bool(self.client_ca))
@@ -115,9 +148,12 @@ class ClientTls:
         _check_files(self)
 
     def credentials(self) -> grpc.ChannelCredentials | None:
-        """The channel's credentials; None for plaintext."""
+        """The channel's credentials; None for plaintext. Made with the channels (the query service's index
+        channels at its start), which warns of a client certificate out of its validity."""
         if not self.ca:
             return None
+        if self.cert:
+            _present(self.cert)
         return grpc.ssl_channel_credentials(_read(self.ca, "ca"),
                                             _read(self.key, "key") if self.key else None,
                                             _read(self.cert, "cert") if self.cert else None)
