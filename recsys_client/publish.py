@@ -32,6 +32,13 @@ at the version the replicas serve; a rollback run again stops there, and so
 does a rollout of the version already live, once it has unloaded the stale
 towers.
 
+One run per model at a time: a run holds an exclusive lock on the model's
+``.publish.lock`` in the registry while it works (the kernel drops it when the
+run's process ends, killed or not); a second run is refused at once, naming
+the holder. Every index slot and query replica must report the ``--model``
+and the role (index or query) of the flag it was given in, or nothing changes.
+SIGINT or SIGTERM undoes what the run changed, as a refusal does.
+
 ``--initial`` is the first rollout of a registry, before any query replica
 can run (they refuse to start without CURRENT): steps 1, 2 and 5 only. With
 CURRENT already set it does nothing.
@@ -40,11 +47,18 @@ CURRENT already set it does nothing.
 from __future__ import annotations
 
 import argparse
+import datetime
+import fcntl
 import logging
+import os
+import signal
+import socket
 import sys
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
 import grpc
 
@@ -57,6 +71,8 @@ from settings.flags import add_flags, option, parse, require
 
 log = logging.getLogger("recsys-publish")
 SERVING, ROLLBACK_TARGET = versions_pb2.VERSION_STATE_SERVING, versions_pb2.VERSION_STATE_ROLLBACK_TARGET
+LOCK_FILE = ".publish.lock"  # in the model's registry directory
+FLAGS = {"index": "--index-admin", "query": "--query-admin"}
 
 
 class PublishError(Exception):
@@ -66,6 +82,26 @@ class PublishError(Exception):
 class PointerError(PublishError, OSError):
     """The registry refused to point CURRENT at the version the replicas already serve. An OSError too: callers
     that caught the registry's own refusal still catch it."""
+
+
+class Interrupted(PublishError):
+    """SIGINT or SIGTERM arrived during a run: raised in its place, so the run undoes what it changed."""
+
+    def __init__(self, signum: int, when: str = ""):
+        super().__init__(f"stopped by {signal.Signals(signum).name}{when}")
+        self.signum = signum
+        self.exit_code = 128 + signum  # a shell's status for a process ended by the signal
+
+
+@contextmanager
+def _past_the_switch(version: int) -> Iterator[None]:
+    """Names, in a signal's Interrupted, the switch already made: nothing is undone past it, the next run
+    finishes the job (module docstring)."""
+    try:
+        yield
+    except Interrupted as e:
+        raise Interrupted(e.signum, f" after the query replicas switched to version {version}: nothing was "
+                                    "undone; run the same command again to finish") from None
 
 
 @dataclass
@@ -78,8 +114,11 @@ class Replica:
         try:
             return getattr(self.stub, method)(request, metadata=metadata, timeout=timeout_s)
         except grpc.RpcError as e:
+            # A data port answers gRPC too, without the admin service.
+            hint = (f"; {self.address} is not an admin port: give the replica's --admin-port address in "
+                    f"{FLAGS[self.role]}") if e.code() == grpc.StatusCode.UNIMPLEMENTED else ""
             raise PublishError(f"{self.role} replica {self.address}: {method} failed: "
-                               f"{e.code().name}: {e.details()}") from e
+                               f"{e.code().name}: {e.details()}{hint}") from e
 
 
 @dataclass
@@ -183,24 +222,117 @@ def slots(fleet: Fleet) -> list[Slot]:
     return out
 
 
-def pick_idle_slot(slot_list: list[Slot], live: int | None) -> Slot:
+def pick_idle_slot(slot_list: list[Slot], live: int | None, keep: int | None = None) -> Slot:
     """An index slot not holding the live version: an empty one first, else
-    the one holding the oldest version (the rollback target is the newest
-    non-live one, so it survives when a third slot exists)."""
+    one not holding ``keep``, else the one holding the oldest version (the
+    rollback target is the newest non-live one, so it survives when a third
+    slot exists)."""
     idle = [s for s in slot_list if s.version != live or live is None]
     if not idle:
         raise PublishError(f"every index slot holds the live version {live} ({[s.name for s in slot_list]}): "
                            "a rollout needs an idle slot; start a second index slot (e.g. --slot green)")
-    return min(idle, key=lambda s: (s.version is not None, s.version or 0))
+    return min(idle, key=lambda s: (s.version is not None, keep is not None and s.version == keep, s.version or 0))
 
 
-def _undo(fleet: Fleet, steps: list[tuple[Replica, str, object]]) -> None:
+@dataclass
+class Undo:
+    """A call that reverses one step of a run, registered before the step's own call (a call cut off by its
+    deadline or a signal may still take effect); made only while ``holds`` says the replica still holds what
+    the step left there, so it never reverses what another hand did since."""
+
+    replica: Replica
+    method: str
+    request: object
+    holds: Callable[[pb.ServiceStatus], bool]
+    done: str  # logged once the call is made
+
+
+def _undo(fleet: Fleet, steps: list[Undo]) -> None:
     """Runs undo calls in reverse order, logging (not raising) failures."""
-    for replica, method, request in reversed(steps):
+    for step in reversed(steps):
+        replica = step.replica
         try:
-            fleet.call(replica, method, request)
+            status = fleet.status(replica)
+            if not step.holds(status):
+                log.warning("left %s replica %s as it is: it no longer holds what this run put there (%s)",
+                            replica.role, replica.address, _held(status))
+                continue
+            fleet.call(replica, step.method, step.request)
+            log.info("%s", step.done)
         except PublishError as e:
             log.warning("could not undo on %s replica %s: %s", replica.role, replica.address, e)
+
+
+def _held(status: pb.ServiceStatus) -> str:
+    """What a replica's status says it holds, with state names (for logs)."""
+    return ", ".join(f"version {v.version} {versions_pb2.VersionState.Name(v.state).removeprefix('VERSION_STATE_')}"
+                     for v in status.versions) or "nothing"
+
+
+@contextmanager
+def exclusive(registry: Registry) -> Iterator[None]:
+    """Holds the model's rollout lock (``flock`` on ``LOCK_FILE`` in its registry directory) for the block, or
+    raises PublishError at once naming the run that holds it. The kernel releases it when the holder's
+    process ends, so a killed run leaves nothing to clean up."""
+    path = registry.model_dir / LOCK_FILE
+    if not registry.model_dir.is_dir():
+        raise PublishError(f"nothing of model {registry.model!r} is published under {registry.root}")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise PublishError(f"cannot take the rollout lock of {registry.model!r} ({e}): a rollout writes the "
+                           "registry, run it where the registry is writable") from e
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "it has not yet written its name"
+            raise PublishError(f"another recsys-publish run of {registry.model!r} is under way ({holder}; lock "
+                               f"{path}): wait for it to end and check its outcome, then run again; the lock goes "
+                               "when that process exits") from None
+        started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        os.ftruncate(fd, 0)
+        # Not the command line: it may carry --admin-token, and the file is readable by all.
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def check_fleet(fleet: Fleet, model: str) -> None:
+    """Refuses, before any change, a replica that is not of ``model`` or not of the role of the flag it was
+    given in (a query replica's admin address among the index slots, or another model's replicas)."""
+    for replica in fleet.index + fleet.query:
+        status = fleet.status(replica)
+        if status.service != replica.role or status.model_name != model:
+            raise PublishError(f"{FLAGS[replica.role]} {replica.address} is the {status.service or 'unknown'} "
+                               f"service of model {status.model_name!r}, not the {replica.role} service of "
+                               f"{model!r}: give {FLAGS[replica.role]} only the admin addresses of {model!r}'s "
+                               f"{'index slots' if replica.role == 'index' else 'query replicas'}; nothing changed")
+
+
+def _slot_undo(slot: Slot, replica: Replica, version: int) -> Undo:
+    """The undo of loading ``version`` into ``slot``'s ``replica``: its previous content back."""
+    def holds(status: pb.ServiceStatus) -> bool:
+        # 0: the load emptied the slot and did not finish (cut off by its deadline or a signal).
+        return status.live_version in (version, 0) and status.live_version != (slot.version or 0)
+
+    if slot.version:
+        return Undo(replica, "LoadVersion", pb.LoadVersionRequest(version=slot.version), holds,
+                    f"index slot {slot.name} holds version {slot.version} again ({replica.address})")
+    return Undo(replica, "UnloadVersion", pb.UnloadVersionRequest(version=version), holds,
+                f"index slot {slot.name} is empty again ({replica.address})")
+
+
+def _load_into_slot(fleet: Fleet, target: Slot, version: int, undo: list[Undo]) -> None:
+    for replica in target.replicas:
+        undo.append(_slot_undo(target, replica, version))
+        fleet.call(replica, "LoadVersion", pb.LoadVersionRequest(version=version))
+    log.info("index slot %s now holds version %d (it held %s)", target.name, version, target.version or "none")
+
+
+def _serves(version: int) -> Callable[[pb.ServiceStatus], bool]:
+    return lambda status: status.live_version == version
 
 
 def publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: float = 0.0,
@@ -208,7 +340,14 @@ def publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: flo
     """Rolls ``version`` out (see the module docstring); raises PublishError.
     With ``keep_versions``, older published versions beyond that many are then
     deleted from the registry (never CURRENT, PREVIOUS or a slot's version).
+    Holds the model's rollout lock throughout (``exclusive``).
     Returns the seconds each step took."""
+    with exclusive(registry):
+        return _publish_version(fleet, registry, version, drain_s, keep_versions)
+
+
+def _publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: float,
+                     keep_versions: int | None) -> dict[str, float]:
     steps: dict[str, float] = {}
     mark = time.perf_counter()
 
@@ -221,50 +360,59 @@ def publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: flo
     try:
         registry.manifest(version)
     except VersionError as e:
-        raise PublishError(f"version {version} cannot be rolled out: {e}") from e
+        raise PublishError(f"version {version} cannot be rolled out: {e} (published: {registry.versions()})") from e
     if not fleet.index:
         raise PublishError("no index slot given (--index-admin): a version is served by its index slot")
+    check_fleet(fleet, registry.model)
     live = _agreed(fleet, SERVING, "live") if fleet.query else registry.current_version()
     _catch_up(fleet, registry, live)
+    slot_list = slots(fleet)
+    undo: list[Undo] = []
     if live == version:
         log.info("version %d is already live; registry CURRENT is %d", version, version)
+        if not any(s.version == version for s in slot_list):
+            # Its searches fail until a slot holds it (a slot reloaded by hand, or by an old run's undo).
+            target = pick_idle_slot(slot_list, None, keep=_agreed(fleet, ROLLBACK_TARGET, "rollback target"))
+            log.warning("no index slot holds the live version %d: loading it into slot %s", version, target.name)
+            try:
+                _load_into_slot(fleet, target, version, undo)
+            except PublishError:
+                _undo(fleet, undo)
+                raise
         # A run cut off after its promotion (killed in its drain, or CURRENT unwritable) left stale towers loaded.
         unload_stale(fleet, drain_s)
         return steps
-    slot_list = slots(fleet)
     step("status")
-    undo: list[tuple[Replica, str, object]] = []
     try:
         if not any(s.version == version for s in slot_list):
-            target = pick_idle_slot(slot_list, live)
-            for replica in target.replicas:
-                fleet.call(replica, "LoadVersion", pb.LoadVersionRequest(version=version))
-                undo.append((replica, "LoadVersion", pb.LoadVersionRequest(version=target.version))
-                            if target.version else (replica, "UnloadVersion", pb.UnloadVersionRequest(version=version)))
-            log.info("index slot %s now holds version %d (it held %s)", target.name, version,
-                     target.version or "none")
+            _load_into_slot(fleet, pick_idle_slot(slot_list, live), version, undo)
         step("slot_load")
         for replica in fleet.query:
             before = {v.version for v in fleet.status(replica).versions}
-            fleet.call(replica, "LoadVersion", pb.LoadVersionRequest(version=version))
             if version not in before:
-                undo.append((replica, "UnloadVersion", pb.UnloadVersionRequest(version=version)))
+                undo.append(Undo(replica, "UnloadVersion", pb.UnloadVersionRequest(version=version),
+                                 lambda status: any(v.version == version and v.state not in (SERVING, ROLLBACK_TARGET)
+                                                    for v in status.versions),
+                                 f"query replica {replica.address} unloaded version {version} again"))
+            fleet.call(replica, "LoadVersion", pb.LoadVersionRequest(version=version))
             log.info("query replica %s loaded version %d", replica.address, version)
         step("query_load")  # towers loaded and caches warmed on every query replica
         for replica in fleet.query:
-            fleet.call(replica, "Promote", pb.PromoteRequest(version=version))
             if live is not None:
-                undo.append((replica, "Promote", pb.PromoteRequest(version=live)))
+                undo.append(Undo(replica, "Promote", pb.PromoteRequest(version=live), _serves(version),
+                                 f"query replica {replica.address} serves version {live} again"))
+            fleet.call(replica, "Promote", pb.PromoteRequest(version=version))
         step("promote")
     except PublishError:
         _undo(fleet, undo)
         raise
-    _point_current(registry, version, fleet)
-    log.info("version %d is live on %d query replicas; registry CURRENT is %d, PREVIOUS %s", version,
-             len(fleet.query), version, registry.previous_version())
-    step("pointers")
-    unload_stale(fleet, drain_s)
-    step("drain_and_unload")
+    with _past_the_switch(version):
+        _point_current(registry, version, fleet)
+        log.info("version %d is live on %d query replicas; registry CURRENT is %d, PREVIOUS %s", version,
+                 len(fleet.query), version, registry.previous_version())
+        step("pointers")
+        unload_stale(fleet, drain_s)
+        step("drain_and_unload")
     if keep_versions is not None:
         deleted = registry.prune(keep_versions)
         if deleted:
@@ -300,15 +448,23 @@ def _catch_up(fleet: Fleet, registry: Registry, live: int | None) -> None:
     live before that switch and the next pointer move starts from the truth."""
     if live is not None and registry.current_version() != live:
         log.warning("registry CURRENT is %s but the query replicas serve version %d (a run was cut off after "
-                    "switching them): moving CURRENT to %d", registry.current_version(), live, live)
+                    "switching them, or they were switched without recsys-publish): moving CURRENT to %d",
+                    registry.current_version(), live, live)
         _point_current(registry, live, fleet)
 
 
 def rollback(fleet: Fleet, registry: Registry) -> int:
     """Makes every query replica's rollback target live again (or finishes a
-    rollback cut off before its pointer move); returns the version now live."""
+    rollback cut off before its pointer move); returns the version now live.
+    Holds the model's rollout lock throughout (``exclusive``)."""
     if not fleet.query:
         raise PublishError("a rollback switches the query replicas' routing: give them (--query-admin)")
+    with exclusive(registry):
+        check_fleet(fleet, registry.model)
+        return _rollback(fleet, registry)
+
+
+def _rollback(fleet: Fleet, registry: Registry) -> int:
     target = _agreed(fleet, ROLLBACK_TARGET, "rollback target")
     if target is None:
         raise PublishError("the query replicas have no rollback target loaded")
@@ -320,15 +476,17 @@ def rollback(fleet: Fleet, registry: Registry) -> int:
         # Switching them once more would undo it.
         log.info("finished the rollback to version %d", live)
         return live
-    done: list[tuple[Replica, str, object]] = []
+    done: list[Undo] = []
     try:
         for replica in fleet.query:
+            done.append(Undo(replica, "Promote", pb.PromoteRequest(version=live), _serves(target),
+                             f"query replica {replica.address} serves version {live} again"))
             fleet.call(replica, "Rollback", pb.RollbackRequest())
-            done.append((replica, "Promote", pb.PromoteRequest(version=live)))
     except PublishError:
         _undo(fleet, done)
         raise
-    _point_current(registry, target, fleet)
+    with _past_the_switch(target):
+        _point_current(registry, target, fleet)
     log.info("rolled back to version %d on %d query replicas", target, len(fleet.query))
     return target
 
@@ -367,33 +525,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """Turns SIGINT and SIGTERM into Interrupted for the block, so that a run stopped by either undoes what it
+    changed; once one arrived, the others wait for that undo."""
+    def stop(signum: int, frame) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: log.warning("already stopping: undoing what this run changed"))
+        raise Interrupted(signum)
+
+    before = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
 def main(argv: list[str] | None = None) -> None:
     config = parse(build_parser(), PublishConfig, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     registry = Registry(config.registry, config.model)
-    try:
-        fleet = Fleet.connect(list(config.index_admin), list(config.query_admin), config.admin_token,
-                              config.timeout_s, config.connect_timeout_s, config.tls)
-    except PublishError as e:
-        print(f"recsys-publish: {e}", file=sys.stderr)
-        sys.exit(1)
-    try:
-        if config.initial and registry.current_version() is not None:
-            print(f"CURRENT is already {registry.current_version()}: nothing to do")
-            return
-        if config.rollback:
-            version = rollback(fleet, registry)
-        else:
-            version = config.version or (registry.versions() or [None])[-1]
-            if version is None:
-                raise PublishError(f"no published version of {config.model} under {config.registry}")
-            publish_version(fleet, registry, version, config.drain_s, config.keep_versions)
-        print(f"live version {version}")
-    except (PublishError, VersionError) as e:
-        print(f"recsys-publish: {e}", file=sys.stderr)
-        sys.exit(1)
-    finally:
-        fleet.close()
+    with _stop_on_signals():
+        try:
+            fleet = Fleet.connect(list(config.index_admin), list(config.query_admin), config.admin_token,
+                                  config.timeout_s, config.connect_timeout_s, config.tls)
+        except PublishError as e:
+            _exit(e)
+        try:
+            if config.initial and registry.current_version() is not None:
+                print(f"CURRENT is already {registry.current_version()}: nothing to do")
+                return
+            if config.rollback:
+                version = rollback(fleet, registry)
+            else:
+                version = config.version or (registry.versions() or [None])[-1]
+                if version is None:
+                    raise PublishError(f"no published version of {config.model} under {config.registry}")
+                publish_version(fleet, registry, version, config.drain_s, config.keep_versions)
+            print(f"live version {version}")
+        except (PublishError, VersionError) as e:
+            _exit(e)
+        finally:
+            fleet.close()
+
+
+def _exit(error: Exception) -> None:
+    print(f"recsys-publish: {error}", file=sys.stderr)
+    sys.exit(error.exit_code if isinstance(error, Interrupted) else 1)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ from tests.unit.test_registry_retention import publish_dummy
 
 
 class StatusOnly:
-    """An admin stub that reports fixed versions (version -> VersionState) and refuses every other call."""
+    """An admin stub of model "m" that reports fixed versions (version -> VersionState) and refuses every other
+    call; an index slot's with ``slot``, else a query replica's."""
 
     def __init__(self, versions: dict[int, int], slot: str = ""):
         self.versions = versions
@@ -21,7 +22,8 @@ class StatusOnly:
 
     def GetStatus(self, request, metadata=None, timeout=None):
         live = next((v for v, s in self.versions.items() if s == SERVING), 0)
-        return pb.ServiceStatus(live_version=live, slot=self.slot, versions=[
+        return pb.ServiceStatus(model_name="m", service="index" if self.slot else "query", live_version=live,
+                                slot=self.slot, versions=[
             versions_pb2.VersionStatus(version=v, state=s) for v, s in self.versions.items()])
 
     def __getattr__(self, method):
