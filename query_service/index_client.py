@@ -10,7 +10,7 @@ import dataclasses
 import logging
 import re
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import grpc
 import numpy as np
@@ -109,7 +109,7 @@ class IndexHits:
     scores: list[float]
     generation: int = 0  # the catalogue generation the endpoint answered from
     vector: np.ndarray | None = None  # a similar-candidate search's, when asked for
-    crowding: list[tuple[str, ...]] | None = None  # with crowding: each result's tokens (a merge crowds again)
+    crowding: Sequence[tuple[str, ...]] | None = None  # with crowding: each result's tokens (a merge crowds again)
 
 
 class OverMaxK(errors.InvalidArgument):
@@ -378,6 +378,31 @@ def _parts(requests: list[pb.SearchRequest], bounds: BatchBounds = BatchBounds()
     return parts
 
 
+class CrowdingTokens(Sequence[tuple[str, ...]]):
+    """Each result's crowding tokens in an answer, read from its message when asked for: a crowded merge reads
+    those down to its k-th result only (a third of its shards' answers at one per genre in MovieLens, fewer at
+    looser crowding), and a tuple made for every result cost 0.5 ms of a 3 ms search at one per genre."""
+
+    __slots__ = ("_crowding",)
+
+    def __init__(self, crowding):
+        self._crowding = crowding  # the answer's repeated CrowdingTokens
+
+    def __len__(self) -> int:
+        return len(self._crowding)
+
+    def __getitem__(self, j):
+        if isinstance(j, slice):
+            return [tuple(c.tokens) for c in self._crowding[j]]
+        return tuple(self._crowding[j].tokens)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return repr(list(self))
+
+
 def _hits(response: pb.SearchResponse, generation: int) -> IndexHits:
     return IndexHits([c.candidate_id for c in response.candidates], [c.score for c in response.candidates],
-                     generation, crowding=[tuple(c.tokens) for c in response.crowding] if response.crowding else None)
+                     generation, crowding=CrowdingTokens(response.crowding) if response.crowding else None)
