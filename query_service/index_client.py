@@ -19,6 +19,7 @@ from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from protos.recsys.v1 import versions_pb2
 from serving import errors, validation
+from serving.admin_rpc import state_name
 from serving.filters import NO_FILTER, Filter, filter_to_proto
 from serving.grpc_server import result_bytes
 from serving.observability import LogThrottle, outgoing_metadata
@@ -340,7 +341,7 @@ class IndexEndpoint:
             self.shard, self.shards = shard
             log.info("index endpoint %s (slot %s%s) holds %s", self.address, slot or "?",
                      f", shard {shard[0]} of {shard[1]}" if shard[1] else "",
-                     {v: f"{versions_pb2.VersionState.Name(s).removeprefix('VERSION_STATE_')} "
+                     {v: f"{state_name(s)} "
                          f"(catalogue generation {generations.get(v, 0)})" for v, s in versions.items()} or "nothing")
             on_change()
 

@@ -49,6 +49,7 @@ from prometheus_client.core import GaugeMetricFamily
 from model_registry.manifest import shard_of
 from query_service.index_client import IndexEndpoint, IndexHits, IndexQuery, OverMaxK, SimilarQuery
 from serving import errors, validation
+from serving.admin_rpc import state_name
 from serving.filters import Filter
 from serving.observability import LogThrottle, ScrapeTimeCollector
 from serving.tls import ClientTls
@@ -294,7 +295,7 @@ class IndexRouter:
     def describe(self) -> dict[str, dict[int, str]]:
         """What each endpoint holds and at which catalogue generation, by address (for logs and errors)."""
         return {e.address + (f" (shard {e.shard} of {e.shards})" if e.shards else ""):
-                {v: f"state {s}, catalogue generation {e.generations.get(v, 0)}" for v, s in e.versions.items()}
+                {v: f"{state_name(s)}, catalogue generation {e.generations.get(v, 0)}" for v, s in e.versions.items()}
                 for e in self.endpoints}
 
     async def search(self, queries: list[IndexQuery], version: int, timeout_s: float | None = None) -> list[IndexHits]:

@@ -66,6 +66,7 @@ from model_registry import Registry, VersionError
 from protos.recsys.v1 import admin_pb2 as pb
 from protos.recsys.v1 import admin_pb2_grpc as pb_grpc
 from protos.recsys.v1 import versions_pb2
+from serving.admin_rpc import state_name
 from serving.tls import ClientTls, tls_hint
 from settings.flags import add_flags, option, parse, require
 
@@ -265,7 +266,7 @@ def _undo(fleet: Fleet, steps: list[Undo]) -> None:
 
 def _held(status: pb.ServiceStatus) -> str:
     """What a replica's status says it holds, with state names (for logs)."""
-    return ", ".join(f"version {v.version} {versions_pb2.VersionState.Name(v.state).removeprefix('VERSION_STATE_')}"
+    return ", ".join(f"version {v.version} {state_name(v.state)}"
                      for v in status.versions) or "nothing"
 
 

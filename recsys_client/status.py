@@ -16,6 +16,7 @@ import grpc
 from protos.recsys.v1 import admin_pb2 as pb
 from protos.recsys.v1 import admin_pb2_grpc as pb_grpc
 from protos.recsys.v1 import versions_pb2
+from serving.admin_rpc import state_name
 from serving.tls import ClientTls, tls_hint
 
 COLUMNS = ("ADDRESS", "SERVICE", "SLOT", "VERSION", "STATE", "CANDIDATES", "RECALL@10", "MEMORY", "LOAD_S",
@@ -57,10 +58,6 @@ def gather(index: list[str], query: list[str], token: str = "", timeout_s: float
             channel.close()
 
 
-def _state(value: int) -> str:
-    return versions_pb2.VersionState.Name(value).removeprefix("VERSION_STATE_")
-
-
 def _size(n: int) -> str:
     """``n`` bytes in the largest binary unit that keeps it >= 1 (e.g. 3.0MiB)."""
     for unit in ("B", "KiB", "MiB"):
@@ -94,7 +91,7 @@ def _version_rows(address: str, role: str, status: pb.ServiceStatus) -> list[tup
         out.append((*head, "-", "EMPTY"))
     for v in sorted(status.versions, key=lambda v: v.version):
         live = "*" if v.version == status.live_version else ""
-        out.append((*head, f"{v.version}{live}", _state(v.state), str(v.num_candidates),
+        out.append((*head, f"{v.version}{live}", state_name(v.state), str(v.num_candidates),
                     _recall(v, service),
                     _size(v.memory_bytes), f"{v.load_seconds:.2f}", str(v.catalogue_generation)))
     return out

@@ -20,6 +20,11 @@ from serving.observability import VERSIONS
 SERVICE_NAME = "recsys.v1.AdminService"
 
 
+def state_name(state: int) -> str:
+    """A ``VersionState``'s name as people read it (``SERVING``), for logs and messages: not its number."""
+    return versions_pb2.VersionState.Name(state).removeprefix("VERSION_STATE_")
+
+
 def version_protos(infos: list[VersionInfo]) -> list[versions_pb2.VersionStatus]:
     out = []
     for v in infos:

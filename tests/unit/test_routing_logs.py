@@ -97,3 +97,11 @@ async def test_a_version_routable_again_says_so_with_the_failures_no_line_report
         assert len(lines("no index endpoint holds version 1")) == 2
         assert len(lines("index endpoints hold version 1 again")) == 2
         assert "more failures" not in lines("index endpoints hold version 1 again")[1]
+
+
+async def test_what_endpoints_hold_is_told_in_state_names():
+    """Promote's refusal quotes ``describe``: it read {6: 'state 3, catalogue generation 0'}."""
+    router = IndexRouter(RoutingConfig(addresses=("a:1",)))
+    router.endpoints[0].versions, router.endpoints[0].generations = {6: versions_pb2.VERSION_STATE_READY}, {6: 2}
+    assert router.describe() == {"a:1": {6: "READY, catalogue generation 2"}}
+    await router.close()
