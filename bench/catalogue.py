@@ -291,7 +291,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.quick:
-        args.candidates, args.qps, args.phase_s, args.upsert_rate = 50_000, 50.0, 2.0, 5000.0
+        args.candidates, args.qps, args.phase_s, args.upsert_rate = 50_000, 50.0, 1.0, 5000.0
     rng = np.random.default_rng(7)
     with tempfile.TemporaryDirectory(prefix="bench-catalogue-") as tmp:
         work = Path(tmp)

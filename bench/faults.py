@@ -29,6 +29,8 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -51,6 +53,12 @@ MODEL = "faults"
 INDEX_TIMEOUT_S = 1.0  # the query service's index deadline in this stack
 CUSTOMERS = [f"c{i:06d}" for i in range(200)] + [f"stranger-{i}" for i in range(20)]  # known, and fallbacks
 TOP_K = 50  # the reference answer's length; requests ask for k in 1..TOP_K
+ADVERSARIAL_CACHE_MB = 32  # the local cache the adversarial mix's replica may fill
+# The query replicas scenarios start of their own beside the stack's: (log name, extra flags).
+DRAIN_REPLICA = ("query-drain", "--shutdown-drain-s", "1.0")
+ROLLING_REPLICAS = [(f"query-roll-{i}", "--shutdown-drain-s", "1.0") for i in range(2)]
+ADVERSARIAL_REPLICA = ("query-adversarial", "--local-cache-mb", str(ADVERSARIAL_CACHE_MB))
+QUICK_ATTACK_S = 5.0  # the adversarial mix's attack in a smoke test (a full run's is 15 scenario lengths)
 # A client of several query replicas as gRPC offers it: round robin over the replicas whose health says
 # SERVING (client-side health checking), UNAVAILABLE retried on another one, and a short reconnect
 # backoff so that a restarted replica is back in the rotation within a fraction of a second.
@@ -132,9 +140,11 @@ class Load:
 
 
 class Stack:
-    """Redis, one index slot and one query replica over a signed registry."""
+    """Redis, one index slot and one query replica over a signed registry, and
+    the scenarios' own query replicas named in ``spares`` (``(name, *flags)``,
+    as ``replicas`` asks for them), started with it."""
 
-    def __init__(self, work: Path):
+    def __init__(self, work: Path, spares: Sequence[tuple[str, ...]] = ()):
         self.work = work
         self.registry = Registry(work / "registry", MODEL)
         key = Ed25519PrivateKey.generate()
@@ -154,13 +164,21 @@ class Stack:
         self.redis = RedisProcess().start()
         self.index = ServiceProcess("recsys-index-service", [*self.common, "--slot", "blue"], work / "index.log")
         self.query = self.query_replica("query")
-        start_all(self.index, self.query)
+        self.spares = {spec[0]: self.query_replica(*spec) for spec in spares}
+        start_all(self.index, self.query, *self.spares.values())
 
     def query_replica(self, name: str, *extra: str) -> ServiceProcess:
         return ServiceProcess("recsys-query-service",
                               [*self.common, "--index-address", self.index.address, "--redis-url", self.redis.url,
                                "--cache-key-file", str(self.work / "cache.key"),
                                "--index-timeout-s", str(INDEX_TIMEOUT_S), *extra], self.work / f"{name}.log")
+
+    def replicas(self, *specs: tuple[str, ...]) -> list[ServiceProcess]:
+        """SERVING query replicas of a scenario's own, one per ``(name, *flags)``:
+        the spare started with the stack, else one started now (together)."""
+        out = [self.spares.pop(spec[0], None) or self.query_replica(*spec) for spec in specs]
+        start_all(*(replica for replica in out if replica.proc is None))
+        return out
 
     def reference(self) -> dict[str, list[str]]:
         with grpc.insecure_channel(self.query.address) as channel:
@@ -170,7 +188,7 @@ class Stack:
 
 
     def stop(self) -> None:
-        for process in (self.query, self.index):
+        for process in (self.query, self.index, *self.spares.values()):
             process.stop()
         self.redis.stop()
 
@@ -320,8 +338,7 @@ def tampered_version(stack: Stack, reference, seconds: float) -> dict:
 
 def query_sigterm(stack: Stack, reference, seconds: float) -> dict:
     """A second replica with a drain window gets SIGTERM while callers are busy on it."""
-    replica = stack.query_replica("query-drain", "--shutdown-drain-s", "1.0")
-    replica.start()
+    (replica,) = stack.replicas(DRAIN_REPLICA)
     with Load(replica.address, reference, stop_when_draining=True) as load:
         time.sleep(seconds)
         replica.proc.send_signal(signal.SIGTERM)
@@ -334,8 +351,7 @@ def rolling_restart(stack: Stack, reference, seconds: float) -> dict:
     (1 s drain), exits and is started again while the other serves; the next one
     goes 1 s after the previous one reports SERVING (a readiness delay, as
     Kubernetes' minReadySeconds gives, so the client has reconnected to it)."""
-    replicas = [stack.query_replica(f"query-roll-{i}", "--shutdown-drain-s", "1.0") for i in range(2)]
-    start_all(*replicas)
+    replicas = stack.replicas(*ROLLING_REPLICAS)
     target = "ipv4:" + ",".join(replica.address for replica in replicas)
     exit_codes = []
     try:
@@ -348,19 +364,18 @@ def rolling_restart(stack: Stack, reference, seconds: float) -> dict:
                 time.sleep(1.0)
             time.sleep(seconds / 3)
     finally:
-        for replica in replicas:
-            replica.stop()
+        with ThreadPoolExecutor(len(replicas)) as pool:  # each stop waits out its drain window: together
+            list(pool.map(ServiceProcess.stop, replicas))
     return {**load.summary(), "exit_codes": exit_codes}
 
 
-def adversarial_mix(stack: Stack, reference, seconds: float) -> dict:
-    """For 15x the scenario length (60 s in a full run), four attackers send
-    distinct k = 1000 Recommends (~110 KB of result each, every one a new cache
-    key) and BatchSearches at the limits to a replica whose local cache may hold
-    32 MiB, beside the usual callers; its memory is sampled throughout."""
-    budget_mb = 32
-    replica = stack.query_replica("query-adversarial", "--local-cache-mb", str(budget_mb))
-    replica.start()
+def adversarial_mix(stack: Stack, reference, seconds: float, attack_s: float | None = None) -> dict:
+    """For ``attack_s`` (by default 15x the scenario length: 60 s in a full run),
+    four attackers send distinct k = 1000 Recommends (~110 KB of result each,
+    every one a new cache key) and BatchSearches at the limits to a replica whose
+    local cache may hold 32 MiB, beside the usual callers; its memory is sampled throughout."""
+    attack_s = 15 * seconds if attack_s is None else attack_s
+    (replica,) = stack.replicas(ADVERSARIAL_REPLICA)
     stop = threading.Event()
     codes: Counter = Counter()
 
@@ -389,7 +404,7 @@ def adversarial_mix(stack: Stack, reference, seconds: float) -> dict:
         with Load(replica.address, reference) as load:
             for thread in attackers:
                 thread.start()
-            deadline = time.monotonic() + 15 * seconds
+            deadline = time.monotonic() + attack_s
             while time.monotonic() < deadline:
                 samples.append(rss_mb(replica.proc.pid)["rss_mb"])
                 time.sleep(0.5)
@@ -398,9 +413,9 @@ def adversarial_mix(stack: Stack, reference, seconds: float) -> dict:
                 thread.join(30)
     finally:
         replica.stop()
-    return {**load.summary(), "attack_codes": dict(codes), "local_cache_mb": budget_mb,
+    return {**load.summary(), "attack_codes": dict(codes), "local_cache_mb": ADVERSARIAL_CACHE_MB,
             "rss_mb_before": before, "rss_mb_peak": max(samples), "rss_mb_end": samples[-1],
-            "attack_s": 15 * seconds}
+            "attack_s": attack_s}
 
 
 SCENARIOS = [
@@ -417,7 +432,7 @@ SCENARIOS = [
     ("rolling restart of two query replicas", rolling_restart,
      "0 failed for a client balancing over healthy replicas with retries"),
     ("adversarial mix (k = 1000 misses, BatchSearch at the limits)", adversarial_mix,
-     "memory within the local cache's 32 MiB over the replica's start; others served"),
+     f"memory within the local cache's {ADVERSARIAL_CACHE_MB} MiB over the replica's start; others served"),
 ]
 
 
@@ -442,13 +457,17 @@ def main() -> None:
     parser.add_argument("--markdown", type=Path, help="write the matrix as a Markdown table here")
     args = parser.parse_args()
     seconds = 1.0 if args.quick else 4.0
+    # A smoke test starts every replica with the stack (TensorFlow's imports side by side take less than one by
+    # one), and shortens the attack: the mix's figures need its minute, its errors and wrong answers show sooner.
+    spares = [DRAIN_REPLICA, *ROLLING_REPLICAS, ADVERSARIAL_REPLICA] if args.quick else []
+    options = {adversarial_mix: {"attack_s": QUICK_ATTACK_S}} if args.quick else {}
     with tempfile.TemporaryDirectory(prefix="bench-faults-") as tmp:
-        stack = Stack(Path(tmp))
+        stack = Stack(Path(tmp), spares)
         try:
             reference = stack.reference()
             results = []
             for name, scenario, expected in SCENARIOS:
-                measured = scenario(stack, reference, seconds)
+                measured = scenario(stack, reference, seconds, **options.get(scenario, {}))
                 results.append({"scenario": name, "expected": expected, **measured})
                 print(f"{name}: {measured}", flush=True, file=sys.stderr)
         finally:

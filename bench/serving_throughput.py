@@ -69,11 +69,11 @@ def summary(report: dict, cpu_s: float) -> dict:
 
 
 def max_sustainable(address: str, ladder: list[int], duration_s: float, customers: int, p99_ms: float,
-                    work: Path, name: str, server_pids: list[int], channels: int = 4) -> dict:
-    """Climbs the ladder until a step misses the p99 target or fails a request.
-    Each step also reports the CPU the server processes (``server_pids``) spent
-    per answered request."""
-    load(address, 50, 2.0, customers, work / f"{name}-warmup.json", seed=1,  # connections, first tower calls
+                    work: Path, name: str, server_pids: list[int], channels: int = 4, warmup_s: float = 2.0) -> dict:
+    """Climbs the ladder until a step misses the p99 target or fails a request,
+    after ``warmup_s`` of calls at 50/s. Each step also reports the CPU the
+    server processes (``server_pids``) spent per answered request."""
+    load(address, 50, warmup_s, customers, work / f"{name}-warmup.json", seed=1,  # connections, first tower calls
          channels=channels)
     steps, best = [], None
     for qps in ladder:
@@ -104,6 +104,13 @@ def _steady_cpu(steps: list[dict]) -> float | None:
     return round(sum(s["server_cpu_us_per_request"] * s["ok"] for s in kept) / sum(s["ok"] for s in kept), 1)
 
 
+def stop_all(*processes: ServiceProcess | RedisProcess | None) -> None:
+    """Stops each of ``processes`` still running (None: not created yet)."""
+    for process in processes:
+        if process is not None:
+            process.stop()
+
+
 def add_stack_flags(parser: argparse.ArgumentParser) -> None:
     """The model trained for the stack and how each ladder step is judged (shared with bench.workers)."""
     parser.add_argument("--p99-ms", type=float, default=10.0)
@@ -115,64 +122,79 @@ def add_stack_flags(parser: argparse.ArgumentParser) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny model, two short steps (smoke test)")
+    parser.add_argument("--quick", action="store_true", help="tiny model, one short step (smoke test)")
     add_stack_flags(parser)
     parser.add_argument("--ladder", default="100,200,300,400,500,600,800,1000,1250,1500,2000,2500,3000,4000")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.quick:
         args.customers, args.candidates, args.interactions = 300, 200, 6000
-        args.ladder, args.duration_s = "100,200", 1.0
+        args.ladder, args.duration_s = "100", 1.0
     ladder = [int(q) for q in args.ladder.split(",")]
+    # A smoke test's warm-up needs only the connections up and the first tower calls made: a few calls do that.
+    warmup_s = 0.5 if args.quick else 2.0
 
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         work = Path(tmp)
         t0 = time.perf_counter()
         version_dir = train(work / "registry", args.customers, args.candidates, args.interactions)
-        sh([sys.executable, str(HERE / "seeds_server.py"), "--build", str(version_dir), "--out",
-            str(work / "seeds")], timeout=600)
-        print(f"trained and exported in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
         common = ["--registry", str(work / "registry"), "--model", MODEL, "--version", "1"]
         redis = RedisProcess().start()
         cache_key = work / "cache.key"  # both query replicas below read what the other wrote to Redis
         cache_key.write_text(secrets.token_hex(32))
         cache = ["--redis-url", redis.url, "--cache-key-file", str(cache_key)]
-        index = query = None
+        # The seeds' export runs while the stack starts (both mostly TensorFlow's import), and ends before any load.
+        export_log = work / "seeds-build.log"
+        with open(export_log, "wb") as log:
+            export = subprocess.Popen([sys.executable, str(HERE / "seeds_server.py"), "--build", str(version_dir),
+                                       "--out", str(work / "seeds")], stdout=log, stderr=subprocess.STDOUT)
+        baselines = {name: ServiceProcess(name, [], work / f"{name}.log") for name in ("echo", "seeds")}
+        for name, command in (("echo", [sys.executable, str(HERE / "echo_server.py")]),
+                              ("seeds", [sys.executable, str(HERE / "seeds_server.py"), "--model",
+                                         str(work / "seeds")])):
+            baselines[name].command = [*command, "--port", str(baselines[name].port)]
+        index = query = redis_only = None
         results: dict = {}
         try:
             index = ServiceProcess("recsys-index-service", [*common, "--slot", "blue"], work / "index.log")
             query = ServiceProcess("recsys-query-service", [*common, "--index-address", index.address, *cache],
                                    work / "query.log")
-            start_all(index, query)
+            redis_only = ServiceProcess("recsys-query-service", [*common, "--index-address", index.address, *cache,
+                                                                 "--local-cache-mb", "0"],
+                                        work / "query-redis-only.log")
+            # A smoke test starts every server as early as it can, beside the others; a full run each one once the
+            # servers before it have stopped, so that no other server runs beside the ones measured.
+            start_all(index, query, *([redis_only, baselines["echo"]] if args.quick else []))
+            if export.wait(600):
+                raise RuntimeError(f"seeds_server.py --build exited {export.returncode}:\n"
+                                   f"{export_log.read_text(errors='replace')[-2000:]}")
+            print(f"trained, exported and started in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+            if args.quick:
+                baselines["seeds"].launch()
             ours = lambda: [index.proc.pid, query.proc.pid, redis.proc.pid]  # noqa: E731
             results["ours-miss"] = max_sustainable(query.address, ladder, args.duration_s, args.customers,
-                                                   args.p99_ms, work, "ours-miss", ours())
+                                                   args.p99_ms, work, "ours-miss", ours(), warmup_s=warmup_s)
             hot = min(100, args.customers)
             load(query.address, 200, 1.0, hot, work / "warm.json", seed=2)  # every hot customer cached
             results["ours-hit"] = max_sustainable(query.address, ladder, args.duration_s, hot, args.p99_ms,
-                                                  work, "ours-hit", ours())
+                                                  work, "ours-hit", ours(), warmup_s=warmup_s)
             query.stop()
-            query = ServiceProcess("recsys-query-service", [*common, "--index-address", index.address, *cache,
-                                                            "--local-cache-mb", "0"],
-                                   work / "query-redis-only.log").start()
+            query = redis_only if redis_only.proc is not None else redis_only.start()
             results["ours-hit-redis"] = max_sustainable(query.address, ladder, args.duration_s, hot, args.p99_ms,
-                                                        work, "ours-hit-redis", ours())
-        finally:
-            for process in (query, index):
-                if process is not None:
-                    process.stop()
-            redis.stop()
-        for name, command in (("echo", [sys.executable, str(HERE / "echo_server.py")]),
-                              ("seeds", [sys.executable, str(HERE / "seeds_server.py"), "--model",
-                                         str(work / "seeds")])):
-            server = ServiceProcess(name, [], work / f"{name}.log")
-            server.command = [*command, "--port", str(server.port)]
-            try:
-                server.start()
+                                                        work, "ours-hit-redis", ours(), warmup_s=warmup_s)
+            stop_all(query, index, redis)
+            for name, server in baselines.items():
+                if server.proc is None:
+                    server.launch()
+                server.wait_serving()
                 results[name] = max_sustainable(server.address, ladder, args.duration_s, args.customers,
-                                                args.p99_ms, work, name, [server.proc.pid])
-            finally:
+                                                args.p99_ms, work, name, [server.proc.pid], warmup_s=warmup_s)
                 server.stop()
+        finally:
+            if export.poll() is None:  # the stack failed before the export was waited for
+                export.kill()
+                export.wait()
+            stop_all(query, redis_only, index, redis, *baselines.values())
 
     best = {name: r["max_sustainable_qps"] for name, r in results.items()}
     ratio = lambda a, b: round(best[a] / best[b], 2) if best[b] else None  # noqa: E731

@@ -108,8 +108,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.quick:
-        args.candidates, args.qps, args.duration_s, args.swap_at_s, args.rollback_at_s = 30_000, 50, 8.0, 2.0, 5.0
-        args.warmup_s = 2.0
+        args.candidates, args.qps, args.duration_s, args.swap_at_s, args.rollback_at_s = 30_000, 50, 5.0, 1.0, 4.0
+        args.warmup_s = 1.0
 
     with tempfile.TemporaryDirectory(prefix="bench-swap-") as tmp:
         work = Path(tmp)

@@ -113,6 +113,7 @@ def test_faults_quick(tmp_path):
     assert hung["slowest_failure_ms"] is None or hung["slowest_failure_ms"] < 1000 * hung["index_deadline_s"] + 500
     mix = by_name["adversarial mix (k = 1000 misses, BatchSearch at the limits)"]
     assert mix["rss_mb_peak"] - mix["rss_mb_before"] < mix["local_cache_mb"] + 64, mix  # the cache's bound, + slack
+    assert mix["attack_codes"].get("OK", 0) > 0, mix  # the attackers were answered: the bound held under an attack
 
 
 def test_catalogue_quick():
