@@ -495,8 +495,9 @@ def run_dataset(name: str, db: np.ndarray, probes: np.ndarray, queries: np.ndarr
         """(single fn, service single fn or None, batched fns by name)"""
         if method == "scann":
             kw = scann_kwargs(s)
-            spec_kw = ({"kind": "tree_ah", "num_leaves": spec["num_leaves"], "num_leaves_to_search": kw["leaves_to_search"],
-                        "reorder": s["reorder"]} if kw else {"kind": "brute_force"})
+            spec_kw = ({"kind": "tree_ah", "num_leaves": spec["num_leaves"],
+                        "num_leaves_to_search": kw["leaves_to_search"], "reorder": s["reorder"]}
+                       if kw else {"kind": "brute_force"})
             svc = _service_index(manifest_kw, ids, db, scann, spec_kw)
             return (scann_single(kw), lambda q: svc.search(q[None], K),
                     {"search_batched": lambda b: scann.search_batched(b, final_num_neighbors=K, **kw),

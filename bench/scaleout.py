@@ -90,7 +90,8 @@ def serve(registry: Registry, work: Path, version: int, slots: list[tuple[str, i
     index = []
     for n, (slot, shard) in enumerate(slots):
         extra = [] if shard is None else ["--shard", str(shard)]
-        index.append(ServiceProcess("recsys-index-service", [*common, "--slot", slot, "--version", str(version), *extra],
+        index.append(ServiceProcess("recsys-index-service",
+                                    [*common, "--slot", slot, "--version", str(version), *extra],
                                     work / f"index-{version}-{n}.log").start(timeout_s=1200))
     query = ServiceProcess("recsys-query-service", [*common, "--index-address", ",".join(p.address for p in index),
                                                     "--local-cache-mb", "0"], work / f"query-{version}.log").start()

@@ -41,7 +41,8 @@ def sh(command: list[str], **kwargs) -> subprocess.CompletedProcess:
 def train(registry: Path, customers: int, candidates: int, interactions: int) -> Path:
     sh([console_script("recsys-train"), "--dataset", "synthetic", "--registry", str(registry), "--model", MODEL,
         "--synthetic-customers", str(customers), "--synthetic-candidates", str(candidates),
-        "--synthetic-interactions", str(interactions), "--epochs", "1", "--tune-budget-s", "0", "--quiet"], timeout=1800)
+        "--synthetic-interactions", str(interactions), "--epochs", "1", "--tune-budget-s", "0", "--quiet"],
+       timeout=1800)
     return Registry(registry, MODEL).version_dir(1)
 
 
