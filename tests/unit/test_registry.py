@@ -57,7 +57,8 @@ def test_pointers_are_explicit_and_never_guessed(tmp_path):
     with pytest.raises(VersionError, match="not published"):
         reg.set_current(9)
     (reg.model_dir / "CURRENT").write_text("7\n")  # names a version that does not exist
-    with pytest.raises(VersionError, match=r"names '7', which is not a published version of m \(published: \[1, 2, 3\]\)"):
+    with pytest.raises(VersionError,
+                       match=r"names '7', which is not a published version of m \(published: \[1, 2, 3\]\)"):
         reg.current_version()
     (reg.model_dir / "CURRENT").write_text("garbage")
     with pytest.raises(VersionError, match="garbage"):

@@ -24,7 +24,8 @@ def write_reviews(path, customers=40, items=30, seed=0):
 def test_reviews_file_with_rating_threshold_and_split(tmp_path, capsys, split):
     write_reviews(tmp_path / "reviews.csv")
     metrics_out = tmp_path / "metrics.json"
-    status = cli.main(["--tune-budget-s", "0", "--dataset", "interactions-csv", "--data-path", str(tmp_path / "reviews.csv"),
+    status = cli.main(["--tune-budget-s", "0",
+                       "--dataset", "interactions-csv", "--data-path", str(tmp_path / "reviews.csv"),
                        "--customer-col", "user_id", "--candidate-col", "business_id", "--rating-col", "stars",
                        "--min-rating", "4", "--time-col", "date", "--split", split,
                        "--registry", str(tmp_path / "reg"), "--model", "reviews", "--epochs", "1",
@@ -43,7 +44,8 @@ def test_reviews_file_with_rating_threshold_and_split(tmp_path, capsys, split):
 def test_sessions_file(tmp_path):
     rows = ["SessionId,ItemId,Time"] + [f"s{s},i{(s + j) % 20},{1000 * s + j}" for s in range(60) for j in range(4)]
     (tmp_path / "clicks.csv").write_text("\n".join(rows) + "\n")
-    status = cli.main(["--tune-budget-s", "0", "--dataset", "sessions", "--data-path", str(tmp_path / "clicks.csv"), "--time-col", "Time",
+    status = cli.main(["--tune-budget-s", "0",
+                       "--dataset", "sessions", "--data-path", str(tmp_path / "clicks.csv"), "--time-col", "Time",
                        "--split", "leave-last-out", "--tower", "sequence", "--registry", str(tmp_path / "reg"),
                        "--model", "clicks", "--epochs", "1", "--embedding-dim", "8", "--quiet"])
     assert status == 0
@@ -56,7 +58,8 @@ def test_history_length_follows_the_data_unless_given(tmp_path, flags, expected)
     rows = ["user_id,item_id,ts"] + [f"u{u},i{(u * 7 + j) % 400},{j}" for u in range(12) for j in range(150)]
     (tmp_path / "log.csv").write_text("\n".join(rows) + "\n")
     metrics_out = tmp_path / "metrics.json"
-    status = cli.main(["--tune-budget-s", "0", "--dataset", "interactions-csv", "--data-path", str(tmp_path / "log.csv"),
+    status = cli.main(["--tune-budget-s", "0",
+                       "--dataset", "interactions-csv", "--data-path", str(tmp_path / "log.csv"),
                        "--time-col", "ts", "--tower", "history", "--registry", str(tmp_path / "reg"), "--model", "log",
                        "--epochs", "1", "--embedding-dim", "8", "--quiet", "--metrics-out", str(metrics_out), *flags])
     assert status == 0

@@ -288,7 +288,8 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
     from trainer import cli
 
     with pytest.raises(SystemExit) as e:
-        cli.main(["--tune-budget-s", "0", "--dataset", "movielens-100k", "--data-dir", str(tmp_path), "--registry", str(tmp_path),
+        cli.main(["--tune-budget-s", "0",
+                  "--dataset", "movielens-100k", "--data-dir", str(tmp_path), "--registry", str(tmp_path),
                   "--model", "m"])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
@@ -329,7 +330,8 @@ def test_cli_validates_the_whole_config_before_reading_data(tmp_path, capsys):
                          (["--validation-fraction", "1.5"], "validation"), (["--learning-rate", "inf"], "learning"),
                          (["--temperature", "inf"], "temperature"), (["--prior-weight", "inf"], "prior")):
         with pytest.raises(SystemExit) as e:
-            cli.main(["--tune-budget-s", "0", "--dataset", "movielens-100k", "--data-dir", str(tmp_path), "--registry", str(tmp_path),
+            cli.main(["--tune-budget-s", "0",
+                      "--dataset", "movielens-100k", "--data-dir", str(tmp_path), "--registry", str(tmp_path),
                       "--model", "m", *flags])
         assert e.value.code == 2
         err = capsys.readouterr().err.strip()
@@ -344,7 +346,8 @@ def test_cli_history_tower_publishes_customer_store(tmp_path, capsys):
     from model_registry import manifest as mf
     from trainer import cli
 
-    rc = cli.main(["--tune-budget-s", "0", "--dataset", "synthetic", "--registry", str(tmp_path / "reg"), "--model", "hist",
+    rc = cli.main(["--tune-budget-s", "0",
+                   "--dataset", "synthetic", "--registry", str(tmp_path / "reg"), "--model", "hist",
                    "--tower", "history", "--history-length", "12", "--epochs", "1", "--embedding-dim", "8",
                    "--l2", "0.0001", "--quiet", "--synthetic-customers", "150", "--synthetic-candidates", "60",
                    "--synthetic-interactions", "3000", "--synthetic-clusters", "4"])
