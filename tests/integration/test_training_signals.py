@@ -4,10 +4,12 @@ search says so in one line, exit status 130."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -26,25 +28,32 @@ def start(log: Path, *argv: str) -> subprocess.Popen:
         return subprocess.Popen([console_script("recsys-train"), *argv], stdout=out, stderr=subprocess.STDOUT)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_to_the_launcher_stops_every_worker_and_nothing_is_published(tmp_path, signum):
+@contextlib.contextmanager
+def two_workers_mid_training(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, list[int], Path]]:
+    """A ``--workers 2`` launcher whose chief finished its first epoch (the rest of its epochs, the refit and the
+    evaluation to go): (launcher, its workers' pids, the run's log). Kills what is left after the block."""
     log = tmp_path / "train.log"
     launcher = start(log, *SMALL, "--registry", str(tmp_path / "reg"), "--tune-budget-s", "0", "--epochs", "4",
                      "--workers", "2")
     workers: list[int] = []
     try:
-        # Mid-training: the chief has the rest of its epochs, the refit and the evaluation to go.
         wait_until(lambda: "[worker 0] epoch 1:" in log.read_text(), 120, "the chief's first epoch")
         workers = children(launcher.pid)
         assert len(workers) == 2, workers
-        launcher.send_signal(signum)
-        status = launcher.wait(60)
-        wait_until(lambda: not any(alive(pid) for pid in workers), 5, "the workers to end")
+        yield launcher, workers, log
     finally:
         for pid in [launcher.pid, *workers]:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
         launcher.wait()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_launcher_stops_every_worker_and_nothing_is_published(tmp_path, signum):
+    with two_workers_mid_training(tmp_path) as (launcher, workers, log):
+        launcher.send_signal(signum)
+        status = launcher.wait(60)
+        wait_until(lambda: not any(alive(pid) for pid in workers), 5, "the workers to end")
     text = log.read_text()
     assert status == 128 + signum, text[-3000:]
     assert f"recsys-train: stopped by {signal.Signals(signum).name}" in text, text[-3000:]

@@ -7,7 +7,6 @@ health servers on the workers' private sockets, the worker being replaced a real
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 
 from protos.recsys.v1 import admin_pb2 as pb
@@ -15,7 +14,7 @@ from protos.recsys.v1.versions_pb2 import VERSION_STATE_LOADING, VersionStatus
 from serving.admin_rpc import start_admin_server
 from serving.config import AdminConfig
 from serving.workers import POLL_S, PoolAdmin, Worker, WorkerPool
-from tests.unit.test_pool_restarts import FakeWorker, call, serve_worker, wait_for
+from tests.unit.test_pool_restarts import FakeWorker, call, serve_worker, stop, wait_for
 
 
 async def replaced(tmp_path, version: int, rollback_target: int, started: FakeWorker) -> tuple[list, list]:
@@ -30,15 +29,6 @@ async def replaced(tmp_path, version: int, rollback_target: int, started: FakeWo
     workers[0].restarting = True
     servers = [*await serve_worker(prefixes[0], started, serving=False), *await serve_worker(prefixes[1], sibling)]
     return workers, servers
-
-
-async def stop(workers: list[Worker], servers: list) -> None:
-    workers[0].signal(signal.SIGKILL)
-    await workers[0].process.wait()
-    for worker in workers:
-        await worker.close()
-    for server in servers:
-        await server.stop(0)
 
 
 async def test_a_replacement_loaded_but_not_serving_takes_admin_calls_at_once(tmp_path):

@@ -71,6 +71,17 @@ async def wait_for(predicate, what: str, timeout_s: float = 20.0) -> None:
         await asyncio.sleep(0.05)
 
 
+async def stop(workers: list[Worker], servers: list) -> None:
+    """Kills worker 0's process (the others have none), closes every worker's channels and stops the fake workers'
+    servers."""
+    workers[0].signal(signal.SIGKILL)
+    await workers[0].process.wait()
+    for worker in workers:
+        await worker.close()
+    for server in servers:
+        await server.stop(0)
+
+
 async def test_admin_calls_while_a_worker_restarts_say_so_and_it_catches_up_by_itself(tmp_path):
     sibling = FakeWorker(live=3)
     sibling.serves(3, 1)
@@ -141,9 +152,4 @@ async def test_a_restarted_worker_whose_start_up_serves_the_pools_version_gets_n
         await asyncio.wait_for(aligning, 10)
         assert starting.calls == []
     finally:
-        workers[0].signal(signal.SIGKILL)
-        await workers[0].process.wait()
-        for worker in workers:
-            await worker.close()
-        for server in servers:
-            await server.stop(0)
+        await stop(workers, servers)

@@ -157,9 +157,9 @@ async def test_an_uncrowded_search_of_a_sharded_version_asks_each_shard_once(rou
     assert [endpoint._stub.calls for endpoint in router.endpoints] == [2] * SHARDS
 
 
-async def test_a_rare_tokens_candidate_deeper_than_a_shard_answers_still_comes_back():
-    """A shard gives at most 1,000 uncrowded results: a genre's only film, last of 1,500 in its shard, is found by
-    the shard's own crowding, asked once those 1,000 could not settle the merge: it looks as deep as one index."""
+def rare_token_catalogue() -> tuple[Catalogue, np.ndarray, int]:
+    """4,500 films of three genres in turn, but for the one farthest from the query returned (and its row): the only
+    film of genre "rare", last of ~1,500 in its shard."""
     rng = np.random.default_rng(5)
     n = 4500
     vectors = rng.standard_normal((n, DIM)).astype(np.float32)
@@ -167,7 +167,13 @@ async def test_a_rare_tokens_candidate_deeper_than_a_shard_answers_still_comes_b
     genres = [[GENRES[j % 3]] for j in range(n)]
     rare = int(np.argmin(vectors @ query))
     genres[rare] = ["rare"]
-    catalogue = Catalogue(np.array([f"m{j:04d}" for j in range(n)]), vectors, genres)
+    return Catalogue(np.array([f"m{j:04d}" for j in range(n)]), vectors, genres), query, rare
+
+
+async def test_a_rare_tokens_candidate_deeper_than_a_shard_answers_still_comes_back():
+    """A shard gives at most 1,000 uncrowded results: a genre's only film, last of 1,500 in its shard, is found by
+    the shard's own crowding, asked once those 1,000 could not settle the merge: it looks as deep as one index."""
+    catalogue, query, rare = rare_token_catalogue()
     router = _router(catalogue)
     f = check_filter([], [], "genres", 1)
     found = (await router.search([IndexQuery(query, 10, frozenset(), f)], 1))[0]

@@ -15,8 +15,8 @@ from query_service.routing import IndexRouter
 from serving import validation
 from serving.errors import InvalidArgument
 from serving.filters import NO_FILTER
-from tests.unit.test_sharded_crowding import DIM, FILTER_NAMES, FILTERS, GENRES, IDS, MOVIES, VECTORS, Catalogue, \
-    _assert_greedy, _exact, _router
+from tests.unit.test_sharded_crowding import DIM, FILTER_NAMES, FILTERS, IDS, MOVIES, VECTORS, Catalogue, \
+    _assert_greedy, _exact, _router, rare_token_catalogue
 
 MAX_K = 100
 
@@ -93,14 +93,7 @@ async def test_a_search_deeper_than_the_shards_max_k_is_refused_naming_it(router
 async def test_a_rare_tokens_candidate_deeper_than_the_merge_reaches_still_comes_back():
     """A genre's only film, last of 1,500 in its shard: 100 results at a time reach 1,000 of them, and the shard's
     own crowding the rest, as with shards that answer 1,000 at once (test_sharded_crowding)."""
-    rng = np.random.default_rng(5)
-    n = 4500
-    vectors = rng.standard_normal((n, DIM)).astype(np.float32)
-    query = rng.standard_normal(DIM).astype(np.float32)
-    genres = [[GENRES[j % 3]] for j in range(n)]
-    rare = int(np.argmin(vectors @ query))
-    genres[rare] = ["rare"]
-    catalogue = Catalogue(np.array([f"m{j:04d}" for j in range(n)]), vectors, genres)
+    catalogue, query, rare = rare_token_catalogue()
     router = _capped(catalogue)
     f = FILTERS[0]
     found = (await router.search([IndexQuery(query, 10, frozenset(), f)], 1))[0]
