@@ -5,7 +5,8 @@ serves no live traffic, never beside the live version in the process answering
 its searches (ScaNN's load holds the GIL for seconds at 1M candidates, and
 every search in that process would wait). Which version a slot holds is its
 state, recorded durably in the registry (``slots/<slot>``) so a restarted slot
-process reloads it by itself.
+process reloads it by itself. A slot that starts with no record while other
+slots have records says so in a warning: ``--slot`` may be mistyped.
 
 Loading replaces what the slot holds: verify the new version (checksums,
 manifest) -> record it -> unload the old one -> load and self-test the new one;
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import difflib
 import logging
 import time
 from typing import Callable
@@ -107,7 +109,10 @@ class SlotAdmin(VersionAdmin[CandidateIndex]):
         return self.manager.states().get(version, (None, None))[1] is index
 
     def start(self, startup: StartupVersions) -> None:
-        """Loads what the slot should hold at start (blocking; nothing is served yet)."""
+        """Loads what the slot should hold at start (blocking; nothing is served yet). Warns when the slot has no
+        record while other slots have (``_warn_unrecorded``)."""
+        if not self.registry.slot_file(self.slot).exists():
+            self._warn_unrecorded(startup.live)
         if startup.live is not None:
             self._load_into_manager(startup.live, make_live=True)
             # A restart reloads what the record names: a read-only slots folder then costs nothing.
@@ -117,6 +122,29 @@ class SlotAdmin(VersionAdmin[CandidateIndex]):
                 recorded = None
             if recorded != startup.live:
                 self._record(startup.live, None)
+
+    def _warn_unrecorded(self, starting: int | None) -> None:
+        """One warning when other slots have records and this one has none: a mistyped ``--slot`` starts a
+        slot beside the one meant, whose stale record then keeps its version from ever being pruned."""
+        folder = self.registry.slot_file(self.slot).parent
+        others = {}
+        for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if entry.name.startswith("."):  # a record write's temporary file
+                continue
+            try:
+                others[entry.name] = f"version {self.registry.slot_version(entry.name)}"
+            except (VersionError, ValueError) as e:  # a broken record, or no slot's: still worth seeing
+                others[entry.name] = f"unreadable: {e}"
+        if not others:
+            return  # the registry's first slot
+        close = difflib.get_close_matches(self.slot, others, n=1)
+        log.warning(
+            "slot %r has no record in %s, which holds records of slots %s; it starts %s. If --slot %s is a typo%s, "
+            "restart it with the name meant; a new slot, or one emptied (that removes its record), needs nothing. "
+            "A record of a slot no longer run keeps its version from being pruned: remove its file",
+            self.slot, folder, ", ".join(f"{name} ({held})" for name, held in others.items()),
+            "empty" if starting is None else f"on version {starting} (--version)", self.slot,
+            f" (--slot {close[0]}?)" if close else "")
 
     def _check_idle(self, held: int) -> None:
         idle_s = time.monotonic() - self._last_search()

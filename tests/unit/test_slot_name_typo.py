@@ -1,0 +1,87 @@
+"""An index slot started under a name the registry has no record of while
+other slots have records (``--slot bleu`` for ``blue``): it starts, as a new
+slot may, but says so in one WARNING naming the slot, the records there are
+and the flag, so the typo is seen before the stale ``blue`` record pins its
+version against pruning for good."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from index_service.core import IndexCore
+from index_service.searcher import CandidateIndex
+from index_service.slot import SlotAdmin
+from model_registry import Registry
+from serving.loader import Background, Loader
+from serving.sources import slot_startup
+from serving.versions import VersionManager
+from tests.unit import tiny_versions as tiny
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory) -> Registry:
+    """Versions 1 and 2, no slot records."""
+    registry = Registry(tmp_path_factory.mktemp("registry"), tiny.MODEL)
+    for seed in (1, 2):
+        tiny.publish(registry, seed)
+    return registry
+
+
+@pytest.fixture
+def registry(published: Registry):
+    """``published`` with slot ``blue`` recording version 1 and ``green`` version 2."""
+    published.set_slot_version("blue", 1)
+    published.set_slot_version("green", 2)
+    yield published
+    for entry in (published.model_dir / "slots").iterdir():
+        entry.unlink()
+
+
+def start(registry: Registry, name: str, explicit: int = 0) -> SlotAdmin:
+    """Starts slot ``name`` as ``recsys-index-service --slot name [--version explicit]`` does."""
+    manager: VersionManager[CandidateIndex] = VersionManager(tiny.MODEL)
+    loader = Loader(registry, lambda path, manifest: CandidateIndex.load(path, manifest, 0.9), "index", Background.IDLE)
+    core = IndexCore(manager, ThreadPoolExecutor(1))
+    admin = SlotAdmin(name, registry, manager, loader, lambda: core.last_search, 0.0)
+    admin.start(slot_startup(registry, name, explicit))
+    return admin
+
+
+def warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_slot_with_no_record_beside_other_slots_records_starts_empty_and_warns_once(registry, caplog):
+    admin = start(registry, "bleu")
+    assert admin.manager.live_version is None  # a new slot is legitimate: it starts, empty
+    [message] = warnings(caplog)
+    assert "'bleu'" in message and "--slot" in message, message
+    assert "blue (version 1)" in message and "green (version 2)" in message, message
+    assert "--slot blue?" in message, message  # the close match
+    assert str(registry.model_dir / "slots") in message, message
+
+
+def test_a_slot_with_no_record_started_on_an_explicit_version_warns_too(registry, caplog):
+    admin = start(registry, "bleu", explicit=2)
+    assert admin.manager.live_version == 2 and registry.slot_version("bleu") == 2
+    [message] = warnings(caplog)
+    assert "'bleu'" in message and "blue (version 1)" in message and "version 2" in message, message
+
+
+def test_a_slot_restarted_on_its_own_record_and_the_first_slot_of_a_registry_do_not_warn(registry, caplog):
+    assert start(registry, "blue").manager.live_version == 1
+    assert warnings(caplog) == []
+    for entry in (registry.model_dir / "slots").iterdir():
+        entry.unlink()
+    assert start(registry, "blue").manager.live_version is None
+    assert warnings(caplog) == []
+
+
+def test_a_broken_record_of_another_slot_is_named_in_the_warning_not_raised(registry, caplog):
+    (registry.model_dir / "slots" / "green").write_text("7\n")
+    start(registry, "bleu")
+    [message] = warnings(caplog)
+    assert "blue (version 1)" in message and "green (unreadable: " in message and "'7'" in message, message
