@@ -48,6 +48,12 @@ every query replica, catches up to G (``ApplyCatalogue``). A replica that
 fails (its admin server not answering included) keeps the delta in the
 registry and replays it at its next load or restart; the report names it and
 the exit status is 1. Prints a JSON report.
+
+Writing and applying a delta holds the model's rollout lock, as
+``recsys-publish`` does (``recsys_client.publish.exclusive``): a run waits up
+to ``--lock-wait-s`` for a rollout to end, then is refused naming it, writing
+nothing. A delta for CURRENT is refused, writing nothing, if a rollout moved
+CURRENT while the run prepared it.
 """
 
 from __future__ import annotations
@@ -72,7 +78,7 @@ from model_registry.deltas import AlteredLog, Delta, catalogue_dir, read_deltas,
 from protos.recsys.v1 import admin_pb2 as pb
 from protos.recsys.v1.versions_pb2 import VERSION_STATE_LOADING as LOADING
 from recsys_client.candidate_tower import CandidateTower, FeatureError
-from recsys_client.publish import Fleet, PublishError, Replica
+from recsys_client.publish import Fleet, PublishError, Replica, exclusive
 from serving.tls import ClientTls
 from serving import validation
 from serving.errors import InvalidArgument
@@ -361,8 +367,12 @@ class CatalogueConfig:
     tls: ClientTls = option(ClientTls(), "TLS to the admin planes", prefix="tls-")
     timeout_s: float = option(120.0, "deadline of each admin call")
     connect_timeout_s: float = option(10.0, "how long to wait for each replica's admin server to answer")
+    # A rollout takes 6-10 s on the demo and ~40 s for a 10M-candidate index (docs/BENCHMARKS.md), plus its drain.
+    lock_wait_s: float = option(60.0, "how long to wait for a rollout (recsys-publish) of the model to end before "
+                                      "writing a delta")
 
     def __post_init__(self) -> None:
+        require(self.lock_wait_s >= 0, "lock_wait_s", "must be >= 0")
         # The message follows the field's flag: "--upserts or --delete / --delete-file is required: ...".
         require(bool(self.upserts or self.delete or self.delete_file or self.catch_up), "upserts",
                 "or --delete / --delete-file is required: there is nothing to upsert or delete")
@@ -392,6 +402,16 @@ def _utf8(path: str):
         yield
     except UnicodeDecodeError as e:
         raise CatalogueError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x})") from None
+
+
+def _check_still_current(registry: Registry, given: int, version: int) -> None:
+    """Refuses (CatalogueError) a delta for CURRENT (``given`` 0) once CURRENT no longer names ``version``, the one
+    it was read and checked against: a rollout ended while this run prepared it."""
+    now = registry.current_version()
+    if not given and now != version:
+        raise CatalogueError(f"CURRENT moved from version {version} to {now} while this run prepared its delta (a "
+                             f"rollout or rollback ended): nothing was written; run again to change version {now}, "
+                             f"or pass --version {version} to change that one")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -451,9 +471,14 @@ def main(argv: list[str] | None = None) -> None:
             rollout = apply_everywhere(fleet, version, published)
     else:
         try:
-            rollout = publish_delta(fleet, registry, version, delta, key)
-        except (CatalogueError, VersionError, OSError) as e:  # the registry refused it: nothing was applied
-            print(f"recsys-catalogue: {e}", file=sys.stderr)
+            # A delta written while a rollout moves CURRENT would land on the version it replaces, or in one its
+            # prune deletes: the write and apply wait for the rollout's lock (a catch-up alone writes nothing).
+            with exclusive(registry, "recsys-catalogue", config.lock_wait_s):
+                _check_still_current(registry, config.version, version)
+                rollout = publish_delta(fleet, registry, version, delta, key)
+        except (CatalogueError, VersionError, OSError, PublishError) as e:  # nothing was applied
+            print(f"recsys-catalogue: {e}{'; nothing was written' if isinstance(e, PublishError) else ''}",
+                  file=sys.stderr)
             sys.exit(1)
         finally:
             fleet.close()

@@ -8,7 +8,11 @@ query replicas, or roll back. The one writer of the registry's CURRENT.
 
 Rollout of version V (default: the newest published):
   1. Every index slot and query replica reports what it holds; the query
-     replicas agree on the live version L (none at the first rollout).
+     replicas agree on the live version L (none at the first rollout). Where
+     they disagree (a run killed between two promotes, a replica restarted
+     before CURRENT moved), the run brings every one to V, each one's undo
+     going back to its own live version, and L is the version most of them
+     served, CURRENT's where that is tied (it becomes PREVIOUS).
   2. Unless a slot already holds V, an idle slot is picked: one not holding L
      (an empty one first, else the one holding the oldest other version). Each
      of its replicas verifies V (checksums, dimensions), unloads what it held,
@@ -22,8 +26,10 @@ Rollout of version V (default: the newest published):
 A refusal before step 4 undoes the rollout (the towers it loaded are unloaded,
 the slot gets its previous version back) and leaves CURRENT as it was.
 
-Rollback: every query replica promotes its rollback target (they must agree),
-a routing switch; then CURRENT and PREVIOUS swap. No index load is involved.
+Rollback: every query replica promotes its rollback target (they must agree,
+and on the live version: a refusal names the rollout that brings them in
+step), a routing switch; then CURRENT and PREVIOUS swap. No index load is
+involved.
 
 A run cut off after switching the query replicas, before moving CURRENT (or
 while moving it: CURRENT and PREVIOUS move as one, so a cut move reads as not
@@ -55,7 +61,7 @@ import signal
 import socket
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -73,6 +79,7 @@ from settings.flags import add_flags, option, parse, require
 log = logging.getLogger("recsys-publish")
 SERVING, ROLLBACK_TARGET = versions_pb2.VERSION_STATE_SERVING, versions_pb2.VERSION_STATE_ROLLBACK_TARGET
 LOCK_FILE = ".publish.lock"  # in the model's registry directory
+LOCK_POLL_S = 0.1  # how often a run waiting for the lock tries it again
 FLAGS = {"index": "--index-admin", "query": "--query-admin"}
 
 
@@ -190,12 +197,35 @@ def _with_state(status: pb.ServiceStatus, state: int) -> int | None:
     return next((v.version for v in status.versions if v.state == state), None)
 
 
-def _agreed(fleet: Fleet, state: int, what: str) -> int | None:
-    """The version every query replica has in ``state`` (None without replicas)."""
-    found = {r.address: _with_state(fleet.status(r), state) for r in fleet.query}
+def _in_state(fleet: Fleet, state: int) -> dict[str, int | None]:
+    """Each query replica's version in ``state`` (None: it has none), by address."""
+    return {r.address: _with_state(fleet.status(r), state) for r in fleet.query}
+
+
+def _agreed(fleet: Fleet, state: int, what: str, fix: str = "bring them in step first") -> int | None:
+    """The version every query replica has in ``state`` (None without replicas); else raises PublishError, the
+    message ending with ``fix``."""
+    found = _in_state(fleet, state)
     if len(set(found.values())) > 1:
-        raise PublishError(f"query replicas disagree on the {what} version: {found}; bring them in step first")
+        raise PublishError(f"query replicas disagree on the {what} version: {found}; {fix}")
     return next(iter(found.values()), None)
+
+
+def _most_served(serving: dict[str, int | None], registry: Registry, version: int) -> int | None:
+    """The version most of the query replicas that disagree (``serving``) serve, CURRENT's where that is tied: the
+    one a rollout of ``version`` that brings them in step moves CURRENT from, so that it becomes PREVIOUS. Logs which,
+    and what PREVIOUS will be."""
+    current = registry.current_version()
+    counts = Counter(v for v in serving.values() if v is not None)
+    top = max(counts.values(), default=0)
+    tied = sorted(v for v, n in counts.items() if n == top)
+    chosen, why = (tied[0], "most of them served it") if len(tied) == 1 else (current, "CURRENT's, as they were tied")
+    # A move to the version CURRENT names leaves PREVIOUS as it is; a move from another makes that one PREVIOUS.
+    previous = chosen if chosen != version else current if current != version else registry.previous_version()
+    log.warning("query replicas disagree on the live version: %s: bringing every one to version %d; PREVIOUS will "
+                "be version %s (%s)", serving, version, previous,
+                why if previous == chosen else f"version {chosen}, {why}, is the one rolled out")
+    return chosen
 
 
 @dataclass
@@ -223,14 +253,14 @@ def slots(fleet: Fleet) -> list[Slot]:
     return out
 
 
-def pick_idle_slot(slot_list: list[Slot], live: int | None, keep: int | None = None) -> Slot:
-    """An index slot not holding the live version: an empty one first, else
-    one not holding ``keep``, else the one holding the oldest version (the
-    rollback target is the newest non-live one, so it survives when a third
-    slot exists)."""
-    idle = [s for s in slot_list if s.version != live or live is None]
+def pick_idle_slot(slot_list: list[Slot], live: set[int], keep: int | None = None) -> Slot:
+    """An index slot not holding a live version (``live``: more than one where query replicas disagree): an empty
+    one first, else one not holding ``keep``, else the one holding the oldest version (the rollback target is the
+    newest non-live one, so it survives when a third slot exists)."""
+    idle = [s for s in slot_list if s.version not in live]
     if not idle:
-        raise PublishError(f"every index slot holds the live version {live} ({[s.name for s in slot_list]}): "
+        named = f"the live version {min(live)}" if len(live) == 1 else f"a version a query replica serves {live}"
+        raise PublishError(f"every index slot holds {named} ({[s.name for s in slot_list]}): "
                            "a rollout needs an idle slot; start a second index slot (e.g. --slot green)")
     return min(idle, key=lambda s: (s.version is not None, keep is not None and s.version == keep, s.version or 0))
 
@@ -271,33 +301,47 @@ def _held(status: pb.ServiceStatus) -> str:
 
 
 @contextmanager
-def exclusive(registry: Registry) -> Iterator[None]:
-    """Holds the model's rollout lock (``flock`` on ``LOCK_FILE`` in its registry directory) for the block, or
-    raises PublishError at once naming the run that holds it. The kernel releases it when the holder's
-    process ends, so a killed run leaves nothing to clean up."""
+def exclusive(registry: Registry, tool: str = "recsys-publish", wait_s: float = 0.0) -> Iterator[None]:
+    """Holds the model's rollout lock (``flock`` on ``LOCK_FILE`` in its registry directory) for the block, waiting
+    up to ``wait_s`` for another run (recsys-publish's, or ``tool``'s) to release it, then raises PublishError naming
+    that run. The kernel releases it when the holder's process ends, so a killed run leaves nothing to clean up."""
     path = registry.model_dir / LOCK_FILE
     if not registry.model_dir.is_dir():
         raise PublishError(f"nothing of model {registry.model!r} is published under {registry.root}")
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
-        raise PublishError(f"cannot take the rollout lock of {registry.model!r} ({e}): a rollout writes the "
+        raise PublishError(f"cannot take the rollout lock of {registry.model!r} ({e}): {tool} writes the "
                            "registry, run it where the registry is writable") from e
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                # flock has no timeout: polled, as a blocking call could be cut off only by a signal.
+                if time.monotonic() < deadline:
+                    time.sleep(LOCK_POLL_S)
+                    continue
             holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "it has not yet written its name"
-            raise PublishError(f"another recsys-publish run of {registry.model!r} is under way ({holder}; lock "
-                               f"{path}): wait for it to end and check its outcome, then run again; the lock goes "
-                               "when that process exits") from None
+            waited = f"waited {wait_s:g} s; " if wait_s else ""
+            raise PublishError(f"another {_holder_tool(holder)} run of {registry.model!r} is under way ({holder}; "
+                               f"lock {path}): {waited}wait for it to end and check its outcome, then run again; the "
+                               "lock goes when that process exits")
         started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         os.ftruncate(fd, 0)
         # Not the command line: it may carry --admin-token, and the file is readable by all.
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n".encode(), 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {started} by {tool}\n".encode(), 0)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def _holder_tool(holder: str) -> str:
+    """The tool a lock holder's line names (``exclusive``); recsys-publish for a line written before it did."""
+    named = holder.rpartition(" by ")[2]
+    return named if named.startswith("recsys-") else "recsys-publish"
 
 
 def check_fleet(fleet: Fleet, model: str) -> None:
@@ -365,15 +409,22 @@ def _publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: fl
     if not fleet.index:
         raise PublishError("no index slot given (--index-admin): a version is served by its index slot")
     check_fleet(fleet, registry.model)
-    live = _agreed(fleet, SERVING, "live") if fleet.query else registry.current_version()
-    _catch_up(fleet, registry, live)
+    serving = _in_state(fleet, SERVING)  # each query replica's own live version
+    in_step = len(set(serving.values())) <= 1
+    if in_step:
+        live = next(iter(serving.values())) if fleet.query else registry.current_version()
+        _catch_up(fleet, registry, live)
+    else:
+        # A run killed between two promotes, or a replica restarted before CURRENT moved: this run brings them
+        # in step, and ``live`` is only the version that becomes PREVIOUS.
+        live = _most_served(serving, registry, version)
     slot_list = slots(fleet)
     undo: list[Undo] = []
-    if live == version:
+    if in_step and live == version:
         log.info("version %d is already live; registry CURRENT is %d", version, version)
         if not any(s.version == version for s in slot_list):
             # Its searches fail until a slot holds it (a slot reloaded by hand, or by an old run's undo).
-            target = pick_idle_slot(slot_list, None, keep=_agreed(fleet, ROLLBACK_TARGET, "rollback target"))
+            target = pick_idle_slot(slot_list, set(), keep=_agreed(fleet, ROLLBACK_TARGET, "rollback target"))
             log.warning("no index slot holds the live version %d: loading it into slot %s", version, target.name)
             try:
                 _load_into_slot(fleet, target, version, undo)
@@ -386,9 +437,12 @@ def _publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: fl
     step("status")
     try:
         if not any(s.version == version for s in slot_list):
-            _load_into_slot(fleet, pick_idle_slot(slot_list, live), version, undo)
+            lives = ({live} | set(serving.values())) - {None}
+            _load_into_slot(fleet, pick_idle_slot(slot_list, lives), version, undo)
         step("slot_load")
         for replica in fleet.query:
+            if serving[replica.address] == version:  # a replica that disagreed, already on the version
+                continue
             before = {v.version for v in fleet.status(replica).versions}
             if version not in before:
                 undo.append(Undo(replica, "UnloadVersion", pb.UnloadVersionRequest(version=version),
@@ -399,15 +453,20 @@ def _publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: fl
             log.info("query replica %s loaded version %d", replica.address, version)
         step("query_load")  # towers loaded and caches warmed on every query replica
         for replica in fleet.query:
-            if live is not None:
-                undo.append(Undo(replica, "Promote", pb.PromoteRequest(version=live), _serves(version),
-                                 f"query replica {replica.address} serves version {live} again"))
+            own = serving[replica.address]  # where replicas disagree, each one's undo goes back to its own
+            if own == version:
+                continue
+            if own is not None:
+                undo.append(Undo(replica, "Promote", pb.PromoteRequest(version=own), _serves(version),
+                                 f"query replica {replica.address} serves version {own} again"))
             fleet.call(replica, "Promote", pb.PromoteRequest(version=version))
         step("promote")
     except PublishError:
         _undo(fleet, undo)
         raise
     with _past_the_switch(version):
+        if live not in (None, version, registry.current_version()):
+            _point_current(registry, live, fleet)  # so that the move to ``version`` leaves it PREVIOUS
         _point_current(registry, version, fleet)
         log.info("version %d is live on %d query replicas; registry CURRENT is %d, PREVIOUS %s", version,
                  len(fleet.query), version, registry.previous_version())
@@ -466,11 +525,19 @@ def rollback(fleet: Fleet, registry: Registry) -> int:
 
 
 def _rollback(fleet: Fleet, registry: Registry) -> int:
-    target = _agreed(fleet, ROLLBACK_TARGET, "rollback target")
+    current, previous = registry.pointers()
+    live = _agreed(fleet, SERVING, "live", fix=(
+        f"a rollback needs one version to go back from: first run `recsys-publish --version {current}` (the version "
+        "CURRENT names) with the index slots (--index-admin) and these query replicas: it loads that version where "
+        "missing and promotes it on every query replica, bringing them in step"))
+    target = _agreed(fleet, ROLLBACK_TARGET, "rollback target", fix=(
+        f"all serve version {live}, so a rollback would not land on one version: roll out the version to go back to "
+        f"instead, e.g. `recsys-publish --version {previous or 'N'}` "
+        f"({'the version PREVIOUS names' if previous else 'N: the version to go back to'}) with the index slots "
+        "(--index-admin) and these query replicas: it loads that version where missing and promotes it on every "
+        "query replica"))
     if target is None:
         raise PublishError("the query replicas have no rollback target loaded")
-    live = _agreed(fleet, SERVING, "live")
-    current, previous = registry.pointers()
     _catch_up(fleet, registry, live)
     if live != current and (live, target) == (previous, current):
         # The replicas already made this switch: a rollback cut off before its pointer move, run again.
