@@ -146,6 +146,7 @@ def _stop_on_signals() -> dict[int, Any]:
         raise interrupts.request(signum)
 
     interrupts.clear()
+    interrupts.quiet_where_dropped()
     return {name: signal.signal(name, stop) for name in STOP_SIGNALS}
 
 

@@ -3,12 +3,17 @@
 The signal handler raises ``Interrupted`` in the main thread, wherever it is. A
 library the exception passes through may turn it into an error of its own, and
 the search fails a trial on any error and goes on. So the handler also records
-the stop here, and the search checks it each epoch and whenever a trial fails.
+the stop here, and the search checks it each epoch and whenever a trial fails,
+and the run once more before it publishes. Raised where Python cannot pass an
+exception on (a ``__del__`` that TensorFlow's garbage collection runs), it is
+dropped with an "Exception ignored" traceback on stderr; the stop is kept here,
+so ``quiet_where_dropped`` leaves that traceback out.
 """
 
 from __future__ import annotations
 
 import signal
+import sys
 
 _asked: list[int] = []
 
@@ -30,6 +35,21 @@ def request(signum: int) -> Interrupted:
 def clear() -> None:
     """Forgets a stop asked for before: a new run in this process starts unstopped."""
     _asked.clear()
+
+
+def quiet_where_dropped() -> None:
+    """Leaves out of stderr the traceback of an ``Interrupted`` that Python had to drop (raised in a ``__del__``):
+    its stop is recorded and acted on at the next ``check``. Other such errors are reported as before."""
+    report = sys.unraisablehook
+    if getattr(report, "keeps_interrupts", False):
+        return
+
+    def hook(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, Interrupted):
+            report(unraisable)
+
+    hook.keeps_interrupts = True
+    sys.unraisablehook = hook
 
 
 def check() -> None:

@@ -10,7 +10,7 @@ import numpy as np
 
 from model_registry import Manifest, Registry, signing
 from settings.flags import replace_nested
-from trainer import distribute
+from trainer import distribute, interrupts
 from trainer.config import PipelineConfig, TrainConfig, recommended_config
 from trainer.data import Interactions, load_dataset, make_split
 from trainer.evaluation import baselines, metrics
@@ -117,6 +117,7 @@ def run(config: PipelineConfig, log: Callable[[str], None] = lambda msg: None,
         "tuning": tuning,
         "validation_history": result.history,
     })
+    interrupts.check()  # a stop a library swallowed since the search: nothing is published after it
     manifest = publish.publish(registry, model, store, data.catalog, train_data, test_data, report,
                                publish.ExportConfig(dataset=data.name, tower=chosen.towers.kind, seed=seed,
                                                     shards=config.index_shards),

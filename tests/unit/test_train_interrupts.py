@@ -1,0 +1,55 @@
+"""A stop (SIGINT/SIGTERM) that Python or a library drops on the way still stops recsys-train before it publishes,
+with no traceback. A full run's suite once saw it: the signal handler's ``Interrupted`` raised inside a
+``__del__`` of TensorFlow's garbage collection, where Python can only drop it and print "Exception ignored ...
+Traceback" (test_training_signals asserts there is no traceback)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+from model_registry import Registry
+from tests.unit.test_train_cli_outputs import TINY
+from trainer import cli, interrupts, pipeline
+
+DROPPED = """
+import signal
+from trainer import cli, interrupts
+
+cli._stop_on_signals()
+
+class Collected:
+    def __del__(self):  # as TensorFlow's ConcreteFunctionGarbageCollector runs when the signal lands there
+        raise interrupts.request(signal.SIGTERM)
+
+Collected()
+try:
+    interrupts.check()
+except interrupts.Interrupted as e:
+    print("kept", e.signum)
+"""
+
+
+def test_a_stop_dropped_in_a_del_prints_no_traceback_and_is_kept():
+    run = subprocess.run([sys.executable, "-c", DROPPED], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.strip() == f"kept {int(signal.SIGTERM)}"
+    assert "Traceback" not in run.stderr and "Exception ignored" not in run.stderr, run.stderr[-3000:]
+
+
+def test_a_stop_a_library_swallowed_after_the_search_publishes_nothing(tmp_path, monkeypatch):
+    store = pipeline.customer_store
+
+    def stopped_on_the_way(*args, **kwargs):
+        interrupts.request(signal.SIGTERM)  # recorded by the handler, its exception lost in a library
+        return store(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "customer_store", stopped_on_the_way)
+    try:
+        status = cli.main([*TINY, "--registry", str(tmp_path / "reg")])
+    finally:
+        interrupts.clear()
+    assert status == 128 + signal.SIGTERM
+    assert Registry(tmp_path / "reg", "m").versions() == []
+
