@@ -24,7 +24,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from serving.validation import DEFAULT_MAX_MESSAGE_BYTES
-from settings.flags import ENV_PREFIX, ConfigError, option, require
+from settings.flags import ConfigError, env_name, option, require
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def tls_hint(details: str, flags: str = "--tls-") -> str:
     a client certificate this process presented out of its validity too."""
     if not _HANDSHAKE_FAILURE.search(details or ""):
         return ""
-    where = f"{flags}cert / ${ENV_PREFIX}{flags.lstrip('-').upper().replace('-', '_')}CERT"
+    where = f"{flags}cert / ${env_name(flags.lstrip('-') + 'cert')}"
     stale = "".join(f"; the client certificate {problem} ({where})" for problem in _presented.values() if problem)
     return (f" (is it TLS? give {flags}ca, and {flags}cert/{flags}key under mutual TLS, from the CA that signed "
             f"the server's certificate{stale})")

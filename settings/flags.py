@@ -164,8 +164,13 @@ def _parse_bool(text: str) -> bool:
     return word in ("1", "true", "yes", "on")
 
 
+def env_name(flag: str) -> str:
+    """The environment variable that sets ``--flag`` (``flag`` without its dashes): ``$RECSYS_FLAG``."""
+    return ENV_PREFIX + flag.upper().replace("-", "_")
+
+
 def _env_name(flag: _Flag) -> str:
-    return ENV_PREFIX + flag.name.upper().replace("-", "_")
+    return env_name(flag.name)
 
 
 def _env_default(flag: _Flag) -> Any:
