@@ -36,7 +36,10 @@ A CSV/TSV row must have the header's number of fields (more only if empty: a
 trailing delimiter), an id must not hold a line break (a quote left open reads
 the rows after it as one id), and a damaged file (a cut or fake .gz, a field
 past the csv module's limit) is named: each is a ValueError naming the line. A
-line repeating the header (files joined with ``cat``) is dropped (and counted).
+line repeating the header (files joined with ``cat``) is dropped (and counted);
+a header line with other columns, or the same in another order, is refused
+naming the line and both headers (its rows would be read from the first
+header's column positions).
 
 Both can keep only some event types (``event_col`` + ``events``: RetailRocket's
 view / addtocart / transaction); the count of each type is in ``info``.
@@ -164,8 +167,9 @@ def _csv_chunks(path: Path, reader, delim: str, columns: list[str], header: bool
     more are allowed only empty (a trailing delimiter). Otherwise a value would be read from another column.
 
     A row that is the header line again (files joined with ``cat a.csv b.csv``; the second file's byte order mark
-    may lead it) would be read as ids and times: it is dropped and counted in ``counts["dropped_header_rows"]``."""
-    repeats: list[list[str]] = []
+    may lead it) would be read as ids and times: it is dropped and counted in ``counts["dropped_header_rows"]``. A
+    header line with other columns, or the same in another order, is refused (``_header_line``)."""
+    known: set[str] = set()  # a cell that may make a row a header line; none without a header
     if header:
         line = next(reader, None)
         if line is None:
@@ -173,8 +177,10 @@ def _csv_chunks(path: Path, reader, delim: str, columns: list[str], header: bool
         names = [n.strip() for n in line]
         if any(c not in names for c in columns):
             raise _missing(path, columns, names)
-        repeats = [line, ["\ufeff" + line[0]] + line[1:]]
         idx = [names.index(c) for c in columns]
+        # A header line of the same columns in any order holds one of these in a column read; a byte order mark (a
+        # joined file's) may lead it.
+        known = {v for n in names for v in (n, "\ufeff" + n)}
         fields: int | None = len(names)
     else:
         if not all(c.isdigit() for c in columns):
@@ -192,6 +198,8 @@ def _csv_chunks(path: Path, reader, delim: str, columns: list[str], header: bool
         if not set(map(len, rows)) <= {0, fields}:
             bad = next((i for i, r in enumerate(rows) if r and (len(r) < fields or any(r[fields:]))), None)
             if bad is not None:
+                if header:  # a header with other columns is named as such, not as a row of the wrong width
+                    _header_line(path, delim, names, columns, rows[bad], record + bad + 1)
                 need = f"the {'header' if header else 'first row'} {fields}"
                 if len(rows[bad]) < width:
                     need = f"need at least {width}"
@@ -201,13 +209,43 @@ def _csv_chunks(path: Path, reader, delim: str, columns: list[str], header: bool
         if fields is not None and fields < width:
             raise ValueError(f"{path}: row {_line_of(path, delim, record + 1)} has {fields} fields, "
                              f"need at least {width} (is the delimiter {delim!r} right?)")
+        first = record
         record += len(rows)
-        lines = len(rows) - rows.count([])  # blank lines are left out, uncounted
-        rows = [r for r in rows if r and r not in repeats]
-        if len(rows) < lines:
-            counts["dropped_header_rows"] += lines - len(rows)
-        if rows:
-            yield [[r[i] for r in rows] for i in idx]
+        data = [r for r in rows if r]  # blank lines are left out, uncounted
+        chunk = [[r[i] for r in data] for i in idx]
+        # Column-wise: a loop in C over each column read, not one in Python over the rows, which are looked at only
+        # where a column read holds a column name.
+        if any(not known.isdisjoint(map(str.strip, values)) for values in chunk):
+            repeats = {i for i, r in enumerate(rows) if r and not known.isdisjoint(map(str.strip, r))
+                       and _header_line(path, delim, names, columns, r, first + i + 1)}
+            if repeats:
+                counts["dropped_header_rows"] += len(repeats)
+                data = [r for i, r in enumerate(rows) if r and i not in repeats]
+                chunk = [[r[i] for r in data] for i in idx]
+        if data:
+            yield chunk
+
+
+def _header_line(path: Path, delim: str, names: list[str], columns: list[str], row: list[str], record: int) -> bool:
+    """Whether ``row``, CSV record ``record``, is the first header (``names``) again, to drop: the whitespace around
+    the names, a trailing delimiter and a byte order mark (a second file's, joined with ``cat``) aside.
+
+    A row that names every column read, or holds a column's name in that column, but is not that header is a
+    header with other columns, or the same in another order: the rows after it would be read from the first
+    header's positions (customers and candidates swapped, a rating read from another column). It is a ValueError
+    naming the line and both headers, since joined files in one order are a command away, and re-mapping the
+    columns from there on would also take a data row that happens to name the columns for a header."""
+    cells = [row[0].lstrip("\ufeff").strip()] + [c.strip() for c in row[1:]]
+    if cells[:len(names)] == names and not any(cells[len(names):]):  # more fields only empty, as in a data row
+        return True
+    own = [names.index(c) for c in columns]
+    if not (set(columns) <= set(cells) or any(i < len(cells) and cells[i] == c for c, i in zip(columns, own))):
+        return False
+    what = "the columns in another order" if sorted(cells) == sorted(names) else "other columns"
+    raise ValueError(f"{path}: line {_line_of(path, delim, record)} is a header with {what} ({', '.join(cells)}) "
+                     f"than the first header ({', '.join(names)}); the rows after it would be read from the first "
+                     f"header's positions. Files joined with different columns? Give every file the columns "
+                     f"{', '.join(columns)} in one order before joining them (e.g. csvcut -c {','.join(columns)})")
 
 
 def _line_of(path: Path, delim: str, record: int | None = None) -> int:
