@@ -29,7 +29,8 @@ the slot gets its previous version back) and leaves CURRENT as it was.
 Rollback: every query replica promotes its rollback target (they must agree,
 and on the live version: a refusal names the rollout that brings them in
 step), a routing switch; then CURRENT and PREVIOUS swap. No index load is
-involved.
+involved. Right after another rollback, a rollback is refused: it would roll
+forward; the refusal names the rollout (--version N) that does that.
 
 A run cut off after switching the query replicas, before moving CURRENT (or
 while moving it: CURRENT and PREVIOUS move as one, so a cut move reads as not
@@ -41,8 +42,13 @@ towers.
 One run per model at a time: a run holds an exclusive lock on the model's
 ``.publish.lock`` in the registry while it works (the kernel drops it when the
 run's process ends, killed or not); a second run is refused at once, naming
-the holder. Every index slot and query replica must report the ``--model``
-and the role (index or query) of the flag it was given in, or nothing changes.
+the holder. A recsys-catalogue run (a delta, seconds) holds the same lock: a
+run waits up to --lock-wait-s for it to end. Every index slot and query
+replica must report the ``--model`` and the role (index or query) of the flag
+it was given in, or nothing changes. Every query replica must be given: one
+left out keeps routing to its own live version, whose slot a rollout may
+replace (an index slot refuses that while it answers searches, and the
+refusal then names a replica missing from --query-admin as the likely cause).
 SIGINT or SIGTERM undoes what the run changed, as a refusal does.
 
 ``--initial`` is the first rollout of a registry, before any query replica
@@ -79,8 +85,13 @@ from settings.flags import add_flags, option, parse, require
 log = logging.getLogger("recsys-publish")
 SERVING, ROLLBACK_TARGET = versions_pb2.VERSION_STATE_SERVING, versions_pb2.VERSION_STATE_ROLLBACK_TARGET
 LOCK_FILE = ".publish.lock"  # in the model's registry directory
+# In it too, while the last pointer move was a rollback: "FROM TO" (the versions). A rollout removes it.
+ROLLED_BACK_FILE = ".rolled-back"
 LOCK_POLL_S = 0.1  # how often a run waiting for the lock tries it again
 FLAGS = {"index": "--index-admin", "query": "--query-admin"}
+# A rollout's lock is waited for only while a catalogue delta (seconds) holds it: another rollout or rollback takes
+# minutes, and its outcome changes what this run should do, so the operator hears of it at once.
+NOT_WAITED = frozenset({"recsys-publish"})
 
 
 class PublishError(Exception):
@@ -301,10 +312,12 @@ def _held(status: pb.ServiceStatus) -> str:
 
 
 @contextmanager
-def exclusive(registry: Registry, tool: str = "recsys-publish", wait_s: float = 0.0) -> Iterator[None]:
+def exclusive(registry: Registry, tool: str = "recsys-publish", wait_s: float = 0.0,
+              refuse_at_once: frozenset[str] = frozenset()) -> Iterator[None]:
     """Holds the model's rollout lock (``flock`` on ``LOCK_FILE`` in its registry directory) for the block, waiting
     up to ``wait_s`` for another run (recsys-publish's, or ``tool``'s) to release it, then raises PublishError naming
-    that run. The kernel releases it when the holder's process ends, so a killed run leaves nothing to clean up."""
+    that run; a run of a tool in ``refuse_at_once`` is not waited for. The kernel releases the lock when the holder's
+    process ends, so a killed run leaves nothing to clean up."""
     path = registry.model_dir / LOCK_FILE
     if not registry.model_dir.is_dir():
         raise PublishError(f"nothing of model {registry.model!r} is published under {registry.root}")
@@ -315,17 +328,25 @@ def exclusive(registry: Registry, tool: str = "recsys-publish", wait_s: float = 
                            "registry, run it where the registry is writable") from e
     try:
         deadline = time.monotonic() + wait_s
+        waiting_for = ""
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+            # An empty file: the holder took the lock and has not yet written its name; which tool it is shows soon.
+            now_or_never = bool(holder) and _holder_tool(holder) in refuse_at_once
+            if time.monotonic() < deadline and not now_or_never:
+                if holder and holder != waiting_for:
+                    log.info("waiting up to %g s for the %s run of %r to end (%s)", wait_s, _holder_tool(holder),
+                             registry.model, holder)
+                    waiting_for = holder
                 # flock has no timeout: polled, as a blocking call could be cut off only by a signal.
-                if time.monotonic() < deadline:
-                    time.sleep(LOCK_POLL_S)
-                    continue
-            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "it has not yet written its name"
-            waited = f"waited {wait_s:g} s; " if wait_s else ""
+                time.sleep(LOCK_POLL_S)
+                continue
+            holder = holder or "it has not yet written its name"
+            waited = f"waited {wait_s:g} s; " if wait_s and not now_or_never else ""
             raise PublishError(f"another {_holder_tool(holder)} run of {registry.model!r} is under way ({holder}; "
                                f"lock {path}): {waited}wait for it to end and check its outcome, then run again; the "
                                "lock goes when that process exits")
@@ -372,8 +393,33 @@ def _slot_undo(slot: Slot, replica: Replica, version: int) -> Undo:
 def _load_into_slot(fleet: Fleet, target: Slot, version: int, undo: list[Undo]) -> None:
     for replica in target.replicas:
         undo.append(_slot_undo(target, replica, version))
-        fleet.call(replica, "LoadVersion", pb.LoadVersionRequest(version=version))
+        try:
+            fleet.call(replica, "LoadVersion", pb.LoadVersionRequest(version=version))
+        except PublishError as e:
+            raise _unlisted_traffic(fleet, target, e) from e.__cause__
     log.info("index slot %s now holds version %d (it held %s)", target.name, version, target.version or "none")
+
+
+def _unlisted_traffic(fleet: Fleet, slot: Slot, error: PublishError) -> PublishError:
+    """``error``, a load into ``slot`` refused, naming its likely cause where the slot refused because it answers
+    searches (within its --busy-window-s) for a version that no query replica given serves: a query replica left out
+    of --query-admin, routing its cache misses there, which would fail every one once the slot is replaced."""
+    rpc = error.__cause__
+    # The slot's refusal (index_service.slot's _check_idle) says "answered a search"; other refusals are as they are.
+    busy = (isinstance(rpc, grpc.RpcError) and rpc.code() == grpc.StatusCode.FAILED_PRECONDITION
+            and "answered a search" in rpc.details())
+    if not busy or slot.version is None or not fleet.query:
+        return error
+    try:
+        serving = _in_state(fleet, SERVING)
+    except PublishError:  # the refusal is what the operator must hear
+        return error
+    if slot.version in serving.values():
+        return error
+    return PublishError(f"{error}; none of the query replicas given ({', '.join(serving)}) serves version "
+                        f"{slot.version}, yet slot {slot.name} answers searches for it: a query replica missing from "
+                        f"--query-admin? Give every query replica: a rollout replacing version {slot.version} "
+                        "would fail its searches")
 
 
 def _serves(version: int) -> Callable[[pb.ServiceStatus], bool]:
@@ -381,13 +427,14 @@ def _serves(version: int) -> Callable[[pb.ServiceStatus], bool]:
 
 
 def publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: float = 0.0,
-                    keep_versions: int | None = None) -> dict[str, float]:
+                    keep_versions: int | None = None, lock_wait_s: float = 0.0) -> dict[str, float]:
     """Rolls ``version`` out (see the module docstring); raises PublishError.
     With ``keep_versions``, older published versions beyond that many are then
     deleted from the registry (never CURRENT, PREVIOUS or a slot's version).
-    Holds the model's rollout lock throughout (``exclusive``).
+    Holds the model's rollout lock throughout (``exclusive``), waiting up to
+    ``lock_wait_s`` for a catalogue run holding it (never for another rollout).
     Returns the seconds each step took."""
-    with exclusive(registry):
+    with exclusive(registry, wait_s=lock_wait_s, refuse_at_once=NOT_WAITED):
         return _publish_version(fleet, registry, version, drain_s, keep_versions)
 
 
@@ -468,6 +515,7 @@ def _publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: fl
         if live not in (None, version, registry.current_version()):
             _point_current(registry, live, fleet)  # so that the move to ``version`` leaves it PREVIOUS
         _point_current(registry, version, fleet)
+        _forget_rollback(registry)
         log.info("version %d is live on %d query replicas; registry CURRENT is %d, PREVIOUS %s", version,
                  len(fleet.query), version, registry.previous_version())
         step("pointers")
@@ -513,18 +561,21 @@ def _catch_up(fleet: Fleet, registry: Registry, live: int | None) -> None:
         _point_current(registry, live, fleet)
 
 
-def rollback(fleet: Fleet, registry: Registry) -> int:
+def rollback(fleet: Fleet, registry: Registry, lock_wait_s: float = 0.0, refuse_forward: bool = False) -> int:
     """Makes every query replica's rollback target live again (or finishes a
     rollback cut off before its pointer move); returns the version now live.
-    Holds the model's rollout lock throughout (``exclusive``)."""
+    With ``refuse_forward`` (the command line's rollback), refuses a second
+    rollback in a row: it would roll forward.
+    Holds the model's rollout lock throughout (``exclusive``), waiting up to
+    ``lock_wait_s`` for a catalogue run holding it (never for another rollout)."""
     if not fleet.query:
         raise PublishError("a rollback switches the query replicas' routing: give them (--query-admin)")
-    with exclusive(registry):
+    with exclusive(registry, wait_s=lock_wait_s, refuse_at_once=NOT_WAITED):
         check_fleet(fleet, registry.model)
-        return _rollback(fleet, registry)
+        return _rollback(fleet, registry, refuse_forward)
 
 
-def _rollback(fleet: Fleet, registry: Registry) -> int:
+def _rollback(fleet: Fleet, registry: Registry, refuse_forward: bool) -> int:
     current, previous = registry.pointers()
     live = _agreed(fleet, SERVING, "live", fix=(
         f"a rollback needs one version to go back from: first run `recsys-publish --version {current}` (the version "
@@ -544,6 +595,16 @@ def _rollback(fleet: Fleet, registry: Registry) -> int:
         # Switching them once more would undo it.
         log.info("finished the rollback to version %d", live)
         return live
+    if refuse_forward and _rolled_back(registry) == (target, live) and registry.pointers() == (live, target):
+        # A second rollback in a row: the first made the version it left the rollback target. (The target of a
+        # rollout of an older version is newer too, and a rollback is how that rollout is undone.)
+        raise PublishError(
+            f"the last run was a rollback from version {target} to {live}: another would roll forward to version "
+            f"{target}; nothing changed. To go to version {target} on purpose, run `recsys-publish --version "
+            f"{target}` with the index slots (--index-admin) and these query replicas; to go back further, roll out "
+            "the older version the same way (`--version N`)")
+    # Written before the switch: one undone or cut off before its pointer move leaves pointers it does not match.
+    _write_rolled_back(registry, f"{live} {target}\n")
     done: list[Undo] = []
     try:
         for replica in fleet.query:
@@ -557,6 +618,36 @@ def _rollback(fleet: Fleet, registry: Registry) -> int:
         _point_current(registry, target, fleet)
     log.info("rolled back to version %d on %d query replicas", target, len(fleet.query))
     return target
+
+
+def _rolled_back(registry: Registry) -> tuple[int, int] | None:
+    """(from, to) of the rollback that was the last pointer move (``ROLLED_BACK_FILE``); None if there is none."""
+    try:
+        words = (registry.model_dir / ROLLED_BACK_FILE).read_text().split()
+    except FileNotFoundError:
+        return None
+    return (int(words[0]), int(words[1])) if len(words) == 2 and all(w.isdigit() for w in words) else None
+
+
+def _write_rolled_back(registry: Registry, text: str) -> None:
+    """Writes ``ROLLED_BACK_FILE``; raises PublishError if the registry refuses."""
+    path = registry.model_dir / ROLLED_BACK_FILE
+    try:
+        path.write_text(text)
+    except OSError as e:
+        raise PublishError(f"cannot write {path} ({e}): recsys-publish writes the registry, run it where the "
+                           "registry is writable; nothing changed") from e
+
+
+def _forget_rollback(registry: Registry) -> None:
+    """Removes ``ROLLED_BACK_FILE`` once a rollout moved the pointers; one left behind only refuses a rollback
+    that would undo a rollout of an older version, naming the rollout that does the same, so a failure is logged."""
+    path = registry.model_dir / ROLLED_BACK_FILE
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as e:
+        log.warning("could not remove %s (%s): a rollback back to version %s will be refused until it is removed",
+                    path, e, registry.previous_version())
 
 
 @dataclass(frozen=True)
@@ -575,12 +666,15 @@ class PublishConfig:
     timeout_s: float = option(120.0, "deadline of each admin call")
     connect_timeout_s: float = option(10.0, "how long to wait for each replica's admin server to answer")
     keep_versions: int = option(5, "published versions kept on disk after a rollout (at least 2)")
+    lock_wait_s: float = option(60.0, "how long to wait for a catalogue delta (recsys-catalogue) of the model to end "
+                                      "before refusing; another recsys-publish run is refused at once")
 
     def __post_init__(self) -> None:
         require(not (self.rollback and self.initial), "rollback", "a rollback cannot be an initial rollout")
         require(self.version >= 0, "version", "must be >= 0")
         require(self.keep_versions >= 2, "keep_versions",
                 "must be at least 2 (the live version and its rollback target)")
+        require(self.lock_wait_s >= 0, "lock_wait_s", "must be >= 0")
         require(bool(self.query_admin) or self.initial, "query_admin",
                 "is required (every query replica), except for --initial")
         require(bool(self.index_admin) or self.rollback, "index_admin", "is required (every index slot replica)")
@@ -625,12 +719,12 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"CURRENT is already {registry.current_version()}: nothing to do")
                 return
             if config.rollback:
-                version = rollback(fleet, registry)
+                version = rollback(fleet, registry, config.lock_wait_s, refuse_forward=True)
             else:
                 version = config.version or (registry.versions() or [None])[-1]
                 if version is None:
                     raise PublishError(f"no published version of {config.model} under {config.registry}")
-                publish_version(fleet, registry, version, config.drain_s, config.keep_versions)
+                publish_version(fleet, registry, version, config.drain_s, config.keep_versions, config.lock_wait_s)
             print(f"live version {version}")
         except (PublishError, VersionError) as e:
             _exit(e)

@@ -1,0 +1,39 @@
+"""recsys-publish --rollback run right after another one, against in-memory admin stubs: the first made the version
+it left the rollback target, so a second would roll forward; it is refused, naming the rollout that does that. A
+rollback undoing a rollout of an older version (whose target is newer too) still runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from recsys_client.publish import ROLLBACK_TARGET, SERVING, Fleet, publish_version, rollback
+from recsys_client.publish import main as publish_main
+from tests.unit.test_publish import two_live
+
+
+def test_a_second_rollback_in_a_row_is_refused_naming_the_rollout_that_rolls_forward(tmp_path, monkeypatch, capsys):
+    registry, query, fleet = two_live(tmp_path)  # 2 live, 1 its rollback target
+    monkeypatch.setattr(Fleet, "connect", classmethod(lambda cls, *args, **kwargs: fleet))
+    argv = ["--rollback", "--registry", str(tmp_path), "--model", "m", "--query-admin", "q:1"]
+    publish_main(argv)
+    assert capsys.readouterr().out.strip() == "live version 1"
+    assert (registry.current_version(), registry.previous_version()) == (1, 2)
+    with pytest.raises(SystemExit) as exit:
+        publish_main(argv)
+    err = capsys.readouterr().err.strip()
+    assert exit.value.code == 1 and "\n" not in err, err
+    assert err.startswith("recsys-publish: the last run was a rollback from version 2 to 1: another would roll "
+                          "forward to version 2; nothing changed"), err
+    assert "run `recsys-publish --version 2` with the index slots" in err, err
+    assert query.versions == {1: SERVING, 2: ROLLBACK_TARGET}
+    assert (registry.current_version(), registry.previous_version()) == (1, 2)
+
+
+def test_a_rollback_undoes_a_rollout_of_an_older_version_made_after_a_rollback(tmp_path):
+    registry, query, fleet = two_live(tmp_path)  # 2 live, 1 its rollback target
+    assert rollback(fleet, registry, refuse_forward=True) == 1
+    publish_version(fleet, registry, 2)  # forward again, on purpose
+    publish_version(fleet, registry, 1)  # and back to the older version by a rollout
+    assert rollback(fleet, registry, refuse_forward=True) == 2  # its undo: no rollback ran last
+    assert query.versions == {1: ROLLBACK_TARGET, 2: SERVING}
+    assert (registry.current_version(), registry.previous_version()) == (2, 1)
