@@ -75,6 +75,7 @@ from typing import Callable, Iterator
 import grpc
 
 from model_registry import Registry, VersionError
+from model_registry.deltas import published_generation
 from protos.recsys.v1 import admin_pb2 as pb
 from protos.recsys.v1 import admin_pb2_grpc as pb_grpc
 from protos.recsys.v1 import versions_pb2
@@ -518,6 +519,7 @@ def _publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: fl
         _forget_rollback(registry)
         log.info("version %d is live on %d query replicas; registry CURRENT is %d, PREVIOUS %s", version,
                  len(fleet.query), version, registry.previous_version())
+        _warn_deltas_left_behind(registry, live, version)
         step("pointers")
         unload_stale(fleet, drain_s)
         step("drain_and_unload")
@@ -526,6 +528,20 @@ def _publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: fl
         if deleted:
             log.info("deleted versions %s from the registry (keeping %d)", deleted, keep_versions)
     return steps
+
+
+def _warn_deltas_left_behind(registry: Registry, before: int | None, version: int) -> None:
+    """A warning when the version that was live has catalogue deltas: they are that version's (its upserts' vectors
+    are in its embedding space), so what they deleted or added is served as ``version`` was trained."""
+    if before is None or before == version:
+        return
+    generation = published_generation(registry.model_dir, before)
+    if generation:
+        log.warning("version %d had %d catalogue delta(s), which do not carry over to version %d: candidates they "
+                    "deleted are back, and those they upserted are gone, unless version %d was trained on a catalogue "
+                    "that has them. Apply them to version %d with `recsys-catalogue --version %d` (deletes as given; "
+                    "upserts as version %d's vectors, or as features where it has a candidate tower)", before,
+                    generation, version, version, version, version, version)
 
 
 def unload_stale(fleet: Fleet, drain_s: float = 0.0) -> None:
