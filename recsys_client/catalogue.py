@@ -12,7 +12,12 @@ Each line of ``--upserts`` is one candidate::
 ``vector`` has the version's embedding dimension (with a popularity prior,
 its last component is the prior's: ``log(1 + count)``, 0 for a new
 candidate); ``tokens`` and ``numeric`` may only name the version's attribute
-namespaces (a namespace left out is empty for that candidate).
+namespaces (a namespace left out is empty for that candidate). A line has no
+other keys than ``id``, ``vector`` or ``features`` (below), ``tokens`` and
+``numeric``, and an id no whitespace at its start or end (the trainer trims
+ids, as ``--delete`` and ``--delete-file`` trim theirs): either is refused
+naming the line. An id both upserted and deleted by one run ends up deleted
+(a delta applies its deletes after its upserts), with a warning naming it.
 
 Where the version's towers take catalogue features (``--tower features`` or
 ``--candidate-features``), a line may give the candidate's catalogue values
@@ -47,7 +52,15 @@ the next generation G); then every index replica holding the version, and
 every query replica, catches up to G (``ApplyCatalogue``). A replica that
 fails (its admin server not answering included) keeps the delta in the
 registry and replays it at its next load or restart; the report names it and
-the exit status is 1. Prints a JSON report.
+the exit status is 1. The query replicas are not moved (each is named as
+failed) while a shard of the version has no index replica at G, nor when no
+replica listed in ``--index-admin`` holds the version at all. Prints a JSON
+report.
+
+SIGINT or SIGTERM stops a run once the admin calls under way end, with one
+line saying whether its delta was written, which replicas are at its
+generation, and to run ``--catch-up`` for the others; the exit status is 130
+or 143, as the shell gives a process the signal ended.
 
 Writing and applying a delta holds the model's rollout lock, as
 ``recsys-publish`` does (``recsys_client.publish.exclusive``): a run waits up
@@ -74,11 +87,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from model_registry import Registry, VersionError, signing
 from model_registry import manifest as files
 from model_registry.attributes import Attributes, token_lists
-from model_registry.deltas import AlteredLog, Delta, catalogue_dir, read_deltas, trained_max_norm, write_delta
+from model_registry.deltas import (AlteredLog, Delta, catalogue_dir, published_generation, read_deltas,
+                                   trained_max_norm, write_delta)
 from protos.recsys.v1 import admin_pb2 as pb
 from protos.recsys.v1.versions_pb2 import VERSION_STATE_LOADING as LOADING
 from recsys_client.candidate_tower import CandidateTower, FeatureError
-from recsys_client.publish import Fleet, PublishError, Replica, exclusive
+from recsys_client.publish import Fleet, Interrupted, PublishError, Replica, exclusive, stop_on_signals
 from serving.tls import ClientTls
 from serving import validation
 from serving.errors import InvalidArgument
@@ -92,6 +106,9 @@ log = logging.getLogger("recsys-catalogue")
 # the version (the index bounds query vectors against the trained candidates, not catalogue ones, so one bad upsert
 # cannot have every query refused). 100 times leaves new candidates ample room beyond the trained ones' scale.
 MAX_UPSERT_SCALE = 100.0
+# The keys an upsert line may have (module docstring): any other, "token" for "tokens" say, would else be dropped
+# unread, and the candidate written without the attributes its filters need.
+UPSERT_KEYS = ("id", "vector", "features", "tokens", "numeric")
 
 
 class CatalogueError(Exception):
@@ -120,7 +137,16 @@ def read_upserts(lines, dim: int, token_namespaces: frozenset[str], numeric_name
         if not isinstance(candidate, str) or not 0 < len(candidate.encode()) <= MAX_ID_BYTES:
             raise CatalogueError(f"line {number}: id must be a string of 1..{MAX_ID_BYTES} bytes")
         _check_id(candidate, f"line {number}: id")
+        if candidate != candidate.strip():
+            # The trainer trims ids, as --delete and --delete-file trim theirs: no delete could name this one.
+            raise CatalogueError(f"line {number}: id {candidate!r} has whitespace at its start or end, which no "
+                                 "trained id has (the trainer trims ids) and no --delete / --delete-file can name: "
+                                 "give it without")
         where = f"line {number} (id {candidate!r})"
+        unknown_keys = sorted(set(record) - set(UPSERT_KEYS))
+        if unknown_keys:
+            raise CatalogueError(f"{where}: unknown keys {unknown_keys}: a line takes only {', '.join(UPSERT_KEYS)} "
+                                 "(see recsys-catalogue --help)")
         vector, features = record.get("vector"), record.get("features")
         if (vector is None) == (features is None):
             raise CatalogueError(f"{where}: give either 'vector' or 'features' (the catalogue values the version's "
@@ -269,9 +295,12 @@ def apply_everywhere(fleet: Fleet, version: int, generation: int) -> Rollout:
     """Asks every index replica holding ``version``, then every query replica, to
     catch up to ``generation`` (the replicas of a tier at once). Index first: a
     query replica at G routes only to index replicas at G or later, so the query
-    tier is not moved while a shard of the version has no index replica at G."""
+    tier is not moved while a shard of the version has no index replica at G.
+    SIGINT or SIGTERM (``Interrupted``) lets the calls under way end, then
+    raises naming the replicas that took the generation."""
     request = pb.ApplyCatalogueRequest(version=version, generation=generation)
     shards: dict[str, tuple[int, int]] = {}  # index replica holding the version -> (its shard, of how many)
+    took: set[str] = set()  # filled by the calls themselves, which a signal does not cut off
 
     def apply(replica: Replica) -> str | None:
         """None if applied, "" if the replica does not hold the version, else the error."""
@@ -284,6 +313,7 @@ def apply_everywhere(fleet: Fleet, version: int, generation: int) -> Rollout:
                 if states[version] != LOADING:  # a slot reports the shard of the version it has loaded
                     shards[_name(replica)] = (status.shard, status.shards)
             fleet.call(replica, "ApplyCatalogue", request)
+            took.add(_name(replica))
             return None
         except PublishError as e:
             return str(e)
@@ -291,24 +321,30 @@ def apply_everywhere(fleet: Fleet, version: int, generation: int) -> Rollout:
     applied: list[str] = []
     # An index replica not reached may hold the version, of a shard unknown here: it counts as one that refused.
     failed = {f"{role} {address}": why for (role, address), why in fleet.unreachable.items() if role == "index"}
-    with ThreadPoolExecutor(max(len(fleet.index), len(fleet.query), 1)) as pool:
-        for replica, outcome in zip(fleet.index, pool.map(apply, fleet.index)):
-            if outcome is None:
-                applied.append(_name(replica))
-            elif outcome:
-                failed[_name(replica)] = outcome
-        stuck = _unserved(version, generation, shards, applied, bool(failed))
-        if stuck:
-            for replica in fleet.query:
-                failed[_name(replica)] = (f"not moved to generation {generation}: {stuck}, and a query replica routes "
-                                          "only to index replicas at its generation or later (its cache misses would "
-                                          "fail); the delta stays in the registry for when they catch up")
-        else:
-            for replica, outcome in zip(fleet.query, pool.map(apply, fleet.query)):
+    try:
+        with ThreadPoolExecutor(max(len(fleet.index), len(fleet.query), 1)) as pool:
+            for replica, outcome in zip(fleet.index, pool.map(apply, fleet.index)):
                 if outcome is None:
                     applied.append(_name(replica))
-                else:
+                elif outcome:
                     failed[_name(replica)] = outcome
+            stuck = _unserved(version, generation, shards, applied, bool(failed))
+            if stuck:
+                for replica in fleet.query:
+                    failed[_name(replica)] = (f"not moved to generation {generation}: {stuck}, and a query replica "
+                                              "routes only to index replicas at its generation or later (its cache "
+                                              "misses would fail); the delta stays in the registry for when they "
+                                              "catch up")
+            else:
+                for replica, outcome in zip(fleet.query, pool.map(apply, fleet.query)):
+                    if outcome is None:
+                        applied.append(_name(replica))
+                    else:
+                        failed[_name(replica)] = outcome
+    except Interrupted as e:  # raised once the pool's calls under way ended, so ``took`` is what they did
+        at = [name for name in map(_name, (*fleet.index, *fleet.query)) if name in took]
+        raise Interrupted(e.signum, f" while the replicas caught up to generation {generation} of version {version} "
+                                    f"({'at it: ' + ', '.join(at) if at else 'none at it yet'})") from None
     failed |= {f"{role} {address}": why for (role, address), why in fleet.unreachable.items() if role == "query"}
     return Rollout(generation, applied, failed)
 
@@ -320,10 +356,16 @@ def _name(replica: Replica) -> str:
 def _unserved(version: int, generation: int, shards: dict[str, tuple[int, int]], applied: list[str],
               refused: bool) -> str:
     """Why no query replica may move to ``generation`` ("" if it may): the index replicas holding ``version``
-    (``shards``, or ``refused`` ones whose status was not read) leave some shard of it without one at it."""
+    (``shards``, or ``refused`` ones whose status was not read) leave some shard of it without one at it, or none
+    listed holds it at all (``applied`` names the index replicas that took it, slots still loading it included)."""
     took = {shards[name] for name in applied if name in shards}  # a slot still loading the version names no shard
     if not took:
-        return f"no index replica holding version {version} took generation {generation}" if shards or refused else ""
+        if shards or refused:
+            return f"no index replica holding version {version} took generation {generation}"
+        # The replicas that do hold it were left out of the flag: they stay behind, and a query replica moved to
+        # the generation would find no index replica at it.
+        return "" if applied else (f"no index replica listed in --index-admin holds version {version} (list those "
+                                   "that do, as recsys-client status shows them, and run again with --catch-up)")
     # Every shard of the version, also one whose replicas all refused before saying they hold it (or were not reached).
     missing = sorted((set(shards.values()) | {(shard, of) for _, of in took for shard in range(of)}) - took)
     return "; ".join(f"no replica of shard {shard} of {of} of version {version} took generation {generation}"
@@ -414,6 +456,27 @@ def _check_still_current(registry: Registry, given: int, version: int) -> None:
                              f"or pass --version {version} to change that one")
 
 
+@dataclass
+class _Progress:
+    """How far a run got, for the message of a signal that stops it."""
+
+    version: int = 0
+    published: int = -1  # the version's generation before the run's delta; -1: not read yet, so nothing written
+    writes: bool = True  # whether the run has a delta to write (else it only has the replicas catch up)
+
+    def after_signal(self, registry: Registry) -> str:
+        """Whether the run wrote its delta and, if a generation is published, how the replicas behind get to it."""
+        now = published_generation(registry.model_dir, self.version, self.published) if self.published >= 0 else 0
+        catch_up = (f"the replicas not at it replay it at their next load or restart; run recsys-catalogue --catch-up "
+                    f"--version {self.version}, with this run's --registry, --model and replica flags, to bring them "
+                    "to it now")
+        if now > self.published:
+            return f"catalogue delta {now} of version {self.version} was written to the registry: {catch_up}"
+        if not self.writes and now:
+            return f"this run writes no delta (version {self.version} is at generation {now}): {catch_up}"
+        return "nothing was written: run the same command again"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="recsys-catalogue", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -421,6 +484,18 @@ def main(argv: list[str] | None = None) -> None:
     config = parse(parser, CatalogueConfig, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     registry = Registry(config.registry, config.model)
+    progress = _Progress()
+    # Else SIGTERM after the delta was written ends the run with nothing said, and its replicas stay behind.
+    with stop_on_signals(log, "already stopping: waiting for the admin calls under way to end"):
+        try:
+            _run(config, registry, progress)
+        except Interrupted as e:
+            print(f"recsys-catalogue: {e}; {progress.after_signal(registry)}", file=sys.stderr)
+            sys.exit(e.exit_code)
+
+
+def _run(config: CatalogueConfig, registry: Registry, progress: _Progress) -> None:
+    """The run of ``main``, which ``progress`` follows."""
     try:
         version = config.version or registry.current_version()
         if version is None:
@@ -440,6 +515,11 @@ def main(argv: list[str] | None = None) -> None:
                             if line.strip()]
         for i, candidate in enumerate(deleted):
             _check_id(candidate, f"deleted id {i}")
+        both = sorted(set(deleted) & set(delta.ids.tolist()))
+        if both:  # else the upsert is written and lost without a word
+            log.warning("%d ids are both upserted (--upserts) and deleted (--delete / --delete-file): %s; a delta "
+                        "applies its deletes after its upserts, so they end up deleted", len(both),
+                        ", ".join(both[:5]) + (", ..." if len(both) > 5 else ""))
         key = signing.private_key(config.signing_key) if config.signing_key else None
         signing.check_delta_signer(registry.version_dir(version), key)  # before any replica is called
         log_deltas = read_log(registry, version, key)
@@ -452,6 +532,7 @@ def main(argv: list[str] | None = None) -> None:
         delta = Delta(delta.ids, delta.vectors, delta.attributes, requested[held])
         check_scale(registry, version, delta)
         writes, published = bool(len(delta.ids) or len(delta.deleted)), len(log_deltas)
+        progress.version, progress.published, progress.writes = version, published, writes
         fleet = None
         # With nothing to write, the replicas still catch up: a delta written before may have reached none of them.
         if writes or published:
@@ -476,6 +557,8 @@ def main(argv: list[str] | None = None) -> None:
             with exclusive(registry, "recsys-catalogue", config.lock_wait_s):
                 _check_still_current(registry, config.version, version)
                 rollout = publish_delta(fleet, registry, version, delta, key)
+        except Interrupted:
+            raise  # main says what was written
         except (CatalogueError, VersionError, OSError, PublishError) as e:  # nothing was applied
             print(f"recsys-catalogue: {e}{'; nothing was written' if isinstance(e, PublishError) else ''}",
                   file=sys.stderr)

@@ -45,7 +45,7 @@ from recsys_client import status
 from serving.filters import filter_from_proto
 from serving.tls import ToolTls, tls_hint
 from serving.errors import InvalidArgument
-from settings.flags import ConfigError, SecretFile, add_flags, flag_name, from_args
+from settings.flags import ConfigError, SecretFile, add_flags, comma_list, flag_name, from_args
 
 
 def parse_filter(text: str) -> pb.Filter:
@@ -56,10 +56,6 @@ def parse_filter(text: str) -> pb.Filter:
     except (json_format.ParseError, InvalidArgument) as e:
         raise argparse.ArgumentTypeError(f"not a filter: {e} (see recsys-client --help for the JSON shape)") from None
     return value
-
-
-def _ids(text: str) -> list[str]:
-    return [part for part in text.split(",") if part]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,9 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "similar":
             sub.add_argument("--candidate-id", required=True)
         if name == "batch":
-            sub.add_argument("--customer-ids", type=_ids, required=True, help="customer ids, comma-separated")
+            sub.add_argument("--customer-ids", type=comma_list, required=True, help="customer ids, comma-separated")
         if name == "record":
-            sub.add_argument("--candidate-ids", type=_ids, required=True,
+            sub.add_argument("--candidate-ids", type=comma_list, required=True,
                              help="candidates the customer interacted with, comma-separated, oldest first")
         if name in ("recommend", "similar", "batch"):
             sub.add_argument("--k", type=int, default=10)
@@ -89,9 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "health":
             sub.add_argument("--service", default="", help="service name; empty for the whole server")
     sub = commands.add_parser("status", help="every replica's versions and states, from the admin planes")
-    sub.add_argument("--index-admin", type=_ids, default=[], help="index slot replicas' admin HOST:PORT, "
-                                                                  "comma-separated")
-    sub.add_argument("--query-admin", type=_ids, default=[], help="query replicas' admin HOST:PORT, comma-separated")
+    sub.add_argument("--index-admin", type=comma_list, default=[],
+                     help="index slot replicas' admin HOST:PORT, comma-separated")
+    sub.add_argument("--query-admin", type=comma_list, default=[],
+                     help="query replicas' admin HOST:PORT, comma-separated")
     sub.add_argument("--admin-token-file", dest="admin_token", action=SecretFile,
                      default=os.environ.get("RECSYS_ADMIN_TOKEN", ""),
                      help="file holding the bearer token of the admin plane (env RECSYS_ADMIN_TOKEN)")

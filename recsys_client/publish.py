@@ -704,12 +704,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @contextmanager
-def _stop_on_signals() -> Iterator[None]:
-    """Turns SIGINT and SIGTERM into Interrupted for the block, so that a run stopped by either undoes what it
-    changed; once one arrived, the others wait for that undo."""
+def stop_on_signals(tool_log: logging.Logger = log,
+                    stopping: str = "already stopping: undoing what this run changed") -> Iterator[None]:
+    """Turns SIGINT and SIGTERM into Interrupted for the block, so that a run stopped by either undoes (or reports)
+    what it changed; once one arrived, the others are logged on ``tool_log`` as ``stopping`` and wait for that."""
     def stop(signum: int, frame) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: log.warning("already stopping: undoing what this run changed"))
+            signal.signal(sig, lambda *_: tool_log.warning(stopping))
         raise Interrupted(signum)
 
     before = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -724,7 +725,7 @@ def main(argv: list[str] | None = None) -> None:
     config = parse(build_parser(), PublishConfig, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     registry = Registry(config.registry, config.model)
-    with _stop_on_signals():
+    with stop_on_signals():
         try:
             fleet = Fleet.connect(list(config.index_admin), list(config.query_admin), config.admin_token,
                                   config.timeout_s, config.connect_timeout_s, config.tls)

@@ -148,12 +148,25 @@ def _converter(flag: _Flag) -> Callable[[str], Any]:
     tp = _base_type(flag.type)
     if typing.get_origin(tp) is tuple:
         item = typing.get_args(tp)[0]
-        return lambda text: tuple(item(part.strip()) for part in text.split(",") if part.strip())
+        return lambda text: tuple(map(item, comma_list(text)))
     if tp is bool:
         return _parse_bool
     if tp in (int, float, str):
         return tp
     return lambda text: tp(text)
+
+
+def comma_list(text: str) -> list[str]:
+    """The parts of a comma-separated flag value, the whitespace around each dropped; an empty (or blank) value is
+    no parts. An empty part is an argparse.ArgumentTypeError (argparse names the flag): "u1,,u2" most likely lost
+    an id between its commas, and dropping the part would quietly act on a list other than the one meant."""
+    if not text.strip():
+        return []
+    parts = [part.strip() for part in text.split(",")]
+    if "" in parts:
+        raise argparse.ArgumentTypeError(f"part {parts.index('') + 1} of {text!r} is empty: give the values "
+                                         "separated by single commas, with none before the first or after the last")
+    return parts
 
 
 def _parse_bool(text: str) -> bool:
