@@ -1,7 +1,8 @@
-"""The customer store of a model version (``customer_store.npz``): every training
-customer's recent items (the input of history-aware towers), all their training
-items (for exclude_seen) and their feature columns (the input of the features
-tower), as of training.
+"""The customer store of a model version (``customer_store.npz``): every
+customer's recent items (the input of history-aware towers), all their items (for
+exclude_seen) and their feature columns (the input of the features tower) in the
+data the version was trained from, its held-out test split included (the trainer
+evaluates with a store of the training split, then publishes this one).
 
 It travels inside the version, not in a separate database, so a tower always
 reads the history and features it was trained with: the same one-version

@@ -141,7 +141,8 @@ class PipelineConfig:
     max_test_interactions: int = option(100_000, "test interactions evaluated at most (a seeded sample beyond)")
     tune_budget_s: float = option(
         300.0, "seconds of hyperparameter search on the validation split (trainer.tuning); 0 trains the preset "
-               "only. Flags given for training fields pin them; the search varies the rest")
+               "only. The first trial always runs to its early stop, so a budget shorter than one trial is "
+               "overrun. Flags given for training fields pin them; the search varies the rest")
     index_shards: int = option(1, "split the published version's candidates into this many index shards (by a "
                                   "hash of the id), a ScaNN searcher each, served by index endpoints started with "
                                   "--shard 0..N-1; its merged recall@10 goes into the manifest")

@@ -90,6 +90,7 @@ def run(config: PipelineConfig, log: Callable[[str], None] = lambda msg: None,
 
     t1 = time.perf_counter()
     model, prior = result.model, result.prior
+    # The evaluation's queries read the training split only: the test interactions are what they are judged on.
     store = customer_store(model.query_tower, train_data)
     report: dict[str, Any] = metrics.hit_rates(
         metrics.embedding_scores(prior.queries(query_embeddings(model, store, es.customers)),
@@ -117,8 +118,17 @@ def run(config: PipelineConfig, log: Callable[[str], None] = lambda msg: None,
         "tuning": tuning,
         "validation_history": result.history,
     })
+    # Serving knows every interaction of the data, the newest (held out above) most of all: the published store
+    # (histories, exclude_seen's items, the customers) is built from train + test, once evaluated. The towers are
+    # the evaluated ones: a customer only in the test split is unknown to an id tower, so it is served the
+    # popular list, less its stored items under exclude_seen.
+    served = customer_store(model.query_tower, data)
+    report["customer_store"] = {"customers": len(served.ids), "interactions": len(data),
+                                "customers_only_in_test": len(served.ids) - len(store.ids)}
+    log(f"customer store: {len(served.ids)} customers, {len(data)} interactions (train + test; evaluated with "
+        f"the train split's {len(store.ids)} customers)")
     interrupts.check()  # a stop a library swallowed since the search: nothing is published after it
-    manifest = publish.publish(registry, model, store, data.catalog, train_data, test_data, report,
+    manifest = publish.publish(registry, model, served, data.catalog, train_data, test_data, report,
                                publish.ExportConfig(dataset=data.name, tower=chosen.towers.kind, seed=seed,
                                                     shards=config.index_shards),
                                prior)

@@ -45,7 +45,7 @@ def popular_candidates(train: Interactions, limit: int = MAX_POPULAR) -> tuple[n
 def probe_customers(test: Interactions, known: np.ndarray, limit: int = MAX_PROBE_QUERIES,
                     seed: int = 42) -> np.ndarray:
     """A seeded sample of up to ``limit`` distinct held-out customers of ``known``
-    (sorted: the customer store's ids); of ``known`` itself if none is held out.
+    (sorted: the customers trained on); of ``known`` itself if none is held out.
 
     The query service searches with a known customer's vector only (an unknown
     one gets the popular list): the unknown vector, one for every cold
@@ -83,15 +83,17 @@ def publish(registry: Registry, model: TwoTowerModel, store: CustomerStore, cata
     """Builds every artifact of a version and publishes it; returns the manifest.
 
     ``catalog`` (sorted unique candidate ids) defines the index order; ``store``
-    holds the training customers' serving inputs (written as the customer
-    store; probe queries are embedded from it). ``prior`` goes into the vectors
+    holds the served customers' inputs, built from ``train`` and ``test`` alike
+    (written as the customer store; probe queries, of held-out customers
+    trained on, are embedded from it). ``prior`` goes into the vectors
     (one more dimension, see ``trainer.towers.prior``). The ScaNN recall is
     measured on the probe queries before anything is written; below what the
     index service loads (``IndexConfig.min_recall``) it raises ValueError.
     """
     catalog = np.asarray(catalog).astype(str)
     cand_emb = prior.candidates(embed(model.candidate_tower, catalog), training_counts(catalog, train))
-    probes = prior.queries(query_embeddings(model, store, probe_customers(test, store.ids, seed=config.seed)))
+    trained_on = np.unique(train.customer_ids).astype(str)  # an id tower knows no other customer
+    probes = prior.queries(query_embeddings(model, store, probe_customers(test, trained_on, seed=config.seed)))
     shards, spec = index_builder.build_shards(cand_emb, probes, catalog, config.shards, config.index)
     pop_ids, pop_scores = popular_candidates(train)
     dim = int(cand_emb.shape[1])
