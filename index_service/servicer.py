@@ -107,8 +107,11 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
         return response
 
     async def WatchStatus(self, request: pb.WatchStatusRequest, context):
-        async for _ in self.core.changes():
-            report = self.admin.status()
-            shard, shards = self.core.shard()
-            yield pb.IndexStatus(model_name=report.model, slot=report.slot, versions=version_protos(report.versions),
-                                 keepalive_s=self.core.keepalive_s, shard=shard, shards=shards)
+        # Counted in the admin status (status_watchers) until the stream ends: drained, or its watcher gone.
+        with self.admin.watched():
+            async for _ in self.core.changes():
+                report = self.admin.status()
+                shard, shards = self.core.shard()
+                yield pb.IndexStatus(model_name=report.model, slot=report.slot,
+                                     versions=version_protos(report.versions), keepalive_s=self.core.keepalive_s,
+                                     shard=shard, shards=shards)

@@ -47,8 +47,14 @@ run waits up to --lock-wait-s for it to end. Every index slot and query
 replica must report the ``--model`` and the role (index or query) of the flag
 it was given in, or nothing changes. Every query replica must be given: one
 left out keeps routing to its own live version, whose slot a rollout may
-replace (an index slot refuses that while it answers searches, and the
-refusal then names a replica missing from --query-admin as the likely cause).
+replace. Each query replica process watches every index endpoint it is given
+through a status stream, and each index process counts those it serves
+(``status_watchers``): before loading a slot that holds a version, a run
+refuses, nothing changed, when one of the slot's replicas has more watchers
+than there are query replica processes given (--allow-unlisted-watchers
+overrides: a debugging client watching, say). An index slot also refuses the
+load while it answers searches, and that refusal names a replica missing from
+--query-admin as the likely cause.
 SIGINT or SIGTERM undoes what the run changed, as a refusal does.
 
 ``--initial`` is the first rollout of a registry, before any query replica
@@ -391,7 +397,10 @@ def _slot_undo(slot: Slot, replica: Replica, version: int) -> Undo:
                 f"index slot {slot.name} is empty again ({replica.address})")
 
 
-def _load_into_slot(fleet: Fleet, target: Slot, version: int, undo: list[Undo]) -> None:
+def _load_into_slot(fleet: Fleet, target: Slot, version: int, undo: list[Undo],
+                    allow_unlisted_watchers: bool = False) -> None:
+    if not allow_unlisted_watchers:
+        _check_watchers(fleet, target, version)
     for replica in target.replicas:
         undo.append(_slot_undo(target, replica, version))
         try:
@@ -399,6 +408,32 @@ def _load_into_slot(fleet: Fleet, target: Slot, version: int, undo: list[Undo]) 
         except PublishError as e:
             raise _unlisted_traffic(fleet, target, e) from e.__cause__
     log.info("index slot %s now holds version %d (it held %s)", target.name, version, target.version or "none")
+
+
+def _check_watchers(fleet: Fleet, slot: Slot, version: int) -> None:
+    """Refuses, before ``slot`` is loaded with ``version``, a replica of it with more status watchers than the query
+    replica processes given (a replica is one, one run with --workers N is N): each process watches every index
+    endpoint it is given through one status stream, so the others are a query replica missing from --query-admin,
+    whose searches for the version the slot holds would fail once it is replaced, even one too quiet for the slot's
+    busy refusal. Per replica of the slot, not summed over them: a query process watches each one it is given."""
+    if slot.version is None:
+        return  # a slot holding nothing answers no one's searches
+    listed = sum(len(fleet.status(replica).workers) or 1 for replica in fleet.query)
+    for replica in slot.replicas:
+        status = fleet.status(replica)
+        # A pool's processes each count the streams on their own connections: the endpoint's are their sum.
+        watchers = sum(w.status_watchers for w in status.workers) if status.workers else status.status_watchers
+        if watchers > listed:
+            given = ", ".join(r.address for r in fleet.query) or "none"
+            raise PublishError(
+                f"index slot {slot.name} holds version {slot.version}, which this rollout would replace with version "
+                f"{version}, yet its replica {replica.address} serves {watchers} status streams while the query "
+                f"replicas given (--query-admin: {given}) are {listed} process(es): each query replica process "
+                "watches every index endpoint it is given, so a query replica missing from --query-admin (or "
+                f"another client) watches it, and one routing to version {slot.version} would fail its searches "
+                "once the slot is replaced. Give every query replica in --query-admin (each one's admin address; a "
+                "--workers N replica counts as its N processes); if the other watchers route no searches there (a "
+                "debugging client), run again with --allow-unlisted-watchers; nothing changed")
 
 
 def _unlisted_traffic(fleet: Fleet, slot: Slot, error: PublishError) -> PublishError:
@@ -428,19 +463,22 @@ def _serves(version: int) -> Callable[[pb.ServiceStatus], bool]:
 
 
 def publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: float = 0.0,
-                    keep_versions: int | None = None, lock_wait_s: float = 0.0) -> dict[str, float]:
+                    keep_versions: int | None = None, lock_wait_s: float = 0.0,
+                    allow_unlisted_watchers: bool = False) -> dict[str, float]:
     """Rolls ``version`` out (see the module docstring); raises PublishError.
     With ``keep_versions``, older published versions beyond that many are then
     deleted from the registry (never CURRENT, PREVIOUS or a slot's version).
     Holds the model's rollout lock throughout (``exclusive``), waiting up to
     ``lock_wait_s`` for a catalogue run holding it (never for another rollout).
+    ``allow_unlisted_watchers``: load a slot watched by more processes than the
+    query replicas given (``_check_watchers``) all the same.
     Returns the seconds each step took."""
     with exclusive(registry, wait_s=lock_wait_s, refuse_at_once=NOT_WAITED):
-        return _publish_version(fleet, registry, version, drain_s, keep_versions)
+        return _publish_version(fleet, registry, version, drain_s, keep_versions, allow_unlisted_watchers)
 
 
 def _publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: float,
-                     keep_versions: int | None) -> dict[str, float]:
+                     keep_versions: int | None, allow_unlisted_watchers: bool) -> dict[str, float]:
     steps: dict[str, float] = {}
     mark = time.perf_counter()
 
@@ -475,7 +513,7 @@ def _publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: fl
             target = pick_idle_slot(slot_list, set(), keep=_agreed(fleet, ROLLBACK_TARGET, "rollback target"))
             log.warning("no index slot holds the live version %d: loading it into slot %s", version, target.name)
             try:
-                _load_into_slot(fleet, target, version, undo)
+                _load_into_slot(fleet, target, version, undo, allow_unlisted_watchers)
             except PublishError:
                 _undo(fleet, undo)
                 raise
@@ -486,7 +524,7 @@ def _publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: fl
     try:
         if not any(s.version == version for s in slot_list):
             lives = ({live} | set(serving.values())) - {None}
-            _load_into_slot(fleet, pick_idle_slot(slot_list, lives), version, undo)
+            _load_into_slot(fleet, pick_idle_slot(slot_list, lives), version, undo, allow_unlisted_watchers)
         step("slot_load")
         for replica in fleet.query:
             if serving[replica.address] == version:  # a replica that disagreed, already on the version
@@ -684,6 +722,9 @@ class PublishConfig:
     keep_versions: int = option(5, "published versions kept on disk after a rollout (at least 2)")
     lock_wait_s: float = option(60.0, "how long to wait for a catalogue delta (recsys-catalogue) of the model to end "
                                       "before refusing; another recsys-publish run is refused at once")
+    allow_unlisted_watchers: bool = option(False, "load an idle slot even when one of its replicas has more status "
+                                                  "watchers than there are query replica processes given (a client "
+                                                  "known to route no searches there, e.g. a debugging one)", env=False)
 
     def __post_init__(self) -> None:
         require(not (self.rollback and self.initial), "rollback", "a rollback cannot be an initial rollout")
@@ -741,7 +782,8 @@ def main(argv: list[str] | None = None) -> None:
                 version = config.version or (registry.versions() or [None])[-1]
                 if version is None:
                     raise PublishError(f"no published version of {config.model} under {config.registry}")
-                publish_version(fleet, registry, version, config.drain_s, config.keep_versions, config.lock_wait_s)
+                publish_version(fleet, registry, version, config.drain_s, config.keep_versions, config.lock_wait_s,
+                                config.allow_unlisted_watchers)
             print(f"live version {version}")
         except (PublishError, VersionError) as e:
             _exit(e)

@@ -19,8 +19,10 @@ from protos.recsys.v1 import versions_pb2
 from serving.admin_rpc import state_name
 from serving.tls import ClientTls, tls_hint
 
+# WATCHERS: the status streams an index process serves, one per query replica process routing over it (blank: none);
+# recsys-publish refuses to replace a slot one of whose replicas has more than the query replica processes given.
 COLUMNS = ("ADDRESS", "SERVICE", "SLOT", "VERSION", "STATE", "CANDIDATES", "RECALL@10", "MEMORY", "LOAD_S",
-           "CATALOGUE_GEN")
+           "CATALOGUE_GEN", "WATCHERS")
 
 
 @dataclass(frozen=True)
@@ -87,13 +89,14 @@ def _version_rows(address: str, role: str, status: pb.ServiceStatus) -> list[tup
     slot = (status.slot or "-") + (f"[{status.shard}/{status.shards}]" if status.shards else "")
     service = status.service or role
     head = (address, service, slot)
-    if not status.versions:
-        out.append((*head, "-", "EMPTY"))
+    watchers = str(status.status_watchers or "")
+    if not status.versions:  # an empty slot is watched too
+        out.append((*head, "-", "EMPTY", *[""] * 5, watchers))
     for v in sorted(status.versions, key=lambda v: v.version):
         live = "*" if v.version == status.live_version else ""
         out.append((*head, f"{v.version}{live}", state_name(v.state), str(v.num_candidates),
                     _recall(v, service),
-                    _size(v.memory_bytes), f"{v.load_seconds:.2f}", str(v.catalogue_generation)))
+                    _size(v.memory_bytes), f"{v.load_seconds:.2f}", str(v.catalogue_generation), watchers))
     return out
 
 

@@ -14,9 +14,10 @@ the loaded version catches up with the registry's log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Iterator, Protocol, TypeVar
 
 from model_registry import Manifest, VersionError
 from model_registry.deltas import Delta, published_generation, read_deltas
@@ -71,6 +72,7 @@ class StatusReport:
     versions: list[VersionInfo]
     slot: str = ""  # index slots only
     shard: tuple[int, int] | None = None  # an index endpoint of a sharded version: (its shard, of how many)
+    status_watchers: int = 0  # index slots: the status streams served now (``VersionAdmin.watched``)
 
 
 class VersionAdmin(Generic[S]):
@@ -79,6 +81,7 @@ class VersionAdmin(Generic[S]):
 
     service = "base"
     slot = ""  # an index slot's name
+    status_watchers = 0  # the status streams this process serves now (``watched``)
 
     def __init__(self, manager: VersionManager[S], loader: Loader[S]):
         self.manager = manager
@@ -150,4 +153,16 @@ class VersionAdmin(Generic[S]):
             else:
                 infos.append(VersionInfo(version, state, servable.num_candidates, servable.manifest.embedding_dim,
                                          servable.report, servable.catalogue_generation))
-        return StatusReport(self.manager.model, self.service, self.manager.live_version or 0, infos, self.slot)
+        return StatusReport(self.manager.model, self.service, self.manager.live_version or 0, infos, self.slot,
+                            status_watchers=self.status_watchers)
+
+    @contextlib.contextmanager
+    def watched(self) -> Iterator[None]:
+        """Counts a status stream in ``status_watchers`` while the block serves it, however it ends. Each query
+        replica process watches every index endpoint it is given through one stream: recsys-publish compares the
+        count with the query replicas it was given, so one left out is found even when it sends no search."""
+        self.status_watchers += 1
+        try:
+            yield
+        finally:
+            self.status_watchers -= 1

@@ -42,7 +42,8 @@ def version_protos(infos: list[VersionInfo]) -> list[versions_pb2.VersionStatus]
 def status_proto(report: StatusReport) -> pb.ServiceStatus:
     shard, shards = report.shard or (0, 0)
     return pb.ServiceStatus(model_name=report.model, service=report.service, live_version=report.live_version,
-                            versions=version_protos(report.versions), slot=report.slot, shard=shard, shards=shards)
+                            versions=version_protos(report.versions), slot=report.slot, shard=shard, shards=shards,
+                            status_watchers=report.status_watchers)
 
 
 class AdminServicer(pb_grpc.AdminServiceServicer):

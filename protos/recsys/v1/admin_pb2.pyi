@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ServiceStatus(_message.Message):
-    __slots__ = ("model_name", "service", "live_version", "versions", "slot", "shard", "shards", "workers")
+    __slots__ = ("model_name", "service", "live_version", "versions", "slot", "shard", "shards", "workers", "status_watchers")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     LIVE_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +17,7 @@ class ServiceStatus(_message.Message):
     SHARD_FIELD_NUMBER: _ClassVar[int]
     SHARDS_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_WATCHERS_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     service: str
     live_version: int
@@ -25,7 +26,8 @@ class ServiceStatus(_message.Message):
     shard: int
     shards: int
     workers: _containers.RepeatedCompositeFieldContainer[ServiceStatus]
-    def __init__(self, model_name: _Optional[str] = ..., service: _Optional[str] = ..., live_version: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[_versions_pb2.VersionStatus, _Mapping]]] = ..., slot: _Optional[str] = ..., shard: _Optional[int] = ..., shards: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[ServiceStatus, _Mapping]]] = ...) -> None: ...
+    status_watchers: int
+    def __init__(self, model_name: _Optional[str] = ..., service: _Optional[str] = ..., live_version: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[_versions_pb2.VersionStatus, _Mapping]]] = ..., slot: _Optional[str] = ..., shard: _Optional[int] = ..., shards: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[ServiceStatus, _Mapping]]] = ..., status_watchers: _Optional[int] = ...) -> None: ...
 
 class LoadVersionRequest(_message.Message):
     __slots__ = ("version",)
