@@ -17,6 +17,7 @@ from model_registry import manifest as files
 from model_registry.registry import check_model_name
 from model_registry.search import MIN_RECALL
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
+from serving.admin import CatalogueCatchUp
 from serving.admin_rpc import ServiceWithAdmin
 from serving.config import AdminConfig, ServiceConfig
 from serving.grpc_server import ServiceSpec, run_main, serve_until_signalled
@@ -49,6 +50,7 @@ class IndexServiceConfig(ServiceConfig):
     # under a second for a hung process (a dead one's stream breaks at once).
     keepalive_s: float = option(0.3, "status stream keepalive: watchers take the slot as hung after three "
                                      "missed ones")
+    catalogue: CatalogueCatchUp = option(CatalogueCatchUp(), "catalogue catch-up", prefix="catalogue-catch-up-")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -99,6 +101,7 @@ async def create_server(config: IndexServiceConfig) -> tuple[ServiceWithAdmin, I
     except BaseException:
         await service.stop(0)
         raise
+    admin.follow_catalogue(config.catalogue)
     await service.set_serving(True, [""])
     log.info("index slot %s on %s:%d (admin %s:%d): %s version %s", config.slot, config.host, service.data.port,
              config.admin.host, service.admin.port, config.model, manager.live_version or "none (empty slot)")

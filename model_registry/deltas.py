@@ -157,6 +157,16 @@ def published_generation(model_dir: Path, version: int, at_least: int = 0) -> in
     return int(records[-1].stem) if records else 0
 
 
+def record_stat(model_dir: Path, version: int, generation: int) -> os.stat_result | None:
+    """The stat of delta ``generation``'s commit record of ``version``, None while it is not published: one stat
+    of its name, the cheap probe of a replica looking for the next delta (no listing, no checks: ``read_deltas``
+    verifies what it then reads)."""
+    try:
+        return (catalogue_dir(model_dir, version) / _RECORD.format(generation)).stat()
+    except FileNotFoundError:
+        return None
+
+
 def _signed_part(record: dict) -> bytes:
     """The bytes a record's signature covers: every other field, canonically."""
     return json.dumps({k: v for k, v in record.items() if k != "signature"}, sort_keys=True).encode()

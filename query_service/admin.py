@@ -12,16 +12,21 @@ same check): its tower is still loaded here and its index is still in its slot.
 Loading a version also warms the result cache for it (``Recommender.warm``)
 when an index endpoint already holds it, as a rollout's order guarantees: the
 promotion that follows then finds the replica's recent requests cached.
+
+Catalogue deltas a ``recsys-catalogue`` run did not bring here are taken by
+the replica itself (``follow_catalogue``), up to the generation its index
+endpoints hold, as soon as their status streams say they moved on.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 from query_service.routing import IndexRouter
-from serving.admin import StatusReport, VersionAdmin
+from serving.admin import WRITER_GRACE_S, CatalogueCatchUp, StatusReport, VersionAdmin
 from serving.errors import FailedPrecondition, InvalidArgument
 from serving.loader import Loader
 from serving.sources import StartupVersions
@@ -47,6 +52,18 @@ class QueryAdmin(VersionAdmin["QueryModel"]):
         super().__init__(manager, loader)
         self.router = router
         self._warm = warm
+
+    def follow_catalogue(self, config: CatalogueCatchUp, grace_s: float = WRITER_GRACE_S) -> asyncio.Task | None:
+        """As ``VersionAdmin.follow_catalogue``, and looks at once whenever an index endpoint's status changes."""
+        self.router.listen(self.nudge)
+        return super().follow_catalogue(config, grace_s)
+
+    def catalogue_ceiling(self, version: int) -> int | None:
+        """The generation every shard of ``version`` has an index endpoint at: a tower ahead of its index
+        endpoints could not route a search (they must be at its generation), so the query tier follows the
+        index tier, which follows the registry. A replica a recsys-catalogue run missed then answers from the
+        index's catalogue (its deletions out of the popularity fallback too) and its cache keys name it."""
+        return self.router.routable_generation(version)
 
     def start(self, startup: StartupVersions) -> None:
         """Loads the live version and, best effort, the rollback target (blocking)."""

@@ -264,6 +264,11 @@ class IndexRouter:
         """Whether every shard of ``version`` has an endpoint holding it at catalogue ``generation`` or later."""
         return all(self.holders(version, generation, s) for s in range(self.shard_count(version)))
 
+    def routable_generation(self, version: int) -> int:
+        """The highest catalogue generation at which ``version`` is ``routable`` (0 where it is not routable)."""
+        return min(max((e.generations.get(version, 0) for e in self.holders(version, 0, shard)), default=0)
+                   for shard in range(self.shard_count(version)))
+
     def _asking(self, version: int, generation: int) -> None:
         self._asked[version] = (time.monotonic(), max(generation, self._asked.get(version, (0.0, 0))[1]))
 

@@ -21,6 +21,7 @@ from query_service.recommender import Recommender, WarmupConfig
 from query_service.routing import IndexRouter, RoutingConfig
 from query_service.servicer import QueryServicer, add_to_server
 from serving import tracing, validation
+from serving.admin import CatalogueCatchUp
 from serving.admin_rpc import ServiceWithAdmin
 from serving.config import AdminConfig, ServiceConfig
 from serving.grpc_server import ServiceSpec, run_main, serve_until_signalled
@@ -53,6 +54,7 @@ class QueryServiceConfig(ServiceConfig):
     worker_socket: str = option("", "set by --workers on each worker it starts: the path prefix of the worker's "
                                     "private sockets (not for use by hand)")
     rollback_version: int = option(0, "with --version: also load this version, as the rollback target (0: none)")
+    catalogue: CatalogueCatchUp = option(CatalogueCatchUp(), "catalogue catch-up", prefix="catalogue-catch-up-")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -123,6 +125,7 @@ async def create_server(config: QueryServiceConfig) -> tuple[ServiceWithAdmin, R
         await service.stop(0)
         await asyncio.gather(router.close(), recommender.close())
         raise
+    admin.follow_catalogue(config.catalogue)
     asyncio.get_running_loop().create_task(_serve_once_routable(service, manager, router))
     admin_address = (f"unix:{config.worker_socket}.admin" if config.worker_socket
                      else f"{config.admin.host}:{service.admin.port}")
@@ -152,9 +155,20 @@ async def _serve_once_routable(service: ServiceWithAdmin, manager: VersionManage
         version, tower = manager.get()
         if await router.wait_routable(version, 30.0, tower.catalogue_generation):
             break
-        log.warning("waiting for an index endpoint holding version %d at catalogue generation >= %d (endpoints: %s)",
-                    version, tower.catalogue_generation, router.describe())
+        log.warning("waiting for an index endpoint holding version %d at catalogue generation >= %d (endpoints: %s)%s",
+                    version, tower.catalogue_generation, router.describe(), _lag_hint(router, version))
     await service.set_serving(True)
+
+
+def _lag_hint(router: IndexRouter, version: int) -> str:
+    """What ends the wait when endpoints hold ``version`` at an older catalogue generation only: their own
+    catch-up within their --catalogue-catch-up-period-s, else (that off, or a delta they refuse) the operator's."""
+    if not router.routable(version):
+        return ""
+    return (f"; endpoints hold it at catalogue generation {router.routable_generation(version)}: an index slot "
+            "applies the registry's deltas by itself (--catalogue-catch-up-period-s), else run `recsys-catalogue "
+            "--catch-up` (--registry, --model, --index-admin of every slot), and see the slots' logs for a refused "
+            "delta")
 
 
 async def _serve(config: QueryServiceConfig) -> None:

@@ -8,7 +8,11 @@ the live one). ``VersionAdmin`` is what the admin plane calls on top of them;
 each service subclasses it with its own meaning of load / promote / rollback
 (an index slot replaces what it holds; a query replica switches routing).
 Catalogue deltas (``model_registry.deltas``) are the same operation on both:
-the loaded version catches up with the registry's log.
+the loaded version catches up with the registry's log, on ``ApplyCatalogue``
+and by itself (``follow_catalogue``): a replica that a ``recsys-catalogue`` run
+did not reach (left off its flags, unreachable, the run killed) would else
+serve deleted candidates, or wait for an index slot, until someone ran
+``recsys-catalogue --catch-up``.
 """
 
 from __future__ import annotations
@@ -17,15 +21,37 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
+import time
 from typing import Generic, Iterator, Protocol, TypeVar
 
 from model_registry import Manifest, VersionError
-from model_registry.deltas import Delta, published_generation, read_deltas
+from model_registry.deltas import Delta, published_generation, read_deltas, record_stat
 from serving.errors import FailedPrecondition, InvalidArgument
 from serving.loader import Loader
 from serving.versions import State, VersionManager
+from settings.flags import option, require
 
 log = logging.getLogger(__name__)
+
+# A delta this young is left to the run that wrote it (recsys-catalogue applies it to the index slots, then the
+# query replicas, and names any that did not take it); the catch-up is for the replicas such a run missed.
+WRITER_GRACE_S = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class CatalogueCatchUp:
+    """How a replica catches up by itself with the catalogue deltas of the versions it holds."""
+
+    period_s: float = option(2.0, "how often the replica looks for a catalogue delta of a version it holds that it "
+                                  "has not applied (one stat of the next delta's name) and applies it as "
+                                  f"ApplyCatalogue does: an index slot, once the delta is {WRITER_GRACE_S:g} s old "
+                                  "(until then it is left to the recsys-catalogue run that wrote it); a query "
+                                  "replica, up to the generation its index endpoints hold, at once when they move "
+                                  "on. 0: never (only ApplyCatalogue, e.g. recsys-catalogue --catch-up)")
+
+    def __post_init__(self) -> None:
+        require(0 <= self.period_s < math.inf, "period_s", "must be >= 0 and finite (0: no catch-up of its own)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,11 +115,17 @@ class VersionAdmin(Generic[S]):
         self._applying = asyncio.Lock()  # one catalogue catch-up at a time
         # version -> (generation, its record's sha256) of the last catch-up: the next reads the log from there
         self._caught_up: dict[int, tuple[int, str]] = {}
+        self._nudged: asyncio.Event | None = None  # set: follow_catalogue looks now, not at its next period
+        self._follower: asyncio.Task | None = None
+        # version -> what its own catch-up was refused at (its generation, and the next record as stat'ed or the
+        # ceiling), so a refused delta is not read and verified again every period
+        self._refused: dict[int, tuple[int, ...]] = {}
 
     def _drop(self, version: int, allow_live: bool = False) -> None:
         """Takes a version out of the manager and frees it (blocking: a full GC)."""
         self.manager.remove(version, allow_live=allow_live)
         self._caught_up.pop(version, None)
+        self._refused.pop(version, None)
         Loader.released()
         log.info("%s: unloaded %s version %d", self.service, self.manager.model, version)
 
@@ -141,6 +173,68 @@ class VersionAdmin(Generic[S]):
                          servable.num_candidates)
                 self.manager.announce()
         return self.status()
+
+    def follow_catalogue(self, config: CatalogueCatchUp, grace_s: float = WRITER_GRACE_S) -> asyncio.Task | None:
+        """Starts the replica's own catch-up (see ``CatalogueCatchUp``) on the running loop: every
+        ``config.period_s``, and when ``nudge``d, each held version takes the deltas ``catalogue_ceiling`` allows
+        through ``apply_catalogue`` (its verified read, its applier and its rests, one catch-up at a time with
+        ``ApplyCatalogue``). Returns its task, None when the period is 0."""
+        if config.period_s == 0:
+            return None
+        self._nudged = asyncio.Event()
+        # Held here: the loop keeps only a weak reference to a task.
+        self._follower = asyncio.get_running_loop().create_task(self._follow(config.period_s, grace_s))
+        return self._follower
+
+    def nudge(self) -> None:
+        """Has the catch-up look now rather than at its next period."""
+        if self._nudged is not None:
+            self._nudged.set()
+
+    async def _follow(self, period_s: float, grace_s: float) -> None:
+        while True:
+            self._nudged.clear()
+            for version, (_, servable) in self.manager.states().items():
+                if servable is not None:
+                    await self._catch_up(version, servable.catalogue_generation, grace_s)
+            try:
+                await asyncio.wait_for(self._nudged.wait(), period_s)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _catch_up(self, version: int, at: int, grace_s: float) -> None:
+        """One look at ``version``, held at catalogue generation ``at``: applies what ``catalogue_ceiling`` allows
+        (an index slot: every delta published, the next one at least ``grace_s`` old). A refusal is logged once
+        and tried again only once the refused record is another file (or the ceiling moves); any other failure,
+        next period."""
+        ceiling = self.catalogue_ceiling(version)
+        if ceiling is not None and ceiling <= at:
+            return
+        try:  # the probe too: a registry it cannot stat (permissions, a network volume) must not end the catch-up
+            if ceiling is not None:
+                target, seen = ceiling, (at, ceiling)
+            else:
+                probed = await asyncio.to_thread(record_stat, self.loader.registry.model_dir, version, at + 1)
+                if probed is None or time.time() - probed.st_mtime < grace_s:
+                    return
+                target, seen = 0, (at, probed.st_ino, probed.st_mtime_ns)  # 0: every delta published
+            if self._refused.get(version) == seen:
+                return
+            await self.apply_catalogue(version, target)
+        except FailedPrecondition as e:
+            self._refused[version] = seen
+            log.warning("%s: version %d did not catch up with its catalogue deltas by itself (it stays at "
+                        "generation %d): %s", self.service, version, at, e)
+        except Exception as e:  # noqa: BLE001 - a registry read that failed (a network volume, say): next period
+            log.warning("%s: version %d could not catch up with its catalogue deltas (it stays at generation %d; "
+                        "tried again in a period): %s: %s", self.service, version, at, type(e).__name__, e)
+        else:
+            self._refused.pop(version, None)
+
+    def catalogue_ceiling(self, version: int) -> int | None:
+        """The catalogue generation loaded ``version`` may catch up to by itself: None for every delta published
+        (the index tier); a query replica overrides it."""
+        return None
 
     def after_catalogue(self, version: int, servable: S) -> None:
         """Called on the event loop after ``version`` took catalogue deltas."""
