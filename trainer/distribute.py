@@ -9,10 +9,12 @@ in-batch softmax scores its queries against every replica's candidates
 (``CrossReplicaNegatives``), so a step computes the loss and gradient one
 worker would on the same batch: N workers train the same model, faster.
 
-Everything else (per-epoch validation, early stopping, the prior) runs on
-every worker over the same weights; the early-stopping decisions follow the
-chief's figures (``chief_value``), so no worker can leave a collective the
-others wait in. Only the chief evaluates and publishes.
+Per-epoch validation and early stopping run on every worker over the same
+weights; the early-stopping decisions follow the chief's figures
+(``chief_value``), so no worker can leave a collective the others wait in.
+Only the chief computes the baselines, chooses the popularity prior against
+their bars, evaluates and publishes: another worker takes the prior's weight
+and validation lift from the chief (``chief_value``).
 """
 
 from __future__ import annotations

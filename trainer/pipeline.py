@@ -63,9 +63,10 @@ def run(config: PipelineConfig, log: Callable[[str], None] = lambda msg: None,
     # The baselines feed the report and the bars the chief's prior is chosen against;
     # another worker's prior is never published, and its baselines would only take
     # CPU from the chief where workers share a machine.
-    baseline_report = (baselines.baselines(train_data, es, validation, seed=seed)
-                       if distribute.is_chief(strategy) else {})
-    log(f"baselines in {time.perf_counter() - t0:.0f}s")
+    baseline_report = {}
+    if distribute.is_chief(strategy):
+        baseline_report = baselines.baselines(train_data, es, validation, seed=seed)
+        log(f"baselines in {time.perf_counter() - t0:.0f}s")
 
     # Defaults that follow the data, unless the command line set them.
     from_data = {} if "history_length" in config.pinned.get("towers", {}) else {

@@ -229,12 +229,19 @@ def fit_early_stopped(train_data: Interactions, validation: Validation, config: 
             log(f"time budget reached after epoch {epoch}; best epoch {best_epoch}")
             break
     model.set_weights(best_weights)
-    weights = PRIOR_WEIGHTS if config.prior_weight is None else (config.prior_weight,)
-    prior, rates, grid = choose_prior(query_embeddings(model, fit_store, val_set.customers),
-                                      embed(model.candidate_tower, val_set.catalog), config.temperature, validation,
-                                      weights)
-    score = lift(rates, validation.references)
-    log(f"popularity prior weight {prior.weight}: validation lift {score:.4f}")
+    # Only the chief publishes a prior, and only it holds the baselines' bars (``Validation.references``) the
+    # prior and the lift are judged against: another worker takes the chief's weight and lift, without a grid of
+    # its own, so every worker's search decides alike and only the chief's choice is logged.
+    prior, rates, grid, score = PopularityPrior(temperature=config.temperature), {}, [], 0.0
+    if distribute.is_chief(tf.distribute.get_strategy()):
+        weights = PRIOR_WEIGHTS if config.prior_weight is None else (config.prior_weight,)
+        prior, rates, grid = choose_prior(query_embeddings(model, fit_store, val_set.customers),
+                                          embed(model.candidate_tower, val_set.catalog), config.temperature,
+                                          validation, weights)
+        score = lift(rates, validation.references)
+        log(f"popularity prior weight {prior.weight}: validation lift {score:.4f}")
+    prior = dataclasses.replace(prior, weight=distribute.chief_value(prior.weight))
+    score = distribute.chief_value(score)
     return EarlyStopped(model, best_epoch, epoch, history, seconds, examples, prior, rates, score, grid)
 
 

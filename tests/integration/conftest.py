@@ -26,13 +26,18 @@ MODEL = "itest"
 def train(registry: Path, *extra: str) -> str:
     """Runs recsys-train on a small synthetic data set (publishes, does not make
     the version live); returns its stdout."""
+    return train_run(registry, *extra).stdout
+
+
+def train_run(registry: Path, *extra: str) -> subprocess.CompletedProcess:
+    """``train``'s run, its stdout and stderr (the training log) both kept."""
     result = subprocess.run(
         [console_script("recsys-train"), "--dataset", "synthetic", "--registry", str(registry), "--model", MODEL,
          "--synthetic-customers", "300", "--synthetic-candidates", "200", "--synthetic-interactions", "6000",
          "--epochs", "2", "--embedding-dim", "16", "--tune-budget-s", "0", *extra],
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"recsys-train failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result.stdout
+    return result
 
 
 def make_live(root: Path, version: int, slot: str = "blue") -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from model_registry import Registry
 from model_registry.manifest import verify_version
-from tests.integration.conftest import MODEL, train
+from tests.integration.conftest import MODEL, train, train_run
 from trainer import cli
 from trainer.launcher import TF_CONFIG, Cluster, launch, tf_config
 
@@ -32,7 +32,8 @@ COMPARED = ("hit_rate@10", "hit_rate@100", "hit_rate_excluding_seen@10", "hit_ra
 def test_two_workers_train_what_one_does_and_the_chief_publishes(tmp_path):
     one, two = tmp_path / "one.json", tmp_path / "two.json"
     train(tmp_path / "reg1", "--metrics-out", str(one), "--quiet")
-    out = train(tmp_path / "reg2", "--metrics-out", str(two), "--quiet", "--workers", "2")
+    run = train_run(tmp_path / "reg2", "--metrics-out", str(two), "--workers", "2")
+    out = run.stdout
 
     # Each worker process's own exit status, as the launcher saw it.
     assert re.findall(r"worker (\d) of 2 \(127\.0\.0\.1:\d+\) exited (-?\d+)", out) == [("0", "0"), ("1", "0")]
@@ -44,6 +45,12 @@ def test_two_workers_train_what_one_does_and_the_chief_publishes(tmp_path):
     assert m2["examples_per_second"] > 0 and m2["epochs_run"] == m1["epochs_run"]
     for key in COMPARED:
         assert m2[key] == pytest.approx(m1[key], abs=TOLERANCE), key
+    # The prior is the chief's alone: only it holds the baselines' bars the prior is chosen against, and only it
+    # publishes. Another worker choosing its own against popularity's bars logged another weight and lift.
+    chosen = re.findall(r"^\[worker (\d)\] popularity prior weight ([\d.]+): validation lift", run.stderr, re.M)
+    assert [worker for worker, _ in chosen] == ["0"], run.stderr[-3000:]
+    assert float(chosen[0][1]) == m2["popularity_prior"]["weight"]
+    assert re.findall(r"^\[worker (\d)\] baselines in", run.stderr, re.M) == ["0"]  # none timed on the other
 
 
 def test_cluster_from_tf_config():
