@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 import grpc
@@ -45,7 +44,7 @@ from recsys_client import status
 from serving.filters import filter_from_proto
 from serving.tls import ToolTls, tls_hint
 from serving.errors import InvalidArgument
-from settings.flags import ConfigError, SecretFile, add_flags, comma_list, flag_name, from_args
+from settings.flags import ConfigError, add_flags, add_secret_file, comma_list, flag_name, from_args
 
 
 def parse_filter(text: str) -> pb.Filter:
@@ -89,9 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="index slot replicas' admin HOST:PORT, comma-separated")
     sub.add_argument("--query-admin", type=comma_list, default=[],
                      help="query replicas' admin HOST:PORT, comma-separated")
-    sub.add_argument("--admin-token-file", dest="admin_token", action=SecretFile,
-                     default=os.environ.get("RECSYS_ADMIN_TOKEN", ""),
-                     help="file holding the bearer token of the admin plane (env RECSYS_ADMIN_TOKEN)")
+    add_secret_file(parser, sub, "admin-token", "file holding the bearer token of the admin plane")
     _add_connection(sub)
     return parser
 

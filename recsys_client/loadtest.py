@@ -55,7 +55,6 @@ import functools
 import json
 import math
 import multiprocessing
-import os
 import sys
 import time
 from array import array
@@ -69,7 +68,7 @@ import numpy as np
 from hdrh.histogram import HdrHistogram
 
 from serving.tls import ClientTls, ToolTls, tls_hint
-from settings.flags import ConfigError, SecretFile, add_flags, flag_name, from_args
+from settings.flags import ConfigError, add_flags, add_secret_file, flag_name, from_args
 
 # Histogram range: 1 us .. 60 s at 3 significant digits (0.1% value precision).
 HIST_LOWEST_US = 1
@@ -825,9 +824,7 @@ def build_parser() -> argparse.ArgumentParser:
     swap.add_argument("--model", help="model name under the registry")
     swap.add_argument("--index-admin", default="", help="index replicas' admin HOST:PORT, comma-separated")
     swap.add_argument("--query-admin", default="", help="query replicas' admin HOST:PORT, comma-separated")
-    swap.add_argument("--admin-token-file", dest="admin_token", action=SecretFile,
-                      default=os.environ.get("RECSYS_ADMIN_TOKEN", ""),
-                      help="file holding the bearer token of the admin plane (env RECSYS_ADMIN_TOKEN)")
+    add_secret_file(parser, swap, "admin-token", "file holding the bearer token of the admin plane")
     swap.add_argument("--swap-version", type=int, help="version to publish")
     swap.add_argument("--swap-at-s", type=float, default=None, help="seconds into the run to start the publish")
     swap.add_argument("--rollback-at-s", type=float, default=None,

@@ -186,20 +186,42 @@ def _env_name(flag: _Flag) -> str:
     return env_name(flag.name)
 
 
-def _env_default(flag: _Flag) -> Any:
-    """The flag's value from the environment, or _NO_DEFAULT when none is set;
-    argparse.ArgumentTypeError naming the variable if its value is unusable."""
-    env = _env_name(flag)
-    if flag.field.metadata["secret"] and os.environ.get(env + "_FILE"):
+def env_secret(flag: str) -> str | None:
+    """A secret flag's value from the environment: what ``$RECSYS_<FLAG>_FILE`` names holds, else
+    ``$RECSYS_<FLAG>``; None when neither is set. argparse.ArgumentTypeError naming the variable if the file
+    cannot be read."""
+    env = env_name(flag)
+    if os.environ.get(env + "_FILE"):
         try:
             return read_secret(os.environ[env + "_FILE"])
         except argparse.ArgumentTypeError as e:
             raise argparse.ArgumentTypeError(f"${env}_FILE: {e}") from None
+    return os.environ.get(env)
+
+
+def add_secret_file(parser: argparse.ArgumentParser, group, flag: str, help: str) -> None:
+    """``--<flag>-file FILE`` on a parser built by hand (recsys-client, recsys-loadtest), its default from the
+    environment as ``option(secret=True)`` flags take theirs (``env_secret``); an unreadable
+    ``$RECSYS_<FLAG>_FILE`` is a usage error. ``group``: the parser or one of its argument groups."""
+    env = env_name(flag)
+    try:
+        default = env_secret(flag) or ""
+    except argparse.ArgumentTypeError as e:
+        parser.error(str(e))
+    group.add_argument(f"--{flag}-file", dest=flag.replace("-", "_"), action=SecretFile, default=default,
+                       help=f"{help} (env {env} or {env}_FILE)")
+
+
+def _env_default(flag: _Flag) -> Any:
+    """The flag's value from the environment, or _NO_DEFAULT when none is set;
+    argparse.ArgumentTypeError naming the variable if its value is unusable."""
+    env = _env_name(flag)
+    if flag.field.metadata["secret"]:
+        value = env_secret(flag.name)
+        return _NO_DEFAULT if value is None else value
     text = os.environ.get(env)
     if text is None:
         return _NO_DEFAULT
-    if flag.field.metadata["secret"]:
-        return text
     convert = _converter(flag)
     try:
         value = convert(text)
