@@ -47,8 +47,11 @@ def run(config: PipelineConfig, log: Callable[[str], None] = lambda msg: None,
     data = load_dataset(config.dataset, config.data, seed)
     train_data, test_data = make_split(data, config.split, config.test_fraction, seed)
     dropped = "".join(f", {key} {count}" for key, count in data.info.items() if key.startswith("dropped_"))
+    # How a file's times were read: a unit misjudged is a model that learnt another period than serving's now.
+    times = (f"; times in {data.info['time_unit']}, {data.info['time_range']}" if data.info.get("time_range")
+             else "")
     log(f"{data.name}: {len(data)} interactions, {data.num_customers} customers, "
-        f"{len(data.catalog)} candidates{dropped}; train {len(train_data)} / test {len(test_data)}")
+        f"{len(data.catalog)} candidates{dropped}; train {len(train_data)} / test {len(test_data)}{times}")
     known = _share_known(train_data, test_data)
     log(f"test interactions whose customer has training interactions: {known:.1%}")
     if known < WARM_SHARE_WARNING:

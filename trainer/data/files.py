@@ -28,14 +28,22 @@ anything else is refused naming the row and value. Times become
 epoch seconds, what the services' request_time is: the column's largest number
 names its unit (below 1e11 seconds, below 1e14 milliseconds, then micro- and
 nanoseconds; ``info["time_unit"]``), and a column that also holds a number from
-1e8 (1973 in seconds) up to that unit's start mixes units and is refused.
+1e8 (1973 in seconds) up to that unit's start mixes units and is refused. Epoch
+numbers whose latest decodes before 1980 or from 2100 on (compact dates such as
+20200101, years, spreadsheet day serials) are refused naming the row, the value
+and the date it decodes to; numbers counted up from below 1000 are counters and
+kept. ``info["time_range"]`` gives the span read (UTC).
 Interactions times are whole seconds; sessions keep the fraction (float64), to
 order events within a second.
 
 A CSV/TSV row must have the header's number of fields (more only if empty: a
 trailing delimiter), an id must not hold a line break (a quote left open reads
-the rows after it as one id), and a damaged file (a cut or fake .gz, a field
-past the csv module's limit) is named: each is a ValueError naming the line. A
+the rows after it as one id), nor another field lines of the file with whole
+rows' delimiters (a quote left open in a text column, closed by a later stray
+one), a field that opens with a quote must end at its closing one ('"x"y' would
+lose its quotes: CSV and TSV alike), and a damaged file (a cut or fake .gz, a
+field past the csv module's limit) is named: each is a ValueError naming the
+line. Quoted fields holding delimiters, line breaks and doubled quotes load. A
 line repeating the header (files joined with ``cat``) is dropped (and counted);
 a header line with other columns, or the same in another order, is refused
 naming the line and both headers (its rows would be read from the first
@@ -53,11 +61,14 @@ dropped and how fast is in ``Interactions.info``.
 from __future__ import annotations
 
 import ast
+import codecs
 import contextlib
 import csv
+import dataclasses
 import gzip
 import itertools
 import json
+import operator
 import re
 import time
 import zlib
@@ -101,33 +112,54 @@ def _open_text(path: Path):
     return open(path, encoding="utf-8-sig", newline="")
 
 
-def _missing(path: Path, wanted: list[str], found: list[str]) -> ValueError:
+# A header read as one column holding one of these was written with it: the flag that reads it.
+_OTHER_DELIMITERS = {"\t": "--format tsv (--catalog-format tsv for a catalogue)",
+                     ",": "--format csv (--catalog-format csv for a catalogue)",
+                     ";": "--delimiter ';'", "|": "--delimiter '|'"}
+
+
+def _missing(path: Path, wanted: list[str], found: list[str], where: str = "") -> ValueError:
     missing = [c for c in wanted if c not in found]
+    hint = ""
+    if len(found) == 1:  # every name in one column: the file's delimiter is not the one read with
+        hint = next((f" (one column holding {d!r}: pass {flag})" for d, flag in _OTHER_DELIMITERS.items()
+                     if d in found[0]), "")
     return ValueError(f"{path}: column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} not found; "
-                      f"columns found: {', '.join(found) if found else '(none)'}")
+                      f"columns found: {', '.join(found) if found else '(none)'}{where}{hint}")
 
 
 def _read_columns(path: Path, fmt: str, columns: list[str], delimiter: str | None = None,
                   header: bool = True, chunk_rows: int = _CHUNK_ROWS,
-                  counts: Counter[str] | None = None) -> Iterator[list[list[Any]]]:
+                  counts: Counter[str] | None = None, id_columns: int = 0) -> Iterator[list[list[Any]]]:
     """``_read_chunks``, with a file that is not UTF-8 named as such (the codec's own message names neither)."""
     try:
-        yield from _read_chunks(path, fmt, columns, delimiter, header, chunk_rows, counts)
+        yield from _read_chunks(path, fmt, columns, delimiter, header, chunk_rows, counts, id_columns)
     except UnicodeDecodeError as e:
+        if _utf16(path):
+            raise ValueError(f"{path} is UTF-16 text (it opens with a UTF-16 byte order mark), not UTF-8; convert "
+                             f"it, e.g. iconv -f utf-16 -t utf-8 {Path(path).name} > utf8.{fmt}") from None
         raise ValueError(f"{path} is not UTF-8 text ({e.reason}); convert it, e.g. "
                          f"iconv -f latin1 -t utf-8 {Path(path).name} > utf8.{fmt}") from None
 
 
+def _utf16(path: Path) -> bool:
+    """Whether the file opens with a UTF-16 byte order mark (Excel's "Unicode text", PowerShell's redirects)."""
+    with (gzip.open if str(path).endswith(".gz") else open)(path, "rb") as f:
+        return f.read(2) in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+
+
 def _read_chunks(path: Path, fmt: str, columns: list[str], delimiter: str | None = None,
                  header: bool = True, chunk_rows: int = _CHUNK_ROWS,
-                 counts: Counter[str] | None = None) -> Iterator[list[list[Any]]]:
+                 counts: Counter[str] | None = None, id_columns: int = 0) -> Iterator[list[list[Any]]]:
     """Yields chunks of the requested columns, each chunk a list of per-column value lists.
 
     CSV/TSV values are strings ("" when empty); JSON-lines values are what
     ``json.loads`` gives (None when the key is absent), lists joined with "|".
     A CSV/TSV line repeating the header is left out and counted in
     ``counts["dropped_header_rows"]``. A damaged file (a cut or fake .gz, a CSV
-    field past the csv module's limit) is a ValueError naming it and the last line read.
+    field past the csv module's limit) is a ValueError naming it and the last line read. Lines of the file read as
+    one field are refused (``_swallowed``), but in the first ``id_columns`` columns: ids, whose line breaks the
+    caller refuses naming the id.
     """
     path = Path(path)
     if fmt == "jsonl":
@@ -135,15 +167,26 @@ def _read_chunks(path: Path, fmt: str, columns: list[str], delimiter: str | None
         return
     delim = delimiter or ("\t" if fmt == "tsv" else ",")
     with _open_text(path) as f:
-        with _damaged(path, lambda: _line_of(path, delim)):
-            yield from _csv_chunks(path, _csv_reader(f, delim), delim, columns, header, chunk_rows,
-                                   Counter() if counts is None else counts)
+        reader = _csv_reader(f, delim, strict=True)
+        with _damaged(path, lambda: _line_of(path, delim), lambda: _record_lines(path, delim, reader.line_num)):
+            yield from _csv_chunks(path, reader, delim, columns, header, chunk_rows,
+                                   Counter() if counts is None else counts, id_columns)
 
 
-def _csv_reader(f, delim: str):
+def _csv_reader(f, delim: str, strict: bool = False):
     # "a, b" (and 'a, "b, c"'): a space after the delimiter is layout, not part of the value,
-    # and a quote after it still opens a quoted field.
-    return csv.reader(f, delimiter=delim, skipinitialspace=True)
+    # and a quote after it still opens a quoted field. ``strict``: a field that opens with a quote and goes on after
+    # the closing one ('"Weird Al" Yankovic', '"x"y') is an error; leniently it loses its quotes and becomes another
+    # id, or, its quote never closed by one that ends a field, reads the lines after it into itself.
+    return csv.reader(f, delimiter=delim, skipinitialspace=True, strict=strict)
+
+
+def _lenient_rest(path: Path, delim: str, done: int) -> list[list[str]]:
+    """The records after the first ``done`` read as before strict reading: a quote left open to the end of the file
+    is a strict reader's "unexpected end of data", without the rows before it; leniently the last record holds the
+    rest of the file, which the checks on its width and line breaks then name."""
+    with _open_text(path) as f:
+        return list(itertools.islice(_csv_reader(f, delim), done, None))
 
 
 # What reading a damaged file raises: a cut .gz, a file named .gz that is not one, a CSV field past the limit.
@@ -151,18 +194,27 @@ _DAMAGE = (EOFError, gzip.BadGzipFile, zlib.error, csv.Error)
 
 
 @contextlib.contextmanager
-def _damaged(path: Path, lines_read: Callable[[], int]) -> Iterator[None]:
-    """Turns ``_DAMAGE`` into a ValueError naming the file and the last line that could be read."""
+def _damaged(path: Path, lines_read: Callable[[], int],
+             quote_lines: Callable[[], tuple[int, int]] | None = None) -> Iterator[None]:
+    """Turns ``_DAMAGE`` into a ValueError naming the file and the last line that could be read; a strict reader's
+    quote going on with text, the lines (``quote_lines``) of the record holding it."""
     try:
         yield
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise ValueError(f"{path}: unreadable after line {lines_read()}: not a whole gzip file ({e})") from None
     except csv.Error as e:
+        if "expected after" in str(e) and quote_lines:  # strict: a field opening with a quote goes on after it
+            start, end = quote_lines()
+            raise ValueError(
+                f"{path}: line {start}{f'-{end}' if end > start else ''}: {e} (a field that starts with a quote runs "
+                f"to the next quote, over line breaks too: is a quote left open? '\"Weird Al\" Yankovic' would be "
+                f"read as 'Weird Al Yankovic': quote the whole field and double the quotes in it, "
+                f"'\"\"\"Weird Al\"\" Yankovic\"', or leave out the opening quote)") from None
         raise ValueError(f"{path}: unreadable after line {lines_read()}: {e} (is a quote left open?)") from None
 
 
 def _csv_chunks(path: Path, reader, delim: str, columns: list[str], header: bool, chunk_rows: int,
-                counts: Counter[str]) -> Iterator[list[list[Any]]]:
+                counts: Counter[str], id_columns: int = 0) -> Iterator[list[list[Any]]]:
     """``_read_chunks`` for CSV/TSV: every row has the header's fields (or the first row's, without a header);
     more are allowed only empty (a trailing delimiter). Otherwise a value would be read from another column.
 
@@ -189,8 +241,16 @@ def _csv_chunks(path: Path, reader, delim: str, columns: list[str], header: bool
         fields = None
     width = max(idx) + 1
     record = 1 if header else 0
-    while True:
-        rows = list(itertools.islice(reader, chunk_rows))
+    lines = reader.line_num
+    while reader is not None:
+        try:
+            rows = list(itertools.islice(reader, chunk_rows))
+            spans = reader.line_num - lines != len(rows)  # a record over more than one line: a quoted line break
+            lines = reader.line_num
+        except csv.Error as e:
+            if "unexpected end of data" not in str(e):
+                raise
+            rows, spans, reader = _lenient_rest(path, delim, record), True, None
         if not rows:
             return
         if fields is None:
@@ -211,6 +271,9 @@ def _csv_chunks(path: Path, reader, delim: str, columns: list[str], header: bool
                              f"need at least {width} (is the delimiter {delim!r} right?)")
         first = record
         record += len(rows)
+        if spans and fields is not None:
+            _refuse_swallowed_rows(path, delim, rows, first, fields, names if header else None, idx,
+                                   idx[:id_columns], reader is None)
         data = [r for r in rows if r]  # blank lines are left out, uncounted
         chunk = [[r[i] for r in data] for i in idx]
         # Column-wise: a loop in C over each column read, not one in Python over the rows, which are looked at only
@@ -224,6 +287,94 @@ def _csv_chunks(path: Path, reader, delim: str, columns: list[str], header: bool
                 chunk = [[r[i] for r in data] for i in idx]
         if data:
             yield chunk
+
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def _kinds(text: str) -> set[str]:
+    """What ``text`` is made of: its characters, letters and digits each one kind."""
+    return {"a" if c.isalpha() else "0" if c.isdigit() else c for c in set(text)}
+
+
+def _column_kinds(values: list[str]) -> set[str]:
+    """What a column's cell may be made of: what its ``values`` are, and digits where they hold letters (ids: the few
+    rows around a quote left open may hold none of another id's digits)."""
+    kinds = _kinds("".join(values))
+    return kinds | {"0"} if "a" in kinds else kinds
+
+
+def _swallowed(value: str, delim: str, column: int, fields: int, fits: Callable[[int, str], bool],
+               known: Callable[[int, str], bool]) -> bool:
+    """Whether ``value``, field ``column`` (0-based) of records of ``fields`` fields, is lines of the file read as one
+    field: a quote opening it, not meant as one, is closed only by a later quote that ends a field (or by the end of
+    the file). Then its first line holds the rest of its row's fields, each line after it a whole row, and its last
+    line the fields of the closing quote's row before that one; each such cell of a column read ``fits`` it (is
+    made of what that column's values are), and one is a value ``known`` in its column. Prose with line breaks may
+    hold as many delimiters, not such cells: a time, a rating or a known id where its words are."""
+    lines = [p for p in _LINE_BREAK.split(value) if p.strip()]  # blank lines are no rows
+    if len(lines) < 2 or fields < 2:
+        return False
+    cells = [line.split(delim) for line in lines]  # no quote in them: it would have ended the field
+    if not (len(cells[0]) >= fields - column and len(cells[-1]) > column
+            and all(len(c) >= fields for c in cells[1:-1])):
+        return False
+    placed = [(k, cell.strip()) for row in [enumerate(cells[0][1:], column + 1), *map(enumerate, cells[1:-1]),
+                                            enumerate(cells[-1][:-1])] for k, cell in row if k < fields]
+    return all(fits(k, cell) for k, cell in placed) and any(known(k, cell) for k, cell in placed)
+
+
+def _refuse_swallowed_rows(path: Path, delim: str, rows: list[list[str]], first: int, fields: int,
+                           names: list[str] | None, read: list[int], ids: list[int], open_at_end: bool) -> None:
+    """Refuses a field of ``rows`` (CSV records ``first + 1``...) that holds lines of the file (``_swallowed``): an
+    unbalanced quote in a text column, not read, paired a customer with another row's candidate and the rows
+    between them vanished, without a word. Fields in the columns ``read`` are what the lines' cells must fit; fields
+    in columns ``ids`` are left to the callers' check of ids. With ``open_at_end`` (the file ended in a quoted field)
+    a field of the last row holding a line of the file is refused as it is: its quote was never closed."""
+    last = rows[-1] if open_at_end else []
+    k = next((k for k, v in enumerate(last) if k not in ids and len(_LINE_BREAK.split(v.strip())) > 1), None)
+    if k is not None:
+        raise _swallowed_error(path, delim, rows, first, len(rows) - 1, k, names)
+    data = [r for r in rows if r]
+    # Of each column read, over the chunk, once a field has the delimiters of rows: its values and their kinds.
+    values_of: dict[int, set[str]] = {}
+    kinds: dict[int, set[str]] = {}
+
+    def known(k: int, cell: str) -> bool:
+        if k not in values_of:
+            values_of[k] = {v.strip() for v in map(operator.itemgetter(k), data)} if k in read else set()
+        return cell in values_of[k]
+
+    def fits(k: int, cell: str) -> bool:
+        if k not in read:
+            return True
+        if k not in kinds:
+            kinds[k] = _column_kinds(list(map(operator.itemgetter(k), data)))
+        return _kinds(cell) <= kinds[k]
+
+    for k in (k for k in range(fields) if k not in ids):
+        values = list(map(operator.itemgetter(k), data))
+        joined = "".join(values)
+        if "\n" not in joined and "\r" not in joined:
+            continue
+        # Column-wise, in C, and the cheapest test first: a field holding lines of the file holds a row's delimiters.
+        counts = np.fromiter(map(str.count, values, itertools.repeat(delim)), dtype=np.int64, count=len(values))
+        value = next((values[j] for j in np.flatnonzero(counts >= fields - 1)
+                      if _swallowed(values[j], delim, k, fields, fits, known)), None)
+        if value is not None:
+            i = next(i for i, r in enumerate(rows) if r and r[k] is value)
+            raise _swallowed_error(path, delim, rows, first, i, k, names)
+
+
+def _swallowed_error(path: Path, delim: str, rows: list[list[str]], first: int, i: int, k: int,
+                     names: list[str] | None) -> ValueError:
+    """Names the lines that field ``k`` of ``rows[i]`` (CSV record ``first + i + 1``) was read from."""
+    start, end = _line_of(path, delim, first + i) + 1, _line_of(path, delim, first + i + 1)
+    col = repr(names[k]) if names and k < len(names) else f"{k + 1} (1-based)"
+    return ValueError(
+        f"{path}: line {start}: a quote opening a field of column {col} is closed only on line {end}, so lines "
+        f"{start}-{end}, whole rows among them, were read as that one field ({rows[i][k][:60]!r}...). Is a quote "
+        f"left open? Remove it, or quote the whole field and double the quotes in it (\"she said \"\"wow\"\"\")")
 
 
 def _header_line(path: Path, delim: str, names: list[str], columns: list[str], row: list[str], record: int) -> bool:
@@ -260,6 +411,20 @@ def _line_of(path: Path, delim: str, record: int | None = None) -> int:
     return line
 
 
+def _record_lines(path: Path, delim: str, line: int) -> tuple[int, int]:
+    """(first, ``line``): the lines of the CSV record that a strict reader stopped in on ``line``; records before it
+    read the same leniently. Reads the file again, only for an error message."""
+    start = 1
+    with _open_text(path) as f:
+        reader = _csv_reader(f, delim)
+        with contextlib.suppress(*_DAMAGE):
+            for _ in reader:
+                if reader.line_num >= line:
+                    break
+                start = reader.line_num + 1
+    return start, line
+
+
 def _json_value(v: Any) -> Any:
     if isinstance(v, list):
         return "|".join(map(str, v))
@@ -290,8 +455,10 @@ def _read_jsonl(path: Path, columns: list[str], chunk_rows: int) -> Iterator[lis
                 raise ValueError(f"{path}: a line is not a JSON object: {lines[bad].strip()[:80]!r}")
             if first:
                 found = list(objs[0]) if isinstance(objs[0], dict) else []
+                if any(c not in found for c in columns):  # an optional key may first appear on a later line
+                    found = list(dict.fromkeys(k for o in objs if isinstance(o, dict) for k in o))
                 if any(c not in found for c in columns):
-                    raise _missing(path, columns, found)
+                    raise _missing(path, columns, found, f" (the keys of the first {len(objs)} lines)")
                 first = False
             out = [[o.get(c) for o in objs] for c in columns]
             del objs
@@ -504,6 +671,33 @@ def _epoch_unit(times: np.ndarray, kind: str, path: Path, col: str) -> tuple[str
     return unit, scale
 
 
+# Epoch times of interaction logs lie from 1980 (1e8 seconds, the mixed-unit floor, is 1973; no log of these
+# services is older) to 2100 (far past any model's life). A column whose latest time decodes outside was written in
+# another form that reads as epoch numbers: YYYYMMDD (20200101: August 1970 in seconds), YYYYMMDDhhmmss (the year
+# 2610 in milliseconds), a year, spreadsheet day serials (45244.5: the time of day lost too). Trained on, the time
+# features learn a period that serving's request_time (unix seconds, now) is never in.
+_EPOCH_SPAN = (315_532_800, 4_102_444_800)  # 1980-01-01, 2100-01-01 in epoch seconds
+# Numbers below the epoch floor counted up from below this are counters (steps, tests) in file order, not dates.
+_COUNTER_START = 1000
+
+
+def _check_epoch_span(times: np.ndarray, unit: str, scale: int, path: Path, col: str) -> str:
+    """The span of a time column (``info["time_range"]``, UTC), refusing epoch numbers whose latest decodes outside
+    ``_EPOCH_SPAN`` (unless they are counters), naming the row, the value, the date it decodes to and what to
+    write instead."""
+    seconds = np.floor_divide(times, scale)
+    first, last = (np.datetime64(int(v), "s") for v in (seconds.min(), seconds.max()))
+    top = int(np.argmax(times))
+    counters = times[top] < 1e8 and times.min() < _COUNTER_START
+    if unit != "date" and not counters and not _EPOCH_SPAN[0] <= seconds[top] < _EPOCH_SPAN[1]:
+        name = next(n for u, n, _ in _EPOCH_UNITS if u == unit)
+        raise ValueError(f"{path}: column {col!r} holds numbers that are not epoch times from 1980 to 2100: data row "
+                         f"{top + 1} holds {str(times[top])!r}, as epoch {name} {last}. Compact dates (20200101), "
+                         f"years and spreadsheet day numbers are not epoch numbers: write ISO dates "
+                         f"(2020-01-01 or 2020-01-01T12:30:00) or epoch seconds (1577881800)")
+    return f"{first} .. {last}"
+
+
 def _is_time(v: str) -> bool:
     try:
         np.datetime64(v.rstrip("Z"), "ms")
@@ -522,7 +716,9 @@ def _load_columns(path: Path, fmt: str, options: DatasetOptions, customer_col: s
     customers, candidates, events = _Encoder(), _Encoder(), _Encoder()
     cust_codes, cand_codes, ratings, times, event_codes = [], [], [], [], []
     rows, time_kind, dropped = 0, None, Counter()
-    for chunk in _read_columns(path, fmt, wanted, options.delimiter, options.header, counts=dropped):
+    for chunk in _read_columns(path, fmt, wanted, options.delimiter, options.header, counts=dropped, id_columns=2):
+        if rows == 0 and not options.header:
+            _refuse_header_read_as_data(path, options, chunk[0][0], chunk[1][0])
         first_row = rows
         rows += len(chunk[0])
         cust_codes.append(customers.encode(chunk[0]))
@@ -548,23 +744,39 @@ def _load_columns(path: Path, fmt: str, options: DatasetOptions, customer_col: s
     # Kept as given to order events within a second (RetailRocket's milliseconds, YooChoose's dates).
     exact_times = cat(times, np.int64) if time_col else np.arange(rows, dtype=np.int64)
     time_unit, scale = _epoch_unit(exact_times, time_kind, path, time_col) if time_col else (None, 1)
+    time_range = _check_epoch_span(exact_times, time_unit, scale, path, time_col) if time_col else None
     return {
         "customers": customers, "candidates": candidates,
         "customer_codes": cat(cust_codes, np.int64), "candidate_codes": cat(cand_codes, np.int64),
         "ratings": cat(ratings, np.float32) if rating_col else None,
-        "exact_times": exact_times, "time_unit": time_unit, "scale": scale,
+        "exact_times": exact_times, "time_unit": time_unit, "time_range": time_range, "scale": scale,
         "events": events, "event_codes": cat(event_codes, np.int64),
         "rows": rows, "dropped": dropped,
     }
 
 
+_ID_OPTIONS = ("customer_col", "candidate_col", "session_col", "item_col")
+
+
+def _refuse_header_read_as_data(path: Path, options: DatasetOptions, customer: Any, candidate: Any) -> None:
+    """Refuses a first row, read without a header, whose ids are the id columns' default names (user_id, item_id;
+    SessionId, ItemId): a header read as one more interaction, of a customer and candidate named so."""
+    from trainer.data import datasets  # at run time: datasets imports this module
+
+    names = {f.default for f in dataclasses.fields(datasets.DatasetOptions) if f.name in _ID_OPTIONS}
+    if isinstance(customer, str) and isinstance(candidate, str) and {customer.strip(), candidate.strip()} <= names:
+        raise ValueError(f"{path}: read with --no-header, but its first line names id columns ({customer.strip()}, "
+                         f"{candidate.strip()}): a header, which would be read as an interaction; leave out "
+                         f"--no-header and name the id columns by their header names")
+
+
 def _read_info(path: Path, fmt: str, c: dict[str, Any]) -> dict[str, Any]:
-    """The start of ``Interactions.info``: what was read (repeated header lines included, and counted), and in which
-    time unit."""
+    """The start of ``Interactions.info``: what was read (repeated header lines included, and counted), in which
+    time unit and over which span (``time_range``, UTC)."""
     info: dict[str, Any] = {"source": str(path), "format": fmt, "rows_read": c["rows"] + c["dropped"].total(),
                             **c["dropped"]}
     if c["time_unit"]:
-        info["time_unit"] = c["time_unit"]
+        info["time_unit"], info["time_range"] = c["time_unit"], c["time_range"]
     return info
 
 
