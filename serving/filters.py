@@ -119,8 +119,9 @@ def check_filter(restricts: list[tuple[str, list[str], list[str]]],
     if crowding_namespace and max_per_value <= 0:
         # One message for -1 and 0: each alone would point to the other's refusal.
         raise InvalidArgument(f"filter.max_per_value={max_per_value} with filter.crowding_namespace "
-                              f"{crowding_namespace!r}: crowding_namespace and max_per_value go together, give 1 or "
-                              "more (at most that many results share a token), or leave both unset for no crowding")
+                              f"{crowding_namespace!r}: filter.crowding_namespace and filter.max_per_value go "
+                              "together, give 1 or more (at most that many results share a token), or leave both "
+                              "unset for no crowding")
     if max_per_value < 0:
         raise InvalidArgument(f"filter.max_per_value={max_per_value} is negative: leave it unset (0) for no "
                               "crowding, or give 1 or more with a crowding_namespace")
