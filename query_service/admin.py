@@ -21,6 +21,7 @@ endpoints hold, as soon as their status streams say they moved on.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import TYPE_CHECKING, Awaitable, Callable
@@ -64,6 +65,13 @@ class QueryAdmin(VersionAdmin["QueryModel"]):
         index tier, which follows the registry. A replica a recsys-catalogue run missed then answers from the
         index's catalogue (its deletions out of the popularity fallback too) and its cache keys name it."""
         return self.router.routable_generation(version)
+
+    def full_status(self) -> StatusReport:
+        """``status`` with the index endpoints as this process's router sees them, each naming what keeps the
+        live version's searches from it, if anything (``IndexRouter.report``)."""
+        report = self.status()
+        tower = next((v.catalogue_generation for v in report.versions if v.version == report.live_version), 0)
+        return dataclasses.replace(report, index_endpoints=self.router.report(report.live_version, tower))
 
     def start(self, startup: StartupVersions) -> None:
         """Loads the live version and, best effort, the rollback target (blocking)."""

@@ -147,6 +147,8 @@ class IndexEndpoint:
         self.bounds = BatchBounds()  # lowered to what the endpoint names when it refuses a call over its own
         self.max_k = validation.DEFAULT_MAX_K  # the most results a search gets, as far as known (``_refusal``)
         self._connected = False  # whether its status stream ever answered
+        self.streaming = False  # whether its status stream answers now (admin status: ``IndexRouter.report``)
+        self.other_model = ""  # the model its last status named when not the replica's (it then holds nothing)
         self._unreachable_log = LogThrottle()  # by cause: why it never connected, or the other model it serves
         self._channel = tls.aio_channel(address, options=[
             # Reconnect fast after an outage: the default backoff grows to minutes.
@@ -290,7 +292,7 @@ class IndexEndpoint:
                                      "routing searches around it", self.address, self.slot or "?")
                         break
                     silence_s = MISSED_KEEPALIVES * max(status.keepalive_s, 0.1)
-                    self._connected = True
+                    self._connected = self.streaming = True
                     self._update(status.slot, *self._held(status), on_change, (status.shard, status.shards))
                     backoff = RECONNECT_S[0]
             except asyncio.TimeoutError:
@@ -302,6 +304,7 @@ class IndexEndpoint:
                     self._log_unreachable(e)
             finally:
                 call.cancel()
+                self.streaming = False
             # A restarted endpoint may have other bounds: learnt again if lower.
             self.bounds, self.max_k = BatchBounds(), validation.DEFAULT_MAX_K
             self._update(self.slot, {}, {}, on_change, (self.shard, self.shards))
@@ -322,7 +325,9 @@ class IndexEndpoint:
         """The versions ``status`` says the endpoint holds, with their states and catalogue generations: none
         when it names another model than the replica's (a wrong --index-address). Its version numbers name
         other embeddings and candidates: one of the same dims would answer wrong ids under this model's name."""
-        if self.model and status.model_name and status.model_name != self.model:
+        self.other_model = (status.model_name if self.model and status.model_name and status.model_name != self.model
+                            else "")
+        if self.other_model:
             held = self._unreachable_log.due(("model", status.model_name), UNREACHABLE_LOG_S)
             if held is not None:
                 log.warning("index endpoint %s (slot %s) serves model %r, not this replica's %r: routing nothing to "

@@ -49,10 +49,12 @@ from prometheus_client.core import GaugeMetricFamily
 from model_registry.manifest import shard_of
 from query_service.index_client import IndexEndpoint, IndexHits, IndexQuery, OverMaxK, SimilarQuery
 from serving import errors, validation
+from serving.admin import EndpointInfo, VersionInfo
 from serving.admin_rpc import state_name
 from serving.filters import Filter
 from serving.observability import LogThrottle, ScrapeTimeCollector
 from serving.tls import ClientTls
+from serving.versions import State
 from settings.flags import option, require
 
 log = logging.getLogger(__name__)
@@ -302,6 +304,38 @@ class IndexRouter:
         return {e.address + (f" (shard {e.shard} of {e.shards})" if e.shards else ""):
                 {v: f"{state_name(s)}, catalogue generation {e.generations.get(v, 0)}" for v, s in e.versions.items()}
                 for e in self.endpoints}
+
+    def report(self, live_version: int, generation: int) -> list[EndpointInfo]:
+        """Each endpoint as this router sees it, for the admin status (built when asked, from what the status
+        streams said: no call), with what keeps searches from it and what fixes that: it never answered, holds
+        nothing, or holds ``live_version`` behind ``generation`` (the live tower's catalogue generation)."""
+        out = []
+        for e in self.endpoints:
+            held = e.generations.get(live_version, 0)
+            if not e.slot:
+                problem = (f"unreachable: its status stream has not answered since this replica started; start the "
+                           f"index slot at {e.address}, or fix --index-address (or the --index-tls- flags): this "
+                           f"replica's log says why ('index endpoint {e.address} unreachable')")
+            elif e.other_model:
+                problem = (f"serves model {e.other_model!r}, not this replica's {e.model!r}: nothing is routed to it; "
+                           f"fix --index-address to list only index endpoints of model {e.model!r}")
+            elif not e.streaming:
+                problem = ("its status stream broke (the slot stopped, hung or drains): nothing is routed to it until "
+                           "it answers again; start the slot again, or drop it from --index-address")
+            elif not e.versions:
+                problem = ("its slot holds nothing: load a version into it (recsys-publish), or drop it from "
+                           "--index-address")
+            elif e.holds(live_version) and held < generation:
+                problem = (f"holds live version {live_version} at catalogue generation {held}, behind this replica's "
+                           f"tower at {generation}: searches pass it over until it catches up (a slot does by "
+                           "itself, --catalogue-catch-up-period-s); if it stays behind, run recsys-catalogue "
+                           f"--catch-up --version {live_version} --index-admin <its admin address>")
+            else:
+                problem = ""
+            versions = [VersionInfo(v, State(state_name(state)), catalogue_generation=e.generations.get(v, 0))
+                        for v, state in sorted(e.versions.items())]
+            out.append(EndpointInfo(e.address, e.slot, e.shard, e.shards, versions, problem))
+        return out
 
     async def search(self, queries: list[IndexQuery], version: int, timeout_s: float | None = None) -> list[IndexHits]:
         """Searches ``queries`` in ``version`` on endpoints that hold it at the

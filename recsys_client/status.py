@@ -4,7 +4,11 @@ figures in one table, from each admin plane's GetStatus.
     recsys-client status --index-admin HOST:PORT,... --query-admin HOST:PORT,... [--admin-token-file F]
 
 All replicas are asked at once; one that does not answer gets a row saying
-why, and the others are still shown (exit status 1 when any failed).
+why, and the others are still shown (exit status 1 when any failed). Under a
+query replica's rows, one line per index endpoint it cannot send all the
+searches it should (``IndexEndpointStatus.problem``: unreachable, holding
+nothing, behind the live tower's catalogue generation), saying what fixes it;
+none when every endpoint serves it.
 """
 
 from __future__ import annotations
@@ -78,9 +82,31 @@ def rows(replicas: list[ReplicaStatus]) -> list[tuple[str, ...]]:
         if replica.status is None:
             out.append((replica.address, replica.role, "-", "-", f"UNREACHABLE ({replica.error})"))
             continue
-        workers = [(f"{replica.address}/w{i}", w) for i, w in enumerate(replica.status.workers)]
-        for address, status in workers or [(replica.address, replica.status)]:
+        for address, status in _processes(replica):
             out.extend(_version_rows(address, replica.role, status))
+    return out
+
+
+def _processes(replica: ReplicaStatus) -> list[tuple[str, pb.ServiceStatus]]:
+    """(address, status) of each process of an answering replica: each worker's of one run with --workers
+    (``ADDRESS/w<i>``), else the replica's own."""
+    workers = [(f"{replica.address}/w{i}", w) for i, w in enumerate(replica.status.workers)]
+    return workers or [(replica.address, replica.status)]
+
+
+def endpoint_problems(replica: ReplicaStatus) -> list[str]:
+    """One line per index endpoint a query replica's process (each worker's) names a problem of: none for an
+    index replica, one that did not answer, or one whose endpoints all serve it."""
+    if replica.status is None:
+        return []
+    out = []
+    for address, status in _processes(replica):
+        for e in status.index_endpoints:
+            if e.problem:
+                where = ", ".join(([f"slot {e.slot}"] if e.slot else []) +
+                                  ([f"shard {e.shard} of {e.shards}"] if e.shards else []))
+                out.append(f"  ! {address} -> index endpoint {e.address}{f' ({where})' if where else ''}: "
+                           f"{e.problem}")
     return out
 
 
@@ -111,11 +137,18 @@ def _recall(v, service: str) -> str:
 
 def table(replicas: list[ReplicaStatus]) -> str:
     """A fixed-width table (``*`` marks the version each replica serves: a query replica's live version, the
-    version an index slot has loaded); an unreachable replica's reason runs past the columns."""
-    body = rows(replicas)
+    version an index slot has loaded); an unreachable replica's reason runs past the columns, and so do the
+    lines under a query replica naming its index endpoints' problems (``endpoint_problems``)."""
+    bodies = [rows([replica]) for replica in replicas]
     widths = [len(column) for column in COLUMNS]
-    for row in body:
+    for row in (row for body in bodies for row in body):
         for i, cell in enumerate(row[:-1] if row[-1].startswith("UNREACHABLE") else row):
             widths[i] = max(widths[i], len(cell))
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
-                     for row in [COLUMNS, *body])
+
+    def line(row: tuple[str, ...]) -> str:
+        return "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+
+    out = [line(COLUMNS)]
+    for replica, body in zip(replicas, bodies):
+        out += [line(row) for row in body] + endpoint_problems(replica)
+    return "\n".join(out)

@@ -91,6 +91,18 @@ class VersionInfo:
 
 
 @dataclasses.dataclass(frozen=True)
+class EndpointInfo:
+    """An index endpoint as a query replica's router sees it (``IndexRouter.report``)."""
+
+    address: str
+    slot: str  # "" until its status stream first answers
+    shard: int  # the shard it serves, of ``shards`` (0: whole versions)
+    shards: int
+    versions: list[VersionInfo]  # state and catalogue generation only
+    problem: str = ""  # what keeps searches from it and what fixes it ("": nothing)
+
+
+@dataclasses.dataclass(frozen=True)
 class StatusReport:
     model: str
     service: str  # "index" or "query"
@@ -99,6 +111,7 @@ class StatusReport:
     slot: str = ""  # index slots only
     shard: tuple[int, int] | None = None  # an index endpoint of a sharded version: (its shard, of how many)
     status_watchers: int = 0  # index slots: the status streams served now (``VersionAdmin.watched``)
+    index_endpoints: list[EndpointInfo] = dataclasses.field(default_factory=list)  # query replicas, GetStatus only
 
 
 class VersionAdmin(Generic[S]):
@@ -249,6 +262,11 @@ class VersionAdmin(Generic[S]):
                                          servable.report, servable.catalogue_generation))
         return StatusReport(self.manager.model, self.service, self.manager.live_version or 0, infos, self.slot,
                             status_watchers=self.status_watchers)
+
+    def full_status(self) -> StatusReport:
+        """What GetStatus answers: ``status`` and what only that call shows, built then (a query replica adds
+        its index endpoints), not on every load, promotion or metrics scrape."""
+        return self.status()
 
     @contextlib.contextmanager
     def watched(self) -> Iterator[None]:

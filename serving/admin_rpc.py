@@ -41,9 +41,12 @@ def version_protos(infos: list[VersionInfo]) -> list[versions_pb2.VersionStatus]
 
 def status_proto(report: StatusReport) -> pb.ServiceStatus:
     shard, shards = report.shard or (0, 0)
+    endpoints = [pb.IndexEndpointStatus(address=e.address, slot=e.slot, shard=e.shard, shards=e.shards,
+                                        versions=version_protos(e.versions), problem=e.problem)
+                 for e in report.index_endpoints]
     return pb.ServiceStatus(model_name=report.model, service=report.service, live_version=report.live_version,
                             versions=version_protos(report.versions), slot=report.slot, shard=shard, shards=shards,
-                            status_watchers=report.status_watchers)
+                            status_watchers=report.status_watchers, index_endpoints=endpoints)
 
 
 class AdminServicer(pb_grpc.AdminServiceServicer):
@@ -68,7 +71,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
 
     @map_errors
     async def GetStatus(self, request, context):
-        return status_proto(self.admin.status())
+        return status_proto(self.admin.full_status())
 
     @map_errors
     async def ApplyCatalogue(self, request, context):

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ServiceStatus(_message.Message):
-    __slots__ = ("model_name", "service", "live_version", "versions", "slot", "shard", "shards", "workers", "status_watchers")
+    __slots__ = ("model_name", "service", "live_version", "versions", "slot", "shard", "shards", "workers", "status_watchers", "index_endpoints")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     LIVE_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -18,6 +18,7 @@ class ServiceStatus(_message.Message):
     SHARDS_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     STATUS_WATCHERS_FIELD_NUMBER: _ClassVar[int]
+    INDEX_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     service: str
     live_version: int
@@ -27,7 +28,24 @@ class ServiceStatus(_message.Message):
     shards: int
     workers: _containers.RepeatedCompositeFieldContainer[ServiceStatus]
     status_watchers: int
-    def __init__(self, model_name: _Optional[str] = ..., service: _Optional[str] = ..., live_version: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[_versions_pb2.VersionStatus, _Mapping]]] = ..., slot: _Optional[str] = ..., shard: _Optional[int] = ..., shards: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[ServiceStatus, _Mapping]]] = ..., status_watchers: _Optional[int] = ...) -> None: ...
+    index_endpoints: _containers.RepeatedCompositeFieldContainer[IndexEndpointStatus]
+    def __init__(self, model_name: _Optional[str] = ..., service: _Optional[str] = ..., live_version: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[_versions_pb2.VersionStatus, _Mapping]]] = ..., slot: _Optional[str] = ..., shard: _Optional[int] = ..., shards: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[ServiceStatus, _Mapping]]] = ..., status_watchers: _Optional[int] = ..., index_endpoints: _Optional[_Iterable[_Union[IndexEndpointStatus, _Mapping]]] = ...) -> None: ...
+
+class IndexEndpointStatus(_message.Message):
+    __slots__ = ("address", "slot", "shard", "shards", "versions", "problem")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    slot: str
+    shard: int
+    shards: int
+    versions: _containers.RepeatedCompositeFieldContainer[_versions_pb2.VersionStatus]
+    problem: str
+    def __init__(self, address: _Optional[str] = ..., slot: _Optional[str] = ..., shard: _Optional[int] = ..., shards: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[_versions_pb2.VersionStatus, _Mapping]]] = ..., problem: _Optional[str] = ...) -> None: ...
 
 class LoadVersionRequest(_message.Message):
     __slots__ = ("version",)
