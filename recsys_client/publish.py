@@ -671,6 +671,7 @@ def _rollback(fleet: Fleet, registry: Registry, refuse_forward: bool) -> int:
     with _past_the_switch(target):
         _point_current(registry, target, fleet)
     log.info("rolled back to version %d on %d query replicas", target, len(fleet.query))
+    _warn_deltas_left_behind(registry, live, target)
     return target
 
 
