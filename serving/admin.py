@@ -133,12 +133,16 @@ class VersionAdmin(Generic[S]):
         # version -> what its own catch-up was refused at (its generation, and the next record as stat'ed or the
         # ceiling), so a refused delta is not read and verified again every period
         self._refused: dict[int, tuple[int, ...]] = {}
+        # version -> (the next record as first stat'ed, the monotonic time of that look): the writer's grace also
+        # ends that long after this replica first saw the record, whatever its mtime (a clock ahead of ours)
+        self._first_seen: dict[int, tuple[tuple[int, int], float]] = {}
 
     def _drop(self, version: int, allow_live: bool = False) -> None:
         """Takes a version out of the manager and frees it (blocking: a full GC)."""
         self.manager.remove(version, allow_live=allow_live)
         self._caught_up.pop(version, None)
         self._refused.pop(version, None)
+        self._first_seen.pop(version, None)
         Loader.released()
         log.info("%s: unloaded %s version %d", self.service, self.manager.model, version)
 
@@ -228,7 +232,7 @@ class VersionAdmin(Generic[S]):
                 target, seen = ceiling, (at, ceiling)
             else:
                 probed = await asyncio.to_thread(record_stat, self.loader.registry.model_dir, version, at + 1)
-                if probed is None or time.time() - probed.st_mtime < grace_s:
+                if probed is None or not self._past_grace(version, at + 1, probed, grace_s):
                     return
                 target, seen = 0, (at, probed.st_ino, probed.st_mtime_ns)  # 0: every delta published
             if self._refused.get(version) == seen:
@@ -243,6 +247,16 @@ class VersionAdmin(Generic[S]):
                         "tried again in a period): %s: %s", self.service, version, at, type(e).__name__, e)
         else:
             self._refused.pop(version, None)
+
+    def _past_grace(self, version: int, generation: int, probed, grace_s: float) -> bool:
+        """Whether the record of ``generation`` (``probed``, its stat) is ``grace_s`` old by its mtime, or was first
+        seen here ``grace_s`` ago: an mtime in the future (the writer's clock ahead of this one) would else keep a
+        delta a run missed from every replica until this clock caught up."""
+        key, now = (generation, probed.st_ino), time.monotonic()
+        seen = self._first_seen.get(version)
+        if seen is None or seen[0] != key:
+            seen = self._first_seen[version] = (key, now)
+        return time.time() - probed.st_mtime >= grace_s or now - seen[1] >= grace_s
 
     def catalogue_ceiling(self, version: int) -> int | None:
         """The catalogue generation loaded ``version`` may catch up to by itself: None for every delta published

@@ -83,6 +83,18 @@ async def test_a_delta_younger_than_the_grace_is_left_to_its_writer_then_applied
     await _stop(task)
 
 
+async def test_a_delta_whose_mtime_is_in_the_future_is_applied_once_the_grace_has_passed_here(registry):
+    _, admin = slot(registry, "blue", 1)
+    write_delta(registry.model_dir, 1, Delta.make(deleted=["i001"], dim=tiny.DIM))
+    record = catalogue_dir(registry.model_dir, 1) / "00000001.json"
+    os.utime(record, (time.time() + 3600, time.time() + 3600))  # written by a host whose clock is an hour ahead
+    task = admin.follow_catalogue(FAST, grace_s=0.5)
+    await asyncio.sleep(0.2)
+    assert admin.manager.get(1)[1].catalogue_generation == 0  # the writer's grace still holds
+    await _until(lambda: admin.manager.get(1)[1].catalogue_generation == 1, "the slot to catch up")
+    await _stop(task)
+
+
 async def test_a_refused_delta_is_logged_once_and_not_read_again_every_period(registry, caplog):
     _, admin = slot(registry, "blue", 1)
     # A delta of the wrong dimension: the index refuses it, as it would one that fails its checks.
