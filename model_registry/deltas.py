@@ -244,10 +244,14 @@ def _read_delta(record_path: Path, model_dir: Path, version: int, key: Ed25519Pu
 def _staged(directory: Path, content: bytes) -> Path:
     """A durable file of ``content`` under a unique temporary name in ``directory``."""
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    with os.fdopen(fd, "wb") as f:
-        f.write(content)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        os.unlink(tmp)  # a full disk would else leave one empty file per try in the log's directory
+        raise
     return Path(tmp)
 
 

@@ -6,6 +6,7 @@ Publishing does not make the version live: ``recsys-publish`` rolls it out.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -103,6 +104,9 @@ def _os_error(error: OSError, config: PipelineConfig) -> str:
     failed = os.path.abspath(error.filename) if error.filename else ""
     if failed == registry or failed.startswith(registry + os.sep):
         return f"cannot publish into the registry directory {Path(config.registry) / config.model}: {error}"
+    if error.errno == errno.ENOSPC and not failed:  # a write that ran out of space names no file
+        return (f"{error}: the run writes the version into {Path(config.registry) / config.model} (and TensorFlow's "
+                "temporary files into $TMPDIR); free space there and run again")
     return str(error)
 
 
