@@ -120,10 +120,14 @@ class IndexCore:
             seen = self._generation
             yield
             async with self._changed:
+                # asyncio.timeout, not wait_for: wait_for runs the wait in a task of its own, which a stream
+                # cancelled while that task was cancelled for the timeout left to take the lock after this block had
+                # released it ("Lock is not acquired"); the lock then stayed taken, and every stream of the slot
+                # hung for good. Here Condition.wait takes the lock back before the block ends, however it ends.
                 try:
-                    await asyncio.wait_for(self._changed.wait_for(lambda: self._generation != seen),
-                                           self.keepalive_s)
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout(self.keepalive_s):
+                        await self._changed.wait_for(lambda: self._generation != seen)
+                except TimeoutError:
                     pass
 
     def shard(self) -> tuple[int, int]:
