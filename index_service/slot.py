@@ -9,9 +9,14 @@ process reloads it by itself. A slot that starts with no record while other
 slots have records says so in a warning: ``--slot`` may be mistyped.
 
 Loading replaces what the slot holds: verify the new version (checksums,
-manifest) -> record it -> unload the old one -> load and self-test the new one;
-if that is refused, the old one is loaded back and recorded again. A record
-that cannot be written refuses the load before anything changes. The slot
+manifest) -> record it as loading, with the old one as what the slot holds ->
+unload the old one -> load and self-test the new one -> record it as held; if
+that is refused, the old one is loaded back and recorded again. A record that
+cannot be written refuses the load before anything changes. A slot killed while
+it loads (a memory cgroup's OOM kill) restarts on the version it held before,
+never on the one it died loading, and a version that cannot be loaded at start
+(out of memory, a corrupt file) leaves it empty: each says so in a warning. A
+load that runs out of memory is refused as RESOURCE_EXHAUSTED. The slot
 refuses a load while it answers searches (any search within
 ``busy_window_s``): that is the live slot, and the rollout tool
 (``recsys-publish``) picks an idle one. Promotion is not the slot's business:
@@ -26,17 +31,20 @@ recall@10 again, on the loader thread at idle priority, and its status and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import difflib
+import errno
 import logging
 import time
 from typing import Callable
 
 from index_service.searcher import CandidateIndex
 from model_registry import Registry, VersionError
+from model_registry.registry import SlotRecord
 from model_registry.search import MIN_RECALL
 from serving.admin import StatusReport, VersionAdmin
-from serving.errors import FailedPrecondition, InvalidArgument
+from serving.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from serving.loader import Loader
 from serving.sources import StartupVersions
 from serving.versions import VersionManager
@@ -109,19 +117,38 @@ class SlotAdmin(VersionAdmin[CandidateIndex]):
         return self.manager.states().get(version, (None, None))[1] is index
 
     def start(self, startup: StartupVersions) -> None:
-        """Loads what the slot should hold at start (blocking; nothing is served yet). Warns when the slot has no
-        record while other slots have (``_warn_unrecorded``)."""
-        if not self.registry.slot_file(self.slot).exists():
+        """Loads what the slot should hold at start (blocking; nothing is served yet); one it cannot load leaves
+        it empty. Warns when the slot has no record while other slots have (``_warn_unrecorded``), and when its
+        last load did not finish (it starts on what it held before)."""
+        try:
+            record = self.registry.slot_record(self.slot)
+        except VersionError:  # a broken record that --version overrides: written again
+            record = None
+        if record is not None and record.loading not in (None, startup.live) and record.holds == startup.live:
+            log.warning("slot %s: its last load, of version %d, did not finish: the process died while loading it "
+                        "(out of memory? a memory cgroup's OOM kill is a SIGKILL, which the kernel logs, not this "
+                        "process); it starts on %s, which it held before", self.slot, record.loading,
+                        "no version" if record.holds is None else f"version {record.holds}")
+        elif not self.registry.slot_file(self.slot).exists():
             self._warn_unrecorded(startup.live)
         if startup.live is not None:
-            self._load_into_manager(startup.live, make_live=True)
+            try:
+                self._load_into_manager(startup.live, make_live=True)
+            except Exception as e:  # noqa: BLE001 - up and empty, it takes loads; a traceback restarts into the same
+                log.warning("slot %s: version %d could not be loaded at start (%s); it starts empty, its record "
+                            "unchanged (a restart tries it again). recsys-publish loads a version into it",
+                            self.slot, startup.live, _why(e))
+                return
+        if record != SlotRecord(startup.live):
             # A restart reloads what the record names: a read-only slots folder then costs nothing.
             try:
-                recorded = self.registry.slot_version(self.slot)
-            except VersionError:  # a broken record that --version overrides: written again
-                recorded = None
-            if recorded != startup.live:
                 self._record(startup.live, None)
+            except FailedPrecondition as e:
+                if record is None or record.holds != startup.live:
+                    raise  # --version: a restart must come back on it
+                log.warning("slot %s: its record %s could not be written (%s): it still says a load of version %d "
+                            "is pending, and a restart comes back on what it holds again", self.slot,
+                            self.registry.slot_file(self.slot), e.__cause__, record.loading)
 
     def _warn_unrecorded(self, starting: int | None) -> None:
         """One warning when other slots have records and this one has none: a mistyped ``--slot`` starts a
@@ -168,13 +195,22 @@ class SlotAdmin(VersionAdmin[CandidateIndex]):
             self._check_idle(held)
         manifest = self.loader.verify(version)  # a corrupt version is refused before anything changes
         # Recorded before the swap: a record written after it could fail with the new version already in memory,
-        # its rollback target gone from the slot, and a restart bringing back what the record still named.
-        self._record(version, held)
+        # its rollback target gone from the slot, and a restart bringing back what the record still named. As a
+        # load that a restart does not take up (a process killed loading a version too big for its memory would
+        # die again at every start): it comes back on ``held`` until the record names ``version`` as held, and a
+        # record that cannot say so refuses the load as a failed one.
+        self._record(version, held, loading=True)
         if held is not None:
             self._drop(held, allow_live=True)
         try:
             self._load_into_manager(version, make_live=True, manifest=manifest)
-        except BaseException:
+            try:
+                self.registry.set_slot_loading(self.slot, None)  # done: the record already names it
+            except OSError as e:
+                raise self._unwritable(e, held) from e
+        except BaseException as failure:
+            if self.manager.live_version == version:  # its record could not be written: a restart would drop it
+                self._drop(version, allow_live=True)
             restored = held
             if held is not None:
                 log.warning("slot %s: version %d refused; loading back version %d", self.slot, version, held)
@@ -185,23 +221,45 @@ class SlotAdmin(VersionAdmin[CandidateIndex]):
                     restored = None
             try:
                 self.registry.set_slot_version(self.slot, restored)
+                self.registry.set_slot_loading(self.slot, None)
             except OSError as e:  # the refusal is what the caller must hear
-                log.error("slot %s: its record %s still names version %d, which it does not hold, and could not be "
-                          "written: %s", self.slot, self.registry.slot_file(self.slot), version, e)
+                log.error("slot %s: its record %s still says it loads version %d, and could not be written: %s; a "
+                          "restart comes back on %s", self.slot, self.registry.slot_file(self.slot), version, e,
+                          f"version {held}" if held is not None else "no version")
+            if _out_of_memory(failure):
+                raise ResourceExhausted(
+                    f"slot {self.slot!r} ran out of memory loading version {version} ({_why(failure)}); it "
+                    f"{f'kept version {held}' if restored is not None else 'holds no version'}: give the slot "
+                    "more memory, or publish a smaller version") from failure
             raise
         log.info("slot %s holds version %d", self.slot, version)
 
-    def _record(self, version: int | None, held: int | None) -> None:
+    def _record(self, version: int | None, held: int | None, loading: bool = False) -> None:
         """Records that the slot holds ``version`` (None: none) before it changes
-        what it holds (``held``); a record that cannot be written refuses the change."""
+        what it holds (``held``), or with ``loading`` that it loads ``version``
+        and holds ``held`` until that is done; a record that cannot be written
+        refuses the change."""
         try:
-            self.registry.set_slot_version(self.slot, version)
+            if loading:  # the intent first: a slot killed between the two writes restarts on ``held``
+                self.registry.set_slot_loading(self.slot, version, held)
+                self.registry.set_slot_version(self.slot, version)
+            else:
+                self.registry.set_slot_version(self.slot, version)
+                self.registry.set_slot_loading(self.slot, None)
         except OSError as e:
-            path = self.registry.slot_file(self.slot)
-            raise FailedPrecondition(
-                f"slot {self.slot!r} cannot write its record {path}: {e.strerror or e}; nothing changed, it still "
-                f"holds {f'version {held}' if held is not None else 'no version'}: make {path.parent} writable, "
-                "then retry") from e
+            if loading:
+                with contextlib.suppress(OSError):  # left, it still restarts the slot on ``held``
+                    self.registry.set_slot_loading(self.slot, None)
+            raise self._unwritable(e, held) from e
+
+    def _unwritable(self, error: OSError, held: int | None) -> FailedPrecondition:
+        """The refusal of a change whose record could not be written: the slot holds ``held``."""
+        path = self.registry.slot_file(self.slot)
+        fix = f"free space on {path.parent}'s file system" if error.errno == errno.ENOSPC else \
+            f"make {path.parent} writable"
+        return FailedPrecondition(
+            f"slot {self.slot!r} cannot write its record {path}: {error.strerror or error}; nothing changed, it "
+            f"still holds {f'version {held}' if held is not None else 'no version'}: {fix}, then retry")
 
     async def unload(self, version: int) -> StatusReport:
         if version < 1:
@@ -224,3 +282,14 @@ class SlotAdmin(VersionAdmin[CandidateIndex]):
     async def rollback(self) -> StatusReport:
         raise FailedPrecondition("index slots have no live version: a rollback is a routing switch on the query "
                                  "replicas (recsys-publish --rollback)")
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` says memory ran out (MemoryError: C++'s std::bad_alloc under ``ulimit -v`` too; ENOMEM:
+    an mmap refused)."""
+    return isinstance(error, MemoryError) or isinstance(error, OSError) and error.errno == errno.ENOMEM
+
+
+def _why(error: BaseException) -> str:
+    """A load's failure in words, saying so when memory ran out."""
+    return f"out of memory: {type(error).__name__}: {error}" if _out_of_memory(error) else str(error)

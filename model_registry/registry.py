@@ -10,6 +10,9 @@ Layout (TensorFlow Serving's convention of integer version folders)::
                             move is complete (text, one integer a line)
         slots/<slot>        the version each index slot holds (text, one integer): a restarted
                             slot process reloads it
+        slots/.<slot>.loading  only while a slot loads: the version it loads and the one it held
+                            before (text, one integer a line, the second absent for none), the one
+                            a restart comes back on until the load is done (``slot_record``)
         catalogue/<version>/  the version's catalogue deltas (model_registry.deltas)
         .staging-*/         in-progress publishes; never read
 
@@ -46,6 +49,7 @@ PREVIOUS_FILE = "PREVIOUS"
 MOVING_FILE = "MOVING"
 STAGING_PREFIX = ".staging-"  # an in-progress publish's folder
 SLOTS_DIR = "slots"
+LOADING_SUFFIX = ".loading"  # slots/.<slot>.loading: a slot's load not yet done
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -99,6 +103,14 @@ def _still_there(path: Path, f: IO[str] | None) -> bool:
     except FileNotFoundError:
         return f is None
     return f is not None and os.path.samestat(now, os.fstat(f.fileno()))
+
+
+class SlotRecord(NamedTuple):
+    """An index slot's record: the version it holds (None: none), the one a restart comes back on, and the one it
+    loads while a load is not done (None: none pending; a slot killed mid-load restarts on ``holds``)."""
+
+    holds: int | None
+    loading: int | None = None
 
 
 class Registry:
@@ -237,16 +249,43 @@ class Registry:
         _fsync_dir(self.model_dir)
 
     def slot_version(self, slot: str) -> int | None:
-        """The version index slot ``slot`` holds by its record; None if it holds none."""
-        return self._read_pointer(self.slot_file(slot))
+        """The version index slot ``slot`` holds by its record, the one a restart comes back on; None if it holds
+        none."""
+        return self.slot_record(slot).holds
+
+    def slot_record(self, slot: str) -> SlotRecord:
+        """Index slot ``slot``'s record: what it holds and, while a load is pending, what it loads. Raises
+        VersionError if the record names anything but a published version."""
+        named = self._read_pointer(self.slot_file(slot))
+        path = self.slot_loading_file(slot)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return SlotRecord(named)
+        lines = text.split()
+        if not (1 <= len(lines) <= 2 and all(line.isdigit() for line in lines)):
+            raise VersionError(f"{path} names {text!r}, not the version slot {slot!r} loads and the one it held")
+        loading, held = int(lines[0]), self._named(path, lines[1]) if len(lines) == 2 else None
+        if named not in (loading, held):
+            return SlotRecord(named)  # a record written since by a slot process that writes no intent (an older one)
+        return SlotRecord(held, loading)
 
     def set_slot_version(self, slot: str, version: int | None) -> None:
         """Records (atomically) the version slot ``slot`` holds; None: it holds none."""
         self._write_pointer(self.slot_file(slot), version)
 
+    def set_slot_loading(self, slot: str, version: int | None, held: int | None = None) -> None:
+        """Records (atomically) that slot ``slot`` loads ``version`` and holds ``held`` until that load is done;
+        ``version`` None: no load is pending (the intent is removed)."""
+        self._write_pointer(self.slot_loading_file(slot), *((version, held) if version is not None else ()))
+
     def slot_file(self, slot: str) -> Path:
         """The record of the version index slot ``slot`` holds."""
         return self.model_dir / SLOTS_DIR / check_model_name(slot, "slot name")
+
+    def slot_loading_file(self, slot: str) -> Path:
+        """The intent of a load of index slot ``slot`` not yet done (a dot-file: readers of records skip those)."""
+        return self.model_dir / SLOTS_DIR / f".{check_model_name(slot, 'slot name')}{LOADING_SUFFIX}"
 
     def prune(self, keep: int) -> list[int]:
         """Deletes all but the newest ``keep`` published versions, never CURRENT,
@@ -258,8 +297,11 @@ class Registry:
             raise ValueError(f"keep={keep}: keep at least 2 versions (the live one and its rollback target)")
         versions = self.versions()
         slots = self.model_dir / SLOTS_DIR
-        held = {self.slot_version(p.name) for p in slots.iterdir() if not p.name.startswith(".")} \
-            if slots.is_dir() else set()
+        # Both versions of a slot whose load is pending: the one it loads, and the one a restart comes back on (an
+        # empty slot killed before its record named what it loads has only the intent).
+        names = {p.name[1:-len(LOADING_SUFFIX)] if p.name.startswith(".") else p.name for p in slots.iterdir()
+                 if not p.name.startswith(".") or p.name.endswith(LOADING_SUFFIX)} if slots.is_dir() else set()
+        held = {version for name in names for version in self.slot_record(name)}
         protected = set(versions[-keep:]) | set(self.pointers()) | held
         deleted = []
         for version in versions:
