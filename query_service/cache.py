@@ -226,7 +226,8 @@ class ResultCache:
         try:
             sealed = {key: self._seal(key, result) for key, result in values.items()}
             await self.link.pipelined("SET", list(sealed), lambda pipe, key: pipe.set(key, sealed[key],
-                                                                                     ex=self.config.ttl_s))
+                                                                                     ex=self.config.ttl_s),
+                                      write=True)
         finally:
             written.set_result(None)
 
@@ -302,7 +303,7 @@ class ResultCache:
         out with the others queued within ``WRITE_DELAY_S`` as one pipeline;
         returns that pipeline's future, None if the write is dropped."""
         self._keep_local(key, result)
-        if self.link is None or not self.link.available():
+        if self.link is None or not self.link.writable():
             return None
         if len(self._writes) >= MAX_QUEUED_WRITES:
             _DROPPED.inc()

@@ -7,11 +7,14 @@ history-aware towers take it in front of the stored history, and
 ``exclude_seen`` removes its items too.
 
 It rides on the result cache's Redis link (same server or cluster, timeouts
-and outage backoff; on a cluster, a failed node costs only its customers'
-live histories). Reads are an optimisation like the cache: concurrent requests'
-reads go out as one pipeline, and a failed read is an empty live history
-(the stored one still answers). A write is what the caller asked for, so a
-failed write fails the call.
+and outage backoff; on a cluster, a failed node costs only its customers' live
+histories). Reads are an optimisation like the cache: concurrent requests'
+reads go out as one pipeline, and a failed read is an empty live history (the
+stored one still answers). A write is what the caller asked for, so a failed
+write fails the call; it is sent even while writes are backed off (the caller
+asked for it), and its failure backs off writes only: a Redis that refuses
+writes (out of memory, paused) still serves the reads, and ``exclude_seen``
+keeps excluding what was recorded before.
 
 With a shared key (``--cache-key-file``, the result cache's), each entry is
 sealed with an HMAC over the customer's list key and the id, as cached results
@@ -106,9 +109,10 @@ class LiveHistory:
                     self.link.skipped_key("RecordInteractions", key)
                     length = await self._push(key, candidate_ids, replace=True)
         except REDIS_ERRORS as e:
-            self.link.failed("RecordInteractions", e, node)
+            self.link.failed("RecordInteractions", e, node, write=True)
             raise Unavailable(f"the live history's Redis did not take the interactions ({type(e).__name__}): they "
                               "may not be recorded; retry with backoff (a repeated interaction counts once)") from None
+        self.link.answered(node, write=True)
         return min(int(length), self.config.max_items)
 
     async def _push(self, key: str, candidate_ids: tuple[str, ...], replace: bool = False) -> int:

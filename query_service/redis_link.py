@@ -1,21 +1,32 @@
 """A query replica's connection to Redis, shared by the result cache and the
 live interaction history, and its outage backoff.
 
-After any Redis error the link reports itself unavailable for
-``retry_after_s``: readers then skip Redis instead of each paying a timeout,
-so an outage costs the replica no latency, and the log gets one line per
-outage rather than one per request.
+After a Redis error the link backs Redis off for ``retry_after_s``: callers
+then skip it instead of each paying a timeout, so an outage costs the replica
+no latency. Reads and writes back off apart: a Redis that refuses writes (out
+of memory under ``noeviction``, ``CLIENT PAUSE ... WRITE``) still serves the
+result cache's lookups and the live histories, so a failed write backs off
+writes alone. A failed read backs off both: reads fail only when the server
+does not answer, refuses this client (AUTH) or is loading, and writes would
+fail the same way. A timeout is a failure only when another follows within
+``retry_after_s``: on a loaded host the event loop misses a 50 ms budget now
+and then (6 times in 10 minutes at load 7, with a healthy Redis), and one such
+miss switched the cache and every live history off for everyone for 2 s; in an
+outage every call times out, concurrent ones together, so the second comes
+within about one timeout. The log gets a line when an outage starts (what
+failed, why), when its cause changes, and when Redis answers again, not one
+per request nor per back-off.
 
 ``redis+cluster://host:port[,host:port...]`` (``rediss+cluster://`` for TLS)
 names a Redis Cluster by its startup nodes. On a cluster the backoff is per
-node: the keys of a master that fails are skipped (misses, empty live
-histories) for ``retry_after_s`` while the other masters keep serving theirs,
-because one node of N down should cost 1/N of the cache, not all of it. Each
-batch goes out as one pipeline per node, concurrently, so a dead node fails
-only its own keys; redis-py's cluster-level retries are off (they close every
-connection and sleep 250 ms per attempt), and a node failure instead refreshes
-the slot map in the background, so a replica promoted in its place is found
-without a request waiting for it.
+node (and its reads and writes apart, as above): the keys of a master that
+fails are skipped (misses, empty live histories) for ``retry_after_s`` while
+the other masters keep serving theirs, because one node of N down should cost
+1/N of the cache, not all of it. Each batch goes out as one pipeline per node,
+concurrently, so a dead node fails only its own keys; redis-py's cluster-level
+retries are off (they close every connection and sleep 250 ms per attempt),
+and a node failure instead refreshes the slot map in the background, so a
+replica promoted in its place is found without a request waiting for it.
 """
 
 from __future__ import annotations
@@ -32,7 +43,9 @@ import redis.asyncio as redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisClusterException, RedisError, ResponseError, SlotNotCoveredError
+from redis.exceptions import (AuthenticationError, RedisClusterException, RedisError, ResponseError,
+                              SlotNotCoveredError)
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 
 from query_service.batching import BatchingConfig
@@ -45,6 +58,10 @@ log = logging.getLogger(__name__)
 # What a failed Redis call raises: redis-py's own errors (its cluster ones are
 # not RedisErrors: no node reachable, a slot no node holds), socket errors and its timeouts.
 REDIS_ERRORS = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
+# Those of a call that ran out of its ``--redis-timeout-s``: alone, not yet an outage (see the module docstring).
+TIMEOUTS = (RedisTimeoutError, asyncio.TimeoutError)
+AUTH_HINT = ("; Redis refuses this replica's credentials: check --redis-password-file and the user name in "
+             "--redis-url against Redis's requirepass / ACL")
 
 # Concurrent requests' Redis calls go out together: whatever queued while the
 # previous round trips were out, never waiting for more, so batching adds no
@@ -100,9 +117,22 @@ def cluster_client(url: str, **kwargs: Any) -> RedisCluster:
                                  **kwargs)
 
 
+class _Side:
+    """Reads or writes of Redis (or of one cluster node): backed off until when, the outage they are in (since
+    when, failing with what) and the last timeout not yet taken for an outage."""
+
+    __slots__ = ("off_until", "since", "cause", "timed_out_at")
+
+    def __init__(self) -> None:
+        self.off_until = 0.0
+        self.since: float | None = None
+        self.cause = ""
+        self.timed_out_at = -float("inf")
+
+
 class RedisLink:
     """One Redis client (a server's or a cluster's) and the times until which
-    Redis, or one cluster node, is taken as down."""
+    Redis, or one cluster node, is taken as down for reads and for writes."""
 
     def __init__(self, url: str, password: str, timeout_s: float, retry_after_s: float):
         self.cluster = urlsplit(url).scheme in CLUSTER_SCHEMES
@@ -117,8 +147,8 @@ class RedisLink:
                        redis.from_url(url, maint_notifications_config=MaintNotificationsConfig(enabled=False),
                                       **options))
         self.retry_after_s = retry_after_s
-        self._off_until = 0.0
-        self._node_off_until: dict[str, float] = {}
+        self._sides: dict[tuple[bool, str], _Side] = {}  # by (writes, cluster node; "": the server or cluster)
+        self._reads, self._writes = self._side(False, ""), self._side(True, "")
         self._refresh: asyncio.Task | None = None
         self._wrong_type_log = LogThrottle()
         self._calls: dict[str, asyncio.Semaphore] = {}
@@ -147,26 +177,65 @@ class RedisLink:
             calls.release()
 
     def available(self) -> bool:
-        """False within ``retry_after_s`` of the last error (on a cluster: of one
-        that was not a single node's, such as no startup node answering)."""
-        return time.monotonic() >= self._off_until
+        """Whether to read from Redis: False within ``retry_after_s`` of a failed read (on a cluster: of
+        one that was not a single node's, such as no startup node answering). Writes do not turn it off."""
+        return time.monotonic() >= self._reads.off_until
 
-    def failed(self, op: str, error: Exception, node: str = "") -> None:
-        """Records a failed call: logs it if Redis (or the cluster ``node``) was
-        taken as up, and keeps it off for ``retry_after_s``."""
+    def writable(self) -> bool:
+        """Whether to write to Redis: False within ``retry_after_s`` of a failed read or write."""
+        return time.monotonic() >= self._writes.off_until
+
+    def _side(self, write: bool, node: str) -> _Side:
+        side = self._sides.get((write, node))
+        if side is None:
+            side = self._sides[write, node] = _Side()
+        return side
+
+    def failed(self, op: str, error: Exception, node: str = "", write: bool = False) -> None:
+        """Records a failed call (a write's with ``write``): backs off for ``retry_after_s`` the writes of
+        Redis (or of the cluster ``node``), and its reads too if the call was a read; logs the start of an
+        outage and a change of its cause. A timeout while Redis is up backs nothing off unless another came
+        within ``retry_after_s`` (see the module docstring); it is counted all the same."""
         REDIS_ERRORS_TOTAL.labels(op).inc()
         now = time.monotonic()
-        if not node:
-            if self.available():
-                log.warning("redis %s failed (%s: %s); serving without Redis (no result cache, no live history) "
-                            "for %.1fs", op, type(error).__name__, error, self.retry_after_s)
-            self._off_until = now + self.retry_after_s
+        side = self._side(write, node)
+        if isinstance(error, TIMEOUTS) and side.since is None and now - side.timed_out_at > self.retry_after_s:
+            side.timed_out_at = now
             return
-        if now >= self._node_off_until.get(node, 0.0):
-            log.warning("redis cluster node %s: %s failed (%s: %s); its keys are misses and empty live histories "
-                        "for %.1fs", node, op, type(error).__name__, error, self.retry_after_s)
+        if node and now >= side.off_until:
             self._refresh_slots()
-        self._node_off_until[node] = now + self.retry_after_s
+        for backed_off in (side,) if write else (side, self._side(True, node)):
+            backed_off.off_until = now + self.retry_after_s
+        if write and self._side(False, node).since is not None:
+            return  # reads fail too: their outage's lines tell it
+        cause = f"{type(error).__name__}: {error}{AUTH_HINT if isinstance(error, AuthenticationError) else ''}"
+        where, name = (f"redis cluster node {node}: ", f"node {node}") if node else ("redis ", "Redis")
+        if side.since is None:
+            side.since, side.cause = now, type(error).__name__
+            if write:
+                log.warning("%s%s failed (%s); not writing to %s (results not shared through it, RecordInteractions "
+                            "fail) until a try after %.1fs succeeds; reads go on", where, op, cause, name,
+                            self.retry_after_s)
+            else:
+                log.warning("%s%s failed (%s); serving without %s (%s) until a try after %.1fs succeeds",
+                            where, op, cause, name, "its keys are misses and empty live histories" if node else
+                            "no result cache, no live history", self.retry_after_s)
+        elif type(error).__name__ != side.cause:
+            side.cause = type(error).__name__
+            log.warning("%s%s still fail %.1fs into the outage, now with %s", where, "writes" if write else "reads",
+                        now - side.since, cause)
+
+    def answered(self, node: str = "", write: bool = False) -> None:
+        """Records a call (a write's with ``write``) that Redis (or the cluster ``node``) answered: past
+        the back-off, it ends the outage, and the log says so. Within it, an answer to a call sent before
+        the failure (or a RecordInteractions, which is always sent) does not: the back-off runs out first."""
+        side = self._sides.get((write, node))
+        if side is not None and side.since is not None:
+            now = time.monotonic()
+            if now >= side.off_until:
+                log.warning("%s answers again after %.1fs (%s)", f"redis cluster node {node}" if node else "Redis",
+                            now - side.since, "writes" if write else "reads")
+                side.since = None
 
     def skipped_key(self, op: str, key: str) -> None:
         """Records a key whose value is of another type than ``op`` takes: a
@@ -201,18 +270,19 @@ class RedisLink:
         except SlotNotCoveredError:  # its pipeline fails, and backs off every slot no node holds together
             return NO_NODE
 
-    async def _by_node(self, op: str, keys: Sequence[str]) -> dict[str, list[int]]:
-        """Positions of ``keys`` by the cluster node serving them, leaving out those of nodes backed off."""
+    async def _by_node(self, op: str, keys: Sequence[str], write: bool) -> dict[str, list[int]]:
+        """Positions of ``keys`` by the cluster node serving them, leaving out those of nodes backed off
+        (for writes with ``write``, else for reads)."""
         try:
             await self.client.initialize()
         except REDIS_ERRORS as e:
-            self.failed(op, e)
+            self.failed(op, e, write=write)
             return {}
         now = time.monotonic()
         groups: dict[str, list[int]] = {}
         for i, key in enumerate(keys):
             node = self._node_of(key)
-            if now >= self._node_off_until.get(node, 0.0):
+            if now >= self._side(write, node).off_until:
                 groups.setdefault(node, []).append(i)
         return groups
 
@@ -223,29 +293,33 @@ class RedisLink:
         try:
             async with self.calling():
                 with span("redis " + op, keys=len(keys)):
-                    return await self.client.mget(keys)
+                    values = await self.client.mget(keys)
         except REDIS_ERRORS as e:
             self.failed(op, e)
             return [UNREACHED] * len(keys)
         except ResourceExhausted:
             return [UNREACHED] * len(keys)
+        self.answered()
+        return values
 
-    async def pipelined(self, op: str, keys: Sequence[str], queue: Callable[[Any, str], Any]) -> list[Any]:
+    async def pipelined(self, op: str, keys: Sequence[str], queue: Callable[[Any, str], Any],
+                        write: bool = False) -> list[Any]:
         """Sends ``queue(pipe, key)`` for each key in a non-transactional
         pipeline (on a cluster, one per node, concurrently) and returns the
         replies in order: UNREACHED for the keys of a pipeline that failed or
-        was not sent (Redis or the node backed off)."""
+        was not sent (Redis or the node backed off). ``write``: the commands
+        write, and a failure backs off writes only."""
         replies = [UNREACHED] * len(keys)
         if not self.cluster:
-            await self._pipeline(op, "", keys, range(len(keys)), queue, replies)
+            await self._pipeline(op, "", keys, range(len(keys)), queue, replies, write)
             return replies
-        groups = await self._by_node(op, keys)
-        await asyncio.gather(*(self._pipeline(op, node, keys, positions, queue, replies)
+        groups = await self._by_node(op, keys, write)
+        await asyncio.gather(*(self._pipeline(op, node, keys, positions, queue, replies, write)
                                for node, positions in groups.items()))
         return replies
 
     async def _pipeline(self, op: str, node: str, keys: Sequence[str], positions: Sequence[int],
-                        queue: Callable[[Any, str], Any], replies: list[Any]) -> None:
+                        queue: Callable[[Any, str], Any], replies: list[Any], write: bool) -> None:
         """Fills ``replies`` at ``positions`` from one pipeline; a failure is ``node``'s (or Redis's),
         but a key holding a value of another type fails only that key: one such key must not cost
         the others of its pipeline their replies, nor the replica its Redis."""
@@ -264,9 +338,11 @@ class RedisLink:
                     else:
                         replies[i] = reply
         except REDIS_ERRORS as e:
-            self.failed(op, e, node)
+            self.failed(op, e, node, write)
         except ResourceExhausted:
             pass  # its keys' replies stay UNREACHED
+        else:
+            self.answered(node, write)
 
     async def close(self) -> None:
         if self._refresh is not None:
