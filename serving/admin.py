@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 # A delta this young is left to the run that wrote it (recsys-catalogue applies it to the index slots, then the
 # query replicas, and names any that did not take it); the catch-up is for the replicas such a run missed.
 WRITER_GRACE_S = 10.0
+# A catch-up that keeps failing the same way (a registry unreadable) is logged again after this long, not each period.
+FAILING_LOG_S = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +138,7 @@ class VersionAdmin(Generic[S]):
         # version -> (the next record as first stat'ed, the monotonic time of that look): the writer's grace also
         # ends that long after this replica first saw the record, whatever its mtime (a clock ahead of ours)
         self._first_seen: dict[int, tuple[tuple[int, int], float]] = {}
+        self._failing: dict[int, tuple[str, float]] = {}  # version -> (why its catch-up fails, when that was logged)
 
     def _drop(self, version: int, allow_live: bool = False) -> None:
         """Takes a version out of the manager and frees it (blocking: a full GC)."""
@@ -143,6 +146,7 @@ class VersionAdmin(Generic[S]):
         self._caught_up.pop(version, None)
         self._refused.pop(version, None)
         self._first_seen.pop(version, None)
+        self._failing.pop(version, None)
         Loader.released()
         log.info("%s: unloaded %s version %d", self.service, self.manager.model, version)
 
@@ -243,10 +247,16 @@ class VersionAdmin(Generic[S]):
             log.warning("%s: version %d did not catch up with its catalogue deltas by itself (it stays at "
                         "generation %d): %s", self.service, version, at, e)
         except Exception as e:  # noqa: BLE001 - a registry read that failed (a network volume, say): next period
-            log.warning("%s: version %d could not catch up with its catalogue deltas (it stays at generation %d; "
-                        "tried again in a period): %s: %s", self.service, version, at, type(e).__name__, e)
+            cause, now = type(e).__name__, time.monotonic()
+            last = self._failing.get(version)
+            if last is None or last[0] != cause or now - last[1] >= FAILING_LOG_S:  # not a line every period
+                self._failing[version] = (cause, now)
+                log.warning("%s: version %d could not catch up with its catalogue deltas (it stays at generation %d; "
+                            "tried again every period, this said again in %gs while it fails so): %s: %s",
+                            self.service, version, at, FAILING_LOG_S, cause, e)
         else:
             self._refused.pop(version, None)
+            self._failing.pop(version, None)
 
     def _past_grace(self, version: int, generation: int, probed, grace_s: float) -> bool:
         """Whether the record of ``generation`` (``probed``, its stat) is ``grace_s`` old by its mtime, or was first

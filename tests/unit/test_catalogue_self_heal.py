@@ -20,6 +20,7 @@ from model_registry.deltas import Delta, catalogue_dir, write_delta
 from query_service.recommender import SOURCE_POPULARITY
 from query_service.routing import IndexRouter, RoutingConfig
 from query_service.server import _lag_hint
+from serving import admin as serving_admin
 from serving.admin import CatalogueCatchUp
 from tests.unit import tiny_versions as tiny
 from tests.unit.test_cores import query_replica, slot
@@ -93,6 +94,24 @@ async def test_a_delta_whose_mtime_is_in_the_future_is_applied_once_the_grace_ha
     assert admin.manager.get(1)[1].catalogue_generation == 0  # the writer's grace still holds
     await _until(lambda: admin.manager.get(1)[1].catalogue_generation == 1, "the slot to catch up")
     await _stop(task)
+
+
+async def test_a_registry_that_cannot_be_read_is_logged_once_not_every_period(registry, caplog, monkeypatch):
+    _, admin = slot(registry, "blue", 1)
+    looks = []
+
+    def unreadable(*args):
+        looks.append(args)
+        raise NotADirectoryError(20, "Not a directory")  # a network volume gone, a folder replaced by a file
+
+    monkeypatch.setattr(serving_admin, "record_stat", unreadable)
+    with caplog.at_level(logging.WARNING, logger="serving.admin"):
+        task = admin.follow_catalogue(FAST, grace_s=0.0)
+        await _until(lambda: len(looks) >= 5, "five looks")
+        await _stop(task)
+    lines = [r for r in caplog.records if "could not catch up" in r.getMessage()]
+    assert len(lines) == 1, [r.getMessage() for r in lines]
+    assert "NotADirectoryError" in lines[0].getMessage()
 
 
 async def test_a_refused_delta_is_logged_once_and_not_read_again_every_period(registry, caplog):
