@@ -51,7 +51,9 @@ version's log in the registry (``model_registry.deltas``: atomic, checksummed,
 the next generation G); then every index replica holding the version, and
 every query replica, catches up to G (``ApplyCatalogue``). A replica that
 fails (its admin server not answering included) keeps the delta in the
-registry and replays it at its next load or restart; the report names it and
+registry, takes it by itself once it is 10 s old (an index slot; a query
+replica follows its index slots: ``--catalogue-catch-up-period-s``) or replays
+it at its next load or restart; the report names it and
 the exit status is 1. The query replicas are not moved (each is named as
 failed) while a shard of the version has no index replica at G, nor when no
 replica listed in ``--index-admin`` holds the version at all. Prints a JSON
@@ -467,7 +469,8 @@ class _Progress:
     def after_signal(self, registry: Registry) -> str:
         """Whether the run wrote its delta and, if a generation is published, how the replicas behind get to it."""
         now = published_generation(registry.model_dir, self.version, self.published) if self.published >= 0 else 0
-        catch_up = (f"the replicas not at it replay it at their next load or restart; run recsys-catalogue --catch-up "
+        catch_up = ("the replicas not at it take it by themselves once it is 10 s old (--catalogue-catch-up-"
+                    f"period-s), or replay it at their next load or restart; run recsys-catalogue --catch-up "
                     f"--version {self.version}, with this run's --registry, --model and replica flags, to bring them "
                     "to it now")
         if now > self.published:
