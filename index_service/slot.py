@@ -14,9 +14,10 @@ unload the old one -> load and self-test the new one -> record it as held; if
 that is refused, the old one is loaded back and recorded again. A record that
 cannot be written refuses the load before anything changes. A slot killed while
 it loads (a memory cgroup's OOM kill) restarts on the version it held before,
-never on the one it died loading, and a version that cannot be loaded at start
-(out of memory, a corrupt file) leaves it empty: each says so in a warning. A
-load that runs out of memory is refused as RESOURCE_EXHAUSTED. The slot
+never on the one it died loading, and a version its record names that cannot be
+loaded at start (out of memory, a corrupt file) leaves it empty: each says so in
+a warning (one asked for by --version stops the start, as before). A load that
+runs out of memory is refused as RESOURCE_EXHAUSTED. The slot
 refuses a load while it answers searches (any search within
 ``busy_window_s``): that is the live slot, and the rollout tool
 (``recsys-publish``) picks an idle one. Promotion is not the slot's business:
@@ -135,6 +136,8 @@ class SlotAdmin(VersionAdmin[CandidateIndex]):
             try:
                 self._load_into_manager(startup.live, make_live=True)
             except Exception as e:  # noqa: BLE001 - up and empty, it takes loads; a traceback restarts into the same
+                if record is None or record.holds != startup.live:
+                    raise  # --version N, which its record does not name: the operator asked for it, and hears why
                 log.warning("slot %s: version %d could not be loaded at start (%s); it starts empty, its record "
                             "unchanged (a restart tries it again). recsys-publish loads a version into it",
                             self.slot, startup.live, _why(e))

@@ -140,11 +140,15 @@ def test_a_start_up_load_out_of_memory_leaves_the_slot_up_and_empty_saying_why(r
 
 def test_a_start_up_load_of_a_version_refused_leaves_the_slot_up_and_empty(registry, caplog):
     bad = tiny.publish(registry, 4, probe_dim=tiny.DIM - 1).version  # its index self-test fails
+    registry.set_slot_version("green", bad)  # a restart rejoining on its record
     with caplog.at_level(logging.WARNING, "index_service.slot"):
         admin = slot(registry, "green", bad)
     assert held(admin) == []
     assert any(f"version {bad} could not be loaded at start (version {bad} refused" in r.getMessage()
                for r in caplog.records), [r.getMessage() for r in caplog.records]
+    # Asked for by --version rather than its record, the version's refusal stops the start, naming why.
+    with pytest.raises(errors.FailedPrecondition, match=f"version {bad} refused"):
+        slot(registry, "blue", bad)
 
 
 async def test_a_full_disk_says_to_free_space(registry, monkeypatch):
