@@ -360,5 +360,8 @@ def test_a_service_given_the_publishers_key_loads_only_versions_and_deltas_it_si
     finally:
         slot.stop()
     unsigned = index_slot(trained_registry, "green", tmp_path / "unsigned.log", "--version", "1", *verify)
-    with pytest.raises(RuntimeError, match="is unsigned"):
-        unsigned.start()
+    try:
+        with pytest.raises(RuntimeError, match="is unsigned"):
+            unsigned.start()
+    finally:
+        unsigned.stop()  # one that started after all (the failure above) must not outlive the test
