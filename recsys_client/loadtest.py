@@ -68,7 +68,7 @@ import numpy as np
 from hdrh.histogram import HdrHistogram
 
 from serving.tls import ClientTls, ToolTls, tls_hint
-from settings.flags import ConfigError, add_flags, add_secret_file, flag_name, from_args
+from settings.flags import ConfigError, add_flags, add_secret_file, comma_list, flag_name, from_args
 
 # Histogram range: 1 us .. 60 s at 3 significant digits (0.1% value precision).
 HIST_LOWEST_US = 1
@@ -822,8 +822,10 @@ def build_parser() -> argparse.ArgumentParser:
     swap.add_argument("--swap", action="store_true", help="publish a version during the run, then roll back")
     swap.add_argument("--registry", type=Path, help="model registry root directory")
     swap.add_argument("--model", help="model name under the registry")
-    swap.add_argument("--index-admin", default="", help="index replicas' admin HOST:PORT, comma-separated")
-    swap.add_argument("--query-admin", default="", help="query replicas' admin HOST:PORT, comma-separated")
+    swap.add_argument("--index-admin", type=comma_list, default="",
+                      help="index replicas' admin HOST:PORT, comma-separated")
+    swap.add_argument("--query-admin", type=comma_list, default="",
+                      help="query replicas' admin HOST:PORT, comma-separated")
     add_secret_file(parser, swap, "admin-token", "file holding the bearer token of the admin plane")
     swap.add_argument("--swap-version", type=int, help="version to publish")
     swap.add_argument("--swap-at-s", type=float, default=None, help="seconds into the run to start the publish")
@@ -846,9 +848,8 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
                    if not value and value != 0]
         if missing:
             raise ValueError(f"--swap needs {', '.join(missing)}")
-        split = lambda value: [a for a in value.split(",") if a]  # noqa: E731
-        swap = SwapConfig(registry=args.registry, model=args.model, index_admin=split(args.index_admin),
-                          query_admin=split(args.query_admin), version=args.swap_version, at_s=args.swap_at_s,
+        swap = SwapConfig(registry=args.registry, model=args.model, index_admin=args.index_admin,
+                          query_admin=args.query_admin, version=args.swap_version, at_s=args.swap_at_s,
                           rollback_at_s=args.rollback_at_s, admin_token=args.admin_token, tls=tls)
     return LoadConfig(address=args.address, qps=args.qps, duration_s=args.duration_s,
                       concurrency=args.concurrency, k=args.k, timeout_s=args.timeout_s, channels=args.channels,

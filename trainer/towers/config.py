@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 
 from model_registry.customers import DEFAULT_HISTORY_LENGTH
-from settings.flags import option, require
+from settings.flags import comma_list, option, require
 
 TOWERS = ("id", "features", "history", "sequence")
 HISTORY_TOWERS = ("history", "sequence")
@@ -22,7 +22,7 @@ HISTORY_STORE_CELLS = DEFAULT_HISTORY_LENGTH * 100_000
 
 
 def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in text.split(",") if part.strip())
+    return tuple(map(int, comma_list(text)))
 
 
 @dataclasses.dataclass(frozen=True)
