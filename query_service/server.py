@@ -97,11 +97,11 @@ async def create_server(config: QueryServiceConfig) -> tuple[ServiceWithAdmin, R
     servers and loads CURRENT's tower (and PREVIOUS's, the rollback target).
     Health turns SERVING once the live version's tower is loaded and an index
     endpoint holds that version."""
+    registry = Registry(config.registry, config.model)
+    # No CURRENT, or a broken one, stops the start here, before TensorFlow's ~5 s import.
+    startup = query_startup(registry, config.version, config.rollback_version)
     from query_service.tower import QueryModel  # here: the --workers supervisor runs main() without TensorFlow
 
-    registry = Registry(config.registry, config.model)
-    # No CURRENT, or a broken one, stops the start here.
-    startup = query_startup(registry, config.version, config.rollback_version)
     limit_tensorflow_threads(config.tf_threads)
     manager: VersionManager[QueryModel] = VersionManager(config.model)
     # The live tower is served beside the loading one; the candidates' files are the index slots' to verify.
