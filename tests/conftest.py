@@ -12,9 +12,33 @@ from pathlib import Path
 import pytest
 
 from tests import processes as local
+from tests.exclusive import RunLock
 
 REPO = Path(__file__).resolve().parent.parent
 ML100K_DIR = Path(os.environ.get("RECSYS_ML100K_DIR", REPO.parent / "shared" / "data" / "ml-100k"))
+
+
+_RUN_LOCK = pytest.StashKey[RunLock]()
+
+
+def pytest_configure(config):
+    worker = getattr(config, "workerinput", None)  # set on pytest-xdist's workers only
+    if worker is not None:
+        config.stash[_RUN_LOCK] = RunLock(worker["testrunuid"])
+
+
+def pytest_unconfigure(config):
+    if _RUN_LOCK in config.stash:
+        config.stash[_RUN_LOCK].close()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Runs a test (setup, call, teardown) under the run's lock (tests/exclusive.py), where there is one."""
+    if _RUN_LOCK not in item.config.stash:
+        return (yield)
+    with item.config.stash[_RUN_LOCK].held(alone=item.get_closest_marker("alone") is not None):
+        return (yield)
 
 
 class RedisProcess(local.RedisProcess):

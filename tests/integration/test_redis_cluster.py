@@ -123,6 +123,7 @@ async def test_a_key_of_another_type_costs_that_key_only(cluster):
         await cache.close()
 
 
+@pytest.mark.alone  # bounds appends by the connect timeout
 async def test_recording_interactions_on_a_cluster_blocks_no_event_loop(cluster, monkeypatch):
     """redis-py's cluster client queues each command of a MULTI/EXEC by starting a thread (with an event
     loop of its own) and joining it: ~0.5 ms of the replica's event loop blocked per command, which a burst
@@ -173,6 +174,7 @@ def cluster_connections(cluster: RedisClusterProcesses, name: str) -> list[int]:
     return counts
 
 
+@pytest.mark.alone  # 2 s deadlines under load
 async def test_a_master_killed_under_load_fails_no_request(query, cluster):
     async def kill_a_master() -> None:
         await asyncio.sleep(2.0)
@@ -234,6 +236,7 @@ async def pool_connections(cache: ResultCache) -> None:
     await asyncio.gather(*(cache.get_remote_many(keys) for _ in range(16)))
 
 
+@pytest.mark.alone  # bounds a recovery by back-offs
 async def test_a_master_restarted_on_its_port_serves_its_keys_again_within_a_back_off_or_two(tmp_path):
     """Connections pooled to a master before it restarted are dead: unless the slot map refresh
     that a node failure starts recycles them, each fails in its turn and backs the node off again,
@@ -252,6 +255,7 @@ async def test_a_master_restarted_on_its_port_serves_its_keys_again_within_a_bac
         cluster.stop()
 
 
+@pytest.mark.alone  # bounds a recovery by back-offs
 async def test_a_replica_promoted_for_a_lost_master_serves_its_keys_within_a_back_off_or_two(tmp_path):
     """The slot map names the lost master until it is read again: the refresh a node failure
     starts is what sends the keys to the replica promoted in its place."""

@@ -101,6 +101,7 @@ async def test_a_sharded_version_answers_as_one_index_over_every_candidate(shard
     assert all(len(set(files.shard_of(s["candidate_ids"], SHARDS).tolist())) > 1 for s in model_answers)
 
 
+@pytest.mark.alone  # bounds the slowest call by 1 s
 async def test_a_hung_then_killed_replica_costs_no_request(stack):
     _, spare, _, query = stack
 

@@ -70,6 +70,7 @@ def run_script_quick(module: str, tmp_path: Path, timeout_s: float) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.alone  # every step of the load must answer within its deadline
 def test_serving_throughput_quick(tmp_path):
     out = run_script_quick("bench.serving_throughput", tmp_path, timeout_s=300)
     assert set(out["max_sustainable_qps"]) == {"ours-miss", "ours-hit", "ours-hit-redis", "echo", "seeds"}
@@ -100,6 +101,7 @@ def test_swap_quick(tmp_path):
     assert out["swap_s"] > 0 and set(out["p99_ms"]) == {"before", "during", "after"}
 
 
+@pytest.mark.alone  # bounds the slowest failure by the index deadline
 def test_faults_quick(tmp_path):
     out = run_script_quick("bench.faults", tmp_path, timeout_s=600)
     by_name = {s["scenario"]: s for s in out["scenarios"]}
