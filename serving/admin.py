@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 WRITER_GRACE_S = 10.0
 # A catch-up that keeps failing the same way (a registry unreadable) is logged again after this long, not each period.
 FAILING_LOG_S = 60.0
+# A shorter period is a typo (0.001 for 1?): each look is a stat of the registry, a busy loop on a network volume.
+MIN_CATCH_UP_PERIOD_S = 0.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +55,8 @@ class CatalogueCatchUp:
                                   "on. 0: never (only ApplyCatalogue, e.g. recsys-catalogue --catch-up)")
 
     def __post_init__(self) -> None:
-        require(0 <= self.period_s < math.inf, "period_s", "must be >= 0 and finite (0: no catch-up of its own)")
+        require(self.period_s == 0 or MIN_CATCH_UP_PERIOD_S <= self.period_s < math.inf, "period_s",
+                f"must be 0 (no catch-up of its own) or from {MIN_CATCH_UP_PERIOD_S:g} s, finite")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,6 +22,7 @@ from query_service.routing import IndexRouter, RoutingConfig
 from query_service.server import _lag_hint
 from serving import admin as serving_admin
 from serving.admin import CatalogueCatchUp
+from settings.flags import ConfigError
 from tests.unit import tiny_versions as tiny
 from tests.unit.test_cores import query_replica, slot
 
@@ -167,3 +168,10 @@ async def test_the_wait_for_a_lagging_endpoint_names_the_catch_up(registry):
     assert "`recsys-catalogue --catch-up`" in _lag_hint(router, 1) and "generation 19" in _lag_hint(router, 1)
     assert _lag_hint(router, 2) == ""  # no endpoint holds it at all: a load is missing, not a delta
     await router.close()
+
+
+@pytest.mark.parametrize("period_s", [0.001, -1.0, float("inf")])
+def test_a_catch_up_period_that_would_spin_or_never_run_is_refused(period_s):
+    with pytest.raises(ConfigError, match="must be 0 .no catch-up of its own. or from 0.05 s"):
+        CatalogueCatchUp(period_s=period_s)
+    assert CatalogueCatchUp(period_s=0).period_s == 0 and CatalogueCatchUp(period_s=0.05).period_s == 0.05
