@@ -128,13 +128,29 @@ def _unwritable(path: Path) -> str | None:
     return None
 
 
-def _check_registry(config: PipelineConfig) -> None:
+def _check_registry(config: PipelineConfig) -> list[Path]:
     """Raises OSError unless a version could be published into the model's folder: creates it (publishing
     would) and a staging folder in it, then removes that. The registry's own prefix: were this process killed
-    in between, the registry would sweep the folder as a publish's leftover."""
+    in between, the registry would sweep the folder as a publish's leftover. Returns the folders it created,
+    deepest first, for ``_remove_if_empty``."""
     model_dir = Path(config.registry) / config.model
+    created, path = [], model_dir
+    while not path.exists():
+        created.append(path)
+        path = path.parent
     model_dir.mkdir(parents=True, exist_ok=True)
     os.rmdir(tempfile.mkdtemp(dir=model_dir, prefix=STAGING_PREFIX))
+    return created
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Removes the folders ``_check_registry`` created (deepest first) where the run left them empty: a refused
+    run leaves no model behind for ``recsys-publish`` or a service to find with no version in it."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # a version (or another run's staging folder) is in it
+            return
 
 
 def _stop_on_signals() -> dict[int, Any]:
@@ -196,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     plot_out = args.plot_out or (args.metrics_out.with_suffix(".png") if args.metrics_out else None)
     if plot_out is not None and not plot_out.suffix:
         plot_out = plot_out.with_suffix(".png")  # the file matplotlib writes, and the one the plot line names
+    created: list[Path] = []
     if cluster.is_chief:  # the chief writes these; checked before any work, and before the launcher's workers
         if plot_out is not None and plot_out.suffix.lower() != ".png":
             parser.error(f"--plot-out writes a PNG: name a .png file, not {plot_out}")
@@ -204,10 +221,19 @@ def main(argv: list[str] | None = None) -> int:
             if why:
                 parser.error(f"{flag}: {why}")
         try:
-            _check_registry(config)
+            created = _check_registry(config)
         except OSError as e:
             print(f"recsys-train: error: {_os_error(e, config)}", file=sys.stderr)
             return 1
+    try:
+        return _run(args, argv, config, cluster, plot_out)
+    finally:
+        _remove_if_empty(created)
+
+
+def _run(args: argparse.Namespace, argv: list[str] | None, config: PipelineConfig, cluster: Cluster,
+         plot_out: Path | None) -> int:
+    """``main`` once its arguments are checked: the launcher of ``--workers N``, or one worker's training run."""
     if cluster.workers == 1 and (args.workers or 1) > 1:
         return launch(sys.argv[1:] if argv is None else list(argv), args.workers)
 

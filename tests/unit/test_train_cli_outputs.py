@@ -58,7 +58,13 @@ def test_a_registry_it_cannot_write_is_refused_before_the_data_is_read(tmp_path,
 def test_the_check_of_the_registry_leaves_no_staging_folder(tmp_path, capsys):
     assert cli.main([*no_data(tmp_path), "--registry", str(tmp_path / "reg")]) == 2
     assert "columns 'user_id', 'item_id' not found" in capsys.readouterr().err
-    assert list((tmp_path / "reg" / "m").iterdir()) == []
+    assert not (tmp_path / "reg").exists()  # nor the folders the check made: the run published nothing
+
+
+def test_a_refused_run_removes_the_model_folder_it_made_and_keeps_the_registry_it_found(tmp_path, capsys):
+    (tmp_path / "reg" / "other").mkdir(parents=True)
+    assert cli.main([*no_data(tmp_path), "--registry", str(tmp_path / "reg")]) == 2
+    assert [p.name for p in (tmp_path / "reg").iterdir()] == ["other"]  # no empty "m" for a service to find
 
 
 def test_a_metrics_file_it_fails_to_write_is_one_line_after_the_published_version(tmp_path, capsys):
