@@ -374,14 +374,36 @@ def _unserved(version: int, generation: int, shards: dict[str, tuple[int, int]],
                      for shard, of in missing)
 
 
+def _check_log_not_behind(fleet: Fleet, registry: Registry, version: int) -> None:
+    """Raises CatalogueError, writing nothing, where a replica holds ``version`` at a catalogue generation the
+    registry's log does not reach: a record was removed by hand, or the registry was restored from an older copy.
+    The next delta would take a generation that replica already holds with other contents, and it would never
+    apply it (nor would its catch-up, which looks for the generation after its own). A replica whose status
+    does not answer is skipped here: the apply names it."""
+    published = published_generation(registry.model_dir, version)
+    for replica in fleet.index + fleet.query:
+        try:
+            held = {v.version: v.catalogue_generation for v in fleet.status(replica).versions}
+        except PublishError:
+            continue
+        if held.get(version, 0) > published:
+            raise CatalogueError(
+                f"{replica.role} replica {replica.address} holds version {version} at catalogue generation "
+                f"{held[version]}, but the registry's log of it ends at generation {published} "
+                f"({catalogue_dir(registry.model_dir, version)}): records were removed, or the registry was restored "
+                "from an older copy; a new delta would take a generation that replica applied with other contents. "
+                "Restore the missing records, or publish a new version (recsys-train, recsys-publish)")
+
+
 def publish_delta(fleet: Fleet, registry: Registry, version: int, delta: Delta,
                   key: Ed25519PrivateKey | None = None) -> Rollout:
     """Appends ``delta`` to ``version``'s log (signed by ``key`` if given), then applies it on every replica.
     Raises VersionError, writing nothing, if the version's replicas would refuse the delta's signature, and
-    CatalogueError, writing nothing, for an upsert far outside the version's scale (``check_scale``), or if the
-    catalogue directory cannot be written."""
+    CatalogueError, writing nothing, for an upsert far outside the version's scale (``check_scale``), a replica
+    past the registry's log (``_check_log_not_behind``), or if the catalogue directory cannot be written."""
     signing.check_delta_signer(registry.version_dir(version), key)
     check_scale(registry, version, delta)
+    _check_log_not_behind(fleet, registry, version)
     try:
         generation = write_delta(registry.model_dir, version, delta, key)
     except OSError as e:

@@ -697,6 +697,26 @@ def test_a_delta_the_signed_versions_replicas_would_refuse_is_never_written(tmp_
     assert publish_delta(fleet, unsigned, 1, Delta.make(deleted=["c"], dim=1)).generation == 1
 
 
+def test_no_delta_is_written_past_a_log_that_ends_before_a_replicas_generation(tmp_path):
+    # A record removed by hand (or the registry restored from an older copy): the replicas hold generation 2, the
+    # log ends at 1. A delta written now would be generation 2 again, which they hold with other contents.
+    registry = Registry(tmp_path, "m")
+    publish_dummy(registry)
+    for deleted in ("a", "b"):
+        write_delta(registry.model_dir, 1, Delta.make(deleted=[deleted], dim=1))
+    (registry.model_dir / "catalogue" / "1" / "00000002.json").unlink()
+    ahead = _Replica()
+    ahead.GetStatus = lambda *args, **kwargs: admin_pb2.ServiceStatus(
+        versions=[versions_pb2.VersionStatus(version=1, catalogue_generation=2)])
+    fleet = Fleet([Replica("index", "blue", _Replica()), Replica("index", "green", ahead)], [])
+    with pytest.raises(CatalogueError, match=r"index replica green holds version 1 at catalogue generation 2, but "
+                                             r"the registry's log of it ends at generation 1 "):
+        publish_delta(fleet, registry, 1, Delta.make(deleted=["c"], dim=1))
+    assert published_generation(registry.model_dir, 1) == 1 and ahead.applied == []
+    fleet.index.pop()  # without the replica past the log, the delta is written and applied
+    assert publish_delta(fleet, registry, 1, Delta.make(deleted=["c"], dim=1)).generation == 2
+
+
 def test_a_shard_whose_replicas_did_not_answer_keeps_the_query_tier_put():
     # Shard 1's one replica did not say what it holds (its status failed, or it was not reached at all): every
     # shard must have a replica at the generation before a query replica moves to it, and shard 1 has none.
