@@ -1,4 +1,4 @@
 """How a process is configured: typed configs built from flags and environment
 variables (``flags``), the environment TensorFlow needs before it loads
-(``tf_env``), and free loopback ports for the workers a command starts
+(``tf_env``), the one gRPC needs (``grpc_env``), and free loopback ports for the workers a command starts
 (``ports``). Shared by the trainer, both services and the tools."""

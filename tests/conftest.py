@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import settings.grpc_env  # noqa: F401  (before gRPC loads: tests fork workers and launchers in this process)
 from tests import processes as local
 from tests.exclusive import RunLock
 

@@ -1,0 +1,40 @@
+"""A service process forks its workers with ``preexec_fn`` (``serving.workers``: each dies with its supervisor)
+while gRPC serves; gRPC's fork support aborted some of those children before their ``exec`` (grpc/grpc#43055:
+8 of 300 here). The services' packages turn it off before gRPC loads (``settings.grpc_env``)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+PROBE = """
+import index_service  # the package, as the console script's import of index_service.server runs it first
+import subprocess, sys, threading
+from concurrent import futures
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+server = grpc.server(futures.ThreadPoolExecutor(2))
+health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+done = threading.Event()
+
+def traffic():
+    while not done.is_set():
+        stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+
+threading.Thread(target=traffic, daemon=True).start()
+codes = [subprocess.Popen([sys.executable, "-c", "pass"], preexec_fn=lambda: None).wait() for _ in range(300)]
+done.set()
+print("failed children:", sum(code != 0 for code in codes))
+"""
+
+
+def test_children_forked_while_grpc_serves_start():
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_ENABLE_FORK_SUPPORT"}  # this suite's conftest sets it
+    proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "failed children: 0", proc.stdout
