@@ -123,7 +123,6 @@ async def test_a_key_of_another_type_costs_that_key_only(cluster):
         await cache.close()
 
 
-@pytest.mark.alone  # bounds appends by the connect timeout
 async def test_recording_interactions_on_a_cluster_blocks_no_event_loop(cluster, monkeypatch):
     """redis-py's cluster client queues each command of a MULTI/EXEC by starting a thread (with an event
     loop of its own) and joining it: ~0.5 ms of the replica's event loop blocked per command, which a burst

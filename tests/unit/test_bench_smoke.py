@@ -70,7 +70,6 @@ def run_script_quick(module: str, tmp_path: Path, timeout_s: float) -> dict:
     return json.loads(out.read_text())
 
 
-@pytest.mark.alone  # every step of the load must answer within its deadline
 def test_serving_throughput_quick(tmp_path):
     out = run_script_quick("bench.serving_throughput", tmp_path, timeout_s=300)
     assert set(out["max_sustainable_qps"]) == {"ours-miss", "ours-hit", "ours-hit-redis", "echo", "seeds"}
