@@ -9,10 +9,10 @@ from typing import Iterator
 
 import numpy as np
 
-# Candidate rows scored per block: bounds the score matrix (queries x block, and
-# argpartition's int64 copy of it) and, for a database read from a file, the
-# memory the read takes. At 16k rows and 100 probes that is ~25 MB, well under
-# the 30% over one version's memory an index slot may take while it loads.
+# Candidate rows scored per block: bounds the score matrix (queries x block, in float64
+# and again in float32, and argpartition's int64 copy of it) and, for a database read
+# from a file, the memory the read takes. At 16k rows and 100 probes that is ~40 MB, well
+# under the 30% over one version's memory an index slot may take while it loads.
 ROW_BLOCK = 16_384
 # The recall@10 against exact search, on a version's probe queries, below which an index service refuses to load the
 # version (its --min-recall) and the trainer refuses to publish it.
@@ -64,18 +64,24 @@ def exact_top_k(queries: np.ndarray, database: np.ndarray | Path, k: int,
     (read in blocks, see ``iter_npy_rows``). Work is done in blocks of rows and
     chunks of queries, so memory stays bounded at any catalogue size. Ties are
     broken by row number.
+
+    Scores are summed in float64 and rounded to float32: in float32, BLAS sums a
+    column differently by where it falls in its kernel's tile (OpenBLAS 0.3.31,
+    numpy 2.4), so repeats of one vector scored a few ulps apart, their tie was
+    broken by those ulps rather than by row, and an exact searcher over them
+    measured a recall below 1. Rounded from float64, repeats score alike.
     """
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    queries = np.ascontiguousarray(queries, dtype=np.float64)
     blocks = iter_npy_rows(database) if isinstance(database, (str, Path)) else (
         database[a:a + ROW_BLOCK] for a in range(0, len(database), ROW_BLOCK))
     best_idx = np.zeros((len(queries), 0), dtype=np.int64)
     best_scores = np.zeros((len(queries), 0), dtype=np.float32)
     offset = 0
     for block in blocks:
-        block = np.asarray(block, dtype=np.float32)
+        block = np.asarray(block, dtype=np.float64)
         idx_parts, score_parts = [], []
         for a in range(0, len(queries), query_chunk):
-            scores = queries[a:a + query_chunk] @ block.T
+            scores = (queries[a:a + query_chunk] @ block.T).astype(np.float32)
             part = _top_columns(scores, min(k, scores.shape[1]))
             idx_parts.append(part + offset)
             score_parts.append(np.take_along_axis(scores, part, axis=1))
