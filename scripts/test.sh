@@ -7,7 +7,8 @@
 #   RECSYS_TEST_WORKERS=0 bash scripts/test.sh -s tests/unit/test_cores.py   # in one process (prints show)
 #
 # The tests run on RECSYS_TEST_WORKERS pytest-xdist workers (2: the machines' cores), a
-# file's tests on one worker; those marked ``alone`` run with nothing beside them (tests/exclusive.py).
+# file's tests on one worker, files handed out in collection order (tests/conftest.py puts the longest
+# first); those marked ``alone`` run with nothing beside them (tests/exclusive.py).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -18,4 +19,4 @@ ensure_venv
 bash scripts/ensure_redis.sh --install-only ||
     echo "test.sh: no redis-server: the tests that need one will be skipped" >&2
 
-exec .venv/bin/python -m pytest -q -n "${RECSYS_TEST_WORKERS:-2}" --dist loadfile "$@"
+exec .venv/bin/python -m pytest -q -n "${RECSYS_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"
