@@ -59,7 +59,16 @@ def pytest_runtest_protocol(item, nextitem):
     """Runs a test (setup, call, teardown) under the run's lock (tests/exclusive.py), where there is one."""
     if _RUN_LOCK not in item.config.stash:
         return (yield)
-    with item.config.stash[_RUN_LOCK].held(alone=item.get_closest_marker("alone") is not None):
+    with item.config.stash[_RUN_LOCK].shared():
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """Runs the call of a test marked ``alone`` with nothing beside it; its fixtures start beside other tests."""
+    if _RUN_LOCK not in item.config.stash or item.get_closest_marker("alone") is None:
+        return (yield)
+    with item.config.stash[_RUN_LOCK].exclusive():
         return (yield)
 
 

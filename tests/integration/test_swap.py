@@ -58,6 +58,7 @@ def share(phase: dict, version: int) -> float:
     return phase["model_versions"].get(str(version), 0) / max(phase["ok"], 1)
 
 
+@pytest.mark.alone  # the swap must be done within the 3 s before the rollback: it took 4.4 s beside other tests once
 async def test_swap_and_rollback_under_load_lose_nothing_and_serve_each_versions_own_results(
         two_version_registry, swap_services):
     blue, green, query = swap_services

@@ -100,7 +100,8 @@ def test_swap_quick(tmp_path):
     assert out["swap_s"] > 0 and set(out["p99_ms"]) == {"before", "during", "after"}
 
 
-@pytest.mark.alone  # bounds the slowest failure by the index deadline
+# Runs beside other tests: its one time bound (the slowest failure with the slot hung, 1.5 s) had 45x margin under
+# a training loop beside it (slowest 11-25 ms in three runs; the hung slot is routed around, not waited out).
 def test_faults_quick(tmp_path):
     out = run_script_quick("bench.faults", tmp_path, timeout_s=600)
     by_name = {s["scenario"]: s for s in out["scenarios"]}

@@ -1,12 +1,13 @@
-"""The suite's run lock (tests/exclusive.py): a test marked ``alone`` waits for the other worker's test, the other
-worker's next tests wait for it, and nothing else is serialised. Each ``RunLock`` stands for one worker (its own
-open files), on threads here."""
+"""The suite's run lock (tests/exclusive.py): a test marked ``alone`` waits for the other worker's test before its
+call, the other worker's next tests wait for that call, and nothing else is serialised. Each ``RunLock`` stands for
+one worker (its own open files), on threads here."""
 
 from __future__ import annotations
 
 import threading
 import time
 import uuid
+from contextlib import nullcontext
 
 from tests.exclusive import RunLock
 
@@ -14,7 +15,7 @@ from tests.exclusive import RunLock
 def _hold(lock: RunLock, alone: bool, entered: threading.Event, release: threading.Event, order: list[str],
           name: str) -> threading.Thread:
     def run() -> None:
-        with lock.held(alone):
+        with lock.shared(), lock.exclusive() if alone else nullcontext():
             order.append(name)
             entered.set()
             release.wait(10)
@@ -62,6 +63,33 @@ def test_shared_tests_run_side_by_side():
         second[1].set()
         for thread in threads:
             thread.join(5)
+    finally:
+        for lock in workers:
+            lock.close()
+
+
+def test_an_alone_tests_setup_runs_beside_others_and_two_alone_tests_take_turns():
+    run = uuid.uuid4().hex
+    workers = [RunLock(run) for _ in range(2)]
+    inside, calls = threading.Barrier(2, timeout=5), []
+
+    def alone_test(lock: RunLock, name: str) -> None:
+        with lock.shared():
+            inside.wait()  # both set up at once
+            with lock.exclusive():  # each waits for the other's shared hold: upgraded in place, they would deadlock
+                calls.append(name)
+                time.sleep(0.2)
+                calls.append(name)
+
+    try:
+        threads = [threading.Thread(target=alone_test, args=(lock, name), daemon=True)
+                   for lock, name in zip(workers, "ab")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        assert not any(thread.is_alive() for thread in threads)
+        assert sorted(calls) == ["a", "a", "b", "b"] and calls[0] == calls[1]  # one call, then the other
     finally:
         for lock in workers:
             lock.close()
