@@ -415,6 +415,14 @@ def publish_delta(fleet: Fleet, registry: Registry, version: int, delta: Delta,
     return apply_everywhere(fleet, version, generation)
 
 
+def catch_up(fleet: Fleet, registry: Registry, version: int, generation: int) -> Rollout:
+    """Has every replica of ``version`` catch up to ``generation``, where the registry's log ends, writing nothing.
+    Raises CatalogueError, calling no replica, where one is past the log (``_check_log_not_behind``): it would
+    answer from what it holds, and the run would report it caught up."""
+    _check_log_not_behind(fleet, registry, version)
+    return apply_everywhere(fleet, version, generation)
+
+
 @dataclass(frozen=True)
 class CatalogueConfig:
     registry: str = option(help="model registry root directory")
@@ -573,8 +581,12 @@ def _run(config: CatalogueConfig, registry: Registry, progress: _Progress) -> No
     elif not writes:  # no delta, so the generation and every replica's cache keys stay
         log.info("version %d: nothing to change, no catalogue delta written; replicas catch up to generation %d",
                  version, published)
-        with contextlib.closing(fleet):
-            rollout = apply_everywhere(fleet, version, published)
+        try:
+            with contextlib.closing(fleet):
+                rollout = catch_up(fleet, registry, version, published)
+        except CatalogueError as e:
+            print(f"recsys-catalogue: {e}", file=sys.stderr)
+            sys.exit(1)
     else:
         try:
             # A delta written while a rollout moves CURRENT would land on the version it replaces, or in one its

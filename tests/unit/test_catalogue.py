@@ -28,7 +28,7 @@ from model_registry.attributes import Attributes, from_catalogue
 from model_registry import deltas
 from model_registry.deltas import Delta, published_generation, read_deltas, write_delta
 from protos.recsys.v1 import admin_pb2, admin_pb2_grpc, versions_pb2
-from recsys_client.catalogue import CatalogueError, apply_everywhere, publish_delta, read_upserts
+from recsys_client.catalogue import CatalogueError, apply_everywhere, catch_up, publish_delta, read_upserts
 from recsys_client.catalogue import main as catalogue_main
 from recsys_client.publish import Fleet, Replica
 from serving import errors
@@ -715,6 +715,26 @@ def test_no_delta_is_written_past_a_log_that_ends_before_a_replicas_generation(t
     assert published_generation(registry.model_dir, 1) == 1 and ahead.applied == []
     fleet.index.pop()  # without the replica past the log, the delta is written and applied
     assert publish_delta(fleet, registry, 1, Delta.make(deleted=["c"], dim=1)).generation == 2
+
+
+def test_a_catch_up_names_a_replica_past_the_log_instead_of_reporting_it_caught_up(tmp_path):
+    # The same registry, with no change asked for (--catch-up): the replica past the log answered ApplyCatalogue
+    # for generation 1 from what it held, and the run listed it as applied.
+    registry = Registry(tmp_path, "m")
+    publish_dummy(registry)
+    for deleted in ("a", "b"):
+        write_delta(registry.model_dir, 1, Delta.make(deleted=[deleted], dim=1))
+    (registry.model_dir / "catalogue" / "1" / "00000002.json").unlink()
+    behind, ahead = _Replica(), _Replica()
+    ahead.GetStatus = lambda *args, **kwargs: admin_pb2.ServiceStatus(
+        versions=[versions_pb2.VersionStatus(version=1, catalogue_generation=2)])
+    fleet = Fleet([Replica("index", "blue", behind)], [Replica("query", "q", ahead)])
+    with pytest.raises(CatalogueError, match=r"query replica q holds version 1 at catalogue generation 2, but "
+                                             r"the registry's log of it ends at generation 1 "):
+        catch_up(fleet, registry, 1, 1)
+    assert behind.applied == ahead.applied == [] and published_generation(registry.model_dir, 1) == 1
+    fleet.query.pop()
+    assert catch_up(fleet, registry, 1, 1).applied == ["index blue"] and behind.applied == [1]
 
 
 def test_a_shard_whose_replicas_did_not_answer_keeps_the_query_tier_put():
