@@ -697,9 +697,9 @@ def test_a_delta_the_signed_versions_replicas_would_refuse_is_never_written(tmp_
     assert publish_delta(fleet, unsigned, 1, Delta.make(deleted=["c"], dim=1)).generation == 1
 
 
-def test_no_delta_is_written_past_a_log_that_ends_before_a_replicas_generation(tmp_path):
-    # A record removed by hand (or the registry restored from an older copy): the replicas hold generation 2, the
-    # log ends at 1. A delta written now would be generation 2 again, which they hold with other contents.
+def _log_cut_short(tmp_path) -> tuple[Registry, _Replica]:
+    """A registry whose version 1 log ends at generation 1 (record 2 removed by hand, or the registry restored
+    from an older copy), and a replica that holds generation 2."""
     registry = Registry(tmp_path, "m")
     publish_dummy(registry)
     for deleted in ("a", "b"):
@@ -708,6 +708,12 @@ def test_no_delta_is_written_past_a_log_that_ends_before_a_replicas_generation(t
     ahead = _Replica()
     ahead.GetStatus = lambda *args, **kwargs: admin_pb2.ServiceStatus(
         versions=[versions_pb2.VersionStatus(version=1, catalogue_generation=2)])
+    return registry, ahead
+
+
+def test_no_delta_is_written_past_a_log_that_ends_before_a_replicas_generation(tmp_path):
+    # A delta written now would be generation 2 again, which the replica past the log holds with other contents.
+    registry, ahead = _log_cut_short(tmp_path)
     fleet = Fleet([Replica("index", "blue", _Replica()), Replica("index", "green", ahead)], [])
     with pytest.raises(CatalogueError, match=r"index replica green holds version 1 at catalogue generation 2, but "
                                              r"the registry's log of it ends at generation 1 "):
@@ -718,16 +724,10 @@ def test_no_delta_is_written_past_a_log_that_ends_before_a_replicas_generation(t
 
 
 def test_a_catch_up_names_a_replica_past_the_log_instead_of_reporting_it_caught_up(tmp_path):
-    # The same registry, with no change asked for (--catch-up): the replica past the log answered ApplyCatalogue
-    # for generation 1 from what it held, and the run listed it as applied.
-    registry = Registry(tmp_path, "m")
-    publish_dummy(registry)
-    for deleted in ("a", "b"):
-        write_delta(registry.model_dir, 1, Delta.make(deleted=[deleted], dim=1))
-    (registry.model_dir / "catalogue" / "1" / "00000002.json").unlink()
-    behind, ahead = _Replica(), _Replica()
-    ahead.GetStatus = lambda *args, **kwargs: admin_pb2.ServiceStatus(
-        versions=[versions_pb2.VersionStatus(version=1, catalogue_generation=2)])
+    # With no change asked for (--catch-up), the replica past the log answered ApplyCatalogue for generation 1
+    # from what it held, and the run listed it as applied.
+    registry, ahead = _log_cut_short(tmp_path)
+    behind = _Replica()
     fleet = Fleet([Replica("index", "blue", behind)], [Replica("query", "q", ahead)])
     with pytest.raises(CatalogueError, match=r"query replica q holds version 1 at catalogue generation 2, but "
                                              r"the registry's log of it ends at generation 1 "):
