@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -39,10 +40,14 @@ print("failed children:", sum(code != 0 for code in codes))
 
 def test_children_forked_while_grpc_serves_start():
     env = {k: v for k, v in os.environ.items() if k != "GRPC_ENABLE_FORK_SUPPORT"}  # this suite's conftest sets it
-    try:  # 2 s here (28 s with Python children); with fork support on, the parent hung
-        proc = subprocess.run([sys.executable, "-c", PROBE, shutil.which("true")], capture_output=True, text=True,
-                              timeout=120, env=env)
+    # Its own session: a child that hangs before its exec (as with fork support on) goes with the probe.
+    proc = subprocess.Popen([sys.executable, "-c", PROBE, shutil.which("true")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=120)  # 2 s here (28 s with Python children)
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
         pytest.fail("forking 300 children while gRPC served hung for 120 s")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip() == "failed children: 0", proc.stdout
+    assert proc.returncode == 0, err[-2000:]
+    assert out.strip() == "failed children: 0", out
