@@ -176,12 +176,14 @@ def _cached(cached: CachedResult, version: int, generation: int) -> Recommendati
 
 @dataclass(frozen=True)
 class _Answer:
-    """A computed result and the catalogue generation it reflects."""
+    """A computed result and the catalogue generation it reflects. Not ``cacheable``: a fallback short of k
+    because the index failed, which must not be served once the index is back."""
 
     ids: list[str]
     scores: list[float]
     source: str
     generation: int
+    cacheable: bool = True
 
 
 # The stages a miss goes through (``_Progress``), and what a timeout spent mostly in one says was slow.
@@ -386,8 +388,9 @@ class Recommender:
         self._remember(held)  # answered: a request that fails is not worth warming
         if answer.generation != generation:
             key = request.key(self.model, version, answer.generation)
-        self._store(key, answer)
-        self._note_replay(fingerprint, version, answer.generation, key, held)
+        if answer.cacheable:
+            self._store(key, answer)
+            self._note_replay(fingerprint, version, answer.generation, key, held)
         return Recommendation(answer.ids, answer.scores, version, answer.source, False, answer.generation)
 
     def _hit(self, version: int, generation: int, held: tuple, cached: CachedResult) -> Recommendation:
@@ -581,6 +584,7 @@ class Recommender:
                 if not isinstance(a, BaseException)]
         done += [(self._similar_key(version, r, h.generation), _Answer(h.ids, h.scores, SOURCE_MODEL, h.generation))
                  for r, h in zip(similars, hits) if not isinstance(h, BaseException)]
+        done = [(key, answer) for key, answer in done if answer.cacheable]
         for key, answer in done:
             self._store(key, answer)
         return len(done)
@@ -668,8 +672,10 @@ class Recommender:
             for (i, source), hit in zip(asked, hits):
                 if not isinstance(hit, Exception):
                     results[i] = _Answer(hit.ids, hit.scores, source, hit.generation)
-                elif results[i] is None:  # a short popular list answers without the index
+                elif results[i] is None:
                     results[i] = hit
+                else:  # a short popular list answers without the index, until the index is back
+                    results[i] = dataclasses.replace(results[i], cacheable=False)
         return results
 
     async def _search_within(self, refused: OverMaxK, queries: list[IndexQuery], version: int,

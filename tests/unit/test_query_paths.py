@@ -513,7 +513,8 @@ async def test_filters_reach_the_index_and_the_cache_key_and_send_unknown_custom
 async def test_an_unknown_customer_gets_k_candidates_when_the_popular_list_runs_out(tiny_model, tiny_index):
     """The popular list holds a version's most popular candidates only (10 of 50 here, up to 1000 of a
     trained version): past it, exclusions or deletions included, the index fills the fallback as it
-    does under a filter, rather than the answer coming back short; with the index down, the list stands."""
+    does under a filter, rather than the answer coming back short; with the index down, the list stands,
+    and is not cached: once the index is back, the same request gets k."""
     recommender = replica(tiny_model, tiny_index)
     within = await recommender.recommend("stranger", 9, exclusions=["i000"])
     assert within.ids == [f"i{i:03d}" for i in range(1, 10)] and tiny_index.searches == []  # the local list
@@ -523,13 +524,21 @@ async def test_an_unknown_customer_gets_k_candidates_when_the_popular_list_runs_
     assert (asked.by_popularity, asked.vector, asked.k, asked.exclusions) == (True, None, 10, {"i000"})
     await recommender.close()
 
-    class DownIndex(ExactIndex):
-        async def search(self, queries, version, timeout_s):
-            raise errors.Unavailable("index down")
+    class FlakyIndex(ExactIndex):
+        down = True
 
-    recommender = replica(tiny_model, DownIndex(tiny_index.ids, tiny_index.vectors))
+        async def search(self, queries, version, timeout_s):
+            if self.down:
+                raise errors.Unavailable("index down")
+            return await super().search(queries, version, timeout_s)
+
+    flaky = FlakyIndex(tiny_index.ids, tiny_index.vectors)
+    recommender = replica(tiny_model, flaky, ResultCache(CacheConfig("")))  # the in-process tier
     short = await recommender.recommend("stranger", 12)
     assert (short.source, short.ids) == (SOURCE_POPULARITY, [f"i{i:03d}" for i in range(10)])
+    flaky.down = False
+    back = await recommender.recommend("stranger", 12)
+    assert (back.cache_hit, back.ids) == (False, [f"i{i:03d}" for i in range(12)])
     await recommender.close()
 
 
