@@ -53,15 +53,21 @@ class LiveHistoryConfig:
         require(self.ttl_s >= 1, "ttl_s", "must be >= 1")
 
 
-# One customer's list pushed, capped and its TTL refreshed at once, after a DEL where ARGV[1] is 1. A script, not a
-# MULTI/EXEC: redis-py's cluster client queues each command of a MULTI/EXEC by starting a thread and joining it,
-# blocking the event loop ~0.5 ms a command, so a burst of 200 appends stalled it past its calls' connect timeout.
+# One customer's list pushed, capped and its TTL refreshed at once, after a DEL where ARGV[1] is 1. Each value's older
+# copy goes before it is pushed: the cap counts distinct items, so repeats of one item (a retried call, an item
+# viewed again) cannot push the customer's other items out of exclude_seen. Entries are sealed deterministically, so
+# LREM finds a sealed copy too. A script, not a MULTI/EXEC: redis-py's cluster client queues each command of a
+# MULTI/EXEC by starting a thread and joining it, blocking the event loop ~0.5 ms a command, so a burst of 200
+# appends stalled it past its calls' connect timeout.
 APPEND = """
 if ARGV[1] == '1' then redis.call('DEL', KEYS[1]) end
-local length = redis.call('LPUSH', KEYS[1], unpack(ARGV, 4))
+for i = 4, #ARGV do
+  redis.call('LREM', KEYS[1], 0, ARGV[i])
+  redis.call('LPUSH', KEYS[1], ARGV[i])
+end
 redis.call('LTRIM', KEYS[1], 0, ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-return length
+return redis.call('LLEN', KEYS[1])
 """
 
 
@@ -91,7 +97,8 @@ class LiveHistory:
 
     async def record(self, customer_id: str, candidate_ids: tuple[str, ...]) -> int:
         """Appends ``candidate_ids`` (oldest first) to the customer's history in
-        one script (push, cap, refresh the TTL, at once); returns its length after.
+        one script (push, cap, refresh the TTL, at once), each item once, where it
+        was recorded last; returns its length after.
         Raises Unavailable if Redis fails: the caller must know it was not kept (and
         ResourceExhausted when this replica's calls to Redis queue past ``POOL_WAIT_S``)."""
         key = history_key(self.model, customer_id)
@@ -113,7 +120,7 @@ class LiveHistory:
             raise Unavailable(f"the live history's Redis did not take the interactions ({type(e).__name__}): they "
                               "may not be recorded; retry with backoff (a repeated interaction counts once)") from None
         self.link.answered(node, write=True)
-        return min(int(length), self.config.max_items)
+        return int(length)
 
     async def _push(self, key: str, candidate_ids: tuple[str, ...], replace: bool = False) -> int:
         """``APPEND`` for ``record`` (after a DEL of the key with ``replace``); the list's length after.

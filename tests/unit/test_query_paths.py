@@ -171,6 +171,24 @@ async def test_the_live_history_is_capped_newest_first_expires_and_drops_what_is
     await cache.close()
 
 
+@pytest.mark.parametrize("mac_key", [b"", b"shared secret"])
+async def test_a_repeated_interaction_counts_once_and_pushes_no_other_item_out(redis_server, mac_key):
+    """The cap counts distinct items: a retried call or an item viewed again moves that item to the
+    front, and the customer's other items stay in the history (and in exclude_seen)."""
+    cache = ResultCache(CacheConfig(redis_server.url))
+    history = LiveHistory(cache.link, f"rep{next(_names)}", LiveHistoryConfig(max_items=3, ttl_s=60), mac_key)
+    assert await history.record("c1", ("a", "b")) == 2
+    assert await history.record("c1", ("b",) * 5) == 2
+    assert await history.get("c1") == ("b", "a")
+    assert await history.record("c1", ("a", "c", "a")) == 3
+    assert await history.get("c1") == ("a", "c", "b")
+    client = redis.from_url(redis_server.url)
+    assert await client.llen(history_key(history.model, "c1")) == 3
+    await client.aclose()
+    await history.close()
+    await cache.close()
+
+
 async def test_with_a_key_only_entries_a_replica_wrote_for_that_customer_count(redis_server):
     cache = ResultCache(CacheConfig(redis_server.url))
     model = f"mac{next(_names)}"
