@@ -306,8 +306,12 @@ class CandidateIndex:
         extra = {}
         if spec.kind == "tree_ah":
             depth = max(spec.reorder, fetch, math.ceil(spec.reorder * ranked / CALIBRATED_K))
+            # Leaves enough to hold the fetch twice over: a tree-AH search sees only its leaves' rows, so a fetch
+            # past what the trained leaves_to_search hold (a large k, many exclusions) came back short of k. At
+            # a fetch of every row, every leaf.
+            leaves = min(spec.num_leaves, math.ceil(2 * spec.num_leaves * fetch / self.rows.count))
             extra = {"pre_reorder_num_neighbors": min(self.rows.count, depth),
-                     "leaves_to_search": spec.num_leaves_to_search}
+                     "leaves_to_search": max(spec.num_leaves_to_search, leaves)}
         if len(queries) == 1:
             idx, dist = self._searcher.search(queries[0], final_num_neighbors=fetch, **extra)
             return np.asarray(idx)[None], np.asarray(dist)[None]

@@ -131,6 +131,17 @@ def test_concurrent_writers_take_distinct_generations(tmp_path):
 
 # ------------------------------------------------------------------ deltas in a searcher
 
+def test_a_tree_search_past_what_its_leaves_hold_still_fills_k():
+    """Half the leaves are searched (25 of 50): a k, or k plus exclusions, past their ~2,500 rows still
+    gets k results, each once, as the search promises."""
+    index, queries = _index(5000)
+    for result in index.search(queries[:3], 4000):
+        assert len(result.ids) == len(set(result.ids)) == 4000
+    best = index.search(queries[:1], 2000)[0].ids
+    rest = index.search(queries[:1], 2000, [frozenset(best)])[0].ids
+    assert len(rest) == 2000 and set(rest).isdisjoint(best)
+
+
 @pytest.mark.parametrize("tree", [True, False])
 def test_upserts_and_deletes_keep_the_searcher_and_its_rows_in_step(tree):
     index, queries = _index(5000, tree=tree)
