@@ -14,6 +14,7 @@ from typing import AsyncIterator, ContextManager, Sequence
 import numpy as np
 
 from index_service.searcher import CandidateIndex, SearchResult
+from model_registry.deltas import MAX_UPSERT_SCALE
 from serving import validation
 from serving.errors import InvalidArgument
 from serving.filters import NO_FILTER, Filter
@@ -26,8 +27,8 @@ INLINE_MAX_ROWS = 50_000
 # The most a query vector's norm times the largest norm of a version's trained candidates may be, which bounds its
 # scores: float32's largest value, with room for tree-AH's scoring, which adds a query's score against a partition
 # centre to its scores against quantized residuals (whose norms may reach twice the candidates' largest), and for
-# catalogue candidates somewhat larger than the trained ones.
-MAX_SCORE_BOUND = float(np.finfo(np.float32).max) / 16
+# catalogue candidates up to the MAX_UPSERT_SCALE times the trained ones that the publisher takes.
+MAX_SCORE_BOUND = float(np.finfo(np.float32).max) / (16 * MAX_UPSERT_SCALE)
 
 
 @dataclass(frozen=True)

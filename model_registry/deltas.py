@@ -49,6 +49,13 @@ _RECORD = "{:08d}.json"
 # Rows whose norms are computed at once: 16 MB of float32 at 64 dims, so a memory-mapped file is read without a copy
 # of it all (at 1M x 64, 0.15 s in all).
 NORM_CHUNK = 65_536
+# The most an upsert's vector norm may be, in times the largest norm of its version's trained candidates (the
+# publisher refuses more). A candidate's norm scales all its dot-product scores: one far longer than the version's
+# candidates outscores them for nearly every query, and one of 3e38 a component scores inf against every query, the
+# top of every result of the version. The index bounds query vectors against the trained candidates times this, not
+# against the catalogue's own, so one bad upsert cannot have every query refused. 100 times leaves new candidates
+# ample room beyond the trained ones' scale.
+MAX_UPSERT_SCALE = 100.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -89,8 +89,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from model_registry import Registry, VersionError, signing
 from model_registry import manifest as files
 from model_registry.attributes import Attributes, token_lists
-from model_registry.deltas import (AlteredLog, Delta, catalogue_dir, published_generation, read_deltas,
-                                   trained_max_norm, write_delta)
+from model_registry.deltas import (MAX_UPSERT_SCALE, AlteredLog, Delta, catalogue_dir, published_generation,
+                                   read_deltas, trained_max_norm, write_delta)
 from protos.recsys.v1 import admin_pb2 as pb
 from protos.recsys.v1.versions_pb2 import VERSION_STATE_LOADING as LOADING
 from recsys_client.candidate_tower import CandidateTower, FeatureError
@@ -102,12 +102,6 @@ from serving.validation import MAX_ID_BYTES
 from settings.flags import ConfigError, add_flags, option, parse, require
 
 log = logging.getLogger("recsys-catalogue")
-# The most an upsert's vector norm may be, in times the largest norm of its version's trained candidates. A
-# candidate's norm scales all its dot-product scores: one far longer than the version's candidates outscores them
-# for nearly every query, and one of 3e38 a component scores inf against every query, the top of every result of
-# the version (the index bounds query vectors against the trained candidates, not catalogue ones, so one bad upsert
-# cannot have every query refused). 100 times leaves new candidates ample room beyond the trained ones' scale.
-MAX_UPSERT_SCALE = 100.0
 # The keys an upsert line may have (module docstring): any other, "token" for "tokens" say, would else be dropped
 # unread, and the candidate written without the attributes its filters need.
 UPSERT_KEYS = ("id", "vector", "features", "tokens", "numeric")

@@ -12,13 +12,13 @@ import grpc
 import numpy as np
 import pytest
 
-from index_service.core import Answer, IndexCore, Query
+from index_service.core import MAX_SCORE_BOUND, Answer, IndexCore, Query
 from index_service.rows import Rows
 from index_service.searcher import CandidateIndex, SearchResult, _scann_pybind
 from index_service.servicer import IndexServicer, _response
 from model_registry import IndexSpec, Manifest
 from model_registry.attributes import Attributes
-from model_registry.deltas import Delta
+from model_registry.deltas import MAX_UPSERT_SCALE, Delta
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from serving import validation
@@ -177,3 +177,17 @@ async def test_the_scale_of_the_candidates_is_the_trained_ones_and_a_catalogue_o
     manager.add(1, index, make_live=True)
     _, (result,) = await IndexCore(manager, ThreadPoolExecutor(1)).search([Query([1.0] * DIM, 5)], 1)
     assert len(result.ids) == 5 and result.ids[0] == "huge"
+
+
+async def test_a_query_the_bound_takes_scores_finite_against_the_longest_upsert_the_publisher_takes():
+    index = long_id_index()
+    scale = index.rows.trained_max_norm
+    direction = np.full(DIM, 1 / np.sqrt(DIM))
+    longest = (direction * scale * MAX_UPSERT_SCALE * 0.999).astype(np.float32)[None]
+    index.apply_catalogue([Delta.make(np.array(["long"]), longest, Attributes.from_lists(1, {}, {}), np.array([]),
+                                      dim=DIM)], 1)
+    manager: VersionManager[CandidateIndex] = VersionManager("m")
+    manager.add(1, index, make_live=True)
+    query = (direction * MAX_SCORE_BOUND / scale * 0.99).tolist()  # the longest query taken, give or take 1%
+    _, (result,) = await IndexCore(manager, ThreadPoolExecutor(1)).search([Query(query, 5)], 1)
+    assert result.ids[0] == "long" and np.isfinite(result.scores).all(), result.scores
