@@ -74,8 +74,9 @@ class IndexCore:
 
     Searches run on ``search_executor`` threads so the event loop keeps serving
     while ScaNN works (ScaNN releases the GIL, so two threads use both cores),
-    except small ones (under ``INLINE_MAX_ROWS`` scored rows in all): those take
-    less time than the hop to a thread and back, so they run inline.
+    except small calls (under ``INLINE_MAX_ROWS`` rows read by all their queries,
+    ``CandidateIndex.rows_scanned``): those take less time than the hop to a
+    thread and back, so they run inline.
     """
 
     def __init__(self, manager: VersionManager[CandidateIndex], search_executor: ThreadPoolExecutor,
@@ -152,32 +153,46 @@ class IndexCore:
         results: list[SearchResult | None] = [None] * len(queries)
         # Queries of one filter share a ScaNN call; the popularity-ranked ones need no vector.
         groups: dict[Filter, list[int]] = {}
+        popular: list[int] = []
+        checked: set[Filter] = set()
         for i, q in enumerate(queries):
             with _naming(field, i):
                 ks.append(validation.check_k(q.k, self.limits.max_k))
                 exclusions.append(validation.check_exclusions(q.exclusions))
-                if q.filter not in groups:
+                if q.filter not in checked:
                     index.attributes.check(q.filter)  # here, where the query is known (the search checks again)
+                    checked.add(q.filter)
                 if q.by_popularity:
                     if q.vector:
                         raise InvalidArgument("by_popularity is set with a vector: send one or the other")
-                    results[i] = index.by_popularity(ks[i], exclusions[i], q.filter)
+                    popular.append(i)
                     continue
             groups.setdefault(q.filter, []).append(i)
+        vectors = {f: self._vectors(queries, members, index, field) for f, members in groups.items()}
+        # Inline or on a thread, the call as a whole: many small groups (a filter each) add up.
+        rows = index.rows_scanned(len(popular), by_popularity=True) + sum(
+            index.rows_scanned(len(members), f) for f, members in groups.items())
+        for i in popular:
+            results[i] = await self._run(rows, index.by_popularity, ks[i], exclusions[i], queries[i].filter)
         for f, members in groups.items():
-            try:
-                vectors = validation.check_vectors([queries[i].vector for i in members], index.dim, index.version)
-            except InvalidArgument:
-                for i in members:  # the check of the whole group says what is wrong, not of which query
-                    with _naming(field, i):
-                        validation.check_vectors([queries[i].vector], index.dim, index.version)
-                raise
-            _check_scores(vectors, index, field, members)
-            found = await self._run(index, len(members), index.search, vectors, max(ks[i] for i in members),
+            found = await self._run(rows, index.search, vectors[f], max(ks[i] for i in members),
                                     [exclusions[i] for i in members], f)
             for i, result in zip(members, found):
                 results[i] = result
         return self._answer(index, generation), [r.head(qk) for r, qk in zip(results, ks)]
+
+    @staticmethod
+    def _vectors(queries: list[Query], members: list[int], index: CandidateIndex, field: str | None) -> np.ndarray:
+        """The query vectors of ``members`` as one checked matrix (dimension, finite, scores in float32's range)."""
+        try:
+            vectors = validation.check_vectors([queries[i].vector for i in members], index.dim, index.version)
+        except InvalidArgument:
+            for i in members:  # the check of the whole group says what is wrong, not of which query
+                with _naming(field, i):
+                    validation.check_vectors([queries[i].vector], index.dim, index.version)
+            raise
+        _check_scores(vectors, index, field, members)
+        return vectors
 
     async def similar(self, candidate_id: str, k: int, exclusions: tuple[str, ...], f: Filter,
                       version: int) -> tuple[Answer, SearchResult]:
@@ -187,7 +202,7 @@ class IndexCore:
         excluded = validation.check_exclusions(exclusions)
         index = self._index(version)
         generation = index.catalogue_generation
-        result = await self._run(index, 1, index.similar, candidate_id, k, excluded, f)
+        result = await self._run(index.rows_scanned(1, f), index.similar, candidate_id, k, excluded, f)
         return self._answer(index, generation), result
 
     @staticmethod
@@ -202,9 +217,9 @@ class IndexCore:
         self.last_search = time.monotonic()
         return self.manager.get(version)[1]
 
-    async def _run(self, index: CandidateIndex, queries: int, search, *args):
-        """Small searches inline, the rest on the search threads (see the class docstring)."""
-        if queries * index.rows_scanned_per_query <= INLINE_MAX_ROWS:
+    async def _run(self, rows: int, search, *args):
+        """A call reading about ``rows`` rows inline if small, else on the search threads (see the class docstring)."""
+        if rows <= INLINE_MAX_ROWS:
             return search(*args)
         return await asyncio.get_running_loop().run_in_executor(self.executor, search, *args)
 

@@ -157,14 +157,17 @@ class CandidateIndex:
     def num_candidates(self) -> int:
         return self.rows.count
 
-    @property
-    def rows_scanned_per_query(self) -> int:
-        """About how many candidate rows one query scores: all of them for brute
-        force, the searched leaves' share for tree-AH (plus the exact reorder)."""
+    def rows_scanned(self, queries: int, f: Filter = NO_FILTER, by_popularity: bool = False) -> int:
+        """About how many candidate rows ``queries`` searches with filter ``f`` read: all of them for brute force,
+        the searched leaves' share for tree-AH (plus the exact reorder); every row, per query, under a filter (its
+        mask, an exact search over what passes, crowding's deeper fetches) or by popularity (past the popular
+        list, every other row)."""
         spec, n = self.manifest.index, self.rows.count
+        if f or by_popularity:
+            return queries * n
         if spec.kind == "tree_ah" and spec.num_leaves > 0:
-            return n * spec.num_leaves_to_search // spec.num_leaves + spec.reorder
-        return n
+            return queries * (n * spec.num_leaves_to_search // spec.num_leaves + spec.reorder)
+        return queries * n
 
     @classmethod
     def load(cls, version_dir: Path, manifest: Manifest, min_recall: float = MIN_RECALL,

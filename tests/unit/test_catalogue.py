@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from index_service import core as index_core
 from index_service.attributes import AttributeColumns
 from index_service.rows import Deletion, Rows
 from index_service import slot as slot_admin
@@ -35,6 +36,7 @@ from serving import errors
 from serving.admin import LoadReport
 from serving.admin_rpc import version_protos
 from serving.filters import NO_FILTER, check_filter
+from serving.versions import VersionManager
 from tests.unit import tiny_versions as tiny
 from tests.unit.test_cores import slot
 from tests.unit.test_registry_retention import publish_dummy
@@ -130,6 +132,36 @@ def test_concurrent_writers_take_distinct_generations(tmp_path):
 
 
 # ------------------------------------------------------------------ deltas in a searcher
+
+async def test_filtered_popularity_and_many_small_groups_run_off_the_event_loop(monkeypatch):
+    """A filter's mask, exact search and crowding, and a popularity ranking past its list, read every row: a
+    call is inline only while all its queries read few rows together, however they split into filter groups."""
+    index, queries = _index(2000, tree=False)
+    monkeypatch.setattr(index_core, "INLINE_MAX_ROWS", 3000)
+
+    class Counting(ThreadPoolExecutor):
+        submitted = 0
+
+        def submit(self, fn, *args, **kwargs):
+            self.submitted += 1
+            return super().submit(fn, *args, **kwargs)
+
+    manager = VersionManager("m")
+    manager.add(1, index, make_live=True)
+    executor = Counting(1)
+    core = index_core.IndexCore(manager, executor)
+    red, blue = (check_filter([("color", [c], [])], [], "", 0) for c in ("red", "blue"))
+    vector = queries[0].tolist()
+    await core.search([index_core.Query(vector, 5, filter=red)], 1)
+    assert executor.submitted == 0  # 2,000 rows
+    await core.search([index_core.Query(vector, 5, filter=red), index_core.Query(vector, 5, filter=blue)], 1)
+    assert executor.submitted == 2  # 4,000 rows in all: both groups on the thread
+    await core.search([index_core.Query([], 5, by_popularity=True), index_core.Query([], 5, by_popularity=True)], 1)
+    assert executor.submitted == 4
+    _, results = await core.search([index_core.Query(vector, 5), index_core.Query(vector, 5, filter=red)], 1)
+    assert executor.submitted == 6 and all(len(r.ids) == 5 for r in results)
+    executor.shutdown()
+
 
 def test_a_tree_search_past_what_its_leaves_hold_still_fills_k():
     """Half the leaves are searched (25 of 50): a k, or k plus exclusions, past their ~2,500 rows still
