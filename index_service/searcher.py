@@ -259,7 +259,8 @@ class CandidateIndex:
             truth = [self._keep(r, s, k, frozenset(), f).ids for r, s in zip(rows, scores)]
         found = self.search(queries, k, f=f)
         hits = sum(len(set(t) & set(r.ids)) for t, r in zip(truth, found))
-        return hits / max(sum(len(t) for t in truth), 1)
+        relevant = sum(len(t) for t in truth)
+        return hits / relevant if relevant else 1.0  # nothing passes (say, every candidate deleted): all found
 
     # --- search --------------------------------------------------------------------------------------------------
 

@@ -163,6 +163,14 @@ async def test_filtered_popularity_and_many_small_groups_run_off_the_event_loop(
     executor.shutdown()
 
 
+def test_an_index_whose_every_candidate_was_deleted_reports_full_recall():
+    """It answers exactly what it holds, nothing: no re-measure should call for a republish."""
+    index, queries = _index(300, tree=False)
+    index.apply_catalogue([Delta.make(deleted=index.rows.ids.tolist(), dim=DIM)], 1)
+    assert index.num_candidates == 0 and index.search(queries[:2], 5)[0].ids == []
+    assert index.recall(queries, 10) == 1.0
+
+
 def test_a_tree_search_past_what_its_leaves_hold_still_fills_k():
     """Half the leaves are searched (25 of 50): a k, or k plus exclusions, past their ~2,500 rows still
     gets k results, each once, as the search promises."""
