@@ -47,8 +47,11 @@ def check_id_list(ids: Iterable[str], field: str, limit: int) -> tuple[str, ...]
     ids = tuple(ids)
     if len(ids) > limit:
         raise InvalidArgument(f"{field} has {len(ids)} ids; at most {limit} are allowed per request")
-    for i, value in enumerate(ids):
-        check_id(value, f"{field}[{i}]")
+    # The usual list checked at C speed (none empty, none long enough to pass MAX_ID_BYTES in UTF-8, no NUL); else
+    # id by id, so the refusal names the first bad one. By id alone, 10,000 exclusions took ~7 ms to check.
+    if not (all(ids) and max(map(len, ids), default=0) <= MAX_ID_BYTES // 4 and "\x00" not in "".join(ids)):
+        for i, value in enumerate(ids):
+            check_id(value, f"{field}[{i}]")
     return ids
 
 

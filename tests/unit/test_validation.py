@@ -2,6 +2,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from model_registry.ids import index_of
 from protos.recsys.v1 import retrieval_pb2 as pb
@@ -40,6 +42,28 @@ def test_exclusions():
         validation.check_exclusions(["x"] * 10_001)
     with pytest.raises(InvalidArgument, match=r"exclude_candidate_ids\[1\] is empty"):
         validation.check_exclusions(["a", ""])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.text(st.characters(codec="utf-8"), max_size=80),
+                          st.sampled_from(["", "a\x00", "\x00", "é" * 128, "é" * 129, "𝄞" * 64,
+                                           "𝄞" * 65, "x" * 256, "x" * 257])), max_size=12))
+def test_a_list_of_ids_is_refused_exactly_where_its_first_bad_id_is(ids):
+    """The list's check at C speed must agree with checking each id in turn: what it takes, and which id and why
+    a refusal names (the text is drawn to hit empty, NUL-bearing and over-long ids)."""
+    expected = None
+    for i, value in enumerate(ids):
+        try:
+            validation.check_id(value, f"candidate_ids[{i}]")
+        except InvalidArgument as e:
+            expected = str(e)
+            break
+    if expected is None:
+        assert validation.check_id_list(ids, "candidate_ids", 100) == tuple(ids)
+    else:
+        with pytest.raises(InvalidArgument) as refused:
+            validation.check_id_list(ids, "candidate_ids", 100)
+        assert str(refused.value) == expected
 
 
 def test_vectors():
