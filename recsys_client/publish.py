@@ -643,10 +643,12 @@ def _rollback(fleet: Fleet, registry: Registry, refuse_forward: bool) -> int:
         "query replica"))
     if target is None:
         raise PublishError("the query replicas have no rollback target loaded")
+    rolled_back = _rolled_back(registry)
     _catch_up(fleet, registry, live)
-    if live != current and (live, target) == (previous, current):
-        # The replicas already made this switch: a rollback cut off before its pointer move, run again.
-        # Switching them once more would undo it.
+    if live != current and (live, target) == (previous, current) and rolled_back == (current, live):
+        # The replicas already made this switch: a rollback cut off before its pointer move (it wrote its from and
+        # to first), run again. Switching them once more would undo it. A rollout to the rollback target cut off
+        # the same way leaves the same pointers and replicas, but not that record: that switch is rolled back.
         log.info("finished the rollback to version %d", live)
         return live
     if refuse_forward and _rolled_back(registry) == (target, live) and registry.pointers() == (live, target):

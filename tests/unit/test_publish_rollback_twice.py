@@ -8,7 +8,7 @@ import pytest
 
 from recsys_client.publish import ROLLBACK_TARGET, SERVING, Fleet, publish_version, rollback
 from recsys_client.publish import main as publish_main
-from tests.unit.test_publish import two_live
+from tests.unit.test_publish import cut_before_the_pointers, two_live
 
 
 def test_a_second_rollback_in_a_row_is_refused_naming_the_rollout_that_rolls_forward(tmp_path, monkeypatch, capsys):
@@ -37,3 +37,19 @@ def test_a_rollback_undoes_a_rollout_of_an_older_version_made_after_a_rollback(t
     assert rollback(fleet, registry, refuse_forward=True) == 2  # its undo: no rollback ran last
     assert query.versions == {1: ROLLBACK_TARGET, 2: SERVING}
     assert (registry.current_version(), registry.previous_version()) == (2, 1)
+
+
+def test_a_rollback_undoes_the_roll_forward_it_refused_when_that_rollout_stopped_past_the_switch(tmp_path,
+                                                                                                  monkeypatch):
+    """The refusal above names `recsys-publish --version 2`; cut off after it switched the replicas, the pointers
+    and the replicas look like a rollback to 2 cut off before its pointer move. A rollback then rolls the
+    replicas back to 1, rather than report the rollout's switch as a rollback finished."""
+    registry, query, fleet = two_live(tmp_path)  # 2 live, 1 its rollback target
+    assert rollback(fleet, registry, refuse_forward=True) == 1
+    cut_before_the_pointers(monkeypatch, registry)
+    with pytest.raises(OSError):
+        publish_version(fleet, registry, 2)
+    assert query.versions == {1: ROLLBACK_TARGET, 2: SERVING}
+    assert rollback(fleet, registry, refuse_forward=True) == 1
+    assert query.versions == {1: SERVING, 2: ROLLBACK_TARGET}
+    assert (registry.current_version(), registry.previous_version()) == (1, 2)
