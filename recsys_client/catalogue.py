@@ -530,6 +530,10 @@ def _run(config: CatalogueConfig, registry: Registry, progress: _Progress) -> No
         manifest = registry.manifest(version)
         dim = manifest.embedding_dim
         token_ns, numeric_ns = Attributes.namespaces(files.attributes_file(registry.version_dir(version), manifest))
+        key = signing.private_key(config.signing_key) if config.signing_key else None
+        # Before any replica is called, and before the candidate tower is loaded: TensorFlow reads a SavedModel
+        # only of a version whose manifest this key's signature vouches for.
+        signing.check_delta_signer(registry.version_dir(version), key)
         delta = Delta.make(dim=dim)
         if config.upserts:
             with open(config.upserts, encoding="utf-8") as f, _utf8(config.upserts):
@@ -547,8 +551,6 @@ def _run(config: CatalogueConfig, registry: Registry, progress: _Progress) -> No
             log.warning("%d ids are both upserted (--upserts) and deleted (--delete / --delete-file): %s; a delta "
                         "applies its deletes after its upserts, so they end up deleted", len(both),
                         ", ".join(both[:5]) + (", ..." if len(both) > 5 else ""))
-        key = signing.private_key(config.signing_key) if config.signing_key else None
-        signing.check_delta_signer(registry.version_dir(version), key)  # before any replica is called
         log_deltas = read_log(registry, version, key)
         requested = np.asarray(deleted, dtype=str) if deleted else delta.deleted
         held = _held_deletes(registry, version, manifest, log_deltas, requested, delta.ids)

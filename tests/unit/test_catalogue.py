@@ -729,8 +729,13 @@ def test_a_delta_the_signed_versions_replicas_would_refuse_is_never_written(tmp_
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
+        featured = tmp_path / "featured.jsonl"  # upserts the version's candidate tower would embed
+        featured.write_text('{"id": "n1", "features": {"title": "x"}}\n')
         for extra, message in (([], "version 1 is signed, so its replicas apply only signed deltas"),
                                (["--signing-key-file", str(pems["other"])],
+                                "version 1 was not signed by this signing key"),
+                               # Refused before the tower is looked for: TensorFlow loads no unvouched SavedModel.
+                               (["--signing-key-file", str(pems["other"]), "--upserts", str(featured)],
                                 "version 1 was not signed by this signing key")):
             with pytest.raises(SystemExit) as exit:
                 catalogue_main(["--registry", str(tmp_path), "--model", "m", "--version", "1", "--delete", "c",
