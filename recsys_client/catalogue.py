@@ -94,7 +94,8 @@ from model_registry.deltas import (MAX_UPSERT_SCALE, AlteredLog, Delta, catalogu
 from protos.recsys.v1 import admin_pb2 as pb
 from protos.recsys.v1.versions_pb2 import VERSION_STATE_LOADING as LOADING
 from recsys_client.candidate_tower import CandidateTower, FeatureError
-from recsys_client.publish import Fleet, Interrupted, PublishError, Replica, exclusive, stop_on_signals
+from recsys_client.publish import (SERVING, Fleet, Interrupted, PublishError, Replica, exclusive,
+                                   stop_on_signals, version_in)
 from serving.tls import ClientTls
 from serving import validation
 from serving.errors import InvalidArgument
@@ -482,6 +483,26 @@ def _check_still_current(registry: Registry, given: int, version: int) -> None:
                              f"or pass --version {version} to change that one")
 
 
+def _check_served(fleet: Fleet, given: int, version: int) -> None:
+    """Refuses (CatalogueError) a delta for CURRENT (``given`` 0) while a query replica serves another version:
+    a rollout or rollback cut off past its switch left CURRENT behind, and a delete would land on a version that
+    serves nothing. (Called under the rollout lock, so no rollout is under way.) A replica that does not answer
+    here is left to the apply, which names it."""
+    if given:
+        return
+    serving = {}
+    for replica in fleet.query:
+        with contextlib.suppress(PublishError):
+            serving[replica.address] = version_in(fleet.status(replica), SERVING)
+    others = {address: v for address, v in serving.items() if v not in (None, version)}
+    if others:
+        raise CatalogueError(
+            f"CURRENT names version {version} but query replicas serve another: {others} (a rollout or rollback "
+            "was cut off after switching them): nothing was written; finish that run first (run it again, e.g. "
+            "`recsys-publish --version N` for the version they serve), or pass --version to change a version on "
+            "purpose")
+
+
 @dataclass
 class _Progress:
     """How far a run got, for the message of a signal that stops it."""
@@ -589,6 +610,7 @@ def _run(config: CatalogueConfig, registry: Registry, progress: _Progress) -> No
             # prune deletes: the write and apply wait for the rollout's lock (a catch-up alone writes nothing).
             with exclusive(registry, "recsys-catalogue", config.lock_wait_s):
                 _check_still_current(registry, config.version, version)
+                _check_served(fleet, config.version, version)
                 rollout = publish_delta(fleet, registry, version, delta, key)
         except Interrupted:
             raise  # main says what was written

@@ -211,13 +211,14 @@ def _unreachable(replica: str, tls: ClientTls, address: str, waited_s: float) ->
             f"{waited_s:g} s){f': {details}' if details else ''}{hint}")
 
 
-def _with_state(status: pb.ServiceStatus, state: int) -> int | None:
+def version_in(status: pb.ServiceStatus, state: int) -> int | None:
+    """The version a replica's ``status`` has in ``state``; None if none."""
     return next((v.version for v in status.versions if v.state == state), None)
 
 
 def _in_state(fleet: Fleet, state: int) -> dict[str, int | None]:
     """Each query replica's version in ``state`` (None: it has none), by address."""
-    return {r.address: _with_state(fleet.status(r), state) for r in fleet.query}
+    return {r.address: version_in(fleet.status(r), state) for r in fleet.query}
 
 
 def _agreed(fleet: Fleet, state: int, what: str, fix: str = "bring them in step first") -> int | None:

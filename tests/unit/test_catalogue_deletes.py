@@ -11,7 +11,8 @@ import pytest
 from model_registry import Registry
 from model_registry.deltas import Delta, published_generation, read_deltas, write_delta
 from recsys_client.catalogue import main as catalogue_main
-from recsys_client.publish import Fleet
+from recsys_client.publish import SERVING, Fleet, Replica
+from tests.unit.test_catalogue import _Replica
 from tests.unit.test_registry_retention import publish_dummy
 
 
@@ -61,3 +62,26 @@ def test_a_delete_the_version_holds_is_written_as_before(tmp_path, capsys, monke
                          "--index-admin", "127.0.0.1:1")
     assert (status, report["generation"], report["deletes"]) == (0, 1, 1)
     assert read_deltas(registry.model_dir, 1)[0].deleted.tolist() == ["b"]
+
+
+def test_a_delete_for_current_is_refused_while_the_query_replicas_serve_another_version(tmp_path, capsys,
+                                                                                          monkeypatch):
+    """A rollout cut off after switching the replicas to version 1 left CURRENT at 2: a delete "for the live
+    version" would land on 2, which serves nothing, and the recalled candidate would stay in 1's answers."""
+    registry = Registry(tmp_path, "m")
+    publish_dummy(registry)
+    publish_dummy(registry)
+    registry.set_current(2)
+    index, query = _Replica(versions=(1, 2)), _Replica(versions=(1,), state=SERVING)
+    monkeypatch.setattr(Fleet, "connect", classmethod(
+        lambda cls, *args, **kwargs: Fleet([Replica("index", "i:1", index)], [Replica("query", "q:1", query)])))
+    flags = ["--registry", str(tmp_path), "--model", "m", "--delete", "b", "--index-admin", "i:1", "--query-admin",
+             "q:1"]
+    with pytest.raises(SystemExit) as exit:
+        catalogue_main(flags)
+    err = capsys.readouterr().err
+    assert exit.value.code == 1 and "CURRENT names version 2 but query replicas serve another: {'q:1': 1}" in err, err
+    assert published_generation(registry.model_dir, 2) == 0 and index.applied == query.applied == []
+    # Named on purpose, a version takes the delta whatever the replicas serve.
+    status, report = run(capsys, *flags, "--version", "1")
+    assert (status, report["version"], report["generation"]) == (0, 1, 1) and query.applied == [1]
