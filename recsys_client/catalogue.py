@@ -87,6 +87,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from model_registry import Registry, VersionError, signing
+from model_registry.registry import check_model_name
 from model_registry import manifest as files
 from model_registry.attributes import Attributes, token_lists
 from model_registry.deltas import (MAX_UPSERT_SCALE, AlteredLog, Delta, catalogue_dir, published_generation,
@@ -100,7 +101,7 @@ from serving.tls import ClientTls
 from serving import validation
 from serving.errors import InvalidArgument
 from serving.validation import MAX_ID_BYTES
-from settings.flags import ConfigError, add_flags, option, parse, require
+from settings.flags import ConfigError, add_flags, option, parse, require, require_distinct, require_valid
 
 log = logging.getLogger("recsys-catalogue")
 # The keys an upsert line may have (module docstring): any other, "token" for "tokens" say, would else be dropped
@@ -441,6 +442,9 @@ class CatalogueConfig:
                                       "writing a delta")
 
     def __post_init__(self) -> None:
+        require_valid(check_model_name, self.model, "model")
+        require_distinct(self.index_admin, "index_admin")
+        require_distinct(self.query_admin, "query_admin")
         require(self.lock_wait_s >= 0, "lock_wait_s", "must be >= 0")
         # The message follows the field's flag: "--upserts or --delete / --delete-file is required: ...".
         require(bool(self.upserts or self.delete or self.delete_file or self.catch_up), "upserts",

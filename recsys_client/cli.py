@@ -57,6 +57,18 @@ def parse_filter(text: str) -> pb.Filter:
     return value
 
 
+def _k(text: str) -> int:
+    """--k as the request carries it (int32); the service refuses a k over its own --max-k, naming it."""
+    try:
+        k = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= k < 2**31:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: ask for 1 or more candidates (the service says "
+                                         "its largest k)")
+    return k
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsys-client", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -75,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--candidate-ids", type=comma_list, required=True,
                              help="candidates the customer interacted with, comma-separated, oldest first")
         if name in ("recommend", "similar", "batch"):
-            sub.add_argument("--k", type=int, default=10)
+            sub.add_argument("--k", type=_k, default=10)
             sub.add_argument("--exclude", nargs="*", default=[], help="candidate ids to exclude")
             sub.add_argument("--filter", type=parse_filter, help="only candidates passing this filter (JSON, above)")
         if name in ("recommend", "batch"):

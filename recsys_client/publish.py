@@ -81,13 +81,14 @@ from typing import Callable, Iterator
 import grpc
 
 from model_registry import Registry, VersionError
+from model_registry.registry import check_model_name
 from model_registry.deltas import published_generation
 from protos.recsys.v1 import admin_pb2 as pb
 from protos.recsys.v1 import admin_pb2_grpc as pb_grpc
 from protos.recsys.v1 import versions_pb2
 from serving.admin_rpc import state_name
 from serving.tls import ClientTls, tls_hint
-from settings.flags import add_flags, option, parse, require
+from settings.flags import add_flags, option, parse, require, require_distinct, require_valid
 
 log = logging.getLogger("recsys-publish")
 SERVING, ROLLBACK_TARGET = versions_pb2.VERSION_STATE_SERVING, versions_pb2.VERSION_STATE_ROLLBACK_TARGET
@@ -731,6 +732,9 @@ class PublishConfig:
                                                   "known to route no searches there, e.g. a debugging one)", env=False)
 
     def __post_init__(self) -> None:
+        require_valid(check_model_name, self.model, "model")
+        require_distinct(self.index_admin, "index_admin")
+        require_distinct(self.query_admin, "query_admin")
         require(not (self.rollback and self.initial), "rollback", "a rollback cannot be an initial rollout")
         require(self.version >= 0, "version", "must be >= 0")
         require(self.keep_versions >= 2, "keep_versions",

@@ -14,7 +14,7 @@ from serving.observability import LOG_FORMATS
 from serving.tls import ServerTls
 from serving.tracing import TracingConfig
 from serving.validation import DEFAULT_MAX_MESSAGE_BYTES
-from settings.flags import ConfigError, option, require
+from settings.flags import ConfigError, option, require, require_valid
 
 
 def is_loopback(host: str) -> bool:
@@ -76,10 +76,7 @@ class ServiceConfig:
                                                      "is given)", prefix="otel-")
 
     def __post_init__(self) -> None:
-        try:
-            check_model_name(self.model)
-        except ValueError as e:
-            raise ConfigError("model", str(e)) from None
+        require_valid(check_model_name, self.model, "model")
         require(self.version >= 0, "version", "must be >= 0")
         try:
             self.public_key()

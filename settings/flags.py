@@ -50,6 +50,20 @@ def require(condition: bool, field: str, message: str) -> None:
         raise ConfigError(field, message)
 
 
+def require_valid(check: Callable[[Any], Any], value: Any, field: str) -> None:
+    """Raises ConfigError(field, its message) where ``check(value)`` raises ValueError."""
+    try:
+        check(value)
+    except ValueError as e:
+        raise ConfigError(field, str(e)) from None
+
+
+def require_distinct(values: tuple[str, ...], field: str) -> None:
+    """Raises ConfigError(field, ...) naming the values ``values`` holds more than once."""
+    repeated = sorted({value for value in values if values.count(value) > 1})
+    require(not repeated, field, f"names {', '.join(repeated)} more than once: list each once")
+
+
 def option(default: Any = _NO_DEFAULT, help: str = "", *, flag: str | None = None, choices: tuple | None = None,
            env: bool = True, parse: Callable[[str], Any] | None = None, prefix: str | None = None,
            metavar: str | None = None, secret: bool = False) -> Any:

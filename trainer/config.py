@@ -16,7 +16,7 @@ from pathlib import Path
 
 from model_registry import signing
 from model_registry.registry import check_model_name
-from settings.flags import ConfigError, option, require
+from settings.flags import ConfigError, option, require, require_valid
 from trainer.data import DATASET_NAMES, SPLITS, DatasetOptions
 from trainer.data.datasets import check_options
 from trainer.towers.config import TOWERS, TowerConfig
@@ -154,10 +154,7 @@ class PipelineConfig:
     pinned: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        try:
-            check_model_name(self.model)
-        except ValueError as e:
-            raise ConfigError("model", str(e)) from None
+        require_valid(check_model_name, self.model, "model")
         require(0.0 < self.test_fraction < 1.0, "test_fraction", "must be in (0, 1)")
         require(self.max_test_interactions >= 1, "max_test_interactions", "must be a positive integer")
         require(self.tune_budget_s >= 0, "tune_budget_s", "must be >= 0")

@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from model_registry import Registry, VersionError
 from model_registry.attributes import from_catalogue
-from recsys_client import catalogue, cli, loadtest
+from recsys_client import catalogue, cli, loadtest, publish
 from recsys_client.candidate_tower import CandidateTower
 from tests.unit.test_registry_retention import publish_dummy
 from trainer.data.movielens import _movielens_items
@@ -30,6 +30,35 @@ def test_a_bad_rpc_mix_says_what_is_wrong_with_it(capsys):
     assert capsys.readouterr().err.splitlines()[-1] == (
         "recsys-loadtest: error: argument --rpc-mix: unknown RPC 'similer'; choose from recommend, similar, batch, "
         "record")
+
+
+@pytest.mark.parametrize("tool, argv, message", [
+    (publish.main, ["--model", "../etc", "--index-admin", "i:1", "--query-admin", "q:1"],
+     "recsys-publish: error: --model model name '../etc' must be 1-64 characters"),
+    (catalogue.main, ["--model", "../x", "--delete", "a", "--index-admin", "i:1"],
+     "recsys-catalogue: error: --model model name '../x' must be 1-64 characters"),
+    # A replica named twice would be counted twice: as a status watcher the rollout expects, as a slot to unload.
+    (publish.main, ["--model", "m", "--index-admin", "i:1", "--query-admin", "q:1,q:2,q:1"],
+     "recsys-publish: error: --query-admin names q:1 more than once: list each once"),
+    (catalogue.main, ["--model", "m", "--delete", "a", "--index-admin", "i:1,i:1"],
+     "recsys-catalogue: error: --index-admin names i:1 more than once: list each once"),
+])
+def test_the_rollout_tools_refuse_a_bad_model_name_or_a_replica_named_twice_in_one_line(tool, argv, message, capsys,
+                                                                                          tmp_path):
+    with pytest.raises(SystemExit) as exit_:
+        tool(["--registry", str(tmp_path), *argv])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.splitlines()[-1].startswith(message) and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("k, message", [("99999999999", "99999999999 is out of range"),
+                                        ("ten", "'ten' is not a whole number")])
+def test_a_k_a_request_cannot_carry_is_refused_in_one_line(k, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["recommend", "--address", "127.0.0.1:1", "--customer-id", "c", "--k", k])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.splitlines()[-1] == f"recsys-client recommend: error: argument --k: " \
+        f"{message}{': ask for 1 or more candidates (the service says its largest k)' if k[0].isdigit() else ''}", err
 
 
 def test_a_catalogue_run_with_nothing_to_do_says_so_in_one_sentence(tmp_path, capsys):
