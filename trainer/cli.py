@@ -254,7 +254,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None, config: PipelineConfi
         except OSError as e:  # a failure at run time, not a usage error
             print(f"recsys-train: error: {_os_error(e, config)}", file=sys.stderr)
             return 1
-        except (ValueError, VersionError) as e:
+        except (ValueError, VersionError, FloatingPointError) as e:
             print(f"recsys-train: error: {e}", file=sys.stderr)
             return 2
         if manifest is None:

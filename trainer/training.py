@@ -295,4 +295,8 @@ def _fit(model: TwoTowerModel, ds: tf.data.Dataset, epochs: int) -> tuple[float,
     """Runs ``epochs`` epochs of ``ds``; returns (seconds spent, last epoch's loss)."""
     t0 = time.perf_counter()
     fit = model.fit(ds, epochs=epochs, verbose=0)
-    return time.perf_counter() - t0, float(fit.history["loss"][-1])
+    loss = float(fit.history["loss"][-1])
+    if not np.isfinite(loss):  # else its NaN weights were scored, published, and blamed on the index's recall
+        raise FloatingPointError(f"training diverged (loss {loss}): lower --learning-rate, or look for extreme "
+                                 "values in the data (a catalogue number, a rating)")
+    return time.perf_counter() - t0, loss

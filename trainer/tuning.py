@@ -193,6 +193,8 @@ def search(train_data: Interactions, validation: Validation, preset: Callable[[s
         study.optimize(objective, timeout=remaining, catch=(Exception,))
     if not runs:
         first = next((row["error"] for row in rows if "error" in row), "no error recorded")
+        if budget_s <= 0:
+            raise ValueError(f"training the preset failed: {first}")
         raise ValueError(f"every trial of the hyperparameter search failed ({len(rows)} trials); the first with "
                          f"{first}. Train the preset without a search (--tune-budget-s 0) to see the full error")
     winner = study.best_trial.number

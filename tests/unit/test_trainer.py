@@ -322,13 +322,39 @@ def test_cli_a_registry_it_cannot_write_is_a_run_time_failure(tmp_path, capsys, 
     assert "Operation not permitted" in err
 
 
+def test_cli_a_run_that_diverges_says_so_and_publishes_nothing(tmp_path, capsys):
+    from trainer import cli
+
+    status = cli.main(["--tune-budget-s", "0", "--dataset", "synthetic", "--registry", str(tmp_path / "reg"),
+                       "--model", "m", "--epochs", "1", "--embedding-dim", "8", "--quiet", "--learning-rate", "1e30",
+                       "--synthetic-customers", "100", "--synthetic-candidates", "40",
+                       "--synthetic-interactions", "1000", "--synthetic-clusters", "4"])
+    err = capsys.readouterr().err.strip()  # Optuna logs the failed trial's traceback before it
+    assert status == 2 and err.splitlines()[-1].startswith(
+        "recsys-train: error: training the preset failed: FloatingPointError: training diverged (loss nan): lower "
+        "--learning-rate"), err
+    assert not (tmp_path / "reg" / "m").exists() or not any((tmp_path / "reg" / "m").glob("[0-9]*"))
+
+
+def test_cli_synthetic_sizes_it_cannot_plant_are_refused_naming_the_flag(tmp_path, capsys):
+    from trainer import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--dataset", "synthetic", "--registry", str(tmp_path), "--model", "m",
+                  "--synthetic-customers", "5", "--synthetic-candidates", "3"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.count("\n") == 0, err
+    assert "--synthetic-clusters is 20: at most the customers' (5) and candidates' (3) numbers" in err, err
+
+
 def test_cli_validates_the_whole_config_before_reading_data(tmp_path, capsys):
     from trainer import cli
 
     # The data dir holds no u.data: were the data read first, that would be the error.
     for flags, named in ((["--learning-rate", "-1"], "learning"), (["--temperature", "0"], "temperature"),
                          (["--validation-fraction", "1.5"], "validation"), (["--learning-rate", "inf"], "learning"),
-                         (["--temperature", "inf"], "temperature"), (["--prior-weight", "inf"], "prior")):
+                         (["--temperature", "inf"], "temperature"), (["--prior-weight", "inf"], "prior"),
+                         (["--l2", "inf"], "--l2 must be a finite number")):
         with pytest.raises(SystemExit) as e:
             cli.main(["--tune-budget-s", "0",
                       "--dataset", "movielens-100k", "--data-dir", str(tmp_path), "--registry", str(tmp_path),

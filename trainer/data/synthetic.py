@@ -24,6 +24,9 @@ class SyntheticConfig:
     def __post_init__(self) -> None:
         for name in ("num_customers", "num_candidates", "num_interactions", "num_clusters"):
             require(getattr(self, name) >= 1, name, "must be a positive integer")
+        require(self.num_clusters <= min(self.num_customers, self.num_candidates), "num_clusters",
+                f"is {self.num_clusters}: at most the customers' ({self.num_customers}) and candidates' "
+                f"({self.num_candidates}) numbers, each cluster holding at least one of each")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -59,7 +59,7 @@ class TowerConfig:
             require(getattr(self, name) >= 1, name, "must be a positive integer")
         require(all(units >= 1 for units in self.deep_layers), "deep_layers", "layer sizes must be positive")
         require(0.0 <= self.history_dropout < 1.0, "history_dropout", "must be in [0, 1)")
-        require(self.l2 >= 0, "l2", "must be >= 0")
+        require(bool(np.isfinite(self.l2)) and self.l2 >= 0, "l2", "must be a finite number >= 0")
         require(not self.time_features or self.kind == "features", "time_features", "needs --tower features")
 
     @property
