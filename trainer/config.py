@@ -168,6 +168,15 @@ class PipelineConfig:
             check_options(self.dataset, self.data)
         except ConfigError as e:
             raise ConfigError(f"data.{e.field}", e.message) from None
+        towers = self.train.towers
+        if towers.time_features and self.dataset in ("interactions-csv", "sessions"):
+            require(self.data.time_col is not None, "train.towers.time_features",
+                    "needs --time-col: without it the times are row numbers, and every request time serving passes "
+                    "would fall past them")
+        if towers.candidate_features:
+            require(self.dataset == "movielens-100k" or bool(self.data.catalog_path and self.data.catalog_feature_cols),
+                    "train.towers.candidate_features", "needs catalogue columns to take: --catalog-path and "
+                    "--catalog-feature-cols (--dataset interactions-csv), or movielens-100k's u.item")
         if self.train.towers.candidate_features or self.train.towers.kind == "features":
             for column in self.data.catalog_feature_cols:
                 require(_TOWER_INPUT_NAME.fullmatch(column) is not None, "data.catalog_feature_cols",

@@ -98,3 +98,36 @@ def test_a_trailing_line_break_is_trimmed_and_other_control_characters_kept_as_s
     path = _write(tmp_path, "log.csv", 'user_id,item_id\nu1,a\n"u1\r",b\n"u1\r\n",c\n')
     d = load_dataset("interactions-csv", DatasetOptions(data_path=path))
     assert np.unique(d.customer_ids).tolist() == ["u1"] and len(d) == 3
+
+
+def test_a_catalogue_is_read_with_its_own_delimiter_and_header(tmp_path):
+    """A ';' interactions file beside a tab catalogue, and one without a header beside a catalogue with one: the
+    interactions file's --delimiter and --no-header are not the catalogue's."""
+    interactions = _write(tmp_path, "log.csv", "user_id;item_id\nu1;a\nu1;b\n")
+    catalogue = _write(tmp_path, "items.tsv", "item_id\tprice\na\t1.5\nb\t2\n")
+    d = load_dataset("interactions-csv", DatasetOptions(data_path=interactions, delimiter=";", catalog_path=catalogue,
+                                                        catalog_feature_cols=("price",)))
+    assert list(d.catalog) == ["a", "b"] and d.candidate_features["price"].tolist() == [1.5, 2.0]
+    headless = _write(tmp_path, "log2.csv", "u1,a\nu1,b\n")
+    with_header = _write(tmp_path, "items.csv", "item_id,price\na,1.5\nb,2\n")
+    d = load_dataset("interactions-csv", DatasetOptions(data_path=headless, header=False, customer_col="0",
+                                                        candidate_col="1", catalog_path=with_header,
+                                                        catalog_id_col="item_id", catalog_feature_cols=("price",)))
+    assert list(d.catalog) == ["a", "b"] and d.candidate_features["price"].dtype == np.float32
+    both_headless = _write(tmp_path, "items2.csv", "a;1.5\nb;2\n")
+    d = load_dataset("interactions-csv", DatasetOptions(data_path=headless, header=False, customer_col="0",
+                                                        candidate_col="1", catalog_path=both_headless,
+                                                        catalog_header=False, catalog_delimiter=";",
+                                                        catalog_id_col="0", catalog_feature_cols=("1",)))
+    assert list(d.catalog) == ["a", "b"] and d.candidate_features["1"].tolist() == [1.5, 2.0]
+
+
+@pytest.mark.parametrize("value", ["inf", "-Infinity", "1e39"])
+def test_a_catalogue_number_float32_cannot_hold_is_refused_naming_its_row(tmp_path, value):
+    """It trained to a NaN loss, and the run then blamed the index's recall."""
+    interactions = _write(tmp_path, "log.csv", "user_id,item_id\nu1,a\nu1,b\n")
+    catalogue = _write(tmp_path, "items.csv", f"item_id,price\na,1.5\nb,{value}\n")
+    with pytest.raises(ValueError, match=rf"items.csv: column 'price' of data row 2 holds '{value}', not a finite "
+                                         "number float32 holds: fix it, or leave the cell empty"):
+        load_dataset("interactions-csv", DatasetOptions(data_path=interactions, catalog_path=catalogue,
+                                                        catalog_feature_cols=("price",)))

@@ -336,6 +336,26 @@ def test_cli_a_run_that_diverges_says_so_and_publishes_nothing(tmp_path, capsys)
     assert not (tmp_path / "reg" / "m").exists() or not any((tmp_path / "reg" / "m").glob("[0-9]*"))
 
 
+@pytest.mark.parametrize("dataset, flags, message", [
+    # Without a time column the times are row numbers: every served request time would fall past them.
+    ("interactions-csv", ["--tower", "features", "--time-features"], "--time-features needs --time-col"),
+    ("sessions", ["--rating-col", "r", "--min-rating", "0"], "--rating-col is not read by --dataset sessions"),
+    ("sessions", ["--catalog-path", "DATA"], "--catalog-path is not read by --dataset sessions"),
+    ("synthetic", ["--candidate-features"], "--candidate-features needs catalogue columns to take"),
+    ("interactions-csv", ["--candidate-features"], "--candidate-features needs catalogue columns to take"),
+])
+def test_cli_flags_the_data_cannot_honour_are_refused_before_reading_it(tmp_path, capsys, dataset, flags, message):
+    from trainer import cli
+
+    data = tmp_path / "log.csv"
+    data.write_text("user_id,item_id,SessionId,ItemId,r\nu1,a,s1,a,1\n")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--dataset", dataset, "--data-path", str(data), "--registry", str(tmp_path), "--model", "m",
+                  *[str(data) if flag == "DATA" else flag for flag in flags]])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.count("\n") == 0 and message in err, err
+
+
 def test_cli_synthetic_sizes_it_cannot_plant_are_refused_naming_the_flag(tmp_path, capsys):
     from trainer import cli
 

@@ -56,14 +56,19 @@ class DatasetOptions:
                                         choices=FORMATS)
     catalog_id_col: str | None = option(None, "candidate id column of the catalogue (default --candidate-col)")
     catalog_feature_cols: tuple[str, ...] = option((), "comma-separated catalogue columns kept as candidate features")
+    catalog_delimiter: str | None = option(None, "catalogue field delimiter, overriding its format's")
+    catalog_header: bool = option(True, "the catalogue CSV/TSV has a header row (--no-catalog-header: columns are "
+                                        "0-based numbers)")
     session_col: str = option("SessionId", "session id column (sessions)")
     item_col: str = option("ItemId", "item id column (sessions)")
     synthetic: SyntheticConfig = option(SyntheticConfig(), "synthetic data set sizes")
 
     def __post_init__(self) -> None:
         # Checked here, before TensorFlow loads: the csv module's own complaint is a TypeError mid-run.
-        require(self.delimiter is None or len(self.delimiter) == 1, "delimiter",
-                f"must be one character, got {self.delimiter!r} (for tabs: --format tsv)")
+        for name, fmt in (("delimiter", "--format"), ("catalog_delimiter", "--catalog-format")):
+            value = getattr(self, name)
+            require(value is None or len(value) == 1, name,
+                    f"must be one character, got {value!r} (for tabs: {fmt} tsv)")
         require(self.min_rating is None or self.rating_col is not None, "min_rating", "needs --rating-col")
         require(self.unrated_value is None or self.min_rating is not None, "unrated_value", "needs --min-rating")
         require(not self.events or self.event_col is not None, "events", "needs --event-col")
@@ -89,6 +94,11 @@ def check_options(name: str, options: DatasetOptions) -> None:
             file_format(options.data_path, options.format)
         except ValueError as e:
             raise ConfigError("format", str(e)) from None
+    if name == "sessions":  # else taken and ignored: a run that reads none of them says nothing
+        for field in ("rating_col", "min_rating", "catalog_path", "catalog_feature_cols"):
+            require(getattr(options, field) in (None, ()), field,
+                    "is not read by --dataset sessions (events of sessions, without ratings or a catalogue): "
+                    "leave it out, or use --dataset interactions-csv")
 
 
 def load_dataset(name: str, options: DatasetOptions | None = None, seed: int = 42) -> Interactions:

@@ -847,7 +847,13 @@ def load_catalog(path: Path, fmt: str | None, id_col: str, feature_cols: tuple[s
     features: dict[str, np.ndarray] = {}
     for name, values in zip(feature_cols, parts[1:]):
         if all(_is_number(v) and not isinstance(v, bool) for v in values) and any(v not in (None, "") for v in values):
-            features[name] = np.array([np.nan if v in (None, "") else float(v) for v in values], dtype=np.float32)
+            numbers = np.array([np.nan if v in (None, "") else float(v) for v in values], dtype=np.float64)
+            # inf, or past float32's range: the towers' inputs would be inf and training NaN (NaN is a blank cell).
+            bad = np.flatnonzero(~(np.abs(numbers) <= np.finfo(np.float32).max) & ~np.isnan(numbers))
+            if len(bad):
+                raise ValueError(f"{path}: column {name!r} of data row {bad[0] + 1} holds {values[bad[0]]!r}, not "
+                                 "a finite number float32 holds: fix it, or leave the cell empty (missing)")
+            features[name] = numbers.astype(np.float32)
         else:
             features[name] = _string_feature(values)
     return ids, align_features(raw_ids, features, ids)
@@ -881,7 +887,7 @@ def load_interactions_file(options: DatasetOptions) -> Interactions:
         catalog, candidate_features = load_catalog(
             options.catalog_path, options.catalog_format,
             options.catalog_id_col or options.candidate_col, options.catalog_feature_cols,
-            options.delimiter, options.header)
+            options.catalog_delimiter, options.catalog_header)
         known = np.isin(candidate_vocab, catalog)  # over the (small) vocabulary, not the rows
         missing = ~known[candidate_codes] & keep
         info["dropped_not_in_catalog"] = int(missing.sum())
