@@ -195,6 +195,14 @@ class RunningServer:
         await self.server.stop(grace_s)
 
 
+def bind_address(host: str, port: int) -> str:
+    """gRPC's address for ``host`` and ``port``: an IPv6 host in brackets ("::1" alone read as host "::1:4061" on
+    port 443), a unix socket without a port."""
+    if host.startswith("unix:"):
+        return host
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
 async def start_server(services: Iterable[ServiceSpec], host: str, port: int,
                        max_message_bytes: int = 16 << 20,
                        interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
@@ -229,7 +237,7 @@ async def start_server(services: Iterable[ServiceSpec], host: str, port: int,
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [s.full_name for s in services]
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    address = host if host.startswith("unix:") else f"{host}:{port}"  # a unix socket has no port
+    address = bind_address(host, port)
     try:
         bound = (server.add_secure_port(address, credentials) if credentials is not None
                  else server.add_insecure_port(address))

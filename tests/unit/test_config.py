@@ -45,7 +45,7 @@ def test_a_secret_comes_from_a_file_or_the_environment_never_argv(tmp_path, monk
 
 
 def test_an_admin_plane_off_loopback_needs_a_token():
-    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
+    for host in ("127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"):
         assert AdminConfig(host=host).token == ""
     for host in ("0.0.0.0", "10.1.2.3", "::", "admin.internal"):
         with pytest.raises(ConfigError, match=f"is required with --admin-host {host}"):

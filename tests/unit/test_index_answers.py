@@ -6,6 +6,7 @@ candidate ids take the most bytes an id may."""
 
 from __future__ import annotations
 
+import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -24,7 +25,7 @@ from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from serving import validation
 from serving.admin import LoadReport
 from serving.errors import InvalidArgument
-from serving.grpc_server import ServiceSpec, start_server
+from serving.grpc_server import ServiceSpec, bind_address, start_server
 from serving.versions import VersionManager
 
 DIM = 4
@@ -191,3 +192,25 @@ async def test_a_query_the_bound_takes_scores_finite_against_the_longest_upsert_
     query = (direction * MAX_SCORE_BOUND / scale * 0.99).tolist()  # the longest query taken, give or take 1%
     _, (result,) = await IndexCore(manager, ThreadPoolExecutor(1)).search([Query(query, 5)], 1)
     assert result.ids[0] == "long" and np.isfinite(result.scores).all(), result.scores
+
+
+async def test_a_server_binds_an_ipv6_host_given_bare_or_in_brackets():
+    """"::1" alone was read as host "::1:4061" on port 443, so --admin-host ::1 could not start."""
+    assert bind_address("::1", 4061) == bind_address("[::1]", 4061) == "[::1]:4061"
+    assert bind_address("0.0.0.0", 1) == "0.0.0.0:1" and bind_address("unix:/tmp/s", 0) == "unix:/tmp/s"
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    manager: VersionManager[CandidateIndex] = VersionManager("m")
+    manager.add(1, long_id_index(), make_live=True)
+    servicer = IndexServicer(IndexCore(manager, ThreadPoolExecutor(1)), None)
+    server = await start_server([ServiceSpec(pb_grpc.add_IndexServiceServicer_to_server, servicer,
+                                             "recsys.v1.IndexService")], "::1", 0)
+    try:
+        async with grpc.aio.insecure_channel(f"[::1]:{server.port}") as channel:
+            answer = await pb_grpc.IndexServiceStub(channel).Search(query(3), timeout=30)
+        assert len(answer.candidates) == 3
+    finally:
+        await server.server.stop(0)
