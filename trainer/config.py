@@ -157,7 +157,8 @@ class PipelineConfig:
         require_valid(check_model_name, self.model, "model")
         require(0.0 < self.test_fraction < 1.0, "test_fraction", "must be in (0, 1)")
         require(self.max_test_interactions >= 1, "max_test_interactions", "must be a positive integer")
-        require(self.tune_budget_s >= 0, "tune_budget_s", "must be >= 0")
+        # inf: no trial cap, so the search would never end (and never publish).
+        require(0 <= self.tune_budget_s < math.inf, "tune_budget_s", "must be >= 0 and finite")
         require(self.index_shards >= 1, "index_shards", "must be >= 1")
         if self.signing_key:
             try:

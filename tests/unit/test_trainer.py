@@ -374,7 +374,8 @@ def test_cli_validates_the_whole_config_before_reading_data(tmp_path, capsys):
     for flags, named in ((["--learning-rate", "-1"], "learning"), (["--temperature", "0"], "temperature"),
                          (["--validation-fraction", "1.5"], "validation"), (["--learning-rate", "inf"], "learning"),
                          (["--temperature", "inf"], "temperature"), (["--prior-weight", "inf"], "prior"),
-                         (["--l2", "inf"], "--l2 must be a finite number")):
+                         (["--l2", "inf"], "--l2 must be a finite number"),
+                         (["--tune-budget-s", "inf"], "--tune-budget-s must be >= 0 and finite")):
         with pytest.raises(SystemExit) as e:
             cli.main(["--tune-budget-s", "0",
                       "--dataset", "movielens-100k", "--data-dir", str(tmp_path), "--registry", str(tmp_path),
