@@ -34,6 +34,7 @@ import json
 import math
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from model_registry import signing
 from model_registry.attributes import Attributes
 from model_registry import manifest as files
+from model_registry.ids import MAX_ID_BYTES, first_unusable
 from model_registry.manifest import VersionError, sha256_file, shard_of
 
 CATALOGUE_DIR = "catalogue"
@@ -79,6 +81,12 @@ class Delta:
             raise ValueError("a delta upserts each id at most once")
         if not np.isfinite(self.vectors).all():
             raise ValueError("delta vectors must be finite")
+        for what, ids in (("upserted", self.ids), ("deleted", self.deleted)):
+            # Else served as results that no request could send back (RecommendSimilar, a delete) or exclude.
+            bad = first_unusable(ids)
+            if bad is not None:
+                raise ValueError(f"{what} id {str(ids[bad])[:64]!r} is no id a request could name: ids are 1 to "
+                                 f"{MAX_ID_BYTES} bytes of UTF-8 without NUL")
 
     @classmethod
     def make(cls, ids=(), vectors=None, attributes: Attributes | None = None, deleted=(), dim: int = 0) -> "Delta":
@@ -244,8 +252,14 @@ def _read_delta(record_path: Path, model_dir: Path, version: int, key: Ed25519Pu
     if not data.is_file() or sha256_file(data) != record["sha256"]:
         raise VersionError(f"catalogue delta {generation} of version {version}: {record['file']} is missing "
                            "or fails its sha256 check")
-    with np.load(data, allow_pickle=False) as arrays:
-        return dataclasses.replace(Delta.from_arrays(arrays), record_sha256=record_sha)
+    try:
+        with np.load(data, allow_pickle=False) as arrays:
+            return dataclasses.replace(Delta.from_arrays(arrays), record_sha256=record_sha)
+    except (ValueError, KeyError, TypeError, OSError, zipfile.BadZipFile) as e:
+        # Its checksum holds, so it was written so, by hand or by another tool: refused like any altered log,
+        # not failed as an internal error retried every catch-up period.
+        raise VersionError(f"catalogue delta {generation} of version {version}: {record['file']} is not a valid "
+                           f"delta ({type(e).__name__}: {e}): the log was altered") from None
 
 
 def _staged(directory: Path, content: bytes) -> Path:

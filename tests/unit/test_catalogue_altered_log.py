@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from model_registry import Registry
-from model_registry.deltas import Delta, published_generation, write_delta
+from model_registry.deltas import AlteredLog, Delta, published_generation, read_deltas, write_delta
 from recsys_client.catalogue import main as catalogue_main
 from recsys_client.publish import Fleet
 from tests.unit.test_registry_retention import publish_dummy
@@ -40,3 +40,45 @@ def test_a_signed_versions_log_with_an_unsigned_record_is_refused_and_nothing_is
                             "unsigned"), error
     assert "nothing was written" in error, error
     assert published_generation(registry.model_dir, 1) == 2
+
+
+def _rewrite_npz(registry: Registry, generation: int, **arrays) -> None:
+    """Replaces delta ``generation``'s npz of version 1 with ``arrays``, its record's name and sha256 updated to
+    match: a log written by hand or by another tool, whose checksums and chain hold."""
+    import hashlib
+
+    import numpy as np
+
+    directory = registry.model_dir / "catalogue" / "1"
+    record_path = directory / f"{generation:08d}.json"
+    record = json.loads(record_path.read_text())
+    (directory / record["file"]).unlink()
+    data = directory / "handmade.npz"
+    np.savez(data, **arrays)
+    record.update(file=data.name, sha256=hashlib.sha256(data.read_bytes()).hexdigest())
+    record_path.write_text(json.dumps(record, sort_keys=True))
+
+
+@pytest.mark.parametrize("arrays, why", [
+    ({"ids": ["n", "n"], "vectors": [[0.5], [0.5]], "deleted": []}, "ValueError: a delta upserts each id at most once"),
+    ({"ids": ["n"], "vectors": [[0.5]]}, "KeyError"),
+    ({"ids": ["", "n"], "vectors": [[0.5], [0.5]], "deleted": []}, "ValueError: upserted id '' is no id a request "
+                                                                    "could name"),
+    ({"ids": ["n"], "vectors": [[0.5]], "deleted": ["a\x00b"]}, "ValueError: deleted id 'a\\x00b' is no id"),
+])
+def test_a_delta_whose_checksum_holds_but_whose_contents_are_no_delta_is_an_altered_log(tmp_path, capsys, arrays, why):
+    """It failed every reader with a ValueError or KeyError: INTERNAL from ApplyCatalogue and a load, retried
+    every catch-up period, a traceback from recsys-catalogue; and ids no request could name were served."""
+    registry = Registry(tmp_path, "m")
+    publish_dummy(registry)
+    write_delta(registry.model_dir, 1, Delta.make(["n"], [[0.5]], dim=1))
+    _rewrite_npz(registry, 1, **arrays)
+    with pytest.raises(AlteredLog) as altered:
+        read_deltas(registry.model_dir, 1)
+    assert altered.value.generation == 1 and "handmade.npz is not a valid delta" in str(altered.value)
+    assert why in str(altered.value), str(altered.value)
+    with pytest.raises(SystemExit) as exit:
+        catalogue_main(["--registry", str(tmp_path), "--model", "m", "--version", "1", "--delete", "a",
+                        "--index-admin", "127.0.0.1:1"])
+    error = capsys.readouterr().err.strip()
+    assert exit.value.code == 1 and error.startswith("recsys-catalogue: the log was altered at delta 1"), error
