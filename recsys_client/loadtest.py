@@ -197,6 +197,10 @@ class LoadConfig:
                                  f"{e}") from None
         if set(self.rpc_mix) - set(RPCS) or not math.isclose(sum(self.rpc_mix.values()), 1.0):
             raise ValueError(f"rpc_mix must give shares of {RPCS} summing to 1, got {self.rpc_mix}")
+        if self.swap is not None:  # else it changes the live version with no load to measure around it
+            for name, at in (("swap-at-s", self.swap.at_s), ("rollback-at-s", self.swap.rollback_at_s)):
+                if at is not None and at >= self.duration_s:
+                    raise ValueError(f"{name} ({at:g}) must fall within the run (--duration-s {self.duration_s:g})")
 
     @property
     def total_requests(self) -> int:
@@ -841,6 +845,10 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
     except ConfigError as e:  # it names the field; the user typed the flag
         raise ValueError(f"{flag_name(ToolTls, e.field)} {e.message}") from None
     swap = None
+    given = [flag for flag, value in (("--swap-version", args.swap_version), ("--swap-at-s", args.swap_at_s),
+                                      ("--rollback-at-s", args.rollback_at_s)) if value is not None]
+    if given and not args.swap:  # else a plain load run, reported as a success
+        raise ValueError(f"{', '.join(given)} need --swap")
     if args.swap:
         missing = [flag for flag, value in (("--registry", args.registry), ("--model", args.model),
                                             ("--index-admin", args.index_admin), ("--query-admin", args.query_admin),

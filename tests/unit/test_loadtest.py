@@ -197,6 +197,13 @@ def test_defaults_and_no_swap():
     (["--swap"], "--swap needs --registry, --model, --index-admin, --query-admin, --swap-version, --swap-at-s"),
     (["--swap", "--registry", "r", "--model", "m", "--index-admin", "a:1", "--query-admin", "b:1",
       "--swap-version", "2", "--swap-at-s", "5", "--rollback-at-s", "4"], "is before swap-at-s"),
+    # A swap or rollback past the run's end changed the live version with no load around it, and exited 0.
+    (["--swap", "--registry", "r", "--model", "m", "--index-admin", "a:1", "--query-admin", "b:1",
+      "--swap-version", "2", "--swap-at-s", "1"], "swap-at-s (1) must fall within the run (--duration-s 1)"),
+    (["--swap", "--registry", "r", "--model", "m", "--index-admin", "a:1", "--query-admin", "b:1",
+      "--swap-version", "2", "--swap-at-s", "0.5", "--rollback-at-s", "2"], "rollback-at-s (2) must fall within"),
+    # Without --swap they were ignored: a plain load run, reported as a success.
+    (["--swap-version", "2", "--swap-at-s", "0.3"], "--swap-version, --swap-at-s need --swap"),
     (["--qps", "0"], "qps must be > 0"),
     # Each of these was a traceback (or, --timeout-s inf against a server that is down, a run that never ends).
     (["--qps", "inf"], "qps must be > 0 and finite, got inf"),
