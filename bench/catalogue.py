@@ -118,7 +118,7 @@ def filter_figures(index: CandidateIndex, queries: np.ndarray, k: int = 10) -> d
 
 def _search_load(address: str, queries: np.ndarray, qps: float, stop, samples) -> None:
     """Open-loop Search calls at ``qps`` (run in a child process, so the client's latency
-    never waits on the GIL of the process writing deltas); sends (sent at, latency or -1)."""
+    never waits on the GIL of the process writing deltas); sends (due at, latency from then or -1)."""
     channel = grpc.insecure_channel(address)
     stub = pb_grpc.IndexServiceStub(channel)
     requests = [pb.SearchRequest(vector=q.tolist(), k=10) for q in queries]
@@ -127,12 +127,14 @@ def _search_load(address: str, queries: np.ndarray, qps: float, stop, samples) -
     def record(sent_wall: float, sent: float, future) -> None:
         out.append((sent_wall, -1.0 if future.exception() is not None else time.perf_counter() - sent))
 
-    start, i = time.perf_counter(), 0
+    start, start_wall, i = time.perf_counter(), time.time(), 0
     while not stop.is_set():
-        time.sleep(max(0.0, start + i / qps - time.perf_counter()))
-        sent_wall, sent = time.time(), time.perf_counter()
+        due = start + i / qps
+        time.sleep(max(0.0, due - time.perf_counter()))
+        # Timed from when the call was due, not from when it went out: a client that fell behind (the servers and
+        # the delta writer share this machine's cores with it) would else leave its own lag out of the tail.
         future = stub.Search.future(requests[i % len(requests)], timeout=5)
-        future.add_done_callback(lambda fut, w=sent_wall, s=sent: record(w, s, fut))
+        future.add_done_callback(lambda fut, w=start_wall + i / qps, s=due: record(w, s, fut))
         i += 1
     time.sleep(1.0)
     channel.close()
