@@ -175,13 +175,14 @@ class ServerObservability(grpc.aio.ServerInterceptor):
                 break
         REQUEST_ID.set(request_id or new_request_id())
         handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
         method = handler_call_details.method
+        # Probes, not traffic: a --workers supervisor asks each worker's health five times a second.
+        if handler is None or method.startswith(self._unlimited):
+            return handler
         # The call's task ends once its status is sent, however it ends (a stream's too). One callback a call:
         # each costs the call a copy of its context.
         task = asyncio.current_task()
-        if self.max_concurrent_rpcs is not None and not method.startswith(self._unlimited):
+        if self.max_concurrent_rpcs is not None:
             if self._in_flight >= self.max_concurrent_rpcs:
                 return self._kept(self._refusals, method, handler, self._refusal)
             self._in_flight += 1

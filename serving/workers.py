@@ -63,7 +63,7 @@ from protos.recsys.v1 import admin_pb2_grpc as pb_grpc
 from protos.recsys.v1 import versions_pb2
 from serving.admin_rpc import start_admin_server
 from serving.config import ServiceConfig
-from serving.grpc_server import MAX_MESSAGE_CHARS, run_event_loop
+from serving.grpc_server import MAX_MESSAGE_CHARS, CannotListen, run_event_loop
 from serving.observability import configure_logging, outgoing_metadata, request_id_metadata
 from settings.ports import free_ports
 from settings.processes import die_with_parent
@@ -84,14 +84,31 @@ def reserve_port(host: str, port: int) -> socket.socket:
     the port (port 0 picks one) while the workers bind it too, and takes no
     connection itself (the kernel hands connections to listening sockets only)."""
     host = host.strip("[]")
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # Bound first without SO_REUSEPORT: a port another process listens on is refused (with it, a second pool on the
+    # port shared it and answered half the calls). SO_REUSEADDR still takes a port whose old connections linger.
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise CannotListen(f"cannot listen on {host}:{port}: {e.strerror}") from None
+        port = probe.getsockname()[1]
+    sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
-    except OSError:
+    except OSError as e:
         sock.close()
-        raise
+        raise CannotListen(f"cannot listen on {host}:{port}: {e.strerror}") from None
     return sock
+
+
+def pinned_flags(version: int, rollback_target: int) -> list[str]:
+    """The flags that start a worker on ``version`` with ``rollback_target`` (0: none); none for version 0 (CURRENT).
+    --rollback-version goes with --version, 0 too: else the pool's own flag came back with a restarted worker,
+    perhaps unloaded since, or the version it now serves (a worker that could not start, restarted for ever)."""
+    return ["--version", str(version), "--rollback-version", str(rollback_target)] if version else []
 
 
 def write_pool_secret(directory: str) -> None:
@@ -179,9 +196,7 @@ class Worker:
             except FileNotFoundError:
                 pass
         self.pinned = version
-        pinned = ["--version", str(version)] if version else []
-        if version and rollback_target:
-            pinned += ["--rollback-version", str(rollback_target)]
+        pinned = pinned_flags(version, rollback_target)
         # SIGTERM when the supervisor dies, even by SIGKILL: the worker drains and frees the port.
         self.process = await asyncio.create_subprocess_exec(*self.command, *pinned,
                                                             preexec_fn=die_with_parent(signal.SIGTERM))
@@ -368,6 +383,8 @@ class WorkerPool:
         serving = False
         while not self.stopping.is_set():
             states = await asyncio.gather(*(w.serving() for w in self.workers))
+            if self.stopping.is_set():  # the pool is draining: its health already says so
+                return
             for worker, state in zip(self.workers, states):
                 worker.has_served |= state
             if all(states) != serving:
@@ -492,7 +509,10 @@ def run_workers(prog: str, module: str, argv: list[str], config: ServiceConfig, 
     configure_logging(config.log_level, config.log_format)
     for warning in warnings:
         log.warning("%s", warning)
-    failure = run_event_loop(_supervise(prog, module, argv, config, workers))
+    try:
+        failure = run_event_loop(_supervise(prog, module, argv, config, workers))
+    except CannotListen as e:
+        raise SystemExit(f"{prog}: cannot start: {e}") from None
     if failure:
         raise SystemExit(f"{prog}: {failure}")
 
@@ -521,13 +541,19 @@ async def _supervise(prog: str, module: str, argv: list[str], config: ServiceCon
         if config.metrics_port:
             registry = prometheus_client.CollectorRegistry()
             registry.register(WorkerMetrics(workers))
-            prometheus_client.start_http_server(config.metrics_port, config.metrics_host, registry=registry)
+            try:
+                prometheus_client.start_http_server(config.metrics_port, config.metrics_host, registry=registry)
+            except OSError as e:
+                raise CannotListen(f"cannot serve /metrics on {config.metrics_host}:{config.metrics_port}: "
+                                   f"{e.strerror}") from None
         tasks = [loop.create_task(pool.follow_health(admin_server)), *(loop.create_task(pool.keep(w))
                                                                       for w in workers)]
         log.info("%s: %d workers on %s:%d (admin %s:%d)", prog, count, config.host, port, config.admin.host,
                  admin_server.port)
         await pool.stopping.wait()
     finally:
+        if admin_server is not None:  # before the workers drain, as a single process's health leaves SERVING
+            await admin_server.set_serving(False)
         await pool.stop(config.drain_s + 10.0)
         for task in tasks:
             task.cancel()
