@@ -53,17 +53,20 @@ class LiveHistoryConfig:
         require(self.ttl_s >= 1, "ttl_s", "must be >= 1")
 
 
-# One customer's list pushed, capped and its TTL refreshed at once, after a DEL where ARGV[1] is 1. Each value's older
-# copy goes before it is pushed: the cap counts distinct items, so repeats of one item (a retried call, an item
-# viewed again) cannot push the customer's other items out of exclude_seen. Entries are sealed deterministically, so
-# LREM finds a sealed copy too. A script, not a MULTI/EXEC: redis-py's cluster client queues each command of a
-# MULTI/EXEC by starting a thread and joining it, blocking the event loop ~0.5 ms a command, so a burst of 200
-# appends stalled it past its calls' connect timeout.
+# One customer's list pushed, capped and its TTL refreshed at once, after a DEL where ARGV[1] is 1. Then each value's
+# older copies go (LREM from the tail, keeping the one nearest the head): the cap counts distinct items, so repeats
+# of one item (a retried call, an item viewed again) cannot push the customer's other items out of exclude_seen.
+# Entries are sealed deterministically, so a sealed copy matches too. LPUSH comes first: under maxmemory Redis
+# refuses it before the script has written anything, and a script that has written runs on past the limit. A
+# script, not a MULTI/EXEC: redis-py's cluster client queues each command of a MULTI/EXEC by starting a thread and
+# joining it, blocking the event loop ~0.5 ms a command, so a burst of 200 appends stalled it past its calls'
+# connect timeout.
 APPEND = """
 if ARGV[1] == '1' then redis.call('DEL', KEYS[1]) end
+redis.call('LPUSH', KEYS[1], unpack(ARGV, 4))
 for i = 4, #ARGV do
-  redis.call('LREM', KEYS[1], 0, ARGV[i])
-  redis.call('LPUSH', KEYS[1], ARGV[i])
+  local copies = #redis.call('LPOS', KEYS[1], ARGV[i], 'COUNT', 0)
+  if copies > 1 then redis.call('LREM', KEYS[1], 1 - copies, ARGV[i]) end
 end
 redis.call('LTRIM', KEYS[1], 0, ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
