@@ -501,7 +501,12 @@ def _publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: fl
     in_step = len(set(serving.values())) <= 1
     if in_step:
         live = next(iter(serving.values())) if fleet.query else registry.current_version()
+        current = registry.current_version()
         _catch_up(fleet, registry, live)
+        if live not in (None, current) and _rolled_back(registry) != (current, live):
+            # That move finished a rollout cut off past its switch, not a rollback (which wrote its from and to
+            # first): a rollback record left from before would refuse the rollback that undoes that rollout.
+            _forget_rollback(registry)
     else:
         # A run killed between two promotes, or a replica restarted before CURRENT moved: this run brings them
         # in step, and ``live`` is only the version that becomes PREVIOUS.
@@ -564,9 +569,14 @@ def _publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: fl
         unload_stale(fleet, drain_s)
         step("drain_and_unload")
     if keep_versions is not None:
-        deleted = registry.prune(keep_versions)
-        if deleted:
-            log.info("deleted versions %s from the registry (keeping %d)", deleted, keep_versions)
+        try:
+            deleted = registry.prune(keep_versions)
+        except (VersionError, OSError) as e:  # the rollout is done: its exit status must not say otherwise
+            log.warning("version %d is live; pruning older versions failed (%s): fix that, and the next rollout "
+                        "prunes them", version, e)
+        else:
+            if deleted:
+                log.info("deleted versions %s from the registry (keeping %d)", deleted, keep_versions)
     return steps
 
 

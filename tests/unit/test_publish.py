@@ -175,3 +175,20 @@ def test_a_rollback_whose_current_cannot_be_written_is_one_line_naming_what_serv
                                            "command once the registry is writable"):
         rollback(fleet, registry)
     assert query.versions[1] == SERVING and registry.current_version() == 2
+
+
+def test_a_rollout_whose_prune_fails_still_says_the_version_is_live_and_exits_0(tmp_path, monkeypatch, capsys):
+    """A slot record naming a version deleted by hand made prune raise after the switch: exit 1, and no word that
+    the rollout had worked."""
+    import shutil
+
+    registry, query, fleet = two_live(tmp_path)
+    stray = publish_dummy(registry)
+    registry.set_slot_version("old", stray)
+    shutil.rmtree(registry.version_dir(stray))
+    monkeypatch.setattr(Fleet, "connect", classmethod(lambda cls, *args, **kwargs: fleet))
+    publish_main(["--registry", str(tmp_path), "--model", "m", "--version", "3", "--index-admin", "b:1",
+                  "--query-admin", "q:1", "--drain-s", "0"])
+    captured = capsys.readouterr()
+    assert captured.out.strip() == "live version 3", captured
+    assert query.versions[3] == SERVING and registry.pointers() == (3, 2)

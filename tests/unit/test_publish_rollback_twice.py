@@ -53,3 +53,37 @@ def test_a_rollback_undoes_the_roll_forward_it_refused_when_that_rollout_stopped
     assert rollback(fleet, registry, refuse_forward=True) == 1
     assert query.versions == {1: SERVING, 2: ROLLBACK_TARGET}
     assert (registry.current_version(), registry.previous_version()) == (1, 2)
+
+
+def _cut_at_move(monkeypatch, registry, n: int) -> None:
+    """The n-th pointer move from now fails (killed just before it); the ones before it are made."""
+    set_current, moves = registry.set_current, [0]
+
+    def move(version):
+        moves[0] += 1
+        if moves[0] == n:
+            monkeypatch.setattr(registry, "set_current", set_current)
+            raise OSError("killed")
+        return set_current(version)
+
+    monkeypatch.setattr(registry, "set_current", move)
+
+
+@pytest.mark.parametrize("rerun_first", [True, False])
+def test_a_rollback_record_outlived_by_a_finished_rollout_refuses_no_rollback(tmp_path, monkeypatch, rerun_first):
+    """After a rollback 2 -> 1, a rollout of 2 cut off past its switch, and a rollout of 1 whose catch-up move of
+    CURRENT to 2 was made before it was cut off: the rollback record "2 1" was left, so the rollback that undoes
+    the rollout of 1 was refused as a second in a row (or, run at once, reported finished with nothing switched)."""
+    registry, query, fleet = two_live(tmp_path)  # 2 live, 1 its rollback target
+    assert rollback(fleet, registry, refuse_forward=True) == 1
+    cut_before_the_pointers(monkeypatch, registry)
+    with pytest.raises(OSError):
+        publish_version(fleet, registry, 2)
+    _cut_at_move(monkeypatch, registry, 2)
+    with pytest.raises(OSError):
+        publish_version(fleet, registry, 1)
+    if rerun_first:
+        publish_version(fleet, registry, 1)  # already live: it finishes the pointers
+    assert rollback(fleet, registry, refuse_forward=True) == 2
+    assert query.versions == {1: ROLLBACK_TARGET, 2: SERVING}
+    assert (registry.current_version(), registry.previous_version()) == (2, 1)
