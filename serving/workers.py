@@ -73,6 +73,9 @@ log = logging.getLogger(__name__)
 RESTART_DELAY_S = 1.0  # between a worker's exit and its restart: a crash loop costs a start a second, not a core
 POLL_S = 0.2  # how often the pool's health follows its workers'
 ALIGN_TIMEOUT_S = 300.0  # a restarted worker's start and load, before the supervisor gives up aligning it
+# An admin call to a worker when the caller set no deadline: the longest a load may take, as above. Without it a hung
+# (stopped) worker held such a call for ever, and the caller heard nothing of the workers that took it.
+WORKER_CALL_CAP_S = ALIGN_TIMEOUT_S
 # A worker's GetStatus answers in milliseconds; one silent this long (hung, stopped) shows as holding nothing.
 WORKER_STATUS_TIMEOUT_S = 5.0
 POOL_SECRET_FILE = "pool-secret"  # beside the workers' sockets, in the supervisor's private directory
@@ -268,13 +271,15 @@ class PoolAdmin(pb_grpc.AdminServiceServicer):
         if one_at_a_time:
             for call in calls:  # the first failure stops the round: the rest are not asked
                 try:
-                    outcomes.append(await call(request, timeout=_worker_timeout(context), metadata=metadata))
+                    outcomes.append(await call(request, timeout=_worker_timeout(context, WORKER_CALL_CAP_S),
+                                               metadata=metadata))
                 except grpc.RpcError as e:
                     outcomes.append(e)
                     break
         else:
-            outcomes = await asyncio.gather(*(call(request, timeout=_worker_timeout(context), metadata=metadata)
-                                              for call in calls), return_exceptions=True)
+            timeout = _worker_timeout(context, WORKER_CALL_CAP_S)
+            outcomes = await asyncio.gather(*(call(request, timeout=timeout, metadata=metadata) for call in calls),
+                                            return_exceptions=True)
         failed = [asked[i].index for i, o in enumerate(outcomes) if isinstance(o, BaseException)]
         took = [asked[i].index for i, o in enumerate(outcomes) if not isinstance(o, BaseException)]
         later = (f"; {_restarting_text([w.index for w in restarting])}, and will catch up by itself"
@@ -436,14 +441,17 @@ class WorkerPool:
         promoted while it loaded; then applies the catalogue deltas the pool
         took while it restarted. Admin calls reach it again after that."""
         process = worker.process
+        failed = False
         try:
             mine = await self._started(worker)
-            if mine is not None:
-                await self._align(worker, mine)
+            failed = mine is not None and not await self._align(worker, mine)
         finally:
             if worker.process is process and process.returncode is None:  # else its next start is aligned in turn
-                worker.restarting = False
-                worker.catalogue_due.clear()
+                if failed:  # it serves another version than its siblings: started again, on theirs (``keep``)
+                    worker.signal(signal.SIGTERM)
+                else:
+                    worker.restarting = False
+                    worker.catalogue_due.clear()
 
     async def _started(self, worker: Worker) -> pb.ServiceStatus | None:
         """Waits for ``worker``'s start-up loads to end; returns its status then (None: the pool stops, or
@@ -474,7 +482,8 @@ class WorkerPool:
             await asyncio.sleep(POLL_S)
         return None
 
-    async def _align(self, worker: Worker, mine: pb.ServiceStatus) -> None:
+    async def _align(self, worker: Worker, mine: pb.ServiceStatus) -> bool:
+        """Whether ``worker`` took its siblings' live version and the catalogue deltas it missed."""
         try:
             target, _ = await self.siblings_versions(worker)
             if target and target != mine.live_version:
@@ -485,7 +494,10 @@ class WorkerPool:
             for request in worker.catalogue_due:
                 await worker.admin.ApplyCatalogue(request)
         except grpc.RpcError as e:
-            log.error("worker %d could not be aligned with its siblings: %s", worker.index, _outcome_text(e))
+            log.error("worker %d could not be aligned with its siblings: %s; starting it again on their versions",
+                      worker.index, _outcome_text(e))
+            return False
+        return True
 
     async def stop(self, grace_s: float) -> None:
         """SIGTERM to every worker (each drains); SIGKILL to any still there after ``grace_s``."""

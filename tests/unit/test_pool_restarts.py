@@ -153,3 +153,57 @@ async def test_a_restarted_worker_whose_start_up_serves_the_pools_version_gets_n
         assert starting.calls == []
     finally:
         await stop(workers, servers)
+
+
+async def test_a_restarted_worker_that_cannot_take_its_siblings_version_is_started_again_not_left_on_another(
+        tmp_path):
+    """Its LoadVersion of the siblings' version failed, and it was marked aligned all the same: the pool served two
+    versions, and its status named only the first worker's."""
+    class RefusingLoad(FakeWorker):
+        async def LoadVersion(self, request, context):
+            self.calls.append(("LoadVersion", request))
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "version 3 failed its checksum")
+
+    starting, sibling = RefusingLoad(live=2), FakeWorker(live=3)
+    starting.serves(2, 1)
+    sibling.serves(3, 2)
+    prefixes = [str(tmp_path / f"worker-{i}") for i in range(2)]
+    workers = [Worker(0, [sys.executable, "-c", "import time; time.sleep(60)"], prefixes[0], 0),
+               Worker(1, [], prefixes[1], 0)]
+    await workers[0].start()  # on CURRENT (2), as WorkerPool.keep starts it when no sibling answered
+    workers[0].restarting = True
+    servers = [*await serve_worker(prefixes[0], starting), *await serve_worker(prefixes[1], sibling)]
+    try:
+        await asyncio.wait_for(WorkerPool(workers).align(workers[0]), 20)
+        assert [(method, r.version) for method, r in starting.calls] == [("LoadVersion", 3)]
+        assert workers[0].restarting  # admin calls still say so, until its next start serves 3
+        assert await asyncio.wait_for(workers[0].process.wait(), 10) == -signal.SIGTERM  # keep() starts it again
+    finally:
+        await stop(workers, servers)
+
+
+async def test_an_admin_call_without_a_deadline_to_a_hung_worker_ends_naming_it(tmp_path, monkeypatch):
+    """With no deadline from the caller (grpcurl, a script), a stopped worker held the call for ever."""
+    from serving import workers as pool_module
+
+    class Hung(FakeWorker):
+        async def Promote(self, request, context):
+            await asyncio.Event().wait()
+
+    monkeypatch.setattr(pool_module, "WORKER_CALL_CAP_S", 0.5)
+    prefixes = [str(tmp_path / f"worker-{i}") for i in range(2)]
+    workers = [Worker(0, [sys.executable, "-c", "import time; time.sleep(60)"], prefixes[0], 0),
+               Worker(1, [], prefixes[1], 0)]
+    await workers[0].start()
+    servers = [*await serve_worker(prefixes[0], FakeWorker(live=3)), *await serve_worker(prefixes[1], Hung(live=3))]
+    supervisor = await start_admin_server(PoolAdmin(workers), AdminConfig())
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{supervisor.port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await asyncio.wait_for(pb_grpc.AdminServiceStub(channel).Promote(pb.PromoteRequest(version=3)), 20)
+        assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert failed.value.details().startswith("Promote failed on worker 1 of 2"), failed.value.details()
+        assert "workers [0] took it" in failed.value.details()
+    finally:
+        await supervisor.stop(0)
+        await stop(workers, servers)
