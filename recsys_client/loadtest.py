@@ -848,7 +848,7 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
     given = [flag for flag, value in (("--swap-version", args.swap_version), ("--swap-at-s", args.swap_at_s),
                                       ("--rollback-at-s", args.rollback_at_s)) if value is not None]
     if given and not args.swap:  # else a plain load run, reported as a success
-        raise ValueError(f"{', '.join(given)} need --swap")
+        raise ValueError(f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} --swap")
     if args.swap:
         missing = [flag for flag, value in (("--registry", args.registry), ("--model", args.model),
                                             ("--index-admin", args.index_admin), ("--query-admin", args.query_admin),

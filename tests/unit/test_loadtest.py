@@ -204,6 +204,7 @@ def test_defaults_and_no_swap():
       "--swap-version", "2", "--swap-at-s", "0.5", "--rollback-at-s", "2"], "rollback-at-s (2) must fall within"),
     # Without --swap they were ignored: a plain load run, reported as a success.
     (["--swap-version", "2", "--swap-at-s", "0.3"], "--swap-version, --swap-at-s need --swap"),
+    (["--rollback-at-s", "0.3"], "--rollback-at-s needs --swap"),
     (["--qps", "0"], "qps must be > 0"),
     # Each of these was a traceback (or, --timeout-s inf against a server that is down, a run that never ends).
     (["--qps", "inf"], "qps must be > 0 and finite, got inf"),
