@@ -370,18 +370,25 @@ def _unserved(version: int, generation: int, shards: dict[str, tuple[int, int]],
                      for shard, of in missing)
 
 
-def _check_log_not_behind(fleet: Fleet, registry: Registry, version: int) -> None:
+def _check_replicas(fleet: Fleet, registry: Registry, version: int, served: bool = False) -> None:
     """Raises CatalogueError, writing nothing, where a replica holds ``version`` at a catalogue generation the
     registry's log does not reach: a record was removed by hand, or the registry was restored from an older copy.
     The next delta would take a generation that replica already holds with other contents, and it would never
-    apply it (nor would its catch-up, which looks for the generation after its own). A replica whose status
-    does not answer is skipped here: the apply names it."""
+    apply it (nor would its catch-up, which looks for the generation after its own). With ``served`` (a delta for
+    CURRENT), also where a query replica serves another version: a rollout or rollback cut off past its switch left
+    CURRENT behind, and a delete would land on a version that serves nothing. A replica whose status does not
+    answer is skipped here: the apply names it."""
     published = published_generation(registry.model_dir, version)
+    others: dict[str, int] = {}  # query replicas serving another version than ``version``
     for replica in fleet.index + fleet.query:
         try:
-            held = {v.version: v.catalogue_generation for v in fleet.status(replica).versions}
+            status = fleet.status(replica)
         except PublishError:
             continue
+        live = version_in(status, SERVING)
+        if replica.role == "query" and live not in (None, version):
+            others[replica.address] = live
+        held = {v.version: v.catalogue_generation for v in status.versions}
         if held.get(version, 0) > published:
             raise CatalogueError(
                 f"{replica.role} replica {replica.address} holds version {version} at catalogue generation "
@@ -389,17 +396,24 @@ def _check_log_not_behind(fleet: Fleet, registry: Registry, version: int) -> Non
                 f"({catalogue_dir(registry.model_dir, version)}): records were removed, or the registry was restored "
                 "from an older copy; a new delta would take a generation that replica applied with other contents. "
                 "Restore the missing records, or publish a new version (recsys-train, recsys-publish)")
+    if served and others:
+        raise CatalogueError(
+            f"CURRENT names version {version} but query replicas serve another: {others} (a rollout or rollback "
+            "was cut off after switching them): nothing was written; finish that run first (run it again, e.g. "
+            "`recsys-publish --version N` for the version they serve), or pass --version to change a version on "
+            "purpose")
 
 
 def publish_delta(fleet: Fleet, registry: Registry, version: int, delta: Delta,
-                  key: Ed25519PrivateKey | None = None) -> Rollout:
+                  key: Ed25519PrivateKey | None = None, served: bool = False) -> Rollout:
     """Appends ``delta`` to ``version``'s log (signed by ``key`` if given), then applies it on every replica.
     Raises VersionError, writing nothing, if the version's replicas would refuse the delta's signature, and
     CatalogueError, writing nothing, for an upsert far outside the version's scale (``check_scale``), a replica
-    past the registry's log (``_check_log_not_behind``), or if the catalogue directory cannot be written."""
+    past the registry's log or, with ``served``, a query replica serving another version (``_check_replicas``),
+    or if the catalogue directory cannot be written."""
     signing.check_delta_signer(registry.version_dir(version), key)
     check_scale(registry, version, delta)
-    _check_log_not_behind(fleet, registry, version)
+    _check_replicas(fleet, registry, version, served)
     try:
         generation = write_delta(registry.model_dir, version, delta, key)
     except OSError as e:
@@ -413,9 +427,9 @@ def publish_delta(fleet: Fleet, registry: Registry, version: int, delta: Delta,
 
 def catch_up(fleet: Fleet, registry: Registry, version: int, generation: int) -> Rollout:
     """Has every replica of ``version`` catch up to ``generation``, where the registry's log ends, writing nothing.
-    Raises CatalogueError, calling no replica, where one is past the log (``_check_log_not_behind``): it would
+    Raises CatalogueError, calling no replica, where one is past the log (``_check_replicas``): it would
     answer from what it holds, and the run would report it caught up."""
-    _check_log_not_behind(fleet, registry, version)
+    _check_replicas(fleet, registry, version)
     return apply_everywhere(fleet, version, generation)
 
 
@@ -485,26 +499,6 @@ def _check_still_current(registry: Registry, given: int, version: int) -> None:
         raise CatalogueError(f"CURRENT moved from version {version} to {now} while this run prepared its delta (a "
                              f"rollout or rollback ended): nothing was written; run again to change version {now}, "
                              f"or pass --version {version} to change that one")
-
-
-def _check_served(fleet: Fleet, given: int, version: int) -> None:
-    """Refuses (CatalogueError) a delta for CURRENT (``given`` 0) while a query replica serves another version:
-    a rollout or rollback cut off past its switch left CURRENT behind, and a delete would land on a version that
-    serves nothing. (Called under the rollout lock, so no rollout is under way.) A replica that does not answer
-    here is left to the apply, which names it."""
-    if given:
-        return
-    serving = {}
-    for replica in fleet.query:
-        with contextlib.suppress(PublishError):
-            serving[replica.address] = version_in(fleet.status(replica), SERVING)
-    others = {address: v for address, v in serving.items() if v not in (None, version)}
-    if others:
-        raise CatalogueError(
-            f"CURRENT names version {version} but query replicas serve another: {others} (a rollout or rollback "
-            "was cut off after switching them): nothing was written; finish that run first (run it again, e.g. "
-            "`recsys-publish --version N` for the version they serve), or pass --version to change a version on "
-            "purpose")
 
 
 @dataclass
@@ -614,8 +608,7 @@ def _run(config: CatalogueConfig, registry: Registry, progress: _Progress) -> No
             # prune deletes: the write and apply wait for the rollout's lock (a catch-up alone writes nothing).
             with exclusive(registry, "recsys-catalogue", config.lock_wait_s):
                 _check_still_current(registry, config.version, version)
-                _check_served(fleet, config.version, version)
-                rollout = publish_delta(fleet, registry, version, delta, key)
+                rollout = publish_delta(fleet, registry, version, delta, key, served=not config.version)
         except Interrupted:
             raise  # main says what was written
         except (CatalogueError, VersionError, OSError, PublishError) as e:  # nothing was applied
