@@ -88,23 +88,22 @@ def reserve_port(host: str, port: int) -> socket.socket:
     connection itself (the kernel hands connections to listening sockets only)."""
     host = host.strip("[]")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    def bound(option: int) -> socket.socket:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, option, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            sock.close()
+            raise CannotListen(f"cannot listen on {host}:{port}: {e.strerror}") from None
+        return sock
+
     # Bound first without SO_REUSEPORT: a port another process listens on is refused (with it, a second pool on the
     # port shared it and answered half the calls). SO_REUSEADDR still takes a port whose old connections linger.
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as e:
-            raise CannotListen(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    with bound(socket.SO_REUSEADDR) as probe:
         port = probe.getsockname()[1]
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        raise CannotListen(f"cannot listen on {host}:{port}: {e.strerror}") from None
-    return sock
+    return bound(socket.SO_REUSEPORT)
 
 
 def pinned_flags(version: int, rollback_target: int) -> list[str]:
