@@ -81,11 +81,15 @@ def two_live(tmp_path) -> tuple[Registry, QueryStub, Fleet]:
     return registry, query, fleet
 
 
-def cut_before_the_pointers(monkeypatch, registry: Registry) -> None:
-    """The registry's next pointer move fails, as if recsys-publish were killed just before it."""
-    set_current = registry.set_current
+def cut_before_the_pointers(monkeypatch, registry: Registry, move: int = 1) -> None:
+    """The registry's ``move``-th pointer move from now fails (the ones before it are made), as if recsys-publish
+    were killed just before it."""
+    set_current, moves = registry.set_current, [0]
 
     def killed(version):
+        moves[0] += 1
+        if moves[0] < move:
+            return set_current(version)
         monkeypatch.setattr(registry, "set_current", set_current)
         raise OSError("killed")
 

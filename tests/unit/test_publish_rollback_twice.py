@@ -55,20 +55,6 @@ def test_a_rollback_undoes_the_roll_forward_it_refused_when_that_rollout_stopped
     assert (registry.current_version(), registry.previous_version()) == (1, 2)
 
 
-def _cut_at_move(monkeypatch, registry, n: int) -> None:
-    """The n-th pointer move from now fails (killed just before it); the ones before it are made."""
-    set_current, moves = registry.set_current, [0]
-
-    def move(version):
-        moves[0] += 1
-        if moves[0] == n:
-            monkeypatch.setattr(registry, "set_current", set_current)
-            raise OSError("killed")
-        return set_current(version)
-
-    monkeypatch.setattr(registry, "set_current", move)
-
-
 @pytest.mark.parametrize("rerun_first", [True, False])
 def test_a_rollback_record_outlived_by_a_finished_rollout_refuses_no_rollback(tmp_path, monkeypatch, rerun_first):
     """After a rollback 2 -> 1, a rollout of 2 cut off past its switch, and a rollout of 1 whose catch-up move of
@@ -79,7 +65,7 @@ def test_a_rollback_record_outlived_by_a_finished_rollout_refuses_no_rollback(tm
     cut_before_the_pointers(monkeypatch, registry)
     with pytest.raises(OSError):
         publish_version(fleet, registry, 2)
-    _cut_at_move(monkeypatch, registry, 2)
+    cut_before_the_pointers(monkeypatch, registry, move=2)
     with pytest.raises(OSError):
         publish_version(fleet, registry, 1)
     if rerun_first:
