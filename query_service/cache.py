@@ -21,6 +21,10 @@ with a key only the services hold (``--cache-key-file``; without it, a random
 key per process, or per ``--workers`` pool, so no other replica shares it), and
 is checked for shape on the way back; a value that fails either is a miss, and
 the answer computed instead overwrites it.
+
+A value also carries the moment it expires, the one Redis was given (``PXAT``),
+so a result read from Redis is held in process only for what is left of its TTL:
+no result outlives the TTL, however many tiers it passed through.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ import hmac
 import logging
 import re
 import secrets
+import struct
 import sys
+import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -49,6 +55,8 @@ log = logging.getLogger(__name__)
 
 # A truncated HMAC-SHA256: 128 bits is ample against forgery, and the value stays small.
 MAC_BYTES = 16
+# After the MAC: when the value expires, in milliseconds since the epoch (Redis's ``PXAT``).
+_EXPIRES = struct.Struct(">Q")
 # Results are written to Redis this long after the first of them, all in one
 # pipeline: a pipeline costs redis-py ~90 us of CPU plus ~30 us per SET
 # (measured: 1 SET 115 us, 8 SETs 245 us), and a miss's write is off its
@@ -206,17 +214,21 @@ class ResultCache:
     async def _mget(self, keys: list[str]) -> list[object]:  # bytes, None (no such key) or UNREACHED
         return await self.link.mget("MGET", keys)
 
-    def _seal(self, key: str, result: CachedResult) -> bytes:
-        return seal(self._mac_key, key, result.encode())
+    def _seal(self, key: str, result: CachedResult, expires_ms: int) -> bytes:
+        return seal(self._mac_key, key, _EXPIRES.pack(expires_ms) + result.encode())
 
-    def _open(self, key: str, value: bytes) -> CachedResult | None:
-        """The result a Redis value holds if this service wrote it for ``key`` (MAC) and it is well formed."""
+    def _open(self, key: str, value: bytes) -> tuple[CachedResult, int] | None:
+        """The result a Redis value holds and when it expires (ms since the epoch), if this
+        service wrote it for ``key`` (MAC) and it is well formed."""
         payload = unseal(self._mac_key, key, value)
-        return None if payload is None else CachedResult.decode(payload)
+        if payload is None or len(payload) < _EXPIRES.size:
+            return None
+        result = CachedResult.decode(payload[_EXPIRES.size:])
+        return None if result is None else (result, _EXPIRES.unpack_from(payload)[0])
 
-    def _keep_local(self, key: str, result: CachedResult) -> None:
+    def _keep_local(self, key: str, result: CachedResult, ttl_s: float | None = None) -> None:
         if self._local is not None:
-            self._local.put(key, result)  # not held when larger than the whole tier: Redis alone keeps it
+            self._local.put(key, result, ttl_s)  # not held when larger than the whole tier: Redis alone keeps it
 
     def _flush(self) -> None:
         values, written = self._writes, self._written
@@ -227,9 +239,10 @@ class ResultCache:
 
     async def _mset(self, values: dict[str, CachedResult], written: asyncio.Future) -> None:
         try:
-            sealed = {key: self._seal(key, result) for key, result in values.items()}
+            expires_ms = int(time.time() * 1000) + self.config.ttl_s * 1000
+            sealed = {key: self._seal(key, result, expires_ms) for key, result in values.items()}
             await self.link.pipelined("SET", list(sealed), lambda pipe, key: pipe.set(key, sealed[key],
-                                                                                     ex=self.config.ttl_s),
+                                                                                     pxat=expires_ms),
                                       write=True)
         finally:
             written.set_result(None)
@@ -284,15 +297,21 @@ class ResultCache:
         if raw is None:
             _MISS.inc()
             return None
-        result = self._open(key, raw)
-        if result is None:
+        opened = self._open(key, raw)
+        if opened is None:
             _INVALID.inc()
             if self._invalid_log.due(None, 60) is not None:  # one line per minute, however many bad values
                 log.warning("a Redis value (key %s) is not one this service wrote (bad MAC or shape): treated as a "
                             "miss; see recsys_cache_events_total{event=\"invalid\"} for the count", key)
             return None
+        result, expires_ms = opened
+        # What is left of its TTL, as the writer's clock set it; no more than a whole TTL, whatever the clocks say.
+        left_s = min(expires_ms / 1000 - time.time(), self.config.ttl_s)
+        if left_s <= 0:  # expired by this replica's clock, though Redis (on its own clock) still held it
+            _MISS.inc()
+            return None
         _HIT.inc()
-        self._keep_local(key, result)
+        self._keep_local(key, result, left_s)
         return result
 
     async def put(self, key: str, result: CachedResult) -> None:

@@ -66,15 +66,17 @@ class LocalTier:
             rendered = self._rendered[key] = {}
         return CachedResult(entry[2], entry[3], entry[4], rendered)
 
-    def put(self, key: str, result: CachedResult) -> None:
-        """Holds ``result`` under ``key`` (replacing what was there), dropping the least
-        recently used results until the tier fits; one larger than the whole tier is not held."""
+    def put(self, key: str, result: CachedResult, ttl_s: float | None = None) -> None:
+        """Holds ``result`` under ``key`` (replacing what was there) for ``ttl_s`` (at most, and by
+        default, the tier's TTL), dropping the least recently used results until the tier fits;
+        one larger than the whole tier is not held."""
         size = self._sizeof(result)
         if size > self.max_bytes:
             return
         self._drop(key)
         now = time.monotonic()
-        self._entries[key] = (now + self.ttl_s, size, result.ids, result.scores, result.source)
+        ttl_s = self.ttl_s if ttl_s is None else min(ttl_s, self.ttl_s)
+        self._entries[key] = (now + ttl_s, size, result.ids, result.scores, result.source)
         self.currsize += size
         while True:
             oldest, entry = next(iter(self._entries.items()))

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import time
 import tracemalloc
 
 import pytest
@@ -120,6 +121,28 @@ async def test_local_tier_serves_through_a_redis_outage_and_fills_from_redis():
         redis_process.stop()
 
 
+async def test_a_result_read_from_redis_is_held_in_process_for_what_is_left_of_its_ttl(redis_server):
+    writer = ResultCache(CacheConfig(redis_server.url, ttl_s=2, local_mb=0, mac_key="shared"))
+    reader = ResultCache(CacheConfig(redis_server.url, ttl_s=2, mac_key="shared"))
+    raw = redis.from_url(redis_server.url)
+    key = cache_key("m", 1, "ttl-left", 1, frozenset())
+    try:
+        await writer.put(key, CachedResult(["i1"], [1.0], "model"))
+        await asyncio.sleep(1.2)
+        assert await reader.get(key) == CachedResult(["i1"], [1.0], "model")  # from Redis, 0.8 s left
+        await raw.delete(key)
+        assert reader.get_local(key) is not None
+        await asyncio.sleep(1.0)  # 2.2 s after the write: past the TTL, not past a TTL from the read
+        assert reader.get_local(key) is None
+        # Expired by the reader's clock while Redis, on a clock behind it, still holds the value: a miss.
+        await raw.set(key, writer._seal(key, CachedResult(["i2"], [2.0], "model"), int(time.time() * 1000) - 1))
+        assert await reader.get(key) is None
+    finally:
+        await writer.close()
+        await reader.close()
+        await raw.aclose()
+
+
 def big_result(seed: int, k: int = 1000) -> CachedResult:
     """A k = 1000 result as the cache holds one (ids and scores decoded from JSON)."""
     return CachedResult.decode(json.dumps([[f"item-{seed}-{i:06d}" for i in range(k)],
@@ -168,7 +191,7 @@ async def test_values_not_written_by_the_service_are_misses_and_get_overwritten(
             await raw.set(key, bad)
             assert await cache.get(key) is None, bad
         await cache.put(key, real)  # the miss path's answer replaces the bad value
-        assert await raw.get(key) == genuine and await cache.get(key) == real
+        assert cache._open(key, await raw.get(key))[0] == real and await cache.get(key) == real
     finally:
         for c in (cache, other_replica, stranger):
             await c.close()
