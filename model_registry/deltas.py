@@ -86,7 +86,7 @@ class Delta:
             bad = first_unusable(ids)
             if bad is not None:
                 raise ValueError(f"{what} id {str(ids[bad])[:64]!r} is no id a request could name: ids are 1 to "
-                                 f"{MAX_ID_BYTES} bytes of UTF-8 without NUL")
+                                 f"{MAX_ID_BYTES} bytes of UTF-8 without NUL or whitespace at either end")
 
     @classmethod
     def make(cls, ids=(), vectors=None, attributes: Attributes | None = None, deleted=(), dim: int = 0) -> "Delta":

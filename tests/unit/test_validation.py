@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model_registry.ids import index_of
+from model_registry.deltas import Delta
+from model_registry.ids import first_unusable, index_of
 from protos.recsys.v1 import retrieval_pb2 as pb
 from serving import validation
 from serving.errors import InvalidArgument
@@ -36,6 +37,20 @@ def test_an_id_with_a_nul_character_is_refused():
         validation.check_exclusions(["a", "b\x00"])
 
 
+def test_an_id_with_whitespace_at_either_end_is_refused():
+    """The trainer trims ids, so " c1" names no customer: answered by popularity, or excluding nothing, unless refused.
+    A delta refuses such ids too, so no result holds one a request could not send back."""
+    for value in (" c1", "c1 ", "\tc1", "c1\n", "c1\u3000"):
+        with pytest.raises(InvalidArgument, match=r"customer_id .* whitespace at its start or end"):
+            validation.check_id(value, "customer_id")
+    assert validation.check_id("c 1", "customer_id") == "c 1"
+    with pytest.raises(InvalidArgument, match=r"exclude_candidate_ids\[1\] 'b ' has whitespace"):
+        validation.check_exclusions(["a", "b "])
+    assert first_unusable(np.array(["a", "b c", " d"])) == 2
+    with pytest.raises(ValueError, match="upserted id ' d' is no id a request could name"):
+        Delta.make(ids=["a", " d"], vectors=np.ones((2, 2), np.float32), dim=2)
+
+
 def test_exclusions():
     assert validation.check_exclusions(["a", "b", "a"]) == frozenset({"a", "b"})
     with pytest.raises(InvalidArgument, match="at most 10000"):
@@ -47,7 +62,7 @@ def test_exclusions():
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.one_of(st.text(st.characters(codec="utf-8"), max_size=80),
                           st.sampled_from(["", "a\x00", "\x00", "é" * 128, "é" * 129, "𝄞" * 64,
-                                           "𝄞" * 65, "x" * 256, "x" * 257])), max_size=12))
+                                           "𝄞" * 65, "x" * 256, "x" * 257, " a", "a\t", "a b"])), max_size=12))
 def test_a_list_of_ids_is_refused_exactly_where_its_first_bad_id_is(ids):
     """The list's check at C speed must agree with checking each id in turn: what it takes, and which id and why
     a refusal names (the text is drawn to hit empty, NUL-bearing and over-long ids)."""
