@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import math
 import sys
 
 from model_registry import Registry
@@ -51,6 +52,9 @@ class QueryServiceConfig(ServiceConfig):
                                      "most requests in one BatchRecommend")
     workers: int = option(1, "processes serving the data plane on one port (SO_REUSEPORT), each with its versions "
                              "loaded; the admin plane and /metrics then reach every worker (serving/workers.py)")
+    worker_hung_s: float = option(30.0, "with --workers: a worker that has served and then answers no health "
+                                        "check for this long (stopped, deadlocked) is killed and started again; "
+                                        "one that answers NOT_SERVING is kept (0: never)")
     worker_socket: str = option("", "set by --workers on each worker it starts: the path prefix of the worker's "
                                     "private sockets (not for use by hand)")
     rollback_version: int = option(0, "with --version: also load this version, as the rollback target (0: none)")
@@ -65,6 +69,7 @@ class QueryServiceConfig(ServiceConfig):
         require(self.max_k >= 1, "max_k", "must be >= 1")
         require(self.max_batch_requests >= 1, "max_batch_requests", "must be >= 1")
         require(self.workers >= 1, "workers", "must be >= 1")
+        require(0 <= self.worker_hung_s < math.inf, "worker_hung_s", "must be >= 0 and finite (0: never)")
         require(self.workers == 1 or not self.worker_socket, "worker_socket", "is set on workers, which run one "
                                                                                 "process each")
         require(self.rollback_version >= 0, "rollback_version", "must be >= 0")
@@ -188,7 +193,8 @@ def main(argv: list[str] | None = None) -> None:
         if config.cache.url and not config.cache.mac_key:
             warnings.append("no --cache-key-file: values in Redis are authenticated with a key of this pool only "
                             "(its workers share it), so other replicas and restarts of the pool cannot use them")
-        run_workers("recsys-query-service", "query_service.server", argv, config, config.workers, warnings)
+        run_workers("recsys-query-service", "query_service.server", argv, config, config.workers, warnings,
+                    config.worker_hung_s)
         return
     run_main("recsys-query-service", _serve(config), config.log_level, config.metrics_port,
              config.metrics_host, config.log_format, config.tracing)

@@ -28,7 +28,10 @@ model. It holds
 - the workers' lives: one that exits after it has served is started again on
   the version its siblings serve, and takes connections on the shared port
   only once it serves (``serving.grpc_server.WorkerDataPlane``), so callers
-  never reach a worker that is still loading; SIGTERM is passed on to every
+  never reach a worker that is still loading; one that has served but then
+  leaves its health checks unanswered for ``--worker-hung-s`` (stopped, or
+  deadlocked: the kernel still hands it connections, which would hang) is
+  killed and started again; SIGTERM is passed on to every
   worker, and each drains as a single process would; the private directory
   of a supervisor that was killed is removed when the next one starts.
 """
@@ -47,6 +50,7 @@ import socket
 import stat
 import sys
 import tempfile
+import time
 import urllib.request
 from typing import Iterable
 
@@ -181,6 +185,8 @@ class Worker:
         # would reach no socket, or race its start-up loads.
         self.restarting = False
         self.catalogue_due: list[pb.ApplyCatalogueRequest] = []  # taken by the pool while it restarted
+        # Since when its health checks have gone unanswered (None: the last one was answered, SERVING or not).
+        self.silent_since: float | None = None
         # Short reconnect backoff: a starting worker's sockets appear seconds after the
         # first tries, and the pool's health should follow within POLL_S, not gRPC's 1-120 s backoff.
         options = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
@@ -206,12 +212,23 @@ class Worker:
                  f" on version {version}" if version else "")
 
     async def serving(self) -> bool:
-        """Whether this worker's data plane reports SERVING."""
+        """Whether this worker's data plane reports SERVING; notes since when it has not answered."""
         try:
             reply = await self._health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
         except grpc.RpcError:
+            if self.restarting:
+                self.silent_since = None  # a replacement starting up: not silence
+            elif self.silent_since is None:
+                self.silent_since = time.monotonic()
             return False
+        self.silent_since = None
         return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    def hung(self, hung_s: float) -> bool:
+        """Whether this worker has served and then answered no health check for ``hung_s`` (0: never), its start-up
+        after a restart not counted. One that answers NOT_SERVING (no index holds its version) is not hung."""
+        return bool(hung_s and self.has_served and self.silent_since is not None
+                    and time.monotonic() - self.silent_since >= hung_s)
 
     def signal(self, sig: int) -> None:
         if self.process is not None and self.process.returncode is None:
@@ -377,13 +394,15 @@ def worker_command(module: str, argv: list[str], port: int, socket_prefix: str, 
 class WorkerPool:
     """The supervisor's state: its workers, the pool's health and the restarts."""
 
-    def __init__(self, workers: list[Worker]):
+    def __init__(self, workers: list[Worker], hung_s: float = 0.0):
         self.workers = workers
+        self.hung_s = hung_s
         self.stopping = asyncio.Event()
         self.failure = ""  # why the pool gave up (a worker that died before it ever served)
 
     async def follow_health(self, admin_server) -> None:
-        """Keeps the admin port's health at SERVING exactly while every worker serves."""
+        """Keeps the admin port's health at SERVING exactly while every worker serves, and kills a hung
+        worker (``Worker.hung``): ``keep`` then starts it again."""
         serving = False
         while not self.stopping.is_set():
             states = await asyncio.gather(*(w.serving() for w in self.workers))
@@ -391,6 +410,11 @@ class WorkerPool:
                 return
             for worker, state in zip(self.workers, states):
                 worker.has_served |= state
+                if worker.hung(self.hung_s):
+                    log.error("worker %d (pid %d) has answered no health check for %.0f s: killing it, to start it "
+                              "again", worker.index, worker.process.pid, time.monotonic() - worker.silent_since)
+                    worker.silent_since = None
+                    worker.signal(signal.SIGKILL)  # a stopped process takes no SIGTERM until it is continued
             if all(states) != serving:
                 serving = all(states)
                 log.info("pool %s: workers serving %s", "SERVING" if serving else "NOT_SERVING",
@@ -513,22 +537,24 @@ class WorkerPool:
 
 
 def run_workers(prog: str, module: str, argv: list[str], config: ServiceConfig, workers: int,
-                warnings: Iterable[str] = ()) -> None:
+                warnings: Iterable[str] = (), hung_s: float = 0.0) -> None:
     """Runs ``prog`` (``python -m module argv``) as a supervisor of ``workers``
     worker processes until SIGINT/SIGTERM; exits non-zero if a worker could not start.
-    ``warnings`` are logged once, for the whole pool, rather than by each worker."""
+    ``warnings`` are logged once, for the whole pool, rather than by each worker;
+    a worker silent for ``hung_s`` is killed and started again (``Worker.hung``)."""
     configure_logging(config.log_level, config.log_format)
     for warning in warnings:
         log.warning("%s", warning)
     try:
-        failure = run_event_loop(_supervise(prog, module, argv, config, workers))
+        failure = run_event_loop(_supervise(prog, module, argv, config, workers, hung_s))
     except CannotListen as e:
         raise SystemExit(f"{prog}: cannot start: {e}") from None
     if failure:
         raise SystemExit(f"{prog}: {failure}")
 
 
-async def _supervise(prog: str, module: str, argv: list[str], config: ServiceConfig, count: int) -> str:
+async def _supervise(prog: str, module: str, argv: list[str], config: ServiceConfig, count: int,
+                     hung_s: float) -> str:
     reserved = reserve_port(config.host, config.port)
     port = reserved.getsockname()[1]
     sockets, lock = private_directory(prog)  # mode 0700: only this user reaches the private planes
@@ -538,7 +564,7 @@ async def _supervise(prog: str, module: str, argv: list[str], config: ServiceCon
     for i, metrics_port in enumerate(metrics_ports):
         prefix = os.path.join(sockets, f"worker-{i}")
         workers.append(Worker(i, worker_command(module, argv, port, prefix, metrics_port), prefix, metrics_port))
-    pool = WorkerPool(workers)
+    pool = WorkerPool(workers, hung_s)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, pool.stopping.set)

@@ -25,6 +25,8 @@ from tests.integration.test_admin import AUTH, copy_version, token_file
 from tests.processes import alive, children, free_port, is_serving, start_all, wait_until
 
 WORKERS = 2
+# A worker silent this long is killed (the hung-worker test below keeps one stopped for ~10 s, and it must survive).
+WORKER_HUNG_S = 20
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +48,8 @@ def pool(registry, redis_server, tmp_path_factory):
     green = index_slot(registry.root, "green", logs / "green.log", *common)
     metrics_port = free_port()
     query = query_replica(registry.root, [blue, green], logs / "query.log", *common, "--workers", str(WORKERS),
-                          "--metrics-port", str(metrics_port), "--redis-url", redis_server.url)
+                          "--metrics-port", str(metrics_port), "--redis-url", redis_server.url,
+                          "--worker-hung-s", str(WORKER_HUNG_S))
     start_all(blue, green, query)
     try:
         # The data port answers as soon as one worker serves; the admin port's health waits for all.

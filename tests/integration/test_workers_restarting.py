@@ -16,7 +16,8 @@ from protos.recsys.v1 import admin_pb2 as apb
 from serving.workers import POOL_SECRET_FILE
 from tests.integration.conftest import query_replica
 from tests.integration.test_admin import AUTH
-from tests.integration.test_workers import WORKERS, admin, pool, registry, worker_pids, workers_live  # noqa: F401
+from tests.integration.test_workers import (WORKER_HUNG_S, WORKERS, admin, pool, registry,  # noqa: F401
+                                            worker_pids, workers_live)
 from tests.processes import alive, is_serving, wait_until
 
 
@@ -45,6 +46,25 @@ def test_an_admin_call_while_a_worker_restarts_says_to_retry_and_then_goes_throu
     wait_until(promoted, 30, "the pool to take admin calls again", interval_s=0.2)
     assert workers_live(query) == [1] * WORKERS
     assert "loading and promoting" not in query.log_path.read_text()
+
+
+def test_a_worker_that_answers_nothing_is_killed_and_started_again(pool):
+    """A stopped worker keeps its share of the port: the kernel hands it connections, which hang. Once it has
+    answered no health check for --worker-hung-s, the supervisor kills it, and starts it again as after a crash."""
+    _, _, query, _ = pool
+    hung = worker_pids(query)[-1]
+    os.kill(hung, signal.SIGSTOP)
+    try:
+        wait_until(lambda: hung not in worker_pids(query), WORKER_HUNG_S + 30,
+                   "the supervisor to kill the stopped worker")
+    finally:
+        if alive(hung):
+            os.kill(hung, signal.SIGCONT)
+    assert re.search(rf"worker \d \(pid {hung}\) has answered no health check for \d+ s: killing it",
+                     query.log_path.read_text())
+    wait_until(lambda: len(worker_pids(query)) == WORKERS and is_serving(query.admin_address), 120,
+               "the replacement to serve")
+    assert workers_live(query) is not None
 
 
 def test_the_next_supervisor_removes_the_private_directory_a_killed_one_left(pool, registry, tmp_path):
