@@ -10,7 +10,8 @@ import pytest
 
 from model_registry.ids import MAX_ID_BYTES
 from serving import validation
-from trainer.data import DatasetOptions, files, load_dataset
+from trainer.data import DatasetOptions, load_dataset
+from trainer.data.files import reading
 from trainer.data.split import SPLITS, make_split
 
 
@@ -77,8 +78,8 @@ def test_json_times_mixing_numbers_and_dates_or_holding_nan_are_refused(tmp_path
 
 
 def test_numbers_and_dates_in_different_chunks_are_refused(tmp_path):
-    path = _log(tmp_path, ["1700000000"] * files._CHUNK_ROWS + ["2023-11-14"])
-    with pytest.raises(ValueError, match=rf"column 'ts'.* row {files._CHUNK_ROWS + 1}\b.*'2023-11-14'"):
+    path = _log(tmp_path, ["1700000000"] * reading.CHUNK_ROWS + ["2023-11-14"])
+    with pytest.raises(ValueError, match=rf"column 'ts'.* row {reading.CHUNK_ROWS + 1}\b.*'2023-11-14'"):
         _load_times(path)
 
 

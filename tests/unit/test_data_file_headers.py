@@ -8,7 +8,8 @@ from collections import Counter
 
 import pytest
 
-from trainer.data import DatasetOptions, files, load_dataset
+from trainer.data import DatasetOptions, load_dataset
+from trainer.data.files import reading
 
 
 def _write(tmp_path, name, text):
@@ -60,7 +61,7 @@ def test_header_lines_in_later_chunks_are_found_and_named_by_their_line(tmp_path
     """Blank lines count as lines; a header line past the first chunk is dropped, or refused, all the same."""
     path = _write(tmp_path, "all.csv", "user_id,item_id\nu1,a\n\nu2,b\nuser_id,item_id\nu3,c\nitem_id,user_id\nd,u4\n")
     counts: Counter[str] = Counter()
-    chunks = files._read_columns(path, "csv", ["user_id", "item_id"], chunk_rows=2, counts=counts)
+    chunks = reading.read_columns(path, "csv", ["user_id", "item_id"], chunk_rows=2, counts=counts)
     assert next(chunks) == [["u1"], ["a"]] and next(chunks) == [["u2"], ["b"]]
     with pytest.raises(ValueError, match=_refused(7, "user_id, item_id", "item_id, user_id")):
         next(chunks)
