@@ -105,7 +105,7 @@ async def create_server(config: QueryServiceConfig) -> tuple[ServiceWithAdmin, R
     registry = Registry(config.registry, config.model)
     # No CURRENT, or a broken one, stops the start here, before TensorFlow's ~5 s import.
     startup = query_startup(registry, config.version, config.rollback_version)
-    from query_service.tower import QueryModel  # here: the --workers supervisor runs main() without TensorFlow
+    from query_service.tower import QueryModel, prime_threads  # here: the --workers supervisor has no TensorFlow
 
     limit_tensorflow_threads(config.tf_threads)
     manager: VersionManager[QueryModel] = VersionManager(config.model)
@@ -118,6 +118,7 @@ async def create_server(config: QueryServiceConfig) -> tuple[ServiceWithAdmin, R
     history = (LiveHistory(cache.link, config.model, config.live_history, config.cache.mac_key.encode())
                if cache is not None and cache.link is not None else None)
     executor = tracing.executor("tower", config.tower_threads, thread_name_prefix="tower")
+    await prime_threads(executor, config.tower_threads)
     recommender = Recommender(manager, router, cache, executor, config.batching, max_k=config.max_k,
                               warmup=config.warmup, history=history, max_batch_requests=config.max_batch_requests)
     admin = QueryAdmin(manager, loader, router, recommender.warm)

@@ -14,8 +14,11 @@ concrete function is stateless); everything else is read-only after load.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import time
+from concurrent.futures import Executor
 from pathlib import Path
 
 import numpy as np
@@ -258,3 +261,24 @@ def _candidate_hashes(version_dir: Path, manifest: Manifest) -> np.ndarray:
         raise VersionError(f"version {manifest.version}: {len(hashes)} candidate ids but the manifest says "
                            f"{manifest.num_candidates}")
     return hashes
+
+
+@tf.function
+def _first_function() -> tf.Tensor:
+    return tf.constant(0)
+
+
+async def prime_threads(executor: Executor, threads: int) -> None:
+    """Starts the ``threads`` threads of ``executor`` (a tower call's) now, each running a TensorFlow function.
+
+    TensorFlow seeds a random generator for each thread from /dev/urandom the first time the thread runs a function,
+    and aborts the process if that open fails. A thread pool starts its threads as calls come, so a replica that met
+    a connection storm with every file descriptor taken died on a tower thread's first call; primed before the
+    replica serves, the threads need no descriptor for it. The barrier keeps each call on a thread of its own."""
+    barrier = threading.Barrier(threads)
+
+    def prime() -> None:
+        barrier.wait(timeout=60)
+        _first_function()
+
+    await asyncio.gather(*(asyncio.wrap_future(executor.submit(prime)) for _ in range(threads)))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import threading
 import time
 
 import grpc
@@ -365,3 +366,51 @@ def test_a_service_given_the_publishers_key_loads_only_versions_and_deltas_it_si
             unsigned.start()
     finally:
         unsigned.stop()  # one that started after all (the failure above) must not outlive the test
+
+
+def test_a_replica_started_into_more_connections_than_it_has_file_descriptors_stays_up(trained_registry,
+                                                                                       index_service, redis_server,
+                                                                                       tmp_path):
+    """120 callers, each on a connection of its own, against a replica limited to 64 file descriptors from its start:
+    calls it cannot take fail or wait, Redis is backed off, and the process stays up. TensorFlow aborted it (SIGABRT)
+    when a tower thread's first call could not open /dev/urandom to seed that thread's random generator."""
+    query = query_replica(trained_registry, [index_service], tmp_path / "query.log", "--redis-url", redis_server.url)
+    query.command = ["prlimit", "--nofile=64:64", "--", console_script("recsys-query-service"), "--port",
+                     str(query.port), "--admin-port", str(query.admin_port), "--shutdown-drain-s", "0"]
+    query.start()
+    outcomes: list[str] = []
+    storm = threading.Event()
+
+    def caller(i: int) -> None:
+        # A subchannel pool of its own: a connection per caller, as 120 client processes would open.
+        with grpc.insecure_channel(query.address, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+            stub = pb_grpc.QueryServiceStub(channel)
+            n = 0
+            while storm.is_set():
+                n += 1
+                try:  # a new exclusion each call: a miss, a tower call
+                    stub.Recommend(pb.RecommendRequest(customer_id=f"c{i:06d}", k=10,
+                                                       exclude_candidate_ids=[f"x{n}"]), timeout=1)
+                    outcomes.append("OK")
+                except grpc.RpcError as e:
+                    outcomes.append(e.code().name)
+
+    callers = [threading.Thread(target=caller, args=(i,)) for i in range(120)]
+    storm.set()
+    try:
+        for thread in callers:
+            thread.start()
+        time.sleep(6)
+    finally:
+        storm.clear()
+        for thread in callers:
+            thread.join()
+    try:
+        assert query.proc.poll() is None, f"exited with {query.proc.returncode}:\n{query.log_tail()}"
+        assert "OK" in outcomes
+        with grpc.insecure_channel(query.address) as channel:  # the storm over, every call is answered again
+            reply = pb_grpc.QueryServiceStub(channel).Recommend(pb.RecommendRequest(customer_id="c000001", k=5),
+                                                                timeout=10)
+        assert len(reply.candidates) == 5
+    finally:
+        query.stop()
