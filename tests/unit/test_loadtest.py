@@ -11,10 +11,12 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from recsys_client.loadtest import (DROPPED, ERROR, OK, CustomerSampler, Event, LoadConfig, RequestLog,
-                                    build_parser, build_report, config_from_args, latency_summary,
-                                    new_histogram, phase_windows, record_latency, sample_indices, timeline,
-                                    window_stats)
+from recsys_client.loadtest import LoadConfig, build_parser
+from recsys_client.loadtest.cli import config_from_args
+from recsys_client.loadtest.report import (DROPPED, ERROR, OK, Event, RequestLog, build_report, latency_summary,
+                                           new_histogram, phase_windows, record_latency, sample_indices, timeline,
+                                           window_stats)
+from recsys_client.loadtest.traffic import CustomerSampler
 
 
 # --------------------------------------------------------------------------- customers

@@ -13,9 +13,11 @@ import pytest
 
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
-from recsys_client.loadtest import (ERROR, OK, RPCS, CustomerSampler, LoadConfig, RequestLog, RpcDraws,
-                                    build_parser, build_report, config_from_args, format_table, parse_rpc_mix,
-                                    run_load)
+from recsys_client.loadtest import LoadConfig, build_parser, format_table, run_load
+from recsys_client.loadtest.cli import config_from_args
+from recsys_client.loadtest.config import RPCS, parse_rpc_mix
+from recsys_client.loadtest.report import ERROR, OK, RequestLog, build_report
+from recsys_client.loadtest.traffic import CustomerSampler, RpcDraws
 from serving.grpc_server import run_event_loop
 
 

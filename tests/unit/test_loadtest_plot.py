@@ -11,8 +11,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest
 from PIL import Image
 
-from recsys_client.loadtest import ERROR, OK, Event, LoadConfig, build_report
-from recsys_client.loadtest_plot import DPI, FIGSIZE_IN, plot_timeline, timeline_figure
+from recsys_client.loadtest import LoadConfig
+from recsys_client.loadtest.plot import DPI, FIGSIZE_IN, plot_timeline, timeline_figure
+from recsys_client.loadtest.report import ERROR, OK, Event, build_report
 from tests.unit.test_loadtest import _log
 
 
