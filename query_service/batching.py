@@ -103,7 +103,8 @@ class MicroBatcher(Generic[I, O]):
             if self._in_flight and self.config.overlap_after_ms > 0:
                 self._finished.clear()
                 try:
-                    await asyncio.wait_for(self._finished.wait(), self.config.overlap_after_ms / 1000)
+                    async with asyncio.timeout(self.config.overlap_after_ms / 1000):  # wait_for may swallow a cancel
+                        await self._finished.wait()
                 except asyncio.TimeoutError:
                     pass
             # One turn of the event loop before taking the rest: on a saturated loop
@@ -118,7 +119,8 @@ class MicroBatcher(Generic[I, O]):
                     if remaining <= 0:
                         break
                     try:
-                        batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                        async with asyncio.timeout(remaining):
+                            batch.append(await self._queue.get())
                     except asyncio.TimeoutError:
                         break
                 else:

@@ -285,7 +285,10 @@ class IndexEndpoint:
             silence_s = 5.0
             try:
                 while True:
-                    status = await asyncio.wait_for(call.read(), silence_s)
+                    # Not wait_for: on Python 3.11 it returns a read that completes as the task is cancelled, and
+                    # swallows the cancellation, so a replica's close waited on this stream for ever.
+                    async with asyncio.timeout(silence_s):
+                        status = await call.read()
                     if status is grpc.aio.EOF:
                         if self.versions:  # once per drain, not once per reconnect to a drained endpoint
                             log.info("index endpoint %s (slot %s) ended its status stream (draining or stopping): "

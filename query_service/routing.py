@@ -294,7 +294,8 @@ class IndexRouter:
         self._asking(version, generation)
         async with self._changed:
             try:
-                await asyncio.wait_for(self._changed.wait_for(lambda: self.routable(version, generation)), timeout_s)
+                async with asyncio.timeout(timeout_s):  # not wait_for, which may swallow a cancellation (3.11)
+                    await self._changed.wait_for(lambda: self.routable(version, generation))
             except asyncio.TimeoutError:
                 return False
         return True

@@ -222,7 +222,8 @@ class VersionAdmin(Generic[S]):
                 if servable is not None:
                     await self._catch_up(version, servable.catalogue_generation, grace_s)
             try:
-                await asyncio.wait_for(self._nudged.wait(), period_s)
+                async with asyncio.timeout(period_s):  # not wait_for, which may swallow a cancellation (3.11)
+                    await self._nudged.wait()
             except asyncio.TimeoutError:
                 pass
 

@@ -529,7 +529,8 @@ class WorkerPool:
             worker.signal(signal.SIGTERM)
         started = [w.process for w in self.workers if w.process is not None]
         try:
-            await asyncio.wait_for(asyncio.gather(*(p.wait() for p in started)), grace_s)
+            async with asyncio.timeout(grace_s):  # not wait_for, which may swallow a cancellation (3.11)
+                await asyncio.gather(*(p.wait() for p in started))
         except asyncio.TimeoutError:
             for worker in self.workers:
                 worker.signal(signal.SIGKILL)

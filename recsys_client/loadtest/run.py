@@ -136,8 +136,8 @@ async def run_load(config: LoadConfig, *, progress: TextIO | None = None,
     ticker: asyncio.Task | None = None
     try:
         # Connect first so connection set-up is not charged to the first requests.
-        await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in channels)),
-                               timeout=connect_timeout_s(config))
+        async with asyncio.timeout(connect_timeout_s(config)):
+            await asyncio.gather(*(c.channel_ready() for c in channels))
         events: list[Event] = []
         event_tasks: list[asyncio.Task] = []
         t0 = clock_ns()
