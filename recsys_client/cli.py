@@ -185,6 +185,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"{flag_name(ToolTls, e.field)} {e.message}")
     except grpc.RpcError as e:
         hint = tls_hint(e.details()) if e.code() == grpc.StatusCode.UNAVAILABLE else ""
+        if e.code() == grpc.StatusCode.UNIMPLEMENTED:  # gRPC answers, without the query service: another port
+            hint = (f"; {args.address} is not a query service's data port (an index slot's, or an admin port?): "
+                    "give the query service's --port address in --address")
         print(f"recsys-client: {e.code().name}: {e.details()}{hint}", file=sys.stderr)
         sys.exit(1)
 

@@ -86,6 +86,7 @@ from model_registry.deltas import published_generation
 from protos.recsys.v1 import admin_pb2 as pb
 from protos.recsys.v1 import admin_pb2_grpc as pb_grpc
 from protos.recsys.v1 import versions_pb2
+from recsys_client.status import FLAGS, admin_port_hint
 from serving.admin_rpc import state_name
 from serving.tls import ClientTls, tls_hint
 from settings.flags import add_flags, option, parse, require, require_distinct, require_valid
@@ -96,7 +97,6 @@ LOCK_FILE = ".publish.lock"  # in the model's registry directory
 # In it too, while the last pointer move was a rollback: "FROM TO" (the versions). A rollout removes it.
 ROLLED_BACK_FILE = ".rolled-back"
 LOCK_POLL_S = 0.1  # how often a run waiting for the lock tries it again
-FLAGS = {"index": "--index-admin", "query": "--query-admin"}
 # A rollout's lock is waited for only while a catalogue delta (seconds) holds it: another rollout or rollback takes
 # minutes, and its outcome changes what this run should do, so the operator hears of it at once.
 NOT_WAITED = frozenset({"recsys-publish"})
@@ -141,11 +141,8 @@ class Replica:
         try:
             return getattr(self.stub, method)(request, metadata=metadata, timeout=timeout_s)
         except grpc.RpcError as e:
-            # A data port answers gRPC too, without the admin service.
-            hint = (f"; {self.address} is not an admin port: give the replica's --admin-port address in "
-                    f"{FLAGS[self.role]}") if e.code() == grpc.StatusCode.UNIMPLEMENTED else ""
-            raise PublishError(f"{self.role} replica {self.address}: {method} failed: "
-                               f"{e.code().name}: {e.details()}{hint}") from e
+            raise PublishError(f"{self.role} replica {self.address}: {method} failed: {e.code().name}: {e.details()}"
+                               f"{admin_port_hint(e.code(), self.address, self.role)}") from e
 
 
 @dataclass

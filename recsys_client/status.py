@@ -39,6 +39,17 @@ class ReplicaStatus:
     error: str = ""
 
 
+# The flag naming each role's admin addresses, in recsys-client status and recsys-publish.
+FLAGS = {"index": "--index-admin", "query": "--query-admin"}
+
+
+def admin_port_hint(code: grpc.StatusCode, address: str, role: str) -> str:
+    """What to do about an UNIMPLEMENTED answer of ``address``: a data port answers gRPC too, without the admin
+    service. Empty for any other code."""
+    return (f"; {address} is not an admin port: give the replica's --admin-port address in {FLAGS[role]}"
+            if code == grpc.StatusCode.UNIMPLEMENTED else "")
+
+
 def gather(index: list[str], query: list[str], token: str = "", timeout_s: float = 5.0,
            tls: ClientTls = ClientTls()) -> list[ReplicaStatus]:
     """Asks every replica's admin plane for its status, all at once, each within ``timeout_s``."""
@@ -57,7 +68,8 @@ def gather(index: list[str], query: list[str], token: str = "", timeout_s: float
             try:
                 out.append(ReplicaStatus(role, address, future.result()))
             except grpc.RpcError as e:
-                out.append(ReplicaStatus(role, address, error=f"{e.code().name}: {e.details()}{tls_hint(e.details())}"))
+                hint = tls_hint(e.details()) + admin_port_hint(e.code(), address, role)
+                out.append(ReplicaStatus(role, address, error=f"{e.code().name}: {e.details()}{hint}"))
         return out
     finally:
         for channel in channels:

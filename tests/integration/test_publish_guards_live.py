@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from model_registry import Registry
+from recsys_client.cli import main as client_main
 from recsys_client.publish import main as publish_main
 from tests.integration.conftest import MODEL, live_versions
 
@@ -47,3 +48,16 @@ def test_wrong_model_role_or_port_is_refused_naming_the_address_and_the_flag(tra
                          "replica's --admin-port address in --index-admin"), line
     assert live_versions(index_service.admin_address, query_service.admin_address) == [1, 1]
     assert registry.pointers() == pointers and other.pointers() == (None, None)
+
+
+def test_recsys_client_given_a_port_of_another_plane_says_which_port_to_give(index_service, query_service, capsys):
+    with pytest.raises(SystemExit) as exited:
+        client_main(["recommend", "--address", index_service.address, "--customer-id", "c000001", "--k", "3"])
+    line = capsys.readouterr().err.strip()
+    assert exited.value.code == 1 and line.endswith(
+        f"UNIMPLEMENTED: Method not found!; {index_service.address} is not a query service's data port (an index "
+        "slot's, or an admin port?): give the query service's --port address in --address"), line
+    with pytest.raises(SystemExit):
+        client_main(["status", "--query-admin", query_service.address])
+    assert (f"{query_service.address} is not an admin port: give the replica's --admin-port address in --query-admin"
+            in capsys.readouterr().out)
