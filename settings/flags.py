@@ -12,8 +12,9 @@ Two ways to fill a config:
 * ``parse(parser, cls, args)``: every flag defaults to the field's default,
   or to ``$RECSYS_<FLAG>`` when the config allows the environment (services:
   compose and Kubernetes set them);
-* ``overrides(cls, args)``: only the flags given on the command line, as a
-  nested dict to apply over a preset (the trainer's tuned starting points).
+* ``overrides(cls, args)``: only the flags given on the command line (or by
+  ``$RECSYS_<FLAG>``), as a nested dict to apply over a preset (the trainer's
+  tuned starting points).
 
 A secret (``option(..., secret=True)``: a token, a password, a key) never
 travels in argv, where every user of the machine can read it: its flag is
@@ -257,14 +258,14 @@ def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: ty
     ``defaults=True``: a flag defaults to ``$RECSYS_<FLAG>`` (if the field allows
     the environment), else to the field's default; a field without a default is
     a required flag. ``defaults=False``: every flag defaults to None (= not
-    given), for ``overrides``.
+    given), for ``overrides``, or to ``$RECSYS_<FLAG>`` when it is set (given).
     """
     for flag in _flags(cls):
         meta = flag.field.metadata
         kwargs: dict[str, Any] = {"dest": flag.dest}
-        default = flag.default
         env = _env_name(flag) if meta["env"] else None
-        if defaults and env:
+        from_env = _NO_DEFAULT
+        if env:
             try:
                 from_env = _env_default(flag)
             except argparse.ArgumentTypeError as e:
@@ -272,8 +273,6 @@ def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: ty
                 if isinstance(parser, argparse.ArgumentParser):
                     parser.error(str(e))
                 raise SystemExit(f"error: {e}") from None
-            if from_env is not _NO_DEFAULT:
-                default = from_env
         is_bool = _base_type(flag.type) is bool
         if is_bool:
             kwargs["action"] = argparse.BooleanOptionalAction
@@ -288,7 +287,7 @@ def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: ty
             kwargs["choices"] = meta["choices"]
         help_text = meta["help"]
         notes = []
-        if env and defaults:
+        if env:
             notes.append(f"env {env} or {env}_FILE" if meta["secret"] else f"env {env}")
         if flag.default is not _NO_DEFAULT and flag.default not in (None, "", ()) and not is_bool \
                 and not meta["secret"]:
@@ -297,10 +296,11 @@ def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: ty
         if notes:
             help_text += f" ({', '.join(notes)})"
         if defaults:
+            default = flag.default if from_env is _NO_DEFAULT else from_env
             kwargs["default"] = None if default is _NO_DEFAULT else default
             kwargs["required"] = default is _NO_DEFAULT
-        else:
-            kwargs["default"] = None
+        else:  # the environment's value counts as given, as the flag would
+            kwargs["default"] = None if from_env is _NO_DEFAULT else from_env
         name = f"{flag.name}-file" if meta["secret"] else flag.name
         parser.add_argument(f"--{name}", help=help_text.replace("%", "%%"), **kwargs)
 

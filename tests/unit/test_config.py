@@ -110,3 +110,24 @@ def test_an_index_flag_out_of_range_is_a_flag_error(capsys, flag, says):
         parse(build_parser(), IndexServiceConfig, ["--registry", "/r", "--model", "m", "--slot", "blue", flag])
     assert exit_.value.code == 2
     assert f"error: {says}" in capsys.readouterr().err
+
+
+def test_recsys_train_takes_its_training_flags_from_the_environment_too(monkeypatch):
+    """DEPLOY.md: every flag of the services and operator tools defaults to $RECSYS_<FLAG>. recsys-train's training
+    flags ignored theirs: RECSYS_EPOCHS in a trainer Job's environment trained the preset's epochs, silently. Set,
+    the variable is a flag given: it pins that knob (the search leaves it), and a flag given wins over it."""
+    from trainer import cli
+
+    monkeypatch.setenv("RECSYS_EPOCHS", "1")
+    monkeypatch.setenv("RECSYS_EMBEDDING_DIM", "8")
+    parser = cli.build_parser()
+    config = cli.config_from_args(parser, parser.parse_args(["--dataset", "synthetic", "--registry", "r",
+                                                             "--model", "m"]))
+    assert (config.train.max_epochs, config.train.towers.embedding_dim) == (1, 8)
+    assert config.pinned == {"max_epochs": 1, "towers": {"embedding_dim": 8}}
+    config = cli.config_from_args(parser, parser.parse_args(["--dataset", "synthetic", "--registry", "r",
+                                                             "--model", "m", "--epochs", "3"]))
+    assert config.train.max_epochs == 3
+    monkeypatch.setenv("RECSYS_EPOCHS", "many")  # one line naming the variable, not a traceback
+    with pytest.raises(SystemExit, match=r"^error: \$RECSYS_EPOCHS: invalid int value 'many'$"):
+        cli.build_parser()
