@@ -164,7 +164,7 @@ class Registry:
             path.unlink(missing_ok=True)
         else:
             for version in named:
-                self._check_published(version)
+                self.check_published(version)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".current-")
             try:
                 with os.fdopen(fd, "w") as f:
@@ -177,9 +177,11 @@ class Registry:
                 raise
         _fsync_dir(path.parent)
 
-    def _check_published(self, version: int) -> None:
+    def check_published(self, version: int) -> None:
+        """Raises VersionError, naming the published versions, unless ``version`` is published."""
         if not (self.version_dir(version) / MANIFEST_FILE).is_file():
-            raise VersionError(f"version {version} of {self.model} is not published under {self.model_dir}")
+            raise VersionError(f"version {version} of {self.model} is not published under {self.model_dir} "
+                               f"(published: {self.versions()})")
 
     def _pointer_texts(self) -> list[tuple[Path, str | None]]:
         """Where CURRENT and PREVIOUS in force are read from and what they say (None: no such pointer), both as at
@@ -235,7 +237,7 @@ class Registry:
         the pair in force until both are written and it is removed, so a move cut
         off anywhere (a writer killed, a file it could not write) reads as not
         made, never as PREVIOUS equal to CURRENT, and making it again completes it."""
-        self._check_published(version)  # before any write: a refused move leaves nothing half made
+        self.check_published(version)  # before any write: a refused move leaves nothing half made
         # A rollback target that names no published version: the move replaces it.
         current, previous = self.pointers(broken_previous_ok=True)
         if current is None:  # a first rollout: one file to write

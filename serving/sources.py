@@ -25,10 +25,22 @@ class StartupVersions:
     rollback_target: int | None = None
 
 
+def _check_root(registry: Registry) -> None:
+    """A registry root that is no directory is a mistyped ``--registry``, not a registry waiting for its first
+    version: said so, rather than that nothing has been rolled out (query replica) or nothing (index slot)."""
+    if not registry.root.is_dir():
+        raise VersionError(f"registry {registry.root} is not a directory: check --registry (the directory "
+                           "recsys-train --registry publishes to)")
+
+
 def query_startup(registry: Registry, explicit: int = 0, explicit_rollback: int = 0) -> StartupVersions:
     """CURRENT and PREVIOUS, or ``explicit`` (and ``explicit_rollback`` as its
     rollback target) when given (> 0). Raises VersionError when there is nothing to serve."""
+    _check_root(registry)
     if explicit:
+        for version in (explicit, explicit_rollback):
+            if version:  # here, before TensorFlow's import (~5 s), rather than by the load after it
+                registry.check_published(version)
         return StartupVersions(explicit, explicit_rollback or None)
     # One pair read at one moment: two reads can straddle a pointer move and lose the rollback target. A broken
     # PREVIOUS reads as None (a rollback target is a convenience; the live version is what must load).
@@ -44,6 +56,7 @@ def query_startup(registry: Registry, explicit: int = 0, explicit_rollback: int 
 def slot_startup(registry: Registry, slot: str, explicit: int = 0) -> StartupVersions:
     """The slot record's version (None: an empty slot, waiting for a rollout),
     or ``explicit`` when given. Raises VersionError if the record is broken."""
+    _check_root(registry)
     if explicit:
         return StartupVersions(explicit)
     try:

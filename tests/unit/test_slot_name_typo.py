@@ -14,9 +14,9 @@ import pytest
 from index_service.core import IndexCore
 from index_service.searcher import CandidateIndex
 from index_service.slot import SlotAdmin
-from model_registry import Registry
+from model_registry import Registry, VersionError
 from serving.loader import Background, Loader
-from serving.sources import slot_startup
+from serving.sources import query_startup, slot_startup
 from serving.versions import VersionManager
 from tests.unit import tiny_versions as tiny
 
@@ -85,3 +85,20 @@ def test_a_broken_record_of_another_slot_is_named_in_the_warning_not_raised(regi
     start(registry, "bleu")
     [message] = warnings(caplog)
     assert "blue (version 1)" in message and "green (unreadable: " in message and "'7'" in message, message
+
+
+def test_a_mistyped_registry_or_an_unpublished_version_stops_a_service_at_once_saying_which(published, tmp_path):
+    """A --registry naming no directory started an index slot empty, without a word, and told a query replica that
+    nothing had been rolled out; a query replica's --version N of no published version was found only by its load,
+    after TensorFlow's import, and a race there left the process hanging (see test_status_stream_cancel)."""
+    typo = Registry(tmp_path / "regsitry", tiny.MODEL)
+    for start in (lambda: slot_startup(typo, "blue"), lambda: query_startup(typo),
+                  lambda: query_startup(typo, explicit=1)):
+        with pytest.raises(VersionError, match=rf"registry {typo.root} is not a directory: check --registry"):
+            start()
+    with pytest.raises(VersionError, match=rf"version 9 of {tiny.MODEL} is not published under .*\(published: "
+                                           r"\[1, 2\]\)"):
+        query_startup(published, explicit=9)
+    with pytest.raises(VersionError, match="version 7 of"):
+        query_startup(published, explicit=1, explicit_rollback=7)
+    assert query_startup(published, explicit=2, explicit_rollback=1).live == 2
