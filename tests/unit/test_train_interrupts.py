@@ -53,3 +53,37 @@ def test_a_stop_a_library_swallowed_after_the_search_publishes_nothing(tmp_path,
     assert status == 128 + signal.SIGTERM
     assert Registry(tmp_path / "reg", "m").versions() == []
 
+
+
+PRINTED_BY_A_LIBRARY = """
+import signal
+import sys
+from trainer import cli, interrupts
+
+cli._stop_on_signals()
+interrupts.request(signal.SIGINT)  # recorded by the handler, whose exception a library turned into its own error
+
+
+def imported():
+    raise SystemError("<built-in function __import__> returned a result with an exception set")
+
+
+for error in (SystemError, ValueError):
+    try:
+        imported() if error is SystemError else int("x")
+    except error as e:
+        caught = e
+    sys.excepthook(type(caught), caught, caught.__traceback__)  # what PyErr_Print does, in a library's C++
+print("went on")
+"""
+
+
+def test_an_error_a_library_prints_while_a_stop_is_recorded_is_one_line_not_a_traceback():
+    """The full suite once saw test_training_signals' Ctrl-C land in an import TensorFlow's C++ made: it printed the
+    SystemError's traceback itself (through sys.excepthook) before the run stopped as asked."""
+    run = subprocess.run([sys.executable, "-c", PRINTED_BY_A_LIBRARY], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "went on", run.stderr[-3000:]
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert run.stderr.splitlines()[-2:] == [
+        "(while stopping) SystemError: <built-in function __import__> returned a result with an exception set",
+        "(while stopping) ValueError: invalid literal for int() with base 10: 'x'"]
