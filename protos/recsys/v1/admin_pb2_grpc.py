@@ -26,7 +26,11 @@ if _version_not_supported:
 
 
 class AdminServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """A version that is not published is NOT_FOUND to LoadVersion; a published
+    version that is not loaded here is FAILED_PRECONDITION to Promote,
+    UnloadVersion and ApplyCatalogue (load it first); a version < 1 is
+    INVALID_ARGUMENT.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -67,7 +71,11 @@ class AdminServiceStub:
 
 
 class AdminServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """A version that is not published is NOT_FOUND to LoadVersion; a published
+    version that is not loaded here is FAILED_PRECONDITION to Promote,
+    UnloadVersion and ApplyCatalogue (load it first); a version < 1 is
+    INVALID_ARGUMENT.
+    """
 
     def LoadVersion(self, request, context):
         """Loads, verifies (checksums, dimensions) and self-tests a published version
@@ -165,7 +173,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AdminService:
-    """Missing associated documentation comment in .proto file."""
+    """A version that is not published is NOT_FOUND to LoadVersion; a published
+    version that is not loaded here is FAILED_PRECONDITION to Promote,
+    UnloadVersion and ApplyCatalogue (load it first); a version < 1 is
+    INVALID_ARGUMENT.
+    """
 
     @staticmethod
     def LoadVersion(request,

@@ -94,7 +94,9 @@ class QueryServiceServicer:
 
     def RecordInteractions(self, request, context):
         """Appends a customer's interactions to the live history (Redis; capped per
-        customer, with a TTL). Their cached results stop being served.
+        customer, with a TTL). The customer's cached results stop being served
+        where the live history can change the answer: with a history-aware tower,
+        or exclude_seen (an id tower's answer without it does not depend on it).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
