@@ -132,7 +132,7 @@ class MalformedRequestGuard(grpc.aio.ServerInterceptor):
 
         async def unary(request, context):
             if request is _Malformed:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message, request_id_metadata())
             return await call(request, context)
 
         return handler._replace(request_deserializer=tolerant_parse, unary_unary=unary)

@@ -162,9 +162,11 @@ def test_request_bytes_that_do_not_parse_are_invalid_argument(query_stub, query_
             send_bytes = channel.unary_unary(method)  # no serializers: raw bytes out and in
             for garbage in (b"\x0a\xff\xff", b"\xff" * 64):
                 with pytest.raises(grpc.RpcError) as err:
-                    send_bytes(garbage, timeout=10)
+                    send_bytes(garbage, timeout=10, metadata=[("x-request-id", "garbage-1")])
                 assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
                 assert "bytes do not parse" in err.value.details()
+                # As for every failed call: the caller's request id comes back in the trailers.
+                assert ("x-request-id", "garbage-1") in tuple(err.value.trailing_metadata()), method
     assert len(recommend(query_stub, "c000040").candidates) == 10
 
 
