@@ -178,10 +178,14 @@ class Registry:
         _fsync_dir(path.parent)
 
     def check_published(self, version: int) -> None:
-        """Raises VersionError, naming the published versions, unless ``version`` is published."""
+        """Raises ``unpublished(version)`` unless ``version`` is published (its manifest is in place)."""
         if not (self.version_dir(version) / MANIFEST_FILE).is_file():
-            raise VersionError(f"version {version} of {self.model} is not published under {self.model_dir} "
-                               f"(published: {self.versions()})")
+            raise self.unpublished(version)
+
+    def unpublished(self, version: int) -> VersionError:
+        """The error saying that ``version`` is not published here, naming the versions that are."""
+        return VersionError(f"version {version} of {self.model} is not published under {self.model_dir} "
+                            f"(published: {self.versions()})")
 
     def _pointer_texts(self) -> list[tuple[Path, str | None]]:
         """Where CURRENT and PREVIOUS in force are read from and what they say (None: no such pointer), both as at

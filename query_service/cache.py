@@ -305,8 +305,8 @@ class ResultCache:
                             "miss; see recsys_cache_events_total{event=\"invalid\"} for the count", key)
             return None
         result, expires_ms = opened
-        # What is left of its TTL, as the writer's clock set it; no more than a whole TTL, whatever the clocks say.
-        left_s = min(expires_ms / 1000 - time.time(), self.config.ttl_s)
+        # What is left of its TTL, as the writer's clock set it (the local tier holds nothing past a whole TTL).
+        left_s = expires_ms / 1000 - time.time()
         if left_s <= 0:  # expired by this replica's clock, though Redis (on its own clock) still held it
             _MISS.inc()
             return None

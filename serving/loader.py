@@ -110,8 +110,7 @@ class Loader(Generic[T]):
             raise InvalidArgument(f"version={version}: versions are positive integers")
         version_dir = self.registry.version_dir(version)
         if not version_dir.is_dir():
-            raise NotFound(f"version {version} of {self.registry.model} is not published under "
-                           f"{self.registry.model_dir} (published: {self.registry.versions()})")
+            raise NotFound(str(self.registry.unpublished(version)))
         try:
             if self.public_key is not None:
                 signing.verify(version_dir, self.public_key)
