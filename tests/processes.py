@@ -124,6 +124,7 @@ class ServiceProcess:
     def __init__(self, script: str, args: list[str], log_path: Path, port: int | None = None,
                  command: list[str] | None = None, credentials: grpc.ChannelCredentials | None = None):
         self.script = script
+        self.wrapper: list[str] = []  # a command that runs the process (e.g. prlimit ... --)
         self.credentials = credentials  # to reach a server serving TLS
         self.args = args
         self.port = port or free_port()
@@ -149,7 +150,7 @@ class ServiceProcess:
         command = self.command or [console_script(self.script), "--port", str(self.port),
                                    "--admin-port", str(self.admin_port), "--shutdown-drain-s", "0"]
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([*command, *self.args], stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen([*self.wrapper, *command, *self.args], stdout=log, stderr=subprocess.STDOUT)
         return self
 
     def wait_serving(self, timeout_s: float = 120) -> "ServiceProcess":

@@ -377,8 +377,7 @@ def test_a_replica_started_into_more_connections_than_it_has_file_descriptors_st
     calls it cannot take fail or wait, Redis is backed off, and the process stays up. TensorFlow aborted it (SIGABRT)
     when a tower thread's first call could not open /dev/urandom to seed that thread's random generator."""
     query = query_replica(trained_registry, [index_service], tmp_path / "query.log", "--redis-url", redis_server.url)
-    query.command = ["prlimit", "--nofile=64:64", "--", console_script("recsys-query-service"), "--port",
-                     str(query.port), "--admin-port", str(query.admin_port), "--shutdown-drain-s", "0"]
+    query.wrapper = ["prlimit", "--nofile=64:64", "--"]
     query.start()
     outcomes: list[str] = []
     storm = threading.Event()
