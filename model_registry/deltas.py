@@ -81,19 +81,28 @@ class Delta:
             raise ValueError("a delta upserts each id at most once")
         if not np.isfinite(self.vectors).all():
             raise ValueError("delta vectors must be finite")
+        # Padded ids are refused where a delta is made, not where one is read: logs written before 77baf8b may hold
+        # them, and their versions must still load after an upgrade.
+        self.check_ids(padding_allowed=True)
+
+    def check_ids(self, padding_allowed: bool = False) -> None:
+        """Raises ValueError naming the first id of the delta that no request could name (``first_unusable``)."""
         for what, ids in (("upserted", self.ids), ("deleted", self.deleted)):
             # Else served as results that no request could send back (RecommendSimilar, a delete) or exclude.
-            bad = first_unusable(ids)
+            bad = first_unusable(ids, padding_allowed=padding_allowed)
             if bad is not None:
                 raise ValueError(f"{what} id {str(ids[bad])[:64]!r} is no id a request could name: ids are 1 to "
                                  f"{MAX_ID_BYTES} bytes of UTF-8 without NUL or whitespace at either end")
 
     @classmethod
     def make(cls, ids=(), vectors=None, attributes: Attributes | None = None, deleted=(), dim: int = 0) -> "Delta":
+        """A new delta, its ids checked as every writer must check them."""
         ids = np.asarray(list(ids), dtype=str) if len(ids) else np.zeros(0, dtype="<U1")
         vectors = np.zeros((0, dim), np.float32) if vectors is None else np.asarray(vectors, dtype=np.float32)
         deleted = np.asarray(list(deleted), dtype=str) if len(deleted) else np.zeros(0, dtype="<U1")
-        return cls(ids, vectors, attributes or Attributes(len(ids)), deleted)
+        delta = cls(ids, vectors, attributes or Attributes(len(ids)), deleted)
+        delta.check_ids()
+        return delta
 
     def of_shard(self, shard: int, shards: int) -> "Delta":
         """What ``shard`` of a version split in ``shards`` applies: the upserts of
@@ -278,6 +287,7 @@ def _staged(directory: Path, content: bytes) -> Path:
 
 def write_delta(model_dir: Path, version: int, delta: Delta, key: Ed25519PrivateKey | None = None) -> int:
     """Appends ``delta`` to ``version``'s log, its record signed by ``key`` if given; returns its generation."""
+    delta.check_ids()  # as strictly as a new delta is made: a read one may hold what older writers let through
     directory = catalogue_dir(model_dir, version)
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")

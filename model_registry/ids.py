@@ -9,11 +9,12 @@ import numpy as np
 MAX_ID_BYTES = 256
 
 
-def first_unusable(ids: np.ndarray) -> int | None:
+def first_unusable(ids: np.ndarray, *, padding_allowed: bool = False) -> int | None:
     """The position of the first of ``ids`` a request could not name (empty, over ``MAX_ID_BYTES`` of UTF-8, holding
-    a NUL, whitespace at its start or end); None if every one is usable."""
+    a NUL, whitespace at its start or end unless ``padding_allowed``); None if every one is usable."""
     return next((i for i, value in enumerate(ids.tolist()) if not value or "\x00" in value
-                 or len(value.encode("utf-8")) > MAX_ID_BYTES or value != value.strip()), None)
+                 or len(value.encode("utf-8")) > MAX_ID_BYTES or (not padding_allowed and value != value.strip())),
+                None)
 
 
 def index_of(sorted_ids: np.ndarray, ids) -> np.ndarray:

@@ -82,3 +82,19 @@ def test_a_delta_whose_checksum_holds_but_whose_contents_are_no_delta_is_an_alte
                         "--index-admin", "127.0.0.1:1"])
     error = capsys.readouterr().err.strip()
     assert exit.value.code == 1 and error.startswith("recsys-catalogue: the log was altered at delta 1"), error
+
+
+def test_a_log_written_before_padded_ids_were_refused_still_loads_and_takes_no_new_padded_id(tmp_path):
+    """Before 77baf8b a delta could upsert ' n ' (the ids of requests were not checked for padding): replicas refused
+    such a log as altered after an upgrade, so its version could no longer load. A writer still refuses one."""
+    import numpy as np
+
+    registry = Registry(tmp_path, "m")
+    publish_dummy(registry)
+    write_delta(registry.model_dir, 1, Delta.make(["n"], [[0.5]], dim=1))
+    _rewrite_npz(registry, 1, ids=[" n "], vectors=np.array([[0.5]], np.float32), deleted=np.zeros(0, "<U1"))
+    (delta,) = read_deltas(registry.model_dir, 1)
+    assert delta.ids.tolist() == [" n "]
+    with pytest.raises(ValueError, match="upserted id ' n ' is no id a request could name"):
+        write_delta(registry.model_dir, 1, Delta(delta.ids, delta.vectors, delta.attributes, delta.deleted))
+    assert published_generation(registry.model_dir, 1) == 1
