@@ -5,10 +5,12 @@ what happens when Redis or the index service goes away."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -415,3 +417,17 @@ def test_a_replica_started_into_more_connections_than_it_has_file_descriptors_st
         assert len(reply.candidates) == 5
     finally:
         query.stop()
+
+
+def test_a_replica_raises_its_open_file_limit_to_the_hard_limit(trained_registry, tmp_path):
+    """A soft limit of 1,024 (systemd's, a shell's) refused the 1,025th connection while the hard limit allowed
+    far more: the services take the hard limit, the operator's choice, at start."""
+    slot = index_slot(trained_registry, "fd-limit", tmp_path / "slot.log", "--version", "1")
+    slot.wrapper = ["prlimit", "--nofile=64:4096", "--"]
+    slot.start()
+    try:
+        limits = Path(f"/proc/{slot.proc.pid}/limits").read_text()
+        assert re.search(r"^Max open files\s+4096\s+4096\s", limits, re.M), limits
+        assert "open file limit raised from 64 to 4096" in slot.log_tail()
+    finally:
+        slot.stop()
