@@ -130,7 +130,8 @@ class CacheConfig:
                 f"{redacted_url(self.url)!r} names no Redis: give redis://HOST:PORT[/DB], rediss://..., unix://PATH or "
                 "redis+cluster://HOST:PORT[,HOST:PORT...]")
         require(self.ttl_s >= 1, "ttl_s", "must be >= 1")
-        require(self.timeout_s > 0 and self.retry_after_s >= 0, "timeout_s", "must be positive")
+        require(self.timeout_s > 0, "timeout_s", "must be positive")
+        require(self.retry_after_s >= 0, "retry_after_s", "must be >= 0")
         require(self.local_mb >= 0, "local_mb", "must be >= 0")
 
 

@@ -112,6 +112,20 @@ def test_an_index_flag_out_of_range_is_a_flag_error(capsys, flag, says):
     assert f"error: {says}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag, says", [
+    ("--redis-timeout-s=0", "--redis-timeout-s must be positive"),
+    ("--redis-retry-after-s=-1", "--redis-retry-after-s must be >= 0"),  # was blamed on --redis-timeout-s
+])
+def test_a_query_flag_out_of_range_names_itself(capsys, flag, says):
+    from query_service.server import QueryServiceConfig, build_parser
+    from settings.flags import parse
+
+    with pytest.raises(SystemExit) as exit_:
+        parse(build_parser(), QueryServiceConfig, ["--registry", "/r", "--model", "m", flag])
+    assert exit_.value.code == 2
+    assert f"error: {says}" in capsys.readouterr().err
+
+
 def test_recsys_train_takes_its_training_flags_from_the_environment_too(monkeypatch):
     """DEPLOY.md: every flag of the services and operator tools defaults to $RECSYS_<FLAG>. recsys-train's training
     flags ignored theirs: RECSYS_EPOCHS in a trainer Job's environment trained the preset's epochs, silently. Set,
