@@ -23,6 +23,7 @@ from serving.config import AdminConfig, ServiceConfig
 from serving.grpc_server import ServiceSpec, run_main, serve_until_signalled
 from serving.loader import Background, Loader
 from serving.sources import slot_startup
+from serving.validation import DEFAULT_INDEX_DEADLINE_S
 from serving.versions import VersionManager
 from settings.flags import ConfigError, add_flags, option, parse, require
 
@@ -42,10 +43,8 @@ class IndexServiceConfig(ServiceConfig):
     limits: SearchLimits = option(SearchLimits(), "bounds of a search call")
     min_recall: float = option(MIN_RECALL, "a version whose index recall@10 vs exact search on its probe queries "
                                            "is lower is refused")
-    # The query service's index deadline: after a routing switch, no search sent
-    # to the old version can still be in flight once it has passed.
-    busy_window_s: float = option(3.0, "a load is refused while the slot has answered a search this recently "
-                                       "(it serves live traffic)")
+    busy_window_s: float = option(DEFAULT_INDEX_DEADLINE_S, "a load is refused while the slot has answered a search "
+                                                            "this recently (it serves live traffic)")
     # Three missed keepalives take the slot out of routing: 0.3 s makes that
     # under a second for a hung process (a dead one's stream breaks at once).
     keepalive_s: float = option(0.3, "status stream keepalive: watchers take the slot as hung after three "

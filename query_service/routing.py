@@ -99,7 +99,7 @@ class RoutingConfig:
                                         flag="index-address")
     # Above the ~1.6 s a 1M-candidate load used to stall an index process; loads
     # now happen in idle slots, but a big batch under load can still take a while.
-    timeout_s: float = option(3.0, "deadline of each index RPC", flag="index-timeout-s")
+    timeout_s: float = option(validation.DEFAULT_INDEX_DEADLINE_S, "deadline of each index RPC", flag="index-timeout-s")
     hedge_ms: float = option(25.0, "a search not answered this long after it was sent goes to another replica of "
                                    "its version and shard too, the first answer winning (0: never); above the "
                                    "index's p99 under load, so only a stalled replica's calls are hedged",

@@ -23,6 +23,7 @@ from protos.recsys.v1 import retrieval_pb2
 from serving.errors import InvalidArgument, ServingError
 from serving.observability import ServerObservability, configure_logging, request_id_metadata
 from serving.tracing import TracingConfig, setup_tracing
+from serving.validation import DEFAULT_MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ def bind_address(host: str, port: int) -> str:
 
 
 async def start_server(services: Iterable[ServiceSpec], host: str, port: int,
-                       max_message_bytes: int = 16 << 20,
+                       max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                        interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
                        max_concurrent_rpcs: int | None = None,
                        credentials: grpc.ServerCredentials | None = None,

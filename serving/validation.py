@@ -23,6 +23,9 @@ MAX_RECORDED = 100  # interactions per RecordInteractions call
 # The data plane's default message limit (--max-message-bytes), and what its clients accept: gRPC's own
 # default of 4 MiB on a client would refuse a BatchRecommend answer the server may send.
 DEFAULT_MAX_MESSAGE_BYTES = 16 << 20
+# A query replica's deadline for each index RPC (--index-timeout-s), and how long an index slot that answered a
+# search refuses a load (--busy-window-s): past it no search sent before a routing switch is still in flight.
+DEFAULT_INDEX_DEADLINE_S = 3.0
 
 
 def check_id(value: str, what: str) -> str:
