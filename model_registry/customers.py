@@ -44,6 +44,16 @@ def missing_value(column: np.ndarray):
     return "" if column.dtype.kind in "US" else np.float32(np.nan)
 
 
+def feature_at(column, rows: np.ndarray) -> np.ndarray:
+    """Feature ``column``'s values at ``rows`` (-1: no row), its missing marker where there is none: str for a
+    string column, float32 for a numeric one. Every feature table (customers', the catalogue's) is aligned so."""
+    column = np.asarray(column)
+    column = column.astype(str) if column.dtype.kind in "US" else column.astype(np.float32)
+    if len(column) == 0:
+        return np.full(len(rows), missing_value(column), dtype=column.dtype)
+    return np.where(rows >= 0, column[np.maximum(rows, 0)], missing_value(column)).astype(column.dtype)
+
+
 @dataclasses.dataclass(frozen=True)
 class CustomerStore:
     """Per-customer serving inputs of one version.
@@ -100,10 +110,7 @@ class CustomerStore:
         if feature_columns:
             feature_rows = index_of(np.asarray(feature_ids), customers)
             for name, column in feature_columns.items():
-                column = np.asarray(column)
-                column = column.astype(str) if column.dtype.kind in "US" else column.astype(np.float32)
-                features[name] = np.where(feature_rows >= 0, column[np.maximum(feature_rows, 0)],
-                                          missing_value(column)).astype(column.dtype)
+                features[name] = feature_at(column, feature_rows)
         return cls(customers.astype(str), history.astype(str), offsets, si.astype(str), features)
 
     def only_features(self, names: tuple[str, ...]) -> "CustomerStore":

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from model_registry.customers import feature_at
 from model_registry.ids import index_of
 
 
@@ -101,8 +102,8 @@ def align_features(table_ids: np.ndarray, columns: dict[str, np.ndarray],
                    target_ids: np.ndarray) -> dict[str, np.ndarray]:
     """Reorders columnar features keyed by ``table_ids`` onto sorted ``target_ids``.
 
-    Rows of ``target_ids`` missing from the table get "" (string columns) or NaN
-    (numeric columns, which become float32). Duplicate table ids: the last wins.
+    Rows of ``target_ids`` missing from the table get the missing marker (``feature_at``: "" in string columns, NaN
+    in numeric ones, which become float32). Duplicate table ids: the last wins.
     """
     table_ids = np.asarray(table_ids).astype(str)
     target_ids = np.asarray(target_ids)
@@ -113,16 +114,5 @@ def align_features(table_ids: np.ndarray, columns: dict[str, np.ndarray],
     last[:-1] = sorted_ids[1:] != sorted_ids[:-1]
     order, sorted_ids = order[last], sorted_ids[last]
     rows = index_of(sorted_ids, target_ids)
-    found = rows >= 0
-    src = order[np.where(found, rows, 0)] if len(order) else np.zeros(len(target_ids), dtype=np.int64)
-    out: dict[str, np.ndarray] = {}
-    for col, values in columns.items():
-        values = np.asarray(values)
-        if values.dtype.kind in "US":
-            aligned = values[src] if len(values) else np.full(len(target_ids), "", dtype=str)
-            out[col] = np.where(found, aligned, "").astype(str)
-        else:
-            vals = values.astype(np.float32)
-            aligned = vals[src] if len(vals) else np.zeros(len(target_ids), np.float32)
-            out[col] = np.where(found, aligned, np.float32(np.nan)).astype(np.float32)
-    return out
+    source = np.where(rows >= 0, order[np.maximum(rows, 0)], -1) if len(order) else rows
+    return {col: feature_at(values, source) for col, values in columns.items()}

@@ -22,7 +22,7 @@ import numpy as np
 from model_registry import IndexSpec, Manifest, Registry
 from model_registry import manifest as mf
 from model_registry.attributes import from_catalogue
-from model_registry.customers import CustomerStore
+from model_registry.customers import CustomerStore, feature_at
 from model_registry.ids import index_of
 from trainer.data import Interactions
 from trainer.export import index as index_builder
@@ -100,9 +100,7 @@ def publish(registry: Registry, model: TwoTowerModel, store: CustomerStore, cata
     attributes = None
     if train.candidate_features:  # the catalogue's columns become filterable attributes, in index order
         rows = index_of(train.catalog, catalog)
-        attributes = from_catalogue({col: np.where(rows >= 0, values[np.maximum(rows, 0)],
-                                                   "" if values.dtype.kind in "US" else np.float32(np.nan))
-                                     for col, values in train.candidate_features.items()})
+        attributes = from_catalogue({col: feature_at(values, rows) for col, values in train.candidate_features.items()})
 
     def write(staging: Path):
         save_query_tower(model.query_tower, staging / mf.QUERY_TOWER_DIR,
