@@ -126,9 +126,14 @@ class Attributes:
             raise VersionError(f"{path} is not a valid candidate attributes file for {rows} candidates: {e}") from e
 
 
-def token_lists(cells, list_separator: str = "|") -> list[list[str]]:
-    """Each cell's tokens: split on ``list_separator``, stripped, empty ones dropped."""
-    return [[t.strip() for t in str(cell).split(list_separator) if t.strip()] for cell in cells]
+# What separates a cell's tokens in a catalogue column (MovieLens genres are "Action|Drama"), for the attributes, the
+# features tower's multi-hot input and the data loaders that join list cells alike.
+LIST_SEPARATOR = "|"
+
+
+def token_lists(cells) -> list[list[str]]:
+    """Each cell's tokens: split on ``LIST_SEPARATOR``, stripped, empty ones dropped."""
+    return [[t.strip() for t in str(cell).split(LIST_SEPARATOR) if t.strip()] for cell in cells]
 
 
 def is_token_column(lists: list[list[str]]) -> bool:
@@ -139,10 +144,10 @@ def is_token_column(lists: list[list[str]]) -> bool:
     return len({t for cell in lists for t in cell}) < max(len(lists) // 2, 1)
 
 
-def from_catalogue(features: dict[str, np.ndarray] | None, list_separator: str = "|") -> Attributes | None:
+def from_catalogue(features: dict[str, np.ndarray] | None) -> Attributes | None:
     """Attributes from the trainer's catalogue columns (rows = catalogue order):
     numeric columns become numeric namespaces; string columns token namespaces,
-    a cell split on ``list_separator`` (MovieLens genres are ``"Action|Drama"``).
+    a cell split on ``LIST_SEPARATOR``.
     Free text (a title: nearly one distinct value per candidate) is not an
     attribute: a string column is kept only if it has fewer distinct tokens
     than half its rows."""
@@ -154,7 +159,7 @@ def from_catalogue(features: dict[str, np.ndarray] | None, list_separator: str =
         if values.dtype.kind == "f":
             numeric[column] = values
             continue
-        lists = token_lists(values, list_separator)
+        lists = token_lists(values)
         if is_token_column(lists):
             tokens[column] = lists
     if not tokens and not numeric:

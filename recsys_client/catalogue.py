@@ -89,7 +89,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from model_registry import Registry, VersionError, signing
 from model_registry.registry import check_model_name
 from model_registry import manifest as files
-from model_registry.attributes import Attributes, token_lists
+from model_registry.attributes import LIST_SEPARATOR, Attributes, token_lists
 from model_registry.deltas import (MAX_UPSERT_SCALE, AlteredLog, Delta, catalogue_dir, published_generation,
                                    read_deltas, trained_max_norm, write_delta)
 from protos.recsys.v1 import admin_pb2 as pb
@@ -246,7 +246,7 @@ def _cell(value: Any) -> str:
     """A feature value as a catalogue cell: a list of categories joined with ``|``."""
     if value is None:
         return ""
-    return "|".join(map(str, value)) if isinstance(value, list) else str(value)
+    return LIST_SEPARATOR.join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def read_log(registry: Registry, version: int, key: Ed25519PrivateKey | None) -> list[Delta]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model_registry.attributes import LIST_SEPARATOR
 from trainer.data.interactions import Interactions, align_features
 
 
@@ -104,5 +105,5 @@ def _movielens_items(item_path: Path, genre_path: Path) -> tuple[np.ndarray, dic
     joined = []
     for r in rows:
         flags = np.array([f == "1" for f in r[5:5 + len(genres)]], dtype=bool)
-        joined.append("|".join(names[:len(flags)][flags]))
+        joined.append(LIST_SEPARATOR.join(names[:len(flags)][flags]))
     return ids, {"title": titles, "genres": np.array(joined, dtype=str), "release_year": years}

@@ -8,7 +8,7 @@ import settings.tf_env  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlo
 import numpy as np
 import tensorflow as tf
 
-from model_registry.attributes import is_token_column, token_lists
+from model_registry.attributes import LIST_SEPARATOR, is_token_column, token_lists
 
 
 def initializer(seed: int) -> tf.keras.initializers.Initializer:
@@ -17,6 +17,16 @@ def initializer(seed: int) -> tf.keras.initializers.Initializer:
 
 def regularizer(l2: float):
     return tf.keras.regularizers.L2(l2) if l2 > 0 else None
+
+
+def standardisation(column: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
+    """A numeric column's finite values (float64), and the (mean, std) an input of it is standardised by: (0, 1)
+    without finite values, a std of 1 where they do not vary. Missing values (NaN) are left out of both."""
+    finite = column.astype(np.float64)
+    finite = finite[np.isfinite(finite)]
+    mean = float(finite.mean()) if len(finite) else 0.0
+    std = float(finite.std()) if len(finite) > 1 else 1.0
+    return finite, (mean, std or 1.0)
 
 
 def normalize(x: tf.Tensor, on: bool) -> tf.Tensor:
@@ -116,11 +126,7 @@ class ItemEncoder(tf.keras.layers.Layer):
                 self.token_lookups[name] = tf.keras.layers.StringLookup(
                     vocabulary=vocab or ["?"], mask_token=None, num_oov_indices=1, output_mode="multi_hot")
             else:
-                x = col.astype(np.float64)
-                ok = np.isfinite(x)
-                mean = float(x[ok].mean()) if ok.any() else 0.0
-                std = float(x[ok].std()) if ok.sum() > 1 else 1.0
-                self.numeric_stats[name] = (mean, std or 1.0)
+                _, self.numeric_stats[name] = standardisation(col)
         tokens, dense = self.preprocess({name: tf.constant(features[name].astype(
             np.float32 if kind == NUMERIC else str)) for name, kind in self.feature_kinds.items()})
         # Rows 0 and 1 (padding, unknown id) have no features.
@@ -143,7 +149,7 @@ class ItemEncoder(tf.keras.layers.Layer):
             if kind == TEXT:
                 tokens[name] = tf.cast(self.vectorizers[name](_strip_trailing_parentheses(x)), tf.int64)
             elif kind == TOKENS:
-                cells = tf.ragged.map_flat_values(tf.strings.strip, tf.strings.split(x, "|"))
+                cells = tf.ragged.map_flat_values(tf.strings.strip, tf.strings.split(x, LIST_SEPARATOR))
                 multi = self.token_lookups[name](cells)[:, 1:]  # column 0 counts unknown and empty tokens
                 dense.append(multi / tf.maximum(tf.reduce_sum(multi, axis=1, keepdims=True), 1.0))
             else:

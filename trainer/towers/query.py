@@ -38,7 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from model_registry.tower_inputs import CUSTOMER_ID, FLOAT, HISTORY, REQUEST_TIME, STRING, TowerInputs
-from trainer.towers.blocks import IdTower, ItemEncoder, initializer, normalize, regularizer
+from trainer.towers.blocks import IdTower, ItemEncoder, initializer, normalize, regularizer, standardisation
 from trainer.towers.config import TowerConfig
 
 ZIP_PREFIX_LENGTH = 2
@@ -121,12 +121,8 @@ class FeatureQueryTower(QueryTower):
                     embeddings_regularizer=regularizer(config.l2), name=f"embedding_{name}")
             else:
                 self.feature_kinds[name] = FLOAT
-                x = col.astype(np.float64)
-                ok = np.isfinite(x)
-                mean = float(x[ok].mean()) if ok.any() else 0.0
-                std = float(x[ok].std()) if ok.sum() > 1 else 1.0
-                self.numeric_stats[name] = (mean, std or 1.0)
-                qs = np.unique(np.quantile(x[ok], np.linspace(0, 1, NUM_BUCKETS + 1)[1:-1])) if ok.any() else []
+                finite, self.numeric_stats[name] = standardisation(col)
+                qs = np.unique(np.quantile(finite, np.linspace(0, 1, NUM_BUCKETS + 1)[1:-1])) if len(finite) else []
                 self.numeric_boundaries[name] = [float(q) for q in qs]
                 self.feature_embeddings[name] = tf.keras.layers.Embedding(
                     len(qs) + 1, FEATURE_EMBEDDING_DIM, embeddings_initializer=initializer(seed + 20 + i),
