@@ -69,12 +69,6 @@ class TowerInputs:
     def feature_names(self) -> tuple[str, ...]:
         return tuple(name for name, _ in self.features)
 
-    @property
-    def depends_on_request(self) -> bool:
-        """Whether two requests for one stored customer can get different inputs
-        (a request history replaces the stored one; the time changes)."""
-        return self.history_length > 0 or self.request_time
-
 
 def check_store(spec: TowerInputs, store: CustomerStore | None) -> None:
     """Raises ValueError unless ``store`` holds what ``spec`` needs."""

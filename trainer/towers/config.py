@@ -62,10 +62,6 @@ class TowerConfig:
         require(bool(np.isfinite(self.l2)) and self.l2 >= 0, "l2", "must be a finite number >= 0")
         require(not self.time_features or self.kind == "features", "time_features", "needs --tower features")
 
-    @property
-    def takes_history(self) -> bool:
-        return self.kind in HISTORY_TOWERS
-
 
 def covering_history_length(customer_ids: np.ndarray) -> int:
     """The history length recsys-train gives history towers unless told: the
