@@ -1,5 +1,5 @@
 """The model version's contract, written once and read by the trainer and both
-services. TensorFlow-free and gRPC-free (numpy only).
+services. TensorFlow-free and gRPC-free (numpy, and cryptography for signatures).
 
 A model version is one unit (query tower + candidate embeddings + ScaNN index
 from one training run) stored under ``<root>/<model>/<version>/``:
@@ -10,8 +10,10 @@ from one training run) stored under ``<root>/<model>/<version>/``:
   index slots' records;
 * ``customers``: the customer store (history, seen items, features);
 * ``tower_inputs``: the rule that turns a customer into query-tower inputs;
+* ``attributes``: the candidates' filter attributes (token and numeric namespaces);
+* ``deltas``: a version's catalogue delta log (upserts and deletes, checksummed and hash-chained);
 * ``search``: exact search and recall@k, the reference of every ScaNN index;
-* ``ids``: id lookup in sorted id arrays.
+* ``ids``: how long an id may be, and id lookup in sorted id arrays.
 """
 
 from model_registry.manifest import IndexSpec, Manifest, VersionError, verify_version
