@@ -87,7 +87,6 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from model_registry import Registry, VersionError, signing
-from model_registry.registry import check_model_name
 from model_registry import manifest as files
 from model_registry.attributes import LIST_SEPARATOR, Attributes, token_lists
 from model_registry.deltas import (MAX_UPSERT_SCALE, AlteredLog, Delta, catalogue_dir, published_generation,
@@ -95,13 +94,12 @@ from model_registry.deltas import (MAX_UPSERT_SCALE, AlteredLog, Delta, catalogu
 from protos.recsys.v1 import admin_pb2 as pb
 from protos.recsys.v1.versions_pb2 import VERSION_STATE_LOADING as LOADING
 from recsys_client.candidate_tower import CandidateTower, FeatureError
-from recsys_client.publish import (SERVING, Fleet, Interrupted, PublishError, Replica, exclusive,
+from recsys_client.publish import (SERVING, Fleet, FleetConfig, Interrupted, PublishError, Replica, exclusive,
                                    stop_on_signals, version_in)
-from serving.tls import ClientTls
 from serving import validation
 from serving.errors import InvalidArgument
 from serving.validation import MAX_ID_BYTES
-from settings.flags import ConfigError, add_flags, option, parse, require, require_distinct, require_valid
+from settings.flags import ConfigError, add_flags, option, parse, require
 
 log = logging.getLogger("recsys-catalogue")
 # The keys an upsert line may have (module docstring): any other, "token" for "tokens" say, would else be dropped
@@ -434,32 +432,22 @@ def catch_up(fleet: Fleet, registry: Registry, version: int, generation: int) ->
 
 
 @dataclass(frozen=True)
-class CatalogueConfig:
-    registry: str = option(help="model registry root directory")
-    model: str = option(help="model name under the registry")
+class CatalogueConfig(FleetConfig):
     version: int = option(0, "version to change (0: CURRENT)", env=False)
     upserts: str = option("", "JSON lines of candidates to upsert (see above)", env=False)
     delete: tuple[str, ...] = option((), "candidate ids to delete, comma-separated", env=False)
     delete_file: str = option("", "file of candidate ids to delete, one per line", env=False)
     catch_up: bool = option(False, "with no upserts or deletes: write nothing, have every replica catch up to the "
                                    "version's published generation (every run does so)", env=False)
-    index_admin: tuple[str, ...] = option((), "every index replica's admin HOST:PORT, comma-separated")
-    query_admin: tuple[str, ...] = option((), "every query replica's admin HOST:PORT, comma-separated")
-    admin_token: str = option("", "bearer token of the admin plane", secret=True)
+    index_admin: tuple[str, ...] = option(FleetConfig.index_admin,
+                                          "every index replica's admin HOST:PORT, comma-separated")
     signing_key: str = option("", "PEM Ed25519 private key that signs the delta (services given its public key "
                                   "apply only signed deltas; the key recsys-train signs versions with)", secret=True)
-    tls: ClientTls = option(ClientTls(), "TLS to the admin planes", prefix="tls-")
-    timeout_s: float = option(120.0, "deadline of each admin call")
-    connect_timeout_s: float = option(10.0, "how long to wait for each replica's admin server to answer")
-    # A rollout takes 6-10 s on the demo and ~40 s for a 10M-candidate index (docs/BENCHMARKS.md), plus its drain.
-    lock_wait_s: float = option(60.0, "how long to wait for a rollout (recsys-publish) of the model to end before "
-                                      "writing a delta")
+    lock_wait_s: float = option(FleetConfig.lock_wait_s, "how long to wait for a rollout (recsys-publish) of the "
+                                                         "model to end before writing a delta")
 
     def __post_init__(self) -> None:
-        require_valid(check_model_name, self.model, "model")
-        require_distinct(self.index_admin, "index_admin")
-        require_distinct(self.query_admin, "query_admin")
-        require(self.lock_wait_s >= 0, "lock_wait_s", "must be >= 0")
+        super().__post_init__()
         # The message follows the field's flag: "--upserts or --delete / --delete-file is required: ...".
         require(bool(self.upserts or self.delete or self.delete_file or self.catch_up), "upserts",
                 "or --delete / --delete-file is required: there is nothing to upsert or delete")

@@ -145,21 +145,47 @@ class Replica:
                                f"{admin_port_hint(e.code(), self.address, self.role)}") from e
 
 
+@dataclass(frozen=True)
+class FleetConfig:
+    """What recsys-publish and recsys-catalogue share: the model, its replicas' admin planes and how to reach them,
+    and the wait for the model's rollout lock. The help texts are recsys-publish's (recsys-catalogue re-words two);
+    ``Fleet.connect`` takes its defaults from here."""
+
+    registry: str = option(help="model registry root directory")
+    model: str = option(help="model name under the registry")
+    index_admin: tuple[str, ...] = option((), "every index slot replica's admin HOST:PORT, comma-separated")
+    query_admin: tuple[str, ...] = option((), "every query replica's admin HOST:PORT, comma-separated")
+    admin_token: str = option("", "bearer token of the admin plane", secret=True)
+    tls: ClientTls = option(ClientTls(), "TLS to the admin planes", prefix="tls-")
+    timeout_s: float = option(120.0, "deadline of each admin call")
+    connect_timeout_s: float = option(10.0, "how long to wait for each replica's admin server to answer")
+    # recsys-catalogue waits for a rollout: 6-10 s on the demo and ~40 s for a 10M-candidate index
+    # (docs/BENCHMARKS.md), plus its drain.
+    lock_wait_s: float = option(60.0, "how long to wait for a catalogue delta (recsys-catalogue) of the model to end "
+                                      "before refusing; another recsys-publish run is refused at once")
+
+    def __post_init__(self) -> None:
+        require_valid(check_model_name, self.model, "model")
+        require_distinct(self.index_admin, "index_admin")
+        require_distinct(self.query_admin, "query_admin")
+        require(self.lock_wait_s >= 0, "lock_wait_s", "must be >= 0")
+
+
 @dataclass
 class Fleet:
     """Admin connections to every index slot replica and query replica."""
 
     index: list[Replica]
     query: list[Replica]
-    token: str = ""
-    timeout_s: float = 120.0
+    token: str = FleetConfig.admin_token
+    timeout_s: float = FleetConfig.timeout_s
     _channels: list[grpc.Channel] = field(default_factory=list)
     unreachable: dict[tuple[str, str], str] = field(default_factory=dict)  # (role, address) -> why, left out
 
     @classmethod
-    def connect(cls, index_addresses: list[str], query_addresses: list[str], token: str = "",
-                timeout_s: float = 120.0, connect_timeout_s: float = 10.0, tls: ClientTls = ClientTls(),
-                strict: bool = True) -> "Fleet":
+    def connect(cls, index_addresses: list[str], query_addresses: list[str], token: str = FleetConfig.admin_token,
+                timeout_s: float = FleetConfig.timeout_s, connect_timeout_s: float = FleetConfig.connect_timeout_s,
+                tls: ClientTls = FleetConfig.tls, strict: bool = True) -> "Fleet":
         """Opens a channel to every replica, waiting up to ``connect_timeout_s``
         for each (replicas still starting, as under compose). A replica that
         does not answer raises PublishError, or with ``strict`` false is left
@@ -717,36 +743,23 @@ def _forget_rollback(registry: Registry) -> None:
 
 
 @dataclass(frozen=True)
-class PublishConfig:
-    registry: str = option(help="model registry root directory")
-    model: str = option(help="model name under the registry")
-    index_admin: tuple[str, ...] = option((), "every index slot replica's admin HOST:PORT, comma-separated")
-    query_admin: tuple[str, ...] = option((), "every query replica's admin HOST:PORT, comma-separated")
-    admin_token: str = option("", "bearer token of the admin plane", secret=True)
-    tls: ClientTls = option(ClientTls(), "TLS to the admin planes", prefix="tls-")
+class PublishConfig(FleetConfig):
     version: int = option(0, "version to roll out (0: the newest published)", env=False)
     rollback: bool = option(False, "make the rollback target live again everywhere", env=False)
     initial: bool = option(False, "the registry's first rollout, before any query replica runs; does nothing "
                                   "once CURRENT is set", env=False)
     drain_s: float = option(5.0, "wait before unloading stale towers")
-    timeout_s: float = option(120.0, "deadline of each admin call")
-    connect_timeout_s: float = option(10.0, "how long to wait for each replica's admin server to answer")
     keep_versions: int = option(5, "published versions kept on disk after a rollout (at least 2)")
-    lock_wait_s: float = option(60.0, "how long to wait for a catalogue delta (recsys-catalogue) of the model to end "
-                                      "before refusing; another recsys-publish run is refused at once")
     allow_unlisted_watchers: bool = option(False, "load an idle slot even when one of its replicas has more status "
                                                   "watchers than there are query replica processes given (a client "
                                                   "known to route no searches there, e.g. a debugging one)", env=False)
 
     def __post_init__(self) -> None:
-        require_valid(check_model_name, self.model, "model")
-        require_distinct(self.index_admin, "index_admin")
-        require_distinct(self.query_admin, "query_admin")
+        super().__post_init__()
         require(not (self.rollback and self.initial), "rollback", "a rollback cannot be an initial rollout")
         require(self.version >= 0, "version", "must be >= 0")
         require(self.keep_versions >= 2, "keep_versions",
                 "must be at least 2 (the live version and its rollback target)")
-        require(self.lock_wait_s >= 0, "lock_wait_s", "must be >= 0")
         require(bool(self.query_admin) or self.initial, "query_admin",
                 "is required (every query replica), except for --initial")
         require(bool(self.index_admin) or self.rollback, "index_admin", "is required (every index slot replica)")
