@@ -24,7 +24,8 @@ Rollout of version V (default: the newest published):
   5. CURRENT points at V (PREVIOUS at L); towers that are neither live nor the
      rollback target are unloaded.
 A refusal before step 4 undoes the rollout (the towers it loaded are unloaded,
-the slot gets its previous version back) and leaves CURRENT as it was.
+the slot gets its previous version back once the towers' warm-up searches are
+past its --busy-window-s) and leaves CURRENT as it was.
 
 Rollback: every query replica promotes its rollback target (they must agree,
 and on the live version: a refusal names the rollout that brings them in
@@ -100,6 +101,11 @@ LOCK_POLL_S = 0.1  # how often a run waiting for the lock tries it again
 # A rollout's lock is waited for only while a catalogue delta (seconds) holds it: another rollout or rollback takes
 # minutes, and its outcome changes what this run should do, so the operator hears of it at once.
 NOT_WAITED = frozenset({"recsys-publish"})
+# How long an undo's reload of a slot waits for the slot to go idle, and how often it asks. A run that loaded the
+# query replicas' towers made searches of the slot's new version (their cache warm-up), and a slot refuses a load
+# for its --busy-window-s (3 s) after a search, though no replica routes there once the towers are unloaded.
+UNDO_IDLE_WAIT_S = 30.0
+UNDO_IDLE_POLL_S = 0.25
 
 
 class PublishError(Exception):
@@ -324,17 +330,35 @@ class Undo:
 def _undo(fleet: Fleet, steps: list[Undo]) -> None:
     """Runs undo calls in reverse order, logging (not raising) failures."""
     for step in reversed(steps):
-        replica = step.replica
         try:
-            status = fleet.status(replica)
-            if not step.holds(status):
-                log.warning("left %s replica %s as it is: it no longer holds what this run put there (%s)",
-                            replica.role, replica.address, _held(status))
-                continue
-            fleet.call(replica, step.method, step.request)
-            log.info("%s", step.done)
+            _undo_step(fleet, step)
         except PublishError as e:
-            log.warning("could not undo on %s replica %s: %s", replica.role, replica.address, e)
+            log.warning("could not undo on %s replica %s: %s", step.replica.role, step.replica.address, e)
+
+
+def _undo_step(fleet: Fleet, step: Undo) -> None:
+    """Makes ``step``'s call while its replica holds what the run left there; a slot that refuses it because it
+    answered searches is asked again until it is idle (``UNDO_IDLE_WAIT_S``)."""
+    replica, give_up_at, waiting = step.replica, time.monotonic() + UNDO_IDLE_WAIT_S, False
+    while True:
+        status = fleet.status(replica)
+        if not step.holds(status):
+            log.warning("left %s replica %s as it is: it no longer holds what this run put there (%s)",
+                        replica.role, replica.address, _held(status))
+            return
+        try:
+            fleet.call(replica, step.method, step.request)
+        except PublishError as e:
+            if not _slot_busy(e) or time.monotonic() >= give_up_at:
+                raise
+            if not waiting:
+                log.info("index replica %s answered searches (this run's cache warm-up): waiting up to %g s for it "
+                         "to go idle to undo the load", replica.address, UNDO_IDLE_WAIT_S)
+                waiting = True
+            time.sleep(UNDO_IDLE_POLL_S)
+            continue
+        log.info("%s", step.done)
+        return
 
 
 def _held(status: pb.ServiceStatus) -> str:
@@ -461,15 +485,19 @@ def _check_watchers(fleet: Fleet, slot: Slot, version: int) -> None:
                 "debugging client), run again with --allow-unlisted-watchers; nothing changed")
 
 
+def _slot_busy(error: PublishError) -> bool:
+    """Whether ``error`` is a slot's refusal of a load because it answered searches within its --busy-window-s."""
+    rpc = error.__cause__
+    # The slot's refusal (index_service.slot's _check_idle) says "answered a search"; other refusals are as they are.
+    return (isinstance(rpc, grpc.RpcError) and rpc.code() == grpc.StatusCode.FAILED_PRECONDITION
+            and "answered a search" in rpc.details())
+
+
 def _unlisted_traffic(fleet: Fleet, slot: Slot, error: PublishError) -> PublishError:
     """``error``, a load into ``slot`` refused, naming its likely cause where the slot refused because it answers
     searches (within its --busy-window-s) for a version that no query replica given serves: a query replica left out
     of --query-admin, routing its cache misses there, which would fail every one once the slot is replaced."""
-    rpc = error.__cause__
-    # The slot's refusal (index_service.slot's _check_idle) says "answered a search"; other refusals are as they are.
-    busy = (isinstance(rpc, grpc.RpcError) and rpc.code() == grpc.StatusCode.FAILED_PRECONDITION
-            and "answered a search" in rpc.details())
-    if not busy or slot.version is None or not fleet.query:
+    if not _slot_busy(error) or slot.version is None or not fleet.query:
         return error
     try:
         serving = _in_state(fleet, SERVING)
