@@ -343,7 +343,20 @@ def parse(parser: argparse.ArgumentParser, cls: type, argv: list[str] | None = N
     try:
         return from_args(cls, args)
     except ConfigError as e:
-        parser.error(f"{flag_name(cls, e.field)} {e.message}")
+        parser.error(f"{flag_name(cls, e.field)} {e.message}{_environment_note(parser, cls, args, e.field)}")
+
+
+def _environment_note(parser: argparse.ArgumentParser, cls: type, args: argparse.Namespace, field_path: str) -> str:
+    """" (set by $RECSYS_<FLAG>)" where the refused field's value is its environment variable's: the error is read
+    beside a command line (a pod's args, a compose command) that does not hold the value."""
+    for flag in _flags(cls):
+        if ".".join(flag.path) != field_path or not flag.field.metadata["env"]:
+            continue
+        env = _env_name(flag)
+        if (env in os.environ or f"{env}_FILE" in os.environ) and \
+                getattr(args, flag.dest) == parser.get_default(flag.dest):
+            return f" (set by ${env})"
+    return ""
 
 
 def overrides(cls: type, args: argparse.Namespace) -> dict[str, Any]:

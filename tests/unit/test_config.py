@@ -126,6 +126,23 @@ def test_a_query_flag_out_of_range_names_itself(capsys, flag, says):
     assert f"error: {says}" in capsys.readouterr().err
 
 
+def test_a_refused_value_from_the_environment_names_its_variable(capsys, monkeypatch):
+    """An image upgrade that tightened a check crash-looped a pod with "--catalogue-catch-up-period-s must be ...",
+    a flag its command line did not hold: the value was $RECSYS_CATALOGUE_CATCH_UP_PERIOD_S's."""
+    from index_service.server import IndexServiceConfig, build_parser
+    from settings.flags import parse
+
+    monkeypatch.setenv("RECSYS_CATALOGUE_CATCH_UP_PERIOD_S", "0.01")
+    for argv, note in (([], " (set by $RECSYS_CATALOGUE_CATCH_UP_PERIOD_S)"),
+                       (["--catalogue-catch-up-period-s=0.02"], "")):
+        with pytest.raises(SystemExit) as exit_:
+            parse(build_parser(), IndexServiceConfig, ["--registry", "/r", "--model", "m", "--slot", "blue", *argv])
+        assert exit_.value.code == 2
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+        assert ": error: --catalogue-catch-up-period-s must be 0" in line, line
+        assert line.endswith(f"finite{note}"), line
+
+
 def test_recsys_train_takes_its_training_flags_from_the_environment_too(monkeypatch):
     """DEPLOY.md: every flag of the services and operator tools defaults to $RECSYS_<FLAG>. recsys-train's training
     flags ignored theirs: RECSYS_EPOCHS in a trainer Job's environment trained the preset's epochs, silently. Set,
