@@ -65,7 +65,7 @@ generation, and to run ``--catch-up`` for the others; the exit status is 130
 or 143, as the shell gives a process the signal ended.
 
 Writing and applying a delta holds the model's rollout lock, as
-``recsys-publish`` does (``recsys_client.publish.exclusive``): a run waits up
+``recsys-publish`` does (``recsys_client.rollout_lock.exclusive``): a run waits up
 to ``--lock-wait-s`` for a rollout to end, then is refused naming it, writing
 nothing. A delta for CURRENT is refused, writing nothing, if a rollout moved
 CURRENT while the run prepared it.
@@ -94,8 +94,9 @@ from model_registry.deltas import (MAX_UPSERT_SCALE, AlteredLog, Delta, catalogu
 from protos.recsys.v1 import admin_pb2 as pb
 from protos.recsys.v1.versions_pb2 import VERSION_STATE_LOADING as LOADING
 from recsys_client.candidate_tower import CandidateTower, FeatureError
-from recsys_client.publish import (SERVING, Fleet, FleetConfig, Interrupted, PublishError, Replica, exclusive,
-                                   stop_on_signals, version_in)
+from recsys_client.fleet import SERVING, Fleet, FleetConfig, PublishError, Replica, version_in
+from recsys_client.interrupts import Interrupted, stop_on_signals
+from recsys_client.rollout_lock import exclusive
 from serving import validation
 from serving.errors import InvalidArgument
 from serving.validation import MAX_ID_BYTES

@@ -66,38 +66,31 @@ CURRENT already set it does nothing.
 from __future__ import annotations
 
 import argparse
-import datetime
-import fcntl
 import logging
-import os
-import signal
-import socket
 import sys
 import time
 from collections import Counter, defaultdict
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import grpc
 
 from model_registry import Registry, VersionError
-from model_registry.registry import check_model_name
 from model_registry.deltas import published_generation
 from protos.recsys.v1 import admin_pb2 as pb
-from protos.recsys.v1 import admin_pb2_grpc as pb_grpc
 from protos.recsys.v1 import versions_pb2
-from recsys_client.status import FLAGS, admin_port_hint
+from recsys_client.fleet import (ROLLBACK_TARGET, SERVING, Fleet, FleetConfig, PublishError, Replica, check_fleet,
+                                 version_in)
+from recsys_client.interrupts import Interrupted, stop_on_signals
+from recsys_client.rollout_lock import exclusive
 from serving.admin_rpc import state_name
-from serving.tls import ClientTls, tls_hint
-from settings.flags import add_flags, option, parse, require, require_distinct, require_valid
+from settings.flags import add_flags, option, parse, require
 
 log = logging.getLogger("recsys-publish")
-SERVING, ROLLBACK_TARGET = versions_pb2.VERSION_STATE_SERVING, versions_pb2.VERSION_STATE_ROLLBACK_TARGET
-LOCK_FILE = ".publish.lock"  # in the model's registry directory
-# In it too, while the last pointer move was a rollback: "FROM TO" (the versions). A rollout removes it.
+# In the model's registry directory (as is rollout_lock.LOCK_FILE), while the last pointer move was a rollback:
+# "FROM TO" (the versions). A rollout removes it.
 ROLLED_BACK_FILE = ".rolled-back"
-LOCK_POLL_S = 0.1  # how often a run waiting for the lock tries it again
 # A rollout's lock is waited for only while a catalogue delta (seconds) holds it: another rollout or rollback takes
 # minutes, and its outcome changes what this run should do, so the operator hears of it at once.
 NOT_WAITED = frozenset({"recsys-publish"})
@@ -108,22 +101,9 @@ UNDO_IDLE_WAIT_S = 30.0
 UNDO_IDLE_POLL_S = 0.25
 
 
-class PublishError(Exception):
-    """A rollout step failed; the message says which replica and why."""
-
-
 class PointerError(PublishError, OSError):
     """The registry refused to point CURRENT at the version the replicas already serve. An OSError too: callers
     that caught the registry's own refusal still catch it."""
-
-
-class Interrupted(PublishError):
-    """SIGINT or SIGTERM arrived during a run: raised in its place, so the run undoes what it changed."""
-
-    def __init__(self, signum: int, when: str = ""):
-        super().__init__(f"stopped by {signal.Signals(signum).name}{when}")
-        self.signum = signum
-        self.exit_code = 128 + signum  # a shell's status for a process ended by the signal
 
 
 @contextmanager
@@ -135,115 +115,6 @@ def _past_the_switch(version: int) -> Iterator[None]:
     except Interrupted as e:
         raise Interrupted(e.signum, f" after the query replicas switched to version {version}: nothing was "
                                     "undone; run the same command again to finish") from None
-
-
-@dataclass
-class Replica:
-    role: str  # "index" or "query"
-    address: str
-    stub: pb_grpc.AdminServiceStub
-
-    def call(self, method: str, request, metadata, timeout_s: float) -> pb.ServiceStatus:
-        try:
-            return getattr(self.stub, method)(request, metadata=metadata, timeout=timeout_s)
-        except grpc.RpcError as e:
-            raise PublishError(f"{self.role} replica {self.address}: {method} failed: {e.code().name}: {e.details()}"
-                               f"{admin_port_hint(e.code(), self.address, self.role)}") from e
-
-
-@dataclass(frozen=True)
-class FleetConfig:
-    """What recsys-publish and recsys-catalogue share: the model, its replicas' admin planes and how to reach them,
-    and the wait for the model's rollout lock. The help texts are recsys-publish's (recsys-catalogue re-words two);
-    ``Fleet.connect`` takes its defaults from here."""
-
-    registry: str = option(help="model registry root directory")
-    model: str = option(help="model name under the registry")
-    index_admin: tuple[str, ...] = option((), "every index slot replica's admin HOST:PORT, comma-separated")
-    query_admin: tuple[str, ...] = option((), "every query replica's admin HOST:PORT, comma-separated")
-    admin_token: str = option("", "bearer token of the admin plane", secret=True)
-    tls: ClientTls = option(ClientTls(), "TLS to the admin planes", prefix="tls-")
-    timeout_s: float = option(120.0, "deadline of each admin call")
-    connect_timeout_s: float = option(10.0, "how long to wait for each replica's admin server to answer")
-    # recsys-catalogue waits for a rollout: 6-10 s on the demo and ~40 s for a 10M-candidate index
-    # (docs/BENCHMARKS.md), plus its drain.
-    lock_wait_s: float = option(60.0, "how long to wait for a catalogue delta (recsys-catalogue) of the model to end "
-                                      "before refusing; another recsys-publish run is refused at once")
-
-    def __post_init__(self) -> None:
-        require_valid(check_model_name, self.model, "model")
-        require_distinct(self.index_admin, "index_admin")
-        require_distinct(self.query_admin, "query_admin")
-        require(self.lock_wait_s >= 0, "lock_wait_s", "must be >= 0")
-
-
-@dataclass
-class Fleet:
-    """Admin connections to every index slot replica and query replica."""
-
-    index: list[Replica]
-    query: list[Replica]
-    token: str = FleetConfig.admin_token
-    timeout_s: float = FleetConfig.timeout_s
-    _channels: list[grpc.Channel] = field(default_factory=list)
-    unreachable: dict[tuple[str, str], str] = field(default_factory=dict)  # (role, address) -> why, left out
-
-    @classmethod
-    def connect(cls, index_addresses: list[str], query_addresses: list[str], token: str = FleetConfig.admin_token,
-                timeout_s: float = FleetConfig.timeout_s, connect_timeout_s: float = FleetConfig.connect_timeout_s,
-                tls: ClientTls = FleetConfig.tls, strict: bool = True) -> "Fleet":
-        """Opens a channel to every replica, waiting up to ``connect_timeout_s``
-        for each (replicas still starting, as under compose). A replica that
-        does not answer raises PublishError, or with ``strict`` false is left
-        out of the fleet and named in its ``unreachable``."""
-        channels: list[grpc.Channel] = []
-        unreachable: dict[tuple[str, str], str] = {}
-
-        def replicas(role: str, addresses: list[str]) -> list[Replica]:
-            out = []
-            for address in addresses:
-                channels.append(tls.channel(address))
-                try:
-                    grpc.channel_ready_future(channels[-1]).result(timeout=connect_timeout_s)
-                except grpc.FutureTimeoutError:
-                    why = _unreachable(f"{role} replica {address}", tls, address, connect_timeout_s)
-                    if not strict:
-                        channels.pop().close()
-                        unreachable[role, address] = why
-                        continue
-                    for channel in channels:
-                        channel.close()
-                    raise PublishError(why) from None
-                out.append(Replica(role, address, pb_grpc.AdminServiceStub(channels[-1])))
-            return out
-
-        return cls(replicas("index", index_addresses), replicas("query", query_addresses), token, timeout_s,
-                   channels, unreachable)
-
-    def call(self, replica: Replica, method: str, request) -> pb.ServiceStatus:
-        metadata = [("authorization", f"Bearer {self.token}")] if self.token else None
-        return replica.call(method, request, metadata, self.timeout_s)
-
-    def status(self, replica: Replica) -> pb.ServiceStatus:
-        return self.call(replica, "GetStatus", pb.GetStatusRequest())
-
-    def close(self) -> None:
-        for channel in self._channels:
-            channel.close()
-
-
-def _unreachable(replica: str, tls: ClientTls, address: str, waited_s: float) -> str:
-    """Why ``replica`` at ``address`` was not reached in ``waited_s``: a server that refuses the handshake does
-    answer there, and its refusal names TLS."""
-    details = tls.connect_failure(address)
-    hint = tls_hint(details)
-    return (f"{replica}: no admin server answers there{' with these TLS settings' if hint else ''} (waited "
-            f"{waited_s:g} s){f': {details}' if details else ''}{hint}")
-
-
-def version_in(status: pb.ServiceStatus, state: int) -> int | None:
-    """The version a replica's ``status`` has in ``state``; None if none."""
-    return next((v.version for v in status.versions if v.state == state), None)
 
 
 def _in_state(fleet: Fleet, state: int) -> dict[str, int | None]:
@@ -365,72 +236,6 @@ def _held(status: pb.ServiceStatus) -> str:
     """What a replica's status says it holds, with state names (for logs)."""
     return ", ".join(f"version {v.version} {state_name(v.state)}"
                      for v in status.versions) or "nothing"
-
-
-@contextmanager
-def exclusive(registry: Registry, tool: str = "recsys-publish", wait_s: float = 0.0,
-              refuse_at_once: frozenset[str] = frozenset()) -> Iterator[None]:
-    """Holds the model's rollout lock (``flock`` on ``LOCK_FILE`` in its registry directory) for the block, waiting
-    up to ``wait_s`` for another run (recsys-publish's, or ``tool``'s) to release it, then raises PublishError naming
-    that run; a run of a tool in ``refuse_at_once`` is not waited for. The kernel releases the lock when the holder's
-    process ends, so a killed run leaves nothing to clean up."""
-    path = registry.model_dir / LOCK_FILE
-    if not registry.model_dir.is_dir():
-        raise PublishError(f"nothing of model {registry.model!r} is published under {registry.root}")
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise PublishError(f"cannot take the rollout lock of {registry.model!r} ({e}): {tool} writes the "
-                           "registry, run it where the registry is writable") from e
-    try:
-        deadline = time.monotonic() + wait_s
-        waiting_for = ""
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
-            # An empty file: the holder took the lock and has not yet written its name; which tool it is shows soon.
-            now_or_never = bool(holder) and _holder_tool(holder) in refuse_at_once
-            if time.monotonic() < deadline and not now_or_never:
-                if holder and holder != waiting_for:
-                    log.info("waiting up to %g s for the %s run of %r to end (%s)", wait_s, _holder_tool(holder),
-                             registry.model, holder)
-                    waiting_for = holder
-                # flock has no timeout: polled, as a blocking call could be cut off only by a signal.
-                time.sleep(LOCK_POLL_S)
-                continue
-            holder = holder or "it has not yet written its name"
-            waited = f"waited {wait_s:g} s; " if wait_s and not now_or_never else ""
-            raise PublishError(f"another {_holder_tool(holder)} run of {registry.model!r} is under way ({holder}; "
-                               f"lock {path}): {waited}wait for it to end and check its outcome, then run again; the "
-                               "lock goes when that process exits")
-        started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        os.ftruncate(fd, 0)
-        # Not the command line: it may carry --admin-token, and the file is readable by all.
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {started} by {tool}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _holder_tool(holder: str) -> str:
-    """The tool a lock holder's line names (``exclusive``); recsys-publish for a line written before it did."""
-    named = holder.rpartition(" by ")[2]
-    return named if named.startswith("recsys-") else "recsys-publish"
-
-
-def check_fleet(fleet: Fleet, model: str) -> None:
-    """Refuses, before any change, a replica that is not of ``model`` or not of the role of the flag it was
-    given in (a query replica's admin address among the index slots, or another model's replicas)."""
-    for replica in fleet.index + fleet.query:
-        status = fleet.status(replica)
-        if status.service != replica.role or status.model_name != model:
-            raise PublishError(f"{FLAGS[replica.role]} {replica.address} is the {status.service or 'unknown'} "
-                               f"service of model {status.model_name!r}, not the {replica.role} service of "
-                               f"{model!r}: give {FLAGS[replica.role]} only the admin addresses of {model!r}'s "
-                               f"{'index slots' if replica.role == 'index' else 'query replicas'}; nothing changed")
 
 
 def _slot_undo(slot: Slot, replica: Replica, version: int) -> Undo:
@@ -800,29 +605,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@contextmanager
-def stop_on_signals(tool_log: logging.Logger = log,
-                    stopping: str = "already stopping: undoing what this run changed") -> Iterator[None]:
-    """Turns SIGINT and SIGTERM into Interrupted for the block, so that a run stopped by either undoes (or reports)
-    what it changed; once one arrived, the others are logged on ``tool_log`` as ``stopping`` and wait for that."""
-    def stop(signum: int, frame) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: tool_log.warning(stopping))
-        raise Interrupted(signum)
-
-    before = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in before.items():
-            signal.signal(sig, handler)
-
-
 def main(argv: list[str] | None = None) -> None:
     config = parse(build_parser(), PublishConfig, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     registry = Registry(config.registry, config.model)
-    with stop_on_signals():
+    with stop_on_signals(log):
         try:
             fleet = Fleet.connect(list(config.index_admin), list(config.query_admin), config.admin_token,
                                   config.timeout_s, config.connect_timeout_s, config.tls)

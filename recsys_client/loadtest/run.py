@@ -57,7 +57,7 @@ def _admin_action(swap: SwapConfig, act: Callable[..., tuple[int, dict[str, floa
     connection to the replicas; the version it made live and where the time
     went (``connect``: the admin tool's channels, then ``act``'s own steps)."""
     from model_registry import Registry
-    from recsys_client.publish import Fleet
+    from recsys_client.fleet import Fleet
 
     start = time.perf_counter()
     fleet = Fleet.connect(swap.index_admin, swap.query_admin, swap.admin_token, swap.admin_timeout_s, tls=swap.tls)

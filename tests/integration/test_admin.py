@@ -24,7 +24,8 @@ from protos.recsys.v1 import admin_pb2_grpc as apb_grpc
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from protos.recsys.v1 import versions_pb2
-from recsys_client.publish import Fleet, PublishError, publish_version
+from recsys_client.fleet import Fleet, PublishError
+from recsys_client.publish import publish_version
 from tests.integration.conftest import MODEL, index_slot, query_replica
 from tests.processes import console_script, is_serving, start_all, wait_until
 

@@ -18,7 +18,8 @@ from model_registry import Registry
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from recsys_client.loadtest import LoadConfig, run_load
-from recsys_client.publish import Fleet, publish_version, rollback
+from recsys_client.fleet import Fleet
+from recsys_client.publish import publish_version, rollback
 from tests.integration.conftest import MODEL, index_slot, make_live, query_replica, train
 from tests.processes import console_script, start_all, wait_until
 

@@ -22,7 +22,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 
 from query_service.index_client import IndexEndpoint
 from recsys_client import status
-from recsys_client.publish import Fleet, PublishError
+from recsys_client.fleet import Fleet, PublishError
 from serving.tls import ClientTls, ServerTls
 from tests.integration.test_tls import Authority, _name, _write
 from tests.processes import console_script, free_port

@@ -31,7 +31,7 @@ from model_registry.deltas import Delta, published_generation, read_deltas, writ
 from protos.recsys.v1 import admin_pb2, admin_pb2_grpc, versions_pb2
 from recsys_client.catalogue import CatalogueError, apply_everywhere, catch_up, publish_delta, read_upserts
 from recsys_client.catalogue import main as catalogue_main
-from recsys_client.publish import Fleet, Replica
+from recsys_client.fleet import Fleet, Replica
 from serving import errors
 from serving.admin import LoadReport
 from serving.admin_rpc import version_protos

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from model_registry import Registry
 from model_registry.deltas import AlteredLog, Delta, published_generation, read_deltas, write_delta
 from recsys_client.catalogue import main as catalogue_main
-from recsys_client.publish import Fleet
+from recsys_client.fleet import Fleet
 from tests.unit.test_registry_retention import publish_dummy
 
 

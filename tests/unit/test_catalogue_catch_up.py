@@ -8,7 +8,7 @@ import pytest
 
 from model_registry import Registry
 from model_registry.deltas import Delta, published_generation, write_delta
-from recsys_client.publish import Fleet, Replica
+from recsys_client.fleet import Fleet, Replica
 from tests.unit.test_catalogue import _Replica
 from tests.unit.test_catalogue_deletes import run
 from tests.unit.test_registry_retention import publish_dummy

@@ -11,7 +11,7 @@ import pytest
 from model_registry import Registry
 from model_registry.deltas import Delta, published_generation, read_deltas, write_delta
 from recsys_client.catalogue import main as catalogue_main
-from recsys_client.publish import SERVING, Fleet, Replica
+from recsys_client.fleet import SERVING, Fleet, Replica
 from tests.unit.test_catalogue import _Replica
 from tests.unit.test_registry_retention import publish_dummy
 

@@ -1,4 +1,4 @@
-"""recsys-catalogue and recsys-publish share the model's rollout lock (recsys_client.publish.exclusive): a delta's
+"""recsys-catalogue and recsys-publish share the model's rollout lock (recsys_client.rollout_lock.exclusive): a delta's
 write and apply wait for a rollout to end, and are refused, writing nothing, if it does not end in time or if it moved
 CURRENT under them; a rollout is refused naming a catalogue run that holds it. In-memory admin stubs, no servers."""
 
@@ -12,7 +12,9 @@ import pytest
 from model_registry import Registry
 from model_registry.deltas import published_generation
 from recsys_client.catalogue import main as catalogue_main
-from recsys_client.publish import SERVING, Fleet, PublishError, Replica, exclusive, publish_version
+from recsys_client.fleet import SERVING, Fleet, PublishError, Replica
+from recsys_client.publish import publish_version
+from recsys_client.rollout_lock import exclusive
 from tests.unit.test_publish import StatusOnly
 from tests.unit.test_registry_retention import publish_dummy
 

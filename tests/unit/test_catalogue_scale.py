@@ -13,7 +13,7 @@ from model_registry import Registry
 from model_registry.deltas import Delta, published_generation, read_deltas
 from recsys_client.catalogue import MAX_UPSERT_SCALE, CatalogueError, publish_delta
 from recsys_client.catalogue import main as catalogue_main
-from recsys_client.publish import Fleet
+from recsys_client.fleet import Fleet
 from tests.unit import tiny_versions as tiny
 
 

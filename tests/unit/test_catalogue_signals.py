@@ -12,7 +12,7 @@ import pytest
 from model_registry import Registry
 from model_registry.deltas import published_generation
 from recsys_client.catalogue import main as catalogue_main
-from recsys_client.publish import Fleet, Replica
+from recsys_client.fleet import Fleet, Replica
 from tests.unit.test_catalogue import _Replica
 from tests.unit.test_registry_retention import publish_dummy
 

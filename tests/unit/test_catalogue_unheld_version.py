@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from protos.recsys.v1 import versions_pb2
 from recsys_client.catalogue import apply_everywhere
-from recsys_client.publish import Fleet, Replica
+from recsys_client.fleet import Fleet, Replica
 from tests.unit.test_catalogue import _Replica
 from tests.unit.test_catalogue_catch_up import _fleet, registry  # noqa: F401 (a fixture)
 from tests.unit.test_catalogue_deletes import run

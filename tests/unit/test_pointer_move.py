@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from model_registry import Registry, VersionError
-from recsys_client.publish import ROLLBACK_TARGET, SERVING, publish_version, rollback
+from recsys_client.fleet import ROLLBACK_TARGET, SERVING
+from recsys_client.publish import publish_version, rollback
 from tests.unit.test_publish import two_live
 
 

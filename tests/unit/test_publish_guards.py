@@ -16,7 +16,8 @@ import pytest
 
 from model_registry import Registry
 from protos.recsys.v1 import admin_pb2 as pb
-from recsys_client.publish import ROLLBACK_TARGET, SERVING, Fleet, PublishError, Replica, publish_version, rollback
+from recsys_client.fleet import ROLLBACK_TARGET, SERVING, Fleet, PublishError, Replica
+from recsys_client.publish import publish_version, rollback
 from recsys_client.publish import main as publish_main
 from tests.unit.test_publish import QueryStub, StatusOnly
 from tests.unit.test_registry_retention import publish_dummy

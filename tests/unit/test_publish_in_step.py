@@ -11,7 +11,8 @@ import pytest
 
 from model_registry import Registry
 from protos.recsys.v1.versions_pb2 import VERSION_STATE_READY as READY
-from recsys_client.publish import ROLLBACK_TARGET, SERVING, Fleet, PublishError, Replica, publish_version, rollback
+from recsys_client.fleet import ROLLBACK_TARGET, SERVING, Fleet, PublishError, Replica
+from recsys_client.publish import publish_version, rollback
 from tests.unit.test_publish import QueryStub
 from tests.unit.test_publish_guards import IndexStub, RpcFailure
 from tests.unit.test_registry_retention import publish_dummy

@@ -1,6 +1,6 @@
-"""recsys-publish and the model's rollout lock (recsys_client.publish.exclusive), against in-memory admin stubs: a run
-waits (--lock-wait-s) for a recsys-catalogue run that holds it, a delta being short, and is refused at once by another
-recsys-publish run."""
+"""recsys-publish and the model's rollout lock (recsys_client.rollout_lock.exclusive), against in-memory admin stubs: a
+run waits (--lock-wait-s) for a recsys-catalogue run that holds it, a delta being short, and is refused at once by
+another recsys-publish run."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ from typing import Iterator
 import pytest
 
 from model_registry import Registry
-from recsys_client.publish import ROLLBACK_TARGET, SERVING, Fleet, PublishError, exclusive, rollback
+from recsys_client.fleet import ROLLBACK_TARGET, SERVING, Fleet, PublishError
+from recsys_client.publish import rollback
 from recsys_client.publish import main as publish_main
+from recsys_client.rollout_lock import exclusive
 from tests.unit.test_publish import two_live
 
 HOLD_S = 0.5  # how long the other run below holds the lock

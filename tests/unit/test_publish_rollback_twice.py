@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from recsys_client.publish import ROLLBACK_TARGET, SERVING, Fleet, publish_version, rollback
+from recsys_client.fleet import ROLLBACK_TARGET, SERVING, Fleet
+from recsys_client.publish import publish_version, rollback
 from recsys_client.publish import main as publish_main
 from tests.unit.test_publish import cut_before_the_pointers, two_live
 

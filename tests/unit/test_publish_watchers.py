@@ -10,7 +10,8 @@ import pytest
 
 from protos.recsys.v1 import admin_pb2 as pb
 from recsys_client import status as client_status
-from recsys_client.publish import ROLLBACK_TARGET, SERVING, Fleet, PublishError, Replica, publish_version
+from recsys_client.fleet import ROLLBACK_TARGET, SERVING, Fleet, PublishError, Replica
+from recsys_client.publish import publish_version
 from tests.unit.test_publish import QueryStub
 from tests.unit.test_publish_guards import IndexStub, cli, setup
 

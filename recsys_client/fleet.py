@@ -1,0 +1,147 @@
+"""The admin planes of a model's replicas: ``FleetConfig`` (the flags recsys-publish and recsys-catalogue share:
+registry, model, replica admin lists, token, TLS, timeouts, lock wait), ``Fleet`` (admin connections to every index
+slot replica and query replica), ``version_in`` (a replica's version in a state such as ``SERVING``),
+``check_fleet`` (every replica of the model and of the role of its flag, checked before a rollout changes anything)
+and ``PublishError``, which names the replica whose call failed. Shared by both tools, so that they reach, read and
+name the replicas alike."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import grpc
+
+from model_registry.registry import check_model_name
+from protos.recsys.v1 import admin_pb2 as pb
+from protos.recsys.v1 import admin_pb2_grpc as pb_grpc
+from protos.recsys.v1 import versions_pb2
+from recsys_client.status import FLAGS, admin_port_hint
+from serving.tls import ClientTls, tls_hint
+from settings.flags import option, require, require_distinct, require_valid
+
+SERVING, ROLLBACK_TARGET = versions_pb2.VERSION_STATE_SERVING, versions_pb2.VERSION_STATE_ROLLBACK_TARGET
+
+
+class PublishError(Exception):
+    """A rollout step failed; the message says which replica and why."""
+
+
+@dataclass
+class Replica:
+    role: str  # "index" or "query"
+    address: str
+    stub: pb_grpc.AdminServiceStub
+
+    def call(self, method: str, request, metadata, timeout_s: float) -> pb.ServiceStatus:
+        try:
+            return getattr(self.stub, method)(request, metadata=metadata, timeout=timeout_s)
+        except grpc.RpcError as e:
+            raise PublishError(f"{self.role} replica {self.address}: {method} failed: {e.code().name}: {e.details()}"
+                               f"{admin_port_hint(e.code(), self.address, self.role)}") from e
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """What recsys-publish and recsys-catalogue share: the model, its replicas' admin planes and how to reach them,
+    and the wait for the model's rollout lock. The help texts are recsys-publish's (recsys-catalogue re-words two);
+    ``Fleet.connect`` takes its defaults from here."""
+
+    registry: str = option(help="model registry root directory")
+    model: str = option(help="model name under the registry")
+    index_admin: tuple[str, ...] = option((), "every index slot replica's admin HOST:PORT, comma-separated")
+    query_admin: tuple[str, ...] = option((), "every query replica's admin HOST:PORT, comma-separated")
+    admin_token: str = option("", "bearer token of the admin plane", secret=True)
+    tls: ClientTls = option(ClientTls(), "TLS to the admin planes", prefix="tls-")
+    timeout_s: float = option(120.0, "deadline of each admin call")
+    connect_timeout_s: float = option(10.0, "how long to wait for each replica's admin server to answer")
+    # recsys-catalogue waits for a rollout: 6-10 s on the demo and ~40 s for a 10M-candidate index
+    # (docs/BENCHMARKS.md), plus its drain.
+    lock_wait_s: float = option(60.0, "how long to wait for a catalogue delta (recsys-catalogue) of the model to end "
+                                      "before refusing; another recsys-publish run is refused at once")
+
+    def __post_init__(self) -> None:
+        require_valid(check_model_name, self.model, "model")
+        require_distinct(self.index_admin, "index_admin")
+        require_distinct(self.query_admin, "query_admin")
+        require(self.lock_wait_s >= 0, "lock_wait_s", "must be >= 0")
+
+
+@dataclass
+class Fleet:
+    """Admin connections to every index slot replica and query replica."""
+
+    index: list[Replica]
+    query: list[Replica]
+    token: str = FleetConfig.admin_token
+    timeout_s: float = FleetConfig.timeout_s
+    _channels: list[grpc.Channel] = field(default_factory=list)
+    unreachable: dict[tuple[str, str], str] = field(default_factory=dict)  # (role, address) -> why, left out
+
+    @classmethod
+    def connect(cls, index_addresses: list[str], query_addresses: list[str], token: str = FleetConfig.admin_token,
+                timeout_s: float = FleetConfig.timeout_s, connect_timeout_s: float = FleetConfig.connect_timeout_s,
+                tls: ClientTls = FleetConfig.tls, strict: bool = True) -> "Fleet":
+        """Opens a channel to every replica, waiting up to ``connect_timeout_s``
+        for each (replicas still starting, as under compose). A replica that
+        does not answer raises PublishError, or with ``strict`` false is left
+        out of the fleet and named in its ``unreachable``."""
+        channels: list[grpc.Channel] = []
+        unreachable: dict[tuple[str, str], str] = {}
+
+        def replicas(role: str, addresses: list[str]) -> list[Replica]:
+            out = []
+            for address in addresses:
+                channels.append(tls.channel(address))
+                try:
+                    grpc.channel_ready_future(channels[-1]).result(timeout=connect_timeout_s)
+                except grpc.FutureTimeoutError:
+                    why = _unreachable(f"{role} replica {address}", tls, address, connect_timeout_s)
+                    if not strict:
+                        channels.pop().close()
+                        unreachable[role, address] = why
+                        continue
+                    for channel in channels:
+                        channel.close()
+                    raise PublishError(why) from None
+                out.append(Replica(role, address, pb_grpc.AdminServiceStub(channels[-1])))
+            return out
+
+        return cls(replicas("index", index_addresses), replicas("query", query_addresses), token, timeout_s,
+                   channels, unreachable)
+
+    def call(self, replica: Replica, method: str, request) -> pb.ServiceStatus:
+        metadata = [("authorization", f"Bearer {self.token}")] if self.token else None
+        return replica.call(method, request, metadata, self.timeout_s)
+
+    def status(self, replica: Replica) -> pb.ServiceStatus:
+        return self.call(replica, "GetStatus", pb.GetStatusRequest())
+
+    def close(self) -> None:
+        for channel in self._channels:
+            channel.close()
+
+
+def _unreachable(replica: str, tls: ClientTls, address: str, waited_s: float) -> str:
+    """Why ``replica`` at ``address`` was not reached in ``waited_s``: a server that refuses the handshake does
+    answer there, and its refusal names TLS."""
+    details = tls.connect_failure(address)
+    hint = tls_hint(details)
+    return (f"{replica}: no admin server answers there{' with these TLS settings' if hint else ''} (waited "
+            f"{waited_s:g} s){f': {details}' if details else ''}{hint}")
+
+
+def version_in(status: pb.ServiceStatus, state: int) -> int | None:
+    """The version a replica's ``status`` has in ``state``; None if none."""
+    return next((v.version for v in status.versions if v.state == state), None)
+
+
+def check_fleet(fleet: Fleet, model: str) -> None:
+    """Refuses, before any change, a replica that is not of ``model`` or not of the role of the flag it was
+    given in (a query replica's admin address among the index slots, or another model's replicas)."""
+    for replica in fleet.index + fleet.query:
+        status = fleet.status(replica)
+        if status.service != replica.role or status.model_name != model:
+            raise PublishError(f"{FLAGS[replica.role]} {replica.address} is the {status.service or 'unknown'} "
+                               f"service of model {status.model_name!r}, not the {replica.role} service of "
+                               f"{model!r}: give {FLAGS[replica.role]} only the admin addresses of {model!r}'s "
+                               f"{'index slots' if replica.role == 'index' else 'query replicas'}; nothing changed")
