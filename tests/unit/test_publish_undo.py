@@ -7,7 +7,8 @@ import grpc
 import pytest
 
 import recsys_client.publish as publish
-from recsys_client.publish import ROLLBACK_TARGET, SERVING, Fleet, PublishError, Replica, publish_version
+from recsys_client.fleet import ROLLBACK_TARGET, SERVING, Fleet, PublishError, Replica
+from recsys_client.publish import publish_version
 from tests.unit.test_publish_guards import IndexStub, RpcFailure, setup
 
 
