@@ -15,7 +15,7 @@ from serving import validation
 from serving.admin import VersionAdmin
 from serving.admin_rpc import version_protos
 from serving.errors import InvalidArgument
-from serving.filters import filter_from_proto
+from serving.filter_protos import filter_from_proto
 from serving.grpc_server import ANSWER_OVERHEAD_BYTES, add_scored, map_errors, result_bytes
 
 # Crowding token lists kept serialized (~190 bytes each, its key included): an answer's are parsed from their

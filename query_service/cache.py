@@ -48,7 +48,7 @@ from query_service.local_tier import LocalTier
 from query_service.redis_link import CLUSTER_SCHEMES, PIPELINED, UNREACHED, RedisLink
 from query_service.result import CachedResult
 from serving.errors import ResourceExhausted
-from serving.observability import LogThrottle
+from serving.log_throttle import LogThrottle
 from settings.flags import option, require
 
 log = logging.getLogger(__name__)

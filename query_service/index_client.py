@@ -17,13 +17,15 @@ import numpy as np
 
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
-from protos.recsys.v1 import versions_pb2
+from query_service.searches import IndexHits, IndexQuery, OverMaxK, SimilarQuery
 from serving import errors, validation
-from serving.admin_rpc import state_name
-from serving.filters import NO_FILTER, Filter, filter_to_proto
+from serving.admin_rpc import version_state
+from serving.filter_protos import filter_to_proto
 from serving.grpc_server import result_bytes
-from serving.observability import LogThrottle, outgoing_metadata
+from serving.log_throttle import LogThrottle
+from serving.observability import outgoing_metadata
 from serving.tls import ClientTls, tls_hint
+from serving.versions import State
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ MAX_SEARCH_ANSWER_BYTES = 12 << 20
 MAX_SEARCH_QUERIES = validation.DEFAULT_MAX_BATCH_QUERIES
 MAX_SEARCH_RESULTS = min(validation.DEFAULT_MAX_BATCH_RESULTS, MAX_SEARCH_ANSWER_BYTES // RESULT_BYTES)
 # States in which an endpoint answers searches pinned to a version.
-SEARCHABLE = frozenset({versions_pb2.VERSION_STATE_READY, versions_pb2.VERSION_STATE_SERVING})
+SEARCHABLE = frozenset({State.READY, State.SERVING})
 # What an index's refusal of a k over its --max-k (``validation.check_k``) says of the k asked and that limit.
 _REFUSED_K = re.compile(r"\bk=(\d+) is out of range: ask for 1 to (\d+) candidates")
 # An endpoint silent for this many of its keepalive periods is taken as gone (hung or partitioned).
@@ -77,49 +79,6 @@ class BatchBounds:
 
     queries: int = MAX_SEARCH_QUERIES
     results: int = MAX_SEARCH_RESULTS
-
-
-@dataclass(frozen=True)
-class IndexQuery:
-    """One search. ``vector`` None with ``by_popularity``: the version's most
-    popular candidates passing ``filter``. ``min_generation``: the catalogue
-    generation the answer must reflect at least (the asking tower's)."""
-
-    vector: np.ndarray | None
-    k: int
-    exclusions: frozenset[str]
-    filter: Filter = NO_FILTER
-    by_popularity: bool = False
-    min_generation: int = 0
-
-
-@dataclass(frozen=True)
-class SimilarQuery:
-    """The candidates nearest to ``candidate_id`` (itself excluded)."""
-
-    candidate_id: str
-    k: int
-    exclusions: frozenset[str]
-    filter: Filter = NO_FILTER
-    min_generation: int = 0
-
-
-@dataclass(frozen=True)
-class IndexHits:
-    ids: list[str]
-    scores: list[float]
-    generation: int = 0  # the catalogue generation the endpoint answered from
-    vector: np.ndarray | None = None  # a similar-candidate search's, when asked for
-    crowding: Sequence[tuple[str, ...]] | None = None  # with crowding: each result's tokens (a merge crowds again)
-
-
-class OverMaxK(errors.InvalidArgument):
-    """A search refused for a k over the most results the index endpoint answers (its --max-k, ``max_k``): the
-    caller's to lower, not another replica's to try (a sharded search asks its shards no deeper)."""
-
-    def __init__(self, message: str, max_k: int):
-        super().__init__(message)
-        self.max_k = max_k
 
 
 def error_for(e: grpc.aio.AioRpcError, address: str) -> errors.ServingError:
@@ -142,7 +101,7 @@ class IndexEndpoint:
         self.model = model
         self.slot = ""
         self.shard, self.shards = 0, 0  # of a sharded version (shards 0: whole versions)
-        self.versions: dict[int, int] = {}  # version -> VersionState
+        self.versions: dict[int, State] = {}  # version -> its state there
         self.generations: dict[int, int] = {}  # version -> catalogue generation applied there
         self.bounds = BatchBounds()  # lowered to what the endpoint names when it refuses a call over its own
         self.max_k = validation.DEFAULT_MAX_K  # the most results a search gets, as far as known (``_refusal``)
@@ -324,7 +283,7 @@ class IndexEndpoint:
                         details, tls_hint(details, "--index-tls-"), f" ({held} more since the last line)" if held
                         else "")
 
-    def _held(self, status: pb.IndexStatus) -> tuple[dict[int, int], dict[int, int]]:
+    def _held(self, status: pb.IndexStatus) -> tuple[dict[int, State], dict[int, int]]:
         """The versions ``status`` says the endpoint holds, with their states and catalogue generations: none
         when it names another model than the replica's (a wrong --index-address). Its version numbers name
         other embeddings and candidates: one of the same dims would answer wrong ids under this model's name."""
@@ -338,10 +297,10 @@ class IndexEndpoint:
                             status.slot or "?", status.model_name, self.model, self.model,
                             f" ({held} more such statuses since the last line)" if held else "")
             return {}, {}
-        return ({v.version: v.state for v in status.versions},
+        return ({v.version: version_state(v.state) for v in status.versions},
                 {v.version: v.catalogue_generation for v in status.versions})
 
-    def _update(self, slot: str, versions: dict[int, int], generations: dict[int, int],
+    def _update(self, slot: str, versions: dict[int, State], generations: dict[int, int],
                 on_change: Callable[[], None], shard: tuple[int, int]) -> None:
         if versions != self.versions or generations != self.generations or (slot, shard) != (self.slot, (
                 self.shard, self.shards)):
@@ -349,7 +308,7 @@ class IndexEndpoint:
             self.shard, self.shards = shard
             log.info("index endpoint %s (slot %s%s) holds %s", self.address, slot or "?",
                      f", shard {shard[0]} of {shard[1]}" if shard[1] else "",
-                     {v: f"{state_name(s)} "
+                     {v: f"{s.value} "
                          f"(catalogue generation {generations.get(v, 0)})" for v, s in versions.items()} or "nothing")
             on_change()
 

@@ -44,8 +44,8 @@ import numpy as np
 
 from query_service.batching import BatchingConfig, MicroBatcher
 from query_service.cache import CachedResult, ResultCache, cache_key, similar_key
-from query_service.index_client import IndexHits, IndexQuery, OverMaxK, SimilarQuery
 from query_service.live_history import LiveHistory, merged_history
+from query_service.searches import IndexHits, IndexQuery, OverMaxK, SimilarQuery
 from serving import validation
 from serving.errors import DeadlineExceeded, InvalidArgument, ServingError, Unavailable
 from serving.filters import NO_FILTER, Filter

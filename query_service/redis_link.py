@@ -50,7 +50,7 @@ from redis.maint_notifications import MaintNotificationsConfig
 
 from query_service.batching import BatchingConfig
 from serving.errors import ResourceExhausted
-from serving.observability import LogThrottle
+from serving.log_throttle import LogThrottle
 from serving.tracing import span
 
 log = logging.getLogger(__name__)

@@ -47,14 +47,14 @@ import prometheus_client
 from prometheus_client.core import GaugeMetricFamily
 
 from model_registry.manifest import shard_of
-from query_service.index_client import IndexEndpoint, IndexHits, IndexQuery, OverMaxK, SimilarQuery
+from query_service.index_client import IndexEndpoint
+from query_service.searches import IndexHits, IndexQuery, OverMaxK, SimilarQuery
 from serving import errors, validation
 from serving.admin import EndpointInfo, VersionInfo
-from serving.admin_rpc import state_name
 from serving.filters import Filter
-from serving.observability import LogThrottle, ScrapeTimeCollector
+from serving.log_throttle import LogThrottle
+from serving.observability import ScrapeTimeCollector
 from serving.tls import ClientTls
-from serving.versions import State
 from settings.flags import option, require
 
 log = logging.getLogger(__name__)
@@ -303,7 +303,7 @@ class IndexRouter:
     def describe(self) -> dict[str, dict[int, str]]:
         """What each endpoint holds and at which catalogue generation, by address (for logs and errors)."""
         return {e.address + (f" (shard {e.shard} of {e.shards})" if e.shards else ""):
-                {v: f"{state_name(s)}, catalogue generation {e.generations.get(v, 0)}" for v, s in e.versions.items()}
+                {v: f"{s.value}, catalogue generation {e.generations.get(v, 0)}" for v, s in e.versions.items()}
                 for e in self.endpoints}
 
     def report(self, live_version: int, generation: int) -> list[EndpointInfo]:
@@ -333,7 +333,7 @@ class IndexRouter:
                            f"--catch-up --version {live_version} --index-admin <its admin address>")
             else:
                 problem = ""
-            versions = [VersionInfo(v, State(state_name(state)), catalogue_generation=e.generations.get(v, 0))
+            versions = [VersionInfo(v, state, catalogue_generation=e.generations.get(v, 0))
                         for v, state in sorted(e.versions.items())]
             out.append(EndpointInfo(e.address, e.slot, e.shard, e.shards, versions, problem))
         return out

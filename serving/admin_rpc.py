@@ -16,6 +16,7 @@ from serving.admin import StatusReport, VersionAdmin, VersionInfo
 from serving.config import AdminConfig, ServiceConfig
 from serving.grpc_server import RunningServer, ServiceSpec, WorkerDataPlane, map_errors, start_server
 from serving.observability import VERSIONS
+from serving.versions import State
 
 SERVICE_NAME = "recsys.v1.AdminService"
 
@@ -23,6 +24,11 @@ SERVICE_NAME = "recsys.v1.AdminService"
 def state_name(state: int) -> str:
     """A ``VersionState``'s name as people read it (``SERVING``), for logs and messages: not its number."""
     return versions_pb2.VersionState.Name(state).removeprefix("VERSION_STATE_")
+
+
+def version_state(state: int) -> State:
+    """The ``State`` of a ``VersionState`` number, as a status message carries it."""
+    return State(state_name(state))
 
 
 def version_protos(infos: list[VersionInfo]) -> list[versions_pb2.VersionStatus]:

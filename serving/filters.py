@@ -3,7 +3,8 @@ numeric ranges and crowding (the proto's ``Filter``), validated once here.
 
 The query service passes a filter through to the index and names it in cache
 keys (``Filter.key``); the index evaluates it over the attributes stored with
-the version (``index_service.attributes``). Limits are documented in the proto.
+the version (``index_service.attributes``). Limits are documented in the proto;
+``serving.filter_protos`` converts to and from it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import json
 import math
 from dataclasses import dataclass
 
-from protos.recsys.v1 import retrieval_pb2 as pb
 from serving.errors import InvalidArgument
 from serving.validation import check_id
 
@@ -131,25 +131,3 @@ def check_filter(restricts: list[tuple[str, list[str], list[str]]],
     if crowding_namespace:
         check_id(crowding_namespace, "filter.crowding_namespace")
     return Filter(tuple(checked_restricts), tuple(checked_ranges), crowding_namespace, max_per_value)
-
-
-def filter_from_proto(message) -> Filter:
-    """A validated ``Filter`` from a ``recsys.v1.Filter`` (unset: ``NO_FILTER``)."""
-    if message is None or not message.ByteSize():
-        return NO_FILTER
-    return check_filter(
-        [(r.namespace, list(r.allow), list(r.deny)) for r in message.restricts],
-        [(r.namespace, r.min if r.HasField("min") else None, r.max if r.HasField("max") else None)
-         for r in message.ranges],
-        message.crowding_namespace, message.max_per_value)
-
-
-def filter_to_proto(value: Filter) -> pb.Filter:
-    """The ``recsys.v1.Filter`` of ``value``."""
-    return pb.Filter(
-        restricts=[pb.TokenRestrict(namespace=r.namespace, allow=sorted(r.allow), deny=sorted(r.deny))
-                   for r in value.restricts],
-        ranges=[pb.NumericRange(namespace=r.namespace, **({"min": r.low} if r.low is not None else {}),
-                                **({"max": r.high} if r.high is not None else {}))
-                for r in value.ranges],
-        crowding_namespace=value.crowding_namespace, max_per_value=value.max_per_value)

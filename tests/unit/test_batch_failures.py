@@ -16,8 +16,8 @@ import pytest
 
 from query_service.batching import BatchingConfig
 from query_service.cache import CacheConfig, ResultCache
-from query_service.index_client import OverMaxK
 from query_service.recommender import SOURCE_MODEL, SOURCE_POPULARITY, Recommender, RecommendQuery
+from query_service.searches import OverMaxK
 from query_service.tower import QueryModel
 from serving import errors
 from serving.versions import VersionManager

@@ -22,6 +22,7 @@ from query_service.routing import IndexRouter, RoutingConfig
 from query_service.server import _lag_hint
 from serving import admin as serving_admin
 from serving.admin import CatalogueCatchUp
+from serving.versions import State
 from settings.flags import ConfigError
 from tests.unit import tiny_versions as tiny
 from tests.unit.test_cores import query_replica, slot
@@ -56,7 +57,7 @@ def _fake_router(generations: dict[int, int]) -> IndexRouter:
     router = IndexRouter(RoutingConfig(addresses=("blue:1",)))
     [blue] = router.endpoints
     blue.watch = lambda on_change: asyncio.Event().wait()
-    blue.versions, blue.generations = {1: 3}, generations
+    blue.versions, blue.generations = {1: State.SERVING}, generations
     return router
 
 

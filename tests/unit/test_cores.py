@@ -23,9 +23,10 @@ from model_registry import manifest as files
 from model_registry.deltas import Delta
 from query_service.admin import QueryAdmin
 from query_service.cache import CacheConfig, ResultCache
-from query_service.index_client import IndexEndpoint, IndexHits, IndexQuery, SimilarQuery, error_for
+from query_service.index_client import IndexEndpoint, error_for
 from query_service.recommender import SOURCE_MODEL, SOURCE_POPULARITY, Recommender, WarmupConfig
 from query_service.routing import IndexRouter, RoutingConfig
+from query_service.searches import IndexHits, IndexQuery, SimilarQuery
 from query_service.tower import QueryModel
 from serving import errors, validation
 from serving.filters import Filter, TokenRestrict
@@ -287,7 +288,7 @@ async def test_promotion_and_rollback_need_an_index_at_the_catalogue_generation_
     blue, green = router.endpoints
     for endpoint in router.endpoints:  # what the status streams would say is set below: no network here
         endpoint.watch = lambda on_change: asyncio.Event().wait()
-    blue.versions, green.versions = {1: 3}, {2: 2}  # 3 SERVING, 2 READY; both at catalogue generation 0
+    blue.versions, green.versions = {1: State.SERVING}, {2: State.READY}  # both at catalogue generation 0
     router.start()
     recommender, admin = query_replica(registry, router, live=1, rollback_target=2)
     # A delta applied to the query tier (ApplyCatalogue) but not to green: version 2's tower is at generation 1.
@@ -312,7 +313,7 @@ async def test_a_starting_replica_serves_once_an_index_is_at_its_towers_catalogu
     router = IndexRouter(RoutingConfig(addresses=("blue:1",)))
     [blue] = router.endpoints
     blue.watch = lambda on_change: asyncio.Event().wait()  # no network: the status is set below
-    blue.versions = {1: 3}  # SERVING, at catalogue generation 0
+    blue.versions = {1: State.SERVING}  # at catalogue generation 0
     router.start()
     recommender, admin = query_replica(registry, router, live=1)
     admin.manager.get(1)[1].apply_catalogue([Delta.make(deleted=["i001"], dim=tiny.DIM)], 1)
@@ -544,7 +545,7 @@ def test_index_call_failures_become_domain_errors_that_name_no_address():
 async def test_router_sends_a_version_to_its_holders_and_fails_over_once():
     router = IndexRouter(RoutingConfig(addresses=("a:1", "b:1", "c:1")))
     a, b, c = router.endpoints
-    a.versions, b.versions, c.versions = {1: 3}, {1: 2}, {2: 3}  # 3 SERVING, 2 READY
+    a.versions, b.versions, c.versions = {1: State.SERVING}, {1: State.READY}, {2: State.SERVING}
     answered: list[str] = []
 
     def fake_search(endpoint: IndexEndpoint, fail: bool):

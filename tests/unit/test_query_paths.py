@@ -21,16 +21,16 @@ from model_registry import Registry
 from protos.recsys.v1 import retrieval_pb2 as pb
 from query_service.batching import BatchingConfig
 from query_service.cache import CacheConfig, CachedResult, ResultCache
-from query_service.index_client import IndexHits, IndexQuery, SimilarQuery
 from query_service.live_history import LiveHistory, LiveHistoryConfig, history_key
 from query_service.recommender import (REPLAY_MAX_BYTES, SOURCE_MODEL, SOURCE_POPULARITY, Recommender,
                                       RecommendQuery, _Request, replay_cost)
 from query_service.routing import HEDGE_BUDGET, HEDGE_BURST, IndexRouter, RoutingConfig
+from query_service.searches import IndexHits, IndexQuery, SimilarQuery
 from query_service.servicer import QueryServicer
 from query_service.tower import QueryModel
 from serving import errors, validation
 from serving.filters import Filter, TokenRestrict
-from serving.versions import VersionManager
+from serving.versions import State, VersionManager
 from tests.processes import free_port
 from tests.unit import tiny_versions as tiny
 from tests.unit.test_query_tower import ITEMS, write_version
@@ -576,7 +576,7 @@ async def test_a_filter_naming_a_namespace_the_version_lacks_is_refused_before_a
 async def test_the_router_sends_searches_only_to_endpoints_caught_up_with_the_generation():
     router = IndexRouter(RoutingConfig(addresses=("a:1", "b:1")))
     a, b = router.endpoints
-    a.versions, b.versions = {1: 3}, {1: 3}
+    a.versions, b.versions = {1: State.SERVING}, {1: State.SERVING}
     a.generations, b.generations = {1: 1}, {1: 2}
     answered: list[str] = []
 
@@ -604,7 +604,7 @@ async def test_the_router_sends_searches_only_to_endpoints_caught_up_with_the_ge
 
 async def test_failures_for_want_of_a_holder_log_one_line_per_version_a_while_counting_the_rest(monkeypatch, caplog):
     router = IndexRouter(RoutingConfig(addresses=("a:1",)))
-    router.endpoints[0].versions = {1: 3}
+    router.endpoints[0].versions = {1: State.SERVING}
     query = [IndexQuery(np.zeros(2, np.float32), 1, frozenset())]
 
     async def fail(version: int, times: int) -> None:
@@ -631,7 +631,7 @@ async def test_hedges_stay_a_small_share_of_calls_when_every_replica_turns_slow_
     calls: list[str] = []
     delay = [0.0]
     for endpoint in router.endpoints:
-        endpoint.versions = {1: 3}
+        endpoint.versions = {1: State.SERVING}
 
         def fake_search(address):
             async def search(queries, version, timeout_s):

@@ -1,5 +1,5 @@
 """What the query service logs when an index slot stops holding a version and then holds it again: the
-failures for want of a holder are one line a while (serving.observability.LogThrottle), and the end of the
+failures for want of a holder are one line a while (serving.log_throttle.LogThrottle), and the end of the
 outage says so, with the count of failures no line reported. The slot is a real gRPC server whose status
 stream ends as a draining slot's does."""
 
@@ -17,10 +17,11 @@ import pytest
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from protos.recsys.v1 import versions_pb2
-from query_service.index_client import IndexQuery
 from query_service.routing import IndexRouter, RoutingConfig
+from query_service.searches import IndexQuery
 from serving import errors
-from serving.observability import LogThrottle
+from serving.log_throttle import LogThrottle
+from serving.versions import State
 
 SERVING = pb.IndexStatus(slot="blue", keepalive_s=60.0, versions=[
     versions_pb2.VersionStatus(version=1, state=versions_pb2.VERSION_STATE_SERVING)])
@@ -102,6 +103,6 @@ async def test_a_version_routable_again_says_so_with_the_failures_no_line_report
 async def test_what_endpoints_hold_is_told_in_state_names():
     """Promote's refusal quotes ``describe``: it read {6: 'state 3, catalogue generation 0'}."""
     router = IndexRouter(RoutingConfig(addresses=("a:1",)))
-    router.endpoints[0].versions, router.endpoints[0].generations = {6: versions_pb2.VERSION_STATE_READY}, {6: 2}
+    router.endpoints[0].versions, router.endpoints[0].generations = {6: State.READY}, {6: 2}
     assert router.describe() == {"a:1": {6: "READY, catalogue generation 2"}}
     await router.close()

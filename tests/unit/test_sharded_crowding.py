@@ -20,12 +20,11 @@ from index_service.servicer import IndexServicer
 from model_registry import IndexSpec, Manifest
 from model_registry.attributes import Attributes
 from model_registry.manifest import shard_of
-from protos.recsys.v1 import versions_pb2
-from query_service.index_client import IndexQuery, SimilarQuery
 from query_service.routing import IndexRouter, RoutingConfig
+from query_service.searches import IndexQuery, SimilarQuery
 from serving.admin import LoadReport
 from serving.filters import NO_FILTER, Filter, check_filter
-from serving.versions import VersionManager
+from serving.versions import State, VersionManager
 
 SHARDS, DIM, N = 3, 8, 900
 GENRES = [f"g{j:02d}" for j in range(19)]
@@ -88,7 +87,7 @@ def _router(catalogue: Catalogue) -> IndexRouter:
     for shard, endpoint in enumerate(router.endpoints):
         manager: VersionManager[CandidateIndex] = VersionManager("m")
         manager.add(1, _shard_index(catalogue, shard), make_live=True)
-        endpoint.versions, endpoint.shard, endpoint.shards = {1: versions_pb2.VERSION_STATE_SERVING}, shard, SHARDS
+        endpoint.versions, endpoint.shard, endpoint.shards = {1: State.SERVING}, shard, SHARDS
         endpoint._stub = InProcessStub(IndexServicer(IndexCore(manager, ThreadPoolExecutor(1)), None))
     return router
 

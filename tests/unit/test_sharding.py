@@ -14,14 +14,13 @@ from model_registry import Registry, VersionError, verify_version
 from model_registry import manifest as files
 from model_registry.attributes import Attributes
 from model_registry.deltas import Delta
-from protos.recsys.v1 import versions_pb2
-from query_service.index_client import IndexHits, IndexQuery, SimilarQuery
 from query_service.routing import IndexRouter, RoutingConfig, merge_hits
+from query_service.searches import IndexHits, IndexQuery, SimilarQuery
 from serving import validation
 from serving.admin_rpc import status_proto
 from serving.loader import Background, Loader
 from serving.sources import StartupVersions
-from serving.versions import VersionManager
+from serving.versions import State, VersionManager
 from tests.unit import tiny_versions as tiny
 
 SHARDS = 3
@@ -130,7 +129,7 @@ async def test_similar_on_a_sharded_version_takes_as_many_exclusions_as_an_unsha
     candidate = "item-7"
     owner = int(files.shard_of([candidate], 2)[0])
     for endpoint, shard in zip(router.endpoints, (owner, 1 - owner)):
-        endpoint.versions, endpoint.shard, endpoint.shards = {1: versions_pb2.VERSION_STATE_SERVING}, shard, 2
+        endpoint.versions, endpoint.shard, endpoint.shards = {1: State.SERVING}, shard, 2
     sent: list[frozenset[str]] = []
 
     # The network calls are replaced by the index's own checks: what the router sends is under test.
@@ -154,7 +153,7 @@ async def test_the_replicas_of_a_shard_take_turns_whatever_the_other_shards_hold
     router = IndexRouter(RoutingConfig(addresses=("shard0:1", "shard1-a:1", "shard1-b:1"), hedge_ms=0))
     first: list[str] = []
     for endpoint, shard in zip(router.endpoints, (0, 1, 1)):
-        endpoint.versions, endpoint.shard, endpoint.shards = {1: versions_pb2.VERSION_STATE_SERVING}, shard, 2
+        endpoint.versions, endpoint.shard, endpoint.shards = {1: State.SERVING}, shard, 2
 
         def fake_search(address):
             async def search(queries, version, timeout_s):

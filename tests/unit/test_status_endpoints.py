@@ -26,7 +26,7 @@ from serving.loader import Background, Loader
 from serving.versions import State, VersionManager
 from tests.processes import free_port
 
-SERVING, READY = versions_pb2.VERSION_STATE_SERVING, versions_pb2.VERSION_STATE_READY
+SERVING = versions_pb2.VERSION_STATE_SERVING
 
 
 class Slot(pb_grpc.IndexServiceServicer):
@@ -84,8 +84,8 @@ async def test_the_report_names_an_endpoint_of_another_model_and_one_never_answe
 async def test_the_report_names_an_endpoint_behind_the_live_towers_catalogue_generation_only():
     router = IndexRouter(RoutingConfig(addresses=("blue:1", "green:1", "red:1", "old:1")))
     blue, green, red, old = router.endpoints
-    for endpoint, versions, generations in ((blue, {2: SERVING}, {2: 3}), (green, {2: SERVING}, {2: 1}),
-                                            (red, {2: READY}, {2: 5}), (old, {1: READY}, {1: 0})):
+    for endpoint, versions, generations in ((blue, {2: State.SERVING}, {2: 3}), (green, {2: State.SERVING}, {2: 1}),
+                                            (red, {2: State.READY}, {2: 5}), (old, {1: State.READY}, {1: 0})):
         endpoint.slot, endpoint.versions, endpoint.generations = endpoint.address[:-2], versions, generations
         endpoint.streaming = True
     red.shard, red.shards = 1, 2
@@ -103,7 +103,8 @@ async def test_get_status_of_a_query_replica_lists_its_endpoints_with_the_live_t
     router = IndexRouter(RoutingConfig(addresses=("blue:1", "green:1")))
     blue, green = router.endpoints
     for endpoint, generation in ((blue, 2), (green, 1)):
-        endpoint.slot, endpoint.versions, endpoint.generations = endpoint.address[:-2], {4: SERVING}, {4: generation}
+        endpoint.slot, endpoint.versions = endpoint.address[:-2], {4: State.SERVING}
+        endpoint.generations = {4: generation}
         endpoint.streaming = True
     manager: VersionManager = VersionManager("m")
     tower = types.SimpleNamespace(num_candidates=0, manifest=types.SimpleNamespace(embedding_dim=4), report=None,
