@@ -7,8 +7,10 @@ import grpc
 import pytest
 
 import recsys_client.publish as publish
+from model_registry import Registry
 from recsys_client.fleet import ROLLBACK_TARGET, SERVING, Fleet, PublishError, Replica
 from recsys_client.publish import publish_version
+from tests.unit.test_publish import QueryStub
 from tests.unit.test_publish_guards import IndexStub, RpcFailure, setup
 
 
@@ -31,13 +33,13 @@ class WarmedSlot(IndexStub):
         return super().LoadVersion(request, metadata, timeout)
 
 
-def test_a_rollout_undone_after_the_warm_up_gives_the_slot_its_version_back_once_it_is_idle(tmp_path, monkeypatch):
-    """The undo's reload of the slot came within its busy window after the towers' warm-up searches (3 of 3 runs
-    stopped by SIGTERM between the tower loads and the switch), was refused, and left the rollback target in no slot:
-    the next --rollback failed with "no index endpoint holds version 1"."""
-    monkeypatch.setattr(publish, "UNDO_IDLE_POLL_S", 0.01)
+
+def rollout_refused_at_the_promote(tmp_path, busy: int) -> tuple[WarmedSlot, Registry, QueryStub]:
+    """Rolls version 3 out into slot green (holding the rollback target 1), green refusing ``busy`` loads after
+    it, and the query replica refusing the promote: the run undoes its steps. Returns green, the registry and the
+    query replica after it."""
     registry, query, blue, _ = setup(tmp_path)  # query serves 2 (1 its rollback target); blue holds 2
-    green = WarmedSlot({1: SERVING}, "green", busy=3)
+    green = WarmedSlot({1: SERVING}, "green", busy=busy)
 
     def refuse(request, metadata=None, timeout=None):
         raise RpcFailure(grpc.StatusCode.UNAVAILABLE, "the replica went away")
@@ -46,6 +48,15 @@ def test_a_rollout_undone_after_the_warm_up_gives_the_slot_its_version_back_once
     fleet = Fleet([Replica("index", "blue", blue), Replica("index", "green", green)], [Replica("query", "q1", query)])
     with pytest.raises(PublishError, match="Promote failed: UNAVAILABLE"):
         publish_version(fleet, registry, 3)
+    return green, registry, query
+
+
+def test_a_rollout_undone_after_the_warm_up_gives_the_slot_its_version_back_once_it_is_idle(tmp_path, monkeypatch):
+    """The undo's reload of the slot came within its busy window after the towers' warm-up searches (3 of 3 runs
+    stopped by SIGTERM between the tower loads and the switch), was refused, and left the rollback target in no slot:
+    the next --rollback failed with "no index endpoint holds version 1"."""
+    monkeypatch.setattr(publish, "UNDO_IDLE_POLL_S", 0.01)
+    green, registry, query = rollout_refused_at_the_promote(tmp_path, busy=3)
     assert green.versions == {1: SERVING}, green.versions
     assert query.versions == {1: ROLLBACK_TARGET, 2: SERVING} and registry.pointers() == (2, 1)
 
@@ -55,16 +66,7 @@ def test_an_undo_gives_up_on_a_slot_that_stays_busy_and_says_so(tmp_path, monkey
     UNDO_IDLE_WAIT_S: the run ends, naming the refusal."""
     monkeypatch.setattr(publish, "UNDO_IDLE_POLL_S", 0.01)
     monkeypatch.setattr(publish, "UNDO_IDLE_WAIT_S", 0.1)
-    registry, query, blue, _ = setup(tmp_path)
-    green = WarmedSlot({1: SERVING}, "green", busy=10 ** 6)
-
-    def refuse(request, metadata=None, timeout=None):
-        raise RpcFailure(grpc.StatusCode.UNAVAILABLE, "the replica went away")
-
-    query.Promote = refuse
-    fleet = Fleet([Replica("index", "blue", blue), Replica("index", "green", green)], [Replica("query", "q1", query)])
-    with pytest.raises(PublishError, match="Promote failed: UNAVAILABLE"):
-        publish_version(fleet, registry, 3)
+    green, _, _ = rollout_refused_at_the_promote(tmp_path, busy=10 ** 6)
     assert green.versions == {3: SERVING} and 2 < green.loads < 10 ** 6
     assert "could not undo on index replica green: index replica green: LoadVersion failed: FAILED_PRECONDITION" \
         in caplog.text
