@@ -110,6 +110,8 @@ def run(config: PipelineConfig, log: Callable[[str], None] = lambda msg: None,
                   "num_train": len(train_data), "num_test": len(test_data)},
         "num_test_interactions": es.num_test_interactions,
         "num_test_interactions_evaluated": len(es.rows),
+        # What the "excluding seen" rates are over: the evaluated interactions whose item is new to the customer.
+        "num_test_interactions_new_to_customer": int((~es.repeats).sum()),
         "train_seconds": round(result.train_seconds, 3),
         "examples_per_second": round(result.examples_per_second, 1),
         "workers": result.workers,

@@ -115,6 +115,24 @@ def test_hit_rates_on_hand_made_example():
                    "hit_rate_excluding_seen@3": 1.0}
 
 
+def test_excluding_seen_is_a_rate_over_the_items_new_to_the_customer():
+    """u1 holds out "a" again (a repeat: it is among u1's training items) and "c"; u2 holds out "a". Masked against
+    the new items alone, u1's repeat ranked first for any model that scores a customer's own items high: "excluding
+    seen" @1 read 2/3 here, where one of the two new items is a hit."""
+    catalog = np.array(["a", "b", "c", "d"])
+    train = Interactions(np.array(["u1", "u2"]), np.array(["a", "b"]), np.zeros(2, np.int64), catalog)
+    test = Interactions(np.array(["u1", "u1", "u2"]), np.array(["a", "c", "a"]), np.zeros(3, np.int64), catalog)
+    es = metrics.prepare(train, test, catalog)
+    assert es.repeats.tolist() == [True, False, False]
+    # u1 scores a=3 b=2 c=1 d=0; u2 a=0 b=c=d=1.
+    q = np.array([[1.0, 0.0], [0.0, 1.0]])
+    c = np.array([[3.0, 0.0], [2.0, 1.0], [1.0, 1.0], [0.0, 1.0]])
+    got = metrics.hit_rates(metrics.embedding_scores(q, c), es, ks=(1, 2))
+    assert got["hit_rate@1"] == 1 / 3  # u1's repeat "a" is its top item over all candidates
+    assert got["hit_rate_excluding_seen@1"] == 0.0  # u1: c ranks 2nd of b, c, d; u2: a ranks 3rd of a, c, d
+    assert got["hit_rate_excluding_seen@2"] == 0.5
+
+
 def test_popularity_ties_are_not_credited():
     train, test, catalog = _tiny()
     es = metrics.prepare(train, test, catalog)

@@ -3,10 +3,15 @@
 For every test interaction (u, j) the scores of *all* catalog candidates for
 customer u are computed exactly (dense numpy, chunked), and the interaction is a
 hit at K when j ranks among the top K. Each metric is reported twice: over all
-candidates, and "excluding seen", where the customer's training items (other
-than j itself) are masked out, which is how a serving system that filters
-already-consumed items behaves. Ties are broken by catalog position, like a
-stable sort, so constant-score baselines are not credited for ties.
+candidates, and "excluding seen", where the customer's training items are
+masked out, which is how a serving system that filters already-consumed items
+behaves. That one is a rate over the test interactions whose item is new to the
+customer: a repeat of a training item (re-buying, a session's revisit) is one
+such a system never recommends, and scored against the new items alone it was
+all but a hit for any model that ranks a customer's own items first (on data
+with 60-70% repeats, EASE "excluding seen" @10 read 0.71 where 0.34 of its new
+items were hits). Ties are broken by catalog position, like a stable sort, so
+constant-score baselines are not credited for ties.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ class EvalSet:
 
     ``customers`` are the distinct customers of the test interactions; ``rows``
     and ``cols`` index the test interactions into ``customers`` and ``catalog``.
-    ``seen_indptr``/``seen_indices`` are a CSR of each customer's training items.
+    ``seen_indptr``/``seen_indices`` are a CSR of each customer's training items;
+    ``repeats`` marks the test interactions whose item is one of them.
     """
 
     catalog: np.ndarray
@@ -43,6 +49,7 @@ class EvalSet:
     seen_indices: np.ndarray
     train_counts: np.ndarray  # float64 [N], training interactions per candidate
     num_test_interactions: int  # before any sampling
+    repeats: np.ndarray  # bool [len(rows)]: the item is one of the customer's training items
 
 
 def csr(rows: np.ndarray, cols: np.ndarray, num_rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -78,8 +85,10 @@ def prepare(train: Interactions, test: Interactions, catalog: np.ndarray | None 
     m = (train_rows >= 0) & (train_cols >= 0)
     indptr, indices = csr(train_rows[m], train_cols[m], len(customers))
     counts = np.bincount(train_cols[train_cols >= 0], minlength=len(catalog)).astype(np.float64)
+    seen_pairs = np.repeat(np.arange(len(customers), dtype=np.int64), np.diff(indptr)) * len(catalog) + indices
+    repeats = np.isin(rows.astype(np.int64) * len(catalog) + cols, seen_pairs)
     return EvalSet(catalog, customers, rows.astype(np.int64), cols.astype(np.int64),
-                   indptr, indices, counts, total)
+                   indptr, indices, counts, total, repeats)
 
 
 def gather_seen(es: EvalSet, unique_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -100,7 +109,8 @@ def _ranks(scores: np.ndarray, cols: np.ndarray, target: np.ndarray) -> np.ndarr
 
 
 def hit_rates(score_fn: ScoreFn, es: EvalSet, ks: tuple[int, ...] = DEFAULT_KS) -> dict[str, float]:
-    """Hit rates @K over all candidates and excluding each customer's training items.
+    """Hit rates @K over all candidates and excluding each customer's training items
+    (over the test interactions whose item is new to the customer: module docstring).
 
     ``score_fn(rows)`` returns the scores of every catalog candidate for the
     customers ``es.customers[rows]``. Returns keys ``hit_rate@K`` and
@@ -120,15 +130,14 @@ def hit_rates(score_fn: ScoreFn, es: EvalSet, ks: tuple[int, ...] = DEFAULT_KS) 
         rank_all[a:a + chunk] = _ranks(scores[inv], c, target)
         local, seen = gather_seen(es, unique_rows)
         masked = scores.copy()
-        masked[local, seen] = -np.inf
-        per_int = masked[inv]
-        per_int[np.arange(len(c)), c] = target  # the held-out item itself is never masked
-        rank_new[a:a + chunk] = _ranks(per_int, c, target)
+        masked[local, seen] = -np.inf  # a repeat's own item too: it is left out of these rates below
+        rank_new[a:a + chunk] = _ranks(masked[inv], c, target)
+    new = ~es.repeats[order]
     out: dict[str, float] = {}
     for k in ks:
         out[f"hit_rate@{k}"] = float(np.mean(rank_all < k)) if len(rows) else 0.0
     for k in ks:
-        out[f"hit_rate_excluding_seen@{k}"] = float(np.mean(rank_new < k)) if len(rows) else 0.0
+        out[f"hit_rate_excluding_seen@{k}"] = float(np.mean(rank_new[new] < k)) if new.any() else 0.0
     return out
 
 

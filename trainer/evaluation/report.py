@@ -40,8 +40,8 @@ def format_table(report: dict[str, Any], ks: tuple[int, ...] = DEFAULT_KS) -> st
             lines.append(f"  {name:22s}" + "".join(f"{'n/a' if v is None else format(v, '+.3f'):>10s}"
                                                    for v in rel.values()))
     extra = []
-    for key in ("num_test_interactions", "num_test_interactions_evaluated", "epochs_run", "train_seconds",
-                "examples_per_second"):
+    for key in ("num_test_interactions", "num_test_interactions_evaluated", "num_test_interactions_new_to_customer",
+                "epochs_run", "train_seconds", "examples_per_second"):
         if key in report:
             v = report[key]
             extra.append(f"{key}={v:.1f}" if isinstance(v, float) else f"{key}={v}")
