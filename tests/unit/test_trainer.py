@@ -133,6 +133,18 @@ def test_excluding_seen_is_a_rate_over_the_items_new_to_the_customer():
     assert got["hit_rate_excluding_seen@2"] == 0.5
 
 
+def test_a_customer_without_training_items_is_scored_by_popularity_whatever_the_system():
+    """u3 has no training items: the query service answers it with the popular list, and every system is scored
+    so. EASE and the other item-based baselines scored it all zeros before, so their ranking was catalogue order."""
+    catalog = np.array(["a", "b", "c", "d"])
+    train = Interactions(np.array(["u1", "u2", "u2"]), np.array(["a", "d", "d"]), np.zeros(3, np.int64), catalog)
+    test = Interactions(np.array(["u3"]), np.array(["d"]), np.zeros(1, np.int64), catalog)
+    es = metrics.prepare(train, test, catalog)
+    zeros = metrics.hit_rates(lambda rows: np.zeros((len(rows), 4), np.float32), es, ks=(1, 3))
+    assert zeros == metrics.hit_rates(baselines.popularity_scores(es), es, ks=(1, 3))
+    assert zeros["hit_rate@1"] == zeros["hit_rate_excluding_seen@1"] == 1.0  # d: 2 training interactions, a: 1
+
+
 def test_popularity_ties_are_not_credited():
     train, test, catalog = _tiny()
     es = metrics.prepare(train, test, catalog)

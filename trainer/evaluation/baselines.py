@@ -107,7 +107,7 @@ class Ease:
 def ials_scores(train: Interactions, es: EvalSet, factors: int, regularization: float, alpha: float,
                 seed: int) -> ScoreFn:
     """Baseline: implicit's iALS on the binary training matrix; a customer absent
-    from training scores 0 everywhere (ties go by catalogue position)."""
+    from training scores 0 everywhere here (``hit_rates`` scores such a customer by popularity)."""
     from implicit.cpu.als import AlternatingLeastSquares  # heavy import, only where used
 
     customers, x = _binary_matrix(train, es.catalog)

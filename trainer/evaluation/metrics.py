@@ -12,6 +12,12 @@ all but a hit for any model that ranks a customer's own items first (on data
 with 60-70% repeats, EASE "excluding seen" @10 read 0.71 where 0.34 of its new
 items were hits). Ties are broken by catalog position, like a stable sort, so
 constant-score baselines are not credited for ties.
+
+A customer without training items is scored by popularity, whatever the system:
+the query service answers a customer its tower does not know with the popular
+list, and a baseline that scored such a customer all zeros ranked by catalogue
+position instead (on the yelp shape, 3.9% of test interactions: EASE 0.019 @10
+on them against popularity's 0.257).
 """
 
 from __future__ import annotations
@@ -126,6 +132,9 @@ def hit_rates(score_fn: ScoreFn, es: EvalSet, ks: tuple[int, ...] = DEFAULT_KS) 
         r, c = rows[a:a + chunk], cols[a:a + chunk]
         unique_rows, inv = np.unique(r, return_inverse=True)
         scores = np.asarray(score_fn(unique_rows), dtype=np.float32)
+        cold = es.seen_indptr[unique_rows + 1] == es.seen_indptr[unique_rows]
+        if cold.any():  # module docstring: what the query service answers a customer it does not know
+            scores = np.where(cold[:, None], es.train_counts.astype(np.float32)[None, :], scores)
         target = scores[inv, c]
         rank_all[a:a + chunk] = _ranks(scores[inv], c, target)
         local, seen = gather_seen(es, unique_rows)
