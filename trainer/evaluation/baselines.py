@@ -207,7 +207,7 @@ def baselines(train: Interactions, es: EvalSet, validation: Validation | None = 
 
     if n <= dense_max_candidates:
         out["item_item_cosine"] = hit_rates(item_item_cosine_scores(train, es), es, ks)
-        if validation is not None:  # a bar too: on session data it beat EASE (docs/RESULTS.md)
+        if validation is not None:  # a bar too, as EASE and iALS are
             rates = hit_rates(item_item_cosine_scores(validation.fit, validation.eval_set), validation.eval_set,
                               TARGET_KS)
             validation.note_reference(rates)
