@@ -317,17 +317,16 @@ def run_event_loop(main: Coroutine) -> Any:
     return uvloop.run(main)
 
 
-def raise_open_file_limit() -> int:
-    """Raises this process's soft limit of open files to its hard limit, as Go's runtime and nginx do, and returns it.
+def raise_open_file_limit() -> None:
+    """Raises this process's soft limit of open files to its hard limit, as Go's runtime and nginx do.
 
     Each client connection takes a descriptor, and a common soft limit (1,024 where systemd or a shell sets it)
     refuses connections long before the hard limit (often 512K) would: the hard limit is the operator's choice."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or soft >= hard:  # infinity: no ceiling to reach without privilege
-        return soft
+        return
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     log.info("open file limit raised from %d to %d (the hard limit)", soft, hard)
-    return hard
 
 
 def run_main(prog: str, serve: Coroutine[None, None, None], log_level: str, metrics_port: int,

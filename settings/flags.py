@@ -321,12 +321,17 @@ def _build(cls: type, values: dict[str, Any], path: tuple[str, ...], by_path: di
         raise ConfigError(".".join((*path, e.field)), e.message) from None
 
 
+def _flag_at(cls: type, field_path: str) -> _Flag | None:
+    """The flag that sets the (dotted) field ``field_path`` of ``cls``; None if no flag does."""
+    return next((flag for flag in _flags(cls) if ".".join(flag.path) == field_path), None)
+
+
 def flag_name(cls: type, field_path: str) -> str:
     """``--name`` of the flag that sets the (dotted) field ``field_path`` of ``cls``."""
-    for flag in _flags(cls):
-        if ".".join(flag.path) == field_path:
-            return f"--{flag.name}-file" if flag.field.metadata["secret"] else f"--{flag.name}"
-    return field_path
+    flag = _flag_at(cls, field_path)
+    if flag is None:
+        return field_path
+    return f"--{flag.name}-file" if flag.field.metadata["secret"] else f"--{flag.name}"
 
 
 def from_args(cls: type, args: argparse.Namespace, **extra: Any) -> Any:
@@ -349,14 +354,12 @@ def parse(parser: argparse.ArgumentParser, cls: type, argv: list[str] | None = N
 def _environment_note(parser: argparse.ArgumentParser, cls: type, args: argparse.Namespace, field_path: str) -> str:
     """" (set by $RECSYS_<FLAG>)" where the refused field's value is its environment variable's: the error is read
     beside a command line (a pod's args, a compose command) that does not hold the value."""
-    for flag in _flags(cls):
-        if ".".join(flag.path) != field_path or not flag.field.metadata["env"]:
-            continue
-        env = _env_name(flag)
-        if (env in os.environ or f"{env}_FILE" in os.environ) and \
-                getattr(args, flag.dest) == parser.get_default(flag.dest):
-            return f" (set by ${env})"
-    return ""
+    flag = _flag_at(cls, field_path)
+    if flag is None or not flag.field.metadata["env"]:
+        return ""
+    env = _env_name(flag)
+    from_env = env in os.environ or f"{env}_FILE" in os.environ
+    return f" (set by ${env})" if from_env and getattr(args, flag.dest) == parser.get_default(flag.dest) else ""
 
 
 def overrides(cls: type, args: argparse.Namespace) -> dict[str, Any]:
