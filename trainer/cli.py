@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "roll it out with recsys-publish.")
     add_flags(parser, PipelineConfig)
     add_flags(parser.add_argument_group(
-        "training (each defaults to the data set's preset for the tower family, see trainer/config.py)"),
+        "training (each defaults to the tower family's preset, see trainer/config.py)"),
         TrainConfig, defaults=False)
     outputs = parser.add_argument_group("outputs")
     outputs.add_argument("--metrics-out", type=Path, help="also write the metrics report (JSON) here")
@@ -66,7 +66,7 @@ def config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     exits with one line naming its flag."""
     try:
         changes = overrides(TrainConfig, args)
-        preset = recommended_config(args.dataset, changes.get("towers", {}).get("kind"))
+        preset = recommended_config(changes.get("towers", {}).get("kind"))
         try:
             train_config = replace_nested(preset, changes)
         except ConfigError as e:

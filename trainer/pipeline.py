@@ -80,7 +80,7 @@ def run(config: PipelineConfig, log: Callable[[str], None] = lambda msg: None,
             result = train(train_data, chosen, log=log)
         else:
             def preset(kind: str) -> TrainConfig:
-                return replace_nested(replace_nested(recommended_config(config.dataset, kind), from_data),
+                return replace_nested(replace_nested(recommended_config(kind), from_data),
                                       config.pinned)
 
             found = search(train_data, validation, preset, config.train.towers.kind, config.pinned,

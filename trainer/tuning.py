@@ -7,7 +7,7 @@ its value is the validation ``lift`` over the best baseline. Optuna's TPE
 sampler proposes the next configuration from the finished ones, and its median
 pruner abandons a trial whose per-epoch lift (excluding seen) trails the
 others' at the same epoch. The first trials are the presets of each tower family in the space
-(the data set's own first), so a search that only has time for one trial
+(the family asked for first), so a search that only has time for one trial
 trains what an untuned run would. Flags given on the command line pin their
 fields: the search varies only the others.
 
@@ -118,7 +118,7 @@ def search(train_data: Interactions, validation: Validation, preset: Callable[[s
            log: Callable[[str], None] = lambda msg: None) -> SearchResult:
     """Searches configurations for ``budget_s`` seconds; returns the best.
 
-    ``preset(kind)`` is a tower family's starting config (the data set's preset
+    ``preset(kind)`` is a tower family's starting config (the family's preset
     with the command line's flags applied); ``pinned`` are those flags (nested,
     as ``settings.flags.overrides`` gives them), which the search leaves alone.
     The first trial (``start_tower``'s preset) always runs to its early stop;

@@ -151,7 +151,7 @@ def test_search_starts_at_the_presets_and_leaves_pinned_flags_alone():
     pinned = {"max_epochs": 2, "towers": {"embedding_dim": 8}}
 
     def preset(kind: str) -> TrainConfig:
-        return replace_nested(recommended_config("synthetic", kind), pinned)
+        return replace_nested(recommended_config(kind), pinned)
 
     found = search(train, validation, preset, "id", pinned, budget_s=20.0, has_customer_features=False)
     trials = found.trials
@@ -240,10 +240,7 @@ def test_a_trial_that_fails_fails_alone_and_the_search_goes_on(monkeypatch):
     monkeypatch.setattr(tuning, "fit_early_stopped", fit)
     _, train, _ = _split(interactions=500)
 
-    def preset(kind: str) -> TrainConfig:
-        return recommended_config("synthetic", kind)
-
-    found = tuning.search(train, None, preset, "id", {}, budget_s=0.5, has_customer_features=False)
+    found = tuning.search(train, None, recommended_config, "id", {}, budget_s=0.5, has_customer_features=False)
     trials = found.trials
     assert [t["state"] for t in trials[:2]] == ["failed", "failed"] and len(trials) > 2
     assert trials[0]["error"] == "FloatingPointError: validation lift is nan: the training diverged"
@@ -276,7 +273,7 @@ def test_a_stop_that_a_library_turned_into_its_own_error_still_stops_the_search(
     _, train, _ = _split(interactions=500)
     try:
         with pytest.raises(interrupts.Interrupted):
-            tuning.search(train, None, lambda kind: recommended_config("synthetic", kind), "id", {}, budget_s=5.0,
+            tuning.search(train, None, recommended_config, "id", {}, budget_s=5.0,
                           has_customer_features=False)
     finally:
         interrupts.clear()
