@@ -254,10 +254,10 @@ def test_a_trial_that_fails_fails_alone_and_the_search_goes_on(monkeypatch):
     monkeypatch.setattr(tuning, "fit_early_stopped", failing)
     with pytest.raises(ValueError, match=r"every trial of the hyperparameter search failed \(\d+ trials\); the "
                                          r"first with MemoryError: out of memory"):
-        tuning.search(train, None, preset, "id", {}, budget_s=0.2, has_customer_features=False)
+        tuning.search(train, None, recommended_config, "id", {}, budget_s=0.2, has_customer_features=False)
     # Without a search (--tune-budget-s 0) the preset's one trial failed: its error, without advice to do what was done.
     with pytest.raises(ValueError, match=r"^training the preset failed: MemoryError: out of memory$"):
-        tuning.search(train, None, preset, "id", {}, budget_s=0, has_customer_features=False)
+        tuning.search(train, None, recommended_config, "id", {}, budget_s=0, has_customer_features=False)
 
 
 def test_a_stop_that_a_library_turned_into_its_own_error_still_stops_the_search(monkeypatch):
