@@ -19,7 +19,7 @@ from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from query_service.searches import IndexHits, IndexQuery, OverMaxK, SimilarQuery
 from serving import errors, validation
-from serving.admin_rpc import version_state
+from serving.admin_rpc import state_name, version_state
 from serving.filter_protos import filter_to_proto
 from serving.grpc_server import result_bytes
 from serving.log_throttle import LogThrottle
@@ -297,8 +297,20 @@ class IndexEndpoint:
                             status.slot or "?", status.model_name, self.model, self.model,
                             f" ({held} more such statuses since the last line)" if held else "")
             return {}, {}
-        return ({v.version: version_state(v.state) for v in status.versions},
-                {v.version: v.catalogue_generation for v in status.versions})
+        versions, generations = {}, {}
+        for v in status.versions:
+            state = version_state(v.state)
+            if state is None:  # not routable. Raising ended the watch, leaving the last status routed for ever
+                held = self._unreachable_log.due(("state", v.state), UNREACHABLE_LOG_S)
+                if held is not None:
+                    log.warning("index endpoint %s (slot %s) holds version %d in state %s, which this query service "
+                                "does not know: routing nothing of that version to it (an index slot of a newer "
+                                "release? upgrade this query service)%s", self.address,
+                                status.slot or "?", v.version, state_name(v.state),
+                                f" ({held} more such statuses since the last line)" if held else "")
+                continue
+            versions[v.version], generations[v.version] = state, v.catalogue_generation
+        return versions, generations
 
     def _update(self, slot: str, versions: dict[int, State], generations: dict[int, int],
                 on_change: Callable[[], None], shard: tuple[int, int]) -> None:

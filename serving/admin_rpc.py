@@ -22,13 +22,21 @@ SERVICE_NAME = "recsys.v1.AdminService"
 
 
 def state_name(state: int) -> str:
-    """A ``VersionState``'s name as people read it (``SERVING``), for logs and messages: not its number."""
-    return versions_pb2.VersionState.Name(state).removeprefix("VERSION_STATE_")
+    """A ``VersionState``'s name as people read it (``SERVING``), for logs and messages: not its number. A number
+    this release names no state for (one a newer release added) reads ``UNKNOWN_<number>``."""
+    try:
+        return versions_pb2.VersionState.Name(state).removeprefix("VERSION_STATE_")
+    except ValueError:
+        return f"UNKNOWN_{state}"
 
 
-def version_state(state: int) -> State:
-    """The ``State`` of a ``VersionState`` number, as a status message carries it."""
-    return State(state_name(state))
+def version_state(state: int) -> State | None:
+    """The ``State`` of a ``VersionState`` number, as a status message carries it; None for ``UNSPECIFIED`` and for
+    a number this release names no state for."""
+    try:
+        return State(state_name(state))
+    except ValueError:
+        return None
 
 
 def version_protos(infos: list[VersionInfo]) -> list[versions_pb2.VersionStatus]:

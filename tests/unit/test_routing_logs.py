@@ -106,3 +106,27 @@ async def test_what_endpoints_hold_is_told_in_state_names():
     router.endpoints[0].versions, router.endpoints[0].generations = {6: State.READY}, {6: 2}
     assert router.describe() == {"a:1": {6: "READY, catalogue generation 2"}}
     await router.close()
+
+
+async def test_a_version_in_a_state_this_replica_does_not_know_is_not_routed_and_the_watch_goes_on(caplog):
+    """A slot of a later release may report a state this code has no name for (or none: UNSPECIFIED). Reading one
+    raised, ending the endpoint's watch with its last versions routed for ever."""
+    caplog.set_level(logging.WARNING, logger="query_service")
+    unknown = pb.IndexStatus(slot="blue", keepalive_s=60.0, versions=[
+        versions_pb2.VersionStatus(version=1, state=versions_pb2.VERSION_STATE_SERVING),
+        versions_pb2.VersionStatus(version=2, state=versions_pb2.VERSION_STATE_UNSPECIFIED),
+        versions_pb2.VersionStatus(version=3, state=42)])
+    async with watched_slot() as (slot, router, address):
+        endpoint = router.endpoints[0]
+        for _ in range(3):  # one line per unknown state a while, not one per status
+            slot.statuses.put_nowait(unknown)
+        await until(lambda: endpoint.versions)
+        assert endpoint.versions == {1: State.SERVING} and router.routable(1) and not router.routable(3)
+        slot.statuses.put_nowait(pb.IndexStatus(slot="blue", keepalive_s=60.0, versions=[
+            versions_pb2.VersionStatus(version=3, state=versions_pb2.VERSION_STATE_SERVING)]))
+        await until(lambda: router.routable(3))  # the watch went on: the next status was read
+        assert not router.routable(1)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2, warnings
+    assert all(address in line and "does not know" in line for line in warnings), warnings
+    assert "version 2 in state UNSPECIFIED" in warnings[0] and "version 3 in state UNKNOWN_42" in warnings[1], warnings
