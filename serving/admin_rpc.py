@@ -14,6 +14,7 @@ from protos.recsys.v1 import admin_pb2_grpc as pb_grpc
 from protos.recsys.v1 import versions_pb2
 from serving.admin import StatusReport, VersionAdmin, VersionInfo
 from serving.config import AdminConfig, ServiceConfig
+from serving.enum_names import enum_name
 from serving.grpc_server import RunningServer, ServiceSpec, WorkerDataPlane, map_errors, start_server
 from serving.observability import VERSIONS
 from serving.versions import State
@@ -24,10 +25,7 @@ SERVICE_NAME = "recsys.v1.AdminService"
 def state_name(state: int) -> str:
     """A ``VersionState``'s name as people read it (``SERVING``), for logs and messages: not its number. A number
     this release names no state for (one a newer release added) reads ``UNKNOWN_<number>``."""
-    try:
-        return versions_pb2.VersionState.Name(state).removeprefix("VERSION_STATE_")
-    except ValueError:
-        return f"UNKNOWN_{state}"
+    return enum_name(versions_pb2.VersionState, state, "VERSION_STATE_")
 
 
 def version_state(state: int) -> State | None:

@@ -16,6 +16,7 @@ from recsys_client.loadtest.config import RPCS, LoadConfig, SwapConfig
 from recsys_client.loadtest.report import (CACHED_RPCS, DROPPED, ERROR, OK, Event, ProgressMeter, RequestLog,
                                            build_report, new_histogram, record_latency, sample_indices)
 from recsys_client.loadtest.traffic import CustomerSampler, RpcDraws
+from serving.enum_names import enum_name
 
 
 def connect_timeout_s(config: LoadConfig) -> float:
@@ -203,13 +204,13 @@ async def run_load(config: LoadConfig, *, progress: TextIO | None = None,
                 if rpc in CACHED_RPCS:
                     cache_hits += response.cache_hit
                 for answer in answers:
-                    sources[pb.ResultSource.Name(answer.source)] += 1
+                    sources[enum_name(pb.ResultSource, answer.source)] += 1
                 if i in to_sample and rpc == "recommend":
                     samples.append({"index": i, "scheduled_s": round(sched_s, 4),
                                     "customer_id": customers[i], "model_version": response.model_version,
                                     "candidate_ids": [c.candidate_id for c in response.candidates],
                                     "cache_hit": response.cache_hit,
-                                    "source": pb.ResultSource.Name(response.source)})
+                                    "source": enum_name(pb.ResultSource, response.source)})
             finally:
                 in_flight -= 1
                 last_done_ns = max(last_done_ns, clock_ns() - t0)

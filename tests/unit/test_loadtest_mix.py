@@ -120,3 +120,25 @@ def test_the_cache_hit_ratio_of_a_mixed_run_is_of_the_answers_that_could_hit():
     assert report["cache_hits"] == rpcs["recommend"]["ok"]
     assert report["cache_hit_ratio"] == pytest.approx(
         rpcs["recommend"]["ok"] / (rpcs["recommend"]["ok"] + rpcs["similar"]["ok"]), abs=1e-4)
+
+
+class LaterQuery(pb_grpc.QueryServiceServicer):
+    """A query service of a later release: its answers name a result source this release has no name for."""
+
+    def Recommend(self, request, context):
+        return pb.RecommendResponse(model_version=7, source=42)
+
+
+def test_a_result_source_of_a_later_release_is_counted_not_fatal():
+    """Naming it raised in each answer's task: the run lost those answers, then raised, and wrote no report."""
+    server = grpc.server(ThreadPoolExecutor(4))
+    pb_grpc.add_QueryServiceServicer_to_server(LaterQuery(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        config = LoadConfig(address=f"127.0.0.1:{port}", qps=100, duration_s=0.3, channels=1, sample_responses=5)
+        report = run_event_loop(run_load(config))
+    finally:
+        server.stop(None)
+    assert report["requests"]["ok"] == 30 and report["sources"] == {"UNKNOWN_42": 30}
+    assert [sample["source"] for sample in report["samples"]] == ["UNKNOWN_42"] * 5
