@@ -37,7 +37,8 @@ def test_a_filter_field_this_release_does_not_know_is_refused_not_left_out(where
     message = pb.Filter(restricts=[pb.TokenRestrict(namespace="genre", allow=["drama"])],
                         ranges=[pb.NumericRange(namespace="price", max=10.0)])
     assert filter_from_proto(message).restricts  # as sent, it passes
-    part = {"filter": message, "filter.restricts[0]": message.restricts[0], "filter.ranges[0]": message.ranges[0]}[where]
+    parts = {"filter": message, "filter.restricts[0]": message.restricts[0], "filter.ranges[0]": message.ranges[0]}
+    part = parts[where]
     part.MergeFromString(LATER_FIELD)
     # As received by a service: parsed from the wire (a parse keeps unknown fields aside).
     received = pb.Filter.FromString(message.SerializeToString())

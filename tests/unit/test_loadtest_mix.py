@@ -104,17 +104,22 @@ class MixedFakeQuery(pb_grpc.QueryServiceServicer):
         return pb.RecordInteractionsResponse(history_length=1)
 
 
-def test_the_cache_hit_ratio_of_a_mixed_run_is_of_the_answers_that_could_hit():
+def _load_against(servicer: pb_grpc.QueryServiceServicer, **config: object) -> dict:
+    """The report of a load run (``LoadConfig`` fields ``config``, one channel) against ``servicer`` on a real
+    gRPC server."""
     server = grpc.server(ThreadPoolExecutor(4))
-    pb_grpc.add_QueryServiceServicer_to_server(MixedFakeQuery(), server)
+    pb_grpc.add_QueryServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
-        config = LoadConfig(address=f"127.0.0.1:{port}", qps=200, duration_s=0.6, channels=1,
-                            rpc_mix={"recommend": 0.4, "similar": 0.2, "batch": 0.2, "record": 0.2})
-        report = run_event_loop(run_load(config))
+        return run_event_loop(run_load(LoadConfig(address=f"127.0.0.1:{port}", channels=1, **config)))
     finally:
         server.stop(None)
+
+
+def test_the_cache_hit_ratio_of_a_mixed_run_is_of_the_answers_that_could_hit():
+    report = _load_against(MixedFakeQuery(), qps=200, duration_s=0.6,
+                           rpc_mix={"recommend": 0.4, "similar": 0.2, "batch": 0.2, "record": 0.2})
     rpcs = report["rpcs"]
     assert report["requests"]["ok"] == 120 and all(rpcs[name]["ok"] > 0 for name in RPCS)
     assert report["cache_hits"] == rpcs["recommend"]["ok"]
@@ -131,14 +136,6 @@ class LaterQuery(pb_grpc.QueryServiceServicer):
 
 def test_a_result_source_of_a_later_release_is_counted_not_fatal():
     """Naming it raised in each answer's task: the run lost those answers, then raised, and wrote no report."""
-    server = grpc.server(ThreadPoolExecutor(4))
-    pb_grpc.add_QueryServiceServicer_to_server(LaterQuery(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        config = LoadConfig(address=f"127.0.0.1:{port}", qps=100, duration_s=0.3, channels=1, sample_responses=5)
-        report = run_event_loop(run_load(config))
-    finally:
-        server.stop(None)
+    report = _load_against(LaterQuery(), qps=100, duration_s=0.3, sample_responses=5)
     assert report["requests"]["ok"] == 30 and report["sources"] == {"UNKNOWN_42": 30}
     assert [sample["source"] for sample in report["samples"]] == ["UNKNOWN_42"] * 5
