@@ -152,9 +152,21 @@ class Manifest:
                 f"manifest format_version {raw.get('format_version')!r} is not "
                 f"{FORMAT_VERSION}; this build cannot read it"
             )
+        unknown = _unknown(cls, raw, "") + _unknown(IndexSpec, raw["index"], "index.") + [
+            name for s in raw.get("shards", ()) for name in _unknown(IndexSpec, s["index"], "shards[].index.")]
+        if unknown:  # else refused as an unexpected keyword argument of a constructor, which names no cause
+            raise VersionError(f"manifest {'field' if len(unknown) == 1 else 'fields'} {', '.join(unknown)} unknown "
+                               f"to this build (format_version {FORMAT_VERSION}): written by a later release? Load "
+                               "the version with that release's services, or upgrade these")
         raw["index"] = IndexSpec(**raw["index"])
         raw["shards"] = tuple(ShardSpec(s["num_candidates"], IndexSpec(**s["index"])) for s in raw.get("shards", ()))
         return cls(**raw)
+
+
+def _unknown(cls: type, fields: dict[str, Any], prefix: str) -> list[str]:
+    """The names in ``fields`` that are no field of dataclass ``cls`` (a later release's, added without a new
+    format_version), each after ``prefix``."""
+    return [prefix + name for name in sorted(set(fields) - {f.name for f in dataclasses.fields(cls)})]
 
 
 def sha256_file(path: Path) -> str:
@@ -182,7 +194,7 @@ def read_manifest(version_dir: Path) -> Manifest:
         return Manifest.from_json(path.read_text())
     except FileNotFoundError:
         raise VersionError(f"{version_dir} has no {MANIFEST_FILE}: not a published version") from None
-    except (ValueError, TypeError, KeyError) as e:
+    except (ValueError, TypeError, KeyError, VersionError) as e:
         raise VersionError(f"{path} is not a valid manifest: {e}") from e
 
 

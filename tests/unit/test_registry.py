@@ -43,6 +43,21 @@ def test_publish_verify_round_trip(tmp_path):
     assert not list(reg.model_dir.glob(".staging-*"))
 
 
+def test_a_manifest_field_of_a_later_release_is_named_in_the_refusal(tmp_path):
+    """A later release may add a field without a new format_version: the refusal said only "__init__() got an
+    unexpected keyword argument"."""
+    reg = Registry(tmp_path, "m")
+    reg.publish(_writer())
+    path = reg.version_dir(1) / mf.MANIFEST_FILE
+    raw = json.loads(path.read_text())
+    raw["canary_share"] = 0.1
+    raw["index"]["quantisation"] = "int8"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(VersionError, match=r"not a valid manifest: manifest fields canary_share, index.quantisation "
+                                           r"unknown to this build \(format_version 1\): written by a later release"):
+        mf.read_manifest(reg.version_dir(1))
+
+
 def test_pointers_are_explicit_and_never_guessed(tmp_path):
     reg = Registry(tmp_path, "m")
     for payload in (b"1", b"2", b"3"):
