@@ -153,7 +153,8 @@ class Manifest:
                 f"{FORMAT_VERSION}; this build cannot read it"
             )
         unknown = _unknown(cls, raw, "") + _unknown(IndexSpec, raw["index"], "index.") + [
-            name for s in raw.get("shards", ()) for name in _unknown(IndexSpec, s["index"], "shards[].index.")]
+            name for s in raw.get("shards", ())
+            for name in _unknown(ShardSpec, s, "shards[].") + _unknown(IndexSpec, s["index"], "shards[].index.")]
         if unknown:  # else refused as an unexpected keyword argument of a constructor, which names no cause
             raise VersionError(f"manifest {'field' if len(unknown) == 1 else 'fields'} {', '.join(unknown)} unknown "
                                f"to this build (format_version {FORMAT_VERSION}): written by a later release? Load "

@@ -56,6 +56,11 @@ def test_a_manifest_field_of_a_later_release_is_named_in_the_refusal(tmp_path):
     with pytest.raises(VersionError, match=r"not a valid manifest: manifest fields canary_share, index.quantisation "
                                            r"unknown to this build \(format_version 1\): written by a later release"):
         mf.read_manifest(reg.version_dir(1))
+    # A shard's own fields were read by position, and one it did not know was dropped without a word.
+    shard = {"num_candidates": 2, "index": {"kind": "brute_force"}, "replicas": 3}
+    with pytest.raises(VersionError, match=r"^manifest fields canary_share, index.quantisation, shards\[\]\.replicas "
+                                           r"unknown to this build"):
+        Manifest.from_json(json.dumps({**raw, "shards": [shard]}))
 
 
 def test_pointers_are_explicit_and_never_guessed(tmp_path):
