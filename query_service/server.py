@@ -18,9 +18,10 @@ from query_service.admin import QueryAdmin
 from query_service.batching import BatchingConfig
 from query_service.cache import CacheConfig, ResultCache, redacted_url
 from query_service.live_history import LiveHistory, LiveHistoryConfig
-from query_service.recommender import Recommender, WarmupConfig
+from query_service.recommender import Recommender
 from query_service.routing import IndexRouter, RoutingConfig
 from query_service.servicer import QueryServicer, add_to_server
+from query_service.warmup import WarmupConfig
 from serving import tracing, validation
 from serving.admin import CatalogueCatchUp
 from serving.admin_rpc import ServiceWithAdmin

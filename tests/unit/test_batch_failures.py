@@ -16,7 +16,8 @@ import pytest
 
 from query_service.batching import BatchingConfig
 from query_service.cache import CacheConfig, ResultCache
-from query_service.recommender import SOURCE_MODEL, SOURCE_POPULARITY, Recommender, RecommendQuery
+from query_service.queries import SOURCE_MODEL, SOURCE_POPULARITY, RecommendQuery
+from query_service.recommender import Recommender
 from query_service.searches import OverMaxK
 from query_service.tower import QueryModel
 from serving import errors

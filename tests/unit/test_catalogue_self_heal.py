@@ -17,7 +17,7 @@ import pytest
 from index_service.core import Query
 from model_registry import Registry
 from model_registry.deltas import Delta, catalogue_dir, write_delta
-from query_service.recommender import SOURCE_POPULARITY
+from query_service.queries import SOURCE_POPULARITY
 from query_service.routing import IndexRouter, RoutingConfig
 from query_service.server import _lag_hint
 from serving import admin as serving_admin

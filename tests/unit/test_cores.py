@@ -24,10 +24,12 @@ from model_registry.deltas import Delta
 from query_service.admin import QueryAdmin
 from query_service.cache import CacheConfig, ResultCache
 from query_service.index_client import IndexEndpoint, error_for
-from query_service.recommender import SOURCE_MODEL, SOURCE_POPULARITY, Recommender, WarmupConfig
+from query_service.queries import SOURCE_MODEL, SOURCE_POPULARITY
+from query_service.recommender import Recommender
 from query_service.routing import IndexRouter, RoutingConfig
 from query_service.searches import IndexHits, IndexQuery, SimilarQuery
 from query_service.tower import QueryModel
+from query_service.warmup import WarmupConfig
 from serving import errors, validation
 from serving.filters import Filter, TokenRestrict
 from serving.grpc_server import status_of
@@ -368,7 +370,7 @@ async def test_loading_a_version_warms_the_cache_with_the_recent_requests(regist
 
 
 async def test_a_warm_up_answers_a_request_as_it_was_asked_exclusions_and_recent_items_included(registry):
-    """The recency list holds a Recommend request as plain values (``_Request.held``): warmed from them,
+    """The recency list holds a Recommend request as plain values (``KeyedRequest.held``): warmed from them,
     its result must land under the key the request itself computes on the new version."""
     blue = slot(registry, "b", 1)[0]
     index = InProcessIndex(blue)

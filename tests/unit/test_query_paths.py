@@ -22,8 +22,9 @@ from protos.recsys.v1 import retrieval_pb2 as pb
 from query_service.batching import BatchingConfig
 from query_service.cache import CacheConfig, CachedResult, ResultCache
 from query_service.live_history import LiveHistory, LiveHistoryConfig, history_key
-from query_service.recommender import (REPLAY_MAX_BYTES, SOURCE_MODEL, SOURCE_POPULARITY, Recommender,
-                                      RecommendQuery, _Request, replay_cost)
+from query_service.queries import SOURCE_MODEL, SOURCE_POPULARITY, KeyedRequest, RecommendQuery
+from query_service.recommender import Recommender
+from query_service.replays import REPLAY_MAX_BYTES, replay_cost
 from query_service.routing import HEDGE_BUDGET, HEDGE_BURST, IndexRouter, RoutingConfig
 from query_service.searches import IndexHits, IndexQuery, SimilarQuery
 from query_service.servicer import QueryServicer
@@ -441,7 +442,7 @@ async def test_a_request_seen_before_is_replayed_by_its_bytes_while_its_result_h
     assert len(big) > REPLAY_MAX_BYTES and recommender.replay(big) is None  # long requests are not remembered
     await recommender.close()
     remembered = [_sent(pb.RecommendRequest(customer_id=c, k=3)) for c in ("c003", "c004", "c005")]
-    monkeypatch.setattr("query_service.recommender.REPLAY_BUDGET_BYTES", 2 * replay_cost(remembered[0]))
+    monkeypatch.setattr("query_service.replays.REPLAY_BUDGET_BYTES", 2 * replay_cost(remembered[0]))
     recommender = replica(tiny_model, tiny_index, ResultCache(CacheConfig(redis_server.url)), name=f"r{next(_names)}")
     for customer, fingerprint in zip(("c003", "c004", "c005"), remembered):
         await recommender.answer(RecommendQuery(customer, 3), fingerprint=fingerprint)
@@ -451,7 +452,7 @@ async def test_a_request_seen_before_is_replayed_by_its_bytes_while_its_result_h
 
 async def test_a_replay_checks_and_remembers_the_request_answered_its_exclusions_and_filter_included(
         tiny_model, tiny_index):
-    """A replay entry and the warm-up's recency list hold a request as plain values (``_Request.held``).
+    """A replay entry and the warm-up's recency list hold a request as plain values (``KeyedRequest.held``).
     The request a replay finds must be the one answered: its exclusions are checked against the held
     result, and the warm-up remembers it once, as it was, not as a second request."""
     cache = ResultCache(CacheConfig(f"redis://127.0.0.1:{free_port()}/0"))  # the in-process tier only
@@ -462,10 +463,10 @@ async def test_a_replay_checks_and_remembers_the_request_answered_its_exclusions
     miss = await recommender.answer(query, fingerprint=data)
     replayed = recommender.replay(data)
     assert replayed is not None and replayed.cache_hit and replayed.ids == miss.ids
-    (remembered,) = recommender._recent_requests
-    remembered = _Request.from_held(remembered)
+    (remembered,) = recommender._warmup.recent
+    remembered = KeyedRequest.from_held(remembered)
     assert (remembered.exclusions, remembered.recent, remembered.filter) == (frozenset({"x1", "x2"}), ("i005",), only_a)
-    _, _, key, _, _ = recommender._replays[data]
+    _, _, key, _, _ = recommender._replays.get(data)
     cache._local.put(key, CachedResult(["x1", "i001"], [2.0, 1.0], SOURCE_MODEL))  # a result it must not serve
     assert recommender.replay(data) is None
     await recommender.close()
