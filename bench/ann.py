@@ -319,7 +319,7 @@ def _service_index(manifest_kw: dict[str, Any], ids: np.ndarray, db: np.ndarray,
     from index_service.rows import Rows
     from index_service.searcher import CandidateIndex
     from model_registry import IndexSpec, Manifest
-    from serving.admin import LoadReport
+    from serving.lifecycle.admin import LoadReport
     m = Manifest(index=IndexSpec(**spec_kw), files={}, **manifest_kw)
     return CandidateIndex(m, Rows(ids, db), searcher, LoadReport(0.0, 0))
 

@@ -11,7 +11,7 @@ import argparse
 
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
-from serving.grpc_server import ServiceSpec, run_event_loop, serve_until_signalled, start_server
+from serving.rpc.grpc_server import ServiceSpec, run_event_loop, serve_until_signalled, start_server
 
 
 class EchoServicer(pb_grpc.QueryServiceServicer):

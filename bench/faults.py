@@ -46,7 +46,7 @@ from protos.recsys.v1 import admin_pb2 as apb
 from protos.recsys.v1 import admin_pb2_grpc as apb_grpc
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
-from query_service.cache import cache_key
+from query_service.storage.cache import cache_key
 from tests.processes import RedisProcess, ServiceProcess, console_script, is_serving, start_all, wait_until
 
 MODEL = "faults"

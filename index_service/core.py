@@ -18,7 +18,7 @@ from model_registry.deltas import MAX_UPSERT_SCALE
 from serving import validation
 from serving.errors import InvalidArgument
 from serving.filters import NO_FILTER, Filter
-from serving.versions import VersionManager
+from serving.lifecycle.versions import VersionManager
 from settings.flags import option, require
 
 # About 0.1 ms of ScaNN at 64 dims (a 1M tree-AH query scores ~30k rows): less

@@ -37,10 +37,10 @@ from model_registry import manifest as files
 from model_registry.attributes import Attributes
 from model_registry.deltas import Delta, read_deltas
 from model_registry.search import MIN_RECALL, exact_top_k, npy_shape
-from serving.admin import LoadReport
 from serving.errors import NotFound
 from serving.filters import NO_FILTER, Filter
-from serving.loader import short_gil_slices
+from serving.lifecycle.admin import LoadReport
+from serving.lifecycle.loader import short_gil_slices
 
 log = logging.getLogger(__name__)
 

@@ -17,14 +17,14 @@ from model_registry import manifest as files
 from model_registry.registry import check_model_name
 from model_registry.search import MIN_RECALL
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
-from serving.admin import CatalogueCatchUp
-from serving.admin_rpc import ServiceWithAdmin
 from serving.config import AdminConfig, ServiceConfig
-from serving.grpc_server import ServiceSpec, run_main, serve_until_signalled
-from serving.loader import Background, Loader
-from serving.sources import slot_startup
+from serving.lifecycle.admin import CatalogueCatchUp
+from serving.lifecycle.loader import Background, Loader
+from serving.lifecycle.sources import slot_startup
+from serving.lifecycle.versions import VersionManager
+from serving.rpc.admin_rpc import ServiceWithAdmin
+from serving.rpc.grpc_server import ServiceSpec, run_main, serve_until_signalled
 from serving.validation import DEFAULT_INDEX_DEADLINE_S
-from serving.versions import VersionManager
 from settings.flags import ConfigError, add_flags, option, parse, require
 
 log = logging.getLogger(__name__)

@@ -12,11 +12,11 @@ from index_service.searcher import SearchResult
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from serving import validation
-from serving.admin import VersionAdmin
-from serving.admin_rpc import version_protos
 from serving.errors import InvalidArgument
-from serving.filter_protos import filter_from_proto
-from serving.grpc_server import ANSWER_OVERHEAD_BYTES, add_scored, map_errors, result_bytes
+from serving.lifecycle.admin import VersionAdmin
+from serving.rpc.admin_rpc import version_protos
+from serving.rpc.filter_protos import filter_from_proto
+from serving.rpc.grpc_server import ANSWER_OVERHEAD_BYTES, add_scored, map_errors, result_bytes
 
 # Crowding token lists kept serialized (~190 bytes each, its key included): an answer's are parsed from their
 # bytes at a fifth of the CPU of a message added per result (MovieLens's 1,682 films hold 216 distinct genre lists),

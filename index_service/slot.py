@@ -44,11 +44,11 @@ from index_service.searcher import CandidateIndex
 from model_registry import Registry, VersionError
 from model_registry.registry import SlotRecord
 from model_registry.search import MIN_RECALL
-from serving.admin import StatusReport, VersionAdmin
 from serving.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
-from serving.loader import Loader
-from serving.sources import StartupVersions
-from serving.versions import VersionManager
+from serving.lifecycle.admin import StatusReport, VersionAdmin
+from serving.lifecycle.loader import Loader
+from serving.lifecycle.sources import StartupVersions
+from serving.lifecycle.versions import VersionManager
 
 log = logging.getLogger(__name__)
 

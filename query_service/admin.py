@@ -26,12 +26,12 @@ import logging
 import time
 from typing import TYPE_CHECKING, Awaitable, Callable
 
-from query_service.routing import IndexRouter
-from serving.admin import WRITER_GRACE_S, CatalogueCatchUp, StatusReport, VersionAdmin
+from query_service.index.routing import IndexRouter
 from serving.errors import FailedPrecondition, InvalidArgument
-from serving.loader import Loader
-from serving.sources import StartupVersions
-from serving.versions import VersionManager
+from serving.lifecycle.admin import WRITER_GRACE_S, CatalogueCatchUp, StatusReport, VersionAdmin
+from serving.lifecycle.loader import Loader
+from serving.lifecycle.sources import StartupVersions
+from serving.lifecycle.versions import VersionManager
 
 if TYPE_CHECKING:  # TensorFlow: the --workers supervisor imports this module and loads no model
     from query_service.tower import QueryModel

@@ -15,22 +15,23 @@ import sys
 from model_registry import Registry
 from model_registry import manifest as files
 from query_service.admin import QueryAdmin
-from query_service.batching import BatchingConfig
-from query_service.cache import CacheConfig, ResultCache, redacted_url
-from query_service.live_history import LiveHistory, LiveHistoryConfig
-from query_service.recommender import Recommender
-from query_service.routing import IndexRouter, RoutingConfig
+from query_service.core.batching import BatchingConfig
+from query_service.core.recommender import Recommender
+from query_service.core.warmup import WarmupConfig
+from query_service.index.routing import IndexRouter, RoutingConfig
 from query_service.servicer import QueryServicer, add_to_server
-from query_service.warmup import WarmupConfig
-from serving import tracing, validation
-from serving.admin import CatalogueCatchUp
-from serving.admin_rpc import ServiceWithAdmin
+from query_service.storage.cache import CacheConfig, ResultCache, redacted_url
+from query_service.storage.live_history import LiveHistory, LiveHistoryConfig
+from serving import validation
 from serving.config import AdminConfig, ServiceConfig
-from serving.grpc_server import ServiceSpec, run_main, serve_until_signalled
-from serving.loader import Background, Loader
-from serving.sources import query_startup
-from serving.versions import VersionManager
-from serving.workers import pool_secret, run_workers
+from serving.lifecycle.admin import CatalogueCatchUp
+from serving.lifecycle.loader import Background, Loader
+from serving.lifecycle.sources import query_startup
+from serving.lifecycle.versions import VersionManager
+from serving.rpc.admin_rpc import ServiceWithAdmin
+from serving.rpc.grpc_server import ServiceSpec, run_main, serve_until_signalled
+from serving.rpc.workers import pool_secret, run_workers
+from serving.telemetry import tracing
 from settings.flags import add_flags, option, parse, require
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class QueryServiceConfig(ServiceConfig):
     max_batch_requests: int = option(validation.DEFAULT_MAX_BATCH_REQUESTS,
                                      "most requests in one BatchRecommend")
     workers: int = option(1, "processes serving the data plane on one port (SO_REUSEPORT), each with its versions "
-                             "loaded; the admin plane and /metrics then reach every worker (serving/workers.py)")
+                             "loaded; the admin plane and /metrics then reach every worker (serving/rpc/workers.py)")
     worker_hung_s: float = option(30.0, "with --workers: a worker that has served and then answers no health "
                                         "check for this long (stopped, deadlocked) is killed and started again; "
                                         "one that answers NOT_SERVING is kept (0: never)")

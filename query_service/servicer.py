@@ -15,12 +15,12 @@ import grpc
 
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
-from query_service.index_client import RESULT_BYTES
-from query_service.queries import SOURCE_MODEL, Recommendation, RecommendQuery
-from query_service.recommender import Recommender
+from query_service.core.queries import SOURCE_MODEL, Recommendation, RecommendQuery
+from query_service.core.recommender import Recommender
+from query_service.index.index_client import RESULT_BYTES
 from serving import validation
-from serving.filter_protos import filter_from_proto
-from serving.grpc_server import ANSWER_OVERHEAD_BYTES, add_scored, map_errors, parse_request
+from serving.rpc.filter_protos import filter_from_proto
+from serving.rpc.grpc_server import ANSWER_OVERHEAD_BYTES, add_scored, map_errors, parse_request
 
 _SOURCES = {SOURCE_MODEL: pb.RESULT_SOURCE_MODEL}
 # This layer's entries in CachedResult.rendered: the response, and its bytes.

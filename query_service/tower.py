@@ -31,8 +31,8 @@ from model_registry.attributes import Attributes
 from model_registry.customers import CustomerStore
 from model_registry.deltas import Delta, read_deltas
 from model_registry.tower_inputs import TowerInputs, check_store, tower_inputs
-from serving.admin import LoadReport
 from serving.filters import Filter
+from serving.lifecycle.admin import LoadReport
 
 log = logging.getLogger(__name__)
 

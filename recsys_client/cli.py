@@ -41,9 +41,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from recsys_client import status
-from serving.filter_protos import filter_from_proto
-from serving.tls import ToolTls, tls_hint
 from serving.errors import InvalidArgument
+from serving.rpc.filter_protos import filter_from_proto
+from serving.rpc.tls import ToolTls, tls_hint
 from settings.flags import ConfigError, add_flags, add_secret_file, comma_list, flag_name, from_args
 
 

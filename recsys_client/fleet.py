@@ -16,7 +16,7 @@ from protos.recsys.v1 import admin_pb2 as pb
 from protos.recsys.v1 import admin_pb2_grpc as pb_grpc
 from protos.recsys.v1 import versions_pb2
 from recsys_client.status import FLAGS, admin_port_hint
-from serving.tls import ClientTls, tls_hint
+from serving.rpc.tls import ClientTls, tls_hint
 from settings.flags import option, require, require_distinct, require_valid
 
 SERVING, ROLLBACK_TARGET = versions_pb2.VERSION_STATE_SERVING, versions_pb2.VERSION_STATE_ROLLBACK_TARGET

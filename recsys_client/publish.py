@@ -84,7 +84,7 @@ from recsys_client.fleet import (ROLLBACK_TARGET, SERVING, Fleet, FleetConfig, P
                                  version_in)
 from recsys_client.interrupts import Interrupted, stop_on_signals
 from recsys_client.rollout_lock import exclusive
-from serving.admin_rpc import state_name
+from serving.rpc.admin_rpc import state_name
 from settings.flags import add_flags, option, parse, require
 
 log = logging.getLogger("recsys-publish")

@@ -20,8 +20,8 @@ import grpc
 from protos.recsys.v1 import admin_pb2 as pb
 from protos.recsys.v1 import admin_pb2_grpc as pb_grpc
 from protos.recsys.v1 import versions_pb2
-from serving.admin_rpc import state_name
-from serving.tls import ClientTls, tls_hint
+from serving.rpc.admin_rpc import state_name
+from serving.rpc.tls import ClientTls, tls_hint
 
 # WATCHERS: the status streams an index process serves, one per query replica process routing over it (blank: none);
 # recsys-publish refuses to replace a slot one of whose replicas has more than the query replica processes given.

@@ -10,9 +10,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from model_registry import signing
 from model_registry.registry import check_model_name
-from serving.observability import LOG_FORMATS
-from serving.tls import ServerTls
-from serving.tracing import TracingConfig
+from serving.rpc.tls import ServerTls
+from serving.telemetry.observability import LOG_FORMATS
+from serving.telemetry.tracing import TracingConfig
 from serving.validation import DEFAULT_MAX_MESSAGE_BYTES
 from settings.flags import ConfigError, option, require, require_valid
 

@@ -4,7 +4,7 @@ numeric ranges and crowding (the proto's ``Filter``), validated once here.
 The query service passes a filter through to the index and names it in cache
 keys (``Filter.key``); the index evaluates it over the attributes stored with
 the version (``index_service.attributes``). Limits are documented in the proto;
-``serving.filter_protos`` converts to and from it.
+``serving.rpc.filter_protos`` converts to and from it.
 """
 
 from __future__ import annotations

@@ -49,8 +49,8 @@ def _identity(data: bytes) -> bytes:
 def _serve(variant: str, port_out) -> None:
     import uvloop
 
-    from serving.grpc_server import MalformedRequestGuard
-    from serving.observability import ServerObservability
+    from serving.rpc.grpc_server import MalformedRequestGuard
+    from serving.telemetry.observability import ServerObservability
 
     async def echo(request, context):
         return request
@@ -104,7 +104,7 @@ def in_process_us(calls: int) -> tuple[float, float]:
 
     import uvloop
 
-    from serving.observability import ServerObservability
+    from serving.telemetry.observability import ServerObservability
 
     async def echo(request, context):
         return request

@@ -59,7 +59,7 @@ from pathlib import Path
 from recsys_client.loadtest.config import DISTRIBUTIONS, RECOMMEND_ONLY, RPCS, LoadConfig, SwapConfig, parse_rpc_mix
 from recsys_client.loadtest.report import format_table
 from recsys_client.loadtest.run import connect_timeout_s, run_load
-from serving.tls import ToolTls, tls_hint
+from serving.rpc.tls import ToolTls, tls_hint
 from settings.flags import ConfigError, add_flags, add_secret_file, comma_list, flag_name, from_args
 
 
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     for flag, path in (("--out", args.out), ("--plot", args.plot)):
         if path is not None and not path.absolute().parent.is_dir():  # else found after the run, losing its report
             parser.error(f"{flag}: no directory {path.absolute().parent} to write {path.name} in")
-    from serving.grpc_server import run_event_loop  # the services' event loop (uvloop): a cheaper client too
+    from serving.rpc.grpc_server import run_event_loop  # the services' event loop (uvloop): a cheaper client too
 
     started = time.monotonic()
     try:

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serving.tls import ClientTls
+from serving.rpc.tls import ClientTls
 
 
 DISTRIBUTIONS = ("uniform", "zipf")

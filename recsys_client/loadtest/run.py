@@ -16,7 +16,7 @@ from recsys_client.loadtest.config import RPCS, LoadConfig, SwapConfig
 from recsys_client.loadtest.report import (CACHED_RPCS, DROPPED, ERROR, OK, Event, ProgressMeter, RequestLog,
                                            build_report, new_histogram, record_latency, sample_indices)
 from recsys_client.loadtest.traffic import CustomerSampler, RpcDraws
-from serving.enum_names import enum_name
+from serving.rpc.enum_names import enum_name
 
 
 def connect_timeout_s(config: LoadConfig) -> float:

@@ -12,11 +12,11 @@ import tracemalloc
 import pytest
 import redis.asyncio as redis
 
-from query_service.cache import CacheConfig, CachedResult, ResultCache, cache_key
-from query_service.cache import MAC_BYTES
-from query_service.live_history import LiveHistory, history_key
-from query_service import redis_link
-from query_service.redis_link import MAX_CONNECTIONS, UNREACHED
+from query_service.storage import redis_link
+from query_service.storage.cache import CacheConfig, CachedResult, ResultCache, cache_key
+from query_service.storage.cache import MAC_BYTES
+from query_service.storage.live_history import LiveHistory, history_key
+from query_service.storage.redis_link import MAX_CONNECTIONS, UNREACHED
 from serving.errors import ResourceExhausted
 from tests.conftest import RedisProcess
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from query_service.index_client import RESULT_BYTES, IndexEndpoint
-from query_service.searches import IndexQuery
+from query_service.index.index_client import RESULT_BYTES, IndexEndpoint
+from query_service.index.searches import IndexQuery
 from serving import errors, validation
 from tests.integration.conftest import index_slot
 from tests.processes import start_all

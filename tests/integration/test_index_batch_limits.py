@@ -12,8 +12,8 @@ import pytest
 
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
-from query_service.index_client import IndexEndpoint
-from query_service.searches import IndexQuery
+from query_service.index.index_client import IndexEndpoint
+from query_service.index.searches import IndexQuery
 from serving import validation
 from tests.integration.conftest import VersionOracle, index_slot, overlap, query_replica
 from tests.processes import start_all

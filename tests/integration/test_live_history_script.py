@@ -9,8 +9,8 @@ import shutil
 import pytest
 from redis import Redis
 
-from query_service.live_history import LiveHistory, LiveHistoryConfig, history_key
-from query_service.redis_link import RedisLink
+from query_service.storage.live_history import LiveHistory, LiveHistoryConfig, history_key
+from query_service.storage.redis_link import RedisLink
 from tests.processes import RedisClusterProcesses, RedisProcess
 
 pytestmark = [pytest.mark.integration,

@@ -20,10 +20,10 @@ from redis import Redis
 from redis.cluster import RedisCluster
 
 from protos.recsys.v1 import retrieval_pb2 as pb
-from query_service.cache import CacheConfig, CachedResult, ResultCache, cache_key
-from query_service.live_history import LiveHistory, LiveHistoryConfig, history_key
-from query_service.redis_link import MAX_CONNECTIONS
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
+from query_service.storage.cache import CacheConfig, CachedResult, ResultCache, cache_key
+from query_service.storage.live_history import LiveHistory, LiveHistoryConfig, history_key
+from query_service.storage.redis_link import MAX_CONNECTIONS
 from recsys_client.loadtest import LoadConfig, run_load
 from tests.integration.conftest import MODEL, index_slot, query_replica
 from tests.processes import RedisClusterProcesses, RedisProcess, wait_until

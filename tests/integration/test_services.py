@@ -27,9 +27,9 @@ from model_registry.deltas import Delta, write_delta
 from protos.recsys.v1 import admin_pb2, admin_pb2_grpc
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
-from query_service.cache import cache_key
-from query_service.index_client import IndexEndpoint
-from query_service.searches import IndexQuery
+from query_service.index.index_client import IndexEndpoint
+from query_service.index.searches import IndexQuery
+from query_service.storage.cache import cache_key
 from serving import validation
 from tests.conftest import RedisProcess
 from tests.integration.conftest import MODEL, index_slot, make_live, query_replica, train

@@ -21,9 +21,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
-from query_service.cache import CacheConfig, CachedResult, ResultCache, cache_key
+from query_service.storage.cache import CacheConfig, CachedResult, ResultCache, cache_key
 from recsys_client.fleet import Fleet, PublishError
-from serving.tls import ClientTls
+from serving.rpc.tls import ClientTls
 from tests.conftest import RedisProcess
 from tests.integration.conftest import index_slot, query_replica
 from tests.processes import console_script, free_port, start_all

@@ -20,10 +20,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from grpc_health.v1 import health, health_pb2_grpc
 
-from query_service.index_client import IndexEndpoint
+from query_service.index.index_client import IndexEndpoint
 from recsys_client import status
 from recsys_client.fleet import Fleet, PublishError
-from serving.tls import ClientTls, ServerTls
+from serving.rpc.tls import ClientTls, ServerTls
 from tests.integration.test_tls import Authority, _name, _write
 from tests.processes import console_script, free_port
 
@@ -66,7 +66,7 @@ async def test_the_query_service_says_why_a_tls_slot_refuses_it(pki, caplog):
     server.add_secure_port(address, ServerTls(*pki["server"]).credentials())
     await server.start()
     try:
-        caplog.set_level(logging.WARNING, logger="query_service.index_client")
+        caplog.set_level(logging.WARNING, logger="query_service.index.index_client")
         refusals = {"Socket closed": ClientTls(), "CERTIFICATE_VERIFY_FAILED": ClientTls(ca=pki["rogue_ca"])}
         for words, tls in refusals.items():
             caplog.clear()
@@ -79,7 +79,7 @@ async def test_the_query_service_says_why_a_tls_slot_refuses_it(pki, caplog):
 
 
 async def test_a_closed_index_port_gets_no_tls_hint(caplog):
-    caplog.set_level(logging.WARNING, logger="query_service.index_client")
+    caplog.set_level(logging.WARNING, logger="query_service.index.index_client")
     address = f"127.0.0.1:{free_port()}"
     await _watch_for(IndexEndpoint(address), 1.0)
     lines = [r.getMessage() for r in caplog.records if address in r.getMessage()]
@@ -137,11 +137,11 @@ def test_a_server_with_an_expired_certificate_warns_at_start(pki, tmp_path, capl
                 .not_valid_before(start).not_valid_after(end).sign(authority.key, hashes.SHA256()))
         crt, key_path = _write(tmp_path, stem, key, cert)
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="serving.tls"):
+        with caplog.at_level(logging.WARNING, logger="serving.rpc.tls"):
             ServerTls(cert=crt, key=key_path).credentials()
         assert [r.levelno for r in caplog.records] == [logging.WARNING], caplog.text
         assert crt in caplog.text and end.strftime("%Y-%m-%d %H:%M:%S") in caplog.text, caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="serving.tls"):
+    with caplog.at_level(logging.WARNING, logger="serving.rpc.tls"):
         ServerTls(*pki["server"]).credentials()
     assert not caplog.records

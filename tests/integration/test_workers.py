@@ -1,5 +1,5 @@
 """``recsys-query-service --workers 2``: two real worker processes on one port
-behind a supervisor that holds the admin plane and /metrics (serving/workers.py)."""
+behind a supervisor that holds the admin plane and /metrics (serving/rpc/workers.py)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ import grpc
 import pytest
 
 from model_registry import Registry
-from serving.workers import RESTART_DELAY_S
 from protos.recsys.v1 import admin_pb2 as apb
 from protos.recsys.v1 import admin_pb2_grpc as apb_grpc
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from protos.recsys.v1.versions_pb2 import VERSION_STATE_ROLLBACK_TARGET
+from serving.rpc.workers import RESTART_DELAY_S
 from tests.integration.conftest import MODEL, index_slot, query_replica
 from tests.integration.test_admin import AUTH, copy_version, token_file
 from tests.processes import alive, children, free_port, is_serving, start_all, wait_until

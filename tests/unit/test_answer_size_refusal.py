@@ -1,12 +1,12 @@
 """An index's refusal of an answer over its --max-message-bytes, read back by the query service, which splits its
-search calls so each answer fits (``query_service.index_client._over_bound``; the real slot's refusal and the
+search calls so each answer fits (``query_service.index.index_client._over_bound``; the real slot's refusal and the
 split: tests/integration/test_index_answer_split.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from query_service import index_client
+from query_service.index import index_client
 from serving import validation
 from serving.errors import InvalidArgument
 

@@ -13,8 +13,8 @@ from index_service.searcher import CandidateIndex, _scann_pybind
 from model_registry import IndexSpec, Manifest
 from model_registry.attributes import Attributes
 from model_registry.deltas import Delta
-from serving.admin import LoadReport
 from serving.filters import check_filter
+from serving.lifecycle.admin import LoadReport
 
 DIM = 16
 

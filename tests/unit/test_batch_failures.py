@@ -14,14 +14,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from query_service.batching import BatchingConfig
-from query_service.cache import CacheConfig, ResultCache
-from query_service.queries import SOURCE_MODEL, SOURCE_POPULARITY, RecommendQuery
-from query_service.recommender import Recommender
-from query_service.searches import OverMaxK
+from query_service.core.batching import BatchingConfig
+from query_service.core.queries import SOURCE_MODEL, SOURCE_POPULARITY, RecommendQuery
+from query_service.core.recommender import Recommender
+from query_service.index.searches import OverMaxK
+from query_service.storage.cache import CacheConfig, ResultCache
 from query_service.tower import QueryModel
 from serving import errors
-from serving.versions import VersionManager
+from serving.lifecycle.versions import VersionManager
 from tests.unit.test_query_paths import ExactIndex, tiny_index, tiny_model  # noqa: F401 - fixtures
 
 

@@ -20,23 +20,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from index_service import core as index_core
+from index_service import slot as slot_admin
 from index_service.attributes import AttributeColumns
 from index_service.rows import Deletion, Rows
-from index_service import slot as slot_admin
 from index_service.searcher import DELTA_CHUNK, RECHECK_PROBES, CandidateIndex, _scann_pybind
 from model_registry import IndexSpec, Manifest, Registry, VersionError
-from model_registry.attributes import Attributes, from_catalogue
 from model_registry import deltas
+from model_registry.attributes import Attributes, from_catalogue
 from model_registry.deltas import Delta, published_generation, read_deltas, write_delta
 from protos.recsys.v1 import admin_pb2, admin_pb2_grpc, versions_pb2
 from recsys_client.catalogue import CatalogueError, apply_everywhere, catch_up, publish_delta, read_upserts
 from recsys_client.catalogue import main as catalogue_main
 from recsys_client.fleet import Fleet, Replica
 from serving import errors
-from serving.admin import LoadReport
-from serving.admin_rpc import version_protos
 from serving.filters import NO_FILTER, check_filter
-from serving.versions import VersionManager
+from serving.lifecycle.admin import LoadReport
+from serving.lifecycle.versions import VersionManager
+from serving.rpc.admin_rpc import version_protos
 from tests.unit import tiny_versions as tiny
 from tests.unit.test_cores import slot
 from tests.unit.test_registry_retention import publish_dummy

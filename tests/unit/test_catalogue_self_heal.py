@@ -17,12 +17,12 @@ import pytest
 from index_service.core import Query
 from model_registry import Registry
 from model_registry.deltas import Delta, catalogue_dir, write_delta
-from query_service.queries import SOURCE_POPULARITY
-from query_service.routing import IndexRouter, RoutingConfig
+from query_service.core.queries import SOURCE_POPULARITY
+from query_service.index.routing import IndexRouter, RoutingConfig
 from query_service.server import _lag_hint
-from serving import admin as serving_admin
-from serving.admin import CatalogueCatchUp
-from serving.versions import State
+from serving.lifecycle import admin as serving_admin
+from serving.lifecycle.admin import CatalogueCatchUp
+from serving.lifecycle.versions import State
 from settings.flags import ConfigError
 from tests.unit import tiny_versions as tiny
 from tests.unit.test_cores import query_replica, slot
@@ -107,7 +107,7 @@ async def test_a_registry_that_cannot_be_read_is_logged_once_not_every_period(re
         raise NotADirectoryError(20, "Not a directory")  # a network volume gone, a folder replaced by a file
 
     monkeypatch.setattr(serving_admin, "record_stat", unreadable)
-    with caplog.at_level(logging.WARNING, logger="serving.admin"):
+    with caplog.at_level(logging.WARNING, logger="serving.lifecycle.admin"):
         task = admin.follow_catalogue(FAST, grace_s=0.0)
         await _until(lambda: len(looks) >= 5, "five looks")
         await _stop(task)
@@ -128,7 +128,7 @@ async def test_a_refused_delta_is_logged_once_and_not_read_again_every_period(re
         return await apply(version, generation)
 
     admin.apply_catalogue = counted
-    with caplog.at_level(logging.WARNING, "serving.admin"):
+    with caplog.at_level(logging.WARNING, "serving.lifecycle.admin"):
         task = admin.follow_catalogue(FAST, grace_s=0.0)
         await asyncio.sleep(0.4)
         await _stop(task)

@@ -22,20 +22,20 @@ from model_registry import Registry
 from model_registry import manifest as files
 from model_registry.deltas import Delta
 from query_service.admin import QueryAdmin
-from query_service.cache import CacheConfig, ResultCache
-from query_service.index_client import IndexEndpoint, error_for
-from query_service.queries import SOURCE_MODEL, SOURCE_POPULARITY
-from query_service.recommender import Recommender
-from query_service.routing import IndexRouter, RoutingConfig
-from query_service.searches import IndexHits, IndexQuery, SimilarQuery
+from query_service.core.queries import SOURCE_MODEL, SOURCE_POPULARITY
+from query_service.core.recommender import Recommender
+from query_service.core.warmup import WarmupConfig
+from query_service.index.index_client import IndexEndpoint, error_for
+from query_service.index.routing import IndexRouter, RoutingConfig
+from query_service.index.searches import IndexHits, IndexQuery, SimilarQuery
+from query_service.storage.cache import CacheConfig, ResultCache
 from query_service.tower import QueryModel
-from query_service.warmup import WarmupConfig
 from serving import errors, validation
 from serving.filters import Filter, TokenRestrict
-from serving.grpc_server import status_of
-from serving.loader import LOAD_SWITCH_INTERVAL_S, Background, Loader, short_gil_slices
-from serving.sources import StartupVersions
-from serving.versions import State, VersionManager
+from serving.lifecycle.loader import LOAD_SWITCH_INTERVAL_S, Background, Loader, short_gil_slices
+from serving.lifecycle.sources import StartupVersions
+from serving.lifecycle.versions import State, VersionManager
+from serving.rpc.grpc_server import status_of
 from tests.processes import free_port
 from tests.unit import tiny_versions as tiny
 

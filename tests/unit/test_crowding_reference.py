@@ -20,12 +20,12 @@ from index_service.servicer import _response
 from model_registry import IndexSpec, Manifest
 from model_registry.attributes import Attributes
 from model_registry.deltas import Delta
-from serving.admin import LoadReport
 from serving.filters import NO_FILTER, Filter, check_filter
+from serving.lifecycle.admin import LoadReport
 
 DIM, N = 8, 1500
 GENRES = [f"g{j:02d}" for j in range(12)]
-TOKENS_ONLY = 2**31 - 1  # what a sharded version's shards are asked (query_service/routing.py): never reached
+TOKENS_ONLY = 2**31 - 1  # what a sharded version's shards are asked (query_service/index/routing.py): never reached
 
 
 def _tokens(rng, rows: int, names: list[str], most: int = 4) -> list[list[str]]:

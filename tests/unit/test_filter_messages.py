@@ -5,8 +5,8 @@ import pytest
 
 from protos.recsys.v1 import retrieval_pb2 as pb
 from serving.errors import InvalidArgument
-from serving.filter_protos import filter_from_proto
 from serving.filters import check_filter
+from serving.rpc.filter_protos import filter_from_proto
 
 
 @pytest.mark.parametrize("max_per_value", [-1, 0])

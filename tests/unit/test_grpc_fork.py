@@ -1,4 +1,4 @@
-"""A service process forks its workers with ``preexec_fn`` (``serving.workers``: each dies with its supervisor)
+"""A service process forks its workers with ``preexec_fn`` (``serving.rpc.workers``: each dies with its supervisor)
 while gRPC serves; gRPC's fork support aborted some of those children before their ``exec`` (grpc/grpc#43055:
 8 of 300 here), or hung the parent in its fork handlers. The services' packages turn it off before gRPC loads
 (``settings.grpc_env``). The children exec ``true``: what breaks happens between the fork and the exec."""

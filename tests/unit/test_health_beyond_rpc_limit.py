@@ -18,8 +18,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from protos.recsys.v1 import admin_pb2 as pb
 from protos.recsys.v1 import admin_pb2_grpc as pb_grpc
 from protos.recsys.v1 import retrieval_pb2, retrieval_pb2_grpc
-from serving.grpc_server import ServiceSpec, map_errors, start_server
-from serving.observability import REQUEST_ID_KEY
+from serving.rpc.grpc_server import ServiceSpec, map_errors, start_server
+from serving.telemetry.observability import REQUEST_ID_KEY
 
 ADMIN = "recsys.v1.AdminService"
 INDEX = "recsys.v1.IndexService"

@@ -23,10 +23,10 @@ from model_registry.deltas import MAX_UPSERT_SCALE, Delta
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from serving import validation
-from serving.admin import LoadReport
 from serving.errors import InvalidArgument
-from serving.grpc_server import ServiceSpec, bind_address, start_server
-from serving.versions import VersionManager
+from serving.lifecycle.admin import LoadReport
+from serving.lifecycle.versions import VersionManager
+from serving.rpc.grpc_server import ServiceSpec, bind_address, start_server
 
 DIM = 4
 # 1,000 candidates whose ids take the most bytes an id may: a k = 1000 answer is ~266 KB, 63 of them over 16 MiB.

@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 
 from index_service.core import IndexCore
-from query_service.index_client import error_for
-from serving.versions import VersionManager
+from query_service.index.index_client import error_for
+from serving.lifecycle.versions import VersionManager
 
 
 async def test_status_streams_end_when_the_slot_drains_and_new_ones_end_at_once():

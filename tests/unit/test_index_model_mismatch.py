@@ -18,9 +18,9 @@ import pytest
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from protos.recsys.v1 import versions_pb2
-from query_service.index_client import IndexEndpoint
-from query_service.routing import IndexRouter, RoutingConfig
-from query_service.searches import IndexQuery
+from query_service.index.index_client import IndexEndpoint
+from query_service.index.routing import IndexRouter, RoutingConfig
+from query_service.index.searches import IndexQuery
 from serving import errors
 
 

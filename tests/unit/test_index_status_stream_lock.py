@@ -9,7 +9,7 @@ import asyncio
 import random
 
 from index_service.core import IndexCore
-from serving.versions import VersionManager
+from serving.lifecycle.versions import VersionManager
 
 
 async def test_streams_cancelled_at_random_moments_never_leave_the_lock_taken():

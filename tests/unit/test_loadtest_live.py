@@ -17,7 +17,7 @@ from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from recsys_client.loadtest import LoadConfig, main, run_load
 from recsys_client.loadtest.report import DROPPED, ERROR, OK, Event, ProgressMeter, RequestLog
-from serving.grpc_server import run_event_loop
+from serving.rpc.grpc_server import run_event_loop
 
 LINE = re.compile(r"^\[\s*(\d+)s\] sent\s+(\d+) ok\s+(\d+) err\s+(\d+) drop\s+(\d+) qps\s+(\S+) "
                   r"p50\s+(\S+) p99\s+(\S+) ms in-flight\s+(\d+) versions (\S+)(?:  << (.*))?$")

@@ -18,7 +18,7 @@ from recsys_client.loadtest.cli import config_from_args
 from recsys_client.loadtest.config import RPCS, parse_rpc_mix
 from recsys_client.loadtest.report import ERROR, OK, RequestLog, build_report
 from recsys_client.loadtest.traffic import CustomerSampler, RpcDraws
-from serving.grpc_server import run_event_loop
+from serving.rpc.grpc_server import run_event_loop
 
 
 def test_a_mix_is_normalised_into_shares_in_rpc_order():

@@ -8,9 +8,9 @@ import types
 
 import pytest
 
-from query_service import local_tier
-from query_service.local_tier import LocalTier
-from query_service.result import CachedResult
+from query_service.storage import local_tier
+from query_service.storage.local_tier import LocalTier
+from query_service.storage.result import CachedResult
 
 
 class _Clock:
@@ -84,10 +84,10 @@ def test_held_results_leave_nothing_to_the_garbage_collector_and_hits_share_what
 _MEASURE = """
 import gc, os, sys
 from protos.recsys.v1 import retrieval_pb2 as pb
-from query_service.cache import _local_bytes
-from query_service.local_tier import LocalTier
-from query_service.result import CachedResult
-from serving.grpc_server import add_scored
+from query_service.storage.cache import _local_bytes
+from query_service.storage.local_tier import LocalTier
+from query_service.storage.result import CachedResult
+from serving.rpc.grpc_server import add_scored
 
 def rss():
     with open("/proc/self/statm") as f:

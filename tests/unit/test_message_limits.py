@@ -12,13 +12,13 @@ import pytest
 
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
-from query_service import index_client
-from query_service.recommender import Recommender
+from query_service.core.recommender import Recommender
+from query_service.index import index_client
 from query_service.servicer import QueryServicer, add_to_server
 from serving import validation
 from serving.errors import InvalidArgument
-from serving.grpc_server import ServiceSpec, start_server
-from serving.tls import CLIENT_OPTIONS
+from serving.rpc.grpc_server import ServiceSpec, start_server
+from serving.rpc.tls import CLIENT_OPTIONS
 from tests.unit import tiny_versions as tiny
 from tests.unit.test_query_paths import ExactIndex, replica, tiny_model  # noqa: F401 - tiny_model: a fixture
 

@@ -7,9 +7,9 @@ import json
 
 import prometheus_client
 
-from serving.admin import StatusReport, VersionInfo
-from serving.observability import LATENCY_BUCKETS, VersionCollector
-from serving.versions import State
+from serving.lifecycle.admin import StatusReport, VersionInfo
+from serving.lifecycle.versions import State
+from serving.telemetry.observability import LATENCY_BUCKETS, VersionCollector
 from tests.unit.test_dashboard import DASHBOARD
 
 

@@ -24,16 +24,17 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from protos.recsys.v1 import admin_pb2 as pb
 from protos.recsys.v1 import admin_pb2_grpc as pb_grpc
 from protos.recsys.v1 import versions_pb2
-from query_service.batching import BatchingConfig, MicroBatcher
+from query_service.core.batching import BatchingConfig, MicroBatcher
 from recsys_client import status
-from serving import grpc_server, tracing
-from serving.admin import LoadReport, StatusReport, VersionInfo
-from serving.admin_rpc import BearerTokenInterceptor
 from serving.errors import FailedPrecondition
-from serving.grpc_server import ServiceSpec, map_errors, start_server
-from serving.observability import (REQUEST_ID, REQUEST_ID_KEY, JsonLogFormatter, ServerObservability,
-                                   VersionCollector, new_request_id, outgoing_metadata)
-from serving.versions import State
+from serving.lifecycle.admin import LoadReport, StatusReport, VersionInfo
+from serving.lifecycle.versions import State
+from serving.rpc import grpc_server
+from serving.rpc.admin_rpc import BearerTokenInterceptor
+from serving.rpc.grpc_server import ServiceSpec, map_errors, start_server
+from serving.telemetry import tracing
+from serving.telemetry.observability import (REQUEST_ID, REQUEST_ID_KEY, JsonLogFormatter, ServerObservability,
+                                             VersionCollector, new_request_id, outgoing_metadata)
 
 ADMIN = "recsys.v1.AdminService"
 
@@ -416,7 +417,7 @@ def test_the_pools_metrics_reexport_every_workers_in_both_formats_and_skip_one_c
     from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
     from prometheus_client.parser import text_string_to_metric_families
 
-    from serving.workers import WorkerMetrics
+    from serving.rpc.workers import WorkerMetrics
     from tests.processes import free_port
 
     servers, workers = [], []

@@ -11,7 +11,7 @@ import pytest
 
 from protos.recsys.v1 import admin_pb2 as pb
 from protos.recsys.v1 import admin_pb2_grpc as pb_grpc
-from serving.grpc_server import ServiceSpec, start_server
+from serving.rpc.grpc_server import ServiceSpec, start_server
 from tests.unit.test_health_beyond_rpc_limit import settled
 from tests.unit.test_observability import ADMIN, Echo, latency_count
 

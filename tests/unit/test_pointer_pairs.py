@@ -18,7 +18,7 @@ from typing import Iterator
 import pytest
 
 from model_registry import Registry, VersionError
-from serving.sources import query_startup
+from serving.lifecycle.sources import query_startup
 from tests.unit.test_pointer_move import cut_between_the_pointers
 from tests.unit.test_publish import two_live
 from tests.unit.test_registry_retention import publish_dummy

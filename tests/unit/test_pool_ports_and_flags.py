@@ -7,8 +7,8 @@ import socket
 
 import pytest
 
-from serving.grpc_server import CannotListen
-from serving.workers import pinned_flags, reserve_port
+from serving.rpc.grpc_server import CannotListen
+from serving.rpc.workers import pinned_flags, reserve_port
 
 
 def test_a_port_another_process_listens_on_is_refused_and_a_free_one_reserved():

@@ -10,10 +10,10 @@ import pytest
 
 from protos.recsys.v1 import admin_pb2 as pb
 from protos.recsys.v1 import admin_pb2_grpc as pb_grpc
-from serving.admin_rpc import start_admin_server
 from serving.config import AdminConfig
-from serving.observability import REQUEST_ID, REQUEST_ID_KEY
-from serving.workers import PoolAdmin, Worker
+from serving.rpc.admin_rpc import start_admin_server
+from serving.rpc.workers import PoolAdmin, Worker
+from serving.telemetry.observability import REQUEST_ID, REQUEST_ID_KEY
 
 
 class SeesRequestId(pb_grpc.AdminServiceServicer):

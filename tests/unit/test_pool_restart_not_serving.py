@@ -11,9 +11,9 @@ import sys
 
 from protos.recsys.v1 import admin_pb2 as pb
 from protos.recsys.v1.versions_pb2 import VERSION_STATE_LOADING, VersionStatus
-from serving.admin_rpc import start_admin_server
 from serving.config import AdminConfig
-from serving.workers import POLL_S, PoolAdmin, Worker, WorkerPool
+from serving.rpc.admin_rpc import start_admin_server
+from serving.rpc.workers import POLL_S, PoolAdmin, Worker, WorkerPool
 from tests.unit.test_pool_restarts import FakeWorker, call, serve_worker, stop, wait_for
 
 

@@ -18,9 +18,9 @@ import pytest
 from protos.recsys.v1 import admin_pb2 as pb
 from protos.recsys.v1 import admin_pb2_grpc as pb_grpc
 from protos.recsys.v1.versions_pb2 import VERSION_STATE_ROLLBACK_TARGET, VersionStatus
-from serving.admin_rpc import start_admin_server
 from serving.config import AdminConfig
-from serving.workers import POLL_S, PoolAdmin, Worker, WorkerPool
+from serving.rpc.admin_rpc import start_admin_server
+from serving.rpc.workers import POLL_S, PoolAdmin, Worker, WorkerPool
 
 RESTARTING = "worker 0 is restarting (it loads the pool's versions and replays the registry when it starts)"
 
@@ -184,7 +184,7 @@ async def test_a_restarted_worker_that_cannot_take_its_siblings_version_is_start
 
 async def test_an_admin_call_without_a_deadline_to_a_hung_worker_ends_naming_it(tmp_path, monkeypatch):
     """With no deadline from the caller (grpcurl, a script), a stopped worker held the call for ever."""
-    from serving import workers as pool_module
+    from serving.rpc import workers as pool_module
 
     class Hung(FakeWorker):
         async def Promote(self, request, context):

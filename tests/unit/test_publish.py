@@ -46,7 +46,7 @@ def test_a_rollout_run_again_after_it_stopped_past_the_promotion_moves_current(t
 
 
 class QueryStub(StatusOnly):
-    """An in-memory query replica: loads, unloads and switches its routing as serving.versions does."""
+    """An in-memory query replica: loads, unloads and switches its routing as serving.lifecycle.versions does."""
 
     def LoadVersion(self, request, metadata=None, timeout=None):
         self.versions.setdefault(request.version, versions_pb2.VERSION_STATE_READY)

@@ -32,7 +32,7 @@ async def test_a_slot_counts_status_streams_as_they_open_and_end(tmp_path):
 
     try:
         assert await counted() == 0
-        # As query_service.index_client watches an endpoint: one stream per watching process.
+        # As query_service.index.index_client watches an endpoint: one stream per watching process.
         streams = [retrieval_pb2_grpc.IndexServiceStub(c).WatchStatus(retrieval_pb2.WatchStatusRequest())
                    for c in watchers]
         for stream in streams:

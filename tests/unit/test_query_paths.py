@@ -19,19 +19,19 @@ import redis.asyncio as redis
 
 from model_registry import Registry
 from protos.recsys.v1 import retrieval_pb2 as pb
-from query_service.batching import BatchingConfig
-from query_service.cache import CacheConfig, CachedResult, ResultCache
-from query_service.live_history import LiveHistory, LiveHistoryConfig, history_key
-from query_service.queries import SOURCE_MODEL, SOURCE_POPULARITY, KeyedRequest, RecommendQuery
-from query_service.recommender import Recommender
-from query_service.replays import REPLAY_MAX_BYTES, replay_cost
-from query_service.routing import HEDGE_BUDGET, HEDGE_BURST, IndexRouter, RoutingConfig
-from query_service.searches import IndexHits, IndexQuery, SimilarQuery
+from query_service.core.batching import BatchingConfig
+from query_service.core.queries import SOURCE_MODEL, SOURCE_POPULARITY, KeyedRequest, RecommendQuery
+from query_service.core.recommender import Recommender
+from query_service.core.replays import REPLAY_MAX_BYTES, replay_cost
+from query_service.index.routing import HEDGE_BUDGET, HEDGE_BURST, IndexRouter, RoutingConfig
+from query_service.index.searches import IndexHits, IndexQuery, SimilarQuery
 from query_service.servicer import QueryServicer
+from query_service.storage.cache import CacheConfig, CachedResult, ResultCache
+from query_service.storage.live_history import LiveHistory, LiveHistoryConfig, history_key
 from query_service.tower import QueryModel
 from serving import errors, validation
 from serving.filters import Filter, TokenRestrict
-from serving.versions import State, VersionManager
+from serving.lifecycle.versions import State, VersionManager
 from tests.processes import free_port
 from tests.unit import tiny_versions as tiny
 from tests.unit.test_query_tower import ITEMS, write_version
@@ -442,7 +442,7 @@ async def test_a_request_seen_before_is_replayed_by_its_bytes_while_its_result_h
     assert len(big) > REPLAY_MAX_BYTES and recommender.replay(big) is None  # long requests are not remembered
     await recommender.close()
     remembered = [_sent(pb.RecommendRequest(customer_id=c, k=3)) for c in ("c003", "c004", "c005")]
-    monkeypatch.setattr("query_service.replays.REPLAY_BUDGET_BYTES", 2 * replay_cost(remembered[0]))
+    monkeypatch.setattr("query_service.core.replays.REPLAY_BUDGET_BYTES", 2 * replay_cost(remembered[0]))
     recommender = replica(tiny_model, tiny_index, ResultCache(CacheConfig(redis_server.url)), name=f"r{next(_names)}")
     for customer, fingerprint in zip(("c003", "c004", "c005"), remembered):
         await recommender.answer(RecommendQuery(customer, 3), fingerprint=fingerprint)
@@ -622,14 +622,14 @@ async def test_failures_for_want_of_a_holder_log_one_line_per_version_a_while_co
     assert len(lines()) == 1
     await fail(8, 3)  # another version has its own line
     assert len(lines()) == 2 and "version 8" in lines()[1]
-    monkeypatch.setattr("query_service.routing.NO_HOLDER_LOG_S", 0.0)  # the quiet time is over
+    monkeypatch.setattr("query_service.index.routing.NO_HOLDER_LOG_S", 0.0)  # the quiet time is over
     await fail(7, 1)
     assert len(lines()) == 3 and "503 more failures for want of a holder of version 7 since" in lines()[2]
     await router.close()
 
 
 async def test_hedges_stay_a_small_share_of_calls_when_every_replica_turns_slow_at_once(monkeypatch):
-    monkeypatch.setattr("query_service.routing.HEDGE_WINDOW_S", 0.05)
+    monkeypatch.setattr("query_service.index.routing.HEDGE_WINDOW_S", 0.05)
     router = IndexRouter(RoutingConfig(addresses=("a:1", "b:1"), hedge_ms=1.0))
     calls: list[str] = []
     delay = [0.0]

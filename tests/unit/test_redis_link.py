@@ -4,8 +4,8 @@ import pytest
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import SSLConnection
 
-from query_service.cache import CacheConfig
-from query_service.redis_link import RedisLink, cluster_client
+from query_service.storage.cache import CacheConfig
+from query_service.storage.redis_link import RedisLink, cluster_client
 from settings.flags import ConfigError
 
 

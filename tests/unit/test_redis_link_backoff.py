@@ -7,9 +7,9 @@ import logging
 import pytest
 import redis.asyncio as redis
 
-from query_service.cache import CacheConfig, CachedResult, ResultCache, cache_key
-from query_service.live_history import LiveHistory
-from query_service.redis_link import UNREACHED
+from query_service.storage.cache import CacheConfig, CachedResult, ResultCache, cache_key
+from query_service.storage.live_history import LiveHistory
+from query_service.storage.redis_link import UNREACHED
 from serving.errors import Unavailable
 from tests.conftest import RedisProcess
 
@@ -17,7 +17,7 @@ RESULT = CachedResult(["i1"], [1.0], "model")
 
 
 def link_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "query_service.redis_link"]
+    return [r.getMessage() for r in caplog.records if r.name == "query_service.storage.redis_link"]
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ async def test_a_redis_refusing_writes_keeps_serving_reads_and_failed_records_le
     """Out of memory under noeviction, Redis refuses SET and the live history's appends but answers
     MGET and LRANGE: exclude_seen must keep seeing the recorded items (it lost them for the whole
     write outage, as one failed write switched reads off, and each failed record re-extended that)."""
-    caplog.set_level(logging.WARNING, "query_service.redis_link")
+    caplog.set_level(logging.WARNING, "query_service.storage.redis_link")
     cache = ResultCache(CacheConfig(server.url, local_mb=0, timeout_s=1.0, retry_after_s=0.3))
     history = LiveHistory(cache.link, "m")
     raw = redis.from_url(server.url)
@@ -63,7 +63,7 @@ async def test_a_redis_refusing_writes_keeps_serving_reads_and_failed_records_le
 async def test_the_log_names_an_outage_once_each_cause_with_a_hint_for_auth_and_its_end(caplog):
     """One line at the start, none per back-off while the cause stays, one when it changes (a
     restart with another requirepass: the lasting cause was never logged), one when Redis is back."""
-    caplog.set_level(logging.WARNING, "query_service.redis_link")
+    caplog.set_level(logging.WARNING, "query_service.storage.redis_link")
     server = RedisProcess().start()
     cache = ResultCache(CacheConfig(server.url, local_mb=0, timeout_s=1.0, retry_after_s=0.1))
     link, key = cache.link, cache_key("m", 1, "log", 1, frozenset())

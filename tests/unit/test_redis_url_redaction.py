@@ -10,7 +10,7 @@ import logging
 import pytest
 
 from model_registry import Registry
-from query_service.cache import CacheConfig, redacted_url
+from query_service.storage.cache import CacheConfig, redacted_url
 from settings.flags import ConfigError
 from tests.processes import free_port
 from tests.unit import tiny_versions as tiny

@@ -1,5 +1,5 @@
 """What the query service logs when an index slot stops holding a version and then holds it again: the
-failures for want of a holder are one line a while (serving.log_throttle.LogThrottle), and the end of the
+failures for want of a holder are one line a while (serving.telemetry.log_throttle.LogThrottle), and the end of the
 outage says so, with the count of failures no line reported. The slot is a real gRPC server whose status
 stream ends as a draining slot's does."""
 
@@ -17,11 +17,11 @@ import pytest
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from protos.recsys.v1 import versions_pb2
-from query_service.routing import IndexRouter, RoutingConfig
-from query_service.searches import IndexQuery
+from query_service.index.routing import IndexRouter, RoutingConfig
+from query_service.index.searches import IndexQuery
 from serving import errors
-from serving.log_throttle import LogThrottle
-from serving.versions import State
+from serving.lifecycle.versions import State
+from serving.telemetry.log_throttle import LogThrottle
 
 SERVING = pb.IndexStatus(slot="blue", keepalive_s=60.0, versions=[
     versions_pb2.VersionStatus(version=1, state=versions_pb2.VERSION_STATE_SERVING)])

@@ -10,7 +10,7 @@ import numpy as np
 import prometheus_client
 import pytest
 
-from query_service.searches import IndexQuery
+from query_service.index.searches import IndexQuery
 from serving import errors
 from tests.unit.test_routing_logs import SERVING, until, watched_slot
 

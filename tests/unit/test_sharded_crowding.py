@@ -20,11 +20,11 @@ from index_service.servicer import IndexServicer
 from model_registry import IndexSpec, Manifest
 from model_registry.attributes import Attributes
 from model_registry.manifest import shard_of
-from query_service.routing import IndexRouter, RoutingConfig
-from query_service.searches import IndexQuery, SimilarQuery
-from serving.admin import LoadReport
+from query_service.index.routing import IndexRouter, RoutingConfig
+from query_service.index.searches import IndexQuery, SimilarQuery
 from serving.filters import NO_FILTER, Filter, check_filter
-from serving.versions import State, VersionManager
+from serving.lifecycle.admin import LoadReport
+from serving.lifecycle.versions import State, VersionManager
 
 SHARDS, DIM, N = 3, 8, 900
 GENRES = [f"g{j:02d}" for j in range(19)]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from query_service.searches import IndexQuery
+from query_service.index.searches import IndexQuery
 from tests.unit.test_sharded_crowding import DIM, FILTERS, MOVIES, _exact, _router
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from index_service.core import SearchLimits
-from query_service.routing import IndexRouter
-from query_service.searches import IndexQuery, SimilarQuery
+from query_service.index.routing import IndexRouter
+from query_service.index.searches import IndexQuery, SimilarQuery
 from serving import validation
 from serving.errors import InvalidArgument
 from serving.filters import NO_FILTER

@@ -19,10 +19,10 @@ from index_service.searcher import CandidateIndex
 from index_service.slot import SlotAdmin
 from model_registry import Registry
 from serving import errors
-from serving.grpc_server import status_of
-from serving.loader import Background, Loader
-from serving.sources import StartupVersions, slot_startup
-from serving.versions import VersionManager
+from serving.lifecycle.loader import Background, Loader
+from serving.lifecycle.sources import StartupVersions, slot_startup
+from serving.lifecycle.versions import VersionManager
+from serving.rpc.grpc_server import status_of
 from tests.unit import tiny_versions as tiny
 
 ENOMEM = OSError(errno.ENOMEM, "Cannot allocate memory")

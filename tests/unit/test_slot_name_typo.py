@@ -15,9 +15,9 @@ from index_service.core import IndexCore
 from index_service.searcher import CandidateIndex
 from index_service.slot import SlotAdmin
 from model_registry import Registry, VersionError
-from serving.loader import Background, Loader
-from serving.sources import query_startup, slot_startup
-from serving.versions import VersionManager
+from serving.lifecycle.loader import Background, Loader
+from serving.lifecycle.sources import query_startup, slot_startup
+from serving.lifecycle.versions import VersionManager
 from tests.unit import tiny_versions as tiny
 
 

@@ -15,10 +15,10 @@ from index_service.searcher import CandidateIndex
 from index_service.slot import SlotAdmin
 from model_registry import Registry
 from serving import errors
-from serving.grpc_server import status_of
-from serving.loader import Background, Loader
-from serving.sources import StartupVersions
-from serving.versions import State, VersionManager
+from serving.lifecycle.loader import Background, Loader
+from serving.lifecycle.sources import StartupVersions
+from serving.lifecycle.versions import State, VersionManager
+from serving.rpc.grpc_server import status_of
 from tests.unit import tiny_versions as tiny
 
 

@@ -19,11 +19,11 @@ from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from protos.recsys.v1 import versions_pb2
 from query_service.admin import QueryAdmin
-from query_service.routing import IndexRouter, RoutingConfig
+from query_service.index.routing import IndexRouter, RoutingConfig
 from recsys_client import status
-from serving.admin_rpc import AdminServicer
-from serving.loader import Background, Loader
-from serving.versions import State, VersionManager
+from serving.lifecycle.loader import Background, Loader
+from serving.lifecycle.versions import State, VersionManager
+from serving.rpc.admin_rpc import AdminServicer
 from tests.processes import free_port
 
 SERVING = versions_pb2.VERSION_STATE_SERVING

@@ -10,7 +10,7 @@ import asyncio
 import pytest
 
 from protos.recsys.v1 import retrieval_pb2 as pb
-from query_service.index_client import IndexEndpoint
+from query_service.index.index_client import IndexEndpoint
 
 
 class _Stream:

@@ -16,9 +16,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from query_service.index_client import IndexEndpoint
+from query_service.index.index_client import IndexEndpoint
 from recsys_client import status
-from serving.tls import ClientTls, ServerTls
+from serving.rpc.tls import ClientTls, ServerTls
 from settings.flags import ConfigError
 from tests.integration.test_tls import Authority, _name, _write
 from tests.integration.test_tls_diagnostics import HINT, _tool, _watch_for, mtls_server  # noqa: F401 (a fixture)
@@ -71,7 +71,7 @@ async def test_the_query_service_warns_of_its_client_certificate_at_start(pki, m
     tls = ClientTls(pki["ca"], leaf["cert"], leaf["key"])
     caplog.set_level(logging.WARNING)
     endpoints = [IndexEndpoint(mtls_server, tls), IndexEndpoint(mtls_server, tls)]  # routing's, at start
-    warnings = [r.getMessage() for r in caplog.records if r.name == "serving.tls"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "serving.rpc.tls"]
     assert len(warnings) == 1 and f"{leaf['cert']} (CN={leaf['name']}) {words}" in warnings[0], warnings
     await endpoints[1].close()
     caplog.clear()
@@ -82,7 +82,7 @@ async def test_the_query_service_warns_of_its_client_certificate_at_start(pki, m
 
 def test_a_valid_client_certificate_is_not_warned_about(pki, mtls_server, caplog):
     crt, key = pki["client"]
-    with caplog.at_level(logging.WARNING, logger="serving.tls"):
+    with caplog.at_level(logging.WARNING, logger="serving.rpc.tls"):
         (reached,) = status.gather([mtls_server], [], timeout_s=2, tls=ClientTls(pki["ca"], crt, key))
     assert reached.error.startswith("UNIMPLEMENTED") and not caplog.records, (reached.error, caplog.text)
 

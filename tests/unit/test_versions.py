@@ -3,14 +3,14 @@ import asyncio
 import numpy as np
 import pytest
 
-from model_registry import Registry, VersionError
 from index_service.slot import SlotAdmin
+from model_registry import Registry, VersionError
 from model_registry.deltas import Delta, write_delta
 from query_service.admin import QueryAdmin
-from serving.admin import VersionAdmin
 from serving.errors import FailedPrecondition, InvalidArgument, Unavailable
-from serving.loader import Background, Loader
-from serving.versions import State, VersionManager
+from serving.lifecycle.admin import VersionAdmin
+from serving.lifecycle.loader import Background, Loader
+from serving.lifecycle.versions import State, VersionManager
 
 
 def test_empty_manager_is_unavailable():

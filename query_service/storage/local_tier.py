@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict
 from typing import Callable, Iterator
 
-from query_service.result import CachedResult
+from query_service.storage.result import CachedResult
 
 
 class LocalTier:

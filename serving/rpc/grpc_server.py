@@ -21,8 +21,8 @@ from grpc_reflection.v1alpha import reflection
 from model_registry import VersionError
 from protos.recsys.v1 import retrieval_pb2
 from serving.errors import InvalidArgument, ServingError
-from serving.observability import ServerObservability, configure_logging, request_id_metadata
-from serving.tracing import TracingConfig, setup_tracing
+from serving.telemetry.observability import ServerObservability, configure_logging, request_id_metadata
+from serving.telemetry.tracing import TracingConfig, setup_tracing
 from serving.validation import DEFAULT_MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def map_errors(method: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
     """Wraps an async servicer method: an exception becomes the status
     ``status_of`` gives, with the request id in the trailing metadata (a caller
     quoting it finds the call in the logs). Latency by method and code is the
-    interceptor's (``serving.observability.ServerObservability``), which sees
+    interceptor's (``serving.telemetry.observability.ServerObservability``), which sees
     every call."""
 
     @functools.wraps(method)
@@ -222,7 +222,7 @@ async def start_server(services: Iterable[ServiceSpec], host: str, port: int,
     otherwise).
 
     ``share_port`` binds with SO_REUSEPORT, so the workers of one service
-    (``serving.workers``) listen on one port and the kernel spreads their
+    (``serving.rpc.workers``) listen on one port and the kernel spreads their
     connections; otherwise a port in use is an error. A ``host`` of
     ``unix:PATH`` serves on that unix socket (``port`` is ignored)."""
     services = list(services)

@@ -12,12 +12,12 @@ import grpc
 from protos.recsys.v1 import admin_pb2 as pb
 from protos.recsys.v1 import admin_pb2_grpc as pb_grpc
 from protos.recsys.v1 import versions_pb2
-from serving.admin import StatusReport, VersionAdmin, VersionInfo
 from serving.config import AdminConfig, ServiceConfig
-from serving.enum_names import enum_name
-from serving.grpc_server import RunningServer, ServiceSpec, WorkerDataPlane, map_errors, start_server
-from serving.observability import VERSIONS
-from serving.versions import State
+from serving.lifecycle.admin import StatusReport, VersionAdmin, VersionInfo
+from serving.lifecycle.versions import State
+from serving.rpc.enum_names import enum_name
+from serving.rpc.grpc_server import RunningServer, ServiceSpec, WorkerDataPlane, map_errors, start_server
+from serving.telemetry.observability import VERSIONS
 
 SERVICE_NAME = "recsys.v1.AdminService"
 
@@ -156,7 +156,7 @@ class ServiceWithAdmin:
     async def start(cls, spec: ServiceSpec, admin: VersionAdmin, config: ServiceConfig,
                     worker_socket: str = "") -> "ServiceWithAdmin":
         """Starts both servers. A worker of ``--workers`` (``worker_socket``: the
-        path prefix of its private sockets, ``serving.workers``) serves both
+        path prefix of its private sockets, ``serving.rpc.workers``) serves both
         planes on private sockets, and its data plane on the port it shares with
         its siblings once it serves (``WorkerDataPlane``)."""
         credentials = config.tls.credentials()

@@ -47,14 +47,14 @@ import prometheus_client
 from prometheus_client.core import GaugeMetricFamily
 
 from model_registry.manifest import shard_of
-from query_service.index_client import IndexEndpoint
-from query_service.searches import IndexHits, IndexQuery, OverMaxK, SimilarQuery
+from query_service.index.index_client import IndexEndpoint
+from query_service.index.searches import IndexHits, IndexQuery, OverMaxK, SimilarQuery
 from serving import errors, validation
-from serving.admin import EndpointInfo, VersionInfo
 from serving.filters import Filter
-from serving.log_throttle import LogThrottle
-from serving.observability import ScrapeTimeCollector
-from serving.tls import ClientTls
+from serving.lifecycle.admin import EndpointInfo, VersionInfo
+from serving.rpc.tls import ClientTls
+from serving.telemetry.log_throttle import LogThrottle
+from serving.telemetry.observability import ScrapeTimeCollector
 from settings.flags import option, require
 
 log = logging.getLogger(__name__)

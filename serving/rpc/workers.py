@@ -27,7 +27,7 @@ model. It holds
   one key when none was given (``--cache-key-file``) and read each other's entries;
 - the workers' lives: one that exits after it has served is started again on
   the version its siblings serve, and takes connections on the shared port
-  only once it serves (``serving.grpc_server.WorkerDataPlane``), so callers
+  only once it serves (``serving.rpc.grpc_server.WorkerDataPlane``), so callers
   never reach a worker that is still loading; one that has served but then
   leaves its health checks unanswered for ``--worker-hung-s`` (stopped, or
   deadlocked: the kernel still hands it connections, which would hang) is
@@ -65,10 +65,10 @@ from prometheus_client.registry import Collector
 from protos.recsys.v1 import admin_pb2 as pb
 from protos.recsys.v1 import admin_pb2_grpc as pb_grpc
 from protos.recsys.v1 import versions_pb2
-from serving.admin_rpc import start_admin_server
 from serving.config import ServiceConfig
-from serving.grpc_server import MAX_MESSAGE_CHARS, CannotListen, run_event_loop
-from serving.observability import configure_logging, outgoing_metadata, request_id_metadata
+from serving.rpc.admin_rpc import start_admin_server
+from serving.rpc.grpc_server import MAX_MESSAGE_CHARS, CannotListen, run_event_loop
+from serving.telemetry.observability import configure_logging, outgoing_metadata, request_id_metadata
 from settings.ports import free_ports
 from settings.processes import die_with_parent
 

@@ -43,12 +43,12 @@ from urllib.parse import urlsplit
 
 import prometheus_client
 
-from query_service.batching import BATCH_SIZE, MicroBatcher
-from query_service.local_tier import LocalTier
-from query_service.redis_link import CLUSTER_SCHEMES, PIPELINED, UNREACHED, RedisLink
-from query_service.result import CachedResult
+from query_service.core.batching import BATCH_SIZE, MicroBatcher
+from query_service.storage.local_tier import LocalTier
+from query_service.storage.redis_link import CLUSTER_SCHEMES, PIPELINED, UNREACHED, RedisLink
+from query_service.storage.result import CachedResult
 from serving.errors import ResourceExhausted
-from serving.log_throttle import LogThrottle
+from serving.telemetry.log_throttle import LogThrottle
 from settings.flags import option, require
 
 log = logging.getLogger(__name__)

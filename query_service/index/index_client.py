@@ -17,15 +17,15 @@ import numpy as np
 
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
-from query_service.searches import IndexHits, IndexQuery, OverMaxK, SimilarQuery
+from query_service.index.searches import IndexHits, IndexQuery, OverMaxK, SimilarQuery
 from serving import errors, validation
-from serving.admin_rpc import state_name, version_state
-from serving.filter_protos import filter_to_proto
-from serving.grpc_server import result_bytes
-from serving.log_throttle import LogThrottle
-from serving.observability import outgoing_metadata
-from serving.tls import ClientTls, tls_hint
-from serving.versions import State
+from serving.lifecycle.versions import State
+from serving.rpc.admin_rpc import state_name, version_state
+from serving.rpc.filter_protos import filter_to_proto
+from serving.rpc.grpc_server import result_bytes
+from serving.rpc.tls import ClientTls, tls_hint
+from serving.telemetry.log_throttle import LogThrottle
+from serving.telemetry.observability import outgoing_metadata
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ MAX_SEARCH_BYTES = 4 << 20
 # The most bytes one result takes in a search's answer: an id of the most bytes an id may have, and its score.
 RESULT_BYTES = result_bytes(validation.MAX_ID_BYTES)
 # The most bytes of results one search call's answer may hold: the query service receives messages up to 16 MiB
-# (serving.tls.CLIENT_OPTIONS), and the rest of the answer (each query's version, model and generation) needs room.
+# (serving.rpc.tls.CLIENT_OPTIONS), and the rest of the answer (each query's version, model and generation) needs room.
 # 100,000 results of ids of 256 bytes would take 26 MB: the index fails to send it, and every miss of the call fails.
 MAX_SEARCH_ANSWER_BYTES = 12 << 20
 # The most queries, and results (queries x their largest k), sent in one search call: the index's default bounds

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from query_service.budget import BATCHED, SEARCHING, Progress
-from query_service.cache import CachedResult, ResultCache
-from query_service.live_history import merged_history
-from query_service.queries import SOURCE_MODEL, SOURCE_POPULARITY, Answer, KeyedRequest, answers
-from query_service.searches import IndexHits, IndexQuery, OverMaxK, SimilarQuery
+from query_service.core.budget import BATCHED, SEARCHING, Progress
+from query_service.core.queries import SOURCE_MODEL, SOURCE_POPULARITY, Answer, KeyedRequest, answers
+from query_service.index.searches import IndexHits, IndexQuery, OverMaxK, SimilarQuery
+from query_service.storage.cache import CachedResult, ResultCache
+from query_service.storage.live_history import merged_history
 from serving import validation
 from serving.errors import InvalidArgument, ServingError
 from serving.filters import Filter
@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # TensorFlow: the --workers supervisor imports this module an
 
 
 class IndexBackend(Protocol):
-    """Search pinned to a version: ``query_service.routing.IndexRouter`` in the
+    """Search pinned to a version: ``query_service.index.routing.IndexRouter`` in the
     service (gRPC to the index endpoints), an in-process index in unit tests.
     ``timeout_s``: the longest a search may take (a miss's whole budget)."""
 

@@ -33,9 +33,9 @@ from dataclasses import dataclass
 
 from redis.exceptions import NoScriptError, ResponseError
 
-from query_service.batching import MicroBatcher
-from query_service.cache import seal, unseal
-from query_service.redis_link import PIPELINED, REDIS_ERRORS, UNREACHED, RedisLink
+from query_service.core.batching import MicroBatcher
+from query_service.storage.cache import seal, unseal
+from query_service.storage.redis_link import PIPELINED, REDIS_ERRORS, UNREACHED, RedisLink
 from serving.errors import ResourceExhausted, Unavailable
 from serving.validation import MAX_ID_BYTES
 from settings.flags import option, require

@@ -33,21 +33,21 @@ import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Hashable, Sequence
 
-from query_service import misses
-from query_service.batching import BatchingConfig, MicroBatcher
-from query_service.budget import QUEUED, SEARCHING, Progress, within_budget
-from query_service.cache import CachedResult, ResultCache, similar_key
-from query_service.live_history import LiveHistory
-from query_service.misses import IndexBackend, Miss, MissPath
-from query_service.queries import (SOURCE_MODEL, Answer, Embedding, KeyedRequest, Recommendation, RecommendQuery,
-                                   answers, hit)
-from query_service.replays import Replays
-from query_service.searches import SimilarQuery
-from query_service.warmup import Warmup, WarmupConfig
+from query_service.core import misses
+from query_service.core.batching import BatchingConfig, MicroBatcher
+from query_service.core.budget import QUEUED, SEARCHING, Progress, within_budget
+from query_service.core.misses import IndexBackend, Miss, MissPath
+from query_service.core.queries import (SOURCE_MODEL, Answer, Embedding, KeyedRequest, Recommendation, RecommendQuery,
+                                        answers, hit)
+from query_service.core.replays import Replays
+from query_service.core.warmup import Warmup, WarmupConfig
+from query_service.index.searches import SimilarQuery
+from query_service.storage.cache import CachedResult, ResultCache, similar_key
+from query_service.storage.live_history import LiveHistory
 from serving import validation
 from serving.errors import InvalidArgument, Unavailable
 from serving.filters import NO_FILTER, Filter
-from serving.versions import VersionManager
+from serving.lifecycle.versions import VersionManager
 
 if TYPE_CHECKING:  # TensorFlow: the --workers supervisor imports this module and loads no model
     from query_service.tower import QueryModel

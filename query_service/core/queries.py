@@ -8,7 +8,7 @@ from typing import Collection, Sequence
 
 import numpy as np
 
-from query_service.cache import CachedResult, cache_key
+from query_service.storage.cache import CachedResult, cache_key
 from serving.filters import NO_FILTER, Filter
 
 SOURCE_MODEL = "model"

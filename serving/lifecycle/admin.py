@@ -1,9 +1,9 @@
 """Admin operations over a service's versions, free of gRPC.
 
 A service is built from TensorFlow Serving's three roles, made once in its
-``create_server``: a *source* (``serving.sources``: which versions it should
-hold at start), a *loader* (``serving.loader``: verify, load, self-test off the
-request path) and a *manager* (``serving.versions``: the loaded versions and
+``create_server``: a *source* (``serving.lifecycle.sources``: which versions it should
+hold at start), a *loader* (``serving.lifecycle.loader``: verify, load, self-test off the
+request path) and a *manager* (``serving.lifecycle.versions``: the loaded versions and
 the live one). ``VersionAdmin`` is what the admin plane calls on top of them;
 each service subclasses it with its own meaning of load / promote / rollback
 (an index slot replaces what it holds; a query replica switches routing).
@@ -28,8 +28,8 @@ from typing import Generic, Iterator, Protocol, TypeVar
 from model_registry import Manifest, VersionError
 from model_registry.deltas import Delta, published_generation, read_deltas, record_stat
 from serving.errors import FailedPrecondition, InvalidArgument
-from serving.loader import Loader
-from serving.versions import State, VersionManager
+from serving.lifecycle.loader import Loader
+from serving.lifecycle.versions import State, VersionManager
 from settings.flags import option, require
 
 log = logging.getLogger(__name__)

@@ -26,8 +26,8 @@ import prometheus_client
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from serving import tracing
-from serving.admin import StatusReport
+from serving.lifecycle.admin import StatusReport
+from serving.telemetry import tracing
 
 S = TypeVar("S")
 
