@@ -15,7 +15,7 @@ A version published in N shards is searched on one endpoint per shard (each
 says which shard of how many it serves) and the shards' top-k are merged by
 score (a crowded search's shards answer uncrowded, and the merge crowds them,
 asking deeper, no more at once than a shard's --max-k, until its answer is one
-index's: ``IndexRouter._crowded``; first as deep as recent searches of its shape
+index's: ``merge.CrowdedMerge``; first as deep as recent searches of its shape
 needed); it is routable only while every shard has a holder, so shards of
 different versions never mix.
 
@@ -35,22 +35,21 @@ holds its live version shows a 0 there, not only failed searches.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import collections
 import dataclasses
 import itertools
 import logging
 import time
-from typing import Awaitable, Callable, Iterator, NamedTuple, TypeVar
+from typing import Awaitable, Callable, Iterator, TypeVar
 
 import prometheus_client
 from prometheus_client.core import GaugeMetricFamily
 
 from model_registry.manifest import shard_of
 from query_service.index.index_client import IndexEndpoint
+from query_service.index.merge import Ask, CrowdedMerge, tokens_only
 from query_service.index.searches import IndexHits, IndexQuery, OverMaxK, SimilarQuery
 from serving import errors, validation
-from serving.filters import Filter
 from serving.lifecycle.admin import EndpointInfo, VersionInfo
 from serving.rpc.tls import ClientTls
 from serving.telemetry.log_throttle import LogThrottle
@@ -59,7 +58,6 @@ from settings.flags import option, require
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-Q = TypeVar("Q", IndexQuery, SimilarQuery)
 
 # How long a replica that failed or was out-run by a hedge is passed over.
 SUSPECT_S = 1.0
@@ -77,20 +75,6 @@ NO_HOLDER_LOG_S = 5.0
 # A version searched (or waited for) this recently is in /metrics with its holders even while none holds it;
 # a retired one drops out, rather than reading as an outage forever.
 ASKED_S = 300.0
-# The crowding limit the shards of a crowded search are asked with: one no answer reaches (the proto's int32 at
-# most), so a shard crowds nothing but names each result's tokens, and the merge crowds every shard's candidates
-# once. Shards that crowded their own answers lost candidates: one a shard dropped for a neighbour that the merge
-# then dropped for another shard's better candidate never came back, and answers came out wrong or short.
-TOKENS_ONLY = 2**31 - 1
-# How much deeper each round asks a shard whose answer cannot settle a crowded merge (``unsettled``): as the
-# index grows its own over-fetch (FETCH_GROWTH), few rounds reach the deepest.
-SHARD_GROWTH = 4
-# Crowded search shapes (version, filter, k) whose shard depth is remembered (``IndexRouter._first_depth``).
-DEPTHS_KEPT = 1024
-# Searches of a shape in a row that needed a shallower depth than remembered before it is lowered to theirs: the
-# depth a shape needs varies by query (one per genre of ml-100k's films in 3 shards, k=10: 480 of a shard's 560 for
-# seven queries in ten, 120 for the rest), and a deeper first ask costs less than another round of calls.
-DEPTH_HELD = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,98 +93,6 @@ class RoutingConfig:
     def __post_init__(self) -> None:
         require(self.timeout_s > 0, "timeout_s", "must be positive")
         require(self.hedge_ms >= 0, "hedge_ms", "must be >= 0")
-
-
-def merge_hits(parts: list[IndexHits], k: int, max_per_value: int = 0) -> IndexHits:
-    """The top ``k`` of several shards' answers, best score first (a candidate
-    lives in one shard), at most ``max_per_value`` of them sharing a crowding
-    token (0: no crowding), kept greedily by score from the shards' answers
-    (``TOKENS_ONLY``: uncrowded, each result naming its tokens). The generation is
-    the lowest answered: a cache keyed by it never holds an answer older than its key."""
-    ids = [i for part in parts for i in part.ids]
-    scores = [s for part in parts for s in part.scores]
-    # Stable, equal scores in the shards' order: a crowded merge sorts up to 3,000 results, and a tuple of each
-    # (score, id, tokens) cost more than the sort. Tokens are read only for the results the crowding passes.
-    order = sorted(range(len(scores)), key=scores.__getitem__, reverse=True)
-    if max_per_value:
-        starts = list(itertools.accumulate((len(part.ids) for part in parts), initial=0))
-        crowding = [part.crowding or [()] * len(part.ids) for part in parts]
-        held: dict[str, int] = {}
-        full: set[str] = set()  # tokens held max_per_value times
-        kept = []
-        for n in order:
-            owner = bisect.bisect_right(starts, n) - 1
-            tokens = crowding[owner][n - starts[owner]]
-            if not full.isdisjoint(tokens):
-                continue
-            kept.append(n)
-            if len(kept) == k:
-                break
-            for t in tokens:
-                held[t] = held.get(t, 0) + 1
-                if held[t] >= max_per_value:
-                    full.add(t)
-        order = kept
-    order = order[:k]
-    return IndexHits([ids[n] for n in order], [scores[n] for n in order], min(p.generation for p in parts))
-
-
-def shard_depth(k: int, f: Filter, shards: int, max_k: int = validation.DEFAULT_MAX_K) -> int:
-    """How many results to ask of each shard first for a merged top ``k``: with crowding, more than ``k`` (up
-    to ``max_k``, the most a shard answers at once), since the crowded top k reaches deeper than k into the
-    shards' uncrowded answers."""
-    return max(k, min(k * shards, max_k)) if f.max_per_value else k
-
-
-def needed_depth(parts: list[IndexHits], merged: IndexHits, k: int, first: int, deepest: int) -> int:
-    """The least depth of ``first`` times a power of ``SHARD_GROWTH`` (at most ``deepest``) at which every shard's
-    uncrowded answer in ``parts`` would have settled ``merged``, their crowded top ``k`` (``unsettled``)."""
-    if len(merged.ids) < k:
-        return deepest
-    depth, last = first, merged.scores[-1]
-    while depth < deepest and any(len(p.scores) >= depth and p.scores[depth - 1] > last for p in parts):
-        depth = min(depth * SHARD_GROWTH, deepest)
-    return depth
-
-
-def unsettled(parts: list[IndexHits], asked: list[int], merged: IndexHits, k: int) -> list[int]:
-    """The shards that must answer deeper for ``merged``, the crowded merge of their uncrowded ``parts`` (shard
-    ``s`` asked for ``asked[s]``), to be the top ``k`` that one index over every candidate gives. A shard that
-    gave all it was asked may hold more below its last score, any of which a greedy crowding might keep: the
-    merge is settled when it has ``k`` results, each scoring at least every such shard's last (ties aside)."""
-    full = [s for s, part in enumerate(parts) if len(part.ids) >= asked[s]]
-    if len(merged.ids) < k:
-        return full
-    return [s for s in full if parts[s].scores[-1] > merged.scores[-1]]
-
-
-def _union(first: IndexHits, more: IndexHits) -> IndexHits:
-    """``first``'s results and those of ``more`` that it lacks (two answers of one shard), for ``merge_hits``."""
-    held = set(first.ids)
-    extra = [j for j, candidate in enumerate(more.ids) if candidate not in held]
-    return IndexHits(first.ids + [more.ids[j] for j in extra], first.scores + [more.scores[j] for j in extra],
-                     min(first.generation, more.generation),
-                     crowding=list(first.crowding or ()) + [(more.crowding or [])[j] for j in extra])
-
-
-class Ask(NamedTuple):
-    """What a crowded merge asks a shard of its query ``query``: ``depth`` results under ``filter``, passing over
-    the ``skipped`` ones it holds already (the next results of a shard that answers fewer at once than needed)."""
-
-    query: int
-    depth: int
-    filter: Filter
-    skipped: frozenset[str] = frozenset()
-
-    def of(self, q: Q) -> Q:
-        """``q`` (the query) as a shard is asked it."""
-        return dataclasses.replace(q, k=self.depth, filter=self.filter,
-                                   exclusions=q.exclusions | self.skipped if self.skipped else q.exclusions)
-
-
-def _tokens_only(f: Filter) -> Filter:
-    """What a shard of a search with filter ``f`` is asked: ``f`` with any crowding a no-op (``TOKENS_ONLY``)."""
-    return dataclasses.replace(f, max_per_value=TOKENS_ONLY) if f.max_per_value else f
 
 
 class IndexRouter:
@@ -226,7 +118,7 @@ class IndexRouter:
         self._asked: dict[int, tuple[float, int]] = {}
         # (version, filter, k) -> (the shard depth crowded searches of that shape are asked first, how many in a
         # row since needed less), the shape searched longest ago first
-        self._depths: dict[tuple[int, Filter, int], tuple[int, int]] = {}
+        self._merge = CrowdedMerge()
 
     @property
     def timeout_s(self) -> float:
@@ -355,16 +247,16 @@ class IndexRouter:
         """``search`` of a sharded version by ``deadline`` (the loop's time), shard ``s`` answering at most
         ``max_ks[s]`` results a query."""
         loop = asyncio.get_running_loop()
-        depths = [[self._first_depth(version, q, len(max_ks), max_k) for max_k in max_ks] for q in queries]
+        depths = [[self._merge.first_depth(version, q, len(max_ks), max_k) for max_k in max_ks] for q in queries]
 
         def ask(shard: int, wanted: list[Ask]) -> Awaitable[list[IndexHits]]:
             batch = [a.of(queries[a.query]) for a in wanted]
             return self._route(version, generation, deadline - loop.time(),
                                lambda endpoint, left: endpoint.search(batch, version, left), shard)
 
-        parts = await asyncio.gather(*(ask(shard, [Ask(i, depths[i][shard], _tokens_only(q.filter))
+        parts = await asyncio.gather(*(ask(shard, [Ask(i, depths[i][shard], tokens_only(q.filter))
                                                    for i, q in enumerate(queries)]) for shard in range(len(max_ks))))
-        return await self._crowded(version, queries, [[part[i] for part in parts] for i in range(len(queries))],
+        return await self._merge.merge(version, queries, [[part[i] for part in parts] for i in range(len(queries))],
                                    depths, max_ks, ask)
 
     async def similar(self, query: SimilarQuery, version: int, timeout_s: float | None = None) -> IndexHits:
@@ -387,17 +279,17 @@ class IndexRouter:
         loop = asyncio.get_running_loop()
         shards = len(max_ks)
         owner = int(shard_of([query.candidate_id], shards)[0])
-        depths = [self._first_depth(version, query, shards, max_k) for max_k in max_ks]
-        tokens_only = _tokens_only(query.filter)
+        depths = [self._merge.first_depth(version, query, shards, max_k) for max_k in max_ks]
+        uncrowded = tokens_only(query.filter)
 
         def own(similar: SimilarQuery, with_vector: bool = False) -> Awaitable[IndexHits]:
             return self._route(version, query.min_generation, deadline - loop.time(),
                                lambda endpoint, left: endpoint.similar(similar, version, left, with_vector), owner)
 
-        found = await own(Ask(0, depths[owner], tokens_only).of(query), with_vector=True)
+        found = await own(Ask(0, depths[owner], uncrowded).of(query), with_vector=True)
         # The candidate lives in its owner's shard only: excluding it elsewhere too would push a caller's
         # allowed MAX_EXCLUSIONS over the index's limit.
-        near = IndexQuery(found.vector, query.k, query.exclusions, tokens_only, min_generation=query.min_generation)
+        near = IndexQuery(found.vector, query.k, query.exclusions, uncrowded, min_generation=query.min_generation)
 
         async def ask(shard: int, wanted: list[Ask]) -> list[IndexHits]:
             (a,) = wanted  # the one query's
@@ -408,10 +300,10 @@ class IndexRouter:
                                      lambda endpoint, left: endpoint.search(batch, version, left), shard)
 
         others = [shard for shard in range(shards) if shard != owner]
-        parts = dict(zip(others, await asyncio.gather(*(ask(shard, [Ask(0, depths[shard], tokens_only)])
+        parts = dict(zip(others, await asyncio.gather(*(ask(shard, [Ask(0, depths[shard], uncrowded)])
                                                         for shard in others))))
         parts[owner] = [found]
-        return (await self._crowded(version, [query], [[parts[shard][0] for shard in range(shards)]], [depths],
+        return (await self._merge.merge(version, [query], [[parts[shard][0] for shard in range(shards)]], [depths],
                                     max_ks, ask))[0]
 
     def _max_ks(self, version: int, generation: int, shards: int) -> list[int]:
@@ -432,79 +324,6 @@ class IndexRouter:
             except OverMaxK:
                 if all(now >= before for now, before in zip(self._max_ks(version, generation, shards), max_ks)):
                     raise
-
-    def _first_depth(self, version: int, q: IndexQuery | SimilarQuery, shards: int, max_k: int) -> int:
-        """How many results to ask a shard (answering at most ``max_k``) of ``version`` first for ``q``:
-        ``shard_depth``, or as deep as recent crowded searches of its shape needed (``_learn``). How deep a
-        crowded top k reaches depends on how its candidates' tokens spread (one per genre in MovieLens reaches
-        most of its films), which searches of one shape share: asked step by step, most took three rounds."""
-        learnt = self._depths.get((version, q.filter, q.k), (0, 0))[0]
-        return min(max(shard_depth(q.k, q.filter, shards, max_k), learnt), max(q.k, max_k))
-
-    def _learn(self, version: int, q: IndexQuery | SimilarQuery, parts: list[IndexHits], merged: IndexHits) -> None:
-        """Remembers the depth (``needed_depth``) that ``merged``, the crowded answer to ``q`` from its shards'
-        ``parts``, needed, for ``_first_depth``: the deepest that searches of its shape needed, until
-        ``DEPTH_HELD`` in a row needed less. The shapes least recently searched are forgotten."""
-        key = (version, q.filter, q.k)
-        depth, shallower = self._depths.pop(key, (0, 0))
-        needed = needed_depth(parts, merged, q.k, shard_depth(q.k, q.filter, len(parts)),
-                              max(q.k, validation.DEFAULT_MAX_K))
-        self._depths[key] = (depth, shallower + 1) if needed < depth and shallower + 1 < DEPTH_HELD else (needed, 0)
-        if len(self._depths) > DEPTHS_KEPT:
-            del self._depths[next(iter(self._depths))]
-
-    async def _crowded(self, version: int, queries: list[IndexQuery] | list[SimilarQuery],
-                       answers: list[list[IndexHits]], asked: list[list[int]], max_ks: list[int],
-                       deeper: Callable[[int, list[Ask]], Awaitable[list[IndexHits]]]) -> list[IndexHits]:
-        """Each query's shards' ``answers`` (to ``asked[query][shard]`` results) merged by ``merge_hits``. A
-        crowded merge its shards' answers cannot settle (``unsettled``) asks those shards again, ``SHARD_GROWTH``
-        times as deep each round, up to the default --max-k (or k): ``deeper(shard, [Ask, ...])`` is that shard's
-        answer to each. Without crowding, no call. A shard answering fewer results a search (``max_ks[shard]``,
-        its lower --max-k) is asked for the next ones it has, passing over those held (``Ask.skipped``), as far
-        as the exclusions a search may carry allow.
-
-        A shard still unsettling a merge at the deepest that reaches is asked once more with the query's own
-        crowding, which looks further down the shard (as far as an unsharded index looks), and the merge takes
-        both its answers: no longer sure to be exact, but it finds the candidates of a rare token that lie
-        deeper than that, as one index would."""
-        def merge(i: int) -> IndexHits:
-            return merge_hits(answers[i], queries[i].k, queries[i].filter.max_per_value)
-
-        merged = [merge(i) for i in range(len(queries))]
-        own_crowding: set[tuple[int, int]] = set()  # (query, shard) asked with the query's own crowding
-        while True:
-            wanted: dict[int, list[Ask]] = collections.defaultdict(list)
-            for i, q in enumerate(queries):
-                if not q.filter.max_per_value:
-                    continue
-                for shard in unsettled(answers[i], asked[i], merged[i], q.k):
-                    held, most = asked[i][shard], max(q.k, max_ks[shard])
-                    depth = min(held * SHARD_GROWTH, max(q.k, validation.DEFAULT_MAX_K))
-                    if held < depth <= most:
-                        wanted[shard].append(Ask(i, depth, _tokens_only(q.filter)))
-                    elif held < depth and len(q.exclusions) + held <= validation.MAX_EXCLUSIONS:
-                        wanted[shard].append(Ask(i, min(depth - held, most), _tokens_only(q.filter),
-                                                 frozenset(answers[i][shard].ids)))
-                    elif (i, shard) not in own_crowding:
-                        own_crowding.add((i, shard))
-                        wanted[shard].append(Ask(i, q.k, q.filter))
-            if not wanted:
-                for i, q in enumerate(queries):
-                    if q.filter.max_per_value:
-                        self._learn(version, q, answers[i], merged[i])
-                return merged
-            shards = list(wanted)
-            for shard, hits in zip(shards, await asyncio.gather(*(deeper(shard, wanted[shard]) for shard in shards))):
-                for a, part in zip(wanted[shard], hits):
-                    if a.skipped:  # the next results below those held
-                        answers[a.query][shard] = _union(answers[a.query][shard], part)
-                        asked[a.query][shard] += a.depth
-                    elif a.filter.max_per_value == TOKENS_ONLY:
-                        answers[a.query][shard], asked[a.query][shard] = part, a.depth
-                    else:  # the query's own crowding: what it adds to the shard's uncrowded answer
-                        answers[a.query][shard] = _union(answers[a.query][shard], part)
-            for i in {a.query for shard in shards for a in wanted[shard]}:
-                merged[i] = merge(i)
 
     def _log_no_holder(self, version: int, generation: int, shard: int, shards: int) -> None:
         self._unrouted[version] = max(generation, self._unrouted.get(version, 0))

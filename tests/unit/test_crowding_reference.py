@@ -25,7 +25,7 @@ from serving.lifecycle.admin import LoadReport
 
 DIM, N = 8, 1500
 GENRES = [f"g{j:02d}" for j in range(12)]
-TOKENS_ONLY = 2**31 - 1  # what a sharded version's shards are asked (query_service/index/routing.py): never reached
+TOKENS_ONLY = 2**31 - 1  # what a sharded version's shards are asked (query_service/index/merge.py): never reached
 
 
 def _tokens(rng, rows: int, names: list[str], most: int = 4) -> list[list[str]]:

@@ -1,5 +1,5 @@
 """Crowding over a sharded version whose index endpoints answer at most --max-k 100 results a search, below the
-1,000 a crowded merge asks a shard for at its deepest (``IndexRouter._crowded``). The shards are the in-process
+1,000 a crowded merge asks a shard for at its deepest (``CrowdedMerge.merge``). The shards are the in-process
 ones of test_sharded_crowding, refusing as a real index does: the servicer's own refusal reaches the endpoint as
 the gRPC error a remote one's would."""
 

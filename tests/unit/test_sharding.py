@@ -14,7 +14,8 @@ from model_registry import Registry, VersionError, verify_version
 from model_registry import manifest as files
 from model_registry.attributes import Attributes
 from model_registry.deltas import Delta
-from query_service.index.routing import IndexRouter, RoutingConfig, merge_hits
+from query_service.index.merge import merge_hits
+from query_service.index.routing import IndexRouter, RoutingConfig
 from query_service.index.searches import IndexHits, IndexQuery, SimilarQuery
 from serving import validation
 from serving.lifecycle.loader import Background, Loader
@@ -175,7 +176,7 @@ def test_shards_crowded_alone_are_crowded_again_when_merged():
     from index_service.searcher import SearchResult
     from index_service.servicer import _response
     from query_service.index.index_client import _hits
-    from query_service.index.routing import shard_depth
+    from query_service.index.merge import shard_depth
     from serving.filters import NO_FILTER, check_filter
 
     def shard(ids, scores, tokens) -> IndexHits:  # as the query service receives a shard's answer
