@@ -52,6 +52,11 @@ from serving.lifecycle.versions import VersionManager
 if TYPE_CHECKING:  # TensorFlow: the --workers supervisor imports this module and loads no model
     from query_service.tower import QueryModel
 
+# The miss micro-batcher's ``recsys_batch_size`` series, named for the method that batched misses when it began:
+# kept, so that dashboards and alerts on it keep their series whatever the code's names.
+MISS_BATCHER = "Recommender._process_misses"
+
+
 class Recommender:
     """The query paths over the towers in ``manager``.
 
@@ -76,7 +81,7 @@ class Recommender:
         self.max_k = max_k
         self.max_batch_requests = max_batch_requests
         self._misses = MissPath(index, cache, executor)
-        self._batcher: MicroBatcher[Miss, Answer] = MicroBatcher(self._misses.process, batching)
+        self._batcher: MicroBatcher[Miss, Answer] = MicroBatcher(self._misses.process, batching, MISS_BATCHER)
         # A Recommend request is remembered as ``KeyedRequest.held()``, as a replay entry holds it.
         self._warmup = Warmup(warmup) if cache is not None and warmup.requests > 0 else None
         self._replays = Replays() if cache is not None and cache.holds_local else None

@@ -691,8 +691,11 @@ async def test_a_batch_answers_each_request_as_recommend_would_with_one_search(t
     recommender = replica(tiny_model, tiny_index)
     queries = [RecommendQuery("c001", 3), RecommendQuery("c002", 5, exclusions=["i000"]),
                RecommendQuery("stranger", 2), RecommendQuery("c003", 1)]
+    count = {"batcher": "Recommender._process_misses"}  # the series dashboards and alerts read
+    before = prometheus_client.REGISTRY.get_sample_value("recsys_batch_size_count", count) or 0.0
     version, batch = await recommender.recommend_batch(queries)
     assert version == 1 and len(tiny_index.searches) == 1 and len(tiny_index.searches[0]) == 3
+    assert prometheus_client.REGISTRY.get_sample_value("recsys_batch_size_count", count) == before + 1
     singles = [await recommender.recommend(q.customer_id, q.k, q.exclusions) for q in queries]
     assert [(r.ids, r.scores, r.source, r.version) for r in batch] == [
         (r.ids, r.scores, r.source, r.version) for r in singles]
