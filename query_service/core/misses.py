@@ -56,16 +56,16 @@ class Miss:
 def excluded(model: QueryModel, request: KeyedRequest) -> frozenset[str]:
     """What ``request``'s search excludes in ``model``'s version: with exclude_seen, the customer's
     stored, live and recent items too; InvalidArgument when that passes ``MAX_EXCLUSIONS``."""
-    excluded = request.exclusions
+    exclusions = request.exclusions
     if request.exclude_seen:
-        excluded = (excluded | model.seen(request.customer_id) | frozenset(request.recent)
-                    | frozenset(request.live))
-        if len(excluded) > validation.MAX_EXCLUSIONS:
+        exclusions = (exclusions | model.seen(request.customer_id) | frozenset(request.recent)
+                      | frozenset(request.live))
+        if len(exclusions) > validation.MAX_EXCLUSIONS:
             raise InvalidArgument(
-                f"exclude_seen adds the customer's interactions to the exclusions: {len(excluded)} in all, "
+                f"exclude_seen adds the customer's interactions to the exclusions: {len(exclusions)} in all, "
                 f"over the limit of {validation.MAX_EXCLUSIONS}; send fewer exclude_candidate_ids or "
                 "recent_candidate_ids, or leave exclude_seen off")
-    return excluded
+    return exclusions
 
 
 def miss(model: QueryModel, request: KeyedRequest, budget_s: float, progress: Progress, key: str = "") -> Miss:

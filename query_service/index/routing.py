@@ -116,9 +116,7 @@ class IndexRouter:
         self._unrouted: dict[int, int] = {}  # version -> the highest catalogue generation a search lacked a holder at
         # version -> (time.monotonic() it was last routed or waited for, the highest catalogue generation asked)
         self._asked: dict[int, tuple[float, int]] = {}
-        # (version, filter, k) -> (the shard depth crowded searches of that shape are asked first, how many in a
-        # row since needed less), the shape searched longest ago first
-        self._merge = CrowdedMerge()
+        self._merge = CrowdedMerge()  # with how deep crowded searches of each shape asked their shards
 
     @property
     def timeout_s(self) -> float:
@@ -257,7 +255,7 @@ class IndexRouter:
         parts = await asyncio.gather(*(ask(shard, [Ask(i, depths[i][shard], tokens_only(q.filter))
                                                    for i, q in enumerate(queries)]) for shard in range(len(max_ks))))
         return await self._merge.merge(version, queries, [[part[i] for part in parts] for i in range(len(queries))],
-                                   depths, max_ks, ask)
+                                       depths, max_ks, ask)
 
     async def similar(self, query: SimilarQuery, version: int, timeout_s: float | None = None) -> IndexHits:
         """A candidate's neighbours in ``version``, routed as ``search`` is. In a
@@ -304,7 +302,7 @@ class IndexRouter:
                                                         for shard in others))))
         parts[owner] = [found]
         return (await self._merge.merge(version, [query], [[parts[shard][0] for shard in range(shards)]], [depths],
-                                    max_ks, ask))[0]
+                                        max_ks, ask))[0]
 
     def _max_ks(self, version: int, generation: int, shards: int) -> list[int]:
         """The most results each shard of ``version`` is asked for at once: the default --max-k, or the lowest
