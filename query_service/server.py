@@ -15,7 +15,7 @@ import sys
 from model_registry import Registry
 from model_registry import manifest as files
 from query_service.admin import QueryAdmin
-from query_service.core.batching import BatchingConfig
+from query_service.batching import BatchingConfig
 from query_service.core.recommender import Recommender
 from query_service.core.warmup import WarmupConfig
 from query_service.index.routing import IndexRouter, RoutingConfig

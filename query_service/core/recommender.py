@@ -33,8 +33,8 @@ import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Hashable, Sequence
 
+from query_service.batching import BatchingConfig, MicroBatcher
 from query_service.core import misses
-from query_service.core.batching import BatchingConfig, MicroBatcher
 from query_service.core.budget import QUEUED, SEARCHING, Progress, within_budget
 from query_service.core.misses import IndexBackend, Miss, MissPath
 from query_service.core.queries import (SOURCE_MODEL, Answer, Embedding, KeyedRequest, Recommendation, RecommendQuery,

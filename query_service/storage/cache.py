@@ -43,7 +43,7 @@ from urllib.parse import urlsplit
 
 import prometheus_client
 
-from query_service.core.batching import BATCH_SIZE, MicroBatcher
+from query_service.batching import BATCH_SIZE, MicroBatcher
 from query_service.storage.local_tier import LocalTier
 from query_service.storage.redis_link import CLUSTER_SCHEMES, PIPELINED, UNREACHED, RedisLink
 from query_service.storage.result import CachedResult

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from redis.exceptions import NoScriptError, ResponseError
 
-from query_service.core.batching import MicroBatcher
+from query_service.batching import MicroBatcher
 from query_service.storage.cache import seal, unseal
 from query_service.storage.redis_link import PIPELINED, REDIS_ERRORS, UNREACHED, RedisLink
 from serving.errors import ResourceExhausted, Unavailable

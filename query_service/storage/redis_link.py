@@ -48,7 +48,7 @@ from redis.exceptions import (AuthenticationError, RedisClusterException, RedisE
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 
-from query_service.core.batching import BatchingConfig
+from query_service.batching import BatchingConfig
 from serving.errors import ResourceExhausted
 from serving.telemetry.log_throttle import LogThrottle
 from serving.telemetry.tracing import span

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from query_service.core.batching import BatchingConfig
+from query_service.batching import BatchingConfig
 from query_service.core.queries import SOURCE_MODEL, SOURCE_POPULARITY, RecommendQuery
 from query_service.core.recommender import Recommender
 from query_service.index.searches import OverMaxK

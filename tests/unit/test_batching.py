@@ -2,7 +2,7 @@ import asyncio
 
 import pytest
 
-from query_service.core.batching import BatchingConfig, MicroBatcher
+from query_service.batching import BatchingConfig, MicroBatcher
 from serving.errors import ResourceExhausted
 
 

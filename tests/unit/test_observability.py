@@ -24,7 +24,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from protos.recsys.v1 import admin_pb2 as pb
 from protos.recsys.v1 import admin_pb2_grpc as pb_grpc
 from protos.recsys.v1 import versions_pb2
-from query_service.core.batching import BatchingConfig, MicroBatcher
+from query_service.batching import BatchingConfig, MicroBatcher
 from recsys_client import status
 from serving.errors import FailedPrecondition
 from serving.lifecycle.admin import LoadReport, StatusReport, VersionInfo

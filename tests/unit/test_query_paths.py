@@ -19,7 +19,7 @@ import redis.asyncio as redis
 
 from model_registry import Registry
 from protos.recsys.v1 import retrieval_pb2 as pb
-from query_service.core.batching import BatchingConfig
+from query_service.batching import BatchingConfig
 from query_service.core.queries import SOURCE_MODEL, SOURCE_POPULARITY, KeyedRequest, RecommendQuery
 from query_service.core.recommender import Recommender
 from query_service.core.replays import REPLAY_MAX_BYTES, replay_cost
