@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import enum
 import gc
 import logging
@@ -141,8 +142,10 @@ class Loader(Generic[T]):
         return servable
 
     async def run(self, fn: Callable[..., T], *args) -> T:
-        """Runs blocking ``fn(*args)`` (a verify, load or a sequence of them) on the loader thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        """Runs blocking ``fn(*args)`` (a verify, load or a sequence of them) on the loader thread, in the caller's
+        context: the admin call's request id and span reach the lines the load logs (a refusal, a load's figures)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, contextvars.copy_context().run, fn,
+                                                                *args)
 
     @staticmethod
     def released() -> None:

@@ -11,6 +11,7 @@ from serving.errors import FailedPrecondition, InvalidArgument, Unavailable
 from serving.lifecycle.admin import VersionAdmin
 from serving.lifecycle.loader import Background, Loader
 from serving.lifecycle.versions import State, VersionManager
+from serving.telemetry.observability import REQUEST_ID
 
 
 def test_empty_manager_is_unavailable():
@@ -113,5 +114,18 @@ def test_unloading_version_0_or_below_is_invalid_argument_as_loading_and_promoti
                     with pytest.raises(InvalidArgument, match=f"version={version}: versions are positive integers"):
                         asyncio.run(admin.unload(version))
                 assert manager.loaded_versions() == ([live] if live else [])
+    finally:
+        loader.close()
+
+
+def test_a_load_runs_in_the_admin_calls_context_so_its_log_lines_carry_the_request_id(tmp_path):
+    loader = Loader(Registry(tmp_path, "m"), lambda path, manifest: None, "test", Background.IDLE)
+
+    async def admin_call() -> str:
+        REQUEST_ID.set("an-admin-call")  # as the server's interceptor does for each call
+        return await loader.run(REQUEST_ID.get)
+
+    try:
+        assert asyncio.run(admin_call()) == "an-admin-call"
     finally:
         loader.close()
