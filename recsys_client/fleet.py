@@ -7,6 +7,7 @@ name the replicas alike."""
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 
 import grpc
@@ -17,6 +18,7 @@ from protos.recsys.v1 import admin_pb2_grpc as pb_grpc
 from protos.recsys.v1 import versions_pb2
 from recsys_client.status import FLAGS, admin_port_hint
 from serving.rpc.tls import ClientTls, tls_hint
+from serving.telemetry.observability import REQUEST_ID_KEY
 from settings.flags import option, require, require_distinct, require_valid
 
 SERVING, ROLLBACK_TARGET = versions_pb2.VERSION_STATE_SERVING, versions_pb2.VERSION_STATE_ROLLBACK_TARGET
@@ -32,12 +34,14 @@ class Replica:
     address: str
     stub: pb_grpc.AdminServiceStub
 
-    def call(self, method: str, request, metadata, timeout_s: float) -> pb.ServiceStatus:
+    def call(self, method: str, request, metadata: list[tuple[str, str]], timeout_s: float) -> pb.ServiceStatus:
         try:
             return getattr(self.stub, method)(request, metadata=metadata, timeout=timeout_s)
         except grpc.RpcError as e:
+            request_id = dict(metadata).get(REQUEST_ID_KEY)
             raise PublishError(f"{self.role} replica {self.address}: {method} failed: {e.code().name}: {e.details()}"
-                               f"{admin_port_hint(e.code(), self.address, self.role)}") from e
+                               f"{admin_port_hint(e.code(), self.address, self.role)}"
+                               f"{f' (request id {request_id} in its log)' if request_id else ''}") from e
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,8 @@ class FleetConfig:
 
 @dataclass
 class Fleet:
-    """Admin connections to every index slot replica and query replica."""
+    """Admin connections to every index slot replica and query replica. Every call of one run (one Fleet) carries
+    one request id, which the replicas' log lines for it carry and a failed call's error names."""
 
     index: list[Replica]
     query: list[Replica]
@@ -76,6 +81,7 @@ class Fleet:
     timeout_s: float = FleetConfig.timeout_s
     _channels: list[grpc.Channel] = field(default_factory=list)
     unreachable: dict[tuple[str, str], str] = field(default_factory=dict)  # (role, address) -> why, left out
+    request_id: str = field(default_factory=lambda: f"admin-{secrets.token_hex(6)}")
 
     @classmethod
     def connect(cls, index_addresses: list[str], query_addresses: list[str], token: str = FleetConfig.admin_token,
@@ -110,7 +116,9 @@ class Fleet:
                    channels, unreachable)
 
     def call(self, replica: Replica, method: str, request) -> pb.ServiceStatus:
-        metadata = [("authorization", f"Bearer {self.token}")] if self.token else None
+        metadata = [(REQUEST_ID_KEY, self.request_id)]
+        if self.token:
+            metadata.append(("authorization", f"Bearer {self.token}"))
         return replica.call(method, request, metadata, self.timeout_s)
 
     def status(self, replica: Replica) -> pb.ServiceStatus:
