@@ -18,5 +18,8 @@ ensure_venv
 # The integration tests start their own redis-server (and skip without one).
 bash scripts/ensure_redis.sh --install-only ||
     echo "test.sh: no redis-server: the tests that need one will be skipped" >&2
+# The alerting rules' tests run promtool (and skip without one).
+bash scripts/ensure_promtool.sh ||
+    echo "test.sh: no promtool: the alerting rules' tests will be skipped" >&2
 
 exec .venv/bin/python -m pytest -q -n "${RECSYS_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"

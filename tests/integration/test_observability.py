@@ -1,6 +1,6 @@
 """What the real services export, started once for all of it: /metrics after a
 few Recommends (latency by method and code, cache tiers, batch sizes, version
-gauges, memory), the Grafana dashboard's metric names against it, traces sent
+gauges, memory), the Grafana dashboard's and the alerting rules' metric names against it, traces sent
 over OTLP to a collector in this test (query -> Redis, tower, index), JSON logs
 carrying the request id on both services, and ``recsys-client status``."""
 
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import yaml
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as otlp_grpc
 from prometheus_client.parser import text_string_to_metric_families
@@ -28,6 +29,7 @@ from tests.processes import console_script, free_port, start_all, wait_until
 pytestmark = pytest.mark.integration
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "recsys-dashboard.json"
+ALERTS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "recsys-alerts.yaml"
 QUERY = "recsys.v1.QueryService"
 INDEX = "recsys.v1.IndexService"
 
@@ -139,12 +141,24 @@ def test_metrics_by_method_and_code(stack, traffic):
     assert value(query, "process_resident_memory_bytes") > 0
 
 
+def metric_names(exprs: list[str]) -> set[str]:
+    return {name for expr in exprs for name in re.findall(r"\b(?:recsys|process)_[a-z0-9_]+", expr)}
+
+
 def test_dashboard_uses_only_exported_metrics(stack, traffic):
     dashboard = json.loads(DASHBOARD.read_text())
     exported = set(scrape(stack["ports"]["query"])) | set(scrape(stack["ports"]["index"]))
     exprs = [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
-    used = {name for expr in exprs for name in re.findall(r"\b(?:recsys|process)_[a-z0-9_]+", expr)}
+    used = metric_names(exprs)
     assert len(exprs) >= 15 and len(used) >= 10
+    assert used <= exported, f"not exported by the services: {sorted(used - exported)}"
+
+
+def test_alerting_rules_read_only_exported_metrics(stack, traffic):
+    groups = yaml.safe_load(ALERTS.read_text())["groups"]
+    exported = set(scrape(stack["ports"]["query"])) | set(scrape(stack["ports"]["index"]))
+    used = metric_names([rule["expr"] for group in groups for rule in group["rules"]])
+    assert len(used) >= 5
     assert used <= exported, f"not exported by the services: {sorted(used - exported)}"
 
 

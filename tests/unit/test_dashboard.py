@@ -2,7 +2,9 @@
 
 tests/integration/test_observability.py checks that every metric it names is exported;
 this checks that a metric whose name carries its unit (Prometheus's ``_bytes``,
-``_seconds``) is drawn in that unit, not in the unit of another series of its panel.
+``_seconds``) is drawn in that unit, not in the unit of another series of its panel,
+that every series is scoped by the dashboard's namespace and job variables, and that
+promtool parses every expression.
 """
 
 from __future__ import annotations
@@ -10,6 +12,10 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+
+import yaml
+
+from tests.unit.test_alerts import promtool
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "recsys-dashboard.json"
 # A series that is one metric as exported (no arithmetic, no rate): its name says its unit.
@@ -43,3 +49,37 @@ def test_a_metric_named_for_its_unit_is_drawn_in_it():
             assert units[target["refId"]] in GRAFANA_UNITS[suffix], (
                 f"{panel['title']}: {target['expr']} is drawn in {units[target['refId']]!r}")
     assert checked >= 3
+
+
+def test_every_series_is_of_the_namespaces_and_jobs_chosen():
+    """A bare selector would draw every process one Prometheus scrapes (``process_resident_memory_bytes`` of the
+    Prometheus itself, of exporters) and add two deployments' series together."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    for name in ("namespace", "job"):
+        assert variables[name]["includeAll"] and variables[name]["allValue"] == ".*", name  # all: label or none
+    selectors = [(panel["title"], match) for panel in dashboard["panels"] for target in panel.get("targets", [])
+                 for match in re.finditer(r"\b(?:recsys|process)_[a-z0-9_]+(\{[^}]*\})?", target["expr"])]
+    assert len(selectors) >= 25
+    for title, match in selectors:
+        assert match.group(1) and 'namespace=~"$namespace"' in match.group(1) and 'job=~"$job"' in match.group(1), (
+            f"{title}: {match.group(0)} is not scoped to the chosen namespaces and jobs")
+
+
+def test_every_expression_parses_as_promql(tmp_path):
+    """promtool parses them as the expressions of recording rules, Grafana's variables given values."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    values = {"$__rate_interval": "5m", "$namespace": ".*", "$job": ".*"}
+    exprs = []
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            for variable, value in values.items():
+                expr = expr.replace(variable, value)
+            assert "$" not in expr, f"{panel['title']}: a variable with no value here: {target['expr']}"
+            exprs.append(expr)
+    rules = {"groups": [{"name": "dashboard", "rules": [{"record": f"dashboard:expr{i}", "expr": expr}
+                                                         for i, expr in enumerate(exprs)]}]}
+    (tmp_path / "dashboard-rules.yaml").write_text(yaml.safe_dump(rules))
+    result = promtool("check", "rules", str(tmp_path / "dashboard-rules.yaml"))
+    assert result.returncode == 0, result.stdout + result.stderr
