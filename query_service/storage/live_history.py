@@ -37,6 +37,7 @@ from query_service.batching import MicroBatcher
 from query_service.storage.cache import seal, unseal
 from query_service.storage.redis_link import PIPELINED, REDIS_ERRORS, UNREACHED, RedisLink
 from serving.errors import ResourceExhausted, Unavailable
+from serving.telemetry.tracing import span
 from serving.validation import MAX_ID_BYTES
 from settings.flags import option, require
 
@@ -108,16 +109,17 @@ class LiveHistory:
         node = ""
         try:
             node = await self.link.node_of(key)
-            async with self.link.calling(node):
-                try:
-                    length = await self._push(key, candidate_ids)
-                except ResponseError:
-                    if await self.link.client.type(key) in (b"list", b"none"):
-                        raise
-                    # A value of another type (not this service's): replaced, as the cache replaces values it
-                    # did not write; kept, it would fail every recording and read of this customer.
-                    self.link.skipped_key("RecordInteractions", key)
-                    length = await self._push(key, candidate_ids, replace=True)
+            with span("redis RecordInteractions", keys=1, node=node):
+                async with self.link.calling(node):
+                    try:
+                        length = await self._push(key, candidate_ids)
+                    except ResponseError:
+                        if await self.link.client.type(key) in (b"list", b"none"):
+                            raise
+                        # A value of another type (not this service's): replaced, as the cache replaces values it
+                        # did not write; kept, it would fail every recording and read of this customer.
+                        self.link.skipped_key("RecordInteractions", key)
+                        length = await self._push(key, candidate_ids, replace=True)
         except REDIS_ERRORS as e:
             self.link.failed("RecordInteractions", e, node, write=True)
             raise Unavailable(f"the live history's Redis did not take the interactions ({type(e).__name__}): they "

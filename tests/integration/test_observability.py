@@ -206,6 +206,24 @@ def _json_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
 
 
+def test_a_recorded_interaction_is_traced_to_its_redis_write(collector, stack):
+    with grpc.insecure_channel(stack["query"].address) as channel:
+        pb_grpc.QueryServiceStub(channel).RecordInteractions(
+            pb.RecordInteractionsRequest(customer_id="c000004", candidate_ids=["m000001"]), timeout=10)
+    received = collector[0]
+
+    def record_spans() -> list[object]:
+        return [span for service, span in received.spans
+                if service == "recsys-query-service" and span.name == f"/{QUERY}/RecordInteractions"]
+
+    wait_until(lambda: record_spans() and any(s.name == "redis RecordInteractions"
+                                              for _, s in _spans_of(received, record_spans()[0].trace_id)),
+               10, "the RecordInteractions trace's Redis span")
+    server = record_spans()[0]
+    write = next(s for _, s in _spans_of(received, server.trace_id) if s.name == "redis RecordInteractions")
+    assert write.parent_span_id == server.span_id
+
+
 def test_json_logs_carry_the_request_id_across_services(stack, traffic):
     for service in ("query", "index"):
         lines = _json_lines(stack[service].log_path)
