@@ -60,6 +60,11 @@ class QueryServiceConfig(ServiceConfig):
     worker_socket: str = option("", "set by --workers on each worker it starts: the path prefix of the worker's "
                                     "private sockets (not for use by hand)")
     rollback_version: int = option(0, "with --version: also load this version, as the rollback target (0: none)")
+    max_connection_age_s: float = option(0.0, "close each data-plane connection after about this long (gRPC's max "
+                                              "connection age, +-10%; calls in flight get 30 s to end), so that "
+                                              "long-lived clients reconnect and spread over the replicas, those "
+                                              "added since included, behind a connection-level balancer such as a "
+                                              "Kubernetes Service or --workers' shared port (0: never)")
     catalogue: CatalogueCatchUp = option(CatalogueCatchUp(), "catalogue catch-up", prefix="catalogue-catch-up-")
 
     def __post_init__(self) -> None:
@@ -75,6 +80,7 @@ class QueryServiceConfig(ServiceConfig):
         require(self.workers == 1 or not self.worker_socket, "worker_socket", "is set on workers, which run one "
                                                                                 "process each")
         require(self.rollback_version >= 0, "rollback_version", "must be >= 0")
+        require(0 <= self.max_connection_age_s < math.inf, "max_connection_age_s", "must be >= 0 and finite (0: never)")
         require(not self.rollback_version or (self.version and self.rollback_version != self.version),
                 "rollback_version", "needs --version, and must differ from it")
 
@@ -125,7 +131,8 @@ async def create_server(config: QueryServiceConfig) -> tuple[ServiceWithAdmin, R
                               warmup=config.warmup, history=history, max_batch_requests=config.max_batch_requests)
     admin = QueryAdmin(manager, loader, router, recommender.warm)
     spec = ServiceSpec(add_to_server, QueryServicer(recommender, config.max_message_bytes), SERVICE_NAME)
-    service = await ServiceWithAdmin.start(spec, admin, config, worker_socket=config.worker_socket)
+    service = await ServiceWithAdmin.start(spec, admin, config, worker_socket=config.worker_socket,
+                                           max_connection_age_s=config.max_connection_age_s)
     router.start()
     try:
         await loader.run(admin.start, startup)

@@ -154,11 +154,12 @@ class ServiceWithAdmin:
 
     @classmethod
     async def start(cls, spec: ServiceSpec, admin: VersionAdmin, config: ServiceConfig,
-                    worker_socket: str = "") -> "ServiceWithAdmin":
+                    worker_socket: str = "", max_connection_age_s: float = 0.0) -> "ServiceWithAdmin":
         """Starts both servers. A worker of ``--workers`` (``worker_socket``: the
         path prefix of its private sockets, ``serving.rpc.workers``) serves both
         planes on private sockets, and its data plane on the port it shares with
-        its siblings once it serves (``WorkerDataPlane``)."""
+        its siblings once it serves (``WorkerDataPlane``). The data plane's public
+        port closes each connection after ``max_connection_age_s`` (``start_server``)."""
         credentials = config.tls.credentials()
 
         def data_server(host: str, public: bool) -> Awaitable[RunningServer]:
@@ -166,7 +167,8 @@ class ServiceWithAdmin:
             return start_server([spec], host, config.port, config.max_message_bytes,
                                 max_concurrent_rpcs=config.max_concurrent_rpcs,
                                 credentials=credentials if public else None, echo_request_id=config.echo_request_id,
-                                share_port=public and bool(worker_socket))
+                                share_port=public and bool(worker_socket),
+                                max_connection_age_s=max_connection_age_s if public else 0.0)
 
         data: RunningServer | WorkerDataPlane
         if worker_socket:

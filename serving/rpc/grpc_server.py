@@ -205,12 +205,18 @@ def bind_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
+# A connection closed for its age (``max_connection_age_s``) lets the calls in flight on it this long to end, far
+# longer than the deadlines unary calls here are given; its client opens another connection for its next call.
+CONNECTION_AGE_GRACE_S = 30.0
+
+
 async def start_server(services: Iterable[ServiceSpec], host: str, port: int,
                        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                        interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
                        max_concurrent_rpcs: int | None = None,
                        credentials: grpc.ServerCredentials | None = None,
-                       echo_request_id: bool = False, share_port: bool = False) -> RunningServer:
+                       echo_request_id: bool = False, share_port: bool = False,
+                       max_connection_age_s: float = 0.0) -> RunningServer:
     """Starts a server with the services plus health and reflection; port 0 picks
     a free port (returned in ``RunningServer.port``). Health starts NOT_SERVING.
     Beyond ``max_concurrent_rpcs`` calls in progress (streams included), new ones
@@ -224,15 +230,25 @@ async def start_server(services: Iterable[ServiceSpec], host: str, port: int,
     ``share_port`` binds with SO_REUSEPORT, so the workers of one service
     (``serving.rpc.workers``) listen on one port and the kernel spreads their
     connections; otherwise a port in use is an error. A ``host`` of
-    ``unix:PATH`` serves on that unix socket (``port`` is ignored)."""
+    ``unix:PATH`` serves on that unix socket (``port`` is ignored).
+
+    ``max_connection_age_s`` (0: never) closes each connection after about that
+    long (gRPC's max connection age: a GOAWAY, +-10% jitter, calls in flight given
+    ``CONNECTION_AGE_GRACE_S``), so that clients reconnect, and a connection-level
+    balancer (a Kubernetes Service, the kernel's SO_REUSEPORT) spreads them again.
+    Not for a server of long streams: they end with the grace."""
     services = list(services)
     observability = ServerObservability(echo_request_id, max_concurrent_rpcs,
                                         unlimited_services=(health.SERVICE_NAME, reflection.SERVICE_NAME))
-    server = grpc.aio.server(interceptors=[observability, *interceptors, MalformedRequestGuard()], options=[
+    options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.so_reuseport", int(share_port)),
-    ])
+    ]
+    if max_connection_age_s > 0:
+        options += [("grpc.max_connection_age_ms", round(max_connection_age_s * 1000)),
+                    ("grpc.max_connection_age_grace_ms", round(CONNECTION_AGE_GRACE_S * 1000))]
+    server = grpc.aio.server(interceptors=[observability, *interceptors, MalformedRequestGuard()], options=options)
     for spec in services:
         spec.add_to_server(spec.servicer, server)
     health_servicer = health.aio.HealthServicer()
