@@ -38,10 +38,12 @@ class Replica:
         try:
             return getattr(self.stub, method)(request, metadata=metadata, timeout=timeout_s)
         except grpc.RpcError as e:
+            hint = admin_port_hint(e.code(), self.address, self.role)
             request_id = dict(metadata).get(REQUEST_ID_KEY)
+            # Where the hint says the call reached another plane, that plane's log has nothing of it to find.
+            named = f" (request id {request_id} in its log)" if request_id and not hint else ""
             raise PublishError(f"{self.role} replica {self.address}: {method} failed: {e.code().name}: {e.details()}"
-                               f"{admin_port_hint(e.code(), self.address, self.role)}"
-                               f"{f' (request id {request_id} in its log)' if request_id else ''}") from e
+                               f"{hint}{named}") from e
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ dashboard's panels fit what they measure (no server)."""
 from __future__ import annotations
 
 import json
+import re
 
 import prometheus_client
 
@@ -13,9 +14,11 @@ from serving.telemetry.observability import LATENCY_BUCKETS, VersionCollector
 from tests.unit.test_dashboard import DASHBOARD
 
 
-def _panel_drawing(expr: str) -> dict:
+def _panel_drawing(metric: str) -> dict:
+    """The panel drawing ``metric`` as exported (its selector scoped by the dashboard's variables)."""
     return next(panel for panel in json.loads(DASHBOARD.read_text())["panels"]
-                if any(target["expr"] == expr for target in panel.get("targets", [])))
+                if any(re.fullmatch(rf"{metric}(\{{[^}}]*\}})?", target["expr"])
+                       for target in panel.get("targets", [])))
 
 
 def test_the_live_version_gauge_says_an_index_slot_reports_the_version_it_holds():
