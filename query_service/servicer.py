@@ -80,6 +80,8 @@ class QueryServicer(pb_grpc.QueryServiceServicer):
 
     @map_errors
     async def BatchRecommend(self, request: pb.BatchRecommendRequest, context) -> pb.BatchRecommendResponse:
+        # Before the items' filters are parsed: a batch too big is refused as such, not for its first bad item.
+        validation.check_batch_requests(len(request.requests), self.recommender.max_batch_requests)
         queries = []
         for i, item in enumerate(request.requests):
             with validation.item("requests", i):

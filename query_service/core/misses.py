@@ -71,12 +71,20 @@ def excluded(model: QueryModel, request: KeyedRequest) -> frozenset[str]:
 def miss(model: QueryModel, request: KeyedRequest, budget_s: float, progress: Progress, key: str = "") -> Miss:
     """``request`` (its live history read) as a miss of ``model``'s version, due within ``budget_s``."""
     exclusions = excluded(model, request)
-    history = request.recent
-    if request.live and model.takes.history_length:
-        history = merged_history(request.recent, request.live, _stored_history(model, request.customer_id))
+    history = tower_history(model, request.customer_id, request.recent, request.live)
     deadline = asyncio.get_running_loop().time() + budget_s
     return Miss(model, request.customer_id, request.k, exclusions, history, request.filter,
                 model.catalogue_generation, deadline, progress, key)
+
+
+def tower_history(model: QueryModel, customer_id: str, recent: tuple[str, ...],
+                  live: tuple[str, ...]) -> tuple[str, ...]:
+    """A history-aware tower's input for a customer, most recent first: the request's ``recent`` items, which replace
+    the stored history (empty: the tower reads the stored one), until the customer has a ``live`` history; then the
+    request's, the live and the stored items, merged. Recommend's and Embed's rule."""
+    if live and model.takes.history_length:
+        return merged_history(recent, live, _stored_history(model, customer_id))
+    return recent
 
 
 class MissPath:

@@ -328,9 +328,13 @@ class Recommender:
     # ------------------------------------------------------------------ Embed
 
     async def embed(self, customer_id: str) -> Embedding:
+        """The customer's query-tower embedding in the live version, from the input its Recommend gives the tower:
+        a history-aware tower's takes the customer's live history too (``misses.tower_history``)."""
         validation.check_id(customer_id, "customer_id")
         version, model = self.manager.get()
-        vectors, known = await self._misses.embed(model, [customer_id])
+        live = await self.history.get(customer_id) if self.history is not None and model.takes.history_length else ()
+        history = misses.tower_history(model, customer_id, (), live)
+        vectors, known = await self._misses.embed(model, [customer_id], [history])
         return Embedding(vectors[0], version, bool(known[0]))
 
     async def close(self) -> None:

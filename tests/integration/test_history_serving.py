@@ -138,3 +138,19 @@ def test_with_redis_stopped_recommend_uses_the_stored_history_and_recording_fail
         index.stop()
         redis.stop()
 
+
+
+def test_embed_takes_the_live_history_as_recommend_does(stub, history_version):
+    """Embed is the vector Recommend searches with: for a customer the model never saw, once they have a live
+    history, exact search of the version's candidates with it finds what Recommend answers."""
+    _, elsewhere = stored(history_version, "c000170")
+    before = np.array(stub.Embed(pb.EmbedRequest(customer_id="newcomer-embed"), timeout=10).embedding)
+    record(stub, "newcomer-embed", elsewhere[:5])
+    vector = np.array(stub.Embed(pb.EmbedRequest(customer_id="newcomer-embed"), timeout=10).embedding, np.float32)
+    assert not np.allclose(vector, before)
+    ids = np.load(history_version / files.CANDIDATE_IDS_FILE)
+    scores = np.load(history_version / files.CANDIDATE_EMBEDDINGS_FILE) @ vector
+    top = {str(ids[i]) for i in np.argsort(-scores, kind="stable")[:10]}
+    answer = recommend(stub, "newcomer-embed")
+    assert answer.source == pb.RESULT_SOURCE_MODEL
+    assert len(top & set(ids_of(answer))) >= 9, (sorted(top), ids_of(answer))  # float ties may swap the 10th

@@ -172,6 +172,9 @@ def test_batch_recommend_equals_recommend_item_by_item(stub):
 @pytest.mark.parametrize("requests, message", [
     ([], "requests is empty"),
     ([pb.RecommendRequest(customer_id="c1", k=5)] * 257, "257 requests in one batch; at most 256"),
+    # The count first: an item's filter, parsed as the call is read, must not hide it.
+    ([pb.RecommendRequest(customer_id="c1", k=5, filter=pb.Filter(ranges=[pb.NumericRange(namespace="")]))] * 257,
+     "257 requests in one batch; at most 256"),
     ([pb.RecommendRequest(customer_id="c1", k=5), pb.RecommendRequest(customer_id="c2", k=0)],
      "requests[1].k=0 is out of range"),
     ([pb.RecommendRequest(customer_id="c1", k=5), pb.RecommendRequest(customer_id="", k=5)],
