@@ -72,7 +72,9 @@ class QueryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Embed(self, request, context):
-        """The customer's query-tower embedding in the live version.
+        """The customer's query-tower embedding in the live version: the vector
+        Recommend searches with for a request without recent_candidate_ids (a
+        history-aware tower's input includes the live history).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
