@@ -56,8 +56,11 @@ def test_every_series_is_of_the_namespaces_and_jobs_chosen():
     Prometheus itself, of exporters) and add two deployments' series together."""
     dashboard = json.loads(DASHBOARD.read_text())
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
-    for name in ("namespace", "job"):
-        assert variables[name]["includeAll"] and variables[name]["allValue"] == ".*", name  # all: label or none
+    # One namespace at a time: "all" would add two deployments' series together. All jobs means those listed, the
+    # ones exporting recsys metrics: an allValue of ".*" would match every process Prometheus scrapes.
+    assert not variables["namespace"]["includeAll"] and not variables["namespace"]["multi"]
+    assert variables["job"]["includeAll"] and "allValue" not in variables["job"]
+    assert all(variables[name]["query"]["query"].startswith("label_values(recsys_") for name in ("namespace", "job"))
     selectors = [(panel["title"], match) for panel in dashboard["panels"] for target in panel.get("targets", [])
                  for match in re.finditer(r"\b(?:recsys|process)_[a-z0-9_]+(\{[^}]*\})?", target["expr"])]
     assert len(selectors) >= 25
