@@ -64,7 +64,7 @@ class QueryServiceConfig(ServiceConfig):
                                               "connection age, +-10%; calls in flight get 30 s to end), so that "
                                               "long-lived clients reconnect and spread over the replicas, those "
                                               "added since included, behind a connection-level balancer such as a "
-                                              "Kubernetes Service or --workers' shared port (0: never)")
+                                              "Kubernetes Service or --workers' shared port (0: never; else 1 or more)")
     catalogue: CatalogueCatchUp = option(CatalogueCatchUp(), "catalogue catch-up", prefix="catalogue-catch-up-")
 
     def __post_init__(self) -> None:
@@ -80,7 +80,9 @@ class QueryServiceConfig(ServiceConfig):
         require(self.workers == 1 or not self.worker_socket, "worker_socket", "is set on workers, which run one "
                                                                                 "process each")
         require(self.rollback_version >= 0, "rollback_version", "must be >= 0")
-        require(0 <= self.max_connection_age_s < math.inf, "max_connection_age_s", "must be >= 0 and finite (0: never)")
+        # gRPC takes milliseconds: a fraction of one would be 0 there, and a second is already far too short to use.
+        require(self.max_connection_age_s == 0 or 1 <= self.max_connection_age_s < math.inf, "max_connection_age_s",
+                "must be 0 (never) or from 1 s, finite")
         require(not self.rollback_version or (self.version and self.rollback_version != self.version),
                 "rollback_version", "needs --version, and must differ from it")
 

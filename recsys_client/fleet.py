@@ -41,7 +41,7 @@ class Replica:
             hint = admin_port_hint(e.code(), self.address, self.role)
             request_id = dict(metadata).get(REQUEST_ID_KEY)
             # Where the hint says the call reached another plane, that plane's log has nothing of it to find.
-            named = f" (request id {request_id} in its log)" if request_id and not hint else ""
+            named = f" (request id {request_id})" if request_id and not hint else ""
             raise PublishError(f"{self.role} replica {self.address}: {method} failed: {e.code().name}: {e.details()}"
                                f"{hint}{named}") from e
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Puts Prometheus's promtool in .venv/bin unless one is on PATH: it checks and unit-tests the alerting rules
 # (deploy/prometheus; tests/unit/test_alerts.py skips without it). Taken from Debian's prometheus package,
-# unpacked, not installed: installing it would start a Prometheus server. Needs apt-get.
+# unpacked, not installed: installing it would start a Prometheus server. Needs apt-get; where the package
+# lists know no prometheus yet, it runs `apt-get update` (which rewrites them; nothing else is touched).
 #
 #   bash scripts/ensure_promtool.sh
 set -euo pipefail
@@ -24,5 +25,5 @@ download || { apt-get update -qq >/dev/null 2>&1 && download; } || {
     exit 1
 }
 dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/unpacked"
-install -m 0755 "$tmp/unpacked/usr/bin/promtool" "$target"
+install -D -m 0755 "$tmp/unpacked/usr/bin/promtool" "$target"
 echo "ensure_promtool: $("$target" --version 2>&1 | head -1) in $target" >&2

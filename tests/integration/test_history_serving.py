@@ -139,7 +139,6 @@ def test_with_redis_stopped_recommend_uses_the_stored_history_and_recording_fail
         redis.stop()
 
 
-
 def test_embed_takes_the_live_history_as_recommend_does(stub, history_version):
     """Embed is the vector Recommend searches with: for a customer the model never saw, once they have a live
     history, exact search of the version's candidates with it finds what Recommend answers."""
