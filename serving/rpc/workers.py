@@ -467,7 +467,9 @@ class WorkerPool:
         failed = False
         try:
             mine = await self._started(worker)
-            failed = mine is not None and not await self._align(worker, mine)
+            # Not settled in time is a failure too: let in, it would take admin calls on other versions than its
+            # siblings' and lose the catalogue deltas due to it.
+            failed = not await self._align(worker, mine) if mine is not None else not self.stopping.is_set()
         finally:
             if worker.process is process and process.returncode is None:  # else its next start is aligned in turn
                 if failed:  # it serves another version than its siblings: started again, on theirs (``keep``)
@@ -499,8 +501,8 @@ class WorkerPool:
             else:
                 settled_on = mine.live_version
             if loop.time() > deadline:
-                log.error("worker %d did not load its versions within %.0f s of its start: not aligned with its "
-                          "siblings", worker.index, ALIGN_TIMEOUT_S)
+                log.error("worker %d did not load its versions within %.0f s of its start: starting it again on "
+                          "its siblings' versions", worker.index, ALIGN_TIMEOUT_S)
                 return None
             await asyncio.sleep(POLL_S)
         return None

@@ -7,6 +7,7 @@ health servers on the workers' private sockets, the worker being replaced a real
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 
 from protos.recsys.v1 import admin_pb2 as pb
@@ -63,4 +64,23 @@ async def test_a_replacement_started_on_current_is_not_aligned_while_it_loads(tm
         assert not workers[0].restarting
     finally:
         aligning.cancel()
+        await stop(workers, servers)
+
+
+async def test_a_replacement_that_never_settles_is_started_again_keeping_its_deltas(tmp_path, monkeypatch):
+    """Past ALIGN_TIMEOUT_S the pool let the replacement in, on whatever it served, and dropped the catalogue
+    deltas taken while it restarted."""
+    from serving.rpc import workers as pool_module
+
+    monkeypatch.setattr(pool_module, "ALIGN_TIMEOUT_S", 10 * POLL_S)
+    started = FakeWorker(live=1)
+    started.status.versions.append(VersionStatus(version=3, state=VERSION_STATE_LOADING))  # a load that never ends
+    workers, servers = await replaced(tmp_path, 3, 1, started)
+    due = pb.ApplyCatalogueRequest(version=3, generation=5)
+    workers[0].catalogue_due.append(due)
+    try:
+        await asyncio.wait_for(WorkerPool(workers).align(workers[0]), 20)
+        assert workers[0].restarting and workers[0].catalogue_due == [due] and started.calls == []
+        assert await asyncio.wait_for(workers[0].process.wait(), 10) == -signal.SIGTERM  # keep() starts it again
+    finally:
         await stop(workers, servers)
