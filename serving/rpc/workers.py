@@ -399,6 +399,7 @@ class WorkerPool:
         self.hung_s = hung_s
         self.stopping = asyncio.Event()
         self.failure = ""  # why the pool gave up (a worker that died before it ever served)
+        self._aligning: set[asyncio.Task] = set()  # held: the loop keeps only weak references to its tasks
 
     async def follow_health(self, admin_server) -> None:
         """Keeps the admin port's health at SERVING exactly while every worker serves, and kills a hung
@@ -441,7 +442,9 @@ class WorkerPool:
                 return
             # On what its siblings serve: CURRENT may not be it (an admin's promotion does not write it).
             await worker.start(*await self.siblings_versions(worker))
-            asyncio.get_running_loop().create_task(self.align(worker))
+            aligning = asyncio.get_running_loop().create_task(self.align(worker))
+            self._aligning.add(aligning)
+            aligning.add_done_callback(self._aligning.discard)
 
     async def siblings_versions(self, worker: Worker) -> tuple[int, int]:
         """(live version, rollback target) of the first of ``worker``'s siblings
