@@ -134,11 +134,6 @@ def read_upserts(lines, dim: int, token_namespaces: frozenset[str], numeric_name
         if not isinstance(candidate, str) or not 0 < len(candidate.encode()) <= MAX_ID_BYTES:
             raise CatalogueError(f"line {number}: id must be a string of 1..{MAX_ID_BYTES} bytes")
         _check_id(candidate, f"line {number}: id")
-        if candidate != candidate.strip():
-            # The trainer trims ids, as --delete and --delete-file trim theirs: no delete could name this one.
-            raise CatalogueError(f"line {number}: id {candidate!r} has whitespace at its start or end, which no "
-                                 "trained id has (the trainer trims ids) and no --delete / --delete-file can name: "
-                                 "give it without")
         where = f"line {number} (id {candidate!r})"
         unknown_keys = sorted(set(record) - set(UPSERT_KEYS))
         if unknown_keys:
