@@ -69,6 +69,11 @@ class Query:
     by_popularity: bool = False  # rank by the version's popularity; the vector is empty
 
 
+# Three missed keepalives take the slot out of routing: 0.3 s makes that under a second for a hung process (a dead
+# one's stream breaks at once).
+KEEPALIVE_S = 0.3
+
+
 class IndexCore:
     """Search over the versions in ``manager``, and a stream of its changes.
 
@@ -80,7 +85,7 @@ class IndexCore:
     """
 
     def __init__(self, manager: VersionManager[CandidateIndex], search_executor: ThreadPoolExecutor,
-                 limits: SearchLimits = SearchLimits(), keepalive_s: float = 1.0):
+                 limits: SearchLimits = SearchLimits(), keepalive_s: float = KEEPALIVE_S):
         self.manager = manager
         self.executor = search_executor
         self.limits = limits

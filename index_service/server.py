@@ -8,7 +8,7 @@ import dataclasses
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
-from index_service.core import IndexCore, SearchLimits
+from index_service.core import KEEPALIVE_S, IndexCore, SearchLimits
 from index_service.searcher import CandidateIndex
 from index_service.servicer import IndexServicer
 from index_service.slot import SlotAdmin
@@ -45,9 +45,7 @@ class IndexServiceConfig(ServiceConfig):
                                            "is lower is refused")
     busy_window_s: float = option(DEFAULT_INDEX_DEADLINE_S, "a load is refused while the slot has answered a search "
                                                             "this recently (it serves live traffic)")
-    # Three missed keepalives take the slot out of routing: 0.3 s makes that
-    # under a second for a hung process (a dead one's stream breaks at once).
-    keepalive_s: float = option(0.3, "status stream keepalive: watchers take the slot as hung after three "
+    keepalive_s: float = option(KEEPALIVE_S, "status stream keepalive: watchers take the slot as hung after three "
                                      "missed ones")
     catalogue: CatalogueCatchUp = option(CatalogueCatchUp(), "catalogue catch-up", prefix="catalogue-catch-up-")
 
