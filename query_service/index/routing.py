@@ -388,7 +388,8 @@ class IndexRouter:
                                          "shards): an index slot serving that shard must be up")
             raise errors.Unavailable(f"no index endpoint holds version {version}: an index slot holding it must be up")
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + (self.timeout_s if timeout_s is None else min(timeout_s, self.timeout_s))
+        budget_s = self.timeout_s if timeout_s is None else min(timeout_s, self.timeout_s)
+        deadline = loop.time() + budget_s
         tries = self._ordered(holders, shard)[:2]
         self._count_call()
         if len(tries) == 1:
@@ -406,7 +407,8 @@ class IndexRouter:
                     log.warning("index endpoint %s: %s; trying %s", tries[0].address, e, tries[1].address)
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    raise errors.Unavailable(f"no index endpoint answered within {self.timeout_s:.1f}s")
+                    raise errors.Unavailable(f"index endpoint {tries[0].address} failed and the call's "
+                                             f"{budget_s:.3g} s were spent: {tries[1].address} was not tried")
                 return await call(tries[1], remaining)
             self._hedges += 1
             self._suspect(tries[0], f"has not answered in {self.config.hedge_ms:g} ms (hedged)")

@@ -605,6 +605,30 @@ async def test_the_router_sends_searches_only_to_endpoints_caught_up_with_the_ge
     await router.close()
 
 
+async def test_a_failed_try_that_spent_the_callers_time_says_so_with_that_time():
+    """It said "no index endpoint answered within 3.0s" (the configured deadline) to a caller with 0.1 s left,
+    of an endpoint that did answer, with a failure."""
+    router = IndexRouter(RoutingConfig(addresses=("a:1", "b:1"), timeout_s=3.0, hedge_ms=0))
+    called: list[str] = []
+    for endpoint in router.endpoints:
+        endpoint.versions = {1: State.SERVING}
+
+        def failing(address):
+            async def search(queries, version, timeout_s):
+                called.append(address)
+                await asyncio.sleep(timeout_s + 0.05)
+                raise errors.Unavailable("the slot is draining")
+            return search
+
+        endpoint.search = failing(endpoint.address)  # routing is under test, not the network
+    with pytest.raises(errors.Unavailable) as failed:
+        await router.search([IndexQuery(np.zeros(2, np.float32), 1, frozenset())], 1, timeout_s=0.1)
+    assert len(called) == 1
+    assert str(failed.value) == f"index endpoint {called[0]} failed and the call's 0.1 s were spent: " \
+        f"{({'a:1', 'b:1'} - set(called)).pop()} was not tried"
+    await router.close()
+
+
 async def test_failures_for_want_of_a_holder_log_one_line_per_version_a_while_counting_the_rest(monkeypatch, caplog):
     router = IndexRouter(RoutingConfig(addresses=("a:1",)))
     router.endpoints[0].versions = {1: State.SERVING}
