@@ -22,10 +22,10 @@ import sys
 import threading
 import time
 import types
-from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import cachetools
 import numpy as np
 import threadpoolctl
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -142,7 +142,8 @@ class CandidateIndex:
         self._probes = np.zeros((0, self.dim), np.float32)  # the self-test's queries, kept for re-measures
         self._lock = ReadWriteLock()
         self._changes = 0  # chunks of deltas applied: a cached subset is valid for one value of it
-        self._subsets: OrderedDict[Filter, tuple[int, np.ndarray, np.ndarray]] = OrderedDict()
+        self._subsets: cachetools.LRUCache[Filter, tuple[int, np.ndarray, np.ndarray]] = cachetools.LRUCache(
+            SUBSET_CACHE_ENTRIES)
         self._subsets_lock = threading.Lock()
 
     @property
@@ -348,16 +349,12 @@ class CandidateIndex:
         with self._subsets_lock:
             cached = self._subsets.get(f)
             if cached is not None and cached[0] == self._changes:
-                self._subsets.move_to_end(f)
                 return cached[1], cached[2]
         subset = np.flatnonzero(self.attributes.mask(f))
         vectors = self.rows.vectors(subset)
         if len(subset) <= EXACT_MAX_ROWS:
             with self._subsets_lock:
                 self._subsets[f] = (self._changes, subset, vectors)
-                self._subsets.move_to_end(f)
-                if len(self._subsets) > SUBSET_CACHE_ENTRIES:
-                    self._subsets.popitem(last=False)
         return subset, vectors
 
     def _exact(self, queries: np.ndarray, k: int, exclusions: list[frozenset[str]], f: Filter) -> list[SearchResult]:

@@ -87,7 +87,8 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
         for i, query in enumerate(request.queries):
             with validation.item("queries", i):
                 queries.append(_query(query))
-        answer, results = await self.core.search(queries, versions.pop(), "queries")  # check_batch refused an empty batch
+        # One version: check_batch refused an empty batch, and several versions are refused above.
+        answer, results = await self.core.search(queries, versions.pop(), "queries")
         response = pb.BatchSearchResponse(model_version=answer.version, catalogue_generation=answer.generation)
         for result in results:
             _response(result, answer, self.model, response.results.add())

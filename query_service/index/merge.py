@@ -11,6 +11,8 @@ import dataclasses
 import itertools
 from typing import Awaitable, Callable, NamedTuple, TypeVar
 
+import cachetools
+
 from query_service.index.searches import IndexHits, IndexQuery, SimilarQuery
 from serving import validation
 from serving.filters import Filter
@@ -131,7 +133,8 @@ class CrowdedMerge:
 
     def __init__(self) -> None:
         # (version, filter, k) -> (the depth its searches needed, how many in a row needed less since)
-        self._depths: dict[tuple[int, Filter, int], tuple[int, int]] = {}
+        self._depths: cachetools.LRUCache[tuple[int, Filter, int], tuple[int, int]] = cachetools.LRUCache(
+            DEPTHS_KEPT)
 
     def first_depth(self, version: int, q: IndexQuery | SimilarQuery, shards: int, max_k: int) -> int:
         """How many results to ask a shard (answering at most ``max_k``) of ``version`` first for ``q``:
@@ -150,8 +153,6 @@ class CrowdedMerge:
         needed = needed_depth(parts, merged, q.k, shard_depth(q.k, q.filter, len(parts)),
                               max(q.k, validation.DEFAULT_MAX_K))
         self._depths[key] = (depth, shallower + 1) if needed < depth and shallower + 1 < DEPTH_HELD else (needed, 0)
-        if len(self._depths) > DEPTHS_KEPT:
-            del self._depths[next(iter(self._depths))]
 
     async def merge(self, version: int, queries: list[IndexQuery] | list[SimilarQuery],
                     answers: list[list[IndexHits]], asked: list[list[int]], max_ks: list[int],
