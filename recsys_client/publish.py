@@ -519,7 +519,7 @@ def _rollback(fleet: Fleet, registry: Registry, refuse_forward: bool) -> int:
         # the same way leaves the same pointers and replicas, but not that record: that switch is rolled back.
         log.info("finished the rollback to version %d", live)
         return live
-    if refuse_forward and _rolled_back(registry) == (target, live) and registry.pointers() == (live, target):
+    if refuse_forward and rolled_back == (target, live) and registry.pointers() == (live, target):
         # A second rollback in a row: the first made the version it left the rollback target. (The target of a
         # rollout of an older version is newer too, and a rollback is how that rollout is undone.)
         raise PublishError(
