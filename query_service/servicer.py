@@ -88,9 +88,8 @@ class QueryServicer(pb_grpc.QueryServiceServicer):
                 queries.append(_query(item))
         version, recs = await self.recommender.recommend_batch(queries, timeout_s=context.time_remaining())
         response = pb.BatchRecommendResponse(responses=[self._response(rec) for rec in recs], model_version=version)
-        # Sized exactly only when its results could pass the limit: the size costs a serialization.
-        if sum(len(rec.ids) * RESULT_BYTES + ANSWER_OVERHEAD_BYTES for rec in recs) > self.max_message_bytes:
-            validation.check_answer_size(response.ByteSize(), self.max_message_bytes, "split the batch or lower k")
+        validation.check_sendable(response, sum(len(rec.ids) * RESULT_BYTES + ANSWER_OVERHEAD_BYTES for rec in recs),
+                                  self.max_message_bytes, "split the batch or lower k")
         return response
 
     def _sendable(self, data: bytes) -> bytes:
