@@ -1,6 +1,7 @@
 """The admin planes of a model's replicas: ``FleetConfig`` (the flags recsys-publish and recsys-catalogue share:
 registry, model, replica admin lists, token, TLS, timeouts, lock wait), ``Fleet`` (admin connections to every index
-slot replica and query replica), ``version_in`` (a replica's version in a state such as ``SERVING``),
+slot replica and query replica), ``version_in`` and ``versions_in`` (a replica's, and each query replica's, version in
+a state such as ``SERVING``), ``slot_busy`` (an index slot's refusal of a load while it answers searches),
 ``check_fleet`` (every replica of the model and of the role of its flag, checked before a rollout changes anything)
 and ``PublishError``, which names the replica whose call failed. Shared by both tools, so that they reach, read and
 name the replicas alike."""
@@ -143,6 +144,19 @@ def _unreachable(replica: str, tls: ClientTls, address: str, waited_s: float) ->
 def version_in(status: pb.ServiceStatus, state: int) -> int | None:
     """The version a replica's ``status`` has in ``state``; None if none."""
     return next((v.version for v in status.versions if v.state == state), None)
+
+
+def versions_in(fleet: Fleet, state: int) -> dict[str, int | None]:
+    """Each query replica's version in ``state`` (None: it has none), by address."""
+    return {r.address: version_in(fleet.status(r), state) for r in fleet.query}
+
+
+def slot_busy(error: PublishError) -> bool:
+    """Whether ``error`` is a slot's refusal of a load because it answered searches within its --busy-window-s."""
+    rpc = error.__cause__
+    # The slot's refusal (index_service.slot's _check_idle) says "answered a search"; other refusals are as they are.
+    return (isinstance(rpc, grpc.RpcError) and rpc.code() == grpc.StatusCode.FAILED_PRECONDITION
+            and "answered a search" in rpc.details())
 
 
 def check_fleet(fleet: Fleet, model: str) -> None:

@@ -69,22 +69,21 @@ import argparse
 import logging
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
-
-import grpc
 
 from model_registry import Registry, VersionError
 from model_registry.deltas import published_generation
 from protos.recsys.v1 import admin_pb2 as pb
 from protos.recsys.v1 import versions_pb2
-from recsys_client.fleet import (ROLLBACK_TARGET, SERVING, Fleet, FleetConfig, PublishError, Replica, check_fleet,
-                                 version_in)
+from recsys_client.fleet import (ROLLBACK_TARGET, SERVING, Fleet, FleetConfig, PublishError, check_fleet,
+                                 versions_in)
 from recsys_client.interrupts import Interrupted, stop_on_signals
 from recsys_client.rollout_lock import exclusive
-from serving.rpc.admin_rpc import state_name
+from recsys_client.slots import load_into_slot, pick_idle_slot, slots
+from recsys_client.undo import Undo, run_undo
 from settings.flags import add_flags, option, parse, require
 
 log = logging.getLogger("recsys-publish")
@@ -94,11 +93,6 @@ ROLLED_BACK_FILE = ".rolled-back"
 # A rollout's lock is waited for only while a catalogue delta (seconds) holds it: another rollout or rollback takes
 # minutes, and its outcome changes what this run should do, so the operator hears of it at once.
 NOT_WAITED = frozenset({"recsys-publish"})
-# How long an undo's reload of a slot waits for the slot to go idle, and how often it asks. A run that loaded the
-# query replicas' towers made searches of the slot's new version (their cache warm-up), and a slot refuses a load
-# for its --busy-window-s (3 s) after a search, though no replica routes there once the towers are unloaded.
-UNDO_IDLE_WAIT_S = 30.0
-UNDO_IDLE_POLL_S = 0.25
 
 
 class PointerError(PublishError, OSError):
@@ -117,15 +111,10 @@ def _past_the_switch(version: int) -> Iterator[None]:
                                     "undone; run the same command again to finish") from None
 
 
-def _in_state(fleet: Fleet, state: int) -> dict[str, int | None]:
-    """Each query replica's version in ``state`` (None: it has none), by address."""
-    return {r.address: version_in(fleet.status(r), state) for r in fleet.query}
-
-
 def _agreed(fleet: Fleet, state: int, what: str, fix: str = "bring them in step first") -> int | None:
     """The version every query replica has in ``state`` (None without replicas); else raises PublishError, the
     message ending with ``fix``."""
-    found = _in_state(fleet, state)
+    found = versions_in(fleet, state)
     if len(set(found.values())) > 1:
         raise PublishError(f"query replicas disagree on the {what} version: {found}; {fix}")
     return next(iter(found.values()), None)
@@ -146,174 +135,6 @@ def _most_served(serving: dict[str, int | None], registry: Registry, version: in
                 "be version %s (%s)", serving, version, previous,
                 why if previous == chosen else f"version {chosen}, {why}, is the one rolled out")
     return chosen
-
-
-@dataclass
-class Slot:
-    """The replicas of one index slot (same slot name) and the version they hold."""
-
-    name: str
-    replicas: list[Replica]
-    version: int | None  # None: empty
-
-
-def slots(fleet: Fleet) -> list[Slot]:
-    """The index slots by name, with the version each holds (replicas must agree)."""
-    by_name: dict[str, list[tuple[Replica, int]]] = defaultdict(list)
-    for replica in fleet.index:
-        status = fleet.status(replica)
-        by_name[status.slot or replica.address].append((replica, status.live_version))
-    out = []
-    for name, members in sorted(by_name.items()):
-        held = {version for _, version in members}
-        if len(held) > 1:
-            raise PublishError(f"replicas of index slot {name!r} hold different versions "
-                               f"{ {r.address: v for r, v in members} }; reload the odd ones first")
-        out.append(Slot(name, [r for r, _ in members], held.pop() or None))
-    return out
-
-
-def pick_idle_slot(slot_list: list[Slot], live: set[int], keep: int | None = None) -> Slot:
-    """An index slot not holding a live version (``live``: more than one where query replicas disagree): an empty
-    one first, else one not holding ``keep``, else the one holding the oldest version (the rollback target is the
-    newest non-live one, so it survives when a third slot exists)."""
-    idle = [s for s in slot_list if s.version not in live]
-    if not idle:
-        named = f"the live version {min(live)}" if len(live) == 1 else f"a version a query replica serves {live}"
-        raise PublishError(f"every index slot holds {named} ({[s.name for s in slot_list]}): "
-                           "a rollout needs an idle slot; start a second index slot (e.g. --slot green)")
-    return min(idle, key=lambda s: (s.version is not None, keep is not None and s.version == keep, s.version or 0))
-
-
-@dataclass
-class Undo:
-    """A call that reverses one step of a run, registered before the step's own call (a call cut off by its
-    deadline or a signal may still take effect); made only while ``holds`` says the replica still holds what
-    the step left there, so it never reverses what another hand did since."""
-
-    replica: Replica
-    method: str
-    request: object
-    holds: Callable[[pb.ServiceStatus], bool]
-    done: str  # logged once the call is made
-
-
-def _undo(fleet: Fleet, steps: list[Undo]) -> None:
-    """Runs undo calls in reverse order, logging (not raising) failures."""
-    for step in reversed(steps):
-        try:
-            _undo_step(fleet, step)
-        except PublishError as e:
-            log.warning("could not undo on %s replica %s: %s", step.replica.role, step.replica.address, e)
-
-
-def _undo_step(fleet: Fleet, step: Undo) -> None:
-    """Makes ``step``'s call while its replica holds what the run left there; a slot that refuses it because it
-    answered searches is asked again until it is idle (``UNDO_IDLE_WAIT_S``)."""
-    replica, give_up_at, waiting = step.replica, time.monotonic() + UNDO_IDLE_WAIT_S, False
-    while True:
-        status = fleet.status(replica)
-        if not step.holds(status):
-            log.warning("left %s replica %s as it is: it no longer holds what this run put there (%s)",
-                        replica.role, replica.address, _held(status))
-            return
-        try:
-            fleet.call(replica, step.method, step.request)
-        except PublishError as e:
-            if not _slot_busy(e) or time.monotonic() >= give_up_at:
-                raise
-            if not waiting:
-                log.info("index replica %s answered searches (this run's cache warm-up): waiting up to %g s for it "
-                         "to go idle to undo the load", replica.address, UNDO_IDLE_WAIT_S)
-                waiting = True
-            time.sleep(UNDO_IDLE_POLL_S)
-            continue
-        log.info("%s", step.done)
-        return
-
-
-def _held(status: pb.ServiceStatus) -> str:
-    """What a replica's status says it holds, with state names (for logs)."""
-    return ", ".join(f"version {v.version} {state_name(v.state)}"
-                     for v in status.versions) or "nothing"
-
-
-def _slot_undo(slot: Slot, replica: Replica, version: int) -> Undo:
-    """The undo of loading ``version`` into ``slot``'s ``replica``: its previous content back."""
-    def holds(status: pb.ServiceStatus) -> bool:
-        # 0: the load emptied the slot and did not finish (cut off by its deadline or a signal).
-        return status.live_version in (version, 0) and status.live_version != (slot.version or 0)
-
-    if slot.version:
-        return Undo(replica, "LoadVersion", pb.LoadVersionRequest(version=slot.version), holds,
-                    f"index slot {slot.name} holds version {slot.version} again ({replica.address})")
-    return Undo(replica, "UnloadVersion", pb.UnloadVersionRequest(version=version), holds,
-                f"index slot {slot.name} is empty again ({replica.address})")
-
-
-def _load_into_slot(fleet: Fleet, target: Slot, version: int, undo: list[Undo],
-                    allow_unlisted_watchers: bool = False) -> None:
-    if not allow_unlisted_watchers:
-        _check_watchers(fleet, target, version)
-    for replica in target.replicas:
-        undo.append(_slot_undo(target, replica, version))
-        try:
-            fleet.call(replica, "LoadVersion", pb.LoadVersionRequest(version=version))
-        except PublishError as e:
-            raise _unlisted_traffic(fleet, target, e) from e.__cause__
-    log.info("index slot %s now holds version %d (it held %s)", target.name, version, target.version or "none")
-
-
-def _check_watchers(fleet: Fleet, slot: Slot, version: int) -> None:
-    """Refuses, before ``slot`` is loaded with ``version``, a replica of it with more status watchers than the query
-    replica processes given (a replica is one, one run with --workers N is N): each process watches every index
-    endpoint it is given through one status stream, so the others are a query replica missing from --query-admin,
-    whose searches for the version the slot holds would fail once it is replaced, even one too quiet for the slot's
-    busy refusal. Per replica of the slot, not summed over them: a query process watches each one it is given."""
-    if slot.version is None:
-        return  # a slot holding nothing answers no one's searches
-    listed = sum(len(fleet.status(replica).workers) or 1 for replica in fleet.query)
-    for replica in slot.replicas:
-        status = fleet.status(replica)
-        # A pool's processes each count the streams on their own connections: the endpoint's are their sum.
-        watchers = sum(w.status_watchers for w in status.workers) if status.workers else status.status_watchers
-        if watchers > listed:
-            given = ", ".join(r.address for r in fleet.query) or "none"
-            raise PublishError(
-                f"index slot {slot.name} holds version {slot.version}, which this rollout would replace with version "
-                f"{version}, yet its replica {replica.address} serves {watchers} status streams while the query "
-                f"replicas given (--query-admin: {given}) are {listed} process(es): each query replica process "
-                "watches every index endpoint it is given, so a query replica missing from --query-admin (or "
-                f"another client) watches it, and one routing to version {slot.version} would fail its searches "
-                "once the slot is replaced. Give every query replica in --query-admin (each one's admin address; a "
-                "--workers N replica counts as its N processes); if the other watchers route no searches there (a "
-                "debugging client), run again with --allow-unlisted-watchers; nothing changed")
-
-
-def _slot_busy(error: PublishError) -> bool:
-    """Whether ``error`` is a slot's refusal of a load because it answered searches within its --busy-window-s."""
-    rpc = error.__cause__
-    # The slot's refusal (index_service.slot's _check_idle) says "answered a search"; other refusals are as they are.
-    return (isinstance(rpc, grpc.RpcError) and rpc.code() == grpc.StatusCode.FAILED_PRECONDITION
-            and "answered a search" in rpc.details())
-
-
-def _unlisted_traffic(fleet: Fleet, slot: Slot, error: PublishError) -> PublishError:
-    """``error``, a load into ``slot`` refused, naming its likely cause where the slot refused because it answers
-    searches (within its --busy-window-s) for a version that no query replica given serves: a query replica left out
-    of --query-admin, routing its cache misses there, which would fail every one once the slot is replaced."""
-    if not _slot_busy(error) or slot.version is None or not fleet.query:
-        return error
-    try:
-        serving = _in_state(fleet, SERVING)
-    except PublishError:  # the refusal is what the operator must hear
-        return error
-    if slot.version in serving.values():
-        return error
-    return PublishError(f"{error}; none of the query replicas given ({', '.join(serving)}) serves version "
-                        f"{slot.version}, yet slot {slot.name} answers searches for it: a query replica missing from "
-                        f"--query-admin? Give every query replica: a rollout replacing version {slot.version} "
-                        "would fail its searches")
 
 
 def _serves(version: int) -> Callable[[pb.ServiceStatus], bool]:
@@ -353,7 +174,7 @@ def _publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: fl
     if not fleet.index:
         raise PublishError("no index slot given (--index-admin): a version is served by its index slot")
     check_fleet(fleet, registry.model)
-    serving = _in_state(fleet, SERVING)  # each query replica's own live version
+    serving = versions_in(fleet, SERVING)  # each query replica's own live version
     in_step = len(set(serving.values())) <= 1
     if in_step:
         live = next(iter(serving.values())) if fleet.query else registry.current_version()
@@ -376,9 +197,9 @@ def _publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: fl
             target = pick_idle_slot(slot_list, set(), keep=_agreed(fleet, ROLLBACK_TARGET, "rollback target"))
             log.warning("no index slot holds the live version %d: loading it into slot %s", version, target.name)
             try:
-                _load_into_slot(fleet, target, version, undo, allow_unlisted_watchers)
+                load_into_slot(fleet, target, version, undo, allow_unlisted_watchers)
             except PublishError:
-                _undo(fleet, undo)
+                run_undo(fleet, undo)
                 raise
         # A run cut off after its promotion (killed in its drain, or CURRENT unwritable) left stale towers loaded.
         unload_stale(fleet, drain_s)
@@ -387,7 +208,7 @@ def _publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: fl
     try:
         if not any(s.version == version for s in slot_list):
             lives = ({live} | set(serving.values())) - {None}
-            _load_into_slot(fleet, pick_idle_slot(slot_list, lives), version, undo, allow_unlisted_watchers)
+            load_into_slot(fleet, pick_idle_slot(slot_list, lives), version, undo, allow_unlisted_watchers)
         step("slot_load")
         for replica in fleet.query:
             if serving[replica.address] == version:  # a replica that disagreed, already on the version
@@ -411,7 +232,7 @@ def _publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: fl
             fleet.call(replica, "Promote", pb.PromoteRequest(version=version))
         step("promote")
     except PublishError:
-        _undo(fleet, undo)
+        run_undo(fleet, undo)
         raise
     with _past_the_switch(version):
         if live not in (None, version, registry.current_version()):
@@ -536,7 +357,7 @@ def _rollback(fleet: Fleet, registry: Registry, refuse_forward: bool) -> int:
                              f"query replica {replica.address} serves version {live} again"))
             fleet.call(replica, "Rollback", pb.RollbackRequest())
     except PublishError:
-        _undo(fleet, done)
+        run_undo(fleet, done)
         raise
     with _past_the_switch(target):
         _point_current(registry, target, fleet)

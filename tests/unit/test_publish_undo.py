@@ -6,7 +6,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-import recsys_client.publish as publish
+import recsys_client.undo as undo
 from model_registry import Registry
 from recsys_client.fleet import ROLLBACK_TARGET, SERVING, Fleet, PublishError, Replica
 from recsys_client.publish import publish_version
@@ -55,7 +55,7 @@ def test_a_rollout_undone_after_the_warm_up_gives_the_slot_its_version_back_once
     """The undo's reload of the slot came within its busy window after the towers' warm-up searches (3 of 3 runs
     stopped by SIGTERM between the tower loads and the switch), was refused, and left the rollback target in no slot:
     the next --rollback failed with "no index endpoint holds version 1"."""
-    monkeypatch.setattr(publish, "UNDO_IDLE_POLL_S", 0.01)
+    monkeypatch.setattr(undo, "UNDO_IDLE_POLL_S", 0.01)
     green, registry, query = rollout_refused_at_the_promote(tmp_path, busy=3)
     assert green.versions == {1: SERVING}, green.versions
     assert query.versions == {1: ROLLBACK_TARGET, 2: SERVING} and registry.pointers() == (2, 1)
@@ -64,8 +64,8 @@ def test_a_rollout_undone_after_the_warm_up_gives_the_slot_its_version_back_once
 def test_an_undo_gives_up_on_a_slot_that_stays_busy_and_says_so(tmp_path, monkeypatch, caplog):
     """A slot still searched (a query replica routing there that the run was not given) is not waited for past
     UNDO_IDLE_WAIT_S: the run ends, naming the refusal."""
-    monkeypatch.setattr(publish, "UNDO_IDLE_POLL_S", 0.01)
-    monkeypatch.setattr(publish, "UNDO_IDLE_WAIT_S", 0.1)
+    monkeypatch.setattr(undo, "UNDO_IDLE_POLL_S", 0.01)
+    monkeypatch.setattr(undo, "UNDO_IDLE_WAIT_S", 0.1)
     green, _, _ = rollout_refused_at_the_promote(tmp_path, busy=10 ** 6)
     assert green.versions == {3: SERVING} and 2 < green.loads < 10 ** 6
     assert "could not undo on index replica green: index replica green: LoadVersion failed: FAILED_PRECONDITION" \
