@@ -52,7 +52,7 @@ from model_registry.attributes import Attributes
 from model_registry.deltas import Delta
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
-from recsys_client.catalogue import publish_delta
+from recsys_client.delta_rollout import publish_delta
 from recsys_client.fleet import Fleet
 from serving.filters import NO_FILTER, check_filter
 from tests.processes import ServiceProcess, start_all

@@ -78,169 +78,25 @@ import contextlib
 import json
 import logging
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from model_registry import Registry, VersionError, signing
 from model_registry import manifest as files
-from model_registry.attributes import LIST_SEPARATOR, Attributes, token_lists
-from model_registry.deltas import (MAX_UPSERT_SCALE, AlteredLog, Delta, catalogue_dir, published_generation,
-                                   read_deltas, trained_max_norm, write_delta)
-from protos.recsys.v1 import admin_pb2 as pb
-from protos.recsys.v1.versions_pb2 import VERSION_STATE_LOADING as LOADING
-from recsys_client.candidate_tower import CandidateTower, FeatureError
-from recsys_client.fleet import SERVING, Fleet, FleetConfig, PublishError, Replica, version_in
+from model_registry.attributes import Attributes
+from model_registry.deltas import AlteredLog, Delta, catalogue_dir, published_generation, read_deltas
+from recsys_client.candidate_tower import CandidateTower
+from recsys_client.delta_rollout import Rollout, catch_up, publish_delta
+from recsys_client.fleet import Fleet, FleetConfig, PublishError
 from recsys_client.interrupts import Interrupted, stop_on_signals
 from recsys_client.rollout_lock import exclusive
-from serving import validation
-from serving.errors import InvalidArgument
-from serving.validation import MAX_ID_BYTES
+from recsys_client.upserts import CatalogueError, check_id, check_scale, read_upserts
 from settings.flags import ConfigError, add_flags, option, parse, require
 
 log = logging.getLogger("recsys-catalogue")
-# The keys an upsert line may have (module docstring): any other, "token" for "tokens" say, would else be dropped
-# unread, and the candidate written without the attributes its filters need.
-UPSERT_KEYS = ("id", "vector", "features", "tokens", "numeric")
-
-
-class CatalogueError(Exception):
-    """Input that does not fit the version (the message names the line and field), or a delta the registry's
-    directory would not take."""
-
-
-def read_upserts(lines, dim: int, token_namespaces: frozenset[str], numeric_namespaces: frozenset[str],
-                 tower: Callable[[], CandidateTower] | None = None) -> Delta:
-    """A delta upserting the candidates of JSON ``lines`` (see the module docstring).
-
-    ``tower`` loads the version's candidate tower; it is called only if a line
-    gives ``features`` instead of a ``vector``."""
-    ids, vectors, wheres = [], [], []
-    described: dict[int, dict[str, Any]] = {}  # row -> features, for rows given as features
-    tokens: dict[str, list[list[str]]] = {ns: [] for ns in token_namespaces}
-    numeric: dict[str, list[float]] = {ns: [] for ns in numeric_namespaces}
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            candidate = record["id"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise CatalogueError(f"line {number}: not a JSON object with an 'id' ({e})") from None
-        if not isinstance(candidate, str) or not 0 < len(candidate.encode()) <= MAX_ID_BYTES:
-            raise CatalogueError(f"line {number}: id must be a string of 1..{MAX_ID_BYTES} bytes")
-        _check_id(candidate, f"line {number}: id")
-        where = f"line {number} (id {candidate!r})"
-        unknown_keys = sorted(set(record) - set(UPSERT_KEYS))
-        if unknown_keys:
-            raise CatalogueError(f"{where}: unknown keys {unknown_keys}: a line takes only {', '.join(UPSERT_KEYS)} "
-                                 "(see recsys-catalogue --help)")
-        vector, features = record.get("vector"), record.get("features")
-        if (vector is None) == (features is None):
-            raise CatalogueError(f"{where}: give either 'vector' or 'features' (the catalogue values the version's "
-                                 "candidate tower embeds)")
-        if features is not None:
-            if not isinstance(features, dict):
-                raise CatalogueError(f"{where}: 'features' must be an object of catalogue column -> value")
-            described[len(ids)] = features
-            vector = np.zeros(dim, np.float32)
-        else:
-            vector = _finite_float32s(vector) if isinstance(vector, list) and len(vector) == dim else None
-            if vector is None:
-                raise CatalogueError(f"{where}: vector must be {dim} finite numbers within float32's range, the "
-                                     "version's embedding dimension")
-        for part in ("tokens", "numeric"):
-            if not isinstance(record.get(part, {}), dict):
-                raise CatalogueError(f"{where}: {part!r} must be an object of attribute namespace -> values")
-        unknown = (set(record.get("tokens", {})) - token_namespaces) | \
-            (set(record.get("numeric", {})) - numeric_namespaces)
-        if unknown:
-            raise CatalogueError(f"{where}: namespaces {sorted(unknown)} are not attribute "
-                                 f"namespaces of this version (tokens: {sorted(token_namespaces)}, numeric: "
-                                 f"{sorted(numeric_namespaces)})")
-        ids.append(candidate)
-        vectors.append(vector)
-        wheres.append(where)
-        # A namespace the line leaves out takes the same-named feature, as the trainer made the
-        # version's attributes from the catalogue's columns (model_registry.attributes.from_catalogue).
-        features = features or {}
-        for ns in token_namespaces:
-            given = record.get("tokens", {}).get(ns)
-            if given is not None and not isinstance(given, list):  # a string would be taken letter by letter
-                raise CatalogueError(f"{where}: tokens {ns!r} must be a list, got {given!r}")
-            tokens[ns].append([str(t) for t in given] if given is not None else
-                              token_lists([_cell(features.get(ns))])[0])
-        for ns in numeric_namespaces:
-            value = record.get("numeric", {}).get(ns, features.get(ns))
-            # An infinity passes a range filter's bounds (-inf passes max: 0), and a string or boolean is no number.
-            if value is not None and _finite_float32s([value]) is None:
-                raise CatalogueError(f"{where}: numeric {ns!r} must be a finite number within float32's range "
-                                     f"(null: missing), got {value!r}")
-            numeric[ns].append(float("nan") if value is None else float(value))
-    if len(set(ids)) != len(ids):
-        raise CatalogueError("an id appears on more than one line: upsert each candidate once per delta")
-    matrix = np.array(vectors, dtype=np.float32).reshape(len(ids), dim)
-    if described:
-        if tower is None:
-            raise CatalogueError("lines give 'features' but no candidate tower was given to embed them")
-        rows = np.fromiter(described, dtype=np.int64)
-        loaded = tower()
-        try:
-            computed = loaded.vectors([ids[r] for r in rows], list(described.values()))
-        except FeatureError as e:
-            raise CatalogueError(f"the candidates given as features, {e}") from None
-        if computed.shape[1] != dim:
-            raise CatalogueError(f"the candidate tower gives {computed.shape[1]}-dimensional vectors but the "
-                                 f"version's are {dim}: republish the version")
-        matrix[rows] = computed
-        unembedded = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
-        if len(unembedded):
-            raise CatalogueError(f"{wheres[unembedded[0]]}: its features embed to a vector that is not finite in "
-                                 "float32: give values within the range the version was trained on")
-    return Delta.make(ids, matrix, Attributes.from_lists(len(ids), tokens, numeric), dim=dim)
-
-
-def _finite_float32s(values: list) -> np.ndarray | None:
-    """``values`` as the float32 a delta stores them in, or None unless each is a JSON number (not a boolean, nor a
-    string) finite once cast: 1e300 is a finite float64 but an infinite float32."""
-    if not all(type(v) in (int, float) for v in values):
-        return None
-    try:
-        with np.errstate(over="ignore"):
-            cast = np.array(values, dtype=np.float32)
-    except OverflowError:  # an int beyond float64's range
-        return None
-    return cast if np.isfinite(cast).all() else None
-
-
-def check_scale(registry: Registry, version: int, delta: Delta) -> None:
-    """Refuses (CatalogueError) a delta upserting a vector whose norm is over ``MAX_UPSERT_SCALE`` times the largest
-    norm of ``version``'s trained candidates, be it given or embedded from features by the candidate tower."""
-    if not len(delta.ids):
-        return
-    norms = np.linalg.norm(delta.vectors.astype(np.float64), axis=1)
-    scale = trained_max_norm(registry.version_dir(version))
-    over = np.flatnonzero(norms > MAX_UPSERT_SCALE * scale)
-    if len(over):
-        more = f" ({len(over) - 1} more upserts are over it)" if len(over) > 1 else ""
-        raise CatalogueError(
-            f"upsert {str(delta.ids[over[0]])!r} has a vector of norm {norms[over[0]]:.3g}, over "
-            f"{MAX_UPSERT_SCALE * scale:.3g} ({MAX_UPSERT_SCALE:g} times the largest norm of version {version}'s "
-            f"trained candidates, {scale:.3g}){more}: "
-            "it would outscore the version's candidates for nearly every query and top every result. Give vectors on "
-            "the version's scale (as its candidate tower makes them) or, for features, values within the range the "
-            "version was trained on; nothing was written")
-
-
-def _cell(value: Any) -> str:
-    """A feature value as a catalogue cell: a list of categories joined with ``|``."""
-    if value is None:
-        return ""
-    return LIST_SEPARATOR.join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def read_log(registry: Registry, version: int, key: Ed25519PrivateKey | None) -> list[Delta]:
@@ -275,159 +131,6 @@ def _held_deletes(registry: Registry, version: int, manifest: files.Manifest, lo
 
 
 @dataclass(frozen=True)
-class Rollout:
-    """What one delta reached: the generation, and which replicas took it."""
-
-    generation: int
-    applied: list[str]
-    failed: dict[str, str]
-
-
-def apply_everywhere(fleet: Fleet, version: int, generation: int) -> Rollout:
-    """Asks every index replica holding ``version``, then every query replica, to
-    catch up to ``generation`` (the replicas of a tier at once). Index first: a
-    query replica at G routes only to index replicas at G or later, so the query
-    tier is not moved while a shard of the version has no index replica at G.
-    SIGINT or SIGTERM (``Interrupted``) lets the calls under way end, then
-    raises naming the replicas that took the generation."""
-    request = pb.ApplyCatalogueRequest(version=version, generation=generation)
-    shards: dict[str, tuple[int, int]] = {}  # index replica holding the version -> (its shard, of how many)
-    took: set[str] = set()  # filled by the calls themselves, which a signal does not cut off
-
-    def apply(replica: Replica) -> str | None:
-        """None if applied, "" if the replica does not hold the version, else the error."""
-        try:
-            if replica.role == "index":
-                status = fleet.status(replica)
-                states = {v.version: v.state for v in status.versions}
-                if version not in states:
-                    return ""
-                if states[version] != LOADING:  # a slot reports the shard of the version it has loaded
-                    shards[_name(replica)] = (status.shard, status.shards)
-            fleet.call(replica, "ApplyCatalogue", request)
-            took.add(_name(replica))
-            return None
-        except PublishError as e:
-            return str(e)
-
-    applied: list[str] = []
-    # An index replica not reached may hold the version, of a shard unknown here: it counts as one that refused.
-    failed = {f"{role} {address}": why for (role, address), why in fleet.unreachable.items() if role == "index"}
-    try:
-        with ThreadPoolExecutor(max(len(fleet.index), len(fleet.query), 1)) as pool:
-            for replica, outcome in zip(fleet.index, pool.map(apply, fleet.index)):
-                if outcome is None:
-                    applied.append(_name(replica))
-                elif outcome:
-                    failed[_name(replica)] = outcome
-            stuck = _unserved(version, generation, shards, applied, bool(failed))
-            if stuck:
-                for replica in fleet.query:
-                    failed[_name(replica)] = (f"not moved to generation {generation}: {stuck}, and a query replica "
-                                              "routes only to index replicas at its generation or later (its cache "
-                                              "misses would fail); the delta stays in the registry for when they "
-                                              "catch up")
-            else:
-                for replica, outcome in zip(fleet.query, pool.map(apply, fleet.query)):
-                    if outcome is None:
-                        applied.append(_name(replica))
-                    else:
-                        failed[_name(replica)] = outcome
-    except Interrupted as e:  # raised once the pool's calls under way ended, so ``took`` is what they did
-        at = [name for name in map(_name, (*fleet.index, *fleet.query)) if name in took]
-        raise Interrupted(e.signum, f" while the replicas caught up to generation {generation} of version {version} "
-                                    f"({'at it: ' + ', '.join(at) if at else 'none at it yet'})") from None
-    failed |= {f"{role} {address}": why for (role, address), why in fleet.unreachable.items() if role == "query"}
-    return Rollout(generation, applied, failed)
-
-
-def _name(replica: Replica) -> str:
-    return f"{replica.role} {replica.address}"
-
-
-def _unserved(version: int, generation: int, shards: dict[str, tuple[int, int]], applied: list[str],
-              refused: bool) -> str:
-    """Why no query replica may move to ``generation`` ("" if it may): the index replicas holding ``version``
-    (``shards``, or ``refused`` ones whose status was not read) leave some shard of it without one at it, or none
-    listed holds it at all (``applied`` names the index replicas that took it, slots still loading it included)."""
-    took = {shards[name] for name in applied if name in shards}  # a slot still loading the version names no shard
-    if not took:
-        if shards or refused:
-            return f"no index replica holding version {version} took generation {generation}"
-        # The replicas that do hold it were left out of the flag: they stay behind, and a query replica moved to
-        # the generation would find no index replica at it.
-        return "" if applied else (f"no index replica listed in --index-admin holds version {version} (list those "
-                                   "that do, as recsys-client status shows them, and run again with --catch-up)")
-    # Every shard of the version, also one whose replicas all refused before saying they hold it (or were not reached).
-    missing = sorted((set(shards.values()) | {(shard, of) for _, of in took for shard in range(of)}) - took)
-    return "; ".join(f"no replica of shard {shard} of {of} of version {version} took generation {generation}"
-                     for shard, of in missing)
-
-
-def _check_replicas(fleet: Fleet, registry: Registry, version: int, served: bool = False) -> None:
-    """Raises CatalogueError, writing nothing, where a replica holds ``version`` at a catalogue generation the
-    registry's log does not reach: a record was removed by hand, or the registry was restored from an older copy.
-    The next delta would take a generation that replica already holds with other contents, and it would never
-    apply it (nor would its catch-up, which looks for the generation after its own). With ``served`` (a delta for
-    CURRENT), also where a query replica serves another version: a rollout or rollback cut off past its switch left
-    CURRENT behind, and a delete would land on a version that serves nothing. A replica whose status does not
-    answer is skipped here: the apply names it."""
-    published = published_generation(registry.model_dir, version)
-    others: dict[str, int] = {}  # query replicas serving another version than ``version``
-    for replica in fleet.index + fleet.query:
-        try:
-            status = fleet.status(replica)
-        except PublishError:
-            continue
-        live = version_in(status, SERVING)
-        if replica.role == "query" and live not in (None, version):
-            others[replica.address] = live
-        held = {v.version: v.catalogue_generation for v in status.versions}
-        if held.get(version, 0) > published:
-            raise CatalogueError(
-                f"{replica.role} replica {replica.address} holds version {version} at catalogue generation "
-                f"{held[version]}, but the registry's log of it ends at generation {published} "
-                f"({catalogue_dir(registry.model_dir, version)}): records were removed, or the registry was restored "
-                "from an older copy; a new delta would take a generation that replica applied with other contents. "
-                "Restore the missing records, or publish a new version (recsys-train, recsys-publish)")
-    if served and others:
-        raise CatalogueError(
-            f"CURRENT names version {version} but query replicas serve another: {others} (a rollout or rollback "
-            "was cut off after switching them): nothing was written; finish that run first (run it again, e.g. "
-            "`recsys-publish --version N` for the version they serve), or pass --version to change a version on "
-            "purpose")
-
-
-def publish_delta(fleet: Fleet, registry: Registry, version: int, delta: Delta,
-                  key: Ed25519PrivateKey | None = None, served: bool = False) -> Rollout:
-    """Appends ``delta`` to ``version``'s log (signed by ``key`` if given), then applies it on every replica.
-    Raises VersionError, writing nothing, if the version's replicas would refuse the delta's signature, and
-    CatalogueError, writing nothing, for an upsert far outside the version's scale (``check_scale``), a replica
-    past the registry's log or, with ``served``, a query replica serving another version (``_check_replicas``),
-    or if the catalogue directory cannot be written."""
-    signing.check_delta_signer(registry.version_dir(version), key)
-    check_scale(registry, version, delta)
-    _check_replicas(fleet, registry, version, served)
-    try:
-        generation = write_delta(registry.model_dir, version, delta, key)
-    except OSError as e:
-        directory = catalogue_dir(registry.model_dir, version)
-        raise CatalogueError(f"the delta was not written: catalogue directory {directory} cannot be written "
-                             f"({e.strerror or e})") from e
-    log.info("version %d: catalogue delta %d (%d upserts, %d deletes) written", version, generation,
-             len(delta.ids), len(delta.deleted))
-    return apply_everywhere(fleet, version, generation)
-
-
-def catch_up(fleet: Fleet, registry: Registry, version: int, generation: int) -> Rollout:
-    """Has every replica of ``version`` catch up to ``generation``, where the registry's log ends, writing nothing.
-    Raises CatalogueError, calling no replica, where one is past the log (``_check_replicas``): it would
-    answer from what it holds, and the run would report it caught up."""
-    _check_replicas(fleet, registry, version)
-    return apply_everywhere(fleet, version, generation)
-
-
-@dataclass(frozen=True)
 class CatalogueConfig(FleetConfig):
     version: int = option(0, "version to change (0: CURRENT)", env=False)
     upserts: str = option("", "JSON lines of candidates to upsert (see above)", env=False)
@@ -455,15 +158,6 @@ class CatalogueConfig(FleetConfig):
                 signing.private_key(self.signing_key)
             except ValueError as e:
                 raise ConfigError("signing_key", f"is not a usable key: {e}") from None
-
-
-def _check_id(candidate: str, what: str) -> None:
-    """The services' rule for ids, which a delta's ids must meet to be named by requests. A NUL matters most here:
-    numpy drops an id's trailing NULs, so an upsert or delete of "x\\x00" would change or delete x."""
-    try:
-        validation.check_id(candidate, what)
-    except InvalidArgument as e:
-        raise CatalogueError(str(e)) from None
 
 
 @contextlib.contextmanager
@@ -548,7 +242,7 @@ def _run(config: CatalogueConfig, registry: Registry, progress: _Progress) -> No
                 deleted += [line.strip() for line in Path(config.delete_file).read_text(encoding="utf-8").splitlines()
                             if line.strip()]
         for i, candidate in enumerate(deleted):
-            _check_id(candidate, f"deleted id {i}")
+            check_id(candidate, f"deleted id {i}")
         both = sorted(set(deleted) & set(delta.ids.tolist()))
         if both:  # else the upsert is written and lost without a word
             log.warning("%d ids are both upserted (--upserts) and deleted (--delete / --delete-file): %s; a delta "

@@ -29,7 +29,8 @@ from model_registry import deltas
 from model_registry.attributes import Attributes, from_catalogue
 from model_registry.deltas import Delta, published_generation, read_deltas, write_delta
 from protos.recsys.v1 import admin_pb2, admin_pb2_grpc, versions_pb2
-from recsys_client.catalogue import CatalogueError, apply_everywhere, catch_up, publish_delta, read_upserts
+from recsys_client.delta_rollout import apply_everywhere, catch_up, publish_delta
+from recsys_client.upserts import CatalogueError, read_upserts
 from recsys_client.catalogue import main as catalogue_main
 from recsys_client.fleet import Fleet, Replica
 from serving import errors

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from recsys_client.catalogue import CatalogueError, read_upserts
+from recsys_client.upserts import CatalogueError, read_upserts
 
 
 def _line(**fields) -> str:

@@ -11,7 +11,9 @@ import pytest
 
 from model_registry import Registry
 from model_registry.deltas import Delta, published_generation, read_deltas
-from recsys_client.catalogue import MAX_UPSERT_SCALE, CatalogueError, publish_delta
+from model_registry.deltas import MAX_UPSERT_SCALE
+from recsys_client.delta_rollout import publish_delta
+from recsys_client.upserts import CatalogueError
 from recsys_client.catalogue import main as catalogue_main
 from recsys_client.fleet import Fleet
 from tests.unit import tiny_versions as tiny

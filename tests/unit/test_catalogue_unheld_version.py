@@ -5,7 +5,7 @@ version would fail UNAVAILABLE), and the message names the flag to fix."""
 from __future__ import annotations
 
 from protos.recsys.v1 import versions_pb2
-from recsys_client.catalogue import apply_everywhere
+from recsys_client.delta_rollout import apply_everywhere
 from recsys_client.fleet import Fleet, Replica
 from tests.unit.test_catalogue import _Replica
 from tests.unit.test_catalogue_catch_up import _fleet, registry  # noqa: F401 (a fixture)

@@ -11,7 +11,7 @@ import pytest
 
 from model_registry import Registry
 from model_registry.deltas import published_generation, read_deltas
-from recsys_client.catalogue import CatalogueError, read_upserts
+from recsys_client.upserts import CatalogueError, read_upserts
 from recsys_client.catalogue import main as catalogue_main
 from recsys_client.fleet import Fleet
 from tests.unit.test_registry_retention import publish_dummy

@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from model_registry import Registry, VersionError
 from model_registry.attributes import from_catalogue
-from recsys_client import catalogue, cli, loadtest, publish
+from recsys_client import catalogue, cli, loadtest, publish, upserts
 from recsys_client.candidate_tower import CandidateTower
 from tests.unit.test_registry_retention import publish_dummy
 from trainer.data.movielens import _movielens_items
@@ -98,11 +98,11 @@ class _Signature:
 def test_the_catalogue_examples_fit_a_movielens_version(movielens_namespaces):
     tokens, numeric = movielens_namespaces
     by_vector, by_features = _examples(catalogue.__doc__)
-    delta = catalogue.read_upserts([by_vector.replace("0.1, ...", "0.1, 0.2")], 2, tokens, numeric)
+    delta = upserts.read_upserts([by_vector.replace("0.1, ...", "0.1, 0.2")], 2, tokens, numeric)
     assert delta.attributes.numeric["release_year"].tolist() == [1997.0]
     # The features tower of a MovieLens version takes its catalogue's columns.
     tower = CandidateTower(_Signature(), frozenset({"release_year"}), frozenset({"title", "genres"}), None)
-    delta = catalogue.read_upserts([by_features], 2, tokens, numeric, lambda: tower)
+    delta = upserts.read_upserts([by_features], 2, tokens, numeric, lambda: tower)
     assert delta.attributes.numeric["release_year"].tolist() == [1995.0]
 
 

@@ -14,7 +14,7 @@ def publish_dummy(registry: Registry) -> int:
     def write(staging):
         (staging / "payload.bin").write_bytes(b"x")
         np.save(staging / CANDIDATE_IDS_FILE, np.array(DUMMY_IDS), allow_pickle=False)
-        # recsys-catalogue checks an upsert's norm against these (recsys_client.catalogue.check_scale).
+        # recsys-catalogue checks an upsert's norm against these (recsys_client.upserts.check_scale).
         np.save(staging / CANDIDATE_EMBEDDINGS_FILE, np.ones((len(DUMMY_IDS), 1), np.float32), allow_pickle=False)
         return lambda version, files: Manifest(
             model=registry.model, version=version, embedding_dim=1, num_candidates=len(DUMMY_IDS), tower="id",
