@@ -30,7 +30,8 @@ from serving.lifecycle.sources import query_startup
 from serving.lifecycle.versions import VersionManager
 from serving.rpc.admin_rpc import ServiceWithAdmin
 from serving.rpc.grpc_server import ServiceSpec, run_main, serve_until_signalled
-from serving.rpc.workers import pool_secret, run_workers
+from serving.rpc.pool_directory import pool_secret
+from serving.rpc.workers import run_workers
 from serving.telemetry import tracing
 from settings.flags import add_flags, option, parse, require
 

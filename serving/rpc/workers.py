@@ -22,7 +22,7 @@ model. It holds
 - health on the admin port: SERVING once every worker's data plane reports
   SERVING, so a readiness probe there says whether the whole pool serves;
 - /metrics: every worker's, read at scrape time, each series labelled ``worker``;
-- a secret the workers share (``pool_secret``): random, written where only
+- a secret the workers share (``pool_directory.pool_secret``): random, written where only
   this user reads it, so the pool's workers sign what they put in Redis with
   one key when none was given (``--cache-key-file``) and read each other's entries;
 - the workers' lives: one that exits after it has served is started again on
@@ -39,17 +39,13 @@ model. It holds
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import http.client
 import logging
 import os
-import secrets
 import shutil
 import signal
 import socket
-import stat
 import sys
-import tempfile
 import time
 import urllib.request
 from typing import Iterable
@@ -68,6 +64,7 @@ from protos.recsys.v1 import versions_pb2
 from serving.config import ServiceConfig
 from serving.rpc.admin_rpc import start_admin_server
 from serving.rpc.grpc_server import MAX_MESSAGE_CHARS, CannotListen, run_event_loop
+from serving.rpc.pool_directory import private_directory, write_pool_secret
 from serving.telemetry.observability import configure_logging, outgoing_metadata, request_id_metadata
 from settings.ports import free_ports
 from settings.processes import die_with_parent
@@ -82,8 +79,6 @@ ALIGN_TIMEOUT_S = 300.0  # a restarted worker's start and load, before the super
 WORKER_CALL_CAP_S = ALIGN_TIMEOUT_S
 # A worker's GetStatus answers in milliseconds; one silent this long (hung, stopped) shows as holding nothing.
 WORKER_STATUS_TIMEOUT_S = 5.0
-POOL_SECRET_FILE = "pool-secret"  # beside the workers' sockets, in the supervisor's private directory
-SUPERVISOR_LOCK_FILE = "supervisor.lock"  # in the private directory, flock-ed by its supervisor while it lives
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -115,59 +110,6 @@ def pinned_flags(version: int, rollback_target: int) -> list[str]:
     --rollback-version goes with --version, 0 too: else the pool's own flag came back with a restarted worker,
     perhaps unloaded since, or the version it now serves (a worker that could not start, restarted for ever)."""
     return ["--version", str(version), "--rollback-version", str(rollback_target)] if version else []
-
-
-def write_pool_secret(directory: str) -> None:
-    """Writes a new random secret for the workers of the pool whose private
-    directory is ``directory`` (mode 0700): readable by this user only, and
-    never in argv or the environment, where other users of the machine read it."""
-    fd = os.open(os.path.join(directory, POOL_SECRET_FILE), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32))
-
-
-def private_directory(prog: str) -> tuple[str, int]:
-    """A new private directory (mode 0700) for a supervisor of ``prog``, and the
-    descriptor of the lock on it, which this process holds while it lives (the
-    kernel lets go when it dies, even by SIGKILL). First removes the private
-    directories, pool secret included, of ``prog``'s supervisors of this user
-    that were killed: they are the ones whose lock nobody holds."""
-    parent = tempfile.gettempdir()
-    for name in os.listdir(parent):
-        if name.startswith(f"{prog}-"):
-            _remove_if_abandoned(os.path.join(parent, name))
-    directory = tempfile.mkdtemp(prefix=f"{prog}-")
-    unnamed = os.path.join(directory, f".{SUPERVISOR_LOCK_FILE}")
-    fd = os.open(unnamed, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    # Named once held: a supervisor starting meanwhile finds it held or not at all, never free in a live directory.
-    os.rename(unnamed, os.path.join(directory, SUPERVISOR_LOCK_FILE))
-    return directory, fd
-
-
-def _remove_if_abandoned(directory: str) -> None:
-    try:
-        # Only this user's directories, not links: /tmp is everyone's, and a name there proves nothing.
-        info = os.lstat(directory)
-        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-            return
-        fd = os.open(os.path.join(directory, SUPERVISOR_LOCK_FILE), os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:  # gone, or not a supervisor's
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:  # its supervisor lives
-        return
-    finally:
-        os.close(fd)
-    shutil.rmtree(directory, ignore_errors=True)
-    log.info("removed %s, the private directory of a supervisor that was killed", directory)
-
-
-def pool_secret(worker_socket: str) -> str:
-    """In a worker (``--worker-socket``), the secret its supervisor wrote for the pool."""
-    with open(os.path.join(os.path.dirname(worker_socket), POOL_SECRET_FILE)) as f:
-        return f.read()
 
 
 class Worker:

@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from protos.recsys.v1 import admin_pb2 as apb
-from serving.rpc.workers import POOL_SECRET_FILE
+from serving.rpc.pool_directory import POOL_SECRET_FILE
 from tests.integration.conftest import query_replica
 from tests.integration.test_admin import AUTH
 from tests.integration.test_workers import (WORKER_HUNG_S, WORKERS, admin, pool, registry,  # noqa: F401

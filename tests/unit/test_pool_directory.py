@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from serving.rpc.workers import POOL_SECRET_FILE, private_directory
+from serving.rpc.pool_directory import POOL_SECRET_FILE, private_directory
 
 ROOT = Path(__file__).resolve().parents[2]
 PROG = "recsys-test-supervisor"
@@ -19,7 +19,7 @@ PROG = "recsys-test-supervisor"
 
 def supervisor(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
     """A process that makes its private directory and secret as a supervisor does, then waits; and that directory."""
-    code = ("import time; from serving.rpc.workers import private_directory, write_pool_secret; "
+    code = ("import time; from serving.rpc.pool_directory import private_directory, write_pool_secret; "
             f"d, _ = private_directory({PROG!r}); write_pool_secret(d); print(d, flush=True); time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT,
                             env={**os.environ, "TMPDIR": str(tmp_path)})
