@@ -282,6 +282,9 @@ class CandidateIndex:
                 return self._exact(queries, k, exclusions, f)
             extra = max((len(e) for e in exclusions), default=0)
             fetch = min(n, math.ceil(k * (OVERFETCH if f else 1.0) / max(share, 1e-9)) + extra)
+            # Crowding alone searches the top rows at most (unless a large k's first fetch is deeper): every one of
+            # them, not only the last growth step under the bound, which could be a quarter of them.
+            deepest = min(n, EXACT_MAX_ROWS + extra) if f and not f.selects else n
             results: list[SearchResult | None] = [None] * len(queries)
             pending = list(range(len(queries)))
             while pending:
@@ -292,16 +295,13 @@ class CandidateIndex:
                     for i, result in zip(pending, exact):
                         results[i] = result
                     break
-                # Crowding alone could not fill k from the top rows: stop there, once they were searched.
-                if f and fetch > EXACT_MAX_ROWS and results[pending[0]] is not None:
-                    break
                 rows, scores = self._ann(queries[pending], fetch, ranked=fetch - extra)
                 still = []
                 for i, row_ids, row_scores in zip(pending, rows, scores):
                     results[i] = self._keep(row_ids, row_scores, k, exclusions[i], f)
-                    if len(results[i].ids) < k and fetch < n:
+                    if len(results[i].ids) < k and fetch < deepest:
                         still.append(i)
-                pending, fetch = still, min(n, fetch * FETCH_GROWTH)
+                pending, fetch = still, min(deepest, fetch * FETCH_GROWTH)
             return results
 
     def _ann(self, queries: np.ndarray, fetch: int, ranked: int) -> tuple[np.ndarray, np.ndarray]:

@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from index_service import core as index_core
+from index_service import searcher as index_searcher
 from index_service import slot as slot_admin
 from index_service.attributes import AttributeColumns
 from index_service.rows import Deletion, Rows
@@ -29,10 +30,10 @@ from model_registry import deltas
 from model_registry.attributes import Attributes, from_catalogue
 from model_registry.deltas import Delta, published_generation, read_deltas, write_delta
 from protos.recsys.v1 import admin_pb2, admin_pb2_grpc, versions_pb2
-from recsys_client.delta_rollout import apply_everywhere, catch_up, publish_delta
-from recsys_client.upserts import CatalogueError, read_upserts
 from recsys_client.catalogue import main as catalogue_main
+from recsys_client.delta_rollout import apply_everywhere, catch_up, publish_delta
 from recsys_client.fleet import Fleet, Replica
+from recsys_client.upserts import CatalogueError, read_upserts
 from serving import errors
 from serving.filters import NO_FILTER, check_filter
 from serving.lifecycle.admin import LoadReport
@@ -369,6 +370,26 @@ def test_crowding_alone_at_a_large_k_still_searches():
     index, queries = _index(20_400, tree=False)
     result = index.search(queries[:1], 10_000, [frozenset({"i000000"})], check_filter([], [], "color", 1))[0]
     assert len(result.ids) == 10 and len({COLORS[int(i[1:]) % 10] for i in result.ids}) == 10
+
+
+def test_crowding_alone_searches_every_one_of_the_top_rows_before_it_stops(monkeypatch):
+    """The over-fetch grew 4x a round and stopped at the first step past EXACT_MAX_ROWS, so a crowded search
+    read as few as a quarter of the top rows its docstring promises (k=10 at 1M: 5,120 of 20,000), and a
+    candidate of a rare value ranked below that was missing from the answer."""
+    monkeypatch.setattr(index_searcher, "EXACT_MAX_ROWS", 2000)
+    n = 3000
+    rng = np.random.default_rng(0)
+    db = rng.standard_normal((n, DIM)).astype(np.float32)
+    query = rng.standard_normal(DIM).astype(np.float32)
+    order = np.argsort(-(db.astype(np.float64) @ query))
+    rare = int(order[1499])  # within the top 2,000 rows, below the 1,024 the old growth stopped at for k=2
+    tokens = [["common"]] * n
+    tokens[rare] = ["rare"]
+    ids = np.array([f"i{j:05d}" for j in range(n)])
+    index = CandidateIndex(Manifest("m", 1, DIM, n, "id", "test", "now", IndexSpec("brute_force"), {}),
+                           Rows(ids, db), _scann_pybind().builder(db, 10, "dot_product").score_brute_force().build(),
+                           LoadReport(0, 0), AttributeColumns(Attributes.from_lists(n, {"g": tokens}), n), ([], []))
+    assert index.search(query[None], 2, f=check_filter([], [], "g", 1))[0].ids == [ids[order[0]], ids[rare]]
 
 
 def test_a_range_over_a_sparse_numeric_namespace_estimates_only_the_rows_with_a_value():
