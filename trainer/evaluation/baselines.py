@@ -38,7 +38,8 @@ DENSE_MAX_CANDIDATES = 10_000
 # and validation lift over L2 had one peak, inside the grid, on each of the 7 data sets read
 # (docs/RESULTS.md). The report's grid lists the values scored.
 EASE_L2_GRID = (30.0, 100.0, 300.0, 1_000.0, 3_000.0)
-# iALS settings searched on validation: factors x regularisation x alpha (confidence 1 + alpha).
+# iALS settings searched on validation: factors x regularisation x alpha (implicit weighs an interaction alpha, an
+# unobserved pair 1).
 # implicit's regularisation is absolute (not scaled by counts), so it spans 100x.
 IALS_GRID = {"factors": (64, 128), "regularization": (1.0, 10.0, 100.0), "alpha": (3.0, 30.0)}
 IALS_ITERATIONS = 15
