@@ -50,12 +50,15 @@ class SearchLimits:
 @dataclass(frozen=True)
 class Answer:
     """Which version answered, and its catalogue generation when the search
-    began: a delta applying meanwhile can only make the answer newer than it
-    says, so a cache keyed by it never holds an answer older than its key."""
+    began. ``changing``: a catalogue delta applied during the search, or was
+    part-applied when it began, so the answer may hold part of the next
+    generation's changes: right for its caller, not to be cached as that
+    generation's."""
 
     version: int
     generation: int
     id_chars: int | None = None  # at least the characters of the version's longest id (None: not known)
+    changing: bool = False
 
 
 @dataclass(frozen=True)
@@ -153,7 +156,7 @@ class IndexCore:
         with its index; None for a lone query."""
         self.check_batch([q.k for q in queries])
         index = self._index(version)
-        generation = index.catalogue_generation
+        before = index.catalogue_state()
         ks, exclusions = [], []
         results: list[SearchResult | None] = [None] * len(queries)
         # Queries of one filter share a ScaNN call; the popularity-ranked ones need no vector.
@@ -184,7 +187,7 @@ class IndexCore:
                                     [exclusions[i] for i in members], f)
             for i, result in zip(members, found):
                 results[i] = result
-        return self._answer(index, generation), [r.head(qk) for r, qk in zip(results, ks)]
+        return self._answer(index, before), [r.head(qk) for r, qk in zip(results, ks)]
 
     @staticmethod
     def _vectors(queries: list[Query], members: list[int], index: CandidateIndex, field: str | None) -> np.ndarray:
@@ -206,15 +209,17 @@ class IndexCore:
         validation.check_k(k, self.limits.max_k)
         excluded = validation.check_exclusions(exclusions)
         index = self._index(version)
-        generation = index.catalogue_generation
+        before = index.catalogue_state()
         result = await self._run(index.rows_scanned(1, f), index.similar, candidate_id, k, excluded, f)
-        return self._answer(index, generation), result
+        return self._answer(index, before), result
 
     @staticmethod
-    def _answer(index: CandidateIndex, generation: int) -> Answer:
-        """What answered a search of ``index`` begun at catalogue ``generation``; called once it is done: a delta
-        applied meanwhile may have widened the ids, never narrowed them."""
-        return Answer(index.version, generation, index.rows.id_chars)
+    def _answer(index: CandidateIndex, before: tuple[int, int, bool]) -> Answer:
+        """What answered a search of ``index`` begun at catalogue state ``before`` (``catalogue_state``); called
+        once it is done: a delta applied meanwhile may have widened the ids, never narrowed them."""
+        generation, changes, settled = before
+        return Answer(index.version, generation, index.rows.id_chars,
+                      changing=not settled or index.catalogue_state()[1] != changes)
 
     def _index(self, version: int) -> CandidateIndex:
         if version < 0:

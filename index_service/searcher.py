@@ -142,6 +142,7 @@ class CandidateIndex:
         self._probes = np.zeros((0, self.dim), np.float32)  # the self-test's queries, kept for re-measures
         self._lock = ReadWriteLock()
         self._changes = 0  # chunks of deltas applied: a cached subset is valid for one value of it
+        self._settled = 0  # _changes when catalogue_generation was last set: while they differ, a delta is applying
         self._subsets: cachetools.LRUCache[Filter, tuple[int, np.ndarray, np.ndarray]] = cachetools.LRUCache(
             SUBSET_CACHE_ENTRIES)
         self._subsets_lock = threading.Lock()
@@ -436,7 +437,15 @@ class CandidateIndex:
                     self._in_turn(self._upsert, raw, delta, at, self.rows.upsert_rows(delta.ids[at]), tokens)
                 for a in range(0, len(delta.deleted), DELTA_CHUNK):
                     self._in_turn(self._delete, raw, self.rows.deletion(delta.deleted[a:a + DELTA_CHUNK]))
-        self.catalogue_generation = generation
+        with self._lock.writing():
+            self.catalogue_generation, self._settled = generation, self._changes
+
+    def catalogue_state(self) -> tuple[int, int, bool]:
+        """(catalogue generation, chunks of deltas applied, whether no delta is part-applied), read as one: a search
+        between two equal readings with nothing part-applied saw exactly that generation's catalogue. Searches run
+        between an apply's chunks, so one during an apply sees part of its delta."""
+        with self._lock.reading():
+            return self.catalogue_generation, self._changes, self._changes == self._settled
 
     def _in_turn(self, change, *args) -> None:
         started = time.perf_counter()

@@ -35,7 +35,7 @@ def _response(result: SearchResult, answer: Answer, model: str,
     """``result`` as a SearchResponse: ``response`` (a batch's ``results.add()``, so it is not copied), or a new one."""
     response = pb.SearchResponse() if response is None else response
     response.model_version, response.model_name = answer.version, model
-    response.catalogue_generation = answer.generation
+    response.catalogue_generation, response.catalogue_changing = answer.generation, answer.changing
     add_scored(response.candidates, result.ids, result.scores)
     if result.crowding is not None:
         # Serialized messages concatenated parse as one merged message: each list is appended, in order.

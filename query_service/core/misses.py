@@ -170,7 +170,7 @@ class MissPath:
                 hits = [e] * len(queries)
             for (i, source), hit in zip(asked, hits):
                 if not isinstance(hit, Exception):
-                    results[i] = Answer(hit.ids, hit.scores, source, hit.generation)
+                    results[i] = Answer.searched(hit, source)
                 elif results[i] is None:
                     results[i] = hit
                 else:  # a short popular list answers without the index, until the index is back

@@ -8,6 +8,7 @@ from typing import Collection, Sequence
 
 import numpy as np
 
+from query_service.index.searches import IndexHits
 from query_service.storage.cache import CachedResult, cache_key
 from serving.filters import NO_FILTER, Filter
 
@@ -82,13 +83,19 @@ class KeyedRequest:
 @dataclass(frozen=True)
 class Answer:
     """A computed result and the catalogue generation it reflects. Not ``cacheable``: a fallback short of k
-    because the index failed, which must not be served once the index is back."""
+    because the index failed, which must not be served once the index is back, or an index answer searched while
+    the index applied a catalogue delta (``IndexHits.changing``), which may hold part of the next generation."""
 
     ids: list[str]
     scores: list[float]
     source: str
     generation: int
     cacheable: bool = True
+
+    @classmethod
+    def searched(cls, hits: IndexHits, source: str = SOURCE_MODEL) -> Answer:
+        """The index's answer ``hits`` as a computed result."""
+        return cls(hits.ids, hits.scores, source, hits.generation, cacheable=not hits.changing)
 
 
 def answers(cached: CachedResult, k: int, exclusions: Collection[str]) -> bool:

@@ -269,8 +269,9 @@ class Recommender:
         hits = await within_budget(lambda budget, _: self.index.similar(query, version, budget), timeout_s,
                                    self.index.timeout_s, SEARCHING)
         self._remember(request)
-        self._store(self._similar_key(version, request, hits.generation),
-                    Answer(hits.ids, hits.scores, SOURCE_MODEL, hits.generation))
+        answer = Answer.searched(hits)
+        if answer.cacheable:
+            self._store(self._similar_key(version, request, hits.generation), answer)
         return Recommendation(hits.ids, hits.scores, version, SOURCE_MODEL, False, hits.generation)
 
     # ------------------------------------------------------------------ RecordInteractions
@@ -318,7 +319,7 @@ class Recommender:
                                     return_exceptions=True)
         done = [(r.key(self.model, version, a.generation), a) for r, a in zip(recommends, answered)
                 if not isinstance(a, BaseException)]
-        done += [(self._similar_key(version, r, h.generation), Answer(h.ids, h.scores, SOURCE_MODEL, h.generation))
+        done += [(self._similar_key(version, r, h.generation), Answer.searched(h))
                  for r, h in zip(similars, hits) if not isinstance(h, BaseException)]
         done = [(key, answer) for key, answer in done if answer.cacheable]
         for key, answer in done:

@@ -385,4 +385,5 @@ class CrowdingTokens(Sequence[tuple[str, ...]]):
 
 def _hits(response: pb.SearchResponse, generation: int) -> IndexHits:
     return IndexHits([c.candidate_id for c in response.candidates], [c.score for c in response.candidates],
-                     generation, crowding=CrowdingTokens(response.crowding) if response.crowding else None)
+                     generation, crowding=CrowdingTokens(response.crowding) if response.crowding else None,
+                     changing=response.catalogue_changing)

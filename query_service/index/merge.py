@@ -66,7 +66,8 @@ def merge_hits(parts: list[IndexHits], k: int, max_per_value: int = 0) -> IndexH
                     full.add(t)
         order = kept
     order = order[:k]
-    return IndexHits([ids[n] for n in order], [scores[n] for n in order], min(p.generation for p in parts))
+    return IndexHits([ids[n] for n in order], [scores[n] for n in order], min(p.generation for p in parts),
+                     changing=any(p.changing for p in parts))
 
 
 def shard_depth(k: int, f: Filter, shards: int, max_k: int = validation.DEFAULT_MAX_K) -> int:
@@ -104,7 +105,8 @@ def union(first: IndexHits, more: IndexHits) -> IndexHits:
     extra = [j for j, candidate in enumerate(more.ids) if candidate not in held]
     return IndexHits(first.ids + [more.ids[j] for j in extra], first.scores + [more.scores[j] for j in extra],
                      min(first.generation, more.generation),
-                     crowding=list(first.crowding or ()) + [(more.crowding or [])[j] for j in extra])
+                     crowding=list(first.crowding or ()) + [(more.crowding or [])[j] for j in extra],
+                     changing=first.changing or more.changing)
 
 
 class Ask(NamedTuple):

@@ -46,6 +46,7 @@ class IndexHits:
     generation: int = 0  # the catalogue generation the endpoint answered from
     vector: np.ndarray | None = None  # a similar-candidate search's, when asked for
     crowding: Sequence[tuple[str, ...]] | None = None  # with crowding: each result's tokens (a merge crowds again)
+    changing: bool = False  # searched while the endpoint applied a catalogue delta: may hold part of it
 
 
 class OverMaxK(errors.InvalidArgument):

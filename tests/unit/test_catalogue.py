@@ -25,11 +25,12 @@ from index_service import slot as slot_admin
 from index_service.attributes import AttributeColumns
 from index_service.rows import Deletion, Rows
 from index_service.searcher import DELTA_CHUNK, RECHECK_PROBES, CandidateIndex, _scann_pybind
+from index_service.servicer import IndexServicer
 from model_registry import IndexSpec, Manifest, Registry, VersionError
 from model_registry import deltas
 from model_registry.attributes import Attributes, from_catalogue
 from model_registry.deltas import Delta, published_generation, read_deltas, write_delta
-from protos.recsys.v1 import admin_pb2, admin_pb2_grpc, versions_pb2
+from protos.recsys.v1 import admin_pb2, admin_pb2_grpc, retrieval_pb2, versions_pb2
 from recsys_client.catalogue import main as catalogue_main
 from recsys_client.delta_rollout import apply_everywhere, catch_up, publish_delta
 from recsys_client.fleet import Fleet, Replica
@@ -163,6 +164,48 @@ async def test_filtered_popularity_and_many_small_groups_run_off_the_event_loop(
     _, results = await core.search([index_core.Query(vector, 5), index_core.Query(vector, 5, filter=red)], 1)
     assert executor.submitted == 6 and all(len(r.ids) == 5 for r in results)
     executor.shutdown()
+
+
+async def test_answers_searched_while_a_delta_applies_say_so_and_after_it_do_not():
+    """A delta applies in chunks, searches running between them: an answer then held some of its new candidates
+    (and not yet all its deletes) under the generation before it, and the query service cached it as that
+    generation's."""
+    index, queries = _index(1000, tree=False)
+    manager = VersionManager("m")
+    manager.add(1, index, make_live=True)
+    servicer = IndexServicer(index_core.IndexCore(manager, ThreadPoolExecutor(1)), None)
+    rng = np.random.default_rng(5)
+    # Candidates that win every search, then the top results deleted: a part-applied delta shows in an answer.
+    new = [f"n{j}" for j in range(3 * DELTA_CHUNK)]
+    winners = Delta.make(new, np.tile(100 * queries[0], (len(new), 1)), dim=DIM)
+    first_chunk_done, go_on = threading.Event(), threading.Event()
+    in_turn = index._in_turn
+
+    def pausing(change, *args):
+        in_turn(change, *args)
+        if not first_chunk_done.is_set():
+            first_chunk_done.set()
+            go_on.wait(10)
+
+    index._in_turn = pausing
+    applying = threading.Thread(target=index.apply_catalogue, args=([winners], 1))
+    applying.start()
+    try:
+        assert first_chunk_done.wait(10)
+        request = retrieval_pb2.SearchRequest(vector=queries[0].tolist(), k=5, model_version=1)
+        during = await servicer.Search(request, None)
+        assert (during.catalogue_generation, during.catalogue_changing) == (0, True)
+        assert {c.candidate_id for c in during.candidates} <= set(new)  # part of generation 1, labelled 0
+        similar = await servicer.SearchSimilar(retrieval_pb2.SearchSimilarRequest(
+            candidate_id="i000001", k=5, model_version=1), None)
+        assert similar.catalogue_changing
+    finally:
+        go_on.set()
+        applying.join(10)
+    after = await servicer.Search(request, None)
+    assert (after.catalogue_generation, after.catalogue_changing) == (1, False)
+    index.apply_catalogue([_delta(rng, [], new[:5])], 2)
+    assert not (await servicer.Search(request, None)).catalogue_changing
 
 
 def test_an_index_whose_every_candidate_was_deleted_reports_full_recall():

@@ -47,6 +47,7 @@ class ExactIndex:
 
     def __init__(self, ids: list[str], vectors: np.ndarray, generation: int = 0):
         self.ids, self.vectors, self.generation = list(ids), vectors, generation
+        self.changing = False  # answers as an endpoint applying a catalogue delta does
         self.searches: list[list[IndexQuery]] = []
         self.similar_queries: list[SimilarQuery] = []
 
@@ -56,7 +57,8 @@ class ExactIndex:
 
     def _top(self, scores: np.ndarray, k: int, excluded: frozenset[str]) -> IndexHits:
         order = [i for i in np.argsort(-scores, kind="stable") if self.ids[i] not in excluded][:k]
-        return IndexHits([self.ids[i] for i in order], [float(scores[i]) for i in order], self.generation)
+        return IndexHits([self.ids[i] for i in order], [float(scores[i]) for i in order], self.generation,
+                         changing=self.changing)
 
     async def search(self, queries: list[IndexQuery], version: int, timeout_s: float) -> list[IndexHits]:
         self.searches.append(queries)
@@ -681,6 +683,25 @@ async def test_hedges_stay_a_small_share_of_calls_when_every_replica_turns_slow_
 
 
 # ------------------------------------------------------------------ RecommendSimilar
+
+
+async def test_answers_searched_while_the_index_applied_a_delta_are_not_cached(tiny_model, tiny_index):
+    """They may hold part of the next generation's changes: cached under their generation, a replica still at it
+    served them as that generation's (a helper's chaos run found such answers with new candidates and deleted ones)."""
+    cache = ResultCache(CacheConfig(f"redis://127.0.0.1:{free_port()}/0"))  # the in-process tier alone
+    recommender = replica(tiny_model, tiny_index, cache)
+    customer = tiny.CUSTOMERS[0]
+    tiny_index.changing = True
+    for _ in range(2):
+        assert not (await recommender.recommend(customer, 3)).cache_hit
+        assert not (await recommender.similar("i005", 3)).cache_hit
+        await asyncio.sleep(0)  # where a cache write would run
+    tiny_index.changing = False  # the delta applied: answers are cached again
+    for method, arg in ((recommender.recommend, customer), (recommender.similar, "i005")):
+        assert not (await method(arg, 3)).cache_hit
+        await asyncio.sleep(0)
+        assert (await method(arg, 3)).cache_hit
+    await recommender.close()
 
 
 async def test_similar_returns_neighbours_never_the_candidate_and_is_cached(tiny_model, tiny_index):

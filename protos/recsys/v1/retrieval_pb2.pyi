@@ -164,20 +164,22 @@ class SearchRequest(_message.Message):
     def __init__(self, vector: _Optional[_Iterable[float]] = ..., k: _Optional[int] = ..., model_version: _Optional[int] = ..., exclude_candidate_ids: _Optional[_Iterable[str]] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., by_popularity: _Optional[bool] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("candidates", "model_version", "model_name", "catalogue_generation", "query_vector", "crowding")
+    __slots__ = ("candidates", "model_version", "model_name", "catalogue_generation", "query_vector", "crowding", "catalogue_changing")
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     CATALOGUE_GENERATION_FIELD_NUMBER: _ClassVar[int]
     QUERY_VECTOR_FIELD_NUMBER: _ClassVar[int]
     CROWDING_FIELD_NUMBER: _ClassVar[int]
+    CATALOGUE_CHANGING_FIELD_NUMBER: _ClassVar[int]
     candidates: _containers.RepeatedCompositeFieldContainer[ScoredCandidate]
     model_version: int
     model_name: str
     catalogue_generation: int
     query_vector: _containers.RepeatedScalarFieldContainer[float]
     crowding: _containers.RepeatedCompositeFieldContainer[CrowdingTokens]
-    def __init__(self, candidates: _Optional[_Iterable[_Union[ScoredCandidate, _Mapping]]] = ..., model_version: _Optional[int] = ..., model_name: _Optional[str] = ..., catalogue_generation: _Optional[int] = ..., query_vector: _Optional[_Iterable[float]] = ..., crowding: _Optional[_Iterable[_Union[CrowdingTokens, _Mapping]]] = ...) -> None: ...
+    catalogue_changing: bool
+    def __init__(self, candidates: _Optional[_Iterable[_Union[ScoredCandidate, _Mapping]]] = ..., model_version: _Optional[int] = ..., model_name: _Optional[str] = ..., catalogue_generation: _Optional[int] = ..., query_vector: _Optional[_Iterable[float]] = ..., crowding: _Optional[_Iterable[_Union[CrowdingTokens, _Mapping]]] = ..., catalogue_changing: _Optional[bool] = ...) -> None: ...
 
 class CrowdingTokens(_message.Message):
     __slots__ = ("tokens",)
