@@ -89,9 +89,19 @@ class Pointers(NamedTuple):
     previous: int | None
 
 
+def _is_version(text: str) -> bool:
+    """Whether ``text`` is a version number: ASCII digits (``str.isdigit`` takes "²", which ``int`` refuses)."""
+    return text.isascii() and text.isdigit()
+
+
+def _read_text(path: Path) -> str:
+    """A pointer's text; a damaged one's bytes that are not UTF-8 read as U+FFFD, which names no version."""
+    return path.read_text(encoding="utf-8", errors="replace")
+
+
 def _open_or_none(path: Path, stack: contextlib.ExitStack) -> IO[str] | None:
     try:
-        return stack.enter_context(open(path))
+        return stack.enter_context(open(path, encoding="utf-8", errors="replace"))
     except FileNotFoundError:
         return None
 
@@ -132,7 +142,7 @@ class Registry:
             return []
         found = []
         for entry in self.model_dir.iterdir():
-            if entry.name.isdigit() and (entry / MANIFEST_FILE).is_file():
+            if _is_version(entry.name) and (entry / MANIFEST_FILE).is_file():
                 found.append(int(entry.name))
         return sorted(found)
 
@@ -140,7 +150,7 @@ class Registry:
         """The published version a pointer file names; None if there is no file.
         Raises VersionError if it names anything else."""
         try:
-            text = path.read_text()
+            text = _read_text(path)
         except FileNotFoundError:
             return None
         return self._named(path, text)
@@ -150,7 +160,7 @@ class Registry:
         names anything else."""
         if text is None:
             return None
-        if not (text.strip().isdigit() and (self.version_dir(int(text)) / MANIFEST_FILE).is_file()):
+        if not (_is_version(text.strip()) and (self.version_dir(int(text)) / MANIFEST_FILE).is_file()):
             raise VersionError(f"{path} names {text.strip()!r}, which is not a published version of {self.model} "
                                f"(published: {self.versions()})")
         return int(text)
@@ -197,7 +207,7 @@ class Registry:
         paths = [self.model_dir / CURRENT_FILE, self.model_dir / PREVIOUS_FILE]
         while True:
             try:
-                text = moving.read_text()
+                text = _read_text(moving)
             except FileNotFoundError:
                 pass
             else:
@@ -265,11 +275,11 @@ class Registry:
         named = self._read_pointer(self.slot_file(slot))
         path = self.slot_loading_file(slot)
         try:
-            text = path.read_text()
+            text = _read_text(path)
         except FileNotFoundError:
             return SlotRecord(named)
         lines = text.split()
-        if not (1 <= len(lines) <= 2 and all(line.isdigit() for line in lines)):
+        if not (1 <= len(lines) <= 2 and all(map(_is_version, lines))):
             raise VersionError(f"{path} names {text!r}, not the version slot {slot!r} loads and the one it held")
         loading, held = int(lines[0]), self._named(path, lines[1]) if len(lines) == 2 else None
         if named not in (loading, held):

@@ -85,6 +85,30 @@ def test_pointers_are_explicit_and_never_guessed(tmp_path):
         reg.current_version()
 
 
+@pytest.mark.parametrize("damage", [b"\xb2\n", "\u00b2\n".encode()])  # not UTF-8; a digit int() refuses
+def test_a_damaged_pointer_or_slot_record_is_refused_as_such_never_a_traceback(tmp_path, damage):
+    """Bytes that are not UTF-8 raised UnicodeDecodeError, and "²" (a digit to str.isdigit) ValueError from int():
+    the services printed a traceback, and a damaged PREVIOUS stopped a query replica that would have started."""
+    reg = Registry(tmp_path, "m")
+    for payload in (b"1", b"2"):
+        reg.publish(_writer(payload))
+    reg.set_current(1)
+    reg.set_current(2)
+    (reg.model_dir / "PREVIOUS").write_bytes(damage)
+    assert reg.pointers(broken_previous_ok=True) == (2, None)
+    with pytest.raises(VersionError, match="not a published version"):
+        reg.previous_version()
+    (reg.model_dir / "CURRENT").write_bytes(damage)
+    with pytest.raises(VersionError, match="not a published version"):
+        reg.current_version()
+    reg.set_slot_version("blue", 1)
+    reg.slot_file("blue").write_bytes(damage)
+    with pytest.raises(VersionError, match="not a published version"):
+        reg.slot_record("blue")
+    (reg.model_dir / damage.decode("utf-8", "replace").strip()).mkdir()  # a version directory's name
+    assert reg.versions() == [1, 2]
+
+
 def test_slot_records(tmp_path):
     reg = Registry(tmp_path, "m")
     reg.publish(_writer())
