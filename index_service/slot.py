@@ -250,8 +250,11 @@ class SlotAdmin(VersionAdmin[CandidateIndex]):
                 self.registry.set_slot_version(self.slot, version)
                 self.registry.set_slot_loading(self.slot, None)
         except OSError as e:
-            if loading:
-                with contextlib.suppress(OSError):  # left, it still restarts the slot on ``held``
+            # A write can fail after its rename (its directory's fsync): the record is put back to ``held`` before
+            # the intent goes. An intent left (the record could not be put back) still restarts the slot on ``held``.
+            with contextlib.suppress(OSError):
+                self.registry.set_slot_version(self.slot, held)
+                if loading:
                     self.registry.set_slot_loading(self.slot, None)
             raise self._unwritable(e, held) from e
 

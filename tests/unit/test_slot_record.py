@@ -73,6 +73,35 @@ async def test_an_unload_whose_slot_record_cannot_be_written_leaves_the_slot_as_
     assert registry.slot_version("blue") == 1
 
 
+@pytest.mark.parametrize("change", ["load", "unload"])
+async def test_a_record_written_but_not_synced_is_put_back_so_a_restart_comes_back_on_what_the_slot_holds(
+        registry, monkeypatch, change):
+    """The record's directory fsync failed after its rename: the change was refused ("nothing changed, it still
+    holds version 2"), yet the record named the refused change and its load intent was removed, so a restarted slot
+    loaded version 3 (or came back empty after a refused unload)."""
+    from model_registry import registry as registry_module
+
+    _, admin = slot(registry, f"sync-{change}", 2)
+    fsync_dir = registry_module._fsync_dir
+    record = registry.slot_file(f"sync-{change}")
+    failing = [True]
+
+    def once_failing(path):
+        # Once the record file itself (not the load intent beside it) names the change.
+        if path == record.parent and failing[0] and (record.read_text() if record.exists() else None) != "2\n":
+            failing[0] = False
+            raise OSError(errno.EIO, "Input/output error")
+        fsync_dir(path)
+
+    monkeypatch.setattr(registry_module, "_fsync_dir", once_failing)
+    with pytest.raises(errors.FailedPrecondition, match="Input/output error"):
+        await (admin.load(3) if change == "load" else admin.unload(2))
+    assert not failing[0]
+    monkeypatch.undo()
+    assert [(v.version, v.state) for v in admin.status().versions] == [(2, State.SERVING)]
+    assert registry.slot_record(f"sync-{change}").holds == 2  # what a restart comes back on
+
+
 def test_a_slot_restarted_on_what_its_record_names_needs_no_write_and_another_version_names_the_record(
         registry, monkeypatch):
     registry.set_slot_version("grey", 2)
