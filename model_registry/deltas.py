@@ -31,6 +31,7 @@ import dataclasses
 import datetime
 import functools
 import json
+import logging
 import math
 import os
 import tempfile
@@ -42,9 +43,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from model_registry import signing
 from model_registry.attributes import Attributes
+from model_registry.durable import fsync_dir, make_dirs
 from model_registry import manifest as files
 from model_registry.ids import MAX_ID_BYTES, first_unusable
 from model_registry.manifest import VersionError, sha256_file, shard_of
+
+log = logging.getLogger(__name__)
 
 CATALOGUE_DIR = "catalogue"
 _RECORD = "{:08d}.json"
@@ -289,7 +293,7 @@ def write_delta(model_dir: Path, version: int, delta: Delta, key: Ed25519Private
     """Appends ``delta`` to ``version``'s log, its record signed by ``key`` if given; returns its generation."""
     delta.check_ids()  # as strictly as a new delta is made: a read one may hold what older writers let through
     directory = catalogue_dir(model_dir, version)
-    directory.mkdir(parents=True, exist_ok=True)
+    make_dirs(directory)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
     os.close(fd)
     try:
@@ -319,15 +323,19 @@ def write_delta(model_dir: Path, version: int, delta: Delta, key: Ed25519Private
         staged = _staged(directory, json.dumps(record, sort_keys=True).encode())
         try:
             os.link(staged, directory / _RECORD.format(generation))  # fails if another writer took it
-            break
-        except FileExistsError:
-            continue
-        finally:
+        except BaseException as e:
             staged.unlink(missing_ok=True)
-    fd = os.open(directory, os.O_RDONLY)
+            if isinstance(e, FileExistsError):
+                continue
+            raise
+        break
+    # Linked, the delta is published: replicas apply it. What fails after is logged, not raised: a caller told
+    # that nothing was written would write it again, as the next generation.
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        staged.unlink()
+        fsync_dir(directory)
+    except OSError as e:
+        log.warning("catalogue delta %d of version %d is written, but %s could not be synced (%s): it may not "
+                    "survive a crash of this host", generation, version, directory, e.strerror or e)
     return generation
 

@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from model_registry import signing
 from model_registry.deltas import catalogue_dir
+from model_registry.durable import fsync_dir, make_dirs
 from model_registry.manifest import MANIFEST_FILE, Manifest, VersionError, checksum_tree, read_manifest
 
 CURRENT_FILE = "CURRENT"
@@ -63,14 +64,6 @@ def check_model_name(name: str, what: str = "model name") -> str:
     return name
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(path: Path) -> None:
     # Every folder too, deepest first: a file synced in a folder whose own entries are not can vanish in a crash.
     for directory, _, names in os.walk(path, topdown=False):
@@ -79,7 +72,7 @@ def _fsync_tree(path: Path) -> None:
             if p.is_file():
                 with open(p, "rb") as f:
                     os.fsync(f.fileno())
-        _fsync_dir(Path(directory))
+        fsync_dir(Path(directory))
 
 
 class Pointers(NamedTuple):
@@ -168,7 +161,7 @@ class Registry:
     def _write_pointer(self, path: Path, *versions: int | None) -> None:
         """Atomically replaces a pointer file by one naming ``versions`` (one a line, None left out), or removes it
         when none is left."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(path.parent)
         named = [v for v in versions if v is not None]
         if not named:
             path.unlink(missing_ok=True)
@@ -185,7 +178,7 @@ class Registry:
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     def check_published(self, version: int) -> None:
         """Raises ``unpublished(version)`` unless ``version`` is published (its manifest is in place)."""
@@ -262,7 +255,7 @@ class Registry:
         self._write_pointer(self.model_dir / PREVIOUS_FILE, current if current != version else previous)
         self._write_pointer(self.model_dir / CURRENT_FILE, version)
         moving.unlink()
-        _fsync_dir(self.model_dir)
+        fsync_dir(self.model_dir)
 
     def slot_version(self, slot: str) -> int | None:
         """The version index slot ``slot`` holds by its record, the one a restart comes back on; None if it holds
@@ -360,7 +353,7 @@ class Registry:
         (then its signature, with a signing key), the directory is fsynced and
         renamed to the next free integer. CURRENT does not move.
         """
-        self.model_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.model_dir)
         staging = Path(tempfile.mkdtemp(dir=self.model_dir, prefix=STAGING_PREFIX))
         try:
             build_manifest = write(staging)
@@ -385,5 +378,5 @@ class Registry:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        _fsync_dir(self.model_dir)
+        fsync_dir(self.model_dir)
         return manifest

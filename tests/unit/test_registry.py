@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import threading
+from typing import Callable
 
 import numpy as np
 import pytest
 
 from model_registry import IndexSpec, Manifest, Registry, VersionError, verify_version
 from model_registry import manifest as mf
-from model_registry.deltas import Delta, catalogue_dir, write_delta
+from model_registry.deltas import Delta, catalogue_dir, read_deltas, write_delta
 
 
 def _writer(payload: bytes = b"x"):
@@ -241,3 +243,46 @@ def test_publish_syncs_every_file_and_folder_of_the_version_before_renaming_it(t
     vdir = reg.version_dir(1)
     tree = {p.relative_to(vdir).as_posix() for p in vdir.rglob("*")} | {"."}
     assert tree - synced == set()
+
+
+def _fsyncs(monkeypatch, fail: Callable[[str], bool] = lambda path: False) -> list[str]:
+    """Records the path of every fsync made from now on; raises EIO for those ``fail`` names."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if fail(path):
+            raise OSError(errno.EIO, "Input/output error")
+        synced.append(path)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    return synced
+
+
+def test_new_folders_are_synced_in_their_parents(tmp_path, monkeypatch):
+    """A version's first delta made catalogue/ and catalogue/<v>/, the first slot record slots/, the first publish the
+    model's folder, none synced in its parent: a crash could take a reported delta, record or version with it."""
+    synced = _fsyncs(monkeypatch)
+    reg = Registry(tmp_path, "m")
+    reg.publish(_writer())
+    assert str(tmp_path) in synced
+    write_delta(reg.model_dir, 1, Delta.make(["a"], np.ones((1, 2), np.float32), dim=2))
+    assert {str(reg.model_dir), str(catalogue_dir(reg.model_dir, 1).parent)} <= set(synced)
+    synced.clear()
+    reg.set_slot_version("blue", 1)
+    assert str(reg.model_dir) in synced
+
+
+def test_a_delta_linked_in_place_is_reported_written_though_its_folder_did_not_sync(tmp_path, monkeypatch, caplog):
+    """The folder's fsync failing after the record was linked raised: recsys-catalogue said the delta was not
+    written while replicas applied it, and a run again wrote it twice."""
+    delta = Delta.make(["a"], np.ones((1, 2), np.float32), dim=2)
+    assert write_delta(tmp_path, 1, delta) == 1
+    folder = str(catalogue_dir(tmp_path, 1))
+    _fsyncs(monkeypatch, fail=lambda path: path == folder and os.path.exists(f"{folder}/00000002.json"))
+    assert write_delta(tmp_path, 1, delta) == 2
+    assert "catalogue delta 2 of version 1 is written, but" in caplog.text and "Input/output error" in caplog.text
+    monkeypatch.undo()
+    assert len(read_deltas(tmp_path, 1)) == 2

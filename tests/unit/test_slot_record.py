@@ -82,7 +82,7 @@ async def test_a_record_written_but_not_synced_is_put_back_so_a_restart_comes_ba
     from model_registry import registry as registry_module
 
     _, admin = slot(registry, f"sync-{change}", 2)
-    fsync_dir = registry_module._fsync_dir
+    fsync_dir = registry_module.fsync_dir
     record = registry.slot_file(f"sync-{change}")
     failing = [True]
 
@@ -93,7 +93,7 @@ async def test_a_record_written_but_not_synced_is_put_back_so_a_restart_comes_ba
             raise OSError(errno.EIO, "Input/output error")
         fsync_dir(path)
 
-    monkeypatch.setattr(registry_module, "_fsync_dir", once_failing)
+    monkeypatch.setattr(registry_module, "fsync_dir", once_failing)
     with pytest.raises(errors.FailedPrecondition, match="Input/output error"):
         await (admin.load(3) if change == "load" else admin.unload(2))
     assert not failing[0]
