@@ -27,6 +27,7 @@ the writer.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import functools
@@ -34,6 +35,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -160,6 +162,28 @@ def catalogue_dir(model_dir: Path, version: int) -> Path:
 
 def _records(directory: Path) -> list[Path]:
     return sorted(p for p in directory.glob("*.json") if p.stem.isdigit()) if directory.is_dir() else []
+
+
+def remove_leftovers(model_dir: Path, published: set[int], cutoff: float) -> None:
+    """Removes, once last changed before ``cutoff`` (so no writer is still at them), what killed writers and prunes
+    left in the catalogue: the logs of versions not ``published`` (a prune cut off after removing the version), and
+    in the others, temporary files and delta files no record names (a write cut off before its link)."""
+    root = Path(model_dir) / CATALOGUE_DIR
+    for directory in root.iterdir() if root.is_dir() else ():
+        try:
+            if directory.stat().st_mtime >= cutoff:
+                continue
+            if not (directory.name.isascii() and directory.name.isdigit() and int(directory.name) in published):
+                shutil.rmtree(directory, ignore_errors=True)
+                continue
+            named = {json.loads(p.read_bytes()).get("file") for p in _records(directory)}
+        except (OSError, ValueError, AttributeError):  # gone meanwhile, or a record damaged: its reader says so
+            continue
+        for entry in directory.iterdir():
+            if entry.name.startswith(".tmp-") or (entry.suffix == ".npz" and entry.name not in named):
+                with contextlib.suppress(OSError):
+                    if entry.stat().st_mtime < cutoff:
+                        entry.unlink()
 
 
 def _records_after(directory: Path, generation: int, up_to: int | None = None) -> list[Path]:

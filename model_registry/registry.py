@@ -41,7 +41,7 @@ from typing import IO, Callable, NamedTuple
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from model_registry import signing
-from model_registry.deltas import catalogue_dir
+from model_registry.deltas import catalogue_dir, remove_leftovers
 from model_registry.durable import fsync_dir, make_dirs
 from model_registry.manifest import MANIFEST_FILE, Manifest, VersionError, checksum_tree, read_manifest
 
@@ -325,10 +325,11 @@ class Registry:
         return deleted
 
     def _remove_leftovers(self, min_age_s: float = 3600.0) -> None:
-        """Removes what crashed publishes and prunes left behind, once old
-        enough that no publish can still be writing it."""
+        """Removes what crashed publishes, prunes, pointer writes and catalogue writes left behind, once old
+        enough that no writer can still be at it."""
         cutoff = time.time() - min_age_s
-        for entry in self.model_dir.iterdir():
+        slots = self.model_dir / SLOTS_DIR
+        for entry in [*self.model_dir.iterdir(), *(slots.iterdir() if slots.is_dir() else ())]:
             if not entry.name.startswith((STAGING_PREFIX, ".current-", ".deleting-")):
                 continue
             try:
@@ -340,6 +341,7 @@ class Registry:
                 shutil.rmtree(entry, ignore_errors=True)
             else:
                 entry.unlink(missing_ok=True)
+        remove_leftovers(self.model_dir, set(self.versions()), cutoff)
 
     def manifest(self, version: int) -> Manifest:
         return read_manifest(self.version_dir(version))

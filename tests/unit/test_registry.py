@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import threading
+import time
 from typing import Callable
 
 import numpy as np
@@ -286,3 +287,28 @@ def test_a_delta_linked_in_place_is_reported_written_though_its_folder_did_not_s
     assert "catalogue delta 2 of version 1 is written, but" in caplog.text and "Input/output error" in caplog.text
     monkeypatch.undo()
     assert len(read_deltas(tmp_path, 1)) == 2
+
+
+def test_a_prune_removes_what_killed_catalogue_and_pointer_writes_left_once_old(tmp_path):
+    """Two killed 100k-candidate delta writes left 56 MB in catalogue/<v>/ (temporary files, a delta file no record
+    names), a prune cut off left a removed version's log, and pointer writes their temporary files in slots/: none
+    was ever removed."""
+    reg = Registry(tmp_path, "m")
+    for payload in (b"1", b"2"):
+        reg.publish(_writer(payload))
+    write_delta(reg.model_dir, 1, Delta.make(["a"], np.ones((1, 2), np.float32), dim=2))
+    reg.set_slot_version("blue", 1)
+    log = catalogue_dir(reg.model_dir, 1)
+    old = [log / ".tmp-k1.npz", log / "0123456789abcdef.npz", reg.model_dir / "slots" / ".current-k2"]
+    new = [log / ".tmp-k3.npz", reg.model_dir / "slots" / ".current-k4"]
+    for path in old + new:
+        path.write_bytes(b"partial")
+    orphan = catalogue_dir(reg.model_dir, 9)
+    orphan.mkdir()
+    (orphan / "00000001.json").write_text("{}")
+    an_hour_ago = time.time() - 3700
+    for path in [*old, orphan, orphan / "00000001.json", log]:
+        os.utime(path, (an_hour_ago, an_hour_ago))
+    assert reg.prune(keep=2) == []
+    assert not any(p.exists() for p in [*old, orphan]) and all(p.exists() for p in new)
+    assert [len(d.ids) for d in read_deltas(reg.model_dir, 1)] == [1] and reg.slot_version("blue") == 1
