@@ -102,6 +102,25 @@ async def test_a_record_written_but_not_synced_is_put_back_so_a_restart_comes_ba
     assert registry.slot_record(f"sync-{change}").holds == 2  # what a restart comes back on
 
 
+def test_a_start_that_cannot_clear_a_load_intent_leaves_the_record_naming_what_it_came_back_on(registry, monkeypatch):
+    """A start's record is not put back as a refused load's is: it would be removed, and the next restart come back
+    on no version."""
+    registry.set_slot_loading("amber", 3, 2)
+    registry.set_slot_version("amber", 3)  # killed loading 3: the intent says it held 2
+    set_loading = registry.set_slot_loading
+
+    def refusing_to_clear(slot: str, version: int | None, held: int | None = None) -> None:
+        if version is None:
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+        set_loading(slot, version, held)
+
+    monkeypatch.setattr(registry, "set_slot_loading", refusing_to_clear)
+    _, admin = slot(registry, "amber", 2)  # a restart, on what it held
+    monkeypatch.undo()
+    assert [v.version for v in admin.status().versions] == [2]
+    assert registry.slot_record("amber").holds == 2
+
+
 def test_a_slot_restarted_on_what_its_record_names_needs_no_write_and_another_version_names_the_record(
         registry, monkeypatch):
     registry.set_slot_version("grey", 2)
