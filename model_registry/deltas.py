@@ -353,10 +353,11 @@ def write_delta(model_dir: Path, version: int, delta: Delta, key: Ed25519Private
                 continue
             raise
         break
-    # Linked, the delta is published: replicas apply it. What fails after is logged, not raised: a caller told
-    # that nothing was written would write it again, as the next generation.
-    try:
+    # Linked, the delta is published: replicas apply it. What fails after is not raised: a caller told that nothing
+    # was written would write it again, as the next generation.
+    with contextlib.suppress(OSError):  # else the record's temporary name stays, for a prune to remove
         staged.unlink()
+    try:
         fsync_dir(directory)
     except OSError as e:
         log.warning("catalogue delta %d of version %d is written, but %s could not be synced (%s): it may not "
