@@ -251,12 +251,14 @@ class SlotAdmin(VersionAdmin[CandidateIndex]):
                 self.registry.set_slot_loading(self.slot, None)
         except OSError as e:
             # A write can fail after its rename (its directory's fsync). A load's or an unload's record named ``held``
-            # before: it is put back before the intent goes, and an intent left (the record could not be put back)
-            # still restarts the slot on ``held``. A start's record (``held`` None) is left as it is.
+            # before: it is put back, and the intent goes once the record names ``held`` (left, it restarts the slot
+            # on ``held``). A start's record (``held`` None) is left as it is.
             if loading or held is not None:
                 with contextlib.suppress(OSError):
                     self.registry.set_slot_version(self.slot, held)
-                    if loading:
+            if loading:
+                with contextlib.suppress(OSError, VersionError):
+                    if self.registry.slot_named(self.slot) == held:
                         self.registry.set_slot_loading(self.slot, None)
             raise self._unwritable(e, held) from e
 

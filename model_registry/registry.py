@@ -262,10 +262,15 @@ class Registry:
         none."""
         return self.slot_record(slot).holds
 
+    def slot_named(self, slot: str) -> int | None:
+        """The version slot ``slot``'s record file names, its pending load aside (``slot_record`` says what a
+        restart comes back on). Raises VersionError if it names anything but a published version."""
+        return self._read_pointer(self.slot_file(slot))
+
     def slot_record(self, slot: str) -> SlotRecord:
         """Index slot ``slot``'s record: what it holds and, while a load is pending, what it loads. Raises
         VersionError if the record names anything but a published version."""
-        named = self._read_pointer(self.slot_file(slot))
+        named = self.slot_named(slot)
         path = self.slot_loading_file(slot)
         try:
             text = _read_text(path)
