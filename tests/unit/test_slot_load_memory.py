@@ -24,6 +24,7 @@ from serving.lifecycle.sources import StartupVersions, slot_startup
 from serving.lifecycle.versions import VersionManager
 from serving.rpc.grpc_server import status_of
 from tests.unit import tiny_versions as tiny
+from tests.unit.test_slot_record import intents_that_cannot_be_cleared
 
 ENOMEM = OSError(errno.ENOMEM, "Cannot allocate memory")
 
@@ -170,14 +171,7 @@ async def test_a_full_disk_says_to_free_space(registry, monkeypatch):
 async def test_a_load_whose_record_cannot_say_it_is_done_loads_back_the_version_held(registry, monkeypatch):
     """A restart would come back on the version held: the slot must not serve the new one meanwhile."""
     admin = slot(registry, "green", 1)
-    set_loading = registry.set_slot_loading
-
-    def read_only_once_loaded(slot: str, version: int | None, held: int | None = None) -> None:
-        if version is None:
-            raise PermissionError(errno.EROFS, "Read-only file system")
-        set_loading(slot, version, held)
-
-    monkeypatch.setattr(registry, "set_slot_loading", read_only_once_loaded)
+    intents_that_cannot_be_cleared(registry, monkeypatch, PermissionError(errno.EROFS, "Read-only file system"))
     with pytest.raises(errors.FailedPrecondition, match="Read-only file system"):
         await admin.load(2)
     assert held(admin) == [1] and registry.slot_version("green") == 1

@@ -48,6 +48,18 @@ def unwritable_records(registry: Registry, monkeypatch) -> None:
     monkeypatch.setattr(registry, "set_slot_version", refuse)
 
 
+def intents_that_cannot_be_cleared(registry: Registry, monkeypatch, error: OSError) -> None:
+    """A load intent is written as ever, its removal raises ``error``."""
+    set_loading = registry.set_slot_loading
+
+    def refusing_to_clear(slot: str, version: int | None, held: int | None = None) -> None:
+        if version is None:
+            raise error
+        set_loading(slot, version, held)
+
+    monkeypatch.setattr(registry, "set_slot_loading", refusing_to_clear)
+
+
 async def test_a_load_whose_slot_record_cannot_be_written_leaves_the_slot_as_it_was(registry, monkeypatch):
     core, admin = slot(registry, "green", 2)
     unwritable_records(registry, monkeypatch)
@@ -107,14 +119,7 @@ def test_a_start_that_cannot_clear_a_load_intent_leaves_the_record_naming_what_i
     on no version."""
     registry.set_slot_loading("amber", 3, 2)
     registry.set_slot_version("amber", 3)  # killed loading 3: the intent says it held 2
-    set_loading = registry.set_slot_loading
-
-    def refusing_to_clear(slot: str, version: int | None, held: int | None = None) -> None:
-        if version is None:
-            raise PermissionError(errno.EPERM, "Operation not permitted")
-        set_loading(slot, version, held)
-
-    monkeypatch.setattr(registry, "set_slot_loading", refusing_to_clear)
+    intents_that_cannot_be_cleared(registry, monkeypatch, PermissionError(errno.EPERM, "Operation not permitted"))
     _, admin = slot(registry, "amber", 2)  # a restart, on what it held
     monkeypatch.undo()
     assert [v.version for v in admin.status().versions] == [2]
