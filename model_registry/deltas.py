@@ -173,7 +173,7 @@ def remove_leftovers(model_dir: Path, published: set[int], cutoff: float) -> Non
         try:
             if directory.stat().st_mtime >= cutoff:
                 continue
-            if not (directory.name.isascii() and directory.name.isdigit() and int(directory.name) in published):
+            if not (files.is_version(directory.name) and int(directory.name) in published):
                 shutil.rmtree(directory, ignore_errors=True)
                 continue
             named = {json.loads(p.read_bytes()).get("file") for p in _records(directory)}

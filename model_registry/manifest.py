@@ -47,6 +47,11 @@ INDEX_READS = (CANDIDATE_IDS_FILE, CANDIDATE_EMBEDDINGS_FILE, SCANN_DIR, PROBE_Q
                ATTRIBUTES_FILE)
 
 
+def is_version(text: str) -> bool:
+    """Whether ``text`` names a version number: ASCII digits (``str.isdigit`` takes "²", which ``int`` refuses)."""
+    return text.isascii() and text.isdigit()
+
+
 def index_reads(shard: int | None = None) -> tuple[str, ...]:
     """What an index endpoint serving ``shard`` of a version (None: a whole,
     unsharded version) reads: its own shard's files, not the other shards'."""

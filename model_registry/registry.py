@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from model_registry import signing
 from model_registry.deltas import catalogue_dir, remove_leftovers
 from model_registry.durable import fsync_dir, make_dirs
-from model_registry.manifest import MANIFEST_FILE, Manifest, VersionError, checksum_tree, read_manifest
+from model_registry.manifest import MANIFEST_FILE, Manifest, VersionError, checksum_tree, is_version, read_manifest
 
 CURRENT_FILE = "CURRENT"
 PREVIOUS_FILE = "PREVIOUS"
@@ -80,11 +80,6 @@ class Pointers(NamedTuple):
 
     current: int | None
     previous: int | None
-
-
-def _is_version(text: str) -> bool:
-    """Whether ``text`` is a version number: ASCII digits (``str.isdigit`` takes "²", which ``int`` refuses)."""
-    return text.isascii() and text.isdigit()
 
 
 def _read_text(path: Path) -> str:
@@ -135,7 +130,7 @@ class Registry:
             return []
         found = []
         for entry in self.model_dir.iterdir():
-            if _is_version(entry.name) and (entry / MANIFEST_FILE).is_file():
+            if is_version(entry.name) and (entry / MANIFEST_FILE).is_file():
                 found.append(int(entry.name))
         return sorted(found)
 
@@ -153,7 +148,7 @@ class Registry:
         names anything else."""
         if text is None:
             return None
-        if not (_is_version(text.strip()) and (self.version_dir(int(text)) / MANIFEST_FILE).is_file()):
+        if not (is_version(text.strip()) and (self.version_dir(int(text)) / MANIFEST_FILE).is_file()):
             raise VersionError(f"{path} names {text.strip()!r}, which is not a published version of {self.model} "
                                f"(published: {self.versions()})")
         return int(text)
@@ -277,7 +272,7 @@ class Registry:
         except FileNotFoundError:
             return SlotRecord(named)
         lines = text.split()
-        if not (1 <= len(lines) <= 2 and all(map(_is_version, lines))):
+        if not (1 <= len(lines) <= 2 and all(map(is_version, lines))):
             raise VersionError(f"{path} names {text!r}, not the version slot {slot!r} loads and the one it held")
         loading, held = int(lines[0]), self._named(path, lines[1]) if len(lines) == 2 else None
         if named not in (loading, held):
