@@ -1,11 +1,16 @@
 """Writes that survive a crash of the host: a file synced in a folder whose own entries are not can vanish in one,
 so a folder's entries are synced after a rename or link in it (``fsync_dir``), and a new folder's entry in its
-parent (``make_dirs``)."""
+parent (``make_dirs``). A small file another reader may open at any time is replaced whole (``replace_file``)."""
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
+
+# Names the temporary file of a ``replace_file`` (the registry's prune removes those a killed write left; the
+# registry's pointers were its first users, hence the name).
+REPLACING_PREFIX = ".current-"
 
 
 def fsync_dir(path: Path) -> None:
@@ -30,3 +35,19 @@ def make_dirs(path: Path) -> None:
         except FileExistsError:  # another writer made it: synced, or being synced, by that writer
             continue
         fsync_dir(directory.parent)
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Replaces file ``path`` by one holding ``text``, synced, in one rename: a reader sees the old file or the new,
+    never part of one, and a failed write leaves the old (a killed one, a ``REPLACING_PREFIX`` file beside it)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=REPLACING_PREFIX)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)

@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from model_registry import signing
 from model_registry.deltas import catalogue_dir, remove_leftovers
-from model_registry.durable import fsync_dir, make_dirs
+from model_registry.durable import REPLACING_PREFIX, fsync_dir, make_dirs, replace_file
 from model_registry.manifest import MANIFEST_FILE, Manifest, VersionError, checksum_tree, is_version, read_manifest
 
 CURRENT_FILE = "CURRENT"
@@ -160,20 +160,11 @@ class Registry:
         named = [v for v in versions if v is not None]
         if not named:
             path.unlink(missing_ok=True)
-        else:
-            for version in named:
-                self.check_published(version)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".current-")
-            try:
-                with os.fdopen(fd, "w") as f:
-                    f.write("".join(f"{version}\n" for version in named))
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-        fsync_dir(path.parent)
+            fsync_dir(path.parent)
+            return
+        for version in named:
+            self.check_published(version)
+        replace_file(path, "".join(f"{version}\n" for version in named))
 
     def check_published(self, version: int) -> None:
         """Raises ``unpublished(version)`` unless ``version`` is published (its manifest is in place)."""
@@ -330,7 +321,7 @@ class Registry:
         cutoff = time.time() - min_age_s
         slots = self.model_dir / SLOTS_DIR
         for entry in [*self.model_dir.iterdir(), *(slots.iterdir() if slots.is_dir() else ())]:
-            if not entry.name.startswith((STAGING_PREFIX, ".current-", ".deleting-")):
+            if not entry.name.startswith((STAGING_PREFIX, REPLACING_PREFIX, ".deleting-")):
                 continue
             try:
                 if entry.stat().st_mtime >= cutoff:

@@ -75,6 +75,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from model_registry import Registry, VersionError
+from model_registry.durable import replace_file
+from model_registry.manifest import is_version
 from model_registry.deltas import published_generation
 from protos.recsys.v1 import admin_pb2 as pb
 from protos.recsys.v1 import versions_pb2
@@ -372,14 +374,15 @@ def _rolled_back(registry: Registry) -> tuple[int, int] | None:
         words = (registry.model_dir / ROLLED_BACK_FILE).read_text().split()
     except FileNotFoundError:
         return None
-    return (int(words[0]), int(words[1])) if len(words) == 2 and all(w.isdigit() for w in words) else None
+    return (int(words[0]), int(words[1])) if len(words) == 2 and all(map(is_version, words)) else None
 
 
 def _write_rolled_back(registry: Registry, text: str) -> None:
-    """Writes ``ROLLED_BACK_FILE``; raises PublishError if the registry refuses."""
+    """Writes ``ROLLED_BACK_FILE`` whole (a write cut off leaves the record before it); raises PublishError if the
+    registry refuses."""
     path = registry.model_dir / ROLLED_BACK_FILE
     try:
-        path.write_text(text)
+        replace_file(path, text)
     except OSError as e:
         raise PublishError(f"cannot write {path} ({e}): recsys-publish writes the registry, run it where the "
                            "registry is writable; nothing changed") from e

@@ -130,6 +130,29 @@ def test_a_rollback_after_a_rollout_stopped_past_the_promotion_records_the_rolle
     assert (registry.current_version(), registry.previous_version()) == (2, 3)
 
 
+def test_a_damaged_rollback_record_reads_as_none(tmp_path):
+    registry, query, fleet = two_live(tmp_path)
+    (registry.model_dir / ".rolled-back").write_text("2 \u00b2\n")  # "²" is a digit to str.isdigit, not to int
+    assert rollback(fleet, registry) == 1
+    assert (registry.current_version(), registry.previous_version()) == (1, 2)
+
+
+def test_a_rollback_record_whose_write_fails_leaves_the_one_before(tmp_path, monkeypatch):
+    registry, query, fleet = two_live(tmp_path)
+    record = registry.model_dir / ".rolled-back"
+    record.write_text("3 2\n")
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("os.fsync", disk_full)
+    with pytest.raises(PublishError, match="No space left on device"):
+        rollback(fleet, registry)
+    monkeypatch.undo()
+    assert record.read_text() == "3 2\n" and [p.name for p in registry.model_dir.glob(".current-*")] == []
+    assert query.versions == {1: ROLLBACK_TARGET, 2: SERVING} and registry.current_version() == 2
+
+
 def unwritable(monkeypatch) -> None:
     """Every pointer move of every Registry fails, as in a registry directory recsys-publish may not write."""
 
