@@ -19,7 +19,7 @@ def _load_times(tmp_path, times):
     (["20200101", "20231231"], "20231231", "seconds", "1970-08-23"),  # YYYYMMDD
     (["20200101123000", "20231231235959"], "20231231235959", "milliseconds", "2611-02-07"),  # YYYYMMDDhhmmss
     (["2019", "2020"], "2020", "seconds", "1970-01-01"),  # years
-    (["45244.5", "45245.25"], "45245", "seconds", "1970-01-01"),  # spreadsheet day serials
+    (["45244.5", "45245.25"], "45245.25", "seconds", "1970-01-01"),  # spreadsheet day serials (the cell named)
     (["1700000000", "4200000000"], "4200000000", "seconds", "2103-02-04"),  # after 2100
 ])
 def test_numbers_that_decode_to_implausible_dates_are_refused_naming_value_date_and_fix(tmp_path, times, value,

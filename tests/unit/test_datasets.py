@@ -137,6 +137,22 @@ def test_sessions_drop_single_event_sessions_and_sort_by_time(tmp_path):
     assert list(d.candidate_ids) == ["2", "1"] and d.info["dropped_single_event_sessions"] == 1
 
 
+def test_sessions_keep_the_fraction_of_decimal_epoch_seconds(tmp_path):
+    # One session: a at .117, b at .900, a again at .500 of the same second, written out of order.
+    path = _write_delimited(tmp_path / "clicks.csv", ["session", "item", "ts"],
+                            [("s1", "a", "1433221332.117"), ("s1", "b", "1433221332.900"),
+                             ("s1", "a", "1433221332.500"), ("s2", "c", "1433221400"), ("s2", "d", "1433221401")])
+    d = load_dataset("sessions", DatasetOptions(data_path=path, session_col="session", item_col="item",
+                                                time_col="ts"))
+    assert list(d.candidate_ids) == ["a", "a", "b", "c", "d"] and "dropped_duplicates" not in d.info
+    assert np.allclose(d.timestamps[:3] - 1433221332, [0.117, 0.5, 0.9])
+    # An interactions file of the same times keeps whole seconds: the two a's are one event there.
+    d = load_dataset("interactions-csv", DatasetOptions(data_path=path, customer_col="session",
+                                                        candidate_col="item", time_col="ts"))
+    assert d.timestamps.dtype == np.int64 and d.info["dropped_duplicates"] == 1
+    assert list(d.timestamps[:2]) == [1433221332] * 2
+
+
 def test_flags_to_options_to_load(tmp_path):
     path = _write_delimited(tmp_path / "reviews.tsv", ["user_id", "business_id", "stars", "date"], REVIEWS, "\t")
     p = argparse.ArgumentParser()

@@ -52,7 +52,8 @@ def _load_columns(path: Path, fmt: str, options: DatasetOptions, customer_col: s
     for col, encoder, codes in ((customer_col, customers, cust_codes), (candidate_col, candidates, cand_codes)):
         refuse_line_breaks(path, col, encoder, codes)
     cat = lambda parts, dtype: np.concatenate(parts) if parts else np.zeros(0, dtype)  # noqa: E731
-    # Kept as given to order events within a second (RetailRocket's milliseconds, YooChoose's dates).
+    # Kept as given to order events within a second (RetailRocket's milliseconds, YooChoose's dates, decimal
+    # seconds: float64 where any chunk has a decimal point).
     exact_times = cat(times, np.int64) if time_col else np.arange(rows, dtype=np.int64)
     time_unit, scale = epoch_unit(exact_times, time_kind, path, time_col) if time_col else (None, 1)
     time_range = check_epoch_span(exact_times, time_unit, scale, path, time_col) if time_col else None
@@ -142,7 +143,7 @@ def load_interactions_file(options: DatasetOptions) -> Interactions:
         info["dropped_not_in_catalog"] = int(missing.sum())
         info["catalog_size"] = len(catalog)
         keep &= ~missing
-    timestamps = np.floor_divide(c["exact_times"], c["scale"])
+    timestamps = np.floor_divide(c["exact_times"], c["scale"]).astype(np.int64)
     drop_duplicates(keep, info, customer_codes, candidate_codes, timestamps if options.time_col else None)
     if not keep.any():
         raise ValueError(f"{path}: no interactions left after filtering ({info})")

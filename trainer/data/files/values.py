@@ -38,8 +38,9 @@ def time_error(path: Path, col: str, row: int, value: Any, problem: str) -> Valu
 
 
 def parse_times(values: list[Any], path: Path, col: str, first_row: int) -> tuple[np.ndarray, str]:
-    """(int64 times, "number" or "date") of a chunk whose first value is data row ``first_row + 1``: epoch numbers
-    as given (floats floored), ISO dates as epoch milliseconds.
+    """(times, "number" or "date") of a chunk whose first value is data row ``first_row + 1``: epoch numbers as
+    given (int64, or float64 where they have a decimal point: sessions keep the fraction), ISO dates as int64 epoch
+    milliseconds.
 
     Refuses, naming the row and value, a blank, a number that is not finite, NaT, and numbers beside dates: each
     would be read as a time far from the others' and move events across a temporal split.
@@ -77,7 +78,7 @@ def parse_times(values: list[Any], path: Path, col: str, first_row: int) -> tupl
     if not finite.all():
         i = int(np.argmin(finite))
         raise time_error(path, col, first_row + i + 1, values[i], "must hold finite times")
-    return np.floor(arr).astype(np.int64), "number"
+    return arr, "number"
 
 
 def _dates(arr: np.ndarray, values: list[Any], path: Path, col: str, first_row: int) -> np.ndarray:
