@@ -373,15 +373,27 @@ def test_cli_a_run_that_diverges_says_so_and_publishes_nothing(tmp_path, capsys)
     ("sessions", ["--catalog-path", "DATA"], "--catalog-path is not read by --dataset sessions"),
     ("synthetic", ["--candidate-features"], "--candidate-features needs catalogue columns to take"),
     ("interactions-csv", ["--candidate-features"], "--candidate-features needs catalogue columns to take"),
+    # Options a data set does not read are refused, not ignored (a run that reads none of them says nothing).
+    ("movielens-100k", ["--data-dir", "DIR", "--rating-col", "2", "--min-rating", "4"],
+     "--rating-col is not read by --dataset movielens-100k (the ml-100k folder given by --data-dir): leave it out, "
+     "or use --dataset interactions-csv"),
+    ("synthetic", ["--data-path", "DATA"], "--data-path is not read by --dataset synthetic"),
+    ("sessions", ["--data-path", "DATA", "--customer-col", "u"], "--customer-col is not read by --dataset sessions"),
+    ("interactions-csv", ["--data-path", "DATA", "--item-col", "i"],
+     "--item-col is not read by --dataset interactions-csv (a file of customer, candidate and optional rating, "
+     "time and event columns): leave it out, or use --dataset sessions"),
 ])
 def test_cli_flags_the_data_cannot_honour_are_refused_before_reading_it(tmp_path, capsys, dataset, flags, message):
     from trainer import cli
 
     data = tmp_path / "log.csv"
     data.write_text("user_id,item_id,SessionId,ItemId,r\nu1,a,s1,a,1\n")
+    (tmp_path / "u.data").write_text("1\t1\t5\t881250949\n")
+    files = dataset in ("interactions-csv", "sessions")
+    read = ["--data-path", str(data)] if files and "--data-path" not in flags else []
     with pytest.raises(SystemExit) as e:
-        cli.main(["--dataset", dataset, "--data-path", str(data), "--registry", str(tmp_path), "--model", "m",
-                  *[str(data) if flag == "DATA" else flag for flag in flags]])
+        cli.main(["--dataset", dataset, *read, "--registry", str(tmp_path), "--model", "m",
+                  *[{"DATA": str(data), "DIR": str(tmp_path)}.get(flag, flag) for flag in flags]])
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and err.count("\n") == 0 and message in err, err
 

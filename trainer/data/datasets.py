@@ -76,6 +76,21 @@ class DatasetOptions:
                 f"{self.catalog_path} is not a file")
 
 
+_FILE_OPTIONS = ("data_path", "format", "delimiter", "header", "time_col", "event_col", "events")
+# The options each data set reads; the others must keep their defaults.
+_READ_BY: dict[str, tuple[str, ...]] = {
+    "movielens-100k": ("data_dir",),
+    "synthetic": ("synthetic",),
+    "interactions-csv": (*_FILE_OPTIONS, "customer_col", "candidate_col", "rating_col", "min_rating", "unrated_value",
+                         "catalog_path", "catalog_format", "catalog_id_col", "catalog_feature_cols",
+                         "catalog_delimiter", "catalog_header"),
+    "sessions": (*_FILE_OPTIONS, "session_col", "item_col"),
+}
+_WHAT = {"movielens-100k": "the ml-100k folder given by --data-dir", "synthetic": "generated, sized by --synthetic-*",
+         "interactions-csv": "a file of customer, candidate and optional rating, time and event columns",
+         "sessions": "events of sessions, without ratings or a catalogue"}
+
+
 def check_options(name: str, options: DatasetOptions) -> None:
     """Cheap checks of what ``name`` needs, before any loading; raises ConfigError
     naming the field."""
@@ -94,11 +109,12 @@ def check_options(name: str, options: DatasetOptions) -> None:
             file_format(options.data_path, options.format)
         except ValueError as e:
             raise ConfigError("format", str(e)) from None
-    if name == "sessions":  # else taken and ignored: a run that reads none of them says nothing
-        for field in ("rating_col", "min_rating", "catalog_path", "catalog_feature_cols"):
-            require(getattr(options, field) in (None, ()), field,
-                    "is not read by --dataset sessions (events of sessions, without ratings or a catalogue): "
-                    "leave it out, or use --dataset interactions-csv")
+    # Refused, not taken and ignored: a run that reads none of them says nothing.
+    for field in dataclasses.fields(DatasetOptions):
+        if field.name not in _READ_BY[name] and getattr(options, field.name) != field.default:
+            readers = " or ".join(other for other in DATASET_NAMES if field.name in _READ_BY[other])
+            raise ConfigError(field.name, f"is not read by --dataset {name} ({_WHAT[name]}): leave it out, or use "
+                                          f"--dataset {readers}")
 
 
 def load_dataset(name: str, options: DatasetOptions | None = None, seed: int = 42) -> Interactions:
