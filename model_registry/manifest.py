@@ -194,10 +194,11 @@ def checksum_tree(directory: Path) -> dict[str, str]:
     return {name: sha256_file(path) for name, path in _version_files(directory).items()}
 
 
-def read_manifest(version_dir: Path) -> Manifest:
+def read_manifest(version_dir: Path, data: bytes | None = None) -> Manifest:
+    """The manifest of ``version_dir``, parsed from ``data`` where given (its bytes as read already), else read."""
     path = Path(version_dir) / MANIFEST_FILE
     try:
-        return Manifest.from_json(path.read_text())
+        return Manifest.from_json(path.read_bytes() if data is None else data)
     except FileNotFoundError:
         raise VersionError(f"{version_dir} has no {MANIFEST_FILE}: not a published version") from None
     except (ValueError, TypeError, KeyError, VersionError) as e:
@@ -218,16 +219,18 @@ def read_popular(version_dir: Path, version: int) -> tuple[list[str], list[float
         raise VersionError(f"version {version}: {POPULAR_FILE} is unreadable: {e}") from e
 
 
-def verify_version(version_dir: Path, reads: tuple[str, ...] | None = None) -> Manifest:
+def verify_version(version_dir: Path, reads: tuple[str, ...] | None = None,
+                   manifest_bytes: bytes | None = None) -> Manifest:
     """Reads the manifest, checks that exactly its files are present and that
     each has its sha256; with ``reads`` (files or folders, e.g. ``QUERY_READS``),
     only the sha256 of the files in them: the rest are checked by the services reading them.
-    (Who published the manifest is ``signing.verify``'s question.)
+    (Who published the manifest is ``signing.verify``'s question: give the bytes it verified as
+    ``manifest_bytes``, and those are what is parsed, not the file read again, which may have been swapped since.)
 
     Raises VersionError naming the first file that is missing, extra or altered.
     """
     version_dir = Path(version_dir)
-    manifest = read_manifest(version_dir)
+    manifest = read_manifest(version_dir, manifest_bytes)
     present = _version_files(version_dir)
     for name, expected in manifest.files.items():
         if name not in present:

@@ -54,18 +54,25 @@ def sign(version_dir: Path, key: Ed25519PrivateKey) -> None:
     (version_dir / SIGNATURE_FILE).write_bytes(key.sign((version_dir / MANIFEST_FILE).read_bytes()))
 
 
-def verify(version_dir: Path, key: Ed25519PublicKey) -> None:
-    """Raises VersionError unless ``version_dir``'s manifest carries a signature by ``key``."""
+def verify(version_dir: Path, key: Ed25519PublicKey) -> bytes:
+    """Raises VersionError unless ``version_dir``'s manifest carries a signature by ``key``; returns the manifest's
+    bytes it verified: read them (``verify_version(..., manifest_bytes=)``), not the file again, which a writer
+    may have swapped since."""
     try:
         signature = (version_dir / SIGNATURE_FILE).read_bytes()
     except FileNotFoundError:
         raise VersionError(f"{version_dir} has no {SIGNATURE_FILE}: the version is unsigned, and this service "
                            "only loads versions signed by the publisher's key") from None
     try:
-        key.verify(signature, (version_dir / MANIFEST_FILE).read_bytes())
+        manifest = (version_dir / MANIFEST_FILE).read_bytes()
+    except FileNotFoundError:
+        raise VersionError(f"{version_dir} has no {MANIFEST_FILE}: not a published version") from None
+    try:
+        key.verify(signature, manifest)
     except InvalidSignature:
         raise VersionError(f"{version_dir}/{MANIFEST_FILE} does not match its signature: altered after publishing, "
                            "or signed by another key") from None
+    return manifest
 
 
 def check_delta_signer(version_dir: Path, key: Ed25519PrivateKey | None) -> None:

@@ -113,9 +113,8 @@ class Loader(Generic[T]):
         if not version_dir.is_dir():
             raise NotFound(str(self.registry.unpublished(version)))
         try:
-            if self.public_key is not None:
-                signing.verify(version_dir, self.public_key)
-            manifest = verify_version(version_dir, self._reads)
+            signed = signing.verify(version_dir, self.public_key) if self.public_key is not None else None
+            manifest = verify_version(version_dir, self._reads, signed)
             if manifest.model != self.registry.model:
                 raise VersionError(f"{version_dir} holds model {manifest.model!r}, not {self.registry.model!r}")
             if manifest.version != version:

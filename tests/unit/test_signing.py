@@ -14,6 +14,7 @@ from model_registry import Registry, VersionError, verify_version
 from model_registry import manifest as mf
 from model_registry import signing
 from model_registry.deltas import Delta, catalogue_dir, read_deltas, write_delta
+from serving.errors import FailedPrecondition
 from tests.unit.test_registry import _writer
 
 
@@ -59,6 +60,31 @@ def test_a_file_changed_with_its_sha256_recomputed_is_caught_by_the_signature(tm
     assert verify_version(version_dir).version == 1  # the checksums alone are fooled
     with pytest.raises(VersionError, match="does not match its signature"):
         signing.verify(version_dir, signing.public_key(public))
+
+
+def test_a_manifest_swapped_after_its_signature_was_checked_is_not_the_one_loaded(tmp_path, keys, monkeypatch):
+    from serving.lifecycle.loader import Background, Loader
+
+    key, public, _ = keys
+    registry = Registry(tmp_path / "reg", "m", signing_key=key)
+    version_dir = registry.version_dir(registry.publish(_writer()).version)
+    # The attack above, its forged manifest swapped in just after the signature check read the signed one.
+    ids = np.load(version_dir / mf.CANDIDATE_IDS_FILE)
+    np.save(version_dir / mf.CANDIDATE_IDS_FILE, np.roll(ids, 1), allow_pickle=False)
+    forged = json.loads((version_dir / mf.MANIFEST_FILE).read_text())
+    forged["files"][mf.CANDIDATE_IDS_FILE] = mf.sha256_file(version_dir / mf.CANDIDATE_IDS_FILE)
+    checked = signing.verify
+
+    def then_swapped(directory, public_key):
+        verified = checked(directory, public_key)
+        (directory / mf.MANIFEST_FILE).write_text(json.dumps(forged))
+        return verified
+
+    monkeypatch.setattr(signing, "verify", then_swapped)
+    loader = Loader(registry, lambda path, manifest: manifest, "index", Background.IDLE,
+                    public_key=signing.public_key(public))
+    with pytest.raises(FailedPrecondition, match=f"{mf.CANDIDATE_IDS_FILE} fails its sha256 check"):
+        loader.verify(1)
 
 
 def test_keys_of_the_wrong_kind_are_refused_with_a_clear_message(tmp_path):
