@@ -231,6 +231,12 @@ def verify_version(version_dir: Path, reads: tuple[str, ...] | None = None,
     """
     version_dir = Path(version_dir)
     manifest = read_manifest(version_dir, manifest_bytes)
+    check_files(version_dir, manifest, reads)
+    return manifest
+
+
+def check_files(version_dir: Path, manifest: Manifest, reads: tuple[str, ...] | None = None) -> None:
+    """``verify_version``'s checks of the files against ``manifest``, one already read (and its signature checked)."""
     present = _version_files(version_dir)
     for name, expected in manifest.files.items():
         if name not in present:
@@ -246,4 +252,3 @@ def verify_version(version_dir: Path, reads: tuple[str, ...] | None = None,
     extra = sorted(set(present) - set(manifest.files))
     if extra:
         raise VersionError(f"version {manifest.version}: files not in the manifest: {extra[:5]}")
-    return manifest

@@ -75,19 +75,29 @@ def verify(version_dir: Path, key: Ed25519PublicKey) -> bytes:
     return manifest
 
 
-def check_delta_signer(version_dir: Path, key: Ed25519PrivateKey | None) -> None:
+def check_delta_signer(version_dir: Path, key: Ed25519PrivateKey | None) -> bytes | None:
     """Raises VersionError, before anything is written, if a catalogue delta of
     ``version_dir``'s version signed by ``key`` (None: unsigned) is one that its
     replicas would refuse. A signed version is served only by replicas that
     verify, and they refuse an unsigned delta or one by another key; the refused
-    delta would stay in the log, and every later load of the version fails on it."""
-    if not (version_dir / SIGNATURE_FILE).is_file():
-        return
+    delta would stay in the log, and every later load of the version fails on it.
+    With a key, the version must be signed by it: returns the manifest's bytes
+    verified (parse those), so that a tool holding the key reads, and runs, only
+    what the key's holder published (a writer could remove a signature to have it
+    load a tower of theirs); None without a key."""
+    signature = version_dir / SIGNATURE_FILE
     if key is None:
-        raise VersionError(f"version {version_dir.name} is signed, so its replicas apply only signed deltas: sign "
-                           "this one with the publisher's key (--signing-key-file)")
+        if signature.is_file():
+            raise VersionError(f"version {version_dir.name} is signed, so its replicas apply only signed deltas: "
+                               "sign this one with the publisher's key (--signing-key-file)")
+        return None
+    if not signature.is_file():
+        raise VersionError(f"version {version_dir.name} is unsigned, and a signing key signs deltas only of "
+                           "versions it signed (its replicas verify nothing, and a tool holding the key does not "
+                           "run a tower no one vouches for): leave out --signing-key-file, or publish the version "
+                           "signed")
     try:
-        verify(version_dir, key.public_key())
+        return verify(version_dir, key.public_key())
     except VersionError:
         raise VersionError(f"version {version_dir.name} was not signed by this signing key, and its replicas apply "
                            "only deltas signed by the key that signed it: give the publisher's key") from None

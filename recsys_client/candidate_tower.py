@@ -44,13 +44,14 @@ class CandidateTower:
 
     @classmethod
     def load(cls, version_dir: Path, manifest: Manifest) -> "CandidateTower":
-        """Verifies and loads the version's candidate tower; VersionError if it has none."""
+        """Verifies (against ``manifest``, not the file read again) and loads the version's candidate tower;
+        VersionError if it has none."""
         version_dir = Path(version_dir)
         if not any(name.startswith(files.CANDIDATE_TOWER_DIR + "/") for name in manifest.files):
             raise VersionError(
                 f"version {manifest.version} has no candidate tower: its towers take no catalogue features (train "
                 "with --tower features or --candidate-features), so its upserts must give vectors")
-        files.verify_version(version_dir, reads=(files.CANDIDATE_TOWER_DIR,))
+        files.check_files(version_dir, manifest, reads=(files.CANDIDATE_TOWER_DIR,))
         import settings.tf_env  # noqa: F401  (before TensorFlow loads)
         import tensorflow as tf
 

@@ -103,10 +103,8 @@ def read_log(registry: Registry, version: int, key: Ed25519PrivateKey | None) ->
     """``version``'s catalogue deltas as its replicas read them: a signed version's verified against the public half
     of ``key``, which ``signing.check_delta_signer`` has found to be its publisher's. Raises CatalogueError for a
     log altered by hand: every replica refuses it from the altered delta on, a delta appended to it included."""
-    version_dir = registry.version_dir(version)
-    signed = key is not None and (version_dir / files.SIGNATURE_FILE).is_file()
     try:
-        return read_deltas(registry.model_dir, version, key=key.public_key() if signed else None)
+        return read_deltas(registry.model_dir, version, key=key.public_key() if key is not None else None)
     except AlteredLog as e:
         raise CatalogueError(
             f"the log was altered at delta {e.generation}: {e}. Every replica refuses the log from there on, a delta "
@@ -224,13 +222,14 @@ def _run(config: CatalogueConfig, registry: Registry, progress: _Progress) -> No
         version = config.version or registry.current_version()
         if version is None:
             raise CatalogueError(f"{config.model} has no CURRENT version: pass --version")
-        manifest = registry.manifest(version)
-        dim = manifest.embedding_dim
-        token_ns, numeric_ns = Attributes.namespaces(files.attributes_file(registry.version_dir(version), manifest))
         key = signing.private_key(config.signing_key) if config.signing_key else None
         # Before any replica is called, and before the candidate tower is loaded: TensorFlow reads a SavedModel
-        # only of a version whose manifest this key's signature vouches for.
-        signing.check_delta_signer(registry.version_dir(version), key)
+        # only of a version whose manifest this key's signature vouches for, and the manifest read is that one.
+        registry.check_published(version)
+        signed = signing.check_delta_signer(registry.version_dir(version), key)
+        manifest = files.read_manifest(registry.version_dir(version), signed)
+        dim = manifest.embedding_dim
+        token_ns, numeric_ns = Attributes.namespaces(files.attributes_file(registry.version_dir(version), manifest))
         delta = Delta.make(dim=dim)
         if config.upserts:
             with open(config.upserts, encoding="utf-8") as f, _utf8(config.upserts):

@@ -30,7 +30,9 @@ from model_registry import IndexSpec, Manifest, Registry, VersionError
 from model_registry import deltas
 from model_registry.attributes import Attributes, from_catalogue
 from model_registry.deltas import Delta, published_generation, read_deltas, write_delta
+from model_registry.manifest import SIGNATURE_FILE
 from protos.recsys.v1 import admin_pb2, admin_pb2_grpc, retrieval_pb2, versions_pb2
+from recsys_client.candidate_tower import CandidateTower
 from recsys_client.catalogue import main as catalogue_main
 from recsys_client.delta_rollout import apply_everywhere, catch_up, publish_delta
 from recsys_client.fleet import Fleet, Replica
@@ -813,9 +815,33 @@ def test_a_delta_the_signed_versions_replicas_would_refuse_is_never_written(tmp_
     fleet = Fleet([], [])
     rollout = publish_delta(fleet, registry, 1, Delta.make(deleted=["c"], dim=1), publisher)
     assert rollout.generation == 1 and len(read_deltas(registry.model_dir, 1, key=publisher.public_key())) == 1
-    unsigned = Registry(tmp_path, "u")  # an unsigned version takes deltas signed or not
+    unsigned = Registry(tmp_path, "u")  # an unsigned version takes unsigned deltas
     publish_dummy(unsigned)
     assert publish_delta(fleet, unsigned, 1, Delta.make(deleted=["c"], dim=1)).generation == 1
+
+
+def test_a_signing_key_is_never_used_on_a_version_it_did_not_sign(tmp_path, capsys, monkeypatch):
+    """A registry writer removes a version's signature and plants a tower of theirs: the tool run with the key must
+    not load (run) that tower, nor sign a delta of a version no one vouches for."""
+    key = Ed25519PrivateKey.generate()
+    pem = tmp_path / "publisher.pem"
+    pem.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    registry = Registry(tmp_path, "m", signing_key=key)
+    publish_dummy(registry)
+    (registry.version_dir(1) / SIGNATURE_FILE).unlink()
+    loaded = []
+    monkeypatch.setattr(CandidateTower, "load", classmethod(lambda cls, *args: loaded.append(args)))
+    featured = tmp_path / "featured.jsonl"
+    featured.write_text('{"id": "n1", "features": {"title": "x"}}\n')
+    with pytest.raises(SystemExit) as exit:
+        catalogue_main(["--registry", str(tmp_path), "--model", "m", "--version", "1", "--upserts", str(featured),
+                        "--index-admin", "127.0.0.1:1", "--timeout-s", "1", "--signing-key-file", str(pem)])
+    assert exit.value.code == 1 and loaded == []
+    assert capsys.readouterr().err.strip().startswith("recsys-catalogue: version 1 is unsigned, and a signing key "
+                                                      "signs deltas only of versions it signed")
+    with pytest.raises(VersionError, match="version 1 is unsigned"):
+        publish_delta(Fleet([], []), registry, 1, Delta.make(deleted=["c"], dim=1), key)
+    assert published_generation(registry.model_dir, 1) == 0
 
 
 def _log_cut_short(tmp_path) -> tuple[Registry, _Replica]:
