@@ -116,8 +116,13 @@ class ServerObservability(grpc.aio.ServerInterceptor):
     probe or a balancer's health watch must not fail a busy replica, and watches
     must not take the places of real calls.
 
-    A unary call that ends before its request arrives (one over the server's
-    receive limit, which gRPC refuses before any handler) is counted in
+    A unary call holds its place from the time its request has arrived, not
+    from its headers: a caller that opens calls and never sends their requests
+    (a slow-loris attack: 1,000 such calls refused every real one) takes no
+    place. At most ``max_concurrent_rpcs`` calls wait on their requests: a new
+    one cancels the one that waited longest. A unary call that ends before its
+    request arrives (one over the server's receive limit, which gRPC refuses
+    before any handler, or cancelled so) is counted in
     ``recsys_rpc_unreceived_requests_total``.
 
     It must be the outermost interceptor, so that calls another interceptor
@@ -156,16 +161,22 @@ class ServerObservability(grpc.aio.ServerInterceptor):
         # The call's task ends once its status is sent, however it ends (a stream's too). One callback a call:
         # each costs the call a copy of its context.
         task = asyncio.current_task()
-        if self.max_concurrent_rpcs is not None:
-            if self._in_flight >= self.max_concurrent_rpcs:
-                return self._kept(self._refusals, method, handler, self._refusal)
-            self._in_flight += 1
-            task.add_done_callback(self._release)
-        elif handler.unary_unary is not None:
-            task.add_done_callback(self._ended)
-        if handler.unary_unary is None:
+        if handler.unary_unary is None:  # a stream holds its place from its start: it may never send a request
+            if self.max_concurrent_rpcs is not None:
+                if self._in_flight >= self.max_concurrent_rpcs:
+                    return self._kept(self._refusals, method, handler, self._refusal)
+                self._in_flight += 1
+                task.add_done_callback(self._release)
             return handler
-        self._awaiting_request[task] = method
+        task.add_done_callback(self._ended)
+        awaiting = self._awaiting_request
+        if self.max_concurrent_rpcs is not None and len(awaiting) >= self.max_concurrent_rpcs:
+            # The call that waited longest on its request makes way: a caller's request arrives within
+            # milliseconds of its headers, so the ones left waiting are those that hold calls open on purpose.
+            oldest = next(iter(awaiting))
+            RPC_UNRECEIVED.labels(*_split_method(awaiting.pop(oldest))).inc()
+            oldest.cancel()
+        awaiting[task] = method
         return self._kept(self._wrapped, method, handler, self._wrap)
 
     @staticmethod
@@ -182,26 +193,27 @@ class ServerObservability(grpc.aio.ServerInterceptor):
 
     def _release(self, task: asyncio.Task) -> None:
         self._in_flight -= 1
-        self._ended(task)
 
     def _ended(self, task: asyncio.Task) -> None:
         method = self._awaiting_request.pop(task, None)
         if method is not None:  # its handler never started: the request did not arrive
             RPC_UNRECEIVED.labels(*_split_method(method)).inc()
 
+    def _refusal_message(self) -> str:
+        return (f"the server is running its limit of {self.max_concurrent_rpcs} calls at once (status streams "
+                "included, --max-concurrent-rpcs): retry with backoff, or add replicas")
+
     def _refusal(self, handler: grpc.RpcMethodHandler, full_method: str) -> grpc.RpcMethodHandler:
-        """``handler`` answering RESOURCE_EXHAUSTED at once, timed like any call when unary."""
-        message = (f"the server is running its limit of {self.max_concurrent_rpcs} calls at once (status streams "
-                   "included, --max-concurrent-rpcs): retry with backoff, or add replicas")
+        """Stream ``handler`` answering RESOURCE_EXHAUSTED at once."""
+        message = self._refusal_message()
 
         async def refuse(request, context: grpc.aio.ServicerContext) -> None:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message, request_id_metadata())
 
-        # A coroutine serves any of the four kinds: gRPC awaits it, and a streaming one may write nothing.
-        kind = next(kind for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+        # A coroutine serves any of the three stream kinds: gRPC awaits it, and it may write nothing.
+        kind = next(kind for kind in ("unary_stream", "stream_unary", "stream_stream")
                     if getattr(handler, kind) is not None)
-        refusing = handler._replace(**{kind: refuse})
-        return self._wrap(refusing, full_method) if kind == "unary_unary" else refusing
+        return handler._replace(**{kind: refuse})
 
     def _wrap(self, handler: grpc.RpcMethodHandler, full_method: str) -> grpc.RpcMethodHandler:
         echo_request_id = self.echo_request_id
@@ -217,6 +229,7 @@ class ServerObservability(grpc.aio.ServerInterceptor):
             child.observe(seconds)
 
         awaiting_request = self._awaiting_request
+        limit = self.max_concurrent_rpcs
 
         async def unary(request, context: grpc.aio.ServicerContext):
             start = time.perf_counter()
@@ -224,7 +237,13 @@ class ServerObservability(grpc.aio.ServerInterceptor):
             if echo_request_id:
                 context.set_trailing_metadata(request_id_metadata())
             code = "CANCELLED"  # what a call that ends by neither return nor exception was
+            held = limit is not None and self._in_flight < limit
+            if held:
+                self._in_flight += 1
             try:
+                if limit is not None and not held:
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._refusal_message(),
+                                        request_id_metadata())
                 response = await call(request, context)
                 code = _code_name(context, "OK")
                 return response
@@ -233,6 +252,8 @@ class ServerObservability(grpc.aio.ServerInterceptor):
                 code = _code_name(context, "UNKNOWN")
                 raise
             finally:
+                if held:
+                    self._in_flight -= 1
                 seconds = time.perf_counter() - start
                 observe(code, seconds)
                 if access_log.isEnabledFor(logging.DEBUG):

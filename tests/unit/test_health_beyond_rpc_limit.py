@@ -134,3 +134,40 @@ async def test_real_status_streams_hold_places_and_calls_beyond_are_refused_and_
             watchers[1].cancel()
     finally:
         await server.stop(0)
+
+
+def unreceived_count(method: str) -> float:
+    return prometheus_client.REGISTRY.get_sample_value(
+        "recsys_rpc_unreceived_requests_total", {"service": ADMIN, "method": method}) or 0.0
+
+
+async def test_calls_whose_requests_never_arrive_hold_no_place_and_the_oldest_make_way():
+    """A slow-loris caller opens unary calls and never sends their requests: with the places taken from the
+    headers on, 1,000 such calls over 11 connections refused every real call."""
+    servicer = Slow()
+    servicer.release.set()
+    server = await start_limited(3, servicer)
+    await server.set_serving(True)
+    before = unreceived_count("GetStatus")
+    never = asyncio.Event()
+
+    async def never_sends():
+        await never.wait()
+        yield b""
+
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as attacker, \
+                grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            held = [attacker.stream_stream(f"/{ADMIN}/GetStatus", request_serializer=bytes,
+                                           response_deserializer=bytes)(never_sends()) for _ in range(10)]
+            await asyncio.sleep(0.5)  # their headers are in: each waits on its request
+            admin = pb_grpc.AdminServiceStub(channel)
+            for _ in range(5):
+                assert (await admin.GetStatus(pb.GetStatusRequest(), timeout=5)).model_name == "slow"
+            # At most three (the limit) wait at once, each newer call making the oldest waiting one make way: seven
+            # of the ten, then one more for the first real call (its headers come before its request).
+            assert await settled(lambda: unreceived_count("GetStatus") - before, 8) == 8
+            for call in held:
+                call.cancel()
+    finally:
+        await server.stop(0)
