@@ -203,15 +203,16 @@ def _env_name(flag: _Flag) -> str:
 
 def env_secret(flag: str) -> str | None:
     """A secret flag's value from the environment: what ``$RECSYS_<FLAG>_FILE`` names holds, else
-    ``$RECSYS_<FLAG>``; None when neither is set. argparse.ArgumentTypeError naming the variable if the file
-    cannot be read."""
+    ``$RECSYS_<FLAG>``, either without surrounding whitespace; None when neither is set.
+    argparse.ArgumentTypeError naming the variable if the file cannot be read."""
     env = env_name(flag)
     if os.environ.get(env + "_FILE"):
         try:
             return read_secret(os.environ[env + "_FILE"])
         except argparse.ArgumentTypeError as e:
             raise argparse.ArgumentTypeError(f"${env}_FILE: {e}") from None
-    return os.environ.get(env)
+    value = os.environ.get(env)
+    return None if value is None else value.strip()
 
 
 def add_secret_file(parser: argparse.ArgumentParser, group, flag: str, help: str) -> None:

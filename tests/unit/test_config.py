@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from serving.config import AdminConfig
-from settings.flags import ConfigError, add_flags, from_args
+from settings.flags import ConfigError, add_flags, env_secret, from_args
 from settings.ports import ephemeral_port_start, free_ports
 
 
@@ -51,6 +51,17 @@ def test_an_admin_plane_off_loopback_needs_a_token():
         with pytest.raises(ConfigError, match=f"is required with --admin-host {host}"):
             AdminConfig(host=host)
         assert AdminConfig(host=host, token="t").host == host
+
+
+@pytest.mark.parametrize("token", [" ", "abc def", "caf\u00e9", "tab\there", "line\nbreak"])
+def test_an_admin_token_a_grpc_header_cannot_carry_is_refused(token):
+    with pytest.raises(ConfigError, match="must be printable ASCII without spaces"):
+        AdminConfig(token=token)
+
+
+def test_an_admin_token_from_the_environment_loses_its_line_break(monkeypatch):
+    monkeypatch.setenv("RECSYS_ADMIN_TOKEN", "s3cret\n")  # as `export RECSYS_ADMIN_TOKEN=$(cat f; echo)` sets it
+    assert env_secret("admin-token") == "s3cret"
 
 
 def test_free_ports_are_distinct_bindable_and_below_the_ephemeral_range():
