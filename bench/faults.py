@@ -223,10 +223,11 @@ def redis_values_forged(stack: Stack, reference, seconds: float) -> dict:
     service will look up (they are predictable), and keeps overwriting what it writes."""
     raw = redis.Redis.from_url(stack.redis.url)
     fake = json.dumps([[f"fake-{i}" for i in range(TOP_K)], [1.0] * TOP_K, "model"])
+    identity = stack.registry.manifest(1).digest  # readable by anyone who can read the registry
     with raw.pipeline(transaction=False) as pipe:
         for customer in CUSTOMERS:
             for k in range(1, TOP_K + 1):
-                pipe.set(cache_key(MODEL, 1, customer, k, frozenset()), fake, ex=300)
+                pipe.set(cache_key(MODEL, 1, customer, k, frozenset(), identity=identity), fake, ex=300)
         pipe.execute()
     forged = len(CUSTOMERS) * TOP_K
     with Load(stack.query.address, reference) as load:

@@ -8,6 +8,7 @@ lets a service refuse a corrupt or truncated copy before loading it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import zlib
@@ -145,6 +146,13 @@ class Manifest:
                                f"shard {shard}: load it into endpoints of the version's own shard count")
         spec = self.shards[shard]
         return dataclasses.replace(self, num_candidates=spec.num_candidates, index=spec.index, shards=())
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """A short digest of the whole manifest (its files' checksums, the time it was written): tells this version
+        from another published under its number, by another registry or after this one was deleted. Result
+        caches shared by registries key by it, so that neither reads the other's results."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

@@ -50,6 +50,7 @@ class QueryModel:
     def __init__(self, manifest: Manifest, signature, popular_ids: list[str], popular_scores: list[float],
                  customers: CustomerStore | None):
         self.manifest = manifest
+        self.identity = manifest.digest  # in its results' cache keys
         self._signature = signature
         specs = signature.structured_input_signature[1]
         try:

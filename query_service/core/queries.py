@@ -4,13 +4,16 @@ received and as keyed for the cache, a computed answer, and the answer a caller 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Collection, Sequence
+from typing import TYPE_CHECKING, Collection, Sequence
 
 import numpy as np
 
 from query_service.index.searches import IndexHits
 from query_service.storage.cache import CachedResult, cache_key
 from serving.filters import NO_FILTER, Filter
+
+if TYPE_CHECKING:  # its module imports TensorFlow
+    from query_service.tower import QueryModel
 
 SOURCE_MODEL = "model"
 SOURCE_POPULARITY = "popularity"
@@ -62,9 +65,11 @@ class KeyedRequest:
     filter: Filter = NO_FILTER
     live: tuple[str, ...] = ()
 
-    def key(self, model: str, version: int, generation: int) -> str:
-        return cache_key(model, version, self.customer_id, self.k, self.exclusions, self.recent, self.exclude_seen,
-                         generation=generation, live=self.live, filter_key=self.filter.key())
+    def key(self, model: str, tower: QueryModel, generation: int) -> str:
+        """The cache key of this request answered by ``tower``'s version at catalogue ``generation``."""
+        return cache_key(model, tower.version, self.customer_id, self.k, self.exclusions, self.recent,
+                         self.exclude_seen, generation=generation, live=self.live, filter_key=self.filter.key(),
+                         identity=tower.identity)
 
     def held(self) -> tuple:
         """This request as a plain tuple of strings, numbers and tuples of them (``from_held`` is

@@ -193,7 +193,7 @@ class Recommender:
                          timeout_s: float | None, fingerprint: bytes | None = None) -> Recommendation:
         """``request`` (its live history read, where ``_reads_live``) answered from ``version``."""
         generation = model.catalogue_generation
-        key = request.key(self.model, version, generation)
+        key = request.key(self.model, model, generation)
         held = request.held()
         answer = self._lookup_local(key, request.k, request.exclusions)
         if answer is None:
@@ -207,7 +207,7 @@ class Recommender:
             return self._hit(version, generation, held, answer)
         self._remember(held)  # answered: a request that fails is not worth warming
         if answer.generation != generation:
-            key = request.key(self.model, version, answer.generation)
+            key = request.key(self.model, model, answer.generation)
         if answer.cacheable:
             self._store(key, answer)
             self._note_replay(fingerprint, version, answer.generation, key, held)
@@ -239,9 +239,9 @@ class Recommender:
         if self.cache is not None:
             self.cache.put_in_background(key, CachedResult(answer.ids, answer.scores, answer.source))
 
-    def _similar_key(self, version: int, query: SimilarQuery, generation: int) -> str:
-        return similar_key(self.model, version, query.candidate_id, query.k, query.exclusions, generation=generation,
-                           filter_key=query.filter.key())
+    def _similar_key(self, tower: QueryModel, query: SimilarQuery, generation: int) -> str:
+        return similar_key(self.model, tower.version, query.candidate_id, query.k, query.exclusions,
+                           generation=generation, filter_key=query.filter.key(), identity=tower.identity)
 
     def _remember(self, request: Hashable) -> None:
         if self._warmup is not None:
@@ -261,7 +261,7 @@ class Recommender:
         model.check_filter(filter)
         generation = model.catalogue_generation
         request = SimilarQuery(candidate_id, k, excluded, filter)  # remembered for warm-ups without a generation
-        cached = await self._lookup(self._similar_key(version, request, generation), k, excluded | {candidate_id})
+        cached = await self._lookup(self._similar_key(model, request, generation), k, excluded | {candidate_id})
         if cached is not None:
             self._remember(request)
             return hit(cached, version, generation)
@@ -271,7 +271,7 @@ class Recommender:
         self._remember(request)
         answer = Answer.searched(hits)
         if answer.cacheable:
-            self._store(self._similar_key(version, request, hits.generation), answer)
+            self._store(self._similar_key(model, request, hits.generation), answer)
         return Recommendation(hits.ids, hits.scores, version, SOURCE_MODEL, False, hits.generation)
 
     # ------------------------------------------------------------------ RecordInteractions
@@ -317,9 +317,9 @@ class Recommender:
         hits = await asyncio.gather(*(self.index.similar(dataclasses.replace(r, min_generation=generation), version,
                                                          self.index.timeout_s) for r in similars),
                                     return_exceptions=True)
-        done = [(r.key(self.model, version, a.generation), a) for r, a in zip(recommends, answered)
+        done = [(r.key(self.model, model, a.generation), a) for r, a in zip(recommends, answered)
                 if not isinstance(a, BaseException)]
-        done += [(self._similar_key(version, r, h.generation), Answer.searched(h))
+        done += [(self._similar_key(model, r, h.generation), Answer.searched(h))
                  for r, h in zip(similars, hits) if not isinstance(h, BaseException)]
         done = [(key, answer) for key, answer in done if answer.cacheable]
         for key, answer in done:

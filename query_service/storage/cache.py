@@ -147,30 +147,35 @@ def _local_bytes(result: CachedResult) -> int:
     return 1_300 + 2 * (lists + 24 * len(result.scores)) + 33 + sum(len(i) + 25 for i in result.ids)
 
 
-def _key(model: str, version: int, generation: int, shape: tuple) -> str:
-    """``recsys:<model>:v<version>:g<generation>:<digest of the request shape>``;
+def _key(model: str, version: int, generation: int, identity: str, shape: tuple) -> str:
+    """``recsys:<model>:v<version>:g<generation>:<digest of the identity and request shape>``;
     the readable prefix lets an operator drop one version's entries with
-    SCAN/DEL, the digest bounds key length. The shape (strings, ints, bools and
-    tuples of them) is digested as its ``repr``, canonical for those types and a
-    quarter of the CPU of a JSON dump; replicas on one Python compute the same keys."""
-    digest = hashlib.sha256(repr(shape).encode()).hexdigest()[:32]
+    SCAN/DEL, the digest bounds key length. ``identity`` is the version's
+    ``Manifest.digest``: another registry's version of the number (one made
+    anew, staging beside production on one Redis) is another key. The shape
+    (strings, ints, bools and tuples of them) is digested as its ``repr``,
+    canonical for those types and a quarter of the CPU of a JSON dump; replicas
+    on one Python compute the same keys."""
+    digest = hashlib.sha256(repr((identity, shape)).encode()).hexdigest()[:32]
     return f"recsys:{model}:v{version}:g{generation}:{digest}"
 
 
 def cache_key(model: str, version: int, customer_id: str, k: int, exclusions: frozenset[str],
               recent: tuple[str, ...] = (), exclude_seen: bool = False, *, generation: int = 0,
-              live: tuple[str, ...] = (), filter_key: str = "") -> str:
+              live: tuple[str, ...] = (), filter_key: str = "", identity: str = "") -> str:
     """The key of a Recommend result: ``live`` is what the customer's live
-    history contributed to it, ``filter_key`` the filter's ``Filter.key()``."""
-    return _key(model, version, generation,
+    history contributed to it, ``filter_key`` the filter's ``Filter.key()``,
+    ``identity`` the version's ``Manifest.digest``."""
+    return _key(model, version, generation, identity,
                 (customer_id, k, tuple(sorted(exclusions)), tuple(recent), exclude_seen, tuple(live), filter_key))
 
 
 def similar_key(model: str, version: int, candidate_id: str, k: int, exclusions: frozenset[str], *,
-                generation: int = 0, filter_key: str = "") -> str:
+                generation: int = 0, filter_key: str = "", identity: str = "") -> str:
     """The key of a RecommendSimilar result (its shape starts with a marker no
     customer request has, so the two kinds never share a key)."""
-    return _key(model, version, generation, ("similar", candidate_id, k, tuple(sorted(exclusions)), filter_key))
+    return _key(model, version, generation, identity,
+                ("similar", candidate_id, k, tuple(sorted(exclusions)), filter_key))
 
 
 class ResultCache:

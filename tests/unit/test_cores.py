@@ -387,6 +387,26 @@ async def test_a_warm_up_answers_a_request_as_it_was_asked_exclusions_and_recent
     await recommender.close()
 
 
+async def test_replicas_of_two_registries_sharing_a_cache_never_read_each_others_results(registry, tmp_path):
+    """Staging and production on one Redis (or a registry made anew): each registry's version 1 is another model,
+    and a result of one read as the other's would break the one invariant (a tower and an index of one version)."""
+    other = Registry(tmp_path / "other", tiny.MODEL)
+    tiny.publish(other, 2)  # its version 1 holds the embedding space the first registry's version 2 has
+    cache = ResultCache(CacheConfig(url=f"redis://127.0.0.1:{free_port()}/0"))  # the in-process tier, shared
+    first, _ = query_replica(registry, InProcessIndex(slot(registry, "b", 1)[0]), live=1, cache=cache)
+    second, _ = query_replica(other, InProcessIndex(slot(other, "b", 1)[0]), live=1, cache=cache)
+    for recommend in (first.recommend, second.recommend):
+        await recommend("c001", 3)
+        await asyncio.sleep(0)  # the cache writes run in the background
+    answers = [await first.recommend("c001", 3), await second.recommend("c001", 3)]
+    assert [a.cache_hit for a in answers] == [True, True] and answers[0].ids != answers[1].ids
+    assert answers[0].ids == tiny.exact_top_k(1, "c001", 3) and answers[1].ids == tiny.exact_top_k(2, "c001", 3)
+    similar = [await replica.similar("i001", 3) for replica in (first, second)]
+    assert [s.cache_hit for s in similar] == [False, False]
+    await first.close()
+    await second.close()
+
+
 async def test_a_request_the_warmed_version_refuses_is_left_out_not_its_batch(registry):
     """Version 2 lacks the filter namespace version 1 had: an index slot refuses a search naming it (the
     whole call), as version 2's replica refuses such a request. Warming it would cost its batch."""
