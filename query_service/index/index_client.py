@@ -64,6 +64,8 @@ SEARCHABLE = frozenset({State.READY, State.SERVING})
 _REFUSED_K = re.compile(r"\bk=(\d+) is out of range: ask for 1 to (\d+) candidates")
 # An endpoint silent for this many of its keepalive periods is taken as gone (hung or partitioned).
 MISSED_KEEPALIVES = 3
+# Then given this long more, in which this replica's loop reads what came while it was stalled (``_read_within``).
+STALL_GRACE_S = 0.1
 # A peer address as gRPC writes it in a status's details (up to a ": " or the end), and what replaces it.
 _PEER = re.compile(r"\b(?:ipv4|ipv6|unix|unix-abstract|vsock|dns):[^\s;,]*?(?=:?(?:[\s;,]|$))")
 _HIDDEN_PEER = "<index endpoint>"
@@ -88,6 +90,25 @@ def error_for(e: grpc.aio.AioRpcError, address: str) -> errors.ServingError:
     # gRPC's own details of a failed connection name the peer it tried, resolved ("ipv4:10.0.0.5:50051") or not.
     details = _PEER.sub(_HIDDEN_PEER, e.details() or "").replace(address, _HIDDEN_PEER)
     return _CODE_TO_ERROR.get(e.code(), errors.ServingError)(f"index search failed: {e.code().name}: {details}")
+
+
+async def _read_within(call, silence_s: float):
+    """The stream's next message; TimeoutError if none came within ``silence_s`` and a grace after it.
+
+    The grace is for this replica's own event loop: stalled past ``silence_s`` (a large request parsed on it), its
+    timer fires late, beside keepalives that came meanwhile and are not read yet; a silent endpoint sent none."""
+    # Not wait_for: on Python 3.11 it returns a read that completes as the task is cancelled, and swallows the
+    # cancellation, so a replica's close waited on this stream for ever. asyncio.wait leaves the read running.
+    read = asyncio.ensure_future(call.read())
+    try:
+        for wait_s in (silence_s, STALL_GRACE_S):
+            done, _ = await asyncio.wait({read}, timeout=wait_s)
+            if done:
+                return read.result()
+        raise asyncio.TimeoutError
+    finally:
+        if not read.done():
+            read.cancel()
 
 
 class IndexEndpoint:
@@ -244,10 +265,7 @@ class IndexEndpoint:
             silence_s = 5.0
             try:
                 while True:
-                    # Not wait_for: on Python 3.11 it returns a read that completes as the task is cancelled, and
-                    # swallows the cancellation, so a replica's close waited on this stream for ever.
-                    async with asyncio.timeout(silence_s):
-                        status = await call.read()
+                    status = await _read_within(call, silence_s)
                     if status is grpc.aio.EOF:
                         if self.versions:  # once per drain, not once per reconnect to a drained endpoint
                             log.info("index endpoint %s (slot %s) ended its status stream (draining or stopping): "

@@ -1,0 +1,81 @@
+"""A query replica follows each index endpoint's status stream and routes around one silent for three keepalives.
+Its own event loop stalled past that (a large request parsed on it) must not read as the endpoint's silence: the
+keepalives came meanwhile and wait to be read (the attack review's four 14 MB BatchRecommends dropped a healthy
+index and answered UNAVAILABLE). A real gRPC status stream from a server on its own threads."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+
+from protos.recsys.v1 import retrieval_pb2 as pb
+from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
+from protos.recsys.v1 import versions_pb2
+from query_service.index.index_client import IndexEndpoint
+
+KEEPALIVE_S = 0.1
+
+
+class Keepalives(pb_grpc.IndexServiceServicer):
+    """A status stream holding version 1, a keepalive every ``KEEPALIVE_S`` until ``hung`` is set (then none), until
+    the call ends."""
+
+    def __init__(self):
+        self.hung = threading.Event()
+
+    def WatchStatus(self, request, context):
+        status = pb.IndexStatus(model_name="m", slot="blue", keepalive_s=KEEPALIVE_S, versions=[
+            versions_pb2.VersionStatus(version=1, state=versions_pb2.VERSION_STATE_SERVING)])
+        while context.is_active():
+            if not self.hung.is_set():
+                yield status
+            time.sleep(KEEPALIVE_S)
+
+
+async def following(servicer: Keepalives) -> tuple[grpc.Server, IndexEndpoint, asyncio.Future, list[bool]]:
+    """A server of ``servicer`` on its own threads, and an endpoint following its stream (holding version 1)."""
+    server = grpc.server(ThreadPoolExecutor(2))
+    pb_grpc.add_IndexServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    endpoint = IndexEndpoint(f"127.0.0.1:{port}", model="m")
+    changes: list[bool] = []
+    watch = asyncio.ensure_future(endpoint.watch(lambda: changes.append(endpoint.holds(1))))
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        if endpoint.holds(1):
+            break
+    assert endpoint.holds(1)
+    return server, endpoint, watch, changes
+
+
+async def test_a_stall_of_the_replicas_own_event_loop_is_not_the_endpoints_silence():
+    server, endpoint, watch, changes = await following(Keepalives())
+    try:
+        for _ in range(3):
+            time.sleep(10 * KEEPALIVE_S)  # the event loop blocked past three keepalives (1.0 s against 0.3 s)
+            await asyncio.sleep(2 * KEEPALIVE_S)
+        assert endpoint.holds(1) and all(changes), changes
+    finally:
+        watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)
+        server.stop(None)
+
+
+async def test_an_endpoint_silent_for_three_keepalives_is_routed_around():
+    servicer = Keepalives()
+    server, endpoint, watch, changes = await following(servicer)
+    try:
+        servicer.hung.set()
+        start = time.monotonic()
+        while endpoint.holds(1):
+            await asyncio.sleep(0.01)
+        assert time.monotonic() - start < 3 * KEEPALIVE_S + 0.5 and changes[-1] is False
+    finally:
+        watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)
+        server.stop(None)
