@@ -171,3 +171,26 @@ async def test_calls_whose_requests_never_arrive_hold_no_place_and_the_oldest_ma
                 call.cancel()
     finally:
         await server.stop(0)
+
+
+async def test_the_public_admin_port_runs_a_bounded_number_of_calls():
+    """It had no limit: 20,000 calls held open on it, without a token, grew a replica by 272 MB."""
+    from serving.config import AdminConfig
+    from serving.rpc.admin_rpc import ADMIN_MAX_CONCURRENT_RPCS, start_admin_server
+
+    servicer = Slow()
+    server = await start_admin_server(servicer, AdminConfig())
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            admin = pb_grpc.AdminServiceStub(channel)
+            held = [asyncio.ensure_future(admin.GetStatus(pb.GetStatusRequest(), timeout=10))
+                    for _ in range(ADMIN_MAX_CONCURRENT_RPCS)]
+            await asyncio.wait_for(servicer.entered.wait(), 5)
+            await asyncio.sleep(0.2)  # every one of them is in
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await admin.GetStatus(pb.GetStatusRequest(), timeout=5)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            servicer.release.set()
+            assert {r.model_name for r in await asyncio.gather(*held)} == {"slow"}
+    finally:
+        await server.stop(0)
