@@ -58,6 +58,13 @@ def test_the_climb_scores_a_setting_once_and_stops_where_no_neighbour_is_better(
     assert peak["lift_over_popularity"] == max(lifts[i] for i in visited)
 
 
+def test_without_a_validation_split_each_baseline_takes_the_middle_value_of_each_axis():
+    data, train, test = _split()
+    out = baselines.baselines(train, metrics.prepare(train, test, data.catalog), None, seed=42)
+    assert out["ease"]["setting"] == {"l2": 300.0}
+    assert out["ials"]["setting"] == {"factors": 128, "regularization": 10.0, "alpha": 30.0}  # not a corner
+
+
 def test_strong_baselines_are_chosen_on_validation_and_raise_the_references():
     data, train, test = _split()
     es = metrics.prepare(train, test, data.catalog)

@@ -190,10 +190,12 @@ def baselines(train: Interactions, es: EvalSet, validation: Validation | None = 
     too_big = {"skipped": f"{n} candidates > {dense_max_candidates}: dense item x item matrices (and EASE's "
                           "N^3 inverse per L2) cost too much memory and time"}
 
-    def tuned(name: str, settings: list[dict[str, Any]],
-              make: Callable[[Interactions, EvalSet], Callable[..., ScoreFn]], climb: bool = False) -> None:
-        # Without a validation split there is nothing to choose on: the grid's middle setting.
-        chosen = settings[len(settings) // 2]
+    def tuned(name: str, grid: dict[str, tuple], make: Callable[[Interactions, EvalSet], Callable[..., ScoreFn]],
+              climb: bool = False) -> None:
+        settings = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+        # Without a validation split there is nothing to choose on: each axis's middle value (the middle of the
+        # flattened grid is a corner of it).
+        chosen = {field: values[len(values) // 2] for field, values in grid.items()}
         report: dict[str, Any] = {}
         if validation is not None:
             choice = _choose(settings, make(validation.fit, validation.eval_set), validation, climb)
@@ -202,7 +204,7 @@ def baselines(train: Interactions, es: EvalSet, validation: Validation | None = 
             report = {"validation": choice.validation, "grid": [{k: v for k, v in row.items() if k != "rates"}
                                                                 for row in choice.grid],
                       "choose_seconds": round(choice.seconds, 2)}
-        t0 = time.perf_counter()
+        t0 = time.perf_counter()  # the fit and its evaluation on ``es``
         out[name] = {**hit_rates(make(train, es)(**chosen), es, ks), "setting": chosen, **report,
                      "fit_seconds": round(time.perf_counter() - t0, 2)}
 
@@ -213,15 +215,14 @@ def baselines(train: Interactions, es: EvalSet, validation: Validation | None = 
                               TARGET_KS)
             validation.note_reference(rates)
             out["item_item_cosine"]["validation"] = rates
-        tuned("ease", [{"l2": l2} for l2 in EASE_L2_GRID], _ease_family, climb=True)
+        tuned("ease", {"l2": EASE_L2_GRID}, _ease_family, climb=True)
     else:
         out["item_item_cosine"] = out["ease"] = too_big
-    tuned("ials", [dict(zip(IALS_GRID, values)) for values in itertools.product(*IALS_GRID.values())],
-          lambda data, eval_set: lambda **setting: ials_scores(data, eval_set, seed=seed, **setting))
+    tuned("ials", IALS_GRID, lambda data, eval_set: lambda **setting: ials_scores(data, eval_set, seed=seed, **setting))
     return out
 
 
 def _ease_family(train: Interactions, es: EvalSet) -> Callable[..., ScoreFn]:
-    """l2 -> EASE scores on ``es``, from one decomposition of ``train``'s Gram matrix."""
+    """l2 -> EASE scores on ``es``, from ``train``'s Gram matrix built once (one inverse per l2)."""
     ease = Ease(train, es.catalog)
     return lambda l2: ease.scores(es, l2)
