@@ -43,7 +43,7 @@ class TrainResult:
     model: "TwoTowerModel"
     epochs_run: int
     best_epoch: int
-    train_seconds: float  # time spent in gradient steps only
+    train_seconds: float  # time spent in Keras's fit: gradient steps, the input pipeline, the first epoch's tracing
     examples_per_second: float  # of the whole run: with several workers, all of theirs together
     history: list[dict[str, float]]
     refit_epochs: int = 0  # epochs of the final model's refit on all the data (0: no refit)
