@@ -261,12 +261,12 @@ def refit(train_data: Interactions, config: TrainConfig, stopped: EarlyStopped,
                        stopped.history, refit_epochs, stopped.prior, distribute.replicas())
 
 
-def train(train_data: Interactions, config: TrainConfig | None = None, validation: Validation | None = None,
+def train(train_data: Interactions, config: TrainConfig | None = None,
           log: Callable[[str], None] | None = None) -> TrainResult:
     """Trains one configuration: early stopping on a validation split, then the
     refit (see ``fit_early_stopped`` and ``refit``).
 
-    ``validation`` defaults to a seeded ``config.validation_fraction`` of
+    The validation split is a seeded ``config.validation_fraction`` of
     ``train_data``; with none (fraction 0) the model trains ``max_epochs`` on
     everything and serves without a prior, unless ``config.prior_weight`` pins
     one. The customer vocabulary is every
@@ -277,9 +277,8 @@ def train(train_data: Interactions, config: TrainConfig | None = None, validatio
     log = log or (lambda msg: None)
     if len(train_data) < 2:
         raise ValueError("need at least 2 training interactions")
-    if validation is None:
-        validation = Validation.carve(train_data, config.validation_fraction, config.seed,
-                                      config.max_validation_interactions)
+    validation = Validation.carve(train_data, config.validation_fraction, config.seed,
+                                  config.max_validation_interactions)
     if validation is None:
         model = _new_model(train_data, config)
         seconds, _ = _fit(model, _dataset(train_data, model, config), config.max_epochs)

@@ -71,8 +71,8 @@ class ExportConfig:
     """What to publish and how."""
 
     dataset: str
-    tower: str = "id"
-    seed: int = 42
+    tower: str
+    seed: int
     index: index_builder.IndexConfig = dataclasses.field(default_factory=index_builder.IndexConfig)
     shards: int = 1  # above 1: the candidates split by id (``manifest.shard_of``), a searcher per shard
 

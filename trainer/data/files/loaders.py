@@ -114,8 +114,6 @@ def load_interactions_file(options: DatasetOptions) -> Interactions:
     start = time.perf_counter()
     path = Path(options.data_path)
     fmt = file_format(path, options.format)
-    if options.min_rating is not None and options.rating_col is None:
-        raise ValueError("--min-rating needs --rating-col")
     c = _load_columns(path, fmt, options, options.customer_col, options.candidate_col,
                       options.rating_col, options.time_col)
     read_seconds = time.perf_counter() - start
