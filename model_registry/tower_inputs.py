@@ -27,6 +27,10 @@ HISTORY = "history"
 # it to the training period, so any later serving time reads as its last moments.
 REQUEST_TIME = "request_time"
 STRING, FLOAT = "string", "float"
+# The towers' SavedModel signature and its outputs: the query tower gives both, the candidate tower EMBEDDING.
+SIGNATURE = "serving_default"
+EMBEDDING = "embedding"  # float32 [None, D]
+KNOWN = "known"  # bool [None]: the customer id is in the tower's vocabulary (else the out-of-vocabulary bucket's)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,7 +30,7 @@ from model_registry import manifest as files
 from model_registry.attributes import Attributes
 from model_registry.customers import CustomerStore
 from model_registry.deltas import Delta, read_deltas
-from model_registry.tower_inputs import TowerInputs, check_store, tower_inputs
+from model_registry.tower_inputs import EMBEDDING, KNOWN, SIGNATURE, TowerInputs, check_store, tower_inputs
 from serving.filters import Filter
 from serving.lifecycle.admin import LoadReport
 
@@ -57,7 +57,7 @@ class QueryModel:
             self.takes = TowerInputs.from_signature({name: (tuple(s.shape.as_list()), s.dtype.name)
                                                       for name, s in specs.items()})
             check_store(self.takes, customers)
-            missing = [name for name in ("embedding", "known") if name not in signature.structured_outputs]
+            missing = [name for name in (EMBEDDING, KNOWN) if name not in signature.structured_outputs]
             if missing:
                 raise ValueError(f"the query tower gives no {' or '.join(missing)} output "
                                  f"(its outputs: {sorted(signature.structured_outputs)})")
@@ -103,7 +103,7 @@ class QueryModel:
         start = time.perf_counter()
         version_dir = Path(version_dir)
         try:
-            signature = tf.saved_model.load(str(version_dir / files.QUERY_TOWER_DIR)).signatures["serving_default"]
+            signature = tf.saved_model.load(str(version_dir / files.QUERY_TOWER_DIR)).signatures[SIGNATURE]
         except (OSError, KeyError, ValueError) as e:
             raise VersionError(f"version {manifest.version}: query tower does not load: {e}") from e
         popular_ids, popular_scores = files.read_popular(version_dir, manifest.version)
@@ -188,7 +188,7 @@ class QueryModel:
         """One call of the SavedModel signature with the contract's inputs."""
         inputs = tower_inputs(self.takes, self.customers, customer_ids, recent=recent, request_time=time.time())
         out = self._signature(**{name: tf.constant(value, dtype=self._dtypes[name]) for name, value in inputs.items()})
-        return out["embedding"].numpy(), out["known"].numpy()
+        return out[EMBEDDING].numpy(), out[KNOWN].numpy()
 
     def seen(self, customer_id: str) -> frozenset[str]:
         """The customer's training-time items; empty if the version stores none."""

@@ -23,7 +23,7 @@ import numpy as np
 from model_registry import Manifest, VersionError
 from model_registry import manifest as files
 from model_registry.ids import index_of
-from model_registry.tower_inputs import CANDIDATE_ID
+from model_registry.tower_inputs import CANDIDATE_ID, EMBEDDING, SIGNATURE
 
 BATCH = 4096
 
@@ -56,7 +56,7 @@ class CandidateTower:
         import tensorflow as tf
 
         module = tf.saved_model.load(str(version_dir / files.CANDIDATE_TOWER_DIR))
-        signature = module.signatures["serving_default"]
+        signature = module.signatures[SIGNATURE]
         specs = {name: spec for name, spec in signature.structured_input_signature[1].items() if name != CANDIDATE_ID}
         numeric = frozenset(name for name, spec in specs.items() if spec.dtype != tf.string)
         with_prior = bool(module.prior_columns.numpy())
@@ -109,7 +109,7 @@ class CandidateTower:
         parts = []
         for start in range(0, len(ids), BATCH):
             batch = {name: values[start:start + BATCH] for name, values in inputs.items()}
-            parts.append(self._signature(**{CANDIDATE_ID: id_array[start:start + BATCH], **batch})["embedding"]
+            parts.append(self._signature(**{CANDIDATE_ID: id_array[start:start + BATCH], **batch})[EMBEDDING]
                          .numpy())
         vectors = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
         if self._published is not None and len(ids):

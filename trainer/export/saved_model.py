@@ -12,7 +12,7 @@ import settings.tf_env  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlo
 
 import tensorflow as tf
 
-from model_registry.tower_inputs import CANDIDATE_ID
+from model_registry.tower_inputs import CANDIDATE_ID, EMBEDDING, KNOWN, SIGNATURE
 from trainer.towers.blocks import NUMERIC, CandidateTower
 from trainer.towers.query import QueryTower
 
@@ -39,7 +39,7 @@ class QueryTowerModule(tf.Module):
         if self.prior_constant is not None:
             column = tf.fill([tf.shape(embedding)[0], 1], tf.constant(self.prior_constant, tf.float32))
             embedding = tf.concat([embedding, column], axis=1)
-        return {"embedding": embedding, "known": self.tower.known(inputs)}
+        return {EMBEDDING: embedding, KNOWN: self.tower.known(inputs)}
 
 
 class CandidateTowerModule(tf.Module):
@@ -67,11 +67,11 @@ class CandidateTowerModule(tf.Module):
         raw = {name: inputs[name] for name in self.tower.encoder.feature_kinds}
         embedding = tf.cast(self.tower.embed_features(inputs[CANDIDATE_ID], raw), tf.float32)
         column = tf.zeros([tf.shape(embedding)[0], self.prior_columns], tf.float32)
-        return {"embedding": tf.concat([embedding, column], axis=1)}
+        return {EMBEDDING: tf.concat([embedding, column], axis=1)}
 
 
 def _save(module: tf.Module, path: Path) -> None:
-    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve.get_concrete_function()})
+    tf.saved_model.save(module, str(path), signatures={SIGNATURE: module.serve.get_concrete_function()})
 
 
 def save_query_tower(tower: QueryTower, path: Path, prior_constant: float | None = None) -> None:
