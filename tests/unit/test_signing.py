@@ -47,16 +47,21 @@ def test_a_signed_version_verifies_with_its_key_only(tmp_path, keys):
         signing.verify(registry.version_dir(unsigned.version), signing.public_key(public))
 
 
-def test_a_file_changed_with_its_sha256_recomputed_is_caught_by_the_signature(tmp_path, keys):
-    key, public, _ = keys
-    registry = Registry(tmp_path / "reg", "m", signing_key=key)
-    version_dir = registry.version_dir(registry.publish(_writer()).version)
-    # The attack: shift the candidate ids by one and fix up the manifest's sha256 to match.
+def _ids_shifted(version_dir) -> dict:
+    """The attack: shifts the version's candidate ids by one; returns its manifest with their sha256 fixed up to
+    match (not written)."""
     ids = np.load(version_dir / mf.CANDIDATE_IDS_FILE)
     np.save(version_dir / mf.CANDIDATE_IDS_FILE, np.roll(ids, 1), allow_pickle=False)
     raw = json.loads((version_dir / mf.MANIFEST_FILE).read_text())
     raw["files"][mf.CANDIDATE_IDS_FILE] = mf.sha256_file(version_dir / mf.CANDIDATE_IDS_FILE)
-    (version_dir / mf.MANIFEST_FILE).write_text(json.dumps(raw))
+    return raw
+
+
+def test_a_file_changed_with_its_sha256_recomputed_is_caught_by_the_signature(tmp_path, keys):
+    key, public, _ = keys
+    registry = Registry(tmp_path / "reg", "m", signing_key=key)
+    version_dir = registry.version_dir(registry.publish(_writer()).version)
+    (version_dir / mf.MANIFEST_FILE).write_text(json.dumps(_ids_shifted(version_dir)))
     assert verify_version(version_dir).version == 1  # the checksums alone are fooled
     with pytest.raises(VersionError, match="does not match its signature"):
         signing.verify(version_dir, signing.public_key(public))
@@ -69,10 +74,7 @@ def test_a_manifest_swapped_after_its_signature_was_checked_is_not_the_one_loade
     registry = Registry(tmp_path / "reg", "m", signing_key=key)
     version_dir = registry.version_dir(registry.publish(_writer()).version)
     # The attack above, its forged manifest swapped in just after the signature check read the signed one.
-    ids = np.load(version_dir / mf.CANDIDATE_IDS_FILE)
-    np.save(version_dir / mf.CANDIDATE_IDS_FILE, np.roll(ids, 1), allow_pickle=False)
-    forged = json.loads((version_dir / mf.MANIFEST_FILE).read_text())
-    forged["files"][mf.CANDIDATE_IDS_FILE] = mf.sha256_file(version_dir / mf.CANDIDATE_IDS_FILE)
+    forged = _ids_shifted(version_dir)
     checked = signing.verify
 
     def then_swapped(directory, public_key):
