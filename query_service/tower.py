@@ -15,6 +15,7 @@ concrete function is stateless); everything else is read-only after load.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -42,6 +43,14 @@ MAX_PRECOMPUTED_CUSTOMERS = 5_000_000
 PRECOMPUTE_BATCH = 8192
 # Candidate ids are hashed this many at a time: the transient Python strings stay a few MB at any catalogue size.
 ID_HASH_CHUNK = 65536
+
+
+@dataclasses.dataclass(frozen=True)
+class CatalogueState:
+    """The catalogue deltas a loaded version has taken in (``generation``) and the candidates deleted by them."""
+
+    generation: int = 0
+    deleted: frozenset[str] = frozenset()
 
 
 class QueryModel:
@@ -74,20 +83,26 @@ class QueryModel:
         # The version's attribute namespaces: a filter naming another is refused here, before any search.
         self.token_namespaces: frozenset[str] = frozenset()
         self.numeric_namespaces: frozenset[str] = frozenset()
-        # Catalogue deltas taken in (model_registry.deltas): deleted candidates leave the fallback.
-        self.catalogue_generation = 0
-        self._deleted: set[str] = set()
+        # Catalogue deltas taken in (model_registry.deltas): deleted candidates leave the fallback. The generation
+        # and its deleted set are one snapshot, replaced whole: a delta is taken in on a worker thread while the
+        # event loop reads them (changed in place, an answer named a generation it did not match).
+        self.catalogue = CatalogueState()
         # The version's own candidate ids as sorted 64-bit hashes (8 MB at 1M candidates, where a set of the
         # ids would hold ~100 MB), only to tell a delta's new ids from held ones for the count; a collision
         # miscounts one delta id with odds of about candidates / 2**64.
         self._held = np.zeros(0, np.int64)
         self._added: set[str] = set()  # upserted ids the version did not hold, not deleted since
-        self._deleted_held = 0  # how many of ``_deleted`` the version held
+        self._deleted_held = 0  # how many of ``catalogue.deleted`` the version held
         self._num_candidates = manifest.num_candidates
 
     @property
     def version(self) -> int:
         return self.manifest.version
+
+    @property
+    def catalogue_generation(self) -> int:
+        """The catalogue deltas taken in."""
+        return self.catalogue.generation
 
     @property
     def num_candidates(self) -> int:
@@ -201,13 +216,12 @@ class QueryModel:
     def apply_catalogue(self, deltas: list[Delta], generation: int) -> None:
         """Takes in the version's catalogue deltas up to ``generation`` (those
         after ``catalogue_generation``): a deleted candidate leaves the
-        popularity fallback, an upsert brings it back. The deleted set changes
-        before the generation moves, so a request that reads the new generation
-        (its cache key) also sees the deletions. The candidate count follows:
+        popularity fallback, an upsert brings it back. The new deleted set and
+        generation replace ``catalogue`` in one assignment. The candidate count follows:
         an upserted id the version did not hold adds one, a deleted id it held
         (or added) takes one away. Only the deltas' own ids are looked at, so a
         delta costs the same however many deletions came before it."""
-        deleted, added = self._deleted, self._added
+        deleted, added = set(self.catalogue.deleted), self._added
         for delta in deltas:
             upserted = delta.ids.tolist()
             for candidate, held in zip(upserted, self._holds(upserted).tolist()):
@@ -223,7 +237,7 @@ class QueryModel:
                     deleted.add(candidate)
                     self._deleted_held += held
         self._num_candidates = self.manifest.num_candidates + len(added) - self._deleted_held
-        self.catalogue_generation = generation
+        self.catalogue = CatalogueState(generation, frozenset(deleted))
 
     def _holds(self, ids: list[str]) -> np.ndarray:
         """Whether the version itself (before any delta) holds each of ``ids``."""
@@ -232,10 +246,12 @@ class QueryModel:
         hashes = np.fromiter(map(hash, ids), np.int64, len(ids))
         return self._held[np.minimum(np.searchsorted(self._held, hashes), len(self._held) - 1)] == hashes
 
-    def popular(self, k: int, excluded: frozenset[str]) -> tuple[list[str], list[float]]:
-        """The version's k most popular candidates that are neither excluded nor deleted."""
+    def popular(self, k: int, excluded: frozenset[str], catalogue: CatalogueState | None = None
+                ) -> tuple[list[str], list[float]]:
+        """The version's k most popular candidates that are neither excluded nor deleted at ``catalogue`` (a
+        snapshot the caller read its generation from; default: the current one)."""
         ids, scores = [], []
-        deleted = self._deleted
+        deleted = (catalogue or self.catalogue).deleted
         for candidate, score in zip(self.popular_ids, self.popular_scores):
             if candidate not in excluded and candidate not in deleted:
                 ids.append(candidate)

@@ -133,8 +133,8 @@ class MissPath:
         which alone holds the attributes a filter reads."""
         model = misses[0].model
         vectors, known = await self.embed(model, [m.customer_id for m in misses], [m.history for m in misses])
-        # Read before the popular list: its deletions are then at least this generation's.
-        generation = model.catalogue_generation
+        catalogue = model.catalogue  # one snapshot: the popular lists' deletions are exactly its generation's
+        generation = catalogue.generation
         results: list = [None] * len(misses)
         asked: list[tuple[int, str]] = []  # (miss, source) per index query
         queries: list[IndexQuery] = []
@@ -148,7 +148,7 @@ class MissPath:
                 queries.append(IndexQuery(None, miss.k, miss.exclusions, miss.filter, by_popularity=True,
                                           min_generation=miss.generation))
             else:
-                ids, scores = model.popular(miss.k, miss.exclusions)
+                ids, scores = model.popular(miss.k, miss.exclusions, catalogue)
                 results[i] = Answer(ids, scores, SOURCE_POPULARITY, generation)
                 if len(ids) < miss.k:
                     # The popular list ran out (it holds the most popular only, less what is excluded or
