@@ -40,7 +40,10 @@ def merge_hits(parts: list[IndexHits], k: int, max_per_value: int = 0) -> IndexH
     lives in one shard), at most ``max_per_value`` of them sharing a crowding
     token (0: no crowding), kept greedily by score from the shards' answers
     (``TOKENS_ONLY``: uncrowded, each result naming its tokens). The generation is
-    the lowest answered: a cache keyed by it never holds an answer older than its key."""
+    the lowest answered: a cache keyed by it never holds an answer older than its key.
+    Parts of different generations (shards mid-way through a catalogue rollout) make an
+    answer that matches none: it is flagged ``changing``, as a part searched while a
+    delta applied is, and so answered but never cached."""
     ids = [i for part in parts for i in part.ids]
     scores = [s for part in parts for s in part.scores]
     # Stable, equal scores in the shards' order: a crowded merge sorts up to 3,000 results, and a tuple of each
@@ -67,7 +70,7 @@ def merge_hits(parts: list[IndexHits], k: int, max_per_value: int = 0) -> IndexH
         order = kept
     order = order[:k]
     return IndexHits([ids[n] for n in order], [scores[n] for n in order], min(p.generation for p in parts),
-                     changing=any(p.changing for p in parts))
+                     changing=any(p.changing for p in parts) or len({p.generation for p in parts}) > 1)
 
 
 def shard_depth(k: int, f: Filter, shards: int, max_k: int = validation.DEFAULT_MAX_K) -> int:
@@ -106,7 +109,7 @@ def union(first: IndexHits, more: IndexHits) -> IndexHits:
     return IndexHits(first.ids + [more.ids[j] for j in extra], first.scores + [more.scores[j] for j in extra],
                      min(first.generation, more.generation),
                      crowding=list(first.crowding or ()) + [(more.crowding or [])[j] for j in extra],
-                     changing=first.changing or more.changing)
+                     changing=first.changing or more.changing or first.generation != more.generation)
 
 
 class Ask(NamedTuple):

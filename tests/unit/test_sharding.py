@@ -14,7 +14,7 @@ from model_registry import Registry, VersionError, verify_version
 from model_registry import manifest as files
 from model_registry.attributes import Attributes
 from model_registry.deltas import Delta
-from query_service.index.merge import merge_hits
+from query_service.index.merge import merge_hits, union
 from query_service.index.routing import IndexRouter, RoutingConfig
 from query_service.index.searches import IndexHits, IndexQuery, SimilarQuery
 from serving import validation
@@ -79,6 +79,12 @@ def test_each_shard_holds_its_own_candidates_and_merged_answers_are_the_whole_in
             assert merged.ids == want.ids
             np.testing.assert_allclose(merged.scores, want.scores, rtol=1e-5)
             assert merged.generation == 0  # the lowest of the shards'
+            # Shards at different generations (mid-way through a catalogue rollout) match none: never cached.
+            assert merged.changing == (SHARDS > 1)
+    same = merge_hits([IndexHits(["a"], [1.0], generation=3), IndexHits(["b"], [0.5], generation=3)], 2)
+    assert (same.generation, same.changing) == (3, False)
+    mixed = union(IndexHits(["a"], [1.0], 3, crowding=[()]), IndexHits(["b"], [0.5], 2, crowding=[()]))
+    assert (mixed.generation, mixed.changing) == (2, True)
 
 
 def test_a_delta_upserts_into_the_owning_shard_and_deletes_everywhere(registry):
