@@ -177,7 +177,8 @@ class SlotAdmin(VersionAdmin[CandidateIndex]):
             f" (--slot {close[0]}?)" if close else "")
 
     def _check_idle(self, held: int) -> None:
-        idle_s = time.monotonic() - self._last_search()
+        last = self._last_search()  # before the clock: a search the event loop records meanwhile is not "-0.1 s ago"
+        idle_s = time.monotonic() - last
         if idle_s < self.busy_window_s:
             raise FailedPrecondition(
                 f"slot {self.slot!r} answered a search for version {held} {idle_s:.1f} s ago: it serves traffic. "

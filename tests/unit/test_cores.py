@@ -122,6 +122,16 @@ def query_replica(registry: Registry, index: InProcessIndex, live: int, rollback
 # ------------------------------------------------------------------ index slots
 
 
+async def test_a_slot_with_no_busy_window_loads_even_as_a_search_lands(registry):
+    """The loader thread read the clock, then the last search's time, which the event loop could set in between:
+    with --busy-window-s 0 a load was refused as "answered a search for version 1 -0.1 s ago"."""
+    manager: VersionManager[CandidateIndex] = VersionManager(tiny.MODEL)
+    loader = Loader(registry, lambda path, manifest: CandidateIndex.load(path, manifest, 0.9), "index", Background.IDLE)
+    admin = SlotAdmin("blue", registry, manager, loader, time.monotonic, 0.0)  # a search lands at every look
+    admin.start(StartupVersions(1))
+    assert (await admin.load(2)).live_version == 2
+
+
 async def test_index_core_answers_pinned_searches_of_what_it_holds(registry):
     core, _ = slot(registry, "blue", 1)
     query = tiny.embeddings(1)[0][3]
