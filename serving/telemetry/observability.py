@@ -63,11 +63,12 @@ access_log = logging.getLogger("serving.access")
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
-# Ids this process makes: a random prefix per process and a counter, unique
-# across replicas and far cheaper per request than a uuid4.
 # Health watches (a balancer's: one a client channel) and reflection streams a server with a call limit holds at
 # once, beside its calls: unbounded, 20,000 watches grew a replica by 287 MB (~14 KB each).
 MAX_PROBE_STREAMS = 2_000
+
+# Ids this process makes: a random prefix per process and a counter, unique
+# across replicas and far cheaper per request than a uuid4.
 _ID_PREFIX = secrets.token_hex(4)
 _ID_COUNTER = itertools.count(1)
 
