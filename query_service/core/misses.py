@@ -133,7 +133,7 @@ class MissPath:
         which alone holds the attributes a filter reads."""
         model = misses[0].model
         vectors, known = await self.embed(model, [m.customer_id for m in misses], [m.history for m in misses])
-        catalogue = model.catalogue  # one snapshot: the popular lists' deletions are exactly its generation's
+        catalogue = model.catalogue  # one snapshot: the popular list's deletions are exactly its generation's
         generation = catalogue.generation
         results: list = [None] * len(misses)
         asked: list[tuple[int, str]] = []  # (miss, source) per index query

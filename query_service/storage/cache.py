@@ -1,7 +1,8 @@
 """Result cache: a bounded in-process LRU in front of Redis.
 
-Keys carry model, version and catalogue generation, so neither a promotion
-nor a catalogue delta can serve results of the catalogue before; values expire
+Keys carry model, version (and its manifest's digest) and catalogue generation,
+so neither a promotion nor a catalogue delta can serve results of the catalogue
+before, nor another registry's version of the number; values expire
 after a bounded TTL. A key names everything a result depends on (version,
 generation, customer, k, exclusions, recent and live items, filter), so an
 entry can never be stale within its TTL, and the in-process tier needs no
