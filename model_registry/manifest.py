@@ -192,8 +192,15 @@ def sha256_file(path: Path) -> str:
 
 
 def _version_files(directory: Path) -> dict[str, Path]:
-    """Every regular file under ``directory`` except the manifest and its signature, by relative name."""
-    return {str(p.relative_to(directory)): p for p in sorted(directory.rglob("*"))
+    """Every regular file under ``directory`` except the manifest and its signature, by relative name. Raises
+    VersionError for a symbolic link: a version's files are its own (one pointing out of the registry passed every
+    check, its target then changed where the registry's permissions do not reach)."""
+    entries = sorted(directory.rglob("*"))
+    links = [str(p.relative_to(directory)) for p in entries if p.is_symlink()]
+    if links:
+        raise VersionError(f"{directory} holds symbolic links ({', '.join(links[:3])}): a version's files are "
+                           "regular files of its own folder; republish it")
+    return {str(p.relative_to(directory)): p for p in entries
             if p.is_file() and p.relative_to(directory).as_posix() not in (MANIFEST_FILE, SIGNATURE_FILE)}
 
 

@@ -153,6 +153,21 @@ def test_each_service_checksums_the_files_it_reads(tmp_path):
             verify_version(vdir, reads)
 
 
+def test_a_file_replaced_by_a_link_out_of_the_registry_fails_verification(tmp_path):
+    """Its target held the same bytes, so every checksum passed, and was then changed where the registry's
+    permissions do not reach (the attack review)."""
+    reg = Registry(tmp_path / "registry", "m")
+    reg.publish(_writer())
+    ids = reg.version_dir(1) / mf.CANDIDATE_IDS_FILE
+    outside = tmp_path / "elsewhere.npy"
+    outside.write_bytes(ids.read_bytes())
+    ids.unlink()
+    ids.symlink_to(outside)
+    for reads in (None, mf.INDEX_READS):
+        with pytest.raises(VersionError, match=f"holds symbolic links \\({mf.CANDIDATE_IDS_FILE}\\)"):
+            verify_version(reg.version_dir(1), reads)
+
+
 def test_missing_and_extra_files_fail_verification(tmp_path):
     reg = Registry(tmp_path, "m")
     reg.publish(_writer())
