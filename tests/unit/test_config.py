@@ -60,7 +60,7 @@ def test_an_admin_token_a_grpc_header_cannot_carry_is_refused(token):
 
 
 def test_an_admin_token_from_the_environment_loses_its_line_break(monkeypatch):
-    monkeypatch.setenv("RECSYS_ADMIN_TOKEN", "s3cret\n")  # as `export RECSYS_ADMIN_TOKEN=$(cat f; echo)` sets it
+    monkeypatch.setenv("RECSYS_ADMIN_TOKEN", "s3cret\n")  # a Secret made of a file ending in a line break
     assert env_secret("admin-token") == "s3cret"
 
 
