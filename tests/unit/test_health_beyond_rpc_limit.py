@@ -7,7 +7,8 @@ gRPC servers, no model."""
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+import contextlib
+from typing import AsyncIterator, Callable
 
 import grpc
 import prometheus_client
@@ -18,7 +19,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from protos.recsys.v1 import admin_pb2 as pb
 from protos.recsys.v1 import admin_pb2_grpc as pb_grpc
 from protos.recsys.v1 import retrieval_pb2, retrieval_pb2_grpc
-from serving.rpc.grpc_server import ServiceSpec, map_errors, start_server
+from serving.rpc.grpc_server import RunningServer, ServiceSpec, map_errors, start_server
 from serving.telemetry import observability
 from serving.telemetry.observability import REQUEST_ID_KEY
 
@@ -64,77 +65,82 @@ class Watched(retrieval_pb2_grpc.IndexServiceServicer):
         await asyncio.Event().wait()
 
 
-async def start_limited(max_concurrent_rpcs: int, admin: pb_grpc.AdminServiceServicer):
-    return await start_server([ServiceSpec(pb_grpc.add_AdminServiceServicer_to_server, admin, ADMIN),
-                               ServiceSpec(retrieval_pb2_grpc.add_IndexServiceServicer_to_server, Watched(), INDEX)],
-                              "127.0.0.1", 0, max_concurrent_rpcs=max_concurrent_rpcs)
+async def start_limited(max_concurrent_rpcs: int, admin: pb_grpc.AdminServiceServicer) -> RunningServer:
+    """A serving server of ``admin`` and ``Watched`` that runs ``max_concurrent_rpcs`` calls at once."""
+    server = await start_server([ServiceSpec(pb_grpc.add_AdminServiceServicer_to_server, admin, ADMIN),
+                                 ServiceSpec(retrieval_pb2_grpc.add_IndexServiceServicer_to_server, Watched(), INDEX)],
+                                "127.0.0.1", 0, max_concurrent_rpcs=max_concurrent_rpcs)
+    await server.set_serving(True)
+    return server
+
+
+@contextlib.asynccontextmanager
+async def channel_to(server: RunningServer) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel to ``server``, which is stopped after."""
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            yield channel
+    finally:
+        await server.stop(0)
 
 
 async def test_health_and_reflection_are_answered_at_the_limit_and_hold_no_place():
     servicer = Slow()
     server = await start_limited(1, servicer)
-    await server.set_serving(True)
     before = refused_count("GetStatus")
     list_services = reflection_pb2.ServerReflectionRequest(list_services="")
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            admin, health = pb_grpc.AdminServiceStub(channel), health_pb2_grpc.HealthStub(channel)
-            slow = asyncio.ensure_future(admin.GetStatus(pb.GetStatusRequest(), timeout=10))
-            await asyncio.wait_for(servicer.entered.wait(), 5)  # the only place is taken
-            assert (await health.Check(health_pb2.HealthCheckRequest(), timeout=5)).status == SERVING
-            watches = [health.Watch(health_pb2.HealthCheckRequest()) for _ in range(3)]
-            for watch in watches:
-                assert (await watch.read()).status == SERVING
-            listed = [r async for r in reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
-                iter([list_services]), timeout=5)]
-            assert ADMIN in {s.name for s in listed[0].list_services_response.service}
-            with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await admin.GetStatus(pb.GetStatusRequest(), timeout=5)
-            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "--max-concurrent-rpcs" in refused.value.details()
-            assert await settled(lambda: refused_count("GetStatus") - before, 1) == 1
-            servicer.release.set()
-            assert (await slow).model_name == "slow"
-            # The three health watches are still open and hold no place: the next real call is answered.
-            assert (await admin.GetStatus(pb.GetStatusRequest(), timeout=5)).model_name == "slow"
-            for watch in watches:
-                watch.cancel()
-    finally:
-        await server.stop(0)
+    async with channel_to(server) as channel:
+        admin, health = pb_grpc.AdminServiceStub(channel), health_pb2_grpc.HealthStub(channel)
+        slow = asyncio.ensure_future(admin.GetStatus(pb.GetStatusRequest(), timeout=10))
+        await asyncio.wait_for(servicer.entered.wait(), 5)  # the only place is taken
+        assert (await health.Check(health_pb2.HealthCheckRequest(), timeout=5)).status == SERVING
+        watches = [health.Watch(health_pb2.HealthCheckRequest()) for _ in range(3)]
+        for watch in watches:
+            assert (await watch.read()).status == SERVING
+        listed = [r async for r in reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([list_services]), timeout=5)]
+        assert ADMIN in {s.name for s in listed[0].list_services_response.service}
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await admin.GetStatus(pb.GetStatusRequest(), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "--max-concurrent-rpcs" in refused.value.details()
+        assert await settled(lambda: refused_count("GetStatus") - before, 1) == 1
+        servicer.release.set()
+        assert (await slow).model_name == "slow"
+        # The three health watches are still open and hold no place: the next real call is answered.
+        assert (await admin.GetStatus(pb.GetStatusRequest(), timeout=5)).model_name == "slow"
+        for watch in watches:
+            watch.cancel()
 
 
 async def test_real_status_streams_hold_places_and_calls_beyond_are_refused_and_counted():
     servicer = Slow()
     servicer.release.set()
     server = await start_limited(2, servicer)
-    await server.set_serving(True)
     before = refused_count("GetStatus")
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            admin, index = pb_grpc.AdminServiceStub(channel), retrieval_pb2_grpc.IndexServiceStub(channel)
-            # Two status streams hold both places, as a query tier's watchers of an index do.
-            watchers = [index.WatchStatus(retrieval_pb2.WatchStatusRequest()) for _ in range(2)]
-            for watcher in watchers:
-                await watcher.read()
-            for _ in range(20):
-                with pytest.raises(grpc.aio.AioRpcError) as refused:
-                    await admin.GetStatus(pb.GetStatusRequest(), timeout=5)
-                assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert await settled(lambda: refused_count("GetStatus") - before, 20) == 20
-            assert "--max-concurrent-rpcs" in refused.value.details()
-            assert dict(refused.value.trailing_metadata()).get(REQUEST_ID_KEY)
-            third = index.WatchStatus(retrieval_pb2.WatchStatusRequest())
-            with pytest.raises(grpc.aio.AioRpcError) as stream_refused:
-                await third.read()
-            assert stream_refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert (await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
-                                                                     timeout=5)).status == SERVING
-            watchers[0].cancel()
-            await asyncio.sleep(0.2)  # the server sees the cancellation
-            assert (await admin.GetStatus(pb.GetStatusRequest(), timeout=5)).model_name == "slow"
-            watchers[1].cancel()
-    finally:
-        await server.stop(0)
+    async with channel_to(server) as channel:
+        admin, index = pb_grpc.AdminServiceStub(channel), retrieval_pb2_grpc.IndexServiceStub(channel)
+        # Two status streams hold both places, as a query tier's watchers of an index do.
+        watchers = [index.WatchStatus(retrieval_pb2.WatchStatusRequest()) for _ in range(2)]
+        for watcher in watchers:
+            await watcher.read()
+        for _ in range(20):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await admin.GetStatus(pb.GetStatusRequest(), timeout=5)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert await settled(lambda: refused_count("GetStatus") - before, 20) == 20
+        assert "--max-concurrent-rpcs" in refused.value.details()
+        assert dict(refused.value.trailing_metadata()).get(REQUEST_ID_KEY)
+        third = index.WatchStatus(retrieval_pb2.WatchStatusRequest())
+        with pytest.raises(grpc.aio.AioRpcError) as stream_refused:
+            await third.read()
+        assert stream_refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert (await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
+                                                                 timeout=5)).status == SERVING
+        watchers[0].cancel()
+        await asyncio.sleep(0.2)  # the server sees the cancellation
+        assert (await admin.GetStatus(pb.GetStatusRequest(), timeout=5)).model_name == "slow"
+        watchers[1].cancel()
 
 
 def unreceived_count(method: str) -> float:
@@ -148,7 +154,6 @@ async def test_calls_whose_requests_never_arrive_hold_no_place_and_the_oldest_ma
     servicer = Slow()
     servicer.release.set()
     server = await start_limited(3, servicer)
-    await server.set_serving(True)
     before = unreceived_count("GetStatus")
     never = asyncio.Event()
 
@@ -156,22 +161,18 @@ async def test_calls_whose_requests_never_arrive_hold_no_place_and_the_oldest_ma
         await never.wait()
         yield b""
 
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as attacker, \
-                grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            held = [attacker.stream_stream(f"/{ADMIN}/GetStatus", request_serializer=bytes,
-                                           response_deserializer=bytes)(never_sends()) for _ in range(10)]
-            await asyncio.sleep(0.5)  # their headers are in: each waits on its request
-            admin = pb_grpc.AdminServiceStub(channel)
-            for _ in range(5):
-                assert (await admin.GetStatus(pb.GetStatusRequest(), timeout=5)).model_name == "slow"
-            # At most three (the limit) wait at once, each newer call making the oldest waiting one make way: seven
-            # of the ten, then one more for the first real call (its headers come before its request).
-            assert await settled(lambda: unreceived_count("GetStatus") - before, 8) == 8
-            for call in held:
-                call.cancel()
-    finally:
-        await server.stop(0)
+    async with channel_to(server) as channel, grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as attacker:
+        held = [attacker.stream_stream(f"/{ADMIN}/GetStatus", request_serializer=bytes,
+                                       response_deserializer=bytes)(never_sends()) for _ in range(10)]
+        await asyncio.sleep(0.5)  # their headers are in: each waits on its request
+        admin = pb_grpc.AdminServiceStub(channel)
+        for _ in range(5):
+            assert (await admin.GetStatus(pb.GetStatusRequest(), timeout=5)).model_name == "slow"
+        # At most three (the limit) wait at once, each newer call making the oldest waiting one make way: seven
+        # of the ten, then one more for the first real call (its headers come before its request).
+        assert await settled(lambda: unreceived_count("GetStatus") - before, 8) == 8
+        for call in held:
+            call.cancel()
 
 
 async def test_the_public_admin_port_runs_a_bounded_number_of_calls():
@@ -181,20 +182,17 @@ async def test_the_public_admin_port_runs_a_bounded_number_of_calls():
 
     servicer = Slow()
     server = await start_admin_server(servicer, AdminConfig())
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            admin = pb_grpc.AdminServiceStub(channel)
-            held = [asyncio.ensure_future(admin.GetStatus(pb.GetStatusRequest(), timeout=10))
-                    for _ in range(ADMIN_MAX_CONCURRENT_RPCS)]
-            await asyncio.wait_for(servicer.entered.wait(), 5)
-            await asyncio.sleep(0.2)  # every one of them is in
-            with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await admin.GetStatus(pb.GetStatusRequest(), timeout=5)
-            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            servicer.release.set()
-            assert {r.model_name for r in await asyncio.gather(*held)} == {"slow"}
-    finally:
-        await server.stop(0)
+    async with channel_to(server) as channel:
+        admin = pb_grpc.AdminServiceStub(channel)
+        held = [asyncio.ensure_future(admin.GetStatus(pb.GetStatusRequest(), timeout=10))
+                for _ in range(ADMIN_MAX_CONCURRENT_RPCS)]
+        await asyncio.wait_for(servicer.entered.wait(), 5)
+        await asyncio.sleep(0.2)  # every one of them is in
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await admin.GetStatus(pb.GetStatusRequest(), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        servicer.release.set()
+        assert {r.model_name for r in await asyncio.gather(*held)} == {"slow"}
 
 
 async def test_health_watches_have_a_limit_of_their_own(monkeypatch):
@@ -203,22 +201,18 @@ async def test_health_watches_have_a_limit_of_their_own(monkeypatch):
     servicer = Slow()
     servicer.release.set()
     server = await start_limited(2, servicer)
-    await server.set_serving(True)
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            watches = [health.Watch(health_pb2.HealthCheckRequest()) for _ in range(2)]
-            for watch in watches:
-                assert (await watch.read()).status == SERVING
-            with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await health.Watch(health_pb2.HealthCheckRequest()).read()
-            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "health watches" in \
-                refused.value.details()
-            # Checks and real calls are still answered, and a watch ended makes way for another.
-            assert (await health.Check(health_pb2.HealthCheckRequest(), timeout=5)).status == SERVING
-            assert (await pb_grpc.AdminServiceStub(channel).GetStatus(pb.GetStatusRequest(), timeout=5)).model_name
-            watches[0].cancel()
-            await asyncio.sleep(0.2)  # the server sees the cancellation
-            assert (await health.Watch(health_pb2.HealthCheckRequest()).read()).status == SERVING
-    finally:
-        await server.stop(0)
+    async with channel_to(server) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        watches = [health.Watch(health_pb2.HealthCheckRequest()) for _ in range(2)]
+        for watch in watches:
+            assert (await watch.read()).status == SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await health.Watch(health_pb2.HealthCheckRequest()).read()
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "health watches" in \
+            refused.value.details()
+        # Checks and real calls are still answered, and a watch ended makes way for another.
+        assert (await health.Check(health_pb2.HealthCheckRequest(), timeout=5)).status == SERVING
+        assert (await pb_grpc.AdminServiceStub(channel).GetStatus(pb.GetStatusRequest(), timeout=5)).model_name
+        watches[0].cancel()
+        await asyncio.sleep(0.2)  # the server sees the cancellation
+        assert (await health.Watch(health_pb2.HealthCheckRequest()).read()).status == SERVING
