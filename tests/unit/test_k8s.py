@@ -10,7 +10,8 @@ gRPC probes on their data port asking for a health service name the server
 reports, each index slot has a headless Service, every Deployment and
 StatefulSet has a PodDisruptionBudget (and, serving metrics, the annotations
 Prometheus finds it by), the servers log JSON lines, and the query service's
-index endpoint list names every pod of every index slot. Where slots are sharded, every slot
+index endpoint list names every pod of every index slot, and the NetworkPolicies let only the admin
+tools reach the admin ports and only the query service reach Redis. Where slots are sharded, every slot
 serves shards 0..N-1 of the trainer's --index-shards N under one slot name,
 each (slot, shard) with its own Service and budget and two replicas.
 """
@@ -651,3 +652,56 @@ def test_every_referenced_config_map_secret_and_claim_exists(overlay):
             assert kind == "Secret" and name in external_secrets(), (
                 f"{overlay}: {workload['metadata']['name']} needs {kind} {name!r}, which is neither rendered nor "
                 "one docs/DEPLOY.md tells the operator to create")
+
+
+# --- who reaches which port ------------------------------------------------------------
+
+# The commands that call the admin planes (load, promote, catalogue deltas, status).
+ADMIN_TOOLS = (PUBLISH_SCRIPT, "recsys-catalogue", "recsys-client")
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    """Whether a label selector selects a pod with ``labels`` (only matchLabels are modelled: others fail)."""
+    assert selector.keys() <= {"matchLabels"}, f"a selector this test does not model: {selector}"
+    return selector.get("matchLabels", {}).items() <= labels.items()
+
+
+def admits(overlay: str, source: dict, target: dict, port: dict) -> bool:
+    """Whether a pod of the namespace labelled ``source`` may connect to container ``port`` of a pod labelled
+    ``target`` under the overlay's NetworkPolicies: a pod no Ingress policy selects takes every connection; a
+    selected one only those a rule of its policies allows (a rule without ports or peers allows all of them)."""
+    policies = [p["spec"] for p in objects(overlay, "NetworkPolicy").values()
+                if selects(p["spec"]["podSelector"], target) and "Ingress" in p["spec"].get("policyTypes", ["Ingress"])]
+    if not policies:
+        return True
+    for rule in (rule for policy in policies for rule in policy.get("ingress", [])):
+        ports = rule.get("ports") or [{}]
+        peers = rule.get("from") or [{"podSelector": {}}]
+        assert all(peer.keys() == {"podSelector"} for peer in peers), f"peers this test does not model: {peers}"
+        if (any(p.get("port", port["name"]) in (port["name"], port["containerPort"])
+                and p.get("protocol", "TCP") == port.get("protocol", "TCP") for p in ports)
+                and any(selects(peer["podSelector"], source) for peer in peers)):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_only_the_admin_tools_reach_the_admin_planes_and_only_the_query_service_reaches_redis(overlay):
+    """The admin planes take a bearer token over plaintext gRPC, and Redis has no password: a pod that needs
+    neither (a server, the trainer, a stranger's debugging pod) must not reach them, while every data and
+    metrics port stays open to all (clients, probes, Prometheus)."""
+    pods = {w["metadata"]["name"]: pod_template(w) for w in workloads(overlay)}
+    sources = {name: template["metadata"]["labels"] for name, template in pods.items()} | {"a stranger's pod": {}}
+    admin_tools = {w["metadata"]["name"] for w, c in app_containers(overlay) if script_of(c) in ADMIN_TOOLS}
+    query = {w["metadata"]["name"] for w, _ in containers_running(overlay, QUERY_SCRIPT)}
+    assert admin_tools and query
+    checked = set()
+    for target, template in pods.items():
+        for port in (p for c in template["spec"]["containers"] for p in c.get("ports", [])):
+            for source, labels in sources.items():
+                expected = {"admin": source in admin_tools, "redis": source in query}.get(port["name"], True)
+                reached = admits(overlay, labels, template["metadata"]["labels"], port)
+                assert reached == expected, f"{overlay}: {source} {'reaches' if reached else 'cannot reach'} " \
+                                            f"{target}'s {port['name']} port"
+            checked.add(port["name"])
+    assert {"admin", "redis", "grpc", "metrics"} <= checked
