@@ -54,25 +54,49 @@ class LiveHistoryConfig:
         require(self.ttl_s >= 1, "ttl_s", "must be >= 1")
 
 
-# One customer's list pushed, capped and its TTL refreshed at once, after a DEL where ARGV[1] is 1. Then each value's
-# older copies go (LREM from the tail, keeping the one nearest the head): the cap counts distinct items, so repeats
-# of one item (a retried call, an item viewed again) cannot push the customer's other items out of exclude_seen.
-# Entries are sealed deterministically, so a sealed copy matches too. LPUSH comes first: under maxmemory Redis
-# refuses it before the script has written anything, and a script that has written runs on past the limit. A
-# script, not a MULTI/EXEC: redis-py's cluster client queues each command of a MULTI/EXEC by starting a thread and
-# joining it, blocking the event loop ~0.5 ms a command, so a burst of 200 appends stalled it past its calls'
-# connect timeout.
+# Up to this many ids a call, each is found by an LPOS scan of the list; more, and one pass over the list with a Lua
+# table as the set costs Redis less (a call on full lists of 100: about the same at 11 ids, 124-179 against 58-70 us
+# at 30, 495-577 against 78-118 us at 100; docs/BENCHMARKS.md, "The live history's append").
+LPOS_UP_TO = 10
+
+# One customer's list pushed, deduplicated, capped and its TTL refreshed at once, after a DEL where ARGV[1] is 1. Each
+# value keeps only its copy nearest the head: the cap counts distinct items, so repeats of one item (a retried call, an
+# item viewed again) cannot push the customer's other items out of exclude_seen. Entries are sealed deterministically,
+# so a sealed copy matches too. LPUSH comes first: under maxmemory Redis refuses it before the script has written
+# anything, and a script that has written runs on past the limit. A script, not a MULTI/EXEC: redis-py's cluster client
+# queues each command of a MULTI/EXEC by starting a thread and joining it, blocking the event loop ~0.5 ms a command,
+# so a burst of 200 appends stalled it past its calls' connect timeout.
 APPEND = """
 if ARGV[1] == '1' then redis.call('DEL', KEYS[1]) end
 redis.call('LPUSH', KEYS[1], unpack(ARGV, 4))
-for i = 4, #ARGV do
-  local copies = #redis.call('LPOS', KEYS[1], ARGV[i], 'COUNT', 0)
-  if copies > 1 then redis.call('LREM', KEYS[1], 1 - copies, ARGV[i]) end
+local limit = tonumber(ARGV[2]) + 1
+if #ARGV - 3 <= LPOS_UP_TO then
+  for i = 4, #ARGV do
+    local copies = #redis.call('LPOS', KEYS[1], ARGV[i], 'COUNT', 0)
+    if copies > 1 then redis.call('LREM', KEYS[1], 1 - copies, ARGV[i]) end
+  end
+  redis.call('LTRIM', KEYS[1], 0, limit - 1)
+else
+  local seen, kept, repeats = {}, {}, false
+  for _, entry in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+    if #kept == limit then break end
+    if seen[entry] then
+      repeats = true
+    else
+      seen[entry] = true
+      kept[#kept + 1] = entry
+    end
+  end
+  if repeats then
+    redis.call('DEL', KEYS[1])
+    redis.call('RPUSH', KEYS[1], unpack(kept))
+  else
+    redis.call('LTRIM', KEYS[1], 0, limit - 1)
+  end
 end
-redis.call('LTRIM', KEYS[1], 0, ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return redis.call('LLEN', KEYS[1])
-"""
+""".replace("LPOS_UP_TO", str(LPOS_UP_TO))
 
 
 def history_key(model: str, customer_id: str) -> str:

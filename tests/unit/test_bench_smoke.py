@@ -93,6 +93,12 @@ def test_request_cost_quick():
     assert out["vs_echo"]["miss_uncached"]["median"] > 0
 
 
+def test_live_history_quick():
+    out = run_quick("bench.live_history", timeout_s=120)
+    assert set(out["redis_us_per_append"]) == {"plain", "sealed"}
+    assert all(us > 0 for sizes in out["redis_us_per_append"].values() for us in sizes.values())
+
+
 @pytest.mark.alone  # its swap has 3 s before the rollback; beside other tests only version 2 answered, twice
 def test_swap_quick(tmp_path):
     out = run_script_quick("bench.swap", tmp_path, timeout_s=300)
