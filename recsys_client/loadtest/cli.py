@@ -41,10 +41,13 @@ Writes a JSON report to stdout (or ``--out``) and a short table to stderr:
 latency percentiles (HdrHistogram, 1 us..60 s, 3 significant digits), achieved
 QPS, errors by gRPC status, responses per model version, cache hits (of
 Recommend and RecommendSimilar; ``cache_hit_ratio``: of their OK answers), per
-RPC of the mix its counts and latency (``rpcs``), a per-second timeline, how
-late the client sent (``send_lag_ms``: from scheduled to actual send) and, with
-``--swap``, latency before / during / after the publish and the rollback.
-Exits 1 when any request failed or was dropped, or a swap step failed.
+RPC of the mix its counts and latency (``rpcs``), a per-second timeline (by
+scheduled send, but its ``qps`` by when answers arrived, through the drain past
+the schedule), how late the client sent (``send_lag_ms``: from scheduled to
+actual send), ``warnings`` (the target fell behind the offered rate; the client
+sent late) and, with ``--swap``, latency before / during / after the publish and
+the rollback. Exits 1 when any request failed or was dropped, or a swap step
+failed; a run that only fell behind exits 0 with its warning.
 """
 
 from __future__ import annotations

@@ -40,9 +40,9 @@ def timeline_figure(report: dict[str, Any], title: str | None = None):
     rows = report.get("timeline") or []
     if not rows:
         raise ValueError("the report has no timeline rows to plot")
-    duration = float(report.get("config", {}).get("duration_s") or len(rows))
     # Each row is drawn at the middle of its second (of its part, for a last partial one).
-    x = [row["second"] + min(1.0, duration - row["second"]) / 2 for row in rows]
+    x = [(row["second"] + row["end_s"]) / 2 for row in rows]
+    duration = rows[-1]["end_s"]
 
     def series(key: str) -> list[float]:
         return [math.nan if row.get(key) is None else float(row[key]) for row in rows]
@@ -71,7 +71,7 @@ def timeline_figure(report: dict[str, Any], title: str | None = None):
     ax_err.set_ylabel("per second")
     ax_err.set_ylim(bottom=0, top=max(1.0, ax_err.get_ylim()[1]))
     ax_err.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=4))
-    ax_err.set_xlabel("seconds into the run (by scheduled send time)")
+    ax_err.set_xlabel("seconds into the run (QPS by when answers arrived; latency, errors, drops by scheduled send)")
     ax_err.set_xlim(0, max(duration, x[-1] + 0.5))
 
     for name, color in EVENTS:

@@ -21,6 +21,11 @@ HIST_HIGHEST_US = 60_000_000
 HIST_DIGITS = 3
 PERCENTILES = (("p50_ms", 50.0), ("p90_ms", 90.0), ("p99_ms", 99.0), ("p99_9_ms", 99.9))
 
+# A run whose OK answers arrived at under this share of the offered rate fell behind its schedule.
+KEPT_UP = 0.95
+# A send lag p99 over this means the load generator, not the server, was late (its event loop or CPU).
+CLIENT_LATE_MS = 10.0
+
 # Outcome codes of one scheduled request in RequestLog.
 OK, ERROR, DROPPED = 0, 1, 2
 # The RPCs whose answers cache_hits counts (one answer per request) and cache_hit_ratio divides by.
@@ -118,14 +123,24 @@ def window_stats(log: RequestLog, start_s: float, end_s: float, hist: HdrHistogr
 
 
 def timeline(log: RequestLog, duration_s: float) -> list[dict[str, Any]]:
-    """Per-second rows (by scheduled send time): OK qps, p50/p99, errors, drops
-    and the versions that answered, to compare phases of a run by eye."""
+    """Per-second rows to compare phases of a run by eye: the requests scheduled in that second (counts, p50/p99,
+    errors, drops, the versions that answered) and ``qps``, the OK answers that *arrived* in it per second. Answers
+    arrive late when the server falls behind, so the rows go on past the schedule until the last one arrived, and
+    each row's ``end_s`` says where it ends (a partial last second's is not a whole second on)."""
     hist = new_histogram()
+    sched, latency, outcome, _ = log.columns()
+    ok = outcome == OK
+    arrived = sched[ok] + latency[ok] / 1e6
+    end_s = max(duration_s, float(arrived.max()) if arrived.size else 0.0)
     rows = []
-    for second in range(math.ceil(duration_s)):
-        end = min(second + 1.0, duration_s)
-        stats = window_stats(log, float(second), end, hist)
-        rows.append({"second": second, "requests": stats["requests"], "ok": stats["ok"], "qps": stats["qps"],
+    for second in range(math.ceil(end_s)):
+        end = min(second + 1.0, end_s)
+        # Past the schedule the window of scheduled requests is empty: counts 0, no latency.
+        stats = window_stats(log, float(second), max(float(second), min(end, duration_s)), hist)
+        # The last row keeps the answer that arrived at its very end.
+        answered = int(((arrived >= second) & ((arrived < end) | (end == end_s))).sum())
+        rows.append({"second": second, "end_s": round(end, 3), "requests": stats["requests"], "ok": stats["ok"],
+                     "qps": round(answered / (end - second), 2),
                      "p50_ms": stats["latency_ms"]["p50_ms"], "p99_ms": stats["latency_ms"]["p99_ms"],
                      "errors": stats["errors"], "dropped": stats["dropped"],
                      "versions": [int(v) for v in stats["model_versions"]]})
@@ -281,7 +296,26 @@ def build_report(config: LoadConfig, log: RequestLog, *, elapsed_s: float, error
             entry["phases"] = {phase: window_stats(log, a, b, hist) for phase, (a, b) in windows[event.name].items()}
         report[event.name] = entry
     report["samples"] = list(samples)
+    report["warnings"] = warnings(report)
     return report
+
+
+def warnings(report: dict[str, Any]) -> list[str]:
+    """What a run's exit status and percentiles do not show: answers that fell behind the offered rate (their
+    latencies hold the queueing, and those that failed or were dropped are in no percentile), and a load
+    generator that itself sent late (its drops and latency are then its own)."""
+    notes = []
+    achieved, offered = report["achieved_qps"], report["offered_qps"]
+    if achieved is not None and achieved < KEPT_UP * offered:
+        last = report["timeline"][-1]["end_s"] if report["timeline"] else report["config"]["duration_s"]
+        notes.append(f"OK answers arrived at {achieved:g}/s of the {offered:g}/s offered (the last at {last:g} s of "
+                     f"a {report['config']['duration_s']:g} s schedule): the target fell behind, so latencies "
+                     "include queueing, and failed or dropped requests are in no percentile")
+    lag = report["send_lag_ms"]["p99_ms"]
+    if lag is not None and lag > CLIENT_LATE_MS:
+        notes.append(f"the load generator sent late (send lag p99 {lag:g} ms): part of the latency and of the "
+                     "drops is its own, not the target's")
+    return notes
 
 
 def _config_dict(config: LoadConfig) -> dict[str, Any]:
@@ -316,6 +350,7 @@ def format_table(report: dict[str, Any]) -> str:
         "latency ms: " + "  ".join(f"{k[:-3]} {_ms(lat[k])}"
                                    for k in ("p50_ms", "p90_ms", "p99_ms", "p99_9_ms", "max_ms"))
         + (f"   (client send lag p99 {_ms(report['send_lag_ms']['p99_ms'])})" if "send_lag_ms" in report else ""),
+        *(f"WARNING: {note}" for note in report["warnings"]),
         f"versions {report['model_versions']}  cache hits {report['cache_hits']}"
         + (f"  errors {report['errors_by_code']}" if report["errors_by_code"] else ""),
         *(f"  {name:<9} requests {stats['requests']:>6} ok {stats['ok']:>6} errors {stats['errors']} "

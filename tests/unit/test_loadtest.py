@@ -112,6 +112,34 @@ def test_timeline_has_one_row_per_second_including_a_partial_last_one():
     assert [r["versions"] for r in rows] == [[1], [1, 2], [2]]
 
 
+def _behind_log() -> RequestLog:
+    """10 requests a second offered for 2 s to a target answering 5 a second: the i-th answer arrives at 0.2 i + 0.1 s."""
+    return _log([(i / 10, OK, round((0.2 * i + 0.1 - i / 10) * 1e6), 1) for i in range(20)])
+
+
+def test_timeline_counts_answers_when_they_arrive_through_the_drain():
+    """By scheduled second, a target that fell behind read as keeping up (10/s in both seconds, the offered rate),
+    and the 2 s of answers after the schedule were in no row."""
+    rows = timeline(_behind_log(), 2.0)
+    assert [r["second"] for r in rows] == [0, 1, 2, 3] and rows[-1]["end_s"] == 3.9
+    assert [r["qps"] for r in rows] == [5.0, 5.0, 5.0, 5.56]  # the last row is 0.9 s long
+    assert [r["requests"] for r in rows] == [10, 10, 0, 0] and rows[2]["p99_ms"] is None
+
+
+def test_a_run_that_fell_behind_or_sent_late_says_so():
+    config = LoadConfig(address="x:1", qps=10, duration_s=2)
+    fine = build_report(config, _log([(i / 10, OK, 2_000, 1) for i in range(20)]), elapsed_s=1.902,
+                        errors_by_code=Counter(), cache_hits=0, sources=Counter())
+    assert fine["warnings"] == []
+    late = new_histogram()
+    record_latency(late, 50_000)
+    behind = build_report(config, _behind_log(), elapsed_s=3.9, errors_by_code=Counter(), cache_hits=0,
+                          sources=Counter(), send_lag=late)
+    fell_behind, sent_late = behind["warnings"]
+    assert "arrived at 5.13/s of the 10/s offered (the last at 3.9 s of a 2 s schedule)" in fell_behind
+    assert "send lag p99 50.015 ms" in sent_late  # the histogram's bucket of 50 ms
+
+
 # --------------------------------------------------------------------------- phases
 
 
