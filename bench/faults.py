@@ -47,6 +47,7 @@ from protos.recsys.v1 import admin_pb2_grpc as apb_grpc
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from query_service.storage.cache import cache_key
+from recsys_client.loadtest.report import new_histogram
 from tests.processes import RedisProcess, ServiceProcess, console_script, is_serving, start_all, wait_until
 
 MODEL = "faults"
@@ -135,8 +136,21 @@ class Load:
         lat = np.array(self.latencies_ms or [0.0])
         return {"requests": sum(self.codes.values()), "codes": dict(self.codes), "wrong": self.wrong,
                 "p99_ms": round(float(np.percentile(lat, 99)), 1),
+                "p99_corrected_ms": corrected_p99_ms(lat),
                 "slowest_failure_ms": round(max(self.failed_latencies_ms), 1) if self.failed_latencies_ms else None,
                 "failures": dict(self.failure_messages.most_common(3))}
+
+
+def corrected_p99_ms(latencies_ms: np.ndarray) -> float:
+    """The p99 a caller sending at the loop's own pace would see. A closed loop times only the calls it sent, so a
+    stall delays just the few in flight: against a server stalled 200 ms every 2 s its p99 read 18 ms, an open loop's
+    190 ms. HdrHistogram's correction adds the calls each thread would have sent meanwhile, one per expected
+    interval, taken here as the scenario's median latency (a thread's pace)."""
+    hist = new_histogram()
+    interval_us = max(1, round(float(np.median(latencies_ms)) * 1000))
+    for value in latencies_ms.tolist():
+        hist.record_corrected_value(max(1, round(value * 1000)), interval_us)
+    return round(hist.get_value_at_percentile(99) / 1000, 1)
 
 
 class Stack:
@@ -439,13 +453,15 @@ SCENARIOS = [
 
 def markdown(results: list[dict]) -> str:
     """The matrix as a Markdown table (the one in docs/RELIABILITY.md)."""
-    header = ["scenario", "expected", "requests", "codes", "wrong answers", "p99 ms", "slowest failure ms", "details"]
-    shown = set(header[:1]) | {"expected", "requests", "codes", "wrong", "p99_ms", "slowest_failure_ms"}
+    header = ["scenario", "expected", "requests", "codes", "wrong answers", "p99 ms", "p99 ms, corrected",
+              "slowest failure ms", "details"]
+    shown = set(header[:1]) | {"expected", "requests", "codes", "wrong", "p99_ms", "p99_corrected_ms",
+                               "slowest_failure_ms"}
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for r in results:
         details = "; ".join(f"{k}: {v}" for k, v in r.items() if k not in shown and v not in ({}, None))
         codes = ", ".join(f"{c} {n}" for c, n in sorted(r["codes"].items()))
-        cells = [r["scenario"], r["expected"], r["requests"], codes, r["wrong"], r["p99_ms"],
+        cells = [r["scenario"], r["expected"], r["requests"], codes, r["wrong"], r["p99_ms"], r["p99_corrected_ms"],
                  "-" if r["slowest_failure_ms"] is None else r["slowest_failure_ms"], details]
         lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
     return "\n".join(lines) + "\n"

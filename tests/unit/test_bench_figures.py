@@ -11,7 +11,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from bench import scaleout, serving_throughput, swap, workers
+import numpy as np
+
+from bench import faults, scaleout, serving_throughput, swap, workers
 
 
 def _no_report(*args, **kwargs) -> subprocess.CompletedProcess:
@@ -65,3 +67,13 @@ def test_the_workers_of_one_measured_query_service_read_each_others_cached_resul
     # Redis is not flushed between worker counts, which draw the same customers: the second count must not
     # read what the first cached.
     assert keys[0] and keys[1] and keys[0] != keys[1]
+
+
+def test_the_fault_matrix_p99_counts_the_calls_a_stall_held_back():
+    """Four closed-loop threads at 1 ms a call against a server stalled 200 ms every 2 s: each thread timed one slow
+    call per stall, so the plain p99 read 1 ms; a caller at the loop's pace saw most of the stall."""
+    per_thread_stall = [1.0] * 1990 + [200.0]
+    latencies = np.array(per_thread_stall * 4)
+    assert np.percentile(latencies, 99) == 1.0
+    assert 150 <= faults.corrected_p99_ms(latencies) <= 200
+    assert faults.corrected_p99_ms(np.full(1000, 3.0)) == pytest.approx(3.0, abs=0.01)  # nothing held back
