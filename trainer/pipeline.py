@@ -22,8 +22,9 @@ from trainer.towers.config import covering_history_length
 from trainer.training import refit, train
 from trainer.tuning import search
 
-# Below this share of test interactions whose customer was trained on, the run warns (see ``_share_known``).
-WARM_SHARE_WARNING = 0.1
+# Below this share of test interactions whose customer was trained on, the run warns (see ``_share_known``): most of
+# every system's hit rate is then its cold-start guess. A temporal split of ml-100k is at 14.8%.
+WARM_SHARE_WARNING = 0.5
 
 
 def _share_known(train_data: Interactions, test_data: Interactions) -> float:

@@ -39,6 +39,22 @@ def test_one_interaction_per_customer_is_warned_about_and_dropped_rows_are_count
     assert json.loads((tmp_path / "m.json").read_text())["data"][SHARE] == 0.0
 
 
+def test_a_test_split_mostly_of_customers_without_training_interactions_is_warned_about(tmp_path, capsys):
+    """85% of a temporal ml-100k test split is of customers the model never saw, and no warning fired (it took
+    under 10%): every system's figure there is mostly its popularity fallback."""
+    warm = [f"w{c},i{(c * 7 + j) % 40}" for c in range(60) for j in range(10)]
+    cold = [f"u{c},i{c % 40}" for c in range(1400)]
+    (tmp_path / "log.csv").write_text("user_id,item_id\n" + "\n".join(warm + cold) + "\n")
+    status = cli.main([*TINY[TINY.index("--model"):TINY.index("--synthetic-customers")], "--dataset",
+                       "interactions-csv", "--data-path", str(tmp_path / "log.csv"), "--registry", str(tmp_path / "r"),
+                       "--metrics-out", str(tmp_path / "m.json")])
+    err = capsys.readouterr().err
+    assert status == 0, err[-3000:]
+    share = json.loads((tmp_path / "m.json").read_text())["data"][SHARE]
+    assert 0.15 < share < 0.5, share
+    assert re.search(rf"^warning: only {share:.1%} of the test interactions .*cold-start", err, re.M), err[-3000:]
+
+
 def test_the_share_is_recorded_and_each_epoch_line_names_a_metric_once(tmp_path, capsys):
     # 40 candidates: early stopping watches hit_rate_excluding_seen@10, the rate the line always showed too.
     status = cli.main([*TINY, "--registry", str(tmp_path / "r"), "--metrics-out", str(tmp_path / "m.json")])
