@@ -288,11 +288,11 @@ class Registry:
         return self.model_dir / SLOTS_DIR / f".{check_model_name(slot, 'slot name')}{LOADING_SUFFIX}"
 
     def prune(self, keep: int) -> list[int]:
-        """Deletes all but the newest ``keep`` published versions, never CURRENT,
-        PREVIOUS nor a version an index slot holds, and hour-old leftovers of
-        crashed publishes; returns the versions deleted. Each victim is first
-        renamed out of the version namespace, so a reader never sees a
-        half-deleted version."""
+        """Deletes the versions older than the newest ``keep`` up to CURRENT, never CURRENT, PREVIOUS, a version
+        an index slot holds nor one newer than CURRENT (published, maybe waiting for its rollout: a trainer may
+        publish faster than versions go live; without CURRENT every version is such), and hour-old leftovers of
+        crashed publishes; returns the versions deleted. Each victim is first renamed out of the version
+        namespace, so a reader never sees a half-deleted version."""
         if keep < 2:
             raise ValueError(f"keep={keep}: keep at least 2 versions (the live one and its rollback target)")
         versions = self.versions()
@@ -302,7 +302,10 @@ class Registry:
         names = {p.name[1:-len(LOADING_SUFFIX)] if p.name.startswith(".") else p.name for p in slots.iterdir()
                  if not p.name.startswith(".") or p.name.endswith(LOADING_SUFFIX)} if slots.is_dir() else set()
         held = {version for name in names for version in self.slot_record(name)}
-        protected = set(versions[-keep:]) | set(self.pointers()) | held
+        pointers = self.pointers()
+        waiting = {version for version in versions if pointers.current is None or version > pointers.current}
+        rolled_out = [version for version in versions if version not in waiting]
+        protected = set(rolled_out[-keep:]) | set(pointers) | held | waiting
         deleted = []
         for version in versions:
             if version in protected:

@@ -147,8 +147,9 @@ def publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: flo
                     keep_versions: int | None = None, lock_wait_s: float = 0.0,
                     allow_unlisted_watchers: bool = False) -> dict[str, float]:
     """Rolls ``version`` out (see the module docstring); raises PublishError.
-    With ``keep_versions``, older published versions beyond that many are then
-    deleted from the registry (never CURRENT, PREVIOUS or a slot's version).
+    With ``keep_versions``, the versions older than that many up to the live one are then
+    deleted from the registry (``Registry.prune``: never CURRENT, PREVIOUS, a slot's version
+    nor one newer than the live one, which may be waiting for its rollout).
     Holds the model's rollout lock throughout (``exclusive``), waiting up to
     ``lock_wait_s`` for a catalogue run holding it (never for another rollout).
     ``allow_unlisted_watchers``: load a slot watched by more processes than the
@@ -406,7 +407,8 @@ class PublishConfig(FleetConfig):
     initial: bool = option(False, "the registry's first rollout, before any query replica runs; does nothing "
                                   "once CURRENT is set", env=False)
     drain_s: float = option(5.0, "wait before unloading stale towers")
-    keep_versions: int = option(5, "published versions kept on disk after a rollout (at least 2)")
+    keep_versions: int = option(5, "versions up to the live one kept on disk after a rollout (at least 2; "
+                                   "newer ones, not rolled out yet, are never deleted)")
     allow_unlisted_watchers: bool = option(False, "load an idle slot even when one of its replicas has more status "
                                                   "watchers than there are query replica processes given (a client "
                                                   "known to route no searches there, e.g. a debugging one)", env=False)

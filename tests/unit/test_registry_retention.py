@@ -27,15 +27,36 @@ def test_prune_keeps_newest_current_rollback_target_and_slot_contents(tmp_path):
     registry = Registry(tmp_path, "m")
     for _ in range(7):
         publish_dummy(registry)
-    registry.set_current(2)
-    registry.set_current(3)
+    registry.set_current(4)
+    registry.set_current(5)
     registry.set_slot_version("green", 1)
-    assert registry.prune(keep=2) == [4, 5]  # 6, 7 newest; 3 CURRENT; 2 PREVIOUS; 1 in slot green
-    assert registry.versions() == [1, 2, 3, 6, 7]
-    assert registry.current_version() == 3 and registry.previous_version() == 2
-    assert sorted(p.name for p in registry.model_dir.iterdir()) == ["1", "2", "3", "6", "7", "CURRENT", "PREVIOUS",
+    assert registry.prune(keep=2) == [2, 3]  # 5 CURRENT; 4 PREVIOUS; 6, 7 not rolled out yet; 1 in slot green
+    assert registry.versions() == [1, 4, 5, 6, 7]
+    assert registry.current_version() == 5 and registry.previous_version() == 4
+    assert sorted(p.name for p in registry.model_dir.iterdir()) == ["1", "4", "5", "6", "7", "CURRENT", "PREVIOUS",
                                                                     "slots"]
     assert publish_dummy(registry) == 8  # numbering never goes back
+
+
+def test_prune_keeps_the_newest_up_to_the_live_one_and_every_version_waiting_for_its_rollout(tmp_path):
+    """It kept the newest `keep` version numbers: with versions waiting for their rollouts, rolling out an older
+    one deleted the newer ones (versions 1-10 published, 3 rolled out: 4 and 5 deleted, 1 kept)."""
+    registry = Registry(tmp_path, "m")
+    for _ in range(10):
+        publish_dummy(registry)
+    registry.set_current(2)
+    registry.set_current(3)
+    assert registry.prune(keep=5) == []
+    registry.set_current(8)
+    assert registry.prune(keep=3) == [1, 2, 4, 5]  # 6, 7, 8 the newest up to CURRENT; 3 PREVIOUS; 9, 10 waiting
+    assert registry.versions() == [3, 6, 7, 8, 9, 10]
+
+
+def test_prune_before_the_first_rollout_deletes_nothing(tmp_path):
+    registry = Registry(tmp_path, "m")
+    for _ in range(4):
+        publish_dummy(registry)
+    assert registry.prune(keep=2) == [] and registry.versions() == [1, 2, 3, 4]
 
 
 def test_prune_refuses_to_keep_fewer_than_two(tmp_path):
