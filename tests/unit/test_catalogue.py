@@ -9,7 +9,9 @@ import asyncio
 import contextlib
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import grpc
 import numpy as np
@@ -543,6 +545,23 @@ async def test_a_reloaded_slot_replays_the_deltas_and_answers_identically(tmp_pa
     for a, b in zip(before.search(queries, 10), after.search(queries, 10)):
         assert a.ids == b.ids and "i000" not in a.ids
         np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
+
+
+def test_a_load_replays_its_deltas_without_the_rests_that_give_searches_a_turn(tmp_path, monkeypatch):
+    """Nothing searches an index while it loads, yet its replay rested as long as each chunk held the write lock:
+    0.8 s of a 4.5 s load over 5,000 deltas. A live apply still rests."""
+    registry = Registry(tmp_path, tiny.MODEL)
+    tiny.publish(registry, 1)
+    rng = np.random.default_rng(5)
+    for generation in (1, 2):
+        write_delta(registry.model_dir, 1, Delta.make([f"new{generation}"], rng.standard_normal((1, tiny.DIM)),
+                                                      deleted=[f"i{generation:03d}"], dim=tiny.DIM))
+    rests = []
+    monkeypatch.setattr(index_searcher, "time", SimpleNamespace(perf_counter=time.perf_counter, sleep=rests.append))
+    index = CandidateIndex.load(registry.version_dir(1), registry.manifest(1))
+    assert index.catalogue_generation == 2 and "new2" in index.rows.ids and rests == []
+    index.apply_catalogue([Delta.make(["new3"], rng.standard_normal((1, tiny.DIM)), dim=tiny.DIM)], 3)
+    assert len(rests) == 1
 
 
 async def one_new_candidate(registry: Registry, admin, generation: int, rng: np.random.Generator) -> None:
