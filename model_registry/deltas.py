@@ -161,7 +161,10 @@ def catalogue_dir(model_dir: Path, version: int) -> Path:
 
 
 def _records(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.glob("*.json") if p.stem.isdigit()) if directory.is_dir() else []
+    """The commit records, by generation (by number: past 99,999,999 the names outgrow their zero padding)."""
+    if not directory.is_dir():
+        return []
+    return sorted((p for p in directory.glob("*.json") if p.stem.isdigit()), key=lambda p: int(p.stem))
 
 
 def remove_leftovers(model_dir: Path, published: set[int], cutoff: float) -> None:

@@ -125,6 +125,14 @@ def test_delta_log_refuses_a_broken_chain_or_a_gap(tmp_path):
         read_deltas(tmp_path, 1)
 
 
+def test_records_are_ordered_by_generation_past_their_zero_padding(tmp_path):
+    directory = deltas.catalogue_dir(tmp_path, 1)
+    directory.mkdir(parents=True)
+    for generation in (99_999_998, 99_999_999, 100_000_000):
+        (directory / deltas._RECORD.format(generation)).write_text("{}")
+    assert published_generation(tmp_path, 1) == 100_000_000  # by name, 99,999,999 sorted last
+
+
 def test_concurrent_writers_take_distinct_generations(tmp_path):
     rng = np.random.default_rng(0)
     deltas = [_delta(rng, [f"x{i}"], []) for i in range(8)]
