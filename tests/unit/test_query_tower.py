@@ -156,6 +156,19 @@ def test_a_float64_feature_input_gets_the_stored_values(tmp_path):
     assert vectors[0].tolist() == [40.0] and np.isnan(vectors[1, 0])
 
 
+def test_upserts_alone_leave_the_deleted_set_as_it_was_and_deletes_change_a_copy(tmp_path):
+    """Each delta copied the whole deleted set twice, however small it was (~37 ms at 100,000 deleted ids)."""
+    registry = Registry(tmp_path, tiny.MODEL)
+    tiny.publish(registry, 1)
+    write_delta(registry.model_dir, 1, Delta.make(deleted=["i001", "i002"], dim=tiny.DIM))
+    model = QueryModel.load(registry.version_dir(1), registry.manifest(1))
+    before = model.catalogue
+    model.apply_catalogue([Delta.make(["new1", "i000"], np.ones((2, tiny.DIM)))], 2)
+    assert model.catalogue.deleted is before.deleted and model.catalogue.generation == 2
+    model.apply_catalogue([Delta.make(["i001"], np.ones((1, tiny.DIM))), Delta.make(deleted=["i003"], dim=tiny.DIM)], 4)
+    assert model.catalogue.deleted == {"i002", "i003"} and before.deleted == {"i001", "i002"}  # a reader's snapshot
+
+
 @pytest.mark.parametrize("shards", [1, 2])
 def test_the_candidate_count_follows_catalogue_deltas(tmp_path, shards):
     """The count a replica reports (status row, recsys_version_candidates) is what the index holds after
