@@ -113,7 +113,7 @@ def test_timeline_has_one_row_per_second_including_a_partial_last_one():
 
 
 def _behind_log() -> RequestLog:
-    """10 requests a second offered for 2 s to a target answering 5 a second: the i-th answer arrives at 0.2 i + 0.1 s."""
+    """10 requests a second offered for 2 s to a target answering 5 a second: answer i arrives at 0.2 i + 0.1 s."""
     return _log([(i / 10, OK, round((0.2 * i + 0.1 - i / 10) * 1e6), 1) for i in range(20)])
 
 
