@@ -98,16 +98,25 @@ async def test_an_empty_slot_killed_while_loading_restarts_empty(registry, caplo
                for r in caplog.records), [r.getMessage() for r in caplog.records]
 
 
+def _live_beyond(registry: Registry) -> None:
+    """Versions 4 and 5 published and rolled out (CURRENT 5, PREVIOUS 4): a prune keeping two may then delete 1-3."""
+    for seed in (4, 5):
+        tiny.publish(registry, seed)
+    registry.set_current(4)
+    registry.set_current(5)
+
+
 async def test_prune_while_a_load_is_pending_keeps_the_version_loading_and_the_one_held(registry):
+    _live_beyond(registry)
     pruned = []
 
     def prune(version: int) -> None:
         if version == 2:
-            pruned.extend(registry.prune(keep=2))  # 2 and 3 are the newest two; the slot held 1
+            pruned.extend(registry.prune(keep=2))  # 4 and 5 the pointers'; the slot held 1 and loads 2
 
     admin = slot(registry, "green", 1, prune)
     await admin.load(2)
-    assert pruned == [] and registry.versions() == [1, 2, 3] and held(admin) == [2]
+    assert pruned == [3] and registry.versions() == [1, 2, 4, 5] and held(admin) == [2]
 
 
 @pytest.mark.parametrize("error", [MemoryError("std::bad_alloc"), ENOMEM], ids=["bad_alloc", "ENOMEM"])
@@ -188,7 +197,8 @@ def test_a_record_read_between_the_two_writes_of_a_load_restarts_on_the_version_
 
 
 def test_prune_keeps_what_an_empty_slot_killed_before_its_record_was_written_loads(registry):
+    _live_beyond(registry)
     registry.set_slot_loading("grey", 1)  # its record (slots/grey) not yet written
     registry.set_slot_version("grey.loading", 2)  # a slot so named: its record is no intent
     assert registry.slot_record("grey") == (None, 1) and registry.slot_record("grey.loading") == (2, None)
-    assert registry.prune(keep=2) == [] and registry.versions() == [1, 2, 3]
+    assert registry.prune(keep=2) == [3] and registry.versions() == [1, 2, 4, 5]
