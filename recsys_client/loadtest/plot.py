@@ -52,7 +52,10 @@ def timeline_figure(report: dict[str, Any], title: str | None = None):
                                                  constrained_layout=True)
     ax_qps.plot(x, series("qps"), "o-", color="tab:blue", markersize=3, label="achieved (OK/s)")
     if report.get("offered_qps"):
-        ax_qps.axhline(report["offered_qps"], color="gray", linestyle="--", linewidth=1, label="offered")
+        # Offered over the schedule only: the drain after it offers nothing.
+        schedule_end = report.get("config", {}).get("duration_s") or duration
+        ax_qps.hlines(report["offered_qps"], 0, schedule_end, color="gray", linestyle="--", linewidth=1,
+                      label="offered")
     ax_qps.set_ylabel("QPS")
     # Headroom above the busiest second for the event labels.
     top = max([report.get("offered_qps") or 0.0, *(v for v in series("qps") if not math.isnan(v))])

@@ -305,12 +305,14 @@ def warnings(report: dict[str, Any]) -> list[str]:
     latencies hold the queueing, and those that failed or were dropped are in no percentile), and a load
     generator that itself sent late (its drops and latency are then its own)."""
     notes = []
-    achieved, offered = report["achieved_qps"], report["offered_qps"]
-    if achieved is not None and achieved < KEPT_UP * offered:
+    # Answers, failed ones included: a target that fails fast has not fallen behind (its errors fail the run).
+    answered = report["requests"]["ok"] + report["requests"]["errors"]
+    offered, elapsed = report["offered_qps"], report["elapsed_s"]
+    if elapsed > 0 and answered / elapsed < KEPT_UP * offered:
         last = report["timeline"][-1]["end_s"] if report["timeline"] else report["config"]["duration_s"]
-        notes.append(f"OK answers arrived at {achieved:g}/s of the {offered:g}/s offered (the last at {last:g} s of "
-                     f"a {report['config']['duration_s']:g} s schedule): the target fell behind, so latencies "
-                     "include queueing, and failed or dropped requests are in no percentile")
+        notes.append(f"answers arrived at {answered / elapsed:.3g}/s of the {offered:g}/s offered (the last OK one "
+                     f"at {last:g} s of a {report['config']['duration_s']:g} s schedule): the target fell behind, "
+                     "so latencies include queueing, and failed or dropped requests are in no percentile")
     lag = report["send_lag_ms"]["p99_ms"]
     if lag is not None and lag > CLIENT_LATE_MS:
         notes.append(f"the load generator sent late (send lag p99 {lag:g} ms): part of the latency and of the "

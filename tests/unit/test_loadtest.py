@@ -131,12 +131,16 @@ def test_a_run_that_fell_behind_or_sent_late_says_so():
     fine = build_report(config, _log([(i / 10, OK, 2_000, 1) for i in range(20)]), elapsed_s=1.902,
                         errors_by_code=Counter(), cache_hits=0, sources=Counter())
     assert fine["warnings"] == []
+    failing_fast = build_report(config, _log([(i / 10, ERROR) if i % 10 == 0 else (i / 10, OK, 2_000, 1)
+                                              for i in range(20)]), elapsed_s=1.902, errors_by_code=Counter(),
+                                cache_hits=0, sources=Counter())
+    assert failing_fast["warnings"] == []  # 10% errors, answered at once: not behind (the errors fail the run)
     late = new_histogram()
     record_latency(late, 50_000)
     behind = build_report(config, _behind_log(), elapsed_s=3.9, errors_by_code=Counter(), cache_hits=0,
                           sources=Counter(), send_lag=late)
     fell_behind, sent_late = behind["warnings"]
-    assert "arrived at 5.13/s of the 10/s offered (the last at 3.9 s of a 2 s schedule)" in fell_behind
+    assert "arrived at 5.13/s of the 10/s offered (the last OK one at 3.9 s of a 2 s schedule)" in fell_behind
     assert "send lag p99 50.015 ms" in sent_late  # the histogram's bucket of 50 ms
 
 
