@@ -705,3 +705,5 @@ def test_only_the_admin_tools_reach_the_admin_planes_and_only_the_query_service_
                                             f"{target}'s {port['name']} port"
             checked.add(port["name"])
     assert {"admin", "redis", "grpc", "metrics"} <= checked
+    # Another Redis in the namespace (a chart's, with the same name label) is not this project's to close.
+    assert admits(overlay, {}, {"app.kubernetes.io/name": "redis"}, {"name": "redis", "containerPort": 6379})
