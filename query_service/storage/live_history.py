@@ -55,8 +55,9 @@ class LiveHistoryConfig:
 
 
 # Up to this many ids a call, each is found by an LPOS scan of the list; more, and one pass over the list with a Lua
-# table as the set costs Redis less (a call on full lists of 100: about the same at 11 ids, 124-179 against 58-70 us
-# at 30, 495-577 against 78-118 us at 100; docs/BENCHMARKS.md, "The live history's append").
+# table as the set costs Redis less (a call on full lists of 100: about the same near 10 ids, 135-224 against 64-95
+# us at 30, 508-605 against 81-119 us at 100; the pass costs 46-54 us for 1 id, LPOS 19-21; docs/BENCHMARKS.md,
+# "The live history's append").
 LPOS_UP_TO = 10
 
 # One customer's list pushed, deduplicated, capped and its TTL refreshed at once, after a DEL where ARGV[1] is 1. Each
@@ -66,12 +67,13 @@ LPOS_UP_TO = 10
 # anything, and a script that has written runs on past the limit. A script, not a MULTI/EXEC: redis-py's cluster client
 # queues each command of a MULTI/EXEC by starting a thread and joining it, blocking the event loop ~0.5 ms a command,
 # so a burst of 200 appends stalled it past its calls' connect timeout.
+# ARGV: the DEL flag, the cap less one, the TTL, LPOS_UP_TO, then the ids.
 APPEND = """
 if ARGV[1] == '1' then redis.call('DEL', KEYS[1]) end
-redis.call('LPUSH', KEYS[1], unpack(ARGV, 4))
+redis.call('LPUSH', KEYS[1], unpack(ARGV, 5))
 local limit = tonumber(ARGV[2]) + 1
-if #ARGV - 3 <= LPOS_UP_TO then
-  for i = 4, #ARGV do
+if #ARGV - 4 <= tonumber(ARGV[4]) then
+  for i = 5, #ARGV do
     local copies = #redis.call('LPOS', KEYS[1], ARGV[i], 'COUNT', 0)
     if copies > 1 then redis.call('LREM', KEYS[1], 1 - copies, ARGV[i]) end
   end
@@ -96,7 +98,7 @@ else
 end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return redis.call('LLEN', KEYS[1])
-""".replace("LPOS_UP_TO", str(LPOS_UP_TO))
+"""
 
 
 def history_key(model: str, customer_id: str) -> str:
@@ -158,7 +160,7 @@ class LiveHistory:
         EVAL there caches it. Not the Script object's fallback, SCRIPT LOAD, which a cluster client sends to
         every master: one down, it failed every other master's first append."""
         # LPUSH puts each value at the head in turn, so oldest-first ids end up newest first.
-        args = (1, key, int(replace), self.config.max_items - 1, self.config.ttl_s,
+        args = (1, key, int(replace), self.config.max_items - 1, self.config.ttl_s, LPOS_UP_TO,
                 *(self._seal(key, c.encode()) for c in candidate_ids))
         try:
             return await self.link.client.evalsha(self._append_sha, *args)
