@@ -58,7 +58,7 @@ def run(config: PipelineConfig, log: Callable[[str], None] = lambda msg: None,
     if known < WARM_SHARE_WARNING:
         log(f"warning: only {known:.1%} of the test interactions are of customers with training interactions: the "
             f"hit rates mostly compare cold-start guesses (customers with one interaction are in train or test, "
-            f"never both)")
+            f"never both; under --split temporal, customers who arrived after the cut are in test alone)")
 
     t0 = time.perf_counter()
     es = metrics.prepare(train_data, test_data, data.catalog, config.max_test_interactions, seed)
