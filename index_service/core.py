@@ -177,9 +177,12 @@ class IndexCore:
                     continue
             groups.setdefault(q.filter, []).append(i)
         vectors = {f: self._vectors(queries, members, index, field) for f, members in groups.items()}
-        # Inline or on a thread, the call as a whole: many small groups (a filter each) add up.
+        # Inline or on a thread, the call as a whole: many small groups (a filter each) add up. A group's ScaNN call
+        # fetches its largest k and room for its longest exclusions (CandidateIndex.search).
+        fetches = {f: max(ks[i] for i in members) + max(len(exclusions[i]) for i in members)
+                   for f, members in groups.items()}
         rows = index.rows_scanned(len(popular), by_popularity=True) + sum(
-            index.rows_scanned(len(members), f) for f, members in groups.items())
+            index.rows_scanned(len(members), f, fetch=fetches[f]) for f, members in groups.items())
         for i in popular:
             results[i] = await self._run(rows, index.by_popularity, ks[i], exclusions[i], queries[i].filter)
         for f, members in groups.items():
@@ -210,7 +213,8 @@ class IndexCore:
         excluded = validation.check_exclusions(exclusions)
         index = self._index(version)
         before = index.catalogue_state()
-        result = await self._run(index.rows_scanned(1, f), index.similar, candidate_id, k, excluded, f)
+        result = await self._run(index.rows_scanned(1, f, fetch=k + len(excluded) + 1), index.similar, candidate_id, k,
+                                 excluded, f)
         return self._answer(index, before), result
 
     @staticmethod

@@ -159,17 +159,32 @@ class CandidateIndex:
     def num_candidates(self) -> int:
         return self.rows.count
 
-    def rows_scanned(self, queries: int, f: Filter = NO_FILTER, by_popularity: bool = False) -> int:
-        """About how many candidate rows ``queries`` searches with filter ``f`` read: all of them for brute force,
-        the searched leaves' share for tree-AH (plus the exact reorder); every row, per query, under a filter (its
-        mask, an exact search over what passes, crowding's deeper fetches) or by popularity (past the popular
-        list, every other row)."""
+    def rows_scanned(self, queries: int, f: Filter = NO_FILTER, by_popularity: bool = False,
+                     fetch: int = CALIBRATED_K) -> int:
+        """About how many candidate rows ``queries`` searches with filter ``f``, each fetching ``fetch`` rows (k and
+        its exclusions), read: all of them for brute force, the searched leaves' share for tree-AH plus the exact
+        re-scoring (both grow with the fetch: 10,000 exclusions made a 4 ms search of 100k rows read as small);
+        every row, per query, under a filter (its mask, an exact search over what passes, crowding's deeper
+        fetches) or by popularity (past the popular list, every other row)."""
         spec, n = self.manifest.index, self.rows.count
         if f or by_popularity:
             return queries * n
         if spec.kind == "tree_ah" and spec.num_leaves > 0:
-            return queries * (n * spec.num_leaves_to_search // spec.num_leaves + spec.reorder)
+            leaves, depth = self._tree_depths(fetch)
+            return queries * (n * leaves // spec.num_leaves + depth)
         return queries * n
+
+    def _tree_depths(self, fetch: int) -> tuple[int, int]:
+        """(leaves searched, rows re-scored exactly) of a tree-AH search fetching ``fetch`` rows per query: as deep
+        per row fetched as for k=10, exclusions included (they are mostly the rows ranked first, a customer's own
+        history, so the rows kept sit below them: re-scored only as deep as k, recall@10 fell to 0.37 with 300 of the
+        top rows excluded, 0.96 without), and leaves enough to hold the fetch twice over (a tree-AH search sees only
+        its leaves' rows, so a fetch past what the trained leaves_to_search hold came back short of k; at a fetch
+        of every row, every leaf)."""
+        spec = self.manifest.index
+        depth = max(spec.reorder, fetch, math.ceil(spec.reorder * fetch / CALIBRATED_K))
+        leaves = min(spec.num_leaves, math.ceil(2 * spec.num_leaves * fetch / self.rows.count))
+        return max(spec.num_leaves_to_search, leaves), min(self.rows.count, depth)
 
     @classmethod
     def load(cls, version_dir: Path, manifest: Manifest, min_recall: float = MIN_RECALL,
@@ -306,19 +321,11 @@ class CandidateIndex:
             return results
 
     def _ann(self, queries: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
-        """ScaNN's top ``fetch`` rows per query, re-scored as deep per row fetched as for k=10. Exclusions count:
-        they are mostly the rows ranked first (a customer's own history), so the k kept sit below them; re-scored
-        only as deep as k, the answer's recall@10 fell to 0.37 with 300 of the top rows excluded (0.96 without)."""
-        spec = self.manifest.index
+        """ScaNN's top ``fetch`` rows per query (``_tree_depths`` deep for tree-AH)."""
         extra = {}
-        if spec.kind == "tree_ah":
-            depth = max(spec.reorder, fetch, math.ceil(spec.reorder * fetch / CALIBRATED_K))
-            # Leaves enough to hold the fetch twice over: a tree-AH search sees only its leaves' rows, so a fetch
-            # past what the trained leaves_to_search hold (a large k, many exclusions) came back short of k. At
-            # a fetch of every row, every leaf.
-            leaves = min(spec.num_leaves, math.ceil(2 * spec.num_leaves * fetch / self.rows.count))
-            extra = {"pre_reorder_num_neighbors": min(self.rows.count, depth),
-                     "leaves_to_search": max(spec.num_leaves_to_search, leaves)}
+        if self.manifest.index.kind == "tree_ah":
+            leaves, depth = self._tree_depths(fetch)
+            extra = {"pre_reorder_num_neighbors": depth, "leaves_to_search": leaves}
         if len(queries) == 1:
             idx, dist = self._searcher.search(queries[0], final_num_neighbors=fetch, **extra)
             return np.asarray(idx)[None], np.asarray(dist)[None]

@@ -148,19 +148,20 @@ def test_concurrent_writers_take_distinct_generations(tmp_path):
 
 # ------------------------------------------------------------------ deltas in a searcher
 
+class Counting(ThreadPoolExecutor):
+    """A search executor that counts the calls sent to it (the others ran inline)."""
+    submitted = 0
+
+    def submit(self, fn, *args, **kwargs):
+        self.submitted += 1
+        return super().submit(fn, *args, **kwargs)
+
+
 async def test_filtered_popularity_and_many_small_groups_run_off_the_event_loop(monkeypatch):
     """A filter's mask, exact search and crowding, and a popularity ranking past its list, read every row: a
     call is inline only while all its queries read few rows together, however they split into filter groups."""
     index, queries = _index(2000, tree=False)
     monkeypatch.setattr(index_core, "INLINE_MAX_ROWS", 3000)
-
-    class Counting(ThreadPoolExecutor):
-        submitted = 0
-
-        def submit(self, fn, *args, **kwargs):
-            self.submitted += 1
-            return super().submit(fn, *args, **kwargs)
-
     manager = VersionManager("m")
     manager.add(1, index, make_live=True)
     executor = Counting(1)
@@ -175,6 +176,26 @@ async def test_filtered_popularity_and_many_small_groups_run_off_the_event_loop(
     assert executor.submitted == 4
     _, results = await core.search([index_core.Query(vector, 5), index_core.Query(vector, 5, filter=red)], 1)
     assert executor.submitted == 6 and all(len(r.ids) == 5 for r in results)
+    executor.shutdown()
+
+
+async def test_a_tree_search_with_many_exclusions_runs_off_the_event_loop(monkeypatch):
+    """Its leaves and exact re-scoring grow with its exclusions (10,000 made a 4 ms search of 100k rows), which the
+    estimate of the rows a call reads left out: such a call held the event loop."""
+    index, queries = _index(2000)
+    monkeypatch.setattr(index_core, "INLINE_MAX_ROWS", index.rows_scanned(1))  # a search of k <= 10 alone
+    manager = VersionManager("m")
+    manager.add(1, index, make_live=True)
+    executor = Counting(1)
+    core = index_core.IndexCore(manager, executor)
+    vector = queries[0].tolist()
+    await core.search([index_core.Query(vector, 5)], 1)
+    assert executor.submitted == 0
+    excluded = tuple(index.rows.ids[:500].tolist())
+    _, [result] = await core.search([index_core.Query(vector, 5, exclusions=excluded)], 1)
+    assert executor.submitted == 1 and len(result.ids) == 5 and not set(excluded) & set(result.ids)
+    _, similar = await core.similar(index.rows.ids[600], 5, excluded, NO_FILTER, 1)
+    assert executor.submitted == 2 and len(similar.ids) == 5
     executor.shutdown()
 
 
