@@ -2,9 +2,10 @@
 
 A real redis-server; each customer's list full (``--live-history-max``, 100) before the measured calls; each call
 appends N ids, every third of them taken from the customer's list as it stands (read before the call, not measured),
-so a third are repeats the script drops, by LiveHistory.record, the query service's own path. Redis's ``INFO commandstats`` gives the microseconds per EVALSHA, read after a
-``CONFIG RESETSTAT``: the server's own time, not the client's or the network's. Plain entries and entries sealed
-with a shared key (``--cache-key-file``) are measured alike.
+so a third are repeats the script drops, by LiveHistory.record, the query service's own path. Redis's
+``INFO commandstats`` gives the microseconds per EVALSHA, read after a ``CONFIG RESETSTAT``: the server's own time,
+not the client's or the network's. Plain entries and entries sealed with a shared key (``--cache-key-file``) are
+measured alike.
 
     python -m bench.live_history [--quick] [--calls 400] [--out FILE]
 """
