@@ -175,16 +175,20 @@ class CandidateIndex:
         return queries * n
 
     def _tree_depths(self, fetch: int) -> tuple[int, int]:
-        """(leaves searched, rows re-scored exactly) of a tree-AH search fetching ``fetch`` rows per query: as deep
-        per row fetched as for k=10, exclusions included (they are mostly the rows ranked first, a customer's own
-        history, so the rows kept sit below them: re-scored only as deep as k, recall@10 fell to 0.37 with 300 of the
-        top rows excluded, 0.96 without), and leaves enough to hold the fetch twice over (a tree-AH search sees only
-        its leaves' rows, so a fetch past what the trained leaves_to_search hold came back short of k; at a fetch
-        of every row, every leaf)."""
+        """(leaves searched, rows re-scored exactly) of a tree-AH search fetching ``fetch`` rows per query.
+
+        Re-scored as deep per row fetched as for k=10, exclusions included: they are mostly the rows ranked first
+        (a customer's own history), so the rows kept sit below them; re-scored only as deep as k, recall@10 fell
+        to 0.37 with 300 of the top rows excluded (0.96 without). Leaves: the trained count grown with the square
+        root of the fetch over k=10 (rows ranked deeper lie in more leaves: at 200k x 64, 23 of 447 leaves,
+        recall@10 past 300 excluded rows was 0.90, 0.99 so grown; bench.exclusions), and at least enough to
+        hold the fetch twice over (a tree-AH search sees only its leaves' rows, so a fetch past what they hold
+        came back short of k; at a fetch of every row, every leaf)."""
         spec = self.manifest.index
         depth = max(spec.reorder, fetch, math.ceil(spec.reorder * fetch / CALIBRATED_K))
-        leaves = min(spec.num_leaves, math.ceil(2 * spec.num_leaves * fetch / self.rows.count))
-        return max(spec.num_leaves_to_search, leaves), min(self.rows.count, depth)
+        grown = math.ceil(spec.num_leaves_to_search * math.sqrt(max(1.0, fetch / CALIBRATED_K)))
+        holding = math.ceil(2 * spec.num_leaves * fetch / self.rows.count)
+        return min(spec.num_leaves, max(spec.num_leaves_to_search, grown, holding)), min(self.rows.count, depth)
 
     @classmethod
     def load(cls, version_dir: Path, manifest: Manifest, min_recall: float = MIN_RECALL,

@@ -93,6 +93,12 @@ def test_request_cost_quick():
     assert out["vs_echo"]["miss_uncached"]["median"] > 0
 
 
+def test_exclusions_quick():
+    out = run_quick("bench.exclusions", timeout_s=120)
+    assert out["index"]["kind"] == "tree_ah" and set(out["results"]) == {"0", "100", "300", "1000"}
+    assert all(0 <= r["recall_at_10"] <= 1 and r["ms_per_search"] > 0 for r in out["results"].values())
+
+
 def test_live_history_quick():
     out = run_quick("bench.live_history", timeout_s=120)
     assert set(out["redis_us_per_append"]) == {"plain", "sealed"}
