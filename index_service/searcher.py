@@ -181,7 +181,7 @@ class CandidateIndex:
         (a customer's own history), so the rows kept sit below them; re-scored only as deep as k, recall@10 fell
         to 0.37 with 300 of the top rows excluded (0.96 without). Leaves: the trained count grown with the square
         root of the fetch over k=10 (rows ranked deeper lie in more leaves: at 200k x 64, 23 of 447 leaves,
-        recall@10 past 300 excluded rows was 0.90, 0.99 so grown; bench.exclusions), and at least enough to
+        recall@10 past 300 excluded rows was 0.93, 0.997 so grown; bench.exclusions), and at least enough to
         hold the fetch twice over (a tree-AH search sees only its leaves' rows, so a fetch past what they hold
         came back short of k; at a fetch of every row, every leaf)."""
         spec = self.manifest.index
