@@ -21,7 +21,7 @@ HIST_HIGHEST_US = 60_000_000
 HIST_DIGITS = 3
 PERCENTILES = (("p50_ms", 50.0), ("p90_ms", 90.0), ("p99_ms", 99.0), ("p99_9_ms", 99.9))
 
-# A run whose OK answers arrived at under this share of the offered rate fell behind its schedule.
+# A run whose answers arrived at under this share of the offered rate fell behind its schedule.
 KEPT_UP = 0.95
 # A send lag p99 over this means the load generator, not the server, was late (its event loop or CPU).
 CLIENT_LATE_MS = 10.0
@@ -296,23 +296,33 @@ def build_report(config: LoadConfig, log: RequestLog, *, elapsed_s: float, error
             entry["phases"] = {phase: window_stats(log, a, b, hist) for phase, (a, b) in windows[event.name].items()}
         report[event.name] = entry
     report["samples"] = list(samples)
-    report["warnings"] = warnings(report)
+    report["warnings"] = warnings(report, answer_rate(log, config.qps))
     return report
 
 
-def warnings(report: dict[str, Any]) -> list[str]:
-    """What a run's exit status and percentiles do not show: answers that fell behind the offered rate (their
-    latencies hold the queueing, and those that failed or were dropped are in no percentile), and a load
-    generator that itself sent late (its drops and latency are then its own)."""
+def answer_rate(log: RequestLog, qps: float) -> float | None:
+    """Answers (failed ones included) per second over the span the OK ones arrived in, from the first to the last
+    (plus one interval, so N answers sent 1/qps apart read as qps): what the target kept up with, whatever its
+    latency; None with fewer than two OK answers."""
+    sched, latency, outcome, _ = log.columns()
+    ok = outcome == OK
+    if ok.sum() < 2:
+        return None
+    arrived = sched[ok] + latency[ok] / 1e6
+    return int(ok.sum() + (outcome == ERROR).sum()) / (float(arrived.max() - arrived.min()) + 1.0 / qps)
+
+
+def warnings(report: dict[str, Any], rate: float | None) -> list[str]:
+    """What a run's exit status and percentiles do not show: answers that fell behind the offered rate (``rate``,
+    ``answer_rate``'s: their latencies hold the queueing, and those that failed or were dropped are in no
+    percentile), and a load generator that itself sent late (its drops and latency are then its own)."""
     notes = []
-    # Answers, failed ones included: a target that fails fast has not fallen behind (its errors fail the run).
-    answered = report["requests"]["ok"] + report["requests"]["errors"]
-    offered, elapsed = report["offered_qps"], report["elapsed_s"]
-    if elapsed > 0 and answered / elapsed < KEPT_UP * offered:
+    offered = report["offered_qps"]
+    if rate is not None and rate < KEPT_UP * offered:
         last = report["timeline"][-1]["end_s"] if report["timeline"] else report["config"]["duration_s"]
-        notes.append(f"answers arrived at {answered / elapsed:.3g}/s of the {offered:g}/s offered (the last OK one "
-                     f"at {last:g} s of a {report['config']['duration_s']:g} s schedule): the target fell behind, "
-                     "so latencies include queueing, and failed or dropped requests are in no percentile")
+        notes.append(f"answers arrived at {rate:.3g}/s of the {offered:g}/s offered (the last OK one at {last:g} s "
+                     f"of a {report['config']['duration_s']:g} s schedule): the target fell behind, so latencies "
+                     "include queueing, and failed or dropped requests are in no percentile")
     lag = report["send_lag_ms"]["p99_ms"]
     if lag is not None and lag > CLIENT_LATE_MS:
         notes.append(f"the load generator sent late (send lag p99 {lag:g} ms): part of the latency and of the "

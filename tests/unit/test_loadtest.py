@@ -135,6 +135,9 @@ def test_a_run_that_fell_behind_or_sent_late_says_so():
                                               for i in range(20)]), elapsed_s=1.902, errors_by_code=Counter(),
                                 cache_hits=0, sources=Counter())
     assert failing_fast["warnings"] == []  # 10% errors, answered at once: not behind (the errors fail the run)
+    slow_but_steady = build_report(config, _log([(i / 10, OK, 300_000, 1) for i in range(20)]), elapsed_s=2.2,
+                                   errors_by_code=Counter(), cache_hits=0, sources=Counter())
+    assert slow_but_steady["warnings"] == []  # 300 ms each, every answer 0.1 s after the one before
     late = new_histogram()
     record_latency(late, 50_000)
     behind = build_report(config, _behind_log(), elapsed_s=3.9, errors_by_code=Counter(), cache_hits=0,
