@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import types
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -324,8 +325,9 @@ class CandidateIndex:
                 pending, fetch = still, min(deepest, fetch * FETCH_GROWTH)
             return results
 
-    def _ann(self, queries: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
-        """ScaNN's top ``fetch`` rows per query (``_tree_depths`` deep for tree-AH)."""
+    def _ann(self, queries: np.ndarray, fetch: int) -> tuple[Sequence[np.ndarray], Sequence[np.ndarray]]:
+        """ScaNN's top ``fetch`` rows per query (``_tree_depths`` deep for tree-AH), and their scores; fewer for a
+        query whose searched leaves held fewer."""
         extra = {}
         if self.manifest.index.kind == "tree_ah":
             leaves, depth = self._tree_depths(fetch)
@@ -333,7 +335,14 @@ class CandidateIndex:
         if len(queries) == 1:
             idx, dist = self._searcher.search(queries[0], final_num_neighbors=fetch, **extra)
             return np.asarray(idx)[None], np.asarray(dist)[None]
-        return self._searcher.search_batched(queries, final_num_neighbors=fetch, **extra)
+        idx, dist = (np.asarray(a) for a in self._searcher.search_batched(queries, final_num_neighbors=fetch, **extra))
+        # A query whose leaves held fewer rows than the fetch (a region of the catalogue deleted) comes back padded
+        # with row 0 at a NaN score, where a single search comes back short: served, the padding was one candidate
+        # repeated. Short here too, so the caller fetches deeper as it does for a single search.
+        found = ~np.isnan(dist)
+        if found.all():
+            return idx, dist
+        return [i[m] for i, m in zip(idx, found)], [d[m] for d, m in zip(dist, found)]
 
     def _keep(self, rows: np.ndarray, scores: np.ndarray, k: int, excluded: frozenset[str], f: Filter) -> SearchResult:
         """The first k of ``rows`` (best first) that pass ``f``, are not excluded and fit crowding, each named
