@@ -24,6 +24,10 @@ from trainer import interrupts
 from trainer.config import PipelineConfig, TrainConfig, recommended_config
 from trainer.launcher import STOP_SIGNALS, TF_CONFIG, Cluster, launch
 
+# How long a worker of a multi-worker run may take to end after a stop before its watchdog ends it
+# (``interrupts.StopReport``): under the launcher's own grace (10 s), so a launcher still there sees it end.
+STOP_GRACE_S = 3.0
+
 
 class _Parser(argparse.ArgumentParser):
     """Reports user errors as one line (no usage dump, no traceback), exit status 2."""
@@ -153,13 +157,15 @@ def _remove_if_empty(folders: list[Path]) -> None:
             return
 
 
-def _stop_on_signals() -> dict[int, Any]:
+def _stop_on_signals(report: interrupts.StopReport) -> dict[int, Any]:
     """Makes SIGINT and SIGTERM raise ``Interrupted`` in the main thread, the first one only: later ones are
     ignored, so a second signal (a terminal's Ctrl-C reaches both the --workers launcher, which forwards it, and
-    its workers) cannot break off the cleanup of the first. Returns the handlers it replaced."""
+    its workers) cannot break off the cleanup of the first. The stop arms ``report``'s watchdog. Returns the
+    handlers it replaced."""
     def stop(signum, frame):
         for name in STOP_SIGNALS:
             signal.signal(name, signal.SIG_IGN)
+        report.arm(signum)
         # The run only unwinds from here: the warnings it would log on the way (Optuna's of the trial cut
         # off, with a traceback) would bury the one line that says what was published.
         logging.disable(logging.WARNING)
@@ -237,15 +243,23 @@ def _run(args: argparse.Namespace, argv: list[str] | None, config: PipelineConfi
     if cluster.workers == 1 and (args.workers or 1) > 1:
         return launch(sys.argv[1:] if argv is None else list(argv), args.workers)
 
-    manifest, previous = None, _stop_on_signals()
     published_before = set(Registry(config.registry, config.model).versions())
+
+    def stopped() -> str:
+        # Read from the registry: the stop may have come after the publish, before ``run`` returned.
+        made = sorted(set(Registry(config.registry, config.model).versions()) - published_before)
+        return "recsys-train: interrupted; " + (f"version {made[-1]} of {config.model} was published (not live)"
+                                                if made else "nothing was published")
+
+    report = interrupts.StopReport(stopped, STOP_GRACE_S if cluster.workers > 1 else None)
+    manifest, previous = None, _stop_on_signals(report)
     try:
         # TensorFlow (seconds to import) loads only once the arguments are known to be usable.
         from trainer.distribute import strategy_for
         from trainer.pipeline import run
 
         strategy = strategy_for(cluster)  # before any other TensorFlow op
-        _stop_on_signals()  # again: a multi-worker strategy's preemption handling took SIGTERM, and ignores it
+        _stop_on_signals(report)  # again: a multi-worker strategy's preemption handling took SIGTERM, and ignores it
         prefix = f"[worker {cluster.index}] " if cluster.workers > 1 else ""
         log = (lambda msg: None) if args.quiet else (lambda msg: print(prefix + msg, file=sys.stderr, flush=True))
         start = time.perf_counter()
@@ -263,11 +277,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None, config: PipelineConfi
             return 0
         return _report(manifest, metrics, config, args.metrics_out, plot_out, time.perf_counter() - start)
     except KeyboardInterrupt as e:
-        # Read from the registry: the stop may have come after the publish, before ``run`` returned.
-        made = sorted(set(Registry(config.registry, config.model).versions()) - published_before)
-        published = (f"version {made[-1]} of {config.model} was published (not live)" if made
-                     else "nothing was published")
-        print(f"recsys-train: interrupted; {published}", file=sys.stderr)
+        report.print()
         return 128 + getattr(e, "signum", signal.SIGINT)
     finally:
         for name, handler in previous.items():

@@ -13,8 +13,11 @@ leaves those tracebacks out.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
+import threading
+from collections.abc import Callable
 
 _asked: list[int] = []
 
@@ -71,6 +74,40 @@ def _of_stop(error: BaseException | None) -> bool:
         seen.add(id(error))
         error = error.__cause__ or error.__context__
     return False
+
+
+class StopReport:
+    """The one line an interrupted run ends with (``message()``), printed once. With ``grace_s`` (a worker of a
+    multi-worker run), a stop also arms a watchdog: a worker whose peer is gone can wait in a collective that never
+    returns, where ``Interrupted`` cannot reach it. Its launcher kills such a worker after its own grace, but a
+    launcher killed outright cannot (the kernel's parent-death SIGTERM is all its workers get): one of two stayed
+    up after that. So ``grace_s`` after the stop the watchdog prints the line and ends the process (128 + the
+    signal, as the run would have returned)."""
+
+    def __init__(self, message: Callable[[], str], grace_s: float | None = None):
+        self._message, self._grace_s = message, grace_s
+        self._lock = threading.Lock()
+        self._printed = False
+
+    def arm(self, signum: int) -> None:
+        """Starts the watchdog for a stop by ``signum`` (with ``grace_s`` only)."""
+        if self._grace_s is None:
+            return
+
+        def expire() -> None:
+            self.print(f" (a collective did not return within {self._grace_s:g} s of the stop)")
+            os._exit(128 + signum)
+
+        timer = threading.Timer(self._grace_s, expire)
+        timer.daemon = True  # a run that ends in time is not held up by it
+        timer.start()
+
+    def print(self, note: str = "") -> None:
+        """Prints the line (with ``note``) unless it was printed already."""
+        with self._lock:
+            if not self._printed:
+                self._printed = True
+                print(self._message() + note, file=sys.stderr, flush=True)
 
 
 def check() -> None:

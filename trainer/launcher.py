@@ -91,7 +91,9 @@ def launch(argv: list[str], workers: int, poll_s: float = 0.2, grace_s: float = 
     then SIGKILL after ``grace_s``. SIGINT or SIGTERM to this launcher is passed
     on to every worker the same way (each stops without publishing), and the
     launcher returns 128 + N once every worker has ended. A launcher that is
-    killed outright stops its workers too: each gets SIGTERM from the kernel."""
+    killed outright stops its workers too: each gets SIGTERM from the kernel,
+    and one waiting in a collective, which that stop cannot reach, ends itself
+    ``cli.STOP_GRACE_S`` later (``interrupts.StopReport``)."""
     addresses = [f"127.0.0.1:{port}" for port in free_ports(workers)]
     received: list[int] = []
     previous = {name: signal.signal(name, lambda signum, frame: received.append(signum)) for name in STOP_SIGNALS}

@@ -17,7 +17,7 @@ DROPPED = """
 import signal
 from trainer import cli, interrupts
 
-cli._stop_on_signals()
+cli._stop_on_signals(interrupts.StopReport(str))
 
 class Collected:
     def __del__(self):  # as TensorFlow's ConcreteFunctionGarbageCollector runs when the signal lands there
@@ -60,7 +60,7 @@ import signal
 import sys
 from trainer import cli, interrupts
 
-cli._stop_on_signals()
+cli._stop_on_signals(interrupts.StopReport(str))
 interrupts.request(signal.SIGINT)  # recorded by the handler, whose exception a library turned into its own error
 
 
@@ -87,3 +87,41 @@ def test_an_error_a_library_prints_while_a_stop_is_recorded_is_one_line_not_a_tr
     assert run.stderr.splitlines()[-2:] == [
         "(while stopping) SystemError: <built-in function __import__> returned a result with an exception set",
         "(while stopping) ValueError: invalid literal for int() with base 10: 'x'"]
+
+
+STUCK = """
+import signal
+import sys
+import threading
+from trainer import interrupts
+
+report = interrupts.StopReport(lambda: "recsys-train: interrupted; nothing was published", grace_s=0.5)
+signal.signal(signal.SIGTERM, lambda signum, frame: report.arm(signum))  # the stop reaches no loop of the run
+print("ready", flush=True)
+threading.Event().wait(30)  # as a collective whose peer is gone waits
+print("still up", flush=True)
+"""
+
+
+def test_a_worker_the_stop_cannot_reach_ends_itself_after_its_grace():
+    """A launcher killed outright leaves its workers only the kernel's SIGTERM; one waiting in a collective whose
+    peer was gone stayed up (the handler's ``Interrupted`` never reached it), and nothing killed it later."""
+    proc = subprocess.Popen([sys.executable, "-c", STUCK], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGTERM)
+        status = proc.wait(10)
+        out, err = proc.communicate()
+    finally:
+        proc.kill()
+    assert status == 128 + signal.SIGTERM and "still up" not in out
+    assert err.strip() == ("recsys-train: interrupted; nothing was published (a collective did not return within "
+                           "0.5 s of the stop)")
+
+
+def test_the_line_is_printed_once_whoever_prints_it_first(capsys):
+    report = interrupts.StopReport(lambda: "recsys-train: interrupted; nothing was published")
+    report.arm(signal.SIGINT)  # no watchdog without a grace
+    report.print()
+    report.print(" (again)")
+    assert capsys.readouterr().err == "recsys-train: interrupted; nothing was published\n"
