@@ -497,9 +497,12 @@ async def test_a_result_held_in_process_leaves_few_objects_to_the_garbage_collec
         gc.collect()
         return len(gc.get_objects())
 
-    # The objects each further result adds; what the first ones build (connections, metrics) is shared.
+    # The objects each further result adds; what the first ones build (connections, metrics) is shared. Counted
+    # over two rounds, the lower kept: whatever else the process allocates meanwhile only adds (a full suite's
+    # run once read 0.52 where this test alone reads 0.03-0.29), while a result that leaves objects does so in both.
     first = await tracked_after(100)
-    per_result = (await tracked_after(300) - first) / 300
+    second = await tracked_after(150)
+    per_result = min(second - first, await tracked_after(150) - second) / 150
     assert len(cache._local) == 400 and per_result <= 0.5, per_result
     held = cache.get_local(next(iter(cache._local)))
     assert not gc.is_tracked(held.ids) and not gc.is_tracked(held.scores)
