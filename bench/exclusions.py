@@ -31,14 +31,30 @@ EXCLUDED = (0, 100, 300, 1000)
 K = 10
 
 
+def trained_index(n: int, dim: int, clusters: int, num_queries: int) -> tuple[CandidateIndex, np.ndarray, np.ndarray]:
+    """A tree-AH index over ``n`` clustered vectors, built by the trainer's ``build_index`` (its recall target
+    picks how few leaves a k=10 search opens); the vectors and ``num_queries`` queries."""
+    db, probes, queries = synthetic_clustered(n, dim, clusters, 0.8, num_queries, 200, seed=0, decay=0.6)
+    searcher, spec = build_index(db, probes)
+    ids = np.array([f"c{j:07d}" for j in range(n)])
+    manifest = Manifest("bench", 1, dim, n, "id", "synthetic", "now", spec, {})
+    # A copy of the vectors: a catalogue delta (a test's deletes) rewrites the rows it holds.
+    index = CandidateIndex(manifest, Rows(ids, db.copy()), searcher, LoadReport(0, 0), AttributeColumns(None, n),
+                           ([], []))
+    return index, db, queries
+
+
+def own_top_excluded(index: CandidateIndex, db: np.ndarray, query: np.ndarray, excluded: int,
+                     k: int = K) -> tuple[frozenset[str], set[str]]:
+    """The query's exact top ``excluded`` rows, as exclusions, and the exact top k of the rest."""
+    order = np.argsort(-(db @ query), kind="stable")
+    ids = index.rows.ids
+    return frozenset(ids[order[:excluded]].tolist()), set(ids[order[excluded:excluded + k]].tolist())
+
+
 def measure(index: CandidateIndex, db: np.ndarray, queries: np.ndarray, excluded: int, rounds: int) -> dict:
     """recall@10 against exact search over the rows not excluded, and the best round's milliseconds a search."""
-    ids = index.rows.ids
-    exclusions, truths = [], []
-    for query in queries:
-        order = np.argsort(-(db @ query), kind="stable")
-        exclusions.append(frozenset(ids[order[:excluded]].tolist()))
-        truths.append(set(ids[order[excluded:excluded + K]].tolist()))
+    exclusions, truths = zip(*(own_top_excluded(index, db, query, excluded) for query in queries))
     best = float("inf")
     for _ in range(rounds):
         start = time.perf_counter()
@@ -60,13 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.quick:
         args.n, args.dim, args.clusters, args.queries, args.rounds = 20_000, 16, 100, 20, 1
-    db, probes, queries = synthetic_clustered(args.n, args.dim, args.clusters, 0.8, args.queries, 200, seed=0,
-                                              decay=0.6)
-    searcher, spec = build_index(db, probes)
-    ids = np.array([f"c{j:07d}" for j in range(args.n)])
-    manifest = Manifest("bench", 1, args.dim, args.n, "id", "synthetic", "now", spec, {})
-    index = CandidateIndex(manifest, Rows(ids, db), searcher, LoadReport(0, 0), AttributeColumns(None, args.n),
-                           ([], []))
+    index, db, queries = trained_index(args.n, args.dim, args.clusters, args.queries)
+    spec = index.manifest.index
     results = {str(n): measure(index, db, queries, n, args.rounds) for n in EXCLUDED}
     print(table([[n, r["recall_at_10"], r["ms_per_search"]] for n, r in results.items()],
                 ["excluded top rows", "recall@10", "ms a search"]), file=sys.stderr)

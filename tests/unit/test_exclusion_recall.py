@@ -9,41 +9,30 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.ann import synthetic_clustered
-from index_service.attributes import AttributeColumns
-from index_service.rows import Rows
+from bench.exclusions import own_top_excluded, trained_index
 from index_service.searcher import CandidateIndex
-from model_registry import Manifest
 from model_registry.deltas import Delta
-from serving.lifecycle.admin import LoadReport
-from trainer.export.index import build_index
 
 N, DIM = 20_000, 16
 
 
-def trained_index() -> tuple[CandidateIndex, np.ndarray, np.ndarray]:
-    """An index built by the trainer's ``build_index`` over clustered vectors; the vectors and 50 queries."""
-    db, probes, queries = synthetic_clustered(N, DIM, 100, 0.8, 50, 200, seed=0, decay=0.6)
-    searcher, spec = build_index(db, probes)
+def _index() -> tuple[CandidateIndex, np.ndarray, np.ndarray]:
+    index, db, queries = trained_index(N, DIM, 100, 50)
+    spec = index.manifest.index
     assert spec.kind == "tree_ah" and spec.num_leaves_to_search < spec.num_leaves // 5  # a few leaves of many
-    ids = np.array([f"c{j:06d}" for j in range(N)])
-    index = CandidateIndex(Manifest("m", 1, DIM, N, "id", "test", "now", spec, {}), Rows(ids, db.copy()), searcher,
-                           LoadReport(0, 0), AttributeColumns(None, N), ([], []))
     return index, db, queries
 
 
 @pytest.fixture(scope="module")
 def trained():
-    return trained_index()
+    return _index()
 
 
 def recall(index: CandidateIndex, db: np.ndarray, queries: np.ndarray, excluded: int, k: int) -> float:
     """Mean recall@k of searches each excluding its own exact top ``excluded`` rows, against exact search."""
     recalls = []
     for query in queries:
-        order = np.argsort(-(db @ query), kind="stable")
-        exclusions = frozenset(index.rows.ids[order[:excluded]].tolist())
-        truth = set(index.rows.ids[order[excluded:excluded + k]].tolist())
+        exclusions, truth = own_top_excluded(index, db, query, excluded, k)
         [answer] = index.search(query[None], k, [exclusions])
         assert len(answer.ids) == k and not exclusions & set(answer.ids)
         recalls.append(len(truth & set(answer.ids)) / k)
@@ -61,7 +50,7 @@ def test_exclusions_and_a_large_k_keep_the_recall_of_a_k_10_search(trained, excl
 def test_a_batched_search_whose_leaves_ran_dry_answers_as_single_searches_do():
     """ScaNN pads a batched query's answer with row 0 at a NaN score when its leaves hold fewer rows than the
     fetch: with 12,000 rows around a query deleted, that query's k=50 answer was one candidate 41 times."""
-    index, db, queries = trained_index()
+    index, db, queries = _index()
     near = np.argsort(-(db @ queries[0]))[:12_000]
     index.apply_catalogue([Delta.make(deleted=index.rows.ids[near].tolist(), dim=DIM)], 1, rest=False)
     for k in (10, 50, 200):
