@@ -64,6 +64,12 @@ class RequestLog:
         return (_view(self.sched_s, np.float64), _view(self.latency_us, np.int64), _view(self.outcome, np.int8),
                 _view(self.version, np.int64))
 
+    def arrivals(self) -> np.ndarray:
+        """When each OK answer arrived, in seconds after the run's start (its scheduled send plus its latency)."""
+        sched, latency, outcome, _ = self.columns()
+        ok = outcome == OK
+        return sched[ok] + latency[ok] / 1e6
+
     def rpc_codes(self) -> np.ndarray:
         """Each row's RPC (index in RPCS), as ``columns`` gives the others."""
         return _view(self.rpc, np.int8)
@@ -128,9 +134,7 @@ def timeline(log: RequestLog, duration_s: float) -> list[dict[str, Any]]:
     arrive late when the server falls behind, so the rows go on past the schedule until the last one arrived, and
     each row's ``end_s`` says where it ends (a partial last second's is not a whole second on)."""
     hist = new_histogram()
-    sched, latency, outcome, _ = log.columns()
-    ok = outcome == OK
-    arrived = sched[ok] + latency[ok] / 1e6
+    arrived = log.arrivals()
     end_s = max(duration_s, float(arrived.max()) if arrived.size else 0.0)
     rows = []
     for second in range(math.ceil(end_s)):
@@ -304,12 +308,11 @@ def answer_rate(log: RequestLog, qps: float) -> float | None:
     """Answers (failed ones included) per second over the span the OK ones arrived in, from the first to the last
     (plus one interval, so N answers sent 1/qps apart read as qps): what the target kept up with, whatever its
     latency; None with fewer than two OK answers."""
-    sched, latency, outcome, _ = log.columns()
-    ok = outcome == OK
-    if ok.sum() < 2:
+    arrived = log.arrivals()
+    if arrived.size < 2:
         return None
-    arrived = sched[ok] + latency[ok] / 1e6
-    return int(ok.sum() + (outcome == ERROR).sum()) / (float(arrived.max() - arrived.min()) + 1.0 / qps)
+    answered = int(np.isin(log.columns()[2], (OK, ERROR)).sum())
+    return answered / (float(arrived.max() - arrived.min()) + 1.0 / qps)
 
 
 def warnings(report: dict[str, Any], rate: float | None) -> list[str]:
