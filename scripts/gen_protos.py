@@ -2,7 +2,9 @@
 
 The stubs are committed; tests/unit/test_protos_current.py regenerates them into
 a temporary directory and fails if the committed ones differ, so they cannot
-drift from the .proto sources. Run after editing a .proto:
+drift from the .proto sources. Generating into the repository also adds what is
+new to protos/api.lock.json, and fails on a change that breaks clients built on it
+(scripts/proto_lock.py). Run after editing a .proto:
 
     .venv/bin/python scripts/gen_protos.py
 """
@@ -40,10 +42,16 @@ def generate(out_dir: Path) -> None:
         raise RuntimeError(f"protoc failed: {' '.join(args)}")
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT, help="output root (default: the repository)")
-    generate(parser.parse_args().out)
+    out = parser.parse_args().out
+    generate(out)
+    if out.resolve() == ROOT:
+        import proto_lock
+
+        return proto_lock.main([])
+    return 0
 
 
 if __name__ == "__main__":
