@@ -23,9 +23,14 @@ key per process, or per ``--workers`` pool, so no other replica shares it), and
 is checked for shape on the way back; a value that fails either is a miss, and
 the answer computed instead overwrites it.
 
-A value also carries the moment it expires, the one Redis was given (``PXAT``),
-so a result read from Redis is held in process only for what is left of its TTL:
-no result outlives the TTL, however many tiers it passed through.
+Redis expires a value a TTL after its write by its own clock (``PX``), so replicas
+whose clocks differ agree on when a value goes and may all read it (with ``PXAT``
+from the writer's clock, a writer an hour behind stored nothing and one an hour
+ahead stored values for 13 TTLs). A value also carries the moment it expires by
+its writer's clock, so a result read from Redis is held in process only for what
+is left of its TTL, and never for more than a TTL: with clocks in step, no result
+outlives the TTL, however many tiers it passed through; with clocks skewed, the
+in-process hold is off by the skew, at most a TTL.
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ log = logging.getLogger(__name__)
 
 # A truncated HMAC-SHA256: 128 bits is ample against forgery, and the value stays small.
 MAC_BYTES = 16
-# After the MAC: when the value expires, in milliseconds since the epoch (Redis's ``PXAT``).
+# After the MAC: when the value expires by its writer's clock, in milliseconds since the epoch.
 _EXPIRES = struct.Struct(">Q")
 # Results are written to Redis this long after the first of them, all in one
 # pipeline: a pipeline costs redis-py ~90 us of CPU plus ~30 us per SET
@@ -248,8 +253,8 @@ class ResultCache:
         try:
             expires_ms = int(time.time() * 1000) + self.config.ttl_s * 1000
             sealed = {key: self._seal(key, result, expires_ms) for key, result in values.items()}
-            await self.link.pipelined("SET", list(sealed), lambda pipe, key: pipe.set(key, sealed[key],
-                                                                                     pxat=expires_ms),
+            ttl_ms = self.config.ttl_s * 1000
+            await self.link.pipelined("SET", list(sealed), lambda pipe, key: pipe.set(key, sealed[key], px=ttl_ms),
                                       write=True)
         finally:
             written.set_result(None)
@@ -312,13 +317,12 @@ class ResultCache:
                             "miss; see recsys_cache_events_total{event=\"invalid\"} for the count", key)
             return None
         result, expires_ms = opened
-        # What is left of its TTL, as the writer's clock set it (the local tier holds nothing past a whole TTL).
+        _HIT.inc()  # Redis holds it, so by Redis's clock its TTL has not passed
+        # Held in process for what is left of its TTL by the writer's clock (the tier holds nothing longer than a
+        # TTL, if the writer's clock is ahead of this one), not at all when this clock reads it expired.
         left_s = expires_ms / 1000 - time.time()
-        if left_s <= 0:  # expired by this replica's clock, though Redis (on its own clock) still held it
-            _MISS.inc()
-            return None
-        _HIT.inc()
-        self._keep_local(key, result, left_s)
+        if left_s > 0:
+            self._keep_local(key, result, left_s)
         return result
 
     async def put(self, key: str, result: CachedResult) -> None:

@@ -134,10 +134,38 @@ async def test_a_result_read_from_redis_is_held_in_process_for_what_is_left_of_i
         assert reader.get_local(key) is not None
         await asyncio.sleep(1.0)  # 2.2 s after the write: past the TTL, not past a TTL from the read
         assert reader.get_local(key) is None
-        # Expired by the reader's clock while Redis, on a clock behind it, still holds the value: a miss.
+        # Expired by the reader's clock while Redis, on a clock behind it, still holds the value: Redis's clock
+        # rules whether it is served; the reader's that it is not held in process.
         await raw.set(key, writer._seal(key, CachedResult(["i2"], [2.0], "model"), int(time.time() * 1000) - 1))
-        assert await reader.get(key) is None
+        assert await reader.get(key) == CachedResult(["i2"], [2.0], "model")
+        assert reader.get_local(key) is None
     finally:
+        await writer.close()
+        await reader.close()
+        await raw.aclose()
+
+
+@pytest.mark.parametrize("writer_skew_s, reader_skew_s", [(-3600, 0), (3600, 0), (0, 600)])
+async def test_replicas_whose_clocks_differ_share_values_that_live_one_ttl(redis_server, monkeypatch,
+                                                                          writer_skew_s, reader_skew_s):
+    # An NTP step, or two hosts' clocks apart: an expiry from the writer's clock (PXAT) was in Redis's past for a
+    # writer an hour behind (nothing stored), 13 TTLs away for one ahead, and every value read as expired by a
+    # reader 10 minutes ahead.
+    writer = ResultCache(CacheConfig(redis_server.url, ttl_s=300, local_mb=0, mac_key="shared"))
+    reader = ResultCache(CacheConfig(redis_server.url, ttl_s=300, mac_key="shared"))
+    raw = redis.from_url(redis_server.url)
+    key = cache_key("m", 1, f"skew{writer_skew_s}:{reader_skew_s}", 1, frozenset())
+    now = time.time
+    try:
+        monkeypatch.setattr(time, "time", lambda: now() + writer_skew_s)
+        await writer.put(key, CachedResult(["i1"], [1.0], "model"))
+        monkeypatch.setattr(time, "time", lambda: now() + reader_skew_s)
+        assert 299_000 < await raw.pttl(key) <= 300_000
+        assert await reader.get(key) == CachedResult(["i1"], [1.0], "model")
+        if writer_skew_s > 0:  # held in process no longer than a TTL, whatever the writer's clock said
+            assert reader._local._entries[key][0] - time.monotonic() <= 300
+    finally:
+        monkeypatch.setattr(time, "time", now)
         await writer.close()
         await reader.close()
         await raw.aclose()
