@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -340,7 +341,15 @@ def from_args(cls: type, args: argparse.Namespace, **extra: Any) -> Any:
     plus ``extra`` top-level fields that are not flags; raises ConfigError
     (dotted field) if a value is unusable."""
     flags = _flags(cls)
-    return _build(cls, vars(args), (), {f.path: f for f in flags}, extra)
+    config = _build(cls, vars(args), (), {f.path: f for f in flags}, extra)
+    # After each config's own checks, which say more where they have something to say. Python's float() reads "inf"
+    # and "nan": as a timeout or a wait, gRPC reads inf as already expired, a batch waits for ever, a back-off never
+    # ends.
+    for flag in flags:
+        value = getattr(args, flag.dest, None)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(".".join(flag.path), "must be a finite number")
+    return config
 
 
 def parse(parser: argparse.ArgumentParser, cls: type, argv: list[str] | None = None) -> Any:

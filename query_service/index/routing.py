@@ -75,6 +75,9 @@ NO_HOLDER_LOG_S = 5.0
 # A version searched (or waited for) this recently is in /metrics with its holders even while none holds it;
 # a retired one drops out, rather than reading as an outage forever.
 ASKED_S = 300.0
+# The longest --index-timeout-s: gRPC reads a deadline ~1e10 s away as already passed, and every call without a
+# client deadline failed DEADLINE_EXCEEDED.
+MAX_INDEX_TIMEOUT_S = 86_400.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +94,8 @@ class RoutingConfig:
     tls: ClientTls = option(ClientTls(), "TLS to the index endpoints", prefix="index-tls-")
 
     def __post_init__(self) -> None:
-        require(self.timeout_s > 0, "timeout_s", "must be positive")
+        require(0 < self.timeout_s <= MAX_INDEX_TIMEOUT_S, "timeout_s", f"must be positive and at most "
+                f"{MAX_INDEX_TIMEOUT_S:,.0f} s (a day)")
         require(self.hedge_ms >= 0, "hedge_ms", "must be >= 0")
 
 

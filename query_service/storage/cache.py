@@ -51,7 +51,7 @@ import prometheus_client
 
 from query_service.batching import BATCH_SIZE, MicroBatcher
 from query_service.storage.local_tier import LocalTier
-from query_service.storage.redis_link import CLUSTER_SCHEMES, PIPELINED, UNREACHED, RedisLink
+from query_service.storage.redis_link import CLUSTER_SCHEMES, MAX_TTL_S, PIPELINED, UNREACHED, RedisLink
 from query_service.storage.result import CachedResult
 from serving.errors import ResourceExhausted
 from serving.telemetry.log_throttle import LogThrottle
@@ -135,7 +135,7 @@ class CacheConfig:
         require(not self.url or urlsplit(self.url).scheme in ("redis", "rediss", "unix", *CLUSTER_SCHEMES), "url",
                 f"{redacted_url(self.url)!r} names no Redis: give redis://HOST:PORT[/DB], rediss://..., unix://PATH or "
                 "redis+cluster://HOST:PORT[,HOST:PORT...]")
-        require(self.ttl_s >= 1, "ttl_s", "must be >= 1")
+        require(1 <= self.ttl_s <= MAX_TTL_S, "ttl_s", f"must be from 1 to {MAX_TTL_S:,} (ten years)")
         require(self.timeout_s > 0, "timeout_s", "must be positive")
         require(self.retry_after_s >= 0, "retry_after_s", "must be >= 0")
         require(self.local_mb >= 0, "local_mb", "must be >= 0")

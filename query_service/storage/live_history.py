@@ -35,7 +35,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from query_service.batching import MicroBatcher
 from query_service.storage.cache import seal, unseal
-from query_service.storage.redis_link import PIPELINED, REDIS_ERRORS, UNREACHED, RedisLink
+from query_service.storage.redis_link import MAX_TTL_S, PIPELINED, REDIS_ERRORS, UNREACHED, RedisLink
 from serving.errors import ResourceExhausted, Unavailable
 from serving.telemetry.tracing import span
 from serving.validation import MAX_ID_BYTES
@@ -51,7 +51,7 @@ class LiveHistoryConfig:
 
     def __post_init__(self) -> None:
         require(self.max_items >= 1, "max_items", "must be >= 1")
-        require(self.ttl_s >= 1, "ttl_s", "must be >= 1")
+        require(1 <= self.ttl_s <= MAX_TTL_S, "ttl_s", f"must be from 1 to {MAX_TTL_S:,} (ten years)")
 
 
 # Up to this many ids a call, each is found by an LPOS scan of the list; more, and one pass over the list with a Lua

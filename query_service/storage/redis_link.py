@@ -75,6 +75,9 @@ PIPELINED = BatchingConfig(max_batch_size=256, max_wait_ms=0.0, max_in_flight=4,
 # for everyone. Through 8 a burst of 1000 appends took ~90 ms (server or cluster; no faster through 16), so a
 # call still waiting after a second is behind this replica's own overload, not behind a burst.
 MAX_CONNECTIONS = 8
+# The longest expiry either store gives Redis (ten years): far larger, and Redis refuses the SET or EXPIRE
+# ("invalid expire time"), after the live history's script has already pushed its items.
+MAX_TTL_S = 10 * 365 * 86400
 POOL_WAIT_S = 1.0
 
 REDIS_ERRORS_TOTAL = prometheus_client.Counter("recsys_redis_errors_total", "Failed Redis calls by operation",

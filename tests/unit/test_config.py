@@ -173,3 +173,24 @@ def test_recsys_train_takes_its_training_flags_from_the_environment_too(monkeypa
     monkeypatch.setenv("RECSYS_EPOCHS", "many")  # one line naming the variable, not a traceback
     with pytest.raises(SystemExit, match=r"^error: \$RECSYS_EPOCHS: invalid int value 'many'$"):
         cli.build_parser()
+
+
+@pytest.mark.parametrize("flag, says", [
+    # Python's float() reads these: a wait that never ends, a back-off that never ends, a deadline gRPC reads as past.
+    ("--batch-wait-ms=inf", "--batch-wait-ms must be a finite number"),
+    ("--redis-retry-after-s=inf", "--redis-retry-after-s must be a finite number"),
+    ("--warmup-budget-s=inf", "--warmup-budget-s must be a finite number"),
+    ("--index-timeout-s=inf", "--index-timeout-s must be positive and at most 86,400 s"),
+    ("--index-timeout-s=1e10", "--index-timeout-s must be positive and at most 86,400 s"),
+    # Redis refuses an expiry this far off ("invalid expire time"), after the live history's items were pushed.
+    ("--cache-ttl-s=10000000000000000", "--cache-ttl-s must be from 1 to 315,360,000"),
+    ("--live-history-ttl-s=10000000000000000", "--live-history-ttl-s must be from 1 to 315,360,000"),
+])
+def test_a_query_flag_that_no_wait_or_expiry_can_use_is_refused(capsys, flag, says):
+    from query_service.server import QueryServiceConfig, build_parser
+    from settings.flags import parse
+
+    with pytest.raises(SystemExit) as exit_:
+        parse(build_parser(), QueryServiceConfig, ["--registry", "/r", "--model", "m", "--index-address", "h:1", flag])
+    assert exit_.value.code == 2
+    assert f"error: {says}" in capsys.readouterr().err
