@@ -22,6 +22,18 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def file_system_now(directory: Path) -> float:
+    """The time by the clock that stamps ``directory``'s entries, which is a shared registry's file server's or its
+    writers' rather than this host's: the modification time of a file made there now. An age read against this
+    host's clock was off by the two clocks' difference: an hour ahead, a prune removed a publish's folder mid-write."""
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=REPLACING_PREFIX)
+    try:
+        return os.fstat(fd).st_mtime
+    finally:
+        os.close(fd)
+        os.unlink(tmp)
+
+
 def make_dirs(path: Path) -> None:
     """Makes folder ``path`` and its missing parents, each new one's entry synced in its parent."""
     missing = []

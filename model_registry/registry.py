@@ -34,7 +34,6 @@ import os
 import re
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import IO, Callable, NamedTuple
 
@@ -42,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from model_registry import signing
 from model_registry.deltas import catalogue_dir, remove_leftovers
-from model_registry.durable import REPLACING_PREFIX, fsync_dir, make_dirs, replace_file
+from model_registry.durable import REPLACING_PREFIX, file_system_now, fsync_dir, make_dirs, replace_file
 from model_registry.manifest import MANIFEST_FILE, Manifest, VersionError, checksum_tree, is_version, read_manifest
 
 CURRENT_FILE = "CURRENT"
@@ -321,7 +320,7 @@ class Registry:
     def _remove_leftovers(self, min_age_s: float = 3600.0) -> None:
         """Removes what crashed publishes, prunes, pointer writes and catalogue writes left behind, once old
         enough that no writer can still be at it."""
-        cutoff = time.time() - min_age_s
+        cutoff = file_system_now(self.model_dir) - min_age_s
         slots = self.model_dir / SLOTS_DIR
         for entry in [*self.model_dir.iterdir(), *(slots.iterdir() if slots.is_dir() else ())]:
             if not entry.name.startswith((STAGING_PREFIX, REPLACING_PREFIX, ".deleting-")):

@@ -77,3 +77,22 @@ def test_prune_removes_old_leftovers_of_crashed_publishes_only(tmp_path):
     os.utime(old, (time.time() - 7200, time.time() - 7200))
     registry.prune(keep=2)
     assert not old.exists() and fresh.exists()
+
+
+def test_leftovers_are_aged_by_the_registry_s_clock_not_the_pruning_host_s(tmp_path, monkeypatch):
+    # A registry on a file server, pruned from a host whose clock is an hour ahead of it (or after an NTP step): a
+    # publish's folder being written read as an hour old and was removed under it.
+    registry = Registry(tmp_path, "m")
+    publish_dummy(registry)
+    publish_dummy(registry)
+    fresh = registry.model_dir / ".staging-being-written"
+    fresh.mkdir()
+    old = registry.model_dir / ".staging-old"
+    old.mkdir()
+    stamp = os.stat(fresh).st_mtime - 7200
+    os.utime(old, (stamp, stamp))
+    now = time.time
+    monkeypatch.setattr(time, "time", lambda: now() + 3601)
+    registry.prune(keep=2)
+    assert fresh.exists() and not old.exists()
+    assert not [p for p in registry.model_dir.iterdir() if p.name.startswith(".current-")]
