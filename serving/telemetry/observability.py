@@ -274,6 +274,14 @@ class ServerObservability(grpc.aio.ServerInterceptor):
                 # gRPC answers UNKNOWN for an exception a handler let through without setting a code.
                 code = _code_name(context, "UNKNOWN")
                 raise
+            except asyncio.CancelledError:
+                # gRPC cancels the handler of a call whose deadline passed as it does one whose caller left: its
+                # caller heard DEADLINE_EXCEEDED, which the server-errors alert counts (a quarter of the timeouts of
+                # a stalled index were counted CANCELLED when gRPC's timer beat the handler's own).
+                remaining = context.time_remaining()
+                if remaining is not None and remaining <= 0:
+                    code = "DEADLINE_EXCEEDED"
+                raise
             finally:
                 if held:
                     self._in_flight -= 1

@@ -71,6 +71,9 @@ class Echo(pb_grpc.AdminServiceServicer):
     async def Promote(self, request, context):
         raise RuntimeError("a bug")
 
+    async def UnloadVersion(self, request, context):
+        await asyncio.sleep(30)  # never answers in time: its caller's deadline passes, or its caller leaves
+
 
 async def start_echo(downstream: str = "", interceptors=(), echo_request_id: bool = False):
     return await start_server([ServiceSpec(pb_grpc.add_AdminServiceServicer_to_server, Echo(downstream), ADMIN)],
@@ -99,6 +102,29 @@ async def test_every_call_is_timed_by_method_and_code():
     assert latency_count("LoadVersion", "FAILED_PRECONDITION") - before["LoadVersion", "FAILED_PRECONDITION"] == 1
     assert latency_count("Promote", "INTERNAL") - before["Promote", "INTERNAL"] == 1
     assert latency_count("Rollback", "UNIMPLEMENTED") - before["Rollback", "UNIMPLEMENTED"] == 1
+
+
+async def test_a_call_past_its_deadline_is_timed_as_deadline_exceeded_and_one_its_caller_left_as_cancelled():
+    # gRPC cancels a handler when its caller's deadline passes, as when the caller cancels: counted CANCELLED, the
+    # timeouts escaped the server-errors alert.
+    server = await start_echo()
+    before = {code: latency_count("UnloadVersion", code) for code in ("DEADLINE_EXCEEDED", "CANCELLED")}
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.AdminServiceStub(channel)
+            for _ in range(3):
+                with pytest.raises(grpc.aio.AioRpcError) as late:
+                    await stub.UnloadVersion(pb.UnloadVersionRequest(version=1), timeout=0.2)
+                assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            left = stub.UnloadVersion(pb.UnloadVersionRequest(version=1), timeout=5)
+            await asyncio.sleep(0.2)
+            left.cancel()
+        counted = await settled(lambda: latency_count("UnloadVersion", "CANCELLED") - before["CANCELLED"], 1)
+        timed_out = await settled(
+            lambda: latency_count("UnloadVersion", "DEADLINE_EXCEEDED") - before["DEADLINE_EXCEEDED"], 3)
+    finally:
+        await server.stop(0)
+    assert (timed_out, counted) == (3, 1)
 
 
 async def test_calls_refused_by_another_interceptor_are_counted():
