@@ -35,8 +35,10 @@ I = TypeVar("I")
 O = TypeVar("O")
 
 BATCH_SIZE = prometheus_client.Histogram(
-    "recsys_batch_size", "Requests per micro-batch, by batcher (the method that processes its batches)",
-    ["batcher"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+    "recsys_batch_size", "Requests per micro-batch processed (callers that left before it are not counted), by batcher "
+    "(the method that processes its batches; a query replica's Recommender._process_misses takes every request its "
+    "in-process tier missed, those Redis then answers included)", ["batcher"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,6 @@ class MicroBatcher(Generic[I, O]):
                         break
                 else:
                     batch.append(self._queue.get_nowait())
-            self._sizes.observe(len(batch))
             self._in_flight += 1
             task = loop.create_task(self._run(batch), context=batch[0][2])
             self._running.add(task)
@@ -136,6 +137,7 @@ class MicroBatcher(Generic[I, O]):
             pending = [(item, future) for item, future, _ in batch if not future.done()]  # skip cancelled callers
             if not pending:
                 return
+            self._sizes.observe(len(pending))
             try:
                 results = await self._process([item for item, _ in pending])
             except Exception as e:  # noqa: BLE001 - delivered to every caller of the batch

@@ -6,14 +6,17 @@ errors."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import re
+import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import grpc
 import numpy as np
+import prometheus_client
 
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
@@ -25,7 +28,7 @@ from serving.rpc.filter_protos import filter_to_proto
 from serving.rpc.grpc_server import result_bytes
 from serving.rpc.tls import ClientTls, tls_hint
 from serving.telemetry.log_throttle import LogThrottle
-from serving.telemetry.observability import outgoing_metadata
+from serving.telemetry.observability import LATENCY_BUCKETS, outgoing_metadata
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,11 @@ log = logging.getLogger(__name__)
 # INVALID_ARGUMENT means the services disagree (limits, dims), not a bad caller
 # (but for a k over the index's --max-k: ``OverMaxK``); an overloaded or cancelled
 # index is worth a retry elsewhere.
+INDEX_CALLS = prometheus_client.Histogram(
+    "recsys_index_call_seconds", "A query replica's calls to index endpoints, each try (hedges and retries "
+    "included), by endpoint, method and status code; CANCELLED is mostly the slower call of a hedged pair",
+    ["endpoint", "method", "code"], buckets=LATENCY_BUCKETS)
+
 _CODE_TO_ERROR = {
     grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: errors.Unavailable,
@@ -137,6 +145,26 @@ class IndexEndpoint:
             ("grpc.max_reconnect_backoff_ms", 2000),
         ])
         self._stub = pb_grpc.IndexServiceStub(self._channel)
+        self._timers: dict[tuple[str, str], prometheus_client.Histogram] = {}  # label lookups, once per series
+
+    @contextlib.contextmanager
+    def _timed(self, method: str):
+        """Times the call made within into ``recsys_index_call_seconds``, by how it ended."""
+        start = time.perf_counter()
+        code = "OK"
+        try:
+            yield
+        except grpc.aio.AioRpcError as e:
+            code = e.code().name
+            raise
+        except asyncio.CancelledError:  # the slower of a hedged pair, or its caller's time ran out
+            code = "CANCELLED"
+            raise
+        finally:
+            timer = self._timers.get((method, code))
+            if timer is None:
+                timer = self._timers[method, code] = INDEX_CALLS.labels(self.address, method, code)
+            timer.observe(time.perf_counter() - start)
 
     def holds(self, version: int, generation: int = 0) -> bool:
         """Whether it answers searches of ``version`` from catalogue ``generation`` or a later one."""
@@ -167,11 +195,14 @@ class IndexEndpoint:
                       timeout_s: float) -> list[IndexHits]:
         try:
             if len(requests) == 1:
-                responses = [await self._stub.Search(requests[0], timeout=timeout_s, metadata=outgoing_metadata())]
+                with self._timed("Search"):
+                    responses = [await self._stub.Search(requests[0], timeout=timeout_s,
+                                                         metadata=outgoing_metadata())]
                 generation = responses[0].catalogue_generation
             else:
-                batch = await self._stub.BatchSearch(pb.BatchSearchRequest(queries=requests), timeout=timeout_s,
-                                                     metadata=outgoing_metadata())
+                with self._timed("BatchSearch"):
+                    batch = await self._stub.BatchSearch(pb.BatchSearchRequest(queries=requests), timeout=timeout_s,
+                                                         metadata=outgoing_metadata())
                 responses = list(batch.results)
                 generation = max([batch.catalogue_generation, *(r.catalogue_generation for r in responses)])
         except grpc.aio.AioRpcError as e:
@@ -228,7 +259,8 @@ class IndexEndpoint:
                                           filter=filter_to_proto(query.filter) if query.filter else None,
                                           return_vector=with_vector)
         try:
-            response = await self._stub.SearchSimilar(request, timeout=timeout_s, metadata=outgoing_metadata())
+            with self._timed("SearchSimilar"):
+                response = await self._stub.SearchSimilar(request, timeout=timeout_s, metadata=outgoing_metadata())
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.NOT_FOUND:  # the caller's candidate, not a disagreement of services
                 raise errors.NotFound(f"candidate_id {query.candidate_id!r} is not in version {version}'s "

@@ -75,6 +75,10 @@ NO_HOLDER_LOG_S = 5.0
 # A version searched (or waited for) this recently is in /metrics with its holders even while none holds it;
 # a retired one drops out, rather than reading as an outage forever.
 ASKED_S = 300.0
+REROUTES = prometheus_client.Counter(
+    "recsys_index_reroutes", "Index searches sent to a second endpoint holding their version: hedged (the first had "
+    "not answered in --index-hedge-ms) or retried (the first failed UNAVAILABLE or FAILED_PRECONDITION)", ["reason"])
+_HEDGED, _RETRIED = REROUTES.labels("hedged"), REROUTES.labels("retried")
 # The longest --index-timeout-s: gRPC reads a deadline ~1e10 s away as already passed, and every call without a
 # client deadline failed DEADLINE_EXCEEDED.
 MAX_INDEX_TIMEOUT_S = 86_400.0
@@ -413,8 +417,10 @@ class IndexRouter:
                 if remaining <= 0:
                     raise errors.Unavailable(f"index endpoint {tries[0].address} failed and the call's "
                                              f"{budget_s:.3g} s were spent: {tries[1].address} was not tried")
+                _RETRIED.inc()
                 return await call(tries[1], remaining)
             self._hedges += 1
+            _HEDGED.inc()
             self._suspect(tries[0], f"has not answered in {self.config.hedge_ms:g} ms (hedged)")
             second = loop.create_task(call(tries[1], deadline - loop.time()))
             return await _first_answer(first, second)

@@ -201,6 +201,8 @@ class ResultCache:
         # The live history uses this link too: one connection pool and one outage backoff per replica.
         self.link: RedisLink | None = (
             RedisLink(config.url, config.password, config.timeout_s, config.retry_after_s) if config.url else None)
+        if self.link is not None:
+            self.link.expect("MGET", "SET")
         if config.mac_key:
             self._mac_key = config.mac_key.encode()
         else:

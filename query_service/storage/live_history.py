@@ -119,6 +119,7 @@ class LiveHistory:
     def __init__(self, link: RedisLink, model: str, config: LiveHistoryConfig = LiveHistoryConfig(),
                  mac_key: bytes = b""):
         self.link = link
+        link.expect("LRANGE", "RecordInteractions")
         self.model = model
         self.config = config
         self._mac_key = mac_key  # empty: plain entries (see the module docstring)

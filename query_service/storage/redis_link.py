@@ -194,6 +194,13 @@ class RedisLink:
             side = self._sides[write, node] = _Side()
         return side
 
+    @staticmethod
+    def expect(*ops: str) -> None:
+        """Makes the error series of ``ops`` at 0 now: a counter series that appears with its first increment hides
+        that increment (the first burst of errors after a start) from ``rate()``, and the alert on it."""
+        for op in ops:
+            REDIS_ERRORS_TOTAL.labels(op)
+
     def failed(self, op: str, error: Exception, node: str = "", write: bool = False) -> None:
         """Records a failed call (a write's with ``write``): backs off for ``retry_after_s`` the writes of
         Redis (or of the cluster ``node``), and its reads too if the call was a read; logs the start of an

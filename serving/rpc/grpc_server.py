@@ -21,7 +21,8 @@ from grpc_reflection.v1alpha import reflection
 from model_registry import VersionError
 from protos.recsys.v1 import retrieval_pb2
 from serving.errors import InvalidArgument, ServingError
-from serving.telemetry.observability import ServerObservability, configure_logging, request_id_metadata
+from serving.telemetry.observability import (ServerObservability, configure_logging, count_from_start,
+                                             request_id_metadata)
 from serving.telemetry.tracing import TracingConfig, setup_tracing
 from serving.validation import DEFAULT_MAX_MESSAGE_BYTES
 
@@ -254,6 +255,7 @@ async def start_server(services: Iterable[ServiceSpec], host: str, port: int,
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [s.full_name for s in services]
+    count_from_start(names)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     address = bind_address(host, port)
     try:

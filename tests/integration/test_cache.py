@@ -9,6 +9,7 @@ import json
 import time
 import tracemalloc
 
+import prometheus_client
 import pytest
 import redis.asyncio as redis
 
@@ -45,6 +46,16 @@ async def test_round_trip_and_ttl(redis_server):
     assert await cache.get(key) == CachedResult(["i1", "i2"], [2.5, 1.0], "model")
     await asyncio.sleep(1.2)
     assert await cache.get(key) is None
+    await cache.close()
+
+
+async def test_every_redis_operation_s_error_counter_is_exported_from_the_start(redis_server):
+    # A series that appears with its first increment hides that increment, the first burst of errors after a start,
+    # from rate() and the Redis-errors alert.
+    cache = ResultCache(CacheConfig(redis_server.url))
+    LiveHistory(cache.link, "m")
+    for op in ("MGET", "SET", "LRANGE", "RecordInteractions"):
+        assert prometheus_client.REGISTRY.get_sample_value("recsys_redis_errors_total", {"op": op}) is not None, op
     await cache.close()
 
 

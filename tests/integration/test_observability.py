@@ -130,6 +130,8 @@ def test_metrics_by_method_and_code(stack, traffic):
     assert value(query, "recsys_rpc_latency_seconds_bucket", service=QUERY, method="Recommend", code="OK",
                  le="+Inf") == 6
     assert value(index, rpc, service=INDEX, code="OK") >= 3  # the misses' searches (Search or BatchSearch)
+    # The query side times the same calls: every index call of the stack is this replica's.
+    assert value(query, "recsys_index_call_seconds_count", code="OK") == value(index, rpc, service=INDEX, code="OK")
     assert value(query, "recsys_cache_events_total", event="local_hit") == 2
     assert value(query, "recsys_cache_events_total", event="miss") == 4
     assert value(query, "recsys_batch_size_count") >= 4

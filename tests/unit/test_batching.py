@@ -1,5 +1,6 @@
 import asyncio
 
+import prometheus_client
 import pytest
 
 from query_service.batching import BatchingConfig, MicroBatcher
@@ -109,3 +110,23 @@ async def test_a_full_queue_refuses_at_once_instead_of_growing():
 def test_invalid_config_is_refused():
     with pytest.raises(ValueError):
         MicroBatcher(lambda items: items, BatchingConfig(max_batch_size=0))
+
+
+async def test_callers_that_left_before_their_batch_ran_are_neither_processed_nor_counted_in_its_size():
+    processed = []
+
+    async def process(items):
+        processed.append(list(items))
+        await asyncio.sleep(0.05)
+        return items
+
+    batcher = MicroBatcher(process, BatchingConfig(max_batch_size=8, max_in_flight=1), name="test_left")
+    first = asyncio.ensure_future(batcher.submit(0))
+    await asyncio.sleep(0.01)  # the first batch is in flight; the next three queue behind it
+    waiting = [asyncio.ensure_future(batcher.submit(i)) for i in (1, 2, 3)]
+    await asyncio.sleep(0.01)
+    waiting[1].cancel()  # a caller whose deadline passed, or who went away
+    assert await asyncio.gather(first, waiting[0], waiting[2]) == [0, 1, 3]
+    await batcher.close()
+    assert processed == [[0], [1, 3]]
+    assert prometheus_client.REGISTRY.get_sample_value("recsys_batch_size_sum", {"batcher": "test_left"}) == 3
