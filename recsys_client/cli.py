@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "status":
         replicas = status.gather(args.index_admin, args.query_admin, args.admin_token, args.timeout_s, tls)
         print(status.table(replicas))
-        return 1 if any(r.status is None for r in replicas) else 0
+        return 1 if any(status.failed(r) for r in replicas) else 0
     with tls.channel(args.address) as channel:
         if args.command == "health":
             try:

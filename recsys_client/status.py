@@ -128,6 +128,8 @@ def _version_rows(address: str, role: str, status: pb.ServiceStatus) -> list[tup
     service = status.service or role
     head = (address, service, slot)
     watchers = str(status.status_watchers or "")
+    if status.not_answering:  # a worker being replaced: nothing served, which EMPTY would also say of a healthy one
+        return [(*head, "-", f"UNREACHABLE (worker not answering: {status.not_answering})")]
     if not status.versions:  # an empty slot is watched too
         out.append((*head, "-", "EMPTY", *[""] * 5, watchers))
     for v in sorted(status.versions, key=lambda v: v.version):
@@ -145,6 +147,11 @@ def _recall(v, service: str) -> str:
     if service != "index" or v.state == versions_pb2.VERSION_STATE_LOADING:
         return "-"
     return f"{v.self_test_recall_at_10:.3f}" + (f"@g{v.self_test_generation}" if v.self_test_generation else "")
+
+
+def failed(replica: ReplicaStatus) -> bool:
+    """Whether ``replica`` (or a worker of it) did not answer: ``recsys-client status`` then exits 1."""
+    return replica.status is None or any(w.not_answering for w in replica.status.workers)
 
 
 def table(replicas: list[ReplicaStatus]) -> str:

@@ -97,6 +97,12 @@ def breaks(lock: Surface, surface: Surface, reserved: dict[str, set]) -> list[st
     return found
 
 
+def _order(key: str) -> tuple[str, int]:
+    """Field numbers and enum values in numeric order (ServiceStatus.2 before ServiceStatus.10)."""
+    head, _, tail = key.rpartition(".")
+    return (head, int(tail)) if tail.isdigit() else (key, 0)
+
+
 def read_lock() -> Surface:
     return json.loads(LOCK.read_text()) if LOCK.exists() else {"fields": {}, "enums": {}, "rpcs": {}}
 
@@ -122,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
               "run .venv/bin/python scripts/gen_protos.py and commit the lock", file=sys.stderr)
         return 1
     # One entry a line, so that a change to the lock reads as the API change it is.
-    sections = (f"  {json.dumps(s)}: {{\n" + ",\n".join(f"    {json.dumps(k)}: {json.dumps(v)}" for k, v in sorted(e.items()))
-                + "\n  }" for s, e in merged.items())
+    sections = (f"  {json.dumps(s)}: {{\n" + ",\n".join(f"    {json.dumps(k)}: {json.dumps(e[k])}"
+                                                       for k in sorted(e, key=_order)) + "\n  }"
+                for s, e in merged.items())
     LOCK.write_text("{\n" + ",\n".join(sections) + "\n}\n")
     return 0
 

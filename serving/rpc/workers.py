@@ -276,9 +276,9 @@ class PoolAdmin(pb_grpc.AdminServiceServicer):
 
     async def GetStatus(self, request, context):
         """Every worker's status. A worker that does not answer (being replaced)
-        shows as holding nothing, which is what it serves then, so the pool's
-        status stays readable; the top-level fields are the first answering
-        worker's. Fails only when no worker answers."""
+        shows as holding nothing, which is what it serves then, with why in
+        ``not_answering``, so the pool's status stays readable; the top-level
+        fields are the first answering worker's. Fails only when no worker answers."""
         timeout = _worker_timeout(context, WORKER_STATUS_TIMEOUT_S)  # capped without a deadline too
         outcomes = await asyncio.gather(*(w.admin.GetStatus(request, timeout=timeout, metadata=outgoing_metadata())
                                           for w in self.workers), return_exceptions=True)
@@ -289,7 +289,8 @@ class PoolAdmin(pb_grpc.AdminServiceServicer):
                                 request_id_metadata())
         status = pb.ServiceStatus()
         status.CopyFrom(answered[0])
-        status.workers.extend(pb.ServiceStatus(model_name=status.model_name, service=status.service)
+        status.workers.extend(pb.ServiceStatus(model_name=status.model_name, service=status.service,
+                                               not_answering=_outcome_text(o)[:MAX_MESSAGE_CHARS])
                               if isinstance(o, BaseException) else o for o in outcomes)
         return status
 

@@ -445,6 +445,19 @@ def test_status_table_shows_each_worker_of_a_replica_run_with_workers():
     lines = status.table([status.ReplicaStatus("query", "h:4", pool)]).splitlines()[1:]
     assert [line.split()[:5] for line in lines] == [["h:4/w0", "query", "-", "2*", "SERVING"],
                                                     ["h:4/w1", "query", "-", "1*", "SERVING"]]
+    assert not status.failed(status.ReplicaStatus("query", "h:4", pool))
+
+
+def test_a_worker_that_did_not_answer_reads_unreachable_and_fails_the_status():
+    # It read EMPTY, as a healthy worker holding nothing does, and the command exited 0.
+    pool = pb.ServiceStatus(model_name="m", service="query", workers=[
+        pb.ServiceStatus(model_name="m", service="query"),
+        pb.ServiceStatus(model_name="m", service="query", not_answering="Socket closed")])
+    replica = status.ReplicaStatus("query", "h:4", pool)
+    lines = status.table([replica]).splitlines()[1:]
+    assert lines[0].split()[:5] == ["h:4/w0", "query", "-", "-", "EMPTY"]
+    assert lines[1].split(None, 4) == ["h:4/w1", "query", "-", "-", "UNREACHABLE (worker not answering: Socket closed)"]
+    assert status.failed(replica)
 
 
 def test_the_pools_metrics_reexport_every_workers_in_both_formats_and_skip_one_cut_off():

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos.recsys.v1 import versions_pb2 as protos_dot_recsys_dot_v1_dot_versions__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cprotos/recsys/v1/admin.proto\x12\trecsys.v1\x1a\x1fprotos/recsys/v1/versions.proto\"\xa0\x02\n\rServiceStatus\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x14\n\x0clive_version\x18\x03 \x01(\x03\x12*\n\x08versions\x18\x04 \x03(\x0b\x32\x18.recsys.v1.VersionStatus\x12\x0c\n\x04slot\x18\x05 \x01(\t\x12\r\n\x05shard\x18\x07 \x01(\x05\x12\x0e\n\x06shards\x18\x08 \x01(\x05\x12)\n\x07workers\x18\x06 \x03(\x0b\x32\x18.recsys.v1.ServiceStatus\x12\x17\n\x0fstatus_watchers\x18\t \x01(\x05\x12\x37\n\x0findex_endpoints\x18\n \x03(\x0b\x32\x1e.recsys.v1.IndexEndpointStatus\"\x90\x01\n\x13IndexEndpointStatus\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0c\n\x04slot\x18\x02 \x01(\t\x12\r\n\x05shard\x18\x03 \x01(\x05\x12\x0e\n\x06shards\x18\x04 \x01(\x05\x12*\n\x08versions\x18\x05 \x03(\x0b\x32\x18.recsys.v1.VersionStatus\x12\x0f\n\x07problem\x18\x06 \x01(\t\"%\n\x12LoadVersionRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\"!\n\x0ePromoteRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\"\x11\n\x0fRollbackRequest\"\'\n\x14UnloadVersionRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\"\x12\n\x10GetStatusRequest\"<\n\x15\x41pplyCatalogueRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x12\n\ngeneration\x18\x02 \x01(\x03\x32\xb6\x03\n\x0c\x41\x64minService\x12\x46\n\x0bLoadVersion\x12\x1d.recsys.v1.LoadVersionRequest\x1a\x18.recsys.v1.ServiceStatus\x12>\n\x07Promote\x12\x19.recsys.v1.PromoteRequest\x1a\x18.recsys.v1.ServiceStatus\x12@\n\x08Rollback\x12\x1a.recsys.v1.RollbackRequest\x1a\x18.recsys.v1.ServiceStatus\x12J\n\rUnloadVersion\x12\x1f.recsys.v1.UnloadVersionRequest\x1a\x18.recsys.v1.ServiceStatus\x12\x42\n\tGetStatus\x12\x1b.recsys.v1.GetStatusRequest\x1a\x18.recsys.v1.ServiceStatus\x12L\n\x0e\x41pplyCatalogue\x12 .recsys.v1.ApplyCatalogueRequest\x1a\x18.recsys.v1.ServiceStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cprotos/recsys/v1/admin.proto\x12\trecsys.v1\x1a\x1fprotos/recsys/v1/versions.proto\"\xb7\x02\n\rServiceStatus\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x14\n\x0clive_version\x18\x03 \x01(\x03\x12*\n\x08versions\x18\x04 \x03(\x0b\x32\x18.recsys.v1.VersionStatus\x12\x0c\n\x04slot\x18\x05 \x01(\t\x12\r\n\x05shard\x18\x07 \x01(\x05\x12\x0e\n\x06shards\x18\x08 \x01(\x05\x12)\n\x07workers\x18\x06 \x03(\x0b\x32\x18.recsys.v1.ServiceStatus\x12\x17\n\x0fstatus_watchers\x18\t \x01(\x05\x12\x37\n\x0findex_endpoints\x18\n \x03(\x0b\x32\x1e.recsys.v1.IndexEndpointStatus\x12\x15\n\rnot_answering\x18\x0b \x01(\t\"\x90\x01\n\x13IndexEndpointStatus\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0c\n\x04slot\x18\x02 \x01(\t\x12\r\n\x05shard\x18\x03 \x01(\x05\x12\x0e\n\x06shards\x18\x04 \x01(\x05\x12*\n\x08versions\x18\x05 \x03(\x0b\x32\x18.recsys.v1.VersionStatus\x12\x0f\n\x07problem\x18\x06 \x01(\t\"%\n\x12LoadVersionRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\"!\n\x0ePromoteRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\"\x11\n\x0fRollbackRequest\"\'\n\x14UnloadVersionRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\"\x12\n\x10GetStatusRequest\"<\n\x15\x41pplyCatalogueRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x12\n\ngeneration\x18\x02 \x01(\x03\x32\xb6\x03\n\x0c\x41\x64minService\x12\x46\n\x0bLoadVersion\x12\x1d.recsys.v1.LoadVersionRequest\x1a\x18.recsys.v1.ServiceStatus\x12>\n\x07Promote\x12\x19.recsys.v1.PromoteRequest\x1a\x18.recsys.v1.ServiceStatus\x12@\n\x08Rollback\x12\x1a.recsys.v1.RollbackRequest\x1a\x18.recsys.v1.ServiceStatus\x12J\n\rUnloadVersion\x12\x1f.recsys.v1.UnloadVersionRequest\x1a\x18.recsys.v1.ServiceStatus\x12\x42\n\tGetStatus\x12\x1b.recsys.v1.GetStatusRequest\x1a\x18.recsys.v1.ServiceStatus\x12L\n\x0e\x41pplyCatalogue\x12 .recsys.v1.ApplyCatalogueRequest\x1a\x18.recsys.v1.ServiceStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,21 +33,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.recsys.v1.admin_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SERVICESTATUS']._serialized_start=77
-  _globals['_SERVICESTATUS']._serialized_end=365
-  _globals['_INDEXENDPOINTSTATUS']._serialized_start=368
-  _globals['_INDEXENDPOINTSTATUS']._serialized_end=512
-  _globals['_LOADVERSIONREQUEST']._serialized_start=514
-  _globals['_LOADVERSIONREQUEST']._serialized_end=551
-  _globals['_PROMOTEREQUEST']._serialized_start=553
-  _globals['_PROMOTEREQUEST']._serialized_end=586
-  _globals['_ROLLBACKREQUEST']._serialized_start=588
-  _globals['_ROLLBACKREQUEST']._serialized_end=605
-  _globals['_UNLOADVERSIONREQUEST']._serialized_start=607
-  _globals['_UNLOADVERSIONREQUEST']._serialized_end=646
-  _globals['_GETSTATUSREQUEST']._serialized_start=648
-  _globals['_GETSTATUSREQUEST']._serialized_end=666
-  _globals['_APPLYCATALOGUEREQUEST']._serialized_start=668
-  _globals['_APPLYCATALOGUEREQUEST']._serialized_end=728
-  _globals['_ADMINSERVICE']._serialized_start=731
-  _globals['_ADMINSERVICE']._serialized_end=1169
+  _globals['_SERVICESTATUS']._serialized_end=388
+  _globals['_INDEXENDPOINTSTATUS']._serialized_start=391
+  _globals['_INDEXENDPOINTSTATUS']._serialized_end=535
+  _globals['_LOADVERSIONREQUEST']._serialized_start=537
+  _globals['_LOADVERSIONREQUEST']._serialized_end=574
+  _globals['_PROMOTEREQUEST']._serialized_start=576
+  _globals['_PROMOTEREQUEST']._serialized_end=609
+  _globals['_ROLLBACKREQUEST']._serialized_start=611
+  _globals['_ROLLBACKREQUEST']._serialized_end=628
+  _globals['_UNLOADVERSIONREQUEST']._serialized_start=630
+  _globals['_UNLOADVERSIONREQUEST']._serialized_end=669
+  _globals['_GETSTATUSREQUEST']._serialized_start=671
+  _globals['_GETSTATUSREQUEST']._serialized_end=689
+  _globals['_APPLYCATALOGUEREQUEST']._serialized_start=691
+  _globals['_APPLYCATALOGUEREQUEST']._serialized_end=751
+  _globals['_ADMINSERVICE']._serialized_start=754
+  _globals['_ADMINSERVICE']._serialized_end=1192
 # @@protoc_insertion_point(module_scope)

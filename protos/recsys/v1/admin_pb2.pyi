@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ServiceStatus(_message.Message):
-    __slots__ = ("model_name", "service", "live_version", "versions", "slot", "shard", "shards", "workers", "status_watchers", "index_endpoints")
+    __slots__ = ("model_name", "service", "live_version", "versions", "slot", "shard", "shards", "workers", "status_watchers", "index_endpoints", "not_answering")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     LIVE_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +19,7 @@ class ServiceStatus(_message.Message):
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     STATUS_WATCHERS_FIELD_NUMBER: _ClassVar[int]
     INDEX_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    NOT_ANSWERING_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     service: str
     live_version: int
@@ -29,7 +30,8 @@ class ServiceStatus(_message.Message):
     workers: _containers.RepeatedCompositeFieldContainer[ServiceStatus]
     status_watchers: int
     index_endpoints: _containers.RepeatedCompositeFieldContainer[IndexEndpointStatus]
-    def __init__(self, model_name: _Optional[str] = ..., service: _Optional[str] = ..., live_version: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[_versions_pb2.VersionStatus, _Mapping]]] = ..., slot: _Optional[str] = ..., shard: _Optional[int] = ..., shards: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[ServiceStatus, _Mapping]]] = ..., status_watchers: _Optional[int] = ..., index_endpoints: _Optional[_Iterable[_Union[IndexEndpointStatus, _Mapping]]] = ...) -> None: ...
+    not_answering: str
+    def __init__(self, model_name: _Optional[str] = ..., service: _Optional[str] = ..., live_version: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[_versions_pb2.VersionStatus, _Mapping]]] = ..., slot: _Optional[str] = ..., shard: _Optional[int] = ..., shards: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[ServiceStatus, _Mapping]]] = ..., status_watchers: _Optional[int] = ..., index_endpoints: _Optional[_Iterable[_Union[IndexEndpointStatus, _Mapping]]] = ..., not_answering: _Optional[str] = ...) -> None: ...
 
 class IndexEndpointStatus(_message.Message):
     __slots__ = ("address", "slot", "shard", "shards", "versions", "problem")
