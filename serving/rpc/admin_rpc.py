@@ -174,7 +174,8 @@ class ServiceWithAdmin:
                                 max_concurrent_rpcs=config.max_concurrent_rpcs,
                                 credentials=credentials if public else None, echo_request_id=config.echo_request_id,
                                 share_port=public and bool(worker_socket),
-                                max_connection_age_s=max_connection_age_s if public else 0.0)
+                                max_connection_age_s=max_connection_age_s if public else 0.0,
+                                max_streams_per_connection=config.max_streams_per_connection if public else 0)
 
         data: RunningServer | WorkerDataPlane
         if worker_socket:

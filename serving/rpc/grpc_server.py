@@ -217,7 +217,7 @@ async def start_server(services: Iterable[ServiceSpec], host: str, port: int,
                        max_concurrent_rpcs: int | None = None,
                        credentials: grpc.ServerCredentials | None = None,
                        echo_request_id: bool = False, share_port: bool = False,
-                       max_connection_age_s: float = 0.0) -> RunningServer:
+                       max_connection_age_s: float = 0.0, max_streams_per_connection: int = 0) -> RunningServer:
     """Starts a server with the services plus health and reflection; port 0 picks
     a free port (returned in ``RunningServer.port``). Health starts NOT_SERVING.
     Beyond ``max_concurrent_rpcs`` calls in progress (streams included), new ones
@@ -237,7 +237,17 @@ async def start_server(services: Iterable[ServiceSpec], host: str, port: int,
     long (gRPC's max connection age: a GOAWAY, +-10% jitter, calls in flight given
     ``CONNECTION_AGE_GRACE_S``), so that clients reconnect, and a connection-level
     balancer (a Kubernetes Service, the kernel's SO_REUSEPORT) spreads them again.
-    Not for a server of long streams: they end with the grace."""
+    Not for a server of long streams: they end with the grace.
+
+    ``max_streams_per_connection`` (0: no limit) is the calls one connection may
+    have in progress (HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS). gRPC's C core
+    counts a call until this process has let go of it, so a call over the limit
+    is refused before any Python runs (the caller reads UNAVAILABLE "Stream
+    removed", REFUSED_STREAM: nothing was done, a retry is safe). Without it, an
+    open-loop load at twice a query replica's capacity piled hundreds of calls
+    into the event loop, each late by the time its handler ran: 131 answers a
+    second in time against 499 at capacity, 10 at four times; with 64 a
+    connection, 715 and 636 (docs/RELIABILITY.md, "Overload")."""
     services = list(services)
     observability = ServerObservability(echo_request_id, max_concurrent_rpcs,
                                         unlimited_services=(health.SERVICE_NAME, reflection.SERVICE_NAME))
@@ -246,6 +256,8 @@ async def start_server(services: Iterable[ServiceSpec], host: str, port: int,
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.so_reuseport", int(share_port)),
     ]
+    if max_streams_per_connection:
+        options.append(("grpc.max_concurrent_streams", max_streams_per_connection))
     if max_connection_age_s > 0:
         options += [("grpc.max_connection_age_ms", round(max_connection_age_s * 1000)),
                     ("grpc.max_connection_age_grace_ms", round(CONNECTION_AGE_GRACE_S * 1000))]

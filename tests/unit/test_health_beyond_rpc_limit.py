@@ -216,3 +216,35 @@ async def test_health_watches_have_a_limit_of_their_own(monkeypatch):
         watches[0].cancel()
         await asyncio.sleep(0.2)  # the server sees the cancellation
         assert (await health.Watch(health_pb2.HealthCheckRequest()).read()).status == SERVING
+
+
+class Counting(pb_grpc.AdminServiceServicer):
+    """GetStatus holds each call 0.2 s, counting the most in progress at once."""
+
+    def __init__(self):
+        self.now = self.most = 0
+
+    async def GetStatus(self, request, context):
+        self.now += 1
+        self.most = max(self.most, self.now)
+        await asyncio.sleep(0.2)
+        self.now -= 1
+        return pb.ServiceStatus(model_name="counted")
+
+
+@pytest.mark.parametrize("limit", [0, 3])
+async def test_one_connection_has_at_most_its_stream_limit_of_calls_in_the_server(limit):
+    # Beyond it, gRPC's C core refuses a call before any Python runs; without it an overload queued hundreds of
+    # calls in the event loop, each late by the time its handler ran.
+    counting = Counting()
+    server = await start_server([ServiceSpec(pb_grpc.add_AdminServiceServicer_to_server, counting, ADMIN)],
+                                "127.0.0.1", 0, max_streams_per_connection=limit)
+    async with channel_to(server) as channel:
+        stub = pb_grpc.AdminServiceStub(channel)
+        await stub.GetStatus(pb.GetStatusRequest(), timeout=5)  # the connection's settings are known both ways
+        outcomes = await asyncio.gather(*(stub.GetStatus(pb.GetStatusRequest(), timeout=5) for _ in range(12)),
+                                        return_exceptions=True)
+    refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+    assert all(o.code() == grpc.StatusCode.UNAVAILABLE for o in refused), refused
+    assert counting.most == (limit or 12)
+    assert len(outcomes) - len(refused) >= (limit or 12)
