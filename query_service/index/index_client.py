@@ -20,7 +20,7 @@ import prometheus_client
 
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
-from query_service.index.searches import IndexHits, IndexQuery, OverMaxK, SimilarQuery
+from query_service.index.searches import IndexHits, IndexQuery, OverMaxK, SimilarQuery, TimedOut
 from serving import errors, validation
 from serving.lifecycle.versions import State
 from serving.rpc.admin_rpc import state_name, version_state
@@ -43,7 +43,7 @@ INDEX_CALLS = prometheus_client.Histogram(
 
 _CODE_TO_ERROR = {
     grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
-    grpc.StatusCode.DEADLINE_EXCEEDED: errors.Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: TimedOut,
     grpc.StatusCode.CANCELLED: errors.Unavailable,
     grpc.StatusCode.RESOURCE_EXHAUSTED: errors.Unavailable,
     grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,

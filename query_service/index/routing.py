@@ -48,7 +48,7 @@ from prometheus_client.core import GaugeMetricFamily
 from model_registry.manifest import shard_of
 from query_service.index.index_client import IndexEndpoint
 from query_service.index.merge import Ask, CrowdedMerge, tokens_only
-from query_service.index.searches import IndexHits, IndexQuery, OverMaxK, SimilarQuery
+from query_service.index.searches import IndexHits, IndexQuery, OverMaxK, SimilarQuery, TimedOut
 from serving import errors, validation
 from serving.lifecycle.admin import EndpointInfo, VersionInfo
 from serving.rpc.tls import ClientTls
@@ -410,6 +410,8 @@ class IndexRouter:
             if first.done():
                 try:
                     return first.result()
+                except TimedOut:
+                    raise
                 except RETRYABLE as e:
                     self._suspect(tries[0], f"failed ({e})")
                     log.warning("index endpoint %s: %s; trying %s", tries[0].address, e, tries[1].address)

@@ -49,6 +49,12 @@ class IndexHits:
     changing: bool = False  # searched while the endpoint applied a catalogue delta: may hold part of it
 
 
+class TimedOut(errors.Unavailable):
+    """An index call that ran out of its time (the caller's, or --index-timeout-s): UNAVAILABLE to the caller as any
+    failed index call, but not one for another replica to try, since that try would have no time either (under
+    overload 983 such doomed retries each also passed over a healthy replica for a second)."""
+
+
 class OverMaxK(errors.InvalidArgument):
     """A search refused for a k over the most results the index endpoint answers (its --max-k, ``max_k``): the
     caller's to lower, not another replica's to try (a sharded search asks its shards no deeper)."""
