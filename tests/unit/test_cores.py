@@ -27,7 +27,7 @@ from query_service.core.recommender import Recommender
 from query_service.core.warmup import WarmupConfig
 from query_service.index.index_client import IndexEndpoint, error_for
 from query_service.index.routing import IndexRouter, RoutingConfig
-from query_service.index.searches import IndexHits, IndexQuery, SimilarQuery
+from query_service.index.searches import IndexHits, IndexQuery, SimilarQuery, TimedOut
 from query_service.storage.cache import CacheConfig, ResultCache
 from query_service.tower import QueryModel
 from serving import errors, validation
@@ -563,7 +563,7 @@ def test_index_call_failures_become_domain_errors_that_name_no_address():
     # The caller's request was validated before the search: what the index refuses is the services'
     # disagreement (FAILED_PRECONDITION), and an overloaded or cancelled index is worth a retry.
     for code, kind in ((grpc.StatusCode.UNAVAILABLE, errors.Unavailable),
-                       (grpc.StatusCode.DEADLINE_EXCEEDED, errors.Unavailable),
+                       (grpc.StatusCode.DEADLINE_EXCEEDED, TimedOut),  # UNAVAILABLE, but not for another try
                        (grpc.StatusCode.CANCELLED, errors.Unavailable),
                        (grpc.StatusCode.RESOURCE_EXHAUSTED, errors.Unavailable),
                        (grpc.StatusCode.FAILED_PRECONDITION, errors.FailedPrecondition),
@@ -572,6 +572,7 @@ def test_index_call_failures_become_domain_errors_that_name_no_address():
                        (grpc.StatusCode.INTERNAL, errors.ServingError)):
         error = error_for(rpc_error(code, "why"), "10.0.0.1:50051")
         assert type(error) is kind and str(error) == f"index search failed: {code.name}: why"
+    assert TimedOut.code == "UNAVAILABLE"
 
 
 async def test_router_sends_a_version_to_its_holders_and_fails_over_once():
