@@ -13,7 +13,7 @@ from index_service.searcher import SearchResult
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from serving import validation
-from serving.errors import InvalidArgument
+from serving.errors import DeadlineExceeded, InvalidArgument
 from serving.lifecycle.admin import VersionAdmin
 from serving.rpc.admin_rpc import version_protos
 from serving.rpc.filter_protos import filter_from_proto
@@ -49,6 +49,15 @@ def _crowding_bytes(tokens: tuple[str, ...]) -> bytes:
     return pb.SearchResponse(crowding=[pb.CrowdingTokens(tokens=tokens)]).SerializeToString()
 
 
+def _in_time(context) -> None:
+    """DeadlineExceeded for a call whose deadline passed while it waited for its handler (queued behind an
+    overload): its answer would be thrown away, after taking a search's place from a call still in time (at twice
+    an index's capacity, half of its OK answers reached their callers too late)."""
+    if context.time_remaining() == 0:
+        raise DeadlineExceeded("the call's deadline passed before the index began its search (it waited behind "
+                               "others): give it a longer deadline, or add index replicas")
+
+
 class IndexServicer(pb_grpc.IndexServiceServicer):
     """``max_message_bytes``: the largest message the server sends (its --max-message-bytes); a larger answer is
     refused INVALID_ARGUMENT naming it, where gRPC would fail the call after all the work with a bare
@@ -63,11 +72,13 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
 
     @map_errors
     async def Search(self, request: pb.SearchRequest, context) -> pb.SearchResponse:
+        _in_time(context)
         answer, results = await self.core.search([_query(request)], request.model_version)
         return self._sendable(_response(results[0], answer, self.model), answer, results, "lower k")
 
     @map_errors
     async def SearchSimilar(self, request: pb.SearchSimilarRequest, context) -> pb.SearchResponse:
+        _in_time(context)
         answer, result = await self.core.similar(request.candidate_id, request.k,
                                                  tuple(request.exclude_candidate_ids),
                                                  filter_from_proto(request.filter), request.model_version)
@@ -78,6 +89,7 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
 
     @map_errors
     async def BatchSearch(self, request: pb.BatchSearchRequest, context) -> pb.BatchSearchResponse:
+        _in_time(context)
         self.core.check_batch([q.k for q in request.queries])  # before translating a batch too big to serve
         versions = {q.model_version for q in request.queries}
         if len(versions) > 1:

@@ -6,6 +6,7 @@ candidate ids take the most bytes an id may."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from concurrent.futures import ThreadPoolExecutor
 
@@ -214,3 +215,33 @@ async def test_a_server_binds_an_ipv6_host_given_bare_or_in_brackets():
         assert len(answer.candidates) == 3
     finally:
         await server.server.stop(0)
+
+
+class LateContext:
+    """A call's context whose deadline passed before its handler ran."""
+
+    def time_remaining(self) -> float:
+        return 0
+
+    async def abort(self, code, details, metadata=()):
+        raise AssertionError(f"a status ({code}: {details}) sent after gRPC's own DEADLINE_EXCEEDED")
+
+
+@pytest.mark.parametrize("method, request_", [
+    ("Search", pb.SearchRequest(vector=[1.0] * DIM, k=1, model_version=1)),
+    ("BatchSearch", pb.BatchSearchRequest(queries=[pb.SearchRequest(vector=[1.0] * DIM, k=1, model_version=1)])),
+    ("SearchSimilar", pb.SearchSimilarRequest(candidate_id=LONG_IDS[0], k=1, model_version=1)),
+])
+async def test_a_call_whose_deadline_passed_before_its_handler_ran_is_not_searched(method, request_):
+    # Queued behind an overload, it took a search's place from a call still in time, and its answer was thrown away;
+    # and a status sent after gRPC's own made gRPC log an ERROR traceback.
+    manager: VersionManager[CandidateIndex] = VersionManager("m")
+    manager.add(1, long_id_index(), make_live=True)
+    core = IndexCore(manager, ThreadPoolExecutor(1))
+    searched = []
+    for name in ("search", "similar"):
+        real = getattr(core, name)
+        setattr(core, name, lambda *a, real=real, **kw: searched.append(1) or real(*a, **kw))
+    with pytest.raises(asyncio.CancelledError):
+        await getattr(IndexServicer(core, None), method)(request_, LateContext())
+    assert searched == []
