@@ -21,6 +21,8 @@ from model_registry import Registry
 from model_registry.deltas import Delta
 from protos.recsys.v1 import retrieval_pb2 as pb
 from query_service.batching import BatchingConfig
+from query_service.core.budget import Progress
+from query_service.core.misses import MissPath, miss
 from query_service.core.queries import SOURCE_MODEL, SOURCE_POPULARITY, KeyedRequest, RecommendQuery
 from query_service.core.recommender import Recommender
 from query_service.core.replays import REPLAY_MAX_BYTES, replay_cost
@@ -633,6 +635,16 @@ async def test_a_failed_try_that_spent_the_callers_time_says_so_with_that_time()
     assert str(failed.value) == f"index endpoint {called[0]} failed and the call's 0.1 s were spent: " \
         f"{({'a:1', 'b:1'} - set(called)).pop()} was not tried"
     await router.close()
+
+
+async def test_a_batched_miss_whose_caller_gave_up_is_not_searched(tiny_model, tiny_index):
+    # Under overload a batch's callers could be gone by its index search: their queries were answered to no one.
+    path = MissPath(tiny_index, None, ThreadPoolExecutor(1))
+    request = KeyedRequest(tiny.CUSTOMERS[0], 3, frozenset(), (), False)
+    late, due = (miss(tiny_model, request, budget_s, Progress()) for budget_s in (-0.01, 5.0))
+    answers = await path.process_version([late, due])
+    assert isinstance(answers[0], errors.DeadlineExceeded) and answers[1].ids
+    assert len(tiny_index.queries) == 1
 
 
 async def test_a_try_that_ran_out_of_time_is_not_tried_again_elsewhere_nor_held_against_its_endpoint():
