@@ -23,6 +23,7 @@ from serving.telemetry.observability import REQUEST_ID_KEY
 from settings.flags import option, require, require_distinct, require_valid
 
 SERVING, ROLLBACK_TARGET = versions_pb2.VERSION_STATE_SERVING, versions_pb2.VERSION_STATE_ROLLBACK_TARGET
+LOADING = versions_pb2.VERSION_STATE_LOADING
 
 
 class PublishError(Exception):
@@ -118,11 +119,12 @@ class Fleet:
         return cls(replicas("index", index_addresses), replicas("query", query_addresses), token, timeout_s,
                    channels, unreachable)
 
-    def call(self, replica: Replica, method: str, request) -> pb.ServiceStatus:
+    def call(self, replica: Replica, method: str, request, timeout_s: float | None = None) -> pb.ServiceStatus:
+        """``method`` on ``replica``'s admin plane, within ``timeout_s`` (default: the fleet's ``--timeout-s``)."""
         metadata = [(REQUEST_ID_KEY, self.request_id)]
         if self.token:
             metadata.append(("authorization", f"Bearer {self.token}"))
-        return replica.call(method, request, metadata, self.timeout_s)
+        return replica.call(method, request, metadata, self.timeout_s if timeout_s is None else timeout_s)
 
     def status(self, replica: Replica) -> pb.ServiceStatus:
         return self.call(replica, "GetStatus", pb.GetStatusRequest())

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from protos.recsys.v1 import admin_pb2 as pb
-from recsys_client.fleet import Fleet, PublishError, Replica, slot_busy
+from recsys_client.fleet import LOADING, Fleet, FleetConfig, PublishError, Replica, slot_busy
 from serving.rpc.admin_rpc import state_name
 
 log = logging.getLogger("recsys-publish")
@@ -19,6 +19,10 @@ log = logging.getLogger("recsys-publish")
 # for its --busy-window-s (3 s) after a search, though no replica routes there once the towers are unloaded.
 UNDO_IDLE_WAIT_S = 30.0
 UNDO_IDLE_POLL_S = 0.25
+# How long an undo waits for a load still running on the replica (the step's call timed out on the client, not on
+# the server) before it reads what the replica holds: read during the load, the slot still named its old version,
+# the undo left it "as it is", and the load then replaced the rollback target (a rollout run with --timeout-s 0.01).
+UNDO_LOAD_WAIT_S = 600.0
 
 
 @dataclass
@@ -47,14 +51,15 @@ def _undo_step(fleet: Fleet, step: Undo) -> None:
     """Makes ``step``'s call while its replica holds what the run left there; a slot that refuses it because it
     answered searches is asked again until it is idle (``UNDO_IDLE_WAIT_S``)."""
     replica, give_up_at, waiting = step.replica, time.monotonic() + UNDO_IDLE_WAIT_S, False
+    status = _settled(fleet, replica)
     while True:
-        status = fleet.status(replica)
         if not step.holds(status):
             log.warning("left %s replica %s as it is: it no longer holds what this run put there (%s)",
                         replica.role, replica.address, _held(status))
             return
         try:
-            fleet.call(replica, step.method, step.request)
+            # Its own deadline, at least the default's: the call it undoes may have failed on a short --timeout-s.
+            fleet.call(replica, step.method, step.request, max(fleet.timeout_s, FleetConfig.timeout_s))
         except PublishError as e:
             if not slot_busy(e) or time.monotonic() >= give_up_at:
                 raise
@@ -63,9 +68,26 @@ def _undo_step(fleet: Fleet, step: Undo) -> None:
                          "to go idle to undo the load", replica.address, UNDO_IDLE_WAIT_S)
                 waiting = True
             time.sleep(UNDO_IDLE_POLL_S)
+            status = fleet.status(replica)
             continue
         log.info("%s", step.done)
         return
+
+
+def _settled(fleet: Fleet, replica: Replica) -> pb.ServiceStatus:
+    """``replica``'s status once no load runs there (``UNDO_LOAD_WAIT_S`` at most): the one the run's call started
+    may still be running after the call timed out."""
+    give_up_at, said = time.monotonic() + UNDO_LOAD_WAIT_S, False
+    while True:
+        status = fleet.status(replica)
+        loading = [v.version for v in status.versions if v.state == LOADING]
+        if not loading or time.monotonic() >= give_up_at:
+            return status
+        if not said:
+            log.info("%s replica %s is still loading version %s: waiting up to %g s for it to finish before "
+                     "undoing", replica.role, replica.address, loading[0], UNDO_LOAD_WAIT_S)
+            said = True
+        time.sleep(UNDO_IDLE_POLL_S)
 
 
 def _held(status: pb.ServiceStatus) -> str:

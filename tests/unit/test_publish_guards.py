@@ -16,7 +16,7 @@ import pytest
 
 from model_registry import Registry
 from protos.recsys.v1 import admin_pb2 as pb
-from recsys_client.fleet import ROLLBACK_TARGET, SERVING, Fleet, PublishError, Replica
+from recsys_client.fleet import LOADING, ROLLBACK_TARGET, SERVING, Fleet, PublishError, Replica
 from recsys_client.publish import publish_version, rollback
 from recsys_client.publish import main as publish_main
 from tests.unit.test_publish import QueryStub, StatusOnly
@@ -183,6 +183,35 @@ def test_a_load_past_its_deadline_is_undone(tmp_path, caplog):
             return self.GetStatus(request)
 
     green = Slow({1: SERVING}, "green")
+    with caplog.at_level(logging.INFO, "recsys-publish"), pytest.raises(PublishError, match="DEADLINE_EXCEEDED"):
+        publish_version(fleet_of(query, blue, green), registry, 3)
+    assert green.versions == {1: SERVING}
+    assert "index slot green holds version 1 again (green)" in caplog.messages
+
+
+def test_a_load_still_running_after_its_call_timed_out_is_undone_once_it_finishes(tmp_path, caplog, monkeypatch):
+    # Read while the load ran, the slot still named its old version: the undo left it "as it is", the load then
+    # finished, and the rollback target was gone from every slot (a rollout run with --timeout-s 0.01).
+    monkeypatch.setattr("recsys_client.undo.UNDO_IDLE_POLL_S", 0.01)
+    registry, query, blue, green = setup(tmp_path)
+
+    class StillLoading(IndexStub):
+        statuses = 0
+
+        def LoadVersion(self, request, metadata=None, timeout=None):
+            if request.version == 3:  # the client gives up; the server goes on loading
+                self.versions = {1: SERVING, 3: LOADING}
+                raise RpcFailure(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+            return super().LoadVersion(request)
+
+        def GetStatus(self, request, metadata=None, timeout=None):
+            if LOADING in self.versions.values():
+                self.statuses += 1
+                if self.statuses == 3:  # the load finishes
+                    self.versions = {3: SERVING}
+            return super().GetStatus(request)
+
+    green = StillLoading({1: SERVING}, "green")
     with caplog.at_level(logging.INFO, "recsys-publish"), pytest.raises(PublishError, match="DEADLINE_EXCEEDED"):
         publish_version(fleet_of(query, blue, green), registry, 3)
     assert green.versions == {1: SERVING}
