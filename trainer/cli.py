@@ -93,11 +93,12 @@ def cluster_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace,
         parser.error("--workers must be a positive integer")
     if args.workers is not None and cluster.workers > 1 and args.workers != cluster.workers:
         parser.error(f"--workers {args.workers} but ${TF_CONFIG} names {cluster.workers} workers")
-    if max(cluster.workers, args.workers or 1) > 1 and config.tune_budget_s > 0:
+    if max(cluster.workers, args.workers or 1) > 1 and config.tune_budget_s > 0 and not config.tune_trials:
         # The search's budget is wall-clock time: workers would disagree on whether
         # another trial fits, and one would wait forever in a step the others skip.
         parser.error("--tune-budget-s must be 0 with more than one worker (the search's time budget would end "
-                     "at different trials on different workers): tune on one worker, then pin the chosen flags")
+                     "at different trials on different workers): give --tune-trials N, or tune on one worker "
+                     "and pin the chosen flags")
     return cluster
 
 

@@ -132,7 +132,11 @@ class PipelineConfig:
     tune_budget_s: float = option(
         300.0, "seconds of hyperparameter search on the validation split (trainer.tuning); 0 trains the preset "
                "only. The first trial always runs to its early stop, so a budget shorter than one trial is "
-               "overrun. Flags given for training fields pin them; the search varies the rest")
+               "overrun. Flags given for training fields pin them; the search varies the rest. A search in time "
+               "depends on the machine's speed: how many trials run, and so its winner")
+    tune_trials: int = option(0, "run exactly this many search trials instead, each to its early stop, whatever "
+                                 "the machine's speed or --tune-budget-s: the same flags, data and seed choose the "
+                                 "same winner (and every --workers worker runs the same trials); 0: the time budget")
     index_shards: int = option(1, "split the published version's candidates into this many index shards (by a "
                                   "hash of the id), a ScaNN searcher each, served by index endpoints started with "
                                   "--shard 0..N-1; its merged recall@10 goes into the manifest")
@@ -149,6 +153,7 @@ class PipelineConfig:
         require(self.max_test_interactions >= 1, "max_test_interactions", "must be a positive integer")
         # inf: no trial cap, so the search would never end (and never publish).
         require(0 <= self.tune_budget_s < math.inf, "tune_budget_s", "must be >= 0 and finite")
+        require(self.tune_trials >= 0, "tune_trials", "must be >= 0 (0: as many as --tune-budget-s allows)")
         require(self.index_shards >= 1, "index_shards", "must be >= 1")
         if self.signing_key:
             try:

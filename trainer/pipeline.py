@@ -85,8 +85,8 @@ def run(config: PipelineConfig, log: Callable[[str], None] = lambda msg: None,
                                       config.pinned)
 
             found = search(train_data, validation, preset, config.train.towers.kind, config.pinned,
-                           config.tune_budget_s, bool(train_data.customer_features), log)
-            chosen, tuning = found.config, found.describe(config.tune_budget_s)
+                           config.tune_budget_s, bool(train_data.customer_features), log, config.tune_trials)
+            chosen, tuning = found.config, found.describe(config.tune_budget_s, config.tune_trials)
             result = refit(train_data, chosen, found.best, log)
     if strategy is not None:
         distribute.check_exportable(result.model)

@@ -176,6 +176,7 @@ class EarlyStopped:
     validation_rates: dict[str, float]  # with the prior
     lift: float  # ``validation.lift`` of those rates: the run's figure of merit
     prior_grid: list[dict[str, float]]
+    cut_by_deadline: bool = False  # stopped by the search's time budget, not by early stopping
 
 
 def fit_early_stopped(train_data: Interactions, validation: Validation, config: TrainConfig,
@@ -200,7 +201,7 @@ def fit_early_stopped(train_data: Interactions, validation: Validation, config: 
     if monitor != config.monitor:
         log(f"early stopping watches {monitor}: {config.monitor} hits every time over "
             f"{len(val_set.catalog)} candidates")
-    best, best_epoch, best_weights, bad_epochs = -np.inf, 0, None, 0
+    best, best_epoch, best_weights, bad_epochs, cut = -np.inf, 0, None, 0, False
     seconds, examples, epoch = 0.0, 0, 0
     for epoch in range(1, config.max_epochs + 1):
         took, loss = _fit(model, ds, 1)
@@ -225,8 +226,9 @@ def fit_early_stopped(train_data: Interactions, validation: Validation, config: 
                 break
         if on_epoch is not None:
             on_epoch(epoch, row)
-        if deadline is not None and time.monotonic() > deadline:
+        if deadline is not None and time.monotonic() > deadline and epoch < config.max_epochs:
             log(f"time budget reached after epoch {epoch}; best epoch {best_epoch}")
+            cut = True
             break
     model.set_weights(best_weights)
     # Only the chief publishes a prior, and only it holds the baselines' bars (``Validation.references``) the
@@ -242,7 +244,7 @@ def fit_early_stopped(train_data: Interactions, validation: Validation, config: 
         log(f"popularity prior weight {prior.weight}: validation lift {score:.4f}")
     prior = dataclasses.replace(prior, weight=distribute.chief_value(prior.weight))
     score = distribute.chief_value(score)
-    return EarlyStopped(model, best_epoch, epoch, history, seconds, examples, prior, rates, score, grid)
+    return EarlyStopped(model, best_epoch, epoch, history, seconds, examples, prior, rates, score, grid, cut)
 
 
 def refit(train_data: Interactions, config: TrainConfig, stopped: EarlyStopped,

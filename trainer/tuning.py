@@ -79,9 +79,9 @@ class SearchResult:
     trials: list[dict[str, Any]]
     seconds: float
 
-    def describe(self, budget_s: float) -> dict[str, Any]:
+    def describe(self, budget_s: float, trials: int = 0) -> dict[str, Any]:
         """The search as recorded in the metrics and the manifest."""
-        return {"budget_s": budget_s, "seconds": round(self.seconds, 1), "objective": "validation lift: the smallest "
+        return {"budget_s": budget_s, "trials_asked": trials, "seconds": round(self.seconds, 1), "objective": "validation lift: the smallest "
                 "ratio of hit rate @10 and @100 to its bar (excluding seen: the best baseline; over all "
                 "candidates: popularity)",
                 "best_trial": next(t["number"] for t in self.trials if t.get("best")), "trials": self.trials}
@@ -117,19 +117,23 @@ def _values(config: TrainConfig, fields: tuple[str, ...]) -> dict[str, Any]:
 
 def search(train_data: Interactions, validation: Validation, preset: Callable[[str], TrainConfig],
            start_tower: str, pinned: dict[str, Any], budget_s: float, has_customer_features: bool,
-           log: Callable[[str], None] = lambda msg: None) -> SearchResult:
-    """Searches configurations for ``budget_s`` seconds; returns the best.
+           log: Callable[[str], None] = lambda msg: None, trials: int = 0) -> SearchResult:
+    """Searches configurations for ``budget_s`` seconds, or ``trials`` trials when above 0; returns the best.
 
     ``preset(kind)`` is a tower family's starting config (the family's preset
     with the command line's flags applied); ``pinned`` are those flags (nested,
     as ``settings.flags.overrides`` gives them), which the search leaves alone.
     The first trial (``start_tower``'s preset) always runs to its early stop;
-    later ones start only within the budget and stop at its end. A trial that
+    later ones start only within the budget and stop at its end (their rows say
+    ``cut_by_budget``), unless ``trials`` sets their number instead: then each
+    runs to its early stop, and the same data, flags and seed choose the same
+    winner on any machine (trial 0 to 12 of two budgeted runs were alike; the
+    slower run stopped four trials sooner, and another trial won). A trial that
     raises (out of memory, a diverged run) fails alone, its row saying why;
     ValueError if every trial fails.
     """
     t0 = time.monotonic()
-    deadline = t0 + budget_s
+    deadline = None if trials else t0 + budget_s
     fixed = _flat(pinned)
     towers = (start_tower,) if "towers.kind" in fixed else tuple(
         dict.fromkeys((start_tower,) + SEARCHED_TOWERS + (("features",) if has_customer_features else ())))
@@ -184,7 +188,8 @@ def search(train_data: Interactions, validation: Validation, preset: Callable[[s
                 trial.study.stop()
             raise
         row.update(state="complete", lift=round(run.lift, 4), best_epoch=run.best_epoch,
-                   epochs_run=run.epochs_run, prior_weight=run.prior.weight, prior_grid=run.prior_grid,
+                   epochs_run=run.epochs_run, cut_by_budget=run.cut_by_deadline, prior_weight=run.prior.weight,
+                   prior_grid=run.prior_grid,
                    seconds=round(time.monotonic() - started, 1),
                    validation={k: round(v, 4) for k, v in run.validation_rates.items()})
         best = max(runs.values(), key=lambda r: r.lift, default=None)
@@ -195,9 +200,10 @@ def search(train_data: Interactions, validation: Validation, preset: Callable[[s
         return run.lift
 
     study.optimize(objective, n_trials=1, catch=(Exception,))
-    remaining = deadline - time.monotonic()
-    if remaining > 0:
-        study.optimize(objective, timeout=remaining, catch=(Exception,))
+    if trials > 1:
+        study.optimize(objective, n_trials=trials - 1, catch=(Exception,))
+    elif deadline is not None and deadline > time.monotonic():
+        study.optimize(objective, timeout=deadline - time.monotonic(), catch=(Exception,))
     if not runs:
         first = next((row["error"] for row in rows if "error" in row), "no error recorded")
         if budget_s <= 0:

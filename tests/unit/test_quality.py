@@ -5,6 +5,7 @@ popularity prior, the model-vs-baseline margins and the hyperparameter search
 from __future__ import annotations
 
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -229,7 +230,40 @@ def _fake_run(lift_value: float):
     from types import SimpleNamespace
 
     return SimpleNamespace(lift=lift_value, best_epoch=1, epochs_run=2, prior=PopularityPrior(), prior_grid=[],
-                           validation_rates={})
+                           validation_rates={}, cut_by_deadline=False)
+
+
+def test_a_search_of_a_number_of_trials_runs_that_many_each_to_its_early_stop(monkeypatch):
+    """A search in time depends on the machine's speed: two runs alike up to trial 12, the slower one stopped four
+    trials sooner and another trial won. A number of trials (--tune-trials) chooses alike on any machine."""
+    from trainer import tuning
+
+    deadlines = []
+
+    def fit(train_data, validation, config, log, on_epoch=None, deadline=None):
+        deadlines.append(deadline)
+        return _fake_run(1.0 + config.learning_rate)
+
+    monkeypatch.setattr(tuning, "fit_early_stopped", fit)
+    _, train, _ = _split(interactions=500)
+    found = tuning.search(train, None, recommended_config, "id", {}, budget_s=0, has_customer_features=False,
+                          trials=5)
+    assert len(found.trials) == 5 and deadlines == [None] * 5
+    assert found.describe(0, 5)["trials_asked"] == 5
+    assert [t["cut_by_budget"] for t in found.trials] == [False] * 5
+
+
+def test_a_run_the_search_s_budget_cut_says_so():
+    from trainer.towers.config import TowerConfig
+    from trainer.training import fit_early_stopped
+
+    data = synthetic(300, 60, 4_000, num_clusters=6, seed=5)
+    train, _ = random_split(data, 0.2, 5)
+    validation = Validation.carve(train, 0.1, 5, 10_000)
+    config = TrainConfig(towers=TowerConfig(embedding_dim=8), max_epochs=3, patience=3, prior_weight=0.0)
+    cut = fit_early_stopped(train, validation, config, deadline=time.monotonic() - 1)
+    assert (cut.epochs_run, cut.cut_by_deadline) == (1, True)
+    assert not fit_early_stopped(train, validation, config).cut_by_deadline
 
 
 def test_a_trial_that_fails_fails_alone_and_the_search_goes_on(monkeypatch):
