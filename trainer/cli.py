@@ -93,12 +93,12 @@ def cluster_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace,
         parser.error("--workers must be a positive integer")
     if args.workers is not None and cluster.workers > 1 and args.workers != cluster.workers:
         parser.error(f"--workers {args.workers} but ${TF_CONFIG} names {cluster.workers} workers")
-    if max(cluster.workers, args.workers or 1) > 1 and config.tune_budget_s > 0 and not config.tune_trials:
-        # The search's budget is wall-clock time: workers would disagree on whether
-        # another trial fits, and one would wait forever in a step the others skip.
-        parser.error("--tune-budget-s must be 0 with more than one worker (the search's time budget would end "
-                     "at different trials on different workers): give --tune-trials N, or tune on one worker "
-                     "and pin the chosen flags")
+    if max(cluster.workers, args.workers or 1) > 1 and (config.tune_budget_s > 0 or config.tune_trials > 1):
+        # The search's budget is wall-clock time: workers would disagree on whether another trial fits, and one
+        # would wait forever in a step the others skip. Its pruning reads the baselines' bars, which only the chief
+        # computes, so a number of trials would not keep them in step either.
+        parser.error("--tune-budget-s must be 0 with more than one worker, and --tune-trials at most 1 (a search's "
+                     "trials would not stay in step across workers): tune on one worker, then pin the chosen flags")
     return cluster
 
 

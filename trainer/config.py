@@ -136,7 +136,7 @@ class PipelineConfig:
                "depends on the machine's speed: how many trials run, and so its winner")
     tune_trials: int = option(0, "run exactly this many search trials instead, each to its early stop, whatever "
                                  "the machine's speed or --tune-budget-s: the same flags, data and seed choose the "
-                                 "same winner (and every --workers worker runs the same trials); 0: the time budget")
+                                 "same winner; 0: the time budget")
     index_shards: int = option(1, "split the published version's candidates into this many index shards (by a "
                                   "hash of the id), a ScaNN searcher each, served by index endpoints started with "
                                   "--shard 0..N-1; its merged recall@10 goes into the manifest")

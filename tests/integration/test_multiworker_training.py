@@ -72,6 +72,7 @@ BASE = ["--dataset", "synthetic", "--model", "m", "--epochs", "1"]
 
 @pytest.mark.parametrize("argv, env, message", [
     (["--workers", "2"], {}, "--tune-budget-s must be 0 with more than one worker"),
+    (["--tune-budget-s", "0", "--tune-trials", "3", "--workers", "2"], {}, "and --tune-trials at most 1"),
     (["--tune-budget-s", "0", "--workers", "0"], {}, "--workers must be a positive integer"),
     (["--tune-budget-s", "0", "--workers", "3"], {TF_CONFIG: tf_config(["a:1", "a:2"], 0)}, "names 2 workers"),
     (["--tune-budget-s", "0"], {TF_CONFIG: "{"}, "not a TensorFlow cluster spec"),
