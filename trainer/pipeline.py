@@ -18,6 +18,7 @@ from trainer.evaluation.report import margins
 from trainer.evaluation.validation import Validation
 from trainer.export import publish
 from trainer.model import customer_store, embed, query_embeddings
+from trainer.provenance import provenance
 from trainer.towers.config import covering_history_length
 from trainer.training import refit, train
 from trainer.tuning import search
@@ -124,6 +125,7 @@ def run(config: PipelineConfig, log: Callable[[str], None] = lambda msg: None,
         "popularity_prior": prior.describe(),
         "tuning": tuning,
         "validation_history": result.history,
+        "provenance": provenance(config),
     })
     # Serving knows every interaction of the data, the newest (held out above) most of all: the published store
     # (histories, exclude_seen's items, the customers) is built from train + test, once evaluated. The towers are
