@@ -93,6 +93,14 @@ def test_request_cost_quick():
     assert out["vs_echo"]["miss_uncached"]["median"] > 0
 
 
+def test_overload_quick():
+    out = run_quick("bench.overload", timeout_s=300)
+    assert set(out["runs"]) == {"streams_per_connection_64", "streams_per_connection_0"}
+    for phases in out["runs"].values():
+        assert [p["offered_qps"] for p in phases] == [25, 50, 100, 200, 45]
+        assert all(p["ok"] > 0 and p["server_cpu_ms_per_ok"] > 0 for p in phases)
+
+
 def test_exclusions_quick():
     out = run_quick("bench.exclusions", timeout_s=120)
     assert out["index"]["kind"] == "tree_ah" and set(out["results"]) == {"0", "100", "300", "1000"}

@@ -1,0 +1,99 @@
+"""Overload: how many calls a query replica answers in time when offered more than it can serve, with its
+per-connection stream limit (``--max-streams-per-connection``, the default) and without it (0).
+
+Stack on loopback: a small synthetic model trained by ``recsys-train``, one index slot, a query replica, a private
+Redis. ``recsys-loadtest`` offers an open loop of cache misses (customers drawn from many, a new draw each phase)
+over two connections, each call with a deadline of ``--timeout-ms``, in phases at multiples of ``--capacity-qps``
+(what the replica answers at that deadline; 500 a second on the 2-core VM of docs/RELIABILITY.md, "Overload").
+Each phase reports its goodput (OK answers a second: an answer past its deadline is DEADLINE_EXCEEDED, so every OK
+one came in time), its error codes and the server CPU per OK answer. Without the limit, at twice the capacity the
+replica's event loop held hundreds of calls, each late by the time its handler ran.
+
+    python -m bench.overload [--quick] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.common import cpu_seconds, git_commit, machine_info, table, write_json
+from bench.serving_throughput import MODEL, sh, stop_all, train
+from tests.processes import RedisProcess, ServiceProcess, console_script, start_all
+
+MULTIPLES = (0.5, 1.0, 2.0, 4.0, 0.9)  # of the capacity: below, at, twice, four times, then back under it
+# The model's customers, each phase's calls drawn from them: a few percent of a phase's calls repeat a customer
+# (a cache hit); an unknown one would be answered from the popular list, without the tower or the index.
+SIZES = (200_000, 5_000, 600_000)  # customers, candidates, interactions
+QUICK_SIZES = (300, 200, 6_000)
+
+
+def phase(address: str, qps: float, duration_s: float, timeout_ms: float, customers: int, seed: int, work: Path,
+          pids: list[int]) -> dict:
+    """One open-loop phase of recsys-loadtest at ``qps``: goodput, codes and server CPU per OK answer."""
+    out = work / f"load-{seed}.json"
+    cpu = cpu_seconds(pids)
+    sh([console_script("recsys-loadtest"), "--address", address, "--qps", str(qps), "--duration-s",
+        str(duration_s), "--timeout-s", str(timeout_ms / 1000), "--num-customers", str(customers), "--seed",
+        str(seed), "--channels", "2", "--concurrency", "4000", "--quiet", "--out", str(out)],
+       timeout=duration_s + 120)
+    cpu = cpu_seconds(pids) - cpu
+    report = json.loads(out.read_text())
+    ok = report["requests"]["ok"]
+    return {"offered_qps": round(qps), "goodput_qps": round(ok / duration_s, 1), "ok": ok,
+            "errors_by_code": report["errors_by_code"], "dropped": report["requests"]["dropped"],
+            "p99_ok_ms": report["latency_ms"]["p99_ms"],
+            "server_cpu_ms_per_ok": round(cpu * 1000 / ok, 2) if ok else None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny model, short phases (smoke test)")
+    parser.add_argument("--capacity-qps", type=float, default=500.0)
+    parser.add_argument("--phase-s", type=float, default=10.0)
+    parser.add_argument("--timeout-ms", type=float, default=200.0)
+    parser.add_argument("--limits", default="64,0", help="--max-streams-per-connection values compared")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    sizes = QUICK_SIZES if args.quick else SIZES
+    if args.quick:
+        args.capacity_qps, args.phase_s = 50.0, 1.0
+    results: dict = {"commit": git_commit(), "machine": machine_info(), "capacity_qps": args.capacity_qps,
+                     "timeout_ms": args.timeout_ms, "phase_s": args.phase_s, "runs": {}}
+    with tempfile.TemporaryDirectory(prefix="bench-overload-") as tmp:
+        work = Path(tmp)
+        train(work / "registry", *sizes)
+        common = ["--registry", str(work / "registry"), "--model", MODEL, "--version", "1"]
+        redis = RedisProcess().start()
+        index = query = None
+        try:
+            index = ServiceProcess("recsys-index-service", [*common, "--slot", "blue"], work / "index.log")
+            start_all(index)
+            for n, limit in enumerate(int(x) for x in args.limits.split(",")):
+                query = ServiceProcess("recsys-query-service", [*common, "--index-address", index.address,
+                                                                "--redis-url", redis.url,
+                                                                "--max-streams-per-connection", str(limit)],
+                                       work / f"query-{limit}.log")
+                start_all(query)
+                pids = [index.proc.pid, query.proc.pid, redis.proc.pid]
+                phases = [phase(query.address, m * args.capacity_qps, args.phase_s, args.timeout_ms, sizes[0],
+                                100 * n + i, work, pids) for i, m in enumerate(MULTIPLES)]
+                results["runs"][f"streams_per_connection_{limit}"] = phases
+                query.stop()
+                for p in phases:
+                    print(f"  limit {limit:3d}: offered {p['offered_qps']:6d}/s, in time {p['goodput_qps']:7.1f}/s, "
+                          f"errors {p['errors_by_code']}, cpu {p['server_cpu_ms_per_ok']} ms/ok", file=sys.stderr)
+        finally:
+            stop_all(query, index, redis)
+    rows = [[name, *(p["goodput_qps"] for p in phases)] for name, phases in results["runs"].items()]
+    print(table(rows, ["run", *(f"{m:g}x" for m in MULTIPLES)]), file=sys.stderr)
+    text = write_json(results, args.out)
+    if not args.out:
+        print(text)
+
+
+if __name__ == "__main__":
+    main()
