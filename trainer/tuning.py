@@ -210,6 +210,13 @@ def search(train_data: Interactions, validation: Validation, preset: Callable[[s
             raise ValueError(f"training the preset failed: {first}")
         raise ValueError(f"every trial of the hyperparameter search failed ({len(rows)} trials); the first with "
                          f"{first} (the log above holds each failure's traceback)")
+    tried = {row["params"]["towers.kind"] for row in rows if row.get("state") == "complete"}
+    untried = [kind for kind in towers if kind not in tried]
+    if untried and (budget_s > 0 or trials > 1):
+        # At 1M interactions the first preset took the whole budget: the search was one trial, and said nothing.
+        finished = sum(row.get("state") == "complete" for row in rows)
+        log(f"warning: the search finished {finished} trial(s); the {', '.join(untried)} family's preset "
+            "never ran: raise --tune-budget-s (or give --tune-trials), or pin --tower")
     winner = study.best_trial.number
     for row in rows:
         row["best"] = row["number"] == winner

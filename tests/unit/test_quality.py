@@ -253,6 +253,23 @@ def test_a_search_of_a_number_of_trials_runs_that_many_each_to_its_early_stop(mo
     assert [t["cut_by_budget"] for t in found.trials] == [False] * 5
 
 
+def test_a_search_whose_budget_one_preset_spent_says_which_presets_never_ran(monkeypatch):
+    # At 1M interactions the id preset took the whole budget: the search was one trial, and nothing said so.
+    from trainer import tuning
+
+    monkeypatch.setattr(tuning, "fit_early_stopped", lambda *a, **k: time.sleep(0.05) or _fake_run(1.0))
+    _, train, _ = _split(interactions=500)
+    lines: list[str] = []
+    found = tuning.search(train, None, recommended_config, "id", {}, budget_s=0.01, has_customer_features=False,
+                          log=lines.append)
+    assert len(found.trials) == 1
+    assert ("warning: the search finished 1 trial(s); the history family's preset never ran: raise --tune-budget-s "
+            "(or give --tune-trials), or pin --tower") in lines
+    lines.clear()
+    tuning.search(train, None, recommended_config, "id", {}, budget_s=0, has_customer_features=False, log=lines.append)
+    assert not [line for line in lines if line.startswith("warning")]  # no search was asked for
+
+
 def test_a_run_the_search_s_budget_cut_says_so():
     from trainer.towers.config import TowerConfig
     from trainer.training import fit_early_stopped
