@@ -53,7 +53,8 @@ def _in_time(context) -> None:
     """DeadlineExceeded for a call whose deadline passed while it waited for its handler (queued behind an
     overload): its answer would be thrown away, after taking a search's place from a call still in time (at twice
     an index's capacity, half of its OK answers reached their callers too late)."""
-    if context.time_remaining() == 0:
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
         raise DeadlineExceeded("the call's deadline passed before the index began its search (it waited behind "
                                "others): give it a longer deadline, or add index replicas")
 

@@ -66,6 +66,14 @@ class QueryServiceConfig(ServiceConfig):
                                               "long-lived clients reconnect and spread over the replicas, those "
                                               "added since included, behind a connection-level balancer such as a "
                                               "Kubernetes Service or --workers' shared port (0: never; else 1 or more)")
+    # The query tier's only: an index slot's callers are query replicas, each multiplexing every search of the
+    # version over one connection (RecommendSimilar's unbatched), where refused streams would pass a healthy
+    # endpoint over.
+    max_streams_per_connection: int = option(
+        64, "calls one client connection may have in progress on the data plane (HTTP/2 "
+            "SETTINGS_MAX_CONCURRENT_STREAMS); more are refused by gRPC's C core before any Python runs (the caller "
+            "reads UNAVAILABLE, REFUSED_STREAM, safe to retry), where without the limit an overload queued them in "
+            "the event loop until every call was late (0: no limit)")
     catalogue: CatalogueCatchUp = option(CatalogueCatchUp(), "catalogue catch-up", prefix="catalogue-catch-up-")
 
     def __post_init__(self) -> None:
@@ -77,6 +85,7 @@ class QueryServiceConfig(ServiceConfig):
         require(self.max_k >= 1, "max_k", "must be >= 1")
         require(self.max_batch_requests >= 1, "max_batch_requests", "must be >= 1")
         require(self.workers >= 1, "workers", "must be >= 1")
+        require(self.max_streams_per_connection >= 0, "max_streams_per_connection", "must be >= 0 (0: no limit)")
         require(0 <= self.worker_hung_s < math.inf, "worker_hung_s", "must be >= 0 and finite (0: never)")
         require(self.workers == 1 or not self.worker_socket, "worker_socket", "is set on workers, which run one "
                                                                                 "process each")
@@ -135,7 +144,8 @@ async def create_server(config: QueryServiceConfig) -> tuple[ServiceWithAdmin, R
     admin = QueryAdmin(manager, loader, router, recommender.warm)
     spec = ServiceSpec(add_to_server, QueryServicer(recommender, config.max_message_bytes), SERVICE_NAME)
     service = await ServiceWithAdmin.start(spec, admin, config, worker_socket=config.worker_socket,
-                                           max_connection_age_s=config.max_connection_age_s)
+                                           max_connection_age_s=config.max_connection_age_s,
+                                           max_streams_per_connection=config.max_streams_per_connection)
     router.start()
     try:
         await loader.run(admin.start, startup)

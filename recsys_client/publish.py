@@ -221,7 +221,7 @@ def _publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: fl
                 undo.append(Undo(replica, "UnloadVersion", pb.UnloadVersionRequest(version=version),
                                  lambda status: any(v.version == version and v.state not in (SERVING, ROLLBACK_TARGET)
                                                     for v in status.versions),
-                                 f"query replica {replica.address} unloaded version {version} again"))
+                                 f"query replica {replica.address} unloaded version {version} again", version))
             fleet.call(replica, "LoadVersion", pb.LoadVersionRequest(version=version))
             log.info("query replica %s loaded version %d", replica.address, version)
         step("query_load")  # towers loaded and caches warmed on every query replica

@@ -60,9 +60,9 @@ def _slot_undo(slot: Slot, replica: Replica, version: int) -> Undo:
 
     if slot.version:
         return Undo(replica, "LoadVersion", pb.LoadVersionRequest(version=slot.version), holds,
-                    f"index slot {slot.name} holds version {slot.version} again ({replica.address})")
+                    f"index slot {slot.name} holds version {slot.version} again ({replica.address})", version)
     return Undo(replica, "UnloadVersion", pb.UnloadVersionRequest(version=version), holds,
-                f"index slot {slot.name} is empty again ({replica.address})")
+                f"index slot {slot.name} is empty again ({replica.address})", version)
 
 
 def load_into_slot(fleet: Fleet, target: Slot, version: int, undo: list[Undo],

@@ -36,6 +36,9 @@ class Undo:
     request: object
     holds: Callable[[pb.ServiceStatus], bool]
     done: str  # logged once the call is made
+    # The version the step's own call loads, which may still be loading after that call timed out on the client:
+    # the undo waits for that load to end before it reads what the replica holds (0: nothing to wait for).
+    settles: int = 0
 
 
 def run_undo(fleet: Fleet, steps: list[Undo]) -> None:
@@ -51,15 +54,14 @@ def _undo_step(fleet: Fleet, step: Undo) -> None:
     """Makes ``step``'s call while its replica holds what the run left there; a slot that refuses it because it
     answered searches is asked again until it is idle (``UNDO_IDLE_WAIT_S``)."""
     replica, give_up_at, waiting = step.replica, time.monotonic() + UNDO_IDLE_WAIT_S, False
-    status = _settled(fleet, replica)
+    status = _settled(fleet, replica, step.settles)
     while True:
         if not step.holds(status):
             log.warning("left %s replica %s as it is: it no longer holds what this run put there (%s)",
                         replica.role, replica.address, _held(status))
             return
         try:
-            # Its own deadline, at least the default's: the call it undoes may have failed on a short --timeout-s.
-            fleet.call(replica, step.method, step.request, max(fleet.timeout_s, FleetConfig.timeout_s))
+            fleet.call(replica, step.method, step.request, _deadline(fleet))
         except PublishError as e:
             if not slot_busy(e) or time.monotonic() >= give_up_at:
                 raise
@@ -68,24 +70,37 @@ def _undo_step(fleet: Fleet, step: Undo) -> None:
                          "to go idle to undo the load", replica.address, UNDO_IDLE_WAIT_S)
                 waiting = True
             time.sleep(UNDO_IDLE_POLL_S)
-            status = fleet.status(replica)
+            status = _status(fleet, replica)
             continue
         log.info("%s", step.done)
         return
 
 
-def _settled(fleet: Fleet, replica: Replica) -> pb.ServiceStatus:
-    """``replica``'s status once no load runs there (``UNDO_LOAD_WAIT_S`` at most): the one the run's call started
-    may still be running after the call timed out."""
+def _deadline(fleet: Fleet) -> float:
+    """An undo's calls' deadline, at least the default's: the call it undoes may have failed on a short
+    --timeout-s, and its undo must not."""
+    return max(fleet.timeout_s, FleetConfig.timeout_s)
+
+
+def _status(fleet: Fleet, replica: Replica) -> pb.ServiceStatus:
+    return fleet.call(replica, "GetStatus", pb.GetStatusRequest(), _deadline(fleet))
+
+
+def _settled(fleet: Fleet, replica: Replica, version: int) -> pb.ServiceStatus:
+    """``replica``'s status once it is not loading ``version`` (``UNDO_LOAD_WAIT_S`` at most): the load the run's
+    call started may still be running after the call timed out."""
     give_up_at, said = time.monotonic() + UNDO_LOAD_WAIT_S, False
     while True:
-        status = fleet.status(replica)
-        loading = [v.version for v in status.versions if v.state == LOADING]
-        if not loading or time.monotonic() >= give_up_at:
+        status = _status(fleet, replica)
+        if not version or not any(v.version == version and v.state == LOADING for v in status.versions):
+            return status
+        if time.monotonic() >= give_up_at:
+            log.warning("%s replica %s still loads version %d after %g s: undoing from what it holds now",
+                        replica.role, replica.address, version, UNDO_LOAD_WAIT_S)
             return status
         if not said:
-            log.info("%s replica %s is still loading version %s: waiting up to %g s for it to finish before "
-                     "undoing", replica.role, replica.address, loading[0], UNDO_LOAD_WAIT_S)
+            log.info("%s replica %s is still loading version %d: waiting up to %g s for it to finish before "
+                     "undoing", replica.role, replica.address, version, UNDO_LOAD_WAIT_S)
             said = True
         time.sleep(UNDO_IDLE_POLL_S)
 

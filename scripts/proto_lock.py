@@ -4,9 +4,11 @@ protos/api.lock.json records every field number (its name, type and whether it
 repeats), enum value and RPC that a release has offered. A client compiled from
 an older .proto keeps working as long as none of them changes meaning: a field
 may be added, and removed only with its number and name ``reserved``; a number
-may never be reused for another field; an RPC or enum value may not go. This is
-what ``buf breaking`` checks, which this machine does not have; the rule set is
-its WIRE_JSON one (renames break JSON and regenerated code, so they count).
+may never be reused for another field; an RPC or enum value may not go, nor
+change its types. A part of what ``buf breaking`` checks (this machine has no
+buf): its WIRE_JSON rules on fields, where a rename counts (it breaks JSON and
+regenerated code), and stricter on enum values and RPCs, which no rule here lets
+go; ``json_name`` and proto3 ``optional`` are not compared.
 
     .venv/bin/python scripts/proto_lock.py --check   # fail on a break, or on a lock behind the .proto files
     .venv/bin/python scripts/proto_lock.py           # add what is new to the lock (run by gen_protos.py)

@@ -71,11 +71,6 @@ class ServiceConfig:
     metrics_port: int = option(0, "Prometheus /metrics port, 0 to disable")
     max_concurrent_rpcs: int = option(1000, "RPCs the data plane runs at once (status streams included, health "
                                             "checks not); more are refused RESOURCE_EXHAUSTED at once, never queued")
-    max_streams_per_connection: int = option(
-        64, "calls one client connection may have in progress on the data plane (HTTP/2 "
-            "SETTINGS_MAX_CONCURRENT_STREAMS); more are refused by gRPC's C core before any Python runs (the caller "
-            "reads UNAVAILABLE, REFUSED_STREAM, safe to retry), where without the limit an overload queued them in "
-            "the event loop until every call was late (0: no limit)")
     max_message_bytes: int = option(DEFAULT_MAX_MESSAGE_BYTES, "largest message the data plane receives or sends")
     log_level: str = option("info", "logging level", choices=("debug", "info", "warning", "error"))
     log_format: str = option("text", "log lines as text, or as one JSON object each (timestamp, level, logger, "
@@ -96,7 +91,6 @@ class ServiceConfig:
         require(0 <= self.metrics_port < 65536, "metrics_port", "must be a TCP port (0: no /metrics)")
         require(0 <= self.drain_s < math.inf, "drain_s", "must be >= 0 and finite")  # inf: a SIGTERM never stops it
         require(self.max_concurrent_rpcs >= 1, "max_concurrent_rpcs", "must be >= 1")
-        require(self.max_streams_per_connection >= 0, "max_streams_per_connection", "must be >= 0 (0: no limit)")
         require(self.max_message_bytes >= 1 << 16, "max_message_bytes", "must be >= 65536")
 
     def public_key(self) -> Ed25519PublicKey | None:

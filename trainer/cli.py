@@ -93,7 +93,8 @@ def cluster_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace,
         parser.error("--workers must be a positive integer")
     if args.workers is not None and cluster.workers > 1 and args.workers != cluster.workers:
         parser.error(f"--workers {args.workers} but ${TF_CONFIG} names {cluster.workers} workers")
-    if max(cluster.workers, args.workers or 1) > 1 and (config.tune_budget_s > 0 or config.tune_trials > 1):
+    searched = config.tune_trials > 1 if config.tune_trials else config.tune_budget_s > 0
+    if max(cluster.workers, args.workers or 1) > 1 and searched:
         # The search's budget is wall-clock time: workers would disagree on whether another trial fits, and one
         # would wait forever in a step the others skip. Its pruning reads the baselines' bars, which only the chief
         # computes, so a number of trials would not keep them in step either.

@@ -48,6 +48,7 @@ def run(config: PipelineConfig, log: Callable[[str], None] = lambda msg: None,
     seed = config.train.seed
     started = time.perf_counter()
     data = load_dataset(config.dataset, config.data, seed)
+    made_from = provenance(config)  # the files as read, before hours of training
     train_data, test_data = make_split(data, config.split, config.test_fraction, seed)
     dropped = "".join(f", {key} {count}" for key, count in data.info.items() if key.startswith("dropped_"))
     # How a file's times were read: a unit misjudged is a model that learnt another period than serving's now.
@@ -130,7 +131,7 @@ def run(config: PipelineConfig, log: Callable[[str], None] = lambda msg: None,
         "popularity_prior": prior.describe(),
         "tuning": tuning,
         "validation_history": result.history,
-        "provenance": provenance(config),
+        "provenance": made_from,
         # Where a run's time went: --tune-budget-s bounds the search's later trials only (at 1M interactions the
         # baselines took 333 s and the whole run 2.9 times the budget, and nothing said so).
         "run_seconds": {phase: round(seconds, 1) for phase, seconds in phases.items()},

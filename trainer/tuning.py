@@ -80,10 +80,10 @@ class SearchResult:
     seconds: float
 
     def describe(self, budget_s: float, trials: int = 0) -> dict[str, Any]:
-        """The search as recorded in the metrics and the manifest."""
-        return {"budget_s": budget_s, "trials_asked": trials, "seconds": round(self.seconds, 1), "objective": "validation lift: the smallest "
-                "ratio of hit rate @10 and @100 to its bar (excluding seen: the best baseline; over all "
-                "candidates: popularity)",
+        """The search as recorded in the metrics and the manifest (a budget only where it bounded the search)."""
+        return {"budget_s": None if trials else budget_s, "trials_asked": trials, "seconds": round(self.seconds, 1),
+                "objective": "validation lift: the smallest ratio of hit rate @10 and @100 to its bar (excluding "
+                "seen: the best baseline; over all candidates: popularity)",
                 "best_trial": next(t["number"] for t in self.trials if t.get("best")), "trials": self.trials}
 
 
@@ -206,7 +206,7 @@ def search(train_data: Interactions, validation: Validation, preset: Callable[[s
         study.optimize(objective, timeout=deadline - time.monotonic(), catch=(Exception,))
     if not runs:
         first = next((row["error"] for row in rows if "error" in row), "no error recorded")
-        if budget_s <= 0:
+        if budget_s <= 0 and trials <= 1:
             raise ValueError(f"training the preset failed: {first}")
         raise ValueError(f"every trial of the hyperparameter search failed ({len(rows)} trials); the first with "
                          f"{first} (the log above holds each failure's traceback)")

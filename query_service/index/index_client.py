@@ -151,9 +151,10 @@ class IndexEndpoint:
     def _timed(self, method: str):
         """Times the call made within into ``recsys_index_call_seconds``, by how it ended."""
         start = time.perf_counter()
-        code = "OK"
+        code = "UNKNOWN"  # a failure of the client's own (a closed channel)
         try:
             yield
+            code = "OK"
         except grpc.aio.AioRpcError as e:
             code = e.code().name
             raise

@@ -57,7 +57,8 @@ def map_errors(method: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
             status, message = status_of(e, method.__name__)
             if not isinstance(e, ServingError):
                 log.exception("%s failed", method.__qualname__)
-            if context.time_remaining() == 0:
+            remaining = context.time_remaining()
+            if remaining is not None and remaining <= 0:
                 # The caller's deadline has passed: gRPC answers DEADLINE_EXCEEDED itself, and a status sent after
                 # its core did can fail there, which gRPC logs at ERROR with a traceback (133 in five minutes of
                 # overload). Ended as gRPC ends such a call; the interceptor times it DEADLINE_EXCEEDED.

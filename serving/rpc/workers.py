@@ -192,7 +192,9 @@ def _worker_timeout(context: grpc.aio.ServicerContext, cap: float | None = None)
 
 
 def _outcome_text(outcome: BaseException) -> str:
-    return outcome.details() if isinstance(outcome, grpc.aio.AioRpcError) else f"{type(outcome).__name__}: {outcome}"
+    if isinstance(outcome, grpc.aio.AioRpcError):
+        return outcome.details() or outcome.code().name
+    return f"{type(outcome).__name__}: {outcome}" if str(outcome) else type(outcome).__name__
 
 
 def _restarting_text(indices: list[int]) -> str:

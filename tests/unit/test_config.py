@@ -194,3 +194,17 @@ def test_a_query_flag_that_no_wait_or_expiry_can_use_is_refused(capsys, flag, sa
         parse(build_parser(), QueryServiceConfig, ["--registry", "/r", "--model", "m", "--index-address", "h:1", flag])
     assert exit_.value.code == 2
     assert f"error: {says}" in capsys.readouterr().err
+
+
+def test_only_the_query_service_limits_the_streams_of_a_connection():
+    # An index slot's callers are query replicas, each multiplexing its searches of a version over one connection
+    # (RecommendSimilar's unbatched): at 64 streams a healthy endpoint refused searches and was passed over.
+    import dataclasses
+
+    from index_service.server import IndexServiceConfig
+    from query_service.server import QueryServiceConfig
+
+    def fields(config) -> set[str]:
+        return {f.name for f in dataclasses.fields(config)}
+
+    assert "max_streams_per_connection" in fields(QueryServiceConfig) - fields(IndexServiceConfig)

@@ -448,6 +448,14 @@ def test_status_table_shows_each_worker_of_a_replica_run_with_workers():
     assert not status.failed(status.ReplicaStatus("query", "h:4", pool))
 
 
+def test_a_worker_s_failure_without_details_still_says_what_it_was():
+    from serving.rpc.workers import _outcome_text
+
+    refused = grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "")
+    assert _outcome_text(refused) == "UNAVAILABLE"  # not "", which read as a worker that answered
+    assert _outcome_text(TimeoutError()) == "TimeoutError"
+
+
 def test_a_worker_that_did_not_answer_reads_unreachable_and_fails_the_status():
     # It read EMPTY, as a healthy worker holding nothing does, and the command exited 0.
     pool = pb.ServiceStatus(model_name="m", service="query", workers=[

@@ -27,3 +27,12 @@ def test_a_run_records_its_options_its_inputs_hashes_and_its_libraries_but_not_i
     assert record["libraries"]["tensorflow"] and record["libraries"]["scann"]
     text = json.dumps(record)  # as metrics.json holds it
     assert "signing_key" not in text and str(tmp_path / "reg") not in text
+
+
+def test_a_file_gone_since_it_was_read_is_recorded_as_such_not_raised(tmp_path):
+    rotated = tmp_path / "rotated.csv"
+    rotated.write_text("user_id,item_id\nu1,i1\n")
+    config = PipelineConfig(dataset="interactions-csv", registry=tmp_path / "reg", model="m",
+                            data=DatasetOptions(data_path=rotated))
+    rotated.unlink()
+    assert provenance(config)["inputs"] == {str(rotated): "unreadable: No such file or directory"}

@@ -197,24 +197,30 @@ def test_a_load_still_running_after_its_call_timed_out_is_undone_once_it_finishe
 
     class StillLoading(IndexStub):
         statuses = 0
+        undo_deadlines: list[float] = []
 
         def LoadVersion(self, request, metadata=None, timeout=None):
             if request.version == 3:  # the client gives up; the server goes on loading
                 self.versions = {1: SERVING, 3: LOADING}
                 raise RpcFailure(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+            self.undo_deadlines.append(timeout)
             return super().LoadVersion(request)
 
         def GetStatus(self, request, metadata=None, timeout=None):
             if LOADING in self.versions.values():
+                self.undo_deadlines.append(timeout)
                 self.statuses += 1
                 if self.statuses == 3:  # the load finishes
                     self.versions = {3: SERVING}
             return super().GetStatus(request)
 
     green = StillLoading({1: SERVING}, "green")
+    fleet = fleet_of(query, blue, green)
+    fleet.timeout_s = 0.01  # --timeout-s 0.01: the undo's own calls must not time out as the load did
     with caplog.at_level(logging.INFO, "recsys-publish"), pytest.raises(PublishError, match="DEADLINE_EXCEEDED"):
-        publish_version(fleet_of(query, blue, green), registry, 3)
+        publish_version(fleet, registry, 3)
     assert green.versions == {1: SERVING}
+    assert green.undo_deadlines and min(green.undo_deadlines) >= 120
     assert "index slot green holds version 1 again (green)" in caplog.messages
 
 
