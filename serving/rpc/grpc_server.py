@@ -253,7 +253,7 @@ async def start_server(services: Iterable[ServiceSpec], host: str, port: int,
     open-loop load at twice a query replica's capacity piled hundreds of calls
     into the event loop, each late by the time its handler ran: 131 answers a
     second in time against 499 at capacity, 10 at four times; with 64 a
-    connection, 715 and 636 (docs/RELIABILITY.md, "Overload")."""
+    connection, 715 and 636 (docs/BENCHMARKS.md, "Overload")."""
     services = list(services)
     observability = ServerObservability(echo_request_id, max_concurrent_rpcs,
                                         unlimited_services=(health.SERVICE_NAME, reflection.SERVICE_NAME))
