@@ -613,10 +613,9 @@ async def test_the_router_sends_searches_only_to_endpoints_caught_up_with_the_ge
     await router.close()
 
 
-async def test_a_failed_try_that_spent_the_callers_time_says_so_with_that_time():
-    """It said "no index endpoint answered within 3.0s" (the configured deadline) to a caller with 0.1 s left,
-    of an endpoint that did answer, with a failure."""
-    router = IndexRouter(RoutingConfig(addresses=("a:1", "b:1"), timeout_s=3.0, hedge_ms=0))
+def failing_endpoints(router: IndexRouter, error: errors.ServingError, wait: bool = False) -> list[str]:
+    """Each of ``router``'s endpoints holding version 1 and failing its searches with ``error`` (after the call's
+    whole time, with ``wait``); the addresses tried, in order. Routing is under test, not the network."""
     called: list[str] = []
     for endpoint in router.endpoints:
         endpoint.versions = {1: State.SERVING}
@@ -624,11 +623,20 @@ async def test_a_failed_try_that_spent_the_callers_time_says_so_with_that_time()
         def failing(address):
             async def search(queries, version, timeout_s):
                 called.append(address)
-                await asyncio.sleep(timeout_s + 0.05)
-                raise errors.Unavailable("the slot is draining")
+                if wait:
+                    await asyncio.sleep(timeout_s + 0.05)
+                raise error
             return search
 
-        endpoint.search = failing(endpoint.address)  # routing is under test, not the network
+        endpoint.search = failing(endpoint.address)
+    return called
+
+
+async def test_a_failed_try_that_spent_the_callers_time_says_so_with_that_time():
+    """It said "no index endpoint answered within 3.0s" (the configured deadline) to a caller with 0.1 s left,
+    of an endpoint that did answer, with a failure."""
+    router = IndexRouter(RoutingConfig(addresses=("a:1", "b:1"), timeout_s=3.0, hedge_ms=0))
+    called = failing_endpoints(router, errors.Unavailable("the slot is draining"), wait=True)
     with pytest.raises(errors.Unavailable) as failed:
         await router.search([IndexQuery(np.zeros(2, np.float32), 1, frozenset())], 1, timeout_s=0.1)
     assert len(called) == 1
@@ -652,17 +660,7 @@ async def test_a_try_that_ran_out_of_time_is_not_tried_again_elsewhere_nor_held_
     rarely reads it as none), a doomed call that also passed both replicas over for a second: 983 such retries under
     an overload that made 82 hedges."""
     router = IndexRouter(RoutingConfig(addresses=("a:1", "b:1"), hedge_ms=0))
-    called: list[str] = []
-    for endpoint in router.endpoints:
-        endpoint.versions = {1: State.SERVING}
-
-        def timing_out(address):
-            async def search(queries, version, timeout_s):
-                called.append(address)
-                raise TimedOut("index search failed: DEADLINE_EXCEEDED: Deadline Exceeded")
-            return search
-
-        endpoint.search = timing_out(endpoint.address)  # routing is under test, not the network
+    called = failing_endpoints(router, TimedOut("index search failed: DEADLINE_EXCEEDED: Deadline Exceeded"))
     for _ in range(2):
         with pytest.raises(TimedOut):
             await router.search([IndexQuery(np.zeros(2, np.float32), 1, frozenset())], 1, timeout_s=0.1)

@@ -1,5 +1,6 @@
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,14 +67,20 @@ def test_prune_refuses_to_keep_fewer_than_two(tmp_path):
         registry.prune(keep=1)
 
 
-def test_prune_removes_old_leftovers_of_crashed_publishes_only(tmp_path):
-    registry = Registry(tmp_path, "m")
+def with_leftovers(root) -> tuple[Registry, Path, Path]:
+    """A registry of two versions and two staging folders a crashed publish might have left: (registry, the one
+    made first, the one made now); the caller ages the first."""
+    registry = Registry(root, "m")
     publish_dummy(registry)
     publish_dummy(registry)
-    old = registry.model_dir / ".staging-old"
+    old, fresh = registry.model_dir / ".staging-old", registry.model_dir / ".staging-fresh"
     old.mkdir()
-    fresh = registry.model_dir / ".staging-fresh"
     fresh.mkdir()
+    return registry, old, fresh
+
+
+def test_prune_removes_old_leftovers_of_crashed_publishes_only(tmp_path):
+    registry, old, fresh = with_leftovers(tmp_path)
     os.utime(old, (time.time() - 7200, time.time() - 7200))
     registry.prune(keep=2)
     assert not old.exists() and fresh.exists()
@@ -82,13 +89,7 @@ def test_prune_removes_old_leftovers_of_crashed_publishes_only(tmp_path):
 def test_leftovers_are_aged_by_the_registry_s_clock_not_the_pruning_host_s(tmp_path, monkeypatch):
     # A registry on a file server, pruned from a host whose clock is an hour ahead of it (or after an NTP step): a
     # publish's folder being written read as an hour old and was removed under it.
-    registry = Registry(tmp_path, "m")
-    publish_dummy(registry)
-    publish_dummy(registry)
-    fresh = registry.model_dir / ".staging-being-written"
-    fresh.mkdir()
-    old = registry.model_dir / ".staging-old"
-    old.mkdir()
+    registry, old, fresh = with_leftovers(tmp_path)
     stamp = os.stat(fresh).st_mtime - 7200
     os.utime(old, (stamp, stamp))
     now = time.time
