@@ -47,6 +47,7 @@ from serving.rpc.admin_rpc import version_protos
 from tests.unit import tiny_versions as tiny
 from tests.unit.test_cores import slot
 from tests.unit.test_registry_retention import publish_dummy
+from tests.unit.test_sharded_crowding import CallContext
 
 DIM = 16
 COLORS = ["red", "green", "blue", "black", "white", "grey", "pink", "teal", "gold", "plum"]
@@ -226,19 +227,19 @@ async def test_answers_searched_while_a_delta_applies_say_so_and_after_it_do_not
     try:
         assert first_chunk_done.wait(10)
         request = retrieval_pb2.SearchRequest(vector=queries[0].tolist(), k=5, model_version=1)
-        during = await servicer.Search(request, None)
+        during = await servicer.Search(request, CallContext())
         assert (during.catalogue_generation, during.catalogue_changing) == (0, True)
         assert {c.candidate_id for c in during.candidates} <= set(new)  # part of generation 1, labelled 0
         similar = await servicer.SearchSimilar(retrieval_pb2.SearchSimilarRequest(
-            candidate_id="i000001", k=5, model_version=1), None)
+            candidate_id="i000001", k=5, model_version=1), CallContext())
         assert similar.catalogue_changing
     finally:
         go_on.set()
         applying.join(10)
-    after = await servicer.Search(request, None)
+    after = await servicer.Search(request, CallContext())
     assert (after.catalogue_generation, after.catalogue_changing) == (1, False)
     index.apply_catalogue([_delta(rng, [], new[:5])], 2)
-    assert not (await servicer.Search(request, None)).catalogue_changing
+    assert not (await servicer.Search(request, CallContext())).catalogue_changing
 
 
 def test_an_index_whose_every_candidate_was_deleted_reports_full_recall():

@@ -9,6 +9,7 @@ import collections
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
+import grpc
 import numpy as np
 import pytest
 
@@ -51,6 +52,17 @@ MOVIES = _movielens_like()
 IDS, VECTORS = MOVIES.ids, MOVIES.vectors
 
 
+class CallContext:
+    """What a servicer reads of an in-process call's gRPC context: no deadline; a refusal raised as the network
+    delivers one."""
+
+    def time_remaining(self) -> None:
+        return None
+
+    async def abort(self, code: grpc.StatusCode, details: str, trailing_metadata=()) -> None:
+        raise grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailing_metadata), details)
+
+
 class InProcessStub:
     """An endpoint's IndexService stub answered by an in-process servicer; counts the calls."""
 
@@ -60,15 +72,15 @@ class InProcessStub:
 
     async def Search(self, request, timeout=None, metadata=None):
         self.calls += 1
-        return await self.servicer.Search(request, None)
+        return await self.servicer.Search(request, CallContext())
 
     async def BatchSearch(self, request, timeout=None, metadata=None):
         self.calls += 1
-        return await self.servicer.BatchSearch(request, None)
+        return await self.servicer.BatchSearch(request, CallContext())
 
     async def SearchSimilar(self, request, timeout=None, metadata=None):
         self.calls += 1
-        return await self.servicer.SearchSimilar(request, None)
+        return await self.servicer.SearchSimilar(request, CallContext())
 
 
 def _shard_index(catalogue: Catalogue, shard: int) -> CandidateIndex:

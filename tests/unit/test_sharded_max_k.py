@@ -15,17 +15,10 @@ from query_service.index.searches import IndexQuery, SimilarQuery
 from serving import validation
 from serving.errors import InvalidArgument
 from serving.filters import NO_FILTER
-from tests.unit.test_sharded_crowding import DIM, FILTER_NAMES, FILTERS, IDS, MOVIES, VECTORS, Catalogue, \
-    _assert_greedy, _exact, _router, rare_token_catalogue
+from tests.unit.test_sharded_crowding import DIM, FILTER_NAMES, FILTERS, IDS, MOVIES, VECTORS, CallContext, \
+    Catalogue, _assert_greedy, _exact, _router, rare_token_catalogue
 
 MAX_K = 100
-
-
-class _Context:
-    """What a servicer's refusal (``map_errors``) does with a call's context: aborts it, as gRPC does."""
-
-    async def abort(self, code: grpc.StatusCode, details: str, trailing_metadata=()):
-        raise grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailing_metadata), details)
 
 
 class RefusingStub:
@@ -39,7 +32,7 @@ class RefusingStub:
     def __getattr__(self, method: str):
         async def call(request, timeout=None, metadata=None):
             self.ks.append(max(q.k for q in request.queries) if method == "BatchSearch" else request.k)
-            return await getattr(self.servicer, method)(request, _Context())
+            return await getattr(self.servicer, method)(request, CallContext())
         return call
 
 
