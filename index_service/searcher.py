@@ -36,7 +36,7 @@ from index_service.rows import Deletion, ReadWriteLock, Rows
 from model_registry import Manifest, VersionError
 from model_registry import manifest as files
 from model_registry.attributes import Attributes
-from model_registry.deltas import Delta, read_deltas
+from model_registry.deltas import Delta, replay
 from model_registry.search import MIN_RECALL, exact_top_k, npy_shape
 from serving.errors import NotFound
 from serving.filters import NO_FILTER, Filter
@@ -231,14 +231,14 @@ class CandidateIndex:
         searcher.searcher.reserve(capacity)
         rows.reserve(capacity)
         attributes.reserve(capacity)
-        deltas = read_deltas(version_dir.parent, manifest.version, key=delta_key)
-        index.apply_catalogue(deltas, len(deltas), rest=False)  # nothing searches it yet
+        replayed = replay(version_dir.parent, manifest.version,  # no rests: nothing searches it yet
+                          lambda deltas, generation: index.apply_catalogue(deltas, generation, rest=False), delta_key)
         index.report = LoadReport(time.perf_counter() - start, memory, recall)
-        if deltas:  # the self-test saw the published rows only: report recall over the rows served
+        if replayed:  # the self-test saw the published rows only: report recall over the rows served
             index.remeasure_recall()
         log.info("loaded version %d%s: %d candidates x %d dims, recall@10 %.3f, %d catalogue deltas, in %.2fs",
                  manifest.version, "" if shard is None else f" shard {shard} of {len(whole.shards)}", rows.count,
-                 manifest.embedding_dim, index.report.self_test_recall, len(deltas), index.report.load_seconds)
+                 manifest.embedding_dim, index.report.self_test_recall, replayed, index.report.load_seconds)
         return index
 
     def _self_test(self, version_dir: Path, embeddings: Path, k: int = 10) -> float:

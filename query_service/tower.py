@@ -30,7 +30,7 @@ from model_registry import Manifest, VersionError
 from model_registry import manifest as files
 from model_registry.attributes import Attributes
 from model_registry.customers import CustomerStore
-from model_registry.deltas import Delta, read_deltas
+from model_registry.deltas import Delta, replay
 from model_registry.tower_inputs import EMBEDDING, KNOWN, SIGNATURE, TowerInputs, check_store, tower_inputs
 from serving.filters import Filter
 from serving.lifecycle.admin import LoadReport
@@ -142,8 +142,7 @@ class QueryModel:
             raise VersionError(f"version {manifest.version}: the tower gives non-finite embeddings for some "
                                "stored customers")
         model._held = _candidate_hashes(version_dir, manifest)
-        deltas = read_deltas(version_dir.parent, manifest.version, key=delta_key)
-        model.apply_catalogue(deltas, len(deltas))
+        replay(version_dir.parent, manifest.version, model.apply_catalogue, delta_key)
         tower_bytes = sum(p.stat().st_size for p in (version_dir / files.QUERY_TOWER_DIR).rglob("*") if p.is_file())
         table_bytes = model._table.nbytes if model._table is not None else 0
         model.report = LoadReport(time.perf_counter() - start, tower_bytes + table_bytes + model._held.nbytes)

@@ -594,6 +594,28 @@ def test_a_load_replays_its_deltas_without_the_rests_that_give_searches_a_turn(t
     assert len(rests) == 1
 
 
+def test_a_load_holds_a_few_deltas_of_its_log_at_a_time_and_answers_as_one_that_read_them_all(tmp_path,
+                                                                                               monkeypatch):
+    """A load read the whole log before applying it: a restarted slot's peak memory was 1.3 GB over a replica that
+    had applied the same 5,000 deltas (863 MB of log) live."""
+    registry = Registry(tmp_path, tiny.MODEL)
+    tiny.publish(registry, 1)
+    rng = np.random.default_rng(5)
+    for generation in range(1, 6):
+        write_delta(registry.model_dir, 1, Delta.make([f"new{generation}"], rng.standard_normal((1, tiny.DIM)),
+                                                      deleted=[f"i{generation:03d}"], dim=tiny.DIM))
+    whole = CandidateIndex.load(registry.version_dir(1), registry.manifest(1))
+    monkeypatch.setattr(deltas, "REPLAY_BATCH", 2)
+    held = []
+    apply = CandidateIndex.apply_catalogue
+    monkeypatch.setattr(CandidateIndex, "apply_catalogue",
+                        lambda self, deltas, *a, **k: held.append(len(deltas)) or apply(self, deltas, *a, **k))
+    batched = CandidateIndex.load(registry.version_dir(1), registry.manifest(1))
+    assert held == [2, 2, 1] and batched.catalogue_generation == whole.catalogue_generation == 5
+    queries = rng.standard_normal((5, tiny.DIM)).astype(np.float32)
+    assert [r.ids for r in batched.search(queries, 10)] == [r.ids for r in whole.search(queries, 10)]
+
+
 async def one_new_candidate(registry: Registry, admin, generation: int, rng: np.random.Generator) -> None:
     """Publishes delta ``generation`` of version 1 (one new candidate) and applies it through ``admin``."""
     write_delta(registry.model_dir, 1, Delta.make([f"new{generation}"], rng.standard_normal((1, tiny.DIM)),
