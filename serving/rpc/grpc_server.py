@@ -60,8 +60,9 @@ def map_errors(method: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
             remaining = context.time_remaining()
             if remaining is not None and remaining <= 0:
                 # The caller's deadline has passed: gRPC answers DEADLINE_EXCEEDED itself, and a status sent after
-                # its core did can fail there, which gRPC logs at ERROR with a traceback (133 in five minutes of
-                # overload). Ended as gRPC ends such a call; the interceptor times it DEADLINE_EXCEEDED.
+                # its core did can fail there, which gRPC logs at ERROR with a traceback (133 in the overload
+                # phases of five load runs). Ended as gRPC ends such a call; the interceptor times it
+                # DEADLINE_EXCEEDED.
                 raise asyncio.CancelledError(message) from e
             await context.abort(status, message, request_id_metadata())
 
@@ -251,9 +252,10 @@ async def start_server(services: Iterable[ServiceSpec], host: str, port: int,
     is refused before any Python runs (the caller reads UNAVAILABLE "Stream
     removed", REFUSED_STREAM: nothing was done, a retry is safe). Without it, an
     open-loop load at twice a query replica's capacity piled hundreds of calls
-    into the event loop, each late by the time its handler ran: 131 answers a
-    second in time against 499 at capacity, 10 at four times; with 64 a
-    connection, 715 and 636 (docs/BENCHMARKS.md, "Overload")."""
+    into the event loop, each late by the time its handler ran: 278 answers a
+    second in time against 500 at capacity, 156 at four times; with 64 a
+    connection, 766 and 601 (``bench.overload``). It bounds a connection, not
+    the server: callers over many connections overload it as before."""
     services = list(services)
     observability = ServerObservability(echo_request_id, max_concurrent_rpcs,
                                         unlimited_services=(health.SERVICE_NAME, reflection.SERVICE_NAME))
