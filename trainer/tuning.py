@@ -212,7 +212,7 @@ def search(train_data: Interactions, validation: Validation, preset: Callable[[s
                          f"{first} (the log above holds each failure's traceback)")
     tried = {row["params"]["towers.kind"] for row in rows if row.get("state") == "complete"}
     untried = [kind for kind in towers if kind not in tried]
-    if untried and (budget_s > 0 or trials > 1):
+    if untried and (trials > 1 if trials else budget_s > 0):  # a search was asked for, not one trial
         # At 1M interactions the first preset took the whole budget: the search was one trial, and said nothing.
         finished = sum(row.get("state") == "complete" for row in rows)
         log(f"warning: the search finished {finished} trial(s); the {', '.join(untried)} family's preset "

@@ -267,6 +267,8 @@ def test_a_search_whose_budget_one_preset_spent_says_which_presets_never_ran(mon
             "(or give --tune-trials), or pin --tower") in lines
     lines.clear()
     tuning.search(train, None, recommended_config, "id", {}, budget_s=0, has_customer_features=False, log=lines.append)
+    tuning.search(train, None, recommended_config, "id", {}, budget_s=300, has_customer_features=False,
+                  log=lines.append, trials=1)
     assert not [line for line in lines if line.startswith("warning")]  # no search was asked for
 
 
