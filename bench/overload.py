@@ -4,7 +4,7 @@ per-connection stream limit (``--max-streams-per-connection``, the default) and 
 Stack on loopback: a small synthetic model trained by ``recsys-train``, one index slot, a query replica, a private
 Redis. ``recsys-loadtest`` offers an open loop of cache misses (customers drawn from many, a new draw each phase)
 over two connections, each call with a deadline of ``--timeout-ms``, in phases at multiples of ``--capacity-qps``
-(what the replica answers at that deadline; 500 a second on the 2-core VM of docs/RELIABILITY.md, "Overload").
+(what the replica answers at that deadline; 500 a second on the 2-core VM of docs/BENCHMARKS.md, "Overload").
 Each phase reports its goodput (OK answers a second: an answer past its deadline is DEADLINE_EXCEEDED, so every OK
 one came in time), its error codes and the server CPU per OK answer. Without the limit, at twice the capacity the
 replica's event loop held hundreds of calls, each late by the time its handler ran.
@@ -26,7 +26,7 @@ from tests.processes import RedisProcess, ServiceProcess, console_script, start_
 
 MULTIPLES = (0.5, 1.0, 2.0, 4.0, 0.9)  # of the capacity: below, at, twice, four times, then back under it
 # The model's customers, each phase's calls drawn from them (an unknown one would be answered from the popular list,
-# without the tower or the index): at four times 500 a second, 18% of a phase's calls repeat a customer, a cache hit.
+# without the tower or the index): a fifth to a third of the OK answers at 2x and 4x were repeats, cache hits.
 SIZES = (50_000, 5_000, 250_000)  # customers, candidates, interactions
 QUICK_SIZES = (300, 200, 6_000)
 
