@@ -44,7 +44,8 @@ def clear() -> None:
 def quiet_where_dropped() -> None:
     """Leaves out of stderr the tracebacks a stop leaves behind, once it is recorded: an ``Interrupted`` that Python
     had to drop (raised in a ``__del__``), and an error that a library made of one and printed itself (the stop
-    landing in an import TensorFlow's C++ makes came out as a SystemError's traceback, through ``sys.excepthook``).
+    landing in an import TensorFlow's C++ makes came out as a SystemError's traceback, through ``sys.excepthook``
+    or, where the C++ could not raise it, ``sys.unraisablehook``: a traceback with no "Exception ignored" line).
     The stop is acted on at the next ``check``. An error printed so that is not of the stop's making is one line;
     other errors are reported as before."""
     report, show = sys.unraisablehook, sys.excepthook
@@ -52,17 +53,22 @@ def quiet_where_dropped() -> None:
         return
 
     def hook(unraisable) -> None:
-        if not isinstance(unraisable.exc_value, Interrupted):
-            report(unraisable)
+        _told(unraisable.exc_value, lambda: report(unraisable))
 
     def excepthook(kind, value, tb) -> None:
-        if not _asked:
-            show(kind, value, tb)
-        elif not _of_stop(value):
-            print(f"(while stopping) {kind.__name__}: {value}", file=sys.stderr)
+        _told(value, lambda: show(kind, value, tb))
 
     hook.keeps_interrupts = True
     sys.unraisablehook, sys.excepthook = hook, excepthook
+
+
+def _told(error: BaseException | None, show: Callable[[], None]) -> None:
+    """Shows ``error`` as before while no stop is recorded; once one is, leaves it out if it is of the stop's
+    making, else prints it in one line."""
+    if not _asked:
+        show()
+    elif not _of_stop(error):
+        print(f"(while stopping) {type(error).__name__}: {error}", file=sys.stderr)
 
 
 def _of_stop(error: BaseException | None) -> bool:

@@ -89,6 +89,42 @@ def test_an_error_a_library_prints_while_a_stop_is_recorded_is_one_line_not_a_tr
         "(while stopping) ValueError: invalid literal for int() with base 10: 'x'"]
 
 
+UNRAISABLE_BY_A_LIBRARY = """
+import signal
+from trainer import cli, interrupts
+
+cli._stop_on_signals(interrupts.StopReport(str))
+
+
+class Collected:
+    def __init__(self, error):
+        self.error = error
+
+    def __del__(self):  # where C++ that cannot raise hands the error to sys.unraisablehook, as TensorFlow's did
+        try:
+            raise interrupts.request(signal.SIGINT)
+        except interrupts.Interrupted as stop:
+            if self.error is SystemError:
+                raise SystemError("<built-in function __import__> returned a result with an exception set") from stop
+        raise self.error("not the stop's")
+
+
+Collected(SystemError)
+Collected(ValueError)
+print("went on")
+"""
+
+
+def test_an_error_a_library_could_not_raise_while_a_stop_is_recorded_is_one_line_not_a_traceback():
+    """CI saw it at stop 56: the Ctrl-C landed in TensorFlow's nest flattening, whose C++ handed the SystemError
+    made of it to ``sys.unraisablehook``, which printed its traceback (without an "Exception ignored" line)."""
+    run = subprocess.run([sys.executable, "-c", UNRAISABLE_BY_A_LIBRARY], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "went on", run.stderr[-3000:]
+    assert "Traceback" not in run.stderr and "Exception ignored" not in run.stderr, run.stderr[-3000:]
+    assert run.stderr.splitlines()[-1:] == ["(while stopping) ValueError: not the stop's"], run.stderr[-3000:]
+
+
 STUCK = """
 import signal
 import sys
