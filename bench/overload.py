@@ -1,15 +1,16 @@
-"""Overload: how many calls a query replica answers in time when offered more than it can serve, with its
-per-connection stream limit (``--max-streams-per-connection``, the default) and without it (0).
+"""Overload: how many calls a query replica answers in time when offered more than it can serve, with its limits on
+calls not yet started (``--max-streams-per-connection``, ``--max-pending-calls``) at their defaults and without them.
 
 Stack on loopback: a small synthetic model trained by ``recsys-train``, one index slot, a query replica, a private
 Redis. ``recsys-loadtest`` offers an open loop of cache misses (customers drawn from many, a new draw each phase)
-over two connections, each call with a deadline of ``--timeout-ms``, in phases at multiples of ``--capacity-qps``
-(what the replica answers at that deadline; 500 a second on the 2-core VM of docs/BENCHMARKS.md, "Overload").
-Each phase reports its goodput (OK answers a second: an answer past its deadline is DEADLINE_EXCEEDED, so every OK
-one came in time), its error codes and the server CPU per OK answer. Without the limit, at twice the capacity the
-replica's event loop held hundreds of calls, each late by the time its handler ran.
+over ``--channels`` connections (20), each call with a deadline of ``--timeout-ms``, in phases at multiples of
+``--capacity-qps`` (what the replica answers at that deadline; 500 a second on the 2-core VM of docs/BENCHMARKS.md,
+"Overload", 1,000 on a quicker day of it). Each phase reports its goodput (OK answers a second: an answer past its
+deadline is DEADLINE_EXCEEDED, so every OK one came in time), its error codes and the server CPU per OK answer.
+``runs.streams_per_connection_<n>`` sets both limits to n (64: the defaults; 0: neither, the code before them).
+Without them, at twice the capacity the calls waited in gRPC's first-in, first-out queue until each was late.
 
-    python -m bench.overload [--quick] [--out FILE]
+    python -m bench.overload [--quick] [--channels N] [--out FILE]
 """
 
 from __future__ import annotations
@@ -32,14 +33,14 @@ QUICK_SIZES = (300, 200, 6_000)
 
 
 def phase(address: str, qps: float, duration_s: float, timeout_ms: float, customers: int, seed: int, work: Path,
-          pids: list[int]) -> dict:
+          pids: list[int], channels: int) -> dict:
     """One open-loop phase of recsys-loadtest at ``qps``: goodput, codes and server CPU per OK answer."""
     out = work / f"load-{seed}.json"
     cpu = cpu_seconds(pids)
     # It exits 1 when calls failed, which overload is about: its report says how.
     run = subprocess.run([console_script("recsys-loadtest"), "--address", address, "--qps", str(qps), "--duration-s",
                           str(duration_s), "--timeout-s", str(timeout_ms / 1000), "--num-customers", str(customers),
-                          "--seed", str(seed), "--channels", "2", "--concurrency", "4000", "--quiet", "--out",
+                          "--seed", str(seed), "--channels", str(channels), "--concurrency", "4000", "--quiet", "--out",
                           str(out)], capture_output=True, text=True, timeout=duration_s + 120)
     cpu = cpu_seconds(pids) - cpu
     report = loadtest_report(out, run.returncode, run.stderr)
@@ -57,14 +58,18 @@ def main() -> None:
     parser.add_argument("--capacity-qps", type=float, default=500.0)
     parser.add_argument("--phase-s", type=float, default=10.0)
     parser.add_argument("--timeout-ms", type=float, default=200.0)
-    parser.add_argument("--limits", default="64,0", help="--max-streams-per-connection values compared")
+    parser.add_argument("--limits", default="64,0",
+                        help="values compared, each set as both --max-streams-per-connection and --max-pending-calls")
+    parser.add_argument("--channels", type=int, default=20, help="connections the load is offered over")
+    parser.add_argument("--query-flags", default="", help="more flags for the query replica, space-separated")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     sizes = QUICK_SIZES if args.quick else SIZES
     if args.quick:
         args.capacity_qps, args.phase_s = 50.0, 1.0
     results: dict = {"commit": git_commit(), "machine": machine_info(), "capacity_qps": args.capacity_qps,
-                     "timeout_ms": args.timeout_ms, "phase_s": args.phase_s, "runs": {}}
+                     "timeout_ms": args.timeout_ms, "phase_s": args.phase_s, "channels": args.channels,
+                     "query_flags": args.query_flags, "runs": {}}
     with tempfile.TemporaryDirectory(prefix="bench-overload-") as tmp:
         work = Path(tmp)
         train(work / "registry", *sizes)
@@ -77,12 +82,14 @@ def main() -> None:
             for n, limit in enumerate(int(x) for x in args.limits.split(",")):
                 query = ServiceProcess("recsys-query-service", [*common, "--index-address", index.address,
                                                                 "--redis-url", redis.url,
-                                                                "--max-streams-per-connection", str(limit)],
+                                                                "--max-streams-per-connection", str(limit),
+                                                                "--max-pending-calls", str(limit),
+                                                                *args.query_flags.split()],
                                        work / f"query-{limit}.log")
                 start_all(query)
                 pids = [index.proc.pid, query.proc.pid, redis.proc.pid]
                 phases = [phase(query.address, m * args.capacity_qps, args.phase_s, args.timeout_ms, sizes[0],
-                                100 * n + i, work, pids) for i, m in enumerate(MULTIPLES)]
+                                100 * n + i, work, pids, args.channels) for i, m in enumerate(MULTIPLES)]
                 results["runs"][f"streams_per_connection_{limit}"] = phases
                 query.stop()
                 for p in phases:

@@ -74,6 +74,12 @@ class QueryServiceConfig(ServiceConfig):
             "SETTINGS_MAX_CONCURRENT_STREAMS); more are refused by gRPC's C core before any Python runs (the caller "
             "reads UNAVAILABLE, REFUSED_STREAM, safe to retry), where without the limit an overload queued them in "
             "the event loop until every call was late (0: no limit)")
+    max_pending_calls: int = option(
+        64, "calls that have reached the data plane but not yet this process, past which gRPC's C core refuses new "
+            "ones (at random from half the value, always at it; per method, so health checks queue apart): the "
+            "caller reads CANCELLED, details \"CANCELLED\", nothing done, safe to retry. That queue is first in, "
+            "first out: without a bound an overload over many connections kept it until every call was late "
+            "(0: gRPC's own, 1,000 to 3,000)")
     catalogue: CatalogueCatchUp = option(CatalogueCatchUp(), "catalogue catch-up", prefix="catalogue-catch-up-")
 
     def __post_init__(self) -> None:
@@ -86,6 +92,8 @@ class QueryServiceConfig(ServiceConfig):
         require(self.max_batch_requests >= 1, "max_batch_requests", "must be >= 1")
         require(self.workers >= 1, "workers", "must be >= 1")
         require(self.max_streams_per_connection >= 0, "max_streams_per_connection", "must be >= 0 (0: no limit)")
+        require(self.max_pending_calls == 0 or self.max_pending_calls >= 2, "max_pending_calls",
+                "must be 0 (gRPC's own) or >= 2")
         require(0 <= self.worker_hung_s < math.inf, "worker_hung_s", "must be >= 0 and finite (0: never)")
         require(self.workers == 1 or not self.worker_socket, "worker_socket", "is set on workers, which run one "
                                                                                 "process each")
@@ -145,7 +153,8 @@ async def create_server(config: QueryServiceConfig) -> tuple[ServiceWithAdmin, R
     spec = ServiceSpec(add_to_server, QueryServicer(recommender, config.max_message_bytes), SERVICE_NAME)
     service = await ServiceWithAdmin.start(spec, admin, config, worker_socket=config.worker_socket,
                                            max_connection_age_s=config.max_connection_age_s,
-                                           max_streams_per_connection=config.max_streams_per_connection)
+                                           max_streams_per_connection=config.max_streams_per_connection,
+                                           max_pending_calls=config.max_pending_calls)
     router.start()
     try:
         await loader.run(admin.start, startup)

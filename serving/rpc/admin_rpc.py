@@ -161,13 +161,14 @@ class ServiceWithAdmin:
     @classmethod
     async def start(cls, spec: ServiceSpec, admin: VersionAdmin, config: ServiceConfig,
                     worker_socket: str = "", max_connection_age_s: float = 0.0,
-                    max_streams_per_connection: int = 0) -> "ServiceWithAdmin":
+                    max_streams_per_connection: int = 0, max_pending_calls: int = 0) -> "ServiceWithAdmin":
         """Starts both servers. A worker of ``--workers`` (``worker_socket``: the
         path prefix of its private sockets, ``serving.rpc.workers``) serves both
         planes on private sockets, and its data plane on the port it shares with
         its siblings once it serves (``WorkerDataPlane``). The data plane's public
         port closes each connection after ``max_connection_age_s`` and has at most
-        ``max_streams_per_connection`` calls of one connection in progress (``start_server``)."""
+        ``max_streams_per_connection`` calls of one connection in progress, and refuses calls past
+        ``max_pending_calls`` not yet taken (``start_server``)."""
         credentials = config.tls.credentials()
 
         def data_server(host: str, public: bool) -> Awaitable[RunningServer]:
@@ -177,7 +178,8 @@ class ServiceWithAdmin:
                                 credentials=credentials if public else None, echo_request_id=config.echo_request_id,
                                 share_port=public and bool(worker_socket),
                                 max_connection_age_s=max_connection_age_s if public else 0.0,
-                                max_streams_per_connection=max_streams_per_connection if public else 0)
+                                max_streams_per_connection=max_streams_per_connection if public else 0,
+                                max_pending_calls=max_pending_calls if public else 0)
 
         data: RunningServer | WorkerDataPlane
         if worker_socket:

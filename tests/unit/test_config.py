@@ -185,6 +185,8 @@ def test_recsys_train_takes_its_training_flags_from_the_environment_too(monkeypa
     # Redis refuses an expiry this far off ("invalid expire time"), after the live history's items were pushed.
     ("--cache-ttl-s=10000000000000000", "--cache-ttl-s must be from 1 to 315,360,000"),
     ("--live-history-ttl-s=10000000000000000", "--live-history-ttl-s must be from 1 to 315,360,000"),
+    # gRPC's refusals start at half the value: at 1, every call that found another waiting.
+    ("--max-pending-calls=1", "--max-pending-calls must be 0 (gRPC's own) or >= 2"),
 ])
 def test_a_query_flag_that_no_wait_or_expiry_can_use_is_refused(capsys, flag, says):
     from query_service.server import QueryServiceConfig, build_parser
@@ -207,4 +209,6 @@ def test_only_the_query_service_limits_the_streams_of_a_connection():
     def fields(config) -> set[str]:
         return {f.name for f in dataclasses.fields(config)}
 
-    assert "max_streams_per_connection" in fields(QueryServiceConfig) - fields(IndexServiceConfig)
+    # Nor do they bound the calls not yet taken: a query replica's searches of a version queue behind each other.
+    only_query = fields(QueryServiceConfig) - fields(IndexServiceConfig)
+    assert {"max_streams_per_connection", "max_pending_calls"} <= only_query
