@@ -164,11 +164,21 @@ def catalogue_dir(model_dir: Path, version: int) -> Path:
     return Path(model_dir) / CATALOGUE_DIR / str(int(version))
 
 
-def _records(directory: Path) -> list[Path]:
-    """The commit records, by generation (by number: past 99,999,999 the names outgrow their zero padding)."""
-    if not directory.is_dir():
+def _numbered(directory: Path) -> list[tuple[int, str]]:
+    """The commit records' (generation, file name), by generation (by number: past 99,999,999 the names outgrow
+    their zero padding). Names only: a writer lists the log for each delta, and at 5,000 deltas a glob of Paths took
+    22 ms of it."""
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
         return []
-    return sorted((p for p in directory.glob("*.json") if p.stem.isdigit()), key=lambda p: int(p.stem))
+    return sorted((int(name[:-5]), name) for name in names
+                  if name.endswith(".json") and name[:-5].isascii() and name[:-5].isdigit())
+
+
+def _records(directory: Path) -> list[Path]:
+    """The commit records, by generation."""
+    return [directory / name for _, name in _numbered(directory)]
 
 
 def remove_leftovers(model_dir: Path, published: set[int], cutoff: float) -> None:
@@ -212,8 +222,8 @@ def published_generation(model_dir: Path, version: int, at_least: int = 0) -> in
     directory = catalogue_dir(model_dir, version)
     if at_least > 0:
         return at_least + len(_records_after(directory, at_least))
-    records = _records(directory)
-    return int(records[-1].stem) if records else 0
+    numbered = _numbered(directory)
+    return numbered[-1][0] if numbered else 0
 
 
 def record_stat(model_dir: Path, version: int, generation: int) -> os.stat_result | None:
@@ -361,14 +371,14 @@ def write_delta(model_dir: Path, version: int, delta: Delta, key: Ed25519Private
         Path(tmp).unlink(missing_ok=True)
         raise
     while True:
-        records = _records(directory)
-        if [int(p.stem) for p in records] != list(range(1, len(records) + 1)):  # else it retries a taken one forever
+        numbered = _numbered(directory)
+        if [g for g, _ in numbered] != list(range(1, len(numbered) + 1)):  # else it retries a taken one forever
             raise VersionError(f"catalogue deltas of version {version} in {directory} do not run 1..N without a "
-                               f"gap: {[p.name for p in records][:10]}; no delta can follow them")
-        generation = len(records) + 1
+                               f"gap: {[name for _, name in numbered][:10]}; no delta can follow them")
+        generation = len(numbered) + 1
         record = {"model": Path(model_dir).name, "version": int(version), "generation": generation,
                   "file": data.name, "sha256": digest,
-                  "previous_sha256": sha256_file(records[-1]) if records else "",
+                  "previous_sha256": sha256_file(directory / numbered[-1][1]) if numbered else "",
                   "upserts": len(delta.ids), "deletes": len(delta.deleted),
                   "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         if key is not None:

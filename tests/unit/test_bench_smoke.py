@@ -107,6 +107,12 @@ def test_exclusions_quick():
     assert all(0 <= r["recall_at_10"] <= 1 and r["ms_per_search"] > 0 for r in out["results"].values())
 
 
+def test_delta_log_quick():
+    out = run_quick("bench.delta_log", timeout_s=120)
+    assert set(out["sizes"]) == {"50", "100"}
+    assert all(size["write_ms_median"] > 0 and size["published_generation_ms"] > 0 for size in out["sizes"].values())
+
+
 def test_live_history_quick():
     out = run_quick("bench.live_history", timeout_s=120)
     assert set(out["redis_us_per_append"]) == {"plain", "sealed"}
