@@ -7,7 +7,8 @@ over ``--channels`` connections (20), each call with a deadline of ``--timeout-m
 ``--capacity-qps`` (what the replica answers at that deadline; 500 a second on the 2-core VM of docs/BENCHMARKS.md,
 "Overload", 1,000 on a quicker day of it). Each phase reports its goodput (OK answers a second: an answer past its
 deadline is DEADLINE_EXCEEDED, so every OK one came in time), its error codes and the server CPU per OK answer.
-``runs.streams_per_connection_<n>`` sets both limits to n (64: the defaults; 0: neither, the code before them).
+``runs.streams_per_connection_<n>``: ``--max-streams-per-connection`` n with ``--max-pending-calls`` at its default
+(128), or neither limit for n = 0 (the code before them); ``--query-flags`` may set another pending limit.
 Without them, at twice the capacity the calls waited in gRPC's first-in, first-out queue until each was late.
 
     python -m bench.overload [--quick] [--channels N] [--out FILE]
@@ -59,7 +60,7 @@ def main() -> None:
     parser.add_argument("--phase-s", type=float, default=10.0)
     parser.add_argument("--timeout-ms", type=float, default=200.0)
     parser.add_argument("--limits", default="64,0",
-                        help="values compared, each set as both --max-streams-per-connection and --max-pending-calls")
+                        help="--max-streams-per-connection values compared (0: without --max-pending-calls too)")
     parser.add_argument("--channels", type=int, default=20, help="connections the load is offered over")
     parser.add_argument("--query-flags", default="", help="more flags for the query replica, space-separated")
     parser.add_argument("--out", type=Path)
@@ -83,7 +84,7 @@ def main() -> None:
                 query = ServiceProcess("recsys-query-service", [*common, "--index-address", index.address,
                                                                 "--redis-url", redis.url,
                                                                 "--max-streams-per-connection", str(limit),
-                                                                "--max-pending-calls", str(limit),
+                                                                *([] if limit else ["--max-pending-calls", "0"]),
                                                                 *args.query_flags.split()],
                                        work / f"query-{limit}.log")
                 start_all(query)

@@ -105,6 +105,7 @@ def main() -> None:
     parser.add_argument("--rollback-at-s", type=float, default=45.0)
     parser.add_argument("--warmup-s", type=float, default=15.0,
                         help="load before the measured run (same rate), so 'before' is steady state")
+    parser.add_argument("--query-flags", default="", help="more flags for the query replica, space-separated")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.quick:
@@ -134,7 +135,8 @@ def main() -> None:
             green = ServiceProcess("recsys-index-service", [*common, "--slot", "green"], work / "green.log")
             query = ServiceProcess("recsys-query-service", [*common, "--index-address",
                                                             f"{blue.address},{green.address}",
-                                                            "--redis-url", redis.url], work / "query.log")
+                                                            "--redis-url", redis.url, *args.query_flags.split()],
+                                  work / "query.log")
             start_all(blue, green, query, timeout_s=600)
             green_empty = rss_mb(green.proc.pid)  # nothing is rolled out to green until the swap
             loadtest(query.address, args.qps, args.warmup_s, work / "warmup.json")

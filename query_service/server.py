@@ -75,11 +75,10 @@ class QueryServiceConfig(ServiceConfig):
             "reads UNAVAILABLE, REFUSED_STREAM, safe to retry), where without the limit an overload queued them in "
             "the event loop until every call was late (0: no limit)")
     max_pending_calls: int = option(
-        64, "calls that have reached the data plane but not yet this process, past which gRPC's C core refuses new "
-            "ones (at random from half the value, always at it; per method, so health checks queue apart): the "
-            "caller reads CANCELLED, details \"CANCELLED\", nothing done, safe to retry. That queue is first in, "
-            "first out: without a bound an overload over many connections kept it until every call was late "
-            "(0: gRPC's own, 1,000 to 3,000)")
+        128, "calls of a method that may wait on the data plane for this process to take them; gRPC's C core "
+             "refuses the next (the caller reads CANCELLED, details \"CANCELLED\": nothing done, safe to retry; "
+             "health checks queue apart). That queue is first in, first out: without a bound an overload over many "
+             "connections kept it until every call was late (0: gRPC's own, 1,000 to 3,000)")
     catalogue: CatalogueCatchUp = option(CatalogueCatchUp(), "catalogue catch-up", prefix="catalogue-catch-up-")
 
     def __post_init__(self) -> None:
@@ -92,8 +91,7 @@ class QueryServiceConfig(ServiceConfig):
         require(self.max_batch_requests >= 1, "max_batch_requests", "must be >= 1")
         require(self.workers >= 1, "workers", "must be >= 1")
         require(self.max_streams_per_connection >= 0, "max_streams_per_connection", "must be >= 0 (0: no limit)")
-        require(self.max_pending_calls == 0 or self.max_pending_calls >= 2, "max_pending_calls",
-                "must be 0 (gRPC's own) or >= 2")
+        require(self.max_pending_calls >= 0, "max_pending_calls", "must be >= 0 (0: gRPC's own)")
         require(0 <= self.worker_hung_s < math.inf, "worker_hung_s", "must be >= 0 and finite (0: never)")
         require(self.workers == 1 or not self.worker_socket, "worker_socket", "is set on workers, which run one "
                                                                                 "process each")

@@ -185,8 +185,8 @@ def test_recsys_train_takes_its_training_flags_from_the_environment_too(monkeypa
     # Redis refuses an expiry this far off ("invalid expire time"), after the live history's items were pushed.
     ("--cache-ttl-s=10000000000000000", "--cache-ttl-s must be from 1 to 315,360,000"),
     ("--live-history-ttl-s=10000000000000000", "--live-history-ttl-s must be from 1 to 315,360,000"),
-    # gRPC's refusals start at half the value: at 1, every call that found another waiting.
-    ("--max-pending-calls=1", "--max-pending-calls must be 0 (gRPC's own) or >= 2"),
+    # gRPC reads a negative limit as 0: every call that found another waiting would be refused.
+    ("--max-pending-calls=-1", "--max-pending-calls must be >= 0 (0: gRPC's own)"),
 ])
 def test_a_query_flag_that_no_wait_or_expiry_can_use_is_refused(capsys, flag, says):
     from query_service.server import QueryServiceConfig, build_parser

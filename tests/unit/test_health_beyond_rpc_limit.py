@@ -259,20 +259,22 @@ class LoopHolding(pb_grpc.AdminServiceServicer):
         return pb.ServiceStatus(model_name="held")
 
 
-@pytest.mark.parametrize("limit", [0, 4])
-async def test_calls_past_the_pending_limit_are_refused_outside_python_and_health_checks_queue_apart(limit):
+@pytest.mark.parametrize("limit, burst, least_refused", [(0, 20, 0), (4, 20, 12), (32, 30, 0)])
+async def test_calls_past_the_pending_limit_are_refused_outside_python_and_health_checks_queue_apart(
+        limit, burst, least_refused):
     # Calls this process has not taken wait in a first-in, first-out queue of gRPC's C core: over many connections
-    # an overload kept it until every call reached its handler late (a median of 0 ms left of 200 ms).
+    # an overload kept it until every call reached its handler late (a median of 0 ms left of 200 ms). A burst
+    # within the limit is not refused: with refusals at random from half of it, one of 40 calls in flight failed.
     server = await start_server([ServiceSpec(pb_grpc.add_AdminServiceServicer_to_server, LoopHolding(), ADMIN)],
                                 "127.0.0.1", 0, max_pending_calls=limit)
     async with channel_to(server) as channel:
         stub = pb_grpc.AdminServiceStub(channel)
         await stub.GetStatus(pb.GetStatusRequest(), timeout=5)  # connected
-        calls = [asyncio.ensure_future(stub.GetStatus(pb.GetStatusRequest(), timeout=30)) for _ in range(20)]
+        calls = [asyncio.ensure_future(stub.GetStatus(pb.GetStatusRequest(), timeout=30)) for _ in range(burst)]
         await asyncio.sleep(0.02)  # the calls have arrived: a probe's check queues behind them, in its own queue
         checked = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
         outcomes = await asyncio.gather(*calls, return_exceptions=True)
     refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
     assert all(o.code() == grpc.StatusCode.CANCELLED for o in refused), refused
     assert checked.status in (SERVING, health_pb2.HealthCheckResponse.NOT_SERVING)
-    assert len(refused) >= 12 if limit else not refused, outcomes
+    assert len(refused) >= least_refused if least_refused else not refused, outcomes
