@@ -8,7 +8,8 @@ over ``--channels`` connections (20), each call with a deadline of ``--timeout-m
 "Overload", 1,000 on a quicker day of it). Each phase reports its goodput (OK answers a second: an answer past its
 deadline is DEADLINE_EXCEEDED, so every OK one came in time), its error codes and the server CPU per OK answer.
 ``runs.streams_per_connection_<n>``: ``--max-streams-per-connection`` n with ``--max-pending-calls`` at its default
-(128), or neither limit for n = 0 (the code before them); ``--query-flags`` may set another pending limit.
+(128), or neither limit for n = 0 (the code before them); ``--query-flags`` may set another pending limit for the
+runs with a stream limit.
 Without them, at twice the capacity the calls waited in gRPC's first-in, first-out queue until each was late.
 
     python -m bench.overload [--quick] [--channels N] [--out FILE]
@@ -84,8 +85,8 @@ def main() -> None:
                 query = ServiceProcess("recsys-query-service", [*common, "--index-address", index.address,
                                                                 "--redis-url", redis.url,
                                                                 "--max-streams-per-connection", str(limit),
-                                                                *([] if limit else ["--max-pending-calls", "0"]),
-                                                                *args.query_flags.split()],
+                                                                *args.query_flags.split(),
+                                                                *([] if limit else ["--max-pending-calls", "0"])],
                                        work / f"query-{limit}.log")
                 start_all(query)
                 pids = [index.proc.pid, query.proc.pid, redis.proc.pid]

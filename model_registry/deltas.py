@@ -167,7 +167,8 @@ def catalogue_dir(model_dir: Path, version: int) -> Path:
 def _numbered(directory: Path) -> list[tuple[int, str]]:
     """The commit records' (generation, file name), by generation (by number: past 99,999,999 the names outgrow
     their zero padding). Names only: a writer lists the log for each delta, and at 5,000 deltas a glob of Paths took
-    22 ms of it."""
+    22 ms of it. A directory that is missing holds none; one that cannot be read raises OSError (the glob read it
+    as empty: a writer then retried a taken generation for ever)."""
     try:
         names = os.listdir(directory)
     except (FileNotFoundError, NotADirectoryError):

@@ -75,10 +75,11 @@ class QueryServiceConfig(ServiceConfig):
             "reads UNAVAILABLE, REFUSED_STREAM, safe to retry), where without the limit an overload queued them in "
             "the event loop until every call was late (0: no limit)")
     max_pending_calls: int = option(
-        128, "calls of a method that may wait on the data plane for this process to take them; gRPC's C core "
-             "refuses the next (the caller reads CANCELLED, details \"CANCELLED\": nothing done, safe to retry; "
-             "health checks queue apart). That queue is first in, first out: without a bound an overload over many "
-             "connections kept it until every call was late (0: gRPC's own, 1,000 to 3,000)")
+        128, "calls of one method that may wait on the data plane for this process (each --workers worker) to take "
+             "them; gRPC's C core refuses the next (the caller reads CANCELLED, details \"CANCELLED\": nothing done, "
+             "safe to retry). Each method has its own queue, health checks too. That queue is first in, first out: "
+             "without a bound an overload over many connections kept it until every call was late (0: gRPC's own, "
+             "1,000 to 3,000)")
     catalogue: CatalogueCatchUp = option(CatalogueCatchUp(), "catalogue catch-up", prefix="catalogue-catch-up-")
 
     def __post_init__(self) -> None:

@@ -260,7 +260,8 @@ async def start_server(services: Iterable[ServiceSpec], host: str, port: int,
 
     ``max_pending_calls`` (0: gRPC's default, refusals at random from 1,000 and
     always at 3,000) is how many of a method's calls that have arrived but
-    that this process has not taken yet may wait; gRPC's C core refuses the
+    that this process has not taken yet may wait (each method, health's and
+    reflection's too, has a queue of its own); gRPC's C core refuses the
     next (its max pending requests, soft and hard limit both at the value: with
     the soft one at half, a burst of 40 calls at an idle replica was partly
     refused). The queue is first in, first out and outside Python: over 20
