@@ -94,6 +94,7 @@ from recsys_client.fleet import Fleet, FleetConfig, PublishError
 from recsys_client.interrupts import Interrupted, stop_on_signals
 from recsys_client.rollout_lock import exclusive
 from recsys_client.upserts import CatalogueError, check_id, check_scale, read_upserts
+from serving.telemetry.observability import text_handler
 from settings.flags import ConfigError, add_flags, option, parse, require
 
 log = logging.getLogger("recsys-catalogue")
@@ -204,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_flags(parser, CatalogueConfig)
     config = parse(parser, CatalogueConfig, argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.basicConfig(level=logging.INFO, handlers=[text_handler("%(asctime)s %(message)s")])
     registry = Registry(config.registry, config.model)
     progress = _Progress()
     # Else SIGTERM after the delta was written ends the run with nothing said, and its replicas stay behind.

@@ -86,6 +86,7 @@ from recsys_client.interrupts import Interrupted, stop_on_signals
 from recsys_client.rollout_lock import exclusive
 from recsys_client.slots import load_into_slot, pick_idle_slot, slots
 from recsys_client.undo import Undo, run_undo
+from serving.telemetry.observability import text_handler
 from settings.flags import add_flags, option, parse, require
 
 log = logging.getLogger("recsys-publish")
@@ -433,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     config = parse(build_parser(), PublishConfig, argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.basicConfig(level=logging.INFO, handlers=[text_handler("%(asctime)s %(message)s")])
     registry = Registry(config.registry, config.model)
     with stop_on_signals(log):
         try:

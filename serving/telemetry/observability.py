@@ -304,6 +304,26 @@ class ServerObservability(grpc.aio.ServerInterceptor):
         return handler._replace(unary_unary=unary)
 
 
+def utc_timestamp(record: logging.LogRecord) -> str:
+    """When ``record`` was logged, in UTC, ISO 8601 with milliseconds: the one stamp of every log line here."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+
+
+class UtcFormatter(logging.Formatter):
+    """A text formatter whose ``asctime`` is ``utc_timestamp``: logging's own is local time without a zone, so the
+    lines of hosts in other zones (and the JSON lines, in UTC) could not be put in order."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return utc_timestamp(record)
+
+
+def text_handler(fmt: str) -> logging.Handler:
+    """A stderr handler of lines in ``fmt``, stamped by ``UtcFormatter``."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(UtcFormatter(fmt))
+    return handler
+
+
 class JsonLogFormatter(logging.Formatter):
     """One JSON object per line: timestamp (UTC, ISO 8601 with milliseconds),
     level, logger, message, the request id when the record was logged within a
@@ -311,8 +331,7 @@ class JsonLogFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-                         + f".{int(record.msecs):03d}Z",
+            "timestamp": utc_timestamp(record),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -334,8 +353,11 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 def configure_logging(level: str, log_format: str = "text") -> None:
     """Sets up the root logger: ``text`` (human lines) or ``json`` (one object per line)."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonLogFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    if log_format == "json":
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonLogFormatter())
+    else:
+        handler = text_handler(TEXT_FORMAT)
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 

@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from types import SimpleNamespace
 
 import grpc
@@ -32,7 +33,7 @@ from serving.lifecycle.versions import State
 from serving.rpc import grpc_server
 from serving.rpc.admin_rpc import BearerTokenInterceptor
 from serving.rpc.grpc_server import ServiceSpec, map_errors, start_server
-from serving.telemetry import tracing
+from serving.telemetry import observability, tracing
 from serving.telemetry.observability import (REQUEST_ID, REQUEST_ID_KEY, JsonLogFormatter, ServerObservability,
                                              VersionCollector, new_request_id, outgoing_metadata)
 from tests.unit.test_health_beyond_rpc_limit import settled
@@ -519,3 +520,25 @@ def test_the_pools_metrics_reexport_every_workers_in_both_formats_and_skip_one_c
         for server in servers:
             server.shutdown()
             server.server_close()
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_every_log_line_is_stamped_in_utc(monkeypatch, log_format):
+    # The text lines' asctime was local time without a zone: a host in another zone, or its JSON lines (UTC),
+    # could not be put in order with them. The CLIs' lines (recsys-publish, recsys-catalogue) use text_handler.
+    configured = {}
+    monkeypatch.setattr(logging, "basicConfig", lambda **kwargs: configured.update(kwargs))
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        observability.configure_logging("info", log_format)
+        (handler,) = configured["handlers"]
+        record = logging.LogRecord("recsys", logging.INFO, __file__, 1, "hello", None, None)
+        record.created, record.msecs = 1796644800.25, 250.0
+        line = handler.format(record)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    stamp = "2026-12-07T12:00:00.250Z"
+    assert (json.loads(line)["timestamp"] if log_format == "json" else line) == (
+        stamp if log_format == "json" else f"{stamp} INFO recsys: hello")
