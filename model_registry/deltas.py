@@ -31,13 +31,13 @@ import contextlib
 import dataclasses
 import datetime
 import functools
+import itertools
 import json
 import logging
 import math
 import os
 import shutil
 import tempfile
-import itertools
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path

@@ -353,11 +353,8 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 def configure_logging(level: str, log_format: str = "text") -> None:
     """Sets up the root logger: ``text`` (human lines) or ``json`` (one object per line)."""
-    if log_format == "json":
-        handler = logging.StreamHandler()
-        handler.setFormatter(JsonLogFormatter())
-    else:
-        handler = text_handler(TEXT_FORMAT)
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLogFormatter() if log_format == "json" else UtcFormatter(TEXT_FORMAT))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
