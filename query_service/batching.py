@@ -15,8 +15,9 @@ replica being hedged) holds the next one back no longer than that.
 
 A batch runs in the context (``contextvars``) of its first request, so its
 request id and trace span are the parents of the work done for the batch: a
-batch of one is traced as its request; the others of a larger batch share the
-first one's spans.
+batch of one is traced as its request. A larger batch's work runs in a span of
+its own, linked to every other request's span, and the lines it logs (as JSON)
+carry every request's id in ``batch_request_ids``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from typing import Awaitable, Callable, Generic, TypeVar
 import prometheus_client
 
 from serving.errors import ResourceExhausted
+from serving.telemetry import tracing
+from serving.telemetry.observability import BATCH_REQUEST_IDS, REQUEST_ID
 from settings.flags import option, require
 
 I = TypeVar("I")
@@ -76,7 +79,8 @@ class MicroBatcher(Generic[I, O]):
                  name: str = ""):
         self._process = process
         self.config = config
-        self._sizes = BATCH_SIZE.labels(name or getattr(process, "__qualname__", "batch"))
+        self._name = name or getattr(process, "__qualname__", "batch")
+        self._sizes = BATCH_SIZE.labels(self._name)
         self._queue: asyncio.Queue[tuple[I, asyncio.Future, contextvars.Context]] = asyncio.Queue(config.max_queued)
         self._slots = asyncio.Semaphore(config.max_in_flight)
         self._finished = asyncio.Event()  # set when a batch finishes
@@ -134,15 +138,19 @@ class MicroBatcher(Generic[I, O]):
 
     async def _run(self, batch: list[tuple[I, asyncio.Future, contextvars.Context]]) -> None:
         try:
-            pending = [(item, future) for item, future, _ in batch if not future.done()]  # skip cancelled callers
+            pending = [entry for entry in batch if not entry[1].done()]  # skip cancelled callers
             if not pending:
                 return
             self._sizes.observe(len(pending))
+            others = [context for _, _, context in pending[1:]]
+            if others:  # set in this task's context, a copy of the first request's
+                BATCH_REQUEST_IDS.set(tuple(context.get(REQUEST_ID, "") for _, _, context in pending))
             try:
-                results = await self._process([item for item, _ in pending])
+                with tracing.batch_span(f"batch {self._name}", others):
+                    results = await self._process([item for item, _, _ in pending])
             except Exception as e:  # noqa: BLE001 - delivered to every caller of the batch
                 results = [e] * len(pending)
-            for (_, future), result in zip(pending, results):
+            for (_, future, _), result in zip(pending, results):
                 if future.done():
                     continue
                 if isinstance(result, Exception):

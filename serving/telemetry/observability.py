@@ -63,6 +63,9 @@ RPC_UNRECEIVED = prometheus_client.Counter(
 access_log = logging.getLogger("serving.access")
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+# The request ids of every request in the micro-batch being processed (``query_service.batching``), which runs in its
+# first request's context: set only for a batch of more than one, so the lines it logs name all of them.
+BATCH_REQUEST_IDS: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("batch_request_ids", default=())
 
 # Health watches (a balancer's: one a client channel) and reflection streams a server with a call limit holds at
 # once, beside its calls: unbounded, 20,000 watches grew a replica by 287 MB (~14 KB each).
@@ -333,7 +336,8 @@ def text_handler(fmt: str) -> logging.Handler:
 class JsonLogFormatter(logging.Formatter):
     """One JSON object per line: timestamp (UTC, ISO 8601 with milliseconds),
     level, logger, message, the request id when the record was logged within a
-    request, the trace id while tracing is on, and the traceback when there is one."""
+    request (and ``batch_request_ids``, every request's, within a micro-batch of
+    several), the trace id while tracing is on, and the traceback when there is one."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -345,6 +349,9 @@ class JsonLogFormatter(logging.Formatter):
         request_id = REQUEST_ID.get()
         if request_id:
             entry["request_id"] = request_id
+        batch = BATCH_REQUEST_IDS.get()
+        if batch:
+            entry["batch_request_ids"] = list(batch)
         trace_id = tracing.current_trace_id()
         if trace_id:
             entry["trace_id"] = trace_id

@@ -18,7 +18,7 @@ import contextlib
 import contextvars
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager
+from typing import Any, Callable, ContextManager, Sequence
 
 from settings.flags import option, require
 
@@ -102,6 +102,19 @@ def span(name: str, **attributes: Any) -> ContextManager:
     if _State.tracer is None:
         return _NO_SPAN
     return _State.tracer.start_as_current_span(name, attributes=attributes or None)
+
+
+def batch_span(name: str, others: Sequence[contextvars.Context]) -> ContextManager:
+    """A span ``name`` under the current one, linked to the span current in each of ``others``: the contexts of the
+    other requests a micro-batch serves beside the one it runs in (OpenTelemetry's links for batch processing).
+    A no-op while tracing is off or without others."""
+    if _State.tracer is None or not others:
+        return _NO_SPAN
+    from opentelemetry import trace
+
+    links = [trace.Link(context) for context in (other.run(trace.get_current_span).get_span_context()
+                                                 for other in others) if context.is_valid]
+    return _State.tracer.start_as_current_span(name, links=links, attributes={"batch.size": len(others) + 1})
 
 
 def current_trace_id() -> str:
