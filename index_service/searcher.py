@@ -137,6 +137,9 @@ class CandidateIndex:
         self.rows = rows
         self._searcher = searcher
         self.report = report
+        # The load's memory per row (ids and searcher) and the most rows held since: ScaNN keeps what deletes free.
+        self._row_bytes = report.memory_bytes / max(rows.count, 1)
+        self._peak_rows = rows.count
         self.attributes = attributes or AttributeColumns(None, rows.count)
         self.popular_ids, self.popular_scores = popular
         self.catalogue_generation = 0
@@ -147,6 +150,7 @@ class CandidateIndex:
         self._subsets: cachetools.LRUCache[Filter, tuple[int, np.ndarray, np.ndarray]] = cachetools.LRUCache(
             SUBSET_CACHE_ENTRIES)
         self._subsets_lock = threading.Lock()
+        self._report_lock = threading.Lock()  # the applier and a re-measure of recall each replace a field of report
 
     @property
     def version(self) -> int:
@@ -159,6 +163,11 @@ class CandidateIndex:
     @property
     def num_candidates(self) -> int:
         return self.rows.count
+
+    def memory_bytes(self) -> int:
+        """About the memory this version holds: the load's ids and searcher per row, times the most rows held
+        since, and what catalogue deltas added to its rows (``Rows.delta_bytes``)."""
+        return round(self._row_bytes * self._peak_rows) + self.rows.delta_bytes()
 
     def rows_scanned(self, queries: int, f: Filter = NO_FILTER, by_popularity: bool = False,
                      fetch: int = CALIBRATED_K) -> int:
@@ -233,7 +242,7 @@ class CandidateIndex:
         attributes.reserve(capacity)
         replayed = replay(version_dir.parent, manifest.version,  # no rests: nothing searches it yet
                           lambda deltas, generation: index.apply_catalogue(deltas, generation, rest=False), delta_key)
-        index.report = LoadReport(time.perf_counter() - start, memory, recall)
+        index.report = LoadReport(time.perf_counter() - start, index.memory_bytes(), recall)
         if replayed:  # the self-test saw the published rows only: report recall over the rows served
             index.remeasure_recall()
         log.info("loaded version %d%s: %d candidates x %d dims, recall@10 %.3f, %d catalogue deltas, in %.2fs",
@@ -266,7 +275,8 @@ class CandidateIndex:
         # the slot's idle-priority loader, and takes no core from searches.
         with threadpoolctl.threadpool_limits(1, "blas"):
             recall = self.recall(self._probes[:RECHECK_PROBES], 10) if len(self._probes) else 1.0
-        self.report = replace(self.report, self_test_recall=recall, recall_generation=generation)
+        with self._report_lock:
+            self.report = replace(self.report, self_test_recall=recall, recall_generation=generation)
         return recall
 
     def recall(self, queries: np.ndarray, k: int = 10, f: Filter = NO_FILTER) -> float:
@@ -462,6 +472,8 @@ class CandidateIndex:
                     self._in_turn(rest, self._delete, raw, self.rows.deletion(delta.deleted[a:a + DELTA_CHUNK]))
         with self._lock.writing():
             self.catalogue_generation, self._settled = generation, self._changes
+        with self._report_lock:
+            self.report = replace(self.report, memory_bytes=self.memory_bytes())
 
     def catalogue_state(self) -> tuple[int, int, bool]:
         """(catalogue generation, chunks of deltas applied, whether no delta is part-applied), read as one: a search
@@ -483,6 +495,7 @@ class CandidateIndex:
         raw.upsert(docids, np.ascontiguousarray(delta.vectors[at]), len(docids))
         self.attributes.write(rows, tokens, delta.attributes, at)
         self.rows.write(rows, delta.ids[at], delta.vectors[at])
+        self._peak_rows = max(self._peak_rows, self.rows.count)
 
     def _delete(self, raw, deletion: Deletion) -> None:
         self.attributes.delete(deletion)

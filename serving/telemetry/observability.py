@@ -419,7 +419,8 @@ class VersionCollector(ScrapeTimeCollector[StatusReport]):
         figures = {name: GaugeMetricFamily(f"recsys_version_{name}", text, labels=labels) for name, text in (
             ("self_test_recall", "Index recall@10 vs exact search, measured at load and again once catalogue "
                                  "deltas pause (index versions only)"),
-            ("memory_bytes", "Bytes the version's artifacts hold in memory (approximate)"),
+            ("memory_bytes", "Bytes the version's artifacts hold in memory (approximate; an index version's follows "
+                             "its catalogue deltas)"),
             ("candidates", "Candidates the version holds, catalogue deltas included"),
             ("load_seconds", "Seconds the version took to load and self-test"),
             ("catalogue_generation", "Catalogue deltas applied to the version"),

@@ -577,6 +577,25 @@ async def test_a_reloaded_slot_replays_the_deltas_and_answers_identically(tmp_pa
         np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
 
 
+async def test_a_version_s_reported_memory_follows_its_catalogue_and_a_restart_reports_the_same(tmp_path):
+    # It stayed the load's figure however many candidates deltas added (recsys_version_memory_bytes, the status).
+    registry = Registry(tmp_path, tiny.MODEL)
+    tiny.publish(registry, 1)
+    core, admin = slot(registry, "blue", 1)
+    loaded = core.manager.get(1)[1].report.memory_bytes
+    rng = np.random.default_rng(6)
+    added = [f"new{j}" for j in range(100)]
+    write_delta(registry.model_dir, 1, Delta.make(added, rng.standard_normal((100, tiny.DIM)), dim=tiny.DIM))
+    grown = (await admin.apply_catalogue(1, 1)).versions[0]
+    assert grown.num_candidates == 150 and grown.report.memory_bytes >= 3 * loaded + 100 * tiny.DIM * 4
+    write_delta(registry.model_dir, 1, Delta.make([], np.zeros((0, tiny.DIM)), deleted=added, dim=tiny.DIM))
+    shrunk = (await admin.apply_catalogue(1, 2)).versions[0]
+    assert shrunk.num_candidates == 50
+    assert shrunk.report.memory_bytes >= grown.report.memory_bytes  # ScaNN keeps what it grew
+    restarted, _ = slot(registry, "green", 1)
+    assert restarted.manager.get(1)[1].report.memory_bytes == shrunk.report.memory_bytes
+
+
 def test_a_load_replays_its_deltas_without_the_rests_that_give_searches_a_turn(tmp_path, monkeypatch):
     """Nothing searches an index while it loads, yet its replay rested as long as each chunk held the write lock:
     a load over 5,000 deltas took 4.0-4.3 s, 3.4 s without them. A live apply still rests."""
