@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 
 from serving.lifecycle.admin import StatusReport
 from serving.telemetry import tracing
+from serving.telemetry.core_calls import CoreCallCollector
 
 S = TypeVar("S")
 
@@ -446,3 +447,4 @@ class VersionCollector(ScrapeTimeCollector[StatusReport]):
 
 VERSIONS = VersionCollector()
 prometheus_client.REGISTRY.register(VERSIONS)
+prometheus_client.REGISTRY.register(CoreCallCollector())

@@ -141,6 +141,9 @@ def test_metrics_by_method_and_code(stack, traffic):
     assert value(query, "recsys_version_state", service="query", version="1", state="SERVING") == 1
     assert value(query, "recsys_live_version", service="query") == 1
     assert value(query, "process_resident_memory_bytes") > 0
+    # gRPC's core counts every call, those it refuses before any handler too (none here).
+    core = {name: value(query, f"recsys_grpc_server_calls_{name}_total") for name in ("started", "succeeded", "failed")}
+    assert core["succeeded"] >= 6 and core["started"] >= core["succeeded"] + core["failed"]
 
 
 def metric_names(exprs: list[str]) -> set[str]:

@@ -29,6 +29,14 @@ INDEX = "recsys.v1.IndexService"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
+def unended_in_core() -> float:
+    """Calls this process's gRPC servers started that neither succeeded nor failed, as exported to /metrics."""
+    totals = {family.name: sum(sample.value for sample in family.samples if sample.name.endswith("_total"))
+              for family in prometheus_client.REGISTRY.collect() if family.name.startswith("recsys_grpc_server_calls")}
+    return (totals["recsys_grpc_server_calls_started"] - totals["recsys_grpc_server_calls_succeeded"]
+            - totals["recsys_grpc_server_calls_failed"])
+
+
 def refused_count(method: str) -> float:
     return prometheus_client.REGISTRY.get_sample_value(
         "recsys_rpc_latency_seconds_count", {"service": ADMIN, "method": method, "code": "RESOURCE_EXHAUSTED"}) or 0.0
@@ -270,11 +278,16 @@ async def test_calls_past_the_pending_limit_are_refused_outside_python_and_healt
     async with channel_to(server) as channel:
         stub = pb_grpc.AdminServiceStub(channel)
         await stub.GetStatus(pb.GetStatusRequest(), timeout=5)  # connected
+        unended = await settled(unended_in_core, 0.0)  # the connecting call's success counted
         calls = [asyncio.ensure_future(stub.GetStatus(pb.GetStatusRequest(), timeout=30)) for _ in range(burst)]
         await asyncio.sleep(0.02)  # the calls have arrived: a probe's check queues behind them, in its own queue
         checked = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
         outcomes = await asyncio.gather(*calls, return_exceptions=True)
-    refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+        refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+        # The refusals reach no handler, but the core's counters exported to /metrics show them (started, and
+        # neither succeeded nor failed).
+        shown = await settled(lambda: unended_in_core() - unended, len(refused))
     assert all(o.code() == grpc.StatusCode.CANCELLED for o in refused), refused
     assert checked.status in (SERVING, health_pb2.HealthCheckResponse.NOT_SERVING)
     assert len(refused) >= least_refused if least_refused else not refused, outcomes
+    assert shown == len(refused)
