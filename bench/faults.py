@@ -60,7 +60,8 @@ ROLLING_REPLICAS = [(f"query-roll-{i}", "--shutdown-drain-s", "1.0") for i in ra
 ADVERSARIAL_REPLICA = ("query-adversarial", "--local-cache-mb", str(ADVERSARIAL_CACHE_MB))
 QUICK_ATTACK_S = 5.0  # the adversarial mix's attack in a smoke test (a full run's is 15 scenario lengths)
 # A client of several query replicas as gRPC offers it: round robin over the replicas whose health says
-# SERVING (client-side health checking), UNAVAILABLE retried on another one, and a short reconnect
+# SERVING (client-side health checking), UNAVAILABLE retried on another one, CANCELLED too (a replica's refusal
+# past --max-pending-calls reads so; gRPC never retries a call its own client cancelled), and a short reconnect
 # backoff so that a restarted replica is back in the rotation within a fraction of a second.
 REPLICATED_CLIENT = [("grpc.enable_retries", 1), ("grpc.initial_reconnect_backoff_ms", 100),
                      ("grpc.min_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 500),
@@ -69,7 +70,8 @@ REPLICATED_CLIENT = [("grpc.enable_retries", 1), ("grpc.initial_reconnect_backof
     "healthCheckConfig": {"serviceName": ""},
     "methodConfig": [{"name": [{"service": "recsys.v1.QueryService"}],
                       "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.05s", "maxBackoff": "0.5s",
-                                      "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]}))]
+                                      "backoffMultiplier": 2,
+                                      "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"]}}]}))]
 
 
 class Load:
