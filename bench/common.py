@@ -14,8 +14,11 @@ import resource
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parent.parent
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -173,6 +176,13 @@ def loadtest_report(out: Path, returncode: int, stderr: str) -> dict[str, Any]:
     if not out.exists():
         raise RuntimeError(f"recsys-loadtest wrote no report (exit {returncode}):\n{stderr[-2000:]}")
     return json.loads(out.read_text())
+
+
+def metric_total(port: int, name: str) -> float:
+    """The sum of a counter's samples (``name`` without ``_total``) on a service's /metrics at ``port``."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return sum(sample.value for family in text_string_to_metric_families(text) if family.name == name
+               for sample in family.samples if sample.name == f"{name}_total")
 
 
 def table(rows: list[list[Any]], header: list[str]) -> str:

@@ -6,7 +6,9 @@ Redis. ``recsys-loadtest`` offers an open loop of cache misses (customers drawn 
 over ``--channels`` connections (20), each call with a deadline of ``--timeout-ms``, in phases at multiples of
 ``--capacity-qps`` (what the replica answers at that deadline; 500 a second on the 2-core VM of docs/BENCHMARKS.md,
 "Overload", 1,000 on a quicker day of it). Each phase reports its goodput (OK answers a second: an answer past its
-deadline is DEADLINE_EXCEEDED, so every OK one came in time), its error codes and the server CPU per OK answer.
+deadline is DEADLINE_EXCEEDED, so every OK one came in time), its error codes, the server CPU per OK answer, and
+what the replica's /metrics show of the calls gRPC's core refused (``refused_in_core``: started, neither succeeded
+nor failed, in ``recsys_grpc_server_calls_*``; its callers read them as CANCELLED).
 ``runs.streams_per_connection_<n>``: ``--max-streams-per-connection`` n with ``--max-pending-calls`` at its default
 (128), or neither limit for n = 0 (the code before them); ``--query-flags`` may set another pending limit for the
 runs with a stream limit.
@@ -23,9 +25,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import cpu_seconds, git_commit, loadtest_report, machine_info, table, write_json
+from bench.common import cpu_seconds, git_commit, loadtest_report, machine_info, metric_total, table, write_json
 from bench.serving_throughput import MODEL, stop_all, train
-from tests.processes import RedisProcess, ServiceProcess, console_script, start_all
+from tests.processes import RedisProcess, ServiceProcess, console_script, free_port, start_all
 
 MULTIPLES = (0.5, 1.0, 2.0, 4.0, 0.9)  # of the capacity: below, at, twice, four times, then back under it
 # The model's customers, each phase's calls drawn from them (an unknown one would be answered from the popular list,
@@ -34,10 +36,19 @@ SIZES = (50_000, 5_000, 250_000)  # customers, candidates, interactions
 QUICK_SIZES = (300, 200, 6_000)
 
 
+def unended_in_core(metrics_port: int) -> float:
+    """Calls the query replica's gRPC servers started and neither succeeded nor failed (refused, or in progress)."""
+    return (metric_total(metrics_port, "recsys_grpc_server_calls_started")
+            - metric_total(metrics_port, "recsys_grpc_server_calls_succeeded")
+            - metric_total(metrics_port, "recsys_grpc_server_calls_failed"))
+
+
 def phase(address: str, qps: float, duration_s: float, timeout_ms: float, customers: int, seed: int, work: Path,
-          pids: list[int], channels: int) -> dict:
-    """One open-loop phase of recsys-loadtest at ``qps``: goodput, codes and server CPU per OK answer."""
+          pids: list[int], channels: int, metrics_port: int) -> dict:
+    """One open-loop phase of recsys-loadtest at ``qps``: goodput, codes, server CPU per OK answer and the calls
+    refused in gRPC's core as the replica's /metrics show them."""
     out = work / f"load-{seed}.json"
+    unended = unended_in_core(metrics_port)
     cpu = cpu_seconds(pids)
     # It exits 1 when calls failed, which overload is about: its report says how.
     run = subprocess.run([console_script("recsys-loadtest"), "--address", address, "--qps", str(qps), "--duration-s",
@@ -46,12 +57,13 @@ def phase(address: str, qps: float, duration_s: float, timeout_ms: float, custom
                           str(out)], capture_output=True, text=True, timeout=duration_s + 120)
     cpu = cpu_seconds(pids) - cpu
     report = loadtest_report(out, run.returncode, run.stderr)
+    refused = unended_in_core(metrics_port) - unended  # the load has ended: no call of it is in progress
     ok = report["requests"]["ok"]
     return {"offered_qps": round(qps), "goodput_qps": round(ok / duration_s, 1), "ok": ok,
             "errors_by_code": report["errors_by_code"], "dropped": report["requests"]["dropped"],
             "cache_hits": report["cache_hits"],
             "p99_ok_ms": report["latency_ms"]["p99_ms"],
-            "server_cpu_ms_per_ok": round(cpu * 1000 / ok, 2) if ok else None}
+            "server_cpu_ms_per_ok": round(cpu * 1000 / ok, 2) if ok else None, "refused_in_core": round(refused)}
 
 
 def main() -> None:
@@ -82,7 +94,9 @@ def main() -> None:
             index = ServiceProcess("recsys-index-service", [*common, "--slot", "blue"], work / "index.log")
             start_all(index)
             for n, limit in enumerate(int(x) for x in args.limits.split(",")):
+                metrics_port = free_port()
                 query = ServiceProcess("recsys-query-service", [*common, "--index-address", index.address,
+                                                                "--metrics-port", str(metrics_port),
                                                                 "--redis-url", redis.url,
                                                                 "--max-streams-per-connection", str(limit),
                                                                 *args.query_flags.split(),
@@ -91,12 +105,14 @@ def main() -> None:
                 start_all(query)
                 pids = [index.proc.pid, query.proc.pid, redis.proc.pid]
                 phases = [phase(query.address, m * args.capacity_qps, args.phase_s, args.timeout_ms, sizes[0],
-                                100 * n + i, work, pids, args.channels) for i, m in enumerate(MULTIPLES)]
+                                100 * n + i, work, pids, args.channels, metrics_port)
+                          for i, m in enumerate(MULTIPLES)]
                 results["runs"][f"streams_per_connection_{limit}"] = phases
                 query.stop()
                 for p in phases:
                     print(f"  limit {limit:3d}: offered {p['offered_qps']:6d}/s, in time {p['goodput_qps']:7.1f}/s, "
-                          f"errors {p['errors_by_code']}, cpu {p['server_cpu_ms_per_ok']} ms/ok", file=sys.stderr)
+                          f"errors {p['errors_by_code']}, refused in core {p['refused_in_core']}, "
+                          f"cpu {p['server_cpu_ms_per_ok']} ms/ok", file=sys.stderr)
         finally:
             stop_all(query, index, redis)
     rows = [[name, *(p["goodput_qps"] for p in phases)] for name, phases in results["runs"].items()]

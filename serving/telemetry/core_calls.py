@@ -5,16 +5,19 @@ reaches Python: no interceptor, no handler, no status Python could see, so the
 services' own metrics (``recsys_rpc_latency_seconds``) miss it, and an overload
 refused there left no trace on the replica. The core's channelz counters do see
 it: such a call is started but neither succeeds nor fails (measured on grpcio
-1.85: 40 calls at a pending limit of 2 read 40 started, 5 succeeded, 0 failed,
-35 refused; a call whose caller left or whose deadline passed counts as failed).
+1.85: a burst of 40 calls at a pending limit of 2 read 40 started, 9 succeeded,
+0 failed, and its caller saw 31 refused; a call whose caller left or whose
+deadline passed counts as failed).
 So ``started - succeeded - failed``, over a window, is the calls refused in the
 core plus the change in those in progress (waiting, in a handler, or an open
 stream such as a health watch). Streams refused past
 ``--max-streams-per-connection`` are not started at all and show nowhere.
 
-channelz is on by default in gRPC; grpcio reads it through ``cygrpc``, the
-module its own ``grpcio-channelz`` package wraps (not installed here: it adds a
-servicer, not a reader), as JSON.
+channelz is on by default in gRPC. It is read here as JSON through
+``grpc._cython.cygrpc``, the functions grpcio's own ``grpcio-channelz`` package
+calls (that package serves channelz to remote callers over gRPC; it is not
+installed here). A test reads the counters through /metrics, so a grpcio that
+changes them fails it.
 """
 
 from __future__ import annotations

@@ -99,6 +99,8 @@ def test_overload_quick():
     for phases in out["runs"].values():
         assert [p["offered_qps"] for p in phases] == [25, 50, 100, 200, 45]
         assert all(p["ok"] > 0 and p["server_cpu_ms_per_ok"] > 0 for p in phases)
+        # What the replica's /metrics show refused in gRPC's core is what its callers read as refused.
+        assert [p["refused_in_core"] for p in phases] == [p["errors_by_code"].get("CANCELLED", 0) for p in phases]
 
 
 def test_exclusions_quick():

@@ -125,9 +125,9 @@ async def test_a_call_past_its_deadline_is_timed_as_deadline_exceeded_and_one_it
             left = stub.UnloadVersion(pb.UnloadVersionRequest(version=1), timeout=5)
             await asyncio.sleep(0.2)
             left.cancel()
-        counted = await settled(lambda: latency_count("UnloadVersion", "CANCELLED") - before["CANCELLED"], 1)
         timed_out = await settled(
             lambda: latency_count("UnloadVersion", "DEADLINE_EXCEEDED") - before["DEADLINE_EXCEEDED"], 4)
+        counted = await settled(lambda: latency_count("UnloadVersion", "CANCELLED") - before["CANCELLED"], 1)
     finally:
         await server.stop(0)
     assert (timed_out, counted) == (4, 1)
