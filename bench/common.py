@@ -179,10 +179,13 @@ def loadtest_report(out: Path, returncode: int, stderr: str) -> dict[str, Any]:
 
 
 def metric_total(port: int, name: str) -> float:
-    """The sum of a counter's samples (``name`` without ``_total``) on a service's /metrics at ``port``."""
+    """The sum of a counter's samples (``name`` without ``_total``) on a service's /metrics at ``port``; KeyError
+    if the service does not export it (a figure that read 0 would pass for one that is)."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    return sum(sample.value for family in text_string_to_metric_families(text) if family.name == name
-               for sample in family.samples if sample.name == f"{name}_total")
+    families = [family for family in text_string_to_metric_families(text) if family.name == name]
+    if not families:
+        raise KeyError(f"{name} is not on the /metrics of port {port}")
+    return sum(sample.value for family in families for sample in family.samples if sample.name == f"{name}_total")
 
 
 def table(rows: list[list[Any]], header: list[str]) -> str:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from bench.common import cpu_seconds, git_commit, loadtest_report, machine_info, metric_total, table, write_json
 from bench.serving_throughput import MODEL, stop_all, train
+from serving.telemetry.core_calls import unended
 from tests.processes import RedisProcess, ServiceProcess, console_script, free_port, start_all
 
 MULTIPLES = (0.5, 1.0, 2.0, 4.0, 0.9)  # of the capacity: below, at, twice, four times, then back under it
@@ -38,9 +39,7 @@ QUICK_SIZES = (300, 200, 6_000)
 
 def unended_in_core(metrics_port: int) -> float:
     """Calls the query replica's gRPC servers started and neither succeeded nor failed (refused, or in progress)."""
-    return (metric_total(metrics_port, "recsys_grpc_server_calls_started")
-            - metric_total(metrics_port, "recsys_grpc_server_calls_succeeded")
-            - metric_total(metrics_port, "recsys_grpc_server_calls_failed"))
+    return unended(lambda name: metric_total(metrics_port, f"recsys_grpc_server_calls_{name}"))
 
 
 def phase(address: str, qps: float, duration_s: float, timeout_ms: float, customers: int, seed: int, work: Path,

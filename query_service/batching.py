@@ -131,6 +131,11 @@ class MicroBatcher(Generic[I, O]):
                         break
                 else:
                     batch.append(self._queue.get_nowait())
+            # The batch runs in its first request's context: not one whose caller left while the batch waited.
+            batch = [entry for entry in batch if not entry[1].done()]
+            if not batch:
+                self._slots.release()
+                continue
             self._in_flight += 1
             task = loop.create_task(self._run(batch), context=batch[0][2])
             self._running.add(task)
@@ -142,7 +147,8 @@ class MicroBatcher(Generic[I, O]):
             if not pending:
                 return
             self._sizes.observe(len(pending))
-            others = [context for _, _, context in pending[1:]]
+            own = batch[0][2]  # this task's context (a caller may have left since the batch was made)
+            others = [context for _, _, context in pending if context is not own]
             if others:  # set in this task's context, a copy of the first request's
                 BATCH_REQUEST_IDS.set(tuple(context.get(REQUEST_ID, "") for _, _, context in pending))
             try:

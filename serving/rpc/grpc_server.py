@@ -269,7 +269,9 @@ async def start_server(services: Iterable[ServiceSpec], host: str, port: int,
     reached their handler with a median of 0 ms left of a 200 ms deadline, and
     it answered 328 and 139 a second in time against 1,000 at capacity. The
     caller of a refused call reads CANCELLED (details "CANCELLED"): nothing was
-    done, a retry is safe. Neither refusal reaches this process's metrics."""
+    done, a retry is safe. Neither refusal reaches a handler or ``recsys_rpc_*``;
+    the pending ones show in gRPC's own counters (``serving.telemetry.core_calls``),
+    refused streams nowhere in this process."""
     services = list(services)
     observability = ServerObservability(echo_request_id, max_concurrent_rpcs,
                                         unlimited_services=(health.SERVICE_NAME, reflection.SERVICE_NAME))

@@ -16,8 +16,9 @@ stream such as a health watch). Streams refused past
 channelz is on by default in gRPC. It is read here as JSON through
 ``grpc._cython.cygrpc``, the functions grpcio's own ``grpcio-channelz`` package
 calls (that package serves channelz to remote callers over gRPC; it is not
-installed here). A test reads the counters through /metrics, so a grpcio that
-changes them fails it.
+installed here). The unit test of the pending limit reads them from the
+Prometheus registry, and the services' integration test from /metrics, so a
+grpcio that changed them would fail those tests.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import json
 import logging
 import urllib.parse
 from collections import Counter
-from typing import Iterator
+from typing import Callable, Iterator
 
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
@@ -48,28 +49,35 @@ def _listen(server: dict) -> str:
     return ",".join(sorted(names)) or "(none)"
 
 
-def read_servers() -> dict[str, Counter]:
-    """Each live gRPC server's channelz call counters, by listening addresses (servers on the same addresses, such
-    as two on port 0, are added together)."""
+def read_servers() -> dict[tuple[str, str], Counter]:
+    """Each live gRPC server's channelz call counters, by (listening addresses, channelz server id): one series a
+    server, so that one stopping (its counts leave channelz with it) ends its own series and lowers no other's (two
+    servers on port 0 have the same addresses)."""
     from grpc._cython import cygrpc  # noqa: PLC0415 - grpcio's own channelz reader (see the module docstring)
 
-    counts: dict[str, Counter] = {}
+    counts: dict[tuple[str, str], Counter] = {}
     start = 0
     while True:
         page = json.loads(cygrpc.channelz_get_servers(start))
         for server in page.get("server", []):
-            data = server.get("data", {})
-            listen = counts.setdefault(_listen(server), Counter())
-            for name, field in FIELDS.items():
-                listen[name] += int(data.get(field, 0))
-            start = max(start, int(server["ref"]["serverId"]) + 1)
-        if page.get("end", True) or not page.get("server"):
+            data, server_id = server.get("data", {}), int(server["ref"]["serverId"])
+            counts[_listen(server), str(server_id)] = Counter(
+                {name: int(data.get(field, 0)) for name, field in FIELDS.items()})
+            start = max(start, server_id + 1)
+        if page.get("end", False) or not page.get("server"):
             return counts
+
+
+def unended(total: Callable[[str], float]) -> float:
+    """Calls started and neither succeeded nor failed (refused in the core, or in progress), given ``total(name)``:
+    the sum of ``recsys_grpc_server_calls_<name>_total`` wherever its caller read them."""
+    return total("started") - total("succeeded") - total("failed")
 
 
 class CoreCallCollector(Collector):
     """``recsys_grpc_server_calls_{started,succeeded,failed}_total`` of every gRPC server in this process, labelled by
-    its listening addresses (``listen``), read from channelz when /metrics is scraped."""
+    its listening addresses (``listen``) and channelz id (``server_id``), read from channelz when /metrics is
+    scraped."""
 
     def __init__(self) -> None:
         self._unreadable_log = LogThrottle()
@@ -78,16 +86,16 @@ class CoreCallCollector(Collector):
         families = {name: CounterMetricFamily(
             f"recsys_grpc_server_calls_{name}", f"Calls {name} by this gRPC server as its C core counts them "
             "(channelz): calls it refuses past --max-pending-calls are started and neither succeeded nor failed",
-            labels=["listen"]) for name in FIELDS}
+            labels=["listen", "server_id"]) for name in FIELDS}
         try:
             servers = read_servers()
         except Exception as e:  # noqa: BLE001 - a scrape must not fail for the core's counters
             if self._unreadable_log.due("channelz", UNREADABLE_LOG_S) is not None:
                 log.warning("gRPC's call counters (channelz) could not be read for /metrics: %s", e)
             servers = {}
-        for listen, counts in sorted(servers.items()):
+        for labels, counts in sorted(servers.items()):
             for name, family in families.items():
-                family.add_metric([listen], counts[name])
+                family.add_metric(list(labels), counts[name])
         yield from families.values()
 
     def describe(self) -> Iterator[CounterMetricFamily]:

@@ -130,3 +130,26 @@ async def test_callers_that_left_before_their_batch_ran_are_neither_processed_no
     await batcher.close()
     assert processed == [[0], [1, 3]]
     assert prometheus_client.REGISTRY.get_sample_value("recsys_batch_size_sum", {"batcher": "test_left"}) == 3
+
+
+async def test_a_batch_whose_callers_all_left_runs_nothing_and_gives_its_slot_back():
+    processed = []
+    release = asyncio.Event()
+
+    async def process(items):
+        processed.append(list(items))
+        if items == [0]:
+            await release.wait()
+        return items
+
+    batcher = MicroBatcher(process, BatchingConfig(max_batch_size=8, max_in_flight=1), name="test_all_left")
+    first = asyncio.ensure_future(batcher.submit(0))
+    await asyncio.sleep(0.01)  # its batch holds the one slot
+    gone = asyncio.ensure_future(batcher.submit(1))
+    await asyncio.sleep(0.01)  # the next batch begins with it, waiting for the slot
+    gone.cancel()
+    release.set()
+    assert await first == 0
+    assert await asyncio.wait_for(batcher.submit(2), 5) == 2  # the emptied batch's slot is free again
+    await batcher.close()
+    assert processed == [[0], [2]]

@@ -21,7 +21,7 @@ from protos.recsys.v1 import admin_pb2 as pb
 from protos.recsys.v1 import admin_pb2_grpc as pb_grpc
 from protos.recsys.v1 import retrieval_pb2, retrieval_pb2_grpc
 from serving.rpc.grpc_server import RunningServer, ServiceSpec, map_errors, start_server
-from serving.telemetry import observability
+from serving.telemetry import core_calls, observability
 from serving.telemetry.observability import REQUEST_ID_KEY
 
 ADMIN = "recsys.v1.AdminService"
@@ -33,8 +33,7 @@ def unended_in_core() -> float:
     """Calls this process's gRPC servers started that neither succeeded nor failed, as exported to /metrics."""
     totals = {family.name: sum(sample.value for sample in family.samples if sample.name.endswith("_total"))
               for family in prometheus_client.REGISTRY.collect() if family.name.startswith("recsys_grpc_server_calls")}
-    return (totals["recsys_grpc_server_calls_started"] - totals["recsys_grpc_server_calls_succeeded"]
-            - totals["recsys_grpc_server_calls_failed"])
+    return core_calls.unended(lambda name: totals[f"recsys_grpc_server_calls_{name}"])
 
 
 def refused_count(method: str) -> float:
