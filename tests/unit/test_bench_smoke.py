@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,11 +22,47 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
+def run_python(args: list[str], timeout_s: float) -> subprocess.CompletedProcess:
+    """``python args`` in a session of its own: past ``timeout_s`` the whole session is killed and TimeoutExpired
+    raised, so the servers a benchmark started do not outlive it (its own ``finally`` stops them only when it ends
+    by itself: a catalogue run past its time left two index slots running for the rest of the suite)."""
+    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 def run_quick(module: str, timeout_s: float) -> dict:
-    proc = subprocess.run([sys.executable, "-m", module, "--quick"], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout_s)
+    proc = run_python(["-m", module, "--quick"], timeout_s)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_benchmark_past_its_time_is_killed_with_what_it_started(tmp_path):
+    child = tmp_path / "child.pid"
+    script = (f"import subprocess, time; p = subprocess.Popen(['sleep', '60']); "
+              f"open({str(child)!r}, 'w').write(str(p.pid)); time.sleep(60)")
+    with pytest.raises(subprocess.TimeoutExpired):
+        run_python(["-c", script], timeout_s=3)
+    pid = int(child.read_text())
+    for _ in range(50):  # the orphan is reaped by whoever adopts it
+        if not running(pid):
+            break
+        time.sleep(0.1)
+    assert not running(pid)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("faiss") is None,
@@ -64,8 +103,7 @@ def test_training_quick():
 
 def run_script_quick(module: str, tmp_path: Path, timeout_s: float) -> dict:
     out = tmp_path / "out.json"
-    proc = subprocess.run([sys.executable, "-m", module, "--quick", "--out", str(out)], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout_s)
+    proc = run_python(["-m", module, "--quick", "--out", str(out)], timeout_s)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())
 
