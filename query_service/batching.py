@@ -152,7 +152,7 @@ class MicroBatcher(Generic[I, O]):
             if others:  # set in this task's context, a copy of the first request's
                 BATCH_REQUEST_IDS.set(tuple(context.get(REQUEST_ID, "") for _, _, context in pending))
             try:
-                with tracing.batch_span(f"batch {self._name}", others):
+                with tracing.batch_span(f"batch {self._name}", others, len(pending)):
                     results = await self._process([item for item, _, _ in pending])
             except Exception as e:  # noqa: BLE001 - delivered to every caller of the batch
                 results = [e] * len(pending)

@@ -74,9 +74,8 @@ MAX_PROBE_STREAMS = 2_000
 # A caller's deadline passes before the server's by the time its request took to arrive, so the caller's own cancel
 # (RST_STREAM, sent when its deadline passes) can reach the server before the server's timer does: on a loaded
 # 2-core VM it came with 0.6-2 ms of the server's deadline left, in 5 of 25 runs of a test of three timeouts, and
-# was counted CANCELLED. A
-# cancel this close to the deadline is counted as the timeout it was (a caller that leaves on its own this close to
-# its deadline is counted so too).
+# was counted CANCELLED. A cancel this close to the deadline is counted as the timeout it was (a caller that leaves
+# on its own this close to its deadline is counted so too).
 DEADLINE_SLACK_S = 0.02
 
 # Ids this process makes: a random prefix per process and a counter, unique

@@ -104,17 +104,17 @@ def span(name: str, **attributes: Any) -> ContextManager:
     return _State.tracer.start_as_current_span(name, attributes=attributes or None)
 
 
-def batch_span(name: str, others: Sequence[contextvars.Context]) -> ContextManager:
+def batch_span(name: str, others: Sequence[contextvars.Context], size: int) -> ContextManager:
     """A span ``name`` under the current one, linked to the span current in each of ``others``: the contexts of the
-    other requests a micro-batch serves beside the one it runs in (OpenTelemetry's links for batch processing).
-    A no-op while tracing is off or without others."""
+    other requests a micro-batch of ``size`` serves beside the one it runs in (OpenTelemetry's links for batch
+    processing). A no-op while tracing is off or without others."""
     if _State.tracer is None or not others:
         return _NO_SPAN
     from opentelemetry import trace
 
     links = [trace.Link(context) for context in (other.run(trace.get_current_span).get_span_context()
                                                  for other in others) if context.is_valid]
-    return _State.tracer.start_as_current_span(name, links=links, attributes={"batch.size": len(others) + 1})
+    return _State.tracer.start_as_current_span(name, links=links, attributes={"batch.size": size})
 
 
 def current_trace_id() -> str:
