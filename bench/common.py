@@ -178,14 +178,12 @@ def loadtest_report(out: Path, returncode: int, stderr: str) -> dict[str, Any]:
     return json.loads(out.read_text())
 
 
-def metric_total(port: int, name: str) -> float:
-    """The sum of a counter's samples (``name`` without ``_total``) on a service's /metrics at ``port``; KeyError
-    if the service does not export it (a figure that read 0 would pass for one that is)."""
+def counter_totals(port: int, prefix: str) -> dict[str, float]:
+    """Each counter named ``prefix``... (without ``_total``) on a service's /metrics at ``port``, its samples
+    summed, read in one scrape so that they are of one moment."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    families = [family for family in text_string_to_metric_families(text) if family.name == name]
-    if not families:
-        raise KeyError(f"{name} is not on the /metrics of port {port}")
-    return sum(sample.value for family in families for sample in family.samples if sample.name == f"{name}_total")
+    return {family.name: sum(sample.value for sample in family.samples if sample.name == f"{family.name}_total")
+            for family in text_string_to_metric_families(text) if family.name.startswith(prefix)}
 
 
 def table(rows: list[list[Any]], header: list[str]) -> str:

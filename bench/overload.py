@@ -25,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import cpu_seconds, git_commit, loadtest_report, machine_info, metric_total, table, write_json
+from bench.common import cpu_seconds, counter_totals, git_commit, loadtest_report, machine_info, table, write_json
 from bench.serving_throughput import MODEL, stop_all, train
 from serving.telemetry.core_calls import unended
 from tests.processes import RedisProcess, ServiceProcess, console_script, free_port, start_all
@@ -38,8 +38,10 @@ QUICK_SIZES = (300, 200, 6_000)
 
 
 def unended_in_core(metrics_port: int) -> float:
-    """Calls the query replica's gRPC servers started and neither succeeded nor failed (refused, or in progress)."""
-    return unended(lambda name: metric_total(metrics_port, f"recsys_grpc_server_calls_{name}"))
+    """Calls the query replica's gRPC servers started and neither succeeded nor failed (refused, or in progress);
+    KeyError if its /metrics lacks their counters (a figure that read 0 would pass for one that is)."""
+    totals = counter_totals(metrics_port, "recsys_grpc_server_calls_")
+    return unended(lambda name: totals[f"recsys_grpc_server_calls_{name}"])
 
 
 def phase(address: str, qps: float, duration_s: float, timeout_ms: float, customers: int, seed: int, work: Path,
@@ -47,7 +49,7 @@ def phase(address: str, qps: float, duration_s: float, timeout_ms: float, custom
     """One open-loop phase of recsys-loadtest at ``qps``: goodput, codes, server CPU per OK answer and the calls
     refused in gRPC's core as the replica's /metrics show them."""
     out = work / f"load-{seed}.json"
-    unended = unended_in_core(metrics_port)
+    unended_before = unended_in_core(metrics_port)
     cpu = cpu_seconds(pids)
     # It exits 1 when calls failed, which overload is about: its report says how.
     run = subprocess.run([console_script("recsys-loadtest"), "--address", address, "--qps", str(qps), "--duration-s",
@@ -56,7 +58,7 @@ def phase(address: str, qps: float, duration_s: float, timeout_ms: float, custom
                           str(out)], capture_output=True, text=True, timeout=duration_s + 120)
     cpu = cpu_seconds(pids) - cpu
     report = loadtest_report(out, run.returncode, run.stderr)
-    refused = unended_in_core(metrics_port) - unended  # the load has ended: no call of it is in progress
+    refused = unended_in_core(metrics_port) - unended_before  # the load has ended: none of its calls is in progress
     ok = report["requests"]["ok"]
     return {"offered_qps": round(qps), "goodput_qps": round(ok / duration_s, 1), "ok": ok,
             "errors_by_code": report["errors_by_code"], "dropped": report["requests"]["dropped"],

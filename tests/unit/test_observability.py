@@ -349,49 +349,46 @@ async def test_a_batch_runs_in_its_first_requests_context():
     assert prometheus_client.REGISTRY.get_sample_value("recsys_batch_size_count", {"batcher": "test_context"}) == 5
 
 
-async def test_a_batch_of_several_logs_every_request_id():
-    # It logged the first request's id alone: an index failure met by a batch of misses was not found by the ids its
-    # other callers were answered with.
+def logging_batcher(config: BatchingConfig, name: str, release: asyncio.Event | None = None):
+    """A micro-batcher each of whose batches logs one JSON line, kept in ``lines`` as (request_id,
+    batch_request_ids); ``request(i)`` submits item i as request id req-i; with ``release``, a batch of item 0
+    alone waits for it."""
     formatter = JsonLogFormatter()
     lines = []
 
     async def process(items):
-        record = logging.LogRecord("query_service.x", logging.WARNING, __file__, 1, "index slow", (), None)
-        lines.append(json.loads(formatter.format(record)))
+        if release is not None and items == [0]:
+            await release.wait()
+        line = json.loads(formatter.format(
+            logging.LogRecord("query_service.x", logging.WARNING, __file__, 1, "index slow", (), None)))
+        lines.append((line["request_id"], line.get("batch_request_ids")))
         return items
 
-    batcher = MicroBatcher(process, BatchingConfig(max_batch_size=8, max_wait_ms=50), name="test_batch_ids")
+    batcher = MicroBatcher(process, config, name=name)
 
     async def request(i: int):
         REQUEST_ID.set(f"req-{i}")
         return await batcher.submit(i)
 
+    return batcher, request, lines
+
+
+async def test_a_batch_of_several_logs_every_request_id():
+    # It logged the first request's id alone: an index failure met by a batch of misses was not found by the ids its
+    # other callers were answered with.
+    batcher, request, lines = logging_batcher(BatchingConfig(max_batch_size=8, max_wait_ms=50), "test_batch_ids")
     assert await asyncio.gather(*(request(i) for i in range(3))) == [0, 1, 2]
     assert await request(3) == 3
     await batcher.close()
-    assert [(line["request_id"], line.get("batch_request_ids")) for line in lines] == [
-        ("req-0", ["req-0", "req-1", "req-2"]), ("req-3", None)]
+    assert lines == [("req-0", ["req-0", "req-1", "req-2"]), ("req-3", None)]
 
 
 async def test_a_batch_whose_first_caller_left_runs_as_a_request_it_serves():
     # It ran in the context of its first request, whose caller had left while the batch waited for a slot: its lines
     # carried that caller's id, and the id the served caller was answered with found nothing.
     release = asyncio.Event()
-    lines = []
-
-    async def process(items):
-        if items == [0]:
-            await release.wait()
-        record = logging.LogRecord("query_service.x", logging.WARNING, __file__, 1, "index slow", (), None)
-        lines.append(json.loads(JsonLogFormatter().format(record)))
-        return items
-
-    batcher = MicroBatcher(process, BatchingConfig(max_batch_size=8, max_in_flight=1), name="test_first_left")
-
-    async def request(i: int):
-        REQUEST_ID.set(f"req-{i}")
-        return await batcher.submit(i)
-
+    batcher, request, lines = logging_batcher(BatchingConfig(max_batch_size=8, max_in_flight=1), "test_first_left",
+                                              release)
     first = asyncio.ensure_future(request(0))
     await asyncio.sleep(0.02)  # its batch holds the one slot
     left = asyncio.ensure_future(request(1))
@@ -402,8 +399,7 @@ async def test_a_batch_whose_first_caller_left_runs_as_a_request_it_serves():
     release.set()
     assert (await first, await stayed) == (0, 2)
     await batcher.close()
-    assert [(line["request_id"], line.get("batch_request_ids")) for line in lines] == [("req-0", None),
-                                                                                        ("req-2", None)]
+    assert lines == [("req-0", None), ("req-2", None)]
 
 
 def test_json_log_lines_carry_the_request_id():
