@@ -160,18 +160,18 @@ def _remove_if_empty(folders: list[Path]) -> None:
 
 
 def _stop_on_signals(report: interrupts.StopReport) -> dict[int, Any]:
-    """Makes SIGINT and SIGTERM raise ``Interrupted`` in the main thread, the first one only: later ones are
-    ignored, so a second signal (a terminal's Ctrl-C reaches both the --workers launcher, which forwards it, and
-    its workers) cannot break off the cleanup of the first. The stop arms ``report``'s watchdog. Returns the
-    handlers it replaced."""
+    """Makes SIGINT and SIGTERM stop the run (``interrupts.stop``: at once, or at the next check while TensorFlow
+    runs), the first one only: later ones are ignored, so a second signal (a terminal's Ctrl-C reaches both the
+    --workers launcher, which forwards it, and its workers) cannot break off the cleanup of the first. The stop
+    arms ``report``'s watchdog. Returns the handlers it replaced."""
     def stop(signum, frame):
         for name in STOP_SIGNALS:
             signal.signal(name, signal.SIG_IGN)
         report.arm(signum)
-        # The run only unwinds from here: the warnings it would log on the way (Optuna's of the trial cut
-        # off, with a traceback) would bury the one line that says what was published.
+        # The run only unwinds from here (or from its next check): the warnings it would log on the way (Optuna's
+        # of the trial cut off, with a traceback) would bury the one line that says what was published.
         logging.disable(logging.WARNING)
-        raise interrupts.request(signum)
+        interrupts.stop(signum)
 
     interrupts.clear()
     interrupts.quiet_where_dropped()
@@ -256,11 +256,13 @@ def _run(args: argparse.Namespace, argv: list[str] | None, config: PipelineConfi
     report = interrupts.StopReport(stopped, STOP_GRACE_S if cluster.workers > 1 else None)
     manifest, previous = None, _stop_on_signals(report)
     try:
-        # TensorFlow (seconds to import) loads only once the arguments are known to be usable.
-        from trainer.distribute import strategy_for
-        from trainer.pipeline import run
+        # TensorFlow (seconds to import) loads only once the arguments are known to be usable; a stop while it
+        # loads and starts is raised once it has (``interrupts.deferred``).
+        with interrupts.deferred():
+            from trainer.distribute import strategy_for
+            from trainer.pipeline import run
 
-        strategy = strategy_for(cluster)  # before any other TensorFlow op
+            strategy = strategy_for(cluster)  # before any other TensorFlow op
         _stop_on_signals(report)  # again: a multi-worker strategy's preemption handling took SIGTERM, and ignores it
         prefix = f"[worker {cluster.index}] " if cluster.workers > 1 else ""
         log = (lambda msg: None) if args.quiet else (lambda msg: print(prefix + msg, file=sys.stderr, flush=True))

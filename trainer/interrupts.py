@@ -1,25 +1,36 @@
 """A stop asked for by SIGINT or SIGTERM, kept where the run's loops can read it.
 
-The signal handler raises ``Interrupted`` in the main thread, wherever it is. A
-library the exception passes through may turn it into an error of its own, and
-the search fails a trial on any error and goes on. So the handler also records
-the stop here, and the search checks it each epoch and whenever a trial fails,
-and the run once more before it publishes. Raised where Python cannot pass an
-exception on (a ``__del__`` that TensorFlow's garbage collection runs), it is
-dropped with an "Exception ignored" traceback on stderr, and a library may print
-the error it made of it; the stop is kept here, so ``quiet_where_dropped``
-leaves those tracebacks out.
+Outside ``deferred`` blocks the signal handler raises ``Interrupted`` in the
+main thread, wherever it is: loading the data and the baselines (minutes at 1M
+interactions) stop at once. Inside one, while TensorFlow runs (training,
+evaluation, the publish), it only records the stop: an exception that appears
+while TensorFlow's C++ calls back into Python can fail one of its checks and
+abort the process (a worker of a stopped 2-worker run died so, "Check failed:
+!PyErr_Occurred()", and never said that nothing was published). The stop is
+acted on at the next ``check``: each training batch's end, each epoch, before
+the publish, at the block's end.
+
+A library an ``Interrupted`` passes through may turn it into an error of its
+own, and the search fails a trial on any error and goes on. So the handler also
+records the stop here, and the search checks it each epoch and whenever a trial
+fails, and the run once more before it publishes. Raised where Python cannot
+pass an exception on (a ``__del__`` that TensorFlow's garbage collection runs),
+it is dropped with an "Exception ignored" traceback on stderr, and a library
+may print the error it made of it; the stop is kept here, so
+``quiet_where_dropped`` leaves those tracebacks out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 _asked: list[int] = []
+_deferring = 0  # how many ``deferred`` blocks the main thread is in
 
 
 class Interrupted(KeyboardInterrupt):
@@ -34,6 +45,25 @@ def request(signum: int) -> Interrupted:
     """Records a stop asked for by ``signum``; returns the exception to raise for it."""
     _asked.append(signum)
     return Interrupted(signum)
+
+
+def stop(signum: int) -> None:
+    """What the handler of ``signum`` does: records the stop, and raises it unless inside a ``deferred`` block."""
+    error = request(signum)
+    if not _deferring:
+        raise error
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """A block where a stop waits for the next ``check`` (see the module's doc), at the latest the block's end."""
+    global _deferring
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+    check()
 
 
 def clear() -> None:

@@ -82,76 +82,79 @@ def run(config: PipelineConfig, log: Callable[[str], None] = lambda msg: None,
         "towers": {"history_length": covering_history_length(train_data.customer_ids)}}
     chosen, tuning = replace_nested(config.train, from_data), None
     t_train = time.perf_counter()
-    with distribute.scope(strategy):
-        if validation is None:
-            result = train(train_data, chosen, log=log)
-        else:
-            def preset(kind: str) -> TrainConfig:
-                return replace_nested(replace_nested(recommended_config(kind), from_data),
-                                      config.pinned)
+    # From here TensorFlow runs in this thread: a stop waits for the next batch's end, epoch or check (see
+    # ``interrupts``), and one that comes during the publish lets it finish.
+    with interrupts.deferred():
+        with distribute.scope(strategy):
+            if validation is None:
+                result = train(train_data, chosen, log=log)
+            else:
+                def preset(kind: str) -> TrainConfig:
+                    return replace_nested(replace_nested(recommended_config(kind), from_data),
+                                          config.pinned)
 
-            found = search(train_data, validation, preset, config.train.towers.kind, config.pinned,
-                           config.tune_budget_s, bool(train_data.customer_features), log, config.tune_trials)
-            chosen, tuning = found.config, found.describe(config.tune_budget_s, config.tune_trials)
-            result = refit(train_data, chosen, found.best, log)
-    if strategy is not None:
-        distribute.check_exportable(result.model)
-        if not distribute.is_chief(strategy):
-            return None, {}
+                found = search(train_data, validation, preset, config.train.towers.kind, config.pinned,
+                               config.tune_budget_s, bool(train_data.customer_features), log, config.tune_trials)
+                chosen, tuning = found.config, found.describe(config.tune_budget_s, config.tune_trials)
+                result = refit(train_data, chosen, found.best, log)
+        if strategy is not None:
+            distribute.check_exportable(result.model)
+            if not distribute.is_chief(strategy):
+                return None, {}
 
-    t1 = time.perf_counter()
-    phases["search_and_refit"] = t1 - t_train
-    model, prior = result.model, result.prior
-    # The evaluation's queries read the training split only: the test interactions are what they are judged on.
-    store = customer_store(model.query_tower, train_data)
-    report: dict[str, Any] = metrics.hit_rates(
-        metrics.embedding_scores(prior.queries(query_embeddings(model, store, es.customers)),
-                                 prior.candidates(embed(model.candidate_tower, es.catalog), es.train_counts)),
-        es)
-    report["baselines"] = baseline_report
-    report["margins"] = margins(report)
-    report.update({
-        "dataset": data.name,
-        "tower": chosen.towers.kind,
-        "data": {**data.info, "test_share_customer_in_train": round(known, 4)},
-        "split": {"method": config.split, "test_fraction": config.test_fraction, "seed": seed,
-                  "num_train": len(train_data), "num_test": len(test_data)},
-        "num_test_interactions": es.num_test_interactions,
-        "num_test_interactions_evaluated": len(es.rows),
-        # What the "excluding seen" rates are over: the evaluated interactions whose item is new to the customer.
-        "num_test_interactions_new_to_customer": int((~es.repeats).sum()),
-        "train_seconds": round(result.train_seconds, 3),
-        "examples_per_second": round(result.examples_per_second, 1),
-        "workers": result.workers,
-        "epochs_run": result.epochs_run,
-        "best_epoch": result.best_epoch,
-        "refit_epochs": result.refit_epochs,
-        "eval_seconds": round(time.perf_counter() - t1, 3),
-        "config": dataclasses.asdict(chosen),
-        "popularity_prior": prior.describe(),
-        "tuning": tuning,
-        "validation_history": result.history,
-        "provenance": made_from,
-        # Where a run's time went: --tune-budget-s bounds the search's later trials only (at 1M interactions the
-        # baselines took 333 s and the whole run 2.9 times the budget, and nothing said so).
-        "run_seconds": {phase: round(seconds, 1) for phase, seconds in phases.items()},
-    })
-    # Serving knows every interaction of the data, the newest (held out above) most of all: the published store
-    # (histories, exclude_seen's items, the customers) is built from train + test, once evaluated. The towers are
-    # the evaluated ones: a customer only in the test split is unknown to an id tower, so it is served the
-    # popular list, less its stored items under exclude_seen.
-    served = customer_store(model.query_tower, data)
-    report["customer_store"] = {"customers": len(served.ids), "interactions": len(data),
-                                "customers_only_in_test": len(served.ids) - len(store.ids)}
-    log(f"customer store: {len(served.ids)} customers, {len(data)} interactions (train + test; evaluated with "
-        f"the train split's {len(store.ids)} customers)")
-    interrupts.check()  # a stop a library swallowed since the search: nothing is published after it
-    manifest = publish.publish(registry, model, served, data.catalog, train_data, test_data, report,
-                               publish.ExportConfig(dataset=data.name, tower=chosen.towers.kind, seed=seed,
-                                                    shards=config.index_shards),
-                               prior)
-    phases["evaluation_and_publish"] = time.perf_counter() - t1
-    trials = f" ({len(tuning['trials'])} search trials)" if tuning else ""
-    log(f"run: {time.perf_counter() - started:.0f}s against --tune-budget-s {config.tune_budget_s:g}"
-        f"{trials}: " + ", ".join(f"{phase.replace('_', ' ')} {seconds:.0f}s" for phase, seconds in phases.items()))
-    return manifest, report
+        t1 = time.perf_counter()
+        phases["search_and_refit"] = t1 - t_train
+        model, prior = result.model, result.prior
+        # The evaluation's queries read the training split only: the test interactions are what they are judged on.
+        store = customer_store(model.query_tower, train_data)
+        report: dict[str, Any] = metrics.hit_rates(
+            metrics.embedding_scores(prior.queries(query_embeddings(model, store, es.customers)),
+                                     prior.candidates(embed(model.candidate_tower, es.catalog), es.train_counts)),
+            es)
+        report["baselines"] = baseline_report
+        report["margins"] = margins(report)
+        report.update({
+            "dataset": data.name,
+            "tower": chosen.towers.kind,
+            "data": {**data.info, "test_share_customer_in_train": round(known, 4)},
+            "split": {"method": config.split, "test_fraction": config.test_fraction, "seed": seed,
+                      "num_train": len(train_data), "num_test": len(test_data)},
+            "num_test_interactions": es.num_test_interactions,
+            "num_test_interactions_evaluated": len(es.rows),
+            # What the "excluding seen" rates are over: the evaluated interactions whose item is new to the customer.
+            "num_test_interactions_new_to_customer": int((~es.repeats).sum()),
+            "train_seconds": round(result.train_seconds, 3),
+            "examples_per_second": round(result.examples_per_second, 1),
+            "workers": result.workers,
+            "epochs_run": result.epochs_run,
+            "best_epoch": result.best_epoch,
+            "refit_epochs": result.refit_epochs,
+            "eval_seconds": round(time.perf_counter() - t1, 3),
+            "config": dataclasses.asdict(chosen),
+            "popularity_prior": prior.describe(),
+            "tuning": tuning,
+            "validation_history": result.history,
+            "provenance": made_from,
+            # Where a run's time went: --tune-budget-s bounds the search's later trials only (at 1M interactions the
+            # baselines took 333 s and the whole run 2.9 times the budget, and nothing said so).
+            "run_seconds": {phase: round(seconds, 1) for phase, seconds in phases.items()},
+        })
+        # Serving knows every interaction of the data, the newest (held out above) most of all: the published store
+        # (histories, exclude_seen's items, the customers) is built from train + test, once evaluated. The towers are
+        # the evaluated ones: a customer only in the test split is unknown to an id tower, so it is served the
+        # popular list, less its stored items under exclude_seen.
+        served = customer_store(model.query_tower, data)
+        report["customer_store"] = {"customers": len(served.ids), "interactions": len(data),
+                                    "customers_only_in_test": len(served.ids) - len(store.ids)}
+        log(f"customer store: {len(served.ids)} customers, {len(data)} interactions (train + test; evaluated with "
+            f"the train split's {len(store.ids)} customers)")
+        interrupts.check()  # a stop a library swallowed since the search: nothing is published after it
+        manifest = publish.publish(registry, model, served, data.catalog, train_data, test_data, report,
+                                   publish.ExportConfig(dataset=data.name, tower=chosen.towers.kind, seed=seed,
+                                                        shards=config.index_shards),
+                                   prior)
+        phases["evaluation_and_publish"] = time.perf_counter() - t1
+        trials = f" ({len(tuning['trials'])} search trials)" if tuning else ""
+        log(f"run: {time.perf_counter() - started:.0f}s against --tune-budget-s {config.tune_budget_s:g}"
+            f"{trials}: " + ", ".join(f"{phase.replace('_', ' ')} {seconds:.0f}s" for phase, seconds in phases.items()))
+        return manifest, report

@@ -27,7 +27,7 @@ import tensorflow as tf
 from model_registry.customers import CustomerStore, recency_groups
 from model_registry.ids import index_of
 from model_registry.tower_inputs import tower_inputs
-from trainer import distribute
+from trainer import distribute, interrupts
 from trainer.config import VALIDATION_KS, TrainConfig, informative_monitor
 from trainer.data import Interactions
 from trainer.evaluation import metrics
@@ -292,10 +292,21 @@ def train(train_data: Interactions, config: TrainConfig | None = None,
     return refit(train_data, config, fit_early_stopped(train_data, validation, config, log), log)
 
 
+class _StopAtBatchEnd(tf.keras.callbacks.Callback):
+    """Ends training at the end of the batch a stop came in (``interrupts.deferred``), not an epoch later."""
+
+    def __init__(self):
+        super().__init__()
+        self._supports_tf_logs = True  # it reads no logs: Keras need not copy them to numpy each batch for it
+
+    def on_train_batch_end(self, batch, logs=None):
+        interrupts.check()
+
+
 def _fit(model: TwoTowerModel, ds: tf.data.Dataset, epochs: int) -> tuple[float, float]:
     """Runs ``epochs`` epochs of ``ds``; returns (seconds spent, last epoch's loss)."""
     t0 = time.perf_counter()
-    fit = model.fit(ds, epochs=epochs, verbose=0)
+    fit = model.fit(ds, epochs=epochs, verbose=0, callbacks=[_StopAtBatchEnd()])
     loss = float(fit.history["loss"][-1])
     if not np.isfinite(loss):  # else its NaN weights were scored, published, and blamed on the index's recall
         raise FloatingPointError(f"training diverged (loss {loss}): lower --learning-rate, or look for extreme "

@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from model_registry import Registry
 from tests.unit.test_train_cli_outputs import TINY
 from trainer import cli, interrupts, pipeline
@@ -161,3 +163,63 @@ def test_the_line_is_printed_once_whoever_prints_it_first(capsys):
     report.print()
     report.print(" (again)")
     assert capsys.readouterr().err == "recsys-train: interrupted; nothing was published\n"
+
+
+MID_TRAINING = """
+import os
+import signal
+import sys
+import threading
+import traceback
+from tests.unit.test_train_cli_outputs import TINY
+from trainer import cli, interrupts, pipeline, training
+
+fit = training._fit
+
+
+def fit_until_stopped(model, ds, epochs):
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()  # lands while Keras trains
+    return fit(model, ds, 10_000)
+
+
+training._fit = fit_until_stopped
+parser = cli.build_parser()
+config = cli.config_from_args(parser, parser.parse_args([*TINY, "--registry", sys.argv[1]]))
+cli._stop_on_signals(interrupts.StopReport(str))
+try:
+    pipeline.run(config)
+except interrupts.Interrupted as stop:
+    print("raised in", traceback.extract_tb(stop.__traceback__)[-1].name)
+"""
+
+
+def test_a_stop_while_keras_trains_is_raised_at_a_batch_end_not_inside_tensorflow(tmp_path):
+    """CI at stop 58: a worker of a 2-worker run stopped by its launcher's death aborted inside TensorFlow's C++
+    ("Check failed: !PyErr_Occurred()", in its scalar cache) when the handler's exception appeared there, and never
+    said that nothing was published. The handler now records the stop while TensorFlow runs, and a Keras callback
+    raises it at the batch's end: the exception comes from ``interrupts.check``, not from the handler."""
+    run = subprocess.run([sys.executable, "-c", MID_TRAINING, str(tmp_path / "reg")], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.strip() == "raised in check", run.stderr[-3000:]
+    assert Registry(tmp_path / "reg", "m").versions() == []
+
+
+def test_outside_a_deferred_block_a_stop_is_raised_at_once_and_inside_at_its_end():
+    reached = []
+    try:
+        with pytest.raises(interrupts.Interrupted):
+            interrupts.stop(signal.SIGTERM)  # loading the data, the baselines: no TensorFlow in this thread
+            reached.append("after the stop, outside")
+        interrupts.clear()
+        with pytest.raises(interrupts.Interrupted) as stopped:
+            with interrupts.deferred():
+                interrupts.stop(signal.SIGINT)
+                reached.append("after the stop, inside")
+        assert stopped.value.signum == signal.SIGINT
+        assert reached == ["after the stop, inside"]
+        interrupts.clear()
+        with interrupts.deferred():
+            pass  # no stop since the last clear: nothing to raise
+    finally:
+        interrupts.clear()
