@@ -91,7 +91,7 @@ from model_registry.deltas import AlteredLog, Delta, catalogue_dir, published_ge
 from recsys_client.candidate_tower import CandidateTower
 from recsys_client.delta_rollout import Rollout, catch_up, publish_delta
 from recsys_client.fleet import Fleet, FleetConfig, PublishError
-from recsys_client.interrupts import Interrupted, stop_on_signals
+from recsys_client.interrupts import Interrupted, deferred, stop_on_signals
 from recsys_client.rollout_lock import exclusive
 from recsys_client.upserts import CatalogueError, check_id, check_scale, read_upserts
 from serving.telemetry.observability import text_handler
@@ -188,7 +188,9 @@ class _Progress:
 
     def after_signal(self, registry: Registry) -> str:
         """Whether the run wrote its delta and, if a generation is published, how the replicas behind get to it."""
-        now = published_generation(registry.model_dir, self.version, self.published) if self.published >= 0 else 0
+        if self.published < 0:  # stopped before the generation was read (it said "delta 0 of version 0 was written")
+            return "nothing was written: run the same command again"
+        now = published_generation(registry.model_dir, self.version, self.published)
         catch_up = ("the replicas not at it take it by themselves once it is 10 s old (--catalogue-catch-up-"
                     f"period-s), or replay it at their next load or restart; run recsys-catalogue --catch-up "
                     f"--version {self.version}, with this run's --registry, --model and replica flags, to bring them "
@@ -233,7 +235,7 @@ def _run(config: CatalogueConfig, registry: Registry, progress: _Progress) -> No
         token_ns, numeric_ns = Attributes.namespaces(files.attributes_file(registry.version_dir(version), manifest))
         delta = Delta.make(dim=dim)
         if config.upserts:
-            with open(config.upserts, encoding="utf-8") as f, _utf8(config.upserts):
+            with open(config.upserts, encoding="utf-8") as f, _utf8(config.upserts), deferred():
                 delta = read_upserts(f, dim, token_ns, numeric_ns,
                                      lambda: CandidateTower.load(registry.version_dir(version), manifest))
         deleted = list(config.delete)

@@ -10,7 +10,8 @@ import threading
 import pytest
 
 from model_registry import Registry
-from model_registry.deltas import published_generation
+from model_registry.deltas import Delta, published_generation
+from recsys_client import catalogue
 from recsys_client.catalogue import main as catalogue_main
 from recsys_client.fleet import Fleet, Replica
 from tests.unit.test_catalogue import _Replica
@@ -80,3 +81,28 @@ def test_a_signal_before_the_delta_was_written_says_nothing_was(tmp_path, capsys
     status, err = _stopped(tmp_path, capsys, monkeypatch, connect)
     assert (status, published_generation(tmp_path / "m", 1)) == (130, 0)
     assert err == "recsys-catalogue: stopped by SIGINT; nothing was written: run the same command again"
+
+
+def test_a_signal_while_the_upserts_are_read_is_raised_once_they_are(tmp_path, capsys, monkeypatch):
+    """Upserts given as catalogue values are embedded by the version's candidate tower, TensorFlow: a stop raised
+    inside it can abort the run before it says anything (one aborted a trainer's worker, stop 59's CI). It is
+    raised once the upserts are read; nothing was written yet."""
+    registry = Registry(tmp_path, "m")
+    registry.set_current(publish_dummy(registry))
+    upserts = tmp_path / "upserts.jsonl"
+    upserts.write_text('{"id": "z", "values": {}}\n')
+    monkeypatch.setattr(Fleet, "connect", classmethod(lambda cls, *args, **kwargs: pytest.fail("replicas called")))
+    reached = []
+
+    def read(f, dim, *args, **kwargs):  # the tower's load and calls, with SIGTERM landing in them
+        signal.raise_signal(signal.SIGTERM)
+        reached.append("the read's end")
+        return Delta.make(dim=dim)
+
+    monkeypatch.setattr(catalogue, "read_upserts", read)
+    with pytest.raises(SystemExit) as exit:
+        catalogue_main(["--registry", str(tmp_path), "--model", "m", "--upserts", str(upserts), "--index-admin", "i"])
+    assert (exit.value.code, reached) == (143, ["the read's end"])
+    assert capsys.readouterr().err.strip() == ("recsys-catalogue: stopped by SIGTERM; nothing was written: run the "
+                                               "same command again")
+    assert published_generation(tmp_path / "m", 1) == 0
