@@ -91,7 +91,8 @@ from model_registry.deltas import AlteredLog, Delta, catalogue_dir, published_ge
 from recsys_client.candidate_tower import CandidateTower
 from recsys_client.delta_rollout import Rollout, catch_up, publish_delta
 from recsys_client.fleet import Fleet, FleetConfig, PublishError
-from recsys_client.interrupts import Interrupted, deferred, stop_on_signals
+from recsys_client import interrupts
+from recsys_client.interrupts import Interrupted, stop_on_signals
 from recsys_client.rollout_lock import exclusive
 from recsys_client.upserts import CatalogueError, check_id, check_scale, read_upserts
 from serving.telemetry.observability import text_handler
@@ -235,7 +236,7 @@ def _run(config: CatalogueConfig, registry: Registry, progress: _Progress) -> No
         token_ns, numeric_ns = Attributes.namespaces(files.attributes_file(registry.version_dir(version), manifest))
         delta = Delta.make(dim=dim)
         if config.upserts:
-            with open(config.upserts, encoding="utf-8") as f, _utf8(config.upserts), deferred():
+            with open(config.upserts, encoding="utf-8") as f, _utf8(config.upserts):
                 delta = read_upserts(f, dim, token_ns, numeric_ns,
                                      lambda: CandidateTower.load(registry.version_dir(version), manifest))
         deleted = list(config.delete)
@@ -288,6 +289,7 @@ def _run(config: CatalogueConfig, registry: Registry, progress: _Progress) -> No
             # prune deletes: the write and apply wait for the rollout's lock (a catch-up alone writes nothing).
             with exclusive(registry, "recsys-catalogue", config.lock_wait_s):
                 _check_still_current(registry, config.version, version)
+                interrupts.check()  # a stop Python dropped (in a __del__ of the candidate tower's): write nothing
                 rollout = publish_delta(fleet, registry, version, delta, key, served=not config.version)
         except Interrupted:
             raise  # main says what was written

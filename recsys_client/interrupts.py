@@ -22,8 +22,16 @@ class Interrupted(PublishError):
         self.exit_code = 128 + signum  # a shell's status for a process ended by the signal
 
 
-_held: list[int] = []  # a stop that came inside ``deferred`` blocks, raised at the outermost one's end
+_stops: list[int] = []  # the stop the handler took in this run, kept even where Python dropped its exception
 _deferring = 0
+
+
+def check() -> None:
+    """Raises Interrupted for a stop that came and was not raised: held by a ``deferred`` block, or dropped where
+    Python could not raise it (a ``__del__`` of the candidate tower's TensorFlow objects, which the garbage collector
+    runs at any time after the tower is used)."""
+    if _stops:
+        raise Interrupted(_stops[0])
 
 
 @contextmanager
@@ -31,15 +39,19 @@ def deferred() -> Iterator[None]:
     """A block where TensorFlow runs (recsys-catalogue's candidate tower): a stop that comes in it is raised at its
     end. Raised inside, the exception could appear while TensorFlow's C++ calls back into Python and fail one of its
     checks, which aborts the process (a trainer's worker died so: ``trainer.interrupts``), and the run could not
-    say what it had done."""
+    say what it had done. An error that ends the block while a stop waits is raised as the stop."""
     global _deferring
     _deferring += 1
     try:
         yield
+    except BaseException as e:
+        if _stops and not isinstance(e, Interrupted):
+            raise Interrupted(_stops[0]) from e
+        raise
     finally:
         _deferring -= 1
-    if _held and not _deferring:
-        raise Interrupted(_held.pop())
+    if not _deferring:
+        check()
 
 
 @contextmanager
@@ -51,15 +63,14 @@ def stop_on_signals(tool_log: logging.Logger,
     def stop(signum: int, frame) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: tool_log.warning(stopping))
-        if _deferring:
-            _held.append(signum)
-        else:
+        _stops.append(signum)
+        if not _deferring:
             raise Interrupted(signum)
 
     before = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        _held.clear()  # a stop held by a deferred block that an error ended: the run is over either way
+        _stops.clear()  # the next run in this process starts unstopped
         for sig, handler in before.items():
             signal.signal(sig, handler)

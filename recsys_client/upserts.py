@@ -14,6 +14,7 @@ from model_registry import Registry
 from model_registry.attributes import LIST_SEPARATOR, Attributes, token_lists
 from model_registry.deltas import MAX_UPSERT_SCALE, Delta, trained_max_norm
 from recsys_client.candidate_tower import CandidateTower, FeatureError
+from recsys_client.interrupts import deferred
 from serving import validation
 from serving.errors import InvalidArgument
 from serving.validation import MAX_ID_BYTES
@@ -103,9 +104,9 @@ def read_upserts(lines, dim: int, token_namespaces: frozenset[str], numeric_name
         if tower is None:
             raise CatalogueError("lines give 'features' but no candidate tower was given to embed them")
         rows = np.fromiter(described, dtype=np.int64)
-        loaded = tower()
         try:
-            computed = loaded.vectors([ids[r] for r in rows], list(described.values()))
+            with deferred():  # TensorFlow: a stop waits for the tower's load and calls to end
+                computed = tower().vectors([ids[r] for r in rows], list(described.values()))
         except FeatureError as e:
             raise CatalogueError(f"the candidates given as features, {e}") from None
         if computed.shape[1] != dim:

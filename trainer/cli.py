@@ -286,6 +286,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None, config: PipelineConfi
     finally:
         for name, handler in previous.items():
             signal.signal(name, handler)
+        interrupts.clear()  # a later run in this process (a test's, a notebook's) starts unstopped
 
 
 if __name__ == "__main__":

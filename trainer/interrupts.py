@@ -56,11 +56,17 @@ def stop(signum: int) -> None:
 
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
-    """A block where a stop waits for the next ``check`` (see the module's doc), at the latest the block's end."""
+    """A block where a stop waits for the next ``check`` (see the module's doc), at the latest the block's end. An
+    error that ends the block while a stop waits is raised as the stop (the run was asked to stop; the error may be
+    of its making: a multi-worker peer that took the stop first and left its collective)."""
     global _deferring
     _deferring += 1
     try:
         yield
+    except BaseException as e:
+        if _asked and not isinstance(e, Interrupted):  # the stop, not an error that came while it waited
+            raise Interrupted(_asked[0]) from e
+        raise
     finally:
         _deferring -= 1
     check()
@@ -131,7 +137,8 @@ class StopReport:
             return
 
         def expire() -> None:
-            self.print(f" (a collective did not return within {self._grace_s:g} s of the stop)")
+            self.print(f" (still running {self._grace_s:g} s after the stop: a collective that never returns, or a "
+                       f"step that outlasts the grace)")
             os._exit(128 + signum)
 
         timer = threading.Timer(self._grace_s, expire)

@@ -111,6 +111,7 @@ def run(config: PipelineConfig, log: Callable[[str], None] = lambda msg: None,
             metrics.embedding_scores(prior.queries(query_embeddings(model, store, es.customers)),
                                      prior.candidates(embed(model.candidate_tower, es.catalog), es.train_counts)),
             es)
+        interrupts.check()  # a stop during the evaluation: the publish is not begun
         report["baselines"] = baseline_report
         report["margins"] = margins(report)
         report.update({

@@ -212,6 +212,7 @@ def fit_early_stopped(train_data: Interactions, validation: Validation, config: 
         scores = metrics.embedding_scores(query_embeddings(model, fit_store, val_set.customers),
                                            embed(model.candidate_tower, val_set.catalog))
         row = {"epoch": epoch, "loss": loss, **metrics.hit_rates(scores, val_set, VALIDATION_KS)}
+        interrupts.check()  # a stop during the validation scoring (long at a million interactions)
         history.append(row)
         value = distribute.chief_value(row[monitor])
         also = "hit_rate_excluding_seen@10"  # the headline rate, beside the one early stopping watches

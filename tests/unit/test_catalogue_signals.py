@@ -7,11 +7,13 @@ from __future__ import annotations
 import signal
 import threading
 
+import numpy as np
 import pytest
 
 from model_registry import Registry
 from model_registry.deltas import Delta, published_generation
 from recsys_client import catalogue
+from recsys_client.candidate_tower import CandidateTower
 from recsys_client.catalogue import main as catalogue_main
 from recsys_client.fleet import Fleet, Replica
 from tests.unit.test_catalogue import _Replica
@@ -83,26 +85,56 @@ def test_a_signal_before_the_delta_was_written_says_nothing_was(tmp_path, capsys
     assert err == "recsys-catalogue: stopped by SIGINT; nothing was written: run the same command again"
 
 
-def test_a_signal_while_the_upserts_are_read_is_raised_once_they_are(tmp_path, capsys, monkeypatch):
-    """Upserts given as catalogue values are embedded by the version's candidate tower, TensorFlow: a stop raised
-    inside it can abort the run before it says anything (one aborted a trainer's worker, stop 59's CI). It is
-    raised once the upserts are read; nothing was written yet."""
+
+class _Tower:
+    """The version's candidate tower as ``read_upserts`` uses it, with SIGTERM landing in its call."""
+
+    def vectors(self, ids, features):
+        signal.raise_signal(signal.SIGTERM)  # as it would inside TensorFlow's load or call
+        return np.ones((len(ids), 1), np.float32)
+
+
+def _upserts_stopped(tmp_path, capsys, monkeypatch, connect) -> tuple[int, str]:
+    """The exit status and message of a run upserting z, given as catalogue values, to CURRENT (version 1)."""
     registry = Registry(tmp_path, "m")
     registry.set_current(publish_dummy(registry))
     upserts = tmp_path / "upserts.jsonl"
-    upserts.write_text('{"id": "z", "values": {}}\n')
-    monkeypatch.setattr(Fleet, "connect", classmethod(lambda cls, *args, **kwargs: pytest.fail("replicas called")))
-    reached = []
-
-    def read(f, dim, *args, **kwargs):  # the tower's load and calls, with SIGTERM landing in them
-        signal.raise_signal(signal.SIGTERM)
-        reached.append("the read's end")
-        return Delta.make(dim=dim)
-
-    monkeypatch.setattr(catalogue, "read_upserts", read)
+    upserts.write_text('{"id": "z", "features": {"genre": "Drama"}}\n')
+    monkeypatch.setattr(CandidateTower, "load", classmethod(lambda cls, *args: _Tower()))
+    monkeypatch.setattr(Fleet, "connect", classmethod(connect))
     with pytest.raises(SystemExit) as exit:
         catalogue_main(["--registry", str(tmp_path), "--model", "m", "--upserts", str(upserts), "--index-admin", "i"])
-    assert (exit.value.code, reached) == (143, ["the read's end"])
-    assert capsys.readouterr().err.strip() == ("recsys-catalogue: stopped by SIGTERM; nothing was written: run the "
-                                               "same command again")
+    return exit.value.code, capsys.readouterr().err.strip()
+
+
+def test_a_signal_while_the_candidate_tower_embeds_upserts_is_raised_once_it_has(tmp_path, capsys, monkeypatch):
+    """The candidate tower is TensorFlow: a stop raised inside it can abort the run before it says anything (one
+    aborted a trainer's worker, stop 58's CI). It is raised once the tower is done; nothing was written yet. Before,
+    a stop that early also said "catalogue delta 0 of version 0 was written to the registry"."""
+    returned = []
+    vectors = _Tower.vectors
+    monkeypatch.setattr(_Tower, "vectors", lambda self, *args: (vectors(self, *args), returned.append("vectors"))[0])
+    status, err = _upserts_stopped(tmp_path, capsys, monkeypatch, lambda cls, *a, **kw: pytest.fail("replicas called"))
+    assert returned == ["vectors"]  # the tower's call ended: the stop was not raised inside it
+    assert (status, err) == (143, "recsys-catalogue: stopped by SIGTERM; nothing was written: run the same command "
+                                  "again")
+    assert published_generation(tmp_path / "m", 1) == 0
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the stop Python dropped
+def test_a_stop_python_dropped_after_the_tower_ran_still_writes_nothing(tmp_path, capsys, monkeypatch):
+    """The tower's TensorFlow objects are freed by the garbage collector whenever it runs; a stop landing in one of
+    their ``__del__`` is dropped by Python ("Exception ignored"), and the run went on to write its delta."""
+    class Collected:
+        def __del__(self):
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(_Tower, "vectors", lambda self, ids, features: np.ones((len(ids), 1), np.float32))
+    scale = catalogue.check_scale
+    monkeypatch.setattr(catalogue, "check_scale", lambda *args: (Collected(), scale(*args))[1])
+    index = _Replica()
+    status, err = _upserts_stopped(tmp_path, capsys, monkeypatch,
+                                   lambda cls, *a, **kw: Fleet([Replica("index", "i", index)], []))
+    assert (status, index.applied) == (130, [])
+    assert err.endswith("recsys-catalogue: stopped by SIGINT; nothing was written: run the same command again"), err
     assert published_generation(tmp_path / "m", 1) == 0

@@ -12,8 +12,10 @@ import sys
 import pytest
 
 from model_registry import Registry
+from model_registry.registry import STAGING_PREFIX
 from tests.unit.test_train_cli_outputs import TINY
 from trainer import cli, interrupts, pipeline
+from trainer.export import publish
 
 DROPPED = """
 import signal
@@ -40,21 +42,37 @@ def test_a_stop_dropped_in_a_del_prints_no_traceback_and_is_kept():
     assert "Traceback" not in run.stderr and "Exception ignored" not in run.stderr, run.stderr[-3000:]
 
 
-def test_a_stop_a_library_swallowed_after_the_search_publishes_nothing(tmp_path, monkeypatch):
-    store = pipeline.customer_store
+def _run_stopped_in(tmp_path, monkeypatch, module, name: str, stop) -> int:
+    """The exit status of a TINY ``recsys-train`` run in which ``module.name``, when called, first does ``stop``
+    (SIGTERM) and then its work."""
+    original = getattr(module, name)
 
-    def stopped_on_the_way(*args, **kwargs):
-        interrupts.request(signal.SIGTERM)  # recorded by the handler, its exception lost in a library
-        return store(*args, **kwargs)
+    def stopped(*args, **kwargs):
+        stop(signal.SIGTERM)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "customer_store", stopped_on_the_way)
+    monkeypatch.setattr(module, name, stopped)
     try:
-        status = cli.main([*TINY, "--registry", str(tmp_path / "reg")])
+        return cli.main([*TINY, "--registry", str(tmp_path / "reg")])
     finally:
         interrupts.clear()
+
+
+def test_a_stop_a_library_swallowed_after_the_search_publishes_nothing(tmp_path, monkeypatch):
+    # Recorded by the handler, its exception lost in a library.
+    status = _run_stopped_in(tmp_path, monkeypatch, pipeline, "customer_store", interrupts.request)
     assert status == 128 + signal.SIGTERM
     assert Registry(tmp_path / "reg", "m").versions() == []
 
+
+def test_a_stop_while_the_version_is_written_publishes_nothing(tmp_path, monkeypatch):
+    """Deferred while TensorFlow saves the towers, a stop used to let the publish finish: the run said it was
+    interrupted, and a version was published all the same."""
+    # What the handler does, inside the run's deferred block.
+    status = _run_stopped_in(tmp_path, monkeypatch, publish.mf, "write_popular", interrupts.stop)
+    assert status == 128 + signal.SIGTERM
+    assert Registry(tmp_path / "reg", "m").versions() == []
+    assert not list((tmp_path / "reg" / "m").glob(STAGING_PREFIX + "*")), "the staging folder is removed"
 
 
 PRINTED_BY_A_LIBRARY = """
@@ -153,8 +171,8 @@ def test_a_worker_the_stop_cannot_reach_ends_itself_after_its_grace():
     finally:
         proc.kill()
     assert status == 128 + signal.SIGTERM and "still up" not in out
-    assert err.strip() == ("recsys-train: interrupted; nothing was published (a collective did not return within "
-                           "0.5 s of the stop)")
+    assert err.strip() == ("recsys-train: interrupted; nothing was published (still running 0.5 s after the stop: a "
+                           "collective that never returns, or a step that outlasts the grace)")
 
 
 def test_the_line_is_printed_once_whoever_prints_it_first(capsys):
@@ -189,7 +207,7 @@ cli._stop_on_signals(interrupts.StopReport(str))
 try:
     pipeline.run(config)
 except interrupts.Interrupted as stop:
-    print("raised in", traceback.extract_tb(stop.__traceback__)[-1].name)
+    print("raised in", " < ".join(frame.name for frame in traceback.extract_tb(stop.__traceback__)[-2:][::-1]))
 """
 
 
@@ -197,11 +215,12 @@ def test_a_stop_while_keras_trains_is_raised_at_a_batch_end_not_inside_tensorflo
     """CI at stop 58: a worker of a 2-worker run stopped by its launcher's death aborted inside TensorFlow's C++
     ("Check failed: !PyErr_Occurred()", in its scalar cache) when the handler's exception appeared there, and never
     said that nothing was published. The handler now records the stop while TensorFlow runs, and a Keras callback
-    raises it at the batch's end: the exception comes from ``interrupts.check``, not from the handler."""
+    raises it at the batch's end: the exception comes from ``interrupts.check`` in the callback, not from the
+    handler (nor a check an epoch or a run later)."""
     run = subprocess.run([sys.executable, "-c", MID_TRAINING, str(tmp_path / "reg")], capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.strip() == "raised in check", run.stderr[-3000:]
+    assert run.stdout.strip() == "raised in check < on_train_batch_end", run.stderr[-3000:]
     assert Registry(tmp_path / "reg", "m").versions() == []
 
 
@@ -218,6 +237,12 @@ def test_outside_a_deferred_block_a_stop_is_raised_at_once_and_inside_at_its_end
                 reached.append("after the stop, inside")
         assert stopped.value.signum == signal.SIGINT
         assert reached == ["after the stop, inside"]
+        interrupts.clear()
+        with pytest.raises(interrupts.Interrupted) as stopped:
+            with interrupts.deferred():
+                interrupts.stop(signal.SIGTERM)
+                raise FloatingPointError("a peer that took the stop first left the collective")
+        assert isinstance(stopped.value.__cause__, FloatingPointError)  # the stop is what the run reports
         interrupts.clear()
         with interrupts.deferred():
             pass  # no stop since the last clear: nothing to raise

@@ -24,6 +24,7 @@ from model_registry import manifest as mf
 from model_registry.attributes import from_catalogue
 from model_registry.customers import CustomerStore, feature_at
 from model_registry.ids import index_of
+from trainer import interrupts
 from trainer.data import Interactions
 from trainer.export import index as index_builder
 from trainer.export.saved_model import save_candidate_tower, save_query_tower
@@ -113,6 +114,9 @@ def publish(registry: Registry, model: TwoTowerModel, store: CustomerStore, cata
         np.save(staging / mf.PROBE_QUERIES_FILE, probes, allow_pickle=False)
         (staging / mf.METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True,
                                                           default=_json_default))
+        # A stop that came while the towers were saved and the index built: the registry removes the staging
+        # folder and nothing is published (the few steps after this, once begun, complete the publish).
+        interrupts.check()
 
         def build_manifest(version: int, files: dict[str, str]) -> Manifest:
             return Manifest(
