@@ -215,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     with stop_on_signals(log, "already stopping: waiting for the admin calls under way to end"):
         try:
             _run(config, registry, progress)
+            interrupts.check()  # a stop Python dropped after the last check (in a ``__del__`` of the tower's)
         except Interrupted as e:
             print(f"recsys-catalogue: {e}; {progress.after_signal(registry)}", file=sys.stderr)
             sys.exit(e.exit_code)

@@ -41,6 +41,7 @@ def deferred() -> Iterator[None]:
     checks, which aborts the process (a trainer's worker died so: ``trainer.interrupts``), and the run could not
     say what it had done. An error that ends the block while a stop waits is raised as the stop."""
     global _deferring
+    check()
     _deferring += 1
     try:
         yield
@@ -67,10 +68,11 @@ def stop_on_signals(tool_log: logging.Logger,
         if not _deferring:
             raise Interrupted(signum)
 
+    _stops.clear()
     before = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        _stops.clear()  # the next run in this process starts unstopped
         for sig, handler in before.items():
             signal.signal(sig, handler)
+        _stops.clear()  # after the handlers are put back: the next run in this process starts unstopped

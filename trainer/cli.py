@@ -159,11 +159,12 @@ def _remove_if_empty(folders: list[Path]) -> None:
             return
 
 
-def _stop_on_signals(report: interrupts.StopReport) -> dict[int, Any]:
+def _stop_on_signals(report: interrupts.StopReport, fresh: bool = True) -> dict[int, Any]:
     """Makes SIGINT and SIGTERM stop the run (``interrupts.stop``: at once, or at the next check while TensorFlow
     runs), the first one only: later ones are ignored, so a second signal (a terminal's Ctrl-C reaches both the
     --workers launcher, which forwards it, and its workers) cannot break off the cleanup of the first. The stop
-    arms ``report``'s watchdog. Returns the handlers it replaced."""
+    arms ``report``'s watchdog. ``fresh`` forgets a stop recorded before (a new run); installed again later in a
+    run, the handlers keep it. Returns the handlers it replaced."""
     def stop(signum, frame):
         for name in STOP_SIGNALS:
             signal.signal(name, signal.SIG_IGN)
@@ -173,7 +174,8 @@ def _stop_on_signals(report: interrupts.StopReport) -> dict[int, Any]:
         logging.disable(logging.WARNING)
         interrupts.stop(signum)
 
-    interrupts.clear()
+    if fresh:
+        interrupts.clear()
     interrupts.quiet_where_dropped()
     return {name: signal.signal(name, stop) for name in STOP_SIGNALS}
 
@@ -254,7 +256,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None, config: PipelineConfi
                                                 if made else "nothing was published")
 
     report = interrupts.StopReport(stopped, STOP_GRACE_S if cluster.workers > 1 else None)
-    manifest, previous = None, _stop_on_signals(report)
+    manifest, previous, disabled = None, _stop_on_signals(report), logging.root.manager.disable
     try:
         # TensorFlow (seconds to import) loads only once the arguments are known to be usable; a stop while it
         # loads and starts is raised once it has (``interrupts.deferred``).
@@ -263,7 +265,8 @@ def _run(args: argparse.Namespace, argv: list[str] | None, config: PipelineConfi
             from trainer.pipeline import run
 
             strategy = strategy_for(cluster)  # before any other TensorFlow op
-        _stop_on_signals(report)  # again: a multi-worker strategy's preemption handling took SIGTERM, and ignores it
+        # Again: a multi-worker strategy's preemption handling took SIGTERM, and ignores it.
+        _stop_on_signals(report, fresh=False)
         prefix = f"[worker {cluster.index}] " if cluster.workers > 1 else ""
         log = (lambda msg: None) if args.quiet else (lambda msg: print(prefix + msg, file=sys.stderr, flush=True))
         start = time.perf_counter()
@@ -275,6 +278,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None, config: PipelineConfi
         except (ValueError, VersionError, FloatingPointError) as e:
             print(f"recsys-train: error: {e}", file=sys.stderr)
             return 2
+        interrupts.check()  # a stop Python dropped as ``run``'s TensorFlow objects were freed, after its last check
         if manifest is None:
             print(f"recsys-train: worker {cluster.index} of {cluster.workers}: trained in sync with the chief "
                   f"(worker 0), which evaluates and publishes", file=sys.stderr)
@@ -286,7 +290,9 @@ def _run(args: argparse.Namespace, argv: list[str] | None, config: PipelineConfi
     finally:
         for name, handler in previous.items():
             signal.signal(name, handler)
-        interrupts.clear()  # a later run in this process (a test's, a notebook's) starts unstopped
+        # A later run in this process (a test's, a notebook's) starts unstopped, its warnings logged.
+        interrupts.clear()
+        logging.disable(disabled)
 
 
 if __name__ == "__main__":

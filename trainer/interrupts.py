@@ -60,6 +60,7 @@ def deferred() -> Iterator[None]:
     error that ends the block while a stop waits is raised as the stop (the run was asked to stop; the error may be
     of its making: a multi-worker peer that took the stop first and left its collective)."""
     global _deferring
+    check()  # a stop Python dropped before the block (in a ``__del__``): the block's work is not begun
     _deferring += 1
     try:
         yield

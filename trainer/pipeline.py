@@ -82,8 +82,8 @@ def run(config: PipelineConfig, log: Callable[[str], None] = lambda msg: None,
         "towers": {"history_length": covering_history_length(train_data.customer_ids)}}
     chosen, tuning = replace_nested(config.train, from_data), None
     t_train = time.perf_counter()
-    # From here TensorFlow runs in this thread: a stop waits for the next batch's end, epoch or check (see
-    # ``interrupts``), and one that comes during the publish lets it finish.
+    # From here TensorFlow runs in this thread: a stop waits for the next batch's end or check (see ``interrupts``);
+    # one in the publish's last steps (after its files are written) lets it finish.
     with interrupts.deferred():
         with distribute.scope(strategy):
             if validation is None:

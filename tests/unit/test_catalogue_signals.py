@@ -13,7 +13,7 @@ import pytest
 from model_registry import Registry
 from model_registry.deltas import Delta, published_generation
 from recsys_client import catalogue
-from recsys_client.candidate_tower import CandidateTower
+from recsys_client.candidate_tower import CandidateTower, FeatureError
 from recsys_client.catalogue import main as catalogue_main
 from recsys_client.fleet import Fleet, Replica
 from tests.unit.test_catalogue import _Replica
@@ -138,3 +138,14 @@ def test_a_stop_python_dropped_after_the_tower_ran_still_writes_nothing(tmp_path
     assert (status, index.applied) == (130, [])
     assert err.endswith("recsys-catalogue: stopped by SIGINT; nothing was written: run the same command again"), err
     assert published_generation(tmp_path / "m", 1) == 0
+
+
+def test_an_error_of_the_tower_once_a_stop_came_in_its_call_is_reported_as_the_stop(tmp_path, capsys, monkeypatch):
+    def vectors(self, ids, features):
+        signal.raise_signal(signal.SIGTERM)
+        raise FeatureError("genre: 'Drama' was not seen in training")  # the call failed on its own after the stop
+
+    monkeypatch.setattr(_Tower, "vectors", vectors)
+    status, err = _upserts_stopped(tmp_path, capsys, monkeypatch, lambda cls, *a, **kw: pytest.fail("replicas called"))
+    assert (status, err) == (143, "recsys-catalogue: stopped by SIGTERM; nothing was written: run the same command "
+                                  "again")
