@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from recsys_client.fleet import PublishError
+from settings.stops import Stops
 
 
 class Interrupted(PublishError):
@@ -22,37 +23,11 @@ class Interrupted(PublishError):
         self.exit_code = 128 + signum  # a shell's status for a process ended by the signal
 
 
-_stops: list[int] = []  # the stop the handler took in this run, kept even where Python dropped its exception
-_deferring = 0
-
-
-def check() -> None:
-    """Raises Interrupted for a stop that came and was not raised: held by a ``deferred`` block, or dropped where
-    Python could not raise it (a ``__del__`` of the candidate tower's TensorFlow objects, which the garbage collector
-    runs at any time after the tower is used)."""
-    if _stops:
-        raise Interrupted(_stops[0])
-
-
-@contextmanager
-def deferred() -> Iterator[None]:
-    """A block where TensorFlow runs (recsys-catalogue's candidate tower): a stop that comes in it is raised at its
-    end. Raised inside, the exception could appear while TensorFlow's C++ calls back into Python and fail one of its
-    checks, which aborts the process (a trainer's worker died so: ``trainer.interrupts``), and the run could not
-    say what it had done. An error that ends the block while a stop waits is raised as the stop."""
-    global _deferring
-    check()
-    _deferring += 1
-    try:
-        yield
-    except BaseException as e:
-        if _stops and not isinstance(e, Interrupted):
-            raise Interrupted(_stops[0]) from e
-        raise
-    finally:
-        _deferring -= 1
-    if not _deferring:
-        check()
+# Kept even where Python dropped a stop's exception (in a ``__del__`` of the candidate tower's TensorFlow objects,
+# which the garbage collector runs at any time after the tower is used); deferred while that tower runs
+# (recsys-catalogue's upserts given as catalogue values: ``settings.stops`` says why).
+_stops = Stops(Interrupted)
+check, deferred = _stops.check, _stops.deferred
 
 
 @contextmanager
@@ -64,9 +39,7 @@ def stop_on_signals(tool_log: logging.Logger,
     def stop(signum: int, frame) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: tool_log.warning(stopping))
-        _stops.append(signum)
-        if not _deferring:
-            raise Interrupted(signum)
+        _stops.stop(signum)
 
     _stops.clear()
     before = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -3,10 +3,7 @@
 Outside ``deferred`` blocks the signal handler raises ``Interrupted`` in the
 main thread, wherever it is: loading the data and the baselines (minutes at 1M
 interactions) stop at once. Inside one, while TensorFlow runs (training,
-evaluation, the publish), it only records the stop: an exception that appears
-while TensorFlow's C++ calls back into Python can fail one of its checks and
-abort the process (a worker of a stopped 2-worker run died so, "Check failed:
-!PyErr_Occurred()", and never said that nothing was published). The stop is
+evaluation, the publish), it only records the stop (``settings.stops``: why),
 acted on at the next ``check``: each training batch's end, each epoch, before
 the publish, at the block's end.
 
@@ -22,16 +19,13 @@ may print the error it made of it; the stop is kept here, so
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-_asked: list[int] = []
-_deferring = 0  # how many ``deferred`` blocks the main thread is in
-
+from settings.stops import Stops
 
 class Interrupted(KeyboardInterrupt):
     """SIGINT or SIGTERM received: the run stops as at Ctrl-C."""
@@ -41,41 +35,8 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
-def request(signum: int) -> Interrupted:
-    """Records a stop asked for by ``signum``; returns the exception to raise for it."""
-    _asked.append(signum)
-    return Interrupted(signum)
-
-
-def stop(signum: int) -> None:
-    """What the handler of ``signum`` does: records the stop, and raises it unless inside a ``deferred`` block."""
-    error = request(signum)
-    if not _deferring:
-        raise error
-
-
-@contextlib.contextmanager
-def deferred() -> Iterator[None]:
-    """A block where a stop waits for the next ``check`` (see the module's doc), at the latest the block's end. An
-    error that ends the block while a stop waits is raised as the stop (the run was asked to stop; the error may be
-    of its making: a multi-worker peer that took the stop first and left its collective)."""
-    global _deferring
-    check()  # a stop Python dropped before the block (in a ``__del__``): the block's work is not begun
-    _deferring += 1
-    try:
-        yield
-    except BaseException as e:
-        if _asked and not isinstance(e, Interrupted):  # the stop, not an error that came while it waited
-            raise Interrupted(_asked[0]) from e
-        raise
-    finally:
-        _deferring -= 1
-    check()
-
-
-def clear() -> None:
-    """Forgets a stop asked for before: a new run in this process starts unstopped."""
-    _asked.clear()
+_stops = Stops(Interrupted)
+request, stop, check, clear, deferred = _stops.request, _stops.stop, _stops.check, _stops.clear, _stops.deferred
 
 
 def quiet_where_dropped() -> None:
@@ -102,7 +63,7 @@ def quiet_where_dropped() -> None:
 def _told(error: BaseException | None, show: Callable[[], None]) -> None:
     """Shows ``error`` as before while no stop is recorded; once one is, leaves it out if it is of the stop's
     making, else prints it in one line."""
-    if not _asked:
+    if not _stops.asked:
         show()
     elif not _of_stop(error):
         print(f"(while stopping) {type(error).__name__}: {error}", file=sys.stderr)
@@ -152,9 +113,3 @@ class StopReport:
             if not self._printed:
                 self._printed = True
                 print(self._message() + note, file=sys.stderr, flush=True)
-
-
-def check() -> None:
-    """Raises ``Interrupted`` if a stop was asked for."""
-    if _asked:
-        raise Interrupted(_asked[0])

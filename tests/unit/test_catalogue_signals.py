@@ -47,13 +47,14 @@ class _SignalledWhileApplying(_Replica):
         return super().ApplyCatalogue(request, metadata, timeout)
 
 
-def _stopped(tmp_path, capsys, monkeypatch, connect) -> tuple[int, str]:
-    """The exit status and message of a run deleting b from CURRENT (version 1), its replicas from ``connect``."""
+def _stopped(tmp_path, capsys, monkeypatch, connect, change: tuple[str, ...] = ("--delete", "b")) -> tuple[int, str]:
+    """The exit status and message of a run making ``change`` (deleting b) to CURRENT (version 1), its replicas
+    from ``connect``."""
     registry = Registry(tmp_path, "m")
     registry.set_current(publish_dummy(registry))
     monkeypatch.setattr(Fleet, "connect", classmethod(connect))
     with pytest.raises(SystemExit) as exit:
-        catalogue_main(["--registry", str(tmp_path), "--model", "m", "--delete", "b", "--index-admin", "i"])
+        catalogue_main(["--registry", str(tmp_path), "--model", "m", *change, "--index-admin", "i"])
     captured = capsys.readouterr()
     assert captured.out == ""  # no report of a run that did not end
     return exit.value.code, captured.err.strip()
@@ -95,16 +96,11 @@ class _Tower:
 
 
 def _upserts_stopped(tmp_path, capsys, monkeypatch, connect) -> tuple[int, str]:
-    """The exit status and message of a run upserting z, given as catalogue values, to CURRENT (version 1)."""
-    registry = Registry(tmp_path, "m")
-    registry.set_current(publish_dummy(registry))
+    """``_stopped`` of a run upserting z, given as catalogue values."""
     upserts = tmp_path / "upserts.jsonl"
     upserts.write_text('{"id": "z", "features": {"genre": "Drama"}}\n')
     monkeypatch.setattr(CandidateTower, "load", classmethod(lambda cls, *args: _Tower()))
-    monkeypatch.setattr(Fleet, "connect", classmethod(connect))
-    with pytest.raises(SystemExit) as exit:
-        catalogue_main(["--registry", str(tmp_path), "--model", "m", "--upserts", str(upserts), "--index-admin", "i"])
-    return exit.value.code, capsys.readouterr().err.strip()
+    return _stopped(tmp_path, capsys, monkeypatch, connect, ("--upserts", str(upserts)))
 
 
 def test_a_signal_while_the_candidate_tower_embeds_upserts_is_raised_once_it_has(tmp_path, capsys, monkeypatch):
