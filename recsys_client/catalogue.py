@@ -59,7 +59,8 @@ failed) while a shard of the version has no index replica at G, nor when no
 replica listed in ``--index-admin`` holds the version at all. Prints a JSON
 report.
 
-SIGINT or SIGTERM stops a run once the admin calls under way end, with one
+SIGINT or SIGTERM stops a run once the step under way ends (the admin calls, or
+the candidate tower's embedding of upserts given as catalogue values), with one
 line saying whether its delta was written, which replicas are at its
 generation, and to run ``--catch-up`` for the others; the exit status is 130
 or 143, as the shell gives a process the signal ended.
@@ -211,8 +212,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, handlers=[text_handler("%(asctime)s %(message)s")])
     registry = Registry(config.registry, config.model)
     progress = _Progress()
+    interrupts.quiet_where_dropped()  # the run checks for a stop Python dropped: its traceback would only alarm
     # Else SIGTERM after the delta was written ends the run with nothing said, and its replicas stay behind.
-    with stop_on_signals(log, "already stopping: waiting for the admin calls under way to end"):
+    with stop_on_signals(log, "already stopping: waiting for the step under way (the candidate tower's call, or the "
+                              "admin calls) to end"):
         try:
             _run(config, registry, progress)
             interrupts.check()  # a stop Python dropped after the last check (in a ``__del__`` of the tower's)

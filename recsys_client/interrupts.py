@@ -24,10 +24,11 @@ class Interrupted(PublishError):
 
 
 # Kept even where Python dropped a stop's exception (in a ``__del__`` of the candidate tower's TensorFlow objects,
-# which the garbage collector runs at any time after the tower is used); deferred while that tower runs
-# (recsys-catalogue's upserts given as catalogue values: ``settings.stops`` says why).
+# which the garbage collector runs at any time after the tower is used; recsys-catalogue checks for it and leaves
+# out its "Exception ignored" traceback); deferred while that tower runs (recsys-catalogue's upserts given as
+# catalogue values: ``settings.stops`` says why).
 _stops = Stops(Interrupted)
-check, deferred = _stops.check, _stops.deferred
+check, deferred, quiet_where_dropped = _stops.check, _stops.deferred, _stops.quiet_where_dropped
 
 
 @contextmanager

@@ -5,14 +5,16 @@ TensorFlow runs, it is only recorded, and raised at the next ``check`` or at the
 appears while TensorFlow's C++ calls back into Python can fail one of its checks and abort the process (a worker of
 a stopped 2-worker ``recsys-train`` run died so, "Check failed: !PyErr_Occurred()", and never said what it had
 published). A stop is also kept where Python dropped its exception (raised in a ``__del__``), for ``check`` to act
-on. Shared by ``recsys-train`` (``trainer.interrupts``) and ``recsys-catalogue`` (``recsys_client.interrupts``),
-each with the exception its run stops by.
+on (``quiet_where_dropped`` leaves out the "Exception ignored" traceback Python prints for it). Shared by
+``recsys-train`` (``trainer.interrupts``) and ``recsys-catalogue`` (``recsys_client.interrupts``), each with the
+exception its run stops by.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 
 
 class Stops:
@@ -60,3 +62,42 @@ class Stops:
             self._deferring -= 1
         if not self._deferring:
             self.check()
+
+    def quiet_where_dropped(self) -> None:
+        """Leaves out of stderr the tracebacks a stop leaves behind, once it is recorded: a stop that Python had to
+        drop (raised in a ``__del__``), and an error that a library made of one and printed itself (the stop
+        landing in an import TensorFlow's C++ makes came out as a SystemError's traceback, through
+        ``sys.excepthook`` or, where the C++ could not raise it, ``sys.unraisablehook``: a traceback with no
+        "Exception ignored" line). The stop is acted on at the next ``check``. An error printed so that is not of
+        the stop's making is one line; other errors are reported as before. Installed once per process (again
+        where something replaced the hooks since)."""
+        report, show = sys.unraisablehook, sys.excepthook
+        if getattr(report, "keeps_stops_of", None) is self:
+            return
+
+        def hook(unraisable) -> None:
+            self._told(unraisable.exc_value, lambda: report(unraisable))
+
+        def excepthook(kind, value, tb) -> None:
+            self._told(value, lambda: show(kind, value, tb))
+
+        hook.keeps_stops_of = self
+        sys.unraisablehook, sys.excepthook = hook, excepthook
+
+    def _told(self, error: BaseException | None, show: Callable[[], None]) -> None:
+        """Shows ``error`` as before while no stop is recorded; once one is, leaves it out if it is of the stop's
+        making, else prints it in one line."""
+        if not self.asked:
+            show()
+        elif not self._of_stop(error):
+            print(f"(while stopping) {type(error).__name__}: {error}", file=sys.stderr)
+
+    def _of_stop(self, error: BaseException | None) -> bool:
+        """Whether ``error`` is a stop's exception, or was raised from or while handling one."""
+        seen = set()
+        while error is not None and id(error) not in seen:
+            if isinstance(error, self._interrupted):
+                return True
+            seen.add(id(error))
+            error = error.__cause__ or error.__context__
+        return False

@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 from settings.stops import Stops
 
+
 class Interrupted(KeyboardInterrupt):
     """SIGINT or SIGTERM received: the run stops as at Ctrl-C."""
 
@@ -37,47 +38,7 @@ class Interrupted(KeyboardInterrupt):
 
 _stops = Stops(Interrupted)
 request, stop, check, clear, deferred = _stops.request, _stops.stop, _stops.check, _stops.clear, _stops.deferred
-
-
-def quiet_where_dropped() -> None:
-    """Leaves out of stderr the tracebacks a stop leaves behind, once it is recorded: an ``Interrupted`` that Python
-    had to drop (raised in a ``__del__``), and an error that a library made of one and printed itself (the stop
-    landing in an import TensorFlow's C++ makes came out as a SystemError's traceback, through ``sys.excepthook``
-    or, where the C++ could not raise it, ``sys.unraisablehook``: a traceback with no "Exception ignored" line).
-    The stop is acted on at the next ``check``. An error printed so that is not of the stop's making is one line;
-    other errors are reported as before."""
-    report, show = sys.unraisablehook, sys.excepthook
-    if getattr(report, "keeps_interrupts", False):
-        return
-
-    def hook(unraisable) -> None:
-        _told(unraisable.exc_value, lambda: report(unraisable))
-
-    def excepthook(kind, value, tb) -> None:
-        _told(value, lambda: show(kind, value, tb))
-
-    hook.keeps_interrupts = True
-    sys.unraisablehook, sys.excepthook = hook, excepthook
-
-
-def _told(error: BaseException | None, show: Callable[[], None]) -> None:
-    """Shows ``error`` as before while no stop is recorded; once one is, leaves it out if it is of the stop's
-    making, else prints it in one line."""
-    if not _stops.asked:
-        show()
-    elif not _of_stop(error):
-        print(f"(while stopping) {type(error).__name__}: {error}", file=sys.stderr)
-
-
-def _of_stop(error: BaseException | None) -> bool:
-    """Whether ``error`` is an ``Interrupted``, or was raised from or while handling one."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, Interrupted):
-            return True
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return False
+quiet_where_dropped = _stops.quiet_where_dropped
 
 
 class StopReport:
