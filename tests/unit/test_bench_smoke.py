@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,16 +27,18 @@ REPO = Path(__file__).resolve().parents[2]
 def run_python(args: list[str], timeout_s: float) -> subprocess.CompletedProcess:
     """``python args`` in a session of its own: past ``timeout_s`` the whole session is killed and TimeoutExpired
     raised, so the servers a benchmark started do not outlive it (its own ``finally`` stops them only when it ends
-    by itself: a catalogue run past its time left two index slots running for the rest of the suite)."""
-    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):  # it and all it started may have ended meanwhile
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
+    by itself: a catalogue run past its time left two index slots running for the rest of the suite). Its temporary
+    files (``TMPDIR``) are removed either way: killed, a benchmark left its registry in /tmp."""
+    with tempfile.TemporaryDirectory(prefix="bench-smoke-") as tmp:
+        proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True, env={**os.environ, "TMPDIR": tmp})
+        try:
+            out, err = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):  # it and all it started may have ended meanwhile
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
@@ -54,11 +57,13 @@ def running(pid: int) -> bool:
 
 
 def test_a_benchmark_past_its_time_is_killed_with_what_it_started(tmp_path):
-    child = tmp_path / "child.pid"
-    script = (f"import subprocess, time; p = subprocess.Popen(['sleep', '60']); "
+    child, left = tmp_path / "child.pid", tmp_path / "tempdir"
+    script = (f"import subprocess, tempfile, time; p = subprocess.Popen(['sleep', '60']); "
+              f"open({str(left)!r}, 'w').write(tempfile.mkdtemp(prefix='bench-')); "
               f"open({str(child)!r}, 'w').write(str(p.pid)); time.sleep(60)")
     with pytest.raises(subprocess.TimeoutExpired):
         run_python(["-c", script], timeout_s=3)
+    assert not Path(left.read_text()).exists()  # its temporary files too
     pid = int(child.read_text())
     for _ in range(50):  # the orphan is reaped by whoever adopts it
         if not running(pid):
