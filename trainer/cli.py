@@ -161,13 +161,12 @@ def _remove_if_empty(folders: list[Path]) -> None:
 
 def _stop_on_signals(report: interrupts.StopReport, fresh: bool = True) -> dict[int, Any]:
     """Makes SIGINT and SIGTERM stop the run (``interrupts.stop``: at once, or at the next check while TensorFlow
-    runs), the first one only: later ones are ignored, so a second signal (a terminal's Ctrl-C reaches both the
-    --workers launcher, which forwards it, and its workers) cannot break off the cleanup of the first. The stop
-    arms ``report``'s watchdog. ``fresh`` forgets a stop recorded before (a new run); installed again later in a
-    run, the handlers keep it. Returns the handlers it replaced."""
+    runs), the first one only: later ones end a single process at once and are ignored by a multi-worker worker
+    (``report.again``). The stop arms ``report``'s watchdog. ``fresh`` forgets a stop recorded before (a new run);
+    installed again later in a run, the handlers keep it. Returns the handlers it replaced."""
     def stop(signum, frame):
         for name in STOP_SIGNALS:
-            signal.signal(name, signal.SIG_IGN)
+            signal.signal(name, report.again)
         report.arm(signum)
         # The run only unwinds from here (or from its next check): the warnings it would log on the way (Optuna's
         # of the trial cut off, with a traceback) would bury the one line that says what was published.

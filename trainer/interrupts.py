@@ -47,12 +47,23 @@ class StopReport:
     returns, where ``Interrupted`` cannot reach it. Its launcher kills such a worker after its own grace, but a
     launcher killed outright cannot (the kernel's parent-death SIGTERM is all its workers get): one of two stayed
     up after that. So ``grace_s`` after the stop the watchdog prints the line and ends the process (128 + the
-    signal, as the run would have returned)."""
+    signal, as the run would have returned). Without it (a single process), a second signal ends the run at once
+    (``again``)."""
 
     def __init__(self, message: Callable[[], str], grace_s: float | None = None):
         self._message, self._grace_s = message, grace_s
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # ``again`` prints from a signal handler, maybe while ``print`` holds it
         self._printed = False
+
+    def again(self, signum: int, frame) -> None:
+        """The handler of the signals after the stop. A single process ends at once, printing the line: the step
+        its stop waits for (the evaluation, the publish's index build: a minute at a million interactions) is one
+        its user chose not to wait for, and the registry stays whole (a publish is renamed into place last; its
+        staging folder is swept later). A multi-worker worker ignores them: a terminal's Ctrl-C reaches the
+        launcher, which passes it on, and its workers, so each worker sees two; its watchdog bounds the wait."""
+        if self._grace_s is None:
+            self.print(f" (a second {signal.Signals(signum).name}: ended at once, in the step under way)")
+            os._exit(128 + signum)
 
     def arm(self, signum: int) -> None:
         """Starts the watchdog for a stop by ``signum`` (with ``grace_s`` only)."""

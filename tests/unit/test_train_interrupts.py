@@ -175,6 +175,55 @@ def test_a_worker_the_stop_cannot_reach_ends_itself_after_its_grace():
                            "collective that never returns, or a step that outlasts the grace)")
 
 
+IN_A_LONG_STEP = """
+import sys
+import threading
+from trainer import cli, interrupts
+
+grace_s = float(sys.argv[1]) if len(sys.argv) > 1 else None
+cli._stop_on_signals(interrupts.StopReport(lambda: "recsys-train: interrupted; nothing was published", grace_s))
+with interrupts.deferred():  # as the evaluation, or the publish's index build, runs in TensorFlow
+    print("ready", flush=True)
+    threading.Event().wait(30)
+print("still up", flush=True)
+"""
+
+
+def _signalled_twice(*argv: str, wait_s: float = 10) -> tuple[int | None, str]:
+    """(exit status, stderr) of IN_A_LONG_STEP given SIGINT twice, 0.5 s apart; None: still running ``wait_s``
+    on."""
+    proc = subprocess.Popen([sys.executable, "-c", IN_A_LONG_STEP, *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGINT)
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(0.5)  # the first waits for the step's end
+        proc.send_signal(signal.SIGINT)
+        try:
+            status = proc.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            status = None
+    finally:
+        proc.kill()
+        out, err = proc.communicate()
+    assert "still up" not in out
+    return status, err.strip()
+
+
+def test_a_second_signal_ends_a_single_process_at_once():
+    """A stop waits for the TensorFlow step under way, a minute or more at a million interactions; a second Ctrl-C
+    was ignored, so only SIGKILL (and no line saying what was published) could end the run before that."""
+    assert _signalled_twice() == (130, "recsys-train: interrupted; nothing was published (a second SIGINT: ended "
+                                       "at once, in the step under way)")
+
+
+def test_a_multi_worker_worker_ignores_a_second_signal():
+    """A terminal's Ctrl-C reaches a --workers launcher, which passes it on, and its workers: each worker sees two.
+    The second does not break off the first's cleanup; the watchdog bounds the wait."""
+    assert _signalled_twice("30", wait_s=2) == (None, "")
+
+
 def test_the_line_is_printed_once_whoever_prints_it_first(capsys):
     report = interrupts.StopReport(lambda: "recsys-train: interrupted; nothing was published")
     report.arm(signal.SIGINT)  # no watchdog without a grace
