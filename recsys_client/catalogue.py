@@ -212,7 +212,6 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, handlers=[text_handler("%(asctime)s %(message)s")])
     registry = Registry(config.registry, config.model)
     progress = _Progress()
-    interrupts.quiet_where_dropped()  # the run checks for a stop Python dropped: its traceback would only alarm
     # Else SIGTERM after the delta was written ends the run with nothing said, and its replicas stay behind.
     with stop_on_signals(log, "already stopping: waiting for the step under way (the candidate tower's call, or the "
                               "admin calls) to end"):

@@ -23,12 +23,12 @@ class Interrupted(PublishError):
         self.exit_code = 128 + signum  # a shell's status for a process ended by the signal
 
 
-# Kept even where Python dropped a stop's exception (in a ``__del__`` of the candidate tower's TensorFlow objects,
-# which the garbage collector runs at any time after the tower is used; recsys-catalogue checks for it and leaves
-# out its "Exception ignored" traceback); deferred while that tower runs (recsys-catalogue's upserts given as
-# catalogue values: ``settings.stops`` says why).
+# Kept even where Python dropped a stop's exception (in a ``__del__``: of the candidate tower's TensorFlow objects,
+# which the garbage collector runs at any time after the tower is used, of a gRPC channel), for the run's next
+# ``check`` (each rollout step's end, recsys-catalogue's write), its "Exception ignored" traceback left out;
+# deferred while that tower runs (recsys-catalogue's upserts given as catalogue values: ``settings.stops`` says why).
 _stops = Stops(Interrupted)
-check, deferred, quiet_where_dropped = _stops.check, _stops.deferred, _stops.quiet_where_dropped
+check, deferred = _stops.check, _stops.deferred
 
 
 @contextmanager
@@ -43,6 +43,7 @@ def stop_on_signals(tool_log: logging.Logger,
         _stops.stop(signum)
 
     _stops.clear()
+    _stops.quiet_where_dropped()
     before = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield

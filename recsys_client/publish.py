@@ -82,6 +82,7 @@ from protos.recsys.v1 import admin_pb2 as pb
 from protos.recsys.v1 import versions_pb2
 from recsys_client.fleet import (ROLLBACK_TARGET, SERVING, Fleet, FleetConfig, PublishError, check_fleet,
                                  versions_in)
+from recsys_client import interrupts
 from recsys_client.interrupts import Interrupted, stop_on_signals
 from recsys_client.rollout_lock import exclusive
 from recsys_client.slots import load_into_slot, pick_idle_slot, slots
@@ -170,6 +171,7 @@ def _publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: fl
         now = time.perf_counter()
         steps[name] = round(now - mark, 3)
         mark = now
+        interrupts.check()  # a stop Python dropped during the step (in a ``__del__``): acted on as if raised there
 
     try:
         registry.manifest(version)
