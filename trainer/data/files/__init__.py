@@ -8,7 +8,11 @@ configurable column names) and session click streams.
   and an optional candidate catalogue file gives the catalog and candidate
   features; interactions whose candidate is not in the catalogue are dropped
   (and counted). Catalogue cells that hold Python list literals (Food.com's
-  tags and ingredients, "['a', 'b']") become "a|b", like JSON lists.
+  tags and ingredients, "['a', 'b']") become "a|b", like JSON lists. A
+  catalogue id listed again takes its last row's features, and catalogue rows
+  without a usable id are left out: both counted (``dropped_catalog_*``, where
+  any). Read with ``--no-catalog-header``, a first row whose id names the id
+  column (item_id, ``--candidate-col``) is refused: a header.
   Ids are trimmed of the whitespace around them (a line ending such as "\\r"
   included). Rows without a customer or candidate id (a blank cell, a JSON
   null) are dropped (and counted), here and in sessions, and so are rows with
@@ -42,8 +46,10 @@ the rows after it as one id), nor another field lines of the file with whole
 rows' delimiters (a quote left open in a text column, closed by a later stray
 one), a field that opens with a quote must end at its closing one ('"x"y' would
 lose its quotes: CSV and TSV alike), and a damaged file (a cut or fake .gz, a
-field past the csv module's limit) is named: each is a ValueError naming the
-line. Quoted fields holding delimiters, line breaks and doubled quotes load. A
+field past 16 Mi characters) is named: each is a ValueError naming the line.
+A gzip file is read as one whatever its name (its magic bytes), and blank
+lines before a header are layout. A JSON line must be an object, and a number
+past what Python reads as one (4,300 digits: an id) is refused naming it. Quoted fields holding delimiters, line breaks and doubled quotes load. A
 line repeating the header (files joined with ``cat``) is dropped (and counted);
 a header line with other columns, or the same in another order, is refused
 naming the line and both headers (its rows would be read from the first

@@ -46,11 +46,17 @@ def _string_feature(values: list[Any]) -> np.ndarray:
 
 
 def load_catalog(path: Path, fmt: str | None, id_col: str, feature_cols: tuple[str, ...] = (),
-                 delimiter: str | None = None, header: bool = True) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(sorted unique candidate ids, {feature: array aligned with them}).
+                 delimiter: str | None = None, header: bool = True, header_ids: frozenset[str] = frozenset()
+                 ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, int]]:
+    """(sorted unique candidate ids, {feature: array aligned with them}, {what was dropped: rows}).
 
     A feature column whose values all parse as numbers becomes float32 (NaN when
-    empty), any other a string column. Duplicate ids: the last row wins.
+    empty), any other a string column. Rows without an id the services can use
+    (blank, holding a NUL, over ``MAX_ID_BYTES``) are left out and counted
+    (``dropped_catalog_unusable_ids``); an id listed again takes its last row's
+    features, the earlier rows counted (``dropped_catalog_repeated_ids``). Read
+    without a header, a first row whose id is one of ``header_ids`` (names of
+    the id column) is refused: a header, which would become a candidate.
     """
     path = Path(path)
     fmt = file_format(path, fmt)
@@ -60,9 +66,16 @@ def load_catalog(path: Path, fmt: str | None, id_col: str, feature_cols: tuple[s
         for i, values in enumerate(chunk):
             parts[i].extend(values)
     texts = [v if isinstance(v, str) else id_str(v) for v in parts[0]]
+    if not header and texts and texts[0].strip() in header_ids:
+        raise ValueError(f"{path}: read with --no-catalog-header, but its first line names the id column "
+                         f"({texts[0].strip()}): a header, which would be published as a candidate; leave out "
+                         f"--no-catalog-header and name the columns by their header names")
     # An id holding a NUL reads as a blank one (numpy would make "a\x00" the candidate "a"), and is left out with it.
     raw_ids = np.char.strip(np.array(["" if "\x00" in v else v for v in texts], dtype=str))
-    ids = np.unique(raw_ids[(raw_ids != "") & ~long_ids(raw_ids)])  # no candidate the services could not use
+    usable = (raw_ids != "") & ~long_ids(raw_ids)  # no candidate the services could not use
+    ids = np.unique(raw_ids[usable])
+    dropped = {"dropped_catalog_unusable_ids": int((~usable).sum()),
+               "dropped_catalog_repeated_ids": int(usable.sum()) - len(ids)}
     features: dict[str, np.ndarray] = {}
     for name, values in zip(feature_cols, parts[1:]):
         if all(is_number(v) and not isinstance(v, bool) for v in values) and any(v not in (None, "") for v in values):
@@ -75,5 +88,5 @@ def load_catalog(path: Path, fmt: str | None, id_col: str, feature_cols: tuple[s
             features[name] = numbers.astype(np.float32)
         else:
             features[name] = _string_feature(values)
-    return ids, align_features(raw_ids, features, ids)
+    return ids, align_features(raw_ids, features, ids), {key: n for key, n in dropped.items() if n}
 

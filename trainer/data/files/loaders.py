@@ -70,12 +70,19 @@ def _load_columns(path: Path, fmt: str, options: DatasetOptions, customer_col: s
 _ID_OPTIONS = ("customer_col", "candidate_col", "session_col", "item_col")
 
 
-def _refuse_header_read_as_data(path: Path, options: DatasetOptions, customer: Any, candidate: Any) -> None:
-    """Refuses a first row, read without a header, whose ids are the id columns' default names (user_id, item_id;
-    SessionId, ItemId): a header read as one more interaction, of a customer and candidate named so."""
+def _id_names(*named: str) -> frozenset[str]:
+    """What a header line's id cell holds: the id columns' default names (user_id, item_id; SessionId, ItemId) and
+    those ``named`` on the command line (a column's number, read without a header, is none)."""
     from trainer.data import datasets  # at run time: datasets imports this module
 
-    names = {f.default for f in dataclasses.fields(datasets.DatasetOptions) if f.name in _ID_OPTIONS}
+    defaults = {f.default for f in dataclasses.fields(datasets.DatasetOptions) if f.name in _ID_OPTIONS}
+    return frozenset(defaults | {name for name in named if not name.isdigit()})
+
+
+def _refuse_header_read_as_data(path: Path, options: DatasetOptions, customer: Any, candidate: Any) -> None:
+    """Refuses a first row, read without a header, whose ids are the id columns' default names: a header read as
+    one more interaction, of a customer and candidate named so."""
+    names = _id_names()
     if isinstance(customer, str) and isinstance(candidate, str) and {customer.strip(), candidate.strip()} <= names:
         raise ValueError(f"{path}: read with --no-header, but its first line names id columns ({customer.strip()}, "
                          f"{candidate.strip()}): a header, which would be read as an interaction; leave out "
@@ -132,10 +139,11 @@ def load_interactions_file(options: DatasetOptions) -> Interactions:
         keep, info, (c["customers"], c["customer_codes"]), (c["candidates"], c["candidate_codes"]))
     catalog, candidate_features = None, None
     if options.catalog_path is not None:
-        catalog, candidate_features = load_catalog(
+        catalog, candidate_features, dropped_rows = load_catalog(
             options.catalog_path, options.catalog_format,
             options.catalog_id_col or options.candidate_col, options.catalog_feature_cols,
-            options.catalog_delimiter, options.catalog_header)
+            options.catalog_delimiter, options.catalog_header, _id_names(options.candidate_col))
+        info.update(dropped_rows)
         known = np.isin(candidate_vocab, catalog)  # over the (small) vocabulary, not the rows
         missing = ~known[candidate_codes] & keep
         info["dropped_not_in_catalog"] = int(missing.sum())

@@ -16,6 +16,7 @@ import itertools
 import json
 import operator
 import re
+import sys
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -42,9 +43,23 @@ def file_format(path: Path | str, fmt: str | None = None) -> str:
     return by_ext[ext]
 
 
+# Fields of up to this many characters: the csv module's default (131,072) refused a whole file for one long review
+# text, even in a column not read. A quote left open still fails on its row's width or at the file's end.
+csv.field_size_limit(1 << 24)
+
+
+def _gzipped(path: Path) -> bool:
+    """Whether the file is gzip: named .gz, or opening with gzip's magic bytes (a file renamed without its .gz was
+    read as text and said to be "not UTF-8")."""
+    if str(path).endswith(".gz"):
+        return True
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
 def _open_text(path: Path):
     # utf-8-sig: a byte order mark (Excel's "CSV UTF-8") is not part of the first header name or id.
-    if str(path).endswith(".gz"):
+    if _gzipped(path):
         return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
     return open(path, encoding="utf-8-sig", newline="")
 
@@ -81,7 +96,7 @@ def read_columns(path: Path, fmt: str, columns: list[str], delimiter: str | None
 
 def _utf16(path: Path) -> bool:
     """Whether the file opens with a UTF-16 byte order mark (Excel's "Unicode text", PowerShell's redirects)."""
-    with (gzip.open if str(path).endswith(".gz") else open)(path, "rb") as f:
+    with (gzip.open if _gzipped(path) else open)(path, "rb") as f:
         return f.read(2) in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 
 
@@ -160,7 +175,7 @@ def _csv_chunks(path: Path, reader, delim: str, columns: list[str], header: bool
     header line with other columns, or the same in another order, is refused (``_header_line``)."""
     known: set[str] = set()  # a cell that may make a row a header line; none without a header
     if header:
-        line = next(reader, None)
+        line = next((row for row in reader if row), None)  # blank lines before the header are layout
         if line is None:
             raise ValueError(f"{path} is empty")
         names = [n.strip() for n in line]
@@ -373,12 +388,16 @@ def _json_value(v: Any) -> Any:
 def _read_jsonl(path: Path, columns: list[str], chunk_rows: int) -> Iterator[list[list[Any]]]:
     loads = json.loads
     read = 0
+
+    def counted(f) -> Iterator[str]:  # a damaged file's error names the last line read, mid-chunk too
+        nonlocal read
+        for read, line in enumerate(f, 1):
+            yield line
+
     with _open_text(path) as f, _damaged(path, lambda: read):
-        first = True
+        first, lines_in = True, counted(f)
         while True:
-            lines = list(itertools.islice(f, chunk_rows))
-            read += len(lines)
-            lines = [ln for ln in lines if ln.strip()]
+            lines = [ln for ln in itertools.islice(lines_in, chunk_rows) if ln.strip()]
             if not lines:
                 if first:
                     raise ValueError(f"{path} is empty")
@@ -387,16 +406,19 @@ def _read_jsonl(path: Path, columns: list[str], chunk_rows: int) -> Iterator[lis
                 objs = [loads(ln) for ln in lines]  # transient: only the wanted fields are kept
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path} is not JSON lines: {e}") from None
+            except ValueError:  # past the digits Python reads as an int: an id, whose digits are all kept
+                raise ValueError(f"{path}: a line holds a number of over {sys.get_int_max_str_digits()} digits, "
+                                 f"more than Python reads as one: write it as a string (in quotes)") from None
             bad = next((i for i, o in enumerate(objs) if not isinstance(o, dict)), None)
-            if bad is not None and not (first and bad == 0):  # a first line that is not an object: columns found
-                raise ValueError(f"{path}: a line is not a JSON object: {lines[bad].strip()[:80]!r}")
             if first:
                 found = list(objs[0]) if isinstance(objs[0], dict) else []
                 if any(c not in found for c in columns):  # an optional key may first appear on a later line
                     found = list(dict.fromkeys(k for o in objs if isinstance(o, dict) for k in o))
-                if any(c not in found for c in columns):
+                if any(c not in found for c in columns):  # a first line that is not an object: columns found
                     raise _missing(path, columns, found, f" (the keys of the first {len(objs)} lines)")
                 first = False
+            if bad is not None:
+                raise ValueError(f"{path}: a line is not a JSON object: {lines[bad].strip()[:80]!r}")
             out = [[o.get(c) for o in objs] for c in columns]
             del objs
             yield [[_json_value(v) for v in col] if any(isinstance(v, (list, dict)) for v in col) else col

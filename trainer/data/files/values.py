@@ -14,17 +14,17 @@ def parse_numbers(values: list[Any], path: Path, col: str) -> np.ndarray:
     """A column's values as float64 (NaN where blank); a ValueError names the first that is no number."""
     try:
         return np.array([np.nan if v is None or v == "" else v for v in values], dtype=np.float64)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):  # OverflowError: a JSON int past float64
         bad = next((v for v in values if not is_number(v)), None)
-        raise ValueError(f"{path}: column {col!r} must be numeric, found {bad!r}") from None
+        raise ValueError(f"{path}: column {col!r} must be numeric, found {str(bad)[:40]!r}") from None
 
 
 def is_number(v: Any) -> bool:
-    """Whether ``v`` reads as a number, or is blank."""
+    """Whether ``v`` reads as a number float64 holds, or is blank."""
     try:
         float(v)
         return True
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return v is None or v == ""
 
 
@@ -47,7 +47,7 @@ def parse_times(values: list[Any], path: Path, col: str, first_row: int) -> tupl
     """
     try:
         arr = np.array(values)
-    except ValueError:
+    except (ValueError, OverflowError):
         arr = np.array([str(v) for v in values])
     if arr.dtype.kind in "iu":
         return arr.astype(np.int64), "number"
@@ -57,7 +57,7 @@ def parse_times(values: list[Any], path: Path, col: str, first_row: int) -> tupl
         arr = np.char.strip(arr.astype(str))
         try:
             return arr.astype(np.int64), "number"
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: past int64, read as a float (and refused as no epoch)
             pass
         blank = arr == ""
         if blank.any():
