@@ -44,7 +44,8 @@ from recsys_client import status
 from serving.errors import InvalidArgument
 from serving.rpc.filter_protos import filter_from_proto
 from serving.rpc.tls import ToolTls, tls_hint
-from settings.flags import ConfigError, add_flags, add_secret_file, comma_list, flag_name, from_args
+from settings.flags import (ConfigError, add_flags, add_secret_file, comma_list, deadline_s, flag_name, from_args,
+                            host_port)
 
 
 def parse_filter(text: str) -> pb.Filter:
@@ -57,7 +58,7 @@ def parse_filter(text: str) -> pb.Filter:
     return value
 
 
-def _k(text: str) -> int:
+def k_flag(text: str) -> int:
     """--k as the request carries it (int32); the service refuses a k over its own --max-k, naming it."""
     try:
         k = int(text)
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     for name in ("recommend", "similar", "batch", "record", "embed", "health"):
         sub = commands.add_parser(name)
-        sub.add_argument("--address", required=True, help="service HOST:PORT")
+        sub.add_argument("--address", type=host_port, required=True, help="service HOST:PORT")
         _add_connection(sub)
         if name in ("recommend", "record", "embed"):
             sub.add_argument("--customer-id", required=True)
@@ -87,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--candidate-ids", type=comma_list, required=True,
                              help="candidates the customer interacted with, comma-separated, oldest first")
         if name in ("recommend", "similar", "batch"):
-            sub.add_argument("--k", type=_k, default=10)
+            sub.add_argument("--k", type=k_flag, default=10)
             sub.add_argument("--exclude", nargs="*", default=[], help="candidate ids to exclude")
             sub.add_argument("--filter", type=parse_filter, help="only candidates passing this filter (JSON, above)")
         if name in ("recommend", "batch"):
@@ -106,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_connection(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--timeout-s", type=float, default=5.0, help="RPC deadline")
+    sub.add_argument("--timeout-s", type=deadline_s, default=5.0, help="RPC deadline")
     add_flags(sub, ToolTls)
 
 

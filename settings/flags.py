@@ -185,6 +185,35 @@ def comma_list(text: str) -> list[str]:
     return parts
 
 
+# The longest deadline a tool's flag gives an RPC: past ~1e9 s gRPC's deadline overflows and the call fails at once
+# with DEADLINE_EXCEEDED, as it does for 0, a negative, nan and inf.
+MAX_DEADLINE_S = 86_400.0
+
+
+def deadline_s(text: str) -> float:
+    """A deadline flag's seconds: over 0 and at most ``MAX_DEADLINE_S`` (a day); an argparse.ArgumentTypeError
+    (argparse names the flag) otherwise."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < seconds <= MAX_DEADLINE_S:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: give seconds over 0 and at most "
+                                         f"{MAX_DEADLINE_S:g} (a day)")
+    return seconds
+
+
+def host_port(text: str) -> str:
+    """A service address flag's HOST:PORT (``unix:PATH`` passed on as is): a port past 65535 reached another port
+    (gRPC takes it modulo 65536), and none reached 443; an argparse.ArgumentTypeError otherwise."""
+    if text.startswith("unix:"):
+        return text
+    host, colon, port = text.rpartition(":")
+    if not (colon and host and port.isdigit() and 1 <= int(port) <= 65535):
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT with a port from 1 to 65535")
+    return text
+
+
 def _parse_bool(text: str) -> bool:
     word = text.strip().lower()
     # Only an environment variable reaches this (a flag is --name/--no-name): "ture" must not read as off.

@@ -20,6 +20,7 @@ from typing import Any
 from model_registry import Manifest, Registry, VersionError
 from model_registry.registry import STAGING_PREFIX
 from settings.flags import ConfigError, add_flags, flag_name, from_args, overrides, replace_nested
+from settings.output_files import png_path, unwritable
 from trainer import interrupts
 from trainer.config import PipelineConfig, TrainConfig, recommended_config
 from trainer.launcher import STOP_SIGNALS, TF_CONFIG, Cluster, launch
@@ -116,24 +117,6 @@ def _os_error(error: OSError, config: PipelineConfig) -> str:
     return str(error)
 
 
-def _unwritable(path: Path) -> str | None:
-    """Why ``path`` could not be written as a file, or None. Checked by opening it as the write will (a missing
-    file is created, then removed), so a read-only filesystem or /proc is caught as well as a directory."""
-    if path.is_dir():
-        return f"{path} is a directory"
-    if not path.parent.is_dir():
-        return f"directory {path.parent} does not exist"
-    existed = path.exists()
-    try:
-        with open(path, "a"):
-            pass
-    except OSError as e:
-        return f"cannot write {path}: {e.strerror}"
-    if not existed:
-        path.unlink()
-    return None
-
-
 def _check_registry(config: PipelineConfig) -> list[Path]:
     """Raises OSError unless a version could be published into the model's folder: creates it (publishing
     would) and a staging folder in it, then removes that. The registry's own prefix: were this process killed
@@ -219,14 +202,14 @@ def main(argv: list[str] | None = None) -> int:
     config = config_from_args(parser, args)
     cluster = cluster_from_args(parser, args, config)
     plot_out = args.plot_out or (args.metrics_out.with_suffix(".png") if args.metrics_out else None)
-    if plot_out is not None and not plot_out.suffix:
-        plot_out = plot_out.with_suffix(".png")  # the file matplotlib writes, and the one the plot line names
     created: list[Path] = []
     if cluster.is_chief:  # the chief writes these; checked before any work, and before the launcher's workers
-        if plot_out is not None and plot_out.suffix.lower() != ".png":
-            parser.error(f"--plot-out writes a PNG: name a .png file, not {plot_out}")
+        try:
+            plot_out = png_path(plot_out, "--plot-out") if plot_out is not None else None
+        except ValueError as e:
+            parser.error(str(e))
         for flag, path in (("--metrics-out", args.metrics_out), ("--plot-out", plot_out)):
-            why = _unwritable(path) if path is not None else None
+            why = unwritable(path) if path is not None else None
             if why:
                 parser.error(f"{flag}: {why}")
         try:

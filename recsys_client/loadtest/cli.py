@@ -46,8 +46,12 @@ scheduled send, but its ``qps`` by when answers arrived, through the drain past
 the schedule), how late the client sent (``send_lag_ms``: from scheduled to
 actual send), ``warnings`` (the target fell behind the offered rate; the client
 sent late) and, with ``--swap``, latency before / during / after the publish and
-the rollback. Exits 1 when any request failed or was dropped, or a swap step
-failed; a run that only fell behind exits 0 with its warning.
+the rollback. Exits 1 when any request failed or was dropped, a swap step
+failed, or the report or plot could not be written (the report then goes to
+stdout); a run that only fell behind exits 0 with its warning. SIGINT or SIGTERM
+ends the run early: the requests in flight (and a swap step under way) are
+waited for, a swap step not begun is skipped, and what was measured is reported
+as usual (``stopped_at_s``); the exit status is then 130 or 143.
 """
 
 from __future__ import annotations
@@ -55,15 +59,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
+from recsys_client.cli import k_flag
 from recsys_client.loadtest.config import DISTRIBUTIONS, RECOMMEND_ONLY, RPCS, LoadConfig, SwapConfig, parse_rpc_mix
 from recsys_client.loadtest.report import format_table
 from recsys_client.loadtest.run import connect_timeout_s, run_load
 from serving.rpc.tls import ToolTls, tls_hint
-from settings.flags import ConfigError, add_flags, add_secret_file, comma_list, flag_name, from_args
+from settings.flags import (ConfigError, add_flags, add_secret_file, comma_list, deadline_s, flag_name, from_args,
+                            host_port)
+from settings.output_files import png_path, unwritable
 
 
 def _rpc_mix_flag(text: str) -> dict[str, float]:
@@ -78,14 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     """The recsys-loadtest command line."""
     parser = argparse.ArgumentParser(prog="recsys-loadtest", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--address", required=True, help="query service HOST:PORT")
+    parser.add_argument("--address", type=host_port, required=True, help="query service HOST:PORT")
     add_flags(parser.add_argument_group("TLS to the query service and the admin planes"), ToolTls)
     parser.add_argument("--qps", type=float, required=True, help="arrival rate, requests per second")
     parser.add_argument("--duration-s", type=float, required=True, help="length of the schedule")
     parser.add_argument("--concurrency", type=int, default=512,
                         help="most requests in flight; more are dropped (and counted)")
-    parser.add_argument("--k", type=int, default=10, help="candidates per request")
-    parser.add_argument("--timeout-s", type=float, default=2.0, help="deadline of each request")
+    parser.add_argument("--k", type=k_flag, default=10, help="candidates per request")
+    parser.add_argument("--timeout-s", type=deadline_s, default=2.0, help="deadline of each request")
     parser.add_argument("--channels", type=int, default=2, help="gRPC channels (connections) to spread load over")
     parser.add_argument("--num-customers", type=int, default=300, help="customer ids 0..N-1")
     parser.add_argument("--customer-format", default="c{:06d}", help="str.format pattern of a customer id")
@@ -153,37 +162,83 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
 
 def main(argv: list[str] | None = None) -> None:
     """The recsys-loadtest command: runs the load, writes the report (and the
-    plot), exits 1 when a request failed or was dropped or a swap step failed."""
+    plot), exits 1 when a request failed or was dropped, a swap step failed or
+    a file could not be written; 130 or 143 when SIGINT or SIGTERM ended it
+    early (what it measured until then is reported as usual)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)
     except ValueError as e:
         parser.error(str(e))
-    for flag, path in (("--out", args.out), ("--plot", args.plot)):
-        if path is not None and not path.absolute().parent.is_dir():  # else found after the run, losing its report
-            parser.error(f"{flag}: no directory {path.absolute().parent} to write {path.name} in")
+    try:
+        plot = png_path(args.plot, "--plot") if args.plot is not None else None
+    except ValueError as e:
+        parser.error(str(e))
+    for flag, path in (("--out", args.out), ("--plot", plot)):
+        why = unwritable(path.absolute()) if path is not None else None
+        if why:  # else found after the run, losing its report
+            parser.error(f"{flag}: {why}")
     from serving.rpc.grpc_server import run_event_loop  # the services' event loop (uvloop): a cheaper client too
 
-    started = time.monotonic()
+    started, stopped_by = time.monotonic(), []
     try:
-        report = run_event_loop(run_load(config, progress=None if args.quiet else sys.stderr))
+        report = run_event_loop(_until_stopped(config, None if args.quiet else sys.stderr, stopped_by))
     except (TimeoutError, asyncio.TimeoutError):
         details = config.tls.connect_failure(config.address)
         print(f"recsys-loadtest: could not connect to {config.address} within {connect_timeout_s(config):g} s"
               + (f": {details}{tls_hint(details)}" if details else ""), file=sys.stderr)
         sys.exit(1)
     text = json.dumps(report, indent=2)
-    if args.out:
-        args.out.write_text(text + "\n")
-    else:
+    lost: list[Path] = []  # files that could not be written, though checked before the run
+    if args.out is None:
         print(text)
+    elif not _write(args.out, lambda: args.out.write_text(text + "\n")):
+        lost.append(args.out)
     print(format_table(report), file=sys.stderr)
-    if args.plot:
+    if plot:
         from recsys_client.loadtest.plot import plot_timeline  # matplotlib only when a plot is asked for
 
-        print(f"timeline plot: {plot_timeline(report, args.plot)}", file=sys.stderr)
+        if _write(plot, lambda: plot_timeline(report, plot)):
+            print(f"timeline plot: {plot}", file=sys.stderr)
+        else:
+            lost.append(plot)
     print(f"(run took {time.monotonic() - started:.1f} s)", file=sys.stderr)
-    failed = report["requests"]["errors"] or report["requests"]["dropped"] or any(
+    if args.out in lost:  # the report to stdout instead
+        print(text)
+    if stopped_by:
+        sys.exit(128 + stopped_by[0])
+    failed = lost or report["requests"]["errors"] or report["requests"]["dropped"] or any(
         report.get(name, {}).get("ok") is False for name in ("swap", "rollback"))
     sys.exit(1 if failed else 0)
+
+
+async def _until_stopped(config: LoadConfig, progress, stopped_by: list[int]) -> dict:
+    """``run_load``, which SIGINT or SIGTERM ends early (``stopped_by``: the signal): its requests in flight are
+    awaited and reported with the rest, so a run cut short still says what it measured."""
+    loop, stop = asyncio.get_running_loop(), asyncio.Event()
+
+    def stopped(signum: int) -> None:
+        if not stopped_by:
+            print(f"recsys-loadtest: stopped by {signal.Signals(signum).name}: waiting for the requests in flight "
+                  f"(at most --timeout-s {config.timeout_s:g} s) and any swap step under way", file=sys.stderr)
+        stopped_by.append(signum)
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopped, signum)
+    try:
+        return await run_load(config, progress=progress, stop=stop)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+def _write(path: Path, write: Callable[[], Any]) -> bool:
+    """Runs ``write`` of ``path``; False, saying so, where it failed (a full disk, a directory removed meanwhile)."""
+    try:
+        write()
+        return True
+    except OSError as e:
+        print(f"recsys-loadtest: error: cannot write {path}: {e.strerror or e}", file=sys.stderr)
+        return False

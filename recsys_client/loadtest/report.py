@@ -256,10 +256,13 @@ def phase_windows(events: Sequence[Event], duration_s: float) -> dict[str, dict[
 def build_report(config: LoadConfig, log: RequestLog, *, elapsed_s: float, errors_by_code: Counter,
                  cache_hits: int, sources: Counter, events: Sequence[Event] = (),
                  samples: Sequence[dict] = (), cache_hits_by_rpc: Counter | None = None,
-                 send_lag: HdrHistogram | None = None) -> dict[str, Any]:
+                 send_lag: HdrHistogram | None = None, stopped_at_s: float | None = None) -> dict[str, Any]:
     """Assembles the JSON report of a finished run from its request log.
     ``cache_hits_by_rpc``: cached answers per RPC (a batch counts each of its items);
-    ``send_lag``: microseconds from each sent request's scheduled time to its send."""
+    ``send_lag``: microseconds from each sent request's scheduled time to its send;
+    ``stopped_at_s``: when a stop ended the schedule early (its timeline and
+    phases end there, and a warning says how much of it was not sent)."""
+    schedule_s = config.duration_s if stopped_at_s is None else stopped_at_s
     hist = new_histogram()
     overall = window_stats(log, 0.0, math.inf, hist)
     # A mix's record and batch answers are never counted as hits: in the denominator they would dilute the ratio.
@@ -282,14 +285,14 @@ def build_report(config: LoadConfig, log: RequestLog, *, elapsed_s: float, error
         "cache_hits": cache_hits,
         "cache_hit_ratio": round(cache_hits / could_hit, 4) if could_hit else None,
         "sources": dict(sorted(sources.items())),
-        "timeline": timeline(log, config.duration_s),
+        "timeline": timeline(log, schedule_s),
         "rpcs": {},
     }
     for name in config.rpc_mix:
         stats = window_stats(log, 0.0, math.inf, hist, rpc=RPCS.index(name))
         report["rpcs"][name] = {key: stats[key] for key in ("requests", "ok", "errors", "dropped", "latency_ms")}
         report["rpcs"][name]["cache_hits"] = (cache_hits_by_rpc or Counter())[name]
-    windows = phase_windows(events, config.duration_s)
+    windows = phase_windows(events, schedule_s)
     for event in events:
         entry = {"planned_at_s": event.planned_at_s,
                  "start_s": None if event.start_s is None else round(event.start_s, 3),
@@ -301,6 +304,11 @@ def build_report(config: LoadConfig, log: RequestLog, *, elapsed_s: float, error
         report[event.name] = entry
     report["samples"] = list(samples)
     report["warnings"] = warnings(report, answer_rate(log, config.qps))
+    if stopped_at_s is not None:
+        report["stopped_at_s"] = round(stopped_at_s, 3)
+        report["warnings"].append(f"stopped at {stopped_at_s:.2f} s of a {config.duration_s:g} s schedule: "
+                                  f"{config.total_requests - len(log)} of its {config.total_requests} requests "
+                                  "were not sent")
     return report
 
 

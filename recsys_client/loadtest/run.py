@@ -4,6 +4,7 @@ process of their own, and what came back recorded."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import math
 import multiprocessing
@@ -29,12 +30,16 @@ def connect_timeout_s(config: LoadConfig) -> float:
 clock_ns = time.perf_counter_ns
 
 
+# The longest the schedule sleeps at once, so that a stop is acted on within it at any --qps.
+STOP_POLL_S = 0.1
+
+
 def seconds_since(t0_ns: int) -> float:
     """Seconds from ``t0_ns`` (a ``clock_ns`` reading) to now."""
     return (clock_ns() - t0_ns) / 1e9
 
 
-async def _run_event(event: Event, fn: Callable[[], Any], t0_ns: int, pool: ProcessPoolExecutor,
+async def _run_event(event: Event, fn: Callable[[], Any], t0_ns: int, pool: ProcessPoolExecutor, stop: asyncio.Event,
                      after: asyncio.Task | None = None, requires: Event | None = None) -> None:
     loop = asyncio.get_running_loop()
     if after is not None:
@@ -43,7 +48,11 @@ async def _run_event(event: Event, fn: Callable[[], Any], t0_ns: int, pool: Proc
         # Rolling back a publish that failed would undo the *previous* rollout instead.
         event.error = f"skipped: {requires.name} did not succeed"
         return
-    await asyncio.sleep(max(0.0, event.planned_at_s - seconds_since(t0_ns)))
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), max(0.0, event.planned_at_s - seconds_since(t0_ns)))
+    if stop.is_set():  # a run stopped early changes no version it was not already changing
+        event.error = "skipped: the run was stopped before it"
+        return
     event.start_s = seconds_since(t0_ns)
     try:
         event.result = await loop.run_in_executor(pool, fn)
@@ -95,19 +104,23 @@ def _import_admin_modules() -> None:
 
 
 async def run_load(config: LoadConfig, *, progress: TextIO | None = None,
-                   log: RequestLog | None = None) -> dict[str, Any]:
+                   log: RequestLog | None = None, stop: asyncio.Event | None = None) -> dict[str, Any]:
     """Runs the open-loop load described by ``config`` (and its swap scenario,
     if any) and returns the report as a JSON-serializable dict.
 
     ``progress``: where to write a line per second while it runs (None: nowhere).
     ``log``: a RequestLog to append each request's row to, for a caller that
-    wants the raw latencies (a fresh one otherwise)."""
+    wants the raw latencies (a fresh one otherwise). ``stop``: once set, no
+    more requests are sent and no swap step begins; the report covers what
+    was (``stopped_at_s``: when)."""
     import grpc
 
     from protos.recsys.v1 import retrieval_pb2 as pb
     from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 
     loop = asyncio.get_running_loop()
+    stop = stop if stop is not None else asyncio.Event()
+    stopped_at_s: float | None = None
     total = config.total_requests
     interval_ns = 1e9 / config.qps
     # Drawn up front so the run is reproducible and no sampling happens on the hot path.
@@ -149,12 +162,12 @@ async def run_load(config: LoadConfig, *, progress: TextIO | None = None,
             swap_event = Event("swap", config.swap.at_s)
             events.append(swap_event)
             event_tasks.append(asyncio.create_task(
-                _run_event(swap_event, functools.partial(_admin_action, config.swap, _rollout), t0, admin)))
+                _run_event(swap_event, functools.partial(_admin_action, config.swap, _rollout), t0, admin, stop)))
             if config.swap.rollback_at_s is not None:
                 rollback_event = Event("rollback", config.swap.rollback_at_s)
                 events.append(rollback_event)
                 event_tasks.append(asyncio.create_task(_run_event(
-                    rollback_event, functools.partial(_admin_action, config.swap, _rollback), t0, admin,
+                    rollback_event, functools.partial(_admin_action, config.swap, _rollback), t0, admin, stop,
                     after=event_tasks[0], requires=swap_event)))
         meter = ProgressMeter(log, events)
 
@@ -219,6 +232,9 @@ async def run_load(config: LoadConfig, *, progress: TextIO | None = None,
         i = 0
         due = t0
         while i < total:
+            if stop.is_set():
+                stopped_at_s = seconds_since(t0)
+                break
             now = clock_ns()
             # Launch everything that is due, even if the loop woke up late: each
             # keeps its own scheduled time, so lateness shows up as latency.
@@ -235,13 +251,16 @@ async def run_load(config: LoadConfig, *, progress: TextIO | None = None,
                 due = t0 + int(i * interval_ns)
             if i < total:
                 # uvloop's timers are whole milliseconds and may fire a little
-                # early; the loop then sleeps again for what is left.
-                await asyncio.sleep(max(0.0, (due - clock_ns()) / 1e9))
+                # early; the loop then sleeps again for what is left (at most
+                # STOP_POLL_S at a time: a stop is seen that soon at any rate).
+                await asyncio.sleep(min(STOP_POLL_S, max(0.0, (due - clock_ns()) / 1e9)))
         if tasks:
             await asyncio.gather(*tasks)
         if event_tasks:
             await asyncio.gather(*event_tasks)
-        elapsed = max(last_done_ns / 1e9, min(config.duration_s, seconds_since(t0)))
+        # The schedule's length (to the stop, where one came), or longer where answers arrived after it: the
+        # time of the last answer alone made a short run's rate its requests over one round trip.
+        elapsed = max(last_done_ns / 1e9, config.duration_s if stopped_at_s is None else stopped_at_s)
         if ticker is not None:
             ticker.cancel()
             # The last, partial second (and an event that ended in it).
@@ -252,7 +271,7 @@ async def run_load(config: LoadConfig, *, progress: TextIO | None = None,
         samples.sort(key=lambda s: s["index"])
         return build_report(config, log, elapsed_s=elapsed, errors_by_code=errors_by_code, cache_hits=cache_hits,
                             sources=sources, events=events, samples=samples, cache_hits_by_rpc=hits_by_rpc,
-                            send_lag=send_lag)
+                            send_lag=send_lag, stopped_at_s=stopped_at_s)
     finally:
         if ticker is not None:
             ticker.cancel()

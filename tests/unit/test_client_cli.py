@@ -41,3 +41,24 @@ def test_a_batch_answer_over_grpcs_default_4_mib_is_taken(capsys):
         assert len(answers) == 20 and all(len(a["candidates"]) == 1000 for a in answers)
     finally:
         server.stop(None)
+
+
+@pytest.mark.parametrize("argv, message", [
+    # Each reached a server: inf, 0, nan and 1e300 (past gRPC's deadline) failed at once with DEADLINE_EXCEEDED.
+    (["--timeout-s", "inf"], "--timeout-s: inf is out of range: give seconds over 0 and at most 86400 (a day)"),
+    (["--timeout-s", "-1"], "--timeout-s: -1 is out of range"),
+    (["--timeout-s", "1e300"], "--timeout-s: 1e300 is out of range"),
+    (["--timeout-s", "soon"], "--timeout-s: 'soon' is not a number of seconds"),
+    # Port 65536 + P answered from the service on port P (gRPC takes the port modulo 65536).
+    (["--address", "127.0.0.1:70000"], "--address: '127.0.0.1:70000' is not HOST:PORT with a port from 1 to 65535"),
+    (["--address", "127.0.0.1:0"], "--address: '127.0.0.1:0' is not HOST:PORT"),
+])
+def test_a_deadline_or_address_out_of_range_is_refused_naming_the_flag(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["recommend", "--address", "127.0.0.1:1", "--customer-id", "c1", *argv])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_an_address_the_flag_takes():
+    for address in ("127.0.0.1:50051", "[::1]:50051", "query.recsys.svc:443", "unix:/run/recsys.sock"):
+        assert cli.build_parser().parse_args(["embed", "--address", address, "--customer-id", "c"]).address == address

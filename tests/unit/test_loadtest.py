@@ -246,7 +246,6 @@ def test_defaults_and_no_swap():
     # Each of these was a traceback (or, --timeout-s inf against a server that is down, a run that never ends).
     (["--qps", "inf"], "qps must be > 0 and finite, got inf"),
     (["--duration-s", "inf"], "duration_s must be > 0 and finite, got inf"),
-    (["--timeout-s", "inf"], "timeout_s must be > 0 and finite, got inf"),
     (["--seed", "-1"], "seed must be >= 0, got -1"),
     (["--customer-format", "c{x}"], "customer_format 'c{x}' cannot format a number: KeyError"),
     (["--customer-format", "c{}{}"], "customer_format 'c{}{}' cannot format a number: IndexError"),
@@ -257,6 +256,25 @@ def test_bad_flag_combinations_are_rejected(argv, message):
     base = ["--address", "h:1", "--qps", "10", "--duration-s", "1"]
     with pytest.raises(ValueError, match=re.escape(message)):
         config_from_args(build_parser().parse_args(base + argv))
+
+
+@pytest.mark.parametrize("argv, message", [
+    # A deadline of inf against a server that is down: a run that never ends; of 0, nan or 1e300 (past gRPC's
+    # deadline), every request failed at once with DEADLINE_EXCEEDED.
+    (["--timeout-s", "inf"], "--timeout-s: inf is out of range: give seconds over 0 and at most 86400 (a day)"),
+    (["--timeout-s", "1e300"], "--timeout-s: 1e300 is out of range"),
+    (["--timeout-s", "nan"], "--timeout-s: nan is out of range"),
+    (["--timeout-s", "0"], "--timeout-s: 0 is out of range"),
+    (["--k", "3000000000"], "--k: 3000000000 is out of range"),  # past int32: every request failed in the client
+    # A port past 65535 reached another (gRPC takes it modulo 65536).
+    (["--address", "127.0.0.1:70000"], "--address: '127.0.0.1:70000' is not HOST:PORT with a port from 1 to 65535"),
+    (["--address", "localhost"], "--address: 'localhost' is not HOST:PORT"),  # gRPC went to port 443
+])
+def test_flags_out_of_range_are_refused_by_the_parser(argv, message, capsys):
+    base = ["--address", "h:1", "--qps", "10", "--duration-s", "1"]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(base + argv)
+    assert message in capsys.readouterr().err
 
 
 def test_unknown_distribution_is_rejected_by_the_parser():

@@ -8,6 +8,8 @@ import asyncio
 import io
 import json
 import re
+import signal
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -18,6 +20,7 @@ from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
 from recsys_client.loadtest import LoadConfig, main, run_load
 from recsys_client.loadtest.report import DROPPED, ERROR, OK, Event, ProgressMeter, RequestLog
 from serving.rpc.grpc_server import run_event_loop
+from tests.processes import console_script
 
 LINE = re.compile(r"^\[\s*(\d+)s\] sent\s+(\d+) ok\s+(\d+) err\s+(\d+) drop\s+(\d+) qps\s+(\S+) "
                   r"p50\s+(\S+) p99\s+(\S+) ms in-flight\s+(\d+) versions (\S+)(?:  << (.*))?$")
@@ -131,4 +134,53 @@ def test_an_out_or_plot_file_that_cannot_be_written_is_refused_before_the_run(fa
             main(["--address", fake_query, "--qps", "40", "--duration-s", "1", "--quiet",
                   flag, str(tmp_path / "missing" / "report")])
         assert exit_.value.code == 2
-        assert f"{flag}: no directory {tmp_path / 'missing'} to write" in capsys.readouterr().err
+        assert f"{flag}: directory {tmp_path / 'missing'} does not exist" in capsys.readouterr().err
+
+
+def test_a_directory_or_another_image_format_is_refused_before_the_run(fake_query, tmp_path, capsys):
+    # Each was a traceback once the run was over (IsADirectoryError; matplotlib's "Format 'jpg' is not supported").
+    for flag, path, message in (("--out", tmp_path, f"--out: {tmp_path} is a directory"),
+                                ("--plot", tmp_path / "t.jpg", f"--plot writes a PNG: name a .png file, not "
+                                                                f"{tmp_path / 't.jpg'}")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["--address", fake_query, "--qps", "40", "--duration-s", "1", "--quiet", flag, str(path)])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_plot_named_without_a_suffix_is_written_and_named_as_a_png(fake_query, tmp_path, capsys):
+    """matplotlib wrote timeline.png while the tool said it wrote "timeline"."""
+    with pytest.raises(SystemExit):
+        main(["--address", fake_query, "--qps", "20", "--duration-s", "0.5", "--quiet", "--out",
+              str(tmp_path / "r.json"), "--plot", str(tmp_path / "timeline")])
+    assert f"timeline plot: {tmp_path / 'timeline.png'}\n" in capsys.readouterr().err
+    assert (tmp_path / "timeline.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_short_run_achieves_the_offered_rate_not_its_requests_over_one_round_trip(fake_query):
+    """3 requests at 10/s read as 14.5/s (over the 0.2 s to the last answer), 1 at 1/s for 0.5 s as 314/s."""
+    report = run_event_loop(run_load(LoadConfig(address=fake_query, qps=10, duration_s=0.3, channels=1)))
+    assert report["requests"]["ok"] == 3 and report["achieved_qps"] == 10.0
+
+
+def test_a_stopped_run_reports_what_it_measured_and_exits_as_the_signal(fake_query, tmp_path):
+    """Ctrl-C was a KeyboardInterrupt's traceback: nothing written, nothing printed."""
+    out = tmp_path / "r.json"
+    run = subprocess.Popen([console_script("recsys-loadtest"), "--address", fake_query, "--qps", "50",
+                            "--duration-s", "60", "--out", str(out)], stderr=subprocess.PIPE, text=True)
+    try:
+        for line in run.stderr:  # the first progress line: a second of the schedule went by
+            if LINE.match(line):
+                break
+        run.send_signal(signal.SIGINT)
+        status = run.wait(30)
+        err = run.stderr.read()
+    finally:
+        run.kill()
+        run.wait()
+    assert status == 130, err[-3000:]
+    assert "recsys-loadtest: stopped by SIGINT: waiting for the requests in flight" in err
+    report = json.loads(out.read_text())
+    assert 1 <= report["stopped_at_s"] < 30 and report["requests"]["errors"] == 0
+    assert report["requests"]["ok"] == report["requests"]["scheduled"] >= 50
+    assert report["warnings"][-1].startswith(f"stopped at {report['stopped_at_s']:.2f} s of a 60 s schedule: ")
+    assert report["elapsed_s"] >= report["stopped_at_s"] and report["timeline"][-1]["end_s"] < 30
