@@ -67,11 +67,19 @@ def tls_hint(details: str, flags: str = "--tls-") -> str:
 
 
 def _check_files(config) -> None:
-    """A certificate goes with its key, and every file named can be read (at start, not at the first call)."""
+    """A certificate goes with its key, every file named can be read, and the CA and certificate files hold PEM
+    certificates (at start, not at the first call: of a CA file that is none, gRPC logged "Cannot load server root
+    certificates" and each call failed UNAVAILABLE, with a hint to give the flag just given)."""
     require(bool(config.cert) == bool(config.key), "cert", "and the key go together")
     for field in dataclasses.fields(config):
         if getattr(config, field.name):
-            _read(getattr(config, field.name), field.name)
+            data = _read(getattr(config, field.name), field.name)
+            if field.name in ("ca", "cert"):
+                try:
+                    x509.load_pem_x509_certificates(data)
+                except ValueError:
+                    raise ConfigError(field.name, f"{getattr(config, field.name)} holds no PEM certificate "
+                                                  "(-----BEGIN CERTIFICATE-----)") from None
     if config.cert:
         _check_key(config.cert, config.key)
 

@@ -99,3 +99,19 @@ def test_a_key_that_is_not_the_certificates_is_refused_at_parsing(pki):
                    env={"RECSYS_TLS_CA": pki["ca"], "RECSYS_TLS_CERT": client_crt, "RECSYS_TLS_KEY": server_key})
     assert result.returncode == 2 and f"--tls-key {server_key} is not the private key" in result.stderr, \
         result.stderr
+
+
+def test_a_ca_or_certificate_file_that_holds_no_certificate_is_refused_at_parsing(pki, tmp_path):
+    """gRPC logged "Cannot load server root certificates" and every call failed UNAVAILABLE, with the hint to give
+    --tls-ca: the flag just given."""
+    not_pem = tmp_path / "hostname"
+    not_pem.write_text("recsys-7f9c\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{not_pem} holds no PEM certificate")) as refused:
+        ClientTls(str(not_pem))
+    assert refused.value.field == "ca"
+    client_crt, client_key = pki["client"]
+    with pytest.raises(ConfigError, match=re.escape(f"{client_key} holds no PEM certificate")) as refused:
+        ClientTls(pki["ca"], client_key, client_key)  # the key given for the certificate
+    assert refused.value.field == "cert"
+    result = _tool("recsys-client", "health", "--address", "127.0.0.1:1", env={"RECSYS_TLS_CA": str(not_pem)})
+    assert result.returncode == 2 and f"--tls-ca {not_pem} holds no PEM certificate" in result.stderr, result.stderr
