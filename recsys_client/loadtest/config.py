@@ -65,6 +65,10 @@ class SwapConfig:
             raise ValueError(f"rollback-at-s ({self.rollback_at_s}) is before swap-at-s ({self.at_s})")
 
 
+MAX_REQUESTS = 50_000_000  # a run's schedule: ~100 bytes a request drawn up front
+MAX_ZIPF_CUSTOMERS = 100_000_000  # a Zipf draw's weights: 8 bytes a customer
+
+
 @dataclass
 class LoadConfig:
     """Everything one load run needs; see the module docstring for the meaning."""
@@ -109,6 +113,14 @@ class LoadConfig:
             raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {self.distribution!r}")
         if self.distribution == "zipf" and not self.zipf_s > 0:
             raise ValueError(f"zipf_s must be > 0, got {self.zipf_s}")
+        # Drawn up front (a customer id string a request, a probability a Zipf customer): past these the run
+        # asked for terabytes and died of a MemoryError's traceback.
+        if self.qps * self.duration_s > MAX_REQUESTS:
+            raise ValueError(f"qps x duration_s is {self.qps * self.duration_s:.3g} requests, over the "
+                             f"{MAX_REQUESTS:,} one run draws up front: split it into several runs")
+        if self.distribution == "zipf" and self.num_customers > MAX_ZIPF_CUSTOMERS:
+            raise ValueError(f"num_customers must be at most {MAX_ZIPF_CUSTOMERS:,} with the zipf distribution, got "
+                             f"{self.num_customers:,} (past the first million, Zipf's weights hardly change)")
         for name in ("customer_format", "candidate_format"):  # fail now, not mid-run, on a bad format
             try:
                 getattr(self, name).format(0)

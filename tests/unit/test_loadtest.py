@@ -247,6 +247,10 @@ def test_defaults_and_no_swap():
     (["--qps", "inf"], "qps must be > 0 and finite, got inf"),
     (["--duration-s", "inf"], "duration_s must be > 0 and finite, got inf"),
     (["--seed", "-1"], "seed must be >= 0, got -1"),
+    # A MemoryError's traceback: "Unable to allocate 7.28 TiB", "745. GiB".
+    (["--qps", "1e12"], "qps x duration_s is 1e+12 requests, over the 50,000,000 one run draws up front"),
+    (["--distribution", "zipf", "--num-customers", "100000000000"],
+     "num_customers must be at most 100,000,000 with the zipf distribution, got 100,000,000,000"),
     (["--customer-format", "c{x}"], "customer_format 'c{x}' cannot format a number: KeyError"),
     (["--customer-format", "c{}{}"], "customer_format 'c{}{}' cannot format a number: IndexError"),
     (["--candidate-format", "{0[1]}"], "candidate_format '{0[1]}' cannot format a number: TypeError"),
