@@ -32,7 +32,11 @@ from model_registry.manifest import MANIFEST_FILE, SIGNATURE_FILE, VersionError
 
 def private_key(pem: str) -> Ed25519PrivateKey:
     """The Ed25519 signing key in ``pem``; raises ValueError for anything else."""
-    key = load_pem_private_key(pem.encode(), password=None)
+    try:
+        key = load_pem_private_key(pem.encode(), password=None)
+    except TypeError:  # "Password was not given but private key is encrypted": a traceback in every tool
+        raise ValueError("the signing key is encrypted (password-protected): the tools read it unencrypted, as "
+                         "`openssl genpkey -algorithm ed25519` writes it") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"the signing key is {type(key).__name__}, not an Ed25519 private key")
     return key

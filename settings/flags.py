@@ -28,6 +28,7 @@ import argparse
 import dataclasses
 import math
 import os
+import sys
 import types
 import typing
 from pathlib import Path
@@ -303,7 +304,9 @@ def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: ty
                 # One line naming the variable and exit 2, as for a bad flag (not a traceback).
                 if isinstance(parser, argparse.ArgumentParser):
                     parser.error(str(e))
-                raise SystemExit(f"error: {e}") from None
+                # A group does not know its parser: the line argparse would print, with the program's name.
+                print(f"{os.path.basename(sys.argv[0])}: error: {e}", file=sys.stderr)
+                raise SystemExit(2) from None
         is_bool = _base_type(flag.type) is bool
         if is_bool:
             kwargs["action"] = argparse.BooleanOptionalAction

@@ -28,6 +28,8 @@ def png_path(path: Path, flag: str) -> Path:
     """The PNG file a plot flag names: ``.png`` added where the name has no suffix (matplotlib would add it, and
     the tool name the file without it); raises ValueError for another suffix (matplotlib writes none but PNG
     here, or fails after the run)."""
+    if path.is_dir() or not path.name:  # "." or "..": a suffix would name a file beside the directory
+        raise ValueError(f"{flag}: {path} is a directory")
     if not path.suffix:
         return path.with_suffix(".png")
     if path.suffix.lower() != ".png":

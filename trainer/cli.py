@@ -201,17 +201,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = config_from_args(parser, args)
     cluster = cluster_from_args(parser, args, config)
-    plot_out = args.plot_out or (args.metrics_out.with_suffix(".png") if args.metrics_out else None)
-    created: list[Path] = []
+    plot_out, created = args.plot_out, []
     if cluster.is_chief:  # the chief writes these; checked before any work, and before the launcher's workers
+        why = unwritable(args.metrics_out) if args.metrics_out is not None else None
+        if why:
+            parser.error(f"--metrics-out: {why}")
+        if plot_out is None and args.metrics_out is not None:
+            plot_out = args.metrics_out.with_suffix(".png")
+            if plot_out == args.metrics_out:  # the plot would overwrite the metrics
+                parser.error(f"--metrics-out {args.metrics_out} is where the plot goes by default (the metrics' "
+                             f"name with .png): name the metrics' file .json, or give --plot-out")
         try:
             plot_out = png_path(plot_out, "--plot-out") if plot_out is not None else None
         except ValueError as e:
             parser.error(str(e))
-        for flag, path in (("--metrics-out", args.metrics_out), ("--plot-out", plot_out)):
-            why = unwritable(path) if path is not None else None
-            if why:
-                parser.error(f"{flag}: {why}")
+        if plot_out is not None and args.metrics_out is not None and plot_out.resolve() == args.metrics_out.resolve():
+            parser.error(f"--plot-out {plot_out} is --metrics-out's file: name another")
+        why = unwritable(plot_out) if plot_out is not None else None
+        if why:
+            parser.error(f"--plot-out: {why}")
         try:
             created = _check_registry(config)
         except OSError as e:
@@ -243,6 +251,8 @@ def _run(args: argparse.Namespace, argv: list[str] | None, config: PipelineConfi
         # TensorFlow (seconds to import) loads only once the arguments are known to be usable; a stop while it
         # loads and starts is raised once it has (``interrupts.deferred``).
         with interrupts.deferred():
+            import tensorflow as tf
+
             from trainer.distribute import strategy_for
             from trainer.pipeline import run
 
@@ -256,6 +266,10 @@ def _run(args: argparse.Namespace, argv: list[str] | None, config: PipelineConfi
             manifest, metrics = run(config, log=log, strategy=strategy)
         except OSError as e:  # a failure at run time, not a usage error
             print(f"recsys-train: error: {_os_error(e, config)}", file=sys.stderr)
+            return 1
+        except (MemoryError, tf.errors.ResourceExhaustedError) as e:  # the data, a table or a batch past the memory
+            print(f"recsys-train: error: out of memory ({type(e).__name__}): lower --embedding-dim or --batch-size, "
+                  f"or train on less data", file=sys.stderr)
             return 1
         except (ValueError, VersionError, FloatingPointError) as e:
             print(f"recsys-train: error: {e}", file=sys.stderr)

@@ -40,6 +40,12 @@ def informative_monitor(monitor: str, candidates: int) -> str:
                 monitor)
 
 
+# The most a temperature, and a prior weight times it (the query constant the index scores log popularity with),
+# may be. Scores are float32: past this the prior's term, up to ~20 x the constant, leaves a dot product (units to
+# hundreds) fewer bits than it needs, and from ~1e37 on every score is inf (1e39 was published so, recall "0.90").
+MAX_SCORE_SCALE = 1e6
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """The towers' architecture and how they are trained."""
@@ -75,15 +81,19 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("max_epochs", "batch_size", "patience", "max_validation_interactions"):
             require(getattr(self, name) >= 1, name, "must be a positive integer")
+        # TensorFlow's shapes are int32 on the way to int64: past it, "Can't convert Python sequence with
+        # out-of-range integer to Tensor", naming no flag.
+        require(self.batch_size < 2**31, "batch_size", "must be below 2**31")
         require(self.refit_extra_epochs >= 0, "refit_extra_epochs", "must be >= 0")
         for name in ("learning_rate", "temperature"):  # inf: a temperature that zeroes every logit, a NaN step
             require(0 < getattr(self, name) < math.inf, name, "must be positive and finite")
+        require(self.temperature <= MAX_SCORE_SCALE, "temperature", f"must be at most {MAX_SCORE_SCALE:g}")
         require(self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
         require(self.negatives in NEGATIVES, "negatives", f"must be one of {', '.join(NEGATIVES)}")
         require(self.monitor in MONITORS, "monitor", f"must be one of {', '.join(MONITORS)}")
         require(0.0 <= self.validation_fraction < 1.0, "validation_fraction", "must be in [0, 1)")
-        require(self.prior_weight is None or 0 <= self.prior_weight < math.inf, "prior_weight",
-                "must be >= 0 and finite")
+        require(self.prior_weight is None or 0 <= self.prior_weight * self.temperature <= MAX_SCORE_SCALE,
+                "prior_weight", f"must be >= 0, and times the temperature at most {MAX_SCORE_SCALE:g}")
         # It seeds numpy's global generator too (tf.keras.utils.set_random_seed), which takes no other value.
         require(0 <= self.seed < 2**32, "seed", "must be an integer in [0, 2**32)")
 

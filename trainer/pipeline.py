@@ -87,6 +87,10 @@ def run(config: PipelineConfig, log: Callable[[str], None] = lambda msg: None,
     with interrupts.deferred():
         with distribute.scope(strategy):
             if validation is None:
+                if config.tune_budget_s > 0 or config.tune_trials > 0:  # else a search asked for is skipped unsaid
+                    log(f"no validation split (--validation-fraction {config.train.validation_fraction:g} of "
+                        f"{len(train_data)} training interactions holds none): no search, no prior chosen; the "
+                        f"preset is trained as given")
                 result = train(train_data, chosen, log=log)
             else:
                 def preset(kind: str) -> TrainConfig:

@@ -177,9 +177,18 @@ def test_cli_writes_and_prints_the_training_command(tmp_path, capsys):
     assert "wrote" in out.err and (tmp_path / "t" / "tool_usage.csv").is_file()
     with pytest.raises(SystemExit):
         generators_main(["tools", "--out", str(tmp_path / "t"), "--interactions", "5"])
-    assert "--interactions must be at least 100" in capsys.readouterr().err
+    assert "--interactions must be from 100 to 100,000,000" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         generators_main(["nope", "--out", str(tmp_path)])
+    # Found trying the tool (stop 60): each was a traceback (numpy's ValueError, FileExistsError, a MemoryError).
+    (tmp_path / "a_file").write_text("")
+    for argv, says in ((["--seed", "-1"], "--seed must be an integer in [0, 2**32)"),
+                       (["--interactions", "100000000000"], "--interactions must be from 100 to 100,000,000"),
+                       (["--out", str(tmp_path / "a_file")], f"--out: cannot write {tmp_path / 'a_file'}: ")):
+        with pytest.raises(SystemExit) as refused:
+            generators_main(["tools", "--out", str(tmp_path / "u"), *argv])
+        assert refused.value.code == 2 and says in capsys.readouterr().err
+    assert not (tmp_path / "u").exists()  # refused before the folder was made
 
 
 def test_configs_are_validated(tmp_path):

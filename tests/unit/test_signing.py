@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+from cryptography.hazmat.primitives.serialization import (BestAvailableEncryption, Encoding, NoEncryption,
+                                                          PrivateFormat, PublicFormat)
 
 from model_registry import Registry, VersionError, verify_version
 from model_registry import manifest as mf
@@ -95,6 +96,10 @@ def test_keys_of_the_wrong_kind_are_refused_with_a_clear_message(tmp_path):
     (tmp_path / "junk.pub").write_text("not a key")
     with pytest.raises(ValueError):
         signing.public_key(tmp_path / "junk.pub")
+    encrypted = Ed25519PrivateKey.generate().private_bytes(Encoding.PEM, PrivateFormat.PKCS8,
+                                                           BestAvailableEncryption(b"secret"))
+    with pytest.raises(ValueError, match=r"the signing key is encrypted \(password-protected\)"):  # was a TypeError
+        signing.private_key(encrypted.decode())
 
 
 def test_catalogue_deltas_apply_only_as_signed_and_in_their_own_version(tmp_path, keys):

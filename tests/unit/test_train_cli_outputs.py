@@ -32,10 +32,17 @@ def no_data(tmp_path) -> list[str]:
     (["--metrics-out", "{tmp}/adir.json"], "--plot-out"),  # its default plot beside it is a directory
     (["--plot-out", "{tmp}/p.json"], "--plot-out"),  # matplotlib would take the suffix as the format
     (["--metrics-out", "{tmp}", "--workers", "2"], "--metrics-out"),  # before any worker starts
+    # Found trying the tool (stop 60): a plot beside the directory, the metrics overwritten by the plot, a traceback.
+    (["--plot-out", "{tmp}/adir.png/"], "--plot-out: {tmp}/adir.png is a directory"),
+    (["--plot-out", "{tmp}/"], "--plot-out: {tmp} is a directory"),  # wrote {tmp}.png, beside it
+    (["--plot-out", ".."], "--plot-out: .. is a directory"),  # wrote ...png.png
+    (["--metrics-out", "{tmp}/r.png"], "--metrics-out {tmp}/r.png is where the plot goes by default"),
+    (["--metrics-out", "{tmp}/r.png", "--plot-out", "{tmp}/r.png"], "--plot-out {tmp}/r.png is --metrics-out's file"),
+    (["--metrics-out", ""], "--metrics-out: . is a directory"),  # PosixPath('.') has an empty name: a traceback
 ])
 def test_an_unwritable_report_path_is_refused_before_any_work(tmp_path, capsys, flags, named):
     (tmp_path / "adir.png").mkdir()
-    flags = [flag.format(tmp=tmp_path) for flag in flags]
+    flags, named = [flag.format(tmp=tmp_path) for flag in flags], named.format(tmp=tmp_path)
     with pytest.raises(SystemExit) as e:
         cli.main([*no_data(tmp_path), "--registry", str(tmp_path / "reg"), *flags])
     err = capsys.readouterr().err.strip()
@@ -104,3 +111,21 @@ def test_a_run_says_where_its_time_went(tmp_path, capsys):
     assert any("baseline ials: chose" in line for line in err.splitlines()), err[-2000:]
     phases = json.loads((tmp_path / "m.json").read_text())["run_seconds"]
     assert set(phases) == {"load_and_split", "baselines", "search_and_refit"} and all(s >= 0 for s in phases.values())
+
+
+def test_a_run_past_the_memory_is_one_line(tmp_path, capsys):
+    """Found trying the tool (stop 60): numpy's 745 GiB _ArrayMemoryError (and TensorFlow's ResourceExhaustedError
+    of a table past the memory) were tracebacks."""
+    status = cli.main([*TINY, "--registry", str(tmp_path / "reg"), "--synthetic-interactions", "100000000000"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 1 and err[-1] == ("recsys-train: error: out of memory (MemoryError): lower --embedding-dim or "
+                                       "--batch-size, or train on less data"), err[-5:]
+    assert "Traceback" not in "\n".join(err)
+
+
+def test_a_search_with_no_validation_split_says_it_is_skipped(tmp_path, capsys):
+    """Found trying the tool (stop 60): --tune-trials 3 --validation-fraction 0 trained the preset, without a word."""
+    assert cli.main([*TINY, "--registry", str(tmp_path / "reg"), "--tune-trials", "3",
+                     "--validation-fraction", "0"]) == 0
+    assert ("no validation split (--validation-fraction 0 of 800 training interactions holds none): no search, no "
+            "prior chosen; the preset is trained as given") in capsys.readouterr().err

@@ -417,7 +417,13 @@ def test_cli_validates_the_whole_config_before_reading_data(tmp_path, capsys):
                          (["--validation-fraction", "1.5"], "validation"), (["--learning-rate", "inf"], "learning"),
                          (["--temperature", "inf"], "temperature"), (["--prior-weight", "inf"], "prior"),
                          (["--l2", "inf"], "--l2 must be a finite number"),
-                         (["--tune-budget-s", "inf"], "--tune-budget-s must be >= 0 and finite")):
+                         (["--tune-budget-s", "inf"], "--tune-budget-s must be >= 0 and finite"),
+                         # Found trying the tool (stop 60): each trained and published, the first two with every
+                         # score inf (and a self-test recall of 0.90), the third an id tower reporting layers unused.
+                         (["--temperature", "1e39"], "--temperature must be at most 1e+06"),
+                         (["--prior-weight", "1e39"], "--prior-weight must be >= 0, and times the temperature at "
+                                                      "most 1e+06"),
+                         (["--deep-layers", "128,64"], "--deep-layers needs --tower features, history or sequence")):
         with pytest.raises(SystemExit) as e:
             cli.main(["--tune-budget-s", "0",
                       "--dataset", "movielens-100k", "--data-dir", str(tmp_path), "--registry", str(tmp_path),

@@ -61,6 +61,9 @@ class TowerConfig:
         require(0.0 <= self.history_dropout < 1.0, "history_dropout", "must be in [0, 1)")
         require(bool(np.isfinite(self.l2)) and self.l2 >= 0, "l2", "must be a finite number >= 0")
         require(not self.time_features or self.kind == "features", "time_features", "needs --tower features")
+        # The id tower is an embedding table alone: given layers, it trained without them and reported them used.
+        require(not self.deep_layers or self.kind != "id", "deep_layers",
+                "needs --tower features, history or sequence (the id tower has no hidden layers)")
 
 
 def covering_history_length(customer_ids: np.ndarray) -> int:

@@ -49,7 +49,8 @@ lose its quotes: CSV and TSV alike), and a damaged file (a cut or fake .gz, a
 field past 16 Mi characters) is named: each is a ValueError naming the line.
 A gzip file is read as one whatever its name (its magic bytes), and blank
 lines before a header are layout. A JSON line must be an object, and a number
-past what Python reads as one (4,300 digits: an id) is refused naming it. Quoted fields holding delimiters, line breaks and doubled quotes load. A
+past what Python reads as one (4,300 digits: an id) is refused naming it.
+Quoted fields holding delimiters, line breaks and doubled quotes load. A
 line repeating the header (files joined with ``cat``) is dropped (and counted);
 a header line with other columns, or the same in another order, is refused
 naming the line and both headers (its rows would be read from the first

@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         data = generate(args.shape, args.out, **changes)
     except ConfigError as e:
         parser.error(f"--{e.field} {e.message}")
+    except OSError as e:  # --out a file, or where nothing can be written
+        parser.error(f"--out: cannot write {e.filename or args.out}: {e.strerror or e}")
     print(f"wrote {data.rows:,} interactions: {', '.join(map(str, data.files))}", file=sys.stderr)
     print(data.command(args.registry))
     return 0

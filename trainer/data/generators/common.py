@@ -50,6 +50,9 @@ class TasteSpec:
         return PlantedTaste(rng, customers, candidates, self.clusters, self.zipf_exponent, self.activity_sigma)
 
 
+MAX_INTERACTIONS = 100_000_000
+
+
 @dataclasses.dataclass(frozen=True)
 class GeneratorConfig:
     """The knobs every shape has; a shape's config adds its ``taste`` and quirks."""
@@ -58,7 +61,10 @@ class GeneratorConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        require(self.interactions >= 100, "interactions", "must be at least 100")
+        # Past this a data set held in memory asks for hundreds of GiB (a MemoryError's traceback, 1e11 rows).
+        require(100 <= self.interactions <= MAX_INTERACTIONS, "interactions",
+                f"must be from 100 to {MAX_INTERACTIONS:,}")
+        require(0 <= self.seed < 2**32, "seed", "must be an integer in [0, 2**32)")  # numpy's generators take no other
 
 
 @dataclasses.dataclass(frozen=True)
