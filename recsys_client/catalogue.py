@@ -91,7 +91,7 @@ from model_registry.attributes import Attributes
 from model_registry.deltas import AlteredLog, Delta, catalogue_dir, published_generation, read_deltas
 from recsys_client.candidate_tower import CandidateTower
 from recsys_client.delta_rollout import Rollout, catch_up, publish_delta
-from recsys_client.fleet import Fleet, FleetConfig, PublishError
+from recsys_client.fleet import Fleet, FleetConfig, PublishError, check_fleet
 from recsys_client import interrupts
 from recsys_client.interrupts import Interrupted, stop_on_signals
 from recsys_client.rollout_lock import exclusive
@@ -271,7 +271,16 @@ def _run(config: CatalogueConfig, registry: Registry, progress: _Progress) -> No
             # A replica that does not answer fails like one that refuses: the delta is for the others and its replay.
             fleet = Fleet.connect(list(config.index_admin), list(config.query_admin), config.admin_token,
                                   config.timeout_s, config.connect_timeout_s, config.tls, strict=False)
-    except (CatalogueError, VersionError, OSError) as e:
+            # A query replica given as an index slot took the delta before any index did: the order a delta
+            # needs (a query replica's misses search its generation) broken, and reported as applied.
+            try:
+                check_fleet(fleet, config.model, unanswered_ok=True)  # one that does not answer fails in the run
+            except PublishError:
+                fleet.close()
+                raise
+    except Interrupted:
+        raise  # main says what was written
+    except (CatalogueError, VersionError, OSError, PublishError) as e:
         print(f"recsys-catalogue: {e}", file=sys.stderr)
         sys.exit(1)
     if fleet is None:  # no delta ever: every replica holding the version is at generation 0

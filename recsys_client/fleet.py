@@ -161,11 +161,17 @@ def slot_busy(error: PublishError) -> bool:
             and "answered a search" in rpc.details())
 
 
-def check_fleet(fleet: Fleet, model: str) -> None:
+def check_fleet(fleet: Fleet, model: str, unanswered_ok: bool = False) -> None:
     """Refuses, before any change, a replica that is not of ``model`` or not of the role of the flag it was
-    given in (a query replica's admin address among the index slots, or another model's replicas)."""
+    given in (a query replica's admin address among the index slots, or another model's replicas).
+    ``unanswered_ok``: a replica whose status call fails is left to the run, which reports it failed."""
     for replica in fleet.index + fleet.query:
-        status = fleet.status(replica)
+        try:
+            status = fleet.status(replica)
+        except PublishError:
+            if unanswered_ok:
+                continue
+            raise
         if status.service != replica.role or status.model_name != model:
             raise PublishError(f"{FLAGS[replica.role]} {replica.address} is the {status.service or 'unknown'} "
                                f"service of model {status.model_name!r}, not the {replica.role} service of "

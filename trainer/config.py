@@ -141,7 +141,9 @@ class PipelineConfig:
     max_test_interactions: int = option(100_000, "test interactions evaluated at most (a seeded sample beyond)")
     tune_budget_s: float = option(
         300.0, "seconds of hyperparameter search on the validation split (trainer.tuning); 0 trains the preset "
-               "only. The first trial always runs to its early stop, so a budget shorter than one trial is "
+               "only, as the search's first trial: a value outside the search's range moves to its edge (an L2 of "
+               "0 to 1e-4: pin --l2 0 to keep it), as metrics.json's config shows. The first trial always runs to "
+               "its early stop, so a budget shorter than one trial is "
                "overrun. Flags given for training fields pin them; the search varies the rest. A search in time "
                "depends on the machine's speed: how many trials run, and so its winner")
     tune_trials: int = option(0, "run exactly this many search trials instead, each to its early stop, whatever "

@@ -31,6 +31,9 @@ def _check_root(registry: Registry) -> None:
     if not registry.root.is_dir():
         raise VersionError(f"registry {registry.root} is not a directory: check --registry (the directory "
                            "recsys-train --registry publishes to)")
+    if registry.model_dir.exists() and not registry.model_dir.is_dir():  # else a NotADirectoryError's traceback
+        raise VersionError(f"{registry.model_dir} is a file, not model {registry.model}'s directory: check --model "
+                           "and --registry")
 
 
 def query_startup(registry: Registry, explicit: int = 0, explicit_rollback: int = 0) -> StartupVersions:
@@ -58,8 +61,24 @@ def slot_startup(registry: Registry, slot: str, explicit: int = 0) -> StartupVer
     or ``explicit`` when given. Raises VersionError if the record is broken."""
     _check_root(registry)
     if explicit:
+        _refuse_moving_the_live_slot(registry, slot, explicit)
         return StartupVersions(explicit)
     try:
         return StartupVersions(registry.slot_version(slot))
     except VersionError as e:
         raise VersionError(f"slot {slot!r}: {e}; fix or remove the record, or start with --version N") from None
+
+
+def _refuse_moving_the_live_slot(registry: Registry, slot: str, explicit: int) -> None:
+    """Refuses ``--version`` other than the live version (CURRENT) for a slot whose record holds it: the replica
+    writes the slot's record, and every other replica of the slot restarted later came back on ``explicit``, so
+    the live version's searches found no index ("no index endpoint holds version N")."""
+    try:
+        held, current = registry.slot_version(slot), registry.current_version()
+    except VersionError:  # a broken record or CURRENT: --version is how it is mended
+        return
+    if held is not None and held == current != explicit:
+        raise VersionError(f"slot {slot!r} holds version {held}, the live version (CURRENT): a replica of it started "
+                           f"with --version {explicit} would move the slot's record, and its other replicas at their "
+                           f"next restart, off the live version. Start it without --version (it loads the slot's "
+                           f"version), give another --slot, or roll version {explicit} out with recsys-publish")

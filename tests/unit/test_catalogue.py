@@ -778,17 +778,24 @@ class _Replica:
     def __init__(self, versions=(1,), refusal: str = "", shard: int = 0, shards: int = 0, state: int = 0):
         self.versions, self.refusal, self.shard, self.shards, self.state = versions, refusal, shard, shards, state
         self.applied: list[int] = []
+        self.service = "index"  # the role it says it has, as recsys-catalogue checks (``as_query``)
 
     def GetStatus(self, request, metadata=None, timeout=None):
         return admin_pb2.ServiceStatus(
             versions=[versions_pb2.VersionStatus(version=v, state=self.state) for v in self.versions],
-            shard=self.shard, shards=self.shards)
+            shard=self.shard, shards=self.shards, service=self.service, model_name="m")
 
     def ApplyCatalogue(self, request, metadata=None, timeout=None):
         if self.refusal:
             raise _Refused(self.refusal)
         self.applied.append(request.generation)
         return admin_pb2.ServiceStatus()
+
+
+def as_query(replica: _Replica) -> _Replica:
+    """``replica`` saying it is a query replica."""
+    replica.service = "query"
+    return replica
 
 
 class _Refused(grpc.RpcError):
@@ -806,7 +813,7 @@ def test_the_query_tier_stays_put_when_no_index_replica_holding_the_version_took
     blue, green = _Replica(refusal="deltas refused: bad dimension"), _Replica(versions=(2,))
     query = _Replica()
     fleet = Fleet([Replica("index", "blue", blue), Replica("index", "green", green)],
-                  [Replica("query", "q", query)])
+                  [Replica("query", "q", as_query(query))])
     rollout = apply_everywhere(fleet, 1, 3)
     # A query replica at generation 3 routes only to index replicas at 3 or later: none here, every miss would fail.
     assert query.applied == [] and rollout.applied == []
@@ -820,7 +827,7 @@ def test_the_query_tier_stays_put_when_no_index_replica_holding_the_version_took
 def test_the_query_tier_stays_put_while_a_shard_of_the_version_has_no_replica_at_the_delta():
     shard0, shard1 = _Replica(shard=0, shards=2), _Replica(shard=1, shards=2, refusal="deltas refused")
     query = _Replica()
-    fleet = Fleet([Replica("index", "s0", shard0), Replica("index", "s1", shard1)], [Replica("query", "q", query)])
+    fleet = Fleet([Replica("index", "s0", shard0), Replica("index", "s1", shard1)], [Replica("query", "q", as_query(query))])
     rollout = apply_everywhere(fleet, 1, 1)
     assert query.applied == [] and rollout.applied == ["index s0"] and "shard 1 of 2" in rollout.failed["query q"]
     # A slot still loading the version reports no shard yet; its refusal leaves both shards served.
@@ -965,7 +972,7 @@ def test_a_catch_up_names_a_replica_past_the_log_instead_of_reporting_it_caught_
     # from what it held, and the run listed it as applied.
     registry, ahead = _log_cut_short(tmp_path)
     behind = _Replica()
-    fleet = Fleet([Replica("index", "blue", behind)], [Replica("query", "q", ahead)])
+    fleet = Fleet([Replica("index", "blue", behind)], [Replica("query", "q", as_query(ahead))])
     with pytest.raises(CatalogueError, match=r"query replica q holds version 1 at catalogue generation 2, but "
                                              r"the registry's log of it ends at generation 1 "):
         catch_up(fleet, registry, 1, 1)
@@ -980,10 +987,10 @@ def test_a_shard_whose_replicas_did_not_answer_keeps_the_query_tier_put():
     shard0, query = _Replica(shard=0, shards=2), _Replica()
     mute = _Replica(shard=1, shards=2)
     mute.GetStatus = lambda *args, **kwargs: (_ for _ in ()).throw(_Refused("status failed"))
-    fleet = Fleet([Replica("index", "s0", shard0), Replica("index", "s1", mute)], [Replica("query", "q", query)])
+    fleet = Fleet([Replica("index", "s0", shard0), Replica("index", "s1", mute)], [Replica("query", "q", as_query(query))])
     rollout = apply_everywhere(fleet, 1, 1)
     assert query.applied == [] and rollout.applied == ["index s0"] and "shard 1 of 2" in rollout.failed["query q"]
-    fleet = Fleet([Replica("index", "s0", shard0)], [Replica("query", "q", query)],
+    fleet = Fleet([Replica("index", "s0", shard0)], [Replica("query", "q", as_query(query))],
                   unreachable={("index", "s1"): "index replica s1: no admin server answers there"})
     rollout = apply_everywhere(fleet, 1, 2)
     assert query.applied == [] and rollout.applied == ["index s0"] and "shard 1 of 2" in rollout.failed["query q"]
@@ -1024,7 +1031,7 @@ def test_an_index_replica_that_does_not_answer_is_a_failed_replica_in_the_report
     status is 1 (the replica replays the delta at its next load)."""
     registry = Registry(tmp_path, "m")
     publish_dummy(registry)
-    index, query = _Replica(), _Replica()
+    index, query = _Replica(), as_query(_Replica())
     with _admin_servers(index, query) as (index_address, query_address):
         with pytest.raises(SystemExit) as exit:
             catalogue_main(["--registry", str(tmp_path), "--model", "m", "--version", "1", "--delete", "c",
@@ -1038,6 +1045,23 @@ def test_an_index_replica_that_does_not_answer_is_a_failed_replica_in_the_report
     assert report["applied"] == [f"index {index_address}", f"query {query_address}"]
     assert list(report["failed"]) == ["index 127.0.0.1:1"]
     assert "no admin server answers there" in report["failed"]["index 127.0.0.1:1"]
+
+
+def test_replicas_given_in_each_others_flags_are_refused_before_anything_is_written(tmp_path, capsys):
+    """Found trying the tools (stop 60): recsys-publish refused them, recsys-catalogue did not. It applied the delta
+    to the query replica before the index slot (the order a delta needs broken) and reported both as applied."""
+    registry = Registry(tmp_path, "m")
+    publish_dummy(registry)
+    index, query = _Replica(), as_query(_Replica())
+    with _admin_servers(index, query) as (index_address, query_address):
+        with pytest.raises(SystemExit) as exit:
+            catalogue_main(["--registry", str(tmp_path), "--model", "m", "--version", "1", "--delete", "c",
+                            "--index-admin", query_address, "--query-admin", index_address])
+    assert exit.value.code == 1 and (index.applied, query.applied) == ([], [])
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"recsys-catalogue: --index-admin {query_address} is the query service of model 'm', not the index service "
+        f"of 'm': give --index-admin only the admin addresses of 'm''s index slots; nothing changed")
+    assert published_generation(registry.model_dir, 1) == 0
 
 
 def test_a_catalogue_directory_that_cannot_be_written_is_one_line_naming_it(tmp_path, capsys, monkeypatch):

@@ -9,7 +9,7 @@ import pytest
 from model_registry import Registry
 from model_registry.deltas import Delta, published_generation, write_delta
 from recsys_client.fleet import Fleet, Replica
-from tests.unit.test_catalogue import _Replica
+from tests.unit.test_catalogue import _Replica, as_query
 from tests.unit.test_catalogue_deletes import run
 from tests.unit.test_registry_retention import publish_dummy
 
@@ -24,7 +24,7 @@ def registry(tmp_path) -> Registry:
 
 
 def _fleet(monkeypatch, index: _Replica, query: _Replica) -> None:
-    fleet = Fleet([Replica("index", "i", index)], [Replica("query", "q", query)])
+    fleet = Fleet([Replica("index", "i", index)], [Replica("query", "q", as_query(query))])
     monkeypatch.setattr(Fleet, "connect", classmethod(lambda cls, *args, **kwargs: fleet))
 
 

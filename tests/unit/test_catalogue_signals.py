@@ -17,7 +17,7 @@ from recsys_client import catalogue
 from recsys_client.candidate_tower import CandidateTower, FeatureError
 from recsys_client.catalogue import main as catalogue_main
 from recsys_client.fleet import Fleet, Replica
-from tests.unit.test_catalogue import _Replica
+from tests.unit.test_catalogue import _Replica, as_query
 from tests.unit.test_registry_retention import publish_dummy
 
 
@@ -64,7 +64,7 @@ def _stopped(tmp_path, capsys, monkeypatch, connect, change: tuple[str, ...] = (
 def test_a_signal_after_the_delta_was_written_names_what_took_it_and_the_catch_up(tmp_path, capsys, monkeypatch,
                                                                                   signals_raise):
     index, query = _SignalledWhileApplying(signal.SIGTERM), _Replica()
-    fleet = Fleet([Replica("index", "i", index)], [Replica("query", "q", query)])
+    fleet = Fleet([Replica("index", "i", index)], [Replica("query", "q", as_query(query))])
     status, err = _stopped(tmp_path, capsys, monkeypatch, lambda cls, *args, **kwargs: fleet)
     assert status == 143 and published_generation(tmp_path / "m", 1) == 1
     assert (index.applied, query.applied) == ([1], [])  # the query tier is not moved once stopped

@@ -7,21 +7,21 @@ from __future__ import annotations
 from protos.recsys.v1 import versions_pb2
 from recsys_client.delta_rollout import apply_everywhere
 from recsys_client.fleet import Fleet, Replica
-from tests.unit.test_catalogue import _Replica
+from tests.unit.test_catalogue import _Replica, as_query
 from tests.unit.test_catalogue_catch_up import _fleet, registry  # noqa: F401 (a fixture)
 from tests.unit.test_catalogue_deletes import run
 
 
 def test_the_query_tier_stays_put_when_no_listed_index_replica_holds_the_version():
     green, query = _Replica(versions=(2,)), _Replica()  # green holds the next version, not the live one
-    rollout = apply_everywhere(Fleet([Replica("index", "green", green)], [Replica("query", "q", query)]), 1, 19)
+    rollout = apply_everywhere(Fleet([Replica("index", "green", green)], [Replica("query", "q", as_query(query))]), 1, 19)
     assert (green.applied, query.applied, rollout.applied) == ([], [], [])
     assert list(rollout.failed) == ["query q"]
     assert "no index replica listed in --index-admin holds version 1" in rollout.failed["query q"]
     # A slot still loading the version holds it: it takes the generation, and replays the log once loaded.
     loading = _Replica(state=versions_pb2.VERSION_STATE_LOADING)
     fleet = Fleet([Replica("index", "green", green), Replica("index", "loading", loading)],
-                  [Replica("query", "q", query)])
+                  [Replica("query", "q", as_query(query))])
     rollout = apply_everywhere(fleet, 1, 19)
     assert (loading.applied, query.applied, rollout.failed) == ([19], [19], {})
 

@@ -102,3 +102,23 @@ def test_a_mistyped_registry_or_an_unpublished_version_stops_a_service_at_once_s
     with pytest.raises(VersionError, match="version 7 of"):
         query_startup(published, explicit=1, explicit_rollback=7)
     assert query_startup(published, explicit=2, explicit_rollback=1).live == 2
+
+
+def test_a_replica_of_the_live_slot_is_refused_another_version(registry, tmp_path):
+    """Found trying the tools (stop 60): a replica of the slot serving the live version, started with --version of
+    another, rewrote the slot's record; the slot's other replicas came back on that version at their next restart,
+    and every search of the live version failed: "no index endpoint holds version 2"."""
+    registry.set_current(2)
+    try:
+        with pytest.raises(VersionError, match=r"slot 'green' holds version 2, the live version \(CURRENT\): a replica "
+                                               r"of it started with --version 1 would move the slot's record"):
+            slot_startup(registry, "green", explicit=1)
+        assert registry.slot_version("green") == 2
+        assert slot_startup(registry, "green", explicit=2).live == 2  # its own version: as before
+        assert slot_startup(registry, "blue", explicit=2).live == 2  # a slot not live: an operator's to move
+    finally:
+        (registry.model_dir / "CURRENT").unlink()
+    typo = Registry(tmp_path, tiny.MODEL)
+    (tmp_path / tiny.MODEL).write_text("")  # a traceback: NotADirectoryError
+    with pytest.raises(VersionError, match=rf"{tmp_path / tiny.MODEL} is a file, not model {tiny.MODEL}'s directory"):
+        slot_startup(typo, "blue")
