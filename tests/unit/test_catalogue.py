@@ -827,7 +827,8 @@ def test_the_query_tier_stays_put_when_no_index_replica_holding_the_version_took
 def test_the_query_tier_stays_put_while_a_shard_of_the_version_has_no_replica_at_the_delta():
     shard0, shard1 = _Replica(shard=0, shards=2), _Replica(shard=1, shards=2, refusal="deltas refused")
     query = _Replica()
-    fleet = Fleet([Replica("index", "s0", shard0), Replica("index", "s1", shard1)], [Replica("query", "q", as_query(query))])
+    fleet = Fleet([Replica("index", "s0", shard0), Replica("index", "s1", shard1)],
+                  [Replica("query", "q", as_query(query))])
     rollout = apply_everywhere(fleet, 1, 1)
     assert query.applied == [] and rollout.applied == ["index s0"] and "shard 1 of 2" in rollout.failed["query q"]
     # A slot still loading the version reports no shard yet; its refusal leaves both shards served.
@@ -987,7 +988,8 @@ def test_a_shard_whose_replicas_did_not_answer_keeps_the_query_tier_put():
     shard0, query = _Replica(shard=0, shards=2), _Replica()
     mute = _Replica(shard=1, shards=2)
     mute.GetStatus = lambda *args, **kwargs: (_ for _ in ()).throw(_Refused("status failed"))
-    fleet = Fleet([Replica("index", "s0", shard0), Replica("index", "s1", mute)], [Replica("query", "q", as_query(query))])
+    fleet = Fleet([Replica("index", "s0", shard0), Replica("index", "s1", mute)],
+                  [Replica("query", "q", as_query(query))])
     rollout = apply_everywhere(fleet, 1, 1)
     assert query.applied == [] and rollout.applied == ["index s0"] and "shard 1 of 2" in rollout.failed["query q"]
     fleet = Fleet([Replica("index", "s0", shard0)], [Replica("query", "q", as_query(query))],

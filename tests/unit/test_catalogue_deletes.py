@@ -74,7 +74,8 @@ def test_a_delete_for_current_is_refused_while_the_query_replicas_serve_another_
     registry.set_current(2)
     index, query = _Replica(versions=(1, 2)), _Replica(versions=(1,), state=SERVING)
     monkeypatch.setattr(Fleet, "connect", classmethod(
-        lambda cls, *args, **kwargs: Fleet([Replica("index", "i:1", index)], [Replica("query", "q:1", as_query(query))])))
+        lambda cls, *args, **kwargs: Fleet([Replica("index", "i:1", index)],
+                                           [Replica("query", "q:1", as_query(query))])))
     flags = ["--registry", str(tmp_path), "--model", "m", "--delete", "b", "--index-admin", "i:1", "--query-admin",
              "q:1"]
     with pytest.raises(SystemExit) as exit:

@@ -14,7 +14,8 @@ from tests.unit.test_catalogue_deletes import run
 
 def test_the_query_tier_stays_put_when_no_listed_index_replica_holds_the_version():
     green, query = _Replica(versions=(2,)), _Replica()  # green holds the next version, not the live one
-    rollout = apply_everywhere(Fleet([Replica("index", "green", green)], [Replica("query", "q", as_query(query))]), 1, 19)
+    rollout = apply_everywhere(Fleet([Replica("index", "green", green)], [Replica("query", "q", as_query(query))]),
+                               1, 19)
     assert (green.applied, query.applied, rollout.applied) == ([], [], [])
     assert list(rollout.failed) == ["query q"]
     assert "no index replica listed in --index-admin holds version 1" in rollout.failed["query q"]
