@@ -25,7 +25,7 @@ from serving.lifecycle.versions import VersionManager
 from serving.rpc.admin_rpc import ServiceWithAdmin
 from serving.rpc.grpc_server import ServiceSpec, run_main, serve_until_signalled
 from serving.validation import DEFAULT_INDEX_DEADLINE_S
-from settings.flags import ConfigError, add_flags, option, parse, require
+from settings.flags import MAX_DEADLINE_S, ConfigError, add_flags, option, parse, require
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = "recsys.v1.IndexService"
@@ -61,7 +61,8 @@ class IndexServiceConfig(ServiceConfig):
         require(0.0 <= self.min_recall <= 1.0, "min_recall", "must be in [0, 1]")
         # Below 0 (or NaN) no slot is ever busy: a load would go into the one serving live traffic.
         require(self.busy_window_s >= 0, "busy_window_s", "must be >= 0")
-        require(self.keepalive_s > 0, "keepalive_s", "must be positive")
+        # 1e300: a hung slot never seen as hung by its watchers.
+        require(0 < self.keepalive_s <= MAX_DEADLINE_S, "keepalive_s", f"must be over 0 and at most {MAX_DEADLINE_S:g}")
 
 
 async def create_server(config: IndexServiceConfig) -> tuple[ServiceWithAdmin, IndexCore]:

@@ -249,6 +249,7 @@ def _run(config: CatalogueConfig, registry: Registry, progress: _Progress) -> No
                             if line.strip()]
         for i, candidate in enumerate(deleted):
             check_id(candidate, f"deleted id {i}")
+        deleted = list(dict.fromkeys(deleted))  # an id given twice was stored twice and counted twice as deleted
         both = sorted(set(deleted) & set(delta.ids.tolist()))
         if both:  # else the upsert is written and lost without a word
             log.warning("%d ids are both upserted (--upserts) and deleted (--delete / --delete-file): %s; a delta "

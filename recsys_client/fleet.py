@@ -20,7 +20,7 @@ from protos.recsys.v1 import versions_pb2
 from recsys_client.status import FLAGS, admin_port_hint
 from serving.rpc.tls import ClientTls, tls_hint
 from serving.telemetry.observability import REQUEST_ID_KEY
-from settings.flags import option, require, require_distinct, require_valid
+from settings.flags import MAX_DEADLINE_S, check_address, option, require, require_distinct, require_valid
 
 SERVING, ROLLBACK_TARGET = versions_pb2.VERSION_STATE_SERVING, versions_pb2.VERSION_STATE_ROLLBACK_TARGET
 LOADING = versions_pb2.VERSION_STATE_LOADING
@@ -69,8 +69,13 @@ class FleetConfig:
 
     def __post_init__(self) -> None:
         require_valid(check_model_name, self.model, "model")
-        require_distinct(self.index_admin, "index_admin")
-        require_distinct(self.query_admin, "query_admin")
+        for field in ("index_admin", "query_admin"):
+            require_distinct(getattr(self, field), field)
+            for address in getattr(self, field):
+                require_valid(check_address, address, field)
+        # A negative wait wrote a delta no replica was then asked to take; 0 failed every call, blamed on the replica.
+        for field in ("timeout_s", "connect_timeout_s"):
+            require(0 < getattr(self, field) <= MAX_DEADLINE_S, field, f"must be over 0 and at most {MAX_DEADLINE_S:g}")
         require(self.lock_wait_s >= 0, "lock_wait_s", "must be >= 0")
 
 

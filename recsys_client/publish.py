@@ -419,6 +419,9 @@ class PublishConfig(FleetConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         require(not (self.rollback and self.initial), "rollback", "a rollback cannot be an initial rollout")
+        # Ignored, it read as a rollback to the version named: "rolled back to version 2" of --version 7.
+        require(not (self.rollback and self.version), "version", "goes without --rollback: a rollback makes the "
+                                                                "rollback target (registry PREVIOUS) live")
         require(self.version >= 0, "version", "must be >= 0")
         require(self.keep_versions >= 2, "keep_versions",
                 "must be at least 2 (the live version and its rollback target)")

@@ -47,6 +47,8 @@ def read_upserts(lines, dim: int, token_namespaces: frozenset[str], numeric_name
             candidate = record["id"]
         except (ValueError, KeyError, TypeError) as e:
             raise CatalogueError(f"line {number}: not a JSON object with an 'id' ({e})") from None
+        except RecursionError:  # arrays nested thousands deep: a traceback from the decoder
+            raise CatalogueError(f"line {number}: not a JSON object with an 'id' (nested too deep to read)") from None
         if not isinstance(candidate, str) or not 0 < len(candidate.encode()) <= MAX_ID_BYTES:
             raise CatalogueError(f"line {number}: id must be a string of 1..{MAX_ID_BYTES} bytes")
         check_id(candidate, f"line {number}: id")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import math
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -14,7 +13,7 @@ from serving.rpc.tls import ServerTls
 from serving.telemetry.observability import LOG_FORMATS
 from serving.telemetry.tracing import TracingConfig
 from serving.validation import DEFAULT_MAX_MESSAGE_BYTES
-from settings.flags import ConfigError, option, require, require_valid
+from settings.flags import MAX_C_INT, MAX_DEADLINE_S, ConfigError, option, require, require_valid
 
 
 def is_loopback(host: str) -> bool:
@@ -89,9 +88,12 @@ class ServiceConfig:
             raise ConfigError("manifest_public_key", str(e)) from None
         require(0 <= self.port < 65536, "port", "must be a TCP port (0 picks a free one)")
         require(0 <= self.metrics_port < 65536, "metrics_port", "must be a TCP port (0: no /metrics)")
-        require(0 <= self.drain_s < math.inf, "drain_s", "must be >= 0 and finite")  # inf: a SIGTERM never stops it
+        # inf, or 1e300: a SIGTERM never stops it.
+        require(0 <= self.drain_s <= MAX_DEADLINE_S, "drain_s", f"must be >= 0 and at most {MAX_DEADLINE_S:g}")
         require(self.max_concurrent_rpcs >= 1, "max_concurrent_rpcs", "must be >= 1")
-        require(self.max_message_bytes >= 1 << 16, "max_message_bytes", "must be >= 65536")
+        # gRPC's channel arguments are C ints: past them, an OverflowError's traceback once the service had loaded.
+        require(1 << 16 <= self.max_message_bytes <= MAX_C_INT, "max_message_bytes", f"must be from 65536 to "
+                f"{MAX_C_INT} (2 GiB)")
 
     def public_key(self) -> Ed25519PublicKey | None:
         """The key versions must be signed with, if one is configured."""

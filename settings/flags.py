@@ -189,6 +189,8 @@ def comma_list(text: str) -> list[str]:
 # The longest deadline a tool's flag gives an RPC: past ~1e9 s gRPC's deadline overflows and the call fails at once
 # with DEADLINE_EXCEEDED, as it does for 0, a negative, nan and inf.
 MAX_DEADLINE_S = 86_400.0
+# The largest value gRPC's channel arguments (C ints) take: a flag past it was an OverflowError's traceback.
+MAX_C_INT = 2**31 - 1
 
 
 def deadline_s(text: str) -> float:
@@ -204,15 +206,23 @@ def deadline_s(text: str) -> float:
     return seconds
 
 
-def host_port(text: str) -> str:
-    """A service address flag's HOST:PORT (``unix:PATH`` passed on as is): a port past 65535 reached another port
-    (gRPC takes it modulo 65536), and none reached 443; an argparse.ArgumentTypeError otherwise."""
+def check_address(text: str) -> str:
+    """A service's HOST:PORT (``unix:PATH`` passed on as is); ValueError otherwise: a port past 65535 reached
+    another port (gRPC takes it modulo 65536), and none reached 443."""
     if text.startswith("unix:"):
         return text
     host, colon, port = text.rpartition(":")
     if not (colon and host and port.isdigit() and 1 <= int(port) <= 65535):
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT with a port from 1 to 65535")
+        raise ValueError(f"{text!r} is not HOST:PORT with a port from 1 to 65535")
     return text
+
+
+def host_port(text: str) -> str:
+    """``check_address`` as an argparse type (argparse shows an ArgumentTypeError's message, not a ValueError's)."""
+    try:
+        return check_address(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _parse_bool(text: str) -> bool:

@@ -54,7 +54,7 @@ from serving.lifecycle.admin import EndpointInfo, VersionInfo
 from serving.rpc.tls import ClientTls
 from serving.telemetry.log_throttle import LogThrottle
 from serving.telemetry.observability import ScrapeTimeCollector
-from settings.flags import option, require
+from settings.flags import check_address, option, require, require_distinct, require_valid
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -101,6 +101,10 @@ class RoutingConfig:
         require(0 < self.timeout_s <= MAX_INDEX_TIMEOUT_S, "timeout_s", f"must be positive and at most "
                 f"{MAX_INDEX_TIMEOUT_S:,.0f} s (a day)")
         require(self.hedge_ms >= 0, "hedge_ms", "must be >= 0")
+        # 127.0.0.1:72547 reached port 7011 (gRPC takes the port modulo 65536); a repeat was two endpoints.
+        require_distinct(self.addresses, "addresses")
+        for address in self.addresses:
+            require_valid(check_address, address, "addresses")
 
 
 class IndexRouter:

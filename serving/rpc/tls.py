@@ -67,14 +67,15 @@ def tls_hint(details: str, flags: str = "--tls-") -> str:
 
 
 def _check_files(config) -> None:
-    """A certificate goes with its key, every file named can be read, and the CA and certificate files hold PEM
-    certificates (at start, not at the first call: of a CA file that is none, gRPC logged "Cannot load server root
-    certificates" and each call failed UNAVAILABLE, with a hint to give the flag just given)."""
+    """A certificate goes with its key, every file named can be read, and the CA, certificate and client CA files
+    hold PEM certificates, checked at start, not at the first call. Of a CA file that is none, gRPC logged "Cannot
+    load server root certificates" and each call failed UNAVAILABLE, with a hint to give the flag just given; of a
+    client CA, a server said "cannot listen ... or the TLS certificate and key are not usable"."""
     require(bool(config.cert) == bool(config.key), "cert", "and the key go together")
     for field in dataclasses.fields(config):
         if getattr(config, field.name):
             data = _read(getattr(config, field.name), field.name)
-            if field.name in ("ca", "cert"):
+            if field.name in ("ca", "cert", "client_ca"):
                 try:
                     x509.load_pem_x509_certificates(data)
                 except ValueError:

@@ -33,7 +33,7 @@ def test_a_rerun_of_a_delete_already_written_brings_the_replicas_to_its_generati
     index, query = _Replica(), _Replica()
     _fleet(monkeypatch, index, query)
     status, report = run(capsys, "--registry", str(tmp_path), "--model", "m", "--version", "1", "--delete", "b",
-                         "--index-admin", "i")
+                         "--index-admin", "i:1")
     assert published_generation(registry.model_dir, 1) == 1  # nothing new written
     assert (status, report["generation"], report["deletes"], report["not_present"]) == (0, 1, 0, ["b"])
     assert (index.applied, query.applied) == ([1], [1])
@@ -53,7 +53,7 @@ def test_catch_up_alone_writes_nothing_and_moves_every_replica_to_the_published_
     index, query = _Replica(), _Replica(refusal="deltas refused: the log was altered")
     _fleet(monkeypatch, index, query)
     status, report = run(capsys, "--registry", str(tmp_path), "--model", "m", "--version", "1", "--catch-up",
-                         "--index-admin", "i")
+                         "--index-admin", "i:1")
     assert published_generation(registry.model_dir, 1) == 1
     assert (status, report["generation"], report["upserts"], report["deletes"]) == (1, 1, 0, 0)
     assert index.applied == [1] and report["applied"] == ["index i"]

@@ -53,7 +53,7 @@ def test_only_the_deletes_the_version_holds_are_written(tmp_path, capsys, monkey
     assert written.ids.tolist() == ["x"] and written.deleted.tolist() == ["b", "n", "x"]
 
 
-@pytest.mark.parametrize("deleted", ["b", "b,zz"])
+@pytest.mark.parametrize("deleted", ["b", "b,zz", "b,b"])  # b,b: stored twice and counted 2 deletes (stop 60)
 def test_a_delete_the_version_holds_is_written_as_before(tmp_path, capsys, monkeypatch, deleted):
     registry = Registry(tmp_path, "m")
     publish_dummy(registry)

@@ -55,7 +55,7 @@ def _stopped(tmp_path, capsys, monkeypatch, connect, change: tuple[str, ...] = (
     registry.set_current(publish_dummy(registry))
     monkeypatch.setattr(Fleet, "connect", classmethod(connect))
     with pytest.raises(SystemExit) as exit:
-        catalogue_main(["--registry", str(tmp_path), "--model", "m", *change, "--index-admin", "i"])
+        catalogue_main(["--registry", str(tmp_path), "--model", "m", *change, "--index-admin", "i:1"])
     captured = capsys.readouterr()
     assert captured.out == ""  # no report of a run that did not end
     return exit.value.code, captured.err.strip()

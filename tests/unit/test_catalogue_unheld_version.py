@@ -32,6 +32,6 @@ def test_a_run_given_only_index_replicas_without_the_version_exits_1_naming_the_
     green, query = _Replica(versions=(2,)), _Replica()
     _fleet(monkeypatch, green, query)
     status, report = run(capsys, "--registry", str(tmp_path), "--model", "m", "--version", "1", "--catch-up",
-                         "--index-admin", "green")
+                         "--index-admin", "green:1")
     assert (status, report["generation"], report["applied"], query.applied) == (1, 1, [], [])
     assert "--index-admin" in report["failed"]["query q"]

@@ -65,3 +65,9 @@ def test_an_id_both_upserted_and_deleted_is_named_in_a_warning(tmp_path, capsys,
                         "--delete", "both1", "--index-admin", "127.0.0.1:1"])
     assert read_deltas(registry.model_dir, 1)[0].deleted.tolist() == ["both1"]
     assert "1 ids are both upserted (--upserts) and deleted (--delete / --delete-file): both1" in caplog.text
+
+
+def test_a_line_nested_too_deep_to_read_is_refused_naming_it():
+    """A RecursionError's traceback from the JSON decoder (found trying the tool, stop 60)."""
+    with pytest.raises(CatalogueError, match=r"^line 2: not a JSON object with an 'id' \(nested too deep to read\)$"):
+        _read('{"id": "ok", "vector": [0, 1]}', "[" * 100_000)

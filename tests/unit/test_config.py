@@ -191,14 +191,25 @@ def test_recsys_train_takes_its_training_flags_from_the_environment_too(monkeypa
     ("--cache-ttl-s=10000000000000000", "--cache-ttl-s must be from 1 to 315,360,000"),
     ("--live-history-ttl-s=10000000000000000", "--live-history-ttl-s must be from 1 to 315,360,000"),
     # gRPC reads a negative limit as 0: every call that found another waiting would be refused.
-    ("--max-pending-calls=-1", "--max-pending-calls must be >= 0 (0: gRPC's own)"),
+    ("--max-pending-calls=-1", "--max-pending-calls must be from 0 (gRPC's own) to 2147483647"),
+    # Found trying the services (stop 60): past a C int, an OverflowError's traceback once the service had loaded;
+    # a drain of 1e300 s, a SIGTERM that never stopped it; a port past 65535, another endpoint (modulo 65536).
+    ("--max-pending-calls=99999999999", "--max-pending-calls must be from 0 (gRPC's own) to 2147483647"),
+    ("--max-streams-per-connection=99999999999", "--max-streams-per-connection must be from 0 (no limit) to "),
+    ("--max-connection-age-s=1e10", "--max-connection-age-s must be 0 (never) or from 1 s to 2147483 s"),
+    ("--max-message-bytes=2147483648", "--max-message-bytes must be from 65536 to 2147483647 (2 GiB)"),
+    ("--shutdown-drain-s=1e300", "--shutdown-drain-s must be >= 0 and at most 86400"),
+    ("--index-address=127.0.0.1:72547", "--index-address '127.0.0.1:72547' is not HOST:PORT with a port from 1 to "
+                                        "65535"),
+    ("--index-address=h:1,h:1", "--index-address names h:1 more than once"),
 ])
 def test_a_query_flag_that_no_wait_or_expiry_can_use_is_refused(capsys, flag, says):
     from query_service.server import QueryServiceConfig, build_parser
     from settings.flags import parse
 
     with pytest.raises(SystemExit) as exit_:
-        parse(build_parser(), QueryServiceConfig, ["--registry", "/r", "--model", "m", "--index-address", "h:1", flag])
+        parse(build_parser(), QueryServiceConfig, ["--registry", "/r", "--model", "m", "--index-address", "h:1", flag]
+              if not flag.startswith("--index-address") else ["--registry", "/r", "--model", "m", flag])
     assert exit_.value.code == 2
     assert f"error: {says}" in capsys.readouterr().err
 

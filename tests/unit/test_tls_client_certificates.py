@@ -113,5 +113,9 @@ def test_a_ca_or_certificate_file_that_holds_no_certificate_is_refused_at_parsin
     with pytest.raises(ConfigError, match=re.escape(f"{client_key} holds no PEM certificate")) as refused:
         ClientTls(pki["ca"], client_key, client_key)  # the key given for the certificate
     assert refused.value.field == "cert"
+    server_crt, server_key = pki["server"]
+    with pytest.raises(ConfigError, match=re.escape(f"{not_pem} holds no PEM certificate")) as refused:
+        ServerTls(server_crt, server_key, str(not_pem))  # "cannot listen ... or the certificate and key are not usable"
+    assert refused.value.field == "client_ca"
     result = _tool("recsys-client", "health", "--address", "127.0.0.1:1", env={"RECSYS_TLS_CA": str(not_pem)})
     assert result.returncode == 2 and f"--tls-ca {not_pem} holds no PEM certificate" in result.stderr, result.stderr
