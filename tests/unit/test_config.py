@@ -112,7 +112,7 @@ def test_a_flag_wins_over_its_environment_variable(monkeypatch):
     # A slot never busy takes a load while it serves live traffic.
     ("--busy-window-s=-1", "--busy-window-s must be >= 0"),
     ("--busy-window-s=nan", "--busy-window-s must be >= 0"),
-    ("--shutdown-drain-s=inf", "--shutdown-drain-s must be >= 0 and finite"),  # a SIGTERM would never stop it
+    ("--shutdown-drain-s=inf", "--shutdown-drain-s must be >= 0 and at most 86400"),  # a SIGTERM would never stop it
 ])
 def test_an_index_flag_out_of_range_is_a_flag_error(capsys, flag, says):
     from index_service.server import IndexServiceConfig, build_parser
