@@ -10,6 +10,7 @@ import contextlib
 import json
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
@@ -1028,19 +1029,26 @@ def _admin_servers(*replicas: _Replica):
             server.stop(None)
 
 
-def test_an_index_replica_that_does_not_answer_is_a_failed_replica_in_the_report(tmp_path, capsys):
-    """As documented: the delta is written and applied where it can be; the report names the replica and the exit
-    status is 1 (the replica replays the delta at its next load)."""
+def _delete_c(tmp_path, flags: Callable[[str, str], list[str]]) -> tuple[int, Registry, _Replica, _Replica, str, str]:
+    """recsys-catalogue deleting c from version 1, its replica flags ``flags(index address, query address)`` of an
+    index slot and a query replica behind real admin servers: (exit status, registry, index, query, addresses)."""
     registry = Registry(tmp_path, "m")
     publish_dummy(registry)
     index, query = _Replica(), as_query(_Replica())
     with _admin_servers(index, query) as (index_address, query_address):
         with pytest.raises(SystemExit) as exit:
             catalogue_main(["--registry", str(tmp_path), "--model", "m", "--version", "1", "--delete", "c",
-                            "--index-admin", f"{index_address},127.0.0.1:1", "--query-admin", query_address,
-                            "--connect-timeout-s", "0.5"])
+                            *flags(index_address, query_address)])
+    return exit.value.code, registry, index, query, index_address, query_address
+
+
+def test_an_index_replica_that_does_not_answer_is_a_failed_replica_in_the_report(tmp_path, capsys):
+    """As documented: the delta is written and applied where it can be; the report names the replica and the exit
+    status is 1 (the replica replays the delta at its next load)."""
+    status, registry, index, query, index_address, query_address = _delete_c(tmp_path, lambda i, q: [
+        "--index-admin", f"{i},127.0.0.1:1", "--query-admin", q, "--connect-timeout-s", "0.5"])
     out = capsys.readouterr().out
-    assert exit.value.code == 1, out
+    assert status == 1, out
     report = json.loads(out)
     assert report["generation"] == 1 and published_generation(registry.model_dir, 1) == 1
     assert index.applied == [1] and query.applied == [1]
@@ -1052,14 +1060,9 @@ def test_an_index_replica_that_does_not_answer_is_a_failed_replica_in_the_report
 def test_replicas_given_in_each_others_flags_are_refused_before_anything_is_written(tmp_path, capsys):
     """Found trying the tools (stop 60): recsys-publish refused them, recsys-catalogue did not. It applied the delta
     to the query replica before the index slot (the order a delta needs broken) and reported both as applied."""
-    registry = Registry(tmp_path, "m")
-    publish_dummy(registry)
-    index, query = _Replica(), as_query(_Replica())
-    with _admin_servers(index, query) as (index_address, query_address):
-        with pytest.raises(SystemExit) as exit:
-            catalogue_main(["--registry", str(tmp_path), "--model", "m", "--version", "1", "--delete", "c",
-                            "--index-admin", query_address, "--query-admin", index_address])
-    assert exit.value.code == 1 and (index.applied, query.applied) == ([], [])
+    status, registry, index, query, index_address, query_address = _delete_c(tmp_path, lambda i, q: [
+        "--index-admin", q, "--query-admin", i])
+    assert status == 1 and (index.applied, query.applied) == ([], [])
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"recsys-catalogue: --index-admin {query_address} is the query service of model 'm', not the index service "
         f"of 'm': give --index-admin only the admin addresses of 'm''s index slots; nothing changed")
