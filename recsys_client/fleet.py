@@ -166,6 +166,13 @@ def slot_busy(error: PublishError) -> bool:
             and "answered a search" in rpc.details())
 
 
+def _is_stop(error: PublishError) -> bool:
+    """Whether ``error`` is a signal's stop (``recsys_client.interrupts``, which imports this module)."""
+    from recsys_client.interrupts import Interrupted
+
+    return isinstance(error, Interrupted)
+
+
 def check_fleet(fleet: Fleet, model: str, unanswered_ok: bool = False) -> None:
     """Refuses, before any change, a replica that is not of ``model`` or not of the role of the flag it was
     given in (a query replica's admin address among the index slots, or another model's replicas).
@@ -173,8 +180,8 @@ def check_fleet(fleet: Fleet, model: str, unanswered_ok: bool = False) -> None:
     for replica in fleet.index + fleet.query:
         try:
             status = fleet.status(replica)
-        except PublishError:
-            if unanswered_ok:
+        except PublishError as e:
+            if unanswered_ok and not _is_stop(e):
                 continue
             raise
         if status.service != replica.role or status.model_name != model:

@@ -62,8 +62,10 @@ class StopReport:
         staging folder is swept later). A multi-worker worker ignores them: a terminal's Ctrl-C reaches the
         launcher, which passes it on, and its workers, so each worker sees two; its watchdog bounds the wait."""
         if self._grace_s is None:
-            self.print(f" (a second {signal.Signals(signum).name}: ended at once, in the step under way)")
-            os._exit(128 + signum)
+            try:  # the main thread may be inside a write to stderr: a reentrant print raises, and must not stop it
+                self.print(f" (a second {signal.Signals(signum).name}: ended at once, in the step under way)")
+            finally:
+                os._exit(128 + signum)
 
     def arm(self, signum: int) -> None:
         """Starts the watchdog for a stop by ``signum`` (with ``grace_s`` only)."""

@@ -51,7 +51,8 @@ failed, or the report or plot could not be written (the report then goes to
 stdout); a run that only fell behind exits 0 with its warning. SIGINT or SIGTERM
 ends the run early: the requests in flight (and a swap step under way) are
 waited for, a swap step not begun is skipped, and what was measured is reported
-as usual (``stopped_at_s``); the exit status is then 130 or 143.
+as usual (``stopped_at_s``); the exit status is then 130 or 143. A second
+signal ends it at once, writing nothing.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
@@ -175,6 +177,8 @@ def main(argv: list[str] | None = None) -> None:
         plot = png_path(args.plot, "--plot") if args.plot is not None else None
     except ValueError as e:
         parser.error(str(e))
+    if plot is not None and args.out is not None and plot.resolve() == args.out.resolve():
+        parser.error(f"--plot {plot} is --out's file: name another")
     for flag, path in (("--out", args.out), ("--plot", plot)):
         why = unwritable(path.absolute()) if path is not None else None
         if why:  # else found after the run, losing its report
@@ -219,9 +223,13 @@ async def _until_stopped(config: LoadConfig, progress, stopped_by: list[int]) ->
     loop, stop = asyncio.get_running_loop(), asyncio.Event()
 
     def stopped(signum: int) -> None:
-        if not stopped_by:
-            print(f"recsys-loadtest: stopped by {signal.Signals(signum).name}: waiting for the requests in flight "
-                  f"(at most --timeout-s {config.timeout_s:g} s) and any swap step under way", file=sys.stderr)
+        if stopped_by:  # a second signal: the wait for what is in flight is one its user chose not to have
+            os.write(2, f"recsys-loadtest: stopped again by {signal.Signals(signum).name}: ended at once, nothing "
+                        f"written (a swap step under way finishes in its own process)\n".encode())
+            os._exit(128 + signum)
+        print(f"recsys-loadtest: stopped by {signal.Signals(signum).name}: waiting for the requests in flight (at "
+              f"most --timeout-s {config.timeout_s:g} s) and any swap step under way; again to end at once",
+              file=sys.stderr)
         stopped_by.append(signum)
         stop.set()
 

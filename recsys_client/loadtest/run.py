@@ -8,6 +8,7 @@ import contextlib
 import functools
 import math
 import multiprocessing
+import signal
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -95,8 +96,28 @@ def _rollback(fleet, registry, swap: SwapConfig) -> tuple[int, dict[str, float]]
 
 def _admin_process() -> ProcessPoolExecutor:
     """A process for the admin actions: their gRPC channels and threads would
-    otherwise share this process's GIL with the load and skew its latencies."""
-    return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    otherwise share this process's GIL with the load and skew its latencies.
+    It ignores SIGINT: a terminal's Ctrl-C reaches the whole process group, and
+    would cut a rollout off with no undo; the run's own stop lets the step
+    under way finish."""
+    return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_sigint)
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+async def _connect(channels: list, stop: asyncio.Event, timeout_s: float) -> None:
+    """Waits until every channel is ready, or ``stop`` is set; TimeoutError past ``timeout_s``."""
+    connected = asyncio.ensure_future(asyncio.gather(*(c.channel_ready() for c in channels)))
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        done, _ = await asyncio.wait({connected, stopping}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for future in (connected, stopping):
+            future.cancel()
+    if not done:
+        raise TimeoutError(f"channels not ready within {timeout_s:g} s")
 
 
 def _import_admin_modules() -> None:
@@ -149,13 +170,12 @@ async def run_load(config: LoadConfig, *, progress: TextIO | None = None,
     admin: ProcessPoolExecutor | None = None
     ticker: asyncio.Task | None = None
     try:
-        # Connect first so connection set-up is not charged to the first requests.
-        async with asyncio.timeout(connect_timeout_s(config)):
-            await asyncio.gather(*(c.channel_ready() for c in channels))
+        # Connect first so connection set-up is not charged to the first requests; a stop meanwhile sends none.
+        await _connect(channels, stop, connect_timeout_s(config))
         events: list[Event] = []
         event_tasks: list[asyncio.Task] = []
         t0 = clock_ns()
-        if config.swap is not None:
+        if config.swap is not None and not stop.is_set():
             admin = _admin_process()
             await loop.run_in_executor(admin, _import_admin_modules)
             t0 = clock_ns()

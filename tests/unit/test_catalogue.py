@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -38,7 +39,8 @@ from protos.recsys.v1 import admin_pb2, admin_pb2_grpc, retrieval_pb2, versions_
 from recsys_client.candidate_tower import CandidateTower
 from recsys_client.catalogue import main as catalogue_main
 from recsys_client.delta_rollout import apply_everywhere, catch_up, publish_delta
-from recsys_client.fleet import Fleet, Replica
+from recsys_client.fleet import Fleet, Replica, check_fleet
+from recsys_client.interrupts import Interrupted
 from recsys_client.upserts import CatalogueError, read_upserts
 from serving import errors
 from serving.filters import NO_FILTER, check_filter
@@ -1067,6 +1069,18 @@ def test_replicas_given_in_each_others_flags_are_refused_before_anything_is_writ
         f"recsys-catalogue: --index-admin {query_address} is the query service of model 'm', not the index service "
         f"of 'm': give --index-admin only the admin addresses of 'm''s index slots; nothing changed")
     assert published_generation(registry.model_dir, 1) == 0
+
+
+def test_a_stop_while_the_roles_are_checked_is_a_stop_not_a_replica_that_did_not_answer():
+    """``Interrupted`` is a PublishError: taken for a replica's failed status call, a Ctrl-C was passed over and the
+    catch-up ran on (found by a review, stop 60)."""
+    class Stopped(_Replica):
+        def GetStatus(self, request, metadata=None, timeout=None):
+            raise Interrupted(signal.SIGINT)  # as the handler raises it inside the call
+
+    fleet = Fleet([Replica("index", "i:1", Stopped())], [])
+    with pytest.raises(Interrupted):
+        check_fleet(fleet, "m", unanswered_ok=True)
 
 
 def test_a_catalogue_directory_that_cannot_be_written_is_one_line_naming_it(tmp_path, capsys, monkeypatch):

@@ -32,6 +32,8 @@ def test_a_json_lines_file_whose_first_line_is_no_object_is_refused_naming_it(tm
      r"column 'stars' must be numeric, found '9999"),
     ("log.jsonl", f'{{"user_id": {"1" * 5000}, "item_id": "x"}}\n', {},
      r"log.jsonl: a line holds a number of over 4300 digits, .*: write it as a string \(in quotes\)"),
+    ("log.jsonl", '{"user_id": "a", "item_id": "x"}\n' + "[" * 100_000 + "\n", {},
+     r"log.jsonl: a line nests arrays or objects too deep to read"),  # a RecursionError
 ])
 def test_numbers_past_what_python_or_numpy_hold_are_refused_naming_the_column(tmp_path, name, text, options,
                                                                                message):
@@ -66,9 +68,12 @@ def test_catalogue_rows_left_out_or_overridden_are_counted(tmp_path):
 
 
 def test_blank_lines_before_the_header_are_layout(tmp_path):
-    """They made the header read as no columns: "columns 'user_id', 'item_id' not found; columns found: (none)"."""
+    """They made the header read as no columns: "columns 'user_id', 'item_id' not found; columns found: (none)". Read
+    past, they still count in the line an error names (a review found "row 3", the header's, for line 5)."""
     d = _load(tmp_path, "\n\nuser_id,item_id\nu1,a\n")
     assert list(zip(d.customer_ids, d.candidate_ids)) == [("u1", "a")]
+    with pytest.raises(ValueError, match=r"log.csv: row 5 has 1 fields, need at least 2"):
+        _load(tmp_path, "\n\nuser_id,item_id\nu1,a\nu2\n")
 
 
 def test_a_gzip_file_without_its_suffix_is_read(tmp_path):

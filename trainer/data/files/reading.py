@@ -174,8 +174,11 @@ def _csv_chunks(path: Path, reader, delim: str, columns: list[str], header: bool
     may lead it) would be read as ids and times: it is dropped and counted in ``counts["dropped_header_rows"]``. A
     header line with other columns, or the same in another order, is refused (``_header_line``)."""
     known: set[str] = set()  # a cell that may make a row a header line; none without a header
+    blank = 0  # blank lines before the header: layout, but records a line's number counts
     if header:
-        line = next((row for row in reader if row), None)  # blank lines before the header are layout
+        line = next(reader, None)
+        while line == []:
+            blank, line = blank + 1, next(reader, None)
         if line is None:
             raise ValueError(f"{path} is empty")
         names = [n.strip() for n in line]
@@ -192,7 +195,7 @@ def _csv_chunks(path: Path, reader, delim: str, columns: list[str], header: bool
         idx = [int(c) for c in columns]
         fields = None
     width = max(idx) + 1
-    record = 1 if header else 0
+    record = 1 + blank if header else 0
     lines = reader.line_num
     while reader is not None:
         try:
@@ -406,6 +409,8 @@ def _read_jsonl(path: Path, columns: list[str], chunk_rows: int) -> Iterator[lis
                 objs = [loads(ln) for ln in lines]  # transient: only the wanted fields are kept
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path} is not JSON lines: {e}") from None
+            except RecursionError:
+                raise ValueError(f"{path}: a line nests arrays or objects too deep to read") from None
             except ValueError:  # past the digits Python reads as an int: an id, whose digits are all kept
                 raise ValueError(f"{path}: a line holds a number of over {sys.get_int_max_str_digits()} digits, "
                                  f"more than Python reads as one: write it as a string (in quotes)") from None
