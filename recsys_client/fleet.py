@@ -166,7 +166,7 @@ def slot_busy(error: PublishError) -> bool:
             and "answered a search" in rpc.details())
 
 
-def _is_stop(error: PublishError) -> bool:
+def is_stop(error: PublishError) -> bool:
     """Whether ``error`` is a signal's stop (``recsys_client.interrupts``, which imports this module)."""
     from recsys_client.interrupts import Interrupted
 
@@ -181,7 +181,7 @@ def check_fleet(fleet: Fleet, model: str, unanswered_ok: bool = False) -> None:
         try:
             status = fleet.status(replica)
         except PublishError as e:
-            if unanswered_ok and not _is_stop(e):
+            if unanswered_ok and not is_stop(e):
                 continue
             raise
         if status.service != replica.role or status.model_name != model:

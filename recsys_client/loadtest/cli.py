@@ -235,6 +235,9 @@ async def _until_stopped(config: LoadConfig, progress, stopped_by: list[int]) ->
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopped, signum)
+    if progress is not None:  # a server that is down is waited for: say how long
+        print(f"recsys-loadtest: connecting to {config.address} (at most {connect_timeout_s(config):g} s)",
+              file=progress, flush=True)
     try:
         return await run_load(config, progress=progress, stop=stop)
     finally:

@@ -8,10 +8,14 @@ import contextlib
 import functools
 import math
 import multiprocessing
+import multiprocessing.connection
+import os
 import signal
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, TextIO
 
 from recsys_client.loadtest.config import RPCS, LoadConfig, SwapConfig
@@ -63,10 +67,19 @@ async def _run_event(event: Event, fn: Callable[[], Any], t0_ns: int, pool: Proc
     event.end_s = seconds_since(t0_ns)
 
 
+# Held by the admin process while a swap step runs: once its parent is gone, it ends after the step (``_orphaned``).
+_STEP = threading.Lock()
+
+
 def _admin_action(swap: SwapConfig, act: Callable[..., tuple[int, dict[str, float]]]) -> dict[str, Any]:
     """Runs ``act(fleet, registry, swap)`` in the admin process on a fresh
     connection to the replicas; the version it made live and where the time
     went (``connect``: the admin tool's channels, then ``act``'s own steps)."""
+    with _STEP:
+        return _admin_step(swap, act)
+
+
+def _admin_step(swap: SwapConfig, act: Callable[..., tuple[int, dict[str, float]]]) -> dict[str, Any]:
     from model_registry import Registry
     from recsys_client.fleet import Fleet
 
@@ -97,14 +110,25 @@ def _rollback(fleet, registry, swap: SwapConfig) -> tuple[int, dict[str, float]]
 def _admin_process() -> ProcessPoolExecutor:
     """A process for the admin actions: their gRPC channels and threads would
     otherwise share this process's GIL with the load and skew its latencies.
-    It ignores SIGINT: a terminal's Ctrl-C reaches the whole process group, and
-    would cut a rollout off with no undo; the run's own stop lets the step
-    under way finish."""
-    return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_sigint)
+    It ignores SIGINT and SIGTERM: a terminal's Ctrl-C, and `timeout` or
+    systemd's stop, reach the whole process group, and would cut a rollout off
+    with no undo; the run's own stop lets the step under way finish. A parent
+    that ended at once (a second signal: ``os._exit`` shuts no pool down) would
+    leave it waiting for work for good: it ends once its step is done."""
+    return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_admin_start)
 
 
-def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _admin_start() -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    threading.Thread(target=_orphaned, args=(multiprocessing.parent_process().sentinel,), daemon=True).start()
+
+
+def _orphaned(parent: int) -> None:
+    """Ends the admin process once its parent is gone, after the swap step under way."""
+    multiprocessing.connection.wait([parent])
+    with _STEP:
+        os._exit(0)
 
 
 async def _connect(channels: list, stop: asyncio.Event, timeout_s: float) -> None:
@@ -118,6 +142,8 @@ async def _connect(channels: list, stop: asyncio.Event, timeout_s: float) -> Non
             future.cancel()
     if not done:
         raise TimeoutError(f"channels not ready within {timeout_s:g} s")
+    if connected in done:
+        connected.result()  # a channel's failure, raised here rather than logged as never retrieved
 
 
 def _import_admin_modules() -> None:
@@ -177,7 +203,11 @@ async def run_load(config: LoadConfig, *, progress: TextIO | None = None,
         t0 = clock_ns()
         if config.swap is not None and not stop.is_set():
             admin = _admin_process()
-            await loop.run_in_executor(admin, _import_admin_modules)
+            try:
+                await loop.run_in_executor(admin, _import_admin_modules)
+            except BrokenProcessPool:  # a Ctrl-C reached it before it ignored SIGINT: no swap step will run
+                if not stop.is_set():
+                    raise
             t0 = clock_ns()
             swap_event = Event("swap", config.swap.at_s)
             events.append(swap_event)

@@ -66,6 +66,10 @@ def tls_hint(details: str, flags: str = "--tls-") -> str:
             f"the server's certificate{stale})")
 
 
+# A PEM certificate block as OpenSSL reads one: CERTIFICATE, TRUSTED CERTIFICATE, X509 CERTIFICATE.
+_CERTIFICATE_BLOCK = re.compile(rb"-----BEGIN (?:TRUSTED |X509 )?CERTIFICATE-----")
+
+
 def _check_files(config) -> None:
     """A certificate goes with its key, every file named can be read, and the CA, certificate and client CA files
     hold PEM certificates, checked at start, not at the first call. Of a CA file that is none, gRPC logged "Cannot
@@ -77,7 +81,7 @@ def _check_files(config) -> None:
             data = _read(getattr(config, field.name), field.name)
             # Only a certificate block is asked for: cryptography's parser is stricter than gRPC's (it warns of
             # certificates in the system's own bundle).
-            if field.name in ("ca", "cert", "client_ca") and b"-----BEGIN CERTIFICATE-----" not in data:
+            if field.name in ("ca", "cert", "client_ca") and not _CERTIFICATE_BLOCK.search(data):
                 raise ConfigError(field.name, f"{getattr(config, field.name)} holds no PEM certificate "
                                               "(-----BEGIN CERTIFICATE-----)")
     if config.cert:

@@ -1071,7 +1071,7 @@ def test_replicas_given_in_each_others_flags_are_refused_before_anything_is_writ
     assert published_generation(registry.model_dir, 1) == 0
 
 
-def test_a_stop_while_the_roles_are_checked_is_a_stop_not_a_replica_that_did_not_answer():
+def test_a_stop_while_the_roles_are_checked_is_a_stop_not_a_replica_that_did_not_answer(tmp_path):
     """``Interrupted`` is a PublishError: taken for a replica's failed status call, a Ctrl-C was passed over and the
     catch-up ran on (found by a review, stop 60)."""
     class Stopped(_Replica):
@@ -1081,6 +1081,12 @@ def test_a_stop_while_the_roles_are_checked_is_a_stop_not_a_replica_that_did_not
     fleet = Fleet([Replica("index", "i:1", Stopped())], [])
     with pytest.raises(Interrupted):
         check_fleet(fleet, "m", unanswered_ok=True)
+    # The delta's own check of the replicas took it so too, and wrote and applied the delta.
+    registry = Registry(tmp_path, "m")
+    publish_dummy(registry)
+    with pytest.raises(Interrupted):
+        publish_delta(fleet, registry, 1, Delta.make(deleted=["c"], dim=1))
+    assert published_generation(registry.model_dir, 1) == 0
 
 
 def test_a_catalogue_directory_that_cannot_be_written_is_one_line_naming_it(tmp_path, capsys, monkeypatch):

@@ -11,8 +11,10 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 import pytest
@@ -196,7 +198,9 @@ def test_a_stop_while_connecting_ends_the_run_at_once_with_its_report(tmp_path):
                             "--duration-s", "5", "--timeout-s", "60", "--out", str(out)], stderr=subprocess.PIPE,
                            text=True)
     try:
-        time.sleep(3)  # imports done, the connect under way
+        for line in run.stderr:  # its handlers are in place, the connect under way
+            if line.startswith("recsys-loadtest: connecting to 127.0.0.1:1 (at most 60 s)"):
+                break
         run.send_signal(signal.SIGINT)
         status = run.wait(10)
         err = run.stderr.read()
@@ -224,6 +228,30 @@ def test_the_swap_process_ignores_the_terminals_ctrl_c():
             assert pool.submit(_sigint_self).result(timeout=60) == "went on"
         except KeyboardInterrupt:  # the child's, raised again here: it would end the whole test run
             pytest.fail("the admin process took the terminal's SIGINT")
+
+
+ORPHAN = """
+import os
+from recsys_client.loadtest.run import _admin_process
+
+pool = _admin_process()
+print(pool.submit(os.getpid).result(timeout=60), flush=True)
+os._exit(130)  # as a second Ctrl-C ends recsys-loadtest: no pool shut down
+"""
+
+
+def test_the_swap_process_ends_once_its_parent_ended_at_once():
+    """It waited for work for good, a child of init, beside its resource tracker (found by a review, stop 60)."""
+    parent = subprocess.Popen([sys.executable, "-c", ORPHAN], stdout=subprocess.PIPE, text=True)
+    worker = int(parent.stdout.readline())  # the pipe stays open while the worker holds it: read the line alone
+    assert parent.wait(60) == 130
+    for _ in range(100):
+        if not Path(f"/proc/{worker}").exists():
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail(f"the admin process {worker} outlived its parent")
 
 
 def test_the_report_and_the_plot_cannot_be_one_file(fake_query, tmp_path, capsys):
