@@ -51,11 +51,11 @@ import prometheus_client
 
 from query_service.batching import BATCH_SIZE, MicroBatcher
 from query_service.storage.local_tier import LocalTier
-from query_service.storage.redis_link import CLUSTER_SCHEMES, MAX_TTL_S, PIPELINED, UNREACHED, RedisLink
+from query_service.storage.redis_link import CLUSTER_SCHEMES, MAX_TTL_S, PIPELINED, UNREACHED, RedisLink, check_url
 from query_service.storage.result import CachedResult
 from serving.errors import ResourceExhausted
 from serving.telemetry.log_throttle import LogThrottle
-from settings.flags import option, require
+from settings.flags import ConfigError, option, require
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,11 @@ class CacheConfig:
         require(not self.url or urlsplit(self.url).scheme in ("redis", "rediss", "unix", *CLUSTER_SCHEMES), "url",
                 f"{redacted_url(self.url)!r} names no Redis: give redis://HOST:PORT[/DB], rediss://..., unix://PATH or "
                 "redis+cluster://HOST:PORT[,HOST:PORT...]")
+        if self.url:
+            try:
+                check_url(self.url)
+            except ValueError as e:
+                raise ConfigError("url", f"{redacted_url(self.url)!r}: {e}") from None
         require(1 <= self.ttl_s <= MAX_TTL_S, "ttl_s", f"must be from 1 to {MAX_TTL_S:,} (ten years)")
         require(self.timeout_s > 0, "timeout_s", "must be positive")
         require(self.retry_after_s >= 0, "retry_after_s", "must be >= 0")

@@ -43,6 +43,7 @@ import redis.asyncio as redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.connection import parse_url
 from redis.exceptions import (AuthenticationError, RedisClusterException, RedisError, ResponseError,
                               SlotNotCoveredError)
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -104,15 +105,38 @@ def wrong_type(reply: Any) -> bool:
     return isinstance(reply, ResponseError) and str(reply).startswith("WRONGTYPE")
 
 
+def _cluster_nodes(hosts: str) -> list:
+    """The nodes of a cluster URL's ``host:port[,host:port...]``; ValueError naming it otherwise."""
+    try:
+        nodes = [urlsplit(f"//{host}") for host in hosts.split(",") if host]
+        if nodes and all(node.hostname is not None and node.port is not None for node in nodes):
+            return nodes
+    except ValueError:  # a port past 65535 or not a number
+        pass
+    raise ValueError(f"a cluster URL lists its nodes as host:port[,host:port...]; got {hosts!r}")
+
+
+def check_url(url: str) -> None:
+    """Raises ValueError for a Redis URL that redis-py refuses only when it connects (a port past 65535 or not a
+    number, a cluster URL without its nodes: a traceback at start) or reads otherwise than written (a database
+    that is no number, as database 0)."""
+    parts = urlsplit(url)
+    if parts.scheme in CLUSTER_SCHEMES:
+        _cluster_nodes(parts.netloc.rpartition("@")[2])
+        return
+    parse_url(url)
+    database = parts.path.lstrip("/")
+    if parts.scheme in ("redis", "rediss") and database and not database.isdigit():
+        raise ValueError(f"the database {database!r} is not a number: give redis://HOST:PORT/N")
+
+
 def cluster_client(url: str, **kwargs: Any) -> RedisCluster:
     """A RedisCluster for ``redis+cluster://[user:password@]host:port[,host:port...][?option=value]``:
     every listed node is a startup node (any one that answers gives the slot
     map); user, password, TLS (``rediss+cluster``) and options apply to all."""
     parts = urlsplit(url)
     userinfo, _, hosts = parts.netloc.rpartition("@")
-    nodes = [urlsplit(f"//{host}") for host in hosts.split(",") if host]
-    if not nodes or any(node.hostname is None or node.port is None for node in nodes):
-        raise ValueError(f"a cluster URL lists its nodes as host:port[,host:port...]; got {hosts!r}")
+    nodes = _cluster_nodes(hosts)
     first_host = hosts.split(",")[0]
     first = urlunsplit((CLUSTER_SCHEMES[parts.scheme], f"{userinfo}@{first_host}" if userinfo else first_host,
                         parts.path, parts.query, ""))

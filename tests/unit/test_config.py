@@ -202,6 +202,13 @@ def test_recsys_train_takes_its_training_flags_from_the_environment_too(monkeypa
     ("--index-address=127.0.0.1:72547", "--index-address '127.0.0.1:72547' is not HOST:PORT with a port from 1 to "
                                         "65535"),
     ("--index-address=h:1,h:1", "--index-address names h:1 more than once"),
+    # Tracebacks at start, and a database that is no number read as database 0.
+    ("--redis-url=redis://127.0.0.1:99999/0", "--redis-url 'redis://127.0.0.1:99999/0': Port out of range 0-65535"),
+    ("--redis-url=redis://127.0.0.1:7001/abc", "--redis-url 'redis://127.0.0.1:7001/abc': the database 'abc' is not "
+                                               "a number"),
+    ("--redis-url=redis+cluster://", "--redis-url 'redis+cluster://': a cluster URL lists its nodes as host:port"),
+    ("--redis-url=redis+cluster://h:1,h:99999", "--redis-url 'redis+cluster://h:1,h:99999': a cluster URL lists its "
+                                                "nodes as host:port[,host:port...]; got 'h:1,h:99999'"),
 ])
 def test_a_query_flag_that_no_wait_or_expiry_can_use_is_refused(capsys, flag, says):
     from query_service.server import QueryServiceConfig, build_parser
