@@ -18,6 +18,7 @@ from protos.recsys.v1 import admin_pb2 as pb
 from protos.recsys.v1 import admin_pb2_grpc as pb_grpc
 from protos.recsys.v1 import versions_pb2
 from recsys_client.status import FLAGS, admin_port_hint
+from serving.config import check_token
 from serving.rpc.tls import ClientTls, tls_hint
 from serving.telemetry.observability import REQUEST_ID_KEY
 from settings.flags import MAX_DEADLINE_S, check_address, option, require, require_distinct, require_valid
@@ -73,6 +74,7 @@ class FleetConfig:
             require_distinct(getattr(self, field), field)
             for address in getattr(self, field):
                 require_valid(check_address, address, field)
+        require_valid(check_token, self.admin_token, "admin_token")
         # A negative wait wrote a delta no replica was then asked to take; 0 failed every call, blamed on the replica.
         for field in ("timeout_s", "connect_timeout_s"):
             require(0 < getattr(self, field) <= MAX_DEADLINE_S, field, f"must be over 0 and at most {MAX_DEADLINE_S:g}")

@@ -39,11 +39,17 @@ class AdminConfig:
         require(bool(self.token) or is_loopback(self.host), "token",
                 f"is required with --admin-host {self.host}: off loopback, anyone who reaches the port could "
                 "load, promote and unload versions")
-        # Sent as gRPC metadata, which carries printable ASCII only: another token (a line break from `echo`, a
-        # non-ASCII letter) could never be sent, and the admin plane would refuse every call.
-        require(self.token.isascii() and self.token.isprintable() and " " not in self.token, "token",
-                f"must be printable ASCII without spaces (what a gRPC header carries); this one has "
-                f"{len(self.token)} characters, some of them not")
+        require_valid(check_token, self.token, "token")
+
+
+def check_token(token: str) -> None:
+    """Raises ValueError unless ``token`` can be sent as gRPC metadata, which carries printable ASCII only: another
+    (a line break from `echo`, a non-ASCII letter) could never be sent, and the admin plane would refuse every call;
+    a tool given one failed inside gRPC ("INTERNAL: Invalid metadata", with its trace). The message holds no part
+    of the token."""
+    if not (token.isascii() and token.isprintable() and " " not in token):
+        raise ValueError(f"must be printable ASCII without spaces (what a gRPC header carries); this one has "
+                         f"{len(token)} characters, some of them not")
 
 
 @dataclasses.dataclass(frozen=True)

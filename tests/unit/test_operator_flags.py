@@ -50,3 +50,13 @@ def test_an_index_slot_keepalive_no_watcher_could_wait_out_is_refused(capsys):
     err = _refused(IndexServiceConfig, ["--registry", "/r", "--model", "m", "--slot", "blue", "--keepalive-s", "1e300"],
                    capsys)
     assert "error: --keepalive-s must be over 0 and at most 86400" in err
+
+
+@pytest.mark.parametrize("config", [PublishConfig, CatalogueConfig])
+def test_an_admin_token_no_grpc_header_can_carry_is_refused_naming_none_of_it(config, tmp_path, capsys):
+    """The services refuse such a token at start; the tools sent it, and gRPC failed inside ("INTERNAL: Invalid
+    metadata", after its multi-line trace)."""
+    token = tmp_path / "token"
+    token.write_text("s\\u00e9cret\\nline two")
+    err = _refused(config, [*FLEET, "--index-admin", "i:1", "--admin-token-file", str(token)], capsys)
+    assert "error: --admin-token-file must be printable ASCII without spaces" in err and "cret" not in err
