@@ -45,7 +45,7 @@ from serving.errors import InvalidArgument
 from serving.rpc.filter_protos import filter_from_proto
 from serving.rpc.tls import ToolTls, tls_hint
 from settings.flags import (ConfigError, add_flags, add_secret_file, comma_list, deadline_s, flag_name, from_args,
-                            host_port)
+                            host_port, host_ports)
 
 
 def parse_filter(text: str) -> pb.Filter:
@@ -97,9 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "health":
             sub.add_argument("--service", default="", help="service name; empty for the whole server")
     sub = commands.add_parser("status", help="every replica's versions and states, from the admin planes")
-    sub.add_argument("--index-admin", type=comma_list, default=[],
+    sub.add_argument("--index-admin", type=host_ports, default=[],
                      help="index slot replicas' admin HOST:PORT, comma-separated")
-    sub.add_argument("--query-admin", type=comma_list, default=[],
+    sub.add_argument("--query-admin", type=host_ports, default=[],
                      help="query replicas' admin HOST:PORT, comma-separated")
     add_secret_file(parser, sub, "admin-token", "file holding the bearer token of the admin plane")
     _add_connection(sub)

@@ -225,6 +225,11 @@ def host_port(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def host_ports(text: str) -> list[str]:
+    """A comma-separated flag of service addresses (``comma_list``), each ``host_port``."""
+    return [host_port(part) for part in comma_list(text)]
+
+
 def _parse_bool(text: str) -> bool:
     word = text.strip().lower()
     # Only an environment variable reaches this (a flag is --name/--no-name): "ture" must not read as off.

@@ -72,8 +72,8 @@ from recsys_client.loadtest.config import DISTRIBUTIONS, RECOMMEND_ONLY, RPCS, L
 from recsys_client.loadtest.report import format_table
 from recsys_client.loadtest.run import connect_timeout_s, run_load
 from serving.rpc.tls import ToolTls, tls_hint
-from settings.flags import (ConfigError, add_flags, add_secret_file, comma_list, deadline_s, flag_name, from_args,
-                            host_port)
+from settings.flags import (ConfigError, add_flags, add_secret_file, deadline_s, flag_name, from_args, host_port,
+                            host_ports)
 from settings.output_files import png_path, unwritable
 
 
@@ -119,9 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     swap.add_argument("--swap", action="store_true", help="publish a version during the run, then roll back")
     swap.add_argument("--registry", type=Path, help="model registry root directory")
     swap.add_argument("--model", help="model name under the registry")
-    swap.add_argument("--index-admin", type=comma_list, default="",
+    swap.add_argument("--index-admin", type=host_ports, default="",
                       help="index replicas' admin HOST:PORT, comma-separated")
-    swap.add_argument("--query-admin", type=comma_list, default="",
+    swap.add_argument("--query-admin", type=host_ports, default="",
                       help="query replicas' admin HOST:PORT, comma-separated")
     add_secret_file(parser, swap, "admin-token", "file holding the bearer token of the admin plane")
     swap.add_argument("--swap-version", type=int, help="version to publish")

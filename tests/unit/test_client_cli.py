@@ -62,3 +62,10 @@ def test_a_deadline_or_address_out_of_range_is_refused_naming_the_flag(argv, mes
 def test_an_address_the_flag_takes():
     for address in ("127.0.0.1:50051", "[::1]:50051", "query.recsys.svc:443", "unix:/run/recsys.sock"):
         assert cli.build_parser().parse_args(["embed", "--address", address, "--customer-id", "c"]).address == address
+
+
+
+def test_status_takes_admin_addresses_as_host_port_only(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["status", "--index-admin", "127.0.0.1:1", "--query-admin", "127.0.0.1:70000"])
+    assert exit_.value.code == 2 and "--query-admin: '127.0.0.1:70000' is not HOST:PORT" in capsys.readouterr().err

@@ -273,6 +273,7 @@ def test_bad_flag_combinations_are_rejected(argv, message):
     # A port past 65535 reached another (gRPC takes it modulo 65536).
     (["--address", "127.0.0.1:70000"], "--address: '127.0.0.1:70000' is not HOST:PORT with a port from 1 to 65535"),
     (["--address", "localhost"], "--address: 'localhost' is not HOST:PORT"),  # gRPC went to port 443
+    (["--index-admin", "a:1,b:70000"], "--index-admin: 'b:70000' is not HOST:PORT"),  # the swap's replicas too
 ])
 def test_flags_out_of_range_are_refused_by_the_parser(argv, message, capsys):
     base = ["--address", "h:1", "--qps", "10", "--duration-s", "1"]
