@@ -423,7 +423,9 @@ def test_cli_validates_the_whole_config_before_reading_data(tmp_path, capsys):
                          (["--temperature", "1e39"], "--temperature must be at most 1e+06"),
                          (["--prior-weight", "1e39"], "--prior-weight must be >= 0, and times the temperature at "
                                                       "most 1e+06"),
-                         (["--deep-layers", "128,64"], "--deep-layers needs --tower features, history or sequence")):
+                         (["--deep-layers", "128,64"], "--deep-layers needs --tower features, history or sequence"),
+                         # TensorFlow's "Can't convert Python sequence with out-of-range integer", naming no flag.
+                         (["--batch-size", "100000000000000000000"], "--batch-size must be below 2**31")):
         with pytest.raises(SystemExit) as e:
             cli.main(["--tune-budget-s", "0",
                       "--dataset", "movielens-100k", "--data-dir", str(tmp_path), "--registry", str(tmp_path),
