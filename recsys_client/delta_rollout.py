@@ -14,7 +14,7 @@ from model_registry import Registry, signing
 from model_registry.deltas import Delta, catalogue_dir, published_generation, write_delta
 from protos.recsys.v1 import admin_pb2 as pb
 from protos.recsys.v1.versions_pb2 import VERSION_STATE_LOADING as LOADING
-from recsys_client.fleet import SERVING, Fleet, PublishError, Replica, is_stop, version_in
+from recsys_client.fleet import SERVING, Fleet, PublishError, Replica, ReplicaError, version_in
 from recsys_client.interrupts import Interrupted
 from recsys_client.upserts import CatalogueError, check_scale
 
@@ -124,9 +124,7 @@ def _check_replicas(fleet: Fleet, registry: Registry, version: int, served: bool
     for replica in fleet.index + fleet.query:
         try:
             status = fleet.status(replica)
-        except PublishError as e:
-            if is_stop(e):  # a signal's stop raised in the call (a PublishError too): not a replica's silence
-                raise
+        except ReplicaError:
             continue
         live = version_in(status, SERVING)
         if replica.role == "query" and live not in (None, version):

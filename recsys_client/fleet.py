@@ -31,6 +31,12 @@ class PublishError(Exception):
     """A rollout step failed; the message says which replica and why."""
 
 
+class ReplicaError(PublishError):
+    """A replica's admin call failed (``Replica.call``): caught alone where a replica that does not answer is
+    passed over, so that a signal's stop (``recsys_client.interrupts.Interrupted``, a PublishError raised inside
+    the call) is not."""
+
+
 @dataclass
 class Replica:
     role: str  # "index" or "query"
@@ -45,7 +51,7 @@ class Replica:
             request_id = dict(metadata).get(REQUEST_ID_KEY)
             # Where the hint says the call reached another plane, that plane's log has nothing of it to find.
             named = f" (request id {request_id})" if request_id and not hint else ""
-            raise PublishError(f"{self.role} replica {self.address}: {method} failed: {e.code().name}: {e.details()}"
+            raise ReplicaError(f"{self.role} replica {self.address}: {method} failed: {e.code().name}: {e.details()}"
                                f"{hint}{named}") from e
 
 
@@ -168,13 +174,6 @@ def slot_busy(error: PublishError) -> bool:
             and "answered a search" in rpc.details())
 
 
-def is_stop(error: PublishError) -> bool:
-    """Whether ``error`` is a signal's stop (``recsys_client.interrupts``, which imports this module)."""
-    from recsys_client.interrupts import Interrupted
-
-    return isinstance(error, Interrupted)
-
-
 def check_fleet(fleet: Fleet, model: str, unanswered_ok: bool = False) -> None:
     """Refuses, before any change, a replica that is not of ``model`` or not of the role of the flag it was
     given in (a query replica's admin address among the index slots, or another model's replicas).
@@ -182,8 +181,8 @@ def check_fleet(fleet: Fleet, model: str, unanswered_ok: bool = False) -> None:
     for replica in fleet.index + fleet.query:
         try:
             status = fleet.status(replica)
-        except PublishError as e:
-            if unanswered_ok and not is_stop(e):
+        except ReplicaError:
+            if unanswered_ok:
                 continue
             raise
         if status.service != replica.role or status.model_name != model:

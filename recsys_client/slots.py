@@ -9,7 +9,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from protos.recsys.v1 import admin_pb2 as pb
-from recsys_client.fleet import SERVING, Fleet, PublishError, Replica, is_stop, slot_busy, versions_in
+from recsys_client.fleet import SERVING, Fleet, PublishError, Replica, ReplicaError, slot_busy, versions_in
 from recsys_client.undo import Undo
 
 log = logging.getLogger("recsys-publish")
@@ -112,9 +112,7 @@ def _unlisted_traffic(fleet: Fleet, slot: Slot, error: PublishError) -> PublishE
         return error
     try:
         serving = versions_in(fleet, SERVING)
-    except PublishError as e:  # the refusal is what the operator must hear, unless a signal stopped the run
-        if is_stop(e):
-            raise
+    except ReplicaError:  # the refusal is what the operator must hear
         return error
     if slot.version in serving.values():
         return error

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -166,21 +167,26 @@ def test_a_short_run_achieves_the_offered_rate_not_its_requests_over_one_round_t
     assert report["requests"]["ok"] == 3 and report["achieved_qps"] == 10.0
 
 
-def test_a_stopped_run_reports_what_it_measured_and_exits_as_the_signal(fake_query, tmp_path):
-    """Ctrl-C was a KeyboardInterrupt's traceback: nothing written, nothing printed."""
-    out = tmp_path / "r.json"
-    run = subprocess.Popen([console_script("recsys-loadtest"), "--address", fake_query, "--qps", "50",
-                            "--duration-s", "60", "--out", str(out)], stderr=subprocess.PIPE, text=True)
+def _interrupted(argv: list[str], ready: Callable[[str], bool], wait_s: float) -> tuple[int, str]:
+    """(exit status, stderr after) of ``recsys-loadtest argv`` given SIGINT once a stderr line is ``ready``."""
+    run = subprocess.Popen([console_script("recsys-loadtest"), *argv], stderr=subprocess.PIPE, text=True)
     try:
-        for line in run.stderr:  # the first progress line: a second of the schedule went by
-            if LINE.match(line):
+        for line in run.stderr:
+            if ready(line):
                 break
         run.send_signal(signal.SIGINT)
-        status = run.wait(30)
-        err = run.stderr.read()
+        status = run.wait(wait_s)
+        return status, run.stderr.read()
     finally:
         run.kill()
         run.wait()
+
+
+def test_a_stopped_run_reports_what_it_measured_and_exits_as_the_signal(fake_query, tmp_path):
+    """Ctrl-C was a KeyboardInterrupt's traceback: nothing written, nothing printed."""
+    out = tmp_path / "r.json"
+    status, err = _interrupted(["--address", fake_query, "--qps", "50", "--duration-s", "60", "--out", str(out)],
+                               LINE.match, 30)  # the first progress line: a second of the schedule went by
     assert status == 130, err[-3000:]
     assert "recsys-loadtest: stopped by SIGINT: waiting for the requests in flight" in err
     report = json.loads(out.read_text())
@@ -194,19 +200,9 @@ def test_a_stop_while_connecting_ends_the_run_at_once_with_its_report(tmp_path):
     """The stop was only seen by the schedule: with no server there, Ctrl-C waited out the connect (10 s, or
     --timeout-s) and exited 1 "could not connect" (found by a review, stop 60)."""
     out = tmp_path / "r.json"
-    run = subprocess.Popen([console_script("recsys-loadtest"), "--address", "127.0.0.1:1", "--qps", "50",
-                            "--duration-s", "5", "--timeout-s", "60", "--out", str(out)], stderr=subprocess.PIPE,
-                           text=True)
-    try:
-        for line in run.stderr:  # its handlers are in place, the connect under way
-            if line.startswith("recsys-loadtest: connecting to 127.0.0.1:1 (at most 60 s)"):
-                break
-        run.send_signal(signal.SIGINT)
-        status = run.wait(10)
-        err = run.stderr.read()
-    finally:
-        run.kill()
-        run.wait()
+    status, err = _interrupted(  # once its handlers are in place, the connect under way
+        ["--address", "127.0.0.1:1", "--qps", "50", "--duration-s", "5", "--timeout-s", "60", "--out", str(out)],
+        lambda line: line.startswith("recsys-loadtest: connecting to 127.0.0.1:1 (at most 60 s)"), 10)
     assert status == 130, err[-3000:]
     report = json.loads(out.read_text())
     assert report["requests"]["scheduled"] == 0 and report["stopped_at_s"] < 1
