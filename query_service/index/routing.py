@@ -54,7 +54,7 @@ from serving.lifecycle.admin import EndpointInfo, VersionInfo
 from serving.rpc.tls import ClientTls
 from serving.telemetry.log_throttle import LogThrottle
 from serving.telemetry.observability import ScrapeTimeCollector
-from settings.flags import check_address, option, require, require_distinct, require_valid
+from settings.flags import MAX_DEADLINE_S, check_address, option, require, require_distinct, require_valid
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -79,10 +79,6 @@ REROUTES = prometheus_client.Counter(
     "recsys_index_reroutes", "Index searches sent to a second endpoint holding their version: hedged (the first had "
     "not answered in --index-hedge-ms) or retried (the first failed UNAVAILABLE or FAILED_PRECONDITION)", ["reason"])
 _HEDGED, _RETRIED = REROUTES.labels("hedged"), REROUTES.labels("retried")
-# The longest --index-timeout-s: gRPC reads a deadline ~1e10 s away as already passed, and every call without a
-# client deadline failed DEADLINE_EXCEEDED.
-MAX_INDEX_TIMEOUT_S = 86_400.0
-
 
 @dataclasses.dataclass(frozen=True)
 class RoutingConfig:
@@ -98,8 +94,9 @@ class RoutingConfig:
     tls: ClientTls = option(ClientTls(), "TLS to the index endpoints", prefix="index-tls-")
 
     def __post_init__(self) -> None:
-        require(0 < self.timeout_s <= MAX_INDEX_TIMEOUT_S, "timeout_s", f"must be positive and at most "
-                f"{MAX_INDEX_TIMEOUT_S:,.0f} s (a day)")
+        # gRPC reads a deadline ~1e10 s away as already passed: every call without a client deadline failed.
+        require(0 < self.timeout_s <= MAX_DEADLINE_S, "timeout_s", f"must be positive and at most "
+                f"{MAX_DEADLINE_S:,.0f} s (a day)")
         require(self.hedge_ms >= 0, "hedge_ms", "must be >= 0")
         # 127.0.0.1:72547 reached port 7011 (gRPC takes the port modulo 65536); a repeat was two endpoints.
         require_distinct(self.addresses, "addresses")
