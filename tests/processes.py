@@ -51,6 +51,49 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, inter
     raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
 
 
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (a wrapper's command, a supervisor's workers)."""
+    found, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        found.append(current)
+        try:
+            queue.extend(children(current))
+        except OSError:  # exited meanwhile
+            pass
+    return found
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """Whether ``pid`` or a process below it holds a socket listening on TCP ``port``.
+
+    A port drawn free can be taken by another test's server before this one binds it; that
+    server's health check would then answer for this one (seen once: UNIMPLEMENTED from an
+    index service where a query service was expected). The kernel's socket table says whose it is."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    for owner in descendants(pid):
+        try:
+            fds = os.listdir(f"/proc/{owner}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{owner}/fd/{fd}") in inodes:
+                    return True
+            except OSError:
+                continue
+    return False
+
+
 def console_script(name: str) -> str:
     path = BIN / name
     if not path.exists():
@@ -154,10 +197,11 @@ class ServiceProcess:
         return self
 
     def wait_serving(self, timeout_s: float = 120) -> "ServiceProcess":
-        """Waits until the launched process reports SERVING; stops it and raises if it
-        does not in ``timeout_s`` or exits first."""
+        """Waits until the launched process reports SERVING on a port it holds itself; stops it
+        and raises if it does not in ``timeout_s`` or exits first."""
         try:
-            wait_until(lambda: self.proc.poll() is not None or is_serving(self.address, "", self.credentials),
+            wait_until(lambda: self.proc.poll() is not None or (is_serving(self.address, "", self.credentials)
+                                                                and listens_on(self.proc.pid, self.port)),
                        timeout_s, f"{self.script} to report SERVING")
         except TimeoutError:
             self.stop()
