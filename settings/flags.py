@@ -416,7 +416,9 @@ def _environment_note(parser: argparse.ArgumentParser, cls: type, args: argparse
         return ""
     env = _env_name(flag)
     from_env = env in os.environ or f"{env}_FILE" in os.environ
-    return f" (set by ${env})" if from_env and getattr(args, flag.dest) == parser.get_default(flag.dest) else ""
+    value, default = getattr(args, flag.dest), parser.get_default(flag.dest)
+    # ``is`` first: a nan taken from the environment is its own default but equals nothing.
+    return f" (set by ${env})" if from_env and (value is default or value == default) else ""
 
 
 def overrides(cls: type, args: argparse.Namespace) -> dict[str, Any]:

@@ -155,6 +155,18 @@ def test_a_refused_value_from_the_environment_names_its_variable(capsys, monkeyp
         assert line.endswith(f"finite{note}"), line
 
 
+def test_a_nan_from_the_environment_names_its_variable(capsys, monkeypatch):
+    """The note compared the flag's value with its default from the environment: nan equals nothing, itself
+    included, so RECSYS_MIN_RECALL=nan was refused as "--min-recall must be in [0, 1]" alone."""
+    from index_service.server import IndexServiceConfig, build_parser
+    from settings.flags import parse
+
+    monkeypatch.setenv("RECSYS_MIN_RECALL", "nan")
+    with pytest.raises(SystemExit):
+        parse(build_parser(), IndexServiceConfig, ["--registry", "/r", "--model", "m", "--slot", "blue"])
+    assert capsys.readouterr().err.strip().endswith("--min-recall must be in [0, 1] (set by $RECSYS_MIN_RECALL)")
+
+
 def test_recsys_train_takes_its_training_flags_from_the_environment_too(monkeypatch, capsys):
     """DEPLOY.md: every flag of the services and operator tools defaults to $RECSYS_<FLAG>. recsys-train's training
     flags ignored theirs: RECSYS_EPOCHS in a trainer Job's environment trained the preset's epochs, silently. Set,
