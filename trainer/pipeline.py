@@ -159,6 +159,8 @@ def run(config: PipelineConfig, log: Callable[[str], None] = lambda msg: None,
                                                         shards=config.index_shards),
                                    prior)
         phases["evaluation_and_publish"] = time.perf_counter() - t1
+        # Known only now: --metrics-out has it, the copy in the published manifest (written above) does not.
+        report["run_seconds"]["evaluation_and_publish"] = round(phases["evaluation_and_publish"], 1)
         trials = f" ({len(tuning['trials'])} search trials)" if tuning else ""
         log(f"run: {time.perf_counter() - started:.0f}s against --tune-budget-s {config.tune_budget_s:g}"
             f"{trials}: " + ", ".join(f"{phase.replace('_', ' ')} {seconds:.0f}s" for phase, seconds in phases.items()))
