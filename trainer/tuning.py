@@ -18,6 +18,7 @@ configuration on all training data (``training.refit``), as an untuned run does.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 from typing import Any, Callable
@@ -138,6 +139,8 @@ def search(train_data: Interactions, validation: Validation, preset: Callable[[s
     towers = (start_tower,) if "towers.kind" in fixed else tuple(
         dict.fromkeys((start_tower,) + SEARCHED_TOWERS + (("features",) if has_customer_features else ())))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # This module's warnings are a failed trial's, with its traceback: the trial's own "failed (...)" line says it.
+    logging.getLogger("optuna.study._optimize").setLevel(logging.ERROR)
     # Pruning starts at epoch 4 (a step of n_warmup_steps): on ml-100k most trials peak at epochs 5-10, and
     # judged at epoch 2 (the first setting tried) 12 of 16 trials were cut, the
     # slow starters among them.
