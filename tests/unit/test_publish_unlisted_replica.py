@@ -4,10 +4,13 @@ and the refusal names the likely cause."""
 
 from __future__ import annotations
 
+import signal
+
 import grpc
 import pytest
 
 from recsys_client.fleet import ROLLBACK_TARGET, SERVING, Fleet, PublishError, Replica
+from recsys_client.interrupts import Interrupted
 from recsys_client.publish import publish_version
 from tests.unit.test_publish_guards import IndexStub, RpcFailure, setup
 
@@ -35,3 +38,22 @@ def test_a_busy_slot_whose_version_no_listed_replica_serves_names_a_replica_miss
                             "searches for it: a query replica missing from --query-admin? Give every query replica: a "
                             "rollout replacing version 1 would fail its searches"), message
     assert query.versions == {1: ROLLBACK_TARGET, 2: SERVING} and registry.pointers() == (2, 1)
+
+
+def test_a_stop_while_the_query_replicas_are_asked_why_is_the_stop(tmp_path):
+    """Naming the cause asks the query replicas what they serve; one that does not answer leaves the refusal as it
+    is, but a stop (SIGINT, SIGTERM) arriving then must end the run as a stop, not be taken for that silence."""
+    registry, query, blue, _ = setup(tmp_path)
+
+    def stopped(request, metadata=None, timeout=None):
+        raise Interrupted(signal.SIGTERM)
+
+    class StoppedWhileAsking(BusySlot):
+        def LoadVersion(self, request, metadata=None, timeout=None):
+            query.GetStatus = stopped  # the status calls after this refusal meet the stop
+            super().LoadVersion(request, metadata, timeout)
+
+    green = StoppedWhileAsking({1: SERVING}, "green")
+    fleet = Fleet([Replica("index", "blue", blue), Replica("index", "green", green)], [Replica("query", "q1", query)])
+    with pytest.raises(Interrupted, match="stopped by SIGTERM"):
+        publish_version(fleet, registry, 3)
