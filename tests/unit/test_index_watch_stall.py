@@ -82,3 +82,36 @@ async def test_an_endpoint_silent_for_three_keepalives_is_routed_around():
         watch.cancel()
         await asyncio.gather(watch, return_exceptions=True)
         server.stop(None)
+
+
+class SlowRead:
+    """A status stream's call whose next message comes ``after_s`` after the read begins (None: never)."""
+
+    def __init__(self, after_s: float | None):
+        self.after_s = after_s
+        self.cancelled = False
+
+    async def read(self):
+        try:
+            await asyncio.sleep(self.after_s if self.after_s is not None else 3600)
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        return "status"
+
+
+def test_a_message_within_the_grace_after_the_silence_is_read_and_none_is_a_timeout():
+    """The grace is the message that arrived while this replica's loop was stalled past ``silence_s``: its timer
+    fires late, the message is there to be read. Past the grace the endpoint is silent, and the read is cancelled."""
+    from query_service.index.index_client import STALL_GRACE_S, _read_within
+
+    async def run():
+        late = SlowRead(0.05 + STALL_GRACE_S / 2)
+        assert await _read_within(late, 0.05) == "status"
+        silent = SlowRead(None)
+        with pytest.raises(asyncio.TimeoutError):
+            await _read_within(silent, 0.05)
+        await asyncio.sleep(0)  # the cancellation is delivered
+        assert silent.cancelled
+
+    asyncio.run(run())
