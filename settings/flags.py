@@ -298,14 +298,45 @@ def _env_default(flag: _Flag) -> Any:
     return value
 
 
+def _shown(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def _presets_note(flag: _Flag, presets: dict[str, Any], is_bool: bool) -> str:
+    """Where the flag's default is a preset's: "default X", and the presets that differ ("; Y in the history
+    preset"). A flag without one shows none."""
+    values = {name: preset for name, preset in presets.items()}
+    for name in flag.path:
+        values = {preset: getattr(value, name) for preset, value in values.items()}
+    by_value: list[tuple[Any, list[str]]] = []
+    for preset, value in values.items():
+        group = next((names for seen, names in by_value if seen == value), None)
+        if group is None:
+            by_value.append((value, [preset]))
+        else:
+            group.append(preset)
+    by_value.sort(key=lambda entry: -len(entry[1]))  # stable: the first preset's value wins a tie
+    word = (lambda v: "on" if v else "off") if is_bool else _shown
+    if len(by_value) == 1 and (is_bool or by_value[0][0] in (None, "", ())):
+        return ""  # as for flags without presets: --x / --no-x's usual default, and no value, go without saying
+    if len(by_value) == len(presets) > 1:  # a value per preset: the flag that picks the preset (--tower)
+        return f"default {word(flag.default)}"
+    note = f"default {word(by_value[0][0])}"
+    for value, names in by_value[1:]:
+        note += f"; {word(value)} in the {', '.join(names)} preset{'s' if len(names) > 1 else ''}"
+    return note
+
+
 def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, *,
-              defaults: bool = True) -> None:
+              defaults: bool = True, presets: dict[str, Any] | None = None) -> None:
     """Adds a flag for every ``option`` field of ``cls`` (nested configs included).
 
     ``defaults=True``: a flag defaults to ``$RECSYS_<FLAG>`` (if the field allows
     the environment), else to the field's default; a field without a default is
     a required flag. ``defaults=False``: every flag defaults to None (= not
-    given), for ``overrides``, or to ``$RECSYS_<FLAG>`` when it is set (given).
+    given), for ``overrides``, or to ``$RECSYS_<FLAG>`` when it is set (given);
+    its help shows the value in each of ``presets`` (configs of ``cls`` by name),
+    where the run takes its defaults, rather than the field's.
     """
     for flag in _flags(cls):
         meta = flag.field.metadata
@@ -338,10 +369,12 @@ def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: ty
         notes = []
         if env:
             notes.append(f"env {env} or {env}_FILE" if meta["secret"] else f"env {env}")
-        if flag.default is not _NO_DEFAULT and flag.default not in (None, "", ()) and not is_bool \
+        if presets is not None:
+            notes.append(_presets_note(flag, presets, is_bool))
+        elif flag.default is not _NO_DEFAULT and flag.default not in (None, "", ()) and not is_bool \
                 and not meta["secret"]:
-            shown = ",".join(map(str, flag.default)) if isinstance(flag.default, tuple) else flag.default
-            notes.append(f"default {shown}")
+            notes.append(f"default {_shown(flag.default)}")
+        notes = [note for note in notes if note]
         if notes:
             help_text += f" ({', '.join(notes)})"
         if defaults:

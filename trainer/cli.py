@@ -22,7 +22,7 @@ from model_registry.registry import STAGING_PREFIX
 from settings.flags import ConfigError, add_flags, flag_name, from_args, overrides, replace_nested
 from settings.output_files import png_path, unwritable
 from trainer import interrupts
-from trainer.config import PipelineConfig, TrainConfig, recommended_config
+from trainer.config import PRESETS, PipelineConfig, TrainConfig, recommended_config
 from trainer.launcher import STOP_SIGNALS, TF_CONFIG, Cluster, launch
 
 # How long a worker of a multi-worker run may take to end after a stop before its watchdog ends it
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(parser, PipelineConfig)
     add_flags(parser.add_argument_group(
         "training (each defaults to the tower family's preset, see trainer/config.py)"),
-        TrainConfig, defaults=False)
+        TrainConfig, defaults=False, presets=PRESETS)
     outputs = parser.add_argument_group("outputs")
     outputs.add_argument("--metrics-out", type=Path, help="also write the metrics report (JSON) here")
     outputs.add_argument("--plot-out", type=Path,

@@ -247,3 +247,19 @@ def test_only_the_query_service_limits_the_streams_of_a_connection():
     # Nor do they bound the calls not yet taken: a query replica's searches of a version queue behind each other.
     only_query = fields(QueryServiceConfig) - fields(IndexServiceConfig)
     assert {"max_streams_per_connection", "max_pending_calls"} <= only_query
+
+
+def test_recsys_train_help_shows_the_presets_defaults_not_the_fields():
+    """The training flags default to the tower family's preset (the group's title says so), yet their help showed
+    TrainConfig's field defaults: "--l2 ... default 0.0" where --tower history trains with 0.03."""
+    from trainer import cli
+    from trainer.config import PRESETS
+
+    help_text = " ".join(cli.build_parser().format_help().split())
+    history = PRESETS["history"]
+    assert f"(env RECSYS_L2, default {PRESETS['id'].towers.l2}; {history.towers.l2} in the history preset)" in help_text
+    assert (f"(env RECSYS_HISTORY_DROPOUT, default {PRESETS['id'].towers.history_dropout}; "
+            f"{history.towers.history_dropout} in the history preset)") in help_text
+    assert "(env RECSYS_USE_CUSTOMER_ID, default off; on in the history, sequence presets)" in help_text
+    assert "(env RECSYS_TOWER, default id)" in help_text  # the flag that picks the preset
+    assert "(env RECSYS_EMBEDDING_DIM, default 64)" in help_text  # alike in every preset
