@@ -59,7 +59,8 @@ class ServiceConfig:
 
     registry: str = option(help="model registry root directory")
     model: str = option(help="model name under the registry")
-    version: int = option(0, "hold this version whatever the registry's pointers say (0: follow them)")
+    version: int = option(0, "hold this version (0: what the registry says: a query replica follows its pointers, an "
+                             "index slot its slot record; a slot whose record holds the live version takes no other)")
     manifest_public_key: str = option("", "PEM file of the publisher's Ed25519 public key: only versions whose "
                                           "manifest it signed load (recsys-train --signing-key-file), and only "
                                           "catalogue deltas it signed apply (recsys-catalogue --signing-key-file); "

@@ -58,7 +58,8 @@ def query_startup(registry: Registry, explicit: int = 0, explicit_rollback: int 
 
 def slot_startup(registry: Registry, slot: str, explicit: int = 0) -> StartupVersions:
     """The slot record's version (None: an empty slot, waiting for a rollout),
-    or ``explicit`` when given. Raises VersionError if the record is broken."""
+    or ``explicit`` when given. Raises VersionError if the record is broken, or if
+    ``explicit`` would move a slot whose record holds the live version."""
     _check_root(registry)
     if explicit:
         _refuse_moving_the_live_slot(registry, slot, explicit)
