@@ -68,6 +68,9 @@ NORM_CHUNK = 65_536
 # against the catalogue's own, so one bad upsert cannot have every query refused. 100 times leaves new candidates
 # ample room beyond the trained ones' scale.
 MAX_UPSERT_SCALE = 100.0
+# A delta this young is left to the run that wrote it (recsys-catalogue applies it to the index slots, then the
+# query replicas, and names any that did not take it); the replicas' catch-up is for the ones such a run missed.
+WRITER_GRACE_S = 10.0
 
 
 @dataclasses.dataclass(frozen=True)

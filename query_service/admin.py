@@ -26,9 +26,10 @@ import logging
 import time
 from typing import TYPE_CHECKING, Awaitable, Callable
 
+from model_registry.deltas import WRITER_GRACE_S
 from query_service.index.routing import IndexRouter
 from serving.errors import FailedPrecondition, InvalidArgument
-from serving.lifecycle.admin import WRITER_GRACE_S, CatalogueCatchUp, StatusReport, VersionAdmin
+from serving.lifecycle.admin import CatalogueCatchUp, StatusReport, VersionAdmin
 from serving.lifecycle.loader import Loader
 from serving.lifecycle.sources import StartupVersions
 from serving.lifecycle.versions import VersionManager

@@ -29,7 +29,7 @@ from serving.lifecycle.loader import Background, Loader
 from serving.lifecycle.sources import query_startup
 from serving.lifecycle.versions import VersionManager
 from serving.rpc.admin_rpc import ServiceWithAdmin
-from serving.rpc.grpc_server import ServiceSpec, run_main, serve_until_signalled
+from serving.rpc.grpc_server import CONNECTION_AGE_GRACE_S, ServiceSpec, run_main, serve_until_signalled
 from serving.rpc.pool_directory import pool_secret
 from serving.rpc.workers import run_workers
 from serving.telemetry import tracing
@@ -62,7 +62,8 @@ class QueryServiceConfig(ServiceConfig):
                                     "private sockets (not for use by hand)")
     rollback_version: int = option(0, "with --version: also load this version, as the rollback target (0: none)")
     max_connection_age_s: float = option(0.0, "close each data-plane connection after about this long (gRPC's max "
-                                              "connection age, +-10%; calls in flight get 30 s to end), so that "
+                                              f"connection age, +-10%; calls in flight get {CONNECTION_AGE_GRACE_S:g} s to end), "
+                                              "so that "
                                               "long-lived clients reconnect and spread over the replicas, those "
                                               "added since included, behind a connection-level balancer such as a "
                                               "Kubernetes Service or --workers' shared port (0: never; else 1 or more)")

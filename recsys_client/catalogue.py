@@ -51,7 +51,7 @@ version's log in the registry (``model_registry.deltas``: atomic, checksummed,
 the next generation G); then every index replica holding the version, and
 every query replica, catches up to G (``ApplyCatalogue``). A replica that
 fails (its admin server not answering included) keeps the delta in the
-registry, takes it by itself once it is 10 s old (an index slot; a query
+registry, takes it by itself once it is ``WRITER_GRACE_S`` (10 s) old (an index slot; a query
 replica follows its index slots: ``--catalogue-catch-up-period-s``) or replays
 it at its next load or restart; the report names it and
 the exit status is 1. The query replicas are not moved (each is named as
@@ -88,7 +88,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from model_registry import Registry, VersionError, signing
 from model_registry import manifest as files
 from model_registry.attributes import Attributes
-from model_registry.deltas import AlteredLog, Delta, catalogue_dir, published_generation, read_deltas
+from model_registry.deltas import (WRITER_GRACE_S, AlteredLog, Delta, catalogue_dir, published_generation,
+                                   read_deltas)
 from recsys_client.candidate_tower import CandidateTower
 from recsys_client.delta_rollout import Rollout, catch_up, publish_delta
 from recsys_client.fleet import Fleet, FleetConfig, PublishError, check_fleet
@@ -150,7 +151,8 @@ class CatalogueConfig(FleetConfig):
         super().__post_init__()
         # The message follows the field's flag: "--upserts or --delete / --delete-file is required: ...".
         require(bool(self.upserts or self.delete or self.delete_file or self.catch_up), "upserts",
-                "or --delete / --delete-file is required: there is nothing to upsert or delete")
+                "or --delete / --delete-file is required: there is nothing to upsert or delete (--catch-up alone "
+                "brings the replicas to the deltas published)")
         require(self.version >= 0, "version", "must be >= 0")
         # Else a delta would reach the query replicas alone, and they route only to index replicas at its generation.
         require(bool(self.index_admin), "index_admin", "is required (every index replica)")
@@ -193,8 +195,8 @@ class _Progress:
         if self.published < 0:  # stopped before the generation was read (it said "delta 0 of version 0 was written")
             return "nothing was written: run the same command again"
         now = published_generation(registry.model_dir, self.version, self.published)
-        catch_up = ("the replicas not at it take it by themselves once it is 10 s old (--catalogue-catch-up-"
-                    f"period-s), or replay it at their next load or restart; run recsys-catalogue --catch-up "
+        catch_up = (f"the replicas not at it take it by themselves once it is {WRITER_GRACE_S:g} s old "
+                    f"(--catalogue-catch-up-period-s), or replay it at their next load or restart; run recsys-catalogue --catch-up "
                     f"--version {self.version}, with this run's --registry, --model and replica flags, to bring them "
                     "to it now")
         if now > self.published:

@@ -186,7 +186,7 @@ def comma_list(text: str) -> list[str]:
     return parts
 
 
-# The longest deadline a tool's flag gives an RPC: past ~1e9 s gRPC's deadline overflows and the call fails at once
+# The longest deadline a tool's flag gives an RPC: past ~1e10 s gRPC's deadline overflows and the call fails at once
 # with DEADLINE_EXCEEDED, as it does for 0, a negative, nan and inf.
 MAX_DEADLINE_S = 86_400.0
 # The largest value gRPC's channel arguments (C ints) take: a flag past it was an OverflowError's traceback.

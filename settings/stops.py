@@ -6,8 +6,8 @@ appears while TensorFlow's C++ calls back into Python can fail one of its checks
 a stopped 2-worker ``recsys-train`` run died so, "Check failed: !PyErr_Occurred()", and never said what it had
 published). A stop is also kept where Python dropped its exception (raised in a ``__del__``), for ``check`` to act
 on (``quiet_where_dropped`` leaves out the "Exception ignored" traceback Python prints for it). Shared by
-``recsys-train`` (``trainer.interrupts``) and ``recsys-catalogue`` (``recsys_client.interrupts``), each with the
-exception its run stops by.
+``recsys-train`` (``trainer.interrupts``) and ``recsys-publish`` and ``recsys-catalogue``
+(``recsys_client.interrupts``), each with the exception its run stops by.
 """
 
 from __future__ import annotations

@@ -98,7 +98,7 @@ class LoadConfig:
             # inf: no schedule can be made of it, and no connect timeout (a run that never ends on a server down)
             if not 0 < getattr(self, name) < math.inf:
                 raise ValueError(f"{name} must be > 0 and finite, got {getattr(self, name)}")
-        if self.timeout_s > MAX_DEADLINE_S:  # every request failed at once past ~1e9 s: gRPC's deadline overflows
+        if self.timeout_s > MAX_DEADLINE_S:  # every request failed at once past ~1e10 s: gRPC's deadline overflows
             raise ValueError(f"timeout_s must be at most {MAX_DEADLINE_S:g} (a day), got {self.timeout_s}")
         if self.k >= 2**31:  # the request's k is an int32: every request failed in the client
             raise ValueError(f"k must be below 2**31, got {self.k}")

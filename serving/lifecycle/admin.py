@@ -26,7 +26,7 @@ import time
 from typing import Generic, Iterator, Protocol, TypeVar
 
 from model_registry import Manifest, VersionError
-from model_registry.deltas import Delta, published_generation, read_deltas, record_stat
+from model_registry.deltas import WRITER_GRACE_S, Delta, published_generation, read_deltas, record_stat
 from serving.errors import FailedPrecondition, InvalidArgument
 from serving.lifecycle.loader import Loader
 from serving.lifecycle.versions import State, VersionManager
@@ -34,9 +34,6 @@ from settings.flags import option, require
 
 log = logging.getLogger(__name__)
 
-# A delta this young is left to the run that wrote it (recsys-catalogue applies it to the index slots, then the
-# query replicas, and names any that did not take it); the catch-up is for the replicas such a run missed.
-WRITER_GRACE_S = 10.0
 # A catch-up that keeps failing the same way (a registry unreadable) is logged again after this long, not each period.
 FAILING_LOG_S = 60.0
 # A shorter period is a typo (0.001 for 1?): each look is a stat of the registry, a busy loop on a network volume.

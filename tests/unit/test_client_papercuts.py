@@ -68,7 +68,7 @@ def test_a_catalogue_run_with_nothing_to_do_says_so_in_one_sentence(tmp_path, ca
     assert exit_.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
         "recsys-catalogue: error: --upserts or --delete / --delete-file is required: there is nothing to upsert or "
-        "delete")
+        "delete (--catch-up alone brings the replicas to the deltas published)")
 
 
 @pytest.fixture
