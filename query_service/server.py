@@ -33,7 +33,7 @@ from serving.rpc.grpc_server import CONNECTION_AGE_GRACE_S, ServiceSpec, run_mai
 from serving.rpc.pool_directory import pool_secret
 from serving.rpc.workers import run_workers
 from serving.telemetry import tracing
-from settings.flags import MAX_C_INT, add_flags, option, parse, require
+from settings.flags import MAX_INT32, add_flags, option, parse, require
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = "recsys.v1.QueryService"
@@ -92,17 +92,17 @@ class QueryServiceConfig(ServiceConfig):
         require(self.max_k >= 1, "max_k", "must be >= 1")
         require(self.max_batch_requests >= 1, "max_batch_requests", "must be >= 1")
         require(self.workers >= 1, "workers", "must be >= 1")
-        require(0 <= self.max_streams_per_connection <= MAX_C_INT, "max_streams_per_connection",
-                f"must be from 0 (no limit) to {MAX_C_INT}")
-        require(0 <= self.max_pending_calls <= MAX_C_INT, "max_pending_calls", f"must be from 0 (gRPC's own) to "
-                f"{MAX_C_INT}")
+        require(0 <= self.max_streams_per_connection <= MAX_INT32, "max_streams_per_connection",
+                f"must be from 0 (no limit) to {MAX_INT32}")
+        require(0 <= self.max_pending_calls <= MAX_INT32, "max_pending_calls", f"must be from 0 (gRPC's own) to "
+                f"{MAX_INT32}")
         require(0 <= self.worker_hung_s < math.inf, "worker_hung_s", "must be >= 0 and finite (0: never)")
         require(self.workers == 1 or not self.worker_socket, "worker_socket", "is set on workers, which run one "
                                                                                 "process each")
         require(self.rollback_version >= 0, "rollback_version", "must be >= 0")
         # gRPC takes milliseconds: a fraction of one would be 0 there, and a second is already far too short to use.
-        require(self.max_connection_age_s == 0 or 1 <= self.max_connection_age_s <= MAX_C_INT / 1000,
-                "max_connection_age_s", f"must be 0 (never) or from 1 s to {MAX_C_INT // 1000} s")
+        require(self.max_connection_age_s == 0 or 1 <= self.max_connection_age_s <= MAX_INT32 / 1000,
+                "max_connection_age_s", f"must be 0 (never) or from 1 s to {MAX_INT32 // 1000} s")
         require(not self.rollback_version or (self.version and self.rollback_version != self.version),
                 "rollback_version", "needs --version, and must differ from it")
 

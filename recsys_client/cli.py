@@ -44,8 +44,8 @@ from recsys_client import status
 from serving.errors import InvalidArgument
 from serving.rpc.filter_protos import filter_from_proto
 from serving.rpc.tls import ToolTls, tls_hint
-from settings.flags import (ConfigError, add_flags, add_secret_file, comma_list, deadline_s, flag_name, from_args,
-                            host_port, host_ports)
+from settings.flags import (MAX_INT32, ConfigError, add_flags, add_secret_file, comma_list, deadline_s, flag_name,
+                            from_args, host_port, host_ports)
 
 
 def parse_filter(text: str) -> pb.Filter:
@@ -64,7 +64,7 @@ def k_flag(text: str) -> int:
         k = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 1 <= k < 2**31:
+    if not 1 <= k <= MAX_INT32:
         raise argparse.ArgumentTypeError(f"{text} is out of range: ask for 1 or more candidates (the service says "
                                          "its largest k)")
     return k

@@ -13,7 +13,7 @@ from serving.rpc.tls import ServerTls
 from serving.telemetry.observability import LOG_FORMATS
 from serving.telemetry.tracing import TracingConfig
 from serving.validation import DEFAULT_MAX_MESSAGE_BYTES
-from settings.flags import MAX_C_INT, MAX_DEADLINE_S, ConfigError, option, require, require_valid
+from settings.flags import MAX_INT32, MAX_DEADLINE_S, ConfigError, option, require, require_valid
 
 
 def is_loopback(host: str) -> bool:
@@ -99,8 +99,8 @@ class ServiceConfig:
         require(0 <= self.drain_s <= MAX_DEADLINE_S, "drain_s", f"must be >= 0 and at most {MAX_DEADLINE_S:g}")
         require(self.max_concurrent_rpcs >= 1, "max_concurrent_rpcs", "must be >= 1")
         # gRPC's channel arguments are C ints: past them, an OverflowError's traceback once the service had loaded.
-        require(1 << 16 <= self.max_message_bytes <= MAX_C_INT, "max_message_bytes", f"must be from 65536 to "
-                f"{MAX_C_INT} (2 GiB)")
+        require(1 << 16 <= self.max_message_bytes <= MAX_INT32, "max_message_bytes", f"must be from 65536 to "
+                f"{MAX_INT32} (2 GiB)")
 
     def public_key(self) -> Ed25519PublicKey | None:
         """The key versions must be signed with, if one is configured."""

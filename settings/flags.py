@@ -189,8 +189,12 @@ def comma_list(text: str) -> list[str]:
 # The longest deadline a tool's flag gives an RPC: past ~1e10 s gRPC's deadline overflows and the call fails at once
 # with DEADLINE_EXCEEDED, as it does for 0, a negative, nan and inf.
 MAX_DEADLINE_S = 86_400.0
-# The largest value gRPC's channel arguments (C ints) take: a flag past it was an OverflowError's traceback.
-MAX_C_INT = 2**31 - 1
+# The largest int32: what gRPC's channel arguments (C ints), a request's int32 fields (k) and TensorFlow's int32
+# shapes (a batch) take. A flag past it was an OverflowError's traceback, a request failed in the client, a tensor
+# "out-of-range integer" naming no flag.
+MAX_INT32 = 2**31 - 1
+# numpy's generators take seeds in [0, 2**32) alone.
+SEEDS = 2**32
 
 
 def deadline_s(text: str) -> float:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from model_registry import signing
 from model_registry.registry import check_model_name
-from settings.flags import ConfigError, option, require, require_valid
+from settings.flags import MAX_INT32, SEEDS, ConfigError, option, require, require_valid
 from trainer.data import DATASET_NAMES, SPLITS, DatasetOptions
 from trainer.data.datasets import check_options
 from trainer.towers.config import TOWERS, TowerConfig
@@ -81,9 +81,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("max_epochs", "batch_size", "patience", "max_validation_interactions"):
             require(getattr(self, name) >= 1, name, "must be a positive integer")
-        # TensorFlow's shapes are int32 on the way to int64: past it, "Can't convert Python sequence with
-        # out-of-range integer to Tensor", naming no flag.
-        require(self.batch_size < 2**31, "batch_size", "must be below 2**31")
+        require(self.batch_size <= MAX_INT32, "batch_size", "must be below 2**31")
         require(self.refit_extra_epochs >= 0, "refit_extra_epochs", "must be >= 0")
         for name in ("learning_rate", "temperature"):  # inf: a temperature that zeroes every logit, a NaN step
             require(0 < getattr(self, name) < math.inf, name, "must be positive and finite")
@@ -94,8 +92,8 @@ class TrainConfig:
         require(0.0 <= self.validation_fraction < 1.0, "validation_fraction", "must be in [0, 1)")
         require(self.prior_weight is None or 0 <= self.prior_weight * self.temperature <= MAX_SCORE_SCALE,
                 "prior_weight", f"must be >= 0, and times the temperature at most {MAX_SCORE_SCALE:g}")
-        # It seeds numpy's global generator too (tf.keras.utils.set_random_seed), which takes no other value.
-        require(0 <= self.seed < 2**32, "seed", "must be an integer in [0, 2**32)")
+        # It seeds numpy's global generator too (tf.keras.utils.set_random_seed).
+        require(0 <= self.seed < SEEDS, "seed", "must be an integer in [0, 2**32)")
 
 
 def _preset(kind: str, **tower: object) -> TrainConfig:

@@ -2,11 +2,11 @@
 and any mix of RecommendSimilar, BatchRecommend and RecordInteractions).
 
     recsys-loadtest --address HOST:PORT --qps 200 --duration-s 30 \\
-        [--concurrency 512] [--k 10] [--timeout-s 2] [--channels 2] \\
-        [--num-customers 300] [--customer-format 'c{:06d}'] \\
-        [--distribution uniform|zipf] [--zipf-s 1.1] [--seed 0] \\
-        [--rpc-mix recommend=0.8,similar=0.1,record=0.1] [--batch-size 8] \\
-        [--num-candidates 200] [--candidate-format 'i{:06d}'] \\
+        [--concurrency N] [--k K] [--timeout-s S] [--channels N] \\
+        [--num-customers N] [--customer-format 'c{:06d}'] \\
+        [--distribution uniform|zipf] [--zipf-s S] [--seed N] \\
+        [--rpc-mix recommend=0.8,similar=0.1,record=0.1] [--batch-size N] \\
+        [--num-candidates N] [--candidate-format 'i{:06d}'] \\
         [--sample-responses N] [--out FILE] [--plot FILE.png] [--quiet]
 
     # blue-green swap under load, then a rollback:
@@ -85,31 +85,46 @@ def _rpc_mix_flag(text: str) -> dict[str, float]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The module docstring as written, and each flag's default (LoadConfig's) after its help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if action.default is None or action.default is False or action.default in ("", argparse.SUPPRESS) \
+                or "default" in help_text:  # ``is``: a default of 0 is one to show
+            return help_text
+        return help_text + " (default %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The recsys-loadtest command line."""
-    parser = argparse.ArgumentParser(prog="recsys-loadtest", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="recsys-loadtest", description=__doc__, formatter_class=_HelpFormatter)
     parser.add_argument("--address", type=host_port, required=True, help="query service HOST:PORT")
     add_flags(parser.add_argument_group("TLS to the query service and the admin planes"), ToolTls)
     parser.add_argument("--qps", type=float, required=True, help="arrival rate, requests per second")
     parser.add_argument("--duration-s", type=float, required=True, help="length of the schedule")
-    parser.add_argument("--concurrency", type=int, default=512,
+    parser.add_argument("--concurrency", type=int, default=LoadConfig.concurrency,
                         help="most requests in flight; more are dropped (and counted)")
-    parser.add_argument("--k", type=k_flag, default=10, help="candidates per request")
-    parser.add_argument("--timeout-s", type=deadline_s, default=2.0, help="deadline of each request")
-    parser.add_argument("--channels", type=int, default=2, help="gRPC channels (connections) to spread load over")
-    parser.add_argument("--num-customers", type=int, default=300, help="customer ids 0..N-1")
-    parser.add_argument("--customer-format", default="c{:06d}", help="str.format pattern of a customer id")
-    parser.add_argument("--distribution", choices=DISTRIBUTIONS, default="uniform", help="customer popularity")
-    parser.add_argument("--zipf-s", type=float, default=1.1, help="Zipf exponent (with --distribution zipf)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the customer draws")
+    parser.add_argument("--k", type=k_flag, default=LoadConfig.k, help="candidates per request")
+    parser.add_argument("--timeout-s", type=deadline_s, default=LoadConfig.timeout_s, help="deadline of each request")
+    parser.add_argument("--channels", type=int, default=LoadConfig.channels,
+                        help="gRPC channels (connections) to spread load over")
+    parser.add_argument("--num-customers", type=int, default=LoadConfig.num_customers, help="customer ids 0..N-1")
+    parser.add_argument("--customer-format", default=LoadConfig.customer_format,
+                        help="str.format pattern of a customer id")
+    parser.add_argument("--distribution", choices=DISTRIBUTIONS, default=LoadConfig.distribution,
+                        help="customer popularity")
+    parser.add_argument("--zipf-s", type=float, default=LoadConfig.zipf_s,
+                        help="Zipf exponent (with --distribution zipf)")
+    parser.add_argument("--seed", type=int, default=LoadConfig.seed, help="seed of the customer draws")
     parser.add_argument("--rpc-mix", type=_rpc_mix_flag, default=dict(RECOMMEND_ONLY), metavar="RPC=SHARE,...",
                         help=f"share of each RPC in the requests ({', '.join(RPCS)}); default recommend only")
-    parser.add_argument("--batch-size", type=int, default=8, help="customers per BatchRecommend")
-    parser.add_argument("--num-candidates", type=int, default=200,
+    parser.add_argument("--batch-size", type=int, default=LoadConfig.batch_size, help="customers per BatchRecommend")
+    parser.add_argument("--num-candidates", type=int, default=LoadConfig.num_candidates,
                         help="candidate ids 0..N-1 for RecommendSimilar and RecordInteractions")
-    parser.add_argument("--candidate-format", default="i{:06d}", help="str.format pattern of a candidate id")
-    parser.add_argument("--sample-responses", type=int, default=0,
+    parser.add_argument("--candidate-format", default=LoadConfig.candidate_format,
+                        help="str.format pattern of a candidate id")
+    parser.add_argument("--sample-responses", type=int, default=LoadConfig.sample_responses,
                         help="keep up to N responses, spread over the run, in the report")
     parser.add_argument("--out", type=Path, help="write the JSON report here instead of stdout")
     parser.add_argument("--plot", type=Path, metavar="FILE.png",

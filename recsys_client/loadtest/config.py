@@ -6,8 +6,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from recsys_client.fleet import FleetConfig
 from serving.rpc.tls import ClientTls
-from settings.flags import MAX_DEADLINE_S
+from settings.flags import MAX_DEADLINE_S, MAX_INT32
 
 
 DISTRIBUTIONS = ("uniform", "zipf")
@@ -50,7 +51,7 @@ class SwapConfig:
     at_s: float
     rollback_at_s: float | None = None
     admin_token: str = ""
-    admin_timeout_s: float = 120.0
+    admin_timeout_s: float = FleetConfig.timeout_s  # recsys-publish's --timeout-s default
     tls: ClientTls = ClientTls()  # to the admin planes
 
     def __post_init__(self) -> None:
@@ -100,7 +101,7 @@ class LoadConfig:
                 raise ValueError(f"{name} must be > 0 and finite, got {getattr(self, name)}")
         if self.timeout_s > MAX_DEADLINE_S:  # every request failed at once past ~1e10 s: gRPC's deadline overflows
             raise ValueError(f"timeout_s must be at most {MAX_DEADLINE_S:g} (a day), got {self.timeout_s}")
-        if self.k >= 2**31:  # the request's k is an int32: every request failed in the client
+        if self.k > MAX_INT32:  # the request's k is an int32: every request failed in the client
             raise ValueError(f"k must be below 2**31, got {self.k}")
         for name in ("concurrency", "k", "channels", "num_customers", "batch_size", "num_candidates"):
             if getattr(self, name) < 1:

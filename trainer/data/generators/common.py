@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from settings.flags import add_flags, from_args, require
+from settings.flags import SEEDS, add_flags, from_args, require
 from trainer.data.datasets import DatasetOptions
 from trainer.data.synthetic import PlantedTaste
 
@@ -64,7 +64,7 @@ class GeneratorConfig:
         # Past this a data set held in memory asks for hundreds of GiB (a MemoryError's traceback, 1e11 rows).
         require(100 <= self.interactions <= MAX_INTERACTIONS, "interactions",
                 f"must be from 100 to {MAX_INTERACTIONS:,}")
-        require(0 <= self.seed < 2**32, "seed", "must be an integer in [0, 2**32)")  # numpy's generators take no other
+        require(0 <= self.seed < SEEDS, "seed", "must be an integer in [0, 2**32)")
 
 
 @dataclasses.dataclass(frozen=True)
