@@ -29,7 +29,7 @@ def _load_columns(path: Path, fmt: str, options: DatasetOptions, customer_col: s
     rows, time_kind, dropped = 0, None, Counter()
     for chunk in read_columns(path, fmt, wanted, options.delimiter, options.header, counts=dropped, id_columns=2):
         if rows == 0 and not options.header:
-            _refuse_header_read_as_data(path, options, chunk[0][0], chunk[1][0])
+            _refuse_header_read_as_data(path, chunk[0][0], chunk[1][0])
         first_row = rows
         rows += len(chunk[0])
         cust_codes.append(customers.encode(chunk[0]))
@@ -79,7 +79,7 @@ def _id_names(*named: str) -> frozenset[str]:
     return frozenset(defaults | {name for name in named if not name.isdigit()})
 
 
-def _refuse_header_read_as_data(path: Path, options: DatasetOptions, customer: Any, candidate: Any) -> None:
+def _refuse_header_read_as_data(path: Path, customer: Any, candidate: Any) -> None:
     """Refuses a first row, read without a header, whose ids are the id columns' default names: a header read as
     one more interaction, of a customer and candidate named so."""
     names = _id_names()
