@@ -18,7 +18,7 @@ def _load(tmp_path, text: str, name: str = "log.csv", **options):
 
 def test_a_json_lines_file_whose_first_line_is_no_object_is_refused_naming_it(tmp_path):
     """The columns were found on the later lines, and the loader then called ``.get`` on the first one's list."""
-    with pytest.raises(ValueError, match=r"log.jsonl: a line is not a JSON object: '\[\"user_id\", \"item_id\"\]'"):
+    with pytest.raises(ValueError, match=r"log.jsonl: line 1 is not a JSON object: '\[\"user_id\", \"item_id\"\]'"):
         _load(tmp_path, '["user_id", "item_id"]\n{"user_id": "a", "item_id": "x"}\n', "log.jsonl")
 
 

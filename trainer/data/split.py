@@ -22,7 +22,9 @@ def _check(data: Interactions, test_fraction: float) -> None:
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     if len(data) < 2:
-        raise ValueError("need at least 2 interactions to split")
+        dropped = {key: n for key, n in data.info.items() if key.startswith("dropped_") and n}
+        raise ValueError(f"need at least 2 interactions to split, and {data.name} has {len(data)}"
+                         + (f" (its loader dropped rows: {dropped})" if dropped else ""))
 
 
 def _num_test(n: int, test_fraction: float) -> int:

@@ -49,7 +49,12 @@ lose its quotes: CSV and TSV alike), and a damaged file (a cut or fake .gz, a
 field past 16 Mi characters) is named: each is a ValueError naming the line.
 A gzip file is read as one whatever its name (its magic bytes), and blank
 lines before a header are layout. A JSON line must be an object, and a number
-past what Python reads as one (4,300 digits: an id) is refused naming it.
+past what Python reads as one (4,300 digits: an id) is refused naming it. A
+JSON id that is no string is its text as JSON writes it (7, true), a whole
+float its integer (7.0, what pandas writes for an integer column with a gap,
+is "7"); a float that lost its id's digits (a whole number past 2**53 with a
+fraction or an exponent, NaN, Infinity, 1e400) is refused naming the row, as
+is an id that opens with a byte order mark (files joined with ``cat``).
 Quoted fields holding delimiters, line breaks and doubled quotes load. A
 line repeating the header (files joined with ``cat``) is dropped (and counted);
 a header line with other columns, or the same in another order, is refused

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from model_registry.attributes import LIST_SEPARATOR
-from trainer.data.files.ids import id_str, long_ids
+from trainer.data.files.ids import BadId, first_bad_id, id_str, long_ids, narrowest
 from trainer.data.files.reading import file_format, read_columns
 from trainer.data.files.values import is_number
 from trainer.data.interactions import align_features
@@ -65,7 +65,10 @@ def load_catalog(path: Path, fmt: str | None, id_col: str, feature_cols: tuple[s
     for chunk in read_columns(path, fmt, cols, delimiter, header):
         for i, values in enumerate(chunk):
             parts[i].extend(values)
-    texts = [v if isinstance(v, str) else id_str(v) for v in parts[0]]
+    try:
+        texts = [v if isinstance(v, str) else id_str(v) for v in parts[0]]
+    except BadId as e:
+        raise ValueError(f"{path}: column {id_col!r} of data row {first_bad_id(parts[0]) + 1} holds {e}") from None
     if not header and texts and texts[0].strip() in header_ids:
         raise ValueError(f"{path}: read with --no-catalog-header, but its first line names the id column "
                          f"({texts[0].strip()}): a header, which would be published as a candidate; leave out "
@@ -73,7 +76,7 @@ def load_catalog(path: Path, fmt: str | None, id_col: str, feature_cols: tuple[s
     # An id holding a NUL reads as a blank one (numpy would make "a\x00" the candidate "a"), and is left out with it.
     raw_ids = np.char.strip(np.array(["" if "\x00" in v else v for v in texts], dtype=str))
     usable = (raw_ids != "") & ~long_ids(raw_ids)  # no candidate the services could not use
-    ids = np.unique(raw_ids[usable])
+    ids = narrowest(np.unique(raw_ids[usable]))
     dropped = {"dropped_catalog_unusable_ids": int((~usable).sum()),
                "dropped_catalog_repeated_ids": int(usable.sum()) - len(ids)}
     features: dict[str, np.ndarray] = {}

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from trainer.data.files.catalogue import load_catalog
-from trainer.data.files.ids import IdEncoder, drop_duplicates, refuse_line_breaks, usable_ids
+from trainer.data.files.ids import BadId, IdEncoder, drop_duplicates, narrowest, refuse_odd_ids, usable_ids
 from trainer.data.files.reading import file_format, read_columns
 from trainer.data.files.values import check_epoch_span, epoch_unit, parse_numbers, parse_times, time_error
 from trainer.data.interactions import Interactions
@@ -32,8 +32,12 @@ def _load_columns(path: Path, fmt: str, options: DatasetOptions, customer_col: s
             _refuse_header_read_as_data(path, chunk[0][0], chunk[1][0])
         first_row = rows
         rows += len(chunk[0])
-        cust_codes.append(customers.encode(chunk[0]))
-        cand_codes.append(candidates.encode(chunk[1]))
+        for col, encoder, codes, values in ((customer_col, customers, cust_codes, chunk[0]),
+                                            (candidate_col, candidates, cand_codes, chunk[1])):
+            try:
+                codes.append(encoder.encode(values))
+            except BadId as e:
+                raise ValueError(f"{path}: column {col!r} of data row {first_row + e.position + 1} holds {e}") from None
         k = 2
         if rating_col:
             ratings.append(parse_numbers(chunk[k], path, rating_col).astype(np.float32))
@@ -50,7 +54,7 @@ def _load_columns(path: Path, fmt: str, options: DatasetOptions, customer_col: s
     if rows == 0:
         raise ValueError(f"{path} has no data rows")
     for col, encoder, codes in ((customer_col, customers, cust_codes), (candidate_col, candidates, cand_codes)):
-        refuse_line_breaks(path, col, encoder, codes)
+        refuse_odd_ids(path, col, encoder, codes)
     cat = lambda parts, dtype: np.concatenate(parts) if parts else np.zeros(0, dtype)  # noqa: E731
     # Kept as given to order events within a second (RetailRocket's milliseconds, YooChoose's dates, decimal
     # seconds: float64 where any chunk has a decimal point).
@@ -155,8 +159,8 @@ def load_interactions_file(options: DatasetOptions) -> Interactions:
         raise ValueError(f"{path}: no interactions left after filtering ({info})")
     index = np.flatnonzero(keep) if not keep.all() else slice(None)
     data = Interactions(
-        customer_ids=customer_vocab[customer_codes[index]],
-        candidate_ids=candidate_vocab[candidate_codes[index]],
+        customer_ids=narrowest(customer_vocab[customer_codes[index]]),
+        candidate_ids=narrowest(candidate_vocab[candidate_codes[index]]),
         timestamps=timestamps[index],
         catalog=catalog,
         candidate_features=candidate_features,
@@ -201,8 +205,8 @@ def load_sessions(options: DatasetOptions) -> Interactions:
     rows = np.flatnonzero(keep)
     order = rows[np.lexsort((rows, c["exact_times"][rows], session_codes[rows]))]
     data = Interactions(
-        customer_ids=session_vocab[session_codes[order]],
-        candidate_ids=item_vocab[item_codes[order]],
+        customer_ids=narrowest(session_vocab[session_codes[order]]),
+        candidate_ids=narrowest(item_vocab[item_codes[order]]),
         timestamps=times[order],
         name=path.stem.split(".")[0],
     )

@@ -388,27 +388,38 @@ def _json_value(v: Any) -> Any:
     return v
 
 
+def _decodes(line: str) -> bool:
+    try:
+        json.loads(line)
+        return True
+    except json.JSONDecodeError:
+        return False
+
+
 def _read_jsonl(path: Path, columns: list[str], chunk_rows: int) -> Iterator[list[list[Any]]]:
     loads = json.loads
     read = 0
 
-    def counted(f) -> Iterator[str]:  # a damaged file's error names the last line read, mid-chunk too
+    def counted(f) -> Iterator[tuple[int, str]]:  # a damaged file's error names the last line read, mid-chunk too
         nonlocal read
         for read, line in enumerate(f, 1):
-            yield line
+            yield read, line
 
     with _open_text(path) as f, _damaged(path, lambda: read):
         first, lines_in = True, counted(f)
         while True:
-            lines = [ln for ln in itertools.islice(lines_in, chunk_rows) if ln.strip()]
-            if not lines:
+            numbered = [(n, ln) for n, ln in itertools.islice(lines_in, chunk_rows) if ln.strip()]
+            if not numbered:
                 if first:
                     raise ValueError(f"{path} is empty")
                 return
+            lines = [ln for _, ln in numbered]
             try:
                 objs = [loads(ln) for ln in lines]  # transient: only the wanted fields are kept
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path} is not JSON lines: {e}") from None
+                # json names the column within the one line it was given: the file's line is the one to find.
+                line = next(n for n, ln in numbered if not _decodes(ln))
+                raise ValueError(f"{path} is not JSON lines: line {line}: {e.msg} (column {e.colno})") from None
             except RecursionError:
                 raise ValueError(f"{path}: a line nests arrays or objects too deep to read") from None
             except ValueError:  # past the digits Python reads as an int: an id, whose digits are all kept
@@ -423,7 +434,7 @@ def _read_jsonl(path: Path, columns: list[str], chunk_rows: int) -> Iterator[lis
                     raise _missing(path, columns, found, f" (the keys of the first {len(objs)} lines)")
                 first = False
             if bad is not None:
-                raise ValueError(f"{path}: a line is not a JSON object: {lines[bad].strip()[:80]!r}")
+                raise ValueError(f"{path}: line {numbered[bad][0]} is not a JSON object: {lines[bad].strip()[:80]!r}")
             out = [[o.get(c) for o in objs] for c in columns]
             del objs
             yield [[_json_value(v) for v in col] if any(isinstance(v, (list, dict)) for v in col) else col
