@@ -18,7 +18,7 @@
 # 7. stops everything it started, whatever happens.
 #
 # Logs, pids and the registry stay in demo-run/ (git-ignored) for a look after;
-# the registry is recreated on every run.
+# the folder is recreated on every run.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -33,8 +33,13 @@ die() { echo "demo: $*" >&2; exit 1; }
 
 # --- clean-up: stop what this script started, by pid -------------------------
 SERVICE_PIDS=()
+STEP_PID=""  # the command a step waits on (wait_step), stopped first
 cleanup() {
     local status=$? pid
+    if [[ -n "$STEP_PID" ]]; then  # its stop line goes through the step's tee, which ends after it
+        kill "$STEP_PID" 2>/dev/null || true
+        wait "$STEP_PID" 2>/dev/null || true
+    fi
     for pid in "${SERVICE_PIDS[@]}"; do
         kill "$pid" 2>/dev/null || true
     done
@@ -47,17 +52,27 @@ cleanup() {
     fi
     if [[ $status -eq 0 ]]; then
         step "done; stopped the services (logs in ${RUN_DIR#"$PWD"/})"
+    elif [[ $status -eq 130 ]]; then
+        echo "demo: stopped by a signal; stopped what it started (logs in ${RUN_DIR#"$PWD"/})" >&2
     else
         echo "demo: failed (exit $status); logs in ${RUN_DIR#"$PWD"/}" >&2
     fi
 }
-# One left by a run that died without its clean-up names whatever process has that pid now.
-rm -f "$RUN_DIR/redis.pid"
+# Each run starts from an empty folder: the pid files of a run that died without its clean-up name whatever
+# processes have those pids now (the clean-up would kill the one redis.pid names), beside that run's logs.
+rm -rf "$RUN_DIR"
+mkdir -p "$RUN_DIR"
 trap cleanup EXIT
 trap 'exit 130' INT TERM  # so Ctrl-C and kill also run cleanup
 
-mkdir -p "$RUN_DIR"
-rm -rf "$REGISTRY"  # each run starts from an empty registry
+# wait_step: waits on the pipeline just started in the background, with its status. A step run in the
+# foreground would hold off the clean-up: bash runs a trap once its foreground command ends, so a kill of this
+# script (not the terminal's Ctrl-C, which reaches every process) waited for the training's minutes.
+wait_step() {
+    STEP_PID="$(jobs -p %%)"  # the pipeline's first process
+    wait "$!"
+    STEP_PID=""
+}
 
 step "virtual environment"
 source scripts/venv.sh
@@ -71,7 +86,8 @@ echo "using $REDIS_URL"
 step "training on the synthetic data set (a 2-minute hyperparameter search, then the refit)"
 # The default search budget is 5 minutes; the demo shows the search in 2.
 recsys-train --dataset synthetic --registry "$REGISTRY" --model "$MODEL" --tune-budget-s 120 \
-    --metrics-out "$RUN_DIR/train-metrics.json" 2>&1 | tee "$RUN_DIR/train.log"
+    --metrics-out "$RUN_DIR/train-metrics.json" 2>&1 | tee "$RUN_DIR/train.log" &
+wait_step
 
 # Seven distinct free ports: all sockets are held open until all are chosen.
 read -r BLUE_PORT GREEN_PORT QUERY_PORT QUERY_METRICS_PORT BLUE_ADMIN_PORT GREEN_ADMIN_PORT QUERY_ADMIN_PORT < <(python - <<'PY'
@@ -147,12 +163,13 @@ recommend "an unknown customer (popularity fallback)" new-customer
 
 step "training a second version (published, not live)"
 recsys-train --dataset synthetic --registry "$REGISTRY" --model "$MODEL" --seed 7 --tune-budget-s 0 --quiet \
-    2>&1 | tee "$RUN_DIR/train-2.log" | tail -n 1
+    2>&1 | tee "$RUN_DIR/train-2.log" | tail -n 1 &
+wait_step
 
 step "blue-green rollout: green loads the new version while blue serves, then the query service switches"
 recsys-publish --registry "$REGISTRY" --model "$MODEL" --index-admin "$INDEX_ADMINS" --query-admin "$QUERY_ADMIN" \
     --drain-s 0
-recommend "customer c000001 (answered by the new version)" c000001
+recommend "customer c000001 (the new version's answer: the rollout warmed its cache with recent requests)" c000001
 
 step "rollback: a routing switch back to blue, which still holds the first version"
 recsys-publish --rollback --registry "$REGISTRY" --model "$MODEL" --query-admin "$QUERY_ADMIN"

@@ -8,8 +8,9 @@
 # 2. Otherwise redis-server is installed if missing (apt-get; needs root on
 #    Debian/Ubuntu) and a throw-away one is started on a free port: no
 #    persistence, bound to 127.0.0.1. Its pid goes to FILE (default: a file
-#    under ${TMPDIR:-/tmp}); stop it with `kill "$(cat FILE)"`. When this
-#    script started nothing, FILE is not written (an old one is removed).
+#    under ${TMPDIR:-/tmp}), its log to redis/ beside FILE; stop it with
+#    `kill "$(cat FILE)"`. When this script started nothing, FILE is not
+#    written (an old one is removed).
 set -euo pipefail
 
 pidfile=""
@@ -19,7 +20,7 @@ while [[ $# -gt 0 ]]; do
         --pidfile) pidfile="$2"; shift 2 ;;
         --pidfile=*) pidfile="${1#*=}"; shift ;;
         --install-only) install_only=true; shift ;;
-        -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 0 ;;
+        -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 0 ;;
         *) echo "ensure_redis: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -69,7 +70,13 @@ fi
 install_redis_server
 
 port="$(free_port)"
-workdir="$(mktemp -d "${TMPDIR:-/tmp}/recsys-redis.XXXXXX")"
+# Beside FILE when given (the demo's run folder, which its next run removes); else a folder only the log names.
+if [[ -n "$pidfile" ]]; then
+    workdir="$(dirname "$pidfile")/redis"
+    mkdir -p "$workdir"
+else
+    workdir="$(mktemp -d "${TMPDIR:-/tmp}/recsys-redis.XXXXXX")"
+fi
 pidfile="${pidfile:-$workdir/redis.pid}"
 mkdir -p "$(dirname "$pidfile")"
 pidfile="$(cd "$(dirname "$pidfile")" && pwd)/$(basename "$pidfile")"
