@@ -245,8 +245,11 @@ def _publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: fl
             _point_current(registry, live, fleet)  # so that the move to ``version`` leaves it PREVIOUS
         _point_current(registry, version, fleet)
         _forget_rollback(registry)
-        log.info("version %d is live on %d query replicas; registry CURRENT is %d, PREVIOUS %s", version,
-                 len(fleet.query), version, registry.previous_version())
+        replicas = len(fleet.query)
+        on = (f"on {replicas} query replica{'s' if replicas > 1 else ''}" if replicas else
+              "(no query replica given: each serves CURRENT when it starts)")
+        log.info("version %d is live %s; registry CURRENT is %d, PREVIOUS %s", version, on, version,
+                 registry.previous_version())
         _warn_deltas_left_behind(registry, live, version)
         step("pointers")
         unload_stale(fleet, drain_s)

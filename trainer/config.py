@@ -51,7 +51,8 @@ class TrainConfig:
     """The towers' architecture and how they are trained."""
 
     towers: TowerConfig = option(TowerConfig(), "tower architecture")
-    max_epochs: int = option(30, "maximum epochs; early stopping usually stops sooner", flag="epochs")
+    max_epochs: int = option(30, "maximum epochs of the early-stopped run, which usually stops sooner (the refit "
+                                 "then trains its best epoch's count plus --refit-extra-epochs)", flag="epochs")
     batch_size: int = option(512, "training batch size (also the in-batch negatives per positive)")
     optimizer: str = option("adagrad", "optimizer", choices=OPTIMIZERS)
     learning_rate: float = option(0.1, "learning rate")

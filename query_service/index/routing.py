@@ -222,7 +222,8 @@ class IndexRouter:
             elif not e.streaming:
                 problem = ("its status stream broke (the slot stopped, hung or drains): nothing is routed to it until "
                            "it answers again; start the slot again, or drop it from --index-address")
-            elif not e.versions:
+            elif not e.versions and not any(other.holds(live_version) for other in self.endpoints):
+                # Beside a slot serving the live version, an empty one is the next rollout's (blue-green's green).
                 problem = ("its slot holds nothing: load a version into it (recsys-publish), or drop it from "
                            "--index-address")
             elif e.holds(live_version) and held < generation:

@@ -160,3 +160,18 @@ def test_status_names_the_worker_whose_router_sees_the_problem():
     lines = status.table([status.ReplicaStatus("query", "q:1", own)]).splitlines()
     assert [line.split()[0] for line in lines[1:3]] == ["q:1/w0", "q:1/w1"]
     assert lines[3:] == ["  ! q:1/w1 -> index endpoint blue:1 (slot blue): unreachable: start it"]
+
+
+async def test_an_empty_slot_beside_one_serving_the_live_version_is_the_rollouts_next_slot_not_a_problem():
+    """Blue-green's own layout (green empty until the second rollout) had recsys-client status warn "its slot holds
+    nothing: load a version into it": the live version's searches need nothing of it. With no endpoint holding the
+    live version, an empty one is still named."""
+    router = IndexRouter(RoutingConfig(addresses=("blue:1", "green:1")))
+    blue, green = router.endpoints
+    for endpoint, versions in ((blue, {2: State.SERVING}), (green, {})):
+        endpoint.slot, endpoint.versions, endpoint.generations = endpoint.address[:-2], versions, {}
+        endpoint.streaming = True
+    assert [r.problem for r in router.report(2, 0)] == ["", ""]
+    blue.versions = {}
+    assert all(r.problem.startswith("its slot holds nothing: load a version into it") for r in router.report(2, 0))
+    await router.close()
