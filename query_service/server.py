@@ -62,8 +62,8 @@ class QueryServiceConfig(ServiceConfig):
                                     "private sockets (not for use by hand)")
     rollback_version: int = option(0, "with --version: also load this version, as the rollback target (0: none)")
     max_connection_age_s: float = option(0.0, "close each data-plane connection after about this long (gRPC's max "
-                                              f"connection age, +-10%; calls in flight get {CONNECTION_AGE_GRACE_S:g} s to end), "
-                                              "so that "
+                                              "connection age, +-10%; calls in flight get "
+                                              f"{CONNECTION_AGE_GRACE_S:g} s to end), so that "
                                               "long-lived clients reconnect and spread over the replicas, those "
                                               "added since included, behind a connection-level balancer such as a "
                                               "Kubernetes Service or --workers' shared port (0: never; else 1 or more)")

@@ -196,9 +196,9 @@ class _Progress:
             return "nothing was written: run the same command again"
         now = published_generation(registry.model_dir, self.version, self.published)
         catch_up = (f"the replicas not at it take it by themselves once it is {WRITER_GRACE_S:g} s old "
-                    f"(--catalogue-catch-up-period-s), or replay it at their next load or restart; run recsys-catalogue --catch-up "
-                    f"--version {self.version}, with this run's --registry, --model and replica flags, to bring them "
-                    "to it now")
+                    "(--catalogue-catch-up-period-s), or replay it at their next load or restart; run "
+                    f"recsys-catalogue --catch-up --version {self.version}, with this run's --registry, --model and "
+                    "replica flags, to bring them to it now")
         if now > self.published:
             return f"catalogue delta {now} of version {self.version} was written to the registry: {catch_up}"
         if not self.writes and now:
