@@ -65,13 +65,16 @@ mkdir -p "$RUN_DIR"
 trap cleanup EXIT
 trap 'exit 130' INT TERM  # so Ctrl-C and kill also run cleanup
 
-# wait_step: waits on the pipeline just started in the background, with its status. A step run in the
-# foreground would hold off the clean-up: bash runs a trap once its foreground command ends, so a kill of this
-# script (not the terminal's Ctrl-C, which reaches every process) waited for the training's minutes.
+# A long step runs as a background pipeline, started under `set -m` (a process group of its own), that
+# wait_step waits on. In the foreground it held off the clean-up: bash runs a trap once its foreground command
+# ends, so a kill of this script waited for the training's minutes. In its own group, the terminal's Ctrl-C
+# reaches this script alone, and the clean-up stops the step with one signal (a second ends a training at once).
 wait_step() {
     STEP_PID="$(jobs -p %%)"  # the pipeline's first process
-    wait "$!"
+    local status=0
+    wait "$!" || status=$?
     STEP_PID=""
+    return "$status"
 }
 
 step "virtual environment"
@@ -85,8 +88,10 @@ echo "using $REDIS_URL"
 
 step "training on the synthetic data set (a 2-minute hyperparameter search, then the refit)"
 # The default search budget is 5 minutes; the demo shows the search in 2.
+set -m
 recsys-train --dataset synthetic --registry "$REGISTRY" --model "$MODEL" --tune-budget-s 120 \
     --metrics-out "$RUN_DIR/train-metrics.json" 2>&1 | tee "$RUN_DIR/train.log" &
+set +m
 wait_step
 
 # Seven distinct free ports: all sockets are held open until all are chosen.
@@ -162,8 +167,10 @@ recommend "customer c000002" c000002
 recommend "an unknown customer (popularity fallback)" new-customer
 
 step "training a second version (published, not live)"
+set -m
 recsys-train --dataset synthetic --registry "$REGISTRY" --model "$MODEL" --seed 7 --tune-budget-s 0 --quiet \
     2>&1 | tee "$RUN_DIR/train-2.log" | tail -n 1 &
+set +m
 wait_step
 
 step "blue-green rollout: green loads the new version while blue serves, then the query service switches"

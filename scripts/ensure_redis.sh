@@ -7,8 +7,8 @@
 # 1. A Redis already answering on 127.0.0.1:6379 is used as it is.
 # 2. Otherwise redis-server is installed if missing (apt-get; needs root on
 #    Debian/Ubuntu) and a throw-away one is started on a free port: no
-#    persistence, bound to 127.0.0.1. Its pid goes to FILE (default: a file
-#    under ${TMPDIR:-/tmp}), its log to redis/ beside FILE; stop it with
+#    persistence, bound to 127.0.0.1. Its pid goes to FILE, its log to redis/
+#    beside it (default: both in a folder under ${TMPDIR:-/tmp}); stop it with
 #    `kill "$(cat FILE)"`. When this script started nothing, FILE is not
 #    written (an old one is removed).
 set -euo pipefail
@@ -72,8 +72,8 @@ install_redis_server
 port="$(free_port)"
 # Beside FILE when given (the demo's run folder, which its next run removes); else a folder only the log names.
 if [[ -n "$pidfile" ]]; then
-    workdir="$(dirname "$pidfile")/redis"
-    mkdir -p "$workdir"
+    mkdir -p "$(dirname "$pidfile")/redis"
+    workdir="$(cd "$(dirname "$pidfile")/redis" && pwd)"  # absolute: redis-server opens its log after a chdir there
 else
     workdir="$(mktemp -d "${TMPDIR:-/tmp}/recsys-redis.XXXXXX")"
 fi

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -34,10 +37,28 @@ def test_a_demo_that_fails_early_kills_no_process_of_an_old_pid_file(tmp_path):
         bystander.wait()
 
 
-def test_a_kill_during_training_stops_the_training_and_cleans_up_at_once(tmp_path):
-    """A kill of the script (not the terminal's Ctrl-C, which reaches every process) waited for the training to
-    end: bash runs a trap only after its foreground command, and the demo exited 116 s after SIGINT, having
-    published. Its stop was also reported as "failed". An earlier run's pid files stayed beside the new ones."""
+TRAINING_STUB = """import pathlib, signal, sys, time
+signals = pathlib.Path(sys.argv[0]).with_name("signals")
+def stop(signum, frame):  # as recsys-train: a handler of its own, whatever it inherited
+    with signals.open("a") as f:
+        f.write(signal.Signals(signum).name + "\\n")
+signal.signal(signal.SIGINT, stop)
+signal.signal(signal.SIGTERM, stop)
+pathlib.Path(sys.argv[0]).with_name("started").write_text("yes")
+while not signals.exists():
+    time.sleep(0.05)
+time.sleep(1.0)  # a second signal would land here, as in a step under way
+print("recsys-train: stopped by " + signals.read_text().split()[0], flush=True)
+sys.exit(143)
+"""
+
+
+@pytest.mark.parametrize("group", [False, True], ids=["kill-of-the-script", "ctrl-c-to-the-terminals-group"])
+def test_a_stop_during_training_stops_it_with_one_signal_and_cleans_up_at_once(tmp_path, group):
+    """A kill of the script waited for the training to end: bash runs a trap only after its foreground command, and
+    the demo exited 116 s after SIGINT, having published, saying "failed". Run in the background instead, a
+    terminal's Ctrl-C (to the whole group) then reached the training and the clean-up's signal after it: a second
+    signal ends recsys-train at once, mid-step. An earlier run's pid files stayed beside the new ones."""
     (tmp_path / "scripts").mkdir()
     shutil.copy(ROOT / "scripts" / "demo.sh", tmp_path / "scripts" / "demo.sh")
     (tmp_path / "scripts" / "venv.sh").write_text("ensure_venv() { return 0; }\n")
@@ -46,29 +67,29 @@ def test_a_kill_during_training_stops_the_training_and_cleans_up_at_once(tmp_pat
     (tmp_path / "demo-run" / "query-service.pid").write_text("1\n")  # an earlier run's
     bin_dir = tmp_path / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
-    started = tmp_path / "training"
-    (bin_dir / "recsys-train").write_text(
-        "#!/usr/bin/env bash\n"
-        "trap 'kill $!; echo \"recsys-train: stopped by SIGTERM\"; exit 143' TERM\n"
-        "sleep 60 &\n"
-        f"echo $$ > {started}\n"
-        "wait $!\n")
+    (bin_dir / "recsys-train").write_text(f"#!{sys.executable}\n{TRAINING_STUB}")
     (bin_dir / "recsys-train").chmod(0o755)
+    # As a shell starts a command: SIGINT not ignored (a background job of a script would inherit it ignored).
     demo = subprocess.Popen(["bash", str(tmp_path / "scripts" / "demo.sh")], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        for _ in range(200):
-            if started.exists() and started.read_text().strip():
+        for _ in range(400):
+            if (bin_dir / "started").exists():
                 break
             time.sleep(0.05)
-        training = int(started.read_text())
+        assert (bin_dir / "started").exists(), demo.stderr.read() if demo.poll() is not None else "not started"
         assert not (tmp_path / "demo-run" / "query-service.pid").exists()
-        demo.send_signal(signal.SIGTERM)  # to the script alone
+        if group:
+            os.killpg(demo.pid, signal.SIGINT)
+        else:
+            demo.send_signal(signal.SIGTERM)
         out, err = demo.communicate(timeout=15)
         assert demo.returncode == 130, err
+        assert (bin_dir / "signals").read_text() == "SIGTERM\n"  # the clean-up's, alone
         assert "recsys-train: stopped by SIGTERM" in out  # the training's own stop line, through the step's tee
         assert err.strip().splitlines()[-1] == "demo: stopped by a signal; stopped what it started (logs in demo-run)"
-        assert not Path(f"/proc/{training}").exists()
     finally:
-        demo.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(demo.pid, signal.SIGKILL)
         demo.wait()
