@@ -86,12 +86,14 @@ def _rpc_mix_flag(text: str) -> dict[str, float]:
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """The module docstring as written, and each flag's default (LoadConfig's) after its help."""
+    """The module docstring as written, and the default (LoadConfig's) of each flag this parser adds itself. Not
+    of those ``add_flags`` and ``add_secret_file`` add ("(env ..." in their help): their default is the
+    environment's value, a bearer token or a key's path, which help must not print."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         help_text = action.help or ""
         if action.default is None or action.default is False or action.default in ("", argparse.SUPPRESS) \
-                or "default" in help_text:  # ``is``: a default of 0 is one to show
+                or "default" in help_text or "(env " in help_text:  # ``is``: a default of 0 is one to show
             return help_text
         return help_text + " (default %(default)s)"
 

@@ -230,10 +230,14 @@ def test_defaults_and_no_swap():
     assert config.zipf_s == 1.1 and config.total_requests == 100
 
 
-def test_help_shows_each_flags_default_from_load_config():
+def test_help_shows_each_flags_default_from_load_config_and_no_secret(monkeypatch):
     """The defaults were written in the parser, in LoadConfig and in the module docstring; --help showed them in the
-    docstring's usage line alone. Now LoadConfig holds them and each flag's help says its own."""
+    docstring's usage line alone. Now LoadConfig holds them and each flag's help says its own; not the flags whose
+    default is the environment's (the first cut printed $RECSYS_ADMIN_TOKEN as the token file's default)."""
+    monkeypatch.setenv("RECSYS_ADMIN_TOKEN", "s3cr3t-token")
+    monkeypatch.setenv("RECSYS_TLS_KEY", "/keys/client.key")
     help_text = " ".join(build_parser().format_help().split())
+    assert "s3cr3t-token" not in help_text and "/keys/client.key" not in help_text
     defaults = LoadConfig("h:1", 1.0, 1.0)
     assert f"most requests in flight; more are dropped (and counted) (default {defaults.concurrency})" in help_text
     assert f"seed of the customer draws (default {defaults.seed})" in help_text  # 0 is a default to show
