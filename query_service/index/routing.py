@@ -210,6 +210,7 @@ class IndexRouter:
         streams said: no call), with what keeps searches from it and what fixes that: it never answered, holds
         nothing, or holds ``live_version`` behind ``generation`` (the live tower's catalogue generation)."""
         out = []
+        live_served = self.routable(live_version)
         for e in self.endpoints:
             held = e.generations.get(live_version, 0)
             if not e.slot:
@@ -222,8 +223,9 @@ class IndexRouter:
             elif not e.streaming:
                 problem = ("its status stream broke (the slot stopped, hung or drains): nothing is routed to it until "
                            "it answers again; start the slot again, or drop it from --index-address")
-            elif not e.versions and not any(other.holds(live_version) for other in self.endpoints):
-                # Beside a slot serving the live version, an empty one is the next rollout's (blue-green's green).
+            elif not e.versions and not live_served:
+                # Beside slots serving every shard of the live version, an empty one is the next rollout's
+                # (blue-green's green).
                 problem = ("its slot holds nothing: load a version into it (recsys-publish), or drop it from "
                            "--index-address")
             elif e.holds(live_version) and held < generation:

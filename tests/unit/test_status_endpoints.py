@@ -175,3 +175,12 @@ async def test_an_empty_slot_beside_one_serving_the_live_version_is_the_rollouts
     blue.versions = {}
     assert all(r.problem.startswith("its slot holds nothing: load a version into it") for r in router.report(2, 0))
     await router.close()
+    # A sharded live version with a shard no endpoint serves: the empty slots are named (the first cut passed them
+    # over once any endpoint held the live version).
+    router = IndexRouter(RoutingConfig(addresses=("blue-0:1", "blue-1:1", "green-0:1")))
+    for endpoint, versions, shard in zip(router.endpoints, ({2: State.SERVING}, {}, {}), (0, 1, 0)):
+        endpoint.slot, endpoint.versions, endpoint.generations = endpoint.address[:-2], versions, {}
+        endpoint.streaming, endpoint.shard, endpoint.shards = True, shard, 2
+    problems = [r.problem for r in router.report(2, 0)]
+    assert problems[0] == "" and all(p.startswith("its slot holds nothing") for p in problems[1:]), problems
+    await router.close()
