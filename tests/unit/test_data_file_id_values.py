@@ -54,6 +54,13 @@ def test_a_json_number_that_lost_its_digits_is_refused_naming_its_row(tmp_path, 
         _load(tmp_path, '{"user_id": "c0", "item_id": "a"}\n', "log.jsonl", catalog_path=catalogue)
 
 
+def test_an_event_type_that_is_no_text_is_refused_naming_its_row(tmp_path):
+    """Found by review: the event column's values go through the same conversion, and its refusal named nothing."""
+    with pytest.raises(ValueError, match=r"log.jsonl: column 'event' of data row 2 holds nan, a number that names"):
+        _load(tmp_path, '{"user_id": "a", "item_id": "x", "event": "view"}\n'
+                        '{"user_id": "b", "item_id": "y", "event": NaN}\n', "log.jsonl", event_col="event")
+
+
 def test_a_byte_order_mark_inside_a_joined_file_is_refused_naming_its_row(tmp_path):
     """cat p.csv q.csv: q's mark opened its first id, so "\\ufeffu1" was a customer apart from u1."""
     with pytest.raises(ValueError, match=r"log.csv: column '0' holds an id opening with a byte order mark \(U\+FEFF\) "
@@ -62,6 +69,11 @@ def test_a_byte_order_mark_inside_a_joined_file_is_refused_naming_its_row(tmp_pa
               candidate_col="1", time_col="2")
     data = _load(tmp_path, "\ufeffuser_id,item_id\nu1,x\nu2,y\n")  # the file's own mark is no id's
     assert sorted(data.customer_ids) == ["u1", "u2"]
+    catalogue = tmp_path / "items.csv"
+    catalogue.write_text("x\ny\n\ufeffz\n")
+    with pytest.raises(ValueError, match=r"items.csv: column '0' holds an id opening with a byte order mark "
+                                         r"\(U\+FEFF\) at data row 3"):
+        _load(tmp_path, "user_id,item_id\nu1,x\n", catalog_path=catalogue, catalog_header=False, catalog_id_col="0")
 
 
 def test_a_json_lines_error_names_the_files_line(tmp_path):

@@ -20,6 +20,14 @@ if TYPE_CHECKING:
     from trainer.data.datasets import DatasetOptions
 
 
+def _encode(encoder: IdEncoder, values: list[Any], path: Path, col: str, first_row: int) -> np.ndarray:
+    """``encoder.encode(values)``; a JSON value that names no id is refused naming the column and the data row."""
+    try:
+        return encoder.encode(values)
+    except BadId as e:
+        raise ValueError(f"{path}: column {col!r} of data row {first_row + e.position + 1} holds {e}") from None
+
+
 def _load_columns(path: Path, fmt: str, options: DatasetOptions, customer_col: str, candidate_col: str,
                   rating_col: str | None, time_col: str | None) -> dict[str, Any]:
     event_col = options.event_col
@@ -32,12 +40,8 @@ def _load_columns(path: Path, fmt: str, options: DatasetOptions, customer_col: s
             _refuse_header_read_as_data(path, chunk[0][0], chunk[1][0])
         first_row = rows
         rows += len(chunk[0])
-        for col, encoder, codes, values in ((customer_col, customers, cust_codes, chunk[0]),
-                                            (candidate_col, candidates, cand_codes, chunk[1])):
-            try:
-                codes.append(encoder.encode(values))
-            except BadId as e:
-                raise ValueError(f"{path}: column {col!r} of data row {first_row + e.position + 1} holds {e}") from None
+        cust_codes.append(_encode(customers, chunk[0], path, customer_col, first_row))
+        cand_codes.append(_encode(candidates, chunk[1], path, candidate_col, first_row))
         k = 2
         if rating_col:
             ratings.append(parse_numbers(chunk[k], path, rating_col).astype(np.float32))
@@ -50,7 +54,7 @@ def _load_columns(path: Path, fmt: str, options: DatasetOptions, customer_col: s
             time_kind = kind
             k += 1
         if event_col:
-            event_codes.append(events.encode(chunk[k]))
+            event_codes.append(_encode(events, chunk[k], path, event_col, first_row))
     if rows == 0:
         raise ValueError(f"{path} has no data rows")
     for col, encoder, codes in ((customer_col, customers, cust_codes), (candidate_col, candidates, cand_codes)):
