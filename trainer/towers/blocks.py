@@ -33,7 +33,16 @@ def normalize(x: tf.Tensor, on: bool) -> tf.Tensor:
     return tf.math.l2_normalize(x, axis=-1) if on else x
 
 
-class IdTower(tf.keras.Model):
+class ServedModel(tf.keras.Model):
+    """A tower a version serves through its SavedModel signatures, which the services call: never rebuilt from a
+    Keras config. Its constructor takes vocabularies and configs Keras cannot serialize, and Keras warned so at
+    every save (eight lines a training run)."""
+
+    def get_config(self) -> dict:
+        return {}
+
+
+class IdTower(ServedModel):
     """String id -> embedding. Ids outside the vocabulary share one OOV row."""
 
     def __init__(self, vocabulary: np.ndarray, embedding_dim: int, seed: int, l2: float = 0.0, **kwargs):
@@ -194,7 +203,7 @@ def _strip_trailing_parentheses(text: tf.Tensor) -> tf.Tensor:
     return tf.strings.strip(tf.strings.regex_replace(text, _TRAILING_PARENTHESES, r"\1"))
 
 
-class CandidateTower(tf.keras.Model):
+class CandidateTower(ServedModel):
     """Candidate id -> embedding, through an ``ItemEncoder`` (possibly shared with a history tower)."""
 
     def __init__(self, encoder: ItemEncoder, normalize: bool = False, **kwargs):

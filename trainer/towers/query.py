@@ -38,7 +38,8 @@ import numpy as np
 import tensorflow as tf
 
 from model_registry.tower_inputs import CUSTOMER_ID, FLOAT, HISTORY, REQUEST_TIME, STRING, TowerInputs
-from trainer.towers.blocks import IdTower, ItemEncoder, initializer, normalize, regularizer, standardisation
+from trainer.towers.blocks import (IdTower, ItemEncoder, ServedModel, initializer, normalize, regularizer,
+                                   standardisation)
 from trainer.towers.config import TowerConfig
 
 ZIP_PREFIX_LENGTH = 2
@@ -47,7 +48,7 @@ FEATURE_EMBEDDING_DIM = 16
 TIME_BUCKETS = 20
 
 
-class QueryTower(tf.keras.Model):
+class QueryTower(ServedModel):
     """Base: ``call(inputs dict) -> [B, D]``, ``known(inputs) -> bool [B]``;
     ``inputs`` says which inputs it takes, ``input_specs()`` is the serving
     signature made from it."""
