@@ -88,3 +88,17 @@ def test_too_few_rows_to_split_says_which_the_loader_dropped(tmp_path):
     with pytest.raises(ValueError, match=r"need at least 2 interactions to split, and log has 1 \(its loader dropped "
                                          r"rows: \{'dropped_duplicates': 2\}\)"):
         random_split(data, 0.2, 0)
+
+
+def test_a_chunk_of_blank_json_lines_does_not_end_the_read(tmp_path):
+    """Found by review: a chunk holding blank lines alone read as the file's end, and the rows after it were lost
+    without a word (200,000 blank lines in a row at the default chunk size; 1 here)."""
+    from trainer.data.files.reading import read_columns
+
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"user_id": "a", "item_id": "x"}\n\n\n{"user_id": "b", "item_id": "y"}\n')
+    chunks = list(read_columns(path, "jsonl", ["user_id", "item_id"], chunk_rows=1))
+    assert [chunk[0] for chunk in chunks] == [["a"], ["b"]]
+    path.write_text("\n\n\n")
+    with pytest.raises(ValueError, match="log.jsonl is empty"):
+        list(read_columns(path, "jsonl", ["user_id", "item_id"], chunk_rows=1))

@@ -408,11 +408,15 @@ def _read_jsonl(path: Path, columns: list[str], chunk_rows: int) -> Iterator[lis
     with _open_text(path) as f, _damaged(path, lambda: read):
         first, lines_in = True, counted(f)
         while True:
-            numbered = [(n, ln) for n, ln in itertools.islice(lines_in, chunk_rows) if ln.strip()]
-            if not numbered:
+            read_lines = list(itertools.islice(lines_in, chunk_rows))
+            if not read_lines:
                 if first:
                     raise ValueError(f"{path} is empty")
                 return
+            numbered = [(n, ln) for n, ln in read_lines if ln.strip()]
+            del read_lines
+            if not numbered:  # a chunk of blank lines alone: the file goes on (it ended the read, rows after lost)
+                continue
             lines = [ln for _, ln in numbered]
             try:
                 objs = [loads(ln) for ln in lines]  # transient: only the wanted fields are kept
