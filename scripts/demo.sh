@@ -52,7 +52,7 @@ cleanup() {
     fi
     if [[ $status -eq 0 ]]; then
         step "done; stopped the services (logs in ${RUN_DIR#"$PWD"/})"
-    elif [[ $status -eq 130 ]]; then
+    elif [[ $status -eq 129 || $status -eq 130 ]]; then
         echo "demo: stopped by a signal; stopped what it started (logs in ${RUN_DIR#"$PWD"/})" >&2
     else
         echo "demo: failed (exit $status); logs in ${RUN_DIR#"$PWD"/}" >&2
@@ -64,11 +64,18 @@ rm -rf "$RUN_DIR"
 mkdir -p "$RUN_DIR"
 trap cleanup EXIT
 trap 'exit 130' INT TERM  # so Ctrl-C and kill also run cleanup
+trap 'exit 129' HUP  # a closed terminal: the clean-up says stopped, not done
 
 # A long step runs as a background pipeline, started under `set -m` (a process group of its own), that
 # wait_step waits on. In the foreground it held off the clean-up: bash runs a trap once its foreground command
 # ends, so a kill of this script waited for the training's minutes. In its own group, the terminal's Ctrl-C
 # reaches this script alone, and the clean-up stops the step with one signal (a second ends a training at once).
+# What the step prints to the terminal goes through to_terminal: a background group writing there is stopped
+# (SIGTTOU) on a terminal set to `stty tostop`, and the training with it once the pipe fills.
+to_terminal() {
+    trap '' TTOU
+    exec "$@"
+}
 wait_step() {
     STEP_PID="$(jobs -p %%)"  # the pipeline's first process
     local status=0
@@ -90,7 +97,7 @@ step "training on the synthetic data set (a 2-minute hyperparameter search, then
 # The default search budget is 5 minutes; the demo shows the search in 2.
 set -m
 recsys-train --dataset synthetic --registry "$REGISTRY" --model "$MODEL" --tune-budget-s 120 \
-    --metrics-out "$RUN_DIR/train-metrics.json" 2>&1 | tee "$RUN_DIR/train.log" &
+    --metrics-out "$RUN_DIR/train-metrics.json" 2>&1 | to_terminal tee "$RUN_DIR/train.log" &
 set +m
 wait_step
 
@@ -169,7 +176,7 @@ recommend "an unknown customer (popularity fallback)" new-customer
 step "training a second version (published, not live)"
 set -m
 recsys-train --dataset synthetic --registry "$REGISTRY" --model "$MODEL" --seed 7 --tune-budget-s 0 --quiet \
-    2>&1 | tee "$RUN_DIR/train-2.log" | tail -n 1 &
+    2>&1 | tee "$RUN_DIR/train-2.log" | to_terminal tail -n 1 &
 set +m
 wait_step
 

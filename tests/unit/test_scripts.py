@@ -93,3 +93,32 @@ def test_a_stop_during_training_stops_it_with_one_signal_and_cleans_up_at_once(t
         with contextlib.suppress(ProcessLookupError):
             os.killpg(demo.pid, signal.SIGKILL)
         demo.wait()
+
+
+@pytest.mark.skipif(shutil.which("script") is None, reason="needs util-linux's script for a terminal")
+def test_a_terminal_set_to_stop_background_writers_does_not_stop_the_training_step(tmp_path):
+    """The step's own process group is a background one: on a terminal with `stty tostop` its tee was stopped
+    (SIGTTOU) at its first write, the training with it once the pipe filled, and the demo waited for ever."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts" / "demo.sh", tmp_path / "scripts" / "demo.sh")
+    (tmp_path / "scripts" / "venv.sh").write_text("ensure_venv() { return 0; }\n")
+    (tmp_path / "scripts" / "ensure_redis.sh").write_text('echo "redis://127.0.0.1:1/0"\n')
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "recsys-train").write_text("#!/usr/bin/env bash\necho 'trial 0: trained'\nexit 3\n")
+    (bin_dir / "recsys-train").chmod(0o755)
+    demo = subprocess.Popen(["script", "-qec", f"stty tostop; bash {tmp_path / 'scripts' / 'demo.sh'}", "/dev/null"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = demo.communicate(timeout=20)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(demo.pid, signal.SIGKILL)
+        demo.wait()
+        # script runs the demo in a session of its own: what a hang left there is found by its path.
+        for proc in Path("/proc").iterdir():
+            with contextlib.suppress(OSError):
+                if proc.name.isdigit() and str(tmp_path).encode() in (proc / "cmdline").read_bytes():
+                    os.kill(int(proc.name), signal.SIGKILL)
+    assert "trial 0: trained" in out and demo.returncode == 3, out  # the training's own status, not a hang
