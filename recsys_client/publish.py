@@ -145,6 +145,10 @@ def _serves(version: int) -> Callable[[pb.ServiceStatus], bool]:
     return lambda status: status.live_version == version
 
 
+def _on_replicas(fleet: Fleet) -> str:
+    return f"on {len(fleet.query)} query replica{'' if len(fleet.query) == 1 else 's'}"
+
+
 def publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: float = 0.0,
                     keep_versions: int | None = None, lock_wait_s: float = 0.0,
                     allow_unlisted_watchers: bool = False) -> dict[str, float]:
@@ -245,9 +249,7 @@ def _publish_version(fleet: Fleet, registry: Registry, version: int, drain_s: fl
             _point_current(registry, live, fleet)  # so that the move to ``version`` leaves it PREVIOUS
         _point_current(registry, version, fleet)
         _forget_rollback(registry)
-        replicas = len(fleet.query)
-        on = (f"on {replicas} query replica{'s' if replicas > 1 else ''}" if replicas else
-              "(no query replica given: each serves CURRENT when it starts)")
+        on = _on_replicas(fleet) if fleet.query else "(no query replica given: each serves CURRENT when it starts)"
         log.info("version %d is live %s; registry CURRENT is %d, PREVIOUS %s", version, on, version,
                  registry.previous_version())
         _warn_deltas_left_behind(registry, live, version)
@@ -370,7 +372,7 @@ def _rollback(fleet: Fleet, registry: Registry, refuse_forward: bool) -> int:
         raise
     with _past_the_switch(target):
         _point_current(registry, target, fleet)
-    log.info("rolled back to version %d on %d query replicas", target, len(fleet.query))
+    log.info("rolled back to version %d %s", target, _on_replicas(fleet))
     _warn_deltas_left_behind(registry, live, target)
     return target
 

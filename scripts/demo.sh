@@ -183,7 +183,7 @@ wait_step
 step "blue-green rollout: green loads the new version while blue serves, then the query service switches"
 recsys-publish --registry "$REGISTRY" --model "$MODEL" --index-admin "$INDEX_ADMINS" --query-admin "$QUERY_ADMIN" \
     --drain-s 0
-recommend "customer c000001 (the new version's answer: the rollout warmed its cache with recent requests)" c000001
+recommend "customer c000001 (the new version's answer; cache_hit true if the rollout's warm-up reached it)" c000001
 
 step "rollback: a routing switch back to blue, which still holds the first version"
 recsys-publish --rollback --registry "$REGISTRY" --model "$MODEL" --query-admin "$QUERY_ADMIN"

@@ -220,3 +220,17 @@ def test_a_rollout_whose_prune_fails_still_says_the_version_is_live_and_exits_0(
     captured = capsys.readouterr()
     assert captured.out.strip() == "live version 3", captured
     assert query.versions[3] == SERVING and registry.pointers() == (3, 2)
+
+
+def test_the_switch_lines_count_query_replicas_in_words(tmp_path, caplog):
+    """The demo printed "version 1 is live on 0 query replicas" for a first rollout (which none takes) and "on 1
+    query replicas" after a rollout and a rollback."""
+    import logging
+
+    registry, _, fleet = two_live(tmp_path)
+    with caplog.at_level(logging.INFO, logger="recsys-publish"):
+        publish_version(fleet, registry, 3)
+        rollback(fleet, registry)
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("version 3 is live on 1 query replica; registry CURRENT is 3") for line in lines), lines
+    assert "rolled back to version 2 on 1 query replica" in lines, lines
