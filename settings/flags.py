@@ -309,9 +309,9 @@ def _shown(value: Any) -> str:
 def _presets_note(flag: _Flag, presets: dict[str, Any], is_bool: bool) -> str:
     """Where the flag's default is a preset's: "default X", and the presets that differ ("; Y in the history
     preset"). A flag without one shows none."""
-    values = {name: preset for name, preset in presets.items()}
-    for name in flag.path:
-        values = {preset: getattr(value, name) for preset, value in values.items()}
+    values = dict(presets)  # preset name -> the flag's value in it, walked down the flag's field path
+    for field in flag.path:
+        values = {preset: getattr(value, field) for preset, value in values.items()}
     by_value: list[tuple[Any, list[str]]] = []
     for preset, value in values.items():
         group = next((names for seen, names in by_value if seen == value), None)
