@@ -35,3 +35,19 @@ def png_path(path: Path, flag: str) -> Path:
     if path.suffix.lower() != ".png":
         raise ValueError(f"{flag} writes a PNG: name a .png file, not {path}")
     return path
+
+
+def check_outputs(report: Path | None, plot: Path | None, report_flag: str, plot_flag: str) -> Path | None:
+    """The plot file to write (``png_path``); ValueError naming the flag where the report and the plot are one
+    file, or either could not be written (``unwritable``)."""
+    def check(path: Path | None, flag: str) -> None:
+        why = unwritable(path) if path is not None else None
+        if why:
+            raise ValueError(f"{flag}: {why}")
+
+    check(report, report_flag)
+    plot = png_path(plot, plot_flag) if plot is not None else None
+    if plot is not None and report is not None and plot.resolve() == report.resolve():
+        raise ValueError(f"{plot_flag} {plot} is {report_flag}'s file: name another")
+    check(plot, plot_flag)
+    return plot

@@ -20,7 +20,7 @@ from typing import Any
 from model_registry import Manifest, Registry, VersionError
 from model_registry.registry import STAGING_PREFIX
 from settings.flags import ConfigError, add_flags, flag_name, from_args, overrides, replace_nested
-from settings.output_files import png_path, unwritable
+from settings.output_files import check_outputs
 from trainer import interrupts
 from trainer.config import PRESETS, PipelineConfig, TrainConfig, recommended_config
 from trainer.launcher import STOP_SIGNALS, TF_CONFIG, Cluster, launch
@@ -203,23 +203,15 @@ def main(argv: list[str] | None = None) -> int:
     cluster = cluster_from_args(parser, args, config)
     plot_out, created = args.plot_out, []
     if cluster.is_chief:  # the chief writes these; checked before any work, and before the launcher's workers
-        why = unwritable(args.metrics_out) if args.metrics_out is not None else None
-        if why:
-            parser.error(f"--metrics-out: {why}")
-        if plot_out is None and args.metrics_out is not None:
+        if plot_out is None and args.metrics_out is not None and args.metrics_out.name:  # "": refused below
             plot_out = args.metrics_out.with_suffix(".png")
             if plot_out == args.metrics_out:  # the plot would overwrite the metrics
                 parser.error(f"--metrics-out {args.metrics_out} is where the plot goes by default (the metrics' "
                              f"name with .png): name the metrics' file .json, or give --plot-out")
         try:
-            plot_out = png_path(plot_out, "--plot-out") if plot_out is not None else None
+            plot_out = check_outputs(args.metrics_out, plot_out, "--metrics-out", "--plot-out")
         except ValueError as e:
             parser.error(str(e))
-        if plot_out is not None and args.metrics_out is not None and plot_out.resolve() == args.metrics_out.resolve():
-            parser.error(f"--plot-out {plot_out} is --metrics-out's file: name another")
-        why = unwritable(plot_out) if plot_out is not None else None
-        if why:
-            parser.error(f"--plot-out: {why}")
         try:
             created = _check_registry(config)
         except OSError as e:

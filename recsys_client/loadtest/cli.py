@@ -74,7 +74,7 @@ from recsys_client.loadtest.run import connect_timeout_s, run_load
 from serving.rpc.tls import ToolTls, tls_hint
 from settings.flags import (ConfigError, add_flags, add_secret_file, deadline_s, flag_name, from_args, host_port,
                             host_ports)
-from settings.output_files import png_path, unwritable
+from settings.output_files import check_outputs
 
 
 def _rpc_mix_flag(text: str) -> dict[str, float]:
@@ -190,16 +190,10 @@ def main(argv: list[str] | None = None) -> None:
         config = config_from_args(args)
     except ValueError as e:
         parser.error(str(e))
-    try:
-        plot = png_path(args.plot, "--plot") if args.plot is not None else None
+    try:  # else found after the run, losing its report
+        plot = check_outputs(args.out, args.plot, "--out", "--plot")
     except ValueError as e:
         parser.error(str(e))
-    if plot is not None and args.out is not None and plot.resolve() == args.out.resolve():
-        parser.error(f"--plot {plot} is --out's file: name another")
-    for flag, path in (("--out", args.out), ("--plot", plot)):
-        why = unwritable(path.absolute()) if path is not None else None
-        if why:  # else found after the run, losing its report
-            parser.error(f"{flag}: {why}")
     from serving.rpc.grpc_server import run_event_loop  # the services' event loop (uvloop): a cheaper client too
 
     started, stopped_by = time.monotonic(), []
