@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from model_registry.attributes import LIST_SEPARATOR
-from trainer.data.files.ids import BadId, first_bad_id, id_str, long_ids, narrowest
+from trainer.data.files.ids import BadId, first_bad_id, id_str, long_ids, narrowest, refuse_marked_ids
 from trainer.data.files.reading import file_format, read_columns
 from trainer.data.files.values import is_number
 from trainer.data.interactions import align_features
@@ -69,10 +69,7 @@ def load_catalog(path: Path, fmt: str | None, id_col: str, feature_cols: tuple[s
         texts = [v if isinstance(v, str) else id_str(v) for v in parts[0]]
     except BadId as e:
         raise ValueError(f"{path}: column {id_col!r} of data row {first_bad_id(parts[0]) + 1} holds {e}") from None
-    marked = next((row for row, text in enumerate(texts) if text.startswith("\ufeff")), None)
-    if marked is not None:  # files joined with cat: the id would be a candidate apart from the one without the mark
-        raise ValueError(f"{path}: column {id_col!r} holds an id opening with a byte order mark (U+FEFF) at data row "
-                         f"{marked + 1}: {texts[marked][:60]!r} (files joined with cat? remove the mark)")
+    refuse_marked_ids(path, id_col, texts)
     if not header and texts and texts[0].strip() in header_ids:
         raise ValueError(f"{path}: read with --no-catalog-header, but its first line names the id column "
                          f"({texts[0].strip()}): a header, which would be published as a candidate; leave out "

@@ -47,18 +47,38 @@ def _line_break_inside(value: str) -> bool:
     return ("\n" in value or "\r" in value) and ("\n" in value.strip() or "\r" in value.strip())
 
 
+def _opens_with_a_mark(value: str) -> bool:
+    return value.startswith("\ufeff")
+
+
+# Each id an interactions or catalogue file may not hold: (test, what it is, the likely cause).
+_LINE_BREAK = (_line_break_inside, "with a line break", "is a quote left open?")
+# Files joined with cat: "\ufeffu1" would be a customer apart from u1, its history split.
+_BYTE_ORDER_MARK = (_opens_with_a_mark, "opening with a byte order mark (U+FEFF)", "files joined with cat? remove "
+                    "the mark")
+
+
+def _odd_id_error(path: Path, col: str, row: int, value: str, what: str, hint: str) -> ValueError:
+    return ValueError(f"{path}: column {col!r} holds an id {what} at data row {row}: {value[:60]!r}"
+                      f"{'...' if len(value) > 60 else ''} ({hint})")
+
+
 def refuse_odd_ids(path: Path, col: str, encoder: IdEncoder, codes: list[np.ndarray]) -> None:
     """Refuses an id holding a line break (a quote left open reads the rows after it as one id) or opening with a
-    byte order mark (files joined with cat: "\ufeffu1" would be a customer apart from u1, its history split)."""
-    for odd, what, hint in ((_line_break_inside, "with a line break", "is a quote left open?"),
-                            (lambda v: v.startswith("\ufeff"), "opening with a byte order mark (U+FEFF)",
-                             "files joined with cat? remove the mark")):
+    byte order mark."""
+    for odd, what, hint in (_LINE_BREAK, _BYTE_ORDER_MARK):
         code = next((i for i, v in enumerate(encoder.vocab) if odd(v)), None)
         if code is not None:
             row = int(np.argmax(np.concatenate(codes) == code)) + 1
-            value = next(itertools.islice(encoder.vocab, code, None))
-            raise ValueError(f"{path}: column {col!r} holds an id {what} at data row {row}: {value[:60]!r}"
-                             f"{'...' if len(value) > 60 else ''} ({hint})")
+            raise _odd_id_error(path, col, row, next(itertools.islice(encoder.vocab, code, None)), what, hint)
+
+
+def refuse_marked_ids(path: Path, col: str, texts: list[str]) -> None:
+    """``refuse_odd_ids``' byte order mark, in a column read whole (a catalogue's ids)."""
+    odd, what, hint = _BYTE_ORDER_MARK
+    row = next((row for row, text in enumerate(texts) if odd(text)), None)
+    if row is not None:
+        raise _odd_id_error(path, col, row + 1, texts[row], what, hint)
 
 
 def long_ids(ids: np.ndarray) -> np.ndarray:
