@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -86,16 +87,20 @@ def _rpc_mix_flag(text: str) -> dict[str, float]:
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """The module docstring as written, and the default (LoadConfig's) of each flag this parser adds itself. Not
-    of those ``add_flags`` and ``add_secret_file`` add ("(env ..." in their help): their default is the
-    environment's value, a bearer token or a key's path, which help must not print."""
+    """The module docstring as written, and the default of each flag that is a LoadConfig field (LoadConfig's).
+    Not of the others: the TLS and admin token flags default to the environment's value, a key's path or a bearer
+    token, which help must not print."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         help_text = action.help or ""
-        if action.default is None or action.default is False or action.default in ("", argparse.SUPPRESS) \
-                or "default" in help_text or "(env " in help_text:  # ``is``: a default of 0 is one to show
+        # ``is``: a default of 0 (== False) is one to show; --swap's False is not.
+        if action.dest not in _LOAD_FIELDS or action.default is None or action.default is False \
+                or "default" in help_text:
             return help_text
         return help_text + " (default %(default)s)"
+
+
+_LOAD_FIELDS = {field.name for field in dataclasses.fields(LoadConfig)}
 
 
 def build_parser() -> argparse.ArgumentParser:
