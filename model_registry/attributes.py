@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model_registry.manifest import VersionError
+from model_registry.manifest import UNREADABLE_NPZ, VersionError
 
 _TOKEN_OFFSETS = "token_offsets__"
 _TOKENS = "tokens__"
@@ -111,7 +111,7 @@ class Attributes:
         try:
             with np.load(path, allow_pickle=False) as arrays:
                 keys = list(arrays.keys())
-        except (OSError, ValueError) as e:
+        except UNREADABLE_NPZ as e:
             raise VersionError(f"{path} is not a valid candidate attributes file: {e}") from e
         return (frozenset(k[len(_TOKEN_OFFSETS):] for k in keys if k.startswith(_TOKEN_OFFSETS)),
                 frozenset(k[len(_NUMERIC):] for k in keys if k.startswith(_NUMERIC)))
@@ -122,7 +122,7 @@ class Attributes:
         try:
             with np.load(path, allow_pickle=False) as arrays:
                 return cls.from_arrays(rows, arrays)
-        except (OSError, ValueError, KeyError) as e:
+        except UNREADABLE_NPZ as e:
             raise VersionError(f"{path} is not a valid candidate attributes file for {rows} candidates: {e}") from e
 
 

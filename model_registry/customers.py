@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from model_registry.ids import index_of
-from model_registry.manifest import VersionError
+from model_registry.manifest import UNREADABLE_NPZ, VersionError
 
 FEATURE_PREFIX = "feature__"  # npz key of a feature column: feature__<name>
-DEFAULT_HISTORY_LENGTH = 50  # items stored per customer when no tower asks for more
+DEFAULT_HISTORY_LENGTH = 50  # items stored per customer when the tower reads no history
 
 
 def recency_groups(customer_ids: np.ndarray, candidate_ids: np.ndarray,
@@ -133,7 +133,7 @@ class CustomerStore:
             with np.load(path, allow_pickle=False) as data:
                 features = {k[len(FEATURE_PREFIX):]: data[k] for k in data.files if k.startswith(FEATURE_PREFIX)}
                 return cls(data["ids"], data["history"], data["seen_offsets"], data["seen_items"], features)
-        except (OSError, KeyError, ValueError) as e:
+        except UNREADABLE_NPZ as e:
             raise VersionError(f"customer store {path} is unreadable: {e}") from e
 
     # ------------------------------------------------------------------ reading

@@ -38,7 +38,6 @@ import math
 import os
 import shutil
 import tempfile
-import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -335,7 +334,7 @@ def _read_delta(record_path: Path, model_dir: Path, version: int, key: Ed25519Pu
     try:
         with np.load(data, allow_pickle=False) as arrays:
             return dataclasses.replace(Delta.from_arrays(arrays), record_sha256=record_sha)
-    except (ValueError, KeyError, TypeError, OSError, zipfile.BadZipFile) as e:
+    except files.UNREADABLE_NPZ as e:
         # Its checksum holds, so it was written so, by hand or by another tool: refused like any altered log,
         # not failed as an internal error retried every catch-up period.
         raise VersionError(f"catalogue delta {generation} of version {version}: {record['file']} is not a valid "

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import zipfile
 import zlib
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,11 @@ def shard_of(ids, shards: int) -> np.ndarray:
 
 class VersionError(Exception):
     """A version directory is missing, incomplete, corrupt or inconsistent."""
+
+
+# What numpy raises for an npz that is not one it wrote: an empty file EOFError, a cut or garbled zip BadZipFile
+# (neither an OSError nor a ValueError), a missing array KeyError, an object array refused ValueError.
+UNREADABLE_NPZ = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,7 +236,7 @@ def read_popular(version_dir: Path, version: int) -> tuple[list[str], list[float
     try:
         with np.load(Path(version_dir) / POPULAR_FILE, allow_pickle=False) as popular:
             return popular["ids"].tolist(), popular["scores"].astype(float).tolist()
-    except (OSError, ValueError, KeyError) as e:
+    except UNREADABLE_NPZ as e:
         raise VersionError(f"version {version}: {POPULAR_FILE} is unreadable: {e}") from e
 
 

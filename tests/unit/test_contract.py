@@ -6,8 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from model_registry import manifest as files
+from model_registry.attributes import Attributes
 from model_registry.customers import CustomerStore
 from model_registry.ids import index_of
+from model_registry.manifest import VersionError
 from model_registry.search import ROW_BLOCK, exact_top_k, iter_npy_rows, recall_at_k
 from model_registry.tower_inputs import FLOAT, STRING, TowerInputs, check_store, tower_inputs
 
@@ -34,6 +37,22 @@ def test_customer_store_layout_and_round_trip(store, tmp_path):
     for name in ("ids", "history", "seen_offsets", "seen_items"):
         assert np.array_equal(getattr(again, name), getattr(store, name))
     assert set(again.features) == {"age", "city"}
+
+
+@pytest.mark.parametrize("read", [CustomerStore.load, lambda path: Attributes.load(path, 3), Attributes.namespaces,
+                                  lambda path: files.read_popular(path.parent, 1)],
+                         ids=["customer store", "attributes", "attribute namespaces", "popular"])
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 not a zip", "cut"], ids=["empty", "garbled", "cut"])
+def test_a_version_npz_numpy_cannot_read_is_a_version_error(store, tmp_path, read, content):
+    """An empty file raised EOFError and a cut or garbled zip BadZipFile, neither of which the readers caught: the
+    query replica's load failed with a traceback, not the refusal naming the file that a VersionError is."""
+    path = tmp_path / files.POPULAR_FILE
+    if content == "cut":
+        store.save(tmp_path / "whole.npz")
+        content = (tmp_path / "whole.npz").read_bytes()[:200]
+    path.write_bytes(content)
+    with pytest.raises(VersionError, match=r"popular|store|attributes"):
+        read(path)
 
 
 def test_the_tower_input_rule(store):
