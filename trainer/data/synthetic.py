@@ -152,14 +152,15 @@ class PlantedTaste:
         return np.where(own, in_cluster_pick, self.draw_popular(rng, n)), own
 
 
+IN_CLUSTER_SHARE = 0.8  # of a customer's picks, the share from its own cluster (the rest: global popularity)
+
+
 def synthetic(
-    num_customers: int = 2_000,
-    num_candidates: int = 1_000,
-    num_interactions: int = 60_000,
-    num_clusters: int = 20,
+    num_customers: int,
+    num_candidates: int,
+    num_interactions: int,
+    num_clusters: int,
     seed: int = 42,
-    in_cluster_share: float = 0.8,
-    zipf_exponent: float = 1.0,
     return_truth: bool = False,
 ) -> Interactions | tuple[Interactions, SyntheticTruth]:
     """Generates interactions with a planted cluster structure (``PlantedTaste``).
@@ -170,12 +171,10 @@ def synthetic(
     """
     if min(num_customers, num_candidates, num_interactions, num_clusters) < 1:
         raise ValueError("synthetic sizes and num_clusters must all be positive")
-    if not 0.0 <= in_cluster_share <= 1.0:
-        raise ValueError("in_cluster_share must be in [0, 1]")
     rng = np.random.default_rng(seed)
-    taste = PlantedTaste(rng, num_customers, num_candidates, num_clusters, zipf_exponent)
+    taste = PlantedTaste(rng, num_customers, num_candidates, num_clusters)
     cust = taste.draw_customers(rng, num_interactions)
-    cand, own = taste.draw_candidates(rng, cust, in_cluster_share)
+    cand, own = taste.draw_candidates(rng, cust, IN_CLUSTER_SHARE)
 
     timestamps = np.sort(rng.integers(1_600_000_000, 1_700_000_000, size=num_interactions, dtype=np.int64))
     customer_names = _ids("c", num_customers)

@@ -21,7 +21,7 @@ def hit_rate_series(report: dict[str, Any], suffix: str = "") -> tuple[list[int]
     return [k for k, _ in points], [v for _, v in points]
 
 
-def plot_hit_rates(metrics: dict[str, Any], path: str | Path, title: str | None = None) -> Path:
+def plot_hit_rates(metrics: dict[str, Any], path: str | Path) -> Path:
     """Writes a PNG: hit rate vs k (log scale) for the model and every baseline,
     one panel over all candidates and one excluding seen items. Returns the path.
 
@@ -59,7 +59,7 @@ def plot_hit_rates(metrics: dict[str, Any], path: str | Path, title: str | None 
     axes[0].set_ylim(0, min(1.0, top * 1.08) if top > 0 else 1.0)
     axes[0].set_ylabel("hit rate (share of test interactions)")
     axes[0].legend(loc="upper left")
-    heading = title or " ".join(str(x) for x in (metrics.get("dataset"), _split_label(metrics)) if x)
+    heading = " ".join(str(x) for x in (metrics.get("dataset"), _split_label(metrics)) if x)
     if heading:
         fig.suptitle(heading)
     path = Path(path)

@@ -8,7 +8,7 @@ the test split is only ever used for the final report.
 The score is ``lift``: the smallest, over the hit rates a model is judged on
 (over all candidates and excluding seen, @10 and @100), of the ratio to a
 reference level. Ratios weigh every metric the same whatever its scale (@100
-rates are ~4x the @10 ones), and the smallest is the binding one, so a gain on
+rates are 2-8x the @10 ones), and the smallest is the binding one, so a gain on
 one metric cannot buy a loss on another. For the model the references
 (``Validation.references``) are the bars it is held to: excluding seen, the
 best of EASE, iALS and item-item cosine; over all candidates, popularity, the

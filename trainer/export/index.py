@@ -8,7 +8,7 @@ whose recall@10 reaches the target; of those settings, the fastest.
 
 Depth matters as much as leaves: the hashed scores of a dense catalogue are too
 coarse to put the true top 10 within a fixed 200 rescored neighbours (measured
-at 5M x 32: recall@10 0.848 however many leaves are searched; 0.963 with 1,600
+at 5M x 64: recall@10 0.848 however many leaves are searched; 0.963 with 1,600
 rescored and 6% of the leaves, in a fifth of the time).
 """
 
