@@ -40,7 +40,7 @@ from pathlib import Path
 import redis as redis_client
 
 from bench.common import cpu_seconds, git_commit, machine_info
-from bench.serving_throughput import HERE, MODEL, add_stack_flags, load, train
+from bench.serving_throughput import HERE, MODEL, add_model_flags, load, train
 from tests.processes import RedisProcess, ServiceProcess, start_all
 
 # Above every target's capacity, so the concurrency cap, not the rate, paces the callers (a closed loop).
@@ -90,13 +90,13 @@ def summarise(rounds: list[dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_stack_flags(parser)
+    add_model_flags(parser)
+    parser.add_argument("--duration-s", type=float, default=8.0, help="length of each closed-loop run (default %(default)s)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--hot", type=int, default=100, help="customers of the hit target (all cached)")
     parser.add_argument("--quick", action="store_true", help="tiny model, one short round (smoke test)")
     parser.add_argument("--out", type=Path)
-    parser.set_defaults(duration_s=8.0)
     args = parser.parse_args()
     if args.quick:
         args.customers, args.candidates, args.interactions = 300, 200, 6000

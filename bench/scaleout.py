@@ -10,12 +10,13 @@ publish), and a second, unsharded version holding only shard 0's candidates
 and searcher ("one shard alone"). Then, through the real query service (no
 result cache: every request searches the index):
 
-1. the sharded version on one index process per shard (plus a second replica
-   of shard 0): ``recsys-loadtest`` at ``--qps`` for ``--duration-s``;
+1. the sharded version on one index process per shard (with ``--failover-on
+   sharded``, plus a second replica of shard 0): ``recsys-loadtest`` at
+   ``--qps`` for ``--duration-s``;
 2. the one-shard version on one index process, at ``--qps`` as in 1;
 3. failover at ``--failover-qps``, with a second replica of shard 0 (of the
-   sharded version, or with ``--failover-on alone`` of the one-shard version):
-   a steady run, a run in which the second replica is stopped (SIGSTOP) 2 s
+   one-shard version by default, ``--failover-on alone``; of the sharded
+   version with ``--failover-on sharded``): a steady run, a run in which the second replica is stopped (SIGSTOP) 2 s
    in, and a run in which it is killed (SIGKILL) 2 s in; requests, failures
    and p99 of each.
 

@@ -71,9 +71,11 @@ def summary(report: dict, cpu_s: float) -> dict:
 
 def max_sustainable(address: str, ladder: list[int], duration_s: float, customers: int, p99_ms: float,
                     work: Path, name: str, server_pids: list[int], channels: int = 4, warmup_s: float = 2.0) -> dict:
-    """Climbs the ladder until a step misses the p99 target or fails a request,
-    after ``warmup_s`` of calls at 50/s. Each step also reports the CPU the
-    server processes (``server_pids``) spent per answered request."""
+    """Climbs the ladder, after ``warmup_s`` of calls at 50/s, until a step
+    fails or drops a request or answers under 95% of its rate; the fastest step
+    whose p99 was within ``p99_ms`` is the maximum sustainable rate. Each step
+    also reports the CPU the server processes (``server_pids``) spent per
+    answered request."""
     load(address, 50, warmup_s, customers, work / f"{name}-warmup.json", seed=1,  # connections, first tower calls
          channels=channels)
     steps, best = [], None
@@ -112,13 +114,18 @@ def stop_all(*processes: ServiceProcess | RedisProcess | None) -> None:
             process.stop()
 
 
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """The model trained for the stack (shared with bench.workers and bench.request_cost)."""
+    parser.add_argument("--customers", type=int, default=50_000)
+    parser.add_argument("--candidates", type=int, default=5_000)
+    parser.add_argument("--interactions", type=int, default=500_000)
+
+
 def add_stack_flags(parser: argparse.ArgumentParser) -> None:
     """The model trained for the stack and how each ladder step is judged (shared with bench.workers)."""
     parser.add_argument("--p99-ms", type=float, default=10.0)
     parser.add_argument("--duration-s", type=float, default=6.0, help="length of each ladder step")
-    parser.add_argument("--customers", type=int, default=50_000)
-    parser.add_argument("--candidates", type=int, default=5_000)
-    parser.add_argument("--interactions", type=int, default=500_000)
+    add_model_flags(parser)
 
 
 def main() -> None:

@@ -102,7 +102,7 @@ def main() -> None:
     report = {"config": {k: v for k, v in vars(args).items() if k != "out"} | {"channels": CHANNELS},
               "machine": machine,
               "results": results, "scaling_vs_first": scaling}
-    write_json(report, args.out)
+    print(write_json(report, args.out))
     rows = [[n, path, r[path]["max_sustainable_qps"], r[path]["max_throughput_qps"],
              r[path]["server_cpu_us_per_request"], scaling[n][path]["max_throughput_qps"]]
             for n, r in results.items() for path in ("hit", "miss")]

@@ -125,6 +125,16 @@ def test_serving_throughput_quick(tmp_path):
     assert out["results"]["ours-hit-redis"]["steps"][0]["cache_hits"] > 0
 
 
+def test_workers_quick():
+    """Its JSON on stdout, as every benchmark's: it was written to ``--out`` alone, and lost without it."""
+    proc = run_python(["-m", "bench.workers", "--quick", "--workers", "2"], timeout_s=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert set(out["results"]) == set(out["scaling_vs_first"]) == {"2"}
+    for path in ("hit", "miss"):
+        assert all(step["ok"] > 0 and step["errors"] == 0 for step in out["results"]["2"][path]["steps"]), path
+
+
 def test_request_cost_quick():
     out = run_quick("bench.request_cost", timeout_s=300)
     (measured,) = out["rounds"]
