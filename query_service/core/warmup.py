@@ -61,11 +61,12 @@ class Warmup:
     async def run(self, version: int, warm_batch: Callable[[list], Awaitable[int]]) -> int:
         """Answers the remembered requests, most recent first, ``batch_size`` at a time with
         ``warm_batch`` (which caches the answers and returns how many); returns how many were cached.
-        Stops at the warm-up's budget; a failed batch is skipped (its requests stay misses).
+        Stops at the warm-up's budget (a batch under way then ends first); a failed batch is skipped (its
+        requests stay misses).
 
-        The warm-up shares the replica and the machine with live traffic: after each batch it rests
+        The warm-up shares the replica and the machine with live traffic: between batches it rests
         for as long as the duty cycle asks, so that its searches take CPU in short, spaced bursts
-        rather than for a second."""
+        rather than for a second; never past the budget, nor after the last batch (the load waits)."""
         config = self.config
         requests = list(reversed(self.recent))  # a snapshot: traffic goes on meanwhile
         deadline = time.monotonic() + config.budget_s
@@ -83,7 +84,9 @@ class Warmup:
                 failed += 1
                 first_failure = first_failure or f"{type(e).__name__}: {e}"
             worked = time.monotonic() - batch_started
-            await asyncio.sleep(worked * (1 - config.duty_cycle) / config.duty_cycle)
+            rest = min(worked * (1 - config.duty_cycle) / config.duty_cycle, deadline - time.monotonic())
+            if start + config.batch_size < len(requests) and rest > 0:
+                await asyncio.sleep(rest)
         if failed:
             log.warning("warm-up of version %d: %d batches failed (first: %s); their requests stay misses", version,
                         failed, first_failure)

@@ -24,7 +24,7 @@ from model_registry.deltas import Delta
 from query_service.admin import QueryAdmin
 from query_service.core.queries import SOURCE_MODEL, SOURCE_POPULARITY
 from query_service.core.recommender import Recommender
-from query_service.core.warmup import WarmupConfig
+from query_service.core.warmup import Warmup, WarmupConfig
 from query_service.index.index_client import IndexEndpoint, error_for
 from query_service.index.routing import IndexRouter, RoutingConfig
 from query_service.index.searches import IndexHits, IndexQuery, SimilarQuery, TimedOut
@@ -508,6 +508,23 @@ async def test_a_warm_up_rests_between_batches_as_its_duty_cycle_asks(registry):
     gaps = np.diff(index.started[searches:])
     assert (gaps >= 0.08).all(), gaps
     await recommender.close()
+
+
+@pytest.mark.parametrize("batches", [1, 2])
+async def test_a_warm_up_does_not_rest_past_its_budget_nor_after_its_last_batch(batches):
+    """It rested three times each batch's time after every batch, the last included and past the budget: a
+    0.1 s budget with batches of 0.2 s held the version's load 0.81 s."""
+    warmup = Warmup(WarmupConfig(budget_s=0.1, batch_size=1, duty_cycle=0.25))
+    for request in range(batches):
+        warmup.remember(request)
+
+    async def slow_batch(requests: list) -> int:
+        await asyncio.sleep(0.2)
+        return len(requests)
+
+    started = time.monotonic()
+    assert await warmup.run(2, slow_batch) == 1  # the budget passed during the first batch
+    assert time.monotonic() - started < 0.5
 
 
 # ------------------------------------------------------------------ errors and routing
