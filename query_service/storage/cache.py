@@ -120,7 +120,7 @@ class CacheConfig:
                                   flag="redis-retry-after-s")
     local_mb: float = option(256.0, "memory for results kept in process (in front of Redis, or alone without "
                                     "--redis-url), in MiB (0: none); "
-                                    "a result is counted at ~2 KB at k = 10, ~210 KB at k = 1000 (with the "
+                                    "a result is counted at ~3.8 KB at k = 10, ~240 KB at k = 1000 (with the "
                                     "response a hit builds from it)", flag="local-cache-mb")
     mac_key: str = option("", "secret that authenticates values in Redis (cached results and live history "
                               "entries), shared by the query replicas; none: cached results under a random key per "

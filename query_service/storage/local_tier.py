@@ -2,7 +2,7 @@
 
 Written here rather than taken from cachetools because of Python's garbage
 collector. Its full collections walk every object it tracks while requests
-wait, and a replica holds up to ~100k results: cachetools' TTLCache keeps a
+wait, and a replica holds up to ~70k results of k = 10 at the default 256 MiB: cachetools' TTLCache keeps a
 Python link object per entry (its expiry list), and the result held is an
 object too, so a full collection took 75-101 ms at 13-15k held results under
 load (docs/BENCHMARKS.md). Here an entry is a plain tuple of strings, floats and
@@ -69,13 +69,15 @@ class LocalTier:
     def put(self, key: str, result: CachedResult, ttl_s: float | None = None) -> None:
         """Holds ``result`` under ``key`` (replacing what was there) for ``ttl_s`` (at most, and by
         default, the tier's TTL), dropping the least recently used results until the tier fits;
-        one larger than the whole tier is not held."""
+        one larger than the whole tier, or already expired (``ttl_s`` <= 0), is not held."""
         size = self._sizeof(result)
         if size > self.max_bytes:
             return
         self._drop(key)
         now = time.monotonic()
         ttl_s = self.ttl_s if ttl_s is None else min(ttl_s, self.ttl_s)
+        if ttl_s <= 0:  # held, it would be the oldest expired entry, dropped at once with nothing after it
+            return
         self._entries[key] = (now + ttl_s, size, result.ids, result.scores, result.source)
         self.currsize += size
         while True:

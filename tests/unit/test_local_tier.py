@@ -120,3 +120,15 @@ def test_the_bytes_counted_cover_what_held_results_take_rendered_both_ways(k, re
     counted_over_grown = float(subprocess.run([sys.executable, "-c", _MEASURE, str(k), str(results)], check=True,
                                               capture_output=True, text=True, timeout=120).stdout)
     assert counted_over_grown >= 0.95, counted_over_grown
+
+
+@pytest.mark.parametrize("ttl_s", [0.0, -1.0])
+def test_a_result_already_expired_is_not_held_and_replaces_what_was(clock, ttl_s):
+    """Put into a tier with nothing else, it was dropped as the oldest expired entry and the eviction loop then
+    asked an empty tier for its oldest: StopIteration, an INTERNAL error for the request that cached it."""
+    held = tier()
+    held.put("a", result(1), ttl_s=ttl_s)
+    assert len(held) == 0 and held.currsize == 0
+    held.put("b", result(2))
+    held.put("b", result(3), ttl_s=ttl_s)  # a newer answer, already expired: the older one goes too
+    assert held.get("b") is None and held.currsize == 0
