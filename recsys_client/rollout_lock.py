@@ -55,9 +55,10 @@ def exclusive(registry: Registry, tool: str = "recsys-publish", wait_s: float = 
                 # flock has no timeout: polled, as a blocking call could be cut off only by a signal.
                 time.sleep(LOCK_POLL_S)
                 continue
+            run = f"{_holder_tool(holder)} run" if holder else "run (recsys-publish or recsys-catalogue)"
             holder = holder or "it has not yet written its name"
             waited = f"waited {wait_s:g} s; " if wait_s and not now_or_never else ""
-            raise PublishError(f"another {_holder_tool(holder)} run of {registry.model!r} is under way ({holder}; "
+            raise PublishError(f"another {run} of {registry.model!r} is under way ({holder}; "
                                f"lock {path}): {waited}wait for it to end and check its outcome, then run again; the "
                                "lock goes when that process exits")
         started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

@@ -4,6 +4,8 @@ CURRENT under them; a rollout is refused naming a catalogue run that holds it. I
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 import time
 
@@ -14,7 +16,7 @@ from model_registry.deltas import published_generation
 from recsys_client.catalogue import main as catalogue_main
 from recsys_client.fleet import SERVING, Fleet, PublishError, Replica
 from recsys_client.publish import publish_version
-from recsys_client.rollout_lock import exclusive
+from recsys_client.rollout_lock import LOCK_FILE, exclusive
 from tests.unit.test_publish import StatusOnly
 from tests.unit.test_registry_retention import publish_dummy
 
@@ -113,3 +115,18 @@ def test_a_rollout_is_refused_at_once_naming_a_catalogue_run_that_holds_the_lock
         with pytest.raises(PublishError, match=r"^another recsys-catalogue run of 'm' is under way \(pid \d+ on .* "
                                                r"by recsys-catalogue; lock "):
             publish_version(Fleet([], []), registry, 2)
+
+
+def test_a_holder_that_has_not_yet_written_its_name_is_not_called_recsys_publish(tmp_path):
+    """The lock taken, its line not yet written: a recsys-catalogue run was refused as "another recsys-publish run",
+    a tool no one could know it was."""
+    registry = published(tmp_path)
+    fd = os.open(registry.model_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(PublishError, match=r"^another run \(recsys-publish or recsys-catalogue\) of 'm' is under "
+                                               r"way \(it has not yet written its name; lock "):
+            with exclusive(registry, "recsys-catalogue"):
+                pass
+    finally:
+        os.close(fd)
