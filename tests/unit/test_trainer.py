@@ -381,6 +381,8 @@ def test_cli_a_run_that_diverges_says_so_and_publishes_nothing(tmp_path, capfd):
      "--rating-col is not read by --dataset movielens-100k (the ml-100k folder given by --data-dir): leave it out, "
      "or use --dataset interactions-csv"),
     ("synthetic", ["--data-path", "DATA"], "--data-path is not read by --dataset synthetic"),
+    ("movielens-100k", ["--data-dir", "DIR", "--synthetic-clusters", "5"],
+     "--synthetic-clusters is not read by --dataset movielens-100k"),  # was "data.synthetic", no flag's name
     ("sessions", ["--data-path", "DATA", "--customer-col", "u"], "--customer-col is not read by --dataset sessions"),
     ("interactions-csv", ["--data-path", "DATA", "--item-col", "i"],
      "--item-col is not read by --dataset interactions-csv (a file of customer, candidate and optional rating, "

@@ -111,10 +111,15 @@ def check_options(name: str, options: DatasetOptions) -> None:
             raise ConfigError("format", str(e)) from None
     # Refused, not taken and ignored: a run that reads none of them says nothing.
     for field in dataclasses.fields(DatasetOptions):
-        if field.name not in _READ_BY[name] and getattr(options, field.name) != field.default:
+        value = getattr(options, field.name)
+        if field.name not in _READ_BY[name] and value != field.default:
             readers = " or ".join(other for other in DATASET_NAMES if field.name in _READ_BY[other])
-            raise ConfigError(field.name, f"is not read by --dataset {name} ({_WHAT[name]}): leave it out, or use "
-                                          f"--dataset {readers}")
+            where = field.name
+            if dataclasses.is_dataclass(value):  # named by a field set in it, so the error names that one's flag
+                where += "." + next(f.name for f in dataclasses.fields(value)
+                                    if getattr(value, f.name) != getattr(field.default, f.name))
+            raise ConfigError(where, f"is not read by --dataset {name} ({_WHAT[name]}): leave it out, or use "
+                                     f"--dataset {readers}")
 
 
 def load_dataset(name: str, options: DatasetOptions | None = None, seed: int = 42) -> Interactions:
