@@ -1,6 +1,9 @@
 """A bare grpc.aio QueryService that answers Recommend with a canned response
 of the same size as the real one: the ceiling of Python gRPC on this machine,
-against which the real service is compared.
+against which the real service is compared. Bare: a ``grpc.aio.server()`` with
+health and reflection (what the load tools ask of a server) and none of the
+services' interceptors (timing, request ids, call limits: until stop 62 it was
+started as the services are, and so the baseline carried their cost too).
 
     python bench/echo_server.py --port P [--k 10]
 """
@@ -9,9 +12,15 @@ from __future__ import annotations
 
 import argparse
 
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
-from serving.rpc.grpc_server import ServiceSpec, run_event_loop, serve_until_signalled, start_server
+from serving.rpc.grpc_server import run_event_loop, serve_until_signalled
+
+SERVICE_NAME = "recsys.v1.QueryService"
 
 
 class EchoServicer(pb_grpc.QueryServiceServicer):
@@ -25,10 +34,16 @@ class EchoServicer(pb_grpc.QueryServiceServicer):
 
 
 async def serve(port: int, k: int) -> None:
-    running = await start_server([ServiceSpec(pb_grpc.add_QueryServiceServicer_to_server, EchoServicer(k),
-                                              "recsys.v1.QueryService")], "127.0.0.1", port)
-    await running.set_serving(True)
-    await serve_until_signalled(running.stop)
+    server = grpc.aio.server()
+    pb_grpc.add_QueryServiceServicer_to_server(EchoServicer(k), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection([SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    await serve_until_signalled(server.stop)
 
 
 def main() -> None:
