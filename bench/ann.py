@@ -1,12 +1,12 @@
 """ANN benchmark: ScaNN as the trainer builds it vs exact numpy vs FAISS HNSW.
 
-    .venv/bin/python -m bench.ann                                  # 1M x 64 synthetic (10-20 min)
+    .venv/bin/python -m bench.ann                                  # 1M x 64 synthetic (15-25 min)
     .venv/bin/python -m bench.ann --registry /tmp/bench-reg --model ml100k   # + a real version
     .venv/bin/python -m bench.ann --quick                          # seconds (smoke test)
 
 Datasets: (a) seeded synthetic clustered embeddings (Gaussian mixture, skewed
 cluster sizes, queries from the same mixture); (b) with ``--registry/--model``,
-the CURRENT version's ``candidate_embeddings.npy`` and ``probe_queries.npy``.
+the CURRENT version's (else the newest's) ``candidate_embeddings.npy`` and ``probe_queries.npy``.
 
 Methods, all compared at matched recall@10 against exact dot-product top-10:
 
@@ -140,9 +140,9 @@ def exact_single(q: np.ndarray, db: np.ndarray, k: int = K) -> np.ndarray:
 
 
 def recall(approx: np.ndarray, gt: np.ndarray) -> float:
-    approx = np.asarray(approx)
-    hits = sum(len(np.intersect1d(a[a >= 0], g)) for a, g in zip(approx, gt))
-    return round(hits / gt.size, 4)
+    from model_registry.search import recall_at_k
+
+    return round(recall_at_k(np.asarray(approx), gt), 4)
 
 
 # ------------------------------------------------------------ children
@@ -169,22 +169,33 @@ def _child(what: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
         if what == "build-scann":
             from trainer.export import index as index_builder
 
-            calib = {"seconds": 0.0, "calls": 0}
-            real_measure = index_builder.measure_recall
+            # The recall calibration inside build_index: its exact top-k of the probes (computed once, outside
+            # measure_recall, and until stop 62 counted as the searcher's build) and each setting's recall.
+            calib = {"seconds": 0.0, "calls": 0, "depth": 0}
+            calibration = {name: getattr(index_builder, name) for name in ("exact_top_k", "measure_recall")}
 
-            def measure(*a, **kw):  # time the recall calibration inside build_index
-                t = time.perf_counter()
-                try:
-                    return real_measure(*a, **kw)
-                finally:
-                    calib["seconds"] += time.perf_counter() - t
-                    calib["calls"] += 1
+            def timed(step):
+                def call(*a, **kw):
+                    calib["depth"] += 1  # measure_recall may call exact_top_k: time the outer call alone
+                    t = time.perf_counter()
+                    try:
+                        return step(*a, **kw)
+                    finally:
+                        calib["depth"] -= 1
+                        if not calib["depth"]:
+                            calib["seconds"] += time.perf_counter() - t
+                            calib["calls"] += 1
+                return call
 
-            index_builder.measure_recall = measure
+            for name, step in calibration.items():
+                setattr(index_builder, name, timed(step))
             t0 = time.perf_counter()
-            searcher, spec = index_builder.build_index(db, probes, index_builder.IndexConfig())
+            try:
+                searcher, spec = index_builder.build_index(db, probes, index_builder.IndexConfig())
+            finally:
+                for name, step in calibration.items():
+                    setattr(index_builder, name, step)
             build_s = time.perf_counter() - t0
-            index_builder.measure_recall = real_measure
             held = rss_bytes() - base
             t0 = time.perf_counter()
             index_builder.save_searcher(searcher, work / "scann")
@@ -354,7 +365,7 @@ def publish_synthetic(work: Path, registry_root: Path, model: str, db: np.ndarra
 
 
 def run_dataset(name: str, db: np.ndarray, probes: np.ndarray, queries: np.ndarray, args: argparse.Namespace,
-                work: Path, version_dir: Path | None = None, model_name: str | None = None) -> dict[str, Any]:
+                work: Path, version_dir: Path | None = None) -> dict[str, Any]:
     import faiss
 
     import settings.tf_env  # noqa: F401
@@ -389,12 +400,10 @@ def run_dataset(name: str, db: np.ndarray, probes: np.ndarray, queries: np.ndarr
     if version_dir is None and not args.no_publish:
         log(f"{name}: publishing an index-only version through Registry.publish")
         version_dir = publish_synthetic(work, work / "registry", "bench-synthetic", db, probes, spec)
-        model_name = "bench-synthetic"
     if version_dir is not None:
         log(f"{name}: timing CandidateIndex.load on {version_dir}")
         res["registry_load"] = run_child("bench.ann", ["--child", "load-registry", "--dir", str(work),
-                                                       "--version-dir", str(version_dir),
-                                                       "--model-name", model_name, *child_args(args)])
+                                                       "--version-dir", str(version_dir), *child_args(args)])
         res["registry_load"]["version_dir"] = str(version_dir)
 
     # ---- load the serialized indexes here and sweep recall
@@ -650,7 +659,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--version-dir", help=argparse.SUPPRESS)
-    p.add_argument("--model-name", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
         args.n, args.dim, args.clusters, args.queries, args.probes = 20_000, 32, 200, 300, 200
@@ -679,7 +687,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": {"numpy": np.__version__, "faiss": faiss.__version__,
                      "scann": _version("scann")},
         "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                   if k not in ("child", "dir", "version_dir", "model_name")},
+                   if k not in ("child", "dir", "version_dir")},
         "targets": {"recall_at_10": list(TARGETS), "goal_single_qps": GOAL_QPS, "goal_build_s": GOAL_BUILD_S,
                     "goal_load_s": GOAL_LOAD_S},
         "datasets": [],
@@ -704,7 +712,7 @@ def main(argv: list[str] | None = None) -> int:
             # The version's probe queries are the only real queries there are: they are both
             # the builder's calibration set and the evaluation set (as in the trainer).
             ds = run_dataset(f"registry:{args.model}/{vdir.name}", db, probes, probes, args, work / "registry-ds",
-                             version_dir=vdir, model_name=args.model)
+                             version_dir=vdir)
             result["datasets"].append(ds)
         result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     finally:

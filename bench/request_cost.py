@@ -91,7 +91,8 @@ def summarise(rounds: list[dict]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_flags(parser)
-    parser.add_argument("--duration-s", type=float, default=8.0, help="length of each closed-loop run (default %(default)s)")
+    parser.add_argument("--duration-s", type=float, default=8.0,
+                        help="length of each closed-loop run (default %(default)s)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--hot", type=int, default=100, help="customers of the hit target (all cached)")

@@ -11,8 +11,9 @@ import numpy as np
 
 # Candidate rows scored per block: bounds the score matrix (queries x block, in float64
 # and again in float32, and argpartition's int64 copy of it) and, for a database read
-# from a file, the memory the read takes. At 16k rows and 100 probes that is ~40 MB, well
-# under the 30% over one version's memory an index slot may take while it loads.
+# from a file, the memory the read takes. At 16k rows and a load's 300 probes that is ~70 MB
+# (tracemalloc's peak), well under the 30% over one version's memory an index slot may take
+# while it loads.
 ROW_BLOCK = 16_384
 # The recall@10 against exact search, on a version's probe queries, below which an index service refuses to load the
 # version (its --min-recall) and the trainer refuses to publish it.

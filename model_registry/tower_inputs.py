@@ -30,7 +30,8 @@ STRING, FLOAT = "string", "float"
 # The towers' SavedModel signature and its outputs: the query tower gives both, the candidate tower EMBEDDING.
 SIGNATURE = "serving_default"
 EMBEDDING = "embedding"  # float32 [None, D]
-KNOWN = "known"  # bool [None]: the customer id is in the tower's vocabulary (else the out-of-vocabulary bucket's)
+# bool [None]: the customer id is in the tower's vocabulary, or (history towers) its history holds a known item
+KNOWN = "known"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,7 +27,8 @@ class Unavailable(ServingError):
 
 class ResourceExhausted(ServingError):
     """Load shed: the replica is at a configured bound, and another replica or a retry may serve; or an index
-    slot ran out of memory loading a version (it keeps what it held: a retry fails the same way)."""
+    slot ran out of memory loading a version (it loads back what it held where it can, and the message says
+    whether it did: a retry fails the same way)."""
 
     code = "RESOURCE_EXHAUSTED"
 

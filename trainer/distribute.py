@@ -7,7 +7,9 @@ built from in-memory tensors, there are no files to shard) and sums their
 gradients. The global batch stays ``--batch-size``, and each replica's
 in-batch softmax scores its queries against every replica's candidates
 (``CrossReplicaNegatives``), so a step computes the loss and gradient one
-worker would on the same batch: N workers train the same model, faster.
+worker would on the same batch: N workers train the same model (faster only with
+a machine or more cores per worker: two on a 2-core machine were ~3.6x slower
+than one, docs/BENCHMARKS.md).
 
 Per-epoch validation and early stopping run on every worker over the same
 weights; the early-stopping decisions follow the chief's figures

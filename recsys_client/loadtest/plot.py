@@ -14,7 +14,7 @@ DPI = 100
 
 
 def event_label(name: str, event: dict[str, Any]) -> str:
-    """``swap to v2 (1.23 s)``, ``rollback FAILED (...)``: what a marker says."""
+    """``swap to v2 (1.23 s)``, ``rollback (0.50 s) FAILED``: what a marker says."""
     result = event.get("result")
     version = result.get("version") if isinstance(result, dict) else None
     text = name + (f" to v{version}" if version is not None and event.get("ok") else "")
@@ -52,8 +52,8 @@ def timeline_figure(report: dict[str, Any], title: str | None = None):
                                                  constrained_layout=True)
     ax_qps.plot(x, series("qps"), "o-", color="tab:blue", markersize=3, label="achieved (OK/s)")
     if report.get("offered_qps"):
-        # Offered over the schedule only: the drain after it offers nothing.
-        schedule_end = report.get("config", {}).get("duration_s") or duration
+        # Offered over the schedule only (to its stop, if a signal ended it): the drain after it offers nothing.
+        schedule_end = report.get("stopped_at_s") or report.get("config", {}).get("duration_s") or duration
         ax_qps.hlines(report["offered_qps"], 0, schedule_end, color="gray", linestyle="--", linewidth=1,
                       label="offered")
     ax_qps.set_ylabel("QPS")

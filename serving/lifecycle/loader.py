@@ -2,9 +2,11 @@
 
 Every load runs on the loader's own thread and goes: find the version in the
 registry -> verify every file's checksum and the manifest -> the service's
-``load`` (read the artifacts, self-test). Any refusal is a
-``FailedPrecondition`` whose message says what was wrong; nothing is added to
-the manager by the loader.
+``load`` (read the artifacts, self-test). A version number that is not one is
+``InvalidArgument``, an unpublished version ``NotFound``, a refused one
+``FailedPrecondition``, each with a message that says what was wrong; other
+failures (out of memory) pass through. Nothing is added to the manager by the
+loader.
 
 How a load stays out of the way of requests depends on the process:
 
@@ -54,7 +56,7 @@ def _idle_priority() -> None:
     tid = threading.get_native_id()
     try:
         os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
-    except (OSError, AttributeError):  # not Linux: the lowest nice value instead
+    except (OSError, AttributeError):  # SCHED_IDLE refused or not Linux: nice 19 (the lowest priority) instead
         try:
             os.setpriority(os.PRIO_PROCESS, tid, 19)
         except OSError as e:  # not fatal: the load just competes at normal priority

@@ -31,7 +31,8 @@ from model_registry.ids import index_of
 from trainer.data import Interactions
 
 DEFAULT_KS = (1, 5, 10, 50, 100)
-# Upper bound on (interactions x candidates) score cells held at once.
+# (interactions x candidates) score cells a chunk scores: about four arrays of that many (scores, their customers'
+# rows, the masked copy and its rows) are held at once.
 _CELLS_PER_CHUNK = 8_000_000
 
 ScoreFn = Callable[[np.ndarray], np.ndarray]  # customer rows -> float32 [rows, N]

@@ -23,7 +23,8 @@ class QueryTowerModule(tf.Module):
 
     Inputs are the tower's ``input_specs()``: ``customer_id`` string [None]
     always, ``history`` string [None, L] for history towers, one input per
-    customer feature (named as the feature) for the features tower. With a
+    customer feature (named as the feature) for the features tower,
+    ``request_time`` float64 [None] for towers that take the time. With a
     popularity prior (``trainer.towers.prior``) the embedding ends with its
     constant, so D is the tower's dimension + 1.
     """
