@@ -61,22 +61,18 @@ class Warmup:
     async def run(self, version: int, warm_batch: Callable[[list], Awaitable[int]]) -> int:
         """Answers the remembered requests, most recent first, ``batch_size`` at a time with
         ``warm_batch`` (which caches the answers and returns how many); returns how many were cached.
-        Stops at the warm-up's budget (a batch under way then ends first); a failed batch is skipped (its
-        requests stay misses).
+        Stops at the warm-up's budget; a failed batch is skipped (its requests stay misses).
 
         The warm-up shares the replica and the machine with live traffic: between batches it rests
         for as long as the duty cycle asks, so that its searches take CPU in short, spaced bursts
-        rather than for a second; never past the budget, nor after the last batch (the load waits)."""
+        rather than for a second. A rest that would end past the budget is not taken: the warm-up
+        stops there, as it does after its last batch (the load waits on neither)."""
         config = self.config
         requests = list(reversed(self.recent))  # a snapshot: traffic goes on meanwhile
         deadline = time.monotonic() + config.budget_s
         warmed = failed = 0
         first_failure = ""
         for start in range(0, len(requests), config.batch_size):
-            if time.monotonic() > deadline:
-                log.warning("warm-up of version %d stopped at its %.1fs budget: %d of %d requests cached",
-                            version, config.budget_s, warmed, len(requests))
-                break
             batch_started = time.monotonic()
             try:
                 warmed += await warm_batch(requests[start:start + config.batch_size])
@@ -84,9 +80,14 @@ class Warmup:
                 failed += 1
                 first_failure = first_failure or f"{type(e).__name__}: {e}"
             worked = time.monotonic() - batch_started
-            rest = min(worked * (1 - config.duty_cycle) / config.duty_cycle, deadline - time.monotonic())
-            if start + config.batch_size < len(requests) and rest > 0:
-                await asyncio.sleep(rest)
+            if start + config.batch_size >= len(requests):
+                break
+            rest = worked * (1 - config.duty_cycle) / config.duty_cycle
+            if time.monotonic() + rest >= deadline:
+                log.warning("warm-up of version %d stopped at its %.1fs budget: %d of %d requests cached",
+                            version, config.budget_s, warmed, len(requests))
+                break
+            await asyncio.sleep(rest)
         if failed:
             log.warning("warm-up of version %d: %d batches failed (first: %s); their requests stay misses", version,
                         failed, first_failure)

@@ -510,11 +510,17 @@ async def test_a_warm_up_rests_between_batches_as_its_duty_cycle_asks(registry):
     await recommender.close()
 
 
-@pytest.mark.parametrize("batches", [1, 2])
-async def test_a_warm_up_does_not_rest_past_its_budget_nor_after_its_last_batch(batches):
+@pytest.mark.parametrize("budget_s, batches, warmed, longest_s", [
+    (0.1, 1, 1, 0.35),  # one batch, the budget passed during it: no rest after it (was 0.8 s)
+    (0.1, 2, 1, 0.35),  # the budget passed during the first batch: no rest, no second batch (was 0.8 s)
+    (0.5, 3, 1, 0.35),  # the rest after the first would end past the budget: not taken (was a rest to 0.5 s)
+    (10.0, 2, 2, 1.3),  # a rest between the two batches (0.6 s), none after the last (was 1.6 s)
+])
+async def test_a_warm_up_does_not_rest_past_its_budget_nor_after_its_last_batch(budget_s, batches, warmed,
+                                                                                 longest_s):
     """It rested three times each batch's time after every batch, the last included and past the budget: a
     0.1 s budget with batches of 0.2 s held the version's load 0.81 s."""
-    warmup = Warmup(WarmupConfig(budget_s=0.1, batch_size=1, duty_cycle=0.25))
+    warmup = Warmup(WarmupConfig(budget_s=budget_s, batch_size=1, duty_cycle=0.25))
     for request in range(batches):
         warmup.remember(request)
 
@@ -523,8 +529,8 @@ async def test_a_warm_up_does_not_rest_past_its_budget_nor_after_its_last_batch(
         return len(requests)
 
     started = time.monotonic()
-    assert await warmup.run(2, slow_batch) == 1  # the budget passed during the first batch
-    assert time.monotonic() - started < 0.5
+    assert await warmup.run(2, slow_batch) == warmed
+    assert time.monotonic() - started < longest_s
 
 
 # ------------------------------------------------------------------ errors and routing
