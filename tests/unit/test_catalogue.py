@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from types import SimpleNamespace
 
 import grpc
@@ -56,9 +57,11 @@ DIM = 16
 COLORS = ["red", "green", "blue", "black", "white", "grey", "pink", "teal", "gold", "plum"]
 
 
-def _index(n: int, seed: int = 0, tree: bool = True) -> tuple[CandidateIndex, np.ndarray]:
+def _index(n: int, seed: int = 0, tree: bool = True, searcher_dir: Path | None = None
+           ) -> tuple[CandidateIndex, np.ndarray]:
     """A real ScaNN index over n random vectors; attributes: ``color`` (10 values, candidate j has
-    COLORS[j % 10]), ``rare`` (token "yes" on every 100th), numeric ``price`` = j % 100."""
+    COLORS[j % 10]), ``rare`` (token "yes" on every 100th), numeric ``price`` = j % 100. With
+    ``searcher_dir``, its searcher is the one serialized there (two builds of a tree differ in their k-means)."""
     rng = np.random.default_rng(seed)
     db = rng.standard_normal((n, DIM)).astype(np.float32)
     builder = _scann_pybind().builder(db, 10, "dot_product")
@@ -73,7 +76,8 @@ def _index(n: int, seed: int = 0, tree: bool = True) -> tuple[CandidateIndex, np
         {"price": (np.arange(n) % 100).astype(np.float32)})
     spec = IndexSpec("tree_ah", 50, 25, 200) if tree else IndexSpec("brute_force")
     manifest = Manifest("m", 1, DIM, n, "id", "test", "now", spec, {})
-    index = CandidateIndex(manifest, Rows(ids, db), builder.build(), LoadReport(0, 0),
+    searcher = builder.build() if searcher_dir is None else _scann_pybind().load_searcher(str(searcher_dir))
+    index = CandidateIndex(manifest, Rows(ids, db), searcher, LoadReport(0, 0),
                            AttributeColumns(attributes, n), (ids[:20].tolist(), np.linspace(1, 0.05, 20).tolist()))
     return index, rng.standard_normal((50, DIM)).astype(np.float32)
 
@@ -616,12 +620,14 @@ def test_a_load_replays_its_deltas_without_the_rests_that_give_searches_a_turn(t
     assert len(rests) == 1
 
 
-def test_a_replay_takes_larger_chunks_and_lays_the_rows_out_as_a_live_apply_does():
+@pytest.mark.parametrize("tree", [False, True], ids=["brute force", "tree-AH"])
+def test_a_replay_takes_larger_chunks_and_lays_the_rows_out_as_a_live_apply_does(tmp_path, tree):
     """A load's replay, which no search waits on, took the live path's chunks of 32 (20.4-23.2 s at 1M over 200
     deltas of 4,000 changes; 17.5-19.1 s in chunks of 1,024). A restarted replica must still hold its rows where the
-    live one does: exact ties, and the rows ScaNN's deletes move, follow the layout."""
-    live, queries = _index(3000, tree=False)  # brute force: two builds of a tree would differ in their k-means
-    replayed, _ = _index(3000, tree=False)
+    live one does, and answer as it does: exact ties, and the rows ScaNN's deletes move, follow the layout."""
+    _index(3000, tree=tree)[0]._searcher.serialize(str(tmp_path))  # one searcher, loaded twice, as two replicas do
+    live, queries = _index(3000, tree=tree, searcher_dir=tmp_path)
+    replayed, _ = _index(3000, tree=tree, searcher_dir=tmp_path)
     rng = np.random.default_rng(8)
     for generation in (1, 2):
         held = live.rows.ids
