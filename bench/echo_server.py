@@ -34,12 +34,18 @@ class EchoServicer(pb_grpc.QueryServiceServicer):
 
 
 async def serve(port: int, k: int) -> None:
-    server = grpc.aio.server()
+    # gRPC's default shares a port already taken (SO_REUSEPORT): a second echo server would split the load.
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     pb_grpc.add_QueryServiceServicer_to_server(EchoServicer(k), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    try:
+        bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    except RuntimeError:  # what grpcio raises now where it once returned 0
+        bound = 0
+    if not bound:
+        raise SystemExit(f"echo server: cannot listen on 127.0.0.1:{port}: address in use or not available")
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

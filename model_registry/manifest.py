@@ -89,9 +89,11 @@ class VersionError(Exception):
     """A version directory is missing, incomplete, corrupt or inconsistent."""
 
 
-# What numpy raises for an npz that is not one it wrote: an empty file EOFError, a cut or garbled zip BadZipFile
-# (neither an OSError nor a ValueError), a missing array KeyError, an object array refused ValueError.
-UNREADABLE_NPZ = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile)
+# What numpy and zipfile raise for an npz that is not one numpy wrote: an empty file EOFError, a cut or garbled zip
+# BadZipFile (neither an OSError nor a ValueError), a garbled entry's flags NotImplementedError (its compression or
+# zip version) or RuntimeError (encrypted) or zlib.error, a missing array KeyError, an object array ValueError.
+UNREADABLE_NPZ = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, NotImplementedError,
+                  RuntimeError, zlib.error)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -55,6 +55,22 @@ def test_a_version_npz_numpy_cannot_read_is_a_version_error(store, tmp_path, rea
         read(path)
 
 
+@pytest.mark.parametrize("read", [CustomerStore.load, lambda path: files.read_popular(path.parent, 1)],
+                         ids=["customer store", "popular"])
+def test_an_npz_entry_of_a_compression_zipfile_lacks_is_a_version_error(store, tmp_path, read):
+    """Its entry's flags garbled (zipfile raises NotImplementedError for a compression method it lacks)."""
+    path = tmp_path / files.POPULAR_FILE
+    if read is CustomerStore.load:
+        store.save(path)
+    else:
+        files.write_popular(tmp_path, np.array(["a"]), np.ones(1))
+    whole = path.read_bytes()
+    at = whole.index(b"PK\x01\x02") + 10  # the first central directory entry's compression method
+    path.write_bytes(whole[:at] + b"\x63\x00" + whole[at + 2:])
+    with pytest.raises(VersionError, match=r"popular|store"):
+        read(path)
+
+
 def test_the_tower_input_rule(store):
     spec = TowerInputs(history_length=3, features=(("age", FLOAT), ("city", STRING)), request_time=True)
     check_store(spec, store)
