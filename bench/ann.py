@@ -170,7 +170,8 @@ def _child(what: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
             from trainer.export import index as index_builder
 
             # The recall calibration inside build_index: its exact top-k of the probes (computed once, outside
-            # measure_recall, and until stop 62 counted as the searcher's build) and each setting's recall.
+            # measure_recall, and until stop 62 counted as the searcher's build) and each setting's recall; the
+            # calls counted are measure_recall's, as before.
             calib = {"seconds": 0.0, "calls": 0, "depth": 0}
             calibration = {name: getattr(index_builder, name) for name in ("exact_top_k", "measure_recall")}
 
@@ -184,7 +185,7 @@ def _child(what: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
                         calib["depth"] -= 1
                         if not calib["depth"]:
                             calib["seconds"] += time.perf_counter() - t
-                            calib["calls"] += 1
+                        calib["calls"] += step is calibration["measure_recall"]
                 return call
 
             for name, step in calibration.items():

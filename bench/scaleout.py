@@ -13,7 +13,8 @@ result cache: every request searches the index):
 1. the sharded version on one index process per shard (with ``--failover-on
    sharded``, plus a second replica of shard 0): ``recsys-loadtest`` at
    ``--qps`` for ``--duration-s``;
-2. the one-shard version on one index process, at ``--qps`` as in 1;
+2. the one-shard version on one index process (with the default ``--failover-on
+   alone``, plus its second replica), at ``--qps`` as in 1;
 3. failover at ``--failover-qps``, with a second replica of shard 0 (of the
    one-shard version by default, ``--failover-on alone``; of the sharded
    version with ``--failover-on sharded``): a steady run, a run in which the second replica is stopped (SIGSTOP) 2 s

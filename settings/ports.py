@@ -29,8 +29,8 @@ def ephemeral_port_start() -> int:
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
     """``n`` distinct ports free on ``host`` now, below the ephemeral range (held
     together while chosen, so none repeats; another process may still take one
-    before a worker binds it). Where that range starts within 1,000 ports of
-    10,000 there is no room below it, and the kernel chooses (bind to 0), in it."""
+    before a worker binds it). Where that range starts at or below 11,000 there
+    is too little room below it, and the kernel chooses (bind to 0), in it."""
     high = ephemeral_port_start()
     sockets: list[socket.socket] = []
     try:

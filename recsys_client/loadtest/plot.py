@@ -53,7 +53,9 @@ def timeline_figure(report: dict[str, Any], title: str | None = None):
     ax_qps.plot(x, series("qps"), "o-", color="tab:blue", markersize=3, label="achieved (OK/s)")
     if report.get("offered_qps"):
         # Offered over the schedule only (to its stop, if a signal ended it): the drain after it offers nothing.
-        schedule_end = report.get("stopped_at_s") or report.get("config", {}).get("duration_s") or duration
+        stopped_at_s = report.get("stopped_at_s")
+        schedule_end = (stopped_at_s if stopped_at_s is not None
+                        else report.get("config", {}).get("duration_s") or duration)
         ax_qps.hlines(report["offered_qps"], 0, schedule_end, color="gray", linestyle="--", linewidth=1,
                       label="offered")
     ax_qps.set_ylabel("QPS")

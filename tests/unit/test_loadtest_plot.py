@@ -74,14 +74,16 @@ def test_a_report_without_a_timeline_is_refused(tmp_path):
         plot_timeline({"timeline": []}, tmp_path / "x.png")
 
 
-def test_the_offered_rate_ends_where_a_stop_ended_the_schedule():
+@pytest.mark.parametrize("stopped_at_s", [4.0, 0.0])
+def test_the_offered_rate_ends_where_a_stop_ended_the_schedule(stopped_at_s):
     """A run stopped 4 s into a 10 s schedule drew its offered 20/s to 10 s, over seconds nothing was offered."""
     rows = [(i / 20, OK, 1_500, 1) for i in range(80)]
     report = build_report(LoadConfig(address="x:1", qps=20, duration_s=10), _log(rows), elapsed_s=4.5,
-                          errors_by_code=Counter(), cache_hits=0, sources=Counter(), events=[], stopped_at_s=4.0)
+                          errors_by_code=Counter(), cache_hits=0, sources=Counter(), events=[],
+                          stopped_at_s=stopped_at_s)
     fig = timeline_figure(report)
     try:
         (offered,) = [c for c in fig.axes[0].collections if c.get_label() == "offered"]
-        assert [segment[:, 0].tolist() for segment in offered.get_segments()] == [[0.0, 4.0]]
+        assert [segment[:, 0].tolist() for segment in offered.get_segments()] == [[0.0, stopped_at_s]]
     finally:
         plt.close(fig)
