@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import lzma
 import zipfile
 import zlib
 from pathlib import Path
@@ -90,10 +91,11 @@ class VersionError(Exception):
 
 
 # What numpy and zipfile raise for an npz that is not one numpy wrote: an empty file EOFError, a cut or garbled zip
-# BadZipFile (neither an OSError nor a ValueError), a garbled entry's flags NotImplementedError (its compression or
-# zip version) or RuntimeError (encrypted) or zlib.error, a missing array KeyError, an object array ValueError.
-UNREADABLE_NPZ = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, NotImplementedError,
-                  RuntimeError, zlib.error)
+# BadZipFile (neither an OSError nor a ValueError), a garbled entry's flags RuntimeError (encrypted; an unknown
+# compression or zip version is its NotImplementedError) or the named decompressor's error (zlib.error, LZMAError;
+# bz2's is an OSError), a missing array KeyError, an object array ValueError.
+UNREADABLE_NPZ = (OSError, ValueError, KeyError, TypeError, EOFError, RuntimeError, zipfile.BadZipFile, zlib.error,
+                  lzma.LZMAError)
 
 
 @dataclasses.dataclass(frozen=True)

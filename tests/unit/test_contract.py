@@ -57,16 +57,18 @@ def test_a_version_npz_numpy_cannot_read_is_a_version_error(store, tmp_path, rea
 
 @pytest.mark.parametrize("read", [CustomerStore.load, lambda path: files.read_popular(path.parent, 1)],
                          ids=["customer store", "popular"])
-def test_an_npz_entry_of_a_compression_zipfile_lacks_is_a_version_error(store, tmp_path, read):
-    """Its entry's flags garbled (zipfile raises NotImplementedError for a compression method it lacks)."""
+@pytest.mark.parametrize("method", [99, 14], ids=["unknown", "lzma"])
+def test_an_npz_entry_whose_compression_method_is_garbled_is_a_version_error(store, tmp_path, read, method):
+    """Its entry's flags garbled: zipfile raises NotImplementedError for a method it lacks, and LZMA's decompressor
+    LZMAError for an entry over ~20 KB (it reads numpy's magic bytes as the size of its header)."""
     path = tmp_path / files.POPULAR_FILE
     if read is CustomerStore.load:
         store.save(path)
     else:
-        files.write_popular(tmp_path, np.array(["a"]), np.ones(1))
+        files.write_popular(tmp_path, np.array([f"i{j}" for j in range(3_000)]), np.ones(3_000))
     whole = path.read_bytes()
     at = whole.index(b"PK\x01\x02") + 10  # the first central directory entry's compression method
-    path.write_bytes(whole[:at] + b"\x63\x00" + whole[at + 2:])
+    path.write_bytes(whole[:at] + method.to_bytes(2, "little") + whole[at + 2:])
     with pytest.raises(VersionError, match=r"popular|store"):
         read(path)
 
