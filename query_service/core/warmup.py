@@ -61,7 +61,8 @@ class Warmup:
     async def run(self, version: int, warm_batch: Callable[[list], Awaitable[int]]) -> int:
         """Answers the remembered requests, most recent first, ``batch_size`` at a time with
         ``warm_batch`` (which caches the answers and returns how many); returns how many were cached.
-        Stops at the warm-up's budget; a failed batch is skipped (its requests stay misses).
+        Stops at the warm-up's budget (a batch under way then ends first); a failed batch is skipped (its
+        requests stay misses).
 
         The warm-up shares the replica and the machine with live traffic: between batches it rests
         for as long as the duty cycle asks, so that its searches take CPU in short, spaced bursts
@@ -83,11 +84,13 @@ class Warmup:
             if start + config.batch_size >= len(requests):
                 break
             rest = worked * (1 - config.duty_cycle) / config.duty_cycle
-            if time.monotonic() + rest >= deadline:
-                log.warning("warm-up of version %d stopped at its %.1fs budget: %d of %d requests cached",
-                            version, config.budget_s, warmed, len(requests))
-                break
-            await asyncio.sleep(rest)
+            if time.monotonic() + rest < deadline:
+                await asyncio.sleep(rest)
+                if time.monotonic() < deadline:  # the live traffic may have made the rest late
+                    continue
+            log.warning("warm-up of version %d stopped at its %.1fs budget: %d of %d requests cached",
+                        version, config.budget_s, warmed, len(requests))
+            break
         if failed:
             log.warning("warm-up of version %d: %d batches failed (first: %s); their requests stay misses", version,
                         failed, first_failure)

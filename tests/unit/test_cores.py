@@ -511,10 +511,10 @@ async def test_a_warm_up_rests_between_batches_as_its_duty_cycle_asks(registry):
 
 
 @pytest.mark.parametrize("budget_s, batches, warmed, longest_s", [
-    (0.1, 1, 1, 0.35),  # one batch, the budget passed during it: no rest after it (was 0.8 s)
-    (0.1, 2, 1, 0.35),  # the budget passed during the first batch: no rest, no second batch (was 0.8 s)
-    (0.5, 3, 1, 0.35),  # the rest after the first would end past the budget: not taken (was a rest to 0.5 s)
-    (10.0, 2, 2, 1.3),  # a rest between the two batches (0.6 s), none after the last (was 1.6 s)
+    (0.1, 1, 1, 0.6),  # one batch, the budget passed during it: no rest after it (was 0.8 s)
+    (0.1, 2, 1, 0.6),  # the budget passed during the first batch: no rest, no second batch (was 0.8 s)
+    (0.5, 3, 1, 0.45),  # the rest after the first would end past the budget: not taken (was a rest to 0.5 s)
+    (10.0, 2, 2, 1.45),  # a rest between the two batches (0.6 s), none after the last (was 1.6 s)
 ])
 async def test_a_warm_up_does_not_rest_past_its_budget_nor_after_its_last_batch(budget_s, batches, warmed,
                                                                                  longest_s):
@@ -531,6 +531,29 @@ async def test_a_warm_up_does_not_rest_past_its_budget_nor_after_its_last_batch(
     started = time.monotonic()
     assert await warmup.run(2, slow_batch) == warmed
     assert time.monotonic() - started < longest_s
+
+
+async def test_a_warm_up_rest_made_late_past_the_budget_by_live_traffic_starts_no_batch():
+    """A rest planned to end before the budget woke after it (the loop busy with live calls) and a batch started
+    past the budget."""
+    warmup = Warmup(WarmupConfig(budget_s=1.0, batch_size=1, duty_cycle=0.25))
+    for request in range(3):
+        warmup.remember(request)
+    started: list[float] = []
+
+    async def slow_batch(requests: list) -> int:
+        started.append(time.monotonic())
+        await asyncio.sleep(0.2)
+        return len(requests)
+
+    async def busy_loop() -> None:  # holds the event loop from 0.75 s to 1.05 s, as a burst of calls would
+        await asyncio.sleep(0.75)
+        time.sleep(0.3)
+
+    begun = time.monotonic()
+    busy = asyncio.ensure_future(busy_loop())
+    assert await warmup.run(2, slow_batch) == 1, [round(t - begun, 3) for t in started]
+    await busy
 
 
 # ------------------------------------------------------------------ errors and routing
