@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -133,6 +134,16 @@ def test_workers_quick():
     assert set(out["results"]) == set(out["scaling_vs_first"]) == {"2"}
     for path in ("hit", "miss"):
         assert all(step["ok"] > 0 and step["errors"] == 0 for step in out["results"]["2"][path]["steps"]), path
+
+
+def test_the_echo_server_refuses_a_port_already_taken():
+    """Refused in one line naming the port. With gRPC's default SO_REUSEPORT a first cut of the bare server shared a
+    port another echo server held (the kernel split the load between them), and failed on others with a traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        proc = run_python(["bench/echo_server.py", "--port", str(taken.getsockname()[1])], timeout_s=60)
+    assert proc.returncode == 1 and "address in use or not available" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_request_cost_quick():
