@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from protos.recsys.v1 import retrieval_pb2 as pb
 from protos.recsys.v1 import retrieval_pb2_grpc as pb_grpc
-from serving.rpc.grpc_server import run_event_loop, serve_until_signalled
+from serving.rpc.grpc_server import CannotListen, add_port, run_event_loop, serve_until_signalled
 
 SERVICE_NAME = "recsys.v1.QueryService"
 
@@ -41,11 +41,9 @@ async def serve(port: int, k: int) -> None:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     try:
-        bound = server.add_insecure_port(f"127.0.0.1:{port}")
-    except RuntimeError:  # what grpcio raises now where it once returned 0
-        bound = 0
-    if not bound:
-        raise SystemExit(f"echo server: cannot listen on 127.0.0.1:{port}: address in use or not available")
+        add_port(server, f"127.0.0.1:{port}")
+    except CannotListen as e:
+        raise SystemExit(f"echo server: {e}") from None
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -153,6 +153,21 @@ class CannotListen(OSError):
     credentials cannot be used."""
 
 
+def add_port(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None = None) -> int:
+    """Binds ``server`` to ``address`` (TLS only with ``credentials``); returns the port bound, or raises CannotListen
+    (grpcio raises RuntimeError now where it once returned 0)."""
+    try:
+        bound = (server.add_secure_port(address, credentials) if credentials is not None
+                 else server.add_insecure_port(address))
+    except RuntimeError:
+        bound = 0
+    if bound == 0:
+        # gRPC says which in its own log line; a certificate it cannot use fails the same way as a bind.
+        tls = ", or the TLS certificate and key are not usable" if credentials is not None else ""
+        raise CannotListen(f"cannot listen on {address}: address in use or not available{tls}")
+    return bound
+
+
 @dataclass
 class ServiceSpec:
     """One gRPC service to register: the generated ``add_*_to_server`` function,
@@ -296,16 +311,7 @@ async def start_server(services: Iterable[ServiceSpec], host: str, port: int,
     names = [s.full_name for s in services]
     count_from_start(names)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    address = bind_address(host, port)
-    try:
-        bound = (server.add_secure_port(address, credentials) if credentials is not None
-                 else server.add_insecure_port(address))
-    except RuntimeError:  # what grpcio raises now where it once returned 0
-        bound = 0
-    if bound == 0:
-        # gRPC says which in its own log line; a certificate it cannot use fails the same way as a bind.
-        tls = ", or the TLS certificate and key are not usable" if credentials is not None else ""
-        raise CannotListen(f"cannot listen on {address}: address in use or not available{tls}")
+    bound = add_port(server, bind_address(host, port), credentials)
     await server.start()
     running = RunningServer(server, bound, health_servicer, names)
     await running.set_serving(False)
