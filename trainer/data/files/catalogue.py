@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from model_registry.attributes import LIST_SEPARATOR
-from trainer.data.files.ids import BadId, first_bad_id, id_str, long_ids, narrowest, refuse_marked_ids
+from trainer.data.files.ids import BadId, bad_id_error, first_bad_id, id_str, long_ids, narrowest, refuse_marked_ids
 from trainer.data.files.reading import file_format, read_columns
 from trainer.data.files.values import is_number
 from trainer.data.interactions import align_features
@@ -68,7 +68,7 @@ def load_catalog(path: Path, fmt: str | None, id_col: str, feature_cols: tuple[s
     try:
         texts = [v if isinstance(v, str) else id_str(v) for v in parts[0]]
     except BadId as e:
-        raise ValueError(f"{path}: column {id_col!r} of data row {first_bad_id(parts[0]) + 1} holds {e}") from None
+        raise bad_id_error(path, id_col, first_bad_id(parts[0]) + 1, e) from None
     refuse_marked_ids(path, id_col, texts)
     if not header and texts and texts[0].strip() in header_ids:
         raise ValueError(f"{path}: read with --no-catalog-header, but its first line names the id column "

@@ -169,6 +169,11 @@ def id_str(v: Any) -> str:
     return str(v)
 
 
+def bad_id_error(path: Path, col: str, row: int, error: BadId) -> ValueError:
+    """The refusal of ``error``'s value, at data row ``row`` (from 1) of column ``col``."""
+    return ValueError(f"{path}: column {col!r} of data row {row} holds {error}")
+
+
 def first_bad_id(values: list[Any]) -> int:
     """The position of the first of ``values`` that ``id_str`` refuses."""
     for i, v in enumerate(values):

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from trainer.data.files.catalogue import load_catalog
-from trainer.data.files.ids import BadId, IdEncoder, drop_duplicates, narrowest, refuse_odd_ids, usable_ids
+from trainer.data.files.ids import (BadId, IdEncoder, bad_id_error, drop_duplicates, narrowest, refuse_odd_ids,
+                                   usable_ids)
 from trainer.data.files.reading import file_format, read_columns
 from trainer.data.files.values import check_epoch_span, epoch_unit, parse_numbers, parse_times, time_error
 from trainer.data.interactions import Interactions
@@ -25,7 +26,7 @@ def _encode(encoder: IdEncoder, values: list[Any], path: Path, col: str, first_r
     try:
         return encoder.encode(values)
     except BadId as e:
-        raise ValueError(f"{path}: column {col!r} of data row {first_row + e.position + 1} holds {e}") from None
+        raise bad_id_error(path, col, first_row + e.position + 1, e) from None
 
 
 def _load_columns(path: Path, fmt: str, options: DatasetOptions, customer_col: str, candidate_col: str,
